@@ -1,0 +1,24 @@
+//! Weir's wire protocol: frames, requests, responses, record batches and the codec.
+//!
+//! This crate does no I/O and has no runtime. Everything that turns bytes from a socket
+//! or a disk into values lives here, is bounds-checked, never panics on bad input, and
+//! has property tests and a fuzz target. PROTOCOL.md at the repository root describes
+//! the same format byte for byte for implementers in other languages.
+//!
+//! - [`frame`]: length prefix and headers; [`codec`]: tokio-util codecs.
+//! - [`api`]: the table of apis; [`messages`]: their bodies.
+//! - [`batch`]: the record batch, the unit of storage.
+//! - [`error`]: wire error codes and decode errors.
+
+pub mod api;
+pub mod batch;
+pub mod codec;
+pub mod error;
+pub mod frame;
+pub mod messages;
+pub mod wire;
+
+pub use api::{ApiKey, Request, ResponseBody};
+pub use codec::{ClientCodec, FrameError, ServerCodec};
+pub use error::{DecodeError, ErrorCode};
+pub use frame::{RequestFrame, RequestHeader, ResponseFrame, ResponsePayload};

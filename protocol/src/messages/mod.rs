@@ -1,0 +1,19 @@
+//! Request and response bodies, one file per area of the protocol.
+//!
+//! Each body is a struct whose wire form is its fields in order (see `wire_struct!`).
+//! Where a body carries records, the records are its last field, so a sender can write
+//! the fixed part from a buffer and the stored batches straight after it.
+
+pub mod fetch;
+pub mod groups;
+pub mod handshake;
+pub mod produce;
+pub mod records;
+pub mod topics;
+
+pub use fetch::*;
+pub use groups::*;
+pub use handshake::*;
+pub use produce::*;
+pub use records::Records;
+pub use topics::*;

@@ -1,0 +1,103 @@
+//! Topic administration and metadata: CreateTopic, DeleteTopic, Metadata.
+
+use crate::{wire_enum, wire_struct};
+
+wire_enum! {
+    /// When a shard's log is flushed to disk.
+    pub enum Durability: "durability" {
+        /// Left to the operating system's write-back.
+        None = 0,
+        /// Flushed every `flush_interval_ms`.
+        Interval = 1,
+        /// Flushed before a `durable` produce is acknowledged (group commit).
+        Always = 2,
+    }
+}
+
+impl Default for Durability {
+    fn default() -> Self {
+        Durability::Interval
+    }
+}
+
+wire_struct! {
+    /// A topic's settings. Zero in a numeric field means "the broker's default".
+    pub struct TopicConfig {
+        pub durability: Durability,
+        /// Flush period for `Interval` durability.
+        pub flush_interval_ms: u32,
+        /// Delete closed segments older than this; 0 keeps them forever.
+        pub retention_ms: u64,
+        /// Delete the oldest closed segments while a shard is larger than this; 0 = no limit.
+        pub retention_bytes: u64,
+        /// Size each segment file is preallocated to.
+        pub segment_bytes: u64,
+        /// Largest produce request's records, in bytes.
+        pub max_message_bytes: u32,
+    }
+}
+
+wire_struct! {
+    /// Creates a topic with `shards` shards numbered 0..shards.
+    pub struct CreateTopicRequest {
+        pub name: String,
+        pub shards: u32,
+        pub config: TopicConfig,
+    }
+}
+
+wire_struct! {
+    /// The topic as created, defaults filled in.
+    pub struct CreateTopicResponse {
+        pub topic: TopicMetadata,
+    }
+}
+
+wire_struct! {
+    /// Deletes a topic and all its data.
+    pub struct DeleteTopicRequest {
+        pub name: String,
+    }
+}
+
+wire_struct! {
+    /// Empty: success is the error code 0.
+    pub struct DeleteTopicResponse {}
+}
+
+wire_struct! {
+    /// Asks for topics' settings and shards. An empty list means every topic.
+    pub struct MetadataRequest {
+        pub topics: Vec<String>,
+    }
+}
+
+wire_struct! {
+    /// One shard's current bounds.
+    pub struct ShardMetadata {
+        pub shard: u32,
+        /// First offset still stored.
+        pub log_start_offset: u64,
+        /// Offset the next record will get; every offset below it is readable.
+        pub high_watermark: u64,
+    }
+}
+
+wire_struct! {
+    /// One topic: its settings and shards.
+    pub struct TopicMetadata {
+        pub name: String,
+        pub config: TopicConfig,
+        pub shards: Vec<ShardMetadata>,
+    }
+}
+
+wire_struct! {
+    /// The topics asked for, sorted by name.
+    pub struct MetadataResponse {
+        /// Seconds since the broker started.
+        pub uptime_s: u64,
+        pub broker_software: String,
+        pub topics: Vec<TopicMetadata>,
+    }
+}
