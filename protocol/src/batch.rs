@@ -105,7 +105,9 @@ impl BatchHeader {
             base_sequence: le_u32(buf, 56),
         };
         if (h.batch_length as usize) < BATCH_HEADER_BYTES - BATCH_LENGTH_PREFIX_BYTES {
-            return Err(DecodeError::InvalidBatch("batch_length shorter than the header"));
+            return Err(DecodeError::InvalidBatch(
+                "batch_length shorter than the header",
+            ));
         }
         if h.magic != MAGIC {
             return Err(DecodeError::InvalidBatch("unknown magic"));
@@ -120,7 +122,19 @@ impl BatchHeader {
             return Err(DecodeError::InvalidRecord("batch priority outside 1..=10"));
         }
         if h.max_timestamp_ms < h.base_timestamp_ms {
-            return Err(DecodeError::InvalidBatch("max_timestamp_ms < base_timestamp_ms"));
+            return Err(DecodeError::InvalidBatch(
+                "max_timestamp_ms < base_timestamp_ms",
+            ));
+        }
+        // base_offset is outside the CRC; offsets of the records (and the one after
+        // them) must be representable so `last_offset` and readers cannot overflow.
+        if h.base_offset
+            .checked_add(u64::from(h.record_count))
+            .is_none()
+        {
+            return Err(DecodeError::InvalidBatch(
+                "base_offset + record_count overflows",
+            ));
         }
         Ok(h)
     }
@@ -191,20 +205,30 @@ pub fn validate(batch: &[u8]) -> Result<BatchHeader, DecodeError> {
     while pos < batch.len() {
         let rec = RawRecord::parse(batch, pos)?;
         min_priority = min_priority.min(rec.priority);
-        max_ts = max_ts.max(h.base_timestamp_ms + i64::from(rec.timestamp_delta_ms));
+        let ts = h
+            .base_timestamp_ms
+            .checked_add(i64::from(rec.timestamp_delta_ms))
+            .ok_or(DecodeError::InvalidBatch("record timestamp overflows"))?;
+        max_ts = max_ts.max(ts);
         pos = rec.end;
         count = count
             .checked_add(1)
             .ok_or(DecodeError::InvalidBatch("too many records"))?;
     }
     if count != h.record_count {
-        return Err(DecodeError::InvalidBatch("record_count does not match the records"));
+        return Err(DecodeError::InvalidBatch(
+            "record_count does not match the records",
+        ));
     }
     if min_priority != h.priority {
-        return Err(DecodeError::InvalidBatch("batch priority is not its records' highest"));
+        return Err(DecodeError::InvalidBatch(
+            "batch priority is not its records' highest",
+        ));
     }
     if max_ts != h.max_timestamp_ms {
-        return Err(DecodeError::InvalidBatch("max_timestamp_ms does not match the records"));
+        return Err(DecodeError::InvalidBatch(
+            "max_timestamp_ms does not match the records",
+        ));
     }
     Ok(h)
 }
@@ -296,7 +320,9 @@ impl RawRecord {
             p += v;
         }
         if p != end {
-            return Err(DecodeError::InvalidBatch("record has bytes after its headers"));
+            return Err(DecodeError::InvalidBatch(
+                "record has bytes after its headers",
+            ));
         }
         Ok(RawRecord {
             priority,
@@ -535,7 +561,9 @@ impl BatchBuilder {
             .timestamp_ms
             .checked_sub(self.base_timestamp_ms)
             .and_then(|d| i32::try_from(d).ok())
-            .ok_or(DecodeError::InvalidRecord("timestamp too far from the batch's first"))?;
+            .ok_or(DecodeError::InvalidRecord(
+                "timestamp too far from the batch's first",
+            ))?;
         self.buf.reserve(len + 4);
         self.buf.put_u32_le(len as u32);
         self.buf.put_u8(r.priority);

@@ -110,6 +110,15 @@ impl RequestFrame {
             header: None,
             error,
         })?;
+        if header.priority > 10 {
+            return Err(BadRequest {
+                header: Some(header),
+                error: DecodeError::InvalidEnum {
+                    field: "priority",
+                    value: u64::from(header.priority),
+                },
+            });
+        }
         let body = r.take(r.remaining()).expect("remaining bytes");
         match Request::decode(header.api_key, header.api_version, body) {
             Ok(request) => Ok(RequestFrame { header, request }),

@@ -5,21 +5,17 @@ use crate::{wire_enum, wire_struct};
 
 wire_enum! {
     /// What the broker waits for before it answers a produce.
+    #[derive(Default)]
     pub enum Acks: "acks" {
         /// No response at all is sent; the client learns nothing.
         None = 0,
         /// Answered once the records are in the primary's log (page cache).
+        #[default]
         Leader = 1,
         /// Answered once the records are flushed to disk on the primary.
         Durable = 2,
         /// Answered once the records are also persisted on the shard's mirror.
         Mirrored = 3,
-    }
-}
-
-impl Default for Acks {
-    fn default() -> Self {
-        Acks::Leader
     }
 }
 

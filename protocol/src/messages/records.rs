@@ -65,7 +65,6 @@ impl Records {
     pub fn batches(&self) -> impl Iterator<Item = Result<Bytes, DecodeError>> {
         batch::split(self.to_bytes())
     }
-
 }
 
 impl PartialEq for Records {

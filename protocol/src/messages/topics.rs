@@ -4,19 +4,15 @@ use crate::{wire_enum, wire_struct};
 
 wire_enum! {
     /// When a shard's log is flushed to disk.
+    #[derive(Default)]
     pub enum Durability: "durability" {
         /// Left to the operating system's write-back.
         None = 0,
         /// Flushed every `flush_interval_ms`.
+        #[default]
         Interval = 1,
         /// Flushed before a `durable` produce is acknowledged (group commit).
         Always = 2,
-    }
-}
-
-impl Default for Durability {
-    fn default() -> Self {
-        Durability::Interval
     }
 }
 
