@@ -1260,3 +1260,272 @@ fn upper_snake_names() {
     );
     assert_eq!(upper_snake(ErrorCode::None.name()), "NONE");
 }
+
+// ---------------------------------------------------------------------------------------
+// Annotated hex examples for PROTOCOL.md
+// ---------------------------------------------------------------------------------------
+
+/// One field of an annotated example: how to read it and what to call it.
+#[derive(Clone, Copy)]
+enum F {
+    U8(&'static str),
+    U16(&'static str),
+    U32(&'static str),
+    /// A u32 shown in hex (CRCs).
+    X32(&'static str),
+    U64(&'static str),
+    I32(&'static str),
+    I64(&'static str),
+    /// u16 length + UTF-8.
+    Str(&'static str),
+    /// u16 length + raw bytes (a record key).
+    Key(&'static str),
+    /// u32 length + raw bytes.
+    Blob(&'static str),
+}
+
+/// Reads `bytes` field by field and prints offset, hex and value; every byte must be
+/// accounted for, so the annotation cannot drift from the encoder.
+fn annotate(bytes: &[u8], fields: &[F]) -> String {
+    fn line(out: &mut String, at: usize, raw: &[u8], label: &str) {
+        let chunks: Vec<&[u8]> = if raw.is_empty() {
+            vec![&[][..]]
+        } else {
+            raw.chunks(12).collect()
+        };
+        for (i, c) in chunks.iter().enumerate() {
+            let hex: Vec<String> = c.iter().map(|b| format!("{b:02x}")).collect();
+            let text = if i == 0 { label } else { "" };
+            out.push_str(
+                format!("{:04x}  {:<36}  {}", at + i * 12, hex.join(" "), text).trim_end(),
+            );
+            out.push('\n');
+        }
+    }
+    let mut out = String::new();
+    let mut p = 0;
+    let take = |p: &mut usize, n: usize| {
+        let s = &bytes[*p..*p + n];
+        *p += n;
+        s
+    };
+    for f in fields {
+        let at = p;
+        match *f {
+            F::U8(n) => {
+                let v = take(&mut p, 1);
+                line(&mut out, at, v, &format!("{n} = {}", v[0]));
+            }
+            F::U16(n) => {
+                let v = take(&mut p, 2);
+                let x = u16::from_le_bytes(v.try_into().unwrap());
+                line(&mut out, at, v, &format!("{n} = {x}"));
+            }
+            F::U32(n) => {
+                let v = take(&mut p, 4);
+                let x = u32::from_le_bytes(v.try_into().unwrap());
+                line(&mut out, at, v, &format!("{n} = {x}"));
+            }
+            F::X32(n) => {
+                let v = take(&mut p, 4);
+                let x = u32::from_le_bytes(v.try_into().unwrap());
+                line(&mut out, at, v, &format!("{n} = {x:#010x}"));
+            }
+            F::I32(n) => {
+                let v = take(&mut p, 4);
+                let x = i32::from_le_bytes(v.try_into().unwrap());
+                line(&mut out, at, v, &format!("{n} = {x}"));
+            }
+            F::U64(n) => {
+                let v = take(&mut p, 8);
+                let x = u64::from_le_bytes(v.try_into().unwrap());
+                line(&mut out, at, v, &format!("{n} = {x}"));
+            }
+            F::I64(n) => {
+                let v = take(&mut p, 8);
+                let x = i64::from_le_bytes(v.try_into().unwrap());
+                line(&mut out, at, v, &format!("{n} = {x}"));
+            }
+            F::Str(n) | F::Key(n) => {
+                let l = take(&mut p, 2);
+                let len = u16::from_le_bytes(l.try_into().unwrap()) as usize;
+                line(&mut out, at, l, &format!("{n} length = {len}"));
+                let v = take(&mut p, len);
+                line(
+                    &mut out,
+                    at + 2,
+                    v,
+                    &format!("{n} = {:?}", String::from_utf8_lossy(v)),
+                );
+            }
+            F::Blob(n) => {
+                let l = take(&mut p, 4);
+                let len = u32::from_le_bytes(l.try_into().unwrap()) as usize;
+                line(&mut out, at, l, &format!("{n} length = {len}"));
+                let v = take(&mut p, len);
+                line(
+                    &mut out,
+                    at + 4,
+                    v,
+                    &format!("{n} = {:?}", String::from_utf8_lossy(v)),
+                );
+            }
+        }
+    }
+    assert_eq!(p, bytes.len(), "annotation must cover every byte");
+    out
+}
+
+const REQUEST_HEADER: &[F] = &[
+    F::U32("length (bytes after this field)"),
+    F::U16("api_key"),
+    F::U16("api_version"),
+    F::U32("correlation_id"),
+    F::U8("priority"),
+];
+
+const RESPONSE_HEADER: &[F] = &[
+    F::U32("length (bytes after this field)"),
+    F::U16("api_key"),
+    F::U16("api_version"),
+    F::U32("correlation_id"),
+    F::U16("error_code"),
+];
+
+const BATCH_HEADER: &[F] = &[
+    F::U64("  batch.base_offset (broker-stamped)"),
+    F::U32("  batch.batch_length"),
+    F::U32("  batch.leader_epoch (broker-stamped)"),
+    F::X32("  batch.crc (CRC-32 of batch bytes 20..end)"),
+    F::U8("  batch.magic"),
+    F::U8("  batch.attributes"),
+    F::U8("  batch.priority"),
+    F::U8("  batch.reserved"),
+    F::U32("  batch.record_count"),
+    F::I64("  batch.base_timestamp_ms"),
+    F::I64("  batch.max_timestamp_ms"),
+    F::U64("  batch.producer_id (0 = none)"),
+    F::U16("  batch.producer_epoch"),
+    F::U16("  batch.reserved"),
+    F::U32("  batch.base_sequence (4294967295 = none)"),
+    F::U32("    record.length (bytes after this field)"),
+    F::U8("    record.priority"),
+    F::U8("    record.complexity"),
+    F::I32("    record.timestamp_delta_ms"),
+    F::Key("    record.key"),
+    F::Blob("    record.value"),
+    F::U16("    record.header_count"),
+];
+
+fn example_blocks() -> String {
+    let reqs = requests();
+    let resps = responses();
+    let find_req = |n: &str| &reqs.iter().find(|(name, _)| *name == n).unwrap().1;
+    let find_resp = |n: &str| &resps.iter().find(|(name, _)| *name == n).unwrap().1;
+    let mut sections: Vec<(&str, Vec<u8>, Vec<F>)> = Vec::new();
+    let body = |fields: &[F]| [REQUEST_HEADER, fields].concat();
+    sections.push((
+        "ApiVersions request (correlation id 1)",
+        encode_request(find_req("api_versions_request")),
+        body(&[F::Str("client_software")]),
+    ));
+    sections.push((
+        "Produce request with a one-record batch (correlation id 5)",
+        encode_request(find_req("produce_request")),
+        [
+            REQUEST_HEADER,
+            &[
+                F::Str("topic"),
+                F::U32("shard"),
+                F::U8("acks (1 = leader)"),
+                F::U32("timeout_ms"),
+                F::U32("records length"),
+            ],
+            BATCH_HEADER,
+        ]
+        .concat(),
+    ));
+    sections.push((
+        "Fetch response carrying the stored batch (correlation id 6)",
+        encode_response(find_resp("fetch_response")),
+        [
+            RESPONSE_HEADER,
+            &[
+                F::U64("high_watermark"),
+                F::U64("log_start_offset"),
+                F::U32("records length"),
+            ],
+            BATCH_HEADER,
+        ]
+        .concat(),
+    ));
+    let err = [
+        RESPONSE_HEADER,
+        &[F::U32("retry_after_ms"), F::Str("message")],
+    ]
+    .concat();
+    sections.push((
+        "Error response: UNKNOWN_TOPIC (10) to the Produce (correlation id 5)",
+        encode_response(find_resp("error_response_unknown_topic")),
+        err.clone(),
+    ));
+    sections.push((
+        "Connection error: FRAME_TOO_LARGE (5), api_key 0xFFFF, correlation id 0",
+        encode_response(find_resp("connection_error_frame_too_large")),
+        err,
+    ));
+    let mut s = String::new();
+    for (title, bytes, fields) in sections {
+        s += &format!(
+            "#### {title}\n\n```text\n{}\n{}```\n\n",
+            hex::encode(&bytes),
+            annotate(&bytes, &fields)
+        );
+    }
+    s
+}
+
+const EXAMPLES_BEGIN: &str = "<!-- examples:begin (generated by protocol/tests/vectors.rs) -->\n";
+const EXAMPLES_END: &str = "<!-- examples:end -->";
+
+fn protocol_md() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../PROTOCOL.md")
+}
+
+/// PROTOCOL.md with its examples section replaced by freshly generated ones.
+fn with_examples(doc: &str) -> String {
+    let start = doc
+        .find(EXAMPLES_BEGIN)
+        .expect("PROTOCOL.md lacks the examples marker");
+    let end = doc
+        .find(EXAMPLES_END)
+        .expect("PROTOCOL.md lacks the examples end marker");
+    format!(
+        "{}{}{}{}",
+        &doc[..start],
+        EXAMPLES_BEGIN,
+        example_blocks(),
+        &doc[end..]
+    )
+}
+
+#[test]
+#[ignore = "rewrites PROTOCOL.md's examples; run with WEIR_BLESS=1"]
+fn regenerate_protocol_examples() {
+    if std::env::var_os("WEIR_BLESS").is_none() {
+        eprintln!("WEIR_BLESS not set; not writing PROTOCOL.md");
+        return;
+    }
+    let doc = std::fs::read_to_string(protocol_md()).unwrap();
+    std::fs::write(protocol_md(), with_examples(&doc)).unwrap();
+}
+
+#[test]
+fn protocol_md_examples_match_the_encoder() {
+    let doc = std::fs::read_to_string(protocol_md()).unwrap();
+    assert!(
+        doc == with_examples(&doc),
+        "PROTOCOL.md's hex examples are stale; regenerate with \
+         WEIR_BLESS=1 cargo test -p weir-protocol --test vectors -- --ignored"
+    );
+}
