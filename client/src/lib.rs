@@ -1,1 +1,40 @@
-//! Weir client SDK.
+//! Weir's async Rust SDK.
+//!
+//! ```no_run
+//! # async fn demo() -> weir_client::Result<()> {
+//! use weir_client::{Admin, Client, Consumer, Producer, ProducerRecord, OffsetReset};
+//! let client = Client::connect("127.0.0.1:7700").await?;
+//! Admin::new(client.clone()).create_topic("orders", 4, Default::default()).await?;
+//! let producer = Producer::builder(&client).build().await?;
+//! producer.send_and_wait(ProducerRecord::new("orders", "hello").key("user-1")).await?;
+//! let mut consumer = Consumer::builder(&client).group("billing").topic("orders")
+//!     .reset(OffsetReset::Earliest).build()?;
+//! for m in consumer.poll(100, std::time::Duration::from_secs(1)).await? {
+//!     println!("{} {:?}", m.offset, m.value);
+//! }
+//! consumer.commit().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! - [`Client`]: one broker connection, shared, reconnecting.
+//! - [`Producer`]: batching, pipelined, idempotent by default.
+//! - [`Consumer`]: by offset, alone or in a group.
+//! - [`Admin`]: topics.
+//! - With the `embedded` feature, [`embedded::EmbeddedBroker`] runs a broker in-process.
+
+pub mod admin;
+pub mod client;
+pub mod connection;
+pub mod consumer;
+#[cfg(feature = "embedded")]
+pub mod embedded;
+pub mod error;
+pub mod partitioner;
+pub mod producer;
+
+pub use admin::Admin;
+pub use client::{Client, ClientConfig};
+pub use consumer::{Consumer, ConsumerConfig, Message, OffsetReset};
+pub use error::{ClientError, Result};
+pub use producer::{DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+pub use weir_protocol::messages::{Acks, Durability, TopicConfig};

@@ -1,0 +1,138 @@
+//! [`Client`]: a handle to one broker that reconnects by itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+use weir_protocol::messages::*;
+use weir_protocol::{ApiKey, Request, ResponseBody};
+
+use crate::connection::{into_body, Connection};
+use crate::error::Result;
+
+/// Settings of a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Name sent in the handshake, for the broker's logs.
+    pub client_id: String,
+    pub connect_timeout: Duration,
+    /// Longest wait for any response (long-poll fetches add their own wait to it).
+    pub request_timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            client_id: format!("weir-client {}", env!("CARGO_PKG_VERSION")),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A connection to a broker, shared by producers, consumers and admin calls. Cheap to
+/// clone. When the connection fails, the next call opens a new one.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    addr: String,
+    config: ClientConfig,
+    conn: Mutex<Option<Arc<Connection>>>,
+}
+
+macro_rules! expect_body {
+    ($body:expr, $variant:ident) => {
+        match $body {
+            ::weir_protocol::ResponseBody::$variant(b) => Ok(b),
+            other => Err($crate::error::ClientError::Protocol(format!(
+                "expected {} response, got {:?}",
+                stringify!($variant),
+                other.api_key()
+            ))),
+        }
+    };
+}
+pub(crate) use expect_body;
+
+impl Client {
+    /// Connects to `addr` ("127.0.0.1:7700") and performs the version handshake.
+    pub async fn connect(addr: impl Into<String>) -> Result<Client> {
+        Self::connect_with(addr, ClientConfig::default()).await
+    }
+
+    /// Like [`Client::connect`], with settings.
+    pub async fn connect_with(addr: impl Into<String>, config: ClientConfig) -> Result<Client> {
+        let client = Client {
+            inner: Arc::new(Inner {
+                addr: addr.into(),
+                config,
+                conn: Mutex::new(None),
+            }),
+        };
+        client.connection().await?;
+        Ok(client)
+    }
+
+    /// The broker address.
+    pub fn addr(&self) -> &str {
+        &self.inner.addr
+    }
+
+    /// The client's settings.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// The live connection, opening (and handshaking) a new one if needed.
+    pub(crate) async fn connection(&self) -> Result<Arc<Connection>> {
+        let mut slot = self.inner.conn.lock().await;
+        if let Some(c) = slot.as_ref() {
+            if !c.is_dead() {
+                return Ok(c.clone());
+            }
+        }
+        let mut conn = Connection::connect(&self.inner.addr, self.inner.config.connect_timeout).await?;
+        let req = ApiVersionsRequest {
+            client_software: self.inner.config.client_id.clone(),
+        };
+        let resp = conn
+            .call(req.into(), 0, self.inner.config.request_timeout)
+            .await
+            .and_then(into_body)?;
+        let versions = expect_body!(resp, ApiVersions)?;
+        for api in ApiKey::ALL {
+            let ok = versions.apis.iter().any(|r| {
+                r.api_key == *api as u16 && r.min_version <= api.max_version() && api.max_version() <= r.max_version
+            });
+            if !ok {
+                tracing::warn!(api = api.name(), "broker does not speak this api at our version");
+            }
+        }
+        conn.max_frame_bytes = versions.max_frame_bytes;
+        let conn = Arc::new(conn);
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Sends any request and returns its successful body or the broker's error.
+    pub async fn call(&self, request: impl Into<Request>) -> Result<ResponseBody> {
+        self.call_with_timeout(request.into(), self.inner.config.request_timeout).await
+    }
+
+    pub(crate) async fn call_with_timeout(&self, request: Request, timeout: Duration) -> Result<ResponseBody> {
+        let conn = self.connection().await?;
+        into_body(conn.call(request, 0, timeout).await?)
+    }
+
+    /// Topics and their shards; all topics when `topics` is empty.
+    pub async fn metadata(&self, topics: &[&str]) -> Result<MetadataResponse> {
+        let req = MetadataRequest {
+            topics: topics.iter().map(|s| s.to_string()).collect(),
+        };
+        expect_body!(self.call(req).await?, Metadata)
+    }
+}

@@ -1,0 +1,172 @@
+//! One multiplexed TCP connection to a broker.
+//!
+//! Requests are written by a writer task in the order they are sent; responses are
+//! read by a reader task and matched to their requests by correlation id, so they may
+//! arrive in any order. A failed connection fails every waiting request with
+//! [`ClientError::Io`]; [`crate::Client`] then opens a new one.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::FramedRead;
+use weir_protocol::frame::{RequestFrame, ResponseFrame, ResponsePayload};
+use weir_protocol::{ClientCodec, Request, ResponseBody};
+
+use crate::error::{ClientError, Result};
+
+type Waiters = Arc<Mutex<Option<HashMap<u32, oneshot::Sender<ResponseFrame>>>>>;
+
+/// Requests queued for the writer task at most.
+const WRITE_QUEUE: usize = 1024;
+
+/// A live connection.
+#[derive(Debug)]
+pub struct Connection {
+    tx: mpsc::Sender<RequestFrame>,
+    waiters: Waiters,
+    next_id: AtomicU32,
+    dead: Arc<AtomicBool>,
+    pub(crate) max_frame_bytes: u32,
+}
+
+impl Connection {
+    /// Connects and starts the reader and writer tasks.
+    pub async fn connect(addr: &str, connect_timeout: Duration) -> Result<Connection> {
+        let sock = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ClientError::Timeout(connect_timeout.as_millis() as u64))??;
+        sock.set_nodelay(true)?;
+        let (rd, mut wr) = sock.into_split();
+        let (tx, mut rx) = mpsc::channel::<RequestFrame>(WRITE_QUEUE);
+        let waiters: Waiters = Arc::new(Mutex::new(Some(HashMap::new())));
+        let dead = Arc::new(AtomicBool::new(false));
+        let w_dead = dead.clone();
+        tokio::spawn(async move {
+            let mut buf = BytesMut::with_capacity(64 * 1024);
+            let mut tail: Vec<Bytes> = Vec::new();
+            while let Some(first) = rx.recv().await {
+                let mut next = Some(first);
+                while let Some(req) = next.take() {
+                    req.encode_split(&mut buf, &mut tail);
+                    for c in tail.drain(..) {
+                        if c.len() >= 64 * 1024 {
+                            if wr.write_all(&buf).await.is_err() || wr.write_all(&c).await.is_err() {
+                                w_dead.store(true, Ordering::Release);
+                                return;
+                            }
+                            buf.clear();
+                        } else {
+                            buf.extend_from_slice(&c);
+                        }
+                    }
+                    if buf.len() < 1 << 20 {
+                        next = rx.try_recv().ok();
+                    }
+                }
+                if wr.write_all(&buf).await.is_err() {
+                    w_dead.store(true, Ordering::Release);
+                    return;
+                }
+                buf.clear();
+            }
+        });
+        let r_waiters = waiters.clone();
+        let r_dead = dead.clone();
+        tokio::spawn(async move {
+            let mut frames = FramedRead::with_capacity(rd, ClientCodec::default(), 256 * 1024);
+            while let Some(frame) = frames.next().await {
+                let Ok(frame) = frame else { break };
+                let waiter = r_waiters
+                    .lock()
+                    .expect("waiters lock")
+                    .as_mut()
+                    .and_then(|m| m.remove(&frame.correlation_id));
+                match waiter {
+                    Some(w) => {
+                        let _ = w.send(frame);
+                    }
+                    None if frame.api_key == weir_protocol::frame::CONNECTION_API_KEY => {
+                        tracing::warn!(?frame.payload, "broker closed the connection");
+                        break;
+                    }
+                    None => tracing::debug!(id = frame.correlation_id, "response nobody waits for"),
+                }
+            }
+            r_dead.store(true, Ordering::Release);
+            // Dropping the senders fails every waiter.
+            r_waiters.lock().expect("waiters lock").take();
+        });
+        Ok(Connection {
+            tx,
+            waiters,
+            next_id: AtomicU32::new(1),
+            dead,
+            max_frame_bytes: weir_protocol::frame::DEFAULT_MAX_FRAME_BYTES,
+        })
+    }
+
+    /// True once the connection has failed.
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
+    }
+
+    /// Sends a request and waits for its response.
+    pub async fn call(&self, request: Request, priority: u8, timeout: Duration) -> Result<ResponseFrame> {
+        let rx = self.send(request, priority, true).await?.expect("response expected");
+        match tokio::time::timeout(timeout, rx).await {
+            Err(_) => Err(ClientError::Timeout(timeout.as_millis() as u64)),
+            Ok(Err(_)) => Err(ClientError::Io("connection closed before the response".into())),
+            Ok(Ok(frame)) => Ok(frame),
+        }
+    }
+
+    /// Queues a request for writing. With `expect_response`, returns the receiver of its
+    /// response; the request is written in the order of calls on this connection.
+    pub async fn send(
+        &self,
+        request: Request,
+        priority: u8,
+        expect_response: bool,
+    ) -> Result<Option<oneshot::Receiver<ResponseFrame>>> {
+        if self.is_dead() {
+            return Err(ClientError::Io("connection is closed".into()));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut frame = RequestFrame::new(id, request);
+        frame.header.priority = priority;
+        let rx = if expect_response {
+            let (tx, rx) = oneshot::channel();
+            match self.waiters.lock().expect("waiters lock").as_mut() {
+                Some(m) => m.insert(id, tx),
+                None => return Err(ClientError::Io("connection is closed".into())),
+            };
+            Some(rx)
+        } else {
+            None
+        };
+        self.tx
+            .send(frame)
+            .await
+            .map_err(|_| ClientError::Io("connection is closed".into()))?;
+        Ok(rx)
+    }
+}
+
+/// Turns a response into its body or the broker's error.
+pub fn into_body(frame: ResponseFrame) -> Result<ResponseBody> {
+    match frame.payload {
+        ResponsePayload::Ok(body) => Ok(body),
+        ResponsePayload::Err(code, e) => Err(ClientError::Broker {
+            code,
+            message: e.message,
+            retry_after_ms: e.retry_after_ms,
+        }),
+    }
+}

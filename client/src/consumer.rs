@@ -1,0 +1,532 @@
+//! [`Consumer`]: reads records by offset, alone or as a member of a group.
+//!
+//! With a group, the broker assigns shards to members; a background task heartbeats
+//! and raises a flag when the group rebalances. The next `poll` then commits (when
+//! auto-commit is on), re-joins, and starts from the group's committed offsets (or the
+//! reset policy when a shard has none). Without a group, the consumer reads every
+//! shard of its topics (or those given to `assign`). Every fetched batch's CRC is
+//! checked before any record of it is returned.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use tokio::sync::Mutex;
+use weir_protocol::batch::{Batch, Header};
+use weir_protocol::messages::*;
+use weir_protocol::{ErrorCode, ResponseBody};
+
+use crate::client::{expect_body, Client};
+use crate::error::{ClientError, Result};
+
+/// Where to start on a shard with no committed offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetReset {
+    Earliest,
+    Latest,
+}
+
+/// Settings of a [`Consumer`].
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    pub group: Option<String>,
+    pub reset: OffsetReset,
+    /// Commit positions every `auto_commit_interval` and before a rebalance.
+    pub auto_commit: bool,
+    pub auto_commit_interval: Duration,
+    pub session_timeout: Duration,
+    pub rebalance_timeout: Duration,
+    /// Most bytes one fetch of one shard returns.
+    pub max_fetch_bytes: u32,
+    /// How long the broker may hold a fetch waiting for data.
+    pub fetch_max_wait: Duration,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            group: None,
+            reset: OffsetReset::Latest,
+            auto_commit: true,
+            auto_commit_interval: Duration::from_secs(5),
+            session_timeout: Duration::from_secs(10),
+            rebalance_timeout: Duration::from_secs(10),
+            max_fetch_bytes: 4 * 1024 * 1024,
+            fetch_max_wait: Duration::from_millis(500),
+        }
+    }
+}
+
+/// One consumed record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: String,
+    pub shard: u32,
+    pub offset: u64,
+    pub priority: u8,
+    pub complexity: u8,
+    pub timestamp_ms: i64,
+    pub key: Bytes,
+    pub value: Bytes,
+    pub headers: Vec<Header>,
+}
+
+/// Builder of a [`Consumer`].
+#[derive(Debug, Clone)]
+pub struct ConsumerBuilder {
+    client: Client,
+    config: ConsumerConfig,
+    topics: Vec<String>,
+}
+
+impl ConsumerBuilder {
+    /// Joins this consumer group.
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.config.group = Some(group.into());
+        self
+    }
+    /// Subscribes to a topic.
+    pub fn topic(mut self, topic: impl Into<String>) -> Self {
+        self.topics.push(topic.into());
+        self
+    }
+    /// Where to start without a committed offset.
+    pub fn reset(mut self, reset: OffsetReset) -> Self {
+        self.config.reset = reset;
+        self
+    }
+    /// Automatic commits.
+    pub fn auto_commit(mut self, on: bool) -> Self {
+        self.config.auto_commit = on;
+        self
+    }
+    /// Group session timeout.
+    pub fn session_timeout(mut self, d: Duration) -> Self {
+        self.config.session_timeout = d;
+        self
+    }
+    /// Broker-side long-poll wait.
+    pub fn fetch_max_wait(mut self, d: Duration) -> Self {
+        self.config.fetch_max_wait = d;
+        self
+    }
+    /// All settings at once.
+    pub fn config(mut self, config: ConsumerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Creates the consumer. It joins its group on the first `poll`.
+    pub fn build(self) -> Result<Consumer> {
+        if self.topics.is_empty() {
+            return Err(ClientError::Invalid("subscribe to at least one topic".into()));
+        }
+        Ok(Consumer {
+            client: self.client,
+            config: self.config,
+            topics: self.topics,
+            membership: None,
+            rejoin: Arc::new(AtomicBool::new(true)),
+            positions: HashMap::new(),
+            manual: None,
+            last_commit: tokio::time::Instant::now(),
+            buffered: std::collections::VecDeque::new(),
+            heartbeat: None,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Membership {
+    member_id: String,
+    generation: u32,
+}
+
+/// Reads records; see the module docs.
+pub struct Consumer {
+    client: Client,
+    config: ConsumerConfig,
+    topics: Vec<String>,
+    membership: Option<Membership>,
+    rejoin: Arc<AtomicBool>,
+    /// Next offset to read per assigned (topic, shard).
+    positions: HashMap<(String, u32), u64>,
+    manual: Option<Vec<(String, u32)>>,
+    last_commit: tokio::time::Instant,
+    buffered: std::collections::VecDeque<Message>,
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
+    }
+}
+
+impl Consumer {
+    /// A builder over `client`.
+    pub fn builder(client: &Client) -> ConsumerBuilder {
+        ConsumerBuilder {
+            client: client.clone(),
+            config: ConsumerConfig::default(),
+            topics: Vec::new(),
+        }
+    }
+
+    /// Reads these shards only, outside group management.
+    pub fn assign(&mut self, shards: Vec<(String, u32)>) {
+        self.manual = Some(shards);
+        self.rejoin.store(true, Ordering::Release);
+    }
+
+    /// The shards this consumer currently reads, with its positions.
+    pub fn positions(&self) -> Vec<OffsetEntry> {
+        let mut v: Vec<_> = self
+            .positions
+            .iter()
+            .map(|((t, s), o)| OffsetEntry {
+                topic: t.clone(),
+                shard: *s,
+                offset: *o,
+            })
+            .collect();
+        v.sort_by(|a, b| (&a.topic, a.shard).cmp(&(&b.topic, b.shard)));
+        v
+    }
+
+    /// Moves the position of an assigned shard.
+    pub fn seek(&mut self, topic: &str, shard: u32, offset: u64) -> Result<()> {
+        match self.positions.get_mut(&(topic.to_string(), shard)) {
+            Some(p) => {
+                *p = offset;
+                self.buffered.retain(|m| !(m.topic == topic && m.shard == shard));
+                Ok(())
+            }
+            None => Err(ClientError::Invalid(format!("{topic}/{shard} is not assigned"))),
+        }
+    }
+
+    /// Up to `max` messages; waits up to `timeout` when none are ready.
+    pub async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Message>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.rejoin.load(Ordering::Acquire) {
+                self.rejoin_group().await?;
+            }
+            if !self.buffered.is_empty() {
+                let n = max.min(self.buffered.len());
+                let out: Vec<Message> = self.buffered.drain(..n).collect();
+                for m in &out {
+                    self.positions.insert((m.topic.clone(), m.shard), m.offset + 1);
+                }
+                self.maybe_auto_commit().await;
+                return Ok(out);
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                self.maybe_auto_commit().await;
+                return Ok(Vec::new());
+            }
+            self.fetch_round(left.min(self.config.fetch_max_wait)).await?;
+            if self.buffered.is_empty() && self.positions.is_empty() {
+                tokio::time::sleep(left.min(Duration::from_millis(100))).await;
+            }
+        }
+    }
+
+    /// One message, waiting up to `timeout`.
+    pub async fn next_message(&mut self, timeout: Duration) -> Result<Option<Message>> {
+        Ok(self.poll(1, timeout).await?.pop())
+    }
+
+    /// The consumer as an endless `Stream` of messages.
+    pub fn into_stream(self) -> impl futures_util::Stream<Item = Result<Message>> {
+        futures_util::stream::unfold(self, |mut c| async move {
+            loop {
+                match c.poll(1, Duration::from_secs(1)).await {
+                    Ok(mut v) if !v.is_empty() => return Some((Ok(v.remove(0)), c)),
+                    Ok(_) => continue,
+                    Err(e) => return Some((Err(e), c)),
+                }
+            }
+        })
+    }
+
+    async fn fetch_round(&mut self, wait: Duration) -> Result<()> {
+        let mut calls = FuturesUnordered::new();
+        for ((topic, shard), offset) in &self.positions {
+            let req = FetchRequest {
+                topic: topic.clone(),
+                shard: *shard,
+                offset: *offset,
+                max_bytes: self.config.max_fetch_bytes,
+                min_bytes: 1,
+                max_wait_ms: wait.as_millis() as u32,
+            };
+            let client = self.client.clone();
+            let timeout = wait + self.client.config().request_timeout;
+            let (topic, shard, offset) = (topic.clone(), *shard, *offset);
+            calls.push(async move {
+                let r = client.call_with_timeout(req.into(), timeout).await;
+                (topic, shard, offset, r)
+            });
+        }
+        let mut reset = Vec::new();
+        while let Some((topic, shard, offset, r)) = calls.next().await {
+            let body = match r {
+                Ok(b) => b,
+                Err(e) if e.code() == Some(ErrorCode::OffsetOutOfRange) => {
+                    reset.push((topic, shard));
+                    continue;
+                }
+                Err(e) if e.is_retriable() => {
+                    tracing::debug!(error = %e, "fetch failed; will retry");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let resp: FetchResponse = expect_body!(body, Fetch)?;
+            for b in resp.records.batches() {
+                let b = b.map_err(|e| ClientError::Protocol(format!("bad batch from broker: {e}")))?;
+                let batch = Batch::parse(b).map_err(|e| ClientError::Protocol(format!("bad batch: {e}")))?;
+                for r in batch.records() {
+                    if r.offset < offset {
+                        continue;
+                    }
+                    self.buffered.push_back(Message {
+                        topic: topic.clone(),
+                        shard,
+                        offset: r.offset,
+                        priority: r.priority,
+                        complexity: r.complexity,
+                        timestamp_ms: r.timestamp_ms,
+                        key: r.key,
+                        value: r.value,
+                        headers: r.headers,
+                    });
+                }
+            }
+        }
+        drop(calls);
+        for (topic, shard) in reset {
+            let pos = self.reset_position(&topic, shard).await?;
+            self.positions.insert((topic, shard), pos);
+        }
+        Ok(())
+    }
+
+    async fn reset_position(&self, topic: &str, shard: u32) -> Result<u64> {
+        let ts = match self.config.reset {
+            OffsetReset::Earliest => EARLIEST_TIMESTAMP,
+            OffsetReset::Latest => LATEST_TIMESTAMP,
+        };
+        let req = ListOffsetsRequest {
+            topic: topic.to_string(),
+            shard,
+            timestamp_ms: ts,
+        };
+        Ok(expect_body!(self.client.call(req).await?, ListOffsets)?.offset)
+    }
+
+    async fn maybe_auto_commit(&mut self) {
+        if self.config.auto_commit
+            && self.config.group.is_some()
+            && self.last_commit.elapsed() >= self.config.auto_commit_interval
+        {
+            if let Err(e) = self.commit().await {
+                tracing::debug!(error = %e, "auto-commit failed");
+            }
+        }
+    }
+
+    /// Commits the positions of every message returned so far and waits until the
+    /// broker has stored them durably.
+    pub async fn commit(&mut self) -> Result<()> {
+        let Some(group) = self.config.group.clone() else {
+            return Err(ClientError::Invalid("commit needs a group".into()));
+        };
+        let (member_id, generation) = match &self.membership {
+            Some(m) => (m.member_id.clone(), m.generation),
+            None => (String::new(), 0),
+        };
+        let req = CommitOffsetsRequest {
+            group,
+            member_id,
+            generation,
+            offsets: self.positions(),
+        };
+        self.last_commit = tokio::time::Instant::now();
+        let body = self.client.call(req).await;
+        if let Err(e) = &body {
+            if matches!(
+                e.code(),
+                Some(ErrorCode::RebalanceInProgress | ErrorCode::IllegalGeneration | ErrorCode::UnknownMemberId)
+            ) {
+                self.rejoin.store(true, Ordering::Release);
+            }
+        }
+        expect_body!(body?, CommitOffsets).map(|_| ())
+    }
+
+    /// Commits in the background; errors are logged.
+    pub fn commit_async(&self) {
+        let Some(group) = self.config.group.clone() else { return };
+        let (member_id, generation) = match &self.membership {
+            Some(m) => (m.member_id.clone(), m.generation),
+            None => (String::new(), 0),
+        };
+        let req = CommitOffsetsRequest {
+            group,
+            member_id,
+            generation,
+            offsets: self.positions(),
+        };
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            if let Err(e) = client.call(req).await {
+                tracing::warn!(error = %e, "async commit failed");
+            }
+        });
+    }
+
+    /// Leaves the group (committing first when auto-commit is on).
+    pub async fn close(mut self) -> Result<()> {
+        if self.config.auto_commit && self.membership.is_some() {
+            let _ = self.commit().await;
+        }
+        if let (Some(group), Some(m)) = (self.config.group.clone(), self.membership.take()) {
+            let req = LeaveGroupRequest {
+                group,
+                member_id: m.member_id,
+            };
+            let _ = self.client.call(req).await;
+        }
+        Ok(())
+    }
+
+    async fn rejoin_group(&mut self) -> Result<()> {
+        self.buffered.clear();
+        let group_name = self.config.group.clone();
+        let shards: Vec<(String, u32)> = match (&group_name, &self.manual) {
+            (_, Some(manual)) => manual.clone(),
+            (None, None) => {
+                let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+                let meta = self.client.metadata(&topics).await?;
+                meta.topics
+                    .iter()
+                    .flat_map(|t| t.shards.iter().map(|s| (t.name.clone(), s.shard)))
+                    .collect()
+            }
+            (Some(group), None) => {
+                if self.config.auto_commit && self.membership.is_some() {
+                    let _ = self.commit().await;
+                }
+                let group = group.clone();
+                let previous = self.membership.as_ref().map(|m| m.member_id.clone()).unwrap_or_default();
+                let req = JoinGroupRequest {
+                    group: group.clone(),
+                    member_id: previous,
+                    client_id: "weir-consumer".into(),
+                    topics: self.topics.clone(),
+                    session_timeout_ms: self.config.session_timeout.as_millis() as u32,
+                    rebalance_timeout_ms: self.config.rebalance_timeout.as_millis() as u32,
+                };
+                let timeout = self.config.rebalance_timeout + self.client.config().request_timeout;
+                let body = match self.client.call_with_timeout(req.clone().into(), timeout).await {
+                    Err(e) if e.code() == Some(ErrorCode::UnknownMemberId) => {
+                        let fresh = JoinGroupRequest {
+                            member_id: String::new(),
+                            ..req
+                        };
+                        self.client.call_with_timeout(fresh.into(), timeout).await?
+                    }
+                    other => other?,
+                };
+                let resp: JoinGroupResponse = expect_body!(body, JoinGroup)?;
+                self.membership = Some(Membership {
+                    member_id: resp.member_id.clone(),
+                    generation: resp.generation,
+                });
+                self.start_heartbeat(group, resp.member_id.clone(), resp.generation);
+                resp.assignment
+                    .iter()
+                    .flat_map(|a| a.shards.iter().map(|s| (a.topic.clone(), *s)))
+                    .collect()
+            }
+        };
+        self.positions.clear();
+        let committed: HashMap<(String, u32), u64> = match &self.config.group {
+            Some(group) => {
+                let req = FetchOffsetsRequest {
+                    group: group.clone(),
+                    shards: shards
+                        .iter()
+                        .map(|(t, s)| ShardRef {
+                            topic: t.clone(),
+                            shard: *s,
+                        })
+                        .collect(),
+                };
+                expect_body!(self.client.call(req).await?, FetchOffsets)?
+                    .offsets
+                    .into_iter()
+                    .map(|e| ((e.topic, e.shard), e.offset))
+                    .collect()
+            }
+            None => HashMap::new(),
+        };
+        for (topic, shard) in shards {
+            let pos = match committed.get(&(topic.clone(), shard)) {
+                Some(o) => *o,
+                None => self.reset_position(&topic, shard).await?,
+            };
+            self.positions.insert((topic, shard), pos);
+        }
+        self.rejoin.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    fn start_heartbeat(&mut self, group: String, member_id: String, generation: u32) {
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
+        let client = self.client.clone();
+        let flag = self.rejoin.clone();
+        let every = (self.config.session_timeout / 4).max(Duration::from_millis(50));
+        let lock = Arc::new(Mutex::new(()));
+        self.heartbeat = Some(tokio::spawn(async move {
+            let _guard = lock.lock().await;
+            loop {
+                tokio::time::sleep(every).await;
+                let req = HeartbeatRequest {
+                    group: group.clone(),
+                    member_id: member_id.clone(),
+                    generation,
+                };
+                match client.call(req).await {
+                    Ok(ResponseBody::Heartbeat(_)) => {}
+                    Err(e)
+                        if matches!(
+                            e.code(),
+                            Some(
+                                ErrorCode::RebalanceInProgress
+                                    | ErrorCode::IllegalGeneration
+                                    | ErrorCode::UnknownMemberId
+                            )
+                        ) =>
+                    {
+                        flag.store(true, Ordering::Release);
+                        return;
+                    }
+                    other => tracing::debug!(?other, "heartbeat failed"),
+                }
+            }
+        }));
+    }
+}

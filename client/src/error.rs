@@ -1,0 +1,58 @@
+//! The SDK's error type.
+
+use weir_protocol::ErrorCode;
+
+/// Everything that can go wrong talking to a broker.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// The broker refused the request with a named error.
+    #[error("broker refused: {code}: {message}")]
+    Broker {
+        code: ErrorCode,
+        message: String,
+        retry_after_ms: u32,
+    },
+    /// The connection failed or closed.
+    #[error("connection: {0}")]
+    Io(String),
+    /// The broker sent bytes this client could not decode.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// No answer within the request timeout.
+    #[error("timed out after {0} ms")]
+    Timeout(u64),
+    /// Bad arguments from the caller.
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    /// The producer or consumer was closed.
+    #[error("closed")]
+    Closed,
+}
+
+impl ClientError {
+    /// Whether sending the same request again may succeed.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            ClientError::Broker { code, .. } => code.is_retriable(),
+            ClientError::Io(_) | ClientError::Timeout(_) => true,
+            ClientError::Protocol(_) | ClientError::Invalid(_) | ClientError::Closed => false,
+        }
+    }
+
+    /// The broker's error code, if the broker refused.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Broker { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+impl From<std::io::Error> for ClientError {
+    fn from(e: std::io::Error) -> Self {
+        ClientError::Io(e.to_string())
+    }
+}
+
+/// Result alias of the SDK.
+pub type Result<T> = std::result::Result<T, ClientError>;

@@ -1,0 +1,674 @@
+//! [`Producer`]: batches records per shard, sends them pipelined, retries without
+//! duplicates.
+//!
+//! `send` puts a record into its shard's open batch and returns at once with a
+//! [`DeliveryFuture`]. A batch is sealed when it reaches `max_batch_bytes` or has
+//! lingered for `linger`. Each shard has a sender task that keeps up to
+//! `max_in_flight_per_shard` batches in flight on one connection; the broker writes a
+//! connection's produces to a shard in the order they arrive, so order per shard holds.
+//! When a batch fails with a retriable error, every batch after it is re-sent in order
+//! after the backoff. With idempotence (the default) each batch carries the producer
+//! id, epoch and a per-shard sequence number, so a batch that was written but whose ack
+//! was lost is recognised on retry and not written twice.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::FuturesOrdered;
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::time::Instant;
+use weir_protocol::batch::{self, BatchBuilder, NewRecord};
+use weir_protocol::messages::*;
+use weir_protocol::{ErrorCode, ResponseBody};
+
+use crate::client::{expect_body, Client};
+use crate::error::{ClientError, Result};
+use crate::partitioner::shard_for_key;
+
+/// Settings of a [`Producer`].
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// How long a batch may wait for more records before it is sent.
+    pub linger: Duration,
+    /// A batch is sent once it reaches this size.
+    pub max_batch_bytes: usize,
+    pub acks: Acks,
+    /// Producer id + epoch + sequence numbers, so retries never duplicate.
+    pub idempotent: bool,
+    /// Attempts after the first for a retriable failure.
+    pub retries: u32,
+    /// Wait before a retry (doubled per attempt, capped at 32×).
+    pub retry_backoff: Duration,
+    /// Batches in flight per shard.
+    pub max_in_flight_per_shard: usize,
+    /// Priority of records that do not set one (1 highest … 10).
+    pub default_priority: u8,
+    /// Complexity of records that do not set one (1 … 5).
+    pub default_complexity: u8,
+    /// Longest wait for one produce's answer.
+    pub request_timeout: Duration,
+    /// Records that may wait in the producer before `send` waits for room.
+    pub max_queued_records: usize,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            linger: Duration::from_millis(5),
+            max_batch_bytes: 1024 * 1024,
+            acks: Acks::Leader,
+            idempotent: true,
+            retries: 10,
+            retry_backoff: Duration::from_millis(50),
+            max_in_flight_per_shard: 5,
+            default_priority: batch::DEFAULT_PRIORITY,
+            default_complexity: batch::DEFAULT_COMPLEXITY,
+            request_timeout: Duration::from_secs(30),
+            max_queued_records: 100_000,
+        }
+    }
+}
+
+/// One record to send.
+#[derive(Debug, Clone)]
+pub struct ProducerRecord {
+    pub topic: String,
+    /// The shard key: records with equal keys go to the same shard, in order.
+    pub key: Option<Bytes>,
+    pub value: Bytes,
+    pub priority: Option<u8>,
+    pub complexity: Option<u8>,
+    pub headers: Vec<(String, Bytes)>,
+    /// Send to this shard instead of hashing the key.
+    pub shard: Option<u32>,
+    /// Milliseconds since the Unix epoch; now when unset.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl ProducerRecord {
+    /// A record with a value and nothing else set.
+    pub fn new(topic: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        ProducerRecord {
+            topic: topic.into(),
+            key: None,
+            value: value.into(),
+            priority: None,
+            complexity: None,
+            headers: Vec::new(),
+            shard: None,
+            timestamp_ms: None,
+        }
+    }
+    /// Sets the shard key.
+    pub fn key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+    /// Sets the priority (1 highest … 10).
+    pub fn priority(mut self, p: u8) -> Self {
+        self.priority = Some(p);
+        self
+    }
+    /// Sets the complexity (1 … 5).
+    pub fn complexity(mut self, c: u8) -> Self {
+        self.complexity = Some(c);
+        self
+    }
+    /// Adds a header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+    /// Pins the shard.
+    pub fn shard(mut self, shard: u32) -> Self {
+        self.shard = Some(shard);
+        self
+    }
+    /// Sets the timestamp.
+    pub fn timestamp_ms(mut self, ts: i64) -> Self {
+        self.timestamp_ms = Some(ts);
+        self
+    }
+}
+
+/// Where an acknowledged record is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordMetadata {
+    pub shard: u32,
+    pub offset: u64,
+}
+
+/// Resolves when the record is acknowledged at the producer's ack level (immediately
+/// after sending for `acks=none`, with offset `u64::MAX`).
+pub struct DeliveryFuture {
+    rx: oneshot::Receiver<Result<RecordMetadata>>,
+}
+
+impl std::future::Future for DeliveryFuture {
+    type Output = Result<RecordMetadata>;
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(ClientError::Closed)))
+    }
+}
+
+type Waiter = oneshot::Sender<Result<RecordMetadata>>;
+
+enum Msg {
+    Record(ProducerRecord, Waiter),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Builder of a [`Producer`].
+#[derive(Debug, Clone)]
+pub struct ProducerBuilder {
+    client: Client,
+    config: ProducerConfig,
+}
+
+impl ProducerBuilder {
+    /// Linger time.
+    pub fn linger(mut self, d: Duration) -> Self {
+        self.config.linger = d;
+        self
+    }
+    /// Maximum batch size in bytes.
+    pub fn max_batch_bytes(mut self, n: usize) -> Self {
+        self.config.max_batch_bytes = n;
+        self
+    }
+    /// Ack level.
+    pub fn acks(mut self, acks: Acks) -> Self {
+        self.config.acks = acks;
+        self
+    }
+    /// Idempotence (on by default).
+    pub fn idempotent(mut self, on: bool) -> Self {
+        self.config.idempotent = on;
+        self
+    }
+    /// Retries for retriable errors.
+    pub fn retries(mut self, n: u32) -> Self {
+        self.config.retries = n;
+        self
+    }
+    /// Backoff before the first retry.
+    pub fn retry_backoff(mut self, d: Duration) -> Self {
+        self.config.retry_backoff = d;
+        self
+    }
+    /// In-flight batches per shard.
+    pub fn max_in_flight_per_shard(mut self, n: usize) -> Self {
+        self.config.max_in_flight_per_shard = n.max(1);
+        self
+    }
+    /// Default priority of records.
+    pub fn priority(mut self, p: u8) -> Self {
+        self.config.default_priority = p;
+        self
+    }
+    /// Default complexity of records.
+    pub fn complexity(mut self, c: u8) -> Self {
+        self.config.default_complexity = c;
+        self
+    }
+    /// All settings at once.
+    pub fn config(mut self, config: ProducerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Starts the producer (gets a producer id when idempotent).
+    pub async fn build(self) -> Result<Producer> {
+        let c = &self.config;
+        if !batch::PRIORITY_RANGE.contains(&c.default_priority) {
+            return Err(ClientError::Invalid("priority must be 1..=10".into()));
+        }
+        if !batch::COMPLEXITY_RANGE.contains(&c.default_complexity) {
+            return Err(ClientError::Invalid("complexity must be 1..=5".into()));
+        }
+        let identity = if c.idempotent {
+            let r = init_producer_id(&self.client, 0, 0).await?;
+            Some(Arc::new(Mutex::new(r)))
+        } else {
+            None
+        };
+        let (tx, rx) = mpsc::channel(c.max_queued_records.max(1));
+        let acc = Accumulator {
+            client: self.client.clone(),
+            config: self.config.clone(),
+            identity,
+            shard_counts: HashMap::new(),
+            open: HashMap::new(),
+            senders: HashMap::new(),
+            round_robin: 0,
+        };
+        tokio::spawn(acc.run(rx));
+        Ok(Producer { tx })
+    }
+}
+
+async fn init_producer_id(client: &Client, id: u64, epoch: u16) -> Result<(u64, u16)> {
+    let req = InitProducerIdRequest {
+        producer_id: id,
+        producer_epoch: epoch,
+    };
+    let r = expect_body!(client.call(req).await?, InitProducerId)?;
+    Ok((r.producer_id, r.producer_epoch))
+}
+
+/// Sends records to a broker; see the module docs.
+#[derive(Debug, Clone)]
+pub struct Producer {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl Producer {
+    /// A builder over `client`.
+    pub fn builder(client: &Client) -> ProducerBuilder {
+        ProducerBuilder {
+            client: client.clone(),
+            config: ProducerConfig::default(),
+        }
+    }
+
+    /// Queues a record. Waits only when `max_queued_records` are already queued.
+    pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Record(record, tx))
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        Ok(DeliveryFuture { rx })
+    }
+
+    /// Sends a record and waits for its acknowledgement.
+    pub async fn send_and_wait(&self, record: ProducerRecord) -> Result<RecordMetadata> {
+        self.send(record).await?.await
+    }
+
+    /// Sends every lingering batch and waits until every record sent before this call
+    /// is acknowledged or failed.
+    pub async fn flush(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Msg::Flush(tx)).await.map_err(|_| ClientError::Closed)?;
+        rx.await.map_err(|_| ClientError::Closed)
+    }
+}
+
+struct Open {
+    builder: BatchBuilder,
+    waiters: Vec<Waiter>,
+    deadline: Instant,
+}
+
+struct Accumulator {
+    client: Client,
+    config: ProducerConfig,
+    identity: Option<Arc<Mutex<(u64, u16)>>>,
+    shard_counts: HashMap<String, u32>,
+    open: HashMap<(String, u32), Open>,
+    senders: HashMap<(String, u32), mpsc::Sender<SenderMsg>>,
+    round_robin: u32,
+}
+
+enum SenderMsg {
+    Batch(BatchBuilder, Vec<Waiter>),
+    Flush(oneshot::Sender<()>),
+}
+
+impl Accumulator {
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        loop {
+            let next_deadline = self.open.values().map(|o| o.deadline).min();
+            let msg = tokio::select! {
+                m = rx.recv() => m,
+                _ = async { tokio::time::sleep_until(next_deadline.expect("deadline")).await }, if next_deadline.is_some() => {
+                    let now = Instant::now();
+                    let due: Vec<_> = self.open.iter().filter(|(_, o)| o.deadline <= now).map(|(k, _)| k.clone()).collect();
+                    for k in due {
+                        self.dispatch(&k).await;
+                    }
+                    continue;
+                }
+            };
+            match msg {
+                None => break,
+                Some(Msg::Record(rec, waiter)) => self.add(rec, waiter).await,
+                Some(Msg::Flush(done)) => {
+                    let keys: Vec<_> = self.open.keys().cloned().collect();
+                    for k in keys {
+                        self.dispatch(&k).await;
+                    }
+                    let mut acks = Vec::new();
+                    for s in self.senders.values() {
+                        let (tx, rx) = oneshot::channel();
+                        if s.send(SenderMsg::Flush(tx)).await.is_ok() {
+                            acks.push(rx);
+                        }
+                    }
+                    tokio::spawn(async move {
+                        for a in acks {
+                            let _ = a.await;
+                        }
+                        let _ = done.send(());
+                    });
+                }
+            }
+        }
+        let keys: Vec<_> = self.open.keys().cloned().collect();
+        for k in keys {
+            self.dispatch(&k).await;
+        }
+    }
+
+    async fn shard_count(&mut self, topic: &str) -> Result<u32> {
+        if let Some(n) = self.shard_counts.get(topic) {
+            return Ok(*n);
+        }
+        let m = self.client.metadata(&[topic]).await?;
+        let n = m.topics.first().map(|t| t.shards.len() as u32).unwrap_or(0);
+        if n == 0 {
+            return Err(ClientError::Broker {
+                code: ErrorCode::UnknownTopic,
+                message: format!("no topic {topic:?}"),
+                retry_after_ms: 0,
+            });
+        }
+        self.shard_counts.insert(topic.to_string(), n);
+        Ok(n)
+    }
+
+    async fn add(&mut self, rec: ProducerRecord, waiter: Waiter) {
+        let shards = match self.shard_count(&rec.topic).await {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = waiter.send(Err(e));
+                return;
+            }
+        };
+        let shard = match (rec.shard, &rec.key) {
+            (Some(s), _) if s < shards => s,
+            (Some(s), _) => {
+                let _ = waiter.send(Err(ClientError::Invalid(format!(
+                    "shard {s} out of range: topic has {shards}"
+                ))));
+                return;
+            }
+            (None, Some(k)) if !k.is_empty() => shard_for_key(k, shards),
+            // Unkeyed records stick to one shard until its batch is sent.
+            (None, _) => self.round_robin % shards,
+        };
+        let headers: Vec<(&str, &[u8])> = rec.headers.iter().map(|(n, v)| (n.as_str(), v.as_ref())).collect();
+        let new = NewRecord {
+            priority: rec.priority.unwrap_or(self.config.default_priority),
+            complexity: rec.complexity.unwrap_or(self.config.default_complexity),
+            timestamp_ms: rec.timestamp_ms.unwrap_or_else(now_ms),
+            key: rec.key.as_deref().unwrap_or(&[]),
+            value: &rec.value,
+            headers: &headers,
+        };
+        if new.encoded_bytes() + batch::BATCH_HEADER_BYTES > self.config.max_batch_bytes.max(1 << 20) * 16 {
+            let _ = waiter.send(Err(ClientError::Invalid("record larger than 16 × max_batch_bytes".into())));
+            return;
+        }
+        let key = (rec.topic.clone(), shard);
+        // Seal the open batch first if this record would overflow it.
+        let overflow = self
+            .open
+            .get(&key)
+            .is_some_and(|o| o.builder.size_bytes() + new.encoded_bytes() > self.config.max_batch_bytes);
+        if overflow {
+            self.dispatch(&key).await;
+        }
+        let linger = self.config.linger;
+        let cap = self.config.max_batch_bytes.min(4 << 20);
+        let open = self.open.entry(key.clone()).or_insert_with(|| Open {
+            builder: BatchBuilder::with_capacity(cap),
+            waiters: Vec::new(),
+            deadline: Instant::now() + linger,
+        });
+        if let Err(e) = open.builder.push(&new) {
+            let _ = waiter.send(Err(ClientError::Invalid(e.to_string())));
+            return;
+        }
+        open.waiters.push(waiter);
+        if open.builder.size_bytes() >= self.config.max_batch_bytes || linger.is_zero() {
+            self.dispatch(&key).await;
+        }
+    }
+
+    async fn dispatch(&mut self, key: &(String, u32)) {
+        let Some(open) = self.open.remove(key) else { return };
+        if open.waiters.is_empty() {
+            return;
+        }
+        self.round_robin = self.round_robin.wrapping_add(1);
+        let sender = match self.senders.get(key) {
+            Some(s) => s.clone(),
+            None => {
+                let (tx, rx) = mpsc::channel(self.config.max_in_flight_per_shard * 2);
+                let s = ShardSender {
+                    client: self.client.clone(),
+                    config: self.config.clone(),
+                    identity: self.identity.clone(),
+                    topic: key.0.clone(),
+                    shard: key.1,
+                    epoch_used: None,
+                    next_seq: 0,
+                };
+                tokio::spawn(s.run(rx));
+                self.senders.insert(key.clone(), tx.clone());
+                tx
+            }
+        };
+        let _ = sender.send(SenderMsg::Batch(open.builder, open.waiters)).await;
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+struct Item {
+    bytes: Bytes,
+    record_count: u32,
+    waiters: Vec<Waiter>,
+    attempts: u32,
+}
+
+struct ShardSender {
+    client: Client,
+    config: ProducerConfig,
+    identity: Option<Arc<Mutex<(u64, u16)>>>,
+    topic: String,
+    shard: u32,
+    /// (producer id, epoch) the sequence numbers below belong to.
+    epoch_used: Option<(u64, u16)>,
+    next_seq: u32,
+}
+
+type InFlight = std::pin::Pin<Box<dyn std::future::Future<Output = Result<ProduceResponse>> + Send>>;
+
+impl ShardSender {
+    async fn stamp(&mut self, builder: BatchBuilder) -> Result<Item> {
+        let count = builder.record_count();
+        let builder = match &self.identity {
+            Some(id) => {
+                let ident = *id.lock().await;
+                if self.epoch_used != Some(ident) {
+                    self.epoch_used = Some(ident);
+                    self.next_seq = 0;
+                }
+                let b = builder.producer(ident.0, ident.1, self.next_seq);
+                self.next_seq = self.next_seq.wrapping_add(count);
+                b
+            }
+            None => builder,
+        };
+        let bytes = builder.finish().map_err(|e| ClientError::Invalid(e.to_string()))?;
+        Ok(Item {
+            bytes,
+            record_count: count,
+            waiters: Vec::new(),
+            attempts: 0,
+        })
+    }
+
+    /// Gives queued batches new sequence numbers under a new epoch (after a batch was
+    /// given up, its successors would otherwise leave a gap).
+    async fn bump_epoch(&mut self, queue: &mut VecDeque<Item>) -> Result<()> {
+        let Some(id) = &self.identity else { return Ok(()) };
+        let mut ident = id.lock().await;
+        if Some(*ident) == self.epoch_used {
+            *ident = init_producer_id(&self.client, ident.0, ident.1).await?;
+        }
+        self.epoch_used = Some(*ident);
+        self.next_seq = 0;
+        for item in queue.iter_mut() {
+            let mut v = item.bytes.to_vec();
+            v[44..52].copy_from_slice(&ident.0.to_le_bytes());
+            v[52..54].copy_from_slice(&ident.1.to_le_bytes());
+            v[56..60].copy_from_slice(&self.next_seq.to_le_bytes());
+            let crc = batch::compute_crc(&v);
+            v[16..20].copy_from_slice(&crc.to_le_bytes());
+            self.next_seq = self.next_seq.wrapping_add(item.record_count);
+            item.bytes = Bytes::from(v);
+        }
+        Ok(())
+    }
+
+    fn send_one(&self, item: &Item) -> InFlight {
+        let client = self.client.clone();
+        let req = ProduceRequest {
+            topic: self.topic.clone(),
+            shard: self.shard,
+            acks: self.config.acks,
+            timeout_ms: self.config.request_timeout.as_millis().min(u32::MAX as u128) as u32,
+            records: Records::from_bytes(item.bytes.clone()),
+        };
+        let acks = self.config.acks;
+        let timeout = self.config.request_timeout + Duration::from_secs(1);
+        Box::pin(async move {
+            let conn = client.connection().await?;
+            if acks == Acks::None {
+                conn.send(req.into(), 0, false).await?;
+                return Ok(ProduceResponse {
+                    base_offset: u64::MAX,
+                    last_offset: u64::MAX,
+                    log_start_offset: 0,
+                    duplicate: 0,
+                });
+            }
+            let frame = conn.call(req.into(), 0, timeout).await?;
+            let body: ResponseBody = crate::connection::into_body(frame)?;
+            expect_body!(body, Produce)
+        })
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<SenderMsg>) {
+        let mut queue: VecDeque<Item> = VecDeque::new();
+        let mut sent: VecDeque<Item> = VecDeque::new();
+        let mut in_flight: FuturesOrdered<InFlight> = FuturesOrdered::new();
+        let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut closed = false;
+        let mut backoff_until: Option<Instant> = None;
+        loop {
+            if backoff_until.is_some_and(|t| Instant::now() >= t) {
+                backoff_until = None;
+            }
+            while backoff_until.is_none() && sent.len() < self.config.max_in_flight_per_shard {
+                let Some(item) = queue.pop_front() else { break };
+                in_flight.push_back(self.send_one(&item));
+                sent.push_back(item);
+            }
+            if queue.is_empty() && sent.is_empty() {
+                for f in flushes.drain(..) {
+                    let _ = f.send(());
+                }
+                if closed {
+                    return;
+                }
+            }
+            tokio::select! {
+                msg = rx.recv(), if !closed && queue.len() < self.config.max_in_flight_per_shard => match msg {
+                    None => closed = true,
+                    Some(SenderMsg::Flush(f)) => flushes.push(f),
+                    Some(SenderMsg::Batch(b, waiters)) => match self.stamp(b).await {
+                        Ok(mut item) => {
+                            item.waiters = waiters;
+                            queue.push_back(item);
+                        }
+                        Err(e) => fail(waiters, e),
+                    },
+                },
+                _ = async { tokio::time::sleep_until(backoff_until.expect("backoff")).await }, if backoff_until.is_some() => {}
+                res = in_flight.next(), if !in_flight.is_empty() => {
+                    let res = res.expect("non-empty");
+                    let mut item = sent.pop_front().expect("sent matches in_flight");
+                    match res {
+                        Ok(r) => resolve(item, self.shard, r),
+                        Err(e) => {
+                            item.attempts += 1;
+                            let retriable = e.is_retriable() || e.code() == Some(ErrorCode::OutOfOrderSequence);
+                            // Everything sent after the failed batch settles first.
+                            let mut again = VecDeque::new();
+                            while let Some(r) = in_flight.next().await {
+                                let later = sent.pop_front().expect("sent matches in_flight");
+                                match r {
+                                    Ok(r) => resolve(later, self.shard, r),
+                                    Err(_) => again.push_back(later),
+                                }
+                            }
+                            if retriable && item.attempts <= self.config.retries {
+                                again.push_front(item);
+                                let factor = 1u32 << (item_attempts(&again) - 1).min(5);
+                                backoff_until = Some(Instant::now() + self.config.retry_backoff * factor);
+                            } else {
+                                tracing::warn!(topic = %self.topic, shard = self.shard, error = %e, "batch failed");
+                                fail(std::mem::take(&mut item.waiters), e.clone());
+                                if e.code() == Some(ErrorCode::ProducerFenced) {
+                                    for it in again.drain(..).chain(queue.drain(..)) {
+                                        fail(it.waiters, e.clone());
+                                    }
+                                }
+                            }
+                            while let Some(it) = again.pop_back() {
+                                queue.push_front(it);
+                            }
+                            if !retriable || e.code() == Some(ErrorCode::OutOfOrderSequence) {
+                                if let Err(e2) = self.bump_epoch(&mut queue).await {
+                                    tracing::warn!(error = %e2, "could not bump producer epoch");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn item_attempts(q: &VecDeque<Item>) -> u32 {
+    q.front().map_or(1, |i| i.attempts.max(1))
+}
+
+fn resolve(item: Item, shard: u32, r: ProduceResponse) {
+    for (i, w) in item.waiters.into_iter().enumerate() {
+        let offset = if r.base_offset == u64::MAX { u64::MAX } else { r.base_offset + i as u64 };
+        let _ = w.send(Ok(RecordMetadata { shard, offset }));
+    }
+}
+
+fn fail(waiters: Vec<Waiter>, e: ClientError) {
+    for w in waiters {
+        let _ = w.send(Err(e.clone()));
+    }
+}
