@@ -1,1 +1,18 @@
-//! The Weir broker library.
+//! The Weir broker: storage, shards, topics, groups, and the protocol server.
+//!
+//! Start one with [`Broker::start`]; the `weir-broker` binary is a thin wrapper that
+//! reads the configuration and waits for a signal. ARCHITECTURE.md at the repository
+//! root walks the path of one message through these modules.
+
+pub mod broker;
+pub mod config;
+pub mod groups;
+pub mod http;
+pub mod producer_ids;
+pub mod server;
+pub mod shard;
+pub mod storage;
+pub mod topics;
+
+pub use broker::Broker;
+pub use config::Config;

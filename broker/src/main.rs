@@ -1,4 +1,78 @@
+//! `weir-broker`: runs a Weir broker until SIGINT or SIGTERM.
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() {}
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use weir_broker::{Broker, Config};
+
+/// The Weir message broker.
+///
+/// Settings come from defaults, then --config FILE (TOML), then WEIR_* environment
+/// variables (WEIR_MAX_CONNECTIONS=100), then these flags. See CONFIG.md.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Protocol listener [default 127.0.0.1:7700].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// HTTP health and metrics listener [default 127.0.0.1:7701].
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// Data directory [default ./weir-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// TOML configuration file.
+    #[arg(long, env = "WEIR_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
+    if let Some(a) = args.listen {
+        config.listen = a;
+    }
+    if let Some(a) = args.http {
+        config.http = a;
+    }
+    if let Some(d) = args.data_dir {
+        config.data_dir = d;
+    }
+    config.validate()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("weir")
+        .build()?;
+    rt.block_on(async move {
+        let broker = Broker::start(config).await?;
+        // Tests and scripts read this line to learn the bound ports.
+        println!(
+            "weir-broker listening on {} http {}",
+            broker.addr(),
+            broker.http_addr()
+        );
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        broker.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

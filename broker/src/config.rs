@@ -1,0 +1,238 @@
+//! Broker configuration: defaults, then a TOML file, then `WEIR_*` environment
+//! variables, then command-line flags, each overriding the one before.
+//!
+//! Every limit the broker enforces is a field here with a sane default; CONFIG.md
+//! (the reference) lists them. Unknown keys and out-of-range values are errors at
+//! start-up, never silently ignored.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use weir_protocol::messages::Durability;
+
+/// Environment variables with this prefix set config keys (`WEIR_MAX_CONNECTIONS=10`).
+pub const ENV_PREFIX: &str = "WEIR_";
+
+/// Every setting of a broker.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Protocol listener.
+    pub listen: SocketAddr,
+    /// HTTP health and metrics listener.
+    pub http: SocketAddr,
+    /// Where topics, offsets and metadata are stored.
+    pub data_dir: PathBuf,
+    /// Largest request frame accepted, length prefix excluded.
+    pub max_frame_bytes: u32,
+    /// Most open client connections; further ones are closed at once.
+    pub max_connections: usize,
+    /// Requests one connection may have in flight; the broker stops reading from a
+    /// connection that reaches it until a response is written.
+    pub max_in_flight_per_connection: usize,
+    /// Close a connection that sent nothing (not even a heartbeat) for this long.
+    pub idle_timeout_ms: u64,
+    /// Close a connection whose peer takes longer than this to send the rest of a frame
+    /// it started, or to accept a response.
+    pub io_timeout_ms: u64,
+    /// Longest a produce waits for its ack level when the request gives no timeout.
+    pub produce_timeout_ms: u32,
+    /// Longest long-poll a fetch may ask for.
+    pub max_fetch_wait_ms: u32,
+    /// Defaults for new topics.
+    pub default_shards: u32,
+    pub default_durability: DurabilitySetting,
+    pub default_flush_interval_ms: u32,
+    pub default_segment_bytes: u64,
+    pub default_retention_ms: u64,
+    pub default_retention_bytes: u64,
+    pub default_max_message_bytes: u32,
+    /// Sparse offset index: one entry per this many log bytes.
+    pub index_interval_bytes: u32,
+    /// Appends waiting in one shard writer's queue.
+    pub shard_queue_depth: usize,
+    /// Consumer groups: default and bounds of session timeouts.
+    pub group_min_session_timeout_ms: u32,
+    pub group_max_session_timeout_ms: u32,
+    /// Most topics a broker holds.
+    pub max_topics: usize,
+    /// Most shards one topic may have.
+    pub max_shards_per_topic: u32,
+}
+
+/// Durability as written in config files: `none`, `interval` or `always`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilitySetting {
+    None,
+    Interval,
+    Always,
+}
+
+impl From<DurabilitySetting> for Durability {
+    fn from(d: DurabilitySetting) -> Self {
+        match d {
+            DurabilitySetting::None => Durability::None,
+            DurabilitySetting::Interval => Durability::Interval,
+            DurabilitySetting::Always => Durability::Always,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:7700".parse().expect("addr"),
+            http: "127.0.0.1:7701".parse().expect("addr"),
+            data_dir: PathBuf::from("./weir-data"),
+            max_frame_bytes: weir_protocol::frame::DEFAULT_MAX_FRAME_BYTES,
+            max_connections: 10_000,
+            max_in_flight_per_connection: 64,
+            idle_timeout_ms: 10 * 60 * 1000,
+            io_timeout_ms: 30_000,
+            produce_timeout_ms: 30_000,
+            max_fetch_wait_ms: 30_000,
+            default_shards: 1,
+            default_durability: DurabilitySetting::Interval,
+            default_flush_interval_ms: 1000,
+            default_segment_bytes: 256 * 1024 * 1024,
+            default_retention_ms: 7 * 24 * 3600 * 1000,
+            default_retention_bytes: 0,
+            default_max_message_bytes: 8 * 1024 * 1024,
+            index_interval_bytes: 4096,
+            shard_queue_depth: 1024,
+            group_min_session_timeout_ms: 1000,
+            group_max_session_timeout_ms: 300_000,
+            max_topics: 10_000,
+            max_shards_per_topic: 1024,
+        }
+    }
+}
+
+/// A configuration that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Defaults, overridden by the TOML file at `file` (if any), then by `WEIR_*`
+    /// variables from `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        let known = toml::Table::try_from(Config::default())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let key = key.to_ascii_lowercase();
+            let Some(default) = known.get(&key) else {
+                // WEIR_LOG and friends are not config keys.
+                continue;
+            };
+            let parsed = match default {
+                toml::Value::Integer(_) => value
+                    .parse::<i64>()
+                    .map(toml::Value::Integer)
+                    .map_err(|_| ConfigError::Invalid(format!("{name}={value}: not an integer")))?,
+                toml::Value::Boolean(_) => value
+                    .parse::<bool>()
+                    .map(toml::Value::Boolean)
+                    .map_err(|_| ConfigError::Invalid(format!("{name}={value}: not a boolean")))?,
+                _ => toml::Value::String(value),
+            };
+            table.insert(key, parsed);
+        }
+        let config: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.max_frame_bytes < 1024 {
+            return bad("max_frame_bytes must be at least 1024");
+        }
+        if self.default_max_message_bytes > self.max_frame_bytes {
+            return bad("default_max_message_bytes must not exceed max_frame_bytes");
+        }
+        if self.max_in_flight_per_connection == 0 || self.max_connections == 0 {
+            return bad("max_in_flight_per_connection and max_connections must be > 0");
+        }
+        if self.default_segment_bytes < 64 * 1024 {
+            return bad("default_segment_bytes must be at least 65536");
+        }
+        if self.default_shards == 0 || self.default_shards > self.max_shards_per_topic {
+            return bad("default_shards must be in 1..=max_shards_per_topic");
+        }
+        if self.shard_queue_depth == 0 {
+            return bad("shard_queue_depth must be > 0");
+        }
+        if self.group_min_session_timeout_ms > self.group_max_session_timeout_ms {
+            return bad("group_min_session_timeout_ms exceeds group_max_session_timeout_ms");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_file_and_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weir.toml");
+        std::fs::write(&path, "max_connections = 5\ndata_dir = \"/tmp/x\"\n").unwrap();
+        let env = vec![
+            ("WEIR_MAX_CONNECTIONS".to_string(), "7".to_string()),
+            ("WEIR_LISTEN".to_string(), "127.0.0.1:9000".to_string()),
+            ("WEIR_LOG".to_string(), "debug".to_string()),
+            ("HOME".to_string(), "/root".to_string()),
+        ];
+        let c = Config::load(Some(&path), env).unwrap();
+        assert_eq!(c.max_connections, 7);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.max_frame_bytes, Config::default().max_frame_bytes);
+    }
+
+    #[test]
+    fn bad_config_is_a_named_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weir.toml");
+        std::fs::write(&path, "no_such_key = 1\n").unwrap();
+        assert!(matches!(
+            Config::load(Some(&path), vec![]),
+            Err(ConfigError::Invalid(_))
+        ));
+        let env = vec![("WEIR_MAX_CONNECTIONS".into(), "lots".into())];
+        assert!(Config::load(None, env).is_err());
+        let env = vec![("WEIR_MAX_FRAME_BYTES".into(), "10".into())];
+        assert!(Config::load(None, env).is_err());
+    }
+}

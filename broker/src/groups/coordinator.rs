@@ -1,0 +1,378 @@
+//! Group membership and shard assignment (eager rebalancing, broker-side assignor).
+//!
+//! A group is `Stable` with a generation and an assignment, or `Rebalancing`. Any
+//! membership change (join, leave, session expiry) starts a rebalance: every member
+//! must call JoinGroup again (heartbeats answer REBALANCE_IN_PROGRESS until it does),
+//! and a member re-joins only after it stopped consuming and committed. When every
+//! member has re-joined, or the rebalance deadline passes (stragglers are removed),
+//! the generation is bumped and shards are dealt out round-robin. So no shard is owned
+//! by two members of the same generation, and a member of an old generation cannot
+//! commit (ILLEGAL_GENERATION).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use weir_protocol::messages::{JoinGroupRequest, JoinGroupResponse, TopicShards};
+use weir_protocol::ErrorCode;
+
+use crate::topics::{valid_name, BrokerError, TopicRegistry};
+
+/// Most members one group may have.
+pub const MAX_MEMBERS: usize = 1000;
+
+#[derive(Debug)]
+struct Member {
+    topics: Vec<String>,
+    session_timeout: Duration,
+    rebalance_timeout: Duration,
+    last_seen: Instant,
+    /// Re-joined during the current rebalance.
+    rejoined: bool,
+}
+
+#[derive(Debug)]
+struct Group {
+    generation: u32,
+    rebalancing_until: Option<Instant>,
+    members: BTreeMap<String, Member>,
+    assignment: HashMap<String, Vec<TopicShards>>,
+    /// Publishes the generation each time a rebalance completes.
+    completed: watch::Sender<u32>,
+}
+
+impl Group {
+    fn new() -> Self {
+        Group {
+            generation: 0,
+            rebalancing_until: None,
+            members: BTreeMap::new(),
+            assignment: HashMap::new(),
+            completed: watch::channel(0).0,
+        }
+    }
+
+    fn start_rebalance(&mut self, now: Instant) {
+        if self.rebalancing_until.is_none() {
+            let timeout = self
+                .members
+                .values()
+                .map(|m| m.rebalance_timeout)
+                .max()
+                .unwrap_or(Duration::from_secs(10));
+            self.rebalancing_until = Some(now + timeout);
+            for m in self.members.values_mut() {
+                m.rejoined = false;
+            }
+        }
+    }
+
+    fn try_complete(&mut self, topics: &TopicRegistry, now: Instant) {
+        let Some(until) = self.rebalancing_until else {
+            return;
+        };
+        let all_in = self.members.values().all(|m| m.rejoined);
+        if !all_in && now < until {
+            return;
+        }
+        self.members.retain(|id, m| {
+            if !m.rejoined {
+                tracing::info!(member = %id, "member did not re-join in time; removed");
+            }
+            m.rejoined
+        });
+        self.generation = self.generation.wrapping_add(1);
+        self.rebalancing_until = None;
+        self.assignment = assign(&self.members, topics);
+        for m in self.members.values_mut() {
+            m.last_seen = now;
+        }
+        self.completed.send_replace(self.generation);
+    }
+}
+
+/// Deals each subscribed topic's shards round-robin over its members, in member-id order.
+fn assign(
+    members: &BTreeMap<String, Member>,
+    topics: &TopicRegistry,
+) -> HashMap<String, Vec<TopicShards>> {
+    let mut wanted: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (id, m) in members {
+        for t in &m.topics {
+            wanted.entry(t.as_str()).or_default().push(id.as_str());
+        }
+    }
+    let mut out: HashMap<String, Vec<TopicShards>> =
+        members.keys().map(|id| (id.clone(), Vec::new())).collect();
+    for (topic, ids) in wanted {
+        let Ok(t) = topics.get(topic) else { continue };
+        let mut per: Vec<Vec<u32>> = vec![Vec::new(); ids.len()];
+        for s in 0..t.shards.len() as u32 {
+            per[s as usize % ids.len()].push(s);
+        }
+        for (id, shards) in ids.into_iter().zip(per) {
+            if !shards.is_empty() {
+                out.get_mut(id).expect("member").push(TopicShards {
+                    topic: topic.to_string(),
+                    shards,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The broker's group coordinator.
+#[derive(Debug)]
+pub struct Coordinator {
+    groups: Mutex<HashMap<String, Group>>,
+    topics: Arc<TopicRegistry>,
+    min_session: Duration,
+    max_session: Duration,
+    next_member: std::sync::atomic::AtomicU64,
+}
+
+impl Coordinator {
+    /// A coordinator with no groups.
+    pub fn new(topics: Arc<TopicRegistry>, min_session_ms: u32, max_session_ms: u32) -> Self {
+        Coordinator {
+            groups: Mutex::new(HashMap::new()),
+            topics,
+            min_session: Duration::from_millis(u64::from(min_session_ms)),
+            max_session: Duration::from_millis(u64::from(max_session_ms)),
+            next_member: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    /// Joins (or re-joins) and waits for the group's next stable generation.
+    pub async fn join(&self, req: JoinGroupRequest) -> Result<JoinGroupResponse, BrokerError> {
+        if !valid_name(&req.group) {
+            return Err(BrokerError::new(
+                ErrorCode::InvalidGroupName,
+                "bad group name",
+            ));
+        }
+        let session = Duration::from_millis(u64::from(req.session_timeout_ms));
+        if session < self.min_session || session > self.max_session {
+            return Err(BrokerError::new(
+                ErrorCode::InvalidConfig,
+                format!(
+                    "session_timeout_ms {} outside {}..={}",
+                    req.session_timeout_ms,
+                    self.min_session.as_millis(),
+                    self.max_session.as_millis()
+                ),
+            ));
+        }
+        let rebalance = Duration::from_millis(u64::from(req.rebalance_timeout_ms.max(100)))
+            .min(Duration::from_secs(300));
+        let now = Instant::now();
+        let (member_id, mut completed, deadline) = {
+            let mut groups = self.groups.lock().expect("groups lock");
+            let group = groups.entry(req.group.clone()).or_insert_with(Group::new);
+            let member_id = if req.member_id.is_empty() {
+                if group.members.len() >= MAX_MEMBERS {
+                    return Err(BrokerError::new(ErrorCode::InvalidConfig, "group is full"));
+                }
+                let n = self
+                    .next_member
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let id = format!(
+                    "{}-{n}",
+                    if req.client_id.is_empty() {
+                        "member"
+                    } else {
+                        &req.client_id
+                    }
+                );
+                group.members.insert(
+                    id.clone(),
+                    Member {
+                        topics: req.topics.clone(),
+                        session_timeout: session,
+                        rebalance_timeout: rebalance,
+                        last_seen: now,
+                        rejoined: false,
+                    },
+                );
+                group.start_rebalance(now);
+                id
+            } else {
+                let stable = group.rebalancing_until.is_none();
+                let generation = group.generation;
+                let Some(m) = group.members.get_mut(&req.member_id) else {
+                    return Err(BrokerError::new(
+                        ErrorCode::UnknownMemberId,
+                        "unknown member; join again",
+                    ));
+                };
+                m.last_seen = now;
+                if stable && m.topics == req.topics {
+                    // Nothing changed: hand back the current assignment.
+                    return Ok(JoinGroupResponse {
+                        member_id: req.member_id.clone(),
+                        generation,
+                        assignment: group
+                            .assignment
+                            .get(&req.member_id)
+                            .cloned()
+                            .unwrap_or_default(),
+                    });
+                }
+                m.topics = req.topics.clone();
+                m.session_timeout = session;
+                m.rebalance_timeout = rebalance;
+                group.start_rebalance(now);
+                req.member_id.clone()
+            };
+            group.members.get_mut(&member_id).expect("member").rejoined = true;
+            let rx = group.completed.subscribe();
+            group.try_complete(&self.topics, now);
+            (member_id, rx, group.rebalancing_until.unwrap_or(now))
+        };
+        // Wait for the rebalance to complete (or be completed by the reaper at its deadline).
+        let wait_until = deadline + Duration::from_secs(1);
+        loop {
+            {
+                let groups = self.groups.lock().expect("groups lock");
+                if let Some(g) = groups.get(&req.group) {
+                    if g.rebalancing_until.is_none() {
+                        return match g.assignment.get(&member_id) {
+                            Some(a) if g.members.contains_key(&member_id) => {
+                                Ok(JoinGroupResponse {
+                                    member_id: member_id.clone(),
+                                    generation: g.generation,
+                                    assignment: a.clone(),
+                                })
+                            }
+                            _ => Err(BrokerError::new(
+                                ErrorCode::UnknownMemberId,
+                                "removed during rebalance",
+                            )),
+                        };
+                    }
+                }
+            }
+            let left = wait_until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(BrokerError::new(
+                    ErrorCode::RebalanceInProgress,
+                    "rebalance did not finish; join again",
+                ));
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), completed.changed())
+                .await;
+        }
+    }
+
+    /// Keeps a member alive; tells it when to re-join.
+    pub fn heartbeat(
+        &self,
+        group: &str,
+        member_id: &str,
+        generation: u32,
+    ) -> Result<(), BrokerError> {
+        let mut groups = self.groups.lock().expect("groups lock");
+        let g = groups
+            .get_mut(group)
+            .ok_or_else(|| BrokerError::new(ErrorCode::UnknownMemberId, "unknown group"))?;
+        let rebalancing = g.rebalancing_until.is_some();
+        let current = g.generation;
+        let m = g.members.get_mut(member_id).ok_or_else(|| {
+            BrokerError::new(ErrorCode::UnknownMemberId, "unknown member; join again")
+        })?;
+        m.last_seen = Instant::now();
+        if rebalancing {
+            return Err(BrokerError::new(
+                ErrorCode::RebalanceInProgress,
+                "re-join the group",
+            ));
+        }
+        if generation != current {
+            return Err(BrokerError::new(
+                ErrorCode::IllegalGeneration,
+                format!("generation is {current}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Removes a member at once.
+    pub fn leave(&self, group: &str, member_id: &str) -> Result<(), BrokerError> {
+        let mut groups = self.groups.lock().expect("groups lock");
+        let g = groups
+            .get_mut(group)
+            .ok_or_else(|| BrokerError::new(ErrorCode::UnknownMemberId, "unknown group"))?;
+        if g.members.remove(member_id).is_none() {
+            return Err(BrokerError::new(
+                ErrorCode::UnknownMemberId,
+                "unknown member",
+            ));
+        }
+        let now = Instant::now();
+        g.start_rebalance(now);
+        g.try_complete(&self.topics, now);
+        Ok(())
+    }
+
+    /// Checks that a commit comes from a current member (or from a consumer outside
+    /// group management: empty member id, generation 0).
+    pub fn check_commit(
+        &self,
+        group: &str,
+        member_id: &str,
+        generation: u32,
+    ) -> Result<(), BrokerError> {
+        if !valid_name(group) {
+            return Err(BrokerError::new(
+                ErrorCode::InvalidGroupName,
+                "bad group name",
+            ));
+        }
+        if member_id.is_empty() && generation == 0 {
+            return Ok(());
+        }
+        let groups = self.groups.lock().expect("groups lock");
+        let g = groups
+            .get(group)
+            .ok_or_else(|| BrokerError::new(ErrorCode::UnknownMemberId, "unknown group"))?;
+        if !g.members.contains_key(member_id) {
+            return Err(BrokerError::new(
+                ErrorCode::UnknownMemberId,
+                "unknown member",
+            ));
+        }
+        if g.generation != generation {
+            return Err(BrokerError::new(
+                ErrorCode::IllegalGeneration,
+                format!("generation is {}", g.generation),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Expires silent members and finishes overdue rebalances. Called periodically.
+    pub fn tick(&self) {
+        let now = Instant::now();
+        let mut groups = self.groups.lock().expect("groups lock");
+        for (name, g) in groups.iter_mut() {
+            let rebalancing = g.rebalancing_until.is_some();
+            let before = g.members.len();
+            g.members.retain(|id, m| {
+                // Members waiting inside JoinGroup are alive.
+                let alive = (rebalancing && m.rejoined)
+                    || now.duration_since(m.last_seen) <= m.session_timeout;
+                if !alive {
+                    tracing::info!(group = %name, member = %id, "session expired");
+                }
+                alive
+            });
+            if g.members.len() != before {
+                g.start_rebalance(now);
+            }
+            g.try_complete(&self.topics, now);
+        }
+        groups.retain(|_, g| !g.members.is_empty() || g.rebalancing_until.is_some());
+    }
+}

@@ -1,0 +1,194 @@
+//! One client connection: a reader loop and a writer task.
+//!
+//! The reader decodes frames in order. Work whose order matters (queuing a produce on
+//! its shard's writer) is done in the reader loop itself, so two produces pipelined on
+//! one connection to one shard are written in the order they were sent. Everything
+//! else, including waiting for an append's ack or a long-poll fetch, runs in its own
+//! task, and each response goes to the writer as soon as it is ready: responses may
+//! leave out of order (clients match them by correlation id), so a quick request never
+//! waits behind a slow one.
+//!
+//! Memory per connection is bounded: at most `max_in_flight_per_connection` requests
+//! are held (the reader stops reading the socket when that many are unanswered), each
+//! at most `max_frame_bytes`. A peer that does not read its responses stalls the
+//! writer; after `io_timeout_ms` the connection is closed.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::codec::FramedRead;
+use weir_protocol::frame::ResponseFrame;
+use weir_protocol::{ErrorCode, FrameError, Request, ServerCodec};
+
+use super::handlers;
+use crate::broker::BrokerState;
+
+/// Tail chunks smaller than this are copied into the write buffer rather than written
+/// with their own system call.
+const COPY_TAIL_BELOW_BYTES: usize = 64 * 1024;
+
+/// Serves one connection until the peer closes it, it fails, or the broker shuts down.
+pub async fn run(sock: TcpStream, state: Arc<BrokerState>) -> Result<(), FrameError> {
+    let (rd, wr) = sock.into_split();
+    let cfg = &state.config;
+    let mut frames =
+        FramedRead::with_capacity(rd, ServerCodec::new(cfg.max_frame_bytes), 64 * 1024);
+    let in_flight = Arc::new(Semaphore::new(cfg.max_in_flight_per_connection));
+    let (tx, rx) = mpsc::channel::<ResponseFrame>(cfg.max_in_flight_per_connection);
+    let io_timeout = Duration::from_millis(cfg.io_timeout_ms);
+    let writer = tokio::spawn(write_loop(wr, rx, io_timeout));
+    let idle = Duration::from_millis(cfg.idle_timeout_ms);
+    let mut shutdown = state.shutdown.clone();
+    let result = loop {
+        let permit = tokio::select! {
+            p = in_flight.clone().acquire_owned() => p.expect("semaphore never closed"),
+            _ = shutdown.changed() => break Ok(()),
+        };
+        let next = tokio::select! {
+            n = tokio::time::timeout(idle, frames.next()) => n,
+            _ = shutdown.changed() => break Ok(()),
+            _ = tx.closed() => break Ok(()),
+        };
+        let frame = match next {
+            Err(_) => {
+                tracing::debug!("idle timeout");
+                break Ok(());
+            }
+            Ok(None) => break Ok(()),
+            Ok(Some(Err(FrameError::Decode(e)))) => {
+                tracing::info!(error = %e, "unframeable input; closing connection");
+                state
+                    .metrics
+                    .request_errors_total
+                    .fetch_add(1, Ordering::Relaxed);
+                let _ = tx
+                    .send(ResponseFrame::connection_error(e.code(), e.to_string()))
+                    .await;
+                break Err(FrameError::Decode(e));
+            }
+            Ok(Some(Err(e))) => break Err(e),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        state.metrics.requests_total.fetch_add(1, Ordering::Relaxed);
+        let frame = match frame {
+            Ok(f) => f,
+            Err(bad) => {
+                state
+                    .metrics
+                    .request_errors_total
+                    .fetch_add(1, Ordering::Relaxed);
+                let resp = match bad.header {
+                    Some(h) => ResponseFrame::error(&h, bad.error.code(), 0, bad.error.to_string()),
+                    None => ResponseFrame::connection_error(
+                        ErrorCode::InvalidRequest,
+                        bad.error.to_string(),
+                    ),
+                };
+                let _ = tx.send(resp).await;
+                continue;
+            }
+        };
+        let header = frame.header;
+        match frame.request {
+            Request::Produce(req) => {
+                // Queued here, in connection order; answered in its own task.
+                let pending = handlers::produce_start(&state, &header, req).await;
+                let tx = tx.clone();
+                let state = state.clone();
+                tokio::spawn(async move {
+                    if let Some(resp) = pending.finish(&state).await {
+                        let _ = tx.send(resp).await;
+                    }
+                    drop(permit);
+                });
+            }
+            request => {
+                let tx = tx.clone();
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let resp = handlers::handle(&state, &header, request).await;
+                    if resp.error_code() != ErrorCode::None {
+                        state
+                            .metrics
+                            .request_errors_total
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    let _ = tx.send(resp).await;
+                    drop(permit);
+                });
+            }
+        }
+    };
+    // Let every in-flight request finish and its response be written, then close.
+    let _ = tokio::time::timeout(
+        io_timeout,
+        in_flight.acquire_many(state.config.max_in_flight_per_connection as u32),
+    )
+    .await;
+    drop(tx);
+    let _ = writer.await;
+    result
+}
+
+async fn write_loop(
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<ResponseFrame>,
+    io_timeout: Duration,
+) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut tail: Vec<Bytes> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(resp) = next.take() {
+            resp.encode_split(&mut buf, &mut tail);
+            let tail_bytes: usize = tail.iter().map(Bytes::len).sum();
+            if tail_bytes < COPY_TAIL_BELOW_BYTES {
+                for c in tail.drain(..) {
+                    buf.extend_from_slice(&c);
+                }
+            } else {
+                // Large record sets go from the log's map to the socket without a copy.
+                if write_all(&mut wr, &buf, io_timeout).await.is_err() {
+                    return;
+                }
+                buf.clear();
+                for c in tail.drain(..) {
+                    if write_all(&mut wr, &c, io_timeout).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            if buf.len() < 256 * 1024 {
+                next = rx.try_recv().ok();
+            }
+        }
+        if write_all(&mut wr, &buf, io_timeout).await.is_err() {
+            return;
+        }
+        buf.clear();
+    }
+    let _ = wr.shutdown().await;
+}
+
+async fn write_all(
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    bytes: &[u8],
+    io_timeout: Duration,
+) -> std::io::Result<()> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    match tokio::time::timeout(io_timeout, wr.write_all(bytes)).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::info!("peer is not reading its responses; closing connection");
+            Err(std::io::ErrorKind::TimedOut.into())
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Per-shard producer state: makes retried batches from idempotent producers free of
+//! duplicates.
+//!
+//! For each producer id the shard remembers its newest epoch, the last sequence number
+//! it stored, and the offsets of its last few batches. A batch whose sequence range
+//! equals a remembered one is a retry: it is answered with the original offsets and not
+//! written again. A batch that is neither a retry nor the next sequence is refused
+//! (OUT_OF_ORDER_SEQUENCE), and one from an older epoch is fenced (PRODUCER_FENCED).
+//! The state lives only in the shard's writer thread and is rebuilt from the log's
+//! batch headers when the shard opens.
+
+use std::collections::{HashMap, VecDeque};
+
+use weir_protocol::batch::{BatchHeader, NO_PRODUCER_ID};
+
+/// How many recent batches per producer are remembered for de-duplication. A producer
+/// keeps at most this many batches in flight per shard.
+pub const RETAINED_BATCHES: usize = 5;
+
+/// Most producers remembered per shard; the least recently seen is forgotten beyond it.
+pub const MAX_PRODUCERS: usize = 100_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stored {
+    first_seq: u32,
+    last_seq: u32,
+    base_offset: u64,
+    last_offset: u64,
+}
+
+#[derive(Debug, Default)]
+struct Producer {
+    epoch: u16,
+    last_seq: Option<u32>,
+    recent: VecDeque<Stored>,
+    last_seen: u64,
+}
+
+/// What to do with one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not from an idempotent producer, or the next expected sequence: write it.
+    Append,
+    /// A retry of a stored batch: answer with these offsets, write nothing.
+    Duplicate { base_offset: u64, last_offset: u64 },
+    /// Sequence gap or overlap that is not an exact retry.
+    OutOfOrder { expected: u32, got: u32 },
+    /// The producer's epoch is older than one already seen.
+    Fenced { current_epoch: u16 },
+}
+
+/// The producers known to one shard.
+#[derive(Debug, Default)]
+pub struct ProducerTable {
+    producers: HashMap<u64, Producer>,
+    clock: u64,
+}
+
+impl ProducerTable {
+    /// Decides what to do with a batch before it is written.
+    pub fn check(&self, h: &BatchHeader) -> Verdict {
+        if h.producer_id == NO_PRODUCER_ID {
+            return Verdict::Append;
+        }
+        let Some(p) = self.producers.get(&h.producer_id) else {
+            // A producer this shard has not seen in the window it remembers: either new
+            // or idle for longer than the window. Its batch cannot be a retry of a
+            // batch in the window, so it is accepted at any sequence.
+            return Verdict::Append;
+        };
+        if h.producer_epoch < p.epoch {
+            return Verdict::Fenced {
+                current_epoch: p.epoch,
+            };
+        }
+        if h.producer_epoch > p.epoch {
+            return if h.base_sequence == 0 {
+                Verdict::Append
+            } else {
+                Verdict::OutOfOrder {
+                    expected: 0,
+                    got: h.base_sequence,
+                }
+            };
+        }
+        let last_seq = h.last_sequence();
+        if let Some(s) = p
+            .recent
+            .iter()
+            .find(|s| s.first_seq == h.base_sequence && s.last_seq == last_seq)
+        {
+            return Verdict::Duplicate {
+                base_offset: s.base_offset,
+                last_offset: s.last_offset,
+            };
+        }
+        let expected = p.last_seq.map_or(0, |s| s.wrapping_add(1));
+        if h.base_sequence == expected {
+            Verdict::Append
+        } else {
+            Verdict::OutOfOrder {
+                expected,
+                got: h.base_sequence,
+            }
+        }
+    }
+
+    /// Records a batch that was written (or found in the log on recovery).
+    pub fn record(&mut self, h: &BatchHeader) {
+        if h.producer_id == NO_PRODUCER_ID {
+            return;
+        }
+        self.clock += 1;
+        let p = self.producers.entry(h.producer_id).or_default();
+        if h.producer_epoch != p.epoch {
+            p.epoch = h.producer_epoch;
+            p.recent.clear();
+        }
+        p.last_seq = Some(h.last_sequence());
+        p.last_seen = self.clock;
+        if p.recent.len() == RETAINED_BATCHES {
+            p.recent.pop_front();
+        }
+        p.recent.push_back(Stored {
+            first_seq: h.base_sequence,
+            last_seq: h.last_sequence(),
+            base_offset: h.base_offset,
+            last_offset: h.last_offset(),
+        });
+        if self.producers.len() > MAX_PRODUCERS {
+            self.evict_oldest();
+        }
+    }
+
+    fn evict_oldest(&mut self) {
+        if let Some((&id, _)) = self.producers.iter().min_by_key(|(_, p)| p.last_seen) {
+            self.producers.remove(&id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_protocol::batch::{BatchBuilder, NewRecord};
+
+    fn header(pid: u64, epoch: u16, seq: u32, n: u32, base: u64) -> BatchHeader {
+        let mut b = BatchBuilder::new().producer(pid, epoch, seq);
+        for _ in 0..n {
+            b.push(&NewRecord::value(0, b"x")).unwrap();
+        }
+        let mut h = BatchHeader::read(&b.finish().unwrap()).unwrap();
+        h.base_offset = base;
+        h
+    }
+
+    #[test]
+    fn retry_is_a_duplicate_with_original_offsets() {
+        let mut t = ProducerTable::default();
+        let h = header(1, 0, 0, 3, 10);
+        assert_eq!(t.check(&h), Verdict::Append);
+        t.record(&h);
+        assert_eq!(
+            t.check(&header(1, 0, 0, 3, 0)),
+            Verdict::Duplicate {
+                base_offset: 10,
+                last_offset: 12
+            }
+        );
+        assert_eq!(t.check(&header(1, 0, 3, 1, 0)), Verdict::Append);
+    }
+
+    #[test]
+    fn gaps_and_old_epochs_are_refused() {
+        let mut t = ProducerTable::default();
+        t.record(&header(1, 2, 0, 1, 0));
+        assert_eq!(
+            t.check(&header(1, 2, 5, 1, 0)),
+            Verdict::OutOfOrder {
+                expected: 1,
+                got: 5
+            }
+        );
+        assert_eq!(
+            t.check(&header(1, 1, 1, 1, 0)),
+            Verdict::Fenced { current_epoch: 2 }
+        );
+        assert_eq!(t.check(&header(1, 3, 0, 1, 0)), Verdict::Append);
+        assert!(matches!(
+            t.check(&header(1, 3, 4, 1, 0)),
+            Verdict::OutOfOrder { .. }
+        ));
+        // Unknown producers start wherever they are.
+        assert_eq!(t.check(&header(9, 0, 4, 1, 0)), Verdict::Append);
+    }
+}

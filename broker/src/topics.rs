@@ -1,0 +1,421 @@
+//! The topic registry: which topics exist, their settings and their shards.
+//!
+//! Topic metadata is the control plane: created and deleted rarely, read on every
+//! request. Readers clone an `Arc<Topic>` out of a briefly held read lock; create and
+//! delete are serialised by one async mutex and persisted to `topics.json` in the data
+//! directory with write-to-temp, fsync, rename, fsync-directory, so a crash leaves
+//! either the old or the new list, never a torn one.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+use weir_protocol::messages::{ShardMetadata, TopicConfig, TopicMetadata};
+use weir_protocol::ErrorCode;
+
+use crate::config::{Config, DurabilitySetting};
+use crate::shard::{Shard, ShardConfig};
+use crate::storage::LogConfig;
+
+/// Longest topic name, in bytes.
+pub const MAX_TOPIC_NAME_BYTES: usize = 249;
+
+const METADATA_FILE: &str = "topics.json";
+
+/// An error with the wire code it maps to.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct BrokerError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl BrokerError {
+    /// A refusal with a code and a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        BrokerError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// One topic and its open shards.
+#[derive(Debug)]
+pub struct Topic {
+    pub name: String,
+    /// Settings with every default resolved.
+    pub config: TopicConfig,
+    pub shards: Vec<Arc<Shard>>,
+}
+
+impl Topic {
+    /// The shard with this number, or UNKNOWN_SHARD.
+    pub fn shard(&self, shard: u32) -> Result<&Arc<Shard>, BrokerError> {
+        self.shards.get(shard as usize).ok_or_else(|| {
+            BrokerError::new(
+                ErrorCode::UnknownShard,
+                format!(
+                    "topic {} has {} shards, not {shard}",
+                    self.name,
+                    self.shards.len()
+                ),
+            )
+        })
+    }
+
+    /// The topic's metadata as sent to clients.
+    pub fn metadata(&self) -> TopicMetadata {
+        TopicMetadata {
+            name: self.name.clone(),
+            config: self.config.clone(),
+            shards: self
+                .shards
+                .iter()
+                .enumerate()
+                .map(|(i, s)| ShardMetadata {
+                    shard: i as u32,
+                    log_start_offset: s.reader().log_start_offset(),
+                    high_watermark: s.reader().high_watermark(),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct TopicRecord {
+    name: String,
+    shards: u32,
+    durability: DurabilitySetting,
+    flush_interval_ms: u32,
+    retention_ms: u64,
+    retention_bytes: u64,
+    segment_bytes: u64,
+    max_message_bytes: u32,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct MetadataFile {
+    topics: Vec<TopicRecord>,
+}
+
+/// All topics of a broker.
+#[derive(Debug)]
+pub struct TopicRegistry {
+    dir: PathBuf,
+    config: Arc<Config>,
+    topics: RwLock<HashMap<String, Arc<Topic>>>,
+    changes: tokio::sync::Mutex<()>,
+}
+
+/// Checks a topic (or group) name: 1..=249 bytes of `[A-Za-z0-9._-]`, not `.` or `..`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_TOPIC_NAME_BYTES
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+fn durability_setting(d: weir_protocol::messages::Durability) -> DurabilitySetting {
+    use weir_protocol::messages::Durability as D;
+    match d {
+        D::None => DurabilitySetting::None,
+        D::Interval => DurabilitySetting::Interval,
+        D::Always => DurabilitySetting::Always,
+    }
+}
+
+impl TopicRegistry {
+    /// Loads the topic list from the data directory and opens (recovers) every shard.
+    pub fn open(config: Arc<Config>) -> Result<TopicRegistry, BrokerError> {
+        let dir = config.data_dir.clone();
+        std::fs::create_dir_all(dir.join("topics")).map_err(storage_err)?;
+        let path = dir.join(METADATA_FILE);
+        let file: MetadataFile = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                BrokerError::new(
+                    ErrorCode::CorruptStorage,
+                    format!("{}: {e}", path.display()),
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => MetadataFile::default(),
+            Err(e) => return Err(storage_err(e)),
+        };
+        let registry = TopicRegistry {
+            dir,
+            config,
+            topics: RwLock::new(HashMap::new()),
+            changes: tokio::sync::Mutex::new(()),
+        };
+        for rec in file.topics {
+            let topic_config = TopicConfig {
+                durability: rec.durability.into(),
+                flush_interval_ms: rec.flush_interval_ms,
+                retention_ms: rec.retention_ms,
+                retention_bytes: rec.retention_bytes,
+                segment_bytes: rec.segment_bytes,
+                max_message_bytes: rec.max_message_bytes,
+            };
+            let topic = registry.open_topic(&rec.name, rec.shards, topic_config)?;
+            registry
+                .topics
+                .write()
+                .expect("topics lock")
+                .insert(rec.name.clone(), Arc::new(topic));
+        }
+        Ok(registry)
+    }
+
+    fn topic_dir(&self, name: &str) -> PathBuf {
+        self.dir.join("topics").join(name)
+    }
+
+    fn open_topic(
+        &self,
+        name: &str,
+        shards: u32,
+        config: TopicConfig,
+    ) -> Result<Topic, BrokerError> {
+        let mut opened = Vec::with_capacity(shards as usize);
+        for i in 0..shards {
+            let shard_config = ShardConfig {
+                log: LogConfig {
+                    segment_bytes: config.segment_bytes,
+                    index_interval_bytes: self.config.index_interval_bytes,
+                    retention_ms: config.retention_ms,
+                    retention_bytes: config.retention_bytes,
+                },
+                durability: config.durability,
+                flush_interval_ms: config.flush_interval_ms,
+                queue_depth: self.config.shard_queue_depth,
+                ..ShardConfig::default()
+            };
+            let dir = self.topic_dir(name).join(i.to_string());
+            let shard = Shard::open(&dir, &format!("{name}-{i}"), shard_config).map_err(|e| {
+                BrokerError::new(
+                    ErrorCode::StorageError,
+                    format!("opening {}: {e}", dir.display()),
+                )
+            })?;
+            opened.push(shard);
+        }
+        Ok(Topic {
+            name: name.to_string(),
+            config,
+            shards: opened,
+        })
+    }
+
+    /// The topic with this name, or UNKNOWN_TOPIC.
+    pub fn get(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
+        self.topics
+            .read()
+            .expect("topics lock")
+            .get(name)
+            .cloned()
+            .ok_or_else(|| BrokerError::new(ErrorCode::UnknownTopic, format!("no topic {name:?}")))
+    }
+
+    /// Every topic, sorted by name.
+    pub fn list(&self) -> Vec<Arc<Topic>> {
+        let mut v: Vec<_> = self
+            .topics
+            .read()
+            .expect("topics lock")
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Fills zero fields of a requested config with the broker's defaults and checks ranges.
+    pub fn resolve(&self, mut c: TopicConfig) -> Result<TopicConfig, BrokerError> {
+        let d = &self.config;
+        if c.flush_interval_ms == 0 {
+            c.flush_interval_ms = d.default_flush_interval_ms;
+        }
+        if c.retention_ms == 0 {
+            c.retention_ms = d.default_retention_ms;
+        }
+        if c.retention_bytes == 0 {
+            c.retention_bytes = d.default_retention_bytes;
+        }
+        if c.segment_bytes == 0 {
+            c.segment_bytes = d.default_segment_bytes;
+        }
+        if c.max_message_bytes == 0 {
+            c.max_message_bytes = d.default_max_message_bytes;
+        }
+        let invalid = |m: String| Err(BrokerError::new(ErrorCode::InvalidConfig, m));
+        if c.segment_bytes < 64 * 1024 || c.segment_bytes > 1 << 40 {
+            return invalid(format!(
+                "segment_bytes {} outside 65536..=2^40",
+                c.segment_bytes
+            ));
+        }
+        if c.max_message_bytes > d.max_frame_bytes {
+            return invalid(format!(
+                "max_message_bytes {} exceeds the broker's max_frame_bytes {}",
+                c.max_message_bytes, d.max_frame_bytes
+            ));
+        }
+        if u64::from(c.max_message_bytes) > c.segment_bytes {
+            return invalid("max_message_bytes exceeds segment_bytes".to_string());
+        }
+        Ok(c)
+    }
+
+    /// Creates a topic, persists it, and returns it.
+    pub async fn create(
+        &self,
+        name: &str,
+        shards: u32,
+        config: TopicConfig,
+    ) -> Result<Arc<Topic>, BrokerError> {
+        if !valid_name(name) {
+            return Err(BrokerError::new(
+                ErrorCode::InvalidTopicName,
+                format!("{name:?}: use 1 to {MAX_TOPIC_NAME_BYTES} characters of [A-Za-z0-9._-]"),
+            ));
+        }
+        let shards = if shards == 0 {
+            self.config.default_shards
+        } else {
+            shards
+        };
+        if shards > self.config.max_shards_per_topic {
+            return Err(BrokerError::new(
+                ErrorCode::InvalidConfig,
+                format!(
+                    "{shards} shards exceeds max_shards_per_topic {}",
+                    self.config.max_shards_per_topic
+                ),
+            ));
+        }
+        let config = self.resolve(config)?;
+        let _guard = self.changes.lock().await;
+        {
+            let topics = self.topics.read().expect("topics lock");
+            if topics.contains_key(name) {
+                return Err(BrokerError::new(
+                    ErrorCode::TopicAlreadyExists,
+                    format!("topic {name:?} already exists"),
+                ));
+            }
+            if topics.len() >= self.config.max_topics {
+                return Err(BrokerError::new(
+                    ErrorCode::InvalidConfig,
+                    format!(
+                        "broker already holds max_topics = {}",
+                        self.config.max_topics
+                    ),
+                ));
+            }
+        }
+        // Leftovers of a create that crashed before its metadata was written.
+        let dir = self.topic_dir(name);
+        if dir.exists() {
+            tracing::warn!(topic = name, "removing orphaned topic directory");
+            std::fs::remove_dir_all(&dir).map_err(storage_err)?;
+        }
+        let topic = Arc::new(self.open_topic(name, shards, config)?);
+        let mut next = self.topics.read().expect("topics lock").clone();
+        next.insert(name.to_string(), topic.clone());
+        if let Err(e) = self.persist(&next) {
+            for s in &topic.shards {
+                s.close().await;
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        *self.topics.write().expect("topics lock") = next;
+        tracing::info!(topic = name, shards, "topic created");
+        Ok(topic)
+    }
+
+    /// Deletes a topic and its data.
+    pub async fn delete(&self, name: &str) -> Result<(), BrokerError> {
+        let _guard = self.changes.lock().await;
+        let mut next = self.topics.read().expect("topics lock").clone();
+        let topic = next.remove(name).ok_or_else(|| {
+            BrokerError::new(ErrorCode::UnknownTopic, format!("no topic {name:?}"))
+        })?;
+        self.persist(&next)?;
+        *self.topics.write().expect("topics lock") = next;
+        for s in &topic.shards {
+            s.close().await;
+        }
+        let dir = self.topic_dir(name);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(topic = name, error = %e, "could not remove topic directory");
+        }
+        tracing::info!(topic = name, "topic deleted");
+        Ok(())
+    }
+
+    /// Flushes and stops every shard writer.
+    pub async fn close(&self) {
+        for topic in self.list() {
+            for s in &topic.shards {
+                s.close().await;
+            }
+        }
+    }
+
+    fn persist(&self, topics: &HashMap<String, Arc<Topic>>) -> Result<(), BrokerError> {
+        let mut file = MetadataFile::default();
+        let mut names: Vec<_> = topics.keys().collect();
+        names.sort();
+        for name in names {
+            let t = &topics[name];
+            file.topics.push(TopicRecord {
+                name: t.name.clone(),
+                shards: t.shards.len() as u32,
+                durability: durability_setting(t.config.durability),
+                flush_interval_ms: t.config.flush_interval_ms,
+                retention_ms: t.config.retention_ms,
+                retention_bytes: t.config.retention_bytes,
+                segment_bytes: t.config.segment_bytes,
+                max_message_bytes: t.config.max_message_bytes,
+            });
+        }
+        let bytes = serde_json::to_vec_pretty(&file).expect("metadata serialises");
+        write_atomically(&self.dir, METADATA_FILE, &bytes).map_err(storage_err)
+    }
+}
+
+fn storage_err(e: std::io::Error) -> BrokerError {
+    BrokerError::new(ErrorCode::StorageError, e.to_string())
+}
+
+/// Replaces `dir/name` with `bytes` so that a crash leaves the old or the new content.
+pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{name}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(valid_name("orders.v1_eu-west"));
+        for bad in ["", ".", "..", "a/b", "a b", "ü", &"x".repeat(250)] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+    }
+}
