@@ -1,0 +1,27 @@
+//! Arbitrary bytes through batch validation, splitting, parsing and record iteration:
+//! no panic, and a batch that validates yields exactly `record_count` records.
+#![no_main]
+
+use bytes::Bytes;
+use libfuzzer_sys::fuzz_target;
+use weir_protocol::batch::{self, Batch};
+
+fuzz_target!(|data: &[u8]| {
+    let _ = batch::validate(data);
+    let raw = Bytes::copy_from_slice(data);
+    for part in batch::split(raw.clone()) {
+        let Ok(part) = part else { break };
+        if let Ok(b) = Batch::parse(part) {
+            let h = *b.header();
+            let n = b
+                .records()
+                .map(|r| (r.offset, r.timestamp_ms, r.headers.len()))
+                .count();
+            assert_eq!(n, h.record_count as usize);
+            let _ = (h.last_offset(), h.last_sequence());
+        }
+    }
+    if let Ok(b) = Batch::parse(raw) {
+        assert!(b.records().count() >= 1);
+    }
+});
