@@ -1,0 +1,608 @@
+//! The log of one shard: a list of segments, one writer ([`Log`]) and any number of
+//! lock-free-on-the-hot-path readers ([`LogReader`]).
+//!
+//! Publication protocol: the writer copies batches into the active map, then stores the
+//! segment's `len` and finally the log's high-water mark, each with `Release`. A reader
+//! loads the log start and high-water mark with `Acquire`, clones the current segment
+//! list (an `Arc<Vec<..>>` behind an `RwLock` held only for the clone), and never looks
+//! past either. The list is replaced, never mutated, when a segment rolls or retention
+//! deletes one, so a reader's snapshot stays valid for as long as it holds it.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use weir_protocol::batch::{self, BatchHeader, BATCH_HEADER_BYTES};
+
+use super::error::{io_err, StorageError};
+use super::index::{index_capacity, IndexEntry, IndexFile, SegmentIndex};
+use super::index::{OFFSET_ENTRY_BYTES, TIME_ENTRY_BYTES};
+use super::segment::{self, MappedLog, Prepared, Segment};
+
+/// Tunables of one log. Sizes are upper bounds, not targets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Bytes preallocated per segment; a segment rolls when the next batch would not
+    /// fit. At most `u32::MAX` (positions in the index are 32-bit).
+    pub segment_bytes: u64,
+    /// Bytes of batches between two sparse index points; bounds how far a read or
+    /// recovery scans from an index point.
+    pub index_interval_bytes: u32,
+    /// Closed segments whose newest record is older than this are deleted; 0 = keep.
+    pub retention_ms: u64,
+    /// Oldest closed segments are deleted while the log is larger than this; 0 = no limit.
+    pub retention_bytes: u64,
+}
+
+impl Default for LogConfig {
+    /// 256 MiB segments: large enough that rolling (trim, remap, rename) is rare and the
+    /// per-segment file count stays small, small enough that preallocating and
+    /// populating the next one in the background costs little memory on a small box,
+    /// and that retention frees space in reasonable steps. 4 KiB index interval (one
+    /// page scanned at most per lookup), 7-day retention, no size limit.
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 256 * 1024 * 1024,
+            index_interval_bytes: 4096,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: 0,
+        }
+    }
+}
+
+impl LogConfig {
+    fn check(&self) -> Result<(), StorageError> {
+        if self.segment_bytes < 4096 || self.segment_bytes > u64::from(u32::MAX) {
+            return Err(StorageError::InvalidConfig(
+                "segment_bytes must be in 4096..=u32::MAX",
+            ));
+        }
+        if self.index_interval_bytes == 0 {
+            return Err(StorageError::InvalidConfig(
+                "index_interval_bytes must be > 0",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Offsets assigned by one `append`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset of the first record of the first batch.
+    pub base_offset: u64,
+    /// Offset of the last record of the last batch.
+    pub last_offset: u64,
+}
+
+/// What readers and the writer share.
+pub(crate) struct Shared {
+    pub dir: PathBuf,
+    pub segments: RwLock<Arc<Vec<Arc<Segment>>>>,
+    pub high_watermark: AtomicU64,
+    pub log_start_offset: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn snapshot(&self) -> Arc<Vec<Arc<Segment>>> {
+        // A poisoned lock only means a panic elsewhere while swapping an Arc; the Arc
+        // inside is always whole.
+        Arc::clone(&self.segments.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub(crate) fn publish(&self, segments: Vec<Arc<Segment>>) {
+        *self.segments.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(segments);
+    }
+}
+
+/// Writer-side state of the active segment.
+pub(crate) struct Active {
+    pub seg: Arc<Segment>,
+    /// Write position (== published len between appends).
+    pub pos: u64,
+    pub capacity: u64,
+    pub next_offset: u64,
+    pub bytes_since_index: u64,
+    pub max_timestamp_ms: i64,
+    /// Bytes below this are known durable.
+    pub flushed_pos: u64,
+}
+
+/// The single writer of one shard's log. Not `Clone`; readers come from [`Log::reader`].
+pub struct Log {
+    pub(crate) config: LogConfig,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) active: Active,
+    /// Closed segments not yet made durable (synced by the next `flush`).
+    pub(crate) pending_sync: Vec<Arc<Segment>>,
+    /// A segment file was renamed into place since the last directory fsync.
+    pub(crate) dir_dirty: bool,
+    pub(crate) next: Option<JoinHandle<Result<Prepared, StorageError>>>,
+    pub(crate) prepare_seq: u64,
+    pub(crate) failed: Option<String>,
+    pub(crate) _lock: File,
+}
+
+impl Log {
+    /// Opens (creating if needed) the log in `dir`, recovering a torn tail.
+    pub fn open(dir: &Path, config: LogConfig) -> Result<Log, StorageError> {
+        config.check()?;
+        super::recovery::open(dir, config)
+    }
+
+    /// Copies `batches` (each exactly one batch, already validated by the caller) into
+    /// the log, stamping dense base offsets into the stored copies, and publishes them
+    /// to readers. Does not flush. All elements are checked for framing before any is
+    /// written. After an I/O error the log refuses further writes
+    /// ([`StorageError::Failed`]) and whether the batches are stored is unknown until
+    /// the log is reopened.
+    pub fn append(&mut self, batches: &[Bytes]) -> Result<AppendInfo, StorageError> {
+        self.check_failed()?;
+        for (index, b) in batches.iter().enumerate() {
+            check_framing(b).map_err(|detail| StorageError::InvalidBatch {
+                index,
+                detail: detail.into(),
+            })?;
+        }
+        let base_offset = self.active.next_offset;
+        if batches.is_empty() {
+            return Err(StorageError::InvalidBatch {
+                index: 0,
+                detail: "append needs at least one batch".into(),
+            });
+        }
+        for b in batches {
+            let (count, max_ts) = counts(b);
+            let fits = self.active.pos + b.len() as u64 <= self.active.capacity;
+            let rel_last =
+                self.active.next_offset + u64::from(count) - 1 - self.active.seg.base_offset;
+            if !fits || rel_last > u64::from(u32::MAX) {
+                if let Err(e) = self.roll(b.len() as u64) {
+                    self.failed = Some(e.to_string());
+                    return Err(e);
+                }
+            }
+            self.write_batch(b, count, max_ts);
+        }
+        self.publish_active();
+        self.shared
+            .high_watermark
+            .store(self.active.next_offset, Ordering::Release);
+        Ok(AppendInfo {
+            base_offset,
+            last_offset: self.active.next_offset - 1,
+        })
+    }
+
+    fn check_failed(&self) -> Result<(), StorageError> {
+        match &self.failed {
+            Some(m) => Err(StorageError::Failed(m.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn write_batch(&mut self, b: &[u8], count: u32, max_ts: i64) {
+        let a = &mut self.active;
+        let pos = a.pos as usize;
+        debug_assert!(pos + b.len() <= a.seg.log.map.len());
+        let dst = a.seg.log.map.as_mut_ptr();
+        // SAFETY: `[pos, pos + len)` is inside the map (capacity checked by `append`,
+        // and capacity <= map length), above the published `len` so no reader looks at
+        // it, and only this writer (holding `&mut Log`) writes the map. The file is
+        // preallocated to the map's length and nobody truncates it while active; other
+        // processes are kept out by the directory flock.
+        unsafe {
+            std::ptr::copy_nonoverlapping(b.as_ptr(), dst.add(pos), b.len());
+            std::ptr::copy_nonoverlapping(a.next_offset.to_le_bytes().as_ptr(), dst.add(pos), 8);
+        }
+        a.max_timestamp_ms = a.max_timestamp_ms.max(max_ts);
+        if a.bytes_since_index >= u64::from(self.config.index_interval_bytes) && pos > 0 {
+            // A full index only makes scans longer; it is sized so it never fills.
+            a.seg.index.push(IndexEntry {
+                relative_offset: (a.next_offset - a.seg.base_offset) as u32,
+                position: pos as u32,
+                max_timestamp_ms: a.max_timestamp_ms,
+            });
+            a.bytes_since_index = 0;
+        }
+        a.bytes_since_index += b.len() as u64;
+        a.pos += b.len() as u64;
+        a.next_offset += u64::from(count);
+    }
+
+    fn publish_active(&self) {
+        let a = &self.active;
+        a.seg
+            .max_timestamp_ms
+            .store(a.max_timestamp_ms, Ordering::Relaxed);
+        a.seg.next_offset.store(a.next_offset, Ordering::Relaxed);
+        a.seg.len.store(a.pos, Ordering::Release);
+    }
+
+    fn new_prepare_id(&mut self) -> u64 {
+        self.prepare_seq += 1;
+        (u64::from(std::process::id()) << 32) | (self.prepare_seq & 0xFFFF_FFFF)
+    }
+
+    fn index_entries_for(&self, capacity: u64) -> usize {
+        index_capacity(capacity, self.config.index_interval_bytes)
+    }
+
+    /// Starts preparing the next segment in the background.
+    pub(crate) fn start_prepare(&mut self) {
+        let id = self.new_prepare_id();
+        let cap = self.config.segment_bytes;
+        self.next = Some(segment::spawn_prepare(
+            self.shared.dir.clone(),
+            id,
+            cap,
+            self.index_entries_for(cap),
+        ));
+    }
+
+    /// A prepared segment of at least `need` bytes: the background one if it is big
+    /// enough, otherwise one made now.
+    fn take_prepared(&mut self, need: u64) -> Result<Prepared, StorageError> {
+        if let Some(h) = self.next.take() {
+            let p = h
+                .join()
+                .map_err(|_| StorageError::Failed("segment preparer panicked".into()))?;
+            match p {
+                Ok(p) if p.capacity >= need => return Ok(p),
+                Ok(p) => p.discard(),
+                Err(e) => tracing::warn!(error = %e, "background segment preparation failed"),
+            }
+        }
+        let cap = need.max(self.config.segment_bytes);
+        let id = self.new_prepare_id();
+        segment::prepare(&self.shared.dir, id, cap, self.index_entries_for(cap))
+    }
+
+    /// Closes the active segment (if it holds anything) and starts a new one with room
+    /// for at least `need` bytes at the next offset.
+    fn roll(&mut self, need: u64) -> Result<(), StorageError> {
+        self.publish_active();
+        let dir = self.shared.dir.clone();
+        let mut segments: Vec<Arc<Segment>> = self.shared.snapshot().as_ref().clone();
+        let old = Arc::clone(&self.active.seg);
+        if self.active.pos == 0 {
+            // Empty active segment too small for one batch: replace it at the same base.
+            segments.pop();
+            old.delete_files()?;
+        } else {
+            let closed = Arc::new(close_segment(&old, self.active.pos)?);
+            segments.pop();
+            segments.push(Arc::clone(&closed));
+            self.pending_sync.push(closed);
+        }
+        let prepared = self.take_prepared(need)?;
+        let capacity = prepared.capacity;
+        let seg = Arc::new(prepared.install(&dir, self.active.next_offset)?);
+        segments.push(Arc::clone(&seg));
+        self.shared.publish(segments);
+        self.dir_dirty = true;
+        self.active = Active {
+            seg,
+            pos: 0,
+            capacity,
+            next_offset: self.active.next_offset,
+            bytes_since_index: 0,
+            max_timestamp_ms: i64::MIN,
+            flushed_pos: 0,
+        };
+        self.start_prepare();
+        Ok(())
+    }
+
+    /// Makes everything appended so far durable: closed-but-unsynced segments are
+    /// `fdatasync`ed, the active segment's dirty range is `msync(MS_SYNC)`ed, and the
+    /// directory is fsynced if a segment file appeared. Indexes are not synced on this
+    /// path: recovery rebuilds them from the last entry it can verify.
+    pub fn flush(&mut self) -> Result<(), StorageError> {
+        self.check_failed()?;
+        let r = self.flush_inner();
+        if let Err(e) = &r {
+            self.failed = Some(e.to_string());
+        }
+        r
+    }
+
+    fn flush_inner(&mut self) -> Result<(), StorageError> {
+        for s in std::mem::take(&mut self.pending_sync) {
+            s.sync_all_files()?;
+        }
+        let a = &mut self.active;
+        if a.pos > a.flushed_pos {
+            a.seg
+                .log
+                .map
+                .flush_range(a.flushed_pos as usize, (a.pos - a.flushed_pos) as usize)
+                .map_err(io_err(&a.seg.log.path))?;
+            a.flushed_pos = a.pos;
+        }
+        if self.dir_dirty {
+            sync_dir(&self.shared.dir)?;
+            self.dir_dirty = false;
+        }
+        Ok(())
+    }
+
+    /// A reader over this log; cheap, `Clone`, `Send + Sync`.
+    pub fn reader(&self) -> LogReader {
+        LogReader {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// The next offset to assign.
+    pub fn high_watermark(&self) -> u64 {
+        self.active.next_offset
+    }
+
+    /// The first offset still held.
+    pub fn log_start_offset(&self) -> u64 {
+        self.shared.log_start_offset.load(Ordering::Acquire)
+    }
+
+    /// Bytes of batches held, over all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.shared.snapshot().iter().map(|s| s.size_bytes()).sum()
+    }
+
+    /// Deletes closed segments that are too old or beyond the size limit; see
+    /// `retention.rs`. Returns how many were deleted.
+    pub fn apply_retention(&mut self, now_ms: i64) -> Result<usize, StorageError> {
+        super::retention::apply(self, now_ms)
+    }
+
+    /// The directory this log lives in.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        if let Some(h) = self.next.take() {
+            if let Ok(Ok(p)) = h.join() {
+                p.discard();
+            }
+        }
+    }
+}
+
+/// Closes `seg` at `len` bytes: trims its files and maps them read-only.
+fn close_segment(seg: &Segment, len: u64) -> Result<Segment, StorageError> {
+    let log = &seg.log;
+    log.file.set_len(len).map_err(io_err(&log.path))?;
+    let entries = seg.index.len();
+    for (f, eb) in [
+        (&seg.index.offsets, OFFSET_ENTRY_BYTES),
+        (&seg.index.times, TIME_ENTRY_BYTES),
+    ] {
+        f.file()
+            .set_len((entries * eb) as u64)
+            .map_err(io_err(f.path()))?;
+    }
+    Ok(Segment {
+        base_offset: seg.base_offset,
+        log: Arc::new(MappedLog::read_only(log.path.clone())?),
+        index: SegmentIndex {
+            offsets: IndexFile::read_only(
+                seg.index.offsets.path().to_path_buf(),
+                OFFSET_ENTRY_BYTES,
+            )?,
+            times: IndexFile::read_only(seg.index.times.path().to_path_buf(), TIME_ENTRY_BYTES)?,
+        },
+        len: AtomicU64::new(len),
+        next_offset: AtomicU64::new(seg.next_offset.load(Ordering::Acquire)),
+        max_timestamp_ms: std::sync::atomic::AtomicI64::new(
+            seg.max_timestamp_ms.load(Ordering::Acquire),
+        ),
+        closed: true,
+    })
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// Checks that `b` is framed as exactly one batch (the caller validated its contents).
+fn check_framing(b: &[u8]) -> Result<(), &'static str> {
+    if b.len() < BATCH_HEADER_BYTES {
+        return Err("shorter than a batch header");
+    }
+    if batch::peek_total_bytes(b) != Some(b.len()) {
+        return Err("batch_length does not match the element's length");
+    }
+    if b.len() > u32::MAX as usize {
+        return Err("batch larger than a segment can address");
+    }
+    if counts(b).0 == 0 {
+        return Err("record_count is zero");
+    }
+    Ok(())
+}
+
+/// `(record_count, max_timestamp_ms)` of a framed batch.
+fn counts(b: &[u8]) -> (u32, i64) {
+    let count = u32::from_le_bytes(b[24..28].try_into().expect("4 bytes"));
+    let max_ts = i64::from_le_bytes(b[36..44].try_into().expect("8 bytes"));
+    (count, max_ts)
+}
+
+/// A read handle on a log. Never takes the writer's lock; see the module docs.
+#[derive(Clone)]
+pub struct LogReader {
+    shared: Arc<Shared>,
+}
+
+impl LogReader {
+    /// Whole batches starting with the one that holds `offset`, up to `max_bytes` (but
+    /// always at least one batch when `offset < high_watermark`). Each returned `Bytes`
+    /// is a zero-copy run of consecutive whole batches from one segment. Every batch
+    /// served is checked (header, CRC, offset continuity); a bad one ends the read, and
+    /// if it is the first, the read fails with [`StorageError::Corrupt`].
+    pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Vec<Bytes>, StorageError> {
+        let log_start = self.shared.log_start_offset.load(Ordering::Acquire);
+        let hwm = self.shared.high_watermark.load(Ordering::Acquire);
+        let out_of_range = |log_start| StorageError::OffsetOutOfRange {
+            requested: offset,
+            log_start,
+            high_watermark: hwm,
+        };
+        if offset < log_start || offset > hwm {
+            return Err(out_of_range(log_start));
+        }
+        if offset == hwm {
+            return Ok(Vec::new());
+        }
+        let snap = self.shared.snapshot();
+        let i = snap.partition_point(|s| s.base_offset <= offset);
+        if i == 0 {
+            // Retention removed the segment between our loads.
+            let start = snap.first().map_or(hwm, |s| s.base_offset);
+            return Err(out_of_range(start));
+        }
+        let mut out = Vec::new();
+        let mut taken = 0usize;
+        let mut want = offset;
+        for seg in &snap[i - 1..] {
+            if want >= hwm {
+                break;
+            }
+            let data = seg.committed();
+            let mut pos = if want == offset {
+                let rel = (want - seg.base_offset).min(u64::from(u32::MAX)) as u32;
+                seg.index.position_for_offset(rel) as usize
+            } else {
+                0
+            };
+            // Skip batches wholly before `want` (headers only).
+            // Bounded: every batch is at least a header long.
+            while pos < data.len() {
+                let h = header_at(seg, data, pos).inspect_err(log_corrupt)?;
+                if h.last_offset() >= want {
+                    break;
+                }
+                pos += h.total_bytes();
+            }
+            let start = pos;
+            let mut stop = false;
+            while pos < data.len() {
+                let h = match batch::verify(&data[pos..]) {
+                    Ok(h) if h.base_offset == want || (pos == start && h.base_offset <= want) => h,
+                    Ok(h) => Err(corrupt(
+                        seg,
+                        pos,
+                        format!(
+                            "batch base offset {} where {} was expected",
+                            h.base_offset, want
+                        ),
+                    ))
+                    .inspect_err(log_corrupt)?,
+                    Err(e) => {
+                        let err = corrupt(seg, pos, e.to_string());
+                        log_corrupt(&err);
+                        if taken == 0 && pos == start {
+                            return Err(err);
+                        }
+                        stop = true;
+                        break;
+                    }
+                };
+                if h.base_offset >= hwm {
+                    stop = true;
+                    break;
+                }
+                let total = h.total_bytes();
+                if taken > 0 && taken + total > max_bytes {
+                    stop = true;
+                    break;
+                }
+                taken += total;
+                pos += total;
+                want = h.last_offset() + 1;
+                if taken >= max_bytes {
+                    stop = true;
+                    break;
+                }
+            }
+            if pos > start {
+                out.push(seg.chunk(start, pos));
+            }
+            if stop {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The next offset the writer will assign; everything below it is readable.
+    pub fn high_watermark(&self) -> u64 {
+        self.shared.high_watermark.load(Ordering::Acquire)
+    }
+
+    /// The first offset still held.
+    pub fn log_start_offset(&self) -> u64 {
+        self.shared.log_start_offset.load(Ordering::Acquire)
+    }
+
+    /// The first batch whose `max_timestamp_ms >= ts_ms`, as (its base offset, its max
+    /// timestamp), or `None` if every published batch is older.
+    pub fn offset_for_timestamp(&self, ts_ms: i64) -> Result<Option<(u64, i64)>, StorageError> {
+        let hwm = self.shared.high_watermark.load(Ordering::Acquire);
+        let snap = self.shared.snapshot();
+        for seg in snap.iter() {
+            if seg.base_offset >= hwm {
+                break;
+            }
+            if seg.max_timestamp_ms.load(Ordering::Acquire) < ts_ms {
+                continue;
+            }
+            let data = seg.committed();
+            let mut pos = seg.index.position_for_timestamp(ts_ms) as usize;
+            while pos < data.len() {
+                let h = header_at(seg, data, pos).inspect_err(log_corrupt)?;
+                if h.base_offset >= hwm {
+                    return Ok(None);
+                }
+                if h.max_timestamp_ms >= ts_ms {
+                    return Ok(Some((h.base_offset, h.max_timestamp_ms)));
+                }
+                pos += h.total_bytes();
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The header of the batch at `pos`, checked to lie wholly inside `data`.
+fn header_at(seg: &Segment, data: &[u8], pos: usize) -> Result<BatchHeader, StorageError> {
+    let h = BatchHeader::read(&data[pos..]).map_err(|e| corrupt(seg, pos, e.to_string()))?;
+    if h.total_bytes() > data.len() - pos {
+        return Err(corrupt(
+            seg,
+            pos,
+            "batch runs past the end of the segment".into(),
+        ));
+    }
+    Ok(h)
+}
+
+fn corrupt(seg: &Segment, pos: usize, detail: String) -> StorageError {
+    StorageError::Corrupt {
+        path: seg.log.path.clone(),
+        file_position: pos as u64,
+        detail,
+    }
+}
+
+fn log_corrupt(e: &StorageError) {
+    tracing::error!(error = %e, "corrupt batch in log; not served");
+}

@@ -1,0 +1,31 @@
+//! The storage engine: one append-only, segmented, memory-mapped log per shard.
+//!
+//! Layout of a shard directory (see each file's docs for details):
+//!
+//! ```text
+//! 00000000000000000000.log        batches exactly as on the wire, base offsets stamped
+//! 00000000000000000000.index      sparse offset index
+//! 00000000000000000000.timeindex  sparse time index
+//! 00000000000000012345.log ...    next segment, named by its first offset
+//! .lock                           flock held by the one writer
+//! .prepare-<id>.*                 next segment's files, made ahead of time
+//! ```
+//!
+//! * `segment.rs` — a segment's files, maps, and background preparation;
+//! * `index.rs` — the sparse offset and time indexes;
+//! * `log.rs` — [`Log`] (the single writer) and [`LogReader`];
+//! * `recovery.rs` — what `Log::open` checks and cuts;
+//! * `retention.rs` — deletion by age and size.
+
+mod error;
+mod index;
+mod log;
+mod recovery;
+mod retention;
+mod segment;
+
+pub use error::StorageError;
+pub use log::{AppendInfo, Log, LogConfig, LogReader};
+
+#[cfg(test)]
+mod tests;

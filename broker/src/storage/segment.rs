@@ -1,0 +1,278 @@
+//! One segment: a `<base>.log` file of concatenated batches, memory-mapped, plus its
+//! two index files.
+//!
+//! A segment is either *active* (the single writer copies batches into its writable,
+//! preallocated map) or *closed* (trimmed to its real length and mapped read-only).
+//! Readers share segments through `Arc<Segment>` and only ever look at bytes below the
+//! segment's published length `len`, which the writer stores with `Release` after the
+//! bytes are in the map.
+//!
+//! The next segment's files are created, `fallocate`d (real blocks, not a sparse
+//! `set_len`, so the first touch of each page does not allocate a block) and mapped by
+//! [`spawn_prepare`] on a background thread while the current one fills; rolling then
+//! only trims, remaps and renames.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use memmap2::{MmapOptions, MmapRaw};
+
+use super::error::{io_err, StorageError};
+use super::index::{IndexFile, SegmentIndex, OFFSET_ENTRY_BYTES, TIME_ENTRY_BYTES};
+
+/// File-name extension of a segment's batches.
+pub(crate) const LOG_EXT: &str = "log";
+/// File-name extension of the sparse offset index.
+pub(crate) const INDEX_EXT: &str = "index";
+/// File-name extension of the time index.
+pub(crate) const TIME_INDEX_EXT: &str = "timeindex";
+/// Prefix of files being prepared for a future segment; deleted on open.
+pub(crate) const PREPARE_PREFIX: &str = ".prepare-";
+
+/// `<dir>/<base as 20 digits>.<ext>`.
+pub(crate) fn segment_path(dir: &Path, base_offset: u64, ext: &str) -> PathBuf {
+    dir.join(format!("{base_offset:020}.{ext}"))
+}
+
+/// A mapped `.log` file.
+pub(crate) struct MappedLog {
+    pub path: PathBuf,
+    pub file: File,
+    pub map: MmapRaw,
+}
+
+impl MappedLog {
+    /// Maps a closed segment read-only.
+    pub(crate) fn read_only(path: PathBuf) -> Result<Self, StorageError> {
+        let file = File::open(&path).map_err(io_err(&path))?;
+        let map = MmapOptions::new()
+            .map_raw_read_only(&file)
+            .map_err(io_err(&path))?;
+        Ok(MappedLog { path, file, map })
+    }
+}
+
+/// A range of a mapped log, owned so `Bytes` can point into the map without copying.
+struct MapChunk {
+    log: Arc<MappedLog>,
+    start: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for MapChunk {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: chunks are only made (in `Segment::chunk`) for ranges below the
+        // segment's published length, which the writer never writes again and never
+        // truncates (closing trims the file to exactly that length; retention unlinks
+        // the file, which leaves the mapping intact while this Arc keeps it alive). The
+        // directory is flocked so no other Weir process writes these files.
+        unsafe { std::slice::from_raw_parts(self.log.map.as_ptr().add(self.start), self.len) }
+    }
+}
+
+/// A segment as readers and the writer share it.
+pub(crate) struct Segment {
+    pub base_offset: u64,
+    pub log: Arc<MappedLog>,
+    pub index: SegmentIndex,
+    /// Bytes of whole batches published to readers.
+    pub len: AtomicU64,
+    /// Offset after the last published batch.
+    pub next_offset: AtomicU64,
+    /// Largest `max_timestamp_ms` of the published batches (`i64::MIN` when empty).
+    pub max_timestamp_ms: AtomicI64,
+    pub closed: bool,
+}
+
+impl Segment {
+    /// Published bytes, `[0, len)`.
+    pub(crate) fn committed(&self) -> &[u8] {
+        let len = self.len.load(Ordering::Acquire) as usize;
+        if len == 0 {
+            return &[];
+        }
+        // SAFETY: bytes below `len` were written before `len` was stored with Release
+        // (loaded with Acquire above), are never written again by the single writer, and
+        // the file is never truncated below `len` while mapped (see `MapChunk`). `len`
+        // never exceeds the map's length: the writer checks capacity before copying.
+        unsafe { std::slice::from_raw_parts(self.log.map.as_ptr(), len) }
+    }
+
+    /// A zero-copy `Bytes` over `[start, end)`, which must lie in `committed()`.
+    pub(crate) fn chunk(&self, start: usize, end: usize) -> Bytes {
+        debug_assert!(end <= self.len.load(Ordering::Acquire) as usize && start <= end);
+        Bytes::from_owner(MapChunk {
+            log: Arc::clone(&self.log),
+            start,
+            len: end - start,
+        })
+    }
+
+    /// Bytes on disk for size-based retention: the published log length.
+    pub(crate) fn size_bytes(&self) -> u64 {
+        self.len.load(Ordering::Acquire)
+    }
+
+    /// Unlinks the three files. Mappings stay valid for whoever still holds them.
+    pub(crate) fn delete_files(&self) -> Result<(), StorageError> {
+        for p in [
+            self.log.path.as_path(),
+            self.index.offsets.path(),
+            self.index.times.path(),
+        ] {
+            match std::fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(p)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes every byte of the three files durable (used for closed segments).
+    pub(crate) fn sync_all_files(&self) -> Result<(), StorageError> {
+        self.log.file.sync_data().map_err(io_err(&self.log.path))?;
+        for f in [&self.index.offsets, &self.index.times] {
+            f.file().sync_data().map_err(io_err(f.path()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Allocates real blocks for `[0, len)` of `file` (falls back to `set_len` where the
+/// file system has no `fallocate`).
+pub(crate) fn preallocate(file: &File, path: &Path, len: u64) -> Result<(), StorageError> {
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: plain syscall on a file descriptor we own; no memory is passed.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => file.set_len(len).map_err(io_err(path)),
+        _ => Err(io_err(path)(err)),
+    }
+}
+
+/// Files made ready for a segment whose base offset is not known yet.
+pub(crate) struct Prepared {
+    pub capacity: u64,
+    log_path: PathBuf,
+    log_file: File,
+    map: MmapRaw,
+    index_entries: usize,
+    index_path: PathBuf,
+    index_file: File,
+    time_path: PathBuf,
+    time_file: File,
+}
+
+fn create_sized(path: &Path, len: u64) -> Result<File, StorageError> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    preallocate(&f, path, len)?;
+    Ok(f)
+}
+
+/// Creates, preallocates and maps the files of a future segment under temporary names.
+pub(crate) fn prepare(
+    dir: &Path,
+    id: u64,
+    capacity: u64,
+    index_entries: usize,
+) -> Result<Prepared, StorageError> {
+    let name = |ext: &str| dir.join(format!("{PREPARE_PREFIX}{id}.{ext}"));
+    let log_path = name(LOG_EXT);
+    let log_file = create_sized(&log_path, capacity)?;
+    // Populate so the page tables exist before the writer's first touch.
+    let map = MmapOptions::new()
+        .populate()
+        .map_raw(&log_file)
+        .map_err(io_err(&log_path))?;
+    let index_path = name(INDEX_EXT);
+    let index_file = create_sized(&index_path, (index_entries * OFFSET_ENTRY_BYTES) as u64)?;
+    let time_path = name(TIME_INDEX_EXT);
+    let time_file = create_sized(&time_path, (index_entries * TIME_ENTRY_BYTES) as u64)?;
+    Ok(Prepared {
+        capacity,
+        log_path,
+        log_file,
+        map,
+        index_entries,
+        index_path,
+        index_file,
+        time_path,
+        time_file,
+    })
+}
+
+/// Runs [`prepare`] on a background thread.
+pub(crate) fn spawn_prepare(
+    dir: PathBuf,
+    id: u64,
+    capacity: u64,
+    index_entries: usize,
+) -> JoinHandle<Result<Prepared, StorageError>> {
+    std::thread::Builder::new()
+        .name("weir-seg-prepare".into())
+        .spawn(move || prepare(&dir, id, capacity, index_entries))
+        .unwrap_or_else(|_| {
+            // Could not start a thread: do the work on a fresh attempt inline later.
+            std::thread::spawn(|| {
+                Err(StorageError::Failed(
+                    "could not spawn segment preparer".into(),
+                ))
+            })
+        })
+}
+
+impl Prepared {
+    /// Renames the files to their segment names and returns the empty active segment.
+    pub(crate) fn install(self, dir: &Path, base_offset: u64) -> Result<Segment, StorageError> {
+        let log_path = segment_path(dir, base_offset, LOG_EXT);
+        let index_path = segment_path(dir, base_offset, INDEX_EXT);
+        let time_path = segment_path(dir, base_offset, TIME_INDEX_EXT);
+        // Index files first: a `.log` without indexes is fine on recovery, the reverse
+        // is an orphan that `open` deletes.
+        std::fs::rename(&self.index_path, &index_path).map_err(io_err(&index_path))?;
+        std::fs::rename(&self.time_path, &time_path).map_err(io_err(&time_path))?;
+        std::fs::rename(&self.log_path, &log_path).map_err(io_err(&log_path))?;
+        debug_assert!(self.index_entries > 0);
+        Ok(Segment {
+            base_offset,
+            log: Arc::new(MappedLog {
+                path: log_path,
+                file: self.log_file,
+                map: self.map,
+            }),
+            index: SegmentIndex {
+                offsets: IndexFile::writable(index_path, self.index_file, OFFSET_ENTRY_BYTES, 0)?,
+                times: IndexFile::writable(time_path, self.time_file, TIME_ENTRY_BYTES, 0)?,
+            },
+            len: AtomicU64::new(0),
+            next_offset: AtomicU64::new(base_offset),
+            max_timestamp_ms: AtomicI64::new(i64::MIN),
+            closed: false,
+        })
+    }
+
+    /// Deletes the prepared files (when the log shuts down before using them).
+    pub(crate) fn discard(self) {
+        for p in [&self.log_path, &self.index_path, &self.time_path] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
