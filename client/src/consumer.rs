@@ -214,10 +214,13 @@ impl Consumer {
 
     /// Up to `max` messages; waits up to `timeout` when none are ready.
     pub async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Message>> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let mut deadline = tokio::time::Instant::now() + timeout;
         loop {
             if self.rejoin.load(Ordering::Acquire) {
                 self.rejoin_group().await?;
+                // A rebalance can take up to the rebalance timeout; the caller's wait
+                // for messages starts once the consumer has its shards.
+                deadline = tokio::time::Instant::now() + timeout;
             }
             if !self.buffered.is_empty() {
                 let n = max.min(self.buffered.len());

@@ -1,4 +1,339 @@
+//! `weir`: the admin, produce and consume command-line tool.
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() {}
+use std::io::{BufRead, Write};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use weir_client::{Acks, Admin, Client, Consumer, Durability, OffsetReset, Producer, ProducerRecord, TopicConfig};
+
+/// Administer a Weir broker, produce to it and consume from it.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Broker address.
+    #[arg(long, global = true, default_value = "127.0.0.1:7700", env = "WEIR_BROKER")]
+    broker: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create, list, describe and delete topics.
+    #[command(subcommand)]
+    Topic(TopicCmd),
+    /// Send one message per line of standard input.
+    Produce {
+        topic: String,
+        /// Shard key for every line.
+        #[arg(long, conflicts_with = "key_field")]
+        key: Option<String>,
+        /// Take the key from this whitespace-separated field of each line (1-based).
+        #[arg(long)]
+        key_field: Option<usize>,
+        /// Priority 1 (highest) … 10.
+        #[arg(long, default_value_t = 5)]
+        priority: u8,
+        /// Complexity 1 … 5.
+        #[arg(long, default_value_t = 1)]
+        complexity: u8,
+        #[arg(long, value_enum, default_value_t = AckArg::Leader)]
+        acks: AckArg,
+    },
+    /// Print messages, one per line.
+    Consume {
+        topic: String,
+        /// Consume as this group and commit what was printed.
+        #[arg(long)]
+        group: Option<String>,
+        /// Start at the earliest offset when there is no committed one.
+        #[arg(long)]
+        from_beginning: bool,
+        /// Exit after this many messages.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Exit when nothing arrives for this long.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+        #[arg(long, value_enum, default_value_t = Format::Value)]
+        format: Format,
+    },
+    /// Broker version, uptime, topics, shards and offsets.
+    Status,
+    /// Committed offsets of a group.
+    Offsets { group: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum TopicCmd {
+    /// Create a topic.
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        shards: u32,
+        #[arg(long, value_enum, default_value_t = DurArg::Interval)]
+        durability: DurArg,
+        /// Flush period for interval durability (0 = broker default).
+        #[arg(long, default_value_t = 0)]
+        flush_interval_ms: u32,
+        /// Keep closed segments this long (0 = broker default).
+        #[arg(long, default_value_t = 0)]
+        retention_ms: u64,
+        /// Keep at most this many bytes per shard (0 = broker default).
+        #[arg(long, default_value_t = 0)]
+        retention_bytes: u64,
+        /// Segment file size (0 = broker default).
+        #[arg(long, default_value_t = 0)]
+        segment_bytes: u64,
+    },
+    /// List topics.
+    List,
+    /// Show a topic's settings and shards.
+    Describe { name: String },
+    /// Delete a topic and its data.
+    Delete { name: String },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum AckArg {
+    None,
+    Leader,
+    Durable,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DurArg {
+    None,
+    Interval,
+    Always,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Format {
+    Value,
+    Json,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    match rt.block_on(run(cli)) {
+        // `weir consume | head` closing the pipe early is not an error.
+        Err(e) if e.downcast_ref::<std::io::Error>().map(|e| e.kind()) == Some(std::io::ErrorKind::BrokenPipe) => Ok(()),
+        other => other,
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = Client::connect(cli.broker.clone())
+        .await
+        .with_context(|| format!("cannot reach broker at {}", cli.broker))?;
+    let admin = Admin::new(client.clone());
+    match cli.cmd {
+        Cmd::Topic(TopicCmd::Create {
+            name,
+            shards,
+            durability,
+            flush_interval_ms,
+            retention_ms,
+            retention_bytes,
+            segment_bytes,
+        }) => {
+            let config = TopicConfig {
+                durability: match durability {
+                    DurArg::None => Durability::None,
+                    DurArg::Interval => Durability::Interval,
+                    DurArg::Always => Durability::Always,
+                },
+                flush_interval_ms,
+                retention_ms,
+                retention_bytes,
+                segment_bytes,
+                max_message_bytes: 0,
+            };
+            let t = admin.create_topic(&name, shards, config).await?;
+            println!("created topic {} with {} shards", t.name, t.shards.len());
+        }
+        Cmd::Topic(TopicCmd::List) => {
+            for t in admin.list_topics().await? {
+                println!("{}\t{} shards", t.name, t.shards.len());
+            }
+        }
+        Cmd::Topic(TopicCmd::Describe { name }) => {
+            let t = admin.describe_topic(&name).await?;
+            let c = &t.config;
+            println!(
+                "topic {}\n  durability {:?} (flush every {} ms)\n  retention {} ms, {} bytes\n  segment {} bytes, max message {} bytes",
+                t.name, c.durability, c.flush_interval_ms, c.retention_ms, c.retention_bytes, c.segment_bytes, c.max_message_bytes
+            );
+            for s in t.shards {
+                println!("  shard {}: offsets [{}, {})", s.shard, s.log_start_offset, s.high_watermark);
+            }
+        }
+        Cmd::Topic(TopicCmd::Delete { name }) => {
+            admin.delete_topic(&name).await?;
+            println!("deleted topic {name}");
+        }
+        Cmd::Produce {
+            topic,
+            key,
+            key_field,
+            priority,
+            complexity,
+            acks,
+        } => produce(&client, topic, key, key_field, priority, complexity, acks).await?,
+        Cmd::Consume {
+            topic,
+            group,
+            from_beginning,
+            count,
+            timeout_ms,
+            format,
+        } => consume(&client, topic, group, from_beginning, count, timeout_ms, format).await?,
+        Cmd::Status => {
+            let m = admin.status().await?;
+            println!("{} at {}, up {} s", m.broker_software, cli.broker, m.uptime_s);
+            println!("{} topics", m.topics.len());
+            for t in m.topics {
+                for s in t.shards {
+                    println!("  {}/{}: offsets [{}, {})", t.name, s.shard, s.log_start_offset, s.high_watermark);
+                }
+            }
+        }
+        Cmd::Offsets { group } => {
+            for e in admin.group_offsets(&group).await? {
+                println!("{}/{}\t{}", e.topic, e.shard, e.offset);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn produce(
+    client: &Client,
+    topic: String,
+    key: Option<String>,
+    key_field: Option<usize>,
+    priority: u8,
+    complexity: u8,
+    acks: AckArg,
+) -> anyhow::Result<()> {
+    if key_field == Some(0) {
+        bail!("--key-field is 1-based");
+    }
+    let producer = Producer::builder(client)
+        .acks(match acks {
+            AckArg::None => Acks::None,
+            AckArg::Leader => Acks::Leader,
+            AckArg::Durable => Acks::Durable,
+        })
+        .priority(priority)
+        .complexity(complexity)
+        .build()
+        .await?;
+    let mut pending = Vec::new();
+    let stdin = std::io::stdin();
+    for (n, line) in stdin.lock().lines().enumerate() {
+        let line = line.context("reading standard input")?;
+        let mut rec = ProducerRecord::new(topic.clone(), line.clone());
+        let k = match key_field {
+            Some(f) => Some(
+                line.split_whitespace()
+                    .nth(f - 1)
+                    .with_context(|| format!("line {} has no field {f}", n + 1))?
+                    .to_string(),
+            ),
+            None => key.clone(),
+        };
+        if let Some(k) = k {
+            rec = rec.key(k);
+        }
+        pending.push(producer.send(rec).await?);
+        // Bound the acknowledgements held in memory.
+        if pending.len() >= 10_000 {
+            for p in pending.drain(..) {
+                p.await?;
+            }
+        }
+    }
+    producer.flush().await?;
+    let mut failed = 0usize;
+    let mut first_err = None;
+    let total = pending.len();
+    for p in pending {
+        if let Err(e) = p.await {
+            failed += 1;
+            first_err.get_or_insert(e);
+        }
+    }
+    if let Some(e) = first_err {
+        bail!("{failed} of the last {total} messages were not acknowledged: {e}");
+    }
+    Ok(())
+}
+
+async fn consume(
+    client: &Client,
+    topic: String,
+    group: Option<String>,
+    from_beginning: bool,
+    count: Option<usize>,
+    timeout_ms: u64,
+    format: Format,
+) -> anyhow::Result<()> {
+    let mut b = Consumer::builder(client)
+        .topic(topic)
+        .auto_commit(false)
+        .fetch_max_wait(Duration::from_millis(timeout_ms.min(500)))
+        .reset(if from_beginning { OffsetReset::Earliest } else { OffsetReset::Latest });
+    if let Some(g) = &group {
+        b = b.group(g.clone());
+    }
+    let mut consumer = b.build()?;
+    let mut printed = 0usize;
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    loop {
+        let want = count.map_or(1000, |c| (c - printed).min(1000));
+        if want == 0 {
+            break;
+        }
+        let msgs = consumer.poll(want, Duration::from_millis(timeout_ms)).await?;
+        if msgs.is_empty() {
+            break;
+        }
+        for m in msgs {
+            match format {
+                Format::Value => {
+                    out.write_all(&m.value)?;
+                    out.write_all(b"\n")?;
+                }
+                Format::Json => {
+                    let headers: serde_json::Map<String, serde_json::Value> = m
+                        .headers
+                        .iter()
+                        .map(|h| (h.name.clone(), String::from_utf8_lossy(&h.value).into()))
+                        .collect();
+                    let v = serde_json::json!({
+                        "topic": m.topic, "shard": m.shard, "offset": m.offset,
+                        "key": String::from_utf8_lossy(&m.key), "priority": m.priority,
+                        "complexity": m.complexity, "timestamp_ms": m.timestamp_ms,
+                        "headers": headers, "value": String::from_utf8_lossy(&m.value),
+                    });
+                    writeln!(out, "{v}")?;
+                }
+            }
+            printed += 1;
+        }
+        out.flush()?;
+    }
+    if group.is_some() {
+        consumer.commit().await.context("committing offsets")?;
+        consumer.close().await?;
+    }
+    Ok(())
+}
