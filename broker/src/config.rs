@@ -42,7 +42,6 @@ pub struct Config {
     pub max_fetch_wait_ms: u32,
     /// Defaults for new topics.
     pub default_shards: u32,
-    pub default_durability: DurabilitySetting,
     pub default_flush_interval_ms: u32,
     pub default_segment_bytes: u64,
     pub default_retention_ms: u64,
@@ -94,7 +93,6 @@ impl Default for Config {
             produce_timeout_ms: 30_000,
             max_fetch_wait_ms: 30_000,
             default_shards: 1,
-            default_durability: DurabilitySetting::Interval,
             default_flush_interval_ms: 1000,
             default_segment_bytes: 256 * 1024 * 1024,
             default_retention_ms: 7 * 24 * 3600 * 1000,

@@ -18,7 +18,12 @@ impl Admin {
     }
 
     /// Creates a topic; zero fields of `config` take the broker's defaults.
-    pub async fn create_topic(&self, name: &str, shards: u32, config: TopicConfig) -> Result<TopicMetadata> {
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        shards: u32,
+        config: TopicConfig,
+    ) -> Result<TopicMetadata> {
         let req = CreateTopicRequest {
             name: name.to_string(),
             shards,
@@ -29,7 +34,9 @@ impl Admin {
 
     /// Deletes a topic and its data.
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
-        let req = DeleteTopicRequest { name: name.to_string() };
+        let req = DeleteTopicRequest {
+            name: name.to_string(),
+        };
         expect_body!(self.client.call(req).await?, DeleteTopic).map(|_| ())
     }
 

@@ -95,7 +95,8 @@ impl Client {
                 return Ok(c.clone());
             }
         }
-        let mut conn = Connection::connect(&self.inner.addr, self.inner.config.connect_timeout).await?;
+        let mut conn =
+            Connection::connect(&self.inner.addr, self.inner.config.connect_timeout).await?;
         let req = ApiVersionsRequest {
             client_software: self.inner.config.client_id.clone(),
         };
@@ -106,10 +107,15 @@ impl Client {
         let versions = expect_body!(resp, ApiVersions)?;
         for api in ApiKey::ALL {
             let ok = versions.apis.iter().any(|r| {
-                r.api_key == *api as u16 && r.min_version <= api.max_version() && api.max_version() <= r.max_version
+                r.api_key == *api as u16
+                    && r.min_version <= api.max_version()
+                    && api.max_version() <= r.max_version
             });
             if !ok {
-                tracing::warn!(api = api.name(), "broker does not speak this api at our version");
+                tracing::warn!(
+                    api = api.name(),
+                    "broker does not speak this api at our version"
+                );
             }
         }
         conn.max_frame_bytes = versions.max_frame_bytes;
@@ -120,10 +126,15 @@ impl Client {
 
     /// Sends any request and returns its successful body or the broker's error.
     pub async fn call(&self, request: impl Into<Request>) -> Result<ResponseBody> {
-        self.call_with_timeout(request.into(), self.inner.config.request_timeout).await
+        self.call_with_timeout(request.into(), self.inner.config.request_timeout)
+            .await
     }
 
-    pub(crate) async fn call_with_timeout(&self, request: Request, timeout: Duration) -> Result<ResponseBody> {
+    pub(crate) async fn call_with_timeout(
+        &self,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<ResponseBody> {
         let conn = self.connection().await?;
         into_body(conn.call(request, 0, timeout).await?)
     }

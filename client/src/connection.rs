@@ -57,7 +57,8 @@ impl Connection {
                     req.encode_split(&mut buf, &mut tail);
                     for c in tail.drain(..) {
                         if c.len() >= 64 * 1024 {
-                            if wr.write_all(&buf).await.is_err() || wr.write_all(&c).await.is_err() {
+                            if wr.write_all(&buf).await.is_err() || wr.write_all(&c).await.is_err()
+                            {
                                 w_dead.store(true, Ordering::Release);
                                 return;
                             }
@@ -118,11 +119,21 @@ impl Connection {
     }
 
     /// Sends a request and waits for its response.
-    pub async fn call(&self, request: Request, priority: u8, timeout: Duration) -> Result<ResponseFrame> {
-        let rx = self.send(request, priority, true).await?.expect("response expected");
+    pub async fn call(
+        &self,
+        request: Request,
+        priority: u8,
+        timeout: Duration,
+    ) -> Result<ResponseFrame> {
+        let rx = self
+            .send(request, priority, true)
+            .await?
+            .expect("response expected");
         match tokio::time::timeout(timeout, rx).await {
             Err(_) => Err(ClientError::Timeout(timeout.as_millis() as u64)),
-            Ok(Err(_)) => Err(ClientError::Io("connection closed before the response".into())),
+            Ok(Err(_)) => Err(ClientError::Io(
+                "connection closed before the response".into(),
+            )),
             Ok(Ok(frame)) => Ok(frame),
         }
     }

@@ -123,7 +123,9 @@ impl ConsumerBuilder {
     /// Creates the consumer. It joins its group on the first `poll`.
     pub fn build(self) -> Result<Consumer> {
         if self.topics.is_empty() {
-            return Err(ClientError::Invalid("subscribe to at least one topic".into()));
+            return Err(ClientError::Invalid(
+                "subscribe to at least one topic".into(),
+            ));
         }
         Ok(Consumer {
             client: self.client,
@@ -205,10 +207,13 @@ impl Consumer {
         match self.positions.get_mut(&(topic.to_string(), shard)) {
             Some(p) => {
                 *p = offset;
-                self.buffered.retain(|m| !(m.topic == topic && m.shard == shard));
+                self.buffered
+                    .retain(|m| !(m.topic == topic && m.shard == shard));
                 Ok(())
             }
-            None => Err(ClientError::Invalid(format!("{topic}/{shard} is not assigned"))),
+            None => Err(ClientError::Invalid(format!(
+                "{topic}/{shard} is not assigned"
+            ))),
         }
     }
 
@@ -226,7 +231,8 @@ impl Consumer {
                 let n = max.min(self.buffered.len());
                 let out: Vec<Message> = self.buffered.drain(..n).collect();
                 for m in &out {
-                    self.positions.insert((m.topic.clone(), m.shard), m.offset + 1);
+                    self.positions
+                        .insert((m.topic.clone(), m.shard), m.offset + 1);
                 }
                 self.maybe_auto_commit().await;
                 return Ok(out);
@@ -236,7 +242,8 @@ impl Consumer {
                 self.maybe_auto_commit().await;
                 return Ok(Vec::new());
             }
-            self.fetch_round(left.min(self.config.fetch_max_wait)).await?;
+            self.fetch_round(left.min(self.config.fetch_max_wait))
+                .await?;
             if self.buffered.is_empty() && self.positions.is_empty() {
                 tokio::time::sleep(left.min(Duration::from_millis(100))).await;
             }
@@ -296,8 +303,10 @@ impl Consumer {
             };
             let resp: FetchResponse = expect_body!(body, Fetch)?;
             for b in resp.records.batches() {
-                let b = b.map_err(|e| ClientError::Protocol(format!("bad batch from broker: {e}")))?;
-                let batch = Batch::parse(b).map_err(|e| ClientError::Protocol(format!("bad batch: {e}")))?;
+                let b =
+                    b.map_err(|e| ClientError::Protocol(format!("bad batch from broker: {e}")))?;
+                let batch = Batch::parse(b)
+                    .map_err(|e| ClientError::Protocol(format!("bad batch: {e}")))?;
                 for r in batch.records() {
                     if r.offset < offset {
                         continue;
@@ -369,7 +378,11 @@ impl Consumer {
         if let Err(e) = &body {
             if matches!(
                 e.code(),
-                Some(ErrorCode::RebalanceInProgress | ErrorCode::IllegalGeneration | ErrorCode::UnknownMemberId)
+                Some(
+                    ErrorCode::RebalanceInProgress
+                        | ErrorCode::IllegalGeneration
+                        | ErrorCode::UnknownMemberId
+                )
             ) {
                 self.rejoin.store(true, Ordering::Release);
             }
@@ -379,7 +392,9 @@ impl Consumer {
 
     /// Commits in the background; errors are logged.
     pub fn commit_async(&self) {
-        let Some(group) = self.config.group.clone() else { return };
+        let Some(group) = self.config.group.clone() else {
+            return;
+        };
         let (member_id, generation) = match &self.membership {
             Some(m) => (m.member_id.clone(), m.generation),
             None => (String::new(), 0),
@@ -431,7 +446,11 @@ impl Consumer {
                     let _ = self.commit().await;
                 }
                 let group = group.clone();
-                let previous = self.membership.as_ref().map(|m| m.member_id.clone()).unwrap_or_default();
+                let previous = self
+                    .membership
+                    .as_ref()
+                    .map(|m| m.member_id.clone())
+                    .unwrap_or_default();
                 let req = JoinGroupRequest {
                     group: group.clone(),
                     member_id: previous,
@@ -441,7 +460,11 @@ impl Consumer {
                     rebalance_timeout_ms: self.config.rebalance_timeout.as_millis() as u32,
                 };
                 let timeout = self.config.rebalance_timeout + self.client.config().request_timeout;
-                let body = match self.client.call_with_timeout(req.clone().into(), timeout).await {
+                let body = match self
+                    .client
+                    .call_with_timeout(req.clone().into(), timeout)
+                    .await
+                {
                     Err(e) if e.code() == Some(ErrorCode::UnknownMemberId) => {
                         let fresh = JoinGroupRequest {
                             member_id: String::new(),

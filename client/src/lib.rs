@@ -16,10 +16,10 @@
 //! # Ok(()) }
 //! ```
 //!
-//! - [`Client`]: one broker connection, shared, reconnecting.
-//! - [`Producer`]: batching, pipelined, idempotent by default.
-//! - [`Consumer`]: by offset, alone or in a group.
-//! - [`Admin`]: topics.
+//! - [`Client`] — one broker connection, shared, reconnecting.
+//! - [`Producer`] — batching, pipelined, idempotent by default.
+//! - [`Consumer`] — by offset, alone or in a group.
+//! - [`Admin`] — topics.
 //! - With the `embedded` feature, [`embedded::EmbeddedBroker`] runs a broker in-process.
 
 pub mod admin;

@@ -149,7 +149,10 @@ pub struct DeliveryFuture {
 
 impl std::future::Future for DeliveryFuture {
     type Output = Result<RecordMetadata>;
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
         std::pin::Pin::new(&mut self.rx)
             .poll(cx)
             .map(|r| r.unwrap_or(Err(ClientError::Closed)))
@@ -295,7 +298,10 @@ impl Producer {
     /// is acknowledged or failed.
     pub async fn flush(&self) -> Result<()> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Msg::Flush(tx)).await.map_err(|_| ClientError::Closed)?;
+        self.tx
+            .send(Msg::Flush(tx))
+            .await
+            .map_err(|_| ClientError::Closed)?;
         rx.await.map_err(|_| ClientError::Closed)
     }
 }
@@ -403,7 +409,11 @@ impl Accumulator {
             // Unkeyed records stick to one shard until its batch is sent.
             (None, _) => self.round_robin % shards,
         };
-        let headers: Vec<(&str, &[u8])> = rec.headers.iter().map(|(n, v)| (n.as_str(), v.as_ref())).collect();
+        let headers: Vec<(&str, &[u8])> = rec
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_ref()))
+            .collect();
         let new = NewRecord {
             priority: rec.priority.unwrap_or(self.config.default_priority),
             complexity: rec.complexity.unwrap_or(self.config.default_complexity),
@@ -412,16 +422,19 @@ impl Accumulator {
             value: &rec.value,
             headers: &headers,
         };
-        if new.encoded_bytes() + batch::BATCH_HEADER_BYTES > self.config.max_batch_bytes.max(1 << 20) * 16 {
-            let _ = waiter.send(Err(ClientError::Invalid("record larger than 16 × max_batch_bytes".into())));
+        if new.encoded_bytes() + batch::BATCH_HEADER_BYTES
+            > self.config.max_batch_bytes.max(1 << 20) * 16
+        {
+            let _ = waiter.send(Err(ClientError::Invalid(
+                "record larger than 16 × max_batch_bytes".into(),
+            )));
             return;
         }
         let key = (rec.topic.clone(), shard);
         // Seal the open batch first if this record would overflow it.
-        let overflow = self
-            .open
-            .get(&key)
-            .is_some_and(|o| o.builder.size_bytes() + new.encoded_bytes() > self.config.max_batch_bytes);
+        let overflow = self.open.get(&key).is_some_and(|o| {
+            o.builder.size_bytes() + new.encoded_bytes() > self.config.max_batch_bytes
+        });
         if overflow {
             self.dispatch(&key).await;
         }
@@ -443,7 +456,9 @@ impl Accumulator {
     }
 
     async fn dispatch(&mut self, key: &(String, u32)) {
-        let Some(open) = self.open.remove(key) else { return };
+        let Some(open) = self.open.remove(key) else {
+            return;
+        };
         if open.waiters.is_empty() {
             return;
         }
@@ -466,7 +481,9 @@ impl Accumulator {
                 tx
             }
         };
-        let _ = sender.send(SenderMsg::Batch(open.builder, open.waiters)).await;
+        let _ = sender
+            .send(SenderMsg::Batch(open.builder, open.waiters))
+            .await;
     }
 }
 
@@ -495,7 +512,8 @@ struct ShardSender {
     next_seq: u32,
 }
 
-type InFlight = std::pin::Pin<Box<dyn std::future::Future<Output = Result<ProduceResponse>> + Send>>;
+type InFlight =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<ProduceResponse>> + Send>>;
 
 impl ShardSender {
     async fn stamp(&mut self, builder: BatchBuilder) -> Result<Item> {
@@ -513,7 +531,9 @@ impl ShardSender {
             }
             None => builder,
         };
-        let bytes = builder.finish().map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let bytes = builder
+            .finish()
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
         Ok(Item {
             bytes,
             record_count: count,
@@ -525,7 +545,9 @@ impl ShardSender {
     /// Gives queued batches new sequence numbers under a new epoch (after a batch was
     /// given up, its successors would otherwise leave a gap).
     async fn bump_epoch(&mut self, queue: &mut VecDeque<Item>) -> Result<()> {
-        let Some(id) = &self.identity else { return Ok(()) };
+        let Some(id) = &self.identity else {
+            return Ok(());
+        };
         let mut ident = id.lock().await;
         if Some(*ident) == self.epoch_used {
             *ident = init_producer_id(&self.client, ident.0, ident.1).await?;
@@ -551,7 +573,11 @@ impl ShardSender {
             topic: self.topic.clone(),
             shard: self.shard,
             acks: self.config.acks,
-            timeout_ms: self.config.request_timeout.as_millis().min(u32::MAX as u128) as u32,
+            timeout_ms: self
+                .config
+                .request_timeout
+                .as_millis()
+                .min(u32::MAX as u128) as u32,
             records: Records::from_bytes(item.bytes.clone()),
         };
         let acks = self.config.acks;
@@ -662,7 +688,11 @@ fn item_attempts(q: &VecDeque<Item>) -> u32 {
 
 fn resolve(item: Item, shard: u32, r: ProduceResponse) {
     for (i, w) in item.waiters.into_iter().enumerate() {
-        let offset = if r.base_offset == u64::MAX { u64::MAX } else { r.base_offset + i as u64 };
+        let offset = if r.base_offset == u64::MAX {
+            u64::MAX
+        } else {
+            r.base_offset + i as u64
+        };
         let _ = w.send(Ok(RecordMetadata { shard, offset }));
     }
 }

@@ -8,14 +8,21 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
-use weir_client::{Acks, Admin, Client, Consumer, Durability, OffsetReset, Producer, ProducerRecord, TopicConfig};
+use weir_client::{
+    Acks, Admin, Client, Consumer, Durability, OffsetReset, Producer, ProducerRecord, TopicConfig,
+};
 
 /// Administer a Weir broker, produce to it and consume from it.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
     /// Broker address.
-    #[arg(long, global = true, default_value = "127.0.0.1:7700", env = "WEIR_BROKER")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "127.0.0.1:7700",
+        env = "WEIR_BROKER"
+    )]
     broker: String,
     #[command(subcommand)]
     cmd: Cmd,
@@ -120,10 +127,17 @@ enum Format {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     match rt.block_on(run(cli)) {
         // `weir consume | head` closing the pipe early is not an error.
-        Err(e) if e.downcast_ref::<std::io::Error>().map(|e| e.kind()) == Some(std::io::ErrorKind::BrokenPipe) => Ok(()),
+        Err(e)
+            if e.downcast_ref::<std::io::Error>().map(|e| e.kind())
+                == Some(std::io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(())
+        }
         other => other,
     }
 }
@@ -171,7 +185,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 t.name, c.durability, c.flush_interval_ms, c.retention_ms, c.retention_bytes, c.segment_bytes, c.max_message_bytes
             );
             for s in t.shards {
-                println!("  shard {}: offsets [{}, {})", s.shard, s.log_start_offset, s.high_watermark);
+                println!(
+                    "  shard {}: offsets [{}, {})",
+                    s.shard, s.log_start_offset, s.high_watermark
+                );
             }
         }
         Cmd::Topic(TopicCmd::Delete { name }) => {
@@ -193,14 +210,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             count,
             timeout_ms,
             format,
-        } => consume(&client, topic, group, from_beginning, count, timeout_ms, format).await?,
+        } => {
+            consume(
+                &client,
+                topic,
+                group,
+                from_beginning,
+                count,
+                timeout_ms,
+                format,
+            )
+            .await?
+        }
         Cmd::Status => {
             let m = admin.status().await?;
-            println!("{} at {}, up {} s", m.broker_software, cli.broker, m.uptime_s);
+            println!(
+                "{} at {}, up {} s",
+                m.broker_software, cli.broker, m.uptime_s
+            );
             println!("{} topics", m.topics.len());
             for t in m.topics {
                 for s in t.shards {
-                    println!("  {}/{}: offsets [{}, {})", t.name, s.shard, s.log_start_offset, s.high_watermark);
+                    println!(
+                        "  {}/{}: offsets [{}, {})",
+                        t.name, s.shard, s.log_start_offset, s.high_watermark
+                    );
                 }
             }
         }
@@ -289,7 +323,11 @@ async fn consume(
         .topic(topic)
         .auto_commit(false)
         .fetch_max_wait(Duration::from_millis(timeout_ms.min(500)))
-        .reset(if from_beginning { OffsetReset::Earliest } else { OffsetReset::Latest });
+        .reset(if from_beginning {
+            OffsetReset::Earliest
+        } else {
+            OffsetReset::Latest
+        });
     if let Some(g) = &group {
         b = b.group(g.clone());
     }
@@ -302,7 +340,9 @@ async fn consume(
         if want == 0 {
             break;
         }
-        let msgs = consumer.poll(want, Duration::from_millis(timeout_ms)).await?;
+        let msgs = consumer
+            .poll(want, Duration::from_millis(timeout_ms))
+            .await?;
         if msgs.is_empty() {
             break;
         }
