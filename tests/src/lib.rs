@@ -1,1 +1,483 @@
 //! Helpers shared by the integration tests.
+//!
+//! The tests run the real `weir-broker` binary as a child process on free loopback
+//! ports, so they exercise exactly what a user runs: flag parsing, the stdout
+//! "listening" line, signal handling, recovery from the data directory. Everything here
+//! is bounded in time: a broker that does not come up, a consumer that never sees its
+//! messages, a proxy that hangs, all end in a panic with a message instead of a stuck
+//! test run.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use weir_client::{Client, Consumer, Message, OffsetReset};
+
+/// Longest wait for a broker to print its "listening" line.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for a broker to exit after SIGTERM.
+const TERMINATE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The workspace root (this crate lives in `<root>/tests`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => {
+            let d = PathBuf::from(d);
+            if d.is_absolute() {
+                d
+            } else {
+                workspace_root().join(d)
+            }
+        }
+        None => workspace_root().join("target"),
+    }
+}
+
+/// Builds `bin` of `package` (debug profile) once per test process and returns its path.
+///
+/// Cargo only sets `CARGO_BIN_EXE_*` for binaries of the package under test, so the
+/// broker and CLI binaries are built here with the same cargo that runs the tests; when
+/// they are up to date this is a no-op that takes a fraction of a second.
+pub fn binary(package: &'static str, bin: &'static str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<&'static str, PathBuf>>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = built.get(bin) {
+        return p.clone();
+    }
+    let target = target_dir();
+    let out = Command::new(env!("CARGO"))
+        .current_dir(workspace_root())
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            package,
+            "--bin",
+            bin,
+            "--target-dir",
+        ])
+        .arg(&target)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cargo build");
+    assert!(
+        out.status.success(),
+        "cargo build -p {package} --bin {bin} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = target
+        .join("debug")
+        .join(format!("{bin}{}", std::env::consts::EXE_SUFFIX));
+    assert!(path.exists(), "{} missing after build", path.display());
+    built.insert(bin, path.clone());
+    path
+}
+
+/// The `weir-broker` binary.
+pub fn broker_binary() -> PathBuf {
+    binary("weir-broker", "weir-broker")
+}
+
+/// The `weir` CLI binary.
+pub fn cli_binary() -> PathBuf {
+    binary("weir-tools", "weir")
+}
+
+/// A `weir-broker` child process on loopback with its own temporary data directory.
+///
+/// Dropping it SIGKILLs the child, so a failing test never leaves a broker behind.
+pub struct BrokerProcess {
+    child: Option<Child>,
+    /// Holds the data directory and the broker's log; removed on drop.
+    dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+    addr: SocketAddr,
+    http: SocketAddr,
+    starts: u32,
+}
+
+impl BrokerProcess {
+    /// Starts a broker with default settings.
+    pub fn start() -> BrokerProcess {
+        Self::start_with_env(&[])
+    }
+
+    /// Starts a broker with extra `WEIR_*` settings, e.g.
+    /// `("WEIR_GROUP_MIN_SESSION_TIMEOUT_MS", "200")`.
+    pub fn start_with_env(env: &[(&str, &str)]) -> BrokerProcess {
+        let dir = tempfile::Builder::new()
+            .prefix("weir-it-")
+            .tempdir()
+            .expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
+        let mut b = BrokerProcess {
+            child: None,
+            dir,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            addr: "127.0.0.1:0".parse().expect("addr"),
+            http: "127.0.0.1:0".parse().expect("addr"),
+            starts: 0,
+        };
+        b.spawn(
+            "127.0.0.1:0".parse().expect("addr"),
+            "127.0.0.1:0".parse().expect("addr"),
+        );
+        b
+    }
+
+    /// The protocol address, "127.0.0.1:PORT".
+    pub fn addr(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// The HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+    }
+
+    /// The broker's data directory (kept across restarts).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The broker's stderr (its logs) of every run so far.
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        for n in 1..=self.starts {
+            let _ =
+                std::fs::File::open(self.log_path(n)).and_then(|mut f| f.read_to_string(&mut s));
+        }
+        s
+    }
+
+    fn log_path(&self, run: u32) -> PathBuf {
+        self.dir.path().join(format!("broker-{run}.log"))
+    }
+
+    /// The child's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn spawn(&mut self, listen: SocketAddr, http: SocketAddr) {
+        assert!(self.child.is_none(), "broker already running");
+        self.starts += 1;
+        let log = std::fs::File::create(self.log_path(self.starts)).expect("log file");
+        let mut cmd = Command::new(broker_binary());
+        cmd.arg("--listen")
+            .arg(listen.to_string())
+            .arg("--http")
+            .arg(http.to_string())
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        // Settings of the environment running the tests must not leak in.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("WEIR_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("WEIR_LOG", "info");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn weir-broker");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Reads the one line the broker prints, then keeps draining so a later print
+        // never fails on a closed pipe.
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(first)) = lines.next() {
+                let _ = tx.send(first);
+            }
+            for _ in lines {}
+        });
+        self.child = Some(child);
+        let line = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(l) => l,
+            Err(_) => {
+                let status = self
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten());
+                self.kill9();
+                panic!(
+                    "weir-broker did not report its addresses within {START_TIMEOUT:?} (exit: {status:?}); log:\n{}",
+                    self.log()
+                );
+            }
+        };
+        let (addr, http) = parse_listening_line(&line)
+            .unwrap_or_else(|| panic!("unexpected first line from weir-broker: {line:?}"));
+        self.addr = addr;
+        self.http = http;
+    }
+
+    /// SIGKILL: the broker gets no chance to flush or close anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a graceful exit; returns the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("broker is running");
+        // SAFETY: plain kill(2) on the pid of our own child, which has not been waited
+        // for yet, so the pid cannot have been reused.
+        let rc = unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill(SIGTERM) failed");
+        let deadline = Instant::now() + TERMINATE_TIMEOUT;
+        loop {
+            if let Some(status) = c.try_wait().expect("wait broker") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!(
+                    "weir-broker did not exit within {TERMINATE_TIMEOUT:?} of SIGTERM; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the broker again on the same data directory and, if they are still free,
+    /// the same ports, so existing clients can reconnect to the same address.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the broker before restarting it");
+        let (addr, http) = (self.addr, self.http);
+        self.spawn(addr, http);
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() && std::env::var_os("WEIR_TEST_SHOW_LOG").is_some() {
+            eprintln!("--- broker log ---\n{}", self.log());
+        }
+    }
+}
+
+/// Parses `weir-broker listening on ADDR http ADDR`.
+fn parse_listening_line(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let rest = line.trim().strip_prefix("weir-broker listening on ")?;
+    let (addr, http) = rest.split_once(" http ")?;
+    Some((addr.trim().parse().ok()?, http.trim().parse().ok()?))
+}
+
+/// Connects a client, retrying for up to `within` (a restarted broker may still be
+/// opening its logs).
+pub async fn connect(addr: &str, within: Duration) -> Client {
+    let deadline = Instant::now() + within;
+    loop {
+        match Client::connect(addr).await {
+            Ok(c) => return c,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot connect to {addr}: {e}"),
+        }
+    }
+}
+
+/// Reads every shard of `topic` from the beginning, outside any group, until `expected`
+/// messages arrived (then waits `settle` more to catch extras) or `within` passed.
+pub async fn read_all(
+    client: &Client,
+    topic: &str,
+    expected: usize,
+    within: Duration,
+) -> Vec<Message> {
+    let mut consumer = Consumer::builder(client)
+        .topic(topic)
+        .reset(OffsetReset::Earliest)
+        .fetch_max_wait(Duration::from_millis(100))
+        .build()
+        .expect("consumer");
+    let mut out = Vec::with_capacity(expected);
+    let deadline = Instant::now() + within;
+    while out.len() < expected && Instant::now() < deadline {
+        out.extend(
+            consumer
+                .poll(10_000, Duration::from_millis(200))
+                .await
+                .expect("poll"),
+        );
+    }
+    // A short extra look: more than `expected` is a failure callers want to see.
+    let settle_until = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < settle_until {
+        out.extend(
+            consumer
+                .poll(10_000, Duration::from_millis(100))
+                .await
+                .expect("poll"),
+        );
+    }
+    out
+}
+
+/// A loopback TCP proxy whose connections the test can cut at any moment, to force
+/// client reconnects mid-stream.
+pub struct CutProxy {
+    addr: SocketAddr,
+    state: Arc<ProxyState>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+struct ProxyState {
+    /// Bumped by `cut`; every pipe started under an older value stops.
+    generation: AtomicU64,
+    cut: tokio::sync::watch::Sender<u64>,
+    connections: AtomicU64,
+    stopped: AtomicBool,
+}
+
+impl CutProxy {
+    /// Listens on a free loopback port and forwards to `upstream`.
+    pub async fn start(upstream: SocketAddr) -> CutProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy bind");
+        let addr = listener.local_addr().expect("proxy addr");
+        let state = Arc::new(ProxyState {
+            generation: AtomicU64::new(0),
+            cut: tokio::sync::watch::channel(0).0,
+            connections: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+        });
+        let st = state.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((down, _)) = listener.accept().await else {
+                    return;
+                };
+                if st.stopped.load(Ordering::Acquire) {
+                    return;
+                }
+                st.connections.fetch_add(1, Ordering::Relaxed);
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let Ok(up) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let _ = down.set_nodelay(true);
+                    let _ = up.set_nodelay(true);
+                    let born = st.generation.load(Ordering::Acquire);
+                    let mut cut = st.cut.subscribe();
+                    let (mut dr, mut dw) = down.into_split();
+                    let (mut ur, mut uw) = up.into_split();
+                    let a = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match dr.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if uw.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    let b = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match ur.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if dw.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    let c = async {
+                        loop {
+                            if *cut.borrow_and_update() > born {
+                                return;
+                            }
+                            if cut.changed().await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    // Whichever ends first ends both directions: the sockets drop here.
+                    tokio::select! {
+                        _ = a => {}
+                        _ = b => {}
+                        _ = c => {}
+                    }
+                });
+            }
+        });
+        CutProxy {
+            addr,
+            state,
+            accept,
+        }
+    }
+
+    /// The address clients connect to.
+    pub fn addr(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Drops every live connection at once, in both directions.
+    pub fn cut(&self) {
+        let g = self.state.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.state.cut.send_replace(g);
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.state.connections.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.state.stopped.store(true, Ordering::Release);
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_listening_line() {
+        let (a, h) =
+            parse_listening_line("weir-broker listening on 127.0.0.1:4000 http 127.0.0.1:4001\n")
+                .unwrap();
+        assert_eq!(a.port(), 4000);
+        assert_eq!(h.port(), 4001);
+        assert!(parse_listening_line("something else").is_none());
+    }
+}

@@ -1,0 +1,102 @@
+//! Produce to a multi-shard topic and read everything back: every record exactly once,
+//! records of one key on one shard and in the order they were sent.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use weir_client::{Admin, Producer, ProducerRecord};
+use weir_tests::{connect, read_all, BrokerProcess};
+
+const SHARDS: u32 = 4;
+const KEYS: usize = 20;
+const SEQS: usize = 100;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_records_keep_order_per_key_across_shards() {
+    let broker = BrokerProcess::start();
+    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
+    Admin::new(client.clone())
+        .create_topic("orders", SHARDS, Default::default())
+        .await
+        .expect("create topic");
+
+    // Interleave keys so every batch mixes keys and every shard gets many batches.
+    let producer = Producer::builder(&client)
+        .linger(Duration::from_millis(2))
+        .max_batch_bytes(4 * 1024)
+        .build()
+        .await
+        .expect("producer");
+    let mut acks = Vec::with_capacity(KEYS * SEQS);
+    for seq in 0..SEQS {
+        for k in 0..KEYS {
+            let rec = ProducerRecord::new("orders", format!("k{k}:{seq}")).key(format!("k{k}"));
+            acks.push((k, seq, producer.send(rec).await.expect("send")));
+        }
+    }
+    let mut acked = HashMap::new();
+    for (k, seq, f) in acks {
+        let md = tokio::time::timeout(Duration::from_secs(30), f)
+            .await
+            .expect("ack in time")
+            .expect("acked");
+        assert!(
+            acked.insert((md.shard, md.offset), (k, seq)).is_none(),
+            "two records acked at {md:?}"
+        );
+    }
+
+    let messages = read_all(&client, "orders", KEYS * SEQS, Duration::from_secs(30)).await;
+    assert_eq!(messages.len(), KEYS * SEQS, "every record exactly once");
+
+    let mut seen: HashMap<(u32, u64), ()> = HashMap::new();
+    let mut shard_of_key: HashMap<String, u32> = HashMap::new();
+    // Per shard, messages arrive in offset order; collect values per key in that order.
+    let mut by_shard: HashMap<u32, Vec<&weir_client::Message>> = HashMap::new();
+    for m in &messages {
+        assert!(
+            seen.insert((m.shard, m.offset), ()).is_none(),
+            "duplicate {}/{}",
+            m.shard,
+            m.offset
+        );
+        by_shard.entry(m.shard).or_default().push(m);
+    }
+    assert_eq!(
+        by_shard.len() as u32,
+        SHARDS,
+        "20 keys spread over all 4 shards"
+    );
+    let mut values_of_key: HashMap<String, Vec<usize>> = HashMap::new();
+    for (shard, ms) in &by_shard {
+        assert!(
+            ms.windows(2).all(|w| w[0].offset < w[1].offset),
+            "shard {shard} out of offset order"
+        );
+        for m in ms {
+            let key = String::from_utf8(m.key.to_vec()).expect("utf8 key");
+            let value = String::from_utf8(m.value.to_vec()).expect("utf8 value");
+            let (vk, seq) = value.split_once(':').expect("key:seq");
+            assert_eq!(vk, key, "value belongs to its key");
+            let seq: usize = seq.parse().expect("seq");
+            // The record is where its ack said it is.
+            let k: usize = key[1..].parse().expect("key number");
+            assert_eq!(
+                acked.get(&(m.shard, m.offset)),
+                Some(&(k, seq)),
+                "ack offset matches stored record"
+            );
+            let s = *shard_of_key.entry(key.clone()).or_insert(*shard);
+            assert_eq!(s, *shard, "key {key} on two shards");
+            values_of_key.entry(key).or_default().push(seq);
+        }
+    }
+    assert_eq!(values_of_key.len(), KEYS);
+    for (key, seqs) in values_of_key {
+        assert_eq!(
+            seqs,
+            (0..SEQS).collect::<Vec<_>>(),
+            "key {key}: values out of send order or missing"
+        );
+    }
+}
