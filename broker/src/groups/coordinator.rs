@@ -376,3 +376,114 @@ impl Coordinator {
         groups.retain(|_, g| !g.members.is_empty() || g.rebalancing_until.is_some());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use weir_protocol::messages::TopicConfig;
+
+    async fn setup(dir: &std::path::Path) -> Arc<TopicRegistry> {
+        let config = Config {
+            data_dir: dir.to_path_buf(),
+            ..Config::default()
+        };
+        let topics = Arc::new(TopicRegistry::open(Arc::new(config)).unwrap());
+        let tc = TopicConfig {
+            segment_bytes: 1 << 20,
+            max_message_bytes: 1 << 19,
+            ..TopicConfig::default()
+        };
+        topics.create("t", 5, tc).await.unwrap();
+        topics
+    }
+
+    fn join_req(member_id: &str) -> JoinGroupRequest {
+        JoinGroupRequest {
+            group: "g".into(),
+            member_id: member_id.into(),
+            client_id: "c".into(),
+            topics: vec!["t".into()],
+            session_timeout_ms: 1000,
+            rebalance_timeout_ms: 2000,
+        }
+    }
+
+    fn shards(r: &JoinGroupResponse) -> Vec<u32> {
+        r.assignment.iter().flat_map(|a| a.shards.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn members_get_disjoint_complete_assignments_and_old_generations_are_fenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let topics = setup(dir.path()).await;
+        let c = Arc::new(Coordinator::new(topics.clone(), 100, 60_000));
+        let a = c.join(join_req("")).await.unwrap();
+        assert_eq!(shards(&a), vec![0, 1, 2, 3, 4]);
+        c.heartbeat("g", &a.member_id, a.generation).unwrap();
+
+        // A second member triggers a rebalance; the first learns it by heartbeat.
+        let c2 = c.clone();
+        let b_join = tokio::spawn(async move { c2.join(join_req("")).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let err = c.heartbeat("g", &a.member_id, a.generation).unwrap_err();
+        assert_eq!(err.code, ErrorCode::RebalanceInProgress);
+        // Until the first re-joins, the old generation may still commit.
+        c.check_commit("g", &a.member_id, a.generation).unwrap();
+        let a2 = c.join(join_req(&a.member_id)).await.unwrap();
+        let b = b_join.await.unwrap().unwrap();
+        assert_eq!(a2.generation, b.generation);
+        assert!(a2.generation > a.generation);
+        let mut all = shards(&a2);
+        all.extend(shards(&b));
+        all.sort();
+        assert_eq!(all, vec![0, 1, 2, 3, 4], "disjoint and complete");
+        assert!(!shards(&a2).is_empty() && !shards(&b).is_empty());
+        // The old generation is fenced now.
+        let err = c.check_commit("g", &a.member_id, a.generation).unwrap_err();
+        assert_eq!(err.code, ErrorCode::IllegalGeneration);
+
+        // Leaving hands everything to the other member after it re-joins.
+        c.leave("g", &b.member_id).unwrap();
+        assert_eq!(
+            c.heartbeat("g", &a2.member_id, a2.generation)
+                .unwrap_err()
+                .code,
+            ErrorCode::RebalanceInProgress
+        );
+        let a3 = c.join(join_req(&a.member_id)).await.unwrap();
+        assert_eq!(shards(&a3), vec![0, 1, 2, 3, 4]);
+        topics.close().await;
+    }
+
+    #[tokio::test]
+    async fn silent_members_expire_and_stragglers_are_removed_at_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let topics = setup(dir.path()).await;
+        let c = Arc::new(Coordinator::new(topics.clone(), 100, 60_000));
+        let mut req = join_req("");
+        req.session_timeout_ms = 200;
+        req.rebalance_timeout_ms = 300;
+        let a = c.join(req.clone()).await.unwrap();
+        // b joins; a never re-joins, so at the deadline a is removed and b gets all.
+        let started = Instant::now();
+        let c2 = c.clone();
+        let ticker = tokio::spawn(async move {
+            for _ in 0..50 {
+                c2.tick();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let b = c.join(req).await.unwrap();
+        assert_eq!(shards(&b), vec![0, 1, 2, 3, 4]);
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        assert_eq!(
+            c.heartbeat("g", &a.member_id, a.generation)
+                .unwrap_err()
+                .code,
+            ErrorCode::UnknownMemberId
+        );
+        ticker.abort();
+        topics.close().await;
+    }
+}
