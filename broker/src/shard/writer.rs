@@ -407,3 +407,97 @@ fn append_one(
         duplicate: false,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_protocol::batch::{BatchBuilder, NewRecord};
+
+    fn config() -> ShardConfig {
+        ShardConfig {
+            log: LogConfig {
+                segment_bytes: 1 << 20,
+                ..LogConfig::default()
+            },
+            durability: Durability::Always,
+            ..ShardConfig::default()
+        }
+    }
+
+    fn batch(pid: u64, seq: u32, n: u32, tag: &str) -> (Bytes, BatchHeader) {
+        let mut b = if pid == 0 {
+            BatchBuilder::new()
+        } else {
+            BatchBuilder::new().producer(pid, 0, seq)
+        };
+        for i in 0..n {
+            let v = format!("{tag}-{i}");
+            b.push(&NewRecord::value(1, v.as_bytes())).unwrap();
+        }
+        let bytes = b.finish().unwrap();
+        let h = BatchHeader::read(&bytes).unwrap();
+        (bytes, h)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_durable_appends_get_dense_distinct_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = Shard::open(dir.path(), "t", config()).unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let shard = shard.clone();
+            tasks.push(tokio::spawn(async move {
+                let (b, h) = batch(0, 0, 3, &format!("w{i}"));
+                shard.append(vec![b], vec![h], true).await.unwrap()
+            }));
+        }
+        let mut got = Vec::new();
+        for t in tasks {
+            let o = t.await.unwrap();
+            assert_eq!(o.last_offset, o.base_offset + 2);
+            got.push(o.base_offset);
+        }
+        got.sort();
+        assert_eq!(got, (0..64).map(|i| i * 3).collect::<Vec<u64>>());
+        assert_eq!(shard.reader().high_watermark(), 192);
+        shard.close().await;
+    }
+
+    #[tokio::test]
+    async fn retries_are_recognised_even_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = Shard::open(dir.path(), "t", config()).unwrap();
+        let (b0, h0) = batch(7, 0, 2, "a");
+        let (b1, h1) = batch(7, 2, 2, "b");
+        let first = shard
+            .append(vec![b0.clone()], vec![h0], true)
+            .await
+            .unwrap();
+        shard.append(vec![b1], vec![h1], true).await.unwrap();
+        let again = shard
+            .append(vec![b0.clone()], vec![h0], true)
+            .await
+            .unwrap();
+        assert!(again.duplicate);
+        assert_eq!(
+            (again.base_offset, again.last_offset),
+            (first.base_offset, first.last_offset)
+        );
+        let (gap, hg) = batch(7, 9, 1, "gap");
+        assert_eq!(
+            shard.append(vec![gap], vec![hg], true).await,
+            Err(AppendError::OutOfOrder {
+                expected: 4,
+                got: 9
+            })
+        );
+        shard.close().await;
+        drop(shard);
+
+        let shard = Shard::open(dir.path(), "t", config()).unwrap();
+        let again = shard.append(vec![b0], vec![h0], true).await.unwrap();
+        assert!(again.duplicate, "producer state is rebuilt from the log");
+        assert_eq!(shard.reader().high_watermark(), 4);
+        shard.close().await;
+    }
+}
