@@ -171,6 +171,12 @@ impl Log {
         self.shared
             .high_watermark
             .store(self.active.next_offset, Ordering::Release);
+        // Prepare the next segment once this one is half full: early enough that the
+        // background fallocate is done long before the roll, late enough that an idle
+        // log does not hold a second preallocated file.
+        if self.next.is_none() && self.active.pos * 2 >= self.active.capacity {
+            self.start_prepare();
+        }
         Ok(AppendInfo {
             base_offset,
             last_offset: self.active.next_offset - 1,
@@ -258,7 +264,13 @@ impl Log {
         }
         let cap = need.max(self.config.segment_bytes);
         let id = self.new_prepare_id();
-        segment::prepare(&self.shared.dir, id, cap, self.index_entries_for(cap))
+        segment::prepare(
+            &self.shared.dir,
+            id,
+            cap,
+            self.index_entries_for(cap),
+            false,
+        )
     }
 
     /// Closes the active segment (if it holds anything) and starts a new one with room
@@ -293,7 +305,6 @@ impl Log {
             max_timestamp_ms: i64::MIN,
             flushed_pos: 0,
         };
-        self.start_prepare();
         Ok(())
     }
 

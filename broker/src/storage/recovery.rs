@@ -465,6 +465,7 @@ pub(crate) fn open(dir: &Path, config: LogConfig) -> Result<Log, StorageError> {
             u64::from(std::process::id()) << 32,
             config.segment_bytes,
             index_capacity(config.segment_bytes, config.index_interval_bytes),
+            false,
         )?;
         drop(p.install(dir, 0)?);
         sync_dir(dir)?;
@@ -534,6 +535,8 @@ pub(crate) fn open(dir: &Path, config: LogConfig) -> Result<Log, StorageError> {
         failed: None,
         _lock: lock,
     };
-    log.start_prepare();
+    if log.active.pos * 2 >= log.active.capacity {
+        log.start_prepare();
+    }
     Ok(log)
 }

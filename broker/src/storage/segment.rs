@@ -193,15 +193,17 @@ pub(crate) fn prepare(
     id: u64,
     capacity: u64,
     index_entries: usize,
+    populate: bool,
 ) -> Result<Prepared, StorageError> {
     let name = |ext: &str| dir.join(format!("{PREPARE_PREFIX}{id}.{ext}"));
     let log_path = name(LOG_EXT);
     let log_file = create_sized(&log_path, capacity)?;
-    // Populate so the page tables exist before the writer's first touch.
-    let map = MmapOptions::new()
-        .populate()
-        .map_raw(&log_file)
-        .map_err(io_err(&log_path))?;
+    // Off the hot path, populate so the pages exist before the writer's first touch.
+    let mut opts = MmapOptions::new();
+    if populate {
+        opts.populate();
+    }
+    let map = opts.map_raw(&log_file).map_err(io_err(&log_path))?;
     let index_path = name(INDEX_EXT);
     let index_file = create_sized(&index_path, (index_entries * OFFSET_ENTRY_BYTES) as u64)?;
     let time_path = name(TIME_INDEX_EXT);
@@ -228,7 +230,7 @@ pub(crate) fn spawn_prepare(
 ) -> JoinHandle<Result<Prepared, StorageError>> {
     std::thread::Builder::new()
         .name("weir-seg-prepare".into())
-        .spawn(move || prepare(&dir, id, capacity, index_entries))
+        .spawn(move || prepare(&dir, id, capacity, index_entries, true))
         .unwrap_or_else(|_| {
             // Could not start a thread: do the work on a fresh attempt inline later.
             std::thread::spawn(|| {
