@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use weir_client::{Client, Consumer, Message, OffsetReset};
+use weir_client::{Admin, Client, Consumer, Message, OffsetReset};
 
 /// Longest wait for a broker to print its "listening" line.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -340,6 +340,58 @@ pub async fn read_all(
                 .await
                 .expect("poll"),
         );
+    }
+    out
+}
+
+/// Reads every shard of `topic` from its log start up to the high-water mark it has now;
+/// panics if that takes longer than `within`.
+pub async fn read_to_end(client: &Client, topic: &str, within: Duration) -> Vec<Message> {
+    let meta = Admin::new(client.clone())
+        .describe_topic(topic)
+        .await
+        .expect("describe topic");
+    let ends: HashMap<u32, u64> = meta
+        .shards
+        .iter()
+        .map(|s| (s.shard, s.high_watermark))
+        .collect();
+    let total: u64 = meta
+        .shards
+        .iter()
+        .map(|s| s.high_watermark - s.log_start_offset)
+        .sum();
+    let mut consumer = Consumer::builder(client)
+        .topic(topic)
+        .reset(OffsetReset::Earliest)
+        .fetch_max_wait(Duration::from_millis(100))
+        .build()
+        .expect("consumer");
+    let mut out = Vec::with_capacity(total as usize);
+    let deadline = Instant::now() + within;
+    loop {
+        let done = consumer.positions().len() == ends.len()
+            && consumer
+                .positions()
+                .iter()
+                .all(|p| p.offset >= ends[&p.shard]);
+        if done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "read {} of {total} records of {topic} within {within:?}",
+            out.len()
+        );
+        for m in consumer
+            .poll(10_000, Duration::from_millis(200))
+            .await
+            .expect("poll")
+        {
+            if m.offset < ends[&m.shard] {
+                out.push(m);
+            }
+        }
     }
     out
 }
