@@ -22,7 +22,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::{Decoder, FramedRead};
 use weir_protocol::frame::ResponseFrame;
 use weir_protocol::{ErrorCode, FrameError, Request, ServerCodec};
 
@@ -51,13 +51,17 @@ pub async fn run(sock: TcpStream, state: Arc<BrokerState>) -> Result<(), FrameEr
             _ = shutdown.changed() => break Ok(()),
         };
         let next = tokio::select! {
-            n = tokio::time::timeout(idle, frames.next()) => n,
+            n = next_frame(&mut frames, idle, io_timeout) => n,
             _ = shutdown.changed() => break Ok(()),
             _ = tx.closed() => break Ok(()),
         };
         let frame = match next {
-            Err(_) => {
+            Err(Stalled::Idle) => {
                 tracing::debug!("idle timeout");
+                break Ok(());
+            }
+            Err(Stalled::MidFrame) => {
+                tracing::info!("peer stalled in the middle of a frame; closing connection");
                 break Ok(());
             }
             Ok(None) => break Ok(()),
@@ -134,6 +138,43 @@ pub async fn run(sock: TcpStream, state: Arc<BrokerState>) -> Result<(), FrameEr
     drop(tx);
     let _ = writer.await;
     result
+}
+
+/// Why the reader stopped waiting for the next frame.
+enum Stalled {
+    /// Nothing arrived for `idle_timeout_ms`.
+    Idle,
+    /// A frame was started but not finished within `io_timeout_ms`.
+    MidFrame,
+}
+
+/// The next frame from `frames`, or [`Stalled`]. A peer between frames may stay silent
+/// for `idle`; one that started a frame must finish it within `io_timeout` (checked
+/// once per `io_timeout` slice, so it is closed within two of them), so a stalled peer
+/// cannot pin a frame-sized read buffer until the idle timeout.
+async fn next_frame<R: tokio::io::AsyncRead + Unpin>(
+    frames: &mut FramedRead<R, ServerCodec>,
+    idle: Duration,
+    io_timeout: Duration,
+) -> Result<Option<Result<<ServerCodec as Decoder>::Item, FrameError>>, Stalled> {
+    let started = tokio::time::Instant::now();
+    let slice = io_timeout.min(idle).max(Duration::from_millis(1));
+    let mut partial_since: Option<tokio::time::Instant> = None;
+    loop {
+        // Cancel-safe: FramedRead keeps what it has read in its own buffer.
+        if let Ok(next) = tokio::time::timeout(slice, frames.next()).await {
+            return Ok(next);
+        }
+        let now = tokio::time::Instant::now();
+        if frames.read_buffer().is_empty() {
+            partial_since = None;
+            if now.duration_since(started) >= idle {
+                return Err(Stalled::Idle);
+            }
+        } else if now.duration_since(*partial_since.get_or_insert(now)) >= io_timeout {
+            return Err(Stalled::MidFrame);
+        }
+    }
 }
 
 async fn write_loop(
