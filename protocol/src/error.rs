@@ -36,7 +36,8 @@ macro_rules! error_codes {
                 }
             }
 
-            /// The upper-case name used in PROTOCOL.md and in logs.
+            /// The variant's name (`InvalidRequest`); PROTOCOL.md writes the same name
+            /// in upper snake case (`INVALID_REQUEST`).
             pub fn name(self) -> &'static str {
                 match self {
                     $( ErrorCode::$name => stringify!($name), )*
