@@ -37,7 +37,12 @@ async fn main() -> anyhow::Result<()> {
         .reset(OffsetReset::Earliest)
         .build()?;
     for m in consumer.poll(10, Duration::from_secs(5)).await? {
-        println!("{}/{} {}", m.shard, m.offset, String::from_utf8_lossy(&m.value));
+        println!(
+            "{}/{} {}",
+            m.shard,
+            m.offset,
+            String::from_utf8_lossy(&m.value)
+        );
     }
     consumer.commit().await?;
     consumer.close().await?;
