@@ -15,7 +15,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
-use tokio::sync::Mutex;
 use weir_protocol::batch::{Batch, Header};
 use weir_protocol::messages::*;
 use weir_protocol::{ErrorCode, ResponseBody};
@@ -357,33 +356,32 @@ impl Consumer {
         }
     }
 
-    /// Commits the positions of every message returned so far and waits until the
-    /// broker has stored them durably.
-    pub async fn commit(&mut self) -> Result<()> {
-        let Some(group) = self.config.group.clone() else {
-            return Err(ClientError::Invalid("commit needs a group".into()));
-        };
+    /// The commit of every position returned so far, as this member (or as a consumer
+    /// outside group management when it has not joined). `None` without a group.
+    fn commit_request(&self) -> Option<CommitOffsetsRequest> {
+        let group = self.config.group.clone()?;
         let (member_id, generation) = match &self.membership {
             Some(m) => (m.member_id.clone(), m.generation),
             None => (String::new(), 0),
         };
-        let req = CommitOffsetsRequest {
+        Some(CommitOffsetsRequest {
             group,
             member_id,
             generation,
             offsets: self.positions(),
-        };
+        })
+    }
+
+    /// Commits the positions of every message returned so far and waits until the
+    /// broker has stored them durably.
+    pub async fn commit(&mut self) -> Result<()> {
+        let req = self
+            .commit_request()
+            .ok_or_else(|| ClientError::Invalid("commit needs a group".into()))?;
         self.last_commit = tokio::time::Instant::now();
         let body = self.client.call(req).await;
         if let Err(e) = &body {
-            if matches!(
-                e.code(),
-                Some(
-                    ErrorCode::RebalanceInProgress
-                        | ErrorCode::IllegalGeneration
-                        | ErrorCode::UnknownMemberId
-                )
-            ) {
+            if must_rejoin(e) {
                 self.rejoin.store(true, Ordering::Release);
             }
         }
@@ -392,18 +390,8 @@ impl Consumer {
 
     /// Commits in the background; errors are logged.
     pub fn commit_async(&self) {
-        let Some(group) = self.config.group.clone() else {
+        let Some(req) = self.commit_request() else {
             return;
-        };
-        let (member_id, generation) = match &self.membership {
-            Some(m) => (m.member_id.clone(), m.generation),
-            None => (String::new(), 0),
-        };
-        let req = CommitOffsetsRequest {
-            group,
-            member_id,
-            generation,
-            offsets: self.positions(),
         };
         let client = self.client.clone();
         tokio::spawn(async move {
@@ -525,9 +513,7 @@ impl Consumer {
         let client = self.client.clone();
         let flag = self.rejoin.clone();
         let every = (self.config.session_timeout / 4).max(Duration::from_millis(50));
-        let lock = Arc::new(Mutex::new(()));
         self.heartbeat = Some(tokio::spawn(async move {
-            let _guard = lock.lock().await;
             loop {
                 tokio::time::sleep(every).await;
                 let req = HeartbeatRequest {
@@ -537,16 +523,7 @@ impl Consumer {
                 };
                 match client.call(req).await {
                     Ok(ResponseBody::Heartbeat(_)) => {}
-                    Err(e)
-                        if matches!(
-                            e.code(),
-                            Some(
-                                ErrorCode::RebalanceInProgress
-                                    | ErrorCode::IllegalGeneration
-                                    | ErrorCode::UnknownMemberId
-                            )
-                        ) =>
-                    {
+                    Err(e) if must_rejoin(&e) => {
                         flag.store(true, Ordering::Release);
                         return;
                     }
@@ -555,4 +532,16 @@ impl Consumer {
             }
         }));
     }
+}
+
+/// Whether the broker's answer means this member must re-join its group.
+fn must_rejoin(e: &ClientError) -> bool {
+    matches!(
+        e.code(),
+        Some(
+            ErrorCode::RebalanceInProgress
+                | ErrorCode::IllegalGeneration
+                | ErrorCode::UnknownMemberId
+        )
+    )
 }

@@ -22,6 +22,9 @@ use crate::topics::{valid_name, BrokerError, TopicRegistry};
 /// Most members one group may have.
 pub const MAX_MEMBERS: usize = 1000;
 
+/// Most groups with live members one broker coordinates.
+pub const MAX_GROUPS: usize = 10_000;
+
 #[derive(Debug)]
 struct Member {
     topics: Vec<String>,
@@ -170,6 +173,12 @@ impl Coordinator {
         let now = Instant::now();
         let (member_id, mut completed, deadline) = {
             let mut groups = self.groups.lock().expect("groups lock");
+            if groups.len() >= MAX_GROUPS && !groups.contains_key(&req.group) {
+                return Err(BrokerError::new(
+                    ErrorCode::InvalidConfig,
+                    format!("broker already coordinates MAX_GROUPS = {MAX_GROUPS} groups"),
+                ));
+            }
             let group = groups.entry(req.group.clone()).or_insert_with(Group::new);
             let member_id = if req.member_id.is_empty() {
                 if group.members.len() >= MAX_MEMBERS {

@@ -20,13 +20,19 @@ use crate::storage::LogConfig;
 use crate::topics::BrokerError;
 
 type Key = (String, String, u32);
+/// Group → (topic, shard) → offset.
+type OffsetMap = HashMap<String, HashMap<(String, u32), u64>>;
 
 /// The broker's committed offsets.
 #[derive(Debug)]
 pub struct OffsetStore {
     shard: Arc<Shard>,
-    offsets: RwLock<HashMap<Key, u64>>,
+    offsets: RwLock<OffsetMap>,
 }
+
+/// Most distinct groups with committed offsets; commits for further new groups are
+/// refused so arbitrary group names cannot grow the map without bound.
+pub const MAX_COMMITTED_GROUPS: usize = 100_000;
 
 fn encode_key(group: &str, topic: &str, shard: u32) -> Vec<u8> {
     format!("{group}\0{topic}\0{shard}").into_bytes()
@@ -57,7 +63,7 @@ impl OffsetStore {
         };
         let shard = Shard::open(&dir, "offsets", config)
             .map_err(|e| BrokerError::new(ErrorCode::StorageError, format!("offsets log: {e}")))?;
-        let mut offsets = HashMap::new();
+        let mut offsets = OffsetMap::new();
         let reader = shard.reader();
         let mut at = reader.log_start_offset();
         while at < reader.high_watermark() {
@@ -77,7 +83,11 @@ impl OffsetStore {
                             decode_key(&rec.key),
                             <[u8; 8]>::try_from(rec.value.as_ref()),
                         ) {
-                            offsets.insert(key, u64::from_le_bytes(v));
+                            let (group, topic, shard) = key;
+                            offsets
+                                .entry(group)
+                                .or_default()
+                                .insert((topic, shard), u64::from_le_bytes(v));
                         }
                     }
                     at = batch.header().last_offset() + 1;
@@ -94,6 +104,17 @@ impl OffsetStore {
     pub async fn commit(&self, group: &str, entries: &[OffsetEntry]) -> Result<(), BrokerError> {
         if entries.is_empty() {
             return Ok(());
+        }
+        {
+            let map = self.offsets.read().expect("offsets lock");
+            if !map.contains_key(group) && map.len() >= MAX_COMMITTED_GROUPS {
+                return Err(BrokerError::new(
+                    ErrorCode::InvalidConfig,
+                    format!(
+                        "offsets are stored for MAX_COMMITTED_GROUPS = {MAX_COMMITTED_GROUPS} groups already"
+                    ),
+                ));
+            }
         }
         let now = crate::shard::writer::now_ms();
         let mut builder = BatchBuilder::new();
@@ -121,7 +142,9 @@ impl OffsetStore {
             .map_err(|e| BrokerError::new(ErrorCode::StorageError, e.to_string()))?;
         let mut map = self.offsets.write().expect("offsets lock");
         for e in entries {
-            map.insert((group.to_string(), e.topic.clone(), e.shard), e.offset);
+            map.entry(group.to_string())
+                .or_default()
+                .insert((e.topic.clone(), e.shard), e.offset);
         }
         Ok(())
     }
@@ -131,7 +154,8 @@ impl OffsetStore {
         self.offsets
             .read()
             .expect("offsets lock")
-            .get(&(group.to_string(), topic.to_string(), shard))
+            .get(group)?
+            .get(&(topic.to_string(), shard))
             .copied()
     }
 
@@ -139,9 +163,10 @@ impl OffsetStore {
     pub fn all(&self, group: &str) -> Vec<OffsetEntry> {
         let map = self.offsets.read().expect("offsets lock");
         let mut v: Vec<OffsetEntry> = map
-            .iter()
-            .filter(|((g, _, _), _)| g == group)
-            .map(|((_, t, s), o)| OffsetEntry {
+            .get(group)
+            .into_iter()
+            .flatten()
+            .map(|((t, s), o)| OffsetEntry {
                 topic: t.clone(),
                 shard: *s,
                 offset: *o,

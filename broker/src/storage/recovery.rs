@@ -117,6 +117,19 @@ pub(crate) fn scan(
     s
 }
 
+/// Where a scan resumes: the last trusted index entry's position, offset and running
+/// max timestamp, or the segment's start when there is none.
+fn resume_point(entries: &[IndexEntry], base: u64) -> (usize, u64, i64) {
+    match entries.last() {
+        Some(e) => (
+            e.position as usize,
+            base + u64::from(e.relative_offset),
+            e.max_timestamp_ms,
+        ),
+        None => (0, base, i64::MIN),
+    }
+}
+
 fn read_or_empty(path: &Path) -> Result<Vec<u8>, StorageError> {
     match std::fs::read(path) {
         Ok(b) => Ok(b),
@@ -196,14 +209,7 @@ fn check_closed(dir: &Path, base: u64, cfg: &LogConfig) -> Result<ClosedOutcome,
     if !trusted {
         entries.clear();
     }
-    let (start, offset, max_ts) = match entries.last() {
-        Some(e) => (
-            e.position as usize,
-            base + u64::from(e.relative_offset),
-            e.max_timestamp_ms,
-        ),
-        None => (0, base, i64::MIN),
-    };
+    let (start, offset, max_ts) = resume_point(&entries, base);
     let s = scan(
         data,
         base,
@@ -320,14 +326,7 @@ fn recover_active(dir: &Path, base: u64, cfg: &LogConfig) -> Result<Active, Stor
             })
             .map_or(0, |i| i + 1);
         entries.truncate(keep);
-        let (start, offset, max_ts) = match entries.last() {
-            Some(e) => (
-                e.position as usize,
-                base + u64::from(e.relative_offset),
-                e.max_timestamp_ms,
-            ),
-            None => (0, base, i64::MIN),
-        };
+        let (start, offset, max_ts) = resume_point(&entries, base);
         let s = scan(
             data,
             base,
