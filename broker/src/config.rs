@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use weir_protocol::classes::{ClassMap, CLASS_COUNT, DEFAULT_CLASS_BOUNDS, DEFAULT_CLASS_WEIGHTS};
 use weir_protocol::messages::Durability;
 
 /// Environment variables with this prefix set config keys (`WEIR_MAX_CONNECTIONS=10`).
@@ -58,6 +59,11 @@ pub struct Config {
     pub max_topics: usize,
     /// Most shards one topic may have.
     pub max_shards_per_topic: u32,
+    /// Upper priority bound of classes P0, P1 and P2 (P3 takes the rest); see
+    /// `weir_protocol::classes`.
+    pub priority_class_bounds: Vec<u8>,
+    /// Weighted-fair-queuing weights of P0..P3.
+    pub priority_class_weights: Vec<u32>,
 }
 
 /// Durability as written in config files: `none`, `interval` or `always`.
@@ -104,6 +110,8 @@ impl Default for Config {
             group_max_session_timeout_ms: 300_000,
             max_topics: 10_000,
             max_shards_per_topic: 1024,
+            priority_class_bounds: DEFAULT_CLASS_BOUNDS.to_vec(),
+            priority_class_weights: DEFAULT_CLASS_WEIGHTS.to_vec(),
         }
     }
 }
@@ -158,6 +166,18 @@ impl Config {
                     .parse::<bool>()
                     .map(toml::Value::Boolean)
                     .map_err(|_| ConfigError::Invalid(format!("{name}={value}: not a boolean")))?,
+                // Lists are written comma-separated: WEIR_PRIORITY_CLASS_WEIGHTS=8,4,2,1.
+                toml::Value::Array(_) => toml::Value::Array(
+                    value
+                        .split(',')
+                        .map(|v| v.trim().parse::<i64>().map(toml::Value::Integer))
+                        .collect::<Result<_, _>>()
+                        .map_err(|_| {
+                            ConfigError::Invalid(format!(
+                                "{name}={value}: not a comma-separated list of integers"
+                            ))
+                        })?,
+                ),
                 _ => toml::Value::String(value),
             };
             table.insert(key, parsed);
@@ -193,13 +213,62 @@ impl Config {
         if self.group_min_session_timeout_ms > self.group_max_session_timeout_ms {
             return bad("group_min_session_timeout_ms exceeds group_max_session_timeout_ms");
         }
+        self.class_map()?;
+        if self.priority_class_weights.len() != CLASS_COUNT
+            || self
+                .priority_class_weights
+                .iter()
+                .any(|&w| w == 0 || w > 1000)
+        {
+            return bad("priority_class_weights must be 4 weights in 1..=1000");
+        }
         Ok(())
+    }
+
+    /// The priority → class map these settings describe.
+    pub fn class_map(&self) -> Result<ClassMap, ConfigError> {
+        let bounds: [u8; CLASS_COUNT - 1] = self
+            .priority_class_bounds
+            .as_slice()
+            .try_into()
+            .map_err(|_| {
+                ConfigError::Invalid("priority_class_bounds must hold 3 bounds".to_string())
+            })?;
+        ClassMap::new(bounds)
+            .map_err(|e| ConfigError::Invalid(format!("priority_class_bounds: {e}")))
+    }
+
+    /// The WFQ weights of P0..P3 (valid once [`Config::validate`] passed).
+    pub fn class_weights(&self) -> [u32; CLASS_COUNT] {
+        let mut w = DEFAULT_CLASS_WEIGHTS;
+        for (d, s) in w.iter_mut().zip(&self.priority_class_weights) {
+            *d = *s;
+        }
+        w
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn class_settings_parse_from_env_lists_and_bad_ones_are_refused() {
+        let env = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        let c = Config::load(None, env("WEIR_PRIORITY_CLASS_WEIGHTS", "16, 4,2,1")).unwrap();
+        assert_eq!(c.class_weights(), [16, 4, 2, 1]);
+        let c = Config::load(None, env("WEIR_PRIORITY_CLASS_BOUNDS", "1,3,9")).unwrap();
+        assert_eq!(c.class_map().unwrap().class_of(2).index(), 1);
+        for (k, v) in [
+            ("WEIR_PRIORITY_CLASS_WEIGHTS", "8,4,2"),
+            ("WEIR_PRIORITY_CLASS_WEIGHTS", "8,0,2,1"),
+            ("WEIR_PRIORITY_CLASS_WEIGHTS", "8,x,2,1"),
+            ("WEIR_PRIORITY_CLASS_BOUNDS", "5,3,8"),
+            ("WEIR_PRIORITY_CLASS_BOUNDS", "2,5,8,9"),
+        ] {
+            assert!(Config::load(None, env(k, v)).is_err(), "{k}={v} accepted");
+        }
+    }
 
     #[test]
     fn env_overrides_file_and_defaults() {

@@ -8,10 +8,12 @@
 //! - [`frame`]: length prefix and headers; [`codec`]: tokio-util codecs.
 //! - [`api`]: the table of apis; [`messages`]: their bodies.
 //! - [`batch`]: the record batch, the unit of storage.
+//! - [`classes`]: priorities 1..=10 grouped into the classes P0..P3.
 //! - [`error`]: wire error codes and decode errors.
 
 pub mod api;
 pub mod batch;
+pub mod classes;
 pub mod codec;
 pub mod error;
 pub mod frame;
