@@ -7,10 +7,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use weir_protocol::classes::{ClassMap, CLASS_COUNT, DEFAULT_CLASS_BOUNDS, DEFAULT_CLASS_WEIGHTS};
 use weir_protocol::messages::Durability;
+
+use crate::scheduler::DEFAULT_AGING;
 
 /// Environment variables with this prefix set config keys (`WEIR_MAX_CONNECTIONS=10`).
 pub const ENV_PREFIX: &str = "WEIR_";
@@ -64,6 +67,9 @@ pub struct Config {
     pub priority_class_bounds: Vec<u8>,
     /// Weighted-fair-queuing weights of P0..P3.
     pub priority_class_weights: Vec<u32>,
+    /// Aging thresholds of P0..P3 in milliseconds: work that has waited this long at
+    /// the head of its class's lane is served before fresher work of any class.
+    pub priority_aging_ms: Vec<u64>,
 }
 
 /// Durability as written in config files: `none`, `interval` or `always`.
@@ -112,6 +118,7 @@ impl Default for Config {
             max_shards_per_topic: 1024,
             priority_class_bounds: DEFAULT_CLASS_BOUNDS.to_vec(),
             priority_class_weights: DEFAULT_CLASS_WEIGHTS.to_vec(),
+            priority_aging_ms: DEFAULT_AGING.iter().map(|d| d.as_millis() as u64).collect(),
         }
     }
 }
@@ -222,6 +229,14 @@ impl Config {
         {
             return bad("priority_class_weights must be 4 weights in 1..=1000");
         }
+        if self.priority_aging_ms.len() != CLASS_COUNT
+            || self
+                .priority_aging_ms
+                .iter()
+                .any(|&a| a == 0 || a > 3_600_000)
+        {
+            return bad("priority_aging_ms must be 4 durations in 1..=3600000");
+        }
         Ok(())
     }
 
@@ -236,6 +251,15 @@ impl Config {
             })?;
         ClassMap::new(bounds)
             .map_err(|e| ConfigError::Invalid(format!("priority_class_bounds: {e}")))
+    }
+
+    /// The aging thresholds of P0..P3 (valid once [`Config::validate`] passed).
+    pub fn class_aging(&self) -> [Duration; CLASS_COUNT] {
+        let mut a = DEFAULT_AGING;
+        for (d, s) in a.iter_mut().zip(&self.priority_aging_ms) {
+            *d = Duration::from_millis(*s);
+        }
+        a
     }
 
     /// The WFQ weights of P0..P3 (valid once [`Config::validate`] passed).

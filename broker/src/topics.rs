@@ -193,6 +193,12 @@ impl TopicRegistry {
                 durability: config.durability,
                 flush_interval_ms: config.flush_interval_ms,
                 queue_depth: self.config.shard_queue_depth,
+                classes: self
+                    .config
+                    .class_map()
+                    .map_err(|e| BrokerError::new(ErrorCode::InvalidConfig, e.to_string()))?,
+                weights: self.config.class_weights(),
+                aging: self.config.class_aging(),
                 ..ShardConfig::default()
             };
             let dir = self.topic_dir(name).join(i.to_string());

@@ -8,10 +8,17 @@
 //! (OUT_OF_ORDER_SEQUENCE), and one from an older epoch is fenced (PRODUCER_FENCED).
 //! The state lives only in the shard's writer thread and is rebuilt from the log's
 //! batch headers when the shard opens.
+//!
+//! Sequences run per (producer, priority class): the shard writer schedules each class
+//! in its own lane, so batches of different classes may be written in a different order
+//! than they were sent, while batches of one class never are. The SDK keeps one
+//! sequence per (shard, class) to match. A batch's class is the class of its header's
+//! priority (its highest-priority record).
 
 use std::collections::{HashMap, VecDeque};
 
 use weir_protocol::batch::{BatchHeader, NO_PRODUCER_ID};
+use weir_protocol::classes::ClassMap;
 
 /// How many recent batches per producer are remembered for de-duplication. A producer
 /// keeps at most this many batches in flight per shard.
@@ -49,20 +56,36 @@ pub enum Verdict {
     Fenced { current_epoch: u16 },
 }
 
-/// The producers known to one shard.
+/// The producers known to one shard, by (producer id, class index).
 #[derive(Debug, Default)]
 pub struct ProducerTable {
-    producers: HashMap<u64, Producer>,
+    producers: HashMap<(u64, u8), Producer>,
+    classes: ClassMap,
     clock: u64,
 }
 
 impl ProducerTable {
+    /// An empty table that keeps sequences per class of `classes`.
+    pub fn new(classes: ClassMap) -> Self {
+        ProducerTable {
+            classes,
+            ..ProducerTable::default()
+        }
+    }
+
+    fn key(&self, h: &BatchHeader) -> (u64, u8) {
+        (
+            h.producer_id,
+            self.classes.class_of(h.priority).index() as u8,
+        )
+    }
+
     /// Decides what to do with a batch before it is written.
     pub fn check(&self, h: &BatchHeader) -> Verdict {
         if h.producer_id == NO_PRODUCER_ID {
             return Verdict::Append;
         }
-        let Some(p) = self.producers.get(&h.producer_id) else {
+        let Some(p) = self.producers.get(&self.key(h)) else {
             // A producer this shard has not seen in the window it remembers: either new
             // or idle for longer than the window. Its batch cannot be a retry of a
             // batch in the window, so it is accepted at any sequence.
@@ -111,7 +134,8 @@ impl ProducerTable {
             return;
         }
         self.clock += 1;
-        let p = self.producers.entry(h.producer_id).or_default();
+        let key = self.key(h);
+        let p = self.producers.entry(key).or_default();
         if h.producer_epoch != p.epoch {
             p.epoch = h.producer_epoch;
             p.recent.clear();
@@ -133,8 +157,8 @@ impl ProducerTable {
     }
 
     fn evict_oldest(&mut self) {
-        if let Some((&id, _)) = self.producers.iter().min_by_key(|(_, p)| p.last_seen) {
-            self.producers.remove(&id);
+        if let Some((&key, _)) = self.producers.iter().min_by_key(|(_, p)| p.last_seen) {
+            self.producers.remove(&key);
         }
     }
 }
@@ -145,9 +169,15 @@ mod tests {
     use weir_protocol::batch::{BatchBuilder, NewRecord};
 
     fn header(pid: u64, epoch: u16, seq: u32, n: u32, base: u64) -> BatchHeader {
+        header_at(5, pid, epoch, seq, n, base)
+    }
+
+    fn header_at(priority: u8, pid: u64, epoch: u16, seq: u32, n: u32, base: u64) -> BatchHeader {
         let mut b = BatchBuilder::new().producer(pid, epoch, seq);
         for _ in 0..n {
-            b.push(&NewRecord::value(0, b"x")).unwrap();
+            let mut r = NewRecord::value(0, b"x");
+            r.priority = priority;
+            b.push(&r).unwrap();
         }
         let mut h = BatchHeader::read(&b.finish().unwrap()).unwrap();
         h.base_offset = base;
@@ -192,5 +222,30 @@ mod tests {
         ));
         // Unknown producers start wherever they are.
         assert_eq!(t.check(&header(9, 0, 4, 1, 0)), Verdict::Append);
+    }
+
+    #[test]
+    fn each_class_has_its_own_sequence() {
+        let mut t = ProducerTable::new(ClassMap::default());
+        // P0 (priority 1) and P3 (priority 10) batches of one producer, each starting
+        // at sequence 0: both are the next in their own class.
+        let p0 = header_at(1, 4, 0, 0, 2, 0);
+        let p3 = header_at(10, 4, 0, 0, 2, 2);
+        t.record(&p0);
+        assert_eq!(t.check(&p3), Verdict::Append);
+        t.record(&p3);
+        assert_eq!(t.check(&header_at(2, 4, 0, 2, 1, 0)), Verdict::Append);
+        assert!(matches!(
+            t.check(&header_at(9, 4, 0, 5, 1, 0)),
+            Verdict::OutOfOrder { expected: 2, .. }
+        ));
+        // A retry is recognised within its class only.
+        assert_eq!(
+            t.check(&header_at(10, 4, 0, 0, 2, 0)),
+            Verdict::Duplicate {
+                base_offset: 2,
+                last_offset: 3
+            }
+        );
     }
 }

@@ -1,7 +1,10 @@
 //! A shard: one log, one writer thread that owns it, and any number of readers.
 //!
-//! Appends reach the writer through a bounded queue. The writer drains everything
-//! queued (up to a bound), checks idempotent producers' sequences, copies the batches
+//! Appends reach the writer through one bounded lane per priority class, so a flood of
+//! low-class appends filling its lane never blocks a high-class sender. The writer
+//! takes a group from the lanes in weighted-fair order with aging
+//! ([`crate::scheduler::Wfq`]), bounded in bytes so fresh P0 work is written at the
+//! next group boundary, checks idempotent producers' sequences, copies the batches
 //! into the log, publishes the new high-water mark, answers `leader` waiters, then
 //! flushes once for the whole group when any waiter asked for `durable` (or the topic's
 //! durability is `always`) and answers those. This is group commit: one flush serves

@@ -1,19 +1,28 @@
 //! The shard writer thread and its handle, [`Shard`].
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot, watch};
 use weir_protocol::batch::BatchHeader;
+use weir_protocol::classes::{Class, ClassMap, CLASS_COUNT, DEFAULT_CLASS_WEIGHTS};
 use weir_protocol::messages::Durability;
 
 use super::idempotence::{ProducerTable, Verdict};
+use crate::scheduler::{Wfq, DEFAULT_AGING};
 use crate::storage::{Log, LogConfig, LogReader, StorageError};
 
-/// Most appends the writer drains into one group before it flushes.
+/// Most appends the writer takes into one group before it writes and flushes it.
 pub const MAX_GROUP_COMMANDS: usize = 1024;
+
+/// Most bytes the writer takes into one group. Bounding the group bounds how long a
+/// newly queued P0 append waits behind the group being written: it is scheduled into
+/// the next one.
+pub const DEFAULT_GROUP_BYTES_MAX: usize = 4 << 20;
 
 /// How many of the newest offsets are scanned on open to rebuild producer state. A
 /// producer idle for longer than this many records is forgotten, which only means
@@ -27,10 +36,20 @@ pub struct ShardConfig {
     pub durability: Durability,
     /// Flush period for `Interval` durability.
     pub flush_interval_ms: u32,
-    /// Appends that may wait in the writer's queue; senders wait when it is full.
+    /// Appends that may wait in each class's lane; senders of that class wait when it
+    /// is full (other classes do not). The writer holds up to as many again that it has
+    /// taken from the lane and scheduled.
     pub queue_depth: usize,
     /// How often retention runs.
     pub retention_check_ms: u64,
+    /// Priority → class map: which lane an append waits in.
+    pub classes: ClassMap,
+    /// WFQ weights of the lanes.
+    pub weights: [u32; CLASS_COUNT],
+    /// Aging thresholds of the lanes (see [`crate::scheduler::wfq`]).
+    pub aging: [Duration; CLASS_COUNT],
+    /// Most bytes written per group; see [`DEFAULT_GROUP_BYTES_MAX`].
+    pub group_bytes_max: usize,
 }
 
 impl Default for ShardConfig {
@@ -41,6 +60,10 @@ impl Default for ShardConfig {
             flush_interval_ms: 1000,
             queue_depth: 1024,
             retention_check_ms: 30_000,
+            classes: ClassMap::default(),
+            weights: DEFAULT_CLASS_WEIGHTS,
+            aging: DEFAULT_AGING,
+            group_bytes_max: DEFAULT_GROUP_BYTES_MAX,
         }
     }
 }
@@ -67,20 +90,41 @@ pub enum AppendError {
     Closed,
 }
 
-enum Command {
-    Append {
-        batches: Vec<Bytes>,
-        headers: Vec<BatchHeader>,
-        durable: bool,
-        reply: Option<oneshot::Sender<Result<AppendOutcome, AppendError>>>,
-    },
+struct AppendCmd {
+    batches: Vec<Bytes>,
+    headers: Vec<BatchHeader>,
+    durable: bool,
+    reply: Option<oneshot::Sender<Result<AppendOutcome, AppendError>>>,
+}
+
+impl AppendCmd {
+    fn bytes(&self) -> usize {
+        self.batches.iter().map(|b| b.len()).sum()
+    }
+}
+
+enum Control {
     Flush(oneshot::Sender<Result<(), AppendError>>),
     Shutdown,
 }
 
+/// Per-class counters of one shard's writer, for `/metrics` and load signals.
+#[derive(Debug, Default)]
+pub struct ClassStats {
+    /// Appends written (or answered as duplicates), per class.
+    pub appends: [AtomicU64; CLASS_COUNT],
+    /// Total microseconds appends waited in their lane before being written.
+    pub wait_us: [AtomicU64; CLASS_COUNT],
+    /// Longest wait of an append since the last time it was read and reset.
+    pub wait_us_max: [AtomicU64; CLASS_COUNT],
+}
+
 /// Handle to one shard: cheap to share (`Arc`), used by every connection.
 pub struct Shard {
-    tx: mpsc::Sender<Command>,
+    lanes: [mpsc::Sender<AppendCmd>; CLASS_COUNT],
+    control: mpsc::Sender<Control>,
+    classes: ClassMap,
+    stats: Arc<ClassStats>,
     reader: LogReader,
     hwm: watch::Receiver<u64>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -102,33 +146,58 @@ impl Shard {
     pub fn open(dir: &Path, name: &str, config: ShardConfig) -> Result<Arc<Shard>, StorageError> {
         let log = Log::open(dir, config.log.clone())?;
         let reader = log.reader();
-        let producers = rebuild_producers(&reader);
-        let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
+        let producers = rebuild_producers(&reader, config.classes);
+        let depth = config.queue_depth.max(1);
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..CLASS_COUNT).map(|_| mpsc::channel(depth)).unzip();
+        let lanes: [mpsc::Sender<AppendCmd>; CLASS_COUNT] = senders
+            .try_into()
+            .map_err(|_| ())
+            .expect("one lane per class");
+        let receivers: [mpsc::Receiver<AppendCmd>; CLASS_COUNT] = receivers
+            .try_into()
+            .map_err(|_| ())
+            .expect("one lane per class");
+        let (control, control_rx) = mpsc::channel(16);
         let (hwm_tx, hwm_rx) = watch::channel(log.high_watermark());
+        let stats = Arc::new(ClassStats::default());
+        let classes = config.classes;
+        let writer = Writer {
+            log,
+            producers,
+            hwm: hwm_tx,
+            stats: stats.clone(),
+            config,
+        };
         let thread = std::thread::Builder::new()
             .name(format!("weir-w-{name}"))
-            .spawn(move || run_writer(log, producers, rx, hwm_tx, config))
+            .spawn(move || writer.run(receivers, control_rx))
             .map_err(StorageError::from)?;
         Ok(Arc::new(Shard {
-            tx,
+            lanes,
+            control,
+            classes,
+            stats,
             reader,
             hwm: hwm_rx,
             thread: Mutex::new(Some(thread)),
         }))
     }
 
-    /// Queues an append. Returns once the append is in the writer's queue, so appends
-    /// queued one after another by one task are written in that order; the receiver
-    /// yields the outcome. `batches` must be validated, with `headers` their headers.
+    /// Queues an append in the lane of its class: the class of its highest-priority
+    /// batch. Returns once the append is in the lane, so appends of one class queued
+    /// one after another by one task are written in that order; the receiver yields the
+    /// outcome. `batches` must be validated, with `headers` their headers.
     pub async fn enqueue(
         &self,
         batches: Vec<Bytes>,
         headers: Vec<BatchHeader>,
         durable: bool,
     ) -> Result<PendingAppend, AppendError> {
+        let class = self.class_of(&headers);
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Append {
+        self.lanes[class.index()]
+            .send(AppendCmd {
                 batches,
                 headers,
                 durable,
@@ -137,6 +206,23 @@ impl Shard {
             .await
             .map_err(|_| AppendError::Closed)?;
         Ok(rx)
+    }
+
+    /// The class an append of these batches is scheduled in.
+    pub fn class_of(&self, headers: &[BatchHeader]) -> Class {
+        let top = headers.iter().map(|h| h.priority).min().unwrap_or(u8::MAX);
+        self.classes.class_of(top)
+    }
+
+    /// Appends waiting in `class`'s lane (not yet taken by the writer).
+    pub fn queued(&self, class: Class) -> usize {
+        let lane = &self.lanes[class.index()];
+        lane.max_capacity() - lane.capacity()
+    }
+
+    /// The writer's per-class counters.
+    pub fn stats(&self) -> &ClassStats {
+        &self.stats
     }
 
     /// Queues an append and waits for its outcome.
@@ -153,8 +239,8 @@ impl Shard {
     /// Flushes everything written so far.
     pub async fn flush(&self) -> Result<(), AppendError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Flush(reply))
+        self.control
+            .send(Control::Flush(reply))
             .await
             .map_err(|_| AppendError::Closed)?;
         rx.await.map_err(|_| AppendError::Closed)?
@@ -174,7 +260,7 @@ impl Shard {
     /// this call, and waits for its thread. Later appends fail with
     /// [`AppendError::Closed`].
     pub async fn close(&self) {
-        let _ = self.tx.send(Command::Shutdown).await;
+        let _ = self.control.send(Control::Shutdown).await;
         let thread = self.thread.lock().expect("shard thread lock").take();
         if let Some(t) = thread {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
@@ -182,8 +268,8 @@ impl Shard {
     }
 }
 
-fn rebuild_producers(reader: &LogReader) -> ProducerTable {
-    let mut table = ProducerTable::default();
+fn rebuild_producers(reader: &LogReader, classes: ClassMap) -> ProducerTable {
+    let mut table = ProducerTable::new(classes);
     let hwm = reader.high_watermark();
     let mut offset = reader
         .log_start_offset()
@@ -218,70 +304,196 @@ type Waiter = (
     Result<AppendOutcome, AppendError>,
 );
 
-fn run_writer(
-    mut log: Log,
-    mut producers: ProducerTable,
-    mut rx: mpsc::Receiver<Command>,
+/// The writer thread's state: the only owner of the log and the producer table.
+struct Writer {
+    log: Log,
+    producers: ProducerTable,
     hwm: watch::Sender<u64>,
+    stats: Arc<ClassStats>,
     config: ShardConfig,
-) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("writer runtime");
-    rt.block_on(async move {
-        let flush_every = Duration::from_millis(u64::from(config.flush_interval_ms.max(1)));
-        let mut flush_tick = tokio::time::interval(flush_every);
-        flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut retention_tick =
-            tokio::time::interval(Duration::from_millis(config.retention_check_ms.max(100)));
-        retention_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut dirty = false;
-        let mut group = Vec::with_capacity(64);
-        loop {
-            tokio::select! {
-                biased;
-                first = rx.recv() => {
-                    let Some(first) = first else { break };
-                    group.push(first);
-                    while group.len() < MAX_GROUP_COMMANDS {
-                        match rx.try_recv() {
-                            Ok(c) => group.push(c),
-                            Err(_) => break,
+}
+
+impl Writer {
+    /// Runs the writer until shutdown or until every handle is gone.
+    ///
+    /// Each turn moves what has arrived in the lanes into the scheduler (at most
+    /// `queue_depth` per class, so memory stays bounded and full lanes push back on
+    /// their senders), takes a group in weighted-fair order up to `group_bytes_max`,
+    /// writes it, and flushes once if anyone in it needs that. Appends that arrive while
+    /// a group is written compete for the next group, so a P0 append overtakes P3
+    /// appends queued before it at the next group boundary.
+    fn run(
+        mut self,
+        mut lanes: [mpsc::Receiver<AppendCmd>; CLASS_COUNT],
+        mut control: mpsc::Receiver<Control>,
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("writer runtime");
+        rt.block_on(async move {
+            let cfg = self.config.clone();
+            let flush_every = Duration::from_millis(u64::from(cfg.flush_interval_ms.max(1)));
+            let retention_every = Duration::from_millis(cfg.retention_check_ms.max(100));
+            let interval_flush = cfg.durability == Durability::Interval;
+            let depth = cfg.queue_depth.max(1);
+            let mut wfq: Wfq<AppendCmd> = Wfq::new(cfg.weights, cfg.aging);
+            let mut dirty = false;
+            let mut next_flush = Instant::now() + flush_every;
+            let mut next_retention = Instant::now() + retention_every;
+            let mut flush_waiters = Vec::new();
+            let mut shutdown = false;
+            let mut open = [true; CLASS_COUNT];
+            loop {
+                let now = Instant::now();
+                for (i, lane) in lanes.iter_mut().enumerate() {
+                    let class = Class::from_index(i).expect("lane index");
+                    while open[i] && wfq.lane_len(class) < depth {
+                        match lane.try_recv() {
+                            Ok(cmd) => {
+                                let cost = cmd.bytes() as u64;
+                                wfq.push(class, cmd, cost, now);
+                            }
+                            Err(TryRecvError::Empty) => break,
+                            Err(TryRecvError::Disconnected) => open[i] = false,
                         }
-                    }
-                    let shutdown = group.iter().any(|c| matches!(c, Command::Shutdown));
-                    dirty |= process_group(&mut log, &mut producers, &mut group, &hwm, &config);
-                    if shutdown {
-                        rx.close();
-                        while let Ok(c) = rx.try_recv() {
-                            group.push(c);
-                        }
-                        process_group(&mut log, &mut producers, &mut group, &hwm, &config);
-                        break;
                     }
                 }
-                _ = flush_tick.tick(), if config.durability == Durability::Interval && dirty => {
-                    if let Err(e) = log.flush() {
-                        tracing::error!(error = %e, "interval flush failed");
+                loop {
+                    match control.try_recv() {
+                        Ok(Control::Flush(reply)) => flush_waiters.push(reply),
+                        Ok(Control::Shutdown) => shutdown = true,
+                        Err(_) => break,
+                    }
+                }
+                if shutdown {
+                    // Everything queued before the shutdown is written and flushed.
+                    for (i, lane) in lanes.iter_mut().enumerate() {
+                        lane.close();
+                        let class = Class::from_index(i).expect("lane index");
+                        while let Ok(cmd) = lane.try_recv() {
+                            wfq.push(class, cmd, 0, now);
+                        }
+                    }
+                    while !wfq.is_empty() {
+                        self.write_group(&mut wfq, usize::MAX, &mut flush_waiters);
+                    }
+                    flush_waiters.push(oneshot::channel().0);
+                    self.write_group(&mut wfq, 0, &mut flush_waiters);
+                    break;
+                }
+                if !wfq.is_empty() || !flush_waiters.is_empty() {
+                    dirty |=
+                        self.write_group(&mut wfq, cfg.group_bytes_max, &mut flush_waiters);
+                } else if !open.iter().any(|&o| o) {
+                    break; // every handle dropped without a shutdown
+                } else {
+                    let deadline = if interval_flush && dirty {
+                        next_flush.min(next_retention)
                     } else {
-                        dirty = false;
+                        next_retention
+                    };
+                    let [l0, l1, l2, l3] = &mut lanes;
+                    tokio::select! {
+                        biased;
+                        c = control.recv() => match c {
+                            Some(Control::Flush(reply)) => flush_waiters.push(reply),
+                            Some(Control::Shutdown) | None => shutdown = true,
+                        },
+                        Some(cmd) = l0.recv(), if open[0] => wfq.push(Class::P0, cmd, 0, Instant::now()),
+                        Some(cmd) = l1.recv(), if open[1] => wfq.push(Class::P1, cmd, 0, Instant::now()),
+                        Some(cmd) = l2.recv(), if open[2] => wfq.push(Class::P2, cmd, 0, Instant::now()),
+                        Some(cmd) = l3.recv(), if open[3] => wfq.push(Class::P3, cmd, 0, Instant::now()),
+                        _ = tokio::time::sleep_until(deadline.into()) => {}
                     }
                 }
-                _ = retention_tick.tick() => {
-                    let now_ms = now_ms();
-                    match log.apply_retention(now_ms) {
+                let now = Instant::now();
+                if interval_flush && dirty && now >= next_flush {
+                    match self.log.flush() {
+                        Ok(()) => dirty = false,
+                        Err(e) => tracing::error!(error = %e, "interval flush failed"),
+                    }
+                    next_flush = now + flush_every;
+                } else if !dirty {
+                    next_flush = now + flush_every;
+                }
+                if now >= next_retention {
+                    match self.log.apply_retention(now_ms()) {
                         Ok(0) => {}
                         Ok(n) => tracing::info!(segments = n, "retention deleted segments"),
                         Err(e) => tracing::error!(error = %e, "retention failed"),
                     }
+                    next_retention = now + retention_every;
+                }
+            }
+            if let Err(e) = self.log.flush() {
+                tracing::error!(error = %e, "final flush failed");
+            }
+        });
+    }
+
+    /// Takes one group from the scheduler (at least one append when any is queued, then
+    /// more while under `bytes_max` and [`MAX_GROUP_COMMANDS`]), writes it, answers
+    /// `leader` waiters, flushes if a waiter needs it, and answers the rest. Returns
+    /// whether unflushed data remains.
+    fn write_group(
+        &mut self,
+        wfq: &mut Wfq<AppendCmd>,
+        bytes_max: usize,
+        flush_waiters: &mut Vec<oneshot::Sender<Result<(), AppendError>>>,
+    ) -> bool {
+        let now = Instant::now();
+        let mut leader_waiters: Vec<Waiter> = Vec::new();
+        let mut durable_waiters: Vec<Waiter> = Vec::new();
+        let mut wrote = false;
+        let mut bytes = 0usize;
+        let mut count = 0usize;
+        while count < MAX_GROUP_COMMANDS && (count == 0 || bytes < bytes_max) {
+            let Some(served) = wfq.pop(now) else { break };
+            let c = served.class.index();
+            let waited_us = served.waited.as_micros() as u64;
+            self.stats.appends[c].fetch_add(1, Ordering::Relaxed);
+            self.stats.wait_us[c].fetch_add(waited_us, Ordering::Relaxed);
+            self.stats.wait_us_max[c].fetch_max(waited_us, Ordering::Relaxed);
+            let cmd = served.item;
+            bytes += cmd.bytes();
+            count += 1;
+            let result = append_one(&mut self.log, &mut self.producers, cmd.batches, cmd.headers);
+            if matches!(&result, Ok(o) if !o.duplicate) {
+                wrote = true;
+            }
+            if let Some(reply) = cmd.reply {
+                if cmd.durable && result.is_ok() {
+                    durable_waiters.push((reply, result));
+                } else {
+                    leader_waiters.push((reply, result));
                 }
             }
         }
-        if let Err(e) = log.flush() {
-            tracing::error!(error = %e, "final flush failed");
+        if wrote {
+            self.hwm.send_replace(self.log.high_watermark());
         }
-    });
+        for (reply, result) in leader_waiters {
+            let _ = reply.send(result);
+        }
+        let must_flush = !durable_waiters.is_empty()
+            || !flush_waiters.is_empty()
+            || (wrote && self.config.durability == Durability::Always);
+        if !must_flush {
+            return wrote;
+        }
+        let flushed = self.log.flush().map_err(|e| {
+            tracing::error!(error = %e, "flush failed");
+            AppendError::Storage(e.to_string())
+        });
+        for (reply, result) in durable_waiters {
+            let _ = reply.send(flushed.clone().and(result));
+        }
+        for reply in flush_waiters.drain(..) {
+            let _ = reply.send(flushed.clone());
+        }
+        flushed.is_err()
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -290,67 +502,6 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-/// Writes one drained group. Returns whether unflushed data remains.
-fn process_group(
-    log: &mut Log,
-    producers: &mut ProducerTable,
-    group: &mut Vec<Command>,
-    hwm: &watch::Sender<u64>,
-    config: &ShardConfig,
-) -> bool {
-    let mut leader_waiters: Vec<Waiter> = Vec::new();
-    let mut durable_waiters: Vec<Waiter> = Vec::new();
-    let mut flush_waiters = Vec::new();
-    let mut wrote = false;
-    for cmd in group.drain(..) {
-        match cmd {
-            Command::Flush(reply) => flush_waiters.push(reply),
-            Command::Shutdown => {}
-            Command::Append {
-                batches,
-                headers,
-                durable,
-                reply,
-            } => {
-                let result = append_one(log, producers, batches, headers);
-                if matches!(&result, Ok(o) if !o.duplicate) {
-                    wrote = true;
-                }
-                if let Some(reply) = reply {
-                    if durable && result.is_ok() {
-                        durable_waiters.push((reply, result));
-                    } else {
-                        leader_waiters.push((reply, result));
-                    }
-                }
-            }
-        }
-    }
-    if wrote {
-        hwm.send_replace(log.high_watermark());
-    }
-    for (reply, result) in leader_waiters {
-        let _ = reply.send(result);
-    }
-    let must_flush = !durable_waiters.is_empty()
-        || !flush_waiters.is_empty()
-        || (wrote && config.durability == Durability::Always);
-    if !must_flush {
-        return wrote;
-    }
-    let flushed = log.flush().map_err(|e| {
-        tracing::error!(error = %e, "flush failed");
-        AppendError::Storage(e.to_string())
-    });
-    for (reply, result) in durable_waiters {
-        let _ = reply.send(flushed.clone().and(result));
-    }
-    for reply in flush_waiters {
-        let _ = reply.send(flushed.clone());
-    }
-    flushed.is_err()
 }
 
 fn append_one(
@@ -425,14 +576,27 @@ mod tests {
     }
 
     fn batch(pid: u64, seq: u32, n: u32, tag: &str) -> (Bytes, BatchHeader) {
+        sized_batch(5, pid, seq, n, tag, 0)
+    }
+
+    fn sized_batch(
+        priority: u8,
+        pid: u64,
+        seq: u32,
+        n: u32,
+        tag: &str,
+        pad: usize,
+    ) -> (Bytes, BatchHeader) {
         let mut b = if pid == 0 {
             BatchBuilder::new()
         } else {
             BatchBuilder::new().producer(pid, 0, seq)
         };
         for i in 0..n {
-            let v = format!("{tag}-{i}");
-            b.push(&NewRecord::value(1, v.as_bytes())).unwrap();
+            let v = format!("{tag}-{i}{}", "x".repeat(pad));
+            let mut r = NewRecord::value(1, v.as_bytes());
+            r.priority = priority;
+            b.push(&r).unwrap();
         }
         let bytes = b.finish().unwrap();
         let h = BatchHeader::read(&bytes).unwrap();
@@ -460,6 +624,55 @@ mod tests {
         got.sort();
         assert_eq!(got, (0..64).map(|i| i * 3).collect::<Vec<u64>>());
         assert_eq!(shard.reader().high_watermark(), 192);
+        shard.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_p0_append_overtakes_queued_p3_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = Shard::open(
+            dir.path(),
+            "t",
+            ShardConfig {
+                group_bytes_max: 256 * 1024,
+                durability: Durability::None,
+                ..config()
+            },
+        )
+        .unwrap();
+        // 400 P3 appends of 64 KiB (25 MiB) queued in one go, then one P0 append.
+        let (p3, h3) = sized_batch(10, 0, 0, 1, "p3", 64 * 1024);
+        let mut pending = Vec::new();
+        for _ in 0..400 {
+            pending.push(
+                shard
+                    .enqueue(vec![p3.clone()], vec![h3], false)
+                    .await
+                    .unwrap(),
+            );
+        }
+        let (p0, h0) = sized_batch(1, 0, 0, 1, "p0", 10);
+        assert_eq!(shard.class_of(&[h0]), Class::P0);
+        let p0_offset = shard
+            .append(vec![p0], vec![h0], false)
+            .await
+            .unwrap()
+            .base_offset;
+        let mut after = 0;
+        for rx in pending {
+            if rx.await.unwrap().unwrap().base_offset > p0_offset {
+                after += 1;
+            }
+        }
+        // Groups are at most 256 KiB (4 appends), so the P0 append goes into one of the
+        // first few groups after it arrives, ahead of most queued P3 appends.
+        assert!(
+            after >= 300,
+            "only {after} of 400 P3 appends were written after P0"
+        );
+        let s = shard.stats();
+        assert_eq!(s.appends[0].load(Ordering::Relaxed), 1);
+        assert_eq!(s.appends[3].load(Ordering::Relaxed), 400);
         shard.close().await;
     }
 
