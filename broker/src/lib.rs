@@ -8,6 +8,7 @@ pub mod broker;
 pub mod config;
 pub mod groups;
 pub mod http;
+pub mod inject;
 pub mod producer_ids;
 pub mod scheduler;
 pub mod server;

@@ -11,7 +11,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
+use weir_protocol::batch;
 use weir_protocol::messages::{ShardMetadata, TopicConfig, TopicMetadata};
+
+use crate::inject::Injector;
+use weir_protocol::keys::KeyRule;
 use weir_protocol::ErrorCode;
 
 use crate::config::{Config, DurabilitySetting};
@@ -47,6 +51,8 @@ pub struct Topic {
     pub name: String,
     /// Settings with every default resolved.
     pub config: TopicConfig,
+    /// Fills unset record metadata (see [`crate::inject`]).
+    pub injector: Injector,
     pub shards: Vec<Arc<Shard>>,
 }
 
@@ -94,6 +100,12 @@ struct TopicRecord {
     retention_bytes: u64,
     segment_bytes: u64,
     max_message_bytes: u32,
+    #[serde(default)]
+    default_priority: u8,
+    #[serde(default)]
+    default_complexity: u8,
+    #[serde(default)]
+    shard_key_rule: String,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -160,7 +172,12 @@ impl TopicRegistry {
                 retention_bytes: rec.retention_bytes,
                 segment_bytes: rec.segment_bytes,
                 max_message_bytes: rec.max_message_bytes,
+                default_priority: rec.default_priority,
+                default_complexity: rec.default_complexity,
+                shard_key_rule: rec.shard_key_rule,
             };
+            // Topics written before these settings existed get their defaults.
+            let topic_config = registry.resolve(topic_config)?;
             let topic = registry.open_topic(&rec.name, rec.shards, topic_config)?;
             registry
                 .topics
@@ -210,8 +227,11 @@ impl TopicRegistry {
             })?;
             opened.push(shard);
         }
+        let injector =
+            Injector::new(&config).map_err(|e| BrokerError::new(ErrorCode::InvalidConfig, e))?;
         Ok(Topic {
             name: name.to_string(),
+            injector,
             config,
             shards: opened,
         })
@@ -258,7 +278,28 @@ impl TopicRegistry {
         if c.max_message_bytes == 0 {
             c.max_message_bytes = d.default_max_message_bytes;
         }
+        if c.default_priority == batch::UNSET {
+            c.default_priority = batch::DEFAULT_PRIORITY;
+        }
+        if c.default_complexity == batch::UNSET {
+            c.default_complexity = batch::DEFAULT_COMPLEXITY;
+        }
         let invalid = |m: String| Err(BrokerError::new(ErrorCode::InvalidConfig, m));
+        if !batch::PRIORITY_RANGE.contains(&c.default_priority) {
+            return invalid(format!(
+                "default_priority {} outside 1..=10",
+                c.default_priority
+            ));
+        }
+        if !batch::COMPLEXITY_RANGE.contains(&c.default_complexity) {
+            return invalid(format!(
+                "default_complexity {} outside 1..=5",
+                c.default_complexity
+            ));
+        }
+        if let Err(e) = KeyRule::parse(&c.shard_key_rule) {
+            return invalid(e);
+        }
         if c.segment_bytes < 64 * 1024 || c.segment_bytes > 1 << 40 {
             return invalid(format!(
                 "segment_bytes {} outside 65536..=2^40",
@@ -389,6 +430,9 @@ impl TopicRegistry {
                 retention_bytes: t.config.retention_bytes,
                 segment_bytes: t.config.segment_bytes,
                 max_message_bytes: t.config.max_message_bytes,
+                default_priority: t.config.default_priority,
+                default_complexity: t.config.default_complexity,
+                shard_key_rule: t.config.shard_key_rule.clone(),
             });
         }
         let bytes = serde_json::to_vec_pretty(&file).expect("metadata serialises");

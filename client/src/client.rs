@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Mutex;
+use weir_protocol::classes::ClassMap;
 use weir_protocol::messages::*;
 use weir_protocol::{ApiKey, Request, ResponseBody};
 
@@ -42,6 +43,8 @@ struct Inner {
     addr: String,
     config: ClientConfig,
     conn: Mutex<Option<Arc<Connection>>>,
+    /// The broker's priority classes, from the last handshake.
+    classes: std::sync::Mutex<ClassMap>,
 }
 
 macro_rules! expect_body {
@@ -71,6 +74,7 @@ impl Client {
                 addr: addr.into(),
                 config,
                 conn: Mutex::new(None),
+                classes: std::sync::Mutex::new(ClassMap::default()),
             }),
         };
         client.connection().await?;
@@ -85,6 +89,12 @@ impl Client {
     /// The client's settings.
     pub fn config(&self) -> &ClientConfig {
         &self.inner.config
+    }
+
+    /// The broker's priority → class map, as sent in the last handshake. Producers
+    /// batch per (shard, class) with it, so each class keeps its own order.
+    pub fn class_map(&self) -> ClassMap {
+        *self.inner.classes.lock().expect("class map lock")
     }
 
     /// The live connection, opening (and handshaking) a new one if needed.
@@ -119,6 +129,14 @@ impl Client {
             }
         }
         conn.max_frame_bytes = versions.max_frame_bytes;
+        let bounds: Option<[u8; 3]> = versions.class_bounds.as_slice().try_into().ok();
+        match bounds.map(ClassMap::new) {
+            Some(Ok(map)) => *self.inner.classes.lock().expect("class map lock") = map,
+            _ => tracing::warn!(
+                bounds = ?versions.class_bounds,
+                "broker sent no usable class bounds; assuming the defaults"
+            ),
+        }
         let conn = Arc::new(conn);
         *slot = Some(conn.clone());
         Ok(conn)
@@ -135,8 +153,19 @@ impl Client {
         request: Request,
         timeout: Duration,
     ) -> Result<ResponseBody> {
+        self.call_at(request, 0, timeout).await
+    }
+
+    /// Sends a request whose header carries `priority` (0 = unspecified, 1..=10): the
+    /// broker writes responses of more urgent requests first.
+    pub(crate) async fn call_at(
+        &self,
+        request: Request,
+        priority: u8,
+        timeout: Duration,
+    ) -> Result<ResponseBody> {
         let conn = self.connection().await?;
-        into_body(conn.call(request, 0, timeout).await?)
+        into_body(conn.call(request, priority, timeout).await?)
     }
 
     /// Topics and their shards; all topics when `topics` is empty.

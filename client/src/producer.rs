@@ -1,15 +1,20 @@
 //! [`Producer`]: batches records per shard, sends them pipelined, retries without
 //! duplicates.
 //!
-//! `send` puts a record into its shard's open batch and returns at once with a
-//! [`DeliveryFuture`]. A batch is sealed when it reaches `max_batch_bytes` or has
-//! lingered for `linger`. Each shard has a sender task that keeps up to
-//! `max_in_flight_per_shard` batches in flight on one connection; the broker writes a
-//! connection's produces to a shard in the order they arrive, so order per shard holds.
-//! When a batch fails with a retriable error, every batch after it is re-sent in order
-//! after the backoff. With idempotence (the default) each batch carries the producer
-//! id, epoch and a per-shard sequence number, so a batch that was written but whose ack
-//! was lost is recognised on retry and not written twice.
+//! `send` puts a record into the open batch of its (shard, priority class) and returns
+//! at once with a [`DeliveryFuture`]. A batch is sealed when it reaches
+//! `max_batch_bytes` or has lingered for `linger`. Each (shard, class) has a sender
+//! task that keeps up to `max_in_flight_per_shard` batches in flight on one connection;
+//! the broker writes a connection's produces of one class to a shard in the order they
+//! arrive, so order per (shard key, class) holds, while a P0 batch may overtake P3
+//! batches sent before it. When a batch fails with a retriable error, every batch of
+//! its class after it is re-sent in order after the backoff. With idempotence (the
+//! default) each batch carries the producer id, epoch and a per-(shard, class)
+//! sequence number, so a batch that was written but whose ack was lost is recognised
+//! on retry and not written twice.
+//!
+//! A record without a key gets one from the topic's shard-key rule (if the topic has
+//! one) before its shard is chosen, exactly as the broker would derive it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -21,6 +26,7 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::time::Instant;
 use weir_protocol::batch::{self, BatchBuilder, NewRecord};
+use weir_protocol::keys::KeyRule;
 use weir_protocol::messages::*;
 use weir_protocol::{ErrorCode, ResponseBody};
 
@@ -44,9 +50,10 @@ pub struct ProducerConfig {
     pub retry_backoff: Duration,
     /// Batches in flight per shard.
     pub max_in_flight_per_shard: usize,
-    /// Priority of records that do not set one (1 highest … 10).
+    /// Priority of records that do not set one (1 highest … 10; 0 = the topic's
+    /// default, filled in by the broker).
     pub default_priority: u8,
-    /// Complexity of records that do not set one (1 … 5).
+    /// Complexity of records that do not set one (1 … 5; 0 = the topic's default).
     pub default_complexity: u8,
     /// Longest wait for one produce's answer.
     pub request_timeout: Duration,
@@ -228,11 +235,15 @@ impl ProducerBuilder {
     /// Starts the producer (gets a producer id when idempotent).
     pub async fn build(self) -> Result<Producer> {
         let c = &self.config;
-        if !batch::PRIORITY_RANGE.contains(&c.default_priority) {
-            return Err(ClientError::Invalid("priority must be 1..=10".into()));
+        if !batch::WIRE_PRIORITY_RANGE.contains(&c.default_priority) {
+            return Err(ClientError::Invalid(
+                "priority must be 1..=10 (or 0 for the topic's default)".into(),
+            ));
         }
-        if !batch::COMPLEXITY_RANGE.contains(&c.default_complexity) {
-            return Err(ClientError::Invalid("complexity must be 1..=5".into()));
+        if !batch::WIRE_COMPLEXITY_RANGE.contains(&c.default_complexity) {
+            return Err(ClientError::Invalid(
+                "complexity must be 1..=5 (or 0 for the topic's default)".into(),
+            ));
         }
         let identity = if c.idempotent {
             let r = init_producer_id(&self.client, 0, 0).await?;
@@ -245,7 +256,7 @@ impl ProducerBuilder {
             client: self.client.clone(),
             config: self.config.clone(),
             identity,
-            shard_counts: HashMap::new(),
+            topics: HashMap::new(),
             open: HashMap::new(),
             senders: HashMap::new(),
             round_robin: 0,
@@ -312,13 +323,24 @@ struct Open {
     deadline: Instant,
 }
 
+/// What the producer needs to know about a topic to place its records.
+#[derive(Debug, Clone)]
+struct TopicInfo {
+    shards: u32,
+    default_priority: u8,
+    key_rule: KeyRule,
+}
+
+/// A batch's destination: topic, shard and priority class index.
+type LaneKey = (String, u32, u8);
+
 struct Accumulator {
     client: Client,
     config: ProducerConfig,
     identity: Option<Arc<Mutex<(u64, u16)>>>,
-    shard_counts: HashMap<String, u32>,
-    open: HashMap<(String, u32), Open>,
-    senders: HashMap<(String, u32), mpsc::Sender<SenderMsg>>,
+    topics: HashMap<String, TopicInfo>,
+    open: HashMap<LaneKey, Open>,
+    senders: HashMap<LaneKey, mpsc::Sender<SenderMsg>>,
     round_robin: u32,
 }
 
@@ -372,31 +394,40 @@ impl Accumulator {
         }
     }
 
-    async fn shard_count(&mut self, topic: &str) -> Result<u32> {
-        if let Some(n) = self.shard_counts.get(topic) {
-            return Ok(*n);
+    async fn topic(&mut self, topic: &str) -> Result<TopicInfo> {
+        if let Some(t) = self.topics.get(topic) {
+            return Ok(t.clone());
         }
         let m = self.client.metadata(&[topic]).await?;
-        let n = m.topics.first().map(|t| t.shards.len() as u32).unwrap_or(0);
-        if n == 0 {
+        let Some(t) = m.topics.into_iter().find(|t| !t.shards.is_empty()) else {
             return Err(ClientError::Broker {
                 code: ErrorCode::UnknownTopic,
                 message: format!("no topic {topic:?}"),
                 retry_after_ms: 0,
             });
-        }
-        self.shard_counts.insert(topic.to_string(), n);
-        Ok(n)
+        };
+        let info = TopicInfo {
+            shards: t.shards.len() as u32,
+            default_priority: t.config.default_priority,
+            key_rule: KeyRule::parse(&t.config.shard_key_rule).unwrap_or(KeyRule::None),
+        };
+        self.topics.insert(topic.to_string(), info.clone());
+        Ok(info)
     }
 
-    async fn add(&mut self, rec: ProducerRecord, waiter: Waiter) {
-        let shards = match self.shard_count(&rec.topic).await {
-            Ok(n) => n,
+    async fn add(&mut self, mut rec: ProducerRecord, waiter: Waiter) {
+        let topic = match self.topic(&rec.topic).await {
+            Ok(t) => t,
             Err(e) => {
                 let _ = waiter.send(Err(e));
                 return;
             }
         };
+        let shards = topic.shards;
+        if rec.key.as_ref().is_none_or(|k| k.is_empty()) && topic.key_rule != KeyRule::None {
+            let headers = rec.headers.iter().map(|(n, v)| (n.as_str(), v.as_ref()));
+            rec.key = topic.key_rule.derive(headers, &rec.value);
+        }
         let shard = match (rec.shard, &rec.key) {
             (Some(s), _) if s < shards => s,
             (Some(s), _) => {
@@ -414,8 +445,17 @@ impl Accumulator {
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_ref()))
             .collect();
+        let priority = rec.priority.unwrap_or(self.config.default_priority);
+        // The broker fills an unset priority with the topic default before it picks
+        // the record's class; do the same so sequences stay per class.
+        let effective = if priority == batch::UNSET {
+            topic.default_priority
+        } else {
+            priority
+        };
+        let class = self.client.class_map().class_of(effective).index() as u8;
         let new = NewRecord {
-            priority: rec.priority.unwrap_or(self.config.default_priority),
+            priority,
             complexity: rec.complexity.unwrap_or(self.config.default_complexity),
             timestamp_ms: rec.timestamp_ms.unwrap_or_else(now_ms),
             key: rec.key.as_deref().unwrap_or(&[]),
@@ -430,7 +470,7 @@ impl Accumulator {
             )));
             return;
         }
-        let key = (rec.topic.clone(), shard);
+        let key = (rec.topic.clone(), shard, class);
         // Seal the open batch first if this record would overflow it.
         let overflow = self.open.get(&key).is_some_and(|o| {
             o.builder.size_bytes() + new.encoded_bytes() > self.config.max_batch_bytes
@@ -455,7 +495,7 @@ impl Accumulator {
         }
     }
 
-    async fn dispatch(&mut self, key: &(String, u32)) {
+    async fn dispatch(&mut self, key: &LaneKey) {
         let Some(open) = self.open.remove(key) else {
             return;
         };
@@ -582,10 +622,12 @@ impl ShardSender {
         };
         let acks = self.config.acks;
         let timeout = self.config.request_timeout + Duration::from_secs(1);
+        // The request is as urgent as its batch's most urgent record.
+        let priority = batch::BatchHeader::read(&item.bytes).map_or(0, |h| h.priority);
         Box::pin(async move {
             let conn = client.connection().await?;
             if acks == Acks::None {
-                conn.send(req.into(), 0, false).await?;
+                conn.send(req.into(), priority, false).await?;
                 return Ok(ProduceResponse {
                     base_offset: u64::MAX,
                     last_offset: u64::MAX,
@@ -593,7 +635,7 @@ impl ShardSender {
                     duplicate: 0,
                 });
             }
-            let frame = conn.call(req.into(), 0, timeout).await?;
+            let frame = conn.call(req.into(), priority, timeout).await?;
             let body: ResponseBody = crate::connection::into_body(frame)?;
             expect_body!(body, Produce)
         })

@@ -46,6 +46,14 @@ pub const RECORD_MIN_BYTES: usize = 18;
 pub const PRIORITY_RANGE: std::ops::RangeInclusive<u8> = 1..=10;
 /// Complexity runs from 1 (simplest) to 5.
 pub const COMPLEXITY_RANGE: std::ops::RangeInclusive<u8> = 1..=5;
+/// A record's priority or complexity of 0 on the wire means "unset": the broker fills
+/// in the topic's default before it stores the batch, so stored records always hold
+/// values in [`PRIORITY_RANGE`] and [`COMPLEXITY_RANGE`].
+pub const UNSET: u8 = 0;
+/// Priorities a produced record may carry: [`UNSET`] or 1..=10.
+pub const WIRE_PRIORITY_RANGE: std::ops::RangeInclusive<u8> = 0..=10;
+/// Complexities a produced record may carry: [`UNSET`] or 1..=5.
+pub const WIRE_COMPLEXITY_RANGE: std::ops::RangeInclusive<u8> = 0..=5;
 /// Default priority when a producer gives none.
 pub const DEFAULT_PRIORITY: u8 = 5;
 /// Default complexity when a producer gives none.
@@ -118,8 +126,8 @@ impl BatchHeader {
         if h.record_count == 0 {
             return Err(DecodeError::InvalidBatch("record_count is zero"));
         }
-        if !PRIORITY_RANGE.contains(&h.priority) {
-            return Err(DecodeError::InvalidRecord("batch priority outside 1..=10"));
+        if !WIRE_PRIORITY_RANGE.contains(&h.priority) {
+            return Err(DecodeError::InvalidRecord("batch priority outside 0..=10"));
         }
         if h.max_timestamp_ms < h.base_timestamp_ms {
             return Err(DecodeError::InvalidBatch(
@@ -194,7 +202,31 @@ pub fn verify(buf: &[u8]) -> Result<BatchHeader, DecodeError> {
 /// record's lengths and ranges, plus the header's summaries (count, priority,
 /// timestamps) against the records. The broker runs this on every produced batch.
 pub fn validate(batch: &[u8]) -> Result<BatchHeader, DecodeError> {
+    validate_summary(batch).map(|(h, _)| h)
+}
+
+/// What [`validate_summary`] learns about a batch's records on its way through them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecordSummary {
+    /// Records whose priority is [`UNSET`].
+    pub unset_priority: u32,
+    /// Records whose complexity is [`UNSET`].
+    pub unset_complexity: u32,
+    /// Records with an empty key.
+    pub keyless: u32,
+}
+
+impl RecordSummary {
+    /// Whether every record has a priority and a complexity.
+    pub fn complete(&self) -> bool {
+        self.unset_priority == 0 && self.unset_complexity == 0
+    }
+}
+
+/// [`validate`], also counting records with unset fields, in the same single pass.
+pub fn validate_summary(batch: &[u8]) -> Result<(BatchHeader, RecordSummary), DecodeError> {
     let h = verify(batch)?;
+    let mut summary = RecordSummary::default();
     if h.total_bytes() != batch.len() {
         return Err(DecodeError::TrailingBytes(batch.len() - h.total_bytes()));
     }
@@ -205,6 +237,9 @@ pub fn validate(batch: &[u8]) -> Result<BatchHeader, DecodeError> {
     while pos < batch.len() {
         let rec = RawRecord::parse(batch, pos)?;
         min_priority = min_priority.min(rec.priority);
+        summary.unset_priority += u32::from(rec.priority == UNSET);
+        summary.unset_complexity += u32::from(rec.complexity == UNSET);
+        summary.keyless += u32::from(rec.key.0 == rec.key.1);
         let ts = h
             .base_timestamp_ms
             .checked_add(i64::from(rec.timestamp_delta_ms))
@@ -230,7 +265,7 @@ pub fn validate(batch: &[u8]) -> Result<BatchHeader, DecodeError> {
             "max_timestamp_ms does not match the records",
         ));
     }
-    Ok(h)
+    Ok((h, summary))
 }
 
 /// Writes the broker-assigned base offset into a batch (outside the CRC).
@@ -276,11 +311,11 @@ impl RawRecord {
         let complexity = b[p + 1];
         let timestamp_delta_ms = le_u32(b, p + 2) as i32;
         p += 6;
-        if !PRIORITY_RANGE.contains(&priority) {
-            return Err(DecodeError::InvalidRecord("priority outside 1..=10"));
+        if !WIRE_PRIORITY_RANGE.contains(&priority) {
+            return Err(DecodeError::InvalidRecord("priority outside 0..=10"));
         }
-        if !COMPLEXITY_RANGE.contains(&complexity) {
-            return Err(DecodeError::InvalidRecord("complexity outside 1..=5"));
+        if !WIRE_COMPLEXITY_RANGE.contains(&complexity) {
+            return Err(DecodeError::InvalidRecord("complexity outside 0..=5"));
         }
         let key_len = le_u16(b, p) as usize;
         p += 2;
@@ -537,11 +572,11 @@ impl BatchBuilder {
     /// Appends a record. Fails, leaving the builder unchanged, when a field is out of
     /// range or the record's timestamp is more than ±24 days from the batch's first.
     pub fn push(&mut self, r: &NewRecord<'_>) -> Result<(), DecodeError> {
-        if !PRIORITY_RANGE.contains(&r.priority) {
-            return Err(DecodeError::InvalidRecord("priority outside 1..=10"));
+        if !WIRE_PRIORITY_RANGE.contains(&r.priority) {
+            return Err(DecodeError::InvalidRecord("priority outside 0..=10"));
         }
-        if !COMPLEXITY_RANGE.contains(&r.complexity) {
-            return Err(DecodeError::InvalidRecord("complexity outside 1..=5"));
+        if !WIRE_COMPLEXITY_RANGE.contains(&r.complexity) {
+            return Err(DecodeError::InvalidRecord("complexity outside 0..=5"));
         }
         if r.key.len() > u16::MAX as usize || r.headers.len() > u16::MAX as usize {
             return Err(DecodeError::InvalidRecord("key or header list too long"));
@@ -678,10 +713,20 @@ mod tests {
         r.priority = 11;
         assert_eq!(
             b.push(&r),
-            Err(DecodeError::InvalidRecord("priority outside 1..=10"))
+            Err(DecodeError::InvalidRecord("priority outside 0..=10"))
         );
-        r.priority = 0;
+        r.priority = 5;
+        r.complexity = 6;
         assert!(b.push(&r).is_err());
-        assert!(b.finish().is_err());
+        assert!(b.finish().is_err(), "no record was added");
+        // 0 means "unset": accepted, and the header's priority says so.
+        r.priority = UNSET;
+        r.complexity = UNSET;
+        let mut b = BatchBuilder::new();
+        b.push(&r).unwrap();
+        let bytes = b.finish().unwrap();
+        let (h, summary) = validate_summary(&bytes).unwrap();
+        assert_eq!(h.priority, UNSET);
+        assert_eq!((summary.unset_priority, summary.unset_complexity), (1, 1));
     }
 }

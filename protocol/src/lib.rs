@@ -9,6 +9,7 @@
 //! - [`api`]: the table of apis; [`messages`]: their bodies.
 //! - [`batch`]: the record batch, the unit of storage.
 //! - [`classes`]: priorities 1..=10 grouped into the classes P0..P3.
+//! - [`keys`]: shard-key rules shared by broker and SDK.
 //! - [`error`]: wire error codes and decode errors.
 
 pub mod api;
@@ -17,6 +18,7 @@ pub mod classes;
 pub mod codec;
 pub mod error;
 pub mod frame;
+pub mod keys;
 pub mod messages;
 pub mod wire;
 

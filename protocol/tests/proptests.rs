@@ -56,15 +56,21 @@ fn topic_config() -> impl Strategy<Value = TopicConfig> {
         any::<u64>(),
         any::<u64>(),
         any::<u32>(),
+        (any::<u8>(), any::<u8>(), s()),
     )
-        .prop_map(|(durability, f, rm, rb, sb, mm)| TopicConfig {
-            durability,
-            flush_interval_ms: f,
-            retention_ms: rm,
-            retention_bytes: rb,
-            segment_bytes: sb,
-            max_message_bytes: mm,
-        })
+        .prop_map(
+            |(durability, f, rm, rb, sb, mm, (dp, dc, rule))| TopicConfig {
+                durability,
+                flush_interval_ms: f,
+                retention_ms: rm,
+                retention_bytes: rb,
+                segment_bytes: sb,
+                max_message_bytes: mm,
+                default_priority: dp,
+                default_complexity: dc,
+                shard_key_rule: rule,
+            },
+        )
 }
 
 fn shard_metadata() -> impl Strategy<Value = ShardMetadata> {
@@ -213,6 +219,8 @@ fn response_body() -> impl Strategy<Value = ResponseBody> {
                     broker_software,
                     max_frame_bytes,
                     apis,
+                    class_bounds: vec![2, 5, 8],
+                    class_weights: vec![8, 4, 2, 1],
                 }
                 .into()
             }),

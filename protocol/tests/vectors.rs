@@ -148,6 +148,9 @@ fn topic_config() -> TopicConfig {
         retention_bytes: 0,
         segment_bytes: 1 << 30,
         max_message_bytes: 1 << 20,
+        default_priority: 5,
+        default_complexity: 1,
+        shard_key_rule: "json:user_id".into(),
     }
 }
 
@@ -370,6 +373,8 @@ fn responses() -> Vec<(&'static str, ResponseFrame)> {
                             max_version: a.max_version(),
                         })
                         .collect(),
+                    class_bounds: vec![2, 5, 8],
+                    class_weights: vec![8, 4, 2, 1],
                 }
                 .into(),
             ),
@@ -780,20 +785,12 @@ fn invalid() -> Vec<Invalid> {
         },
         "last value byte flipped after the CRC was computed",
     );
-    let mut p0 = good.clone();
-    p0[FIRST_RECORD_PRIORITY] = 0;
-    batch_case(
-        "record_priority_0",
-        reseal(p0),
-        DecodeError::InvalidRecord("priority outside 1..=10"),
-        "CRC recomputed: only the priority is wrong",
-    );
     let mut p11 = good.clone();
     p11[FIRST_RECORD_PRIORITY] = 11;
     batch_case(
         "record_priority_11",
         reseal(p11),
-        DecodeError::InvalidRecord("priority outside 1..=10"),
+        DecodeError::InvalidRecord("priority outside 0..=10"),
         "",
     );
     let mut c6 = good.clone();
@@ -801,7 +798,7 @@ fn invalid() -> Vec<Invalid> {
     batch_case(
         "record_complexity_6",
         reseal(c6),
-        DecodeError::InvalidRecord("complexity outside 1..=5"),
+        DecodeError::InvalidRecord("complexity outside 0..=5"),
         "",
     );
     let mut count = good.clone();
@@ -1205,7 +1202,6 @@ fn invalid_vectors_fail_with_their_documented_error() {
         "trailing_bytes",
         "bad_utf8",
         "invalid_enum_acks_9",
-        "record_priority_0",
         "record_priority_11",
         "record_complexity_6",
         "record_count_mismatch",

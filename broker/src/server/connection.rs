@@ -6,7 +6,10 @@
 //! else, including waiting for an append's ack or a long-poll fetch, runs in its own
 //! task, and each response goes to the writer as soon as it is ready: responses may
 //! leave out of order (clients match them by correlation id), so a quick request never
-//! waits behind a slow one.
+//! waits behind a slow one. Responses that are ready at the same time leave in
+//! weighted-fair order of their requests' priority classes ([`crate::scheduler::Wfq`]),
+//! so a P0 answer is written before queued P3 ones and waits behind at most the one
+//! response already being written (frames are never interleaved).
 //!
 //! Memory per connection is bounded: at most `max_in_flight_per_connection` requests
 //! are held (the reader stops reading the socket when that many are unanswered), each
@@ -15,7 +18,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -23,11 +26,14 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::{Decoder, FramedRead};
-use weir_protocol::frame::ResponseFrame;
+use weir_protocol::batch::DEFAULT_PRIORITY;
+use weir_protocol::classes::Class;
+use weir_protocol::frame::{ResponseFrame, PRIORITY_UNSPECIFIED};
 use weir_protocol::{ErrorCode, FrameError, Request, ServerCodec};
 
 use super::handlers;
 use crate::broker::BrokerState;
+use crate::scheduler::Wfq;
 
 /// Tail chunks smaller than this are copied into the write buffer rather than written
 /// with their own system call.
@@ -40,9 +46,11 @@ pub async fn run(sock: TcpStream, state: Arc<BrokerState>) -> Result<(), FrameEr
     let mut frames =
         FramedRead::with_capacity(rd, ServerCodec::new(cfg.max_frame_bytes), 64 * 1024);
     let in_flight = Arc::new(Semaphore::new(cfg.max_in_flight_per_connection));
-    let (tx, rx) = mpsc::channel::<ResponseFrame>(cfg.max_in_flight_per_connection);
+    let (tx, rx) = mpsc::channel::<Outgoing>(cfg.max_in_flight_per_connection);
     let io_timeout = Duration::from_millis(cfg.io_timeout_ms);
-    let writer = tokio::spawn(write_loop(wr, rx, io_timeout));
+    let classes = cfg.class_map().unwrap_or_default();
+    let wfq = Wfq::new(cfg.class_weights(), cfg.class_aging());
+    let writer = tokio::spawn(write_loop(wr, rx, wfq, io_timeout));
     let idle = Duration::from_millis(cfg.idle_timeout_ms);
     let mut shutdown = state.shutdown.clone();
     let result = loop {
@@ -72,7 +80,10 @@ pub async fn run(sock: TcpStream, state: Arc<BrokerState>) -> Result<(), FrameEr
                     .request_errors_total
                     .fetch_add(1, Ordering::Relaxed);
                 let _ = tx
-                    .send(ResponseFrame::connection_error(e.code(), e.to_string()))
+                    .send((
+                        Class::P0,
+                        ResponseFrame::connection_error(e.code(), e.to_string()),
+                    ))
                     .await;
                 break Err(FrameError::Decode(e));
             }
@@ -94,11 +105,15 @@ pub async fn run(sock: TcpStream, state: Arc<BrokerState>) -> Result<(), FrameEr
                         bad.error.to_string(),
                     ),
                 };
-                let _ = tx.send(resp).await;
+                let _ = tx.send((Class::P0, resp)).await;
                 continue;
             }
         };
         let header = frame.header;
+        let class = classes.class_of(match header.priority {
+            PRIORITY_UNSPECIFIED => DEFAULT_PRIORITY,
+            p => p,
+        });
         match frame.request {
             Request::Produce(req) => {
                 // Queued here, in connection order; answered in its own task.
@@ -107,7 +122,7 @@ pub async fn run(sock: TcpStream, state: Arc<BrokerState>) -> Result<(), FrameEr
                 let state = state.clone();
                 tokio::spawn(async move {
                     if let Some(resp) = pending.finish(&state).await {
-                        let _ = tx.send(resp).await;
+                        let _ = tx.send((class, resp)).await;
                     }
                     drop(permit);
                 });
@@ -123,7 +138,7 @@ pub async fn run(sock: TcpStream, state: Arc<BrokerState>) -> Result<(), FrameEr
                             .request_errors_total
                             .fetch_add(1, Ordering::Relaxed);
                     }
-                    let _ = tx.send(resp).await;
+                    let _ = tx.send((class, resp)).await;
                     drop(permit);
                 });
             }
@@ -177,42 +192,94 @@ async fn next_frame<R: tokio::io::AsyncRead + Unpin>(
     }
 }
 
+/// A finished response and the class of the request it answers.
+type Outgoing = (Class, ResponseFrame);
+
+/// An encoded response waiting for the socket.
+struct Encoded {
+    head: BytesMut,
+    tail: Vec<Bytes>,
+}
+
+impl Encoded {
+    fn new(resp: &ResponseFrame) -> Self {
+        let mut head = BytesMut::new();
+        let mut tail = Vec::new();
+        resp.encode_split(&mut head, &mut tail);
+        Encoded { head, tail }
+    }
+
+    fn len(&self) -> usize {
+        self.head.len() + self.tail.iter().map(Bytes::len).sum::<usize>()
+    }
+}
+
+/// Writes responses as they finish, most urgent class first (weighted-fair with aging
+/// among the ones waiting), coalescing small ones into one write.
 async fn write_loop(
     mut wr: tokio::net::tcp::OwnedWriteHalf,
-    mut rx: mpsc::Receiver<ResponseFrame>,
+    mut rx: mpsc::Receiver<Outgoing>,
+    mut ready: Wfq<Encoded>,
     io_timeout: Duration,
 ) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut tail: Vec<Bytes> = Vec::new();
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(resp) = next.take() {
-            resp.encode_split(&mut buf, &mut tail);
+    let mut open = true;
+    loop {
+        if ready.is_empty() {
+            match rx.recv().await {
+                Some((class, resp)) => {
+                    let e = Encoded::new(&resp);
+                    let cost = e.len() as u64;
+                    ready.push(class, e, cost, Instant::now());
+                }
+                None => break,
+            }
+        }
+        // Everything that finished meanwhile competes for the next write.
+        while open {
+            match rx.try_recv() {
+                Ok((class, resp)) => {
+                    let e = Encoded::new(&resp);
+                    let cost = e.len() as u64;
+                    ready.push(class, e, cost, Instant::now());
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+            }
+        }
+        while buf.len() < 256 * 1024 {
+            let Some(served) = ready.pop(Instant::now()) else {
+                break;
+            };
+            let Encoded { head, tail } = served.item;
+            buf.extend_from_slice(&head);
             let tail_bytes: usize = tail.iter().map(Bytes::len).sum();
             if tail_bytes < COPY_TAIL_BELOW_BYTES {
-                for c in tail.drain(..) {
-                    buf.extend_from_slice(&c);
+                for c in &tail {
+                    buf.extend_from_slice(c);
                 }
             } else {
-                // Large record sets go from the log's map to the socket without a copy.
+                // Large record sets go from the log's map to the socket without a copy;
+                // the next response is chosen again after this one.
                 if write_all(&mut wr, &buf, io_timeout).await.is_err() {
                     return;
                 }
                 buf.clear();
-                for c in tail.drain(..) {
-                    if write_all(&mut wr, &c, io_timeout).await.is_err() {
+                for c in &tail {
+                    if write_all(&mut wr, c, io_timeout).await.is_err() {
                         return;
                     }
                 }
-            }
-            if buf.len() < 256 * 1024 {
-                next = rx.try_recv().ok();
+                break;
             }
         }
         if write_all(&mut wr, &buf, io_timeout).await.is_err() {
             return;
         }
         buf.clear();
+        if !open && ready.is_empty() {
+            break;
+        }
     }
     let _ = wr.shutdown().await;
 }

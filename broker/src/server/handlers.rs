@@ -51,6 +51,13 @@ async fn dispatch(state: &Arc<BrokerState>, request: Request) -> Result<Response
                     max_version: a.max_version(),
                 })
                 .collect(),
+            class_bounds: state
+                .config
+                .class_map()
+                .unwrap_or_default()
+                .bounds()
+                .to_vec(),
+            class_weights: state.config.class_weights().to_vec(),
         }
         .into(),
         Request::CreateTopic(r) => {
@@ -303,14 +310,18 @@ pub async fn produce_start(
             return refuse(BrokerError::new(ErrorCode::InvalidBatch, "truncated batch"));
         };
         let b = rest.split_to(total);
-        match batch::validate(&b) {
-            Ok(h) => headers.push(h),
+        let (b, h) = match batch::validate_summary(&b) {
+            Ok((h, summary)) => match topic.injector.apply(b, h, &summary) {
+                Ok(filled) => filled,
+                Err(e) => return refuse(e),
+            },
             Err(e) => return refuse(BrokerError::new(e.code(), e.to_string())),
-        }
+        };
+        headers.push(h);
         batches.push(b);
     }
     let records: u64 = headers.iter().map(|h| u64::from(h.record_count)).sum();
-    let bytes = req.records.len_bytes() as u64;
+    let bytes = batches.iter().map(|b| b.len() as u64).sum();
     let durable = req.acks == Acks::Durable;
     let rx = match shard.enqueue(batches, headers, durable).await {
         Ok(rx) => rx,

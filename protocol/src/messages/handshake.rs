@@ -29,5 +29,10 @@ wire_struct! {
         pub max_frame_bytes: u32,
         /// Every api the broker speaks.
         pub apis: Vec<ApiVersionRange>,
+        /// Highest priority number of classes P0, P1 and P2 (three values; P3 takes the
+        /// rest). Idempotent producers keep one sequence per (shard, class).
+        pub class_bounds: Vec<u8>,
+        /// Weighted-fair-queuing weights of P0..P3 (four values).
+        pub class_weights: Vec<u32>,
     }
 }

@@ -30,6 +30,14 @@ wire_struct! {
         pub segment_bytes: u64,
         /// Largest produce request's records, in bytes.
         pub max_message_bytes: u32,
+        /// Priority (1..=10) given to records produced with priority 0 (unset).
+        pub default_priority: u8,
+        /// Complexity (1..=5) given to records produced with complexity 0 (unset).
+        pub default_complexity: u8,
+        /// How the broker derives a shard key for records produced without one:
+        /// empty (never), `header:NAME` (the value of header NAME) or `json:FIELD` (the
+        /// top-level field FIELD of a JSON object value, strings without quotes).
+        pub shard_key_rule: String,
     }
 }
 

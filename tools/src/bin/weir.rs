@@ -42,10 +42,10 @@ enum Cmd {
         /// Take the key from this whitespace-separated field of each line (1-based).
         #[arg(long)]
         key_field: Option<usize>,
-        /// Priority 1 (highest) … 10.
+        /// Priority 1 (highest) … 10; 0 leaves it to the topic's default.
         #[arg(long, default_value_t = 5)]
         priority: u8,
-        /// Complexity 1 … 5.
+        /// Complexity 1 … 5; 0 leaves it to the topic's default.
         #[arg(long, default_value_t = 1)]
         complexity: u8,
         #[arg(long, value_enum, default_value_t = AckArg::Leader)]
@@ -96,6 +96,15 @@ enum TopicCmd {
         /// Segment file size (0 = broker default).
         #[arg(long, default_value_t = 0)]
         segment_bytes: u64,
+        /// Priority 1..=10 the broker gives records produced without one (0 = 5).
+        #[arg(long, default_value_t = 0)]
+        default_priority: u8,
+        /// Complexity 1..=5 the broker gives records produced without one (0 = 1).
+        #[arg(long, default_value_t = 0)]
+        default_complexity: u8,
+        /// Derive a missing shard key: `header:NAME` or `json:FIELD`.
+        #[arg(long, default_value = "")]
+        shard_key_rule: String,
     },
     /// List topics.
     List,
@@ -121,7 +130,11 @@ enum DurArg {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Format {
+    /// The value only.
     Value,
+    /// Class, priority, complexity, shard/offset and key before the value.
+    Meta,
+    /// One JSON object per message with every field.
     Json,
 }
 
@@ -156,6 +169,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             retention_ms,
             retention_bytes,
             segment_bytes,
+            default_priority,
+            default_complexity,
+            shard_key_rule,
         }) => {
             let config = TopicConfig {
                 durability: match durability {
@@ -168,6 +184,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 retention_bytes,
                 segment_bytes,
                 max_message_bytes: 0,
+                default_priority,
+                default_complexity,
+                shard_key_rule,
             };
             let t = admin.create_topic(&name, shards, config).await?;
             println!("created topic {} with {} shards", t.name, t.shards.len());
@@ -181,8 +200,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let t = admin.describe_topic(&name).await?;
             let c = &t.config;
             println!(
-                "topic {}\n  durability {:?} (flush every {} ms)\n  retention {} ms, {} bytes\n  segment {} bytes, max message {} bytes",
-                t.name, c.durability, c.flush_interval_ms, c.retention_ms, c.retention_bytes, c.segment_bytes, c.max_message_bytes
+                "topic {}\n  durability {:?} (flush every {} ms)\n  retention {} ms, {} bytes\n  segment {} bytes, max message {} bytes\n  default priority {}, complexity {}, shard key rule {:?}",
+                t.name, c.durability, c.flush_interval_ms, c.retention_ms, c.retention_bytes, c.segment_bytes, c.max_message_bytes,
+                c.default_priority, c.default_complexity, c.shard_key_rule
             );
             for s in t.shards {
                 println!(
@@ -332,6 +352,7 @@ async fn consume(
         b = b.group(g.clone());
     }
     let mut consumer = b.build()?;
+    let classes = client.class_map();
     let mut printed = 0usize;
     let out = std::io::stdout();
     let mut out = out.lock();
@@ -349,6 +370,21 @@ async fn consume(
         for m in msgs {
             match format {
                 Format::Value => {
+                    out.write_all(&m.value)?;
+                    out.write_all(b"\n")?;
+                }
+                Format::Meta => {
+                    write!(
+                        out,
+                        "{} p{} c{} {}/{}@{} key={} ",
+                        classes.class_of(m.priority),
+                        m.priority,
+                        m.complexity,
+                        m.topic,
+                        m.shard,
+                        m.offset,
+                        String::from_utf8_lossy(&m.key)
+                    )?;
                     out.write_all(&m.value)?;
                     out.write_all(b"\n")?;
                 }
