@@ -53,8 +53,11 @@ pub struct Config {
     pub default_max_message_bytes: u32,
     /// Sparse offset index: one entry per this many log bytes.
     pub index_interval_bytes: u32,
-    /// Appends waiting in one shard writer's queue.
+    /// Appends waiting in each priority class's lane of one shard writer.
     pub shard_queue_depth: usize,
+    /// Most bytes a shard writer writes (and flushes) as one group; smaller groups let
+    /// P0 appends overtake queued lower-class ones sooner, larger ones flush less often.
+    pub shard_group_bytes_max: usize,
     /// Consumer groups: default and bounds of session timeouts.
     pub group_min_session_timeout_ms: u32,
     pub group_max_session_timeout_ms: u32,
@@ -112,6 +115,7 @@ impl Default for Config {
             default_max_message_bytes: 8 * 1024 * 1024,
             index_interval_bytes: 4096,
             shard_queue_depth: 1024,
+            shard_group_bytes_max: crate::shard::writer::DEFAULT_GROUP_BYTES_MAX,
             group_min_session_timeout_ms: 1000,
             group_max_session_timeout_ms: 300_000,
             max_topics: 10_000,
@@ -216,6 +220,9 @@ impl Config {
         }
         if self.shard_queue_depth == 0 {
             return bad("shard_queue_depth must be > 0");
+        }
+        if self.shard_group_bytes_max < 4096 {
+            return bad("shard_group_bytes_max must be at least 4096");
         }
         if self.group_min_session_timeout_ms > self.group_max_session_timeout_ms {
             return bad("group_min_session_timeout_ms exceeds group_max_session_timeout_ms");

@@ -216,6 +216,7 @@ impl TopicRegistry {
                     .map_err(|e| BrokerError::new(ErrorCode::InvalidConfig, e.to_string()))?,
                 weights: self.config.class_weights(),
                 aging: self.config.class_aging(),
+                group_bytes_max: self.config.shard_group_bytes_max,
                 ..ShardConfig::default()
             };
             let dir = self.topic_dir(name).join(i.to_string());

@@ -119,8 +119,13 @@ impl<T> Wfq<T> {
         self.len += 1;
     }
 
-    /// Serves the next item: the oldest overdue head if any, else the smallest tag.
-    pub fn pop(&mut self, now: Instant) -> Option<Served<T>> {
+    /// The class [`Wfq::pop`] would serve next at `now`, without serving it.
+    pub fn peek_class(&self, now: Instant) -> Option<Class> {
+        self.choose(now)
+            .map(|(i, _)| Class::from_index(i).expect("lane index"))
+    }
+
+    fn choose(&self, now: Instant) -> Option<(usize, Pick)> {
         let mut aged: Option<(usize, Instant)> = None;
         let mut fair: Option<(usize, u128)> = None;
         for (i, lane) in self.lanes.iter().enumerate() {
@@ -136,11 +141,16 @@ impl<T> Wfq<T> {
                 fair = Some((i, head.finish));
             }
         }
-        let (i, pick) = match (aged, fair) {
-            (Some((i, _)), _) => (i, Pick::Aged),
-            (None, Some((i, _))) => (i, Pick::Fair),
-            (None, None) => return None,
-        };
+        match (aged, fair) {
+            (Some((i, _)), _) => Some((i, Pick::Aged)),
+            (None, Some((i, _))) => Some((i, Pick::Fair)),
+            (None, None) => None,
+        }
+    }
+
+    /// Serves the next item: the oldest overdue head if any, else the smallest tag.
+    pub fn pop(&mut self, now: Instant) -> Option<Served<T>> {
+        let (i, pick) = self.choose(now)?;
         let lane = &mut self.lanes[i];
         let e = lane.items.pop_front().expect("head exists");
         if let Some(next) = lane.items.front() {

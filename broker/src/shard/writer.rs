@@ -448,8 +448,15 @@ impl Writer {
         let mut wrote = false;
         let mut bytes = 0usize;
         let mut count = 0usize;
+        let mut top_class = None;
         while count < MAX_GROUP_COMMANDS && (count == 0 || bytes < bytes_max) {
+            // A group that holds P0 work ends before lower-class work: the flush that
+            // acknowledges it stays as short as the P0 work itself.
+            if top_class == Some(Class::P0) && wfq.peek_class(now) != Some(Class::P0) {
+                break;
+            }
             let Some(served) = wfq.pop(now) else { break };
+            top_class = Some(top_class.map_or(served.class, |c: Class| c.min(served.class)));
             let c = served.class.index();
             let waited_us = served.waited.as_micros() as u64;
             self.stats.appends[c].fetch_add(1, Ordering::Relaxed);

@@ -1,0 +1,210 @@
+//! Priority classes against a real broker process: a P3 flood saturates one shard and
+//! P0 batches still overtake the P3 backlog; unset metadata gets the topic's defaults.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use weir_client::{Admin, Client};
+use weir_protocol::batch::{BatchBuilder, NewRecord, UNSET};
+use weir_protocol::messages::{Acks, Durability, ProduceRequest, Records, TopicConfig};
+use weir_protocol::{ErrorCode, ResponseBody};
+use weir_tests::{connect, read_all, BrokerProcess};
+
+/// One single-batch produce: `records` records of `size` bytes at `priority`.
+fn batch(priority: u8, records: usize, size: usize) -> bytes::Bytes {
+    let value = vec![b'x'; size];
+    let mut b = BatchBuilder::with_capacity(records * (size + 32) + 64);
+    for _ in 0..records {
+        let mut r = NewRecord::value(0, &value);
+        r.priority = priority;
+        b.push(&r).unwrap();
+    }
+    b.finish().unwrap()
+}
+
+async fn produce(client: &Client, topic: &str, records: bytes::Bytes) -> Result<u64, String> {
+    let req = ProduceRequest {
+        topic: topic.into(),
+        shard: 0,
+        acks: Acks::Durable,
+        timeout_ms: 60_000,
+        records: Records::from_bytes(records),
+    };
+    match client.call(req).await {
+        Ok(ResponseBody::Produce(r)) => Ok(r.base_offset),
+        Ok(other) => Err(format!("unexpected {:?}", other.api_key())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p0_produces_overtake_a_saturating_p3_backlog() {
+    // Small groups (4 P3 batches each) so the writer's queue, not one huge group, holds
+    // the backlog.
+    let broker = BrokerProcess::start_with_env(&[("WEIR_SHARD_GROUP_BYTES_MAX", "262144")]);
+    let admin_client = connect(&broker.addr(), Duration::from_secs(5)).await;
+    Admin::new(admin_client.clone())
+        .create_topic(
+            "mixed",
+            1,
+            TopicConfig {
+                // Every group is flushed: the writer is the bottleneck, so the P3 lane
+                // holds a backlog for the whole run.
+                durability: Durability::Always,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create topic");
+
+    // (send time, base offset) of every acknowledged P3 batch.
+    let p3_acks: Arc<Mutex<Vec<(Instant, u64)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut flooders = Vec::new();
+    for _ in 0..6 {
+        let client = connect(&broker.addr(), Duration::from_secs(5)).await;
+        let acks = p3_acks.clone();
+        let stop = stop.clone();
+        flooders.push(tokio::spawn(async move {
+            let body = batch(10, 64, 1024);
+            let mut in_flight = FuturesUnordered::new();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                while !stop.load(Ordering::Relaxed) && in_flight.len() < 16 {
+                    let client = client.clone();
+                    let body = body.clone();
+                    in_flight.push(async move {
+                        let sent = Instant::now();
+                        (sent, produce(&client, "mixed", body).await)
+                    });
+                }
+                match in_flight.next().await {
+                    Some((sent, Ok(offset))) => acks.lock().unwrap().push((sent, offset)),
+                    Some((_, Err(e))) => panic!("P3 produce failed: {e}"),
+                    None => break,
+                }
+                assert!(Instant::now() < deadline, "flood did not stop");
+            }
+        }));
+    }
+
+    // Let the backlog build, then send P0 batches one at a time.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let p0_client = connect(&broker.addr(), Duration::from_secs(5)).await;
+    let mut p0 = Vec::new();
+    for _ in 0..20 {
+        let sent = Instant::now();
+        let offset = produce(&p0_client, "mixed", batch(1, 1, 100))
+            .await
+            .expect("P0 produce");
+        p0.push((sent, offset, sent.elapsed()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for f in flooders {
+        f.await.expect("flooder");
+    }
+
+    // A P0 batch overtook every P3 batch that was sent before it but stored after it.
+    let p3 = p3_acks.lock().unwrap().clone();
+    assert!(
+        p3.len() > 200,
+        "the flood was too small to matter: {}",
+        p3.len()
+    );
+    let mut overtaken_total = 0;
+    let mut overtook_backlog = 0;
+    for (sent, offset, _) in &p0 {
+        let overtaken = p3.iter().filter(|(s, o)| s < sent && o > offset).count();
+        overtaken_total += overtaken;
+        if overtaken >= 8 {
+            overtook_backlog += 1;
+        }
+    }
+    let mut p0_latency: Vec<Duration> = p0.iter().map(|p| p.2).collect();
+    p0_latency.sort();
+    eprintln!(
+        "P3 batches acked: {}; P0 batches that overtook >= 8 queued P3 batches: {overtook_backlog}/20 \
+         (P3 batches overtaken in total: {overtaken_total}); P0 ack latency median {:?}, max {:?}",
+        p3.len(),
+        p0_latency[10],
+        p0_latency[19]
+    );
+    assert!(
+        overtook_backlog >= 15,
+        "P0 batches did not overtake the P3 backlog: {overtook_backlog}/20"
+    );
+
+    // Nothing acknowledged was lost: every acked offset is readable, with its class.
+    let expected = p3.len() * 64 + p0.len();
+    let msgs = read_all(&admin_client, "mixed", expected, Duration::from_secs(60)).await;
+    assert_eq!(msgs.len(), expected);
+    for (_, offset, _) in &p0 {
+        let m = msgs
+            .iter()
+            .find(|m| m.offset == *offset)
+            .expect("P0 stored");
+        assert_eq!(m.priority, 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unset_metadata_gets_topic_defaults_and_keys_come_from_the_rule() {
+    let broker = BrokerProcess::start();
+    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
+    let admin = Admin::new(client.clone());
+    admin
+        .create_topic(
+            "jobs",
+            1,
+            TopicConfig {
+                default_priority: 2,
+                default_complexity: 4,
+                shard_key_rule: "json:user_id".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create topic");
+    let mut b = BatchBuilder::new();
+    let mut unset = NewRecord::value(0, br#"{"user_id":"u-9","job":1}"#);
+    unset.priority = UNSET;
+    unset.complexity = UNSET;
+    b.push(&unset).unwrap();
+    let mut set = NewRecord::value(0, br#"{"job":2}"#);
+    set.priority = 7;
+    set.complexity = 1;
+    b.push(&set).unwrap();
+    produce(&client, "jobs", b.finish().unwrap())
+        .await
+        .expect("produce");
+    let msgs = read_all(&client, "jobs", 2, Duration::from_secs(10)).await;
+    assert_eq!((msgs[0].priority, msgs[0].complexity), (2, 4));
+    assert_eq!(&msgs[0].key[..], b"u-9");
+    assert_eq!((msgs[1].priority, msgs[1].complexity), (7, 1));
+    assert!(msgs[1].key.is_empty());
+
+    // Bad settings and out-of-range values are named errors, never clamped.
+    let bad = admin
+        .create_topic(
+            "bad",
+            1,
+            TopicConfig {
+                shard_key_rule: "xml:a".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("bad rule accepted");
+    assert_eq!(bad.code(), Some(ErrorCode::InvalidConfig));
+    let mut raw = batch(5, 1, 10).to_vec();
+    raw[60 + 4] = 11; // first record's priority
+    raw[22] = 5;
+    let crc = weir_protocol::batch::compute_crc(&raw);
+    raw[16..20].copy_from_slice(&crc.to_le_bytes());
+    let err = produce(&client, "jobs", raw.into()).await.unwrap_err();
+    assert!(err.contains("InvalidRecord"), "{err}");
+}
