@@ -16,8 +16,9 @@ use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use weir_protocol::batch::{Batch, Header};
+use weir_protocol::classes::CLASS_COUNT;
 use weir_protocol::messages::*;
-use weir_protocol::{ErrorCode, ResponseBody};
+use weir_protocol::{ErrorCode, Request, ResponseBody};
 
 use crate::client::{expect_body, Client};
 use crate::error::{ClientError, Result};
@@ -27,6 +28,21 @@ use crate::error::{ClientError, Result};
 pub enum OffsetReset {
     Earliest,
     Latest,
+}
+
+/// The order a consumer receives a shard's records in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeliveryOrder {
+    /// Offset order: the order the shard stored them.
+    #[default]
+    Offset,
+    /// Priority order: the shard read as four class lanes (P0..P3), each in offset
+    /// order, interleaved by the broker's weighted fair queuing with aging, so P0
+    /// records come first while lower classes still get their share. Order holds per
+    /// (shard key, class). The committed position of a shard is its lowest lane
+    /// position, so after a restart or rebalance records of other classes above it
+    /// may be delivered again (at least once).
+    Priority,
 }
 
 /// Settings of a [`Consumer`].
@@ -43,6 +59,8 @@ pub struct ConsumerConfig {
     pub max_fetch_bytes: u32,
     /// How long the broker may hold a fetch waiting for data.
     pub fetch_max_wait: Duration,
+    /// Offset or priority order.
+    pub order: DeliveryOrder,
 }
 
 impl Default for ConsumerConfig {
@@ -56,6 +74,7 @@ impl Default for ConsumerConfig {
             rebalance_timeout: Duration::from_secs(10),
             max_fetch_bytes: 4 * 1024 * 1024,
             fetch_max_wait: Duration::from_millis(500),
+            order: DeliveryOrder::Offset,
         }
     }
 }
@@ -119,6 +138,12 @@ impl ConsumerBuilder {
         self
     }
 
+    /// Offset order (the default) or priority order; see [`DeliveryOrder`].
+    pub fn order(mut self, order: DeliveryOrder) -> Self {
+        self.config.order = order;
+        self
+    }
+
     /// Creates the consumer. It joins its group on the first `poll`.
     pub fn build(self) -> Result<Consumer> {
         if self.topics.is_empty() {
@@ -136,6 +161,8 @@ impl ConsumerBuilder {
             manual: None,
             last_commit: tokio::time::Instant::now(),
             buffered: std::collections::VecDeque::new(),
+            lanes: HashMap::new(),
+            lane_floors: HashMap::new(),
             heartbeat: None,
         })
     }
@@ -158,7 +185,13 @@ pub struct Consumer {
     positions: HashMap<(String, u32), u64>,
     manual: Option<Vec<(String, u32)>>,
     last_commit: tokio::time::Instant,
-    buffered: std::collections::VecDeque<Message>,
+    /// Fetched messages not yet returned, each with its batch's lane (class index).
+    buffered: std::collections::VecDeque<(Message, usize)>,
+    /// Priority order only: each shard's four lane cursors; its position is their minimum.
+    lanes: HashMap<(String, u32), [u64; CLASS_COUNT]>,
+    /// Priority order only: the lane cursors the broker reported with the last fetch,
+    /// which hold once every buffered message of that shard has been returned.
+    lane_floors: HashMap<(String, u32), Vec<u64>>,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -207,7 +240,7 @@ impl Consumer {
             Some(p) => {
                 *p = offset;
                 self.buffered
-                    .retain(|m| !(m.topic == topic && m.shard == shard));
+                    .retain(|(m, _)| !(m.topic == topic && m.shard == shard));
                 Ok(())
             }
             None => Err(ClientError::Invalid(format!(
@@ -228,11 +261,22 @@ impl Consumer {
             }
             if !self.buffered.is_empty() {
                 let n = max.min(self.buffered.len());
-                let out: Vec<Message> = self.buffered.drain(..n).collect();
-                for m in &out {
-                    self.positions
-                        .insert((m.topic.clone(), m.shard), m.offset + 1);
+                let out: Vec<(Message, usize)> = self.buffered.drain(..n).collect();
+                for (m, lane) in &out {
+                    let key = (m.topic.clone(), m.shard);
+                    let next = match self.lanes.get_mut(&key) {
+                        Some(lanes) if self.config.order == DeliveryOrder::Priority => {
+                            lanes[*lane] = lanes[*lane].max(m.offset + 1);
+                            lanes.iter().copied().min().unwrap_or(m.offset + 1)
+                        }
+                        _ => m.offset + 1,
+                    };
+                    self.positions.insert(key, next);
                 }
+                if self.config.order == DeliveryOrder::Priority {
+                    self.apply_lane_floors();
+                }
+                let out: Vec<Message> = out.into_iter().map(|(m, _)| m).collect();
                 self.maybe_auto_commit().await;
                 return Ok(out);
             }
@@ -268,26 +312,54 @@ impl Consumer {
     }
 
     async fn fetch_round(&mut self, wait: Duration) -> Result<()> {
+        let priority = self.config.order == DeliveryOrder::Priority;
         let mut calls = FuturesUnordered::new();
         for ((topic, shard), offset) in &self.positions {
-            let req = FetchRequest {
-                topic: topic.clone(),
-                shard: *shard,
-                offset: *offset,
-                max_bytes: self.config.max_fetch_bytes,
-                min_bytes: 1,
-                max_wait_ms: wait.as_millis() as u32,
-            };
             let client = self.client.clone();
             let timeout = wait + self.client.config().request_timeout;
+            let max_wait_ms = wait.as_millis() as u32;
             let (topic, shard, offset) = (topic.clone(), *shard, *offset);
+            let lanes = if priority {
+                let lanes = self
+                    .lanes
+                    .entry((topic.clone(), shard))
+                    .or_insert([offset; CLASS_COUNT]);
+                // A position moved from outside (seek, rejoin, reset) restarts every lane.
+                if lanes.iter().copied().min() != Some(offset) {
+                    *lanes = [offset; CLASS_COUNT];
+                }
+                Some(*lanes)
+            } else {
+                None
+            };
+            let req: Request = match lanes {
+                Some(cursors) => PriorityFetchRequest {
+                    topic: topic.clone(),
+                    shard,
+                    cursors: cursors.to_vec(),
+                    max_bytes: self.config.max_fetch_bytes,
+                    min_bytes: 1,
+                    max_wait_ms,
+                }
+                .into(),
+                None => FetchRequest {
+                    topic: topic.clone(),
+                    shard,
+                    offset,
+                    max_bytes: self.config.max_fetch_bytes,
+                    min_bytes: 1,
+                    max_wait_ms,
+                }
+                .into(),
+            };
             calls.push(async move {
-                let r = client.call_with_timeout(req.into(), timeout).await;
-                (topic, shard, offset, r)
+                let r = client.call_with_timeout(req, timeout).await;
+                (topic, shard, offset, lanes, r)
             });
         }
+        let classes = self.client.class_map();
         let mut reset = Vec::new();
-        while let Some((topic, shard, offset, r)) = calls.next().await {
+        while let Some((topic, shard, offset, lanes, r)) = calls.next().await {
             let body = match r {
                 Ok(b) => b,
                 Err(e) if e.code() == Some(ErrorCode::OffsetOutOfRange) => {
@@ -300,17 +372,30 @@ impl Consumer {
                 }
                 Err(e) => return Err(e),
             };
-            let resp: FetchResponse = expect_body!(body, Fetch)?;
-            for b in resp.records.batches() {
+            let (records, reported) = match body {
+                ResponseBody::Fetch(r) => (r.records, None),
+                ResponseBody::PriorityFetch(r) => (r.records, Some(r.cursors)),
+                other => {
+                    return Err(ClientError::Protocol(format!(
+                        "expected a fetch response, got {:?}",
+                        other.api_key()
+                    )))
+                }
+            };
+            let mut served = [false; CLASS_COUNT];
+            for b in records.batches() {
                 let b =
                     b.map_err(|e| ClientError::Protocol(format!("bad batch from broker: {e}")))?;
                 let batch = Batch::parse(b)
                     .map_err(|e| ClientError::Protocol(format!("bad batch: {e}")))?;
+                let lane = classes.class_of(batch.header().priority).index();
+                served[lane] = true;
+                let from = lanes.map_or(offset, |l| l[lane]);
                 for r in batch.records() {
-                    if r.offset < offset {
+                    if r.offset < from {
                         continue;
                     }
-                    self.buffered.push_back(Message {
+                    let m = Message {
                         topic: topic.clone(),
                         shard,
                         offset: r.offset,
@@ -320,16 +405,53 @@ impl Consumer {
                         key: r.key,
                         value: r.value,
                         headers: r.headers,
-                    });
+                    };
+                    self.buffered.push_back((m, lane));
                 }
+            }
+            // Lanes move as their messages are returned, and to where the broker says
+            // their next batch is once all of this shard's messages have been returned.
+            if let Some(reported) = reported {
+                self.lane_floors.insert((topic.clone(), shard), reported);
             }
         }
         drop(calls);
+        if priority {
+            self.apply_lane_floors();
+        }
         for (topic, shard) in reset {
             let pos = self.reset_position(&topic, shard).await?;
             self.positions.insert((topic, shard), pos);
         }
         Ok(())
+    }
+
+    /// Moves the lanes of every shard with no buffered message to the cursors the
+    /// broker reported, and the shard's position to their minimum.
+    fn apply_lane_floors(&mut self) {
+        let buffered: std::collections::HashSet<(String, u32)> = self
+            .buffered
+            .iter()
+            .map(|(m, _)| (m.topic.clone(), m.shard))
+            .collect();
+        let done: Vec<(String, u32)> = self
+            .lane_floors
+            .keys()
+            .filter(|k| !buffered.contains(*k))
+            .cloned()
+            .collect();
+        for key in done {
+            let floors = self.lane_floors.remove(&key).unwrap_or_default();
+            let Some(lanes) = self.lanes.get_mut(&key) else {
+                continue;
+            };
+            for (l, f) in lanes.iter_mut().zip(floors) {
+                *l = (*l).max(f);
+            }
+            if let Some(min) = lanes.iter().copied().min() {
+                self.positions.insert(key, min);
+            }
+        }
     }
 
     async fn reset_position(&self, topic: &str, shard: u32) -> Result<u64> {

@@ -34,7 +34,7 @@ pub mod producer;
 
 pub use admin::Admin;
 pub use client::{Client, ClientConfig};
-pub use consumer::{Consumer, ConsumerConfig, Message, OffsetReset};
+pub use consumer::{Consumer, ConsumerConfig, DeliveryOrder, Message, OffsetReset};
 pub use error::{ClientError, Result};
 pub use producer::{DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
 pub use weir_protocol::messages::{Acks, Durability, TopicConfig};

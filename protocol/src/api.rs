@@ -121,6 +121,8 @@ apis! {
     CommitOffsets = 11, v 0..=0, CommitOffsetsRequest => CommitOffsetsResponse;
     /// Read committed offsets.
     FetchOffsets = 12, v 0..=0, FetchOffsetsRequest => FetchOffsetsResponse;
+    /// Read a shard in priority order (per-class lanes, WFQ with aging).
+    PriorityFetch = 25, v 0..=0, PriorityFetchRequest => PriorityFetchResponse;
 }
 
 /// Checks the api key and version, giving the named error for each failure.

@@ -141,6 +141,25 @@ fn request() -> impl Strategy<Value = Request> {
                     .into()
                 }
             ),
+        (
+            s(),
+            any::<u32>(),
+            vec(any::<u64>(), 0..6),
+            (any::<u32>(), any::<u32>(), any::<u32>())
+        )
+            .prop_map(
+                |(topic, shard, cursors, (max_bytes, min_bytes, max_wait_ms))| {
+                    PriorityFetchRequest {
+                        topic,
+                        shard,
+                        cursors,
+                        max_bytes,
+                        min_bytes,
+                        max_wait_ms,
+                    }
+                    .into()
+                }
+            ),
         (s(), any::<u32>(), any::<i64>()).prop_map(|(topic, shard, timestamp_ms)| {
             ListOffsetsRequest {
                 topic,
@@ -251,6 +270,21 @@ fn response_body() -> impl Strategy<Value = ResponseBody> {
             }
             .into()
         }),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            vec(any::<u64>(), 0..6),
+            records()
+        )
+            .prop_map(|(h, l, cursors, records)| {
+                PriorityFetchResponse {
+                    high_watermark: h,
+                    log_start_offset: l,
+                    cursors,
+                    records,
+                }
+                .into()
+            }),
         (any::<u64>(), any::<i64>()).prop_map(|(offset, timestamp_ms)| {
             ListOffsetsResponse {
                 offset,

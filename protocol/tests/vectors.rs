@@ -222,6 +222,20 @@ fn requests() -> Vec<(&'static str, RequestFrame)> {
             ),
         ),
         (
+            "priority_fetch_request",
+            RequestFrame::new(
+                16,
+                PriorityFetchRequest {
+                    topic: "orders".into(),
+                    shard: 0,
+                    cursors: vec![41, 41, 30, 12],
+                    max_bytes: 1 << 20,
+                    min_bytes: 1,
+                    max_wait_ms: 500,
+                },
+            ),
+        ),
+        (
             "list_offsets_request",
             RequestFrame::new(
                 7,
@@ -438,6 +452,20 @@ fn responses() -> Vec<(&'static str, ResponseFrame)> {
                 FetchResponse {
                     high_watermark: 42,
                     log_start_offset: 0,
+                    records: Records::from_bytes(stored_batch()),
+                }
+                .into(),
+            ),
+        ),
+        (
+            "priority_fetch_response",
+            ok(
+                ApiKey::PriorityFetch,
+                16,
+                PriorityFetchResponse {
+                    high_watermark: 42,
+                    log_start_offset: 0,
+                    cursors: vec![42, 42, 42, 40],
                     records: Records::from_bytes(stored_batch()),
                 }
                 .into(),

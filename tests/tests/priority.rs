@@ -208,3 +208,67 @@ async fn unset_metadata_gets_topic_defaults_and_keys_come_from_the_rule() {
     let err = produce(&client, "jobs", raw.into()).await.unwrap_err();
     assert!(err.contains("InvalidRecord"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_priority_ordered_consumer_gets_p0_ahead_of_a_p3_backlog_and_everything_once() {
+    use weir_client::{Consumer, DeliveryOrder, OffsetReset};
+
+    let broker = BrokerProcess::start();
+    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
+    Admin::new(client.clone())
+        .create_topic("lanes", 1, TopicConfig::default())
+        .await
+        .expect("create topic");
+    // 200 P3 batches of 10 records, then 5 P0 batches of 2 records, then 50 more P3.
+    for _ in 0..200 {
+        produce(&client, "lanes", batch(10, 10, 100)).await.unwrap();
+    }
+    for _ in 0..5 {
+        produce(&client, "lanes", batch(1, 2, 100)).await.unwrap();
+    }
+    for _ in 0..50 {
+        produce(&client, "lanes", batch(9, 10, 100)).await.unwrap();
+    }
+    let total = 200 * 10 + 5 * 2 + 50 * 10;
+
+    let mut consumer = Consumer::builder(&client)
+        .topic("lanes")
+        .group("lane-readers")
+        .reset(OffsetReset::Earliest)
+        .order(DeliveryOrder::Priority)
+        .build()
+        .unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < total && Instant::now() < deadline {
+        got.extend(consumer.poll(100, Duration::from_secs(1)).await.unwrap());
+    }
+    assert_eq!(got.len(), total, "every record once");
+    let mut offsets: Vec<u64> = got.iter().map(|m| m.offset).collect();
+    offsets.sort();
+    offsets.dedup();
+    assert_eq!(offsets.len(), total, "no record twice");
+    // The P0 records, stored after 2,000 P3 records, come within the first response.
+    let first_p0 = got.iter().position(|m| m.priority == 1).unwrap();
+    let last_p0 = got.iter().rposition(|m| m.priority == 1).unwrap();
+    assert!(
+        last_p0 < 200,
+        "P0 records delivered at {first_p0}..={last_p0} of {total}"
+    );
+    // Within a class, offset order holds.
+    for class in [1u8, 9, 10] {
+        let o: Vec<u64> = got
+            .iter()
+            .filter(|m| m.priority == class)
+            .map(|m| m.offset)
+            .collect();
+        assert!(
+            o.windows(2).all(|w| w[0] < w[1]),
+            "class {class} out of order"
+        );
+    }
+    // Once everything was returned, the committed position is the end of the shard.
+    consumer.commit().await.unwrap();
+    let pos = consumer.positions();
+    assert_eq!(pos[0].offset, total as u64);
+}

@@ -88,6 +88,9 @@ async fn dispatch(state: &Arc<BrokerState>, request: Request) -> Result<Response
             .into()
         }
         Request::Fetch(r) => fetch(state, r).await?.into(),
+        Request::PriorityFetch(r) => super::priority_fetch::priority_fetch(state, r)
+            .await?
+            .into(),
         Request::ListOffsets(r) => {
             let topic = state.topics.get(&r.topic)?;
             let reader = topic.shard(r.shard)?.reader();
@@ -184,7 +187,7 @@ async fn dispatch(state: &Arc<BrokerState>, request: Request) -> Result<Response
     })
 }
 
-fn storage_error(e: StorageError) -> BrokerError {
+pub(crate) fn storage_error(e: StorageError) -> BrokerError {
     match e {
         StorageError::OffsetOutOfRange { .. } => {
             BrokerError::new(ErrorCode::OffsetOutOfRange, e.to_string())

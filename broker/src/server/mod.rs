@@ -5,6 +5,7 @@
 
 pub mod connection;
 pub mod handlers;
+pub mod priority_fetch;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -11,6 +11,7 @@
 //! every concurrent durable producer. Readers never touch the writer: they read the
 //! log through a [`LogReader`] and wait for new data on a watch of the high-water mark.
 
+pub mod class_index;
 pub mod idempotence;
 pub mod writer;
 

@@ -12,6 +12,7 @@ use weir_protocol::batch::BatchHeader;
 use weir_protocol::classes::{Class, ClassMap, CLASS_COUNT, DEFAULT_CLASS_WEIGHTS};
 use weir_protocol::messages::Durability;
 
+use super::class_index::ClassIndex;
 use super::idempotence::{ProducerTable, Verdict};
 use crate::scheduler::{Wfq, DEFAULT_AGING};
 use crate::storage::{Log, LogConfig, LogReader, StorageError};
@@ -125,6 +126,8 @@ pub struct Shard {
     control: mpsc::Sender<Control>,
     classes: ClassMap,
     stats: Arc<ClassStats>,
+    /// Built on the first priority-ordered read; see [`ClassIndex`].
+    class_index: Mutex<ClassIndex>,
     reader: LogReader,
     hwm: watch::Receiver<u64>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -178,6 +181,7 @@ impl Shard {
             control,
             classes,
             stats,
+            class_index: Mutex::new(ClassIndex::default()),
             reader,
             hwm: hwm_rx,
             thread: Mutex::new(Some(thread)),
@@ -212,6 +216,18 @@ impl Shard {
     pub fn class_of(&self, headers: &[BatchHeader]) -> Class {
         let top = headers.iter().map(|h| h.priority).min().unwrap_or(u8::MAX);
         self.classes.class_of(top)
+    }
+
+    /// The priority → class map this shard schedules by.
+    pub fn classes(&self) -> ClassMap {
+        self.classes
+    }
+
+    /// The class index, caught up to the high-water mark; see [`ClassIndex`].
+    pub fn class_index(&self) -> Result<std::sync::MutexGuard<'_, ClassIndex>, StorageError> {
+        let mut index = self.class_index.lock().expect("class index lock");
+        index.catch_up(&self.reader, &self.classes)?;
+        Ok(index)
     }
 
     /// Appends waiting in `class`'s lane (not yet taken by the writer).

@@ -28,6 +28,37 @@ wire_struct! {
     }
 }
 
+wire_struct! {
+    /// Reads one shard in priority order: batches of classes P0..P3 are kept in four
+    /// lanes, each read in offset order from its own cursor, and the broker picks which
+    /// lane's next batch goes into the response by weighted fair queuing with aging.
+    /// A long-poll waiting for `min_bytes` returns at once when P0 data arrives.
+    pub struct PriorityFetchRequest {
+        pub topic: String,
+        pub shard: u32,
+        /// Four offsets, one per class P0..P3: the lane's next batch is its first
+        /// batch that holds or follows this offset.
+        pub cursors: Vec<u64>,
+        pub max_bytes: u32,
+        pub min_bytes: u32,
+        pub max_wait_ms: u32,
+    }
+}
+
+wire_struct! {
+    /// Whole batches as stored, in delivery order (not offset order). A batch's lane is
+    /// the class of its header priority under the handshake's class bounds.
+    pub struct PriorityFetchResponse {
+        pub high_watermark: u64,
+        pub log_start_offset: u64,
+        /// Four offsets: each lane's cursor after this response (the offset after the
+        /// lane's last batch in it, or, for a lane with no batch in it, the offset of
+        /// its next batch or the high-water mark when it has none).
+        pub cursors: Vec<u64>,
+        pub records: Records,
+    }
+}
+
 /// `ListOffsetsRequest::timestamp_ms` value asking for the high-water mark.
 pub const LATEST_TIMESTAMP: i64 = -1;
 /// `ListOffsetsRequest::timestamp_ms` value asking for the log start.

@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use weir_client::{
-    Acks, Admin, Client, Consumer, Durability, OffsetReset, Producer, ProducerRecord, TopicConfig,
+    Acks, Admin, Client, Consumer, DeliveryOrder, Durability, OffsetReset, Producer,
+    ProducerRecord, TopicConfig,
 };
 
 /// Administer a Weir broker, produce to it and consume from it.
@@ -68,6 +69,9 @@ enum Cmd {
         timeout_ms: u64,
         #[arg(long, value_enum, default_value_t = Format::Value)]
         format: Format,
+        /// `offset` (stored order) or `priority` (P0 first, weighted fair with aging).
+        #[arg(long, value_enum, default_value_t = OrderArg::Offset)]
+        order: OrderArg,
     },
     /// Broker version, uptime, topics, shards and offsets.
     Status,
@@ -119,6 +123,12 @@ enum AckArg {
     None,
     Leader,
     Durable,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum OrderArg {
+    Offset,
+    Priority,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -230,7 +240,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             count,
             timeout_ms,
             format,
+            order,
         } => {
+            let order = match order {
+                OrderArg::Offset => DeliveryOrder::Offset,
+                OrderArg::Priority => DeliveryOrder::Priority,
+            };
             consume(
                 &client,
                 topic,
@@ -238,7 +253,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 from_beginning,
                 count,
                 timeout_ms,
-                format,
+                (format, order),
             )
             .await?
         }
@@ -337,10 +352,11 @@ async fn consume(
     from_beginning: bool,
     count: Option<usize>,
     timeout_ms: u64,
-    format: Format,
+    (format, order): (Format, DeliveryOrder),
 ) -> anyhow::Result<()> {
     let mut b = Consumer::builder(client)
         .topic(topic)
+        .order(order)
         .auto_commit(false)
         .fetch_max_wait(Duration::from_millis(timeout_ms.min(500)))
         .reset(if from_beginning {

@@ -1,0 +1,171 @@
+//! PriorityFetch: reading one shard as four class lanes, P0 first by weight.
+//!
+//! Each lane is the shard's batches of one class, in offset order, read from the
+//! consumer's cursor for that lane ([`crate::shard::class_index::ClassIndex`] finds
+//! them). Which lane's next batch goes into the response is decided by a fresh
+//! [`Wfq`] per response: weighted fair by bytes, and aging by the batch's own age in
+//! the log (now minus its newest timestamp) — a batch older than its class's aging
+//! threshold goes before fresher batches of any class, oldest first. So a backlog of
+//! P3 data waits while P0 data keeps arriving, but never longer than its aging
+//! threshold once it is at the head of its lane. A long-poll that waits for
+//! `min_bytes` returns as soon as P0 data is available: urgent data cuts it short.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use weir_protocol::batch::BatchHeader;
+use weir_protocol::classes::{Class, CLASS_COUNT};
+use weir_protocol::messages::{PriorityFetchRequest, PriorityFetchResponse, Records};
+use weir_protocol::ErrorCode;
+
+use super::handlers::storage_error;
+use crate::broker::BrokerState;
+use crate::scheduler::Wfq;
+use crate::shard::writer::now_ms;
+use crate::shard::Shard;
+use crate::topics::BrokerError;
+
+/// One assembled response.
+struct Assembled {
+    batches: Vec<Bytes>,
+    bytes: usize,
+    cursors: [u64; CLASS_COUNT],
+    has_p0: bool,
+}
+
+/// Answers a PriorityFetch; see the module docs.
+pub async fn priority_fetch(
+    state: &Arc<BrokerState>,
+    r: PriorityFetchRequest,
+) -> Result<PriorityFetchResponse, BrokerError> {
+    let topic = state.topics.get(&r.topic)?;
+    let shard: &Arc<Shard> = topic.shard(r.shard)?;
+    let mut cursors: [u64; CLASS_COUNT] = r.cursors.as_slice().try_into().map_err(|_| {
+        BrokerError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "cursors must hold {CLASS_COUNT} offsets, got {}",
+                r.cursors.len()
+            ),
+        )
+    })?;
+    let reader = shard.reader();
+    let max_bytes = (r.max_bytes as usize).clamp(1, state.config.max_frame_bytes as usize - 1024);
+    let wait = Duration::from_millis(u64::from(r.max_wait_ms.min(state.config.max_fetch_wait_ms)));
+    let deadline = Instant::now() + wait;
+    let mut hwm_rx = shard.watch_high_watermark();
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        hwm_rx.borrow_and_update();
+        let hwm = reader.high_watermark();
+        let start = reader.log_start_offset();
+        for c in cursors.iter_mut() {
+            if *c > hwm {
+                return Err(BrokerError::new(
+                    ErrorCode::OffsetOutOfRange,
+                    format!("cursor {c} above the high-water mark {hwm}"),
+                ));
+            }
+            // Retention may have removed a lane's unread batches: continue at the start.
+            *c = (*c).max(start);
+        }
+        let a = assemble(state, shard, &cursors, max_bytes)?;
+        let now = Instant::now();
+        let enough = a.bytes > 0 && (a.bytes >= r.min_bytes as usize || a.has_p0);
+        if enough || now >= deadline || *shutdown.borrow() {
+            state
+                .metrics
+                .fetch_bytes_total
+                .fetch_add(a.bytes as u64, Ordering::Relaxed);
+            return Ok(PriorityFetchResponse {
+                high_watermark: hwm,
+                log_start_offset: start,
+                cursors: a.cursors.to_vec(),
+                records: Records::from_chunks(a.batches),
+            });
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+            _ = hwm_rx.changed() => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Picks batches from the four lanes in WFQ order until `max_bytes` (the first batch
+/// always fits, so a consumer always progresses).
+fn assemble(
+    state: &BrokerState,
+    shard: &Shard,
+    cursors: &[u64; CLASS_COUNT],
+    max_bytes: usize,
+) -> Result<Assembled, BrokerError> {
+    let reader = shard.reader();
+    let index = shard.class_index().map_err(storage_error)?;
+    let scanned = index.scanned_to();
+    let now = Instant::now();
+    let wall_ms = now_ms();
+    let mut wfq: Wfq<(Bytes, BatchHeader)> =
+        Wfq::new(state.config.class_weights(), state.config.class_aging());
+    // Queues lane `c`'s next batch at or after `from`; false when the lane is empty.
+    let queue_next = |c: Class, from: u64, wfq: &mut Wfq<(Bytes, BatchHeader)>| {
+        let Some(offset) = index.next(c, from) else {
+            return Ok(false);
+        };
+        let Some(chunk) = reader
+            .read(offset, 1)
+            .map_err(storage_error)?
+            .into_iter()
+            .next()
+        else {
+            return Ok(false);
+        };
+        let h = BatchHeader::read(&chunk)
+            .map_err(|e| BrokerError::new(ErrorCode::CorruptStorage, e.to_string()))?;
+        let batch = chunk.slice(..h.total_bytes().min(chunk.len()));
+        // A batch's age in the log is how long it has waited, for aging.
+        let age_ms = wall_ms.saturating_sub(h.max_timestamp_ms).max(0) as u64;
+        let since = now
+            .checked_sub(Duration::from_millis(age_ms))
+            .unwrap_or(now);
+        wfq.push(c, (batch, h), h.total_bytes() as u64, since);
+        Ok::<bool, BrokerError>(true)
+    };
+    let mut out = Assembled {
+        batches: Vec::new(),
+        bytes: 0,
+        cursors: *cursors,
+        has_p0: false,
+    };
+    for c in Class::ALL {
+        if !queue_next(c, cursors[c.index()], &mut wfq)? {
+            // Nothing of this class up to the high-water mark.
+            out.cursors[c.index()] = out.cursors[c.index()].max(scanned);
+        }
+    }
+    loop {
+        let Some(s) = wfq.pop(now) else { break };
+        let served = s.class;
+        let (batch, h) = s.item;
+        if !out.batches.is_empty() && out.bytes + batch.len() > max_bytes {
+            // Does not fit: the lane resumes at this batch next time.
+            let c = &mut out.cursors[served.index()];
+            *c = (*c).max(h.base_offset);
+            break;
+        }
+        out.bytes += batch.len();
+        out.has_p0 |= served == Class::P0;
+        out.batches.push(batch);
+        let last = h.last_offset();
+        out.cursors[served.index()] = last + 1;
+        if !queue_next(served, last + 1, &mut wfq)? {
+            out.cursors[served.index()] = scanned.max(last + 1);
+        }
+        if out.bytes >= max_bytes {
+            break;
+        }
+    }
+    Ok(out)
+}
