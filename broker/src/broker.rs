@@ -73,6 +73,29 @@ impl BrokerState {
                     t.name,
                     s.reader().high_watermark()
                 );
+                let st = s.stats();
+                for c in weir_protocol::classes::Class::ALL {
+                    let k = c.index();
+                    let labels =
+                        format!("topic=\"{}\",shard=\"{i}\",class=\"{}\"", t.name, c.name());
+                    let _ = writeln!(out, "weir_shard_queued{{{labels}}} {}", s.queued(c));
+                    let _ = writeln!(
+                        out,
+                        "weir_shard_appends_total{{{labels}}} {}",
+                        st.appends[k].load(Ordering::Relaxed)
+                    );
+                    let _ = writeln!(
+                        out,
+                        "weir_shard_wait_us_total{{{labels}}} {}",
+                        st.wait_us[k].load(Ordering::Relaxed)
+                    );
+                    // The longest wait since the last scrape.
+                    let _ = writeln!(
+                        out,
+                        "weir_shard_wait_us_max{{{labels}}} {}",
+                        st.wait_us_max[k].swap(0, Ordering::Relaxed)
+                    );
+                }
             }
         }
         out

@@ -425,7 +425,9 @@ impl Writer {
                 }
                 let now = Instant::now();
                 if interval_flush && dirty && now >= next_flush {
-                    match self.log.flush() {
+                    // Off the writer thread: a second's worth of msync must not stall
+                    // the appends (and P0 work) queued behind it.
+                    match self.log.flush_in_background() {
                         Ok(()) => dirty = false,
                         Err(e) => tracing::error!(error = %e, "interval flush failed"),
                     }

@@ -123,6 +123,8 @@ pub struct Log {
     pub(crate) next: Option<JoinHandle<Result<Prepared, StorageError>>>,
     pub(crate) prepare_seq: u64,
     pub(crate) failed: Option<String>,
+    /// An interval flush running on its own thread; see [`Log::flush_in_background`].
+    pub(crate) background_flush: Option<JoinHandle<Result<(), StorageError>>>,
     pub(crate) _lock: File,
 }
 
@@ -321,7 +323,73 @@ impl Log {
         r
     }
 
+    /// Starts making everything appended so far durable on a background thread and
+    /// returns at once, so a periodic flush never stalls the writer (an `msync` of a
+    /// second's worth of appends can take hundreds of milliseconds). At most one runs at
+    /// a time: while one is still running this does nothing. A later [`Log::flush`]
+    /// waits for it first, so a durable acknowledgement never overtakes it. Its failure
+    /// fails the log like a synchronous flush's would, at the next call of either.
+    pub fn flush_in_background(&mut self) -> Result<(), StorageError> {
+        self.check_failed()?;
+        if self
+            .background_flush
+            .as_ref()
+            .is_some_and(|h| !h.is_finished())
+        {
+            return Ok(());
+        }
+        self.join_background_flush()?;
+        let segments = std::mem::take(&mut self.pending_sync);
+        let a = &mut self.active;
+        let seg = Arc::clone(&a.seg);
+        let range = (a.flushed_pos as usize, (a.pos - a.flushed_pos) as usize);
+        a.flushed_pos = a.pos;
+        let dir = std::mem::take(&mut self.dir_dirty).then(|| self.shared.dir.clone());
+        let job = move || -> Result<(), StorageError> {
+            for s in segments {
+                s.sync_all_files()?;
+            }
+            if range.1 > 0 {
+                seg.log
+                    .map
+                    .flush_range(range.0, range.1)
+                    .map_err(io_err(&seg.log.path))?;
+            }
+            if let Some(dir) = dir {
+                sync_dir(&dir)?;
+            }
+            Ok(())
+        };
+        match std::thread::Builder::new()
+            .name("weir-flush".into())
+            .spawn(job)
+        {
+            Ok(h) => self.background_flush = Some(h),
+            Err(e) => {
+                let e = StorageError::Failed(format!("could not start a flush thread: {e}"));
+                self.failed = Some(e.to_string());
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the background flush, if any, and fails the log if it failed.
+    fn join_background_flush(&mut self) -> Result<(), StorageError> {
+        let Some(h) = self.background_flush.take() else {
+            return Ok(());
+        };
+        let r = h
+            .join()
+            .unwrap_or_else(|_| Err(StorageError::Failed("flush thread panicked".into())));
+        if let Err(e) = &r {
+            self.failed = Some(e.to_string());
+        }
+        r
+    }
+
     fn flush_inner(&mut self) -> Result<(), StorageError> {
+        self.join_background_flush()?;
         for s in std::mem::take(&mut self.pending_sync) {
             s.sync_all_files()?;
         }
@@ -377,6 +445,7 @@ impl Log {
 
 impl Drop for Log {
     fn drop(&mut self) {
+        let _ = self.join_background_flush();
         if let Some(h) = self.next.take() {
             if let Ok(Ok(p)) = h.join() {
                 p.discard();

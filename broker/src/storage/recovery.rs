@@ -532,6 +532,7 @@ pub(crate) fn open(dir: &Path, config: LogConfig) -> Result<Log, StorageError> {
         next: None,
         prepare_seq: 0,
         failed: None,
+        background_flush: None,
         _lock: lock,
     };
     if log.active.pos * 2 >= log.active.capacity {

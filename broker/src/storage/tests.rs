@@ -420,3 +420,32 @@ proptest! {
         prop_assert_eq!(read_all(&log.reader(), 0).unwrap().len(), expected.len() + 1);
     }
 }
+
+#[test]
+fn background_flushes_run_beside_appends_across_rolls_and_reopen_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_config(64 * 1024)).unwrap();
+    let mut expected = Vec::new();
+    for i in 0..200u64 {
+        let b = make_batch(i, 3, 500, 1_000 + i as i64);
+        expected.push(b.clone());
+        log.append(&[b]).unwrap();
+        if i % 7 == 0 {
+            // Starts one, or does nothing while the previous one still runs.
+            log.flush_in_background().unwrap();
+        }
+    }
+    // A synchronous flush waits for the background one before it returns.
+    log.flush().unwrap();
+    assert!(log.background_flush.is_none());
+    assert_eq!(log.active.flushed_pos, log.active.pos);
+    let hwm = log.high_watermark();
+    drop(log);
+    let log = Log::open(dir.path(), small_config(64 * 1024)).unwrap();
+    assert_eq!(log.high_watermark(), hwm);
+    let got = read_all(&log.reader(), 0).unwrap();
+    assert_eq!(got.len(), expected.len());
+    for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+        assert_eq!(&g[20..], &e[20..], "batch {i}");
+    }
+}

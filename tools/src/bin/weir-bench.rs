@@ -48,8 +48,8 @@ use serde_json::{json, Map};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use weir_client::embedded::EmbeddedBroker;
 use weir_client::{
-    Acks, Admin, Client, Consumer, DeliveryFuture, OffsetReset, Producer, ProducerRecord,
-    TopicConfig,
+    Acks, Admin, Client, Consumer, DeliveryFuture, DeliveryOrder, OffsetReset, Producer,
+    ProducerRecord, TopicConfig,
 };
 use weir_protocol::batch::{BATCH_HEADER_BYTES, RECORD_MIN_BYTES};
 use weir_protocol::messages::{ListOffsetsRequest, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
@@ -108,6 +108,14 @@ struct Cli {
     /// (p0 = priorities 1–2, p1 = 3–5, p2 = 6–8, p3 = 9–10).
     #[arg(long)]
     priority_mix: Option<PriorityMix>,
+    /// With a mix: each producer sends one class only (one producer per class of the
+    /// mix, the rest to its largest class), and with --rate each class's producers
+    /// share the class's part of the rate. Models separate critical and bulk services.
+    #[arg(long, requires = "priority_mix")]
+    class_per_producer: bool,
+    /// Consumers read in `offset` order or `priority` order (class lanes, P0 first).
+    #[arg(long, value_enum, default_value_t = OrderArg::Offset)]
+    order: OrderArg,
     /// Seconds run first and left out of the figures.
     #[arg(long, default_value_t = 0.0)]
     warmup: f64,
@@ -119,6 +127,21 @@ struct Cli {
 const AFTER_HELP: &str = "Produce latency is per batch (first send → ack of the batch's last \
 record); e2e latency is per message, measured at the consumer from the intended send time; \
 consume latency is per poll. MB = 10^6 payload bytes.";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum OrderArg {
+    Offset,
+    Priority,
+}
+
+impl OrderArg {
+    fn order(self) -> DeliveryOrder {
+        match self {
+            OrderArg::Offset => DeliveryOrder::Offset,
+            OrderArg::Priority => DeliveryOrder::Priority,
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Mode {
@@ -446,6 +469,13 @@ fn settings(run: &Run) -> Map<String, serde_json::Value> {
         "priority_mix".into(),
         json!(c.priority_mix.as_ref().map(|m| m.to_string())),
     );
+    if c.mode != Mode::Produce {
+        m.insert(
+            "order".into(),
+            json!(format!("{:?}", c.order).to_lowercase()),
+        );
+    }
+    m.insert("class_per_producer".into(), json!(c.class_per_producer));
     m.insert("warmup_s".into(), json!(c.warmup));
     m.insert("embedded".into(), json!(c.embedded));
     m
@@ -561,9 +591,26 @@ async fn produce_loop(
     let e2e = c.mode == Mode::E2e;
     let payload = Bytes::from(vec![0x5au8; c.size]);
     let mut picker = c.priority_mix.as_ref().map(|m| m.picker());
-    // Message k of this producer is due at base + (k·P + idx) / rate.
-    let step = c.rate.map(|r| 1.0 / r);
-    let p = c.producers as f64;
+    // Message k of this producer is due at base + (k·P + idx) / rate: producers share
+    // the rate equally, each sending every P-th slot.
+    let mut step = c.rate.map(|r| 1.0 / r);
+    let mut p = c.producers as f64;
+    let mut phase = idx as f64;
+    let fixed = match (&c.priority_mix, c.class_per_producer) {
+        (Some(mix), true) => {
+            let (class, n) = producer_class(mix, idx, c.producers);
+            let prio = weir_tools::bench::mix::CLASS_PRIORITIES[class].0;
+            // This producer sends 1/n of its class's share of the rate.
+            if let Some(r) = c.rate {
+                let my_rate = r * mix.fraction(class) / n as f64;
+                step = Some(1.0 / my_rate);
+                p = 1.0;
+                phase = idx as f64 / c.producers as f64;
+            }
+            Some((class, prio))
+        }
+        _ => None,
+    };
     let mut k: u64 = 0;
     let mut measured_count: u64 = 0;
     let mut sent: u64 = 0;
@@ -586,8 +633,7 @@ async fn produce_loop(
         while (n as usize) < c.batch {
             let intended = match step {
                 Some(step) => {
-                    let due =
-                        run.base + Duration::from_secs_f64((k as f64 * p + idx as f64) * step);
+                    let due = run.base + Duration::from_secs_f64((k as f64 * p + phase) * step);
                     let now = Instant::now();
                     if due > now {
                         std::thread::sleep(due - now);
@@ -619,7 +665,7 @@ async fn produce_loop(
             let mut rec = ProducerRecord::new(c.topic.clone(), value).shard(shard);
             let mut class = None;
             if let Some(p) = picker.as_mut() {
-                let (cl, prio) = p.next_pick();
+                let (cl, prio) = fixed.unwrap_or_else(|| p.next_pick());
                 rec = rec.priority(prio);
                 if !e2e && measured {
                     class = Some(cl);
@@ -660,6 +706,23 @@ async fn produce_loop(
     run.sent.fetch_add(sent, Ordering::Release);
     producer.flush().await?;
     Ok(())
+}
+
+/// The class producer `idx` of `producers` sends with `--class-per-producer`, and how
+/// many producers send that class: one per class of the mix, the rest to its largest.
+fn producer_class(mix: &PriorityMix, idx: usize, producers: usize) -> (usize, usize) {
+    let classes: Vec<usize> = mix.classes().collect();
+    let largest = classes
+        .iter()
+        .copied()
+        .max_by(|a, b| mix.fraction(*a).total_cmp(&mix.fraction(*b)))
+        .unwrap_or(0);
+    let minor: Vec<usize> = classes.iter().copied().filter(|c| *c != largest).collect();
+    if idx < minor.len() && producers > minor.len() {
+        (minor[idx], 1)
+    } else {
+        (largest, producers.saturating_sub(minor.len()).max(1))
+    }
 }
 
 /// Awaits a producer's delivery futures and times them.
@@ -890,6 +953,7 @@ async fn run_consume(
         let mut consumer = Consumer::builder(&client)
             .topic(cli.topic.clone())
             .reset(OffsetReset::Earliest)
+            .order(cli.order.order())
             .build()?;
         consumer.assign(mine.iter().map(|s| (cli.topic.clone(), *s)).collect());
         let ends: HashMap<u32, u64> = mine.iter().map(|s| (*s, ranges[*s as usize].1)).collect();
@@ -1014,6 +1078,7 @@ async fn run_e2e(
         let mut consumer = Consumer::builder(&client)
             .topic(cli.topic.clone())
             .reset(OffsetReset::Latest)
+            .order(cli.order.order())
             .build()?;
         consumer.assign(mine.iter().map(|s| (cli.topic.clone(), *s)).collect());
         consumer.poll(1, Duration::ZERO).await?; // start at the end, before sending
