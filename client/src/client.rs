@@ -13,7 +13,8 @@ use crate::error::Result;
 /// Settings of a [`Client`].
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// Name sent in the handshake, for the broker's logs.
+    /// Who this client is, sent in the handshake: the broker applies the quota of this
+    /// id (clients sharing an id share a quota). Empty = the broker's default quota.
     pub client_id: String,
     pub connect_timeout: Duration,
     /// Longest wait for any response (long-poll fetches add their own wait to it).
@@ -23,7 +24,7 @@ pub struct ClientConfig {
 impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
-            client_id: format!("weir-client {}", env!("CARGO_PKG_VERSION")),
+            client_id: String::new(),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
         }
@@ -98,7 +99,8 @@ impl Client {
         let mut conn =
             Connection::connect(&self.inner.addr, self.inner.config.connect_timeout).await?;
         let req = ApiVersionsRequest {
-            client_software: self.inner.config.client_id.clone(),
+            client_software: format!("weir-client {}", env!("CARGO_PKG_VERSION")),
+            client_id: self.inner.config.client_id.clone(),
         };
         let resp = conn
             .call(req.into(), 0, self.inner.config.request_timeout)
