@@ -9,6 +9,7 @@ use weir_protocol::{ApiKey, Request, ResponseBody};
 
 use crate::connection::{into_body, Connection};
 use crate::error::Result;
+use crate::flow::{BreakerConfig, BreakerState, SharedBreaker};
 
 /// Settings of a [`Client`].
 #[derive(Debug, Clone)]
@@ -19,6 +20,8 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Longest wait for any response (long-poll fetches add their own wait to it).
     pub request_timeout: Duration,
+    /// A circuit breaker around every call (see [`crate::flow`]); off when `None`.
+    pub breaker: Option<BreakerConfig>,
 }
 
 impl Default for ClientConfig {
@@ -27,6 +30,7 @@ impl Default for ClientConfig {
             client_id: String::new(),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
+            breaker: None,
         }
     }
 }
@@ -43,6 +47,7 @@ struct Inner {
     addr: String,
     config: ClientConfig,
     conn: Mutex<Option<Arc<Connection>>>,
+    breaker: Option<SharedBreaker>,
 }
 
 macro_rules! expect_body {
@@ -70,6 +75,7 @@ impl Client {
         let client = Client {
             inner: Arc::new(Inner {
                 addr: addr.into(),
+                breaker: config.breaker.map(SharedBreaker::new),
                 config,
                 conn: Mutex::new(None),
             }),
@@ -137,8 +143,34 @@ impl Client {
         request: Request,
         timeout: Duration,
     ) -> Result<ResponseBody> {
-        let conn = self.connection().await?;
-        into_body(conn.call(request, 0, timeout).await?)
+        self.breaker_admit()?;
+        let outcome = async {
+            let conn = self.connection().await?;
+            into_body(conn.call(request, 0, timeout).await?)
+        }
+        .await;
+        self.breaker_record(&outcome);
+        outcome
+    }
+
+    /// The circuit breaker's state, when the client has one.
+    pub fn breaker_state(&self) -> Option<BreakerState> {
+        self.inner.breaker.as_ref().map(SharedBreaker::state)
+    }
+
+    /// Fails with `ClientError::CircuitOpen` when the breaker refuses a call now.
+    pub(crate) fn breaker_admit(&self) -> Result<()> {
+        self.inner
+            .breaker
+            .as_ref()
+            .map_or(Ok(()), SharedBreaker::admit)
+    }
+
+    /// Tells the breaker how an admitted call ended.
+    pub(crate) fn breaker_record<T>(&self, outcome: &Result<T>) {
+        if let Some(b) = &self.inner.breaker {
+            b.record(outcome);
+        }
     }
 
     /// Topics and their shards; all topics when `topics` is empty.
