@@ -70,6 +70,10 @@ pub struct Config {
     /// Unanswered request bytes per connection; over it the broker stops reading that
     /// connection until responses are written.
     pub flow_connection_in_flight_bytes: u64,
+    /// SO_SNDBUF of client sockets (0 = the OS default, auto-tuned). Bounds how many
+    /// responses a client that does not read can leave in the kernel before the
+    /// broker's writer stalls and, after `io_timeout_ms`, closes the connection.
+    pub flow_socket_send_buffer_bytes: u32,
     /// Load reference: this many produce bytes queued and not yet acked is 100 % load.
     pub flow_load_pending_bytes: u64,
     /// Load reference: this average produce ack latency is 100 % load.
@@ -158,6 +162,7 @@ impl Default for Config {
             priority_class_weights: DEFAULT_CLASS_WEIGHTS.to_vec(),
             flow_memory_bytes: 256 * 1024 * 1024,
             flow_connection_in_flight_bytes: 64 * 1024 * 1024,
+            flow_socket_send_buffer_bytes: 0,
             flow_load_pending_bytes: 64 * 1024 * 1024,
             flow_load_latency_target_ms: 1000,
             shed_enabled: true,
@@ -293,6 +298,11 @@ impl Config {
         }
         if self.flow_connection_in_flight_bytes < 1024 {
             return bad("flow_connection_in_flight_bytes must be at least 1024");
+        }
+        if self.flow_socket_send_buffer_bytes != 0
+            && !(4096..=64 * 1024 * 1024).contains(&self.flow_socket_send_buffer_bytes)
+        {
+            return bad("flow_socket_send_buffer_bytes must be 0 or in 4096..=67108864");
         }
         if self.flow_load_pending_bytes == 0 || self.flow_load_latency_target_ms == 0 {
             return bad("flow_load_pending_bytes and flow_load_latency_target_ms must be > 0");

@@ -60,6 +60,7 @@ pub async fn run(sock: TcpStream, state: Arc<BrokerState>) -> Result<(), FrameEr
         let permit = tokio::select! {
             p = in_flight.clone().acquire_owned() => p.expect("semaphore never closed"),
             _ = shutdown.changed() => break Ok(()),
+            _ = tx.closed() => break Ok(()),
         };
         let next = tokio::select! {
             n = next_frame(&mut frames, idle, io_timeout) => n,
@@ -96,6 +97,7 @@ pub async fn run(sock: TcpStream, state: Arc<BrokerState>) -> Result<(), FrameEr
         let bytes_permit = tokio::select! {
             p = in_flight_bytes.clone().acquire_many_owned(frame_bytes) => p.expect("semaphore never closed"),
             _ = shutdown.changed() => break Ok(()),
+            _ = tx.closed() => break Ok(()),
         };
         let permit = (permit, bytes_permit);
         state.metrics.requests_total.fetch_add(1, Ordering::Relaxed);

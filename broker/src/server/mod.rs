@@ -42,6 +42,12 @@ pub async fn serve(
                     continue;
                 };
                 let _ = sock.set_nodelay(true);
+                if state.config.flow_socket_send_buffer_bytes > 0 {
+                    let size = state.config.flow_socket_send_buffer_bytes as usize;
+                    if let Err(e) = socket2::SockRef::from(&sock).set_send_buffer_size(size) {
+                        tracing::warn!(%peer, error = %e, "cannot set the socket send buffer");
+                    }
+                }
                 let state = state.clone();
                 conns.spawn(async move {
                     state.metrics.connections_open.fetch_add(1, Ordering::Relaxed);
