@@ -234,6 +234,32 @@ async fn quotas_throttle_with_retry_after_and_change_at_runtime() {
         .expect_err("third fetch throttled");
     assert_eq!(err.code(), Some(ErrorCode::Throttled), "{err}");
     assert!(retry_after(&err) > 2000, "{err:?}");
+    // A consumer of that client honours the retry-after instead of spinning: over 1.5 s
+    // of polling it is throttled a handful of times, not thousands.
+    let throttled = |s: &weir_client::FlowStatusResponse| {
+        s.clients
+            .iter()
+            .find(|c| c.client_id == "reader")
+            .map_or(0, |c| c.throttled_total)
+    };
+    let before = throttled(&admin.flow_status().await.expect("status"));
+    let mut consumer = weir_client::Consumer::builder(&reader)
+        .topic("f")
+        .reset(weir_client::OffsetReset::Earliest)
+        .fetch_max_wait(Duration::from_millis(500))
+        .build()
+        .expect("consumer");
+    let polled = consumer
+        .poll(1000, Duration::from_millis(1500))
+        .await
+        .expect("poll while throttled");
+    let after = throttled(&admin.flow_status().await.expect("status"));
+    assert!(
+        after - before <= 10,
+        "consumer fetched {} times while throttled (got {} messages)",
+        after - before,
+        polled.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
