@@ -15,8 +15,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use weir_client::{Acks, Admin, Client, Producer, ProducerRecord, TopicConfig};
 use weir_protocol::batch::{BatchBuilder, NewRecord};
-use weir_protocol::frame::RequestFrame;
+use weir_protocol::frame::{RequestFrame, ResponseFrame, CONNECTION_API_KEY};
 use weir_protocol::messages::{ProduceRequest, Records};
+use weir_protocol::ErrorCode;
 use weir_tests::{connect, read_all, BrokerProcess};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -77,15 +78,25 @@ impl Bystander {
 /// Waits until the broker closes `s` (EOF or reset); `Err` with the time waited if it
 /// is still open after `within`.
 async fn closed_within(s: &mut TcpStream, within: Duration) -> Result<Duration, Duration> {
+    closed_with(s, within).await.map(|(t, _)| t)
+}
+
+/// Like [`closed_within`], also returning the (first 4 KiB of the) bytes received
+/// before the close.
+async fn closed_with(s: &mut TcpStream, within: Duration) -> Result<(Duration, Vec<u8>), Duration> {
     let t = Instant::now();
     let mut buf = [0u8; 4096];
+    let mut got = Vec::new();
     loop {
         let left = within.saturating_sub(t.elapsed());
         match tokio::time::timeout(left, s.read(&mut buf)).await {
             Err(_) => return Err(t.elapsed()),
-            Ok(Ok(0)) | Ok(Err(_)) => return Ok(t.elapsed()),
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok((t.elapsed(), got)),
             // Responses (e.g. a connection error frame) before the close.
-            Ok(Ok(_)) => {}
+            Ok(Ok(n)) => {
+                let room = 4096usize.saturating_sub(got.len());
+                got.extend_from_slice(&buf[..n.min(room)]);
+            }
         }
     }
 }
@@ -131,68 +142,66 @@ async fn a_frame_trickled_one_byte_a_second_is_cut_off_after_the_io_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_idle_connections_are_refused_or_timed_out_while_a_client_keeps_producing() {
     const IDLE: usize = 2000;
-    const MAX: usize = 256;
+    const MAX: u64 = 256;
     let broker = BrokerProcess::start_with_env(&[
         ("WEIR_MAX_CONNECTIONS", "256"),
-        ("WEIR_IDLE_TIMEOUT_MS", "2000"),
+        ("WEIR_IDLE_TIMEOUT_MS", "3000"),
     ]);
     let client = connect(&broker.addr(), WAIT).await;
     let bystander = Bystander::start(&client, "idle-bystander").await;
     let before = bystander.acked();
 
-    // Open the idle connections in waves of 100 so the listen backlog never overflows.
-    let mut socks = Vec::with_capacity(IDLE);
+    // Open the idle connections in waves of 100 (so the listen backlog never
+    // overflows) and look at each wave at once: a refused connection gets a THROTTLED
+    // connection error and is closed; an accepted one stays open and silent. Looking
+    // right away keeps idle-timeout closes (3 s) out of the picture.
     let t0 = Instant::now();
+    let (mut refused, mut max_open) = (0usize, 0u64);
+    let mut accepted = Vec::new();
     for _ in 0..IDLE / 100 {
         let wave: Vec<_> = (0..100)
             .map(|_| {
                 let addr = broker.addr();
                 tokio::spawn(async move {
-                    tokio::time::timeout(WAIT, TcpStream::connect(addr))
+                    let mut s = tokio::time::timeout(WAIT, TcpStream::connect(addr))
                         .await
                         .expect("connect in time")
-                        .expect("connect")
+                        .expect("connect");
+                    let closed = closed_with(&mut s, Duration::from_millis(300)).await;
+                    (s, closed.ok().map(|(_, bytes)| bytes))
                 })
             })
             .collect();
         for w in wave {
-            socks.push(w.await.expect("connect task"));
+            match w.await.expect("connect task") {
+                (_, Some(bytes)) => {
+                    assert!(bytes.len() > 4, "refused without an error frame");
+                    let frame = ResponseFrame::decode(bytes[4..].to_vec().into())
+                        .expect("connection error frame");
+                    assert_eq!(frame.api_key, CONNECTION_API_KEY);
+                    assert_eq!(frame.error_code(), ErrorCode::Throttled);
+                    refused += 1;
+                }
+                (s, None) => accepted.push(s),
+            }
         }
+        let open = metric(&broker, "weir_connections_open").await;
+        assert!(
+            open <= MAX,
+            "{open} connections open with max_connections {MAX}"
+        );
+        max_open = max_open.max(open);
     }
     let opened = t0.elapsed();
-    // Connections over max_connections are closed at once.
-    let checks: Vec<_> = socks
+    assert!(refused >= IDLE / 2, "only {refused} of {IDLE} refused");
+    // Every accepted one is closed by the idle timeout (3 s, checked every 3 s).
+    let waits: Vec<_> = accepted
         .into_iter()
         .map(|mut s| {
-            tokio::spawn(async move {
-                let first = closed_within(&mut s, Duration::from_millis(500)).await;
-                (s, first.is_ok())
-            })
+            tokio::spawn(async move { closed_within(&mut s, Duration::from_secs(15)).await })
         })
         .collect();
-    let mut still_open = Vec::new();
-    let mut refused = 0usize;
-    for c in checks {
-        let (s, closed) = c.await.expect("check task");
-        if closed {
-            refused += 1;
-        } else {
-            still_open.push(s);
-        }
-    }
-    assert!(
-        still_open.len() < MAX,
-        "{} idle connections held with max_connections {MAX}",
-        still_open.len()
-    );
-    assert!(refused >= IDLE - MAX, "only {refused} refused");
-    // The rest are closed by the idle timeout (2 s, checked every 2 s).
-    let waits: Vec<_> = still_open
-        .into_iter()
-        .map(|mut s| {
-            tokio::spawn(async move { closed_within(&mut s, Duration::from_secs(8)).await })
-        })
-        .collect();
+    let accepted = waits.len();
     for w in waits {
         w.await
             .expect("wait task")
@@ -210,7 +219,7 @@ async fn thousands_of_idle_connections_are_refused_or_timed_out_while_a_client_k
         .await
         .expect("new client after the storm");
     eprintln!(
-        "idle storm: {IDLE} opened in {opened:?}, {refused} refused at once, the rest closed by the idle timeout; bystander acked {}",
+        "idle storm: {IDLE} opened in {opened:?}: {refused} refused with THROTTLED, {accepted} accepted and closed by the idle timeout, at most {max_open} open at once; bystander acked {}",
         acked - before
     );
 }
