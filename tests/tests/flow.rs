@@ -263,6 +263,60 @@ async fn quotas_throttle_with_retry_after_and_change_at_runtime() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_memory_budget_throttles_produces_that_do_not_fit_and_frees_on_ack() {
+    // A 1 MiB budget and eight pipelined 600 KB produces to an `always` topic (each
+    // holds its bytes until flushed): they cannot all fit at once.
+    let broker = BrokerProcess::start_with_env(&[("WEIR_FLOW_MEMORY_BYTES", "1048576")]);
+    let client = connect(&broker.addr(), WAIT).await;
+    let admin = Admin::new(client.clone());
+    admin
+        .create_topic(
+            "mem",
+            1,
+            TopicConfig {
+                durability: Durability::Always,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create");
+    let durable = || ProduceRequest {
+        acks: Acks::Durable,
+        ..produce("mem", 600_000)
+    };
+    // Pipelined on the client's one connection.
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let (c, req) = (client.clone(), durable());
+            tokio::spawn(async move { c.call(req).await })
+        })
+        .collect();
+    let mut throttled = 0;
+    for call in calls {
+        match &call.await.expect("call task") {
+            Ok(_) => {}
+            Err(e) => {
+                assert_eq!(e.code(), Some(ErrorCode::Throttled), "{e}");
+                assert_eq!(retry_after(e), 100);
+                throttled += 1;
+            }
+        }
+    }
+    assert!(throttled > 0, "8 x 600 KB fit a 1 MiB budget");
+    assert!(throttled < 8, "nothing fit");
+    let status = admin.flow_status().await.expect("status");
+    assert_eq!(status.memory_budget_bytes, 1 << 20);
+    assert_eq!(
+        status.memory_used_bytes, 0,
+        "every answered produce gave its bytes back"
+    );
+    // One at a time they all fit.
+    for _ in 0..throttled {
+        client.call(durable()).await.expect("fits once alone");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_p3_flood_is_shed_while_every_p0_record_is_accepted_and_nothing_acked_is_lost() {
     // 4 KiB of produce bytes waiting for their ack counts as full load, so a flood with
     // several batches in flight drives the load far over P3's 90 % threshold whatever
