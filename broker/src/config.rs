@@ -70,6 +70,9 @@ pub struct Config {
     /// Unanswered request bytes per connection; over it the broker stops reading that
     /// connection until responses are written.
     pub flow_connection_in_flight_bytes: u64,
+    /// Bytes of large frames (over 64 KiB) still arriving, broker-wide; connections
+    /// wait (are not read) for their share.
+    pub flow_receive_bytes: u64,
     /// SO_SNDBUF of client sockets (0 = the OS default, auto-tuned). Bounds how many
     /// responses a client that does not read can leave in the kernel before the
     /// broker's writer stalls and, after `io_timeout_ms`, closes the connection.
@@ -162,6 +165,7 @@ impl Default for Config {
             priority_class_weights: DEFAULT_CLASS_WEIGHTS.to_vec(),
             flow_memory_bytes: 256 * 1024 * 1024,
             flow_connection_in_flight_bytes: 64 * 1024 * 1024,
+            flow_receive_bytes: 256 * 1024 * 1024,
             flow_socket_send_buffer_bytes: 0,
             flow_load_pending_bytes: 64 * 1024 * 1024,
             flow_load_latency_target_ms: 1000,
@@ -295,6 +299,11 @@ impl Config {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         if self.flow_memory_bytes < 1024 * 1024 {
             return bad("flow_memory_bytes must be at least 1048576");
+        }
+        if self.flow_receive_bytes < 1024 * 1024 {
+            // A frame larger than the budget takes all of it, so any size works; tiny
+            // ones would only serialise every large frame.
+            return bad("flow_receive_bytes must be at least 1048576");
         }
         if self.flow_connection_in_flight_bytes < 1024 {
             return bad("flow_connection_in_flight_bytes must be at least 1024");

@@ -224,6 +224,72 @@ async fn thousands_of_idle_connections_are_refused_or_timed_out_while_a_client_k
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_frames_still_arriving_share_a_broker_wide_receive_budget() {
+    // A 1 MiB budget for large frames in transit. A slow client holds ~900 KB of it
+    // with a frame it sends in two parts, 1.5 s apart; a second client's 900 KB frame
+    // is not read (so not answered) until the first frame is complete.
+    let broker = BrokerProcess::start_with_env(&[
+        ("WEIR_FLOW_RECEIVE_BYTES", "1048576"),
+        ("WEIR_IO_TIMEOUT_MS", "5000"),
+    ]);
+    let client = connect(&broker.addr(), WAIT).await;
+    Admin::new(client.clone())
+        .create_topic("rx", 1, TopicConfig::default())
+        .await
+        .expect("create");
+    let produce = |n: usize| {
+        let value = vec![b'r'; n];
+        let mut b = BatchBuilder::new();
+        b.push(&NewRecord::value(1_700_000_000_000, &value))
+            .expect("record");
+        ProduceRequest {
+            topic: "rx".into(),
+            shard: 0,
+            acks: Acks::Leader,
+            timeout_ms: 0,
+            records: Records::from_bytes(b.finish().expect("batch")),
+        }
+    };
+    let mut slow = TcpStream::connect(broker.addr()).await.expect("connect");
+    let mut frame = BytesMut::new();
+    RequestFrame::new(1, produce(900_000)).encode(&mut frame);
+    slow.write_all(&frame[..100_000]).await.expect("first part");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let other = client.clone();
+    let t = Instant::now();
+    let second = tokio::spawn(async move {
+        other.call(produce(900_000)).await.expect("second produce");
+        t.elapsed()
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !second.is_finished(),
+        "the second frame was read while the budget was held"
+    );
+    slow.write_all(&frame[100_000..])
+        .await
+        .expect("second part");
+    let mut len = [0u8; 4];
+    tokio::time::timeout(WAIT, slow.read_exact(&mut len))
+        .await
+        .expect("slow client answered in time")
+        .expect("slow client answered");
+    let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+    slow.read_exact(&mut body).await.expect("response body");
+    let resp = ResponseFrame::decode(body.into()).expect("response");
+    assert_eq!(resp.error_code(), ErrorCode::None, "{resp:?}");
+    let waited = tokio::time::timeout(WAIT, second)
+        .await
+        .expect("second answered in time")
+        .expect("second task");
+    assert!(
+        waited >= Duration::from_millis(1400),
+        "second frame answered after {waited:?}"
+    );
+    eprintln!("receive budget: the second 900 KB frame waited {waited:?} for the first");
+}
+
 /// `VmRSS` and `RssAnon` of a process, in bytes.
 fn rss(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");

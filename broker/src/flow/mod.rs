@@ -7,6 +7,7 @@
 //! | limit | where | when it bites | what the client sees |
 //! |---|---|---|---|
 //! | `flow_connection_in_flight_bytes` | `server/connection.rs` | one connection's unanswered request bytes | the broker stops reading the socket (TCP backpressure), no error |
+//! | `flow_receive_bytes` ([`receive`]) | `server/connection.rs` | large frames still arriving, broker-wide | the same |
 //! | `max_in_flight_per_connection` | `server/connection.rs` | one connection's unanswered requests | the same |
 //! | `flow_memory_bytes` ([`memory`]) | produce | produce bytes held broker-wide | THROTTLED + retry-after |
 //! | quotas ([`quota`]) | handshake, produce, fetch | a client id's rate, connections, queued bytes | THROTTLED (+ retry-after); fetches are delayed first |
@@ -22,6 +23,7 @@ pub mod bucket;
 pub mod load;
 pub mod memory;
 pub mod quota;
+pub mod receive;
 pub mod shed;
 
 use std::sync::{Arc, Mutex};
@@ -63,6 +65,8 @@ impl Refusal {
 #[derive(Debug)]
 pub struct FlowControl {
     memory: Arc<MemoryBudget>,
+    receive: Arc<tokio::sync::Semaphore>,
+    receive_total: u32,
     load: LoadSignal,
     shed: Mutex<ShedPolicy>,
     quotas: QuotaRegistry,
@@ -119,8 +123,11 @@ impl FlowControl {
             cooldown: Duration::from_millis(config.shed_cooldown_ms),
             recovery: Duration::from_millis(config.shed_recovery_ms),
         };
+        let receive_total = config.flow_receive_bytes.min(u64::from(u32::MAX)) as u32;
         Arc::new(FlowControl {
             memory: MemoryBudget::new(config.flow_memory_bytes),
+            receive: Arc::new(tokio::sync::Semaphore::new(receive_total as usize)),
+            receive_total,
             load: LoadSignal::new(
                 config.flow_load_pending_bytes,
                 Duration::from_millis(config.flow_load_latency_target_ms),
@@ -133,6 +140,11 @@ impl FlowControl {
             ),
             max_delay: Duration::from_millis(config.quota_max_delay_ms),
         })
+    }
+
+    /// A connection's gate on the broker-wide receive budget.
+    pub fn receive_gate(&self) -> receive::ReceiveGate {
+        receive::ReceiveGate::new(self.receive.clone(), self.receive_total)
     }
 
     /// The quota registry (handshakes register connections here).

@@ -34,6 +34,7 @@ use weir_protocol::{ErrorCode, FrameError, Request, ResponseBody, ServerCodec};
 use super::handlers;
 use crate::broker::BrokerState;
 use crate::flow::quota::{ClientState, ConnectionSlot};
+use crate::flow::receive::{GatedRead, ReceiveGate};
 
 /// Tail chunks smaller than this are copied into the write buffer rather than written
 /// with their own system call.
@@ -43,7 +44,12 @@ const COPY_TAIL_BELOW_BYTES: usize = 64 * 1024;
 pub async fn run(sock: TcpStream, state: Arc<BrokerState>) -> Result<(), FrameError> {
     let (rd, wr) = sock.into_split();
     let cfg = &state.config;
-    let mut frames = FramedRead::with_capacity(rd, SizedCodec::new(cfg.max_frame_bytes), 64 * 1024);
+    let gate = state.flow.receive_gate();
+    let mut frames = FramedRead::with_capacity(
+        GatedRead::new(rd, gate.clone()),
+        SizedCodec::new(cfg.max_frame_bytes, gate),
+        64 * 1024,
+    );
     let in_flight = Arc::new(Semaphore::new(cfg.max_in_flight_per_connection));
     let bytes_limit = cfg.flow_connection_in_flight_bytes.min(u64::from(u32::MAX)) as u32;
     let in_flight_bytes = Arc::new(Semaphore::new(bytes_limit as usize));
@@ -220,16 +226,20 @@ pub async fn run(sock: TcpStream, state: Arc<BrokerState>) -> Result<(), FrameEr
 
 /// [`ServerCodec`] that also remembers the length of the last frame it cut, so the
 /// reader can hold that many bytes of the connection's in-flight budget.
+/// It also tells the connection's receive gate what the frame at the front of the
+/// buffer needs (`flow::receive`).
 struct SizedCodec {
     inner: ServerCodec,
     last_frame_bytes: usize,
+    gate: ReceiveGate,
 }
 
 impl SizedCodec {
-    fn new(max_frame_bytes: u32) -> Self {
+    fn new(max_frame_bytes: u32, gate: ReceiveGate) -> Self {
         SizedCodec {
             inner: ServerCodec::new(max_frame_bytes),
             last_frame_bytes: 0,
+            gate,
         }
     }
 }
@@ -246,7 +256,9 @@ impl Decoder for SizedCodec {
         let out = self.inner.decode(src)?;
         if out.is_some() {
             self.last_frame_bytes = len;
+            self.gate.frame_done();
         }
+        self.gate.observe(src);
         Ok(out)
     }
 }
@@ -264,7 +276,7 @@ enum Stalled {
 /// once per `io_timeout` slice, so it is closed within two of them), so a stalled peer
 /// cannot pin a frame-sized read buffer until the idle timeout.
 async fn next_frame<R: tokio::io::AsyncRead + Unpin>(
-    frames: &mut FramedRead<R, SizedCodec>,
+    frames: &mut FramedRead<GatedRead<R>, SizedCodec>,
     idle: Duration,
     io_timeout: Duration,
 ) -> Result<Option<Result<<ServerCodec as Decoder>::Item, FrameError>>, Stalled> {
