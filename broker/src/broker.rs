@@ -39,6 +39,8 @@ pub struct BrokerState {
     pub started: Instant,
     pub metrics: Metrics,
     pub shutdown: watch::Receiver<bool>,
+    /// Backpressure, quotas and load shedding.
+    pub flow: Arc<crate::flow::FlowControl>,
 }
 
 impl BrokerState {
@@ -98,6 +100,7 @@ impl BrokerState {
                 }
             }
         }
+        out.push_str(&self.flow.metrics_text());
         out
     }
 }
@@ -142,7 +145,9 @@ impl Broker {
             config.group_min_session_timeout_ms,
             config.group_max_session_timeout_ms,
         );
+        let flow = crate::flow::FlowControl::new(&config);
         let state = Arc::new(BrokerState {
+            flow,
             config,
             topics,
             groups,
@@ -170,7 +175,10 @@ impl Broker {
             loop {
                 tokio::select! {
                     _ = ticker_shutdown.changed() => break,
-                    _ = tick.tick() => ticker_state.groups.tick(),
+                    _ = tick.tick() => {
+                        ticker_state.groups.tick();
+                        ticker_state.flow.tick();
+                    }
                 }
             }
         }));

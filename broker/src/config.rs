@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use weir_protocol::classes::{ClassMap, CLASS_COUNT, DEFAULT_CLASS_BOUNDS, DEFAULT_CLASS_WEIGHTS};
-use weir_protocol::messages::Durability;
+use weir_protocol::messages::{Durability, Quota, QuotaEntry};
 
 use crate::scheduler::DEFAULT_AGING;
 
@@ -73,6 +73,57 @@ pub struct Config {
     /// Aging thresholds of P0..P3 in milliseconds: work that has waited this long at
     /// the head of its class's lane is served before fresher work of any class.
     pub priority_aging_ms: Vec<u64>,
+    /// Flow control (see `flow/` and ARCHITECTURE.md "Flow control"): produce bytes
+    /// held broker-wide between decode and ack; over it, produces get THROTTLED.
+    pub flow_memory_bytes: u64,
+    /// Unanswered request bytes per connection; over it the broker stops reading that
+    /// connection until responses are written.
+    pub flow_connection_in_flight_bytes: u64,
+    /// Bytes of large frames (over 64 KiB) still arriving, broker-wide; connections
+    /// wait (are not read) for their share.
+    pub flow_receive_bytes: u64,
+    /// SO_SNDBUF of client sockets (0 = the OS default, auto-tuned). Bounds how many
+    /// responses a client that does not read can leave in the kernel before the
+    /// broker's writer stalls and, after `io_timeout_ms`, closes the connection.
+    pub flow_socket_send_buffer_bytes: u32,
+    /// Load reference: this many produce bytes queued and not yet acked is 100 % load.
+    pub flow_load_pending_bytes: u64,
+    /// Load reference: this average produce ack latency is 100 % load.
+    pub flow_load_latency_target_ms: u64,
+    /// Shed low-priority produces when the load crosses the thresholds below.
+    pub shed_enabled: bool,
+    /// Load (percent) at which P1, P2, P3 start shedding.
+    pub shed_thresholds_percent: Vec<u32>,
+    /// Share (percent) of P1, P2, P3 produces shed while over the threshold.
+    pub shed_shares_percent: Vec<u32>,
+    /// Keep shedding this long after the load was last over the threshold.
+    pub shed_cooldown_ms: u64,
+    /// Then reduce the shed share linearly to zero over this long.
+    pub shed_recovery_ms: u64,
+    /// Default quota of every client id without its own entry (0 = no limit).
+    pub quota_default_produce_bytes_per_s: u64,
+    pub quota_default_produce_burst_bytes: u64,
+    pub quota_default_fetch_bytes_per_s: u64,
+    pub quota_default_fetch_burst_bytes: u64,
+    pub quota_default_max_connections: u32,
+    pub quota_default_max_queued_bytes: u64,
+    /// Longest a fetch is delayed for its fetch quota; longer waits get THROTTLED.
+    pub quota_max_delay_ms: u64,
+    /// Per-client quotas (`[[quota_clients]]` tables; config file only).
+    pub quota_clients: Vec<QuotaClientConfig>,
+}
+
+/// One `[[quota_clients]]` table: a client id's quota. Omitted limits are 0 (none).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuotaClientConfig {
+    pub client_id: String,
+    pub produce_bytes_per_s: u64,
+    pub produce_burst_bytes: u64,
+    pub fetch_bytes_per_s: u64,
+    pub fetch_burst_bytes: u64,
+    pub max_connections: u32,
+    pub max_queued_bytes: u64,
 }
 
 /// Durability as written in config files: `none`, `interval` or `always`.
@@ -123,6 +174,25 @@ impl Default for Config {
             priority_class_bounds: DEFAULT_CLASS_BOUNDS.to_vec(),
             priority_class_weights: DEFAULT_CLASS_WEIGHTS.to_vec(),
             priority_aging_ms: DEFAULT_AGING.iter().map(|d| d.as_millis() as u64).collect(),
+            flow_memory_bytes: 256 * 1024 * 1024,
+            flow_connection_in_flight_bytes: 64 * 1024 * 1024,
+            flow_receive_bytes: 256 * 1024 * 1024,
+            flow_socket_send_buffer_bytes: 0,
+            flow_load_pending_bytes: 64 * 1024 * 1024,
+            flow_load_latency_target_ms: 1000,
+            shed_enabled: true,
+            shed_thresholds_percent: vec![80, 85, 90],
+            shed_shares_percent: vec![25, 50, 75],
+            shed_cooldown_ms: 5000,
+            shed_recovery_ms: 10_000,
+            quota_default_produce_bytes_per_s: 0,
+            quota_default_produce_burst_bytes: 0,
+            quota_default_fetch_bytes_per_s: 0,
+            quota_default_fetch_burst_bytes: 0,
+            quota_default_max_connections: 0,
+            quota_default_max_queued_bytes: 0,
+            quota_max_delay_ms: 1000,
+            quota_clients: Vec::new(),
         }
     }
 }
@@ -244,7 +314,93 @@ impl Config {
         {
             return bad("priority_aging_ms must be 4 durations in 1..=3600000");
         }
+        self.validate_flow()
+    }
+
+    fn validate_flow(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.flow_memory_bytes < 1024 * 1024 {
+            return bad("flow_memory_bytes must be at least 1048576");
+        }
+        if self.flow_receive_bytes < 1024 * 1024 {
+            // A frame larger than the budget takes all of it, so any size works; tiny
+            // ones would only serialise every large frame.
+            return bad("flow_receive_bytes must be at least 1048576");
+        }
+        if self.flow_connection_in_flight_bytes < 1024 {
+            return bad("flow_connection_in_flight_bytes must be at least 1024");
+        }
+        if self.flow_socket_send_buffer_bytes != 0
+            && !(4096..=64 * 1024 * 1024).contains(&self.flow_socket_send_buffer_bytes)
+        {
+            return bad("flow_socket_send_buffer_bytes must be 0 or in 4096..=67108864");
+        }
+        if self.flow_load_pending_bytes == 0 || self.flow_load_latency_target_ms == 0 {
+            return bad("flow_load_pending_bytes and flow_load_latency_target_ms must be > 0");
+        }
+        let t = &self.shed_thresholds_percent;
+        if t.len() != CLASS_COUNT - 1
+            || t.iter().any(|&p| p == 0 || p > 1000)
+            || t[0] > t[1]
+            || t[1] > t[2]
+        {
+            return bad(
+                "shed_thresholds_percent must be 3 non-decreasing values in 1..=1000 (P1, P2, P3)",
+            );
+        }
+        let s = &self.shed_shares_percent;
+        if s.len() != CLASS_COUNT - 1 || s.iter().any(|&p| p > 100) {
+            return bad("shed_shares_percent must be 3 values in 0..=100 (P1, P2, P3)");
+        }
+        if self.shed_cooldown_ms > 3_600_000 || self.shed_recovery_ms > 3_600_000 {
+            return bad("shed_cooldown_ms and shed_recovery_ms must be at most 3600000");
+        }
+        if self.quota_max_delay_ms > 60_000 {
+            return bad("quota_max_delay_ms must be at most 60000");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for q in &self.quota_clients {
+            if q.client_id.is_empty() || q.client_id.len() > 255 {
+                return bad("quota_clients: client_id must be 1..=255 bytes (the default quota is quota_default_*)");
+            }
+            if !seen.insert(q.client_id.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "quota_clients: client_id {:?} appears twice",
+                    q.client_id
+                )));
+            }
+        }
         Ok(())
+    }
+
+    /// The default quota from the `quota_default_*` keys.
+    pub fn default_quota(&self) -> Quota {
+        Quota {
+            produce_bytes_per_s: self.quota_default_produce_bytes_per_s,
+            produce_burst_bytes: self.quota_default_produce_burst_bytes,
+            fetch_bytes_per_s: self.quota_default_fetch_bytes_per_s,
+            fetch_burst_bytes: self.quota_default_fetch_burst_bytes,
+            max_connections: self.quota_default_max_connections,
+            max_queued_bytes: self.quota_default_max_queued_bytes,
+        }
+    }
+
+    /// The `[[quota_clients]]` entries.
+    pub fn quota_entries(&self) -> Vec<QuotaEntry> {
+        self.quota_clients
+            .iter()
+            .map(|q| QuotaEntry {
+                client_id: q.client_id.clone(),
+                quota: Quota {
+                    produce_bytes_per_s: q.produce_bytes_per_s,
+                    produce_burst_bytes: q.produce_burst_bytes,
+                    fetch_bytes_per_s: q.fetch_bytes_per_s,
+                    fetch_burst_bytes: q.fetch_burst_bytes,
+                    max_connections: q.max_connections,
+                    max_queued_bytes: q.max_queued_bytes,
+                },
+            })
+            .collect()
     }
 
     /// The priority → class map these settings describe.
@@ -299,6 +455,40 @@ mod tests {
         ] {
             assert!(Config::load(None, env(k, v)).is_err(), "{k}={v} accepted");
         }
+    }
+
+    #[test]
+    fn flow_and_quota_settings_load_from_file_and_env_and_bad_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weir.toml");
+        std::fs::write(
+            &path,
+            "quota_default_max_connections = 50\n\
+             [[quota_clients]]\nclient_id = \"billing\"\nproduce_bytes_per_s = 1000\n",
+        )
+        .unwrap();
+        let env = vec![(
+            "WEIR_SHED_THRESHOLDS_PERCENT".to_string(),
+            "70,80,95".to_string(),
+        )];
+        let c = Config::load(Some(&path), env).unwrap();
+        assert_eq!(c.default_quota().max_connections, 50);
+        assert_eq!(c.quota_entries()[0].client_id, "billing");
+        assert_eq!(c.quota_entries()[0].quota.produce_bytes_per_s, 1000);
+        assert_eq!(c.shed_thresholds_percent, vec![70, 80, 95]);
+        let env1 = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        for (k, v) in [
+            ("WEIR_SHED_THRESHOLDS_PERCENT", "90,85,80"),
+            ("WEIR_SHED_THRESHOLDS_PERCENT", "80,85"),
+            ("WEIR_SHED_SHARES_PERCENT", "25,50,150"),
+            ("WEIR_FLOW_MEMORY_BYTES", "100"),
+            ("WEIR_FLOW_LOAD_PENDING_BYTES", "0"),
+            ("WEIR_QUOTA_MAX_DELAY_MS", "600000"),
+        ] {
+            assert!(Config::load(None, env1(k, v)).is_err(), "{k}={v} accepted");
+        }
+        std::fs::write(&path, "[[quota_clients]]\nclient_id = \"\"\n").unwrap();
+        assert!(Config::load(Some(&path), vec![]).is_err());
     }
 
     #[test]

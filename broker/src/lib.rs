@@ -6,6 +6,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod flow;
 pub mod groups;
 pub mod http;
 pub mod inject;

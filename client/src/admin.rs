@@ -1,11 +1,11 @@
-//! [`Admin`]: topic administration.
+//! [`Admin`]: topic administration, quotas and the broker's flow-control state.
 
 use weir_protocol::messages::*;
 
 use crate::client::{expect_body, Client};
 use crate::error::Result;
 
-/// Creates, deletes, lists and describes topics.
+/// Creates, deletes, lists and describes topics; reads and changes quotas.
 #[derive(Debug, Clone)]
 pub struct Admin {
     client: Client,
@@ -63,5 +63,37 @@ impl Admin {
     /// Broker version, uptime and all topics.
     pub async fn status(&self) -> Result<MetadataResponse> {
         self.client.metadata(&[]).await
+    }
+
+    /// Quota entries of `client_ids` (every entry, the default `""` first, when empty).
+    pub async fn describe_quotas(&self, client_ids: &[&str]) -> Result<Vec<QuotaEntry>> {
+        let req = DescribeQuotasRequest {
+            client_ids: client_ids.iter().map(|s| s.to_string()).collect(),
+        };
+        Ok(expect_body!(self.client.call(req).await?, DescribeQuotas)?.entries)
+    }
+
+    /// Sets the quota of `client_id` (`""` = the default quota) at runtime.
+    pub async fn set_quota(&self, client_id: &str, quota: Quota) -> Result<QuotaEntry> {
+        self.alter_quota(client_id, false, quota).await
+    }
+
+    /// Removes the quota of `client_id`; it falls back to the default quota.
+    pub async fn remove_quota(&self, client_id: &str) -> Result<QuotaEntry> {
+        self.alter_quota(client_id, true, Quota::default()).await
+    }
+
+    async fn alter_quota(&self, client_id: &str, remove: bool, quota: Quota) -> Result<QuotaEntry> {
+        let req = AlterQuotasRequest {
+            client_id: client_id.to_string(),
+            remove: u8::from(remove),
+            quota,
+        };
+        Ok(expect_body!(self.client.call(req).await?, AlterQuotas)?.entry)
+    }
+
+    /// The broker's load, shedding state and per-client flow state.
+    pub async fn flow_status(&self) -> Result<FlowStatusResponse> {
+        expect_body!(self.client.call(FlowStatusRequest {}).await?, FlowStatus)
     }
 }

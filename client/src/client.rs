@@ -10,23 +10,28 @@ use weir_protocol::{ApiKey, Request, ResponseBody};
 
 use crate::connection::{into_body, Connection};
 use crate::error::Result;
+use crate::flow::{BreakerConfig, BreakerState, SharedBreaker};
 
 /// Settings of a [`Client`].
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// Name sent in the handshake, for the broker's logs.
+    /// Who this client is, sent in the handshake: the broker applies the quota of this
+    /// id (clients sharing an id share a quota). Empty = the broker's default quota.
     pub client_id: String,
     pub connect_timeout: Duration,
     /// Longest wait for any response (long-poll fetches add their own wait to it).
     pub request_timeout: Duration,
+    /// A circuit breaker around every call (see [`crate::flow`]); off when `None`.
+    pub breaker: Option<BreakerConfig>,
 }
 
 impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
-            client_id: format!("weir-client {}", env!("CARGO_PKG_VERSION")),
+            client_id: String::new(),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
+            breaker: None,
         }
     }
 }
@@ -45,6 +50,7 @@ struct Inner {
     conn: Mutex<Option<Arc<Connection>>>,
     /// The broker's priority classes, from the last handshake.
     classes: std::sync::Mutex<ClassMap>,
+    breaker: Option<SharedBreaker>,
 }
 
 macro_rules! expect_body {
@@ -72,6 +78,7 @@ impl Client {
         let client = Client {
             inner: Arc::new(Inner {
                 addr: addr.into(),
+                breaker: config.breaker.map(SharedBreaker::new),
                 config,
                 conn: Mutex::new(None),
                 classes: std::sync::Mutex::new(ClassMap::default()),
@@ -108,7 +115,8 @@ impl Client {
         let mut conn =
             Connection::connect(&self.inner.addr, self.inner.config.connect_timeout).await?;
         let req = ApiVersionsRequest {
-            client_software: self.inner.config.client_id.clone(),
+            client_software: format!("weir-client {}", env!("CARGO_PKG_VERSION")),
+            client_id: self.inner.config.client_id.clone(),
         };
         let resp = conn
             .call(req.into(), 0, self.inner.config.request_timeout)
@@ -164,8 +172,34 @@ impl Client {
         priority: u8,
         timeout: Duration,
     ) -> Result<ResponseBody> {
-        let conn = self.connection().await?;
-        into_body(conn.call(request, priority, timeout).await?)
+        self.breaker_admit()?;
+        let outcome = async {
+            let conn = self.connection().await?;
+            into_body(conn.call(request, priority, timeout).await?)
+        }
+        .await;
+        self.breaker_record(&outcome);
+        outcome
+    }
+
+    /// The circuit breaker's state, when the client has one.
+    pub fn breaker_state(&self) -> Option<BreakerState> {
+        self.inner.breaker.as_ref().map(SharedBreaker::state)
+    }
+
+    /// Fails with `ClientError::CircuitOpen` when the breaker refuses a call now.
+    pub(crate) fn breaker_admit(&self) -> Result<()> {
+        self.inner
+            .breaker
+            .as_ref()
+            .map_or(Ok(()), SharedBreaker::admit)
+    }
+
+    /// Tells the breaker how an admitted call ended.
+    pub(crate) fn breaker_record<T>(&self, outcome: &Result<T>) {
+        if let Some(b) = &self.inner.breaker {
+            b.record(outcome);
+        }
     }
 
     /// Topics and their shards; all topics when `topics` is empty.

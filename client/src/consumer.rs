@@ -359,6 +359,8 @@ impl Consumer {
         }
         let classes = self.client.class_map();
         let mut reset = Vec::new();
+        // THROTTLED (a fetch quota) says when to come back; asking sooner only spins.
+        let mut pause = Duration::ZERO;
         while let Some((topic, shard, offset, lanes, r)) = calls.next().await {
             let body = match r {
                 Ok(b) => b,
@@ -368,6 +370,7 @@ impl Consumer {
                 }
                 Err(e) if e.is_retriable() => {
                     tracing::debug!(error = %e, "fetch failed; will retry");
+                    pause = pause.max(crate::flow::pushback_hint(&e).unwrap_or_default());
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -418,6 +421,9 @@ impl Consumer {
         drop(calls);
         if priority {
             self.apply_lane_floors();
+        }
+        if !pause.is_zero() {
+            tokio::time::sleep(pause.min(wait)).await;
         }
         for (topic, shard) in reset {
             let pos = self.reset_position(&topic, shard).await?;

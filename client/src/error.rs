@@ -27,6 +27,13 @@ pub enum ClientError {
     /// The producer or consumer was closed.
     #[error("closed")]
     Closed,
+    /// The client's circuit breaker is open: the broker kept failing, so the call was
+    /// not made. Try again after `retry_after_ms`.
+    #[error("circuit breaker open; retry after {retry_after_ms} ms")]
+    CircuitOpen { retry_after_ms: u64 },
+    /// The producer's queue is full and its back-pressure policy does not wait (longer).
+    #[error("producer queue full: {0}")]
+    QueueFull(String),
 }
 
 impl ClientError {
@@ -34,7 +41,10 @@ impl ClientError {
     pub fn is_retriable(&self) -> bool {
         match self {
             ClientError::Broker { code, .. } => code.is_retriable(),
-            ClientError::Io(_) | ClientError::Timeout(_) => true,
+            ClientError::Io(_)
+            | ClientError::Timeout(_)
+            | ClientError::CircuitOpen { .. }
+            | ClientError::QueueFull(_) => true,
             ClientError::Protocol(_) | ClientError::Invalid(_) | ClientError::Closed => false,
         }
     }

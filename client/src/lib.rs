@@ -19,7 +19,8 @@
 //! - [`Client`] — one broker connection, shared, reconnecting.
 //! - [`Producer`] — batching, pipelined, idempotent by default.
 //! - [`Consumer`] — by offset, alone or in a group.
-//! - [`Admin`] — topics.
+//! - [`Admin`] — topics, quotas and the broker's flow state.
+//! - [`flow`] — producer back-pressure policy and the client's circuit breaker.
 //! - With the `embedded` feature, [`embedded::EmbeddedBroker`] runs a broker in-process.
 
 pub mod admin;
@@ -29,6 +30,7 @@ pub mod consumer;
 #[cfg(feature = "embedded")]
 pub mod embedded;
 pub mod error;
+pub mod flow;
 pub mod partitioner;
 pub mod producer;
 
@@ -36,5 +38,8 @@ pub use admin::Admin;
 pub use client::{Client, ClientConfig};
 pub use consumer::{Consumer, ConsumerConfig, DeliveryOrder, Message, OffsetReset};
 pub use error::{ClientError, Result};
+pub use flow::{Backpressure, BreakerConfig, BreakerState};
 pub use producer::{DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
-pub use weir_protocol::messages::{Acks, Durability, TopicConfig};
+pub use weir_protocol::messages::{
+    Acks, Durability, FlowStatusResponse, Quota, QuotaEntry, TopicConfig,
+};

@@ -32,6 +32,7 @@ use weir_protocol::{ErrorCode, ResponseBody};
 
 use crate::client::{expect_body, Client};
 use crate::error::{ClientError, Result};
+use crate::flow::{self, Backpressure, Pushback};
 use crate::partitioner::shard_for_key;
 
 /// Settings of a [`Producer`].
@@ -59,6 +60,9 @@ pub struct ProducerConfig {
     pub request_timeout: Duration,
     /// Records that may wait in the producer before `send` waits for room.
     pub max_queued_records: usize,
+    /// What to do when the queue is full or the broker says THROTTLED or SHED (see
+    /// [`crate::flow`]).
+    pub backpressure: Backpressure,
 }
 
 impl Default for ProducerConfig {
@@ -75,6 +79,7 @@ impl Default for ProducerConfig {
             default_complexity: batch::DEFAULT_COMPLEXITY,
             request_timeout: Duration::from_secs(30),
             max_queued_records: 100_000,
+            backpressure: Backpressure::default(),
         }
     }
 }
@@ -226,6 +231,11 @@ impl ProducerBuilder {
         self.config.default_complexity = c;
         self
     }
+    /// Back-pressure policy.
+    pub fn backpressure(mut self, policy: Backpressure) -> Self {
+        self.config.backpressure = policy;
+        self
+    }
     /// All settings at once.
     pub fn config(mut self, config: ProducerConfig) -> Self {
         self.config = config;
@@ -262,7 +272,10 @@ impl ProducerBuilder {
             round_robin: 0,
         };
         tokio::spawn(acc.run(rx));
-        Ok(Producer { tx })
+        Ok(Producer {
+            tx,
+            backpressure: self.config.backpressure,
+        })
     }
 }
 
@@ -279,6 +292,7 @@ async fn init_producer_id(client: &Client, id: u64, epoch: u16) -> Result<(u64, 
 #[derive(Debug, Clone)]
 pub struct Producer {
     tx: mpsc::Sender<Msg>,
+    backpressure: Backpressure,
 }
 
 impl Producer {
@@ -290,13 +304,22 @@ impl Producer {
         }
     }
 
-    /// Queues a record. Waits only when `max_queued_records` are already queued.
+    /// Queues a record. When `max_queued_records` are already queued, waits or fails
+    /// as the back-pressure policy says (`ClientError::QueueFull`).
     pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Record(record, tx))
-            .await
-            .map_err(|_| ClientError::Closed)?;
+        let msg = Msg::Record(record, tx);
+        match self.backpressure {
+            Backpressure::Block => self.tx.send(msg).await.map_err(|_| ClientError::Closed)?,
+            Backpressure::BlockFor(d) => match tokio::time::timeout(d, self.tx.send(msg)).await {
+                Ok(r) => r.map_err(|_| ClientError::Closed)?,
+                Err(_) => return Err(ClientError::QueueFull(format!("no room within {d:?}"))),
+            },
+            Backpressure::FailFast => self.tx.try_send(msg).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => ClientError::QueueFull("no room".into()),
+                mpsc::error::TrySendError::Closed(_) => ClientError::Closed,
+            })?,
+        }
         Ok(DeliveryFuture { rx })
     }
 
@@ -539,6 +562,8 @@ struct Item {
     record_count: u32,
     waiters: Vec<Waiter>,
     attempts: u32,
+    /// First THROTTLED/SHED/breaker refusal of this batch (for `BlockFor`).
+    pushed_back_since: Option<std::time::Instant>,
 }
 
 struct ShardSender {
@@ -579,6 +604,7 @@ impl ShardSender {
             record_count: count,
             waiters: Vec::new(),
             attempts: 0,
+            pushed_back_since: None,
         })
     }
 
@@ -625,19 +651,25 @@ impl ShardSender {
         // The request is as urgent as its batch's most urgent record.
         let priority = batch::BatchHeader::read(&item.bytes).map_or(0, |h| h.priority);
         Box::pin(async move {
-            let conn = client.connection().await?;
-            if acks == Acks::None {
-                conn.send(req.into(), priority, false).await?;
-                return Ok(ProduceResponse {
-                    base_offset: u64::MAX,
-                    last_offset: u64::MAX,
-                    log_start_offset: 0,
-                    duplicate: 0,
-                });
+            client.breaker_admit()?;
+            let outcome = async {
+                let conn = client.connection().await?;
+                if acks == Acks::None {
+                    conn.send(req.into(), priority, false).await?;
+                    return Ok(ProduceResponse {
+                        base_offset: u64::MAX,
+                        last_offset: u64::MAX,
+                        log_start_offset: 0,
+                        duplicate: 0,
+                    });
+                }
+                let frame = conn.call(req.into(), priority, timeout).await?;
+                let body: ResponseBody = crate::connection::into_body(frame)?;
+                expect_body!(body, Produce)
             }
-            let frame = conn.call(req.into(), priority, timeout).await?;
-            let body: ResponseBody = crate::connection::into_body(frame)?;
-            expect_body!(body, Produce)
+            .await;
+            client.breaker_record(&outcome);
+            outcome
         })
     }
 
@@ -685,7 +717,16 @@ impl ShardSender {
                         Ok(r) => resolve(item, self.shard, r),
                         Err(e) => {
                             item.attempts += 1;
-                            let retriable = e.is_retriable() || e.code() == Some(ErrorCode::OutOfOrderSequence);
+                            let push = flow::pushback(self.config.backpressure, &e, &mut item.pushed_back_since, std::time::Instant::now());
+                            let retriable = match push {
+                                Pushback::GiveUp => false,
+                                Pushback::Wait(_) => {
+                                    // Waiting out back-pressure is not a failed attempt.
+                                    item.attempts -= 1;
+                                    true
+                                }
+                                Pushback::No => e.is_retriable() || e.code() == Some(ErrorCode::OutOfOrderSequence),
+                            };
                             // Everything sent after the failed batch settles first.
                             let mut again = VecDeque::new();
                             while let Some(r) = in_flight.next().await {
@@ -698,7 +739,11 @@ impl ShardSender {
                             if retriable && item.attempts <= self.config.retries {
                                 again.push_front(item);
                                 let factor = 1u32 << (item_attempts(&again) - 1).min(5);
-                                backoff_until = Some(Instant::now() + self.config.retry_backoff * factor);
+                                let mut wait = self.config.retry_backoff * factor;
+                                if let Pushback::Wait(after) = push {
+                                    wait = after;
+                                }
+                                backoff_until = Some(Instant::now() + wait);
                             } else {
                                 tracing::warn!(topic = %self.topic, shard = self.shard, error = %e, "batch failed");
                                 fail(std::mem::take(&mut item.waiters), e.clone());

@@ -121,6 +121,12 @@ apis! {
     CommitOffsets = 11, v 0..=0, CommitOffsetsRequest => CommitOffsetsResponse;
     /// Read committed offsets.
     FetchOffsets = 12, v 0..=0, FetchOffsetsRequest => FetchOffsetsResponse;
+    /// Read per-client quotas.
+    DescribeQuotas = 20, v 0..=0, DescribeQuotasRequest => DescribeQuotasResponse;
+    /// Set or remove one client's quota at runtime.
+    AlterQuotas = 21, v 0..=0, AlterQuotasRequest => AlterQuotasResponse;
+    /// The broker's load, shedding and per-client flow state.
+    FlowStatus = 22, v 0..=0, FlowStatusRequest => FlowStatusResponse;
     /// Read a shard in priority order (per-class lanes, WFQ with aging).
     PriorityFetch = 25, v 0..=0, PriorityFetchRequest => PriorityFetchResponse;
 }

@@ -80,7 +80,7 @@ error_codes! {
     InvalidConfig = 14, retriable = false;
     /// The fetch offset is below the log start or above the high-water mark.
     OffsetOutOfRange = 15, retriable = false;
-    /// The client is over a quota or the broker's memory budget; retry after `retry_after_ms`.
+    /// The client is over a quota or the broker's memory budget, or at a connection limit; retry after `retry_after_ms`.
     Throttled = 16, retriable = true;
     /// The broker is overloaded and shed this request by priority class; retry after `retry_after_ms`.
     Shed = 17, retriable = true;

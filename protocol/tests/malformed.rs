@@ -61,6 +61,7 @@ fn api_versions(correlation_id: u32) -> Vec<u8> {
         correlation_id,
         ApiVersionsRequest {
             client_software: "test".into(),
+            client_id: String::new(),
         },
     ))
 }

@@ -101,7 +101,11 @@ fn offset_entry() -> impl Strategy<Value = OffsetEntry> {
 
 fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
-        s().prop_map(|client_software| ApiVersionsRequest { client_software }.into()),
+        (s(), s()).prop_map(|(client_software, client_id)| ApiVersionsRequest {
+            client_software,
+            client_id
+        }
+        .into()),
         (s(), any::<u32>(), topic_config()).prop_map(|(name, shards, config)| CreateTopicRequest {
             name,
             shards,

@@ -162,6 +162,7 @@ fn requests() -> Vec<(&'static str, RequestFrame)> {
                 1,
                 ApiVersionsRequest {
                     client_software: "weir-client 0.1.0".into(),
+                    client_id: "billing".into(),
                 },
             ),
         ),
@@ -344,7 +345,124 @@ fn requests() -> Vec<(&'static str, RequestFrame)> {
     );
     urgent.header.priority = 1;
     out.push(("produce_request_priority_1", urgent));
+    out.extend(flow_requests());
     out
+}
+
+fn sample_quota() -> Quota {
+    Quota {
+        produce_bytes_per_s: 1 << 20,
+        produce_burst_bytes: 4 << 20,
+        fetch_bytes_per_s: 0,
+        fetch_burst_bytes: 0,
+        max_connections: 16,
+        max_queued_bytes: 8 << 20,
+    }
+}
+
+/// Flow-control admin requests (DescribeQuotas, AlterQuotas, FlowStatus).
+fn flow_requests() -> Vec<(&'static str, RequestFrame)> {
+    vec![
+        (
+            "describe_quotas_request",
+            RequestFrame::new(
+                20,
+                DescribeQuotasRequest {
+                    client_ids: vec!["billing".into()],
+                },
+            ),
+        ),
+        (
+            "alter_quotas_request",
+            RequestFrame::new(
+                21,
+                AlterQuotasRequest {
+                    client_id: "billing".into(),
+                    remove: 0,
+                    quota: sample_quota(),
+                },
+            ),
+        ),
+        (
+            "flow_status_request",
+            RequestFrame::new(22, FlowStatusRequest {}),
+        ),
+    ]
+}
+
+/// Responses to [`flow_requests`].
+fn flow_responses() -> Vec<(&'static str, ResponseFrame)> {
+    let ok = |api: ApiKey, id: u32, body: ResponseBody| ResponseFrame::ok(&header(api, id), body);
+    let billing = QuotaEntry {
+        client_id: "billing".into(),
+        quota: sample_quota(),
+    };
+    vec![
+        (
+            "describe_quotas_response",
+            ok(
+                ApiKey::DescribeQuotas,
+                20,
+                DescribeQuotasResponse {
+                    entries: vec![
+                        QuotaEntry {
+                            client_id: String::new(),
+                            quota: Quota::default(),
+                        },
+                        billing.clone(),
+                    ],
+                }
+                .into(),
+            ),
+        ),
+        (
+            "alter_quotas_response",
+            ok(
+                ApiKey::AlterQuotas,
+                21,
+                AlterQuotasResponse { entry: billing }.into(),
+            ),
+        ),
+        (
+            "flow_status_response",
+            ok(
+                ApiKey::FlowStatus,
+                22,
+                FlowStatusResponse {
+                    load_permille: 870,
+                    memory_used_bytes: 3 << 20,
+                    memory_budget_bytes: 256 << 20,
+                    pending_produce_bytes: 1 << 20,
+                    pending_produce_reference_bytes: 64 << 20,
+                    produce_latency_ewma_us: 43_500,
+                    produce_latency_target_us: 50_000,
+                    classes: (0..4u8)
+                        .map(|c| ClassFlowStatus {
+                            class: c,
+                            shed_permille: [0, 250, 0, 0][c as usize],
+                            shed_total: [0, 12, 0, 0][c as usize],
+                        })
+                        .collect(),
+                    clients: vec![ClientFlowStatus {
+                        client_id: "billing".into(),
+                        connections: 2,
+                        queued_bytes: 65_536,
+                        throttled_total: 7,
+                    }],
+                }
+                .into(),
+            ),
+        ),
+        (
+            "error_response_throttled_with_retry_after",
+            ResponseFrame::error(
+                &header(ApiKey::Produce, 23),
+                ErrorCode::Throttled,
+                120,
+                "client billing over its produce quota of 1048576 bytes/s",
+            ),
+        ),
+    ]
 }
 
 fn header(api: ApiKey, correlation_id: u32) -> RequestHeader {
@@ -370,7 +488,7 @@ fn topic_metadata() -> TopicMetadata {
 
 fn responses() -> Vec<(&'static str, ResponseFrame)> {
     let ok = |api: ApiKey, id: u32, body: ResponseBody| ResponseFrame::ok(&header(api, id), body);
-    vec![
+    let mut out = vec![
         (
             "api_versions_response",
             ok(
@@ -576,7 +694,9 @@ fn responses() -> Vec<(&'static str, ResponseFrame)> {
                 "frame of 4294967295 bytes exceeds the maximum of 16777216",
             ),
         ),
-    ]
+    ];
+    out.extend(flow_responses());
+    out
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1451,7 +1571,7 @@ fn example_blocks() -> String {
     sections.push((
         "ApiVersions request (correlation id 1)",
         encode_request(find_req("api_versions_request")),
-        body(&[F::Str("client_software")]),
+        body(&[F::Str("client_software"), F::Str("client_id")]),
     ));
     sections.push((
         "Produce request with a one-record batch (correlation id 5)",

@@ -92,6 +92,7 @@ async fn assert_usable(s: &mut TcpStream, correlation_id: u32) {
         correlation_id,
         ApiVersionsRequest {
             client_software: "raw".into(),
+            client_id: String::new(),
         },
     );
     s.write_all(&encode(&req)).await.expect("write");

@@ -4,3 +4,4 @@
 //! the report and its JSON shape) so they can be unit-tested.
 
 pub mod bench;
+pub mod cli;

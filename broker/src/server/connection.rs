@@ -12,9 +12,14 @@
 //! response already being written (frames are never interleaved).
 //!
 //! Memory per connection is bounded: at most `max_in_flight_per_connection` requests
-//! are held (the reader stops reading the socket when that many are unanswered), each
-//! at most `max_frame_bytes`. A peer that does not read its responses stalls the
-//! writer; after `io_timeout_ms` the connection is closed.
+//! and `flow_connection_in_flight_bytes` request bytes are held unanswered (the reader
+//! stops reading the socket when either is reached, plus the one frame that tipped it
+//! over, at most `max_frame_bytes`). A peer that does not read its responses stalls
+//! the writer; after `io_timeout_ms` the connection is closed.
+//!
+//! The handshake binds the connection to a client id for quotas (`flow::quota`): a
+//! handshake over the id's `max_connections` is answered THROTTLED and the connection
+//! closed. Fetches wait here for the client's fetch quota and are charged after.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -28,11 +33,13 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::{Decoder, FramedRead};
 use weir_protocol::batch::DEFAULT_PRIORITY;
 use weir_protocol::classes::Class;
-use weir_protocol::frame::{ResponseFrame, PRIORITY_UNSPECIFIED};
-use weir_protocol::{ErrorCode, FrameError, Request, ServerCodec};
+use weir_protocol::frame::{ResponseFrame, ResponsePayload, PRIORITY_UNSPECIFIED};
+use weir_protocol::{ErrorCode, FrameError, Request, ResponseBody, ServerCodec};
 
 use super::handlers;
 use crate::broker::BrokerState;
+use crate::flow::quota::{ClientState, ConnectionSlot};
+use crate::flow::receive::{GatedRead, ReceiveGate};
 use crate::scheduler::Wfq;
 
 /// Tail chunks smaller than this are copied into the write buffer rather than written
@@ -43,9 +50,19 @@ const COPY_TAIL_BELOW_BYTES: usize = 64 * 1024;
 pub async fn run(sock: TcpStream, state: Arc<BrokerState>) -> Result<(), FrameError> {
     let (rd, wr) = sock.into_split();
     let cfg = &state.config;
-    let mut frames =
-        FramedRead::with_capacity(rd, ServerCodec::new(cfg.max_frame_bytes), 64 * 1024);
+    let gate = state.flow.receive_gate();
+    let mut frames = FramedRead::with_capacity(
+        GatedRead::new(rd, gate.clone()),
+        SizedCodec::new(cfg.max_frame_bytes, gate),
+        64 * 1024,
+    );
     let in_flight = Arc::new(Semaphore::new(cfg.max_in_flight_per_connection));
+    let bytes_limit = cfg.flow_connection_in_flight_bytes.min(u64::from(u32::MAX)) as u32;
+    let in_flight_bytes = Arc::new(Semaphore::new(bytes_limit as usize));
+    // Until the handshake names a client id, the connection uses the empty id's quota
+    // without counting as one of its connections.
+    let mut client: Arc<ClientState> = state.flow.quotas().client("");
+    let mut slot: Option<ConnectionSlot> = None;
     let (tx, rx) = mpsc::channel::<Outgoing>(cfg.max_in_flight_per_connection);
     let io_timeout = Duration::from_millis(cfg.io_timeout_ms);
     let classes = cfg.class_map().unwrap_or_default();
@@ -57,6 +74,7 @@ pub async fn run(sock: TcpStream, state: Arc<BrokerState>) -> Result<(), FrameEr
         let permit = tokio::select! {
             p = in_flight.clone().acquire_owned() => p.expect("semaphore never closed"),
             _ = shutdown.changed() => break Ok(()),
+            _ = tx.closed() => break Ok(()),
         };
         let next = tokio::select! {
             n = next_frame(&mut frames, idle, io_timeout) => n,
@@ -90,6 +108,15 @@ pub async fn run(sock: TcpStream, state: Arc<BrokerState>) -> Result<(), FrameEr
             Ok(Some(Err(e))) => break Err(e),
             Ok(Some(Ok(frame))) => frame,
         };
+        // Backpressure by not reading: hold this frame's bytes until it is answered.
+        let frame_bytes =
+            (frames.decoder().last_frame_bytes as u64).min(u64::from(bytes_limit)) as u32;
+        let bytes_permit = tokio::select! {
+            p = in_flight_bytes.clone().acquire_many_owned(frame_bytes) => p.expect("semaphore never closed"),
+            _ = shutdown.changed() => break Ok(()),
+            _ = tx.closed() => break Ok(()),
+        };
+        let permit = (permit, bytes_permit);
         state.metrics.requests_total.fetch_add(1, Ordering::Relaxed);
         let frame = match frame {
             Ok(f) => f,
@@ -115,9 +142,73 @@ pub async fn run(sock: TcpStream, state: Arc<BrokerState>) -> Result<(), FrameEr
             p => p,
         });
         match frame.request {
+            Request::ApiVersions(hs)
+                if slot.as_ref().map(|s| s.client().id()) != Some(hs.client_id.as_str()) =>
+            {
+                match state.flow.quotas().connect(&hs.client_id) {
+                    Ok(s) => {
+                        client = s.client().clone();
+                        slot = Some(s);
+                        let resp =
+                            handlers::handle(&state, &header, Request::ApiVersions(hs)).await;
+                        let _ = tx.send((class, resp)).await;
+                        drop(permit);
+                    }
+                    Err(t) => {
+                        tracing::info!(client_id = %hs.client_id, "{}; closing connection", t.message);
+                        let retry = t.retry_after.as_millis().min(u128::from(u32::MAX)) as u32;
+                        let _ = tx
+                            .send((
+                                class,
+                                ResponseFrame::error(
+                                    &header,
+                                    ErrorCode::Throttled,
+                                    retry,
+                                    t.message,
+                                ),
+                            ))
+                            .await;
+                        break Ok(());
+                    }
+                }
+            }
+            req @ (Request::Fetch(_) | Request::PriorityFetch(_)) => {
+                let tx = tx.clone();
+                let state = state.clone();
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let resp = match state.flow.before_fetch(&client).await {
+                        Err(r) => {
+                            ResponseFrame::error(&header, r.code, r.retry_after_ms, r.message)
+                        }
+                        Ok(()) => {
+                            let resp = handlers::handle(&state, &header, req).await;
+                            let served = match &resp.payload {
+                                ResponsePayload::Ok(ResponseBody::Fetch(f)) => {
+                                    f.records.len_bytes()
+                                }
+                                ResponsePayload::Ok(ResponseBody::PriorityFetch(f)) => {
+                                    f.records.len_bytes()
+                                }
+                                _ => 0,
+                            };
+                            state.flow.after_fetch(&client, served as u64);
+                            resp
+                        }
+                    };
+                    if resp.error_code() != ErrorCode::None {
+                        state
+                            .metrics
+                            .request_errors_total
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    let _ = tx.send((class, resp)).await;
+                    drop(permit);
+                });
+            }
             Request::Produce(req) => {
                 // Queued here, in connection order; answered in its own task.
-                let pending = handlers::produce_start(&state, &header, req).await;
+                let pending = handlers::produce_start(&state, &client, &header, req).await;
                 let tx = tx.clone();
                 let state = state.clone();
                 tokio::spawn(async move {
@@ -152,7 +243,47 @@ pub async fn run(sock: TcpStream, state: Arc<BrokerState>) -> Result<(), FrameEr
     .await;
     drop(tx);
     let _ = writer.await;
+    drop(slot);
     result
+}
+
+/// [`ServerCodec`] that also remembers the length of the last frame it cut, so the
+/// reader can hold that many bytes of the connection's in-flight budget.
+/// It also tells the connection's receive gate what the frame at the front of the
+/// buffer needs (`flow::receive`).
+struct SizedCodec {
+    inner: ServerCodec,
+    last_frame_bytes: usize,
+    gate: ReceiveGate,
+}
+
+impl SizedCodec {
+    fn new(max_frame_bytes: u32, gate: ReceiveGate) -> Self {
+        SizedCodec {
+            inner: ServerCodec::new(max_frame_bytes),
+            last_frame_bytes: 0,
+            gate,
+        }
+    }
+}
+
+impl Decoder for SizedCodec {
+    type Item = <ServerCodec as Decoder>::Item;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, FrameError> {
+        let len = match src.get(..4) {
+            Some(p) => u32::from_le_bytes([p[0], p[1], p[2], p[3]]) as usize + 4,
+            None => 0,
+        };
+        let out = self.inner.decode(src)?;
+        if out.is_some() {
+            self.last_frame_bytes = len;
+            self.gate.frame_done();
+        }
+        self.gate.observe(src);
+        Ok(out)
+    }
 }
 
 /// Why the reader stopped waiting for the next frame.
@@ -168,7 +299,7 @@ enum Stalled {
 /// once per `io_timeout` slice, so it is closed within two of them), so a stalled peer
 /// cannot pin a frame-sized read buffer until the idle timeout.
 async fn next_frame<R: tokio::io::AsyncRead + Unpin>(
-    frames: &mut FramedRead<R, ServerCodec>,
+    frames: &mut FramedRead<GatedRead<R>, SizedCodec>,
     idle: Duration,
     io_timeout: Duration,
 ) -> Result<Option<Result<<ServerCodec as Decoder>::Item, FrameError>>, Stalled> {

@@ -13,6 +13,8 @@ use weir_protocol::messages::*;
 use weir_protocol::{ApiKey, ErrorCode, Request, ResponseBody};
 
 use crate::broker::BrokerState;
+use crate::flow::quota::ClientState;
+use crate::flow::ProduceTicket;
 use crate::shard::writer::PendingAppend;
 use crate::shard::{AppendError, Shard};
 use crate::storage::StorageError;
@@ -178,6 +180,9 @@ async fn dispatch(state: &Arc<BrokerState>, request: Request) -> Result<Response
             };
             FetchOffsetsResponse { offsets }.into()
         }
+        Request::DescribeQuotas(r) => state.flow.describe_quotas(r).into(),
+        Request::AlterQuotas(r) => state.flow.alter_quotas(r).into(),
+        Request::FlowStatus(_) => state.flow.status().into(),
         Request::Produce(_) => {
             return Err(BrokerError::new(
                 ErrorCode::Unknown,
@@ -255,6 +260,8 @@ pub enum PendingProduce {
         rx: PendingAppend,
         records: u64,
         bytes: u64,
+        /// Flow-control accounting, released when the produce is answered.
+        ticket: ProduceTicket,
     },
 }
 
@@ -262,10 +269,11 @@ pub enum PendingProduce {
 /// reader loop so produces from one connection are queued in the order they arrived.
 pub async fn produce_start(
     state: &Arc<BrokerState>,
+    client: &Arc<ClientState>,
     header: &RequestHeader,
     req: ProduceRequest,
 ) -> PendingProduce {
-    let refuse = |e: BrokerError| {
+    let refuse_after = |e: BrokerError, retry_after_ms: u32| {
         tracing::debug!(code = %e.code, message = %e.message, "produce refused");
         state
             .metrics
@@ -274,9 +282,15 @@ pub async fn produce_start(
         if req.acks == Acks::None {
             PendingProduce::Done(None)
         } else {
-            PendingProduce::Done(Some(ResponseFrame::error(header, e.code, 0, e.message)))
+            PendingProduce::Done(Some(ResponseFrame::error(
+                header,
+                e.code,
+                retry_after_ms,
+                e.message,
+            )))
         }
     };
+    let refuse = |e: BrokerError| refuse_after(e, 0);
     let topic = match state.topics.get(&req.topic) {
         Ok(t) => t,
         Err(e) => return refuse(e),
@@ -325,11 +339,24 @@ pub async fn produce_start(
     }
     let records: u64 = headers.iter().map(|h| u64::from(h.record_count)).sum();
     let bytes = batches.iter().map(|b| b.len() as u64).sum();
+    // Flow control decides before anything is queued: a refused produce was never
+    // accepted. The class is that of the request's most important record.
+    let priority = headers.iter().map(|h| h.priority).min().unwrap_or(u8::MAX);
+    let class = state
+        .config
+        .class_map()
+        .unwrap_or_default()
+        .class_of(priority);
+    let mut ticket = match state.flow.admit_produce(client, class, bytes) {
+        Ok(t) => t,
+        Err(r) => return refuse_after(BrokerError::new(r.code, r.message), r.retry_after_ms),
+    };
     let durable = req.acks == Acks::Durable;
     let rx = match shard.enqueue(batches, headers, durable).await {
         Ok(rx) => rx,
         Err(e) => return refuse(append_error(e)),
     };
+    ticket.enqueued();
     let timeout_ms = if req.timeout_ms == 0 {
         state.config.produce_timeout_ms
     } else {
@@ -343,6 +370,7 @@ pub async fn produce_start(
         rx,
         records,
         bytes,
+        ticket,
     }
 }
 
@@ -359,7 +387,7 @@ fn append_error(e: AppendError) -> BrokerError {
 impl PendingProduce {
     /// Waits for the ack level and builds the response (none for `acks=none`).
     pub async fn finish(self, state: &BrokerState) -> Option<ResponseFrame> {
-        let (header, acks, timeout, log_start, rx, records, bytes) = match self {
+        let (header, acks, timeout, log_start, rx, records, bytes, mut ticket) = match self {
             PendingProduce::Done(r) => return r,
             PendingProduce::Queued {
                 header,
@@ -369,7 +397,8 @@ impl PendingProduce {
                 rx,
                 records,
                 bytes,
-            } => (header, acks, timeout, log_start, rx, records, bytes),
+                ticket,
+            } => (header, acks, timeout, log_start, rx, records, bytes, ticket),
         };
         let outcome = match tokio::time::timeout(timeout, rx).await {
             Err(_) => Err(BrokerError::new(
@@ -380,6 +409,7 @@ impl PendingProduce {
             Ok(Ok(r)) => r.map_err(append_error),
         };
         if let Ok(o) = &outcome {
+            ticket.acked();
             if !o.duplicate {
                 state
                     .metrics

@@ -8,6 +8,9 @@ wire_struct! {
     pub struct ApiVersionsRequest {
         /// Free-form client name and version, for the broker's logs.
         pub client_software: String,
+        /// Who the client is, for quotas: clients sharing an id share its quota (the
+        /// empty id gets the default quota).
+        pub client_id: String,
     }
 }
 

@@ -5,6 +5,7 @@
 //! the fixed part from a buffer and the stored batches straight after it.
 
 pub mod fetch;
+pub mod flow;
 pub mod groups;
 pub mod handshake;
 pub mod produce;
@@ -12,6 +13,7 @@ pub mod records;
 pub mod topics;
 
 pub use fetch::*;
+pub use flow::*;
 pub use groups::*;
 pub use handshake::*;
 pub use produce::*;

@@ -77,6 +77,9 @@ enum Cmd {
     Status,
     /// Committed offsets of a group.
     Offsets { group: String },
+    /// Per-client quotas: get, set, remove.
+    #[command(subcommand)]
+    Quota(weir_tools::cli::quota::QuotaCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -272,7 +275,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     );
                 }
             }
+            let flow = admin.flow_status().await?;
+            print!("{}", weir_tools::cli::quota::format_flow_status(&flow));
         }
+        Cmd::Quota(cmd) => weir_tools::cli::quota::run(&admin, cmd).await?,
         Cmd::Offsets { group } => {
             for e in admin.group_offsets(&group).await? {
                 println!("{}/{}\t{}", e.topic, e.shard, e.offset);
