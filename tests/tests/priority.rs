@@ -272,3 +272,54 @@ async fn a_priority_ordered_consumer_gets_p0_ahead_of_a_p3_backlog_and_everythin
     let pos = consumer.positions();
     assert_eq!(pos[0].offset, total as u64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_waiting_on_p3_data_is_cut_short_by_p0_data() {
+    use weir_protocol::messages::PriorityFetchRequest;
+
+    let broker = BrokerProcess::start();
+    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
+    Admin::new(client.clone())
+        .create_topic("poll", 1, TopicConfig::default())
+        .await
+        .expect("create topic");
+    produce(&client, "poll", batch(10, 5, 100)).await.unwrap();
+    let fetch = |client: Client| async move {
+        let req = PriorityFetchRequest {
+            topic: "poll".into(),
+            shard: 0,
+            cursors: vec![0; 4],
+            max_bytes: 1 << 20,
+            // Far more than will ever arrive: only P0 data or the deadline ends the wait.
+            min_bytes: 10 << 20,
+            max_wait_ms: 8_000,
+        };
+        let started = Instant::now();
+        match client.call(req).await.expect("priority fetch") {
+            ResponseBody::PriorityFetch(r) => (started.elapsed(), r),
+            other => panic!("unexpected {:?}", other.api_key()),
+        }
+    };
+    // Without P0 data, the long-poll holds the P3 data until its deadline.
+    let (waited, r) = fetch(client.clone()).await;
+    assert!(
+        waited >= Duration::from_millis(7_500),
+        "returned after {waited:?}"
+    );
+    assert_eq!(r.records.batches().count(), 1);
+
+    // With P0 data arriving 300 ms in, it returns at once, P0 first.
+    let poller = tokio::spawn(fetch(client.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    produce(&client, "poll", batch(1, 1, 100)).await.unwrap();
+    let (waited, r) = poller.await.unwrap();
+    assert!(
+        waited < Duration::from_secs(4),
+        "P0 did not cut the wait: {waited:?}"
+    );
+    let batches: Vec<_> = r.records.batches().map(|b| b.unwrap()).collect();
+    assert_eq!(batches.len(), 2);
+    assert_eq!(batches[0][22], 1, "the P0 batch comes first");
+    // Every lane has read up to the high-water mark.
+    assert_eq!(r.cursors, vec![6, 6, 6, 6]);
+}
