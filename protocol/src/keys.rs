@@ -98,4 +98,23 @@ mod tests {
         assert_eq!(rule.derive(std::iter::empty(), b"[1,2]"), None);
         assert_eq!(rule.derive(std::iter::empty(), b"not json"), None);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_value_and_rule_text_never_panic(
+            rule in "[a-z:_]{0,12}",
+            value in proptest::collection::vec(proptest::num::u8::ANY, 0..256),
+            json_key in "[a-z_]{1,8}",
+            json_val in "[ -~]{0,16}",
+        ) {
+            let _ = KeyRule::parse(&rule).map(|r| r.derive(std::iter::empty(), &value));
+            let doc = serde_json::json!({ json_key.clone(): json_val.clone() }).to_string();
+            let r = KeyRule::parse(&format!("json:{json_key}")).unwrap();
+            let got = r.derive(std::iter::empty(), doc.as_bytes());
+            proptest::prop_assert_eq!(
+                got,
+                (!json_val.is_empty()).then(|| Bytes::from(json_val.clone()))
+            );
+        }
+    }
 }

@@ -1,13 +1,19 @@
-//! Arbitrary bytes through batch validation, splitting, parsing and record iteration:
+//! Arbitrary bytes through batch validation, splitting, parsing and record iteration,
+//! and every parsed record through the shard-key rules the broker applies on produce:
 //! no panic, and a batch that validates yields exactly `record_count` records.
 #![no_main]
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use weir_protocol::batch::{self, Batch};
+use weir_protocol::keys::KeyRule;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = batch::validate(data);
+    let _ = batch::validate_summary(data);
+    let rules = [
+        KeyRule::parse("json:user_id").expect("rule"),
+        KeyRule::parse("header:tenant").expect("rule"),
+    ];
     let raw = Bytes::copy_from_slice(data);
     for part in batch::split(raw.clone()) {
         let Ok(part) = part else { break };
@@ -15,7 +21,15 @@ fuzz_target!(|data: &[u8]| {
             let h = *b.header();
             let n = b
                 .records()
-                .map(|r| (r.offset, r.timestamp_ms, r.headers.len()))
+                .map(|r| {
+                    for rule in &rules {
+                        let headers = r.headers.iter().map(|h| (h.name.as_str(), &h.value[..]));
+                        if let Some(k) = rule.derive(headers, &r.value) {
+                            assert!(!k.is_empty() && k.len() <= u16::MAX as usize);
+                        }
+                    }
+                    (r.offset, r.timestamp_ms, r.headers.len())
+                })
                 .count();
             assert_eq!(n, h.record_count as usize);
             let _ = (h.last_offset(), h.last_sequence());
