@@ -109,6 +109,8 @@ pub struct Report {
     pub settings: Map<String, Value>,
     /// Notes printed under the summary (and in JSON under "notes").
     pub notes: Vec<String>,
+    /// Latency curves and throughput over time, for `--plot`.
+    pub plot: crate::bench::plot::PlotData,
 }
 
 impl Report {
@@ -256,6 +258,7 @@ mod tests {
             errors: 0,
             settings: Map::new(),
             notes: vec![],
+            plot: Default::default(),
         }
     }
 

@@ -55,6 +55,7 @@ use weir_protocol::batch::{BATCH_HEADER_BYTES, RECORD_MIN_BYTES};
 use weir_protocol::messages::{ListOffsetsRequest, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
 use weir_protocol::ResponseBody;
 use weir_tools::bench::mix::{class_of_priority, PriorityMix, CLASS_NAMES};
+use weir_tools::bench::plot::{Curve, PlotData};
 use weir_tools::bench::report::{group_digits, new_histogram, record_ns, LatencySummary, Report};
 
 /// Load-test a Weir broker: produce, consume, or end to end.
@@ -122,6 +123,10 @@ struct Cli {
     /// Print one JSON object on stdout instead of the summary.
     #[arg(long)]
     json: bool,
+    /// Also draw the latency percentile curve (per class with a mix) and throughput
+    /// over time into this file: `.svg`, or `.html` for a page holding the SVG.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 const AFTER_HELP: &str = "Produce latency is per batch (first send → ack of the batch's last \
@@ -202,6 +207,8 @@ struct Run {
     warmup_end: Instant,
     /// Messages handed to producers / taken from consumers so far (progress display).
     progress: AtomicU64,
+    /// (seconds since `base`, messages per second) every half second, for `--plot`.
+    samples: std::sync::Mutex<Vec<(f64, f64)>>,
     /// Messages sent by all producers (for e2e's consumers to know when to stop).
     sent: AtomicU64,
     producers_done: AtomicBool,
@@ -292,10 +299,22 @@ fn main() -> ExitCode {
         }
     };
     let json = cli.json;
+    let plot = cli.plot.clone();
     let result = rt.block_on(run(cli, rt.handle().clone()));
     rt.shutdown_timeout(Duration::from_secs(2));
     match result {
         Ok(report) => {
+            if let Some(path) = &plot {
+                let text = if path.extension().is_some_and(|e| e == "html") {
+                    weir_tools::bench::plot::html(&report.plot)
+                } else {
+                    weir_tools::bench::plot::svg(&report.plot)
+                };
+                if let Err(e) = std::fs::write(path, text) {
+                    eprintln!("weir-bench: cannot write {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
             if json {
                 println!("{}", report.to_json());
             } else {
@@ -431,6 +450,7 @@ fn new_run(cli: Cli, shards: u32) -> Arc<Run> {
         shards,
         base,
         progress: AtomicU64::new(0),
+        samples: std::sync::Mutex::new(Vec::new()),
         sent: AtomicU64::new(0),
         producers_done: AtomicBool::new(false),
     })
@@ -484,9 +504,7 @@ fn settings(run: &Run) -> Map<String, serde_json::Value> {
 /// Prints progress on stderr every half second while `done` is false (terminals only).
 fn spawn_progress(run: Arc<Run>, label: &'static str, total: Option<u64>) -> Arc<AtomicBool> {
     let done = Arc::new(AtomicBool::new(false));
-    if !std::io::stderr().is_terminal() {
-        return done;
-    }
+    let show = std::io::stderr().is_terminal();
     let flag = done.clone();
     tokio::spawn(async move {
         let mut last = 0u64;
@@ -499,6 +517,12 @@ fn spawn_progress(run: Arc<Run>, label: &'static str, total: Option<u64>) -> Arc
             let (last2, t2) = (n, now);
             last = last2;
             last_t = t2;
+            if let Ok(mut v) = run.samples.lock() {
+                v.push(((now - run.base).as_secs_f64(), rate));
+            }
+            if !show {
+                continue;
+            }
             let of = total
                 .map(|t| format!(" / {}", group_digits(t)))
                 .unwrap_or_default();
@@ -510,7 +534,9 @@ fn spawn_progress(run: Arc<Run>, label: &'static str, total: Option<u64>) -> Arc
             );
             let _ = std::io::stderr().flush();
         }
-        eprint!("\r\x1b[2K");
+        if show {
+            eprint!("\r\x1b[2K");
+        }
     });
     done
 }
@@ -781,6 +807,28 @@ async fn collect(mut rx: mpsc::UnboundedReceiver<Pending>) -> ProdStats {
     st
 }
 
+/// The curves (all, then each class of the mix) and throughput samples to plot.
+fn plot_data(run: &Run, all: &Histogram<u64>, classes: &[Histogram<u64>; 4]) -> PlotData {
+    let c = &run.cli;
+    let mut curves = vec![Curve::from_histogram("all", all)];
+    if let Some(m) = &c.priority_mix {
+        for k in m.classes() {
+            curves.push(Curve::from_histogram(CLASS_NAMES[k], &classes[k]));
+        }
+    }
+    PlotData {
+        title: format!(
+            "weir-bench {} — {} B messages, {} producers, {} shards",
+            c.mode.name(),
+            c.size,
+            c.producers,
+            run.shards
+        ),
+        curves,
+        throughput: run.samples.lock().map(|v| v.clone()).unwrap_or_default(),
+    }
+}
+
 fn class_summaries(
     hists: &[Histogram<u64>; 4],
     mix: &Option<PriorityMix>,
@@ -867,6 +915,7 @@ async fn run_produce(
         errors,
         settings: set,
         notes,
+        plot: plot_data(&run, &batches, &classes),
     })
 }
 
@@ -1014,6 +1063,7 @@ async fn run_consume(
         errors,
         settings: settings(&run),
         notes,
+        plot: plot_data(&run, &lat, &std::array::from_fn(|_| new_histogram())),
     })
 }
 
@@ -1165,6 +1215,7 @@ async fn run_e2e(
         errors,
         settings: settings(&run),
         notes,
+        plot: plot_data(&run, &lat, &classes),
     })
 }
 
