@@ -31,7 +31,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,6 +44,7 @@ use clap::{Parser, ValueEnum};
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Map};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use weir_client::embedded::EmbeddedBroker;
@@ -504,7 +505,24 @@ fn settings(run: &Run) -> Map<String, serde_json::Value> {
 /// Prints progress on stderr every half second while `done` is false (terminals only).
 fn spawn_progress(run: Arc<Run>, label: &'static str, total: Option<u64>) -> Arc<AtomicBool> {
     let done = Arc::new(AtomicBool::new(false));
-    let show = std::io::stderr().is_terminal();
+    // A bar on stderr only when it is a terminal, so JSON on stdout and logs stay clean.
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = match total {
+            Some(t) => ProgressBar::new(t),
+            None => ProgressBar::new_spinner(),
+        };
+        let template = if total.is_some() {
+            "{prefix}: [{bar:30}] {human_pos}/{human_len} msgs  {msg}  {elapsed}"
+        } else {
+            "{prefix}: {spinner} {human_pos} msgs  {msg}  {elapsed}"
+        };
+        if let Ok(style) = ProgressStyle::with_template(template) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_prefix(label);
+        bar.set_draw_target(ProgressDrawTarget::stderr_with_hz(4));
+        bar
+    });
     let flag = done.clone();
     tokio::spawn(async move {
         let mut last = 0u64;
@@ -514,28 +532,18 @@ fn spawn_progress(run: Arc<Run>, label: &'static str, total: Option<u64>) -> Arc
             let n = run.progress.load(Ordering::Relaxed);
             let now = Instant::now();
             let rate = (n - last) as f64 / (now - last_t).as_secs_f64();
-            let (last2, t2) = (n, now);
-            last = last2;
-            last_t = t2;
+            last = n;
+            last_t = now;
             if let Ok(mut v) = run.samples.lock() {
                 v.push(((now - run.base).as_secs_f64(), rate));
             }
-            if !show {
-                continue;
+            if let Some(bar) = &bar {
+                bar.set_position(n);
+                bar.set_message(format!("{} msgs/s", group_digits(rate as u64)));
             }
-            let of = total
-                .map(|t| format!(" / {}", group_digits(t)))
-                .unwrap_or_default();
-            eprint!(
-                "\r\x1b[2K{label}: {}{of} msgs  {} msgs/s  {:.1}s",
-                group_digits(n),
-                group_digits(rate as u64),
-                run.base.elapsed().as_secs_f64()
-            );
-            let _ = std::io::stderr().flush();
         }
-        if show {
-            eprint!("\r\x1b[2K");
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
         }
     });
     done
