@@ -9,6 +9,7 @@ pub mod config;
 pub mod groups;
 pub mod http;
 pub mod producer_ids;
+pub mod queue;
 pub mod server;
 pub mod shard;
 pub mod storage;

@@ -8,6 +8,7 @@ pub mod fetch;
 pub mod groups;
 pub mod handshake;
 pub mod produce;
+pub mod queue;
 pub mod records;
 pub mod topics;
 
@@ -15,5 +16,6 @@ pub use fetch::*;
 pub use groups::*;
 pub use handshake::*;
 pub use produce::*;
+pub use queue::*;
 pub use records::Records;
 pub use topics::*;
