@@ -19,6 +19,8 @@
 //! - [`Client`] — one broker connection, shared, reconnecting.
 //! - [`Producer`] — batching, pipelined, idempotent by default.
 //! - [`Consumer`] — by offset, alone or in a group.
+//! - [`QueueConsumer`] and [`Worker`] — queue mode: per-record ack / nack, retries,
+//!   dead letters.
 //! - [`Admin`] — topics.
 //! - With the `embedded` feature, [`embedded::EmbeddedBroker`] runs a broker in-process.
 
@@ -31,10 +33,15 @@ pub mod embedded;
 pub mod error;
 pub mod partitioner;
 pub mod producer;
+pub mod queue;
 
 pub use admin::Admin;
 pub use client::{Client, ClientConfig};
 pub use consumer::{Consumer, ConsumerConfig, Message, OffsetReset};
 pub use error::{ClientError, Result};
 pub use producer::{DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+pub use queue::{
+    queue_status, HandlerError, NackOutcome, QueueConfig, QueueConsumer, QueueMessage, Worker,
+    WorkerStats,
+};
 pub use weir_protocol::messages::{Acks, Durability, TopicConfig};
