@@ -550,3 +550,198 @@ async fn breaker_opens_half_opens_and_closes_without_losing_a_record() {
     );
     assert!(log.contains("half-open"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lettering_cut_short_by_a_crash_is_healed_not_repeated() {
+    // The state a crash between the two writes leaves: the record is in the
+    // dead-letter topic (with the broker's headers) but the queue never recorded it
+    // as dead, so it is still pending.
+    let mut broker = BrokerProcess::start_with_env(&RETRY_ENV);
+    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
+    let admin = Admin::new(client.clone());
+    admin
+        .create_topic("heal", 1, Default::default())
+        .await
+        .expect("create");
+    admin
+        .create_topic("heal.dlq", 1, Default::default())
+        .await
+        .expect("create dlq");
+    produce(
+        &client,
+        "heal",
+        (0..3)
+            .map(|i| ProducerRecord::new("heal", format!("r{i}")))
+            .collect(),
+    )
+    .await;
+    let mut dead = ProducerRecord::new("heal.dlq", "r1");
+    for (k, v) in [
+        ("weir.dlq.group", "g"),
+        ("weir.dlq.source_topic", "heal"),
+        ("weir.dlq.source_shard", "0"),
+        ("weir.dlq.source_offset", "1"),
+        ("weir.dlq.attempts", "3"),
+        ("weir.dlq.error", "boom"),
+    ] {
+        dead = dead.header(k, v);
+    }
+    // Another group's dead letter of the same record must not count for group g.
+    let other = ProducerRecord::new("heal.dlq", "r2")
+        .header("weir.dlq.group", "other")
+        .header("weir.dlq.source_topic", "heal")
+        .header("weir.dlq.source_shard", "0")
+        .header("weir.dlq.source_offset", "2");
+    produce(&client, "heal.dlq", vec![dead, other]).await;
+
+    let q = consumer(&client, "g", "heal", 5000);
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while got.len() < 2 && Instant::now() < deadline {
+        for m in q.fetch(10).await.expect("fetch") {
+            got.push(String::from_utf8(m.value.to_vec()).unwrap());
+            q.ack(&m).await.expect("ack");
+        }
+    }
+    assert!(
+        q.fetch(10).await.expect("fetch").is_empty(),
+        "r1 must not come back"
+    );
+    assert_eq!(got, ["r0", "r2"]);
+    assert_eq!(q.status().await.expect("status").shards[0].ack_floor, 3);
+    assert!(broker.log().contains("the state log did not record"));
+
+    // The healing was recorded durably: after a crash nothing comes back either.
+    broker.kill9();
+    broker.restart();
+    let client = connect(&broker.addr(), Duration::from_secs(10)).await;
+    let q = consumer(&client, "g", "heal", 5000);
+    assert!(q.fetch(10).await.expect("fetch").is_empty());
+    let dlq = read_all(&client, "heal.dlq", 2, Duration::from_secs(5)).await;
+    assert_eq!(
+        dlq.len(),
+        2,
+        "nothing was written to the dead-letter topic again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_bounds_concurrency_per_class_times_out_slow_handlers_and_settles_everything() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use weir_client::{HandlerError, Worker};
+    let env = [
+        ("WEIR_RETRY_MAX_ATTEMPTS", "3,3,3,3"),
+        ("WEIR_RETRY_BACKOFF", "fixed,fixed,fixed,fixed"),
+        ("WEIR_RETRY_BASE_DELAY_MS", "30,30,30,30"),
+        ("WEIR_RETRY_MAX_DELAY_MS", "30,30,30,30"),
+        ("WEIR_QUEUE_BREAKER_ENABLED", "false"),
+    ];
+    let broker = BrokerProcess::start_with_env(&env);
+    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
+    Admin::new(client.clone())
+        .create_topic("work", 1, Default::default())
+        .await
+        .expect("create");
+    // 12 urgent (P0) records, then 6 bulk (P3): 2 slow the first time, 2 bad.
+    let mut records = Vec::new();
+    for i in 0..12 {
+        let v = match i {
+            3 | 7 => format!("slow{i}"),
+            5 | 9 => format!("bad{i}"),
+            _ => format!("ok{i}"),
+        };
+        records.push(ProducerRecord::new("work", v).priority(1));
+    }
+    for i in 12..18 {
+        records.push(ProducerRecord::new("work", format!("ok{i}")).priority(9));
+    }
+    produce(&client, "work", records).await;
+
+    let running = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+    let peak = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+    let done = Arc::new(Mutex::new(BTreeSet::new()));
+    let worker = Worker::new(consumer(&client, "w", "work", 5000))
+        .concurrency([3, 1, 1, 1])
+        .timeout(Duration::from_millis(300));
+    let stats = worker.stats();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (r, p, d) = (running.clone(), peak.clone(), done.clone());
+    let run = tokio::spawn(worker.run(
+        move |m: QueueMessage| {
+            let (r, p, d) = (r.clone(), p.clone(), d.clone());
+            async move {
+                let i = usize::from(m.class.index() != 0);
+                let now = r[i].fetch_add(1, Ordering::SeqCst) + 1;
+                p[i].fetch_max(now, Ordering::SeqCst);
+                // Counts down even when the worker drops a timed-out handler.
+                struct Running(Arc<[AtomicUsize; 2]>, usize);
+                impl Drop for Running {
+                    fn drop(&mut self) {
+                        self.0[self.1].fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+                let _running = Running(r.clone(), i);
+                let v = String::from_utf8(m.value.to_vec()).unwrap();
+                let slow = v.starts_with("slow") && m.attempt == 1;
+                tokio::time::sleep(Duration::from_millis(if slow { 2000 } else { 60 })).await;
+                if v.starts_with("bad") {
+                    return Err(HandlerError::fatal("cannot parse"));
+                }
+                d.lock().unwrap().insert(v);
+                Ok(())
+            }
+        },
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let q = consumer(&client, "w", "work", 5000);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let st = q.status().await.expect("status");
+        if st.shards[0].ack_floor == 18 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not settled: {st:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop_tx.send(());
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("worker stops")
+        .expect("join")
+        .expect("run");
+    assert!(
+        peak[0].load(Ordering::SeqCst) <= 3,
+        "P0 ran {} at once",
+        peak[0].load(Ordering::SeqCst)
+    );
+    assert!(
+        peak[0].load(Ordering::SeqCst) >= 2,
+        "P0 concurrency was used"
+    );
+    assert_eq!(
+        peak[1].load(Ordering::SeqCst),
+        1,
+        "P3 ran more than 1 at once"
+    );
+    assert_eq!(stats.timed_out.load(Ordering::Relaxed), 2);
+    let done = done.lock().unwrap().clone();
+    assert_eq!(done.len(), 16, "{done:?}");
+    assert!(done.contains("slow3") && done.contains("slow7"));
+    let dlq = read_all(&client, "work.dlq", 2, Duration::from_secs(5)).await;
+    let mut bad: Vec<String> = dlq
+        .iter()
+        .map(|m| String::from_utf8(m.value.to_vec()).unwrap())
+        .collect();
+    bad.sort();
+    assert_eq!(bad, ["bad5", "bad9"]);
+    for m in &dlq {
+        assert_eq!(
+            header(m, "weir.dlq.attempts"),
+            Some("1"),
+            "fatal errors are not retried"
+        );
+        assert_eq!(header(m, "weir.dlq.error"), Some("cannot parse"));
+    }
+}
