@@ -425,6 +425,41 @@ mod tests {
     }
 
     #[test]
+    fn retry_settings_parse_from_env_lists_and_bad_ones_are_refused() {
+        use crate::queue::retry::Backoff;
+        let p = Config::default().retry_policies().unwrap();
+        // The documented defaults: P0 critical, P1 standard, P2/P3 batch.
+        assert_eq!((p[0].max_attempts, p[0].backoff), (5, Backoff::Exponential));
+        assert_eq!(p[0].max.as_millis(), 5000);
+        assert_eq!((p[1].max_attempts, p[1].backoff), (3, Backoff::Linear));
+        assert_eq!(p[1].max.as_millis(), 10_000);
+        assert_eq!((p[3].max_attempts, p[3].backoff), (2, Backoff::Fixed));
+        assert_eq!(p[3].base.as_millis(), 30_000);
+        let env = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        let c = Config::load(
+            None,
+            env("WEIR_RETRY_BACKOFF", "fixed, linear,fixed,exponential"),
+        )
+        .unwrap();
+        assert_eq!(c.retry_policies().unwrap()[3].backoff, Backoff::Exponential);
+        let c = Config::load(None, env("WEIR_QUEUE_BREAKER_ENABLED", "false")).unwrap();
+        assert!(!c.queue_breaker_enabled);
+        for (k, v) in [
+            ("WEIR_RETRY_BACKOFF", "fixed,linear,fixed"),
+            ("WEIR_RETRY_BACKOFF", "fixed,linear,fixed,cubic"),
+            ("WEIR_RETRY_MAX_ATTEMPTS", "0,3,2,2"),
+            ("WEIR_RETRY_BASE_DELAY_MS", "9000,5000,30000,30000"),
+            ("WEIR_RETRY_JITTER_PCT", "10,10,10,101"),
+            ("WEIR_QUEUE_MAX_UNACKED_PER_SHARD", "0"),
+            ("WEIR_QUEUE_BREAKER_HALF_OPEN_PCT", "0"),
+            ("WEIR_DLQ_SUFFIX", "/dlq"),
+            ("WEIR_QUEUE_DEFAULT_LEASE_MS", "0"),
+        ] {
+            assert!(Config::load(None, env(k, v)).is_err(), "{k}={v} accepted");
+        }
+    }
+
+    #[test]
     fn env_overrides_file_and_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("weir.toml");

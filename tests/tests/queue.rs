@@ -745,3 +745,45 @@ async fn worker_bounds_concurrency_per_class_times_out_slow_handlers_and_settles
         assert_eq!(header(m, "weir.dlq.error"), Some("cannot parse"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weir_consume_in_queue_mode_acks_or_nacks_what_it_prints() {
+    let broker = BrokerProcess::start_with_env(&RETRY_ENV);
+    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
+    Admin::new(client.clone())
+        .create_topic("cliq", 1, Default::default())
+        .await
+        .expect("create");
+    produce(
+        &client,
+        "cliq",
+        (0..3)
+            .map(|i| ProducerRecord::new("cliq", format!("v{i}")))
+            .collect(),
+    )
+    .await;
+    let args = ["consume", "cliq", "--group", "c", "--mode", "queue"];
+    let nacked = weir(
+        &broker,
+        &[&args[..], &["--nack-all", "--count", "1"]].concat(),
+    )
+    .await;
+    assert_eq!(nacked.lines().collect::<Vec<_>>(), ["v0"]);
+    let printed = weir(
+        &broker,
+        &[&args[..], &["--count", "3", "--ack-after-ms", "5"]].concat(),
+    )
+    .await;
+    let mut lines: Vec<&str> = printed.lines().collect();
+    lines.sort();
+    assert_eq!(lines, ["v0", "v1", "v2"], "the nacked record comes back");
+    let q = consumer(&client, "c", "cliq", 1000);
+    let st = q.status().await.expect("status");
+    assert_eq!(
+        (st.shards[0].ack_floor, st.acked, st.nacked),
+        (3, 3, 1),
+        "{st:?}"
+    );
+    let status = weir(&broker, &["status"]).await;
+    assert!(status.contains("c on cliq: breaker"), "{status}");
+}

@@ -374,6 +374,18 @@ mod tests {
         assert_eq!(Event::decode(&[1, 0, 0]), None);
     }
 
+    proptest::proptest! {
+        /// The state log is read back from disk: no bytes may panic the decoder, and
+        /// whatever it accepts re-encodes to the same bytes.
+        #[test]
+        fn any_value_bytes_decode_without_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            if let Some(ev) = Event::decode(&bytes) {
+                let again = ev.encode();
+                proptest::prop_assert_eq!(again.as_ref(), &bytes[..]);
+            }
+        }
+    }
+
     #[test]
     fn folding_advances_the_floor_over_done_offsets_only() {
         let mut s = ShardRecovery::default();
