@@ -787,3 +787,29 @@ async fn weir_consume_in_queue_mode_acks_or_nacks_what_it_prints() {
     let status = weir(&broker, &["status"]).await;
     assert!(status.contains("c on cliq: breaker"), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_shares_its_records_across_shards() {
+    let broker = BrokerProcess::start_with_env(&RETRY_ENV);
+    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
+    Admin::new(client.clone())
+        .create_topic("wide", 2, Default::default())
+        .await
+        .expect("create");
+    let records = (0..20)
+        .map(|i| ProducerRecord::new("wide", format!("w{i}")).shard(i % 2))
+        .collect();
+    produce(&client, "wide", records).await;
+    let q = consumer(&client, "fair", "wide", 5000);
+    for _ in 0..3 {
+        let msgs = q.fetch(4).await.expect("fetch");
+        let per: Vec<usize> = (0..2)
+            .map(|s| msgs.iter().filter(|m| m.shard == s).count())
+            .collect();
+        assert_eq!(
+            per,
+            [2, 2],
+            "a fetch of 4 from 2 busy shards takes 2 from each"
+        );
+    }
+}

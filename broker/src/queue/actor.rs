@@ -177,6 +177,8 @@ pub struct QueueActor {
     /// in dead-letter offset order, which is what the recovery scan relies on.
     dlq_pending: std::collections::VecDeque<(u32, u64)>,
     dlq_busy: bool,
+    /// Round-robin start shard of the next lease.
+    rr: usize,
 }
 
 const C_LEASED: usize = 0;
@@ -271,6 +273,7 @@ impl QueueActor {
             dlq,
             dlq_pending: std::collections::VecDeque::new(),
             dlq_busy: false,
+            rr: 0,
         };
         // Heal: records in the dead-letter topic the state log does not call dead.
         let mut healed = Vec::new();
@@ -417,10 +420,14 @@ impl QueueActor {
         let want = self.breaker.admit(max, now);
         let lease = self.lease_duration(lease_ms);
         let mut out = Vec::new();
-        // Retries first (oldest offset first), round-robin over shards.
+        // Retries first (oldest offset first per shard), round-robin over shards,
+        // starting at a different shard each call so no shard is always served last.
+        let n = self.shards.len();
+        let first = self.rr % n.max(1);
+        self.rr = self.rr.wrapping_add(1);
         'retries: loop {
             let mut any = false;
-            for s in 0..self.shards.len() {
+            for s in (0..n).map(|i| (first + i) % n) {
                 if out.len() as u32 >= want {
                     break 'retries;
                 }
@@ -431,19 +438,35 @@ impl QueueActor {
                 self.shards[s].ready.remove(&offset);
                 match read_record(&self.topic, s as u32, offset) {
                     Ok(rec) => out.push(self.grant(s as u32, rec, lease)),
-                    Err(e) => self.lost(s as u32, offset, e),
+                    Err(e) if e.code == ErrorCode::OffsetOutOfRange => {
+                        self.lost(s as u32, offset, e)
+                    }
+                    Err(e) => {
+                        // Keep it ready: a read error must not lose the record.
+                        self.shards[s].ready.insert(offset);
+                        if out.is_empty() {
+                            return Err(e);
+                        }
+                        return Ok(out);
+                    }
                 }
             }
             if !any {
                 break;
             }
         }
-        // Then records never delivered.
-        for s in 0..self.shards.len() {
-            if out.len() as u32 >= want {
-                break;
+        // Then records never delivered: a fair share per shard first, then whatever
+        // is left from any shard.
+        let share = (want.saturating_sub(out.len() as u32)).div_ceil(n.max(1) as u32);
+        for pass in 0..2 {
+            for s in (0..n).map(|i| (first + i) % n) {
+                let left = want.saturating_sub(out.len() as u32);
+                if left == 0 {
+                    break;
+                }
+                let quota = if pass == 0 { left.min(share) } else { left };
+                self.read_new(s as u32, quota, lease, &mut out)?;
             }
-            self.read_new(s as u32, want - out.len() as u32, lease, &mut out)?;
         }
         Ok(out)
     }
@@ -694,7 +717,7 @@ impl QueueActor {
             f.first_ms = wall;
         }
         f.last_ms = wall;
-        f.error = reason;
+        f.error = super::state_log::cut(&reason).to_string();
         let policy = self.settings.policies[e.class.index()];
         let failures = f.failures;
         if !retriable || !policy.may_retry(failures) {
@@ -956,9 +979,13 @@ async fn sleep_until_opt(at: Option<Instant>) {
 /// Reads the record at `offset` of shard `s`.
 pub fn read_record(topic: &Topic, s: u32, offset: u64) -> Result<Record, BrokerError> {
     let reader = topic.shard(s)?.reader();
-    let chunks = reader
-        .read(offset, 1)
-        .map_err(|e| BrokerError::new(ErrorCode::StorageError, e.to_string()))?;
+    let chunks = reader.read(offset, 1).map_err(|e| {
+        let code = match e {
+            crate::storage::StorageError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+            _ => ErrorCode::StorageError,
+        };
+        BrokerError::new(code, e.to_string())
+    })?;
     for chunk in chunks {
         for b in batch::split(chunk) {
             let b = b

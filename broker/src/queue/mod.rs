@@ -22,7 +22,7 @@ pub mod state_log;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -65,9 +65,10 @@ pub struct QueueManager {
     log: Arc<StateLog>,
     /// What the state log said at start, for queues not opened yet.
     recovered: Mutex<Recovered>,
-    queues: tokio::sync::Mutex<HashMap<(String, String), Arc<QueueHandle>>>,
-    /// Queue names, readable without awaiting (for metrics and group-name checks).
-    names: Mutex<Vec<(String, String, Arc<QueueShared>)>>,
+    /// Open queues. Looked up on every request under a read lock held for a map
+    /// lookup only; opening a queue is serialised by `opening` instead.
+    queues: RwLock<HashMap<(String, String), Arc<QueueHandle>>>,
+    opening: tokio::sync::Mutex<()>,
     next_lease: Arc<AtomicU64>,
     pub metrics: Arc<QueueMetrics>,
 }
@@ -111,8 +112,8 @@ impl QueueManager {
             max_fetch_messages: config.queue_max_fetch_messages,
             log: Arc::new(log),
             recovered: Mutex::new(recovered),
-            queues: tokio::sync::Mutex::new(HashMap::new()),
-            names: Mutex::new(Vec::new()),
+            queues: RwLock::new(HashMap::new()),
+            opening: tokio::sync::Mutex::new(()),
             next_lease: Arc::new(AtomicU64::new(seed)),
             metrics: Arc::new(QueueMetrics::default()),
         })
@@ -121,11 +122,11 @@ impl QueueManager {
     /// Whether `group` is used in queue mode (on this broker, since it started or in
     /// its state log).
     pub fn is_queue_group(&self, group: &str) -> bool {
-        self.names
-            .lock()
-            .expect("names lock")
-            .iter()
-            .any(|(g, _, _)| g == group)
+        self.queues
+            .read()
+            .expect("queues lock")
+            .keys()
+            .any(|(g, _)| g == group)
             || self
                 .recovered
                 .lock()
@@ -137,15 +138,15 @@ impl QueueManager {
     /// (group, topic, breaker state code) of every open queue, sorted.
     pub fn breaker_states(&self) -> Vec<(String, String, u8)> {
         let mut v: Vec<_> = self
-            .names
-            .lock()
-            .expect("names lock")
+            .queues
+            .read()
+            .expect("queues lock")
             .iter()
-            .map(|(g, t, s)| {
+            .map(|((g, t), h)| {
                 (
                     g.clone(),
                     t.clone(),
-                    s.breaker_state.load(Ordering::Relaxed),
+                    h.shared.breaker_state.load(Ordering::Relaxed),
                 )
             })
             .collect();
@@ -161,21 +162,28 @@ impl QueueManager {
             ));
         }
         let key = (group.to_string(), topic.to_string());
-        let mut queues = self.queues.lock().await;
-        if let Some(q) = queues.get(&key) {
-            if !q.tx.is_closed() {
-                return Ok(q.clone());
-            }
+        let live = |m: &HashMap<(String, String), Arc<QueueHandle>>| {
+            m.get(&key).filter(|q| !q.tx.is_closed()).cloned()
+        };
+        if let Some(q) = live(&self.queues.read().expect("queues lock")) {
+            return Ok(q);
+        }
+        let _opening = self.opening.lock().await;
+        if let Some(q) = live(&self.queues.read().expect("queues lock")) {
+            return Ok(q);
         }
         let t = self.topics.get(topic)?;
-        if queues.len() >= self.max_queues && !queues.contains_key(&key) {
-            return Err(BrokerError::new(
-                ErrorCode::InvalidConfig,
-                format!(
-                    "broker already holds queue_max_queues = {} queues",
-                    self.max_queues
-                ),
-            ));
+        {
+            let queues = self.queues.read().expect("queues lock");
+            if queues.len() >= self.max_queues && !queues.contains_key(&key) {
+                return Err(BrokerError::new(
+                    ErrorCode::InvalidConfig,
+                    format!(
+                        "broker already holds queue_max_queues = {} queues",
+                        self.max_queues
+                    ),
+                ));
+            }
         }
         let recovered = self
             .recovered
@@ -201,14 +209,11 @@ impl QueueManager {
         .await?;
         let (tx, rx) = mpsc::channel(self.command_depth.max(1));
         tokio::spawn(actor.run(rx));
-        let handle = Arc::new(QueueHandle {
-            tx,
-            shared: shared.clone(),
-        });
-        queues.insert(key, handle.clone());
-        let mut names = self.names.lock().expect("names lock");
-        names.retain(|(g, t, _)| !(g == group && t == topic));
-        names.push((group.to_string(), topic.to_string(), shared));
+        let handle = Arc::new(QueueHandle { tx, shared });
+        self.queues
+            .write()
+            .expect("queues lock")
+            .insert(key, handle.clone());
         tracing::info!(group, topic, "queue opened");
         Ok(handle)
     }
@@ -328,7 +333,7 @@ impl QueueManager {
             self.queue(&r.group, &r.topic).await?;
         }
         let handles: Vec<(String, String, Arc<QueueHandle>)> = {
-            let queues = self.queues.lock().await;
+            let queues = self.queues.read().expect("queues lock");
             queues
                 .iter()
                 .filter(|((g, t), _)| {
@@ -349,7 +354,7 @@ impl QueueManager {
 
     /// Stops every queue task and closes the state log.
     pub async fn close(&self) {
-        self.queues.lock().await.clear();
+        self.queues.write().expect("queues lock").clear();
         self.log.close().await;
     }
 }

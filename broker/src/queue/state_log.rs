@@ -66,7 +66,8 @@ pub enum Event {
     },
 }
 
-fn cut(s: &str) -> &str {
+/// `s` cut to at most [`MAX_ERROR_BYTES`] at a character boundary.
+pub fn cut(s: &str) -> &str {
     let mut end = s.len().min(MAX_ERROR_BYTES);
     while !s.is_char_boundary(end) {
         end -= 1;
