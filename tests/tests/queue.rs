@@ -813,3 +813,82 @@ async fn a_fetch_shares_its_records_across_shards() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempt_counts_and_expired_leases_survive_a_crash() {
+    // P1 (priority 4): 3 attempts, linear 200 ms.
+    let mut broker = BrokerProcess::start_with_env(&RETRY_ENV);
+    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
+    Admin::new(client.clone())
+        .create_topic("durable", 1, Default::default())
+        .await
+        .expect("create");
+    produce(
+        &client,
+        "durable",
+        vec![ProducerRecord::new("durable", "x").priority(4)],
+    )
+    .await;
+    let fetch_one = |q: QueueConsumer| async move {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            assert!(Instant::now() < deadline, "record never came back");
+            if let Some(m) = q.fetch(1).await.expect("fetch").pop() {
+                return m;
+            }
+        }
+    };
+    // Attempt 1 is nacked; attempt 2's lease (300 ms) runs out: that is a failure too.
+    let q = consumer(&client, "d", "durable", 300);
+    let m = fetch_one(q.clone()).await;
+    assert_eq!(m.attempt, 1);
+    q.nack(&m, true, "first").await.expect("nack");
+    let m = fetch_one(q.clone()).await;
+    assert_eq!(m.attempt, 2);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while q.status().await.expect("status").expired == 0 {
+        assert!(Instant::now() < deadline, "lease never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    broker.kill9();
+    broker.restart();
+    let client = connect(&broker.addr(), Duration::from_secs(10)).await;
+    let q = consumer(&client, "d", "durable", 5000);
+    let m = fetch_one(q.clone()).await;
+    assert_eq!(m.attempt, 3, "both failures were durable");
+    assert!(m.is_last_attempt());
+    assert_eq!(
+        q.nack(&m, true, "third").await.expect("nack"),
+        NackOutcome::DeadLettered
+    );
+    let dlq = read_all(&client, "durable.dlq", 1, Duration::from_secs(5)).await;
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(header(&dlq[0], "weir.dlq.attempts"), Some("3"));
+    // The metrics page shows the queue counters and the breaker state.
+    let metrics = http_get(broker.http_addr(), "/metrics").await;
+    assert!(
+        metrics.contains("weir_queue_dead_lettered_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("weir_queue_breaker_state{group=\"d\",topic=\"durable\"} 0"),
+        "{metrics}"
+    );
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("http connect");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("http write");
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .expect("http answer in time")
+        .expect("http read");
+    out
+}

@@ -60,6 +60,13 @@ pub struct QueueShared {
     pub breaker_state: AtomicU8,
 }
 
+/// What a Nack's answer waits for: the FAIL event on disk, or the record in the
+/// dead-letter topic and its DEAD event on disk.
+pub enum NackDurable {
+    Append(PendingAppend),
+    Dead(oneshot::Receiver<Result<(), BrokerError>>),
+}
+
 /// What a handler asks of the queue task.
 pub enum Command {
     Lease {
@@ -75,7 +82,7 @@ pub enum Command {
         lease: LeaseRef,
         retriable: bool,
         reason: String,
-        reply: oneshot::Sender<Result<(NackResponse, Option<PendingAppend>), BrokerError>>,
+        reply: oneshot::Sender<Result<(NackResponse, NackDurable), BrokerError>>,
     },
     Extend {
         lease: LeaseRef,
@@ -179,6 +186,8 @@ pub struct QueueActor {
     dlq_busy: bool,
     /// Round-robin start shard of the next lease.
     rr: usize,
+    /// Nacks waiting for their record's dead-lettering to be durable.
+    dead_waiters: HashMap<(u32, u64), oneshot::Sender<Result<(), BrokerError>>>,
 }
 
 const C_LEASED: usize = 0;
@@ -274,6 +283,7 @@ impl QueueActor {
             dlq_pending: std::collections::VecDeque::new(),
             dlq_busy: false,
             rr: 0,
+            dead_waiters: HashMap::new(),
         };
         // Heal: records in the dead-letter topic the state log does not call dead.
         let mut healed = Vec::new();
@@ -603,6 +613,7 @@ impl QueueActor {
 
     /// A record that cannot be read any more (retention deleted it) is done.
     fn lost(&mut self, s: u32, offset: u64, e: BrokerError) {
+        self.dead_waiters.remove(&(s, offset));
         tracing::warn!(group = %self.group, topic = %self.topic_name, shard = s, offset, error = %e,
             "record cannot be read any more; dropping it from the queue");
         self.shards[s as usize].mark_done(offset);
@@ -682,13 +693,22 @@ impl QueueActor {
         l: &LeaseRef,
         retriable: bool,
         reason: String,
-    ) -> Result<(NackResponse, Option<PendingAppend>), BrokerError> {
+    ) -> Result<(NackResponse, NackDurable), BrokerError> {
         if self.current(l).is_none() {
             return Err(unknown_lease(l));
         }
         self.counts[C_NACKED] += 1;
         self.metrics.nacked.fetch_add(1, Ordering::Relaxed);
-        self.fail(l.shard, l.offset, retriable, reason).await
+        let (resp, pending) = self.fail(l.shard, l.offset, retriable, reason).await?;
+        let durable = match pending {
+            Some(rx) => NackDurable::Append(rx),
+            None => {
+                let (tx, rx) = oneshot::channel();
+                self.dead_waiters.insert((l.shard, l.offset), tx);
+                NackDurable::Dead(rx)
+            }
+        };
+        Ok((resp, durable))
     }
 
     /// One failed delivery (nack or expired lease): schedule the retry or dead-letter.
@@ -830,15 +850,37 @@ impl QueueActor {
                             let name = dlq::dlq_name(&self.topic_name, &self.settings.dlq_suffix);
                             self.dlq = self.topics.get(&name).ok();
                         }
+                        let waiter = self.dead_waiters.remove(&(s, offset));
                         match self
                             .log
                             .append(&self.group, &self.topic_name, &[(s, ev)])
                             .await
                         {
-                            Ok(_) => {}
+                            Ok(rx) => {
+                                if let Some(w) = waiter {
+                                    tokio::spawn(async move {
+                                        let r = match rx.await {
+                                            Ok(Ok(_)) => Ok(()),
+                                            _ => Err(BrokerError::new(
+                                                ErrorCode::StorageError,
+                                                "dead-lettered, but not recorded durably",
+                                            )),
+                                        };
+                                        let _ = w.send(r);
+                                    });
+                                }
+                            }
                             // The record is in the dead-letter topic; the next start heals
                             // the missing DEAD event from its headers.
-                            Err(e) => tracing::error!(error = %e, "cannot record a dead-lettering"),
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot record a dead-lettering");
+                                if let Some(w) = waiter {
+                                    let _ = w.send(Err(BrokerError::new(
+                                        ErrorCode::StorageError,
+                                        e.to_string(),
+                                    )));
+                                }
+                            }
                         }
                         self.shards[s as usize].mark_done(offset);
                         self.counts[C_DEAD] += 1;
@@ -846,6 +888,7 @@ impl QueueActor {
                         tracing::debug!(group = %self.group, topic = %self.topic_name, shard = s, offset, failures, "dead-lettered");
                         self.shared.available.notify_waiters();
                     }
+                    Err(e) if e.code == ErrorCode::OffsetOutOfRange => self.lost(s, offset, e),
                     Err(e) => {
                         tracing::error!(group = %self.group, topic = %self.topic_name, shard = s, offset, error = %e,
                         "dead-letter write failed; trying again");

@@ -31,10 +31,13 @@ use weir_protocol::ErrorCode;
 
 use crate::config::Config;
 use crate::topics::{valid_name, BrokerError, TopicRegistry};
-use actor::{Command, QueueActor, QueueSettings, QueueShared};
+use actor::{Command, NackDurable, QueueActor, QueueSettings, QueueShared};
 use breaker::BreakerConfig;
 use retry::{Backoff, RetryPolicy};
 use state_log::{Recovered, StateLog};
+
+/// Longest a Nack waits for the dead-lettering it caused to become durable.
+pub const DEAD_LETTER_WAIT: Duration = Duration::from_secs(10);
 
 /// Broker-wide queue counters for `/metrics`.
 #[derive(Debug, Default)]
@@ -290,11 +293,13 @@ impl QueueManager {
         Ok(AckResponse { results })
     }
 
-    /// Nack: answers once the failure is durable (or the record is on its way to the
-    /// dead-letter topic).
+    /// Nack: answers once the failure is durable, or, when the record is
+    /// dead-lettered, once it is in the dead-letter topic and recorded as dead (at most
+    /// [`DEAD_LETTER_WAIT`]; after that the write goes on and the answer is
+    /// REQUEST_TIMED_OUT).
     pub async fn nack(&self, r: NackRequest) -> Result<NackResponse, BrokerError> {
         let q = self.queue(&r.group, &r.topic).await?;
-        let (resp, pending) = self
+        let (resp, durable) = self
             .ask(&q, |reply| Command::Nack {
                 lease: r.lease,
                 retriable: r.retriable != 0,
@@ -302,16 +307,27 @@ impl QueueManager {
                 reply,
             })
             .await??;
-        if let Some(rx) = pending {
-            match rx.await {
+        let not_durable = || {
+            BrokerError::new(
+                ErrorCode::StorageError,
+                "the failure could not be recorded durably",
+            )
+        };
+        match durable {
+            NackDurable::Append(rx) => match rx.await {
                 Ok(Ok(_)) => {}
-                _ => {
+                _ => return Err(not_durable()),
+            },
+            NackDurable::Dead(rx) => match tokio::time::timeout(DEAD_LETTER_WAIT, rx).await {
+                Ok(Ok(r)) => r?,
+                Ok(Err(_)) => return Err(not_durable()),
+                Err(_) => {
                     return Err(BrokerError::new(
-                        ErrorCode::StorageError,
-                        "the failure could not be recorded durably",
+                        ErrorCode::RequestTimedOut,
+                        "dead-lettering not confirmed in time; it is being retried",
                     ))
                 }
-            }
+            },
         }
         Ok(resp)
     }

@@ -98,7 +98,7 @@ wire_struct! {
 
 /// `NackResponse::outcome`: a retry is scheduled.
 pub const NACK_RETRY_SCHEDULED: u8 = 0;
-/// `NackResponse::outcome`: the record is going to the dead-letter topic.
+/// `NackResponse::outcome`: the record is in the dead-letter topic (durably).
 pub const NACK_DEAD_LETTERED: u8 = 1;
 
 wire_struct! {
