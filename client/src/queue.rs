@@ -326,7 +326,8 @@ impl Worker {
     }
 
     /// Longest a handler may run on one record; past it the record is nacked
-    /// (retriable) and the handler's future is dropped.
+    /// (retriable) and the handler's future is dropped. While a handler runs, its lease
+    /// is extended every half lease, so the timeout may be longer than the lease.
     pub fn timeout(mut self, d: Duration) -> Self {
         self.timeout = d;
         self
@@ -382,7 +383,7 @@ impl Worker {
                 let timeout = self.timeout;
                 tasks.spawn(async move {
                     let _permit = permit;
-                    let outcome = tokio::time::timeout(timeout, handler(m.clone())).await;
+                    let outcome = run_one(&consumer, &m, handler(m.clone()), timeout).await;
                     let settled = match outcome {
                         Ok(Ok(())) => {
                             stats.acked.fetch_add(1, Ordering::Relaxed);
@@ -407,5 +408,35 @@ impl Worker {
         }
         while tasks.join_next().await.is_some() {}
         Ok(())
+    }
+}
+
+/// Runs one handler future with the timeout, extending the record's lease every half
+/// lease while it runs. `Err(())` is a timeout.
+async fn run_one<Fut>(
+    consumer: &QueueConsumer,
+    m: &QueueMessage,
+    fut: Fut,
+    timeout: Duration,
+) -> std::result::Result<std::result::Result<(), HandlerError>, ()>
+where
+    Fut: Future<Output = std::result::Result<(), HandlerError>>,
+{
+    tokio::pin!(fut);
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    let half = (m.lease / 2).max(Duration::from_millis(10));
+    let mut extend_at = tokio::time::Instant::now() + half;
+    loop {
+        tokio::select! {
+            r = &mut fut => return Ok(r),
+            _ = &mut deadline => return Err(()),
+            _ = tokio::time::sleep_until(extend_at), if !m.lease.is_zero() => {
+                if let Err(e) = consumer.extend(m, m.lease).await {
+                    tracing::debug!(shard = m.shard, offset = m.offset, error = %e, "lease extension failed");
+                }
+                extend_at = tokio::time::Instant::now() + half;
+            }
+        }
     }
 }

@@ -892,3 +892,55 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
         .expect("http read");
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_extends_the_leases_of_handlers_that_outlive_them() {
+    use weir_client::Worker;
+    let broker = BrokerProcess::start_with_env(&RETRY_ENV);
+    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
+    Admin::new(client.clone())
+        .create_topic("long", 1, Default::default())
+        .await
+        .expect("create");
+    produce(
+        &client,
+        "long",
+        (0..3)
+            .map(|i| ProducerRecord::new("long", format!("l{i}")))
+            .collect(),
+    )
+    .await;
+    // Leases of 300 ms, handlers of 900 ms, timeout 3 s.
+    let worker = Worker::new(consumer(&client, "slow", "long", 300))
+        .concurrency([4, 4, 4, 4])
+        .timeout(Duration::from_secs(3));
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let seen = attempts.clone();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(worker.run(
+        move |m: QueueMessage| {
+            seen.lock().unwrap().push(m.attempt);
+            async move {
+                tokio::time::sleep(Duration::from_millis(900)).await;
+                Ok(())
+            }
+        },
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let q = consumer(&client, "slow", "long", 300);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let st = loop {
+        let st = q.status().await.expect("status");
+        if st.shards[0].ack_floor == 3 {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "{st:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = stop_tx.send(());
+    run.await.expect("join").expect("run");
+    assert_eq!(st.expired, 0, "no lease ran out: {st:?}");
+    assert_eq!(*attempts.lock().unwrap(), [1, 1, 1]);
+}
