@@ -167,10 +167,17 @@ impl Broker {
         let mut ticker_shutdown = shutdown_rx;
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let mut compact_tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
                     _ = ticker_shutdown.changed() => break,
                     _ = tick.tick() => ticker_state.groups.tick(),
+                    // Compacts the queue state log when it grew (in its own task: it
+                    // waits for flushes).
+                    _ = compact_tick.tick() => {
+                        let s = ticker_state.clone();
+                        tokio::spawn(async move { s.queues.maybe_compact().await });
+                    }
                 }
             }
         }));

@@ -107,6 +107,9 @@ pub struct Config {
     pub queue_breaker_half_open_pct: u32,
     /// Circuit breaker: closes when this percentage of half-open outcomes succeeded.
     pub queue_breaker_close_pct: u32,
+    /// Queue state log: start a new generation with a snapshot of every queue (and
+    /// delete the older ones) once the current one holds this many records.
+    pub queue_state_compact_records: u64,
 }
 
 /// Durability as written in config files: `none`, `interval` or `always`.
@@ -178,6 +181,7 @@ impl Default for Config {
             queue_breaker_open_ms: 30_000,
             queue_breaker_half_open_pct: 10,
             queue_breaker_close_pct: 90,
+            queue_state_compact_records: 1_000_000,
         }
     }
 }
@@ -326,6 +330,9 @@ impl Config {
             || self.queue_breaker_min_samples == 0
         {
             return bad("queue_breaker_*: window_ms >= 10, percentages in 0..=100 (half_open_pct 1..=100), min_samples > 0");
+        }
+        if self.queue_state_compact_records < 10 {
+            return bad("queue_state_compact_records must be at least 10");
         }
         Ok(())
     }

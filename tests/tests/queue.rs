@@ -944,3 +944,100 @@ async fn worker_extends_the_leases_of_handlers_that_outlive_them() {
     assert_eq!(st.expired, 0, "no lease ran out: {st:?}");
     assert_eq!(*attempts.lock().unwrap(), [1, 1, 1]);
 }
+
+/// Generation directories of the queue state log.
+fn state_generations(broker: &BrokerProcess) -> Vec<u64> {
+    let dir = broker.data_dir().join("internal").join("queue");
+    let mut g: Vec<u64> = std::fs::read_dir(dir)
+        .expect("state log dir")
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+        .collect();
+    g.sort_unstable();
+    g
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_log_compaction_keeps_acks_and_attempt_counts_across_crashes() {
+    let mut env = RETRY_ENV.to_vec();
+    env.push(("WEIR_QUEUE_STATE_COMPACT_RECORDS", "50"));
+    let mut broker = BrokerProcess::start_with_env(&env);
+    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
+    let admin = Admin::new(client.clone());
+    for t in ["compact", "other"] {
+        admin
+            .create_topic(t, 1, Default::default())
+            .await
+            .expect("create");
+    }
+    let records = |t: &'static str, n: usize| {
+        (0..n)
+            .map(move |i| ProducerRecord::new(t, format!("{t}{i}")).priority(4))
+            .collect::<Vec<_>>()
+    };
+    produce(&client, "compact", records("compact", 300)).await;
+    produce(&client, "other", records("other", 300)).await;
+
+    // Ack everything except every tenth record, which fails once.
+    let q = consumer(&client, "c", "compact", 60_000);
+    let mut settled = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while settled < 300 {
+        assert!(Instant::now() < deadline);
+        let msgs = q.fetch(50).await.expect("fetch");
+        let (fail, ok): (Vec<_>, Vec<_>) = msgs.into_iter().partition(|m| m.offset % 10 == 0);
+        for m in &fail {
+            q.nack(m, true, "once").await.expect("nack");
+        }
+        for r in q.ack_many(&ok).await.expect("ack") {
+            r.expect("acked");
+        }
+        settled += fail.len() + ok.len();
+    }
+    let wait_for_compaction = |broker: &BrokerProcess, above: u64| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let g = state_generations(broker);
+            if g.len() == 1 && g[0] > above {
+                return g[0];
+            }
+            assert!(Instant::now() < deadline, "no compaction: {g:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let first = wait_for_compaction(&broker, 1);
+
+    // Crash, then let another queue's traffic compact again while queue c is not
+    // open yet: its state must be carried over from the replay.
+    broker.kill9();
+    broker.restart();
+    let client = connect(&broker.addr(), Duration::from_secs(10)).await;
+    let other = consumer(&client, "o", "other", 60_000);
+    let mut n = 0;
+    while n < 300 {
+        let msgs = other.fetch(50).await.expect("fetch");
+        n += msgs.len();
+        other.ack_many(&msgs).await.expect("ack");
+    }
+    wait_for_compaction(&broker, first);
+    broker.kill9();
+    broker.restart();
+    let client = connect(&broker.addr(), Duration::from_secs(10)).await;
+    let q = consumer(&client, "c", "compact", 60_000);
+    let mut back = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while back.len() < 30 {
+        assert!(Instant::now() < deadline, "{} came back", back.len());
+        for m in q.fetch(50).await.expect("fetch") {
+            assert_eq!(m.offset % 10, 0, "acked record {} came back", m.offset);
+            assert_eq!(m.attempt, 2, "the failure was kept through compactions");
+            assert!(back.insert(m.offset), "{} twice", m.offset);
+        }
+    }
+    assert!(q.fetch(50).await.expect("fetch").is_empty());
+    let st = q.status().await.expect("status");
+    assert_eq!(
+        st.shards[0].ack_floor, 0,
+        "offset 0 is still pending: {st:?}"
+    );
+}

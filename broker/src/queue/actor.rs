@@ -92,6 +92,12 @@ pub enum Command {
     Status {
         reply: oneshot::Sender<QueueStatus>,
     },
+    /// Compaction: write this queue's whole state to `log` (durably), then write every
+    /// later event there.
+    Snapshot {
+        log: Arc<StateLog>,
+        reply: oneshot::Sender<Result<(), BrokerError>>,
+    },
 }
 
 /// Results of work the task handed to other tasks.
@@ -188,6 +194,8 @@ pub struct QueueActor {
     rr: usize,
     /// Nacks waiting for their record's dead-lettering to be durable.
     dead_waiters: HashMap<(u32, u64), oneshot::Sender<Result<(), BrokerError>>>,
+    /// Highest dead-letter offset recorded per dead-letter shard (for snapshots).
+    dlq_high: HashMap<u32, u64>,
 }
 
 const C_LEASED: usize = 0;
@@ -284,6 +292,7 @@ impl QueueActor {
             dlq_busy: false,
             rr: 0,
             dead_waiters: HashMap::new(),
+            dlq_high: dlq_high.clone(),
         };
         // Heal: records in the dead-letter topic the state log does not call dead.
         let mut healed = Vec::new();
@@ -319,6 +328,17 @@ impl QueueActor {
                 records = healed.len(),
                 "found dead-lettered records the state log did not record (crash between the two writes); recorded them as dead"
             );
+        }
+        for (_, ev) in &healed {
+            if let Event::Dead {
+                dlq_shard,
+                dlq_offset,
+                ..
+            } = ev
+            {
+                let h = actor.dlq_high.entry(*dlq_shard).or_insert(*dlq_offset);
+                *h = (*h).max(*dlq_offset);
+            }
         }
         floors.extend(healed);
         if !floors.is_empty() {
@@ -411,7 +431,74 @@ impl QueueActor {
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
             }
+            Command::Snapshot { log, reply } => {
+                let events = self.snapshot_events();
+                let r = log
+                    .append_all_durably(&self.group, &self.topic_name, &events)
+                    .await;
+                if r.is_ok() {
+                    self.log = log;
+                }
+                let _ = reply.send(r);
+            }
         }
+    }
+
+    /// Events that rebuild this queue's durable state (see `ShardRecovery::snapshot`).
+    fn snapshot_events(&self) -> Vec<(u32, Event)> {
+        let now = tokio::time::Instant::now();
+        let wall = now_ms();
+        let mut out = Vec::new();
+        for (i, sq) in self.shards.iter().enumerate() {
+            let s = i as u32;
+            out.push((s, Event::Floor { offset: sq.floor }));
+            for &offset in sq.done.iter().chain(&sq.recovered_done) {
+                out.push((s, Event::Ack { offset }));
+            }
+            for (&offset, e) in &sq.entries {
+                if e.failure.failures == 0 {
+                    continue;
+                }
+                let due_ms = match (&e.state, e.timer) {
+                    (EntryState::Waiting, Some(k)) => {
+                        wall + self
+                            .timers
+                            .deadline(&k)
+                            .saturating_duration_since(now)
+                            .as_millis() as i64
+                    }
+                    _ => wall,
+                };
+                out.push((
+                    s,
+                    Event::Fail {
+                        offset,
+                        failure: e.failure.clone(),
+                        due_ms,
+                    },
+                ));
+            }
+            for (&offset, (failure, due_ms)) in &sq.recovered_failed {
+                out.push((
+                    s,
+                    Event::Fail {
+                        offset,
+                        failure: failure.clone(),
+                        due_ms: *due_ms,
+                    },
+                ));
+            }
+        }
+        for (&dlq_shard, &dlq_offset) in &self.dlq_high {
+            out.push((
+                0,
+                Event::DlqHigh {
+                    dlq_shard,
+                    dlq_offset,
+                },
+            ));
+        }
+        out
     }
 
     fn lease_duration(&self, lease_ms: u32) -> Duration {
@@ -850,6 +937,8 @@ impl QueueActor {
                             let name = dlq::dlq_name(&self.topic_name, &self.settings.dlq_suffix);
                             self.dlq = self.topics.get(&name).ok();
                         }
+                        let high = self.dlq_high.entry(dlq_shard).or_insert(dlq_offset);
+                        *high = (*high).max(dlq_offset);
                         let waiter = self.dead_waiters.remove(&(s, offset));
                         match self
                             .log

@@ -36,6 +36,9 @@ use breaker::BreakerConfig;
 use retry::{Backoff, RetryPolicy};
 use state_log::{Recovered, StateLog};
 
+/// A queue's name and the events that rebuild its state.
+type QueueSnapshot = ((String, String), Vec<(u32, state_log::Event)>);
+
 /// Longest a Nack waits for the dead-lettering it caused to become durable.
 pub const DEAD_LETTER_WAIT: Duration = Duration::from_secs(10);
 
@@ -65,7 +68,15 @@ pub struct QueueManager {
     max_queues: usize,
     command_depth: usize,
     max_fetch_messages: u32,
-    log: Arc<StateLog>,
+    /// The state log generation new events go to.
+    log: RwLock<Arc<StateLog>>,
+    /// Older generations, replayed at start and deleted by the next compaction.
+    old_logs: tokio::sync::Mutex<Vec<Arc<StateLog>>>,
+    /// `<data_dir>/internal/queue`.
+    log_root: std::path::PathBuf,
+    /// Compact once the current generation holds this many records.
+    compact_records: u64,
+    compacting: tokio::sync::Mutex<()>,
     /// What the state log said at start, for queues not opened yet.
     recovered: Mutex<Recovered>,
     /// Open queues. Looked up on every request under a read lock held for a map
@@ -104,7 +115,9 @@ fn settings(config: &Config) -> Result<QueueSettings, BrokerError> {
 impl QueueManager {
     /// Opens the state log under the data directory and replays it.
     pub fn open(config: &Config, topics: Arc<TopicRegistry>) -> Result<QueueManager, BrokerError> {
-        let (log, recovered) = StateLog::open(&config.data_dir)?;
+        let (mut logs, recovered) = state_log::open_all(&config.data_dir)?;
+        let log = Arc::new(logs.pop().expect("open_all returns a generation"));
+        let old_logs = logs.into_iter().map(Arc::new).collect();
         // Lease ids are unique across restarts: they start at the clock in ms << 20.
         let seed = (crate::shard::writer::now_ms().max(1) as u64) << 20;
         Ok(QueueManager {
@@ -113,7 +126,11 @@ impl QueueManager {
             max_queues: config.queue_max_queues,
             command_depth: config.queue_command_depth,
             max_fetch_messages: config.queue_max_fetch_messages,
-            log: Arc::new(log),
+            log: RwLock::new(log),
+            old_logs: tokio::sync::Mutex::new(old_logs),
+            log_root: state_log::root(&config.data_dir),
+            compact_records: config.queue_state_compact_records,
+            compacting: tokio::sync::Mutex::new(()),
             recovered: Mutex::new(recovered),
             queues: RwLock::new(HashMap::new()),
             opening: tokio::sync::Mutex::new(()),
@@ -188,12 +205,16 @@ impl QueueManager {
                 ));
             }
         }
+        // Cloned, and removed only once the queue is open: a failed open must not
+        // forget what the state log said.
         let recovered = self
             .recovered
             .lock()
             .expect("recovered lock")
-            .remove(&key)
+            .get(&key)
+            .cloned()
             .unwrap_or_default();
+        let log = self.log.read().expect("log lock").clone();
         let shared = Arc::new(QueueShared {
             available: Notify::new(),
             breaker_state: AtomicU8::new(0),
@@ -204,7 +225,7 @@ impl QueueManager {
             self.topics.clone(),
             recovered,
             self.settings.clone(),
-            self.log.clone(),
+            log,
             shared.clone(),
             self.metrics.clone(),
             self.next_lease.clone(),
@@ -212,6 +233,7 @@ impl QueueManager {
         .await?;
         let (tx, rx) = mpsc::channel(self.command_depth.max(1));
         tokio::spawn(actor.run(rx));
+        self.recovered.lock().expect("recovered lock").remove(&key);
         let handle = Arc::new(QueueHandle { tx, shared });
         self.queues
             .write()
@@ -368,10 +390,81 @@ impl QueueManager {
         Ok(QueueStatusResponse { queues })
     }
 
+    /// Compacts the state log when its current generation has grown past
+    /// `queue_state_compact_records` (or older generations are left from a compaction
+    /// cut short). Called periodically; at most one runs at a time.
+    pub async fn maybe_compact(&self) {
+        let Ok(_running) = self.compacting.try_lock() else {
+            return;
+        };
+        let current = self.log.read().expect("log lock").clone();
+        let leftovers = !self.old_logs.lock().await.is_empty();
+        if current.records() < self.compact_records && !leftovers {
+            return;
+        }
+        match self.compact(current).await {
+            Ok(generation) => tracing::info!(generation, "queue state log compacted"),
+            Err(e) => tracing::warn!(error = %e, "queue state log compaction failed; will retry"),
+        }
+    }
+
+    /// Starts a new generation with a snapshot of every queue, then deletes the older
+    /// ones. A crash at any point leaves generations whose in-order replay is the
+    /// current state (see `state_log::open_all`).
+    async fn compact(&self, current: Arc<StateLog>) -> Result<u64, BrokerError> {
+        // No queue opens (with the old generation) while the snapshot is taken.
+        let _opening = self.opening.lock().await;
+        let next = Arc::new(StateLog::open_generation(
+            &self.log_root,
+            current.generation() + 1,
+        )?);
+        // Queues not opened since the start: their replayed state, as is.
+        let unopened: Vec<QueueSnapshot> = self
+            .recovered
+            .lock()
+            .expect("recovered lock")
+            .iter()
+            .map(|(k, shards)| {
+                let events = shards
+                    .iter()
+                    .flat_map(|(s, r)| r.snapshot().into_iter().map(move |e| (*s, e)))
+                    .collect();
+                (k.clone(), events)
+            })
+            .collect();
+        for ((group, topic), events) in unopened {
+            next.append_all_durably(&group, &topic, &events).await?;
+        }
+        // Open queues: each writes its snapshot and switches to the new generation.
+        let handles: Vec<Arc<QueueHandle>> = self
+            .queues
+            .read()
+            .expect("queues lock")
+            .values()
+            .cloned()
+            .collect();
+        for h in handles {
+            let log = next.clone();
+            self.ask(&h, |reply| Command::Snapshot { log, reply })
+                .await??;
+        }
+        *self.log.write().expect("log lock") = next.clone();
+        let mut old = self.old_logs.lock().await;
+        old.push(current);
+        for log in old.drain(..) {
+            log.retire().await?;
+        }
+        Ok(next.generation())
+    }
+
     /// Stops every queue task and closes the state log.
     pub async fn close(&self) {
         self.queues.write().expect("queues lock").clear();
-        self.log.close().await;
+        let current = self.log.read().expect("log lock").clone();
+        current.close().await;
+        for log in self.old_logs.lock().await.iter() {
+            log.close().await;
+        }
     }
 }
 
