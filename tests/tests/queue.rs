@@ -216,6 +216,34 @@ async fn failing_records_reach_the_dlq_after_their_attempts_with_backoff_and_hea
         listed.contains("boom-4") && listed.contains("boom-3"),
         "{listed}"
     );
+    let shown = weir(&broker, &["dlq", "show", "jobs", "--count", "1"]).await;
+    let first: serde_json::Value = serde_json::from_str(shown.lines().next().unwrap()).unwrap();
+    assert_eq!(first["headers"]["weir.dlq.source_topic"], "jobs", "{shown}");
+    assert_eq!(shown.lines().count(), 1);
+    // A filtered replay to another topic sends only what matches, and does not move
+    // the remembered position.
+    Admin::new(client.clone())
+        .create_topic("jobs-retry", 1, Default::default())
+        .await
+        .expect("create");
+    let filtered = weir(
+        &broker,
+        &[
+            "dlq",
+            "replay",
+            "jobs",
+            "--to",
+            "jobs-retry",
+            "--filter",
+            "error=boom-4",
+        ],
+    )
+    .await;
+    assert!(filtered.contains("replayed 1 of 2"), "{filtered}");
+    let retry = read_all(&client, "jobs-retry", 1, Duration::from_secs(5)).await;
+    assert_eq!(retry.len(), 1);
+    assert_eq!(retry[0].value.as_ref(), b"urgent");
+    assert!(header(&retry[0], "weir.replayed_from").is_some_and(|v| v.starts_with("jobs.dlq/0/")));
     let replayed = weir(&broker, &["dlq", "replay", "jobs"]).await;
     assert!(replayed.contains("replayed 2"), "{replayed}");
     let again = weir(&broker, &["dlq", "replay", "jobs"]).await;
