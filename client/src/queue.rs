@@ -319,7 +319,9 @@ impl Worker {
         }
     }
 
-    /// Most handlers running at once per class P0..P3 (each at least 1).
+    /// Most handlers running at once per class P0..P3 (each at least 1). The worker
+    /// holds at most the sum of these records at once; a record waiting for a slot of
+    /// its class keeps its lease (extended every half lease).
     pub fn concurrency(mut self, per_class: [usize; CLASS_COUNT]) -> Self {
         self.concurrency = per_class.map(|c| c.max(1));
         self
@@ -351,38 +353,50 @@ impl Worker {
             .iter()
             .map(|&n| Arc::new(Semaphore::new(n)))
             .collect();
+        // Records held at once (running or waiting for a slot of their class): the
+        // sum of the class limits. Bounds memory and leases held.
+        let held = Arc::new(Semaphore::new(self.concurrency.iter().sum()));
         let mut tasks = tokio::task::JoinSet::new();
         tokio::pin!(stop);
         loop {
             while tasks.try_join_next().is_some() {}
-            // Ask for as many records as there are free handler slots (at least one).
-            let free: usize = slots.iter().map(|s| s.available_permits()).sum();
+            let first = tokio::select! {
+                _ = &mut stop => break,
+                p = held.clone().acquire_owned() => p.map_err(|_| ClientError::Closed)?,
+            };
+            let mut permits = vec![first];
+            while let Ok(p) = held.clone().try_acquire_owned() {
+                permits.push(p);
+            }
             let fetched = tokio::select! {
                 _ = &mut stop => break,
-                r = self.consumer.fetch(free.max(1) as u32) => r,
+                r = self.consumer.fetch(permits.len() as u32) => r,
             };
             let msgs = match fetched {
                 Ok(m) => m,
                 Err(e) if e.is_retriable() => {
                     tracing::debug!(error = %e, "queue fetch failed; retrying");
+                    drop(permits);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
                 Err(e) => return Err(e),
             };
             for m in msgs {
+                let Some(held_permit) = permits.pop() else {
+                    break;
+                };
                 let slot = slots[m.class.index()].clone();
-                // Waits for a free slot of the record's class (its lease keeps running).
-                let permit = slot
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| ClientError::Closed)?;
                 let handler = handler.clone();
                 let consumer = self.consumer.clone();
                 let stats = self.stats.clone();
                 let timeout = self.timeout;
                 tasks.spawn(async move {
-                    let _permit = permit;
+                    let _held = held_permit;
+                    // A slot of the record's class; its lease is kept while it waits.
+                    let Some(_slot) = wait_for_slot(&consumer, &m, slot).await else {
+                        return;
+                    };
                     let outcome = run_one(&consumer, &m, handler(m.clone()), timeout).await;
                     let settled = match outcome {
                         Ok(Ok(())) => {
@@ -436,6 +450,27 @@ where
                     tracing::debug!(shard = m.shard, offset = m.offset, error = %e, "lease extension failed");
                 }
                 extend_at = tokio::time::Instant::now() + half;
+            }
+        }
+    }
+}
+
+/// Waits for a handler slot, extending the record's lease every half lease meanwhile.
+async fn wait_for_slot(
+    consumer: &QueueConsumer,
+    m: &QueueMessage,
+    slot: Arc<Semaphore>,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let acquire = slot.acquire_owned();
+    tokio::pin!(acquire);
+    let half = (m.lease / 2).max(Duration::from_millis(10));
+    loop {
+        tokio::select! {
+            p = &mut acquire => return p.ok(),
+            _ = tokio::time::sleep(half), if !m.lease.is_zero() => {
+                if let Err(e) = consumer.extend(m, m.lease).await {
+                    tracing::debug!(shard = m.shard, offset = m.offset, error = %e, "lease extension failed");
+                }
             }
         }
     }
