@@ -1069,3 +1069,50 @@ async fn state_log_compaction_keeps_acks_and_attempt_counts_across_crashes() {
         "offset 0 is still pending: {st:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_name_is_either_a_queue_or_a_stream() {
+    let broker = BrokerProcess::start_with_env(&RETRY_ENV);
+    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
+    Admin::new(client.clone())
+        .create_topic("mixed", 1, Default::default())
+        .await
+        .expect("create");
+    produce(&client, "mixed", vec![ProducerRecord::new("mixed", "m")]).await;
+    // Queue first: joining it as a streaming group is refused.
+    let q = consumer(&client, "as-queue", "mixed", 5000);
+    assert_eq!(q.fetch(1).await.expect("fetch").len(), 1);
+    let mut stream = weir_client::Consumer::builder(&client)
+        .group("as-queue")
+        .topic("mixed")
+        .build()
+        .expect("consumer");
+    let err = stream
+        .poll(1, Duration::from_millis(200))
+        .await
+        .expect_err("a queue group cannot join as a stream");
+    assert_eq!(err.code(), Some(ErrorCode::NotQueueGroup), "{err}");
+    // Stream first: leasing as a queue is refused while it has members.
+    let mut stream = weir_client::Consumer::builder(&client)
+        .group("as-stream")
+        .topic("mixed")
+        .build()
+        .expect("consumer");
+    stream
+        .poll(1, Duration::from_millis(200))
+        .await
+        .expect("poll");
+    let err = consumer(&client, "as-stream", "mixed", 5000)
+        .fetch(1)
+        .await
+        .expect_err("a streaming group cannot lease");
+    assert_eq!(err.code(), Some(ErrorCode::NotQueueGroup), "{err}");
+    assert_eq!(
+        consumer(&client, "", "mixed", 5000)
+            .fetch(1)
+            .await
+            .expect_err("empty group")
+            .code(),
+        Some(ErrorCode::InvalidGroupName)
+    );
+}
