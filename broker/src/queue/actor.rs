@@ -34,6 +34,10 @@ use crate::topics::{BrokerError, Topic, TopicRegistry};
 
 /// Bytes read from a shard per look for new records.
 const READ_BYTES: usize = 256 * 1024;
+/// Most records taken for one dead-letter write.
+const DLQ_BATCH_RECORDS: usize = 256;
+/// Bytes after which a dead-letter write starts another append.
+const DLQ_APPEND_BYTES: usize = 1 << 20;
 /// Delay before a failed dead-letter write is tried again.
 const DLQ_RETRY: Duration = Duration::from_secs(1);
 
@@ -102,11 +106,20 @@ pub enum Command {
 
 /// Results of work the task handed to other tasks.
 enum Internal {
-    DeadWritten {
-        shard: u32,
-        offset: u64,
-        result: Result<(u32, u64), BrokerError>,
-    },
+    DeadWritten(DeadLettered),
+}
+
+/// How a dead-letter write of records of source shard `shard` ended.
+struct DeadLettered {
+    shard: u32,
+    dlq_shard: u32,
+    /// (source offset, dead-letter offset) of the records durably written.
+    written: Vec<(u64, u64)>,
+    /// Records not written because of `error`; tried again after [`DLQ_RETRY`].
+    failed: Vec<u64>,
+    /// Records that cannot be read any more (deleted by retention).
+    lost: Vec<(u64, BrokerError)>,
+    error: Option<BrokerError>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -867,17 +880,39 @@ impl QueueActor {
         ))
     }
 
-    /// Writes the next waiting record to the dead-letter topic in another task; the
-    /// DEAD event follows in [`QueueActor::on_internal`] once that write is durable.
+    /// Writes waiting records to the dead-letter topic in another task: up to
+    /// [`DLQ_BATCH_RECORDS`] records of one source shard in one durable append (one
+    /// flush for all). Their DEAD events follow in one state-log batch in
+    /// [`QueueActor::on_internal`] once that write is durable, before the next write
+    /// starts.
     fn pump_dead_letters(&mut self) {
         if self.dlq_busy {
             return;
         }
-        let Some((s, offset)) = self.dlq_pending.pop_front() else {
+        let Some(&(s, _)) = self.dlq_pending.front() else {
             return;
         };
+        let mut take = Vec::new();
+        let mut rest = std::collections::VecDeque::with_capacity(self.dlq_pending.len());
+        for (ps, po) in self.dlq_pending.drain(..) {
+            if ps == s && take.len() < DLQ_BATCH_RECORDS {
+                take.push(po);
+            } else {
+                rest.push_back((ps, po));
+            }
+        }
+        self.dlq_pending = rest;
+        let items: Vec<(u64, Failure)> = take
+            .into_iter()
+            .filter_map(|o| {
+                let e = self.shards[s as usize].entries.get(&o)?;
+                matches!(e.state, EntryState::Dying).then(|| (o, e.failure.clone()))
+            })
+            .collect();
+        if items.is_empty() {
+            return self.pump_dead_letters();
+        }
         self.dlq_busy = true;
-        let failure = self.shards[s as usize].entries[&offset].failure.clone();
         let topic = self.topic.clone();
         let topics = self.topics.clone();
         let group = self.group.clone();
@@ -886,101 +921,106 @@ impl QueueActor {
         let tx = self.internal_tx.clone();
         let cached = self.dlq.clone();
         tokio::spawn(async move {
-            let result = async {
-                let rec = read_record(&topic, s, offset)?;
-                let dlq = match cached {
-                    Some(d) => d,
-                    None => {
-                        dlq::ensure_topic(&topics, &name, topic.shards.len() as u32, retention)
-                            .await?
-                    }
-                };
-                let ds = dlq::dlq_shard(&dlq, s);
-                let (batch, header) = dlq::build_batch(&group, &topic.name, s, &rec, &failure)?;
-                let out = dlq
-                    .shard(ds)?
-                    .append(vec![batch], vec![header], true)
-                    .await
-                    .map_err(|e| BrokerError::new(ErrorCode::StorageError, e.to_string()))?;
-                Ok((ds, out.base_offset))
-            }
-            .await;
-            let _ = tx.send(Internal::DeadWritten {
+            let mut done = DeadLettered {
                 shard: s,
-                offset,
-                result,
-            });
+                dlq_shard: 0,
+                written: Vec::new(),
+                failed: Vec::new(),
+                lost: Vec::new(),
+                error: None,
+            };
+            let dlq = match cached {
+                Some(d) => Ok(d),
+                None => {
+                    dlq::ensure_topic(&topics, &name, topic.shards.len() as u32, retention).await
+                }
+            };
+            let dlq = match dlq {
+                Ok(d) => d,
+                Err(e) => {
+                    done.failed = items.iter().map(|(o, _)| *o).collect();
+                    done.error = Some(e);
+                    let _ = tx.send(Internal::DeadWritten(done));
+                    return;
+                }
+            };
+            done.dlq_shard = dlq::dlq_shard(&dlq, s);
+            // Appends of at most DLQ_APPEND_BYTES (at least one record each), one after
+            // the other; the first failure stops the rest.
+            let mut at = 0;
+            while at < items.len() && done.error.is_none() {
+                let (mut batches, mut headers, mut offsets, mut bytes) =
+                    (Vec::new(), Vec::new(), Vec::new(), 0usize);
+                while at < items.len() && (batches.is_empty() || bytes < DLQ_APPEND_BYTES) {
+                    let (offset, failure) = &items[at];
+                    at += 1;
+                    let built = read_record(&topic, s, *offset)
+                        .and_then(|rec| dlq::build_batch(&group, &topic.name, s, &rec, failure));
+                    match built {
+                        Ok((batch, header)) => {
+                            bytes += batch.len();
+                            batches.push(batch);
+                            headers.push(header);
+                            offsets.push(*offset);
+                        }
+                        Err(e) if e.code == ErrorCode::OffsetOutOfRange => {
+                            done.lost.push((*offset, e))
+                        }
+                        Err(e) => {
+                            done.failed.push(*offset);
+                            done.error = Some(e);
+                            break;
+                        }
+                    }
+                }
+                if batches.is_empty() {
+                    continue;
+                }
+                let appended = match dlq.shard(done.dlq_shard) {
+                    Ok(shard) => shard
+                        .append(batches, headers, true)
+                        .await
+                        .map_err(|e| BrokerError::new(ErrorCode::StorageError, e.to_string())),
+                    Err(e) => Err(e),
+                };
+                match appended {
+                    // One record per batch: the i-th landed at base + i.
+                    Ok(out) => done.written.extend(
+                        offsets
+                            .iter()
+                            .enumerate()
+                            .map(|(i, o)| (*o, out.base_offset + i as u64)),
+                    ),
+                    Err(e) => {
+                        done.failed.extend(offsets);
+                        done.error = Some(e);
+                    }
+                }
+            }
+            done.failed.extend(items[at..].iter().map(|(o, _)| *o));
+            let _ = tx.send(Internal::DeadWritten(done));
         });
     }
 
     async fn on_internal(&mut self, msg: Internal) {
         match msg {
-            Internal::DeadWritten {
-                shard: s,
-                offset,
-                result,
-            } => {
+            Internal::DeadWritten(done) => {
                 self.dlq_busy = false;
-                match result {
-                    Ok((dlq_shard, dlq_offset)) => {
-                        let failures = self.shards[s as usize]
-                            .entries
-                            .get(&offset)
-                            .map_or(0, |e| e.failure.failures);
-                        let ev = Event::Dead {
-                            offset,
-                            failures,
-                            dlq_shard,
-                            dlq_offset,
-                        };
-                        if self.dlq.is_none() {
-                            let name = dlq::dlq_name(&self.topic_name, &self.settings.dlq_suffix);
-                            self.dlq = self.topics.get(&name).ok();
-                        }
-                        let high = self.dlq_high.entry(dlq_shard).or_insert(dlq_offset);
-                        *high = (*high).max(dlq_offset);
-                        let waiter = self.dead_waiters.remove(&(s, offset));
-                        match self
-                            .log
-                            .append(&self.group, &self.topic_name, &[(s, ev)])
-                            .await
-                        {
-                            Ok(rx) => {
-                                if let Some(w) = waiter {
-                                    tokio::spawn(async move {
-                                        let r = match rx.await {
-                                            Ok(Ok(_)) => Ok(()),
-                                            _ => Err(BrokerError::new(
-                                                ErrorCode::StorageError,
-                                                "dead-lettered, but not recorded durably",
-                                            )),
-                                        };
-                                        let _ = w.send(r);
-                                    });
-                                }
-                            }
-                            // The record is in the dead-letter topic; the next start heals
-                            // the missing DEAD event from its headers.
-                            Err(e) => {
-                                tracing::error!(error = %e, "cannot record a dead-lettering");
-                                if let Some(w) = waiter {
-                                    let _ = w.send(Err(BrokerError::new(
-                                        ErrorCode::StorageError,
-                                        e.to_string(),
-                                    )));
-                                }
-                            }
-                        }
-                        self.shards[s as usize].mark_done(offset);
-                        self.counts[C_DEAD] += 1;
-                        self.metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(group = %self.group, topic = %self.topic_name, shard = s, offset, failures, "dead-lettered");
-                        self.shared.available.notify_waiters();
+                let s = done.shard;
+                for (offset, e) in done.lost {
+                    self.lost(s, offset, e);
+                }
+                if !done.written.is_empty() {
+                    if self.dlq.is_none() {
+                        let name = dlq::dlq_name(&self.topic_name, &self.settings.dlq_suffix);
+                        self.dlq = self.topics.get(&name).ok();
                     }
-                    Err(e) if e.code == ErrorCode::OffsetOutOfRange => self.lost(s, offset, e),
-                    Err(e) => {
-                        tracing::error!(group = %self.group, topic = %self.topic_name, shard = s, offset, error = %e,
-                        "dead-letter write failed; trying again");
+                    self.record_dead(s, done.dlq_shard, &done.written).await;
+                }
+                if let Some(e) = done.error {
+                    tracing::error!(group = %self.group, topic = %self.topic_name, shard = s,
+                        records = done.failed.len(), error = %e, "dead-letter write failed; trying again");
+                    for offset in done.failed {
                         if let Some(en) = self.shards[s as usize].entries.get_mut(&offset) {
                             let key = self.timers.insert((s, offset, Timer::DlqRetry), DLQ_RETRY);
                             en.timer = Some(key);
@@ -990,6 +1030,73 @@ impl QueueActor {
                 self.pump_dead_letters();
             }
         }
+    }
+
+    /// Appends the DEAD events of records now durably in the dead-letter topic (one
+    /// state-log batch, in dead-letter offset order), marks them done, and answers the
+    /// nacks waiting for them once the events are durable.
+    async fn record_dead(&mut self, s: u32, dlq_shard: u32, written: &[(u64, u64)]) {
+        let mut events = Vec::with_capacity(written.len());
+        for &(offset, dlq_offset) in written {
+            let failures = self.shards[s as usize]
+                .entries
+                .get(&offset)
+                .map_or(0, |e| e.failure.failures);
+            events.push((
+                s,
+                Event::Dead {
+                    offset,
+                    failures,
+                    dlq_shard,
+                    dlq_offset,
+                },
+            ));
+            let high = self.dlq_high.entry(dlq_shard).or_insert(dlq_offset);
+            *high = (*high).max(dlq_offset);
+        }
+        let waiters: Vec<_> = written
+            .iter()
+            .filter_map(|(o, _)| self.dead_waiters.remove(&(s, *o)))
+            .collect();
+        match self
+            .log
+            .append(&self.group, &self.topic_name, &events)
+            .await
+        {
+            Ok(rx) => {
+                tokio::spawn(async move {
+                    let ok = matches!(rx.await, Ok(Ok(_)));
+                    for w in waiters {
+                        let _ = w.send(if ok {
+                            Ok(())
+                        } else {
+                            Err(BrokerError::new(
+                                ErrorCode::StorageError,
+                                "dead-lettered, but not recorded durably",
+                            ))
+                        });
+                    }
+                });
+            }
+            // The records are in the dead-letter topic; the next start heals the
+            // missing DEAD events from their headers.
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record dead-letterings");
+                for w in waiters {
+                    let _ = w.send(Err(BrokerError::new(
+                        ErrorCode::StorageError,
+                        e.to_string(),
+                    )));
+                }
+            }
+        }
+        for &(offset, _) in written {
+            self.shards[s as usize].mark_done(offset);
+            self.counts[C_DEAD] += 1;
+            self.metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::debug!(group = %self.group, topic = %self.topic_name, shard = s, records = written.len(), "dead-lettered");
+        self.shared.available.notify_waiters();
     }
 
     async fn on_timer(&mut self, s: u32, offset: u64, timer: Timer) {
