@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::groups::{Coordinator, OffsetStore};
 use crate::producer_ids::ProducerIds;
+use crate::queue::QueueManager;
 use crate::topics::TopicRegistry;
 
 /// Counters exported on `/metrics`.
@@ -41,6 +42,8 @@ pub struct BrokerState {
     pub shutdown: watch::Receiver<bool>,
     /// Backpressure, quotas and load shedding.
     pub flow: Arc<crate::flow::FlowControl>,
+    /// Queue mode of consumer groups (leases, retries, dead letters, breakers).
+    pub queues: QueueManager,
 }
 
 impl BrokerState {
@@ -61,6 +64,24 @@ impl BrokerState {
         ];
         for (name, v) in counters {
             let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+        }
+        let q = &self.queues.metrics;
+        let queue_counters = [
+            ("weir_queue_leased_total", &q.leased),
+            ("weir_queue_acked_total", &q.acked),
+            ("weir_queue_nacked_total", &q.nacked),
+            ("weir_queue_lease_expired_total", &q.expired),
+            ("weir_queue_redelivered_total", &q.redelivered),
+            ("weir_queue_dead_lettered_total", &q.dead_lettered),
+        ];
+        for (name, v) in queue_counters {
+            let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+        }
+        for (group, topic, state) in self.queues.breaker_states() {
+            let _ = writeln!(
+                out,
+                "weir_queue_breaker_state{{group=\"{group}\",topic=\"{topic}\"}} {state}"
+            );
         }
         let _ = writeln!(
             out,
@@ -123,16 +144,17 @@ impl Broker {
         let config = Arc::new(config);
         std::fs::create_dir_all(&config.data_dir)?;
         let open_config = config.clone();
-        let (topics, offsets, producer_ids) = tokio::task::spawn_blocking(move || {
+        let (topics, offsets, producer_ids, queues) = tokio::task::spawn_blocking(move || {
             let topics = Arc::new(TopicRegistry::open(open_config.clone())?);
             let offsets = OffsetStore::open(&open_config.data_dir)?;
+            let queues = QueueManager::open(&open_config, topics.clone())?;
             let producer_ids = ProducerIds::open(open_config.data_dir.clone()).map_err(|e| {
                 crate::topics::BrokerError::new(
                     weir_protocol::ErrorCode::StorageError,
                     e.to_string(),
                 )
             })?;
-            Ok::<_, crate::topics::BrokerError>((topics, offsets, producer_ids))
+            Ok::<_, crate::topics::BrokerError>((topics, offsets, producer_ids, queues))
         })
         .await??;
         let listener = TcpListener::bind(config.listen).await?;
@@ -156,6 +178,7 @@ impl Broker {
             started: Instant::now(),
             metrics: Metrics::default(),
             shutdown: shutdown_rx.clone(),
+            queues,
         });
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(crate::server::serve(
@@ -172,12 +195,19 @@ impl Broker {
         let mut ticker_shutdown = shutdown_rx;
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let mut compact_tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
                     _ = ticker_shutdown.changed() => break,
                     _ = tick.tick() => {
                         ticker_state.groups.tick();
                         ticker_state.flow.tick();
+                    }
+                    // Compacts the queue state log when it grew (in its own task: it
+                    // waits for flushes).
+                    _ = compact_tick.tick() => {
+                        let s = ticker_state.clone();
+                        tokio::spawn(async move { s.queues.maybe_compact().await });
                     }
                 }
             }
@@ -214,6 +244,7 @@ impl Broker {
         for t in self.tasks {
             let _ = t.await;
         }
+        self.state.queues.close().await;
         self.state.topics.close().await;
         self.state.offsets.close().await;
         tracing::info!("weir broker stopped");

@@ -6,6 +6,7 @@
 //! start-up, never silently ignored.
 
 use std::net::SocketAddr;
+use std::ops::Not;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -111,6 +112,51 @@ pub struct Config {
     pub quota_max_delay_ms: u64,
     /// Per-client quotas (`[[quota_clients]]` tables; config file only).
     pub quota_clients: Vec<QuotaClientConfig>,
+    /// Queue mode: lease length when a QueueFetch gives none.
+    pub queue_default_lease_ms: u32,
+    /// Queue mode: longest lease a QueueFetch or ExtendLease may ask for.
+    pub queue_max_lease_ms: u32,
+    /// Queue mode: most offsets between a shard's ack floor and the next record to
+    /// read (leased, waiting for a retry, or done above the floor). When full, no new
+    /// record of that shard is leased until the floor moves. Bounds memory per shard.
+    pub queue_max_unacked_per_shard: u32,
+    /// Queue mode: most queues (group, topic) one broker serves.
+    pub queue_max_queues: usize,
+    /// Queue mode: requests waiting for one queue's task.
+    pub queue_command_depth: usize,
+    /// Queue mode: most records one QueueFetch returns.
+    pub queue_max_fetch_messages: u32,
+    /// Retry policy per class P0..P3: deliveries in total before dead-lettering.
+    pub retry_max_attempts: Vec<u32>,
+    /// Retry policy per class: `fixed`, `linear` or `exponential`.
+    pub retry_backoff: Vec<String>,
+    /// Retry policy per class: base delay.
+    pub retry_base_delay_ms: Vec<u64>,
+    /// Retry policy per class: longest delay.
+    pub retry_max_delay_ms: Vec<u64>,
+    /// Retry policy per class: ± jitter in percent of the delay.
+    pub retry_jitter_pct: Vec<u32>,
+    /// Dead-letter topic of topic T: T followed by this suffix.
+    pub dlq_suffix: String,
+    /// Retention of dead-letter topics created by the broker.
+    pub dlq_retention_ms: u64,
+    /// Circuit breaker of each queue: on or off.
+    pub queue_breaker_enabled: bool,
+    /// Circuit breaker: sliding window of outcomes.
+    pub queue_breaker_window_ms: u64,
+    /// Circuit breaker: opens when failures exceed this percentage of the window...
+    pub queue_breaker_failure_pct: u32,
+    /// ...with at least this many outcomes; also the half-open sample size.
+    pub queue_breaker_min_samples: u32,
+    /// Circuit breaker: how long it stays open.
+    pub queue_breaker_open_ms: u64,
+    /// Circuit breaker: percentage of requested records leased while half-open.
+    pub queue_breaker_half_open_pct: u32,
+    /// Circuit breaker: closes when this percentage of half-open outcomes succeeded.
+    pub queue_breaker_close_pct: u32,
+    /// Queue state log: start a new generation with a snapshot of every queue (and
+    /// delete the older ones) once the current one holds this many records.
+    pub queue_state_compact_records: u64,
 }
 
 /// One `[[quota_clients]]` table: a client id's quota. Omitted limits are 0 (none).
@@ -193,6 +239,30 @@ impl Default for Config {
             quota_default_max_queued_bytes: 0,
             quota_max_delay_ms: 1000,
             quota_clients: Vec::new(),
+            queue_default_lease_ms: 30_000,
+            queue_max_lease_ms: 12 * 3600 * 1000,
+            queue_max_unacked_per_shard: 10_000,
+            queue_max_queues: 1000,
+            queue_command_depth: 1024,
+            queue_max_fetch_messages: 1000,
+            // P0 critical, P1 standard, P2 and P3 batch.
+            retry_max_attempts: vec![5, 3, 2, 2],
+            retry_backoff: ["exponential", "linear", "fixed", "fixed"]
+                .map(String::from)
+                .to_vec(),
+            retry_base_delay_ms: vec![500, 5000, 30_000, 30_000],
+            retry_max_delay_ms: vec![5000, 10_000, 30_000, 30_000],
+            retry_jitter_pct: vec![10, 10, 10, 10],
+            dlq_suffix: ".dlq".to_string(),
+            dlq_retention_ms: 7 * 24 * 3600 * 1000,
+            queue_breaker_enabled: true,
+            queue_breaker_window_ms: 60_000,
+            queue_breaker_failure_pct: 50,
+            queue_breaker_min_samples: 20,
+            queue_breaker_open_ms: 30_000,
+            queue_breaker_half_open_pct: 10,
+            queue_breaker_close_pct: 90,
+            queue_state_compact_records: 1_000_000,
         }
     }
 }
@@ -247,7 +317,20 @@ impl Config {
                     .parse::<bool>()
                     .map(toml::Value::Boolean)
                     .map_err(|_| ConfigError::Invalid(format!("{name}={value}: not a boolean")))?,
-                // Lists are written comma-separated: WEIR_PRIORITY_CLASS_WEIGHTS=8,4,2,1.
+                // Lists are written comma-separated: WEIR_PRIORITY_CLASS_WEIGHTS=8,4,2,1;
+                // lists of words the same way: WEIR_RETRY_BACKOFF=fixed,linear,fixed,fixed.
+                toml::Value::Array(items)
+                    if items
+                        .first()
+                        .is_some_and(|v| matches!(v, toml::Value::String(_))) =>
+                {
+                    toml::Value::Array(
+                        value
+                            .split(',')
+                            .map(|v| toml::Value::String(v.trim().to_string()))
+                            .collect(),
+                    )
+                }
                 toml::Value::Array(_) => toml::Value::Array(
                     value
                         .split(',')
@@ -305,6 +388,35 @@ impl Config {
                 .any(|&w| w == 0 || w > 1000)
         {
             return bad("priority_class_weights must be 4 weights in 1..=1000");
+        }
+        self.retry_policies()?;
+        if self.queue_default_lease_ms == 0 || self.queue_default_lease_ms > self.queue_max_lease_ms
+        {
+            return bad("queue_default_lease_ms must be in 1..=queue_max_lease_ms");
+        }
+        if self.queue_max_unacked_per_shard == 0
+            || self.queue_max_queues == 0
+            || self.queue_command_depth == 0
+            || self.queue_max_fetch_messages == 0
+        {
+            return bad("queue_max_unacked_per_shard, queue_max_queues, queue_command_depth and queue_max_fetch_messages must be > 0");
+        }
+        if crate::topics::valid_name(&format!("x{}", self.dlq_suffix)).not()
+            || self.dlq_suffix.is_empty()
+        {
+            return bad("dlq_suffix must be non-empty and use only [A-Za-z0-9._-]");
+        }
+        if self.queue_breaker_window_ms < 10
+            || self.queue_breaker_failure_pct > 100
+            || self.queue_breaker_half_open_pct == 0
+            || self.queue_breaker_half_open_pct > 100
+            || self.queue_breaker_close_pct > 100
+            || self.queue_breaker_min_samples == 0
+        {
+            return bad("queue_breaker_*: window_ms >= 10, percentages in 0..=100 (half_open_pct 1..=100), min_samples > 0");
+        }
+        if self.queue_state_compact_records < 10 {
+            return bad("queue_state_compact_records must be at least 10");
         }
         if self.priority_aging_ms.len() != CLASS_COUNT
             || self
@@ -403,6 +515,55 @@ impl Config {
             .collect()
     }
 
+    /// The retry policies of P0..P3 these settings describe.
+    pub fn retry_policies(
+        &self,
+    ) -> Result<[crate::queue::retry::RetryPolicy; CLASS_COUNT], ConfigError> {
+        let bad = |m: String| ConfigError::Invalid(m);
+        if self.retry_max_attempts.len() != CLASS_COUNT
+            || self.retry_backoff.len() != CLASS_COUNT
+            || self.retry_base_delay_ms.len() != CLASS_COUNT
+            || self.retry_max_delay_ms.len() != CLASS_COUNT
+            || self.retry_jitter_pct.len() != CLASS_COUNT
+        {
+            return Err(bad(
+                "retry_* settings must each hold 4 values (P0..P3)".into()
+            ));
+        }
+        let mut out = Vec::with_capacity(CLASS_COUNT);
+        for i in 0..CLASS_COUNT {
+            let backoff = crate::queue::parse_backoff(&self.retry_backoff[i]).ok_or_else(|| {
+                bad(format!(
+                    "retry_backoff[{i}] = {:?}: use fixed, linear or exponential",
+                    self.retry_backoff[i]
+                ))
+            })?;
+            let (attempts, base, max, jitter) = (
+                self.retry_max_attempts[i],
+                self.retry_base_delay_ms[i],
+                self.retry_max_delay_ms[i],
+                self.retry_jitter_pct[i],
+            );
+            if !(1..=1000).contains(&attempts) {
+                return Err(bad(format!(
+                    "retry_max_attempts[{i}] = {attempts}: use 1..=1000"
+                )));
+            }
+            if base > max || max > 24 * 3600 * 1000 {
+                return Err(bad(format!(
+                    "retry delays of P{i}: base {base} ms must be <= max {max} ms <= 1 day"
+                )));
+            }
+            if jitter > 100 {
+                return Err(bad(format!(
+                    "retry_jitter_pct[{i}] = {jitter}: use 0..=100"
+                )));
+            }
+            out.push(crate::queue::policy(attempts, backoff, base, max, jitter));
+        }
+        Ok(out.try_into().expect("4 policies"))
+    }
+
     /// The priority → class map these settings describe.
     pub fn class_map(&self) -> Result<ClassMap, ConfigError> {
         let bounds: [u8; CLASS_COUNT - 1] = self
@@ -489,6 +650,41 @@ mod tests {
         }
         std::fs::write(&path, "[[quota_clients]]\nclient_id = \"\"\n").unwrap();
         assert!(Config::load(Some(&path), vec![]).is_err());
+    }
+
+    #[test]
+    fn retry_settings_parse_from_env_lists_and_bad_ones_are_refused() {
+        use crate::queue::retry::Backoff;
+        let p = Config::default().retry_policies().unwrap();
+        // The documented defaults: P0 critical, P1 standard, P2/P3 batch.
+        assert_eq!((p[0].max_attempts, p[0].backoff), (5, Backoff::Exponential));
+        assert_eq!(p[0].max.as_millis(), 5000);
+        assert_eq!((p[1].max_attempts, p[1].backoff), (3, Backoff::Linear));
+        assert_eq!(p[1].max.as_millis(), 10_000);
+        assert_eq!((p[3].max_attempts, p[3].backoff), (2, Backoff::Fixed));
+        assert_eq!(p[3].base.as_millis(), 30_000);
+        let env = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        let c = Config::load(
+            None,
+            env("WEIR_RETRY_BACKOFF", "fixed, linear,fixed,exponential"),
+        )
+        .unwrap();
+        assert_eq!(c.retry_policies().unwrap()[3].backoff, Backoff::Exponential);
+        let c = Config::load(None, env("WEIR_QUEUE_BREAKER_ENABLED", "false")).unwrap();
+        assert!(!c.queue_breaker_enabled);
+        for (k, v) in [
+            ("WEIR_RETRY_BACKOFF", "fixed,linear,fixed"),
+            ("WEIR_RETRY_BACKOFF", "fixed,linear,fixed,cubic"),
+            ("WEIR_RETRY_MAX_ATTEMPTS", "0,3,2,2"),
+            ("WEIR_RETRY_BASE_DELAY_MS", "9000,5000,30000,30000"),
+            ("WEIR_RETRY_JITTER_PCT", "10,10,10,101"),
+            ("WEIR_QUEUE_MAX_UNACKED_PER_SHARD", "0"),
+            ("WEIR_QUEUE_BREAKER_HALF_OPEN_PCT", "0"),
+            ("WEIR_DLQ_SUFFIX", "/dlq"),
+            ("WEIR_QUEUE_DEFAULT_LEASE_MS", "0"),
+        ] {
+            assert!(Config::load(None, env(k, v)).is_err(), "{k}={v} accepted");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod groups;
 pub mod http;
 pub mod inject;
 pub mod producer_ids;
+pub mod queue;
 pub mod scheduler;
 pub mod server;
 pub mod shard;

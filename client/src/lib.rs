@@ -19,6 +19,8 @@
 //! - [`Client`] — one broker connection, shared, reconnecting.
 //! - [`Producer`] — batching, pipelined, idempotent by default.
 //! - [`Consumer`] — by offset, alone or in a group.
+//! - [`QueueConsumer`] and [`Worker`] — queue mode: per-record ack / nack, retries,
+//!   dead letters.
 //! - [`Admin`] — topics, quotas and the broker's flow state.
 //! - [`flow`] — producer back-pressure policy and the client's circuit breaker.
 //! - With the `embedded` feature, [`embedded::EmbeddedBroker`] runs a broker in-process.
@@ -33,6 +35,7 @@ pub mod error;
 pub mod flow;
 pub mod partitioner;
 pub mod producer;
+pub mod queue;
 
 pub use admin::Admin;
 pub use client::{Client, ClientConfig};
@@ -40,6 +43,10 @@ pub use consumer::{Consumer, ConsumerConfig, DeliveryOrder, Message, OffsetReset
 pub use error::{ClientError, Result};
 pub use flow::{Backpressure, BreakerConfig, BreakerState};
 pub use producer::{DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+pub use queue::{
+    queue_status, HandlerError, NackOutcome, QueueConfig, QueueConsumer, QueueMessage, Worker,
+    WorkerStats,
+};
 pub use weir_protocol::messages::{
     Acks, Durability, FlowStatusResponse, Quota, QuotaEntry, TopicConfig,
 };

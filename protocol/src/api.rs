@@ -121,6 +121,16 @@ apis! {
     CommitOffsets = 11, v 0..=0, CommitOffsetsRequest => CommitOffsetsResponse;
     /// Read committed offsets.
     FetchOffsets = 12, v 0..=0, FetchOffsetsRequest => FetchOffsetsResponse;
+    /// Lease records of a topic to a queue-mode consumer.
+    QueueFetch = 13, v 0..=0, QueueFetchRequest => QueueFetchResponse;
+    /// Mark leased records done.
+    Ack = 14, v 0..=0, AckRequest => AckResponse;
+    /// Report a leased record failed (retry later or dead-letter).
+    Nack = 15, v 0..=0, NackRequest => NackResponse;
+    /// Extend a lease.
+    ExtendLease = 16, v 0..=0, ExtendLeaseRequest => ExtendLeaseResponse;
+    /// Queue state: floors, leases, retries, circuit breaker.
+    QueueStatus = 17, v 0..=0, QueueStatusRequest => QueueStatusResponse;
     /// Read per-client quotas.
     DescribeQuotas = 20, v 0..=0, DescribeQuotasRequest => DescribeQuotasResponse;
     /// Set or remove one client's quota at runtime.

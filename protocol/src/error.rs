@@ -110,6 +110,10 @@ error_codes! {
     ShuttingDown = 29, retriable = true;
     /// Too many requests are in flight on this connection.
     TooManyInFlight = 30, retriable = true;
+    /// The lease named is not the record's current delivery (it expired and the record was handed out again, or it was settled).
+    UnknownLease = 31, retriable = false;
+    /// The group is a streaming (offset) group and cannot be used in queue mode, or the other way round.
+    NotQueueGroup = 32, retriable = false;
 }
 
 impl std::fmt::Display for ErrorCode {

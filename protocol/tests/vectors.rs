@@ -700,6 +700,186 @@ fn responses() -> Vec<(&'static str, ResponseFrame)> {
 }
 
 // ---------------------------------------------------------------------------------------
+// Queue mode (own file: tests/vectors/queue.json)
+// ---------------------------------------------------------------------------------------
+
+fn lease(shard: u32, offset: u64, lease_id: u64) -> LeaseRef {
+    LeaseRef {
+        shard,
+        offset,
+        lease_id,
+    }
+}
+
+fn queue_requests() -> Vec<(&'static str, RequestFrame)> {
+    vec![
+        (
+            "queue_fetch_request",
+            RequestFrame::new(
+                20,
+                QueueFetchRequest {
+                    group: "billing".into(),
+                    consumer: "worker-1".into(),
+                    topic: "orders".into(),
+                    max_messages: 10,
+                    lease_ms: 30_000,
+                    max_wait_ms: 500,
+                },
+            ),
+        ),
+        (
+            "ack_request",
+            RequestFrame::new(
+                21,
+                AckRequest {
+                    group: "billing".into(),
+                    topic: "orders".into(),
+                    leases: vec![lease(0, 41, 7), lease(1, 3, 8)],
+                },
+            ),
+        ),
+        (
+            "nack_request",
+            RequestFrame::new(
+                22,
+                NackRequest {
+                    group: "billing".into(),
+                    topic: "orders".into(),
+                    lease: lease(0, 42, 9),
+                    retriable: 1,
+                    reason: "timeout calling payments".into(),
+                },
+            ),
+        ),
+        (
+            "extend_lease_request",
+            RequestFrame::new(
+                23,
+                ExtendLeaseRequest {
+                    group: "billing".into(),
+                    topic: "orders".into(),
+                    lease: lease(0, 42, 9),
+                    lease_ms: 60_000,
+                },
+            ),
+        ),
+        (
+            "queue_status_request",
+            RequestFrame::new(
+                24,
+                QueueStatusRequest {
+                    group: "billing".into(),
+                    topic: String::new(),
+                },
+            ),
+        ),
+    ]
+}
+
+fn queue_responses() -> Vec<(&'static str, ResponseFrame)> {
+    let ok = |api: ApiKey, id: u32, body: ResponseBody| ResponseFrame::ok(&header(api, id), body);
+    let mut single = stored_batch().to_vec();
+    batch::set_base_offset(&mut single, 41);
+    vec![
+        (
+            "queue_fetch_response",
+            ok(
+                ApiKey::QueueFetch,
+                20,
+                QueueFetchResponse {
+                    messages: vec![LeasedMessage {
+                        shard: 0,
+                        offset: 41,
+                        lease_id: 7,
+                        attempt: 2,
+                        max_attempts: 3,
+                        class: 1,
+                        lease_ms: 30_000,
+                        record: Bytes::from(single),
+                    }],
+                }
+                .into(),
+            ),
+        ),
+        (
+            "ack_response",
+            ok(
+                ApiKey::Ack,
+                21,
+                AckResponse {
+                    results: vec![0, ErrorCode::UnknownLease as u16],
+                }
+                .into(),
+            ),
+        ),
+        (
+            "nack_response",
+            ok(
+                ApiKey::Nack,
+                22,
+                NackResponse {
+                    outcome: NACK_RETRY_SCHEDULED,
+                    attempts: 2,
+                    retry_in_ms: 10_000,
+                }
+                .into(),
+            ),
+        ),
+        (
+            "extend_lease_response",
+            ok(
+                ApiKey::ExtendLease,
+                23,
+                ExtendLeaseResponse { lease_ms: 60_000 }.into(),
+            ),
+        ),
+        (
+            "queue_status_response",
+            ok(
+                ApiKey::QueueStatus,
+                24,
+                QueueStatusResponse {
+                    queues: vec![QueueStatus {
+                        group: "billing".into(),
+                        topic: "orders".into(),
+                        breaker_state: BREAKER_HALF_OPEN,
+                        breaker_state_ms: 1500,
+                        window_successes: 3,
+                        window_failures: 12,
+                        leased: 120,
+                        acked: 100,
+                        nacked: 15,
+                        expired: 2,
+                        redelivered: 17,
+                        dead_lettered: 1,
+                        shards: vec![QueueShardStatus {
+                            shard: 0,
+                            ack_floor: 40,
+                            next_offset: 45,
+                            high_watermark: 50,
+                            leased: 2,
+                            waiting: 1,
+                            dying: 0,
+                            done_above_floor: 2,
+                        }],
+                    }],
+                }
+                .into(),
+            ),
+        ),
+        (
+            "error_response_unknown_lease",
+            ResponseFrame::error(
+                &header(ApiKey::Nack, 22),
+                ErrorCode::UnknownLease,
+                0,
+                "lease 9 of 0/42 is not current",
+            ),
+        ),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------
 // Invalid inputs
 // ---------------------------------------------------------------------------------------
 
@@ -1085,6 +1265,15 @@ fn generate() -> Vec<(&'static str, Value)> {
         .iter()
         .map(|(n, f)| valid("response", n, &encode_response(f), describe_response(f)))
         .collect();
+    let mut queue: Vec<Value> = queue_requests()
+        .iter()
+        .map(|(n, f)| valid("request", n, &encode_request(f), describe_request(f)))
+        .collect();
+    queue.extend(
+        queue_responses()
+            .iter()
+            .map(|(n, f)| valid("response", n, &encode_response(f), describe_response(f))),
+    );
     let batches: Vec<Value> = batches()
         .iter()
         .map(|(n, b)| valid("batch", n, b, describe_batch(b)))
@@ -1135,6 +1324,14 @@ fn generate() -> Vec<(&'static str, Value)> {
             ),
         ),
         (
+            "queue",
+            doc(
+                "Queue mode (QueueFetch, Ack, Nack, ExtendLease, QueueStatus): valid request \
+                 and response frames (kind says which); debug is the decoded value.",
+                queue,
+            ),
+        ),
+        (
             "batches",
             doc(
                 "Valid record batches; debug is the header and the records.",
@@ -1161,10 +1358,23 @@ fn load(file: &str) -> Value {
 }
 
 fn entries(file: &str) -> Vec<Value> {
-    load(file)["vectors"]
+    let mut v = load(file)["vectors"]
         .as_array()
         .expect("vectors array")
-        .clone()
+        .clone();
+    // Queue-mode frames live in their own file; they are requests and responses too.
+    if file == "requests" || file == "responses" {
+        let kind = &file[..file.len() - 1];
+        v.extend(
+            load("queue")["vectors"]
+                .as_array()
+                .expect("vectors array")
+                .iter()
+                .filter(|e| e["kind"] == kind)
+                .cloned(),
+        );
+    }
+    v
 }
 
 fn field<'a>(v: &'a Value, key: &str) -> &'a str {

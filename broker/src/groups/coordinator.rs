@@ -148,6 +148,16 @@ impl Coordinator {
         }
     }
 
+    /// Whether a group with live members of this name exists (queue mode refuses such
+    /// names with NOT_QUEUE_GROUP).
+    pub fn has_group(&self, name: &str) -> bool {
+        self.groups
+            .lock()
+            .expect("groups lock")
+            .get(name)
+            .is_some_and(|g| !g.members.is_empty())
+    }
+
     /// Joins (or re-joins) and waits for the group's next stable generation.
     pub async fn join(&self, req: JoinGroupRequest) -> Result<JoinGroupResponse, BrokerError> {
         if !valid_name(&req.group) {

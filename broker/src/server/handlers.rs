@@ -138,7 +138,34 @@ async fn dispatch(state: &Arc<BrokerState>, request: Request) -> Result<Response
             }
             .into()
         }
-        Request::JoinGroup(r) => state.groups.join(r).await?.into(),
+        Request::JoinGroup(r) => {
+            if state.queues.is_queue_group(&r.group) {
+                return Err(BrokerError::new(
+                    ErrorCode::NotQueueGroup,
+                    format!("group {:?} is used in queue mode", r.group),
+                ));
+            }
+            state.groups.join(r).await?.into()
+        }
+        Request::QueueFetch(r) => {
+            if state.groups.has_group(&r.group) {
+                return Err(BrokerError::new(
+                    ErrorCode::NotQueueGroup,
+                    format!("group {:?} is a streaming (offset) group", r.group),
+                ));
+            }
+            let wait =
+                Duration::from_millis(u64::from(r.max_wait_ms.min(state.config.max_fetch_wait_ms)));
+            state
+                .queues
+                .fetch(r, wait, state.shutdown.clone())
+                .await?
+                .into()
+        }
+        Request::Ack(r) => state.queues.ack(r).await?.into(),
+        Request::Nack(r) => state.queues.nack(r).await?.into(),
+        Request::ExtendLease(r) => state.queues.extend(r).await?.into(),
+        Request::QueueStatus(r) => state.queues.status(r).await?.into(),
         Request::Heartbeat(r) => {
             state
                 .groups

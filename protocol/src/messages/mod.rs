@@ -9,6 +9,7 @@ pub mod flow;
 pub mod groups;
 pub mod handshake;
 pub mod produce;
+pub mod queue;
 pub mod records;
 pub mod topics;
 
@@ -17,5 +18,6 @@ pub use flow::*;
 pub use groups::*;
 pub use handshake::*;
 pub use produce::*;
+pub use queue::*;
 pub use records::Records;
 pub use topics::*;

@@ -7,6 +7,9 @@ use std::io::{BufRead, Write};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+
+#[path = "../cli/queue.rs"]
+mod queue_cli;
 use clap::{Parser, Subcommand, ValueEnum};
 use weir_client::{
     Acks, Admin, Client, Consumer, DeliveryOrder, Durability, OffsetReset, Producer,
@@ -72,14 +75,85 @@ enum Cmd {
         /// `offset` (stored order) or `priority` (P0 first, weighted fair with aging).
         #[arg(long, value_enum, default_value_t = OrderArg::Offset)]
         order: OrderArg,
+        /// `stream` reads by offset; `queue` leases each record and acks (or nacks) it.
+        #[arg(long, value_enum, default_value_t = Mode::Stream)]
+        mode: Mode,
+        /// Queue mode: nack (retriable) every record instead of acking it.
+        #[arg(long)]
+        nack_all: bool,
+        /// Queue mode: wait this long before acking each record.
+        #[arg(long, default_value_t = 0)]
+        ack_after_ms: u64,
     },
-    /// Broker version, uptime, topics, shards and offsets.
+    /// Broker version, uptime, topics, shards, offsets and queues.
     Status,
     /// Committed offsets of a group.
     Offsets { group: String },
     /// Per-client quotas: get, set, remove.
     #[command(subcommand)]
     Quota(weir_tools::cli::quota::QuotaCmd),
+    /// Inspect and replay dead-letter topics.
+    #[command(subcommand)]
+    Dlq(DlqCmd),
+    /// Queue-mode groups.
+    #[command(subcommand)]
+    Queue(QueueCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum DlqCmd {
+    /// One line per dead-lettered record of TOPIC.
+    List {
+        topic: String,
+        /// At most this many records.
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Dead-letter topic suffix (the broker's `dlq_suffix`).
+        #[arg(long, default_value = ".dlq")]
+        suffix: String,
+    },
+    /// Records in full, as JSON lines.
+    Show {
+        topic: String,
+        #[arg(long, default_value_t = 10)]
+        count: usize,
+        #[arg(long, default_value = ".dlq")]
+        suffix: String,
+    },
+    /// Sends dead-lettered records back (to TOPIC by default). Without filters the
+    /// position is remembered, so records are replayed once.
+    Replay {
+        topic: String,
+        /// Send to this topic instead of the source topic.
+        #[arg(long)]
+        to: Option<String>,
+        /// Only records matching KEY=VALUE: source_shard=N, source_offset=N or A..B,
+        /// group=G, error=TEXT (contains), header.NAME=VALUE. Repeatable (all must match).
+        #[arg(long)]
+        filter: Vec<queue_cli::Filter>,
+        /// Start at the dead-letter topic's beginning, not the remembered position.
+        #[arg(long)]
+        from_beginning: bool,
+        #[arg(long, default_value = ".dlq")]
+        suffix: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum QueueCmd {
+    /// Breaker state, counters and per-shard floors of queues.
+    Status {
+        #[arg(long, default_value = "")]
+        group: String,
+        #[arg(long, default_value = "")]
+        topic: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Mode {
+    Stream,
+    Queue,
 }
 
 #[derive(Subcommand, Debug)]
@@ -239,11 +313,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Consume {
             topic,
             group,
+            count,
+            timeout_ms,
+            mode: Mode::Queue,
+            nack_all,
+            ack_after_ms,
+            ..
+        } => {
+            let group = group.context("--mode queue needs --group")?;
+            queue_cli::consume_queue(
+                &client,
+                &topic,
+                &group,
+                count,
+                timeout_ms,
+                nack_all,
+                ack_after_ms,
+            )
+            .await?
+        }
+        Cmd::Consume {
+            topic,
+            group,
             from_beginning,
             count,
             timeout_ms,
             format,
             order,
+            ..
         } => {
             let order = match order {
                 OrderArg::Offset => DeliveryOrder::Offset,
@@ -277,6 +374,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let flow = admin.flow_status().await?;
             print!("{}", weir_tools::cli::quota::format_flow_status(&flow));
+            let queues = weir_client::queue_status(&client, "", "").await?;
+            queue_cli::print_queues(&queues);
+        }
+        Cmd::Dlq(DlqCmd::List {
+            topic,
+            count,
+            suffix,
+        }) => queue_cli::dlq_list(&client, &topic, &suffix, count).await?,
+        Cmd::Dlq(DlqCmd::Show {
+            topic,
+            count,
+            suffix,
+        }) => queue_cli::dlq_show(&client, &topic, &suffix, count).await?,
+        Cmd::Dlq(DlqCmd::Replay {
+            topic,
+            to,
+            filter,
+            from_beginning,
+            suffix,
+        }) => queue_cli::dlq_replay(&client, &topic, &suffix, to, &filter, from_beginning).await?,
+        Cmd::Queue(QueueCmd::Status { group, topic }) => {
+            queue_cli::queue_status(&client, &group, &topic).await?
         }
         Cmd::Quota(cmd) => weir_tools::cli::quota::run(&admin, cmd).await?,
         Cmd::Offsets { group } => {

@@ -1,0 +1,477 @@
+//! Queue mode: [`QueueConsumer`] leases records and settles each one with an ack or a
+//! nack; [`Worker`] runs a handler over a queue with bounded concurrency per priority
+//! class, a timeout per record, and the ack / nack done for you.
+//!
+//! The broker decides what is redelivered and when (retry policy per class, backoff,
+//! then the dead-letter topic `<topic>.dlq`), so a consumer keeps no offsets. Delivery
+//! is at-least-once: a record whose ack was lost (crash, expired lease) comes again,
+//! with a higher `attempt`.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+use weir_protocol::batch::{Batch, Header};
+use weir_protocol::classes::{Class, CLASS_COUNT};
+use weir_protocol::messages::*;
+use weir_protocol::ErrorCode;
+
+use crate::client::{expect_body, Client};
+use crate::error::{ClientError, Result};
+
+/// One leased record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueMessage {
+    pub topic: String,
+    pub shard: u32,
+    pub offset: u64,
+    /// Names this delivery; an ack or nack must repeat it.
+    pub lease_id: u64,
+    /// 1 on the first delivery.
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub class: Class,
+    /// The lease ends this long after the broker answered.
+    pub lease: Duration,
+    pub priority: u8,
+    pub complexity: u8,
+    pub timestamp_ms: i64,
+    pub key: Bytes,
+    pub value: Bytes,
+    pub headers: Vec<Header>,
+}
+
+impl QueueMessage {
+    fn lease_ref(&self) -> LeaseRef {
+        LeaseRef {
+            shard: self.shard,
+            offset: self.offset,
+            lease_id: self.lease_id,
+        }
+    }
+
+    /// Whether this is the last delivery the retry policy allows.
+    pub fn is_last_attempt(&self) -> bool {
+        self.attempt >= self.max_attempts
+    }
+}
+
+/// What the broker did with a nacked record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NackOutcome {
+    /// Delivered again after this delay.
+    RetryIn(Duration),
+    /// Sent to the dead-letter topic.
+    DeadLettered,
+}
+
+/// Settings of a [`QueueConsumer`].
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// Consumer name kept with leases, for status and logs.
+    pub consumer: String,
+    /// Visibility timeout of each lease (0 = the broker's default).
+    pub lease: Duration,
+    /// How long a fetch waits on the broker while nothing is available.
+    pub max_wait: Duration,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            consumer: format!("weir-client-{}", std::process::id()),
+            lease: Duration::ZERO,
+            max_wait: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Leases records of one topic as a member of a queue group.
+#[derive(Debug, Clone)]
+pub struct QueueConsumer {
+    client: Client,
+    group: String,
+    topic: String,
+    config: QueueConfig,
+}
+
+impl QueueConsumer {
+    /// A consumer of `topic` in queue group `group`, with default settings.
+    pub fn new(client: &Client, group: impl Into<String>, topic: impl Into<String>) -> Self {
+        Self::with_config(client, group, topic, QueueConfig::default())
+    }
+
+    /// Like [`QueueConsumer::new`], with settings.
+    pub fn with_config(
+        client: &Client,
+        group: impl Into<String>,
+        topic: impl Into<String>,
+        config: QueueConfig,
+    ) -> Self {
+        QueueConsumer {
+            client: client.clone(),
+            group: group.into(),
+            topic: topic.into(),
+            config,
+        }
+    }
+
+    /// The group.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Leases up to `max` records; empty when none came within the configured wait.
+    pub async fn fetch(&self, max: u32) -> Result<Vec<QueueMessage>> {
+        let req = QueueFetchRequest {
+            group: self.group.clone(),
+            consumer: self.config.consumer.clone(),
+            topic: self.topic.clone(),
+            max_messages: max.max(1),
+            lease_ms: self.config.lease.as_millis().min(u128::from(u32::MAX)) as u32,
+            max_wait_ms: self.config.max_wait.as_millis().min(u128::from(u32::MAX)) as u32,
+        };
+        let timeout = self.client.config().request_timeout + self.config.max_wait;
+        let resp = self.client.call_with_timeout(req.into(), timeout).await?;
+        let resp = expect_body!(resp, QueueFetch)?;
+        let mut out = Vec::with_capacity(resp.messages.len());
+        for m in resp.messages {
+            let batch = Batch::parse(m.record.clone())
+                .map_err(|e| ClientError::Protocol(format!("leased record: {e}")))?;
+            let rec = batch
+                .records()
+                .next()
+                .ok_or_else(|| ClientError::Protocol("leased record batch is empty".into()))?;
+            out.push(QueueMessage {
+                topic: self.topic.clone(),
+                shard: m.shard,
+                offset: m.offset,
+                lease_id: m.lease_id,
+                attempt: m.attempt,
+                max_attempts: m.max_attempts,
+                class: Class::from_index(usize::from(m.class)).unwrap_or(Class::P3),
+                lease: Duration::from_millis(u64::from(m.lease_ms)),
+                priority: rec.priority,
+                complexity: rec.complexity,
+                timestamp_ms: rec.timestamp_ms,
+                key: rec.key,
+                value: rec.value,
+                headers: rec.headers,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Marks one record done. [`ErrorCode::UnknownLease`] when this delivery is no
+    /// longer current (its lease expired; the record will be or was delivered again).
+    pub async fn ack(&self, m: &QueueMessage) -> Result<()> {
+        self.ack_many(std::slice::from_ref(m))
+            .await?
+            .pop()
+            .unwrap_or(Ok(()))
+    }
+
+    /// Marks several records done in one request (durable when it returns); one
+    /// result per record.
+    pub async fn ack_many(&self, ms: &[QueueMessage]) -> Result<Vec<Result<()>>> {
+        if ms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let req = AckRequest {
+            group: self.group.clone(),
+            topic: self.topic.clone(),
+            leases: ms.iter().map(QueueMessage::lease_ref).collect(),
+        };
+        let resp = expect_body!(self.client.call(req).await?, Ack)?;
+        if resp.results.len() != ms.len() {
+            return Err(ClientError::Protocol(format!(
+                "{} ack results for {} leases",
+                resp.results.len(),
+                ms.len()
+            )));
+        }
+        Ok(resp
+            .results
+            .into_iter()
+            .map(|c| match ErrorCode::from_u16(c) {
+                Some(ErrorCode::None) => Ok(()),
+                Some(code) => Err(ClientError::Broker {
+                    code,
+                    message: "ack refused".into(),
+                    retry_after_ms: 0,
+                }),
+                None => Err(ClientError::Protocol(format!("unknown error code {c}"))),
+            })
+            .collect())
+    }
+
+    /// Reports that processing failed. `retriable = false` dead-letters the record now.
+    pub async fn nack(
+        &self,
+        m: &QueueMessage,
+        retriable: bool,
+        reason: impl Into<String>,
+    ) -> Result<NackOutcome> {
+        let req = NackRequest {
+            group: self.group.clone(),
+            topic: self.topic.clone(),
+            lease: m.lease_ref(),
+            retriable: u8::from(retriable),
+            reason: reason.into(),
+        };
+        let resp = expect_body!(self.client.call(req).await?, Nack)?;
+        Ok(if resp.outcome == NACK_DEAD_LETTERED {
+            NackOutcome::DeadLettered
+        } else {
+            NackOutcome::RetryIn(Duration::from_millis(u64::from(resp.retry_in_ms)))
+        })
+    }
+
+    /// Extends a lease to `lease` from now; returns the lease granted.
+    pub async fn extend(&self, m: &QueueMessage, lease: Duration) -> Result<Duration> {
+        let req = ExtendLeaseRequest {
+            group: self.group.clone(),
+            topic: self.topic.clone(),
+            lease: m.lease_ref(),
+            lease_ms: lease.as_millis().clamp(1, u128::from(u32::MAX)) as u32,
+        };
+        let resp = expect_body!(self.client.call(req).await?, ExtendLease)?;
+        Ok(Duration::from_millis(u64::from(resp.lease_ms)))
+    }
+
+    /// This queue's state on the broker.
+    pub async fn status(&self) -> Result<QueueStatus> {
+        let mut all = queue_status(&self.client, &self.group, &self.topic).await?;
+        all.pop()
+            .ok_or_else(|| ClientError::Protocol("broker returned no status for the queue".into()))
+    }
+}
+
+/// The state of queues on the broker; empty `group` / `topic` match all.
+pub async fn queue_status(client: &Client, group: &str, topic: &str) -> Result<Vec<QueueStatus>> {
+    let req = QueueStatusRequest {
+        group: group.to_string(),
+        topic: topic.to_string(),
+    };
+    Ok(expect_body!(client.call(req).await?, QueueStatus)?.queues)
+}
+
+/// A handler's failure: retry later, or give up (dead-letter now).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerError {
+    pub retriable: bool,
+    pub reason: String,
+}
+
+impl HandlerError {
+    /// Try again under the retry policy.
+    pub fn retry(reason: impl Into<String>) -> Self {
+        HandlerError {
+            retriable: true,
+            reason: reason.into(),
+        }
+    }
+    /// Never retry: dead-letter the record now.
+    pub fn fatal(reason: impl Into<String>) -> Self {
+        HandlerError {
+            retriable: false,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Counters of a [`Worker`] run.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub acked: AtomicU64,
+    pub nacked: AtomicU64,
+    pub timed_out: AtomicU64,
+    /// Acks or nacks the broker refused or that failed in transit (those records
+    /// come back after their lease).
+    pub settle_errors: AtomicU64,
+}
+
+/// Runs a handler over a queue: see the module docs.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    consumer: QueueConsumer,
+    concurrency: [usize; CLASS_COUNT],
+    timeout: Duration,
+    stats: Arc<WorkerStats>,
+}
+
+impl Worker {
+    /// A worker with 8/4/2/1 concurrent handlers for P0..P3 and a 30 s timeout.
+    pub fn new(consumer: QueueConsumer) -> Self {
+        Worker {
+            consumer,
+            concurrency: [8, 4, 2, 1],
+            timeout: Duration::from_secs(30),
+            stats: Arc::new(WorkerStats::default()),
+        }
+    }
+
+    /// Most handlers running at once per class P0..P3 (each at least 1). The worker
+    /// holds at most the sum of these records at once; a record waiting for a slot of
+    /// its class keeps its lease (extended every half lease).
+    pub fn concurrency(mut self, per_class: [usize; CLASS_COUNT]) -> Self {
+        self.concurrency = per_class.map(|c| c.max(1));
+        self
+    }
+
+    /// Longest a handler may run on one record; past it the record is nacked
+    /// (retriable) and the handler's future is dropped. While a handler runs, its lease
+    /// is extended every half lease, so the timeout may be longer than the lease.
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.timeout = d;
+        self
+    }
+
+    /// The run's counters (shared, live).
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        self.stats.clone()
+    }
+
+    /// Leases and handles records until `stop` completes, then waits for the handlers
+    /// in flight (each bounded by the timeout) and returns.
+    pub async fn run<F, Fut>(self, handler: F, stop: impl Future<Output = ()>) -> Result<()>
+    where
+        F: Fn(QueueMessage) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), HandlerError>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let slots: Vec<Arc<Semaphore>> = self
+            .concurrency
+            .iter()
+            .map(|&n| Arc::new(Semaphore::new(n)))
+            .collect();
+        // Records held at once (running or waiting for a slot of their class): the
+        // sum of the class limits. Bounds memory and leases held.
+        let held = Arc::new(Semaphore::new(self.concurrency.iter().sum()));
+        let mut tasks = tokio::task::JoinSet::new();
+        tokio::pin!(stop);
+        loop {
+            while tasks.try_join_next().is_some() {}
+            let first = tokio::select! {
+                _ = &mut stop => break,
+                p = held.clone().acquire_owned() => p.map_err(|_| ClientError::Closed)?,
+            };
+            let mut permits = vec![first];
+            while let Ok(p) = held.clone().try_acquire_owned() {
+                permits.push(p);
+            }
+            let fetched = tokio::select! {
+                _ = &mut stop => break,
+                r = self.consumer.fetch(permits.len() as u32) => r,
+            };
+            let msgs = match fetched {
+                Ok(m) => m,
+                Err(e) if e.is_retriable() => {
+                    tracing::debug!(error = %e, "queue fetch failed; retrying");
+                    drop(permits);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            for m in msgs {
+                let Some(held_permit) = permits.pop() else {
+                    break;
+                };
+                let slot = slots[m.class.index()].clone();
+                let handler = handler.clone();
+                let consumer = self.consumer.clone();
+                let stats = self.stats.clone();
+                let timeout = self.timeout;
+                tasks.spawn(async move {
+                    let _held = held_permit;
+                    // A slot of the record's class; its lease is kept while it waits.
+                    let Some(_slot) = wait_for_slot(&consumer, &m, slot).await else {
+                        return;
+                    };
+                    let outcome = run_one(&consumer, &m, handler(m.clone()), timeout).await;
+                    let settled = match outcome {
+                        Ok(Ok(())) => {
+                            stats.acked.fetch_add(1, Ordering::Relaxed);
+                            consumer.ack(&m).await
+                        }
+                        Ok(Err(e)) => {
+                            stats.nacked.fetch_add(1, Ordering::Relaxed);
+                            consumer.nack(&m, e.retriable, e.reason).await.map(|_| ())
+                        }
+                        Err(_) => {
+                            stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                            let reason = format!("handler timed out after {} ms", timeout.as_millis());
+                            consumer.nack(&m, true, reason).await.map(|_| ())
+                        }
+                    };
+                    if let Err(e) = settled {
+                        stats.settle_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(shard = m.shard, offset = m.offset, error = %e, "settling a record failed");
+                    }
+                });
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+        Ok(())
+    }
+}
+
+/// Runs one handler future with the timeout, extending the record's lease every half
+/// lease while it runs. `Err(())` is a timeout.
+async fn run_one<Fut>(
+    consumer: &QueueConsumer,
+    m: &QueueMessage,
+    fut: Fut,
+    timeout: Duration,
+) -> std::result::Result<std::result::Result<(), HandlerError>, ()>
+where
+    Fut: Future<Output = std::result::Result<(), HandlerError>>,
+{
+    tokio::pin!(fut);
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    let half = (m.lease / 2).max(Duration::from_millis(10));
+    let mut extend_at = tokio::time::Instant::now() + half;
+    loop {
+        tokio::select! {
+            r = &mut fut => return Ok(r),
+            _ = &mut deadline => return Err(()),
+            _ = tokio::time::sleep_until(extend_at), if !m.lease.is_zero() => {
+                if let Err(e) = consumer.extend(m, m.lease).await {
+                    tracing::debug!(shard = m.shard, offset = m.offset, error = %e, "lease extension failed");
+                }
+                extend_at = tokio::time::Instant::now() + half;
+            }
+        }
+    }
+}
+
+/// Waits for a handler slot, extending the record's lease every half lease meanwhile.
+async fn wait_for_slot(
+    consumer: &QueueConsumer,
+    m: &QueueMessage,
+    slot: Arc<Semaphore>,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let acquire = slot.acquire_owned();
+    tokio::pin!(acquire);
+    let half = (m.lease / 2).max(Duration::from_millis(10));
+    loop {
+        tokio::select! {
+            p = &mut acquire => return p.ok(),
+            _ = tokio::time::sleep(half), if !m.lease.is_zero() => {
+                if let Err(e) = consumer.extend(m, m.lease).await {
+                    tracing::debug!(shard = m.shard, offset = m.offset, error = %e, "lease extension failed");
+                }
+            }
+        }
+    }
+}
