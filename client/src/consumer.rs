@@ -241,6 +241,11 @@ impl Consumer {
                 *p = offset;
                 self.buffered
                     .retain(|(m, _)| !(m.topic == topic && m.shard == shard));
+                // Lanes restart at the new position; cursors reported for the dropped
+                // messages no longer apply.
+                let key = (topic.to_string(), shard);
+                self.lanes.remove(&key);
+                self.lane_floors.remove(&key);
                 Ok(())
             }
             None => Err(ClientError::Invalid(format!(
@@ -448,6 +453,9 @@ impl Consumer {
             .collect();
         for key in done {
             let floors = self.lane_floors.remove(&key).unwrap_or_default();
+            if !self.positions.contains_key(&key) {
+                continue; // no longer assigned
+            }
             let Some(lanes) = self.lanes.get_mut(&key) else {
                 continue;
             };
@@ -546,6 +554,10 @@ impl Consumer {
 
     async fn rejoin_group(&mut self) -> Result<()> {
         self.buffered.clear();
+        // Positions come from the group's commits again; lane state of the old
+        // assignment must not move them.
+        self.lanes.clear();
+        self.lane_floors.clear();
         let group_name = self.config.group.clone();
         let shards: Vec<(String, u32)> = match (&group_name, &self.manual) {
             (_, Some(manual)) => manual.clone(),

@@ -323,3 +323,24 @@ async fn a_long_poll_waiting_on_p3_data_is_cut_short_by_p0_data() {
     // Every lane has read up to the high-water mark.
     assert_eq!(r.cursors, vec![6, 6, 6, 6]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_produce_request_mixing_classes_is_refused_whole() {
+    let broker = BrokerProcess::start();
+    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
+    Admin::new(client.clone())
+        .create_topic("mixed-req", 1, TopicConfig::default())
+        .await
+        .expect("create topic");
+    let mut two = batch(1, 1, 10).to_vec();
+    two.extend_from_slice(&batch(10, 1, 10));
+    let err = produce(&client, "mixed-req", two.into()).await.unwrap_err();
+    assert!(
+        err.contains("InvalidBatch") && err.contains("one priority class"),
+        "{err}"
+    );
+    // Two batches of one class are fine, and nothing of the refused request was stored.
+    let mut same = batch(9, 1, 10).to_vec();
+    same.extend_from_slice(&batch(10, 1, 10));
+    assert_eq!(produce(&client, "mixed-req", same.into()).await.unwrap(), 0);
+}

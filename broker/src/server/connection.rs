@@ -29,7 +29,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::{Decoder, FramedRead};
 use weir_protocol::batch::DEFAULT_PRIORITY;
 use weir_protocol::classes::Class;
@@ -101,6 +101,7 @@ pub async fn run(sock: TcpStream, state: Arc<BrokerState>) -> Result<(), FrameEr
                     .send((
                         Class::P0,
                         ResponseFrame::connection_error(e.code(), e.to_string()),
+                        None,
                     ))
                     .await;
                 break Err(FrameError::Decode(e));
@@ -132,7 +133,7 @@ pub async fn run(sock: TcpStream, state: Arc<BrokerState>) -> Result<(), FrameEr
                         bad.error.to_string(),
                     ),
                 };
-                let _ = tx.send((Class::P0, resp)).await;
+                let _ = tx.send((Class::P0, resp, Some(permit))).await;
                 continue;
             }
         };
@@ -151,8 +152,7 @@ pub async fn run(sock: TcpStream, state: Arc<BrokerState>) -> Result<(), FrameEr
                         slot = Some(s);
                         let resp =
                             handlers::handle(&state, &header, Request::ApiVersions(hs)).await;
-                        let _ = tx.send((class, resp)).await;
-                        drop(permit);
+                        let _ = tx.send((class, resp, Some(permit))).await;
                     }
                     Err(t) => {
                         tracing::info!(client_id = %hs.client_id, "{}; closing connection", t.message);
@@ -166,6 +166,7 @@ pub async fn run(sock: TcpStream, state: Arc<BrokerState>) -> Result<(), FrameEr
                                     retry,
                                     t.message,
                                 ),
+                                None,
                             ))
                             .await;
                         break Ok(());
@@ -202,8 +203,7 @@ pub async fn run(sock: TcpStream, state: Arc<BrokerState>) -> Result<(), FrameEr
                             .request_errors_total
                             .fetch_add(1, Ordering::Relaxed);
                     }
-                    let _ = tx.send((class, resp)).await;
-                    drop(permit);
+                    let _ = tx.send((class, resp, Some(permit))).await;
                 });
             }
             Request::Produce(req) => {
@@ -212,10 +212,14 @@ pub async fn run(sock: TcpStream, state: Arc<BrokerState>) -> Result<(), FrameEr
                 let tx = tx.clone();
                 let state = state.clone();
                 tokio::spawn(async move {
-                    if let Some(resp) = pending.finish(&state).await {
-                        let _ = tx.send((class, resp)).await;
+                    match pending.finish(&state).await {
+                        // The permits go with the response and are released once it
+                        // is written, so unwritten responses count as in flight.
+                        Some(resp) => {
+                            let _ = tx.send((class, resp, Some(permit))).await;
+                        }
+                        None => drop(permit),
                     }
-                    drop(permit);
                 });
             }
             request => {
@@ -229,8 +233,7 @@ pub async fn run(sock: TcpStream, state: Arc<BrokerState>) -> Result<(), FrameEr
                             .request_errors_total
                             .fetch_add(1, Ordering::Relaxed);
                     }
-                    let _ = tx.send((class, resp)).await;
-                    drop(permit);
+                    let _ = tx.send((class, resp, Some(permit))).await;
                 });
             }
         }
@@ -323,21 +326,32 @@ async fn next_frame<R: tokio::io::AsyncRead + Unpin>(
     }
 }
 
-/// A finished response and the class of the request it answers.
-type Outgoing = (Class, ResponseFrame);
+/// The request-count and request-bytes permits of one request.
+type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+
+/// A finished response, the class of the request it answers, and that request's
+/// permits, held until the response is written: a peer that reads slowly keeps its
+/// requests counted as in flight, so the reader stops and the queue of ready
+/// responses stays within `max_in_flight_per_connection` and the byte bound.
+type Outgoing = (Class, ResponseFrame, Option<Permits>);
 
 /// An encoded response waiting for the socket.
 struct Encoded {
     head: BytesMut,
     tail: Vec<Bytes>,
+    _permits: Option<Permits>,
 }
 
 impl Encoded {
-    fn new(resp: &ResponseFrame) -> Self {
+    fn new(resp: &ResponseFrame, permits: Option<Permits>) -> Self {
         let mut head = BytesMut::new();
         let mut tail = Vec::new();
         resp.encode_split(&mut head, &mut tail);
-        Encoded { head, tail }
+        Encoded {
+            head,
+            tail,
+            _permits: permits,
+        }
     }
 
     fn len(&self) -> usize {
@@ -354,12 +368,13 @@ async fn write_loop(
     io_timeout: Duration,
 ) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut held: Vec<Option<Permits>> = Vec::new();
     let mut open = true;
     loop {
         if ready.is_empty() {
             match rx.recv().await {
-                Some((class, resp)) => {
-                    let e = Encoded::new(&resp);
+                Some((class, resp, permits)) => {
+                    let e = Encoded::new(&resp, permits);
                     let cost = e.len() as u64;
                     ready.push(class, e, cost, Instant::now());
                 }
@@ -369,8 +384,8 @@ async fn write_loop(
         // Everything that finished meanwhile competes for the next write.
         while open {
             match rx.try_recv() {
-                Ok((class, resp)) => {
-                    let e = Encoded::new(&resp);
+                Ok((class, resp, permits)) => {
+                    let e = Encoded::new(&resp, permits);
                     let cost = e.len() as u64;
                     ready.push(class, e, cost, Instant::now());
                 }
@@ -382,7 +397,13 @@ async fn write_loop(
             let Some(served) = ready.pop(Instant::now()) else {
                 break;
             };
-            let Encoded { head, tail } = served.item;
+            let Encoded {
+                head,
+                tail,
+                _permits: permits,
+            } = served.item;
+            // Released once the bytes are on the socket, not when copied into `buf`.
+            held.push(permits);
             buf.extend_from_slice(&head);
             let tail_bytes: usize = tail.iter().map(Bytes::len).sum();
             if tail_bytes < COPY_TAIL_BELOW_BYTES {
@@ -401,6 +422,7 @@ async fn write_loop(
                         return;
                     }
                 }
+                held.clear();
                 break;
             }
         }
@@ -408,6 +430,7 @@ async fn write_loop(
             return;
         }
         buf.clear();
+        held.clear();
         if !open && ready.is_empty() {
             break;
         }

@@ -233,7 +233,9 @@ async fn fetch(state: &Arc<BrokerState>, r: FetchRequest) -> Result<FetchRespons
     let topic = state.topics.get(&r.topic)?;
     let shard: &Arc<Shard> = topic.shard(r.shard)?;
     let reader = shard.reader();
-    let max_bytes = (r.max_bytes as usize).clamp(1, state.config.max_frame_bytes as usize - 1024);
+    let max_bytes = (r.max_bytes as usize)
+        .min((state.config.max_frame_bytes as usize).saturating_sub(1024))
+        .max(1);
     let wait = Duration::from_millis(u64::from(r.max_wait_ms.min(state.config.max_fetch_wait_ms)));
     let deadline = Instant::now() + wait;
     let mut hwm_rx = shard.watch_high_watermark();
@@ -363,6 +365,31 @@ pub async fn produce_start(
         };
         headers.push(h);
         batches.push(b);
+    }
+    // Order and idempotent sequences are per class and the writer queues a request in
+    // one class's lane, so one request must not mix classes (the SDK never does).
+    let classes = state.config.class_map().unwrap_or_default();
+    if let Some(first) = headers.first() {
+        let class = classes.class_of(first.priority);
+        if headers
+            .iter()
+            .any(|h| classes.class_of(h.priority) != class)
+        {
+            return refuse(BrokerError::new(
+                ErrorCode::InvalidBatch,
+                "the batches of one produce request must all be in one priority class",
+            ));
+        }
+    }
+    let filled: usize = batches.iter().map(|b| b.len()).sum();
+    if filled > topic.config.max_message_bytes as usize {
+        return refuse(BrokerError::new(
+            ErrorCode::MessageTooLarge,
+            format!(
+                "{filled} bytes of records after filling in metadata exceed the topic's max_message_bytes {}",
+                topic.config.max_message_bytes
+            ),
+        ));
     }
     let records: u64 = headers.iter().map(|h| u64::from(h.record_count)).sum();
     let bytes = batches.iter().map(|b| b.len() as u64).sum();

@@ -52,7 +52,9 @@ pub async fn priority_fetch(
         )
     })?;
     let reader = shard.reader();
-    let max_bytes = (r.max_bytes as usize).clamp(1, state.config.max_frame_bytes as usize - 1024);
+    let max_bytes = (r.max_bytes as usize)
+        .min((state.config.max_frame_bytes as usize).saturating_sub(1024))
+        .max(1);
     let wait = Duration::from_millis(u64::from(r.max_wait_ms.min(state.config.max_fetch_wait_ms)));
     let deadline = Instant::now() + wait;
     let mut hwm_rx = shard.watch_high_watermark();
@@ -62,14 +64,9 @@ pub async fn priority_fetch(
         let hwm = reader.high_watermark();
         let start = reader.log_start_offset();
         for c in cursors.iter_mut() {
-            if *c > hwm {
-                return Err(BrokerError::new(
-                    ErrorCode::OffsetOutOfRange,
-                    format!("cursor {c} above the high-water mark {hwm}"),
-                ));
-            }
-            // Retention may have removed a lane's unread batches: continue at the start.
-            *c = (*c).max(start);
+            // A lane above the high-water mark (the log lost an unflushed tail in a
+            // crash) waits at the mark; one below the log start continues there.
+            *c = (*c).clamp(start, hwm.max(start));
         }
         let a = assemble(state, shard, &cursors, max_bytes)?;
         let now = Instant::now();
@@ -127,9 +124,10 @@ fn assemble(
         let batch = chunk.slice(..h.total_bytes().min(chunk.len()));
         // A batch's age in the log is how long it has waited, for aging.
         let age_ms = wall_ms.saturating_sub(h.max_timestamp_ms).max(0) as u64;
+        // Older than the process: as old as anything can be.
         let since = now
             .checked_sub(Duration::from_millis(age_ms))
-            .unwrap_or(now);
+            .unwrap_or(state.started);
         wfq.push(c, (batch, h), h.total_bytes() as u64, since);
         Ok::<bool, BrokerError>(true)
     };

@@ -388,7 +388,8 @@ impl Writer {
                         lane.close();
                         let class = Class::from_index(i).expect("lane index");
                         while let Ok(cmd) = lane.try_recv() {
-                            wfq.push(class, cmd, 0, now);
+                            let cost = cmd.bytes() as u64;
+                            wfq.push(class, cmd, cost, now);
                         }
                     }
                     while !wfq.is_empty() {
@@ -416,10 +417,10 @@ impl Writer {
                             Some(Control::Flush(reply)) => flush_waiters.push(reply),
                             Some(Control::Shutdown) | None => shutdown = true,
                         },
-                        Some(cmd) = l0.recv(), if open[0] => wfq.push(Class::P0, cmd, 0, Instant::now()),
-                        Some(cmd) = l1.recv(), if open[1] => wfq.push(Class::P1, cmd, 0, Instant::now()),
-                        Some(cmd) = l2.recv(), if open[2] => wfq.push(Class::P2, cmd, 0, Instant::now()),
-                        Some(cmd) = l3.recv(), if open[3] => wfq.push(Class::P3, cmd, 0, Instant::now()),
+                        Some(cmd) = l0.recv(), if open[0] => { let cost = cmd.bytes() as u64; wfq.push(Class::P0, cmd, cost, Instant::now()) }
+                        Some(cmd) = l1.recv(), if open[1] => { let cost = cmd.bytes() as u64; wfq.push(Class::P1, cmd, cost, Instant::now()) }
+                        Some(cmd) = l2.recv(), if open[2] => { let cost = cmd.bytes() as u64; wfq.push(Class::P2, cmd, cost, Instant::now()) }
+                        Some(cmd) = l3.recv(), if open[3] => { let cost = cmd.bytes() as u64; wfq.push(Class::P3, cmd, cost, Instant::now()) }
                         _ = tokio::time::sleep_until(deadline.into()) => {}
                     }
                 }
@@ -428,10 +429,17 @@ impl Writer {
                     // Off the writer thread: a second's worth of msync must not stall
                     // the appends (and P0 work) queued behind it.
                     match self.log.flush_in_background() {
-                        Ok(()) => dirty = false,
-                        Err(e) => tracing::error!(error = %e, "interval flush failed"),
+                        Ok(true) => {
+                            dirty = false;
+                            next_flush = now + flush_every;
+                        }
+                        // The previous one is still running: try again shortly.
+                        Ok(false) => next_flush = now + flush_every.min(Duration::from_millis(10)),
+                        Err(e) => {
+                            tracing::error!(error = %e, "interval flush failed");
+                            next_flush = now + flush_every;
+                        }
                     }
-                    next_flush = now + flush_every;
                 } else if !dirty {
                     next_flush = now + flush_every;
                 }

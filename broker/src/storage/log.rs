@@ -326,17 +326,18 @@ impl Log {
     /// Starts making everything appended so far durable on a background thread and
     /// returns at once, so a periodic flush never stalls the writer (an `msync` of a
     /// second's worth of appends can take hundreds of milliseconds). At most one runs at
-    /// a time: while one is still running this does nothing. A later [`Log::flush`]
+    /// a time: while one is still running this does nothing and returns `false` (call
+    /// again later; the data stays dirty). A later [`Log::flush`]
     /// waits for it first, so a durable acknowledgement never overtakes it. Its failure
     /// fails the log like a synchronous flush's would, at the next call of either.
-    pub fn flush_in_background(&mut self) -> Result<(), StorageError> {
+    pub fn flush_in_background(&mut self) -> Result<bool, StorageError> {
         self.check_failed()?;
         if self
             .background_flush
             .as_ref()
             .is_some_and(|h| !h.is_finished())
         {
-            return Ok(());
+            return Ok(false);
         }
         self.join_background_flush()?;
         let segments = std::mem::take(&mut self.pending_sync);
@@ -371,7 +372,7 @@ impl Log {
                 return Err(e);
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Waits for the background flush, if any, and fails the log if it failed.
