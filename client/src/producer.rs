@@ -354,6 +354,9 @@ struct TopicInfo {
     key_rule: KeyRule,
 }
 
+/// Most records the accumulator takes from its channel before it looks at its timer.
+const RECORDS_PER_RUN: usize = 1024;
+
 /// A batch's destination: topic, shard and priority class index.
 type LaneKey = (String, u32, u8);
 
@@ -374,47 +377,91 @@ enum SenderMsg {
 
 impl Accumulator {
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
-        loop {
+        // One linger timer, moved only when the earliest deadline changes, and records
+        // taken from the channel in runs: arming a fresh timer per record cost more than
+        // encoding the record (perf: Tokio's timer lock and clock reads).
+        let sleep = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(sleep);
+        let mut armed: Option<Instant> = None;
+        'run: loop {
             let next_deadline = self.open.values().map(|o| o.deadline).min();
-            let msg = tokio::select! {
+            if next_deadline != armed {
+                if let Some(d) = next_deadline {
+                    sleep.as_mut().reset(d);
+                }
+                armed = next_deadline;
+            }
+            let first = tokio::select! {
                 m = rx.recv() => m,
-                _ = async { tokio::time::sleep_until(next_deadline.expect("deadline")).await }, if next_deadline.is_some() => {
-                    let now = Instant::now();
-                    let due: Vec<_> = self.open.iter().filter(|(_, o)| o.deadline <= now).map(|(k, _)| k.clone()).collect();
-                    for k in due {
-                        self.dispatch(&k).await;
-                    }
+                _ = &mut sleep, if armed.is_some() => {
+                    self.dispatch_due().await;
+                    armed = None;
                     continue;
                 }
             };
-            match msg {
-                None => break,
-                Some(Msg::Record(rec, waiter)) => self.add(rec, waiter).await,
-                Some(Msg::Flush(done)) => {
-                    let keys: Vec<_> = self.open.keys().cloned().collect();
-                    for k in keys {
-                        self.dispatch(&k).await;
-                    }
-                    let mut acks = Vec::new();
-                    for s in self.senders.values() {
-                        let (tx, rx) = oneshot::channel();
-                        if s.send(SenderMsg::Flush(tx)).await.is_ok() {
-                            acks.push(rx);
-                        }
-                    }
-                    tokio::spawn(async move {
-                        for a in acks {
-                            let _ = a.await;
-                        }
-                        let _ = done.send(());
-                    });
+            let mut next = first;
+            let mut taken = 0;
+            loop {
+                match next {
+                    None => break 'run,
+                    Some(Msg::Record(rec, waiter)) => self.add(rec, waiter).await,
+                    Some(Msg::Flush(done)) => self.flush_all(done).await,
                 }
+                taken += 1;
+                // Only take another message when it will be handled in this run.
+                if taken == RECORDS_PER_RUN {
+                    break;
+                }
+                match rx.try_recv() {
+                    Ok(m) => next = Some(m),
+                    Err(_) => break,
+                }
+            }
+            // A busy channel must not keep lingering batches of quiet lanes waiting.
+            if next_deadline.is_some_and(|d| d <= Instant::now()) {
+                self.dispatch_due().await;
+                armed = None;
             }
         }
         let keys: Vec<_> = self.open.keys().cloned().collect();
         for k in keys {
             self.dispatch(&k).await;
         }
+    }
+
+    /// Sends every open batch whose linger has expired.
+    async fn dispatch_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<_> = self
+            .open
+            .iter()
+            .filter(|(_, o)| o.deadline <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in due {
+            self.dispatch(&k).await;
+        }
+    }
+
+    /// Sends every open batch and answers `done` once all sent so far are settled.
+    async fn flush_all(&mut self, done: oneshot::Sender<()>) {
+        let keys: Vec<_> = self.open.keys().cloned().collect();
+        for k in keys {
+            self.dispatch(&k).await;
+        }
+        let mut acks = Vec::new();
+        for s in self.senders.values() {
+            let (tx, rx) = oneshot::channel();
+            if s.send(SenderMsg::Flush(tx)).await.is_ok() {
+                acks.push(rx);
+            }
+        }
+        tokio::spawn(async move {
+            for a in acks {
+                let _ = a.await;
+            }
+            let _ = done.send(());
+        });
     }
 
     async fn topic(&mut self, topic: &str) -> Result<TopicInfo> {
