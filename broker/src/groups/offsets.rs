@@ -64,36 +64,22 @@ impl OffsetStore {
         let shard = Shard::open(&dir, "offsets", config)
             .map_err(|e| BrokerError::new(ErrorCode::StorageError, format!("offsets log: {e}")))?;
         let mut offsets = OffsetMap::new();
-        let reader = shard.reader();
-        let mut at = reader.log_start_offset();
-        while at < reader.high_watermark() {
-            let chunks = reader
-                .read(at, 1 << 20)
+        shard.reader().scan_batches(0, |bytes, _| {
+            let batch = Batch::parse(bytes)
                 .map_err(|e| BrokerError::new(ErrorCode::CorruptStorage, e.to_string()))?;
-            if chunks.is_empty() {
-                break;
-            }
-            for chunk in chunks {
-                for batch in weir_protocol::batch::split(chunk) {
-                    let batch = batch
-                        .and_then(Batch::parse)
-                        .map_err(|e| BrokerError::new(ErrorCode::CorruptStorage, e.to_string()))?;
-                    for rec in batch.records() {
-                        if let (Some(key), Ok(v)) = (
-                            decode_key(&rec.key),
-                            <[u8; 8]>::try_from(rec.value.as_ref()),
-                        ) {
-                            let (group, topic, shard) = key;
-                            offsets
-                                .entry(group)
-                                .or_default()
-                                .insert((topic, shard), u64::from_le_bytes(v));
-                        }
-                    }
-                    at = batch.header().last_offset() + 1;
+            for rec in batch.records() {
+                if let (Some((group, topic, shard)), Ok(v)) = (
+                    decode_key(&rec.key),
+                    <[u8; 8]>::try_from(rec.value.as_ref()),
+                ) {
+                    offsets
+                        .entry(group)
+                        .or_default()
+                        .insert((topic, shard), u64::from_le_bytes(v));
                 }
             }
-        }
+            Ok::<(), BrokerError>(())
+        })?;
         Ok(OffsetStore {
             shard,
             offsets: RwLock::new(offsets),

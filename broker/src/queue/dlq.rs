@@ -40,9 +40,6 @@ pub const H_ERROR: &str = "weir.dlq.error";
 /// Prefix of every header the broker adds.
 pub const H_PREFIX: &str = "weir.dlq.";
 
-/// Most bytes of a dead-letter shard scanned per read during recovery.
-const SCAN_READ_BYTES: usize = 1 << 20;
-
 /// The dead-letter topic name of `topic`.
 pub fn dlq_name(topic: &str, suffix: &str) -> String {
     format!("{topic}{suffix}")
@@ -150,49 +147,28 @@ pub fn scan_tail(
     let Ok(shard) = dlq.shard(dlq_shard) else {
         return Ok(Vec::new());
     };
-    let reader = shard.reader();
-    let mut at = from.max(reader.log_start_offset());
-    let end = reader.high_watermark();
     let mut out = Vec::new();
-    while at < end {
-        let chunks = reader
-            .read(at, SCAN_READ_BYTES)
-            .map_err(|e| BrokerError::new(ErrorCode::StorageError, e.to_string()))?;
-        if chunks.is_empty() {
-            break;
-        }
-        let mut next = at;
-        for chunk in chunks {
-            for b in weir_protocol::batch::split(chunk) {
-                let batch = b
-                    .and_then(Batch::parse)
-                    .map_err(|e| BrokerError::new(ErrorCode::CorruptStorage, e.to_string()))?;
-                for rec in batch.records() {
-                    if rec.offset < at {
-                        continue;
-                    }
-                    if header(&rec, H_GROUP) != Some(group)
-                        || header(&rec, H_SOURCE_TOPIC) != Some(topic)
-                    {
-                        continue;
-                    }
-                    let num = |n| header(&rec, n).and_then(|v| v.parse::<u64>().ok());
-                    if let (Some(s), Some(o)) = (num(H_SOURCE_SHARD), num(H_SOURCE_OFFSET)) {
-                        out.push(Found {
-                            source_shard: s as u32,
-                            source_offset: o,
-                            failures: num(H_ATTEMPTS).unwrap_or(0) as u32,
-                            dlq_offset: rec.offset,
-                        });
-                    }
-                }
-                next = batch.header().last_offset() + 1;
+    shard.reader().scan_batches(from, |bytes, _| {
+        let batch = Batch::parse(bytes)
+            .map_err(|e| BrokerError::new(ErrorCode::CorruptStorage, e.to_string()))?;
+        for rec in batch.records() {
+            if rec.offset < from
+                || header(&rec, H_GROUP) != Some(group)
+                || header(&rec, H_SOURCE_TOPIC) != Some(topic)
+            {
+                continue;
+            }
+            let num = |n| header(&rec, n).and_then(|v| v.parse::<u64>().ok());
+            if let (Some(s), Some(o)) = (num(H_SOURCE_SHARD), num(H_SOURCE_OFFSET)) {
+                out.push(Found {
+                    source_shard: s as u32,
+                    source_offset: o,
+                    failures: num(H_ATTEMPTS).unwrap_or(0) as u32,
+                    dlq_offset: rec.offset,
+                });
             }
         }
-        if next <= at {
-            break;
-        }
-        at = next;
-    }
+        Ok::<(), BrokerError>(())
+    })?;
     Ok(out)
 }

@@ -398,36 +398,23 @@ impl StateLog {
 
     /// Folds every event of this generation into `recovered`.
     fn replay_into(&self, recovered: &mut Recovered) -> Result<(), BrokerError> {
-        let reader = self.shard.reader();
-        let mut at = reader.log_start_offset();
         let mut skipped = 0u64;
-        while at < reader.high_watermark() {
-            let chunks = reader
-                .read(at, 1 << 20)
+        self.shard.reader().scan_batches(0, |bytes, _| {
+            let batch = Batch::parse(bytes)
                 .map_err(|e| BrokerError::new(ErrorCode::CorruptStorage, e.to_string()))?;
-            if chunks.is_empty() {
-                break;
-            }
-            for chunk in chunks {
-                for batch in weir_protocol::batch::split(chunk) {
-                    let batch = batch
-                        .and_then(Batch::parse)
-                        .map_err(|e| BrokerError::new(ErrorCode::CorruptStorage, e.to_string()))?;
-                    for rec in batch.records() {
-                        match (decode_key(&rec.key), Event::decode(&rec.value)) {
-                            (Some((g, t, s)), Some(ev)) => recovered
-                                .entry((g, t))
-                                .or_default()
-                                .entry(s)
-                                .or_default()
-                                .apply(&ev),
-                            _ => skipped += 1,
-                        }
-                    }
-                    at = batch.header().last_offset() + 1;
+            for rec in batch.records() {
+                match (decode_key(&rec.key), Event::decode(&rec.value)) {
+                    (Some((g, t, s)), Some(ev)) => recovered
+                        .entry((g, t))
+                        .or_default()
+                        .entry(s)
+                        .or_default()
+                        .apply(&ev),
+                    _ => skipped += 1,
                 }
             }
-        }
+            Ok::<(), BrokerError>(())
+        })?;
         if skipped > 0 {
             tracing::warn!(
                 skipped,

@@ -17,7 +17,6 @@ use crate::flow::quota::ClientState;
 use crate::flow::ProduceTicket;
 use crate::shard::writer::PendingAppend;
 use crate::shard::{AppendError, Shard};
-use crate::storage::StorageError;
 use crate::topics::BrokerError;
 
 /// Software name and version sent in ApiVersions and Metadata.
@@ -105,7 +104,7 @@ async fn dispatch(state: &Arc<BrokerState>, request: Request) -> Result<Response
                     offset: reader.log_start_offset(),
                     timestamp_ms: -1,
                 },
-                ts => match reader.offset_for_timestamp(ts).map_err(storage_error)? {
+                ts => match reader.offset_for_timestamp(ts).map_err(BrokerError::from)? {
                     Some((offset, timestamp_ms)) => ListOffsetsResponse {
                         offset,
                         timestamp_ms,
@@ -219,29 +218,12 @@ async fn dispatch(state: &Arc<BrokerState>, request: Request) -> Result<Response
     })
 }
 
-pub(crate) fn storage_error(e: StorageError) -> BrokerError {
-    match e {
-        StorageError::OffsetOutOfRange { .. } => {
-            BrokerError::new(ErrorCode::OffsetOutOfRange, e.to_string())
-        }
-        StorageError::Corrupt { .. } => BrokerError::new(ErrorCode::CorruptStorage, e.to_string()),
-        other => BrokerError::new(ErrorCode::StorageError, other.to_string()),
-    }
-}
-
 async fn fetch(state: &Arc<BrokerState>, r: FetchRequest) -> Result<FetchResponse, BrokerError> {
     let topic = state.topics.get(&r.topic)?;
     let shard: &Arc<Shard> = topic.shard(r.shard)?;
     let reader = shard.reader();
-    let max_bytes = (r.max_bytes as usize)
-        .min((state.config.max_frame_bytes as usize).saturating_sub(1024))
-        .max(1);
-    let wait = Duration::from_millis(u64::from(r.max_wait_ms.min(state.config.max_fetch_wait_ms)));
-    let deadline = Instant::now() + wait;
-    let mut hwm_rx = shard.watch_high_watermark();
-    let mut shutdown = state.shutdown.clone();
-    loop {
-        hwm_rx.borrow_and_update();
+    let max_bytes = fetch_max_bytes(state, r.max_bytes);
+    long_poll(state, shard, r.max_wait_ms, |last| {
         let hwm = reader.high_watermark();
         let start = reader.log_start_offset();
         if r.offset < start || r.offset > hwm {
@@ -251,22 +233,54 @@ async fn fetch(state: &Arc<BrokerState>, r: FetchRequest) -> Result<FetchRespons
             ));
         }
         let chunks = if r.offset < hwm {
-            reader.read(r.offset, max_bytes).map_err(storage_error)?
+            reader.read(r.offset, max_bytes)?
         } else {
             Vec::new()
         };
         let bytes: usize = chunks.iter().map(|c| c.len()).sum();
-        let now = Instant::now();
-        if (bytes > 0 && bytes >= r.min_bytes as usize) || now >= deadline || *shutdown.borrow() {
-            state
-                .metrics
-                .fetch_bytes_total
-                .fetch_add(bytes as u64, Ordering::Relaxed);
-            return Ok(FetchResponse {
-                high_watermark: hwm,
-                log_start_offset: start,
-                records: Records::from_chunks(chunks),
-            });
+        if !last && (bytes == 0 || bytes < r.min_bytes as usize) {
+            return Ok(None);
+        }
+        state
+            .metrics
+            .fetch_bytes_total
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        Ok(Some(FetchResponse {
+            high_watermark: hwm,
+            log_start_offset: start,
+            records: Records::from_chunks(chunks),
+        }))
+    })
+    .await
+}
+
+/// The most record bytes one fetch response carries: what the client asked for, within
+/// the frame size (less room for the headers), and at least 1 so a fetch progresses.
+pub(crate) fn fetch_max_bytes(state: &BrokerState, requested: u32) -> usize {
+    (requested as usize)
+        .min((state.config.max_frame_bytes as usize).saturating_sub(1024))
+        .max(1)
+}
+
+/// A long-poll read, shared by Fetch and PriorityFetch: calls `fill(last)` now and
+/// again whenever the shard's high-water mark moves, until it answers. `last` is true
+/// once the wait (`max_wait_ms`, capped by `max_fetch_wait_ms`) is over or the broker
+/// is shutting down; `fill` must answer then.
+pub(crate) async fn long_poll<T>(
+    state: &BrokerState,
+    shard: &Shard,
+    max_wait_ms: u32,
+    mut fill: impl FnMut(bool) -> Result<Option<T>, BrokerError>,
+) -> Result<T, BrokerError> {
+    let wait = Duration::from_millis(u64::from(max_wait_ms.min(state.config.max_fetch_wait_ms)));
+    let deadline = Instant::now() + wait;
+    let mut hwm_rx = shard.watch_high_watermark();
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        hwm_rx.borrow_and_update();
+        let last = Instant::now() >= deadline || *shutdown.borrow();
+        if let Some(answer) = fill(last)? {
+            return Ok(answer);
         }
         tokio::select! {
             _ = tokio::time::sleep_until(deadline.into()) => {}
@@ -368,18 +382,16 @@ pub async fn produce_start(
     }
     // Order and idempotent sequences are per class and the writer queues a request in
     // one class's lane, so one request must not mix classes (the SDK never does).
-    let classes = state.config.class_map().unwrap_or_default();
-    if let Some(first) = headers.first() {
-        let class = classes.class_of(first.priority);
-        if headers
-            .iter()
-            .any(|h| classes.class_of(h.priority) != class)
-        {
-            return refuse(BrokerError::new(
-                ErrorCode::InvalidBatch,
-                "the batches of one produce request must all be in one priority class",
-            ));
-        }
+    let class = shard.class_of(&headers);
+    let classes = shard.classes();
+    if headers
+        .iter()
+        .any(|h| classes.class_of(h.priority) != class)
+    {
+        return refuse(BrokerError::new(
+            ErrorCode::InvalidBatch,
+            "the batches of one produce request must all be in one priority class",
+        ));
     }
     let filled: usize = batches.iter().map(|b| b.len()).sum();
     if filled > topic.config.max_message_bytes as usize {
@@ -394,13 +406,7 @@ pub async fn produce_start(
     let records: u64 = headers.iter().map(|h| u64::from(h.record_count)).sum();
     let bytes = batches.iter().map(|b| b.len() as u64).sum();
     // Flow control decides before anything is queued: a refused produce was never
-    // accepted. The class is that of the request's most important record.
-    let priority = headers.iter().map(|h| h.priority).min().unwrap_or(u8::MAX);
-    let class = state
-        .config
-        .class_map()
-        .unwrap_or_default()
-        .class_of(priority);
+    // accepted. It sheds by the request's class, the lane it would wait in.
     let mut ticket = match state.flow.admit_produce(client, class, bytes) {
         Ok(t) => t,
         Err(r) => return refuse_after(BrokerError::new(r.code, r.message), r.retry_after_ms),

@@ -20,7 +20,7 @@ use weir_protocol::classes::{Class, CLASS_COUNT};
 use weir_protocol::messages::{PriorityFetchRequest, PriorityFetchResponse, Records};
 use weir_protocol::ErrorCode;
 
-use super::handlers::storage_error;
+use super::handlers::{fetch_max_bytes, long_poll};
 use crate::broker::BrokerState;
 use crate::scheduler::Wfq;
 use crate::shard::writer::now_ms;
@@ -52,15 +52,8 @@ pub async fn priority_fetch(
         )
     })?;
     let reader = shard.reader();
-    let max_bytes = (r.max_bytes as usize)
-        .min((state.config.max_frame_bytes as usize).saturating_sub(1024))
-        .max(1);
-    let wait = Duration::from_millis(u64::from(r.max_wait_ms.min(state.config.max_fetch_wait_ms)));
-    let deadline = Instant::now() + wait;
-    let mut hwm_rx = shard.watch_high_watermark();
-    let mut shutdown = state.shutdown.clone();
-    loop {
-        hwm_rx.borrow_and_update();
+    let max_bytes = fetch_max_bytes(state, r.max_bytes);
+    long_poll(state, shard, r.max_wait_ms, |last| {
         let hwm = reader.high_watermark();
         let start = reader.log_start_offset();
         for c in cursors.iter_mut() {
@@ -69,26 +62,23 @@ pub async fn priority_fetch(
             *c = (*c).clamp(start, hwm.max(start));
         }
         let a = assemble(state, shard, &cursors, max_bytes)?;
-        let now = Instant::now();
+        // Urgent data ends the wait for `min_bytes` at once.
         let enough = a.bytes > 0 && (a.bytes >= r.min_bytes as usize || a.has_p0);
-        if enough || now >= deadline || *shutdown.borrow() {
-            state
-                .metrics
-                .fetch_bytes_total
-                .fetch_add(a.bytes as u64, Ordering::Relaxed);
-            return Ok(PriorityFetchResponse {
-                high_watermark: hwm,
-                log_start_offset: start,
-                cursors: a.cursors.to_vec(),
-                records: Records::from_chunks(a.batches),
-            });
+        if !enough && !last {
+            return Ok(None);
         }
-        tokio::select! {
-            _ = tokio::time::sleep_until(deadline.into()) => {}
-            _ = hwm_rx.changed() => {}
-            _ = shutdown.changed() => {}
-        }
-    }
+        state
+            .metrics
+            .fetch_bytes_total
+            .fetch_add(a.bytes as u64, Ordering::Relaxed);
+        Ok(Some(PriorityFetchResponse {
+            high_watermark: hwm,
+            log_start_offset: start,
+            cursors: a.cursors.to_vec(),
+            records: Records::from_chunks(a.batches),
+        }))
+    })
+    .await
 }
 
 /// Picks batches from the four lanes in WFQ order until `max_bytes` (the first batch
@@ -100,7 +90,7 @@ fn assemble(
     max_bytes: usize,
 ) -> Result<Assembled, BrokerError> {
     let reader = shard.reader();
-    let index = shard.class_index().map_err(storage_error)?;
+    let index = shard.class_index().map_err(BrokerError::from)?;
     let scanned = index.scanned_to();
     let now = Instant::now();
     let wall_ms = now_ms();
@@ -113,7 +103,7 @@ fn assemble(
         };
         let Some(chunk) = reader
             .read(offset, 1)
-            .map_err(storage_error)?
+            .map_err(BrokerError::from)?
             .into_iter()
             .next()
         else {

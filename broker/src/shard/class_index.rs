@@ -11,13 +11,9 @@
 
 use std::collections::VecDeque;
 
-use weir_protocol::batch::BatchHeader;
 use weir_protocol::classes::{Class, ClassMap, CLASS_COUNT};
 
 use crate::storage::{LogReader, StorageError};
-
-/// Most bytes read per step while scanning headers.
-const SCAN_CHUNK_BYTES: usize = 4 << 20;
 
 /// Runs of each class's batches in one shard's log; see the module docs.
 #[derive(Debug, Default)]
@@ -36,35 +32,15 @@ impl ClassIndex {
                 lane.pop_front();
             }
         }
-        let hwm = reader.high_watermark();
-        let mut offset = self.scanned_to.max(start);
-        while offset < hwm {
-            let chunks = reader.read(offset, SCAN_CHUNK_BYTES)?;
-            let mut next = offset;
-            for chunk in &chunks {
-                let mut pos = 0;
-                while pos < chunk.len() {
-                    let h =
-                        BatchHeader::read(&chunk[pos..]).map_err(|e| StorageError::Corrupt {
-                            path: Default::default(),
-                            file_position: 0,
-                            detail: format!("batch header at offset {next}: {e}"),
-                        })?;
-                    let lane = &mut self.runs[classes.class_of(h.priority).index()];
-                    match lane.back_mut() {
-                        Some(run) if run.1 == h.base_offset => run.1 = h.last_offset() + 1,
-                        _ => lane.push_back((h.base_offset, h.last_offset() + 1)),
-                    }
-                    next = h.last_offset() + 1;
-                    pos += h.total_bytes();
-                }
+        let runs = &mut self.runs;
+        self.scanned_to = reader.scan_batches(self.scanned_to, |_, h| {
+            let lane = &mut runs[classes.class_of(h.priority).index()];
+            match lane.back_mut() {
+                Some(run) if run.1 == h.base_offset => run.1 = h.last_offset() + 1,
+                _ => lane.push_back((h.base_offset, h.last_offset() + 1)),
             }
-            if next <= offset {
-                break;
-            }
-            offset = next;
-        }
-        self.scanned_to = offset;
+            Ok::<(), StorageError>(())
+        })?;
         Ok(())
     }
 

@@ -286,31 +286,17 @@ impl Shard {
 
 fn rebuild_producers(reader: &LogReader, classes: ClassMap) -> ProducerTable {
     let mut table = ProducerTable::new(classes);
-    let hwm = reader.high_watermark();
-    let mut offset = reader
-        .log_start_offset()
-        .max(hwm.saturating_sub(PRODUCER_STATE_SCAN_OFFSETS));
-    while offset < hwm {
-        let chunks = match reader.read(offset, 1 << 20) {
-            Ok(c) if !c.is_empty() => c,
-            _ => break,
-        };
-        let mut next = offset;
-        for chunk in &chunks {
-            let mut pos = 0;
-            while pos < chunk.len() {
-                let Ok(h) = BatchHeader::read(&chunk[pos..]) else {
-                    break;
-                };
-                table.record(&h);
-                next = h.last_offset() + 1;
-                pos += h.total_bytes();
-            }
-        }
-        if next <= offset {
-            break;
-        }
-        offset = next;
+    let from = reader
+        .high_watermark()
+        .saturating_sub(PRODUCER_STATE_SCAN_OFFSETS);
+    let scanned = reader.scan_batches(from, |_, h| {
+        table.record(h);
+        Ok::<(), StorageError>(())
+    });
+    if let Err(e) = scanned {
+        // Recovery already checked the log; a failure here only shortens the window
+        // in which retries are recognised.
+        tracing::warn!(error = %e, "producer state rebuilt from part of the log");
     }
     table
 }

@@ -524,6 +524,42 @@ pub struct LogReader {
 }
 
 impl LogReader {
+    /// Visits every batch from the one holding `from` up to the high-water mark as it
+    /// was when the scan started, in offset order, reading 4 MiB at a time. Batches are
+    /// checked by [`LogReader::read`] first. The first error — a read's, or `visit`'s —
+    /// ends the scan. Returns the offset after the last batch visited. For rebuilding
+    /// state from a log on open (producer ids, committed offsets, queue state, the
+    /// class index, dead letters).
+    pub fn scan_batches<E: From<StorageError>>(
+        &self,
+        from: u64,
+        mut visit: impl FnMut(Bytes, &BatchHeader) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        const SCAN_READ_BYTES: usize = 4 << 20;
+        let end = self.high_watermark();
+        let mut at = from.max(self.log_start_offset());
+        while at < end {
+            let mut next = at;
+            for mut chunk in self.read(at, SCAN_READ_BYTES)? {
+                while !chunk.is_empty() {
+                    let h = BatchHeader::read(&chunk).map_err(|e| StorageError::Corrupt {
+                        path: self.shared.dir.clone(),
+                        file_position: 0,
+                        detail: format!("batch header at offset {next}: {e}"),
+                    })?;
+                    let batch = chunk.split_to(h.total_bytes().min(chunk.len()));
+                    visit(batch, &h)?;
+                    next = h.last_offset() + 1;
+                }
+            }
+            if next <= at {
+                break;
+            }
+            at = next;
+        }
+        Ok(at)
+    }
+
     /// Whole batches starting with the one that holds `offset`, up to `max_bytes` (but
     /// always at least one batch when `offset < high_watermark`). Each returned `Bytes`
     /// is a zero-copy run of consecutive whole batches from one segment. Every batch
