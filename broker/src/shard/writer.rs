@@ -412,7 +412,7 @@ impl Writer {
                 }
                 let now = Instant::now();
                 if interval_flush && dirty && now >= next_flush {
-                    // Off the writer thread: a second's worth of msync must not stall
+                    // Off the writer thread: a second's worth of fdatasync must not stall
                     // the appends (and P0 work) queued behind it.
                     match self.log.flush_in_background() {
                         Ok(true) => {

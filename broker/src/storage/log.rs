@@ -1,7 +1,8 @@
 //! The log of one shard: a list of segments, one writer ([`Log`]) and any number of
 //! lock-free-on-the-hot-path readers ([`LogReader`]).
 //!
-//! Publication protocol: the writer copies batches into the active map, then stores the
+//! Publication protocol: the writer writes batches into the active file (`pwritev`, into
+//! the page cache that readers' maps show), then stores the
 //! segment's `len` and finally the log's high-water mark, each with `Release`. A reader
 //! loads the log start and high-water mark with `Acquire`, clones the current segment
 //! list (an `Arc<Vec<..>>` behind an `RwLock` held only for the clone), and never looks
@@ -9,6 +10,7 @@
 //! deletes one, so a reader's snapshot stays valid for as long as it holds it.
 
 use std::fs::File;
+use std::io::IoSlice;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -76,6 +78,36 @@ pub struct AppendInfo {
     pub base_offset: u64,
     /// Offset of the last record of the last batch.
     pub last_offset: u64,
+}
+
+/// Batches of one `append` that land in one segment, in order, with the base offset
+/// each gets (little-endian, as stored in its first 8 bytes).
+struct Run<'a> {
+    start: u64,
+    stamps: Vec<[u8; 8]>,
+    batches: Vec<&'a [u8]>,
+}
+
+impl<'a> Run<'a> {
+    fn with_capacity(n: usize, start: u64) -> Self {
+        Run {
+            start,
+            stamps: Vec::with_capacity(n),
+            batches: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, base_offset: u64, batch: &'a [u8]) {
+        self.stamps.push(base_offset.to_le_bytes());
+        self.batches.push(batch);
+    }
+
+    /// Empties the run for a new segment starting at `start`.
+    fn restart(&mut self, start: u64) {
+        self.start = start;
+        self.stamps.clear();
+        self.batches.clear();
+    }
 }
 
 /// What readers and the writer share.
@@ -156,18 +188,31 @@ impl Log {
                 detail: "append needs at least one batch".into(),
             });
         }
+        // Batches go into the active file with `pwritev`, one call per run of batches
+        // that land in one segment (see `write_run`); the stamped base offset of each
+        // is its own 8-byte slice, so the caller's bytes are never copied twice.
+        let mut run = Run::with_capacity(batches.len(), self.active.pos);
         for b in batches {
             let (count, max_ts) = counts(b);
             let fits = self.active.pos + b.len() as u64 <= self.active.capacity;
             let rel_last =
                 self.active.next_offset + u64::from(count) - 1 - self.active.seg.base_offset;
             if !fits || rel_last > u64::from(u32::MAX) {
-                if let Err(e) = self.roll(b.len() as u64) {
+                let rolled = self
+                    .write_run(&run)
+                    .and_then(|()| self.roll(b.len() as u64));
+                if let Err(e) = rolled {
                     self.failed = Some(e.to_string());
                     return Err(e);
                 }
+                run.restart(self.active.pos);
             }
-            self.write_batch(b, count, max_ts);
+            let stamp = self.place_batch(b.len(), count, max_ts);
+            run.push(stamp, b);
+        }
+        if let Err(e) = self.write_run(&run) {
+            self.failed = Some(e.to_string());
+            return Err(e);
         }
         self.publish_active();
         self.shared
@@ -192,20 +237,13 @@ impl Log {
         }
     }
 
-    fn write_batch(&mut self, b: &[u8], count: u32, max_ts: i64) {
+    /// Reserves room for a batch of `len` bytes at the active position: indexes it,
+    /// advances the position and offsets, and returns the base offset to stamp into it.
+    /// The bytes themselves are written by `write_run`.
+    fn place_batch(&mut self, len: usize, count: u32, max_ts: i64) -> u64 {
         let a = &mut self.active;
-        let pos = a.pos as usize;
-        debug_assert!(pos + b.len() <= a.seg.log.map.len());
-        let dst = a.seg.log.map.as_mut_ptr();
-        // SAFETY: `[pos, pos + len)` is inside the map (capacity checked by `append`,
-        // and capacity <= map length), above the published `len` so no reader looks at
-        // it, and only this writer (holding `&mut Log`) writes the map. The file is
-        // preallocated to the map's length and nobody truncates it while active; other
-        // processes are kept out by the directory flock.
-        unsafe {
-            std::ptr::copy_nonoverlapping(b.as_ptr(), dst.add(pos), b.len());
-            std::ptr::copy_nonoverlapping(a.next_offset.to_le_bytes().as_ptr(), dst.add(pos), 8);
-        }
+        let pos = a.pos;
+        debug_assert!(pos + len as u64 <= a.capacity);
         a.max_timestamp_ms = a.max_timestamp_ms.max(max_ts);
         if a.bytes_since_index >= u64::from(self.config.index_interval_bytes) && pos > 0 {
             // A full index only makes scans longer; it is sized so it never fills.
@@ -216,9 +254,32 @@ impl Log {
             });
             a.bytes_since_index = 0;
         }
-        a.bytes_since_index += b.len() as u64;
-        a.pos += b.len() as u64;
+        let base_offset = a.next_offset;
+        a.bytes_since_index += len as u64;
+        a.pos += len as u64;
         a.next_offset += u64::from(count);
+        base_offset
+    }
+
+    /// Writes `run` into the active file at the position it was started at. The bytes
+    /// lie above the published `len`, so no reader looks at them until
+    /// `publish_active`; readers then see them through their shared map of the same
+    /// file (one page cache).
+    fn write_run(&self, run: &Run<'_>) -> Result<(), StorageError> {
+        if run.batches.is_empty() {
+            return Ok(());
+        }
+        debug_assert_eq!(
+            run.start + run.batches.iter().map(|b| b.len() as u64).sum::<u64>(),
+            self.active.pos
+        );
+        let mut slices = Vec::with_capacity(run.batches.len() * 2);
+        for (stamp, b) in run.stamps.iter().zip(&run.batches) {
+            slices.push(IoSlice::new(stamp));
+            slices.push(IoSlice::new(&b[8..]));
+        }
+        let log = &self.active.seg.log;
+        segment::write_all_at(&log.file, &log.path, &mut slices, run.start)
     }
 
     fn publish_active(&self) {
@@ -266,13 +327,7 @@ impl Log {
         }
         let cap = need.max(self.config.segment_bytes);
         let id = self.new_prepare_id();
-        segment::prepare(
-            &self.shared.dir,
-            id,
-            cap,
-            self.index_entries_for(cap),
-            false,
-        )
+        segment::prepare(&self.shared.dir, id, cap, self.index_entries_for(cap))
     }
 
     /// Closes the active segment (if it holds anything) and starts a new one with room
@@ -310,8 +365,8 @@ impl Log {
         Ok(())
     }
 
-    /// Makes everything appended so far durable: closed-but-unsynced segments are
-    /// `fdatasync`ed, the active segment's dirty range is `msync(MS_SYNC)`ed, and the
+    /// Makes everything appended so far durable: closed-but-unsynced segments and the
+    /// active segment's file are `fdatasync`ed, and the
     /// directory is fsynced if a segment file appeared. Indexes are not synced on this
     /// path: recovery rebuilds them from the last entry it can verify.
     pub fn flush(&mut self) -> Result<(), StorageError> {
@@ -324,7 +379,7 @@ impl Log {
     }
 
     /// Starts making everything appended so far durable on a background thread and
-    /// returns at once, so a periodic flush never stalls the writer (an `msync` of a
+    /// returns at once, so a periodic flush never stalls the writer (an `fdatasync` of a
     /// second's worth of appends can take hundreds of milliseconds). At most one runs at
     /// a time: while one is still running this does nothing and returns `false` (call
     /// again later; the data stays dirty). A later [`Log::flush`]
@@ -343,18 +398,15 @@ impl Log {
         let segments = std::mem::take(&mut self.pending_sync);
         let a = &mut self.active;
         let seg = Arc::clone(&a.seg);
-        let range = (a.flushed_pos as usize, (a.pos - a.flushed_pos) as usize);
+        let dirty = a.pos > a.flushed_pos;
         a.flushed_pos = a.pos;
         let dir = std::mem::take(&mut self.dir_dirty).then(|| self.shared.dir.clone());
         let job = move || -> Result<(), StorageError> {
             for s in segments {
                 s.sync_all_files()?;
             }
-            if range.1 > 0 {
-                seg.log
-                    .map
-                    .flush_range(range.0, range.1)
-                    .map_err(io_err(&seg.log.path))?;
+            if dirty {
+                seg.log.file.sync_data().map_err(io_err(&seg.log.path))?;
             }
             if let Some(dir) = dir {
                 sync_dir(&dir)?;
@@ -396,10 +448,12 @@ impl Log {
         }
         let a = &mut self.active;
         if a.pos > a.flushed_pos {
+            // Only this file's unsynced tail is dirty (earlier flushes covered the
+            // rest), so fdatasync of the whole file costs what a range sync would.
             a.seg
                 .log
-                .map
-                .flush_range(a.flushed_pos as usize, (a.pos - a.flushed_pos) as usize)
+                .file
+                .sync_data()
                 .map_err(io_err(&a.seg.log.path))?;
             a.flushed_pos = a.pos;
         }

@@ -375,7 +375,9 @@ fn recover_active(dir: &Path, base: u64, cfg: &LogConfig) -> Result<Active, Stor
     for e in &entries {
         index.push(*e);
     }
-    let map = MmapOptions::new().map_raw(&file).map_err(io_err(&path))?;
+    let map = MmapOptions::new()
+        .map_raw_read_only(&file)
+        .map_err(io_err(&path))?;
     let max_ts = s.max_timestamp_ms;
     let seg = Segment {
         base_offset: base,
@@ -464,7 +466,6 @@ pub(crate) fn open(dir: &Path, config: LogConfig) -> Result<Log, StorageError> {
             u64::from(std::process::id()) << 32,
             config.segment_bytes,
             index_capacity(config.segment_bytes, config.index_interval_bytes),
-            false,
         )?;
         drop(p.install(dir, 0)?);
         sync_dir(dir)?;

@@ -1,18 +1,29 @@
 //! One segment: a `<base>.log` file of concatenated batches, memory-mapped, plus its
 //! two index files.
 //!
-//! A segment is either *active* (the single writer copies batches into its writable,
-//! preallocated map) or *closed* (trimmed to its real length and mapped read-only).
-//! Readers share segments through `Arc<Segment>` and only ever look at bytes below the
-//! segment's published length `len`, which the writer stores with `Release` after the
-//! bytes are in the map.
+//! A segment is either *active* (the single writer appends batches to its preallocated
+//! file with `pwritev`) or *closed* (trimmed to its real length). Both are mapped
+//! read-only and shared; readers share segments through `Arc<Segment>` and only ever
+//! look at bytes below the segment's published length `len`, which the writer stores
+//! with `Release` after the write returned (the map and the writes share one page
+//! cache, so the bytes are visible through the map from then on).
 //!
-//! The next segment's files are created, `fallocate`d (real blocks, not a sparse
-//! `set_len`, so the first touch of each page does not allocate a block) and mapped by
-//! [`spawn_prepare`] on a background thread while the current one fills; rolling then
-//! only trims, remaps and renames.
+//! Why not write through the map: a store into a never-touched page of a mapped file
+//! faults, and the kernel zero-fills the new page-cache page before the copy lands on
+//! it (for preallocated or sparse blocks alike; populating the map in advance only
+//! moves that zeroing to another thread). perf showed that zeroing at about 31 % of
+//! all CPU time when producing 1 KiB records. `pwritev` copies straight into fresh
+//! page-cache pages without zeroing whole pages first, takes one syscall per group
+//! of batches instead of a fault per page, and turns a full disk into an error value
+//! instead of a `SIGBUS`.
+//!
+//! The next segment's files are created and `fallocate`d (real blocks, not a sparse
+//! `set_len`, so a full disk shows up before the roll, not in the middle of a write)
+//! by [`spawn_prepare`] on a background thread while the current one fills; rolling
+//! then only trims, remaps and renames.
 
 use std::fs::{File, OpenOptions};
+use std::io::IoSlice;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -162,6 +173,45 @@ pub(crate) fn preallocate(file: &File, path: &Path, len: u64) -> Result<(), Stor
     }
 }
 
+/// Writes all of `slices`, in order, at `offset` of `file` (`pwritev`, repeated after a
+/// short write or an interrupt; at most `IOV_MAX` slices per call).
+pub(crate) fn write_all_at(
+    file: &File,
+    path: &Path,
+    mut slices: &mut [IoSlice<'_>],
+    mut offset: u64,
+) -> Result<(), StorageError> {
+    const IOV_MAX: usize = 1024;
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        let n = slices.len().min(IOV_MAX);
+        // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix (std guarantees
+        // it); the `n` slices are live borrows for the duration of the call and the
+        // kernel only reads them.
+        let rc = unsafe {
+            libc::pwritev(
+                file.as_raw_fd(),
+                slices.as_ptr().cast::<libc::iovec>(),
+                n as libc::c_int,
+                offset as libc::off_t,
+            )
+        };
+        if rc < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(io_err(path)(err));
+        }
+        if rc == 0 {
+            return Err(io_err(path)(std::io::ErrorKind::WriteZero.into()));
+        }
+        offset += rc as u64;
+        IoSlice::advance_slices(&mut slices, rc as usize);
+    }
+    Ok(())
+}
+
 /// Files made ready for a segment whose base offset is not known yet.
 pub(crate) struct Prepared {
     pub capacity: u64,
@@ -188,22 +238,20 @@ fn create_sized(path: &Path, len: u64) -> Result<File, StorageError> {
 }
 
 /// Creates, preallocates and maps the files of a future segment under temporary names.
+/// The log's map is read-only and not populated: populating would zero-fill every page
+/// (the cost `pwritev` avoids), and readers only touch pages the writer has filled.
 pub(crate) fn prepare(
     dir: &Path,
     id: u64,
     capacity: u64,
     index_entries: usize,
-    populate: bool,
 ) -> Result<Prepared, StorageError> {
     let name = |ext: &str| dir.join(format!("{PREPARE_PREFIX}{id}.{ext}"));
     let log_path = name(LOG_EXT);
     let log_file = create_sized(&log_path, capacity)?;
-    // Off the hot path, populate so the pages exist before the writer's first touch.
-    let mut opts = MmapOptions::new();
-    if populate {
-        opts.populate();
-    }
-    let map = opts.map_raw(&log_file).map_err(io_err(&log_path))?;
+    let map = MmapOptions::new()
+        .map_raw_read_only(&log_file)
+        .map_err(io_err(&log_path))?;
     let index_path = name(INDEX_EXT);
     let index_file = create_sized(&index_path, (index_entries * OFFSET_ENTRY_BYTES) as u64)?;
     let time_path = name(TIME_INDEX_EXT);
@@ -230,7 +278,7 @@ pub(crate) fn spawn_prepare(
 ) -> JoinHandle<Result<Prepared, StorageError>> {
     std::thread::Builder::new()
         .name("weir-seg-prepare".into())
-        .spawn(move || prepare(&dir, id, capacity, index_entries, true))
+        .spawn(move || prepare(&dir, id, capacity, index_entries))
         .unwrap_or_else(|_| {
             // Could not start a thread: do the work on a fresh attempt inline later.
             std::thread::spawn(|| {
