@@ -10,6 +10,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::config::RuntimeSetting;
+use crate::server::runtimes::CoreRuntimes;
+
 use crate::config::Config;
 use crate::groups::{Coordinator, OffsetStore};
 use crate::producer_ids::ProducerIds;
@@ -180,11 +183,20 @@ impl Broker {
             shutdown: shutdown_rx.clone(),
             queues,
         });
+        let cores = match state.config.runtime {
+            RuntimeSetting::MultiThread => None,
+            RuntimeSetting::ThreadPerCore => {
+                let n = state.config.connection_runtimes();
+                tracing::info!(runtimes = n, "connections run thread-per-core");
+                Some(CoreRuntimes::start(n)?)
+            }
+        };
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(crate::server::serve(
             listener,
             state.clone(),
             shutdown_rx.clone(),
+            cores,
         )));
         tasks.push(tokio::spawn(crate::http::serve(
             http_listener,

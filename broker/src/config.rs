@@ -36,6 +36,13 @@ pub struct Config {
     /// Requests one connection may have in flight; the broker stops reading from a
     /// connection that reaches it until a response is written.
     pub max_in_flight_per_connection: usize,
+    /// How connections are run: `multi_thread` (one work-stealing Tokio runtime) or
+    /// `thread_per_core` (one single-threaded runtime per core, each pinned to its
+    /// core; a connection stays on the runtime it was handed to). See ARCHITECTURE.md
+    /// §Threads for the measured difference.
+    pub runtime: RuntimeSetting,
+    /// Connection runtimes in `thread_per_core` mode; 0 = one per available CPU.
+    pub runtime_threads: usize,
     /// Close a connection that sent nothing (not even a heartbeat) for this long.
     pub idle_timeout_ms: u64,
     /// Close a connection whose peer takes longer than this to send the rest of a frame
@@ -172,6 +179,27 @@ pub struct QuotaClientConfig {
     pub max_queued_bytes: u64,
 }
 
+/// The `runtime` setting: how the data plane's connections are scheduled.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeSetting {
+    /// One multi-threaded, work-stealing Tokio runtime runs everything.
+    MultiThread,
+    /// One current-thread runtime per core runs connections; control tasks (accept,
+    /// HTTP, groups, queues) stay on the runtime that started the broker.
+    ThreadPerCore,
+}
+
+impl Config {
+    /// Connection runtimes to start in `thread_per_core` mode.
+    pub fn connection_runtimes(&self) -> usize {
+        if self.runtime_threads > 0 {
+            return self.runtime_threads;
+        }
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}
+
 /// Durability as written in config files: `none`, `interval` or `always`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -199,6 +227,8 @@ impl Default for Config {
             data_dir: PathBuf::from("./weir-data"),
             max_frame_bytes: weir_protocol::frame::DEFAULT_MAX_FRAME_BYTES,
             max_connections: 10_000,
+            runtime: RuntimeSetting::MultiThread,
+            runtime_threads: 0,
             max_in_flight_per_connection: 64,
             idle_timeout_ms: 10 * 60 * 1000,
             io_timeout_ms: 30_000,
@@ -364,6 +394,9 @@ impl Config {
         }
         if self.max_in_flight_per_connection == 0 || self.max_connections == 0 {
             return bad("max_in_flight_per_connection and max_connections must be > 0");
+        }
+        if self.runtime_threads > 1024 {
+            return bad("runtime_threads must be in 0..=1024");
         }
         if self.default_segment_bytes < 64 * 1024 {
             return bad("default_segment_bytes must be at least 65536");

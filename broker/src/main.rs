@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
+use weir_broker::config::RuntimeSetting;
 use weir_broker::{Broker, Config};
 
 /// The Weir message broker.
@@ -49,10 +50,18 @@ fn main() -> anyhow::Result<()> {
         config.data_dir = d;
     }
     config.validate()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("weir")
-        .build()?;
+    // Thread-per-core runs connections on runtimes of their own (server::runtimes);
+    // the control plane then needs only one thread.
+    let rt = match config.runtime {
+        RuntimeSetting::MultiThread => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("weir")
+            .build()?,
+        RuntimeSetting::ThreadPerCore => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("weir")
+            .build()?,
+    };
     rt.block_on(async move {
         let broker = Broker::start(config).await?;
         // Tests and scripts read this line to learn the bound ports.

@@ -13,7 +13,63 @@ const SEQS: usize = 100;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyed_records_keep_order_per_key_across_shards() {
-    let broker = BrokerProcess::start();
+    keyed_round_trip(&BrokerProcess::start()).await;
+}
+
+/// The same guarantees with connections on pinned per-core runtimes; the broker must
+/// really run them there (its threads are named `weir-core-<i>`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thread_per_core_runtime_keeps_the_same_guarantees() {
+    let broker = BrokerProcess::start_with_env(&[
+        ("WEIR_RUNTIME", "thread_per_core"),
+        ("WEIR_RUNTIME_THREADS", "3"),
+    ]);
+    let pid = broker.pid().expect("broker pid");
+    let before = core_threads(pid);
+    let names: Vec<&str> = before.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["weir-core-0", "weir-core-1", "weir-core-2"]);
+    // Two idle connections first, so the round trip's connection lands on the third
+    // runtime of the round robin.
+    let extra = [
+        connect(&broker.addr(), Duration::from_secs(5)).await,
+        connect(&broker.addr(), Duration::from_secs(5)).await,
+    ];
+    keyed_round_trip(&broker).await;
+    drop(extra);
+    // The requests ran on the core threads: one of them did the work.
+    let busy_ns = core_threads(pid)
+        .iter()
+        .zip(&before)
+        .map(|((_, after), (_, before))| after - before)
+        .max()
+        .unwrap_or(0);
+    assert!(
+        busy_ns > 20_000_000,
+        "no core thread ran the round trip (max {busy_ns} ns on CPU)"
+    );
+}
+
+/// `(name, nanoseconds on CPU)` of the broker's `weir-core-*` threads, by name.
+fn core_threads(pid: u32) -> Vec<(String, u64)> {
+    let mut threads: Vec<(String, u64)> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("list broker threads")
+        .filter_map(|t| {
+            let dir = t.ok()?.path();
+            let name = std::fs::read_to_string(dir.join("comm"))
+                .ok()?
+                .trim()
+                .to_string();
+            let sched = std::fs::read_to_string(dir.join("schedstat")).ok()?;
+            let on_cpu_ns = sched.split_whitespace().next()?.parse().ok()?;
+            Some((name, on_cpu_ns))
+        })
+        .filter(|(n, _)| n.starts_with("weir-core-"))
+        .collect();
+    threads.sort();
+    threads
+}
+
+async fn keyed_round_trip(broker: &BrokerProcess) {
     let client = connect(&broker.addr(), Duration::from_secs(5)).await;
     Admin::new(client.clone())
         .create_topic("orders", SHARDS, Default::default())

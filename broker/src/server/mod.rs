@@ -6,23 +6,28 @@
 pub mod connection;
 pub mod handlers;
 pub mod priority_fetch;
+pub mod runtimes;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use weir_protocol::frame::ResponseFrame;
 use weir_protocol::ErrorCode;
 
 use crate::broker::BrokerState;
+use runtimes::CoreRuntimes;
 
 /// Accepts until `shutdown` turns true, then waits for open connections to finish.
+/// With `cores` (thread-per-core mode) connections run on those runtimes, which are
+/// stopped at the end; otherwise on the caller's runtime.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<BrokerState>,
     mut shutdown: watch::Receiver<bool>,
+    cores: Option<CoreRuntimes>,
 ) {
     let slots = Arc::new(Semaphore::new(state.config.max_connections));
     // Told to connections refused at max_connections, so the client sees a named error.
@@ -68,15 +73,31 @@ pub async fn serve(
                     }
                 }
                 let state = state.clone();
-                conns.spawn(async move {
-                    state.metrics.connections_open.fetch_add(1, Ordering::Relaxed);
-                    state.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = connection::run(sock, state.clone()).await {
-                        tracing::debug!(%peer, error = %e, "connection closed with error");
+                match &cores {
+                    None => {
+                        conns.spawn(run_connection(sock, peer, state, slot));
                     }
-                    state.metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
-                    drop(slot);
-                });
+                    Some(cores) => {
+                        // A Tokio socket belongs to the reactor that registered it:
+                        // move it out as a std socket and register it on the target.
+                        let sock = match sock.into_std() {
+                            Ok(s) => s,
+                            Err(e) => {
+                                tracing::warn!(%peer, error = %e, "cannot hand the connection to a core");
+                                continue;
+                            }
+                        };
+                        conns.spawn_on(
+                            async move {
+                                match TcpStream::from_std(sock) {
+                                    Ok(sock) => run_connection(sock, peer, state, slot).await,
+                                    Err(e) => tracing::warn!(%peer, error = %e, "cannot register the connection"),
+                                }
+                            },
+                            cores.pick(),
+                        );
+                    }
+                }
                 // Reap finished connection tasks so the set stays small.
                 while conns.try_join_next().is_some() {}
             }
@@ -90,4 +111,34 @@ pub async fn serve(
     {
         conns.abort_all();
     }
+    if let Some(cores) = cores {
+        // Joining the threads blocks briefly; keep it off the async workers.
+        let _ = tokio::task::spawn_blocking(move || cores.stop()).await;
+    }
+}
+
+/// One connection from accept to close, counted in the metrics and holding its
+/// `max_connections` slot.
+async fn run_connection(
+    sock: TcpStream,
+    peer: std::net::SocketAddr,
+    state: Arc<BrokerState>,
+    slot: OwnedSemaphorePermit,
+) {
+    state
+        .metrics
+        .connections_open
+        .fetch_add(1, Ordering::Relaxed);
+    state
+        .metrics
+        .connections_total
+        .fetch_add(1, Ordering::Relaxed);
+    if let Err(e) = connection::run(sock, state.clone()).await {
+        tracing::debug!(%peer, error = %e, "connection closed with error");
+    }
+    state
+        .metrics
+        .connections_open
+        .fetch_sub(1, Ordering::Relaxed);
+    drop(slot);
 }

@@ -1,0 +1,111 @@
+//! Connection runtimes for `runtime = "thread_per_core"`.
+//!
+//! One OS thread per core, each pinned to its core and running a single-threaded Tokio
+//! runtime. The acceptor hands every new connection to the next runtime in turn; the
+//! connection, its write loop and the request tasks it spawns then stay on that core,
+//! so their state is never touched from another thread and no work-stealing moves them
+//! (the design Redpanda and Iggy use). Shard writers keep their own threads; a produce
+//! crosses to the writer by channel in both modes.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+
+/// The started runtimes; dropped or [`CoreRuntimes::stop`]ped when the server ends.
+pub struct CoreRuntimes {
+    handles: Vec<Handle>,
+    stops: Vec<oneshot::Sender<()>>,
+    threads: Vec<JoinHandle<()>>,
+    next: AtomicUsize,
+}
+
+impl CoreRuntimes {
+    /// Starts `n` runtimes (n ≥ 1). Runtime `i` is pinned to CPU `i mod cpus`; a
+    /// failed pin is logged and the runtime runs unpinned.
+    pub fn start(n: usize) -> std::io::Result<CoreRuntimes> {
+        let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
+        let mut rts = CoreRuntimes {
+            handles: Vec::with_capacity(n),
+            stops: Vec::with_capacity(n),
+            threads: Vec::with_capacity(n),
+            next: AtomicUsize::new(0),
+        };
+        for i in 0..n.max(1) {
+            let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+            let (stop_tx, stop_rx) = oneshot::channel::<()>();
+            let thread = std::thread::Builder::new()
+                .name(format!("weir-core-{i}"))
+                .spawn(move || {
+                    pin_to_cpu(i % cpus);
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let _ = handle_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = handle_tx.send(Ok(rt.handle().clone()));
+                    // Spawned connections run while this thread is inside block_on.
+                    rt.block_on(async {
+                        let _ = stop_rx.await;
+                    });
+                })?;
+            let handle = handle_rx
+                .recv()
+                .map_err(|_| std::io::Error::other("connection runtime thread died"))??;
+            rts.handles.push(handle);
+            rts.stops.push(stop_tx);
+            rts.threads.push(thread);
+        }
+        Ok(rts)
+    }
+
+    /// The runtime for the next connection (round robin).
+    pub fn pick(&self) -> &Handle {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
+        &self.handles[i]
+    }
+
+    /// Stops every runtime (dropping tasks still on it) and joins the threads.
+    pub fn stop(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        for s in self.stops.drain(..) {
+            let _ = s.send(());
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for CoreRuntimes {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: `cpu_set_t` is plain data for which all-zero is the empty set; CPU_SET
+    // writes one bit inside it (cpu < CPU_SETSIZE is checked first); the syscall only
+    // reads the set, for the calling thread (pid 0).
+    let rc = unsafe {
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return;
+        }
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        tracing::warn!(cpu, error = %std::io::Error::last_os_error(), "could not pin a connection runtime");
+    }
+}
