@@ -21,6 +21,7 @@
 //! handshake over the id's `max_connections` is answered THROTTLED and the connection
 //! closed. Fetches wait here for the client's fetch quota and are charged after.
 
+use std::io::IoSlice;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,9 +43,11 @@ use crate::flow::quota::{ClientState, ConnectionSlot};
 use crate::flow::receive::{GatedRead, ReceiveGate};
 use crate::scheduler::Wfq;
 
-/// Tail chunks smaller than this are copied into the write buffer rather than written
-/// with their own system call.
-const COPY_TAIL_BELOW_BYTES: usize = 64 * 1024;
+/// A write round stops taking responses once it holds this many bytes (it then writes
+/// them and picks the most urgent waiting response again)...
+const WRITE_ROUND_BYTES: usize = 256 * 1024;
+/// ... or this many slices (the kernel takes at most 1,024 per `writev`).
+const WRITE_ROUND_SLICES: usize = 512;
 
 /// Serves one connection until the peer closes it, it fails, or the broker shuts down.
 pub async fn run(sock: TcpStream, state: Arc<BrokerState>) -> Result<(), FrameError> {
@@ -367,7 +370,9 @@ async fn write_loop(
     mut ready: Wfq<Encoded>,
     io_timeout: Duration,
 ) {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    // One gathered write per round: response heads and record sets (straight from the
+    // log's map) as separate slices, small tails included, so no response is copied.
+    let mut chunks: Vec<Bytes> = Vec::with_capacity(64);
     let mut held: Vec<Option<Permits>> = Vec::new();
     let mut open = true;
     loop {
@@ -393,7 +398,8 @@ async fn write_loop(
                 Err(mpsc::error::TryRecvError::Disconnected) => open = false,
             }
         }
-        while buf.len() < 256 * 1024 {
+        let mut round_bytes = 0;
+        while round_bytes < WRITE_ROUND_BYTES && chunks.len() < WRITE_ROUND_SLICES {
             let Some(served) = ready.pop(Instant::now()) else {
                 break;
             };
@@ -402,34 +408,22 @@ async fn write_loop(
                 tail,
                 _permits: permits,
             } = served.item;
-            // Released once the bytes are on the socket, not when copied into `buf`.
+            // Released once the bytes are on the socket, not when queued here.
             held.push(permits);
-            buf.extend_from_slice(&head);
-            let tail_bytes: usize = tail.iter().map(Bytes::len).sum();
-            if tail_bytes < COPY_TAIL_BELOW_BYTES {
-                for c in &tail {
-                    buf.extend_from_slice(c);
-                }
-            } else {
-                // Large record sets go from the log's map to the socket without a copy;
-                // the next response is chosen again after this one.
-                if write_all(&mut wr, &buf, io_timeout).await.is_err() {
-                    return;
-                }
-                buf.clear();
-                for c in &tail {
-                    if write_all(&mut wr, c, io_timeout).await.is_err() {
-                        return;
-                    }
-                }
-                held.clear();
-                break;
+            round_bytes += head.len();
+            chunks.push(head.freeze());
+            for c in tail {
+                round_bytes += c.len();
+                chunks.push(c);
             }
         }
-        if write_all(&mut wr, &buf, io_timeout).await.is_err() {
+        if write_all_vectored(&mut wr, &chunks, io_timeout)
+            .await
+            .is_err()
+        {
             return;
         }
-        buf.clear();
+        chunks.clear();
         held.clear();
         if !open && ready.is_empty() {
             break;
@@ -438,19 +432,29 @@ async fn write_loop(
     let _ = wr.shutdown().await;
 }
 
-async fn write_all(
+/// Writes every byte of `chunks` in order with `writev`; a peer that accepts nothing
+/// for `io_timeout` (per call, so a slow but moving reader is fine) fails it.
+async fn write_all_vectored(
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
-    bytes: &[u8],
+    chunks: &[Bytes],
     io_timeout: Duration,
 ) -> std::io::Result<()> {
-    if bytes.is_empty() {
-        return Ok(());
-    }
-    match tokio::time::timeout(io_timeout, wr.write_all(bytes)).await {
-        Ok(r) => r,
-        Err(_) => {
-            tracing::info!("peer is not reading its responses; closing connection");
-            Err(std::io::ErrorKind::TimedOut.into())
+    let mut slices: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
+    let mut rest = &mut slices[..];
+    IoSlice::advance_slices(&mut rest, 0);
+    while !rest.is_empty() {
+        let n = rest.len().min(WRITE_ROUND_SLICES);
+        let written = match tokio::time::timeout(io_timeout, wr.write_vectored(&rest[..n])).await {
+            Ok(r) => r?,
+            Err(_) => {
+                tracing::info!("peer is not reading its responses; closing connection");
+                return Err(std::io::ErrorKind::TimedOut.into());
+            }
+        };
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
         }
+        IoSlice::advance_slices(&mut rest, written);
     }
+    Ok(())
 }
