@@ -3,7 +3,8 @@
 # BENCHMARKS.md:
 #   - loopback TCP, one stream (iperf3 on 127.0.0.1, 10 s)
 #   - sequential write, 1 MiB and 4 KiB blocks, buffered (no sync; what the page cache
-#     takes) and with fdatasync after every block (fio --fdatasync=1)
+#     takes) and with fdatasync after every block (fio --fdatasync=1), and 16 such
+#     1 MiB writers at once
 #   - memory copy bandwidth (dd /dev/zero → /dev/null, and a 256 MiB memcpy in python3)
 #
 # Usage: tools/limits.sh [DIR]   (DIR: where fio writes; default $TMPDIR or /tmp —
@@ -74,6 +75,9 @@ sync
 # fdatasync after every block: the disk's durable speed.
 fio_run fio_write_1m_fdatasync 1M 2G --fdatasync=1
 fio_run fio_write_4k_fdatasync 4k 256M --fdatasync=1
+# 16 writers, each to its own file with fdatasync after every 1 MiB: the shape of
+# weir-bench's durable case (16 producers on 16 shards, each shard one file).
+fio_run fio_write_1m_fdatasync_16 1M 256M --fdatasync=1 --numjobs=16 --group_reporting
 
 # --- memory copy -----------------------------------------------------------------
 dd if=/dev/zero of=/dev/null bs=1M count=20000 2>&1 | awk -F', ' '/copied/ {
