@@ -219,9 +219,11 @@ async fn a_priority_ordered_consumer_gets_p0_ahead_of_a_p3_backlog_and_everythin
         .create_topic("lanes", 1, TopicConfig::default())
         .await
         .expect("create topic");
-    // 200 P3 batches of 10 records, then 5 P0 batches of 2 records, then 50 more P3.
+    // 200 P3 batches of 60 records, then 5 P0 batches of 2 records, then 50 more P3.
+    // 12,000 records before the first P0 one: more than the broker indexes inline, so
+    // the first read also takes the class index's catch-up on the blocking pool.
     for _ in 0..200 {
-        produce(&client, "lanes", batch(10, 10, 100)).await.unwrap();
+        produce(&client, "lanes", batch(10, 60, 20)).await.unwrap();
     }
     for _ in 0..5 {
         produce(&client, "lanes", batch(1, 2, 100)).await.unwrap();
@@ -229,7 +231,7 @@ async fn a_priority_ordered_consumer_gets_p0_ahead_of_a_p3_backlog_and_everythin
     for _ in 0..50 {
         produce(&client, "lanes", batch(9, 10, 100)).await.unwrap();
     }
-    let total = 200 * 10 + 5 * 2 + 50 * 10;
+    let total = 200 * 60 + 5 * 2 + 50 * 10;
 
     let mut consumer = Consumer::builder(&client)
         .topic("lanes")
@@ -248,7 +250,7 @@ async fn a_priority_ordered_consumer_gets_p0_ahead_of_a_p3_backlog_and_everythin
     offsets.sort();
     offsets.dedup();
     assert_eq!(offsets.len(), total, "no record twice");
-    // The P0 records, stored after 2,000 P3 records, come within the first response.
+    // The P0 records, stored after 12,000 P3 records, come within the first response.
     let first_p0 = got.iter().position(|m| m.priority == 1).unwrap();
     let last_p0 = got.iter().rposition(|m| m.priority == 1).unwrap();
     assert!(

@@ -27,6 +27,10 @@ use crate::shard::writer::now_ms;
 use crate::shard::Shard;
 use crate::topics::BrokerError;
 
+/// Unscanned records up to which the class index catches up inline (a few
+/// milliseconds at most); beyond, on the blocking pool.
+const INLINE_INDEX_CATCH_UP_MAX: u64 = 10_000;
+
 /// One assembled response.
 struct Assembled {
     batches: Vec<Bytes>,
@@ -52,6 +56,13 @@ pub async fn priority_fetch(
         )
     })?;
     let reader = shard.reader();
+    if shard.class_index_is_behind(INLINE_INDEX_CATCH_UP_MAX) {
+        let s = Arc::clone(shard);
+        tokio::task::spawn_blocking(move || s.class_index().map(drop))
+            .await
+            .map_err(|e| BrokerError::new(ErrorCode::Unknown, format!("class index scan: {e}")))?
+            .map_err(BrokerError::from)?;
+    }
     let max_bytes = fetch_max_bytes(state, r.max_bytes);
     long_poll(state, shard, r.max_wait_ms, |last| {
         let hwm = reader.high_watermark();

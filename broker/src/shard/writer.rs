@@ -230,6 +230,22 @@ impl Shard {
         Ok(index)
     }
 
+    /// Whether bringing the class index up to date may take long: more than
+    /// `offsets` records unscanned, or another caller scanning right now. Async callers
+    /// then catch up on the blocking pool first, so a first priority read of a large
+    /// log does not hold a connection runtime's thread for the whole scan.
+    pub fn class_index_is_behind(&self, offsets: u64) -> bool {
+        match self.class_index.try_lock() {
+            Ok(index) => {
+                self.reader
+                    .high_watermark()
+                    .saturating_sub(index.scanned_to())
+                    > offsets
+            }
+            Err(_) => true,
+        }
+    }
+
     /// Appends waiting in `class`'s lane (not yet taken by the writer).
     pub fn queued(&self, class: Class) -> usize {
         let lane = &self.lanes[class.index()];
