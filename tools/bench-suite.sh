@@ -8,6 +8,7 @@
 #   C  consume 100 B, 8 consumers, 8 shards, 4 M messages (preloaded first, not timed)
 #   D  e2e 1 KiB, open loop 100,000 msgs/s, 10 s after a 2 s warm-up
 #   E  produce acks=durable, 16 producers, 16 shards, 1 KiB x batch 1000, 20 s
+#   F  consume 1 KiB, 8 consumers, 8 shards, 1 M messages (1 GB; preloaded, not timed)
 # Environment:
 #   WEIR_* broker settings, passed to the broker (e.g. WEIR_RUNTIME=thread_per_core)
 #   BENCH_ARGS  extra weir-bench flags for every case (e.g. "--linger-ms 0")
@@ -55,6 +56,7 @@ for c in "${CASES[@]}"; do
         C) args="consume --size 100 --batch 1000 --producers 8 --consumers 8 --shards 8 --messages 4000000" ;;
         D) args="e2e --size 1024 --rate 100000 --duration 10 --warmup 2 --linger-ms 1" ;;
         E) args="produce --size 1024 --batch 1000 --producers 16 --shards 16 --acks durable --duration 20" ;;
+        F) args="consume --size 1024 --batch 1000 --producers 8 --consumers 8 --shards 8 --messages 1000000" ;;
         *) echo "unknown case $c"; exit 2 ;;
     esac
     echo "== case $c: weir-bench $args ${BENCH_ARGS:-}   (load average $(cut -d' ' -f1 /proc/loadavg))"
