@@ -112,6 +112,11 @@ enum Control {
 /// Per-class counters of one shard's writer, for `/metrics` and load signals.
 #[derive(Debug, Default)]
 pub struct ClassStats {
+    /// Shard-wide: offsets below this were covered by a completed flush of this
+    /// writer (0 until its first flush). Every durable acknowledgement is below it.
+    pub flushed_offset: AtomicU64,
+    /// Shard-wide: flushes completed (one may cover many durable appends).
+    pub flushes: AtomicU64,
     /// Appends written (or answered as duplicates), per class.
     pub appends: [AtomicU64; CLASS_COUNT],
     /// Total microseconds appends waited in their lane before being written.
@@ -359,7 +364,8 @@ impl Writer {
             let mut dirty = false;
             let mut next_flush = Instant::now() + flush_every;
             let mut next_retention = Instant::now() + retention_every;
-            let mut flush_waiters = Vec::new();
+            let mut flusher = Flusher::default();
+            let mut flusher_replies = Vec::new();
             let mut shutdown = false;
             let mut open = [true; CLASS_COUNT];
             loop {
@@ -379,7 +385,7 @@ impl Writer {
                 }
                 loop {
                     match control.try_recv() {
-                        Ok(Control::Flush(reply)) => flush_waiters.push(reply),
+                        Ok(Control::Flush(reply)) => flusher.want(Vec::new(), Some(reply)),
                         Ok(Control::Shutdown) => shutdown = true,
                         Err(_) => break,
                     }
@@ -395,16 +401,29 @@ impl Writer {
                         }
                     }
                     while !wfq.is_empty() {
-                        self.write_group(&mut wfq, usize::MAX, &mut flush_waiters);
+                        let durable = self.write_group(&mut wfq, usize::MAX).1;
+                        flusher.want(durable, None);
                     }
-                    flush_waiters.push(oneshot::channel().0);
-                    self.write_group(&mut wfq, 0, &mut flush_waiters);
+                    // One synchronous flush (it waits for a running one) answers
+                    // everyone still waiting for durability.
+                    let flushed = self.log.flush().map_err(|e| {
+                        tracing::error!(error = %e, "flush failed");
+                        AppendError::Storage(e.to_string())
+                    });
+                    flusher.answer_all(flushed);
                     break;
                 }
-                if !wfq.is_empty() || !flush_waiters.is_empty() {
-                    dirty |=
-                        self.write_group(&mut wfq, cfg.group_bytes_max, &mut flush_waiters);
-                } else if !open.iter().any(|&o| o) {
+                self.finish_flush(&mut flusher, None);
+                if !wfq.is_empty() {
+                    let (wrote, durable) = self.write_group(&mut wfq, cfg.group_bytes_max);
+                    dirty |= wrote;
+                    if !durable.is_empty() || (wrote && cfg.durability == Durability::Always) {
+                        flusher.want(durable, None);
+                    }
+                    self.start_flush(&mut flusher);
+                } else if flusher.wanted && flusher.running.is_none() {
+                    self.start_flush(&mut flusher);
+                } else if !open.iter().any(|&o| o) && flusher.running.is_none() {
                     break; // every handle dropped without a shutdown
                 } else {
                     let deadline = if interval_flush && dirty {
@@ -413,35 +432,45 @@ impl Writer {
                         next_retention
                     };
                     let [l0, l1, l2, l3] = &mut lanes;
+                    let mut flushed = None;
+                    let running = flusher.running.as_mut().map(|r| &mut r.done);
+                    let flush_done = async {
+                        match running {
+                            Some(done) => done
+                                .await
+                                .unwrap_or_else(|_| Err("flush thread ended".into())),
+                            None => std::future::pending().await,
+                        }
+                    };
                     tokio::select! {
                         biased;
                         c = control.recv() => match c {
-                            Some(Control::Flush(reply)) => flush_waiters.push(reply),
+                            Some(Control::Flush(reply)) => flusher_replies.push(reply),
                             Some(Control::Shutdown) | None => shutdown = true,
                         },
+                        r = flush_done => flushed = Some(r),
                         Some(cmd) = l0.recv(), if open[0] => { let cost = cmd.bytes() as u64; wfq.push(Class::P0, cmd, cost, Instant::now()) }
                         Some(cmd) = l1.recv(), if open[1] => { let cost = cmd.bytes() as u64; wfq.push(Class::P1, cmd, cost, Instant::now()) }
                         Some(cmd) = l2.recv(), if open[2] => { let cost = cmd.bytes() as u64; wfq.push(Class::P2, cmd, cost, Instant::now()) }
                         Some(cmd) = l3.recv(), if open[3] => { let cost = cmd.bytes() as u64; wfq.push(Class::P3, cmd, cost, Instant::now()) }
                         _ = tokio::time::sleep_until(deadline.into()) => {}
                     }
+                    for reply in flusher_replies.drain(..) {
+                        flusher.want(Vec::new(), Some(reply));
+                    }
+                    if let Some(r) = flushed {
+                        self.finish_flush(&mut flusher, Some(r));
+                    }
                 }
                 let now = Instant::now();
                 if interval_flush && dirty && now >= next_flush {
                     // Off the writer thread: a second's worth of fdatasync must not stall
-                    // the appends (and P0 work) queued behind it.
-                    match self.log.flush_in_background() {
-                        Ok(true) => {
-                            dirty = false;
-                            next_flush = now + flush_every;
-                        }
-                        // The previous one is still running: try again shortly.
-                        Ok(false) => next_flush = now + flush_every.min(Duration::from_millis(10)),
-                        Err(e) => {
-                            tracing::error!(error = %e, "interval flush failed");
-                            next_flush = now + flush_every;
-                        }
-                    }
+                    // the appends (and P0 work) queued behind it. If a flush is running,
+                    // this one starts when it ends.
+                    flusher.want(Vec::new(), None);
+                    self.start_flush(&mut flusher);
+                    dirty = false;
+                    next_flush = now + flush_every;
                 } else if !dirty {
                     next_flush = now + flush_every;
                 }
@@ -461,15 +490,10 @@ impl Writer {
     }
 
     /// Takes one group from the scheduler (at least one append when any is queued, then
-    /// more while under `bytes_max` and [`MAX_GROUP_COMMANDS`]), writes it, answers
-    /// `leader` waiters, flushes if a waiter needs it, and answers the rest. Returns
-    /// whether unflushed data remains.
-    fn write_group(
-        &mut self,
-        wfq: &mut Wfq<AppendCmd>,
-        bytes_max: usize,
-        flush_waiters: &mut Vec<oneshot::Sender<Result<(), AppendError>>>,
-    ) -> bool {
+    /// more while under `bytes_max` and [`MAX_GROUP_COMMANDS`]), writes it and answers
+    /// `leader` waiters. Returns whether anything was written, and the waiters that
+    /// must wait for a flush (the caller hands them to the [`Flusher`]).
+    fn write_group(&mut self, wfq: &mut Wfq<AppendCmd>, bytes_max: usize) -> (bool, Vec<Waiter>) {
         let now = Instant::now();
         let mut leader_waiters: Vec<Waiter> = Vec::new();
         let mut durable_waiters: Vec<Waiter> = Vec::new();
@@ -511,23 +535,127 @@ impl Writer {
         for (reply, result) in leader_waiters {
             let _ = reply.send(result);
         }
-        let must_flush = !durable_waiters.is_empty()
-            || !flush_waiters.is_empty()
-            || (wrote && self.config.durability == Durability::Always);
-        if !must_flush {
-            return wrote;
+        (wrote, durable_waiters)
+    }
+
+    /// Starts a background flush covering everything written so far, if one is wanted
+    /// and none is running; the waiters queued until now ride on it.
+    fn start_flush(&mut self, f: &mut Flusher) {
+        if !f.wanted || f.running.is_some() {
+            return;
         }
-        let flushed = self.log.flush().map_err(|e| {
-            tracing::error!(error = %e, "flush failed");
-            AppendError::Storage(e.to_string())
-        });
-        for (reply, result) in durable_waiters {
+        let (tx, done) = oneshot::channel();
+        match self.log.flush_in_background(move |r| {
+            let _ = tx.send(r);
+        }) {
+            Ok(()) => {
+                f.running = Some(RunningFlush {
+                    done,
+                    covers: std::mem::take(&mut f.queued),
+                    covers_to: self.log.high_watermark(),
+                });
+                f.wanted = false;
+            }
+            Err(e) => {
+                // The log is failed: nothing waiting will ever be durable.
+                tracing::error!(error = %e, "flush failed");
+                let err = Err(AppendError::Storage(e.to_string()));
+                let queued = std::mem::take(&mut f.queued);
+                queued.answer(err);
+                f.wanted = false;
+            }
+        }
+    }
+
+    /// Answers the running flush's waiters once it is done: with `result` when the
+    /// caller already awaited it, else if it has finished meanwhile.
+    fn finish_flush(&mut self, f: &mut Flusher, result: Option<Result<(), String>>) {
+        let Some(running) = f.running.as_mut() else {
+            return;
+        };
+        let r = match result {
+            Some(r) => r,
+            None => match running.done.try_recv() {
+                Ok(r) => r,
+                Err(oneshot::error::TryRecvError::Empty) => return,
+                Err(oneshot::error::TryRecvError::Closed) => Err("flush thread ended".into()),
+            },
+        };
+        let running = f.running.take().expect("checked above");
+        match &r {
+            Ok(()) => {
+                self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .flushed_offset
+                    .fetch_max(running.covers_to, Ordering::Release);
+            }
+            Err(e) => tracing::error!(error = %e, "flush failed"),
+        }
+        running.covers.answer(r.map_err(AppendError::Storage));
+        // Whatever queued up meanwhile goes with the next flush, started at once.
+        self.start_flush(f);
+    }
+}
+
+/// Answers waiting for durability.
+#[derive(Default)]
+struct Durables {
+    /// Appends acked once flushed, each with its append's own outcome.
+    waiters: Vec<Waiter>,
+    /// Explicit flush requests.
+    replies: Vec<oneshot::Sender<Result<(), AppendError>>>,
+}
+
+impl Durables {
+    fn answer(self, flushed: Result<(), AppendError>) {
+        for (reply, result) in self.waiters {
             let _ = reply.send(flushed.clone().and(result));
         }
-        for reply in flush_waiters.drain(..) {
+        for reply in self.replies {
             let _ = reply.send(flushed.clone());
         }
-        flushed.is_err()
+    }
+}
+
+/// A background flush and the answers that wait for it.
+struct RunningFlush {
+    done: oneshot::Receiver<Result<(), String>>,
+    covers: Durables,
+    /// The high-water mark when it started: everything below is durable once it is done.
+    covers_to: u64,
+}
+
+/// Durable acknowledgements, pipelined: at most one flush runs (on its own thread)
+/// while the writer keeps writing; answers that arrive meanwhile queue for the next
+/// flush, which starts as soon as the running one ends. So a durable append waits for
+/// at most the running flush plus its own, and the disk syncs one group while the next
+/// is written, instead of the writer idling through every `fdatasync`.
+#[derive(Default)]
+struct Flusher {
+    running: Option<RunningFlush>,
+    queued: Durables,
+    /// A flush should start (someone waits, or the topic's durability asks for one).
+    wanted: bool,
+}
+
+impl Flusher {
+    fn want(
+        &mut self,
+        waiters: Vec<Waiter>,
+        reply: Option<oneshot::Sender<Result<(), AppendError>>>,
+    ) {
+        self.queued.waiters.extend(waiters);
+        self.queued.replies.extend(reply);
+        self.wanted = true;
+    }
+
+    /// Everyone waiting, running or queued, gets `flushed`.
+    fn answer_all(&mut self, flushed: Result<(), AppendError>) {
+        if let Some(r) = self.running.take() {
+            r.covers.answer(flushed.clone());
+        }
+        std::mem::take(&mut self.queued).answer(flushed);
+        self.wanted = false;
     }
 }
 
@@ -659,6 +787,53 @@ mod tests {
         got.sort();
         assert_eq!(got, (0..64).map(|i| i * 3).collect::<Vec<u64>>());
         assert_eq!(shard.reader().high_watermark(), 192);
+        shard.close().await;
+    }
+
+    /// Durable acks are pipelined (the writer keeps writing while a flush runs), but
+    /// each one is answered only after a flush that covers it completed; leader acks
+    /// never wait for a flush; many durable appends share few flushes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn durable_acks_wait_for_a_covering_flush_while_writes_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = Shard::open(
+            dir.path(),
+            "t",
+            ShardConfig {
+                durability: Durability::None,
+                ..config()
+            },
+        )
+        .unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let shard = shard.clone();
+            tasks.push(tokio::spawn(async move {
+                let durable = i % 2 == 0;
+                let (b, h) = sized_batch(5, 0, 0, 2, &format!("a{i}"), 2000);
+                let o = shard.append(vec![b], vec![h], durable).await.unwrap();
+                // Read right when the ack arrives: the flush must already cover it.
+                let flushed = shard.stats().flushed_offset.load(Ordering::Acquire);
+                (durable, o.last_offset, flushed)
+            }));
+        }
+        let mut durable_acks = 0;
+        for t in tasks {
+            let (durable, last, flushed) = t.await.unwrap();
+            if durable {
+                durable_acks += 1;
+                assert!(
+                    flushed > last,
+                    "durable ack for offset {last} before a flush covered it (flushed to {flushed})"
+                );
+            }
+        }
+        assert_eq!(durable_acks, 100);
+        let flushes = shard.stats().flushes.load(Ordering::Relaxed);
+        assert!(
+            (1..100).contains(&flushes),
+            "{flushes} flushes for 100 durable appends"
+        );
         shard.close().await;
     }
 

@@ -379,21 +379,20 @@ impl Log {
     }
 
     /// Starts making everything appended so far durable on a background thread and
-    /// returns at once, so a periodic flush never stalls the writer (an `fdatasync` of a
-    /// second's worth of appends can take hundreds of milliseconds). At most one runs at
-    /// a time: while one is still running this does nothing and returns `false` (call
-    /// again later; the data stays dirty). A later [`Log::flush`]
-    /// waits for it first, so a durable acknowledgement never overtakes it. Its failure
-    /// fails the log like a synchronous flush's would, at the next call of either.
-    pub fn flush_in_background(&mut self) -> Result<bool, StorageError> {
+    /// returns at once, so neither a periodic flush nor a durable acknowledgement stalls
+    /// the writer (an `fdatasync` of a second's worth of appends can take hundreds of
+    /// milliseconds): the writer keeps appending while the disk syncs. `on_done` is
+    /// called on the flush thread with the outcome, once everything appended before this
+    /// call is durable (or the flush failed). At most one runs at a time: a previous one
+    /// is waited for first, so callers that must not block start the next one only after
+    /// the previous `on_done` ran. A later [`Log::flush`] waits for it too, so a
+    /// synchronous flush never overtakes it. Its failure fails the log like a
+    /// synchronous flush's would, at the next call of either.
+    pub fn flush_in_background(
+        &mut self,
+        on_done: impl FnOnce(Result<(), String>) + Send + 'static,
+    ) -> Result<(), StorageError> {
         self.check_failed()?;
-        if self
-            .background_flush
-            .as_ref()
-            .is_some_and(|h| !h.is_finished())
-        {
-            return Ok(false);
-        }
         self.join_background_flush()?;
         let segments = std::mem::take(&mut self.pending_sync);
         let a = &mut self.active;
@@ -401,7 +400,7 @@ impl Log {
         let dirty = a.pos > a.flushed_pos;
         a.flushed_pos = a.pos;
         let dir = std::mem::take(&mut self.dir_dirty).then(|| self.shared.dir.clone());
-        let job = move || -> Result<(), StorageError> {
+        let sync = move || -> Result<(), StorageError> {
             for s in segments {
                 s.sync_all_files()?;
             }
@@ -412,6 +411,11 @@ impl Log {
                 sync_dir(&dir)?;
             }
             Ok(())
+        };
+        let job = move || {
+            let r = sync();
+            on_done(r.as_ref().map(|_| ()).map_err(ToString::to_string));
+            r
         };
         match std::thread::Builder::new()
             .name("weir-flush".into())
@@ -424,7 +428,7 @@ impl Log {
                 return Err(e);
             }
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Waits for the background flush, if any, and fails the log if it failed.

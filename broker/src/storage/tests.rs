@@ -467,18 +467,28 @@ fn background_flushes_run_beside_appends_across_rolls_and_reopen_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = Log::open(dir.path(), small_config(64 * 1024)).unwrap();
     let mut expected = Vec::new();
+    let mut done = Vec::new();
     for i in 0..200u64 {
         let b = make_batch(i, 3, 500, 1_000 + i as i64);
         expected.push(b.clone());
         log.append(&[b]).unwrap();
         if i % 7 == 0 {
-            // Starts one, or does nothing while the previous one still runs.
-            log.flush_in_background().unwrap();
+            // Starts one (after the previous one, if it still runs).
+            let (tx, rx) = std::sync::mpsc::channel();
+            log.flush_in_background(move |r| tx.send(r).unwrap())
+                .unwrap();
+            done.push(rx);
         }
     }
     // A synchronous flush waits for the background one before it returns.
     log.flush().unwrap();
     assert!(log.background_flush.is_none());
+    // Every flush reported its outcome exactly once.
+    assert_eq!(done.len(), 29);
+    for rx in done {
+        assert_eq!(rx.try_recv(), Ok(Ok(())));
+        assert!(rx.try_recv().is_err());
+    }
     assert_eq!(log.active.flushed_pos, log.active.pos);
     let hwm = log.high_watermark();
     drop(log);
