@@ -100,6 +100,18 @@ impl BrokerState {
                     s.reader().high_watermark()
                 );
                 let st = s.stats();
+                let _ = writeln!(
+                    out,
+                    "weir_shard_flushed_offset{{topic=\"{}\",shard=\"{i}\"}} {}",
+                    t.name,
+                    st.flushed_offset.load(Ordering::Relaxed)
+                );
+                let _ = writeln!(
+                    out,
+                    "weir_shard_flushes_total{{topic=\"{}\",shard=\"{i}\"}} {}",
+                    t.name,
+                    st.flushes.load(Ordering::Relaxed)
+                );
                 for c in weir_protocol::classes::Class::ALL {
                     let k = c.index();
                     let labels =
