@@ -30,6 +30,9 @@ pub struct Metrics {
     pub produce_bytes_total: AtomicU64,
     pub produce_records_total: AtomicU64,
     pub fetch_bytes_total: AtomicU64,
+    /// Requests read on each connection runtime (`thread_per_core` mode; empty
+    /// otherwise): how evenly the cores share the work.
+    pub requests_on_core: Vec<AtomicU64>,
 }
 
 /// Everything a connection needs; shared by all of them.
@@ -67,6 +70,13 @@ impl BrokerState {
         ];
         for (name, v) in counters {
             let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+        }
+        for (core, v) in m.requests_on_core.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "weir_requests_on_core_total{{core=\"{core}\"}} {}",
+                v.load(Ordering::Relaxed)
+            );
         }
         let q = &self.queues.metrics;
         let queue_counters = [
@@ -183,6 +193,12 @@ impl Broker {
             config.group_max_session_timeout_ms,
         );
         let flow = crate::flow::FlowControl::new(&config);
+        let requests_on_core = match config.runtime {
+            RuntimeSetting::MultiThread => Vec::new(),
+            RuntimeSetting::ThreadPerCore => (0..config.connection_runtimes())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        };
         let state = Arc::new(BrokerState {
             flow,
             config,
@@ -191,7 +207,10 @@ impl Broker {
             offsets,
             producer_ids,
             started: Instant::now(),
-            metrics: Metrics::default(),
+            metrics: Metrics {
+                requests_on_core,
+                ..Metrics::default()
+            },
             shutdown: shutdown_rx.clone(),
             queues,
         });

@@ -334,9 +334,11 @@ impl TopicRegistry {
         Ok(c)
     }
 
-    /// Creates a topic, persists it, and returns it.
+    /// Creates a topic, persists it, and returns it. The file work (directories,
+    /// preallocation, fsyncs) runs on the blocking pool, not on the calling runtime's
+    /// thread, which in `thread_per_core` mode serves a whole core's connections.
     pub async fn create(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         shards: u32,
         config: TopicConfig,
@@ -381,22 +383,32 @@ impl TopicRegistry {
                 ));
             }
         }
-        // Leftovers of a create that crashed before its metadata was written.
         let dir = self.topic_dir(name);
-        if dir.exists() {
-            tracing::warn!(topic = name, "removing orphaned topic directory");
-            std::fs::remove_dir_all(&dir).map_err(storage_err)?;
-        }
-        let topic = Arc::new(self.open_topic(name, shards, config)?);
+        let this = Arc::clone(self);
+        let (owned_name, owned_dir) = (name.to_string(), dir.clone());
+        let topic = blocking(move || {
+            // Leftovers of a create that crashed before its metadata was written.
+            if owned_dir.exists() {
+                tracing::warn!(topic = %owned_name, "removing orphaned topic directory");
+                std::fs::remove_dir_all(&owned_dir).map_err(storage_err)?;
+            }
+            Ok(Arc::new(this.open_topic(&owned_name, shards, config)?))
+        })
+        .await?;
         let mut next = self.topics.read().expect("topics lock").clone();
         next.insert(name.to_string(), topic.clone());
-        if let Err(e) = self.persist(&next) {
-            for s in &topic.shards {
-                s.close().await;
+        let this = Arc::clone(self);
+        let persisted = blocking(move || this.persist(&next).map(|()| next)).await;
+        let next = match persisted {
+            Ok(next) => next,
+            Err(e) => {
+                for s in &topic.shards {
+                    s.close().await;
+                }
+                let _ = blocking(move || std::fs::remove_dir_all(&dir).map_err(storage_err)).await;
+                return Err(e);
             }
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e);
-        }
+        };
         *self.topics.write().expect("topics lock") = next;
         tracing::info!(topic = name, shards, "topic created");
         Ok(topic)
@@ -415,7 +427,7 @@ impl TopicRegistry {
             s.close().await;
         }
         let dir = self.topic_dir(name);
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
+        if let Err(e) = blocking(move || std::fs::remove_dir_all(&dir).map_err(storage_err)).await {
             tracing::warn!(topic = name, error = %e, "could not remove topic directory");
         }
         tracing::info!(topic = name, "topic deleted");
@@ -458,6 +470,15 @@ impl TopicRegistry {
 
 fn storage_err(e: std::io::Error) -> BrokerError {
     BrokerError::new(ErrorCode::StorageError, e.to_string())
+}
+
+/// Runs file work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, BrokerError> + Send + 'static,
+) -> Result<T, BrokerError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| BrokerError::new(ErrorCode::Unknown, format!("file work failed: {e}")))?
 }
 
 /// Replaces `dir/name` with `bytes` so that a crash leaves the old or the new content.

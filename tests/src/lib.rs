@@ -519,6 +519,30 @@ impl Drop for CutProxy {
     }
 }
 
+/// The body (with headers) of `GET path` from the broker's HTTP listener.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("http connect");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: weir\r\n\r\n").as_bytes())
+        .await
+        .expect("http write");
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .expect("http answer in time")
+        .expect("http read");
+    out
+}
+
+/// One value from the broker's `/metrics`; `name` includes its labels, if any
+/// (`weir_requests_on_core_total{core="0"}`).
+pub async fn metric(broker: &BrokerProcess, name: &str) -> u64 {
+    http_get(broker.http_addr(), "/metrics")
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,7 @@ use weir_protocol::batch::{BatchBuilder, NewRecord};
 use weir_protocol::frame::{RequestFrame, ResponseFrame, CONNECTION_API_KEY};
 use weir_protocol::messages::{ProduceRequest, Records};
 use weir_protocol::ErrorCode;
-use weir_tests::{connect, read_all, BrokerProcess};
+use weir_tests::{connect, metric, read_all, BrokerProcess};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -303,24 +303,6 @@ fn rss(pid: u32) -> (u64, u64) {
             * 1024
     };
     (field("VmRSS:"), field("RssAnon:"))
-}
-
-/// A counter from the broker's `/metrics`.
-async fn metric(broker: &BrokerProcess, name: &str) -> u64 {
-    let mut s = TcpStream::connect(broker.http_addr())
-        .await
-        .expect("http connect");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: weir\r\n\r\n")
-        .await
-        .expect("http write");
-    let mut body = String::new();
-    tokio::time::timeout(WAIT, s.read_to_string(&mut body))
-        .await
-        .expect("metrics in time")
-        .expect("metrics");
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,7 @@ use weir_client::{
 };
 use weir_protocol::messages::{BREAKER_CLOSED, BREAKER_HALF_OPEN, BREAKER_OPEN};
 use weir_protocol::ErrorCode;
-use weir_tests::{cli_binary, connect, read_all, BrokerProcess};
+use weir_tests::{cli_binary, connect, http_get, read_all, BrokerProcess};
 
 fn header<'a>(m: &'a weir_client::Message, name: &str) -> Option<&'a str> {
     m.headers
@@ -910,22 +910,6 @@ async fn attempt_counts_and_expired_leases_survive_a_crash() {
         metrics.contains("weir_queue_breaker_state{group=\"d\",topic=\"durable\"} 0"),
         "{metrics}"
     );
-}
-
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("http connect");
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .expect("http write");
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
-        .await
-        .expect("http answer in time")
-        .expect("http read");
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use weir_client::{Admin, Producer, ProducerRecord};
-use weir_tests::{connect, read_all, BrokerProcess};
+use weir_tests::{connect, metric, read_all, BrokerProcess};
 
 const SHARDS: u32 = 4;
 const KEYS: usize = 20;
@@ -25,48 +25,66 @@ async fn thread_per_core_runtime_keeps_the_same_guarantees() {
         ("WEIR_RUNTIME_THREADS", "3"),
     ]);
     let pid = broker.pid().expect("broker pid");
-    let before = core_threads(pid);
-    let names: Vec<&str> = before.iter().map(|(n, _)| n.as_str()).collect();
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("list broker threads")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .filter(|n| n.starts_with("weir-core-"))
+        .collect();
+    names.sort();
     assert_eq!(names, ["weir-core-0", "weir-core-1", "weir-core-2"]);
-    // Two idle connections first, so the round trip's connection lands on the third
-    // runtime of the round robin.
+    // More connections than cores, so the round robin uses every core.
     let extra = [
         connect(&broker.addr(), Duration::from_secs(5)).await,
         connect(&broker.addr(), Duration::from_secs(5)).await,
     ];
     keyed_round_trip(&broker).await;
     drop(extra);
-    // The requests ran on the core threads: one of them did the work.
-    let busy_ns = core_threads(pid)
-        .iter()
-        .zip(&before)
-        .map(|((_, after), (_, before))| after - before)
-        .max()
-        .unwrap_or(0);
-    assert!(
-        busy_ns > 20_000_000,
-        "no core thread ran the round trip (max {busy_ns} ns on CPU)"
-    );
+    // Every request was read on a core thread, and every core served some.
+    let mut on_cores = 0;
+    for core in 0..3 {
+        let name = format!("weir_requests_on_core_total{{core=\"{core}\"}}");
+        let n = metric(&broker, &name).await;
+        assert!(n > 0, "core {core} served no request");
+        on_cores += n;
+    }
+    assert_eq!(on_cores, metric(&broker, "weir_requests_total").await);
+    // Core threads are pinned to one CPU each; the shard writers, made by a
+    // CreateTopic served on a core thread, must not inherit that pin.
+    let process_cpus = cpus_allowed(&format!("/proc/{pid}/status"));
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).expect("list broker threads") {
+        let dir = entry.expect("thread entry").path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let cpus = cpus_allowed(&dir.join("status").to_string_lossy());
+        if name.starts_with("weir-core-") && process_cpus.len() > 1 {
+            assert_eq!(cpus.len(), 1, "{} not pinned: {cpus:?}", name.trim());
+        }
+        if name.starts_with("weir-w-orders") {
+            assert_eq!(
+                cpus,
+                process_cpus,
+                "writer {} kept a core's pin",
+                name.trim()
+            );
+        }
+    }
 }
 
-/// `(name, nanoseconds on CPU)` of the broker's `weir-core-*` threads, by name.
-fn core_threads(pid: u32) -> Vec<(String, u64)> {
-    let mut threads: Vec<(String, u64)> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("list broker threads")
-        .filter_map(|t| {
-            let dir = t.ok()?.path();
-            let name = std::fs::read_to_string(dir.join("comm"))
-                .ok()?
-                .trim()
-                .to_string();
-            let sched = std::fs::read_to_string(dir.join("schedstat")).ok()?;
-            let on_cpu_ns = sched.split_whitespace().next()?.parse().ok()?;
-            Some((name, on_cpu_ns))
+/// The CPUs a `/proc/.../status` file says the thread may run on.
+fn cpus_allowed(status: &str) -> Vec<u32> {
+    let text = std::fs::read_to_string(status).expect("read status");
+    let list = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list")
+        .trim()
+        .to_string();
+    list.split(',')
+        .flat_map(|part| match part.split_once('-') {
+            Some((a, b)) => (a.parse::<u32>().unwrap()..=b.parse::<u32>().unwrap()).collect(),
+            None => vec![part.parse::<u32>().unwrap()],
         })
-        .filter(|(n, _)| n.starts_with("weir-core-"))
-        .collect();
-    threads.sort();
-    threads
+        .collect()
 }
 
 async fn keyed_round_trip(broker: &BrokerProcess) {

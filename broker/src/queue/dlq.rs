@@ -48,7 +48,7 @@ pub fn dlq_name(topic: &str, suffix: &str) -> String {
 /// The dead-letter topic, created on first use with as many shards as its source
 /// (so source shard `s` goes to dead-letter shard `s`) and `retention_ms`.
 pub async fn ensure_topic(
-    topics: &TopicRegistry,
+    topics: &Arc<TopicRegistry>,
     name: &str,
     shards: u32,
     retention_ms: u64,

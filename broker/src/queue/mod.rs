@@ -85,6 +85,9 @@ pub struct QueueManager {
     opening: tokio::sync::Mutex<()>,
     next_lease: Arc<AtomicU64>,
     pub metrics: Arc<QueueMetrics>,
+    /// The runtime queue actors run on: the one that opened the broker (the control
+    /// runtime), not whichever connection runtime served a queue's first request.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 fn settings(config: &Config) -> Result<QueueSettings, BrokerError> {
@@ -136,6 +139,7 @@ impl QueueManager {
             opening: tokio::sync::Mutex::new(()),
             next_lease: Arc::new(AtomicU64::new(seed)),
             metrics: Arc::new(QueueMetrics::default()),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         })
     }
 
@@ -232,7 +236,10 @@ impl QueueManager {
         )
         .await?;
         let (tx, rx) = mpsc::channel(self.command_depth.max(1));
-        tokio::spawn(actor.run(rx));
+        match &self.runtime {
+            Some(rt) => rt.spawn(actor.run(rx)),
+            None => tokio::spawn(actor.run(rx)),
+        };
         self.recovered.lock().expect("recovered lock").remove(&key);
         let handle = Arc::new(QueueHandle { tx, shared });
         self.queues
@@ -414,10 +421,15 @@ impl QueueManager {
     async fn compact(&self, current: Arc<StateLog>) -> Result<u64, BrokerError> {
         // No queue opens (with the old generation) while the snapshot is taken.
         let _opening = self.opening.lock().await;
-        let next = Arc::new(StateLog::open_generation(
-            &self.log_root,
-            current.generation() + 1,
-        )?);
+        let (root, generation) = (self.log_root.clone(), current.generation() + 1);
+        // Creating a generation preallocates and fsyncs: off the async thread.
+        let next = Arc::new(
+            tokio::task::spawn_blocking(move || StateLog::open_generation(&root, generation))
+                .await
+                .map_err(|e| {
+                    BrokerError::new(ErrorCode::Unknown, format!("opening a generation: {e}"))
+                })??,
+        );
         // Queues not opened since the start: their replayed state, as is.
         let unopened: Vec<QueueSnapshot> = self
             .recovered

@@ -432,11 +432,17 @@ impl StateLog {
         let root = self.dir.parent().map(Path::to_path_buf).unwrap_or_default();
         let trash = root.join(format!(".trash-{:020}", self.generation));
         let io = |e: std::io::Error| BrokerError::new(ErrorCode::StorageError, e.to_string());
-        std::fs::rename(&self.dir, &trash).map_err(io)?;
-        std::fs::File::open(&root)
-            .and_then(|d| d.sync_all())
-            .map_err(io)?;
-        std::fs::remove_dir_all(&trash).map_err(io)
+        let dir = self.dir.clone();
+        // File work off the async thread (the control runtime has only one).
+        tokio::task::spawn_blocking(move || {
+            std::fs::rename(&dir, &trash).map_err(io)?;
+            std::fs::File::open(&root)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
+            std::fs::remove_dir_all(&trash).map_err(io)
+        })
+        .await
+        .map_err(|e| BrokerError::new(ErrorCode::Unknown, format!("retiring a generation: {e}")))?
     }
 
     /// Queues events of one queue for a durable append; the receiver says when they

@@ -122,6 +122,11 @@ pub async fn run(sock: TcpStream, state: Arc<BrokerState>) -> Result<(), FrameEr
         };
         let permit = (permit, bytes_permit);
         state.metrics.requests_total.fetch_add(1, Ordering::Relaxed);
+        if let Some(core) = super::runtimes::current_core() {
+            if let Some(n) = state.metrics.requests_on_core.get(core) {
+                n.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         let frame = match frame {
             Ok(f) => f,
             Err(bad) => {

@@ -8,10 +8,22 @@
 //! crosses to the writer by channel in both modes.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
+
+thread_local! {
+    /// The index of the connection runtime this thread runs, if it is one.
+    static CORE: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Which connection runtime the calling thread runs (`None` off the core threads).
+pub fn current_core() -> Option<usize> {
+    CORE.with(|c| c.get())
+}
 
 /// The started runtimes; dropped or [`CoreRuntimes::stop`]ped when the server ends.
 pub struct CoreRuntimes {
@@ -22,10 +34,11 @@ pub struct CoreRuntimes {
 }
 
 impl CoreRuntimes {
-    /// Starts `n` runtimes (n ≥ 1). Runtime `i` is pinned to CPU `i mod cpus`; a
-    /// failed pin is logged and the runtime runs unpinned.
+    /// Starts `n` runtimes (n ≥ 1). Runtime `i` is pinned to the `i mod m`-th of the
+    /// `m` CPUs this process may use; a failed pin is logged and the runtime runs
+    /// unpinned. Threads the runtimes start for blocking work are not pinned.
     pub fn start(n: usize) -> std::io::Result<CoreRuntimes> {
-        let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
+        let allowed = allowed_cpus();
         let mut rts = CoreRuntimes {
             handles: Vec::with_capacity(n),
             stops: Vec::with_capacity(n),
@@ -33,14 +46,19 @@ impl CoreRuntimes {
             next: AtomicUsize::new(0),
         };
         for i in 0..n.max(1) {
+            let cpu = allowed.get(i % allowed.len().max(1)).copied();
             let (handle_tx, handle_rx) = std::sync::mpsc::channel();
             let (stop_tx, stop_rx) = oneshot::channel::<()>();
             let thread = std::thread::Builder::new()
                 .name(format!("weir-core-{i}"))
                 .spawn(move || {
-                    pin_to_cpu(i % cpus);
+                    if let Some(cpu) = cpu {
+                        pin_to_cpu(cpu);
+                    }
+                    CORE.with(|c| c.set(Some(i)));
                     let rt = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
+                        .on_thread_start(unpin_current_thread)
                         .build()
                     {
                         Ok(rt) => rt,
@@ -54,6 +72,9 @@ impl CoreRuntimes {
                     rt.block_on(async {
                         let _ = stop_rx.await;
                     });
+                    // Blocking work still running (a class-index scan) must not hold
+                    // up the broker's shutdown.
+                    rt.shutdown_timeout(Duration::from_secs(5));
                 })?;
             let handle = handle_rx
                 .recv()
@@ -89,6 +110,48 @@ impl CoreRuntimes {
 impl Drop for CoreRuntimes {
     fn drop(&mut self) {
         self.stop_and_join();
+    }
+}
+
+/// The process's CPU mask before any thread was pinned, for [`unpin_current_thread`].
+static ORIGINAL_MASK: OnceLock<libc::cpu_set_t> = OnceLock::new();
+
+/// The CPUs the calling thread may run on, in order (also remembered as the mask that
+/// unpinned threads get back).
+fn allowed_cpus() -> Vec<usize> {
+    let mask = ORIGINAL_MASK.get_or_init(|| {
+        // SAFETY: `cpu_set_t` is plain data for which all-zero is the empty set; the
+        // syscall writes at most `size_of::<cpu_set_t>()` bytes into it.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+                // Unknown: allow every CPU the set can name.
+                for cpu in 0..libc::CPU_SETSIZE as usize {
+                    libc::CPU_SET(cpu, &mut set);
+                }
+            }
+            set
+        }
+    });
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: reads one bit of a plain-data set, cpu < CPU_SETSIZE.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, mask) })
+        .collect()
+}
+
+/// Gives the calling thread the process's original CPU mask back. A thread inherits
+/// its creator's pinning, so threads started from a core thread (a shard writer made
+/// by a CreateTopic request, its flush and segment threads, the core runtime's blocking
+/// pool) call this first; otherwise they would all crowd onto that one core. Does
+/// nothing when no runtime was ever pinned.
+pub fn unpin_current_thread() {
+    let Some(mask) = ORIGINAL_MASK.get() else {
+        return;
+    };
+    // SAFETY: the syscall only reads the set, for the calling thread (pid 0).
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), mask) };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not unpin a thread");
     }
 }
 

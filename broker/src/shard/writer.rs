@@ -179,7 +179,12 @@ impl Shard {
         };
         let thread = std::thread::Builder::new()
             .name(format!("weir-w-{name}"))
-            .spawn(move || writer.run(receivers, control_rx))
+            .spawn(move || {
+                // Made from a pinned core thread (CreateTopic), it would inherit the pin,
+                // and so would its flush and segment threads.
+                crate::server::runtimes::unpin_current_thread();
+                writer.run(receivers, control_rx)
+            })
             .map_err(StorageError::from)?;
         Ok(Arc::new(Shard {
             lanes,
@@ -342,7 +347,8 @@ impl Writer {
     /// Each turn moves what has arrived in the lanes into the scheduler (at most
     /// `queue_depth` per class, so memory stays bounded and full lanes push back on
     /// their senders), takes a group in weighted-fair order up to `group_bytes_max`,
-    /// writes it, and flushes once if anyone in it needs that. Appends that arrive while
+    /// writes it, and hands the appends that wait for durability to the [`Flusher`]
+    /// (one flush at a time, in the background). Appends that arrive while
     /// a group is written compete for the next group, so a P0 append overtakes P3
     /// appends queued before it at the next group boundary.
     fn run(
@@ -364,8 +370,12 @@ impl Writer {
             let mut dirty = false;
             let mut next_flush = Instant::now() + flush_every;
             let mut next_retention = Instant::now() + retention_every;
-            let mut flusher = Flusher::default();
+            let mut flusher = Flusher {
+                always: cfg.durability == Durability::Always,
+                ..Flusher::default()
+            };
             let mut flusher_replies = Vec::new();
+            let ahead_bytes_max = cfg.group_bytes_max.saturating_mul(2);
             let mut shutdown = false;
             let mut open = [true; CLASS_COUNT];
             loop {
@@ -401,7 +411,7 @@ impl Writer {
                         }
                     }
                     while !wfq.is_empty() {
-                        let durable = self.write_group(&mut wfq, usize::MAX).1;
+                        let durable = self.write_group(&mut wfq, usize::MAX).2;
                         flusher.want(durable, None);
                     }
                     // One synchronous flush (it waits for a running one) answers
@@ -410,12 +420,26 @@ impl Writer {
                         tracing::error!(error = %e, "flush failed");
                         AppendError::Storage(e.to_string())
                     });
+                    if flushed.is_ok() {
+                        self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+                        self.stats
+                            .flushed_offset
+                            .fetch_max(self.log.high_watermark(), Ordering::Release);
+                    }
                     flusher.answer_all(flushed);
                     break;
                 }
                 self.finish_flush(&mut flusher, None);
-                if !wfq.is_empty() {
-                    let (wrote, durable) = self.write_group(&mut wfq, cfg.group_bytes_max);
+                // Durable writers may run ahead of the disk by at most this much: past
+                // it, the writer waits for the running flush, so flushes stay short
+                // and a backlog waits in the class lanes, where P0 overtakes it.
+                let behind = flusher.running.is_some()
+                    && flusher.has_waiters()
+                    && flusher.written_since_start >= ahead_bytes_max;
+                if !wfq.is_empty() && !behind {
+                    let (wrote, bytes, durable) =
+                        self.write_group(&mut wfq, cfg.group_bytes_max);
+                    flusher.written_since_start += bytes;
                     dirty |= wrote;
                     if !durable.is_empty() || (wrote && cfg.durability == Durability::Always) {
                         flusher.want(durable, None);
@@ -432,6 +456,9 @@ impl Writer {
                         next_retention
                     };
                     let [l0, l1, l2, l3] = &mut lanes;
+                    // While waiting behind a flush, lanes fill only to their depth (then
+                    // senders wait: backpressure).
+                    let room = Class::ALL.map(|c| wfq.lane_len(c) < depth);
                     let mut flushed = None;
                     let running = flusher.running.as_mut().map(|r| &mut r.done);
                     let flush_done = async {
@@ -449,10 +476,10 @@ impl Writer {
                             Some(Control::Shutdown) | None => shutdown = true,
                         },
                         r = flush_done => flushed = Some(r),
-                        Some(cmd) = l0.recv(), if open[0] => { let cost = cmd.bytes() as u64; wfq.push(Class::P0, cmd, cost, Instant::now()) }
-                        Some(cmd) = l1.recv(), if open[1] => { let cost = cmd.bytes() as u64; wfq.push(Class::P1, cmd, cost, Instant::now()) }
-                        Some(cmd) = l2.recv(), if open[2] => { let cost = cmd.bytes() as u64; wfq.push(Class::P2, cmd, cost, Instant::now()) }
-                        Some(cmd) = l3.recv(), if open[3] => { let cost = cmd.bytes() as u64; wfq.push(Class::P3, cmd, cost, Instant::now()) }
+                        Some(cmd) = l0.recv(), if open[0] && room[0] => { let cost = cmd.bytes() as u64; wfq.push(Class::P0, cmd, cost, Instant::now()) }
+                        Some(cmd) = l1.recv(), if open[1] && room[1] => { let cost = cmd.bytes() as u64; wfq.push(Class::P1, cmd, cost, Instant::now()) }
+                        Some(cmd) = l2.recv(), if open[2] && room[2] => { let cost = cmd.bytes() as u64; wfq.push(Class::P2, cmd, cost, Instant::now()) }
+                        Some(cmd) = l3.recv(), if open[3] && room[3] => { let cost = cmd.bytes() as u64; wfq.push(Class::P3, cmd, cost, Instant::now()) }
                         _ = tokio::time::sleep_until(deadline.into()) => {}
                     }
                     for reply in flusher_replies.drain(..) {
@@ -493,7 +520,11 @@ impl Writer {
     /// more while under `bytes_max` and [`MAX_GROUP_COMMANDS`]), writes it and answers
     /// `leader` waiters. Returns whether anything was written, and the waiters that
     /// must wait for a flush (the caller hands them to the [`Flusher`]).
-    fn write_group(&mut self, wfq: &mut Wfq<AppendCmd>, bytes_max: usize) -> (bool, Vec<Waiter>) {
+    fn write_group(
+        &mut self,
+        wfq: &mut Wfq<AppendCmd>,
+        bytes_max: usize,
+    ) -> (bool, usize, Vec<Waiter>) {
         let now = Instant::now();
         let mut leader_waiters: Vec<Waiter> = Vec::new();
         let mut durable_waiters: Vec<Waiter> = Vec::new();
@@ -502,8 +533,9 @@ impl Writer {
         let mut count = 0usize;
         let mut top_class = None;
         while count < MAX_GROUP_COMMANDS && (count == 0 || bytes < bytes_max) {
-            // A group that holds P0 work ends before lower-class work: the flush that
-            // acknowledges it stays as short as the P0 work itself.
+            // A group that holds P0 work ends before lower-class work, so P0 acks are
+            // not held back by writing P3 data. (A durable P0 ack may still wait for a
+            // flush already running, then for its own.)
             if top_class == Some(Class::P0) && wfq.peek_class(now) != Some(Class::P0) {
                 break;
             }
@@ -535,7 +567,7 @@ impl Writer {
         for (reply, result) in leader_waiters {
             let _ = reply.send(result);
         }
-        (wrote, durable_waiters)
+        (wrote, bytes, durable_waiters)
     }
 
     /// Starts a background flush covering everything written so far, if one is wanted
@@ -549,6 +581,7 @@ impl Writer {
             let _ = tx.send(r);
         }) {
             Ok(()) => {
+                f.written_since_start = 0;
                 f.running = Some(RunningFlush {
                     done,
                     covers: std::mem::take(&mut f.queued),
@@ -636,6 +669,10 @@ struct Flusher {
     queued: Durables,
     /// A flush should start (someone waits, or the topic's durability asks for one).
     wanted: bool,
+    /// Bytes written since the running flush started (the next flush's share).
+    written_since_start: usize,
+    /// Every group of this shard needs a flush (`durability = always`).
+    always: bool,
 }
 
 impl Flusher {
@@ -647,6 +684,11 @@ impl Flusher {
         self.queued.waiters.extend(waiters);
         self.queued.replies.extend(reply);
         self.wanted = true;
+    }
+
+    /// Whether anyone waits for the next flush.
+    fn has_waiters(&self) -> bool {
+        self.always || !self.queued.waiters.is_empty() || !self.queued.replies.is_empty()
     }
 
     /// Everyone waiting, running or queued, gets `flushed`.

@@ -13,8 +13,8 @@
 //! it (for preallocated or sparse blocks alike; populating the map in advance only
 //! moves that zeroing to another thread). perf showed that zeroing at about 31 % of
 //! all CPU time when producing 1 KiB records. `pwritev` copies straight into fresh
-//! page-cache pages without zeroing whole pages first, takes one syscall per group
-//! of batches instead of a fault per page, and turns a full disk into an error value
+//! page-cache pages without zeroing whole pages first, takes one syscall per append
+//! (a request's batches) instead of a fault per page, and turns a full disk into an error value
 //! instead of a `SIGBUS`.
 //!
 //! The next segment's files are created and `fallocate`d (real blocks, not a sparse
@@ -107,10 +107,12 @@ impl Segment {
         if len == 0 {
             return &[];
         }
-        // SAFETY: bytes below `len` were written before `len` was stored with Release
-        // (loaded with Acquire above), are never written again by the single writer, and
-        // the file is never truncated below `len` while mapped (see `MapChunk`). `len`
-        // never exceeds the map's length: the writer checks capacity before copying.
+        // SAFETY: bytes below `len` were written into the file's page cache by a
+        // `pwritev` that returned before `len` was stored with Release (loaded with
+        // Acquire above), so this shared map of the same file shows them; they are never
+        // written again by the single writer, and the file is never truncated below `len`
+        // while mapped (see `MapChunk`). `len` never exceeds the map's length: the writer
+        // checks capacity before writing.
         unsafe { std::slice::from_raw_parts(self.log.map.as_ptr(), len) }
     }
 
