@@ -7,7 +7,7 @@
 //! shard of its topics (or those given to `assign`). Every fetched batch's CRC is
 //! checked before any record of it is returned.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,10 +79,11 @@ impl Default for ConsumerConfig {
     }
 }
 
-/// One consumed record.
+/// One consumed record. `key`, `value` and header values are slices of the fetched
+/// response (no copy); `topic` is shared by every message of a fetch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
-    pub topic: String,
+    pub topic: Arc<str>,
     pub shard: u32,
     pub offset: u64,
     pub priority: u8,
@@ -160,7 +161,8 @@ impl ConsumerBuilder {
             positions: HashMap::new(),
             manual: None,
             last_commit: tokio::time::Instant::now(),
-            buffered: std::collections::VecDeque::new(),
+            buffered: VecDeque::new(),
+            buffered_lanes: VecDeque::new(),
             lanes: HashMap::new(),
             lane_floors: HashMap::new(),
             heartbeat: None,
@@ -185,8 +187,10 @@ pub struct Consumer {
     positions: HashMap<(String, u32), u64>,
     manual: Option<Vec<(String, u32)>>,
     last_commit: tokio::time::Instant,
-    /// Fetched messages not yet returned, each with its batch's lane (class index).
-    buffered: std::collections::VecDeque<(Message, usize)>,
+    /// Fetched messages not yet returned.
+    buffered: VecDeque<Message>,
+    /// Priority order only: the lane (class index) of each buffered message's batch.
+    buffered_lanes: VecDeque<u8>,
     /// Priority order only: each shard's four lane cursors; its position is their minimum.
     lanes: HashMap<(String, u32), [u64; CLASS_COUNT]>,
     /// Priority order only: the lane cursors the broker reported with the last fetch,
@@ -239,8 +243,7 @@ impl Consumer {
         match self.positions.get_mut(&(topic.to_string(), shard)) {
             Some(p) => {
                 *p = offset;
-                self.buffered
-                    .retain(|(m, _)| !(m.topic == topic && m.shard == shard));
+                self.drop_buffered(topic, shard);
                 // Lanes restart at the new position; cursors reported for the dropped
                 // messages no longer apply.
                 let key = (topic.to_string(), shard);
@@ -266,22 +269,14 @@ impl Consumer {
             }
             if !self.buffered.is_empty() {
                 let n = max.min(self.buffered.len());
-                let out: Vec<(Message, usize)> = self.buffered.drain(..n).collect();
-                for (m, lane) in &out {
-                    let key = (m.topic.clone(), m.shard);
-                    let next = match self.lanes.get_mut(&key) {
-                        Some(lanes) if self.config.order == DeliveryOrder::Priority => {
-                            lanes[*lane] = lanes[*lane].max(m.offset + 1);
-                            lanes.iter().copied().min().unwrap_or(m.offset + 1)
-                        }
-                        _ => m.offset + 1,
-                    };
-                    self.positions.insert(key, next);
-                }
+                let out: Vec<Message> = self.buffered.drain(..n).collect();
                 if self.config.order == DeliveryOrder::Priority {
+                    let lanes: Vec<u8> = self.buffered_lanes.drain(..n).collect();
+                    self.advance_lanes(&out, &lanes);
                     self.apply_lane_floors();
+                } else {
+                    self.advance(&out);
                 }
-                let out: Vec<Message> = out.into_iter().map(|(m, _)| m).collect();
                 self.maybe_auto_commit().await;
                 return Ok(out);
             }
@@ -296,6 +291,60 @@ impl Consumer {
                 tokio::time::sleep(left.min(Duration::from_millis(100))).await;
             }
         }
+    }
+
+    /// Offset order: each shard's position moves past its last returned message, once
+    /// per run of that shard's messages (not once per message).
+    fn advance(&mut self, out: &[Message]) {
+        let mut i = 0;
+        while i < out.len() {
+            let first = &out[i];
+            let mut j = i + 1;
+            while j < out.len()
+                && out[j].shard == first.shard
+                && Arc::ptr_eq(&out[j].topic, &first.topic)
+            {
+                j += 1;
+            }
+            let last = &out[j - 1];
+            self.positions
+                .insert((last.topic.to_string(), last.shard), last.offset + 1);
+            i = j;
+        }
+    }
+
+    /// Priority order: each returned message moves its lane's cursor, and the shard's
+    /// position is the lowest cursor.
+    fn advance_lanes(&mut self, out: &[Message], lanes: &[u8]) {
+        for (m, lane) in out.iter().zip(lanes) {
+            let lane = usize::from(*lane);
+            let key = (m.topic.to_string(), m.shard);
+            let next = match self.lanes.get_mut(&key) {
+                Some(lanes) => {
+                    lanes[lane] = lanes[lane].max(m.offset + 1);
+                    lanes.iter().copied().min().unwrap_or(m.offset + 1)
+                }
+                None => m.offset + 1,
+            };
+            self.positions.insert(key, next);
+        }
+    }
+
+    /// Drops the buffered messages of one shard (after a seek).
+    fn drop_buffered(&mut self, topic: &str, shard: u32) {
+        let keep = |m: &Message| !(&*m.topic == topic && m.shard == shard);
+        if self.buffered_lanes.is_empty() {
+            self.buffered.retain(keep);
+            return;
+        }
+        let (msgs, lanes): (VecDeque<Message>, VecDeque<u8>) = self
+            .buffered
+            .drain(..)
+            .zip(self.buffered_lanes.drain(..))
+            .filter(|(m, _)| keep(m))
+            .unzip();
+        self.buffered = msgs;
+        self.buffered_lanes = lanes;
     }
 
     /// One message, waiting up to `timeout`.
@@ -391,6 +440,8 @@ impl Consumer {
                 }
             };
             let mut served = [false; CLASS_COUNT];
+            // One allocation per response; every message of it shares the name.
+            let name: Arc<str> = topic.as_str().into();
             for b in records.batches() {
                 let b =
                     b.map_err(|e| ClientError::Protocol(format!("bad batch from broker: {e}")))?;
@@ -404,7 +455,7 @@ impl Consumer {
                         continue;
                     }
                     let m = Message {
-                        topic: topic.clone(),
+                        topic: name.clone(),
                         shard,
                         offset: r.offset,
                         priority: r.priority,
@@ -414,7 +465,10 @@ impl Consumer {
                         value: r.value,
                         headers: r.headers,
                     };
-                    self.buffered.push_back((m, lane));
+                    self.buffered.push_back(m);
+                    if priority {
+                        self.buffered_lanes.push_back(lane as u8);
+                    }
                 }
             }
             // Lanes move as their messages are returned, and to where the broker says
@@ -440,17 +494,15 @@ impl Consumer {
     /// Moves the lanes of every shard with no buffered message to the cursors the
     /// broker reported, and the shard's position to their minimum.
     fn apply_lane_floors(&mut self) {
-        let buffered: std::collections::HashSet<(String, u32)> = self
-            .buffered
-            .iter()
-            .map(|(m, _)| (m.topic.clone(), m.shard))
-            .collect();
-        let done: Vec<(String, u32)> = self
-            .lane_floors
-            .keys()
-            .filter(|k| !buffered.contains(*k))
-            .cloned()
-            .collect();
+        let done: Vec<(String, u32)> = {
+            let buffered: HashSet<(&str, u32)> =
+                self.buffered.iter().map(|m| (&*m.topic, m.shard)).collect();
+            self.lane_floors
+                .keys()
+                .filter(|(t, s)| !buffered.contains(&(t.as_str(), *s)))
+                .cloned()
+                .collect()
+        };
         for key in done {
             let floors = self.lane_floors.remove(&key).unwrap_or_default();
             if !self.positions.contains_key(&key) {
@@ -554,6 +606,7 @@ impl Consumer {
 
     async fn rejoin_group(&mut self) -> Result<()> {
         self.buffered.clear();
+        self.buffered_lanes.clear();
         // Positions come from the group's commits again; lane state of the old
         // assignment must not move them.
         self.lanes.clear();
