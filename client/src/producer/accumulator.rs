@@ -36,10 +36,11 @@ use crate::record::{Partitioning, ProducerBatch, ProducerRecord};
 /// and at its lanes' room.
 const RECORDS_PER_RUN: usize = 1024;
 
-/// First capacity of a batch fed by `send` (it grows by doubling up to
-/// `max_batch_bytes`): small batches, as `linger = 0` sends when idle, should not
-/// each allocate a megabyte.
-const RECORD_BATCH_START_BYTES: usize = 64 * 1024;
+/// Least first capacity of a batch (it grows by doubling up to `max_batch_bytes`).
+/// A batch starts at the size of its lane's previous batch: small batches, as
+/// `linger = 0` sends when idle, should not each allocate a megabyte, and full ones
+/// should not be copied while they grow.
+const BATCH_START_BYTES: usize = 4 * 1024;
 
 /// A lane: index of its topic in the accumulator, and `shard × CLASS_COUNT + class`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +70,8 @@ struct Lane {
     sender: Option<mpsc::Sender<SenderMsg>>,
     /// Batches handed to the sender and not yet settled.
     outstanding: Arc<AtomicUsize>,
+    /// Bytes of the lane's previous batch.
+    last_bytes: usize,
 }
 
 struct Open {
@@ -404,13 +407,7 @@ impl Accumulator {
             topic: t,
             lane: shard * CLASS_COUNT as u32 + class,
         };
-        self.append(
-            id,
-            &new,
-            NewWaiter::Record(waiter),
-            RECORD_BATCH_START_BYTES,
-        )
-        .await;
+        self.append(id, &new, NewWaiter::Record(waiter), 0).await;
     }
 
     async fn add_batch(&mut self, b: ProducerBatch, shared: Arc<BatchShared>) {
@@ -481,7 +478,7 @@ impl Accumulator {
 
     /// Adds one encoded record to its lane's open batch (sealing the open one first if
     /// the record would overflow it), then sends the batch if it is full. `hint` is the
-    /// bytes a new batch should reserve.
+    /// bytes a new batch should reserve at least (beyond the lane's previous size).
     async fn append(
         &mut self,
         id: LaneId,
@@ -508,7 +505,8 @@ impl Accumulator {
         }
         let linger = self.config.linger;
         if self.lane(id).open.is_none() {
-            let cap = (batch::BATCH_HEADER_BYTES + hint).min(max).min(4 << 20);
+            let want = hint.max(self.lane(id).last_bytes).max(BATCH_START_BYTES);
+            let cap = (batch::BATCH_HEADER_BYTES + want).min(max).min(4 << 20);
             self.lane_mut(id).open = Some(Open {
                 builder: BatchBuilder::with_capacity(cap),
                 waiters: Waiters::default(),
@@ -543,6 +541,7 @@ impl Accumulator {
             return;
         }
         let records = open.builder.record_count() as usize;
+        self.lane_mut(id).last_bytes = open.builder.size_bytes();
         self.round_robin = self.round_robin.wrapping_add(1);
         let sender = match &self.lane(id).sender {
             Some(s) => s.clone(),
