@@ -407,7 +407,9 @@ impl Accumulator {
             topic: t,
             lane: shard * CLASS_COUNT as u32 + class,
         };
-        self.append(id, &new, NewWaiter::Record(waiter), 0).await;
+        if let Err(waiter) = self.push_open(id, &new, NewWaiter::Record(waiter)) {
+            self.append(id, &new, waiter, 0).await;
+        }
     }
 
     async fn add_batch(&mut self, b: ProducerBatch, shared: Arc<BatchShared>) {
@@ -470,10 +472,39 @@ impl Accumulator {
                 topic: t,
                 lane: shard * CLASS_COUNT as u32 + class,
             };
-            // Room for the rest of the call, if it is like this record.
-            let hint = new.encoded_bytes().saturating_mul(left + 1);
-            self.append(id, &new, NewWaiter::Run(&shared), hint).await;
+            if self.push_open(id, &new, NewWaiter::Run(&shared)).is_err() {
+                // Room for the rest of the call, if it is like this record.
+                let hint = new.encoded_bytes().saturating_mul(left + 1);
+                self.append(id, &new, NewWaiter::Run(&shared), hint).await;
+            }
         }
+    }
+
+    /// The common case without an await: the lane has an open batch that takes the
+    /// record and stays below `max_batch_bytes`. Otherwise hands the waiter back for
+    /// [`Accumulator::append`].
+    fn push_open<'a>(
+        &mut self,
+        id: LaneId,
+        new: &NewRecord<'_>,
+        waiter: NewWaiter<'a>,
+    ) -> std::result::Result<(), NewWaiter<'a>> {
+        let max = self.config.max_batch_bytes;
+        let Some(open) = self.topics[id.topic as usize].lanes[id.lane as usize]
+            .open
+            .as_mut()
+        else {
+            return Err(waiter);
+        };
+        if open.builder.size_bytes() + new.encoded_bytes() >= max || open.builder.push(new).is_err()
+        {
+            return Err(waiter);
+        }
+        match waiter {
+            NewWaiter::Record(tx) => open.waiters.push_record(tx),
+            NewWaiter::Run(shared) => open.waiters.push_run(shared),
+        }
+        Ok(())
     }
 
     /// Adds one encoded record to its lane's open batch (sealing the open one first if
