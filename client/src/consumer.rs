@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
-use weir_protocol::batch::{Batch, Header};
+use weir_protocol::batch::{self, Batch, Header};
 use weir_protocol::classes::CLASS_COUNT;
 use weir_protocol::messages::*;
 use weir_protocol::{ErrorCode, Request, ResponseBody};
@@ -442,10 +442,8 @@ impl Consumer {
             let mut served = [false; CLASS_COUNT];
             // One allocation per response; every message of it shares the name.
             let name: Arc<str> = topic.as_str().into();
-            for b in records.batches() {
-                let b =
-                    b.map_err(|e| ClientError::Protocol(format!("bad batch from broker: {e}")))?;
-                let batch = Batch::parse(b)
+            for b in split_batches(records.to_bytes()) {
+                let batch = Batch::parse(b?)
                     .map_err(|e| ClientError::Protocol(format!("bad batch: {e}")))?;
                 let lane = classes.class_of(batch.header().priority).index();
                 served[lane] = true;
@@ -727,6 +725,27 @@ impl Consumer {
     }
 }
 
+/// Cuts a fetched record set into one `Bytes` per batch without checking them:
+/// `Batch::parse` checks each batch's header, CRC and records once (`Records::batches`
+/// would check the CRC a second time).
+fn split_batches(mut buf: Bytes) -> impl Iterator<Item = Result<Bytes>> {
+    std::iter::from_fn(move || {
+        if buf.is_empty() {
+            return None;
+        }
+        match batch::peek_total_bytes(&buf) {
+            Some(total) if total <= buf.len() => Some(Ok(buf.split_to(total))),
+            _ => {
+                let rest = buf.len();
+                buf.clear();
+                Some(Err(ClientError::Protocol(format!(
+                    "bad batch from broker: {rest} bytes left, not a whole batch"
+                ))))
+            }
+        }
+    })
+}
+
 /// Whether the broker's answer means this member must re-join its group.
 fn must_rejoin(e: &ClientError) -> bool {
     matches!(
@@ -737,4 +756,41 @@ fn must_rejoin(e: &ClientError) -> bool {
                 | ErrorCode::UnknownMemberId
         )
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_protocol::batch::{BatchBuilder, NewRecord};
+
+    fn one_batch(value: &[u8]) -> Bytes {
+        let mut b = BatchBuilder::new();
+        b.push(&NewRecord::value(1, value)).expect("push");
+        b.finish().expect("finish")
+    }
+
+    #[test]
+    fn split_batches_cuts_whole_batches_and_refuses_a_cut_one() {
+        let (a, b) = (one_batch(b"first"), one_batch(b"second"));
+        let both = Bytes::from([a.as_ref(), b.as_ref()].concat());
+        let parts: Vec<Bytes> = split_batches(both.clone())
+            .collect::<Result<_>>()
+            .expect("two whole batches");
+        assert_eq!(parts, vec![a.clone(), b]);
+        // A record set cut inside its second batch is an error, never a short batch.
+        let cut = both.slice(..both.len() - 3);
+        let parts: Vec<Result<Bytes>> = split_batches(cut).collect();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0].as_ref().expect("first is whole"), &a);
+        assert!(matches!(parts[1], Err(ClientError::Protocol(_))));
+        // A flipped byte is caught by Batch::parse, which checks the CRC.
+        let mut bad = a.to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        let only = split_batches(Bytes::from(bad))
+            .next()
+            .expect("one")
+            .expect("whole");
+        assert!(Batch::parse(only).is_err());
+    }
 }

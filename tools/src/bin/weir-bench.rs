@@ -1154,9 +1154,16 @@ async fn consume_loop(
             Ok(msgs) if !msgs.is_empty() => {
                 let now = Instant::now();
                 record_ns(&mut st.latency, (now - t).as_nanos() as u64);
+                // Messages come in runs of one shard: one map lookup per run.
+                let mut end = (u32::MAX, 0u64);
                 let n = msgs
                     .iter()
-                    .filter(|m| ends.get(&m.shard).is_some_and(|e| m.offset < *e))
+                    .filter(|m| {
+                        if m.shard != end.0 {
+                            end = (m.shard, ends.get(&m.shard).copied().unwrap_or(0));
+                        }
+                        m.offset < end.1
+                    })
                     .count() as u64;
                 st.received += n;
                 st.last = Some(now);
