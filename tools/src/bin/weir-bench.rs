@@ -14,9 +14,15 @@
 //!   and in closed loop each producer keeps at most `--in-flight` batches
 //!   unacknowledged (so latency is the pipeline's, not queueing inside the SDK). The
 //!   bench never calls `flush()` except once at the end.
+//! - `--api batch` (the default) hands each batch of `--batch` records to the SDK with
+//!   one `send_batch` call, as iggy-bench sends a batch with one call of its SDK;
+//!   `--api record` calls `send` per record. In open loop (`--rate`), a batch call
+//!   carries every message due when the producer wakes (up to `--batch`), so no message
+//!   waits for later ones.
 //! - produce latency is per batch: from the (intended) send time of a batch's first
-//!   record to the acknowledgement of its last record (its `DeliveryFuture`). With a
-//!   priority mix, per-class latency is per record: intended send → its ack.
+//!   record to the acknowledgement of its last record (its `DeliveryFuture`, or the
+//!   `BatchDeliveryFuture` of the call). With a priority mix, per-class latency is per
+//!   record: intended send → its ack (with `--api batch`, the ack of its call).
 //! - e2e latency is per message: the intended send time (nanoseconds since the run's
 //!   start) sits in the first 8 bytes of each payload; the consumer subtracts it from
 //!   its clock when the message comes out of `poll`.
