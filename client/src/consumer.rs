@@ -94,6 +94,105 @@ pub struct Message {
     pub headers: Vec<Header>,
 }
 
+/// The records of one fetched batch at or above the consumer's position, handed out
+/// whole by [`Consumer::poll_batches`]. Exists so a reader of many small records pays
+/// per batch, not per record: nothing is decoded until [`ConsumedBatch::messages`] is
+/// iterated, and the records stay in the fetched response's buffer.
+#[derive(Debug, Clone)]
+pub struct ConsumedBatch {
+    topic: Arc<str>,
+    shard: u32,
+    /// The first offset handed out (a batch may start below the consumer's position).
+    first: u64,
+    body: BatchBody,
+}
+
+#[derive(Debug, Clone)]
+enum BatchBody {
+    /// A stored batch, checked (CRC and records) but not decoded.
+    Stored(Batch),
+    /// Messages an earlier `poll` had already decoded.
+    Decoded(Vec<Message>),
+}
+
+impl ConsumedBatch {
+    /// The topic.
+    pub fn topic(&self) -> &Arc<str> {
+        &self.topic
+    }
+
+    /// The shard.
+    pub fn shard(&self) -> u32 {
+        self.shard
+    }
+
+    /// Offset of the first record handed out.
+    pub fn first_offset(&self) -> u64 {
+        self.first
+    }
+
+    /// One past the offset of the last record: the shard's position after this batch.
+    pub fn next_offset(&self) -> u64 {
+        match &self.body {
+            BatchBody::Stored(b) => b.header().base_offset + u64::from(b.header().record_count),
+            BatchBody::Decoded(v) => v.last().map_or(self.first, |m| m.offset + 1),
+        }
+    }
+
+    /// Records handed out.
+    pub fn len(&self) -> usize {
+        match &self.body {
+            BatchBody::Stored(_) => (self.next_offset() - self.first) as usize,
+            BatchBody::Decoded(v) => v.len(),
+        }
+    }
+
+    /// Whether no record is handed out.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The stored batch (CRC-checked), unless its records were already decoded.
+    pub fn batch(&self) -> Option<&Batch> {
+        match &self.body {
+            BatchBody::Stored(b) => Some(b),
+            BatchBody::Decoded(_) => None,
+        }
+    }
+
+    /// The records as messages, decoded as the iterator goes.
+    pub fn messages(&self) -> impl Iterator<Item = Message> + '_ {
+        let (stored, decoded) = match &self.body {
+            BatchBody::Stored(b) => (Some(b), None),
+            BatchBody::Decoded(v) => (None, Some(v)),
+        };
+        let first = self.first;
+        stored
+            .into_iter()
+            .flat_map(move |b| {
+                b.records()
+                    .filter(move |r| r.offset >= first)
+                    .map(|r| message(&self.topic, self.shard, r))
+            })
+            .chain(decoded.into_iter().flat_map(|v| v.iter().cloned()))
+    }
+}
+
+/// A consumed record as a [`Message`].
+fn message(topic: &Arc<str>, shard: u32, r: weir_protocol::batch::Record) -> Message {
+    Message {
+        topic: topic.clone(),
+        shard,
+        offset: r.offset,
+        priority: r.priority,
+        complexity: r.complexity,
+        timestamp_ms: r.timestamp_ms,
+        key: r.key,
+        value: r.value,
+        headers: r.headers,
+    }
+}
+
 /// Builder of a [`Consumer`].
 #[derive(Debug, Clone)]
 pub struct ConsumerBuilder {
@@ -163,6 +262,7 @@ impl ConsumerBuilder {
             last_commit: tokio::time::Instant::now(),
             buffered: VecDeque::new(),
             buffered_lanes: VecDeque::new(),
+            batches: VecDeque::new(),
             lanes: HashMap::new(),
             lane_floors: HashMap::new(),
             heartbeat: None,
@@ -191,6 +291,8 @@ pub struct Consumer {
     buffered: VecDeque<Message>,
     /// Priority order only: the lane (class index) of each buffered message's batch.
     buffered_lanes: VecDeque<u8>,
+    /// Fetched by `poll_batches` and not yet returned (offset order only).
+    batches: VecDeque<ConsumedBatch>,
     /// Priority order only: each shard's four lane cursors; its position is their minimum.
     lanes: HashMap<(String, u32), [u64; CLASS_COUNT]>,
     /// Priority order only: the lane cursors the broker reported with the last fetch,
@@ -244,6 +346,8 @@ impl Consumer {
             Some(p) => {
                 *p = offset;
                 self.drop_buffered(topic, shard);
+                self.batches
+                    .retain(|b| !(&*b.topic == topic && b.shard == shard));
                 // Lanes restart at the new position; cursors reported for the dropped
                 // messages no longer apply.
                 let key = (topic.to_string(), shard);
@@ -267,6 +371,10 @@ impl Consumer {
                 // for messages starts once the consumer has its shards.
                 deadline = tokio::time::Instant::now() + timeout;
             }
+            // Batches `poll_batches` fetched come first, as messages.
+            while let Some(b) = self.batches.pop_front() {
+                self.buffered.extend(b.messages());
+            }
             if !self.buffered.is_empty() {
                 let n = max.min(self.buffered.len());
                 let out: Vec<Message> = self.buffered.drain(..n).collect();
@@ -285,9 +393,85 @@ impl Consumer {
                 self.maybe_auto_commit().await;
                 return Ok(Vec::new());
             }
-            self.fetch_round(left.min(self.config.fetch_max_wait))
+            self.fetch_round(left.min(self.config.fetch_max_wait), false)
                 .await?;
             if self.buffered.is_empty() && self.positions.is_empty() {
+                tokio::time::sleep(left.min(Duration::from_millis(100))).await;
+            }
+        }
+    }
+
+    /// Whole fetched batches holding up to `max_records` records (at least one batch
+    /// when any is ready); waits up to `timeout` when none are ready. Positions move
+    /// past every returned batch, as `poll` moves them past every returned message.
+    /// Costs a few operations per batch instead of a decoded [`Message`] per record;
+    /// see [`ConsumedBatch`]. Offset order only (`DeliveryOrder::Priority` interleaves
+    /// batches by class lanes and keeps per-message cursors: use `poll`).
+    pub async fn poll_batches(
+        &mut self,
+        max_records: usize,
+        timeout: Duration,
+    ) -> Result<Vec<ConsumedBatch>> {
+        if self.config.order == DeliveryOrder::Priority {
+            return Err(ClientError::Invalid(
+                "poll_batches reads in offset order; use poll for priority order".into(),
+            ));
+        }
+        let mut deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.rejoin.load(Ordering::Acquire) {
+                self.rejoin_group().await?;
+                deadline = tokio::time::Instant::now() + timeout;
+            }
+            if !self.buffered.is_empty() {
+                // Messages an earlier `poll` decoded go first, one batch per shard run.
+                let n = max_records.max(1).min(self.buffered.len());
+                let msgs: Vec<Message> = self.buffered.drain(..n).collect();
+                self.advance(&msgs);
+                let mut out: Vec<ConsumedBatch> = Vec::new();
+                for m in msgs {
+                    match out.last_mut() {
+                        Some(ConsumedBatch {
+                            topic,
+                            shard,
+                            body: BatchBody::Decoded(v),
+                            ..
+                        }) if *shard == m.shard && Arc::ptr_eq(topic, &m.topic) => v.push(m),
+                        _ => out.push(ConsumedBatch {
+                            topic: m.topic.clone(),
+                            shard: m.shard,
+                            first: m.offset,
+                            body: BatchBody::Decoded(vec![m]),
+                        }),
+                    }
+                }
+                self.maybe_auto_commit().await;
+                return Ok(out);
+            }
+            if !self.batches.is_empty() {
+                let mut out = Vec::new();
+                let mut n = 0;
+                while let Some(b) = self.batches.front() {
+                    if !out.is_empty() && n + b.len() > max_records {
+                        break;
+                    }
+                    let b = self.batches.pop_front().expect("front exists");
+                    n += b.len();
+                    self.positions
+                        .insert((b.topic.to_string(), b.shard), b.next_offset());
+                    out.push(b);
+                }
+                self.maybe_auto_commit().await;
+                return Ok(out);
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                self.maybe_auto_commit().await;
+                return Ok(Vec::new());
+            }
+            self.fetch_round(left.min(self.config.fetch_max_wait), true)
+                .await?;
+            if self.batches.is_empty() && self.positions.is_empty() {
                 tokio::time::sleep(left.min(Duration::from_millis(100))).await;
             }
         }
@@ -365,7 +549,9 @@ impl Consumer {
         })
     }
 
-    async fn fetch_round(&mut self, wait: Duration) -> Result<()> {
+    /// Fetches every assigned shard once. With `whole`, keeps each batch for
+    /// `poll_batches` instead of decoding its records into messages.
+    async fn fetch_round(&mut self, wait: Duration, whole: bool) -> Result<()> {
         let priority = self.config.order == DeliveryOrder::Priority;
         let mut calls = FuturesUnordered::new();
         for ((topic, shard), offset) in &self.positions {
@@ -448,22 +634,24 @@ impl Consumer {
                 let lane = classes.class_of(batch.header().priority).index();
                 served[lane] = true;
                 let from = lanes.map_or(offset, |l| l[lane]);
+                if whole {
+                    let h = batch.header();
+                    let first = from.max(h.base_offset);
+                    if h.base_offset + u64::from(h.record_count) > first {
+                        self.batches.push_back(ConsumedBatch {
+                            topic: name.clone(),
+                            shard,
+                            first,
+                            body: BatchBody::Stored(batch),
+                        });
+                    }
+                    continue;
+                }
                 for r in batch.records() {
                     if r.offset < from {
                         continue;
                     }
-                    let m = Message {
-                        topic: name.clone(),
-                        shard,
-                        offset: r.offset,
-                        priority: r.priority,
-                        complexity: r.complexity,
-                        timestamp_ms: r.timestamp_ms,
-                        key: r.key,
-                        value: r.value,
-                        headers: r.headers,
-                    };
-                    self.buffered.push_back(m);
+                    self.buffered.push_back(message(&name, shard, r));
                     if priority {
                         self.buffered_lanes.push_back(lane as u8);
                     }
@@ -605,6 +793,7 @@ impl Consumer {
     async fn rejoin_group(&mut self) -> Result<()> {
         self.buffered.clear();
         self.buffered_lanes.clear();
+        self.batches.clear();
         // Positions come from the group's commits again; lane state of the old
         // assignment must not move them.
         self.lanes.clear();

@@ -42,7 +42,7 @@ pub mod record;
 
 pub use admin::Admin;
 pub use client::{Client, ClientConfig};
-pub use consumer::{Consumer, ConsumerConfig, DeliveryOrder, Message, OffsetReset};
+pub use consumer::{ConsumedBatch, Consumer, ConsumerConfig, DeliveryOrder, Message, OffsetReset};
 pub use delivery::{
     BatchDeliveryFuture, BatchMetadata, DeliveredRange, DeliveryFuture, RecordMetadata,
 };

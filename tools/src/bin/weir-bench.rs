@@ -108,7 +108,8 @@ struct Cli {
     /// How producers hand records to the SDK: `batch` = one `send_batch` call per
     /// batch of --batch records (as iggy-bench sends a batch with one call; in open
     /// loop, one call per wake-up with every message then due), `record` = one `send`
-    /// per record.
+    /// per record. consume's consumers: `batch` = `poll_batches` (whole batches,
+    /// records not decoded), `record` = `poll` (one decoded message per record).
     #[arg(long, value_enum, default_value_t = ApiArg::Batch)]
     api: ApiArg,
     #[arg(long, value_enum, default_value_t = AckArg::Leader)]
@@ -1156,6 +1157,44 @@ async fn consume_loop(
             break;
         }
         let t = Instant::now();
+        if run.cli.api == ApiArg::Batch {
+            match consumer
+                .poll_batches(100_000, Duration::from_millis(100))
+                .await
+            {
+                Ok(batches) if !batches.is_empty() => {
+                    let now = Instant::now();
+                    record_ns(&mut st.latency, (now - t).as_nanos() as u64);
+                    // Records below the shard's end offset at the start of the run.
+                    let n: u64 = batches
+                        .iter()
+                        .map(|b| {
+                            let end = ends.get(&b.shard()).copied().unwrap_or(0);
+                            end.min(b.next_offset()).saturating_sub(b.first_offset())
+                        })
+                        .sum();
+                    st.received += n;
+                    st.last = Some(now);
+                    idle_since = now;
+                    run.progress.fetch_add(n, Ordering::Relaxed);
+                }
+                Ok(_) => {
+                    if idle_since.elapsed() > Duration::from_secs(10) {
+                        st.first_error = Some(format!(
+                            "no messages for 10 s with {} of {target} read; giving up",
+                            st.received
+                        ));
+                        break;
+                    }
+                }
+                Err(e) => {
+                    st.errors += 1;
+                    st.first_error = Some(e.to_string());
+                    break;
+                }
+            }
+            continue;
+        }
         match consumer.poll(100_000, Duration::from_millis(100)).await {
             Ok(msgs) if !msgs.is_empty() => {
                 let now = Instant::now();
