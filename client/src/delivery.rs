@@ -41,8 +41,11 @@ impl Future for DeliveryFuture {
 /// `acks=none`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeliveredRange {
+    /// The shard the records are stored in.
     pub shard: u32,
+    /// Offset of the first record of the range.
     pub base_offset: u64,
+    /// Records in the range.
     pub count: u32,
 }
 
@@ -55,6 +58,7 @@ pub struct DeliveredRange {
 /// later in the call.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchMetadata {
+    /// Where the call's records are stored, sorted by (shard, base offset).
     pub ranges: Vec<DeliveredRange>,
 }
 

@@ -75,7 +75,8 @@ impl ProducerRecord {
 pub enum Partitioning {
     /// Each record by its own key; a record without one gets a key from the topic's
     /// shard-key rule, and records still without a key all go to one shard chosen for
-    /// the call (so an unkeyed call stays one batch).
+    /// the call (so an unkeyed call stays one batch). `Key` with an empty key means
+    /// this too.
     #[default]
     PerRecord,
     /// Every record to this shard (a record's key, if any, is stored but not hashed).
@@ -90,6 +91,7 @@ pub enum Partitioning {
 pub struct BatchRecord {
     /// The shard key (see [`Partitioning`]).
     pub key: Option<Bytes>,
+    /// The payload, stored as given.
     pub value: Bytes,
     /// 1 highest … 10; the producer's default when unset.
     pub priority: Option<u8>,
