@@ -7,7 +7,7 @@
 //! shard of its topics (or those given to `assign`). Every fetched batch's CRC is
 //! checked before any record of it is returned.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
-use weir_protocol::batch::{Batch, Header};
+use weir_protocol::batch::{self, Batch, Header};
 use weir_protocol::classes::CLASS_COUNT;
 use weir_protocol::messages::*;
 use weir_protocol::{ErrorCode, Request, ResponseBody};
@@ -79,10 +79,11 @@ impl Default for ConsumerConfig {
     }
 }
 
-/// One consumed record.
+/// One consumed record. `key`, `value` and header values are slices of the fetched
+/// response (no copy); `topic` is shared by every message of a fetch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
-    pub topic: String,
+    pub topic: Arc<str>,
     pub shard: u32,
     pub offset: u64,
     pub priority: u8,
@@ -91,6 +92,105 @@ pub struct Message {
     pub key: Bytes,
     pub value: Bytes,
     pub headers: Vec<Header>,
+}
+
+/// The records of one fetched batch at or above the consumer's position, handed out
+/// whole by [`Consumer::poll_batches`]. Exists so a reader of many small records pays
+/// per batch, not per record: nothing is decoded until [`ConsumedBatch::messages`] is
+/// iterated, and the records stay in the fetched response's buffer.
+#[derive(Debug, Clone)]
+pub struct ConsumedBatch {
+    topic: Arc<str>,
+    shard: u32,
+    /// The first offset handed out (a batch may start below the consumer's position).
+    first: u64,
+    body: BatchBody,
+}
+
+#[derive(Debug, Clone)]
+enum BatchBody {
+    /// A stored batch, checked (CRC and records) but not decoded.
+    Stored(Batch),
+    /// Messages an earlier `poll` had already decoded.
+    Decoded(Vec<Message>),
+}
+
+impl ConsumedBatch {
+    /// The topic.
+    pub fn topic(&self) -> &Arc<str> {
+        &self.topic
+    }
+
+    /// The shard.
+    pub fn shard(&self) -> u32 {
+        self.shard
+    }
+
+    /// Offset of the first record handed out.
+    pub fn first_offset(&self) -> u64 {
+        self.first
+    }
+
+    /// One past the offset of the last record: the shard's position after this batch.
+    pub fn next_offset(&self) -> u64 {
+        match &self.body {
+            BatchBody::Stored(b) => b.header().base_offset + u64::from(b.header().record_count),
+            BatchBody::Decoded(v) => v.last().map_or(self.first, |m| m.offset + 1),
+        }
+    }
+
+    /// Records handed out.
+    pub fn len(&self) -> usize {
+        match &self.body {
+            BatchBody::Stored(_) => (self.next_offset() - self.first) as usize,
+            BatchBody::Decoded(v) => v.len(),
+        }
+    }
+
+    /// Whether no record is handed out.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The stored batch (CRC-checked), unless its records were already decoded.
+    pub fn batch(&self) -> Option<&Batch> {
+        match &self.body {
+            BatchBody::Stored(b) => Some(b),
+            BatchBody::Decoded(_) => None,
+        }
+    }
+
+    /// The records as messages, decoded as the iterator goes.
+    pub fn messages(&self) -> impl Iterator<Item = Message> + '_ {
+        let (stored, decoded) = match &self.body {
+            BatchBody::Stored(b) => (Some(b), None),
+            BatchBody::Decoded(v) => (None, Some(v)),
+        };
+        let first = self.first;
+        stored
+            .into_iter()
+            .flat_map(move |b| {
+                b.records()
+                    .filter(move |r| r.offset >= first)
+                    .map(|r| message(&self.topic, self.shard, r))
+            })
+            .chain(decoded.into_iter().flat_map(|v| v.iter().cloned()))
+    }
+}
+
+/// A consumed record as a [`Message`].
+fn message(topic: &Arc<str>, shard: u32, r: weir_protocol::batch::Record) -> Message {
+    Message {
+        topic: topic.clone(),
+        shard,
+        offset: r.offset,
+        priority: r.priority,
+        complexity: r.complexity,
+        timestamp_ms: r.timestamp_ms,
+        key: r.key,
+        value: r.value,
+        headers: r.headers,
+    }
 }
 
 /// Builder of a [`Consumer`].
@@ -160,7 +260,9 @@ impl ConsumerBuilder {
             positions: HashMap::new(),
             manual: None,
             last_commit: tokio::time::Instant::now(),
-            buffered: std::collections::VecDeque::new(),
+            buffered: VecDeque::new(),
+            buffered_lanes: VecDeque::new(),
+            batches: VecDeque::new(),
             lanes: HashMap::new(),
             lane_floors: HashMap::new(),
             heartbeat: None,
@@ -185,8 +287,12 @@ pub struct Consumer {
     positions: HashMap<(String, u32), u64>,
     manual: Option<Vec<(String, u32)>>,
     last_commit: tokio::time::Instant,
-    /// Fetched messages not yet returned, each with its batch's lane (class index).
-    buffered: std::collections::VecDeque<(Message, usize)>,
+    /// Fetched messages not yet returned.
+    buffered: VecDeque<Message>,
+    /// Priority order only: the lane (class index) of each buffered message's batch.
+    buffered_lanes: VecDeque<u8>,
+    /// Fetched by `poll_batches` and not yet returned (offset order only).
+    batches: VecDeque<ConsumedBatch>,
     /// Priority order only: each shard's four lane cursors; its position is their minimum.
     lanes: HashMap<(String, u32), [u64; CLASS_COUNT]>,
     /// Priority order only: the lane cursors the broker reported with the last fetch,
@@ -239,8 +345,9 @@ impl Consumer {
         match self.positions.get_mut(&(topic.to_string(), shard)) {
             Some(p) => {
                 *p = offset;
-                self.buffered
-                    .retain(|(m, _)| !(m.topic == topic && m.shard == shard));
+                self.drop_buffered(topic, shard);
+                self.batches
+                    .retain(|b| !(&*b.topic == topic && b.shard == shard));
                 // Lanes restart at the new position; cursors reported for the dropped
                 // messages no longer apply.
                 let key = (topic.to_string(), shard);
@@ -264,24 +371,20 @@ impl Consumer {
                 // for messages starts once the consumer has its shards.
                 deadline = tokio::time::Instant::now() + timeout;
             }
+            // Batches `poll_batches` fetched come first, as messages.
+            while let Some(b) = self.batches.pop_front() {
+                self.buffered.extend(b.messages());
+            }
             if !self.buffered.is_empty() {
                 let n = max.min(self.buffered.len());
-                let out: Vec<(Message, usize)> = self.buffered.drain(..n).collect();
-                for (m, lane) in &out {
-                    let key = (m.topic.clone(), m.shard);
-                    let next = match self.lanes.get_mut(&key) {
-                        Some(lanes) if self.config.order == DeliveryOrder::Priority => {
-                            lanes[*lane] = lanes[*lane].max(m.offset + 1);
-                            lanes.iter().copied().min().unwrap_or(m.offset + 1)
-                        }
-                        _ => m.offset + 1,
-                    };
-                    self.positions.insert(key, next);
-                }
+                let out: Vec<Message> = self.buffered.drain(..n).collect();
                 if self.config.order == DeliveryOrder::Priority {
+                    let lanes: Vec<u8> = self.buffered_lanes.drain(..n).collect();
+                    self.advance_lanes(&out, &lanes);
                     self.apply_lane_floors();
+                } else {
+                    self.advance(&out);
                 }
-                let out: Vec<Message> = out.into_iter().map(|(m, _)| m).collect();
                 self.maybe_auto_commit().await;
                 return Ok(out);
             }
@@ -290,12 +393,142 @@ impl Consumer {
                 self.maybe_auto_commit().await;
                 return Ok(Vec::new());
             }
-            self.fetch_round(left.min(self.config.fetch_max_wait))
+            self.fetch_round(left.min(self.config.fetch_max_wait), false)
                 .await?;
             if self.buffered.is_empty() && self.positions.is_empty() {
                 tokio::time::sleep(left.min(Duration::from_millis(100))).await;
             }
         }
+    }
+
+    /// Whole fetched batches holding up to `max_records` records (at least one batch
+    /// when any is ready); waits up to `timeout` when none are ready. Positions move
+    /// past every returned batch, as `poll` moves them past every returned message.
+    /// Costs a few operations per batch instead of a decoded [`Message`] per record;
+    /// see [`ConsumedBatch`]. Offset order only (`DeliveryOrder::Priority` interleaves
+    /// batches by class lanes and keeps per-message cursors: use `poll`).
+    pub async fn poll_batches(
+        &mut self,
+        max_records: usize,
+        timeout: Duration,
+    ) -> Result<Vec<ConsumedBatch>> {
+        if self.config.order == DeliveryOrder::Priority {
+            return Err(ClientError::Invalid(
+                "poll_batches reads in offset order; use poll for priority order".into(),
+            ));
+        }
+        let mut deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.rejoin.load(Ordering::Acquire) {
+                self.rejoin_group().await?;
+                deadline = tokio::time::Instant::now() + timeout;
+            }
+            if !self.buffered.is_empty() {
+                // Messages an earlier `poll` decoded go first, one batch per shard run.
+                let n = max_records.max(1).min(self.buffered.len());
+                let msgs: Vec<Message> = self.buffered.drain(..n).collect();
+                self.advance(&msgs);
+                let mut out: Vec<ConsumedBatch> = Vec::new();
+                for m in msgs {
+                    match out.last_mut() {
+                        Some(ConsumedBatch {
+                            topic,
+                            shard,
+                            body: BatchBody::Decoded(v),
+                            ..
+                        }) if *shard == m.shard && Arc::ptr_eq(topic, &m.topic) => v.push(m),
+                        _ => out.push(ConsumedBatch {
+                            topic: m.topic.clone(),
+                            shard: m.shard,
+                            first: m.offset,
+                            body: BatchBody::Decoded(vec![m]),
+                        }),
+                    }
+                }
+                self.maybe_auto_commit().await;
+                return Ok(out);
+            }
+            if !self.batches.is_empty() {
+                let mut out = Vec::new();
+                let mut n = 0;
+                while let Some(b) = self.batches.front() {
+                    if !out.is_empty() && n + b.len() > max_records {
+                        break;
+                    }
+                    let b = self.batches.pop_front().expect("front exists");
+                    n += b.len();
+                    self.positions
+                        .insert((b.topic.to_string(), b.shard), b.next_offset());
+                    out.push(b);
+                }
+                self.maybe_auto_commit().await;
+                return Ok(out);
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                self.maybe_auto_commit().await;
+                return Ok(Vec::new());
+            }
+            self.fetch_round(left.min(self.config.fetch_max_wait), true)
+                .await?;
+            if self.batches.is_empty() && self.positions.is_empty() {
+                tokio::time::sleep(left.min(Duration::from_millis(100))).await;
+            }
+        }
+    }
+
+    /// Offset order: each shard's position moves past its last returned message, once
+    /// per run of that shard's messages (not once per message).
+    fn advance(&mut self, out: &[Message]) {
+        let mut i = 0;
+        while i < out.len() {
+            let first = &out[i];
+            let mut j = i + 1;
+            while j < out.len()
+                && out[j].shard == first.shard
+                && Arc::ptr_eq(&out[j].topic, &first.topic)
+            {
+                j += 1;
+            }
+            let last = &out[j - 1];
+            self.positions
+                .insert((last.topic.to_string(), last.shard), last.offset + 1);
+            i = j;
+        }
+    }
+
+    /// Priority order: each returned message moves its lane's cursor, and the shard's
+    /// position is the lowest cursor.
+    fn advance_lanes(&mut self, out: &[Message], lanes: &[u8]) {
+        for (m, lane) in out.iter().zip(lanes) {
+            let lane = usize::from(*lane);
+            let key = (m.topic.to_string(), m.shard);
+            let next = match self.lanes.get_mut(&key) {
+                Some(lanes) => {
+                    lanes[lane] = lanes[lane].max(m.offset + 1);
+                    lanes.iter().copied().min().unwrap_or(m.offset + 1)
+                }
+                None => m.offset + 1,
+            };
+            self.positions.insert(key, next);
+        }
+    }
+
+    /// Drops the buffered messages of one shard (after a seek).
+    fn drop_buffered(&mut self, topic: &str, shard: u32) {
+        let keep = |m: &Message| !(&*m.topic == topic && m.shard == shard);
+        if self.buffered_lanes.is_empty() {
+            self.buffered.retain(keep);
+            return;
+        }
+        let (msgs, lanes): (VecDeque<Message>, VecDeque<u8>) = self
+            .buffered
+            .drain(..)
+            .zip(self.buffered_lanes.drain(..))
+            .filter(|(m, _)| keep(m))
+            .unzip();
+        self.buffered = msgs;
+        self.buffered_lanes = lanes;
     }
 
     /// One message, waiting up to `timeout`.
@@ -316,7 +549,9 @@ impl Consumer {
         })
     }
 
-    async fn fetch_round(&mut self, wait: Duration) -> Result<()> {
+    /// Fetches every assigned shard once. With `whole`, keeps each batch for
+    /// `poll_batches` instead of decoding its records into messages.
+    async fn fetch_round(&mut self, wait: Duration, whole: bool) -> Result<()> {
         let priority = self.config.order == DeliveryOrder::Priority;
         let mut calls = FuturesUnordered::new();
         for ((topic, shard), offset) in &self.positions {
@@ -391,30 +626,35 @@ impl Consumer {
                 }
             };
             let mut served = [false; CLASS_COUNT];
-            for b in records.batches() {
-                let b =
-                    b.map_err(|e| ClientError::Protocol(format!("bad batch from broker: {e}")))?;
-                let batch = Batch::parse(b)
+            // One allocation per response; every message of it shares the name.
+            let name: Arc<str> = topic.as_str().into();
+            for b in split_batches(records.to_bytes()) {
+                let batch = Batch::parse(b?)
                     .map_err(|e| ClientError::Protocol(format!("bad batch: {e}")))?;
                 let lane = classes.class_of(batch.header().priority).index();
                 served[lane] = true;
                 let from = lanes.map_or(offset, |l| l[lane]);
+                if whole {
+                    let h = batch.header();
+                    let first = from.max(h.base_offset);
+                    if h.base_offset + u64::from(h.record_count) > first {
+                        self.batches.push_back(ConsumedBatch {
+                            topic: name.clone(),
+                            shard,
+                            first,
+                            body: BatchBody::Stored(batch),
+                        });
+                    }
+                    continue;
+                }
                 for r in batch.records() {
                     if r.offset < from {
                         continue;
                     }
-                    let m = Message {
-                        topic: topic.clone(),
-                        shard,
-                        offset: r.offset,
-                        priority: r.priority,
-                        complexity: r.complexity,
-                        timestamp_ms: r.timestamp_ms,
-                        key: r.key,
-                        value: r.value,
-                        headers: r.headers,
-                    };
-                    self.buffered.push_back((m, lane));
+                    self.buffered.push_back(message(&name, shard, r));
+                    if priority {
+                        self.buffered_lanes.push_back(lane as u8);
+                    }
                 }
             }
             // Lanes move as their messages are returned, and to where the broker says
@@ -440,17 +680,15 @@ impl Consumer {
     /// Moves the lanes of every shard with no buffered message to the cursors the
     /// broker reported, and the shard's position to their minimum.
     fn apply_lane_floors(&mut self) {
-        let buffered: std::collections::HashSet<(String, u32)> = self
-            .buffered
-            .iter()
-            .map(|(m, _)| (m.topic.clone(), m.shard))
-            .collect();
-        let done: Vec<(String, u32)> = self
-            .lane_floors
-            .keys()
-            .filter(|k| !buffered.contains(*k))
-            .cloned()
-            .collect();
+        let done: Vec<(String, u32)> = {
+            let buffered: HashSet<(&str, u32)> =
+                self.buffered.iter().map(|m| (&*m.topic, m.shard)).collect();
+            self.lane_floors
+                .keys()
+                .filter(|(t, s)| !buffered.contains(&(t.as_str(), *s)))
+                .cloned()
+                .collect()
+        };
         for key in done {
             let floors = self.lane_floors.remove(&key).unwrap_or_default();
             if !self.positions.contains_key(&key) {
@@ -554,6 +792,8 @@ impl Consumer {
 
     async fn rejoin_group(&mut self) -> Result<()> {
         self.buffered.clear();
+        self.buffered_lanes.clear();
+        self.batches.clear();
         // Positions come from the group's commits again; lane state of the old
         // assignment must not move them.
         self.lanes.clear();
@@ -674,6 +914,27 @@ impl Consumer {
     }
 }
 
+/// Cuts a fetched record set into one `Bytes` per batch without checking them:
+/// `Batch::parse` checks each batch's header, CRC and records once (`Records::batches`
+/// would check the CRC a second time).
+fn split_batches(mut buf: Bytes) -> impl Iterator<Item = Result<Bytes>> {
+    std::iter::from_fn(move || {
+        if buf.is_empty() {
+            return None;
+        }
+        match batch::peek_total_bytes(&buf) {
+            Some(total) if total <= buf.len() => Some(Ok(buf.split_to(total))),
+            _ => {
+                let rest = buf.len();
+                buf.clear();
+                Some(Err(ClientError::Protocol(format!(
+                    "bad batch from broker: {rest} bytes left, not a whole batch"
+                ))))
+            }
+        }
+    })
+}
+
 /// Whether the broker's answer means this member must re-join its group.
 fn must_rejoin(e: &ClientError) -> bool {
     matches!(
@@ -684,4 +945,41 @@ fn must_rejoin(e: &ClientError) -> bool {
                 | ErrorCode::UnknownMemberId
         )
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_protocol::batch::{BatchBuilder, NewRecord};
+
+    fn one_batch(value: &[u8]) -> Bytes {
+        let mut b = BatchBuilder::new();
+        b.push(&NewRecord::value(1, value)).expect("push");
+        b.finish().expect("finish")
+    }
+
+    #[test]
+    fn split_batches_cuts_whole_batches_and_refuses_a_cut_one() {
+        let (a, b) = (one_batch(b"first"), one_batch(b"second"));
+        let both = Bytes::from([a.as_ref(), b.as_ref()].concat());
+        let parts: Vec<Bytes> = split_batches(both.clone())
+            .collect::<Result<_>>()
+            .expect("two whole batches");
+        assert_eq!(parts, vec![a.clone(), b]);
+        // A record set cut inside its second batch is an error, never a short batch.
+        let cut = both.slice(..both.len() - 3);
+        let parts: Vec<Result<Bytes>> = split_batches(cut).collect();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0].as_ref().expect("first is whole"), &a);
+        assert!(matches!(parts[1], Err(ClientError::Protocol(_))));
+        // A flipped byte is caught by Batch::parse, which checks the CRC.
+        let mut bad = a.to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        let only = split_batches(Bytes::from(bad))
+            .next()
+            .expect("one")
+            .expect("whole");
+        assert!(Batch::parse(only).is_err());
+    }
 }

@@ -17,7 +17,8 @@
 //! ```
 //!
 //! - [`Client`] — one broker connection, shared, reconnecting.
-//! - [`Producer`] — batching, pipelined, idempotent by default.
+//! - [`Producer`] — batching, pipelined, idempotent by default; `send` per record or
+//!   `send_batch` for many records of one topic with one future.
 //! - [`Consumer`] — by offset, alone or in a group.
 //! - [`QueueConsumer`] and [`Worker`] — queue mode: per-record ack / nack, retries,
 //!   dead letters.
@@ -29,6 +30,7 @@ pub mod admin;
 pub mod client;
 pub mod connection;
 pub mod consumer;
+pub mod delivery;
 #[cfg(feature = "embedded")]
 pub mod embedded;
 pub mod error;
@@ -36,17 +38,22 @@ pub mod flow;
 pub mod partitioner;
 pub mod producer;
 pub mod queue;
+pub mod record;
 
 pub use admin::Admin;
 pub use client::{Client, ClientConfig};
-pub use consumer::{Consumer, ConsumerConfig, DeliveryOrder, Message, OffsetReset};
+pub use consumer::{ConsumedBatch, Consumer, ConsumerConfig, DeliveryOrder, Message, OffsetReset};
+pub use delivery::{
+    BatchDeliveryFuture, BatchMetadata, DeliveredRange, DeliveryFuture, RecordMetadata,
+};
 pub use error::{ClientError, Result};
 pub use flow::{Backpressure, BreakerConfig, BreakerState};
-pub use producer::{DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+pub use producer::{Producer, ProducerConfig};
 pub use queue::{
     queue_status, HandlerError, NackOutcome, QueueConfig, QueueConsumer, QueueMessage, Worker,
     WorkerStats,
 };
+pub use record::{BatchRecord, Partitioning, ProducerBatch, ProducerRecord};
 pub use weir_protocol::messages::{
     Acks, Durability, FlowStatusResponse, Quota, QuotaEntry, TopicConfig,
 };

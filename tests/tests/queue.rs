@@ -70,7 +70,7 @@ async fn produce(client: &Client, topic: &str, records: Vec<ProducerRecord>) {
         .expect("producer");
     let mut pending = Vec::new();
     for r in records {
-        assert_eq!(r.topic, topic);
+        assert_eq!(&*r.topic, topic);
         pending.push(producer.send(r).await.expect("send"));
     }
     producer.flush().await.expect("flush");

@@ -14,9 +14,15 @@
 //!   and in closed loop each producer keeps at most `--in-flight` batches
 //!   unacknowledged (so latency is the pipeline's, not queueing inside the SDK). The
 //!   bench never calls `flush()` except once at the end.
+//! - `--api batch` (the default) hands each batch of `--batch` records to the SDK with
+//!   one `send_batch` call, as iggy-bench sends a batch with one call of its SDK;
+//!   `--api record` calls `send` per record. In open loop (`--rate`), a batch call
+//!   carries every message due when the producer wakes (up to `--batch`), so no message
+//!   waits for later ones.
 //! - produce latency is per batch: from the (intended) send time of a batch's first
-//!   record to the acknowledgement of its last record (its `DeliveryFuture`). With a
-//!   priority mix, per-class latency is per record: intended send → its ack.
+//!   record to the acknowledgement of its last record (its `DeliveryFuture`, or the
+//!   `BatchDeliveryFuture` of the call). With a priority mix, per-class latency is per
+//!   record: intended send → its ack (with `--api batch`, the ack of its call).
 //! - e2e latency is per message: the intended send time (nanoseconds since the run's
 //!   start) sits in the first 8 bytes of each payload; the consumer subtracts it from
 //!   its clock when the message comes out of `poll`.
@@ -49,8 +55,8 @@ use serde_json::{json, Map};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use weir_client::embedded::EmbeddedBroker;
 use weir_client::{
-    Acks, Admin, Client, Consumer, DeliveryFuture, DeliveryOrder, OffsetReset, Producer,
-    ProducerRecord, TopicConfig,
+    Acks, Admin, BatchDeliveryFuture, BatchRecord, Client, Consumer, DeliveryFuture, DeliveryOrder,
+    OffsetReset, Producer, ProducerBatch, ProducerRecord, TopicConfig,
 };
 use weir_protocol::batch::{BATCH_HEADER_BYTES, RECORD_MIN_BYTES};
 use weir_protocol::messages::{ListOffsetsRequest, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
@@ -95,9 +101,17 @@ struct Cli {
     /// Messages per batch: the producer's max_batch_bytes is set to fit exactly this many.
     #[arg(long, default_value_t = 1000)]
     batch: usize,
-    /// Longest a batch waits for more messages, in ms (fractions allowed).
+    /// Longest a batch waits for more messages, in ms (fractions allowed); 0 sends a
+    /// batch as soon as its lane has room in flight (the SDK's default).
     #[arg(long, default_value_t = 5.0)]
     linger_ms: f64,
+    /// How producers hand records to the SDK: `batch` = one `send_batch` call per
+    /// batch of --batch records (as iggy-bench sends a batch with one call; in open
+    /// loop, one call per wake-up with every message then due), `record` = one `send`
+    /// per record. consume's consumers: `batch` = `poll_batches` (whole batches,
+    /// records not decoded), `record` = `poll` (one decoded message per record).
+    #[arg(long, value_enum, default_value_t = ApiArg::Batch)]
+    api: ApiArg,
     #[arg(long, value_enum, default_value_t = AckArg::Leader)]
     acks: AckArg,
     /// Batches in flight per shard and producer.
@@ -167,6 +181,21 @@ impl Mode {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ApiArg {
+    Batch,
+    Record,
+}
+
+impl ApiArg {
+    fn name(self) -> &'static str {
+        match self {
+            ApiArg::Batch => "batch",
+            ApiArg::Record => "record",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum AckArg {
     None,
     Leader,
@@ -224,15 +253,30 @@ impl Run {
 /// One future the collector awaits.
 struct Pending {
     batch_start: Instant,
-    record_start: Instant,
-    /// Priority class, when this record is timed for per-class figures.
-    class: Option<usize>,
-    /// Records of the batch this record closes (0: not the last of its batch).
+    /// (priority class, intended send time) of each record timed for per-class
+    /// figures: at most the one record of a `send`, every record of a `send_batch`.
+    classes: Vec<(usize, Instant)>,
+    /// Records of the batch this future closes (0: not the last of its batch).
     batch_count: u64,
     measured: bool,
-    fut: DeliveryFuture,
+    fut: Delivery,
     /// Closed loop: the batch's slot in the producer's window, freed on its ack.
     permit: Option<OwnedSemaphorePermit>,
+}
+
+/// The SDK future of one `send` or one `send_batch`.
+enum Delivery {
+    Record(DeliveryFuture),
+    Batch(BatchDeliveryFuture),
+}
+
+impl Delivery {
+    async fn wait(self) -> Result<(), weir_client::ClientError> {
+        match self {
+            Delivery::Record(f) => f.await.map(|_| ()),
+            Delivery::Batch(f) => f.await.map(|_| ()),
+        }
+    }
 }
 
 /// What one producer's collector saw.
@@ -483,6 +527,7 @@ fn settings(run: &Run) -> Map<String, serde_json::Value> {
     m.insert("size".into(), json!(c.size));
     m.insert("batch".into(), json!(c.batch));
     m.insert("linger_ms".into(), json!(c.linger_ms));
+    m.insert("api".into(), json!(c.api.name()));
     m.insert("acks".into(), json!(c.acks.name()));
     m.insert("in_flight".into(), json!(c.in_flight));
     m.insert("rate".into(), json!(c.rate));
@@ -645,6 +690,8 @@ async fn produce_loop(
         }
         _ => None,
     };
+    let topic: Arc<str> = c.topic.as_str().into();
+    let by_batch = c.api == ApiArg::Batch;
     let mut k: u64 = 0;
     let mut measured_count: u64 = 0;
     let mut sent: u64 = 0;
@@ -664,12 +711,19 @@ async fn produce_loop(
             None => Some(window.clone().acquire_owned().await?),
             Some(_) => None,
         };
+        let mut batch =
+            by_batch.then(|| ProducerBatch::with_capacity(topic.clone(), c.batch).shard(shard));
+        let mut classes = Vec::new();
         while (n as usize) < c.batch {
             let intended = match step {
                 Some(step) => {
                     let due = run.base + Duration::from_secs_f64((k as f64 * p + phase) * step);
                     let now = Instant::now();
                     if due > now {
+                        // Open loop, batch api: one call carries what is due now.
+                        if n > 0 && by_batch {
+                            break;
+                        }
                         std::thread::sleep(due - now);
                     }
                     due
@@ -696,35 +750,51 @@ async fn produce_loop(
             } else {
                 payload.clone()
             };
-            let mut rec = ProducerRecord::new(c.topic.clone(), value).shard(shard);
-            let mut class = None;
+            let mut priority = None;
             if let Some(p) = picker.as_mut() {
                 let (cl, prio) = fixed.unwrap_or_else(|| p.next_pick());
-                rec = rec.priority(prio);
+                priority = Some(prio);
                 if !e2e && measured {
-                    class = Some(cl);
+                    classes.push((cl, intended));
                 }
             }
-            let fut = producer.send(rec).await?;
-            if let Some(h) = held.take() {
-                if h.class.is_some() {
-                    let _ = tx.send(h);
+            if let Some(b) = batch.as_mut() {
+                let mut rec = BatchRecord::new(value);
+                rec.priority = priority;
+                b.push_record(rec);
+            } else {
+                let mut rec = ProducerRecord::new(topic.clone(), value).shard(shard);
+                rec.priority = priority;
+                let fut = producer.send(rec).await?;
+                if let Some(h) = held.take() {
+                    if !h.classes.is_empty() {
+                        let _ = tx.send(h);
+                    }
                 }
+                held = Some(Pending {
+                    batch_start,
+                    classes: std::mem::take(&mut classes),
+                    batch_count: 0,
+                    measured,
+                    fut: Delivery::Record(fut),
+                    permit: None,
+                });
             }
-            held = Some(Pending {
-                batch_start,
-                record_start: intended,
-                class,
-                batch_count: 0,
-                measured,
-                fut,
-                permit: None,
-            });
             k += 1;
             n += 1;
             if measured {
                 measured_count += 1;
             }
+        }
+        if let Some(b) = batch.take().filter(|b| !b.is_empty()) {
+            held = Some(Pending {
+                batch_start,
+                classes,
+                batch_count: 0,
+                measured,
+                fut: Delivery::Batch(producer.send_batch(b).await?),
+                permit: None,
+            });
         }
         if let Some(mut h) = held.take() {
             h.batch_count = n;
@@ -763,8 +833,7 @@ fn producer_class(mix: &PriorityMix, idx: usize, producers: usize) -> (usize, us
 async fn collect(mut rx: mpsc::UnboundedReceiver<Pending>) -> ProdStats {
     struct Pending2 {
         batch_start: Instant,
-        record_start: Instant,
-        class: Option<usize>,
+        classes: Vec<(usize, Instant)>,
         batch_count: u64,
         measured: bool,
     }
@@ -778,14 +847,13 @@ async fn collect(mut rx: mpsc::UnboundedReceiver<Pending>) -> ProdStats {
                 Some(p) => {
                     let meta = Pending2 {
                         batch_start: p.batch_start,
-                        record_start: p.record_start,
-                        class: p.class,
+                        classes: p.classes,
                         batch_count: p.batch_count,
                         measured: p.measured,
                     };
                     let (fut, permit) = (p.fut, p.permit);
                     inflight.push(async move {
-                        let r = fut.await;
+                        let r = fut.wait().await;
                         drop(permit);
                         (meta, Instant::now(), r)
                     });
@@ -797,8 +865,8 @@ async fn collect(mut rx: mpsc::UnboundedReceiver<Pending>) -> ProdStats {
         let (p, at, r) = done;
         match r {
             Ok(_) => {
-                if let Some(cl) = p.class {
-                    record_ns(&mut st.classes[cl], (at - p.record_start).as_nanos() as u64);
+                for (cl, start) in &p.classes {
+                    record_ns(&mut st.classes[*cl], (at - *start).as_nanos() as u64);
                 }
                 if p.batch_count > 0 && p.measured {
                     record_ns(&mut st.batches, (at - p.batch_start).as_nanos() as u64);
@@ -1089,13 +1157,58 @@ async fn consume_loop(
             break;
         }
         let t = Instant::now();
+        if run.cli.api == ApiArg::Batch {
+            match consumer
+                .poll_batches(100_000, Duration::from_millis(100))
+                .await
+            {
+                Ok(batches) if !batches.is_empty() => {
+                    let now = Instant::now();
+                    record_ns(&mut st.latency, (now - t).as_nanos() as u64);
+                    // Records below the shard's end offset at the start of the run.
+                    let n: u64 = batches
+                        .iter()
+                        .map(|b| {
+                            let end = ends.get(&b.shard()).copied().unwrap_or(0);
+                            end.min(b.next_offset()).saturating_sub(b.first_offset())
+                        })
+                        .sum();
+                    st.received += n;
+                    st.last = Some(now);
+                    idle_since = now;
+                    run.progress.fetch_add(n, Ordering::Relaxed);
+                }
+                Ok(_) => {
+                    if idle_since.elapsed() > Duration::from_secs(10) {
+                        st.first_error = Some(format!(
+                            "no messages for 10 s with {} of {target} read; giving up",
+                            st.received
+                        ));
+                        break;
+                    }
+                }
+                Err(e) => {
+                    st.errors += 1;
+                    st.first_error = Some(e.to_string());
+                    break;
+                }
+            }
+            continue;
+        }
         match consumer.poll(100_000, Duration::from_millis(100)).await {
             Ok(msgs) if !msgs.is_empty() => {
                 let now = Instant::now();
                 record_ns(&mut st.latency, (now - t).as_nanos() as u64);
+                // Messages come in runs of one shard: one map lookup per run.
+                let mut end = (u32::MAX, 0u64);
                 let n = msgs
                     .iter()
-                    .filter(|m| ends.get(&m.shard).is_some_and(|e| m.offset < *e))
+                    .filter(|m| {
+                        if m.shard != end.0 {
+                            end = (m.shard, ends.get(&m.shard).copied().unwrap_or(0));
+                        }
+                        m.offset < end.1
+                    })
                     .count() as u64;
                 st.received += n;
                 st.last = Some(now);

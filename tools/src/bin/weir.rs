@@ -536,7 +536,7 @@ async fn consume(
                         .map(|h| (h.name.clone(), String::from_utf8_lossy(&h.value).into()))
                         .collect();
                     let v = serde_json::json!({
-                        "topic": m.topic, "shard": m.shard, "offset": m.offset,
+                        "topic": &*m.topic, "shard": m.shard, "offset": m.offset,
                         "key": String::from_utf8_lossy(&m.key), "priority": m.priority,
                         "complexity": m.complexity, "timestamp_ms": m.timestamp_ms,
                         "headers": headers, "value": String::from_utf8_lossy(&m.value),

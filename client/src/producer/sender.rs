@@ -1,0 +1,271 @@
+//! The sender of one (topic, shard, priority class) lane: stamps idempotence fields
+//! into sealed batches, keeps up to `max_in_flight_per_shard` of them in flight on the
+//! shared connection, retries failed ones in order, and tells the accumulator each time
+//! a batch settles (so with `linger = 0` the next batch leaves as soon as there is
+//! room).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::FuturesOrdered;
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::time::Instant;
+use weir_protocol::batch::{self, BatchBuilder};
+use weir_protocol::messages::*;
+use weir_protocol::{ErrorCode, ResponseBody};
+
+use super::{init_producer_id, LaneId, ProducerConfig};
+use crate::client::{expect_body, Client};
+use crate::delivery::Waiters;
+use crate::error::{ClientError, Result};
+use crate::flow::{self, Pushback};
+
+/// What the accumulator hands a lane's sender.
+pub(super) enum SenderMsg {
+    Batch(BatchBuilder, Waiters),
+    Flush(oneshot::Sender<()>),
+}
+
+struct Item {
+    bytes: Bytes,
+    record_count: u32,
+    waiters: Waiters,
+    attempts: u32,
+    /// First THROTTLED/SHED/breaker refusal of this batch (for `BlockFor`).
+    pushed_back_since: Option<std::time::Instant>,
+}
+
+pub(super) struct ShardSender {
+    pub(super) client: Client,
+    pub(super) config: ProducerConfig,
+    pub(super) identity: Option<Arc<Mutex<(u64, u16)>>>,
+    pub(super) topic: Arc<str>,
+    pub(super) shard: u32,
+    pub(super) lane: LaneId,
+    /// Batches handed to this sender and not yet settled (shared with the accumulator).
+    pub(super) outstanding: Arc<AtomicUsize>,
+    /// Tells the accumulator that this lane has settled a batch.
+    pub(super) room: mpsc::UnboundedSender<LaneId>,
+    /// (producer id, epoch) the sequence numbers below belong to.
+    pub(super) epoch_used: Option<(u64, u16)>,
+    pub(super) next_seq: u32,
+}
+
+type InFlight =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<ProduceResponse>> + Send>>;
+
+impl ShardSender {
+    async fn stamp(&mut self, builder: BatchBuilder) -> Result<Item> {
+        let count = builder.record_count();
+        let builder = match &self.identity {
+            Some(id) => {
+                let ident = *id.lock().await;
+                if self.epoch_used != Some(ident) {
+                    self.epoch_used = Some(ident);
+                    self.next_seq = 0;
+                }
+                let b = builder.producer(ident.0, ident.1, self.next_seq);
+                self.next_seq = self.next_seq.wrapping_add(count);
+                b
+            }
+            None => builder,
+        };
+        let bytes = builder
+            .finish()
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        Ok(Item {
+            bytes,
+            record_count: count,
+            waiters: Waiters::default(),
+            attempts: 0,
+            pushed_back_since: None,
+        })
+    }
+
+    /// Gives queued batches new sequence numbers under a new epoch (after a batch was
+    /// given up, its successors would otherwise leave a gap).
+    async fn bump_epoch(&mut self, queue: &mut VecDeque<Item>) -> Result<()> {
+        let Some(id) = &self.identity else {
+            return Ok(());
+        };
+        let mut ident = id.lock().await;
+        if Some(*ident) == self.epoch_used {
+            *ident = init_producer_id(&self.client, ident.0, ident.1).await?;
+        }
+        self.epoch_used = Some(*ident);
+        self.next_seq = 0;
+        for item in queue.iter_mut() {
+            let mut v = item.bytes.to_vec();
+            v[44..52].copy_from_slice(&ident.0.to_le_bytes());
+            v[52..54].copy_from_slice(&ident.1.to_le_bytes());
+            v[56..60].copy_from_slice(&self.next_seq.to_le_bytes());
+            let crc = batch::compute_crc(&v);
+            v[16..20].copy_from_slice(&crc.to_le_bytes());
+            self.next_seq = self.next_seq.wrapping_add(item.record_count);
+            item.bytes = Bytes::from(v);
+        }
+        Ok(())
+    }
+
+    fn send_one(&self, item: &Item) -> InFlight {
+        let client = self.client.clone();
+        let req = ProduceRequest {
+            topic: self.topic.to_string(),
+            shard: self.shard,
+            acks: self.config.acks,
+            timeout_ms: self
+                .config
+                .request_timeout
+                .as_millis()
+                .min(u32::MAX as u128) as u32,
+            records: Records::from_bytes(item.bytes.clone()),
+        };
+        let acks = self.config.acks;
+        let timeout = self.config.request_timeout + Duration::from_secs(1);
+        // The request is as urgent as its batch's most urgent record.
+        let priority = batch::BatchHeader::read(&item.bytes).map_or(0, |h| h.priority);
+        Box::pin(async move {
+            client.breaker_admit()?;
+            let outcome = async {
+                let conn = client.connection().await?;
+                if acks == Acks::None {
+                    conn.send(req.into(), priority, false).await?;
+                    return Ok(ProduceResponse {
+                        base_offset: u64::MAX,
+                        last_offset: u64::MAX,
+                        log_start_offset: 0,
+                        duplicate: 0,
+                    });
+                }
+                let frame = conn.call(req.into(), priority, timeout).await?;
+                let body: ResponseBody = crate::connection::into_body(frame)?;
+                expect_body!(body, Produce)
+            }
+            .await;
+            client.breaker_record(&outcome);
+            outcome
+        })
+    }
+
+    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<SenderMsg>) {
+        let mut queue: VecDeque<Item> = VecDeque::new();
+        let mut sent: VecDeque<Item> = VecDeque::new();
+        let mut in_flight: FuturesOrdered<InFlight> = FuturesOrdered::new();
+        let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut closed = false;
+        let mut backoff_until: Option<Instant> = None;
+        loop {
+            if backoff_until.is_some_and(|t| Instant::now() >= t) {
+                backoff_until = None;
+            }
+            while backoff_until.is_none() && sent.len() < self.config.max_in_flight_per_shard {
+                let Some(item) = queue.pop_front() else { break };
+                in_flight.push_back(self.send_one(&item));
+                sent.push_back(item);
+            }
+            if queue.is_empty() && sent.is_empty() {
+                for f in flushes.drain(..) {
+                    let _ = f.send(());
+                }
+                if closed {
+                    return;
+                }
+            }
+            tokio::select! {
+                msg = rx.recv(), if !closed && queue.len() < self.config.max_in_flight_per_shard => match msg {
+                    None => closed = true,
+                    Some(SenderMsg::Flush(f)) => flushes.push(f),
+                    Some(SenderMsg::Batch(b, waiters)) => match self.stamp(b).await {
+                        Ok(mut item) => {
+                            item.waiters = waiters;
+                            queue.push_back(item);
+                        }
+                        Err(e) => self.fail(waiters, &e),
+                    },
+                },
+                _ = async { tokio::time::sleep_until(backoff_until.expect("backoff")).await }, if backoff_until.is_some() => {}
+                res = in_flight.next(), if !in_flight.is_empty() => {
+                    let res = res.expect("non-empty");
+                    let mut item = sent.pop_front().expect("sent matches in_flight");
+                    match res {
+                        Ok(r) => self.resolve(item, r),
+                        Err(e) => {
+                            item.attempts += 1;
+                            let push = flow::pushback(self.config.backpressure, &e, &mut item.pushed_back_since, std::time::Instant::now());
+                            let retriable = match push {
+                                Pushback::GiveUp => false,
+                                Pushback::Wait(_) => {
+                                    // Waiting out back-pressure is not a failed attempt.
+                                    item.attempts -= 1;
+                                    true
+                                }
+                                Pushback::No => e.is_retriable() || e.code() == Some(ErrorCode::OutOfOrderSequence),
+                            };
+                            // Everything sent after the failed batch settles first.
+                            let mut again = VecDeque::new();
+                            while let Some(r) = in_flight.next().await {
+                                let later = sent.pop_front().expect("sent matches in_flight");
+                                match r {
+                                    Ok(r) => self.resolve(later, r),
+                                    Err(_) => again.push_back(later),
+                                }
+                            }
+                            if retriable && item.attempts <= self.config.retries {
+                                again.push_front(item);
+                                let factor = 1u32 << (item_attempts(&again) - 1).min(5);
+                                let mut wait = self.config.retry_backoff * factor;
+                                if let Pushback::Wait(after) = push {
+                                    wait = after;
+                                }
+                                backoff_until = Some(Instant::now() + wait);
+                            } else {
+                                tracing::warn!(topic = %self.topic, shard = self.shard, error = %e, "batch failed");
+                                self.fail(std::mem::take(&mut item.waiters), &e);
+                                if e.code() == Some(ErrorCode::ProducerFenced) {
+                                    for it in again.drain(..).chain(queue.drain(..)) {
+                                        self.fail(it.waiters, &e);
+                                    }
+                                }
+                            }
+                            while let Some(it) = again.pop_back() {
+                                queue.push_front(it);
+                            }
+                            if !retriable || e.code() == Some(ErrorCode::OutOfOrderSequence) {
+                                if let Err(e2) = self.bump_epoch(&mut queue).await {
+                                    tracing::warn!(error = %e2, "could not bump producer epoch");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn item_attempts(q: &VecDeque<Item>) -> u32 {
+    q.front().map_or(1, |i| i.attempts.max(1))
+}
+
+impl ShardSender {
+    /// The batch was stored: its waiters learn their offsets and the lane has room.
+    fn resolve(&self, item: Item, r: ProduceResponse) {
+        item.waiters.resolve(self.shard, r.base_offset);
+        self.settled();
+    }
+
+    /// The batch failed for good.
+    fn fail(&self, waiters: Waiters, e: &ClientError) {
+        waiters.fail(e);
+        self.settled();
+    }
+
+    fn settled(&self) {
+        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+        let _ = self.room.send(self.lane);
+    }
+}
