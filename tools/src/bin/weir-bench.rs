@@ -74,7 +74,8 @@ struct Cli {
     /// Broker address (ignored with --embedded).
     #[arg(long, default_value = "127.0.0.1:7700", env = "WEIR_BROKER")]
     broker: String,
-    /// Start a broker in this process, with a temporary data directory.
+    /// Start a broker in this process, with a temporary data directory (WEIR_* variables
+    /// set its other settings, as for weir-broker).
     #[arg(long)]
     embedded: bool,
     /// Producer count (each with its own connection and thread).
@@ -430,11 +431,15 @@ async fn run(cli: Cli, handle: tokio::runtime::Handle) -> anyhow::Result<Report>
     let mut embedded = None;
     let addr = if cli.embedded {
         let dir = TempDir::new()?;
+        // WEIR_* variables tune the embedded broker as they would a weir-broker
+        // process (e.g. WEIR_RUNTIME=thread_per_core, WEIR_SHED_ENABLED=false); the
+        // addresses and data directory are always the bench's own.
         let config = weir_broker::Config {
             listen: "127.0.0.1:0".parse()?,
             http: "127.0.0.1:0".parse()?,
             data_dir: dir.0.clone(),
-            ..Default::default()
+            ..weir_broker::Config::load(None, std::env::vars())
+                .context("WEIR_* settings for the embedded broker")?
         };
         let b = EmbeddedBroker::start(config)
             .await
