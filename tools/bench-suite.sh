@@ -54,7 +54,7 @@ for c in "${CASES[@]}"; do
         A) args="produce --size 1024 --batch 1000 --producers 1 --shards 1 --acks leader --messages 1000000" ;;
         B) args="produce --size 100 --batch 1000 --producers 8 --shards 8 --messages 3000000" ;;
         C) args="consume --size 100 --batch 1000 --producers 8 --consumers 8 --shards 8 --messages 4000000" ;;
-        D) args="e2e --size 1024 --rate 100000 --duration 10 --warmup 2 --linger-ms 1" ;;
+        D) args="e2e --size 1024 --rate 100000 --duration 10 --warmup 2 --linger-ms 0" ;;
         E) args="produce --size 1024 --batch 1000 --producers 16 --shards 16 --acks durable --duration 20" ;;
         F) args="consume --size 1024 --batch 1000 --producers 8 --consumers 8 --shards 8 --messages 1000000" ;;
         *) echo "unknown case $c"; exit 2 ;;
