@@ -1,5 +1,7 @@
 //! Priority classes against a real broker process: a P3 flood saturates one shard and
-//! P0 batches still overtake the P3 backlog; unset metadata gets the topic's defaults.
+//! P0 batches still overtake the P3 backlog; a P0 answer overtakes P3 answers queued on
+//! the same connection; priority-ordered reads; unset metadata gets the topic's
+//! defaults.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -345,4 +347,101 @@ async fn a_produce_request_mixing_classes_is_refused_whole() {
     let mut same = batch(9, 1, 10).to_vec();
     same.extend_from_slice(&batch(10, 1, 10));
     assert_eq!(produce(&client, "mixed-req", same.into()).await.unwrap(), 0);
+}
+
+/// On one connection, answers go out most urgent class first: a client that stops
+/// reading lets P3 fetch answers pile up in the broker's write queue; a P0 request sent
+/// after them is answered ahead of most of them once the client reads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_p0_answer_overtakes_queued_p3_answers_on_one_connection() {
+    use bytes::{Buf, BytesMut};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use weir_protocol::frame::{RequestFrame, ResponseFrame};
+    use weir_protocol::messages::{FetchRequest, MetadataRequest};
+
+    const P3_FETCHES: u32 = 40;
+    // Small socket buffers, so the broker's writes block after a few answers and the
+    // rest wait in its queue.
+    let broker = BrokerProcess::start_with_env(&[("WEIR_FLOW_SOCKET_SEND_BUFFER_BYTES", "4096")]);
+    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
+    Admin::new(client.clone())
+        .create_topic("answers", 1, TopicConfig::default())
+        .await
+        .expect("create topic");
+    for _ in 0..40 {
+        produce(&client, "answers", batch(10, 64, 1024))
+            .await
+            .unwrap();
+    }
+
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut s = sock
+        .connect(broker.addr().parse().expect("addr"))
+        .await
+        .expect("connect");
+    let mut out = BytesMut::new();
+    for id in 1..=P3_FETCHES {
+        let mut f = RequestFrame::new(
+            id,
+            FetchRequest {
+                topic: "answers".into(),
+                shard: 0,
+                offset: 0,
+                max_bytes: 256 * 1024,
+                min_bytes: 0,
+                max_wait_ms: 0,
+            },
+        );
+        f.header.priority = 10;
+        f.encode(&mut out);
+    }
+    s.write_all(&out).await.expect("send P3 fetches");
+    // Let the broker answer them all into its (blocked) write queue.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    out.clear();
+    let p0_id = 1000;
+    let mut f = RequestFrame::new(p0_id, MetadataRequest { topics: vec![] });
+    f.header.priority = 1;
+    f.encode(&mut out);
+    s.write_all(&out).await.expect("send P0 request");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Read every answer; note the order of correlation ids.
+    let mut order = Vec::new();
+    let mut buf = BytesMut::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while order.len() < P3_FETCHES as usize + 1 {
+        assert!(Instant::now() < deadline, "answers missing: got {order:?}");
+        while buf.len() >= 4 {
+            let len = u32::from_le_bytes(buf[..4].try_into().unwrap()) as usize;
+            if buf.len() < 4 + len {
+                break;
+            }
+            buf.advance(4);
+            let frame = ResponseFrame::decode(buf.split_to(len).freeze()).expect("answer");
+            order.push(frame.correlation_id);
+        }
+        if order.len() == P3_FETCHES as usize + 1 {
+            break;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read_buf(&mut buf))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        assert!(n > 0, "connection closed after {order:?}");
+    }
+    let p0_at = order
+        .iter()
+        .position(|&id| id == p0_id)
+        .expect("P0 answered");
+    let p3_after = order.len() - 1 - p0_at;
+    eprintln!(
+        "P0 answer at position {p0_at} of {}; {p3_after} P3 answers after it",
+        order.len()
+    );
+    assert!(
+        p3_after >= 30,
+        "the P0 answer waited behind {p0_at} queued P3 answers (order {order:?})"
+    );
 }
