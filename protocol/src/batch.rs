@@ -600,15 +600,20 @@ impl BatchBuilder {
                 "timestamp too far from the batch's first",
             ))?;
         self.buf.reserve(len + 4);
-        self.buf.put_u32_le(len as u32);
-        self.buf.put_u8(r.priority);
-        self.buf.put_u8(r.complexity);
-        self.buf.put_i32_le(delta);
-        self.buf.put_u16_le(r.key.len() as u16);
-        self.buf.put_slice(r.key);
-        self.buf.put_u32_le(r.value.len() as u32);
-        self.buf.put_slice(r.value);
-        self.buf.put_u16_le(r.headers.len() as u16);
+        // The fixed fields as one 12-byte write, then the value's length and the header
+        // count beside the slices they frame: fewer capacity checks per record, which
+        // is most of the builder's cost for small records.
+        let mut fixed = [0u8; 12];
+        fixed[0..4].copy_from_slice(&(len as u32).to_le_bytes());
+        fixed[4] = r.priority;
+        fixed[5] = r.complexity;
+        fixed[6..10].copy_from_slice(&delta.to_le_bytes());
+        fixed[10..12].copy_from_slice(&(r.key.len() as u16).to_le_bytes());
+        self.buf.extend_from_slice(&fixed);
+        self.buf.extend_from_slice(r.key);
+        self.buf.extend_from_slice(&(r.value.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(r.value);
+        self.buf.extend_from_slice(&(r.headers.len() as u16).to_le_bytes());
         for (name, value) in r.headers {
             self.buf.put_u16_le(name.len() as u16);
             self.buf.put_slice(name.as_bytes());
