@@ -435,3 +435,45 @@ async fn max_queued_records_counts_the_records_of_a_batch() {
         Err(ClientError::QueueFull(_))
     ));
 }
+
+/// The producer never builds a batch the topic would refuse: with the default 1 MiB
+/// `max_batch_bytes` and a topic whose `max_message_bytes` is 64 KiB, a call of 1 MB
+/// of records is stored whole, in batches the broker accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_stay_within_the_topics_max_message_bytes() {
+    let broker = BrokerProcess::start();
+    let client = connect(&broker.addr(), WAIT).await;
+    Admin::new(client.clone())
+        .create_topic(
+            "small",
+            1,
+            TopicConfig {
+                max_message_bytes: 64 * 1024,
+                ..TopicConfig::default()
+            },
+        )
+        .await
+        .expect("create");
+    let producer = Producer::builder(&client).build().await.expect("producer");
+    let mut batch = ProducerBatch::with_capacity("small", 1000).shard(0);
+    for i in 0..1000 {
+        batch.push(format!("{i:04}{}", "x".repeat(1020)));
+    }
+    let md = producer
+        .send_batch(batch)
+        .await
+        .expect("queued")
+        .await
+        .expect("every record accepted");
+    assert_eq!(md.record_count(), 1000);
+    // One record alone larger than the topic allows is still the broker's to refuse.
+    let big = producer
+        .send_and_wait(ProducerRecord::new("small", vec![b'y'; 70 * 1024]))
+        .await;
+    match big {
+        Err(ClientError::Broker { code, .. }) => assert_eq!(code, ErrorCode::MessageTooLarge),
+        other => panic!("a 70 KiB record went through: {other:?}"),
+    }
+    let got = read_all(&client, "small", 1000, WAIT).await;
+    assert_eq!(got.len(), 1000);
+}

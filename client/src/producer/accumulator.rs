@@ -55,6 +55,9 @@ struct TopicInfo {
     shards: u32,
     default_priority: u8,
     key_rule: KeyRule,
+    /// Largest batch to build for this topic: `max_batch_bytes`, or less when the
+    /// topic's `max_message_bytes` is smaller (the broker refuses larger requests).
+    batch_bytes_max: usize,
 }
 
 struct TopicState {
@@ -327,10 +330,15 @@ impl Accumulator {
                 retry_after_ms: 0,
             });
         };
+        let topic_max = t.config.max_message_bytes as usize;
         let info = TopicInfo {
             shards: t.shards.len() as u32,
             default_priority: t.config.default_priority,
             key_rule: KeyRule::parse(&t.config.shard_key_rule).unwrap_or(KeyRule::None),
+            batch_bytes_max: match topic_max {
+                0 => self.config.max_batch_bytes,
+                n => self.config.max_batch_bytes.min(n),
+            },
         };
         let index = self.topics.len() as u32;
         let lanes = (0..info.shards as usize * CLASS_COUNT)
@@ -489,7 +497,7 @@ impl Accumulator {
         new: &NewRecord<'_>,
         waiter: NewWaiter<'a>,
     ) -> std::result::Result<(), NewWaiter<'a>> {
-        let max = self.config.max_batch_bytes;
+        let max = self.topics[id.topic as usize].info.batch_bytes_max;
         let Some(open) = self.topics[id.topic as usize].lanes[id.lane as usize]
             .open
             .as_mut()
@@ -525,7 +533,7 @@ impl Accumulator {
             ));
             return;
         }
-        let max = self.config.max_batch_bytes;
+        let max = self.topics[id.topic as usize].info.batch_bytes_max;
         let overflow = self
             .lane(id)
             .open
