@@ -120,11 +120,22 @@ impl BrokerProcess {
     /// Starts a broker with extra `WEIR_*` settings, e.g.
     /// `("WEIR_GROUP_MIN_SESSION_TIMEOUT_MS", "200")`.
     pub fn start_with_env(env: &[(&str, &str)]) -> BrokerProcess {
+        Self::start_in(Self::new_dir(), env)
+    }
+
+    /// A fresh directory for [`BrokerProcess::start_in`]; the broker's data goes to
+    /// its `data` subdirectory (made here, so a test can mount something there first).
+    pub fn new_dir() -> tempfile::TempDir {
         let dir = tempfile::Builder::new()
             .prefix("weir-it-")
             .tempdir()
             .expect("tempdir");
         std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
+        dir
+    }
+
+    /// Starts a broker whose data lives in `dir/data`.
+    pub fn start_in(dir: tempfile::TempDir, env: &[(&str, &str)]) -> BrokerProcess {
         let mut b = BrokerProcess {
             child: None,
             dir,

@@ -214,7 +214,8 @@ impl ShardSender {
                                     Err(_) => again.push_back(later),
                                 }
                             }
-                            if retriable && item.attempts <= self.config.retries {
+                            let given_up = !(retriable && item.attempts <= self.config.retries);
+                            if !given_up {
                                 again.push_front(item);
                                 let factor = 1u32 << (item_attempts(&again) - 1).min(5);
                                 let mut wait = self.config.retry_backoff * factor;
@@ -234,7 +235,10 @@ impl ShardSender {
                             while let Some(it) = again.pop_back() {
                                 queue.push_front(it);
                             }
-                            if !retriable || e.code() == Some(ErrorCode::OutOfOrderSequence) {
+                            // A batch given up (for any reason, retries spent included)
+                            // leaves a gap in the sequence: its successors move to a new
+                            // epoch, or the broker would refuse them all as out of order.
+                            if given_up || e.code() == Some(ErrorCode::OutOfOrderSequence) {
                                 if let Err(e2) = self.bump_epoch(&mut queue).await {
                                     tracing::warn!(error = %e2, "could not bump producer epoch");
                                 }
