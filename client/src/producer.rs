@@ -50,7 +50,8 @@ pub struct ProducerConfig {
     /// not: it trades latency for fewer, fuller requests when records trickle in, and
     /// Tokio's timer adds up to 1 ms to it.
     pub linger: Duration,
-    /// A batch is sent once it reaches this size.
+    /// A batch is sent once it reaches this size (or the topic's `max_message_bytes`,
+    /// when that is smaller: the broker would refuse a larger batch).
     pub max_batch_bytes: usize,
     pub acks: Acks,
     /// Producer id + epoch + sequence numbers, so retries never duplicate.
@@ -182,6 +183,11 @@ impl ProducerBuilder {
         if !batch::WIRE_COMPLEXITY_RANGE.contains(&c.default_complexity) {
             return Err(ClientError::Invalid(
                 "complexity must be 1..=5 (or 0 for the topic's default)".into(),
+            ));
+        }
+        if c.max_in_flight_per_shard == 0 || c.max_batch_bytes == 0 {
+            return Err(ClientError::Invalid(
+                "max_in_flight_per_shard and max_batch_bytes must be > 0".into(),
             ));
         }
         let identity = if c.idempotent {

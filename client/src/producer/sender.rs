@@ -35,6 +35,9 @@ struct Item {
     record_count: u32,
     waiters: Waiters,
     attempts: u32,
+    /// An OUT_OF_ORDER_SEQUENCE answer was already taken as "re-stamp and resend"
+    /// without costing an attempt (once per batch, so it cannot loop).
+    resequenced: bool,
     /// First THROTTLED/SHED/breaker refusal of this batch (for `BlockFor`).
     pushed_back_since: Option<std::time::Instant>,
 }
@@ -82,6 +85,7 @@ impl ShardSender {
             record_count: count,
             waiters: Waiters::default(),
             attempts: 0,
+            resequenced: false,
             pushed_back_since: None,
         })
     }
@@ -195,6 +199,13 @@ impl ShardSender {
                         Ok(r) => self.resolve(item, r),
                         Err(e) => {
                             item.attempts += 1;
+                            let out_of_order = e.code() == Some(ErrorCode::OutOfOrderSequence);
+                            if out_of_order && !item.resequenced {
+                                // Not a failure of this batch: an earlier one of the lane
+                                // was given up; it is re-stamped below and sent again.
+                                item.resequenced = true;
+                                item.attempts -= 1;
+                            }
                             let push = flow::pushback(self.config.backpressure, &e, &mut item.pushed_back_since, std::time::Instant::now());
                             let retriable = match push {
                                 Pushback::GiveUp => false,
@@ -235,10 +246,13 @@ impl ShardSender {
                             while let Some(it) = again.pop_back() {
                                 queue.push_front(it);
                             }
-                            // A batch given up (for any reason, retries spent included)
-                            // leaves a gap in the sequence: its successors move to a new
-                            // epoch, or the broker would refuse them all as out of order.
-                            if given_up || e.code() == Some(ErrorCode::OutOfOrderSequence) {
+                            // A batch given up that was certainly not stored leaves a gap
+                            // in the sequence: its successors (not stored either, being
+                            // after it) move to a new epoch. When its fate is unknown
+                            // (I/O error, timeout) they keep their stamps, so a stored
+                            // one is recognised as a duplicate, and an unstored one comes
+                            // back OUT_OF_ORDER_SEQUENCE and is re-stamped then.
+                            if (given_up && certainly_not_stored(&e)) || out_of_order {
                                 if let Err(e2) = self.bump_epoch(&mut queue).await {
                                     tracing::warn!(error = %e2, "could not bump producer epoch");
                                 }
@@ -248,6 +262,25 @@ impl ShardSender {
                 }
             }
         }
+    }
+}
+
+/// Whether a failed produce certainly did not store its batch: the broker refused it
+/// by name (except the codes that can come after the append: a timed-out ack level,
+/// shutdown, unknown), or the SDK refused it before sending.
+fn certainly_not_stored(e: &ClientError) -> bool {
+    match e {
+        ClientError::Broker { code, .. } => !matches!(
+            code,
+            ErrorCode::RequestTimedOut | ErrorCode::ShuttingDown | ErrorCode::Unknown
+        ),
+        ClientError::CircuitOpen { .. } | ClientError::QueueFull(_) | ClientError::Invalid(_) => {
+            true
+        }
+        ClientError::Io(_)
+        | ClientError::Timeout(_)
+        | ClientError::Protocol(_)
+        | ClientError::Closed => false,
     }
 }
 
