@@ -611,9 +611,11 @@ impl BatchBuilder {
         fixed[10..12].copy_from_slice(&(r.key.len() as u16).to_le_bytes());
         self.buf.extend_from_slice(&fixed);
         self.buf.extend_from_slice(r.key);
-        self.buf.extend_from_slice(&(r.value.len() as u32).to_le_bytes());
+        self.buf
+            .extend_from_slice(&(r.value.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(r.value);
-        self.buf.extend_from_slice(&(r.headers.len() as u16).to_le_bytes());
+        self.buf
+            .extend_from_slice(&(r.headers.len() as u16).to_le_bytes());
         for (name, value) in r.headers {
             self.buf.put_u16_le(name.len() as u16);
             self.buf.put_slice(name.as_bytes());
