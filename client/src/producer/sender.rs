@@ -62,15 +62,21 @@ type InFlight =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<ProduceResponse>> + Send>>;
 
 impl ShardSender {
-    async fn stamp(&mut self, builder: BatchBuilder) -> Result<Item> {
+    /// Stamps producer id, epoch and sequence. `idle` says this lane has nothing sent
+    /// and unsettled, nor queued: only then does it take up an epoch another lane moved
+    /// the producer to. The broker keeps epochs per (shard, class), so the old one stays
+    /// valid here; switching while earlier batches are still in flight would make their
+    /// retries look fenced, or let a later batch overtake a refused one.
+    async fn stamp(&mut self, builder: BatchBuilder, idle: bool) -> Result<Item> {
         let count = builder.record_count();
         let builder = match &self.identity {
             Some(id) => {
-                let ident = *id.lock().await;
-                if self.epoch_used != Some(ident) {
-                    self.epoch_used = Some(ident);
+                let current = *id.lock().await;
+                if self.epoch_used.is_none() || (idle && self.epoch_used != Some(current)) {
+                    self.epoch_used = Some(current);
                     self.next_seq = 0;
                 }
+                let ident = self.epoch_used.expect("set above");
                 let b = builder.producer(ident.0, ident.1, self.next_seq);
                 self.next_seq = self.next_seq.wrapping_add(count);
                 b
@@ -183,7 +189,7 @@ impl ShardSender {
                 msg = rx.recv(), if !closed && queue.len() < self.config.max_in_flight_per_shard => match msg {
                     None => closed = true,
                     Some(SenderMsg::Flush(f)) => flushes.push(f),
-                    Some(SenderMsg::Batch(b, waiters)) => match self.stamp(b).await {
+                    Some(SenderMsg::Batch(b, waiters)) => match self.stamp(b, queue.is_empty() && sent.is_empty()).await {
                         Ok(mut item) => {
                             item.waiters = waiters;
                             queue.push_back(item);
