@@ -477,3 +477,70 @@ async fn batches_stay_within_the_topics_max_message_bytes() {
     let got = read_all(&client, "small", 1000, WAIT).await;
     assert_eq!(got.len(), 1000);
 }
+
+/// `flush` waits for the records sent before it, not for an idle producer: with
+/// another task sending without pause, it still returns, and every record sent before
+/// it is settled by then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_returns_under_continuous_load_with_earlier_records_settled() {
+    use futures_util::FutureExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let broker = BrokerProcess::start();
+    let client = connect(&broker.addr(), WAIT).await;
+    Admin::new(client.clone())
+        .create_topic("busy", 1, TopicConfig::default())
+        .await
+        .expect("create");
+    let producer = Producer::builder(&client).build().await.expect("producer");
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = {
+        let (producer, stop) = (producer.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) && n < 5_000_000 {
+                let _ = producer
+                    .send(ProducerRecord::new("busy", format!("flood {n}")))
+                    .await
+                    .expect("queued");
+                n += 1;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut before = Vec::new();
+    for i in 0..1000 {
+        before.push(
+            producer
+                .send(ProducerRecord::new("busy", format!("before {i}")))
+                .await
+                .expect("queued"),
+        );
+    }
+    tokio::time::timeout(Duration::from_secs(15), producer.flush())
+        .await
+        .expect("flush returned while another task kept sending")
+        .expect("flush");
+    stop.store(true, Ordering::Relaxed);
+    // Polled outside Tokio's co-operative budget, which would report some of 1,000
+    // ready futures as pending within one task turn.
+    let unsettled = tokio::task::unconstrained(async move {
+        let mut unsettled = 0;
+        for f in before {
+            match f.now_or_never() {
+                Some(r) => {
+                    r.expect("acknowledged");
+                }
+                None => unsettled += 1,
+            }
+        }
+        unsettled
+    })
+    .await;
+    assert_eq!(
+        unsettled, 0,
+        "records sent before the flush still pending after it"
+    );
+    flood.await.expect("flooder");
+}

@@ -35,6 +35,8 @@ struct Item {
     record_count: u32,
     waiters: Waiters,
     attempts: u32,
+    /// Order of arrival at this sender, for flushes (see `run`).
+    ordinal: u64,
     /// An OUT_OF_ORDER_SEQUENCE answer was already taken as "re-stamp and resend"
     /// without costing an attempt (once per batch, so it cannot loop).
     resequenced: bool,
@@ -91,6 +93,7 @@ impl ShardSender {
             record_count: count,
             waiters: Waiters::default(),
             attempts: 0,
+            ordinal: 0,
             resequenced: false,
             pushed_back_since: None,
         })
@@ -165,7 +168,10 @@ impl ShardSender {
         let mut queue: VecDeque<Item> = VecDeque::new();
         let mut sent: VecDeque<Item> = VecDeque::new();
         let mut in_flight: FuturesOrdered<InFlight> = FuturesOrdered::new();
-        let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+        // A flush waits for the batches that arrived before it, not for an empty lane:
+        // under steady load a lane may never be empty. (ordinal bound, reply)
+        let mut flushes: Vec<(u64, oneshot::Sender<()>)> = Vec::new();
+        let mut received: u64 = 0;
         let mut closed = false;
         let mut backoff_until: Option<Instant> = None;
         loop {
@@ -177,21 +183,28 @@ impl ShardSender {
                 in_flight.push_back(self.send_one(&item));
                 sent.push_back(item);
             }
-            if queue.is_empty() && sent.is_empty() {
-                for f in flushes.drain(..) {
+            if !flushes.is_empty() {
+                let oldest = queue.iter().chain(sent.iter()).map(|i| i.ordinal).min();
+                let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut flushes)
+                    .into_iter()
+                    .partition(|(bound, _)| oldest.is_none_or(|o| o >= *bound));
+                for (_, f) in done {
                     let _ = f.send(());
                 }
-                if closed {
-                    return;
-                }
+                flushes = waiting;
+            }
+            if queue.is_empty() && sent.is_empty() && closed {
+                return;
             }
             tokio::select! {
                 msg = rx.recv(), if !closed && queue.len() < self.config.max_in_flight_per_shard => match msg {
                     None => closed = true,
-                    Some(SenderMsg::Flush(f)) => flushes.push(f),
+                    Some(SenderMsg::Flush(f)) => flushes.push((received, f)),
                     Some(SenderMsg::Batch(b, waiters)) => match self.stamp(b, queue.is_empty() && sent.is_empty()).await {
                         Ok(mut item) => {
                             item.waiters = waiters;
+                            item.ordinal = received;
+                            received += 1;
                             queue.push_back(item);
                         }
                         Err(e) => self.fail(waiters, &e),
