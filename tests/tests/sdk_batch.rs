@@ -500,10 +500,13 @@ async fn flush_returns_under_continuous_load_with_earlier_records_settled() {
         tokio::spawn(async move {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) && n < 5_000_000 {
-                let _ = producer
-                    .send(ProducerRecord::new("busy", format!("flood {n}")))
-                    .await
-                    .expect("queued");
+                // The acknowledgement of a flood record is not awaited.
+                drop(
+                    producer
+                        .send(ProducerRecord::new("busy", format!("flood {n}")))
+                        .await
+                        .expect("queued"),
+                );
                 n += 1;
             }
         })
