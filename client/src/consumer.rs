@@ -388,17 +388,36 @@ impl Consumer {
                 self.maybe_auto_commit().await;
                 return Ok(out);
             }
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                self.maybe_auto_commit().await;
+            if !self.fetch_until(deadline, false).await? {
                 return Ok(Vec::new());
             }
-            self.fetch_round(left.min(self.config.fetch_max_wait), false)
-                .await?;
-            if self.buffered.is_empty() && self.positions.is_empty() {
-                tokio::time::sleep(left.min(Duration::from_millis(100))).await;
-            }
         }
+    }
+
+    /// One fetch round for `poll` (decoded messages) or `poll_batches` (whole
+    /// batches), unless `deadline` has passed: then commits if due and returns false.
+    async fn fetch_until(
+        &mut self,
+        deadline: tokio::time::Instant,
+        whole_batches: bool,
+    ) -> Result<bool> {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            self.maybe_auto_commit().await;
+            return Ok(false);
+        }
+        self.fetch_round(left.min(self.config.fetch_max_wait), whole_batches)
+            .await?;
+        let nothing = if whole_batches {
+            self.batches.is_empty()
+        } else {
+            self.buffered.is_empty()
+        };
+        if nothing && self.positions.is_empty() {
+            // Nothing assigned yet (a group still forming): do not spin.
+            tokio::time::sleep(left.min(Duration::from_millis(100))).await;
+        }
+        Ok(true)
     }
 
     /// Whole fetched batches holding up to `max_records` records (at least one batch
@@ -464,15 +483,8 @@ impl Consumer {
                 self.maybe_auto_commit().await;
                 return Ok(out);
             }
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                self.maybe_auto_commit().await;
+            if !self.fetch_until(deadline, true).await? {
                 return Ok(Vec::new());
-            }
-            self.fetch_round(left.min(self.config.fetch_max_wait), true)
-                .await?;
-            if self.batches.is_empty() && self.positions.is_empty() {
-                tokio::time::sleep(left.min(Duration::from_millis(100))).await;
             }
         }
     }

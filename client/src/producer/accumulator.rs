@@ -364,6 +364,35 @@ impl Accumulator {
         self.classes.class_of(effective).index() as u32
     }
 
+    /// A record as the builder takes it, with the producer's defaults filled in.
+    fn new_record<'a>(
+        &self,
+        priority: Option<u8>,
+        complexity: Option<u8>,
+        timestamp_ms: Option<i64>,
+        key: &'a Option<Bytes>,
+        value: &'a Bytes,
+        headers: &'a [(&'a str, &'a [u8])],
+    ) -> NewRecord<'a> {
+        NewRecord {
+            priority: priority.unwrap_or(self.config.default_priority),
+            complexity: complexity.unwrap_or(self.config.default_complexity),
+            timestamp_ms: timestamp_ms.unwrap_or(self.now_ms),
+            key: key.as_deref().unwrap_or(&[]),
+            value,
+            headers,
+        }
+    }
+
+    /// The lane of a record of `priority` bound for `shard` of topic `t`.
+    fn lane_id(&self, t: u32, shard: u32, priority: u8) -> LaneId {
+        let class = self.class_of(priority, &self.topics[t as usize].info);
+        LaneId {
+            topic: t,
+            lane: shard * CLASS_COUNT as u32 + class,
+        }
+    }
+
     async fn add_record(
         &mut self,
         mut rec: ProducerRecord,
@@ -379,10 +408,7 @@ impl Accumulator {
         };
         let info = &self.topics[t as usize].info;
         let shards = info.shards;
-        if rec.key.as_ref().is_none_or(|k| k.is_empty()) && info.key_rule != KeyRule::None {
-            let headers = rec.headers.iter().map(|(n, v)| (n.as_str(), v.as_ref()));
-            rec.key = info.key_rule.derive(headers, &rec.value);
-        }
+        key_from_rule(info, &mut rec.key, &rec.headers, &rec.value);
         let shard = match (rec.shard, &rec.key) {
             (Some(s), _) if s < shards => s,
             (Some(s), _) => {
@@ -396,25 +422,16 @@ impl Accumulator {
             // Unkeyed records stick to one shard until its batch is sent.
             (None, _) => self.round_robin % shards,
         };
-        let priority = rec.priority.unwrap_or(self.config.default_priority);
-        let class = self.class_of(priority, info);
-        let headers: Vec<(&str, &[u8])> = rec
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_ref()))
-            .collect();
-        let new = NewRecord {
-            priority,
-            complexity: rec.complexity.unwrap_or(self.config.default_complexity),
-            timestamp_ms: rec.timestamp_ms.unwrap_or(self.now_ms),
-            key: rec.key.as_deref().unwrap_or(&[]),
-            value: &rec.value,
-            headers: &headers,
-        };
-        let id = LaneId {
-            topic: t,
-            lane: shard * CLASS_COUNT as u32 + class,
-        };
+        let headers = header_refs(&rec.headers);
+        let new = self.new_record(
+            rec.priority,
+            rec.complexity,
+            rec.timestamp_ms,
+            &rec.key,
+            &rec.value,
+            &headers,
+        );
+        let id = self.lane_id(t, shard, new.priority);
         if let Err(waiter) = self.push_open(id, &new, NewWaiter::Record(waiter)) {
             self.append(id, &new, waiter, 0).await;
         }
@@ -447,39 +464,32 @@ impl Accumulator {
         let mut left = n;
         for mut rec in b.records {
             left -= 1;
-            let info = &self.topics[t as usize].info;
             if rec.key.as_ref().is_none_or(|k| k.is_empty()) {
                 if let Some(k) = &batch_key {
                     rec.key = Some(k.clone());
-                } else if info.key_rule != KeyRule::None {
-                    let headers = rec.headers.iter().map(|(n, v)| (n.as_str(), v.as_ref()));
-                    rec.key = info.key_rule.derive(headers, &rec.value);
                 }
             }
+            key_from_rule(
+                &self.topics[t as usize].info,
+                &mut rec.key,
+                &rec.headers,
+                &rec.value,
+            );
             let shard = match (fixed, &rec.key) {
                 (Some(s), _) => s,
                 (None, Some(k)) if !k.is_empty() => shard_for_key(k, shards),
                 (None, _) => sticky,
             };
-            let priority = rec.priority.unwrap_or(self.config.default_priority);
-            let class = self.class_of(priority, info);
-            let headers: Vec<(&str, &[u8])> = rec
-                .headers
-                .iter()
-                .map(|(n, v)| (n.as_str(), v.as_ref()))
-                .collect();
-            let new = NewRecord {
-                priority,
-                complexity: rec.complexity.unwrap_or(self.config.default_complexity),
-                timestamp_ms: rec.timestamp_ms.unwrap_or(self.now_ms),
-                key: rec.key.as_deref().unwrap_or(&[]),
-                value: &rec.value,
-                headers: &headers,
-            };
-            let id = LaneId {
-                topic: t,
-                lane: shard * CLASS_COUNT as u32 + class,
-            };
+            let headers = header_refs(&rec.headers);
+            let new = self.new_record(
+                rec.priority,
+                rec.complexity,
+                rec.timestamp_ms,
+                &rec.key,
+                &rec.value,
+                &headers,
+            );
+            let id = self.lane_id(t, shard, new.priority);
             if self.push_open(id, &new, NewWaiter::Run(&shared)).is_err() {
                 // Room for the rest of the call, if it is like this record.
                 let hint = new.encoded_bytes().saturating_mul(left + 1);
@@ -617,4 +627,26 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// A record without a key takes one from the topic's shard-key rule, exactly as the
+/// broker would derive it.
+fn key_from_rule(
+    info: &TopicInfo,
+    key: &mut Option<Bytes>,
+    headers: &[(String, Bytes)],
+    value: &Bytes,
+) {
+    if key.as_ref().is_none_or(|k| k.is_empty()) && info.key_rule != KeyRule::None {
+        let headers = headers.iter().map(|(n, v)| (n.as_str(), v.as_ref()));
+        *key = info.key_rule.derive(headers, value);
+    }
+}
+
+/// Header fields as the builder takes them (no allocation when there are none).
+fn header_refs(headers: &[(String, Bytes)]) -> Vec<(&str, &[u8])> {
+    headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_ref()))
+        .collect()
 }

@@ -1162,65 +1162,52 @@ async fn consume_loop(
             break;
         }
         let t = Instant::now();
-        if run.cli.api == ApiArg::Batch {
-            match consumer
+        // Records returned by this poll that lie below their shard's end offset at the
+        // start of the run (`None`: the poll returned nothing).
+        let polled: weir_client::Result<Option<u64>> = if run.cli.api == ApiArg::Batch {
+            consumer
                 .poll_batches(100_000, Duration::from_millis(100))
                 .await
-            {
-                Ok(batches) if !batches.is_empty() => {
-                    let now = Instant::now();
-                    record_ns(&mut st.latency, (now - t).as_nanos() as u64);
-                    // Records below the shard's end offset at the start of the run.
-                    let n: u64 = batches
-                        .iter()
-                        .map(|b| {
-                            let end = ends.get(&b.shard()).copied().unwrap_or(0);
-                            end.min(b.next_offset()).saturating_sub(b.first_offset())
-                        })
-                        .sum();
-                    st.received += n;
-                    st.last = Some(now);
-                    idle_since = now;
-                    run.progress.fetch_add(n, Ordering::Relaxed);
-                }
-                Ok(_) => {
-                    if idle_since.elapsed() > Duration::from_secs(10) {
-                        st.first_error = Some(format!(
-                            "no messages for 10 s with {} of {target} read; giving up",
-                            st.received
-                        ));
-                        break;
-                    }
-                }
-                Err(e) => {
-                    st.errors += 1;
-                    st.first_error = Some(e.to_string());
-                    break;
-                }
-            }
-            continue;
-        }
-        match consumer.poll(100_000, Duration::from_millis(100)).await {
-            Ok(msgs) if !msgs.is_empty() => {
+                .map(|batches| {
+                    (!batches.is_empty()).then(|| {
+                        batches
+                            .iter()
+                            .map(|b| {
+                                let end = ends.get(&b.shard()).copied().unwrap_or(0);
+                                end.min(b.next_offset()).saturating_sub(b.first_offset())
+                            })
+                            .sum()
+                    })
+                })
+        } else {
+            consumer
+                .poll(100_000, Duration::from_millis(100))
+                .await
+                .map(|msgs| {
+                    (!msgs.is_empty()).then(|| {
+                        // Messages come in runs of one shard: one map lookup per run.
+                        let mut end = (u32::MAX, 0u64);
+                        msgs.iter()
+                            .filter(|m| {
+                                if m.shard != end.0 {
+                                    end = (m.shard, ends.get(&m.shard).copied().unwrap_or(0));
+                                }
+                                m.offset < end.1
+                            })
+                            .count() as u64
+                    })
+                })
+        };
+        match polled {
+            Ok(Some(n)) => {
                 let now = Instant::now();
                 record_ns(&mut st.latency, (now - t).as_nanos() as u64);
-                // Messages come in runs of one shard: one map lookup per run.
-                let mut end = (u32::MAX, 0u64);
-                let n = msgs
-                    .iter()
-                    .filter(|m| {
-                        if m.shard != end.0 {
-                            end = (m.shard, ends.get(&m.shard).copied().unwrap_or(0));
-                        }
-                        m.offset < end.1
-                    })
-                    .count() as u64;
                 st.received += n;
                 st.last = Some(now);
                 idle_since = now;
                 run.progress.fetch_add(n, Ordering::Relaxed);
             }
-            Ok(_) => {
+            Ok(None) => {
                 if idle_since.elapsed() > Duration::from_secs(10) {
                     st.first_error = Some(format!(
                         "no messages for 10 s with {} of {target} read; giving up",
