@@ -2,7 +2,7 @@
 //! (`weir-broker`) or embedded in a program.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,139 +17,8 @@ use crate::config::Config;
 use crate::groups::{Coordinator, OffsetStore};
 use crate::producer_ids::ProducerIds;
 use crate::queue::QueueManager;
+use crate::state::{BrokerState, Metrics};
 use crate::topics::TopicRegistry;
-
-/// Counters exported on `/metrics`.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    pub connections_open: AtomicU64,
-    pub connections_total: AtomicU64,
-    pub connections_refused: AtomicU64,
-    pub requests_total: AtomicU64,
-    pub request_errors_total: AtomicU64,
-    pub produce_bytes_total: AtomicU64,
-    pub produce_records_total: AtomicU64,
-    pub fetch_bytes_total: AtomicU64,
-    /// Requests read on each connection runtime (`thread_per_core` mode; empty
-    /// otherwise): how evenly the cores share the work.
-    pub requests_on_core: Vec<AtomicU64>,
-}
-
-/// Everything a connection needs; shared by all of them.
-#[derive(Debug)]
-pub struct BrokerState {
-    pub config: Arc<Config>,
-    pub topics: Arc<TopicRegistry>,
-    pub groups: Coordinator,
-    pub offsets: OffsetStore,
-    pub producer_ids: ProducerIds,
-    pub started: Instant,
-    pub metrics: Metrics,
-    pub shutdown: watch::Receiver<bool>,
-    /// Backpressure, quotas and load shedding.
-    pub flow: Arc<crate::flow::FlowControl>,
-    /// Queue mode of consumer groups (leases, retries, dead letters, breakers).
-    pub queues: QueueManager,
-}
-
-impl BrokerState {
-    /// Prometheus text exposition of the counters and per-shard offsets.
-    pub fn metrics_text(&self) -> String {
-        use std::fmt::Write;
-        let m = &self.metrics;
-        let mut out = String::new();
-        let counters = [
-            ("weir_connections_open", &m.connections_open),
-            ("weir_connections_total", &m.connections_total),
-            ("weir_connections_refused_total", &m.connections_refused),
-            ("weir_requests_total", &m.requests_total),
-            ("weir_request_errors_total", &m.request_errors_total),
-            ("weir_produce_bytes_total", &m.produce_bytes_total),
-            ("weir_produce_records_total", &m.produce_records_total),
-            ("weir_fetch_bytes_total", &m.fetch_bytes_total),
-        ];
-        for (name, v) in counters {
-            let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
-        }
-        for (core, v) in m.requests_on_core.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "weir_requests_on_core_total{{core=\"{core}\"}} {}",
-                v.load(Ordering::Relaxed)
-            );
-        }
-        let q = &self.queues.metrics;
-        let queue_counters = [
-            ("weir_queue_leased_total", &q.leased),
-            ("weir_queue_acked_total", &q.acked),
-            ("weir_queue_nacked_total", &q.nacked),
-            ("weir_queue_lease_expired_total", &q.expired),
-            ("weir_queue_redelivered_total", &q.redelivered),
-            ("weir_queue_dead_lettered_total", &q.dead_lettered),
-        ];
-        for (name, v) in queue_counters {
-            let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
-        }
-        for (group, topic, state) in self.queues.breaker_states() {
-            let _ = writeln!(
-                out,
-                "weir_queue_breaker_state{{group=\"{group}\",topic=\"{topic}\"}} {state}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "weir_uptime_seconds {}",
-            self.started.elapsed().as_secs()
-        );
-        for t in self.topics.list() {
-            for (i, s) in t.shards.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "weir_shard_high_watermark{{topic=\"{}\",shard=\"{i}\"}} {}",
-                    t.name,
-                    s.reader().high_watermark()
-                );
-                let st = s.stats();
-                let _ = writeln!(
-                    out,
-                    "weir_shard_flushed_offset{{topic=\"{}\",shard=\"{i}\"}} {}",
-                    t.name,
-                    st.flushed_offset.load(Ordering::Relaxed)
-                );
-                let _ = writeln!(
-                    out,
-                    "weir_shard_flushes_total{{topic=\"{}\",shard=\"{i}\"}} {}",
-                    t.name,
-                    st.flushes.load(Ordering::Relaxed)
-                );
-                for c in weir_protocol::classes::Class::ALL {
-                    let k = c.index();
-                    let labels =
-                        format!("topic=\"{}\",shard=\"{i}\",class=\"{}\"", t.name, c.name());
-                    let _ = writeln!(out, "weir_shard_queued{{{labels}}} {}", s.queued(c));
-                    let _ = writeln!(
-                        out,
-                        "weir_shard_appends_total{{{labels}}} {}",
-                        st.appends[k].load(Ordering::Relaxed)
-                    );
-                    let _ = writeln!(
-                        out,
-                        "weir_shard_wait_us_total{{{labels}}} {}",
-                        st.wait_us[k].load(Ordering::Relaxed)
-                    );
-                    // The longest wait since the last scrape.
-                    let _ = writeln!(
-                        out,
-                        "weir_shard_wait_us_max{{{labels}}} {}",
-                        st.wait_us_max[k].swap(0, Ordering::Relaxed)
-                    );
-                }
-            }
-        }
-        out.push_str(&self.flow.metrics_text());
-        out
-    }
-}
 
 /// A running broker.
 #[derive(Debug)]
@@ -174,12 +43,12 @@ impl Broker {
             let offsets = OffsetStore::open(&open_config.data_dir)?;
             let queues = QueueManager::open(&open_config, topics.clone())?;
             let producer_ids = ProducerIds::open(open_config.data_dir.clone()).map_err(|e| {
-                crate::topics::BrokerError::new(
+                crate::error::BrokerError::new(
                     weir_protocol::ErrorCode::StorageError,
                     e.to_string(),
                 )
             })?;
-            Ok::<_, crate::topics::BrokerError>((topics, offsets, producer_ids, queues))
+            Ok::<_, crate::error::BrokerError>((topics, offsets, producer_ids, queues))
         })
         .await??;
         let listener = TcpListener::bind(config.listen).await?;

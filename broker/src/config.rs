@@ -434,7 +434,7 @@ impl Config {
         {
             return bad("queue_max_unacked_per_shard, queue_max_queues, queue_command_depth and queue_max_fetch_messages must be > 0");
         }
-        if crate::topics::valid_name(&format!("x{}", self.dlq_suffix)).not()
+        if crate::names::valid_name(&format!("x{}", self.dlq_suffix)).not()
             || self.dlq_suffix.is_empty()
         {
             return bad("dlq_suffix must be non-empty and use only [A-Za-z0-9._-]");
@@ -549,9 +549,7 @@ impl Config {
     }
 
     /// The retry policies of P0..P3 these settings describe.
-    pub fn retry_policies(
-        &self,
-    ) -> Result<[crate::queue::retry::RetryPolicy; CLASS_COUNT], ConfigError> {
+    pub fn retry_policies(&self) -> Result<[crate::retry::RetryPolicy; CLASS_COUNT], ConfigError> {
         let bad = |m: String| ConfigError::Invalid(m);
         if self.retry_max_attempts.len() != CLASS_COUNT
             || self.retry_backoff.len() != CLASS_COUNT
@@ -565,12 +563,13 @@ impl Config {
         }
         let mut out = Vec::with_capacity(CLASS_COUNT);
         for i in 0..CLASS_COUNT {
-            let backoff = crate::queue::parse_backoff(&self.retry_backoff[i]).ok_or_else(|| {
-                bad(format!(
-                    "retry_backoff[{i}] = {:?}: use fixed, linear or exponential",
-                    self.retry_backoff[i]
-                ))
-            })?;
+            let backoff =
+                crate::retry::Backoff::parse(&self.retry_backoff[i]).ok_or_else(|| {
+                    bad(format!(
+                        "retry_backoff[{i}] = {:?}: use fixed, linear or exponential",
+                        self.retry_backoff[i]
+                    ))
+                })?;
             let (attempts, base, max, jitter) = (
                 self.retry_max_attempts[i],
                 self.retry_base_delay_ms[i],
@@ -592,7 +591,13 @@ impl Config {
                     "retry_jitter_pct[{i}] = {jitter}: use 0..=100"
                 )));
             }
-            out.push(crate::queue::policy(attempts, backoff, base, max, jitter));
+            out.push(crate::retry::RetryPolicy {
+                max_attempts: attempts,
+                backoff,
+                base: std::time::Duration::from_millis(base),
+                max: std::time::Duration::from_millis(max),
+                jitter_pct: jitter,
+            });
         }
         Ok(out.try_into().expect("4 policies"))
     }
@@ -687,7 +692,7 @@ mod tests {
 
     #[test]
     fn retry_settings_parse_from_env_lists_and_bad_ones_are_refused() {
-        use crate::queue::retry::Backoff;
+        use crate::retry::Backoff;
         let p = Config::default().retry_policies().unwrap();
         // The documented defaults: P0 critical, P1 standard, P2/P3 batch.
         assert_eq!((p[0].max_attempts, p[0].backoff), (5, Backoff::Exponential));

@@ -3,13 +3,14 @@
 //! Deliberately tiny: one request per connection, request head capped at 8 KiB and
 //! read within 5 s, so it cannot be used to exhaust the broker.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::broker::BrokerState;
+use crate::state::BrokerState;
 
 const MAX_HEAD_BYTES: usize = 8192;
 
@@ -49,7 +50,7 @@ async fn handle(sock: &mut tokio::net::TcpStream, state: &BrokerState) -> std::i
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, body) = match (method, path) {
         ("GET", "/health") => ("200 OK", "ok\n".to_string()),
-        ("GET", "/metrics") => ("200 OK", state.metrics_text()),
+        ("GET", "/metrics") => ("200 OK", metrics_text(state)),
         _ => ("404 Not Found", "not found\n".to_string()),
     };
     let resp = format!(
@@ -58,4 +59,100 @@ async fn handle(sock: &mut tokio::net::TcpStream, state: &BrokerState) -> std::i
     );
     sock.write_all(resp.as_bytes()).await?;
     sock.shutdown().await
+}
+
+/// Prometheus text exposition of the counters and per-shard offsets.
+pub fn metrics_text(state: &BrokerState) -> String {
+    use std::fmt::Write;
+    let m = &state.metrics;
+    let mut out = String::new();
+    let counters = [
+        ("weir_connections_open", &m.connections_open),
+        ("weir_connections_total", &m.connections_total),
+        ("weir_connections_refused_total", &m.connections_refused),
+        ("weir_requests_total", &m.requests_total),
+        ("weir_request_errors_total", &m.request_errors_total),
+        ("weir_produce_bytes_total", &m.produce_bytes_total),
+        ("weir_produce_records_total", &m.produce_records_total),
+        ("weir_fetch_bytes_total", &m.fetch_bytes_total),
+    ];
+    for (name, v) in counters {
+        let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+    }
+    for (core, v) in m.requests_on_core.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "weir_requests_on_core_total{{core=\"{core}\"}} {}",
+            v.load(Ordering::Relaxed)
+        );
+    }
+    let q = &state.queues.metrics;
+    let queue_counters = [
+        ("weir_queue_leased_total", &q.leased),
+        ("weir_queue_acked_total", &q.acked),
+        ("weir_queue_nacked_total", &q.nacked),
+        ("weir_queue_lease_expired_total", &q.expired),
+        ("weir_queue_redelivered_total", &q.redelivered),
+        ("weir_queue_dead_lettered_total", &q.dead_lettered),
+    ];
+    for (name, v) in queue_counters {
+        let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+    }
+    for (group, topic, state) in state.queues.breaker_states() {
+        let _ = writeln!(
+            out,
+            "weir_queue_breaker_state{{group=\"{group}\",topic=\"{topic}\"}} {state}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "weir_uptime_seconds {}",
+        state.started.elapsed().as_secs()
+    );
+    for t in state.topics.list() {
+        for (i, s) in t.shards.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "weir_shard_high_watermark{{topic=\"{}\",shard=\"{i}\"}} {}",
+                t.name,
+                s.reader().high_watermark()
+            );
+            let st = s.stats();
+            let _ = writeln!(
+                out,
+                "weir_shard_flushed_offset{{topic=\"{}\",shard=\"{i}\"}} {}",
+                t.name,
+                st.flushed_offset.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "weir_shard_flushes_total{{topic=\"{}\",shard=\"{i}\"}} {}",
+                t.name,
+                st.flushes.load(Ordering::Relaxed)
+            );
+            for c in weir_protocol::classes::Class::ALL {
+                let k = c.index();
+                let labels = format!("topic=\"{}\",shard=\"{i}\",class=\"{}\"", t.name, c.name());
+                let _ = writeln!(out, "weir_shard_queued{{{labels}}} {}", s.queued(c));
+                let _ = writeln!(
+                    out,
+                    "weir_shard_appends_total{{{labels}}} {}",
+                    st.appends[k].load(Ordering::Relaxed)
+                );
+                let _ = writeln!(
+                    out,
+                    "weir_shard_wait_us_total{{{labels}}} {}",
+                    st.wait_us[k].load(Ordering::Relaxed)
+                );
+                // The longest wait since the last scrape.
+                let _ = writeln!(
+                    out,
+                    "weir_shard_wait_us_max{{{labels}}} {}",
+                    st.wait_us_max[k].swap(0, Ordering::Relaxed)
+                );
+            }
+        }
+    }
+    out.push_str(&state.flow.metrics_text());
+    out
 }

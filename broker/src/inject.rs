@@ -18,7 +18,7 @@ use weir_protocol::keys::KeyRule;
 use weir_protocol::messages::TopicConfig;
 use weir_protocol::ErrorCode;
 
-use crate::topics::BrokerError;
+use crate::error::BrokerError;
 
 /// A topic's injection settings, resolved once when the topic is opened.
 #[derive(Debug, Clone)]

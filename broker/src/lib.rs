@@ -4,6 +4,14 @@
 //! reads the configuration and waits for a signal. ARCHITECTURE.md at the repository
 //! root walks the path of one message through these modules.
 
+// Leaf vocabulary: imported by the modules below, importing none of them back.
+pub mod affinity;
+pub mod clock;
+pub mod error;
+pub mod files;
+pub mod names;
+pub mod retry;
+
 pub mod broker;
 pub mod config;
 pub mod flow;
@@ -15,8 +23,11 @@ pub mod queue;
 pub mod scheduler;
 pub mod server;
 pub mod shard;
+pub mod state;
 pub mod storage;
 pub mod topics;
 
 pub use broker::Broker;
 pub use config::Config;
+pub use error::BrokerError;
+pub use state::BrokerState;

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use crate::topics::write_atomically;
+use crate::files::write_atomically;
 
 /// Ids reserved per write of the state file.
 pub const BLOCK: u64 = 1000;

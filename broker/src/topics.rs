@@ -7,7 +7,7 @@
 //! either the old or the new list, never a torn one.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -19,46 +19,13 @@ use weir_protocol::keys::KeyRule;
 use weir_protocol::ErrorCode;
 
 use crate::config::{Config, DurabilitySetting};
+use crate::error::BrokerError;
+use crate::files::write_atomically;
+use crate::names::{valid_name, MAX_TOPIC_NAME_BYTES};
 use crate::shard::{Shard, ShardConfig};
 use crate::storage::LogConfig;
 
-/// Longest topic name, in bytes.
-pub const MAX_TOPIC_NAME_BYTES: usize = 249;
-
 const METADATA_FILE: &str = "topics.json";
-
-/// An error with the wire code it maps to.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{code}: {message}")]
-pub struct BrokerError {
-    pub code: ErrorCode,
-    pub message: String,
-}
-
-impl From<crate::storage::StorageError> for BrokerError {
-    /// Storage failures as clients see them: reads outside the log are
-    /// OFFSET_OUT_OF_RANGE, bytes that fail their checks CORRUPT_STORAGE, anything else
-    /// STORAGE_ERROR.
-    fn from(e: crate::storage::StorageError) -> Self {
-        use crate::storage::StorageError;
-        let code = match &e {
-            StorageError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
-            StorageError::Corrupt { .. } => ErrorCode::CorruptStorage,
-            _ => ErrorCode::StorageError,
-        };
-        BrokerError::new(code, e.to_string())
-    }
-}
-
-impl BrokerError {
-    /// A refusal with a code and a message.
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        BrokerError {
-            code,
-            message: message.into(),
-        }
-    }
-}
 
 /// One topic and its open shards.
 #[derive(Debug)]
@@ -135,17 +102,6 @@ pub struct TopicRegistry {
     config: Arc<Config>,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     changes: tokio::sync::Mutex<()>,
-}
-
-/// Checks a topic (or group) name: 1..=249 bytes of `[A-Za-z0-9._-]`, not `.` or `..`.
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_TOPIC_NAME_BYTES
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 fn durability_setting(d: weir_protocol::messages::Durability) -> DurabilitySetting {
@@ -479,30 +435,4 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| BrokerError::new(ErrorCode::Unknown, format!("file work failed: {e}")))?
-}
-
-/// Replaces `dir/name` with `bytes` so that a crash leaves the old or the new content.
-pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = dir.join(format!("{name}.tmp"));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, dir.join(name))?;
-    std::fs::File::open(dir)?.sync_all()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names() {
-        assert!(valid_name("orders.v1_eu-west"));
-        for bad in ["", ".", "..", "a/b", "a b", "ü", &"x".repeat(250)] {
-            assert!(!valid_name(bad), "{bad:?}");
-        }
-    }
 }

@@ -17,7 +17,9 @@ use tokio::sync::watch;
 use weir_protocol::messages::{JoinGroupRequest, JoinGroupResponse, TopicShards};
 use weir_protocol::ErrorCode;
 
-use crate::topics::{valid_name, BrokerError, TopicRegistry};
+use crate::error::BrokerError;
+use crate::names::valid_name;
+use crate::topics::TopicRegistry;
 
 /// Most members one group may have.
 pub const MAX_MEMBERS: usize = 1000;

@@ -15,9 +15,9 @@ use weir_protocol::batch::{Batch, BatchBuilder, BatchHeader, NewRecord};
 use weir_protocol::messages::{Durability, OffsetEntry};
 use weir_protocol::ErrorCode;
 
+use crate::error::BrokerError;
 use crate::shard::{Shard, ShardConfig};
 use crate::storage::LogConfig;
-use crate::topics::BrokerError;
 
 type Key = (String, String, u32);
 /// Group → (topic, shard) → offset.
@@ -102,7 +102,7 @@ impl OffsetStore {
                 ));
             }
         }
-        let now = crate::shard::writer::now_ms();
+        let now = crate::clock::now_ms();
         let mut builder = BatchBuilder::new();
         let keys: Vec<Vec<u8>> = entries
             .iter()

@@ -26,11 +26,13 @@ use weir_protocol::ErrorCode;
 
 use super::breaker::{Breaker, BreakerConfig, State as BreakerState};
 use super::dlq;
-use super::retry::{Jitter, RetryPolicy};
 use super::state_log::{Event, Failure, ShardRecovery, StateLog};
 use super::QueueMetrics;
-use crate::shard::writer::{now_ms, PendingAppend};
-use crate::topics::{BrokerError, Topic, TopicRegistry};
+use crate::clock::now_ms;
+use crate::error::BrokerError;
+use crate::retry::{Jitter, RetryPolicy};
+use crate::shard::writer::PendingAppend;
+use crate::topics::{Topic, TopicRegistry};
 
 /// Bytes read from a shard per look for new records.
 const READ_BYTES: usize = 256 * 1024;

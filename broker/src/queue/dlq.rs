@@ -19,7 +19,8 @@ use weir_protocol::messages::TopicConfig;
 use weir_protocol::ErrorCode;
 
 use super::state_log::Failure;
-use crate::topics::{BrokerError, Topic, TopicRegistry};
+use crate::error::BrokerError;
+use crate::topics::{Topic, TopicRegistry};
 
 /// Header: the queue group that dead-lettered the record.
 pub const H_GROUP: &str = "weir.dlq.group";

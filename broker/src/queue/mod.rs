@@ -8,7 +8,7 @@
 //! ([`state_log`]) before the client is told; what is cheap to lose (leases in flight)
 //! is not, so after a crash those records are simply delivered again (at-least-once).
 //!
-//! - [`retry`]: policies per priority class and their backoff;
+//! - [`crate::retry`]: policies per priority class and their backoff (shared with config);
 //! - [`breaker`]: the circuit breaker state machine;
 //! - [`dlq`]: dead-letter records, headers, and crash healing;
 //! - [`state_log`]: durable events and their replay;
@@ -17,7 +17,6 @@
 pub mod actor;
 pub mod breaker;
 pub mod dlq;
-pub mod retry;
 pub mod state_log;
 
 use std::collections::HashMap;
@@ -30,10 +29,11 @@ use weir_protocol::messages::*;
 use weir_protocol::ErrorCode;
 
 use crate::config::Config;
-use crate::topics::{valid_name, BrokerError, TopicRegistry};
+use crate::error::BrokerError;
+use crate::names::valid_name;
+use crate::topics::TopicRegistry;
 use actor::{Command, NackDurable, QueueActor, QueueSettings, QueueShared};
 use breaker::BreakerConfig;
-use retry::{Backoff, RetryPolicy};
 use state_log::{Recovered, StateLog};
 
 /// A queue's name and the events that rebuild its state.
@@ -122,7 +122,7 @@ impl QueueManager {
         let log = Arc::new(logs.pop().expect("open_all returns a generation"));
         let old_logs = logs.into_iter().map(Arc::new).collect();
         // Lease ids are unique across restarts: they start at the clock in ms << 20.
-        let seed = (crate::shard::writer::now_ms().max(1) as u64) << 20;
+        let seed = (crate::clock::now_ms().max(1) as u64) << 20;
         Ok(QueueManager {
             topics,
             settings: settings(config)?,
@@ -477,27 +477,5 @@ impl QueueManager {
         for log in self.old_logs.lock().await.iter() {
             log.close().await;
         }
-    }
-}
-
-/// Parses the backoff names of the config.
-pub(crate) fn parse_backoff(s: &str) -> Option<Backoff> {
-    Backoff::parse(s)
-}
-
-/// Checks one class's policy values.
-pub(crate) fn policy(
-    attempts: u32,
-    backoff: Backoff,
-    base_ms: u64,
-    max_ms: u64,
-    jitter_pct: u32,
-) -> RetryPolicy {
-    RetryPolicy {
-        max_attempts: attempts,
-        backoff,
-        base: Duration::from_millis(base_ms),
-        max: Duration::from_millis(max_ms),
-        jitter_pct,
     }
 }

@@ -31,10 +31,10 @@ use weir_protocol::batch::{Batch, BatchBuilder, BatchHeader, NewRecord};
 use weir_protocol::messages::Durability;
 use weir_protocol::ErrorCode;
 
+use crate::error::BrokerError;
 use crate::shard::writer::PendingAppend;
 use crate::shard::{AppendError, Shard, ShardConfig};
 use crate::storage::LogConfig;
-use crate::topics::BrokerError;
 
 /// Events per batch when a snapshot is written.
 pub const SNAPSHOT_BATCH: usize = 1000;
@@ -453,7 +453,7 @@ impl StateLog {
         topic: &str,
         events: &[(u32, Event)],
     ) -> Result<PendingAppend, AppendError> {
-        let now = crate::shard::writer::now_ms();
+        let now = crate::clock::now_ms();
         let mut builder = BatchBuilder::new();
         for (shard, ev) in events {
             let key = encode_key(group, topic, *shard);

@@ -38,10 +38,10 @@ use weir_protocol::frame::{ResponseFrame, ResponsePayload, PRIORITY_UNSPECIFIED}
 use weir_protocol::{ErrorCode, FrameError, Request, ResponseBody, ServerCodec};
 
 use super::handlers;
-use crate::broker::BrokerState;
 use crate::flow::quota::{ClientState, ConnectionSlot};
 use crate::flow::receive::{GatedRead, ReceiveGate};
 use crate::scheduler::Wfq;
+use crate::state::BrokerState;
 
 /// A write round stops taking responses once it holds this many bytes (it then writes
 /// them and picks the most urgent waiting response again)...

@@ -12,12 +12,12 @@ use weir_protocol::frame::{RequestHeader, ResponseFrame};
 use weir_protocol::messages::*;
 use weir_protocol::{ApiKey, ErrorCode, Request, ResponseBody};
 
-use crate::broker::BrokerState;
+use crate::error::BrokerError;
 use crate::flow::quota::ClientState;
 use crate::flow::ProduceTicket;
 use crate::shard::writer::PendingAppend;
 use crate::shard::{AppendError, Shard};
-use crate::topics::BrokerError;
+use crate::state::BrokerState;
 
 /// Software name and version sent in ApiVersions and Metadata.
 pub fn broker_software() -> String {

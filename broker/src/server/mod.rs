@@ -17,7 +17,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use weir_protocol::frame::ResponseFrame;
 use weir_protocol::ErrorCode;
 
-use crate::broker::BrokerState;
+use crate::state::BrokerState;
 use runtimes::CoreRuntimes;
 
 /// Accepts until `shutdown` turns true, then waits for open connections to finish.

@@ -21,11 +21,11 @@ use weir_protocol::messages::{PriorityFetchRequest, PriorityFetchResponse, Recor
 use weir_protocol::ErrorCode;
 
 use super::handlers::{fetch_max_bytes, long_poll};
-use crate::broker::BrokerState;
+use crate::clock::now_ms;
+use crate::error::BrokerError;
 use crate::scheduler::Wfq;
-use crate::shard::writer::now_ms;
 use crate::shard::Shard;
-use crate::topics::BrokerError;
+use crate::state::BrokerState;
 
 /// Unscanned records up to which the class index catches up inline (a few
 /// milliseconds at most); beyond, on the blocking pool.

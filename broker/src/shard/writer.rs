@@ -182,7 +182,7 @@ impl Shard {
             .spawn(move || {
                 // Made from a pinned core thread (CreateTopic), it would inherit the pin,
                 // and so would its flush and segment threads.
-                crate::server::runtimes::unpin_current_thread();
+                crate::affinity::unpin_current_thread();
                 writer.run(receivers, control_rx)
             })
             .map_err(StorageError::from)?;
@@ -502,7 +502,7 @@ impl Writer {
                     next_flush = now + flush_every;
                 }
                 if now >= next_retention {
-                    match self.log.apply_retention(now_ms()) {
+                    match self.log.apply_retention(crate::clock::now_ms()) {
                         Ok(0) => {}
                         Ok(n) => tracing::info!(segments = n, "retention deleted segments"),
                         Err(e) => tracing::error!(error = %e, "retention failed"),
@@ -699,14 +699,6 @@ impl Flusher {
         std::mem::take(&mut self.queued).answer(flushed);
         self.wanted = false;
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn append_one(
