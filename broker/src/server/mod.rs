@@ -1,11 +1,28 @@
 //! The protocol server: accepts connections and runs one [`connection`] task each.
 //!
 //! Connections are bounded by `max_connections` (extra ones get a THROTTLED
-//! connection error, are closed at once and counted). Requests are decoded and answered by [`handlers`].
+//! connection error, are closed at once and counted). The server is split by plane:
+//!
+//! - [`connection`]: framing, the permits that bound a connection, the order requests
+//!   start in, the one count of request errors; [`responses`]: its ordered writes;
+//! - [`admission`]: quotas, shedding and memory, for every api in one place;
+//! - [`produce`]: the data plane's write side, with [`acks`], the one owner of "when
+//!   may this produce be answered";
+//! - [`fetch`]: the data plane's read side (Fetch, PriorityFetch, ListOffsets);
+//! - [`queue`]: queue mode (leases, ack, nack);
+//! - [`control`]: handshake, topics, metadata, producer ids, groups, quotas;
+//! - [`dispatch`]: routes every request but Produce to its plane;
+//! - [`runtimes`]: the thread-per-core connection runtimes.
 
+pub mod acks;
+pub mod admission;
 pub mod connection;
-pub mod handlers;
-pub mod priority_fetch;
+pub mod control;
+pub mod dispatch;
+pub mod fetch;
+pub mod produce;
+pub mod queue;
+pub mod responses;
 pub mod runtimes;
 
 use std::sync::atomic::Ordering;

@@ -20,7 +20,7 @@ use weir_protocol::classes::{Class, CLASS_COUNT};
 use weir_protocol::messages::{PriorityFetchRequest, PriorityFetchResponse, Records};
 use weir_protocol::ErrorCode;
 
-use super::handlers::{fetch_max_bytes, long_poll};
+use super::poll::{long_poll, max_bytes};
 use crate::clock::now_ms;
 use crate::error::BrokerError;
 use crate::scheduler::Wfq;
@@ -63,7 +63,7 @@ pub async fn priority_fetch(
             .map_err(|e| BrokerError::new(ErrorCode::Unknown, format!("class index scan: {e}")))?
             .map_err(BrokerError::from)?;
     }
-    let max_bytes = fetch_max_bytes(state, r.max_bytes);
+    let max_bytes = max_bytes(state, r.max_bytes);
     long_poll(state, shard, r.max_wait_ms, |last| {
         let hwm = reader.high_watermark();
         let start = reader.log_start_offset();

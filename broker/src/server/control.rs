@@ -1,0 +1,164 @@
+//! The control plane: handshake, topics, metadata, producer ids, consumer groups and
+//! their offsets, quotas and flow status.
+//!
+//! Control requests are rare next to produce and fetch and may take locks or touch
+//! files (topic create/delete, offset commits run their file work on the blocking
+//! pool); none of them is on a shard's data path.
+
+use std::sync::Arc;
+
+use weir_protocol::messages::*;
+use weir_protocol::{ApiKey, ErrorCode, ResponseBody};
+
+use crate::error::BrokerError;
+use crate::state::BrokerState;
+
+/// Software name and version sent in ApiVersions and Metadata.
+pub fn broker_software() -> String {
+    format!("weir {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The handshake's answer: apis and versions, frame limit, priority classes.
+pub fn api_versions(state: &BrokerState) -> ApiVersionsResponse {
+    ApiVersionsResponse {
+        broker_software: broker_software(),
+        max_frame_bytes: state.config.max_frame_bytes,
+        apis: ApiKey::ALL
+            .iter()
+            .map(|a| ApiVersionRange {
+                api_key: *a as u16,
+                min_version: a.min_version(),
+                max_version: a.max_version(),
+            })
+            .collect(),
+        class_bounds: state
+            .config
+            .class_map()
+            .unwrap_or_default()
+            .bounds()
+            .to_vec(),
+        class_weights: state.config.class_weights().to_vec(),
+    }
+}
+
+/// Topics and metadata.
+pub async fn create_topic(
+    state: &BrokerState,
+    r: CreateTopicRequest,
+) -> Result<ResponseBody, BrokerError> {
+    let t = state.topics.create(&r.name, r.shards, r.config).await?;
+    Ok(CreateTopicResponse {
+        topic: t.metadata(),
+    }
+    .into())
+}
+
+pub async fn delete_topic(
+    state: &BrokerState,
+    r: DeleteTopicRequest,
+) -> Result<ResponseBody, BrokerError> {
+    state.topics.delete(&r.name).await?;
+    Ok(DeleteTopicResponse {}.into())
+}
+
+pub fn metadata(state: &BrokerState, r: MetadataRequest) -> Result<ResponseBody, BrokerError> {
+    let topics = if r.topics.is_empty() {
+        state.topics.list()
+    } else {
+        r.topics
+            .iter()
+            .map(|n| state.topics.get(n))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    Ok(MetadataResponse {
+        uptime_s: state.started.elapsed().as_secs(),
+        broker_software: broker_software(),
+        topics: topics.iter().map(|t| t.metadata()).collect(),
+    }
+    .into())
+}
+
+/// A new producer id (id 0 or epoch exhausted), or the next epoch of a known one.
+pub fn init_producer_id(
+    state: &BrokerState,
+    r: InitProducerIdRequest,
+) -> Result<ResponseBody, BrokerError> {
+    let resp = if r.producer_id == 0 || r.producer_epoch == u16::MAX {
+        let producer_id = state
+            .producer_ids
+            .allocate()
+            .map_err(|e| BrokerError::new(ErrorCode::StorageError, e.to_string()))?;
+        InitProducerIdResponse {
+            producer_id,
+            producer_epoch: 0,
+        }
+    } else {
+        InitProducerIdResponse {
+            producer_id: r.producer_id,
+            producer_epoch: r.producer_epoch + 1,
+        }
+    };
+    Ok(resp.into())
+}
+
+/// Consumer groups in streaming (offset) mode.
+pub async fn join_group(
+    state: &Arc<BrokerState>,
+    r: JoinGroupRequest,
+) -> Result<ResponseBody, BrokerError> {
+    if state.queues.is_queue_group(&r.group) {
+        return Err(BrokerError::new(
+            ErrorCode::NotQueueGroup,
+            format!("group {:?} is used in queue mode", r.group),
+        ));
+    }
+    Ok(state.groups.join(r).await?.into())
+}
+
+pub fn heartbeat(state: &BrokerState, r: HeartbeatRequest) -> Result<ResponseBody, BrokerError> {
+    state
+        .groups
+        .heartbeat(&r.group, &r.member_id, r.generation)?;
+    Ok(HeartbeatResponse {}.into())
+}
+
+pub fn leave_group(state: &BrokerState, r: LeaveGroupRequest) -> Result<ResponseBody, BrokerError> {
+    state.groups.leave(&r.group, &r.member_id)?;
+    Ok(LeaveGroupResponse {}.into())
+}
+
+pub async fn commit_offsets(
+    state: &BrokerState,
+    r: CommitOffsetsRequest,
+) -> Result<ResponseBody, BrokerError> {
+    state
+        .groups
+        .check_commit(&r.group, &r.member_id, r.generation)?;
+    for e in &r.offsets {
+        let t = state.topics.get(&e.topic)?;
+        t.shard(e.shard)?;
+    }
+    state.offsets.commit(&r.group, &r.offsets).await?;
+    Ok(CommitOffsetsResponse {}.into())
+}
+
+pub fn fetch_offsets(state: &BrokerState, r: FetchOffsetsRequest) -> ResponseBody {
+    let offsets = if r.shards.is_empty() {
+        state.offsets.all(&r.group)
+    } else {
+        r.shards
+            .iter()
+            .filter_map(|s| {
+                state
+                    .offsets
+                    .get(&r.group, &s.topic, s.shard)
+                    .map(|offset| OffsetEntry {
+                        topic: s.topic.clone(),
+                        shard: s.shard,
+                        offset,
+                    })
+            })
+            .collect()
+    };
+    FetchOffsetsResponse { offsets }.into()
+}

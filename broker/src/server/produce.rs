@@ -1,0 +1,245 @@
+//! Produce: validate a request, fill in record metadata, admit it, queue it on its
+//! shard's writer in connection order, then answer it at its ack level.
+//!
+//! [`start`] runs in the connection's reader loop, so two produces pipelined on one
+//! connection to one shard are queued (and written) in the order they were sent.
+//! [`Queued::finish`] runs in its own task and waits for the ack level through
+//! [`super::acks`], the one owner of "when may this produce be answered".
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use weir_protocol::batch::{self, BatchHeader};
+use weir_protocol::classes::Class;
+use weir_protocol::frame::{RequestHeader, ResponseFrame};
+use weir_protocol::messages::{ProduceRequest, ProduceResponse};
+use weir_protocol::ErrorCode;
+
+use super::acks::{append_error, AckPlan};
+use super::admission;
+use crate::error::BrokerError;
+use crate::flow::quota::ClientState;
+use crate::flow::ProduceTicket;
+use crate::shard::writer::PendingAppend;
+use crate::shard::Shard;
+use crate::state::BrokerState;
+use crate::topics::Topic;
+
+/// How a produce ends: the response to send (none when the client asked for no
+/// acknowledgement) and whether it failed (counted either way).
+pub struct Outcome {
+    pub response: Option<ResponseFrame>,
+    pub failed: bool,
+}
+
+/// A produce after [`start`]: refused already, or queued on its shard.
+pub enum Started {
+    Refused(Outcome),
+    Queued(Queued),
+}
+
+/// A produce waiting for its shard writer.
+pub struct Queued {
+    header: RequestHeader,
+    plan: AckPlan,
+    timeout: Duration,
+    log_start: u64,
+    rx: PendingAppend,
+    records: u64,
+    bytes: u64,
+    /// Flow-control accounting, released when the produce is answered.
+    ticket: ProduceTicket,
+}
+
+/// Validates a produce and queues it on its shard's writer.
+pub async fn start(
+    state: &Arc<BrokerState>,
+    client: &Arc<ClientState>,
+    header: &RequestHeader,
+    req: ProduceRequest,
+) -> Started {
+    // Without an ack plan (a level this broker cannot give) the client still hears why.
+    let reply = AckPlan::for_level(req.acks).map_or(true, |p| p.reply);
+    let refuse = |e: BrokerError, retry_after_ms: u32| {
+        tracing::debug!(code = %e.code, message = %e.message, "produce refused");
+        Started::Refused(Outcome {
+            response: reply
+                .then(|| ResponseFrame::error(header, e.code, retry_after_ms, e.message)),
+            failed: true,
+        })
+    };
+    let checked = match check(state, &req) {
+        Ok(c) => c,
+        Err(e) => return refuse(e, 0),
+    };
+    let Checked {
+        shard,
+        plan,
+        batches,
+        headers,
+        class,
+    } = checked;
+    let records: u64 = headers.iter().map(|h| u64::from(h.record_count)).sum();
+    let bytes = batches.iter().map(|b| b.len() as u64).sum();
+    // Flow control decides before anything is queued: a refused produce was never
+    // accepted. It sheds by the request's class, the lane it would wait in.
+    let mut ticket = match admission::produce(state, client, class, bytes) {
+        Ok(t) => t,
+        Err(r) => return refuse(BrokerError::new(r.code, r.message), r.retry_after_ms),
+    };
+    let rx = match shard.enqueue(batches, headers, plan.needs_flush()).await {
+        Ok(rx) => rx,
+        Err(e) => return refuse(append_error(e), 0),
+    };
+    ticket.enqueued();
+    let timeout_ms = match req.timeout_ms {
+        0 => state.config.produce_timeout_ms,
+        t => t,
+    };
+    Started::Queued(Queued {
+        header: *header,
+        plan,
+        timeout: Duration::from_millis(u64::from(timeout_ms)),
+        log_start: shard.reader().log_start_offset(),
+        rx,
+        records,
+        bytes,
+        ticket,
+    })
+}
+
+/// A produce that passed every check and is ready to be admitted.
+struct Checked {
+    shard: Arc<Shard>,
+    plan: AckPlan,
+    batches: Vec<Bytes>,
+    headers: Vec<BatchHeader>,
+    class: Class,
+}
+
+/// Every check a produce must pass before admission, in the order a client sees
+/// their refusals.
+fn check(state: &BrokerState, req: &ProduceRequest) -> Result<Checked, BrokerError> {
+    let topic = state.topics.get(&req.topic)?;
+    let shard = topic.shard(req.shard)?.clone();
+    let max = topic.config.max_message_bytes;
+    if req.records.len_bytes() > max as usize {
+        return Err(BrokerError::new(
+            ErrorCode::MessageTooLarge,
+            format!(
+                "{} bytes of records exceed the topic's max_message_bytes {max}",
+                req.records.len_bytes(),
+            ),
+        ));
+    }
+    if req.records.is_empty() {
+        return Err(BrokerError::new(ErrorCode::InvalidBatch, "no batches"));
+    }
+    let plan = AckPlan::for_level(req.acks)?;
+    let (batches, headers) = split_and_fill(&topic, req.records.to_bytes())?;
+    let class = one_class(&shard, &headers)?;
+    let filled: usize = batches.iter().map(|b| b.len()).sum();
+    if filled > max as usize {
+        return Err(BrokerError::new(
+            ErrorCode::MessageTooLarge,
+            format!(
+                "{filled} bytes of records after filling in metadata exceed the topic's max_message_bytes {max}"
+            ),
+        ));
+    }
+    Ok(Checked {
+        shard,
+        plan,
+        batches,
+        headers,
+        class,
+    })
+}
+
+/// Cuts the request's records into batches on their length fields, validates each
+/// (its CRC once) and fills in the topic's record metadata where a record left it
+/// unset ([`crate::inject`]).
+fn split_and_fill(
+    topic: &Topic,
+    mut rest: Bytes,
+) -> Result<(Vec<Bytes>, Vec<BatchHeader>), BrokerError> {
+    let mut batches = Vec::new();
+    let mut headers = Vec::new();
+    while !rest.is_empty() {
+        let Some(total) = batch::peek_total_bytes(&rest).filter(|&t| t <= rest.len()) else {
+            return Err(BrokerError::new(ErrorCode::InvalidBatch, "truncated batch"));
+        };
+        let b = rest.split_to(total);
+        let (h, summary) =
+            batch::validate_summary(&b).map_err(|e| BrokerError::new(e.code(), e.to_string()))?;
+        let (b, h) = topic.injector.apply(b, h, &summary)?;
+        headers.push(h);
+        batches.push(b);
+    }
+    Ok((batches, headers))
+}
+
+/// The one priority class of a request's batches. Order and idempotent sequences are
+/// per class and the writer queues a request in one class's lane, so one request must
+/// not mix classes (the SDK never does).
+fn one_class(shard: &Shard, headers: &[BatchHeader]) -> Result<Class, BrokerError> {
+    let class = shard.class_of(headers);
+    let classes = shard.classes();
+    if headers
+        .iter()
+        .any(|h| classes.class_of(h.priority) != class)
+    {
+        return Err(BrokerError::new(
+            ErrorCode::InvalidBatch,
+            "the batches of one produce request must all be in one priority class",
+        ));
+    }
+    Ok(class)
+}
+
+impl Queued {
+    /// Waits for the ack level and builds the response (none for `acks=none`).
+    pub async fn finish(self, state: &BrokerState) -> Outcome {
+        let Queued {
+            header,
+            plan,
+            timeout,
+            log_start,
+            rx,
+            records,
+            bytes,
+            mut ticket,
+        } = self;
+        let outcome = plan.wait(rx, timeout).await;
+        if let Ok(o) = &outcome {
+            ticket.acked();
+            if !o.duplicate {
+                let m = &state.metrics;
+                m.produce_records_total
+                    .fetch_add(records, Ordering::Relaxed);
+                m.produce_bytes_total.fetch_add(bytes, Ordering::Relaxed);
+            }
+        }
+        let failed = outcome.is_err();
+        let response = match outcome {
+            Err(e) if !plan.reply => {
+                tracing::debug!(code = %e.code, "acks=none produce failed: {}", e.message);
+                None
+            }
+            _ if !plan.reply => None,
+            Ok(o) => Some(ResponseFrame::ok(
+                &header,
+                ProduceResponse {
+                    base_offset: o.base_offset,
+                    last_offset: o.last_offset,
+                    log_start_offset: log_start,
+                    duplicate: u8::from(o.duplicate),
+                },
+            )),
+            Err(e) => Some(ResponseFrame::error(&header, e.code, 0, e.message)),
+        };
+        Outcome { response, failed }
+    }
+}
