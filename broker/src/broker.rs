@@ -14,11 +14,13 @@ use crate::config::RuntimeSetting;
 use crate::server::runtimes::CoreRuntimes;
 
 use crate::config::Config;
+use crate::error::BrokerError;
 use crate::groups::{Coordinator, OffsetStore};
 use crate::producer_ids::ProducerIds;
 use crate::queue::QueueManager;
 use crate::state::{BrokerState, Metrics};
 use crate::topics::TopicRegistry;
+use weir_protocol::ErrorCode;
 
 /// A running broker.
 #[derive(Debug)]
@@ -36,53 +38,13 @@ impl Broker {
     pub async fn start(config: Config) -> anyhow::Result<Broker> {
         config.validate()?;
         let config = Arc::new(config);
-        std::fs::create_dir_all(&config.data_dir)?;
-        let open_config = config.clone();
-        let (topics, offsets, producer_ids, queues) = tokio::task::spawn_blocking(move || {
-            let topics = Arc::new(TopicRegistry::open(open_config.clone())?);
-            let offsets = OffsetStore::open(&open_config.data_dir)?;
-            let queues = QueueManager::open(&open_config, topics.clone())?;
-            let producer_ids = ProducerIds::open(open_config.data_dir.clone()).map_err(|e| {
-                crate::error::BrokerError::new(
-                    weir_protocol::ErrorCode::StorageError,
-                    e.to_string(),
-                )
-            })?;
-            Ok::<_, crate::error::BrokerError>((topics, offsets, producer_ids, queues))
-        })
-        .await??;
-        let listener = TcpListener::bind(config.listen).await?;
-        let http_listener = TcpListener::bind(config.http).await?;
+        let stores = Stores::open(config.clone()).await?;
+        let listener = bind(config.listen, "protocol").await?;
+        let http_listener = bind(config.http, "HTTP").await?;
         let addr = listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let groups = Coordinator::new(
-            topics.clone(),
-            config.group_min_session_timeout_ms,
-            config.group_max_session_timeout_ms,
-        );
-        let flow = crate::flow::FlowControl::new(&config);
-        let requests_on_core = match config.runtime {
-            RuntimeSetting::MultiThread => Vec::new(),
-            RuntimeSetting::ThreadPerCore => (0..config.connection_runtimes())
-                .map(|_| AtomicU64::new(0))
-                .collect(),
-        };
-        let state = Arc::new(BrokerState {
-            flow,
-            config,
-            topics,
-            groups,
-            offsets,
-            producer_ids,
-            started: Instant::now(),
-            metrics: Metrics {
-                requests_on_core,
-                ..Metrics::default()
-            },
-            shutdown: shutdown_rx.clone(),
-            queues,
-        });
+        let state = Arc::new(stores.into_state(config, shutdown_rx.clone()));
         let cores = match state.config.runtime {
             RuntimeSetting::MultiThread => None,
             RuntimeSetting::ThreadPerCore => {
@@ -91,39 +53,20 @@ impl Broker {
                 Some(CoreRuntimes::start(n)?)
             }
         };
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(crate::server::serve(
-            listener,
-            state.clone(),
-            shutdown_rx.clone(),
-            cores,
-        )));
-        tasks.push(tokio::spawn(crate::http::serve(
-            http_listener,
-            state.clone(),
-            shutdown_rx.clone(),
-        )));
-        let ticker_state = state.clone();
-        let mut ticker_shutdown = shutdown_rx;
-        tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(100));
-            let mut compact_tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tokio::select! {
-                    _ = ticker_shutdown.changed() => break,
-                    _ = tick.tick() => {
-                        ticker_state.groups.tick();
-                        ticker_state.flow.tick();
-                    }
-                    // Compacts the queue state log when it grew (in its own task: it
-                    // waits for flushes).
-                    _ = compact_tick.tick() => {
-                        let s = ticker_state.clone();
-                        tokio::spawn(async move { s.queues.maybe_compact().await });
-                    }
-                }
-            }
-        }));
+        let tasks = vec![
+            tokio::spawn(crate::server::serve(
+                listener,
+                state.clone(),
+                shutdown_rx.clone(),
+                cores,
+            )),
+            tokio::spawn(crate::http::serve(
+                http_listener,
+                state.clone(),
+                shutdown_rx.clone(),
+            )),
+            tokio::spawn(tick(state.clone(), shutdown_rx)),
+        ];
         tracing::info!(%addr, %http_addr, data_dir = %state.config.data_dir.display(), "weir broker started");
         Ok(Broker {
             state,
@@ -160,5 +103,127 @@ impl Broker {
         self.state.topics.close().await;
         self.state.offsets.close().await;
         tracing::info!("weir broker stopped");
+    }
+}
+
+/// What the data directory holds, opened (and recovered) before anything listens.
+struct Stores {
+    topics: Arc<TopicRegistry>,
+    offsets: OffsetStore,
+    producer_ids: ProducerIds,
+    queues: QueueManager,
+}
+
+impl Stores {
+    /// Opens every store on the blocking pool: recovery reads and may truncate files.
+    async fn open(config: Arc<Config>) -> anyhow::Result<Stores> {
+        let dir = config.data_dir.clone();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", dir.display()))?;
+        let stores = tokio::task::spawn_blocking(move || {
+            let topics = Arc::new(TopicRegistry::open(config.clone())?);
+            let offsets = OffsetStore::open(&config.data_dir)?;
+            let queues = QueueManager::open(&config, topics.clone())?;
+            let producer_ids = ProducerIds::open(config.data_dir.clone())
+                .map_err(|e| BrokerError::new(ErrorCode::StorageError, e.to_string()))?;
+            Ok::<_, BrokerError>(Stores {
+                topics,
+                offsets,
+                producer_ids,
+                queues,
+            })
+        })
+        .await?
+        .map_err(|e| anyhow::anyhow!("cannot open data directory {}: {e}", dir.display()))?;
+        Ok(stores)
+    }
+
+    /// The state every connection and task shares.
+    fn into_state(self, config: Arc<Config>, shutdown: watch::Receiver<bool>) -> BrokerState {
+        let requests_on_core = match config.runtime {
+            RuntimeSetting::MultiThread => Vec::new(),
+            RuntimeSetting::ThreadPerCore => (0..config.connection_runtimes())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        };
+        BrokerState {
+            flow: crate::flow::FlowControl::new(&config),
+            groups: Coordinator::new(
+                self.topics.clone(),
+                config.group_min_session_timeout_ms,
+                config.group_max_session_timeout_ms,
+            ),
+            config,
+            topics: self.topics,
+            offsets: self.offsets,
+            producer_ids: self.producer_ids,
+            started: Instant::now(),
+            metrics: Metrics {
+                requests_on_core,
+                ..Metrics::default()
+            },
+            shutdown,
+            queues: self.queues,
+        }
+    }
+}
+
+/// Binds a listener; the error names which one and where.
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for {what} on {addr}: {e}"))
+}
+
+/// The broker's clock: group sessions and flow control every 100 ms, queue state log
+/// compaction every second (in its own task: it waits for flushes).
+async fn tick(state: Arc<BrokerState>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut compact_tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = tick.tick() => {
+                state.groups.tick();
+                state.flow.tick();
+            }
+            _ = compact_tick.tick() => {
+                let s = state.clone();
+                tokio::spawn(async move { s.queues.maybe_compact().await });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &std::path::Path) -> Config {
+        Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            http: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.to_path_buf(),
+            ..Config::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn start_up_errors_name_the_listener_or_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let mut c = config(&dir.path().join("a"));
+        c.listen = addr;
+        let e = Broker::start(c).await.unwrap_err().to_string();
+        assert!(e.contains(&format!("protocol on {addr}")), "{e}");
+
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let e = Broker::start(config(&file.join("data")))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&file.join("data").display().to_string()), "{e}");
     }
 }

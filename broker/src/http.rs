@@ -86,6 +86,24 @@ pub fn metrics_text(state: &BrokerState) -> String {
             v.load(Ordering::Relaxed)
         );
     }
+    write_queues(&mut out, state);
+    let _ = writeln!(
+        out,
+        "weir_uptime_seconds {}",
+        state.started.elapsed().as_secs()
+    );
+    for t in state.topics.list() {
+        for (i, s) in t.shards.iter().enumerate() {
+            write_shard(&mut out, &t.name, i, s);
+        }
+    }
+    out.push_str(&state.flow.metrics_text());
+    out
+}
+
+/// Queue-mode counters and breaker states.
+fn write_queues(out: &mut String, state: &BrokerState) {
+    use std::fmt::Write;
     let q = &state.queues.metrics;
     let queue_counters = [
         ("weir_queue_leased_total", &q.leased),
@@ -104,55 +122,49 @@ pub fn metrics_text(state: &BrokerState) -> String {
             "weir_queue_breaker_state{{group=\"{group}\",topic=\"{topic}\"}} {state}"
         );
     }
+}
+
+/// One shard's offsets, flushes and per-class queue figures.
+fn write_shard(out: &mut String, topic: &str, i: usize, s: &crate::shard::Shard) {
+    use std::fmt::Write;
     let _ = writeln!(
         out,
-        "weir_uptime_seconds {}",
-        state.started.elapsed().as_secs()
+        "weir_shard_high_watermark{{topic=\"{}\",shard=\"{i}\"}} {}",
+        topic,
+        s.reader().high_watermark()
     );
-    for t in state.topics.list() {
-        for (i, s) in t.shards.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "weir_shard_high_watermark{{topic=\"{}\",shard=\"{i}\"}} {}",
-                t.name,
-                s.reader().high_watermark()
-            );
-            let st = s.stats();
-            let _ = writeln!(
-                out,
-                "weir_shard_flushed_offset{{topic=\"{}\",shard=\"{i}\"}} {}",
-                t.name,
-                st.flushed_offset.load(Ordering::Relaxed)
-            );
-            let _ = writeln!(
-                out,
-                "weir_shard_flushes_total{{topic=\"{}\",shard=\"{i}\"}} {}",
-                t.name,
-                st.flushes.load(Ordering::Relaxed)
-            );
-            for c in weir_protocol::classes::Class::ALL {
-                let k = c.index();
-                let labels = format!("topic=\"{}\",shard=\"{i}\",class=\"{}\"", t.name, c.name());
-                let _ = writeln!(out, "weir_shard_queued{{{labels}}} {}", s.queued(c));
-                let _ = writeln!(
-                    out,
-                    "weir_shard_appends_total{{{labels}}} {}",
-                    st.appends[k].load(Ordering::Relaxed)
-                );
-                let _ = writeln!(
-                    out,
-                    "weir_shard_wait_us_total{{{labels}}} {}",
-                    st.wait_us[k].load(Ordering::Relaxed)
-                );
-                // The longest wait since the last scrape.
-                let _ = writeln!(
-                    out,
-                    "weir_shard_wait_us_max{{{labels}}} {}",
-                    st.wait_us_max[k].swap(0, Ordering::Relaxed)
-                );
-            }
-        }
+    let st = s.stats();
+    let _ = writeln!(
+        out,
+        "weir_shard_flushed_offset{{topic=\"{}\",shard=\"{i}\"}} {}",
+        topic,
+        st.flushed_offset.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "weir_shard_flushes_total{{topic=\"{}\",shard=\"{i}\"}} {}",
+        topic,
+        st.flushes.load(Ordering::Relaxed)
+    );
+    for c in weir_protocol::classes::Class::ALL {
+        let k = c.index();
+        let labels = format!("topic=\"{}\",shard=\"{i}\",class=\"{}\"", topic, c.name());
+        let _ = writeln!(out, "weir_shard_queued{{{labels}}} {}", s.queued(c));
+        let _ = writeln!(
+            out,
+            "weir_shard_appends_total{{{labels}}} {}",
+            st.appends[k].load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "weir_shard_wait_us_total{{{labels}}} {}",
+            st.wait_us[k].load(Ordering::Relaxed)
+        );
+        // The longest wait since the last scrape.
+        let _ = writeln!(
+            out,
+            "weir_shard_wait_us_max{{{labels}}} {}",
+            st.wait_us_max[k].swap(0, Ordering::Relaxed)
+        );
     }
-    out.push_str(&state.flow.metrics_text());
-    out
 }

@@ -37,6 +37,18 @@ struct Member {
     rejoined: bool,
 }
 
+/// Where a join stands after its member entered the group.
+enum Joined {
+    /// Nothing changed: the current assignment.
+    Unchanged(JoinGroupResponse),
+    /// A rebalance runs; the member waits for it.
+    Rebalancing {
+        member_id: String,
+        completed: watch::Receiver<u32>,
+        deadline: Instant,
+    },
+}
+
 #[derive(Debug)]
 struct Group {
     generation: u32,
@@ -162,6 +174,22 @@ impl Coordinator {
 
     /// Joins (or re-joins) and waits for the group's next stable generation.
     pub async fn join(&self, req: JoinGroupRequest) -> Result<JoinGroupResponse, BrokerError> {
+        let (session, rebalance) = self.check_join(&req)?;
+        match self.enter(&req, session, rebalance, Instant::now())? {
+            Joined::Unchanged(resp) => Ok(resp),
+            Joined::Rebalancing {
+                member_id,
+                completed,
+                deadline,
+            } => {
+                self.await_assignment(&req.group, member_id, completed, deadline)
+                    .await
+            }
+        }
+    }
+
+    /// The join's session and rebalance timeouts, after checking the request.
+    fn check_join(&self, req: &JoinGroupRequest) -> Result<(Duration, Duration), BrokerError> {
         if !valid_name(&req.group) {
             return Err(BrokerError::new(
                 ErrorCode::InvalidGroupName,
@@ -182,82 +210,102 @@ impl Coordinator {
         }
         let rebalance = Duration::from_millis(u64::from(req.rebalance_timeout_ms.max(100)))
             .min(Duration::from_secs(300));
-        let now = Instant::now();
-        let (member_id, mut completed, deadline) = {
-            let mut groups = self.groups.lock().expect("groups lock");
-            if groups.len() >= MAX_GROUPS && !groups.contains_key(&req.group) {
-                return Err(BrokerError::new(
-                    ErrorCode::InvalidConfig,
-                    format!("broker already coordinates MAX_GROUPS = {MAX_GROUPS} groups"),
-                ));
+        Ok((session, rebalance))
+    }
+
+    /// Adds or refreshes the member under the groups lock, starting a rebalance when
+    /// the membership or a subscription changed.
+    fn enter(
+        &self,
+        req: &JoinGroupRequest,
+        session: Duration,
+        rebalance: Duration,
+        now: Instant,
+    ) -> Result<Joined, BrokerError> {
+        let mut groups = self.groups.lock().expect("groups lock");
+        if groups.len() >= MAX_GROUPS && !groups.contains_key(&req.group) {
+            return Err(BrokerError::new(
+                ErrorCode::InvalidConfig,
+                format!("broker already coordinates MAX_GROUPS = {MAX_GROUPS} groups"),
+            ));
+        }
+        let group = groups.entry(req.group.clone()).or_insert_with(Group::new);
+        let member_id = if req.member_id.is_empty() {
+            if group.members.len() >= MAX_MEMBERS {
+                return Err(BrokerError::new(ErrorCode::InvalidConfig, "group is full"));
             }
-            let group = groups.entry(req.group.clone()).or_insert_with(Group::new);
-            let member_id = if req.member_id.is_empty() {
-                if group.members.len() >= MAX_MEMBERS {
-                    return Err(BrokerError::new(ErrorCode::InvalidConfig, "group is full"));
-                }
-                let n = self
-                    .next_member
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let id = format!(
-                    "{}-{n}",
-                    if req.client_id.is_empty() {
-                        "member"
-                    } else {
-                        &req.client_id
-                    }
-                );
-                group.members.insert(
-                    id.clone(),
-                    Member {
-                        topics: req.topics.clone(),
-                        session_timeout: session,
-                        rebalance_timeout: rebalance,
-                        last_seen: now,
-                        rejoined: false,
-                    },
-                );
-                group.start_rebalance(now);
-                id
-            } else {
-                let stable = group.rebalancing_until.is_none();
-                let generation = group.generation;
-                let Some(m) = group.members.get_mut(&req.member_id) else {
-                    return Err(BrokerError::new(
-                        ErrorCode::UnknownMemberId,
-                        "unknown member; join again",
-                    ));
-                };
-                m.last_seen = now;
-                if stable && m.topics == req.topics {
-                    // Nothing changed: hand back the current assignment.
-                    return Ok(JoinGroupResponse {
-                        member_id: req.member_id.clone(),
-                        generation,
-                        assignment: group
-                            .assignment
-                            .get(&req.member_id)
-                            .cloned()
-                            .unwrap_or_default(),
-                    });
-                }
-                m.topics = req.topics.clone();
-                m.session_timeout = session;
-                m.rebalance_timeout = rebalance;
-                group.start_rebalance(now);
-                req.member_id.clone()
+            let n = self
+                .next_member
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let prefix = match req.client_id.as_str() {
+                "" => "member",
+                id => id,
             };
-            group.members.get_mut(&member_id).expect("member").rejoined = true;
-            let rx = group.completed.subscribe();
-            group.try_complete(&self.topics, now);
-            (member_id, rx, group.rebalancing_until.unwrap_or(now))
+            let id = format!("{prefix}-{n}");
+            group.members.insert(
+                id.clone(),
+                Member {
+                    topics: req.topics.clone(),
+                    session_timeout: session,
+                    rebalance_timeout: rebalance,
+                    last_seen: now,
+                    rejoined: false,
+                },
+            );
+            group.start_rebalance(now);
+            id
+        } else {
+            let stable = group.rebalancing_until.is_none();
+            let generation = group.generation;
+            let Some(m) = group.members.get_mut(&req.member_id) else {
+                return Err(BrokerError::new(
+                    ErrorCode::UnknownMemberId,
+                    "unknown member; join again",
+                ));
+            };
+            m.last_seen = now;
+            if stable && m.topics == req.topics {
+                // Nothing changed: hand back the current assignment.
+                return Ok(Joined::Unchanged(JoinGroupResponse {
+                    member_id: req.member_id.clone(),
+                    generation,
+                    assignment: group
+                        .assignment
+                        .get(&req.member_id)
+                        .cloned()
+                        .unwrap_or_default(),
+                }));
+            }
+            m.topics = req.topics.clone();
+            m.session_timeout = session;
+            m.rebalance_timeout = rebalance;
+            group.start_rebalance(now);
+            req.member_id.clone()
         };
-        // Wait for the rebalance to complete (or be completed by the reaper at its deadline).
+        group.members.get_mut(&member_id).expect("member").rejoined = true;
+        let completed = group.completed.subscribe();
+        group.try_complete(&self.topics, now);
+        Ok(Joined::Rebalancing {
+            member_id,
+            completed,
+            deadline: group.rebalancing_until.unwrap_or(now),
+        })
+    }
+
+    /// Waits for the rebalance to complete (or be completed by the reaper at its
+    /// deadline) and answers with the member's assignment.
+    async fn await_assignment(
+        &self,
+        group: &str,
+        member_id: String,
+        mut completed: watch::Receiver<u32>,
+        deadline: Instant,
+    ) -> Result<JoinGroupResponse, BrokerError> {
         let wait_until = deadline + Duration::from_secs(1);
         loop {
             {
                 let groups = self.groups.lock().expect("groups lock");
-                if let Some(g) = groups.get(&req.group) {
+                if let Some(g) = groups.get(group) {
                     if g.rebalancing_until.is_none() {
                         return match g.assignment.get(&member_id) {
                             Some(a) if g.members.contains_key(&member_id) => {

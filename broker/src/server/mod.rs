@@ -82,39 +82,8 @@ pub async fn serve(
                     drop(sock);
                     continue;
                 };
-                let _ = sock.set_nodelay(true);
-                if state.config.flow_socket_send_buffer_bytes > 0 {
-                    let size = state.config.flow_socket_send_buffer_bytes as usize;
-                    if let Err(e) = socket2::SockRef::from(&sock).set_send_buffer_size(size) {
-                        tracing::warn!(%peer, error = %e, "cannot set the socket send buffer");
-                    }
-                }
-                let state = state.clone();
-                match &cores {
-                    None => {
-                        conns.spawn(run_connection(sock, peer, state, slot));
-                    }
-                    Some(cores) => {
-                        // A Tokio socket belongs to the reactor that registered it:
-                        // move it out as a std socket and register it on the target.
-                        let sock = match sock.into_std() {
-                            Ok(s) => s,
-                            Err(e) => {
-                                tracing::warn!(%peer, error = %e, "cannot hand the connection to a core");
-                                continue;
-                            }
-                        };
-                        conns.spawn_on(
-                            async move {
-                                match TcpStream::from_std(sock) {
-                                    Ok(sock) => run_connection(sock, peer, state, slot).await,
-                                    Err(e) => tracing::warn!(%peer, error = %e, "cannot register the connection"),
-                                }
-                            },
-                            cores.pick(),
-                        );
-                    }
-                }
+                configure(&sock, peer, &state.config);
+                hand_off(&mut conns, cores.as_ref(), sock, peer, state.clone(), slot);
                 // Reap finished connection tasks so the set stays small.
                 while conns.try_join_next().is_some() {}
             }
@@ -158,4 +127,49 @@ async fn run_connection(
         .connections_open
         .fetch_sub(1, Ordering::Relaxed);
     drop(slot);
+}
+
+/// Socket options every connection gets.
+fn configure(sock: &TcpStream, peer: std::net::SocketAddr, config: &crate::config::Config) {
+    let _ = sock.set_nodelay(true);
+    if config.flow_socket_send_buffer_bytes > 0 {
+        let size = config.flow_socket_send_buffer_bytes as usize;
+        if let Err(e) = socket2::SockRef::from(sock).set_send_buffer_size(size) {
+            tracing::warn!(%peer, error = %e, "cannot set the socket send buffer");
+        }
+    }
+}
+
+/// Runs an accepted connection on the caller's runtime, or on the next core runtime
+/// in thread-per-core mode.
+fn hand_off(
+    conns: &mut tokio::task::JoinSet<()>,
+    cores: Option<&CoreRuntimes>,
+    sock: TcpStream,
+    peer: std::net::SocketAddr,
+    state: Arc<BrokerState>,
+    slot: OwnedSemaphorePermit,
+) {
+    let Some(cores) = cores else {
+        conns.spawn(run_connection(sock, peer, state, slot));
+        return;
+    };
+    // A Tokio socket belongs to the reactor that registered it: move it out as a std
+    // socket and register it on the target.
+    let sock = match sock.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot hand the connection to a core");
+            return;
+        }
+    };
+    conns.spawn_on(
+        async move {
+            match TcpStream::from_std(sock) {
+                Ok(sock) => run_connection(sock, peer, state, slot).await,
+                Err(e) => tracing::warn!(%peer, error = %e, "cannot register the connection"),
+            }
+        },
+        cores.pick(),
+    );
 }
