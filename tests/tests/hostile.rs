@@ -433,3 +433,48 @@ async fn a_client_that_never_reads_its_responses_keeps_broker_memory_bounded() {
     let got = read_all(&client, "rss-bystander", acked as usize, WAIT).await;
     assert_eq!(got.len() as u64, acked);
 }
+
+/// Issue 22 §1: a connection that sends only a 13-byte header announcing a 16 MiB frame
+/// must not make the broker reserve memory for the frame; memory follows the bytes that
+/// arrived. Before the fix each such connection cost the broker about 2 MiB of
+/// anonymous memory (the read buffer was grown to the announced length at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_announcing_large_frames_that_never_come_cost_no_frame_sized_memory() {
+    const CONNECTIONS: usize = 300;
+    let broker = BrokerProcess::start();
+    let pid = broker.pid().expect("broker pid");
+    // Warm the broker up with one ordinary connection first, so its runtime threads
+    // and allocator arenas already exist before the baseline.
+    drop(connect(&broker.addr(), WAIT).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, anon_before) = rss(pid);
+    let mut header = Vec::with_capacity(13);
+    header.extend_from_slice(&(16u32 << 20).to_le_bytes());
+    header.extend_from_slice(&4u16.to_le_bytes()); // api key: Metadata
+    header.extend_from_slice(&0u16.to_le_bytes()); // api version
+    header.extend_from_slice(&1u32.to_le_bytes()); // correlation id
+    header.push(5); // priority
+    let mut held = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        let mut s = TcpStream::connect(broker.addr()).await.expect("connect");
+        s.write_all(&header).await.expect("send header");
+        held.push(s);
+    }
+    // Give the broker time to read every header (bounded: 2 s).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, anon_after) = rss(pid);
+    let grown = anon_after.saturating_sub(anon_before);
+    eprintln!(
+        "{CONNECTIONS} connections with a 16 MiB header each: RssAnon {} → {} MiB",
+        anon_before >> 20,
+        anon_after >> 20
+    );
+    // 300 connections at ~2 MiB each would be ~600 MiB; their buffers as received
+    // (13 bytes in a 64 KiB first buffer) are well under 1 MiB each.
+    assert!(
+        grown < 128 << 20,
+        "RssAnon grew by {} MiB for {CONNECTIONS} headers",
+        grown >> 20
+    );
+    drop(held);
+}

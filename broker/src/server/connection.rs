@@ -362,6 +362,12 @@ impl Decoder for SizedCodec {
             self.gate.frame_done();
         }
         self.gate.observe(src);
+        // The codec grows the buffer only with what arrived; a large frame whose bytes
+        // the receive budget has granted is given its whole room at once (one copy).
+        let held = self.gate.held() as usize;
+        if out.is_none() && len > src.len() && held > 0 {
+            src.reserve((len - src.len()).min(held));
+        }
         Ok(out)
     }
 }
