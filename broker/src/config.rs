@@ -401,6 +401,13 @@ impl Config {
         if self.default_segment_bytes < 64 * 1024 {
             return bad("default_segment_bytes must be at least 65536");
         }
+        if self.default_segment_bytes < u64::from(self.default_max_message_bytes) {
+            // Every CreateTopic with the defaults would be refused INVALID_CONFIG.
+            return Err(ConfigError::Invalid(format!(
+                "default_segment_bytes ({}) must be at least default_max_message_bytes ({})",
+                self.default_segment_bytes, self.default_max_message_bytes
+            )));
+        }
         if self.default_shards == 0 || self.default_shards > self.max_shards_per_topic {
             return bad("default_shards must be in 1..=max_shards_per_topic");
         }
@@ -741,6 +748,22 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.max_frame_bytes, Config::default().max_frame_bytes);
+    }
+
+    #[test]
+    fn segments_smaller_than_the_default_message_limit_are_refused_at_start() {
+        let c = Config {
+            default_segment_bytes: 1 << 20,
+            default_max_message_bytes: 2 << 20,
+            ..Config::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("default_segment_bytes"), "{e}");
+        let ok = Config {
+            default_segment_bytes: 2 << 20,
+            ..c
+        };
+        ok.validate().unwrap();
     }
 
     #[test]

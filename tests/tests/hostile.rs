@@ -478,3 +478,151 @@ async fn headers_announcing_large_frames_that_never_come_cost_no_frame_sized_mem
     );
     drop(held);
 }
+
+/// Issue 22: a client that closes its connection while a request is parked (here a
+/// JoinGroup waiting for a rebalance that cannot finish for a minute) must not keep
+/// its connection slot: the broker notices the peer is gone and frees it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_connection_frees_its_slot_while_its_request_is_parked() {
+    const MAX: usize = 4;
+    let max = MAX.to_string();
+    let broker = BrokerProcess::start_with_env(&[("WEIR_MAX_CONNECTIONS", max.as_str())]);
+    let join = |member: &str| {
+        let mut b = BytesMut::new();
+        RequestFrame::new(
+            1,
+            weir_protocol::messages::JoinGroupRequest {
+                group: "parked".into(),
+                member_id: String::new(),
+                client_id: member.into(),
+                topics: vec!["t".into()],
+                session_timeout_ms: 60_000,
+                rebalance_timeout_ms: 60_000,
+            },
+        )
+        .encode(&mut b);
+        b
+    };
+    // The group's first member joins at once, then never heartbeats or re-joins: a
+    // later join waits for it until the 60 s rebalance deadline.
+    let mut first = TcpStream::connect(broker.addr()).await.expect("connect");
+    first.write_all(&join("first")).await.expect("join");
+    let mut len = [0u8; 4];
+    tokio::time::timeout(WAIT, first.read_exact(&mut len))
+        .await
+        .expect("first join answered in time")
+        .expect("first join answered");
+    let mut parked = Vec::new();
+    for i in 0..MAX - 1 {
+        let mut s = TcpStream::connect(broker.addr()).await.expect("connect");
+        s.write_all(&join(&format!("parked-{i}")))
+            .await
+            .expect("join");
+        parked.push(s);
+    }
+    // They are parked: no answer yet, and every slot is taken.
+    let mut one = [0u8; 1];
+    let quiet = tokio::time::timeout(Duration::from_millis(500), parked[0].read(&mut one)).await;
+    assert!(quiet.is_err(), "a parked join was answered: {quiet:?}");
+    assert_eq!(metric(&broker, "weir_connections_open").await, MAX as u64);
+    drop(parked);
+    // Bounded wait (far below the 60 s the joins would otherwise hold the slots).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut open = MAX as u64;
+    while Instant::now() < deadline {
+        open = metric(&broker, "weir_connections_open").await;
+        if open == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(open, 1, "connections still open after their peers closed");
+    // And a new client gets a slot.
+    let client = connect(&broker.addr(), WAIT).await;
+    drop(client);
+    drop(first);
+}
+
+/// Sends one request frame on `s` and reads its answer.
+async fn round_trip(
+    s: &mut TcpStream,
+    request: impl Into<weir_protocol::Request>,
+) -> ResponseFrame {
+    let mut b = BytesMut::new();
+    RequestFrame::new(7, request).encode(&mut b);
+    s.write_all(&b).await.expect("send request");
+    let mut len = [0u8; 4];
+    tokio::time::timeout(WAIT, s.read_exact(&mut len))
+        .await
+        .expect("answered in time")
+        .expect("answered");
+    let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+    s.read_exact(&mut body).await.expect("response body");
+    ResponseFrame::decode(body.into()).expect("response")
+}
+
+/// Issue 22: Metadata must not amplify. A request naming one topic 100,000 times gets
+/// that topic once; an answer that would not fit in a frame is refused by name instead
+/// of built.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_answers_each_topic_once_and_never_beyond_the_frame_limit() {
+    use weir_protocol::frame::ResponsePayload;
+    use weir_protocol::messages::MetadataRequest;
+    use weir_protocol::ResponseBody;
+    // Small segments: 64 shards preallocate 64 of them.
+    let broker = BrokerProcess::start_with_env(&[
+        ("WEIR_DEFAULT_SEGMENT_BYTES", "1048576"),
+        ("WEIR_DEFAULT_MAX_MESSAGE_BYTES", "1048576"),
+    ]);
+    let client = connect(&broker.addr(), WAIT).await;
+    Admin::new(client.clone())
+        .create_topic("amplified", 64, TopicConfig::default())
+        .await
+        .expect("create topic");
+    let mut s = TcpStream::connect(broker.addr()).await.expect("connect");
+    let resp = round_trip(
+        &mut s,
+        MetadataRequest {
+            topics: vec!["amplified".to_string(); 100_000],
+        },
+    )
+    .await;
+    match resp.payload {
+        ResponsePayload::Ok(ResponseBody::Metadata(m)) => {
+            assert_eq!(m.topics.len(), 1, "one entry per distinct name");
+            assert_eq!(m.topics[0].shards.len(), 64);
+        }
+        other => panic!("unexpected answer {other:?}"),
+    }
+    drop(client);
+
+    // A broker with 4 KiB frames: 20 topics with long names do not fit in one answer.
+    let small = BrokerProcess::start_with_env(&[
+        ("WEIR_MAX_FRAME_BYTES", "4096"),
+        ("WEIR_DEFAULT_MAX_MESSAGE_BYTES", "4096"),
+        ("WEIR_DEFAULT_SEGMENT_BYTES", "1048576"),
+    ]);
+    let client = connect(&small.addr(), WAIT).await;
+    let admin = Admin::new(client.clone());
+    let names: Vec<String> = (0..20)
+        .map(|i| format!("{i:03}-{}", "n".repeat(240)))
+        .collect();
+    for n in &names {
+        admin
+            .create_topic(n, 1, TopicConfig::default())
+            .await
+            .expect("create topic");
+    }
+    let mut s = TcpStream::connect(small.addr()).await.expect("connect");
+    let all = round_trip(&mut s, MetadataRequest { topics: Vec::new() }).await;
+    assert_eq!(all.error_code(), ErrorCode::InvalidRequest, "{all:?}");
+    // Asking for fewer works, and the connection is still usable.
+    let few = round_trip(
+        &mut s,
+        MetadataRequest {
+            topics: names[..3].to_vec(),
+        },
+    )
+    .await;
+    assert_eq!(few.error_code(), ErrorCode::None, "{few:?}");
+}

@@ -14,6 +14,10 @@
 //! stops reading the socket when either is reached, plus the one frame that tipped it
 //! over, at most `max_frame_bytes`).
 //!
+//! A peer that closes the connection is gone: requests of its still parked (a
+//! long-poll fetch, a JoinGroup waiting for its rebalance) are abandoned at once, so a
+//! closed connection never keeps its `max_connections` slot.
+//!
 //! The handshake binds the connection to a client id for quotas
 //! ([`super::admission::handshake`]): a handshake over the id's `max_connections` is
 //! answered THROTTLED and the connection closed.
@@ -27,7 +31,7 @@ use futures_util::StreamExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::codec::{Decoder, FramedRead};
 use weir_protocol::batch::DEFAULT_PRIORITY;
 use weir_protocol::classes::{Class, ClassMap};
@@ -47,7 +51,8 @@ pub async fn run(sock: TcpStream, state: Arc<BrokerState>) -> Result<(), FrameEr
     let (rd, wr) = sock.into_split();
     let mut conn = Connection::new(state, rd, wr);
     let result = conn.serve().await;
-    conn.close().await;
+    let how = conn.close_how;
+    conn.close(how).await;
     result
 }
 
@@ -96,6 +101,19 @@ struct Session {
 /// Why the reader stopped.
 type End = Result<(), FrameError>;
 
+/// How the connection ends: whether requests still parked (a long-poll fetch, a
+/// JoinGroup waiting for its rebalance, a produce waiting for its ack) get to answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Close {
+    /// The peer closed the connection: nobody will read the answers, so parked
+    /// requests are abandoned at once and the connection's slot is free again.
+    /// (Work they already started, such as a queued produce, still completes.)
+    PeerGone,
+    /// Anything else (shutdown, a framing error to report, a stalled peer): parked
+    /// requests get up to `io_timeout_ms` to answer.
+    Drain,
+}
+
 struct Connection {
     state: Arc<BrokerState>,
     frames: FramedRead<GatedRead<OwnedReadHalf>, SizedCodec>,
@@ -111,6 +129,9 @@ struct Connection {
     idle: Duration,
     io_timeout: Duration,
     shutdown: watch::Receiver<bool>,
+    /// The tasks answering this connection's requests.
+    tasks: JoinSet<()>,
+    close_how: Close,
 }
 
 impl Connection {
@@ -142,6 +163,8 @@ impl Connection {
             idle: Duration::from_millis(cfg.idle_timeout_ms),
             io_timeout,
             shutdown: state.shutdown.clone(),
+            tasks: JoinSet::new(),
+            close_how: Close::Drain,
             out: Responder {
                 tx,
                 state: state.clone(),
@@ -190,6 +213,9 @@ impl Connection {
             if let Some(end) = self.start(frame, permits).await {
                 return end;
             }
+            // Forget the tasks that finished, so the set stays as small as the
+            // requests in flight.
+            while self.tasks.try_join_next().is_some() {}
         }
     }
 
@@ -212,7 +238,10 @@ impl Connection {
                 tracing::info!("peer stalled in the middle of a frame; closing connection");
                 Ok(None)
             }
-            Ok(None) => Ok(None),
+            Ok(None) => {
+                self.close_how = Close::PeerGone;
+                Ok(None)
+            }
             Ok(Some(Err(FrameError::Decode(e)))) => {
                 tracing::info!(error = %e, "unframeable input; closing connection");
                 let resp = ResponseFrame::connection_error(e.code(), e.to_string());
@@ -254,7 +283,7 @@ impl Connection {
                 match produce::start(&state, &client, &header, req).await {
                     Started::Refused(outcome) => out.send_produce(class, outcome, permits).await,
                     Started::Queued(queued) => {
-                        tokio::spawn(async move {
+                        self.tasks.spawn(async move {
                             let outcome = queued.finish(&state).await;
                             out.send_produce(class, outcome, permits).await;
                         });
@@ -263,7 +292,7 @@ impl Connection {
             }
             request => {
                 let client = self.session.client.clone();
-                tokio::spawn(async move {
+                self.tasks.spawn(async move {
                     let resp = dispatch::answer(&state, &client, &header, request).await;
                     out.send(class, resp, Some(permits)).await;
                 });
@@ -298,8 +327,9 @@ impl Connection {
         }
     }
 
-    /// Lets every in-flight request finish and its response be written, then closes.
-    async fn close(self) {
+    /// Closes the connection: parked requests answer (within `io_timeout_ms`) or are
+    /// abandoned, per `how`; then the written responses are flushed and the slot freed.
+    async fn close(self, how: Close) {
         let Connection {
             in_flight,
             state,
@@ -307,13 +337,22 @@ impl Connection {
             writer,
             session,
             io_timeout,
+            mut tasks,
             ..
         } = self;
-        let _ = tokio::time::timeout(
-            io_timeout,
-            in_flight.acquire_many(state.config.max_in_flight_per_connection as u32),
-        )
-        .await;
+        match how {
+            Close::PeerGone => tasks.abort_all(),
+            Close::Drain => {
+                let _ = tokio::time::timeout(
+                    io_timeout,
+                    in_flight.acquire_many(state.config.max_in_flight_per_connection as u32),
+                )
+                .await;
+                tasks.abort_all();
+            }
+        }
+        // Aborted tasks drop their responders; the write loop ends with the last one.
+        while tasks.join_next().await.is_some() {}
         drop(out);
         let _ = writer.await;
         drop(session);

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use weir_protocol::messages::*;
+use weir_protocol::wire::Wire;
 use weir_protocol::{ApiKey, ErrorCode, ResponseBody};
 
 use crate::error::BrokerError;
@@ -61,22 +62,55 @@ pub async fn delete_topic(
     Ok(DeleteTopicResponse {}.into())
 }
 
+/// Describes the named topics (each once, sorted by name) or every topic.
+/// The answer is bounded by the frame limit: a request whose answer would not fit is
+/// refused (INVALID_REQUEST, naming the limit) instead of built, so a small request
+/// naming one topic many times, or a broker with very many topics, cannot make the
+/// broker build an answer larger than any client accepts.
 pub fn metadata(state: &BrokerState, r: MetadataRequest) -> Result<ResponseBody, BrokerError> {
     let topics = if r.topics.is_empty() {
         state.topics.list()
     } else {
+        let mut seen = std::collections::HashSet::with_capacity(r.topics.len().min(1024));
         r.topics
             .iter()
+            .filter(|n| seen.insert(n.as_str()))
             .map(|n| state.topics.get(n))
             .collect::<Result<Vec<_>, _>>()?
     };
+    let limit = (state.config.max_frame_bytes as usize).saturating_sub(METADATA_HEAD_ROOM);
+    let mut size = 0;
+    let mut scratch = bytes::BytesMut::new();
+    let mut described = Vec::with_capacity(topics.len());
+    for t in &topics {
+        let m = t.metadata();
+        scratch.clear();
+        m.encode(&mut scratch);
+        size += scratch.len();
+        if size > limit {
+            return Err(BrokerError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "the answer would exceed max_frame_bytes ({}) after {} of {} topics; ask for fewer topics per request",
+                    state.config.max_frame_bytes,
+                    described.len(),
+                    topics.len()
+                ),
+            ));
+        }
+        described.push(m);
+    }
+    described.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(MetadataResponse {
         uptime_s: state.started.elapsed().as_secs(),
         broker_software: broker_software(),
-        topics: topics.iter().map(|t| t.metadata()).collect(),
+        topics: described,
     }
     .into())
 }
+
+/// Room a Metadata answer leaves in a frame for the response header and its own fields.
+const METADATA_HEAD_ROOM: usize = 1024;
 
 /// A new producer id (id 0 or epoch exhausted), or the next epoch of a known one.
 pub fn init_producer_id(
