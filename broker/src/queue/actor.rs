@@ -24,7 +24,7 @@ use weir_protocol::classes::{Class, ClassMap};
 use weir_protocol::messages::*;
 use weir_protocol::ErrorCode;
 
-use super::breaker::{Breaker, BreakerConfig, State as BreakerState};
+use super::breaker::{BreakerSettings, QueueBreaker, State as BreakerState};
 use super::dlq;
 use super::state_log::{Event, Failure, ShardRecovery, StateLog};
 use super::QueueMetrics;
@@ -51,7 +51,7 @@ pub struct QueueSettings {
     pub window: u64,
     pub default_lease: Duration,
     pub max_lease: Duration,
-    pub breaker: BreakerConfig,
+    pub breaker: BreakerSettings,
     pub dlq_suffix: String,
     pub dlq_retention_ms: u64,
 }
@@ -189,7 +189,7 @@ pub struct QueueActor {
     topics: Arc<TopicRegistry>,
     shards: Vec<ShardQueue>,
     timers: DelayQueue<(u32, u64, Timer)>,
-    breaker: Breaker,
+    breaker: QueueBreaker,
     settings: QueueSettings,
     log: Arc<StateLog>,
     shared: Arc<QueueShared>,
@@ -292,7 +292,7 @@ impl QueueActor {
             topics,
             shards,
             timers: DelayQueue::new(),
-            breaker: Breaker::new(settings.breaker, now),
+            breaker: QueueBreaker::new(settings.breaker, now),
             settings,
             log,
             shared,
@@ -762,7 +762,7 @@ impl QueueActor {
             codes.push(0);
             self.counts[C_ACKED] += 1;
             self.metrics.acked.fetch_add(1, Ordering::Relaxed);
-            if let Some(s) = self.breaker.record(true, now) {
+            if let Some(s) = self.breaker.acked(now) {
                 self.breaker_changed(s);
             }
         }
@@ -823,7 +823,7 @@ impl QueueActor {
     ) -> Result<(NackResponse, Option<PendingAppend>), BrokerError> {
         let now = Instant::now();
         let wall = now_ms();
-        if let Some(st) = self.breaker.record(false, now) {
+        if let Some(st) = self.breaker.failed(now) {
             self.breaker_changed(st);
         }
         let unit = self.jitter.unit();
@@ -1143,14 +1143,14 @@ impl QueueActor {
 
     fn breaker_changed(&mut self, s: BreakerState) {
         let (ok, failed) = self.breaker.window_counts(Instant::now());
+        let (group, topic) = (&self.group, &self.topic_name);
         match s {
-            BreakerState::Open { .. } => {
-                tracing::warn!(group = %self.group, topic = %self.topic_name,
-                window_successes = ok, window_failures = failed, "circuit breaker open: delivery paused")
-            }
-            _ => {
-                tracing::info!(group = %self.group, topic = %self.topic_name, state = s.name(), "circuit breaker state changed")
-            }
+            BreakerState::Open => tracing::warn!(%group, %topic, window_successes = ok,
+                window_failures = failed, "circuit breaker open: delivery paused"),
+            BreakerState::HalfOpen => tracing::info!(%group, %topic, state = s.name(),
+                "circuit breaker half-open: leasing a share of the records asked for"),
+            BreakerState::Closed => tracing::info!(%group, %topic, state = s.name(),
+                "circuit breaker closed: delivery resumed"),
         }
         self.publish_breaker();
         self.shared.available.notify_waiters();
