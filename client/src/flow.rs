@@ -141,28 +141,38 @@ impl SharedBreaker {
 
     /// Admits a call now or refuses it with `ClientError::CircuitOpen`.
     pub fn admit(&self) -> Result<(), ClientError> {
-        let mut b = self.lock();
-        // Read under the lock, so the breaker sees the clock move forward only.
-        let now = Instant::now();
-        log_change(b.poll(now));
-        if b.admit(1, now) == 1 {
-            return Ok(());
-        }
-        let retry_after = match b.reopens_at() {
-            Some(at) => at.saturating_duration_since(now),
-            None => HALF_OPEN_RETRY_AFTER,
+        let (changed, refused_for) = {
+            let mut b = self.lock();
+            // Read under the lock, so the breaker sees the clock move forward only.
+            let now = Instant::now();
+            let changed = b.poll(now);
+            let refused_for = match (b.admit(1, now), b.state(), b.reopens_at()) {
+                (1, _, _) => None,
+                (_, BreakerState::HalfOpen, _) => Some(HALF_OPEN_RETRY_AFTER),
+                (_, _, Some(at)) => Some(at.saturating_duration_since(now)),
+                // Open for longer than the clock can say.
+                (_, _, None) => Some(Duration::MAX),
+            };
+            (changed, refused_for)
         };
-        Err(ClientError::CircuitOpen {
-            retry_after_ms: retry_after.as_millis().clamp(1, u128::from(u64::MAX)) as u64,
-        })
+        log_change(changed);
+        match refused_for {
+            None => Ok(()),
+            Some(d) => Err(ClientError::CircuitOpen {
+                retry_after_ms: d.as_millis().clamp(1, u128::from(u64::MAX)) as u64,
+            }),
+        }
     }
 
     /// Records an admitted call's outcome.
     pub fn record<T>(&self, outcome: &Result<T, ClientError>) {
         let success = !matches!(outcome, Err(e) if is_breaker_failure(e));
-        let mut b = self.lock();
-        let now = Instant::now();
-        log_change(b.record(success, now));
+        let changed = {
+            let mut b = self.lock();
+            let now = Instant::now();
+            b.record(success, now)
+        };
+        log_change(changed);
     }
 
     /// The state now.
@@ -228,6 +238,27 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(b.transitions(), 1);
+    }
+
+    #[test]
+    fn half_open_lets_the_first_call_through_and_asks_the_next_to_come_back_soon() {
+        let b = SharedBreaker::new(BreakerConfig {
+            min_samples: 1,
+            open_for: Duration::ZERO,
+            ..Default::default()
+        });
+        b.admit().expect("closed");
+        b.record::<()>(&Err(ClientError::Timeout(5)));
+        // Open for no time at all: the next call finds it half-open.
+        b.admit().expect("the first trial call");
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert!(matches!(
+            b.admit(),
+            Err(ClientError::CircuitOpen {
+                retry_after_ms: 100
+            })
+        ));
+        assert_eq!(b.transitions(), 2);
     }
 
     #[test]
