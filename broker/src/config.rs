@@ -19,6 +19,21 @@ use crate::scheduler::DEFAULT_AGING;
 /// Environment variables with this prefix set config keys (`WEIR_MAX_CONNECTIONS=10`).
 pub const ENV_PREFIX: &str = "WEIR_";
 
+/// Old key names still accepted (in files and as `WEIR_*` variables), with the key
+/// each now sets. A file that sets both an old name and its new one is refused.
+pub const DEPRECATED_KEYS: &[(&str, &str)] = &[
+    // Renamed to share the SDK's breaker vocabulary (`open_for`).
+    ("queue_breaker_open_ms", "queue_breaker_open_for_ms"),
+];
+
+/// The current name of `key`.
+fn current_key(key: &str) -> &str {
+    DEPRECATED_KEYS
+        .iter()
+        .find(|(old, _)| *old == key)
+        .map_or(key, |(_, new)| new)
+}
+
 /// Every setting of a broker.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -155,8 +170,10 @@ pub struct Config {
     pub queue_breaker_failure_pct: u32,
     /// ...with at least this many outcomes; also the half-open sample size.
     pub queue_breaker_min_samples: u32,
-    /// Circuit breaker: how long it stays open.
-    pub queue_breaker_open_ms: u64,
+    /// Circuit breaker: how long it stays open (the SDK's `BreakerConfig::open_for`;
+    /// `queue_breaker_open_ms` is the deprecated name).
+    #[serde(alias = "queue_breaker_open_ms")]
+    pub queue_breaker_open_for_ms: u64,
     /// Circuit breaker: percentage of requested records leased while half-open.
     pub queue_breaker_half_open_pct: u32,
     /// Circuit breaker: closes when this percentage of half-open outcomes succeeded.
@@ -289,7 +306,7 @@ impl Default for Config {
             queue_breaker_window_ms: 60_000,
             queue_breaker_failure_pct: 50,
             queue_breaker_min_samples: 20,
-            queue_breaker_open_ms: 30_000,
+            queue_breaker_open_for_ms: 30_000,
             queue_breaker_half_open_pct: 10,
             queue_breaker_close_pct: 90,
             queue_state_compact_records: 1_000_000,
@@ -327,13 +344,23 @@ impl Config {
             }
             None => toml::Table::new(),
         };
+        for (old, new) in DEPRECATED_KEYS {
+            if let Some(value) = table.remove(*old) {
+                if table.contains_key(*new) {
+                    return Err(ConfigError::Invalid(format!(
+                        "{old} is the deprecated name of {new}: set only {new}"
+                    )));
+                }
+                table.insert(new.to_string(), value);
+            }
+        }
         let known = toml::Table::try_from(Config::default())
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         for (name, value) in env {
             let Some(key) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
-            let key = key.to_ascii_lowercase();
+            let key = current_key(&key.to_ascii_lowercase()).to_string();
             let Some(default) = known.get(&key) else {
                 // WEIR_LOG and friends are not config keys.
                 continue;
@@ -730,6 +757,36 @@ mod tests {
         ] {
             assert!(Config::load(None, env(k, v)).is_err(), "{k}={v} accepted");
         }
+    }
+
+    #[test]
+    fn the_old_breaker_open_key_is_still_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weir.toml");
+        std::fs::write(&path, "queue_breaker_open_ms = 800\n").unwrap();
+        let c = Config::load(Some(&path), Vec::new()).unwrap();
+        assert_eq!(c.queue_breaker_open_for_ms, 800);
+        let old_env = vec![("WEIR_QUEUE_BREAKER_OPEN_MS".into(), "900".into())];
+        let c = Config::load(Some(&path), old_env).unwrap();
+        assert_eq!(c.queue_breaker_open_for_ms, 900, "env overrides the file");
+        let new_env = vec![("WEIR_QUEUE_BREAKER_OPEN_FOR_MS".into(), "700".into())];
+        assert_eq!(
+            Config::load(Some(&path), new_env)
+                .unwrap()
+                .queue_breaker_open_for_ms,
+            700
+        );
+        let c: Config = toml::from_str("queue_breaker_open_ms = 600").unwrap();
+        assert_eq!(c.queue_breaker_open_for_ms, 600);
+        std::fs::write(
+            &path,
+            "queue_breaker_open_ms = 800\nqueue_breaker_open_for_ms = 700\n",
+        )
+        .unwrap();
+        assert!(
+            Config::load(Some(&path), Vec::new()).is_err(),
+            "both names set"
+        );
     }
 
     #[test]

@@ -8,16 +8,20 @@
 //! - [`frame`]: length prefix and headers; [`codec`]: tokio-util codecs.
 //! - [`api`]: the table of apis; [`messages`]: their bodies.
 //! - [`batch`]: the record batch, the unit of storage.
+//! - [`breaker`]: the circuit breaker state machine of queues and of the SDK.
 //! - [`classes`]: priorities 1..=10 grouped into the classes P0..P3.
 //! - [`keys`]: shard-key rules shared by broker and SDK.
+//! - [`headers`]: names of the record headers Weir writes (dead letters, replays).
 //! - [`error`]: wire error codes and decode errors.
 
 pub mod api;
 pub mod batch;
+pub mod breaker;
 pub mod classes;
 pub mod codec;
 pub mod error;
 pub mod frame;
+pub mod headers;
 pub mod keys;
 pub mod messages;
 pub mod wire;

@@ -1,7 +1,8 @@
 //! Property tests for the codec: every request and response round-trips, through the
 //! codecs too and across arbitrary read boundaries; built batches parse back to their
 //! records; arbitrary and mutated bytes never panic a decoder; and every single-bit
-//! flip in a batch's CRC-covered region is caught.
+//! flip in a batch's CRC-covered region is caught; re-stamped producer fields read
+//! back in a valid batch.
 
 use bytes::{Bytes, BytesMut};
 use proptest::collection::vec;
@@ -610,6 +611,34 @@ proptest! {
         let h = batch::validate(&v).unwrap();
         prop_assert_eq!((h.base_offset, h.leader_epoch), (base_offset, epoch));
         prop_assert_eq!(h.last_offset(), base_offset + records.len() as u64 - 1);
+    }
+
+    #[test]
+    fn restamped_batches_validate_and_read_back_the_new_producer_fields(
+        (records, producer) in batch_input(),
+        (id, epoch, seq) in (any::<u64>(), any::<u16>(), any::<u32>()),
+        base_offset in 0u64..u64::MAX / 2,
+    ) {
+        let original = build(&records, producer);
+        let mut v = original.to_vec();
+        batch::set_base_offset(&mut v, base_offset);
+        batch::restamp_producer(&mut v, id, epoch, seq).unwrap();
+        let h = batch::validate(&v).unwrap();
+        prop_assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence), (id, epoch, seq));
+        prop_assert_eq!(h.base_offset, base_offset);
+        let before = batch::BatchHeader::read(&original).unwrap();
+        prop_assert_eq!(
+            (h.record_count, h.priority, h.max_timestamp_ms),
+            (before.record_count, before.priority, before.max_timestamp_ms)
+        );
+        // Only the producer fields and the CRC changed.
+        for (i, (a, b)) in original.iter().zip(&v).enumerate() {
+            if !(0..8).contains(&i) && !(16..20).contains(&i) && !(44..54).contains(&i)
+                && !(56..60).contains(&i)
+            {
+                prop_assert_eq!(a, b, "byte {} changed", i);
+            }
+        }
     }
 
     #[test]

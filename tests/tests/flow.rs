@@ -513,10 +513,10 @@ async fn the_client_breaker_opens_when_the_broker_is_down_and_closes_after_it_re
     let mut broker = BrokerProcess::start();
     let config = ClientConfig {
         breaker: Some(BreakerConfig {
-            min_calls: 5,
+            min_samples: 5,
             window: Duration::from_secs(10),
             open_for: Duration::from_millis(1000),
-            half_open_calls: 2,
+            half_open_samples: 2,
             ..Default::default()
         }),
         connect_timeout: Duration::from_millis(500),

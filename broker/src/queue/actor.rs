@@ -4,29 +4,34 @@
 //!
 //! Per shard it keeps a window `[floor, next)`: `floor` is the ack floor (everything
 //! below is done), `next` the first offset never read. Each offset in the window is
-//! either done (kept in a set until the floor passes it) or has an [`Entry`]: leased,
+//! either done (kept in a set until the floor passes it) or has an entry: leased,
 //! waiting for its retry time, ready for a lease, or being written to the dead-letter
 //! topic. The window is at most `queue_max_unacked_per_shard` long; when it is full no
 //! new record is read from that shard until the floor moves, which bounds memory.
 //! Lease expiries and retry times live in one `DelayQueue` (a hierarchical timing
 //! wheel): nothing polls.
+//!
+//! This file is the task: its state, start-up from the state log, the command loop,
+//! timers, snapshots and status. The rest is split by concept, each an `impl` block of
+//! the same [`QueueActor`]:
+//! - `window`: the lease window (leasing, reading new records, expiry bookkeeping);
+//! - `settle`: ack, nack, extend, and what a failure does (retry or dead-letter);
+//! - `dlq_pump`: writing dead letters and recording them, and healing at start.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Notify};
-use tokio_util::time::{delay_queue, DelayQueue};
-use weir_protocol::batch::{self, Batch, BatchBuilder, NewRecord, Record};
-use weir_protocol::classes::{Class, ClassMap};
+use tokio_util::time::DelayQueue;
+use weir_protocol::classes::ClassMap;
 use weir_protocol::messages::*;
 use weir_protocol::ErrorCode;
 
-use super::breaker::{Breaker, BreakerConfig, State as BreakerState};
+use super::breaker::{BreakerSettings, QueueBreaker, State as BreakerState};
 use super::dlq;
-use super::state_log::{Event, Failure, ShardRecovery, StateLog};
+use super::state_log::{Event, ShardRecovery, StateLog};
 use super::QueueMetrics;
 use crate::clock::now_ms;
 use crate::error::BrokerError;
@@ -34,14 +39,12 @@ use crate::retry::{Jitter, RetryPolicy};
 use crate::shard::writer::PendingAppend;
 use crate::topics::{Topic, TopicRegistry};
 
-/// Bytes read from a shard per look for new records.
-const READ_BYTES: usize = 256 * 1024;
-/// Most records taken for one dead-letter write.
-const DLQ_BATCH_RECORDS: usize = 256;
-/// Bytes after which a dead-letter write starts another append.
-const DLQ_APPEND_BYTES: usize = 1 << 20;
-/// Delay before a failed dead-letter write is tried again.
-const DLQ_RETRY: Duration = Duration::from_secs(1);
+mod dlq_pump;
+mod settle;
+mod window;
+
+use dlq_pump::Internal;
+use window::{EntryState, ShardQueue, Timer};
 
 /// Settings a queue task needs (resolved from the broker config).
 #[derive(Debug, Clone)]
@@ -51,7 +54,7 @@ pub struct QueueSettings {
     pub window: u64,
     pub default_lease: Duration,
     pub max_lease: Duration,
-    pub breaker: BreakerConfig,
+    pub breaker: BreakerSettings,
     pub dlq_suffix: String,
     pub dlq_retention_ms: u64,
 }
@@ -106,81 +109,6 @@ pub enum Command {
     },
 }
 
-/// Results of work the task handed to other tasks.
-enum Internal {
-    DeadWritten(DeadLettered),
-}
-
-/// How a dead-letter write of records of source shard `shard` ended.
-struct DeadLettered {
-    shard: u32,
-    dlq_shard: u32,
-    /// (source offset, dead-letter offset) of the records durably written.
-    written: Vec<(u64, u64)>,
-    /// Records not written because of `error`; tried again after [`DLQ_RETRY`].
-    failed: Vec<u64>,
-    /// Records that cannot be read any more (deleted by retention).
-    lost: Vec<(u64, BrokerError)>,
-    error: Option<BrokerError>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Timer {
-    LeaseExpiry {
-        lease_id: u64,
-    },
-    RetryDue,
-    /// A failed dead-letter write is tried again.
-    DlqRetry,
-}
-
-#[derive(Debug)]
-enum EntryState {
-    Leased { lease_id: u64 },
-    Waiting,
-    Ready,
-    Dying,
-}
-
-#[derive(Debug)]
-struct Entry {
-    class: Class,
-    failure: Failure,
-    state: EntryState,
-    timer: Option<delay_queue::Key>,
-}
-
-struct ShardQueue {
-    floor: u64,
-    next: u64,
-    entries: BTreeMap<u64, Entry>,
-    done: BTreeSet<u64>,
-    ready: BTreeSet<u64>,
-    /// From the state log: offsets at or above `next` already done, and failures of
-    /// offsets not yet read back into the window.
-    recovered_done: BTreeSet<u64>,
-    recovered_failed: BTreeMap<u64, (Failure, i64)>,
-}
-
-impl ShardQueue {
-    fn advance_floor(&mut self) -> bool {
-        let before = self.floor;
-        while self.done.remove(&self.floor) {
-            self.floor += 1;
-        }
-        self.floor != before
-    }
-
-    fn mark_done(&mut self, offset: u64) {
-        self.entries.remove(&offset);
-        self.ready.remove(&offset);
-        if offset >= self.floor {
-            self.done.insert(offset);
-        }
-        self.advance_floor();
-    }
-}
-
 /// The task; see the module docs.
 pub struct QueueActor {
     group: String,
@@ -189,7 +117,7 @@ pub struct QueueActor {
     topics: Arc<TopicRegistry>,
     shards: Vec<ShardQueue>,
     timers: DelayQueue<(u32, u64, Timer)>,
-    breaker: Breaker,
+    breaker: QueueBreaker,
     settings: QueueSettings,
     log: Arc<StateLog>,
     shared: Arc<QueueShared>,
@@ -220,16 +148,6 @@ const C_EXPIRED: usize = 3;
 const C_REDELIVERED: usize = 4;
 const C_DEAD: usize = 5;
 
-fn unknown_lease(l: &LeaseRef) -> BrokerError {
-    BrokerError::new(
-        ErrorCode::UnknownLease,
-        format!(
-            "lease {} of {}/{} is not current",
-            l.lease_id, l.shard, l.offset
-        ),
-    )
-}
-
 impl QueueActor {
     /// Builds the task's state from what the state log says, heals dead-letterings cut
     /// short by a crash, and writes FLOOR events for shards the log did not know.
@@ -246,40 +164,14 @@ impl QueueActor {
         next_lease: Arc<AtomicU64>,
     ) -> Result<QueueActor, BrokerError> {
         let now = Instant::now();
+        let dlq_high = dlq_pump::merged_dlq_high(&recovered);
         let mut shards = Vec::with_capacity(topic.shards.len());
-        let mut floors = Vec::new();
-        // Highest dead-letter offset recorded, per dead-letter shard, over all shards.
-        let mut dlq_high: HashMap<u32, u64> = HashMap::new();
-        for r in recovered.values() {
-            for (ds, o) in &r.dlq_high {
-                let h = dlq_high.entry(*ds).or_insert(*o);
-                *h = (*h).max(*o);
-            }
-        }
+        let mut events = Vec::new();
         for (i, s) in topic.shards.iter().enumerate() {
             let rec = recovered.remove(&(i as u32)).unwrap_or_default();
-            let start = s.reader().log_start_offset();
-            let floor = if rec.known {
-                rec.floor.max(start)
-            } else {
-                start
-            };
-            if !rec.known {
-                floors.push((i as u32, Event::Floor { offset: floor }));
-            }
-            shards.push(ShardQueue {
-                floor,
-                next: floor,
-                entries: BTreeMap::new(),
-                done: BTreeSet::new(),
-                ready: BTreeSet::new(),
-                recovered_done: rec.done.range(floor..).copied().collect(),
-                recovered_failed: rec
-                    .failed
-                    .range(floor..)
-                    .map(|(k, v)| (*k, v.clone()))
-                    .collect(),
-            });
+            let (sq, floor) = ShardQueue::recovered(&rec, s.reader().log_start_offset());
+            events.extend(floor.map(|ev| (i as u32, ev)));
+            shards.push(sq);
         }
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
         let topic_name = topic.name.clone();
@@ -292,7 +184,7 @@ impl QueueActor {
             topics,
             shards,
             timers: DelayQueue::new(),
-            breaker: Breaker::new(settings.breaker, now),
+            breaker: QueueBreaker::new(settings.breaker, now),
             settings,
             log,
             shared,
@@ -307,73 +199,29 @@ impl QueueActor {
             dlq_busy: false,
             rr: 0,
             dead_waiters: HashMap::new(),
-            dlq_high: dlq_high.clone(),
+            dlq_high,
         };
-        // Heal: records in the dead-letter topic the state log does not call dead.
-        let mut healed = Vec::new();
-        if let Some(dlq) = actor.dlq.clone() {
-            for ds in 0..dlq.shards.len() as u32 {
-                let from = dlq_high.get(&ds).map_or(0, |h| h + 1);
-                let found = dlq::scan_tail(&dlq, ds, from, &actor.group, &actor.topic_name)?;
-                for f in found {
-                    let Some(sq) = actor.shards.get_mut(f.source_shard as usize) else {
-                        continue;
-                    };
-                    if f.source_offset < sq.floor || sq.recovered_done.contains(&f.source_offset) {
-                        continue;
-                    }
-                    sq.recovered_done.insert(f.source_offset);
-                    sq.recovered_failed.remove(&f.source_offset);
-                    healed.push((
-                        f.source_shard,
-                        Event::Dead {
-                            offset: f.source_offset,
-                            failures: f.failures,
-                            dlq_shard: ds,
-                            dlq_offset: f.dlq_offset,
-                        },
-                    ));
-                }
-            }
-        }
-        if !healed.is_empty() {
-            tracing::warn!(
-                group = %actor.group,
-                topic = %actor.topic_name,
-                records = healed.len(),
-                "found dead-lettered records the state log did not record (crash between the two writes); recorded them as dead"
-            );
-        }
-        for (_, ev) in &healed {
-            if let Event::Dead {
-                dlq_shard,
-                dlq_offset,
-                ..
-            } = ev
-            {
-                let h = actor.dlq_high.entry(*dlq_shard).or_insert(*dlq_offset);
-                *h = (*h).max(*dlq_offset);
-            }
-        }
-        floors.extend(healed);
-        if !floors.is_empty() {
-            let rx = actor
-                .log
-                .append(&actor.group, &actor.topic_name, &floors)
-                .await
-                .map_err(|e| BrokerError::new(ErrorCode::StorageError, e.to_string()))?;
-            rx.await
-                .map_err(|_| BrokerError::new(ErrorCode::ShuttingDown, "state log closed"))?
-                .map_err(|e| BrokerError::new(ErrorCode::StorageError, e.to_string()))?;
+        events.extend(actor.heal_dead_letters()?);
+        if !events.is_empty() {
+            actor.append_durably(&events).await?;
         }
         for sq in &mut actor.shards {
-            // Offsets already done at the floor move it at once.
-            while sq.recovered_done.remove(&sq.floor) {
-                sq.floor += 1;
-                sq.next = sq.floor;
-            }
+            sq.skip_recovered_done();
         }
         Ok(actor)
+    }
+
+    /// Appends `events` to the state log and waits until they are durable.
+    async fn append_durably(&self, events: &[(u32, Event)]) -> Result<(), BrokerError> {
+        let rx = self
+            .log
+            .append(&self.group, &self.topic_name, events)
+            .await
+            .map_err(|e| BrokerError::new(ErrorCode::StorageError, e.to_string()))?;
+        rx.await
+            .map_err(|_| BrokerError::new(ErrorCode::ShuttingDown, "state log closed"))?
+            .map_err(|e| BrokerError::new(ErrorCode::StorageError, e.to_string()))?;
+        Ok(())
     }
 
     /// Serves commands until every handle is gone.
@@ -516,591 +364,6 @@ impl QueueActor {
         out
     }
 
-    fn lease_duration(&self, lease_ms: u32) -> Duration {
-        if lease_ms == 0 {
-            self.settings.default_lease
-        } else {
-            Duration::from_millis(u64::from(lease_ms)).min(self.settings.max_lease)
-        }
-    }
-
-    fn lease(&mut self, max: u32, lease_ms: u32) -> Result<Vec<LeasedMessage>, BrokerError> {
-        let now = Instant::now();
-        if let Some(s) = self.breaker.poll(now) {
-            self.breaker_changed(s);
-        }
-        let want = self.breaker.admit(max, now);
-        let lease = self.lease_duration(lease_ms);
-        let mut out = Vec::new();
-        // Retries first (oldest offset first per shard), round-robin over shards,
-        // starting at a different shard each call so no shard is always served last.
-        let n = self.shards.len();
-        let first = self.rr % n.max(1);
-        self.rr = self.rr.wrapping_add(1);
-        'retries: loop {
-            let mut any = false;
-            for s in (0..n).map(|i| (first + i) % n) {
-                if out.len() as u32 >= want {
-                    break 'retries;
-                }
-                let Some(&offset) = self.shards[s].ready.iter().next() else {
-                    continue;
-                };
-                any = true;
-                self.shards[s].ready.remove(&offset);
-                match read_record(&self.topic, s as u32, offset) {
-                    Ok(rec) => out.push(self.grant(s as u32, rec, lease)),
-                    Err(e) if e.code == ErrorCode::OffsetOutOfRange => {
-                        self.lost(s as u32, offset, e)
-                    }
-                    Err(e) => {
-                        // Keep it ready: a read error must not lose the record.
-                        self.shards[s].ready.insert(offset);
-                        if out.is_empty() {
-                            return Err(e);
-                        }
-                        return Ok(out);
-                    }
-                }
-            }
-            if !any {
-                break;
-            }
-        }
-        // Then records never delivered: a fair share per shard first, then whatever
-        // is left from any shard.
-        let share = (want.saturating_sub(out.len() as u32)).div_ceil(n.max(1) as u32);
-        for pass in 0..2 {
-            for s in (0..n).map(|i| (first + i) % n) {
-                let left = want.saturating_sub(out.len() as u32);
-                if left == 0 {
-                    break;
-                }
-                let quota = if pass == 0 { left.min(share) } else { left };
-                self.read_new(s as u32, quota, lease, &mut out)?;
-            }
-        }
-        Ok(out)
-    }
-
-    /// Reads forward from `next` on shard `s`, leasing up to `want` records.
-    fn read_new(
-        &mut self,
-        s: u32,
-        want: u32,
-        lease: Duration,
-        out: &mut Vec<LeasedMessage>,
-    ) -> Result<(), BrokerError> {
-        let shard = self.topic.shards[s as usize].clone();
-        let reader = shard.reader();
-        let mut granted = 0u32;
-        loop {
-            let sq = &mut self.shards[s as usize];
-            let start = reader.log_start_offset();
-            if sq.next < start {
-                tracing::warn!(group = %self.group, topic = %self.topic_name, shard = s, from = sq.next, to = start,
-                    "records deleted by retention before they were done");
-                sq.entries = sq.entries.split_off(&start);
-                sq.done = sq.done.split_off(&start);
-                sq.ready = sq.ready.split_off(&start);
-                sq.next = start;
-                sq.floor = sq.floor.max(start);
-            }
-            let hwm = reader.high_watermark();
-            if granted >= want || sq.next >= hwm || sq.next - sq.floor >= self.settings.window {
-                return Ok(());
-            }
-            let chunks = reader
-                .read(sq.next, READ_BYTES)
-                .map_err(|e| BrokerError::new(ErrorCode::StorageError, e.to_string()))?;
-            if chunks.is_empty() {
-                return Ok(());
-            }
-            let before = sq.next;
-            'chunks: for chunk in chunks {
-                for b in batch::split(chunk) {
-                    let b = b
-                        .and_then(Batch::parse)
-                        .map_err(|e| BrokerError::new(ErrorCode::CorruptStorage, e.to_string()))?;
-                    for rec in b.records() {
-                        let sq = &mut self.shards[s as usize];
-                        if rec.offset < sq.next {
-                            continue;
-                        }
-                        if granted >= want || sq.next - sq.floor >= self.settings.window {
-                            break 'chunks;
-                        }
-                        let offset = rec.offset;
-                        sq.next = offset + 1;
-                        if sq.recovered_done.remove(&offset) {
-                            sq.mark_done(offset);
-                            continue;
-                        }
-                        if let Some((failure, due_ms)) = sq.recovered_failed.remove(&offset) {
-                            let class = self.settings.class_map.class_of(rec.priority);
-                            let wait = Duration::from_millis((due_ms - now_ms()).max(0) as u64);
-                            self.shards[s as usize].entries.insert(
-                                offset,
-                                Entry {
-                                    class,
-                                    failure,
-                                    state: EntryState::Waiting,
-                                    timer: None,
-                                },
-                            );
-                            if wait.is_zero() {
-                                self.make_ready(s, offset);
-                                if granted < want {
-                                    self.shards[s as usize].ready.remove(&offset);
-                                    out.push(self.grant(s, rec, lease));
-                                    granted += 1;
-                                }
-                            } else {
-                                let key = self.timers.insert((s, offset, Timer::RetryDue), wait);
-                                if let Some(e) = self.shards[s as usize].entries.get_mut(&offset) {
-                                    e.timer = Some(key);
-                                }
-                            }
-                            continue;
-                        }
-                        out.push(self.grant(s, rec, lease));
-                        granted += 1;
-                    }
-                }
-            }
-            if self.shards[s as usize].next == before {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Leases one record (new or due again).
-    fn grant(&mut self, s: u32, rec: Record, lease: Duration) -> LeasedMessage {
-        let lease_id = self.next_lease.fetch_add(1, Ordering::Relaxed);
-        let class = self.settings.class_map.class_of(rec.priority);
-        let offset = rec.offset;
-        let key = self
-            .timers
-            .insert((s, offset, Timer::LeaseExpiry { lease_id }), lease);
-        let sq = &mut self.shards[s as usize];
-        let entry = sq.entries.entry(offset).or_insert(Entry {
-            class,
-            failure: Failure::default(),
-            state: EntryState::Waiting,
-            timer: None,
-        });
-        if let Some(old) = entry.timer.take() {
-            self.timers.try_remove(&old);
-        }
-        entry.timer = Some(key);
-        entry.state = EntryState::Leased { lease_id };
-        let attempt = entry.failure.failures + 1;
-        self.counts[C_LEASED] += 1;
-        self.metrics.leased.fetch_add(1, Ordering::Relaxed);
-        if attempt > 1 {
-            self.counts[C_REDELIVERED] += 1;
-            self.metrics.redelivered.fetch_add(1, Ordering::Relaxed);
-        }
-        LeasedMessage {
-            shard: s,
-            offset,
-            lease_id,
-            attempt,
-            max_attempts: self.settings.policies[class.index()].max_attempts,
-            class: class.index() as u8,
-            lease_ms: lease.as_millis().min(u128::from(u32::MAX)) as u32,
-            record: single_record_batch(&rec),
-        }
-    }
-
-    /// A record that cannot be read any more (retention deleted it) is done.
-    fn lost(&mut self, s: u32, offset: u64, e: BrokerError) {
-        self.dead_waiters.remove(&(s, offset));
-        tracing::warn!(group = %self.group, topic = %self.topic_name, shard = s, offset, error = %e,
-            "record cannot be read any more; dropping it from the queue");
-        self.shards[s as usize].mark_done(offset);
-    }
-
-    fn make_ready(&mut self, s: u32, offset: u64) {
-        let sq = &mut self.shards[s as usize];
-        if let Some(e) = sq.entries.get_mut(&offset) {
-            e.state = EntryState::Ready;
-            e.timer = None;
-            sq.ready.insert(offset);
-            self.shared.available.notify_waiters();
-        }
-    }
-
-    /// The entry of `l` if `l` is its current lease.
-    fn current(&mut self, l: &LeaseRef) -> Option<&mut Entry> {
-        let e = self
-            .shards
-            .get_mut(l.shard as usize)?
-            .entries
-            .get_mut(&l.offset)?;
-        match e.state {
-            EntryState::Leased { lease_id } if lease_id == l.lease_id => Some(e),
-            _ => None,
-        }
-    }
-
-    async fn ack(&mut self, leases: &[LeaseRef]) -> (Vec<u16>, Option<PendingAppend>) {
-        let now = Instant::now();
-        let mut codes = Vec::with_capacity(leases.len());
-        let mut events = Vec::new();
-        for l in leases {
-            let Some(e) = self.current(l) else {
-                codes.push(ErrorCode::UnknownLease as u16);
-                continue;
-            };
-            if let Some(k) = e.timer.take() {
-                self.timers.try_remove(&k);
-            }
-            let sq = &mut self.shards[l.shard as usize];
-            sq.mark_done(l.offset);
-            events.push((l.shard, Event::Ack { offset: l.offset }));
-            codes.push(0);
-            self.counts[C_ACKED] += 1;
-            self.metrics.acked.fetch_add(1, Ordering::Relaxed);
-            if let Some(s) = self.breaker.record(true, now) {
-                self.breaker_changed(s);
-            }
-        }
-        if events.is_empty() {
-            return (codes, None);
-        }
-        self.shared.available.notify_waiters();
-        match self
-            .log
-            .append(&self.group, &self.topic_name, &events)
-            .await
-        {
-            Ok(rx) => (codes, Some(rx)),
-            Err(e) => {
-                tracing::error!(error = %e, "queue state log append failed");
-                let code = ErrorCode::StorageError as u16;
-                (
-                    codes
-                        .iter()
-                        .map(|c| if *c == 0 { code } else { *c })
-                        .collect(),
-                    None,
-                )
-            }
-        }
-    }
-
-    async fn nack(
-        &mut self,
-        l: &LeaseRef,
-        retriable: bool,
-        reason: String,
-    ) -> Result<(NackResponse, NackDurable), BrokerError> {
-        if self.current(l).is_none() {
-            return Err(unknown_lease(l));
-        }
-        self.counts[C_NACKED] += 1;
-        self.metrics.nacked.fetch_add(1, Ordering::Relaxed);
-        let (resp, pending) = self.fail(l.shard, l.offset, retriable, reason).await?;
-        let durable = match pending {
-            Some(rx) => NackDurable::Append(rx),
-            None => {
-                let (tx, rx) = oneshot::channel();
-                self.dead_waiters.insert((l.shard, l.offset), tx);
-                NackDurable::Dead(rx)
-            }
-        };
-        Ok((resp, durable))
-    }
-
-    /// One failed delivery (nack or expired lease): schedule the retry or dead-letter.
-    async fn fail(
-        &mut self,
-        s: u32,
-        offset: u64,
-        retriable: bool,
-        reason: String,
-    ) -> Result<(NackResponse, Option<PendingAppend>), BrokerError> {
-        let now = Instant::now();
-        let wall = now_ms();
-        if let Some(st) = self.breaker.record(false, now) {
-            self.breaker_changed(st);
-        }
-        let unit = self.jitter.unit();
-        let Some(e) = self.shards[s as usize].entries.get_mut(&offset) else {
-            return Err(BrokerError::new(ErrorCode::Unknown, "entry vanished"));
-        };
-        if let Some(k) = e.timer.take() {
-            self.timers.try_remove(&k);
-        }
-        let f = &mut e.failure;
-        f.failures += 1;
-        if f.first_ms == 0 {
-            f.first_ms = wall;
-        }
-        f.last_ms = wall;
-        f.error = super::state_log::cut(&reason).to_string();
-        let policy = self.settings.policies[e.class.index()];
-        let failures = f.failures;
-        if !retriable || !policy.may_retry(failures) {
-            e.state = EntryState::Dying;
-            self.dlq_pending.push_back((s, offset));
-            self.pump_dead_letters();
-            return Ok((
-                NackResponse {
-                    outcome: NACK_DEAD_LETTERED,
-                    attempts: failures,
-                    retry_in_ms: 0,
-                },
-                None,
-            ));
-        }
-        let delay = policy.delay(failures, unit);
-        e.state = EntryState::Waiting;
-        let failure = e.failure.clone();
-        let key = self.timers.insert((s, offset, Timer::RetryDue), delay);
-        if let Some(e) = self.shards[s as usize].entries.get_mut(&offset) {
-            e.timer = Some(key);
-        }
-        let ev = Event::Fail {
-            offset,
-            failure,
-            due_ms: wall + delay.as_millis() as i64,
-        };
-        let rx = self
-            .log
-            .append(&self.group, &self.topic_name, &[(s, ev)])
-            .await
-            .map_err(|e| BrokerError::new(ErrorCode::StorageError, e.to_string()))?;
-        Ok((
-            NackResponse {
-                outcome: NACK_RETRY_SCHEDULED,
-                attempts: failures,
-                retry_in_ms: delay.as_millis().min(u128::from(u32::MAX)) as u32,
-            },
-            Some(rx),
-        ))
-    }
-
-    /// Writes waiting records to the dead-letter topic in another task: up to
-    /// [`DLQ_BATCH_RECORDS`] records of one source shard in one durable append (one
-    /// flush for all). Their DEAD events follow in one state-log batch in
-    /// [`QueueActor::on_internal`] once that write is durable, before the next write
-    /// starts.
-    fn pump_dead_letters(&mut self) {
-        if self.dlq_busy {
-            return;
-        }
-        let Some(&(s, _)) = self.dlq_pending.front() else {
-            return;
-        };
-        let mut take = Vec::new();
-        let mut rest = std::collections::VecDeque::with_capacity(self.dlq_pending.len());
-        for (ps, po) in self.dlq_pending.drain(..) {
-            if ps == s && take.len() < DLQ_BATCH_RECORDS {
-                take.push(po);
-            } else {
-                rest.push_back((ps, po));
-            }
-        }
-        self.dlq_pending = rest;
-        let items: Vec<(u64, Failure)> = take
-            .into_iter()
-            .filter_map(|o| {
-                let e = self.shards[s as usize].entries.get(&o)?;
-                matches!(e.state, EntryState::Dying).then(|| (o, e.failure.clone()))
-            })
-            .collect();
-        if items.is_empty() {
-            return self.pump_dead_letters();
-        }
-        self.dlq_busy = true;
-        let topic = self.topic.clone();
-        let topics = self.topics.clone();
-        let group = self.group.clone();
-        let name = dlq::dlq_name(&self.topic_name, &self.settings.dlq_suffix);
-        let retention = self.settings.dlq_retention_ms;
-        let tx = self.internal_tx.clone();
-        let cached = self.dlq.clone();
-        tokio::spawn(async move {
-            let mut done = DeadLettered {
-                shard: s,
-                dlq_shard: 0,
-                written: Vec::new(),
-                failed: Vec::new(),
-                lost: Vec::new(),
-                error: None,
-            };
-            let dlq = match cached {
-                Some(d) => Ok(d),
-                None => {
-                    dlq::ensure_topic(&topics, &name, topic.shards.len() as u32, retention).await
-                }
-            };
-            let dlq = match dlq {
-                Ok(d) => d,
-                Err(e) => {
-                    done.failed = items.iter().map(|(o, _)| *o).collect();
-                    done.error = Some(e);
-                    let _ = tx.send(Internal::DeadWritten(done));
-                    return;
-                }
-            };
-            done.dlq_shard = dlq::dlq_shard(&dlq, s);
-            // Appends of at most DLQ_APPEND_BYTES (at least one record each), one after
-            // the other; the first failure stops the rest.
-            let mut at = 0;
-            while at < items.len() && done.error.is_none() {
-                let (mut batches, mut headers, mut offsets, mut bytes) =
-                    (Vec::new(), Vec::new(), Vec::new(), 0usize);
-                while at < items.len() && (batches.is_empty() || bytes < DLQ_APPEND_BYTES) {
-                    let (offset, failure) = &items[at];
-                    at += 1;
-                    let built = read_record(&topic, s, *offset)
-                        .and_then(|rec| dlq::build_batch(&group, &topic.name, s, &rec, failure));
-                    match built {
-                        Ok((batch, header)) => {
-                            bytes += batch.len();
-                            batches.push(batch);
-                            headers.push(header);
-                            offsets.push(*offset);
-                        }
-                        Err(e) if e.code == ErrorCode::OffsetOutOfRange => {
-                            done.lost.push((*offset, e))
-                        }
-                        Err(e) => {
-                            done.failed.push(*offset);
-                            done.error = Some(e);
-                            break;
-                        }
-                    }
-                }
-                if batches.is_empty() {
-                    continue;
-                }
-                let appended = match dlq.shard(done.dlq_shard) {
-                    Ok(shard) => shard
-                        .append(batches, headers, true)
-                        .await
-                        .map_err(|e| BrokerError::new(ErrorCode::StorageError, e.to_string())),
-                    Err(e) => Err(e),
-                };
-                match appended {
-                    // One record per batch: the i-th landed at base + i.
-                    Ok(out) => done.written.extend(
-                        offsets
-                            .iter()
-                            .enumerate()
-                            .map(|(i, o)| (*o, out.base_offset + i as u64)),
-                    ),
-                    Err(e) => {
-                        done.failed.extend(offsets);
-                        done.error = Some(e);
-                    }
-                }
-            }
-            done.failed.extend(items[at..].iter().map(|(o, _)| *o));
-            let _ = tx.send(Internal::DeadWritten(done));
-        });
-    }
-
-    async fn on_internal(&mut self, msg: Internal) {
-        match msg {
-            Internal::DeadWritten(done) => {
-                self.dlq_busy = false;
-                let s = done.shard;
-                for (offset, e) in done.lost {
-                    self.lost(s, offset, e);
-                }
-                if !done.written.is_empty() {
-                    if self.dlq.is_none() {
-                        let name = dlq::dlq_name(&self.topic_name, &self.settings.dlq_suffix);
-                        self.dlq = self.topics.get(&name).ok();
-                    }
-                    self.record_dead(s, done.dlq_shard, &done.written).await;
-                }
-                if let Some(e) = done.error {
-                    tracing::error!(group = %self.group, topic = %self.topic_name, shard = s,
-                        records = done.failed.len(), error = %e, "dead-letter write failed; trying again");
-                    for offset in done.failed {
-                        if let Some(en) = self.shards[s as usize].entries.get_mut(&offset) {
-                            let key = self.timers.insert((s, offset, Timer::DlqRetry), DLQ_RETRY);
-                            en.timer = Some(key);
-                        }
-                    }
-                }
-                self.pump_dead_letters();
-            }
-        }
-    }
-
-    /// Appends the DEAD events of records now durably in the dead-letter topic (one
-    /// state-log batch, in dead-letter offset order), marks them done, and answers the
-    /// nacks waiting for them once the events are durable.
-    async fn record_dead(&mut self, s: u32, dlq_shard: u32, written: &[(u64, u64)]) {
-        let mut events = Vec::with_capacity(written.len());
-        for &(offset, dlq_offset) in written {
-            let failures = self.shards[s as usize]
-                .entries
-                .get(&offset)
-                .map_or(0, |e| e.failure.failures);
-            events.push((
-                s,
-                Event::Dead {
-                    offset,
-                    failures,
-                    dlq_shard,
-                    dlq_offset,
-                },
-            ));
-            let high = self.dlq_high.entry(dlq_shard).or_insert(dlq_offset);
-            *high = (*high).max(dlq_offset);
-        }
-        let waiters: Vec<_> = written
-            .iter()
-            .filter_map(|(o, _)| self.dead_waiters.remove(&(s, *o)))
-            .collect();
-        match self
-            .log
-            .append(&self.group, &self.topic_name, &events)
-            .await
-        {
-            Ok(rx) => {
-                tokio::spawn(async move {
-                    let ok = matches!(rx.await, Ok(Ok(_)));
-                    for w in waiters {
-                        let _ = w.send(if ok {
-                            Ok(())
-                        } else {
-                            Err(BrokerError::new(
-                                ErrorCode::StorageError,
-                                "dead-lettered, but not recorded durably",
-                            ))
-                        });
-                    }
-                });
-            }
-            // The records are in the dead-letter topic; the next start heals the
-            // missing DEAD events from their headers.
-            Err(e) => {
-                tracing::error!(error = %e, "cannot record dead-letterings");
-                for w in waiters {
-                    let _ = w.send(Err(BrokerError::new(
-                        ErrorCode::StorageError,
-                        e.to_string(),
-                    )));
-                }
-            }
-        }
-        for &(offset, _) in written {
-            self.shards[s as usize].mark_done(offset);
-            self.counts[C_DEAD] += 1;
-            self.metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
-        }
-        tracing::debug!(group = %self.group, topic = %self.topic_name, shard = s, records = written.len(), "dead-lettered");
-        self.shared.available.notify_waiters();
-    }
-
     async fn on_timer(&mut self, s: u32, offset: u64, timer: Timer) {
         let Some(e) = self.shards[s as usize].entries.get_mut(&offset) else {
             return;
@@ -1126,31 +389,16 @@ impl QueueActor {
         }
     }
 
-    fn extend(&mut self, l: &LeaseRef, lease_ms: u32) -> Result<ExtendLeaseResponse, BrokerError> {
-        let d = self.lease_duration(lease_ms);
-        let Some(e) = self.current(l) else {
-            return Err(unknown_lease(l));
-        };
-        let key = e.timer;
-        match key {
-            Some(k) => self.timers.reset(&k, d),
-            None => return Err(unknown_lease(l)),
-        }
-        Ok(ExtendLeaseResponse {
-            lease_ms: d.as_millis().min(u128::from(u32::MAX)) as u32,
-        })
-    }
-
     fn breaker_changed(&mut self, s: BreakerState) {
         let (ok, failed) = self.breaker.window_counts(Instant::now());
+        let (group, topic) = (&self.group, &self.topic_name);
         match s {
-            BreakerState::Open { .. } => {
-                tracing::warn!(group = %self.group, topic = %self.topic_name,
-                window_successes = ok, window_failures = failed, "circuit breaker open: delivery paused")
-            }
-            _ => {
-                tracing::info!(group = %self.group, topic = %self.topic_name, state = s.name(), "circuit breaker state changed")
-            }
+            BreakerState::Open => tracing::warn!(%group, %topic, window_successes = ok,
+                window_failures = failed, "circuit breaker open: delivery paused"),
+            BreakerState::HalfOpen => tracing::info!(%group, %topic, state = s.name(),
+                "circuit breaker half-open: leasing a share of the records asked for"),
+            BreakerState::Closed => tracing::info!(%group, %topic, state = s.name(),
+                "circuit breaker closed: delivery resumed"),
         }
         self.publish_breaker();
         self.shared.available.notify_waiters();
@@ -1214,62 +462,5 @@ async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Reads the record at `offset` of shard `s`.
-pub fn read_record(topic: &Topic, s: u32, offset: u64) -> Result<Record, BrokerError> {
-    let reader = topic.shard(s)?.reader();
-    let chunks = reader.read(offset, 1).map_err(|e| {
-        let code = match e {
-            crate::storage::StorageError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
-            _ => ErrorCode::StorageError,
-        };
-        BrokerError::new(code, e.to_string())
-    })?;
-    for chunk in chunks {
-        for b in batch::split(chunk) {
-            let b = b
-                .and_then(Batch::parse)
-                .map_err(|e| BrokerError::new(ErrorCode::CorruptStorage, e.to_string()))?;
-            let found = b.records().find(|r| r.offset == offset);
-            if let Some(r) = found {
-                return Ok(r);
-            }
-        }
-    }
-    Err(BrokerError::new(
-        ErrorCode::OffsetOutOfRange,
-        format!("no record at {}/{s}/{offset}", topic.name),
-    ))
-}
-
-/// The record re-encoded as a batch of one, `base_offset` stamped with its offset.
-pub fn single_record_batch(rec: &Record) -> Bytes {
-    let headers: Vec<(&str, &[u8])> = rec
-        .headers
-        .iter()
-        .map(|h| (h.name.as_str(), h.value.as_ref()))
-        .collect();
-    let mut b = BatchBuilder::with_capacity(128 + rec.key.len() + rec.value.len());
-    // The record came out of a validated batch, so it fits a batch again.
-    let pushed = b.push(&NewRecord {
-        priority: rec.priority,
-        complexity: rec.complexity,
-        timestamp_ms: rec.timestamp_ms,
-        key: &rec.key,
-        value: &rec.value,
-        headers: &headers,
-    });
-    match pushed.and_then(|_| b.finish()) {
-        Ok(bytes) => {
-            let mut v = bytes.to_vec();
-            batch::set_base_offset(&mut v, rec.offset);
-            Bytes::from(v)
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot re-encode a stored record");
-            Bytes::new()
-        }
     }
 }

@@ -15,31 +15,16 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use weir_protocol::batch::{Batch, BatchBuilder, BatchHeader, NewRecord, Record};
+use weir_protocol::headers::{
+    DLQ_ATTEMPTS, DLQ_ERROR, DLQ_FIRST_FAILURE_MS, DLQ_GROUP, DLQ_LAST_FAILURE_MS, DLQ_PREFIX,
+    DLQ_SOURCE_OFFSET, DLQ_SOURCE_SHARD, DLQ_SOURCE_TOPIC,
+};
 use weir_protocol::messages::TopicConfig;
 use weir_protocol::ErrorCode;
 
 use super::state_log::Failure;
 use crate::error::BrokerError;
 use crate::topics::{Topic, TopicRegistry};
-
-/// Header: the queue group that dead-lettered the record.
-pub const H_GROUP: &str = "weir.dlq.group";
-/// Header: the topic the record came from.
-pub const H_SOURCE_TOPIC: &str = "weir.dlq.source_topic";
-/// Header: its shard there (decimal).
-pub const H_SOURCE_SHARD: &str = "weir.dlq.source_shard";
-/// Header: its offset there (decimal).
-pub const H_SOURCE_OFFSET: &str = "weir.dlq.source_offset";
-/// Header: deliveries that failed (decimal).
-pub const H_ATTEMPTS: &str = "weir.dlq.attempts";
-/// Header: first failure, ms since the Unix epoch (decimal).
-pub const H_FIRST_FAILURE: &str = "weir.dlq.first_failure_ms";
-/// Header: last failure, ms since the Unix epoch (decimal).
-pub const H_LAST_FAILURE: &str = "weir.dlq.last_failure_ms";
-/// Header: the last error text.
-pub const H_ERROR: &str = "weir.dlq.error";
-/// Prefix of every header the broker adds.
-pub const H_PREFIX: &str = "weir.dlq.";
 
 /// The dead-letter topic name of `topic`.
 pub fn dlq_name(topic: &str, suffix: &str) -> String {
@@ -86,19 +71,19 @@ pub fn build_batch(
     failure: &Failure,
 ) -> Result<(Bytes, BatchHeader), BrokerError> {
     let ours = [
-        (H_GROUP, group.to_string()),
-        (H_SOURCE_TOPIC, topic.to_string()),
-        (H_SOURCE_SHARD, shard.to_string()),
-        (H_SOURCE_OFFSET, rec.offset.to_string()),
-        (H_ATTEMPTS, failure.failures.to_string()),
-        (H_FIRST_FAILURE, failure.first_ms.to_string()),
-        (H_LAST_FAILURE, failure.last_ms.to_string()),
-        (H_ERROR, failure.error.clone()),
+        (DLQ_GROUP, group.to_string()),
+        (DLQ_SOURCE_TOPIC, topic.to_string()),
+        (DLQ_SOURCE_SHARD, shard.to_string()),
+        (DLQ_SOURCE_OFFSET, rec.offset.to_string()),
+        (DLQ_ATTEMPTS, failure.failures.to_string()),
+        (DLQ_FIRST_FAILURE_MS, failure.first_ms.to_string()),
+        (DLQ_LAST_FAILURE_MS, failure.last_ms.to_string()),
+        (DLQ_ERROR, failure.error.clone()),
     ];
     let mut headers: Vec<(&str, &[u8])> = rec
         .headers
         .iter()
-        .filter(|h| !h.name.starts_with(H_PREFIX))
+        .filter(|h| !h.name.starts_with(DLQ_PREFIX))
         .map(|h| (h.name.as_str(), h.value.as_ref()))
         .collect();
     headers.extend(ours.iter().map(|(n, v)| (*n, v.as_bytes())));
@@ -154,17 +139,17 @@ pub fn scan_tail(
             .map_err(|e| BrokerError::new(ErrorCode::CorruptStorage, e.to_string()))?;
         for rec in batch.records() {
             if rec.offset < from
-                || header(&rec, H_GROUP) != Some(group)
-                || header(&rec, H_SOURCE_TOPIC) != Some(topic)
+                || header(&rec, DLQ_GROUP) != Some(group)
+                || header(&rec, DLQ_SOURCE_TOPIC) != Some(topic)
             {
                 continue;
             }
             let num = |n| header(&rec, n).and_then(|v| v.parse::<u64>().ok());
-            if let (Some(s), Some(o)) = (num(H_SOURCE_SHARD), num(H_SOURCE_OFFSET)) {
+            if let (Some(s), Some(o)) = (num(DLQ_SOURCE_SHARD), num(DLQ_SOURCE_OFFSET)) {
                 out.push(Found {
                     source_shard: s as u32,
                     source_offset: o,
-                    failures: num(H_ATTEMPTS).unwrap_or(0) as u32,
+                    failures: num(DLQ_ATTEMPTS).unwrap_or(0) as u32,
                     dlq_offset: rec.offset,
                 });
             }

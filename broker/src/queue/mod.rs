@@ -9,7 +9,8 @@
 //! is not, so after a crash those records are simply delivered again (at-least-once).
 //!
 //! - [`crate::retry`]: policies per priority class and their backoff (shared with config);
-//! - [`breaker`]: the circuit breaker state machine;
+//! - [`breaker`]: the circuit breaker of a queue (the shared state machine of
+//!   `weir_protocol::breaker` and what only a queue has);
 //! - [`dlq`]: dead-letter records, headers, and crash healing;
 //! - [`state_log`]: durable events and their replay;
 //! - [`actor`]: the queue task.
@@ -33,7 +34,7 @@ use crate::error::BrokerError;
 use crate::names::valid_name;
 use crate::topics::TopicRegistry;
 use actor::{Command, NackDurable, QueueActor, QueueSettings, QueueShared};
-use breaker::BreakerConfig;
+use breaker::BreakerSettings;
 use state_log::{Recovered, StateLog};
 
 /// A queue's name and the events that rebuild its state.
@@ -101,15 +102,7 @@ fn settings(config: &Config) -> Result<QueueSettings, BrokerError> {
         window: u64::from(config.queue_max_unacked_per_shard),
         default_lease: Duration::from_millis(u64::from(config.queue_default_lease_ms)),
         max_lease: Duration::from_millis(u64::from(config.queue_max_lease_ms)),
-        breaker: BreakerConfig {
-            enabled: config.queue_breaker_enabled,
-            window: Duration::from_millis(config.queue_breaker_window_ms),
-            failure_pct: config.queue_breaker_failure_pct,
-            min_samples: config.queue_breaker_min_samples,
-            open: Duration::from_millis(config.queue_breaker_open_ms),
-            half_open_pct: config.queue_breaker_half_open_pct,
-            close_pct: config.queue_breaker_close_pct,
-        },
+        breaker: BreakerSettings::from_config(config),
         dlq_suffix: config.dlq_suffix.clone(),
         dlq_retention_ms: config.dlq_retention_ms,
     })

@@ -113,11 +113,8 @@ impl ShardSender {
         self.next_seq = 0;
         for item in queue.iter_mut() {
             let mut v = item.bytes.to_vec();
-            v[44..52].copy_from_slice(&ident.0.to_le_bytes());
-            v[52..54].copy_from_slice(&ident.1.to_le_bytes());
-            v[56..60].copy_from_slice(&self.next_seq.to_le_bytes());
-            let crc = batch::compute_crc(&v);
-            v[16..20].copy_from_slice(&crc.to_le_bytes());
+            batch::restamp_producer(&mut v, ident.0, ident.1, self.next_seq)
+                .map_err(|e| ClientError::Invalid(format!("re-stamping a queued batch: {e}")))?;
             self.next_seq = self.next_seq.wrapping_add(item.record_count);
             item.bytes = Bytes::from(v);
         }

@@ -1,0 +1,69 @@
+//! Names of the record headers Weir itself writes, so the broker that writes them, and
+//! the SDK and CLI that read or strip them, cannot drift apart. PROTOCOL.md §"Dead-letter
+//! records" lists the same names with what their values mean; every value is UTF-8
+//! text, numbers in decimal.
+
+/// Prefix of every header the broker adds to a dead-lettered record. A record that is
+/// dead-lettered again (or replayed) loses its old ones first.
+pub const DLQ_PREFIX: &str = "weir.dlq.";
+/// The queue group that gave up on the record.
+pub const DLQ_GROUP: &str = "weir.dlq.group";
+/// The topic the record came from.
+pub const DLQ_SOURCE_TOPIC: &str = "weir.dlq.source_topic";
+/// Its shard there.
+pub const DLQ_SOURCE_SHARD: &str = "weir.dlq.source_shard";
+/// Its offset there.
+pub const DLQ_SOURCE_OFFSET: &str = "weir.dlq.source_offset";
+/// Deliveries that failed.
+pub const DLQ_ATTEMPTS: &str = "weir.dlq.attempts";
+/// First failure, ms since the Unix epoch.
+pub const DLQ_FIRST_FAILURE_MS: &str = "weir.dlq.first_failure_ms";
+/// Last failure, ms since the Unix epoch.
+pub const DLQ_LAST_FAILURE_MS: &str = "weir.dlq.last_failure_ms";
+/// The last error text.
+pub const DLQ_ERROR: &str = "weir.dlq.error";
+
+/// Every dead-letter header the broker writes, in the order it writes them.
+pub const DLQ_HEADERS: [&str; 8] = [
+    DLQ_GROUP,
+    DLQ_SOURCE_TOPIC,
+    DLQ_SOURCE_SHARD,
+    DLQ_SOURCE_OFFSET,
+    DLQ_ATTEMPTS,
+    DLQ_FIRST_FAILURE_MS,
+    DLQ_LAST_FAILURE_MS,
+    DLQ_ERROR,
+];
+
+/// Set by `weir dlq replay` on a record it copies back: `<dlq topic>/<shard>/<offset>`
+/// of the dead-letter record it came from.
+pub const REPLAYED_FROM: &str = "weir.replayed_from";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_dead_letter_header_has_the_prefix_and_its_own_name() {
+        for (i, h) in DLQ_HEADERS.iter().enumerate() {
+            assert!(h.starts_with(DLQ_PREFIX), "{h}");
+            assert!(!DLQ_HEADERS[..i].contains(h), "{h} twice");
+        }
+        assert!(!REPLAYED_FROM.starts_with(DLQ_PREFIX), "replay keeps it");
+    }
+
+    #[test]
+    fn protocol_md_names_the_same_headers() {
+        let doc = include_str!("../../PROTOCOL.md");
+        for h in DLQ_HEADERS {
+            assert!(
+                doc.contains(&format!("| `{h}` |")),
+                "{h} not in PROTOCOL.md"
+            );
+        }
+        assert!(
+            doc.contains(&format!("`{REPLAYED_FROM}`")),
+            "{REPLAYED_FROM}"
+        );
+    }
+}
