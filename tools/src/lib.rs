@@ -1,7 +1,7 @@
 //! The Weir command-line tools as a library, so the binaries stay thin and the parts
 //! can be unit-tested.
 //!
-//! [`bench`] is `weir-bench` (one module per mode); [`cli`] is the `weir` admin CLI
+//! [`mod@bench`] is `weir-bench` (one module per mode); [`cli`] is the `weir` admin CLI
 //! (one module per command family).
 
 pub mod bench;

@@ -1,29 +1,15 @@
-//! What a fetch response becomes: [`Message`]s for `poll`, [`ConsumedBatch`]es for
-//! `poll_batches`. Records stay in the response's buffer (keys, values and header
+//! What a fetch response becomes: [`Message`]s (declared in `record.rs`) for `poll`,
+//! [`ConsumedBatch`]es for `poll_batches`. Records stay in the response's buffer (keys, values and header
 //! values are slices of it) and a batch is CRC-checked before any record of it is
 //! handed out.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use weir_protocol::batch::{self, Batch, Header};
+use weir_protocol::batch::{self, Batch};
 
 use crate::error::{ClientError, Result};
-
-/// One consumed record. `key`, `value` and header values are slices of the fetched
-/// response (no copy); `topic` is shared by every message of a fetch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    pub topic: Arc<str>,
-    pub shard: u32,
-    pub offset: u64,
-    pub priority: u8,
-    pub complexity: u8,
-    pub timestamp_ms: i64,
-    pub key: Bytes,
-    pub value: Bytes,
-    pub headers: Vec<Header>,
-}
+use crate::record::Message;
 
 /// The records of one fetched batch at or above the consumer's position, handed out
 /// whole by [`Consumer::poll_batches`](super::Consumer::poll_batches). Exists so a
@@ -104,7 +90,7 @@ impl ConsumedBatch {
             .flat_map(move |b| {
                 b.records()
                     .filter(move |r| r.offset >= first)
-                    .map(|r| message(&self.topic, self.shard, r))
+                    .map(|r| Message::from_record(&self.topic, self.shard, r))
             })
             .chain(decoded.into_iter().flat_map(|v| v.iter().cloned()))
     }
@@ -129,21 +115,6 @@ impl ConsumedBatch {
             }
         }
         out
-    }
-}
-
-/// A consumed record as a [`Message`].
-pub(super) fn message(topic: &Arc<str>, shard: u32, r: weir_protocol::batch::Record) -> Message {
-    Message {
-        topic: topic.clone(),
-        shard,
-        offset: r.offset,
-        priority: r.priority,
-        complexity: r.complexity,
-        timestamp_ms: r.timestamp_ms,
-        key: r.key,
-        value: r.value,
-        headers: r.headers,
     }
 }
 

@@ -17,10 +17,11 @@ use weir_protocol::classes::{ClassMap, CLASS_COUNT};
 use weir_protocol::messages::*;
 use weir_protocol::{ErrorCode, Request, ResponseBody};
 
-use super::batches::{message, split_batches, BatchBody, ConsumedBatch, Message};
+use super::batches::{split_batches, BatchBody, ConsumedBatch};
 use super::{Consumer, ConsumerConfig, DeliveryOrder, OffsetReset};
 use crate::client::expect_body;
 use crate::error::{ClientError, Result};
+use crate::record::Message;
 
 /// The lane cursors of a shard in priority order (`None` in offset order).
 type Lanes = Option<[u64; CLASS_COUNT]>;
@@ -258,7 +259,8 @@ impl Consumer {
                 if r.offset < from {
                     continue;
                 }
-                self.buffered.push_back(message(&name, f.shard, r));
+                self.buffered
+                    .push_back(Message::from_record(&name, f.shard, r));
                 if priority {
                     self.buffered_lanes.push_back(lane as u8);
                 }

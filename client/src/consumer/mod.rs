@@ -27,7 +27,8 @@ use std::time::Duration;
 use weir_protocol::classes::CLASS_COUNT;
 use weir_protocol::messages::OffsetEntry;
 
-pub use batches::{ConsumedBatch, Message};
+pub use crate::record::Message;
+pub use batches::ConsumedBatch;
 pub use config::{ConsumerBuilder, ConsumerConfig, DeliveryOrder, OffsetReset};
 
 use crate::client::Client;

@@ -8,8 +8,8 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
-use super::batches::Message;
 use super::Consumer;
+use crate::record::Message;
 
 impl Consumer {
     /// Offset order: each shard's position moves past its last returned message, once

@@ -1,5 +1,5 @@
 //! `weir-bench`, Weir's load generator: one module per mode ([`produce`], [`consume`],
-//! [`e2e`]) over shared parts (the run's settings and clock in [`run`], the broker in
+//! [`e2e`]) over shared parts (the run's settings and clock in [`mod@run`], the broker in
 //! [`target`], the progress bar, priority mixes, the report and its plot).
 //! `bin/weir-bench.rs` only parses [`args::Args`], calls [`run()`] and prints.
 //!
