@@ -388,41 +388,54 @@ impl Worker {
                     break;
                 };
                 let slot = slots[m.class.index()].clone();
-                let handler = handler.clone();
-                let consumer = self.consumer.clone();
-                let stats = self.stats.clone();
-                let timeout = self.timeout;
+                let (handler, consumer) = (handler.clone(), self.consumer.clone());
+                let (stats, timeout) = (self.stats.clone(), self.timeout);
                 tasks.spawn(async move {
                     let _held = held_permit;
-                    // A slot of the record's class; its lease is kept while it waits.
-                    let Some(_slot) = wait_for_slot(&consumer, &m, slot).await else {
-                        return;
-                    };
-                    let outcome = run_one(&consumer, &m, handler(m.clone()), timeout).await;
-                    let settled = match outcome {
-                        Ok(Ok(())) => {
-                            stats.acked.fetch_add(1, Ordering::Relaxed);
-                            consumer.ack(&m).await
-                        }
-                        Ok(Err(e)) => {
-                            stats.nacked.fetch_add(1, Ordering::Relaxed);
-                            consumer.nack(&m, e.retriable, e.reason).await.map(|_| ())
-                        }
-                        Err(_) => {
-                            stats.timed_out.fetch_add(1, Ordering::Relaxed);
-                            let reason = format!("handler timed out after {} ms", timeout.as_millis());
-                            consumer.nack(&m, true, reason).await.map(|_| ())
-                        }
-                    };
-                    if let Err(e) = settled {
-                        stats.settle_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(shard = m.shard, offset = m.offset, error = %e, "settling a record failed");
-                    }
+                    handle_one(&consumer, m, slot, handler.as_ref(), &stats, timeout).await;
                 });
             }
         }
         while tasks.join_next().await.is_some() {}
         Ok(())
+    }
+}
+
+/// Runs the handler on one leased record once a slot of its class is free (its lease
+/// is kept meanwhile), then acks it, or nacks it on a handler error or timeout.
+async fn handle_one<F, Fut>(
+    consumer: &QueueConsumer,
+    m: QueueMessage,
+    slot: Arc<Semaphore>,
+    handler: &F,
+    stats: &WorkerStats,
+    timeout: Duration,
+) where
+    F: Fn(QueueMessage) -> Fut,
+    Fut: Future<Output = std::result::Result<(), HandlerError>>,
+{
+    let Some(_slot) = wait_for_slot(consumer, &m, slot).await else {
+        return;
+    };
+    let outcome = run_one(consumer, &m, handler(m.clone()), timeout).await;
+    let settled = match outcome {
+        Ok(Ok(())) => {
+            stats.acked.fetch_add(1, Ordering::Relaxed);
+            consumer.ack(&m).await
+        }
+        Ok(Err(e)) => {
+            stats.nacked.fetch_add(1, Ordering::Relaxed);
+            consumer.nack(&m, e.retriable, e.reason).await.map(|_| ())
+        }
+        Err(_) => {
+            stats.timed_out.fetch_add(1, Ordering::Relaxed);
+            let reason = format!("handler timed out after {} ms", timeout.as_millis());
+            consumer.nack(&m, true, reason).await.map(|_| ())
+        }
+    };
+    if let Err(e) = settled {
+        stats.settle_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(shard = m.shard, offset = m.offset, error = %e, "settling a record failed");
     }
 }
 
