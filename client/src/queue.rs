@@ -489,3 +489,35 @@ async fn wait_for_slot(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn a_queue_message_reads_as_its_record_and_leases_by_its_place() {
+        let m = QueueMessage {
+            message: Message {
+                topic: "jobs".into(),
+                shard: 3,
+                offset: 17,
+                priority: 2,
+                complexity: 1,
+                timestamp_ms: 5,
+                key: Bytes::from_static(b"k"),
+                value: Bytes::from_static(b"v"),
+                headers: Vec::new(),
+            },
+            lease_id: 9,
+            attempt: 2,
+            max_attempts: 2,
+            class: Class::P0,
+            lease: Duration::from_secs(30),
+        };
+        assert_eq!((&*m.topic, m.offset, &m.value[..]), ("jobs", 17, &b"v"[..]));
+        let r = m.lease_ref();
+        assert_eq!((r.shard, r.offset, r.lease_id), (3, 17, 9));
+        assert!(m.is_last_attempt());
+    }
+}

@@ -318,3 +318,44 @@ impl ProducerLoop {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn mix(s: &str) -> PriorityMix {
+        s.parse().expect("valid mix")
+    }
+
+    #[test]
+    fn one_producer_per_minor_class_and_the_rest_on_the_largest() {
+        let m = mix("p0=5,p1=15,p3=80");
+        let picks: Vec<(usize, usize)> = (0..5).map(|i| producer_class(&m, i, 5)).collect();
+        assert_eq!(picks, vec![(0, 1), (1, 1), (3, 3), (3, 3), (3, 3)]);
+        // Too few producers for one per minor class: all send the largest.
+        assert_eq!(producer_class(&m, 0, 2), (3, 1));
+    }
+
+    #[test]
+    fn open_loop_producers_interleave_their_slots_of_the_rate() {
+        let args = Args::try_parse_from([
+            "weir-bench",
+            "produce",
+            "--rate",
+            "1000",
+            "--producers",
+            "4",
+        ])
+        .expect("flags");
+        let base = Instant::now();
+        let (pacing, fixed) = plan(&args, 1);
+        assert!(fixed.is_none());
+        let pacing = pacing.expect("open loop");
+        // Producer 1 of 4 at 1000/s owns slots 1, 5, 9, … of 1 ms each.
+        assert_eq!(pacing.due(base, 0) - base, Duration::from_millis(1));
+        assert_eq!(pacing.due(base, 2) - base, Duration::from_millis(9));
+        let closed = Args::try_parse_from(["weir-bench", "produce"]).expect("flags");
+        assert!(plan(&closed, 0).0.is_none());
+    }
+}

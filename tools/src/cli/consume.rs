@@ -184,3 +184,52 @@ fn write_message(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use weir_protocol::batch::Header;
+
+    fn message() -> Message {
+        Message {
+            topic: "orders".into(),
+            shard: 2,
+            offset: 41,
+            priority: 1,
+            complexity: 3,
+            timestamp_ms: 1_700_000_000_000,
+            key: Bytes::from_static(b"user-1"),
+            value: Bytes::from_static(b"hello"),
+            headers: vec![Header {
+                name: "trace".into(),
+                value: Bytes::from_static(b"t-1"),
+            }],
+        }
+    }
+
+    fn printed(format: Format) -> String {
+        let mut out = Vec::new();
+        write_message(&mut out, &message(), format, &ClassMap::default()).expect("write");
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn each_format_prints_one_line_per_message() {
+        assert_eq!(printed(Format::Value), "hello\n");
+        assert_eq!(
+            printed(Format::Meta),
+            "P0 p1 c3 orders/2@41 key=user-1 hello\n"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(printed(Format::Json).trim_end()).expect("one JSON object");
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "topic": "orders", "shard": 2, "offset": 41, "key": "user-1",
+                "priority": 1, "complexity": 3, "timestamp_ms": 1_700_000_000_000i64,
+                "headers": {"trace": "t-1"}, "value": "hello",
+            })
+        );
+    }
+}
