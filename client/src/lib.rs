@@ -22,6 +22,9 @@
 //! - [`Consumer`] — by offset, alone or in a group.
 //! - [`QueueConsumer`] and [`Worker`] — queue mode: per-record ack / nack, retries,
 //!   dead letters.
+//! - [`Message`] — a received record, the same for both: `Consumer::poll` returns
+//!   messages, a [`QueueMessage`] holds one (`m.message`, or `m.value` through
+//!   `Deref`) next to its lease and attempt count.
 //! - [`Admin`] — topics, quotas and the broker's flow state.
 //! - [`flow`] — producer back-pressure policy and the client's circuit breaker.
 //! - With the `embedded` feature, [`embedded::EmbeddedBroker`] runs a broker in-process.
@@ -42,7 +45,7 @@ pub mod record;
 
 pub use admin::Admin;
 pub use client::{Client, ClientConfig};
-pub use consumer::{ConsumedBatch, Consumer, ConsumerConfig, DeliveryOrder, Message, OffsetReset};
+pub use consumer::{ConsumedBatch, Consumer, ConsumerConfig, DeliveryOrder, OffsetReset};
 pub use delivery::{
     BatchDeliveryFuture, BatchMetadata, DeliveredRange, DeliveryFuture, RecordMetadata,
 };
@@ -53,7 +56,7 @@ pub use queue::{
     queue_status, HandlerError, NackOutcome, QueueConfig, QueueConsumer, QueueMessage, Worker,
     WorkerStats,
 };
-pub use record::{BatchRecord, Partitioning, ProducerBatch, ProducerRecord};
+pub use record::{BatchRecord, Message, Partitioning, ProducerBatch, ProducerRecord};
 pub use weir_protocol::messages::{
     Acks, Durability, FlowStatusResponse, Quota, QuotaEntry, TopicConfig,
 };

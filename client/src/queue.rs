@@ -12,22 +12,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::Semaphore;
-use weir_protocol::batch::{Batch, Header};
+use weir_protocol::batch::Batch;
 use weir_protocol::classes::{Class, CLASS_COUNT};
 use weir_protocol::messages::*;
 use weir_protocol::ErrorCode;
 
 use crate::client::{expect_body, Client};
 use crate::error::{ClientError, Result};
+use crate::record::Message;
 
-/// One leased record.
+/// One leased record: the record itself as every consumer receives it
+/// ([`Message`], also reached through `Deref`, so `m.value` or `m.offset` read as on a
+/// stream consumer's message) and what only queue mode has, the lease and its
+/// delivery count.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueMessage {
-    pub topic: String,
-    pub shard: u32,
-    pub offset: u64,
+    /// The record.
+    pub message: Message,
     /// Names this delivery; an ack or nack must repeat it.
     pub lease_id: u64,
     /// 1 on the first delivery.
@@ -36,19 +38,21 @@ pub struct QueueMessage {
     pub class: Class,
     /// The lease ends this long after the broker answered.
     pub lease: Duration,
-    pub priority: u8,
-    pub complexity: u8,
-    pub timestamp_ms: i64,
-    pub key: Bytes,
-    pub value: Bytes,
-    pub headers: Vec<Header>,
+}
+
+impl std::ops::Deref for QueueMessage {
+    type Target = Message;
+
+    fn deref(&self) -> &Message {
+        &self.message
+    }
 }
 
 impl QueueMessage {
     fn lease_ref(&self) -> LeaseRef {
         LeaseRef {
-            shard: self.shard,
-            offset: self.offset,
+            shard: self.message.shard,
+            offset: self.message.offset,
             lease_id: self.lease_id,
         }
     }
@@ -143,28 +147,25 @@ impl QueueConsumer {
         let resp = self.client.call_with_timeout(req.into(), timeout).await?;
         let resp = expect_body!(resp, QueueFetch)?;
         let mut out = Vec::with_capacity(resp.messages.len());
+        // One allocation per fetch; every message of it shares the name.
+        let topic: Arc<str> = self.topic.as_str().into();
         for m in resp.messages {
             let batch = Batch::parse(m.record.clone())
                 .map_err(|e| ClientError::Protocol(format!("leased record: {e}")))?;
-            let rec = batch
+            let mut rec = batch
                 .records()
                 .next()
                 .ok_or_else(|| ClientError::Protocol("leased record batch is empty".into()))?;
+            // The broker names the record by its place in the shard, not by the
+            // offset inside the one-record batch it carries.
+            rec.offset = m.offset;
             out.push(QueueMessage {
-                topic: self.topic.clone(),
-                shard: m.shard,
-                offset: m.offset,
+                message: Message::from_record(&topic, m.shard, rec),
                 lease_id: m.lease_id,
                 attempt: m.attempt,
                 max_attempts: m.max_attempts,
                 class: Class::from_index(usize::from(m.class)).unwrap_or(Class::P3),
                 lease: Duration::from_millis(u64::from(m.lease_ms)),
-                priority: rec.priority,
-                complexity: rec.complexity,
-                timestamp_ms: rec.timestamp_ms,
-                key: rec.key,
-                value: rec.value,
-                headers: rec.headers,
             });
         }
         Ok(out)
@@ -387,41 +388,54 @@ impl Worker {
                     break;
                 };
                 let slot = slots[m.class.index()].clone();
-                let handler = handler.clone();
-                let consumer = self.consumer.clone();
-                let stats = self.stats.clone();
-                let timeout = self.timeout;
+                let (handler, consumer) = (handler.clone(), self.consumer.clone());
+                let (stats, timeout) = (self.stats.clone(), self.timeout);
                 tasks.spawn(async move {
                     let _held = held_permit;
-                    // A slot of the record's class; its lease is kept while it waits.
-                    let Some(_slot) = wait_for_slot(&consumer, &m, slot).await else {
-                        return;
-                    };
-                    let outcome = run_one(&consumer, &m, handler(m.clone()), timeout).await;
-                    let settled = match outcome {
-                        Ok(Ok(())) => {
-                            stats.acked.fetch_add(1, Ordering::Relaxed);
-                            consumer.ack(&m).await
-                        }
-                        Ok(Err(e)) => {
-                            stats.nacked.fetch_add(1, Ordering::Relaxed);
-                            consumer.nack(&m, e.retriable, e.reason).await.map(|_| ())
-                        }
-                        Err(_) => {
-                            stats.timed_out.fetch_add(1, Ordering::Relaxed);
-                            let reason = format!("handler timed out after {} ms", timeout.as_millis());
-                            consumer.nack(&m, true, reason).await.map(|_| ())
-                        }
-                    };
-                    if let Err(e) = settled {
-                        stats.settle_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(shard = m.shard, offset = m.offset, error = %e, "settling a record failed");
-                    }
+                    handle_one(&consumer, m, slot, handler.as_ref(), &stats, timeout).await;
                 });
             }
         }
         while tasks.join_next().await.is_some() {}
         Ok(())
+    }
+}
+
+/// Runs the handler on one leased record once a slot of its class is free (its lease
+/// is kept meanwhile), then acks it, or nacks it on a handler error or timeout.
+async fn handle_one<F, Fut>(
+    consumer: &QueueConsumer,
+    m: QueueMessage,
+    slot: Arc<Semaphore>,
+    handler: &F,
+    stats: &WorkerStats,
+    timeout: Duration,
+) where
+    F: Fn(QueueMessage) -> Fut,
+    Fut: Future<Output = std::result::Result<(), HandlerError>>,
+{
+    let Some(_slot) = wait_for_slot(consumer, &m, slot).await else {
+        return;
+    };
+    let outcome = run_one(consumer, &m, handler(m.clone()), timeout).await;
+    let settled = match outcome {
+        Ok(Ok(())) => {
+            stats.acked.fetch_add(1, Ordering::Relaxed);
+            consumer.ack(&m).await
+        }
+        Ok(Err(e)) => {
+            stats.nacked.fetch_add(1, Ordering::Relaxed);
+            consumer.nack(&m, e.retriable, e.reason).await.map(|_| ())
+        }
+        Err(_) => {
+            stats.timed_out.fetch_add(1, Ordering::Relaxed);
+            let reason = format!("handler timed out after {} ms", timeout.as_millis());
+            consumer.nack(&m, true, reason).await.map(|_| ())
+        }
+    };
+    if let Err(e) = settled {
+        stats.settle_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(shard = m.shard, offset = m.offset, error = %e, "settling a record failed");
     }
 }
 
@@ -473,5 +487,37 @@ async fn wait_for_slot(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn a_queue_message_reads_as_its_record_and_leases_by_its_place() {
+        let m = QueueMessage {
+            message: Message {
+                topic: "jobs".into(),
+                shard: 3,
+                offset: 17,
+                priority: 2,
+                complexity: 1,
+                timestamp_ms: 5,
+                key: Bytes::from_static(b"k"),
+                value: Bytes::from_static(b"v"),
+                headers: Vec::new(),
+            },
+            lease_id: 9,
+            attempt: 2,
+            max_attempts: 2,
+            class: Class::P0,
+            lease: Duration::from_secs(30),
+        };
+        assert_eq!((&*m.topic, m.offset, &m.value[..]), ("jobs", 17, &b"v"[..]));
+        let r = m.lease_ref();
+        assert_eq!((r.shard, r.offset, r.lease_id), (3, 17, 9));
+        assert!(m.is_last_attempt());
     }
 }

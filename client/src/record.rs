@@ -1,14 +1,20 @@
-//! What a producer is given to send: one [`ProducerRecord`] for `send`, or a
-//! [`ProducerBatch`] of many records for one topic for `send_batch`.
+//! The SDK's record types. Going out, what a producer is given to send: one
+//! [`ProducerRecord`] for `send`, or a [`ProducerBatch`] of many records for one topic
+//! for `send_batch`. Coming in, the one [`Message`] every consumer receives: a
+//! stream `Consumer` returns it as is, a `QueueConsumer` wraps it with its lease
+//! (`QueueMessage`).
 //!
 //! Topics are `Arc<str>`: a caller sending millions of records to one topic clones a
-//! pointer per record, not a string.
+//! pointer per record, not a string, and every message of one fetch shares one name.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
+use weir_protocol::batch::Header;
 
-/// One record to send.
+/// One record to send. Not a [`Message`]: before the broker stores it a record has
+/// no offset, and key, priority, complexity, shard and timestamp are choices left
+/// open (`None`) for the producer and broker to fill in.
 #[derive(Debug, Clone)]
 pub struct ProducerRecord {
     pub topic: Arc<str>,
@@ -86,7 +92,8 @@ pub enum Partitioning {
     Key(Bytes),
 }
 
-/// One record of a [`ProducerBatch`]: a [`ProducerRecord`] without topic or shard.
+/// One record of a [`ProducerBatch`]: a [`ProducerRecord`] without topic or shard
+/// (the batch holds them once for all its records, which is what makes it cheap).
 #[derive(Debug, Clone, Default)]
 pub struct BatchRecord {
     /// The shard key (see [`Partitioning`]).
@@ -214,5 +221,43 @@ impl ProducerBatch {
 impl Extend<BatchRecord> for ProducerBatch {
     fn extend<I: IntoIterator<Item = BatchRecord>>(&mut self, iter: I) {
         self.records.extend(iter);
+    }
+}
+
+/// One received record, as the broker stored it: every field is set. `key`, `value`
+/// and header values are slices of the fetched response (no copy); `topic` is shared
+/// by every message of a fetch. Queue mode hands the same type out inside a
+/// `QueueMessage`, next to the lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: Arc<str>,
+    pub shard: u32,
+    pub offset: u64,
+    pub priority: u8,
+    pub complexity: u8,
+    pub timestamp_ms: i64,
+    pub key: Bytes,
+    pub value: Bytes,
+    pub headers: Vec<Header>,
+}
+
+impl Message {
+    /// A decoded record of `topic`/`shard` as a message (moves its buffers, no copy).
+    pub(crate) fn from_record(
+        topic: &Arc<str>,
+        shard: u32,
+        r: weir_protocol::batch::Record,
+    ) -> Message {
+        Message {
+            topic: topic.clone(),
+            shard,
+            offset: r.offset,
+            priority: r.priority,
+            complexity: r.complexity,
+            timestamp_ms: r.timestamp_ms,
+            key: r.key,
+            value: r.value,
+            headers: r.headers,
+        }
     }
 }

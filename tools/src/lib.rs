@@ -1,7 +1,8 @@
-//! Shared code of the Weir command-line tools.
+//! The Weir command-line tools as a library, so the binaries stay thin and the parts
+//! can be unit-tested.
 //!
-//! [`bench`] holds the pure parts of `weir-bench` (priority mixes, latency summaries,
-//! the report and its JSON shape) so they can be unit-tested.
+//! [`mod@bench`] is `weir-bench` (one module per mode); [`cli`] is the `weir` admin CLI
+//! (one module per command family).
 
 pub mod bench;
 pub mod cli;

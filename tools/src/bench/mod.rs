@@ -1,5 +1,71 @@
-//! Pure logic of `weir-bench`: priority mixes, reports and plots.
+//! `weir-bench`, Weir's load generator: one module per mode ([`produce`], [`consume`],
+//! [`e2e`]) over shared parts (the run's settings and clock in [`mod@run`], the broker in
+//! [`target`], the progress bar, priority mixes, the report and its plot).
+//! `bin/weir-bench.rs` only parses [`args::Args`], calls [`run()`] and prints.
+//!
+//! How it measures (also in BENCHMARKS.md):
+//! - `--batch N` sets the producer's `max_batch_bytes` to exactly N records of `--size`
+//!   bytes (60-byte batch header + N × (18-byte record overhead + size)), so the SDK
+//!   seals a batch after N records; `--linger-ms` seals earlier when records come slower.
+//!   Batches are pipelined: the SDK keeps `--in-flight` batches in flight per shard,
+//!   and in closed loop each producer keeps at most `--in-flight` batches
+//!   unacknowledged (so latency is the pipeline's, not queueing inside the SDK). The
+//!   bench never calls `flush()` except once at the end.
+//! - `--api batch` (the default) hands each batch of `--batch` records to the SDK with
+//!   one `send_batch` call, as iggy-bench sends a batch with one call of its SDK;
+//!   `--api record` calls `send` per record. In open loop (`--rate`), a batch call
+//!   carries every message due when the producer wakes (up to `--batch`), so no message
+//!   waits for later ones.
+//! - produce latency is per batch: from the (intended) send time of a batch's first
+//!   record to the acknowledgement of its last record (its `DeliveryFuture`, or the
+//!   `BatchDeliveryFuture` of the call). With a priority mix, per-class latency is per
+//!   record: intended send → its ack (with `--api batch`, the ack of its call).
+//! - e2e latency is per message: the intended send time (nanoseconds since the run's
+//!   start) sits in the first 8 bytes of each payload; the consumer subtracts it from
+//!   its clock when the message comes out of `poll`.
+//! - `--rate R` is open loop: message k of the whole run is due at start + k/R, each
+//!   producer sends its messages at their due times (sleeping on its own thread) and
+//!   latency counts from the due time, so a stall shows as latency, not as a lower rate.
+//! - consume latency is the duration of each `poll` call that returned messages.
+//! - `--warmup S`: the first S seconds run at full settings and are left out of every
+//!   figure; `--messages` and `--duration` count after the warmup.
 
+pub mod args;
+mod collector;
+pub mod consume;
+pub mod e2e;
 pub mod mix;
 pub mod plot;
+pub mod produce;
+mod producer;
+mod progress;
 pub mod report;
+pub mod run;
+pub mod target;
+
+use args::{Args, Mode};
+use report::Report;
+use target::Target;
+
+/// Runs one bench: prepares the broker and topic, runs the mode, stops the embedded
+/// broker (whatever the outcome).
+pub async fn run(cli: Args, handle: tokio::runtime::Handle) -> anyhow::Result<Report> {
+    let target = Target::prepare(&cli).await?;
+    let report = match cli.mode {
+        Mode::Produce => produce::run_produce(cli, &target, handle).await,
+        Mode::Consume => consume::run_consume(cli, &target, handle).await,
+        Mode::E2e => e2e::run_e2e(cli, &target, handle).await,
+    };
+    target.shutdown().await;
+    report
+}
+
+/// Writes the `--plot` file: HTML for a `.html` path, else SVG.
+pub fn write_plot(path: &std::path::Path, data: &plot::PlotData) -> std::io::Result<()> {
+    let text = if path.extension().is_some_and(|e| e == "html") {
+        plot::html(data)
+    } else {
+        plot::svg(data)
+    };
+    std::fs::write(path, text)
+}

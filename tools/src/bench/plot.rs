@@ -146,40 +146,8 @@ fn latency_panel(s: &mut String, d: &PlotData, y0: f64) {
         .max(lo + 1.0);
     let x = |p: f64| LEFT + nines(p) / MAX_NINES * pw;
     let y = |us: f64| y0 + PANEL_H - (us.max(0.001).log10() - lo) / (hi - lo) * PANEL_H;
-    for (p, label) in [
-        (0.0, "0%"),
-        (90.0, "90%"),
-        (99.0, "99%"),
-        (99.9, "99.9%"),
-        (99.99, "99.99%"),
-        (99.999, "99.999%"),
-    ] {
-        let _ = writeln!(
-            s,
-            r##"<line x1="{0}" y1="{y0}" x2="{0}" y2="{1}" stroke="#eee"/><text x="{0}" y="{2}" text-anchor="middle">{label}</text>"##,
-            x(p),
-            y0 + PANEL_H,
-            y0 + PANEL_H + 16.0
-        );
-    }
-    let mut e = lo as i32;
-    while f64::from(e) <= hi {
-        let us = 10f64.powi(e);
-        let label = if us >= 1000.0 {
-            format!("{} ms", us / 1000.0)
-        } else {
-            format!("{us} µs")
-        };
-        let _ = writeln!(
-            s,
-            r##"<line x1="{LEFT}" y1="{0}" x2="{1}" y2="{0}" stroke="#eee"/><text x="{2}" y="{3}" text-anchor="end">{label}</text>"##,
-            y(us),
-            LEFT + pw,
-            LEFT - 6.0,
-            y(us) + 4.0
-        );
-        e += 1;
-    }
+    percentile_grid(s, y0, &x);
+    latency_grid(s, (lo, hi), &y);
     for (i, c) in d.curves.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let pts: Vec<String> = c
@@ -199,6 +167,49 @@ fn latency_panel(s: &mut String, d: &PlotData, y0: f64) {
             LEFT + pw + 12.0,
             escape(&c.label)
         );
+    }
+}
+
+/// Vertical lines and labels at the percentiles the x axis marks.
+fn percentile_grid(s: &mut String, y0: f64, x: &impl Fn(f64) -> f64) {
+    for (p, label) in [
+        (0.0, "0%"),
+        (90.0, "90%"),
+        (99.0, "99%"),
+        (99.9, "99.9%"),
+        (99.99, "99.99%"),
+        (99.999, "99.999%"),
+    ] {
+        let _ = writeln!(
+            s,
+            r##"<line x1="{0}" y1="{y0}" x2="{0}" y2="{1}" stroke="#eee"/><text x="{0}" y="{2}" text-anchor="middle">{label}</text>"##,
+            x(p),
+            y0 + PANEL_H,
+            y0 + PANEL_H + 16.0
+        );
+    }
+}
+
+/// Horizontal lines and labels at each power of ten from 10^lo to 10^hi µs.
+fn latency_grid(s: &mut String, (lo, hi): (f64, f64), y: &impl Fn(f64) -> f64) {
+    let pw = W - LEFT - RIGHT;
+    let mut e = lo as i32;
+    while f64::from(e) <= hi {
+        let us = 10f64.powi(e);
+        let label = if us >= 1000.0 {
+            format!("{} ms", us / 1000.0)
+        } else {
+            format!("{us} µs")
+        };
+        let _ = writeln!(
+            s,
+            r##"<line x1="{LEFT}" y1="{0}" x2="{1}" y2="{0}" stroke="#eee"/><text x="{2}" y="{3}" text-anchor="end">{label}</text>"##,
+            y(us),
+            LEFT + pw,
+            LEFT - 6.0,
+            y(us) + 4.0
+        );
+        e += 1;
     }
 }
 

@@ -9,6 +9,8 @@ use std::fmt::Write;
 use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
 
+use super::mix::{PriorityMix, CLASS_NAMES};
+
 /// Percentiles reported, with their JSON keys.
 pub const QUANTILES: [(&str, f64); 5] = [
     ("p50", 0.50),
@@ -192,6 +194,23 @@ impl Report {
         }
         s
     }
+}
+
+/// Latency summaries of the classes in `mix` (empty without a mix).
+pub fn class_summaries(
+    hists: &[Histogram<u64>; 4],
+    mix: &Option<PriorityMix>,
+) -> BTreeMap<String, LatencySummary> {
+    let mut out = BTreeMap::new();
+    if let Some(m) = mix {
+        for c in m.classes() {
+            out.insert(
+                CLASS_NAMES[c].to_string(),
+                LatencySummary::from_histogram(&hists[c]),
+            );
+        }
+    }
+    out
 }
 
 /// 1234567 → "1,234,567".

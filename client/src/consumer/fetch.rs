@@ -1,0 +1,339 @@
+//! Reading: `poll` and `poll_batches` hand out what earlier fetches buffered, and
+//! when nothing is buffered run one fetch round — one request per assigned shard, in
+//! parallel, each long-polling on the broker for at most `fetch_max_wait`.
+//!
+//! In priority order a shard is fetched by its four lane cursors
+//! (`PriorityFetchRequest`) and every buffered message remembers its lane, so
+//! positions can move per lane as messages are returned (see `positions.rs`).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use weir_protocol::batch::Batch;
+use weir_protocol::classes::{ClassMap, CLASS_COUNT};
+use weir_protocol::messages::*;
+use weir_protocol::{ErrorCode, Request, ResponseBody};
+
+use super::batches::{split_batches, BatchBody, ConsumedBatch};
+use super::{Consumer, ConsumerConfig, DeliveryOrder, OffsetReset};
+use crate::client::expect_body;
+use crate::error::{ClientError, Result};
+use crate::record::Message;
+
+/// The lane cursors of a shard in priority order (`None` in offset order).
+type Lanes = Option<[u64; CLASS_COUNT]>;
+
+/// Which fetch a response answers.
+struct Fetched {
+    topic: String,
+    shard: u32,
+    offset: u64,
+    lanes: Lanes,
+}
+
+impl Consumer {
+    /// Up to `max` messages; waits up to `timeout` when none are ready.
+    pub async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Message>> {
+        let mut deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.rejoin.load(Ordering::Acquire) {
+                self.rejoin_group().await?;
+                // A rebalance can take up to the rebalance timeout; the caller's wait
+                // for messages starts once the consumer has its shards.
+                deadline = tokio::time::Instant::now() + timeout;
+            }
+            // Batches `poll_batches` fetched come first, as messages.
+            while let Some(b) = self.batches.pop_front() {
+                self.buffered.extend(b.messages());
+            }
+            if !self.buffered.is_empty() {
+                let n = max.min(self.buffered.len());
+                let out: Vec<Message> = self.buffered.drain(..n).collect();
+                if self.config.order == DeliveryOrder::Priority {
+                    let lanes: Vec<u8> = self.buffered_lanes.drain(..n).collect();
+                    self.advance_lanes(&out, &lanes);
+                    self.apply_lane_floors();
+                } else {
+                    self.advance(&out);
+                }
+                self.maybe_auto_commit().await;
+                return Ok(out);
+            }
+            if !self.fetch_until(deadline, false).await? {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    /// Whole fetched batches holding up to `max_records` records (at least one batch
+    /// when any is ready); waits up to `timeout` when none are ready. Positions move
+    /// past every returned batch, as `poll` moves them past every returned message.
+    /// Costs a few operations per batch instead of a decoded [`Message`] per record;
+    /// see [`ConsumedBatch`]. Offset order only (`DeliveryOrder::Priority` interleaves
+    /// batches by class lanes and keeps per-message cursors: use `poll`).
+    pub async fn poll_batches(
+        &mut self,
+        max_records: usize,
+        timeout: Duration,
+    ) -> Result<Vec<ConsumedBatch>> {
+        if self.config.order == DeliveryOrder::Priority {
+            return Err(ClientError::Invalid(
+                "poll_batches reads in offset order; use poll for priority order".into(),
+            ));
+        }
+        let mut deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.rejoin.load(Ordering::Acquire) {
+                self.rejoin_group().await?;
+                deadline = tokio::time::Instant::now() + timeout;
+            }
+            if !self.buffered.is_empty() {
+                // Messages an earlier `poll` decoded go first, one batch per shard run.
+                let n = max_records.max(1).min(self.buffered.len());
+                let msgs: Vec<Message> = self.buffered.drain(..n).collect();
+                self.advance(&msgs);
+                let out = ConsumedBatch::from_decoded(msgs);
+                self.maybe_auto_commit().await;
+                return Ok(out);
+            }
+            if !self.batches.is_empty() {
+                let out = self.take_batches(max_records);
+                self.maybe_auto_commit().await;
+                return Ok(out);
+            }
+            if !self.fetch_until(deadline, true).await? {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    /// Fetched batches up to `max_records` records (at least one), moving positions
+    /// past each.
+    fn take_batches(&mut self, max_records: usize) -> Vec<ConsumedBatch> {
+        let mut out = Vec::new();
+        let mut n = 0;
+        while let Some(b) = self.batches.front() {
+            if !out.is_empty() && n + b.len() > max_records {
+                break;
+            }
+            let b = self.batches.pop_front().expect("front exists");
+            n += b.len();
+            self.positions
+                .insert((b.topic.to_string(), b.shard), b.next_offset());
+            out.push(b);
+        }
+        out
+    }
+
+    /// One fetch round for `poll` (decoded messages) or `poll_batches` (whole
+    /// batches), unless `deadline` has passed: then commits if due and returns false.
+    async fn fetch_until(
+        &mut self,
+        deadline: tokio::time::Instant,
+        whole_batches: bool,
+    ) -> Result<bool> {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            self.maybe_auto_commit().await;
+            return Ok(false);
+        }
+        self.fetch_round(left.min(self.config.fetch_max_wait), whole_batches)
+            .await?;
+        let nothing = if whole_batches {
+            self.batches.is_empty()
+        } else {
+            self.buffered.is_empty()
+        };
+        if nothing && self.positions.is_empty() {
+            // Nothing assigned yet (a group still forming): do not spin.
+            tokio::time::sleep(left.min(Duration::from_millis(100))).await;
+        }
+        Ok(true)
+    }
+
+    /// Fetches every assigned shard once. With `whole`, keeps each batch for
+    /// `poll_batches` instead of decoding its records into messages.
+    async fn fetch_round(&mut self, wait: Duration, whole: bool) -> Result<()> {
+        let priority = self.config.order == DeliveryOrder::Priority;
+        let mut calls = FuturesUnordered::new();
+        for ((topic, shard), offset) in &self.positions {
+            let client = self.client.clone();
+            let timeout = wait + self.client.config().request_timeout;
+            let (topic, shard, offset) = (topic.clone(), *shard, *offset);
+            let lanes = if priority {
+                Some(lane_cursors(&mut self.lanes, &topic, shard, offset))
+            } else {
+                None
+            };
+            let req = fetch_request(&self.config, &topic, shard, offset, lanes, wait);
+            calls.push(async move {
+                let r = client.call_with_timeout(req, timeout).await;
+                let fetched = Fetched {
+                    topic,
+                    shard,
+                    offset,
+                    lanes,
+                };
+                (fetched, r)
+            });
+        }
+        let classes = self.client.class_map();
+        let mut reset = Vec::new();
+        // THROTTLED (a fetch quota) says when to come back; asking sooner only spins.
+        let mut pause = Duration::ZERO;
+        while let Some((fetched, r)) = calls.next().await {
+            let body = match r {
+                Ok(b) => b,
+                Err(e) if e.code() == Some(ErrorCode::OffsetOutOfRange) => {
+                    reset.push((fetched.topic, fetched.shard));
+                    continue;
+                }
+                Err(e) if e.is_retriable() => {
+                    tracing::debug!(error = %e, "fetch failed; will retry");
+                    pause = pause.max(crate::flow::pushback_hint(&e).unwrap_or_default());
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            self.take_response(fetched, body, whole, &classes)?;
+        }
+        drop(calls);
+        if priority {
+            self.apply_lane_floors();
+        }
+        if !pause.is_zero() {
+            tokio::time::sleep(pause.min(wait)).await;
+        }
+        for (topic, shard) in reset {
+            let pos = self.reset_position(&topic, shard).await?;
+            self.positions.insert((topic, shard), pos);
+        }
+        Ok(())
+    }
+
+    /// Buffers one shard's fetch response: whole batches for `poll_batches`, else
+    /// decoded messages (with their lanes in priority order), skipping records below
+    /// the position (or the lane's cursor) that was asked for.
+    fn take_response(
+        &mut self,
+        f: Fetched,
+        body: ResponseBody,
+        whole: bool,
+        classes: &ClassMap,
+    ) -> Result<()> {
+        let (records, reported) = match body {
+            ResponseBody::Fetch(r) => (r.records, None),
+            ResponseBody::PriorityFetch(r) => (r.records, Some(r.cursors)),
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "expected a fetch response, got {:?}",
+                    other.api_key()
+                )))
+            }
+        };
+        let priority = self.config.order == DeliveryOrder::Priority;
+        // One allocation per response; every message of it shares the name.
+        let name: Arc<str> = f.topic.as_str().into();
+        for b in split_batches(records.to_bytes()) {
+            let batch =
+                Batch::parse(b?).map_err(|e| ClientError::Protocol(format!("bad batch: {e}")))?;
+            let lane = classes.class_of(batch.header().priority).index();
+            let from = f.lanes.map_or(f.offset, |l| l[lane]);
+            if whole {
+                let h = batch.header();
+                let first = from.max(h.base_offset);
+                if h.base_offset + u64::from(h.record_count) > first {
+                    self.batches.push_back(ConsumedBatch {
+                        topic: name.clone(),
+                        shard: f.shard,
+                        first,
+                        body: BatchBody::Stored(batch),
+                    });
+                }
+                continue;
+            }
+            for r in batch.records() {
+                if r.offset < from {
+                    continue;
+                }
+                self.buffered
+                    .push_back(Message::from_record(&name, f.shard, r));
+                if priority {
+                    self.buffered_lanes.push_back(lane as u8);
+                }
+            }
+        }
+        // Lanes move as their messages are returned, and to where the broker says
+        // their next batch is once all of this shard's messages have been returned.
+        if let Some(reported) = reported {
+            self.lane_floors.insert((f.topic, f.shard), reported);
+        }
+        Ok(())
+    }
+
+    /// The offset `reset` names for a shard with no (or an out-of-range) position.
+    pub(super) async fn reset_position(&self, topic: &str, shard: u32) -> Result<u64> {
+        let ts = match self.config.reset {
+            OffsetReset::Earliest => EARLIEST_TIMESTAMP,
+            OffsetReset::Latest => LATEST_TIMESTAMP,
+        };
+        let req = ListOffsetsRequest {
+            topic: topic.to_string(),
+            shard,
+            timestamp_ms: ts,
+        };
+        Ok(expect_body!(self.client.call(req).await?, ListOffsets)?.offset)
+    }
+}
+
+/// A shard's lane cursors for the next priority fetch; a position moved from outside
+/// (seek, rejoin, reset) restarts every lane there.
+fn lane_cursors(
+    lanes: &mut std::collections::HashMap<(String, u32), [u64; CLASS_COUNT]>,
+    topic: &str,
+    shard: u32,
+    offset: u64,
+) -> [u64; CLASS_COUNT] {
+    let lanes = lanes
+        .entry((topic.to_string(), shard))
+        .or_insert([offset; CLASS_COUNT]);
+    if lanes.iter().copied().min() != Some(offset) {
+        *lanes = [offset; CLASS_COUNT];
+    }
+    *lanes
+}
+
+/// A fetch by offset, or by lane cursors in priority order.
+fn fetch_request(
+    config: &ConsumerConfig,
+    topic: &str,
+    shard: u32,
+    offset: u64,
+    lanes: Lanes,
+    wait: Duration,
+) -> Request {
+    let max_wait_ms = wait.as_millis() as u32;
+    match lanes {
+        Some(cursors) => PriorityFetchRequest {
+            topic: topic.to_string(),
+            shard,
+            cursors: cursors.to_vec(),
+            max_bytes: config.max_fetch_bytes,
+            min_bytes: 1,
+            max_wait_ms,
+        }
+        .into(),
+        None => FetchRequest {
+            topic: topic.to_string(),
+            shard,
+            offset,
+            max_bytes: config.max_fetch_bytes,
+            min_bytes: 1,
+            max_wait_ms,
+        }
+        .into(),
+    }
+}

@@ -1,0 +1,198 @@
+//! `weir-bench`'s command line: the flags, their value enums and the checks clap
+//! cannot express. Every mode reads its settings from [`Args`].
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use clap::{Parser, ValueEnum};
+use weir_client::{Acks, DeliveryOrder};
+
+use super::mix::PriorityMix;
+
+/// Load-test a Weir broker: produce, consume, or end to end.
+#[derive(Parser, Debug, Clone)]
+#[command(version, about, after_help = AFTER_HELP)]
+pub struct Args {
+    #[arg(value_enum)]
+    pub mode: Mode,
+    /// Broker address (ignored with --embedded).
+    #[arg(long, default_value = "127.0.0.1:7700", env = "WEIR_BROKER")]
+    pub broker: String,
+    /// Start a broker in this process, with a temporary data directory (WEIR_* variables
+    /// set its other settings, as for weir-broker).
+    #[arg(long)]
+    pub embedded: bool,
+    /// Producer count (each with its own connection and thread).
+    #[arg(long, default_value_t = 1)]
+    pub producers: usize,
+    /// Consumer count (each with its own connection), for consume and e2e.
+    #[arg(long, default_value_t = 1)]
+    pub consumers: usize,
+    #[arg(long, default_value = "weir-bench")]
+    pub topic: String,
+    /// Shards of the topic (default: the larger of --producers and --consumers).
+    /// Producer i sends to shards i, i+P, …; consumer j reads shards j, j+C, ….
+    #[arg(long)]
+    pub shards: Option<u32>,
+    /// Messages to send (after warmup); default 1,000,000 unless --duration is given.
+    #[arg(long, conflicts_with = "duration")]
+    pub messages: Option<u64>,
+    /// Seconds to run (after warmup).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Payload bytes per message (e2e needs at least 8).
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    /// Messages per batch: the producer's max_batch_bytes is set to fit exactly this many.
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+    /// Longest a batch waits for more messages, in ms (fractions allowed); 0 sends a
+    /// batch as soon as its lane has room in flight (the SDK's default).
+    #[arg(long, default_value_t = 5.0)]
+    pub linger_ms: f64,
+    /// How producers hand records to the SDK: `batch` = one `send_batch` call per
+    /// batch of --batch records (as iggy-bench sends a batch with one call; in open
+    /// loop, one call per wake-up with every message then due), `record` = one `send`
+    /// per record. consume's consumers: `batch` = `poll_batches` (whole batches,
+    /// records not decoded), `record` = `poll` (one decoded message per record).
+    #[arg(long, value_enum, default_value_t = ApiArg::Batch)]
+    pub api: ApiArg,
+    #[arg(long, value_enum, default_value_t = AckArg::Leader)]
+    pub acks: AckArg,
+    /// Batches in flight per shard and producer.
+    #[arg(long, default_value_t = 5)]
+    pub in_flight: usize,
+    /// Open loop: total messages per second over all producers.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Share of messages per priority class, e.g. "p0=5,p3=95"
+    /// (p0 = priorities 1–2, p1 = 3–5, p2 = 6–8, p3 = 9–10).
+    #[arg(long)]
+    pub priority_mix: Option<PriorityMix>,
+    /// With a mix: each producer sends one class only (one producer per class of the
+    /// mix, the rest to its largest class), and with --rate each class's producers
+    /// share the class's part of the rate. Models separate critical and bulk services.
+    #[arg(long, requires = "priority_mix")]
+    pub class_per_producer: bool,
+    /// Consumers read in `offset` order or `priority` order (class lanes, P0 first).
+    #[arg(long, value_enum, default_value_t = OrderArg::Offset)]
+    pub order: OrderArg,
+    /// Seconds run first and left out of the figures.
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup: f64,
+    /// Print one JSON object on stdout instead of the summary.
+    #[arg(long)]
+    pub json: bool,
+    /// Also draw the latency percentile curve (per class with a mix) and throughput
+    /// over time into this file: `.svg`, or `.html` for a page holding the SVG.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+const AFTER_HELP: &str = "Produce latency is per batch (first send → ack of the batch's last \
+record); e2e latency is per message, measured at the consumer from the intended send time; \
+consume latency is per poll. MB = 10^6 payload bytes.";
+
+impl Args {
+    /// Rejects settings clap accepts but no run can use (exit code 2 in the binary).
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.producers == 0 || self.consumers == 0 {
+            bail!("--producers and --consumers must be at least 1");
+        }
+        if self.batch == 0 {
+            bail!("--batch must be at least 1");
+        }
+        if self.mode == Mode::E2e && self.size < 8 {
+            bail!("e2e needs --size of at least 8 (the payload carries an 8-byte send time)");
+        }
+        if self.rate.is_some_and(|r| !r.is_finite() || r <= 0.0) {
+            bail!("--rate must be a positive number");
+        }
+        if self.duration.is_some_and(|d| !d.is_finite() || d <= 0.0) {
+            bail!("--duration must be a positive number of seconds");
+        }
+        let ok = |v: f64| v.is_finite() && v >= 0.0;
+        if !ok(self.warmup) || !ok(self.linger_ms) {
+            bail!("--warmup and --linger-ms must be ≥ 0");
+        }
+        if self.shards == Some(0) {
+            bail!("--shards must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// What the run measures; each has its own module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    Produce,
+    Consume,
+    E2e,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Produce => "produce",
+            Mode::Consume => "consume",
+            Mode::E2e => "e2e",
+        }
+    }
+}
+
+/// `--order`: the consumers' delivery order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OrderArg {
+    Offset,
+    Priority,
+}
+
+impl OrderArg {
+    pub fn order(self) -> DeliveryOrder {
+        match self {
+            OrderArg::Offset => DeliveryOrder::Offset,
+            OrderArg::Priority => DeliveryOrder::Priority,
+        }
+    }
+}
+
+/// `--api`: one SDK call per batch or per record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ApiArg {
+    Batch,
+    Record,
+}
+
+impl ApiArg {
+    pub fn name(self) -> &'static str {
+        match self {
+            ApiArg::Batch => "batch",
+            ApiArg::Record => "record",
+        }
+    }
+}
+
+/// `--acks`: what the producers wait for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AckArg {
+    None,
+    Leader,
+    Durable,
+}
+
+impl AckArg {
+    pub fn acks(self) -> Acks {
+        match self {
+            AckArg::None => Acks::None,
+            AckArg::Leader => Acks::Leader,
+            AckArg::Durable => Acks::Durable,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            AckArg::None => "none",
+            AckArg::Leader => "leader",
+            AckArg::Durable => "durable",
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! `weir topic create|list|describe|delete`.
+
+use clap::{Subcommand, ValueEnum};
+use weir_client::{Admin, Durability, TopicConfig};
+
+/// Topic administration.
+#[derive(Subcommand, Debug)]
+pub enum TopicCmd {
+    /// Create a topic.
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        shards: u32,
+        #[arg(long, value_enum, default_value_t = DurArg::Interval)]
+        durability: DurArg,
+        /// Flush period for interval durability (0 = broker default).
+        #[arg(long, default_value_t = 0)]
+        flush_interval_ms: u32,
+        /// Keep closed segments this long (0 = broker default).
+        #[arg(long, default_value_t = 0)]
+        retention_ms: u64,
+        /// Keep at most this many bytes per shard (0 = broker default).
+        #[arg(long, default_value_t = 0)]
+        retention_bytes: u64,
+        /// Segment file size (0 = broker default).
+        #[arg(long, default_value_t = 0)]
+        segment_bytes: u64,
+        /// Priority 1..=10 the broker gives records produced without one (0 = 5).
+        #[arg(long, default_value_t = 0)]
+        default_priority: u8,
+        /// Complexity 1..=5 the broker gives records produced without one (0 = 1).
+        #[arg(long, default_value_t = 0)]
+        default_complexity: u8,
+        /// Derive a missing shard key: `header:NAME` or `json:FIELD`.
+        #[arg(long, default_value = "")]
+        shard_key_rule: String,
+    },
+    /// List topics.
+    List,
+    /// Show a topic's settings and shards.
+    Describe { name: String },
+    /// Delete a topic and its data.
+    Delete { name: String },
+}
+
+/// `--durability` of `topic create`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum DurArg {
+    None,
+    Interval,
+    Always,
+}
+
+/// Runs one topic command.
+pub async fn run(admin: &Admin, cmd: TopicCmd) -> anyhow::Result<()> {
+    match cmd {
+        TopicCmd::Create {
+            name,
+            shards,
+            durability,
+            flush_interval_ms,
+            retention_ms,
+            retention_bytes,
+            segment_bytes,
+            default_priority,
+            default_complexity,
+            shard_key_rule,
+        } => {
+            let config = TopicConfig {
+                durability: match durability {
+                    DurArg::None => Durability::None,
+                    DurArg::Interval => Durability::Interval,
+                    DurArg::Always => Durability::Always,
+                },
+                flush_interval_ms,
+                retention_ms,
+                retention_bytes,
+                segment_bytes,
+                max_message_bytes: 0,
+                default_priority,
+                default_complexity,
+                shard_key_rule,
+            };
+            let t = admin.create_topic(&name, shards, config).await?;
+            println!("created topic {} with {} shards", t.name, t.shards.len());
+        }
+        TopicCmd::List => {
+            for t in admin.list_topics().await? {
+                println!("{}\t{} shards", t.name, t.shards.len());
+            }
+        }
+        TopicCmd::Describe { name } => describe(admin, &name).await?,
+        TopicCmd::Delete { name } => {
+            admin.delete_topic(&name).await?;
+            println!("deleted topic {name}");
+        }
+    }
+    Ok(())
+}
+
+async fn describe(admin: &Admin, name: &str) -> anyhow::Result<()> {
+    let t = admin.describe_topic(name).await?;
+    let c = &t.config;
+    println!(
+        "topic {}\n  durability {:?} (flush every {} ms)\n  retention {} ms, {} bytes\n  segment {} bytes, max message {} bytes\n  default priority {}, complexity {}, shard key rule {:?}",
+        t.name, c.durability, c.flush_interval_ms, c.retention_ms, c.retention_bytes, c.segment_bytes, c.max_message_bytes,
+        c.default_priority, c.default_complexity, c.shard_key_rule
+    );
+    for s in t.shards {
+        println!(
+            "  shard {}: offsets [{}, {})",
+            s.shard, s.log_start_offset, s.high_watermark
+        );
+    }
+    Ok(())
+}
