@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use clap::Subcommand;
 use weir_client::{Admin, Client, Producer, ProducerRecord};
 use weir_protocol::batch::{Batch, Record};
+use weir_protocol::headers::{DLQ_PREFIX, REPLAYED_FROM};
 use weir_protocol::messages::*;
 
 /// Dead-letter commands.
@@ -74,9 +75,6 @@ pub async fn run(client: &Client, cmd: DlqCmd) -> anyhow::Result<()> {
         } => dlq_replay(client, &topic, &suffix, to, &filter, from_beginning).await,
     }
 }
-
-/// Header prefix of the broker's dead-letter headers.
-const DLQ_PREFIX: &str = "weir.dlq.";
 
 fn header<'a>(r: &'a Record, name: &str) -> Option<&'a str> {
     r.headers
@@ -353,7 +351,7 @@ fn replay_record(r: &Record, target: &str, shard: Option<u32>, from: String) -> 
     let mut rec = ProducerRecord::new(target.to_string(), r.value.clone())
         .priority(r.priority)
         .complexity(r.complexity)
-        .header("weir.replayed_from", from);
+        .header(REPLAYED_FROM, from);
     if !r.key.is_empty() {
         rec = rec.key(r.key.clone());
     }
