@@ -210,14 +210,27 @@ fn configured_maximum_is_enforced_on_both_sides_of_it() {
     );
 }
 
+/// A server never reserves room for a length it was only told (issue 22: 1,000 peers
+/// each announcing 16 MiB and sending 13 bytes must not cost 16 GiB): it grows by at
+/// most `SERVER_RESERVE_AHEAD_BYTES` past what arrived. A client trusts its broker
+/// and reserves the whole announced frame at once.
 #[test]
-fn waiting_for_a_large_frame_reserves_only_that_frame() {
+fn waiting_for_a_large_frame_reserves_only_a_bounded_step_on_the_server() {
+    use weir_protocol::codec::{ClientCodec, SERVER_RESERVE_AHEAD_BYTES};
     let mut buf = BytesMut::with_capacity(8);
     buf.put_u32_le(DEFAULT_MAX_FRAME_BYTES);
     assert!(matches!(
         server(&mut ServerCodec::default(), &mut buf),
         Outcome::Incomplete
     ));
+    assert!(
+        buf.capacity() <= 8 + 2 * SERVER_RESERVE_AHEAD_BYTES,
+        "capacity {}",
+        buf.capacity()
+    );
+    let mut buf = BytesMut::with_capacity(8);
+    buf.put_u32_le(DEFAULT_MAX_FRAME_BYTES);
+    assert!(ClientCodec::default().decode(&mut buf).unwrap().is_none());
     let frame = 4 + DEFAULT_MAX_FRAME_BYTES as usize;
     assert!(buf.capacity() >= frame);
     assert!(buf.capacity() <= 2 * frame, "capacity {}", buf.capacity());
