@@ -34,6 +34,7 @@ use weir_protocol::messages::*;
 use weir_protocol::ErrorCode;
 
 use crate::config::Config;
+use crate::error::BrokerError;
 use load::LoadSignal;
 use memory::{MemoryBudget, MemoryPermit};
 use quota::{ClientState, QuotaRegistry};
@@ -239,17 +240,20 @@ impl FlowControl {
     }
 
     /// DescribeQuotas.
-    pub fn describe_quotas(&self, r: DescribeQuotasRequest) -> DescribeQuotasResponse {
-        DescribeQuotasResponse {
-            entries: self.quotas.describe(&r.client_ids),
-        }
+    pub fn describe_quotas(
+        &self,
+        r: DescribeQuotasRequest,
+    ) -> Result<DescribeQuotasResponse, BrokerError> {
+        Ok(DescribeQuotasResponse {
+            entries: self.quotas.describe(&r.client_ids)?,
+        })
     }
 
     /// AlterQuotas.
-    pub fn alter_quotas(&self, r: AlterQuotasRequest) -> AlterQuotasResponse {
-        let entry = self.quotas.alter(&r.client_id, r.remove == 1, r.quota);
+    pub fn alter_quotas(&self, r: AlterQuotasRequest) -> Result<AlterQuotasResponse, BrokerError> {
+        let entry = self.quotas.alter(&r.client_id, r.remove == 1, r.quota)?;
         tracing::info!(client_id = %entry.client_id, quota = ?entry.quota, "quota changed");
-        AlterQuotasResponse { entry }
+        Ok(AlterQuotasResponse { entry })
     }
 
     /// FlowStatus.

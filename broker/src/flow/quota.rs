@@ -18,6 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use weir_protocol::messages::{Quota, QuotaEntry};
+use weir_protocol::ErrorCode;
+
+use crate::error::BrokerError;
 
 use super::bucket::TokenBucket;
 
@@ -196,6 +199,14 @@ impl Registry {
     }
 }
 
+/// Most per-client quota entries (AlterQuotas beyond it is refused): each lives until
+/// restart, so without a bound a client could grow the registry without end.
+pub const MAX_QUOTA_ENTRIES: usize = 10_000;
+
+/// Longest client id a quota entry may name (a handshake's client id may be longer;
+/// it then simply gets the default quota).
+pub const MAX_QUOTA_CLIENT_ID_BYTES: usize = 256;
+
 /// Every quota and every tracked client.
 #[derive(Debug)]
 pub struct QuotaRegistry {
@@ -269,28 +280,64 @@ impl QuotaRegistry {
     }
 
     /// Entries for `ids` (every entry, default first, when empty).
-    pub fn describe(&self, ids: &[String]) -> Vec<QuotaEntry> {
-        let r = self.lock();
-        let default = QuotaEntry {
-            client_id: String::new(),
-            quota: r.default.clone(),
-        };
-        let all = std::iter::once(default).chain(r.entries.iter().map(|(k, q)| QuotaEntry {
-            client_id: k.clone(),
-            quota: q.clone(),
-        }));
-        if ids.is_empty() {
-            all.collect()
-        } else {
-            all.filter(|e| ids.contains(&e.client_id)).collect()
+    pub fn describe(&self, ids: &[String]) -> Result<Vec<QuotaEntry>, BrokerError> {
+        if ids.len() > MAX_QUOTA_ENTRIES + 1 {
+            return Err(BrokerError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "{} client ids asked for; at most {} per request (there are at most {MAX_QUOTA_ENTRIES} entries and the default)",
+                    ids.len(),
+                    MAX_QUOTA_ENTRIES + 1
+                ),
+            ));
         }
+        let r = self.lock();
+        let entry = |id: &str, q: &Quota| QuotaEntry {
+            client_id: id.to_string(),
+            quota: q.clone(),
+        };
+        if ids.is_empty() {
+            return Ok(std::iter::once(entry("", &r.default))
+                .chain(r.entries.iter().map(|(k, q)| entry(k, q)))
+                .collect());
+        }
+        // One lookup per distinct id asked for: bounded above, and sorted by id.
+        let wanted: std::collections::BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+        Ok(wanted
+            .into_iter()
+            .filter_map(|id| match id {
+                "" => Some(entry("", &r.default)),
+                id => r.entries.get(id).map(|q| entry(id, q)),
+            })
+            .collect())
     }
 
     /// Sets (or removes) the quota of `id` and applies it to live clients. Returns the
     /// entry now in effect for `id`.
-    pub fn alter(&self, id: &str, remove: bool, quota: Quota) -> QuotaEntry {
+    pub fn alter(&self, id: &str, remove: bool, quota: Quota) -> Result<QuotaEntry, BrokerError> {
+        if id.len() > MAX_QUOTA_CLIENT_ID_BYTES {
+            return Err(BrokerError::new(
+                ErrorCode::InvalidConfig,
+                format!(
+                    "a quota's client id is at most {MAX_QUOTA_CLIENT_ID_BYTES} bytes, not {}",
+                    id.len()
+                ),
+            ));
+        }
         let now = Instant::now();
         let mut r = self.lock();
+        if !remove
+            && !id.is_empty()
+            && r.entries.len() >= MAX_QUOTA_ENTRIES
+            && !r.entries.contains_key(id)
+        {
+            return Err(BrokerError::new(
+                ErrorCode::InvalidConfig,
+                format!(
+                    "the broker already holds {MAX_QUOTA_ENTRIES} quota entries; remove one first"
+                ),
+            ));
+        }
         match (id.is_empty(), remove) {
             (true, _) => r.default = quota,
             (false, true) => {
@@ -310,10 +357,10 @@ impl QuotaRegistry {
         for c in affected {
             c.set_quota(r.quota_of(&c.id), now);
         }
-        QuotaEntry {
+        Ok(QuotaEntry {
             client_id: id.to_string(),
             quota: r.quota_of(id),
-        }
+        })
     }
 
     /// Client ids with open connections, sorted, at most `limit`.
@@ -362,7 +409,7 @@ mod tests {
     #[test]
     fn produce_rate_and_queued_bytes() {
         let reg = QuotaRegistry::new(q(0, 0, 0), vec![], 100);
-        reg.alter("slow", false, q(1000, 0, 1500));
+        reg.alter("slow", false, q(1000, 0, 1500)).unwrap();
         let c = reg.client("slow");
         let t0 = Instant::now();
         c.admit_produce(800, t0).unwrap();
@@ -387,17 +434,54 @@ mod tests {
         let c = reg.client("x");
         let t0 = Instant::now();
         c.admit_produce(10_000, t0).unwrap();
-        reg.alter("x", false, q(100, 0, 0));
+        reg.alter("x", false, q(100, 0, 0)).unwrap();
         assert!(c.admit_produce(1000, t0).is_err());
-        let e = reg.alter("x", true, Quota::default());
+        let e = reg.alter("x", true, Quota::default()).unwrap();
         assert_eq!(e.quota, Quota::default());
         assert!(c.admit_produce(1000, t0).is_ok());
         // Changing the default reaches ids without their own entry.
-        reg.alter("", false, q(100, 0, 0));
+        reg.alter("", false, q(100, 0, 0)).unwrap();
         assert!(c.admit_produce(1000, t0).is_err());
-        let d = reg.describe(&[]);
+        let d = reg.describe(&[]).unwrap();
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].quota.produce_bytes_per_s, 100);
+    }
+
+    /// Issue 22: quota entries are bounded in number and id length, and a
+    /// DescribeQuotas naming ids millions of times is refused instead of scanned.
+    #[test]
+    fn quota_entries_and_describe_requests_are_bounded() {
+        let reg = QuotaRegistry::new(q(0, 0, 0), vec![], 100);
+        let long = "x".repeat(MAX_QUOTA_CLIENT_ID_BYTES + 1);
+        let e = reg.alter(&long, false, q(1, 0, 0)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidConfig);
+        for i in 0..MAX_QUOTA_ENTRIES {
+            reg.alter(&format!("c{i}"), false, q(1, 0, 0)).unwrap();
+        }
+        let e = reg.alter("one-more", false, q(1, 0, 0)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidConfig);
+        // Changing an existing entry, the default, and removing still work.
+        reg.alter("c0", false, q(2, 0, 0)).unwrap();
+        reg.alter("", false, q(3, 0, 0)).unwrap();
+        reg.alter("c1", true, Quota::default()).unwrap();
+        reg.alter("one-more", false, q(1, 0, 0)).unwrap();
+        // Each distinct id once, sorted; the default by the empty id.
+        let ids: Vec<String> = ["c5", "", "c5", "nobody", "c2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let names: Vec<String> = reg
+            .describe(&ids)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.client_id)
+            .collect();
+        assert_eq!(names, ["", "c2", "c5"]);
+        let flood = vec!["c5".to_string(); MAX_QUOTA_ENTRIES + 2];
+        assert_eq!(
+            reg.describe(&flood).unwrap_err().code,
+            ErrorCode::InvalidRequest
+        );
     }
 
     #[test]

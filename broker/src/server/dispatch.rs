@@ -69,8 +69,8 @@ async fn route(state: &Arc<BrokerState>, request: Request) -> Result<ResponseBod
         Request::LeaveGroup(r) => control::leave_group(state, r)?,
         Request::CommitOffsets(r) => control::commit_offsets(state, r).await?,
         Request::FetchOffsets(r) => control::fetch_offsets(state, r),
-        Request::DescribeQuotas(r) => state.flow.describe_quotas(r).into(),
-        Request::AlterQuotas(r) => state.flow.alter_quotas(r).into(),
+        Request::DescribeQuotas(r) => state.flow.describe_quotas(r)?.into(),
+        Request::AlterQuotas(r) => state.flow.alter_quotas(r)?.into(),
         Request::FlowStatus(_) => state.flow.status().into(),
         Request::Produce(_) => {
             return Err(BrokerError::new(
