@@ -13,7 +13,7 @@ use weir_protocol::classes::{Class, ClassMap, CLASS_COUNT, DEFAULT_CLASS_WEIGHTS
 use weir_protocol::messages::Durability;
 
 use super::class_index::ClassIndex;
-use super::idempotence::{ProducerTable, Verdict};
+use super::idempotence::{continues, ProducerTable, Verdict};
 use crate::scheduler::{Wfq, DEFAULT_AGING};
 use crate::storage::{Log, LogConfig, LogReader, StorageError};
 
@@ -562,7 +562,13 @@ impl Writer {
             }
         }
         if wrote {
-            self.hwm.send_replace(self.log.high_watermark());
+            let new = self.log.high_watermark();
+            let old = self.hwm.send_replace(new);
+            crate::invariant!(
+                new >= old,
+                "high-water mark monotonic",
+                "the shard's watch would move from {old} back to {new}"
+            );
         }
         for (reply, result) in leader_waiters {
             let _ = reply.send(result);
@@ -710,10 +716,29 @@ fn append_one(
     let mut first: Option<u64> = None;
     let mut last = 0u64;
     let mut to_write = Vec::with_capacity(batches.len());
-    let mut to_write_headers = Vec::with_capacity(batches.len());
+    let mut to_write_headers: Vec<BatchHeader> = Vec::with_capacity(batches.len());
+    // Lanes accepted so far in this append, with their last sequence (only needed, and
+    // only allocated, when there is more than one batch).
+    let mut lanes =
+        (batches.len() > 1).then(std::collections::HashMap::<(u64, u8), (u16, u32)>::new);
     for (batch, header) in batches.into_iter().zip(headers) {
         match producers.check(&header) {
             Verdict::Append => {
+                // `check` sees the table as it was before this append, not this
+                // append's earlier batches: a later batch of a lane must continue the
+                // earlier one, or the append is refused. (Without this, two copies of
+                // one batch in a request would both be written.)
+                if let (Some(lanes), Some(lane)) = (lanes.as_mut(), producers.lane(&header)) {
+                    let next = (header.producer_epoch, header.last_sequence());
+                    if let Some((epoch, last)) = lanes.insert(lane, next) {
+                        if !continues(epoch, last, &header) {
+                            return Err(AppendError::OutOfOrder {
+                                expected: last.wrapping_add(1),
+                                got: header.base_sequence,
+                            });
+                        }
+                    }
+                }
                 to_write.push(batch);
                 to_write_headers.push(header);
             }
@@ -747,7 +772,7 @@ fn append_one(
     for mut h in to_write_headers {
         h.base_offset = next;
         next += u64::from(h.record_count);
-        producers.record(&h);
+        producers.accept(&h);
     }
     Ok(AppendOutcome {
         base_offset: first.unwrap_or(info.base_offset),
@@ -917,6 +942,54 @@ mod tests {
         let s = shard.stats();
         assert_eq!(s.appends[0].load(Ordering::Relaxed), 1);
         assert_eq!(s.appends[3].load(Ordering::Relaxed), 400);
+        shard.close().await;
+    }
+
+    /// Batches of one append are checked against the producer table as it was before
+    /// the append, so a second batch of one lane is refused rather than written
+    /// unchecked (two copies of one batch would otherwise both be stored).
+    #[tokio::test]
+    async fn two_batches_of_one_lane_in_one_append_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = Shard::open(dir.path(), "t", config()).unwrap();
+        let (b0, h0) = batch(7, 0, 2, "a");
+        assert_eq!(
+            shard
+                .append(vec![b0.clone(), b0.clone()], vec![h0, h0], true)
+                .await,
+            Err(AppendError::OutOfOrder {
+                expected: 2,
+                got: 0
+            })
+        );
+        let (gap, hg) = batch(7, 5, 1, "gap");
+        assert_eq!(
+            shard
+                .append(vec![b0.clone(), gap], vec![h0, hg], true)
+                .await,
+            Err(AppendError::OutOfOrder {
+                expected: 2,
+                got: 5
+            })
+        );
+        assert_eq!(shard.reader().high_watermark(), 0, "nothing was written");
+        // A lane's consecutive batches, and other producers' batches, are fine.
+        let (b1, h1) = batch(7, 2, 2, "b");
+        let (b2, h2) = batch(8, 0, 1, "c");
+        let o = shard
+            .append(vec![b0, b2, b1], vec![h0, h2, h1], true)
+            .await
+            .unwrap();
+        assert_eq!((o.base_offset, o.last_offset), (0, 4));
+        let (b3, h3) = batch(7, 4, 1, "d");
+        assert_eq!(
+            shard
+                .append(vec![b3], vec![h3], true)
+                .await
+                .unwrap()
+                .base_offset,
+            5
+        );
         shard.close().await;
     }
 

@@ -188,6 +188,12 @@ impl Log {
                 detail: "append needs at least one batch".into(),
             });
         }
+        let published = self.shared.high_watermark.load(Ordering::Relaxed);
+        crate::invariant!(
+            base_offset == published,
+            "offsets strictly increasing",
+            "an append would start at offset {base_offset} but offsets below {published} are taken"
+        );
         // Batches go into the active file with `pwritev`, one call per run of batches
         // that land in one segment (see `write_run`); the stamped base offset of each
         // is its own 8-byte slice, so the caller's bytes are never copied twice.
@@ -215,9 +221,8 @@ impl Log {
             return Err(e);
         }
         self.publish_active();
-        self.shared
-            .high_watermark
-            .store(self.active.next_offset, Ordering::Release);
+        self.check_positions();
+        self.publish_high_watermark();
         // Prepare the next segment once this one is half full: early enough that the
         // background fallocate is done long before the roll, late enough that an idle
         // log does not hold a second preallocated file.
@@ -228,6 +233,35 @@ impl Log {
             base_offset,
             last_offset: self.active.next_offset - 1,
         })
+    }
+
+    /// Lets readers see everything appended: the one place the high-water mark moves.
+    /// It never moves back; there is no truncation path on a live log (recovery cuts a
+    /// torn tail before the log is published to anyone).
+    pub(super) fn publish_high_watermark(&self) {
+        let new = self.active.next_offset;
+        let old = self.shared.high_watermark.load(Ordering::Relaxed);
+        crate::invariant!(
+            new >= old,
+            "high-water mark monotonic",
+            "it would move from {old} back to {new}"
+        );
+        self.shared.high_watermark.store(new, Ordering::Release);
+    }
+
+    /// The active segment's positions: nothing is durable that was not written, and
+    /// nothing is written past the preallocated end (readers' maps end there).
+    fn check_positions(&self) {
+        let a = &self.active;
+        crate::invariant!(
+            a.flushed_pos <= a.pos && a.pos <= a.capacity,
+            "flushed <= written <= end of the log",
+            "segment {}: flushed {} written {} end {}",
+            a.seg.base_offset,
+            a.flushed_pos,
+            a.pos,
+            a.capacity
+        );
     }
 
     fn check_failed(&self) -> Result<(), StorageError> {
@@ -255,6 +289,13 @@ impl Log {
             a.bytes_since_index = 0;
         }
         let base_offset = a.next_offset;
+        // `check_framing` refused empty batches, so every batch takes at least one
+        // offset and the next one starts strictly after it.
+        crate::invariant!(
+            count >= 1,
+            "offsets strictly increasing",
+            "a batch of {count} records at offset {base_offset}"
+        );
         a.bytes_since_index += len as u64;
         a.pos += len as u64;
         a.next_offset += u64::from(count);
@@ -394,6 +435,7 @@ impl Log {
     ) -> Result<(), StorageError> {
         self.check_failed()?;
         self.join_background_flush()?;
+        self.check_positions();
         let segments = std::mem::take(&mut self.pending_sync);
         let a = &mut self.active;
         let seg = Arc::clone(&a.seg);
@@ -447,6 +489,7 @@ impl Log {
 
     fn flush_inner(&mut self) -> Result<(), StorageError> {
         self.join_background_flush()?;
+        self.check_positions();
         for s in std::mem::take(&mut self.pending_sync) {
             s.sync_all_files()?;
         }

@@ -41,6 +41,13 @@ pub(crate) fn apply(log: &mut Log, now_ms: i64) -> Result<usize, StorageError> {
     }
     let keep: Vec<_> = snap[victims..].to_vec();
     let new_start = keep[0].base_offset;
+    let old_start = log.shared.log_start_offset.load(Ordering::Relaxed);
+    crate::invariant!(
+        old_start < new_start && new_start <= log.active.next_offset,
+        "log start moves forward, never past the high-water mark",
+        "retention would move it from {old_start} to {new_start} (high-water mark {})",
+        log.active.next_offset
+    );
     log.shared.publish(keep);
     log.shared
         .log_start_offset

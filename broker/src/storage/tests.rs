@@ -500,3 +500,82 @@ fn background_flushes_run_beside_appends_across_rolls_and_reopen_cleanly() {
         assert_eq!(&g[20..], &e[20..], "batch {i}");
     }
 }
+
+/// The invariants `Log` asserts in every build, each driven into its bad state
+/// through the writer's crate-private fields (no public path can get there).
+mod invariants {
+    use super::*;
+
+    fn log_with_one_batch(dir: &Path) -> Log {
+        let mut log = Log::open(dir, small_config(1 << 20)).unwrap();
+        log.append(&[make_batch(1, 3, 10, 0)]).unwrap();
+        log
+    }
+
+    #[test]
+    #[should_panic(expected = "invariant violated: offsets strictly increasing")]
+    fn an_append_below_the_high_water_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = log_with_one_batch(dir.path());
+        log.active.next_offset = 1;
+        let _ = log.append(&[make_batch(2, 1, 10, 0)]);
+    }
+
+    #[test]
+    #[should_panic(expected = "invariant violated: high-water mark monotonic")]
+    fn the_high_water_mark_moving_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log_with_one_batch(dir.path());
+        log.shared
+            .high_watermark
+            .store(10, std::sync::atomic::Ordering::Relaxed);
+        log.publish_high_watermark();
+    }
+
+    #[test]
+    #[should_panic(expected = "invariant violated: flushed <= written <= end of the log")]
+    fn flushed_past_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = log_with_one_batch(dir.path());
+        log.active.flushed_pos = log.active.pos + 1;
+        let _ = log.flush();
+    }
+
+    #[test]
+    #[should_panic(expected = "invariant violated: flushed <= written <= end of the log")]
+    fn written_past_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = log_with_one_batch(dir.path());
+        log.active.capacity = log.active.pos - 1;
+        let _ = log.flush_in_background(|_| {});
+    }
+
+    #[test]
+    #[should_panic(expected = "invariant violated: log start moves forward")]
+    fn retention_moving_the_log_start_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = small_config(4096);
+        cfg.retention_bytes = 1;
+        let mut log = Log::open(dir.path(), cfg).unwrap();
+        for i in 0..40u64 {
+            log.append(&[make_batch(i, 1, 500, 0)]).unwrap();
+        }
+        log.shared
+            .log_start_offset
+            .store(1_000, std::sync::atomic::Ordering::Relaxed);
+        let _ = log.apply_retention(0);
+    }
+
+    #[test]
+    fn a_healthy_log_holds_them_across_rolls_and_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path(), small_config(8192)).unwrap();
+        for i in 0..200 {
+            log.append(&[make_batch(i, 2, 100, 0)]).unwrap();
+            if i % 7 == 0 {
+                log.flush().unwrap();
+            }
+        }
+        assert_eq!(log.high_watermark(), 400);
+    }
+}
