@@ -157,6 +157,13 @@ impl Segment {
     }
 }
 
+/// Makes the directory's entries (files created, renamed or unlinked) durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
 /// Allocates real blocks for `[0, len)` of `file` (falls back to `set_len` where the
 /// file system has no `fallocate`).
 pub(crate) fn preallocate(file: &File, path: &Path, len: u64) -> Result<(), StorageError> {
