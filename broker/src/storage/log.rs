@@ -101,6 +101,8 @@ pub struct Log {
     failed: Option<String>,
     /// An interval flush running on its own thread; see [`Log::flush_in_background`].
     pub(super) background_flush: Option<JoinHandle<Result<(), StorageError>>>,
+    /// Retention deletions still unlinking files; see `retention::delete_in_background`.
+    pub(super) deletions: Vec<retention::Deletion>,
     _lock: File,
 }
 
@@ -135,6 +137,7 @@ impl Log {
             prepare_seq: 0,
             failed: None,
             background_flush: None,
+            deletions: Vec::new(),
             _lock: lock,
         };
         if log.active.pos * 2 >= log.active.capacity {
@@ -509,14 +512,21 @@ impl Log {
         self.shared.snapshot().iter().map(|s| s.size_bytes()).sum()
     }
 
-    /// Deletes closed segments that are too old or beyond the size limit (chosen by
-    /// `retention.rs`). Returns how many were deleted.
+    /// Removes closed segments that are too old or beyond the size limit (chosen by
+    /// `retention.rs`) from the log and starts deleting their files on another thread
+    /// ([`Log::wait_for_retention`] waits for that). Returns how many were removed.
     ///
     /// Safe against readers: the segment list is republished without the victims and
     /// the log start advanced before the files are unlinked; a reader still holding a
     /// snapshot or `Bytes` keeps the mapping alive through its `Arc`, and Linux keeps
     /// an unlinked file's pages until the last mapping goes.
     pub fn apply_retention(&mut self, now_ms: i64) -> Result<usize, StorageError> {
+        if let Err(e) = self.reap_deletions(false) {
+            tracing::error!(error = %e, "deleting segments removed by retention failed");
+        }
+        if self.deletions.len() >= retention::MAX_RUNNING_DELETIONS {
+            return Ok(0);
+        }
         let snap = self.shared.snapshot();
         let victims = retention::victims(&snap, &self.config, now_ms);
         if victims == 0 {
@@ -536,12 +546,45 @@ impl Log {
             .log_start_offset
             .store(new_start, Ordering::Release);
         self.pending_sync.retain(|s| s.base_offset >= new_start);
-        for seg in &snap[..victims] {
-            tracing::info!(base_offset = seg.base_offset, "retention deletes segment");
-            seg.delete_files()?;
+        let doomed = snap[..victims].to_vec();
+        let dir = self.shared.dir.clone();
+        if let Some(running) = retention::delete_in_background(doomed, snap, dir)? {
+            self.deletions.push(running);
         }
-        self.dir_dirty = true;
         Ok(victims)
+    }
+
+    /// Collects finished retention deletions, or waits for all of them when `wait`.
+    /// Returns how many segments they deleted; the first failure is returned after
+    /// every finished one is collected.
+    fn reap_deletions(&mut self, wait: bool) -> Result<usize, StorageError> {
+        let mut deleted = 0;
+        let mut first_err = None;
+        let mut running = Vec::new();
+        for h in self.deletions.drain(..) {
+            if !wait && !h.is_finished() {
+                running.push(h);
+                continue;
+            }
+            match h.join() {
+                Ok(Ok(n)) => deleted += n,
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_err
+                        .get_or_insert(StorageError::Failed("retention thread panicked".into()));
+                }
+            }
+        }
+        self.deletions = running;
+        first_err.map_or(Ok(deleted), Err)
+    }
+
+    /// Waits until the files of every segment retention removed so far are deleted.
+    /// Returns how many segments that was since the last call (or the first failure).
+    pub fn wait_for_retention(&mut self) -> Result<usize, StorageError> {
+        self.reap_deletions(true)
     }
 
     /// The directory this log lives in.
@@ -553,6 +596,10 @@ impl Log {
 impl Drop for Log {
     fn drop(&mut self) {
         let _ = self.join_background_flush();
+        // Before the directory lock goes: a reopen must not list files being unlinked.
+        if let Err(e) = self.reap_deletions(true) {
+            tracing::error!(error = %e, "deleting segments removed by retention failed");
+        }
         if let Some(h) = self.next.take() {
             if let Ok(Ok(p)) = h.join() {
                 p.discard();

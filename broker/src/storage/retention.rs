@@ -3,14 +3,19 @@
 //! and those that keep the log larger than `retention_bytes`. The active segment is
 //! never chosen, and only a prefix of the log goes, so offsets stay contiguous.
 //!
-//! This module only decides; [`Log::apply_retention`](super::Log::apply_retention),
-//! the owner of the segment list, detaches the victims and deletes their files.
+//! [`victims`] decides; [`Log::apply_retention`](super::Log::apply_retention), the
+//! owner of the segment list, detaches them (republishes the list without them and
+//! advances the log start) and hands their files to [`delete_in_background`], so the
+//! shard writer thread only does the cheap part.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use super::config::LogConfig;
-use super::segment::Segment;
+use super::error::StorageError;
+use super::segment::{sync_dir, Segment};
 
 /// How many of the oldest `segments` (the log's list, oldest first, active last)
 /// retention removes at `now_ms`.
@@ -36,4 +41,60 @@ pub(crate) fn victims(segments: &[Arc<Segment>], config: &LogConfig, now_ms: i64
         victims += 1;
     }
     victims
+}
+
+/// Most deletions running at once per log; retention skips a check while this many
+/// are still unlinking (they take milliseconds; checks are seconds apart).
+pub(crate) const MAX_RUNNING_DELETIONS: usize = 4;
+
+/// A deletion handed to its own thread; yields how many segments it deleted.
+pub(crate) type Deletion = JoinHandle<Result<usize, StorageError>>;
+
+/// Deletes the files of `doomed`, segments the log has already detached (no new
+/// reader can find them), on a thread of its own, so the writer never waits for
+/// unlinks or unmaps. `old_list` is the writer's last reference to the segment list
+/// they were in: it is dropped on that thread too, so the last `Arc` of a segment
+/// (and with it the `munmap`) goes there or with a reader, never on the writer.
+/// Readers still holding a segment keep its mapping: Linux keeps an unlinked file's
+/// pages until the last mapping goes. If no thread can be started, deletes here.
+/// Returns the running deletion, or `None` when it was done here.
+pub(crate) fn delete_in_background(
+    doomed: Vec<Arc<Segment>>,
+    old_list: Arc<Vec<Arc<Segment>>>,
+    dir: PathBuf,
+) -> Result<Option<Deletion>, StorageError> {
+    let job = Arc::new(Mutex::new(Some((doomed, old_list))));
+    let for_thread = Arc::clone(&job);
+    let thread_dir = dir.clone();
+    let spawned = std::thread::Builder::new()
+        .name("weir-retention".into())
+        .spawn(move || {
+            let work = for_thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let (doomed, old_list) = work.expect("a deletion runs once");
+            delete(doomed, old_list, &thread_dir)
+        });
+    match spawned {
+        Ok(h) => Ok(Some(h)),
+        Err(e) => {
+            tracing::warn!(error = %e, "no retention thread; deleting on the writer");
+            let work = job.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let (doomed, old_list) = work.expect("the thread never started");
+            delete(doomed, old_list, &dir).map(|_| None)
+        }
+    }
+}
+
+fn delete(
+    doomed: Vec<Arc<Segment>>,
+    old_list: Arc<Vec<Arc<Segment>>>,
+    dir: &Path,
+) -> Result<usize, StorageError> {
+    for seg in &doomed {
+        tracing::info!(base_offset = seg.base_offset, "retention deletes segment");
+        seg.delete_files()?;
+    }
+    // Durable now, not at the writer's next flush.
+    sync_dir(dir)?;
+    drop(old_list);
+    Ok(doomed.len())
 }

@@ -80,8 +80,9 @@ impl AsRef<[u8]> for MapChunk {
         // SAFETY: chunks are only made (in `Segment::chunk`) for ranges below the
         // segment's published length, which the writer never writes again and never
         // truncates (closing trims the file to exactly that length; retention unlinks
-        // the file, which leaves the mapping intact while this Arc keeps it alive). The
-        // directory is flocked so no other Weir process writes these files.
+        // the file, on its own thread, which leaves the mapping intact while this Arc
+        // keeps it alive). The directory is flocked so no other Weir process writes
+        // these files.
         unsafe { std::slice::from_raw_parts(self.log.map.as_ptr().add(self.start), self.len) }
     }
 }

@@ -313,6 +313,9 @@ fn retention_by_size_keeps_bytes_alive_for_readers() {
     let before = log.size_bytes();
     let deleted = log.apply_retention(0).unwrap();
     assert!(deleted > 0);
+    // The files are deleted on another thread; the writer did not wait for it.
+    assert_eq!(log.deletions.len(), 1);
+    assert_eq!(log.wait_for_retention().unwrap(), deleted);
     assert!(log.size_bytes() < before);
     assert!(log.size_bytes() <= 10_000 + 4096, "{}", log.size_bytes());
     assert!(log.log_start_offset() > 0);
@@ -355,6 +358,7 @@ fn retention_by_age_spares_active_and_young_segments() {
     assert!(left.len() >= 30 && left.len() < 60, "{}", left.len());
     // Far in the future everything closed goes, but never the active segment.
     log.apply_retention(i64::MAX).unwrap();
+    log.wait_for_retention().unwrap();
     assert_eq!(segment_files(dir.path()).len(), 1);
     assert!(log.reader().read(log.log_start_offset(), 1).is_ok());
 }
