@@ -376,8 +376,17 @@ impl OffsetStore {
     /// Snapshot, then switch to a new tail, then delete the old one; see the module
     /// docs for why each step is where it is. Returns the new tail's generation.
     async fn compact(&self) -> Result<u64, BrokerError> {
+        // Preparing the empty next tail (a preallocated, fsynced segment) need not hold
+        // commits off; only one compaction runs, so the generation cannot move meanwhile.
+        let generation = self.tail.read().await.generation + 1;
+        let next = self.start_generation(generation).await?;
         let mut tail = self.tail.write().await;
-        let next = self.start_generation(tail.generation + 1).await?;
+        crate::invariant!(
+            tail.generation + 1 == generation,
+            "one offsets compaction at a time",
+            "tail generation {} while compacting into {generation}",
+            tail.generation
+        );
         let snapshot_bytes = match self.write_snapshot(next.generation).await {
             Ok(n) => n,
             Err(e) => {
@@ -389,7 +398,6 @@ impl OffsetStore {
         let old = std::mem::replace(&mut *tail, next);
         self.tail_bytes.store(0, Ordering::Relaxed);
         self.snapshot_bytes.store(snapshot_bytes, Ordering::Relaxed);
-        let generation = tail.generation;
         drop(tail);
         discard(old).await;
         Ok(generation)
