@@ -5,7 +5,7 @@
 //! position ahead of the written one, a producer lane skipping a sequence) would
 //! corrupt data silently if they ever happened, so the broker stops instead: release
 //! builds use `panic = "abort"`, and a crash is recovered from the log, while a
-//! corrupt log is not. Hence [`invariant!`] is used only for what no input — network
+//! corrupt log is not. Hence [`invariant!`](crate::invariant!) is used only for what no input — network
 //! bytes, disk bytes, configuration — can cause, only a bug in the broker, and only
 //! where the check is O(1) on its path.
 //!
@@ -34,7 +34,7 @@ macro_rules! invariant {
     };
 }
 
-/// The slow path of [`invariant!`], kept out of line so the check itself stays a
+/// The slow path of [`invariant!`](crate::invariant!), kept out of line so the check itself stays a
 /// compare and a never-taken branch.
 #[cold]
 #[inline(never)]

@@ -1,9 +1,9 @@
 //! The shard writer thread: the only owner of a shard's log and producer table.
 //!
-//! Each turn of [`Writer::run`] moves what has arrived in the class lanes into the
+//! Each turn of `Writer::run` moves what has arrived in the class lanes into the
 //! scheduler, writes one group taken in weighted-fair order, hands the appends that
-//! wait for durability to the [`Flusher`], and otherwise waits for the next arrival,
-//! flush completion or timer (interval flush, retention).
+//! wait for durability to the `Flusher` (`flusher.rs`), and otherwise waits for the
+//! next arrival, flush completion or timer (interval flush, retention).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
