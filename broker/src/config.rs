@@ -34,6 +34,16 @@ fn current_key(key: &str) -> &str {
         .map_or(key, |(_, new)| new)
 }
 
+/// Default of [`Config::max_shards`]. Each shard runs a writer thread and keeps a
+/// preallocated segment: 4096 threads stay far below Linux's default per-user and
+/// system thread limits (tens of thousands) with room for connections, runtimes and
+/// flush threads, and are more shards than one host's disks and cores serve well.
+pub const DEFAULT_MAX_SHARDS: u32 = 4096;
+
+/// Largest accepted [`Config::max_shards`]: beyond it a broker would need more threads
+/// than any kernel default allows.
+pub const MAX_SHARDS_LIMIT: u32 = 1_000_000;
+
 /// Every setting of a broker.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -88,6 +98,10 @@ pub struct Config {
     pub max_topics: usize,
     /// Most shards one topic may have.
     pub max_shards_per_topic: u32,
+    /// Most shards of all topics together. Each shard is an OS thread (its writer)
+    /// with a preallocated segment, so this bounds threads and disk, which
+    /// `max_topics × max_shards_per_topic` does not; see [`DEFAULT_MAX_SHARDS`].
+    pub max_shards: u32,
     /// Upper priority bound of classes P0, P1 and P2 (P3 takes the rest); see
     /// `weir_protocol::classes`.
     pub priority_class_bounds: Vec<u8>,
@@ -264,6 +278,7 @@ impl Default for Config {
             group_max_session_timeout_ms: 300_000,
             max_topics: 10_000,
             max_shards_per_topic: 1024,
+            max_shards: DEFAULT_MAX_SHARDS,
             priority_class_bounds: DEFAULT_CLASS_BOUNDS.to_vec(),
             priority_class_weights: DEFAULT_CLASS_WEIGHTS.to_vec(),
             priority_aging_ms: DEFAULT_AGING.iter().map(|d| d.as_millis() as u64).collect(),
@@ -437,6 +452,9 @@ impl Config {
         }
         if self.default_shards == 0 || self.default_shards > self.max_shards_per_topic {
             return bad("default_shards must be in 1..=max_shards_per_topic");
+        }
+        if self.max_shards < self.default_shards || self.max_shards > MAX_SHARDS_LIMIT {
+            return bad("max_shards must be in default_shards..=1000000");
         }
         if self.shard_queue_depth == 0 {
             return bad("shard_queue_depth must be > 0");

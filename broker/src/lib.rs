@@ -9,6 +9,7 @@ pub mod affinity;
 pub mod clock;
 pub mod error;
 pub mod files;
+pub mod invariant;
 pub mod names;
 pub mod retry;
 

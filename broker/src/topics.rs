@@ -27,6 +27,11 @@ use crate::storage::LogConfig;
 
 const METADATA_FILE: &str = "topics.json";
 
+/// Shards of all `topics`, counted against [`Config::max_shards`].
+fn shard_count(topics: &HashMap<String, Arc<Topic>>) -> u64 {
+    topics.values().map(|t| t.shards.len() as u64).sum()
+}
+
 /// One topic and its open shards.
 #[derive(Debug)]
 pub struct Topic {
@@ -155,6 +160,15 @@ impl TopicRegistry {
                 .write()
                 .expect("topics lock")
                 .insert(rec.name.clone(), Arc::new(topic));
+        }
+        let held = shard_count(&registry.topics.read().expect("topics lock"));
+        if held > u64::from(registry.config.max_shards) {
+            // Opened anyway: refusing would hide data that is on disk.
+            tracing::warn!(
+                shards = held,
+                max_shards = registry.config.max_shards,
+                "the topics on disk hold more shards than max_shards; no topic can be created until some are deleted"
+            );
         }
         Ok(registry)
     }
@@ -335,6 +349,18 @@ impl TopicRegistry {
                     format!(
                         "broker already holds max_topics = {}",
                         self.config.max_topics
+                    ),
+                ));
+            }
+            // Every shard is a writer thread: the broker-wide cap, not just the
+            // per-topic one, bounds them.
+            let held = shard_count(&topics);
+            if held + u64::from(shards) > u64::from(self.config.max_shards) {
+                return Err(BrokerError::new(
+                    ErrorCode::InvalidConfig,
+                    format!(
+                        "{shards} more shards would exceed max_shards = {}: the broker holds {held}",
+                        self.config.max_shards
                     ),
                 ));
             }

@@ -107,6 +107,12 @@ impl<T> Wfq<T> {
         let start = self.virtual_time.max(lane.last_finish);
         let finish =
             start + u128::from(cost.max(1)) * SCALE / u128::from(self.weights[class.index()]);
+        crate::invariant!(
+            finish >= lane.last_finish,
+            "finish tags non-decreasing within a lane",
+            "{class}: tag {finish} after {}",
+            lane.last_finish
+        );
         lane.last_finish = finish;
         if lane.items.is_empty() {
             lane.head_since = now;
@@ -156,7 +162,7 @@ impl<T> Wfq<T> {
         if let Some(next) = lane.items.front() {
             lane.head_since = next.enqueued.max(now);
         }
-        self.virtual_time = self.virtual_time.max(e.finish);
+        self.advance_virtual_time(e.finish);
         self.len -= 1;
         Some(Served {
             item: e.item,
@@ -164,6 +170,23 @@ impl<T> Wfq<T> {
             waited: now.saturating_duration_since(e.enqueued),
             pick,
         })
+    }
+
+    /// Moves the virtual clock to the tag of the item just served, unless an earlier
+    /// (aged) pick already took it further: it never moves back, or a class could
+    /// bank the credit of the time it went back.
+    fn advance_virtual_time(&mut self, served_finish: u128) {
+        let v = self.virtual_time.max(served_finish);
+        Self::check_virtual_time(self.virtual_time, v);
+        self.virtual_time = v;
+    }
+
+    fn check_virtual_time(old: u128, new: u128) {
+        crate::invariant!(
+            new >= old,
+            "scheduler virtual time monotonic",
+            "it would move from {old} back to {new}"
+        );
     }
 
     /// Items queued in `class`.
@@ -218,6 +241,32 @@ mod tests {
             self.0 ^= self.0 << 17;
             self.0
         }
+    }
+
+    #[test]
+    fn virtual_time_only_moves_forward() {
+        let mut q = Wfq::new(DEFAULT_CLASS_WEIGHTS, NO_AGING);
+        let t0 = Instant::now();
+        let mut last = 0;
+        for i in 0..1000u64 {
+            q.push(
+                Class::from_index((i % 4) as usize).unwrap(),
+                (),
+                1 + i % 7,
+                t0,
+            );
+            if i % 3 == 0 {
+                q.pop(t0);
+                assert!(q.virtual_time >= last);
+                last = q.virtual_time;
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "invariant violated: scheduler virtual time monotonic")]
+    fn moving_virtual_time_back_violates_the_invariant() {
+        Wfq::<()>::check_virtual_time(10, 9);
     }
 
     #[test]

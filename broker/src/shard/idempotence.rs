@@ -56,6 +56,16 @@ pub enum Verdict {
     Fenced { current_epoch: u16 },
 }
 
+/// Whether `h` is the next batch of a lane whose newest batch had `epoch` and ended at
+/// sequence `last_seq`: the next sequence in that epoch, or sequence 0 of a newer one.
+pub fn continues(epoch: u16, last_seq: u32, h: &BatchHeader) -> bool {
+    if h.producer_epoch == epoch {
+        h.base_sequence == last_seq.wrapping_add(1)
+    } else {
+        h.producer_epoch > epoch && h.base_sequence == 0
+    }
+}
+
 /// The producers known to one shard, by (producer id, class index).
 #[derive(Debug, Default)]
 pub struct ProducerTable {
@@ -71,6 +81,11 @@ impl ProducerTable {
             classes,
             ..ProducerTable::default()
         }
+    }
+
+    /// The sequence lane a batch belongs to, `None` for a batch without a producer.
+    pub fn lane(&self, h: &BatchHeader) -> Option<(u64, u8)> {
+        (h.producer_id != NO_PRODUCER_ID).then(|| self.key(h))
     }
 
     fn key(&self, h: &BatchHeader) -> (u64, u8) {
@@ -128,7 +143,31 @@ impl ProducerTable {
         }
     }
 
-    /// Records a batch that was written (or found in the log on recovery).
+    /// Records a batch just written after [`ProducerTable::check`] said
+    /// [`Verdict::Append`] for it. Its base sequence continues its lane (see
+    /// [`continues`]) unless the lane is unknown: `check` saw to that, and the writer
+    /// refuses an append whose later batch does not continue an earlier one of its
+    /// lane (`check` does not see batches of the same append).
+    pub fn accept(&mut self, h: &BatchHeader) {
+        if let Some(p) = self.lane(h).and_then(|k| self.producers.get(&k)) {
+            crate::invariant!(
+                p.last_seq.is_some_and(|last| continues(p.epoch, last, h)),
+                "sequence continuity per producer lane",
+                "producer {} epoch {} (lane at epoch {}, last sequence {:?}) accepted at sequence {}",
+                h.producer_id,
+                h.producer_epoch,
+                p.epoch,
+                p.last_seq,
+                h.base_sequence
+            );
+        }
+        self.record(h);
+    }
+
+    /// Records a batch found in the log on recovery (or written; see
+    /// [`ProducerTable::accept`]). Nothing is asserted: a lane forgotten under
+    /// [`MAX_PRODUCERS`] may have been accepted at any sequence, so the log may hold
+    /// gaps that were legal when written.
     pub fn record(&mut self, h: &BatchHeader) {
         if h.producer_id == NO_PRODUCER_ID {
             return;
@@ -222,6 +261,33 @@ mod tests {
         ));
         // Unknown producers start wherever they are.
         assert_eq!(t.check(&header(9, 0, 4, 1, 0)), Verdict::Append);
+    }
+
+    #[test]
+    fn accepting_the_next_sequence_or_a_new_epoch_holds_the_invariant() {
+        let mut t = ProducerTable::default();
+        t.accept(&header(1, 0, 0, 3, 0));
+        t.accept(&header(1, 0, 3, 2, 3));
+        t.accept(&header(1, 1, 0, 1, 5));
+        // Unknown lanes start anywhere.
+        t.accept(&header(2, 0, 40, 1, 6));
+    }
+
+    #[test]
+    #[should_panic(expected = "invariant violated: sequence continuity per producer lane")]
+    fn accepting_a_sequence_gap_violates_the_invariant() {
+        let mut t = ProducerTable::default();
+        t.accept(&header(1, 0, 0, 3, 0));
+        // check() would say OutOfOrder; accepting it anyway is a writer bug.
+        t.accept(&header(1, 0, 4, 1, 3));
+    }
+
+    #[test]
+    #[should_panic(expected = "invariant violated: sequence continuity per producer lane")]
+    fn accepting_a_new_epoch_not_at_zero_violates_the_invariant() {
+        let mut t = ProducerTable::default();
+        t.accept(&header(1, 0, 0, 3, 0));
+        t.accept(&header(1, 1, 7, 1, 3));
     }
 
     #[test]

@@ -9,10 +9,25 @@
 //! flushes once for the whole group when any waiter asked for `durable` (or the topic's
 //! durability is `always`) and answers those. This is group commit: one flush serves
 //! every concurrent durable producer. Readers never touch the writer: they read the
-//! log through a [`LogReader`] and wait for new data on a watch of the high-water mark.
+//! log through a [`LogReader`](crate::storage::LogReader) and wait for new data on a
+//! watch of the high-water mark.
+//!
+//! * `handle.rs` — [`Shard`], what clients hold: enqueue, flush, read, close;
+//! * `writer.rs` — the writer thread's loop and how it writes a group;
+//! * `flusher.rs` — durable acknowledgements, pipelined group commit;
+//! * `idempotence.rs` — producer sequences and retries;
+//! * `class_index.rs` — offsets by priority class, for priority reads.
 
 pub mod class_index;
+mod flusher;
+mod handle;
 pub mod idempotence;
 pub mod writer;
 
-pub use writer::{AppendError, AppendOutcome, Shard, ShardConfig};
+pub use handle::{
+    AppendError, AppendOutcome, ClassStats, PendingAppend, Shard, PRODUCER_STATE_SCAN_OFFSETS,
+};
+pub use writer::{ShardConfig, DEFAULT_GROUP_BYTES_MAX, MAX_GROUP_COMMANDS};
+
+#[cfg(test)]
+mod tests;

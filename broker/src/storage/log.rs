@@ -19,57 +19,14 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 use weir_protocol::batch::{self, BatchHeader, BATCH_HEADER_BYTES};
 
+use super::active::Active;
+use super::config::LogConfig;
 use super::error::{io_err, StorageError};
 use super::index::{index_capacity, IndexEntry, IndexFile, SegmentIndex};
 use super::index::{OFFSET_ENTRY_BYTES, TIME_ENTRY_BYTES};
-use super::segment::{self, MappedLog, Prepared, Segment};
-
-/// Tunables of one log. Sizes are upper bounds, not targets.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogConfig {
-    /// Bytes preallocated per segment; a segment rolls when the next batch would not
-    /// fit. At most `u32::MAX` (positions in the index are 32-bit).
-    pub segment_bytes: u64,
-    /// Bytes of batches between two sparse index points; bounds how far a read or
-    /// recovery scans from an index point.
-    pub index_interval_bytes: u32,
-    /// Closed segments whose newest record is older than this are deleted; 0 = keep.
-    pub retention_ms: u64,
-    /// Oldest closed segments are deleted while the log is larger than this; 0 = no limit.
-    pub retention_bytes: u64,
-}
-
-impl Default for LogConfig {
-    /// 256 MiB segments: large enough that rolling (trim, remap, rename) is rare and the
-    /// per-segment file count stays small, small enough that preallocating and
-    /// populating the next one in the background costs little memory on a small box,
-    /// and that retention frees space in reasonable steps. 4 KiB index interval (one
-    /// page scanned at most per lookup), 7-day retention, no size limit.
-    fn default() -> Self {
-        LogConfig {
-            segment_bytes: 256 * 1024 * 1024,
-            index_interval_bytes: 4096,
-            retention_ms: 7 * 24 * 3600 * 1000,
-            retention_bytes: 0,
-        }
-    }
-}
-
-impl LogConfig {
-    fn check(&self) -> Result<(), StorageError> {
-        if self.segment_bytes < 4096 || self.segment_bytes > u64::from(u32::MAX) {
-            return Err(StorageError::InvalidConfig(
-                "segment_bytes must be in 4096..=u32::MAX",
-            ));
-        }
-        if self.index_interval_bytes == 0 {
-            return Err(StorageError::InvalidConfig(
-                "index_interval_bytes must be > 0",
-            ));
-        }
-        Ok(())
-    }
-}
+use super::recovery::{self, Recovered};
+use super::retention;
+use super::segment::{self, sync_dir, MappedLog, Prepared, Segment};
 
 /// Offsets assigned by one `append`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,7 +68,7 @@ impl<'a> Run<'a> {
 }
 
 /// What readers and the writer share.
-pub(crate) struct Shared {
+pub(super) struct Shared {
     pub dir: PathBuf,
     pub segments: RwLock<Arc<Vec<Arc<Segment>>>>,
     pub high_watermark: AtomicU64,
@@ -119,52 +76,74 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn snapshot(&self) -> Arc<Vec<Arc<Segment>>> {
+    fn snapshot(&self) -> Arc<Vec<Arc<Segment>>> {
         // A poisoned lock only means a panic elsewhere while swapping an Arc; the Arc
         // inside is always whole.
         Arc::clone(&self.segments.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    pub(crate) fn publish(&self, segments: Vec<Arc<Segment>>) {
+    fn publish(&self, segments: Vec<Arc<Segment>>) {
         *self.segments.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(segments);
     }
 }
 
-/// Writer-side state of the active segment.
-pub(crate) struct Active {
-    pub seg: Arc<Segment>,
-    /// Write position (== published len between appends).
-    pub pos: u64,
-    pub capacity: u64,
-    pub next_offset: u64,
-    pub bytes_since_index: u64,
-    pub max_timestamp_ms: i64,
-    /// Bytes below this are known durable.
-    pub flushed_pos: u64,
-}
-
 /// The single writer of one shard's log. Not `Clone`; readers come from [`Log::reader`].
 pub struct Log {
-    pub(crate) config: LogConfig,
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) active: Active,
+    config: LogConfig,
+    pub(super) shared: Arc<Shared>,
+    pub(super) active: Active,
     /// Closed segments not yet made durable (synced by the next `flush`).
-    pub(crate) pending_sync: Vec<Arc<Segment>>,
+    pending_sync: Vec<Arc<Segment>>,
     /// A segment file was renamed into place since the last directory fsync.
-    pub(crate) dir_dirty: bool,
-    pub(crate) next: Option<JoinHandle<Result<Prepared, StorageError>>>,
-    pub(crate) prepare_seq: u64,
-    pub(crate) failed: Option<String>,
+    dir_dirty: bool,
+    next: Option<JoinHandle<Result<Prepared, StorageError>>>,
+    prepare_seq: u64,
+    failed: Option<String>,
     /// An interval flush running on its own thread; see [`Log::flush_in_background`].
-    pub(crate) background_flush: Option<JoinHandle<Result<(), StorageError>>>,
-    pub(crate) _lock: File,
+    pub(super) background_flush: Option<JoinHandle<Result<(), StorageError>>>,
+    /// Retention deletions still unlinking files; see `retention::delete_in_background`.
+    pub(super) deletions: Vec<retention::Deletion>,
+    _lock: File,
 }
 
 impl Log {
     /// Opens (creating if needed) the log in `dir`, recovering a torn tail.
     pub fn open(dir: &Path, config: LogConfig) -> Result<Log, StorageError> {
         config.check()?;
-        super::recovery::open(dir, config)
+        let Recovered {
+            lock,
+            closed,
+            active,
+        } = recovery::recover(dir, &config)?;
+        let log_start = closed
+            .first()
+            .map_or(active.seg.base_offset, |s| s.base_offset);
+        let mut segments = closed;
+        segments.push(Arc::clone(&active.seg));
+        let hwm = active.next_offset;
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            segments: RwLock::new(Arc::new(segments)),
+            high_watermark: AtomicU64::new(hwm),
+            log_start_offset: AtomicU64::new(log_start),
+        });
+        let mut log = Log {
+            config,
+            shared,
+            active,
+            pending_sync: Vec::new(),
+            dir_dirty: false,
+            next: None,
+            prepare_seq: 0,
+            failed: None,
+            background_flush: None,
+            deletions: Vec::new(),
+            _lock: lock,
+        };
+        if log.active.pos * 2 >= log.active.capacity {
+            log.start_prepare();
+        }
+        Ok(log)
     }
 
     /// Copies `batches` (each exactly one batch, already validated by the caller) into
@@ -188,6 +167,12 @@ impl Log {
                 detail: "append needs at least one batch".into(),
             });
         }
+        let published = self.shared.high_watermark.load(Ordering::Relaxed);
+        crate::invariant!(
+            base_offset == published,
+            "offsets strictly increasing",
+            "an append would start at offset {base_offset} but offsets below {published} are taken"
+        );
         // Batches go into the active file with `pwritev`, one call per run of batches
         // that land in one segment (see `write_run`); the stamped base offset of each
         // is its own 8-byte slice, so the caller's bytes are never copied twice.
@@ -215,9 +200,8 @@ impl Log {
             return Err(e);
         }
         self.publish_active();
-        self.shared
-            .high_watermark
-            .store(self.active.next_offset, Ordering::Release);
+        self.check_positions();
+        self.publish_high_watermark();
         // Prepare the next segment once this one is half full: early enough that the
         // background fallocate is done long before the roll, late enough that an idle
         // log does not hold a second preallocated file.
@@ -228,6 +212,35 @@ impl Log {
             base_offset,
             last_offset: self.active.next_offset - 1,
         })
+    }
+
+    /// Lets readers see everything appended: the one place the high-water mark moves.
+    /// It never moves back; there is no truncation path on a live log (recovery cuts a
+    /// torn tail before the log is published to anyone).
+    pub(super) fn publish_high_watermark(&self) {
+        let new = self.active.next_offset;
+        let old = self.shared.high_watermark.load(Ordering::Relaxed);
+        crate::invariant!(
+            new >= old,
+            "high-water mark monotonic",
+            "it would move from {old} back to {new}"
+        );
+        self.shared.high_watermark.store(new, Ordering::Release);
+    }
+
+    /// The active segment's positions: nothing is durable that was not written, and
+    /// nothing is written past the preallocated end (readers' maps end there).
+    fn check_positions(&self) {
+        let a = &self.active;
+        crate::invariant!(
+            a.flushed_pos <= a.pos && a.pos <= a.capacity,
+            "flushed <= written <= end of the log",
+            "segment {}: flushed {} written {} end {}",
+            a.seg.base_offset,
+            a.flushed_pos,
+            a.pos,
+            a.capacity
+        );
     }
 
     fn check_failed(&self) -> Result<(), StorageError> {
@@ -255,6 +268,13 @@ impl Log {
             a.bytes_since_index = 0;
         }
         let base_offset = a.next_offset;
+        // `check_framing` refused empty batches, so every batch takes at least one
+        // offset and the next one starts strictly after it.
+        crate::invariant!(
+            count >= 1,
+            "offsets strictly increasing",
+            "a batch of {count} records at offset {base_offset}"
+        );
         a.bytes_since_index += len as u64;
         a.pos += len as u64;
         a.next_offset += u64::from(count);
@@ -301,7 +321,7 @@ impl Log {
     }
 
     /// Starts preparing the next segment in the background.
-    pub(crate) fn start_prepare(&mut self) {
+    fn start_prepare(&mut self) {
         let id = self.new_prepare_id();
         let cap = self.config.segment_bytes;
         self.next = Some(segment::spawn_prepare(
@@ -394,6 +414,7 @@ impl Log {
     ) -> Result<(), StorageError> {
         self.check_failed()?;
         self.join_background_flush()?;
+        self.check_positions();
         let segments = std::mem::take(&mut self.pending_sync);
         let a = &mut self.active;
         let seg = Arc::clone(&a.seg);
@@ -447,6 +468,7 @@ impl Log {
 
     fn flush_inner(&mut self) -> Result<(), StorageError> {
         self.join_background_flush()?;
+        self.check_positions();
         for s in std::mem::take(&mut self.pending_sync) {
             s.sync_all_files()?;
         }
@@ -490,10 +512,79 @@ impl Log {
         self.shared.snapshot().iter().map(|s| s.size_bytes()).sum()
     }
 
-    /// Deletes closed segments that are too old or beyond the size limit; see
-    /// `retention.rs`. Returns how many were deleted.
+    /// Removes closed segments that are too old or beyond the size limit (chosen by
+    /// `retention.rs`) from the log and starts deleting their files on another thread
+    /// ([`Log::wait_for_retention`] waits for that). Returns how many were removed.
+    ///
+    /// Safe against readers: the segment list is republished without the victims and
+    /// the log start advanced before the files are unlinked; a reader still holding a
+    /// snapshot or `Bytes` keeps the mapping alive through its `Arc`, and Linux keeps
+    /// an unlinked file's pages until the last mapping goes.
     pub fn apply_retention(&mut self, now_ms: i64) -> Result<usize, StorageError> {
-        super::retention::apply(self, now_ms)
+        if let Err(e) = self.reap_deletions(false) {
+            tracing::error!(error = %e, "deleting segments removed by retention failed");
+        }
+        if self.deletions.len() >= retention::MAX_RUNNING_DELETIONS {
+            return Ok(0);
+        }
+        let snap = self.shared.snapshot();
+        let victims = retention::victims(&snap, &self.config, now_ms);
+        if victims == 0 {
+            return Ok(0);
+        }
+        let keep: Vec<_> = snap[victims..].to_vec();
+        let new_start = keep[0].base_offset;
+        let old_start = self.shared.log_start_offset.load(Ordering::Relaxed);
+        crate::invariant!(
+            old_start < new_start && new_start <= self.active.next_offset,
+            "log start moves forward, never past the high-water mark",
+            "retention would move it from {old_start} to {new_start} (high-water mark {})",
+            self.active.next_offset
+        );
+        self.shared.publish(keep);
+        self.shared
+            .log_start_offset
+            .store(new_start, Ordering::Release);
+        self.pending_sync.retain(|s| s.base_offset >= new_start);
+        let doomed = snap[..victims].to_vec();
+        let dir = self.shared.dir.clone();
+        if let Some(running) = retention::delete_in_background(doomed, snap, dir)? {
+            self.deletions.push(running);
+        }
+        Ok(victims)
+    }
+
+    /// Collects finished retention deletions, or waits for all of them when `wait`.
+    /// Returns how many segments they deleted; the first failure is returned after
+    /// every finished one is collected.
+    fn reap_deletions(&mut self, wait: bool) -> Result<usize, StorageError> {
+        let mut deleted = 0;
+        let mut first_err = None;
+        let mut running = Vec::new();
+        for h in self.deletions.drain(..) {
+            if !wait && !h.is_finished() {
+                running.push(h);
+                continue;
+            }
+            match h.join() {
+                Ok(Ok(n)) => deleted += n,
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_err
+                        .get_or_insert(StorageError::Failed("retention thread panicked".into()));
+                }
+            }
+        }
+        self.deletions = running;
+        first_err.map_or(Ok(deleted), Err)
+    }
+
+    /// Waits until the files of every segment retention removed so far are deleted.
+    /// Returns how many segments that was since the last call (or the first failure).
+    pub fn wait_for_retention(&mut self) -> Result<usize, StorageError> {
+        self.reap_deletions(true)
     }
 
     /// The directory this log lives in.
@@ -505,6 +596,10 @@ impl Log {
 impl Drop for Log {
     fn drop(&mut self) {
         let _ = self.join_background_flush();
+        // Before the directory lock goes: a reopen must not list files being unlinked.
+        if let Err(e) = self.reap_deletions(true) {
+            tracing::error!(error = %e, "deleting segments removed by retention failed");
+        }
         if let Some(h) = self.next.take() {
             if let Ok(Ok(p)) = h.join() {
                 p.discard();
@@ -543,12 +638,6 @@ fn close_segment(seg: &Segment, len: u64) -> Result<Segment, StorageError> {
         ),
         closed: true,
     })
-}
-
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
 }
 
 /// Checks that `b` is framed as exactly one batch (the caller validated its contents).

@@ -11,12 +11,20 @@
 //! .prepare-<id>.*                 next segment's files, made ahead of time
 //! ```
 //!
+//! * `config.rs` — [`LogConfig`];
 //! * `segment.rs` — a segment's files, maps, and background preparation;
 //! * `index.rs` — the sparse offset and time indexes;
-//! * `log.rs` — [`Log`] (the single writer) and [`LogReader`];
-//! * `recovery.rs` — what `Log::open` checks and cuts;
-//! * `retention.rs` — deletion by age and size.
+//! * `active.rs` — the writer's position in the segment it appends to;
+//! * `recovery.rs` — what `Log::open` checks and cuts, handed back as parts;
+//! * `retention.rs` — which segments retention removes;
+//! * `log.rs` — [`Log`] (the single writer, owner of the segment list) and
+//!   [`LogReader`].
+//!
+//! Imports run one way, down that list's dependencies: `log` uses `recovery` and
+//! `retention`, which use `segment`, `index`, `active` and `config`, never `log`.
 
+mod active;
+mod config;
 mod error;
 mod index;
 mod log;
@@ -24,8 +32,9 @@ mod recovery;
 mod retention;
 mod segment;
 
+pub use config::LogConfig;
 pub use error::StorageError;
-pub use log::{AppendInfo, Log, LogConfig, LogReader};
+pub use log::{AppendInfo, Log, LogReader};
 
 #[cfg(test)]
 mod tests;

@@ -19,18 +19,19 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use memmap2::MmapOptions;
 use weir_protocol::batch::{self, BatchHeader};
 
+use super::active::Active;
+use super::config::LogConfig;
 use super::error::{io_err, StorageError};
 use super::index::{decode_entries, index_capacity, IndexEntry, IndexFile, SegmentIndex};
 use super::index::{OFFSET_ENTRY_BYTES, TIME_ENTRY_BYTES};
-use super::log::{sync_dir, Active, Log, LogConfig, Shared};
 use super::segment::{
-    preallocate, prepare, segment_path, MappedLog, Segment, INDEX_EXT, LOG_EXT, PREPARE_PREFIX,
-    TIME_INDEX_EXT,
+    preallocate, prepare, segment_path, sync_dir, MappedLog, Segment, INDEX_EXT, LOG_EXT,
+    PREPARE_PREFIX, TIME_INDEX_EXT,
 };
 
 /// The result of walking batches from some position.
@@ -455,8 +456,17 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>, StorageError> {
     Ok(bases)
 }
 
-/// Opens or creates the log in `dir`.
-pub(crate) fn open(dir: &Path, config: LogConfig) -> Result<Log, StorageError> {
+/// What recovery hands the log: the directory lock, the closed segments in offset
+/// order, and the active segment to append to.
+pub(crate) struct Recovered {
+    pub lock: File,
+    pub closed: Vec<Arc<Segment>>,
+    pub active: Active,
+}
+
+/// Locks `dir` (creating it if needed) and recovers the segments in it; see the module
+/// docs.
+pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered, StorageError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let lock = lock_dir(dir)?;
     let mut bases = list_segments(dir)?;
@@ -477,7 +487,7 @@ pub(crate) fn open(dir: &Path, config: LogConfig) -> Result<Log, StorageError> {
     while i < last {
         let base = bases[i];
         let next_base = bases[i + 1];
-        let next_offset = match check_closed(dir, base, &config)? {
+        let next_offset = match check_closed(dir, base, config)? {
             ClosedOutcome::Ok { next_offset, cut } => {
                 if next_offset != next_base {
                     if !cut || next_offset > next_base {
@@ -511,33 +521,10 @@ pub(crate) fn open(dir: &Path, config: LogConfig) -> Result<Log, StorageError> {
         closed.push(Arc::new(open_closed(dir, base, next_offset)?));
         i += 1;
     }
-    let active = recover_active(dir, bases[last], &config)?;
-    let log_start = closed
-        .first()
-        .map_or(active.seg.base_offset, |s| s.base_offset);
-    let mut segments = closed;
-    segments.push(Arc::clone(&active.seg));
-    let hwm = active.next_offset;
-    let shared = Arc::new(Shared {
-        dir: dir.to_path_buf(),
-        segments: RwLock::new(Arc::new(segments)),
-        high_watermark: AtomicU64::new(hwm),
-        log_start_offset: AtomicU64::new(log_start),
-    });
-    let mut log = Log {
-        config,
-        shared,
+    let active = recover_active(dir, bases[last], config)?;
+    Ok(Recovered {
+        lock,
+        closed,
         active,
-        pending_sync: Vec::new(),
-        dir_dirty: false,
-        next: None,
-        prepare_seq: 0,
-        failed: None,
-        background_flush: None,
-        _lock: lock,
-    };
-    if log.active.pos * 2 >= log.active.capacity {
-        log.start_prepare();
-    }
-    Ok(log)
+    })
 }

@@ -1,55 +1,100 @@
-//! Retention: delete whole closed segments, oldest first, when they are older than
+//! Retention: which whole closed segments go, oldest first — those older than
 //! `retention_ms` (judged by the newest record timestamp in the segment, as Kafka does)
-//! or while the log is larger than `retention_bytes`. The active segment is never
-//! deleted, and only a prefix of the log goes, so offsets stay contiguous.
+//! and those that keep the log larger than `retention_bytes`. The active segment is
+//! never chosen, and only a prefix of the log goes, so offsets stay contiguous.
 //!
-//! Safe against readers: the segment list is republished without the victims and the
-//! log start advanced before the files are unlinked; a reader still holding a snapshot
-//! or `Bytes` keeps the mapping alive through its `Arc`, and Linux keeps an unlinked
-//! file's pages until the last mapping goes.
+//! [`victims`] decides; [`Log::apply_retention`](super::Log::apply_retention), the
+//! owner of the segment list, detaches them (republishes the list without them and
+//! advances the log start) and hands their files to [`delete_in_background`], so the
+//! shard writer thread only does the cheap part.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
+use super::config::LogConfig;
 use super::error::StorageError;
-use super::log::Log;
+use super::segment::{sync_dir, Segment};
 
-pub(crate) fn apply(log: &mut Log, now_ms: i64) -> Result<usize, StorageError> {
-    let cfg = log.config.clone();
-    if cfg.retention_ms == 0 && cfg.retention_bytes == 0 {
-        return Ok(0);
+/// How many of the oldest `segments` (the log's list, oldest first, active last)
+/// retention removes at `now_ms`.
+pub(crate) fn victims(segments: &[Arc<Segment>], config: &LogConfig, now_ms: i64) -> usize {
+    if config.retention_ms == 0 && config.retention_bytes == 0 {
+        return 0;
     }
-    let snap = log.shared.snapshot();
-    let mut total: u64 = snap.iter().map(|s| s.size_bytes()).sum();
+    let mut total: u64 = segments.iter().map(|s| s.size_bytes()).sum();
     let mut victims = 0usize;
     // Never the last (active) segment.
-    for seg in snap.iter().take(snap.len().saturating_sub(1)) {
+    for seg in segments.iter().take(segments.len().saturating_sub(1)) {
         if !seg.closed {
             break;
         }
         let newest = seg.max_timestamp_ms.load(Ordering::Acquire);
-        let too_old = cfg.retention_ms > 0
-            && (now_ms as i128 - newest as i128) > i128::from(cfg.retention_ms);
-        let too_big = cfg.retention_bytes > 0 && total > cfg.retention_bytes;
+        let too_old = config.retention_ms > 0
+            && (now_ms as i128 - newest as i128) > i128::from(config.retention_ms);
+        let too_big = config.retention_bytes > 0 && total > config.retention_bytes;
         if !(too_old || too_big) {
             break;
         }
         total -= seg.size_bytes();
         victims += 1;
     }
-    if victims == 0 {
-        return Ok(0);
+    victims
+}
+
+/// Most deletions running at once per log; retention skips a check while this many
+/// are still unlinking (they take milliseconds; checks are seconds apart).
+pub(crate) const MAX_RUNNING_DELETIONS: usize = 4;
+
+/// A deletion handed to its own thread; yields how many segments it deleted.
+pub(crate) type Deletion = JoinHandle<Result<usize, StorageError>>;
+
+/// Deletes the files of `doomed`, segments the log has already detached (no new
+/// reader can find them), on a thread of its own, so the writer never waits for
+/// unlinks or unmaps. `old_list` is the writer's last reference to the segment list
+/// they were in: it is dropped on that thread too, so the last `Arc` of a segment
+/// (and with it the `munmap`) goes there or with a reader, never on the writer.
+/// Readers still holding a segment keep its mapping: Linux keeps an unlinked file's
+/// pages until the last mapping goes. If no thread can be started, deletes here.
+/// Returns the running deletion, or `None` when it was done here.
+pub(crate) fn delete_in_background(
+    doomed: Vec<Arc<Segment>>,
+    old_list: Arc<Vec<Arc<Segment>>>,
+    dir: PathBuf,
+) -> Result<Option<Deletion>, StorageError> {
+    let job = Arc::new(Mutex::new(Some((doomed, old_list))));
+    let for_thread = Arc::clone(&job);
+    let thread_dir = dir.clone();
+    let spawned = std::thread::Builder::new()
+        .name("weir-retention".into())
+        .spawn(move || {
+            let work = for_thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let (doomed, old_list) = work.expect("a deletion runs once");
+            delete(doomed, old_list, &thread_dir)
+        });
+    match spawned {
+        Ok(h) => Ok(Some(h)),
+        Err(e) => {
+            tracing::warn!(error = %e, "no retention thread; deleting on the writer");
+            let work = job.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let (doomed, old_list) = work.expect("the thread never started");
+            delete(doomed, old_list, &dir).map(|_| None)
+        }
     }
-    let keep: Vec<_> = snap[victims..].to_vec();
-    let new_start = keep[0].base_offset;
-    log.shared.publish(keep);
-    log.shared
-        .log_start_offset
-        .store(new_start, Ordering::Release);
-    log.pending_sync.retain(|s| s.base_offset >= new_start);
-    for seg in &snap[..victims] {
+}
+
+fn delete(
+    doomed: Vec<Arc<Segment>>,
+    old_list: Arc<Vec<Arc<Segment>>>,
+    dir: &Path,
+) -> Result<usize, StorageError> {
+    for seg in &doomed {
         tracing::info!(base_offset = seg.base_offset, "retention deletes segment");
         seg.delete_files()?;
     }
-    log.dir_dirty = true;
-    Ok(victims)
+    // Durable now, not at the writer's next flush.
+    sync_dir(dir)?;
+    drop(old_list);
+    Ok(doomed.len())
 }

@@ -80,8 +80,9 @@ impl AsRef<[u8]> for MapChunk {
         // SAFETY: chunks are only made (in `Segment::chunk`) for ranges below the
         // segment's published length, which the writer never writes again and never
         // truncates (closing trims the file to exactly that length; retention unlinks
-        // the file, which leaves the mapping intact while this Arc keeps it alive). The
-        // directory is flocked so no other Weir process writes these files.
+        // the file, on its own thread, which leaves the mapping intact while this Arc
+        // keeps it alive). The directory is flocked so no other Weir process writes
+        // these files.
         unsafe { std::slice::from_raw_parts(self.log.map.as_ptr().add(self.start), self.len) }
     }
 }
@@ -155,6 +156,13 @@ impl Segment {
         }
         Ok(())
     }
+}
+
+/// Makes the directory's entries (files created, renamed or unlinked) durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
 }
 
 /// Allocates real blocks for `[0, len)` of `file` (falls back to `set_len` where the

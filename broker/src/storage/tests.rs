@@ -313,6 +313,9 @@ fn retention_by_size_keeps_bytes_alive_for_readers() {
     let before = log.size_bytes();
     let deleted = log.apply_retention(0).unwrap();
     assert!(deleted > 0);
+    // The files are deleted on another thread; the writer did not wait for it.
+    assert_eq!(log.deletions.len(), 1);
+    assert_eq!(log.wait_for_retention().unwrap(), deleted);
     assert!(log.size_bytes() < before);
     assert!(log.size_bytes() <= 10_000 + 4096, "{}", log.size_bytes());
     assert!(log.log_start_offset() > 0);
@@ -355,6 +358,7 @@ fn retention_by_age_spares_active_and_young_segments() {
     assert!(left.len() >= 30 && left.len() < 60, "{}", left.len());
     // Far in the future everything closed goes, but never the active segment.
     log.apply_retention(i64::MAX).unwrap();
+    log.wait_for_retention().unwrap();
     assert_eq!(segment_files(dir.path()).len(), 1);
     assert!(log.reader().read(log.log_start_offset(), 1).is_ok());
 }
@@ -498,5 +502,84 @@ fn background_flushes_run_beside_appends_across_rolls_and_reopen_cleanly() {
     assert_eq!(got.len(), expected.len());
     for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
         assert_eq!(&g[20..], &e[20..], "batch {i}");
+    }
+}
+
+/// The invariants `Log` asserts in every build, each driven into its bad state
+/// through the writer's crate-private fields (no public path can get there).
+mod invariants {
+    use super::*;
+
+    fn log_with_one_batch(dir: &Path) -> Log {
+        let mut log = Log::open(dir, small_config(1 << 20)).unwrap();
+        log.append(&[make_batch(1, 3, 10, 0)]).unwrap();
+        log
+    }
+
+    #[test]
+    #[should_panic(expected = "invariant violated: offsets strictly increasing")]
+    fn an_append_below_the_high_water_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = log_with_one_batch(dir.path());
+        log.active.next_offset = 1;
+        let _ = log.append(&[make_batch(2, 1, 10, 0)]);
+    }
+
+    #[test]
+    #[should_panic(expected = "invariant violated: high-water mark monotonic")]
+    fn the_high_water_mark_moving_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log_with_one_batch(dir.path());
+        log.shared
+            .high_watermark
+            .store(10, std::sync::atomic::Ordering::Relaxed);
+        log.publish_high_watermark();
+    }
+
+    #[test]
+    #[should_panic(expected = "invariant violated: flushed <= written <= end of the log")]
+    fn flushed_past_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = log_with_one_batch(dir.path());
+        log.active.flushed_pos = log.active.pos + 1;
+        let _ = log.flush();
+    }
+
+    #[test]
+    #[should_panic(expected = "invariant violated: flushed <= written <= end of the log")]
+    fn written_past_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = log_with_one_batch(dir.path());
+        log.active.capacity = log.active.pos - 1;
+        let _ = log.flush_in_background(|_| {});
+    }
+
+    #[test]
+    #[should_panic(expected = "invariant violated: log start moves forward")]
+    fn retention_moving_the_log_start_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = small_config(4096);
+        cfg.retention_bytes = 1;
+        let mut log = Log::open(dir.path(), cfg).unwrap();
+        for i in 0..40u64 {
+            log.append(&[make_batch(i, 1, 500, 0)]).unwrap();
+        }
+        log.shared
+            .log_start_offset
+            .store(1_000, std::sync::atomic::Ordering::Relaxed);
+        let _ = log.apply_retention(0);
+    }
+
+    #[test]
+    fn a_healthy_log_holds_them_across_rolls_and_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path(), small_config(8192)).unwrap();
+        for i in 0..200 {
+            log.append(&[make_batch(i, 2, 100, 0)]).unwrap();
+            if i % 7 == 0 {
+                log.flush().unwrap();
+            }
+        }
+        assert_eq!(log.high_watermark(), 400);
     }
 }

@@ -1,0 +1,284 @@
+//! [`Shard`]: the handle every connection uses to reach one shard — queue an append
+//! ([`Shard::enqueue`], answered through a [`PendingAppend`]), flush, read, watch the
+//! high-water mark — and what opening one takes (recovering the log, rebuilding the
+//! producer table, starting the writer thread of `writer.rs`).
+
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use weir_protocol::batch::BatchHeader;
+use weir_protocol::classes::{Class, ClassMap, CLASS_COUNT};
+
+use super::class_index::ClassIndex;
+use super::idempotence::ProducerTable;
+use super::writer::{ShardConfig, Writer};
+use crate::storage::{Log, LogReader, StorageError};
+
+/// How many of the newest offsets are scanned on open to rebuild producer state. A
+/// producer idle for longer than this many records is forgotten, which only means
+/// its next batch cannot be recognised as a retry of one written before that window.
+pub const PRODUCER_STATE_SCAN_OFFSETS: u64 = 2_000_000;
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendOutcome {
+    pub base_offset: u64,
+    pub last_offset: u64,
+    /// Every batch was a retry of one already stored; nothing was written.
+    pub duplicate: bool,
+}
+
+/// Why an append was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppendError {
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("out of order sequence: expected {expected}, got {got}")]
+    OutOfOrder { expected: u32, got: u32 },
+    #[error("producer fenced by epoch {current_epoch}")]
+    Fenced { current_epoch: u16 },
+    #[error("shard is closed")]
+    Closed,
+}
+
+/// One queued append, as it waits in its class's lane.
+pub(super) struct AppendCmd {
+    pub batches: Vec<Bytes>,
+    pub headers: Vec<BatchHeader>,
+    pub durable: bool,
+    pub reply: Option<oneshot::Sender<Result<AppendOutcome, AppendError>>>,
+}
+
+impl AppendCmd {
+    /// Its scheduling cost.
+    pub(super) fn bytes(&self) -> usize {
+        self.batches.iter().map(|b| b.len()).sum()
+    }
+}
+
+/// Requests that are not appends.
+pub(super) enum Control {
+    Flush(oneshot::Sender<Result<(), AppendError>>),
+    Shutdown,
+}
+
+/// Per-class counters of one shard's writer, for `/metrics` and load signals.
+#[derive(Debug, Default)]
+pub struct ClassStats {
+    /// Shard-wide: offsets below this were covered by a completed flush of this
+    /// writer (0 until its first flush). Every durable acknowledgement is below it.
+    pub flushed_offset: AtomicU64,
+    /// Shard-wide: flushes completed (one may cover many durable appends).
+    pub flushes: AtomicU64,
+    /// Appends written (or answered as duplicates), per class.
+    pub appends: [AtomicU64; CLASS_COUNT],
+    /// Total microseconds appends waited in their lane before being written.
+    pub wait_us: [AtomicU64; CLASS_COUNT],
+    /// Longest wait of an append since the last time it was read and reset.
+    pub wait_us_max: [AtomicU64; CLASS_COUNT],
+}
+
+/// Handle to one shard: cheap to share (`Arc`), used by every connection.
+pub struct Shard {
+    lanes: [mpsc::Sender<AppendCmd>; CLASS_COUNT],
+    control: mpsc::Sender<Control>,
+    classes: ClassMap,
+    stats: Arc<ClassStats>,
+    /// Built on the first priority-ordered read; see [`ClassIndex`].
+    class_index: Mutex<ClassIndex>,
+    reader: LogReader,
+    hwm: watch::Receiver<u64>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("high_watermark", &*self.hwm.borrow())
+            .finish()
+    }
+}
+
+/// A queued append whose answer has not come yet.
+pub type PendingAppend = oneshot::Receiver<Result<AppendOutcome, AppendError>>;
+
+impl Shard {
+    /// Opens (recovering) the log in `dir` and starts its writer thread.
+    pub fn open(dir: &Path, name: &str, config: ShardConfig) -> Result<Arc<Shard>, StorageError> {
+        let log = Log::open(dir, config.log.clone())?;
+        let reader = log.reader();
+        let producers = rebuild_producers(&reader, config.classes);
+        let depth = config.queue_depth.max(1);
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..CLASS_COUNT).map(|_| mpsc::channel(depth)).unzip();
+        let lanes: [mpsc::Sender<AppendCmd>; CLASS_COUNT] = senders
+            .try_into()
+            .map_err(|_| ())
+            .expect("one lane per class");
+        let receivers: [mpsc::Receiver<AppendCmd>; CLASS_COUNT] = receivers
+            .try_into()
+            .map_err(|_| ())
+            .expect("one lane per class");
+        let (control, control_rx) = mpsc::channel(16);
+        let (hwm_tx, hwm_rx) = watch::channel(log.high_watermark());
+        let stats = Arc::new(ClassStats::default());
+        let classes = config.classes;
+        let writer = Writer {
+            log,
+            producers,
+            hwm: hwm_tx,
+            stats: stats.clone(),
+            config,
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("weir-w-{name}"))
+            .spawn(move || {
+                // Made from a pinned core thread (CreateTopic), it would inherit the pin,
+                // and so would its flush and segment threads.
+                crate::affinity::unpin_current_thread();
+                writer.run(receivers, control_rx)
+            })
+            .map_err(StorageError::from)?;
+        Ok(Arc::new(Shard {
+            lanes,
+            control,
+            classes,
+            stats,
+            class_index: Mutex::new(ClassIndex::default()),
+            reader,
+            hwm: hwm_rx,
+            thread: Mutex::new(Some(thread)),
+        }))
+    }
+
+    /// Queues an append in the lane of its class: the class of its highest-priority
+    /// batch. Returns once the append is in the lane, so appends of one class queued
+    /// one after another by one task are written in that order; the receiver yields the
+    /// outcome. `batches` must be validated, with `headers` their headers.
+    pub async fn enqueue(
+        &self,
+        batches: Vec<Bytes>,
+        headers: Vec<BatchHeader>,
+        durable: bool,
+    ) -> Result<PendingAppend, AppendError> {
+        let class = self.class_of(&headers);
+        let (reply, rx) = oneshot::channel();
+        self.lanes[class.index()]
+            .send(AppendCmd {
+                batches,
+                headers,
+                durable,
+                reply: Some(reply),
+            })
+            .await
+            .map_err(|_| AppendError::Closed)?;
+        Ok(rx)
+    }
+
+    /// The class an append of these batches is scheduled in.
+    pub fn class_of(&self, headers: &[BatchHeader]) -> Class {
+        let top = headers.iter().map(|h| h.priority).min().unwrap_or(u8::MAX);
+        self.classes.class_of(top)
+    }
+
+    /// The priority → class map this shard schedules by.
+    pub fn classes(&self) -> ClassMap {
+        self.classes
+    }
+
+    /// The class index, caught up to the high-water mark; see [`ClassIndex`].
+    pub fn class_index(&self) -> Result<std::sync::MutexGuard<'_, ClassIndex>, StorageError> {
+        let mut index = self.class_index.lock().expect("class index lock");
+        index.catch_up(&self.reader, &self.classes)?;
+        Ok(index)
+    }
+
+    /// Whether bringing the class index up to date may take long: more than
+    /// `offsets` records unscanned, or another caller scanning right now. Async callers
+    /// then catch up on the blocking pool first, so a first priority read of a large
+    /// log does not hold a connection runtime's thread for the whole scan.
+    pub fn class_index_is_behind(&self, offsets: u64) -> bool {
+        match self.class_index.try_lock() {
+            Ok(index) => {
+                self.reader
+                    .high_watermark()
+                    .saturating_sub(index.scanned_to())
+                    > offsets
+            }
+            Err(_) => true,
+        }
+    }
+
+    /// Appends waiting in `class`'s lane (not yet taken by the writer).
+    pub fn queued(&self, class: Class) -> usize {
+        let lane = &self.lanes[class.index()];
+        lane.max_capacity() - lane.capacity()
+    }
+
+    /// The writer's per-class counters.
+    pub fn stats(&self) -> &ClassStats {
+        &self.stats
+    }
+
+    /// Queues an append and waits for its outcome.
+    pub async fn append(
+        &self,
+        batches: Vec<Bytes>,
+        headers: Vec<BatchHeader>,
+        durable: bool,
+    ) -> Result<AppendOutcome, AppendError> {
+        let rx = self.enqueue(batches, headers, durable).await?;
+        rx.await.map_err(|_| AppendError::Closed)?
+    }
+
+    /// Flushes everything written so far.
+    pub async fn flush(&self) -> Result<(), AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.control
+            .send(Control::Flush(reply))
+            .await
+            .map_err(|_| AppendError::Closed)?;
+        rx.await.map_err(|_| AppendError::Closed)?
+    }
+
+    /// The log's readers' view.
+    pub fn reader(&self) -> &LogReader {
+        &self.reader
+    }
+
+    /// A watch that changes whenever the high-water mark advances.
+    pub fn watch_high_watermark(&self) -> watch::Receiver<u64> {
+        self.hwm.clone()
+    }
+
+    /// Stops the writer after it has written and flushed everything queued before
+    /// this call, and waits for its thread. Later appends fail with
+    /// [`AppendError::Closed`].
+    pub async fn close(&self) {
+        let _ = self.control.send(Control::Shutdown).await;
+        let thread = self.thread.lock().expect("shard thread lock").take();
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+fn rebuild_producers(reader: &LogReader, classes: ClassMap) -> ProducerTable {
+    let mut table = ProducerTable::new(classes);
+    let from = reader
+        .high_watermark()
+        .saturating_sub(PRODUCER_STATE_SCAN_OFFSETS);
+    let scanned = reader.scan_batches(from, |_, h| {
+        table.record(h);
+        Ok::<(), StorageError>(())
+    });
+    if let Err(e) = scanned {
+        // Recovery already checked the log; a failure here only shortens the window
+        // in which retries are recognised.
+        tracing::warn!(error = %e, "producer state rebuilt from part of the log");
+    }
+    table
+}

@@ -1,0 +1,317 @@
+//! Tests of a whole shard through its handle: offsets, group commit, priority
+//! scheduling, idempotence across restarts, retention beside appends.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use weir_protocol::batch::{BatchBuilder, BatchHeader, NewRecord};
+use weir_protocol::classes::Class;
+use weir_protocol::messages::Durability;
+
+use super::*;
+use crate::storage::LogConfig;
+
+fn config() -> ShardConfig {
+    ShardConfig {
+        log: LogConfig {
+            segment_bytes: 1 << 20,
+            ..LogConfig::default()
+        },
+        durability: Durability::Always,
+        ..ShardConfig::default()
+    }
+}
+
+fn batch(pid: u64, seq: u32, n: u32, tag: &str) -> (Bytes, BatchHeader) {
+    sized_batch(5, pid, seq, n, tag, 0)
+}
+
+fn sized_batch(
+    priority: u8,
+    pid: u64,
+    seq: u32,
+    n: u32,
+    tag: &str,
+    pad: usize,
+) -> (Bytes, BatchHeader) {
+    let mut b = if pid == 0 {
+        BatchBuilder::new()
+    } else {
+        BatchBuilder::new().producer(pid, 0, seq)
+    };
+    for i in 0..n {
+        let v = format!("{tag}-{i}{}", "x".repeat(pad));
+        let mut r = NewRecord::value(1, v.as_bytes());
+        r.priority = priority;
+        b.push(&r).unwrap();
+    }
+    let bytes = b.finish().unwrap();
+    let h = BatchHeader::read(&bytes).unwrap();
+    (bytes, h)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_durable_appends_get_dense_distinct_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = Shard::open(dir.path(), "t", config()).unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let shard = shard.clone();
+        tasks.push(tokio::spawn(async move {
+            let (b, h) = batch(0, 0, 3, &format!("w{i}"));
+            shard.append(vec![b], vec![h], true).await.unwrap()
+        }));
+    }
+    let mut got = Vec::new();
+    for t in tasks {
+        let o = t.await.unwrap();
+        assert_eq!(o.last_offset, o.base_offset + 2);
+        got.push(o.base_offset);
+    }
+    got.sort();
+    assert_eq!(got, (0..64).map(|i| i * 3).collect::<Vec<u64>>());
+    assert_eq!(shard.reader().high_watermark(), 192);
+    shard.close().await;
+}
+
+/// Durable acks are pipelined (the writer keeps writing while a flush runs), but
+/// each one is answered only after a flush that covers it completed; leader acks
+/// never wait for a flush; many durable appends share few flushes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_acks_wait_for_a_covering_flush_while_writes_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = Shard::open(
+        dir.path(),
+        "t",
+        ShardConfig {
+            durability: Durability::None,
+            ..config()
+        },
+    )
+    .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let shard = shard.clone();
+        tasks.push(tokio::spawn(async move {
+            let durable = i % 2 == 0;
+            let (b, h) = sized_batch(5, 0, 0, 2, &format!("a{i}"), 2000);
+            let o = shard.append(vec![b], vec![h], durable).await.unwrap();
+            // Read right when the ack arrives: the flush must already cover it.
+            let flushed = shard.stats().flushed_offset.load(Ordering::Acquire);
+            (durable, o.last_offset, flushed)
+        }));
+    }
+    let mut durable_acks = 0;
+    for t in tasks {
+        let (durable, last, flushed) = t.await.unwrap();
+        if durable {
+            durable_acks += 1;
+            assert!(
+                flushed > last,
+                "durable ack for offset {last} before a flush covered it (flushed to {flushed})"
+            );
+        }
+    }
+    assert_eq!(durable_acks, 100);
+    let flushes = shard.stats().flushes.load(Ordering::Relaxed);
+    assert!(
+        (1..100).contains(&flushes),
+        "{flushes} flushes for 100 durable appends"
+    );
+    shard.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_p0_append_overtakes_queued_p3_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = Shard::open(
+        dir.path(),
+        "t",
+        ShardConfig {
+            group_bytes_max: 256 * 1024,
+            durability: Durability::None,
+            ..config()
+        },
+    )
+    .unwrap();
+    // 400 P3 appends of 64 KiB (25 MiB) queued in one go, then one P0 append.
+    let (p3, h3) = sized_batch(10, 0, 0, 1, "p3", 64 * 1024);
+    let mut pending = Vec::new();
+    for _ in 0..400 {
+        pending.push(
+            shard
+                .enqueue(vec![p3.clone()], vec![h3], false)
+                .await
+                .unwrap(),
+        );
+    }
+    let (p0, h0) = sized_batch(1, 0, 0, 1, "p0", 10);
+    assert_eq!(shard.class_of(&[h0]), Class::P0);
+    let p0_offset = shard
+        .append(vec![p0], vec![h0], false)
+        .await
+        .unwrap()
+        .base_offset;
+    let mut after = 0;
+    for rx in pending {
+        if rx.await.unwrap().unwrap().base_offset > p0_offset {
+            after += 1;
+        }
+    }
+    // Groups are at most 256 KiB (4 appends), so the P0 append goes into one of the
+    // first few groups after it arrives, ahead of most queued P3 appends.
+    assert!(
+        after >= 300,
+        "only {after} of 400 P3 appends were written after P0"
+    );
+    let s = shard.stats();
+    assert_eq!(s.appends[0].load(Ordering::Relaxed), 1);
+    assert_eq!(s.appends[3].load(Ordering::Relaxed), 400);
+    shard.close().await;
+}
+
+/// Batches of one append are checked against the producer table as it was before
+/// the append, so a second batch of one lane is refused rather than written
+/// unchecked (two copies of one batch would otherwise both be stored).
+#[tokio::test]
+async fn two_batches_of_one_lane_in_one_append_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = Shard::open(dir.path(), "t", config()).unwrap();
+    let (b0, h0) = batch(7, 0, 2, "a");
+    assert_eq!(
+        shard
+            .append(vec![b0.clone(), b0.clone()], vec![h0, h0], true)
+            .await,
+        Err(AppendError::OutOfOrder {
+            expected: 2,
+            got: 0
+        })
+    );
+    let (gap, hg) = batch(7, 5, 1, "gap");
+    assert_eq!(
+        shard
+            .append(vec![b0.clone(), gap], vec![h0, hg], true)
+            .await,
+        Err(AppendError::OutOfOrder {
+            expected: 2,
+            got: 5
+        })
+    );
+    assert_eq!(shard.reader().high_watermark(), 0, "nothing was written");
+    // A lane's consecutive batches, and other producers' batches, are fine.
+    let (b1, h1) = batch(7, 2, 2, "b");
+    let (b2, h2) = batch(8, 0, 1, "c");
+    let o = shard
+        .append(vec![b0, b2, b1], vec![h0, h2, h1], true)
+        .await
+        .unwrap();
+    assert_eq!((o.base_offset, o.last_offset), (0, 4));
+    let (b3, h3) = batch(7, 4, 1, "d");
+    assert_eq!(
+        shard
+            .append(vec![b3], vec![h3], true)
+            .await
+            .unwrap()
+            .base_offset,
+        5
+    );
+    shard.close().await;
+}
+
+/// Retention runs on the writer's schedule but deletes files on its own thread:
+/// old segments go while the writer goes on taking appends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_removes_segments_while_appends_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = Shard::open(
+        dir.path(),
+        "t",
+        ShardConfig {
+            log: LogConfig {
+                segment_bytes: 8192,
+                retention_ms: 0,
+                retention_bytes: 32 * 1024,
+                ..LogConfig::default()
+            },
+            durability: Durability::None,
+            retention_check_ms: 100,
+            ..config()
+        },
+    )
+    .unwrap();
+    let (b, h) = sized_batch(5, 0, 0, 1, "r", 1000);
+    let mut appended = 0u64;
+    // Bounded: retention checks every 100 ms; 3,000 rounds of 1 ms are far more.
+    for _ in 0..3000 {
+        for _ in 0..10 {
+            shard.append(vec![b.clone()], vec![h], false).await.unwrap();
+            appended += 1;
+        }
+        if shard.reader().log_start_offset() > 0 && appended >= 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let start = shard.reader().log_start_offset();
+    assert!(
+        start > 0,
+        "retention removed nothing after {appended} appends"
+    );
+    // The writer still takes appends after retention ran.
+    let o = shard.append(vec![b.clone()], vec![h], false).await.unwrap();
+    assert_eq!(o.base_offset, appended);
+    shard.close().await;
+    // Closing waits for running deletions: what is left on disk is bounded by
+    // retention_bytes (+ the active segment and one being prepared), not by what
+    // was appended.
+    let logs = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_str().unwrap().ends_with(".log")
+        })
+        .count();
+    assert!(
+        logs * 8192 <= 32 * 1024 + 3 * 8192,
+        "{logs} segment files after {appended} appends of 1 KiB"
+    );
+}
+
+#[tokio::test]
+async fn retries_are_recognised_even_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = Shard::open(dir.path(), "t", config()).unwrap();
+    let (b0, h0) = batch(7, 0, 2, "a");
+    let (b1, h1) = batch(7, 2, 2, "b");
+    let first = shard
+        .append(vec![b0.clone()], vec![h0], true)
+        .await
+        .unwrap();
+    shard.append(vec![b1], vec![h1], true).await.unwrap();
+    let again = shard
+        .append(vec![b0.clone()], vec![h0], true)
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(
+        (again.base_offset, again.last_offset),
+        (first.base_offset, first.last_offset)
+    );
+    let (gap, hg) = batch(7, 9, 1, "gap");
+    assert_eq!(
+        shard.append(vec![gap], vec![hg], true).await,
+        Err(AppendError::OutOfOrder {
+            expected: 4,
+            got: 9
+        })
+    );
+    shard.close().await;
+    drop(shard);
+
+    let shard = Shard::open(dir.path(), "t", config()).unwrap();
+    let again = shard.append(vec![b0], vec![h0], true).await.unwrap();
+    assert!(again.duplicate, "producer state is rebuilt from the log");
+    assert_eq!(shard.reader().high_watermark(), 4);
+    shard.close().await;
+}

@@ -1,0 +1,51 @@
+//! [`LogConfig`]: the tunables of one log, shared by the writer, recovery and
+//! retention (so none of them imports another for it).
+
+use super::error::StorageError;
+
+/// Tunables of one log. Sizes are upper bounds, not targets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Bytes preallocated per segment; a segment rolls when the next batch would not
+    /// fit. At most `u32::MAX` (positions in the index are 32-bit).
+    pub segment_bytes: u64,
+    /// Bytes of batches between two sparse index points; bounds how far a read or
+    /// recovery scans from an index point.
+    pub index_interval_bytes: u32,
+    /// Closed segments whose newest record is older than this are deleted; 0 = keep.
+    pub retention_ms: u64,
+    /// Oldest closed segments are deleted while the log is larger than this; 0 = no limit.
+    pub retention_bytes: u64,
+}
+
+impl Default for LogConfig {
+    /// 256 MiB segments: large enough that rolling (trim, remap, rename) is rare and the
+    /// per-segment file count stays small, small enough that preallocating and
+    /// populating the next one in the background costs little memory on a small box,
+    /// and that retention frees space in reasonable steps. 4 KiB index interval (one
+    /// page scanned at most per lookup), 7-day retention, no size limit.
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 256 * 1024 * 1024,
+            index_interval_bytes: 4096,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: 0,
+        }
+    }
+}
+
+impl LogConfig {
+    pub(crate) fn check(&self) -> Result<(), StorageError> {
+        if self.segment_bytes < 4096 || self.segment_bytes > u64::from(u32::MAX) {
+            return Err(StorageError::InvalidConfig(
+                "segment_bytes must be in 4096..=u32::MAX",
+            ));
+        }
+        if self.index_interval_bytes == 0 {
+            return Err(StorageError::InvalidConfig(
+                "index_interval_bytes must be > 0",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,79 @@
+//! Broker-wide limits enforced by the topic registry: `max_shards` bounds the shards
+//! (writer threads) of all topics together, and a data directory already over it
+//! still opens whole.
+
+use std::sync::Arc;
+
+use weir_broker::config::Config;
+use weir_broker::topics::TopicRegistry;
+use weir_protocol::messages::TopicConfig;
+use weir_protocol::ErrorCode;
+
+fn config(dir: &std::path::Path, max_shards: u32) -> Arc<Config> {
+    Arc::new(Config {
+        data_dir: dir.to_path_buf(),
+        // Small segments: every shard preallocates one.
+        default_segment_bytes: 64 * 1024,
+        default_max_message_bytes: 32 * 1024,
+        max_shards,
+        ..Config::default()
+    })
+}
+
+#[tokio::test]
+async fn create_topic_is_refused_past_max_shards_and_reopen_keeps_every_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let topics = Arc::new(TopicRegistry::open(config(dir.path(), 5)).unwrap());
+    topics.create("a", 3, TopicConfig::default()).await.unwrap();
+    let refused = topics
+        .create("b", 3, TopicConfig::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code, ErrorCode::InvalidConfig);
+    assert!(
+        refused.message.contains("max_shards = 5") && refused.message.contains("holds 3"),
+        "{}",
+        refused.message
+    );
+    assert!(
+        topics.get("b").is_err(),
+        "nothing of the refused topic exists"
+    );
+    // What still fits is accepted, up to the cap exactly.
+    topics.create("b", 2, TopicConfig::default()).await.unwrap();
+    assert!(topics.create("c", 1, TopicConfig::default()).await.is_err());
+    // Deleting frees shards.
+    topics.delete("a").await.unwrap();
+    topics.create("c", 3, TopicConfig::default()).await.unwrap();
+    topics.close().await;
+    drop(topics);
+
+    // A lower cap on restart: every topic on disk opens all the same.
+    let topics = TopicRegistry::open(config(dir.path(), 2)).unwrap();
+    let mut names: Vec<_> = topics
+        .list()
+        .iter()
+        .map(|t| (t.name.clone(), t.shards.len()))
+        .collect();
+    names.sort();
+    assert_eq!(names, [("b".to_string(), 2), ("c".to_string(), 3)]);
+    assert!(Arc::new(topics)
+        .create("d", 1, TopicConfig::default())
+        .await
+        .is_err());
+}
+
+#[test]
+fn max_shards_is_validated() {
+    for (max_shards, ok) in [(0, false), (1, true), (4096, true), (2_000_000, false)] {
+        let c = Config {
+            max_shards,
+            ..Config::default()
+        };
+        assert_eq!(c.validate().is_ok(), ok, "max_shards = {max_shards}");
+    }
+    assert_eq!(
+        Config::default().max_shards,
+        weir_broker::config::DEFAULT_MAX_SHARDS
+    );
+}
