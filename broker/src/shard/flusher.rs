@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::oneshot;
 
-use super::handle::{AppendError, AppendOutcome, ClassStats};
+use super::command::{AppendError, AppendOutcome, ClassStats};
 use crate::storage::Log;
 
 /// An append's reply channel and the outcome it gets once a flush covers it.

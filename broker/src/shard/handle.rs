@@ -4,7 +4,6 @@
 //! producer table, starting the writer thread of `writer.rs`).
 
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -13,73 +12,17 @@ use weir_protocol::batch::BatchHeader;
 use weir_protocol::classes::{Class, ClassMap, CLASS_COUNT};
 
 use super::class_index::ClassIndex;
+use super::command::{
+    AppendCmd, AppendError, AppendOutcome, ClassStats, Control, PendingAppend, ShardConfig,
+};
 use super::idempotence::ProducerTable;
-use super::writer::{ShardConfig, Writer};
+use super::writer::Writer;
 use crate::storage::{Log, LogReader, StorageError};
 
 /// How many of the newest offsets are scanned on open to rebuild producer state. A
 /// producer idle for longer than this many records is forgotten, which only means
 /// its next batch cannot be recognised as a retry of one written before that window.
 pub const PRODUCER_STATE_SCAN_OFFSETS: u64 = 2_000_000;
-
-/// Where an append landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AppendOutcome {
-    pub base_offset: u64,
-    pub last_offset: u64,
-    /// Every batch was a retry of one already stored; nothing was written.
-    pub duplicate: bool,
-}
-
-/// Why an append was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AppendError {
-    #[error("storage: {0}")]
-    Storage(String),
-    #[error("out of order sequence: expected {expected}, got {got}")]
-    OutOfOrder { expected: u32, got: u32 },
-    #[error("producer fenced by epoch {current_epoch}")]
-    Fenced { current_epoch: u16 },
-    #[error("shard is closed")]
-    Closed,
-}
-
-/// One queued append, as it waits in its class's lane.
-pub(super) struct AppendCmd {
-    pub batches: Vec<Bytes>,
-    pub headers: Vec<BatchHeader>,
-    pub durable: bool,
-    pub reply: Option<oneshot::Sender<Result<AppendOutcome, AppendError>>>,
-}
-
-impl AppendCmd {
-    /// Its scheduling cost.
-    pub(super) fn bytes(&self) -> usize {
-        self.batches.iter().map(|b| b.len()).sum()
-    }
-}
-
-/// Requests that are not appends.
-pub(super) enum Control {
-    Flush(oneshot::Sender<Result<(), AppendError>>),
-    Shutdown,
-}
-
-/// Per-class counters of one shard's writer, for `/metrics` and load signals.
-#[derive(Debug, Default)]
-pub struct ClassStats {
-    /// Shard-wide: offsets below this were covered by a completed flush of this
-    /// writer (0 until its first flush). Every durable acknowledgement is below it.
-    pub flushed_offset: AtomicU64,
-    /// Shard-wide: flushes completed (one may cover many durable appends).
-    pub flushes: AtomicU64,
-    /// Appends written (or answered as duplicates), per class.
-    pub appends: [AtomicU64; CLASS_COUNT],
-    /// Total microseconds appends waited in their lane before being written.
-    pub wait_us: [AtomicU64; CLASS_COUNT],
-    /// Longest wait of an append since the last time it was read and reset.
-    pub wait_us_max: [AtomicU64; CLASS_COUNT],
-}
 
 /// Handle to one shard: cheap to share (`Arc`), used by every connection.
 pub struct Shard {
@@ -101,9 +44,6 @@ impl std::fmt::Debug for Shard {
             .finish()
     }
 }
-
-/// A queued append whose answer has not come yet.
-pub type PendingAppend = oneshot::Receiver<Result<AppendOutcome, AppendError>>;
 
 impl Shard {
     /// Opens (recovering) the log in `dir` and starts its writer thread.

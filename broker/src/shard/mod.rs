@@ -12,6 +12,8 @@
 //! log through a [`LogReader`](crate::storage::LogReader) and wait for new data on a
 //! watch of the high-water mark.
 //!
+//! * `command.rs` — what passes between handle and writer: commands, answers,
+//!   counters, the writer's settings;
 //! * `handle.rs` — [`Shard`], what clients hold: enqueue, flush, read, close;
 //! * `writer.rs` — the writer thread's loop and how it writes a group;
 //! * `flusher.rs` — durable acknowledgements, pipelined group commit;
@@ -19,15 +21,17 @@
 //! * `class_index.rs` — offsets by priority class, for priority reads.
 
 pub mod class_index;
+mod command;
 mod flusher;
 mod handle;
 pub mod idempotence;
 pub mod writer;
 
-pub use handle::{
-    AppendError, AppendOutcome, ClassStats, PendingAppend, Shard, PRODUCER_STATE_SCAN_OFFSETS,
+pub use command::{
+    AppendError, AppendOutcome, ClassStats, PendingAppend, ShardConfig, DEFAULT_GROUP_BYTES_MAX,
+    MAX_GROUP_COMMANDS,
 };
-pub use writer::{ShardConfig, DEFAULT_GROUP_BYTES_MAX, MAX_GROUP_COMMANDS};
+pub use handle::{Shard, PRODUCER_STATE_SCAN_OFFSETS};
 
 #[cfg(test)]
 mod tests;

@@ -13,64 +13,17 @@ use bytes::Bytes;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, watch};
 use weir_protocol::batch::BatchHeader;
-use weir_protocol::classes::{Class, ClassMap, CLASS_COUNT, DEFAULT_CLASS_WEIGHTS};
+use weir_protocol::classes::{Class, CLASS_COUNT};
 use weir_protocol::messages::Durability;
 
+use super::command::{AppendCmd, AppendError, AppendOutcome, ClassStats, Control, ShardConfig};
 use super::flusher::{Flusher, Waiter};
-use super::handle::{AppendCmd, AppendError, AppendOutcome, ClassStats, Control};
 use super::idempotence::{continues, ProducerTable, Verdict};
-use crate::scheduler::{Wfq, DEFAULT_AGING};
-use crate::storage::{Log, LogConfig};
+use crate::scheduler::Wfq;
+use crate::storage::Log;
 
-/// Kept here for the modules that name it by this path; see [`super::PendingAppend`].
-pub use super::handle::PendingAppend;
-
-/// Most appends the writer takes into one group before it writes and flushes it.
-pub const MAX_GROUP_COMMANDS: usize = 1024;
-
-/// Most bytes the writer takes into one group. Bounding the group bounds how long a
-/// newly queued P0 append waits behind the group being written: it is scheduled into
-/// the next one.
-pub const DEFAULT_GROUP_BYTES_MAX: usize = 4 << 20;
-
-/// Settings of one shard's writer.
-#[derive(Debug, Clone)]
-pub struct ShardConfig {
-    pub log: LogConfig,
-    pub durability: Durability,
-    /// Flush period for `Interval` durability.
-    pub flush_interval_ms: u32,
-    /// Appends that may wait in each class's lane; senders of that class wait when it
-    /// is full (other classes do not). The writer holds up to as many again that it has
-    /// taken from the lane and scheduled.
-    pub queue_depth: usize,
-    /// How often retention runs.
-    pub retention_check_ms: u64,
-    /// Priority → class map: which lane an append waits in.
-    pub classes: ClassMap,
-    /// WFQ weights of the lanes.
-    pub weights: [u32; CLASS_COUNT],
-    /// Aging thresholds of the lanes (see [`crate::scheduler::wfq`]).
-    pub aging: [Duration; CLASS_COUNT],
-    /// Most bytes written per group; see [`DEFAULT_GROUP_BYTES_MAX`].
-    pub group_bytes_max: usize,
-}
-
-impl Default for ShardConfig {
-    fn default() -> Self {
-        ShardConfig {
-            log: LogConfig::default(),
-            durability: Durability::Interval,
-            flush_interval_ms: 1000,
-            queue_depth: 1024,
-            retention_check_ms: 30_000,
-            classes: ClassMap::default(),
-            weights: DEFAULT_CLASS_WEIGHTS,
-            aging: DEFAULT_AGING,
-            group_bytes_max: DEFAULT_GROUP_BYTES_MAX,
-        }
-    }
-}
+/// Kept here for the modules that name them by these paths.
+pub use super::command::{PendingAppend, DEFAULT_GROUP_BYTES_MAX, MAX_GROUP_COMMANDS};
 
 /// The writer thread's state: the only owner of the log and the producer table.
 pub(super) struct Writer {

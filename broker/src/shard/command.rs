@@ -1,0 +1,124 @@
+//! What passes between a shard's handle and its writer thread: the commands, the
+//! answers, the shared counters and the writer's settings. A leaf of `shard/`, so the
+//! handle, the writer and the flusher all import it and none imports the others back.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+use weir_protocol::batch::BatchHeader;
+use weir_protocol::classes::{ClassMap, CLASS_COUNT, DEFAULT_CLASS_WEIGHTS};
+use weir_protocol::messages::Durability;
+
+use crate::scheduler::DEFAULT_AGING;
+use crate::storage::LogConfig;
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendOutcome {
+    pub base_offset: u64,
+    pub last_offset: u64,
+    /// Every batch was a retry of one already stored; nothing was written.
+    pub duplicate: bool,
+}
+
+/// Why an append was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppendError {
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("out of order sequence: expected {expected}, got {got}")]
+    OutOfOrder { expected: u32, got: u32 },
+    #[error("producer fenced by epoch {current_epoch}")]
+    Fenced { current_epoch: u16 },
+    #[error("shard is closed")]
+    Closed,
+}
+
+/// One queued append, as it waits in its class's lane.
+pub(super) struct AppendCmd {
+    pub batches: Vec<Bytes>,
+    pub headers: Vec<BatchHeader>,
+    pub durable: bool,
+    pub reply: Option<oneshot::Sender<Result<AppendOutcome, AppendError>>>,
+}
+
+impl AppendCmd {
+    /// Its scheduling cost.
+    pub(super) fn bytes(&self) -> usize {
+        self.batches.iter().map(|b| b.len()).sum()
+    }
+}
+
+/// Requests that are not appends.
+pub(super) enum Control {
+    Flush(oneshot::Sender<Result<(), AppendError>>),
+    Shutdown,
+}
+
+/// Per-class counters of one shard's writer, for `/metrics` and load signals.
+#[derive(Debug, Default)]
+pub struct ClassStats {
+    /// Shard-wide: offsets below this were covered by a completed flush of this
+    /// writer (0 until its first flush). Every durable acknowledgement is below it.
+    pub flushed_offset: AtomicU64,
+    /// Shard-wide: flushes completed (one may cover many durable appends).
+    pub flushes: AtomicU64,
+    /// Appends written (or answered as duplicates), per class.
+    pub appends: [AtomicU64; CLASS_COUNT],
+    /// Total microseconds appends waited in their lane before being written.
+    pub wait_us: [AtomicU64; CLASS_COUNT],
+    /// Longest wait of an append since the last time it was read and reset.
+    pub wait_us_max: [AtomicU64; CLASS_COUNT],
+}
+
+/// A queued append whose answer has not come yet.
+pub type PendingAppend = oneshot::Receiver<Result<AppendOutcome, AppendError>>;
+
+/// Most appends the writer takes into one group before it writes and flushes it.
+pub const MAX_GROUP_COMMANDS: usize = 1024;
+
+/// Most bytes the writer takes into one group. Bounding the group bounds how long a
+/// newly queued P0 append waits behind the group being written: it is scheduled into
+/// the next one.
+pub const DEFAULT_GROUP_BYTES_MAX: usize = 4 << 20;
+
+/// Settings of one shard's writer.
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    pub log: LogConfig,
+    pub durability: Durability,
+    /// Flush period for `Interval` durability.
+    pub flush_interval_ms: u32,
+    /// Appends that may wait in each class's lane; senders of that class wait when it
+    /// is full (other classes do not). The writer holds up to as many again that it has
+    /// taken from the lane and scheduled.
+    pub queue_depth: usize,
+    /// How often retention runs.
+    pub retention_check_ms: u64,
+    /// Priority → class map: which lane an append waits in.
+    pub classes: ClassMap,
+    /// WFQ weights of the lanes.
+    pub weights: [u32; CLASS_COUNT],
+    /// Aging thresholds of the lanes (see [`crate::scheduler::wfq`]).
+    pub aging: [Duration; CLASS_COUNT],
+    /// Most bytes written per group; see [`DEFAULT_GROUP_BYTES_MAX`].
+    pub group_bytes_max: usize,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        ShardConfig {
+            log: LogConfig::default(),
+            durability: Durability::Interval,
+            flush_interval_ms: 1000,
+            queue_depth: 1024,
+            retention_check_ms: 30_000,
+            classes: ClassMap::default(),
+            weights: DEFAULT_CLASS_WEIGHTS,
+            aging: DEFAULT_AGING,
+            group_bytes_max: DEFAULT_GROUP_BYTES_MAX,
+        }
+    }
+}
