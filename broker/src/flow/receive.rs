@@ -85,7 +85,14 @@ impl ReceiveGate {
         };
         if announced > LARGE_FRAME_BYTES && buffered.len() < announced {
             if s.granted.is_none() && s.need.is_none() {
-                s.need = Some((announced as u64).min(u64::from(self.total)) as u32);
+                let need = (announced as u64).min(u64::from(self.total)) as u32;
+                s.need = Some(need);
+                // Granted at once when the budget has room, so the decoder can give the
+                // frame its whole buffer before the next read (one allocation, not a
+                // growing series of them).
+                if let Ok(p) = self.budget.clone().try_acquire_many_owned(need) {
+                    s.granted = Some(p);
+                }
             }
         } else {
             // No large partial frame at the front: nothing is needed or held.

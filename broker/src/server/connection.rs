@@ -395,17 +395,21 @@ impl Decoder for SizedCodec {
             Some(p) => u32::from_le_bytes([p[0], p[1], p[2], p[3]]) as usize + 4,
             None => 0,
         };
+        // A large frame still arriving asks the receive budget first. The codec grows
+        // the buffer only with what arrived; once the budget has granted the frame's
+        // bytes it gets its whole room at once (one allocation, before the codec's own
+        // bounded step, which then has nothing to add).
+        self.gate.observe(src);
+        let held = self.gate.held() as usize;
+        if len > src.len() && held > 0 {
+            src.reserve((len - src.len()).min(held));
+        }
         let out = self.inner.decode(src)?;
         if out.is_some() {
             self.last_frame_bytes = len;
             self.gate.frame_done();
-        }
-        self.gate.observe(src);
-        // The codec grows the buffer only with what arrived; a large frame whose bytes
-        // the receive budget has granted is given its whole room at once (one copy).
-        let held = self.gate.held() as usize;
-        if out.is_none() && len > src.len() && held > 0 {
-            src.reserve((len - src.len()).min(held));
+            // The next frame may already be at the front of the buffer.
+            self.gate.observe(src);
         }
         Ok(out)
     }
