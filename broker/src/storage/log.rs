@@ -710,8 +710,11 @@ impl LogReader {
     /// Whole batches starting with the one that holds `offset`, up to `max_bytes` (but
     /// always at least one batch when `offset < high_watermark`). Each returned `Bytes`
     /// is a zero-copy run of consecutive whole batches from one segment. Every batch
-    /// served is checked (header, CRC, offset continuity); a bad one ends the read, and
-    /// if it is the first, the read fails with [`StorageError::Corrupt`].
+    /// served is checked (header, CRC, offset continuity). A bad batch ends the read:
+    /// the intact batches before it are returned, and only when it is the first batch
+    /// asked for does the read fail with [`StorageError::Corrupt`], naming the offset,
+    /// so a reader gets every intact record up to the damage and then learns where it
+    /// is (and can continue past it by offset).
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Vec<Bytes>, StorageError> {
         let log_start = self.shared.log_start_offset.load(Ordering::Acquire);
         let hwm = self.shared.high_watermark.load(Ordering::Acquire);
@@ -733,78 +736,31 @@ impl LogReader {
             let start = snap.first().map_or(hwm, |s| s.base_offset);
             return Err(out_of_range(start));
         }
-        let mut out = Vec::new();
-        let mut taken = 0usize;
-        let mut want = offset;
+        let mut read = Reading {
+            want: offset,
+            hwm,
+            taken: 0,
+            max_bytes,
+            out: Vec::new(),
+        };
         for seg in &snap[i - 1..] {
-            if want >= hwm {
+            if read.want >= hwm {
                 break;
             }
-            let data = seg.committed();
-            let mut pos = if want == offset {
-                let rel = (want - seg.base_offset).min(u64::from(u32::MAX)) as u32;
-                seg.index.position_for_offset(rel) as usize
-            } else {
-                0
-            };
-            // Skip batches wholly before `want` (headers only).
-            // Bounded: every batch is at least a header long.
-            while pos < data.len() {
-                let h = header_at(seg, data, pos).inspect_err(log_corrupt)?;
-                if h.last_offset() >= want {
-                    break;
-                }
-                pos += h.total_bytes();
-            }
-            let start = pos;
-            let mut stop = false;
-            while pos < data.len() {
-                let h = match batch::verify(&data[pos..]) {
-                    Ok(h) if h.base_offset == want || (pos == start && h.base_offset <= want) => h,
-                    Ok(h) => Err(corrupt(
-                        seg,
-                        pos,
-                        format!(
-                            "batch base offset {} where {} was expected",
-                            h.base_offset, want
-                        ),
-                    ))
-                    .inspect_err(log_corrupt)?,
-                    Err(e) => {
-                        let err = corrupt(seg, pos, e.to_string());
-                        log_corrupt(&err);
-                        if taken == 0 && pos == start {
-                            return Err(err);
-                        }
-                        stop = true;
-                        break;
+            match read.segment(seg, offset) {
+                Ok(Segmented::Continue) => {}
+                Ok(Segmented::Done) => break,
+                Err(e) => {
+                    log_corrupt(&e);
+                    if read.out.is_empty() {
+                        return Err(e);
                     }
-                };
-                if h.base_offset >= hwm {
-                    stop = true;
+                    // Serve what is intact; the next read from here reports the damage.
                     break;
                 }
-                let total = h.total_bytes();
-                if taken > 0 && taken + total > max_bytes {
-                    stop = true;
-                    break;
-                }
-                taken += total;
-                pos += total;
-                want = h.last_offset() + 1;
-                if taken >= max_bytes {
-                    stop = true;
-                    break;
-                }
-            }
-            if pos > start {
-                out.push(seg.chunk(start, pos));
-            }
-            if stop {
-                break;
             }
         }
-        Ok(out)
+        Ok(read.out)
     }
 
     /// The next offset the writer will assign; everything below it is readable.
@@ -847,6 +803,122 @@ impl LogReader {
 }
 
 /// The header of the batch at `pos`, checked to lie wholly inside `data`.
+/// One [`LogReader::read`] in progress: the next offset wanted and what was taken.
+struct Reading {
+    want: u64,
+    hwm: u64,
+    taken: usize,
+    max_bytes: usize,
+    out: Vec<Bytes>,
+}
+
+/// How reading one segment ended.
+enum Segmented {
+    /// The segment is used up; the read goes on in the next one.
+    Continue,
+    /// The read is complete (`max_bytes`, or the high-water mark).
+    Done,
+}
+
+impl Reading {
+    /// Takes the batches of `seg` from `self.want` on. On damage, the intact batches
+    /// of this segment before it are pushed first, then the error names the offset.
+    fn segment(&mut self, seg: &Segment, first: u64) -> Result<Segmented, StorageError> {
+        let data = seg.committed();
+        let (mut pos, mut expect) = self.anchor(seg, data, first);
+        // Skip batches wholly before `want` (headers only), counting offsets by
+        // continuity from the anchor rather than trusting each header's base offset
+        // (the one field the CRC does not cover), so a damaged one can be skipped.
+        // Bounded: every batch is at least a header long.
+        while pos < data.len() {
+            let h = header_at(seg, data, pos).map_err(|e| self.at_offset(e))?;
+            let last = expect + (h.last_offset() - h.base_offset);
+            if last >= self.want {
+                break;
+            }
+            pos += h.total_bytes();
+            expect = last + 1;
+        }
+        let start = pos;
+        let mut ended = Ok(Segmented::Continue);
+        while pos < data.len() {
+            let h = match batch::verify(&data[pos..]) {
+                Ok(h)
+                    if h.base_offset == self.want || (pos == start && h.base_offset == expect) =>
+                {
+                    h
+                }
+                Ok(h) => {
+                    let detail = format!(
+                        "batch base offset {} where {} was expected",
+                        h.base_offset, self.want
+                    );
+                    ended = Err(self.at_offset(corrupt(seg, pos, detail)));
+                    break;
+                }
+                Err(e) => {
+                    ended = Err(self.at_offset(corrupt(seg, pos, e.to_string())));
+                    break;
+                }
+            };
+            let total = h.total_bytes();
+            if h.base_offset >= self.hwm || (self.taken > 0 && self.taken + total > self.max_bytes)
+            {
+                ended = Ok(Segmented::Done);
+                break;
+            }
+            self.taken += total;
+            pos += total;
+            self.want = h.last_offset() + 1;
+            if self.taken >= self.max_bytes {
+                ended = Ok(Segmented::Done);
+                break;
+            }
+        }
+        if pos > start {
+            self.out.push(seg.chunk(start, pos));
+        }
+        ended
+    }
+
+    /// Where to start scanning `seg` for `self.want`, and the offset of the batch
+    /// there: the sparse index's point when the batch there agrees with it, else the
+    /// segment's first batch (whose offset the file name gives).
+    fn anchor(&self, seg: &Segment, data: &[u8], first: u64) -> (usize, u64) {
+        if self.want != first {
+            // A later segment: read from its start.
+            return (0, seg.base_offset);
+        }
+        let rel = (self.want - seg.base_offset).min(u64::from(u32::MAX)) as u32;
+        let pos = seg.index.position_for_offset(rel) as usize;
+        match header_at(seg, data, pos) {
+            Ok(h) if pos > 0 && h.base_offset >= seg.base_offset && h.base_offset <= self.want => {
+                (pos, h.base_offset)
+            }
+            _ => (0, seg.base_offset),
+        }
+    }
+
+    /// A corruption error that also names the first offset it hides.
+    fn at_offset(&self, e: StorageError) -> StorageError {
+        match e {
+            StorageError::Corrupt {
+                path,
+                file_position,
+                detail,
+            } => StorageError::Corrupt {
+                path,
+                file_position,
+                detail: format!(
+                    "{detail} (offset {} onwards cannot be read here)",
+                    self.want
+                ),
+            },
+            other => other,
+        }
+    }
+}
+
 fn header_at(seg: &Segment, data: &[u8], pos: usize) -> Result<BatchHeader, StorageError> {
     let h = BatchHeader::read(&data[pos..]).map_err(|e| corrupt(seg, pos, e.to_string()))?;
     if h.total_bytes() > data.len() - pos {
