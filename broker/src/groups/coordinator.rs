@@ -37,6 +37,9 @@ struct Member {
     rejoined: bool,
 }
 
+/// Most distinct topics one member may subscribe to.
+pub const MAX_SUBSCRIBED_TOPICS: usize = 1000;
+
 /// Where a join stands after its member entered the group.
 enum Joined {
     /// Nothing changed: the current assignment.
@@ -174,8 +177,8 @@ impl Coordinator {
 
     /// Joins (or re-joins) and waits for the group's next stable generation.
     pub async fn join(&self, req: JoinGroupRequest) -> Result<JoinGroupResponse, BrokerError> {
-        let (session, rebalance) = self.check_join(&req)?;
-        match self.enter(&req, session, rebalance, Instant::now())? {
+        let (session, rebalance, topics) = self.check_join(&req)?;
+        match self.enter(&req, topics, session, rebalance, Instant::now())? {
             Joined::Unchanged(resp) => Ok(resp),
             Joined::Rebalancing {
                 member_id,
@@ -188,8 +191,12 @@ impl Coordinator {
         }
     }
 
-    /// The join's session and rebalance timeouts, after checking the request.
-    fn check_join(&self, req: &JoinGroupRequest) -> Result<(Duration, Duration), BrokerError> {
+    /// The join's session and rebalance timeouts and its subscription (each topic
+    /// once, sorted), after checking the request.
+    fn check_join(
+        &self,
+        req: &JoinGroupRequest,
+    ) -> Result<(Duration, Duration, Vec<String>), BrokerError> {
         if !valid_name(&req.group) {
             return Err(BrokerError::new(
                 ErrorCode::InvalidGroupName,
@@ -210,7 +217,21 @@ impl Coordinator {
         }
         let rebalance = Duration::from_millis(u64::from(req.rebalance_timeout_ms.max(100)))
             .min(Duration::from_secs(300));
-        Ok((session, rebalance))
+        // A member's subscription lives as long as its session and is walked at every
+        // rebalance: keep each name once, and bound how many.
+        let topics: std::collections::BTreeSet<&str> =
+            req.topics.iter().map(String::as_str).collect();
+        if topics.len() > MAX_SUBSCRIBED_TOPICS {
+            return Err(BrokerError::new(
+                ErrorCode::InvalidConfig,
+                format!(
+                    "{} topics subscribed; a member may subscribe to at most {MAX_SUBSCRIBED_TOPICS}",
+                    topics.len()
+                ),
+            ));
+        }
+        let topics = topics.into_iter().map(str::to_string).collect();
+        Ok((session, rebalance, topics))
     }
 
     /// Adds or refreshes the member under the groups lock, starting a rebalance when
@@ -218,6 +239,7 @@ impl Coordinator {
     fn enter(
         &self,
         req: &JoinGroupRequest,
+        topics: Vec<String>,
         session: Duration,
         rebalance: Duration,
         now: Instant,
@@ -245,7 +267,7 @@ impl Coordinator {
             group.members.insert(
                 id.clone(),
                 Member {
-                    topics: req.topics.clone(),
+                    topics,
                     session_timeout: session,
                     rebalance_timeout: rebalance,
                     last_seen: now,
@@ -264,7 +286,7 @@ impl Coordinator {
                 ));
             };
             m.last_seen = now;
-            if stable && m.topics == req.topics {
+            if stable && m.topics == topics {
                 // Nothing changed: hand back the current assignment.
                 return Ok(Joined::Unchanged(JoinGroupResponse {
                     member_id: req.member_id.clone(),
@@ -276,7 +298,7 @@ impl Coordinator {
                         .unwrap_or_default(),
                 }));
             }
-            m.topics = req.topics.clone();
+            m.topics = topics;
             m.session_timeout = session;
             m.rebalance_timeout = rebalance;
             group.start_rebalance(now);
@@ -522,6 +544,40 @@ mod tests {
         );
         let a3 = c.join(join_req(&a.member_id)).await.unwrap();
         assert_eq!(shards(&a3), vec![0, 1, 2, 3, 4]);
+        topics.close().await;
+    }
+
+    /// Issue 22: a subscription naming one topic a million times is kept once, and a
+    /// re-join with the same set in another order changes nothing; too many distinct
+    /// topics are refused by name.
+    #[tokio::test]
+    async fn subscriptions_are_deduplicated_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let topics = setup(dir.path()).await;
+        let c = Arc::new(Coordinator::new(topics.clone(), 100, 60_000));
+        let mut req = join_req("");
+        req.topics = vec!["t".to_string(); 1_000_000];
+        req.topics.push("absent".into());
+        let a = c.join(req.clone()).await.unwrap();
+        {
+            let groups = c.groups.lock().unwrap();
+            let m = &groups["g"].members[&a.member_id];
+            assert_eq!(m.topics, vec!["absent".to_string(), "t".to_string()]);
+        }
+        assert_eq!(shards(&a), vec![0, 1, 2, 3, 4]);
+        let mut again = join_req(&a.member_id);
+        again.topics = vec!["t".into(), "absent".into(), "t".into()];
+        let same = c.join(again).await.unwrap();
+        assert_eq!(
+            same.generation, a.generation,
+            "same subscription: no rebalance"
+        );
+        let mut many = join_req("");
+        many.topics = (0..=MAX_SUBSCRIBED_TOPICS)
+            .map(|i| format!("t{i}"))
+            .collect();
+        let e = c.join(many).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidConfig);
         topics.close().await;
     }
 
