@@ -1107,3 +1107,40 @@ async fn a_group_name_is_either_a_queue_or_a_stream() {
         Some(ErrorCode::InvalidGroupName)
     );
 }
+
+/// Issue 22: a topic whose name leaves no room for the dead-letter suffix could never
+/// dead-letter (a final nack would hang); it is refused for queue use up front, by
+/// name, while shorter names work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_too_long_to_have_a_dead_letter_topic_is_refused_as_a_queue() {
+    use weir_protocol::messages::QueueFetchRequest;
+    let broker = BrokerProcess::start();
+    let client = connect(&broker.addr(), Duration::from_secs(20)).await;
+    let admin = Admin::new(client.clone());
+    let long = "q".repeat(247);
+    for name in [long.as_str(), "short"] {
+        admin
+            .create_topic(name, 1, weir_client::TopicConfig::default())
+            .await
+            .expect("create topic");
+    }
+    let fetch = |topic: &str| QueueFetchRequest {
+        group: "g".into(),
+        consumer: "c".into(),
+        topic: topic.into(),
+        max_messages: 1,
+        lease_ms: 0,
+        max_wait_ms: 0,
+    };
+    match client.call(fetch(&long)).await {
+        Err(weir_client::ClientError::Broker { code, message, .. }) => {
+            assert_eq!(code, ErrorCode::InvalidTopicName, "{message}");
+            assert!(message.contains("dead-letter"), "{message}");
+        }
+        other => panic!("expected INVALID_TOPIC_NAME, got {other:?}"),
+    }
+    client
+        .call(fetch("short"))
+        .await
+        .expect("a short name works");
+}

@@ -31,7 +31,7 @@ use weir_protocol::ErrorCode;
 
 use crate::config::Config;
 use crate::error::BrokerError;
-use crate::names::valid_name;
+use crate::names::{valid_name, MAX_TOPIC_NAME_BYTES};
 use crate::topics::TopicRegistry;
 use actor::{Command, NackDurable, QueueActor, QueueSettings, QueueShared};
 use breaker::BreakerSettings;
@@ -190,6 +190,18 @@ impl QueueManager {
             return Ok(q);
         }
         let t = self.topics.get(topic)?;
+        // Its dead letters go to `<topic><dlq_suffix>`: a topic whose name leaves no
+        // room for the suffix could never dead-letter, so it cannot be a queue.
+        let dlq = dlq::dlq_name(topic, &self.settings.dlq_suffix);
+        if !valid_name(&dlq) {
+            return Err(BrokerError::new(
+                ErrorCode::InvalidTopicName,
+                format!(
+                    "topic {topic:?} cannot be consumed as a queue: its dead-letter topic name {} bytes long would exceed {MAX_TOPIC_NAME_BYTES} bytes",
+                    dlq.len()
+                ),
+            ));
+        }
         {
             let queues = self.queues.read().expect("queues lock");
             if queues.len() >= self.max_queues && !queues.contains_key(&key) {
