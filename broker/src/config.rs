@@ -26,6 +26,42 @@ pub const DEPRECATED_KEYS: &[(&str, &str)] = &[
     ("queue_breaker_open_ms", "queue_breaker_open_for_ms"),
 ];
 
+/// `WEIR_*` variables that are not config keys: read by the binaries, the tools and
+/// the project's own tests. Any other unknown `WEIR_*` name is warned about.
+pub const NOT_CONFIG_ENV: &[&str] = &[
+    "WEIR_LOG",
+    "WEIR_CONFIG",
+    "WEIR_BROKER",
+    "WEIR_BLESS",
+    "WEIR_CRASH_CHILD_DIR",
+    "WEIR_CRASH_ROUNDS",
+];
+
+/// The config key nearest to `key` by edit distance, if it is near enough to be a
+/// likely misspelling (at most a third of its length away).
+fn closest_key<'a>(key: &str, known: &'a toml::Table) -> Option<&'a str> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let cur = row[j + 1];
+                row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+                prev = cur;
+            }
+        }
+        row[b.len()]
+    }
+    known
+        .keys()
+        .map(|k| (distance(key, k), k.as_str()))
+        .min()
+        .filter(|(d, _)| *d <= key.len().max(3) / 3)
+        .map(|(_, k)| k)
+}
+
 /// The current name of `key`.
 fn current_key(key: &str) -> &str {
     DEPRECATED_KEYS
@@ -377,7 +413,13 @@ impl Config {
             };
             let key = current_key(&key.to_ascii_lowercase()).to_string();
             let Some(default) = known.get(&key) else {
-                // WEIR_LOG and friends are not config keys.
+                if !NOT_CONFIG_ENV.contains(&name.as_str()) {
+                    // A misspelt setting would otherwise be ignored without a word.
+                    let hint = closest_key(&key, &known)
+                        .map(|k| format!("; did you mean {ENV_PREFIX}{}?", k.to_ascii_uppercase()))
+                        .unwrap_or_default();
+                    tracing::warn!("{name} is not a Weir setting and is ignored{hint}");
+                }
                 continue;
             };
             let parsed = match default {
@@ -823,6 +865,17 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.max_frame_bytes, Config::default().max_frame_bytes);
+    }
+
+    #[test]
+    fn a_misspelt_setting_gets_a_suggestion() {
+        let known = toml::Table::try_from(Config::default()).unwrap();
+        assert_eq!(
+            closest_key("max_conections", &known),
+            Some("max_connections")
+        );
+        assert_eq!(closest_key("io_timeout_sm", &known), Some("io_timeout_ms"));
+        assert_eq!(closest_key("completely_unrelated_thing", &known), None);
     }
 
     #[test]

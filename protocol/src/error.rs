@@ -116,9 +116,18 @@ error_codes! {
     NotQueueGroup = 32, retriable = false;
 }
 
+/// The code as PROTOCOL.md names it, with its number: `UNKNOWN_TOPIC (10)`. The Rust
+/// variant name (`UnknownTopic`) stays an implementation detail.
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}({})", self.name(), *self as u16)
+        use std::fmt::Write;
+        for (i, c) in self.name().chars().enumerate() {
+            if c.is_ascii_uppercase() && i > 0 {
+                f.write_char('_')?;
+            }
+            f.write_char(c.to_ascii_uppercase())?;
+        }
+        write!(f, " ({})", *self as u16)
     }
 }
 
@@ -194,5 +203,24 @@ mod tests {
             assert_eq!(ErrorCode::from_u16(*code as u16), Some(*code));
         }
         assert_eq!(ErrorCode::from_u16(ErrorCode::ALL.len() as u16), None);
+    }
+
+    /// Messages show a code as PROTOCOL.md's error table names it, never the Rust
+    /// variant: every code's shown name is the one in the table, with its number.
+    #[test]
+    fn codes_are_shown_by_their_documented_names() {
+        let spec = include_str!("../../PROTOCOL.md");
+        for code in ErrorCode::ALL {
+            let shown = code.to_string();
+            let (name, number) = shown.split_once(' ').expect("NAME (n)");
+            assert_eq!(number, format!("({})", *code as u16));
+            assert!(
+                name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'),
+                "{shown}"
+            );
+            let row = format!("| {:<4} | `{name}`", *code as u16);
+            assert!(spec.contains(&row), "PROTOCOL.md has no row {row:?}");
+        }
+        assert_eq!(ErrorCode::UnknownTopic.to_string(), "UNKNOWN_TOPIC (10)");
     }
 }

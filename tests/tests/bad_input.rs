@@ -344,3 +344,20 @@ async fn a_client_stalling_mid_frame_is_disconnected_after_the_io_timeout() {
         .await
         .expect("idle client between frames still connected");
 }
+
+/// Issue 22 §5: a misspelt `WEIR_*` setting is named in the log with the setting it
+/// probably meant, and a log that is not a terminal carries no colour codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misspelt_setting_is_warned_about_in_a_plain_log() {
+    let broker = BrokerProcess::start_with_env(&[("WEIR_MAX_CONECTIONS", "5")]);
+    let log = broker.log();
+    assert!(
+        log.contains("WEIR_MAX_CONECTIONS is not a Weir setting")
+            && log.contains("did you mean WEIR_MAX_CONNECTIONS?"),
+        "{log}"
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "escape codes in a log file: {log:?}"
+    );
+}
