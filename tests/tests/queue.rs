@@ -1144,3 +1144,74 @@ async fn a_topic_too_long_to_have_a_dead_letter_topic_is_refused_as_a_queue() {
         .await
         .expect("a short name works");
 }
+
+/// Leases and acks every record it can get within `within`, returning their values.
+async fn take_all(q: &QueueConsumer, within: Duration) -> Vec<String> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        for m in q.fetch(100).await.expect("fetch") {
+            got.push(String::from_utf8(m.value.to_vec()).unwrap());
+            q.ack(&m).await.expect("ack");
+        }
+    }
+    got.sort();
+    got
+}
+
+/// Issue 22: deleting a topic stops and forgets its queues. A topic recreated under
+/// the same name gets fresh queues: they never lease the deleted records, and the old
+/// queue's acks (its floor) do not hide the new records, before or after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_topics_queues_are_forgotten_and_a_recreated_topic_starts_clean() {
+    let mut broker = BrokerProcess::start();
+    let client = connect(&broker.addr(), Duration::from_secs(10)).await;
+    let admin = Admin::new(client.clone());
+    let records = |prefix: &str| {
+        (0..3)
+            .map(|i| ProducerRecord::new("t", format!("{prefix}-{i}")))
+            .collect::<Vec<_>>()
+    };
+    admin
+        .create_topic("t", 1, Default::default())
+        .await
+        .unwrap();
+    produce(&client, "t", records("old")).await;
+    // Queue `a` consumes (and acks) the old records; queue `b` is only opened.
+    let a = consumer(&client, "a", "t", 5000);
+    assert_eq!(
+        take_all(&a, Duration::from_millis(600)).await,
+        ["old-0", "old-1", "old-2"]
+    );
+    let b = consumer(&client, "b", "t", 5000);
+    b.status().await.expect("open queue b");
+    admin.delete_topic("t").await.unwrap();
+    admin
+        .create_topic("t", 1, Default::default())
+        .await
+        .unwrap();
+    produce(&client, "t", records("new")).await;
+    // Live: b's task must read the new topic, not the deleted files.
+    let b = consumer(&client, "b", "t", 5000);
+    assert_eq!(
+        take_all(&b, Duration::from_millis(600)).await,
+        ["new-0", "new-1", "new-2"]
+    );
+
+    // Across a restart: a's acks of the old topic must not hide the new records.
+    admin.delete_topic("t").await.unwrap();
+    admin
+        .create_topic("t", 1, Default::default())
+        .await
+        .unwrap();
+    produce(&client, "t", records("newer")).await;
+    drop(client);
+    broker.kill9();
+    broker.restart();
+    let client = connect(&broker.addr(), Duration::from_secs(10)).await;
+    let a = consumer(&client, "a", "t", 5000);
+    assert_eq!(
+        take_all(&a, Duration::from_millis(600)).await,
+        ["newer-0", "newer-1", "newer-2"]
+    );
+}

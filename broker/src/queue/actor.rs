@@ -107,6 +107,11 @@ pub enum Command {
         log: Arc<StateLog>,
         reply: oneshot::Sender<Result<(), BrokerError>>,
     },
+    /// The topic was deleted: stop after everything queued before this (the events
+    /// already appended stay ahead of the manager's FORGET).
+    Stop {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// The task; see the module docs.
@@ -241,6 +246,10 @@ impl QueueActor {
             let reopen = self.breaker.reopens_at();
             tokio::select! {
                 cmd = rx.recv() => match cmd {
+                    Some(Command::Stop { reply }) => {
+                        let _ = reply.send(());
+                        break;
+                    }
                     Some(c) => self.handle(c).await,
                     None => break,
                 },
@@ -303,6 +312,10 @@ impl QueueActor {
                     self.log = log;
                 }
                 let _ = reply.send(r);
+            }
+            // Taken by the task loop, which stops there.
+            Command::Stop { reply } => {
+                let _ = reply.send(());
             }
         }
     }

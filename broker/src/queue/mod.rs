@@ -474,6 +474,51 @@ impl QueueManager {
         Ok(next.generation())
     }
 
+    /// Stops the queues of a deleted topic and forgets their state durably (a FORGET
+    /// event per queue), so a topic recreated under the same name starts with fresh
+    /// queues: the old topic's ack floors would otherwise hide the new topic's records,
+    /// and its tasks would keep leasing the deleted records from files they hold open.
+    pub async fn forget_topic(&self, topic: &str) -> Result<(), BrokerError> {
+        // No compaction snapshots, and no queue opens, while the queues go.
+        let _compacting = self.compacting.lock().await;
+        let _opening = self.opening.lock().await;
+        let live: Vec<((String, String), Arc<QueueHandle>)> = {
+            let mut queues = self.queues.write().expect("queues lock");
+            let keys: Vec<_> = queues.keys().filter(|(_, t)| t == topic).cloned().collect();
+            keys.into_iter()
+                .filter_map(|k| queues.remove(&k).map(|h| (k, h)))
+                .collect()
+        };
+        let mut groups: std::collections::BTreeSet<String> =
+            live.iter().map(|((g, _), _)| g.clone()).collect();
+        self.recovered
+            .lock()
+            .expect("recovered lock")
+            .retain(|(g, t), _| {
+                if t == topic {
+                    groups.insert(g.clone());
+                }
+                t != topic
+            });
+        for (_, h) in &live {
+            // Already stopped is fine: nothing more can reach it.
+            let _ = self.ask(h, |reply| Command::Stop { reply }).await;
+        }
+        let log = self.log.read().expect("log lock").clone();
+        for g in &groups {
+            log.append_all_durably(g, topic, &[(0, state_log::Event::Forget)])
+                .await?;
+        }
+        if !groups.is_empty() {
+            tracing::info!(
+                topic,
+                queues = groups.len(),
+                "topic deleted: its queues stopped and forgotten"
+            );
+        }
+        Ok(())
+    }
+
     /// Stops every queue task and closes the state log.
     pub async fn close(&self) {
         self.queues.write().expect("queues lock").clear();

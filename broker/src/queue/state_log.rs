@@ -78,6 +78,9 @@ pub enum Event {
         dlq_shard: u32,
         dlq_offset: u64,
     },
+    /// The queue's topic was deleted: forget every earlier event of this queue (all
+    /// shards), so a topic recreated under the same name starts with a fresh queue.
+    Forget,
 }
 
 /// `s` cut to at most [`MAX_ERROR_BYTES`] at a character boundary.
@@ -137,6 +140,7 @@ impl Event {
                 b.put_u32_le(*dlq_shard);
                 b.put_u64_le(*dlq_offset);
             }
+            Event::Forget => b.put_u8(6),
         }
         b.freeze()
     }
@@ -182,6 +186,7 @@ impl Event {
                 dlq_shard: r.u32().ok()?,
                 dlq_offset: r.u64().ok()?,
             },
+            6 => Event::Forget,
             _ => return None,
         };
         r.finish().ok()?;
@@ -244,6 +249,8 @@ impl ShardRecovery {
                 }
                 self.advance();
             }
+            // Whole-queue: handled where the queue's shards are kept (`replay_into`).
+            Event::Forget => {}
         }
     }
 
@@ -404,6 +411,9 @@ impl StateLog {
                 .map_err(|e| BrokerError::new(ErrorCode::CorruptStorage, e.to_string()))?;
             for rec in batch.records() {
                 match (decode_key(&rec.key), Event::decode(&rec.value)) {
+                    (Some((g, t, _)), Some(Event::Forget)) => {
+                        recovered.remove(&(g, t));
+                    }
                     (Some((g, t, s)), Some(ev)) => recovered
                         .entry((g, t))
                         .or_default()

@@ -59,6 +59,16 @@ pub async fn delete_topic(
     r: DeleteTopicRequest,
 ) -> Result<ResponseBody, BrokerError> {
     state.topics.delete(&r.name).await?;
+    // Its queues go with it (a recreated topic starts with fresh ones).
+    state.queues.forget_topic(&r.name).await.map_err(|e| {
+        BrokerError::new(
+            e.code,
+            format!(
+                "topic deleted, but forgetting its queues failed: {}",
+                e.message
+            ),
+        )
+    })?;
     Ok(DeleteTopicResponse {}.into())
 }
 

@@ -180,6 +180,9 @@ impl QueueActor {
                     self.record_dead(s, done.dlq_shard, &done.written).await;
                 }
                 if let Some(e) = done.error {
+                    // The dead-letter topic may have been deleted: look it up (or
+                    // create it) afresh next time rather than retry a closed one.
+                    self.dlq = None;
                     tracing::error!(group = %self.group, topic = %self.topic_name, shard = s,
                         records = done.failed.len(), error = %e, "dead-letter write failed; trying again");
                     for offset in done.failed {
