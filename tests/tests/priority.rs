@@ -208,7 +208,7 @@ async fn unset_metadata_gets_topic_defaults_and_keys_come_from_the_rule() {
     let crc = weir_protocol::batch::compute_crc(&raw);
     raw[16..20].copy_from_slice(&crc.to_le_bytes());
     let err = produce(&client, "jobs", raw.into()).await.unwrap_err();
-    assert!(err.contains("InvalidRecord"), "{err}");
+    assert!(err.contains("INVALID_RECORD"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,7 +340,7 @@ async fn a_produce_request_mixing_classes_is_refused_whole() {
     two.extend_from_slice(&batch(10, 1, 10));
     let err = produce(&client, "mixed-req", two.into()).await.unwrap_err();
     assert!(
-        err.contains("InvalidBatch") && err.contains("one priority class"),
+        err.contains("INVALID_BATCH") && err.contains("one priority class"),
         "{err}"
     );
     // Two batches of one class are fine, and nothing of the refused request was stored.
@@ -520,5 +520,55 @@ async fn seeking_a_priority_consumer_back_redelivers_every_lane() {
         drain(&mut consumer, total - 12).await,
         (12..total as u64).collect::<Vec<_>>(),
         "after seeking to 12"
+    );
+}
+
+/// Issue 22 §10: a backlog read long after it was written. P3 and P0 batches written
+/// alternately a minute ago are all far older than every aging threshold; aging by
+/// wall-clock age made them all "overdue" and the answer came in plain offset order.
+/// Aging relative to the freshest lane head keeps the weights in charge: P0 first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_backlog_is_served_by_weight_not_in_offset_order() {
+    use weir_protocol::messages::PriorityFetchRequest;
+
+    let broker = BrokerProcess::start();
+    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
+    Admin::new(client.clone())
+        .create_topic("backlog", 1, TopicConfig::default())
+        .await
+        .expect("create topic");
+    let minute_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 60_000;
+    for i in 0..20i64 {
+        let priority = if i % 2 == 0 { 10 } else { 1 };
+        let mut b = BatchBuilder::with_capacity(256);
+        let mut r = NewRecord::value(minute_ago + 10 * i, b"payload");
+        r.priority = priority;
+        b.push(&r).unwrap();
+        produce(&client, "backlog", b.finish().unwrap())
+            .await
+            .unwrap();
+    }
+    let req = PriorityFetchRequest {
+        topic: "backlog".into(),
+        shard: 0,
+        cursors: vec![0; 4],
+        max_bytes: 1 << 20,
+        min_bytes: 0,
+        max_wait_ms: 0,
+    };
+    let r = match client.call(req).await.expect("priority fetch") {
+        ResponseBody::PriorityFetch(r) => r,
+        other => panic!("unexpected {:?}", other.api_key()),
+    };
+    let priorities: Vec<u8> = r.records.batches().map(|b| b.unwrap()[22]).collect();
+    assert_eq!(priorities.len(), 20, "{priorities:?}");
+    // Weights 8:1 between P0 and P3 with equal sizes: the first several are all P0.
+    assert!(
+        priorities[..6].iter().all(|&p| p == 1),
+        "served in this order: {priorities:?}"
     );
 }

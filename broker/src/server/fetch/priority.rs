@@ -3,11 +3,13 @@
 //! Each lane is the shard's batches of one class, in offset order, read from the
 //! consumer's cursor for that lane ([`crate::shard::class_index::ClassIndex`] finds
 //! them). Which lane's next batch goes into the response is decided by a fresh
-//! [`Wfq`] per response: weighted fair by bytes, and aging by the batch's own age in
-//! the log (now minus its newest timestamp) — a batch older than its class's aging
-//! threshold goes before fresher batches of any class, oldest first. So a backlog of
-//! P3 data waits while P0 data keeps arriving, but never longer than its aging
-//! threshold once it is at the head of its lane. A long-poll that waits for
+//! [`Wfq`] per response: weighted fair by bytes, and aging by how far a batch is behind
+//! the freshest lane head of the response (by newest record timestamp) — a batch
+//! further behind than its class's aging threshold goes before fresher batches of any
+//! class, the furthest behind first. So a backlog of P3 data waits while P0 data keeps
+//! arriving (the freshest head is then about "now"), but never longer than its aging
+//! threshold once it is at the head of its lane; and a backlog read long after it was
+//! written is served by weight, not in plain offset order as wall-clock aging would. A long-poll that waits for
 //! `min_bytes` returns as soon as P0 data is available: urgent data cuts it short.
 
 use std::sync::atomic::Ordering;
@@ -104,13 +106,12 @@ fn assemble(
     let index = shard.class_index().map_err(BrokerError::from)?;
     let scanned = index.scanned_to();
     let now = Instant::now();
-    let wall_ms = now_ms();
     let mut wfq: Wfq<(Bytes, BatchHeader)> =
         Wfq::new(state.config.class_weights(), state.config.class_aging());
-    // Queues lane `c`'s next batch at or after `from`; false when the lane is empty.
-    let queue_next = |c: Class, from: u64, wfq: &mut Wfq<(Bytes, BatchHeader)>| {
+    // Lane `c`'s next batch at or after `from`, if it has one.
+    let read_next = |c: Class, from: u64| -> Result<Option<(Bytes, BatchHeader)>, BrokerError> {
         let Some(offset) = index.next(c, from) else {
-            return Ok(false);
+            return Ok(None);
         };
         let Some(chunk) = reader
             .read(offset, 1)
@@ -118,19 +119,33 @@ fn assemble(
             .into_iter()
             .next()
         else {
-            return Ok(false);
+            return Ok(None);
         };
         let h = BatchHeader::read(&chunk)
             .map_err(|e| BrokerError::new(ErrorCode::CorruptStorage, e.to_string()))?;
-        let batch = chunk.slice(..h.total_bytes().min(chunk.len()));
-        // A batch's age in the log is how long it has waited, for aging.
-        let age_ms = wall_ms.saturating_sub(h.max_timestamp_ms).max(0) as u64;
-        // Older than the process: as old as anything can be.
+        Ok(Some((chunk.slice(..h.total_bytes().min(chunk.len())), h)))
+    };
+    let heads: Vec<(Class, Option<(Bytes, BatchHeader)>)> = Class::ALL
+        .into_iter()
+        .map(|c| Ok((c, read_next(c, cursors[c.index()])?)))
+        .collect::<Result<_, BrokerError>>()?;
+    // Aging is relative to the freshest lane head: a batch waits as long as it is older
+    // than that. With data arriving the freshest head is about now, so a batch's wait
+    // is its age in the log; in a backlog read long after it was written, every batch
+    // would be "overdue" by wall-clock age and the answer would fall back to plain
+    // offset order, so only the differences in age count, and the weights decide.
+    let reference_ms = heads
+        .iter()
+        .filter_map(|(_, head)| head.as_ref().map(|(_, h)| h.max_timestamp_ms))
+        .max()
+        .unwrap_or_else(now_ms);
+    let push = |c: Class, (batch, h): (Bytes, BatchHeader), wfq: &mut Wfq<_>| {
+        let behind_ms = reference_ms.saturating_sub(h.max_timestamp_ms).max(0) as u64;
+        // Further behind than the process has run: as old as anything can be.
         let since = now
-            .checked_sub(Duration::from_millis(age_ms))
+            .checked_sub(Duration::from_millis(behind_ms))
             .unwrap_or(state.started);
         wfq.push(c, (batch, h), h.total_bytes() as u64, since);
-        Ok::<bool, BrokerError>(true)
     };
     let mut out = Assembled {
         batches: Vec::new(),
@@ -138,10 +153,11 @@ fn assemble(
         cursors: *cursors,
         has_p0: false,
     };
-    for c in Class::ALL {
-        if !queue_next(c, cursors[c.index()], &mut wfq)? {
+    for (c, head) in heads {
+        match head {
+            Some(head) => push(c, head, &mut wfq),
             // Nothing of this class up to the high-water mark.
-            out.cursors[c.index()] = out.cursors[c.index()].max(scanned);
+            None => out.cursors[c.index()] = out.cursors[c.index()].max(scanned),
         }
     }
     loop {
@@ -159,8 +175,9 @@ fn assemble(
         out.batches.push(batch);
         let last = h.last_offset();
         out.cursors[served.index()] = last + 1;
-        if !queue_next(served, last + 1, &mut wfq)? {
-            out.cursors[served.index()] = scanned.max(last + 1);
+        match read_next(served, last + 1)? {
+            Some(next) => push(served, next, &mut wfq),
+            None => out.cursors[served.index()] = scanned.max(last + 1),
         }
         if out.bytes >= max_bytes {
             break;
