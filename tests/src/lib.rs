@@ -568,3 +568,18 @@ mod tests {
         assert!(parse_listening_line("something else").is_none());
     }
 }
+
+/// A numeric field of `/proc/<pid>/status` (`VmRSS:`, `RssAnon:`, `Threads:` ...), with
+/// values given in kB converted to bytes; 0 when the field is missing.
+pub fn proc_status(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let Some(line) = status.lines().find(|l| l.starts_with(field)) else {
+        return 0;
+    };
+    let mut words = line.split_whitespace().skip(1);
+    let value: u64 = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+    match words.next() {
+        Some("kB") => value * 1024,
+        _ => value,
+    }
+}

@@ -34,7 +34,7 @@ use weir_client::{Acks, Admin, Client, Producer, ProducerRecord};
 use weir_protocol::frame::RequestFrame;
 use weir_protocol::messages::{AlterQuotasRequest, Quota};
 use weir_protocol::Request;
-use weir_tests::{connect, http_get, read_all, BrokerProcess};
+use weir_tests::{connect, http_get, proc_status, read_all, BrokerProcess};
 
 const CONNECTIONS: usize = 4;
 /// Bounds the broker must hold however hostile the traffic.
@@ -155,18 +155,9 @@ fn cap_segments(body: &mut Vec<u8>) {
     }
 }
 
-/// `RssAnon` and thread count of a process.
+/// `RssAnon` (bytes) and thread count of a process.
 fn usage(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("RssAnon:") * 1024, field("Threads:"))
+    (proc_status(pid, "RssAnon:"), proc_status(pid, "Threads:"))
 }
 
 /// A raw connection whose answers a task drains (and drops) until the broker closes it.

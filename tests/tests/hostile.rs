@@ -18,7 +18,7 @@ use weir_protocol::batch::{BatchBuilder, NewRecord};
 use weir_protocol::frame::{RequestFrame, ResponseFrame, CONNECTION_API_KEY};
 use weir_protocol::messages::{ProduceRequest, Records};
 use weir_protocol::ErrorCode;
-use weir_tests::{connect, metric, read_all, BrokerProcess};
+use weir_tests::{connect, metric, proc_status, read_all, BrokerProcess};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -292,17 +292,7 @@ async fn large_frames_still_arriving_share_a_broker_wide_receive_budget() {
 
 /// `VmRSS` and `RssAnon` of a process, in bytes.
 fn rss(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
-            * 1024
-    };
-    (field("VmRSS:"), field("RssAnon:"))
+    (proc_status(pid, "VmRSS:"), proc_status(pid, "RssAnon:"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
