@@ -554,21 +554,6 @@ pub async fn metric(broker: &BrokerProcess, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_the_listening_line() {
-        let (a, h) =
-            parse_listening_line("weir-broker listening on 127.0.0.1:4000 http 127.0.0.1:4001\n")
-                .unwrap();
-        assert_eq!(a.port(), 4000);
-        assert_eq!(h.port(), 4001);
-        assert!(parse_listening_line("something else").is_none());
-    }
-}
-
 /// A numeric field of `/proc/<pid>/status` (`VmRSS:`, `RssAnon:`, `Threads:` ...), with
 /// values given in kB converted to bytes; 0 when the field is missing.
 pub fn proc_status(pid: u32, field: &str) -> u64 {
@@ -581,5 +566,20 @@ pub fn proc_status(pid: u32, field: &str) -> u64 {
     match words.next() {
         Some("kB") => value * 1024,
         _ => value,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_listening_line() {
+        let (a, h) =
+            parse_listening_line("weir-broker listening on 127.0.0.1:4000 http 127.0.0.1:4001\n")
+                .unwrap();
+        assert_eq!(a.port(), 4000);
+        assert_eq!(h.port(), 4001);
+        assert!(parse_listening_line("something else").is_none());
     }
 }
