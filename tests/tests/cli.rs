@@ -810,3 +810,85 @@ fn an_open_queue_breaker_is_explained() {
     let status = ok(&broker, &["queue", "status", "jobs"], "").join("\n");
     assert!(status.contains("breaker open because"), "{status}");
 }
+
+/// The user's kill rounds: `weir produce --producer-id-file` is SIGKILLed while it
+/// sends (once its first checkpoint is on disk), then run again on the same input.
+/// Wherever the kill landed, every line ends up stored exactly once.
+#[test]
+fn a_run_killed_mid_send_and_run_again_stores_every_line_once() {
+    let broker = BrokerProcess::start();
+    ok(&broker, &["topic", "create", "t", "--shards", "3"], "");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id_file = dir.path().join("producer-id");
+    let id = id_file.to_str().expect("utf-8 path");
+    let lines = numbered(100_000);
+    let text = input(&lines);
+
+    let mut child = Command::new(cli_binary())
+        .arg("--broker")
+        .arg(broker.addr())
+        .args([
+            "produce",
+            "t",
+            "--acks",
+            "durable",
+            "--producer-id-file",
+            id,
+        ])
+        .env_remove("WEIR_BROKER")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn weir");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let feed = {
+        let text = text.clone();
+        // Paced (about 4 s for all of it) so the kill lands mid-run, after the first
+        // checkpoint; ends with an error once the child is killed, as expected.
+        std::thread::spawn(move || {
+            for chunk in text.as_bytes().chunks(text.len() / 200 + 1) {
+                if stdin.write_all(chunk).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    // Kill once some lines are settled (a bounded number of looks).
+    for _ in 0..300 {
+        let done = std::fs::read_to_string(&id_file)
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("lines_done ")?.parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+        if done > 0 || child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    feed.join().expect("feeder");
+
+    let out = weir(
+        &broker,
+        &[
+            "produce",
+            "t",
+            "--acks",
+            "durable",
+            "--producer-id-file",
+            id,
+        ],
+        &text,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the re-run completes: {err}");
+    let mut got = all_values(&broker, "t");
+    got.sort();
+    assert_eq!(got.len(), lines.len(), "no line lost or stored twice");
+    assert_eq!(got, lines);
+}
