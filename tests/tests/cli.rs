@@ -892,3 +892,80 @@ fn a_run_killed_mid_send_and_run_again_stores_every_line_once() {
     assert_eq!(got.len(), lines.len(), "no line lost or stored twice");
     assert_eq!(got, lines);
 }
+
+/// A stored batch damaged on disk: the group prints and commits everything before it,
+/// exits non-zero naming where it stopped, and a second run does not print those
+/// records again.
+#[test]
+fn a_group_stops_at_a_corrupt_batch_without_reprinting() {
+    let broker = BrokerProcess::start();
+    ok(&broker, &["topic", "create", "t"], "");
+    let lines = numbered(20);
+    // Two produce runs: two batches, the second one to be damaged.
+    ok(
+        &broker,
+        &["produce", "t", "--acks", "durable"],
+        &input(&lines[..10]),
+    );
+    ok(
+        &broker,
+        &["produce", "t", "--acks", "durable"],
+        &input(&lines[10..]),
+    );
+    damage_first(&broker.data_dir(), lines[15].as_bytes());
+
+    let group = [
+        "consume",
+        "t",
+        "--from-beginning",
+        "--group",
+        "G",
+        "--timeout-ms",
+        "0",
+    ];
+    let out = weir(&broker, &group, "");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a corrupt batch is an error: {err}");
+    // Everything before the damaged batch (batch boundaries are the producer's).
+    let printed: Vec<&str> = printed.lines().collect();
+    let n = printed.len();
+    assert!(
+        (10..=15).contains(&n),
+        "printed up to the damage: {printed:?} {err}"
+    );
+    assert_eq!(printed, lines[..n]);
+    assert!(
+        err.contains(&format!("offset {n}")),
+        "names where it stopped: {err}"
+    );
+    let again = weir(&broker, &group, "");
+    assert!(!again.status.success());
+    assert!(again.stdout.is_empty(), "nothing printed twice");
+}
+
+/// Flips one byte of the first occurrence of `needle` in any file under `dir`.
+fn damage_first(dir: &std::path::Path, needle: &[u8]) {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let bytes = std::fs::read(&p).expect("read file");
+            if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) {
+                use std::io::{Seek, SeekFrom};
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .expect("open for writing");
+                f.seek(SeekFrom::Start(at as u64)).expect("seek");
+                f.write_all(&[bytes[at] ^ 0x20]).expect("write");
+                return;
+            }
+        }
+    }
+    panic!("{needle:?} not found under {}", dir.display());
+}
