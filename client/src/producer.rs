@@ -113,6 +113,8 @@ fn max_record_bytes(config: &ProducerConfig) -> usize {
 pub struct ProducerBuilder {
     client: Client,
     config: ProducerConfig,
+    /// Producer id and epoch to continue from (see [`ProducerBuilder::resume`]).
+    resume: Option<(u64, u16)>,
 }
 
 impl ProducerBuilder {
@@ -171,6 +173,18 @@ impl ProducerBuilder {
         self.config = config;
         self
     }
+    /// Idempotent producers: continue an existing producer id instead of asking for a
+    /// new one. `build` sends InitProducerId with `producer_id` and `epoch` (the
+    /// newest epoch the id was used with), and the broker answers with the next epoch,
+    /// which fences any older instance still sending under that id. A program that
+    /// keeps its id across runs (e.g. `weir produce --producer-id-file`) uses this so
+    /// that everything one id ever stored can be told apart in the log by the batch
+    /// headers' `producer_id`. Sequences start at 0 in the new epoch. Ignored when
+    /// idempotence is off.
+    pub fn resume(mut self, producer_id: u64, epoch: u16) -> Self {
+        self.resume = Some((producer_id, epoch));
+        self
+    }
 
     /// Starts the producer (gets a producer id when idempotent).
     pub async fn build(self) -> Result<Producer> {
@@ -191,7 +205,8 @@ impl ProducerBuilder {
             ));
         }
         let identity = if c.idempotent {
-            let r = init_producer_id(&self.client, 0, 0).await?;
+            let (id, epoch) = self.resume.unwrap_or((0, 0));
+            let r = init_producer_id(&self.client, id, epoch).await?;
             Some(Arc::new(Mutex::new(r)))
         } else {
             None
@@ -202,11 +217,12 @@ impl ProducerBuilder {
         let acc = Accumulator::new(
             self.client.clone(),
             self.config.clone(),
-            identity,
+            identity.clone(),
             queue.clone(),
         );
         tokio::spawn(acc.run(rx));
         Ok(Producer {
+            identity,
             tx,
             queue,
             max_queued_records,
@@ -228,6 +244,9 @@ async fn init_producer_id(client: &Client, id: u64, epoch: u16) -> Result<(u64, 
 /// Sends records to a broker; see the module docs.
 #[derive(Debug, Clone)]
 pub struct Producer {
+    /// (producer id, epoch) of an idempotent producer, shared with its senders (an
+    /// epoch bump after a failed batch moves it).
+    identity: Option<Arc<Mutex<(u64, u16)>>>,
     tx: mpsc::UnboundedSender<Msg>,
     /// One permit per record the producer may still take (`max_queued_records`); the
     /// accumulator gives them back when it hands a batch to its sender.
@@ -243,6 +262,17 @@ impl Producer {
         ProducerBuilder {
             client: client.clone(),
             config: ProducerConfig::default(),
+            resume: None,
+        }
+    }
+
+    /// The producer id and the newest epoch it stamps (`None` when not idempotent).
+    /// The epoch grows when a failed batch makes the producer move on; a program that
+    /// resumes the id later ([`ProducerBuilder::resume`]) should keep the newest.
+    pub async fn identity(&self) -> Option<(u64, u16)> {
+        match &self.identity {
+            Some(id) => Some(*id.lock().await),
+            None => None,
         }
     }
 

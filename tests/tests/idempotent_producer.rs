@@ -117,3 +117,40 @@ async fn retries_after_disconnects_write_no_duplicates() {
         "every ack names the offset its record is stored at"
     );
 }
+
+/// `ProducerBuilder::resume`: a producer continuing an id gets the next epoch of it,
+/// and the instance it continues is fenced on the shard both wrote to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_producer_id_fences_the_older_instance() {
+    let broker = BrokerProcess::start();
+    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
+    Admin::new(client.clone())
+        .create_topic("resumed", 1, Default::default())
+        .await
+        .expect("create topic");
+    let first = Producer::builder(&client).build().await.expect("producer");
+    let (id, epoch) = first.identity().await.expect("idempotent");
+    first
+        .send_and_wait(ProducerRecord::new("resumed", "one"))
+        .await
+        .expect("stored");
+    let second = Producer::builder(&client)
+        .resume(id, epoch)
+        .build()
+        .await
+        .expect("producer");
+    assert_eq!(second.identity().await, Some((id, epoch + 1)));
+    second
+        .send_and_wait(ProducerRecord::new("resumed", "two"))
+        .await
+        .expect("stored");
+    let fenced = first
+        .send_and_wait(ProducerRecord::new("resumed", "three"))
+        .await
+        .expect_err("the older instance is fenced");
+    assert_eq!(
+        fenced.code(),
+        Some(weir_protocol::ErrorCode::ProducerFenced),
+        "{fenced}"
+    );
+}

@@ -118,6 +118,16 @@ impl Args {
         if self.shards == Some(0) {
             bail!("--shards must be at least 1");
         }
+        if let Some(p) = &self.plot {
+            // The plot is drawn as SVG; a `.png` holding SVG text opens as a broken image.
+            let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+            if !ext.eq_ignore_ascii_case("svg") && !ext.eq_ignore_ascii_case("html") {
+                bail!(
+                    "--plot {}: the plot is SVG; name the file .svg (or .html for a page holding it)",
+                    p.display()
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -194,5 +204,25 @@ impl AckArg {
             AckArg::Leader => "leader",
             AckArg::Durable => "durable",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(args: &[&str]) -> anyhow::Result<()> {
+        Args::try_parse_from(std::iter::once("weir-bench").chain(args.iter().copied()))
+            .expect("flags parse")
+            .check()
+    }
+
+    #[test]
+    fn plot_must_be_svg_or_html() {
+        assert!(check(&["produce", "--plot", "x.svg"]).is_ok());
+        assert!(check(&["produce", "--plot", "x.HTML"]).is_ok());
+        let e = check(&["produce", "--plot", "x.png"]).expect_err("png refused");
+        assert!(e.to_string().contains(".svg"), "{e}");
+        assert!(check(&["produce", "--plot", "plot"]).is_err());
     }
 }

@@ -60,9 +60,13 @@ pub async fn run(cli: Args, handle: tokio::runtime::Handle) -> anyhow::Result<Re
     report
 }
 
-/// Writes the `--plot` file: HTML for a `.html` path, else SVG.
+/// Writes the `--plot` file: HTML for a `.html` path, else SVG (`Args::check` refuses
+/// any other extension).
 pub fn write_plot(path: &std::path::Path, data: &plot::PlotData) -> std::io::Result<()> {
-    let text = if path.extension().is_some_and(|e| e == "html") {
+    let text = if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("html"))
+    {
         plot::html(data)
     } else {
         plot::svg(data)

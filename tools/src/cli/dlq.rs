@@ -2,7 +2,9 @@
 //! straight from its shards, and send its records back.
 //!
 //! The broker writes why a record died into `weir.dlq.*` headers; list and the
-//! replay filters read those, replay strips them.
+//! replay filters read those, replay strips them. The broker creates a dead-letter
+//! topic with its first dead letter, so a missing one (of a topic that exists) means
+//! zero dead letters, not an error.
 
 use std::io::Write;
 
@@ -12,6 +14,7 @@ use weir_client::{Admin, Client, Producer, ProducerRecord};
 use weir_protocol::batch::{Batch, Record};
 use weir_protocol::headers::{DLQ_PREFIX, REPLAYED_FROM};
 use weir_protocol::messages::*;
+use weir_protocol::ErrorCode;
 
 /// Dead-letter commands.
 #[derive(Subcommand, Debug)]
@@ -128,13 +131,38 @@ async fn read_range(
     Ok(out)
 }
 
+/// The dead-letter topic `dlq` of `topic`, or `None` when nothing was dead-lettered
+/// yet (it does not exist, but `topic` does).
+async fn dlq_meta(
+    client: &Client,
+    topic: &str,
+    dlq: &str,
+) -> anyhow::Result<Option<TopicMetadata>> {
+    let admin = Admin::new(client.clone());
+    match admin.describe_topic(dlq).await {
+        Ok(meta) => Ok(Some(meta)),
+        Err(e) if e.code() == Some(ErrorCode::UnknownTopic) => {
+            admin
+                .describe_topic(topic)
+                .await
+                .with_context(|| format!("no topic {topic}"))?;
+            Ok(None)
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("describing {dlq}"))),
+    }
+}
+
 /// Every dead-letter record of `topic` (all shards, oldest first per shard), at most
-/// `limit`, with its shard.
-async fn read_dlq(client: &Client, dlq: &str, limit: usize) -> anyhow::Result<Vec<(u32, Record)>> {
-    let meta = Admin::new(client.clone())
-        .describe_topic(dlq)
-        .await
-        .with_context(|| format!("no dead-letter topic {dlq}"))?;
+/// `limit`, with its shard; `None` when nothing was dead-lettered yet.
+async fn read_dlq(
+    client: &Client,
+    topic: &str,
+    dlq: &str,
+    limit: usize,
+) -> anyhow::Result<Option<Vec<(u32, Record)>>> {
+    let Some(meta) = dlq_meta(client, topic, dlq).await? else {
+        return Ok(None);
+    };
     let mut out = Vec::new();
     for s in meta.shards {
         let left = limit.saturating_sub(out.len());
@@ -151,7 +179,7 @@ async fn read_dlq(client: &Client, dlq: &str, limit: usize) -> anyhow::Result<Ve
             out.push((s.shard, r));
         }
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 /// `weir dlq list TOPIC`: one line per dead-lettered record.
@@ -162,7 +190,10 @@ pub async fn dlq_list(
     limit: usize,
 ) -> anyhow::Result<()> {
     let dlq = format!("{topic}{suffix}");
-    let recs = read_dlq(client, &dlq, limit).await?;
+    let Some(recs) = read_dlq(client, topic, &dlq, limit).await? else {
+        println!("0 records in {dlq} (nothing dead-lettered yet)");
+        return Ok(());
+    };
     let mut out = std::io::stdout().lock();
     writeln!(out, "{} records in {dlq}", recs.len())?;
     for (shard, r) in recs {
@@ -190,8 +221,12 @@ pub async fn dlq_show(
     count: usize,
 ) -> anyhow::Result<()> {
     let dlq = format!("{topic}{suffix}");
+    let Some(recs) = read_dlq(client, topic, &dlq, count).await? else {
+        eprintln!("0 dead letters in {dlq} (nothing dead-lettered yet)");
+        return Ok(());
+    };
     let mut out = std::io::stdout().lock();
-    for (shard, r) in read_dlq(client, &dlq, count).await? {
+    for (shard, r) in recs {
         let headers: serde_json::Map<String, serde_json::Value> = r
             .headers
             .iter()
@@ -275,11 +310,11 @@ pub async fn dlq_replay(
 ) -> anyhow::Result<()> {
     let dlq = format!("{topic}{suffix}");
     let admin = Admin::new(client.clone());
-    let meta = admin
-        .describe_topic(&dlq)
-        .await
-        .with_context(|| format!("no dead-letter topic {dlq}"))?;
     let target = to.clone().unwrap_or_else(|| topic.to_string());
+    let Some(meta) = dlq_meta(client, topic, &dlq).await? else {
+        println!("replayed 0 of 0 records from {dlq} to {target} (nothing dead-lettered yet)");
+        return Ok(());
+    };
     let target_shards = admin.describe_topic(&target).await?.shards.len() as u32;
     let group = format!("{dlq}.replay");
     let committed = admin.group_offsets(&group).await?;

@@ -1,5 +1,6 @@
 //! The `weir` CLI: its command tree and one module per command family. `run` only
-//! dispatches; `bin/weir.rs` only parses and runs.
+//! dispatches; `bin/weir.rs` only parses, runs and turns the outcome into an exit
+//! code ([`Interrupted`] and [`Failed`] carry theirs).
 
 pub mod consume;
 pub mod dlq;
@@ -37,8 +38,10 @@ pub enum Cmd {
     #[command(subcommand)]
     Topic(topic::TopicCmd),
     /// Send one message per line of standard input.
+    #[command(after_help = produce::AFTER_HELP)]
     Produce(produce::ProduceArgs),
     /// Print messages, one per line.
+    #[command(after_help = consume::AFTER_HELP)]
     Consume(consume::ConsumeArgs),
     /// Broker version, uptime, topics, shards, offsets and queues.
     Status,
@@ -53,6 +56,62 @@ pub enum Cmd {
     /// Queue-mode groups.
     #[command(subcommand)]
     Queue(queue::QueueCmd),
+}
+
+/// A command stopped by SIGINT or SIGTERM after finishing cleanly (a consumer
+/// committed what it printed); `weir` exits with 128 + the signal number.
+#[derive(Debug)]
+pub struct Interrupted {
+    pub signal: i32,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "interrupted by signal {}", self.signal)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// A command that failed and has already said why on standard error (e.g. the
+/// summary of `weir produce`); `weir` exits with `code` and prints nothing more.
+#[derive(Debug)]
+pub struct Failed {
+    pub code: u8,
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "failed (exit code {})", self.code)
+    }
+}
+
+impl std::error::Error for Failed {}
+
+/// SIGINT and SIGTERM, registered once so neither kills the process while a command
+/// still has something to finish (a commit, a summary).
+pub struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Takes over SIGINT and SIGTERM for the rest of the process.
+    pub fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// The number of the next signal that arrives (2 or 15).
+    pub async fn recv(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.interrupt.recv() => 2,
+            _ = self.terminate.recv() => 15,
+        }
+    }
 }
 
 /// Connects to the broker and runs one command.

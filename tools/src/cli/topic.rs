@@ -9,7 +9,8 @@ pub enum TopicCmd {
     /// Create a topic.
     Create {
         name: String,
-        #[arg(long, default_value_t = 1)]
+        /// Shard count, at least 1.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         shards: u32,
         #[arg(long, value_enum, default_value_t = DurArg::Interval)]
         durability: DurArg,
