@@ -295,6 +295,31 @@ fn zero_shards_is_refused() {
     assert!(err.contains("t"), "no topic was made: {err}");
 }
 
+/// Issue 22 §4: a topic's message limit (and segment size) can be set from the CLI,
+/// and the limit is enforced: a line over it is refused naming the setting.
+#[test]
+fn topic_create_sets_the_message_limit() {
+    let broker = BrokerProcess::start();
+    ok(
+        &broker,
+        &[
+            "topic",
+            "create",
+            "small",
+            "--segment-bytes",
+            "1048576",
+            "--max-message-bytes",
+            "65536",
+        ],
+        "",
+    );
+    let described = ok(&broker, &["topic", "describe", "small"], "").join("\n");
+    assert!(described.contains("65536"), "{described}");
+    let big = "x".repeat(100_000) + "\n";
+    let err = fails(&broker, &["produce", "small"], &big);
+    assert!(err.contains("max_message_bytes"), "{err}");
+}
+
 #[test]
 fn errors_print_no_backtrace_even_with_rust_backtrace_set() {
     let broker = BrokerProcess::start();
@@ -942,6 +967,31 @@ fn a_group_stops_at_a_corrupt_batch_without_reprinting() {
     let again = weir(&broker, &group, "");
     assert!(!again.status.success());
     assert!(again.stdout.is_empty(), "nothing printed twice");
+
+    // Past the damage: `--offset SHARD=OFFSET` moves the group beyond the damaged
+    // batch (whose records are lost), it prints what follows, and commits it.
+    let later = numbered(25);
+    ok(
+        &broker,
+        &["produce", "t", "--acks", "durable"],
+        &input(&later[20..]),
+    );
+    let past = [&group[..], &["--offset", "0=20"]].concat();
+    let out = weir(&broker, &past, "");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "past the damage: {err}");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(printed.lines().collect::<Vec<_>>(), later[20..]);
+    let rest = weir(&broker, &group, "");
+    assert!(
+        rest.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rest.stderr)
+    );
+    assert!(
+        rest.stdout.is_empty(),
+        "the group's commit moved past the damage"
+    );
 }
 
 /// Flips one byte of the first occurrence of `needle` in any file under `dir`.

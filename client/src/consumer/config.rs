@@ -48,6 +48,9 @@ pub struct ConsumerConfig {
     pub fetch_max_wait: Duration,
     /// Offset or priority order.
     pub order: DeliveryOrder,
+    /// Where to start on these shards the first time they are assigned, ahead of a
+    /// committed offset and of `reset` (for example to step past damaged data).
+    pub start_offsets: HashMap<(String, u32), u64>,
 }
 
 impl Default for ConsumerConfig {
@@ -62,6 +65,7 @@ impl Default for ConsumerConfig {
             max_fetch_bytes: 4 * 1024 * 1024,
             fetch_max_wait: Duration::from_millis(500),
             order: DeliveryOrder::Offset,
+            start_offsets: HashMap::new(),
         }
     }
 }
@@ -83,6 +87,15 @@ impl ConsumerBuilder {
     /// Subscribes to a topic.
     pub fn topic(mut self, topic: impl Into<String>) -> Self {
         self.topics.push(topic.into());
+        self
+    }
+    /// Starts `shard` of `topic` at `offset` the first time it is assigned, whatever
+    /// the group committed (a later commit then records the new position). For moving
+    /// a consumer or a group past a range it must not read, such as damaged data.
+    pub fn start_at(mut self, topic: impl Into<String>, shard: u32, offset: u64) -> Self {
+        self.config
+            .start_offsets
+            .insert((topic.into(), shard), offset);
         self
     }
     /// Where to start without a committed offset.

@@ -111,8 +111,11 @@ impl Consumer {
         self.positions.clear();
         let committed = self.committed_offsets(&shards).await?;
         for (topic, shard) in shards {
-            let pos = match committed.get(&(topic.clone(), shard)) {
-                Some(o) => *o,
+            let key = (topic.clone(), shard);
+            // A start offset applies once, at the first assignment of its shard.
+            let start = self.config.start_offsets.remove(&key);
+            let pos = match start.or_else(|| committed.get(&key).copied()) {
+                Some(o) => o,
                 None => self.reset_position(&topic, shard).await?,
             };
             self.positions.insert((topic, shard), pos);

@@ -55,6 +55,11 @@ pub struct ConsumeArgs {
     /// Start at the earliest offset when there is no committed one.
     #[arg(long)]
     pub from_beginning: bool,
+    /// Start shard SHARD at OFFSET, whatever was committed (repeatable: `--offset
+    /// 0=1200 --offset 3=0`). With --group the next commit records it: the way to move
+    /// a group past a damaged batch, whose error names its offset.
+    #[arg(long, value_name = "SHARD=OFFSET", value_parser = parse_start)]
+    pub offset: Vec<(u32, u64)>,
     /// Exit after this many messages.
     #[arg(long)]
     pub count: Option<usize>,
@@ -155,6 +160,9 @@ async fn consume_stream(client: &Client, args: ConsumeArgs) -> anyhow::Result<()
         });
     if let Some(g) = &args.group {
         b = b.group(g.clone());
+    }
+    for &(shard, offset) in &args.offset {
+        b = b.start_at(args.topic.clone(), shard, offset);
     }
     let mut consumer = b.build()?;
     let classes = client.class_map();
@@ -367,6 +375,22 @@ pub(super) fn write_message(
             writeln!(out, "{v}")
         }
     }
+}
+
+/// `SHARD=OFFSET` of `--offset`.
+fn parse_start(s: &str) -> Result<(u32, u64), String> {
+    let (shard, offset) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected SHARD=OFFSET"))?;
+    let shard = shard
+        .trim()
+        .parse()
+        .map_err(|_| format!("{shard:?} is not a shard number"))?;
+    let offset = offset
+        .trim()
+        .parse()
+        .map_err(|_| format!("{offset:?} is not an offset"))?;
+    Ok((shard, offset))
 }
 
 #[cfg(test)]

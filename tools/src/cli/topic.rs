@@ -26,6 +26,10 @@ pub enum TopicCmd {
         /// Segment file size (0 = broker default).
         #[arg(long, default_value_t = 0)]
         segment_bytes: u64,
+        /// Largest produce request's records the topic takes, at most its segment
+        /// size (0 = broker default).
+        #[arg(long, default_value_t = 0)]
+        max_message_bytes: u32,
         /// Priority 1..=10 the broker gives records produced without one (0 = 5).
         #[arg(long, default_value_t = 0)]
         default_priority: u8,
@@ -63,6 +67,7 @@ pub async fn run(admin: &Admin, cmd: TopicCmd) -> anyhow::Result<()> {
             retention_ms,
             retention_bytes,
             segment_bytes,
+            max_message_bytes,
             default_priority,
             default_complexity,
             shard_key_rule,
@@ -77,7 +82,7 @@ pub async fn run(admin: &Admin, cmd: TopicCmd) -> anyhow::Result<()> {
                 retention_ms,
                 retention_bytes,
                 segment_bytes,
-                max_message_bytes: 0,
+                max_message_bytes,
                 default_priority,
                 default_complexity,
                 shard_key_rule,
