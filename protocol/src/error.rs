@@ -114,6 +114,9 @@ error_codes! {
     UnknownLease = 31, retriable = false;
     /// The group is a streaming (offset) group and cannot be used in queue mode, or the other way round.
     NotQueueGroup = 32, retriable = false;
+    /// A keyed record was produced to a shard other than the one its key belongs on
+    /// (PROTOCOL.md, "Key → shard"); the message names the right shard.
+    WrongShard = 33, retriable = false;
 }
 
 /// The code as PROTOCOL.md names it, with its number: `UNKNOWN_TOPIC (10)`. The Rust

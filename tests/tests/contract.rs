@@ -7,11 +7,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use weir_client::{Admin, Client, ClientError};
 use weir_protocol::batch::{BatchBuilder, NewRecord};
+use weir_protocol::keys::shard_for_key;
 use weir_protocol::messages::{
     Acks, CreateTopicRequest, ListOffsetsRequest, ListOffsetsResponse, ProduceRequest,
     ProduceResponse, Records, TopicConfig,
 };
-use weir_protocol::ResponseBody;
+use weir_protocol::{ErrorCode, ResponseBody};
 use weir_tests::{connect, BrokerProcess};
 
 const T0: i64 = 1_700_000_000_000;
@@ -71,6 +72,60 @@ async fn list_offsets(c: &Client, topic: &str, timestamp_ms: i64) -> ListOffsets
         ResponseBody::ListOffsets(r) => r,
         other => panic!("unexpected {:?}", other.api_key()),
     }
+}
+
+fn code(r: Result<impl std::fmt::Debug, ClientError>) -> ErrorCode {
+    r.expect_err("refused").code().expect("a broker error")
+}
+
+/// §"Key → shard": a keyed record produced to another shard than its key's is refused
+/// with WRONG_SHARD naming the right shard, whether the key was sent or derived by
+/// the topic's shard-key rule; on its own shard it is stored, and keyless records go
+/// anywhere. Before, any client could store one key on two shards.
+#[tokio::test]
+async fn a_keyed_record_on_the_wrong_shard_is_refused_naming_the_right_one() {
+    let broker = BrokerProcess::start();
+    let c = client(&broker).await;
+    create(&c, "keyed", 7).await;
+    let right = shard_for_key("東京".as_bytes(), 7);
+    let wrong = (right + 3) % 7;
+    let b = batch(&[(T0, "東京".as_bytes())], None);
+    let e = produce(&c, "keyed", wrong, b.clone())
+        .await
+        .expect_err("wrong shard");
+    assert_eq!(e.code(), Some(ErrorCode::WrongShard), "{e}");
+    assert!(
+        e.to_string()
+            .contains(&format!("belongs on shard {right} of 7, not shard {wrong}")),
+        "{e}"
+    );
+    produce(&c, "keyed", right, b).await.expect("its own shard");
+    produce(&c, "keyed", wrong, batch(&[(T0, b"")], None))
+        .await
+        .expect("a keyless record goes anywhere");
+
+    let config = TopicConfig {
+        shard_key_rule: "header:tenant".into(),
+        ..TopicConfig::default()
+    };
+    Admin::new(c.clone())
+        .create_topic("derived", 7, config)
+        .await
+        .expect("create");
+    let mut b = BatchBuilder::new();
+    let headers: &[(&str, &[u8])] = &[("tenant", "東京".as_bytes())];
+    let mut r = NewRecord::value(T0, b"v");
+    r.headers = headers;
+    b.push(&r).unwrap();
+    let b = b.finish().unwrap();
+    assert_eq!(
+        code(produce(&c, "derived", wrong, b.clone()).await),
+        ErrorCode::WrongShard,
+        "a derived key counts like a key sent"
+    );
+    produce(&c, "derived", right, b)
+        .await
+        .expect("derived key's shard");
 }
 
 /// §"CreateTopic": `shards` = 0 means the broker's `default_shards`.

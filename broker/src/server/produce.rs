@@ -14,6 +14,7 @@ use bytes::Bytes;
 use weir_protocol::batch::{self, BatchHeader};
 use weir_protocol::classes::Class;
 use weir_protocol::frame::{RequestHeader, ResponseFrame};
+use weir_protocol::keys::shard_for_key;
 use weir_protocol::messages::{ProduceRequest, ProduceResponse};
 use weir_protocol::{DecodeError, ErrorCode};
 
@@ -139,6 +140,7 @@ fn check(state: &BrokerState, req: &ProduceRequest) -> Result<Checked, BrokerErr
     }
     let plan = AckPlan::for_level(req.acks)?;
     let (batches, headers) = split_and_fill(&topic, req.records.to_bytes())?;
+    keys_on_shard(&batches, req.shard, topic.shards.len() as u32)?;
     let class = one_class(&shard, &headers)?;
     let filled: usize = batches.iter().map(|b| b.len()).sum();
     if filled > max as usize {
@@ -192,6 +194,35 @@ fn split_and_fill(
         batches.push(b);
     }
     Ok((batches, headers))
+}
+
+/// Holds the key → shard rule (PROTOCOL.md, "Key → shard"): every keyed record — one
+/// whose stored key is not empty, its own or the one the topic's shard-key rule
+/// derived — must be on the shard [`shard_for_key`] gives, so one key is never stored
+/// on two shards whoever produced it. Keyless records may go anywhere. Runs on the
+/// filled-in batches, so a derived key counts like a key sent.
+fn keys_on_shard(batches: &[Bytes], shard: u32, shards: u32) -> Result<(), BrokerError> {
+    if shards <= 1 {
+        return Ok(());
+    }
+    for (b, bytes) in batches.iter().enumerate() {
+        for (r, key) in batch::record_keys(bytes).enumerate() {
+            if key.is_empty() {
+                continue;
+            }
+            let right = shard_for_key(key, shards);
+            if right != shard {
+                let shown = String::from_utf8_lossy(&key[..key.len().min(64)]);
+                return Err(BrokerError::new(
+                    ErrorCode::WrongShard,
+                    format!(
+                        "record {r} of batch {b}: key {shown:?} belongs on shard {right} of {shards}, not shard {shard}"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The one priority class of a request's batches. Order and idempotent sequences are
@@ -311,6 +342,52 @@ mod tests {
             seen += 1;
         }
         assert!(seen >= 12, "{seen} batch vectors");
+    }
+
+    fn keyed(keys: &[&[u8]]) -> Bytes {
+        let mut b = BatchBuilder::new();
+        for k in keys {
+            let mut r = NewRecord::value(0, b"v");
+            r.key = k;
+            b.push(&r).unwrap();
+        }
+        b.finish().unwrap()
+    }
+
+    /// A keyed record on another shard than its key's is refused with WRONG_SHARD
+    /// naming the right one; keyless records and one-shard topics pass anywhere.
+    #[test]
+    fn keyed_records_must_be_on_their_keys_shard() {
+        let right = shard_for_key(b"user-1", 7);
+        let wrong = (right + 1) % 7;
+        let ok = keyed(&[b"user-1", b"", b"user-1"]);
+        keys_on_shard(std::slice::from_ref(&ok), right, 7).unwrap();
+        let e = keys_on_shard(&[ok], wrong, 7).unwrap_err();
+        assert_eq!(e.code, ErrorCode::WrongShard);
+        assert!(
+            e.message
+                .contains(&format!("belongs on shard {right} of 7, not shard {wrong}")),
+            "{}",
+            e.message
+        );
+        keys_on_shard(&[keyed(&[b"", b""])], wrong, 7).unwrap();
+        keys_on_shard(&[keyed(&[b"user-1"])], 0, 1).unwrap();
+        // The second batch's second record is the one out of place.
+        let other = (0u32..)
+            .map(|i| format!("k{i}"))
+            .find(|k| shard_for_key(k.as_bytes(), 7) != right)
+            .unwrap();
+        let e = keys_on_shard(
+            &[keyed(&[b"user-1"]), keyed(&[b"user-1", other.as_bytes()])],
+            right,
+            7,
+        )
+        .unwrap_err();
+        assert!(
+            e.message.starts_with("record 1 of batch 1"),
+            "{}",
+            e.message
+        );
     }
 
     /// Bytes after the last batch too short to hold a batch header are a truncated
