@@ -90,7 +90,7 @@ error_codes! {
     OutOfOrderSequence = 19, retriable = false;
     /// A newer epoch of this producer id exists; this producer is fenced.
     ProducerFenced = 20, retriable = false;
-    /// The broker has no state for this producer id; call InitProducerId again.
+    /// The broker never issued this producer id; call InitProducerId with id 0 for a new one.
     UnknownProducerId = 21, retriable = true;
     /// The group does not know this member id (expired or never joined); join again.
     UnknownMemberId = 22, retriable = true;

@@ -9,8 +9,8 @@ use weir_client::{Admin, Client, ClientError};
 use weir_protocol::batch::{BatchBuilder, NewRecord};
 use weir_protocol::keys::shard_for_key;
 use weir_protocol::messages::{
-    Acks, CreateTopicRequest, ListOffsetsRequest, ListOffsetsResponse, ProduceRequest,
-    ProduceResponse, Records, TopicConfig,
+    Acks, CreateTopicRequest, InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest,
+    ListOffsetsResponse, ProduceRequest, ProduceResponse, Records, TopicConfig,
 };
 use weir_protocol::{ErrorCode, ResponseBody};
 use weir_tests::{connect, BrokerProcess};
@@ -126,6 +126,103 @@ async fn a_keyed_record_on_the_wrong_shard_is_refused_naming_the_right_one() {
     produce(&c, "derived", right, b)
         .await
         .expect("derived key's shard");
+}
+
+async fn init(
+    c: &Client,
+    producer_id: u64,
+    producer_epoch: u16,
+) -> Result<InitProducerIdResponse, ClientError> {
+    let req = InitProducerIdRequest {
+        producer_id,
+        producer_epoch,
+    };
+    match c.call(req).await? {
+        ResponseBody::InitProducerId(r) => Ok(r),
+        other => panic!("unexpected {:?}", other.api_key()),
+    }
+}
+
+/// A keyless one-record batch of producer (`id`, `epoch`) at `seq`, of `priority`.
+fn idem(id: u64, epoch: u16, seq: u32, priority: u8) -> Bytes {
+    let mut b = BatchBuilder::new().producer(id, epoch, seq);
+    let mut r = NewRecord::value(T0, b"v");
+    r.priority = priority;
+    b.push(&r).unwrap();
+    b.finish().unwrap()
+}
+
+/// §"InitProducerId": bumping the epoch fences the old instance on every shard and
+/// class at once — also where the new instance never wrote — and still after a
+/// restart. Before, the zombie kept writing on every lane the new epoch had not
+/// reached.
+#[tokio::test]
+async fn a_new_epoch_fences_the_old_instance_on_every_shard() {
+    let mut broker = BrokerProcess::start();
+    let c = client(&broker).await;
+    create(&c, "fence", 2).await;
+    let old = init(&c, 0, 0).await.expect("new id");
+    let id = old.producer_id;
+    produce(&c, "fence", 0, idem(id, 0, 0, 5))
+        .await
+        .expect("old instance writes");
+    let new = init(&c, id, old.producer_epoch).await.expect("bump");
+    assert_eq!(new.producer_epoch, 1);
+    // The zombie, on a shard and in classes the new instance never touched.
+    for (shard, priority) in [(1, 5), (0, 9), (0, 5)] {
+        let seq = u32::from(shard == 0 && priority == 5);
+        assert_eq!(
+            code(produce(&c, "fence", shard, idem(id, 0, seq, priority)).await),
+            ErrorCode::ProducerFenced,
+            "shard {shard} priority {priority}"
+        );
+    }
+    produce(&c, "fence", 0, idem(id, 1, 0, 5))
+        .await
+        .expect("new instance writes");
+    // An old instance bumping again goes past the newest epoch, not to 1 again.
+    assert_eq!(init(&c, id, 0).await.unwrap().producer_epoch, 2);
+    produce(&c, "fence", 1, idem(id, 2, 0, 5))
+        .await
+        .expect("newest writes");
+
+    drop(c);
+    broker.terminate();
+    broker.restart();
+    let c = client(&broker).await;
+    assert_eq!(
+        code(produce(&c, "fence", 0, idem(id, 1, 1, 5)).await),
+        ErrorCode::ProducerFenced,
+        "epoch 2, in shard 1's log, fences shard 0 after a restart"
+    );
+    produce(&c, "fence", 1, idem(id, 2, 1, 5))
+        .await
+        .expect("an id from before the restart");
+}
+
+/// §"Error codes": UNKNOWN_PRODUCER_ID for an id the broker never issued, whatever
+/// the sequence, in Produce and InitProducerId. Before, a made-up id was accepted.
+#[tokio::test]
+async fn a_producer_id_never_issued_is_unknown() {
+    let broker = BrokerProcess::start();
+    let c = client(&broker).await;
+    create(&c, "made-up", 1).await;
+    let issued = init(&c, 0, 0).await.expect("new id").producer_id;
+    let made_up = issued + 10_000;
+    for seq in [0, 5] {
+        assert_eq!(
+            code(produce(&c, "made-up", 0, idem(made_up, 0, seq, 5)).await),
+            ErrorCode::UnknownProducerId,
+            "sequence {seq}"
+        );
+    }
+    assert_eq!(
+        code(init(&c, made_up, 0).await),
+        ErrorCode::UnknownProducerId
+    );
+    produce(&c, "made-up", 0, idem(issued, 0, 0, 5))
+        .await
+        .expect("an issued id");
 }
 
 /// §"CreateTopic": `shards` = 0 means the broker's `default_shards`.

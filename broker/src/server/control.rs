@@ -112,25 +112,30 @@ pub fn metadata(state: &BrokerState, r: MetadataRequest) -> Result<ResponseBody,
 /// Room a Metadata answer leaves in a frame for the response header and its own fields.
 const METADATA_HEAD_ROOM: usize = 1024;
 
-/// A new producer id (id 0 or epoch exhausted), or the next epoch of a known one.
+/// A new producer id (id 0, or the id's epochs used up), or the next epoch of an
+/// issued one: one above the newest epoch of the id the broker knows, which fences
+/// every older instance on every shard at once (`producer_ids.rs`). An id this broker
+/// never issued is UNKNOWN_PRODUCER_ID.
 pub fn init_producer_id(
     state: &BrokerState,
     r: InitProducerIdRequest,
 ) -> Result<ResponseBody, BrokerError> {
-    let resp = if r.producer_id == 0 || r.producer_epoch == u16::MAX {
-        let producer_id = state
-            .producer_ids
-            .allocate()
-            .map_err(|e| BrokerError::new(ErrorCode::StorageError, e.to_string()))?;
-        InitProducerIdResponse {
-            producer_id,
-            producer_epoch: 0,
-        }
-    } else {
-        InitProducerIdResponse {
+    let bumped = match r.producer_id {
+        0 => None,
+        id => state.producer_ids.bump(id, r.producer_epoch)?,
+    };
+    let resp = match bumped {
+        Some(epoch) => InitProducerIdResponse {
             producer_id: r.producer_id,
-            producer_epoch: r.producer_epoch + 1,
-        }
+            producer_epoch: epoch,
+        },
+        None => InitProducerIdResponse {
+            producer_id: state
+                .producer_ids
+                .allocate()
+                .map_err(|e| BrokerError::new(ErrorCode::StorageError, e.to_string()))?,
+            producer_epoch: 0,
+        },
     };
     Ok(resp.into())
 }

@@ -141,6 +141,11 @@ fn check(state: &BrokerState, req: &ProduceRequest) -> Result<Checked, BrokerErr
     let plan = AckPlan::for_level(req.acks)?;
     let (batches, headers) = split_and_fill(&topic, req.records.to_bytes())?;
     keys_on_shard(&batches, req.shard, topic.shards.len() as u32)?;
+    for h in &headers {
+        // Fencing per producer id, on every shard at once (producer_ids.rs); the
+        // shard's writer still checks sequences and its own lanes' epochs.
+        state.producer_ids.admit(h.producer_id, h.producer_epoch)?;
+    }
     let class = one_class(&shard, &headers)?;
     let filled: usize = batches.iter().map(|b| b.len()).sum();
     if filled > max as usize {
