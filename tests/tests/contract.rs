@@ -225,6 +225,40 @@ async fn a_producer_id_never_issued_is_unknown() {
         .expect("an issued id");
 }
 
+/// §"ListOffsets": the answer is the first *record* with timestamp ≥ T, its offset and
+/// its own timestamp, not the base offset and newest timestamp of its batch.
+#[tokio::test]
+async fn list_offsets_by_time_answers_with_the_first_record() {
+    let broker = BrokerProcess::start();
+    let c = client(&broker).await;
+    create(&c, "times", 1).await;
+    let batches: [&[(i64, &[u8])]; 3] = [
+        &[(T0, b""), (T0 + 1000, b""), (T0 + 2000, b"")],
+        &[(T0 + 3000, b""), (T0 + 5000, b"")],
+        &[(T0 + 6000, b""), (T0 + 5500, b""), (T0 + 7000, b"")],
+    ];
+    for b in batches {
+        produce(&c, "times", 0, batch(b, None))
+            .await
+            .expect("produce");
+    }
+    for (asked, offset, ts) in [
+        (T0, 0, T0),
+        (T0 + 1, 1, T0 + 1000),
+        (T0 + 4000, 4, T0 + 5000),
+        (T0 + 5200, 5, T0 + 6000),
+        (T0 + 6500, 7, T0 + 7000),
+    ] {
+        let r = list_offsets(&c, "times", asked).await;
+        assert_eq!(
+            (r.offset, r.timestamp_ms),
+            (offset, ts),
+            "asked T0+{}",
+            asked - T0
+        );
+    }
+}
+
 /// §"CreateTopic": `shards` = 0 means the broker's `default_shards`.
 #[tokio::test]
 async fn zero_shards_means_the_broker_default() {
