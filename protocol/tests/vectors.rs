@@ -546,6 +546,24 @@ fn responses() -> Vec<(&'static str, ResponseFrame)> {
                     uptime_s: 3_600,
                     broker_software: "weir 0.1.0".into(),
                     topics: vec![topic_metadata()],
+                    errors: Vec::new(),
+                }
+                .into(),
+            ),
+        ),
+        (
+            "metadata_response_with_an_unknown_topic",
+            ok(
+                ApiKey::Metadata,
+                4,
+                MetadataResponse {
+                    uptime_s: 3_600,
+                    broker_software: "weir 0.1.0".into(),
+                    topics: vec![topic_metadata()],
+                    errors: vec![TopicError {
+                        name: "ordres".into(),
+                        error_code: ErrorCode::UnknownTopic as u16,
+                    }],
                 }
                 .into(),
             ),
@@ -1080,7 +1098,12 @@ fn invalid() -> Vec<Invalid> {
         "a request header's priority is 0 (unspecified) or 1..=10",
     );
 
-    let mut unknown_code = encode_response(&responses()[14].1);
+    let fetch_offsets = responses()
+        .into_iter()
+        .find(|(n, _)| *n == "fetch_offsets_response")
+        .expect("vector")
+        .1;
+    let mut unknown_code = encode_response(&fetch_offsets);
     unknown_code[12..14].copy_from_slice(&999u16.to_le_bytes());
     out.push(Invalid {
         name: "response_unknown_error_code",

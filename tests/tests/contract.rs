@@ -259,6 +259,34 @@ async fn list_offsets_by_time_answers_with_the_first_record() {
     }
 }
 
+/// §"Metadata": an unknown name gets an error entry and hides none of the others.
+/// Before, it failed the whole request with UNKNOWN_TOPIC.
+#[tokio::test]
+async fn metadata_answers_per_topic() {
+    let broker = BrokerProcess::start();
+    let c = client(&broker).await;
+    create(&c, "known", 2).await;
+    let m = c
+        .metadata_partial(&["nope", "known", "also-nope", "known"])
+        .await
+        .expect("metadata");
+    let names: Vec<&str> = m.topics.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["known"]);
+    let errors: Vec<(&str, u16)> = m
+        .errors
+        .iter()
+        .map(|e| (e.name.as_str(), e.error_code))
+        .collect();
+    let unknown = ErrorCode::UnknownTopic as u16;
+    assert_eq!(errors, [("also-nope", unknown), ("nope", unknown)]);
+    assert_eq!(
+        code(c.metadata(&["known", "nope"]).await),
+        ErrorCode::UnknownTopic,
+        "the SDK's all-or-nothing call"
+    );
+    assert!(c.metadata(&[]).await.expect("all").errors.is_empty());
+}
+
 /// §"CreateTopic": `shards` = 0 means the broker's `default_shards`.
 #[tokio::test]
 async fn zero_shards_means_the_broker_default() {

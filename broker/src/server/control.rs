@@ -62,24 +62,45 @@ pub async fn delete_topic(
     Ok(DeleteTopicResponse {}.into())
 }
 
-/// Describes the named topics (each once, sorted by name) or every topic.
+/// Describes the named topics (each once, sorted by name) or every topic. A named
+/// topic that does not exist gets an error entry (UNKNOWN_TOPIC) instead of failing
+/// the request, so one unknown name hides none of the others.
 /// The answer is bounded by the frame limit: a request whose answer would not fit is
 /// refused (INVALID_REQUEST, naming the limit) instead of built, so a small request
 /// naming one topic many times, or a broker with very many topics, cannot make the
 /// broker build an answer larger than any client accepts.
 pub fn metadata(state: &BrokerState, r: MetadataRequest) -> Result<ResponseBody, BrokerError> {
+    let mut errors = Vec::new();
     let topics = if r.topics.is_empty() {
         state.topics.list()
     } else {
         let mut seen = std::collections::HashSet::with_capacity(r.topics.len().min(1024));
-        r.topics
-            .iter()
-            .filter(|n| seen.insert(n.as_str()))
-            .map(|n| state.topics.get(n))
-            .collect::<Result<Vec<_>, _>>()?
+        let mut found = Vec::new();
+        for n in r.topics.iter().filter(|n| seen.insert(n.as_str())) {
+            match state.topics.get(n) {
+                Ok(t) => found.push(t),
+                Err(e) => errors.push(TopicError {
+                    name: n.clone(),
+                    error_code: e.code as u16,
+                }),
+            }
+        }
+        found
     };
+    errors.sort_by(|a, b| a.name.cmp(&b.name));
     let limit = (state.config.max_frame_bytes as usize).saturating_sub(METADATA_HEAD_ROOM);
-    let mut size = 0;
+    // Error entries are no larger than the names the request carried, but count too.
+    let mut size: usize = errors.iter().map(|e| 2 + e.name.len() + 2).sum();
+    if size > limit {
+        return Err(BrokerError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "the answer would exceed max_frame_bytes ({}) with the error entries of {} unknown topics; ask for fewer topics per request",
+                state.config.max_frame_bytes,
+                errors.len()
+            ),
+        ));
+    }
     let mut scratch = bytes::BytesMut::new();
     let mut described = Vec::with_capacity(topics.len());
     for t in &topics {
@@ -105,6 +126,7 @@ pub fn metadata(state: &BrokerState, r: MetadataRequest) -> Result<ResponseBody,
         uptime_s: state.started.elapsed().as_secs(),
         broker_software: broker_software(),
         topics: described,
+        errors,
     }
     .into())
 }
