@@ -9,8 +9,9 @@ use weir_client::{Admin, Client, ClientError};
 use weir_protocol::batch::{BatchBuilder, NewRecord};
 use weir_protocol::keys::shard_for_key;
 use weir_protocol::messages::{
-    Acks, CreateTopicRequest, InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest,
-    ListOffsetsResponse, ProduceRequest, ProduceResponse, Records, TopicConfig,
+    Acks, CommitOffsetsRequest, CreateTopicRequest, InitProducerIdRequest, InitProducerIdResponse,
+    ListOffsetsRequest, ListOffsetsResponse, OffsetEntry, ProduceRequest, ProduceResponse,
+    QueueFetchRequest, Records, TopicConfig,
 };
 use weir_protocol::{ErrorCode, ResponseBody};
 use weir_tests::{connect, BrokerProcess};
@@ -285,6 +286,52 @@ async fn metadata_answers_per_topic() {
         "the SDK's all-or-nothing call"
     );
     assert!(c.metadata(&[]).await.expect("all").errors.is_empty());
+}
+
+async fn commit(c: &Client, group: &str, topic: &str) -> Result<ResponseBody, ClientError> {
+    c.call(CommitOffsetsRequest {
+        group: group.into(),
+        member_id: String::new(),
+        generation: 0,
+        offsets: vec![OffsetEntry {
+            topic: topic.into(),
+            shard: 0,
+            offset: 0,
+        }],
+    })
+    .await
+}
+
+async fn lease(c: &Client, group: &str, topic: &str) -> Result<ResponseBody, ClientError> {
+    c.call(QueueFetchRequest {
+        group: group.into(),
+        consumer: "c".into(),
+        topic: topic.into(),
+        max_messages: 1,
+        lease_ms: 0,
+        max_wait_ms: 0,
+    })
+    .await
+}
+
+/// §"Queue mode": a group name belongs to one mode for good. A group with committed
+/// offsets and no live member is still a streaming group (before, it could start
+/// leasing), and a queue group cannot commit offsets.
+#[tokio::test]
+async fn a_group_name_keeps_its_mode_without_live_members() {
+    let broker = BrokerProcess::start();
+    let c = client(&broker).await;
+    create(&c, "modes", 1).await;
+    commit(&c, "streaming", "modes").await.expect("commit");
+    assert_eq!(
+        code(lease(&c, "streaming", "modes").await),
+        ErrorCode::NotQueueGroup
+    );
+    lease(&c, "queueing", "modes").await.expect("lease");
+    assert_eq!(
+        code(commit(&c, "queueing", "modes").await),
+        ErrorCode::NotQueueGroup
+    );
 }
 
 /// §"CreateTopic": `shards` = 0 means the broker's `default_shards`.

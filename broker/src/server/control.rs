@@ -167,12 +167,7 @@ pub async fn join_group(
     state: &Arc<BrokerState>,
     r: JoinGroupRequest,
 ) -> Result<ResponseBody, BrokerError> {
-    if state.queues.is_queue_group(&r.group) {
-        return Err(BrokerError::new(
-            ErrorCode::NotQueueGroup,
-            format!("group {:?} is used in queue mode", r.group),
-        ));
-    }
+    super::queue::refuse_queue_group(state, &r.group)?;
     Ok(state.groups.join(r).await?.into())
 }
 
@@ -192,6 +187,8 @@ pub async fn commit_offsets(
     state: &BrokerState,
     r: CommitOffsetsRequest,
 ) -> Result<ResponseBody, BrokerError> {
+    // Offsets would make a queue group's name a streaming group's too.
+    super::queue::refuse_queue_group(state, &r.group)?;
     state
         .groups
         .check_commit(&r.group, &r.member_id, r.generation)?;
