@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use weir_client::{Admin, Client, ClientError};
+use weir_client::{Admin, Client, ClientError, Producer, ProducerRecord};
 use weir_protocol::batch::{BatchBuilder, NewRecord};
 use weir_protocol::keys::shard_for_key;
 use weir_protocol::messages::{
@@ -14,7 +14,7 @@ use weir_protocol::messages::{
     QueueFetchRequest, Records, TopicConfig,
 };
 use weir_protocol::{ErrorCode, ResponseBody};
-use weir_tests::{connect, BrokerProcess};
+use weir_tests::{connect, read_to_end, BrokerProcess};
 
 const T0: i64 = 1_700_000_000_000;
 
@@ -199,6 +199,51 @@ async fn a_new_epoch_fences_the_old_instance_on_every_shard() {
     produce(&c, "fence", 1, idem(id, 2, 1, 5))
         .await
         .expect("an id from before the restart");
+}
+
+/// The SDK under per-id fencing: when one of its lanes gives a batch up and moves the
+/// producer to a new epoch, its other lanes' batches still in flight at the old epoch
+/// are fenced by the broker; the SDK re-stamps and resends them (they were not
+/// stored), so every record of the busy lane is stored exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_follows_its_own_epoch_bump_on_every_lane() {
+    const N: usize = 4000;
+    let broker = BrokerProcess::start();
+    let c = client(&broker).await;
+    create(&c, "bump", 2).await;
+    let producer = Producer::builder(&c)
+        .max_batch_bytes(512)
+        .build()
+        .await
+        .expect("producer");
+    let key = (0u32..)
+        .map(|i| format!("k{i}"))
+        .find(|k| shard_for_key(k.as_bytes(), 2) == 0)
+        .unwrap();
+    let mut sent = Vec::with_capacity(N);
+    let mut refused = None;
+    for i in 0..N {
+        let rec = ProducerRecord::new("bump", format!("{i:05}")).shard(0);
+        sent.push(producer.send(rec).await.expect("queued"));
+        if i == N / 2 {
+            // Certainly not stored: its lane gives it up and bumps the epoch.
+            let wrong = ProducerRecord::new("bump", "x").key(key.clone()).shard(1);
+            refused = Some(producer.send(wrong).await.expect("queued"));
+        }
+    }
+    let e = refused.unwrap().await.expect_err("wrong shard");
+    assert_eq!(e.code(), Some(ErrorCode::WrongShard), "{e}");
+    for (i, f) in sent.into_iter().enumerate() {
+        f.await.unwrap_or_else(|e| panic!("record {i}: {e}"));
+    }
+    let values: Vec<String> = read_to_end(&c, "bump", Duration::from_secs(30))
+        .await
+        .into_iter()
+        .filter(|m| m.shard == 0)
+        .map(|m| String::from_utf8(m.value.to_vec()).unwrap())
+        .collect();
+    let expected: Vec<String> = (0..N).map(|i| format!("{i:05}")).collect();
+    assert_eq!(values, expected, "every record once, in order");
 }
 
 /// §"Error codes": UNKNOWN_PRODUCER_ID for an id the broker never issued, whatever
