@@ -208,7 +208,7 @@ async fn unset_metadata_gets_topic_defaults_and_keys_come_from_the_rule() {
     let crc = weir_protocol::batch::compute_crc(&raw);
     raw[16..20].copy_from_slice(&crc.to_le_bytes());
     let err = produce(&client, "jobs", raw.into()).await.unwrap_err();
-    assert!(err.contains("InvalidRecord"), "{err}");
+    assert!(err.contains("INVALID_RECORD"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,7 +340,7 @@ async fn a_produce_request_mixing_classes_is_refused_whole() {
     two.extend_from_slice(&batch(10, 1, 10));
     let err = produce(&client, "mixed-req", two.into()).await.unwrap_err();
     assert!(
-        err.contains("InvalidBatch") && err.contains("one priority class"),
+        err.contains("INVALID_BATCH") && err.contains("one priority class"),
         "{err}"
     );
     // Two batches of one class are fine, and nothing of the refused request was stored.
