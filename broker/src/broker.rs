@@ -126,6 +126,15 @@ impl Stores {
             let queues = QueueManager::open(&config, topics.clone())?;
             let producer_ids = ProducerIds::open(config.data_dir.clone())
                 .map_err(|e| BrokerError::new(ErrorCode::StorageError, e.to_string()))?;
+            // Fencing survives a restart: the newest epoch of each producer id in any
+            // shard's log fences older ones on every shard.
+            for topic in topics.list() {
+                for shard in &topic.shards {
+                    for (id, epoch) in shard.take_recovered_epochs() {
+                        producer_ids.observe(id, epoch);
+                    }
+                }
+            }
             Ok::<_, BrokerError>(Stores {
                 topics,
                 offsets,

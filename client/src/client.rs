@@ -6,10 +6,10 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use weir_protocol::classes::ClassMap;
 use weir_protocol::messages::*;
-use weir_protocol::{ApiKey, Request, ResponseBody};
+use weir_protocol::{ApiKey, ErrorCode, Request, ResponseBody};
 
 use crate::connection::{into_body, Connection};
-use crate::error::Result;
+use crate::error::{ClientError, Result};
 use crate::flow::{BreakerConfig, BreakerState, SharedBreaker};
 
 /// Settings of a [`Client`].
@@ -202,8 +202,28 @@ impl Client {
         }
     }
 
-    /// Topics and their shards; all topics when `topics` is empty.
+    /// Topics and their shards; all topics when `topics` is empty. Fails with the
+    /// broker's error for the first named topic it could not describe (UNKNOWN_TOPIC);
+    /// [`Client::metadata_partial`] returns the others too.
     pub async fn metadata(&self, topics: &[&str]) -> Result<MetadataResponse> {
+        let m = self.metadata_partial(topics).await?;
+        if let Some(e) = m.errors.first() {
+            return Err(match ErrorCode::from_u16(e.error_code) {
+                Some(code) => ClientError::Broker {
+                    code,
+                    message: format!("topic {:?} not described", e.name),
+                    retry_after_ms: 0,
+                },
+                None => ClientError::Protocol(format!("unknown error code {}", e.error_code)),
+            });
+        }
+        Ok(m)
+    }
+
+    /// Topics and their shards, and an error entry (`errors`) for each named topic the
+    /// broker could not describe (PROTOCOL.md, Metadata): one unknown name does not fail
+    /// the call.
+    pub async fn metadata_partial(&self, topics: &[&str]) -> Result<MetadataResponse> {
         let req = MetadataRequest {
             topics: topics.iter().map(|s| s.to_string()).collect(),
         };

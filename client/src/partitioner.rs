@@ -1,26 +1,9 @@
-//! Key → shard: xxh3 of the key, then jump consistent hash over the shard count.
-//!
-//! Jump consistent hash (Lamping and Veach, 2014) moves only about 1/n of the keys
-//! when a topic grows from n to n+1 shards, which is what a live split needs.
+//! Key → shard: xxh3 of the key, then jump consistent hash over the shard count, as
+//! PROTOCOL.md ("Key → shard") specifies it. The function lives in `weir-protocol`
+//! because the broker holds the same rule: it refuses a keyed record produced to
+//! another shard (WRONG_SHARD).
 
-use xxhash_rust::xxh3::xxh3_64;
-
-/// The shard of `key` among `shards` (> 0).
-pub fn shard_for_key(key: &[u8], shards: u32) -> u32 {
-    jump_hash(xxh3_64(key), shards.max(1))
-}
-
-/// Jump consistent hash of a 64-bit key into `buckets` buckets.
-pub fn jump_hash(mut key: u64, buckets: u32) -> u32 {
-    let mut b: i64 = -1;
-    let mut j: i64 = 0;
-    while j < i64::from(buckets) {
-        b = j;
-        key = key.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(1);
-        j = ((b + 1) as f64 * ((1u64 << 31) as f64 / ((key >> 33) + 1) as f64)) as i64;
-    }
-    b as u32
-}
+pub use weir_protocol::keys::{jump_hash, shard_for_key};
 
 #[cfg(test)]
 mod tests {

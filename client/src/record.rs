@@ -64,7 +64,9 @@ impl ProducerRecord {
         self.headers.push((name.into(), value.into()));
         self
     }
-    /// Pins the shard.
+    /// Pins the shard. A keyed record (its own key or one the topic's shard-key rule
+    /// derives) must be pinned to its key's shard, or the broker refuses it with
+    /// WRONG_SHARD (PROTOCOL.md, "Key → shard"); pin keyless records freely.
     pub fn shard(mut self, shard: u32) -> Self {
         self.shard = Some(shard);
         self
@@ -85,7 +87,9 @@ pub enum Partitioning {
     /// this too.
     #[default]
     PerRecord,
-    /// Every record to this shard (a record's key, if any, is stored but not hashed).
+    /// Every record to this shard. The SDK does not hash keys then, but the broker
+    /// refuses a call's records with WRONG_SHARD when a keyed one (its own key or the
+    /// shard-key rule's) belongs on another shard (PROTOCOL.md, "Key → shard").
     Shard(u32),
     /// Every record to the shard of this key; records without a key of their own
     /// store it as theirs, as if each had been sent with `ProducerRecord::key`.
@@ -171,7 +175,8 @@ impl ProducerBatch {
         }
     }
 
-    /// Sends every record to `shard`.
+    /// Sends every record to `shard`. Keyed records must belong there (see
+    /// [`Partitioning::Shard`]).
     pub fn shard(mut self, shard: u32) -> Self {
         self.partitioning = Partitioning::Shard(shard);
         self

@@ -305,6 +305,37 @@ pub fn restamp_producer(
     Ok(())
 }
 
+/// The keys of a batch's records, in order (empty for a keyless record). For a batch
+/// that passed [`validate`]: on bytes that did not, it stops at the first record it
+/// cannot read. The broker uses it to hold the key → shard rule
+/// ([`crate::keys::shard_for_key`]) without a second full validation pass.
+pub fn record_keys(batch: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut pos = BATCH_HEADER_BYTES;
+    std::iter::from_fn(move || {
+        // length u32, priority u8, complexity u8, timestamp_delta i32, key_length u16.
+        let len = le_u32(batch.get(pos..pos + 4)?, 0) as usize;
+        let key_len = le_u16(batch.get(pos + 10..pos + 12)?, 0) as usize;
+        let key = batch.get(pos + 12..pos + 12 + key_len)?;
+        pos = pos.checked_add(4 + len)?;
+        Some(key)
+    })
+}
+
+/// The absolute timestamps of a batch's records, in order. For a batch that passed
+/// [`validate`] (or [`verify`] on read): it stops at the first record it cannot read.
+/// ListOffsets uses it to answer with a record, not a batch.
+pub fn record_timestamps(batch: &[u8]) -> impl Iterator<Item = i64> + '_ {
+    let base = batch.get(28..36).map_or(0, |b| le_u64(b, 0) as i64);
+    let mut pos = BATCH_HEADER_BYTES;
+    std::iter::from_fn(move || {
+        // length u32, priority u8, complexity u8, timestamp_delta i32.
+        let len = le_u32(batch.get(pos..pos + 4)?, 0) as usize;
+        let delta = le_u32(batch.get(pos + 6..pos + 10)?, 0) as i32;
+        pos = pos.checked_add(4 + len)?;
+        base.checked_add(i64::from(delta))
+    })
+}
+
 /// Positions of one record's fields inside its batch.
 struct RawRecord {
     priority: u8,
@@ -719,6 +750,30 @@ mod tests {
         assert_eq!(recs[1].value.as_ref(), b"world");
         assert_eq!(recs[1].timestamp_ms, 1_005);
         assert_eq!(recs[1].offset, 1);
+    }
+
+    #[test]
+    fn record_keys_and_timestamps_walk_the_records() {
+        let mut b = BatchBuilder::new();
+        for (ts, key) in [(1000, &b"a"[..]), (900, b""), (1500, b"ccc")] {
+            let mut r = NewRecord::value(ts, b"v");
+            r.key = key;
+            b.push(&r).unwrap();
+        }
+        let bytes = b.finish().unwrap();
+        assert_eq!(
+            record_keys(&bytes).collect::<Vec<_>>(),
+            [&b"a"[..], b"", b"ccc"]
+        );
+        assert_eq!(
+            record_timestamps(&bytes).collect::<Vec<_>>(),
+            [1000, 900, 1500]
+        );
+        assert_eq!(
+            record_keys(&bytes[..70]).count(),
+            0,
+            "a cut record is not read"
+        );
     }
 
     #[test]

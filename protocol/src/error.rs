@@ -90,7 +90,7 @@ error_codes! {
     OutOfOrderSequence = 19, retriable = false;
     /// A newer epoch of this producer id exists; this producer is fenced.
     ProducerFenced = 20, retriable = false;
-    /// The broker has no state for this producer id; call InitProducerId again.
+    /// The broker never issued this producer id; call InitProducerId with id 0 for a new one.
     UnknownProducerId = 21, retriable = true;
     /// The group does not know this member id (expired or never joined); join again.
     UnknownMemberId = 22, retriable = true;
@@ -114,6 +114,9 @@ error_codes! {
     UnknownLease = 31, retriable = false;
     /// The group is a streaming (offset) group and cannot be used in queue mode, or the other way round.
     NotQueueGroup = 32, retriable = false;
+    /// A keyed record was produced to a shard other than the one its key belongs on
+    /// (PROTOCOL.md, "Key → shard"); the message names the right shard.
+    WrongShard = 33, retriable = false;
 }
 
 /// The code as PROTOCOL.md names it, with its number: `UNKNOWN_TOPIC (10)`. The Rust

@@ -1,10 +1,38 @@
-//! Shard-key rules: how a key is derived for a record produced without one.
+//! Shard keys: how a key is derived for a record produced without one, and which shard
+//! a key belongs on.
 //!
 //! A topic may name a rule (`header:NAME` or `json:FIELD`, see PROTOCOL.md). The broker
 //! applies it when it stores a keyless record, and the SDK applies the same code before
 //! it picks a shard, so records with equal derived keys land on the same shard.
+//!
+//! Key → shard is [`shard_for_key`]: XXH3-64 of the key bytes (seed 0), then jump
+//! consistent hash (Lamping and Veach, 2014) over the shard count. Jump hash moves only
+//! about 1/n of the keys when a topic grows from n to n+1 shards. PROTOCOL.md ("Key →
+//! shard") writes it down for other languages, and `tests/vectors/shard_keys.json` pins
+//! it; the broker refuses a keyed record on another shard (WRONG_SHARD).
 
 use bytes::Bytes;
+use xxhash_rust::xxh3::xxh3_64;
+
+/// The shard a non-empty `key` belongs on among `shards` shards (0 is treated as 1).
+/// An empty key is "no key": such a record may go to any shard, and this function is
+/// not consulted for it.
+pub fn shard_for_key(key: &[u8], shards: u32) -> u32 {
+    jump_hash(xxh3_64(key), shards.max(1))
+}
+
+/// Jump consistent hash of a 64-bit value into `buckets` (> 0) buckets, exactly as the
+/// paper's reference code computes it (the division in IEEE double precision).
+pub fn jump_hash(mut key: u64, buckets: u32) -> u32 {
+    let mut b: i64 = -1;
+    let mut j: i64 = 0;
+    while j < i64::from(buckets) {
+        b = j;
+        key = key.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(1);
+        j = ((b + 1) as f64 * ((1u64 << 31) as f64 / ((key >> 33) + 1) as f64)) as i64;
+    }
+    b as u32
+}
 
 /// Where a topic's shard keys come from for records produced without one.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -250,14 +250,24 @@ fn response_body() -> impl Strategy<Value = ResponseBody> {
             }),
         topic_metadata().prop_map(|topic| CreateTopicResponse { topic }.into()),
         Just(DeleteTopicResponse {}.into()),
-        (any::<u64>(), s(), vec(topic_metadata(), 0..3)).prop_map(
-            |(uptime_s, broker_software, topics)| MetadataResponse {
-                uptime_s,
-                broker_software,
-                topics,
-            }
-            .into()
-        ),
+        (
+            any::<u64>(),
+            s(),
+            vec(topic_metadata(), 0..3),
+            vec((s(), any::<u16>()), 0..3)
+        )
+            .prop_map(
+                |(uptime_s, broker_software, topics, errors)| MetadataResponse {
+                    uptime_s,
+                    broker_software,
+                    topics,
+                    errors: errors
+                        .into_iter()
+                        .map(|(name, error_code)| TopicError { name, error_code })
+                        .collect(),
+                }
+                .into()
+            ),
         (any::<u64>(), any::<u64>(), any::<u64>(), any::<u8>()).prop_map(|(b, l, s, d)| {
             ProduceResponse {
                 base_offset: b,

@@ -23,11 +23,13 @@ use tokio_util::codec::{Decoder, Encoder};
 use weir_protocol::api::ApiKey;
 use weir_protocol::batch::{self, Batch, BatchBuilder, NewRecord};
 use weir_protocol::frame::{RequestHeader, DEFAULT_MAX_FRAME_BYTES};
+use weir_protocol::keys::shard_for_key;
 use weir_protocol::messages::*;
 use weir_protocol::{
     ClientCodec, DecodeError, ErrorCode, FrameError, RequestFrame, ResponseBody, ResponseFrame,
     ServerCodec,
 };
+use xxhash_rust::xxh3::xxh3_64;
 
 fn vectors_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
@@ -544,6 +546,24 @@ fn responses() -> Vec<(&'static str, ResponseFrame)> {
                     uptime_s: 3_600,
                     broker_software: "weir 0.1.0".into(),
                     topics: vec![topic_metadata()],
+                    errors: Vec::new(),
+                }
+                .into(),
+            ),
+        ),
+        (
+            "metadata_response_with_an_unknown_topic",
+            ok(
+                ApiKey::Metadata,
+                4,
+                MetadataResponse {
+                    uptime_s: 3_600,
+                    broker_software: "weir 0.1.0".into(),
+                    topics: vec![topic_metadata()],
+                    errors: vec![TopicError {
+                        name: "ordres".into(),
+                        error_code: ErrorCode::UnknownTopic as u16,
+                    }],
                 }
                 .into(),
             ),
@@ -676,6 +696,15 @@ fn responses() -> Vec<(&'static str, ResponseFrame)> {
                 ErrorCode::UnknownTopic,
                 0,
                 "topic orders does not exist",
+            ),
+        ),
+        (
+            "error_response_wrong_shard",
+            ResponseFrame::error(
+                &header(ApiKey::Produce, 5),
+                ErrorCode::WrongShard,
+                0,
+                "record 0 of batch 0: key \"user-1\" belongs on shard 2 of 3, not shard 0",
             ),
         ),
         (
@@ -1069,7 +1098,12 @@ fn invalid() -> Vec<Invalid> {
         "a request header's priority is 0 (unspecified) or 1..=10",
     );
 
-    let mut unknown_code = encode_response(&responses()[14].1);
+    let fetch_offsets = responses()
+        .into_iter()
+        .find(|(n, _)| *n == "fetch_offsets_response")
+        .expect("vector")
+        .1;
+    let mut unknown_code = encode_response(&fetch_offsets);
     unknown_code[12..14].copy_from_slice(&999u16.to_le_bytes());
     out.push(Invalid {
         name: "response_unknown_error_code",
@@ -1339,6 +1373,19 @@ fn generate() -> Vec<(&'static str, Value)> {
             ),
         ),
         (
+            "shard_keys",
+            json!({
+                "about": "Key → shard (PROTOCOL.md, \"Key → shard\"): xxh3_64 is XXH3-64 \
+                          of the key bytes with seed 0, as a 16-digit hex number; shard \
+                          maps a shard count to the shard jump consistent hash gives. \
+                          An empty key is keyless and is not routed by hash: its entries \
+                          only pin the function.",
+                "format": "key_hex is the exact key bytes; key_utf8 is the same key as \
+                           text when it is UTF-8",
+                "vectors": shard_key_vectors(),
+            }),
+        ),
+        (
             "invalid",
             doc(
                 "Inputs every decoder must refuse. error is the weir-protocol DecodeError, \
@@ -1348,6 +1395,58 @@ fn generate() -> Vec<(&'static str, Value)> {
             ),
         ),
     ]
+}
+
+/// Keys for the key → shard vectors: ASCII, empty, non-ASCII UTF-8, and bytes that are
+/// not UTF-8 at all, of lengths that take xxh3's different paths (0, 1..=3, 4..=8,
+/// 9..=16, 17..=128, 129..=240, longer).
+fn shard_key_samples() -> Vec<Vec<u8>> {
+    let mut keys: Vec<Vec<u8>> = [
+        "",
+        "a",
+        "k1",
+        "key",
+        "user-1",
+        "user-42",
+        "order:2024-001",
+        "Zürich",
+        "東京",
+        "🦀",
+        "ключ",
+        "the quick brown fox jumps over the lazy dog",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    keys.push(vec![0x00]);
+    keys.push(vec![0xff, 0xfe, 0x00, 0x80]);
+    keys.push((0..=199u8).collect());
+    keys.push(b"x".repeat(1000));
+    keys
+}
+
+/// Shard counts the key → shard vectors cover.
+const SHARD_COUNTS: [u32; 9] = [1, 2, 3, 7, 8, 16, 100, 1000, 1024];
+
+fn shard_key_vectors() -> Vec<Value> {
+    shard_key_samples()
+        .iter()
+        .map(|k| {
+            let shards: serde_json::Map<String, Value> = SHARD_COUNTS
+                .iter()
+                .map(|&n| (n.to_string(), json!(shard_for_key(k, n))))
+                .collect();
+            let mut v = json!({
+                "key_hex": hex::encode(k),
+                "xxh3_64": format!("{:016x}", xxh3_64(k)),
+                "shard": shards,
+            });
+            if let Ok(text) = std::str::from_utf8(k) {
+                v["key_utf8"] = json!(text);
+            }
+            v
+        })
+        .collect()
 }
 
 fn load(file: &str) -> Value {
@@ -1403,6 +1502,36 @@ fn regenerate_vectors() {
     for (file, value) in generate() {
         let text = serde_json::to_string_pretty(&value).unwrap() + "\n";
         std::fs::write(dir.join(format!("{file}.json")), text).unwrap();
+    }
+}
+
+/// The key → shard vectors hold what PROTOCOL.md promises: XXH3-64 with seed 0 (the
+/// published check value of the empty input), shards in range, one shard of one, the
+/// shard counts and kinds of key the issue asked for.
+#[test]
+fn shard_key_vectors_cover_the_documented_cases() {
+    let v = entries("shard_keys");
+    let empty = v.iter().find(|e| e["key_hex"] == "").expect("empty key");
+    assert_eq!(
+        empty["xxh3_64"], "2d06800538d394c2",
+        "XXH3-64 of no bytes, seed 0"
+    );
+    assert!(v.iter().any(|e| e["key_utf8"] == "東京"), "non-ASCII key");
+    assert!(
+        v.iter().any(|e| e["key_utf8"].is_null()),
+        "a key that is not UTF-8"
+    );
+    for e in &v {
+        let key = hex::decode(field(e, "key_hex")).unwrap();
+        assert_eq!(field(e, "xxh3_64"), format!("{:016x}", xxh3_64(&key)));
+        for n in [1u32, 2, 3, 7, 16, 1000] {
+            let s = e["shard"][n.to_string()]
+                .as_u64()
+                .expect("shard count covered");
+            assert!(s < u64::from(n));
+            assert_eq!(s, u64::from(shard_for_key(&key, n)));
+        }
+        assert_eq!(e["shard"]["1"], 0);
     }
 }
 

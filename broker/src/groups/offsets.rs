@@ -451,6 +451,13 @@ impl OffsetStore {
             .copied()
     }
 
+    /// Whether the group has any committed offset: it is then a streaming group for
+    /// good (queue mode refuses its name, see `server::queue`).
+    pub fn has_group(&self, group: &str) -> bool {
+        let map = self.offsets.read().expect("offsets lock");
+        map.get(group).is_some_and(|m| !m.is_empty())
+    }
+
     /// Every committed offset of a group, sorted.
     pub fn all(&self, group: &str) -> Vec<OffsetEntry> {
         let map = self.offsets.read().expect("offsets lock");

@@ -72,24 +72,45 @@ pub async fn delete_topic(
     Ok(DeleteTopicResponse {}.into())
 }
 
-/// Describes the named topics (each once, sorted by name) or every topic.
+/// Describes the named topics (each once, sorted by name) or every topic. A named
+/// topic that does not exist gets an error entry (UNKNOWN_TOPIC) instead of failing
+/// the request, so one unknown name hides none of the others.
 /// The answer is bounded by the frame limit: a request whose answer would not fit is
 /// refused (INVALID_REQUEST, naming the limit) instead of built, so a small request
 /// naming one topic many times, or a broker with very many topics, cannot make the
 /// broker build an answer larger than any client accepts.
 pub fn metadata(state: &BrokerState, r: MetadataRequest) -> Result<ResponseBody, BrokerError> {
+    let mut errors = Vec::new();
     let topics = if r.topics.is_empty() {
         state.topics.list()
     } else {
         let mut seen = std::collections::HashSet::with_capacity(r.topics.len().min(1024));
-        r.topics
-            .iter()
-            .filter(|n| seen.insert(n.as_str()))
-            .map(|n| state.topics.get(n))
-            .collect::<Result<Vec<_>, _>>()?
+        let mut found = Vec::new();
+        for n in r.topics.iter().filter(|n| seen.insert(n.as_str())) {
+            match state.topics.get(n) {
+                Ok(t) => found.push(t),
+                Err(e) => errors.push(TopicError {
+                    name: n.clone(),
+                    error_code: e.code as u16,
+                }),
+            }
+        }
+        found
     };
+    errors.sort_by(|a, b| a.name.cmp(&b.name));
     let limit = (state.config.max_frame_bytes as usize).saturating_sub(METADATA_HEAD_ROOM);
-    let mut size = 0;
+    // Error entries are no larger than the names the request carried, but count too.
+    let mut size: usize = errors.iter().map(|e| 2 + e.name.len() + 2).sum();
+    if size > limit {
+        return Err(BrokerError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "the answer would exceed max_frame_bytes ({}) with the error entries of {} unknown topics; ask for fewer topics per request",
+                state.config.max_frame_bytes,
+                errors.len()
+            ),
+        ));
+    }
     let mut scratch = bytes::BytesMut::new();
     let mut described = Vec::with_capacity(topics.len());
     for t in &topics {
@@ -115,6 +136,7 @@ pub fn metadata(state: &BrokerState, r: MetadataRequest) -> Result<ResponseBody,
         uptime_s: state.started.elapsed().as_secs(),
         broker_software: broker_software(),
         topics: described,
+        errors,
     }
     .into())
 }
@@ -122,25 +144,30 @@ pub fn metadata(state: &BrokerState, r: MetadataRequest) -> Result<ResponseBody,
 /// Room a Metadata answer leaves in a frame for the response header and its own fields.
 const METADATA_HEAD_ROOM: usize = 1024;
 
-/// A new producer id (id 0 or epoch exhausted), or the next epoch of a known one.
+/// A new producer id (id 0, or the id's epochs used up), or the next epoch of an
+/// issued one: one above the newest epoch of the id the broker knows, which fences
+/// every older instance on every shard at once (`producer_ids.rs`). An id this broker
+/// never issued is UNKNOWN_PRODUCER_ID.
 pub fn init_producer_id(
     state: &BrokerState,
     r: InitProducerIdRequest,
 ) -> Result<ResponseBody, BrokerError> {
-    let resp = if r.producer_id == 0 || r.producer_epoch == u16::MAX {
-        let producer_id = state
-            .producer_ids
-            .allocate()
-            .map_err(|e| BrokerError::new(ErrorCode::StorageError, e.to_string()))?;
-        InitProducerIdResponse {
-            producer_id,
-            producer_epoch: 0,
-        }
-    } else {
-        InitProducerIdResponse {
+    let bumped = match r.producer_id {
+        0 => None,
+        id => state.producer_ids.bump(id, r.producer_epoch)?,
+    };
+    let resp = match bumped {
+        Some(epoch) => InitProducerIdResponse {
             producer_id: r.producer_id,
-            producer_epoch: r.producer_epoch + 1,
-        }
+            producer_epoch: epoch,
+        },
+        None => InitProducerIdResponse {
+            producer_id: state
+                .producer_ids
+                .allocate()
+                .map_err(|e| BrokerError::new(ErrorCode::StorageError, e.to_string()))?,
+            producer_epoch: 0,
+        },
     };
     Ok(resp.into())
 }
@@ -150,12 +177,7 @@ pub async fn join_group(
     state: &Arc<BrokerState>,
     r: JoinGroupRequest,
 ) -> Result<ResponseBody, BrokerError> {
-    if state.queues.is_queue_group(&r.group) {
-        return Err(BrokerError::new(
-            ErrorCode::NotQueueGroup,
-            format!("group {:?} is used in queue mode", r.group),
-        ));
-    }
+    super::queue::refuse_queue_group(state, &r.group)?;
     Ok(state.groups.join(r).await?.into())
 }
 
@@ -175,6 +197,8 @@ pub async fn commit_offsets(
     state: &BrokerState,
     r: CommitOffsetsRequest,
 ) -> Result<ResponseBody, BrokerError> {
+    // Offsets would make a queue group's name a streaming group's too.
+    super::queue::refuse_queue_group(state, &r.group)?;
     state
         .groups
         .check_commit(&r.group, &r.member_id, r.generation)?;

@@ -57,7 +57,7 @@ async fn route(state: &Arc<BrokerState>, request: Request) -> Result<ResponseBod
         Request::Ack(r) => state.queues.ack(r).await?.into(),
         Request::Nack(r) => state.queues.nack(r).await?.into(),
         Request::ExtendLease(r) => state.queues.extend(r).await?.into(),
-        Request::QueueStatus(r) => state.queues.status(r).await?.into(),
+        Request::QueueStatus(r) => queue::queue_status(state, r).await?,
         // Control plane.
         Request::ApiVersions(_) => control::api_versions(state).into(),
         Request::CreateTopic(r) => control::create_topic(state, r).await?,

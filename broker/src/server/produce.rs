@@ -14,8 +14,9 @@ use bytes::Bytes;
 use weir_protocol::batch::{self, BatchHeader};
 use weir_protocol::classes::Class;
 use weir_protocol::frame::{RequestHeader, ResponseFrame};
+use weir_protocol::keys::shard_for_key;
 use weir_protocol::messages::{ProduceRequest, ProduceResponse};
-use weir_protocol::ErrorCode;
+use weir_protocol::{DecodeError, ErrorCode};
 
 use super::acks::{append_error, AckPlan};
 use super::admission;
@@ -139,6 +140,12 @@ fn check(state: &BrokerState, req: &ProduceRequest) -> Result<Checked, BrokerErr
     }
     let plan = AckPlan::for_level(req.acks)?;
     let (batches, headers) = split_and_fill(&topic, req.records.to_bytes())?;
+    keys_on_shard(&batches, req.shard, topic.shards.len() as u32)?;
+    for h in &headers {
+        // Fencing per producer id, on every shard at once (producer_ids.rs); the
+        // shard's writer still checks sequences and its own lanes' epochs.
+        state.producer_ids.admit(h.producer_id, h.producer_epoch)?;
+    }
     let class = one_class(&shard, &headers)?;
     let filled: usize = batches.iter().map(|b| b.len()).sum();
     if filled > max as usize {
@@ -168,10 +175,23 @@ fn split_and_fill(
     let mut batches = Vec::new();
     let mut headers = Vec::new();
     while !rest.is_empty() {
-        let Some(total) = batch::peek_total_bytes(&rest).filter(|&t| t <= rest.len()) else {
-            return Err(BrokerError::new(ErrorCode::InvalidBatch, "truncated batch"));
-        };
-        let b = rest.split_to(total);
+        // A batch cut short (or stray bytes after the last one) is a truncated field,
+        // the same failure, and so the same code, as anywhere else (PROTOCOL.md,
+        // "Which error each failure yields"): `DecodeError::code` decides, not this file.
+        let needed = batch::peek_total_bytes(&rest)
+            .unwrap_or(0)
+            .max(batch::BATCH_HEADER_BYTES);
+        if needed > rest.len() {
+            let e = DecodeError::Truncated {
+                needed,
+                remaining: rest.len(),
+            };
+            return Err(BrokerError::new(
+                e.code(),
+                format!("batch {}: {e}", batches.len()),
+            ));
+        }
+        let b = rest.split_to(needed);
         let (h, summary) =
             batch::validate_summary(&b).map_err(|e| BrokerError::new(e.code(), e.to_string()))?;
         let (b, h) = topic.injector.apply(b, h, &summary)?;
@@ -179,6 +199,35 @@ fn split_and_fill(
         batches.push(b);
     }
     Ok((batches, headers))
+}
+
+/// Holds the key → shard rule (PROTOCOL.md, "Key → shard"): every keyed record — one
+/// whose stored key is not empty, its own or the one the topic's shard-key rule
+/// derived — must be on the shard [`shard_for_key`] gives, so one key is never stored
+/// on two shards whoever produced it. Keyless records may go anywhere. Runs on the
+/// filled-in batches, so a derived key counts like a key sent.
+fn keys_on_shard(batches: &[Bytes], shard: u32, shards: u32) -> Result<(), BrokerError> {
+    if shards <= 1 {
+        return Ok(());
+    }
+    for (b, bytes) in batches.iter().enumerate() {
+        for (r, key) in batch::record_keys(bytes).enumerate() {
+            if key.is_empty() {
+                continue;
+            }
+            let right = shard_for_key(key, shards);
+            if right != shard {
+                let shown = String::from_utf8_lossy(&key[..key.len().min(64)]);
+                return Err(BrokerError::new(
+                    ErrorCode::WrongShard,
+                    format!(
+                        "record {r} of batch {b}: key {shown:?} belongs on shard {right} of {shards}, not shard {shard}"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The one priority class of a request's batches. Order and idempotent sequences are
@@ -241,5 +290,125 @@ impl Queued {
             Err(e) => Some(ResponseFrame::error(&header, e.code, 0, e.message)),
         };
         Outcome { response, failed }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use weir_protocol::messages::TopicConfig;
+
+    use weir_protocol::batch::{BatchBuilder, NewRecord};
+
+    use super::*;
+    use crate::inject::Injector;
+
+    fn topic() -> Topic {
+        let config = TopicConfig::default();
+        Topic {
+            name: "t".into(),
+            injector: Injector::new(&config).unwrap(),
+            config,
+            shards: Vec::new(),
+        }
+    }
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// One table of codes: every invalid batch of the published vectors, sent as a
+    /// Produce's records, is refused with exactly the code the vector names (which
+    /// the vector test ties to `DecodeError::code` and PROTOCOL.md's table). A
+    /// truncated batch used to be INVALID_BATCH here and INVALID_REQUEST in the spec.
+    #[test]
+    fn produce_refuses_each_invalid_batch_vector_with_its_documented_code() {
+        let file: serde_json::Value =
+            serde_json::from_str(include_str!("../../../protocol/tests/vectors/invalid.json"))
+                .unwrap();
+        let mut seen = 0;
+        for v in file["vectors"].as_array().unwrap() {
+            if v["kind"] != "batch" {
+                continue;
+            }
+            let bytes = Bytes::from(unhex(v["hex"].as_str().unwrap()));
+            let err = split_and_fill(&topic(), bytes).expect_err(v["name"].as_str().unwrap());
+            let shown = err.code.to_string();
+            let name = shown.split(' ').next().unwrap();
+            assert_eq!(
+                name,
+                v["code"].as_str().unwrap(),
+                "{}: {}",
+                v["name"],
+                err.message
+            );
+            seen += 1;
+        }
+        assert!(seen >= 12, "{seen} batch vectors");
+    }
+
+    fn keyed(keys: &[&[u8]]) -> Bytes {
+        let mut b = BatchBuilder::new();
+        for k in keys {
+            let mut r = NewRecord::value(0, b"v");
+            r.key = k;
+            b.push(&r).unwrap();
+        }
+        b.finish().unwrap()
+    }
+
+    /// A keyed record on another shard than its key's is refused with WRONG_SHARD
+    /// naming the right one; keyless records and one-shard topics pass anywhere.
+    #[test]
+    fn keyed_records_must_be_on_their_keys_shard() {
+        let right = shard_for_key(b"user-1", 7);
+        let wrong = (right + 1) % 7;
+        let ok = keyed(&[b"user-1", b"", b"user-1"]);
+        keys_on_shard(std::slice::from_ref(&ok), right, 7).unwrap();
+        let e = keys_on_shard(&[ok], wrong, 7).unwrap_err();
+        assert_eq!(e.code, ErrorCode::WrongShard);
+        assert!(
+            e.message
+                .contains(&format!("belongs on shard {right} of 7, not shard {wrong}")),
+            "{}",
+            e.message
+        );
+        keys_on_shard(&[keyed(&[b"", b""])], wrong, 7).unwrap();
+        keys_on_shard(&[keyed(&[b"user-1"])], 0, 1).unwrap();
+        // The second batch's second record is the one out of place.
+        let other = (0u32..)
+            .map(|i| format!("k{i}"))
+            .find(|k| shard_for_key(k.as_bytes(), 7) != right)
+            .unwrap();
+        let e = keys_on_shard(
+            &[keyed(&[b"user-1"]), keyed(&[b"user-1", other.as_bytes()])],
+            right,
+            7,
+        )
+        .unwrap_err();
+        assert!(
+            e.message.starts_with("record 1 of batch 1"),
+            "{}",
+            e.message
+        );
+    }
+
+    /// Bytes after the last batch too short to hold a batch header are a truncated
+    /// field; a batch_length below the header is a malformed batch.
+    #[test]
+    fn stray_bytes_and_short_lengths_get_the_codes_of_the_table() {
+        let mut b = BatchBuilder::new();
+        b.push(&NewRecord::value(0, b"x")).unwrap();
+        let one = b.finish().unwrap();
+        let mut two = one.to_vec();
+        two.extend_from_slice(&[0; 5]);
+        let e = split_and_fill(&topic(), Bytes::from(two)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidRequest, "{}", e.message);
+        let mut short = one.to_vec();
+        short[8..12].copy_from_slice(&10u32.to_le_bytes());
+        let e = split_and_fill(&topic(), Bytes::from(short)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidBatch, "{}", e.message);
     }
 }

@@ -35,6 +35,9 @@ pub struct Shard {
     reader: LogReader,
     hwm: watch::Receiver<u64>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Newest epoch per producer id found in the log on open, until the broker takes
+    /// it into its fencing table ([`Shard::take_recovered_epochs`]).
+    recovered_epochs: Mutex<Vec<(u64, u16)>>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -51,6 +54,7 @@ impl Shard {
         let log = Log::open(dir, config.log.clone())?;
         let reader = log.reader();
         let producers = rebuild_producers(&reader, config.classes);
+        let recovered_epochs = Mutex::new(producers.newest_epochs().into_iter().collect());
         let depth = config.queue_depth.max(1);
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..CLASS_COUNT).map(|_| mpsc::channel(depth)).unzip();
@@ -91,7 +95,14 @@ impl Shard {
             reader,
             hwm: hwm_rx,
             thread: Mutex::new(Some(thread)),
+            recovered_epochs,
         }))
+    }
+
+    /// The newest epoch of each producer id the log held when the shard opened (ids
+    /// with epoch above 0), once: later calls get nothing.
+    pub fn take_recovered_epochs(&self) -> Vec<(u64, u16)> {
+        std::mem::take(&mut *self.recovered_epochs.lock().expect("recovered epochs lock"))
     }
 
     /// Queues an append in the lane of its class: the class of its highest-priority

@@ -195,6 +195,20 @@ impl ProducerTable {
         }
     }
 
+    /// The newest epoch of each producer id in the table, over all its class lanes,
+    /// for ids whose epoch is above 0: what the broker-wide fencing table
+    /// (`crate::producer_ids`) learns from this shard's log on recovery.
+    pub fn newest_epochs(&self) -> HashMap<u64, u16> {
+        let mut out: HashMap<u64, u16> = HashMap::new();
+        for (&(id, _), p) in &self.producers {
+            if p.epoch > 0 {
+                let e = out.entry(id).or_insert(0);
+                *e = (*e).max(p.epoch);
+            }
+        }
+        out
+    }
+
     fn evict_oldest(&mut self) {
         if let Some((&key, _)) = self.producers.iter().min_by_key(|(_, p)| p.last_seen) {
             self.producers.remove(&key);
@@ -288,6 +302,15 @@ mod tests {
         let mut t = ProducerTable::default();
         t.accept(&header(1, 0, 0, 3, 0));
         t.accept(&header(1, 1, 7, 1, 3));
+    }
+
+    #[test]
+    fn newest_epochs_are_per_id_over_every_class() {
+        let mut t = ProducerTable::new(ClassMap::default());
+        t.record(&header_at(1, 4, 2, 0, 1, 0));
+        t.record(&header_at(10, 4, 5, 0, 1, 1));
+        t.record(&header_at(10, 6, 0, 0, 1, 2));
+        assert_eq!(t.newest_epochs(), HashMap::from([(4, 5)]));
     }
 
     #[test]

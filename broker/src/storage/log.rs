@@ -773,8 +773,9 @@ impl LogReader {
         self.shared.log_start_offset.load(Ordering::Acquire)
     }
 
-    /// The first batch whose `max_timestamp_ms >= ts_ms`, as (its base offset, its max
-    /// timestamp), or `None` if every published batch is older.
+    /// The first record whose timestamp is `>= ts_ms`, as (its offset, its timestamp),
+    /// or `None` if every published record is older. It is in the first batch whose
+    /// `max_timestamp_ms >= ts_ms` (no earlier batch holds one).
     pub fn offset_for_timestamp(&self, ts_ms: i64) -> Result<Option<(u64, i64)>, StorageError> {
         let hwm = self.shared.high_watermark.load(Ordering::Acquire);
         let snap = self.shared.snapshot();
@@ -793,7 +794,12 @@ impl LogReader {
                     return Ok(None);
                 }
                 if h.max_timestamp_ms >= ts_ms {
-                    return Ok(Some((h.base_offset, h.max_timestamp_ms)));
+                    let records = &data[pos..pos + h.total_bytes()];
+                    let found = weir_protocol::batch::record_timestamps(records)
+                        .zip(h.base_offset..)
+                        .find(|&(ts, _)| ts >= ts_ms)
+                        .map_or((h.base_offset, h.max_timestamp_ms), |(ts, o)| (o, ts));
+                    return Ok(Some(found));
                 }
                 pos += h.total_bytes();
             }

@@ -234,25 +234,26 @@ fn batch_larger_than_a_segment_gets_its_own() {
 }
 
 #[test]
-fn offset_for_timestamp_finds_first_newer_batch() {
+fn offset_for_timestamp_finds_first_newer_record() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = Log::open(dir.path(), small_config(4096)).unwrap();
     for i in 0..100i64 {
         log.append(&[make_batch(i as u64, 2, 100, i * 10)]).unwrap();
     }
     let r = log.reader();
-    // Batch i holds offsets 2i, 2i+1 and timestamps 10i, 10i+1.
-    assert_eq!(r.offset_for_timestamp(0).unwrap(), Some((0, 1)));
-    assert_eq!(r.offset_for_timestamp(505).unwrap(), Some((102, 511)));
-    assert_eq!(r.offset_for_timestamp(511).unwrap(), Some((102, 511)));
-    assert_eq!(r.offset_for_timestamp(512).unwrap(), Some((104, 521)));
+    // Batch i holds offsets 2i, 2i+1 and timestamps 10i, 10i+1; the answer is the
+    // record, not its batch's base offset and newest timestamp.
+    assert_eq!(r.offset_for_timestamp(0).unwrap(), Some((0, 0)));
+    assert_eq!(r.offset_for_timestamp(505).unwrap(), Some((102, 510)));
+    assert_eq!(r.offset_for_timestamp(511).unwrap(), Some((103, 511)));
+    assert_eq!(r.offset_for_timestamp(512).unwrap(), Some((104, 520)));
     assert_eq!(r.offset_for_timestamp(10_000).unwrap(), None);
     drop(r);
     drop(log);
     let log = Log::open(dir.path(), small_config(4096)).unwrap();
     assert_eq!(
-        log.reader().offset_for_timestamp(512).unwrap(),
-        Some((104, 521))
+        log.reader().offset_for_timestamp(511).unwrap(),
+        Some((103, 511))
     );
 }
 

@@ -66,9 +66,10 @@ type InFlight =
 impl ShardSender {
     /// Stamps producer id, epoch and sequence. `idle` says this lane has nothing sent
     /// and unsettled, nor queued: only then does it take up an epoch another lane moved
-    /// the producer to. The broker keeps epochs per (shard, class), so the old one stays
-    /// valid here; switching while earlier batches are still in flight would make their
-    /// retries look fenced, or let a later batch overtake a refused one.
+    /// the producer to. Switching while earlier batches are in flight could let a later
+    /// batch overtake a refused one; instead, once the broker sees the new epoch it
+    /// fences this lane's old-epoch batches (per producer id, on every shard), and the
+    /// lane re-stamps them under the new epoch and sends them again (`moved_on`).
     async fn stamp(&mut self, builder: BatchBuilder, idle: bool) -> Result<Item> {
         let count = builder.record_count();
         let builder = match &self.identity {
@@ -99,6 +100,19 @@ impl ShardSender {
         })
     }
 
+    /// Whether the producer has moved to another epoch (or id) than the one this lane
+    /// stamps: a PRODUCER_FENCED answer is then this producer's own doing, not a newer
+    /// instance's.
+    async fn moved_on(&self) -> bool {
+        match &self.identity {
+            Some(id) => {
+                let current = *id.lock().await;
+                self.epoch_used.is_some_and(|used| used != current)
+            }
+            None => false,
+        }
+    }
+
     /// Gives queued batches new sequence numbers under a new epoch (after a batch was
     /// given up, its successors would otherwise leave a gap).
     async fn bump_epoch(&mut self, queue: &mut VecDeque<Item>) -> Result<()> {
@@ -107,7 +121,12 @@ impl ShardSender {
         };
         let mut ident = id.lock().await;
         if Some(*ident) == self.epoch_used {
-            *ident = init_producer_id(&self.client, ident.0, ident.1).await?;
+            *ident = match init_producer_id(&self.client, ident.0, ident.1).await {
+                Err(e) if e.code() == Some(ErrorCode::UnknownProducerId) => {
+                    init_producer_id(&self.client, 0, 0).await?
+                }
+                r => r?,
+            };
         }
         self.epoch_used = Some(*ident);
         self.next_seq = 0;
@@ -215,7 +234,17 @@ impl ShardSender {
                         Ok(r) => self.resolve(item, r),
                         Err(e) => {
                             item.attempts += 1;
-                            let out_of_order = e.code() == Some(ErrorCode::OutOfOrderSequence);
+                            // Fenced by this producer itself: another of its lanes moved
+                            // it to a new epoch (the broker fences per producer id, on
+                            // every shard at once), so this lane follows it: like a
+                            // sequence gap, the batch and its successors are re-stamped
+                            // under the new epoch and sent again.
+                            let moved_on = e.code() == Some(ErrorCode::ProducerFenced)
+                                && self.moved_on().await;
+                            // An id the broker does not know (its data was lost): a new
+                            // id, taken by `bump_epoch`, and the same re-stamping.
+                            let unknown_id = e.code() == Some(ErrorCode::UnknownProducerId);
+                            let out_of_order = e.code() == Some(ErrorCode::OutOfOrderSequence) || moved_on || unknown_id;
                             if out_of_order && !item.resequenced {
                                 // Not a failure of this batch: an earlier one of the lane
                                 // was given up; it is re-stamped below and sent again.
@@ -230,7 +259,7 @@ impl ShardSender {
                                     item.attempts -= 1;
                                     true
                                 }
-                                Pushback::No => e.is_retriable() || e.code() == Some(ErrorCode::OutOfOrderSequence),
+                                Pushback::No => e.is_retriable() || out_of_order,
                             };
                             // Everything sent after the failed batch settles first.
                             let mut again = VecDeque::new();
@@ -253,7 +282,7 @@ impl ShardSender {
                             } else {
                                 tracing::warn!(topic = %self.topic, shard = self.shard, error = %e, "batch failed");
                                 self.fail(std::mem::take(&mut item.waiters), &e);
-                                if e.code() == Some(ErrorCode::ProducerFenced) {
+                                if e.code() == Some(ErrorCode::ProducerFenced) && !moved_on {
                                     for it in again.drain(..).chain(queue.drain(..)) {
                                         self.fail(it.waiters, &e);
                                     }

@@ -97,11 +97,24 @@ wire_struct! {
 }
 
 wire_struct! {
-    /// The topics asked for, sorted by name.
+    /// A topic named in a Metadata request that is not described, and why
+    /// (UNKNOWN_TOPIC when it does not exist).
+    pub struct TopicError {
+        pub name: String,
+        /// An [`crate::ErrorCode`] number.
+        pub error_code: u16,
+    }
+}
+
+wire_struct! {
+    /// The topics asked for that exist, sorted by name, and one error entry per named
+    /// topic that could not be described, so one unknown name hides nothing else.
     pub struct MetadataResponse {
         /// Seconds since the broker started.
         pub uptime_s: u64,
         pub broker_software: String,
         pub topics: Vec<TopicMetadata>,
+        /// Named topics not described, sorted by name; empty when every name was found.
+        pub errors: Vec<TopicError>,
     }
 }
