@@ -15,6 +15,7 @@ use weir_protocol::classes::{ClassMap, CLASS_COUNT, DEFAULT_CLASS_BOUNDS, DEFAUL
 use weir_protocol::messages::{Durability, Quota, QuotaEntry};
 
 use crate::scheduler::DEFAULT_AGING;
+use crate::storage::LogConfig;
 
 /// Environment variables with this prefix set config keys (`WEIR_MAX_CONNECTIONS=10`).
 pub const ENV_PREFIX: &str = "WEIR_";
@@ -482,8 +483,15 @@ impl Config {
         if self.runtime_threads > 1024 {
             return bad("runtime_threads must be in 0..=1024");
         }
-        if self.default_segment_bytes < 64 * 1024 {
-            return bad("default_segment_bytes must be at least 65536");
+        if self.default_segment_bytes < 64 * 1024
+            || self.default_segment_bytes > LogConfig::SEGMENT_BYTES_MAX
+        {
+            // The same range CreateTopic accepts (`TopicRegistry::resolve`).
+            return bad("default_segment_bytes must be in 65536..=4294967295");
+        }
+        if self.index_interval_bytes < LogConfig::INDEX_INTERVAL_BYTES_MIN {
+            // 0 would make every topic log refuse to open.
+            return bad("index_interval_bytes must be at least 1024");
         }
         if self.default_segment_bytes < u64::from(self.default_max_message_bytes) {
             // Every CreateTopic with the defaults would be refused INVALID_CONFIG.

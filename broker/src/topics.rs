@@ -152,8 +152,14 @@ impl TopicRegistry {
                 default_complexity: rec.default_complexity,
                 shard_key_rule: rec.shard_key_rule,
             };
-            // Topics written before these settings existed get their defaults.
-            let topic_config = registry.resolve(topic_config)?;
+            // Topics written before these settings existed get their defaults; a
+            // stored value outside today's ranges stops the start by name.
+            let topic_config = registry.resolve(topic_config).map_err(|e| {
+                BrokerError::new(
+                    e.code,
+                    format!("topic {:?} in {}: {}", rec.name, path.display(), e.message),
+                )
+            })?;
             let topic = registry.open_topic(&rec.name, rec.shards, topic_config)?;
             registry
                 .topics
@@ -286,9 +292,11 @@ impl TopicRegistry {
         if let Err(e) = KeyRule::parse(&c.shard_key_rule) {
             return invalid(e);
         }
-        if c.segment_bytes < 64 * 1024 || c.segment_bytes > 1 << 40 {
+        // The range a shard's log opens with (`LogConfig::check`), so a topic that is
+        // accepted here always opens, now and at the next start.
+        if c.segment_bytes < 64 * 1024 || c.segment_bytes > LogConfig::SEGMENT_BYTES_MAX {
             return invalid(format!(
-                "segment_bytes {} outside 65536..=2^40",
+                "segment_bytes {} outside 65536..=4294967295",
                 c.segment_bytes
             ));
         }

@@ -35,10 +35,20 @@ impl Default for LogConfig {
 }
 
 impl LogConfig {
+    /// Largest `segment_bytes` a log opens with: index entries hold 32-bit positions.
+    /// Topic settings and the broker config are checked against it up front
+    /// (`topics.rs`, `config.rs`), so a value a log would refuse is refused by name.
+    pub const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;
+    /// Smallest `index_interval_bytes` the broker accepts for topic logs: the index
+    /// files are preallocated at 24 bytes per interval of the segment, so below this
+    /// they would outgrow 2 % of it (and a smaller interval than one batch indexes
+    /// every batch anyway).
+    pub const INDEX_INTERVAL_BYTES_MIN: u32 = 1024;
+
     pub(crate) fn check(&self) -> Result<(), StorageError> {
-        if self.segment_bytes < 4096 || self.segment_bytes > u64::from(u32::MAX) {
+        if self.segment_bytes < 4096 || self.segment_bytes > Self::SEGMENT_BYTES_MAX {
             return Err(StorageError::InvalidConfig(
-                "segment_bytes must be in 4096..=u32::MAX",
+                "segment_bytes must be in 4096..=4294967295",
             ));
         }
         if self.index_interval_bytes == 0 {
