@@ -139,6 +139,10 @@ pub struct Config {
     /// with a preallocated segment, so this bounds threads and disk, which
     /// `max_topics × max_shards_per_topic` does not; see [`DEFAULT_MAX_SHARDS`].
     pub max_shards: u32,
+    /// Most threads of the storage engine's background pool (flushes, segment
+    /// preparation, retention deletions) shared by every shard; see
+    /// `storage/workers.rs`.
+    pub storage_threads: usize,
     /// Upper priority bound of classes P0, P1 and P2 (P3 takes the rest); see
     /// `weir_protocol::classes`.
     pub priority_class_bounds: Vec<u8>,
@@ -316,6 +320,7 @@ impl Default for Config {
             max_topics: 10_000,
             max_shards_per_topic: 1024,
             max_shards: DEFAULT_MAX_SHARDS,
+            storage_threads: crate::storage::workers::DEFAULT_MAX_THREADS,
             priority_class_bounds: DEFAULT_CLASS_BOUNDS.to_vec(),
             priority_class_weights: DEFAULT_CLASS_WEIGHTS.to_vec(),
             priority_aging_ms: DEFAULT_AGING.iter().map(|d| d.as_millis() as u64).collect(),
@@ -505,6 +510,9 @@ impl Config {
         }
         if self.max_shards < self.default_shards || self.max_shards > MAX_SHARDS_LIMIT {
             return bad("max_shards must be in default_shards..=1000000");
+        }
+        if self.storage_threads == 0 || self.storage_threads > 1024 {
+            return bad("storage_threads must be in 1..=1024");
         }
         if self.shard_queue_depth == 0 {
             return bad("shard_queue_depth must be > 0");

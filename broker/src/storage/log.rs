@@ -14,7 +14,6 @@ use std::io::IoSlice;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use weir_protocol::batch::{self, BatchHeader, BATCH_HEADER_BYTES};
@@ -27,6 +26,7 @@ use super::index::{OFFSET_ENTRY_BYTES, TIME_ENTRY_BYTES};
 use super::recovery::{self, Recovered};
 use super::retention;
 use super::segment::{self, sync_dir, MappedLog, Prepared, Segment};
+use super::workers::{self, Task};
 
 /// Offsets assigned by one `append`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,11 +96,11 @@ pub struct Log {
     pending_sync: Vec<Arc<Segment>>,
     /// A segment file was renamed into place since the last directory fsync.
     dir_dirty: bool,
-    next: Option<JoinHandle<Result<Prepared, StorageError>>>,
+    next: Option<Task<Result<Prepared, StorageError>>>,
     prepare_seq: u64,
     failed: Option<String>,
-    /// An interval flush running on its own thread; see [`Log::flush_in_background`].
-    pub(super) background_flush: Option<JoinHandle<Result<(), StorageError>>>,
+    /// An interval flush running on a storage worker; see [`Log::flush_in_background`].
+    pub(super) background_flush: Option<Task<Result<(), StorageError>>>,
     /// Retention deletions still unlinking files; see `retention::delete_in_background`.
     pub(super) deletions: Vec<retention::Deletion>,
     _lock: File,
@@ -336,9 +336,7 @@ impl Log {
     /// enough, otherwise one made now.
     fn take_prepared(&mut self, need: u64) -> Result<Prepared, StorageError> {
         if let Some(h) = self.next.take() {
-            let p = h
-                .join()
-                .map_err(|_| StorageError::Failed("segment preparer panicked".into()))?;
+            let p = h.join("segment preparer")?;
             match p {
                 Ok(p) if p.capacity >= need => return Ok(p),
                 Ok(p) => p.discard(),
@@ -398,11 +396,11 @@ impl Log {
         r
     }
 
-    /// Starts making everything appended so far durable on a background thread and
+    /// Starts making everything appended so far durable on a storage worker and
     /// returns at once, so neither a periodic flush nor a durable acknowledgement stalls
     /// the writer (an `fdatasync` of a second's worth of appends can take hundreds of
     /// milliseconds): the writer keeps appending while the disk syncs. `on_done` is
-    /// called on the flush thread with the outcome, once everything appended before this
+    /// called on the worker with the outcome, once everything appended before this
     /// call is durable (or the flush failed). At most one runs at a time: a previous one
     /// is waited for first, so callers that must not block start the next one only after
     /// the previous `on_done` ran. A later [`Log::flush`] waits for it too, so a
@@ -438,17 +436,9 @@ impl Log {
             on_done(r.as_ref().map(|_| ()).map_err(ToString::to_string));
             r
         };
-        match std::thread::Builder::new()
-            .name("weir-flush".into())
-            .spawn(job)
-        {
-            Ok(h) => self.background_flush = Some(h),
-            Err(e) => {
-                let e = StorageError::Failed(format!("could not start a flush thread: {e}"));
-                self.failed = Some(e.to_string());
-                return Err(e);
-            }
-        }
+        // The pool never fails to take a job (it runs it here when no worker can
+        // start), so a thread limit slows flushes down but never fails the log.
+        self.background_flush = Some(workers::run(job));
         Ok(())
     }
 
@@ -457,9 +447,7 @@ impl Log {
         let Some(h) = self.background_flush.take() else {
             return Ok(());
         };
-        let r = h
-            .join()
-            .unwrap_or_else(|_| Err(StorageError::Failed("flush thread panicked".into())));
+        let r = h.join("flush").and_then(|r| r);
         if let Err(e) = &r {
             self.failed = Some(e.to_string());
         }
@@ -548,9 +536,8 @@ impl Log {
         self.pending_sync.retain(|s| s.base_offset >= new_start);
         let doomed = snap[..victims].to_vec();
         let dir = self.shared.dir.clone();
-        if let Some(running) = retention::delete_in_background(doomed, snap, dir)? {
-            self.deletions.push(running);
-        }
+        self.deletions
+            .push(retention::delete_in_background(doomed, snap, dir));
         Ok(victims)
     }
 
@@ -561,19 +548,15 @@ impl Log {
         let mut deleted = 0;
         let mut first_err = None;
         let mut running = Vec::new();
-        for h in self.deletions.drain(..) {
+        for mut h in self.deletions.drain(..) {
             if !wait && !h.is_finished() {
                 running.push(h);
                 continue;
             }
-            match h.join() {
-                Ok(Ok(n)) => deleted += n,
-                Ok(Err(e)) => {
+            match h.join("retention deletion").and_then(|r| r) {
+                Ok(n) => deleted += n,
+                Err(e) => {
                     first_err.get_or_insert(e);
-                }
-                Err(_) => {
-                    first_err
-                        .get_or_insert(StorageError::Failed("retention thread panicked".into()));
                 }
             }
         }
@@ -601,7 +584,7 @@ impl Drop for Log {
             tracing::error!(error = %e, "deleting segments removed by retention failed");
         }
         if let Some(h) = self.next.take() {
-            if let Ok(Ok(p)) = h.join() {
+            if let Ok(Ok(p)) = h.join("segment preparer") {
                 p.discard();
             }
         }

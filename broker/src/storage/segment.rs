@@ -19,7 +19,7 @@
 //!
 //! The next segment's files are created and `fallocate`d (real blocks, not a sparse
 //! `set_len`, so a full disk shows up before the roll, not in the middle of a write)
-//! by [`spawn_prepare`] on a background thread while the current one fills; rolling
+//! by [`spawn_prepare`] on a storage worker while the current one fills; rolling
 //! then only trims, remaps and renames.
 
 use std::fs::{File, OpenOptions};
@@ -28,13 +28,13 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use memmap2::{MmapOptions, MmapRaw};
 
 use super::error::{io_err, StorageError};
 use super::index::{IndexFile, SegmentIndex, OFFSET_ENTRY_BYTES, TIME_ENTRY_BYTES};
+use super::workers::{self, Task};
 
 /// File-name extension of a segment's batches.
 pub(crate) const LOG_EXT: &str = "log";
@@ -279,24 +279,14 @@ pub(crate) fn prepare(
     })
 }
 
-/// Runs [`prepare`] on a background thread.
+/// Runs [`prepare`] on the storage workers (`workers.rs`).
 pub(crate) fn spawn_prepare(
     dir: PathBuf,
     id: u64,
     capacity: u64,
     index_entries: usize,
-) -> JoinHandle<Result<Prepared, StorageError>> {
-    std::thread::Builder::new()
-        .name("weir-seg-prepare".into())
-        .spawn(move || prepare(&dir, id, capacity, index_entries))
-        .unwrap_or_else(|_| {
-            // Could not start a thread: do the work on a fresh attempt inline later.
-            std::thread::spawn(|| {
-                Err(StorageError::Failed(
-                    "could not spawn segment preparer".into(),
-                ))
-            })
-        })
+) -> Task<Result<Prepared, StorageError>> {
+    workers::run(move || prepare(&dir, id, capacity, index_entries))
 }
 
 impl Prepared {

@@ -555,6 +555,27 @@ fn background_flushes_run_beside_appends_across_rolls_and_reopen_cleanly() {
     }
 }
 
+#[test]
+fn a_log_keeps_working_when_no_background_thread_can_be_started() {
+    // Spawning fails on this thread: segment preparation and flushes that would need a
+    // new storage worker wait for a running one or run here, and the log never fails.
+    workers::FAIL_SPAWN.with(|f| f.set(true));
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_config(64 * 1024)).unwrap();
+    for i in 0..200u64 {
+        log.append(&[make_batch(i, 3, 500, 1_000 + i as i64)])
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        log.flush_in_background(move |r| tx.send(r).unwrap())
+            .unwrap();
+        log.flush().unwrap();
+        assert_eq!(rx.try_recv(), Ok(Ok(())), "flush {i}");
+    }
+    workers::FAIL_SPAWN.with(|f| f.set(false));
+    assert!(log.active.seg.base_offset > 0, "the log rolled");
+    assert_eq!(read_all(&log.reader(), 0).unwrap().len(), 200);
+}
+
 /// The invariants `Log` asserts in every build, each driven into its bad state
 /// through the writer's crate-private fields (no public path can get there).
 mod invariants {
