@@ -1,6 +1,8 @@
 //! A full disk: the broker's data directory on a small tmpfs. Produces that no longer
 //! fit get an explicit STORAGE_ERROR, the broker stays up and keeps serving, and every
-//! record acknowledged before is still readable.
+//! record acknowledged before is still readable. `/health` and `/metrics` name the
+//! shard that cannot take writes, other shards keep taking them (new producers can
+//! start), and once space is freed the shard takes writes again without a restart.
 //!
 //! Mounting needs root (as on the project's CI machines); without it the test says so
 //! and returns.
@@ -52,16 +54,24 @@ async fn a_full_disk_refuses_produces_by_name_and_loses_nothing_acknowledged() {
     };
     let broker = BrokerProcess::start_in(dir, &[]);
     let client = connect(&broker.addr(), WAIT).await;
-    Admin::new(client.clone())
-        .create_topic(
-            "full",
-            1,
-            TopicConfig {
-                segment_bytes: 1 << 20,
-                max_message_bytes: 256 << 10,
-                ..TopicConfig::default()
-            },
-        )
+    let admin = Admin::new(client.clone());
+    let small = TopicConfig {
+        segment_bytes: 1 << 20,
+        max_message_bytes: 256 << 10,
+        ..TopicConfig::default()
+    };
+    admin
+        .create_topic("full", 1, small.clone())
+        .await
+        .expect("create topic");
+    // Its segment is reserved now: it keeps room however full the disk gets.
+    admin
+        .create_topic("roomy", 1, small.clone())
+        .await
+        .expect("create topic");
+    // Space to free later.
+    admin
+        .create_topic("ballast", 4, small.clone())
         .await
         .expect("create topic");
     let producer = Producer::builder(&client)
@@ -75,11 +85,12 @@ async fn a_full_disk_refuses_produces_by_name_and_loses_nothing_acknowledged() {
     let mut acked = 0usize;
     let mut refusal = None;
     for call in 0..200 {
-        let mut batch = ProducerBatch::with_capacity("full", 200).shard(0);
-        for i in 0..200 {
-            batch.push(format!("{call:03}-{i:03}-{}", "z".repeat(1000)));
-        }
-        match producer.send_batch(batch).await.expect("queued").await {
+        match producer
+            .send_batch(big_batch(call))
+            .await
+            .expect("queued")
+            .await
+        {
             Ok(md) => acked += md.record_count() as usize,
             Err(e) => {
                 refusal = Some(e);
@@ -100,21 +111,82 @@ async fn a_full_disk_refuses_produces_by_name_and_loses_nothing_acknowledged() {
     }
     assert!(acked >= 2_000, "only {acked} records fit before the error");
 
-    // Still up: health, metadata, and every acknowledged record, in order.
+    // Still up, and saying which shard cannot take writes, and why.
     let health = http_get(broker.http_addr(), "/health").await;
+    assert!(health.starts_with("HTTP/1.1 503"), "{health}");
     assert!(
-        health.ends_with("ok") || health.contains("\r\n\r\nok"),
+        health.contains("degraded: full/0: ") && health.contains("No space left"),
         "{health}"
     );
+    let metrics = http_get(broker.http_addr(), "/metrics").await;
+    assert!(
+        metrics.contains("weir_shard_failed{topic=\"full\",shard=\"0\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("weir_shard_failed{topic=\"roomy\",shard=\"0\"} 0"),
+        "{metrics}"
+    );
+    // Other shards are unaffected: a new producer starts and writes where there is room.
+    let other = Producer::builder(&client)
+        .acks(Acks::Durable)
+        .retries(0)
+        .build()
+        .await
+        .expect("a producer starts on a full disk");
+    other
+        .send_and_wait(weir_client::ProducerRecord::new("roomy", "fits").shard(0))
+        .await
+        .expect("a shard with room takes writes");
+    // A later produce that needs the next segment is refused by name too (the roll is
+    // tried again, and fails again, while the disk stays full).
     let again = producer
-        .send_and_wait(weir_client::ProducerRecord::new("full", "more").shard(0))
+        .send_batch(big_batch(999))
+        .await
+        .expect("queued")
         .await;
     assert!(
-        matches!(&again, Err(ClientError::Broker { code, .. }) if *code == ErrorCode::StorageError),
+        matches!(&again, Err(ClientError::Broker { code, message, .. })
+            if *code == ErrorCode::StorageError && message.contains("No space left")),
         "a later produce is refused by name too: {again:?}"
     );
     let got = read_all(&client, "full", acked, Duration::from_secs(30)).await;
     assert_eq!(got.len(), acked, "every acknowledged record is readable");
     assert!(got.windows(2).all(|w| w[0].offset + 1 == w[1].offset));
+
+    // Space returns: the shard leaves the degraded state by itself (the writer retries
+    // the roll on its timer), without a restart, and takes writes again.
+    admin.delete_topic("ballast").await.expect("delete topic");
+    let mut health = String::new();
+    for _ in 0..300 {
+        health = http_get(broker.http_addr(), "/health").await;
+        if health.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(health.contains("\r\n\r\nok"), "{health}");
+    let metrics = http_get(broker.http_addr(), "/metrics").await;
+    assert!(
+        metrics.contains("weir_shard_failed{topic=\"full\",shard=\"0\"} 0"),
+        "{metrics}"
+    );
+    let md = producer
+        .send_and_wait(weir_client::ProducerRecord::new("full", "after").shard(0))
+        .await
+        .expect("the shard takes writes once space is back");
+    assert_eq!(
+        md.offset, acked as u64,
+        "right after the acknowledged records"
+    );
     drop(broker);
+}
+
+/// 200 records of about 1 KiB for shard 0 of "full": about 200 KiB.
+fn big_batch(call: u32) -> ProducerBatch {
+    let mut batch = ProducerBatch::with_capacity("full", 200).shard(0);
+    for i in 0..200 {
+        batch.push(format!("{call:03}-{i:03}-{}", "z".repeat(1000)));
+    }
+    batch
 }

@@ -163,6 +163,16 @@ impl Shard {
         &self.stats
     }
 
+    /// Why the shard refuses appends right now (a stalled roll on a full disk, a
+    /// failed log), or `None` when it takes them.
+    pub fn trouble(&self) -> Option<String> {
+        self.stats
+            .trouble
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Queues an append and waits for its outcome.
     pub async fn append(
         &self,

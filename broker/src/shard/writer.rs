@@ -48,6 +48,10 @@ struct Turns {
     dirty: bool,
     next_flush: Instant,
     next_retention: Instant,
+    /// The log refuses appends (`Log::trouble`) and the stats say so.
+    troubled: bool,
+    /// When a stalled roll is tried again.
+    next_retry: Instant,
     shutdown: bool,
     /// Settings derived from the config once.
     flush_every: Duration,
@@ -68,6 +72,8 @@ impl Turns {
             dirty: false,
             next_flush: Instant::now() + flush_every,
             next_retention: Instant::now() + retention_every,
+            troubled: false,
+            next_retry: Instant::now(),
             shutdown: false,
             flush_every,
             retention_every,
@@ -77,6 +83,10 @@ impl Turns {
         }
     }
 }
+
+/// How often a writer whose log is stalled (the next segment could not be made, say on
+/// a full disk) tries again when no append comes to try it.
+const STALL_RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// What one turn of the loop does when nothing else is due.
 enum Step {
@@ -175,11 +185,14 @@ impl Writer {
         control: &mut mpsc::Receiver<Control>,
         t: &mut Turns,
     ) {
-        let deadline = if t.interval_flush && t.dirty {
+        let mut deadline = if t.interval_flush && t.dirty {
             t.next_flush.min(t.next_retention)
         } else {
             t.next_retention
         };
+        if t.troubled {
+            deadline = deadline.min(t.next_retry);
+        }
         let open = lanes.open;
         let [l0, l1, l2, l3] = &mut lanes.rx;
         // While waiting behind a flush, lanes fill only to their depth (then
@@ -242,6 +255,25 @@ impl Writer {
             }
             t.next_retention = now + t.retention_every;
         }
+        if t.troubled && now >= t.next_retry {
+            self.log.retry_stalled();
+            t.next_retry = now + STALL_RETRY_EVERY;
+        }
+        self.publish_trouble(t);
+    }
+
+    /// Tells `/health` and `/metrics` whether the log refuses appends, and why; only
+    /// touches the shared stats while there is trouble or it just ended.
+    fn publish_trouble(&mut self, t: &mut Turns) {
+        let trouble = self.log.trouble();
+        if trouble.is_none() && !t.troubled {
+            return;
+        }
+        if !t.troubled {
+            t.next_retry = Instant::now() + STALL_RETRY_EVERY;
+        }
+        t.troubled = trouble.is_some();
+        *self.stats.trouble.lock().unwrap_or_else(|p| p.into_inner()) = trouble;
     }
 
     /// Takes one group from the scheduler (at least one append when any is queued, then

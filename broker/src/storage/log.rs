@@ -97,8 +97,14 @@ pub struct Log {
     /// A segment file was renamed into place since the last directory fsync.
     dir_dirty: bool,
     next: Option<Task<Result<Prepared, StorageError>>>,
+    /// A segment made ready by [`Log::retry_stalled`], used by the next roll.
+    ready: Option<Prepared>,
     prepare_seq: u64,
     failed: Option<String>,
+    /// Appends are refused because the next segment could not be made (a full disk);
+    /// nothing was written, so the log is whole and leaves this state by itself once a
+    /// retry succeeds.
+    stalled: Option<Stall>,
     /// An interval flush running on a storage worker; see [`Log::flush_in_background`].
     pub(super) background_flush: Option<Task<Result<(), StorageError>>>,
     /// Retention deletions still unlinking files; see `retention::delete_in_background`.
@@ -134,8 +140,10 @@ impl Log {
             pending_sync: Vec::new(),
             dir_dirty: false,
             next: None,
+            ready: None,
             prepare_seq: 0,
             failed: None,
+            stalled: None,
             background_flush: None,
             deletions: Vec::new(),
             _lock: lock,
@@ -173,21 +181,22 @@ impl Log {
             "offsets strictly increasing",
             "an append would start at offset {base_offset} but offsets below {published} are taken"
         );
+        // Every segment this append rolls into is made before anything is written:
+        // when that fails (a full disk), the append is refused with the log exactly as
+        // it was, so it is not failed and a later attempt can succeed.
+        let mut prepared = self.prepare_rolls(batches)?.into_iter();
         // Batches go into the active file with `pwritev`, one call per run of batches
         // that land in one segment (see `write_run`); the stamped base offset of each
         // is its own 8-byte slice, so the caller's bytes are never copied twice.
         let mut run = Run::with_capacity(batches.len(), self.active.pos);
         for b in batches {
             let (count, max_ts) = counts(b);
-            let fits = self.active.pos + b.len() as u64 <= self.active.capacity;
-            let rel_last =
-                self.active.next_offset + u64::from(count) - 1 - self.active.seg.base_offset;
-            if !fits || rel_last > u64::from(u32::MAX) {
-                let rolled = self
-                    .write_run(&run)
-                    .and_then(|()| self.roll(b.len() as u64));
+            if self.needs_roll(b.len() as u64, count) {
+                let next = prepared.next().expect("one prepared segment per roll");
+                let rolled = self.write_run(&run).and_then(|()| self.roll(next));
                 if let Err(e) = rolled {
                     self.failed = Some(e.to_string());
+                    prepared.for_each(Prepared::discard);
                     return Err(e);
                 }
                 run.restart(self.active.pos);
@@ -247,6 +256,91 @@ impl Log {
         match &self.failed {
             Some(m) => Err(StorageError::Failed(m.clone())),
             None => Ok(()),
+        }
+    }
+
+    /// Whether a batch of `len` bytes and `count` records does not fit in the active
+    /// segment (by bytes, or by the 32-bit relative offsets of the index).
+    fn needs_roll(&self, len: u64, count: u32) -> bool {
+        let a = &self.active;
+        let rel_last = a.next_offset + u64::from(count) - 1 - a.seg.base_offset;
+        a.pos + len > a.capacity || rel_last > u64::from(u32::MAX)
+    }
+
+    /// The segments `batches` will roll into, in order, made ready now. On failure the
+    /// ones already made are deleted, the log is marked stalled (see
+    /// [`Log::trouble`]) and nothing else changes.
+    fn prepare_rolls(&mut self, batches: &[Bytes]) -> Result<Vec<Prepared>, StorageError> {
+        // Walk the batches as `append` will place them, without placing them.
+        let (mut pos, mut cap) = (self.active.pos, self.active.capacity);
+        let (mut next, mut base) = (self.active.next_offset, self.active.seg.base_offset);
+        let mut needs = Vec::new();
+        for b in batches {
+            let (len, count) = (b.len() as u64, u64::from(counts(b).0));
+            if pos + len > cap || next + count - 1 - base > u64::from(u32::MAX) {
+                needs.push(len);
+                pos = 0;
+                cap = len.max(self.config.segment_bytes);
+                base = next;
+            }
+            pos += len;
+            next += count;
+        }
+        let mut made = Vec::with_capacity(needs.len());
+        for need in needs {
+            match self.take_prepared(need) {
+                Ok(p) => made.push(p),
+                Err(e) => {
+                    made.into_iter().for_each(Prepared::discard);
+                    tracing::warn!(error = %e, "cannot make the next segment; appends are refused until it can be made");
+                    self.stalled = Some(Stall {
+                        cause: e.to_string(),
+                        need,
+                    });
+                    return Err(e);
+                }
+            }
+        }
+        if self.stalled.take().is_some() {
+            tracing::info!("the next segment could be made again; appends resume");
+        }
+        Ok(made)
+    }
+
+    /// What keeps this log from taking appends, if anything: a stalled roll (cleared by
+    /// itself when a retry succeeds, see [`Log::retry_stalled`]) or an earlier I/O
+    /// error that failed it (until it is reopened).
+    pub fn trouble(&self) -> Option<String> {
+        if let Some(f) = &self.failed {
+            return Some(format!("failed until reopened: {f}"));
+        }
+        self.stalled
+            .as_ref()
+            .map(|s| format!("cannot make the next segment: {}", s.cause))
+    }
+
+    /// Retries making the segment a stalled roll needs (on the writer's timer, so the
+    /// log leaves the stalled state when space returns even if no append comes). The
+    /// segment made is kept for the next roll. Returns whether the log is still
+    /// stalled.
+    pub fn retry_stalled(&mut self) -> bool {
+        let Some(need) = self.stalled.as_ref().map(|s| s.need) else {
+            return false;
+        };
+        match self.take_prepared(need) {
+            Ok(p) => {
+                self.ready = Some(p);
+                self.stalled = None;
+                tracing::info!("the next segment could be made again; appends resume");
+                false
+            }
+            Err(e) => {
+                self.stalled = Some(Stall {
+                    cause: e.to_string(),
+                    need,
+                });
+                true
+            }
         }
     }
 
@@ -335,6 +429,12 @@ impl Log {
     /// A prepared segment of at least `need` bytes: the background one if it is big
     /// enough, otherwise one made now.
     fn take_prepared(&mut self, need: u64) -> Result<Prepared, StorageError> {
+        if let Some(p) = self.ready.take() {
+            if p.capacity >= need {
+                return Ok(p);
+            }
+            p.discard();
+        }
         if let Some(h) = self.next.take() {
             let p = h.join("segment preparer")?;
             match p {
@@ -348,9 +448,9 @@ impl Log {
         segment::prepare(&self.shared.dir, id, cap, self.index_entries_for(cap))
     }
 
-    /// Closes the active segment (if it holds anything) and starts a new one with room
-    /// for at least `need` bytes at the next offset.
-    fn roll(&mut self, need: u64) -> Result<(), StorageError> {
+    /// Closes the active segment (if it holds anything) and makes `prepared` the new
+    /// active segment, at the next offset.
+    fn roll(&mut self, prepared: Prepared) -> Result<(), StorageError> {
         self.publish_active();
         let dir = self.shared.dir.clone();
         let mut segments: Vec<Arc<Segment>> = self.shared.snapshot().as_ref().clone();
@@ -365,7 +465,6 @@ impl Log {
             segments.push(Arc::clone(&closed));
             self.pending_sync.push(closed);
         }
-        let prepared = self.take_prepared(need)?;
         let capacity = prepared.capacity;
         let seg = Arc::new(prepared.install(&dir, self.active.next_offset)?);
         segments.push(Arc::clone(&seg));
@@ -588,7 +687,17 @@ impl Drop for Log {
                 p.discard();
             }
         }
+        if let Some(p) = self.ready.take() {
+            p.discard();
+        }
     }
+}
+
+/// Why appends are refused while nothing is wrong with what is written.
+struct Stall {
+    cause: String,
+    /// Bytes the segment that could not be made must hold.
+    need: u64,
 }
 
 /// Closes `seg` at `len` bytes: trims its files and maps them read-only.
