@@ -182,6 +182,64 @@ async fn a_full_disk_refuses_produces_by_name_and_loses_nothing_acknowledged() {
     drop(broker);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producers_start_on_a_disk_that_filled_before_any_roll() {
+    let dir = BrokerProcess::new_dir();
+    let data = dir.path().join("data");
+    let _disk = match Tmpfs::mount(&data, "48m") {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("SKIPPED: cannot mount a tmpfs for the data directory ({e}); run as root");
+            return;
+        }
+    };
+    let broker = BrokerProcess::start_in(dir, &[]);
+    let client = connect(&broker.addr(), WAIT).await;
+    Admin::new(client.clone())
+        .create_topic(
+            "roomy",
+            1,
+            TopicConfig {
+                segment_bytes: 1 << 20,
+                max_message_bytes: 256 << 10,
+                ..TopicConfig::default()
+            },
+        )
+        .await
+        .expect("create topic");
+    // Something else fills the disk to the last byte; the topic's segment, reserved
+    // when it was made, still has room.
+    fill(&data.join("filler"));
+    let producer = Producer::builder(&client)
+        .acks(Acks::Durable)
+        .retries(0)
+        .build()
+        .await
+        .expect("a producer (its id block) starts on a full disk");
+    let md = producer
+        .send_and_wait(weir_client::ProducerRecord::new("roomy", "fits").shard(0))
+        .await
+        .expect("a shard with room takes writes");
+    assert_eq!(md.offset, 0);
+    drop(broker);
+}
+
+/// Writes zeros to `path` until the file system has no byte left.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    for chunk in [1 << 20, 4096, 1] {
+        let buf = vec![0u8; chunk];
+        // Bounded: the tmpfs is 48 MiB.
+        for _ in 0..100_000 {
+            if f.write_all(&buf).is_err() {
+                break;
+            }
+        }
+    }
+    let _ = f.sync_all();
+}
+
 /// 200 records of about 1 KiB for shard 0 of "full": about 200 KiB.
 fn big_batch(call: u32) -> ProducerBatch {
     let mut batch = ProducerBatch::with_capacity("full", 200).shard(0);

@@ -72,6 +72,7 @@ impl Shard {
             hwm: hwm_tx,
             stats: stats.clone(),
             config,
+            troubled: false,
         };
         let thread = std::thread::Builder::new()
             .name(format!("weir-w-{name}"))

@@ -32,6 +32,8 @@ pub(super) struct Writer {
     pub hwm: watch::Sender<u64>,
     pub stats: Arc<ClassStats>,
     pub config: ShardConfig,
+    /// The log refuses appends (`Log::trouble`) and the stats say so.
+    pub troubled: bool,
 }
 
 /// The lanes appends arrive in, one per class, and whether each still has senders.
@@ -48,8 +50,6 @@ struct Turns {
     dirty: bool,
     next_flush: Instant,
     next_retention: Instant,
-    /// The log refuses appends (`Log::trouble`) and the stats say so.
-    troubled: bool,
     /// When a stalled roll is tried again.
     next_retry: Instant,
     shutdown: bool,
@@ -72,7 +72,6 @@ impl Turns {
             dirty: false,
             next_flush: Instant::now() + flush_every,
             next_retention: Instant::now() + retention_every,
-            troubled: false,
             next_retry: Instant::now(),
             shutdown: false,
             flush_every,
@@ -190,7 +189,7 @@ impl Writer {
         } else {
             t.next_retention
         };
-        if t.troubled {
+        if self.troubled {
             deadline = deadline.min(t.next_retry);
         }
         let open = lanes.open;
@@ -255,24 +254,22 @@ impl Writer {
             }
             t.next_retention = now + t.retention_every;
         }
-        if t.troubled && now >= t.next_retry {
+        if self.troubled && now >= t.next_retry {
             self.log.retry_stalled();
             t.next_retry = now + STALL_RETRY_EVERY;
+            self.publish_trouble();
         }
-        self.publish_trouble(t);
     }
 
-    /// Tells `/health` and `/metrics` whether the log refuses appends, and why; only
-    /// touches the shared stats while there is trouble or it just ended.
-    fn publish_trouble(&mut self, t: &mut Turns) {
+    /// Tells `/health` and `/metrics` whether the log refuses appends, and why, before
+    /// anyone hears of a refusal; only touches the shared stats while there is trouble
+    /// or it just ended.
+    fn publish_trouble(&mut self) {
         let trouble = self.log.trouble();
-        if trouble.is_none() && !t.troubled {
+        if trouble.is_none() && !self.troubled {
             return;
         }
-        if !t.troubled {
-            t.next_retry = Instant::now() + STALL_RETRY_EVERY;
-        }
-        t.troubled = trouble.is_some();
+        self.troubled = trouble.is_some();
         *self.stats.trouble.lock().unwrap_or_else(|p| p.into_inner()) = trouble;
     }
 
@@ -330,6 +327,7 @@ impl Writer {
                 "the shard's watch would move from {old} back to {new}"
             );
         }
+        self.publish_trouble();
         for (reply, result) in leader_waiters {
             let _ = reply.send(result);
         }
