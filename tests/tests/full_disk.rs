@@ -22,8 +22,13 @@ struct Tmpfs(PathBuf);
 
 impl Tmpfs {
     fn mount(at: &Path, size: &str) -> Result<Tmpfs, String> {
+        Tmpfs::mount_with(at, &format!("size={size}"))
+    }
+
+    /// With mount options `opts` (`size=48m,nr_inodes=100`, say).
+    fn mount_with(at: &Path, opts: &str) -> Result<Tmpfs, String> {
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
             .arg(at)
             .output()
             .map_err(|e| e.to_string())?;
@@ -222,6 +227,81 @@ async fn producers_start_on_a_disk_that_filled_before_any_roll() {
         .expect("a shard with room takes writes");
     assert_eq!(md.offset, 0);
     drop(broker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_topic_checks_free_space_first_and_leaves_nothing_when_it_fails() {
+    let dir = BrokerProcess::new_dir();
+    let data = dir.path().join("data");
+    // Few inodes: the free-space check (blocks) passes, and creating the shards' files
+    // runs out part way, a failure after some shards already reserved their segments.
+    let _disk = match Tmpfs::mount_with(&data, "size=48m,nr_inodes=120") {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("SKIPPED: cannot mount a tmpfs for the data directory ({e}); run as root");
+            return;
+        }
+    };
+    let broker = BrokerProcess::start_in(dir, &[]);
+    let client = connect(&broker.addr(), WAIT).await;
+    let admin = Admin::new(client.clone());
+    let used = || df_used(&data);
+    let before = used();
+
+    // 100 shards of 1 MiB: far more than the 16 MiB left. Refused before anything is
+    // made, naming the need and what is free.
+    let one_mib = TopicConfig {
+        segment_bytes: 1 << 20,
+        max_message_bytes: 256 << 10,
+        ..TopicConfig::default()
+    };
+    let refused = admin
+        .create_topic("greedy", 100, one_mib.clone())
+        .await
+        .expect_err("refused");
+    match &refused {
+        ClientError::Broker { code, message, .. } => {
+            assert_eq!(*code, ErrorCode::StorageError, "{message}");
+            assert!(message.contains("free disk space"), "{message}");
+        }
+        other => panic!("expected STORAGE_ERROR, got {other:?}"),
+    }
+    assert!(!data.join("topics/greedy").exists(), "nothing was made");
+
+    // 40 shards of 64 KiB fit in blocks but not in inodes: fails part way, and the
+    // shards made before the failure are removed.
+    let small = TopicConfig {
+        segment_bytes: 64 << 10,
+        max_message_bytes: 32 << 10,
+        ..TopicConfig::default()
+    };
+    let failed = admin.create_topic("many", 40, small.clone()).await;
+    assert!(
+        matches!(&failed, Err(ClientError::Broker { code, .. }) if *code == ErrorCode::StorageError),
+        "{failed:?}"
+    );
+    assert!(!data.join("topics/many").exists(), "no orphaned shards");
+    assert_eq!(used(), before, "every reserved block was given back");
+    // And the space is usable: a smaller topic is created.
+    admin
+        .create_topic("few", 2, small)
+        .await
+        .expect("create topic");
+    drop(broker);
+}
+
+/// Bytes used on the file system of `path`, as `df` counts them.
+fn df_used(path: &Path) -> u64 {
+    let out = Command::new("df")
+        .args(["--output=used", "-B1"])
+        .arg(path)
+        .output()
+        .expect("df");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .expect("df prints the used bytes")
 }
 
 /// Writes zeros to `path` until the file system has no byte left.

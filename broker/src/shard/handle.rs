@@ -217,6 +217,17 @@ impl Shard {
     }
 }
 
+impl Shard {
+    /// [`Shard::close`] for threads outside any async runtime (the blocking pool).
+    pub fn close_blocking(&self) {
+        let _ = self.control.blocking_send(Control::Shutdown);
+        let thread = self.thread.lock().expect("shard thread lock").take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+    }
+}
+
 fn rebuild_producers(reader: &LogReader, classes: ClassMap) -> ProducerTable {
     let mut table = ProducerTable::new(classes);
     let from = reader

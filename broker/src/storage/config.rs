@@ -2,6 +2,7 @@
 //! retention (so none of them imports another for it).
 
 use super::error::StorageError;
+use super::index::{index_capacity, OFFSET_ENTRY_BYTES, TIME_ENTRY_BYTES};
 
 /// Tunables of one log. Sizes are upper bounds, not targets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +45,14 @@ impl LogConfig {
     /// they would outgrow 2 % of it (and a smaller interval than one batch indexes
     /// every batch anyway).
     pub const INDEX_INTERVAL_BYTES_MIN: u32 = 1024;
+
+    /// Disk bytes a new, empty log takes when it opens: its first segment's `.log`
+    /// file and both index files are preallocated with real blocks. For checking free
+    /// space before creating logs.
+    pub fn reserved_bytes(&self) -> u64 {
+        let entries = index_capacity(self.segment_bytes, self.index_interval_bytes) as u64;
+        self.segment_bytes + entries * (OFFSET_ENTRY_BYTES + TIME_ENTRY_BYTES) as u64
+    }
 
     pub(crate) fn check(&self) -> Result<(), StorageError> {
         if self.segment_bytes < 4096 || self.segment_bytes > Self::SEGMENT_BYTES_MAX {
