@@ -123,6 +123,9 @@ pub struct Config {
     pub default_max_message_bytes: u32,
     /// Sparse offset index: one entry per this many log bytes.
     pub index_interval_bytes: u32,
+    /// A topic shard's active segment file gets real blocks in steps of this many
+    /// bytes (at most the topic's `segment_bytes`) instead of all at once.
+    pub segment_preallocate_bytes: u64,
     /// Appends waiting in each priority class's lane of one shard writer.
     pub shard_queue_depth: usize,
     /// Most bytes a shard writer writes (and flushes) as one group; smaller groups let
@@ -313,6 +316,7 @@ impl Default for Config {
             default_retention_bytes: 0,
             default_max_message_bytes: 8 * 1024 * 1024,
             index_interval_bytes: 4096,
+            segment_preallocate_bytes: crate::storage::DEFAULT_PREALLOCATE_BYTES,
             shard_queue_depth: 1024,
             shard_group_bytes_max: crate::shard::writer::DEFAULT_GROUP_BYTES_MAX,
             group_min_session_timeout_ms: 1000,
@@ -493,6 +497,11 @@ impl Config {
         {
             // The same range CreateTopic accepts (`TopicRegistry::resolve`).
             return bad("default_segment_bytes must be in 65536..=4294967295");
+        }
+        if self.segment_preallocate_bytes < 64 * 1024
+            || self.segment_preallocate_bytes > LogConfig::SEGMENT_BYTES_MAX
+        {
+            return bad("segment_preallocate_bytes must be in 65536..=4294967295");
         }
         if self.index_interval_bytes < LogConfig::INDEX_INTERVAL_BYTES_MIN {
             // 0 would make every topic log refuse to open.

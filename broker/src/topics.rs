@@ -444,6 +444,7 @@ impl TopicRegistry {
     fn log_config(&self, config: &TopicConfig) -> LogConfig {
         LogConfig {
             segment_bytes: config.segment_bytes,
+            preallocate_bytes: self.config.segment_preallocate_bytes,
             index_interval_bytes: self.config.index_interval_bytes,
             retention_ms: config.retention_ms,
             retention_bytes: config.retention_bytes,

@@ -242,12 +242,13 @@ impl Log {
     fn check_positions(&self) {
         let a = &self.active;
         crate::invariant!(
-            a.flushed_pos <= a.pos && a.pos <= a.capacity,
+            a.flushed_pos <= a.pos && a.pos <= a.allocated && a.allocated <= a.capacity,
             "flushed <= written <= end of the log",
-            "segment {}: flushed {} written {} end {}",
+            "segment {}: flushed {} written {} allocated {} end {}",
             a.seg.base_offset,
             a.flushed_pos,
             a.pos,
+            a.allocated,
             a.capacity
         );
     }
@@ -267,44 +268,78 @@ impl Log {
         a.pos + len > a.capacity || rel_last > u64::from(u32::MAX)
     }
 
-    /// The segments `batches` will roll into, in order, made ready now. On failure the
-    /// ones already made are deleted, the log is marked stalled (see
+    /// Gets the disk space `batches` will be written to, before any is written: grows
+    /// the active file's blocks over what lands in it, and makes the segments the
+    /// append rolls into (in order, each with blocks for what lands in it). On failure
+    /// the segments already made are deleted, the log is marked stalled (see
     /// [`Log::trouble`]) and nothing else changes.
     fn prepare_rolls(&mut self, batches: &[Bytes]) -> Result<Vec<Prepared>, StorageError> {
-        // Walk the batches as `append` will place them, without placing them.
+        // Walk the batches as `append` will place them, without placing them: where
+        // the run in the active segment ends, and each new segment's size and run.
         let (mut pos, mut cap) = (self.active.pos, self.active.capacity);
         let (mut next, mut base) = (self.active.next_offset, self.active.seg.base_offset);
-        let mut needs = Vec::new();
+        let mut active_end = pos;
+        let mut rolls: Vec<(u64, u64)> = Vec::new();
         for b in batches {
             let (len, count) = (b.len() as u64, u64::from(counts(b).0));
             if pos + len > cap || next + count - 1 - base > u64::from(u32::MAX) {
-                needs.push(len);
+                rolls.push((len, 0));
                 pos = 0;
                 cap = len.max(self.config.segment_bytes);
                 base = next;
             }
             pos += len;
             next += count;
+            match rolls.last_mut() {
+                Some((_, run)) => *run = pos,
+                None => active_end = pos,
+            }
         }
-        let mut made = Vec::with_capacity(needs.len());
-        for need in needs {
-            match self.take_prepared(need) {
+        if let Err(e) = self.grow_active(active_end) {
+            return Err(self.stall(e, Retry::Grow(active_end)));
+        }
+        let mut made = Vec::with_capacity(rolls.len());
+        for (need, run) in rolls {
+            let got = self
+                .take_prepared(need)
+                .and_then(|mut p| p.grow_to(run).map(|()| p));
+            match got {
                 Ok(p) => made.push(p),
                 Err(e) => {
                     made.into_iter().for_each(Prepared::discard);
-                    tracing::warn!(error = %e, "cannot make the next segment; appends are refused until it can be made");
-                    self.stalled = Some(Stall {
-                        cause: e.to_string(),
-                        need,
-                    });
-                    return Err(e);
+                    return Err(self.stall(e, Retry::Roll(need)));
                 }
             }
         }
         if self.stalled.take().is_some() {
-            tracing::info!("the next segment could be made again; appends resume");
+            tracing::info!("disk space could be allocated again; appends resume");
         }
         Ok(made)
+    }
+
+    /// Marks the log stalled by `e` (appends refused, nothing written) and returns it.
+    fn stall(&mut self, e: StorageError, retry: Retry) -> StorageError {
+        if self.stalled.is_none() {
+            tracing::warn!(error = %e, "cannot allocate disk space; appends are refused until it can be");
+        }
+        self.stalled = Some(Stall {
+            cause: e.to_string(),
+            retry,
+        });
+        e
+    }
+
+    /// Gives the active file real blocks up to at least `end` (whole steps of
+    /// `preallocate_bytes`, never past the segment's capacity).
+    fn grow_active(&mut self, end: u64) -> Result<(), StorageError> {
+        let a = &mut self.active;
+        if end <= a.allocated {
+            return Ok(());
+        }
+        let to = self.config.allocation_for(end, a.capacity);
+        segment::allocate(&a.seg.log.file, &a.seg.log.path, a.allocated, to)?;
+        a.allocated = to;
+        Ok(())
     }
 
     /// What keeps this log from taking appends, if anything: a stalled roll (cleared by
@@ -316,7 +351,7 @@ impl Log {
         }
         self.stalled
             .as_ref()
-            .map(|s| format!("cannot make the next segment: {}", s.cause))
+            .map(|s| format!("cannot allocate disk space: {}", s.cause))
     }
 
     /// Retries making the segment a stalled roll needs (on the writer's timer, so the
@@ -324,20 +359,23 @@ impl Log {
     /// segment made is kept for the next roll. Returns whether the log is still
     /// stalled.
     pub fn retry_stalled(&mut self) -> bool {
-        let Some(need) = self.stalled.as_ref().map(|s| s.need) else {
+        let Some(retry) = self.stalled.as_ref().map(|s| s.retry) else {
             return false;
         };
-        match self.take_prepared(need) {
-            Ok(p) => {
-                self.ready = Some(p);
+        let tried = match retry {
+            Retry::Grow(end) => self.grow_active(end),
+            Retry::Roll(need) => self.take_prepared(need).map(|p| self.ready = Some(p)),
+        };
+        match tried {
+            Ok(()) => {
                 self.stalled = None;
-                tracing::info!("the next segment could be made again; appends resume");
+                tracing::info!("disk space could be allocated again; appends resume");
                 false
             }
             Err(e) => {
                 self.stalled = Some(Stall {
                     cause: e.to_string(),
-                    need,
+                    retry,
                 });
                 true
             }
@@ -422,6 +460,7 @@ impl Log {
             self.shared.dir.clone(),
             id,
             cap,
+            self.config.first_allocation(cap),
             self.index_entries_for(cap),
         ));
     }
@@ -445,7 +484,14 @@ impl Log {
         }
         let cap = need.max(self.config.segment_bytes);
         let id = self.new_prepare_id();
-        segment::prepare(&self.shared.dir, id, cap, self.index_entries_for(cap))
+        let allocated = self.config.first_allocation(cap);
+        segment::prepare(
+            &self.shared.dir,
+            id,
+            cap,
+            allocated,
+            self.index_entries_for(cap),
+        )
     }
 
     /// Closes the active segment (if it holds anything) and makes `prepared` the new
@@ -465,7 +511,7 @@ impl Log {
             segments.push(Arc::clone(&closed));
             self.pending_sync.push(closed);
         }
-        let capacity = prepared.capacity;
+        let (capacity, allocated) = (prepared.capacity, prepared.allocated);
         let seg = Arc::new(prepared.install(&dir, self.active.next_offset)?);
         segments.push(Arc::clone(&seg));
         self.shared.publish(segments);
@@ -474,6 +520,7 @@ impl Log {
             seg,
             pos: 0,
             capacity,
+            allocated,
             next_offset: self.active.next_offset,
             bytes_since_index: 0,
             max_timestamp_ms: i64::MIN,
@@ -696,8 +743,16 @@ impl Drop for Log {
 /// Why appends are refused while nothing is wrong with what is written.
 struct Stall {
     cause: String,
-    /// Bytes the segment that could not be made must hold.
-    need: u64,
+    retry: Retry,
+}
+
+/// The allocation a stalled log tries again.
+#[derive(Clone, Copy)]
+enum Retry {
+    /// Blocks for the active file up to this many bytes.
+    Grow(u64),
+    /// A new segment that holds at least this many bytes.
+    Roll(u64),
 }
 
 /// Closes `seg` at `len` bytes: trims its files and maps them read-only.

@@ -35,7 +35,7 @@ mod retention;
 mod segment;
 pub mod workers;
 
-pub use config::LogConfig;
+pub use config::{LogConfig, DEFAULT_PREALLOCATE_BYTES};
 pub use error::StorageError;
 pub use log::{AppendInfo, Log, LogReader};
 

@@ -168,11 +168,25 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
 /// Allocates real blocks for `[0, len)` of `file` (falls back to `set_len` where the
 /// file system has no `fallocate`).
 pub(crate) fn preallocate(file: &File, path: &Path, len: u64) -> Result<(), StorageError> {
-    if len == 0 {
+    allocate(file, path, 0, len)
+}
+
+/// Allocates real blocks for `[from, to)` of `file`, extending it to `to` bytes if it
+/// is shorter (falls back to `set_len` where the file system has no `fallocate`).
+pub(crate) fn allocate(file: &File, path: &Path, from: u64, to: u64) -> Result<(), StorageError> {
+    if to <= from {
         return Ok(());
     }
+    let len = to;
     // SAFETY: plain syscall on a file descriptor we own; no memory is passed.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            0,
+            from as libc::off_t,
+            (to - from) as libc::off_t,
+        )
+    };
     if rc == 0 {
         return Ok(());
     }
@@ -224,7 +238,10 @@ pub(crate) fn write_all_at(
 
 /// Files made ready for a segment whose base offset is not known yet.
 pub(crate) struct Prepared {
+    /// Bytes the segment may grow to (its map's length).
     pub capacity: u64,
+    /// Bytes of the `.log` file with real blocks (its length).
+    pub allocated: u64,
     log_path: PathBuf,
     log_file: File,
     map: MmapRaw,
@@ -247,27 +264,31 @@ fn create_sized(path: &Path, len: u64) -> Result<File, StorageError> {
     Ok(f)
 }
 
-/// Creates, preallocates and maps the files of a future segment under temporary names.
-/// The log's map is read-only and not populated: populating would zero-fill every page
-/// (the cost `pwritev` avoids), and readers only touch pages the writer has filled.
+/// Creates, preallocates and maps the files of a future segment under temporary names:
+/// `allocated` bytes of the `.log` get real blocks now (the writer grows it later),
+/// while its map covers all of `capacity`, so it never needs remapping; readers only
+/// look below the published length, which never passes the allocated end. The map is
+/// read-only and not populated: populating would zero-fill every page (the cost
+/// `pwritev` avoids), and readers only touch pages the writer has filled.
 pub(crate) fn prepare(
     dir: &Path,
     id: u64,
     capacity: u64,
+    allocated: u64,
     index_entries: usize,
 ) -> Result<Prepared, StorageError> {
     let name = |ext: &str| dir.join(format!("{PREPARE_PREFIX}{id}.{ext}"));
     let log_path = name(LOG_EXT);
-    let log_file = create_sized(&log_path, capacity)?;
-    let map = MmapOptions::new()
-        .map_raw_read_only(&log_file)
-        .map_err(io_err(&log_path))?;
+    let allocated = allocated.min(capacity);
+    let log_file = create_sized(&log_path, allocated)?;
+    let map = map_log(&log_file, &log_path, capacity)?;
     let index_path = name(INDEX_EXT);
     let index_file = create_sized(&index_path, (index_entries * OFFSET_ENTRY_BYTES) as u64)?;
     let time_path = name(TIME_INDEX_EXT);
     let time_file = create_sized(&time_path, (index_entries * TIME_ENTRY_BYTES) as u64)?;
     Ok(Prepared {
         capacity,
+        allocated,
         log_path,
         log_file,
         map,
@@ -279,17 +300,35 @@ pub(crate) fn prepare(
     })
 }
 
+/// Maps `capacity` bytes of a `.log` file read-only, however long the file is now.
+pub(crate) fn map_log(file: &File, path: &Path, capacity: u64) -> Result<MmapRaw, StorageError> {
+    MmapOptions::new()
+        .len(capacity as usize)
+        .map_raw_read_only(file)
+        .map_err(io_err(path))
+}
+
 /// Runs [`prepare`] on the storage workers (`workers.rs`).
 pub(crate) fn spawn_prepare(
     dir: PathBuf,
     id: u64,
     capacity: u64,
+    allocated: u64,
     index_entries: usize,
 ) -> Task<Result<Prepared, StorageError>> {
-    workers::run(move || prepare(&dir, id, capacity, index_entries))
+    workers::run(move || prepare(&dir, id, capacity, allocated, index_entries))
 }
 
 impl Prepared {
+    /// Gives the `.log` file real blocks up to `allocated` bytes (nothing is in it yet,
+    /// so a failure changes nothing that matters).
+    pub(crate) fn grow_to(&mut self, allocated: u64) -> Result<(), StorageError> {
+        let to = allocated.min(self.capacity);
+        allocate(&self.log_file, &self.log_path, self.allocated, to)?;
+        self.allocated = self.allocated.max(to);
+        Ok(())
+    }
+
     /// Renames the files to their segment names and returns the empty active segment.
     pub(crate) fn install(self, dir: &Path, base_offset: u64) -> Result<Segment, StorageError> {
         let log_path = segment_path(dir, base_offset, LOG_EXT);
