@@ -147,3 +147,42 @@ fn storage_settings_a_log_cannot_open_with_are_refused_at_start() {
         }
     }
 }
+
+/// Disk blocks allocated under `dir`, in bytes.
+fn allocated_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let md = entry.metadata().unwrap();
+        total += if md.is_dir() {
+            allocated_bytes(&entry.path())
+        } else {
+            md.blocks() * 512
+        };
+    }
+    total
+}
+
+#[tokio::test]
+async fn a_new_topic_reserves_a_step_of_each_segment_not_all_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Arc::new(Config {
+        data_dir: dir.path().to_path_buf(),
+        ..Config::default()
+    });
+    let topics = Arc::new(TopicRegistry::open(config).unwrap());
+    // The README's quick start: 4 shards of 256 MiB segments.
+    topics
+        .create("quick", 4, TopicConfig::default())
+        .await
+        .unwrap();
+    let used = allocated_bytes(&dir.path().join("topics/quick"));
+    // Per shard: one 16 MiB step of the .log plus its 1.5 MiB of index files.
+    let per_shard = (16 << 20) + (3 << 19);
+    assert!(
+        used <= 4 * per_shard + (1 << 20),
+        "4 shards take {used} bytes"
+    );
+    topics.close().await;
+}

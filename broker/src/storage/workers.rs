@@ -83,6 +83,9 @@ fn spawn_worker() -> std::io::Result<()> {
 }
 
 fn worker_loop() {
+    // Started from whichever thread submitted a job (a pinned core thread's blocking
+    // work, say): serve every core, like the shard writers.
+    crate::affinity::unpin_current_thread();
     let p = pool();
     let mut st = lock(&p.state);
     loop {
