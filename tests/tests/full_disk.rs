@@ -48,6 +48,22 @@ impl Drop for Tmpfs {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_produces_by_name_and_loses_nothing_acknowledged() {
+    // 1 MiB segments, each allocated whole: the disk runs out at a roll.
+    fill_refuse_and_recover(1 << 20, &[], true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_fills_while_a_segment_grows_stalls_and_recovers_the_same_way() {
+    // 8 MiB segments allocated in 64 KiB steps: the disk runs out while the active
+    // segment grows, between rolls.
+    let env = [("WEIR_SEGMENT_PREALLOCATE_BYTES", "65536")];
+    fill_refuse_and_recover(8 << 20, &env, false).await;
+}
+
+/// Fills the disk through one shard until a produce is refused, checks what the broker
+/// says and serves meanwhile, frees space and checks the shard recovers by itself.
+/// `at_roll`: whether the disk runs out making the next segment (else growing one).
+async fn fill_refuse_and_recover(segment_bytes: u64, env: &[(&str, &str)], at_roll: bool) {
     let dir = BrokerProcess::new_dir();
     // The internal logs take 32 MiB; about 16 MiB is left for the topic.
     let _disk = match Tmpfs::mount(&dir.path().join("data"), "48m") {
@@ -57,11 +73,11 @@ async fn a_full_disk_refuses_produces_by_name_and_loses_nothing_acknowledged() {
             return;
         }
     };
-    let broker = BrokerProcess::start_in(dir, &[]);
+    let broker = BrokerProcess::start_in(dir, env);
     let client = connect(&broker.addr(), WAIT).await;
     let admin = Admin::new(client.clone());
     let small = TopicConfig {
-        segment_bytes: 1 << 20,
+        segment_bytes,
         max_message_bytes: 256 << 10,
         ..TopicConfig::default()
     };
@@ -119,6 +135,8 @@ async fn a_full_disk_refuses_produces_by_name_and_loses_nothing_acknowledged() {
     // Still up, and saying which shard cannot take writes, and why.
     let health = http_get(broker.http_addr(), "/health").await;
     assert!(health.starts_with("HTTP/1.1 503"), "{health}");
+    // The file that could not get space: a next segment being made, or the active one.
+    assert_eq!(health.contains("/.prepare-"), at_roll, "{health}");
     assert!(
         health.contains("degraded: full/0: ") && health.contains("No space left"),
         "{health}"
