@@ -183,20 +183,20 @@ impl Log {
         );
         // Every segment this append rolls into is made before anything is written:
         // when that fails (a full disk), the append is refused with the log exactly as
-        // it was, so it is not failed and a later attempt can succeed.
-        let mut prepared = self.prepare_rolls(batches)?.into_iter();
+        // it was, so it is not failed and a later attempt can succeed. The rolls then
+        // happen exactly where that plan put them.
+        let mut rolls = self.prepare_rolls(batches)?.into_iter().peekable();
         // Batches go into the active file with `pwritev`, one call per run of batches
         // that land in one segment (see `write_run`); the stamped base offset of each
         // is its own 8-byte slice, so the caller's bytes are never copied twice.
         let mut run = Run::with_capacity(batches.len(), self.active.pos);
-        for b in batches {
+        for (i, b) in batches.iter().enumerate() {
             let (count, max_ts) = counts(b);
-            if self.needs_roll(b.len() as u64, count) {
-                let next = prepared.next().expect("one prepared segment per roll");
+            if let Some((_, next)) = rolls.next_if(|(at, _)| *at == i) {
                 let rolled = self.write_run(&run).and_then(|()| self.roll(next));
                 if let Err(e) = rolled {
                     self.failed = Some(e.to_string());
-                    prepared.for_each(Prepared::discard);
+                    rolls.for_each(|(_, p)| p.discard());
                     return Err(e);
                 }
                 run.restart(self.active.pos);
@@ -260,30 +260,25 @@ impl Log {
         }
     }
 
-    /// Whether a batch of `len` bytes and `count` records does not fit in the active
-    /// segment (by bytes, or by the 32-bit relative offsets of the index).
-    fn needs_roll(&self, len: u64, count: u32) -> bool {
-        let a = &self.active;
-        let rel_last = a.next_offset + u64::from(count) - 1 - a.seg.base_offset;
-        a.pos + len > a.capacity || rel_last > u64::from(u32::MAX)
-    }
-
     /// Gets the disk space `batches` will be written to, before any is written: grows
     /// the active file's blocks over what lands in it, and makes the segments the
-    /// append rolls into (in order, each with blocks for what lands in it). On failure
-    /// the segments already made are deleted, the log is marked stalled (see
-    /// [`Log::trouble`]) and nothing else changes.
-    fn prepare_rolls(&mut self, batches: &[Bytes]) -> Result<Vec<Prepared>, StorageError> {
+    /// append rolls into (in order, each with blocks for what lands in it), returned
+    /// with the index of the batch each is rolled to before. A batch rolls when it does
+    /// not fit (by bytes, or by the index's 32-bit relative offsets); a made segment is
+    /// never smaller than this plan assumes. On failure the segments already made are
+    /// deleted, the log is marked stalled (see [`Log::trouble`]) and nothing else
+    /// changes.
+    fn prepare_rolls(&mut self, batches: &[Bytes]) -> Result<Vec<(usize, Prepared)>, StorageError> {
         // Walk the batches as `append` will place them, without placing them: where
         // the run in the active segment ends, and each new segment's size and run.
         let (mut pos, mut cap) = (self.active.pos, self.active.capacity);
         let (mut next, mut base) = (self.active.next_offset, self.active.seg.base_offset);
         let mut active_end = pos;
-        let mut rolls: Vec<(u64, u64)> = Vec::new();
-        for b in batches {
+        let mut rolls: Vec<(usize, u64, u64)> = Vec::new();
+        for (i, b) in batches.iter().enumerate() {
             let (len, count) = (b.len() as u64, u64::from(counts(b).0));
             if pos + len > cap || next + count - 1 - base > u64::from(u32::MAX) {
-                rolls.push((len, 0));
+                rolls.push((i, len, 0));
                 pos = 0;
                 cap = len.max(self.config.segment_bytes);
                 base = next;
@@ -291,7 +286,7 @@ impl Log {
             pos += len;
             next += count;
             match rolls.last_mut() {
-                Some((_, run)) => *run = pos,
+                Some((_, _, run)) => *run = pos,
                 None => active_end = pos,
             }
         }
@@ -299,15 +294,12 @@ impl Log {
             return Err(self.stall(e, Retry::Grow(active_end)));
         }
         let mut made = Vec::with_capacity(rolls.len());
-        for (need, run) in rolls {
-            let got = self
-                .take_prepared(need)
-                .and_then(|mut p| p.grow_to(run).map(|()| p));
-            match got {
-                Ok(p) => made.push(p),
+        for (at, need, run) in rolls {
+            match self.take_prepared_for(need, run) {
+                Ok(p) => made.push((at, p)),
                 Err(e) => {
-                    made.into_iter().for_each(Prepared::discard);
-                    return Err(self.stall(e, Retry::Roll(need)));
+                    made.into_iter().for_each(|(_, p)| p.discard());
+                    return Err(self.stall(e, Retry::Roll(need, run)));
                 }
             }
         }
@@ -364,7 +356,9 @@ impl Log {
         };
         let tried = match retry {
             Retry::Grow(end) => self.grow_active(end),
-            Retry::Roll(need) => self.take_prepared(need).map(|p| self.ready = Some(p)),
+            Retry::Roll(need, run) => self
+                .take_prepared_for(need, run)
+                .map(|p| self.ready = Some(p)),
         };
         match tried {
             Ok(()) => {
@@ -465,8 +459,19 @@ impl Log {
         ));
     }
 
-    /// A prepared segment of at least `need` bytes: the background one if it is big
-    /// enough, otherwise one made now.
+    /// A prepared segment of at least `need` bytes with blocks for its first `run`.
+    fn take_prepared_for(&mut self, need: u64, run: u64) -> Result<Prepared, StorageError> {
+        let mut p = self.take_prepared(need)?;
+        if let Err(e) = p.grow_to(run) {
+            // Kept for the next attempt: it only lacks blocks.
+            self.ready = Some(p);
+            return Err(e);
+        }
+        Ok(p)
+    }
+
+    /// A prepared segment of at least `need` bytes: one kept from an earlier attempt or
+    /// the background one if it is big enough, otherwise one made now.
     fn take_prepared(&mut self, need: u64) -> Result<Prepared, StorageError> {
         if let Some(p) = self.ready.take() {
             if p.capacity >= need {
@@ -751,8 +756,9 @@ struct Stall {
 enum Retry {
     /// Blocks for the active file up to this many bytes.
     Grow(u64),
-    /// A new segment that holds at least this many bytes.
-    Roll(u64),
+    /// A new segment that holds at least this many bytes (first field), with blocks
+    /// for its first so many (second).
+    Roll(u64, u64),
 }
 
 /// Closes `seg` at `len` bytes: trims its files and maps them read-only.
