@@ -18,9 +18,11 @@
 //! instead of a `SIGBUS`.
 //!
 //! The next segment's files are created and `fallocate`d (real blocks, not a sparse
-//! `set_len`, so a full disk shows up before the roll, not in the middle of a write)
-//! by [`spawn_prepare`] on a storage worker while the current one fills; rolling
-//! then only trims, remaps and renames.
+//! `set_len`, so a full disk shows up before a write, not in the middle of one) by
+//! [`spawn_prepare`] on a storage worker while the current one fills; rolling then
+//! only trims, remaps and renames. The `.log` gets its blocks in steps
+//! (`LogConfig::preallocate_bytes`, [`allocate`]) as the writer needs them, and is
+//! mapped over its whole capacity once.
 
 use std::fs::{File, OpenOptions};
 use std::io::IoSlice;
@@ -112,8 +114,10 @@ impl Segment {
         // `pwritev` that returned before `len` was stored with Release (loaded with
         // Acquire above), so this shared map of the same file shows them; they are never
         // written again by the single writer, and the file is never truncated below `len`
-        // while mapped (see `MapChunk`). `len` never exceeds the map's length: the writer
-        // checks capacity before writing.
+        // while mapped (see `MapChunk`). `len` never exceeds the map's length (the writer
+        // checks capacity before writing), nor the file's (the map may reach past the
+        // end of a file still growing in steps, where a read would fault; the writer
+        // allocates blocks before it writes, so the file always covers `len`).
         unsafe { std::slice::from_raw_parts(self.log.map.as_ptr(), len) }
     }
 
