@@ -121,6 +121,7 @@ impl Stores {
         std::fs::create_dir_all(&dir)
             .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", dir.display()))?;
         let stores = tokio::task::spawn_blocking(move || {
+            crate::storage::workers::set_max_threads(config.storage_threads);
             let topics = Arc::new(TopicRegistry::open(config.clone())?);
             let offsets = OffsetStore::open(&config.data_dir)?;
             let queues = QueueManager::open(&config, topics.clone())?;

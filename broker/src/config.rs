@@ -15,6 +15,7 @@ use weir_protocol::classes::{ClassMap, CLASS_COUNT, DEFAULT_CLASS_BOUNDS, DEFAUL
 use weir_protocol::messages::{Durability, Quota, QuotaEntry};
 
 use crate::scheduler::DEFAULT_AGING;
+use crate::storage::LogConfig;
 
 /// Environment variables with this prefix set config keys (`WEIR_MAX_CONNECTIONS=10`).
 pub const ENV_PREFIX: &str = "WEIR_";
@@ -122,6 +123,9 @@ pub struct Config {
     pub default_max_message_bytes: u32,
     /// Sparse offset index: one entry per this many log bytes.
     pub index_interval_bytes: u32,
+    /// A topic shard's active segment file gets real blocks in steps of this many
+    /// bytes (at most the topic's `segment_bytes`) instead of all at once.
+    pub segment_preallocate_bytes: u64,
     /// Appends waiting in each priority class's lane of one shard writer.
     pub shard_queue_depth: usize,
     /// Most bytes a shard writer writes (and flushes) as one group; smaller groups let
@@ -138,6 +142,10 @@ pub struct Config {
     /// with a preallocated segment, so this bounds threads and disk, which
     /// `max_topics × max_shards_per_topic` does not; see [`DEFAULT_MAX_SHARDS`].
     pub max_shards: u32,
+    /// Most threads of the storage engine's background pool (flushes, segment
+    /// preparation, retention deletions) shared by every shard; see
+    /// `storage/workers.rs`.
+    pub storage_threads: usize,
     /// Upper priority bound of classes P0, P1 and P2 (P3 takes the rest); see
     /// `weir_protocol::classes`.
     pub priority_class_bounds: Vec<u8>,
@@ -308,6 +316,7 @@ impl Default for Config {
             default_retention_bytes: 0,
             default_max_message_bytes: 8 * 1024 * 1024,
             index_interval_bytes: 4096,
+            segment_preallocate_bytes: crate::storage::DEFAULT_PREALLOCATE_BYTES,
             shard_queue_depth: 1024,
             shard_group_bytes_max: crate::shard::writer::DEFAULT_GROUP_BYTES_MAX,
             group_min_session_timeout_ms: 1000,
@@ -315,6 +324,7 @@ impl Default for Config {
             max_topics: 10_000,
             max_shards_per_topic: 1024,
             max_shards: DEFAULT_MAX_SHARDS,
+            storage_threads: crate::storage::workers::DEFAULT_MAX_THREADS,
             priority_class_bounds: DEFAULT_CLASS_BOUNDS.to_vec(),
             priority_class_weights: DEFAULT_CLASS_WEIGHTS.to_vec(),
             priority_aging_ms: DEFAULT_AGING.iter().map(|d| d.as_millis() as u64).collect(),
@@ -482,8 +492,20 @@ impl Config {
         if self.runtime_threads > 1024 {
             return bad("runtime_threads must be in 0..=1024");
         }
-        if self.default_segment_bytes < 64 * 1024 {
-            return bad("default_segment_bytes must be at least 65536");
+        if self.default_segment_bytes < 64 * 1024
+            || self.default_segment_bytes > LogConfig::SEGMENT_BYTES_MAX
+        {
+            // The same range CreateTopic accepts (`TopicRegistry::resolve`).
+            return bad("default_segment_bytes must be in 65536..=4294967295");
+        }
+        if self.segment_preallocate_bytes < 64 * 1024
+            || self.segment_preallocate_bytes > LogConfig::SEGMENT_BYTES_MAX
+        {
+            return bad("segment_preallocate_bytes must be in 65536..=4294967295");
+        }
+        if self.index_interval_bytes < LogConfig::INDEX_INTERVAL_BYTES_MIN {
+            // 0 would make every topic log refuse to open.
+            return bad("index_interval_bytes must be at least 1024");
         }
         if self.default_segment_bytes < u64::from(self.default_max_message_bytes) {
             // Every CreateTopic with the defaults would be refused INVALID_CONFIG.
@@ -497,6 +519,9 @@ impl Config {
         }
         if self.max_shards < self.default_shards || self.max_shards > MAX_SHARDS_LIMIT {
             return bad("max_shards must be in default_shards..=1000000");
+        }
+        if self.storage_threads == 0 || self.storage_threads > 1024 {
+            return bad("storage_threads must be in 1..=1024");
         }
         if self.shard_queue_depth == 0 {
             return bad("shard_queue_depth must be > 0");

@@ -49,7 +49,7 @@ async fn handle(sock: &mut tokio::net::TcpStream, state: &BrokerState) -> std::i
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, body) = match (method, path) {
-        ("GET", "/health") => ("200 OK", "ok\n".to_string()),
+        ("GET", "/health") => health(state),
         ("GET", "/metrics") => ("200 OK", metrics_text(state)),
         _ => ("404 Not Found", "not found\n".to_string()),
     };
@@ -59,6 +59,26 @@ async fn handle(sock: &mut tokio::net::TcpStream, state: &BrokerState) -> std::i
     );
     sock.write_all(resp.as_bytes()).await?;
     sock.shutdown().await
+}
+
+/// `200 ok` while every shard takes appends; else `503` with one line per shard that
+/// does not, `degraded: <topic>/<shard>: <cause>`, so a load balancer or orchestrator
+/// sees the broker cannot take all writes, and an operator sees which and why.
+fn health(state: &BrokerState) -> (&'static str, String) {
+    use std::fmt::Write;
+    let mut body = String::new();
+    for t in state.topics.list() {
+        for (i, s) in t.shards.iter().enumerate() {
+            if let Some(cause) = s.trouble() {
+                let _ = writeln!(body, "degraded: {}/{i}: {cause}", t.name);
+            }
+        }
+    }
+    if body.is_empty() {
+        ("200 OK", "ok\n".to_string())
+    } else {
+        ("503 Service Unavailable", body)
+    }
 }
 
 /// Prometheus text exposition of the counters and per-shard offsets.
@@ -134,6 +154,12 @@ fn write_shard(out: &mut String, topic: &str, i: usize, s: &crate::shard::Shard)
         s.reader().high_watermark()
     );
     let st = s.stats();
+    let _ = writeln!(
+        out,
+        "weir_shard_failed{{topic=\"{}\",shard=\"{i}\"}} {}",
+        topic,
+        u8::from(s.trouble().is_some())
+    );
     let _ = writeln!(
         out,
         "weir_shard_flushed_offset{{topic=\"{}\",shard=\"{i}\"}} {}",

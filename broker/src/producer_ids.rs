@@ -50,6 +50,9 @@ impl ProducerIds {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 1,
             Err(e) => return Err(e),
         };
+        // The first id after a start needs a write: its blocks are taken now, while
+        // there is space, so producers can start on a disk that fills up later.
+        crate::files::keep_spare(&dir, FILE);
         Ok(ProducerIds {
             dir,
             state: Mutex::new((next, next)),

@@ -152,8 +152,14 @@ impl TopicRegistry {
                 default_complexity: rec.default_complexity,
                 shard_key_rule: rec.shard_key_rule,
             };
-            // Topics written before these settings existed get their defaults.
-            let topic_config = registry.resolve(topic_config)?;
+            // Topics written before these settings existed get their defaults; a
+            // stored value outside today's ranges stops the start by name.
+            let topic_config = registry.resolve(topic_config).map_err(|e| {
+                BrokerError::new(
+                    e.code,
+                    format!("topic {:?} in {}: {}", rec.name, path.display(), e.message),
+                )
+            })?;
             let topic = registry.open_topic(&rec.name, rec.shards, topic_config)?;
             registry
                 .topics
@@ -183,15 +189,10 @@ impl TopicRegistry {
         shards: u32,
         config: TopicConfig,
     ) -> Result<Topic, BrokerError> {
-        let mut opened = Vec::with_capacity(shards as usize);
+        let mut opened: Vec<Arc<Shard>> = Vec::with_capacity(shards as usize);
         for i in 0..shards {
             let shard_config = ShardConfig {
-                log: LogConfig {
-                    segment_bytes: config.segment_bytes,
-                    index_interval_bytes: self.config.index_interval_bytes,
-                    retention_ms: config.retention_ms,
-                    retention_bytes: config.retention_bytes,
-                },
+                log: self.log_config(&config),
                 durability: config.durability,
                 flush_interval_ms: config.flush_interval_ms,
                 queue_depth: self.config.shard_queue_depth,
@@ -205,12 +206,20 @@ impl TopicRegistry {
                 ..ShardConfig::default()
             };
             let dir = self.topic_dir(name).join(i.to_string());
-            let shard = Shard::open(&dir, &format!("{name}-{i}"), shard_config).map_err(|e| {
-                BrokerError::new(
-                    ErrorCode::StorageError,
-                    format!("opening {}: {e}", dir.display()),
-                )
-            })?;
+            let shard = match Shard::open(&dir, &format!("{name}-{i}"), shard_config) {
+                Ok(s) => s,
+                Err(e) => {
+                    // Stop the writers already started before anyone removes their
+                    // directories (CreateTopic does).
+                    for s in &opened {
+                        s.close_blocking();
+                    }
+                    return Err(BrokerError::new(
+                        ErrorCode::StorageError,
+                        format!("opening {}: {e}", dir.display()),
+                    ));
+                }
+            };
             opened.push(shard);
         }
         let injector =
@@ -286,9 +295,11 @@ impl TopicRegistry {
         if let Err(e) = KeyRule::parse(&c.shard_key_rule) {
             return invalid(e);
         }
-        if c.segment_bytes < 64 * 1024 || c.segment_bytes > 1 << 40 {
+        // The range a shard's log opens with (`LogConfig::check`), so a topic that is
+        // accepted here always opens, now and at the next start.
+        if c.segment_bytes < 64 * 1024 || c.segment_bytes > LogConfig::SEGMENT_BYTES_MAX {
             return invalid(format!(
-                "segment_bytes {} outside 65536..=2^40",
+                "segment_bytes {} outside 65536..=4294967295",
                 c.segment_bytes
             ));
         }
@@ -374,7 +385,20 @@ impl TopicRegistry {
                 tracing::warn!(topic = %owned_name, "removing orphaned topic directory");
                 std::fs::remove_dir_all(&owned_dir).map_err(storage_err)?;
             }
-            Ok(Arc::new(this.open_topic(&owned_name, shards, config)?))
+            this.check_free_space(shards, &config)?;
+            match this.open_topic(&owned_name, shards, config) {
+                Ok(t) => Ok(Arc::new(t)),
+                Err(e) => {
+                    // Shards opened before the failure hold preallocated blocks that
+                    // nothing would ever free: remove them.
+                    if let Err(rm) = std::fs::remove_dir_all(&owned_dir) {
+                        if rm.kind() != std::io::ErrorKind::NotFound {
+                            tracing::warn!(topic = %owned_name, error = %rm, "could not remove a topic that failed to create");
+                        }
+                    }
+                    Err(e)
+                }
+            }
         })
         .await?;
         let mut next = self.topics.read().expect("topics lock").clone();
@@ -394,6 +418,37 @@ impl TopicRegistry {
         *self.topics.write().expect("topics lock") = next;
         tracing::info!(topic = name, shards, "topic created");
         Ok(topic)
+    }
+
+    /// Refuses a topic whose shards would reserve more disk than is free: each shard's
+    /// log preallocates its first segment and indexes when it opens.
+    fn check_free_space(&self, shards: u32, config: &TopicConfig) -> Result<(), BrokerError> {
+        let per_shard = self.log_config(config).reserved_bytes();
+        let need = per_shard.saturating_mul(u64::from(shards));
+        let topics = self.dir.join("topics");
+        let free = free_bytes(&topics).map_err(storage_err)?;
+        if need > free {
+            return Err(BrokerError::new(
+                ErrorCode::StorageError,
+                format!(
+                    "not enough free disk space: {shards} shards of segment_bytes {} reserve {need} bytes, {free} are free in {}",
+                    config.segment_bytes,
+                    topics.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The log settings of a topic's shards.
+    fn log_config(&self, config: &TopicConfig) -> LogConfig {
+        LogConfig {
+            segment_bytes: config.segment_bytes,
+            preallocate_bytes: self.config.segment_preallocate_bytes,
+            index_interval_bytes: self.config.index_interval_bytes,
+            retention_ms: config.retention_ms,
+            retention_bytes: config.retention_bytes,
+        }
     }
 
     /// Deletes a topic and its data.
@@ -452,6 +507,21 @@ impl TopicRegistry {
 
 fn storage_err(e: std::io::Error) -> BrokerError {
     BrokerError::new(ErrorCode::StorageError, e.to_string())
+}
+
+/// Bytes an unprivileged writer may still allocate on the file system of `path`.
+fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out value
+    // that the call fills in; nothing else is passed.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// Runs file work on the blocking pool.

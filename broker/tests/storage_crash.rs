@@ -24,6 +24,8 @@ fn config() -> LogConfig {
         index_interval_bytes: 1024,
         retention_ms: 0,
         retention_bytes: 0,
+        // Small steps, so appends grow the file often.
+        preallocate_bytes: 16 * 1024,
     }
 }
 

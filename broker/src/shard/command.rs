@@ -71,6 +71,10 @@ pub struct ClassStats {
     pub wait_us: [AtomicU64; CLASS_COUNT],
     /// Longest wait of an append since the last time it was read and reset.
     pub wait_us_max: [AtomicU64; CLASS_COUNT],
+    /// Why the shard refuses appends right now (`Log::trouble`), for `/health` and
+    /// `weir_shard_failed`; `None` when it takes them. Written by the writer only when
+    /// it changes.
+    pub trouble: std::sync::Mutex<Option<String>>,
 }
 
 /// A queued append whose answer has not come yet.

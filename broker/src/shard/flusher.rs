@@ -44,7 +44,7 @@ pub(super) struct RunningFlush {
     covers_to: u64,
 }
 
-/// Durable acknowledgements, pipelined: at most one flush runs (on its own thread)
+/// Durable acknowledgements, pipelined: at most one flush runs (on a storage worker)
 /// while the writer keeps writing; answers that arrive meanwhile queue for the next
 /// flush, which starts as soon as the running one ends. So a durable append waits for
 /// at most the running flush plus its own, and the disk syncs one group while the next

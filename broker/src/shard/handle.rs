@@ -76,6 +76,7 @@ impl Shard {
             hwm: hwm_tx,
             stats: stats.clone(),
             config,
+            troubled: false,
         };
         let thread = std::thread::Builder::new()
             .name(format!("weir-w-{name}"))
@@ -174,6 +175,16 @@ impl Shard {
         &self.stats
     }
 
+    /// Why the shard refuses appends right now (a stalled roll on a full disk, a
+    /// failed log), or `None` when it takes them.
+    pub fn trouble(&self) -> Option<String> {
+        self.stats
+            .trouble
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Queues an append and waits for its outcome.
     pub async fn append(
         &self,
@@ -213,6 +224,17 @@ impl Shard {
         let thread = self.thread.lock().expect("shard thread lock").take();
         if let Some(t) = thread {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+impl Shard {
+    /// [`Shard::close`] for threads outside any async runtime (the blocking pool).
+    pub fn close_blocking(&self) {
+        let _ = self.control.blocking_send(Control::Shutdown);
+        let thread = self.thread.lock().expect("shard thread lock").take();
+        if let Some(t) = thread {
+            let _ = t.join();
         }
     }
 }

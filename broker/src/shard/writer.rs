@@ -32,6 +32,8 @@ pub(super) struct Writer {
     pub hwm: watch::Sender<u64>,
     pub stats: Arc<ClassStats>,
     pub config: ShardConfig,
+    /// The log refuses appends (`Log::trouble`) and the stats say so.
+    pub troubled: bool,
 }
 
 /// The lanes appends arrive in, one per class, and whether each still has senders.
@@ -48,6 +50,8 @@ struct Turns {
     dirty: bool,
     next_flush: Instant,
     next_retention: Instant,
+    /// When a stalled roll is tried again.
+    next_retry: Instant,
     shutdown: bool,
     /// Settings derived from the config once.
     flush_every: Duration,
@@ -68,6 +72,7 @@ impl Turns {
             dirty: false,
             next_flush: Instant::now() + flush_every,
             next_retention: Instant::now() + retention_every,
+            next_retry: Instant::now(),
             shutdown: false,
             flush_every,
             retention_every,
@@ -77,6 +82,10 @@ impl Turns {
         }
     }
 }
+
+/// How often a writer whose log is stalled (the next segment could not be made, say on
+/// a full disk) tries again when no append comes to try it.
+const STALL_RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// What one turn of the loop does when nothing else is due.
 enum Step {
@@ -175,11 +184,14 @@ impl Writer {
         control: &mut mpsc::Receiver<Control>,
         t: &mut Turns,
     ) {
-        let deadline = if t.interval_flush && t.dirty {
+        let mut deadline = if t.interval_flush && t.dirty {
             t.next_flush.min(t.next_retention)
         } else {
             t.next_retention
         };
+        if self.troubled {
+            deadline = deadline.min(t.next_retry);
+        }
         let open = lanes.open;
         let [l0, l1, l2, l3] = &mut lanes.rx;
         // While waiting behind a flush, lanes fill only to their depth (then
@@ -242,6 +254,23 @@ impl Writer {
             }
             t.next_retention = now + t.retention_every;
         }
+        if self.troubled && now >= t.next_retry {
+            self.log.retry_stalled();
+            t.next_retry = now + STALL_RETRY_EVERY;
+            self.publish_trouble();
+        }
+    }
+
+    /// Tells `/health` and `/metrics` whether the log refuses appends, and why, before
+    /// anyone hears of a refusal; only touches the shared stats while there is trouble
+    /// or it just ended.
+    fn publish_trouble(&mut self) {
+        let trouble = self.log.trouble();
+        if trouble.is_none() && !self.troubled {
+            return;
+        }
+        self.troubled = trouble.is_some();
+        *self.stats.trouble.lock().unwrap_or_else(|p| p.into_inner()) = trouble;
     }
 
     /// Takes one group from the scheduler (at least one append when any is queued, then
@@ -298,6 +327,7 @@ impl Writer {
                 "the shard's watch would move from {old} back to {new}"
             );
         }
+        self.publish_trouble();
         for (reply, result) in leader_waiters {
             let _ = reply.send(result);
         }

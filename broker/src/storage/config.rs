@@ -2,13 +2,18 @@
 //! retention (so none of them imports another for it).
 
 use super::error::StorageError;
+use super::index::{index_capacity, OFFSET_ENTRY_BYTES, TIME_ENTRY_BYTES};
 
 /// Tunables of one log. Sizes are upper bounds, not targets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
-    /// Bytes preallocated per segment; a segment rolls when the next batch would not
-    /// fit. At most `u32::MAX` (positions in the index are 32-bit).
+    /// Largest size of a segment; it rolls when the next batch would not fit. At most
+    /// `u32::MAX` (positions in the index are 32-bit).
     pub segment_bytes: u64,
+    /// The active segment's file is given real blocks in steps of this many bytes
+    /// (never beyond `segment_bytes`), a step ahead of the writer, instead of all of
+    /// `segment_bytes` up front: an idle shard holds one step, not a whole segment.
+    pub preallocate_bytes: u64,
     /// Bytes of batches between two sparse index points; bounds how far a read or
     /// recovery scans from an index point.
     pub index_interval_bytes: u32,
@@ -17,6 +22,11 @@ pub struct LogConfig {
     /// Oldest closed segments are deleted while the log is larger than this; 0 = no limit.
     pub retention_bytes: u64,
 }
+
+/// Default [`LogConfig::preallocate_bytes`]: 16 MiB. Appends grow the file once per
+/// step (one `fallocate`), rare enough not to show in append throughput (BENCHMARKS.md),
+/// and a fresh shard holds 16 MiB instead of its whole 256 MiB segment.
+pub const DEFAULT_PREALLOCATE_BYTES: u64 = 16 * 1024 * 1024;
 
 impl Default for LogConfig {
     /// 256 MiB segments: large enough that rolling (trim, remap, rename) is rare and the
@@ -27,6 +37,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             segment_bytes: 256 * 1024 * 1024,
+            preallocate_bytes: DEFAULT_PREALLOCATE_BYTES,
             index_interval_bytes: 4096,
             retention_ms: 7 * 24 * 3600 * 1000,
             retention_bytes: 0,
@@ -35,10 +46,44 @@ impl Default for LogConfig {
 }
 
 impl LogConfig {
+    /// Largest `segment_bytes` a log opens with: index entries hold 32-bit positions.
+    /// Topic settings and the broker config are checked against it up front
+    /// (`topics.rs`, `config.rs`), so a value a log would refuse is refused by name.
+    pub const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;
+    /// Smallest `index_interval_bytes` the broker accepts for topic logs: the index
+    /// files are preallocated at 24 bytes per interval of the segment, so below this
+    /// they would outgrow 2 % of it (and a smaller interval than one batch indexes
+    /// every batch anyway).
+    pub const INDEX_INTERVAL_BYTES_MIN: u32 = 1024;
+
+    /// Disk bytes a new, empty log takes when it opens: its first segment's `.log`
+    /// file and both index files are preallocated with real blocks. For checking free
+    /// space before creating logs.
+    pub fn reserved_bytes(&self) -> u64 {
+        let entries = index_capacity(self.segment_bytes, self.index_interval_bytes) as u64;
+        self.first_allocation(self.segment_bytes)
+            + entries * (OFFSET_ENTRY_BYTES + TIME_ENTRY_BYTES) as u64
+    }
+
+    /// Bytes of real blocks a new segment that may grow to `capacity` starts with.
+    pub(crate) fn first_allocation(&self, capacity: u64) -> u64 {
+        capacity.min(self.preallocate_bytes.max(4096))
+    }
+
+    /// The allocation that covers `end` bytes of a segment that may grow to `capacity`:
+    /// whole steps, at most `capacity`, at least `end`.
+    pub(crate) fn allocation_for(&self, end: u64, capacity: u64) -> u64 {
+        let step = self.preallocate_bytes.max(4096);
+        end.div_ceil(step)
+            .saturating_mul(step)
+            .min(capacity)
+            .max(end)
+    }
+
     pub(crate) fn check(&self) -> Result<(), StorageError> {
-        if self.segment_bytes < 4096 || self.segment_bytes > u64::from(u32::MAX) {
+        if self.segment_bytes < 4096 || self.segment_bytes > Self::SEGMENT_BYTES_MAX {
             return Err(StorageError::InvalidConfig(
-                "segment_bytes must be in 4096..=u32::MAX",
+                "segment_bytes must be in 4096..=4294967295",
             ));
         }
         if self.index_interval_bytes == 0 {

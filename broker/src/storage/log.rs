@@ -14,7 +14,6 @@ use std::io::IoSlice;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use weir_protocol::batch::{self, BatchHeader, BATCH_HEADER_BYTES};
@@ -27,6 +26,7 @@ use super::index::{OFFSET_ENTRY_BYTES, TIME_ENTRY_BYTES};
 use super::recovery::{self, Recovered};
 use super::retention;
 use super::segment::{self, sync_dir, MappedLog, Prepared, Segment};
+use super::workers::{self, Task};
 
 /// Offsets assigned by one `append`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,11 +96,17 @@ pub struct Log {
     pending_sync: Vec<Arc<Segment>>,
     /// A segment file was renamed into place since the last directory fsync.
     dir_dirty: bool,
-    next: Option<JoinHandle<Result<Prepared, StorageError>>>,
+    next: Option<Task<Result<Prepared, StorageError>>>,
+    /// A segment made ready by [`Log::retry_stalled`], used by the next roll.
+    ready: Option<Prepared>,
     prepare_seq: u64,
     failed: Option<String>,
-    /// An interval flush running on its own thread; see [`Log::flush_in_background`].
-    pub(super) background_flush: Option<JoinHandle<Result<(), StorageError>>>,
+    /// Appends are refused because the next segment could not be made (a full disk);
+    /// nothing was written, so the log is whole and leaves this state by itself once a
+    /// retry succeeds.
+    stalled: Option<Stall>,
+    /// An interval flush running on a storage worker; see [`Log::flush_in_background`].
+    pub(super) background_flush: Option<Task<Result<(), StorageError>>>,
     /// Retention deletions still unlinking files; see `retention::delete_in_background`.
     pub(super) deletions: Vec<retention::Deletion>,
     _lock: File,
@@ -134,8 +140,10 @@ impl Log {
             pending_sync: Vec::new(),
             dir_dirty: false,
             next: None,
+            ready: None,
             prepare_seq: 0,
             failed: None,
+            stalled: None,
             background_flush: None,
             deletions: Vec::new(),
             _lock: lock,
@@ -173,21 +181,22 @@ impl Log {
             "offsets strictly increasing",
             "an append would start at offset {base_offset} but offsets below {published} are taken"
         );
+        // Every segment this append rolls into is made before anything is written:
+        // when that fails (a full disk), the append is refused with the log exactly as
+        // it was, so it is not failed and a later attempt can succeed. The rolls then
+        // happen exactly where that plan put them.
+        let mut rolls = self.prepare_rolls(batches)?.into_iter().peekable();
         // Batches go into the active file with `pwritev`, one call per run of batches
         // that land in one segment (see `write_run`); the stamped base offset of each
         // is its own 8-byte slice, so the caller's bytes are never copied twice.
         let mut run = Run::with_capacity(batches.len(), self.active.pos);
-        for b in batches {
+        for (i, b) in batches.iter().enumerate() {
             let (count, max_ts) = counts(b);
-            let fits = self.active.pos + b.len() as u64 <= self.active.capacity;
-            let rel_last =
-                self.active.next_offset + u64::from(count) - 1 - self.active.seg.base_offset;
-            if !fits || rel_last > u64::from(u32::MAX) {
-                let rolled = self
-                    .write_run(&run)
-                    .and_then(|()| self.roll(b.len() as u64));
+            if let Some((_, next)) = rolls.next_if(|(at, _)| *at == i) {
+                let rolled = self.write_run(&run).and_then(|()| self.roll(next));
                 if let Err(e) = rolled {
                     self.failed = Some(e.to_string());
+                    rolls.for_each(|(_, p)| p.discard());
                     return Err(e);
                 }
                 run.restart(self.active.pos);
@@ -233,12 +242,13 @@ impl Log {
     fn check_positions(&self) {
         let a = &self.active;
         crate::invariant!(
-            a.flushed_pos <= a.pos && a.pos <= a.capacity,
+            a.flushed_pos <= a.pos && a.pos <= a.allocated && a.allocated <= a.capacity,
             "flushed <= written <= end of the log",
-            "segment {}: flushed {} written {} end {}",
+            "segment {}: flushed {} written {} allocated {} end {}",
             a.seg.base_offset,
             a.flushed_pos,
             a.pos,
+            a.allocated,
             a.capacity
         );
     }
@@ -247,6 +257,122 @@ impl Log {
         match &self.failed {
             Some(m) => Err(StorageError::Failed(m.clone())),
             None => Ok(()),
+        }
+    }
+
+    /// Gets the disk space `batches` will be written to, before any is written: grows
+    /// the active file's blocks over what lands in it, and makes the segments the
+    /// append rolls into (in order, each with blocks for what lands in it), returned
+    /// with the index of the batch each is rolled to before. A batch rolls when it does
+    /// not fit (by bytes, or by the index's 32-bit relative offsets); a made segment is
+    /// never smaller than this plan assumes. On failure the segments already made are
+    /// deleted, the log is marked stalled (see [`Log::trouble`]) and nothing else
+    /// changes.
+    fn prepare_rolls(&mut self, batches: &[Bytes]) -> Result<Vec<(usize, Prepared)>, StorageError> {
+        // Walk the batches as `append` will place them, without placing them: where
+        // the run in the active segment ends, and each new segment's size and run.
+        let (mut pos, mut cap) = (self.active.pos, self.active.capacity);
+        let (mut next, mut base) = (self.active.next_offset, self.active.seg.base_offset);
+        let mut active_end = pos;
+        let mut rolls: Vec<(usize, u64, u64)> = Vec::new();
+        for (i, b) in batches.iter().enumerate() {
+            let (len, count) = (b.len() as u64, u64::from(counts(b).0));
+            if pos + len > cap || next + count - 1 - base > u64::from(u32::MAX) {
+                rolls.push((i, len, 0));
+                pos = 0;
+                cap = len.max(self.config.segment_bytes);
+                base = next;
+            }
+            pos += len;
+            next += count;
+            match rolls.last_mut() {
+                Some((_, _, run)) => *run = pos,
+                None => active_end = pos,
+            }
+        }
+        if let Err(e) = self.grow_active(active_end) {
+            return Err(self.stall(e, Retry::Grow(active_end)));
+        }
+        let mut made = Vec::with_capacity(rolls.len());
+        for (at, need, run) in rolls {
+            match self.take_prepared_for(need, run) {
+                Ok(p) => made.push((at, p)),
+                Err(e) => {
+                    made.into_iter().for_each(|(_, p)| p.discard());
+                    return Err(self.stall(e, Retry::Roll(need, run)));
+                }
+            }
+        }
+        if self.stalled.take().is_some() {
+            tracing::info!("disk space could be allocated again; appends resume");
+        }
+        Ok(made)
+    }
+
+    /// Marks the log stalled by `e` (appends refused, nothing written) and returns it.
+    fn stall(&mut self, e: StorageError, retry: Retry) -> StorageError {
+        if self.stalled.is_none() {
+            tracing::warn!(error = %e, "cannot allocate disk space; appends are refused until it can be");
+        }
+        self.stalled = Some(Stall {
+            cause: e.to_string(),
+            retry,
+        });
+        e
+    }
+
+    /// Gives the active file real blocks up to at least `end` (whole steps of
+    /// `preallocate_bytes`, never past the segment's capacity).
+    fn grow_active(&mut self, end: u64) -> Result<(), StorageError> {
+        let a = &mut self.active;
+        if end <= a.allocated {
+            return Ok(());
+        }
+        let to = self.config.allocation_for(end, a.capacity);
+        segment::allocate(&a.seg.log.file, &a.seg.log.path, a.allocated, to)?;
+        a.allocated = to;
+        Ok(())
+    }
+
+    /// What keeps this log from taking appends, if anything: a stalled roll (cleared by
+    /// itself when a retry succeeds, see [`Log::retry_stalled`]) or an earlier I/O
+    /// error that failed it (until it is reopened).
+    pub fn trouble(&self) -> Option<String> {
+        if let Some(f) = &self.failed {
+            return Some(format!("failed until reopened: {f}"));
+        }
+        self.stalled
+            .as_ref()
+            .map(|s| format!("cannot allocate disk space: {}", s.cause))
+    }
+
+    /// Retries making the segment a stalled roll needs (on the writer's timer, so the
+    /// log leaves the stalled state when space returns even if no append comes). The
+    /// segment made is kept for the next roll. Returns whether the log is still
+    /// stalled.
+    pub fn retry_stalled(&mut self) -> bool {
+        let Some(retry) = self.stalled.as_ref().map(|s| s.retry) else {
+            return false;
+        };
+        let tried = match retry {
+            Retry::Grow(end) => self.grow_active(end),
+            Retry::Roll(need, run) => self
+                .take_prepared_for(need, run)
+                .map(|p| self.ready = Some(p)),
+        };
+        match tried {
+            Ok(()) => {
+                self.stalled = None;
+                tracing::info!("disk space could be allocated again; appends resume");
+                false
+            }
+            Err(e) => {
+                self.stalled = Some(Stall {
+                    cause: e.to_string(),
+                    retry,
+                });
+                true
+            }
         }
     }
 
@@ -328,17 +454,33 @@ impl Log {
             self.shared.dir.clone(),
             id,
             cap,
+            self.config.first_allocation(cap),
             self.index_entries_for(cap),
         ));
     }
 
-    /// A prepared segment of at least `need` bytes: the background one if it is big
-    /// enough, otherwise one made now.
+    /// A prepared segment of at least `need` bytes with blocks for its first `run`.
+    fn take_prepared_for(&mut self, need: u64, run: u64) -> Result<Prepared, StorageError> {
+        let mut p = self.take_prepared(need)?;
+        if let Err(e) = p.grow_to(run) {
+            // Kept for the next attempt: it only lacks blocks.
+            self.ready = Some(p);
+            return Err(e);
+        }
+        Ok(p)
+    }
+
+    /// A prepared segment of at least `need` bytes: one kept from an earlier attempt or
+    /// the background one if it is big enough, otherwise one made now.
     fn take_prepared(&mut self, need: u64) -> Result<Prepared, StorageError> {
+        if let Some(p) = self.ready.take() {
+            if p.capacity >= need {
+                return Ok(p);
+            }
+            p.discard();
+        }
         if let Some(h) = self.next.take() {
-            let p = h
-                .join()
-                .map_err(|_| StorageError::Failed("segment preparer panicked".into()))?;
+            let p = h.join("segment preparer")?;
             match p {
                 Ok(p) if p.capacity >= need => return Ok(p),
                 Ok(p) => p.discard(),
@@ -347,12 +489,19 @@ impl Log {
         }
         let cap = need.max(self.config.segment_bytes);
         let id = self.new_prepare_id();
-        segment::prepare(&self.shared.dir, id, cap, self.index_entries_for(cap))
+        let allocated = self.config.first_allocation(cap);
+        segment::prepare(
+            &self.shared.dir,
+            id,
+            cap,
+            allocated,
+            self.index_entries_for(cap),
+        )
     }
 
-    /// Closes the active segment (if it holds anything) and starts a new one with room
-    /// for at least `need` bytes at the next offset.
-    fn roll(&mut self, need: u64) -> Result<(), StorageError> {
+    /// Closes the active segment (if it holds anything) and makes `prepared` the new
+    /// active segment, at the next offset.
+    fn roll(&mut self, prepared: Prepared) -> Result<(), StorageError> {
         self.publish_active();
         let dir = self.shared.dir.clone();
         let mut segments: Vec<Arc<Segment>> = self.shared.snapshot().as_ref().clone();
@@ -367,8 +516,7 @@ impl Log {
             segments.push(Arc::clone(&closed));
             self.pending_sync.push(closed);
         }
-        let prepared = self.take_prepared(need)?;
-        let capacity = prepared.capacity;
+        let (capacity, allocated) = (prepared.capacity, prepared.allocated);
         let seg = Arc::new(prepared.install(&dir, self.active.next_offset)?);
         segments.push(Arc::clone(&seg));
         self.shared.publish(segments);
@@ -377,6 +525,7 @@ impl Log {
             seg,
             pos: 0,
             capacity,
+            allocated,
             next_offset: self.active.next_offset,
             bytes_since_index: 0,
             max_timestamp_ms: i64::MIN,
@@ -398,11 +547,11 @@ impl Log {
         r
     }
 
-    /// Starts making everything appended so far durable on a background thread and
+    /// Starts making everything appended so far durable on a storage worker and
     /// returns at once, so neither a periodic flush nor a durable acknowledgement stalls
     /// the writer (an `fdatasync` of a second's worth of appends can take hundreds of
     /// milliseconds): the writer keeps appending while the disk syncs. `on_done` is
-    /// called on the flush thread with the outcome, once everything appended before this
+    /// called on the worker with the outcome, once everything appended before this
     /// call is durable (or the flush failed). At most one runs at a time: a previous one
     /// is waited for first, so callers that must not block start the next one only after
     /// the previous `on_done` ran. A later [`Log::flush`] waits for it too, so a
@@ -438,17 +587,9 @@ impl Log {
             on_done(r.as_ref().map(|_| ()).map_err(ToString::to_string));
             r
         };
-        match std::thread::Builder::new()
-            .name("weir-flush".into())
-            .spawn(job)
-        {
-            Ok(h) => self.background_flush = Some(h),
-            Err(e) => {
-                let e = StorageError::Failed(format!("could not start a flush thread: {e}"));
-                self.failed = Some(e.to_string());
-                return Err(e);
-            }
-        }
+        // The pool never fails to take a job (it runs it here when no worker can
+        // start), so a thread limit slows flushes down but never fails the log.
+        self.background_flush = Some(workers::run(job));
         Ok(())
     }
 
@@ -457,9 +598,7 @@ impl Log {
         let Some(h) = self.background_flush.take() else {
             return Ok(());
         };
-        let r = h
-            .join()
-            .unwrap_or_else(|_| Err(StorageError::Failed("flush thread panicked".into())));
+        let r = h.join("flush").and_then(|r| r);
         if let Err(e) = &r {
             self.failed = Some(e.to_string());
         }
@@ -548,9 +687,8 @@ impl Log {
         self.pending_sync.retain(|s| s.base_offset >= new_start);
         let doomed = snap[..victims].to_vec();
         let dir = self.shared.dir.clone();
-        if let Some(running) = retention::delete_in_background(doomed, snap, dir)? {
-            self.deletions.push(running);
-        }
+        self.deletions
+            .push(retention::delete_in_background(doomed, snap, dir));
         Ok(victims)
     }
 
@@ -561,19 +699,15 @@ impl Log {
         let mut deleted = 0;
         let mut first_err = None;
         let mut running = Vec::new();
-        for h in self.deletions.drain(..) {
+        for mut h in self.deletions.drain(..) {
             if !wait && !h.is_finished() {
                 running.push(h);
                 continue;
             }
-            match h.join() {
-                Ok(Ok(n)) => deleted += n,
-                Ok(Err(e)) => {
+            match h.join("retention deletion").and_then(|r| r) {
+                Ok(n) => deleted += n,
+                Err(e) => {
                     first_err.get_or_insert(e);
-                }
-                Err(_) => {
-                    first_err
-                        .get_or_insert(StorageError::Failed("retention thread panicked".into()));
                 }
             }
         }
@@ -601,11 +735,30 @@ impl Drop for Log {
             tracing::error!(error = %e, "deleting segments removed by retention failed");
         }
         if let Some(h) = self.next.take() {
-            if let Ok(Ok(p)) = h.join() {
+            if let Ok(Ok(p)) = h.join("segment preparer") {
                 p.discard();
             }
         }
+        if let Some(p) = self.ready.take() {
+            p.discard();
+        }
     }
+}
+
+/// Why appends are refused while nothing is wrong with what is written.
+struct Stall {
+    cause: String,
+    retry: Retry,
+}
+
+/// The allocation a stalled log tries again.
+#[derive(Clone, Copy)]
+enum Retry {
+    /// Blocks for the active file up to this many bytes.
+    Grow(u64),
+    /// A new segment that holds at least this many bytes (first field), with blocks
+    /// for its first so many (second).
+    Roll(u64, u64),
 }
 
 /// Closes `seg` at `len` bytes: trims its files and maps them read-only.

@@ -17,6 +17,8 @@
 //! * `active.rs` — the writer's position in the segment it appends to;
 //! * `recovery.rs` — what `Log::open` checks and cuts, handed back as parts;
 //! * `retention.rs` — which segments retention removes;
+//! * `workers.rs` — the bounded pool of threads that runs flushes, segment
+//!   preparation and deletions in the background;
 //! * `log.rs` — [`Log`] (the single writer, owner of the segment list) and
 //!   [`LogReader`].
 //!
@@ -31,8 +33,9 @@ mod log;
 mod recovery;
 mod retention;
 mod segment;
+pub mod workers;
 
-pub use config::LogConfig;
+pub use config::{LogConfig, DEFAULT_PREALLOCATE_BYTES};
 pub use error::StorageError;
 pub use log::{AppendInfo, Log, LogReader};
 

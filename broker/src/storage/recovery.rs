@@ -30,7 +30,7 @@ use super::error::{io_err, StorageError};
 use super::index::{decode_entries, index_capacity, IndexEntry, IndexFile, SegmentIndex};
 use super::index::{OFFSET_ENTRY_BYTES, TIME_ENTRY_BYTES};
 use super::segment::{
-    preallocate, prepare, segment_path, sync_dir, MappedLog, Segment, INDEX_EXT, LOG_EXT,
+    map_log, preallocate, prepare, segment_path, sync_dir, MappedLog, Segment, INDEX_EXT, LOG_EXT,
     PREPARE_PREFIX, TIME_INDEX_EXT,
 };
 
@@ -349,7 +349,12 @@ fn recover_active(dir: &Path, base: u64, cfg: &LogConfig) -> Result<Active, Stor
     entries.extend_from_slice(&s.entries);
     let end = s.end as u64;
     let capacity = cfg.segment_bytes.max(end);
-    release_and_preallocate(&file, &path, end, capacity)?;
+    // Blocks for the data and the rest of its step (at least one step): the writer
+    // grows the file from there.
+    let allocated = cfg
+        .allocation_for(end, capacity)
+        .max(cfg.first_allocation(capacity));
+    release_and_preallocate(&file, &path, end, allocated)?;
     let n_entries = index_capacity(capacity, cfg.index_interval_bytes).max(entries.len());
     let mut idx = Vec::new();
     for (ext, eb) in [
@@ -376,9 +381,7 @@ fn recover_active(dir: &Path, base: u64, cfg: &LogConfig) -> Result<Active, Stor
     for e in &entries {
         index.push(*e);
     }
-    let map = MmapOptions::new()
-        .map_raw_read_only(&file)
-        .map_err(io_err(&path))?;
+    let map = map_log(&file, &path, capacity)?;
     let max_ts = s.max_timestamp_ms;
     let seg = Segment {
         base_offset: base,
@@ -393,6 +396,7 @@ fn recover_active(dir: &Path, base: u64, cfg: &LogConfig) -> Result<Active, Stor
         seg: Arc::new(seg),
         pos: end,
         capacity,
+        allocated,
         next_offset: s.next_offset,
         bytes_since_index: s.bytes_since_index,
         max_timestamp_ms: max_ts,
@@ -475,6 +479,7 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered, Stora
             dir,
             u64::from(std::process::id()) << 32,
             config.segment_bytes,
+            config.first_allocation(config.segment_bytes),
             index_capacity(config.segment_bytes, config.index_interval_bytes),
         )?;
         drop(p.install(dir, 0)?);

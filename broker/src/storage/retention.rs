@@ -10,12 +10,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 
 use super::config::LogConfig;
 use super::error::StorageError;
 use super::segment::{sync_dir, Segment};
+use super::workers::{self, Task};
 
 /// How many of the oldest `segments` (the log's list, oldest first, active last)
 /// retention removes at `now_ms`.
@@ -47,41 +47,22 @@ pub(crate) fn victims(segments: &[Arc<Segment>], config: &LogConfig, now_ms: i64
 /// are still unlinking (they take milliseconds; checks are seconds apart).
 pub(crate) const MAX_RUNNING_DELETIONS: usize = 4;
 
-/// A deletion handed to its own thread; yields how many segments it deleted.
-pub(crate) type Deletion = JoinHandle<Result<usize, StorageError>>;
+/// A deletion handed to the storage workers; yields how many segments it deleted.
+pub(crate) type Deletion = Task<Result<usize, StorageError>>;
 
 /// Deletes the files of `doomed`, segments the log has already detached (no new
-/// reader can find them), on a thread of its own, so the writer never waits for
-/// unlinks or unmaps. `old_list` is the writer's last reference to the segment list
-/// they were in: it is dropped on that thread too, so the last `Arc` of a segment
+/// reader can find them), on a storage worker (`workers.rs`), so the writer never
+/// waits for unlinks or unmaps. `old_list` is the writer's last reference to the
+/// segment list they were in: it is dropped there too, so the last `Arc` of a segment
 /// (and with it the `munmap`) goes there or with a reader, never on the writer.
 /// Readers still holding a segment keep its mapping: Linux keeps an unlinked file's
-/// pages until the last mapping goes. If no thread can be started, deletes here.
-/// Returns the running deletion, or `None` when it was done here.
+/// pages until the last mapping goes.
 pub(crate) fn delete_in_background(
     doomed: Vec<Arc<Segment>>,
     old_list: Arc<Vec<Arc<Segment>>>,
     dir: PathBuf,
-) -> Result<Option<Deletion>, StorageError> {
-    let job = Arc::new(Mutex::new(Some((doomed, old_list))));
-    let for_thread = Arc::clone(&job);
-    let thread_dir = dir.clone();
-    let spawned = std::thread::Builder::new()
-        .name("weir-retention".into())
-        .spawn(move || {
-            let work = for_thread.lock().unwrap_or_else(|p| p.into_inner()).take();
-            let (doomed, old_list) = work.expect("a deletion runs once");
-            delete(doomed, old_list, &thread_dir)
-        });
-    match spawned {
-        Ok(h) => Ok(Some(h)),
-        Err(e) => {
-            tracing::warn!(error = %e, "no retention thread; deleting on the writer");
-            let work = job.lock().unwrap_or_else(|p| p.into_inner()).take();
-            let (doomed, old_list) = work.expect("the thread never started");
-            delete(doomed, old_list, &dir).map(|_| None)
-        }
-    }
+) -> Deletion {
+    workers::run(move || delete(doomed, old_list, &dir))
 }
 
 fn delete(

@@ -18,9 +18,11 @@
 //! instead of a `SIGBUS`.
 //!
 //! The next segment's files are created and `fallocate`d (real blocks, not a sparse
-//! `set_len`, so a full disk shows up before the roll, not in the middle of a write)
-//! by [`spawn_prepare`] on a background thread while the current one fills; rolling
-//! then only trims, remaps and renames.
+//! `set_len`, so a full disk shows up before a write, not in the middle of one) by
+//! [`spawn_prepare`] on a storage worker while the current one fills; rolling then
+//! only trims, remaps and renames. The `.log` gets its blocks in steps
+//! (`LogConfig::preallocate_bytes`, [`allocate`]) as the writer needs them, and is
+//! mapped over its whole capacity once.
 
 use std::fs::{File, OpenOptions};
 use std::io::IoSlice;
@@ -28,13 +30,13 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use memmap2::{MmapOptions, MmapRaw};
 
 use super::error::{io_err, StorageError};
 use super::index::{IndexFile, SegmentIndex, OFFSET_ENTRY_BYTES, TIME_ENTRY_BYTES};
+use super::workers::{self, Task};
 
 /// File-name extension of a segment's batches.
 pub(crate) const LOG_EXT: &str = "log";
@@ -112,8 +114,10 @@ impl Segment {
         // `pwritev` that returned before `len` was stored with Release (loaded with
         // Acquire above), so this shared map of the same file shows them; they are never
         // written again by the single writer, and the file is never truncated below `len`
-        // while mapped (see `MapChunk`). `len` never exceeds the map's length: the writer
-        // checks capacity before writing.
+        // while mapped (see `MapChunk`). `len` never exceeds the map's length (the writer
+        // checks capacity before writing), nor the file's (the map may reach past the
+        // end of a file still growing in steps, where a read would fault; the writer
+        // allocates blocks before it writes, so the file always covers `len`).
         unsafe { std::slice::from_raw_parts(self.log.map.as_ptr(), len) }
     }
 
@@ -168,11 +172,25 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
 /// Allocates real blocks for `[0, len)` of `file` (falls back to `set_len` where the
 /// file system has no `fallocate`).
 pub(crate) fn preallocate(file: &File, path: &Path, len: u64) -> Result<(), StorageError> {
-    if len == 0 {
+    allocate(file, path, 0, len)
+}
+
+/// Allocates real blocks for `[from, to)` of `file`, extending it to `to` bytes if it
+/// is shorter (falls back to `set_len` where the file system has no `fallocate`).
+pub(crate) fn allocate(file: &File, path: &Path, from: u64, to: u64) -> Result<(), StorageError> {
+    if to <= from {
         return Ok(());
     }
+    let len = to;
     // SAFETY: plain syscall on a file descriptor we own; no memory is passed.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            0,
+            from as libc::off_t,
+            (to - from) as libc::off_t,
+        )
+    };
     if rc == 0 {
         return Ok(());
     }
@@ -224,7 +242,10 @@ pub(crate) fn write_all_at(
 
 /// Files made ready for a segment whose base offset is not known yet.
 pub(crate) struct Prepared {
+    /// Bytes the segment may grow to (its map's length).
     pub capacity: u64,
+    /// Bytes of the `.log` file with real blocks (its length).
+    pub allocated: u64,
     log_path: PathBuf,
     log_file: File,
     map: MmapRaw,
@@ -247,27 +268,31 @@ fn create_sized(path: &Path, len: u64) -> Result<File, StorageError> {
     Ok(f)
 }
 
-/// Creates, preallocates and maps the files of a future segment under temporary names.
-/// The log's map is read-only and not populated: populating would zero-fill every page
-/// (the cost `pwritev` avoids), and readers only touch pages the writer has filled.
+/// Creates, preallocates and maps the files of a future segment under temporary names:
+/// `allocated` bytes of the `.log` get real blocks now (the writer grows it later),
+/// while its map covers all of `capacity`, so it never needs remapping; readers only
+/// look below the published length, which never passes the allocated end. The map is
+/// read-only and not populated: populating would zero-fill every page (the cost
+/// `pwritev` avoids), and readers only touch pages the writer has filled.
 pub(crate) fn prepare(
     dir: &Path,
     id: u64,
     capacity: u64,
+    allocated: u64,
     index_entries: usize,
 ) -> Result<Prepared, StorageError> {
     let name = |ext: &str| dir.join(format!("{PREPARE_PREFIX}{id}.{ext}"));
     let log_path = name(LOG_EXT);
-    let log_file = create_sized(&log_path, capacity)?;
-    let map = MmapOptions::new()
-        .map_raw_read_only(&log_file)
-        .map_err(io_err(&log_path))?;
+    let allocated = allocated.min(capacity);
+    let log_file = create_sized(&log_path, allocated)?;
+    let map = map_log(&log_file, &log_path, capacity)?;
     let index_path = name(INDEX_EXT);
     let index_file = create_sized(&index_path, (index_entries * OFFSET_ENTRY_BYTES) as u64)?;
     let time_path = name(TIME_INDEX_EXT);
     let time_file = create_sized(&time_path, (index_entries * TIME_ENTRY_BYTES) as u64)?;
     Ok(Prepared {
         capacity,
+        allocated,
         log_path,
         log_file,
         map,
@@ -279,27 +304,35 @@ pub(crate) fn prepare(
     })
 }
 
-/// Runs [`prepare`] on a background thread.
+/// Maps `capacity` bytes of a `.log` file read-only, however long the file is now.
+pub(crate) fn map_log(file: &File, path: &Path, capacity: u64) -> Result<MmapRaw, StorageError> {
+    MmapOptions::new()
+        .len(capacity as usize)
+        .map_raw_read_only(file)
+        .map_err(io_err(path))
+}
+
+/// Runs [`prepare`] on the storage workers (`workers.rs`).
 pub(crate) fn spawn_prepare(
     dir: PathBuf,
     id: u64,
     capacity: u64,
+    allocated: u64,
     index_entries: usize,
-) -> JoinHandle<Result<Prepared, StorageError>> {
-    std::thread::Builder::new()
-        .name("weir-seg-prepare".into())
-        .spawn(move || prepare(&dir, id, capacity, index_entries))
-        .unwrap_or_else(|_| {
-            // Could not start a thread: do the work on a fresh attempt inline later.
-            std::thread::spawn(|| {
-                Err(StorageError::Failed(
-                    "could not spawn segment preparer".into(),
-                ))
-            })
-        })
+) -> Task<Result<Prepared, StorageError>> {
+    workers::run(move || prepare(&dir, id, capacity, allocated, index_entries))
 }
 
 impl Prepared {
+    /// Gives the `.log` file real blocks up to `allocated` bytes (nothing is in it yet,
+    /// so a failure changes nothing that matters).
+    pub(crate) fn grow_to(&mut self, allocated: u64) -> Result<(), StorageError> {
+        let to = allocated.min(self.capacity);
+        allocate(&self.log_file, &self.log_path, self.allocated, to)?;
+        self.allocated = self.allocated.max(to);
+        Ok(())
+    }
+
     /// Renames the files to their segment names and returns the empty active segment.
     pub(crate) fn install(self, dir: &Path, base_offset: u64) -> Result<Segment, StorageError> {
         let log_path = segment_path(dir, base_offset, LOG_EXT);

@@ -31,6 +31,8 @@ fn small_config(segment_bytes: u64) -> LogConfig {
         index_interval_bytes: 256,
         retention_ms: 0,
         retention_bytes: 0,
+        // Small steps, so appends grow the file often.
+        preallocate_bytes: 16 * 1024,
     }
 }
 
@@ -554,6 +556,93 @@ fn background_flushes_run_beside_appends_across_rolls_and_reopen_cleanly() {
     for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
         assert_eq!(&g[20..], &e[20..], "batch {i}");
     }
+}
+
+#[test]
+fn a_log_keeps_working_when_no_background_thread_can_be_started() {
+    // Spawning fails on this thread: segment preparation and flushes that would need a
+    // new storage worker wait for a running one or run here, and the log never fails.
+    workers::FAIL_SPAWN.with(|f| f.set(true));
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_config(64 * 1024)).unwrap();
+    for i in 0..200u64 {
+        log.append(&[make_batch(i, 3, 500, 1_000 + i as i64)])
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        log.flush_in_background(move |r| tx.send(r).unwrap())
+            .unwrap();
+        log.flush().unwrap();
+        assert_eq!(rx.try_recv(), Ok(Ok(())), "flush {i}");
+    }
+    workers::FAIL_SPAWN.with(|f| f.set(false));
+    assert!(log.active.seg.base_offset > 0, "the log rolled");
+    assert_eq!(read_all(&log.reader(), 0).unwrap().len(), 200);
+}
+
+fn log_file_len(dir: &Path, base: u64) -> u64 {
+    std::fs::metadata(dir.join(format!("{base:020}.log")))
+        .unwrap()
+        .len()
+}
+
+#[test]
+fn the_active_segment_is_given_blocks_in_steps_not_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 1 << 20,
+        preallocate_bytes: 64 * 1024,
+        ..small_config(1 << 20)
+    };
+    let mut log = Log::open(dir.path(), config.clone()).unwrap();
+    assert_eq!(
+        log_file_len(dir.path(), 0),
+        64 * 1024,
+        "one step, not 1 MiB"
+    );
+    let mut expected = Vec::new();
+    // About 100 KiB: the file grows by whole steps as the writer needs them.
+    for i in 0..100u64 {
+        let b = make_batch(i, 1, 1000, 1_000 + i as i64);
+        expected.push(b.clone());
+        log.append(&[b]).unwrap();
+    }
+    let len = log.active.pos;
+    assert!(len > 64 * 1024 && len <= 128 * 1024, "{len}");
+    assert_eq!(log_file_len(dir.path(), 0), 128 * 1024);
+    // An append that spans a roll: the new segment, too, starts with one step.
+    let big: Vec<Bytes> = (100..1100u64)
+        .map(|i| make_batch(i, 1, 1000, 1_000 + i as i64))
+        .collect();
+    expected.extend(big.iter().cloned());
+    log.append(&big).unwrap();
+    let active = log.active.seg.base_offset;
+    assert!(active > 0, "rolled");
+    assert!(log_file_len(dir.path(), active) <= 1 << 20);
+    drop(log);
+    let log = Log::open(dir.path(), config).unwrap();
+    let got = read_all(&log.reader(), 0).unwrap();
+    assert_eq!(got.len(), expected.len());
+    for (g, e) in got.iter().zip(&expected) {
+        assert_eq!(&g[20..], &e[20..]);
+    }
+    // Reopened: the data plus the rest of its step, not the whole segment.
+    let reopened = log_file_len(dir.path(), active);
+    assert!(
+        reopened < 1 << 20 && reopened >= log.active.pos,
+        "{reopened}"
+    );
+}
+
+#[test]
+fn the_largest_segment_size_opens_without_reserving_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: LogConfig::SEGMENT_BYTES_MAX,
+        ..LogConfig::default()
+    };
+    let mut log = Log::open(dir.path(), config).unwrap();
+    log.append(&[make_batch(1, 10, 100, 1_000)]).unwrap();
+    assert_eq!(log_file_len(dir.path(), 0), DEFAULT_PREALLOCATE_BYTES);
 }
 
 /// The invariants `Log` asserts in every build, each driven into its bad state
