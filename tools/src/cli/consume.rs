@@ -18,7 +18,7 @@ use clap::{Args, ValueEnum};
 use weir_client::{Admin, Client, Consumer, DeliveryOrder, Message, OffsetReset};
 use weir_protocol::classes::ClassMap;
 
-use super::{queue, Interrupted, Signals};
+use super::{Interrupted, Signals};
 
 /// Most messages one poll asks for, so a slow terminal never holds many.
 const POLL_MAX: usize = 1000;
@@ -111,16 +111,6 @@ pub enum Format {
     Json,
 }
 
-/// Runs `weir consume` in the mode asked for.
-pub async fn run(client: &Client, args: ConsumeArgs) -> anyhow::Result<()> {
-    match args.mode {
-        Mode::Queue => {
-            let group = args.group.clone().context("--mode queue needs --group")?;
-            queue::consume_queue(client, &group, &args).await
-        }
-        Mode::Stream => consume_stream(client, args).await,
-    }
-}
 
 /// Why the print loop ended.
 enum End {
@@ -132,7 +122,7 @@ enum End {
 
 /// Polls and prints until `--count` messages, `--timeout-ms` of silence, a closed
 /// pipe, a signal or an error; a group commits what was printed on each of them.
-async fn consume_stream(client: &Client, args: ConsumeArgs) -> anyhow::Result<()> {
+pub async fn consume_stream(client: &Client, args: ConsumeArgs) -> anyhow::Result<()> {
     let mut signals = Signals::new()?;
     let order = match args.order {
         OrderArg::Offset => DeliveryOrder::Offset,

@@ -123,7 +123,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Topic(cmd) => topic::run(&admin, cmd).await,
         Cmd::Produce(args) => produce::run(&client, args).await,
-        Cmd::Consume(args) => consume::run(&client, args).await,
+        // The stream reader (consume.rs) and the queue reader (queue.rs, which shares
+        // consume's flags and output) are chosen here, so neither imports the other.
+        Cmd::Consume(args) => match args.mode {
+            consume::Mode::Queue => {
+                let group = args.group.clone().context("--mode queue needs --group")?;
+                queue::consume_queue(&client, &group, &args).await
+            }
+            consume::Mode::Stream => consume::consume_stream(&client, args).await,
+        },
         Cmd::Status => status::run(&client, &admin, &cli.broker).await,
         Cmd::Offsets { group } => group::offsets(&admin, &group).await,
         Cmd::Quota(cmd) => quota::run(&admin, cmd).await,
