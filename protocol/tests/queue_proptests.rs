@@ -108,7 +108,7 @@ fn queue_status() -> impl Strategy<Value = QueueStatus> {
         s(),
         s(),
         any::<u8>(),
-        any::<[u64; 7]>(),
+        any::<[u64; 8]>(),
         any::<[u32; 2]>(),
         vec(shard_status(), 0..3),
     )
@@ -126,6 +126,7 @@ fn queue_status() -> impl Strategy<Value = QueueStatus> {
             redelivered: n[5],
             dead_lettered: n[6],
             shards,
+            breaker_reopens_in_ms: n[7],
         })
 }
 

@@ -891,6 +891,7 @@ fn queue_responses() -> Vec<(&'static str, ResponseFrame)> {
                             dying: 0,
                             done_above_floor: 2,
                         }],
+                        breaker_reopens_in_ms: 0,
                     }],
                 }
                 .into(),

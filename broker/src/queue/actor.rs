@@ -467,6 +467,10 @@ impl QueueActor {
             redelivered: self.counts[C_REDELIVERED],
             dead_lettered: self.counts[C_DEAD],
             shards,
+            breaker_reopens_in_ms: self
+                .breaker
+                .reopens_at()
+                .map_or(0, |at| at.saturating_duration_since(now).as_millis() as u64),
         }
     }
 }

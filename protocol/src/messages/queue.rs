@@ -187,6 +187,9 @@ wire_struct! {
         pub redelivered: u64,
         pub dead_lettered: u64,
         pub shards: Vec<QueueShardStatus>,
+        /// While the breaker is open: milliseconds until it half-opens (the broker's
+        /// `queue_breaker_open_for_ms` less the time open so far); 0 otherwise.
+        pub breaker_reopens_in_ms: u64,
     }
 }
 

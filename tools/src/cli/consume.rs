@@ -111,7 +111,6 @@ pub enum Format {
     Json,
 }
 
-
 /// Why the print loop ended.
 enum End {
     /// Timeout, `--count`, or the reader closed the pipe.

@@ -3,9 +3,8 @@
 //!
 //! A queue whose records keep failing opens its circuit breaker and then leases
 //! nothing for a while. Both commands say so in words, from what QueueStatus carries
-//! (state, time in it, the window's outcomes). How long the breaker stays open is a
-//! broker setting that QueueStatus does not carry, so the end of the pause is given
-//! from the documented default and labelled as such.
+//! (state, time in it, the window's outcomes, and while open how long until it
+//! half-opens).
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -17,9 +16,6 @@ use weir_protocol::messages::*;
 use super::consume::{write_message, ConsumeArgs};
 use super::{Interrupted, Signals};
 
-/// The broker's default `queue_breaker_open_for_ms` (CONFIG.md); the real value is
-/// not on the wire, so it is only ever shown labelled as the default.
-const DEFAULT_BREAKER_OPEN_FOR_MS: u64 = 30_000;
 /// The broker's default `queue_breaker_half_open_pct` (CONFIG.md).
 const DEFAULT_HALF_OPEN_PCT: u32 = 10;
 /// How often an idle queue consumer asks why nothing is leased.
@@ -111,16 +107,12 @@ pub fn breaker_explanation(q: &QueueStatus) -> Option<String> {
         "{failed} of the {outcomes} outcomes in its window failed ({pct}%; failures are nacks and expired leases)"
     );
     match q.breaker_state {
-        BREAKER_OPEN => {
-            let left = DEFAULT_BREAKER_OPEN_FOR_MS.saturating_sub(q.breaker_state_ms);
-            Some(format!(
-                "breaker open because too many deliveries failed: {window}. Deliveries are paused \
-                 (nothing is leased, so nothing is retried or dead-lettered) for \
-                 queue_breaker_open_for_ms after it opened {} ms ago; with the default of {} ms \
-                 it half-opens in about {} ms",
-                q.breaker_state_ms, DEFAULT_BREAKER_OPEN_FOR_MS, left
-            ))
-        }
+        BREAKER_OPEN => Some(format!(
+            "breaker open because too many deliveries failed: {window}. Deliveries are paused \
+                 (nothing is leased, so nothing is retried or dead-lettered) since it opened {} ms \
+                 ago; it half-opens in {} ms",
+            q.breaker_state_ms, q.breaker_reopens_in_ms
+        )),
         BREAKER_HALF_OPEN => Some(format!(
             "breaker half-open for {} ms (it had opened because too many deliveries failed): \
              only a share of the records asked for is leased (queue_breaker_half_open_pct, \
