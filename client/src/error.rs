@@ -37,6 +37,26 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// Whether a failed produce certainly did not store its records: the broker refused
+    /// it by name (except the codes that can come after the append: a timed-out ack
+    /// level, shutdown, unknown), or the SDK refused it before sending. Otherwise its
+    /// fate is unknown: it may have been stored.
+    pub fn certainly_not_stored(&self) -> bool {
+        match self {
+            ClientError::Broker { code, .. } => !matches!(
+                code,
+                ErrorCode::RequestTimedOut | ErrorCode::ShuttingDown | ErrorCode::Unknown
+            ),
+            ClientError::CircuitOpen { .. }
+            | ClientError::QueueFull(_)
+            | ClientError::Invalid(_) => true,
+            ClientError::Io(_)
+            | ClientError::Timeout(_)
+            | ClientError::Protocol(_)
+            | ClientError::Closed => false,
+        }
+    }
+
     /// Whether sending the same request again may succeed.
     pub fn is_retriable(&self) -> bool {
         match self {

@@ -297,7 +297,7 @@ impl ShardSender {
                             // (I/O error, timeout) they keep their stamps, so a stored
                             // one is recognised as a duplicate, and an unstored one comes
                             // back OUT_OF_ORDER_SEQUENCE and is re-stamped then.
-                            if (given_up && certainly_not_stored(&e)) || out_of_order {
+                            if (given_up && e.certainly_not_stored()) || out_of_order {
                                 if let Err(e2) = self.bump_epoch(&mut queue).await {
                                     tracing::warn!(error = %e2, "could not bump producer epoch");
                                 }
@@ -307,25 +307,6 @@ impl ShardSender {
                 }
             }
         }
-    }
-}
-
-/// Whether a failed produce certainly did not store its batch: the broker refused it
-/// by name (except the codes that can come after the append: a timed-out ack level,
-/// shutdown, unknown), or the SDK refused it before sending.
-fn certainly_not_stored(e: &ClientError) -> bool {
-    match e {
-        ClientError::Broker { code, .. } => !matches!(
-            code,
-            ErrorCode::RequestTimedOut | ErrorCode::ShuttingDown | ErrorCode::Unknown
-        ),
-        ClientError::CircuitOpen { .. } | ClientError::QueueFull(_) | ClientError::Invalid(_) => {
-            true
-        }
-        ClientError::Io(_)
-        | ClientError::Timeout(_)
-        | ClientError::Protocol(_)
-        | ClientError::Closed => false,
     }
 }
 

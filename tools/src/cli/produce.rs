@@ -25,7 +25,6 @@ use clap::{Args, ValueEnum};
 use futures_util::FutureExt;
 use weir_client::{Acks, Admin, Client, ClientError, DeliveryFuture, Producer, ProducerRecord};
 use weir_protocol::batch::{BATCH_HEADER_BYTES, RECORD_MIN_BYTES};
-use weir_protocol::ErrorCode;
 
 use super::{Failed, Interrupted, Signals};
 pub use input::InputFormat;
@@ -266,24 +265,6 @@ impl Report {
     }
 }
 
-/// Whether a failed send certainly did not store its record (the broker refused it
-/// by name, or the SDK before sending); otherwise its fate is unknown.
-fn certainly_not_stored(e: &ClientError) -> bool {
-    match e {
-        ClientError::Broker { code, .. } => !matches!(
-            code,
-            ErrorCode::RequestTimedOut | ErrorCode::ShuttingDown | ErrorCode::Unknown
-        ),
-        ClientError::CircuitOpen { .. } | ClientError::QueueFull(_) | ClientError::Invalid(_) => {
-            true
-        }
-        ClientError::Io(_)
-        | ClientError::Timeout(_)
-        | ClientError::Protocol(_)
-        | ClientError::Closed => false,
-    }
-}
-
 /// The producing side: settles the window in order and keeps report, tally and the
 /// `--producer-id-file` checkpoint up to date.
 struct Settler {
@@ -316,7 +297,7 @@ impl Settler {
                     None => return Ok(false),
                     Some(Ok(m)) if m.offset == u64::MAX => Status::Sent,
                     Some(Ok(m)) => Status::Stored(m.shard, m.offset),
-                    Some(Err(e)) if certainly_not_stored(&e) => Status::Failed(e.to_string()),
+                    Some(Err(e)) if e.certainly_not_stored() => Status::Failed(e.to_string()),
                     Some(Err(e)) => Status::Unknown(e.to_string()),
                 }
             }
@@ -743,6 +724,7 @@ fn summary(args: &ProduceArgs, t: &Tally, stop: Option<&Stop>, lost: Option<u64>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weir_protocol::ErrorCode;
 
     #[test]
     fn only_named_refusals_are_certainly_not_stored() {
@@ -751,9 +733,9 @@ mod tests {
             message: String::new(),
             retry_after_ms: 0,
         };
-        assert!(certainly_not_stored(&broker(ErrorCode::InvalidRecord)));
-        assert!(!certainly_not_stored(&broker(ErrorCode::RequestTimedOut)));
-        assert!(!certainly_not_stored(&ClientError::Io("reset".into())));
-        assert!(!certainly_not_stored(&ClientError::Timeout(30_000)));
+        assert!(broker(ErrorCode::InvalidRecord).certainly_not_stored());
+        assert!(!broker(ErrorCode::RequestTimedOut).certainly_not_stored());
+        assert!(!ClientError::Io("reset".into()).certainly_not_stored());
+        assert!(!ClientError::Timeout(30_000).certainly_not_stored());
     }
 }
