@@ -1,14 +1,15 @@
 //! The record batch: the unit a producer sends, the broker stores, and a consumer reads.
 //!
-//! A batch is stored on disk exactly as it travels on the wire. The broker stamps two
-//! fields that the CRC does not cover (`base_offset` and `leader_epoch`) and never
-//! touches any other byte, so a batch's CRC written by the producer is still valid when
-//! a consumer reads it back. PROTOCOL.md §"Record batches" has the byte layout.
+//! A batch is stored on disk exactly as it travels on the wire. The broker stamps
+//! `base_offset`, which the CRC does not cover, and never touches any other byte, so a
+//! batch's CRC written by the producer is still valid when a consumer reads it back.
+//! `leader_epoch` is also outside the CRC and reserved for the broker (mirrors will
+//! stamp it); today it is stored as sent (0). PROTOCOL.md §"Record batches" has the byte layout.
 //!
 //! ```text
 //! 0  u64 base_offset      stamped by the broker
 //! 8  u32 batch_length     bytes after this field (total = 12 + batch_length)
-//! 12 u32 leader_epoch     stamped by the broker
+//! 12 u32 leader_epoch     reserved for the broker; stored as sent (0)
 //! 16 u32 crc              CRC-32 (IEEE) of bytes [20, total)
 //! 20 u8  magic            1
 //! 21 u8  attributes       0 (compression none); other values reserved

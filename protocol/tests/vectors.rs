@@ -68,11 +68,11 @@ fn produce_batch() -> Bytes {
     )
 }
 
-/// The same batch as the broker stores and serves it: offset and epoch stamped.
+/// The same batch as the broker stores and serves it: base offset stamped
+/// (`leader_epoch` is reserved for the broker but not stamped yet: stored as sent, 0).
 fn stored_batch() -> Bytes {
     let mut v = produce_batch().to_vec();
     batch::set_base_offset(&mut v, 41);
-    batch::set_leader_epoch(&mut v, 1);
     Bytes::from(v)
 }
 
@@ -1879,7 +1879,7 @@ const RESPONSE_HEADER: &[F] = &[
 const BATCH_HEADER: &[F] = &[
     F::U64("  batch.base_offset (broker-stamped)"),
     F::U32("  batch.batch_length"),
-    F::U32("  batch.leader_epoch (broker-stamped)"),
+    F::U32("  batch.leader_epoch (reserved)"),
     F::X32("  batch.crc (CRC-32 of batch bytes 20..end)"),
     F::U8("  batch.magic"),
     F::U8("  batch.attributes"),
