@@ -734,6 +734,21 @@ mod tests {
         fn any_snapshot_bytes_decode_without_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..128)) {
             let _ = decode_snapshot(&bytes);
         }
+
+        /// Past the magic and the CRC (which random bytes almost never pass): any body
+        /// with a correct magic and CRC parses to an answer or a named error, never a
+        /// panic and never more entries than its bytes can hold.
+        #[test]
+        fn any_framed_snapshot_body_decodes_without_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let mut bytes = SNAPSHOT_MAGIC.to_vec();
+            bytes.extend_from_slice(&body);
+            let crc = crc32fast::hash(&bytes);
+            bytes.extend_from_slice(&crc.to_le_bytes());
+            if let Ok((_, map)) = decode_snapshot(&bytes) {
+                let entries: usize = map.values().map(|m| m.len()).sum();
+                proptest::prop_assert!(entries * 20 <= body.len());
+            }
+        }
     }
 
     #[test]

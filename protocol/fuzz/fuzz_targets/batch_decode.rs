@@ -10,6 +10,14 @@ use weir_protocol::keys::KeyRule;
 
 fuzz_target!(|data: &[u8]| {
     let _ = batch::validate_summary(data);
+    // The walkers the broker runs on produced batches (key → shard check, ListOffsets by
+    // record timestamp) and the SDK's re-stamping: bounded and panic-free on any bytes.
+    assert!(batch::record_keys(data).count() <= data.len() / 4 + 1);
+    assert!(batch::record_timestamps(data).count() <= data.len() / 4 + 1);
+    let mut restamped = data.to_vec();
+    if batch::restamp_producer(&mut restamped, 7, 1, 0).is_ok() {
+        assert!(batch::verify(&restamped).is_ok(), "a restamped batch verifies");
+    }
     let rules = [
         KeyRule::parse("json:user_id").expect("rule"),
         KeyRule::parse("header:tenant").expect("rule"),
