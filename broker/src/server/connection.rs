@@ -407,9 +407,9 @@ impl Decoder for SizedCodec {
         let out = self.inner.decode(src)?;
         if out.is_some() {
             self.last_frame_bytes = len;
+            // The next decode (FramedRead calls it before reading again) observes the
+            // frame that may already be at the front of the buffer.
             self.gate.frame_done();
-            // The next frame may already be at the front of the buffer.
-            self.gate.observe(src);
         }
         Ok(out)
     }
