@@ -14,9 +14,10 @@
 //! stops reading the socket when either is reached, plus the one frame that tipped it
 //! over, at most `max_frame_bytes`).
 //!
-//! A peer that closes the connection is gone: requests of its still parked (a
-//! long-poll fetch, a JoinGroup waiting for its rebalance) are abandoned at once, so a
-//! closed connection never keeps its `max_connections` slot.
+//! A peer that closes the connection is gone: the connection ends at once, so it never
+//! keeps its `max_connections` slot while a request of its is parked (a long-poll
+//! fetch, a JoinGroup waiting for its rebalance); such requests run to their end
+//! detached and their answers are dropped.
 //!
 //! The handshake binds the connection to a client id for quotas
 //! ([`super::admission::handshake`]): a handshake over the id's `max_connections` is
@@ -31,7 +32,7 @@ use futures_util::StreamExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Semaphore};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 use tokio_util::codec::{Decoder, FramedRead};
 use weir_protocol::batch::DEFAULT_PRIORITY;
 use weir_protocol::classes::{Class, ClassMap};
@@ -101,16 +102,21 @@ struct Session {
 /// Why the reader stopped.
 type End = Result<(), FrameError>;
 
-/// How the connection ends: whether requests still parked (a long-poll fetch, a
-/// JoinGroup waiting for its rebalance, a produce waiting for its ack) get to answer.
+/// How the connection ends: whether answers still to come (a long-poll fetch, a
+/// JoinGroup waiting for its rebalance, a produce waiting for its ack) are waited for.
+///
+/// Either way the request tasks themselves are never cancelled: a handler stopped
+/// half-way could leave a topic deleted but its queues not forgotten, or release a
+/// produce's flow-control accounting while its batches still wait in the writer. They
+/// run to their end detached; only the connection (its socket, its write loop and its
+/// `max_connections` slot) goes, and their answers are dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Close {
-    /// The peer closed the connection: nobody will read the answers, so parked
-    /// requests are abandoned at once and the connection's slot is free again.
-    /// (Work they already started, such as a queued produce, still completes.)
+    /// The peer closed the connection: nobody will read the answers, so the
+    /// connection ends at once and its slot is free again.
     PeerGone,
-    /// Anything else (shutdown, a framing error to report, a stalled peer): parked
-    /// requests get up to `io_timeout_ms` to answer.
+    /// Anything else (shutdown, a framing error to report, a stalled peer): answers
+    /// still to come get up to `io_timeout_ms` to be written.
     Drain,
 }
 
@@ -129,8 +135,6 @@ struct Connection {
     idle: Duration,
     io_timeout: Duration,
     shutdown: watch::Receiver<bool>,
-    /// The tasks answering this connection's requests.
-    tasks: JoinSet<()>,
     close_how: Close,
 }
 
@@ -163,7 +167,6 @@ impl Connection {
             idle: Duration::from_millis(cfg.idle_timeout_ms),
             io_timeout,
             shutdown: state.shutdown.clone(),
-            tasks: JoinSet::new(),
             close_how: Close::Drain,
             out: Responder {
                 tx,
@@ -213,9 +216,6 @@ impl Connection {
             if let Some(end) = self.start(frame, permits).await {
                 return end;
             }
-            // Forget the tasks that finished, so the set stays as small as the
-            // requests in flight.
-            while self.tasks.try_join_next().is_some() {}
         }
     }
 
@@ -283,7 +283,7 @@ impl Connection {
                 match produce::start(&state, &client, &header, req).await {
                     Started::Refused(outcome) => out.send_produce(class, outcome, permits).await,
                     Started::Queued(queued) => {
-                        self.tasks.spawn(async move {
+                        tokio::spawn(async move {
                             let outcome = queued.finish(&state).await;
                             out.send_produce(class, outcome, permits).await;
                         });
@@ -292,7 +292,7 @@ impl Connection {
             }
             request => {
                 let client = self.session.client.clone();
-                self.tasks.spawn(async move {
+                tokio::spawn(async move {
                     let resp = dispatch::answer(&state, &client, &header, request).await;
                     out.send(class, resp, Some(permits)).await;
                 });
@@ -327,34 +327,36 @@ impl Connection {
         }
     }
 
-    /// Closes the connection: parked requests answer (within `io_timeout_ms`) or are
-    /// abandoned, per `how`; then the written responses are flushed and the slot freed.
+    /// Closes the connection: answers still to come are waited for (within
+    /// `io_timeout_ms`) or dropped, per `how`; the socket and the slot go either way.
     async fn close(self, how: Close) {
         let Connection {
             in_flight,
             state,
             out,
-            writer,
+            mut writer,
             session,
             io_timeout,
-            mut tasks,
             ..
         } = self;
-        match how {
-            Close::PeerGone => tasks.abort_all(),
-            Close::Drain => {
-                let _ = tokio::time::timeout(
-                    io_timeout,
-                    in_flight.acquire_many(state.config.max_in_flight_per_connection as u32),
-                )
-                .await;
-                tasks.abort_all();
-            }
+        if how == Close::Drain {
+            let _ = tokio::time::timeout(
+                io_timeout,
+                in_flight.acquire_many(state.config.max_in_flight_per_connection as u32),
+            )
+            .await;
         }
-        // Aborted tasks drop their responders; the write loop ends with the last one.
-        while tasks.join_next().await.is_some() {}
         drop(out);
-        let _ = writer.await;
+        // The write loop ends once every request task has dropped its responder; one
+        // still parked must not hold the socket: after the drain (or at once when the
+        // peer is gone), what has not been written is not waited for.
+        let grace = match how {
+            Close::Drain => io_timeout,
+            Close::PeerGone => Duration::ZERO,
+        };
+        if tokio::time::timeout(grace, &mut writer).await.is_err() {
+            writer.abort();
+        }
         drop(session);
     }
 }
@@ -372,6 +374,9 @@ impl Session {
 /// buffer needs (`flow::receive`).
 struct SizedCodec {
     inner: ServerCodec,
+    /// `max_frame_bytes` plus the length prefix: a longer announcement is refused by
+    /// `inner` and must not touch the receive budget or the buffer first.
+    max_total: usize,
     last_frame_bytes: usize,
     gate: ReceiveGate,
 }
@@ -380,6 +385,7 @@ impl SizedCodec {
     fn new(max_frame_bytes: u32, gate: ReceiveGate) -> Self {
         SizedCodec {
             inner: ServerCodec::new(max_frame_bytes),
+            max_total: max_frame_bytes as usize + 4,
             last_frame_bytes: 0,
             gate,
         }
@@ -399,7 +405,9 @@ impl Decoder for SizedCodec {
         // the buffer only with what arrived; once the budget has granted the frame's
         // bytes it gets its whole room at once (one allocation, before the codec's own
         // bounded step, which then has nothing to add).
-        self.gate.observe(src);
+        if len <= self.max_total {
+            self.gate.observe(src);
+        }
         let held = self.gate.held() as usize;
         if len > src.len() && held > 0 {
             src.reserve((len - src.len()).min(held));
@@ -449,5 +457,41 @@ async fn next_frame<R: tokio::io::AsyncRead + Unpin>(
         } else if now.duration_since(*partial_since.get_or_insert(now)) >= io_timeout {
             return Err(Stalled::MidFrame);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A length prefix over the frame limit is refused before it touches the receive
+    /// budget or the read buffer (it used to take the whole budget and reserve up to
+    /// 256 MiB first).
+    #[test]
+    fn an_oversized_prefix_reserves_nothing_before_its_refusal() {
+        let budget = Arc::new(Semaphore::new(256 << 20));
+        let gate = ReceiveGate::new(budget.clone(), 256 << 20);
+        let mut codec = SizedCodec::new(16 << 20, gate.clone());
+        let mut src = BytesMut::with_capacity(64);
+        src.extend_from_slice(&u32::MAX.to_le_bytes());
+        src.extend_from_slice(&[4, 0, 0, 0, 1, 0, 0, 0, 5]);
+        assert!(codec.decode(&mut src).is_err());
+        assert_eq!(gate.held(), 0);
+        assert_eq!(budget.available_permits(), 256 << 20);
+        assert!(src.capacity() < 1 << 20, "capacity {}", src.capacity());
+    }
+
+    /// A large frame within the limit is granted and gets its whole buffer at once.
+    #[test]
+    fn a_large_frame_within_the_limit_is_granted_its_buffer() {
+        let budget = Arc::new(Semaphore::new(256 << 20));
+        let gate = ReceiveGate::new(budget.clone(), 256 << 20);
+        let mut codec = SizedCodec::new(16 << 20, gate.clone());
+        let mut src = BytesMut::with_capacity(64);
+        src.extend_from_slice(&(1u32 << 20).to_le_bytes());
+        src.extend_from_slice(&[4, 0, 0, 0, 1, 0, 0, 0, 5]);
+        assert!(codec.decode(&mut src).unwrap().is_none());
+        assert_eq!(gate.held() as usize, (1 << 20) + 4);
+        assert!(src.capacity() >= (1 << 20) + 4);
     }
 }
