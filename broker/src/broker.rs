@@ -145,6 +145,11 @@ impl Stores {
         })
         .await?
         .map_err(|e| anyhow::anyhow!("cannot open data directory {}: {e}", dir.display()))?;
+        stores
+            .queues
+            .forget_missing_topics()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot forget the queues of deleted topics: {e}"))?;
         Ok(stores)
     }
 

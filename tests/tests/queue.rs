@@ -1215,3 +1215,58 @@ async fn a_deleted_topics_queues_are_forgotten_and_a_recreated_topic_starts_clea
         ["newer-0", "newer-1", "newer-2"]
     );
 }
+
+/// A crash between a topic's deletion (topics.json rewritten) and the FORGET of its
+/// queues: on the next start the broker forgets queues whose topic no longer exists,
+/// so a topic created again under that name does not inherit their ack floors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_of_a_topic_deleted_by_a_cut_short_delete_are_forgotten_at_start() {
+    let mut broker = BrokerProcess::start();
+    let client = connect(&broker.addr(), Duration::from_secs(10)).await;
+    let admin = Admin::new(client.clone());
+    let records = |prefix: &str| {
+        (0..3)
+            .map(|i| ProducerRecord::new("t", format!("{prefix}-{i}")))
+            .collect::<Vec<_>>()
+    };
+    admin
+        .create_topic("t", 1, Default::default())
+        .await
+        .unwrap();
+    produce(&client, "t", records("old")).await;
+    let a = consumer(&client, "a", "t", 5000);
+    assert_eq!(
+        take_all(&a, Duration::from_millis(600)).await,
+        ["old-0", "old-1", "old-2"]
+    );
+    drop(client);
+    broker.kill9();
+    // What the cut-short delete left: t gone from topics.json, its queue's events kept.
+    let list = broker.data_dir().join("topics.json");
+    let mut file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&list).unwrap()).unwrap();
+    file["topics"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|t| t["name"] != "t");
+    std::fs::write(&list, serde_json::to_vec(&file).unwrap()).unwrap();
+    std::fs::remove_dir_all(broker.data_dir().join("topics").join("t")).unwrap();
+    broker.restart();
+    let client = connect(&broker.addr(), Duration::from_secs(10)).await;
+    let admin = Admin::new(client.clone());
+    admin
+        .create_topic("t", 1, Default::default())
+        .await
+        .unwrap();
+    produce(&client, "t", records("new")).await;
+    // And across one more restart, so the forgetting must have been durable.
+    drop(client);
+    broker.kill9();
+    broker.restart();
+    let client = connect(&broker.addr(), Duration::from_secs(10)).await;
+    let a = consumer(&client, "a", "t", 5000);
+    assert_eq!(
+        take_all(&a, Duration::from_millis(600)).await,
+        ["new-0", "new-1", "new-2"]
+    );
+}

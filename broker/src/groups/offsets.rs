@@ -366,11 +366,19 @@ impl OffsetStore {
         {
             return;
         }
+        // Cleared however this ends, even if the commit waiting here is dropped:
+        // otherwise no compaction would ever run again until a restart.
+        struct Running<'a>(&'a AtomicBool);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _running = Running(&self.compacting);
         match self.compact().await {
             Ok(generation) => tracing::info!(generation, "offsets log compacted"),
             Err(e) => tracing::warn!(error = %e, "offsets log compaction failed; will retry"),
         }
-        self.compacting.store(false, Ordering::Release);
     }
 
     /// Snapshot, then switch to a new tail, then delete the old one; see the module

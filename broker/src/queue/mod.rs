@@ -40,6 +40,9 @@ use state_log::{Recovered, StateLog};
 /// A queue's name and the events that rebuild its state.
 type QueueSnapshot = ((String, String), Vec<(u32, state_log::Event)>);
 
+/// Longest DeleteTopic waits for one of its queues' tasks to stop.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
 /// Longest a Nack waits for the dead-lettering it caused to become durable.
 pub const DEAD_LETTER_WAIT: Duration = Duration::from_secs(10);
 
@@ -501,20 +504,67 @@ impl QueueManager {
                 t != topic
             });
         for (_, h) in &live {
-            // Already stopped is fine: nothing more can reach it.
-            let _ = self.ask(h, |reply| Command::Stop { reply }).await;
+            // Already stopped is fine: nothing more can reach it. Bounded, so one busy
+            // task cannot hold every queue open of the broker behind it.
+            let stop = self.ask(h, |reply| Command::Stop { reply });
+            let _ = tokio::time::timeout(STOP_WAIT, stop).await;
         }
-        let log = self.log.read().expect("log lock").clone();
-        for g in &groups {
-            log.append_all_durably(g, topic, &[(0, state_log::Event::Forget)])
-                .await?;
-        }
+        let keys: Vec<(String, String)> = groups
+            .iter()
+            .map(|g| (g.clone(), topic.to_string()))
+            .collect();
+        self.append_forgets(&keys).await?;
         if !groups.is_empty() {
             tracing::info!(
                 topic,
                 queues = groups.len(),
                 "topic deleted: its queues stopped and forgotten"
             );
+        }
+        Ok(())
+    }
+
+    /// Queues the state log remembers for topics that no longer exist (a crash came
+    /// between a topic's deletion and the FORGET of its queues): forgotten now, durably,
+    /// before a topic of the same name can be created again.
+    pub async fn forget_missing_topics(&self) -> Result<(), BrokerError> {
+        let missing: Vec<(String, String)> = {
+            let mut recovered = self.recovered.lock().expect("recovered lock");
+            let keys: Vec<_> = recovered
+                .keys()
+                .filter(|(_, t)| self.topics.get(t).is_err())
+                .cloned()
+                .collect();
+            for k in &keys {
+                recovered.remove(k);
+            }
+            keys
+        };
+        if !missing.is_empty() {
+            tracing::info!(
+                queues = missing.len(),
+                "forgetting queues of deleted topics"
+            );
+        }
+        self.append_forgets(&missing).await
+    }
+
+    /// Appends one FORGET per (group, topic), all queued before any is awaited so they
+    /// share group commits, and waits until every one is durable.
+    async fn append_forgets(&self, queues: &[(String, String)]) -> Result<(), BrokerError> {
+        let log = self.log.read().expect("log lock").clone();
+        let mut pending = Vec::with_capacity(queues.len());
+        for (group, topic) in queues {
+            let p = log
+                .append(group, topic, &[(0, state_log::Event::Forget)])
+                .await
+                .map_err(|e| BrokerError::new(ErrorCode::StorageError, e.to_string()))?;
+            pending.push(p);
+        }
+        for p in pending {
+            p.await
+                .map_err(|_| BrokerError::new(ErrorCode::ShuttingDown, "state log closed"))?
+                .map_err(|e| BrokerError::new(ErrorCode::StorageError, e.to_string()))?;
         }
         Ok(())
     }
