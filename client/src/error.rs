@@ -39,13 +39,17 @@ pub enum ClientError {
 impl ClientError {
     /// Whether a failed produce certainly did not store its records: the broker refused
     /// it by name (except the codes that can come after the append: a timed-out ack
-    /// level, shutdown, unknown), or the SDK refused it before sending. Otherwise its
-    /// fate is unknown: it may have been stored.
+    /// level, shutdown, unknown; and PRODUCER_FENCED, which also answers a retry of a
+    /// batch stored before the fence), or the SDK refused it before sending. Otherwise
+    /// its fate is unknown: it may have been stored.
     pub fn certainly_not_stored(&self) -> bool {
         match self {
             ClientError::Broker { code, .. } => !matches!(
                 code,
-                ErrorCode::RequestTimedOut | ErrorCode::ShuttingDown | ErrorCode::Unknown
+                ErrorCode::RequestTimedOut
+                    | ErrorCode::ShuttingDown
+                    | ErrorCode::Unknown
+                    | ErrorCode::ProducerFenced
             ),
             ClientError::CircuitOpen { .. }
             | ClientError::QueueFull(_)

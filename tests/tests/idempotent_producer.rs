@@ -153,4 +153,20 @@ async fn a_resumed_producer_id_fences_the_older_instance() {
         Some(weir_protocol::ErrorCode::ProducerFenced),
         "{fenced}"
     );
+    // Fenced for good: the older instance does not take a new epoch back (which would
+    // fence the newer one in turn), so it keeps failing and the newer keeps working.
+    let again = first
+        .send_and_wait(ProducerRecord::new("resumed", "four"))
+        .await
+        .expect_err("the older instance stays fenced");
+    assert_eq!(
+        again.code(),
+        Some(weir_protocol::ErrorCode::ProducerFenced),
+        "{again}"
+    );
+    second
+        .send_and_wait(ProducerRecord::new("resumed", "five"))
+        .await
+        .expect("the newer instance is not fenced back");
+    assert_eq!(second.identity().await, Some((id, epoch + 1)));
 }

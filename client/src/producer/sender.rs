@@ -40,6 +40,10 @@ struct Item {
     /// An OUT_OF_ORDER_SEQUENCE answer was already taken as "re-stamp and resend"
     /// without costing an attempt (once per batch, so it cannot loop).
     resequenced: bool,
+    /// An attempt ended without telling whether the batch was stored (I/O error,
+    /// timeout): it must never be re-stamped under a new epoch, which would store it
+    /// twice if the broker had kept it.
+    maybe_stored: bool,
     /// First THROTTLED/SHED/breaker refusal of this batch (for `BlockFor`).
     pushed_back_since: Option<std::time::Instant>,
 }
@@ -96,6 +100,7 @@ impl ShardSender {
             attempts: 0,
             ordinal: 0,
             resequenced: false,
+            maybe_stored: false,
             pushed_back_since: None,
         })
     }
@@ -239,8 +244,13 @@ impl ShardSender {
                             // every shard at once), so this lane follows it: like a
                             // sequence gap, the batch and its successors are re-stamped
                             // under the new epoch and sent again.
-                            let moved_on = e.code() == Some(ErrorCode::ProducerFenced)
-                                && self.moved_on().await;
+                            let fenced = e.code() == Some(ErrorCode::ProducerFenced);
+                            let own_bump = fenced && self.moved_on().await;
+                            // Re-stamped only when no earlier attempt may have stored it;
+                            // one that may have is given up (its fate unknown), and its
+                            // successors follow the new epoch as they come back fenced.
+                            let moved_on = own_bump && !item.maybe_stored;
+                            item.maybe_stored |= !fenced && !e.certainly_not_stored();
                             // An id the broker does not know (its data was lost): a new
                             // id, taken by `bump_epoch`, and the same re-stamping.
                             let unknown_id = e.code() == Some(ErrorCode::UnknownProducerId);
@@ -282,7 +292,8 @@ impl ShardSender {
                             } else {
                                 tracing::warn!(topic = %self.topic, shard = self.shard, error = %e, "batch failed");
                                 self.fail(std::mem::take(&mut item.waiters), &e);
-                                if e.code() == Some(ErrorCode::ProducerFenced) && !moved_on {
+                                // Fenced by a newer instance: this producer is done.
+                                if fenced && !own_bump {
                                     for it in again.drain(..).chain(queue.drain(..)) {
                                         self.fail(it.waiters, &e);
                                     }
