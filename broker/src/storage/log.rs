@@ -1044,8 +1044,9 @@ impl Reading {
     /// there: the sparse index's point when the batch there agrees with it, else the
     /// segment's first batch (whose offset the file name gives).
     fn anchor(&self, seg: &Segment, data: &[u8], first: u64) -> (usize, u64) {
-        if self.want != first {
-            // A later segment: read from its start.
+        if self.want != first || self.want < seg.base_offset {
+            // A later segment (or a gap a cut segment left before this one): read
+            // from its start.
             return (0, seg.base_offset);
         }
         let rel = (self.want - seg.base_offset).min(u64::from(u32::MAX)) as u32;

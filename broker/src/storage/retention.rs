@@ -44,8 +44,10 @@ pub(crate) fn victims(segments: &[Arc<Segment>], config: &LogConfig, now_ms: i64
 }
 
 /// Most deletions running at once per log; retention skips a check while this many
-/// are still unlinking (they take milliseconds; checks are seconds apart).
-pub(crate) const MAX_RUNNING_DELETIONS: usize = 4;
+/// are still unlinking (they take milliseconds; checks are seconds apart). One: two
+/// running side by side could delete a later segment before an earlier one, and a
+/// crash between them would leave a hole in the segment list that recovery refuses.
+pub(crate) const MAX_RUNNING_DELETIONS: usize = 1;
 
 /// A deletion handed to the storage workers; yields how many segments it deleted.
 pub(crate) type Deletion = Task<Result<usize, StorageError>>;

@@ -283,13 +283,28 @@ pub(crate) fn prepare(
 ) -> Result<Prepared, StorageError> {
     let name = |ext: &str| dir.join(format!("{PREPARE_PREFIX}{id}.{ext}"));
     let log_path = name(LOG_EXT);
-    let allocated = allocated.min(capacity);
-    let log_file = create_sized(&log_path, allocated)?;
-    let map = map_log(&log_file, &log_path, capacity)?;
     let index_path = name(INDEX_EXT);
-    let index_file = create_sized(&index_path, (index_entries * OFFSET_ENTRY_BYTES) as u64)?;
     let time_path = name(TIME_INDEX_EXT);
-    let time_file = create_sized(&time_path, (index_entries * TIME_ENTRY_BYTES) as u64)?;
+    let allocated = allocated.min(capacity);
+    let made = (|| {
+        let log_file = create_sized(&log_path, allocated)?;
+        let map = map_log(&log_file, &log_path, capacity)?;
+        let index_file = create_sized(&index_path, (index_entries * OFFSET_ENTRY_BYTES) as u64)?;
+        let time_file = create_sized(&time_path, (index_entries * TIME_ENTRY_BYTES) as u64)?;
+        Ok::<_, StorageError>((log_file, map, index_file, time_file))
+    })();
+    let (log_file, map, index_file, time_file) = match made {
+        Ok(m) => m,
+        Err(e) => {
+            // A failure (a full disk, typically) must not leave what it did make:
+            // retried every second while a shard waits for space, the leftovers would
+            // eat the space it waits for.
+            for p in [&log_path, &index_path, &time_path] {
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(e);
+        }
+    };
     Ok(Prepared {
         capacity,
         allocated,
