@@ -397,6 +397,13 @@ impl OffsetStore {
         );
         let snapshot_bytes = match self.write_snapshot(next.generation).await {
             Ok(n) => n,
+            // The rename may have happened before the failure (the directory's fsync
+            // failed): then the snapshot on disk names `next`, and the next start would
+            // delete the old tail; commits must go to `next` from here, as on success.
+            Err(e) if self.snapshot_names(next.generation).await => {
+                tracing::warn!(error = %e, "offsets snapshot written but not confirmed durable; switching to its tail");
+                0
+            }
             Err(e) => {
                 discard(next).await;
                 return Err(e);
@@ -436,6 +443,19 @@ impl OffsetStore {
 
     /// Writes the live map as the snapshot naming tail `generation`, durably (temp
     /// file, fsync, rename, fsync the directory). Returns its size.
+    /// Whether the snapshot file on disk names tail `generation`.
+    async fn snapshot_names(&self, generation: u64) -> bool {
+        let path = self.root.join(SNAPSHOT_FILE);
+        tokio::task::spawn_blocking(move || {
+            std::fs::read(&path)
+                .ok()
+                .and_then(|b| decode_snapshot(&b).ok())
+                .is_some_and(|(g, _)| g == generation)
+        })
+        .await
+        .unwrap_or(false)
+    }
+
     async fn write_snapshot(&self, generation: u64) -> Result<u64, BrokerError> {
         let bytes = encode_snapshot(generation, &self.offsets.read().expect("offsets lock"));
         let root = self.root.clone();

@@ -112,13 +112,18 @@ impl Consumer {
         let committed = self.committed_offsets(&shards).await?;
         for (topic, shard) in shards {
             let key = (topic.clone(), shard);
-            // A start offset applies once, at the first assignment of its shard.
-            let start = self.config.start_offsets.remove(&key);
+            // A start offset applies once, at the first assignment of its shard (taken
+            // out below, once every position of this assignment is known).
+            let start = self.config.start_offsets.get(&key).copied();
             let pos = match start.or_else(|| committed.get(&key).copied()) {
                 Some(o) => o,
                 None => self.reset_position(&topic, shard).await?,
             };
             self.positions.insert((topic, shard), pos);
+        }
+        let assigned: Vec<_> = self.positions.keys().cloned().collect();
+        for key in assigned {
+            self.config.start_offsets.remove(&key);
         }
         self.rejoin.store(false, Ordering::Release);
         Ok(())

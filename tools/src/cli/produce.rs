@@ -406,14 +406,19 @@ pub async fn run(client: &Client, args: ProduceArgs) -> anyhow::Result<()> {
                     args.topic
                 );
             }
-            earlier = resume::scan(client, &args.topic, st.producer_id, &st.since)
-                .await
-                .context("looking for what the earlier run stored")?;
-            builder = builder.resume(st.producer_id, st.epoch.max(earlier.max_epoch));
+            // The broker bumps past the newest epoch it knows for the id.
+            builder = builder.resume(st.producer_id, st.epoch);
             earlier_run = Some(st);
         }
     }
+    // Fence an earlier run that may still be sending before looking for what it
+    // stored: a scan first would miss what it stores after the scan's snapshot.
     let producer = builder.build().await?;
+    if let Some(st) = &earlier_run {
+        earlier = resume::scan(client, &args.topic, st.producer_id, &st.since)
+            .await
+            .context("looking for what the earlier run stored")?;
+    }
     let resume = match &args.producer_id_file {
         None => None,
         Some(path) => {

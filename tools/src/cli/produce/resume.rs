@@ -192,8 +192,6 @@ pub struct StoredEarlier {
     by_value: HashMap<Bytes, VecDeque<(Bytes, u32, u64)>>,
     /// Records held.
     pub count: usize,
-    /// Newest epoch seen on the id's batches.
-    pub max_epoch: u16,
 }
 
 impl StoredEarlier {
@@ -252,7 +250,6 @@ pub async fn scan(
                 let h = *batch.header();
                 let end = h.base_offset + u64::from(h.record_count);
                 if h.producer_id == producer_id && end > at {
-                    out.max_epoch = out.max_epoch.max(h.producer_epoch);
                     for r in batch.records() {
                         if r.offset < at || r.offset >= s.high_watermark {
                             continue;
