@@ -19,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use weir_protocol::ErrorCode;
@@ -34,8 +35,11 @@ const FILE: &str = "producer_ids";
 #[derive(Debug)]
 pub struct ProducerIds {
     dir: PathBuf,
-    /// (next id to hand out, end of the reserved block)
+    /// (next id to hand out, end of the reserved block); allocation only.
     state: Mutex<(u64, u64)>,
+    /// The next id to hand out, read without the lock on every produced batch
+    /// (stored after the block file is durable, so it never runs ahead of it).
+    next: AtomicU64,
     /// Newest epoch of each id whose epoch is above 0.
     epochs: RwLock<HashMap<u64, u16>>,
 }
@@ -56,13 +60,14 @@ impl ProducerIds {
         Ok(ProducerIds {
             dir,
             state: Mutex::new((next, next)),
+            next: AtomicU64::new(next),
             epochs: RwLock::new(HashMap::new()),
         })
     }
 
     /// Whether `id` was ever handed out (by this process or before a restart).
     fn issued(&self, id: u64) -> bool {
-        id != 0 && id < self.state.lock().expect("producer ids lock").0
+        id != 0 && id < self.next.load(Ordering::Acquire)
     }
 
     fn unknown(id: u64) -> BrokerError {
@@ -107,8 +112,9 @@ impl ProducerIds {
     }
 
     /// Whether a batch stamped (`id`, `epoch`) may be written: the id was issued and
-    /// no newer epoch of it exists. A newer epoch than the broker knows is taken as the
-    /// newest (it fences older ones from now on). `id` 0 is "no producer".
+    /// no newer epoch of it exists. Checks only: a newer epoch than the broker knows is
+    /// recorded by [`ProducerIds::observe`] once the batch is queued, so a produce
+    /// refused later (shed, too large) fences nobody. `id` 0 is "no producer".
     pub fn admit(&self, id: u64, epoch: u16) -> Result<(), BrokerError> {
         if id == 0 {
             return Ok(());
@@ -123,9 +129,6 @@ impl ProducerIds {
                 format!("producer {id} epoch {epoch} is fenced: epoch {newest} exists"),
             ));
         }
-        if epoch > newest {
-            self.observe(id, epoch);
-        }
         Ok(())
     }
 
@@ -139,6 +142,7 @@ impl ProducerIds {
         }
         let id = s.0;
         s.0 += 1;
+        self.next.store(s.0, Ordering::Release);
         Ok(id)
     }
 }
@@ -189,7 +193,8 @@ mod tests {
     }
 
     /// A bump fences every older epoch of the id at once; a bump from an old instance
-    /// still goes past the newest; a newer epoch seen in a batch is taken up.
+    /// still goes past the newest; a newer epoch seen in a batch is taken up once the
+    /// batch is queued (`observe`), not by the check alone.
     #[test]
     fn the_newest_epoch_fences_older_ones() {
         let dir = tempfile::tempdir().unwrap();
@@ -205,6 +210,9 @@ mod tests {
         );
         assert!(a.admit(id, 1).is_err());
         a.admit(id, 7).unwrap();
+        // Only checked: a produce refused after the check must fence nobody.
+        a.admit(id, 2).unwrap();
+        a.observe(id, 7);
         assert!(a.admit(id, 2).is_err());
         a.observe(id, 3);
         a.admit(id, 7).unwrap();

@@ -90,10 +90,19 @@ pub async fn start(
         Ok(t) => t,
         Err(r) => return refuse(BrokerError::new(r.code, r.message), r.retry_after_ms),
     };
+    let stamps: Vec<(u64, u16)> = headers
+        .iter()
+        .map(|h| (h.producer_id, h.producer_epoch))
+        .filter(|&(id, epoch)| id != 0 && epoch != 0)
+        .collect();
     let rx = match shard.enqueue(batches, headers, plan.needs_flush()).await {
         Ok(rx) => rx,
         Err(e) => return refuse(append_error(e), 0),
     };
+    // Queued: a newer epoch now fences older instances on every shard.
+    for (id, epoch) in stamps {
+        state.producer_ids.observe(id, epoch);
+    }
     ticket.enqueued();
     let timeout_ms = match req.timeout_ms {
         0 => state.config.produce_timeout_ms,
@@ -141,10 +150,16 @@ fn check(state: &BrokerState, req: &ProduceRequest) -> Result<Checked, BrokerErr
     let plan = AckPlan::for_level(req.acks)?;
     let (batches, headers) = split_and_fill(&topic, req.records.to_bytes())?;
     keys_on_shard(&batches, req.shard, topic.shards.len() as u32)?;
+    // Fencing per producer id, on every shard at once (producer_ids.rs); the shard's
+    // writer still checks sequences and its own lanes' epochs. Once per distinct stamp
+    // (a request's batches almost always share one).
+    let mut checked = None;
     for h in &headers {
-        // Fencing per producer id, on every shard at once (producer_ids.rs); the
-        // shard's writer still checks sequences and its own lanes' epochs.
-        state.producer_ids.admit(h.producer_id, h.producer_epoch)?;
+        let stamp = (h.producer_id, h.producer_epoch);
+        if checked != Some(stamp) {
+            state.producer_ids.admit(stamp.0, stamp.1)?;
+            checked = Some(stamp);
+        }
     }
     let class = one_class(&shard, &headers)?;
     let filled: usize = batches.iter().map(|b| b.len()).sum();
