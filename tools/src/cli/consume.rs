@@ -151,6 +151,11 @@ pub async fn consume_stream(client: &Client, args: ConsumeArgs) -> anyhow::Resul
         b = b.group(g.clone());
     }
     for &(shard, offset) in &args.offset {
+        anyhow::ensure!(
+            ends.contains_key(&shard),
+            "--offset {shard}={offset}: topic {} has no shard {shard}",
+            args.topic
+        );
         b = b.start_at(args.topic.clone(), shard, offset);
     }
     let mut consumer = b.build()?;
