@@ -110,7 +110,7 @@ impl Flusher {
                 self.running = Some(RunningFlush {
                     done,
                     covers: std::mem::take(&mut self.queued),
-                    covers_to: log.high_watermark(),
+                    covers_to: log.published_high_watermark(),
                 });
                 self.wanted = false;
             }

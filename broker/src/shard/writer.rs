@@ -319,7 +319,8 @@ impl Writer {
             }
         }
         if wrote {
-            let new = self.log.high_watermark();
+            // What readers can see, never offsets a failed append assigned.
+            let new = self.log.published_high_watermark();
             let old = self.hwm.send_replace(new);
             crate::invariant!(
                 new >= old,

@@ -641,6 +641,12 @@ impl Log {
         self.active.next_offset
     }
 
+    /// The high-water mark readers see: below [`Log::high_watermark`] only while an
+    /// append that failed part way left offsets assigned but never published.
+    pub fn published_high_watermark(&self) -> u64 {
+        self.shared.high_watermark.load(Ordering::Acquire)
+    }
+
     /// The first offset still held.
     pub fn log_start_offset(&self) -> u64 {
         self.shared.log_start_offset.load(Ordering::Acquire)
