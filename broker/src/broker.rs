@@ -39,12 +39,13 @@ impl Broker {
         config.validate()?;
         let config = Arc::new(config);
         let stores = Stores::open(config.clone()).await?;
+        let security = crate::security::Security::from_config(&config)?;
         let listener = bind(config.listen, "protocol").await?;
         let http_listener = bind(config.http, "HTTP").await?;
         let addr = listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let state = Arc::new(stores.into_state(config, shutdown_rx.clone()));
+        let state = Arc::new(stores.into_state(config, shutdown_rx.clone(), security));
         let cores = match state.config.runtime {
             RuntimeSetting::MultiThread => None,
             RuntimeSetting::ThreadPerCore => {
@@ -154,7 +155,12 @@ impl Stores {
     }
 
     /// The state every connection and task shares.
-    fn into_state(self, config: Arc<Config>, shutdown: watch::Receiver<bool>) -> BrokerState {
+    fn into_state(
+        self,
+        config: Arc<Config>,
+        shutdown: watch::Receiver<bool>,
+        security: crate::security::Security,
+    ) -> BrokerState {
         let requests_on_core = match config.runtime {
             RuntimeSetting::MultiThread => Vec::new(),
             RuntimeSetting::ThreadPerCore => (0..config.connection_runtimes())
@@ -179,6 +185,7 @@ impl Stores {
             },
             shutdown,
             queues: self.queues,
+            security,
         }
     }
 }

@@ -36,6 +36,12 @@ pub const NOT_CONFIG_ENV: &[&str] = &[
     "WEIR_BLESS",
     "WEIR_CRASH_CHILD_DIR",
     "WEIR_CRASH_ROUNDS",
+    // Client side of security (weir, weir-bench) and the bootstrap admin's password.
+    "WEIR_TLS_CA",
+    "WEIR_USER",
+    "WEIR_PASSWORD",
+    "WEIR_API_KEY",
+    "WEIR_ADMIN_PASSWORD",
 ];
 
 /// The config key nearest to `key` by edit distance, if it is near enough to be a
@@ -239,6 +245,25 @@ pub struct Config {
     /// Queue state log: start a new generation with a snapshot of every queue (and
     /// delete the older ones) once the current one holds this many records.
     pub queue_state_compact_records: u64,
+    /// TLS on the protocol port (`security/tls.rs`): PEM certificate chain; empty =
+    /// plain TCP. Reloaded from disk when it changes.
+    pub tls_cert: PathBuf,
+    /// PEM private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: PathBuf,
+    /// PEM CA certificates that sign client certificates; when set every client must
+    /// present one (mutual TLS), and its subject's common name is its principal.
+    pub tls_client_ca: PathBuf,
+    /// Oldest TLS version offered: `"1.3"` (default) or `"1.2"`.
+    pub tls_min_version: TlsVersion,
+}
+
+/// The `tls_min_version` setting.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum TlsVersion {
+    #[serde(rename = "1.2")]
+    V1_2,
+    #[serde(rename = "1.3")]
+    V1_3,
 }
 
 /// One `[[quota_clients]]` table: a client id's quota. Omitted limits are 0 (none).
@@ -371,6 +396,10 @@ impl Default for Config {
             queue_breaker_half_open_pct: 10,
             queue_breaker_close_pct: 90,
             queue_state_compact_records: 1_000_000,
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            tls_client_ca: PathBuf::new(),
+            tls_min_version: TlsVersion::V1_3,
         }
     }
 }
@@ -491,6 +520,13 @@ impl Config {
         }
         if self.runtime_threads > 1024 {
             return bad("runtime_threads must be in 0..=1024");
+        }
+        let tls_cert = !self.tls_cert.as_os_str().is_empty();
+        if tls_cert == self.tls_key.as_os_str().is_empty() {
+            return bad("tls_cert and tls_key are set together or not at all");
+        }
+        if !tls_cert && !self.tls_client_ca.as_os_str().is_empty() {
+            return bad("tls_client_ca needs tls_cert and tls_key");
         }
         if self.default_segment_bytes < 64 * 1024
             || self.default_segment_bytes > LogConfig::SEGMENT_BYTES_MAX

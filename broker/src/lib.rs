@@ -22,6 +22,7 @@ pub mod inject;
 pub mod producer_ids;
 pub mod queue;
 pub mod scheduler;
+pub mod security;
 pub mod server;
 pub mod shard;
 pub mod state;

@@ -29,6 +29,15 @@ struct Args {
     /// TOML configuration file.
     #[arg(long, env = "WEIR_CONFIG")]
     config: Option<PathBuf>,
+    /// PEM certificate chain: serve the protocol port over TLS (config `tls_cert`).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (config `tls_key`).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA of client certificates: require mutual TLS (config `tls_client_ca`).
+    #[arg(long)]
+    tls_client_ca: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,6 +61,15 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(d) = args.data_dir {
         config.data_dir = d;
+    }
+    if let Some(p) = args.tls_cert {
+        config.tls_cert = p;
+    }
+    if let Some(p) = args.tls_key {
+        config.tls_key = p;
+    }
+    if let Some(p) = args.tls_client_ca {
+        config.tls_client_ca = p;
     }
     config.validate()?;
     // Thread-per-core runs connections on runtimes of their own (server::runtimes);

@@ -47,4 +47,6 @@ pub struct BrokerState {
     pub flow: Arc<crate::flow::FlowControl>,
     /// Queue mode of consumer groups (leases, retries, dead letters, breakers).
     pub queues: QueueManager,
+    /// TLS, authentication, authorization and audit (`security/`).
+    pub security: crate::security::Security,
 }

@@ -11,6 +11,7 @@ use weir_protocol::{ApiKey, ErrorCode, Request, ResponseBody};
 use crate::connection::{into_body, Connection};
 use crate::error::{ClientError, Result};
 use crate::flow::{BreakerConfig, BreakerState, SharedBreaker};
+use crate::tls::{Connector, TlsConfig};
 
 /// Settings of a [`Client`].
 #[derive(Debug, Clone)]
@@ -23,6 +24,8 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// A circuit breaker around every call (see [`crate::flow`]); off when `None`.
     pub breaker: Option<BreakerConfig>,
+    /// TLS to the broker (see [`crate::tls`]); plain TCP when `None`.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ClientConfig {
@@ -32,6 +35,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             breaker: None,
+            tls: None,
         }
     }
 }
@@ -51,6 +55,8 @@ struct Inner {
     /// The broker's priority classes, from the last handshake.
     classes: std::sync::Mutex<ClassMap>,
     breaker: Option<SharedBreaker>,
+    /// Built once from `config.tls`, so bad files fail `connect_with` itself.
+    tls: Option<Connector>,
 }
 
 macro_rules! expect_body {
@@ -75,8 +81,10 @@ impl Client {
 
     /// Like [`Client::connect`], with settings.
     pub async fn connect_with(addr: impl Into<String>, config: ClientConfig) -> Result<Client> {
+        let tls = config.tls.as_ref().map(Connector::new).transpose()?;
         let client = Client {
             inner: Arc::new(Inner {
+                tls,
                 addr: addr.into(),
                 breaker: config.breaker.map(SharedBreaker::new),
                 config,
@@ -112,8 +120,12 @@ impl Client {
                 return Ok(c.clone());
             }
         }
-        let mut conn =
-            Connection::connect(&self.inner.addr, self.inner.config.connect_timeout).await?;
+        let mut conn = Connection::connect(
+            &self.inner.addr,
+            self.inner.config.connect_timeout,
+            self.inner.tls.as_ref(),
+        )
+        .await?;
         let req = ApiVersionsRequest {
             client_software: format!("weir-client {}", env!("CARGO_PKG_VERSION")),
             client_id: self.inner.config.client_id.clone(),

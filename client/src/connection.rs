@@ -1,4 +1,4 @@
-//! One multiplexed TCP connection to a broker.
+//! One multiplexed TCP (or TLS) connection to a broker.
 //!
 //! Requests are written by a writer task in the order they are sent; responses are
 //! read by a reader task and matched to their requests by correlation id, so they may
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
@@ -20,6 +20,7 @@ use weir_protocol::frame::{RequestFrame, ResponseFrame, ResponsePayload};
 use weir_protocol::{ClientCodec, Request, ResponseBody};
 
 use crate::error::{ClientError, Result};
+use crate::tls::Connector;
 
 type Waiters = Arc<Mutex<Option<HashMap<u32, oneshot::Sender<ResponseFrame>>>>>;
 
@@ -37,13 +38,37 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Connects and starts the reader and writer tasks.
-    pub async fn connect(addr: &str, connect_timeout: Duration) -> Result<Connection> {
-        let sock = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
+    /// Connects (over TLS with `tls`) and starts the reader and writer tasks.
+    pub(crate) async fn connect(
+        addr: &str,
+        connect_timeout: Duration,
+        tls: Option<&Connector>,
+    ) -> Result<Connection> {
+        let connected = async {
+            let sock = TcpStream::connect(addr).await?;
+            sock.set_nodelay(true)?;
+            match tls {
+                None => {
+                    let (rd, wr) = sock.into_split();
+                    Ok(Self::start(rd, wr))
+                }
+                Some(tls) => {
+                    let (rd, wr) = tokio::io::split(tls.connect(addr, sock).await?);
+                    Ok(Self::start(rd, wr))
+                }
+            }
+        };
+        tokio::time::timeout(connect_timeout, connected)
             .await
-            .map_err(|_| ClientError::Timeout(connect_timeout.as_millis() as u64))??;
-        sock.set_nodelay(true)?;
-        let (rd, mut wr) = sock.into_split();
+            .map_err(|_| ClientError::Timeout(connect_timeout.as_millis() as u64))?
+    }
+
+    /// Starts the writer and reader tasks on the two halves of a connected stream.
+    fn start<R, W>(rd: R, mut wr: W) -> Connection
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let (tx, mut rx) = mpsc::channel::<RequestFrame>(WRITE_QUEUE);
         let waiters: Waiters = Arc::new(Mutex::new(Some(HashMap::new())));
         let dead = Arc::new(AtomicBool::new(false));
@@ -95,6 +120,12 @@ impl Connection {
                     }
                     None if frame.api_key == weir_protocol::frame::CONNECTION_API_KEY => {
                         tracing::warn!(?frame.payload, "broker closed the connection");
+                        // Every waiting request fails with the broker's named error
+                        // (TLS_REQUIRED, THROTTLED at max_connections, ...).
+                        let waiting = r_waiters.lock().expect("waiters lock").take();
+                        for (_, w) in waiting.into_iter().flatten() {
+                            let _ = w.send(frame.clone());
+                        }
                         break;
                     }
                     None => tracing::debug!(id = frame.correlation_id, "response nobody waits for"),
@@ -104,13 +135,13 @@ impl Connection {
             // Dropping the senders fails every waiter.
             r_waiters.lock().expect("waiters lock").take();
         });
-        Ok(Connection {
+        Connection {
             tx,
             waiters,
             next_id: AtomicU32::new(1),
             dead,
             max_frame_bytes: weir_protocol::frame::DEFAULT_MAX_FRAME_BYTES,
-        })
+        }
     }
 
     /// True once the connection has failed.

@@ -26,6 +26,7 @@
 //!   messages, a [`QueueMessage`] holds one (`m.message`, or `m.value` through
 //!   `Deref`) next to its lease and attempt count.
 //! - [`Admin`] — topics, quotas and the broker's flow state.
+//! - [`tls`] — TLS and mutual TLS to the broker ([`ClientConfig::tls`]).
 //! - [`flow`] — producer back-pressure policy and the client's circuit breaker.
 //! - With the `embedded` feature, [`embedded::EmbeddedBroker`] runs a broker in-process.
 
@@ -42,6 +43,7 @@ pub mod partitioner;
 pub mod producer;
 pub mod queue;
 pub mod record;
+pub mod tls;
 
 pub use admin::Admin;
 pub use client::{Client, ClientConfig};
@@ -57,6 +59,7 @@ pub use queue::{
     WorkerStats,
 };
 pub use record::{BatchRecord, Message, Partitioning, ProducerBatch, ProducerRecord};
+pub use tls::TlsConfig;
 pub use weir_protocol::messages::{
     Acks, Durability, FlowStatusResponse, Quota, QuotaEntry, TopicConfig,
 };

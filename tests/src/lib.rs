@@ -7,6 +7,8 @@
 //! messages, a proxy that hangs, all end in a panic with a message instead of a stuck
 //! test run.
 
+pub mod certs;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::StreamExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
@@ -45,12 +45,40 @@ use super::responses::{write_loop, Outgoing, Permits};
 use super::{admission, control, dispatch};
 use crate::flow::quota::{ClientState, ConnectionSlot};
 use crate::flow::receive::{GatedRead, ReceiveGate};
+use crate::security::Identity;
 use crate::state::BrokerState;
 
 /// Serves one connection until the peer closes it, it fails, or the broker shuts down.
 pub async fn run(sock: TcpStream, state: Arc<BrokerState>) -> Result<(), FrameError> {
     let (rd, wr) = sock.into_split();
-    let mut conn = Connection::new(state, rd, wr);
+    serve_split(rd, wr, state, Identity::default()).await
+}
+
+/// [`run`] over any stream (a TLS session), whose transport may already have proved
+/// who the peer is (`identity`: a client certificate's principal).
+pub async fn run_stream<S>(
+    stream: S,
+    state: Arc<BrokerState>,
+    identity: Identity,
+) -> Result<(), FrameError>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (rd, wr) = tokio::io::split(stream);
+    serve_split(rd, wr, state, identity).await
+}
+
+async fn serve_split<R, W>(
+    rd: R,
+    wr: W,
+    state: Arc<BrokerState>,
+    identity: Identity,
+) -> Result<(), FrameError>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let mut conn = Connection::new(state, rd, wr, identity);
     let result = conn.serve().await;
     let how = conn.close_how;
     conn.close(how).await;
@@ -120,9 +148,12 @@ enum Close {
     Drain,
 }
 
-struct Connection {
+struct Connection<R> {
     state: Arc<BrokerState>,
-    frames: FramedRead<GatedRead<OwnedReadHalf>, SizedCodec>,
+    frames: FramedRead<GatedRead<R>, SizedCodec>,
+    /// Who the peer has proved to be (`security/`).
+    #[allow(dead_code)]
+    identity: Identity,
     /// Requests held unanswered (`max_in_flight_per_connection`).
     in_flight: Arc<Semaphore>,
     /// Request bytes held unanswered (`flow_connection_in_flight_bytes`).
@@ -138,8 +169,13 @@ struct Connection {
     close_how: Close,
 }
 
-impl Connection {
-    fn new(state: Arc<BrokerState>, rd: OwnedReadHalf, wr: OwnedWriteHalf) -> Connection {
+impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
+    fn new<W: AsyncWrite + Unpin + Send + 'static>(
+        state: Arc<BrokerState>,
+        rd: R,
+        wr: W,
+        identity: Identity,
+    ) -> Connection<R> {
         let cfg = &state.config;
         let gate = state.flow.receive_gate();
         let frames = FramedRead::with_capacity(
@@ -152,6 +188,7 @@ impl Connection {
         let io_timeout = Duration::from_millis(cfg.io_timeout_ms);
         Connection {
             frames,
+            identity,
             in_flight: Arc::new(Semaphore::new(cfg.max_in_flight_per_connection)),
             in_flight_bytes: Arc::new(Semaphore::new(bytes_limit as usize)),
             bytes_limit,

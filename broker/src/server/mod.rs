@@ -119,7 +119,26 @@ async fn run_connection(
         .metrics
         .connections_total
         .fetch_add(1, Ordering::Relaxed);
-    if let Err(e) = connection::run(sock, state.clone()).await {
+    let result = match &state.security.tls {
+        None => connection::run(sock, state.clone()).await,
+        Some(tls) => {
+            let timeout = std::time::Duration::from_millis(state.config.io_timeout_ms);
+            match tls.accept(sock, timeout, &tls_required()).await {
+                Ok((stream, principal)) => {
+                    let identity = crate::security::Identity {
+                        principal: principal.map(Into::into),
+                        peer: Some(peer),
+                    };
+                    connection::run_stream(stream, state.clone(), identity).await
+                }
+                Err(e) => {
+                    tracing::info!(%peer, error = %e, "TLS connection refused");
+                    Ok(())
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection closed with error");
     }
     state
@@ -127,6 +146,17 @@ async fn run_connection(
         .connections_open
         .fetch_sub(1, Ordering::Relaxed);
     drop(slot);
+}
+
+/// What a plain-TCP client of the TLS port is told before the socket closes.
+fn tls_required() -> bytes::Bytes {
+    let mut b = bytes::BytesMut::new();
+    ResponseFrame::connection_error(
+        ErrorCode::TlsRequired,
+        "this port speaks TLS: connect with TLS (weir --tls-ca FILE)".to_string(),
+    )
+    .encode(&mut b);
+    b.freeze()
 }
 
 /// Socket options every connection gets.

@@ -60,8 +60,8 @@ impl Encoded {
 
 /// Writes responses as they finish, most urgent class first (weighted-fair with aging
 /// among the ones waiting), coalescing small ones into one write.
-pub async fn write_loop(
-    mut wr: tokio::net::tcp::OwnedWriteHalf,
+pub async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
+    mut wr: W,
     mut rx: mpsc::Receiver<Outgoing>,
     config: &Config,
 ) {
@@ -131,8 +131,8 @@ pub async fn write_loop(
 
 /// Writes every byte of `chunks` in order with `writev`; a peer that accepts nothing
 /// for `io_timeout` (per call, so a slow but moving reader is fine) fails it.
-async fn write_all_vectored(
-    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+async fn write_all_vectored<W: tokio::io::AsyncWrite + Unpin>(
+    wr: &mut W,
     chunks: &[Bytes],
     io_timeout: Duration,
 ) -> std::io::Result<()> {

@@ -18,6 +18,9 @@ pub struct Args {
     /// Broker address (ignored with --embedded).
     #[arg(long, default_value = "127.0.0.1:7700", env = "WEIR_BROKER")]
     pub broker: String,
+    /// TLS to reach a secured broker.
+    #[command(flatten)]
+    pub connect: crate::connect::ConnectArgs,
     /// Start a broker in this process, with a temporary data directory (WEIR_* variables
     /// set its other settings, as for weir-broker).
     #[arg(long)]

@@ -115,7 +115,7 @@ async fn preload(
     pre.priority_mix = None;
     pre.mode = Mode::Produce;
     let prerun = Run::new(pre, target.shards);
-    let producers = build_producers(&prerun, &target.addr).await?;
+    let producers = build_producers(&prerun, target).await?;
     let prerun = Run::new(prerun.cli.clone(), target.shards);
     let t = Instant::now();
     let stats = run_producers(&prerun, producers, Stop::Messages(missing), handle).await?;
@@ -143,7 +143,7 @@ async fn build_readers(cli: &Args, target: &Target) -> anyhow::Result<Vec<Reader
         } else {
             shards_of(j, cli.consumers, shards)
         };
-        let client = Client::connect(target.addr.clone()).await?;
+        let client = Client::connect_with(target.addr.clone(), target.config.clone()).await?;
         let mut consumer = Consumer::builder(&client)
             .topic(cli.topic.clone())
             .reset(OffsetReset::Earliest)

@@ -29,7 +29,7 @@ pub async fn run_e2e(
 ) -> anyhow::Result<Report> {
     let shards = target.shards;
     let probe = Run::new(cli.clone(), shards);
-    let producers = build_producers(&probe, &target.addr).await?;
+    let producers = build_producers(&probe, target).await?;
     let consumers = build_consumers(&cli, target).await?;
     let run = Run::new(cli, shards);
     let stop = Stop::of(&run);
@@ -60,7 +60,7 @@ async fn build_consumers(cli: &Args, target: &Target) -> anyhow::Result<Vec<Cons
     let mut consumers = Vec::new();
     for j in 0..n {
         let mine = shards_of(j, n, shards);
-        let client = Client::connect(target.addr.clone()).await?;
+        let client = Client::connect_with(target.addr.clone(), target.config.clone()).await?;
         let mut consumer = Consumer::builder(&client)
             .topic(cli.topic.clone())
             .reset(OffsetReset::Latest)

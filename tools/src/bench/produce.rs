@@ -28,7 +28,7 @@ pub async fn run_produce(
     handle: tokio::runtime::Handle,
 ) -> anyhow::Result<Report> {
     let probe = Run::new(cli.clone(), target.shards);
-    let producers = build_producers(&probe, &target.addr).await?;
+    let producers = build_producers(&probe, target).await?;
     let run = Run::new(cli, target.shards);
     let stop = Stop::of(&run);
     let progress = spawn_progress(run.clone(), "produce", stop.total());
@@ -39,11 +39,11 @@ pub async fn run_produce(
 }
 
 /// Builds one producer per `--producers`, each on its own connection.
-pub async fn build_producers(run: &Run, addr: &str) -> anyhow::Result<Vec<Producer>> {
+pub async fn build_producers(run: &Run, target: &Target) -> anyhow::Result<Vec<Producer>> {
     let c = &run.cli;
     let mut v = Vec::new();
     for _ in 0..c.producers {
-        let client = Client::connect(addr.to_string()).await?;
+        let client = Client::connect_with(target.addr.clone(), target.config.clone()).await?;
         let p = Producer::builder(&client)
             .acks(c.acks.acks())
             .linger(Duration::from_secs_f64(c.linger_ms / 1000.0))

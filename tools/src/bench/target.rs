@@ -12,6 +12,8 @@ use super::args::Args;
 /// A reachable broker with the bench topic, and what must be stopped after the run.
 pub struct Target {
     pub addr: String,
+    /// How every connection of the run is made (TLS flags).
+    pub config: weir_client::ClientConfig,
     /// The connection used for setup and, in consume, for reading offsets.
     pub admin: Client,
     /// Shards the topic really has (an existing topic keeps its own count).
@@ -30,12 +32,14 @@ impl Target {
         } else {
             (cli.broker.clone(), None, None)
         };
-        let admin = Client::connect(addr.clone())
+        let config = cli.connect.client_config()?;
+        let admin = Client::connect_with(addr.clone(), config.clone())
             .await
             .with_context(|| format!("connecting to {addr}"))?;
         let shards = ensure_topic(cli, &admin).await?;
         Ok(Target {
             addr,
+            config,
             admin,
             shards,
             embedded,

@@ -27,6 +27,9 @@ pub struct Cli {
         env = "WEIR_BROKER"
     )]
     pub broker: String,
+    /// TLS (and, later, credentials) to reach a secured broker.
+    #[command(flatten)]
+    pub connect: crate::connect::ConnectArgs,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -116,7 +119,7 @@ impl Signals {
 
 /// Connects to the broker and runs one command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = Client::connect(cli.broker.clone())
+    let client = Client::connect_with(cli.broker.clone(), cli.connect.client_config()?)
         .await
         .with_context(|| format!("cannot reach broker at {}", cli.broker))?;
     let admin = Admin::new(client.clone());
