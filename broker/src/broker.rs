@@ -39,7 +39,10 @@ impl Broker {
         config.validate()?;
         let config = Arc::new(config);
         let stores = Stores::open(config.clone()).await?;
-        let security = crate::security::Security::from_config(&config)?;
+        // The bootstrap admin's password is read from the environment, never from a
+        // config file or a flag (which would leave it in files and process lists).
+        let admin_password = std::env::var("WEIR_ADMIN_PASSWORD").ok();
+        let security = crate::security::Security::open(&config, admin_password.as_deref())?;
         let listener = bind(config.listen, "protocol").await?;
         let http_listener = bind(config.http, "HTTP").await?;
         let addr = listener.local_addr()?;

@@ -42,6 +42,7 @@ pub const NOT_CONFIG_ENV: &[&str] = &[
     "WEIR_PASSWORD",
     "WEIR_API_KEY",
     "WEIR_ADMIN_PASSWORD",
+    "WEIR_NEW_PASSWORD",
 ];
 
 /// The config key nearest to `key` by edit distance, if it is near enough to be a
@@ -255,6 +256,18 @@ pub struct Config {
     pub tls_client_ca: PathBuf,
     /// Oldest TLS version offered: `"1.3"` (default) or `"1.2"`.
     pub tls_min_version: TlsVersion,
+    /// `off` (default): nobody authenticates and nothing is checked. `required`:
+    /// every connection authenticates (SCRAM-SHA-256, an API key, or a client
+    /// certificate) and every request is checked against the ACLs; audit log on.
+    pub auth: AuthSetting,
+}
+
+/// The `auth` setting.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthSetting {
+    Off,
+    Required,
 }
 
 /// The `tls_min_version` setting.
@@ -400,6 +413,7 @@ impl Default for Config {
             tls_key: PathBuf::new(),
             tls_client_ca: PathBuf::new(),
             tls_min_version: TlsVersion::V1_3,
+            auth: AuthSetting::Off,
         }
     }
 }

@@ -38,6 +38,11 @@ struct Args {
     /// PEM CA of client certificates: require mutual TLS (config `tls_client_ca`).
     #[arg(long)]
     tls_client_ca: Option<PathBuf>,
+    /// `required`: every connection authenticates and every request is checked
+    /// against the ACLs (config `auth`). With no user yet, WEIR_ADMIN_PASSWORD
+    /// creates `admin`.
+    #[arg(long, value_parser = ["off", "required"])]
+    auth: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,6 +75,11 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(p) = args.tls_client_ca {
         config.tls_client_ca = p;
+    }
+    match args.auth.as_deref() {
+        Some("required") => config.auth = weir_broker::config::AuthSetting::Required,
+        Some(_) => config.auth = weir_broker::config::AuthSetting::Off,
+        None => {}
     }
     config.validate()?;
     // Thread-per-core runs connections on runtimes of their own (server::runtimes);

@@ -1,4 +1,5 @@
-//! [`Admin`]: topic administration, quotas and the broker's flow-control state.
+//! [`Admin`]: topic administration, quotas, the broker's flow-control state, and
+//! security administration (users, API keys, ACLs).
 
 use weir_protocol::messages::*;
 
@@ -95,5 +96,71 @@ impl Admin {
     /// The broker's load, shedding state and per-client flow state.
     pub async fn flow_status(&self) -> Result<FlowStatusResponse> {
         expect_body!(self.client.call(FlowStatusRequest {}).await?, FlowStatus)
+    }
+
+    /// Creates user `name` or changes its password. Only the SCRAM credential
+    /// derived from the password is sent. True when the user is new.
+    pub async fn upsert_user(&self, name: &str, password: &str) -> Result<bool> {
+        let req = UpsertUserRequest {
+            name: name.to_string(),
+            credential: crate::auth::credential_for(password)?,
+        };
+        Ok(expect_body!(self.client.call(req).await?, UpsertUser)?.created == 1)
+    }
+
+    /// Deletes a user (UNKNOWN_PRINCIPAL if there is none).
+    pub async fn delete_user(&self, name: &str) -> Result<()> {
+        let req = DeleteUserRequest {
+            name: name.to_string(),
+        };
+        expect_body!(self.client.call(req).await?, DeleteUser).map(|_| ())
+    }
+
+    /// User names.
+    pub async fn list_users(&self) -> Result<Vec<String>> {
+        Ok(expect_body!(self.client.call(ListUsersRequest {}).await?, ListUsers)?.users)
+    }
+
+    /// Issues an API key acting as `principal`; the returned key is shown only now.
+    pub async fn create_api_key(
+        &self,
+        principal: &str,
+        description: &str,
+    ) -> Result<CreateApiKeyResponse> {
+        let req = CreateApiKeyRequest {
+            principal: principal.to_string(),
+            description: description.to_string(),
+        };
+        expect_body!(self.client.call(req).await?, CreateApiKey)
+    }
+
+    /// Revokes an API key by id.
+    pub async fn revoke_api_key(&self, key_id: &str) -> Result<()> {
+        let req = RevokeApiKeyRequest {
+            key_id: key_id.to_string(),
+        };
+        expect_body!(self.client.call(req).await?, RevokeApiKey).map(|_| ())
+    }
+
+    /// API keys, without secrets.
+    pub async fn list_api_keys(&self) -> Result<Vec<ApiKeyEntry>> {
+        Ok(expect_body!(self.client.call(ListApiKeysRequest {}).await?, ListApiKeys)?.keys)
+    }
+
+    /// Adds (or with `remove`, removes) an ACL entry; true when something changed.
+    pub async fn alter_acl(&self, entry: AclEntry, remove: bool) -> Result<bool> {
+        let req = AlterAclsRequest {
+            remove: u8::from(remove),
+            entry,
+        };
+        Ok(expect_body!(self.client.call(req).await?, AlterAcls)?.changed == 1)
+    }
+
+    /// ACL entries of `principal`, or all of them when it is empty.
+    pub async fn describe_acls(&self, principal: &str) -> Result<Vec<AclEntry>> {
+        let req = DescribeAclsRequest {
+            principal: principal.to_string(),
+        };
+        Ok(expect_body!(self.client.call(req).await?, DescribeAcls)?.entries)
     }
 }

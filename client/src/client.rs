@@ -8,6 +8,7 @@ use weir_protocol::classes::ClassMap;
 use weir_protocol::messages::*;
 use weir_protocol::{ApiKey, ErrorCode, Request, ResponseBody};
 
+use crate::auth::Credentials;
 use crate::connection::{into_body, Connection};
 use crate::error::{ClientError, Result};
 use crate::flow::{BreakerConfig, BreakerState, SharedBreaker};
@@ -26,6 +27,10 @@ pub struct ClientConfig {
     pub breaker: Option<BreakerConfig>,
     /// TLS to the broker (see [`crate::tls`]); plain TCP when `None`.
     pub tls: Option<TlsConfig>,
+    /// Who the client is to a broker that requires authentication (see
+    /// [`crate::auth`]); every new connection authenticates with them right after
+    /// the handshake. `None` = don't authenticate.
+    pub credentials: Option<Credentials>,
 }
 
 impl Default for ClientConfig {
@@ -36,6 +41,7 @@ impl Default for ClientConfig {
             request_timeout: Duration::from_secs(30),
             breaker: None,
             tls: None,
+            credentials: None,
         }
     }
 }
@@ -149,6 +155,11 @@ impl Client {
             }
         }
         conn.max_frame_bytes = versions.max_frame_bytes;
+        if let Some(creds) = &self.inner.config.credentials {
+            let principal =
+                crate::auth::authenticate(&conn, creds, self.inner.config.request_timeout).await?;
+            tracing::debug!(%principal, "authenticated");
+        }
         let bounds: Option<[u8; 3]> = versions.class_bounds.as_slice().try_into().ok();
         match bounds.map(ClassMap::new) {
             Some(Ok(map)) => *self.inner.classes.lock().expect("class map lock") = map,

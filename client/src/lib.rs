@@ -26,11 +26,13 @@
 //!   messages, a [`QueueMessage`] holds one (`m.message`, or `m.value` through
 //!   `Deref`) next to its lease and attempt count.
 //! - [`Admin`] — topics, quotas and the broker's flow state.
+//! - [`auth`] — authentication ([`ClientConfig::credentials`]: a password or an API key).
 //! - [`tls`] — TLS and mutual TLS to the broker ([`ClientConfig::tls`]).
 //! - [`flow`] — producer back-pressure policy and the client's circuit breaker.
 //! - With the `embedded` feature, [`embedded::EmbeddedBroker`] runs a broker in-process.
 
 pub mod admin;
+pub mod auth;
 pub mod client;
 pub mod connection;
 pub mod consumer;
@@ -46,6 +48,7 @@ pub mod record;
 pub mod tls;
 
 pub use admin::Admin;
+pub use auth::Credentials;
 pub use client::{Client, ClientConfig};
 pub use consumer::{ConsumedBatch, Consumer, ConsumerConfig, DeliveryOrder, OffsetReset};
 pub use delivery::{

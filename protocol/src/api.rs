@@ -139,6 +139,24 @@ apis! {
     FlowStatus = 22, v 0..=0, FlowStatusRequest => FlowStatusResponse;
     /// Read a shard in priority order (per-class lanes, WFQ with aging).
     PriorityFetch = 25, v 0..=0, PriorityFetchRequest => PriorityFetchResponse;
+    /// One step of authentication (SCRAM-SHA-256 or an API key).
+    Authenticate = 50, v 0..=0, AuthenticateRequest => AuthenticateResponse;
+    /// Create a user or change its password (its SCRAM credential).
+    UpsertUser = 51, v 0..=0, UpsertUserRequest => UpsertUserResponse;
+    /// Delete a user.
+    DeleteUser = 52, v 0..=0, DeleteUserRequest => DeleteUserResponse;
+    /// List user names.
+    ListUsers = 53, v 0..=0, ListUsersRequest => ListUsersResponse;
+    /// Issue an API key.
+    CreateApiKey = 54, v 0..=0, CreateApiKeyRequest => CreateApiKeyResponse;
+    /// Revoke an API key.
+    RevokeApiKey = 55, v 0..=0, RevokeApiKeyRequest => RevokeApiKeyResponse;
+    /// List API keys (without secrets).
+    ListApiKeys = 56, v 0..=0, ListApiKeysRequest => ListApiKeysResponse;
+    /// Add or remove an ACL entry (a grant, or a role membership).
+    AlterAcls = 57, v 0..=0, AlterAclsRequest => AlterAclsResponse;
+    /// List ACL entries.
+    DescribeAcls = 58, v 0..=0, DescribeAclsRequest => DescribeAclsResponse;
 }
 
 /// Checks the api key and version, giving the named error for each failure.

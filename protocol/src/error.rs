@@ -120,6 +120,16 @@ error_codes! {
     /// The port speaks TLS and the client sent plain TCP. Sent in plain text as a
     /// connection error, then the connection is closed.
     TlsRequired = 40, retriable = false;
+    /// Authentication failed: unknown user, wrong password, unknown or revoked API
+    /// key, or a malformed exchange. The connection stays unauthenticated.
+    AuthenticationFailed = 41, retriable = false;
+    /// The broker requires authentication and this connection has not authenticated;
+    /// only ApiVersions and Authenticate are answered.
+    AuthenticationRequired = 42, retriable = false;
+    /// The principal has no grant for this operation on this resource.
+    NotAuthorized = 43, retriable = false;
+    /// The user, API key or ACL entry named does not exist.
+    UnknownPrincipal = 44, retriable = false;
 }
 
 /// The code as PROTOCOL.md names it, with its number: `UNKNOWN_TOPIC (10)`. The Rust

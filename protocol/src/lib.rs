@@ -11,6 +11,7 @@
 //! - [`breaker`]: the circuit breaker state machine of queues and of the SDK.
 //! - [`classes`]: priorities 1..=10 grouped into the classes P0..P3.
 //! - [`keys`]: shard-key rules shared by broker and SDK.
+//! - [`scram`]: SCRAM-SHA-256, the password mechanism of Authenticate.
 //! - [`headers`]: names of the record headers Weir writes (dead letters, replays).
 //! - [`error`]: wire error codes and decode errors.
 
@@ -24,6 +25,7 @@ pub mod frame;
 pub mod headers;
 pub mod keys;
 pub mod messages;
+pub mod scram;
 pub mod wire;
 
 pub use api::{ApiKey, Request, ResponseBody};

@@ -348,6 +348,7 @@ fn requests() -> Vec<(&'static str, RequestFrame)> {
     urgent.header.priority = 1;
     out.push(("produce_request_priority_1", urgent));
     out.extend(flow_requests());
+    out.extend(security_requests());
     out
 }
 
@@ -363,6 +364,294 @@ fn sample_quota() -> Quota {
 }
 
 /// Flow-control admin requests (DescribeQuotas, AlterQuotas, FlowStatus).
+/// The RFC 7677 example exchange (user "user", password "pencil").
+const RFC_CLIENT_FIRST: &str = "n,,n=user,r=rOprNGfwEbeRWgbNEkqO";
+const RFC_SERVER_FIRST: &str =
+    "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+const RFC_CLIENT_FINAL: &str = "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,\
+                                p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
+const RFC_SERVER_FINAL: &str = "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=";
+
+fn sample_acl() -> AclEntry {
+    AclEntry {
+        principal: "alice".into(),
+        resource_type: ResourceType::Topic,
+        pattern: "orders.*".into(),
+        operation: Operation::Produce,
+    }
+}
+
+/// Security apis (50..=58): authentication, users, API keys, ACLs.
+fn security_requests() -> Vec<(&'static str, RequestFrame)> {
+    let cred = weir_protocol::scram::credential("pencil", &[7; 16], 4096).unwrap();
+    vec![
+        (
+            "authenticate_request_scram_first",
+            RequestFrame::new(
+                50,
+                AuthenticateRequest {
+                    mechanism: "SCRAM-SHA-256".into(),
+                    payload: Bytes::from_static(RFC_CLIENT_FIRST.as_bytes()),
+                },
+            ),
+        ),
+        (
+            "authenticate_request_scram_final",
+            RequestFrame::new(
+                51,
+                AuthenticateRequest {
+                    mechanism: "SCRAM-SHA-256".into(),
+                    payload: Bytes::from_static(RFC_CLIENT_FINAL.as_bytes()),
+                },
+            ),
+        ),
+        (
+            "authenticate_request_api_key",
+            RequestFrame::new(
+                52,
+                AuthenticateRequest {
+                    mechanism: "API-KEY".into(),
+                    payload: Bytes::from_static(
+                        b"wk_0123456789abcdef_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+                    ),
+                },
+            ),
+        ),
+        (
+            "upsert_user_request",
+            RequestFrame::new(
+                53,
+                UpsertUserRequest {
+                    name: "alice".into(),
+                    credential: ScramCredential {
+                        salt: cred.salt.clone().into(),
+                        iterations: cred.iterations,
+                        stored_key: cred.stored_key.to_vec().into(),
+                        server_key: cred.server_key.to_vec().into(),
+                    },
+                },
+            ),
+        ),
+        (
+            "delete_user_request",
+            RequestFrame::new(
+                54,
+                DeleteUserRequest {
+                    name: "alice".into(),
+                },
+            ),
+        ),
+        (
+            "list_users_request",
+            RequestFrame::new(55, ListUsersRequest {}),
+        ),
+        (
+            "create_api_key_request",
+            RequestFrame::new(
+                56,
+                CreateApiKeyRequest {
+                    principal: "billing-job".into(),
+                    description: "nightly billing".into(),
+                },
+            ),
+        ),
+        (
+            "revoke_api_key_request",
+            RequestFrame::new(
+                57,
+                RevokeApiKeyRequest {
+                    key_id: "0123456789abcdef".into(),
+                },
+            ),
+        ),
+        (
+            "list_api_keys_request",
+            RequestFrame::new(58, ListApiKeysRequest {}),
+        ),
+        (
+            "alter_acls_request",
+            RequestFrame::new(
+                59,
+                AlterAclsRequest {
+                    remove: 0,
+                    entry: sample_acl(),
+                },
+            ),
+        ),
+        (
+            "describe_acls_request",
+            RequestFrame::new(
+                60,
+                DescribeAclsRequest {
+                    principal: "alice".into(),
+                },
+            ),
+        ),
+    ]
+}
+
+/// Responses to [`security_requests`].
+fn security_responses() -> Vec<(&'static str, ResponseFrame)> {
+    let ok = |api: ApiKey, id: u32, body: ResponseBody| ResponseFrame::ok(&header(api, id), body);
+    vec![
+        (
+            "authenticate_response_scram_first",
+            ok(
+                ApiKey::Authenticate,
+                50,
+                AuthenticateResponse {
+                    payload: Bytes::from_static(RFC_SERVER_FIRST.as_bytes()),
+                    done: 0,
+                    principal: String::new(),
+                }
+                .into(),
+            ),
+        ),
+        (
+            "authenticate_response_scram_final",
+            ok(
+                ApiKey::Authenticate,
+                51,
+                AuthenticateResponse {
+                    payload: Bytes::from_static(RFC_SERVER_FINAL.as_bytes()),
+                    done: 1,
+                    principal: "user".into(),
+                }
+                .into(),
+            ),
+        ),
+        (
+            "error_response_authentication_failed",
+            ResponseFrame::error(
+                &header(ApiKey::Authenticate, 52),
+                ErrorCode::AuthenticationFailed,
+                0,
+                "unknown or revoked API key",
+            ),
+        ),
+        (
+            "upsert_user_response",
+            ok(
+                ApiKey::UpsertUser,
+                53,
+                UpsertUserResponse { created: 1 }.into(),
+            ),
+        ),
+        (
+            "delete_user_response",
+            ok(ApiKey::DeleteUser, 54, DeleteUserResponse {}.into()),
+        ),
+        (
+            "list_users_response",
+            ok(
+                ApiKey::ListUsers,
+                55,
+                ListUsersResponse {
+                    users: vec!["admin".into(), "alice".into()],
+                }
+                .into(),
+            ),
+        ),
+        (
+            "create_api_key_response",
+            ok(
+                ApiKey::CreateApiKey,
+                56,
+                CreateApiKeyResponse {
+                    key_id: "0123456789abcdef".into(),
+                    key: "wk_0123456789abcdef_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
+                }
+                .into(),
+            ),
+        ),
+        (
+            "revoke_api_key_response",
+            ok(ApiKey::RevokeApiKey, 57, RevokeApiKeyResponse {}.into()),
+        ),
+        (
+            "list_api_keys_response",
+            ok(
+                ApiKey::ListApiKeys,
+                58,
+                ListApiKeysResponse {
+                    keys: vec![ApiKeyEntry {
+                        key_id: "0123456789abcdef".into(),
+                        principal: "billing-job".into(),
+                        description: "nightly billing".into(),
+                        created_ms: 1_700_000_000_000,
+                    }],
+                }
+                .into(),
+            ),
+        ),
+        (
+            "alter_acls_response",
+            ok(
+                ApiKey::AlterAcls,
+                59,
+                AlterAclsResponse { changed: 1 }.into(),
+            ),
+        ),
+        (
+            "describe_acls_response",
+            ok(
+                ApiKey::DescribeAcls,
+                60,
+                DescribeAclsResponse {
+                    entries: vec![sample_acl()],
+                }
+                .into(),
+            ),
+        ),
+        (
+            "error_response_not_authorized",
+            ResponseFrame::error(
+                &header(ApiKey::Produce, 61),
+                ErrorCode::NotAuthorized,
+                0,
+                "alice may not produce on topic payments",
+            ),
+        ),
+    ]
+}
+
+/// SCRAM-SHA-256 exchanges (PROTOCOL.md, "50 Authenticate"): RFC 7677's example and
+/// one with a user name that needs escaping, each message as sent.
+fn scram_vectors() -> Vec<Value> {
+    let own_first = weir_protocol::scram::ClientFirst {
+        user: "a=b,c".into(),
+        nonce: "fyko+d2lbbFgONRv9qkxdawL".into(),
+    };
+    let own_server = weir_protocol::scram::ServerFirst {
+        nonce: "fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j".into(),
+        salt: b"weir-test-salt-16".to_vec(),
+        iterations: 4096,
+    }
+    .message();
+    let (own_final, own_sig) =
+        weir_protocol::scram::client_final(&own_first, &own_server, "correct horse").unwrap();
+    vec![
+        json!({
+            "name": "rfc7677_example",
+            "user": "user",
+            "password": "pencil",
+            "client_first": RFC_CLIENT_FIRST,
+            "server_first": RFC_SERVER_FIRST,
+            "client_final": RFC_CLIENT_FINAL,
+            "server_final": RFC_SERVER_FINAL,
+        }),
+        json!({
+            "name": "escaped_user_name",
+            "user": "a=b,c",
+            "password": "correct horse",
+            "client_first": own_first.message(),
+            "server_first": own_server,
+            "client_final": own_final.message(),
+            "server_final": weir_protocol::scram::ServerFinal { signature: own_sig }.message(),
+        }),
+    ]
+}
+
 fn flow_requests() -> Vec<(&'static str, RequestFrame)> {
     vec![
         (
@@ -725,6 +1014,7 @@ fn responses() -> Vec<(&'static str, ResponseFrame)> {
         ),
     ];
     out.extend(flow_responses());
+    out.extend(security_responses());
     out
 }
 
@@ -1387,6 +1677,17 @@ fn generate() -> Vec<(&'static str, Value)> {
             }),
         ),
         (
+            "scram",
+            json!({
+                "about": "SCRAM-SHA-256 exchanges as Authenticate carries them (PROTOCOL.md, \
+                          \"50 Authenticate\"): each message is the payload's UTF-8 text. \
+                          A server holding the credential of (user, password) with the \
+                          salt and iterations of server_first, given client_first and \
+                          client_final, answers server_final.",
+                "vectors": scram_vectors(),
+            }),
+        ),
+        (
             "invalid",
             doc(
                 "Inputs every decoder must refuse. error is the weir-protocol DecodeError, \
@@ -1533,6 +1834,26 @@ fn shard_key_vectors_cover_the_documented_cases() {
             assert_eq!(s, u64::from(shard_for_key(&key, n)));
         }
         assert_eq!(e["shard"]["1"], 0);
+    }
+}
+
+/// Every SCRAM vector verifies: the client's final message follows from the password,
+/// and the server's answer from the credential alone.
+#[test]
+fn scram_vectors_verify_with_the_credential_alone() {
+    use weir_protocol::scram::*;
+    for v in entries("scram") {
+        let (first, bare) = ClientFirst::parse(field(&v, "client_first").as_bytes()).unwrap();
+        assert_eq!(first.user, field(&v, "user"));
+        let server_first = field(&v, "server_first");
+        let sf = ServerFirst::parse(server_first.as_bytes()).unwrap();
+        let (fin, expected) = client_final(&first, server_first, field(&v, "password")).unwrap();
+        assert_eq!(fin.message(), field(&v, "client_final"), "{}", v["name"]);
+        let cred = credential(field(&v, "password"), &sf.salt, sf.iterations).unwrap();
+        let parsed = ClientFinal::parse(field(&v, "client_final").as_bytes()).unwrap();
+        let answer = server_final(&cred, &bare, server_first, &parsed).unwrap();
+        assert_eq!(answer.message(), field(&v, "server_final"), "{}", v["name"]);
+        check_server_final(answer.message().as_bytes(), &expected).unwrap();
     }
 }
 

@@ -1,11 +1,11 @@
-//! How the tools reach a secured broker: the TLS flags shared by `weir` and
-//! `weir-bench`, turned into the SDK's [`ClientConfig`].
+//! How the tools reach a secured broker: the TLS and credential flags shared by
+//! `weir` and `weir-bench`, turned into the SDK's [`ClientConfig`].
 
 use std::path::PathBuf;
 
-use weir_client::{ClientConfig, TlsConfig};
+use weir_client::{ClientConfig, Credentials, TlsConfig};
 
-/// TLS flags of `weir` and `weir-bench`.
+/// TLS and credential flags of `weir` and `weir-bench`.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ConnectArgs {
     /// Connect with TLS, trusting the CA certificates in this PEM file.
@@ -20,6 +20,21 @@ pub struct ConnectArgs {
     /// Name the broker's certificate must carry [default: the host of the address].
     #[arg(long, global = true)]
     pub tls_server_name: Option<String>,
+    /// Authenticate as this user (SCRAM-SHA-256), with --password. Given before the
+    /// command: `weir --user U --password P topic list`.
+    #[arg(
+        long,
+        env = "WEIR_USER",
+        requires = "password",
+        conflicts_with = "api_key"
+    )]
+    pub user: Option<String>,
+    /// The user's password.
+    #[arg(long, env = "WEIR_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// Authenticate with an API key (`weir key create` printed it).
+    #[arg(long, env = "WEIR_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 impl ConnectArgs {
@@ -37,8 +52,17 @@ impl ConnectArgs {
             }
             None => None,
         };
+        let credentials = match (&self.user, &self.password, &self.api_key) {
+            (Some(user), Some(password), _) => Some(Credentials::Password {
+                user: user.clone(),
+                password: password.clone(),
+            }),
+            (None, _, Some(key)) => Some(Credentials::ApiKey(key.clone())),
+            _ => None,
+        };
         Ok(ClientConfig {
             tls,
+            credentials,
             ..ClientConfig::default()
         })
     }

@@ -49,9 +49,13 @@ use crate::security::Identity;
 use crate::state::BrokerState;
 
 /// Serves one connection until the peer closes it, it fails, or the broker shuts down.
-pub async fn run(sock: TcpStream, state: Arc<BrokerState>) -> Result<(), FrameError> {
+pub async fn run(
+    sock: TcpStream,
+    peer: std::net::SocketAddr,
+    state: Arc<BrokerState>,
+) -> Result<(), FrameError> {
     let (rd, wr) = sock.into_split();
-    serve_split(rd, wr, state, Identity::default()).await
+    serve_split(rd, wr, state, Identity::new(peer, None)).await
 }
 
 /// [`run`] over any stream (a TLS session), whose transport may already have proved
@@ -152,7 +156,6 @@ struct Connection<R> {
     state: Arc<BrokerState>,
     frames: FramedRead<GatedRead<R>, SizedCodec>,
     /// Who the peer has proved to be (`security/`).
-    #[allow(dead_code)]
     identity: Identity,
     /// Requests held unanswered (`max_in_flight_per_connection`).
     in_flight: Arc<Semaphore>,
@@ -311,7 +314,29 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
         });
         let state = self.state.clone();
         let out = self.out.clone();
-        match frame.request {
+        // Security (off by default): authentication runs here, in order; every other
+        // request is checked before it starts.
+        let request = match frame.request {
+            Request::Authenticate(req) => {
+                return self.authenticate(&header, class, req, permits).await;
+            }
+            request => request,
+        };
+        if let Err(refusal) = state
+            .security
+            .authorize(&mut self.identity, &header, &request)
+        {
+            out.send(class, refusal, Some(permits)).await;
+            return None;
+        }
+        let audited = state.security.admin_change(&request);
+        match request {
+            // With authentication required, quotas follow the authenticated principal,
+            // not the id a client claims.
+            Request::ApiVersions(_) if state.security.required => {
+                let resp = ResponseFrame::ok(&header, control::api_versions(&state));
+                out.send(class, resp, Some(permits)).await;
+            }
             Request::ApiVersions(hs) if !self.session.is(&hs.client_id) => {
                 return self.handshake(&header, class, hs, permits).await;
             }
@@ -329,13 +354,63 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
             }
             request => {
                 let client = self.session.client.clone();
+                let identity = self.identity.clone();
                 tokio::spawn(async move {
-                    let resp = dispatch::answer(&state, &client, &header, request).await;
+                    let resp = if crate::security::admin::handles(&request) {
+                        crate::security::admin::answer(&state, &header, request).await
+                    } else {
+                        dispatch::answer(&state, &client, &header, request).await
+                    };
+                    if let Some(change) = &audited {
+                        state.security.audit_change(&identity, change, &resp);
+                    }
                     out.send(class, resp, Some(permits)).await;
                 });
             }
         }
         None
+    }
+
+    /// One Authenticate step. Once the principal is known (and authentication is
+    /// required) the connection takes the principal's quota, as a handshake takes
+    /// a client id's: over its `max_connections` it is refused and closed.
+    async fn authenticate(
+        &mut self,
+        header: &weir_protocol::frame::RequestHeader,
+        class: Class,
+        req: weir_protocol::messages::AuthenticateRequest,
+        permits: Permits,
+    ) -> Option<End> {
+        let state = self.state.clone();
+        let resp = state
+            .security
+            .authenticate(&mut self.identity, header, req)
+            .await;
+        let principal = match (&self.identity.principal, resp.error_code()) {
+            (Some(p), ErrorCode::None) if state.security.required => p.clone(),
+            _ => {
+                self.out.send(class, resp, Some(permits)).await;
+                return None;
+            }
+        };
+        if self.session.is(&principal) {
+            self.out.send(class, resp, Some(permits)).await;
+            return None;
+        }
+        match admission::handshake(&state, &principal) {
+            Ok(slot) => {
+                self.session.client = slot.client().clone();
+                self.session.slot = Some(slot);
+                self.out.send(class, resp, Some(permits)).await;
+                None
+            }
+            Err(r) => {
+                tracing::info!(%principal, "{}; closing connection", r.message);
+                let resp = ResponseFrame::error(header, r.code, r.retry_after_ms, r.message);
+                self.out.send(class, resp, None).await;
+                Some(Ok(()))
+            }
+        }
     }
 
     /// Binds the connection to the handshake's client id, or refuses it (THROTTLED)

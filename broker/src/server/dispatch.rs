@@ -78,5 +78,21 @@ async fn route(state: &Arc<BrokerState>, request: Request) -> Result<ResponseBod
                 "produce is queued by the connection (server::produce)",
             ))
         }
+        // Security: authentication runs in the connection's reader, administration
+        // in `security::admin`, both started by the connection.
+        Request::Authenticate(_)
+        | Request::UpsertUser(_)
+        | Request::DeleteUser(_)
+        | Request::ListUsers(_)
+        | Request::CreateApiKey(_)
+        | Request::RevokeApiKey(_)
+        | Request::ListApiKeys(_)
+        | Request::AlterAcls(_)
+        | Request::DescribeAcls(_) => {
+            return Err(BrokerError::new(
+                ErrorCode::Unknown,
+                "security apis are started by the connection (security::)",
+            ))
+        }
     })
 }

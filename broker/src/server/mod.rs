@@ -120,15 +120,12 @@ async fn run_connection(
         .connections_total
         .fetch_add(1, Ordering::Relaxed);
     let result = match &state.security.tls {
-        None => connection::run(sock, state.clone()).await,
+        None => connection::run(sock, peer, state.clone()).await,
         Some(tls) => {
             let timeout = std::time::Duration::from_millis(state.config.io_timeout_ms);
             match tls.accept(sock, timeout, &tls_required()).await {
                 Ok((stream, principal)) => {
-                    let identity = crate::security::Identity {
-                        principal: principal.map(Into::into),
-                        peer: Some(peer),
-                    };
+                    let identity = crate::security::Identity::new(peer, principal);
                     connection::run_stream(stream, state.clone(), identity).await
                 }
                 Err(e) => {

@@ -11,6 +11,7 @@ pub mod handshake;
 pub mod produce;
 pub mod queue;
 pub mod records;
+pub mod security;
 pub mod topics;
 
 pub use fetch::*;
@@ -20,4 +21,5 @@ pub use handshake::*;
 pub use produce::*;
 pub use queue::*;
 pub use records::Records;
+pub use security::*;
 pub use topics::*;

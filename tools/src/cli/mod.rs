@@ -2,6 +2,8 @@
 //! dispatches; `bin/weir.rs` only parses, runs and turns the outcome into an exit
 //! code ([`Interrupted`] and [`Failed`] carry theirs).
 
+pub mod acl;
+pub mod audit;
 pub mod consume;
 pub mod dlq;
 pub mod group;
@@ -10,6 +12,7 @@ pub mod queue;
 pub mod quota;
 pub mod status;
 pub mod topic;
+pub mod user;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -27,7 +30,7 @@ pub struct Cli {
         env = "WEIR_BROKER"
     )]
     pub broker: String,
-    /// TLS (and, later, credentials) to reach a secured broker.
+    /// TLS and credentials to reach a secured broker.
     #[command(flatten)]
     pub connect: crate::connect::ConnectArgs,
     #[command(subcommand)]
@@ -59,6 +62,21 @@ pub enum Cmd {
     /// Queue-mode groups.
     #[command(subcommand)]
     Queue(queue::QueueCmd),
+    /// Users of a broker with authentication (SCRAM-SHA-256 passwords).
+    #[command(subcommand)]
+    User(user::UserCmd),
+    /// API keys of a broker with authentication.
+    #[command(subcommand)]
+    Key(user::KeyCmd),
+    /// Access control: who may do what on which topics, groups, the cluster.
+    #[command(subcommand)]
+    Acl(acl::AclCmd),
+    /// Roles: named sets of grants given to users.
+    #[command(subcommand)]
+    Role(acl::RoleCmd),
+    /// Show or verify a broker's audit log (reads the file, not the broker).
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
 }
 
 /// A command stopped by SIGINT or SIGTERM after finishing cleanly (a consumer
@@ -119,6 +137,9 @@ impl Signals {
 
 /// Connects to the broker and runs one command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Cmd::Audit(cmd) = cli.cmd {
+        return audit::run(cmd);
+    }
     let client = Client::connect_with(cli.broker.clone(), cli.connect.client_config()?)
         .await
         .with_context(|| format!("cannot reach broker at {}", cli.broker))?;
@@ -140,5 +161,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Quota(cmd) => quota::run(&admin, cmd).await,
         Cmd::Dlq(cmd) => dlq::run(&client, cmd).await,
         Cmd::Queue(cmd) => queue::run(&client, cmd).await,
+        Cmd::User(cmd) => user::run_user(&admin, cmd).await,
+        Cmd::Key(cmd) => user::run_key(&admin, cmd).await,
+        Cmd::Acl(cmd) => acl::run_acl(&admin, cmd).await,
+        Cmd::Role(cmd) => acl::run_role(&admin, cmd).await,
+        Cmd::Audit(_) => unreachable!("handled before connecting"),
     }
 }
