@@ -49,6 +49,7 @@ impl Broker {
         let http_addr = http_listener.local_addr()?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let state = Arc::new(stores.into_state(config, shutdown_rx.clone(), security));
+        state.security.restore_quotas(&state.flow);
         let cores = match state.config.runtime {
             RuntimeSetting::MultiThread => None,
             RuntimeSetting::ThreadPerCore => {

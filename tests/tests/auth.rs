@@ -3,7 +3,8 @@
 //! password refused), API keys (a revoked key refused), ACLs with prefix patterns and
 //! roles (produce, consume, delete and quota changes refused without the grant, a new
 //! grant effective on an open connection), quotas keyed by the authenticated
-//! principal, persistence across a restart, a client certificate as principal, the
+//! principal (a runtime quota change kept across a restart), persistence across a
+//! restart, a client certificate as principal, the
 //! CLI, and an audit log that verifies until an entry is edited by hand.
 
 use std::process::{Command, Output, Stdio};
@@ -228,6 +229,16 @@ async fn users_keys_and_grants_decide_who_may_do_what() {
     broker.restart();
     let alice = login(&broker, "alice", "alice-pw").await;
     fetch(&alice, "orders.eu").await.expect("grants persisted");
+    // The runtime quota change was recorded too.
+    let second = Client::connect_with(broker.addr(), config(password("alice", "alice-pw"))).await;
+    assert_eq!(
+        code(second),
+        ErrorCode::Throttled,
+        "quota kept across the restart"
+    );
+    let admin = Admin::new(login(&broker, "admin", ADMIN_PW).await);
+    let q = admin.describe_quotas(&["alice"]).await.unwrap();
+    assert_eq!(q[0].quota.max_connections, 1);
 
     // The audit log holds the attempts, the refusals and the changes, and verifies.
     let log = std::fs::read_to_string(broker.data_dir().join("audit.log")).unwrap();

@@ -363,6 +363,37 @@ impl Security {
         );
     }
 
+    /// Applies the quota changes stored by earlier runs over the config's quotas. An
+    /// entry that no longer applies (say, the config now allows fewer entries) is
+    /// logged and skipped.
+    pub fn restore_quotas(&self, flow: &crate::flow::FlowControl) {
+        for (client_id, quota) in &self.store.snapshot().stored.quotas {
+            let req = weir_protocol::messages::AlterQuotasRequest {
+                client_id: client_id.clone(),
+                remove: u8::from(quota.is_none()),
+                quota: quota.as_ref().map(|q| q.quota()).unwrap_or_default(),
+            };
+            if let Err(e) = flow.alter_quotas(req) {
+                tracing::warn!(%client_id, error = %e.message, "stored quota change not applied");
+            }
+        }
+    }
+
+    /// Records a quota change (already in force) so the next start applies it too.
+    /// Blocks on file I/O: call it off the async workers.
+    pub fn persist_quota(
+        &self,
+        client_id: &str,
+        quota: Option<&weir_protocol::messages::Quota>,
+    ) -> Result<(), store::StoreError> {
+        let id = client_id.to_string();
+        let q = quota.map(store::StoredQuota::from_quota);
+        self.store.update(|s| {
+            s.quotas.insert(id, q);
+            Ok(())
+        })
+    }
+
     /// Whether anything about `request` concerns security's audit (only when
     /// authentication is required).
     pub fn admin_change(&self, request: &Request) -> Option<(&'static str, String)> {

@@ -113,6 +113,42 @@ impl Grant {
     }
 }
 
+/// One runtime quota change (AlterQuotas): the quota set, or `None` for a removed
+/// entry (the client id falls back to the default).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredQuota {
+    pub produce_bytes_per_s: u64,
+    pub produce_burst_bytes: u64,
+    pub fetch_bytes_per_s: u64,
+    pub fetch_burst_bytes: u64,
+    pub max_connections: u32,
+    pub max_queued_bytes: u64,
+}
+
+impl StoredQuota {
+    pub fn from_quota(q: &weir_protocol::messages::Quota) -> StoredQuota {
+        StoredQuota {
+            produce_bytes_per_s: q.produce_bytes_per_s,
+            produce_burst_bytes: q.produce_burst_bytes,
+            fetch_bytes_per_s: q.fetch_bytes_per_s,
+            fetch_burst_bytes: q.fetch_burst_bytes,
+            max_connections: q.max_connections,
+            max_queued_bytes: q.max_queued_bytes,
+        }
+    }
+
+    pub fn quota(&self) -> weir_protocol::messages::Quota {
+        weir_protocol::messages::Quota {
+            produce_bytes_per_s: self.produce_bytes_per_s,
+            produce_burst_bytes: self.produce_burst_bytes,
+            fetch_bytes_per_s: self.fetch_bytes_per_s,
+            fetch_burst_bytes: self.fetch_burst_bytes,
+            max_connections: self.max_connections,
+            max_queued_bytes: self.max_queued_bytes,
+        }
+    }
+}
+
 /// Everything the file holds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -120,6 +156,10 @@ pub struct Stored {
     pub users: BTreeMap<String, StoredUser>,
     pub api_keys: BTreeMap<String, StoredKey>,
     pub acls: BTreeSet<Grant>,
+    /// Quota changes made at runtime (AlterQuotas), applied over the config's quotas
+    /// at start, in client-id order.
+    #[serde(default)]
+    pub quotas: BTreeMap<String, Option<StoredQuota>>,
 }
 
 /// A parsed grant, ready to match requests.

@@ -354,15 +354,16 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
             }
             request => {
                 let client = self.session.client.clone();
-                let identity = self.identity.clone();
+                // Only administrative requests (with an audit log) need who sent them.
+                let identity = audited.as_ref().map(|_| self.identity.clone());
                 tokio::spawn(async move {
                     let resp = if crate::security::admin::handles(&request) {
                         crate::security::admin::answer(&state, &header, request).await
                     } else {
                         dispatch::answer(&state, &client, &header, request).await
                     };
-                    if let Some(change) = &audited {
-                        state.security.audit_change(&identity, change, &resp);
+                    if let (Some(change), Some(identity)) = (&audited, &identity) {
+                        state.security.audit_change(identity, change, &resp);
                     }
                     out.send(class, resp, Some(permits)).await;
                 });

@@ -70,7 +70,7 @@ async fn route(state: &Arc<BrokerState>, request: Request) -> Result<ResponseBod
         Request::CommitOffsets(r) => control::commit_offsets(state, r).await?,
         Request::FetchOffsets(r) => control::fetch_offsets(state, r),
         Request::DescribeQuotas(r) => state.flow.describe_quotas(r)?.into(),
-        Request::AlterQuotas(r) => state.flow.alter_quotas(r)?.into(),
+        Request::AlterQuotas(r) => alter_quotas(state, r).await?.into(),
         Request::FlowStatus(_) => state.flow.status().into(),
         Request::Produce(_) => {
             return Err(BrokerError::new(
@@ -95,4 +95,32 @@ async fn route(state: &Arc<BrokerState>, request: Request) -> Result<ResponseBod
             ))
         }
     })
+}
+
+/// AlterQuotas: in force at once, then recorded (`security.json`) so a restart keeps
+/// it. A change that could not be recorded is answered STORAGE_ERROR, saying it holds
+/// only until the broker restarts.
+async fn alter_quotas(
+    state: &Arc<BrokerState>,
+    r: weir_protocol::messages::AlterQuotasRequest,
+) -> Result<weir_protocol::messages::AlterQuotasResponse, BrokerError> {
+    let remove = r.remove == 1;
+    let resp = state.flow.alter_quotas(r)?;
+    let (st, id, quota) = (
+        state.clone(),
+        resp.entry.client_id.clone(),
+        resp.entry.quota.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        st.security.persist_quota(&id, (!remove).then_some(&quota))
+    })
+    .await
+    .map_err(|e| BrokerError::new(ErrorCode::Unknown, e.to_string()))?
+    .map_err(|e| {
+        BrokerError::new(
+            ErrorCode::StorageError,
+            format!("quota changed until the broker restarts, not recorded: {e}"),
+        )
+    })?;
+    Ok(resp)
 }

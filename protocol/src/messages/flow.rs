@@ -51,8 +51,8 @@ wire_struct! {
 
 wire_struct! {
     /// Sets (or, with `remove` = 1, deletes) the quota of one client id, effective for
-    /// the next request of every connection of that client. Changes last until the
-    /// broker restarts; the config file holds the quotas it starts with.
+    /// the next request of every connection of that client. The broker records each
+    /// change and applies it again at every later start (PROTOCOL.md, AlterQuotas).
     pub struct AlterQuotasRequest {
         pub client_id: String,
         /// 1 = delete the entry (the client falls back to the default quota); the

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use weir_client::{Admin, FlowStatusResponse, Quota, QuotaEntry};
 
-/// Read and change per-client quotas at runtime (until the broker restarts).
+/// Read and change per-client quotas at runtime (recorded; kept across restarts).
 #[derive(Subcommand, Debug)]
 pub enum QuotaCmd {
     /// Show quotas: of the given client ids, or every entry ("" is the default).
