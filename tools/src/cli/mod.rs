@@ -168,3 +168,43 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Audit(_) => unreachable!("handled before connecting"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Clap's own consistency checks (conflicting names, bad `requires`) over every
+    /// subcommand, which otherwise fire only when that subcommand is parsed.
+    #[test]
+    fn the_command_tree_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    /// The caller's credentials come before the command; `user add`'s own
+    /// `--password` is the new user's.
+    #[test]
+    fn credentials_and_a_new_password_do_not_collide() {
+        let cli = Cli::try_parse_from([
+            "weir",
+            "--user",
+            "admin",
+            "--password",
+            "a",
+            "user",
+            "add",
+            "bob",
+            "--password",
+            "b",
+        ])
+        .unwrap();
+        assert_eq!(cli.connect.user.as_deref(), Some("admin"));
+        assert_eq!(cli.connect.password.as_deref(), Some("a"));
+        match cli.cmd {
+            Cmd::User(user::UserCmd::Add { name, new_password }) => {
+                assert_eq!((name.as_str(), new_password.as_str()), ("bob", "b"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
