@@ -179,6 +179,7 @@ impl Stores {
             },
             shutdown,
             queues: self.queues,
+            cluster: None,
         }
     }
 }

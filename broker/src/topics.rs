@@ -93,6 +93,10 @@ struct TopicRecord {
     default_complexity: u8,
     #[serde(default)]
     shard_key_rule: String,
+    #[serde(default)]
+    replicas: u8,
+    #[serde(default)]
+    min_in_sync: u8,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -151,6 +155,8 @@ impl TopicRegistry {
                 default_priority: rec.default_priority,
                 default_complexity: rec.default_complexity,
                 shard_key_rule: rec.shard_key_rule,
+                replicas: rec.replicas,
+                min_in_sync: rec.min_in_sync,
             };
             // Topics written before these settings existed get their defaults; a
             // stored value outside today's ranges stops the start by name.
@@ -280,6 +286,32 @@ impl TopicRegistry {
             c.default_complexity = batch::DEFAULT_COMPLEXITY;
         }
         let invalid = |m: String| Err(BrokerError::new(ErrorCode::InvalidConfig, m));
+        let nodes = d.peers.len().max(1);
+        if c.replicas == 0 {
+            c.replicas = d.default_replicas.min(nodes.min(255) as u8);
+        }
+        if usize::from(c.replicas) > nodes {
+            return invalid(if nodes == 1 {
+                format!(
+                    "replicas {}: a single-node broker keeps one copy of each shard",
+                    c.replicas
+                )
+            } else {
+                format!(
+                    "replicas {} is more than the cluster's {nodes} nodes",
+                    c.replicas
+                )
+            });
+        }
+        if c.min_in_sync == 0 {
+            c.min_in_sync = d.default_min_in_sync.min(c.replicas);
+        }
+        if c.min_in_sync > c.replicas {
+            return invalid(format!(
+                "min_in_sync {} is more than replicas {}",
+                c.min_in_sync, c.replicas
+            ));
+        }
         if !batch::PRIORITY_RANGE.contains(&c.default_priority) {
             return invalid(format!(
                 "default_priority {} outside 1..=10",
@@ -498,6 +530,8 @@ impl TopicRegistry {
                 default_priority: t.config.default_priority,
                 default_complexity: t.config.default_complexity,
                 shard_key_rule: t.config.shard_key_rule.clone(),
+                replicas: t.config.replicas,
+                min_in_sync: t.config.min_in_sync,
             });
         }
         let bytes = serde_json::to_vec_pretty(&file).expect("metadata serialises");

@@ -230,3 +230,14 @@ pub fn fetch_offsets(state: &BrokerState, r: FetchOffsetsRequest) -> ResponseBod
     };
     FetchOffsetsResponse { offsets }.into()
 }
+
+/// DescribeCluster: the cluster as this node knows it, or `enabled = 0`.
+pub fn describe_cluster(
+    state: &BrokerState,
+    r: weir_protocol::messages::DescribeClusterRequest,
+) -> weir_protocol::messages::DescribeClusterResponse {
+    match &state.cluster {
+        Some(c) => c.describe(&r),
+        None => weir_protocol::messages::DescribeClusterResponse::default(),
+    }
+}

@@ -46,6 +46,16 @@ async fn respond(
     }
 }
 
+/// The cluster, or the refusal of an inter-node api by a single-node broker.
+fn cluster_of(state: &BrokerState) -> Result<&Arc<crate::cluster::Cluster>, BrokerError> {
+    state.cluster.as_ref().ok_or_else(|| {
+        BrokerError::new(
+            ErrorCode::InvalidRequest,
+            "this broker is a single node, not a cluster node",
+        )
+    })
+}
+
 async fn route(state: &Arc<BrokerState>, request: Request) -> Result<ResponseBody, BrokerError> {
     Ok(match request {
         // Data plane: reads.
@@ -72,6 +82,11 @@ async fn route(state: &Arc<BrokerState>, request: Request) -> Result<ResponseBod
         Request::DescribeQuotas(r) => state.flow.describe_quotas(r)?.into(),
         Request::AlterQuotas(r) => state.flow.alter_quotas(r)?.into(),
         Request::FlowStatus(_) => state.flow.status().into(),
+        // Cluster.
+        Request::DescribeCluster(r) => control::describe_cluster(state, r).into(),
+        Request::MirrorFetch(r) => cluster_of(state)?.mirror_fetch(r).await?.into(),
+        Request::ConsensusRpc(r) => cluster_of(state)?.consensus.handle_rpc(r).await?.into(),
+        Request::ClusterWrite(r) => cluster_of(state)?.consensus.handle_write(r).await?.into(),
         Request::Produce(_) => {
             return Err(BrokerError::new(
                 ErrorCode::Unknown,
