@@ -743,9 +743,18 @@ fn a_failed_segment_preparation_leaves_no_files() {
 /// there — across segment boundaries, at a batch start and inside a batch.
 #[test]
 fn truncating_a_closed_log_cuts_back_to_the_batch_and_appends_again() {
-    for (cut, expect_end) in [(0u64, 0u64), (30, 30), (31, 30), (95, 95), (200, 200), (201, 200)] {
+    for (cut, expect_end) in [
+        (0u64, 0u64),
+        (30, 30),
+        (31, 30),
+        (95, 95),
+        (200, 200),
+        (201, 200),
+    ] {
         let dir = tempfile::tempdir().unwrap();
-        let batches: Vec<Bytes> = (0..40).map(|i| make_batch(i, 5, 100, 1_000 + i as i64)).collect();
+        let batches: Vec<Bytes> = (0..40)
+            .map(|i| make_batch(i, 5, 100, 1_000 + i as i64))
+            .collect();
         {
             let mut log = Log::open(dir.path(), small_config(64 * 1024)).unwrap();
             for b in &batches {
@@ -791,7 +800,10 @@ fn the_visible_cap_hides_what_is_not_replicated() {
     assert_eq!(r.log_end_offset(), 20);
     assert_eq!(read_all(&r, 0).unwrap().len(), 2);
     assert!(r.read(15, 1 << 20).unwrap().is_empty());
-    assert!(matches!(r.read(21, 1 << 20), Err(StorageError::OffsetOutOfRange { .. })));
+    assert!(matches!(
+        r.read(21, 1 << 20),
+        Err(StorageError::OffsetOutOfRange { .. })
+    ));
     let all: usize = r
         .read_unreplicated(0, 1 << 20)
         .unwrap()
