@@ -84,9 +84,8 @@ impl StateMachine {
         self.inner.lock().expect("state machine lock")
     }
 
-    fn store(&self, file: &SnapshotFile) -> Result<(), StorageError> {
+    fn store(&self, file: &SnapshotFile) -> std::io::Result<()> {
         crate::files::write_atomically(&self.dir, SNAPSHOT_FILE, &files::encode_document(file))
-            .map_err(|e| StorageIOError::write_snapshot(Some(file.meta.signature()), &e).into())
     }
 }
 
@@ -124,7 +123,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             },
             data: meta,
         };
-        self.store(&file)?;
+        self.store(&file)
+            .map_err(|e| StorageIOError::write_snapshot(Some(file.meta.signature()), &e))?;
         let snapshot = snapshot_of(&file);
         self.lock().snapshot = Some(file);
         Ok(snapshot)
@@ -181,7 +181,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: meta.clone(),
             data,
         };
-        self.store(&file)?;
+        self.store(&file)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         let mut inner = self.lock();
         inner.meta = file.data.clone();
         inner.last_applied = meta.last_log_id;
