@@ -6,11 +6,11 @@
 //! made on a node that is not the leader (the controller) is forwarded to it as a
 //! `ClusterWrite`. The rest of the broker sees only this module's [`Consensus`].
 
-mod files;
+pub mod files;
 mod log_store;
 mod network;
 mod state_machine;
-mod types;
+pub mod types;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -34,7 +34,7 @@ use crate::error::BrokerError;
 use network::{Liveness, NetworkFactory};
 use types::Raft;
 
-pub use files::FrameError;
+
 pub use log_store::OpenError;
 
 /// A snapshot of the metadata is taken every this many applied entries, and the log
@@ -486,5 +486,36 @@ async fn record_nodes(
     }
     if let Err(e) = raft.client_write(Command::SetNodes { nodes }).await {
         tracing::warn!("recording the cluster's nodes: {e}");
+    }
+}
+
+/// openraft's own conformance suite for the log store and state machine.
+#[cfg(test)]
+mod suite {
+    use std::sync::Arc;
+
+    use openraft::testing::{StoreBuilder, Suite};
+    use tokio::sync::watch;
+
+    use super::log_store::LogStore;
+    use super::state_machine::StateMachine;
+    use super::types::{StorageError, TypeConfig};
+    use crate::cluster::meta::ClusterMeta;
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
+        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let log = LogStore::open(dir.path()).expect("log store");
+            let (tx, _) = watch::channel(Arc::new(ClusterMeta::default()));
+            let sm = StateMachine::open(dir.path(), Arc::new(tx)).expect("state machine");
+            Ok((dir, log, sm))
+        }
+    }
+
+    #[test]
+    fn openraft_storage_suite() {
+        Suite::test_all(Builder).expect("openraft storage suite");
     }
 }
