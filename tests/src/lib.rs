@@ -154,6 +154,29 @@ impl BrokerProcess {
         b
     }
 
+    /// Starts a broker listening on `listen` (a cluster node: its peers know its
+    /// address in advance), data in a fresh directory.
+    pub fn start_at(listen: SocketAddr, env: &[(&str, &str)]) -> BrokerProcess {
+        let mut b = BrokerProcess {
+            child: None,
+            dir: Self::new_dir(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            addr: listen,
+            http: "127.0.0.1:0".parse().expect("addr"),
+            starts: 0,
+        };
+        b.spawn(listen, "127.0.0.1:0".parse().expect("addr"));
+        b
+    }
+
+    /// Whether the child is running.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// The protocol address, "127.0.0.1:PORT".
     pub fn addr(&self) -> String {
         self.addr.to_string()
@@ -581,5 +604,60 @@ mod tests {
         assert_eq!(a.port(), 4000);
         assert_eq!(h.port(), 4001);
         assert!(parse_listening_line("something else").is_none());
+    }
+}
+
+/// `n` free loopback ports, found by binding port 0 and letting go (a cluster's
+/// nodes must know each other's addresses before any starts).
+pub fn free_ports(n: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("addr"))
+        .collect()
+}
+
+/// A cluster of `weir-broker` processes on loopback: node `i + 1` is `nodes[i]`.
+pub struct ClusterProcesses {
+    pub nodes: Vec<BrokerProcess>,
+}
+
+impl ClusterProcesses {
+    /// Starts `n` nodes that know each other, with extra `WEIR_*` settings.
+    pub fn start(n: usize, env: &[(&str, &str)]) -> ClusterProcesses {
+        let addrs = free_ports(n);
+        let peers = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let nodes = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let id = (i + 1).to_string();
+                let mut e: Vec<(&str, &str)> = vec![("WEIR_NODE_ID", &id), ("WEIR_PEERS", &peers)];
+                e.extend_from_slice(env);
+                BrokerProcess::start_at(*a, &e)
+            })
+            .collect();
+        ClusterProcesses { nodes }
+    }
+
+    /// Every node's protocol address, comma-separated (a client's bootstrap list).
+    pub fn bootstrap(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.addr())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The node with this id.
+    pub fn node(&mut self, id: u32) -> &mut BrokerProcess {
+        &mut self.nodes[id as usize - 1]
     }
 }

@@ -34,7 +34,6 @@ use crate::error::BrokerError;
 use network::{Liveness, NetworkFactory};
 use types::Raft;
 
-
 pub use log_store::OpenError;
 
 /// A snapshot of the metadata is taken every this many applied entries, and the log

@@ -37,6 +37,9 @@ struct Progress {
 struct Membership {
     in_sync: Vec<NodeId>,
     version: u64,
+    /// When each mirror last left the in-sync set: it rejoins only after catching up
+    /// later than that (a dead mirror's last fetch never brings it back).
+    left: HashMap<NodeId, Instant>,
 }
 
 /// One shard this node leads.
@@ -96,6 +99,7 @@ impl PrimaryState {
             membership: Mutex::new(Membership {
                 in_sync: entry.in_sync.clone(),
                 version: entry.version,
+                left: HashMap::new(),
             }),
             mirrors: Mutex::new(HashMap::new()),
             epochs: Mutex::new(epochs),
@@ -113,6 +117,12 @@ impl PrimaryState {
             let mut m = self.membership.lock().expect("membership lock");
             if entry.version <= m.version {
                 return;
+            }
+            let now = Instant::now();
+            for n in &m.in_sync.clone() {
+                if !entry.in_sync.contains(n) {
+                    m.left.insert(*n, now);
+                }
             }
             m.in_sync = entry.in_sync.clone();
             m.version = entry.version;
@@ -307,8 +317,11 @@ impl PrimaryState {
     pub fn wanted_in_sync(&self, lag_max: Duration) -> Option<(Vec<NodeId>, u64)> {
         let now = Instant::now();
         let end = self.shard.reader().log_end_offset();
-        let Membership { in_sync, version } =
-            self.membership.lock().expect("membership lock").clone();
+        let Membership {
+            in_sync,
+            version,
+            left,
+        } = self.membership.lock().expect("membership lock").clone();
         let mirrors = self.mirrors.lock().expect("mirrors lock");
         let mut wanted: Vec<NodeId> = Vec::with_capacity(self.replicas.len());
         for &n in &self.replicas {
@@ -322,7 +335,8 @@ impl PrimaryState {
                 let caught = p.map_or(self.since, |p| p.caught_up);
                 now.duration_since(caught) <= lag_max
             } else {
-                p.is_some_and(|p| p.offset >= end && now.duration_since(p.caught_up) < lag_max)
+                let left_at = left.get(&n).copied().unwrap_or(self.since);
+                p.is_some_and(|p| p.offset >= end && p.caught_up > left_at)
             };
             if keep {
                 wanted.push(n);
