@@ -336,3 +336,112 @@ async fn a_mirrored_produce_with_too_few_in_sync_copies_is_refused_by_name() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_primary_stops_acknowledging_and_rejoins_as_an_identical_mirror() {
+    // Produce waits end after 3 s, so the isolated primary's refusal comes quickly.
+    let c = ClusterProcesses::start_with_links(3, &[("WEIR_PRODUCE_TIMEOUT_MS", "3000")]).await;
+    let view = wait_for_controller(&c, Duration::from_secs(20)).await;
+    create_topic(&c, "iso", 6, 3, 2).await;
+    // A shard whose primary is not the controller, so the cut also takes the
+    // primary away from the consensus majority.
+    let mut target = None;
+    for shard in 0..6 {
+        let (p, epoch, _) = wait_for_primary(&c, "iso", shard, None, Duration::from_secs(20)).await;
+        if p != view.controller {
+            target = Some((shard, p, epoch));
+            break;
+        }
+    }
+    let Some((shard, p, epoch)) = target else {
+        panic!(
+            "every shard's primary is the controller (node {})",
+            view.controller
+        );
+    };
+    let key_for_shard = |i: usize| -> String {
+        // A key that lands on `shard` (the broker refuses keys on the wrong shard).
+        (0..)
+            .map(|k| format!("k{i}-{k}"))
+            .find(|k| weir_protocol::keys::shard_for_key(k.as_bytes(), 6) == shard)
+            .expect("a key")
+    };
+    let paddr = c.nodes[p as usize - 1].addr();
+    let produce = |addr: String, values: Vec<String>, acks: Acks| {
+        let keys: Vec<String> = (0..values.len()).map(key_for_shard).collect();
+        async move {
+            let client = Client::connect(addr).await.expect("connect");
+            let producer = Producer::builder(&client)
+                .acks(acks)
+                .retries(0)
+                .build()
+                .await
+                .expect("producer");
+            let mut out = Vec::new();
+            for (v, k) in values.into_iter().zip(keys) {
+                let f = producer
+                    .send(ProducerRecord::new("iso", v.clone()).key(k))
+                    .await
+                    .expect("queued");
+                out.push((v, f.await));
+            }
+            out
+        }
+    };
+    let before: Vec<String> = (0..50).map(|i| format!("before-{i}")).collect();
+    let mut acked = Vec::new();
+    for (v, r) in produce(paddr.clone(), before, Acks::Mirrored).await {
+        let md = r.expect("mirrored ack before the cut");
+        assert_eq!(md.shard, shard);
+        acked.push((md.offset, v));
+    }
+
+    c.isolate(p);
+    let (q, new_epoch, in_sync) =
+        wait_for_primary(&c, "iso", shard, Some(p), Duration::from_secs(20)).await;
+    assert!(new_epoch > epoch && !in_sync.contains(&p));
+    // The majority side serves mirrored produce...
+    let qaddr = c.nodes[q as usize - 1].addr();
+    let during: Vec<String> = (0..20).map(|i| format!("majority-{i}")).collect();
+    for (v, r) in produce(qaddr.clone(), during, Acks::Mirrored).await {
+        acked.push((r.expect("mirrored ack on the successor").offset, v));
+    }
+    // ...and the cut-off primary acknowledges no mirrored write (it may still take
+    // acks=leader writes, which it will lose when it rejoins).
+    for (v, r) in produce(paddr.clone(), vec!["isolated".into()], Acks::Mirrored).await {
+        assert!(
+            r.is_err(),
+            "the isolated primary acknowledged {v} as mirrored"
+        );
+    }
+    let _ = produce(paddr.clone(), vec!["isolated-leader".into()], Acks::Leader).await;
+
+    c.heal();
+    wait_in_sync(&c, "iso", shard, p, Duration::from_secs(30)).await;
+    // Every mirrored acknowledgement is on the primary, once; the cut-off writes are not.
+    let (primary, _, _) = wait_for_primary(&c, "iso", shard, None, Duration::from_secs(20)).await;
+    let client = Client::connect(c.nodes[primary as usize - 1].addr())
+        .await
+        .expect("connect");
+    let stored = read_to_end(&client, "iso", Duration::from_secs(30)).await;
+    let values: Vec<(u64, String)> = stored
+        .iter()
+        .filter(|m| m.shard == shard)
+        .map(|m| (m.offset, String::from_utf8(m.value.to_vec()).expect("utf8")))
+        .collect();
+    for (offset, v) in &acked {
+        assert!(
+            values.contains(&(*offset, v.clone())),
+            "acked {v} at {offset} lost"
+        );
+    }
+    assert!(
+        !values.iter().any(|(_, v)| v.starts_with("isolated")),
+        "a cut-off write survived"
+    );
+    let mut c = c;
+    for n in &mut c.nodes {
+        n.terminate();
+    }
+    copies_identical(&c, "iso", shard);
+}

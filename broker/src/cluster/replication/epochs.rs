@@ -254,4 +254,16 @@ mod tests {
         .unwrap();
         assert!(EpochHistory::load(dir.path()).entries().is_empty());
     }
+
+    proptest::proptest! {
+        /// Whatever bytes the file holds, loading gives a well-formed history (or an
+        /// empty one), never a panic.
+        #[test]
+        fn any_file_loads_as_a_well_formed_history(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join(FILE), &bytes).unwrap();
+            let h = EpochHistory::load(dir.path());
+            proptest::prop_assert!(well_formed(h.entries()));
+        }
+    }
 }

@@ -31,6 +31,7 @@ pub async fn run(cluster: Arc<Cluster>, topic: String, shard_no: u32) {
         match round(&cluster, &topic, shard_no, &mut epochs).await {
             Ok(()) => {}
             Err(Pause::Short) => tokio::time::sleep(RETRY_PAUSE).await,
+            Err(Pause::Brief) => tokio::time::sleep(Duration::from_millis(20)).await,
             Err(Pause::UntilMetadata) => {
                 let _ = tokio::time::timeout(Duration::from_millis(500), meta_rx.changed()).await;
             }
@@ -40,7 +41,11 @@ pub async fn run(cluster: Arc<Cluster>, topic: String, shard_no: u32) {
 
 /// Why a round ended without copying.
 enum Pause {
+    /// A failed round: 100 ms.
     Short,
+    /// Refused by a primary that is a step behind or ahead: 20 ms.
+    Brief,
+    /// No primary to fetch from: until the metadata changes (at most 500 ms).
     UntilMetadata,
 }
 
@@ -79,10 +84,9 @@ async fn round(
         Ok(_) => return Err(Pause::Short),
         Err(PeerError::Refused { code, message }) => {
             tracing::debug!(topic, shard = shard_no, %code, message, "mirror fetch refused");
-            return Err(match code {
-                ErrorCode::FencedEpoch | ErrorCode::NotPrimary => Pause::UntilMetadata,
-                _ => Pause::Short,
-            });
+            // The primary may not have applied the change this node already has (or
+            // the other way round): look again shortly either way.
+            return Err(Pause::Brief);
         }
         Err(e) => {
             tracing::debug!(topic, shard = shard_no, error = %e, "mirror fetch failed");
