@@ -15,7 +15,8 @@ use super::mix::PriorityMix;
 pub struct Args {
     #[arg(value_enum)]
     pub mode: Mode,
-    /// Broker address (ignored with --embedded).
+    /// Broker address, or a cluster's node addresses separated by commas (ignored
+    /// with --embedded).
     #[arg(long, default_value = "127.0.0.1:7700", env = "WEIR_BROKER")]
     pub broker: String,
     /// Start a broker in this process, with a temporary data directory (WEIR_* variables
@@ -188,6 +189,9 @@ pub enum AckArg {
     None,
     Leader,
     Durable,
+    /// Every in-sync copy of the shard holds the batch (a cluster; a single node
+    /// answers it like durable, or refuses it when a topic needs more copies).
+    Mirrored,
 }
 
 impl AckArg {
@@ -196,6 +200,7 @@ impl AckArg {
             AckArg::None => Acks::None,
             AckArg::Leader => Acks::Leader,
             AckArg::Durable => Acks::Durable,
+            AckArg::Mirrored => Acks::Mirrored,
         }
     }
     pub fn name(self) -> &'static str {
@@ -203,6 +208,7 @@ impl AckArg {
             AckArg::None => "none",
             AckArg::Leader => "leader",
             AckArg::Durable => "durable",
+            AckArg::Mirrored => "mirrored",
         }
     }
 }
