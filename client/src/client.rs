@@ -357,6 +357,13 @@ impl Client {
                 let body = into_body(conn.call(req.into(), 0, timeout).await?)?;
                 expect_body!(body, DescribeCluster)
             };
+            // The connect, handshake and answer together, so a node that accepts but
+            // never answers costs one connect timeout, not a request timeout.
+            let attempt = async {
+                tokio::time::timeout(timeout, attempt)
+                    .await
+                    .unwrap_or(Err(ClientError::Timeout(timeout.as_millis() as u64)))
+            };
             match attempt.await {
                 Ok(d) if d.enabled == 1 => return Some(d),
                 Ok(_) => tracing::debug!(%addr, "node answered as a single node"),

@@ -119,10 +119,13 @@ pub struct ClusterView {
 }
 
 impl ClusterView {
-    /// The view a DescribeCluster answer gives, keeping for each shard whichever of
-    /// `previous` and the answer names the higher epoch (a node that has not yet
-    /// applied a switchover cannot move routing back to a fenced primary).
+    /// The view a DescribeCluster answer gives. The controller's answer is taken as
+    /// it is (it applies metadata changes first; a topic deleted and created again
+    /// starts its epochs anew). Another node's answer keeps, for each shard, whichever
+    /// of `previous` and the answer names the higher epoch: a node that has not yet
+    /// applied a switchover cannot move routing back to a fenced primary.
     pub fn merge(previous: Option<&ClusterView>, r: &DescribeClusterResponse) -> ClusterView {
+        let previous = previous.filter(|_| r.node_id == NO_NODE || r.node_id != r.controller);
         let mut shards: HashMap<String, Vec<ShardRoute>> = HashMap::new();
         for p in &r.shards {
             shards.entry(p.topic.clone()).or_default().push(ShardRoute {
@@ -287,12 +290,17 @@ mod tests {
     }
 
     #[test]
-    fn an_older_epoch_never_moves_a_shard_back() {
+    fn an_older_epoch_from_a_follower_never_moves_a_shard_back() {
         let newer = ClusterView::merge(None, &answer(2, 5));
         let stale = ClusterView::merge(Some(&newer), &answer(1, 4));
         assert_eq!(stale.primary("t", 3), Some(2));
         let moved = ClusterView::merge(Some(&newer), &answer(1, 6));
         assert_eq!(moved.primary("t", 3), Some(1));
+        // The controller (node 2 in `answer`) is believed as it is.
+        let mut from_controller = answer(1, 1);
+        from_controller.node_id = 2;
+        let recreated = ClusterView::merge(Some(&newer), &from_controller);
+        assert_eq!(recreated.primary("t", 3), Some(1));
     }
 
     #[test]

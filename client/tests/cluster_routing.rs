@@ -413,7 +413,10 @@ async fn a_dead_bootstrap_address_is_skipped() {
         .await
         .unwrap();
     assert_eq!(client.bootstrap_addrs().len(), 2);
-    let d = Admin::new(client).describe_cluster().await.unwrap();
+    let admin = Admin::new(client);
+    let d = admin.describe_cluster().await.unwrap();
     assert_eq!(d.enabled, 1);
     assert_eq!(d.nodes.len(), 2);
+    let at_two = admin.describe_cluster_at(&addr(&c, 2)).await.unwrap();
+    assert_eq!(at_two.node_id, 2, "asked of node 2 itself");
 }
