@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio_util::codec::Framed;
-use weir_client::{Admin, Client, ClientConfig, Producer, ProducerRecord};
+use weir_client::{Admin, Client, ClientConfig, Consumer, OffsetReset, Producer, ProducerRecord};
 use weir_protocol::batch::BatchHeader;
 use weir_protocol::classes::DEFAULT_CLASS_BOUNDS;
 use weir_protocol::codec::ServerCodec;
@@ -52,6 +52,8 @@ struct Cluster {
     produces: Mutex<Vec<Received>>,
     /// (node, api) of every other request.
     calls: Mutex<Vec<(u32, ApiKey)>>,
+    /// InitProducerId answers NO_CONTROLLER while this is above 0 (an election).
+    elections: AtomicU32,
 }
 
 impl Cluster {
@@ -80,6 +82,7 @@ async fn fake_cluster(primary: u32, controller: u32) -> Arc<Cluster> {
         logs: Mutex::new([Vec::new(), Vec::new()]),
         produces: Mutex::new(Vec::new()),
         calls: Mutex::new(Vec::new()),
+        elections: AtomicU32::new(0),
     });
     for node in 1..=2u32 {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -171,13 +174,62 @@ async fn serve(node: u32, c: Arc<Cluster>, sock: tokio::net::TcpStream) {
                     },
                 )
             }
-            Request::InitProducerId(_) => ResponseFrame::ok(
-                &h,
-                InitProducerIdResponse {
-                    producer_id: 7,
-                    producer_epoch: 0,
-                },
-            ),
+            Request::InitProducerId(_) => {
+                c.calls.lock().unwrap().push((node, api));
+                let electing = c
+                    .elections
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                if electing {
+                    ResponseFrame::error(&h, ErrorCode::NoController, 0, "election running")
+                } else {
+                    ResponseFrame::ok(
+                        &h,
+                        InitProducerIdResponse {
+                            producer_id: 7,
+                            producer_epoch: 0,
+                        },
+                    )
+                }
+            }
+            Request::ListOffsets(_) | Request::Fetch(_)
+                if c.primary.load(Ordering::SeqCst) != node =>
+            {
+                c.calls.lock().unwrap().push((node, api));
+                ResponseFrame::error(&h, ErrorCode::NotPrimary, 0, "not the primary")
+            }
+            Request::ListOffsets(_) => {
+                c.calls.lock().unwrap().push((node, api));
+                ResponseFrame::ok(
+                    &h,
+                    ListOffsetsResponse {
+                        offset: 0,
+                        timestamp_ms: -1,
+                    },
+                )
+            }
+            Request::Fetch(f) => {
+                c.calls.lock().unwrap().push((node, api));
+                let log = c.logs.lock().unwrap()[node as usize - 1].clone();
+                let mut chunks = Vec::new();
+                for i in 0..log.len() {
+                    let base = first_offset(&log, i);
+                    let count = BatchHeader::read(&log[i]).unwrap().record_count as u64;
+                    if base + count > f.offset {
+                        let mut b = log[i].to_vec();
+                        weir_protocol::batch::set_base_offset(&mut b, base);
+                        chunks.push(Bytes::from(b));
+                    }
+                }
+                ResponseFrame::ok(
+                    &h,
+                    FetchResponse {
+                        high_watermark: records_in(&log),
+                        log_start_offset: 0,
+                        records: Records::from_chunks(chunks),
+                    },
+                )
+            }
             Request::Produce(p) => {
                 let bytes = p.records.to_bytes();
                 c.produces.lock().unwrap().push(Received {
@@ -419,4 +471,71 @@ async fn a_dead_bootstrap_address_is_skipped() {
     assert_eq!(d.nodes.len(), 2);
     let at_two = admin.describe_cluster_at(&addr(&c, 2)).await.unwrap();
     assert_eq!(at_two.node_id, 2, "asked of node 2 itself");
+}
+
+#[tokio::test]
+async fn a_consumer_reads_from_the_primary_and_follows_a_switchover() {
+    let c = fake_cluster(2, 1).await;
+    let client = connect(&c, 1).await;
+    let producer = Producer::builder(&client).build().await.unwrap();
+    for i in 0..10 {
+        producer
+            .send_and_wait(ProducerRecord::new("t", format!("v{i}")))
+            .await
+            .unwrap();
+    }
+    let mut consumer = Consumer::builder(&client)
+        .topic("t")
+        .reset(OffsetReset::Earliest)
+        .build()
+        .unwrap();
+    let mut values = Vec::new();
+    poll_until(&mut consumer, &mut values, 10).await;
+    assert!(!c.calls_of(ApiKey::Fetch).is_empty());
+    assert!(
+        c.calls_of(ApiKey::Fetch).iter().all(|n| *n == 2),
+        "reads go to the primary"
+    );
+    assert!(c.calls_of(ApiKey::ListOffsets).iter().all(|n| *n == 2));
+    // Switchover to node 1, which holds the same log.
+    {
+        let mut logs = c.logs.lock().unwrap();
+        logs[0] = logs[1].clone();
+    }
+    c.switch_primary(1);
+    for i in 10..15 {
+        producer
+            .send_and_wait(ProducerRecord::new("t", format!("v{i}")))
+            .await
+            .unwrap();
+    }
+    poll_until(&mut consumer, &mut values, 15).await;
+    let expected: Vec<String> = (0..15).map(|i| format!("v{i}")).collect();
+    assert_eq!(values, expected, "every record once, in order");
+    assert!(
+        c.calls_of(ApiKey::Fetch).contains(&1),
+        "reads moved to node 1"
+    );
+}
+
+#[tokio::test]
+async fn no_controller_is_waited_out() {
+    let c = fake_cluster(2, 1).await;
+    let client = connect(&c, 1).await;
+    c.elections.store(2, Ordering::SeqCst);
+    Producer::builder(&client).build().await.unwrap();
+    assert_eq!(c.calls_of(ApiKey::InitProducerId).len(), 3);
+    assert_eq!(c.elections.load(Ordering::SeqCst), 0);
+}
+
+/// Polls until `values` holds `n` records (or 200 polls have passed).
+async fn poll_until(consumer: &mut Consumer, values: &mut Vec<String>, n: usize) {
+    for _ in 0..200 {
+        if values.len() >= n {
+            break;
+        }
+        for m in consumer.poll(100, Duration::from_millis(20)).await.unwrap() {
+            values.push(String::from_utf8(m.value.to_vec()).unwrap());
+        }
+    }
 }
