@@ -45,6 +45,9 @@ impl Default for ClientConfig {
     }
 }
 
+/// DescribeCluster attempts at connect time when the broker refuses it retriably.
+const DISCOVER_ATTEMPTS: u32 = 4;
+
 /// A connection to a broker (or to every node of a cluster), shared by producers,
 /// consumers and admin calls. Cheap to clone. When a connection fails, the next call
 /// opens a new one.
@@ -136,12 +139,24 @@ impl Client {
 
     /// Asks the broker whether it is part of a cluster; keeps the view if so. A broker
     /// that does not know DescribeCluster, or answers `enabled = 0`, is a single node.
+    /// A retriable refusal (a node still starting its consensus engine) is asked again
+    /// a few times rather than taken for a single node.
     async fn discover(&self, conn: &Connection) {
-        let req = DescribeClusterRequest { topics: Vec::new() };
-        let r = conn
-            .call(req.into(), 0, self.inner.config.request_timeout)
-            .await
-            .and_then(into_body);
+        let mut r = Err(ClientError::Closed);
+        for attempt in 0..DISCOVER_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(cluster::REFRESH_MIN_INTERVAL * (1 << attempt)).await;
+            }
+            let req = DescribeClusterRequest { topics: Vec::new() };
+            r = conn
+                .call(req.into(), 0, self.inner.config.request_timeout)
+                .await
+                .and_then(into_body);
+            match &r {
+                Err(e @ ClientError::Broker { .. }) if e.is_retriable() => continue,
+                _ => break,
+            }
+        }
         match r {
             Ok(ResponseBody::DescribeCluster(d)) if d.enabled == 1 => {
                 tracing::debug!(nodes = d.nodes.len(), "connected to a cluster");
