@@ -35,6 +35,15 @@ pub struct Args {
     /// Producer i sends to shards i, i+P, …; consumer j reads shards j, j+C, ….
     #[arg(long)]
     pub shards: Option<u32>,
+    /// Copies of each shard when the bench creates the topic, the primary included
+    /// (0 = the broker's default; a single-node broker keeps one). For `--acks
+    /// mirrored` on a cluster.
+    #[arg(long, default_value_t = 0)]
+    pub replicas: u8,
+    /// In-sync copies a mirrored produce needs, when the bench creates the topic
+    /// (0 = the broker's default).
+    #[arg(long, default_value_t = 0)]
+    pub min_in_sync: u8,
     /// Messages to send (after warmup); default 1,000,000 unless --duration is given.
     #[arg(long, conflicts_with = "duration")]
     pub messages: Option<u64>,
