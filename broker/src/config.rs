@@ -654,13 +654,13 @@ impl Config {
         if self.default_replicas == 0 || self.default_min_in_sync == 0 {
             return bad("default_replicas and default_min_in_sync must be at least 1");
         }
+        if !self.is_cluster() {
+            return Ok(());
+        }
         if self.mirror_fetch_max_bytes < 65_536
             || self.mirror_fetch_max_bytes > self.max_frame_bytes
         {
             return bad("mirror_fetch_max_bytes must be in 65536..=max_frame_bytes");
-        }
-        if !self.is_cluster() {
-            return Ok(());
         }
         if self.node_id == 0 {
             return bad("peers is set but node_id is not: give --node-id (1 and up)");

@@ -156,7 +156,7 @@ impl BrokerProcess {
 
     /// Starts a broker listening on `listen` (a cluster node: its peers know its
     /// address in advance), data in a fresh directory.
-    pub fn start_at(listen: SocketAddr, env: &[(&str, &str)]) -> BrokerProcess {
+    pub fn start_at(listen: SocketAddr, http: SocketAddr, env: &[(&str, &str)]) -> BrokerProcess {
         let mut b = BrokerProcess {
             child: None,
             dir: Self::new_dir(),
@@ -165,10 +165,10 @@ impl BrokerProcess {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             addr: listen,
-            http: "127.0.0.1:0".parse().expect("addr"),
+            http,
             starts: 0,
         };
-        b.spawn(listen, "127.0.0.1:0".parse().expect("addr"));
+        b.spawn(listen, http);
         b
     }
 
@@ -611,21 +611,6 @@ pub fn proc_status(pid: u32, field: &str) -> u64 {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_the_listening_line() {
-        let (a, h) =
-            parse_listening_line("weir-broker listening on 127.0.0.1:4000 http 127.0.0.1:4001\n")
-                .unwrap();
-        assert_eq!(a.port(), 4000);
-        assert_eq!(h.port(), 4001);
-        assert!(parse_listening_line("something else").is_none());
-    }
-}
-
 /// `n` free loopback ports, found by binding port 0 and letting go (a cluster's
 /// nodes must know each other's addresses before any starts).
 pub fn free_ports(n: usize) -> Vec<SocketAddr> {
@@ -649,7 +634,10 @@ pub struct ClusterProcesses {
 impl ClusterProcesses {
     /// Starts `n` nodes that know each other, with extra `WEIR_*` settings.
     pub fn start(n: usize, env: &[(&str, &str)]) -> ClusterProcesses {
-        let addrs = free_ports(n);
+        // Every port chosen up front (protocol and HTTP), so a node started earlier
+        // cannot be given a later node's port.
+        let all = free_ports(2 * n);
+        let (addrs, https) = all.split_at(n);
         let peers = addrs
             .iter()
             .enumerate()
@@ -663,7 +651,7 @@ impl ClusterProcesses {
                 let id = (i + 1).to_string();
                 let mut e: Vec<(&str, &str)> = vec![("WEIR_NODE_ID", &id), ("WEIR_PEERS", &peers)];
                 e.extend_from_slice(env);
-                BrokerProcess::start_at(*a, &e)
+                BrokerProcess::start_at(*a, https[i], &e)
             })
             .collect();
         ClusterProcesses {
@@ -677,7 +665,13 @@ impl ClusterProcesses {
     /// cut a node off from the others in both directions while clients still reach it
     /// at its own address.
     pub async fn start_with_links(n: usize, env: &[(&str, &str)]) -> ClusterProcesses {
-        let addrs = free_ports(n);
+        // The nodes' ports stay taken while the proxies bind theirs, so no proxy can
+        // be given a node's port.
+        let held: Vec<std::net::TcpListener> = (0..2 * n)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+            .collect();
+        let all: Vec<SocketAddr> = held.iter().map(|l| l.local_addr().expect("addr")).collect();
+        let (addrs, https) = all.split_at(n);
         let mut links = HashMap::new();
         for i in 1..=n as u32 {
             for j in 1..=n as u32 {
@@ -686,6 +680,7 @@ impl ClusterProcesses {
                 }
             }
         }
+        drop(held);
         let nodes = (1..=n as u32)
             .map(|i| {
                 let peers = (1..=n as u32)
@@ -702,7 +697,7 @@ impl ClusterProcesses {
                 let id = i.to_string();
                 let mut e: Vec<(&str, &str)> = vec![("WEIR_NODE_ID", &id), ("WEIR_PEERS", &peers)];
                 e.extend_from_slice(env);
-                BrokerProcess::start_at(addrs[i as usize - 1], &e)
+                BrokerProcess::start_at(addrs[i as usize - 1], https[i as usize - 1], &e)
             })
             .collect();
         ClusterProcesses { nodes, links }
@@ -736,5 +731,20 @@ impl ClusterProcesses {
     /// The node with this id.
     pub fn node(&mut self, id: u32) -> &mut BrokerProcess {
         &mut self.nodes[id as usize - 1]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_listening_line() {
+        let (a, h) =
+            parse_listening_line("weir-broker listening on 127.0.0.1:4000 http 127.0.0.1:4001\n")
+                .unwrap();
+        assert_eq!(a.port(), 4000);
+        assert_eq!(h.port(), 4001);
+        assert!(parse_listening_line("something else").is_none());
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use weir_protocol::batch::{self, BatchHeader};
 use weir_protocol::messages::{MirrorFetchRequest, MirrorFetchResponse, NO_TRUNCATION};
-use weir_protocol::{ErrorCode, ResponseBody};
+use weir_protocol::ResponseBody;
 
 use super::epochs::EpochHistory;
 use crate::cluster::peer::PeerError;
