@@ -34,7 +34,6 @@ use crate::error::BrokerError;
 use network::{Liveness, NetworkFactory};
 use types::Raft;
 
-
 pub use log_store::OpenError;
 
 /// A snapshot of the metadata is taken every this many applied entries, and the log
@@ -42,6 +41,8 @@ pub use log_store::OpenError;
 pub const SNAPSHOT_EVERY_ENTRIES: u64 = 1000;
 /// Entries kept in the log behind the last snapshot.
 pub const LOG_KEPT_AFTER_SNAPSHOT: u64 = 500;
+/// The largest piece of a snapshot sent in one ConsensusRpc.
+pub const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
 /// How long [`Consensus::write`] keeps trying while no leader is known or reachable.
 pub const WRITE_RETRY_FOR: Duration = Duration::from_secs(2);
 /// How long a write waits for its entry to be applied on this node.
@@ -125,6 +126,9 @@ impl Consensus {
             election_timeout_min: election_ms,
             election_timeout_max: election_ms * 3 / 2,
             install_snapshot_timeout: election_ms.max(1000),
+            // A chunk is sent as a JSON array of numbers (up to 4 bytes a byte): 1 MiB
+            // keeps every ConsensusRpc far below the protocol's 16 MiB frame limit.
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
             max_in_snapshot_log_to_keep: LOG_KEPT_AFTER_SNAPSHOT,
             purge_batch_size: 100,
