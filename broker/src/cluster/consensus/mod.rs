@@ -124,7 +124,7 @@ impl Consensus {
             cluster_name: "weir".into(),
             heartbeat_interval: heartbeat_ms,
             election_timeout_min: election_ms,
-            election_timeout_max: election_ms * 3 / 2,
+            election_timeout_max: election_ms * 2,
             install_snapshot_timeout: election_ms.max(1000),
             // A chunk is sent as a JSON array of numbers (up to 4 bytes a byte): 1 MiB
             // keeps every ConsensusRpc far below the protocol's 16 MiB frame limit.
