@@ -407,7 +407,7 @@ async fn bad_consensus_messages_are_refused_by_name() {
 
 /// Not a test of behaviour: prints how long the cluster takes, with the default
 /// timings (100 ms heartbeat, 500 ms election timeout), from stopping the leader to
-/// the first write committed by its successor, over 10 stops, and the latency of a
+/// the first write committed by its successor, over 20 stops, and the latency of a
 /// write on the leader and on a follower.
 /// `cargo test -p weir-broker --test consensus -- --ignored --nocapture measure`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -416,7 +416,7 @@ async fn measure_failover_and_write_latency() {
     let mut c = Cluster::start_with((Duration::from_millis(100), Duration::from_millis(500))).await;
     let peers = c.peers.clone();
     let mut failovers = Vec::new();
-    for i in 0..10 {
+    for i in 0..20 {
         let leader = c.leader().await;
         write(&c.node(leader).engine().unwrap(), create(&format!("m{i}"))).await;
         let survivor = c
@@ -426,15 +426,27 @@ async fn measure_failover_and_write_latency() {
             .unwrap();
         let started = std::time::Instant::now();
         c.node(leader).stop().await;
+        let stopped = started.elapsed();
+        let elected = loop {
+            let views: Vec<_> = c.running().iter().map(|e| e.controller()).collect();
+            if views.iter().all(|v| v.is_some() && *v != Some(leader)) {
+                break started.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
         write(&survivor, Command::AllocateProducerIds { count: 1 }).await;
         failovers.push(started.elapsed());
+        eprintln!(
+            "stop {stopped:?} elected {elected:?} written {:?}",
+            started.elapsed()
+        );
         drop(survivor);
         c.node(leader).start(&peers).await;
         c.all_see("every write", |m| m.topics.len() == i + 1).await;
     }
     failovers.sort();
     eprintln!(
-        "failover (leader stopped -> first committed write), 10 runs: p50 {:?}, max {:?}",
+        "failover (leader stopped -> first committed write), 20 runs: p50 {:?}, max {:?}",
         failovers[failovers.len() / 2],
         failovers.last().unwrap()
     );
