@@ -340,9 +340,11 @@ impl Consensus {
     /// elected less than `node_timeout` ago (it cannot judge yet).
     pub fn alive_nodes(&self) -> Option<BTreeSet<NodeId>> {
         let since = (*self.leader_since.lock().expect("leader lock"))?;
-        if self.raft.metrics().borrow().state != ServerState::Leader
-            || since.elapsed() < self.config.node_timeout
-        {
+        // A new leader heartbeats every node at once, so after a few heartbeats a node
+        // that has not answered is as good as dead: waiting the whole node_timeout
+        // here would add it to every switchover that follows a controller's death.
+        let grace = self.config.node_timeout.min(self.config.heartbeat * 3);
+        if self.raft.metrics().borrow().state != ServerState::Leader || since.elapsed() < grace {
             return None;
         }
         let mut alive: BTreeSet<NodeId> = self
