@@ -174,6 +174,15 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_is_the_json_storage_md_describes() {
+        let json = serde_json::to_string(&entry(3, 7, "t")).unwrap();
+        assert_eq!(
+            json,
+            r#"{"log_id":{"leader_id":{"term":3,"node_id":1},"index":7},"payload":{"Normal":{"DeleteTopic":{"name":"t"}}}}"#
+        );
+    }
+
+    #[test]
     fn a_log_round_trips() {
         let entries: Vec<Entry> = (1..=5).map(|i| entry(1, i, "t")).collect();
         let buf = log_of(&entries);

@@ -25,6 +25,7 @@ use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 pub const LOG_FILE: &str = "log";
 pub const VOTE_FILE: &str = "vote";
 pub const PURGED_FILE: &str = "purged";
+pub const COMMITTED_FILE: &str = "committed";
 
 /// Why the log store could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,7 @@ struct Inner {
     file_bytes: u64,
     vote: Option<Vote>,
     purged: Option<LogId>,
+    committed: Option<LogId>,
 }
 
 /// The log and vote; clones share them (openraft reads the log from several tasks).
@@ -94,6 +96,8 @@ impl LogStore {
         let vote: Option<Vote> = decode_file(&dir.join(VOTE_FILE))?;
         let purged: Option<Option<LogId>> = decode_file(&dir.join(PURGED_FILE))?;
         let purged = purged.flatten();
+        let committed: Option<Option<LogId>> = decode_file(&dir.join(COMMITTED_FILE))?;
+        let committed = committed.flatten();
         let path = dir.join(LOG_FILE);
         let bytes = read_optional(&path)?.unwrap_or_default();
         let scan = files::scan_log(&bytes);
@@ -117,12 +121,21 @@ impl LogStore {
         file.seek(SeekFrom::Start(scan.valid_bytes))
             .map_err(io(&path))?;
         let purged_index = purged.map(|p| p.index);
-        let entries = scan
+        let entries: BTreeMap<u64, (Entry, u64)> = scan
             .entries
             .into_iter()
             .filter(|(e, _)| Some(e.log_id.index) > purged_index)
             .map(|(e, at)| (e.log_id.index, (e, at)))
             .collect();
+        // The commit mark only tells openraft what it may apply at start without a
+        // leader; one past what the log still holds (a corrupt entry was cut) is
+        // forgotten, and the leader tells the node again.
+        let last = entries
+            .values()
+            .next_back()
+            .map(|(e, _)| e.log_id)
+            .or(purged);
+        let committed = committed.filter(|c| Some(*c) <= last);
         Ok(LogStore {
             inner: Arc::new(Mutex::new(Inner {
                 dir: dir.to_owned(),
@@ -131,6 +144,7 @@ impl LogStore {
                 file_bytes: scan.valid_bytes,
                 vote,
                 purged,
+                committed,
             })),
         })
     }
@@ -205,15 +219,37 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        let mut inner = self.lock();
-        crate::files::write_atomically(&inner.dir, VOTE_FILE, &files::encode_document(vote))
-            .map_err(|e| StorageIOError::write_vote(&e))?;
-        inner.vote = Some(*vote);
-        Ok(())
+        let (store, vote) = (self.clone(), *vote);
+        blocking(move || store.save_vote_durably(vote))
+            .await
+            .map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
         Ok(self.lock().vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let store = self.clone();
+        blocking(move || {
+            let mut inner = store.lock();
+            if inner.committed == committed {
+                return Ok(());
+            }
+            crate::files::write_atomically(
+                &inner.dir,
+                COMMITTED_FILE,
+                &files::encode_document(&committed),
+            )?;
+            inner.committed = committed;
+            Ok(())
+        })
+        .await
+        .map_err(|e| StorageIOError::write(&e).into())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.lock().committed)
     }
 
     async fn append<I>(
@@ -225,7 +261,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        match self.append_durably(entries) {
+        let store = self.clone();
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        match blocking(move || store.append_durably(entries)).await {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
                 Ok(())
@@ -239,17 +277,38 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.truncate_from(log_id.index)
+        let store = self.clone();
+        blocking(move || store.truncate_from(log_id.index))
+            .await
             .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.purge_upto(log_id)
+        let store = self.clone();
+        blocking(move || store.purge_upto(log_id))
+            .await
             .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 }
 
+/// Runs file I/O with fsyncs off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}
+
 impl LogStore {
+    /// Replaces the vote file and returns once it is on disk.
+    pub fn save_vote_durably(&self, vote: Vote) -> std::io::Result<()> {
+        let mut inner = self.lock();
+        crate::files::write_atomically(&inner.dir, VOTE_FILE, &files::encode_document(&vote))?;
+        inner.vote = Some(vote);
+        Ok(())
+    }
+
     /// Appends `entries` and returns once they are on disk (fsync'd).
     pub fn append_durably(&self, entries: impl IntoIterator<Item = Entry>) -> std::io::Result<()> {
         let mut inner = self.lock();
@@ -391,6 +450,22 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let mut s = LogStore::open(dir.path()).unwrap();
         assert_eq!(all(&mut s).await, vec![1, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_commit_mark_past_the_log_is_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = LogStore::open(dir.path()).unwrap();
+        append(&mut s, (1..=4).map(entry).collect()).await;
+        let at = |i| Some(LogId::new(CommittedLeaderId::new(1, 1), i));
+        s.save_committed(at(3)).await.unwrap();
+        drop(s);
+        let mut s = LogStore::open(dir.path()).unwrap();
+        assert_eq!(s.read_committed().await.unwrap(), at(3));
+        s.truncate_from(3).unwrap();
+        drop(s);
+        let mut s = LogStore::open(dir.path()).unwrap();
+        assert_eq!(s.read_committed().await.unwrap(), None);
     }
 
     #[test]

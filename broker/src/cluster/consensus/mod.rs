@@ -41,6 +41,8 @@ pub use log_store::OpenError;
 pub const SNAPSHOT_EVERY_ENTRIES: u64 = 1000;
 /// Entries kept in the log behind the last snapshot.
 pub const LOG_KEPT_AFTER_SNAPSHOT: u64 = 500;
+/// The largest piece of a snapshot sent in one ConsensusRpc.
+pub const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
 /// How long [`Consensus::write`] keeps trying while no leader is known or reachable.
 pub const WRITE_RETRY_FOR: Duration = Duration::from_secs(2);
 /// How long a write waits for its entry to be applied on this node.
@@ -118,12 +120,29 @@ impl Consensus {
 
         let heartbeat_ms = config.heartbeat.as_millis().max(1) as u64;
         let election_ms = (config.election_timeout.as_millis() as u64).max(heartbeat_ms * 2);
+        // openraft's follower campaigns once its leader lease (`election_timeout_max`)
+        // and then its election timeout (drawn once per start from `min..max`) have
+        // passed since the last heartbeat. Drawn at random, two followers often campaign
+        // within a round trip of each other, split the vote and do it again at the same
+        // spacing; so each node gets its own narrow window instead, in the order of the
+        // node ids (see `election_bounds`), and followers campaign about 0.85 E to 1.15
+        // E after the last heartbeat, E being `cluster_election_timeout_ms`.
+        let rank = config
+            .peers
+            .keys()
+            .position(|&id| id == config.node_id)
+            .unwrap_or(0) as u64;
+        let (election_min, election_max) =
+            election_bounds(heartbeat_ms, election_ms, rank, config.peers.len() as u64);
         let raft_config = openraft::Config {
             cluster_name: "weir".into(),
             heartbeat_interval: heartbeat_ms,
-            election_timeout_min: election_ms,
-            election_timeout_max: election_ms * 3 / 2,
+            election_timeout_min: election_min,
+            election_timeout_max: election_max,
             install_snapshot_timeout: election_ms.max(1000),
+            // A chunk is sent as a JSON array of numbers (up to 4 bytes a byte): 1 MiB
+            // keeps every ConsensusRpc far below the protocol's 16 MiB frame limit.
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
             max_in_snapshot_log_to_keep: LOG_KEPT_AFTER_SNAPSHOT,
             purge_batch_size: 100,
@@ -143,6 +162,7 @@ impl Consensus {
             node_id: config.node_id,
             peers: peers.clone(),
             liveness: liveness.clone(),
+            retry_unreachable: Duration::from_millis(heartbeat_ms),
         };
         let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log, sm)
             .await
@@ -418,6 +438,19 @@ impl Drop for Consensus {
     }
 }
 
+/// openraft's `election_timeout_min` and `_max` for the node of rank `rank` (0-based,
+/// in id order) among `nodes`, for a heartbeat of `heartbeat_ms` and an election after
+/// about `election_ms` without one. The window 0.4 E .. 0.6 E is cut in one slot per
+/// node and each node draws from the first half of its own slot, so no two nodes draw
+/// the same timeout and a follower campaigns at `max + timeout`, between 0.8 E and
+/// 1.2 E, at least a slot after the one ranked before it.
+fn election_bounds(heartbeat_ms: u64, election_ms: u64, rank: u64, nodes: u64) -> (u64, u64) {
+    let slot = (election_ms / 5 / nodes.max(1)).max(2);
+    let min = (election_ms * 2 / 5 + rank.min(nodes) * slot).max(heartbeat_ms + 1);
+    let max = min + slot / 2;
+    (min, max)
+}
+
 /// How a forwarded write failed.
 enum Forward {
     /// Nothing was committed; try again (another election may be running).
@@ -487,6 +520,27 @@ async fn record_nodes(
     }
     if let Err(e) = raft.client_write(Command::SetNodes { nodes }).await {
         tracing::warn!("recording the cluster's nodes: {e}");
+    }
+}
+
+#[cfg(test)]
+mod timing_tests {
+    use super::election_bounds;
+
+    #[test]
+    fn election_windows_are_disjoint_and_valid() {
+        for (hb, e) in [(100, 500), (10, 30), (50, 300), (1000, 2500)] {
+            for n in 1..=7u64 {
+                let windows: Vec<(u64, u64)> =
+                    (0..n).map(|r| election_bounds(hb, e, r, n)).collect();
+                for (i, &(min, max)) in windows.iter().enumerate() {
+                    assert!(min > hb && max > min, "{hb} {e} {n}: {min}..{max}");
+                    if let Some(&(next_min, _)) = windows.get(i + 1) {
+                        assert!(next_min >= max, "{hb} {e} {n}: {windows:?}");
+                    }
+                }
+            }
+        }
     }
 }
 

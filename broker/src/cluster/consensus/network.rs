@@ -13,7 +13,7 @@ use bytes::Bytes;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -63,6 +63,8 @@ pub struct NetworkFactory {
     pub node_id: NodeId,
     pub peers: BTreeMap<NodeId, Arc<Peer>>,
     pub liveness: Arc<Liveness>,
+    /// How long replication to an unreachable node waits before trying again.
+    pub retry_unreachable: Duration,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -79,6 +81,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             peer,
             liveness: self.liveness.clone(),
+            retry_unreachable: self.retry_unreachable,
         }
     }
 }
@@ -89,6 +92,7 @@ pub struct Network {
     target: NodeId,
     peer: Arc<Peer>,
     liveness: Arc<Liveness>,
+    retry_unreachable: Duration,
 }
 
 /// How a failed call looks to openraft.
@@ -141,6 +145,13 @@ impl Network {
 }
 
 impl RaftNetwork<TypeConfig> for Network {
+    /// openraft's default waits 500 ms after a node was unreachable; a node that comes
+    /// back would then miss entries for that long, and lose the next election on its
+    /// shorter log. A failed connect is cheap, so retry at the heartbeat's pace.
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::repeat(self.retry_unreachable))
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,

@@ -84,8 +84,22 @@ impl StateMachine {
         self.inner.lock().expect("state machine lock")
     }
 
-    fn store(&self, file: &SnapshotFile) -> std::io::Result<()> {
-        crate::files::write_atomically(&self.dir, SNAPSHOT_FILE, &files::encode_document(file))
+    /// Writes the snapshot file (off the async workers) and hands `file` back.
+    async fn store(
+        &self,
+        file: SnapshotFile,
+    ) -> Result<SnapshotFile, (SnapshotFile, std::io::Error)> {
+        let dir = self.dir.clone();
+        let bytes = files::encode_document(&file);
+        let written = tokio::task::spawn_blocking(move || {
+            crate::files::write_atomically(&dir, SNAPSHOT_FILE, &bytes)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match written {
+            Ok(()) => Ok(file),
+            Err(e) => Err((file, e)),
+        }
     }
 }
 
@@ -123,8 +137,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             },
             data: meta,
         };
-        self.store(&file)
-            .map_err(|e| StorageIOError::write_snapshot(Some(file.meta.signature()), &e))?;
+        let file = self
+            .store(file)
+            .await
+            .map_err(|(file, e)| StorageIOError::write_snapshot(Some(file.meta.signature()), &e))?;
         let snapshot = snapshot_of(&file);
         self.lock().snapshot = Some(file);
         Ok(snapshot)
@@ -181,8 +197,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: meta.clone(),
             data,
         };
-        self.store(&file)
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let file = self
+            .store(file)
+            .await
+            .map_err(|(_, e)| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         let mut inner = self.lock();
         inner.meta = file.data.clone();
         inner.last_applied = meta.last_log_id;
