@@ -45,6 +45,7 @@ impl Broker {
         let http_addr = http_listener.local_addr()?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let state = Arc::new(stores.into_state(config, shutdown_rx.clone()));
+        let observer = crate::observe::Observer::new(&state.config);
         let cores = match state.config.runtime {
             RuntimeSetting::MultiThread => None,
             RuntimeSetting::ThreadPerCore => {
@@ -63,6 +64,12 @@ impl Broker {
             tokio::spawn(crate::http::serve(
                 http_listener,
                 state.clone(),
+                observer.clone(),
+                shutdown_rx.clone(),
+            )),
+            tokio::spawn(crate::observe::run(
+                state.clone(),
+                observer,
                 shutdown_rx.clone(),
             )),
             tokio::spawn(tick(state.clone(), shutdown_rx)),
@@ -177,6 +184,7 @@ impl Stores {
                 requests_on_core,
                 ..Metrics::default()
             },
+            meters: Default::default(),
             shutdown,
             queues: self.queues,
         }

@@ -41,6 +41,8 @@ pub struct Topic {
     /// Fills unset record metadata (see [`crate::inject`]).
     pub injector: Injector,
     pub shards: Vec<Arc<Shard>>,
+    /// Records and bytes in and out, for `/metrics` and the status page.
+    pub io: crate::meters::TopicIo,
 }
 
 impl Topic {
@@ -229,6 +231,7 @@ impl TopicRegistry {
             injector,
             config,
             shards: opened,
+            io: Default::default(),
         })
     }
 
