@@ -7,6 +7,7 @@
 //! Alert windows are shortened through `WEIR_ALERT_*` so the file runs in seconds.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,7 @@ use weir_client::{
     Acks, Admin, Client, Consumer, ConsumerConfig, NackOutcome, OffsetReset, Producer,
     ProducerRecord, QueueConfig, QueueConsumer,
 };
-use weir_tests::{connect, http_get, workspace_root, BrokerProcess};
+use weir_tests::{cli_binary, connect, http_get, workspace_root, BrokerProcess};
 
 /// The body of an HTTP answer.
 fn body(answer: &str) -> &str {
@@ -294,6 +295,32 @@ async fn metrics_parse_and_hold_every_documented_series_with_its_type_and_labels
     );
     assert!(value("weir_process_resident_memory_bytes", &[]) > 0.0);
     assert!(value("weir_disk_total_bytes", &[]) > 0.0);
+
+    // `weir status` shows health, alerts and the group's lag from the same broker.
+    let out = tokio::task::spawn_blocking({
+        let (addr, http) = (broker.addr(), broker.http_addr().to_string());
+        move || {
+            Command::new(cli_binary())
+                .args(["--broker", &addr, "status", "--http", &http])
+                .env_remove("WEIR_BROKER")
+                .env_remove("WEIR_HTTP")
+                .stdin(Stdio::null())
+                .output()
+                .expect("run weir status")
+        }
+    })
+    .await
+    .expect("weir status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("\nhealth: "), "{text}");
+    assert!(text.contains("\nalerts: "), "{text}");
+    assert!(text.contains("consumer lag: 2 group shards"), "{text}");
+    assert!(text.contains("billing orders/0: "), "{text}");
 }
 
 /// A webhook receiver: collects the bodies POSTed to it.

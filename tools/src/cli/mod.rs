@@ -43,8 +43,13 @@ pub enum Cmd {
     /// Print messages, one per line.
     #[command(after_help = consume::AFTER_HELP)]
     Consume(consume::ConsumeArgs),
-    /// Broker version, uptime, topics, shards, offsets and queues.
-    Status,
+    /// Broker version, uptime, topics, shards, offsets and queues; health, alerts
+    /// and consumer lag from the broker's HTTP listener.
+    Status {
+        /// The broker's HTTP listener [default: the broker's host, its port + 1].
+        #[arg(long, env = "WEIR_HTTP")]
+        http: Option<String>,
+    },
     /// Committed offsets of a group.
     Offsets { group: String },
     /// Per-client quotas: get, set, remove.
@@ -132,7 +137,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             consume::Mode::Stream => consume::consume_stream(&client, args).await,
         },
-        Cmd::Status => status::run(&client, &admin, &cli.broker).await,
+        Cmd::Status { http } => status::run(&client, &admin, &cli.broker, http).await,
         Cmd::Offsets { group } => group::offsets(&admin, &group).await,
         Cmd::Quota(cmd) => quota::run(&admin, cmd).await,
         Cmd::Dlq(cmd) => dlq::run(&client, cmd).await,
