@@ -162,6 +162,29 @@ fn documented() -> BTreeMap<String, Documented> {
     out
 }
 
+#[test]
+fn the_prometheus_rules_file_uses_only_documented_series() {
+    let rules = std::fs::read_to_string(workspace_root().join("docs/alerts/weir-rules.yml"))
+        .expect("docs/alerts/weir-rules.yml");
+    let docs = documented();
+    let mut used = BTreeSet::new();
+    for (i, _) in rules.match_indices("weir_") {
+        let name: String = rules[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        used.insert(name);
+    }
+    assert!(used.len() > 10, "{used:?}");
+    for name in &used {
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|b| docs.contains_key(*b)))
+            .unwrap_or(name);
+        assert!(docs.contains_key(base), "{name} is not in METRICS.md");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_hold_every_documented_series_with_its_type_and_labels() {
     let broker = BrokerProcess::start();

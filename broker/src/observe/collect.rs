@@ -461,6 +461,12 @@ impl Scrape {
         )?;
         gauge(
             enc,
+            "weir_flow_memory_budget_bytes",
+            "The broker-wide produce memory budget (flow_memory_bytes).",
+            one(s.memory_budget_bytes),
+        )?;
+        gauge(
+            enc,
             "weir_flow_pending_produce_bytes",
             "Produce bytes queued and not yet acknowledged.",
             one(s.pending_produce_bytes),
