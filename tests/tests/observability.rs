@@ -344,6 +344,38 @@ async fn metrics_parse_and_hold_every_documented_series_with_its_type_and_labels
     assert!(text.contains("\nalerts: "), "{text}");
     assert!(text.contains("consumer lag: 2 group shards"), "{text}");
     assert!(text.contains("billing orders/0: "), "{text}");
+    // `weir top` draws two screens from the same api and stops.
+    let out = tokio::task::spawn_blocking({
+        let (addr, http) = (broker.addr(), broker.http_addr().to_string());
+        move || {
+            Command::new(cli_binary())
+                .args([
+                    "--broker",
+                    &addr,
+                    "top",
+                    "--iterations",
+                    "2",
+                    "--http",
+                    &http,
+                ])
+                .env_remove("WEIR_BROKER")
+                .env_remove("WEIR_HTTP")
+                .stdin(Stdio::null())
+                .output()
+                .expect("run weir top")
+        }
+    })
+    .await
+    .expect("weir top");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.matches("weir top · ").count(), 2, "{text}");
+    assert!(text.contains("\norders "), "{text}");
+    assert!(text.contains("\nbilling "), "{text}");
 }
 
 /// A webhook receiver: collects the bodies POSTed to it.

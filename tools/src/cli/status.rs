@@ -49,14 +49,14 @@ pub async fn run(
 }
 
 /// The broker's host with its port + 1 (7700 → 7701, the default listeners).
-fn default_http(broker: &str) -> anyhow::Result<String> {
+pub fn default_http(broker: &str) -> anyhow::Result<String> {
     let (host, port) = broker.rsplit_once(':').context("--broker has no port")?;
     let port: u16 = port.parse().context("--broker port")?;
     Ok(format!("{host}:{}", port.wrapping_add(1)))
 }
 
 /// `GET /status` from the HTTP listener at `addr`, within 10 s.
-async fn http_status(addr: &str) -> anyhow::Result<Value> {
+pub async fn http_status(addr: &str) -> anyhow::Result<Value> {
     let work = async {
         let mut s = tokio::net::TcpStream::connect(addr)
             .await
