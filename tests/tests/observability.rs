@@ -639,3 +639,76 @@ async fn health_ready_and_the_http_limits() {
     let h = http_get(broker.http_addr(), "/health").await;
     assert!(h.starts_with("HTTP/1.1 200"), "{h}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_request_span_and_slow_requests_are_logged_and_counted() {
+    let broker = BrokerProcess::start_with_env(&[
+        ("WEIR_LOG_FORMAT", "json"),
+        ("WEIR_LOG", "info,weir_broker::observe::requests=debug"),
+        // A long-poll fetch that waits 300 ms is slow at 100 ms.
+        ("WEIR_SLOW_REQUEST_MS", "100"),
+    ]);
+    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
+    Admin::new(client.clone())
+        .create_topic("quiet", 1, Default::default())
+        .await
+        .expect("create");
+    let mut c = Consumer::builder(&client)
+        .config(ConsumerConfig {
+            reset: OffsetReset::Earliest,
+            fetch_max_wait: Duration::from_millis(300),
+            ..Default::default()
+        })
+        .topic("quiet")
+        .build()
+        .expect("consumer");
+    // Nothing to read: each poll's fetch waits out its 300 ms.
+    let _ = c.poll(1, Duration::from_millis(700)).await.expect("poll");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let slow = loop {
+        let log = broker.log();
+        let lines: Vec<Value> = log
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        let slow: Vec<Value> = lines
+            .iter()
+            .filter(|v| {
+                v["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("slow request"))
+            })
+            .cloned()
+            .collect();
+        let done = lines.iter().any(|v| {
+            v["fields"]["message"] == "request done"
+                && v["span"]["api"] == "CreateTopic"
+                && v["span"]["correlation_id"].is_u64()
+                && v["span"]["client_id"].is_string()
+                && v["fields"]["duration_us"].is_u64()
+        });
+        if !slow.is_empty() && done {
+            break slow;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no slow request or span in:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let s = &slow[0]["fields"];
+    assert_eq!(s["api"], "Fetch", "{s}");
+    assert!(s["duration_ms"].as_u64().unwrap() >= 100, "{s}");
+    assert!(
+        s["correlation_id"].is_u64() && s["client_id"].is_string(),
+        "{s}"
+    );
+    assert_eq!(slow[0]["level"], "WARN");
+    let m = http_get(broker.http_addr(), "/metrics").await;
+    let n: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("weir_slow_requests_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("weir_slow_requests_total");
+    assert!(n >= 1, "{m}");
+}
