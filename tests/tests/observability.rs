@@ -712,3 +712,45 @@ async fn json_logs_carry_the_request_span_and_slow_requests_are_logged_and_count
         .expect("weir_slow_requests_total");
     assert!(n >= 1, "{m}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_requests_turn_the_errors_component_critical_and_it_recovers() {
+    // Any failed request in a 1 s window is critical.
+    let broker = BrokerProcess::start_with_env(&[
+        ("WEIR_HEALTH_ERROR_RATE_PERMILLE", "0,0"),
+        ("WEIR_HEALTH_ERROR_WINDOW_MS", "1000"),
+    ]);
+    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
+    let errors_level = |s: &Value| {
+        s["health"]["components"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"] == "errors")
+            .map(|c| c["level"].as_str().unwrap_or("").to_string())
+    };
+    let admin = Admin::new(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // UNKNOWN_TOPIC: an error response.
+        assert!(admin.delete_topic("missing").await.is_err());
+        let s = json(&broker, "/status").await;
+        if errors_level(&s).as_deref() == Some("critical") {
+            assert_eq!(s["health"]["overall"], "critical", "{s}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "errors never went critical: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_alerts(&broker, "the errors alert", |a| firing(a, "health_errors")).await;
+    let m = http_get(broker.http_addr(), "/metrics").await;
+    assert!(
+        m.contains("weir_health_state{component=\"errors\"} 2"),
+        "{m}"
+    );
+    // No more failures: the window empties and the alert resolves.
+    wait_alerts(&broker, "the errors alert resolving", |a| {
+        resolved(a, "health_errors")
+    })
+    .await;
+}

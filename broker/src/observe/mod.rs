@@ -201,10 +201,11 @@ fn check(
     );
     memory.requests.push_back((now, reqs, errs));
     let window = Duration::from_millis(config.health_error_window_ms);
+    // Keep one sample at or beyond the window's start, so the window is never empty.
     while memory
         .requests
-        .front()
-        .is_some_and(|(t, _, _)| now.duration_since(*t) > window)
+        .get(1)
+        .is_some_and(|(t, _, _)| now.duration_since(*t) >= window)
     {
         memory.requests.pop_front();
     }

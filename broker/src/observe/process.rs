@@ -29,13 +29,14 @@ pub struct DiskStats {
 }
 
 impl DiskStats {
-    /// Used share of the filesystem in percent.
+    /// Used share of the filesystem in percent, as `df` computes it: used over used
+    /// plus free-for-unprivileged (blocks reserved for root count as neither).
     pub fn used_percent(&self) -> f64 {
-        if self.total_bytes == 0 {
+        let usable = self.used_bytes + self.free_bytes;
+        if usable == 0 {
             0.0
         } else {
-            100.0 * (self.total_bytes - self.free_bytes.min(self.total_bytes)) as f64
-                / self.total_bytes as f64
+            100.0 * self.used_bytes as f64 / usable as f64
         }
     }
 }
