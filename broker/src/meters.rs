@@ -193,6 +193,8 @@ pub struct Meters {
     pub delivery_age: [Histogram; CLASS_COUNT],
     /// Requests slower than `slow_request_ms`.
     pub slow_requests: AtomicU64,
+    /// Records in produces refused with SHED, per class.
+    pub shed_records: [AtomicU64; CLASS_COUNT],
     /// Cluster gauges, once a cluster layer registers them (hook; none standalone).
     pub cluster: OnceLock<Arc<dyn ClusterGauges>>,
 }
@@ -204,6 +206,7 @@ impl Default for Meters {
             fetch: std::array::from_fn(|_| Histogram::default()),
             delivery_age: std::array::from_fn(|_| Histogram::with_bounds(AGE_BOUNDS_US)),
             slow_requests: AtomicU64::new(0),
+            shed_records: Default::default(),
             cluster: OnceLock::new(),
         }
     }

@@ -584,6 +584,13 @@ async fn a_p3_flood_that_is_shed_fires_the_shedding_alert_which_resolves_after()
         .unwrap()
         .clone();
     assert!(p3["shed_total"].as_u64().unwrap() > 0, "{p3}");
+    let m = http_get(broker.http_addr(), "/metrics").await;
+    let shed: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("weir_shed_records_total{class=\"p3\"} "))
+        .and_then(|v| v.parse().ok())
+        .expect("weir_shed_records_total");
+    assert!(shed > 0, "{m}");
     let log = broker.log();
     assert_eq!(
         log.lines()

@@ -490,6 +490,17 @@ impl Scrape {
                 .iter()
                 .map(|c| (vec![("class", name(c.class))], c.shed_total)),
         )?;
+        counter(
+            enc,
+            "weir_shed_records",
+            "Records in produces refused with SHED, per class.",
+            Class::ALL.into_iter().map(|c| {
+                (
+                    class_label(c),
+                    load(&self.state.meters.shed_records[c.index()]),
+                )
+            }),
+        )?;
         gauge(
             enc,
             "weir_flow_shed_permille",

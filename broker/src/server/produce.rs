@@ -96,7 +96,12 @@ pub async fn start(
     // accepted. It sheds by the request's class, the lane it would wait in.
     let mut ticket = match admission::produce(state, client, class, bytes) {
         Ok(t) => t,
-        Err(r) => return refuse(BrokerError::new(r.code, r.message), r.retry_after_ms),
+        Err(r) => {
+            if r.code == ErrorCode::Shed {
+                state.meters.shed_records[class.index()].fetch_add(records, Ordering::Relaxed);
+            }
+            return refuse(BrokerError::new(r.code, r.message), r.retry_after_ms);
+        }
     };
     let stamps: Vec<(u64, u16)> = headers
         .iter()
