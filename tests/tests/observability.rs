@@ -761,3 +761,91 @@ async fn failing_requests_turn_the_errors_component_critical_and_it_recovers() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p0_latency_over_its_target_and_a_full_disk_fire_their_alerts() {
+    // A 0 ms target: any P0 produce is over it. 100 % free wanted: any disk is short.
+    let broker = BrokerProcess::start_with_env(&[
+        ("WEIR_ALERT_P0_LATENCY_MS", "0"),
+        ("WEIR_ALERT_DISK_FREE_PERCENT", "100"),
+    ]);
+    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
+    Admin::new(client.clone())
+        .create_topic("urgent", 1, Default::default())
+        .await
+        .expect("create");
+    wait_alerts(&broker, "the disk alert", |a| firing(a, "disk_free_low")).await;
+    // Priority 1 is P0.
+    produce(&client, "urgent", 3, 1).await;
+    let a = wait_alerts(&broker, "the P0 latency alert", |a| firing(a, "p0_latency")).await;
+    let p0 = a["firing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == "p0_latency")
+        .unwrap()
+        .clone();
+    assert_eq!(p0["severity"], "critical", "{p0}");
+    // No P0 produce for the 10 s window: it resolves.
+    wait_alerts(&broker, "the P0 latency alert resolving", |a| {
+        resolved(a, "p0_latency")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opened_breaker_fires_its_alert_until_it_half_opens() {
+    let broker = BrokerProcess::start_with_env(&[
+        ("WEIR_RETRY_MAX_ATTEMPTS", "50,50,50,50"),
+        ("WEIR_RETRY_BACKOFF", "fixed,fixed,fixed,fixed"),
+        ("WEIR_RETRY_BASE_DELAY_MS", "10,10,10,10"),
+        ("WEIR_RETRY_MAX_DELAY_MS", "10,10,10,10"),
+        ("WEIR_QUEUE_BREAKER_MIN_SAMPLES", "5"),
+        ("WEIR_QUEUE_BREAKER_OPEN_FOR_MS", "3000"),
+    ]);
+    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
+    Admin::new(client.clone())
+        .create_topic("fragile", 1, Default::default())
+        .await
+        .expect("create");
+    produce(&client, "fragile", 20, 5).await;
+    let q = QueueConsumer::with_config(
+        &client,
+        "ops",
+        "fragile",
+        QueueConfig {
+            consumer: "it".into(),
+            lease: Duration::from_secs(30),
+            max_wait: Duration::from_millis(100),
+        },
+    );
+    let id = "breaker_open:ops/fragile";
+    // Everything fails until the breaker opens (it then leases nothing).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        for m in q.fetch(4).await.expect("fetch") {
+            q.nack(&m, true, "downstream down").await.expect("nack");
+        }
+        if firing(&json(&broker, "/alerts").await, id) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "breaker alert never fired");
+    }
+    let m = http_get(broker.http_addr(), "/metrics").await;
+    assert!(
+        m.contains("weir_alerts_firing{rule=\"breaker_open\"} 1"),
+        "{m}"
+    );
+    // After its open time the breaker half-opens: the alert resolves.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for m in q.fetch(1).await.expect("fetch") {
+            q.ack(&m).await.expect("ack");
+        }
+        if resolved(&json(&broker, "/alerts").await, id) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "breaker alert never resolved");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
