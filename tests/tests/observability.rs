@@ -642,7 +642,9 @@ async fn health_ready_and_the_http_limits() {
     let _ = s.write_all(head.as_bytes()).await;
     let mut out = String::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out)).await;
-    assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+    // 431, or (when the unread rest of the head makes the kernel reset the connection
+    // before the answer is read) nothing: never an answer to the request.
+    assert!(out.is_empty() || out.starts_with("HTTP/1.1 431"), "{out}");
     let h = http_get(broker.http_addr(), "/health").await;
     assert!(h.starts_with("HTTP/1.1 200"), "{h}");
 }
