@@ -269,6 +269,29 @@ pub struct Config {
     pub alert_disk_free_percent: u64,
     /// Requests slower than this are logged (warn) and counted; 0 = never.
     pub slow_request_ms: u64,
+    /// This node's id in a cluster (1 and up); 0 = a single-node broker.
+    pub node_id: u64,
+    /// Every node of the cluster, this one included, as `ID=HOST:PORT` (protocol
+    /// addresses). Empty for a single-node broker.
+    pub peers: Vec<String>,
+    /// How often the controller's consensus engine sends heartbeats.
+    pub cluster_heartbeat_ms: u64,
+    /// A follower that hears no heartbeat for this long (up to twice it, randomised)
+    /// starts an election.
+    pub cluster_election_timeout_ms: u64,
+    /// The controller counts a node dead when it has not acknowledged a heartbeat for
+    /// this long, and moves the primaries it held to in-sync mirrors.
+    pub node_timeout_ms: u64,
+    /// A primary removes a mirror from the in-sync set when the mirror has not held
+    /// everything the primary holds for this long.
+    pub mirror_lag_max_ms: u64,
+    /// Most bytes one MirrorFetch returns.
+    pub mirror_fetch_max_bytes: u32,
+    /// Copies per shard when CreateTopic asks for 0 (capped at the cluster's nodes).
+    pub default_replicas: u8,
+    /// In-sync copies a `mirrored` produce needs when CreateTopic asks for 0 (capped
+    /// at the topic's replicas).
+    pub default_min_in_sync: u8,
 }
 
 /// One `[[quota_clients]]` table: a client id's quota. Omitted limits are 0 (none).
@@ -415,6 +438,15 @@ impl Default for Config {
             alert_p0_latency_ms: 100,
             alert_disk_free_percent: 10,
             slow_request_ms: 1000,
+            node_id: 0,
+            peers: Vec::new(),
+            cluster_heartbeat_ms: 100,
+            cluster_election_timeout_ms: 500,
+            node_timeout_ms: 600,
+            mirror_lag_max_ms: 2_000,
+            mirror_fetch_max_bytes: 4 << 20,
+            default_replicas: 3,
+            default_min_in_sync: 2,
         }
     }
 }
@@ -488,9 +520,10 @@ impl Config {
                 // Lists are written comma-separated: WEIR_PRIORITY_CLASS_WEIGHTS=8,4,2,1;
                 // lists of words the same way: WEIR_RETRY_BACKOFF=fixed,linear,fixed,fixed.
                 toml::Value::Array(items)
-                    if items
-                        .first()
-                        .is_some_and(|v| matches!(v, toml::Value::String(_))) =>
+                    if key == "peers"
+                        || items
+                            .first()
+                            .is_some_and(|v| matches!(v, toml::Value::String(_))) =>
                 {
                     toml::Value::Array(
                         value
@@ -623,7 +656,80 @@ impl Config {
             return bad("priority_aging_ms must be 4 durations in 1..=3600000");
         }
         self.validate_flow()?;
+        self.validate_cluster()?;
         self.validate_observe()
+    }
+
+    /// Whether this broker is a node of a cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.node_id != 0 || !self.peers.is_empty()
+    }
+
+    /// The `peers` setting as node id → protocol address.
+    pub fn cluster_peers(&self) -> Result<std::collections::BTreeMap<u64, String>, ConfigError> {
+        let bad = |m: String| ConfigError::Invalid(m);
+        let mut out = std::collections::BTreeMap::new();
+        for p in &self.peers {
+            let (id, addr) = p
+                .split_once('=')
+                .ok_or_else(|| bad(format!("peers entry {p:?}: write ID=HOST:PORT")))?;
+            let id: u64 =
+                id.trim().parse().ok().filter(|&i| i > 0).ok_or_else(|| {
+                    bad(format!("peers entry {p:?}: the id must be a number ≥ 1"))
+                })?;
+            let addr = addr.trim();
+            if addr
+                .rsplit_once(':')
+                .and_then(|(_, port)| port.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(bad(format!(
+                    "peers entry {p:?}: the address must be HOST:PORT"
+                )));
+            }
+            if out.insert(id, addr.to_string()).is_some() {
+                return Err(bad(format!("peers names node {id} twice")));
+            }
+        }
+        Ok(out)
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.default_replicas == 0 || self.default_min_in_sync == 0 {
+            return bad("default_replicas and default_min_in_sync must be at least 1");
+        }
+        if self.mirror_fetch_max_bytes < 65_536
+            || self.mirror_fetch_max_bytes > self.max_frame_bytes
+        {
+            return bad("mirror_fetch_max_bytes must be in 65536..=max_frame_bytes");
+        }
+        if !self.is_cluster() {
+            return Ok(());
+        }
+        if self.node_id == 0 {
+            return bad("peers is set but node_id is not: give --node-id (1 and up)");
+        }
+        let peers = self.cluster_peers()?;
+        if !peers.contains_key(&self.node_id) {
+            return Err(ConfigError::Invalid(format!(
+                "peers must name this node too (node_id {}), with the address other nodes reach it at",
+                self.node_id
+            )));
+        }
+        if !(10..=10_000).contains(&self.cluster_heartbeat_ms) {
+            return bad("cluster_heartbeat_ms must be in 10..=10000");
+        }
+        if self.cluster_election_timeout_ms <= 2 * self.cluster_heartbeat_ms {
+            return bad("cluster_election_timeout_ms must be more than 2 × cluster_heartbeat_ms");
+        }
+        if self.node_timeout_ms < 2 * self.cluster_heartbeat_ms {
+            return bad("node_timeout_ms must be at least 2 × cluster_heartbeat_ms");
+        }
+        if self.mirror_lag_max_ms < 100 {
+            return bad("mirror_lag_max_ms must be at least 100");
+        }
+        Ok(())
     }
 
     fn validate_observe(&self) -> Result<(), ConfigError> {

@@ -15,6 +15,7 @@ pub mod names;
 pub mod retry;
 
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod flow;
 pub mod groups;

@@ -29,6 +29,13 @@ struct Args {
     /// TOML configuration file.
     #[arg(long, env = "WEIR_CONFIG")]
     config: Option<PathBuf>,
+    /// This node's id in a cluster (1 and up). Without it the broker is a single node.
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// Every node of the cluster, this one included: ID=HOST:PORT,ID=HOST:PORT,...
+    /// (protocol addresses).
+    #[arg(long, value_delimiter = ',')]
+    peers: Option<Vec<String>>,
     /// Log line format on stderr: `text` (for people) or `json` (one object a line,
     /// with the request span's fields, for log shippers).
     #[arg(long, env = "WEIR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -74,6 +81,12 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(d) = args.data_dir {
         config.data_dir = d;
+    }
+    if let Some(n) = args.node_id {
+        config.node_id = n;
+    }
+    if let Some(p) = args.peers {
+        config.peers = p;
     }
     config.validate()?;
     // Thread-per-core runs connections on runtimes of their own (server::runtimes);

@@ -49,4 +49,6 @@ pub struct BrokerState {
     pub flow: Arc<crate::flow::FlowControl>,
     /// Queue mode of consumer groups (leases, retries, dead letters, breakers).
     pub queues: QueueManager,
+    /// This node's part in a cluster; `None` for a single-node broker.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }

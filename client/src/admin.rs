@@ -1,4 +1,5 @@
-//! [`Admin`]: topic administration, quotas and the broker's flow-control state.
+//! [`Admin`]: topic administration, quotas, the broker's flow-control state and the
+//! cluster's description.
 
 use weir_protocol::messages::*;
 
@@ -95,5 +96,23 @@ impl Admin {
     /// The broker's load, shedding state and per-client flow state.
     pub async fn flow_status(&self) -> Result<FlowStatusResponse> {
         expect_body!(self.client.call(FlowStatusRequest {}).await?, FlowStatus)
+    }
+
+    /// The cluster: nodes, and every shard's primary, copies and epoch, as the node
+    /// this client asks knows it. A single-node broker answers `enabled = 0`.
+    pub async fn describe_cluster(&self) -> Result<DescribeClusterResponse> {
+        let req = DescribeClusterRequest { topics: Vec::new() };
+        expect_body!(self.client.call(req).await?, DescribeCluster)
+    }
+
+    /// DescribeCluster asked of the node at `addr` itself (not routed, not retried):
+    /// only a shard's primary answers its live fields (`live = 1`: high-water mark,
+    /// mirror positions), so `weir cluster status` asks every node.
+    pub async fn describe_cluster_at(&self, addr: &str) -> Result<DescribeClusterResponse> {
+        let req = DescribeClusterRequest { topics: Vec::new() };
+        expect_body!(
+            self.client.call_node(addr, req.into()).await?,
+            DescribeCluster
+        )
     }
 }

@@ -31,6 +31,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod cluster;
 pub mod connection;
 pub mod consumer;
 pub mod delivery;
@@ -45,6 +46,7 @@ pub mod record;
 
 pub use admin::Admin;
 pub use client::{Client, ClientConfig};
+pub use cluster::ClusterView;
 pub use consumer::{ConsumedBatch, Consumer, ConsumerConfig, DeliveryOrder, OffsetReset};
 pub use delivery::{
     BatchDeliveryFuture, BatchMetadata, DeliveredRange, DeliveryFuture, RecordMetadata,

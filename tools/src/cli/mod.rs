@@ -2,6 +2,7 @@
 //! dispatches; `bin/weir.rs` only parses, runs and turns the outcome into an exit
 //! code ([`Interrupted`] and [`Failed`] carry theirs).
 
+pub mod cluster;
 pub mod consume;
 pub mod dlq;
 pub mod group;
@@ -20,7 +21,8 @@ use weir_client::{Admin, Client};
 #[derive(Parser, Debug)]
 #[command(version, about)]
 pub struct Cli {
-    /// Broker address.
+    /// Broker address; for a cluster, a comma-separated list of node addresses
+    /// (tried in turn: any one that answers is enough).
     #[arg(
         long,
         global = true,
@@ -72,6 +74,9 @@ pub enum Cmd {
     /// Queue-mode groups.
     #[command(subcommand)]
     Queue(queue::QueueCmd),
+    /// A cluster's nodes and shard placement.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCmd),
 }
 
 /// A command stopped by SIGINT or SIGTERM after finishing cleanly (a consumer
@@ -160,5 +165,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Quota(cmd) => quota::run(&admin, cmd).await,
         Cmd::Dlq(cmd) => dlq::run(&client, cmd).await,
         Cmd::Queue(cmd) => queue::run(&client, cmd).await,
+        Cmd::Cluster(cmd) => cluster::run(&admin, cmd).await,
     }
 }
