@@ -52,6 +52,7 @@ impl Broker {
         let mut state = stores.into_state(config, shutdown_rx.clone());
         state.cluster = cluster.clone();
         let state = Arc::new(state);
+        let observer = crate::observe::Observer::new(&state.config);
         let cores = match state.config.runtime {
             RuntimeSetting::MultiThread => None,
             RuntimeSetting::ThreadPerCore => {
@@ -70,6 +71,12 @@ impl Broker {
             tokio::spawn(crate::http::serve(
                 http_listener,
                 state.clone(),
+                observer.clone(),
+                shutdown_rx.clone(),
+            )),
+            tokio::spawn(crate::observe::run(
+                state.clone(),
+                observer,
                 shutdown_rx.clone(),
             )),
             tokio::spawn(tick(state.clone(), shutdown_rx.clone())),
@@ -190,6 +197,7 @@ impl Stores {
                 requests_on_core,
                 ..Metrics::default()
             },
+            meters: Default::default(),
             shutdown,
             queues: self.queues,
             cluster: None,

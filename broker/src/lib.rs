@@ -10,6 +10,7 @@ pub mod clock;
 pub mod error;
 pub mod files;
 pub mod invariant;
+pub mod meters;
 pub mod names;
 pub mod retry;
 
@@ -20,6 +21,7 @@ pub mod flow;
 pub mod groups;
 pub mod http;
 pub mod inject;
+pub mod observe;
 pub mod producer_ids;
 pub mod queue;
 pub mod scheduler;

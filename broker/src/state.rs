@@ -42,6 +42,8 @@ pub struct BrokerState {
     pub producer_ids: ProducerIds,
     pub started: Instant,
     pub metrics: Metrics,
+    /// Latency histograms of the request paths (lock-free; `/metrics`).
+    pub meters: crate::meters::Meters,
     pub shutdown: watch::Receiver<bool>,
     /// Backpressure, quotas and load shedding.
     pub flow: Arc<crate::flow::FlowControl>,

@@ -41,6 +41,9 @@ pub struct Topic {
     /// Fills unset record metadata (see [`crate::inject`]).
     pub injector: Injector,
     pub shards: Vec<Arc<Shard>>,
+    /// Records and bytes in and out, for `/metrics` and the status page (shared with
+    /// the topic's replacement when a shard is truncated, so the counters go on).
+    pub io: Arc<crate::meters::TopicIo>,
 }
 
 impl Topic {
@@ -232,6 +235,7 @@ impl TopicRegistry {
             injector,
             config,
             shards: opened,
+            io: Default::default(),
         })
     }
 
@@ -547,6 +551,7 @@ impl TopicRegistry {
             config: topic.config.clone(),
             injector,
             shards,
+            io: topic.io.clone(),
         };
         self.topics
             .write()

@@ -575,9 +575,11 @@ impl Drop for CutProxy {
 /// The body (with headers) of `GET path` from the broker's HTTP listener.
 pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(addr).await.expect("http connect");
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: weir\r\n\r\n").as_bytes())
-        .await
-        .expect("http write");
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: weir\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("http write");
     let mut out = String::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
         .await

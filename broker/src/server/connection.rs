@@ -34,6 +34,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{Decoder, FramedRead};
+use tracing::Instrument;
 use weir_protocol::batch::DEFAULT_PRIORITY;
 use weir_protocol::classes::{Class, ClassMap};
 use weir_protocol::frame::{RequestFrame, ResponseFrame, PRIORITY_UNSPECIFIED};
@@ -45,6 +46,7 @@ use super::responses::{write_loop, Outgoing, Permits};
 use super::{admission, control, dispatch};
 use crate::flow::quota::{ClientState, ConnectionSlot};
 use crate::flow::receive::{GatedRead, ReceiveGate};
+use crate::observe::requests::RequestTimer;
 use crate::state::BrokerState;
 
 /// Serves one connection until the peer closes it, it fails, or the broker shuts down.
@@ -280,22 +282,37 @@ impl Connection {
             }
             Request::Produce(req) => {
                 let client = self.session.client.clone();
+                let timer = RequestTimer::begin(&header, &client);
                 match produce::start(&state, &client, &header, req).await {
-                    Started::Refused(outcome) => out.send_produce(class, outcome, permits).await,
+                    Started::Refused(outcome) => {
+                        out.send_produce(class, outcome, permits).await;
+                        timer.finish(&state);
+                    }
                     Started::Queued(queued) => {
-                        tokio::spawn(async move {
-                            let outcome = queued.finish(&state).await;
-                            out.send_produce(class, outcome, permits).await;
-                        });
+                        let span = timer.span();
+                        tokio::spawn(
+                            async move {
+                                let outcome = queued.finish(&state).await;
+                                out.send_produce(class, outcome, permits).await;
+                                timer.finish(&state);
+                            }
+                            .instrument(span),
+                        );
                     }
                 }
             }
             request => {
                 let client = self.session.client.clone();
-                tokio::spawn(async move {
-                    let resp = dispatch::answer(&state, &client, &header, request).await;
-                    out.send(class, resp, Some(permits)).await;
-                });
+                let timer = RequestTimer::begin(&header, &client);
+                let span = timer.span();
+                tokio::spawn(
+                    async move {
+                        let resp = dispatch::answer(&state, &client, &header, request).await;
+                        out.send(class, resp, Some(permits)).await;
+                        timer.finish(&state);
+                    }
+                    .instrument(span),
+                );
             }
         }
         None

@@ -57,13 +57,28 @@ fn cluster_of(state: &BrokerState) -> Result<&Arc<crate::cluster::Cluster>, Brok
 }
 
 async fn route(state: &Arc<BrokerState>, request: Request) -> Result<ResponseBody, BrokerError> {
+    use crate::meters::fetch_api;
+    let started = std::time::Instant::now();
+    let timed = |api: usize| state.meters.fetch[api].observe(started.elapsed());
     Ok(match request {
         // Data plane: reads.
-        Request::Fetch(r) => fetch::fetch(state, r).await?.into(),
-        Request::PriorityFetch(r) => fetch::priority_fetch(state, r).await?.into(),
+        Request::Fetch(r) => {
+            let r = fetch::fetch(state, r).await;
+            timed(fetch_api::FETCH);
+            r?.into()
+        }
+        Request::PriorityFetch(r) => {
+            let r = fetch::priority_fetch(state, r).await;
+            timed(fetch_api::PRIORITY_FETCH);
+            r?.into()
+        }
         Request::ListOffsets(r) => fetch::list_offsets(state, r)?.into(),
         // Queue mode.
-        Request::QueueFetch(r) => queue::queue_fetch(state, r).await?,
+        Request::QueueFetch(r) => {
+            let r = queue::queue_fetch(state, r).await;
+            timed(fetch_api::QUEUE_FETCH);
+            r?
+        }
         Request::Ack(r) => state.queues.ack(r).await?.into(),
         Request::Nack(r) => state.queues.nack(r).await?.into(),
         Request::ExtendLease(r) => state.queues.extend(r).await?.into(),

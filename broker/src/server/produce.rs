@@ -8,14 +8,14 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use weir_protocol::batch::{self, BatchHeader};
 use weir_protocol::classes::Class;
 use weir_protocol::frame::{RequestHeader, ResponseFrame};
 use weir_protocol::keys::shard_for_key;
-use weir_protocol::messages::{ProduceRequest, ProduceResponse};
+use weir_protocol::messages::{Acks, ProduceRequest, ProduceResponse};
 use weir_protocol::{DecodeError, ErrorCode};
 
 use super::acks::{append_error, AckPlan};
@@ -53,6 +53,11 @@ pub struct Queued {
     bytes: u64,
     /// Flow-control accounting, released when the produce is answered.
     ticket: ProduceTicket,
+    /// For `weir_produce_latency_seconds` and the topic's counters.
+    topic: Arc<Topic>,
+    class: Class,
+    acks: usize,
+    started: Instant,
     /// In a cluster, the shard's primary role (it moves the replicated high-water mark
     /// and answers `mirrored`).
     primary: Option<Arc<PrimaryState>>,
@@ -65,6 +70,8 @@ pub async fn start(
     header: &RequestHeader,
     req: ProduceRequest,
 ) -> Started {
+    let started = Instant::now();
+    let acks = ack_index(req.acks);
     // Without an ack plan (a level this broker cannot give) the client still hears why.
     let reply = AckPlan::for_level(req.acks, state.cluster.is_some()).map_or(true, |p| p.reply);
     let refuse = |e: BrokerError, retry_after_ms: u32| {
@@ -80,6 +87,7 @@ pub async fn start(
         Err(e) => return refuse(e, 0),
     };
     let Checked {
+        topic,
         shard,
         plan,
         batches,
@@ -93,7 +101,12 @@ pub async fn start(
     // accepted. It sheds by the request's class, the lane it would wait in.
     let mut ticket = match admission::produce(state, client, class, bytes) {
         Ok(t) => t,
-        Err(r) => return refuse(BrokerError::new(r.code, r.message), r.retry_after_ms),
+        Err(r) => {
+            if r.code == ErrorCode::Shed {
+                state.meters.shed_records[class.index()].fetch_add(records, Ordering::Relaxed);
+            }
+            return refuse(BrokerError::new(r.code, r.message), r.retry_after_ms);
+        }
     };
     let stamps: Vec<(u64, u16)> = headers
         .iter()
@@ -122,12 +135,27 @@ pub async fn start(
         records,
         bytes,
         ticket,
+        topic,
+        class,
+        acks,
+        started,
         primary,
     })
 }
 
+/// The `ACK_LEVELS` index of an ack level.
+fn ack_index(acks: Acks) -> usize {
+    match acks {
+        Acks::None => 0,
+        Acks::Leader => 1,
+        Acks::Durable => 2,
+        Acks::Mirrored => 3,
+    }
+}
+
 /// A produce that passed every check and is ready to be admitted.
 struct Checked {
+    topic: Arc<Topic>,
     shard: Arc<Shard>,
     plan: AckPlan,
     batches: Vec<Bytes>,
@@ -193,6 +221,7 @@ fn check(state: &BrokerState, req: &ProduceRequest) -> Result<Checked, BrokerErr
         ));
     }
     Ok(Checked {
+        topic,
         shard,
         plan,
         batches,
@@ -297,6 +326,10 @@ impl Queued {
             records,
             bytes,
             mut ticket,
+            topic,
+            class,
+            acks,
+            started,
             primary,
         } = self;
         let deadline = std::time::Instant::now() + timeout;
@@ -316,8 +349,10 @@ impl Queued {
                 m.produce_records_total
                     .fetch_add(records, Ordering::Relaxed);
                 m.produce_bytes_total.fetch_add(bytes, Ordering::Relaxed);
+                topic.io.produced(records, bytes);
             }
         }
+        state.meters.produce[class.index()][acks].observe(started.elapsed());
         let failed = outcome.is_err();
         let response = match outcome {
             Err(e) if !plan.reply => {
@@ -356,6 +391,7 @@ mod tests {
             injector: Injector::new(&config).unwrap(),
             config,
             shards: Vec::new(),
+            io: Default::default(),
         }
     }
 

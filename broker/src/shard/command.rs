@@ -82,6 +82,10 @@ pub struct ClassStats {
     pub wait_us: [AtomicU64; CLASS_COUNT],
     /// Longest wait of an append since the last time it was read and reset.
     pub wait_us_max: [AtomicU64; CLASS_COUNT],
+    /// Lane waits per class, as a histogram (`weir_queue_wait_seconds`).
+    pub wait_histogram: [crate::meters::Histogram; CLASS_COUNT],
+    /// How long each completed flush took (`weir_flush_latency_seconds`).
+    pub flush_latency: crate::meters::Histogram,
     /// Why the shard refuses appends right now (`Log::trouble`), for `/health` and
     /// `weir_shard_failed`; `None` when it takes them. Written by the writer only when
     /// it changes.

@@ -362,6 +362,7 @@ impl Writer {
             self.stats.appends[c].fetch_add(1, Ordering::Relaxed);
             self.stats.wait_us[c].fetch_add(waited_us, Ordering::Relaxed);
             self.stats.wait_us_max[c].fetch_max(waited_us, Ordering::Relaxed);
+            self.stats.wait_histogram[c].observe_us(waited_us);
             let cmd = served.item;
             bytes += cmd.bytes();
             count += 1;

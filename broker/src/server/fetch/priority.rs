@@ -87,6 +87,13 @@ pub async fn priority_fetch(
             .metrics
             .fetch_bytes_total
             .fetch_add(a.bytes as u64, Ordering::Relaxed);
+        crate::meters::count_delivery(
+            &state.meters,
+            &topic.io,
+            &shard.classes(),
+            a.batches.iter().map(|b| b.as_ref()),
+            now_ms(),
+        );
         Ok(Some(PriorityFetchResponse {
             high_watermark: hwm,
             log_start_offset: start,
