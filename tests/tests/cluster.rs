@@ -347,10 +347,12 @@ async fn a_mirrored_produce_with_too_few_in_sync_copies_is_refused_by_name() {
     );
 }
 
-/// Ignored by default: with every node behind per-link proxies, a node's own
-/// connections through its proxies keep being closed from the first seconds on (the
-/// same proxies carry the test's connections fine), so the cluster never settles;
-/// not understood yet. Run with `cargo test -p weir-tests --test cluster -- --ignored`.
+/// Ignored by default: with every node behind per-link proxies (tests lib,
+/// `ClusterProcesses::start_with_links`), one node's own connections through its
+/// proxies are closed from start-up on — the proxies' upstream connects are refused
+/// although the same proxies carry the test's own connections — so that node never
+/// joins and the test fails before the cut. Not understood yet; the kill -9 tests above
+/// cover switchover. Run with `cargo test -p weir-tests --test cluster -- --ignored`.
 #[ignore]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_primary_stops_acknowledging_and_rejoins_as_an_identical_mirror() {

@@ -174,10 +174,14 @@ impl Consensus {
         // answers NotAllowed, which is fine.
         let initialized = raft.is_initialized().await.map_err(storage_error)?;
         if !initialized {
+            // Ids only: the membership entry must be the same on every node, while
+            // addresses are each node's own view (`--peers`; the network dials from
+            // that map, and the metadata's SetNodes tells clients), so two nodes may
+            // reach a third at different addresses (a proxy, a NAT).
             let members: BTreeMap<NodeId, BasicNode> = config
                 .peers
-                .iter()
-                .map(|(&id, addr)| (id, BasicNode { addr: addr.clone() }))
+                .keys()
+                .map(|&id| (id, BasicNode::default()))
                 .collect();
             match raft.initialize(members).await {
                 Ok(()) => {}
