@@ -292,6 +292,10 @@ pub struct Config {
     /// In-sync copies a `mirrored` produce needs when CreateTopic asks for 0 (capped
     /// at the topic's replicas).
     pub default_min_in_sync: u8,
+    /// Fault injection for tests: while a file exists at this path, the node acts as
+    /// cut off from every other node (its calls to them fail, theirs to it are
+    /// refused) while clients still reach it. Empty = off.
+    pub cluster_partition_file: String,
 }
 
 /// One `[[quota_clients]]` table: a client id's quota. Omitted limits are 0 (none).
@@ -447,6 +451,7 @@ impl Default for Config {
             mirror_fetch_max_bytes: 4 << 20,
             default_replicas: 3,
             default_min_in_sync: 2,
+            cluster_partition_file: String::new(),
         }
     }
 }

@@ -168,8 +168,17 @@ impl BrokerProcess {
             http,
             starts: 0,
         };
+        let cut = b.partition_file().display().to_string();
+        b.env.push(("WEIR_CLUSTER_PARTITION_FILE".into(), cut));
         b.spawn(listen, http);
         b
+    }
+
+    /// The fault-injection file of a cluster node started by
+    /// [`BrokerProcess::start_at`]: while it exists, the node is cut off from the
+    /// other nodes.
+    pub fn partition_file(&self) -> PathBuf {
+        self.dir.path().join("partitioned")
     }
 
     /// Whether the child is running.
@@ -628,9 +637,6 @@ pub fn free_ports(n: usize) -> Vec<SocketAddr> {
 /// A cluster of `weir-broker` processes on loopback: node `i + 1` is `nodes[i]`.
 pub struct ClusterProcesses {
     pub nodes: Vec<BrokerProcess>,
-    /// With [`ClusterProcesses::start_with_links`]: the proxy node `i` dials node `j`
-    /// through, by `(i, j)` (node ids).
-    pub links: HashMap<(u32, u32), CutProxy>,
 }
 
 impl ClusterProcesses {
@@ -656,68 +662,21 @@ impl ClusterProcesses {
                 BrokerProcess::start_at(*a, https[i], &e)
             })
             .collect();
-        ClusterProcesses {
-            nodes,
-            links: HashMap::new(),
-        }
+        ClusterProcesses { nodes }
     }
 
-    /// Starts `n` nodes where every node reaches every other through a proxy of its
-    /// own (node `i` lists node `j` at the address of proxy `(i, j)`), so a test can
-    /// cut a node off from the others in both directions while clients still reach it
-    /// at its own address.
-    pub async fn start_with_links(n: usize, env: &[(&str, &str)]) -> ClusterProcesses {
-        // The nodes' ports stay taken while the proxies bind theirs, so no proxy can
-        // be given a node's port.
-        let held: Vec<std::net::TcpListener> = (0..2 * n)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
-            .collect();
-        let all: Vec<SocketAddr> = held.iter().map(|l| l.local_addr().expect("addr")).collect();
-        let (addrs, https) = all.split_at(n);
-        let mut links = HashMap::new();
-        for i in 1..=n as u32 {
-            for j in 1..=n as u32 {
-                if i != j {
-                    links.insert((i, j), CutProxy::start(addrs[j as usize - 1]).await);
-                }
-            }
-        }
-        drop(held);
-        let nodes = (1..=n as u32)
-            .map(|i| {
-                let peers = (1..=n as u32)
-                    .map(|j| {
-                        let a = if i == j {
-                            addrs[j as usize - 1].to_string()
-                        } else {
-                            links[&(i, j)].addr()
-                        };
-                        format!("{j}={a}")
-                    })
-                    .collect::<Vec<_>>()
-                    .join(",");
-                let id = i.to_string();
-                let mut e: Vec<(&str, &str)> = vec![("WEIR_NODE_ID", &id), ("WEIR_PEERS", &peers)];
-                e.extend_from_slice(env);
-                BrokerProcess::start_at(addrs[i as usize - 1], https[i as usize - 1], &e)
-            })
-            .collect();
-        ClusterProcesses { nodes, links }
-    }
-
-    /// Cuts node `id` off from every other node, both ways (clients still reach it).
+    /// Cuts node `id` off from every other node, both ways, while clients still
+    /// reach it: the node's fault-injection file (`cluster_partition_file`) is
+    /// created, so its calls to the others fail and it refuses theirs.
     pub fn isolate(&self, id: u32) {
-        for ((i, j), p) in &self.links {
-            if *i == id || *j == id {
-                p.block();
-            }
-        }
+        let n = &self.nodes[id as usize - 1];
+        std::fs::write(n.partition_file(), b"cut").expect("partition file");
     }
 
     /// Undoes every [`ClusterProcesses::isolate`].
     pub fn heal(&self) {
-        for p in self.links.values() {
-            p.heal();
+        for n in &self.nodes {
+            let _ = std::fs::remove_file(n.partition_file());
         }
     }
 

@@ -67,6 +67,7 @@ impl Cluster {
     ) -> anyhow::Result<Arc<Cluster>> {
         let peers_cfg = config.cluster_peers()?;
         let node_id = config.node_id;
+        peer::set_partition_file(&config.cluster_partition_file);
         let consensus = Consensus::start(ConsensusConfig {
             node_id,
             peers: peers_cfg.clone(),

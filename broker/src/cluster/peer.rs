@@ -32,6 +32,21 @@ pub enum PeerError {
 
 type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<ResponsePayload>>>>;
 
+/// The `cluster_partition_file` of this process, if set (fault injection).
+static PARTITION_FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Sets the fault-injection file (once per process; later calls are ignored).
+pub fn set_partition_file(path: &str) {
+    if !path.is_empty() {
+        let _ = PARTITION_FILE.set(std::path::PathBuf::from(path));
+    }
+}
+
+/// Whether this node is cut off from the others right now (fault injection).
+pub fn partitioned() -> bool {
+    PARTITION_FILE.get().is_some_and(|p| p.exists())
+}
+
 struct Conn {
     write: tokio::sync::Mutex<FramedWrite<tokio::net::tcp::OwnedWriteHalf, ClientCodec>>,
     pending: Pending,
@@ -79,6 +94,12 @@ impl Peer {
         timeout: Duration,
     ) -> Result<ResponseBody, PeerError> {
         let request = request.into();
+        if partitioned() {
+            return Err(PeerError::Unreachable {
+                addr: self.addr.clone(),
+                reason: "this node is cut off (cluster_partition_file exists)".into(),
+            });
+        }
         match tokio::time::timeout(timeout, self.call_inner(request)).await {
             Ok(r) => r,
             Err(_) => Err(PeerError::TimedOut(self.addr.clone())),

@@ -48,12 +48,19 @@ async fn respond(
 
 /// The cluster, or the refusal of an inter-node api by a single-node broker.
 fn cluster_of(state: &BrokerState) -> Result<&Arc<crate::cluster::Cluster>, BrokerError> {
-    state.cluster.as_ref().ok_or_else(|| {
+    let c = state.cluster.as_ref().ok_or_else(|| {
         BrokerError::new(
             ErrorCode::InvalidRequest,
             "this broker is a single node, not a cluster node",
         )
-    })
+    })?;
+    if crate::cluster::peer::partitioned() {
+        return Err(BrokerError::new(
+            ErrorCode::ShuttingDown,
+            "this node is cut off from the cluster (cluster_partition_file exists)",
+        ));
+    }
+    Ok(c)
 }
 
 async fn route(state: &Arc<BrokerState>, request: Request) -> Result<ResponseBody, BrokerError> {
