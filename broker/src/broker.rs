@@ -48,8 +48,20 @@ impl Broker {
         let addr = listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let state = Arc::new(stores.into_state(config, shutdown_rx.clone(), security));
+        let cluster = if config.is_cluster() {
+            Some(crate::cluster::Cluster::start(config.clone(), stores.topics.clone()).await?)
+        } else {
+            None
+        };
+        let mut state = stores.into_state(config, shutdown_rx.clone(), security);
+        state.cluster = cluster.clone();
+        if let Some(c) = &cluster {
+            let gauges: Arc<dyn crate::meters::ClusterGauges> = c.clone();
+            let _ = state.meters.cluster.set(gauges);
+        }
+        let state = Arc::new(state);
         state.security.restore_quotas(&state.flow);
+        let observer = crate::observe::Observer::new(&state.config);
         let cores = match state.config.runtime {
             RuntimeSetting::MultiThread => None,
             RuntimeSetting::ThreadPerCore => {
@@ -58,7 +70,7 @@ impl Broker {
                 Some(CoreRuntimes::start(n)?)
             }
         };
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(crate::server::serve(
                 listener,
                 state.clone(),
@@ -68,10 +80,19 @@ impl Broker {
             tokio::spawn(crate::http::serve(
                 http_listener,
                 state.clone(),
+                observer.clone(),
                 shutdown_rx.clone(),
             )),
-            tokio::spawn(tick(state.clone(), shutdown_rx)),
+            tokio::spawn(crate::observe::run(
+                state.clone(),
+                observer,
+                shutdown_rx.clone(),
+            )),
+            tokio::spawn(tick(state.clone(), shutdown_rx.clone())),
         ];
+        if let Some(c) = &cluster {
+            tasks.extend(c.spawn_tasks(state.clone(), shutdown_rx));
+        }
         tracing::info!(%addr, %http_addr, data_dir = %state.config.data_dir.display(), "weir broker started");
         Ok(Broker {
             state,
@@ -103,6 +124,9 @@ impl Broker {
         let _ = self.shutdown_tx.send(true);
         for t in self.tasks {
             let _ = t.await;
+        }
+        if let Some(c) = &self.state.cluster {
+            c.shutdown().await;
         }
         self.state.queues.close().await;
         self.state.topics.close().await;
@@ -187,9 +211,11 @@ impl Stores {
                 requests_on_core,
                 ..Metrics::default()
             },
+            meters: Default::default(),
             shutdown,
             queues: self.queues,
             security,
+            cluster: None,
         }
     }
 }

@@ -31,6 +31,7 @@ pub const DEPRECATED_KEYS: &[(&str, &str)] = &[
 /// the project's own tests. Any other unknown `WEIR_*` name is warned about.
 pub const NOT_CONFIG_ENV: &[&str] = &[
     "WEIR_LOG",
+    "WEIR_LOG_FORMAT",
     "WEIR_CONFIG",
     "WEIR_BROKER",
     "WEIR_BLESS",
@@ -246,6 +247,62 @@ pub struct Config {
     /// Queue state log: start a new generation with a snapshot of every queue (and
     /// delete the older ones) once the current one holds this many records.
     pub queue_state_compact_records: u64,
+    /// Health: warning and critical thresholds of the deepest backlog (records waiting
+    /// in shard writer lanes, or a consumer group's lag on one shard).
+    pub health_queue_depth_records: Vec<u64>,
+    /// Health: warning and critical thresholds of the average produce latency over
+    /// the last second.
+    pub health_delay_ms: Vec<u64>,
+    /// Health: warning and critical thresholds of the share of requests that failed
+    /// over `health_error_window_ms`.
+    pub health_error_rate_permille: Vec<u64>,
+    /// Health: the window the error rate is measured over ("sustained").
+    pub health_error_window_ms: u64,
+    /// Health: warning and critical thresholds of resource use (memory budget, disk,
+    /// open files), in percent.
+    pub health_resource_percent: Vec<u64>,
+    /// Alerts: POST each alert transition as JSON to this `http://` URL ("" = none).
+    pub alert_webhook_url: String,
+    /// Alerts: longest a webhook POST may take.
+    pub alert_webhook_timeout_ms: u64,
+    /// Alerts: a dead-letter alert resolves once no record was dead-lettered for this
+    /// long.
+    pub alert_dead_letter_hold_ms: u64,
+    /// Alerts: a consumer group's lag that grew at every check for this long fires.
+    pub alert_lag_growing_ms: u64,
+    /// Alerts: P0 produce latency target (99th percentile over the last 10 s).
+    pub alert_p0_latency_ms: u64,
+    /// Alerts: fires when the data directory's disk has less free space (percent).
+    pub alert_disk_free_percent: u64,
+    /// Requests slower than this are logged (warn) and counted; 0 = never.
+    pub slow_request_ms: u64,
+    /// This node's id in a cluster (1 and up); 0 = a single-node broker.
+    pub node_id: u64,
+    /// Every node of the cluster, this one included, as `ID=HOST:PORT` (protocol
+    /// addresses). Empty for a single-node broker.
+    pub peers: Vec<String>,
+    /// How often the controller's consensus engine sends heartbeats.
+    pub cluster_heartbeat_ms: u64,
+    /// A follower that hears no heartbeat for this long (up to twice it, randomised)
+    /// starts an election.
+    pub cluster_election_timeout_ms: u64,
+    /// The controller counts a node dead when it has not acknowledged a heartbeat for
+    /// this long, and moves the primaries it held to in-sync mirrors.
+    pub node_timeout_ms: u64,
+    /// A primary removes a mirror from the in-sync set when the mirror has not held
+    /// everything the primary holds for this long.
+    pub mirror_lag_max_ms: u64,
+    /// Most bytes one MirrorFetch returns.
+    pub mirror_fetch_max_bytes: u32,
+    /// Copies per shard when CreateTopic asks for 0 (capped at the cluster's nodes).
+    pub default_replicas: u8,
+    /// In-sync copies a `mirrored` produce needs when CreateTopic asks for 0 (capped
+    /// at the topic's replicas).
+    pub default_min_in_sync: u8,
+    /// Fault injection for tests: while a file exists at this path, the node acts as
+    /// cut off from every other node (its calls to them fail, theirs to it are
+    /// refused) while clients still reach it. Empty = off.
+    pub cluster_partition_file: String,
     /// TLS on the protocol port (`security/tls.rs`): PEM certificate chain; empty =
     /// plain TCP. Reloaded from disk when it changes.
     pub tls_cert: PathBuf,
@@ -409,6 +466,30 @@ impl Default for Config {
             queue_breaker_half_open_pct: 10,
             queue_breaker_close_pct: 90,
             queue_state_compact_records: 1_000_000,
+            // Seed 002 §5: warning at > 5k messages, > 500 ms, > 0.1 %, > 80 %;
+            // critical at > 10k, > 1 s, > 1 %, > 90 %.
+            health_queue_depth_records: vec![5000, 10_000],
+            health_delay_ms: vec![500, 1000],
+            health_error_rate_permille: vec![1, 10],
+            health_error_window_ms: 60_000,
+            health_resource_percent: vec![80, 90],
+            alert_webhook_url: String::new(),
+            alert_webhook_timeout_ms: 2000,
+            alert_dead_letter_hold_ms: 60_000,
+            alert_lag_growing_ms: 300_000,
+            alert_p0_latency_ms: 100,
+            alert_disk_free_percent: 10,
+            slow_request_ms: 1000,
+            node_id: 0,
+            peers: Vec::new(),
+            cluster_heartbeat_ms: 100,
+            cluster_election_timeout_ms: 500,
+            node_timeout_ms: 600,
+            mirror_lag_max_ms: 2_000,
+            mirror_fetch_max_bytes: 4 << 20,
+            default_replicas: 3,
+            default_min_in_sync: 2,
+            cluster_partition_file: String::new(),
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
             tls_client_ca: PathBuf::new(),
@@ -487,9 +568,10 @@ impl Config {
                 // Lists are written comma-separated: WEIR_PRIORITY_CLASS_WEIGHTS=8,4,2,1;
                 // lists of words the same way: WEIR_RETRY_BACKOFF=fixed,linear,fixed,fixed.
                 toml::Value::Array(items)
-                    if items
-                        .first()
-                        .is_some_and(|v| matches!(v, toml::Value::String(_))) =>
+                    if key == "peers"
+                        || items
+                            .first()
+                            .is_some_and(|v| matches!(v, toml::Value::String(_))) =>
                 {
                     toml::Value::Array(
                         value
@@ -628,7 +710,119 @@ impl Config {
         {
             return bad("priority_aging_ms must be 4 durations in 1..=3600000");
         }
-        self.validate_flow()
+        self.validate_flow()?;
+        self.validate_cluster()?;
+        self.validate_observe()
+    }
+
+    /// Whether this broker is a node of a cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.node_id != 0 || !self.peers.is_empty()
+    }
+
+    /// The `peers` setting as node id → protocol address.
+    pub fn cluster_peers(&self) -> Result<std::collections::BTreeMap<u64, String>, ConfigError> {
+        let bad = |m: String| ConfigError::Invalid(m);
+        let mut out = std::collections::BTreeMap::new();
+        for p in &self.peers {
+            let (id, addr) = p
+                .split_once('=')
+                .ok_or_else(|| bad(format!("peers entry {p:?}: write ID=HOST:PORT")))?;
+            let id: u64 =
+                id.trim().parse().ok().filter(|&i| i > 0).ok_or_else(|| {
+                    bad(format!("peers entry {p:?}: the id must be a number ≥ 1"))
+                })?;
+            let addr = addr.trim();
+            if addr
+                .rsplit_once(':')
+                .and_then(|(_, port)| port.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(bad(format!(
+                    "peers entry {p:?}: the address must be HOST:PORT"
+                )));
+            }
+            if out.insert(id, addr.to_string()).is_some() {
+                return Err(bad(format!("peers names node {id} twice")));
+            }
+        }
+        Ok(out)
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.default_replicas == 0 || self.default_min_in_sync == 0 {
+            return bad("default_replicas and default_min_in_sync must be at least 1");
+        }
+        if !self.is_cluster() {
+            return Ok(());
+        }
+        if self.mirror_fetch_max_bytes < 65_536
+            || self.mirror_fetch_max_bytes > self.max_frame_bytes
+        {
+            return bad("mirror_fetch_max_bytes must be in 65536..=max_frame_bytes");
+        }
+        if self.node_id == 0 {
+            return bad("peers is set but node_id is not: give --node-id (1 and up)");
+        }
+        let peers = self.cluster_peers()?;
+        if !peers.contains_key(&self.node_id) {
+            return Err(ConfigError::Invalid(format!(
+                "peers must name this node too (node_id {}), with the address other nodes reach it at",
+                self.node_id
+            )));
+        }
+        if !(10..=10_000).contains(&self.cluster_heartbeat_ms) {
+            return bad("cluster_heartbeat_ms must be in 10..=10000");
+        }
+        if self.cluster_election_timeout_ms <= 2 * self.cluster_heartbeat_ms {
+            return bad("cluster_election_timeout_ms must be more than 2 × cluster_heartbeat_ms");
+        }
+        if self.node_timeout_ms < 2 * self.cluster_heartbeat_ms {
+            return bad("node_timeout_ms must be at least 2 × cluster_heartbeat_ms");
+        }
+        if self.mirror_lag_max_ms < 100 {
+            return bad("mirror_lag_max_ms must be at least 100");
+        }
+        Ok(())
+    }
+
+    fn validate_observe(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        for (name, pair) in [
+            (
+                "health_queue_depth_records",
+                &self.health_queue_depth_records,
+            ),
+            ("health_delay_ms", &self.health_delay_ms),
+            (
+                "health_error_rate_permille",
+                &self.health_error_rate_permille,
+            ),
+            ("health_resource_percent", &self.health_resource_percent),
+        ] {
+            if pair.len() != 2 || pair[0] > pair[1] {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be [warning, critical] with warning <= critical"
+                )));
+            }
+        }
+        if self.health_error_rate_permille[1] > 1000 || self.health_resource_percent[1] > 100 {
+            return bad("health_error_rate_permille must be at most 1000 and health_resource_percent at most 100");
+        }
+        if !(1000..=3_600_000).contains(&self.health_error_window_ms) {
+            return bad("health_error_window_ms must be in 1000..=3600000");
+        }
+        if !self.alert_webhook_url.is_empty() && !self.alert_webhook_url.starts_with("http://") {
+            return bad("alert_webhook_url must be empty or an http:// URL");
+        }
+        if !(1..=60_000).contains(&self.alert_webhook_timeout_ms) {
+            return bad("alert_webhook_timeout_ms must be in 1..=60000");
+        }
+        if self.alert_disk_free_percent > 100 {
+            return bad("alert_disk_free_percent must be at most 100");
+        }
+        Ok(())
     }
 
     fn validate_flow(&self) -> Result<(), ConfigError> {

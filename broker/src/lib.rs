@@ -10,15 +10,18 @@ pub mod clock;
 pub mod error;
 pub mod files;
 pub mod invariant;
+pub mod meters;
 pub mod names;
 pub mod retry;
 
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod flow;
 pub mod groups;
 pub mod http;
 pub mod inject;
+pub mod observe;
 pub mod producer_ids;
 pub mod queue;
 pub mod scheduler;

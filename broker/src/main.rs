@@ -43,20 +43,49 @@ struct Args {
     /// creates `admin`.
     #[arg(long, value_parser = ["off", "required"])]
     auth: Option<String>,
+    /// This node's id in a cluster (1 and up). Without it the broker is a single node.
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// Every node of the cluster, this one included: ID=HOST:PORT,ID=HOST:PORT,...
+    /// (protocol addresses).
+    #[arg(long, value_delimiter = ',')]
+    peers: Option<Vec<String>>,
+    /// Log line format on stderr: `text` (for people) or `json` (one object a line,
+    /// with the request span's fields, for log shippers).
+    #[arg(long, env = "WEIR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colour only for a person at a terminal: escape codes in a log file or a pipe
-    // are noise.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
-    let args = Args::parse();
+    match args.log_format {
+        LogFormat::Text => {
+            // Colour only for a person at a terminal: escape codes in a log file or a
+            // pipe are noise.
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi)
+                .init();
+        }
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+    }
     let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
     if let Some(a) = args.listen {
         config.listen = a;
@@ -80,6 +109,12 @@ fn main() -> anyhow::Result<()> {
         Some("required") => config.auth = weir_broker::config::AuthSetting::Required,
         Some(_) => config.auth = weir_broker::config::AuthSetting::Off,
         None => {}
+    }
+    if let Some(n) = args.node_id {
+        config.node_id = n;
+    }
+    if let Some(p) = args.peers {
+        config.peers = p;
     }
     config.validate()?;
     // Thread-per-core runs connections on runtimes of their own (server::runtimes);

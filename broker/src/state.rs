@@ -42,11 +42,15 @@ pub struct BrokerState {
     pub producer_ids: ProducerIds,
     pub started: Instant,
     pub metrics: Metrics,
+    /// Latency histograms of the request paths (lock-free; `/metrics`).
+    pub meters: crate::meters::Meters,
     pub shutdown: watch::Receiver<bool>,
     /// Backpressure, quotas and load shedding.
     pub flow: Arc<crate::flow::FlowControl>,
     /// Queue mode of consumer groups (leases, retries, dead letters, breakers).
     pub queues: QueueManager,
+    /// This node's part in a cluster; `None` for a single-node broker.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// TLS, authentication, authorization and audit (`security/`).
     pub security: crate::security::Security,
 }

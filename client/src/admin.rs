@@ -1,5 +1,5 @@
-//! [`Admin`]: topic administration, quotas, the broker's flow-control state, and
-//! security administration (users, API keys, ACLs).
+//! [`Admin`]: topic administration, quotas, the broker's flow-control state, the
+//! cluster's description, and security administration (users, API keys, ACLs).
 
 use weir_protocol::messages::*;
 
@@ -162,5 +162,23 @@ impl Admin {
             principal: principal.to_string(),
         };
         Ok(expect_body!(self.client.call(req).await?, DescribeAcls)?.entries)
+    }
+
+    /// The cluster: nodes, and every shard's primary, copies and epoch, as the node
+    /// this client asks knows it. A single-node broker answers `enabled = 0`.
+    pub async fn describe_cluster(&self) -> Result<DescribeClusterResponse> {
+        let req = DescribeClusterRequest { topics: Vec::new() };
+        expect_body!(self.client.call(req).await?, DescribeCluster)
+    }
+
+    /// DescribeCluster asked of the node at `addr` itself (not routed, not retried):
+    /// only a shard's primary answers its live fields (`live = 1`: high-water mark,
+    /// mirror positions), so `weir cluster status` asks every node.
+    pub async fn describe_cluster_at(&self, addr: &str) -> Result<DescribeClusterResponse> {
+        let req = DescribeClusterRequest { topics: Vec::new() };
+        expect_body!(
+            self.client.call_node(addr, req.into()).await?,
+            DescribeCluster
+        )
     }
 }

@@ -1,6 +1,14 @@
-//! [`Client`]: a handle to one broker that reconnects by itself.
+//! [`Client`]: a handle to one broker, or to a cluster of them, that reconnects by
+//! itself.
+//!
+//! Against a single-node broker a client holds one connection. Against a cluster
+//! (DescribeCluster answers `enabled = 1` after the handshake) it also keeps the
+//! cluster's view (`cluster.rs`) and one lazily opened connection per node, and sends
+//! each request to the node PROTOCOL.md §Cluster names for it, refreshing the view and
+//! trying again when a node says it is the wrong one or cannot be reached.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::Mutex;
@@ -9,6 +17,7 @@ use weir_protocol::messages::*;
 use weir_protocol::{ApiKey, ErrorCode, Request, ResponseBody};
 
 use crate::auth::Credentials;
+use crate::cluster::{self, ClusterState, ClusterView, Route};
 use crate::connection::{into_body, Connection};
 use crate::error::{ClientError, Result};
 use crate::flow::{BreakerConfig, BreakerState, SharedBreaker};
@@ -46,18 +55,35 @@ impl Default for ClientConfig {
     }
 }
 
-/// A connection to a broker, shared by producers, consumers and admin calls. Cheap to
-/// clone. When the connection fails, the next call opens a new one.
+/// DescribeCluster attempts at connect time when the broker refuses it retriably.
+const DISCOVER_ATTEMPTS: u32 = 4;
+
+/// A connection to a broker (or to every node of a cluster), shared by producers,
+/// consumers and admin calls. Cheap to clone. When a connection fails, the next call
+/// opens a new one.
 #[derive(Debug, Clone)]
 pub struct Client {
     inner: Arc<Inner>,
 }
 
+/// A lazily opened connection, replaced when it fails.
+type Slot = Arc<Mutex<Option<Arc<Connection>>>>;
+
 #[derive(Debug)]
 struct Inner {
+    /// The address string as given (possibly a comma-separated list).
     addr: String,
+    /// The bootstrap addresses, tried in turn.
+    bootstrap: Vec<String>,
     config: ClientConfig,
+    /// The connection for requests any node may answer (the only one against a
+    /// single-node broker), and the address it is open to.
     conn: Mutex<Option<Arc<Connection>>>,
+    conn_addr: std::sync::Mutex<String>,
+    /// One connection per node address, for routed requests (cluster only).
+    nodes: std::sync::Mutex<HashMap<String, Slot>>,
+    /// Set after the first handshake when the broker is part of a cluster.
+    cluster: OnceLock<ClusterState>,
     /// The broker's priority classes, from the last handshake.
     classes: std::sync::Mutex<ClassMap>,
     breaker: Option<SharedBreaker>,
@@ -80,7 +106,10 @@ macro_rules! expect_body {
 pub(crate) use expect_body;
 
 impl Client {
-    /// Connects to `addr` ("127.0.0.1:7700") and performs the version handshake.
+    /// Connects to `addr` ("127.0.0.1:7700", or a comma-separated list of a cluster's
+    /// nodes, "a:7700,b:7700", tried in turn) and performs the version handshake.
+    /// Against a cluster the client then learns every node and shard primary (see the
+    /// module docs).
     pub async fn connect(addr: impl Into<String>) -> Result<Client> {
         Self::connect_with(addr, ClientConfig::default()).await
     }
@@ -88,23 +117,95 @@ impl Client {
     /// Like [`Client::connect`], with settings.
     pub async fn connect_with(addr: impl Into<String>, config: ClientConfig) -> Result<Client> {
         let tls = config.tls.as_ref().map(Connector::new).transpose()?;
+        let addr = addr.into();
+        let bootstrap: Vec<String> = addr
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_string)
+            .collect();
+        if bootstrap.is_empty() {
+            return Err(ClientError::Invalid("no broker address given".into()));
+        }
         let client = Client {
             inner: Arc::new(Inner {
                 tls,
-                addr: addr.into(),
+                conn_addr: std::sync::Mutex::new(bootstrap[0].clone()),
+                addr,
+                bootstrap,
                 breaker: config.breaker.map(SharedBreaker::new),
                 config,
                 conn: Mutex::new(None),
+                nodes: std::sync::Mutex::new(HashMap::new()),
+                cluster: OnceLock::new(),
                 classes: std::sync::Mutex::new(ClassMap::default()),
             }),
         };
-        client.connection().await?;
+        let conn = client.connection().await?;
+        client.discover(&conn).await;
         Ok(client)
     }
 
-    /// The broker address.
+    /// Connects to the first of `addrs` that answers; see [`Client::connect`].
+    pub async fn connect_cluster(addrs: &[&str]) -> Result<Client> {
+        Self::connect_with(addrs.join(","), ClientConfig::default()).await
+    }
+
+    /// Asks the broker whether it is part of a cluster; keeps the view if so. A broker
+    /// that does not know DescribeCluster, or answers `enabled = 0`, is a single node.
+    /// A retriable refusal (a node still starting its consensus engine) is asked again
+    /// a few times rather than taken for a single node.
+    async fn discover(&self, conn: &Connection) {
+        let mut r = Err(ClientError::Closed);
+        for attempt in 0..DISCOVER_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(cluster::REFRESH_MIN_INTERVAL * (1 << attempt)).await;
+            }
+            let req = DescribeClusterRequest { topics: Vec::new() };
+            r = conn
+                .call(req.into(), 0, self.inner.config.request_timeout)
+                .await
+                .and_then(into_body);
+            match &r {
+                Err(e @ ClientError::Broker { .. }) if e.is_retriable() => continue,
+                _ => break,
+            }
+        }
+        match r {
+            Ok(ResponseBody::DescribeCluster(d)) if d.enabled == 1 => {
+                tracing::debug!(nodes = d.nodes.len(), "connected to a cluster");
+                let _ = self
+                    .inner
+                    .cluster
+                    .set(ClusterState::new(ClusterView::merge(None, &d)));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "no cluster description; single node"),
+        }
+    }
+
+    /// The broker address as given to [`Client::connect`].
     pub fn addr(&self) -> &str {
         &self.inner.addr
+    }
+
+    /// The bootstrap addresses (the address list split on commas).
+    pub fn bootstrap_addrs(&self) -> &[String] {
+        &self.inner.bootstrap
+    }
+
+    /// The cluster as this client last learned it; `None` against a single-node
+    /// broker.
+    pub fn cluster_view(&self) -> Option<Arc<ClusterView>> {
+        self.inner.cluster.get().map(|c| c.view().0)
+    }
+
+    /// How many times this client has asked the cluster for a fresh view since it
+    /// connected (0 against a single-node broker).
+    pub fn cluster_refreshes(&self) -> u64 {
+        self.inner.cluster.get().map_or(0, |c| {
+            c.refreshes.load(std::sync::atomic::Ordering::Relaxed)
+        })
     }
 
     /// The client's settings.
@@ -118,7 +219,9 @@ impl Client {
         *self.inner.classes.lock().expect("class map lock")
     }
 
-    /// The live connection, opening (and handshaking) a new one if needed.
+    /// The connection for requests any node may answer, opening (and handshaking) a
+    /// new one if needed: to the address it was last open to, then to each bootstrap
+    /// address and each node the cluster view names, in turn (one pass).
     pub(crate) async fn connection(&self) -> Result<Arc<Connection>> {
         let mut slot = self.inner.conn.lock().await;
         if let Some(c) = slot.as_ref() {
@@ -126,8 +229,67 @@ impl Client {
                 return Ok(c.clone());
             }
         }
+        let last = self.inner.conn_addr.lock().expect("conn addr lock").clone();
+        let mut candidates = vec![last];
+        candidates.extend(self.inner.bootstrap.iter().cloned());
+        if let Some(c) = self.inner.cluster.get() {
+            let mut known: Vec<_> = c
+                .view()
+                .0
+                .nodes
+                .iter()
+                .map(|(id, a)| (*id, a.clone()))
+                .collect();
+            known.sort();
+            candidates.extend(known.into_iter().map(|(_, a)| a));
+        }
+        let mut seen = std::collections::HashSet::new();
+        candidates.retain(|a| seen.insert(a.clone()));
+        let mut last_err = None;
+        for addr in candidates {
+            match self.open(&addr).await {
+                Ok(conn) => {
+                    *self.inner.conn_addr.lock().expect("conn addr lock") = addr;
+                    *slot = Some(conn.clone());
+                    return Ok(conn);
+                }
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "broker unreachable");
+                    last_err = Some(e);
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| ClientError::Io("no broker address".into())))
+    }
+
+    /// The connection to the node at `addr`, opened if needed.
+    pub(crate) async fn node_connection(&self, addr: &str) -> Result<Arc<Connection>> {
+        let slot = {
+            let mut nodes = self.inner.nodes.lock().expect("node connections lock");
+            match nodes.get(addr) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = Slot::default();
+                    nodes.insert(addr.to_string(), s.clone());
+                    s
+                }
+            }
+        };
+        let mut slot = slot.lock().await;
+        if let Some(c) = slot.as_ref() {
+            if !c.is_dead() {
+                return Ok(c.clone());
+            }
+        }
+        let conn = self.open(addr).await?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Opens a connection to `addr` and performs the version handshake.
+    async fn open(&self, addr: &str) -> Result<Arc<Connection>> {
         let mut conn = Connection::connect(
-            &self.inner.addr,
+            addr,
             self.inner.config.connect_timeout,
             self.inner.tls.as_ref(),
         )
@@ -168,9 +330,96 @@ impl Client {
                 "broker sent no usable class bounds; assuming the defaults"
             ),
         }
-        let conn = Arc::new(conn);
-        *slot = Some(conn.clone());
-        Ok(conn)
+        Ok(Arc::new(conn))
+    }
+
+    /// The connection `route` names and the view generation it was chosen under.
+    /// Against a single-node broker, always the one connection. A shard or controller
+    /// the view does not know (a topic created since) costs one refresh; if it is
+    /// still unknown, any node gets the request (and names the right one if it is not).
+    pub(crate) async fn route_connection(
+        &self,
+        route: Route<'_>,
+    ) -> Result<(Arc<Connection>, u64)> {
+        let Some(cluster) = self.inner.cluster.get() else {
+            return Ok((self.connection().await?, 0));
+        };
+        let (mut view, mut generation) = cluster.view();
+        if route != Route::Any && view.addr_for(route).is_none() {
+            self.refresh_view(generation).await;
+            (view, generation) = cluster.view();
+        }
+        match view.addr_for(route) {
+            Some(addr) => Ok((self.node_connection(addr).await?, generation)),
+            None => Ok((self.connection().await?, generation)),
+        }
+    }
+
+    /// After a failure under view `generation`: refreshes the view when `e` says it
+    /// is stale (single-flight, see `cluster.rs`). No-op against a single node.
+    pub(crate) async fn route_failed(&self, generation: u64, e: &ClientError) {
+        if self.inner.cluster.get().is_some() && cluster::is_routing_error(e) {
+            self.refresh_view(generation).await;
+        }
+    }
+
+    /// Replaces the cluster view with a fresh DescribeCluster answer, unless a view
+    /// newer than `generation` exists.
+    async fn refresh_view(&self, generation: u64) {
+        let Some(cluster) = self.inner.cluster.get() else {
+            return;
+        };
+        cluster
+            .refresh(generation, |view| self.describe_any(view))
+            .await;
+    }
+
+    /// DescribeCluster from the first node that answers: the controller, then the
+    /// other known nodes, then the bootstrap addresses (one pass, each bounded by the
+    /// connect timeout).
+    async fn describe_any(&self, view: Arc<ClusterView>) -> Option<DescribeClusterResponse> {
+        let mut candidates: Vec<String> = Vec::new();
+        if let Some(a) = view.nodes.get(&view.controller) {
+            candidates.push(a.clone());
+        }
+        let mut known: Vec<_> = view.nodes.iter().collect();
+        known.sort();
+        candidates.extend(known.into_iter().map(|(_, a)| a.clone()));
+        candidates.extend(self.inner.bootstrap.iter().cloned());
+        let mut seen = std::collections::HashSet::new();
+        candidates.retain(|a| seen.insert(a.clone()));
+        let timeout = self.inner.config.connect_timeout;
+        for addr in candidates {
+            let attempt = async {
+                let conn = self.node_connection(&addr).await?;
+                let req = DescribeClusterRequest { topics: Vec::new() };
+                let body = into_body(conn.call(req.into(), 0, timeout).await?)?;
+                expect_body!(body, DescribeCluster)
+            };
+            // The connect, handshake and answer together, so a node that accepts but
+            // never answers costs one connect timeout, not a request timeout.
+            let attempt = async {
+                tokio::time::timeout(timeout, attempt)
+                    .await
+                    .unwrap_or(Err(ClientError::Timeout(timeout.as_millis() as u64)))
+            };
+            match attempt.await {
+                Ok(d) if d.enabled == 1 => return Some(d),
+                Ok(_) => tracing::debug!(%addr, "node answered as a single node"),
+                Err(e) => tracing::debug!(%addr, error = %e, "node could not describe the cluster"),
+            }
+        }
+        tracing::warn!("no node could describe the cluster; keeping the last view");
+        None
+    }
+
+    /// Sends `request` to the node at `addr` (not routed, not retried).
+    pub(crate) async fn call_node(&self, addr: &str, request: Request) -> Result<ResponseBody> {
+        let conn = self.node_connection(addr).await?;
+        into_body(
+            conn.call(request, 0, self.inner.config.request_timeout)
+                .await?,
+        )
     }
 
     /// Sends any request and returns its successful body or the broker's error.
@@ -196,13 +445,68 @@ impl Client {
         timeout: Duration,
     ) -> Result<ResponseBody> {
         self.breaker_admit()?;
-        let outcome = async {
-            let conn = self.connection().await?;
-            into_body(conn.call(request, priority, timeout).await?)
-        }
-        .await;
+        let outcome = match self.inner.cluster.get() {
+            None => {
+                async {
+                    let conn = self.connection().await?;
+                    into_body(conn.call(request, priority, timeout).await?)
+                }
+                .await
+            }
+            Some(_) => self.call_routed(request, priority, timeout).await,
+        };
         self.breaker_record(&outcome);
         outcome
+    }
+
+    /// A call in a cluster: to the node the request's route names; after a routing
+    /// refusal (which says nothing was done), a connection that could not be opened,
+    /// or — for requests safe to repeat — a lost answer, refreshes the view and tries
+    /// again, at most [`cluster::MAX_ROUTE_ATTEMPTS`] times and within `timeout`.
+    async fn call_routed(
+        &self,
+        request: Request,
+        priority: u8,
+        timeout: Duration,
+    ) -> Result<ResponseBody> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let repeatable = cluster::safe_to_repeat(&request);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let route = cluster::route_of(&request);
+            let (outcome, generation, sent) = match self.route_connection(route).await {
+                Err(e) => (Err(e), self.generation(), false),
+                Ok((conn, generation)) => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let r = match conn.call(request.clone(), priority, left).await {
+                        Ok(frame) => into_body(frame),
+                        Err(e) => Err(e),
+                    };
+                    (r, generation, true)
+                }
+            };
+            let e = match outcome {
+                Ok(body) => return Ok(body),
+                Err(e) => e,
+            };
+            let again = cluster::is_routing_error(&e)
+                && (!sent || repeatable || cluster::refused_unexecuted(&e));
+            self.route_failed(generation, &e).await;
+            let now = tokio::time::Instant::now();
+            if !again || attempt >= cluster::MAX_ROUTE_ATTEMPTS || now >= deadline {
+                return Err(e);
+            }
+            // An election (NO_CONTROLLER) or a switchover takes a moment; back off a
+            // little more each time, never past the deadline.
+            let pause = (cluster::REFRESH_MIN_INTERVAL * (1 << attempt.min(4)))
+                .min(deadline.saturating_duration_since(now));
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.inner.cluster.get().map_or(0, |c| c.view().1)
     }
 
     /// The circuit breaker's state, when the client has one.

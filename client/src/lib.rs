@@ -34,6 +34,7 @@
 pub mod admin;
 pub mod auth;
 pub mod client;
+pub mod cluster;
 pub mod connection;
 pub mod consumer;
 pub mod delivery;
@@ -50,6 +51,7 @@ pub mod tls;
 pub use admin::Admin;
 pub use auth::Credentials;
 pub use client::{Client, ClientConfig};
+pub use cluster::ClusterView;
 pub use consumer::{ConsumedBatch, Consumer, ConsumerConfig, DeliveryOrder, OffsetReset};
 pub use delivery::{
     BatchDeliveryFuture, BatchMetadata, DeliveredRange, DeliveryFuture, RecordMetadata,

@@ -139,6 +139,14 @@ apis! {
     FlowStatus = 22, v 0..=0, FlowStatusRequest => FlowStatusResponse;
     /// Read a shard in priority order (per-class lanes, WFQ with aging).
     PriorityFetch = 25, v 0..=0, PriorityFetchRequest => PriorityFetchResponse;
+    /// The cluster's nodes and where each shard's copies are.
+    DescribeCluster = 40, v 0..=0, DescribeClusterRequest => DescribeClusterResponse;
+    /// A mirror reads its primary's log (inter-node).
+    MirrorFetch = 41, v 0..=0, MirrorFetchRequest => MirrorFetchResponse;
+    /// One consensus-engine message between nodes (inter-node).
+    ConsensusRpc = 42, v 0..=0, ConsensusRpcRequest => ConsensusRpcResponse;
+    /// A metadata change forwarded to the controller (inter-node).
+    ClusterWrite = 43, v 0..=0, ClusterWriteRequest => ClusterWriteResponse;
     /// One step of authentication (SCRAM-SHA-256 or an API key).
     Authenticate = 50, v 0..=0, AuthenticateRequest => AuthenticateResponse;
     /// Create a user or change its password (its SCRAM credential).

@@ -104,8 +104,10 @@ error_codes! {
     StorageError = 26, retriable = true;
     /// Stored data failed its CRC check on read; it is never served.
     CorruptStorage = 27, retriable = false;
-    /// This broker is not the primary for the shard; refresh metadata and retry there.
-    NotLeader = 28, retriable = true;
+    /// This broker is not the primary for the shard (or not a node of the cluster that
+    /// holds it); the message names the primary it knows. Refresh metadata
+    /// (DescribeCluster) and retry there.
+    NotPrimary = 28, retriable = true;
     /// The broker is shutting down; retry against it after it restarts, or another broker.
     ShuttingDown = 29, retriable = true;
     /// Too many requests are in flight on this connection.
@@ -117,6 +119,21 @@ error_codes! {
     /// A keyed record was produced to a shard other than the one its key belongs on
     /// (PROTOCOL.md, "Key → shard"); the message names the right shard.
     WrongShard = 33, retriable = false;
+    /// A `mirrored` produce found fewer in-sync copies than the topic's `min_in_sync`;
+    /// nothing was written. Retry once mirrors have caught up.
+    NotEnoughMirrors = 34, retriable = true;
+    /// A MirrorFetch named an epoch older than the primary's: the fetching node has
+    /// not yet learned of a newer primary. Refresh metadata.
+    FencedEpoch = 35, retriable = true;
+    /// The cluster has no controller right now (an election is running), or this
+    /// node cannot reach it.
+    NoController = 36, retriable = true;
+    /// Consumer-group requests in a cluster go to the group coordinator (the
+    /// controller); the message names it. Refresh with DescribeCluster and retry there.
+    NotCoordinator = 37, retriable = true;
+    /// No copy of the shard that holds every acknowledged record is alive; the shard
+    /// takes no produce and serves no reads until one returns.
+    ShardOffline = 38, retriable = true;
     /// The port speaks TLS and the client sent plain TCP. Sent in plain text as a
     /// connection error, then the connection is closed.
     TlsRequired = 40, retriable = false;

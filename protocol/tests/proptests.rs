@@ -57,10 +57,10 @@ fn topic_config() -> impl Strategy<Value = TopicConfig> {
         any::<u64>(),
         any::<u64>(),
         any::<u32>(),
-        (any::<u8>(), any::<u8>(), s()),
+        (any::<u8>(), any::<u8>(), s(), any::<u8>(), any::<u8>()),
     )
         .prop_map(
-            |(durability, f, rm, rb, sb, mm, (dp, dc, rule))| TopicConfig {
+            |(durability, f, rm, rb, sb, mm, (dp, dc, rule, replicas, min_in_sync))| TopicConfig {
                 durability,
                 flush_interval_ms: f,
                 retention_ms: rm,
@@ -70,6 +70,8 @@ fn topic_config() -> impl Strategy<Value = TopicConfig> {
                 default_priority: dp,
                 default_complexity: dc,
                 shard_key_rule: rule,
+                replicas,
+                min_in_sync,
             },
         )
 }
@@ -219,7 +221,89 @@ fn request() -> impl Strategy<Value = Request> {
             )
         )
             .prop_map(|(group, shards)| FetchOffsetsRequest { group, shards }.into()),
+        strings().prop_map(|topics| DescribeClusterRequest { topics }.into()),
+        (
+            s(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u64>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>()
+        )
+            .prop_map(
+                |(topic, shard, node_id, epoch, fetch_offset, last_epoch, mb, mw)| {
+                    MirrorFetchRequest {
+                        topic,
+                        shard,
+                        node_id,
+                        epoch,
+                        fetch_offset,
+                        last_epoch,
+                        max_bytes: mb,
+                        max_wait_ms: mw,
+                    }
+                    .into()
+                }
+            ),
+        (any::<u8>(), vec(any::<u8>(), 0..64)).prop_map(|(kind, p)| ConsensusRpcRequest {
+            kind,
+            payload: Bytes::from(p)
+        }
+        .into()),
+        vec(any::<u8>(), 0..64).prop_map(|c| ClusterWriteRequest {
+            command: Bytes::from(c)
+        }
+        .into()),
     ]
+}
+
+fn node_info() -> impl Strategy<Value = NodeInfo> {
+    (any::<u32>(), s(), any::<u8>(), 0u8..5).prop_map(|(node_id, addr, alive, role)| NodeInfo {
+        node_id,
+        addr,
+        alive,
+        role: ConsensusRole::from_u8(role).expect("role"),
+    })
+}
+
+fn shard_placement() -> impl Strategy<Value = ShardPlacement> {
+    (
+        (s(), any::<u32>(), any::<u32>(), any::<u32>()),
+        (
+            vec(any::<u32>(), 0..4),
+            vec(any::<u32>(), 0..4),
+            any::<u8>(),
+            any::<u64>(),
+        ),
+        vec(
+            (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+                |(node_id, offset, lag_records, caught_up_ms_ago)| MirrorState {
+                    node_id,
+                    offset,
+                    lag_records,
+                    caught_up_ms_ago,
+                },
+            ),
+            0..3,
+        ),
+    )
+        .prop_map(
+            |((topic, shard, primary, epoch), (replicas, in_sync, live, hwm), mirrors)| {
+                ShardPlacement {
+                    topic,
+                    shard,
+                    primary,
+                    epoch,
+                    replicas,
+                    in_sync,
+                    live,
+                    high_watermark: hwm,
+                    mirrors,
+                }
+            },
+        )
 }
 
 fn response_body() -> impl Strategy<Value = ResponseBody> {
@@ -335,6 +419,53 @@ fn response_body() -> impl Strategy<Value = ResponseBody> {
         Just(LeaveGroupResponse {}.into()),
         Just(CommitOffsetsResponse {}.into()),
         vec(offset_entry(), 0..4).prop_map(|offsets| FetchOffsetsResponse { offsets }.into()),
+        (
+            any::<u8>(),
+            any::<u32>(),
+            any::<u32>(),
+            vec(node_info(), 0..3),
+            vec(shard_placement(), 0..3)
+        )
+            .prop_map(|(enabled, node_id, controller, nodes, shards)| {
+                DescribeClusterResponse {
+                    enabled,
+                    node_id,
+                    controller,
+                    nodes,
+                    shards,
+                }
+                .into()
+            }),
+        (
+            (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()),
+            vec(
+                (any::<u32>(), any::<u64>()).prop_map(|(epoch, start_offset)| EpochStart {
+                    epoch,
+                    start_offset
+                }),
+                0..3
+            ),
+            records()
+        )
+            .prop_map(|((epoch, hwm, lso, truncate_to), epochs, records)| {
+                MirrorFetchResponse {
+                    epoch,
+                    high_watermark: hwm,
+                    log_start_offset: lso,
+                    truncate_to,
+                    epochs,
+                    records,
+                }
+                .into()
+            }),
+        vec(any::<u8>(), 0..64).prop_map(|p| ConsensusRpcResponse {
+            payload: Bytes::from(p)
+        }
+        .into()),
+        vec(any::<u8>(), 0..64).prop_map(|r| ClusterWriteResponse {
+            result: Bytes::from(r)
+        }
+        .into()),
     ]
 }
 

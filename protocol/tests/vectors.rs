@@ -153,6 +153,8 @@ fn topic_config() -> TopicConfig {
         default_priority: 5,
         default_complexity: 1,
         shard_key_rule: "json:user_id".into(),
+        replicas: 3,
+        min_in_sync: 2,
     }
 }
 
@@ -221,6 +223,50 @@ fn requests() -> Vec<(&'static str, RequestFrame)> {
                     max_bytes: 1 << 20,
                     min_bytes: 1,
                     max_wait_ms: 500,
+                },
+            ),
+        ),
+        (
+            "describe_cluster_request",
+            RequestFrame::new(
+                40,
+                DescribeClusterRequest {
+                    topics: vec!["orders".into()],
+                },
+            ),
+        ),
+        (
+            "mirror_fetch_request",
+            RequestFrame::new(
+                41,
+                MirrorFetchRequest {
+                    topic: "orders".into(),
+                    shard: 0,
+                    node_id: 2,
+                    epoch: 3,
+                    fetch_offset: 41,
+                    last_epoch: 2,
+                    max_bytes: 1 << 20,
+                    max_wait_ms: 500,
+                },
+            ),
+        ),
+        (
+            "consensus_rpc_request",
+            RequestFrame::new(
+                42,
+                ConsensusRpcRequest {
+                    kind: 0,
+                    payload: Bytes::from_static(br#"{"vote":{}}"#),
+                },
+            ),
+        ),
+        (
+            "cluster_write_request",
+            RequestFrame::new(
+                43,
+                ClusterWriteRequest {
+                    command: Bytes::from_static(br#"{"DeleteTopic":{"name":"orders"}}"#),
                 },
             ),
         ),
@@ -880,6 +926,90 @@ fn responses() -> Vec<(&'static str, ResponseFrame)> {
                     high_watermark: 42,
                     log_start_offset: 0,
                     records: Records::from_bytes(stored_batch()),
+                }
+                .into(),
+            ),
+        ),
+        (
+            "describe_cluster_response",
+            ok(
+                ApiKey::DescribeCluster,
+                40,
+                DescribeClusterResponse {
+                    enabled: 1,
+                    node_id: 1,
+                    controller: 2,
+                    nodes: vec![
+                        NodeInfo {
+                            node_id: 1,
+                            addr: "127.0.0.1:7700".into(),
+                            alive: 1,
+                            role: ConsensusRole::Follower,
+                        },
+                        NodeInfo {
+                            node_id: 2,
+                            addr: "127.0.0.1:7710".into(),
+                            alive: 1,
+                            role: ConsensusRole::Leader,
+                        },
+                    ],
+                    shards: vec![ShardPlacement {
+                        topic: "orders".into(),
+                        shard: 0,
+                        primary: 1,
+                        epoch: 3,
+                        replicas: vec![1, 2],
+                        in_sync: vec![1, 2],
+                        live: 1,
+                        high_watermark: 42,
+                        mirrors: vec![MirrorState {
+                            node_id: 2,
+                            offset: 42,
+                            lag_records: 0,
+                            caught_up_ms_ago: 0,
+                        }],
+                    }],
+                }
+                .into(),
+            ),
+        ),
+        (
+            "mirror_fetch_response",
+            ok(
+                ApiKey::MirrorFetch,
+                41,
+                MirrorFetchResponse {
+                    epoch: 3,
+                    high_watermark: 41,
+                    log_start_offset: 0,
+                    truncate_to: NO_TRUNCATION,
+                    epochs: vec![EpochStart {
+                        epoch: 3,
+                        start_offset: 40,
+                    }],
+                    records: Records::from_bytes(stored_batch()),
+                }
+                .into(),
+            ),
+        ),
+        (
+            "consensus_rpc_response",
+            ok(
+                ApiKey::ConsensusRpc,
+                42,
+                ConsensusRpcResponse {
+                    payload: Bytes::from_static(br#"{"Ok":{}}"#),
+                }
+                .into(),
+            ),
+        ),
+        (
+            "cluster_write_response",
+            ok(
+                ApiKey::ClusterWrite,
+                43,
+                ClusterWriteResponse {
+                    result: Bytes::from_static(br#"{"Ok":null}"#),
                 }
                 .into(),
             ),

@@ -156,6 +156,38 @@ impl BrokerProcess {
         b
     }
 
+    /// Starts a broker listening on `listen` (a cluster node: its peers know its
+    /// address in advance), data in a fresh directory.
+    pub fn start_at(listen: SocketAddr, http: SocketAddr, env: &[(&str, &str)]) -> BrokerProcess {
+        let mut b = BrokerProcess {
+            child: None,
+            dir: Self::new_dir(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            addr: listen,
+            http,
+            starts: 0,
+        };
+        let cut = b.partition_file().display().to_string();
+        b.env.push(("WEIR_CLUSTER_PARTITION_FILE".into(), cut));
+        b.spawn(listen, http);
+        b
+    }
+
+    /// The fault-injection file of a cluster node started by
+    /// [`BrokerProcess::start_at`]: while it exists, the node is cut off from the
+    /// other nodes.
+    pub fn partition_file(&self) -> PathBuf {
+        self.dir.path().join("partitioned")
+    }
+
+    /// Whether the child is running.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// The protocol address, "127.0.0.1:PORT".
     pub fn addr(&self) -> String {
         self.addr.to_string()
@@ -423,6 +455,8 @@ struct ProxyState {
     cut: tokio::sync::watch::Sender<u64>,
     connections: AtomicU64,
     stopped: AtomicBool,
+    /// While set, new connections are dropped at once (a network partition).
+    blocked: AtomicBool,
 }
 
 impl CutProxy {
@@ -435,6 +469,7 @@ impl CutProxy {
             cut: tokio::sync::watch::channel(0).0,
             connections: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
+            blocked: AtomicBool::new(false),
         });
         let st = state.clone();
         let accept = tokio::spawn(async move {
@@ -444,6 +479,10 @@ impl CutProxy {
                 };
                 if st.stopped.load(Ordering::Acquire) {
                     return;
+                }
+                if st.blocked.load(Ordering::Acquire) {
+                    drop(down);
+                    continue;
                 }
                 st.connections.fetch_add(1, Ordering::Relaxed);
                 let st = st.clone();
@@ -518,6 +557,18 @@ impl CutProxy {
         self.state.cut.send_replace(g);
     }
 
+    /// Partitions the link: drops every live connection and every new one until
+    /// [`CutProxy::heal`].
+    pub fn block(&self) {
+        self.state.blocked.store(true, Ordering::Release);
+        self.cut();
+    }
+
+    /// Lets connections through again.
+    pub fn heal(&self) {
+        self.state.blocked.store(false, Ordering::Release);
+    }
+
     /// Connections accepted so far.
     pub fn connections(&self) -> u64 {
         self.state.connections.load(Ordering::Relaxed)
@@ -535,9 +586,11 @@ impl Drop for CutProxy {
 /// The body (with headers) of `GET path` from the broker's HTTP listener.
 pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(addr).await.expect("http connect");
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: weir\r\n\r\n").as_bytes())
-        .await
-        .expect("http write");
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: weir\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("http write");
     let mut out = String::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
         .await
@@ -568,6 +621,79 @@ pub fn proc_status(pid: u32, field: &str) -> u64 {
     match words.next() {
         Some("kB") => value * 1024,
         _ => value,
+    }
+}
+
+/// `n` free loopback ports, found by binding port 0 and letting go (a cluster's
+/// nodes must know each other's addresses before any starts).
+pub fn free_ports(n: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("addr"))
+        .collect()
+}
+
+/// A cluster of `weir-broker` processes on loopback: node `i + 1` is `nodes[i]`.
+pub struct ClusterProcesses {
+    pub nodes: Vec<BrokerProcess>,
+}
+
+impl ClusterProcesses {
+    /// Starts `n` nodes that know each other, with extra `WEIR_*` settings.
+    pub fn start(n: usize, env: &[(&str, &str)]) -> ClusterProcesses {
+        // Every port chosen up front (protocol and HTTP), so a node started earlier
+        // cannot be given a later node's port.
+        let all = free_ports(2 * n);
+        let (addrs, https) = all.split_at(n);
+        let peers = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let nodes = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let id = (i + 1).to_string();
+                let mut e: Vec<(&str, &str)> = vec![("WEIR_NODE_ID", &id), ("WEIR_PEERS", &peers)];
+                e.extend_from_slice(env);
+                BrokerProcess::start_at(*a, https[i], &e)
+            })
+            .collect();
+        ClusterProcesses { nodes }
+    }
+
+    /// Cuts node `id` off from every other node, both ways, while clients still
+    /// reach it: the node's fault-injection file (`cluster_partition_file`) is
+    /// created, so its calls to the others fail and it refuses theirs.
+    pub fn isolate(&self, id: u32) {
+        let n = &self.nodes[id as usize - 1];
+        std::fs::write(n.partition_file(), b"cut").expect("partition file");
+    }
+
+    /// Undoes every [`ClusterProcesses::isolate`].
+    pub fn heal(&self) {
+        for n in &self.nodes {
+            let _ = std::fs::remove_file(n.partition_file());
+        }
+    }
+
+    /// Every node's protocol address, comma-separated (a client's bootstrap list).
+    pub fn bootstrap(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.addr())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The node with this id.
+    pub fn node(&mut self, id: u32) -> &mut BrokerProcess {
+        &mut self.nodes[id as usize - 1]
     }
 }
 

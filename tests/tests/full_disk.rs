@@ -1,6 +1,6 @@
 //! A full disk: the broker's data directory on a small tmpfs. Produces that no longer
 //! fit get an explicit STORAGE_ERROR, the broker stays up and keeps serving, and every
-//! record acknowledged before is still readable. `/health` and `/metrics` name the
+//! record acknowledged before is still readable. `/ready` and `/metrics` name the
 //! shard that cannot take writes, other shards keep taking them (new producers can
 //! start), and once space is freed the shard takes writes again without a restart.
 //!
@@ -133,7 +133,7 @@ async fn fill_refuse_and_recover(segment_bytes: u64, env: &[(&str, &str)], at_ro
     assert!(acked >= 2_000, "only {acked} records fit before the error");
 
     // Still up, and saying which shard cannot take writes, and why.
-    let health = http_get(broker.http_addr(), "/health").await;
+    let health = http_get(broker.http_addr(), "/ready").await;
     assert!(health.starts_with("HTTP/1.1 503"), "{health}");
     // The file that could not get space: a next segment being made, or the active one.
     assert_eq!(health.contains("/.prepare-"), at_roll, "{health}");
@@ -182,7 +182,7 @@ async fn fill_refuse_and_recover(segment_bytes: u64, env: &[(&str, &str)], at_ro
     admin.delete_topic("ballast").await.expect("delete topic");
     let mut health = String::new();
     for _ in 0..300 {
-        health = http_get(broker.http_addr(), "/health").await;
+        health = http_get(broker.http_addr(), "/ready").await;
         if health.starts_with("HTTP/1.1 200") {
             break;
         }

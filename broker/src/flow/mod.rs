@@ -294,39 +294,6 @@ impl FlowControl {
                 .collect(),
         }
     }
-
-    /// Prometheus lines for `/metrics`.
-    pub fn metrics_text(&self) -> String {
-        use std::fmt::Write;
-        let s = self.status();
-        let mut out = String::new();
-        let _ = writeln!(out, "weir_flow_load_permille {}", s.load_permille);
-        let _ = writeln!(out, "weir_flow_memory_used_bytes {}", s.memory_used_bytes);
-        let _ = writeln!(
-            out,
-            "weir_flow_pending_produce_bytes {}",
-            s.pending_produce_bytes
-        );
-        let _ = writeln!(
-            out,
-            "weir_flow_produce_latency_ewma_us {}",
-            s.produce_latency_ewma_us
-        );
-        for c in &s.classes {
-            let name = Class::from_index(c.class as usize).map_or("?", Class::name);
-            let _ = writeln!(
-                out,
-                "weir_flow_shed_total{{class=\"{name}\"}} {}",
-                c.shed_total
-            );
-            let _ = writeln!(
-                out,
-                "weir_flow_shed_permille{{class=\"{name}\"}} {}",
-                c.shed_permille
-            );
-        }
-        out
-    }
 }
 
 #[cfg(test)]

@@ -486,6 +486,22 @@ impl OffsetStore {
         map.get(group).is_some_and(|m| !m.is_empty())
     }
 
+    /// Up to `max` committed offsets of all groups as (group, topic, shard, offset),
+    /// sorted; for consumer lag in `/metrics` and the status page.
+    pub fn every(&self, max: usize) -> Vec<(String, String, u32, u64)> {
+        let map = self.offsets.read().expect("offsets lock");
+        let mut v: Vec<_> = map
+            .iter()
+            .flat_map(|(g, m)| {
+                m.iter()
+                    .map(move |((t, s), o)| (g.clone(), t.clone(), *s, *o))
+            })
+            .take(max)
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Every committed offset of a group, sorted.
     pub fn all(&self, group: &str) -> Vec<OffsetEntry> {
         let map = self.offsets.read().expect("offsets lock");

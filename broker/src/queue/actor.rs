@@ -67,6 +67,9 @@ pub struct QueueShared {
     pub available: Notify,
     /// The breaker's state code, for `/metrics`.
     pub breaker_state: AtomicU8,
+    /// Records this queue dead-lettered since the broker started, for `/metrics` and
+    /// the dead-letter alert.
+    pub dead_lettered: std::sync::atomic::AtomicU64,
 }
 
 /// What a Nack's answer waits for: the FAIL event on disk, or the record in the

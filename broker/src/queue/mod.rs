@@ -174,6 +174,27 @@ impl QueueManager {
         v
     }
 
+    /// (group, topic, breaker state code, records dead-lettered since start) of every
+    /// open queue, sorted.
+    pub fn queue_gauges(&self) -> Vec<(String, String, u8, u64)> {
+        let mut v: Vec<_> = self
+            .queues
+            .read()
+            .expect("queues lock")
+            .iter()
+            .map(|((g, t), h)| {
+                (
+                    g.clone(),
+                    t.clone(),
+                    h.shared.breaker_state.load(Ordering::Relaxed),
+                    h.shared.dead_lettered.load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
     async fn queue(&self, group: &str, topic: &str) -> Result<Arc<QueueHandle>, BrokerError> {
         if !valid_name(group) {
             return Err(BrokerError::new(
@@ -230,6 +251,7 @@ impl QueueManager {
         let shared = Arc::new(QueueShared {
             available: Notify::new(),
             breaker_state: AtomicU8::new(0),
+            dead_lettered: AtomicU64::new(0),
         });
         let actor = QueueActor::open(
             group.to_string(),

@@ -34,6 +34,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{Decoder, FramedRead};
+use tracing::Instrument;
 use weir_protocol::batch::DEFAULT_PRIORITY;
 use weir_protocol::classes::{Class, ClassMap};
 use weir_protocol::frame::{RequestFrame, ResponseFrame, PRIORITY_UNSPECIFIED};
@@ -45,6 +46,7 @@ use super::responses::{write_loop, Outgoing, Permits};
 use super::{admission, control, dispatch};
 use crate::flow::quota::{ClientState, ConnectionSlot};
 use crate::flow::receive::{GatedRead, ReceiveGate};
+use crate::observe::requests::RequestTimer;
 use crate::security::Identity;
 use crate::state::BrokerState;
 
@@ -342,13 +344,22 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
             }
             Request::Produce(req) => {
                 let client = self.session.client.clone();
+                let timer = RequestTimer::begin(&header, &client);
                 match produce::start(&state, &client, &header, req).await {
-                    Started::Refused(outcome) => out.send_produce(class, outcome, permits).await,
+                    Started::Refused(outcome) => {
+                        out.send_produce(class, outcome, permits).await;
+                        timer.finish(&state);
+                    }
                     Started::Queued(queued) => {
-                        tokio::spawn(async move {
-                            let outcome = queued.finish(&state).await;
-                            out.send_produce(class, outcome, permits).await;
-                        });
+                        let span = timer.span();
+                        tokio::spawn(
+                            async move {
+                                let outcome = queued.finish(&state).await;
+                                out.send_produce(class, outcome, permits).await;
+                                timer.finish(&state);
+                            }
+                            .instrument(span),
+                        );
                     }
                 }
             }
@@ -356,17 +367,23 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
                 let client = self.session.client.clone();
                 // Only administrative requests (with an audit log) need who sent them.
                 let identity = audited.as_ref().map(|_| self.identity.clone());
-                tokio::spawn(async move {
-                    let resp = if crate::security::admin::handles(&request) {
-                        crate::security::admin::answer(&state, &header, request).await
-                    } else {
-                        dispatch::answer(&state, &client, &header, request).await
-                    };
-                    if let (Some(change), Some(identity)) = (&audited, &identity) {
-                        state.security.audit_change(identity, change, &resp);
+                let timer = RequestTimer::begin(&header, &client);
+                let span = timer.span();
+                tokio::spawn(
+                    async move {
+                        let resp = if crate::security::admin::handles(&request) {
+                            crate::security::admin::answer(&state, &header, request).await
+                        } else {
+                            dispatch::answer(&state, &client, &header, request).await
+                        };
+                        if let (Some(change), Some(identity)) = (&audited, &identity) {
+                            state.security.audit_change(identity, change, &resp);
+                        }
+                        out.send(class, resp, Some(permits)).await;
+                        timer.finish(&state);
                     }
-                    out.send(class, resp, Some(permits)).await;
-                });
+                    .instrument(span),
+                );
             }
         }
         None

@@ -46,14 +46,46 @@ async fn respond(
     }
 }
 
+/// The cluster, or the refusal of an inter-node api by a single-node broker.
+fn cluster_of(state: &BrokerState) -> Result<&Arc<crate::cluster::Cluster>, BrokerError> {
+    let c = state.cluster.as_ref().ok_or_else(|| {
+        BrokerError::new(
+            ErrorCode::InvalidRequest,
+            "this broker is a single node, not a cluster node",
+        )
+    })?;
+    if crate::cluster::peer::partitioned() {
+        return Err(BrokerError::new(
+            ErrorCode::ShuttingDown,
+            "this node is cut off from the cluster (cluster_partition_file exists)",
+        ));
+    }
+    Ok(c)
+}
+
 async fn route(state: &Arc<BrokerState>, request: Request) -> Result<ResponseBody, BrokerError> {
+    use crate::meters::fetch_api;
+    let started = std::time::Instant::now();
+    let timed = |api: usize| state.meters.fetch[api].observe(started.elapsed());
     Ok(match request {
         // Data plane: reads.
-        Request::Fetch(r) => fetch::fetch(state, r).await?.into(),
-        Request::PriorityFetch(r) => fetch::priority_fetch(state, r).await?.into(),
+        Request::Fetch(r) => {
+            let r = fetch::fetch(state, r).await;
+            timed(fetch_api::FETCH);
+            r?.into()
+        }
+        Request::PriorityFetch(r) => {
+            let r = fetch::priority_fetch(state, r).await;
+            timed(fetch_api::PRIORITY_FETCH);
+            r?.into()
+        }
         Request::ListOffsets(r) => fetch::list_offsets(state, r)?.into(),
         // Queue mode.
-        Request::QueueFetch(r) => queue::queue_fetch(state, r).await?,
+        Request::QueueFetch(r) => {
+            let r = queue::queue_fetch(state, r).await;
+            timed(fetch_api::QUEUE_FETCH);
+            r?
+        }
         Request::Ack(r) => state.queues.ack(r).await?.into(),
         Request::Nack(r) => state.queues.nack(r).await?.into(),
         Request::ExtendLease(r) => state.queues.extend(r).await?.into(),
@@ -63,15 +95,23 @@ async fn route(state: &Arc<BrokerState>, request: Request) -> Result<ResponseBod
         Request::CreateTopic(r) => control::create_topic(state, r).await?,
         Request::DeleteTopic(r) => control::delete_topic(state, r).await?,
         Request::Metadata(r) => control::metadata(state, r)?,
+        Request::InitProducerId(r) if state.cluster.is_some() => {
+            control::init_producer_id_cluster(state, r).await?
+        }
         Request::InitProducerId(r) => control::init_producer_id(state, r)?,
         Request::JoinGroup(r) => control::join_group(state, r).await?,
         Request::Heartbeat(r) => control::heartbeat(state, r)?,
         Request::LeaveGroup(r) => control::leave_group(state, r)?,
         Request::CommitOffsets(r) => control::commit_offsets(state, r).await?,
-        Request::FetchOffsets(r) => control::fetch_offsets(state, r),
+        Request::FetchOffsets(r) => control::fetch_offsets(state, r)?,
         Request::DescribeQuotas(r) => state.flow.describe_quotas(r)?.into(),
         Request::AlterQuotas(r) => alter_quotas(state, r).await?.into(),
         Request::FlowStatus(_) => state.flow.status().into(),
+        // Cluster.
+        Request::DescribeCluster(r) => control::describe_cluster(state, r).into(),
+        Request::MirrorFetch(r) => cluster_of(state)?.mirror_fetch(r).await?.into(),
+        Request::ConsensusRpc(r) => cluster_of(state)?.consensus.handle_rpc(r).await?.into(),
+        Request::ClusterWrite(r) => cluster_of(state)?.consensus.handle_write(r).await?.into(),
         Request::Produce(_) => {
             return Err(BrokerError::new(
                 ErrorCode::Unknown,

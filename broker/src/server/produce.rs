@@ -8,18 +8,19 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use weir_protocol::batch::{self, BatchHeader};
 use weir_protocol::classes::Class;
 use weir_protocol::frame::{RequestHeader, ResponseFrame};
 use weir_protocol::keys::shard_for_key;
-use weir_protocol::messages::{ProduceRequest, ProduceResponse};
+use weir_protocol::messages::{Acks, ProduceRequest, ProduceResponse};
 use weir_protocol::{DecodeError, ErrorCode};
 
 use super::acks::{append_error, AckPlan};
 use super::admission;
+use crate::cluster::replication::primary::PrimaryState;
 use crate::error::BrokerError;
 use crate::flow::quota::ClientState;
 use crate::flow::ProduceTicket;
@@ -52,6 +53,14 @@ pub struct Queued {
     bytes: u64,
     /// Flow-control accounting, released when the produce is answered.
     ticket: ProduceTicket,
+    /// For `weir_produce_latency_seconds` and the topic's counters.
+    topic: Arc<Topic>,
+    class: Class,
+    acks: usize,
+    started: Instant,
+    /// In a cluster, the shard's primary role (it moves the replicated high-water mark
+    /// and answers `mirrored`).
+    primary: Option<Arc<PrimaryState>>,
 }
 
 /// Validates a produce and queues it on its shard's writer.
@@ -61,8 +70,10 @@ pub async fn start(
     header: &RequestHeader,
     req: ProduceRequest,
 ) -> Started {
+    let started = Instant::now();
+    let acks = ack_index(req.acks);
     // Without an ack plan (a level this broker cannot give) the client still hears why.
-    let reply = AckPlan::for_level(req.acks).map_or(true, |p| p.reply);
+    let reply = AckPlan::for_level(req.acks, state.cluster.is_some()).map_or(true, |p| p.reply);
     let refuse = |e: BrokerError, retry_after_ms: u32| {
         tracing::debug!(code = %e.code, message = %e.message, "produce refused");
         Started::Refused(Outcome {
@@ -76,11 +87,13 @@ pub async fn start(
         Err(e) => return refuse(e, 0),
     };
     let Checked {
+        topic,
         shard,
         plan,
         batches,
         headers,
         class,
+        primary,
     } = checked;
     let records: u64 = headers.iter().map(|h| u64::from(h.record_count)).sum();
     let bytes = batches.iter().map(|b| b.len() as u64).sum();
@@ -88,7 +101,12 @@ pub async fn start(
     // accepted. It sheds by the request's class, the lane it would wait in.
     let mut ticket = match admission::produce(state, client, class, bytes) {
         Ok(t) => t,
-        Err(r) => return refuse(BrokerError::new(r.code, r.message), r.retry_after_ms),
+        Err(r) => {
+            if r.code == ErrorCode::Shed {
+                state.meters.shed_records[class.index()].fetch_add(records, Ordering::Relaxed);
+            }
+            return refuse(BrokerError::new(r.code, r.message), r.retry_after_ms);
+        }
     };
     let stamps: Vec<(u64, u16)> = headers
         .iter()
@@ -117,16 +135,33 @@ pub async fn start(
         records,
         bytes,
         ticket,
+        topic,
+        class,
+        acks,
+        started,
+        primary,
     })
+}
+
+/// The `ACK_LEVELS` index of an ack level.
+fn ack_index(acks: Acks) -> usize {
+    match acks {
+        Acks::None => 0,
+        Acks::Leader => 1,
+        Acks::Durable => 2,
+        Acks::Mirrored => 3,
+    }
 }
 
 /// A produce that passed every check and is ready to be admitted.
 struct Checked {
+    topic: Arc<Topic>,
     shard: Arc<Shard>,
     plan: AckPlan,
     batches: Vec<Bytes>,
     headers: Vec<BatchHeader>,
     class: Class,
+    primary: Option<Arc<PrimaryState>>,
 }
 
 /// Every check a produce must pass before admission, in the order a client sees
@@ -134,6 +169,21 @@ struct Checked {
 fn check(state: &BrokerState, req: &ProduceRequest) -> Result<Checked, BrokerError> {
     let topic = state.topics.get(&req.topic)?;
     let shard = topic.shard(req.shard)?.clone();
+    let plan = AckPlan::for_level(req.acks, state.cluster.is_some())?;
+    // In a cluster only the primary takes produce, and a mirrored one needs enough
+    // in-sync copies before anything is written.
+    let primary = match &state.cluster {
+        Some(c) => {
+            let p = c.check_primary(&req.topic, req.shard)?;
+            if plan.mirrored {
+                p.check_min_in_sync()?;
+            }
+            // The primary's handle: a copy cut back and reopened gets a new one.
+            Some(p)
+        }
+        None => None,
+    };
+    let shard = primary.as_ref().map_or(shard, |p| p.shard.clone());
     let max = topic.config.max_message_bytes;
     if req.records.len_bytes() > max as usize {
         return Err(BrokerError::new(
@@ -147,7 +197,6 @@ fn check(state: &BrokerState, req: &ProduceRequest) -> Result<Checked, BrokerErr
     if req.records.is_empty() {
         return Err(BrokerError::new(ErrorCode::InvalidBatch, "no batches"));
     }
-    let plan = AckPlan::for_level(req.acks)?;
     let (batches, headers) = split_and_fill(&topic, req.records.to_bytes())?;
     keys_on_shard(&batches, req.shard, topic.shards.len() as u32)?;
     // Fencing per producer id, on every shard at once (producer_ids.rs); the shard's
@@ -172,11 +221,13 @@ fn check(state: &BrokerState, req: &ProduceRequest) -> Result<Checked, BrokerErr
         ));
     }
     Ok(Checked {
+        topic,
         shard,
         plan,
         batches,
         headers,
         class,
+        primary,
     })
 }
 
@@ -275,8 +326,22 @@ impl Queued {
             records,
             bytes,
             mut ticket,
+            topic,
+            class,
+            acks,
+            started,
+            primary,
         } = self;
-        let outcome = plan.wait(rx, timeout).await;
+        let deadline = std::time::Instant::now() + timeout;
+        let mut outcome = plan.wait(rx, timeout).await;
+        if let (Some(p), Ok(o)) = (&primary, &outcome) {
+            p.on_local_write();
+            if plan.mirrored {
+                if let Err(e) = p.wait_replicated(o.last_offset + 1, deadline).await {
+                    outcome = Err(e);
+                }
+            }
+        }
         if let Ok(o) = &outcome {
             ticket.acked();
             if !o.duplicate {
@@ -284,8 +349,10 @@ impl Queued {
                 m.produce_records_total
                     .fetch_add(records, Ordering::Relaxed);
                 m.produce_bytes_total.fetch_add(bytes, Ordering::Relaxed);
+                topic.io.produced(records, bytes);
             }
         }
+        state.meters.produce[class.index()][acks].observe(started.elapsed());
         let failed = outcome.is_err();
         let response = match outcome {
             Err(e) if !plan.reply => {
@@ -324,6 +391,7 @@ mod tests {
             injector: Injector::new(&config).unwrap(),
             config,
             shards: Vec::new(),
+            io: Default::default(),
         }
     }
 

@@ -54,7 +54,18 @@ impl AppendCmd {
 /// Requests that are not appends.
 pub(super) enum Control {
     Flush(oneshot::Sender<Result<(), AppendError>>),
+    /// A mirror's copy of its primary's batches, written at the offsets the primary
+    /// gave them (see [`ReplicaAppend`]).
+    Replicate(ReplicaAppend),
     Shutdown,
+}
+
+/// Batches copied from the primary, stamped with their offsets there. The writer
+/// writes them only if the first starts at its log's end, and answers with the new end.
+pub(super) struct ReplicaAppend {
+    pub batches: Vec<Bytes>,
+    pub headers: Vec<BatchHeader>,
+    pub reply: oneshot::Sender<Result<u64, AppendError>>,
 }
 
 /// Per-class counters of one shard's writer, for `/metrics` and load signals.
@@ -71,6 +82,10 @@ pub struct ClassStats {
     pub wait_us: [AtomicU64; CLASS_COUNT],
     /// Longest wait of an append since the last time it was read and reset.
     pub wait_us_max: [AtomicU64; CLASS_COUNT],
+    /// Lane waits per class, as a histogram (`weir_queue_wait_seconds`).
+    pub wait_histogram: [crate::meters::Histogram; CLASS_COUNT],
+    /// How long each completed flush took (`weir_flush_latency_seconds`).
+    pub flush_latency: crate::meters::Histogram,
     /// Why the shard refuses appends right now (`Log::trouble`), for `/health` and
     /// `weir_shard_failed`; `None` when it takes them. Written by the writer only when
     /// it changes.

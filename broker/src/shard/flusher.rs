@@ -42,6 +42,8 @@ pub(super) struct RunningFlush {
     covers: Durables,
     /// The high-water mark when it started: everything below is durable once it is done.
     covers_to: u64,
+    /// When it started, for `weir_flush_latency_seconds`.
+    started: std::time::Instant,
 }
 
 /// Durable acknowledgements, pipelined: at most one flush runs (on a storage worker)
@@ -111,6 +113,7 @@ impl Flusher {
                     done,
                     covers: std::mem::take(&mut self.queued),
                     covers_to: log.published_high_watermark(),
+                    started: std::time::Instant::now(),
                 });
                 self.wanted = false;
             }
@@ -148,6 +151,7 @@ impl Flusher {
         match &r {
             Ok(()) => {
                 stats.flushes.fetch_add(1, Ordering::Relaxed);
+                stats.flush_latency.observe(running.started.elapsed());
                 stats
                     .flushed_offset
                     .fetch_max(running.covers_to, Ordering::Release);

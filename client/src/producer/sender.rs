@@ -1,8 +1,10 @@
 //! The sender of one (topic, shard, priority class) lane: stamps idempotence fields
 //! into sealed batches, keeps up to `max_in_flight_per_shard` of them in flight on the
-//! shared connection, retries failed ones in order, and tells the accumulator each time
-//! a batch settles (so with `linger = 0` the next batch leaves as soon as there is
-//! room).
+//! connection to the shard's primary (in a cluster; the one connection otherwise),
+//! retries failed ones in order — the same bytes, so an idempotent retry after a
+//! switchover is answered as a duplicate by a new primary that already holds it — and
+//! tells the accumulator each time a batch settles (so with `linger = 0` the next batch
+//! leaves as soon as there is room).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,6 +22,7 @@ use weir_protocol::{ErrorCode, ResponseBody};
 
 use super::{init_producer_id, LaneId, ProducerConfig};
 use crate::client::{expect_body, Client};
+use crate::cluster::Route;
 use crate::delivery::Waiters;
 use crate::error::{ClientError, Result};
 use crate::flow::{self, Pushback};
@@ -162,10 +165,16 @@ impl ShardSender {
         let timeout = self.config.request_timeout + Duration::from_secs(1);
         // The request is as urgent as its batch's most urgent record.
         let priority = batch::BatchHeader::read(&item.bytes).map_or(0, |h| h.priority);
+        let topic = self.topic.clone();
+        let shard = self.shard;
         Box::pin(async move {
             client.breaker_admit()?;
+            // The generation of the cluster view the batch was routed by (0 against a
+            // single node): a routing failure refreshes that view once for every lane.
+            let mut generation = 0;
             let outcome = async {
-                let conn = client.connection().await?;
+                let (conn, g) = client.route_connection(Route::Shard(&topic, shard)).await?;
+                generation = g;
                 if acks == Acks::None {
                     conn.send(req.into(), priority, false).await?;
                     return Ok(ProduceResponse {
@@ -180,6 +189,11 @@ impl ShardSender {
                 expect_body!(body, Produce)
             }
             .await;
+            if let Err(e) = &outcome {
+                // The same batch (same bytes, same sequences) is sent again by `run`
+                // after its backoff, to the primary the refreshed view names.
+                client.route_failed(generation, e).await;
+            }
             client.breaker_record(&outcome);
             outcome
         })

@@ -4,6 +4,7 @@
 //! Where a body carries records, the records are its last field, so a sender can write
 //! the fixed part from a buffer and the stored batches straight after it.
 
+pub mod cluster;
 pub mod fetch;
 pub mod flow;
 pub mod groups;
@@ -14,6 +15,7 @@ pub mod records;
 pub mod security;
 pub mod topics;
 
+pub use cluster::*;
 pub use fetch::*;
 pub use flow::*;
 pub use groups::*;

@@ -38,6 +38,13 @@ wire_struct! {
         /// empty (never), `header:NAME` (the value of header NAME) or `json:FIELD` (the
         /// top-level field FIELD of a JSON object value, strings without quotes).
         pub shard_key_rule: String,
+        /// Copies of each shard in a cluster, the primary included (1..=nodes); 0 =
+        /// the broker's `default_replicas`. A single-node broker keeps one copy.
+        pub replicas: u8,
+        /// Fewest in-sync copies (the primary included) a `mirrored` produce needs;
+        /// with fewer it is refused with NOT_ENOUGH_MIRRORS. 0 = the broker default
+        /// (`default_min_in_sync`, capped at `replicas`).
+        pub min_in_sync: u8,
     }
 }
 

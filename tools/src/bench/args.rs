@@ -15,7 +15,8 @@ use super::mix::PriorityMix;
 pub struct Args {
     #[arg(value_enum)]
     pub mode: Mode,
-    /// Broker address (ignored with --embedded).
+    /// Broker address, or a cluster's node addresses separated by commas (ignored
+    /// with --embedded).
     #[arg(long, default_value = "127.0.0.1:7700", env = "WEIR_BROKER")]
     pub broker: String,
     /// TLS to reach a secured broker.
@@ -37,6 +38,15 @@ pub struct Args {
     /// Producer i sends to shards i, i+P, …; consumer j reads shards j, j+C, ….
     #[arg(long)]
     pub shards: Option<u32>,
+    /// Copies of each shard when the bench creates the topic, the primary included
+    /// (0 = the broker's default; a single-node broker keeps one). For `--acks
+    /// mirrored` on a cluster.
+    #[arg(long, default_value_t = 0)]
+    pub replicas: u8,
+    /// In-sync copies a mirrored produce needs, when the bench creates the topic
+    /// (0 = the broker's default).
+    #[arg(long, default_value_t = 0)]
+    pub min_in_sync: u8,
     /// Messages to send (after warmup); default 1,000,000 unless --duration is given.
     #[arg(long, conflicts_with = "duration")]
     pub messages: Option<u64>,
@@ -191,6 +201,9 @@ pub enum AckArg {
     None,
     Leader,
     Durable,
+    /// Every in-sync copy of the shard holds the batch (a cluster; a single node
+    /// answers it like durable, or refuses it when a topic needs more copies).
+    Mirrored,
 }
 
 impl AckArg {
@@ -199,6 +212,7 @@ impl AckArg {
             AckArg::None => Acks::None,
             AckArg::Leader => Acks::Leader,
             AckArg::Durable => Acks::Durable,
+            AckArg::Mirrored => Acks::Mirrored,
         }
     }
     pub fn name(self) -> &'static str {
@@ -206,6 +220,7 @@ impl AckArg {
             AckArg::None => "none",
             AckArg::Leader => "leader",
             AckArg::Durable => "durable",
+            AckArg::Mirrored => "mirrored",
         }
     }
 }

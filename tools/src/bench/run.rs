@@ -91,6 +91,10 @@ impl Run {
         m.insert("linger_ms".into(), json!(c.linger_ms));
         m.insert("api".into(), json!(c.api.name()));
         m.insert("acks".into(), json!(c.acks.name()));
+        if c.replicas != 0 || c.min_in_sync != 0 {
+            m.insert("replicas".into(), json!(c.replicas));
+            m.insert("min_in_sync".into(), json!(c.min_in_sync));
+        }
         m.insert("in_flight".into(), json!(c.in_flight));
         m.insert("rate".into(), json!(c.rate));
         m.insert(

@@ -80,16 +80,19 @@ async fn start_embedded(quiet: bool) -> anyhow::Result<(EmbeddedBroker, TempDir)
     Ok((b, dir))
 }
 
-/// Creates the topic with `--shards`, or takes the existing one and its shard count.
+/// Creates the topic with `--shards` (and `--replicas`, `--min-in-sync`), or takes the
+/// existing one and its shard count.
 async fn ensure_topic(cli: &Args, client: &Client) -> anyhow::Result<u32> {
     let want_shards = cli
         .shards
         .unwrap_or(cli.producers.max(cli.consumers) as u32);
     let admin = Admin::new(client.clone());
-    match admin
-        .create_topic(&cli.topic, want_shards, TopicConfig::default())
-        .await
-    {
+    let config = TopicConfig {
+        replicas: cli.replicas,
+        min_in_sync: cli.min_in_sync,
+        ..TopicConfig::default()
+    };
+    match admin.create_topic(&cli.topic, want_shards, config).await {
         Ok(t) => Ok(t.shards.len() as u32),
         Err(e) => {
             let t = admin

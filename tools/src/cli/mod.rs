@@ -4,6 +4,7 @@
 
 pub mod acl;
 pub mod audit;
+pub mod cluster;
 pub mod consume;
 pub mod dlq;
 pub mod group;
@@ -11,6 +12,7 @@ pub mod produce;
 pub mod queue;
 pub mod quota;
 pub mod status;
+pub mod top;
 pub mod topic;
 pub mod user;
 
@@ -22,7 +24,8 @@ use weir_client::{Admin, Client};
 #[derive(Parser, Debug)]
 #[command(version, about)]
 pub struct Cli {
-    /// Broker address.
+    /// Broker address; for a cluster, a comma-separated list of node addresses
+    /// (tried in turn: any one that answers is enough).
     #[arg(
         long,
         global = true,
@@ -49,8 +52,23 @@ pub enum Cmd {
     /// Print messages, one per line.
     #[command(after_help = consume::AFTER_HELP)]
     Consume(consume::ConsumeArgs),
-    /// Broker version, uptime, topics, shards, offsets and queues.
-    Status,
+    /// Broker version, uptime, topics, shards, offsets and queues; health, alerts
+    /// and consumer lag from the broker's HTTP listener.
+    Status {
+        /// The broker's HTTP listener [default: the broker's host, its port + 1].
+        #[arg(long, env = "WEIR_HTTP")]
+        http: Option<String>,
+    },
+    /// A live view (like htop) of rates, lag and latency per topic, group and class,
+    /// from the broker's HTTP listener; Ctrl-C ends it.
+    Top {
+        /// The broker's HTTP listener [default: the broker's host, its port + 1].
+        #[arg(long, env = "WEIR_HTTP")]
+        http: Option<String>,
+        /// Stop after this many screens (0 = never).
+        #[arg(long, default_value_t = 0)]
+        iterations: u64,
+    },
     /// Committed offsets of a group.
     Offsets { group: String },
     /// Per-client quotas: get, set, remove.
@@ -62,6 +80,9 @@ pub enum Cmd {
     /// Queue-mode groups.
     #[command(subcommand)]
     Queue(queue::QueueCmd),
+    /// A cluster's nodes and shard placement.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCmd),
     /// Users of a broker with authentication (SCRAM-SHA-256 passwords).
     #[command(subcommand)]
     User(user::UserCmd),
@@ -156,11 +177,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             consume::Mode::Stream => consume::consume_stream(&client, args).await,
         },
-        Cmd::Status => status::run(&client, &admin, &cli.broker).await,
+        Cmd::Status { http } => status::run(&client, &admin, &cli.broker, http).await,
+        Cmd::Top { http, iterations } => {
+            let http = match http {
+                Some(h) => h,
+                None => status::default_http(&cli.broker)?,
+            };
+            top::run(&http, iterations).await
+        }
         Cmd::Offsets { group } => group::offsets(&admin, &group).await,
         Cmd::Quota(cmd) => quota::run(&admin, cmd).await,
         Cmd::Dlq(cmd) => dlq::run(&client, cmd).await,
         Cmd::Queue(cmd) => queue::run(&client, cmd).await,
+        Cmd::Cluster(cmd) => cluster::run(&admin, cmd).await,
         Cmd::User(cmd) => user::run_user(&admin, cmd).await,
         Cmd::Key(cmd) => user::run_key(&admin, cmd).await,
         Cmd::Acl(cmd) => acl::run_acl(&admin, cmd).await,

@@ -110,6 +110,8 @@ pub enum AckArg {
     None,
     Leader,
     Durable,
+    /// Every in-sync copy of the shard holds it (a cluster).
+    Mirrored,
 }
 
 /// `--on-bad-line`.
@@ -360,7 +362,7 @@ pub async fn run(client: &Client, args: ProduceArgs) -> anyhow::Result<()> {
         bail!("--key-field is 1-based");
     }
     if args.producer_id_file.is_some() && matches!(args.acks, AckArg::None) {
-        bail!("--producer-id-file needs acknowledgements to know what was stored: use --acks leader or durable");
+        bail!("--producer-id-file needs acknowledgements to know what was stored: use --acks leader, durable or mirrored");
     }
     let mut signals = Signals::new()?;
     let meta = Admin::new(client.clone())
@@ -391,6 +393,7 @@ pub async fn run(client: &Client, args: ProduceArgs) -> anyhow::Result<()> {
             AckArg::None => Acks::None,
             AckArg::Leader => Acks::Leader,
             AckArg::Durable => Acks::Durable,
+            AckArg::Mirrored => Acks::Mirrored,
         })
         .priority(args.priority)
         .complexity(args.complexity);

@@ -39,6 +39,14 @@ pub enum TopicCmd {
         /// Derive a missing shard key: `header:NAME` or `json:FIELD`.
         #[arg(long, default_value = "")]
         shard_key_rule: String,
+        /// Copies of each shard in a cluster, the primary included (0 = broker
+        /// default, capped at the node count).
+        #[arg(long, default_value_t = 0)]
+        replicas: u8,
+        /// In-sync copies a mirrored produce needs (0 = broker default, capped at
+        /// replicas).
+        #[arg(long, default_value_t = 0)]
+        min_in_sync: u8,
     },
     /// List topics.
     List,
@@ -71,6 +79,8 @@ pub async fn run(admin: &Admin, cmd: TopicCmd) -> anyhow::Result<()> {
             default_priority,
             default_complexity,
             shard_key_rule,
+            replicas,
+            min_in_sync,
         } => {
             let config = TopicConfig {
                 durability: match durability {
@@ -86,6 +96,8 @@ pub async fn run(admin: &Admin, cmd: TopicCmd) -> anyhow::Result<()> {
                 default_priority,
                 default_complexity,
                 shard_key_rule,
+                replicas,
+                min_in_sync,
             };
             let t = admin.create_topic(&name, shards, config).await?;
             println!("created topic {} with {} shards", t.name, t.shards.len());

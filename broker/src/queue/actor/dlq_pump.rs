@@ -259,6 +259,7 @@ impl QueueActor {
             self.shards[s as usize].mark_done(offset);
             self.counts[C_DEAD] += 1;
             self.metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            self.shared.dead_lettered.fetch_add(1, Ordering::Relaxed);
         }
         tracing::debug!(group = %self.group, topic = %self.topic_name, shard = s, records = written.len(), "dead-lettered");
         self.shared.available.notify_waiters();

@@ -48,6 +48,9 @@ pub async fn priority_fetch(
 ) -> Result<PriorityFetchResponse, BrokerError> {
     let topic = state.topics.get(&r.topic)?;
     let shard: &Arc<Shard> = topic.shard(r.shard)?;
+    if let Some(c) = &state.cluster {
+        c.check_primary(&r.topic, r.shard)?;
+    }
     let mut cursors: [u64; CLASS_COUNT] = r.cursors.as_slice().try_into().map_err(|_| {
         BrokerError::new(
             ErrorCode::InvalidRequest,
@@ -84,6 +87,13 @@ pub async fn priority_fetch(
             .metrics
             .fetch_bytes_total
             .fetch_add(a.bytes as u64, Ordering::Relaxed);
+        crate::meters::count_delivery(
+            &state.meters,
+            &topic.io,
+            &shard.classes(),
+            a.batches.iter().map(|b| b.as_ref()),
+            now_ms(),
+        );
         Ok(Some(PriorityFetchResponse {
             high_watermark: hwm,
             log_start_offset: start,

@@ -1,0 +1,433 @@
+//! The cluster's metadata — what the consensus engine replicates — and the commands
+//! that change it. [`ClusterMeta::apply`] is the state machine: deterministic, so every
+//! node that applies the same committed commands in the same order holds the same
+//! metadata. Nothing here does I/O.
+//!
+//! Changes of a shard's primary and in-sync set are compare-and-set on the shard's
+//! `version`, so a controller decision and a primary's in-sync change made from the
+//! same old state cannot both apply: the second is refused and its author re-reads.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use weir_protocol::messages::{Durability, TopicConfig};
+
+use super::placement;
+
+/// A node's id, as given by `--node-id` (1 and up; 0 means "no node" on the wire).
+pub type NodeId = u64;
+
+/// Everything the consensus engine holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMeta {
+    /// Every node and its protocol address.
+    pub nodes: BTreeMap<NodeId, NodeEntry>,
+    pub topics: BTreeMap<String, TopicEntry>,
+    /// The first producer id not yet handed to any node.
+    pub next_producer_id: u64,
+    /// Committed offsets: group → topic → shard → next offset to consume.
+    pub offsets: BTreeMap<String, BTreeMap<String, BTreeMap<u32, u64>>>,
+}
+
+/// One node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEntry {
+    pub addr: String,
+}
+
+/// One topic: its settings and where its shards' copies are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicEntry {
+    pub settings: TopicSettings,
+    pub shards: Vec<ShardEntry>,
+}
+
+/// Where one shard's copies are, and which of them may be trusted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardEntry {
+    /// Every node with a copy; the first was the primary at creation.
+    pub replicas: Vec<NodeId>,
+    /// Takes produce and serves reads; `None` while no in-sync copy is alive.
+    pub primary: Option<NodeId>,
+    /// Bumped at every change of primary (fencing).
+    pub epoch: u32,
+    /// Copies holding every acknowledged record, the primary included. A primary is
+    /// only ever chosen from this set.
+    pub in_sync: Vec<NodeId>,
+    /// Bumped at every change of this entry; the compare-and-set token.
+    pub version: u64,
+}
+
+/// A topic's settings as stored in the metadata (the wire's `TopicConfig`, with the
+/// broker's defaults already filled in).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicSettings {
+    pub durability: u8,
+    pub flush_interval_ms: u32,
+    pub retention_ms: u64,
+    pub retention_bytes: u64,
+    pub segment_bytes: u64,
+    pub max_message_bytes: u32,
+    pub default_priority: u8,
+    pub default_complexity: u8,
+    pub shard_key_rule: String,
+    pub replicas: u8,
+    pub min_in_sync: u8,
+}
+
+impl From<&TopicConfig> for TopicSettings {
+    fn from(c: &TopicConfig) -> Self {
+        TopicSettings {
+            durability: c.durability as u8,
+            flush_interval_ms: c.flush_interval_ms,
+            retention_ms: c.retention_ms,
+            retention_bytes: c.retention_bytes,
+            segment_bytes: c.segment_bytes,
+            max_message_bytes: c.max_message_bytes,
+            default_priority: c.default_priority,
+            default_complexity: c.default_complexity,
+            shard_key_rule: c.shard_key_rule.clone(),
+            replicas: c.replicas,
+            min_in_sync: c.min_in_sync,
+        }
+    }
+}
+
+impl From<&TopicSettings> for TopicConfig {
+    fn from(s: &TopicSettings) -> Self {
+        TopicConfig {
+            durability: Durability::from_u8(s.durability).unwrap_or_default(),
+            flush_interval_ms: s.flush_interval_ms,
+            retention_ms: s.retention_ms,
+            retention_bytes: s.retention_bytes,
+            segment_bytes: s.segment_bytes,
+            max_message_bytes: s.max_message_bytes,
+            default_priority: s.default_priority,
+            default_complexity: s.default_complexity,
+            shard_key_rule: s.shard_key_rule.clone(),
+            replicas: s.replicas,
+            min_in_sync: s.min_in_sync,
+        }
+    }
+}
+
+/// A change of the metadata. Serialized as JSON in the consensus log and in
+/// `ClusterWrite` requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Records the node set (applied once, by the first controller, and whenever a
+    /// node's address changes).
+    SetNodes {
+        nodes: BTreeMap<NodeId, NodeEntry>,
+    },
+    /// Creates a topic; copies are placed by the consistent hash over the nodes.
+    CreateTopic {
+        name: String,
+        shards: u32,
+        settings: TopicSettings,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    /// Makes `primary` the shard's primary (or none) with the next epoch, and sets its
+    /// in-sync set; applies only while the shard's version is `expected_version`.
+    SetPrimary {
+        topic: String,
+        shard: u32,
+        expected_version: u64,
+        primary: Option<NodeId>,
+        in_sync: Vec<NodeId>,
+    },
+    /// Sets a shard's in-sync set under the same primary and epoch; applies only while
+    /// the shard's version is `expected_version`.
+    SetInSync {
+        topic: String,
+        shard: u32,
+        expected_version: u64,
+        in_sync: Vec<NodeId>,
+    },
+    /// Hands out `count` producer ids (a block for one node).
+    AllocateProducerIds {
+        count: u64,
+    },
+    /// Stores committed offsets of a group.
+    CommitOffsets {
+        group: String,
+        offsets: Vec<(String, u32, u64)>,
+    },
+}
+
+/// What applying a command gave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    Done,
+    /// The topic as created.
+    Topic(TopicEntry),
+    /// The first of the ids handed out.
+    ProducerIds {
+        first: u64,
+        count: u64,
+    },
+    /// Refused: an [`weir_protocol::ErrorCode`] number and why.
+    Refused {
+        code: u16,
+        message: String,
+    },
+}
+
+fn refused(code: weir_protocol::ErrorCode, message: impl Into<String>) -> CommandResult {
+    CommandResult::Refused {
+        code: code as u16,
+        message: message.into(),
+    }
+}
+
+/// Producer ids at or above this are handed out by the cluster; a single-node
+/// broker's own block file starts far below it, so ids never collide when a node's
+/// data directory held single-node data before.
+pub const CLUSTER_PRODUCER_ID_BASE: u64 = 1 << 48;
+
+impl ClusterMeta {
+    /// Applies one committed command. Deterministic: it reads nothing but `self` and
+    /// the command.
+    pub fn apply(&mut self, command: &Command) -> CommandResult {
+        use weir_protocol::ErrorCode as E;
+        match command {
+            Command::SetNodes { nodes } => {
+                self.nodes = nodes.clone();
+                CommandResult::Done
+            }
+            Command::CreateTopic {
+                name,
+                shards,
+                settings,
+            } => {
+                if self.topics.contains_key(name) {
+                    return refused(E::TopicAlreadyExists, format!("topic {name:?} exists"));
+                }
+                let nodes: Vec<NodeId> = self.nodes.keys().copied().collect();
+                let replicas = usize::from(settings.replicas.max(1));
+                if replicas > nodes.len() {
+                    return refused(
+                        E::InvalidConfig,
+                        format!(
+                            "replicas {replicas} is more than the cluster's {} nodes",
+                            nodes.len()
+                        ),
+                    );
+                }
+                let shards = (0..*shards)
+                    .map(|s| {
+                        let copies = placement::place(name, s, &nodes, replicas);
+                        ShardEntry {
+                            primary: copies.first().copied(),
+                            in_sync: copies.clone(),
+                            replicas: copies,
+                            epoch: 1,
+                            version: 1,
+                        }
+                    })
+                    .collect();
+                let entry = TopicEntry {
+                    settings: settings.clone(),
+                    shards,
+                };
+                self.topics.insert(name.clone(), entry.clone());
+                CommandResult::Topic(entry)
+            }
+            Command::DeleteTopic { name } => {
+                if self.topics.remove(name).is_none() {
+                    return refused(E::UnknownTopic, format!("topic {name:?} does not exist"));
+                }
+                for groups in self.offsets.values_mut() {
+                    groups.remove(name);
+                }
+                CommandResult::Done
+            }
+            Command::SetPrimary {
+                topic,
+                shard,
+                expected_version,
+                primary,
+                in_sync,
+            } => match self.shard_mut(topic, *shard, *expected_version) {
+                Err(r) => r,
+                Ok(entry) => {
+                    if let Some(p) = primary {
+                        if !entry.replicas.contains(p) {
+                            return refused(E::InvalidRequest, format!("node {p} holds no copy"));
+                        }
+                    }
+                    entry.primary = *primary;
+                    entry.epoch += 1;
+                    entry.in_sync = in_sync.clone();
+                    entry.version += 1;
+                    CommandResult::Done
+                }
+            },
+            Command::SetInSync {
+                topic,
+                shard,
+                expected_version,
+                in_sync,
+            } => match self.shard_mut(topic, *shard, *expected_version) {
+                Err(r) => r,
+                Ok(entry) => {
+                    entry.in_sync = in_sync.clone();
+                    entry.version += 1;
+                    CommandResult::Done
+                }
+            },
+            Command::AllocateProducerIds { count } => {
+                let first = self.next_producer_id.max(CLUSTER_PRODUCER_ID_BASE);
+                self.next_producer_id = first + count;
+                CommandResult::ProducerIds {
+                    first,
+                    count: *count,
+                }
+            }
+            Command::CommitOffsets { group, offsets } => {
+                let g = self.offsets.entry(group.clone()).or_default();
+                for (topic, shard, offset) in offsets {
+                    if self.topics.contains_key(topic) {
+                        g.entry(topic.clone()).or_default().insert(*shard, *offset);
+                    }
+                }
+                CommandResult::Done
+            }
+        }
+    }
+
+    fn shard_mut(
+        &mut self,
+        topic: &str,
+        shard: u32,
+        expected_version: u64,
+    ) -> Result<&mut ShardEntry, CommandResult> {
+        use weir_protocol::ErrorCode as E;
+        let entry = self
+            .topics
+            .get_mut(topic)
+            .ok_or_else(|| refused(E::UnknownTopic, format!("topic {topic:?} does not exist")))?
+            .shards
+            .get_mut(shard as usize)
+            .ok_or_else(|| refused(E::UnknownShard, format!("{topic}/{shard} does not exist")))?;
+        if entry.version != expected_version {
+            return Err(refused(
+                E::FencedEpoch,
+                format!(
+                    "{topic}/{shard} changed (version {} now, {expected_version} expected)",
+                    entry.version
+                ),
+            ));
+        }
+        Ok(entry)
+    }
+
+    /// A shard's entry.
+    pub fn shard(&self, topic: &str, shard: u32) -> Option<&ShardEntry> {
+        self.topics.get(topic)?.shards.get(shard as usize)
+    }
+
+    /// A node's protocol address.
+    pub fn addr(&self, node: NodeId) -> Option<&str> {
+        self.nodes.get(&node).map(|n| n.addr.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn three() -> ClusterMeta {
+        let mut m = ClusterMeta::default();
+        let nodes = (1..=3)
+            .map(|i| {
+                (
+                    i,
+                    NodeEntry {
+                        addr: format!("127.0.0.1:{}", 7700 + i),
+                    },
+                )
+            })
+            .collect();
+        m.apply(&Command::SetNodes { nodes });
+        m
+    }
+
+    fn settings(replicas: u8) -> TopicSettings {
+        TopicSettings::from(&TopicConfig {
+            replicas,
+            min_in_sync: 2,
+            ..TopicConfig::default()
+        })
+    }
+
+    #[test]
+    fn topics_are_placed_on_distinct_nodes_with_the_primary_in_sync() {
+        let mut m = three();
+        let r = m.apply(&Command::CreateTopic {
+            name: "t".into(),
+            shards: 8,
+            settings: settings(2),
+        });
+        let CommandResult::Topic(t) = r else {
+            panic!("{r:?}")
+        };
+        for s in &t.shards {
+            assert_eq!(s.replicas.len(), 2);
+            assert_ne!(s.replicas[0], s.replicas[1]);
+            assert_eq!(s.primary, Some(s.replicas[0]));
+            assert_eq!(s.in_sync, s.replicas);
+        }
+        let r = m.apply(&Command::CreateTopic {
+            name: "u".into(),
+            shards: 1,
+            settings: settings(4),
+        });
+        assert!(
+            matches!(r, CommandResult::Refused { code, .. } if code == weir_protocol::ErrorCode::InvalidConfig as u16)
+        );
+    }
+
+    #[test]
+    fn primary_changes_are_compare_and_set_and_bump_the_epoch() {
+        let mut m = three();
+        m.apply(&Command::CreateTopic {
+            name: "t".into(),
+            shards: 1,
+            settings: settings(3),
+        });
+        let s = m.shard("t", 0).unwrap().clone();
+        let next = s.replicas[1];
+        let cmd = Command::SetPrimary {
+            topic: "t".into(),
+            shard: 0,
+            expected_version: s.version,
+            primary: Some(next),
+            in_sync: s.replicas[1..].to_vec(),
+        };
+        assert_eq!(m.apply(&cmd), CommandResult::Done);
+        let after = m.shard("t", 0).unwrap();
+        assert_eq!(after.epoch, s.epoch + 1);
+        assert_eq!(after.primary, Some(next));
+        // The same decision again, made from the old state, is refused.
+        assert!(matches!(m.apply(&cmd), CommandResult::Refused { .. }));
+    }
+
+    #[test]
+    fn producer_id_blocks_never_overlap() {
+        let mut m = three();
+        let a = m.apply(&Command::AllocateProducerIds { count: 100 });
+        let b = m.apply(&Command::AllocateProducerIds { count: 100 });
+        let (
+            CommandResult::ProducerIds { first: fa, .. },
+            CommandResult::ProducerIds { first: fb, .. },
+        ) = (a, b)
+        else {
+            panic!()
+        };
+        assert!(fa >= CLUSTER_PRODUCER_ID_BASE);
+        assert_eq!(fb, fa + 100);
+    }
+}

@@ -1,0 +1,191 @@
+//! A node's client for talking to another node: one multiplexed connection per peer,
+//! opened on first use and again after it breaks, carrying ConsensusRpc, ClusterWrite
+//! and MirrorFetch requests. The broker cannot use the SDK (the SDK can embed the
+//! broker), and needs far less of it: send a request, await the response with the
+//! same correlation id, within a time limit.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio_util::codec::{FramedRead, FramedWrite};
+use weir_protocol::codec::ClientCodec;
+use weir_protocol::frame::{RequestFrame, ResponsePayload};
+use weir_protocol::{ErrorCode, Request, ResponseBody};
+
+/// Why a call to a peer failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PeerError {
+    #[error("cannot reach node at {addr}: {reason}")]
+    Unreachable { addr: String, reason: String },
+    #[error("connection to {0} closed")]
+    Closed(String),
+    #[error("no answer from {0} in time")]
+    TimedOut(String),
+    #[error("{code}: {message}")]
+    Refused { code: ErrorCode, message: String },
+}
+
+type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<ResponsePayload>>>>;
+
+/// The `cluster_partition_file` of this process, if set (fault injection).
+static PARTITION_FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Sets the fault-injection file (once per process; later calls are ignored).
+pub fn set_partition_file(path: &str) {
+    if !path.is_empty() {
+        let _ = PARTITION_FILE.set(std::path::PathBuf::from(path));
+    }
+}
+
+/// Whether this node is cut off from the others right now (fault injection).
+pub fn partitioned() -> bool {
+    PARTITION_FILE.get().is_some_and(|p| p.exists())
+}
+
+struct Conn {
+    write: tokio::sync::Mutex<FramedWrite<tokio::net::tcp::OwnedWriteHalf, ClientCodec>>,
+    pending: Pending,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// A lazily connected, self-healing connection to one node.
+pub struct Peer {
+    addr: String,
+    conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+    next_id: AtomicU32,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer").field("addr", &self.addr).finish()
+    }
+}
+
+impl Peer {
+    pub fn new(addr: impl Into<String>) -> Peer {
+        Peer {
+            addr: addr.into(),
+            conn: tokio::sync::Mutex::new(None),
+            next_id: AtomicU32::new(1),
+        }
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Sends `request` and waits at most `timeout` (connecting included) for its
+    /// answer. A refusal comes back as [`PeerError::Refused`]. A broken connection is
+    /// dropped, so the next call connects afresh.
+    pub async fn call(
+        &self,
+        request: impl Into<Request>,
+        timeout: Duration,
+    ) -> Result<ResponseBody, PeerError> {
+        let request = request.into();
+        if partitioned() {
+            return Err(PeerError::Unreachable {
+                addr: self.addr.clone(),
+                reason: "this node is cut off (cluster_partition_file exists)".into(),
+            });
+        }
+        match tokio::time::timeout(timeout, self.call_inner(request)).await {
+            Ok(r) => r,
+            Err(_) => Err(PeerError::TimedOut(self.addr.clone())),
+        }
+    }
+
+    async fn call_inner(&self, request: Request) -> Result<ResponseBody, PeerError> {
+        let conn = self.connection().await?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        conn.pending.lock().expect("pending lock").insert(id, tx);
+        let sent = conn
+            .write
+            .lock()
+            .await
+            .send(RequestFrame::new(id, request))
+            .await;
+        if sent.is_err() {
+            conn.pending.lock().expect("pending lock").remove(&id);
+            self.forget(&conn).await;
+            return Err(PeerError::Closed(self.addr.clone()));
+        }
+        match rx.await {
+            Ok(ResponsePayload::Ok(body)) => Ok(body),
+            Ok(ResponsePayload::Err(code, body)) => Err(PeerError::Refused {
+                code,
+                message: body.message,
+            }),
+            Err(_) => {
+                self.forget(&conn).await;
+                Err(PeerError::Closed(self.addr.clone()))
+            }
+        }
+    }
+
+    async fn connection(&self) -> Result<Arc<Conn>, PeerError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.as_ref() {
+            if !c.reader.is_finished() {
+                return Ok(c.clone());
+            }
+        }
+        let stream = TcpStream::connect(&self.addr)
+            .await
+            .map_err(|e| PeerError::Unreachable {
+                addr: self.addr.clone(),
+                reason: e.to_string(),
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (r, w) = stream.into_split();
+        let pending: Pending = Arc::default();
+        let reader = tokio::spawn(read_loop(
+            FramedRead::new(r, ClientCodec::default()),
+            pending.clone(),
+        ));
+        let conn = Arc::new(Conn {
+            write: tokio::sync::Mutex::new(FramedWrite::new(w, ClientCodec::default())),
+            pending,
+            reader,
+        });
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn forget(&self, conn: &Arc<Conn>) {
+        let mut slot = self.conn.lock().await;
+        if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            *slot = None;
+        }
+    }
+}
+
+/// Hands each response to its caller; on any error, drops every waiting caller's
+/// sender (they see the connection closed).
+async fn read_loop(
+    mut frames: FramedRead<tokio::net::tcp::OwnedReadHalf, ClientCodec>,
+    pending: Pending,
+) {
+    while let Some(Ok(frame)) = frames.next().await {
+        let waiter = pending
+            .lock()
+            .expect("pending lock")
+            .remove(&frame.correlation_id);
+        if let Some(w) = waiter {
+            let _ = w.send(frame.payload);
+        }
+    }
+    pending.lock().expect("pending lock").clear();
+}

@@ -1,0 +1,180 @@
+//! The cluster apis: DescribeCluster (what clients and operators read), MirrorFetch
+//! (how a mirror copies a primary's shard), and the two inter-node apis that carry the
+//! consensus engine's messages (ConsensusRpc) and forwarded metadata changes
+//! (ClusterWrite). A single-node broker answers DescribeCluster with `enabled = 0` and
+//! refuses the other three with INVALID_REQUEST.
+
+use super::Records;
+use crate::{wire_enum, wire_struct};
+
+/// Node id 0 means "no node" (no primary, no controller known).
+pub const NO_NODE: u32 = 0;
+
+/// `truncate_to` of a MirrorFetch answer that asks for no truncation.
+pub const NO_TRUNCATION: u64 = u64::MAX;
+
+wire_enum! {
+    /// A node's role in the consensus engine, as the answering node last saw it.
+    #[derive(Default)]
+    pub enum ConsensusRole: "consensus role" {
+        #[default]
+        Unknown = 0,
+        /// Leads the consensus group: the cluster's controller.
+        Leader = 1,
+        Follower = 2,
+        Candidate = 3,
+        Learner = 4,
+    }
+}
+
+wire_struct! {
+    /// Asks for the cluster: nodes, and the placement of the named topics' shards
+    /// (every topic when the list is empty).
+    pub struct DescribeClusterRequest {
+        pub topics: Vec<String>,
+    }
+}
+
+wire_struct! {
+    /// One node of the cluster.
+    pub struct NodeInfo {
+        pub node_id: u32,
+        /// Its protocol address, `host:port`, as clients should dial it.
+        pub addr: String,
+        /// 1 when the controller counts it alive (it answered the consensus engine's
+        /// heartbeats within `node_timeout_ms`), else 0.
+        pub alive: u8,
+        pub role: ConsensusRole,
+    }
+}
+
+wire_struct! {
+    /// Where one mirror of a shard stands, as its primary sees it.
+    pub struct MirrorState {
+        pub node_id: u32,
+        /// The mirror holds every offset below this.
+        pub offset: u64,
+        /// Records the primary holds that the mirror does not.
+        pub lag_records: u64,
+        /// Milliseconds since the mirror last held everything the primary held.
+        pub caught_up_ms_ago: u64,
+    }
+}
+
+wire_struct! {
+    /// One shard's copies.
+    pub struct ShardPlacement {
+        pub topic: String,
+        pub shard: u32,
+        /// The node that takes produce and serves reads; NO_NODE (0) while none can
+        /// (no in-sync copy is alive).
+        pub primary: u32,
+        /// Bumped at every change of primary; mirrors and clients refuse older epochs.
+        pub epoch: u32,
+        /// Every node holding a copy, primary first.
+        pub replicas: Vec<u32>,
+        /// The copies that hold every acknowledged record (the primary included); a
+        /// new primary is chosen only among them.
+        pub in_sync: Vec<u32>,
+        /// 1 when the answering node is this shard's primary and the fields below are
+        /// its live view; 0 otherwise (they are then 0 and empty).
+        pub live: u8,
+        /// Records below this are held by every in-sync copy and readable.
+        pub high_watermark: u64,
+        pub mirrors: Vec<MirrorState>,
+    }
+}
+
+wire_struct! {
+    /// The cluster as the answering node knows it.
+    pub struct DescribeClusterResponse {
+        /// 0 for a single-node broker (every other field empty or 0).
+        pub enabled: u8,
+        /// The answering node.
+        pub node_id: u32,
+        /// The node leading the consensus group, or NO_NODE while none is known.
+        pub controller: u32,
+        pub nodes: Vec<NodeInfo>,
+        /// Sorted by topic, then shard.
+        pub shards: Vec<ShardPlacement>,
+    }
+}
+
+wire_struct! {
+    /// A mirror's read of its primary's log: every batch from `fetch_offset` on, as
+    /// stored. `last_epoch` is the epoch under which the mirror's record at
+    /// `fetch_offset - 1` was written (0 when it holds nothing); the primary uses it to
+    /// tell the mirror where their logs diverge.
+    pub struct MirrorFetchRequest {
+        pub topic: String,
+        pub shard: u32,
+        /// The fetching node.
+        pub node_id: u32,
+        /// The epoch the mirror believes the primary leads; an older one than the
+        /// primary's is refused with FENCED_EPOCH, a newer one with NOT_PRIMARY.
+        pub epoch: u32,
+        pub fetch_offset: u64,
+        pub last_epoch: u32,
+        pub max_bytes: u32,
+        /// Wait up to this long for records past `fetch_offset` when there are none.
+        pub max_wait_ms: u32,
+    }
+}
+
+wire_struct! {
+    /// The start of one epoch in a shard's log: records from `start_offset` up to the
+    /// next entry's start were written while `epoch` was the primary's.
+    pub struct EpochStart {
+        pub epoch: u32,
+        pub start_offset: u64,
+    }
+}
+
+wire_struct! {
+    /// The primary's answer to a MirrorFetch.
+    pub struct MirrorFetchResponse {
+        pub epoch: u32,
+        /// Offsets below this are held by every in-sync copy.
+        pub high_watermark: u64,
+        pub log_start_offset: u64,
+        /// NO_TRUNCATION, or the offset the mirror must cut its log back to before it
+        /// fetches again (its suffix from there diverges from the primary's log).
+        /// `records` is then empty.
+        pub truncate_to: u64,
+        /// The primary's epoch history from the epoch holding `fetch_offset` on.
+        pub epochs: Vec<EpochStart>,
+        pub records: Records,
+    }
+}
+
+wire_struct! {
+    /// Carries one message of the consensus engine between nodes. `kind`: 0 vote,
+    /// 1 append entries, 2 install snapshot. `payload` is the engine's own message,
+    /// serialized as JSON (PROTOCOL.md, "Consensus messages"); clients never send it.
+    pub struct ConsensusRpcRequest {
+        pub kind: u8,
+        pub payload: bytes::Bytes,
+    }
+}
+
+wire_struct! {
+    /// The engine's answer, serialized as JSON.
+    pub struct ConsensusRpcResponse {
+        pub payload: bytes::Bytes,
+    }
+}
+
+wire_struct! {
+    /// A change of cluster metadata forwarded by a node to the controller, as JSON
+    /// (PROTOCOL.md, "Cluster commands"); clients never send it.
+    pub struct ClusterWriteRequest {
+        pub command: bytes::Bytes,
+    }
+}
+
+wire_struct! {
+    /// The applied command's result, as JSON.
+    pub struct ClusterWriteResponse {
+        pub result: bytes::Bytes,
+    }
+}

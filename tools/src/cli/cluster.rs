@@ -1,0 +1,419 @@
+//! `weir cluster status`: one picture of a cluster put together from every node's
+//! own answer. Placement (primary, copies, in-sync set, epoch) comes from the
+//! controller's answer when it gave one (it applies metadata changes first), else
+//! from the answer naming the highest epoch; the live fields of a shard (high-water
+//! mark, each mirror's position) only its primary knows (`live = 1`), so every node
+//! is asked. A node that does not answer is shown as unreachable, not an error.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use clap::{Subcommand, ValueEnum};
+use futures_util::future::join_all;
+use serde_json::{json, Value};
+use weir_client::Admin;
+use weir_protocol::messages::{
+    ConsensusRole, DescribeClusterResponse, MirrorState, ShardPlacement, NO_NODE,
+};
+
+/// Longest wait for one node's answer.
+const NODE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `weir cluster ...`.
+#[derive(Subcommand, Debug)]
+pub enum ClusterCmd {
+    /// Nodes (reachable, alive, consensus role) and every shard's primary, copies,
+    /// in-sync set, epoch, high-water mark and mirror lag.
+    Status {
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// One node as the status shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub id: u32,
+    pub addr: String,
+    /// It answered this command.
+    pub reachable: bool,
+    /// The controller counts it alive.
+    pub alive: bool,
+    pub role: ConsensusRole,
+}
+
+/// One shard as the status shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardStatus {
+    pub placement: ShardPlacement,
+    /// The primary's live view (`high_watermark`, `mirrors`), when it answered.
+    pub live: Option<(u64, Vec<MirrorState>)>,
+}
+
+/// The merged picture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub controller: u32,
+    pub nodes: Vec<NodeStatus>,
+    pub shards: Vec<ShardStatus>,
+}
+
+/// Runs one cluster command.
+pub async fn run(admin: &Admin, cmd: ClusterCmd) -> anyhow::Result<()> {
+    let ClusterCmd::Status { format } = cmd;
+    let first = admin.describe_cluster().await?;
+    if first.enabled == 0 {
+        match format {
+            Format::Text => println!("single-node broker (no cluster)"),
+            Format::Json => println!("{}", json!({ "enabled": false })),
+        }
+        return Ok(());
+    }
+    let asks = first.nodes.iter().map(|n| async move {
+        let r = tokio::time::timeout(NODE_TIMEOUT, admin.describe_cluster_at(&n.addr)).await;
+        (n.node_id, r.ok().and_then(Result::ok))
+    });
+    let answers = join_all(asks).await;
+    let status = merge(&first, &answers);
+    match format {
+        Format::Text => print!("{}", text(&status)),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&to_json(&status))?),
+    }
+    Ok(())
+}
+
+/// Puts the nodes' answers together (see the module docs). `first` is the answer of
+/// whichever node the client asked first; `answers` holds each node's own answer, or
+/// `None` when it did not answer.
+pub fn merge(
+    first: &DescribeClusterResponse,
+    answers: &[(u32, Option<DescribeClusterResponse>)],
+) -> Status {
+    let answered: BTreeMap<u32, &DescribeClusterResponse> = answers
+        .iter()
+        .filter_map(|(id, a)| a.as_ref().filter(|a| a.enabled == 1).map(|a| (*id, a)))
+        .collect();
+    let controller = answered
+        .values()
+        .map(|a| a.controller)
+        .find(|c| *c != NO_NODE)
+        .unwrap_or(first.controller);
+    let base = answered.get(&controller).copied().unwrap_or(first);
+    let nodes = base
+        .nodes
+        .iter()
+        .map(|n| {
+            // A node knows its own consensus role best.
+            let own = answered
+                .get(&n.node_id)
+                .and_then(|a| a.nodes.iter().find(|m| m.node_id == n.node_id));
+            NodeStatus {
+                id: n.node_id,
+                addr: n.addr.clone(),
+                reachable: answered.contains_key(&n.node_id),
+                alive: n.alive == 1,
+                role: own.map_or(n.role, |m| m.role),
+            }
+        })
+        .collect();
+    let mut shards: BTreeMap<(String, u32), ShardPlacement> = BTreeMap::new();
+    for a in std::iter::once(base).chain(answered.values().copied()) {
+        for p in &a.shards {
+            let key = (p.topic.clone(), p.shard);
+            let newer = shards.get(&key).is_none_or(|old| p.epoch > old.epoch);
+            if newer {
+                let mut p = p.clone();
+                (p.live, p.high_watermark, p.mirrors) = (0, 0, Vec::new());
+                shards.insert(key, p);
+            }
+        }
+    }
+    let shards = shards
+        .into_values()
+        .map(|placement| {
+            let live = answered.get(&placement.primary).and_then(|a| {
+                a.shards
+                    .iter()
+                    .find(|p| {
+                        p.topic == placement.topic && p.shard == placement.shard && p.live == 1
+                    })
+                    .map(|p| (p.high_watermark, p.mirrors.clone()))
+            });
+            ShardStatus { placement, live }
+        })
+        .collect();
+    Status {
+        controller,
+        nodes,
+        shards,
+    }
+}
+
+fn role_name(r: ConsensusRole) -> &'static str {
+    match r {
+        ConsensusRole::Unknown => "unknown",
+        ConsensusRole::Leader => "leader",
+        ConsensusRole::Follower => "follower",
+        ConsensusRole::Candidate => "candidate",
+        ConsensusRole::Learner => "learner",
+    }
+}
+
+fn ids(v: &[u32]) -> String {
+    let s: Vec<String> = v.iter().map(u32::to_string).collect();
+    s.join(",")
+}
+
+fn node_name(id: u32) -> String {
+    if id == NO_NODE {
+        "none".into()
+    } else {
+        id.to_string()
+    }
+}
+
+/// Left-aligned columns, two spaces apart, each as wide as its widest cell.
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::from("  ");
+        for (c, cell) in r.iter().enumerate() {
+            line.push_str(cell);
+            if c + 1 < r.len() {
+                line.push_str(&" ".repeat(widths[c] - cell.chars().count() + 2));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// The text form.
+pub fn text(s: &Status) -> String {
+    let mut out = format!(
+        "cluster of {} nodes, controller {}\n",
+        s.nodes.len(),
+        node_name(s.controller)
+    );
+    let mut rows = vec![vec![
+        "node".into(),
+        "addr".into(),
+        "reachable".into(),
+        "alive".into(),
+        "role".into(),
+    ]];
+    let yes = |b: bool| if b { "yes" } else { "no" }.to_string();
+    for n in &s.nodes {
+        rows.push(vec![
+            n.id.to_string(),
+            n.addr.clone(),
+            yes(n.reachable),
+            yes(n.alive),
+            role_name(n.role).into(),
+        ]);
+    }
+    out.push_str(&table(&rows));
+    out.push_str(&format!("{} shards\n", s.shards.len()));
+    let mut rows = vec![vec![
+        "shard".into(),
+        "primary".into(),
+        "epoch".into(),
+        "replicas".into(),
+        "in-sync".into(),
+        "high-watermark".into(),
+        "mirror lag (node:records)".into(),
+    ]];
+    for sh in &s.shards {
+        let p = &sh.placement;
+        let (hwm, lag) = match &sh.live {
+            Some((hwm, mirrors)) => (
+                hwm.to_string(),
+                mirrors
+                    .iter()
+                    .map(|m| format!("{}:{}", m.node_id, m.lag_records))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        rows.push(vec![
+            format!("{}/{}", p.topic, p.shard),
+            node_name(p.primary),
+            p.epoch.to_string(),
+            ids(&p.replicas),
+            ids(&p.in_sync),
+            hwm,
+            lag,
+        ]);
+    }
+    out.push_str(&table(&rows));
+    out
+}
+
+/// The JSON form (README, "weir cluster status").
+pub fn to_json(s: &Status) -> Value {
+    json!({
+        "enabled": true,
+        "controller": s.controller,
+        "nodes": s.nodes.iter().map(|n| json!({
+            "id": n.id,
+            "addr": n.addr,
+            "reachable": n.reachable,
+            "alive": n.alive,
+            "role": role_name(n.role),
+        })).collect::<Vec<_>>(),
+        "shards": s.shards.iter().map(|sh| {
+            let p = &sh.placement;
+            let (hwm, mirrors) = match &sh.live {
+                Some((hwm, mirrors)) => (json!(hwm), json!(mirrors.iter().map(|m| json!({
+                    "node": m.node_id,
+                    "offset": m.offset,
+                    "lag_records": m.lag_records,
+                    "caught_up_ms_ago": m.caught_up_ms_ago,
+                })).collect::<Vec<_>>())),
+                None => (Value::Null, Value::Null),
+            };
+            json!({
+                "topic": p.topic,
+                "shard": p.shard,
+                "primary": p.primary,
+                "epoch": p.epoch,
+                "replicas": p.replicas,
+                "in_sync": p.in_sync,
+                "high_watermark": hwm,
+                "mirrors": mirrors,
+            })
+        }).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_protocol::messages::NodeInfo;
+
+    fn node(id: u32, alive: u8, role: ConsensusRole) -> NodeInfo {
+        NodeInfo {
+            node_id: id,
+            addr: format!("h:{id}"),
+            alive,
+            role,
+        }
+    }
+
+    fn placement(primary: u32, epoch: u32, live: Option<u64>) -> ShardPlacement {
+        ShardPlacement {
+            topic: "t".into(),
+            shard: 0,
+            primary,
+            epoch,
+            replicas: vec![primary, 3],
+            in_sync: vec![primary, 3],
+            live: u8::from(live.is_some()),
+            high_watermark: live.unwrap_or(0),
+            mirrors: live
+                .map(|_| {
+                    vec![MirrorState {
+                        node_id: 3,
+                        offset: 90,
+                        lag_records: 10,
+                        caught_up_ms_ago: 4,
+                    }]
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    fn answer(by: u32, controller: u32, shard: ShardPlacement) -> DescribeClusterResponse {
+        DescribeClusterResponse {
+            enabled: 1,
+            node_id: by,
+            controller,
+            nodes: vec![
+                node(
+                    1,
+                    1,
+                    if by == 1 {
+                        ConsensusRole::Leader
+                    } else {
+                        ConsensusRole::Unknown
+                    },
+                ),
+                node(
+                    2,
+                    1,
+                    if by == 2 {
+                        ConsensusRole::Follower
+                    } else {
+                        ConsensusRole::Unknown
+                    },
+                ),
+                node(3, 0, ConsensusRole::Unknown),
+            ],
+            shards: vec![shard],
+        }
+    }
+
+    #[test]
+    fn merges_placement_live_fields_and_unreachable_nodes() {
+        // Node 2 still thinks it leads t/0 (epoch 1); the controller (1) says node 1
+        // took over at epoch 2, and node 1 is the primary with the live view.
+        let a1 = answer(1, 1, placement(1, 2, Some(100)));
+        let a2 = answer(2, 1, placement(2, 1, None));
+        let s = merge(&a2, &[(1, Some(a1)), (2, Some(a2.clone())), (3, None)]);
+        assert_eq!(s.controller, 1);
+        let reach: Vec<bool> = s.nodes.iter().map(|n| n.reachable).collect();
+        assert_eq!(reach, vec![true, true, false]);
+        assert_eq!(s.nodes[0].role, ConsensusRole::Leader);
+        assert_eq!(s.nodes[1].role, ConsensusRole::Follower);
+        assert!(!s.nodes[2].alive);
+        assert_eq!(s.shards.len(), 1);
+        assert_eq!(s.shards[0].placement.primary, 1);
+        assert_eq!(s.shards[0].placement.epoch, 2);
+        assert_eq!(s.shards[0].live.as_ref().map(|l| l.0), Some(100));
+        let t = text(&s);
+        assert!(t.contains("t/0"), "{t}");
+        assert!(t.contains("3:10"), "{t}");
+        let j = to_json(&s);
+        assert_eq!(j["shards"][0]["high_watermark"], 100);
+        assert_eq!(j["shards"][0]["mirrors"][0]["lag_records"], 10);
+        assert_eq!(j["nodes"][2]["reachable"], false);
+    }
+
+    #[test]
+    fn a_primary_that_did_not_answer_leaves_the_live_fields_unknown() {
+        let a2 = answer(2, 2, placement(1, 2, None));
+        let s = merge(&a2, &[(1, None), (2, Some(a2.clone()))]);
+        assert_eq!(s.shards[0].live, None);
+        let t = text(&s);
+        let row = t.lines().find(|l| l.contains("t/0")).expect("shard row");
+        assert!(row.contains(" -"), "{row}");
+        assert_eq!(to_json(&s)["shards"][0]["high_watermark"], Value::Null);
+    }
+
+    #[test]
+    fn columns_are_aligned() {
+        let t = table(&[
+            vec!["a".into(), "bb".into()],
+            vec!["ccc".into(), "d".into()],
+        ]);
+        assert_eq!(t, "  a    bb\n  ccc  d\n");
+    }
+}
