@@ -44,7 +44,14 @@ impl Broker {
         let addr = listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let state = Arc::new(stores.into_state(config, shutdown_rx.clone()));
+        let cluster = if config.is_cluster() {
+            Some(crate::cluster::Cluster::start(config.clone(), stores.topics.clone()).await?)
+        } else {
+            None
+        };
+        let mut state = stores.into_state(config, shutdown_rx.clone());
+        state.cluster = cluster.clone();
+        let state = Arc::new(state);
         let cores = match state.config.runtime {
             RuntimeSetting::MultiThread => None,
             RuntimeSetting::ThreadPerCore => {
@@ -53,7 +60,7 @@ impl Broker {
                 Some(CoreRuntimes::start(n)?)
             }
         };
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(crate::server::serve(
                 listener,
                 state.clone(),
@@ -65,8 +72,11 @@ impl Broker {
                 state.clone(),
                 shutdown_rx.clone(),
             )),
-            tokio::spawn(tick(state.clone(), shutdown_rx)),
+            tokio::spawn(tick(state.clone(), shutdown_rx.clone())),
         ];
+        if let Some(c) = &cluster {
+            tasks.extend(c.spawn_tasks(state.clone(), shutdown_rx));
+        }
         tracing::info!(%addr, %http_addr, data_dir = %state.config.data_dir.display(), "weir broker started");
         Ok(Broker {
             state,
@@ -98,6 +108,9 @@ impl Broker {
         let _ = self.shutdown_tx.send(true);
         for t in self.tasks {
             let _ = t.await;
+        }
+        if let Some(c) = &self.state.cluster {
+            c.shutdown().await;
         }
         self.state.queues.close().await;
         self.state.topics.close().await;

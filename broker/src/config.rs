@@ -476,9 +476,10 @@ impl Config {
                 // Lists are written comma-separated: WEIR_PRIORITY_CLASS_WEIGHTS=8,4,2,1;
                 // lists of words the same way: WEIR_RETRY_BACKOFF=fixed,linear,fixed,fixed.
                 toml::Value::Array(items)
-                    if items
-                        .first()
-                        .is_some_and(|v| matches!(v, toml::Value::String(_))) =>
+                    if key == "peers"
+                        || items
+                            .first()
+                            .is_some_and(|v| matches!(v, toml::Value::String(_))) =>
                 {
                     toml::Value::Array(
                         value

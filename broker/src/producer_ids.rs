@@ -42,6 +42,9 @@ pub struct ProducerIds {
     next: AtomicU64,
     /// Newest epoch of each id whose epoch is above 0.
     epochs: RwLock<HashMap<u64, u16>>,
+    /// In a cluster, ids from `CLUSTER_PRODUCER_ID_BASE` up to this were handed out by
+    /// the consensus engine (to any node); 0 on a single node.
+    cluster_issued_below: AtomicU64,
 }
 
 impl ProducerIds {
@@ -62,12 +65,22 @@ impl ProducerIds {
             state: Mutex::new((next, next)),
             next: AtomicU64::new(next),
             epochs: RwLock::new(HashMap::new()),
+            cluster_issued_below: AtomicU64::new(0),
         })
     }
 
     /// Whether `id` was ever handed out (by this process or before a restart).
     fn issued(&self, id: u64) -> bool {
+        if id >= crate::cluster::meta::CLUSTER_PRODUCER_ID_BASE {
+            return id < self.cluster_issued_below.load(Ordering::Acquire);
+        }
         id != 0 && id < self.next.load(Ordering::Acquire)
+    }
+
+    /// In a cluster: ids below `next` (from the cluster's range) were handed out by the
+    /// consensus engine. Only raises the mark.
+    pub fn set_cluster_issued_below(&self, next: u64) {
+        self.cluster_issued_below.fetch_max(next, Ordering::AcqRel);
     }
 
     fn unknown(id: u64) -> BrokerError {

@@ -189,6 +189,11 @@ impl TopicRegistry {
         self.dir.join("topics").join(name)
     }
 
+    /// The directory of one shard's log (and, in a cluster, its epoch history).
+    pub fn shard_dir(&self, name: &str, shard: u32) -> PathBuf {
+        self.topic_dir(name).join(shard.to_string())
+    }
+
     fn open_topic(
         &self,
         name: &str,
@@ -197,22 +202,14 @@ impl TopicRegistry {
     ) -> Result<Topic, BrokerError> {
         let mut opened: Vec<Arc<Shard>> = Vec::with_capacity(shards as usize);
         for i in 0..shards {
-            let shard_config = ShardConfig {
-                log: self.log_config(&config),
-                durability: config.durability,
-                flush_interval_ms: config.flush_interval_ms,
-                queue_depth: self.config.shard_queue_depth,
-                classes: self
-                    .config
-                    .class_map()
-                    .map_err(|e| BrokerError::new(ErrorCode::InvalidConfig, e.to_string()))?,
-                weights: self.config.class_weights(),
-                aging: self.config.class_aging(),
-                group_bytes_max: self.config.shard_group_bytes_max,
-                ..ShardConfig::default()
-            };
+            let shard_config = self.shard_config(&config)?;
             let dir = self.topic_dir(name).join(i.to_string());
-            let shard = match Shard::open(&dir, &format!("{name}-{i}"), shard_config) {
+            let shard = match Shard::open_capped(
+                &dir,
+                &format!("{name}-{i}"),
+                shard_config,
+                self.opening_cap(),
+            ) {
                 Ok(s) => s,
                 Err(e) => {
                     // Stop the writers already started before anyone removes their
@@ -472,6 +469,24 @@ impl TopicRegistry {
         Ok(())
     }
 
+    /// The writer settings of a topic's shards.
+    fn shard_config(&self, config: &TopicConfig) -> Result<ShardConfig, BrokerError> {
+        Ok(ShardConfig {
+            log: self.log_config(config),
+            durability: config.durability,
+            flush_interval_ms: config.flush_interval_ms,
+            queue_depth: self.config.shard_queue_depth,
+            classes: self
+                .config
+                .class_map()
+                .map_err(|e| BrokerError::new(ErrorCode::InvalidConfig, e.to_string()))?,
+            weights: self.config.class_weights(),
+            aging: self.config.class_aging(),
+            group_bytes_max: self.config.shard_group_bytes_max,
+            ..ShardConfig::default()
+        })
+    }
+
     /// The log settings of a topic's shards.
     fn log_config(&self, config: &TopicConfig) -> LogConfig {
         LogConfig {
@@ -481,6 +496,64 @@ impl TopicRegistry {
             retention_ms: config.retention_ms,
             retention_bytes: config.retention_bytes,
         }
+    }
+
+    /// What readers of a freshly opened shard may see: everything on a single node;
+    /// nothing on a cluster node until it learns it is the shard's primary and what
+    /// the copies hold (`cluster::replication` raises it).
+    fn opening_cap(&self) -> u64 {
+        if self.config.is_cluster() {
+            0
+        } else {
+            u64::MAX
+        }
+    }
+
+    /// Cuts one shard's log back to `to` (a mirror whose suffix diverges from its
+    /// primary's): closes the shard, truncates its files, opens it again and puts the
+    /// new handle in place. Returns the new handle and the log's end after the cut.
+    pub async fn truncate_shard(
+        &self,
+        name: &str,
+        shard: u32,
+        to: u64,
+    ) -> Result<(Arc<Shard>, u64), BrokerError> {
+        let _guard = self.changes.lock().await;
+        let topic = self.get(name)?;
+        let old = topic.shard(shard)?.clone();
+        old.close().await;
+        let dir = self.topic_dir(name).join(shard.to_string());
+        let label = format!("{name}-{shard}");
+        let shard_config = self.shard_config(&topic.config)?;
+        let cap = self.opening_cap();
+        let (fresh, end) = blocking(move || {
+            let end = crate::storage::truncate_closed_log(&dir, to)
+                .map_err(|e| BrokerError::new(ErrorCode::StorageError, e.to_string()))?;
+            let fresh = Shard::open_capped(&dir, &label, shard_config, cap).map_err(|e| {
+                BrokerError::new(
+                    ErrorCode::StorageError,
+                    format!("reopening {}: {e}", dir.display()),
+                )
+            })?;
+            Ok((fresh, end))
+        })
+        .await?;
+        let mut shards = topic.shards.clone();
+        shards[shard as usize] = fresh.clone();
+        let injector = Injector::new(&topic.config)
+            .map_err(|e| BrokerError::new(ErrorCode::InvalidConfig, e))?;
+        let replaced = Topic {
+            name: topic.name.clone(),
+            config: topic.config.clone(),
+            injector,
+            shards,
+        };
+        self.topics
+            .write()
+            .expect("topics lock")
+            .insert(name.to_string(), Arc::new(replaced));
+        tracing::info!(topic = name, shard, to, end, "shard truncated");
+        Ok((fresh, end))
     }
 
     /// Deletes a topic and its data.

@@ -154,6 +154,29 @@ impl BrokerProcess {
         b
     }
 
+    /// Starts a broker listening on `listen` (a cluster node: its peers know its
+    /// address in advance), data in a fresh directory.
+    pub fn start_at(listen: SocketAddr, env: &[(&str, &str)]) -> BrokerProcess {
+        let mut b = BrokerProcess {
+            child: None,
+            dir: Self::new_dir(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            addr: listen,
+            http: "127.0.0.1:0".parse().expect("addr"),
+            starts: 0,
+        };
+        b.spawn(listen, "127.0.0.1:0".parse().expect("addr"));
+        b
+    }
+
+    /// Whether the child is running.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// The protocol address, "127.0.0.1:PORT".
     pub fn addr(&self) -> String {
         self.addr.to_string()
@@ -421,6 +444,8 @@ struct ProxyState {
     cut: tokio::sync::watch::Sender<u64>,
     connections: AtomicU64,
     stopped: AtomicBool,
+    /// While set, new connections are dropped at once (a network partition).
+    blocked: AtomicBool,
 }
 
 impl CutProxy {
@@ -433,6 +458,7 @@ impl CutProxy {
             cut: tokio::sync::watch::channel(0).0,
             connections: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
+            blocked: AtomicBool::new(false),
         });
         let st = state.clone();
         let accept = tokio::spawn(async move {
@@ -442,6 +468,10 @@ impl CutProxy {
                 };
                 if st.stopped.load(Ordering::Acquire) {
                     return;
+                }
+                if st.blocked.load(Ordering::Acquire) {
+                    drop(down);
+                    continue;
                 }
                 st.connections.fetch_add(1, Ordering::Relaxed);
                 let st = st.clone();
@@ -516,6 +546,18 @@ impl CutProxy {
         self.state.cut.send_replace(g);
     }
 
+    /// Partitions the link: drops every live connection and every new one until
+    /// [`CutProxy::heal`].
+    pub fn block(&self) {
+        self.state.blocked.store(true, Ordering::Release);
+        self.cut();
+    }
+
+    /// Lets connections through again.
+    pub fn heal(&self) {
+        self.state.blocked.store(false, Ordering::Release);
+    }
+
     /// Connections accepted so far.
     pub fn connections(&self) -> u64 {
         self.state.connections.load(Ordering::Relaxed)
@@ -581,5 +623,118 @@ mod tests {
         assert_eq!(a.port(), 4000);
         assert_eq!(h.port(), 4001);
         assert!(parse_listening_line("something else").is_none());
+    }
+}
+
+/// `n` free loopback ports, found by binding port 0 and letting go (a cluster's
+/// nodes must know each other's addresses before any starts).
+pub fn free_ports(n: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("addr"))
+        .collect()
+}
+
+/// A cluster of `weir-broker` processes on loopback: node `i + 1` is `nodes[i]`.
+pub struct ClusterProcesses {
+    pub nodes: Vec<BrokerProcess>,
+    /// With [`ClusterProcesses::start_with_links`]: the proxy node `i` dials node `j`
+    /// through, by `(i, j)` (node ids).
+    pub links: HashMap<(u32, u32), CutProxy>,
+}
+
+impl ClusterProcesses {
+    /// Starts `n` nodes that know each other, with extra `WEIR_*` settings.
+    pub fn start(n: usize, env: &[(&str, &str)]) -> ClusterProcesses {
+        let addrs = free_ports(n);
+        let peers = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let nodes = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let id = (i + 1).to_string();
+                let mut e: Vec<(&str, &str)> = vec![("WEIR_NODE_ID", &id), ("WEIR_PEERS", &peers)];
+                e.extend_from_slice(env);
+                BrokerProcess::start_at(*a, &e)
+            })
+            .collect();
+        ClusterProcesses {
+            nodes,
+            links: HashMap::new(),
+        }
+    }
+
+    /// Starts `n` nodes where every node reaches every other through a proxy of its
+    /// own (node `i` lists node `j` at the address of proxy `(i, j)`), so a test can
+    /// cut a node off from the others in both directions while clients still reach it
+    /// at its own address.
+    pub async fn start_with_links(n: usize, env: &[(&str, &str)]) -> ClusterProcesses {
+        let addrs = free_ports(n);
+        let mut links = HashMap::new();
+        for i in 1..=n as u32 {
+            for j in 1..=n as u32 {
+                if i != j {
+                    links.insert((i, j), CutProxy::start(addrs[j as usize - 1]).await);
+                }
+            }
+        }
+        let nodes = (1..=n as u32)
+            .map(|i| {
+                let peers = (1..=n as u32)
+                    .map(|j| {
+                        let a = if i == j {
+                            addrs[j as usize - 1].to_string()
+                        } else {
+                            links[&(i, j)].addr()
+                        };
+                        format!("{j}={a}")
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let id = i.to_string();
+                let mut e: Vec<(&str, &str)> = vec![("WEIR_NODE_ID", &id), ("WEIR_PEERS", &peers)];
+                e.extend_from_slice(env);
+                BrokerProcess::start_at(addrs[i as usize - 1], &e)
+            })
+            .collect();
+        ClusterProcesses { nodes, links }
+    }
+
+    /// Cuts node `id` off from every other node, both ways (clients still reach it).
+    pub fn isolate(&self, id: u32) {
+        for ((i, j), p) in &self.links {
+            if *i == id || *j == id {
+                p.block();
+            }
+        }
+    }
+
+    /// Undoes every [`ClusterProcesses::isolate`].
+    pub fn heal(&self) {
+        for p in self.links.values() {
+            p.heal();
+        }
+    }
+
+    /// Every node's protocol address, comma-separated (a client's bootstrap list).
+    pub fn bootstrap(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.addr())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The node with this id.
+    pub fn node(&mut self, id: u32) -> &mut BrokerProcess {
+        &mut self.nodes[id as usize - 1]
     }
 }

@@ -15,33 +15,188 @@
 //!
 //! A single-node broker has no `Cluster` at all (`BrokerState::cluster` is `None`).
 
+pub mod agent;
 pub mod consensus;
+pub mod controller;
 pub mod meta;
 pub mod peer;
 pub mod placement;
+pub mod replication;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
-use weir_protocol::messages::{DescribeClusterRequest, DescribeClusterResponse, NodeInfo};
+use tokio::task::JoinHandle;
+use weir_protocol::messages::{
+    DescribeClusterRequest, DescribeClusterResponse, MirrorFetchRequest, MirrorFetchResponse,
+    NodeInfo, ShardPlacement,
+};
+use weir_protocol::ErrorCode;
 
-use self::consensus::Consensus;
-use self::meta::NodeId;
+use self::consensus::{Consensus, ConsensusConfig};
+use self::meta::{ClusterMeta, NodeId};
 use self::peer::Peer;
+use self::replication::primary::PrimaryState;
+use crate::config::Config;
+use crate::error::BrokerError;
+use crate::topics::TopicRegistry;
 
 /// A node's view of and part in the cluster.
 #[derive(Debug)]
 pub struct Cluster {
     pub node_id: NodeId,
+    pub config: Arc<Config>,
     pub consensus: Arc<Consensus>,
     /// A connection to every other node.
     pub peers: BTreeMap<NodeId, Arc<Peer>>,
+    pub topics: Arc<TopicRegistry>,
+    /// The shards this node leads, by topic and shard number.
+    primaries: RwLock<HashMap<String, HashMap<u32, Arc<PrimaryState>>>>,
+    /// The mirror tasks of the shards this node copies.
+    mirrors: Mutex<HashMap<(String, u32), JoinHandle<()>>>,
 }
 
 impl Cluster {
+    /// Starts the consensus engine (its storage in `<data_dir>/cluster`) and the
+    /// connections to the other nodes. The agent and controller tasks start with
+    /// [`Cluster::spawn_tasks`] once the broker's state exists.
+    pub async fn start(
+        config: Arc<Config>,
+        topics: Arc<TopicRegistry>,
+    ) -> anyhow::Result<Arc<Cluster>> {
+        let peers_cfg = config.cluster_peers()?;
+        let node_id = config.node_id;
+        let consensus = Consensus::start(ConsensusConfig {
+            node_id,
+            peers: peers_cfg.clone(),
+            dir: config.data_dir.join("cluster"),
+            heartbeat: Duration::from_millis(config.cluster_heartbeat_ms),
+            election_timeout: Duration::from_millis(config.cluster_election_timeout_ms),
+            node_timeout: Duration::from_millis(config.node_timeout_ms),
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the consensus engine: {}", e.message))?;
+        let peers = peers_cfg
+            .iter()
+            .filter(|(&id, _)| id != node_id)
+            .map(|(&id, addr)| (id, Arc::new(Peer::new(addr.clone()))))
+            .collect();
+        tracing::info!(node_id, nodes = peers_cfg.len(), "cluster node started");
+        Ok(Arc::new(Cluster {
+            node_id,
+            config,
+            consensus,
+            peers,
+            topics,
+            primaries: RwLock::new(HashMap::new()),
+            mirrors: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Starts the agent (metadata → local copies and roles) and the controller loop.
+    pub fn spawn_tasks(
+        self: &Arc<Self>,
+        state: Arc<crate::state::BrokerState>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Vec<JoinHandle<()>> {
+        vec![
+            tokio::spawn(agent::run(self.clone(), state, shutdown.clone())),
+            tokio::spawn(controller::run(self.clone(), shutdown)),
+        ]
+    }
+
+    /// Stops the mirror tasks and the consensus engine.
+    pub async fn shutdown(&self) {
+        for (_, task) in self.mirrors.lock().expect("mirrors lock").drain() {
+            task.abort();
+        }
+        self.consensus.shutdown().await;
+    }
+
+    /// The metadata as applied on this node.
+    pub fn meta(&self) -> Arc<ClusterMeta> {
+        self.consensus.metadata().borrow().clone()
+    }
+
+    /// The primary state of a shard this node leads, or the refusal a client of a
+    /// shard it does not lead gets: NOT_PRIMARY naming the primary, or SHARD_OFFLINE.
+    pub fn check_primary(&self, topic: &str, shard: u32) -> Result<Arc<PrimaryState>, BrokerError> {
+        if let Some(p) = self
+            .primaries
+            .read()
+            .expect("primaries lock")
+            .get(topic)
+            .and_then(|t| t.get(&shard))
+        {
+            if !p.is_resigned() {
+                return Ok(p.clone());
+            }
+        }
+        let meta = self.meta();
+        Err(match meta.shard(topic, shard) {
+            None => BrokerError::new(
+                ErrorCode::NotPrimary,
+                format!(
+                    "{topic}/{shard} is not a shard of the cluster's metadata as node {} knows it",
+                    self.node_id
+                ),
+            ),
+            Some(e) => match e.primary {
+                None => BrokerError::new(
+                    ErrorCode::ShardOffline,
+                    format!(
+                        "{topic}/{shard} has no live in-sync copy (epoch {})",
+                        e.epoch
+                    ),
+                ),
+                Some(p) => BrokerError::new(
+                    ErrorCode::NotPrimary,
+                    format!(
+                        "node {p} ({}) is the primary of {topic}/{shard} in epoch {}, not node {}",
+                        meta.addr(p).unwrap_or("?"),
+                        e.epoch,
+                        self.node_id
+                    ),
+                ),
+            },
+        })
+    }
+
+    /// Consumer groups are coordinated by the controller; anyone else refuses them.
+    pub fn check_coordinator(&self) -> Result<(), BrokerError> {
+        match self.consensus.controller() {
+            Some(c) if c == self.node_id => Ok(()),
+            Some(c) => Err(BrokerError::new(
+                ErrorCode::NotCoordinator,
+                format!(
+                    "node {c} ({}) coordinates consumer groups, not node {}",
+                    self.meta().addr(c).unwrap_or("?"),
+                    self.node_id
+                ),
+            )),
+            None => Err(BrokerError::new(
+                ErrorCode::NoController,
+                "no controller is known right now; retry shortly",
+            )),
+        }
+    }
+
+    /// Serves a mirror's MirrorFetch.
+    pub async fn mirror_fetch(
+        &self,
+        request: MirrorFetchRequest,
+    ) -> Result<MirrorFetchResponse, BrokerError> {
+        let p = self.check_primary(&request.topic, request.shard)?;
+        let max = request
+            .max_bytes
+            .clamp(1, self.config.mirror_fetch_max_bytes) as usize;
+        p.serve(&request, max).await
+    }
+
     /// Answers DescribeCluster from this node's view.
     pub fn describe(&self, request: &DescribeClusterRequest) -> DescribeClusterResponse {
-        let meta = self.consensus.metadata().borrow().clone();
+        let meta = self.meta();
         let roles = self.consensus.roles();
         let alive = self.consensus.alive_nodes();
         let nodes = meta
@@ -50,30 +205,34 @@ impl Cluster {
             .map(|(&id, n)| NodeInfo {
                 node_id: id as u32,
                 addr: n.addr.clone(),
-                alive: u8::from(alive.as_ref().map_or(true, |a| a.contains(&id))),
+                alive: u8::from(alive.as_ref().is_none_or(|a| a.contains(&id))),
                 role: roles.get(&id).copied().unwrap_or_default(),
             })
             .collect();
-        let shards = meta
-            .topics
-            .iter()
-            .filter(|(name, _)| request.topics.is_empty() || request.topics.contains(name))
-            .flat_map(|(name, t)| {
-                t.shards.iter().enumerate().map(move |(i, s)| {
-                    weir_protocol::messages::ShardPlacement {
-                        topic: name.clone(),
-                        shard: i as u32,
-                        primary: s.primary.unwrap_or(0) as u32,
-                        epoch: s.epoch,
-                        replicas: s.replicas.iter().map(|&n| n as u32).collect(),
-                        in_sync: s.in_sync.iter().map(|&n| n as u32).collect(),
-                        live: 0,
-                        high_watermark: 0,
-                        mirrors: Vec::new(),
-                    }
-                })
-            })
-            .collect();
+        let primaries = self.primaries.read().expect("primaries lock");
+        let mut shards = Vec::new();
+        for (name, t) in &meta.topics {
+            if !request.topics.is_empty() && !request.topics.contains(name) {
+                continue;
+            }
+            for (i, s) in t.shards.iter().enumerate() {
+                let live = primaries
+                    .get(name)
+                    .and_then(|m| m.get(&(i as u32)))
+                    .filter(|p| !p.is_resigned() && p.epoch == s.epoch);
+                shards.push(ShardPlacement {
+                    topic: name.clone(),
+                    shard: i as u32,
+                    primary: s.primary.unwrap_or(0) as u32,
+                    epoch: s.epoch,
+                    replicas: s.replicas.iter().map(|&n| n as u32).collect(),
+                    in_sync: s.in_sync.iter().map(|&n| n as u32).collect(),
+                    live: u8::from(live.is_some()),
+                    high_watermark: live.map_or(0, |p| p.shard.reader().high_watermark()),
+                    mirrors: live.map(|p| p.mirror_states()).unwrap_or_default(),
+                });
+            }
+        }
         DescribeClusterResponse {
             enabled: 1,
             node_id: self.node_id as u32,
@@ -82,18 +241,161 @@ impl Cluster {
             shards,
         }
     }
+
+    /// Every shard this node leads right now.
+    pub fn led_shards(&self) -> Vec<Arc<PrimaryState>> {
+        self.primaries
+            .read()
+            .expect("primaries lock")
+            .values()
+            .flat_map(|m| m.values().cloned())
+            .collect()
+    }
 }
 
+/// The control plane's cluster side: what goes through the consensus engine.
 impl Cluster {
-    /// Serves a mirror's MirrorFetch (this node should be the shard's primary).
-    pub async fn mirror_fetch(
+    /// CreateTopic on a cluster node: settings resolved here (defaults, ranges,
+    /// replicas against the node count), the topic committed through the controller,
+    /// and answered once this node has its local copy.
+    pub async fn create_topic(
         &self,
-        request: weir_protocol::messages::MirrorFetchRequest,
-    ) -> Result<weir_protocol::messages::MirrorFetchResponse, crate::error::BrokerError> {
-        let _ = request;
-        Err(crate::error::BrokerError::new(
-            weir_protocol::ErrorCode::NotPrimary,
-            "mirroring not built yet",
+        r: weir_protocol::messages::CreateTopicRequest,
+    ) -> Result<weir_protocol::messages::TopicMetadata, BrokerError> {
+        if !crate::names::valid_name(&r.name) {
+            return Err(BrokerError::new(
+                ErrorCode::InvalidTopicName,
+                format!("{:?}: use 1 to 249 characters of [A-Za-z0-9._-]", r.name),
+            ));
+        }
+        let shards = match r.shards {
+            0 => self.config.default_shards,
+            n => n,
+        };
+        if shards > self.config.max_shards_per_topic {
+            return Err(BrokerError::new(
+                ErrorCode::InvalidConfig,
+                format!(
+                    "{shards} shards exceeds max_shards_per_topic {}",
+                    self.config.max_shards_per_topic
+                ),
+            ));
+        }
+        let config = self.topics.resolve(r.config)?;
+        let result = self
+            .consensus
+            .write(meta::Command::CreateTopic {
+                name: r.name.clone(),
+                shards,
+                settings: meta::TopicSettings::from(&config),
+            })
+            .await?;
+        refusal(result)?;
+        self.wait_local(&r.name, true).await?;
+        Ok(self.topics.get(&r.name)?.metadata())
+    }
+
+    /// DeleteTopic on a cluster node.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
+        let result = self
+            .consensus
+            .write(meta::Command::DeleteTopic {
+                name: name.to_string(),
+            })
+            .await?;
+        refusal(result)?;
+        self.wait_local(name, false).await
+    }
+
+    /// Waits (bounded) until the agent has created (or deleted) the local copy.
+    async fn wait_local(&self, name: &str, present: bool) -> Result<(), BrokerError> {
+        for _ in 0..200 {
+            if self.topics.get(name).is_ok() == present {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Err(BrokerError::new(
+            ErrorCode::RequestTimedOut,
+            format!(
+                "the change of topic {name:?} is committed but this node has not applied it yet"
+            ),
         ))
+    }
+
+    /// A producer id no node has handed out.
+    pub async fn allocate_producer_id(&self) -> Result<u64, BrokerError> {
+        match self
+            .consensus
+            .write(meta::Command::AllocateProducerIds { count: 1 })
+            .await?
+        {
+            meta::CommandResult::ProducerIds { first, .. } => Ok(first),
+            other => refusal(other).and(Err(BrokerError::new(
+                ErrorCode::Unknown,
+                "the consensus engine answered the id allocation with something else",
+            ))),
+        }
+    }
+
+    /// Commits a group's offsets through the consensus engine.
+    pub async fn commit_offsets(
+        &self,
+        group: &str,
+        offsets: &[weir_protocol::messages::OffsetEntry],
+    ) -> Result<(), BrokerError> {
+        let result = self
+            .consensus
+            .write(meta::Command::CommitOffsets {
+                group: group.to_string(),
+                offsets: offsets
+                    .iter()
+                    .map(|o| (o.topic.clone(), o.shard, o.offset))
+                    .collect(),
+            })
+            .await?;
+        refusal(result)
+    }
+
+    /// A group's committed offsets (every one when `shards` is empty).
+    pub fn committed_offsets(
+        &self,
+        group: &str,
+        shards: &[weir_protocol::messages::ShardRef],
+    ) -> Vec<weir_protocol::messages::OffsetEntry> {
+        let meta = self.meta();
+        let Some(g) = meta.offsets.get(group) else {
+            return Vec::new();
+        };
+        let entry = |topic: &str, shard: u32, offset: u64| weir_protocol::messages::OffsetEntry {
+            topic: topic.to_string(),
+            shard,
+            offset,
+        };
+        if shards.is_empty() {
+            g.iter()
+                .flat_map(|(t, m)| m.iter().map(move |(&s, &o)| entry(t, s, o)))
+                .collect()
+        } else {
+            shards
+                .iter()
+                .filter_map(|s| {
+                    g.get(&s.topic)
+                        .and_then(|m| m.get(&s.shard))
+                        .map(|&o| entry(&s.topic, s.shard, o))
+                })
+                .collect()
+        }
+    }
+}
+
+/// A command's refusal as the broker's error.
+fn refusal(result: meta::CommandResult) -> Result<(), BrokerError> {
+    match result {
+        meta::CommandResult::Refused { code, message } => Err(BrokerError::new(
+            ErrorCode::from_u16(code).unwrap_or(ErrorCode::Unknown),
+            message,
+        )),
+        _ => Ok(()),
     }
 }

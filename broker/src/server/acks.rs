@@ -6,7 +6,10 @@
 //!   (the page cache) and published the new high-water mark;
 //! - `durable`: answered once a flush that covers them has finished (group commit:
 //!   one flush answers every durable waiter of its group);
-//! - `mirrored`: refused until mirrors exist.
+//! - `mirrored`: in a cluster, answered once every copy in the shard's in-sync set
+//!   holds the batches (the replicated high-water mark passed them; refused up front
+//!   with NOT_ENOUGH_MIRRORS when the set is smaller than `min_in_sync`); on a single
+//!   node, where the one copy is the whole in-sync set, the same as `durable`.
 //!
 //! A new level is one new [`Wait`] (and the writer's support for it) plus one arm of
 //! [`AckPlan::for_level`]; the connection and the produce path take an [`AckPlan`] and
@@ -37,28 +40,26 @@ pub struct AckPlan {
     pub wait: Wait,
     /// Whether the client gets an answer at all.
     pub reply: bool,
+    /// Whether the answer also waits for every in-sync mirror (a cluster).
+    pub mirrored: bool,
 }
 
 impl AckPlan {
     /// The plan for an ack level, or the refusal of a level this broker cannot give.
-    pub fn for_level(level: Acks) -> Result<AckPlan, BrokerError> {
+    pub fn for_level(level: Acks, cluster: bool) -> Result<AckPlan, BrokerError> {
+        let plan = |wait, reply, mirrored| {
+            Ok(AckPlan {
+                wait,
+                reply,
+                mirrored,
+            })
+        };
         match level {
-            Acks::None => Ok(AckPlan {
-                wait: Wait::Written,
-                reply: false,
-            }),
-            Acks::Leader => Ok(AckPlan {
-                wait: Wait::Written,
-                reply: true,
-            }),
-            Acks::Durable => Ok(AckPlan {
-                wait: Wait::Flushed,
-                reply: true,
-            }),
-            Acks::Mirrored => Err(BrokerError::new(
-                ErrorCode::InvalidRequest,
-                "acks=mirrored needs a mirror; mirrors are not available yet",
-            )),
+            Acks::None => plan(Wait::Written, false, false),
+            Acks::Leader => plan(Wait::Written, true, false),
+            Acks::Durable => plan(Wait::Flushed, true, false),
+            Acks::Mirrored if cluster => plan(Wait::Written, true, true),
+            Acks::Mirrored => plan(Wait::Flushed, true, false),
         }
     }
 
@@ -101,19 +102,21 @@ mod tests {
 
     #[test]
     fn levels() {
-        let none = AckPlan::for_level(Acks::None).unwrap();
+        let none = AckPlan::for_level(Acks::None, false).unwrap();
         assert!(!none.reply && !none.needs_flush());
-        let leader = AckPlan::for_level(Acks::Leader).unwrap();
+        let leader = AckPlan::for_level(Acks::Leader, false).unwrap();
         assert!(leader.reply && !leader.needs_flush());
-        let durable = AckPlan::for_level(Acks::Durable).unwrap();
+        let durable = AckPlan::for_level(Acks::Durable, false).unwrap();
         assert!(durable.reply && durable.needs_flush());
-        let e = AckPlan::for_level(Acks::Mirrored).unwrap_err();
-        assert_eq!(e.code, ErrorCode::InvalidRequest);
+        let single = AckPlan::for_level(Acks::Mirrored, false).unwrap();
+        assert!(single.needs_flush() && !single.mirrored);
+        let cluster = AckPlan::for_level(Acks::Mirrored, true).unwrap();
+        assert!(cluster.mirrored && !cluster.needs_flush());
     }
 
     #[tokio::test]
     async fn a_writer_that_never_answers_times_out_and_a_dropped_one_is_shutting_down() {
-        let plan = AckPlan::for_level(Acks::Leader).unwrap();
+        let plan = AckPlan::for_level(Acks::Leader, false).unwrap();
         let (_tx, rx) = tokio::sync::oneshot::channel();
         let e = plan.wait(rx, Duration::from_millis(1)).await.unwrap_err();
         assert_eq!(e.code, ErrorCode::RequestTimedOut);

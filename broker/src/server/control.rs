@@ -47,6 +47,12 @@ pub async fn create_topic(
     state: &BrokerState,
     r: CreateTopicRequest,
 ) -> Result<ResponseBody, BrokerError> {
+    if let Some(c) = &state.cluster {
+        return Ok(CreateTopicResponse {
+            topic: c.create_topic(r).await?,
+        }
+        .into());
+    }
     let t = state.topics.create(&r.name, r.shards, r.config).await?;
     Ok(CreateTopicResponse {
         topic: t.metadata(),
@@ -58,6 +64,10 @@ pub async fn delete_topic(
     state: &BrokerState,
     r: DeleteTopicRequest,
 ) -> Result<ResponseBody, BrokerError> {
+    if let Some(c) = &state.cluster {
+        c.delete_topic(&r.name).await?;
+        return Ok(DeleteTopicResponse {}.into());
+    }
     state.topics.delete(&r.name).await?;
     // Its queues go with it (a recreated topic starts with fresh ones).
     state.queues.forget_topic(&r.name).await.map_err(|e| {
@@ -161,6 +171,12 @@ pub fn init_producer_id(
             producer_id: r.producer_id,
             producer_epoch: epoch,
         },
+        None if state.cluster.is_some() => {
+            return Err(BrokerError::new(
+                ErrorCode::Unknown,
+                "cluster producer ids are handed out by init_producer_id_cluster",
+            ))
+        }
         None => InitProducerIdResponse {
             producer_id: state
                 .producer_ids
@@ -172,16 +188,51 @@ pub fn init_producer_id(
     Ok(resp.into())
 }
 
+/// InitProducerId on a cluster node: a new id comes from the consensus engine, so no
+/// two nodes ever hand out the same one.
+pub async fn init_producer_id_cluster(
+    state: &BrokerState,
+    r: InitProducerIdRequest,
+) -> Result<ResponseBody, BrokerError> {
+    let cluster = state.cluster.as_ref().expect("a cluster node");
+    if r.producer_id != 0 {
+        if let Some(epoch) = state.producer_ids.bump(r.producer_id, r.producer_epoch)? {
+            return Ok(InitProducerIdResponse {
+                producer_id: r.producer_id,
+                producer_epoch: epoch,
+            }
+            .into());
+        }
+    }
+    let id = cluster.allocate_producer_id().await?;
+    state.producer_ids.set_cluster_issued_below(id + 1);
+    Ok(InitProducerIdResponse {
+        producer_id: id,
+        producer_epoch: 0,
+    }
+    .into())
+}
+
+/// In a cluster, consumer groups live on the controller.
+fn coordinator(state: &BrokerState) -> Result<(), BrokerError> {
+    match &state.cluster {
+        Some(c) => c.check_coordinator(),
+        None => Ok(()),
+    }
+}
+
 /// Consumer groups in streaming (offset) mode.
 pub async fn join_group(
     state: &Arc<BrokerState>,
     r: JoinGroupRequest,
 ) -> Result<ResponseBody, BrokerError> {
+    coordinator(state)?;
     super::queue::refuse_queue_group(state, &r.group)?;
     Ok(state.groups.join(r).await?.into())
 }
 
 pub fn heartbeat(state: &BrokerState, r: HeartbeatRequest) -> Result<ResponseBody, BrokerError> {
+    coordinator(state)?;
     state
         .groups
         .heartbeat(&r.group, &r.member_id, r.generation)?;
@@ -189,6 +240,7 @@ pub fn heartbeat(state: &BrokerState, r: HeartbeatRequest) -> Result<ResponseBod
 }
 
 pub fn leave_group(state: &BrokerState, r: LeaveGroupRequest) -> Result<ResponseBody, BrokerError> {
+    coordinator(state)?;
     state.groups.leave(&r.group, &r.member_id)?;
     Ok(LeaveGroupResponse {}.into())
 }
@@ -202,15 +254,30 @@ pub async fn commit_offsets(
     state
         .groups
         .check_commit(&r.group, &r.member_id, r.generation)?;
+    coordinator(state)?;
     for e in &r.offsets {
         let t = state.topics.get(&e.topic)?;
         t.shard(e.shard)?;
+    }
+    if let Some(c) = &state.cluster {
+        c.commit_offsets(&r.group, &r.offsets).await?;
+        return Ok(CommitOffsetsResponse {}.into());
     }
     state.offsets.commit(&r.group, &r.offsets).await?;
     Ok(CommitOffsetsResponse {}.into())
 }
 
-pub fn fetch_offsets(state: &BrokerState, r: FetchOffsetsRequest) -> ResponseBody {
+pub fn fetch_offsets(
+    state: &BrokerState,
+    r: FetchOffsetsRequest,
+) -> Result<ResponseBody, BrokerError> {
+    coordinator(state)?;
+    if let Some(c) = &state.cluster {
+        return Ok(FetchOffsetsResponse {
+            offsets: c.committed_offsets(&r.group, &r.shards),
+        }
+        .into());
+    }
     let offsets = if r.shards.is_empty() {
         state.offsets.all(&r.group)
     } else {
@@ -228,7 +295,7 @@ pub fn fetch_offsets(state: &BrokerState, r: FetchOffsetsRequest) -> ResponseBod
             })
             .collect()
     };
-    FetchOffsetsResponse { offsets }.into()
+    Ok(FetchOffsetsResponse { offsets }.into())
 }
 
 /// DescribeCluster: the cluster as this node knows it, or `enabled = 0`.

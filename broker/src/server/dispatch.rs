@@ -73,12 +73,15 @@ async fn route(state: &Arc<BrokerState>, request: Request) -> Result<ResponseBod
         Request::CreateTopic(r) => control::create_topic(state, r).await?,
         Request::DeleteTopic(r) => control::delete_topic(state, r).await?,
         Request::Metadata(r) => control::metadata(state, r)?,
+        Request::InitProducerId(r) if state.cluster.is_some() => {
+            control::init_producer_id_cluster(state, r).await?
+        }
         Request::InitProducerId(r) => control::init_producer_id(state, r)?,
         Request::JoinGroup(r) => control::join_group(state, r).await?,
         Request::Heartbeat(r) => control::heartbeat(state, r)?,
         Request::LeaveGroup(r) => control::leave_group(state, r)?,
         Request::CommitOffsets(r) => control::commit_offsets(state, r).await?,
-        Request::FetchOffsets(r) => control::fetch_offsets(state, r),
+        Request::FetchOffsets(r) => control::fetch_offsets(state, r)?,
         Request::DescribeQuotas(r) => state.flow.describe_quotas(r)?.into(),
         Request::AlterQuotas(r) => state.flow.alter_quotas(r)?.into(),
         Request::FlowStatus(_) => state.flow.status().into(),

@@ -20,6 +20,7 @@ use weir_protocol::{DecodeError, ErrorCode};
 
 use super::acks::{append_error, AckPlan};
 use super::admission;
+use crate::cluster::replication::primary::PrimaryState;
 use crate::error::BrokerError;
 use crate::flow::quota::ClientState;
 use crate::flow::ProduceTicket;
@@ -52,6 +53,9 @@ pub struct Queued {
     bytes: u64,
     /// Flow-control accounting, released when the produce is answered.
     ticket: ProduceTicket,
+    /// In a cluster, the shard's primary role (it moves the replicated high-water mark
+    /// and answers `mirrored`).
+    primary: Option<Arc<PrimaryState>>,
 }
 
 /// Validates a produce and queues it on its shard's writer.
@@ -62,7 +66,7 @@ pub async fn start(
     req: ProduceRequest,
 ) -> Started {
     // Without an ack plan (a level this broker cannot give) the client still hears why.
-    let reply = AckPlan::for_level(req.acks).map_or(true, |p| p.reply);
+    let reply = AckPlan::for_level(req.acks, state.cluster.is_some()).map_or(true, |p| p.reply);
     let refuse = |e: BrokerError, retry_after_ms: u32| {
         tracing::debug!(code = %e.code, message = %e.message, "produce refused");
         Started::Refused(Outcome {
@@ -81,6 +85,7 @@ pub async fn start(
         batches,
         headers,
         class,
+        primary,
     } = checked;
     let records: u64 = headers.iter().map(|h| u64::from(h.record_count)).sum();
     let bytes = batches.iter().map(|b| b.len() as u64).sum();
@@ -117,6 +122,7 @@ pub async fn start(
         records,
         bytes,
         ticket,
+        primary,
     })
 }
 
@@ -127,6 +133,7 @@ struct Checked {
     batches: Vec<Bytes>,
     headers: Vec<BatchHeader>,
     class: Class,
+    primary: Option<Arc<PrimaryState>>,
 }
 
 /// Every check a produce must pass before admission, in the order a client sees
@@ -134,6 +141,21 @@ struct Checked {
 fn check(state: &BrokerState, req: &ProduceRequest) -> Result<Checked, BrokerError> {
     let topic = state.topics.get(&req.topic)?;
     let shard = topic.shard(req.shard)?.clone();
+    let plan = AckPlan::for_level(req.acks, state.cluster.is_some())?;
+    // In a cluster only the primary takes produce, and a mirrored one needs enough
+    // in-sync copies before anything is written.
+    let primary = match &state.cluster {
+        Some(c) => {
+            let p = c.check_primary(&req.topic, req.shard)?;
+            if plan.mirrored {
+                p.check_min_in_sync()?;
+            }
+            // The primary's handle: a copy cut back and reopened gets a new one.
+            Some(p)
+        }
+        None => None,
+    };
+    let shard = primary.as_ref().map_or(shard, |p| p.shard.clone());
     let max = topic.config.max_message_bytes;
     if req.records.len_bytes() > max as usize {
         return Err(BrokerError::new(
@@ -147,7 +169,6 @@ fn check(state: &BrokerState, req: &ProduceRequest) -> Result<Checked, BrokerErr
     if req.records.is_empty() {
         return Err(BrokerError::new(ErrorCode::InvalidBatch, "no batches"));
     }
-    let plan = AckPlan::for_level(req.acks)?;
     let (batches, headers) = split_and_fill(&topic, req.records.to_bytes())?;
     keys_on_shard(&batches, req.shard, topic.shards.len() as u32)?;
     // Fencing per producer id, on every shard at once (producer_ids.rs); the shard's
@@ -177,6 +198,7 @@ fn check(state: &BrokerState, req: &ProduceRequest) -> Result<Checked, BrokerErr
         batches,
         headers,
         class,
+        primary,
     })
 }
 
@@ -275,8 +297,18 @@ impl Queued {
             records,
             bytes,
             mut ticket,
+            primary,
         } = self;
-        let outcome = plan.wait(rx, timeout).await;
+        let deadline = std::time::Instant::now() + timeout;
+        let mut outcome = plan.wait(rx, timeout).await;
+        if let (Some(p), Ok(o)) = (&primary, &outcome) {
+            p.on_local_write();
+            if plan.mirrored {
+                if let Err(e) = p.wait_replicated(o.last_offset + 1, deadline).await {
+                    outcome = Err(e);
+                }
+            }
+        }
         if let Ok(o) = &outcome {
             ticket.acked();
             if !o.duplicate {

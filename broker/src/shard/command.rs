@@ -54,7 +54,18 @@ impl AppendCmd {
 /// Requests that are not appends.
 pub(super) enum Control {
     Flush(oneshot::Sender<Result<(), AppendError>>),
+    /// A mirror's copy of its primary's batches, written at the offsets the primary
+    /// gave them (see [`ReplicaAppend`]).
+    Replicate(ReplicaAppend),
     Shutdown,
+}
+
+/// Batches copied from the primary, stamped with their offsets there. The writer
+/// writes them only if the first starts at its log's end, and answers with the new end.
+pub(super) struct ReplicaAppend {
+    pub batches: Vec<Bytes>,
+    pub headers: Vec<BatchHeader>,
+    pub reply: oneshot::Sender<Result<u64, AppendError>>,
 }
 
 /// Per-class counters of one shard's writer, for `/metrics` and load signals.

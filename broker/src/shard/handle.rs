@@ -13,7 +13,8 @@ use weir_protocol::classes::{Class, ClassMap, CLASS_COUNT};
 
 use super::class_index::ClassIndex;
 use super::command::{
-    AppendCmd, AppendError, AppendOutcome, ClassStats, Control, PendingAppend, ShardConfig,
+    AppendCmd, AppendError, AppendOutcome, ClassStats, Control, PendingAppend, ReplicaAppend,
+    ShardConfig,
 };
 use super::idempotence::ProducerTable;
 use super::writer::Writer;
@@ -34,6 +35,9 @@ pub struct Shard {
     class_index: Mutex<ClassIndex>,
     reader: LogReader,
     hwm: watch::Receiver<u64>,
+    /// The writer's side of `hwm`, to raise it when the replicated high-water mark
+    /// moves (a cluster).
+    hwm_tx: Arc<watch::Sender<u64>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Newest epoch per producer id found in the log on open, until the broker takes
     /// it into its fencing table ([`Shard::take_recovered_epochs`]).
@@ -51,8 +55,20 @@ impl std::fmt::Debug for Shard {
 impl Shard {
     /// Opens (recovering) the log in `dir` and starts its writer thread.
     pub fn open(dir: &Path, name: &str, config: ShardConfig) -> Result<Arc<Shard>, StorageError> {
+        Shard::open_capped(dir, name, config, u64::MAX)
+    }
+
+    /// [`Shard::open`] with readers seeing nothing at or above `visible_cap` until
+    /// [`Shard::raise_visible`] lifts it (a cluster node opens its copies with 0).
+    pub fn open_capped(
+        dir: &Path,
+        name: &str,
+        config: ShardConfig,
+        visible_cap: u64,
+    ) -> Result<Arc<Shard>, StorageError> {
         let log = Log::open(dir, config.log.clone())?;
         let reader = log.reader();
+        reader.reset_visible_cap(visible_cap);
         let producers = rebuild_producers(&reader, config.classes);
         let recovered_epochs = Mutex::new(producers.newest_epochs().into_iter().collect());
         let depth = config.queue_depth.max(1);
@@ -67,13 +83,14 @@ impl Shard {
             .map_err(|_| ())
             .expect("one lane per class");
         let (control, control_rx) = mpsc::channel(16);
-        let (hwm_tx, hwm_rx) = watch::channel(log.high_watermark());
+        let (hwm_tx, hwm_rx) = watch::channel(log.visible_high_watermark());
+        let hwm_tx = Arc::new(hwm_tx);
         let stats = Arc::new(ClassStats::default());
         let classes = config.classes;
         let writer = Writer {
             log,
             producers,
-            hwm: hwm_tx,
+            hwm: hwm_tx.clone(),
             stats: stats.clone(),
             config,
             troubled: false,
@@ -95,6 +112,7 @@ impl Shard {
             class_index: Mutex::new(ClassIndex::default()),
             reader,
             hwm: hwm_rx,
+            hwm_tx,
             thread: Mutex::new(Some(thread)),
             recovered_epochs,
         }))
@@ -209,6 +227,40 @@ impl Shard {
     /// The log's readers' view.
     pub fn reader(&self) -> &LogReader {
         &self.reader
+    }
+
+    /// Lets readers see up to `cap` (the replicated high-water mark), never lowering
+    /// what they see, and wakes everyone watching the high-water mark.
+    pub fn raise_visible(&self, cap: u64) {
+        self.reader.set_visible_cap(cap);
+        let now = self.reader.high_watermark();
+        self.hwm_tx.send_if_modified(|v| {
+            let raise = now > *v;
+            if raise {
+                *v = now;
+            }
+            raise
+        });
+    }
+
+    /// Writes batches copied from the primary at the offsets they carry (the first
+    /// must start at this log's end); returns the log's new end. See
+    /// [`ReplicaAppend`].
+    pub async fn replicate(
+        &self,
+        batches: Vec<Bytes>,
+        headers: Vec<BatchHeader>,
+    ) -> Result<u64, AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.control
+            .send(Control::Replicate(ReplicaAppend {
+                batches,
+                headers,
+                reply,
+            }))
+            .await
+            .map_err(|_| AppendError::Closed)?;
+        rx.await.map_err(|_| AppendError::Closed)?
     }
 
     /// A watch that changes whenever the high-water mark advances.

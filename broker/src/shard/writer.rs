@@ -16,7 +16,9 @@ use weir_protocol::batch::BatchHeader;
 use weir_protocol::classes::{Class, CLASS_COUNT};
 use weir_protocol::messages::Durability;
 
-use super::command::{AppendCmd, AppendError, AppendOutcome, ClassStats, Control, ShardConfig};
+use super::command::{
+    AppendCmd, AppendError, AppendOutcome, ClassStats, Control, ReplicaAppend, ShardConfig,
+};
 use super::flusher::{Flusher, Waiter};
 use super::idempotence::{continues, ProducerTable, Verdict};
 use crate::scheduler::Wfq;
@@ -29,7 +31,9 @@ pub use super::command::{PendingAppend, DEFAULT_GROUP_BYTES_MAX, MAX_GROUP_COMMA
 pub(super) struct Writer {
     pub log: Log,
     pub producers: ProducerTable,
-    pub hwm: watch::Sender<u64>,
+    /// What readers see (the log's end, capped in a cluster); shared with the handle,
+    /// which raises it when the replicated high-water mark moves.
+    pub hwm: Arc<watch::Sender<u64>>,
     pub stats: Arc<ClassStats>,
     pub config: ShardConfig,
     /// The log refuses appends (`Log::trouble`) and the stats say so.
@@ -52,6 +56,8 @@ struct Turns {
     next_retention: Instant,
     /// When a stalled roll is tried again.
     next_retry: Instant,
+    /// Mirror appends received, written at the start of the next turn.
+    replicas: Vec<ReplicaAppend>,
     shutdown: bool,
     /// Settings derived from the config once.
     flush_every: Duration,
@@ -73,6 +79,7 @@ impl Turns {
             next_flush: Instant::now() + flush_every,
             next_retention: Instant::now() + retention_every,
             next_retry: Instant::now(),
+            replicas: Vec::new(),
             shutdown: false,
             flush_every,
             retention_every,
@@ -124,6 +131,7 @@ impl Writer {
             loop {
                 take_arrivals(&mut lanes, &mut t);
                 take_control(&mut control, &mut t);
+                self.write_replicas(&mut t);
                 if t.shutdown {
                     self.shut_down(&mut lanes, &mut t);
                     break;
@@ -213,6 +221,7 @@ impl Writer {
             biased;
             c = control.recv() => match c {
                 Some(Control::Flush(reply)) => flush_replies.push(reply),
+                Some(Control::Replicate(r)) => t.replicas.push(r),
                 Some(Control::Shutdown) | None => t.shutdown = true,
             },
             r = flush_done => flushed = Some(r),
@@ -259,6 +268,56 @@ impl Writer {
             t.next_retry = now + STALL_RETRY_EVERY;
             self.publish_trouble();
         }
+    }
+
+    /// Tells readers' watch what they can see now: never offsets a failed append
+    /// assigned, never past the replicated high-water mark. Only raises it (the cap
+    /// may sit below what was visible when the shard opened without one).
+    fn publish_visible(&self) {
+        let new = self.log.visible_high_watermark();
+        self.hwm.send_if_modified(|v| {
+            let raise = new > *v;
+            if raise {
+                *v = new;
+            }
+            raise
+        });
+    }
+
+    /// Writes the mirror appends received since the last turn, each only where it
+    /// continues the log, and answers each with the log's new end. The producer table
+    /// learns every batch, so this copy can answer retries as duplicates if it becomes
+    /// the primary.
+    fn write_replicas(&mut self, t: &mut Turns) {
+        for r in std::mem::take(&mut t.replicas) {
+            let end = self.log.high_watermark();
+            let first = r.headers.first().map(|h| h.base_offset);
+            let result = if first != Some(end) {
+                Err(AppendError::Storage(format!(
+                    "mirror append starts at {first:?}, the log ends at {end}"
+                )))
+            } else {
+                match self.log.append(&r.batches) {
+                    Ok(info) => {
+                        crate::invariant!(
+                            info.base_offset == end,
+                            "mirrors keep the primary's offsets",
+                            "a mirror append meant for {end} landed at {}",
+                            info.base_offset
+                        );
+                        for h in &r.headers {
+                            self.producers.accept(h);
+                        }
+                        t.dirty = true;
+                        Ok(info.last_offset + 1)
+                    }
+                    Err(e) => Err(AppendError::Storage(e.to_string())),
+                }
+            };
+            let _ = r.reply.send(result);
+        }
+        self.publish_visible();
+        self.publish_trouble();
     }
 
     /// Tells `/health` and `/metrics` whether the log refuses appends, and why, before
@@ -319,14 +378,7 @@ impl Writer {
             }
         }
         if wrote {
-            // What readers can see, never offsets a failed append assigned.
-            let new = self.log.published_high_watermark();
-            let old = self.hwm.send_replace(new);
-            crate::invariant!(
-                new >= old,
-                "high-water mark monotonic",
-                "the shard's watch would move from {old} back to {new}"
-            );
+            self.publish_visible();
         }
         self.publish_trouble();
         for (reply, result) in leader_waiters {
@@ -359,6 +411,7 @@ fn take_control(control: &mut mpsc::Receiver<Control>, t: &mut Turns) {
     loop {
         match control.try_recv() {
             Ok(Control::Flush(reply)) => t.flusher.want(Vec::new(), Some(reply)),
+            Ok(Control::Replicate(r)) => t.replicas.push(r),
             Ok(Control::Shutdown) => t.shutdown = true,
             Err(_) => break,
         }

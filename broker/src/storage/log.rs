@@ -73,6 +73,10 @@ pub(super) struct Shared {
     pub segments: RwLock<Arc<Vec<Arc<Segment>>>>,
     pub high_watermark: AtomicU64,
     pub log_start_offset: AtomicU64,
+    /// Readers see no offset at or above this (`u64::MAX` = no cap). In a cluster it is
+    /// the shard's replicated high-water mark, below which every in-sync copy holds the
+    /// log; the writer's own end (`high_watermark`) may run ahead of it.
+    pub visible_cap: AtomicU64,
 }
 
 impl Shared {
@@ -132,6 +136,7 @@ impl Log {
             segments: RwLock::new(Arc::new(segments)),
             high_watermark: AtomicU64::new(hwm),
             log_start_offset: AtomicU64::new(log_start),
+            visible_cap: AtomicU64::new(u64::MAX),
         });
         let mut log = Log {
             config,
@@ -647,6 +652,13 @@ impl Log {
         self.shared.high_watermark.load(Ordering::Acquire)
     }
 
+    /// What readers see: the published high-water mark, capped by the replicated one
+    /// in a cluster (see [`LogReader::set_visible_cap`]).
+    pub fn visible_high_watermark(&self) -> u64 {
+        self.published_high_watermark()
+            .min(self.shared.visible_cap.load(Ordering::Acquire))
+    }
+
     /// The first offset still held.
     pub fn log_start_offset(&self) -> u64 {
         self.shared.log_start_offset.load(Ordering::Acquire)
@@ -875,13 +887,36 @@ impl LogReader {
     /// so a reader gets every intact record up to the damage and then learns where it
     /// is (and can continue past it by offset).
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Vec<Bytes>, StorageError> {
+        self.read_below(offset, max_bytes, self.high_watermark())
+    }
+
+    /// [`LogReader::read`] up to the writer's own end, past the visible cap: what a
+    /// primary sends its mirrors.
+    pub fn read_unreplicated(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<Bytes>, StorageError> {
+        self.read_below(offset, max_bytes, self.log_end_offset())
+    }
+
+    fn read_below(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        hwm: u64,
+    ) -> Result<Vec<Bytes>, StorageError> {
         let log_start = self.shared.log_start_offset.load(Ordering::Acquire);
-        let hwm = self.shared.high_watermark.load(Ordering::Acquire);
         let out_of_range = |log_start| StorageError::OffsetOutOfRange {
             requested: offset,
             log_start,
             high_watermark: hwm,
         };
+        if offset > hwm && offset <= self.log_end_offset() {
+            // Written but not yet held by every in-sync copy (a cluster): nothing to
+            // read yet, which is not an error.
+            return Ok(Vec::new());
+        }
         if offset < log_start || offset > hwm {
             return Err(out_of_range(log_start));
         }
@@ -922,9 +957,30 @@ impl LogReader {
         Ok(read.out)
     }
 
-    /// The next offset the writer will assign; everything below it is readable.
+    /// Everything below it is readable: the next offset the writer will assign, or the
+    /// replicated high-water mark when that is lower (a cluster).
     pub fn high_watermark(&self) -> u64 {
+        self.shared
+            .high_watermark
+            .load(Ordering::Acquire)
+            .min(self.shared.visible_cap.load(Ordering::Acquire))
+    }
+
+    /// The next offset the writer will assign (the log's end), whatever readers may see.
+    pub fn log_end_offset(&self) -> u64 {
         self.shared.high_watermark.load(Ordering::Acquire)
+    }
+
+    /// Caps what readers see at `cap` (`u64::MAX` lifts the cap). Only raises it: the
+    /// replicated high-water mark never moves back on a copy that serves reads.
+    pub fn set_visible_cap(&self, cap: u64) {
+        self.shared.visible_cap.fetch_max(cap, Ordering::AcqRel);
+    }
+
+    /// Starts the log with a cap of `cap`, whatever it was (a cluster node opens every
+    /// shard with nothing visible until it knows it is the primary).
+    pub fn reset_visible_cap(&self, cap: u64) {
+        self.shared.visible_cap.store(cap, Ordering::Release);
     }
 
     /// The first offset still held.
@@ -936,7 +992,7 @@ impl LogReader {
     /// or `None` if every published record is older. It is in the first batch whose
     /// `max_timestamp_ms >= ts_ms` (no earlier batch holds one).
     pub fn offset_for_timestamp(&self, ts_ms: i64) -> Result<Option<(u64, i64)>, StorageError> {
-        let hwm = self.shared.high_watermark.load(Ordering::Acquire);
+        let hwm = self.high_watermark();
         let snap = self.shared.snapshot();
         for seg in snap.iter() {
             if seg.base_offset >= hwm {

@@ -33,11 +33,13 @@ mod log;
 mod recovery;
 mod retention;
 mod segment;
+mod truncate;
 pub mod workers;
 
 pub use config::{LogConfig, DEFAULT_PREALLOCATE_BYTES};
 pub use error::StorageError;
 pub use log::{AppendInfo, Log, LogReader};
+pub use truncate::truncate_closed_log;
 
 #[cfg(test)]
 mod tests;

@@ -737,3 +737,82 @@ fn a_failed_segment_preparation_leaves_no_files() {
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// A mirror's cut: after `truncate_closed_log` the log reopens exactly at the cut,
+/// serves every batch below it unchanged, nothing at or above it, and appends from
+/// there — across segment boundaries, at a batch start and inside a batch.
+#[test]
+fn truncating_a_closed_log_cuts_back_to_the_batch_and_appends_again() {
+    for (cut, expect_end) in [
+        (0u64, 0u64),
+        (30, 30),
+        (31, 30),
+        (95, 95),
+        (200, 200),
+        (201, 200),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let batches: Vec<Bytes> = (0..40)
+            .map(|i| make_batch(i, 5, 100, 1_000 + i as i64))
+            .collect();
+        {
+            let mut log = Log::open(dir.path(), small_config(64 * 1024)).unwrap();
+            for b in &batches {
+                log.append(std::slice::from_ref(b)).unwrap();
+            }
+            assert_eq!(log.high_watermark(), 200);
+            log.flush().unwrap();
+        }
+        let end = truncate_closed_log(dir.path(), cut).unwrap();
+        assert_eq!(end, expect_end, "cut at {cut}");
+        let mut log = Log::open(dir.path(), small_config(64 * 1024)).unwrap();
+        assert_eq!(log.high_watermark(), expect_end, "cut at {cut}");
+        let kept = read_all(&log.reader(), 0).unwrap();
+        assert_eq!(kept.len() as u64, expect_end / 5);
+        for (i, b) in kept.iter().enumerate() {
+            assert_eq!(&b[..], &stamped(&batches[i], i as u64 * 5)[..]);
+        }
+        // Appends continue at the cut, and survive another reopen.
+        let fresh = make_batch(999, 3, 10, 5_000);
+        let info = log.append(std::slice::from_ref(&fresh)).unwrap();
+        assert_eq!(info.base_offset, expect_end);
+        log.flush().unwrap();
+        drop(log);
+        let log = Log::open(dir.path(), small_config(64 * 1024)).unwrap();
+        assert_eq!(log.high_watermark(), expect_end + 3);
+        let all = read_all(&log.reader(), 0).unwrap();
+        assert_eq!(&all.last().unwrap()[..], &stamped(&fresh, expect_end)[..]);
+    }
+}
+
+/// The cap readers see in a cluster: reads stop below it, a read between the cap and
+/// the log's end is empty (not out of range), and the unreplicated read goes past it.
+#[test]
+fn the_visible_cap_hides_what_is_not_replicated() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_config(64 * 1024)).unwrap();
+    for i in 0..4 {
+        log.append(&[make_batch(i, 5, 10, 1_000)]).unwrap();
+    }
+    let r = log.reader();
+    r.reset_visible_cap(10);
+    assert_eq!(r.high_watermark(), 10);
+    assert_eq!(r.log_end_offset(), 20);
+    assert_eq!(read_all(&r, 0).unwrap().len(), 2);
+    assert!(r.read(15, 1 << 20).unwrap().is_empty());
+    assert!(matches!(
+        r.read(21, 1 << 20),
+        Err(StorageError::OffsetOutOfRange { .. })
+    ));
+    let all: usize = r
+        .read_unreplicated(0, 1 << 20)
+        .unwrap()
+        .into_iter()
+        .map(|c| batch::split(c).count())
+        .sum();
+    assert_eq!(all, 4);
+    r.set_visible_cap(5);
+    assert_eq!(r.high_watermark(), 10, "the cap only rises");
+    r.set_visible_cap(u64::MAX);
+    assert_eq!(r.high_watermark(), 20);
+}

@@ -1,23 +1,52 @@
 //! The consensus engine: openraft embedded in every node, holding [`ClusterMeta`].
 //!
-//! STUB: the interface the rest of the broker uses. The implementation (openraft log
-//! and state-machine storage in `<data_dir>/cluster/`, the network over ConsensusRpc,
-//! forwarding of writes to the leader over ClusterWrite) replaces the bodies.
+//! Every node in `peers` is a voter. The engine's log, vote and snapshots live in
+//! `<data_dir>/cluster/` (`log_store.rs`, `state_machine.rs`, formats in `files.rs`),
+//! its messages travel as `ConsensusRpc` requests (`network.rs`), and a metadata change
+//! made on a node that is not the leader (the controller) is forwarded to it as a
+//! `ClusterWrite`. The rest of the broker sees only this module's [`Consensus`].
+
+pub mod files;
+mod log_store;
+mod network;
+mod state_machine;
+pub mod types;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ServerState};
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use weir_protocol::messages::{
     ClusterWriteRequest, ClusterWriteResponse, ConsensusRole, ConsensusRpcRequest,
     ConsensusRpcResponse,
 };
-use weir_protocol::ErrorCode;
+use weir_protocol::{ErrorCode, ResponseBody};
 
-use super::meta::{ClusterMeta, Command, CommandResult, NodeId};
+use super::meta::{ClusterMeta, Command, CommandResult, NodeEntry, NodeId};
+use super::peer::{Peer, PeerError};
 use crate::error::BrokerError;
+use network::{Liveness, NetworkFactory};
+use types::Raft;
+
+pub use log_store::OpenError;
+
+/// A snapshot of the metadata is taken every this many applied entries, and the log
+/// before it dropped (keeping [`LOG_KEPT_AFTER_SNAPSHOT`] for slow followers).
+pub const SNAPSHOT_EVERY_ENTRIES: u64 = 1000;
+/// Entries kept in the log behind the last snapshot.
+pub const LOG_KEPT_AFTER_SNAPSHOT: u64 = 500;
+/// How long [`Consensus::write`] keeps trying while no leader is known or reachable.
+pub const WRITE_RETRY_FOR: Duration = Duration::from_secs(2);
+/// How long a write waits for its entry to be applied on this node.
+const APPLY_WAIT: Duration = Duration::from_secs(5);
+/// Pause between attempts while an election runs.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// What the engine needs to start.
 #[derive(Debug, Clone)]
@@ -33,19 +62,126 @@ pub struct ConsensusConfig {
     pub node_timeout: Duration,
 }
 
+/// A forwarded write's answer (the `result` of a ClusterWrite response): the log index
+/// the command was committed at, so the forwarding node can wait until it has applied
+/// it too, and the command's result.
+#[derive(Debug, Serialize, Deserialize)]
+struct WriteAnswer {
+    log_index: u64,
+    result: CommandResult,
+}
+
 /// A running consensus engine.
-#[derive(Debug)]
 pub struct Consensus {
     config: ConsensusConfig,
-    meta: watch::Sender<Arc<ClusterMeta>>,
+    raft: Raft,
+    meta: Arc<watch::Sender<Arc<ClusterMeta>>>,
+    peers: BTreeMap<NodeId, Arc<Peer>>,
+    liveness: Arc<Liveness>,
+    /// Since when this node is leader (None while it is not).
+    leader_since: Arc<Mutex<Option<Instant>>>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Consensus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consensus")
+            .field("node_id", &self.config.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn storage_error(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::new(ErrorCode::StorageError, format!("consensus: {e}"))
+}
+
+fn no_controller(message: impl Into<String>) -> BrokerError {
+    BrokerError::new(ErrorCode::NoController, message)
 }
 
 impl Consensus {
     /// Opens the engine's storage in `config.dir` (recovering it), starts the engine and
     /// its network, and forms the cluster from `peers` if it was never formed.
     pub async fn start(config: ConsensusConfig) -> Result<Arc<Consensus>, BrokerError> {
-        let (meta, _) = watch::channel(Arc::new(ClusterMeta::default()));
-        Ok(Arc::new(Consensus { config, meta }))
+        let (tx, _) = watch::channel(Arc::new(ClusterMeta::default()));
+        let meta = Arc::new(tx);
+        let open_error = |e: OpenError| {
+            let code = match e {
+                OpenError::Corrupt { .. } => ErrorCode::CorruptStorage,
+                OpenError::Io { .. } => ErrorCode::StorageError,
+            };
+            BrokerError::new(code, format!("consensus storage: {e}"))
+        };
+        let log = log_store::LogStore::open(&config.dir).map_err(open_error)?;
+        let sm =
+            state_machine::StateMachine::open(&config.dir, meta.clone()).map_err(open_error)?;
+
+        let heartbeat_ms = config.heartbeat.as_millis().max(1) as u64;
+        let election_ms = (config.election_timeout.as_millis() as u64).max(heartbeat_ms * 2);
+        let raft_config = openraft::Config {
+            cluster_name: "weir".into(),
+            heartbeat_interval: heartbeat_ms,
+            election_timeout_min: election_ms,
+            election_timeout_max: election_ms * 3 / 2,
+            install_snapshot_timeout: election_ms.max(1000),
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
+            max_in_snapshot_log_to_keep: LOG_KEPT_AFTER_SNAPSHOT,
+            purge_batch_size: 100,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| BrokerError::new(ErrorCode::InvalidConfig, format!("consensus: {e}")))?;
+
+        let peers: BTreeMap<NodeId, Arc<Peer>> = config
+            .peers
+            .iter()
+            .filter(|(&id, _)| id != config.node_id)
+            .map(|(&id, addr)| (id, Arc::new(Peer::new(addr.clone()))))
+            .collect();
+        let liveness = Arc::new(Liveness::default());
+        let network = NetworkFactory {
+            node_id: config.node_id,
+            peers: peers.clone(),
+            liveness: liveness.clone(),
+        };
+        let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log, sm)
+            .await
+            .map_err(storage_error)?;
+
+        // Every node forms the cluster with the same voter set; openraft documents that
+        // initialising several nodes with the same membership is safe (each writes the
+        // same membership entry at index 0), and a node that already holds a log
+        // answers NotAllowed, which is fine.
+        let initialized = raft.is_initialized().await.map_err(storage_error)?;
+        if !initialized {
+            let members: BTreeMap<NodeId, BasicNode> = config
+                .peers
+                .iter()
+                .map(|(&id, addr)| (id, BasicNode { addr: addr.clone() }))
+                .collect();
+            match raft.initialize(members).await {
+                Ok(()) => {}
+                Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(storage_error(e)),
+            }
+        }
+
+        let leader_since = Arc::new(Mutex::new(None));
+        let watcher = tokio::spawn(watch_leadership(
+            raft.clone(),
+            config.clone(),
+            meta.subscribe(),
+            leader_since.clone(),
+        ));
+        Ok(Arc::new(Consensus {
+            config,
+            raft,
+            meta,
+            peers,
+            liveness,
+            leader_since,
+            watcher,
+        }))
     }
 
     /// The metadata as applied on this node; changes whenever a command is applied.
@@ -55,18 +191,97 @@ impl Consensus {
 
     /// Commits `command` through the controller (forwarded over ClusterWrite when this
     /// node is not it) and returns its result once it is applied on this node too.
-    /// NO_CONTROLLER while no leader is known.
+    /// NO_CONTROLLER while no leader is known or reachable (after retrying for about
+    /// [`WRITE_RETRY_FOR`]).
     pub async fn write(&self, command: Command) -> Result<CommandResult, BrokerError> {
-        let _ = command;
-        Err(BrokerError::new(
-            ErrorCode::NoController,
-            "consensus not built yet",
-        ))
+        let deadline = tokio::time::Instant::now() + WRITE_RETRY_FOR;
+        let mut last_reason = String::from("no controller known");
+        loop {
+            match self.raft.client_write(command.clone()).await {
+                Ok(r) => return Ok(r.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    if let Some(leader) = f.leader_id.filter(|l| *l != self.config.node_id) {
+                        match self.forward(leader, &command, deadline).await {
+                            Ok(answer) => {
+                                self.wait_applied(answer.log_index).await?;
+                                return Ok(answer.result);
+                            }
+                            Err(Forward::Retry(reason)) => last_reason = reason,
+                            Err(Forward::Fail(e)) => return Err(e),
+                        }
+                    }
+                }
+                Err(RaftError::APIError(e)) => {
+                    return Err(BrokerError::new(ErrorCode::InvalidRequest, e.to_string()))
+                }
+                Err(RaftError::Fatal(e)) => {
+                    return Err(no_controller(format!("consensus stopped: {e}")))
+                }
+            }
+            if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+                return Err(no_controller(last_reason));
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: NodeId,
+        command: &Command,
+        deadline: tokio::time::Instant,
+    ) -> Result<WriteAnswer, Forward> {
+        let Some(peer) = self.peers.get(&leader) else {
+            return Err(Forward::Retry(format!(
+                "controller {leader} is not a known peer"
+            )));
+        };
+        let request = ClusterWriteRequest {
+            command: Bytes::from(serde_json::to_vec(command).expect("commands serialize")),
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match peer.call(request, left.max(RETRY_PAUSE)).await {
+            Ok(ResponseBody::ClusterWrite(r)) => serde_json::from_slice(&r.result).map_err(|e| {
+                Forward::Fail(no_controller(format!(
+                    "controller {leader} answered badly: {e}"
+                )))
+            }),
+            Ok(_) => Err(Forward::Fail(no_controller(format!(
+                "controller {leader} answered another api"
+            )))),
+            // Never sent, or refused before committing: safe to try again.
+            Err(e @ PeerError::Unreachable { .. }) => Err(Forward::Retry(e.to_string())),
+            Err(PeerError::Refused {
+                code: ErrorCode::NoController,
+                message,
+            }) => Err(Forward::Retry(message)),
+            Err(PeerError::Refused { code, message }) => {
+                Err(Forward::Fail(BrokerError::new(code, message)))
+            }
+            // Sent, fate unknown: retrying could apply the command twice.
+            Err(e) => Err(Forward::Fail(no_controller(format!(
+                "controller {leader} did not answer, the change may or may not be applied: {e}"
+            )))),
+        }
+    }
+
+    async fn wait_applied(&self, index: u64) -> Result<(), BrokerError> {
+        self.raft
+            .wait(Some(APPLY_WAIT))
+            .applied_index_at_least(Some(index), "write applied here")
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                BrokerError::new(
+                    ErrorCode::NoController,
+                    format!("committed, not yet applied on this node: {e}"),
+                )
+            })
     }
 
     /// The controller (consensus leader) as this node knows it.
     pub fn controller(&self) -> Option<NodeId> {
-        None
+        self.raft.metrics().borrow().current_leader
     }
 
     /// This node's id.
@@ -74,16 +289,51 @@ impl Consensus {
         self.config.node_id
     }
 
-    /// Each node's role as this node sees it.
+    /// Each node's role as this node sees it: its own from its engine state; the
+    /// leader it knows as leader; the other voters as followers.
     pub fn roles(&self) -> BTreeMap<NodeId, ConsensusRole> {
-        BTreeMap::new()
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let mut roles: BTreeMap<NodeId, ConsensusRole> = membership
+            .nodes()
+            .map(|(&id, _)| (id, ConsensusRole::Learner))
+            .collect();
+        for id in membership.voter_ids() {
+            roles.insert(id, ConsensusRole::Follower);
+        }
+        if let Some(leader) = m.current_leader {
+            roles.insert(leader, ConsensusRole::Leader);
+        }
+        let own = match m.state {
+            ServerState::Leader => ConsensusRole::Leader,
+            ServerState::Follower => ConsensusRole::Follower,
+            ServerState::Candidate => ConsensusRole::Candidate,
+            ServerState::Learner => ConsensusRole::Learner,
+            ServerState::Shutdown => ConsensusRole::Unknown,
+        };
+        roles.insert(self.config.node_id, own);
+        roles
     }
 
     /// On the controller: the nodes that acknowledged a heartbeat within
     /// `node_timeout` (itself included). `None` on other nodes, and on a controller
     /// elected less than `node_timeout` ago (it cannot judge yet).
     pub fn alive_nodes(&self) -> Option<BTreeSet<NodeId>> {
-        None
+        let since = (*self.leader_since.lock().expect("leader lock"))?;
+        // A new leader heartbeats every node at once, so after a few heartbeats a node
+        // that has not answered is as good as dead: waiting the whole node_timeout
+        // here would add it to every switchover that follows a controller's death.
+        let grace = self.config.node_timeout.min(self.config.heartbeat * 3);
+        if self.raft.metrics().borrow().state != ServerState::Leader || since.elapsed() < grace {
+            return None;
+        }
+        let mut alive: BTreeSet<NodeId> = self
+            .liveness
+            .answered_within(self.config.node_timeout)
+            .into_iter()
+            .collect();
+        alive.insert(self.config.node_id);
+        Some(alive)
     }
 
     /// Serves a ConsensusRpc from another node.
@@ -91,11 +341,33 @@ impl Consensus {
         &self,
         request: ConsensusRpcRequest,
     ) -> Result<ConsensusRpcResponse, BrokerError> {
-        let _ = request;
-        Err(BrokerError::new(
-            ErrorCode::NoController,
-            "consensus not built yet",
-        ))
+        fn bad(e: serde_json::Error) -> BrokerError {
+            BrokerError::new(ErrorCode::InvalidRequest, format!("consensus message: {e}"))
+        }
+        let payload = match request.kind {
+            network::KIND_VOTE => {
+                let rpc = serde_json::from_slice(&request.payload).map_err(bad)?;
+                serde_json::to_vec(&self.raft.vote(rpc).await)
+            }
+            network::KIND_APPEND => {
+                let rpc = serde_json::from_slice(&request.payload).map_err(bad)?;
+                serde_json::to_vec(&self.raft.append_entries(rpc).await)
+            }
+            network::KIND_SNAPSHOT => {
+                let rpc = serde_json::from_slice(&request.payload).map_err(bad)?;
+                serde_json::to_vec(&self.raft.install_snapshot(rpc).await)
+            }
+            kind => {
+                return Err(BrokerError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("unknown consensus message kind {kind}"),
+                ))
+            }
+        }
+        .expect("openraft messages serialize");
+        Ok(ConsensusRpcResponse {
+            payload: Bytes::from(payload),
+        })
     }
 
     /// Serves a ClusterWrite from another node (this node should be the controller).
@@ -103,13 +375,148 @@ impl Consensus {
         &self,
         request: ClusterWriteRequest,
     ) -> Result<ClusterWriteResponse, BrokerError> {
-        let _ = request;
-        Err(BrokerError::new(
-            ErrorCode::NoController,
-            "consensus not built yet",
-        ))
+        let command: Command = serde_json::from_slice(&request.command).map_err(|e| {
+            BrokerError::new(ErrorCode::InvalidRequest, format!("cluster command: {e}"))
+        })?;
+        match self.raft.client_write(command).await {
+            Ok(r) => {
+                let answer = WriteAnswer {
+                    log_index: r.log_id.index,
+                    result: r.data,
+                };
+                Ok(ClusterWriteResponse {
+                    result: Bytes::from(serde_json::to_vec(&answer).expect("results serialize")),
+                })
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(no_controller(match f.leader_id {
+                    Some(l) => {
+                        format!("node {} is not the controller; {l} is", self.config.node_id)
+                    }
+                    None => format!("node {} is not the controller", self.config.node_id),
+                }))
+            }
+            Err(RaftError::APIError(e)) => {
+                Err(BrokerError::new(ErrorCode::InvalidRequest, e.to_string()))
+            }
+            Err(RaftError::Fatal(e)) => Err(no_controller(format!("consensus stopped: {e}"))),
+        }
     }
 
     /// Stops the engine.
-    pub async fn shutdown(&self) {}
+    pub async fn shutdown(&self) {
+        self.watcher.abort();
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("consensus shutdown: {e}");
+        }
+    }
+}
+
+impl Drop for Consensus {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+/// How a forwarded write failed.
+enum Forward {
+    /// Nothing was committed; try again (another election may be running).
+    Retry(String),
+    Fail(BrokerError),
+}
+
+/// Follows the engine's state: notes when this node becomes leader (for
+/// [`Consensus::alive_nodes`]) and, as a new leader, records the configured node set in
+/// the metadata if it differs.
+async fn watch_leadership(
+    raft: Raft,
+    config: ConsensusConfig,
+    meta: watch::Receiver<Arc<ClusterMeta>>,
+    leader_since: Arc<Mutex<Option<Instant>>>,
+) {
+    let mut metrics = raft.metrics();
+    let mut led_term = None;
+    loop {
+        let (state, term, last_log) = {
+            let m = metrics.borrow_and_update();
+            (m.state, m.current_term, m.last_log_index)
+        };
+        if state == ServerState::Leader {
+            if led_term != Some(term) {
+                led_term = Some(term);
+                *leader_since.lock().expect("leader lock") = Some(Instant::now());
+                tokio::spawn(record_nodes(
+                    raft.clone(),
+                    config.clone(),
+                    meta.clone(),
+                    last_log,
+                ));
+            }
+        } else {
+            led_term = None;
+            *leader_since.lock().expect("leader lock") = None;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// As a new leader: once everything in the log is applied here, proposes
+/// `SetNodes` if the metadata's nodes are not the configured peers.
+async fn record_nodes(
+    raft: Raft,
+    config: ConsensusConfig,
+    meta: watch::Receiver<Arc<ClusterMeta>>,
+    last_log: Option<u64>,
+) {
+    let applied = raft
+        .wait(Some(APPLY_WAIT))
+        .applied_index_at_least(last_log, "leader caught up")
+        .await;
+    if applied.is_err() {
+        return;
+    }
+    let nodes: BTreeMap<NodeId, NodeEntry> = config
+        .peers
+        .iter()
+        .map(|(&id, addr)| (id, NodeEntry { addr: addr.clone() }))
+        .collect();
+    if meta.borrow().nodes == nodes {
+        return;
+    }
+    if let Err(e) = raft.client_write(Command::SetNodes { nodes }).await {
+        tracing::warn!("recording the cluster's nodes: {e}");
+    }
+}
+
+/// openraft's own conformance suite for the log store and state machine.
+#[cfg(test)]
+mod suite {
+    use std::sync::Arc;
+
+    use openraft::testing::{StoreBuilder, Suite};
+    use tokio::sync::watch;
+
+    use super::log_store::LogStore;
+    use super::state_machine::StateMachine;
+    use super::types::{StorageError, TypeConfig};
+    use crate::cluster::meta::ClusterMeta;
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
+        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let log = LogStore::open(dir.path()).expect("log store");
+            let (tx, _) = watch::channel(Arc::new(ClusterMeta::default()));
+            let sm = StateMachine::open(dir.path(), Arc::new(tx)).expect("state machine");
+            Ok((dir, log, sm))
+        }
+    }
+
+    #[test]
+    fn openraft_storage_suite() {
+        Suite::test_all(Builder).expect("openraft storage suite");
+    }
 }

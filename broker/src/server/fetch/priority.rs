@@ -48,6 +48,9 @@ pub async fn priority_fetch(
 ) -> Result<PriorityFetchResponse, BrokerError> {
     let topic = state.topics.get(&r.topic)?;
     let shard: &Arc<Shard> = topic.shard(r.shard)?;
+    if let Some(c) = &state.cluster {
+        c.check_primary(&r.topic, r.shard)?;
+    }
     let mut cursors: [u64; CLASS_COUNT] = r.cursors.as_slice().try_into().map_err(|_| {
         BrokerError::new(
             ErrorCode::InvalidRequest,

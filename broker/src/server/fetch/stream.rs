@@ -22,6 +22,9 @@ pub async fn fetch(
 ) -> Result<FetchResponse, BrokerError> {
     let topic = state.topics.get(&r.topic)?;
     let shard: &Arc<Shard> = topic.shard(r.shard)?;
+    if let Some(c) = &state.cluster {
+        c.check_primary(&r.topic, r.shard)?;
+    }
     let reader = shard.reader();
     let max_bytes = max_bytes(state, r.max_bytes);
     long_poll(state, shard, r.max_wait_ms, |last| {
@@ -63,6 +66,9 @@ pub fn list_offsets(
 ) -> Result<ListOffsetsResponse, BrokerError> {
     let topic = state.topics.get(&r.topic)?;
     let reader = topic.shard(r.shard)?.reader();
+    if let Some(c) = &state.cluster {
+        c.check_primary(&r.topic, r.shard)?;
+    }
     let end = ListOffsetsResponse {
         offset: reader.high_watermark(),
         timestamp_ms: -1,

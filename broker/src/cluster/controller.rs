@@ -1,0 +1,192 @@
+//! What the controller (the consensus leader) decides: when a node stops answering
+//! heartbeats, each shard it led gets a new primary chosen among its live in-sync
+//! copies (with the next epoch, which fences the old primary), and it leaves the
+//! in-sync set of the shards it mirrored. A shard whose in-sync copies are all dead has
+//! no primary (SHARD_OFFLINE) until one of them returns; an out-of-sync copy is never
+//! made primary, so an acknowledged `mirrored` record is never lost to a switchover.
+//!
+//! Every decision is a compare-and-set command on the shard's version, made from the
+//! controller's applied metadata; one that lost a race is refused and decided again
+//! from the newer state on the next tick.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::meta::{ClusterMeta, Command, NodeId};
+use super::Cluster;
+
+/// How often the controller looks at the nodes' liveness.
+const TICK: Duration = Duration::from_millis(50);
+
+/// Runs until shutdown; decides only while this node is the controller.
+pub async fn run(cluster: Arc<Cluster>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = tick.tick() => {}
+        }
+        let Some(alive) = cluster.consensus.alive_nodes() else {
+            continue;
+        };
+        let meta = cluster.meta();
+        for cmd in decide(&meta, &alive) {
+            tracing::info!(?cmd, "controller decision");
+            match cluster.consensus.write(cmd).await {
+                Ok(r) => tracing::debug!(?r, "controller decision applied"),
+                Err(e) => tracing::warn!(error = %e.message, "controller decision not committed"),
+            }
+        }
+    }
+}
+
+/// The commands that bring every shard's primary and in-sync set in line with which
+/// nodes are alive.
+pub fn decide(meta: &ClusterMeta, alive: &BTreeSet<NodeId>) -> Vec<Command> {
+    let mut out = Vec::new();
+    for (topic, t) in &meta.topics {
+        for (i, s) in t.shards.iter().enumerate() {
+            let live_in_sync: Vec<NodeId> = s
+                .in_sync
+                .iter()
+                .copied()
+                .filter(|n| alive.contains(n))
+                .collect();
+            let primary_alive = s.primary.is_some_and(|p| alive.contains(&p));
+            if !primary_alive {
+                // Prefer the copies in placement order among the live in-sync ones.
+                let next = s
+                    .replicas
+                    .iter()
+                    .copied()
+                    .find(|n| live_in_sync.contains(n));
+                match next {
+                    Some(n) => out.push(Command::SetPrimary {
+                        topic: topic.clone(),
+                        shard: i as u32,
+                        expected_version: s.version,
+                        primary: Some(n),
+                        in_sync: live_in_sync,
+                    }),
+                    None if s.primary.is_some() => out.push(Command::SetPrimary {
+                        topic: topic.clone(),
+                        shard: i as u32,
+                        expected_version: s.version,
+                        primary: None,
+                        // The dead copies still hold everything acknowledged: the first
+                        // of them back becomes the primary.
+                        in_sync: s.in_sync.clone(),
+                    }),
+                    None => {}
+                }
+            } else if live_in_sync.len() != s.in_sync.len() {
+                out.push(Command::SetInSync {
+                    topic: topic.clone(),
+                    shard: i as u32,
+                    expected_version: s.version,
+                    in_sync: live_in_sync,
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::meta::{CommandResult, NodeEntry, TopicSettings};
+    use weir_protocol::messages::TopicConfig;
+
+    fn cluster_with_topic() -> ClusterMeta {
+        let mut m = ClusterMeta::default();
+        m.apply(&Command::SetNodes {
+            nodes: (1..=3)
+                .map(|i| {
+                    (
+                        i,
+                        NodeEntry {
+                            addr: format!("n{i}"),
+                        },
+                    )
+                })
+                .collect(),
+        });
+        let r = m.apply(&Command::CreateTopic {
+            name: "t".into(),
+            shards: 4,
+            settings: TopicSettings::from(&TopicConfig {
+                replicas: 3,
+                min_in_sync: 2,
+                ..TopicConfig::default()
+            }),
+        });
+        assert!(matches!(r, CommandResult::Topic(_)));
+        m
+    }
+
+    fn apply_all(m: &mut ClusterMeta, cmds: Vec<Command>) {
+        for c in cmds {
+            assert_eq!(m.apply(&c), CommandResult::Done, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn a_dead_primary_is_replaced_by_a_live_in_sync_copy_with_a_new_epoch() {
+        let mut m = cluster_with_topic();
+        let all: BTreeSet<NodeId> = [1, 2, 3].into();
+        assert!(decide(&m, &all).is_empty(), "nothing to do when all live");
+        let before = m.clone();
+        let dead = m.shard("t", 0).unwrap().primary.unwrap();
+        let alive: BTreeSet<NodeId> = all.iter().copied().filter(|&n| n != dead).collect();
+        let cmds = decide(&m, &alive);
+        apply_all(&mut m, cmds);
+        for i in 0..4 {
+            let (b, a) = (before.shard("t", i).unwrap(), m.shard("t", i).unwrap());
+            if b.primary == Some(dead) {
+                assert_ne!(a.primary, Some(dead));
+                assert!(a.primary.is_some());
+                assert_eq!(a.epoch, b.epoch + 1);
+            } else {
+                assert_eq!(a.primary, b.primary);
+                assert_eq!(a.epoch, b.epoch);
+            }
+            assert!(!a.in_sync.contains(&dead), "shard {i}");
+        }
+        assert!(decide(&m, &alive).is_empty(), "stable once applied");
+    }
+
+    #[test]
+    fn with_no_live_in_sync_copy_the_shard_goes_offline_and_returns_with_one() {
+        let mut m = cluster_with_topic();
+        let s = m.shard("t", 0).unwrap().clone();
+        // Only the primary is in sync; then it dies.
+        let p = s.primary.unwrap();
+        m.apply(&Command::SetInSync {
+            topic: "t".into(),
+            shard: 0,
+            expected_version: s.version,
+            in_sync: vec![p],
+        });
+        let others: BTreeSet<NodeId> = [1, 2, 3].into_iter().filter(|&n| n != p).collect();
+        let cmds: Vec<_> = decide(&m, &others)
+            .into_iter()
+            .filter(|c| matches!(c, Command::SetPrimary { shard: 0, .. }))
+            .collect();
+        apply_all(&mut m, cmds);
+        let s0 = m.shard("t", 0).unwrap();
+        assert_eq!(
+            s0.primary, None,
+            "an out-of-sync copy is never made primary"
+        );
+        assert_eq!(s0.in_sync, vec![p]);
+        let all: BTreeSet<NodeId> = [1, 2, 3].into();
+        let cmds: Vec<_> = decide(&m, &all)
+            .into_iter()
+            .filter(|c| matches!(c, Command::SetPrimary { shard: 0, .. }))
+            .collect();
+        apply_all(&mut m, cmds);
+        assert_eq!(m.shard("t", 0).unwrap().primary, Some(p));
+    }
+}

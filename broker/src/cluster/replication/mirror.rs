@@ -1,0 +1,171 @@
+//! A shard copy in the mirror role: one task that copies the primary's log with
+//! MirrorFetch, writes what it gets at the same offsets, and cuts its own log back
+//! where the primary says the two diverge.
+//!
+//! The task reads the shard's primary and epoch from the metadata on every round, so a
+//! switchover needs no restart of it; the agent stops it when this node becomes the
+//! primary (and waits until every copy it handed the writer is written).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use weir_protocol::batch::{self, BatchHeader};
+use weir_protocol::messages::{MirrorFetchRequest, MirrorFetchResponse, NO_TRUNCATION};
+use weir_protocol::{ErrorCode, ResponseBody};
+
+use super::epochs::EpochHistory;
+use crate::cluster::peer::PeerError;
+use crate::cluster::Cluster;
+
+/// Longest a MirrorFetch waits at the primary for new records.
+pub const FETCH_WAIT_MS: u32 = 500;
+/// Pause after a failed round (primary unreachable, refused).
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Copies `topic`/`shard_no` from its primary until the task is aborted.
+pub async fn run(cluster: Arc<Cluster>, topic: String, shard_no: u32) {
+    let mut meta_rx = cluster.consensus.metadata();
+    let mut epochs = EpochHistory::load(&cluster.topics.shard_dir(&topic, shard_no));
+    loop {
+        match round(&cluster, &topic, shard_no, &mut epochs).await {
+            Ok(()) => {}
+            Err(Pause::Short) => tokio::time::sleep(RETRY_PAUSE).await,
+            Err(Pause::Brief) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(Pause::UntilMetadata) => {
+                let _ = tokio::time::timeout(Duration::from_millis(500), meta_rx.changed()).await;
+            }
+        }
+    }
+}
+
+/// Why a round ended without copying.
+enum Pause {
+    /// A failed round: 100 ms.
+    Short,
+    /// Refused by a primary that is a step behind or ahead: 20 ms.
+    Brief,
+    /// No primary to fetch from: until the metadata changes (at most 500 ms).
+    UntilMetadata,
+}
+
+async fn round(
+    cluster: &Arc<Cluster>,
+    topic: &str,
+    shard_no: u32,
+    epochs: &mut EpochHistory,
+) -> Result<(), Pause> {
+    let meta = cluster.consensus.metadata().borrow().clone();
+    let entry = meta.shard(topic, shard_no).ok_or(Pause::UntilMetadata)?;
+    let primary = match entry.primary {
+        Some(p) if p != cluster.node_id => p,
+        _ => return Err(Pause::UntilMetadata),
+    };
+    let peer = cluster.peers.get(&primary).ok_or(Pause::UntilMetadata)?;
+    let shard = cluster
+        .topics
+        .get(topic)
+        .and_then(|t| t.shard(shard_no).cloned())
+        .map_err(|_| Pause::UntilMetadata)?;
+    let end = shard.reader().log_end_offset();
+    let req = MirrorFetchRequest {
+        topic: topic.to_string(),
+        shard: shard_no,
+        node_id: cluster.node_id as u32,
+        epoch: entry.epoch,
+        fetch_offset: end,
+        last_epoch: epochs.epoch_before(end),
+        max_bytes: cluster.config.mirror_fetch_max_bytes,
+        max_wait_ms: FETCH_WAIT_MS,
+    };
+    let timeout = Duration::from_millis(u64::from(FETCH_WAIT_MS) + 2_000);
+    let resp: MirrorFetchResponse = match peer.call(req, timeout).await {
+        Ok(ResponseBody::MirrorFetch(r)) => r,
+        Ok(_) => return Err(Pause::Short),
+        Err(PeerError::Refused { code, message }) => {
+            tracing::debug!(topic, shard = shard_no, %code, message, "mirror fetch refused");
+            // The primary may not have applied the change this node already has (or
+            // the other way round): look again shortly either way.
+            return Err(Pause::Brief);
+        }
+        Err(e) => {
+            tracing::debug!(topic, shard = shard_no, error = %e, "mirror fetch failed");
+            return Err(Pause::Short);
+        }
+    };
+    if resp.truncate_to != NO_TRUNCATION {
+        tracing::warn!(
+            topic,
+            shard = shard_no,
+            from = end,
+            to = resp.truncate_to,
+            epoch = entry.epoch,
+            "mirror log diverges from the primary's: cutting it back"
+        );
+        let (_, cut_end) = cluster
+            .topics
+            .truncate_shard(topic, shard_no, resp.truncate_to)
+            .await
+            .map_err(|e| {
+                tracing::error!(topic, shard = shard_no, error = %e.message, "cutting the mirror back failed");
+                Pause::Short
+            })?;
+        epochs.truncate(cut_end).map_err(|_| Pause::Short)?;
+        return Ok(());
+    }
+    let (batches, headers) = match split(&resp, end) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(
+                topic,
+                shard = shard_no,
+                error = e,
+                "bad records from the primary"
+            );
+            return Err(Pause::Short);
+        }
+    };
+    let Some(last) = headers.last() else {
+        shard.raise_visible(resp.high_watermark.min(end));
+        return Ok(());
+    };
+    let new_end = last.last_offset() + 1;
+    // The epochs go first: a copy that dies between the two has an entry past its
+    // end, which the next take-over or fetch trims; never records without an epoch.
+    epochs
+        .learn(&resp.epochs, new_end)
+        .map_err(|_| Pause::Short)?;
+    match shard.replicate(batches, headers).await {
+        Ok(written_end) => {
+            shard.raise_visible(resp.high_watermark.min(written_end));
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(topic, shard = shard_no, error = %e, "writing the mirror copy failed");
+            Err(Pause::Short)
+        }
+    }
+}
+
+/// The response's batches, each checked (header, CRC) and continuing from `end`.
+fn split(resp: &MirrorFetchResponse, end: u64) -> Result<(Vec<Bytes>, Vec<BatchHeader>), String> {
+    let mut batches = Vec::new();
+    let mut headers = Vec::new();
+    let mut next = end;
+    for chunk in resp.records.chunks() {
+        for b in batch::split(chunk.clone()) {
+            let b = b.map_err(|e| e.to_string())?;
+            let h = batch::verify(&b).map_err(|e| e.to_string())?;
+            if h.base_offset != next {
+                return Err(format!(
+                    "batch at {} where {next} was expected",
+                    h.base_offset
+                ));
+            }
+            next = h.last_offset() + 1;
+            headers.push(h);
+            batches.push(b);
+        }
+    }
+    Ok((batches, headers))
+}
