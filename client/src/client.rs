@@ -350,7 +350,16 @@ impl Client {
             (view, generation) = cluster.view();
         }
         match view.addr_for(route) {
-            Some(addr) => Ok((self.node_connection(addr).await?, generation)),
+            Some(addr) => match self.node_connection(addr).await {
+                Ok(conn) => Ok((conn, generation)),
+                Err(e) => {
+                    // The node the view names is down: the view is stale (or the
+                    // cluster is electing its successor); the caller's retry uses the
+                    // fresh one.
+                    self.refresh_view(generation).await;
+                    Err(e)
+                }
+            },
             None => Ok((self.connection().await?, generation)),
         }
     }
@@ -475,15 +484,17 @@ impl Client {
         loop {
             attempt += 1;
             let route = cluster::route_of(&request);
+            // No generation when no connection was had: `route_connection` has then
+            // refreshed the view already.
             let (outcome, generation, sent) = match self.route_connection(route).await {
-                Err(e) => (Err(e), self.generation(), false),
+                Err(e) => (Err(e), None, false),
                 Ok((conn, generation)) => {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     let r = match conn.call(request.clone(), priority, left).await {
                         Ok(frame) => into_body(frame),
                         Err(e) => Err(e),
                     };
-                    (r, generation, true)
+                    (r, Some(generation), true)
                 }
             };
             let e = match outcome {
@@ -492,7 +503,9 @@ impl Client {
             };
             let again = cluster::is_routing_error(&e)
                 && (!sent || repeatable || cluster::refused_unexecuted(&e));
-            self.route_failed(generation, &e).await;
+            if let Some(generation) = generation {
+                self.route_failed(generation, &e).await;
+            }
             let now = tokio::time::Instant::now();
             if !again || attempt >= cluster::MAX_ROUTE_ATTEMPTS || now >= deadline {
                 return Err(e);
@@ -503,10 +516,6 @@ impl Client {
                 .min(deadline.saturating_duration_since(now));
             tokio::time::sleep(pause).await;
         }
-    }
-
-    fn generation(&self) -> u64 {
-        self.inner.cluster.get().map_or(0, |c| c.view().1)
     }
 
     /// The circuit breaker's state, when the client has one.

@@ -5,7 +5,7 @@
 //! shared "cluster state" (which node is the primary of `t/0`, which is the
 //! controller) that a test flips to stage a switchover.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,6 +54,8 @@ struct Cluster {
     calls: Mutex<Vec<(u32, ApiKey)>>,
     /// InitProducerId answers NO_CONTROLLER while this is above 0 (an election).
     elections: AtomicU32,
+    /// Node i+1 is down: it closes every connection, new or open, unanswered.
+    down: [AtomicBool; 2],
 }
 
 impl Cluster {
@@ -83,6 +85,7 @@ async fn fake_cluster(primary: u32, controller: u32) -> Arc<Cluster> {
         produces: Mutex::new(Vec::new()),
         calls: Mutex::new(Vec::new()),
         elections: AtomicU32::new(0),
+        down: [AtomicBool::new(false), AtomicBool::new(false)],
     });
     for node in 1..=2u32 {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -104,6 +107,9 @@ async fn fake_cluster(primary: u32, controller: u32) -> Arc<Cluster> {
 async fn serve(node: u32, c: Arc<Cluster>, sock: tokio::net::TcpStream) {
     let mut framed = Framed::new(sock, ServerCodec::new(DEFAULT_MAX_FRAME_BYTES));
     while let Some(Ok(Ok(frame))) = framed.next().await {
+        if c.down[node as usize - 1].load(Ordering::SeqCst) {
+            return;
+        }
         let h = frame.header;
         let api = frame.request.api_key();
         let reply = match frame.request {
@@ -538,4 +544,45 @@ async fn poll_until(consumer: &mut Consumer, values: &mut Vec<String>, n: usize)
             values.push(String::from_utf8(m.value.to_vec()).unwrap());
         }
     }
+}
+
+#[tokio::test]
+async fn a_down_primary_is_left_once_the_cluster_names_its_successor() {
+    let c = fake_cluster(2, 1).await;
+    let client = connect(&c, 1).await;
+    let producer = Producer::builder(&client)
+        .retry_backoff(Duration::from_millis(20))
+        .build()
+        .await
+        .unwrap();
+    producer
+        .send_and_wait(ProducerRecord::new("t", "first"))
+        .await
+        .unwrap();
+    // Node 2 goes down; the cluster names node 1 (which holds the same log) only a
+    // little later, so the client first finds the view still naming node 2 and can
+    // no longer even connect to it.
+    c.down[1].store(true, Ordering::SeqCst);
+    {
+        let mut logs = c.logs.lock().unwrap();
+        logs[0] = logs[1].clone();
+    }
+    let elect = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            c.switch_primary(1);
+        })
+    };
+    let m = producer
+        .send_and_wait(ProducerRecord::new("t", "second"))
+        .await
+        .unwrap();
+    elect.await.unwrap();
+    assert_eq!(m.offset, 1);
+    assert_eq!(records_in(&c.logs.lock().unwrap()[0]), 2);
+    assert!(
+        client.cluster_refreshes() >= 2,
+        "asked again while the view still named the down node"
+    );
 }

@@ -171,10 +171,11 @@ impl ShardSender {
             client.breaker_admit()?;
             // The generation of the cluster view the batch was routed by (0 against a
             // single node): a routing failure refreshes that view once for every lane.
-            let mut generation = 0;
+            // None when no connection was had (`route_connection` refreshed already).
+            let mut generation = None;
             let outcome = async {
                 let (conn, g) = client.route_connection(Route::Shard(&topic, shard)).await?;
-                generation = g;
+                generation = Some(g);
                 if acks == Acks::None {
                     conn.send(req.into(), priority, false).await?;
                     return Ok(ProduceResponse {
@@ -189,7 +190,7 @@ impl ShardSender {
                 expect_body!(body, Produce)
             }
             .await;
-            if let Err(e) = &outcome {
+            if let (Err(e), Some(generation)) = (&outcome, generation) {
                 // The same batch (same bytes, same sequences) is sent again by `run`
                 // after its backoff, to the primary the refreshed view names.
                 client.route_failed(generation, e).await;
