@@ -91,7 +91,10 @@ impl Broker {
             tokio::spawn(tick(state.clone(), shutdown_rx.clone())),
         ];
         if let Some(c) = &cluster {
-            tasks.extend(c.spawn_tasks(state.clone(), shutdown_rx));
+            let s = state.clone();
+            let issued_below: crate::cluster::agent::IssuedBelow =
+                Arc::new(move |next| s.producer_ids.set_cluster_issued_below(next));
+            tasks.extend(c.spawn_tasks(issued_below, shutdown_rx));
         }
         tracing::info!(%addr, %http_addr, data_dir = %state.config.data_dir.display(), "weir broker started");
         Ok(Broker {

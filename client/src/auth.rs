@@ -15,8 +15,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 use weir_protocol::messages::{AuthenticateRequest, ScramCredential};
 use weir_protocol::scram::{self, ClientFirst};
 
-use crate::client::expect_body;
 use crate::connection::{into_body, Connection};
+use crate::error::expect_body;
 use crate::error::{ClientError, Result};
 
 /// How a client proves who it is to a broker with `auth = "required"`.

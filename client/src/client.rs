@@ -91,19 +91,7 @@ struct Inner {
     tls: Option<Connector>,
 }
 
-macro_rules! expect_body {
-    ($body:expr, $variant:ident) => {
-        match $body {
-            ::weir_protocol::ResponseBody::$variant(b) => Ok(b),
-            other => Err($crate::error::ClientError::Protocol(format!(
-                "expected {} response, got {:?}",
-                stringify!($variant),
-                other.api_key()
-            ))),
-        }
-    };
-}
-pub(crate) use expect_body;
+pub(crate) use crate::error::expect_body;
 
 impl Client {
     /// Connects to `addr` ("127.0.0.1:7700", or a comma-separated list of a cluster's

@@ -90,3 +90,18 @@ impl From<std::io::Error> for ClientError {
 
 /// Result alias of the SDK.
 pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// The body of a response of the expected api, or a protocol error naming both.
+macro_rules! expect_body {
+    ($body:expr, $variant:ident) => {
+        match $body {
+            ::weir_protocol::ResponseBody::$variant(b) => Ok(b),
+            other => Err($crate::error::ClientError::Protocol(format!(
+                "expected {} response, got {:?}",
+                stringify!($variant),
+                other.api_key()
+            ))),
+        }
+    };
+}
+pub(crate) use expect_body;

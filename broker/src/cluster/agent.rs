@@ -13,7 +13,10 @@ use super::replication::epochs::EpochHistory;
 use super::replication::mirror;
 use super::replication::primary::PrimaryState;
 use super::Cluster;
-use crate::state::BrokerState;
+
+/// Tells the broker's producer-id table that the cluster has handed out every id
+/// below this mark (a callback, so the cluster does not import the broker's state).
+pub type IssuedBelow = Arc<dyn Fn(u64) + Send + Sync>;
 
 /// How often the agent looks again without a metadata change (retries, in-sync
 /// checks).
@@ -22,7 +25,7 @@ const TICK: Duration = Duration::from_millis(200);
 /// Runs until shutdown.
 pub async fn run(
     cluster: Arc<Cluster>,
-    state: Arc<BrokerState>,
+    issued_below: IssuedBelow,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut rx = cluster.consensus.metadata();
@@ -30,7 +33,7 @@ pub async fn run(
     let mut tick = tokio::time::interval(TICK);
     loop {
         let meta = rx.borrow_and_update().clone();
-        apply(&cluster, &state, &prev, &meta).await;
+        apply(&cluster, &issued_below, &prev, &meta).await;
         propose_in_sync_changes(&cluster).await;
         prev = meta;
         tokio::select! {
@@ -44,13 +47,11 @@ pub async fn run(
 /// Brings this node's copies and roles in line with `meta`.
 async fn apply(
     cluster: &Arc<Cluster>,
-    state: &BrokerState,
+    issued_below: &IssuedBelow,
     prev: &ClusterMeta,
     meta: &ClusterMeta,
 ) {
-    state
-        .producer_ids
-        .set_cluster_issued_below(meta.next_producer_id);
+    issued_below(meta.next_producer_id);
     // Deleted topics: only on seeing the deletion, never because a topic is missing
     // from metadata that may not be caught up yet.
     for name in prev.topics.keys() {

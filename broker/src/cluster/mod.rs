@@ -96,13 +96,15 @@ impl Cluster {
     }
 
     /// Starts the agent (metadata → local copies and roles) and the controller loop.
+    /// `issued_below` learns the cluster's producer-id mark at every metadata change
+    /// (the broker's producer-id table; see `agent::IssuedBelow`).
     pub fn spawn_tasks(
         self: &Arc<Self>,
-        state: Arc<crate::state::BrokerState>,
+        issued_below: agent::IssuedBelow,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Vec<JoinHandle<()>> {
         vec![
-            tokio::spawn(agent::run(self.clone(), state, shutdown.clone())),
+            tokio::spawn(agent::run(self.clone(), issued_below, shutdown.clone())),
             tokio::spawn(controller::run(self.clone(), shutdown)),
         ]
     }
