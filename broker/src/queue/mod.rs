@@ -155,25 +155,6 @@ impl QueueManager {
                 .any(|(g, _)| g == group)
     }
 
-    /// (group, topic, breaker state code) of every open queue, sorted.
-    pub fn breaker_states(&self) -> Vec<(String, String, u8)> {
-        let mut v: Vec<_> = self
-            .queues
-            .read()
-            .expect("queues lock")
-            .iter()
-            .map(|((g, t), h)| {
-                (
-                    g.clone(),
-                    t.clone(),
-                    h.shared.breaker_state.load(Ordering::Relaxed),
-                )
-            })
-            .collect();
-        v.sort();
-        v
-    }
-
     /// (group, topic, breaker state code, records dead-lettered since start) of every
     /// open queue, sorted.
     pub fn queue_gauges(&self) -> Vec<(String, String, u8, u64)> {

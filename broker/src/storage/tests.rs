@@ -750,6 +750,8 @@ fn truncating_a_closed_log_cuts_back_to_the_batch_and_appends_again() {
         (95, 95),
         (200, 200),
         (201, 200),
+        // A cut past the end changes nothing: how a mirror reopens a closed copy.
+        (u64::MAX, 200),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let batches: Vec<Bytes> = (0..40)

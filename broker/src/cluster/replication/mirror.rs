@@ -140,6 +140,26 @@ async fn round(
             shard.raise_visible(resp.high_watermark.min(written_end));
             Ok(())
         }
+        Err(crate::shard::AppendError::Closed) => {
+            // A cut whose reopen failed left a closed handle in place: open the shard
+            // again (a cut at the log's end changes nothing) instead of failing forever.
+            tracing::warn!(
+                topic,
+                shard = shard_no,
+                "mirror copy is closed; reopening it"
+            );
+            match cluster
+                .topics
+                .truncate_shard(topic, shard_no, u64::MAX)
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    tracing::error!(topic, shard = shard_no, error = %e.message, "reopening the mirror copy failed");
+                    Err(Pause::Short)
+                }
+            }
+        }
         Err(e) => {
             tracing::warn!(topic, shard = shard_no, error = %e, "writing the mirror copy failed");
             Err(Pause::Short)

@@ -169,16 +169,20 @@ impl PrimaryState {
     }
 
     /// Moves the replicated high-water mark: the lowest end among the in-sync copies.
+    /// Runs after every local write, so it allocates nothing: it reads the in-sync
+    /// set under its lock (taken before the mirrors' lock, as everywhere).
     pub fn recompute(&self) {
         let end = self.shard.reader().log_end_offset();
-        let in_sync = self.in_sync();
-        let mirrors = self.mirrors.lock().expect("mirrors lock");
-        let hwm = in_sync
-            .iter()
-            .filter(|&&n| n != self.node_id)
-            .map(|n| mirrors.get(n).map_or(0, |p| p.offset.min(end)))
-            .fold(end, u64::min);
-        drop(mirrors);
+        let hwm = {
+            let membership = self.membership.lock().expect("membership lock");
+            let mirrors = self.mirrors.lock().expect("mirrors lock");
+            membership
+                .in_sync
+                .iter()
+                .filter(|&&n| n != self.node_id)
+                .map(|n| mirrors.get(n).map_or(0, |p| p.offset.min(end)))
+                .fold(end, u64::min)
+        };
         self.shard.raise_visible(hwm);
     }
 
