@@ -15,6 +15,7 @@ use weir_protocol::classes::{ClassMap, CLASS_COUNT, DEFAULT_CLASS_BOUNDS, DEFAUL
 use weir_protocol::messages::{Durability, Quota, QuotaEntry};
 
 use crate::scheduler::DEFAULT_AGING;
+use crate::storage::at_rest::{AtRest, KeySource};
 use crate::storage::LogConfig;
 
 /// Environment variables with this prefix set config keys (`WEIR_MAX_CONNECTIONS=10`).
@@ -45,6 +46,10 @@ pub const NOT_CONFIG_ENV: &[&str] = &[
     "WEIR_ADMIN_PASSWORD",
     "WEIR_NEW_PASSWORD",
 ];
+
+/// `WEIR_*` variables starting with this hold at-rest keys (`at_rest_keys`,
+/// `N=env:WEIR_AT_REST_KEY_N`), not settings.
+pub const AT_REST_KEY_ENV_PREFIX: &str = "WEIR_AT_REST_KEY_";
 
 /// The config key nearest to `key` by edit distance, if it is near enough to be a
 /// likely misspelling (at most a third of its length away).
@@ -317,6 +322,12 @@ pub struct Config {
     /// every connection authenticates (SCRAM-SHA-256, an API key, or a client
     /// certificate) and every request is checked against the ACLs; audit log on.
     pub auth: AuthSetting,
+    /// Encryption at rest of topic data (`storage/at_rest.rs`, STORAGE.md §Sealed
+    /// batches): AES-256-GCM keys as `ID=file:PATH` or `ID=env:VARIABLE`, each holding
+    /// 64 hex digits. Keys stay listed while data sealed with them is kept.
+    pub at_rest_keys: Vec<String>,
+    /// Id of the key new topic batches are sealed with; 0 (default) = written plain.
+    pub at_rest_write_key: u32,
 }
 
 /// The `auth` setting.
@@ -495,6 +506,8 @@ impl Default for Config {
             tls_client_ca: PathBuf::new(),
             tls_min_version: TlsVersion::V1_3,
             auth: AuthSetting::Off,
+            at_rest_keys: Vec::new(),
+            at_rest_write_key: 0,
         }
     }
 }
@@ -547,7 +560,9 @@ impl Config {
             };
             let key = current_key(&key.to_ascii_lowercase()).to_string();
             let Some(default) = known.get(&key) else {
-                if !NOT_CONFIG_ENV.contains(&name.as_str()) {
+                if !NOT_CONFIG_ENV.contains(&name.as_str())
+                    && !name.starts_with(AT_REST_KEY_ENV_PREFIX)
+                {
                     // A misspelt setting would otherwise be ignored without a word.
                     let hint = closest_key(&key, &known)
                         .map(|k| format!("; did you mean {ENV_PREFIX}{}?", k.to_ascii_uppercase()))
@@ -569,6 +584,7 @@ impl Config {
                 // lists of words the same way: WEIR_RETRY_BACKOFF=fixed,linear,fixed,fixed.
                 toml::Value::Array(items)
                     if key == "peers"
+                        || key == "at_rest_keys"
                         || items
                             .first()
                             .is_some_and(|v| matches!(v, toml::Value::String(_))) =>
@@ -602,6 +618,41 @@ impl Config {
         Ok(config)
     }
 
+    /// `at_rest_keys` parsed: `(id, source)` per entry, ids unique and at least 1.
+    pub fn at_rest_key_sources(&self) -> Result<Vec<(u32, KeySource)>, String> {
+        let mut out: Vec<(u32, KeySource)> = Vec::with_capacity(self.at_rest_keys.len());
+        for entry in &self.at_rest_keys {
+            let bad = || {
+                format!("at_rest_keys entry {entry:?}: expected ID=file:PATH or ID=env:VARIABLE")
+            };
+            let (id, source) = entry.split_once('=').ok_or_else(bad)?;
+            let id: u32 = id.trim().parse().map_err(|_| bad())?;
+            if id == 0 {
+                return Err(format!("at_rest_keys entry {entry:?}: key ids start at 1"));
+            }
+            let source = match source.split_once(':') {
+                Some(("file", p)) if !p.is_empty() => KeySource::File(PathBuf::from(p)),
+                Some(("env", v)) if !v.is_empty() => KeySource::Env(v.to_string()),
+                _ => return Err(bad()),
+            };
+            if out.iter().any(|(i, _)| *i == id) {
+                return Err(format!("at_rest_keys: key id {id} is listed twice"));
+            }
+            out.push((id, source));
+        }
+        Ok(out)
+    }
+
+    /// The at-rest keys, read from their files and variables; `None` when none is
+    /// configured. A key that cannot be read stops the broker, naming it.
+    pub fn load_at_rest(&self) -> Result<Option<AtRest>, String> {
+        let sources = self.at_rest_key_sources()?;
+        if sources.is_empty() {
+            return Ok(None);
+        }
+        AtRest::load(&sources, self.at_rest_write_key).map(Some)
+    }
+
     /// Checks ranges that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
@@ -623,6 +674,14 @@ impl Config {
         }
         if !tls_cert && !self.tls_client_ca.as_os_str().is_empty() {
             return bad("tls_client_ca needs tls_cert and tls_key");
+        }
+        let keys = self.at_rest_key_sources().map_err(ConfigError::Invalid)?;
+        if self.at_rest_write_key != 0 && !keys.iter().any(|(id, _)| *id == self.at_rest_write_key)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "at_rest_write_key = {} names no key of at_rest_keys",
+                self.at_rest_write_key
+            )));
         }
         if self.default_segment_bytes < 64 * 1024
             || self.default_segment_bytes > LogConfig::SEGMENT_BYTES_MAX

@@ -43,6 +43,13 @@ struct Args {
     /// creates `admin`.
     #[arg(long, value_parser = ["off", "required"])]
     auth: Option<String>,
+    /// Encryption at rest: a key as ID=file:PATH or ID=env:VARIABLE (64 hex digits);
+    /// repeat for old keys still needed to read (config `at_rest_keys`).
+    #[arg(long = "at-rest-key")]
+    at_rest_key: Vec<String>,
+    /// Id of the at-rest key new data is sealed with (config `at_rest_write_key`).
+    #[arg(long)]
+    at_rest_write_key: Option<u32>,
     /// This node's id in a cluster (1 and up). Without it the broker is a single node.
     #[arg(long)]
     node_id: Option<u64>,
@@ -109,6 +116,12 @@ fn main() -> anyhow::Result<()> {
         Some("required") => config.auth = weir_broker::config::AuthSetting::Required,
         Some(_) => config.auth = weir_broker::config::AuthSetting::Off,
         None => {}
+    }
+    if !args.at_rest_key.is_empty() {
+        config.at_rest_keys = args.at_rest_key;
+    }
+    if let Some(k) = args.at_rest_write_key {
+        config.at_rest_write_key = k;
     }
     if let Some(n) = args.node_id {
         config.node_id = n;

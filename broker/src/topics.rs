@@ -23,6 +23,7 @@ use crate::error::BrokerError;
 use crate::files::write_atomically;
 use crate::names::{valid_name, MAX_TOPIC_NAME_BYTES};
 use crate::shard::{Shard, ShardConfig};
+use crate::storage::at_rest::AtRest;
 use crate::storage::LogConfig;
 
 const METADATA_FILE: &str = "topics.json";
@@ -112,6 +113,8 @@ struct MetadataFile {
 pub struct TopicRegistry {
     dir: PathBuf,
     config: Arc<Config>,
+    /// Encryption-at-rest keys of topic logs (none = plain).
+    at_rest: Option<AtRest>,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     changes: tokio::sync::Mutex<()>,
 }
@@ -141,9 +144,13 @@ impl TopicRegistry {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => MetadataFile::default(),
             Err(e) => return Err(storage_err(e)),
         };
+        let at_rest = config
+            .load_at_rest()
+            .map_err(|e| BrokerError::new(ErrorCode::InvalidConfig, e))?;
         let registry = TopicRegistry {
             dir,
             config,
+            at_rest,
             topics: RwLock::new(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
         };
@@ -499,6 +506,7 @@ impl TopicRegistry {
             index_interval_bytes: self.config.index_interval_bytes,
             retention_ms: config.retention_ms,
             retention_bytes: config.retention_bytes,
+            at_rest: self.at_rest.clone(),
         }
     }
 

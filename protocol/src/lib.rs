@@ -8,6 +8,7 @@
 //! - [`frame`]: length prefix and headers; [`codec`]: tokio-util codecs.
 //! - [`api`]: the table of apis; [`messages`]: their bodies.
 //! - [`batch`]: the record batch, the unit of storage.
+//! - [`sealed`]: a batch as stored when the broker encrypts data at rest.
 //! - [`breaker`]: the circuit breaker state machine of queues and of the SDK.
 //! - [`classes`]: priorities 1..=10 grouped into the classes P0..P3.
 //! - [`keys`]: shard-key rules shared by broker and SDK.
@@ -26,6 +27,7 @@ pub mod headers;
 pub mod keys;
 pub mod messages;
 pub mod scram;
+pub mod sealed;
 pub mod wire;
 
 pub use api::{ApiKey, Request, ResponseBody};

@@ -1,6 +1,7 @@
 //! [`LogConfig`]: the tunables of one log, shared by the writer, recovery and
 //! retention (so none of them imports another for it).
 
+use super::at_rest::AtRest;
 use super::error::StorageError;
 use super::index::{index_capacity, OFFSET_ENTRY_BYTES, TIME_ENTRY_BYTES};
 
@@ -21,6 +22,9 @@ pub struct LogConfig {
     pub retention_ms: u64,
     /// Oldest closed segments are deleted while the log is larger than this; 0 = no limit.
     pub retention_bytes: u64,
+    /// Encryption at rest: new batches are sealed with its write key, sealed batches
+    /// are opened for readers. `None` = no keys (sealed data cannot be opened).
+    pub at_rest: Option<AtRest>,
 }
 
 /// Default [`LogConfig::preallocate_bytes`]: 16 MiB. Appends grow the file once per
@@ -41,6 +45,7 @@ impl Default for LogConfig {
             index_interval_bytes: 4096,
             retention_ms: 7 * 24 * 3600 * 1000,
             retention_bytes: 0,
+            at_rest: None,
         }
     }
 }

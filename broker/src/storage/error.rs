@@ -36,6 +36,10 @@ pub enum StorageError {
     /// The configuration cannot work.
     #[error("invalid log config: {0}")]
     InvalidConfig(&'static str),
+    /// Sealed data (encryption at rest) needs a key that is missing or does not open
+    /// it. Refuses to open the log, naming the key.
+    #[error("log {path}: {detail}")]
+    AtRestKey { path: PathBuf, detail: String },
     /// Another writer (in this or another process) holds the directory's lock.
     #[error("log directory {path} is locked by another writer")]
     Locked { path: PathBuf },

@@ -17,8 +17,10 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use weir_protocol::batch::{self, BatchHeader, BATCH_HEADER_BYTES};
+use weir_protocol::sealed;
 
 use super::active::Active;
+use super::at_rest::{self, AtRest};
 use super::config::LogConfig;
 use super::error::{io_err, StorageError};
 use super::index::{index_capacity, IndexEntry, IndexFile, SegmentIndex};
@@ -77,6 +79,8 @@ pub(super) struct Shared {
     /// the shard's replicated high-water mark, below which every in-sync copy holds the
     /// log; the writer's own end (`high_watermark`) may run ahead of it.
     pub visible_cap: AtomicU64,
+    /// Opens sealed batches for readers (encryption at rest).
+    pub at_rest: Option<AtRest>,
 }
 
 impl Shared {
@@ -105,6 +109,10 @@ pub struct Log {
     ready: Option<Prepared>,
     prepare_seq: u64,
     failed: Option<String>,
+    /// The at-rest key of the batches in the active segment (`None` = plain); the
+    /// segment rolls before a batch under another key would join them, so every
+    /// segment holds one key's batches (see `at_rest.rs`).
+    active_key: Option<u32>,
     /// Appends are refused because the next segment could not be made (a full disk);
     /// nothing was written, so the log is whole and leaves this state by itself once a
     /// retry succeeds.
@@ -130,6 +138,7 @@ impl Log {
             .map_or(active.seg.base_offset, |s| s.base_offset);
         let mut segments = closed;
         segments.push(Arc::clone(&active.seg));
+        let active_key = check_keys(&segments, config.at_rest.as_ref())?;
         let hwm = active.next_offset;
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
@@ -137,6 +146,7 @@ impl Log {
             high_watermark: AtomicU64::new(hwm),
             log_start_offset: AtomicU64::new(log_start),
             visible_cap: AtomicU64::new(u64::MAX),
+            at_rest: config.at_rest.clone(),
         });
         let mut log = Log {
             config,
@@ -148,6 +158,7 @@ impl Log {
             ready: None,
             prepare_seq: 0,
             failed: None,
+            active_key,
             stalled: None,
             background_flush: None,
             deletions: Vec::new(),
@@ -173,6 +184,21 @@ impl Log {
                 detail: detail.into(),
             })?;
         }
+        // Encryption at rest: the sealed copies are what the log stores (32 bytes
+        // longer each), so the plan below sizes and places them.
+        let sealed: Vec<Bytes>;
+        let batches = match self
+            .config
+            .at_rest
+            .as_ref()
+            .filter(|k| k.write_key().is_some())
+        {
+            Some(keys) => {
+                sealed = batches.iter().map(|b| keys.seal(b)).collect();
+                &sealed[..]
+            }
+            None => batches,
+        };
         let base_offset = self.active.next_offset;
         if batches.is_empty() {
             return Err(StorageError::InvalidBatch {
@@ -213,6 +239,7 @@ impl Log {
             self.failed = Some(e.to_string());
             return Err(e);
         }
+        self.active_key = self.write_key();
         self.publish_active();
         self.check_positions();
         self.publish_high_watermark();
@@ -280,9 +307,14 @@ impl Log {
         let (mut next, mut base) = (self.active.next_offset, self.active.seg.base_offset);
         let mut active_end = pos;
         let mut rolls: Vec<(usize, u64, u64)> = Vec::new();
+        // A segment holds one at-rest key's batches: a new write key starts a new one.
+        let key_changes = pos > 0 && self.active_key != self.write_key();
         for (i, b) in batches.iter().enumerate() {
             let (len, count) = (b.len() as u64, u64::from(counts(b).0));
-            if pos + len > cap || next + count - 1 - base > u64::from(u32::MAX) {
+            if pos + len > cap
+                || next + count - 1 - base > u64::from(u32::MAX)
+                || (i == 0 && key_changes)
+            {
                 rolls.push((i, len, 0));
                 pos = 0;
                 cap = len.max(self.config.segment_bytes);
@@ -312,6 +344,11 @@ impl Log {
             tracing::info!("disk space could be allocated again; appends resume");
         }
         Ok(made)
+    }
+
+    /// The at-rest key new batches are sealed with (`None` = written plain).
+    fn write_key(&self) -> Option<u32> {
+        self.config.at_rest.as_ref().and_then(AtRest::write_key)
     }
 
     /// Marks the log stalled by `e` (appends refused, nothing written) and returns it.
@@ -811,6 +848,35 @@ fn close_segment(seg: &Segment, len: u64) -> Result<Segment, StorageError> {
     })
 }
 
+/// Checks that every sealed segment's key is configured and right, by opening the
+/// first batch of each (a segment holds one key's batches). Returns the key of the
+/// active (last) segment's batches. A failure names the key and the segment file.
+fn check_keys(
+    segments: &[Arc<Segment>],
+    keys: Option<&AtRest>,
+) -> Result<Option<u32>, StorageError> {
+    let mut last = None;
+    for seg in segments {
+        let data = seg.committed();
+        last = None;
+        if data.is_empty() || !sealed::is_sealed(data) {
+            continue;
+        }
+        let h = header_at(seg, data, 0)?;
+        let first = &data[..h.total_bytes()];
+        let parts = sealed::parse_sealed(first).map_err(|e| corrupt(seg, 0, e.to_string()))?;
+        let opened = at_rest::open_chunk(keys, Bytes::copy_from_slice(first));
+        if let Err(e) = opened {
+            return Err(StorageError::AtRestKey {
+                path: seg.log.path.clone(),
+                detail: format!("{e}; refusing to open the log"),
+            });
+        }
+        last = Some(parts.key_id);
+    }
+    Ok(last)
+}
+
 /// Checks that `b` is framed as exactly one batch (the caller validated its contents).
 fn check_framing(b: &[u8]) -> Result<(), &'static str> {
     if b.len() < BATCH_HEADER_BYTES {
@@ -954,7 +1020,26 @@ impl LogReader {
                 }
             }
         }
-        Ok(read.out)
+        self.open_sealed(read.out)
+    }
+
+    /// `chunks` with every sealed batch opened (encryption at rest); plain chunks stay
+    /// zero-copy. A batch that cannot be opened is reported as corrupt, naming the key.
+    fn open_sealed(&self, chunks: Vec<Bytes>) -> Result<Vec<Bytes>, StorageError> {
+        let keys = self.shared.at_rest.as_ref();
+        chunks
+            .into_iter()
+            .map(|c| {
+                at_rest::open_chunk(keys, c).map_err(|e| {
+                    let e = StorageError::AtRestKey {
+                        path: self.shared.dir.clone(),
+                        detail: e.to_string(),
+                    };
+                    log_corrupt(&e);
+                    e
+                })
+            })
+            .collect()
     }
 
     /// Everything below it is readable: the next offset the writer will assign, or the
@@ -1009,8 +1094,9 @@ impl LogReader {
                     return Ok(None);
                 }
                 if h.max_timestamp_ms >= ts_ms {
-                    let records = &data[pos..pos + h.total_bytes()];
-                    let found = weir_protocol::batch::record_timestamps(records)
+                    let stored = seg.chunk(pos, pos + h.total_bytes());
+                    let records = self.open_sealed(vec![stored])?.remove(0);
+                    let found = weir_protocol::batch::record_timestamps(&records)
                         .zip(h.base_offset..)
                         .find(|&(ts, _)| ts >= ts_ms)
                         .map_or((h.base_offset, h.max_timestamp_ms), |(ts, o)| (o, ts));
@@ -1063,7 +1149,7 @@ impl Reading {
         let start = pos;
         let mut ended = Ok(Segmented::Continue);
         while pos < data.len() {
-            let h = match batch::verify(&data[pos..]) {
+            let h = match sealed::verify_stored(&data[pos..]) {
                 Ok(h)
                     if h.base_offset == self.want || (pos == start && h.base_offset == expect) =>
                 {
@@ -1142,7 +1228,8 @@ impl Reading {
 }
 
 fn header_at(seg: &Segment, data: &[u8], pos: usize) -> Result<BatchHeader, StorageError> {
-    let h = BatchHeader::read(&data[pos..]).map_err(|e| corrupt(seg, pos, e.to_string()))?;
+    let h =
+        sealed::read_stored_header(&data[pos..]).map_err(|e| corrupt(seg, pos, e.to_string()))?;
     if h.total_bytes() > data.len() - pos {
         return Err(corrupt(
             seg,

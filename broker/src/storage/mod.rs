@@ -3,7 +3,7 @@
 //! Layout of a shard directory (see each file's docs for details):
 //!
 //! ```text
-//! 00000000000000000000.log        batches exactly as on the wire, base offsets stamped
+//! 00000000000000000000.log        batches as on the wire (or sealed), base offsets stamped
 //! 00000000000000000000.index      sparse offset index
 //! 00000000000000000000.timeindex  sparse time index
 //! 00000000000000012345.log ...    next segment, named by its first offset
@@ -12,6 +12,7 @@
 //! ```
 //!
 //! * `config.rs` — [`LogConfig`];
+//! * `at_rest.rs` — encryption at rest: the keys, sealing and opening a batch;
 //! * `segment.rs` — a segment's files, maps, and background preparation;
 //! * `index.rs` — the sparse offset and time indexes;
 //! * `active.rs` — the writer's position in the segment it appends to;
@@ -26,6 +27,7 @@
 //! `retention`, which use `segment`, `index`, `active` and `config`, never `log`.
 
 mod active;
+pub mod at_rest;
 mod config;
 mod error;
 mod index;

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::Arc;
 
 use memmap2::MmapOptions;
-use weir_protocol::batch::{self, BatchHeader};
+use weir_protocol::sealed;
 
 use super::active::Active;
 use super::config::LogConfig;
@@ -71,9 +71,9 @@ pub(crate) fn scan(
     while s.end < data.len() {
         let rest = &data[s.end..];
         let h = if verify_crc {
-            batch::verify(rest)
+            sealed::verify_stored(rest)
         } else {
-            BatchHeader::read(rest).and_then(|h| {
+            sealed::read_stored_header(rest).and_then(|h| {
                 if h.total_bytes() > rest.len() {
                     Err(weir_protocol::error::DecodeError::Truncated {
                         needed: h.total_bytes(),
@@ -204,7 +204,7 @@ fn check_closed(dir: &Path, base: u64, cfg: &LogConfig) -> Result<ClosedOutcome,
     let on_disk = load_entries(dir, base, len)?;
     let mut entries = on_disk.clone();
     let trusted = entries.last().is_some_and(|e| {
-        BatchHeader::read(&data[e.position as usize..])
+        sealed::read_stored_header(&data[e.position as usize..])
             .is_ok_and(|h| h.base_offset == base + u64::from(e.relative_offset))
     });
     if !trusted {
@@ -272,7 +272,7 @@ fn open_closed(dir: &Path, base: u64, next_offset: u64) -> Result<Segment, Stora
     };
     let data = seg.committed();
     while pos < data.len() {
-        match BatchHeader::read(&data[pos..]) {
+        match sealed::read_stored_header(&data[pos..]) {
             Ok(h) if h.total_bytes() <= data.len() - pos => {
                 max_ts = max_ts.max(h.max_timestamp_ms);
                 pos += h.total_bytes();
@@ -322,7 +322,7 @@ fn recover_active(dir: &Path, base: u64, cfg: &LogConfig) -> Result<Active, Stor
         let keep = entries
             .iter()
             .rposition(|e| {
-                batch::verify(&data[e.position as usize..])
+                sealed::verify_stored(&data[e.position as usize..])
                     .is_ok_and(|h| h.base_offset == base + u64::from(e.relative_offset))
             })
             .map_or(0, |i| i + 1);

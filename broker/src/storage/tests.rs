@@ -33,6 +33,7 @@ fn small_config(segment_bytes: u64) -> LogConfig {
         retention_bytes: 0,
         // Small steps, so appends grow the file often.
         preallocate_bytes: 16 * 1024,
+        at_rest: None,
     }
 }
 
@@ -817,4 +818,228 @@ fn the_visible_cap_hides_what_is_not_replicated() {
     assert_eq!(r.high_watermark(), 10, "the cap only rises");
     r.set_visible_cap(u64::MAX);
     assert_eq!(r.high_watermark(), 20);
+}
+
+// ---- Encryption at rest ----
+
+fn keys(list: &[(u32, u8)], write: u32) -> at_rest::AtRest {
+    at_rest::AtRest::new(
+        list.iter()
+            .map(|&(id, b)| (id, [b; 32], format!("test key {id}")))
+            .collect(),
+        write,
+    )
+    .unwrap()
+}
+
+fn sealed_config(list: &[(u32, u8)], write: u32) -> LogConfig {
+    LogConfig {
+        at_rest: Some(keys(list, write)),
+        ..small_config(64 * 1024)
+    }
+}
+
+/// A batch whose one record's value is `marker` repeated, so its plain bytes are easy
+/// to look for in files.
+fn marked_batch(marker: &[u8], ts_ms: i64) -> Bytes {
+    let mut b = BatchBuilder::new();
+    b.push(&NewRecord::value(ts_ms, &marker.repeat(8))).unwrap();
+    b.finish().unwrap()
+}
+
+fn files_contain(dir: &Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir).unwrap().any(|e| {
+        let data = std::fs::read(e.unwrap().path()).unwrap_or_default();
+        data.windows(needle.len()).any(|w| w == needle)
+    })
+}
+
+#[test]
+fn sealed_log_serves_plain_batches_and_stores_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = b"PLAINTEXT-MARKER-0001";
+    let mut log = Log::open(dir.path(), sealed_config(&[(1, 1)], 1)).unwrap();
+    let mut expected = Vec::new();
+    // Enough to roll a few 64 KiB segments and cross index points.
+    for i in 0..600u64 {
+        let b = marked_batch(marker, 1_000 + i as i64);
+        let info = log.append(std::slice::from_ref(&b)).unwrap();
+        expected.push(stamped(&b, info.base_offset));
+    }
+    log.flush().unwrap();
+    assert!(segment_files(dir.path()).len() > 1, "rolled");
+    let got: Vec<Vec<u8>> = read_all(&log.reader(), 0)
+        .unwrap()
+        .iter()
+        .map(|b| b.to_vec())
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!(
+        log.reader().offset_for_timestamp(1_100).unwrap(),
+        Some((100, 1_100))
+    );
+    assert!(!files_contain(dir.path(), marker));
+    drop(log);
+    // Recovery of the sealed tail, then the same reads.
+    let log = Log::open(dir.path(), sealed_config(&[(1, 1)], 1)).unwrap();
+    let got: Vec<Vec<u8>> = read_all(&log.reader(), 0)
+        .unwrap()
+        .iter()
+        .map(|b| b.to_vec())
+        .collect();
+    assert_eq!(got, expected);
+    assert!(!files_contain(dir.path(), marker));
+}
+
+#[test]
+fn a_plain_log_does_store_the_marker() {
+    // The control for the test above: the search would find plain bytes.
+    let dir = tempfile::tempdir().unwrap();
+    let marker = b"PLAINTEXT-MARKER-0002";
+    let mut log = Log::open(dir.path(), small_config(64 * 1024)).unwrap();
+    log.append(&[marked_batch(marker, 1)]).unwrap();
+    log.flush().unwrap();
+    assert!(files_contain(dir.path(), marker));
+}
+
+#[test]
+fn wrong_or_missing_at_rest_key_refuses_to_open_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), sealed_config(&[(1, 1)], 1)).unwrap();
+    log.append(&[marked_batch(b"x", 1)]).unwrap();
+    log.flush().unwrap();
+    drop(log);
+    let wrong = Log::open(dir.path(), sealed_config(&[(1, 9)], 1))
+        .err()
+        .unwrap();
+    let msg = wrong.to_string();
+    assert!(matches!(wrong, StorageError::AtRestKey { .. }), "{msg}");
+    assert!(
+        msg.contains("at-rest key 1") && msg.contains("test key 1"),
+        "{msg}"
+    );
+    let missing = Log::open(dir.path(), sealed_config(&[(2, 2)], 2))
+        .err()
+        .unwrap();
+    assert!(
+        missing
+            .to_string()
+            .contains("at-rest key 1, which is not configured"),
+        "{missing}"
+    );
+    let none = Log::open(dir.path(), small_config(64 * 1024))
+        .err()
+        .unwrap();
+    assert!(none.to_string().contains("at-rest key 1"), "{none}");
+    // The right key still opens it.
+    assert!(Log::open(dir.path(), sealed_config(&[(1, 1)], 1)).is_ok());
+}
+
+#[test]
+fn key_rotation_keeps_old_data_readable_and_seals_new_data_with_the_new_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut expected = Vec::new();
+    // Plain data first, then key 1, then key 2: three generations of one log.
+    for (config, n) in [
+        (small_config(64 * 1024), 3u64),
+        (sealed_config(&[(1, 1)], 1), 3),
+        (sealed_config(&[(1, 1), (2, 2)], 2), 3),
+    ] {
+        let mut log = Log::open(dir.path(), config).unwrap();
+        for i in 0..n {
+            let b = make_batch(i, 2, 50, 1);
+            let info = log.append(std::slice::from_ref(&b)).unwrap();
+            expected.push(stamped(&b, info.base_offset));
+        }
+        log.flush().unwrap();
+    }
+    // One segment per key (the log rolled at each change of key).
+    let segs = segment_files(dir.path());
+    assert_eq!(segs.len(), 3, "{segs:?}");
+    let key_of = |p: &std::path::PathBuf| {
+        let d = std::fs::read(p).unwrap();
+        weir_protocol::sealed::parse_sealed(
+            &d[..weir_protocol::sealed::read_stored_header(&d)
+                .unwrap()
+                .total_bytes()],
+        )
+        .map(|s| s.key_id)
+        .ok()
+    };
+    assert_eq!(
+        segs.iter().map(key_of).collect::<Vec<_>>(),
+        vec![None, Some(1), Some(2)]
+    );
+    let log = Log::open(dir.path(), sealed_config(&[(1, 1), (2, 2)], 2)).unwrap();
+    let got: Vec<Vec<u8>> = read_all(&log.reader(), 0)
+        .unwrap()
+        .iter()
+        .map(|b| b.to_vec())
+        .collect();
+    assert_eq!(got, expected);
+    drop(log);
+    // Dropping the old key while its data is kept refuses to open, naming key 1.
+    let e = Log::open(dir.path(), sealed_config(&[(2, 2)], 2))
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("at-rest key 1"), "{e}");
+}
+
+#[test]
+fn a_torn_sealed_tail_is_cut_like_a_plain_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), sealed_config(&[(1, 1)], 1)).unwrap();
+    let a = make_batch(1, 3, 40, 1);
+    let b = make_batch(2, 3, 40, 1);
+    log.append(&[a.clone()]).unwrap();
+    log.append(&[b]).unwrap();
+    log.flush().unwrap();
+    drop(log);
+    // Cut the second (sealed) batch in half, as a crash mid-write would.
+    let path = segment_files(dir.path())[0].clone();
+    let data = std::fs::read(&path).unwrap();
+    let first = weir_protocol::sealed::read_stored_header(&data)
+        .unwrap()
+        .total_bytes();
+    let second = weir_protocol::sealed::read_stored_header(&data[first..])
+        .unwrap()
+        .total_bytes();
+    let mut torn = data[..first + second / 2].to_vec();
+    torn.resize(data.len(), 0);
+    std::fs::write(&path, &torn).unwrap();
+    let log = Log::open(dir.path(), sealed_config(&[(1, 1)], 1)).unwrap();
+    assert_eq!(log.high_watermark(), 3);
+    let got: Vec<Vec<u8>> = read_all(&log.reader(), 0)
+        .unwrap()
+        .iter()
+        .map(|b| b.to_vec())
+        .collect();
+    assert_eq!(got, vec![stamped(&a, 0)]);
+}
+
+#[test]
+fn a_flipped_bit_in_a_sealed_closed_segment_is_not_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), sealed_config(&[(1, 1)], 1)).unwrap();
+    for i in 0..200 {
+        log.append(&[make_batch(i, 2, 100, 1)]).unwrap();
+    }
+    log.flush().unwrap();
+    drop(log);
+    let path = segment_files(dir.path())[0].clone();
+    let mut data = std::fs::read(&path).unwrap();
+    let first = weir_protocol::sealed::read_stored_header(&data)
+        .unwrap()
+        .total_bytes();
+    // Inside the second batch's ciphertext.
+    data[first + 100] ^= 0x40;
+    std::fs::write(&path, &data).unwrap();
+    let log = Log::open(dir.path(), sealed_config(&[(1, 1)], 1)).unwrap();
+    let r = log.reader();
+    assert!(
+        r.read(0, 1).is_ok(),
+        "the batch before the damage is served"
+    );
+    let e = r.read(2, 1).unwrap_err();
+    assert!(matches!(e, StorageError::Corrupt { .. }), "{e}");
 }

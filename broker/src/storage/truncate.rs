@@ -13,7 +13,8 @@
 use std::fs::OpenOptions;
 use std::path::Path;
 
-use weir_protocol::batch::{BatchHeader, BATCH_HEADER_BYTES};
+use weir_protocol::batch::BATCH_HEADER_BYTES;
+use weir_protocol::sealed;
 
 use super::error::{io_err, StorageError};
 use super::segment::{segment_path, sync_dir, INDEX_EXT, LOG_EXT, TIME_INDEX_EXT};
@@ -50,7 +51,7 @@ pub fn truncate_closed_log(dir: &Path, to: u64) -> Result<u64, StorageError> {
     let mut pos = 0usize;
     let mut next = base;
     while pos + BATCH_HEADER_BYTES <= data.len() && next < to {
-        let Ok(h) = BatchHeader::read(&data[pos..]) else {
+        let Ok(h) = sealed::read_stored_header(&data[pos..]) else {
             break;
         };
         if h.base_offset != next || h.record_count == 0 || h.total_bytes() > data.len() - pos {
