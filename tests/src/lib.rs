@@ -311,6 +311,60 @@ impl BrokerProcess {
         }
     }
 
+    /// Sets (or replaces) a `WEIR_*` variable for the next [`BrokerProcess::restart`].
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
+    /// Runs `weir-broker` on this broker's data directory (which must be stopped) with
+    /// its settings plus `env`, expecting it to refuse to start; returns its stderr.
+    /// Panics if it is still running after `within`.
+    pub fn start_refused(&self, env: &[(&str, &str)], within: Duration) -> String {
+        assert!(self.child.is_none(), "stop the broker first");
+        let mut cmd = Command::new(broker_binary());
+        cmd.arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--http")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("WEIR_") {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn weir-broker");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                let mut err = String::new();
+                let _ = child
+                    .stderr
+                    .take()
+                    .expect("stderr")
+                    .read_to_string(&mut err);
+                assert!(!status.success(), "weir-broker exited 0: {err}");
+                return err;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("weir-broker did not refuse to start within {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Starts the broker again on the same data directory and, if they are still free,
     /// the same ports, so existing clients can reconnect to the same address.
     pub fn restart(&mut self) {
