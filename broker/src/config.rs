@@ -328,6 +328,10 @@ pub struct Config {
     pub at_rest_keys: Vec<String>,
     /// Id of the key new topic batches are sealed with; 0 (default) = written plain.
     pub at_rest_write_key: u32,
+    /// Deletion by key (DeleteKey): how often each shard compacts the records deleted
+    /// since, rewriting the segments that hold them; the bound on how long their
+    /// bytes stay on disk after a DeleteKey is answered.
+    pub delete_key_compact_ms: u64,
 }
 
 /// The `auth` setting.
@@ -508,6 +512,7 @@ impl Default for Config {
             auth: AuthSetting::Off,
             at_rest_keys: Vec::new(),
             at_rest_write_key: 0,
+            delete_key_compact_ms: 60_000,
         }
     }
 }

@@ -494,6 +494,7 @@ impl TopicRegistry {
             weights: self.config.class_weights(),
             aging: self.config.class_aging(),
             group_bytes_max: self.config.shard_group_bytes_max,
+            delete_key_compact_ms: self.config.delete_key_compact_ms,
             ..ShardConfig::default()
         })
     }
@@ -567,6 +568,29 @@ impl TopicRegistry {
             .insert(name.to_string(), Arc::new(replaced));
         tracing::info!(topic = name, shard, to, end, "shard truncated");
         Ok((fresh, end))
+    }
+
+    /// Deletes every record with `key` from every shard of `topic` (tombstones);
+    /// returns each shard's tombstone offset.
+    pub async fn delete_key(
+        &self,
+        topic: &str,
+        key: bytes::Bytes,
+    ) -> Result<Vec<(u32, u64)>, BrokerError> {
+        let t = self.get(topic)?;
+        let mut out = Vec::with_capacity(t.shards.len());
+        for (i, s) in t.shards.iter().enumerate() {
+            let below = s.delete_key(key.to_vec()).await.map_err(|e| {
+                BrokerError::new(ErrorCode::StorageError, format!("shard {i}: {e}"))
+            })?;
+            out.push((i as u32, below));
+        }
+        tracing::info!(
+            topic,
+            shards = out.len(),
+            "tombstones written for a deleted key"
+        );
+        Ok(out)
     }
 
     /// Deletes a topic and its data.

@@ -139,6 +139,8 @@ apis! {
     FlowStatus = 22, v 0..=0, FlowStatusRequest => FlowStatusResponse;
     /// Read a shard in priority order (per-class lanes, WFQ with aging).
     PriorityFetch = 25, v 0..=0, PriorityFetchRequest => PriorityFetchResponse;
+    /// Delete every record with a key from a topic (tombstone, then compaction).
+    DeleteKey = 26, v 0..=0, DeleteKeyRequest => DeleteKeyResponse;
     /// The cluster's nodes and where each shard's copies are.
     DescribeCluster = 40, v 0..=0, DescribeClusterRequest => DescribeClusterResponse;
     /// A mirror reads its primary's log (inter-node).

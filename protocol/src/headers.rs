@@ -67,3 +67,8 @@ mod tests {
         );
     }
 }
+
+/// The one header of a record deleted by key (DeleteKey): the broker serves it in place
+/// of the record, with an empty key and value, so offsets stay dense. Its value is
+/// empty.
+pub const REDACTED: &str = "weir.redacted";

@@ -34,6 +34,7 @@ pub fn each_need(request: &Request, mut f: impl FnMut(Need<'_>) -> bool) -> bool
         Request::ApiVersions(_) | Request::Authenticate(_) | Request::InitProducerId(_) => true,
         Request::CreateTopic(r) => f(need(Topic, &r.name, Create)),
         Request::DeleteTopic(r) => f(need(Topic, &r.name, Delete)),
+        Request::DeleteKey(r) => f(need(Topic, &r.topic, Delete)),
         // Naming no topic lists them all: that is describing the cluster.
         Request::Metadata(r) if r.topics.is_empty() => f(need(Cluster, CLUSTER, Describe)),
         Request::Metadata(r) => r.topics.iter().all(|t| f(need(Topic, t, Describe))),
@@ -85,6 +86,8 @@ pub fn admin_change(request: &Request) -> Option<(&'static str, String)> {
     Some(match request {
         Request::CreateTopic(r) => ("create_topic", r.name.clone()),
         Request::DeleteTopic(r) => ("delete_topic", r.name.clone()),
+        // The topic only: the key is the personal data being forgotten.
+        Request::DeleteKey(r) => ("delete_key", r.topic.clone()),
         Request::AlterQuotas(r) => ("alter_quota", r.client_id.clone()),
         Request::UpsertUser(r) => ("upsert_user", r.name.clone()),
         Request::DeleteUser(r) => ("delete_user", r.name.clone()),

@@ -82,6 +82,36 @@ pub async fn delete_topic(
     Ok(DeleteTopicResponse {}.into())
 }
 
+/// Writes a tombstone for `r.key` on every shard of `r.topic` (see
+/// `Log::delete_key`): from the answer on, no reader sees a record with that key
+/// below it, and compaction removes their bytes within `delete_key_compact_ms`.
+pub async fn delete_key(
+    state: &BrokerState,
+    r: DeleteKeyRequest,
+) -> Result<ResponseBody, BrokerError> {
+    if state.cluster.is_some() {
+        // Mirrors copy batches from their primary and would keep the records.
+        return Err(BrokerError::new(
+            ErrorCode::InvalidRequest,
+            "DeleteKey is not supported on a cluster yet (mirrors would keep the records)",
+        ));
+    }
+    if r.key.is_empty() || r.key.len() > usize::from(u16::MAX) {
+        return Err(BrokerError::new(
+            ErrorCode::InvalidRequest,
+            "DeleteKey needs a key of 1..=65535 bytes",
+        ));
+    }
+    let shards = state.topics.delete_key(&r.topic, r.key).await?;
+    Ok(DeleteKeyResponse {
+        shards: shards
+            .into_iter()
+            .map(|(shard, below)| TombstonePoint { shard, below })
+            .collect(),
+    }
+    .into())
+}
+
 /// Describes the named topics (each once, sorted by name) or every topic. A named
 /// topic that does not exist gets an error entry (UNKNOWN_TOPIC) instead of failing
 /// the request, so one unknown name hides none of the others.

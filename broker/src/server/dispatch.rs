@@ -94,6 +94,7 @@ async fn route(state: &Arc<BrokerState>, request: Request) -> Result<ResponseBod
         Request::ApiVersions(_) => control::api_versions(state).into(),
         Request::CreateTopic(r) => control::create_topic(state, r).await?,
         Request::DeleteTopic(r) => control::delete_topic(state, r).await?,
+        Request::DeleteKey(r) => control::delete_key(state, r).await?,
         Request::Metadata(r) => control::metadata(state, r)?,
         Request::InitProducerId(r) if state.cluster.is_some() => {
             control::init_producer_id_cluster(state, r).await?

@@ -57,6 +57,9 @@ pub(super) enum Control {
     /// A mirror's copy of its primary's batches, written at the offsets the primary
     /// gave them (see [`ReplicaAppend`]).
     Replicate(ReplicaAppend),
+    /// Delete every record with this key below the log's end (`Log::delete_key`);
+    /// answered with the tombstone's offset.
+    DeleteKey(Vec<u8>, oneshot::Sender<Result<u64, AppendError>>),
     Shutdown,
 }
 
@@ -124,6 +127,9 @@ pub struct ShardConfig {
     pub aging: [Duration; CLASS_COUNT],
     /// Most bytes written per group; see [`DEFAULT_GROUP_BYTES_MAX`].
     pub group_bytes_max: usize,
+    /// How often pending deletions by key are compacted out of the log's files
+    /// (`Log::compact_deleted_keys`): the bound on how long their bytes stay on disk.
+    pub delete_key_compact_ms: u64,
 }
 
 impl Default for ShardConfig {
@@ -138,6 +144,7 @@ impl Default for ShardConfig {
             weights: DEFAULT_CLASS_WEIGHTS,
             aging: DEFAULT_AGING,
             group_bytes_max: DEFAULT_GROUP_BYTES_MAX,
+            delete_key_compact_ms: 60_000,
         }
     }
 }

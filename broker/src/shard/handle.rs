@@ -224,6 +224,17 @@ impl Shard {
         rx.await.map_err(|_| AppendError::Closed)?
     }
 
+    /// Deletes every record with `key` below the shard's end (a tombstone; see
+    /// `Log::delete_key`); returns the tombstone's offset.
+    pub async fn delete_key(&self, key: Vec<u8>) -> Result<u64, AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.control
+            .send(Control::DeleteKey(key, reply))
+            .await
+            .map_err(|_| AppendError::Closed)?;
+        rx.await.map_err(|_| AppendError::Closed)?
+    }
+
     /// The log's readers' view.
     pub fn reader(&self) -> &LogReader {
         &self.reader

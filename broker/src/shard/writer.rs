@@ -58,6 +58,13 @@ struct Turns {
     next_retry: Instant,
     /// Mirror appends received, written at the start of the next turn.
     replicas: Vec<ReplicaAppend>,
+    /// Deletions by key received, applied at the start of the next turn.
+    deletions: Vec<(
+        Vec<u8>,
+        tokio::sync::oneshot::Sender<Result<u64, AppendError>>,
+    )>,
+    next_compaction: Instant,
+    compact_every: Duration,
     shutdown: bool,
     /// Settings derived from the config once.
     flush_every: Duration,
@@ -80,6 +87,10 @@ impl Turns {
             next_retention: Instant::now() + retention_every,
             next_retry: Instant::now(),
             replicas: Vec::new(),
+            deletions: Vec::new(),
+            next_compaction: Instant::now()
+                + Duration::from_millis(cfg.delete_key_compact_ms.max(10)),
+            compact_every: Duration::from_millis(cfg.delete_key_compact_ms.max(10)),
             shutdown: false,
             flush_every,
             retention_every,
@@ -132,6 +143,7 @@ impl Writer {
                 take_arrivals(&mut lanes, &mut t);
                 take_control(&mut control, &mut t);
                 self.write_replicas(&mut t);
+                self.delete_keys(&mut t);
                 if t.shutdown {
                     self.shut_down(&mut lanes, &mut t);
                     break;
@@ -197,6 +209,9 @@ impl Writer {
         } else {
             t.next_retention
         };
+        if self.log.has_deleted_keys() {
+            deadline = deadline.min(t.next_compaction);
+        }
         if self.troubled {
             deadline = deadline.min(t.next_retry);
         }
@@ -222,6 +237,7 @@ impl Writer {
             c = control.recv() => match c {
                 Some(Control::Flush(reply)) => flush_replies.push(reply),
                 Some(Control::Replicate(r)) => t.replicas.push(r),
+                Some(Control::DeleteKey(k, reply)) => t.deletions.push((k, reply)),
                 Some(Control::Shutdown) | None => t.shutdown = true,
             },
             r = flush_done => flushed = Some(r),
@@ -236,6 +252,17 @@ impl Writer {
         }
         if let Some(r) = flushed {
             self.flusher_finish(t, Some(r));
+        }
+    }
+
+    /// Writes the tombstones of deletions by key received, answering each.
+    fn delete_keys(&mut self, t: &mut Turns) {
+        for (key, reply) in t.deletions.drain(..) {
+            let r = self
+                .log
+                .delete_key(&key)
+                .map_err(|e| AppendError::Storage(e.to_string()));
+            let _ = reply.send(r);
         }
     }
 
@@ -262,6 +289,18 @@ impl Writer {
                 Err(e) => tracing::error!(error = %e, "retention failed"),
             }
             t.next_retention = now + t.retention_every;
+        }
+        if now >= t.next_compaction {
+            if self.log.has_deleted_keys() {
+                match self.log.compact_deleted_keys() {
+                    Ok(n) => tracing::info!(segments = n, "records deleted by key compacted away"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "compacting deleted keys failed; retried later")
+                    }
+                }
+                self.publish_trouble();
+            }
+            t.next_compaction = now + t.compact_every;
         }
         if self.troubled && now >= t.next_retry {
             self.log.retry_stalled();
@@ -413,6 +452,7 @@ fn take_control(control: &mut mpsc::Receiver<Control>, t: &mut Turns) {
         match control.try_recv() {
             Ok(Control::Flush(reply)) => t.flusher.want(Vec::new(), Some(reply)),
             Ok(Control::Replicate(r)) => t.replicas.push(r),
+            Ok(Control::DeleteKey(k, reply)) => t.deletions.push((k, reply)),
             Ok(Control::Shutdown) => t.shutdown = true,
             Err(_) => break,
         }

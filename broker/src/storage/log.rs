@@ -26,6 +26,7 @@ use super::error::{io_err, StorageError};
 use super::index::{index_capacity, IndexEntry, IndexFile, SegmentIndex};
 use super::index::{OFFSET_ENTRY_BYTES, TIME_ENTRY_BYTES};
 use super::recovery::{self, Recovered};
+use super::redact::{self, Tombstone};
 use super::retention;
 use super::segment::{self, sync_dir, MappedLog, Prepared, Segment};
 use super::workers::{self, Task};
@@ -81,6 +82,11 @@ pub(super) struct Shared {
     pub visible_cap: AtomicU64,
     /// Opens sealed batches for readers (encryption at rest).
     pub at_rest: Option<AtRest>,
+    /// Pending deletions by key: readers redact what they match (`redact.rs`).
+    /// Replaced whole by the writer; empty almost always, which `has_tombstones`
+    /// tells readers without the lock.
+    pub tombstones: RwLock<Arc<Vec<Tombstone>>>,
+    pub has_tombstones: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -92,6 +98,21 @@ impl Shared {
 
     fn publish(&self, segments: Vec<Arc<Segment>>) {
         *self.segments.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(segments);
+    }
+
+    fn publish_tombstones(&self, t: Vec<Tombstone>) {
+        let any = !t.is_empty();
+        *self.tombstones.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(t);
+        self.has_tombstones.store(any, Ordering::Release);
+    }
+
+    fn tombstones(&self) -> Option<Arc<Vec<Tombstone>>> {
+        if !self.has_tombstones.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(Arc::clone(
+            &self.tombstones.read().unwrap_or_else(|p| p.into_inner()),
+        ))
     }
 }
 
@@ -139,6 +160,7 @@ impl Log {
         let mut segments = closed;
         segments.push(Arc::clone(&active.seg));
         let active_key = check_keys(&segments, config.at_rest.as_ref())?;
+        let tombstones = redact::load(dir)?;
         let hwm = active.next_offset;
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
@@ -147,7 +169,10 @@ impl Log {
             log_start_offset: AtomicU64::new(log_start),
             visible_cap: AtomicU64::new(u64::MAX),
             at_rest: config.at_rest.clone(),
+            tombstones: RwLock::new(Arc::new(Vec::new())),
+            has_tombstones: std::sync::atomic::AtomicBool::new(false),
         });
+        shared.publish_tombstones(tombstones);
         let mut log = Log {
             config,
             shared,
@@ -780,6 +805,133 @@ impl Log {
     pub fn dir(&self) -> &Path {
         &self.shared.dir
     }
+
+    /// Deletes every record with `key` below the log's end: writes a tombstone
+    /// durably (`tombstones.json`) and publishes it, so no read that starts after
+    /// this returns sees those records (they come redacted, see `redact.rs`).
+    /// [`Log::compact_deleted_keys`] later removes their bytes. Returns the
+    /// tombstone's offset: records with the key at or above it are not deleted.
+    pub fn delete_key(&mut self, key: &[u8]) -> Result<u64, StorageError> {
+        self.check_failed()?;
+        let below = self.active.next_offset;
+        let mut t = self
+            .shared
+            .tombstones()
+            .map_or_else(Vec::new, |t| t.as_ref().clone());
+        match t.iter_mut().find(|t| t.key == key) {
+            Some(old) => old.below = old.below.max(below),
+            None => t.push(Tombstone {
+                key: key.to_vec(),
+                below,
+            }),
+        }
+        redact::save(&self.shared.dir, &t)?;
+        self.shared.publish_tombstones(t);
+        Ok(below)
+    }
+
+    /// Whether tombstones wait for [`Log::compact_deleted_keys`].
+    pub fn has_deleted_keys(&self) -> bool {
+        self.shared.has_tombstones.load(Ordering::Acquire)
+    }
+
+    /// Removes the records deleted by key from disk: rolls the active segment if it
+    /// holds offsets below a tombstone, rewrites each closed segment below the
+    /// tombstones that holds a deleted record (its batches redacted, sealed with the
+    /// current write key when encrypting at rest) and renames it over the old file,
+    /// then drops the tombstones. Runs on the writer (appends to this shard wait);
+    /// costs one read of every segment below the newest tombstone. Returns how many
+    /// segments were rewritten.
+    pub fn compact_deleted_keys(&mut self) -> Result<usize, StorageError> {
+        self.check_failed()?;
+        let Some(tombstones) = self.shared.tombstones() else {
+            return Ok(0);
+        };
+        let below = tombstones.iter().map(|t| t.below).max().unwrap_or(0);
+        if self.active.pos > 0 && self.active.seg.base_offset < below {
+            let p = self.take_prepared_for(self.config.segment_bytes, 0)?;
+            if let Err(e) = self.roll(p) {
+                self.failed = Some(e.to_string());
+                return Err(e);
+            }
+            // The closed segment is made durable before its rewrite replaces it.
+            self.flush()?;
+        }
+        let mut rewritten = 0;
+        let snap = self.shared.snapshot();
+        for i in 0..snap.len().saturating_sub(1) {
+            let seg = &snap[i];
+            if seg.base_offset >= below {
+                break;
+            }
+            if let Some(new) = self.rewrite_segment(seg, &tombstones)? {
+                let mut list = self.shared.snapshot().as_ref().clone();
+                if let Some(slot) = list.iter_mut().find(|s| s.base_offset == seg.base_offset) {
+                    *slot = Arc::new(new);
+                }
+                self.shared.publish(list);
+                self.pending_sync
+                    .retain(|s| s.base_offset != seg.base_offset);
+                rewritten += 1;
+            }
+        }
+        redact::save(&self.shared.dir, &[])?;
+        self.shared.publish_tombstones(Vec::new());
+        Ok(rewritten)
+    }
+
+    /// Rewrites one closed segment with the deleted records redacted, durably, or
+    /// `None` when it holds none of them. A segment that cannot be read whole
+    /// (damage) is left as it is, with an error.
+    fn rewrite_segment(
+        &self,
+        seg: &Segment,
+        tombstones: &[Tombstone],
+    ) -> Result<Option<Segment>, StorageError> {
+        let data = seg.committed();
+        let mut plain_batches: Vec<Bytes> = Vec::new();
+        let mut changed = false;
+        let mut pos = 0;
+        while pos < data.len() {
+            let h = sealed::verify_stored(&data[pos..])
+                .map_err(|e| corrupt(seg, pos, e.to_string()))?;
+            let stored = seg.chunk(pos, pos + h.total_bytes());
+            let plain = self.reader().open_sealed(vec![stored])?.remove(0);
+            match redact::redact_batch(&plain, tombstones) {
+                Some(r) => {
+                    changed = true;
+                    plain_batches.push(Bytes::from(r));
+                }
+                None => plain_batches.push(plain),
+            }
+            pos += h.total_bytes();
+        }
+        if !changed {
+            return Ok(None);
+        }
+        let mut out = Vec::with_capacity(data.len());
+        for b in &plain_batches {
+            match self
+                .config
+                .at_rest
+                .as_ref()
+                .filter(|k| k.write_key().is_some())
+            {
+                Some(k) => out.extend_from_slice(&k.seal(b)),
+                None => out.extend_from_slice(b),
+            }
+        }
+        let next_offset = seg.next_offset.load(Ordering::Acquire);
+        let dir = &self.shared.dir;
+        recovery::replace_closed(
+            dir,
+            seg.base_offset,
+            next_offset,
+            &out,
+            self.config.index_interval_bytes,
+        )
+        .map(Some)
+    }
 }
 
 impl Drop for Log {
@@ -1020,7 +1172,14 @@ impl LogReader {
                 }
             }
         }
-        self.open_sealed(read.out)
+        let out = self.open_sealed(read.out)?;
+        Ok(match self.shared.tombstones() {
+            None => out,
+            Some(t) => out
+                .into_iter()
+                .map(|c| redact::redact_chunk(c, &t))
+                .collect(),
+        })
     }
 
     /// `chunks` with every sealed batch opened (encryption at rest); plain chunks stay

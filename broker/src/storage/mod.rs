@@ -18,6 +18,7 @@
 //! * `active.rs` — the writer's position in the segment it appends to;
 //! * `recovery.rs` — what `Log::open` checks and cuts, handed back as parts;
 //! * `retention.rs` — which segments retention removes;
+//! * `redact.rs` — deletion by key: tombstones, and redacting the records they delete;
 //! * `workers.rs` — the bounded pool of threads that runs flushes, segment
 //!   preparation and deletions in the background;
 //! * `log.rs` — [`Log`] (the single writer, owner of the segment list) and
@@ -33,6 +34,7 @@ mod error;
 mod index;
 mod log;
 mod recovery;
+pub mod redact;
 mod retention;
 mod segment;
 mod truncate;

@@ -248,6 +248,52 @@ fn check_closed(dir: &Path, base: u64, cfg: &LogConfig) -> Result<ClosedOutcome,
     Ok(outcome)
 }
 
+/// Replaces closed segment `base` (offsets `base..next_offset`) with `data`, durably
+/// and crash-safely: `data` goes to a `.prepare-` file (deleted on open if a crash
+/// leaves it) and is fsynced, the old index files are removed, the file is renamed
+/// over `<base>.log` and the directory fsynced, then the index files are rebuilt from
+/// `data`. A crash leaves the old or the new `.log` (an index without its points is
+/// rebuilt by the next open). Returns the new segment, mapped read-only.
+pub(crate) fn replace_closed(
+    dir: &Path,
+    base: u64,
+    next_offset: u64,
+    data: &[u8],
+    interval: u32,
+) -> Result<Segment, StorageError> {
+    let scan = scan(data, base, 0, base, i64::MIN, interval, true);
+    if scan.end != data.len() || scan.next_offset != next_offset {
+        return Err(StorageError::Corrupt {
+            path: segment_path(dir, base, LOG_EXT),
+            file_position: scan.end as u64,
+            detail: format!(
+                "rewritten segment does not check: {}",
+                scan.stop.unwrap_or_else(|| "offsets do not match".into())
+            ),
+        });
+    }
+    let tmp = dir.join(format!("{PREPARE_PREFIX}rewrite-{base:020}.{LOG_EXT}"));
+    {
+        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        std::io::Write::write_all(&mut f, data).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+    }
+    for ext in [INDEX_EXT, TIME_INDEX_EXT] {
+        let p = segment_path(dir, base, ext);
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&p)(e)),
+        }
+    }
+    let path = segment_path(dir, base, LOG_EXT);
+    std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    sync_dir(dir)?;
+    write_closed_index(dir, base, &scan.entries)?;
+    sync_dir(dir)?;
+    open_closed(dir, base, next_offset)
+}
+
 /// Opens a closed segment's files read-only.
 fn open_closed(dir: &Path, base: u64, next_offset: u64) -> Result<Segment, StorageError> {
     let log = MappedLog::read_only(segment_path(dir, base, LOG_EXT))?;

@@ -1,4 +1,4 @@
-//! Topic administration and metadata: CreateTopic, DeleteTopic, Metadata.
+//! Topic administration and metadata: CreateTopic, DeleteTopic, Metadata, DeleteKey.
 
 use crate::{wire_enum, wire_struct};
 
@@ -74,6 +74,34 @@ wire_struct! {
 wire_struct! {
     /// Empty: success is the error code 0.
     pub struct DeleteTopicResponse {}
+}
+
+wire_struct! {
+    /// Deletes every record with `key` from a topic (the right to be forgotten): a
+    /// tombstone on each shard at its current end. Readers never see those records
+    /// again; compaction removes their bytes from disk within the broker's
+    /// `delete_key_compact_ms`.
+    pub struct DeleteKeyRequest {
+        pub topic: String,
+        /// The record key, 1..=65535 bytes.
+        pub key: bytes::Bytes,
+    }
+}
+
+wire_struct! {
+    /// Where one shard's tombstone stands: records with the key below `below` are
+    /// deleted; records produced later (at or above it) are not.
+    pub struct TombstonePoint {
+        pub shard: u32,
+        pub below: u64,
+    }
+}
+
+wire_struct! {
+    /// One tombstone per shard of the topic.
+    pub struct DeleteKeyResponse {
+        pub shards: Vec<TombstonePoint>,
+    }
 }
 
 wire_struct! {
