@@ -1043,3 +1043,106 @@ fn a_flipped_bit_in_a_sealed_closed_segment_is_not_served() {
     let e = r.read(2, 1).unwrap_err();
     assert!(matches!(e, StorageError::Corrupt { .. }), "{e}");
 }
+
+// ---- Deletion by key ----
+
+fn keyed_batch(key: &[u8], value: &[u8], ts_ms: i64) -> Bytes {
+    let mut b = BatchBuilder::new();
+    b.push(&NewRecord {
+        priority: 5,
+        complexity: 1,
+        timestamp_ms: ts_ms,
+        key,
+        value,
+        headers: &[],
+    })
+    .unwrap();
+    b.finish().unwrap()
+}
+
+/// (key, value) of every record of the log, via reads.
+fn records_of(log: &Log) -> Vec<(Vec<u8>, Vec<u8>)> {
+    read_all(&log.reader(), 0)
+        .unwrap()
+        .into_iter()
+        .flat_map(|b| {
+            batch::Batch::parse(b)
+                .unwrap()
+                .records()
+                .map(|r| (r.key.to_vec(), r.value.to_vec()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn delete_key_case(config: LogConfig) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), config.clone()).unwrap();
+    for i in 0..300 {
+        let (k, v): (&[u8], Vec<u8>) = if i % 3 == 0 {
+            (b"user-42", format!("FORGET-ME-{i:04}").into_bytes())
+        } else {
+            (b"user-7", format!("keep-me-{i:04}").into_bytes())
+        };
+        log.append(&[keyed_batch(k, &v, i)]).unwrap();
+    }
+    log.flush().unwrap();
+    assert!(segment_files(dir.path()).len() > 1, "several segments");
+    let below = log.delete_key(b"user-42").unwrap();
+    assert_eq!(below, 300);
+    // Produced after the tombstone: not deleted.
+    log.append(&[keyed_batch(b"user-42", b"FORGET-ME-late", 999)])
+        .unwrap();
+    let recs = records_of(&log);
+    assert_eq!(recs.len(), 301, "offsets stay dense");
+    assert!(recs[..300]
+        .iter()
+        .all(|(k, v)| k != b"user-42" && !v.starts_with(b"FORGET")));
+    assert_eq!(
+        recs.iter()
+            .filter(|(_, v)| v.starts_with(b"keep-me"))
+            .count(),
+        200
+    );
+    assert_eq!(recs[300], (b"user-42".to_vec(), b"FORGET-ME-late".to_vec()));
+    // Until compaction the bytes are still on disk, and the tombstone survives a reopen.
+    assert!(files_contain(dir.path(), b"FORGET-ME-0000") || config.at_rest.is_some());
+    drop(log);
+    let mut log = Log::open(dir.path(), config.clone()).unwrap();
+    assert!(log.has_deleted_keys());
+    assert!(!records_of(&log)[..300]
+        .iter()
+        .any(|(_, v)| v.starts_with(b"FORGET")));
+    let n = log.compact_deleted_keys().unwrap();
+    assert!(n >= 2, "rewrote {n} segments");
+    assert!(!log.has_deleted_keys());
+    assert!(!dir.path().join(redact::TOMBSTONES_FILE).exists());
+    let after = records_of(&log);
+    assert_eq!(after, recs);
+    // Only the late record (written after the tombstone) is left: in plain logs its
+    // bytes; in sealed logs none.
+    assert!(!files_contain(dir.path(), b"FORGET-ME-0"));
+    assert!(!files_contain(dir.path(), b"user-42") || config.at_rest.is_none());
+    // Appends go on after compaction, and a reopen checks the rewritten segments.
+    log.append(&[keyed_batch(b"x", b"after", 1000)]).unwrap();
+    log.flush().unwrap();
+    drop(log);
+    let log = Log::open(dir.path(), config).unwrap();
+    let mut want = recs;
+    want.push((b"x".to_vec(), b"after".to_vec()));
+    assert_eq!(records_of(&log), want);
+    assert!(!files_contain(dir.path(), b"FORGET-ME-0"));
+}
+
+#[test]
+fn deleted_keys_are_hidden_at_once_and_compacted_off_disk() {
+    delete_key_case(small_config(8 * 1024));
+}
+
+#[test]
+fn deleted_keys_are_compacted_out_of_sealed_logs() {
+    delete_key_case(LogConfig {
+        at_rest: Some(keys(&[(1, 1)], 1)),
+        ..small_config(8 * 1024)
+    });
+}
