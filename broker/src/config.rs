@@ -680,6 +680,9 @@ impl Config {
         if !tls_cert && !self.tls_client_ca.as_os_str().is_empty() {
             return bad("tls_client_ca needs tls_cert and tls_key");
         }
+        if self.delete_key_compact_ms < 10 {
+            return bad("delete_key_compact_ms must be at least 10");
+        }
         let keys = self.at_rest_key_sources().map_err(ConfigError::Invalid)?;
         if self.at_rest_write_key != 0 && !keys.iter().any(|(id, _)| *id == self.at_rest_write_key)
         {

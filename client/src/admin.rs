@@ -41,6 +41,18 @@ impl Admin {
         expect_body!(self.client.call(req).await?, DeleteTopic).map(|_| ())
     }
 
+    /// Deletes every record with `key` from `topic` (the right to be forgotten):
+    /// readers no longer see them once this returns, and the broker removes their
+    /// bytes from disk within its `delete_key_compact_ms`. Returns, per shard, the
+    /// offset below which they are deleted (records produced later are kept).
+    pub async fn delete_key(&self, topic: &str, key: &[u8]) -> Result<Vec<TombstonePoint>> {
+        let req = DeleteKeyRequest {
+            topic: topic.to_string(),
+            key: bytes::Bytes::copy_from_slice(key),
+        };
+        Ok(expect_body!(self.client.call(req).await?, DeleteKey)?.shards)
+    }
+
     /// Every topic.
     pub async fn list_topics(&self) -> Result<Vec<TopicMetadata>> {
         Ok(self.client.metadata(&[]).await?.topics)

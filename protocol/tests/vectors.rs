@@ -533,6 +533,16 @@ fn security_requests() -> Vec<(&'static str, RequestFrame)> {
                 },
             ),
         ),
+        (
+            "delete_key_request",
+            RequestFrame::new(
+                26,
+                DeleteKeyRequest {
+                    topic: "orders".into(),
+                    key: Bytes::from_static(b"user-42"),
+                },
+            ),
+        ),
     ]
 }
 
@@ -871,6 +881,23 @@ fn responses() -> Vec<(&'static str, ResponseFrame)> {
         (
             "delete_topic_response",
             ok(ApiKey::DeleteTopic, 3, DeleteTopicResponse {}.into()),
+        ),
+        (
+            "delete_key_response",
+            ok(
+                ApiKey::DeleteKey,
+                26,
+                DeleteKeyResponse {
+                    shards: vec![
+                        TombstonePoint {
+                            shard: 0,
+                            below: 120,
+                        },
+                        TombstonePoint { shard: 1, below: 7 },
+                    ],
+                }
+                .into(),
+            ),
         ),
         (
             "metadata_response",

@@ -54,6 +54,10 @@ pub enum TopicCmd {
     Describe { name: String },
     /// Delete a topic and its data.
     Delete { name: String },
+    /// Delete every record with KEY from a topic (right to be forgotten): hidden from
+    /// readers at once, removed from disk by the broker's next compaction
+    /// (`delete_key_compact_ms`). Records produced later with the key are kept.
+    DeleteKey { topic: String, key: String },
 }
 
 /// `--durability` of `topic create`.
@@ -111,6 +115,15 @@ pub async fn run(admin: &Admin, cmd: TopicCmd) -> anyhow::Result<()> {
         TopicCmd::Delete { name } => {
             admin.delete_topic(&name).await?;
             println!("deleted topic {name}");
+        }
+        TopicCmd::DeleteKey { topic, key } => {
+            let points = admin.delete_key(&topic, key.as_bytes()).await?;
+            for p in points {
+                println!(
+                    "shard {}: records with the key below offset {} deleted",
+                    p.shard, p.below
+                );
+            }
         }
     }
     Ok(())
