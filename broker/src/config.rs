@@ -318,6 +318,9 @@ pub struct Config {
     pub tls_client_ca: PathBuf,
     /// Oldest TLS version offered: `"1.3"` (default) or `"1.2"`.
     pub tls_min_version: TlsVersion,
+    /// Serve the HTTP port over TLS too, with `tls_cert` and `tls_key` (reloaded the
+    /// same way); no client certificate is asked for there. Needs `tls_cert`.
+    pub http_tls: bool,
     /// `off` (default): nobody authenticates and nothing is checked. `required`:
     /// every connection authenticates (SCRAM-SHA-256, an API key, or a client
     /// certificate) and every request is checked against the ACLs; audit log on.
@@ -509,6 +512,7 @@ impl Default for Config {
             tls_key: PathBuf::new(),
             tls_client_ca: PathBuf::new(),
             tls_min_version: TlsVersion::V1_3,
+            http_tls: false,
             auth: AuthSetting::Off,
             at_rest_keys: Vec::new(),
             at_rest_write_key: 0,
@@ -679,6 +683,9 @@ impl Config {
         }
         if !tls_cert && !self.tls_client_ca.as_os_str().is_empty() {
             return bad("tls_client_ca needs tls_cert and tls_key");
+        }
+        if !tls_cert && self.http_tls {
+            return bad("http_tls needs tls_cert and tls_key");
         }
         if self.delete_key_compact_ms < 10 {
             return bad("delete_key_compact_ms must be at least 10");

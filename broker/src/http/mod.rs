@@ -32,6 +32,9 @@ pub const HEAD_TIME: Duration = Duration::from_secs(5);
 /// Longest a connection may take from accept to the end of its answer.
 pub const CONNECTION_TIME: Duration = Duration::from_secs(10);
 
+/// What a plain-HTTP client of a TLS HTTP port (`http_tls`) is told before the close.
+const HTTPS_REQUIRED: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 40\r\nConnection: close\r\n\r\nthis port speaks HTTPS (TLS): use https\n";
+
 /// What every handler reads.
 #[derive(Clone)]
 pub struct Shared {
@@ -58,21 +61,39 @@ pub async fn serve(
     observer: Arc<Observer>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let app = router(Shared { state, observer });
+    let app = router(Shared {
+        state: state.clone(),
+        observer,
+    });
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
             accepted = listener.accept() => {
                 let Ok((sock, _)) = accepted else { continue };
                 let service = TowerToHyperService::new(app.clone());
+                let state = state.clone();
                 tokio::spawn(async move {
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .max_buf_size(MAX_HEAD_BYTES)
+                    let mut http = hyper::server::conn::http1::Builder::new();
+                    http.max_buf_size(MAX_HEAD_BYTES)
                         .keep_alive(false)
                         .timer(TokioTimer::new())
-                        .header_read_timeout(HEAD_TIME)
-                        .serve_connection(TokioIo::new(sock), service);
-                    let _ = tokio::time::timeout(CONNECTION_TIME, conn).await;
+                        .header_read_timeout(HEAD_TIME);
+                    // The handshake counts against the connection's time too.
+                    let _ = tokio::time::timeout(CONNECTION_TIME, async move {
+                        match state.security.http_tls.as_ref() {
+                            None => {
+                                let _ = http.serve_connection(TokioIo::new(sock), service).await;
+                            }
+                            Some(tls) => {
+                                let Ok((stream, _)) = tls.accept(sock, HEAD_TIME, HTTPS_REQUIRED).await
+                                else {
+                                    return;
+                                };
+                                let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                        }
+                    })
+                    .await;
                 });
             }
         }

@@ -67,6 +67,9 @@ impl Identity {
 pub struct Security {
     /// TLS on the protocol port, when `tls_cert` is set.
     pub tls: Option<tls::TlsServer>,
+    /// TLS on the HTTP port, when `http_tls` is on: the same certificate files and
+    /// reloading, no client certificates.
+    pub http_tls: Option<tls::TlsServer>,
     /// Whether every connection must authenticate and every request is checked.
     pub required: bool,
     /// Users, API keys, grants.
@@ -103,6 +106,7 @@ impl Security {
             .transpose()?;
         let security = Security {
             tls: tls::TlsServer::from_config(config)?,
+            http_tls: tls::TlsServer::for_http(config)?,
             required,
             store,
             audit,

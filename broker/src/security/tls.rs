@@ -1,4 +1,4 @@
-//! TLS on the protocol port: the server configuration built from PEM files, reloaded
+//! TLS on the protocol port (and, with `http_tls`, the HTTP port): the server configuration built from PEM files, reloaded
 //! when the files change on disk (certificate rotation without a restart), and the
 //! identity a client certificate proves (mutual TLS).
 //!
@@ -153,6 +153,27 @@ impl TlsServer {
             key: config.tls_key.clone(),
             client_ca: (!config.tls_client_ca.as_os_str().is_empty())
                 .then(|| config.tls_client_ca.clone()),
+            min_version: config.tls_min_version,
+        };
+        let stamps = files.stamps();
+        let acceptor = TlsAcceptor::from(Arc::new(files.build()?));
+        Ok(Some(TlsServer {
+            files,
+            current: Mutex::new((acceptor, stamps)),
+        }))
+    }
+
+    /// The TLS side of the HTTP port: `None` unless `http_tls` is on. The protocol
+    /// port's certificate and key (reloaded the same way), without client
+    /// certificates, so probes and scrapers need only the CA.
+    pub fn for_http(config: &Config) -> Result<Option<TlsServer>, TlsError> {
+        if !config.http_tls || config.tls_cert.as_os_str().is_empty() {
+            return Ok(None);
+        }
+        let files = Files {
+            cert: config.tls_cert.clone(),
+            key: config.tls_key.clone(),
+            client_ca: None,
             min_version: config.tls_min_version,
         };
         let stamps = files.stamps();
