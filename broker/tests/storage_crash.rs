@@ -26,6 +26,7 @@ fn config() -> LogConfig {
         retention_bytes: 0,
         // Small steps, so appends grow the file often.
         preallocate_bytes: 16 * 1024,
+        at_rest: None,
     }
 }
 

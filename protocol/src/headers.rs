@@ -39,6 +39,11 @@ pub const DLQ_HEADERS: [&str; 8] = [
 /// of the dead-letter record it came from.
 pub const REPLAYED_FROM: &str = "weir.replayed_from";
 
+/// The one header of a record deleted by key (DeleteKey): the broker serves it in place
+/// of the record, with an empty key and value, so offsets stay dense. Its value is
+/// empty.
+pub const REDACTED: &str = "weir.redacted";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,8 +72,3 @@ mod tests {
         );
     }
 }
-
-/// The one header of a record deleted by key (DeleteKey): the broker serves it in place
-/// of the record, with an empty key and value, so offsets stay dense. Its value is
-/// empty.
-pub const REDACTED: &str = "weir.redacted";

@@ -59,9 +59,12 @@ pub(super) enum Control {
     Replicate(ReplicaAppend),
     /// Delete every record with this key below the log's end (`Log::delete_key`);
     /// answered with the tombstone's offset.
-    DeleteKey(Vec<u8>, oneshot::Sender<Result<u64, AppendError>>),
+    DeleteKey(Vec<u8>, DeleteKeyReply),
     Shutdown,
 }
+
+/// Where a deletion by key is answered: the tombstone's offset, or why not.
+pub(super) type DeleteKeyReply = oneshot::Sender<Result<u64, AppendError>>;
 
 /// Batches copied from the primary, stamped with their offsets there. The writer
 /// writes them only if the first starts at its log's end, and answers with the new end.

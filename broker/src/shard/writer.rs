@@ -17,7 +17,8 @@ use weir_protocol::classes::{Class, CLASS_COUNT};
 use weir_protocol::messages::Durability;
 
 use super::command::{
-    AppendCmd, AppendError, AppendOutcome, ClassStats, Control, ReplicaAppend, ShardConfig,
+    AppendCmd, AppendError, AppendOutcome, ClassStats, Control, DeleteKeyReply, ReplicaAppend,
+    ShardConfig,
 };
 use super::flusher::{Flusher, Waiter};
 use super::idempotence::{continues, ProducerTable, Verdict};
@@ -59,10 +60,7 @@ struct Turns {
     /// Mirror appends received, written at the start of the next turn.
     replicas: Vec<ReplicaAppend>,
     /// Deletions by key received, applied at the start of the next turn.
-    deletions: Vec<(
-        Vec<u8>,
-        tokio::sync::oneshot::Sender<Result<u64, AppendError>>,
-    )>,
+    deletions: Vec<(Vec<u8>, DeleteKeyReply)>,
     next_compaction: Instant,
     compact_every: Duration,
     shutdown: bool,

@@ -991,7 +991,7 @@ fn a_torn_sealed_tail_is_cut_like_a_plain_one() {
     let mut log = Log::open(dir.path(), sealed_config(&[(1, 1)], 1)).unwrap();
     let a = make_batch(1, 3, 40, 1);
     let b = make_batch(2, 3, 40, 1);
-    log.append(&[a.clone()]).unwrap();
+    log.append(std::slice::from_ref(&a)).unwrap();
     log.append(&[b]).unwrap();
     log.flush().unwrap();
     drop(log);
