@@ -48,6 +48,9 @@ impl Broker {
         let addr = listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        if let Ok(secret) = std::env::var(crate::security::CLUSTER_SECRET_ENV) {
+            crate::cluster::peer::set_link_secret(&secret);
+        }
         let cluster = if config.is_cluster() {
             Some(crate::cluster::Cluster::start(config.clone(), stores.topics.clone()).await?)
         } else {

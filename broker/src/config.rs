@@ -45,6 +45,7 @@ pub const NOT_CONFIG_ENV: &[&str] = &[
     "WEIR_API_KEY",
     "WEIR_ADMIN_PASSWORD",
     "WEIR_NEW_PASSWORD",
+    "WEIR_CLUSTER_SECRET",
 ];
 
 /// `WEIR_*` variables starting with this hold at-rest keys (`at_rest_keys`,

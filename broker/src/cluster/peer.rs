@@ -35,6 +35,18 @@ type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<ResponsePayload>>>>;
 /// The `cluster_partition_file` of this process, if set (fault injection).
 static PARTITION_FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
 
+/// The cluster secret this node's links prove themselves with (`WEIR_CLUSTER_SECRET`).
+static LINK_SECRET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Makes every link this process opens to another node authenticate first, with the
+/// WEIR-NODE mechanism and `secret` (once per process; later calls are ignored). Peers
+/// with `auth = required` refuse links that do not.
+pub fn set_link_secret(secret: &str) {
+    if !secret.is_empty() {
+        let _ = LINK_SECRET.set(secret.to_string());
+    }
+}
+
 /// Sets the fault-injection file (once per process; later calls are ignored).
 pub fn set_partition_file(path: &str) {
     if !path.is_empty() {
@@ -160,8 +172,40 @@ impl Peer {
             pending,
             reader,
         });
+        if let Some(secret) = LINK_SECRET.get() {
+            self.authenticate(&conn, secret).await?;
+        }
         *slot = Some(conn.clone());
         Ok(conn)
+    }
+
+    /// Proves this node to the peer on a new link (WEIR-NODE), before any other
+    /// request; the link is not kept if the peer refuses.
+    async fn authenticate(&self, conn: &Arc<Conn>, secret: &str) -> Result<(), PeerError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        conn.pending.lock().expect("pending lock").insert(id, tx);
+        let request = weir_protocol::messages::AuthenticateRequest {
+            mechanism: crate::security::auth::NODE_MECHANISM.into(),
+            payload: bytes::Bytes::copy_from_slice(secret.as_bytes()),
+        };
+        let sent = conn
+            .write
+            .lock()
+            .await
+            .send(RequestFrame::new(id, request))
+            .await;
+        if sent.is_err() {
+            return Err(PeerError::Closed(self.addr.clone()));
+        }
+        match rx.await {
+            Ok(ResponsePayload::Ok(_)) => Ok(()),
+            Ok(ResponsePayload::Err(code, body)) => Err(PeerError::Refused {
+                code,
+                message: format!("authenticating this node's link: {}", body.message),
+            }),
+            Err(_) => Err(PeerError::Closed(self.addr.clone())),
+        }
     }
 
     async fn forget(&self, conn: &Arc<Conn>) {

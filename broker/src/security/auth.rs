@@ -22,6 +22,13 @@ use super::store::Snapshot;
 
 /// The API-key mechanism's name in AuthenticateRequest.
 pub const API_KEY_MECHANISM: &str = "API-KEY";
+/// The mechanism cluster nodes authenticate their links to each other with: the
+/// payload is the cluster secret (`WEIR_CLUSTER_SECRET`), the principal [`NODE_PRINCIPAL`].
+pub const NODE_MECHANISM: &str = "WEIR-NODE";
+/// The principal of a node's link to another node; it may do everything. A user or
+/// key of the same name gets nothing from the name: the grant comes with the
+/// mechanism.
+pub const NODE_PRINCIPAL: &str = "weir.node";
 /// Every API key starts with this.
 pub const KEY_PREFIX: &str = "wk_";
 /// PBKDF2 iterations of credentials the broker makes itself (the bootstrap admin).
@@ -48,7 +55,7 @@ impl Pending {
 /// this text, the audit log gets the same.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    #[error("unknown mechanism {0:?}; SCRAM-SHA-256 and API-KEY are spoken")]
+    #[error("unknown mechanism {0:?}; SCRAM-SHA-256, API-KEY and WEIR-NODE are spoken")]
     Mechanism(String),
     #[error(transparent)]
     Scram(#[from] scram::ScramError),
@@ -58,6 +65,8 @@ pub enum AuthError {
     NoExchange,
     #[error("unknown or revoked API key")]
     BadKey,
+    #[error("wrong cluster secret, or this node has none (WEIR_CLUSTER_SECRET)")]
+    BadNodeSecret,
     #[error("no randomness available")]
     Random,
 }

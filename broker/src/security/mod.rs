@@ -44,6 +44,8 @@ pub struct Identity {
     rules: Option<(u64, Arc<[store::Rule]>)>,
     /// Refusals this connection has written to the audit log.
     denials_logged: u32,
+    /// Another cluster node, authenticated by the cluster secret: may do everything.
+    node: bool,
 }
 
 impl Identity {
@@ -76,6 +78,9 @@ pub struct Security {
     pub store: store::Store,
     /// The audit log, when authentication is required.
     pub audit: Option<audit::AuditLog>,
+    /// SHA-256 of the cluster secret (`WEIR_CLUSTER_SECRET`) that other nodes'
+    /// links prove with the WEIR-NODE mechanism; `None` = no node may log in so.
+    node_secret_digest: Option<[u8; 32]>,
 }
 
 /// Why the security settings could not be put in force; the broker does not start.
@@ -89,6 +94,15 @@ pub enum SecurityError {
     Audit(#[from] audit::AuditError),
     #[error("cannot create the bootstrap admin: {0}")]
     Bootstrap(String),
+}
+
+/// The environment variable holding the secret cluster nodes authenticate their links
+/// to each other with (never a config key, so it stays out of files and `Debug`).
+pub const CLUSTER_SECRET_ENV: &str = "WEIR_CLUSTER_SECRET";
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    d.as_ref().try_into().expect("32 bytes")
 }
 
 /// The bootstrap administrator's user name.
@@ -110,6 +124,10 @@ impl Security {
             required,
             store,
             audit,
+            node_secret_digest: std::env::var(CLUSTER_SECRET_ENV)
+                .ok()
+                .filter(|s| !s.is_empty())
+                .map(|s| digest(s.as_bytes())),
         };
         if required {
             security.bootstrap(admin_password)?;
@@ -188,7 +206,7 @@ impl Security {
         header: &RequestHeader,
         request: &Request,
     ) -> Result<(), ResponseFrame> {
-        if !self.required {
+        if !self.required || identity.node {
             return Ok(());
         }
         let mut refused: Option<String> = None;
@@ -296,6 +314,19 @@ impl Security {
                         Ok(Ok(principal)) => Ok((Some(principal), String::new())),
                         Ok(Err(e)) => Err((id, e)),
                         Err(_) => Err((id, auth::AuthError::BadKey)),
+                    }
+                }
+                auth::NODE_MECHANISM => {
+                    // Digests compared, so the time taken says nothing about how much
+                    // of the secret a guess got right.
+                    let proved = self
+                        .node_secret_digest
+                        .is_some_and(|d| d == digest(&req.payload));
+                    if proved {
+                        identity.node = true;
+                        Ok((Some(auth::NODE_PRINCIPAL.to_string()), String::new()))
+                    } else {
+                        Err((String::new(), auth::AuthError::BadNodeSecret))
                     }
                 }
                 other => Err((String::new(), auth::AuthError::Mechanism(other.to_string()))),
