@@ -56,10 +56,15 @@ pub struct ProducerConfig {
     pub acks: Acks,
     /// Producer id + epoch + sequence numbers, so retries never duplicate.
     pub idempotent: bool,
-    /// Attempts after the first for a retriable failure.
+    /// Attempts after the first for a retriable failure. With the default backoffs,
+    /// 40 retries keep a record trying for about 10 s.
     pub retries: u32,
-    /// Wait before a retry (doubled per attempt, capped at 32×).
+    /// Wait before a retry, doubled per attempt up to `retry_backoff_max`.
     pub retry_backoff: Duration,
+    /// Longest wait between two retries. It bounds how long a record waits after the
+    /// cause went away — in a cluster, after a switchover gave its shard a new
+    /// primary — so keep it well under the switchover time you aim for.
+    pub retry_backoff_max: Duration,
     /// Batches in flight per shard.
     pub max_in_flight_per_shard: usize,
     /// Priority of records that do not set one (1 highest … 10; 0 = the topic's
@@ -85,8 +90,9 @@ impl Default for ProducerConfig {
             max_batch_bytes: 1024 * 1024,
             acks: Acks::Leader,
             idempotent: true,
-            retries: 10,
+            retries: 40,
             retry_backoff: Duration::from_millis(50),
+            retry_backoff_max: Duration::from_millis(250),
             max_in_flight_per_shard: 5,
             default_priority: batch::DEFAULT_PRIORITY,
             default_complexity: batch::DEFAULT_COMPLEXITY,
@@ -146,6 +152,11 @@ impl ProducerBuilder {
     /// Backoff before the first retry.
     pub fn retry_backoff(mut self, d: Duration) -> Self {
         self.config.retry_backoff = d;
+        self
+    }
+    /// Longest backoff between two retries.
+    pub fn retry_backoff_max(mut self, d: Duration) -> Self {
+        self.config.retry_backoff_max = d;
         self
     }
     /// In-flight batches per shard.

@@ -49,6 +49,11 @@ struct Item {
     maybe_stored: bool,
     /// First THROTTLED/SHED/breaker refusal of this batch (for `BlockFor`).
     pushed_back_since: Option<std::time::Instant>,
+    /// The last attempt failed on its route (NOT_PRIMARY, a lost connection, ...):
+    /// the next one asks the cluster for a fresh view first. The view refreshed when
+    /// the failure was seen may predate the switchover that the retry, a backoff
+    /// later, can already use.
+    reroute: bool,
 }
 
 pub(super) struct ShardSender {
@@ -105,6 +110,7 @@ impl ShardSender {
             resequenced: false,
             maybe_stored: false,
             pushed_back_since: None,
+            reroute: false,
         })
     }
 
@@ -167,8 +173,12 @@ impl ShardSender {
         let priority = batch::BatchHeader::read(&item.bytes).map_or(0, |h| h.priority);
         let topic = self.topic.clone();
         let shard = self.shard;
+        let reroute = item.reroute;
         Box::pin(async move {
             client.breaker_admit()?;
+            if reroute {
+                client.refresh_route().await;
+            }
             // The generation of the cluster view the batch was routed by (0 against a
             // single node): a routing failure refreshes that view once for every lane.
             // None when no connection was had (`route_connection` refreshed already).
@@ -254,6 +264,7 @@ impl ShardSender {
                         Ok(r) => self.resolve(item, r),
                         Err(e) => {
                             item.attempts += 1;
+                            item.reroute = crate::cluster::is_routing_error(&e);
                             // Fenced by this producer itself: another of its lanes moved
                             // it to a new epoch (the broker fences per producer id, on
                             // every shard at once), so this lane follows it: like a
@@ -292,14 +303,19 @@ impl ShardSender {
                                 let later = sent.pop_front().expect("sent matches in_flight");
                                 match r {
                                     Ok(r) => self.resolve(later, r),
-                                    Err(_) => again.push_back(later),
+                                    Err(e) => {
+                                        let mut later = later;
+                                        later.reroute = crate::cluster::is_routing_error(&e);
+                                        again.push_back(later);
+                                    }
                                 }
                             }
                             let given_up = !(retriable && item.attempts <= self.config.retries);
                             if !given_up {
                                 again.push_front(item);
                                 let factor = 1u32 << (item_attempts(&again) - 1).min(5);
-                                let mut wait = self.config.retry_backoff * factor;
+                                let mut wait = (self.config.retry_backoff * factor)
+                                    .min(self.config.retry_backoff_max.max(self.config.retry_backoff));
                                 if let Pushback::Wait(after) = push {
                                     wait = after;
                                 }

@@ -30,7 +30,11 @@ pub async fn run(cluster: Arc<Cluster>, topic: String, shard_no: u32) {
     loop {
         match round(&cluster, &topic, shard_no, &mut epochs).await {
             Ok(()) => {}
-            Err(Pause::Short) => tokio::time::sleep(RETRY_PAUSE).await,
+            // A metadata change (a new primary after a switchover) ends the pause:
+            // the in-sync mirrors are what the new primary's mirrored acks wait for.
+            Err(Pause::Short) => {
+                let _ = tokio::time::timeout(RETRY_PAUSE, meta_rx.changed()).await;
+            }
             Err(Pause::Brief) => tokio::time::sleep(Duration::from_millis(20)).await,
             Err(Pause::UntilMetadata) => {
                 let _ = tokio::time::timeout(Duration::from_millis(500), meta_rx.changed()).await;
@@ -41,7 +45,7 @@ pub async fn run(cluster: Arc<Cluster>, topic: String, shard_no: u32) {
 
 /// Why a round ended without copying.
 enum Pause {
-    /// A failed round: 100 ms.
+    /// A failed round: 100 ms, or until the metadata changes.
     Short,
     /// Refused by a primary that is a step behind or ahead: 20 ms.
     Brief,
