@@ -271,6 +271,21 @@ impl Cluster {
                 format!("{:?}: use 1 to 249 characters of [A-Za-z0-9._-]", r.name),
             ));
         }
+        // Room for the reconciliation topic's name (`<name>.reconcile`), which a
+        // returning primary creates when it must keep records it cuts.
+        let reconcile = replication::reconcile::topic_for(&r.name);
+        if !r.name.ends_with(weir_protocol::headers::RECONCILE_SUFFIX)
+            && !crate::names::valid_name(&reconcile)
+        {
+            return Err(BrokerError::new(
+                ErrorCode::InvalidTopicName,
+                format!(
+                    "{:?}: a cluster topic's name leaves room for {reconcile:?} (at most {} characters)",
+                    r.name,
+                    crate::names::MAX_TOPIC_NAME_BYTES - weir_protocol::headers::RECONCILE_SUFFIX.len()
+                ),
+            ));
+        }
         let shards = match r.shards {
             0 => self.config.default_shards,
             n => n,

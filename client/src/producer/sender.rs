@@ -179,13 +179,12 @@ impl ShardSender {
             if reroute {
                 client.refresh_route().await;
             }
-            // The generation of the cluster view the batch was routed by (0 against a
-            // single node): a routing failure refreshes that view once for every lane.
-            // None when no connection was had (`route_connection` refreshed already).
-            let mut generation = None;
+            // A routing failure does not refresh the view now: `run` sends the same
+            // batch (same bytes, same sequences) again after its backoff, and that
+            // attempt refreshes first (`reroute`), so it also sees a switchover that
+            // was decided during the backoff.
             let outcome = async {
-                let (conn, g) = client.route_connection(Route::Shard(&topic, shard)).await?;
-                generation = Some(g);
+                let (conn, _) = client.route_connection(Route::Shard(&topic, shard)).await?;
                 if acks == Acks::None {
                     conn.send(req.into(), priority, false).await?;
                     return Ok(ProduceResponse {
@@ -200,11 +199,6 @@ impl ShardSender {
                 expect_body!(body, Produce)
             }
             .await;
-            if let (Err(e), Some(generation)) = (&outcome, generation) {
-                // The same batch (same bytes, same sequences) is sent again by `run`
-                // after its backoff, to the primary the refreshed view names.
-                client.route_failed(generation, e).await;
-            }
             client.breaker_record(&outcome);
             outcome
         })

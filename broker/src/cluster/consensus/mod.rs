@@ -352,10 +352,10 @@ impl Consensus {
             return None;
         }
         if since.elapsed() < grace {
-            // Within the grace only a refused connection (no process listens on the
-            // node's port) counts: it needs no waiting. Every other node counts as
+            // Within the grace only a connection refused since this node leads (no
+            // process listens on the node's port) counts: it needs no waiting. Every other node counts as
             // alive until the grace is over, so nothing is decided about it yet.
-            let refused = self.liveness.refused_nodes();
+            let refused = self.liveness.refused_since(since);
             if refused.is_empty() {
                 return None;
             }

@@ -66,13 +66,17 @@ impl Liveness {
         }));
     }
 
-    /// The nodes refused since their last answer (or never answered, and refused).
-    pub fn refused_nodes(&self) -> Vec<NodeId> {
+    /// The nodes refused at or after `since` and not answering since. A refusal from
+    /// before `since` says nothing now (a node refused while it was still starting).
+    pub fn refused_since(&self, since: Instant) -> Vec<NodeId> {
         self.seen
             .lock()
             .expect("liveness lock")
             .iter()
-            .filter(|(_, s)| s.refused.is_some_and(|r| s.answered.is_none_or(|a| a < r)))
+            .filter(|(_, s)| {
+                s.refused
+                    .is_some_and(|r| r >= since && s.answered.is_none_or(|a| a < r))
+            })
             .map(|(&n, _)| n)
             .collect()
     }
@@ -233,6 +237,12 @@ mod tests {
         let l = Liveness::default();
         let long = Duration::from_secs(60);
         assert!(l.answered_within(long).is_empty(), "never answered");
+        let start = Instant::now();
+        l.refused(3); // while it was starting, before it ever answered
+        std::thread::sleep(Duration::from_millis(2));
+        let leading = Instant::now();
+        assert!(l.refused_since(leading).is_empty(), "an old refusal");
+        assert_eq!(l.refused_since(start), vec![3]);
         l.record(2);
         l.record(3);
         assert_eq!(sorted(l.answered_within(long)), vec![2, 3]);
@@ -243,11 +253,11 @@ mod tests {
             vec![2],
             "refused after its last answer"
         );
-        assert_eq!(l.refused_nodes(), vec![3]);
+        assert_eq!(l.refused_since(leading), vec![3]);
         std::thread::sleep(Duration::from_millis(2));
         l.record(3);
         assert_eq!(sorted(l.answered_within(long)), vec![2, 3], "back");
-        assert!(l.refused_nodes().is_empty());
+        assert!(l.refused_since(start).is_empty());
         std::thread::sleep(Duration::from_millis(5));
         assert!(
             l.answered_within(Duration::from_millis(1)).is_empty(),

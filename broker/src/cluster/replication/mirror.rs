@@ -15,6 +15,7 @@ use weir_protocol::messages::{MirrorFetchRequest, MirrorFetchResponse, NO_TRUNCA
 use weir_protocol::ResponseBody;
 
 use super::epochs::EpochHistory;
+use super::reconcile;
 use crate::cluster::peer::PeerError;
 use crate::cluster::Cluster;
 
@@ -106,6 +107,34 @@ async fn round(
             epoch = entry.epoch,
             "mirror log diverges from the primary's: cutting it back"
         );
+        // What is cut was never acknowledged as mirrored, but it may be a write a
+        // client was told about (acks=leader) or still waits for: keep it first. The
+        // reconciliation topic's own copies are only written with acks=mirrored by
+        // this code, which retries until acknowledged, so their suffixes are cut bare.
+        if !topic.ends_with(weir_protocol::headers::RECONCILE_SUFFIX) {
+            let suffix = reconcile::Suffix {
+                topic,
+                shard_no,
+                shard: &shard,
+                from: resp.truncate_to,
+                to: end,
+                cut_epoch: entry.epoch,
+            };
+            match reconcile::preserve(cluster, &suffix, epochs).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(
+                    topic,
+                    shard = shard_no,
+                    records = n,
+                    kept_in = %reconcile::topic_for(topic),
+                    "divergent records kept for reconciliation"
+                ),
+                Err(e) => {
+                    tracing::warn!(topic, shard = shard_no, error = %e.message, "keeping the divergent records failed; the cut waits");
+                    return Err(Pause::Short);
+                }
+            }
+        }
         let (_, cut_end) = cluster
             .topics
             .truncate_shard(topic, shard_no, resp.truncate_to)
