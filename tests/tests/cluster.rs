@@ -276,6 +276,34 @@ async fn mirrored_records_survive_kill_9_of_the_primary_round_after_round() {
         wait_in_sync(&c, "ledger", 0, p, Duration::from_secs(30)).await;
     }
     eprintln!("kill -9 → first mirrored ack on the successor: {switchovers:?}");
+    // The replication record holds every switchover: the placement, then one primary
+    // change per kill with rising epochs (in-sync changes in between).
+    let client = Client::connect(c.bootstrap()).await.expect("connect");
+    let h = Admin::new(client)
+        .shard_history("ledger", 0)
+        .await
+        .expect("shard history");
+    assert_eq!(h.replicas.len(), 3);
+    assert_eq!(h.events.first().map(|e| e.kind), Some(0), "{:?}", h.events);
+    let changes: Vec<_> = h.events.iter().filter(|e| e.kind == 1).collect();
+    assert_eq!(changes.len(), rounds(), "{:?}", h.events);
+    assert!(changes.windows(2).all(|w| w[0].epoch < w[1].epoch));
+    assert!(h
+        .events
+        .windows(2)
+        .all(|w| w[0].at_ms <= w[1].at_ms + 1_000));
+    let out = std::process::Command::new(weir_tests::cli_binary())
+        .args(["--broker", &c.bootstrap(), "cluster", "history", "ledger/0"])
+        .env_remove("WEIR_BROKER")
+        .output()
+        .expect("run weir");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.matches("primary changed").count(), rounds(), "{text}");
     for n in &mut c.nodes {
         n.terminate();
     }

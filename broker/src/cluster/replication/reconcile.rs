@@ -205,6 +205,7 @@ async fn primary_of(
                         name: target.to_string(),
                         shards: 1,
                         settings,
+                        at_ms: crate::clock::now_ms(),
                     })
                     .await?;
                 asked = true;
