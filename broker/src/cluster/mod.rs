@@ -273,7 +273,7 @@ impl Cluster {
         }
         // Room for the reconciliation topic's name (`<name>.reconcile`), which a
         // returning primary creates when it must keep records it cuts.
-        let reconcile = replication::reconcile::topic_for(&r.name);
+        let reconcile = format!("{}{}", r.name, weir_protocol::headers::RECONCILE_SUFFIX);
         if !r.name.ends_with(weir_protocol::headers::RECONCILE_SUFFIX)
             && !crate::names::valid_name(&reconcile)
         {
