@@ -19,6 +19,10 @@ use super::collector::{Delivery, Pending};
 use super::mix::{MixPicker, PriorityMix, CLASS_PRIORITIES};
 use super::run::{shards_of, Run, Stop};
 
+/// The closed-loop window without --in-flight: the SDK's largest adaptive window (its
+/// default `max_in_flight_per_shard`, 5) and one batch being prepared.
+const AUTO_WINDOW_MAX: usize = 6;
+
 /// Runs producer `idx` until `stop`, then flushes it.
 pub async fn produce_loop(
     run: Arc<Run>,
@@ -108,7 +112,10 @@ struct ProducerLoop {
     pacing: Option<Pacing>,
     /// Closed loop keeps at most --in-flight batches unacknowledged per producer, so
     /// batch latency is the pipeline's, not the time spent queued inside the SDK.
+    /// Without --in-flight the semaphore holds [`AUTO_WINDOW_MAX`] permits and
+    /// `reserved` holds back those beyond the lane's current window + 1.
     window: Arc<Semaphore>,
+    reserved: Vec<OwnedSemaphorePermit>,
     /// Messages taken so far (the pacing index).
     k: u64,
     measured_count: u64,
@@ -153,7 +160,10 @@ impl ProducerLoop {
             pacing,
             topic: c.topic.as_str().into(),
             by_batch: c.api == ApiArg::Batch,
-            window: Arc::new(Semaphore::new(c.in_flight.max(1))),
+            window: Arc::new(Semaphore::new(
+                c.in_flight.map_or(AUTO_WINDOW_MAX, |n| n.max(1)),
+            )),
+            reserved: Vec::new(),
             k: 0,
             measured_count: 0,
             sent: 0,
@@ -202,7 +212,10 @@ impl ProducerLoop {
         let shard = self.shards[self.batch_no % self.shards.len()];
         self.batch_no += 1;
         let permit = match self.pacing {
-            None => Some(self.window.clone().acquire_owned().await?),
+            None => {
+                self.follow_window(shard).await?;
+                Some(self.window.clone().acquire_owned().await?)
+            }
             Some(_) => None,
         };
         let records = self.by_batch.then(|| {
@@ -218,6 +231,26 @@ impl ProducerLoop {
             held: None,
             permit,
         })
+    }
+
+    /// Without --in-flight: holds back the permits beyond the lane's adaptive window + 1
+    /// (the SDK's window for this producer's priority; its maximum until known).
+    async fn follow_window(&mut self, shard: u32) -> anyhow::Result<()> {
+        if self.run.cli.in_flight.is_some() {
+            return Ok(());
+        }
+        let priority = self.fixed.map(|(_, p)| p);
+        let lane = self
+            .producer
+            .in_flight_window(&self.topic, shard, priority)
+            .unwrap_or(AUTO_WINDOW_MAX - 1);
+        let hold = AUTO_WINDOW_MAX.saturating_sub(lane + 1);
+        self.reserved.truncate(hold);
+        while self.reserved.len() < hold {
+            self.reserved
+                .push(self.window.clone().acquire_owned().await?);
+        }
+        Ok(())
     }
 
     /// When the next message is meant to go: now (closed loop), or its due time after

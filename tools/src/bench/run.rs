@@ -95,7 +95,10 @@ impl Run {
             m.insert("replicas".into(), json!(c.replicas));
             m.insert("min_in_sync".into(), json!(c.min_in_sync));
         }
-        m.insert("in_flight".into(), json!(c.in_flight));
+        m.insert(
+            "in_flight".into(),
+            c.in_flight.map_or(json!("adaptive"), |n| json!(n)),
+        );
         m.insert("rate".into(), json!(c.rate));
         m.insert(
             "priority_mix".into(),
