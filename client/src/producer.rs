@@ -31,7 +31,7 @@ mod window;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::Mutex;
 use weir_protocol::batch;
 use weir_protocol::messages::*;
 
@@ -226,7 +226,7 @@ impl ProducerBuilder {
         } else {
             None
         };
-        let max_queued_records = c.max_queued_records.clamp(1, Semaphore::MAX_PERMITS);
+        let max_queued_records = c.max_queued_records.max(1);
         let core = Core::new(
             self.client.clone(),
             self.config.clone(),
@@ -258,7 +258,7 @@ pub struct Producer {
     /// (producer id, epoch) of an idempotent producer, shared with its senders (an
     /// epoch bump after a failed batch moves it).
     identity: Option<Arc<Mutex<(u64, u16)>>>,
-    /// The lanes and the per-class record pools (`max_queued_records` permits each,
+    /// The lanes and the per-class record pools (`max_queued_records` places each,
     /// given back when a record's batch is first sent).
     core: Arc<Core>,
     max_queued_records: usize,
@@ -371,7 +371,7 @@ impl Producer {
             }
             if let Err(e) = self.admit(class, counts[class]).await {
                 for (c, &k) in counts.iter().enumerate().take(class) {
-                    self.core.queues[c].add_permits(k as usize);
+                    self.core.untake(c, k as usize);
                 }
                 return Err(e);
             }
@@ -402,34 +402,37 @@ impl Producer {
         Ok(())
     }
 
-    /// Takes room for `n` records of `class`, waiting or failing as the back-pressure
+    /// Takes places for `n` records of `class`, waiting or failing as the back-pressure
     /// policy says.
     async fn admit(&self, class: usize, n: u32) -> Result<()> {
-        let queue = &self.core.queues[class];
+        let n = n as usize;
         // With room, no policy applies: skip `BlockFor`'s timer (a clock read per call).
-        if let Ok(p) = queue.try_acquire_many(n) {
-            p.forget();
+        if self.core.try_take(class, n) {
             return Ok(());
         }
-        let permits = match self.backpressure {
-            Backpressure::Block => queue.acquire_many(n).await,
-            Backpressure::BlockFor(d) => {
-                match tokio::time::timeout(d, queue.acquire_many(n)).await {
-                    Ok(r) => r,
-                    Err(_) => return Err(ClientError::QueueFull(format!("no room within {d:?}"))),
+        let deadline = match self.backpressure {
+            Backpressure::FailFast => return Err(ClientError::QueueFull("no room".into())),
+            Backpressure::Block => None,
+            Backpressure::BlockFor(d) => Some((tokio::time::Instant::now() + d, d)),
+        };
+        // Bounded by the deadline (or, with `Block`, by places coming back: every
+        // sent batch gives its records' places back and wakes this loop).
+        loop {
+            let room = self.core.room(class).notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if self.core.try_take(class, n) {
+                return Ok(());
+            }
+            match deadline {
+                None => room.await,
+                Some((at, d)) => {
+                    if tokio::time::timeout_at(at, room).await.is_err() {
+                        return Err(ClientError::QueueFull(format!("no room within {d:?}")));
+                    }
                 }
             }
-            Backpressure::FailFast => match queue.try_acquire_many(n) {
-                Ok(p) => Ok(p),
-                Err(tokio::sync::TryAcquireError::NoPermits) => {
-                    return Err(ClientError::QueueFull("no room".into()))
-                }
-                Err(tokio::sync::TryAcquireError::Closed) => return Err(ClientError::Closed),
-            },
-        };
-        // The lane's sender returns the room when the records' batch is first sent.
-        permits.map_err(|_| ClientError::Closed)?.forget();
-        Ok(())
+        }
     }
 
     /// Refuses a batch record the accumulator could never encode.

@@ -623,7 +623,14 @@ impl BatchBuilder {
 
     /// Like [`BatchBuilder::new`], reserving `bytes` up front.
     pub fn with_capacity(bytes: usize) -> Self {
-        let mut buf = BytesMut::with_capacity(bytes.max(BATCH_HEADER_BYTES));
+        Self::with_buffer(BytesMut::with_capacity(bytes.max(BATCH_HEADER_BYTES)))
+    }
+
+    /// Like [`BatchBuilder::new`], writing into `buf` (cleared first): a producer
+    /// reuses the buffer of a batch the broker has acknowledged instead of having
+    /// fresh pages faulted in for every batch.
+    pub fn with_buffer(mut buf: BytesMut) -> Self {
+        buf.clear();
         buf.resize(BATCH_HEADER_BYTES, 0);
         BatchBuilder {
             buf,

@@ -12,18 +12,18 @@
 //!
 //! Lanes never wait on each other. Handing a sealed batch to its sender never blocks
 //! (the sender's queue is unbounded); what bounds a lane's backlog is its class's pool
-//! of `max_queued_records` record permits, which a record takes in `send` and gives
-//! back when its batch is first written to the broker. A saturated P3 lane therefore
-//! holds P3 permits only: a P0 `send` on the same producer takes from its own pool,
-//! encodes its record and sends its batch while P3 sends wait for room.
+//! of `max_queued_records` places, which a record takes in `send` and gives back when
+//! its batch is first written to the broker. A saturated P3 lane therefore holds P3
+//! places only: a P0 `send` on the same producer takes from its own pool, encodes its
+//! record and sends its batch while P3 sends wait for room.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as SyncMutex, MutexGuard, Weak};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::runtime::Handle;
-use tokio::sync::{mpsc, oneshot, Mutex, Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 use tokio::time::Instant;
 use weir_protocol::batch::{self, BatchBuilder, NewRecord};
 use weir_protocol::classes::{ClassMap, CLASS_COUNT};
@@ -87,6 +87,8 @@ struct Lane {
     window: Arc<Window>,
     /// Bytes of the lane's previous batch.
     last_bytes: usize,
+    /// The buffer of an acknowledged batch, for the lane's next one.
+    spare: Option<BytesMut>,
 }
 
 impl Lane {
@@ -97,6 +99,7 @@ impl Lane {
             outstanding: Arc::new(AtomicUsize::new(0)),
             window: Arc::new(Window::new(config)),
             last_bytes: 0,
+            spare: None,
         }
     }
 }
@@ -126,6 +129,10 @@ struct State {
     round_robin: u32,
     /// The client's class map, read again each time a batch is sealed.
     classes: ClassMap,
+    /// Records per class holding a place in the class's pool (`max_queued_records`):
+    /// in an open batch or in a sealed one not yet sent. A plain count under the lock
+    /// `send` takes anyway, so admission costs no atomic operation of its own.
+    queued: [usize; CLASS_COUNT],
 }
 
 /// What `send` could not do under the lock.
@@ -142,8 +149,10 @@ pub(super) struct Core {
     config: ProducerConfig,
     identity: Option<Arc<Mutex<(u64, u16)>>>,
     state: SyncMutex<State>,
-    /// Record permits per priority class (`max_queued_records` each).
-    pub(super) queues: [Arc<Semaphore>; CLASS_COUNT],
+    /// Places per priority class (see [`State::queued`]).
+    max_queued: usize,
+    /// Wakes `send` and `send_batch` calls waiting for places of a class.
+    room: [Notify; CLASS_COUNT],
     /// Wakes the linger timer when a batch with a deadline opens.
     timer: Arc<Notify>,
     runtime: Handle,
@@ -169,8 +178,10 @@ impl Core {
                 open_lanes: Vec::new(),
                 round_robin: 0,
                 classes: client.class_map(),
+                queued: [0; CLASS_COUNT],
             }),
-            queues: std::array::from_fn(|_| Arc::new(Semaphore::new(permits_per_class))),
+            max_queued: permits_per_class,
+            room: std::array::from_fn(|_| Notify::new()),
             timer: timer.clone(),
             runtime: Handle::current(),
             max_record_bytes: max_record_bytes(&config),
@@ -198,9 +209,8 @@ impl Core {
     ) -> std::result::Result<DeliveryFuture, Blocked> {
         let mut st = self.lock();
         let Some(t) = st.topic_index(&rec.topic) else {
-            drop(st);
             if let Some(c) = admitted {
-                self.queues[c].add_permits(1);
+                self.give_back(&mut st, c, 1);
             }
             return Err(Blocked::Topic(rec));
         };
@@ -222,16 +232,16 @@ impl Core {
             other => {
                 if let Some(c) = other {
                     // The class map moved between the wait and now.
-                    self.queues[c].add_permits(1);
+                    self.give_back(&mut st, c, 1);
                 }
-                match self.queues[class].try_acquire() {
-                    Ok(p) => p.forget(),
-                    Err(_) => return Err(Blocked::Room(rec, class)),
+                if st.queued[class] >= self.max_queued {
+                    return Err(Blocked::Room(rec, class));
                 }
+                st.queued[class] += 1;
             }
         }
         let Some(shard) = shard else {
-            self.queues[class].add_permits(1);
+            self.give_back(&mut st, class, 1);
             let s = rec.shard.unwrap_or(0);
             return Ok(DeliveryFuture::failed(ClientError::Invalid(format!(
                 "shard {s} out of range: topic has {shards}"
@@ -251,10 +261,36 @@ impl Core {
         match self.append(&mut st, id, &new, NewWaiter::Record, 0) {
             Ok(fut) => Ok(fut.expect("a send record gets a future")),
             Err(e) => {
-                self.queues[class].add_permits(1);
+                self.give_back(&mut st, class, 1);
                 Ok(DeliveryFuture::failed(e))
             }
         }
+    }
+
+    /// Takes `n` places of `class` if it has them.
+    pub(super) fn try_take(&self, class: usize, n: usize) -> bool {
+        let mut st = self.lock();
+        if st.queued[class] + n > self.max_queued {
+            return false;
+        }
+        st.queued[class] += n;
+        true
+    }
+
+    /// Gives back `n` places of `class` and wakes the calls waiting for them.
+    fn give_back(&self, st: &mut State, class: usize, n: usize) {
+        st.queued[class] = st.queued[class].saturating_sub(n);
+        self.room[class].notify_waiters();
+    }
+
+    /// Gives back places taken by [`Core::try_take`] that were not used.
+    pub(super) fn untake(&self, class: usize, n: usize) {
+        self.give_back(&mut self.lock(), class, n);
+    }
+
+    /// Notified when places of `class` come back.
+    pub(super) fn room(&self, class: usize) -> &Notify {
+        &self.room[class]
     }
 
     /// The in-flight window of the lane of (`topic`, `shard`, `priority`), once the
@@ -329,12 +365,13 @@ impl Core {
     pub(super) fn add_batch(&self, b: ProducerBatch, shared: Arc<BatchShared>, classes: ClassMap) {
         let n = b.records.len();
         let mut st = self.lock();
-        let give_back = |records: &[crate::record::BatchRecord], info: &TopicInfo| {
-            for r in records {
-                let p = r.priority.unwrap_or(self.config.default_priority);
-                self.queues[class_of(&classes, p, info)].add_permits(1);
-            }
-        };
+        let give_back =
+            |st: &mut State, records: &[crate::record::BatchRecord], info: &TopicInfo| {
+                for r in records {
+                    let p = r.priority.unwrap_or(self.config.default_priority);
+                    self.give_back(st, class_of(&classes, p, info), 1);
+                }
+            };
         let Some(t) = st.topic_index(&b.topic) else {
             // Learnt before admission; topics are never forgotten.
             shared.failed(n as u64, &ClientError::Closed);
@@ -345,7 +382,7 @@ impl Core {
         let (fixed, batch_key): (Option<u32>, Option<Bytes>) = match b.partitioning {
             Partitioning::Shard(s) if s < shards => (Some(s), None),
             Partitioning::Shard(s) => {
-                give_back(&b.records, &info);
+                give_back(&mut st, &b.records, &info);
                 let e = ClientError::Invalid(format!("shard {s} out of range: topic has {shards}"));
                 shared.failed(n as u64, &e);
                 return;
@@ -387,7 +424,7 @@ impl Core {
             // Room for the rest of the call, if it is like this record.
             let hint = new.encoded_bytes().saturating_mul(left + 1);
             if let Err(e) = self.append(&mut st, id, &new, NewWaiter::Run(&shared), hint) {
-                self.queues[class].add_permits(1);
+                self.give_back(&mut st, class, 1);
                 shared.failed(1, &e);
             }
         }
@@ -426,8 +463,12 @@ impl Core {
             let want = hint.max(st.lane(id).last_bytes).max(BATCH_START_BYTES);
             let cap = (batch::BATCH_HEADER_BYTES + want).min(max).min(4 << 20);
             let deadline = (!linger.is_zero()).then(|| Instant::now() + linger);
+            let builder = match st.lane_mut(id).spare.take() {
+                Some(buf) if buf.capacity() >= cap => BatchBuilder::with_buffer(buf),
+                _ => BatchBuilder::with_capacity(cap),
+            };
             st.lane_mut(id).open = Some(Open {
-                builder: BatchBuilder::with_capacity(cap),
+                builder,
                 waiters: Waiters::default(),
                 deadline,
             });
@@ -486,8 +527,18 @@ impl Core {
                     shard: id.lane / CLASS_COUNT as u32,
                     outstanding: lane.outstanding.clone(),
                     window: lane.window.clone(),
-                    permits: self.queues[id.class()].clone(),
-                    room: Box::new(move || me.upgrade().is_some_and(|core| core.on_room(id))),
+                    release: {
+                        let me = self.me.clone();
+                        let class = id.class();
+                        Box::new(move |n| {
+                            if let Some(core) = me.upgrade() {
+                                core.give_back(&mut core.lock(), class, n as usize);
+                            }
+                        })
+                    },
+                    room: Box::new(move |spare| {
+                        me.upgrade().is_some_and(|core| core.on_room(id, spare))
+                    }),
                     epoch_used: None,
                     next_seq: 0,
                 };
@@ -501,10 +552,14 @@ impl Core {
         let _ = sender.send(SenderMsg::Batch(open.builder, open.waiters));
     }
 
-    /// A batch of `id` settled: with `linger = 0` its open batch may go now. True when
-    /// the lane had records waiting in an open batch.
-    fn on_room(&self, id: LaneId) -> bool {
+    /// A batch of `id` settled (`spare`: its buffer, for the next batch): with
+    /// `linger = 0` its open batch may go now. True when the lane had records waiting
+    /// in an open batch.
+    fn on_room(&self, id: LaneId, spare: Option<BytesMut>) -> bool {
         let mut st = self.lock();
+        if spare.is_some() {
+            st.lane_mut(id).spare = spare;
+        }
         let waiting = st.lane(id).open.is_some();
         if waiting && self.config.linger.is_zero() && st.has_room(id) {
             self.dispatch(&mut st, id);
@@ -569,6 +624,7 @@ impl Drop for Core {
                 open_lanes: Vec::new(),
                 round_robin: 0,
                 classes: ClassMap::default(),
+                queued: [0; CLASS_COUNT],
             },
         );
         while let Some(id) = st.open_lanes.last().copied() {
@@ -667,7 +723,23 @@ fn new_record<'a>(
     }
 }
 
+/// Milliseconds since the Unix epoch for a record `send` stamps: the coarse real-time
+/// clock on Linux (a read of the kernel's last tick, a quarter of the cost of a
+/// precise read, which was a tenth of a record's cost in the SDK), so a stamp may be
+/// up to one kernel tick (1–10 ms) behind a precise clock.
 fn now_ms() -> i64 {
+    #[cfg(target_os = "linux")]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec; CLOCK_REALTIME_COARSE exists on
+        // every Linux since 2.6.32 and the call writes nothing else.
+        if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } == 0 {
+            return ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000;
+        }
+    }
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

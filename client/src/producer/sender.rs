@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::stream::FuturesOrdered;
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
+use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::time::Instant;
 use weir_protocol::batch::{self, BatchBuilder};
 use weir_protocol::messages::*;
@@ -50,7 +50,7 @@ struct Item {
     maybe_stored: bool,
     /// First THROTTLED/SHED/breaker refusal of this batch (for `BlockFor`).
     pushed_back_since: Option<std::time::Instant>,
-    /// Record permits of its class still held (given back when it is first sent).
+    /// Places in its class's pool still held (given back when it is first sent).
     permits: u32,
     /// When the current attempt was sent, and whether no other batch of the lane was
     /// in flight then (for the window's estimates).
@@ -67,11 +67,11 @@ pub(super) struct ShardSender {
     pub(super) outstanding: Arc<AtomicUsize>,
     /// The lane's in-flight window (read by the accumulator, sized here).
     pub(super) window: Arc<Window>,
-    /// The record permits of the lane's class.
-    pub(super) permits: Arc<Semaphore>,
+    /// Gives back places in the lane's class pool (records whose batch was sent).
+    pub(super) release: Box<dyn Fn(u32) + Send + Sync>,
     /// Tells the accumulator that this lane has settled a batch; true when the lane
     /// had an open batch waiting for that room.
-    pub(super) room: Box<dyn Fn() -> bool + Send + Sync>,
+    pub(super) room: Box<dyn Fn(Option<BytesMut>) -> bool + Send + Sync>,
     /// (producer id, epoch) the sequence numbers below belong to.
     pub(super) epoch_used: Option<(u64, u16)>,
     pub(super) next_seq: u32,
@@ -235,8 +235,7 @@ impl ShardSender {
                 in_flight.push_back(self.send_one(&item));
                 item.sent_at = Some((std::time::Instant::now(), sent.is_empty()));
                 if item.permits > 0 {
-                    self.permits
-                        .add_permits(std::mem::take(&mut item.permits) as usize);
+                    (self.release)(std::mem::take(&mut item.permits));
                 }
                 sent.push_back(item);
             }
@@ -267,7 +266,7 @@ impl ShardSender {
                                 queue.push_back(item);
                             }
                             Err(e) => {
-                                self.permits.add_permits(count as usize);
+                                (self.release)(count);
                                 self.fail(waiters, &e);
                             }
                         }
@@ -348,7 +347,7 @@ impl ShardSender {
                                 // Fenced by a newer instance: this producer is done.
                                 if fenced && !own_bump {
                                     for mut it in again.drain(..).chain(queue.drain(..)) {
-                                        self.permits.add_permits(std::mem::take(&mut it.permits) as usize);
+                                        (self.release)(std::mem::take(&mut it.permits));
                                         self.fail(it.waiters, &e);
                                     }
                                 }
@@ -384,17 +383,18 @@ impl ShardSender {
     /// True when an open batch of the lane was waiting for that room.
     fn resolve(&self, item: Item, r: ProduceResponse) -> bool {
         item.waiters.resolve(self.shard, r.base_offset);
-        self.settled()
+        // Nothing else holds the bytes once the request is written and answered.
+        self.settled(item.bytes.try_into_mut().ok())
     }
 
     /// The batch failed for good.
     fn fail(&self, waiters: Waiters, e: &ClientError) {
         waiters.fail(e);
-        self.settled();
+        self.settled(None);
     }
 
-    fn settled(&self) -> bool {
+    fn settled(&self, spare: Option<BytesMut>) -> bool {
         self.outstanding.fetch_sub(1, Ordering::AcqRel);
-        (self.room)()
+        (self.room)(spare)
     }
 }
