@@ -10,10 +10,11 @@
 //! window = floor(rate_max × fixed_latency_min / batch_bytes) + 2,  within 1 ..= max
 //! ```
 //!
-//! - `rate_max`: the best delivery rate (bytes acknowledged per second) measured over
-//!   runs of acknowledgements while the lane was window-limited (a batch was waiting
-//!   for room). Rates of a lane that has less to send than it could are not
-//!   capacity and are not taken.
+//! - `rate_max`: the path's capacity: bytes of a batch over the time between its
+//!   acknowledgement and its predecessor's, for batches sent before that predecessor
+//!   was acknowledged (so the path had the batch queued and worked on it without a
+//!   pause). A lane with less to send than the path could take never has such pairs
+//!   and never lowers the estimate.
 //! - `fixed_latency_min`: the least round-trip time of a batch minus its transfer time
 //!   at `rate_max`, i.e. the part of a round trip no batch size removes (network
 //!   and wake-up latency).
@@ -33,9 +34,6 @@ use std::time::{Duration, Instant};
 /// How long an estimate lasts: a windowed max/min keeps the current and the previous
 /// period's value.
 pub(super) const PERIOD: Duration = Duration::from_secs(1);
-
-/// Consecutive window-limited acknowledgements one rate sample spans.
-const RATE_SPAN: usize = 4;
 
 /// The window the accumulator reads and the sender sets.
 #[derive(Debug)]
@@ -106,9 +104,8 @@ pub(super) struct Estimator {
     fixed_min: Windowed,
     /// Mean batch size (exponentially weighted, 1/8 per batch).
     batch_bytes: Option<f64>,
-    /// Acknowledgements of the current run of window-limited ones: (when, bytes).
-    run: [(Instant, u64); RATE_SPAN + 1],
-    run_len: usize,
+    /// When the previous batch was acknowledged.
+    last_ack: Option<Instant>,
     /// When a batch last went out alone (its round trip had no queueing of the lane).
     last_alone: Option<Instant>,
     /// The lane holds one batch in flight until one goes out alone.
@@ -118,15 +115,13 @@ pub(super) struct Estimator {
 impl Estimator {
     /// `max`: the configured window; `adaptive`: whether to size below it.
     pub(super) fn new(max: usize, adaptive: bool) -> Estimator {
-        let now = Instant::now();
         Estimator {
             max: max.max(1),
             adaptive,
             rate_max: Windowed::new(),
             fixed_min: Windowed::new(),
             batch_bytes: None,
-            run: [(now, 0); RATE_SPAN + 1],
-            run_len: 0,
+            last_ack: None,
             last_alone: None,
             probing: false,
         }
@@ -156,35 +151,34 @@ impl Estimator {
             Some(m) => m + (bytes_f - m) / 8.0,
             None => bytes_f,
         });
-        if limited {
-            if self.run_len == self.run.len() {
-                self.run.copy_within(1.., 0);
-                self.run_len -= 1;
+        // Sent before its predecessor was acknowledged: the path went from one to the
+        // other without a pause, so the gap between their acknowledgements is this
+        // batch's time at the bottleneck.
+        if let Some(prev) = self.last_ack {
+            let sent = now.checked_sub(rtt).unwrap_or(now);
+            let gap = now.saturating_duration_since(prev).as_secs_f64();
+            if sent < prev && gap > 0.0 {
+                self.rate_max.add(bytes_f / gap, now, f64::max);
             }
-            self.run[self.run_len] = (now, bytes as u64);
-            self.run_len += 1;
-            if self.run_len == self.run.len() {
-                let span = now.duration_since(self.run[0].0).as_secs_f64();
-                let acked: u64 = self.run[1..].iter().map(|(_, b)| b).sum();
-                if span > 0.0 {
-                    self.rate_max.add(acked as f64 / span, now, f64::max);
-                }
-            }
-        } else {
-            self.run_len = 0;
         }
-        if alone {
-            let transfer = self.rate_max.get(f64::max).map_or(0.0, |r| bytes_f / r);
-            let fixed = (rtt.as_secs_f64() - transfer).max(0.0);
-            self.fixed_min.add(fixed, now, f64::min);
-            self.last_alone = Some(now);
-            self.probing = false;
-        } else if limited
-            && self
-                .last_alone
-                .is_some_and(|t| now.duration_since(t) >= PERIOD)
-        {
-            self.probing = true;
+        self.last_ack = Some(now);
+        let rate = self.rate_max.get(f64::max);
+        match rate {
+            // Without a rate the transfer time is unknown: the sample would count it
+            // as fixed latency.
+            Some(rate) if alone => {
+                let fixed = (rtt.as_secs_f64() - bytes_f / rate).max(0.0);
+                self.fixed_min.add(fixed, now, f64::min);
+                self.last_alone = Some(now);
+                self.probing = false;
+            }
+            Some(_) if limited => {
+                let stale = self
+                    .last_alone
+                    .is_none_or(|t| now.duration_since(t) >= PERIOD);
+                self.probing |= stale;
+            }
+            _ => {}
         }
         self.window()
     }
