@@ -10,11 +10,12 @@
 //! window = floor(rate_max × fixed_latency_min / batch_bytes) + 2,  within 1 ..= max
 //! ```
 //!
-//! - `rate_max`: the path's capacity: bytes of a batch over the time between its
-//!   acknowledgement and its predecessor's, for batches sent before that predecessor
-//!   was acknowledged (so the path had the batch queued and worked on it without a
-//!   pause). A lane with less to send than the path could take never has such pairs
-//!   and never lowers the estimate.
+//! - `rate_max`: the path's capacity: bytes acknowledged over the time spanned by a
+//!   run of [`RATE_SPAN`] + 1 acknowledgements of batches each sent before its
+//!   predecessor was acknowledged (so the path had work queued throughout and never
+//!   paused). A span of several acknowledgements, not one gap, because the broker
+//!   acknowledges a group commit's batches together. A lane with less to send than
+//!   the path could take has no such runs and never lowers the estimate.
 //! - `fixed_latency_min`: the least round-trip time of a batch minus its transfer time
 //!   at `rate_max`, i.e. the part of a round trip no batch size removes (network
 //!   and wake-up latency).
@@ -34,6 +35,9 @@ use std::time::{Duration, Instant};
 /// How long an estimate lasts: a windowed max/min keeps the current and the previous
 /// period's value.
 pub(super) const PERIOD: Duration = Duration::from_secs(1);
+
+/// Back-to-back acknowledgements one capacity sample spans (beyond the first).
+const RATE_SPAN: usize = 8;
 
 /// The window the accumulator reads and the sender sets.
 #[derive(Debug)]
@@ -106,6 +110,9 @@ pub(super) struct Estimator {
     batch_bytes: Option<f64>,
     /// When the previous batch was acknowledged.
     last_ack: Option<Instant>,
+    /// The current run of back-to-back acknowledgements: (when, bytes), oldest first.
+    run: [(Instant, u64); RATE_SPAN + 1],
+    run_len: usize,
     /// When a batch last went out alone (its round trip had no queueing of the lane).
     last_alone: Option<Instant>,
     /// The lane holds one batch in flight until one goes out alone.
@@ -122,6 +129,8 @@ impl Estimator {
             fixed_min: Windowed::new(),
             batch_bytes: None,
             last_ack: None,
+            run: [(Instant::now(), 0); RATE_SPAN + 1],
+            run_len: 0,
             last_alone: None,
             probing: false,
         }
@@ -152,13 +161,23 @@ impl Estimator {
             None => bytes_f,
         });
         // Sent before its predecessor was acknowledged: the path went from one to the
-        // other without a pause, so the gap between their acknowledgements is this
-        // batch's time at the bottleneck.
-        if let Some(prev) = self.last_ack {
-            let sent = now.checked_sub(rtt).unwrap_or(now);
-            let gap = now.saturating_duration_since(prev).as_secs_f64();
-            if sent < prev && gap > 0.0 {
-                self.rate_max.add(bytes_f / gap, now, f64::max);
+        // other without a pause.
+        let sent = now.checked_sub(rtt).unwrap_or(now);
+        let back_to_back = self.last_ack.is_some_and(|prev| sent < prev);
+        if !back_to_back {
+            self.run_len = 0;
+        }
+        if self.run_len == self.run.len() {
+            self.run.copy_within(1.., 0);
+            self.run_len -= 1;
+        }
+        self.run[self.run_len] = (now, bytes as u64);
+        self.run_len += 1;
+        if self.run_len == self.run.len() {
+            let span = now.duration_since(self.run[0].0).as_secs_f64();
+            let acked: u64 = self.run[1..].iter().map(|(_, b)| b).sum();
+            if span > 0.0 {
+                self.rate_max.add(acked as f64 / span, now, f64::max);
             }
         }
         self.last_ack = Some(now);
@@ -286,6 +305,26 @@ mod tests {
             w, 5,
             "no rate was measured, so nothing sizes the window down"
         );
+    }
+
+    #[test]
+    fn acknowledgements_in_pairs_do_not_inflate_the_capacity() {
+        // A broker that commits two batches at once: their acks come together, every
+        // 1 ms for 2 MB (2 GB/s), with 30 µs of fixed latency and 5 in flight.
+        let mut est = Estimator::new(5, true);
+        let t = Instant::now();
+        let mut w = 0;
+        for i in 0..400u32 {
+            let now = t + Duration::from_micros(u64::from(1000 * (i / 2) + 1000));
+            let alone = i % 97 == 0;
+            let rtt = if alone {
+                Duration::from_micros(530)
+            } else {
+                Duration::from_micros(2500)
+            };
+            w = est.settled(1 << 20, rtt, alone, true, now);
+        }
+        assert_eq!(w, 2);
     }
 
     #[test]

@@ -154,6 +154,12 @@ fn produce_report(run: &Run, t: ProduceTotals) -> Report {
         c.in_flight
             .map_or("adaptive (≤ 5)".to_string(), |n| n.to_string())
     ));
+    let windows = run.windows.lock().expect("windows").clone();
+    if !windows.is_empty() {
+        notes.push(format!(
+            "adaptive in-flight windows at the end: {windows:?}"
+        ));
+    }
     if c.acks == AckArg::None {
         notes.push("acks=none: a batch counts as acknowledged once written to the socket".into());
     }

@@ -177,6 +177,14 @@ impl ProducerLoop {
 
     async fn run(mut self) -> anyhow::Result<()> {
         while !self.one_batch().await? {}
+        if self.run.cli.in_flight.is_none() {
+            let priority = self.fixed.map(|(_, p)| p);
+            for &shard in &self.shards {
+                if let Some(w) = self.producer.in_flight_window(&self.topic, shard, priority) {
+                    self.run.windows.lock().expect("windows").push(w);
+                }
+            }
+        }
         self.run.sent.fetch_add(self.sent, Ordering::Release);
         self.producer.flush().await?;
         Ok(())
