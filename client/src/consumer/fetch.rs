@@ -51,7 +51,13 @@ impl Consumer {
             }
             if !self.buffered.is_empty() {
                 let n = max.min(self.buffered.len());
-                let out: Vec<Message> = self.buffered.drain(..n).collect();
+                let out: Vec<Message> = if n == self.buffered.len() {
+                    // Everything buffered: the deque's buffer becomes the Vec (no copy
+                    // when it never wrapped, as a buffer only pushed to never does).
+                    Vec::from(std::mem::take(&mut self.buffered))
+                } else {
+                    self.buffered.drain(..n).collect()
+                };
                 if self.config.order == DeliveryOrder::Priority {
                     let lanes: Vec<u8> = self.buffered_lanes.drain(..n).collect();
                     self.advance_lanes(&out, &lanes);
@@ -265,6 +271,9 @@ impl Consumer {
             // none of them out).
             let before = self.buffered.len();
             let buffered = &mut self.buffered;
+            if let Ok(h) = batch::BatchHeader::read(&b) {
+                buffered.reserve(h.record_count.min(1 << 16) as usize);
+            }
             let checked = batch::decode_records(&b, |r| {
                 if r.offset >= from {
                     buffered.push_back(Message::from_record(&name, f.shard, r));

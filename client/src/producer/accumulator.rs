@@ -393,6 +393,8 @@ impl Core {
         // Unkeyed records of one call stick to one shard.
         let sticky = st.round_robin % shards;
         let mut left = n;
+        // Lanes the call added to (usually one).
+        let mut touched: Vec<LaneId> = Vec::new();
         for mut rec in b.records {
             left -= 1;
             if rec.key.as_ref().is_none_or(|k| k.is_empty()) {
@@ -426,6 +428,16 @@ impl Core {
             if let Err(e) = self.append(&mut st, id, &new, NewWaiter::Run(&shared), hint) {
                 self.give_back(&mut st, class, 1);
                 shared.failed(1, &e);
+            }
+            if touched.last() != Some(&id) && !touched.contains(&id) {
+                touched.push(id);
+            }
+        }
+        if self.config.linger.is_zero() {
+            for id in touched {
+                if st.lane(id).open.is_some() && st.has_room(id) {
+                    self.dispatch(&mut st, id);
+                }
             }
         }
     }
@@ -490,7 +502,10 @@ impl Core {
             }
         };
         let full = open.builder.size_bytes() >= max;
-        if full || (linger.is_zero() && st.has_room(id)) {
+        // A `send_batch` call's lanes are looked at once the call is placed (a lane
+        // with room would otherwise send the call's first record alone).
+        let eager = fut.is_some() && linger.is_zero() && st.has_room(id);
+        if full || eager {
             self.dispatch(st, id);
         }
         Ok(fut)

@@ -36,6 +36,11 @@ use std::time::{Duration, Instant};
 /// period's value.
 pub(super) const PERIOD: Duration = Duration::from_secs(1);
 
+/// How often a window-limited lane sends a batch alone to measure the fixed latency
+/// (a tenth of [`PERIOD`]: enough samples for each period's minimum, at the cost of
+/// one round trip with a single batch in flight per probe).
+pub(super) const PROBE_EVERY: Duration = Duration::from_millis(100);
+
 /// Back-to-back acknowledgements one capacity sample spans (beyond the first).
 const RATE_SPAN: usize = 8;
 
@@ -142,8 +147,8 @@ impl Estimator {
     ///
     /// The fixed latency is measured on batches sent alone only (a batch queued behind
     /// others of its lane measures the queue); a window-limited lane that has sent none
-    /// for a [`PERIOD`] holds one batch in flight until one goes out alone (as BBR's
-    /// PROBE_RTT), which costs one round trip of throughput per period.
+    /// for [`PROBE_EVERY`] holds one batch in flight until one goes out alone (as
+    /// BBR's PROBE_RTT), which costs about one round trip of throughput per probe.
     pub(super) fn settled(
         &mut self,
         bytes: usize,
@@ -194,7 +199,7 @@ impl Estimator {
             Some(_) if limited => {
                 let stale = self
                     .last_alone
-                    .is_none_or(|t| now.duration_since(t) >= PERIOD);
+                    .is_none_or(|t| now.duration_since(t) >= PROBE_EVERY);
                 self.probing |= stale;
             }
             _ => {}
