@@ -4,6 +4,7 @@
 //! P3 lane never blocks the hand-off of other lanes' batches) — and the per-record
 //! futures `send` returns name the offsets the records were stored at.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use weir_client::{
@@ -78,17 +79,10 @@ async fn a_saturated_p3_lane_does_not_hold_back_a_p0_send_on_the_same_producer()
     assert!(!offsets.contains(&p0.offset));
     let stored = read_all(&client, "lanes", FLOOD + 2, WAIT * 6).await;
     assert_eq!(stored.len(), FLOOD + 2);
+    let by_offset: HashMap<u64, &[u8]> = stored.iter().map(|m| (m.offset, &m.value[..])).collect();
     for (i, off) in offsets.iter().enumerate() {
-        let m = stored
-            .iter()
-            .find(|m| m.offset == *off)
-            .expect("named offset stored");
-        assert_eq!(
-            m.value[..8],
-            (i as u64).to_le_bytes(),
-            "record {i} at {off}"
-        );
+        let value = by_offset.get(off).expect("named offset stored");
+        assert_eq!(value[..8], (i as u64).to_le_bytes(), "record {i} at {off}");
     }
-    let urgent = stored.iter().find(|m| m.offset == p0.offset).expect("P0");
-    assert_eq!(&urgent.value[..], b"urgent");
+    assert_eq!(by_offset.get(&p0.offset).copied(), Some(&b"urgent"[..]));
 }
