@@ -314,12 +314,12 @@ impl Producer {
                     if let Err(e) = self.core.learn_topic(&r.topic).await {
                         return Ok(DeliveryFuture::failed(e));
                     }
-                    record = r;
+                    record = *r;
                     admitted = None;
                 }
                 Err(Blocked::Room(r, class)) => {
                     self.admit(class, 1).await?;
-                    record = r;
+                    record = *r;
                     admitted = Some(class);
                 }
             }

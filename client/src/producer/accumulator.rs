@@ -138,9 +138,9 @@ struct State {
 /// What `send` could not do under the lock.
 pub(super) enum Blocked {
     /// The topic is not known yet: ask the broker, then try again.
-    Topic(ProducerRecord),
+    Topic(Box<ProducerRecord>),
     /// The record's class has no room: wait for a permit of `class`, then try again.
-    Room(ProducerRecord, usize),
+    Room(Box<ProducerRecord>, usize),
 }
 
 /// The shared half of a producer: its lanes, record pools and settings.
@@ -212,7 +212,7 @@ impl Core {
             if let Some(c) = admitted {
                 self.give_back(&mut st, c, 1);
             }
-            return Err(Blocked::Topic(rec));
+            return Err(Blocked::Topic(Box::new(rec)));
         };
         let info = &st.topics[t as usize].info;
         let shards = info.shards;
@@ -235,7 +235,7 @@ impl Core {
                     self.give_back(&mut st, c, 1);
                 }
                 if st.queued[class] >= self.max_queued {
-                    return Err(Blocked::Room(rec, class));
+                    return Err(Blocked::Room(Box::new(rec), class));
                 }
                 st.queued[class] += 1;
             }
