@@ -552,7 +552,9 @@ impl Core {
                         })
                     },
                     room: Box::new(move |spare| {
-                        me.upgrade().is_some_and(|core| core.on_room(id, spare))
+                        if let Some(core) = me.upgrade() {
+                            core.on_room(id, spare);
+                        }
                     }),
                     epoch_used: None,
                     next_seq: 0,
@@ -568,18 +570,15 @@ impl Core {
     }
 
     /// A batch of `id` settled (`spare`: its buffer, for the next batch): with
-    /// `linger = 0` its open batch may go now. True when the lane had records waiting
-    /// in an open batch.
-    fn on_room(&self, id: LaneId, spare: Option<BytesMut>) -> bool {
+    /// `linger = 0` its open batch may go now.
+    fn on_room(&self, id: LaneId, spare: Option<BytesMut>) {
         let mut st = self.lock();
         if spare.is_some() {
             st.lane_mut(id).spare = spare;
         }
-        let waiting = st.lane(id).open.is_some();
-        if waiting && self.config.linger.is_zero() && st.has_room(id) {
+        if st.lane(id).open.is_some() && self.config.linger.is_zero() && st.has_room(id) {
             self.dispatch(&mut st, id);
         }
-        waiting
     }
 
     /// Sends every open batch whose linger has expired; the next deadline after that.

@@ -69,9 +69,9 @@ pub(super) struct ShardSender {
     pub(super) window: Arc<Window>,
     /// Gives back places in the lane's class pool (records whose batch was sent).
     pub(super) release: Box<dyn Fn(u32) + Send + Sync>,
-    /// Tells the accumulator that this lane has settled a batch; true when the lane
-    /// had an open batch waiting for that room.
-    pub(super) room: Box<dyn Fn(Option<BytesMut>) -> bool + Send + Sync>,
+    /// Tells the accumulator that this lane has settled a batch (with the batch's
+    /// buffer, for the lane's next one).
+    pub(super) room: Box<dyn Fn(Option<BytesMut>) + Send + Sync>,
     /// (producer id, epoch) the sequence numbers below belong to.
     pub(super) epoch_used: Option<(u64, u16)>,
     pub(super) next_seq: u32,
@@ -280,10 +280,10 @@ impl ShardSender {
                         Ok(r) => {
                             let bytes = item.bytes.len();
                             let sent_at = item.sent_at;
-                            let waiting = self.resolve(item, r) || !queue.is_empty() || !rx.is_empty();
+                            self.resolve(item, r);
                             if let Some((at, alone)) = sent_at {
                                 let now = std::time::Instant::now();
-                                let w = estimator.settled(bytes, now - at, alone, waiting, now);
+                                let w = estimator.settled(bytes, now - at, alone, now);
                                 self.window.set(w);
                             }
                         }
@@ -380,11 +380,10 @@ fn item_attempts(q: &VecDeque<Item>) -> u32 {
 
 impl ShardSender {
     /// The batch was stored: its waiters learn their offsets and the lane has room.
-    /// True when an open batch of the lane was waiting for that room.
-    fn resolve(&self, item: Item, r: ProduceResponse) -> bool {
+    fn resolve(&self, item: Item, r: ProduceResponse) {
         item.waiters.resolve(self.shard, r.base_offset);
         // Nothing else holds the bytes once the request is written and answered.
-        self.settled(item.bytes.try_into_mut().ok())
+        self.settled(item.bytes.try_into_mut().ok());
     }
 
     /// The batch failed for good.
@@ -393,8 +392,8 @@ impl ShardSender {
         self.settled(None);
     }
 
-    fn settled(&self, spare: Option<BytesMut>) -> bool {
+    fn settled(&self, spare: Option<BytesMut>) {
         self.outstanding.fetch_sub(1, Ordering::AcqRel);
-        (self.room)(spare)
+        (self.room)(spare);
     }
 }

@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 /// period's value.
 pub(super) const PERIOD: Duration = Duration::from_secs(1);
 
-/// How often a window-limited lane sends a batch alone to measure the fixed latency
+/// How often a busy lane sends a batch alone to measure the fixed latency
 /// (a tenth of [`PERIOD`]: enough samples for each period's minimum, at the cost of
 /// one round trip with a single batch in flight per probe).
 pub(super) const PROBE_EVERY: Duration = Duration::from_millis(100);
@@ -147,19 +147,17 @@ impl Estimator {
     }
 
     /// A batch of `bytes` was acknowledged at `now`, `rtt` after it was sent; `alone`:
-    /// it was sent while no other batch of the lane was in flight; `limited`: another
-    /// batch of the lane was waiting for room. Returns the window.
+    /// it was sent while no other batch of the lane was in flight. Returns the window.
     ///
     /// The fixed latency is measured on batches sent alone only (a batch queued behind
-    /// others of its lane measures the queue); a window-limited lane that has sent none
-    /// for [`PROBE_EVERY`] holds one batch in flight until one goes out alone (as
-    /// BBR's PROBE_RTT), which costs about one round trip of throughput per probe.
+    /// others of its lane measures the queue); a lane that has sent none for
+    /// [`PROBE_EVERY`] holds one batch in flight until one goes out alone (as BBR's
+    /// PROBE_RTT), which costs about one round trip of throughput per probe.
     pub(super) fn settled(
         &mut self,
         bytes: usize,
         rtt: Duration,
         alone: bool,
-        limited: bool,
         now: Instant,
     ) -> usize {
         if !self.adaptive {
@@ -201,13 +199,13 @@ impl Estimator {
                 self.last_alone = Some(now);
                 self.probing = false;
             }
-            Some(_) if limited => {
+            Some(_) => {
                 let stale = self
                     .last_alone
                     .is_none_or(|t| now.duration_since(t) >= PROBE_EVERY);
                 self.probing |= stale;
             }
-            _ => {}
+            None => {}
         }
         self.window()
     }
@@ -275,7 +273,7 @@ mod tests {
                 worst = worst.max(ack - sent);
             }
             let rtt = Duration::from_nanos(((ack - sent) * 1000.0) as u64);
-            est.settled(bytes, rtt, alone, true, at(now));
+            est.settled(bytes, rtt, alone, at(now));
         }
         (est.window(), worst)
     }
@@ -303,13 +301,13 @@ mod tests {
     }
 
     #[test]
-    fn a_lane_that_is_never_window_limited_keeps_the_maximum() {
+    fn a_lane_that_never_keeps_the_path_busy_keeps_the_maximum() {
         let mut est = Estimator::new(5, true);
         let t = Instant::now();
         let mut w = 0;
         for i in 0..100u64 {
             let now = t + Duration::from_millis(i);
-            w = est.settled(1 << 20, Duration::from_micros(600), true, false, now);
+            w = est.settled(1 << 20, Duration::from_micros(600), true, now);
         }
         assert_eq!(
             w, 5,
@@ -332,7 +330,7 @@ mod tests {
             } else {
                 Duration::from_micros(2500)
             };
-            w = est.settled(1 << 20, rtt, alone, true, now);
+            w = est.settled(1 << 20, rtt, alone, now);
         }
         assert_eq!(w, 2);
     }

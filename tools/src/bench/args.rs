@@ -73,9 +73,9 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = AckArg::Leader)]
     pub acks: AckArg,
     /// Batches in flight per shard and producer, fixed. Unset: the SDK's default
-    /// adaptive window (up to 5 per lane), and a closed-loop producer keeps one batch
-    /// more than its lane's current window outstanding (so the lane always has the
-    /// next batch ready, without queueing more inside the SDK).
+    /// adaptive window (up to 5 per lane), and a closed-loop producer keeps as many
+    /// batches outstanding as its lane's current window (so none queues inside the
+    /// SDK, as with a fixed --in-flight).
     #[arg(long)]
     pub in_flight: Option<usize>,
     /// Open loop: total messages per second over all producers.

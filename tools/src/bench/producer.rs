@@ -20,8 +20,8 @@ use super::mix::{MixPicker, PriorityMix, CLASS_PRIORITIES};
 use super::run::{shards_of, Run, Stop};
 
 /// The closed-loop window without --in-flight: the SDK's largest adaptive window (its
-/// default `max_in_flight_per_shard`, 5) and one batch being prepared.
-const AUTO_WINDOW_MAX: usize = 6;
+/// default `max_in_flight_per_shard`).
+const AUTO_WINDOW_MAX: usize = 5;
 
 /// Runs producer `idx` until `stop`, then flushes it.
 pub async fn produce_loop(
@@ -241,8 +241,10 @@ impl ProducerLoop {
         })
     }
 
-    /// Without --in-flight: holds back the permits beyond the lane's adaptive window + 1
-    /// (the SDK's window for this producer's priority; its maximum until known).
+    /// Without --in-flight: holds back the permits beyond the lane's adaptive window
+    /// (the SDK's window for this producer's priority; its maximum until known), so
+    /// the closed loop keeps as many batches outstanding as the SDK keeps in flight,
+    /// as a fixed --in-flight does.
     async fn follow_window(&mut self, shard: u32) -> anyhow::Result<()> {
         if self.run.cli.in_flight.is_some() {
             return Ok(());
@@ -251,8 +253,8 @@ impl ProducerLoop {
         let lane = self
             .producer
             .in_flight_window(&self.topic, shard, priority)
-            .unwrap_or(AUTO_WINDOW_MAX - 1);
-        let hold = AUTO_WINDOW_MAX.saturating_sub(lane + 1);
+            .unwrap_or(AUTO_WINDOW_MAX);
+        let hold = AUTO_WINDOW_MAX.saturating_sub(lane.max(1));
         self.reserved.truncate(hold);
         while self.reserved.len() < hold {
             self.reserved
