@@ -63,10 +63,15 @@ pub struct ProducerConfig {
     pub acks: Acks,
     /// Producer id + epoch + sequence numbers, so retries never duplicate.
     pub idempotent: bool,
-    /// Attempts after the first for a retriable failure.
+    /// Attempts after the first for a retriable failure. With the default backoffs,
+    /// 40 retries keep a record trying for about 10 s.
     pub retries: u32,
-    /// Wait before a retry (doubled per attempt, capped at 32×).
+    /// Wait before a retry, doubled per attempt up to `retry_backoff_max`.
     pub retry_backoff: Duration,
+    /// Longest wait between two retries. It bounds how long a record waits after the
+    /// cause went away — in a cluster, after a switchover gave its shard a new
+    /// primary — so keep it well under the switchover time you aim for.
+    pub retry_backoff_max: Duration,
     /// Most batches in flight per (shard, class) lane.
     pub max_in_flight_per_shard: usize,
     /// Size each lane's in-flight window from its measured rate and round-trip time,
@@ -99,8 +104,9 @@ impl Default for ProducerConfig {
             max_batch_bytes: 1024 * 1024,
             acks: Acks::Leader,
             idempotent: true,
-            retries: 10,
+            retries: 40,
             retry_backoff: Duration::from_millis(50),
+            retry_backoff_max: Duration::from_millis(250),
             max_in_flight_per_shard: 5,
             adaptive_in_flight: true,
             default_priority: batch::DEFAULT_PRIORITY,
@@ -155,6 +161,11 @@ impl ProducerBuilder {
     /// Backoff before the first retry.
     pub fn retry_backoff(mut self, d: Duration) -> Self {
         self.config.retry_backoff = d;
+        self
+    }
+    /// Longest backoff between two retries.
+    pub fn retry_backoff_max(mut self, d: Duration) -> Self {
+        self.config.retry_backoff_max = d;
         self
     }
     /// Most in-flight batches per (shard, class) lane; the window adapts below it.

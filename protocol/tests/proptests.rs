@@ -222,6 +222,8 @@ fn request() -> impl Strategy<Value = Request> {
         )
             .prop_map(|(group, shards)| FetchOffsetsRequest { group, shards }.into()),
         strings().prop_map(|topics| DescribeClusterRequest { topics }.into()),
+        (s(), any::<u32>())
+            .prop_map(|(topic, shard)| DescribeShardHistoryRequest { topic, shard }.into()),
         (
             s(),
             any::<u32>(),
@@ -433,6 +435,39 @@ fn response_body() -> impl Strategy<Value = ResponseBody> {
                     controller,
                     nodes,
                     shards,
+                }
+                .into()
+            }),
+        (
+            s(),
+            any::<u32>(),
+            vec(any::<u32>(), 0..4),
+            vec(
+                (
+                    any::<i64>(),
+                    any::<u8>(),
+                    any::<u32>(),
+                    any::<u32>(),
+                    vec(any::<u32>(), 0..4)
+                )
+                    .prop_map(|(at_ms, kind, epoch, primary, in_sync)| {
+                        ShardEvent {
+                            at_ms,
+                            kind,
+                            epoch,
+                            primary,
+                            in_sync,
+                        }
+                    }),
+                0..4
+            )
+        )
+            .prop_map(|(topic, shard, replicas, events)| {
+                DescribeShardHistoryResponse {
+                    topic,
+                    shard,
+                    replicas,
+                    events,
                 }
                 .into()
             }),

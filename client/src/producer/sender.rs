@@ -55,6 +55,11 @@ struct Item {
     /// When the current attempt was sent, and whether no other batch of the lane was
     /// in flight then (for the window's estimates).
     sent_at: Option<(std::time::Instant, bool)>,
+    /// The last attempt failed on its route (NOT_PRIMARY, a lost connection, ...):
+    /// the next one asks the cluster for a fresh view first. The view refreshed when
+    /// the failure was seen may predate the switchover that the retry, a backoff
+    /// later, can already use.
+    reroute: bool,
 }
 
 pub(super) struct ShardSender {
@@ -117,6 +122,7 @@ impl ShardSender {
             pushed_back_since: None,
             permits: count,
             sent_at: None,
+            reroute: false,
         })
     }
 
@@ -179,15 +185,18 @@ impl ShardSender {
         let priority = batch::BatchHeader::read(&item.bytes).map_or(0, |h| h.priority);
         let topic = self.topic.clone();
         let shard = self.shard;
+        let reroute = item.reroute;
         Box::pin(async move {
             client.breaker_admit()?;
-            // The generation of the cluster view the batch was routed by (0 against a
-            // single node): a routing failure refreshes that view once for every lane.
-            // None when no connection was had (`route_connection` refreshed already).
-            let mut generation = None;
+            if reroute {
+                client.refresh_route().await;
+            }
+            // A routing failure does not refresh the view now: `run` sends the same
+            // batch (same bytes, same sequences) again after its backoff, and that
+            // attempt refreshes first (`reroute`), so it also sees a switchover that
+            // was decided during the backoff.
             let outcome = async {
-                let (conn, g) = client.route_connection(Route::Shard(&topic, shard)).await?;
-                generation = Some(g);
+                let (conn, _) = client.route_connection(Route::Shard(&topic, shard)).await?;
                 if acks == Acks::None {
                     conn.send(req.into(), priority, false).await?;
                     return Ok(ProduceResponse {
@@ -202,11 +211,6 @@ impl ShardSender {
                 expect_body!(body, Produce)
             }
             .await;
-            if let (Err(e), Some(generation)) = (&outcome, generation) {
-                // The same batch (same bytes, same sequences) is sent again by `run`
-                // after its backoff, to the primary the refreshed view names.
-                client.route_failed(generation, e).await;
-            }
             client.breaker_record(&outcome);
             outcome
         })
@@ -289,6 +293,7 @@ impl ShardSender {
                         }
                         Err(e) => {
                             item.attempts += 1;
+                            item.reroute = crate::cluster::is_routing_error(&e);
                             // Fenced by this producer itself: another of its lanes moved
                             // it to a new epoch (the broker fences per producer id, on
                             // every shard at once), so this lane follows it: like a
@@ -329,14 +334,19 @@ impl ShardSender {
                                     Ok(r) => {
                                         self.resolve(later, r);
                                     }
-                                    Err(_) => again.push_back(later),
+                                    Err(e) => {
+                                        let mut later = later;
+                                        later.reroute = crate::cluster::is_routing_error(&e);
+                                        again.push_back(later);
+                                    }
                                 }
                             }
                             let given_up = !(retriable && item.attempts <= self.config.retries);
                             if !given_up {
                                 again.push_front(item);
                                 let factor = 1u32 << (item_attempts(&again) - 1).min(5);
-                                let mut wait = self.config.retry_backoff * factor;
+                                let mut wait = (self.config.retry_backoff * factor)
+                                    .min(self.config.retry_backoff_max.max(self.config.retry_backoff));
                                 if let Pushback::Wait(after) = push {
                                     wait = after;
                                 }

@@ -1,6 +1,7 @@
 //! `weir-bench`, Weir's load generator: one module per mode ([`produce`], [`consume`],
 //! [`e2e`]) over shared parts (the run's settings and clock in [`mod@run`], the broker in
 //! [`target`], the progress bar, priority mixes, the report and its plot).
+//! [`failover`] starts a cluster of its own and is run apart from the others.
 //! `bin/weir-bench.rs` only parses [`args::Args`], calls [`run()`] and prints.
 //!
 //! How it measures (also in BENCHMARKS.md):
@@ -34,6 +35,7 @@ pub mod args;
 mod collector;
 pub mod consume;
 pub mod e2e;
+pub mod failover;
 pub mod mix;
 pub mod plot;
 pub mod produce;
@@ -55,6 +57,7 @@ pub async fn run(cli: Args, handle: tokio::runtime::Handle) -> anyhow::Result<Re
         Mode::Produce => produce::run_produce(cli, &target, handle).await,
         Mode::Consume => consume::run_consume(cli, &target, handle).await,
         Mode::E2e => e2e::run_e2e(cli, &target, handle).await,
+        Mode::Failover => unreachable!("failover runs through failover::run_failover"),
     };
     target.shutdown().await;
     report
