@@ -72,9 +72,12 @@ pub struct Args {
     pub api: ApiArg,
     #[arg(long, value_enum, default_value_t = AckArg::Leader)]
     pub acks: AckArg,
-    /// Batches in flight per shard and producer.
-    #[arg(long, default_value_t = 5)]
-    pub in_flight: usize,
+    /// Batches in flight per shard and producer, fixed. Unset: the SDK's default
+    /// adaptive window (up to 5 per lane), and a closed-loop producer keeps as many
+    /// batches outstanding as its lane's current window (so none queues inside the
+    /// SDK, as with a fixed --in-flight).
+    #[arg(long)]
+    pub in_flight: Option<usize>,
     /// Open loop: total messages per second over all producers.
     #[arg(long)]
     pub rate: Option<f64>,

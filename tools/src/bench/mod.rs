@@ -8,10 +8,10 @@
 //! - `--batch N` sets the producer's `max_batch_bytes` to exactly N records of `--size`
 //!   bytes (60-byte batch header + N × (18-byte record overhead + size)), so the SDK
 //!   seals a batch after N records; `--linger-ms` seals earlier when records come slower.
-//!   Batches are pipelined: the SDK keeps `--in-flight` batches in flight per shard,
-//!   and in closed loop each producer keeps at most `--in-flight` batches
-//!   unacknowledged (so latency is the pipeline's, not queueing inside the SDK). The
-//!   bench never calls `flush()` except once at the end.
+//!   Batches are pipelined: the SDK keeps `--in-flight` batches in flight per shard
+//!   (without it, its adaptive window), and in closed loop each producer keeps at most
+//!   that many batches unacknowledged (so latency is the pipeline's, not queueing
+//!   inside the SDK). The bench never calls `flush()` except once at the end.
 //! - `--api batch` (the default) hands each batch of `--batch` records to the SDK with
 //!   one `send_batch` call, as iggy-bench sends a batch with one call of its SDK;
 //!   `--api record` calls `send` per record. In open loop (`--rate`), a batch call
