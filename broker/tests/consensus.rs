@@ -244,6 +244,7 @@ fn create(name: &str) -> Command {
             min_in_sync: 2,
             ..TopicConfig::default()
         }),
+        at_ms: 0,
     }
 }
 

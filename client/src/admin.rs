@@ -183,6 +183,20 @@ impl Admin {
         expect_body!(self.client.call(req).await?, DescribeCluster)
     }
 
+    /// One shard's replication record (cluster only): its copies and the newest
+    /// changes of its primary and in-sync set, oldest first.
+    pub async fn shard_history(
+        &self,
+        topic: &str,
+        shard: u32,
+    ) -> Result<DescribeShardHistoryResponse> {
+        let req = DescribeShardHistoryRequest {
+            topic: topic.to_string(),
+            shard,
+        };
+        expect_body!(self.client.call(req).await?, DescribeShardHistory)
+    }
+
     /// DescribeCluster asked of the node at `addr` itself (not routed, not retried):
     /// only a shard's primary answers its live fields (`live = 1`: high-water mark,
     /// mirror positions), so `weir cluster status` asks every node.

@@ -352,6 +352,16 @@ impl Client {
         }
     }
 
+    /// Before a retry of a request whose route failed: a fresh cluster view, unless
+    /// another caller is refreshing or just refreshed it (single-flight, at most one
+    /// DescribeCluster per `REFRESH_MIN_INTERVAL`). No-op against a single node.
+    pub(crate) async fn refresh_route(&self) {
+        if let Some(cluster) = self.inner.cluster.get() {
+            let (_, generation) = cluster.view();
+            self.refresh_view(generation).await;
+        }
+    }
+
     /// After a failure under view `generation`: refreshes the view when `e` says it
     /// is stale (single-flight, see `cluster.rs`). No-op against a single node.
     pub(crate) async fn route_failed(&self, generation: u64, e: &ClientError) {

@@ -49,7 +49,8 @@ pub(crate) fn route_of(req: &Request) -> Route<'_> {
         | Request::Heartbeat(_)
         | Request::LeaveGroup(_)
         | Request::CommitOffsets(_)
-        | Request::FetchOffsets(_) => Route::Controller,
+        | Request::FetchOffsets(_)
+        | Request::DescribeShardHistory(_) => Route::Controller,
         _ => Route::Any,
     }
 }
@@ -66,6 +67,7 @@ pub(crate) fn safe_to_repeat(req: &Request) -> bool {
             | Request::ListOffsets(_)
             | Request::Metadata(_)
             | Request::DescribeCluster(_)
+            | Request::DescribeShardHistory(_)
             | Request::FetchOffsets(_)
             | Request::Heartbeat(_)
             | Request::CommitOffsets(_)

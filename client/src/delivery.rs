@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use tokio::sync::oneshot;
 
@@ -23,16 +23,121 @@ pub struct RecordMetadata {
 
 /// Resolves when the record is acknowledged at the producer's ack level (immediately
 /// after sending for `acks=none`, with offset `u64::MAX`).
+///
+/// Every `send` record of one wire batch shares one completion ([`RecordSlot`]) and
+/// knows its index in the batch, so a record costs a reference count, not a channel
+/// of its own; a future dropped unpolled costs nothing more.
 pub struct DeliveryFuture {
-    pub(crate) rx: oneshot::Receiver<Result<RecordMetadata>>,
+    inner: Delivery,
+}
+
+enum Delivery {
+    /// Waiting for record `index` of the batch behind `slot`; `waker` is where this
+    /// future's waker sits in the slot's list once it was polled.
+    Pending {
+        slot: Arc<RecordSlot>,
+        index: u32,
+        waker: Option<usize>,
+    },
+    /// Settled before it reached a batch (a record that can never be sent).
+    Ready(Option<Result<RecordMetadata>>),
+}
+
+impl DeliveryFuture {
+    /// Record `index` of the batch whose `send` records share `slot`.
+    pub(crate) fn pending(slot: Arc<RecordSlot>, index: u32) -> DeliveryFuture {
+        DeliveryFuture {
+            inner: Delivery::Pending {
+                slot,
+                index,
+                waker: None,
+            },
+        }
+    }
+
+    /// A record that failed before it reached a batch.
+    pub(crate) fn failed(e: ClientError) -> DeliveryFuture {
+        DeliveryFuture {
+            inner: Delivery::Ready(Some(Err(e))),
+        }
+    }
 }
 
 impl Future for DeliveryFuture {
     type Output = Result<RecordMetadata>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.rx)
-            .poll(cx)
-            .map(|r| r.unwrap_or(Err(ClientError::Closed)))
+        match &mut self.inner {
+            Delivery::Ready(r) => Poll::Ready(r.take().unwrap_or(Err(ClientError::Closed))),
+            Delivery::Pending { slot, index, waker } => {
+                let mut st = slot.state.lock().expect("record slot");
+                match &mut *st {
+                    SlotState::Stored { shard, base_offset } => {
+                        let offset = match *base_offset {
+                            u64::MAX => u64::MAX,
+                            base => base + u64::from(*index),
+                        };
+                        Poll::Ready(Ok(RecordMetadata {
+                            shard: *shard,
+                            offset,
+                        }))
+                    }
+                    SlotState::Failed(e) => Poll::Ready(Err(e.clone())),
+                    SlotState::Pending(wakers) => {
+                        match waker.and_then(|i| wakers.get_mut(i)) {
+                            Some(w) if w.will_wake(cx.waker()) => {}
+                            Some(w) => w.clone_from(cx.waker()),
+                            None => {
+                                *waker = Some(wakers.len());
+                                wakers.push(cx.waker().clone());
+                            }
+                        }
+                        Poll::Pending
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The shared completion of the `send` records of one wire batch.
+pub(crate) struct RecordSlot {
+    state: Mutex<SlotState>,
+}
+
+enum SlotState {
+    /// Wakers of the futures polled so far.
+    Pending(Vec<Waker>),
+    /// The batch was stored from `base_offset` (`u64::MAX` with `acks=none`).
+    Stored {
+        shard: u32,
+        base_offset: u64,
+    },
+    Failed(ClientError),
+}
+
+impl RecordSlot {
+    fn new() -> Arc<RecordSlot> {
+        Arc::new(RecordSlot {
+            state: Mutex::new(SlotState::Pending(Vec::new())),
+        })
+    }
+
+    /// Settles the slot once; later calls do nothing.
+    fn settle(&self, outcome: SlotState) {
+        let wakers = {
+            let mut st = self.state.lock().expect("record slot");
+            match &mut *st {
+                SlotState::Pending(w) => {
+                    let w = std::mem::take(w);
+                    *st = outcome;
+                    w
+                }
+                _ => return,
+            }
+        };
+        for w in wakers {
+            w.wake();
+        }
     }
 }
 
@@ -154,78 +259,72 @@ impl BatchShared {
     }
 }
 
-/// Who waits for some records of a wire batch, in record order.
-pub(crate) enum Waiter {
-    /// One record of `send`.
-    Record(oneshot::Sender<Result<RecordMetadata>>),
-    /// A run of consecutive records of one `send_batch` call.
-    Run(Arc<BatchShared>, u32),
-}
-
-impl Waiter {
-    fn records(&self) -> u32 {
-        match self {
-            Waiter::Record(_) => 1,
-            Waiter::Run(_, n) => *n,
-        }
-    }
-}
-
-/// The waiters of one wire batch.
+/// The waiters of one wire batch: the one slot its `send` records share (each future
+/// knows its record's index), and runs of consecutive records of `send_batch` calls.
+/// Dropped unsettled (its sender gone), every waiter learns `ClientError::Closed`.
 #[derive(Default)]
-pub(crate) struct Waiters(Vec<Waiter>);
+pub(crate) struct Waiters {
+    slot: Option<Arc<RecordSlot>>,
+    /// (call, index in the batch of the run's first record, records).
+    runs: Vec<(Arc<BatchShared>, u32, u32)>,
+}
 
 impl Waiters {
-    /// Adds the next record of `send`.
-    pub(crate) fn push_record(&mut self, tx: oneshot::Sender<Result<RecordMetadata>>) {
-        self.0.push(Waiter::Record(tx));
+    /// Adds record `index` of the batch, from `send`: the completion its future shares.
+    pub(crate) fn push_record(&mut self) -> Arc<RecordSlot> {
+        self.slot.get_or_insert_with(RecordSlot::new).clone()
     }
 
-    /// Adds the next record of a `send_batch` call, extending the call's run when the
-    /// previous record of this batch came from the same call.
-    pub(crate) fn push_run(&mut self, shared: &Arc<BatchShared>) {
-        if let Some(Waiter::Run(s, n)) = self.0.last_mut() {
-            if Arc::ptr_eq(s, shared) {
+    /// Adds record `index` of the batch, from a `send_batch` call, extending the call's
+    /// run when the batch's previous record came from the same call.
+    pub(crate) fn push_run(&mut self, shared: &Arc<BatchShared>, index: u32) {
+        if let Some((s, start, n)) = self.runs.last_mut() {
+            if Arc::ptr_eq(s, shared) && *start + *n == index {
                 *n += 1;
                 return;
             }
         }
-        self.0.push(Waiter::Run(shared.clone(), 1));
+        self.runs.push((shared.clone(), index, 1));
     }
 
     /// Whether no record waits.
     pub(crate) fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.slot.is_none() && self.runs.is_empty()
     }
 
     /// The batch was stored from `base_offset` (`u64::MAX`: offsets unknown, acks=none).
-    pub(crate) fn resolve(self, shard: u32, base_offset: u64) {
-        let mut index = 0u64;
-        for w in self.0 {
-            let offset = if base_offset == u64::MAX {
-                u64::MAX
-            } else {
-                base_offset + index
+    pub(crate) fn resolve(mut self, shard: u32, base_offset: u64) {
+        for (shared, start, n) in std::mem::take(&mut self.runs) {
+            let offset = match base_offset {
+                u64::MAX => u64::MAX,
+                base => base + u64::from(start),
             };
-            index += u64::from(w.records());
-            match w {
-                Waiter::Record(tx) => {
-                    let _ = tx.send(Ok(RecordMetadata { shard, offset }));
-                }
-                Waiter::Run(shared, n) => shared.stored(shard, offset, n),
-            }
+            shared.stored(shard, offset, n);
+        }
+        if let Some(slot) = self.slot.take() {
+            slot.settle(SlotState::Stored { shard, base_offset });
         }
     }
 
     /// The batch failed with `e`.
-    pub(crate) fn fail(self, e: &ClientError) {
-        for w in self.0 {
-            match w {
-                Waiter::Record(tx) => {
-                    let _ = tx.send(Err(e.clone()));
-                }
-                Waiter::Run(shared, n) => shared.failed(u64::from(n), e),
-            }
+    pub(crate) fn fail(mut self, e: &ClientError) {
+        self.fail_all(e);
+    }
+
+    fn fail_all(&mut self, e: &ClientError) {
+        for (shared, _, n) in std::mem::take(&mut self.runs) {
+            shared.failed(u64::from(n), e);
+        }
+        if let Some(slot) = self.slot.take() {
+            slot.settle(SlotState::Failed(e.clone()));
+        }
+    }
+}
+
+impl Drop for Waiters {
+    fn drop(&mut self) {
+        if !self.is_empty() {
+            self.fail_all(&ClientError::Closed);
         }
     }
 }

@@ -6,8 +6,9 @@
 //! one topic and returns one [`BatchDeliveryFuture`] for all of them. A batch is sent
 //! when its lane has room in flight (`linger = 0`, the default), when it reaches
 //! `max_batch_bytes`, or after `linger` (see [`ProducerConfig::linger`]). Each (shard,
-//! class) lane has a sender task (`producer/sender.rs`) that keeps up to
-//! `max_in_flight_per_shard` batches in flight on one connection; the broker writes a
+//! class) lane has a sender task (`producer/sender.rs`) that keeps a window of batches
+//! in flight on one connection, sized from the lane's measured rate and round-trip
+//! time up to `max_in_flight_per_shard` (`producer/window.rs`); the broker writes a
 //! connection's produces of one class to a shard in the order they arrive, so order
 //! per (shard key, class) holds, while a P0 batch may overtake P3 batches sent before
 //! it. When a batch fails with a retriable error, every batch of its lane after it is
@@ -18,14 +19,19 @@
 //!
 //! A record without a key gets one from the topic's shard-key rule (if the topic has
 //! one) before its shard is chosen, exactly as the broker would derive it.
+//!
+//! Lanes are isolated: each priority class has its own pool of `max_queued_records`
+//! record permits, and handing a batch to a lane's sender never waits, so a P3 lane
+//! the broker cannot keep up with makes P3 sends wait while P0 sends go on.
 
 mod accumulator;
 mod sender;
+mod window;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
+use tokio::sync::Mutex;
 use weir_protocol::batch;
 use weir_protocol::messages::*;
 
@@ -34,7 +40,8 @@ use crate::delivery::{BatchDeliveryFuture, BatchShared, DeliveryFuture, RecordMe
 use crate::error::{ClientError, Result};
 use crate::flow::Backpressure;
 use crate::record::{ProducerBatch, ProducerRecord};
-use accumulator::{Accumulator, LaneId};
+use accumulator::{Blocked, Core};
+use weir_protocol::classes::CLASS_COUNT;
 
 /// Settings of a [`Producer`].
 #[derive(Debug, Clone)]
@@ -56,12 +63,22 @@ pub struct ProducerConfig {
     pub acks: Acks,
     /// Producer id + epoch + sequence numbers, so retries never duplicate.
     pub idempotent: bool,
-    /// Attempts after the first for a retriable failure.
+    /// Attempts after the first for a retriable failure. With the default backoffs,
+    /// 40 retries keep a record trying for about 10 s.
     pub retries: u32,
-    /// Wait before a retry (doubled per attempt, capped at 32×).
+    /// Wait before a retry, doubled per attempt up to `retry_backoff_max`.
     pub retry_backoff: Duration,
-    /// Batches in flight per shard.
+    /// Longest wait between two retries. It bounds how long a record waits after the
+    /// cause went away — in a cluster, after a switchover gave its shard a new
+    /// primary — so keep it well under the switchover time you aim for.
+    pub retry_backoff_max: Duration,
+    /// Most batches in flight per (shard, class) lane.
     pub max_in_flight_per_shard: usize,
+    /// Size each lane's in-flight window from its measured rate and round-trip time,
+    /// up to `max_in_flight_per_shard` (the default), instead of always keeping that
+    /// many in flight: more batches in flight than the path needs only queue, and add
+    /// their service time to every batch's latency. See `producer/window.rs`.
+    pub adaptive_in_flight: bool,
     /// Priority of records that do not set one (1 highest … 10; 0 = the topic's
     /// default, filled in by the broker).
     pub default_priority: u8,
@@ -69,9 +86,11 @@ pub struct ProducerConfig {
     pub default_complexity: u8,
     /// Longest wait for one produce's answer.
     pub request_timeout: Duration,
-    /// Records that may wait in the producer (queued or in a batch not yet handed to
-    /// its lane's sender) before `send` and `send_batch` wait for room. A
-    /// `send_batch` call of more records than this is refused.
+    /// Records of one priority class that may wait in the producer (in a batch not yet
+    /// sent to the broker) before `send` and `send_batch` wait for room for that
+    /// class. Each class has its own pool, so a saturated P3 lane never makes a P0
+    /// record wait. A `send_batch` call of more records of one class than this is
+    /// refused.
     pub max_queued_records: usize,
     /// What to do when the queue is full or the broker says THROTTLED or SHED (see
     /// [`crate::flow`]).
@@ -85,9 +104,11 @@ impl Default for ProducerConfig {
             max_batch_bytes: 1024 * 1024,
             acks: Acks::Leader,
             idempotent: true,
-            retries: 10,
+            retries: 40,
             retry_backoff: Duration::from_millis(50),
+            retry_backoff_max: Duration::from_millis(250),
             max_in_flight_per_shard: 5,
+            adaptive_in_flight: true,
             default_priority: batch::DEFAULT_PRIORITY,
             default_complexity: batch::DEFAULT_COMPLEXITY,
             request_timeout: Duration::from_secs(30),
@@ -95,12 +116,6 @@ impl Default for ProducerConfig {
             backpressure: Backpressure::default(),
         }
     }
-}
-
-enum Msg {
-    Record(ProducerRecord, oneshot::Sender<Result<RecordMetadata>>),
-    Batch(ProducerBatch, Arc<BatchShared>),
-    Flush(oneshot::Sender<()>),
 }
 
 /// The largest record a producer accepts (its encoded size plus a batch header).
@@ -148,9 +163,20 @@ impl ProducerBuilder {
         self.config.retry_backoff = d;
         self
     }
-    /// In-flight batches per shard.
+    /// Longest backoff between two retries.
+    pub fn retry_backoff_max(mut self, d: Duration) -> Self {
+        self.config.retry_backoff_max = d;
+        self
+    }
+    /// Most in-flight batches per (shard, class) lane; the window adapts below it.
     pub fn max_in_flight_per_shard(mut self, n: usize) -> Self {
         self.config.max_in_flight_per_shard = n.max(1);
+        self
+    }
+    /// Exactly `n` in-flight batches per (shard, class) lane (no adaptive window).
+    pub fn fixed_in_flight_per_shard(mut self, n: usize) -> Self {
+        self.config.max_in_flight_per_shard = n.max(1);
+        self.config.adaptive_in_flight = false;
         self
     }
     /// Default priority of records.
@@ -211,20 +237,16 @@ impl ProducerBuilder {
         } else {
             None
         };
-        let max_queued_records = c.max_queued_records.clamp(1, Semaphore::MAX_PERMITS);
-        let queue = Arc::new(Semaphore::new(max_queued_records));
-        let (tx, rx) = mpsc::unbounded_channel();
-        let acc = Accumulator::new(
+        let max_queued_records = c.max_queued_records.max(1);
+        let core = Core::new(
             self.client.clone(),
             self.config.clone(),
             identity.clone(),
-            queue.clone(),
+            max_queued_records,
         );
-        tokio::spawn(acc.run(rx));
         Ok(Producer {
             identity,
-            tx,
-            queue,
+            core,
             max_queued_records,
             max_record_bytes: max_record_bytes(&self.config),
             backpressure: self.config.backpressure,
@@ -242,18 +264,26 @@ async fn init_producer_id(client: &Client, id: u64, epoch: u16) -> Result<(u64, 
 }
 
 /// Sends records to a broker; see the module docs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Producer {
     /// (producer id, epoch) of an idempotent producer, shared with its senders (an
     /// epoch bump after a failed batch moves it).
     identity: Option<Arc<Mutex<(u64, u16)>>>,
-    tx: mpsc::UnboundedSender<Msg>,
-    /// One permit per record the producer may still take (`max_queued_records`); the
-    /// accumulator gives them back when it hands a batch to its sender.
-    queue: Arc<Semaphore>,
+    /// The lanes and the per-class record pools (`max_queued_records` places each,
+    /// given back when a record's batch is first sent).
+    core: Arc<Core>,
     max_queued_records: usize,
     max_record_bytes: usize,
     backpressure: Backpressure,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("max_queued_records", &self.max_queued_records)
+            .field("backpressure", &self.backpressure)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Producer {
@@ -276,34 +306,51 @@ impl Producer {
         }
     }
 
-    /// Queues a record. When `max_queued_records` are already queued, waits or fails
-    /// as the back-pressure policy says (`ClientError::QueueFull`).
+    /// Queues a record. When `max_queued_records` records of its class are already
+    /// queued, waits or fails as the back-pressure policy says
+    /// (`ClientError::QueueFull`).
+    ///
+    /// The record is encoded into its lane's open batch before this returns (the
+    /// first record of a topic waits for the topic's metadata); its future shares the
+    /// batch's completion.
     pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture> {
-        self.admit(1).await?;
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Record(record, tx))
-            .map_err(|_| ClientError::Closed)?;
-        Ok(DeliveryFuture { rx })
+        let mut record = record;
+        let mut admitted = None;
+        // Bounded: a topic is learnt once, and a class waited for at most twice (the
+        // class map may move once between the wait and the placement).
+        for _ in 0..4 {
+            match self.core.try_send(record, admitted) {
+                Ok(fut) => return Ok(fut),
+                Err(Blocked::Topic(r)) => {
+                    if let Err(e) = self.core.learn_topic(&r.topic).await {
+                        return Ok(DeliveryFuture::failed(e));
+                    }
+                    record = *r;
+                    admitted = None;
+                }
+                Err(Blocked::Room(r, class)) => {
+                    self.admit(class, 1).await?;
+                    record = *r;
+                    admitted = Some(class);
+                }
+            }
+        }
+        Err(ClientError::QueueFull(
+            "the record's priority class kept moving".into(),
+        ))
     }
 
     /// Queues every record of `batch` with one call and returns one future for all of
     /// them. Each record is treated exactly as `send` would treat it (shard-key rule,
     /// priority class, idempotent sequence, retries, order per (shard, class)), but the
-    /// call costs one queue message and one completion instead of one per record, and
-    /// its records are encoded straight into the wire batches. Records of several
+    /// call takes the producer's lock and the class permits once and costs one
+    /// completion instead of one reference per record. Records of several
     /// priority classes are split into one batch per class (the broker refuses mixed
     /// classes in one produce). Waits for (or, by the back-pressure policy, refuses)
     /// room for all records at once; a record that can never be sent (a field out of
     /// range, too large) refuses the whole call before anything is queued.
     pub async fn send_batch(&self, batch: ProducerBatch) -> Result<BatchDeliveryFuture> {
         let n = batch.records.len();
-        if n > self.max_queued_records {
-            return Err(ClientError::Invalid(format!(
-                "{n} records in one call; max_queued_records is {}",
-                self.max_queued_records
-            )));
-        }
         for r in &batch.records {
             self.check(r)?;
         }
@@ -311,11 +358,45 @@ impl Producer {
         if n == 0 {
             return Ok(fut);
         }
-        self.admit(n as u32).await?;
-        self.tx
-            .send(Msg::Batch(batch, shared))
-            .map_err(|_| ClientError::Closed)?;
+        let (counts, classes) = match self.core.batch_classes(&batch) {
+            Some(c) => c,
+            None => {
+                if let Err(e) = self.core.learn_topic(&batch.topic).await {
+                    shared.failed(n as u64, &e);
+                    return Ok(fut);
+                }
+                self.core.batch_classes(&batch).ok_or(ClientError::Closed)?
+            }
+        };
+        if let Some(&most) = counts.iter().max() {
+            if most as usize > self.max_queued_records {
+                return Err(ClientError::Invalid(format!(
+                    "{most} records of one class in one call; max_queued_records is {}",
+                    self.max_queued_records
+                )));
+            }
+        }
+        for class in 0..CLASS_COUNT {
+            if counts[class] == 0 {
+                continue;
+            }
+            if let Err(e) = self.admit(class, counts[class]).await {
+                for (c, &k) in counts.iter().enumerate().take(class) {
+                    self.core.untake(c, k as usize);
+                }
+                return Err(e);
+            }
+        }
+        self.core.add_batch(batch, shared, classes);
         Ok(fut)
+    }
+
+    /// How many batches the lane of (`topic`, `shard`, `priority`) keeps in flight now
+    /// (see [`ProducerConfig::adaptive_in_flight`]); `None` until the producer has
+    /// sent to the topic. For callers that pace themselves by the producer's window,
+    /// as `weir-bench`'s closed loop does.
+    pub fn in_flight_window(&self, topic: &str, shard: u32, priority: Option<u8>) -> Option<usize> {
+        self.core.window_of(topic, shard, priority)
     }
 
     /// Sends a record and waits for its acknowledgement.
@@ -326,39 +407,43 @@ impl Producer {
     /// Sends every lingering batch and waits until every record sent before this call
     /// is acknowledged or failed.
     pub async fn flush(&self) -> Result<()> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Flush(tx))
-            .map_err(|_| ClientError::Closed)?;
-        rx.await.map_err(|_| ClientError::Closed)
+        for ack in self.core.flush_all() {
+            ack.await.map_err(|_| ClientError::Closed)?;
+        }
+        Ok(())
     }
 
-    /// Takes room for `n` records, waiting or failing as the back-pressure policy says.
-    async fn admit(&self, n: u32) -> Result<()> {
+    /// Takes places for `n` records of `class`, waiting or failing as the back-pressure
+    /// policy says.
+    async fn admit(&self, class: usize, n: u32) -> Result<()> {
+        let n = n as usize;
         // With room, no policy applies: skip `BlockFor`'s timer (a clock read per call).
-        if let Ok(p) = self.queue.try_acquire_many(n) {
-            p.forget();
+        if self.core.try_take(class, n) {
             return Ok(());
         }
-        let permits = match self.backpressure {
-            Backpressure::Block => self.queue.acquire_many(n).await,
-            Backpressure::BlockFor(d) => {
-                match tokio::time::timeout(d, self.queue.acquire_many(n)).await {
-                    Ok(r) => r,
-                    Err(_) => return Err(ClientError::QueueFull(format!("no room within {d:?}"))),
+        let deadline = match self.backpressure {
+            Backpressure::FailFast => return Err(ClientError::QueueFull("no room".into())),
+            Backpressure::Block => None,
+            Backpressure::BlockFor(d) => Some((tokio::time::Instant::now() + d, d)),
+        };
+        // Bounded by the deadline (or, with `Block`, by places coming back: every
+        // sent batch gives its records' places back and wakes this loop).
+        loop {
+            let room = self.core.room(class).notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if self.core.try_take(class, n) {
+                return Ok(());
+            }
+            match deadline {
+                None => room.await,
+                Some((at, d)) => {
+                    if tokio::time::timeout_at(at, room).await.is_err() {
+                        return Err(ClientError::QueueFull(format!("no room within {d:?}")));
+                    }
                 }
             }
-            Backpressure::FailFast => match self.queue.try_acquire_many(n) {
-                Ok(p) => Ok(p),
-                Err(tokio::sync::TryAcquireError::NoPermits) => {
-                    return Err(ClientError::QueueFull("no room".into()))
-                }
-                Err(tokio::sync::TryAcquireError::Closed) => return Err(ClientError::Closed),
-            },
-        };
-        // The accumulator returns the room when the records leave for their sender.
-        permits.map_err(|_| ClientError::Closed)?.forget();
-        Ok(())
+        }
     }
 
     /// Refuses a batch record the accumulator could never encode.

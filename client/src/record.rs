@@ -26,7 +26,8 @@ pub struct ProducerRecord {
     pub headers: Vec<(String, Bytes)>,
     /// Send to this shard instead of hashing the key.
     pub shard: Option<u32>,
-    /// Milliseconds since the Unix epoch; now when unset.
+    /// Milliseconds since the Unix epoch; when unset, the time of `send` from the
+    /// coarse real-time clock (within one kernel tick, 1–10 ms, of a precise read).
     pub timestamp_ms: Option<i64>,
 }
 

@@ -149,6 +149,8 @@ apis! {
     ConsensusRpc = 42, v 0..=0, ConsensusRpcRequest => ConsensusRpcResponse;
     /// A metadata change forwarded to the controller (inter-node).
     ClusterWrite = 43, v 0..=0, ClusterWriteRequest => ClusterWriteResponse;
+    /// One shard's replication record: copies and the history of their changes.
+    DescribeShardHistory = 44, v 0..=0, DescribeShardHistoryRequest => DescribeShardHistoryResponse;
     /// One step of authentication (SCRAM-SHA-256 or an API key).
     Authenticate = 50, v 0..=0, AuthenticateRequest => AuthenticateResponse;
     /// Create a user or change its password (its SCRAM credential).

@@ -226,6 +226,27 @@ impl RecordSummary {
 
 /// [`validate`], also counting records with unset fields, in the same single pass.
 pub fn validate_summary(batch: &[u8]) -> Result<(BatchHeader, RecordSummary), DecodeError> {
+    walk(batch, |_, _, _| {})
+}
+
+/// Checks exactly one batch as [`validate`] does and decodes its records in the same
+/// pass, handing each to `each` in order (a consumer's read, without walking the
+/// records twice). On an error some records may already have been handed over; the
+/// caller drops them.
+pub fn decode_records(
+    bytes: &Bytes,
+    mut each: impl FnMut(Record),
+) -> Result<BatchHeader, DecodeError> {
+    walk(bytes, |h, raw, index| each(record_at(bytes, h, raw, index))).map(|(h, _)| h)
+}
+
+/// The one walk over a batch's records behind [`validate_summary`] and
+/// [`decode_records`]: header and CRC first, then every record's lengths and ranges
+/// (each handed to `each` with its index once checked), then the header's summaries.
+fn walk(
+    batch: &[u8],
+    mut each: impl FnMut(&BatchHeader, &RawRecord, u32),
+) -> Result<(BatchHeader, RecordSummary), DecodeError> {
     let h = verify(batch)?;
     let mut summary = RecordSummary::default();
     if h.total_bytes() != batch.len() {
@@ -247,6 +268,7 @@ pub fn validate_summary(batch: &[u8]) -> Result<(BatchHeader, RecordSummary), De
             .ok_or(DecodeError::InvalidBatch("record timestamp overflows"))?;
         max_ts = max_ts.max(ts);
         pos = rec.end;
+        each(&h, &rec, count);
         count = count
             .checked_add(1)
             .ok_or(DecodeError::InvalidBatch("too many records"))?;
@@ -477,40 +499,45 @@ impl Batch {
     /// The records, with offsets and timestamps made absolute.
     pub fn records(&self) -> impl Iterator<Item = Record> + '_ {
         let mut pos = BATCH_HEADER_BYTES;
-        let mut index = 0u64;
+        let mut index = 0u32;
         std::iter::from_fn(move || {
             if pos >= self.bytes.len() {
                 return None;
             }
             // Validated in `parse`, so this cannot fail.
             let raw = RawRecord::parse(&self.bytes, pos).ok()?;
-            let b = &self.bytes;
-            let mut headers = Vec::with_capacity(raw.headers.1 as usize);
-            let mut p = raw.headers.0;
-            for _ in 0..raw.headers.1 {
-                let n = le_u16(b, p) as usize;
-                let name = String::from_utf8_lossy(&b[p + 2..p + 2 + n]).into_owned();
-                p += 2 + n;
-                let v = le_u32(b, p) as usize;
-                headers.push(Header {
-                    name,
-                    value: b.slice(p + 4..p + 4 + v),
-                });
-                p += 4 + v;
-            }
-            let rec = Record {
-                offset: self.header.base_offset + index,
-                priority: raw.priority,
-                complexity: raw.complexity,
-                timestamp_ms: self.header.base_timestamp_ms + i64::from(raw.timestamp_delta_ms),
-                key: b.slice(raw.key.0..raw.key.1),
-                value: b.slice(raw.value.0..raw.value.1),
-                headers,
-            };
+            let rec = record_at(&self.bytes, &self.header, &raw, index);
             pos = raw.end;
             index += 1;
             Some(rec)
         })
+    }
+}
+
+/// Record `index` of a checked batch, its key, value and header values slices of
+/// `b` (no copy). Header names were checked as UTF-8 by [`RawRecord::parse`].
+fn record_at(b: &Bytes, h: &BatchHeader, raw: &RawRecord, index: u32) -> Record {
+    let mut headers = Vec::with_capacity(raw.headers.1 as usize);
+    let mut p = raw.headers.0;
+    for _ in 0..raw.headers.1 {
+        let n = le_u16(b, p) as usize;
+        let name = String::from_utf8_lossy(&b[p + 2..p + 2 + n]).into_owned();
+        p += 2 + n;
+        let v = le_u32(b, p) as usize;
+        headers.push(Header {
+            name,
+            value: b.slice(p + 4..p + 4 + v),
+        });
+        p += 4 + v;
+    }
+    Record {
+        offset: h.base_offset + u64::from(index),
+        priority: raw.priority,
+        complexity: raw.complexity,
+        timestamp_ms: h.base_timestamp_ms + i64::from(raw.timestamp_delta_ms),
+        key: b.slice(raw.key.0..raw.key.1),
+        value: b.slice(raw.value.0..raw.value.1),
+        headers,
     }
 }
 
@@ -596,7 +623,14 @@ impl BatchBuilder {
 
     /// Like [`BatchBuilder::new`], reserving `bytes` up front.
     pub fn with_capacity(bytes: usize) -> Self {
-        let mut buf = BytesMut::with_capacity(bytes.max(BATCH_HEADER_BYTES));
+        Self::with_buffer(BytesMut::with_capacity(bytes.max(BATCH_HEADER_BYTES)))
+    }
+
+    /// Like [`BatchBuilder::new`], writing into `buf` (cleared first): a producer
+    /// reuses the buffer of a batch the broker has acknowledged instead of having
+    /// fresh pages faulted in for every batch.
+    pub fn with_buffer(mut buf: BytesMut) -> Self {
+        buf.clear();
         buf.resize(BATCH_HEADER_BYTES, 0);
         BatchBuilder {
             buf,

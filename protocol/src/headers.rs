@@ -44,6 +44,28 @@ pub const REPLAYED_FROM: &str = "weir.replayed_from";
 /// empty.
 pub const REDACTED: &str = "weir.redacted";
 
+/// Suffix of a topic's reconciliation topic: `<topic>.reconcile` holds the records a
+/// returning primary had to cut from its copy (never acknowledged as mirrored), each
+/// with the `weir.reconcile.*` headers below; `weir reconcile replay` writes them back.
+pub const RECONCILE_SUFFIX: &str = ".reconcile";
+/// Prefix of every reconciliation header.
+pub const RECONCILE_PREFIX: &str = "weir.reconcile.";
+/// The node whose copy held the record.
+pub const RECONCILE_NODE: &str = "weir.reconcile.node";
+/// The topic it was cut from.
+pub const RECONCILE_TOPIC: &str = "weir.reconcile.topic";
+/// Its shard there.
+pub const RECONCILE_SHARD: &str = "weir.reconcile.shard";
+/// Its offset there (on the node that cut it).
+pub const RECONCILE_OFFSET: &str = "weir.reconcile.offset";
+/// The leader epoch it was written under.
+pub const RECONCILE_EPOCH: &str = "weir.reconcile.epoch";
+/// The epoch of the primary whose log it diverged from.
+pub const RECONCILE_CUT_EPOCH: &str = "weir.reconcile.cut_epoch";
+/// Set by `weir reconcile replay` on a record it writes back:
+/// `<node>/<shard>/<offset>/<epoch>` of the cut record, so a second replay skips it.
+pub const RECONCILED_FROM: &str = "weir.reconciled_from";
+
 #[cfg(test)]
 mod tests {
     use super::*;

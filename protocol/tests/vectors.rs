@@ -236,6 +236,16 @@ fn requests() -> Vec<(&'static str, RequestFrame)> {
             ),
         ),
         (
+            "describe_shard_history_request",
+            RequestFrame::new(
+                44,
+                DescribeShardHistoryRequest {
+                    topic: "orders".into(),
+                    shard: 0,
+                },
+            ),
+        ),
+        (
             "mirror_fetch_request",
             RequestFrame::new(
                 41,
@@ -996,6 +1006,35 @@ fn responses() -> Vec<(&'static str, ResponseFrame)> {
                             caught_up_ms_ago: 0,
                         }],
                     }],
+                }
+                .into(),
+            ),
+        ),
+        (
+            "describe_shard_history_response",
+            ok(
+                ApiKey::DescribeShardHistory,
+                44,
+                DescribeShardHistoryResponse {
+                    topic: "orders".into(),
+                    shard: 0,
+                    replicas: vec![1, 2],
+                    events: vec![
+                        ShardEvent {
+                            at_ms: 1_767_225_600_000,
+                            kind: 0,
+                            epoch: 1,
+                            primary: 1,
+                            in_sync: vec![1, 2],
+                        },
+                        ShardEvent {
+                            at_ms: 1_767_225_660_000,
+                            kind: 1,
+                            epoch: 2,
+                            primary: 2,
+                            in_sync: vec![2],
+                        },
+                    ],
                 }
                 .into(),
             ),

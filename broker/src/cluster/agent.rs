@@ -239,6 +239,7 @@ async fn propose_in_sync_changes(cluster: &Arc<Cluster>) {
             shard: p.shard_no,
             expected_version: version,
             in_sync: in_sync.clone(),
+            at_ms: crate::clock::now_ms(),
         };
         match cluster.consensus.write(cmd).await {
             Ok(CommandResult::Done) => {

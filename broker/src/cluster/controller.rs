@@ -31,7 +31,7 @@ pub async fn run(cluster: Arc<Cluster>, mut shutdown: tokio::sync::watch::Receiv
             continue;
         };
         let meta = cluster.meta();
-        for cmd in decide(&meta, &alive) {
+        for cmd in decide(&meta, &alive, crate::clock::now_ms()) {
             tracing::info!(?cmd, "controller decision");
             match cluster.consensus.write(cmd).await {
                 Ok(r) => tracing::debug!(?r, "controller decision applied"),
@@ -42,8 +42,8 @@ pub async fn run(cluster: Arc<Cluster>, mut shutdown: tokio::sync::watch::Receiv
 }
 
 /// The commands that bring every shard's primary and in-sync set in line with which
-/// nodes are alive.
-pub fn decide(meta: &ClusterMeta, alive: &BTreeSet<NodeId>) -> Vec<Command> {
+/// nodes are alive, stamped `at_ms` for the shards' history.
+pub fn decide(meta: &ClusterMeta, alive: &BTreeSet<NodeId>, at_ms: i64) -> Vec<Command> {
     let mut out = Vec::new();
     for (topic, t) in &meta.topics {
         for (i, s) in t.shards.iter().enumerate() {
@@ -68,6 +68,7 @@ pub fn decide(meta: &ClusterMeta, alive: &BTreeSet<NodeId>) -> Vec<Command> {
                         expected_version: s.version,
                         primary: Some(n),
                         in_sync: live_in_sync,
+                        at_ms,
                     }),
                     None if s.primary.is_some() => out.push(Command::SetPrimary {
                         topic: topic.clone(),
@@ -77,6 +78,7 @@ pub fn decide(meta: &ClusterMeta, alive: &BTreeSet<NodeId>) -> Vec<Command> {
                         // The dead copies still hold everything acknowledged: the first
                         // of them back becomes the primary.
                         in_sync: s.in_sync.clone(),
+                        at_ms,
                     }),
                     None => {}
                 }
@@ -86,6 +88,7 @@ pub fn decide(meta: &ClusterMeta, alive: &BTreeSet<NodeId>) -> Vec<Command> {
                     shard: i as u32,
                     expected_version: s.version,
                     in_sync: live_in_sync,
+                    at_ms,
                 });
             }
         }
@@ -121,6 +124,7 @@ mod tests {
                 min_in_sync: 2,
                 ..TopicConfig::default()
             }),
+            at_ms: 0,
         });
         assert!(matches!(r, CommandResult::Topic(_)));
         m
@@ -136,11 +140,14 @@ mod tests {
     fn a_dead_primary_is_replaced_by_a_live_in_sync_copy_with_a_new_epoch() {
         let mut m = cluster_with_topic();
         let all: BTreeSet<NodeId> = [1, 2, 3].into();
-        assert!(decide(&m, &all).is_empty(), "nothing to do when all live");
+        assert!(
+            decide(&m, &all, 0).is_empty(),
+            "nothing to do when all live"
+        );
         let before = m.clone();
         let dead = m.shard("t", 0).unwrap().primary.unwrap();
         let alive: BTreeSet<NodeId> = all.iter().copied().filter(|&n| n != dead).collect();
-        let cmds = decide(&m, &alive);
+        let cmds = decide(&m, &alive, 0);
         apply_all(&mut m, cmds);
         for i in 0..4 {
             let (b, a) = (before.shard("t", i).unwrap(), m.shard("t", i).unwrap());
@@ -154,7 +161,7 @@ mod tests {
             }
             assert!(!a.in_sync.contains(&dead), "shard {i}");
         }
-        assert!(decide(&m, &alive).is_empty(), "stable once applied");
+        assert!(decide(&m, &alive, 0).is_empty(), "stable once applied");
     }
 
     #[test]
@@ -168,9 +175,10 @@ mod tests {
             shard: 0,
             expected_version: s.version,
             in_sync: vec![p],
+            at_ms: 0,
         });
         let others: BTreeSet<NodeId> = [1, 2, 3].into_iter().filter(|&n| n != p).collect();
-        let cmds: Vec<_> = decide(&m, &others)
+        let cmds: Vec<_> = decide(&m, &others, 0)
             .into_iter()
             .filter(|c| matches!(c, Command::SetPrimary { shard: 0, .. }))
             .collect();
@@ -182,7 +190,7 @@ mod tests {
         );
         assert_eq!(s0.in_sync, vec![p]);
         let all: BTreeSet<NodeId> = [1, 2, 3].into();
-        let cmds: Vec<_> = decide(&m, &all)
+        let cmds: Vec<_> = decide(&m, &all, 0)
             .into_iter()
             .filter(|c| matches!(c, Command::SetPrimary { shard: 0, .. }))
             .collect();

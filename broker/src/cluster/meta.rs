@@ -56,6 +56,61 @@ pub struct ShardEntry {
     pub in_sync: Vec<NodeId>,
     /// Bumped at every change of this entry; the compare-and-set token.
     pub version: u64,
+    /// The replication record's history: the newest [`HISTORY_MAX`] changes of this
+    /// shard's copies, oldest first.
+    #[serde(default)]
+    pub history: Vec<HistoryEvent>,
+}
+
+/// Changes kept per shard in [`ShardEntry::history`].
+pub const HISTORY_MAX: usize = 64;
+
+/// What changed in a shard's copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HistoryKind {
+    /// The shard was created with its copies placed.
+    Created,
+    /// A new primary (or none) and epoch.
+    PrimaryChanged,
+    /// The in-sync set changed under the same primary.
+    InSyncChanged,
+}
+
+impl HistoryKind {
+    /// The wire's number for it (PROTOCOL.md, DescribeShardHistory).
+    pub fn code(self) -> u8 {
+        match self {
+            HistoryKind::Created => 0,
+            HistoryKind::PrimaryChanged => 1,
+            HistoryKind::InSyncChanged => 2,
+        }
+    }
+}
+
+/// One change of a shard's copies, as the metadata holds it after the change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEvent {
+    /// When its author proposed it (ms since the Unix epoch, the author's clock).
+    pub at_ms: i64,
+    pub kind: HistoryKind,
+    pub epoch: u32,
+    pub primary: Option<NodeId>,
+    pub in_sync: Vec<NodeId>,
+}
+
+impl ShardEntry {
+    fn record(&mut self, at_ms: i64, kind: HistoryKind) {
+        if self.history.len() >= HISTORY_MAX {
+            self.history.remove(0);
+        }
+        self.history.push(HistoryEvent {
+            at_ms,
+            kind,
+            epoch: self.epoch,
+            primary: self.primary,
+            in_sync: self.in_sync.clone(),
+        });
+    }
 }
 
 /// A topic's settings as stored in the metadata (the wire's `TopicConfig`, with the
@@ -125,6 +180,9 @@ pub enum Command {
         name: String,
         shards: u32,
         settings: TopicSettings,
+        /// When it was proposed (ms since the Unix epoch), for the shards' history.
+        #[serde(default)]
+        at_ms: i64,
     },
     DeleteTopic {
         name: String,
@@ -137,6 +195,8 @@ pub enum Command {
         expected_version: u64,
         primary: Option<NodeId>,
         in_sync: Vec<NodeId>,
+        #[serde(default)]
+        at_ms: i64,
     },
     /// Sets a shard's in-sync set under the same primary and epoch; applies only while
     /// the shard's version is `expected_version`.
@@ -145,6 +205,8 @@ pub enum Command {
         shard: u32,
         expected_version: u64,
         in_sync: Vec<NodeId>,
+        #[serde(default)]
+        at_ms: i64,
     },
     /// Hands out `count` producer ids (a block for one node).
     AllocateProducerIds {
@@ -201,6 +263,7 @@ impl ClusterMeta {
                 name,
                 shards,
                 settings,
+                at_ms,
             } => {
                 if self.topics.contains_key(name) {
                     return refused(E::TopicAlreadyExists, format!("topic {name:?} exists"));
@@ -219,13 +282,16 @@ impl ClusterMeta {
                 let shards = (0..*shards)
                     .map(|s| {
                         let copies = placement::place(name, s, &nodes, replicas);
-                        ShardEntry {
+                        let mut entry = ShardEntry {
                             primary: copies.first().copied(),
                             in_sync: copies.clone(),
                             replicas: copies,
                             epoch: 1,
                             version: 1,
-                        }
+                            history: Vec::new(),
+                        };
+                        entry.record(*at_ms, HistoryKind::Created);
+                        entry
                     })
                     .collect();
                 let entry = TopicEntry {
@@ -250,6 +316,7 @@ impl ClusterMeta {
                 expected_version,
                 primary,
                 in_sync,
+                at_ms,
             } => match self.shard_mut(topic, *shard, *expected_version) {
                 Err(r) => r,
                 Ok(entry) => {
@@ -262,6 +329,7 @@ impl ClusterMeta {
                     entry.epoch += 1;
                     entry.in_sync = in_sync.clone();
                     entry.version += 1;
+                    entry.record(*at_ms, HistoryKind::PrimaryChanged);
                     CommandResult::Done
                 }
             },
@@ -270,11 +338,13 @@ impl ClusterMeta {
                 shard,
                 expected_version,
                 in_sync,
+                at_ms,
             } => match self.shard_mut(topic, *shard, *expected_version) {
                 Err(r) => r,
                 Ok(entry) => {
                     entry.in_sync = in_sync.clone();
                     entry.version += 1;
+                    entry.record(*at_ms, HistoryKind::InSyncChanged);
                     CommandResult::Done
                 }
             },
@@ -370,6 +440,7 @@ mod tests {
             name: "t".into(),
             shards: 8,
             settings: settings(2),
+            at_ms: 0,
         });
         let CommandResult::Topic(t) = r else {
             panic!("{r:?}")
@@ -384,6 +455,7 @@ mod tests {
             name: "u".into(),
             shards: 1,
             settings: settings(4),
+            at_ms: 0,
         });
         assert!(
             matches!(r, CommandResult::Refused { code, .. } if code == weir_protocol::ErrorCode::InvalidConfig as u16)
@@ -397,6 +469,7 @@ mod tests {
             name: "t".into(),
             shards: 1,
             settings: settings(3),
+            at_ms: 0,
         });
         let s = m.shard("t", 0).unwrap().clone();
         let next = s.replicas[1];
@@ -406,6 +479,7 @@ mod tests {
             expected_version: s.version,
             primary: Some(next),
             in_sync: s.replicas[1..].to_vec(),
+            at_ms: 1_000,
         };
         assert_eq!(m.apply(&cmd), CommandResult::Done);
         let after = m.shard("t", 0).unwrap();
@@ -413,6 +487,52 @@ mod tests {
         assert_eq!(after.primary, Some(next));
         // The same decision again, made from the old state, is refused.
         assert!(matches!(m.apply(&cmd), CommandResult::Refused { .. }));
+        // The replication record: creation, then the switchover (the refused one is
+        // not recorded), each with the state after it.
+        let h = &m.shard("t", 0).unwrap().history;
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h[0].kind, HistoryKind::Created);
+        assert_eq!((h[0].epoch, h[0].primary), (1, Some(s.replicas[0])));
+        assert_eq!(h[1].kind, HistoryKind::PrimaryChanged);
+        assert_eq!(
+            (h[1].at_ms, h[1].epoch, h[1].primary),
+            (1_000, 2, Some(next))
+        );
+        assert_eq!(h[1].in_sync, s.replicas[1..].to_vec());
+    }
+
+    #[test]
+    fn history_keeps_the_newest_changes() {
+        let mut m = three();
+        m.apply(&Command::CreateTopic {
+            name: "t".into(),
+            shards: 1,
+            settings: settings(3),
+            at_ms: 0,
+        });
+        for i in 0..(HISTORY_MAX as i64 + 10) {
+            let s = m.shard("t", 0).unwrap().clone();
+            let in_sync = if i % 2 == 0 {
+                s.replicas.clone()
+            } else {
+                s.replicas[..2].to_vec()
+            };
+            let r = m.apply(&Command::SetInSync {
+                topic: "t".into(),
+                shard: 0,
+                expected_version: s.version,
+                in_sync,
+                at_ms: i,
+            });
+            assert_eq!(r, CommandResult::Done);
+        }
+        let h = &m.shard("t", 0).unwrap().history;
+        assert_eq!(h.len(), HISTORY_MAX);
+        assert_eq!(h.last().unwrap().at_ms, HISTORY_MAX as i64 + 9);
+        assert!(
+            h.iter().all(|e| e.kind == HistoryKind::InSyncChanged),
+            "creation aged out"
+        );
     }
 
     #[test]

@@ -271,6 +271,21 @@ impl Cluster {
                 format!("{:?}: use 1 to 249 characters of [A-Za-z0-9._-]", r.name),
             ));
         }
+        // Room for the reconciliation topic's name (`<name>.reconcile`), which a
+        // returning primary creates when it must keep records it cuts.
+        let reconcile = format!("{}{}", r.name, weir_protocol::headers::RECONCILE_SUFFIX);
+        if !r.name.ends_with(weir_protocol::headers::RECONCILE_SUFFIX)
+            && !crate::names::valid_name(&reconcile)
+        {
+            return Err(BrokerError::new(
+                ErrorCode::InvalidTopicName,
+                format!(
+                    "{:?}: a cluster topic's name leaves room for {reconcile:?} (at most {} characters)",
+                    r.name,
+                    crate::names::MAX_TOPIC_NAME_BYTES - weir_protocol::headers::RECONCILE_SUFFIX.len()
+                ),
+            ));
+        }
         let shards = match r.shards {
             0 => self.config.default_shards,
             n => n,
@@ -291,11 +306,44 @@ impl Cluster {
                 name: r.name.clone(),
                 shards,
                 settings: meta::TopicSettings::from(&config),
+                at_ms: crate::clock::now_ms(),
             })
             .await?;
         refusal(result)?;
         self.wait_local(&r.name, true).await?;
         Ok(self.topics.get(&r.name)?.metadata())
+    }
+
+    /// DescribeShardHistory: the shard's replication record from the applied metadata.
+    pub fn shard_history(
+        &self,
+        r: &weir_protocol::messages::DescribeShardHistoryRequest,
+    ) -> Result<weir_protocol::messages::DescribeShardHistoryResponse, BrokerError> {
+        use weir_protocol::messages::{ShardEvent, NO_NODE};
+        let meta = self.meta();
+        let entry = meta.shard(&r.topic, r.shard).ok_or_else(|| {
+            BrokerError::new(
+                ErrorCode::UnknownTopic,
+                format!("{}/{} is not in the cluster metadata", r.topic, r.shard),
+            )
+        })?;
+        let ids = |v: &[NodeId]| v.iter().map(|&n| n as u32).collect::<Vec<u32>>();
+        Ok(weir_protocol::messages::DescribeShardHistoryResponse {
+            topic: r.topic.clone(),
+            shard: r.shard,
+            replicas: ids(&entry.replicas),
+            events: entry
+                .history
+                .iter()
+                .map(|e| ShardEvent {
+                    at_ms: e.at_ms,
+                    kind: e.kind.code(),
+                    epoch: e.epoch,
+                    primary: e.primary.map_or(NO_NODE, |p| p as u32),
+                    in_sync: ids(&e.in_sync),
+                })
+                .collect(),
+        })
     }
 
     /// DeleteTopic on a cluster node.

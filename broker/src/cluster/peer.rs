@@ -20,8 +20,15 @@ use weir_protocol::{ErrorCode, Request, ResponseBody};
 /// Why a call to a peer failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PeerError {
+    /// `refused` when the node's host answered that nothing listens on the port
+    /// (ECONNREFUSED): proof that the node's process is not running, unlike a
+    /// timeout, which a slow or cut-off node also gives.
     #[error("cannot reach node at {addr}: {reason}")]
-    Unreachable { addr: String, reason: String },
+    Unreachable {
+        addr: String,
+        reason: String,
+        refused: bool,
+    },
     #[error("connection to {0} closed")]
     Closed(String),
     #[error("no answer from {0} in time")]
@@ -110,6 +117,7 @@ impl Peer {
             return Err(PeerError::Unreachable {
                 addr: self.addr.clone(),
                 reason: "this node is cut off (cluster_partition_file exists)".into(),
+                refused: false,
             });
         }
         match tokio::time::timeout(timeout, self.call_inner(request)).await {
@@ -159,6 +167,7 @@ impl Peer {
             .map_err(|e| PeerError::Unreachable {
                 addr: self.addr.clone(),
                 reason: e.to_string(),
+                refused: e.kind() == std::io::ErrorKind::ConnectionRefused,
             })?;
         let _ = stream.set_nodelay(true);
         let (r, w) = stream.into_split();

@@ -63,7 +63,9 @@ pub fn each_need(request: &Request, mut f: impl FnMut(Need<'_>) -> bool) -> bool
         }
         Request::DescribeQuotas(_) | Request::FlowStatus(_) => f(need(Cluster, CLUSTER, Describe)),
         Request::AlterQuotas(_) => f(need(Cluster, CLUSTER, Alter)),
-        Request::DescribeCluster(_) => f(need(Cluster, CLUSTER, Describe)),
+        Request::DescribeCluster(_) | Request::DescribeShardHistory(_) => {
+            f(need(Cluster, CLUSTER, Describe))
+        }
         // Inter-node traffic: only a principal with cluster admin (the nodes' own
         // identity when authentication is on) may move data or metadata between nodes.
         Request::MirrorFetch(_) | Request::ConsensusRpc(_) | Request::ClusterWrite(_) => {

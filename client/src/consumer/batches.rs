@@ -118,8 +118,9 @@ impl ConsumedBatch {
     }
 }
 
-/// Cuts a fetched record set into one `Bytes` per batch without checking them:
-/// `Batch::parse` checks each batch's header, CRC and records once (`Records::batches`
+/// Cuts a fetched record set into one `Bytes` per batch without checking them: each
+/// batch's header, CRC and records are checked once, by `Batch::parse` (whole batches)
+/// or by `batch::decode_records` in the pass that decodes them (`Records::batches`
 /// would check the CRC a second time).
 pub(super) fn split_batches(mut buf: Bytes) -> impl Iterator<Item = Result<Bytes>> {
     std::iter::from_fn(move || {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
-use weir_protocol::batch::Batch;
+use weir_protocol::batch::{self, Batch};
 use weir_protocol::classes::{ClassMap, CLASS_COUNT};
 use weir_protocol::messages::*;
 use weir_protocol::{ErrorCode, Request, ResponseBody};
@@ -51,7 +51,13 @@ impl Consumer {
             }
             if !self.buffered.is_empty() {
                 let n = max.min(self.buffered.len());
-                let out: Vec<Message> = self.buffered.drain(..n).collect();
+                let out: Vec<Message> = if n == self.buffered.len() {
+                    // Everything buffered: the deque's buffer becomes the Vec (no copy
+                    // when it never wrapped, as a buffer only pushed to never does).
+                    Vec::from(std::mem::take(&mut self.buffered))
+                } else {
+                    self.buffered.drain(..n).collect()
+                };
                 if self.config.order == DeliveryOrder::Priority {
                     let lanes: Vec<u8> = self.buffered_lanes.drain(..n).collect();
                     self.advance_lanes(&out, &lanes);
@@ -238,11 +244,17 @@ impl Consumer {
         // One allocation per response; every message of it shares the name.
         let name: Arc<str> = f.topic.as_str().into();
         for b in split_batches(records.to_bytes()) {
-            let batch =
-                Batch::parse(b?).map_err(|e| ClientError::Protocol(format!("bad batch: {e}")))?;
-            let lane = classes.class_of(batch.header().priority).index();
+            let b = b?;
+            let bad =
+                |e: weir_protocol::DecodeError| ClientError::Protocol(format!("bad batch: {e}"));
+            // The lane (from the header's priority) says which records are new; the
+            // CRC and the records are checked by the decoding pass below.
+            let lane = classes
+                .class_of(batch::BatchHeader::read(&b).map_err(bad)?.priority)
+                .index();
             let from = f.lanes.map_or(f.offset, |l| l[lane]);
             if whole {
+                let batch = Batch::parse(b).map_err(bad)?;
                 let h = batch.header();
                 let first = from.max(h.base_offset);
                 if h.base_offset + u64::from(h.record_count) > first {
@@ -255,15 +267,26 @@ impl Consumer {
                 }
                 continue;
             }
-            for r in batch.records() {
-                if r.offset < from {
-                    continue;
+            // One pass checks the batch and decodes its records (a bad batch hands
+            // none of them out).
+            let before = self.buffered.len();
+            let buffered = &mut self.buffered;
+            if let Ok(h) = batch::BatchHeader::read(&b) {
+                buffered.reserve(h.record_count.min(1 << 16) as usize);
+            }
+            let checked = batch::decode_records(&b, |r| {
+                if r.offset >= from {
+                    buffered.push_back(Message::from_record(&name, f.shard, r));
                 }
-                self.buffered
-                    .push_back(Message::from_record(&name, f.shard, r));
-                if priority {
-                    self.buffered_lanes.push_back(lane as u8);
-                }
+            });
+            if let Err(e) = checked {
+                self.buffered.truncate(before);
+                return Err(bad(e));
+            }
+            if priority {
+                let added = self.buffered.len() - before;
+                self.buffered_lanes
+                    .extend(std::iter::repeat_n(lane as u8, added));
             }
         }
         // Lanes move as their messages are returned, and to where the broker says

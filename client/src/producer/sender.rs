@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::stream::FuturesOrdered;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, Mutex};
@@ -20,7 +20,8 @@ use weir_protocol::batch::{self, BatchBuilder};
 use weir_protocol::messages::*;
 use weir_protocol::{ErrorCode, ResponseBody};
 
-use super::{init_producer_id, LaneId, ProducerConfig};
+use super::window::{Estimator, Window};
+use super::{init_producer_id, ProducerConfig};
 use crate::client::{expect_body, Client};
 use crate::cluster::Route;
 use crate::delivery::Waiters;
@@ -49,6 +50,16 @@ struct Item {
     maybe_stored: bool,
     /// First THROTTLED/SHED/breaker refusal of this batch (for `BlockFor`).
     pushed_back_since: Option<std::time::Instant>,
+    /// Places in its class's pool still held (given back when it is first sent).
+    permits: u32,
+    /// When the current attempt was sent, and whether no other batch of the lane was
+    /// in flight then (for the window's estimates).
+    sent_at: Option<(std::time::Instant, bool)>,
+    /// The last attempt failed on its route (NOT_PRIMARY, a lost connection, ...):
+    /// the next one asks the cluster for a fresh view first. The view refreshed when
+    /// the failure was seen may predate the switchover that the retry, a backoff
+    /// later, can already use.
+    reroute: bool,
 }
 
 pub(super) struct ShardSender {
@@ -57,11 +68,15 @@ pub(super) struct ShardSender {
     pub(super) identity: Option<Arc<Mutex<(u64, u16)>>>,
     pub(super) topic: Arc<str>,
     pub(super) shard: u32,
-    pub(super) lane: LaneId,
     /// Batches handed to this sender and not yet settled (shared with the accumulator).
     pub(super) outstanding: Arc<AtomicUsize>,
-    /// Tells the accumulator that this lane has settled a batch.
-    pub(super) room: mpsc::UnboundedSender<LaneId>,
+    /// The lane's in-flight window (read by the accumulator, sized here).
+    pub(super) window: Arc<Window>,
+    /// Gives back places in the lane's class pool (records whose batch was sent).
+    pub(super) release: Box<dyn Fn(u32) + Send + Sync>,
+    /// Tells the accumulator that this lane has settled a batch (with the batch's
+    /// buffer, for the lane's next one).
+    pub(super) room: Box<dyn Fn(Option<BytesMut>) + Send + Sync>,
     /// (producer id, epoch) the sequence numbers below belong to.
     pub(super) epoch_used: Option<(u64, u16)>,
     pub(super) next_seq: u32,
@@ -105,6 +120,9 @@ impl ShardSender {
             resequenced: false,
             maybe_stored: false,
             pushed_back_since: None,
+            permits: count,
+            sent_at: None,
+            reroute: false,
         })
     }
 
@@ -167,15 +185,18 @@ impl ShardSender {
         let priority = batch::BatchHeader::read(&item.bytes).map_or(0, |h| h.priority);
         let topic = self.topic.clone();
         let shard = self.shard;
+        let reroute = item.reroute;
         Box::pin(async move {
             client.breaker_admit()?;
-            // The generation of the cluster view the batch was routed by (0 against a
-            // single node): a routing failure refreshes that view once for every lane.
-            // None when no connection was had (`route_connection` refreshed already).
-            let mut generation = None;
+            if reroute {
+                client.refresh_route().await;
+            }
+            // A routing failure does not refresh the view now: `run` sends the same
+            // batch (same bytes, same sequences) again after its backoff, and that
+            // attempt refreshes first (`reroute`), so it also sees a switchover that
+            // was decided during the backoff.
             let outcome = async {
-                let (conn, g) = client.route_connection(Route::Shard(&topic, shard)).await?;
-                generation = Some(g);
+                let (conn, _) = client.route_connection(Route::Shard(&topic, shard)).await?;
                 if acks == Acks::None {
                     conn.send(req.into(), priority, false).await?;
                     return Ok(ProduceResponse {
@@ -190,17 +211,14 @@ impl ShardSender {
                 expect_body!(body, Produce)
             }
             .await;
-            if let (Err(e), Some(generation)) = (&outcome, generation) {
-                // The same batch (same bytes, same sequences) is sent again by `run`
-                // after its backoff, to the primary the refreshed view names.
-                client.route_failed(generation, e).await;
-            }
             client.breaker_record(&outcome);
             outcome
         })
     }
 
-    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<SenderMsg>) {
+    pub(super) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<SenderMsg>) {
+        let max = self.config.max_in_flight_per_shard.max(1);
+        let mut estimator = Estimator::new(max, self.config.adaptive_in_flight);
         let mut queue: VecDeque<Item> = VecDeque::new();
         let mut sent: VecDeque<Item> = VecDeque::new();
         let mut in_flight: FuturesOrdered<InFlight> = FuturesOrdered::new();
@@ -214,9 +232,15 @@ impl ShardSender {
             if backoff_until.is_some_and(|t| Instant::now() >= t) {
                 backoff_until = None;
             }
-            while backoff_until.is_none() && sent.len() < self.config.max_in_flight_per_shard {
-                let Some(item) = queue.pop_front() else { break };
+            while backoff_until.is_none() && sent.len() < self.window.get() {
+                let Some(mut item) = queue.pop_front() else {
+                    break;
+                };
                 in_flight.push_back(self.send_one(&item));
+                item.sent_at = Some((std::time::Instant::now(), sent.is_empty()));
+                if item.permits > 0 {
+                    (self.release)(std::mem::take(&mut item.permits));
+                }
                 sent.push_back(item);
             }
             if !flushes.is_empty() {
@@ -233,27 +257,43 @@ impl ShardSender {
                 return;
             }
             tokio::select! {
-                msg = rx.recv(), if !closed && queue.len() < self.config.max_in_flight_per_shard => match msg {
+                msg = rx.recv(), if !closed && queue.len() < max => match msg {
                     None => closed = true,
                     Some(SenderMsg::Flush(f)) => flushes.push((received, f)),
-                    Some(SenderMsg::Batch(b, waiters)) => match self.stamp(b, queue.is_empty() && sent.is_empty()).await {
-                        Ok(mut item) => {
-                            item.waiters = waiters;
-                            item.ordinal = received;
-                            received += 1;
-                            queue.push_back(item);
+                    Some(SenderMsg::Batch(b, waiters)) => {
+                        let count = b.record_count();
+                        match self.stamp(b, queue.is_empty() && sent.is_empty()).await {
+                            Ok(mut item) => {
+                                item.waiters = waiters;
+                                item.ordinal = received;
+                                received += 1;
+                                queue.push_back(item);
+                            }
+                            Err(e) => {
+                                (self.release)(count);
+                                self.fail(waiters, &e);
+                            }
                         }
-                        Err(e) => self.fail(waiters, &e),
-                    },
+                    }
                 },
                 _ = async { tokio::time::sleep_until(backoff_until.expect("backoff")).await }, if backoff_until.is_some() => {}
                 res = in_flight.next(), if !in_flight.is_empty() => {
                     let res = res.expect("non-empty");
                     let mut item = sent.pop_front().expect("sent matches in_flight");
                     match res {
-                        Ok(r) => self.resolve(item, r),
+                        Ok(r) => {
+                            let bytes = item.bytes.len();
+                            let sent_at = item.sent_at;
+                            self.resolve(item, r);
+                            if let Some((at, alone)) = sent_at {
+                                let now = std::time::Instant::now();
+                                let w = estimator.settled(bytes, now - at, alone, now);
+                                self.window.set(w);
+                            }
+                        }
                         Err(e) => {
                             item.attempts += 1;
+                            item.reroute = crate::cluster::is_routing_error(&e);
                             // Fenced by this producer itself: another of its lanes moved
                             // it to a new epoch (the broker fences per producer id, on
                             // every shard at once), so this lane follows it: like a
@@ -291,15 +331,22 @@ impl ShardSender {
                             while let Some(r) = in_flight.next().await {
                                 let later = sent.pop_front().expect("sent matches in_flight");
                                 match r {
-                                    Ok(r) => self.resolve(later, r),
-                                    Err(_) => again.push_back(later),
+                                    Ok(r) => {
+                                        self.resolve(later, r);
+                                    }
+                                    Err(e) => {
+                                        let mut later = later;
+                                        later.reroute = crate::cluster::is_routing_error(&e);
+                                        again.push_back(later);
+                                    }
                                 }
                             }
                             let given_up = !(retriable && item.attempts <= self.config.retries);
                             if !given_up {
                                 again.push_front(item);
                                 let factor = 1u32 << (item_attempts(&again) - 1).min(5);
-                                let mut wait = self.config.retry_backoff * factor;
+                                let mut wait = (self.config.retry_backoff * factor)
+                                    .min(self.config.retry_backoff_max.max(self.config.retry_backoff));
                                 if let Pushback::Wait(after) = push {
                                     wait = after;
                                 }
@@ -309,7 +356,8 @@ impl ShardSender {
                                 self.fail(std::mem::take(&mut item.waiters), &e);
                                 // Fenced by a newer instance: this producer is done.
                                 if fenced && !own_bump {
-                                    for it in again.drain(..).chain(queue.drain(..)) {
+                                    for mut it in again.drain(..).chain(queue.drain(..)) {
+                                        (self.release)(std::mem::take(&mut it.permits));
                                         self.fail(it.waiters, &e);
                                     }
                                 }
@@ -344,17 +392,18 @@ impl ShardSender {
     /// The batch was stored: its waiters learn their offsets and the lane has room.
     fn resolve(&self, item: Item, r: ProduceResponse) {
         item.waiters.resolve(self.shard, r.base_offset);
-        self.settled();
+        // Nothing else holds the bytes once the request is written and answered.
+        self.settled(item.bytes.try_into_mut().ok());
     }
 
     /// The batch failed for good.
     fn fail(&self, waiters: Waiters, e: &ClientError) {
         waiters.fail(e);
-        self.settled();
+        self.settled(None);
     }
 
-    fn settled(&self) {
+    fn settled(&self, spare: Option<BytesMut>) {
         self.outstanding.fetch_sub(1, Ordering::AcqRel);
-        let _ = self.room.send(self.lane);
+        (self.room)(spare);
     }
 }

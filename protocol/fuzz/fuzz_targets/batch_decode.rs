@@ -1,4 +1,5 @@
-//! Arbitrary bytes through batch validation, splitting, parsing and record iteration,
+//! Arbitrary bytes through batch validation, splitting, parsing, record iteration and
+//! the consumer's one-pass decode (same verdict and records as parse + iterate),
 //! and every parsed record through the shard-key rules the broker applies on produce:
 //! no panic, and a batch that validates yields exactly `record_count` records.
 #![no_main]
@@ -43,7 +44,16 @@ fuzz_target!(|data: &[u8]| {
             let _ = (h.last_offset(), h.last_sequence());
         }
     }
-    if let Ok(b) = Batch::parse(raw) {
-        assert!(b.records().count() >= 1);
+    // The consumer's one-pass check-and-decode gives the same verdict and records as
+    // validating first and iterating after.
+    let mut decoded = Vec::new();
+    let one_pass = batch::decode_records(&raw, |r| decoded.push(r));
+    match Batch::parse(raw) {
+        Ok(b) => {
+            assert!(b.records().count() >= 1);
+            assert_eq!(one_pass.ok(), Some(*b.header()));
+            assert_eq!(decoded, b.records().collect::<Vec<_>>());
+        }
+        Err(e) => assert_eq!(one_pass.err(), Some(e)),
     }
 });

@@ -101,6 +101,44 @@ wire_struct! {
 }
 
 wire_struct! {
+    /// Asks for one shard's replication record: its copies and the history of changes
+    /// to its primary and in-sync set (the newest 64), as the consensus engine holds
+    /// them. Any node answers; a single-node broker refuses it with INVALID_REQUEST.
+    pub struct DescribeShardHistoryRequest {
+        pub topic: String,
+        pub shard: u32,
+    }
+}
+
+wire_struct! {
+    /// One change of a shard's copies, with the state after it.
+    pub struct ShardEvent {
+        /// When its author (the controller, or the shard's primary) proposed it, ms
+        /// since the Unix epoch by the author's clock.
+        pub at_ms: i64,
+        /// 0 created (copies placed), 1 primary changed (new epoch), 2 in-sync set
+        /// changed (same primary and epoch).
+        pub kind: u8,
+        pub epoch: u32,
+        /// NO_NODE when no in-sync copy was alive.
+        pub primary: u32,
+        pub in_sync: Vec<u32>,
+    }
+}
+
+wire_struct! {
+    /// The shard's replication record.
+    pub struct DescribeShardHistoryResponse {
+        pub topic: String,
+        pub shard: u32,
+        /// Every node holding a copy, in placement order.
+        pub replicas: Vec<u32>,
+        /// Oldest first.
+        pub events: Vec<ShardEvent>,
+    }
+}
+
+wire_struct! {
     /// A mirror's read of its primary's log: every batch from `fetch_offset` on, as
     /// stored. `last_epoch` is the epoch under which the mirror's record at
     /// `fetch_offset - 1` was written (0 when it holds nothing); the primary uses it to

@@ -72,9 +72,12 @@ pub struct Args {
     pub api: ApiArg,
     #[arg(long, value_enum, default_value_t = AckArg::Leader)]
     pub acks: AckArg,
-    /// Batches in flight per shard and producer.
-    #[arg(long, default_value_t = 5)]
-    pub in_flight: usize,
+    /// Batches in flight per shard and producer, fixed. Unset: the SDK's default
+    /// adaptive window (up to 5 per lane), and a closed-loop producer keeps as many
+    /// batches outstanding as its lane's current window (so none queues inside the
+    /// SDK, as with a fixed --in-flight).
+    #[arg(long)]
+    pub in_flight: Option<usize>,
     /// Open loop: total messages per second over all producers.
     #[arg(long)]
     pub rate: Option<f64>,
@@ -96,6 +99,23 @@ pub struct Args {
     /// Print one JSON object on stdout instead of the summary.
     #[arg(long)]
     pub json: bool,
+    /// failover: cluster nodes the bench starts (weir-broker processes on loopback).
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// failover: how many times the primary of shard 0 is killed (kill -9) and
+    /// restarted.
+    #[arg(long, default_value_t = 20)]
+    pub kills: usize,
+    /// failover: the weir-broker binary to start (default: the one beside weir-bench).
+    #[arg(long)]
+    pub broker_bin: Option<PathBuf>,
+    /// failover: kill the primary of a shard that is not on the controller, when one
+    /// of the `--shards` is (without it, shard 0's primary, wherever it is).
+    #[arg(long)]
+    pub avoid_controller: bool,
+    /// failover: keep the nodes' data directories and logs after the run.
+    #[arg(long)]
+    pub keep_data: bool,
     /// Also draw the latency percentile curve (per class with a mix) and throughput
     /// over time into this file: `.svg`, or `.html` for a page holding the SVG.
     #[arg(long)]
@@ -114,6 +134,9 @@ impl Args {
         }
         if self.batch == 0 {
             bail!("--batch must be at least 1");
+        }
+        if self.mode == Mode::Failover && (self.nodes < 2 || self.kills == 0 || self.size < 20) {
+            bail!("failover needs --nodes ≥ 2, --kills ≥ 1 and --size ≥ 20 (the value carries a 20-digit sequence number)");
         }
         if self.mode == Mode::E2e && self.size < 8 {
             bail!("e2e needs --size of at least 8 (the payload carries an 8-byte send time)");
@@ -151,6 +174,9 @@ pub enum Mode {
     Produce,
     Consume,
     E2e,
+    /// Starts its own cluster (`--nodes`), kills the primary `--kills` times under
+    /// mirrored load and reports switchover times; `--broker` is not used.
+    Failover,
 }
 
 impl Mode {
@@ -159,6 +185,7 @@ impl Mode {
             Mode::Produce => "produce",
             Mode::Consume => "consume",
             Mode::E2e => "e2e",
+            Mode::Failover => "failover",
         }
     }
 }

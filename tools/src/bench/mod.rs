@@ -1,16 +1,17 @@
 //! `weir-bench`, Weir's load generator: one module per mode ([`produce`], [`consume`],
 //! [`e2e`]) over shared parts (the run's settings and clock in [`mod@run`], the broker in
 //! [`target`], the progress bar, priority mixes, the report and its plot).
+//! [`failover`] starts a cluster of its own and is run apart from the others.
 //! `bin/weir-bench.rs` only parses [`args::Args`], calls [`run()`] and prints.
 //!
 //! How it measures (also in BENCHMARKS.md):
 //! - `--batch N` sets the producer's `max_batch_bytes` to exactly N records of `--size`
 //!   bytes (60-byte batch header + N × (18-byte record overhead + size)), so the SDK
 //!   seals a batch after N records; `--linger-ms` seals earlier when records come slower.
-//!   Batches are pipelined: the SDK keeps `--in-flight` batches in flight per shard,
-//!   and in closed loop each producer keeps at most `--in-flight` batches
-//!   unacknowledged (so latency is the pipeline's, not queueing inside the SDK). The
-//!   bench never calls `flush()` except once at the end.
+//!   Batches are pipelined: the SDK keeps `--in-flight` batches in flight per shard
+//!   (without it, its adaptive window), and in closed loop each producer keeps at most
+//!   that many batches unacknowledged (so latency is the pipeline's, not queueing
+//!   inside the SDK). The bench never calls `flush()` except once at the end.
 //! - `--api batch` (the default) hands each batch of `--batch` records to the SDK with
 //!   one `send_batch` call, as iggy-bench sends a batch with one call of its SDK;
 //!   `--api record` calls `send` per record. In open loop (`--rate`), a batch call
@@ -34,6 +35,7 @@ pub mod args;
 mod collector;
 pub mod consume;
 pub mod e2e;
+pub mod failover;
 pub mod mix;
 pub mod plot;
 pub mod produce;
@@ -55,6 +57,7 @@ pub async fn run(cli: Args, handle: tokio::runtime::Handle) -> anyhow::Result<Re
         Mode::Produce => produce::run_produce(cli, &target, handle).await,
         Mode::Consume => consume::run_consume(cli, &target, handle).await,
         Mode::E2e => e2e::run_e2e(cli, &target, handle).await,
+        Mode::Failover => unreachable!("failover runs through failover::run_failover"),
     };
     target.shutdown().await;
     report

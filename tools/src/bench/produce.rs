@@ -44,13 +44,14 @@ pub async fn build_producers(run: &Run, target: &Target) -> anyhow::Result<Vec<P
     let mut v = Vec::new();
     for _ in 0..c.producers {
         let client = Client::connect_with(target.addr.clone(), target.config.clone()).await?;
-        let p = Producer::builder(&client)
+        let mut b = Producer::builder(&client)
             .acks(c.acks.acks())
             .linger(Duration::from_secs_f64(c.linger_ms / 1000.0))
-            .max_batch_bytes(run.max_batch_bytes())
-            .max_in_flight_per_shard(c.in_flight)
-            .build()
-            .await?;
+            .max_batch_bytes(run.max_batch_bytes());
+        if let Some(n) = c.in_flight {
+            b = b.fixed_in_flight_per_shard(n);
+        }
+        let p = b.build().await?;
         v.push(p);
     }
     Ok(v)
@@ -151,7 +152,14 @@ fn produce_report(run: &Run, t: ProduceTotals) -> Report {
         c.size,
         c.linger_ms,
         c.in_flight
+            .map_or("adaptive (≤ 5)".to_string(), |n| n.to_string())
     ));
+    let windows = run.windows.lock().expect("windows").clone();
+    if !windows.is_empty() {
+        notes.push(format!(
+            "adaptive in-flight windows at the end: {windows:?}"
+        ));
+    }
     if c.acks == AckArg::None {
         notes.push("acks=none: a batch counts as acknowledged once written to the socket".into());
     }

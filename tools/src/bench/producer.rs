@@ -19,6 +19,10 @@ use super::collector::{Delivery, Pending};
 use super::mix::{MixPicker, PriorityMix, CLASS_PRIORITIES};
 use super::run::{shards_of, Run, Stop};
 
+/// The closed-loop window without --in-flight: the SDK's largest adaptive window (its
+/// default `max_in_flight_per_shard`).
+const AUTO_WINDOW_MAX: usize = 5;
+
 /// Runs producer `idx` until `stop`, then flushes it.
 pub async fn produce_loop(
     run: Arc<Run>,
@@ -108,7 +112,10 @@ struct ProducerLoop {
     pacing: Option<Pacing>,
     /// Closed loop keeps at most --in-flight batches unacknowledged per producer, so
     /// batch latency is the pipeline's, not the time spent queued inside the SDK.
+    /// Without --in-flight the semaphore holds [`AUTO_WINDOW_MAX`] permits and
+    /// `reserved` holds back those beyond the lane's current window + 1.
     window: Arc<Semaphore>,
+    reserved: Vec<OwnedSemaphorePermit>,
     /// Messages taken so far (the pacing index).
     k: u64,
     measured_count: u64,
@@ -153,7 +160,10 @@ impl ProducerLoop {
             pacing,
             topic: c.topic.as_str().into(),
             by_batch: c.api == ApiArg::Batch,
-            window: Arc::new(Semaphore::new(c.in_flight.max(1))),
+            window: Arc::new(Semaphore::new(
+                c.in_flight.map_or(AUTO_WINDOW_MAX, |n| n.max(1)),
+            )),
+            reserved: Vec::new(),
             k: 0,
             measured_count: 0,
             sent: 0,
@@ -167,6 +177,14 @@ impl ProducerLoop {
 
     async fn run(mut self) -> anyhow::Result<()> {
         while !self.one_batch().await? {}
+        if self.run.cli.in_flight.is_none() {
+            let priority = self.fixed.map(|(_, p)| p);
+            for &shard in &self.shards {
+                if let Some(w) = self.producer.in_flight_window(&self.topic, shard, priority) {
+                    self.run.windows.lock().expect("windows").push(w);
+                }
+            }
+        }
         self.run.sent.fetch_add(self.sent, Ordering::Release);
         self.producer.flush().await?;
         Ok(())
@@ -202,7 +220,10 @@ impl ProducerLoop {
         let shard = self.shards[self.batch_no % self.shards.len()];
         self.batch_no += 1;
         let permit = match self.pacing {
-            None => Some(self.window.clone().acquire_owned().await?),
+            None => {
+                self.follow_window(shard).await?;
+                Some(self.window.clone().acquire_owned().await?)
+            }
             Some(_) => None,
         };
         let records = self.by_batch.then(|| {
@@ -220,12 +241,37 @@ impl ProducerLoop {
         })
     }
 
+    /// Without --in-flight: holds back the permits beyond the lane's adaptive window
+    /// (the SDK's window for this producer's priority; its maximum until known), so
+    /// the closed loop keeps as many batches outstanding as the SDK keeps in flight,
+    /// as a fixed --in-flight does.
+    async fn follow_window(&mut self, shard: u32) -> anyhow::Result<()> {
+        if self.run.cli.in_flight.is_some() {
+            return Ok(());
+        }
+        let priority = self.fixed.map(|(_, p)| p);
+        let lane = self
+            .producer
+            .in_flight_window(&self.topic, shard, priority)
+            .unwrap_or(AUTO_WINDOW_MAX);
+        let hold = AUTO_WINDOW_MAX.saturating_sub(lane.max(1));
+        self.reserved.truncate(hold);
+        while self.reserved.len() < hold {
+            self.reserved
+                .push(self.window.clone().acquire_owned().await?);
+        }
+        Ok(())
+    }
+
     /// When the next message is meant to go: now (closed loop), or its due time after
     /// sleeping until then (open loop). `None`: the batch api sends what is due now
     /// in one call rather than make those messages wait for later ones.
     fn next_due(&self, n: u64) -> Option<Instant> {
         let Some(pacing) = &self.pacing else {
-            return Some(Instant::now());
+            // Closed loop: only a batch's first message and per-class timing need the
+            // time (a clock read per message cost a tenth of `send` here).
+            let timed = n == 0 || self.picker.is_some() || self.e2e;
+            return Some(if timed { Instant::now() } else { self.run.base });
         };
         let due = pacing.due(self.run.base, self.k);
         let now = Instant::now();

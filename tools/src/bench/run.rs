@@ -54,6 +54,8 @@ pub struct Run {
     /// Messages sent by all producers (for e2e's consumers to know when to stop).
     pub sent: AtomicU64,
     pub producers_done: AtomicBool,
+    /// Without --in-flight: each producer lane's adaptive window when it finished.
+    pub windows: Mutex<Vec<usize>>,
 }
 
 impl Run {
@@ -69,6 +71,7 @@ impl Run {
             samples: Mutex::new(Vec::new()),
             sent: AtomicU64::new(0),
             producers_done: AtomicBool::new(false),
+            windows: Mutex::new(Vec::new()),
         })
     }
 
@@ -95,7 +98,10 @@ impl Run {
             m.insert("replicas".into(), json!(c.replicas));
             m.insert("min_in_sync".into(), json!(c.min_in_sync));
         }
-        m.insert("in_flight".into(), json!(c.in_flight));
+        m.insert(
+            "in_flight".into(),
+            c.in_flight.map_or(json!("adaptive"), |n| json!(n)),
+        );
         m.insert("rate".into(), json!(c.rate));
         m.insert(
             "priority_mix".into(),

@@ -5,6 +5,7 @@
 //! weir-bench produce --embedded --size 1024 --batch 1000 --messages 1000000
 //! weir-bench consume --embedded --producers 8 --consumers 8 --shards 8 --size 100
 //! weir-bench e2e --embedded --rate 100000 --duration 10 --linger-ms 1
+//! weir-bench failover --nodes 3 --kills 20
 //! ```
 //!
 //! Exit codes: 0 ok, 1 the run failed, 2 bad flags, 3 the run reported errors.
@@ -35,6 +36,33 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if cli.mode == weir_tools::bench::args::Mode::Failover {
+        let json = cli.json;
+        let result = rt.block_on(weir_tools::bench::failover::run_failover(cli));
+        rt.shutdown_timeout(Duration::from_secs(2));
+        return match result {
+            Ok(r) if json => {
+                println!("{}", r.to_json());
+                if r.has_errors() {
+                    ExitCode::from(3)
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Ok(r) => {
+                print!("{}", r.human());
+                if r.has_errors() {
+                    ExitCode::from(3)
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Err(e) => {
+                eprintln!("weir-bench: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let (json, plot) = (cli.json, cli.plot.clone());
     let result = rt.block_on(weir_tools::bench::run(cli, rt.handle().clone()));
     rt.shutdown_timeout(Duration::from_secs(2));

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 use futures_util::future::join_all;
 use serde_json::{json, Value};
@@ -25,6 +26,14 @@ pub enum ClusterCmd {
     /// Nodes (reachable, alive, consensus role) and every shard's primary, copies,
     /// in-sync set, epoch, high-water mark and mirror lag.
     Status {
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// One shard's replication record: its copies, how far each holds the log, and
+    /// the history of its primary and in-sync set (the newest 64 changes).
+    History {
+        /// TOPIC/SHARD, e.g. orders/0.
+        shard: String,
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
@@ -66,7 +75,10 @@ pub struct Status {
 
 /// Runs one cluster command.
 pub async fn run(admin: &Admin, cmd: ClusterCmd) -> anyhow::Result<()> {
-    let ClusterCmd::Status { format } = cmd;
+    let format = match cmd {
+        ClusterCmd::Status { format } => format,
+        ClusterCmd::History { shard, format } => return history(admin, &shard, format).await,
+    };
     let first = admin.describe_cluster().await?;
     if first.enabled == 0 {
         match format {
@@ -84,6 +96,109 @@ pub async fn run(admin: &Admin, cmd: ClusterCmd) -> anyhow::Result<()> {
     match format {
         Format::Text => print!("{}", text(&status)),
         Format::Json => println!("{}", serde_json::to_string_pretty(&to_json(&status))?),
+    }
+    Ok(())
+}
+
+/// `weir cluster history T/S`.
+async fn history(admin: &Admin, spec: &str, format: Format) -> anyhow::Result<()> {
+    let (topic, shard) = spec
+        .rsplit_once('/')
+        .and_then(|(t, s)| Some((t, s.parse::<u32>().ok()?)))
+        .with_context(|| format!("{spec:?}: name a shard as TOPIC/SHARD, e.g. orders/0"))?;
+    let h = admin.shard_history(topic, shard).await?;
+    // How far each copy holds the log: only the primary knows (its live view).
+    let first = admin.describe_cluster().await?;
+    let primary = first
+        .shards
+        .iter()
+        .find(|p| p.topic == topic && p.shard == shard)
+        .map_or(NO_NODE, |p| p.primary);
+    let live = match first.nodes.iter().find(|n| n.node_id == primary) {
+        Some(n) => tokio::time::timeout(NODE_TIMEOUT, admin.describe_cluster_at(&n.addr))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|d| {
+                d.shards
+                    .into_iter()
+                    .find(|p| p.topic == topic && p.shard == shard && p.live == 1)
+            }),
+        None => None,
+    };
+    let held = |node: u32| -> Option<u64> {
+        let l = live.as_ref()?;
+        if node == l.primary {
+            return Some(l.high_watermark);
+        }
+        l.mirrors
+            .iter()
+            .find(|m| m.node_id == node)
+            .map(|m| m.offset)
+    };
+    let kind = |k: u8| match k {
+        0 => "created",
+        1 => "primary changed",
+        2 => "in-sync changed",
+        _ => "unknown",
+    };
+    match format {
+        Format::Json => {
+            let v = json!({
+                "topic": h.topic,
+                "shard": h.shard,
+                "copies": h.replicas.iter().map(|&n| json!({
+                    "node": n,
+                    "primary": n == primary,
+                    "holds_below": held(n),
+                })).collect::<Vec<_>>(),
+                "history": h.events.iter().map(|e| json!({
+                    "at_ms": e.at_ms,
+                    "kind": kind(e.kind),
+                    "epoch": e.epoch,
+                    "primary": (e.primary != NO_NODE).then_some(e.primary),
+                    "in_sync": e.in_sync,
+                })).collect::<Vec<_>>(),
+            });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Format::Text => {
+            let mut rows = vec![vec![
+                "COPY".to_string(),
+                "ROLE".into(),
+                "HOLDS BELOW".into(),
+            ]];
+            for &n in &h.replicas {
+                rows.push(vec![
+                    node_name(n),
+                    if n == primary { "primary" } else { "mirror" }.into(),
+                    held(n).map_or("-".into(), |o| o.to_string()),
+                ]);
+            }
+            print!("{}", table(&rows));
+            println!();
+            let mut rows = vec![vec![
+                "AT_MS".to_string(),
+                "CHANGE".into(),
+                "EPOCH".into(),
+                "PRIMARY".into(),
+                "IN SYNC".into(),
+            ]];
+            for e in &h.events {
+                rows.push(vec![
+                    e.at_ms.to_string(),
+                    kind(e.kind).into(),
+                    e.epoch.to_string(),
+                    if e.primary == NO_NODE {
+                        "-".into()
+                    } else {
+                        node_name(e.primary)
+                    },
+                    ids(&e.in_sync),
+                ]);
+            }
+            print!("{}", table(&rows));
+        }
     }
     Ok(())
 }

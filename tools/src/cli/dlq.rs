@@ -91,7 +91,7 @@ fn dlq_header<'a>(r: &'a Record, field: &str) -> &'a str {
 }
 
 /// Reads records `[from, to)` of one shard.
-async fn read_range(
+pub(super) async fn read_range(
     client: &Client,
     topic: &str,
     shard: u32,

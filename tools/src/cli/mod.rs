@@ -11,6 +11,7 @@ pub mod group;
 pub mod produce;
 pub mod queue;
 pub mod quota;
+pub mod reconcile;
 pub mod status;
 pub mod top;
 pub mod topic;
@@ -83,6 +84,10 @@ pub enum Cmd {
     /// A cluster's nodes and shard placement.
     #[command(subcommand)]
     Cluster(cluster::ClusterCmd),
+    /// Records a returning primary had to cut, kept in `<topic>.reconcile`: list them
+    /// or write them back.
+    #[command(subcommand)]
+    Reconcile(reconcile::ReconcileCmd),
     /// Users of a broker with authentication (SCRAM-SHA-256 passwords).
     #[command(subcommand)]
     User(user::UserCmd),
@@ -190,6 +195,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Dlq(cmd) => dlq::run(&client, cmd).await,
         Cmd::Queue(cmd) => queue::run(&client, cmd).await,
         Cmd::Cluster(cmd) => cluster::run(&admin, cmd).await,
+        Cmd::Reconcile(cmd) => reconcile::run(&client, cmd).await,
         Cmd::User(cmd) => user::run_user(&admin, cmd).await,
         Cmd::Key(cmd) => user::run_key(&admin, cmd).await,
         Cmd::Acl(cmd) => acl::run_acl(&admin, cmd).await,

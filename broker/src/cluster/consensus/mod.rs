@@ -348,8 +348,26 @@ impl Consensus {
         // that has not answered is as good as dead: waiting the whole node_timeout
         // here would add it to every switchover that follows a controller's death.
         let grace = self.config.node_timeout.min(self.config.heartbeat * 3);
-        if self.raft.metrics().borrow().state != ServerState::Leader || since.elapsed() < grace {
+        if self.raft.metrics().borrow().state != ServerState::Leader {
             return None;
+        }
+        if since.elapsed() < grace {
+            // Within the grace only a connection refused since this node leads (no
+            // process listens on the node's port) counts: it needs no waiting. Every other node counts as
+            // alive until the grace is over, so nothing is decided about it yet.
+            let refused = self.liveness.refused_since(since);
+            if refused.is_empty() {
+                return None;
+            }
+            let mut alive: BTreeSet<NodeId> = self
+                .config
+                .peers
+                .keys()
+                .copied()
+                .filter(|n| !refused.contains(n))
+                .collect();
+            alive.insert(self.config.node_id);
+            return Some(alive);
         }
         let mut alive: BTreeSet<NodeId> = self
             .liveness

@@ -3,7 +3,8 @@
 //! payload is the openraft message as JSON, sent on the node's [`Peer`] connection.
 //!
 //! The network also remembers when each node last answered an AppendEntries (which
-//! is what heartbeats are): the leader's view of which nodes are alive.
+//! is what heartbeats are), and when a connection to it was last refused: the
+//! leader's view of which nodes are alive.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -32,27 +33,64 @@ pub const KIND_VOTE: u8 = 0;
 pub const KIND_APPEND: u8 = 1;
 pub const KIND_SNAPSHOT: u8 = 2;
 
-/// When each node last answered an AppendEntries from this node.
+/// When each node last answered an AppendEntries from this node, and when a
+/// connection to it was last refused.
 #[derive(Debug, Default)]
 pub struct Liveness {
-    answered: Mutex<HashMap<NodeId, Instant>>,
+    seen: Mutex<HashMap<NodeId, Seen>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    answered: Option<Instant>,
+    refused: Option<Instant>,
 }
 
 impl Liveness {
-    fn record(&self, node: NodeId) {
-        self.answered
-            .lock()
-            .expect("liveness lock")
-            .insert(node, Instant::now());
+    pub(crate) fn record(&self, node: NodeId) {
+        self.entry(node, |s| s.answered = Some(Instant::now()));
     }
 
-    /// The nodes that answered within `within`.
-    pub fn answered_within(&self, within: Duration) -> Vec<NodeId> {
-        self.answered
+    /// A connection to `node` was refused: nothing listens on its port, so its
+    /// process is gone (killed, crashed, stopped). It counts as dead at once, not
+    /// after the node timeout — until it answers again.
+    pub(crate) fn refused(&self, node: NodeId) {
+        self.entry(node, |s| s.refused = Some(Instant::now()));
+    }
+
+    fn entry(&self, node: NodeId, f: impl FnOnce(&mut Seen)) {
+        let mut seen = self.seen.lock().expect("liveness lock");
+        f(seen.entry(node).or_insert(Seen {
+            answered: None,
+            refused: None,
+        }));
+    }
+
+    /// The nodes refused at or after `since` and not answering since. A refusal from
+    /// before `since` says nothing now (a node refused while it was still starting).
+    pub fn refused_since(&self, since: Instant) -> Vec<NodeId> {
+        self.seen
             .lock()
             .expect("liveness lock")
             .iter()
-            .filter(|(_, at)| at.elapsed() < within)
+            .filter(|(_, s)| {
+                s.refused
+                    .is_some_and(|r| r >= since && s.answered.is_none_or(|a| a < r))
+            })
+            .map(|(&n, _)| n)
+            .collect()
+    }
+
+    /// The nodes that answered within `within` and were not refused since.
+    pub fn answered_within(&self, within: Duration) -> Vec<NodeId> {
+        self.seen
+            .lock()
+            .expect("liveness lock")
+            .iter()
+            .filter(|(_, s)| match s.answered {
+                Some(at) => at.elapsed() < within && s.refused.is_none_or(|r| r < at),
+                None => false,
+            })
             .map(|(&n, _)| n)
             .collect()
     }
@@ -129,8 +167,11 @@ impl Network {
                     timeout,
                 }))
             }
-            Err(e @ PeerError::Unreachable { .. }) => {
-                return Err(RPCError::Unreachable(Unreachable::new(&e)))
+            Err(e @ PeerError::Unreachable { refused, .. }) => {
+                if refused {
+                    self.liveness.refused(self.target);
+                }
+                return Err(RPCError::Unreachable(Unreachable::new(&e)));
             }
             Err(e) => return Err(RPCError::Network(NetworkError::new(&e))),
         };
@@ -184,5 +225,48 @@ impl RaftNetwork<TypeConfig> for Network {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         self.call(KIND_VOTE, RPCTypes::Vote, &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_node_is_dead_until_it_answers_again() {
+        let l = Liveness::default();
+        let long = Duration::from_secs(60);
+        assert!(l.answered_within(long).is_empty(), "never answered");
+        let start = Instant::now();
+        l.refused(3); // while it was starting, before it ever answered
+        std::thread::sleep(Duration::from_millis(2));
+        let leading = Instant::now();
+        assert!(l.refused_since(leading).is_empty(), "an old refusal");
+        assert_eq!(l.refused_since(start), vec![3]);
+        l.record(2);
+        l.record(3);
+        assert_eq!(sorted(l.answered_within(long)), vec![2, 3]);
+        std::thread::sleep(Duration::from_millis(2));
+        l.refused(3);
+        assert_eq!(
+            l.answered_within(long),
+            vec![2],
+            "refused after its last answer"
+        );
+        assert_eq!(l.refused_since(leading), vec![3]);
+        std::thread::sleep(Duration::from_millis(2));
+        l.record(3);
+        assert_eq!(sorted(l.answered_within(long)), vec![2, 3], "back");
+        assert!(l.refused_since(start).is_empty());
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(
+            l.answered_within(Duration::from_millis(1)).is_empty(),
+            "answers older than the window do not count"
+        );
+    }
+
+    fn sorted(mut v: Vec<NodeId>) -> Vec<NodeId> {
+        v.sort_unstable();
+        v
     }
 }

@@ -15,6 +15,7 @@ use weir_protocol::messages::{MirrorFetchRequest, MirrorFetchResponse, NO_TRUNCA
 use weir_protocol::ResponseBody;
 
 use super::epochs::EpochHistory;
+use super::reconcile;
 use crate::cluster::peer::PeerError;
 use crate::cluster::Cluster;
 
@@ -30,7 +31,11 @@ pub async fn run(cluster: Arc<Cluster>, topic: String, shard_no: u32) {
     loop {
         match round(&cluster, &topic, shard_no, &mut epochs).await {
             Ok(()) => {}
-            Err(Pause::Short) => tokio::time::sleep(RETRY_PAUSE).await,
+            // A metadata change (a new primary after a switchover) ends the pause:
+            // the in-sync mirrors are what the new primary's mirrored acks wait for.
+            Err(Pause::Short) => {
+                let _ = tokio::time::timeout(RETRY_PAUSE, meta_rx.changed()).await;
+            }
             Err(Pause::Brief) => tokio::time::sleep(Duration::from_millis(20)).await,
             Err(Pause::UntilMetadata) => {
                 let _ = tokio::time::timeout(Duration::from_millis(500), meta_rx.changed()).await;
@@ -41,7 +46,7 @@ pub async fn run(cluster: Arc<Cluster>, topic: String, shard_no: u32) {
 
 /// Why a round ended without copying.
 enum Pause {
-    /// A failed round: 100 ms.
+    /// A failed round: 100 ms, or until the metadata changes.
     Short,
     /// Refused by a primary that is a step behind or ahead: 20 ms.
     Brief,
@@ -102,6 +107,34 @@ async fn round(
             epoch = entry.epoch,
             "mirror log diverges from the primary's: cutting it back"
         );
+        // What is cut was never acknowledged as mirrored, but it may be a write a
+        // client was told about (acks=leader) or still waits for: keep it first. The
+        // reconciliation topic's own copies are only written with acks=mirrored by
+        // this code, which retries until acknowledged, so their suffixes are cut bare.
+        if !topic.ends_with(weir_protocol::headers::RECONCILE_SUFFIX) {
+            let suffix = reconcile::Suffix {
+                topic,
+                shard_no,
+                shard: &shard,
+                from: resp.truncate_to,
+                to: end,
+                cut_epoch: entry.epoch,
+            };
+            match reconcile::preserve(cluster, &suffix, epochs).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(
+                    topic,
+                    shard = shard_no,
+                    records = n,
+                    kept_in = %reconcile::topic_for(topic),
+                    "divergent records kept for reconciliation"
+                ),
+                Err(e) => {
+                    tracing::warn!(topic, shard = shard_no, error = %e.message, "keeping the divergent records failed; the cut waits");
+                    return Err(Pause::Short);
+                }
+            }
+        }
         let (_, cut_end) = cluster
             .topics
             .truncate_shard(topic, shard_no, resp.truncate_to)

@@ -1,7 +1,10 @@
 //! Copying shards between nodes: the primary's side (`primary.rs`), the mirror's
 //! (`mirror.rs`) and the epoch history both use to find where two copies diverge
-//! (`epochs.rs`). PROTOCOL.md §Cluster specifies MirrorFetch.
+//! (`epochs.rs`). PROTOCOL.md §Cluster specifies MirrorFetch. A copy that must cut
+//! a divergent suffix keeps it in the topic's reconciliation topic first
+//! (`reconcile.rs`).
 
 pub mod epochs;
 pub mod mirror;
 pub mod primary;
+pub mod reconcile;
