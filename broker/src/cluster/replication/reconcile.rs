@@ -75,6 +75,7 @@ pub async fn preserve(
     let shard_text = s.shard_no.to_string();
     let cut_epoch = s.cut_epoch.to_string();
     while at < s.to {
+        let before = at;
         let chunks = reader
             .read_unreplicated(at, CHUNK_BYTES)
             .map_err(|e| BrokerError::new(ErrorCode::StorageError, e.to_string()))?;
@@ -127,6 +128,10 @@ pub async fn preserve(
                 }
                 at = at.max(parsed.header().last_offset() + 1);
             }
+        }
+        if at == before {
+            // Nothing past `at` came back: the copy ends earlier than its end said.
+            break;
         }
     }
     if pending > 0 {
