@@ -205,6 +205,9 @@ pub struct FailoverReport {
     pub out_of_order: u64,
     /// Load records the SDK gave up on (not acknowledged; allowed, not lost).
     pub failed: u64,
+    /// The first records found stored twice, for a reader to look up
+    /// (`--keep-data` keeps the nodes' copies).
+    pub examples: Vec<String>,
 }
 
 impl FailoverReport {
@@ -418,6 +421,10 @@ pub async fn run_failover(cli: Args) -> anyhow::Result<FailoverReport> {
     let (acked, failed) = load.await.context("load task")??;
     let read = read_back(&client, &cli.topic).await?;
     let (lost, duplicates, out_of_order) = check(&acked, &read);
+    let examples = duplicated(&acked, &read, 10);
+    for e in &examples {
+        eprintln!("stored twice: {e}");
+    }
     Ok(FailoverReport {
         nodes: n,
         kills,
@@ -426,6 +433,7 @@ pub async fn run_failover(cli: Args) -> anyhow::Result<FailoverReport> {
         duplicates,
         out_of_order,
         failed,
+        examples,
     })
 }
 
@@ -669,9 +677,45 @@ fn check(
     (lost, duplicates, out_of_order)
 }
 
+/// Up to `max` records stored at more than one position: "sequence S, key K at
+/// shard/offset (acked), shard/offset".
+fn duplicated(
+    acked: &BTreeMap<Position, LoadRecord>,
+    read: &[(Position, LoadRecord)],
+    max: usize,
+) -> Vec<String> {
+    let mut by_seq: BTreeMap<u64, (u64, std::collections::BTreeSet<Position>)> = BTreeMap::new();
+    for (pos, (key, seq)) in read {
+        by_seq
+            .entry(*seq)
+            .or_insert((*key, Default::default()))
+            .1
+            .insert(*pos);
+    }
+    by_seq
+        .into_iter()
+        .filter(|(_, (_, at))| at.len() > 1)
+        .take(max)
+        .map(|(seq, (key, at))| {
+            let places: Vec<String> = at
+                .iter()
+                .map(|p| {
+                    let mark = if acked.contains_key(p) {
+                        " (acked)"
+                    } else {
+                        ""
+                    };
+                    format!("{}/{}{mark}", p.0, p.1)
+                })
+                .collect();
+            format!("sequence {seq}, key k{key} at {}", places.join(", "))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{check, LoadRecord, Position};
+    use super::{check, duplicated, LoadRecord, Position};
     use std::collections::BTreeMap;
 
     #[test]
@@ -684,6 +728,11 @@ mod tests {
         // Offset 1 missing, sequence 0 stored twice, key 1 going backwards.
         let read = vec![((0, 0), (1, 0)), ((0, 2), (2, 2)), ((0, 3), (1, 0))];
         assert_eq!(check(&acked, &read), (1, 1, 0));
+        let twice = duplicated(&acked, &[((0, 0), (1, 0)), ((0, 3), (1, 0))], 10);
+        assert_eq!(
+            twice,
+            vec!["sequence 0, key k1 at 0/0 (acked), 0/3".to_string()]
+        );
         // The same position read twice is one stored record.
         let read = vec![
             ((0, 0), (1, 0)),
