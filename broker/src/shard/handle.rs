@@ -68,8 +68,12 @@ impl Shard {
     ) -> Result<Arc<Shard>, StorageError> {
         let log = Log::open(dir, config.log.clone())?;
         let reader = log.reader();
-        reader.reset_visible_cap(visible_cap);
+        // Producer state comes from the whole log, before the cap hides its tail: a
+        // cluster copy opens capped at 0, and a table rebuilt under that cap knew no
+        // batch, so a producer's retry of a batch this copy already held (after a
+        // restart, or once it is promoted) was written again.
         let producers = rebuild_producers(&reader, config.classes);
+        reader.reset_visible_cap(visible_cap);
         let recovered_epochs = Mutex::new(producers.newest_epochs().into_iter().collect());
         let depth = config.queue_depth.max(1);
         let (senders, receivers): (Vec<_>, Vec<_>) =

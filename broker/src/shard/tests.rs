@@ -315,3 +315,33 @@ async fn retries_are_recognised_even_after_a_restart() {
     assert_eq!(shard.reader().high_watermark(), 4);
     shard.close().await;
 }
+
+/// A cluster copy opens with its readers capped at 0 (until the primary's high-water
+/// mark reaches it); its producer state must still come from the whole log, or a
+/// producer's retry of a batch it already holds — after a restart, or once the copy is
+/// promoted — is written twice.
+#[tokio::test]
+async fn retries_are_recognised_after_a_capped_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = Shard::open(dir.path(), "t", config()).unwrap();
+    let (b0, h0) = batch(7, 0, 2, "a");
+    let (b1, h1) = batch(7, 2, 2, "b");
+    shard.append(vec![b0], vec![h0], true).await.unwrap();
+    shard
+        .append(vec![b1.clone()], vec![h1], true)
+        .await
+        .unwrap();
+    shard.close().await;
+    drop(shard);
+
+    let shard = Shard::open_capped(dir.path(), "t", config(), 0).unwrap();
+    let again = shard.append(vec![b1], vec![h1], true).await.unwrap();
+    assert!(
+        again.duplicate,
+        "a retry of the last batch after a capped reopen"
+    );
+    assert_eq!((again.base_offset, again.last_offset), (2, 3));
+    shard.raise_visible(u64::MAX);
+    assert_eq!(shard.reader().log_end_offset(), 4, "nothing written twice");
+    shard.close().await;
+}
