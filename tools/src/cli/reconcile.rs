@@ -101,30 +101,38 @@ fn origin(r: &Record) -> String {
     )
 }
 
-/// Every record of `topic`, all shards, oldest first per shard, up to what each
-/// shard's primary serves now (not the high-water mark a metadata answer gave, which
-/// a mirror may report a moment late); `None` when the topic does not exist.
-async fn read_all(client: &Client, topic: &str) -> anyhow::Result<Option<Vec<Record>>> {
+/// Records read per fetch round while walking a topic.
+const PAGE: usize = 10_000;
+
+/// Calls `f` with every record of `topic`, all shards, oldest first per shard, up to
+/// what each shard's primary serves now (not the high-water mark a metadata answer
+/// gave, which a mirror may report a moment late), a page at a time so memory stays
+/// bounded however large the topic is; `false` when the topic does not exist.
+async fn walk(client: &Client, topic: &str, mut f: impl FnMut(Record)) -> anyhow::Result<bool> {
     let meta = match Admin::new(client.clone()).describe_topic(topic).await {
         Ok(m) => m,
-        Err(e) if e.code() == Some(ErrorCode::UnknownTopic) => return Ok(None),
+        Err(e) if e.code() == Some(ErrorCode::UnknownTopic) => return Ok(false),
         Err(e) => return Err(anyhow::Error::new(e).context(format!("describing {topic}"))),
     };
-    let mut out = Vec::new();
     for s in meta.shards {
-        out.extend(
-            read_range(
-                client,
-                topic,
-                s.shard,
-                s.log_start_offset,
-                u64::MAX,
-                usize::MAX,
-            )
-            .await?,
-        );
+        let mut at = s.log_start_offset;
+        loop {
+            let page = read_range(client, topic, s.shard, at, u64::MAX, PAGE).await?;
+            let Some(last) = page.last().map(|r| r.offset) else {
+                break;
+            };
+            page.into_iter().for_each(&mut f);
+            at = last + 1;
+        }
     }
-    Ok(Some(out))
+    Ok(true)
+}
+
+/// Every record of `topic` (for the kept records, which only cut suffixes fill);
+/// `None` when the topic does not exist.
+async fn read_all(client: &Client, topic: &str) -> anyhow::Result<Option<Vec<Record>>> {
+    let mut out = Vec::new();
+    Ok(walk(client, topic, |r| out.push(r)).await?.then_some(out))
 }
 
 async fn list(client: &Client, topic: &str, limit: usize) -> anyhow::Result<()> {
@@ -156,24 +164,35 @@ pub struct ReplayStats {
     pub repeats: usize,
 }
 
-/// Chooses the kept records that go back under `rule`, given what the topic holds.
-pub fn choose<'a>(
-    kept: &'a [Record],
-    topic: &[Record],
-    rule: Rule,
-) -> (Vec<&'a Record>, ReplayStats) {
-    let mut latest: HashMap<&[u8], i64> = HashMap::new();
-    let mut replayed: HashSet<&str> = HashSet::new();
-    for r in topic {
+/// What a replay needs to know of the topic: each key's latest timestamp and the
+/// origins earlier replays wrote back.
+#[derive(Debug, Default)]
+pub struct TopicIndex {
+    latest: HashMap<bytes::Bytes, i64>,
+    replayed: HashSet<String>,
+}
+
+impl TopicIndex {
+    /// Folds one record of the topic in.
+    pub fn add(&mut self, r: &Record) {
         if !r.key.is_empty() {
-            let t = latest.entry(&r.key).or_insert(i64::MIN);
+            let t = self.latest.entry(r.key.clone()).or_insert(i64::MIN);
             *t = (*t).max(r.timestamp_ms);
         }
         let from = header(r, RECONCILED_FROM);
         if from != "-" {
-            replayed.insert(from);
+            self.replayed.insert(from.to_string());
         }
     }
+}
+
+/// Chooses the kept records that go back under `rule`, given what the topic holds.
+pub fn choose<'a>(
+    kept: &'a [Record],
+    index: &TopicIndex,
+    rule: Rule,
+) -> (Vec<&'a Record>, ReplayStats) {
+    let (latest, replayed) = (&index.latest, &index.replayed);
     let mut stats = ReplayStats {
         kept: kept.len(),
         ..ReplayStats::default()
@@ -184,11 +203,11 @@ pub fn choose<'a>(
         let o = origin(r);
         if !seen.insert(o.clone()) {
             stats.repeats += 1;
-        } else if replayed.contains(o.as_str()) {
+        } else if replayed.contains(&o) {
             stats.already_replayed += 1;
         } else if rule == Rule::LastWriteWins
             && !r.key.is_empty()
-            && latest.get(&r.key[..]).is_some_and(|&t| t >= r.timestamp_ms)
+            && latest.get(&r.key).is_some_and(|&t| t >= r.timestamp_ms)
         {
             stats.newer_in_topic += 1;
         } else {
@@ -207,10 +226,11 @@ async fn replay(
 ) -> anyhow::Result<ReplayStats> {
     let kept_topic = format!("{topic}{RECONCILE_SUFFIX}");
     let kept = read_all(client, &kept_topic).await?.unwrap_or_default();
-    let current = read_all(client, topic)
-        .await?
-        .with_context(|| format!("no topic {topic}"))?;
-    let (chosen, stats) = choose(&kept, &current, rule);
+    let mut index = TopicIndex::default();
+    if !walk(client, topic, |r| index.add(&r)).await? {
+        anyhow::bail!("no topic {topic}");
+    }
+    let (chosen, stats) = choose(&kept, &index, rule);
     if dry_run || chosen.is_empty() {
         return Ok(stats);
     }
@@ -270,6 +290,12 @@ mod tests {
         }
     }
 
+    fn index(records: &[Record]) -> TopicIndex {
+        let mut i = TopicIndex::default();
+        records.iter().for_each(|r| i.add(r));
+        i
+    }
+
     fn current(key: &str, ts: i64) -> Record {
         Record {
             offset: 0,
@@ -292,7 +318,7 @@ mod tests {
             kept("b", 300, 11), // a repeat of offset 11
         ];
         let topic = vec![current("a", 200), current("b", 200), current("c", 100)];
-        let (out, s) = choose(&kept, &topic, Rule::LastWriteWins);
+        let (out, s) = choose(&kept, &index(&topic), Rule::LastWriteWins);
         let offsets: Vec<u64> = out.iter().map(|r| r.offset).collect();
         assert_eq!(offsets, vec![11, 12]);
         assert_eq!(
@@ -305,7 +331,7 @@ mod tests {
                 repeats: 1
             }
         );
-        let (all, _) = choose(&kept, &topic, Rule::All);
+        let (all, _) = choose(&kept, &index(&topic), Rule::All);
         assert_eq!(all.len(), 4, "every kept record once");
         // After the replay the topic names the origins it took: nothing goes back again.
         let mut after = topic.clone();
@@ -317,7 +343,7 @@ mod tests {
             });
             after.push(copy);
         }
-        let (again, s) = choose(&kept, &after, Rule::All);
+        let (again, s) = choose(&kept, &index(&after), Rule::All);
         assert_eq!(again.len(), 2, "only the ones never replayed (a and c)");
         assert_eq!(s.already_replayed, 2);
     }
