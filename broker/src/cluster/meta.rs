@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use weir_protocol::messages::{Durability, TopicConfig};
 
 use super::placement;
+use crate::queue::state_log::{Event, QueueEvents, ShardRecovery};
 
 /// A node's id, as given by `--node-id` (1 and up; 0 means "no node" on the wire).
 pub type NodeId = u64;
@@ -27,6 +28,12 @@ pub struct ClusterMeta {
     pub next_producer_id: u64,
     /// Committed offsets: group → topic → shard → next offset to consume.
     pub offsets: BTreeMap<String, BTreeMap<String, BTreeMap<u32, u64>>>,
+    /// Queue state (acks, failures, dead-letterings folded per queue shard): group →
+    /// topic → shard. Applied like everything else but not published on the metadata
+    /// watch (see [`ClusterMeta::published`]): it changes at the rate of acks, and only
+    /// the controller's queue tasks read it, when they start.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub queues: BTreeMap<String, BTreeMap<String, BTreeMap<u32, ShardRecovery>>>,
 }
 
 /// One node.
@@ -217,6 +224,11 @@ pub enum Command {
         group: String,
         offsets: Vec<(String, u32, u64)>,
     },
+    /// Queue state events, in the order the queues' tasks made them (many queues' events
+    /// share one entry: the controller's journal batches them).
+    QueueEvents {
+        queues: Vec<QueueEvents>,
+    },
 }
 
 /// What applying a command gave.
@@ -308,6 +320,11 @@ impl ClusterMeta {
                 for groups in self.offsets.values_mut() {
                     groups.remove(name);
                 }
+                // A topic created again under this name starts with fresh queues.
+                for topics in self.queues.values_mut() {
+                    topics.remove(name);
+                }
+                self.queues.retain(|_, topics| !topics.is_empty());
                 CommandResult::Done
             }
             Command::SetPrimary {
@@ -365,7 +382,61 @@ impl ClusterMeta {
                 }
                 CommandResult::Done
             }
+            Command::QueueEvents { queues } => {
+                for q in queues {
+                    self.apply_queue_events(q);
+                }
+                CommandResult::Done
+            }
         }
+    }
+
+    /// Folds one queue's events in (the same fold as the single-node state log's
+    /// replay). Events of a topic that no longer exists are dropped: its queues were
+    /// forgotten with it.
+    fn apply_queue_events(&mut self, q: &QueueEvents) {
+        if !self.topics.contains_key(&q.topic) {
+            return;
+        }
+        for (shard, ev) in &q.events {
+            if *ev == Event::Forget {
+                if let Some(topics) = self.queues.get_mut(&q.group) {
+                    topics.remove(&q.topic);
+                    if topics.is_empty() {
+                        self.queues.remove(&q.group);
+                    }
+                }
+                continue;
+            }
+            self.queues
+                .entry(q.group.clone())
+                .or_default()
+                .entry(q.topic.clone())
+                .or_default()
+                .entry(*shard)
+                .or_default()
+                .apply(ev);
+        }
+    }
+
+    /// The copy published on the metadata watch: everything but the queue state.
+    pub fn published(&self) -> ClusterMeta {
+        ClusterMeta {
+            nodes: self.nodes.clone(),
+            topics: self.topics.clone(),
+            next_producer_id: self.next_producer_id,
+            offsets: self.offsets.clone(),
+            queues: BTreeMap::new(),
+        }
+    }
+
+    /// The folded state of one queue (empty when it has none).
+    pub fn queue_state(&self, group: &str, topic: &str) -> BTreeMap<u32, ShardRecovery> {
+        self.queues
+            .get(group)
+            .and_then(|t| t.get(topic))
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn shard_mut(

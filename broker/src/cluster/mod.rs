@@ -11,7 +11,9 @@
 //! - `controller.rs`: what the controller decides (failover, in-sync changes of dead
 //!   nodes);
 //! - `agent.rs`: what every node does when the metadata changes (open and close local
-//!   copies, take or give up the primary role).
+//!   copies, take or give up the primary role);
+//! - `queues.rs`: queue mode on a cluster (state through consensus, dead letters and
+//!   other writes a node makes itself to a shard's primary).
 //!
 //! A single-node broker has no `Cluster` at all (`BrokerState::cluster` is `None`).
 
@@ -21,6 +23,7 @@ pub mod controller;
 pub mod meta;
 pub mod peer;
 pub mod placement;
+pub mod queues;
 pub mod replication;
 
 use std::collections::{BTreeMap, HashMap};
@@ -359,7 +362,7 @@ impl Cluster {
     }
 
     /// Waits (bounded) until the agent has created (or deleted) the local copy.
-    async fn wait_local(&self, name: &str, present: bool) -> Result<(), BrokerError> {
+    pub(crate) async fn wait_local(&self, name: &str, present: bool) -> Result<(), BrokerError> {
         for _ in 0..200 {
             if self.topics.get(name).is_ok() == present {
                 return Ok(());

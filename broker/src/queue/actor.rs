@@ -57,6 +57,8 @@ pub struct QueueSettings {
     pub breaker: BreakerSettings,
     pub dlq_suffix: String,
     pub dlq_retention_ms: u64,
+    /// On a cluster node: dead letters go to a replicated topic through this.
+    pub replicated: Option<Arc<dyn super::replicated::Replicator>>,
 }
 
 /// State shared between the task and the request handlers (read-only for them).

@@ -134,6 +134,7 @@ impl QueueActor {
                 name: dlq::dlq_name(&self.topic_name, &self.settings.dlq_suffix),
                 retention_ms: self.settings.dlq_retention_ms,
                 cached: self.dlq.clone(),
+                replicated: self.settings.replicated.clone(),
             };
             let tx = self.internal_tx.clone();
             tokio::spawn(async move {
@@ -278,6 +279,9 @@ struct DeadLetterJob {
     name: String,
     retention_ms: u64,
     cached: Option<Arc<Topic>>,
+    /// On a cluster node: the topic is created through the consensus engine and
+    /// written on its primary with mirrored acks.
+    replicated: Option<Arc<dyn crate::queue::replicated::Replicator>>,
 }
 
 impl DeadLetterJob {
@@ -290,10 +294,19 @@ impl DeadLetterJob {
             lost: Vec::new(),
             error: None,
         };
-        let dlq = match self.cached.clone() {
-            Some(d) => Ok(d),
-            None => {
-                let shards = self.topic.shards.len() as u32;
+        let shards = self.topic.shards.len() as u32;
+        let dlq = match (self.cached.clone(), &self.replicated) {
+            (Some(d), _) => Ok(d),
+            (None, Some(r)) => {
+                r.dead_letter_topic(
+                    self.name.clone(),
+                    self.topic.name.clone(),
+                    shards,
+                    self.retention_ms,
+                )
+                .await
+            }
+            (None, None) => {
                 dlq::ensure_topic(&self.topics, &self.name, shards, self.retention_ms).await
             }
         };
@@ -314,20 +327,25 @@ impl DeadLetterJob {
             if batches.is_empty() {
                 continue;
             }
-            let appended = match dlq.shard(done.dlq_shard) {
-                Ok(shard) => shard
+            let appended = match (&self.replicated, dlq.shard(done.dlq_shard)) {
+                (_, Err(e)) => Err(e),
+                (Some(r), Ok(_)) => {
+                    r.append_mirrored(self.name.clone(), done.dlq_shard, batches)
+                        .await
+                }
+                (None, Ok(shard)) => shard
                     .append(batches, headers, true)
                     .await
+                    .map(|out| out.base_offset)
                     .map_err(|e| BrokerError::new(ErrorCode::StorageError, e.to_string())),
-                Err(e) => Err(e),
             };
             match appended {
                 // One record per batch: the i-th landed at base + i.
-                Ok(out) => done.written.extend(
+                Ok(base) => done.written.extend(
                     offsets
                         .iter()
                         .enumerate()
-                        .map(|(i, o)| (*o, out.base_offset + i as u64)),
+                        .map(|(i, o)| (*o, base + i as u64)),
                 ),
                 Err(e) => {
                     done.failed.extend(offsets);
