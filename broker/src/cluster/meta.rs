@@ -504,6 +504,89 @@ mod tests {
         })
     }
 
+    fn queue_events(topic: &str, events: Vec<(u32, Event)>) -> Command {
+        Command::QueueEvents {
+            queues: vec![QueueEvents {
+                group: "g".into(),
+                topic: topic.into(),
+                events,
+            }],
+        }
+    }
+
+    #[test]
+    fn queue_events_fold_like_the_state_log_and_stay_out_of_the_published_copy() {
+        let mut m = three();
+        m.apply(&Command::CreateTopic {
+            name: "t".into(),
+            shards: 2,
+            settings: settings(3),
+            at_ms: 0,
+        });
+        let failure = crate::queue::state_log::Failure {
+            failures: 1,
+            first_ms: 5,
+            last_ms: 5,
+            error: "boom".into(),
+        };
+        m.apply(&queue_events(
+            "t",
+            vec![
+                (0, Event::Floor { offset: 0 }),
+                (0, Event::Ack { offset: 0 }),
+                (0, Event::Ack { offset: 2 }),
+                (
+                    1,
+                    Event::Fail {
+                        offset: 4,
+                        failure: failure.clone(),
+                        due_ms: 9,
+                    },
+                ),
+                (
+                    1,
+                    Event::Dead {
+                        offset: 3,
+                        failures: 5,
+                        dlq_shard: 1,
+                        dlq_offset: 7,
+                    },
+                ),
+            ],
+        ));
+        let q = m.queue_state("g", "t");
+        assert_eq!(q[&0].floor, 1, "offset 0 acked: the floor moved past it");
+        assert!(q[&0].done.contains(&2));
+        assert_eq!(q[&1].failed[&4], (failure, 9));
+        assert!(q[&1].done.contains(&3));
+        assert_eq!(q[&1].dlq_high[&1], 7);
+        // Acks come at the rate of consumers: the watchers never see them.
+        assert!(m.published().queues.is_empty());
+        assert_eq!(m.published().topics, m.topics);
+        // Events of a topic that is gone are dropped; deleting a topic forgets its
+        // queues, so one created again under the name starts fresh.
+        m.apply(&queue_events("gone", vec![(0, Event::Ack { offset: 1 })]));
+        assert!(m.queue_state("g", "gone").is_empty());
+        m.apply(&Command::DeleteTopic { name: "t".into() });
+        assert!(m.queues.is_empty());
+        // FORGET drops one queue.
+        m.apply(&Command::CreateTopic {
+            name: "t".into(),
+            shards: 1,
+            settings: settings(3),
+            at_ms: 0,
+        });
+        m.apply(&queue_events("t", vec![(0, Event::Ack { offset: 0 })]));
+        assert_eq!(m.queue_state("g", "t")[&0].floor, 1);
+        m.apply(&queue_events("t", vec![(0, Event::Forget)]));
+        assert!(m.queue_state("g", "t").is_empty());
+        // The queue state is part of snapshots.
+        m.apply(&queue_events("t", vec![(0, Event::Ack { offset: 0 })]));
+        let json = serde_json::to_vec(&m).unwrap();
+        let back: ClusterMeta = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back, m);
+    }
+
     #[test]
     fn topics_are_placed_on_distinct_nodes_with_the_primary_in_sync() {
         let mut m = three();

@@ -140,3 +140,106 @@ pub async fn run_journal(mut rx: mpsc::Receiver<JournalItem>, replicator: Arc<dy
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Records what it commits; fails commits while `fail` is set.
+    #[derive(Debug, Default)]
+    struct Fake {
+        entries: Mutex<Vec<Vec<QueueEvents>>>,
+        fail: std::sync::atomic::AtomicBool,
+    }
+
+    impl Replicator for Fake {
+        fn commit(&self, queues: Vec<QueueEvents>) -> BoxFuture<Result<(), BrokerError>> {
+            let fail = self.fail.load(std::sync::atomic::Ordering::Relaxed);
+            if !fail {
+                self.entries.lock().unwrap().push(queues);
+            }
+            Box::pin(async move {
+                if fail {
+                    Err(BrokerError::new(
+                        weir_protocol::ErrorCode::NoController,
+                        "no controller",
+                    ))
+                } else {
+                    Ok(())
+                }
+            })
+        }
+        fn queue_state(&self, _: &str, _: &str) -> HashMap<u32, ShardRecovery> {
+            HashMap::new()
+        }
+        fn has_group(&self, _: &str) -> bool {
+            false
+        }
+        fn leading_term(&self) -> Option<u64> {
+            Some(1)
+        }
+        fn shards_without_copy(&self, _: &str) -> Vec<u32> {
+            Vec::new()
+        }
+        fn catch_up(&self) -> BoxFuture<Result<(), BrokerError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn dead_letter_topic(
+            &self,
+            _: String,
+            _: String,
+            _: u32,
+            _: u64,
+        ) -> BoxFuture<Result<Arc<Topic>, BrokerError>> {
+            unreachable!("not used by the journal")
+        }
+        fn append_mirrored(
+            &self,
+            _: String,
+            _: u32,
+            _: Vec<Bytes>,
+        ) -> BoxFuture<Result<u64, BrokerError>> {
+            unreachable!("not used by the journal")
+        }
+    }
+
+    #[tokio::test]
+    async fn waiting_events_share_an_entry_in_order_and_failures_reach_every_waiter() {
+        let fake = Arc::new(Fake::default());
+        let (tx, rx) = mpsc::channel(JOURNAL_DEPTH);
+        // Queued before the task runs, so they are all waiting at its first look.
+        let mut pending = Vec::new();
+        for i in 0..10u64 {
+            let events = [(0, Event::Ack { offset: i })];
+            pending.push(journal(&tx, "g", "t", &events).await.unwrap());
+        }
+        let task = tokio::spawn(run_journal(rx, fake.clone()));
+        for p in pending {
+            assert!(matches!(p.await, Ok(Ok(_))));
+        }
+        {
+            let entries = fake.entries.lock().unwrap();
+            assert_eq!(entries.len(), 1, "ten waiting appends, one consensus entry");
+            let offsets: Vec<u64> = entries[0]
+                .iter()
+                .flat_map(|q| q.events.iter())
+                .map(|(_, e)| match e {
+                    Event::Ack { offset } => *offset,
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            assert_eq!(offsets, (0..10).collect::<Vec<_>>(), "in the order queued");
+        }
+        fake.fail.store(true, std::sync::atomic::Ordering::Relaxed);
+        let p = journal(&tx, "g", "t", &[(0, Event::Ack { offset: 99 })])
+            .await
+            .unwrap();
+        assert!(
+            matches!(p.await, Ok(Err(AppendError::Storage(_)))),
+            "a commit that failed is no durable append"
+        );
+        drop(tx);
+        task.await.unwrap();
+    }
+}
