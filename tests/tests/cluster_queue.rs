@@ -11,7 +11,7 @@ use weir_client::{
     Acks, Admin, Client, NackOutcome, Producer, ProducerRecord, QueueConfig, QueueConsumer,
     TopicConfig,
 };
-use weir_tests::{connect, read_to_end, ClusterProcesses};
+use weir_tests::{connect, read_all, read_to_end, ClusterProcesses};
 
 const RECORDS: usize = 120;
 /// Records `0..ACKED` are acknowledged and `ACKED..DEAD` dead-lettered before the kill.
@@ -201,4 +201,104 @@ async fn queue_state_and_dead_letters_survive_kill_9_of_the_controller() {
         view.shards.iter().any(|s| s.topic == "jobs.dlq"),
         "the dead-letter topic is in the cluster metadata"
     );
+}
+
+/// A topic with one copy per shard on three nodes: the controller holds only some of
+/// its shards and reads the others from their primaries. Every record is leased, a
+/// retried one comes back (re-read from what the controller holds, not from a copy),
+/// and a dead-lettered one reaches the dead-letter topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_serves_a_queue_of_shards_it_holds_no_copy_of() {
+    let c = ClusterProcesses::start(3, &[]);
+    let client = connect(&c.bootstrap(), Duration::from_secs(20)).await;
+    let ctl = controller(&client, 3, Duration::from_secs(20)).await;
+    let admin = Admin::new(client.clone());
+    let config = TopicConfig {
+        replicas: 1,
+        min_in_sync: 1,
+        ..TopicConfig::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match admin.create_topic("spread", 6, config.clone()).await {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("create topic: trying again: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("create topic: {e}"),
+        }
+    }
+    let view = admin.describe_cluster().await.expect("describe");
+    let elsewhere = view
+        .shards
+        .iter()
+        .filter(|s| s.topic == "spread" && !s.replicas.contains(&ctl))
+        .count();
+    assert!(elsewhere > 0, "some shard has no copy on the controller");
+    let producer = Producer::builder(&client).build().await.expect("producer");
+    let n = 90;
+    for i in 0..n {
+        producer
+            .send_and_wait(ProducerRecord::new("spread", format!("job-{i}")).key(format!("k{i}")))
+            .await
+            .expect("produce");
+    }
+    let q = QueueConsumer::with_config(
+        &client,
+        "spread-workers",
+        "spread",
+        QueueConfig {
+            lease: Duration::from_secs(60),
+            max_wait: Duration::from_millis(200),
+            ..QueueConfig::default()
+        },
+    );
+    let leased = lease(&q, n, Duration::from_secs(30)).await;
+    let got: BTreeSet<usize> = leased.iter().map(|m| index_of(&m.message.value)).collect();
+    assert_eq!(got, (0..n).collect::<BTreeSet<_>>(), "every record leased");
+    let shards: BTreeSet<u32> = leased.iter().map(|m| m.message.shard).collect();
+    assert_eq!(shards.len(), 6, "records of every shard");
+    // One record of a shard the controller holds no copy of is retried, one is
+    // dead-lettered; the rest are acknowledged.
+    let remote: BTreeSet<u32> = view
+        .shards
+        .iter()
+        .filter(|s| s.topic == "spread" && !s.replicas.contains(&ctl))
+        .map(|s| s.shard)
+        .collect();
+    let mut of_remote = leased.iter().filter(|m| remote.contains(&m.message.shard));
+    let retry = of_remote
+        .next()
+        .expect("a record of a remote shard")
+        .clone();
+    let dead = of_remote.next().expect("another one").clone();
+    match q.nack(&retry, true, "try again").await.expect("nack") {
+        NackOutcome::RetryIn(_) => {}
+        other => panic!("retriable nack: {other:?}"),
+    }
+    assert_eq!(
+        q.nack(&dead, false, "poison").await.expect("nack"),
+        NackOutcome::DeadLettered
+    );
+    let rest: Vec<_> = leased
+        .iter()
+        .filter(|m| m.lease_id != retry.lease_id && m.lease_id != dead.lease_id)
+        .cloned()
+        .collect();
+    for r in q.ack_many(&rest).await.expect("ack") {
+        r.expect("ack accepted");
+    }
+    let again = lease(&q, 1, Duration::from_secs(30)).await;
+    assert_eq!(again.len(), 1, "the retried record comes back");
+    assert_eq!(again[0].message.value, retry.message.value);
+    assert_eq!(again[0].message.offset, retry.message.offset);
+    assert_eq!(again[0].attempt, 2);
+    q.ack(&again[0]).await.expect("ack");
+    assert!(lease(&q, 1, Duration::from_secs(2)).await.is_empty());
+    // (Not `read_to_end`: its high-water marks come from Metadata, which a node without
+    // a copy of a shard answers from its empty local copy.)
+    let dlq = read_all(&client, "spread.dlq", 1, Duration::from_secs(20)).await;
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].value, dead.message.value);
 }

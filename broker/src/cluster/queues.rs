@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use weir_protocol::messages::{Acks, ProduceRequest, ProduceResponse, Records, TopicConfig};
+use weir_protocol::messages::{
+    Acks, FetchRequest, FetchResponse, ProduceRequest, ProduceResponse, Records, TopicConfig,
+};
 use weir_protocol::{ErrorCode, ResponseBody};
 
 use super::meta::{self, Command, NodeId};
@@ -76,6 +78,44 @@ impl Replicator for ClusterQueues {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    fn fetch(
+        &self,
+        topic: String,
+        shard: u32,
+        offset: u64,
+        max_bytes: u32,
+        max_wait_ms: u32,
+    ) -> BoxFuture<Result<FetchResponse, BrokerError>> {
+        let c = self.cluster.clone();
+        Box::pin(async move {
+            let primary = primary_of(&c, &topic, shard).await?;
+            let peer = c.peers.get(&primary).cloned().ok_or_else(|| {
+                BrokerError::new(
+                    ErrorCode::NotPrimary,
+                    format!("the primary of {topic}/{shard} is this node, which holds no copy"),
+                )
+            })?;
+            let req = FetchRequest {
+                topic: topic.clone(),
+                shard,
+                offset,
+                max_bytes,
+                min_bytes: 1,
+                max_wait_ms,
+            };
+            let timeout = Duration::from_millis(u64::from(max_wait_ms)) + PRODUCE_TIMEOUT;
+            match peer.call(req, timeout).await {
+                Ok(ResponseBody::Fetch(r)) => Ok(r),
+                Ok(_) => Err(BrokerError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("the primary of {topic}/{shard} answered another api"),
+                )),
+                Err(PeerError::Refused { code, message }) => Err(BrokerError::new(code, message)),
+                Err(e) => Err(BrokerError::new(ErrorCode::RequestTimedOut, e.to_string())),
+            }
+        })
     }
 
     fn catch_up(&self) -> BoxFuture<Result<(), BrokerError>> {

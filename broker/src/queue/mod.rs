@@ -289,19 +289,6 @@ impl QueueManager {
             return Ok(q);
         }
         let t = self.topics.get(topic)?;
-        if let Some(r) = self.replicated.get() {
-            // The queue task reads the controller's own copies (a mirror's copy holds
-            // what the primary acknowledged, up to the high-water mark it was told).
-            let missing = r.shards_without_copy(topic);
-            if !missing.is_empty() {
-                return Err(BrokerError::new(
-                    ErrorCode::InvalidRequest,
-                    format!(
-                        "topic {topic:?} cannot be consumed as a queue on this cluster: the controller holds no copy of shards {missing:?} (create the topic with --replicas equal to the node count)"
-                    ),
-                ));
-            }
-        }
         // Its dead letters go to `<topic><dlq_suffix>`: a topic whose name leaves no
         // room for the suffix could never dead-letter, so it cannot be a queue.
         let dlq = dlq::dlq_name(topic, &self.settings.dlq_suffix);

@@ -54,9 +54,19 @@ pub trait Replicator: Send + Sync + std::fmt::Debug {
     fn has_group(&self, group: &str) -> bool;
     /// The consensus term while this node leads, `None` otherwise.
     fn leading_term(&self) -> Option<u64>;
-    /// Shards of `topic` this node holds no copy of (the queue task reads local
-    /// copies).
+    /// Shards of `topic` this node holds no copy of: the queue task reads them from
+    /// their primaries ([`Replicator::fetch`]).
     fn shards_without_copy(&self, topic: &str) -> Vec<u32>;
+    /// Fetch from the primary of `topic`/`shard` (records below its high-water mark
+    /// only), waiting up to `max_wait_ms` there while nothing is new.
+    fn fetch(
+        &self,
+        topic: String,
+        shard: u32,
+        offset: u64,
+        max_bytes: u32,
+        max_wait_ms: u32,
+    ) -> BoxFuture<Result<weir_protocol::messages::FetchResponse, BrokerError>>;
     /// Waits until everything committed before the call is applied here.
     fn catch_up(&self) -> BoxFuture<Result<(), BrokerError>>;
     /// The dead-letter topic `name` (created through the consensus engine with the
@@ -184,6 +194,16 @@ mod tests {
         }
         fn catch_up(&self) -> BoxFuture<Result<(), BrokerError>> {
             Box::pin(async { Ok(()) })
+        }
+        fn fetch(
+            &self,
+            _: String,
+            _: u32,
+            _: u64,
+            _: u32,
+            _: u32,
+        ) -> BoxFuture<Result<weir_protocol::messages::FetchResponse, BrokerError>> {
+            unreachable!("not used by the journal")
         }
         fn dead_letter_topic(
             &self,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use weir_protocol::batch::BatchHeader;
+use weir_protocol::batch::{BatchHeader, Record};
 use weir_protocol::ErrorCode;
 
 use super::window::{read_record, EntryState, Timer};
@@ -29,6 +29,8 @@ const DLQ_RETRY: Duration = Duration::from_secs(1);
 /// Results of work the task handed to other tasks.
 pub(super) enum Internal {
     DeadWritten(DeadLettered),
+    /// A fetch of a shard this node holds no copy of (`remote.rs`).
+    Fetched(super::remote::Fetched),
 }
 
 /// How a dead-letter write of records of source shard `shard` ended.
@@ -125,7 +127,16 @@ impl QueueActor {
                 continue;
             }
             self.dlq_busy = true;
+            // A shard this node holds no copy of: the records go with the job.
+            let held = match &self.shards[s as usize].remote {
+                Some(feed) => items
+                    .iter()
+                    .filter_map(|(o, _)| feed.held.get(o).map(|r| (*o, r.clone())))
+                    .collect(),
+                None => HashMap::new(),
+            };
             let job = DeadLetterJob {
+                held,
                 shard: s,
                 items,
                 topic: self.topic.clone(),
@@ -167,6 +178,7 @@ impl QueueActor {
 
     pub(super) async fn on_internal(&mut self, msg: Internal) {
         match msg {
+            Internal::Fetched(f) => self.on_fetched(f),
             Internal::DeadWritten(done) => {
                 self.dlq_busy = false;
                 let s = done.shard;
@@ -282,6 +294,8 @@ struct DeadLetterJob {
     /// On a cluster node: the topic is created through the consensus engine and
     /// written on its primary with mirrored acks.
     replicated: Option<Arc<dyn crate::queue::replicated::Replicator>>,
+    /// Records of a shard this node holds no copy of, by offset.
+    held: HashMap<u64, Record>,
 }
 
 impl DeadLetterJob {
@@ -371,8 +385,12 @@ impl DeadLetterJob {
         while *at < self.items.len() && (batches.is_empty() || bytes < DLQ_APPEND_BYTES) {
             let (offset, failure) = &self.items[*at];
             *at += 1;
-            let built = read_record(topic, s, *offset)
-                .and_then(|rec| dlq::build_batch(&self.group, &topic.name, s, &rec, failure));
+            let record = match self.held.get(offset) {
+                Some(r) => Ok(r.clone()),
+                None => read_record(topic, s, *offset),
+            };
+            let built =
+                record.and_then(|rec| dlq::build_batch(&self.group, &topic.name, s, &rec, failure));
             match built {
                 Ok((batch, header)) => {
                     bytes += batch.len();
