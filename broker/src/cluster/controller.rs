@@ -31,7 +31,10 @@ pub async fn run(cluster: Arc<Cluster>, mut shutdown: tokio::sync::watch::Receiv
             continue;
         };
         let meta = cluster.meta();
-        for cmd in decide(&meta, &alive, crate::clock::now_ms()) {
+        let now_ms = crate::clock::now_ms();
+        let mut commands = decide(&meta, &alive, now_ms);
+        commands.extend(super::moves::decide(&meta, &alive, now_ms));
+        for cmd in commands {
             tracing::info!(?cmd, "controller decision");
             match cluster.consensus.write(cmd).await {
                 Ok(r) => tracing::debug!(?r, "controller decision applied"),

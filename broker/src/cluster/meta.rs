@@ -67,6 +67,19 @@ pub struct ShardEntry {
     /// shard's copies, oldest first.
     #[serde(default)]
     pub history: Vec<HistoryEvent>,
+    /// A move of one copy in progress (`weir shard move`), driven by the controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving: Option<ShardMove>,
+}
+
+/// A copy on its way from one node to another: `to` is already a replica (a mirror
+/// catching up); once it is in sync, the primary moves off `from` if it was there,
+/// and `from` stops being a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardMove {
+    pub from: NodeId,
+    pub to: NodeId,
+    pub started_ms: i64,
 }
 
 /// Changes kept per shard in [`ShardEntry::history`].
@@ -81,6 +94,12 @@ pub enum HistoryKind {
     PrimaryChanged,
     /// The in-sync set changed under the same primary.
     InSyncChanged,
+    /// A move started: the target node became a replica (not yet in sync).
+    MoveStarted,
+    /// A move finished: the source node is no longer a replica.
+    MoveFinished,
+    /// A move was given up: the target is no longer a replica.
+    MoveAborted,
 }
 
 impl HistoryKind {
@@ -90,6 +109,9 @@ impl HistoryKind {
             HistoryKind::Created => 0,
             HistoryKind::PrimaryChanged => 1,
             HistoryKind::InSyncChanged => 2,
+            HistoryKind::MoveStarted => 3,
+            HistoryKind::MoveFinished => 4,
+            HistoryKind::MoveAborted => 5,
         }
     }
 }
@@ -103,6 +125,10 @@ pub struct HistoryEvent {
     pub epoch: u32,
     pub primary: Option<NodeId>,
     pub in_sync: Vec<NodeId>,
+    /// Every copy after the change (older records, from before moves existed, have
+    /// none).
+    #[serde(default)]
+    pub replicas: Vec<NodeId>,
 }
 
 impl ShardEntry {
@@ -116,6 +142,7 @@ impl ShardEntry {
             epoch: self.epoch,
             primary: self.primary,
             in_sync: self.in_sync.clone(),
+            replicas: self.replicas.clone(),
         });
     }
 }
@@ -224,6 +251,32 @@ pub enum Command {
         group: String,
         offsets: Vec<(String, u32, u64)>,
     },
+    /// Starts moving the copy of `from` to `to` (who becomes a replica at once, out of
+    /// sync); applies only while the shard's version is `expected_version` and no
+    /// move is in progress.
+    StartMove {
+        topic: String,
+        shard: u32,
+        expected_version: u64,
+        from: NodeId,
+        to: NodeId,
+        at_ms: i64,
+    },
+    /// Ends the shard's move: `from` stops being a replica. Refused unless `to` is in
+    /// sync and `from` is not the primary.
+    FinishMove {
+        topic: String,
+        shard: u32,
+        expected_version: u64,
+        at_ms: i64,
+    },
+    /// Gives the shard's move up: `to` stops being a replica.
+    AbortMove {
+        topic: String,
+        shard: u32,
+        expected_version: u64,
+        at_ms: i64,
+    },
     /// Queue state events, in the order the queues' tasks made them (many queues' events
     /// share one entry: the controller's journal batches them).
     QueueEvents {
@@ -295,6 +348,7 @@ impl ClusterMeta {
                     .map(|s| {
                         let copies = placement::place(name, s, &nodes, replicas);
                         let mut entry = ShardEntry {
+                            moving: None,
                             primary: copies.first().copied(),
                             in_sync: copies.clone(),
                             replicas: copies,
@@ -382,6 +436,115 @@ impl ClusterMeta {
                 }
                 CommandResult::Done
             }
+            Command::StartMove {
+                topic,
+                shard,
+                expected_version,
+                from,
+                to,
+                at_ms,
+            } => {
+                if !self.nodes.contains_key(to) {
+                    return refused(
+                        E::InvalidRequest,
+                        format!("node {to} is not in the cluster"),
+                    );
+                }
+                match self.shard_mut(topic, *shard, *expected_version) {
+                    Err(r) => r,
+                    Ok(entry) => {
+                        if let Some(m) = entry.moving {
+                            return refused(
+                                E::InvalidRequest,
+                                format!(
+                                    "{topic}/{shard} is already moving from node {} to node {}",
+                                    m.from, m.to
+                                ),
+                            );
+                        }
+                        if !entry.replicas.contains(from) {
+                            return refused(
+                                E::InvalidRequest,
+                                format!("node {from} holds no copy of {topic}/{shard}"),
+                            );
+                        }
+                        if entry.replicas.contains(to) {
+                            return refused(
+                                E::InvalidRequest,
+                                format!("node {to} already holds a copy of {topic}/{shard}"),
+                            );
+                        }
+                        entry.replicas.push(*to);
+                        entry.moving = Some(ShardMove {
+                            from: *from,
+                            to: *to,
+                            started_ms: *at_ms,
+                        });
+                        entry.version += 1;
+                        entry.record(*at_ms, HistoryKind::MoveStarted);
+                        CommandResult::Done
+                    }
+                }
+            }
+            Command::FinishMove {
+                topic,
+                shard,
+                expected_version,
+                at_ms,
+            } => match self.shard_mut(topic, *shard, *expected_version) {
+                Err(r) => r,
+                Ok(entry) => {
+                    let Some(m) = entry.moving else {
+                        return refused(
+                            E::InvalidRequest,
+                            format!("{topic}/{shard} is not moving"),
+                        );
+                    };
+                    if !entry.in_sync.contains(&m.to) || entry.primary == Some(m.from) {
+                        return refused(
+                            E::InvalidRequest,
+                            format!(
+                                "{topic}/{shard}: node {} is not in sync yet or node {} is still the primary",
+                                m.to, m.from
+                            ),
+                        );
+                    }
+                    entry.replicas.retain(|n| *n != m.from);
+                    entry.in_sync.retain(|n| *n != m.from);
+                    entry.moving = None;
+                    entry.version += 1;
+                    entry.record(*at_ms, HistoryKind::MoveFinished);
+                    CommandResult::Done
+                }
+            },
+            Command::AbortMove {
+                topic,
+                shard,
+                expected_version,
+                at_ms,
+            } => match self.shard_mut(topic, *shard, *expected_version) {
+                Err(r) => r,
+                Ok(entry) => {
+                    let Some(m) = entry.moving else {
+                        return refused(
+                            E::InvalidRequest,
+                            format!("{topic}/{shard} is not moving"),
+                        );
+                    };
+                    if entry.primary == Some(m.to) {
+                        return refused(
+                            E::InvalidRequest,
+                            format!("{topic}/{shard}: node {} is already the primary", m.to),
+                        );
+                    }
+                    entry.replicas.retain(|n| *n != m.to);
+                    entry.in_sync.retain(|n| *n != m.to);
+                    entry.moving = None;
+                    entry.version += 1;
+                    entry.record(*at_ms, HistoryKind::MoveAborted);
+                    CommandResult::Done
+                }
+            },
             Command::QueueEvents { queues } => {
                 for q in queues {
                     self.apply_queue_events(q);

@@ -9,7 +9,7 @@
 //! - `replication/`: mirrors fetching from primaries, the in-sync set and high-water
 //!   mark on primaries, epoch history and truncation;
 //! - `controller.rs`: what the controller decides (failover, in-sync changes of dead
-//!   nodes);
+//!   nodes); `moves.rs`: the steps of a copy's move between nodes;
 //! - `agent.rs`: what every node does when the metadata changes (open and close local
 //!   copies, take or give up the primary role);
 //! - `queues.rs`: queue mode on a cluster (state through consensus, dead letters and
@@ -21,6 +21,7 @@ pub mod agent;
 pub mod consensus;
 pub mod controller;
 pub mod meta;
+pub mod moves;
 pub mod peer;
 pub mod placement;
 pub mod queues;
@@ -344,8 +345,49 @@ impl Cluster {
                     epoch: e.epoch,
                     primary: e.primary.map_or(NO_NODE, |p| p as u32),
                     in_sync: ids(&e.in_sync),
+                    replicas: ids(&e.replicas),
                 })
                 .collect(),
+        })
+    }
+
+    /// ShardMove: starts moving one copy (committed through the controller, which
+    /// drives the rest: `moves.rs`).
+    pub async fn start_move(
+        &self,
+        r: &weir_protocol::messages::ShardMoveRequest,
+    ) -> Result<weir_protocol::messages::ShardMoveResponse, BrokerError> {
+        use weir_protocol::messages::NO_NODE;
+        let meta = self.meta();
+        let entry = meta.shard(&r.topic, r.shard).ok_or_else(|| {
+            BrokerError::new(
+                ErrorCode::UnknownTopic,
+                format!("{}/{} is not in the cluster metadata", r.topic, r.shard),
+            )
+        })?;
+        let from = match r.from_node {
+            NO_NODE => entry.primary.ok_or_else(|| {
+                BrokerError::new(
+                    ErrorCode::ShardOffline,
+                    format!("{}/{} has no primary to move", r.topic, r.shard),
+                )
+            })?,
+            n => NodeId::from(n),
+        };
+        let result = self
+            .consensus
+            .write(meta::Command::StartMove {
+                topic: r.topic.clone(),
+                shard: r.shard,
+                expected_version: entry.version,
+                from,
+                to: NodeId::from(r.to_node),
+                at_ms: crate::clock::now_ms(),
+            })
+            .await?;
+        refusal(result)?;
+        Ok(weir_protocol::messages::ShardMoveResponse {
+            from_node: from as u32,
         })
     }
 

@@ -35,6 +35,8 @@ struct Progress {
 /// What changes with the metadata: the committed in-sync set and its version.
 #[derive(Debug, Clone)]
 struct Membership {
+    /// Every copy (changes when a copy moves: `weir shard move`).
+    replicas: Vec<NodeId>,
     in_sync: Vec<NodeId>,
     version: u64,
     /// When each mirror last left the in-sync set: it rejoins only after catching up
@@ -49,7 +51,6 @@ pub struct PrimaryState {
     pub shard_no: u32,
     pub node_id: NodeId,
     pub epoch: u32,
-    pub replicas: Vec<NodeId>,
     pub min_in_sync: usize,
     pub shard: Arc<Shard>,
     membership: Mutex<Membership>,
@@ -93,10 +94,10 @@ impl PrimaryState {
             shard_no,
             node_id,
             epoch: entry.epoch,
-            replicas: entry.replicas.clone(),
             min_in_sync,
             shard,
             membership: Mutex::new(Membership {
+                replicas: entry.replicas.clone(),
                 in_sync: entry.in_sync.clone(),
                 version: entry.version,
                 left: HashMap::new(),
@@ -111,7 +112,16 @@ impl PrimaryState {
         Ok(p)
     }
 
-    /// Takes a newer in-sync set (same epoch) from the metadata.
+    /// Every copy of the shard, as of the metadata this primary last took.
+    pub fn replicas(&self) -> Vec<NodeId> {
+        self.membership
+            .lock()
+            .expect("membership lock")
+            .replicas
+            .clone()
+    }
+
+    /// Takes a newer in-sync set and replica list (same epoch) from the metadata.
     pub fn update(&self, entry: &ShardEntry) {
         {
             let mut m = self.membership.lock().expect("membership lock");
@@ -125,6 +135,7 @@ impl PrimaryState {
                 }
             }
             m.in_sync = entry.in_sync.clone();
+            m.replicas = entry.replicas.clone();
             m.version = entry.version;
         }
         self.recompute();
@@ -247,7 +258,7 @@ impl PrimaryState {
             ));
         }
         let mirror = u64::from(req.node_id);
-        if !self.replicas.contains(&mirror) || mirror == self.node_id {
+        if !self.replicas().contains(&mirror) || mirror == self.node_id {
             return Err(BrokerError::new(
                 ErrorCode::InvalidRequest,
                 format!(
@@ -322,13 +333,14 @@ impl PrimaryState {
         let now = Instant::now();
         let end = self.shard.reader().log_end_offset();
         let Membership {
+            replicas,
             in_sync,
             version,
             left,
         } = self.membership.lock().expect("membership lock").clone();
         let mirrors = self.mirrors.lock().expect("mirrors lock");
-        let mut wanted: Vec<NodeId> = Vec::with_capacity(self.replicas.len());
-        for &n in &self.replicas {
+        let mut wanted: Vec<NodeId> = Vec::with_capacity(replicas.len());
+        for &n in &replicas {
             if n == self.node_id {
                 wanted.push(n);
                 continue;
@@ -354,8 +366,9 @@ impl PrimaryState {
     pub fn mirror_states(&self) -> Vec<MirrorState> {
         let end = self.shard.reader().log_end_offset();
         let now = Instant::now();
+        let replicas = self.replicas();
         let mirrors = self.mirrors.lock().expect("mirrors lock");
-        self.replicas
+        replicas
             .iter()
             .filter(|&&n| n != self.node_id)
             .map(|&n| {
