@@ -494,19 +494,24 @@ fn response_body() -> impl Strategy<Value = ResponseBody> {
                 }),
                 0..3
             ),
-            records()
+            records(),
+            (any::<u64>(), any::<u64>())
         )
-            .prop_map(|((epoch, hwm, lso, truncate_to), epochs, records)| {
-                MirrorFetchResponse {
-                    epoch,
-                    high_watermark: hwm,
-                    log_start_offset: lso,
-                    truncate_to,
-                    epochs,
-                    records,
+            .prop_map(
+                |((epoch, hwm, lso, truncate_to), epochs, records, (end, rate))| {
+                    MirrorFetchResponse {
+                        epoch,
+                        high_watermark: hwm,
+                        log_start_offset: lso,
+                        truncate_to,
+                        epochs,
+                        records,
+                        log_end_offset: end,
+                        write_rate: rate,
+                    }
+                    .into()
                 }
-                .into()
-            }),
+            ),
         vec(any::<u8>(), 0..64).prop_map(|p| ConsensusRpcResponse {
             payload: Bytes::from(p)
         }

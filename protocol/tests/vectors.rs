@@ -1076,6 +1076,8 @@ fn responses() -> Vec<(&'static str, ResponseFrame)> {
                         start_offset: 40,
                     }],
                     records: Records::from_bytes(stored_batch()),
+                    log_end_offset: 42,
+                    write_rate: 1_500,
                 }
                 .into(),
             ),

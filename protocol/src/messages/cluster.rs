@@ -207,6 +207,12 @@ wire_struct! {
         pub truncate_to: u64,
         /// The primary's epoch history from the epoch holding `fetch_offset` on.
         pub epochs: Vec<EpochStart>,
+        /// The primary's log end: how far behind the mirror is.
+        pub log_end_offset: u64,
+        /// Records per second the primary took over its last second or more: a lagging
+        /// mirror catches up the busiest shards first.
+        pub write_rate: u64,
+        /// Last: runs to the end of the frame.
         pub records: Records,
     }
 }

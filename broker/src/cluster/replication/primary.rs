@@ -60,6 +60,9 @@ pub struct PrimaryState {
     written: Notify,
     /// Set when this node stops being the primary of this epoch.
     resigned: std::sync::atomic::AtomicBool,
+    /// (when, log end then, records per second over the interval before): what
+    /// MirrorFetch answers tell a lagging mirror about this shard's write rate.
+    rate: Mutex<(Instant, u64, u64)>,
     since: Instant,
 }
 
@@ -106,6 +109,7 @@ impl PrimaryState {
             epochs: Mutex::new(epochs),
             written: Notify::new(),
             resigned: std::sync::atomic::AtomicBool::new(false),
+            rate: Mutex::new((Instant::now(), end, 0)),
             since: Instant::now(),
         };
         p.recompute();
@@ -298,9 +302,23 @@ impl PrimaryState {
         ))
     }
 
+    /// Records per second taken over the last second or more (sampled by fetches).
+    fn write_rate(&self, end: u64) -> u64 {
+        let mut r = self.rate.lock().expect("rate lock");
+        let elapsed = r.0.elapsed();
+        if elapsed >= Duration::from_secs(1) {
+            let rate = (end.saturating_sub(r.1) as f64 / elapsed.as_secs_f64()) as u64;
+            *r = (Instant::now(), end, rate);
+        }
+        r.2
+    }
+
     fn response(&self, records: Records, truncate_to: u64, from: u64) -> MirrorFetchResponse {
         let reader = self.shard.reader();
+        let end = reader.log_end_offset();
         MirrorFetchResponse {
+            log_end_offset: end,
+            write_rate: self.write_rate(end),
             epoch: self.epoch,
             high_watermark: reader.high_watermark(),
             log_start_offset: reader.log_start_offset(),
