@@ -47,8 +47,7 @@ async fn move_outcome(client: &Client, topic: &str, within: Duration) -> u8 {
                 .events
                 .iter()
                 .map(|e| e.kind)
-                .filter(|k| [MOVE_STARTED, MOVE_FINISHED, MOVE_ABORTED].contains(k))
-                .last();
+                .rfind(|k| [MOVE_STARTED, MOVE_FINISHED, MOVE_ABORTED].contains(k));
             if let Some(k @ (MOVE_FINISHED | MOVE_ABORTED)) = last {
                 return k;
             }

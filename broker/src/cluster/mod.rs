@@ -59,6 +59,8 @@ pub struct Cluster {
     primaries: RwLock<HashMap<String, HashMap<u32, Arc<PrimaryState>>>>,
     /// The mirror tasks of the shards this node copies.
     mirrors: Mutex<HashMap<(String, u32), JoinHandle<()>>>,
+    /// Catch-up permits of this node's lagging copies.
+    pub backfill: Arc<replication::backfill::Backfill>,
 }
 
 impl Cluster {
@@ -90,12 +92,15 @@ impl Cluster {
         tracing::info!(node_id, nodes = peers_cfg.len(), "cluster node started");
         Ok(Arc::new(Cluster {
             node_id,
-            config,
             consensus,
             peers,
             topics,
             primaries: RwLock::new(HashMap::new()),
             mirrors: Mutex::new(HashMap::new()),
+            backfill: Arc::new(replication::backfill::Backfill::new(
+                config.mirror_catchup_parallel,
+            )),
+            config,
         }))
     }
 
@@ -498,6 +503,17 @@ fn refusal(result: meta::CommandResult) -> Result<(), BrokerError> {
 
 /// The cluster's figures for `/metrics` and the status page.
 impl crate::meters::ClusterGauges for Cluster {
+    fn catchups(&self) -> (u64, u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = &self.backfill.metrics;
+        (
+            self.backfill.active() as u64,
+            m.finished.load(Relaxed),
+            m.records.load(Relaxed),
+            m.bytes.load(Relaxed),
+        )
+    }
+
     fn mirror_lag_records(&self) -> Vec<(String, u32, String, u64)> {
         self.led_shards()
             .iter()

@@ -110,7 +110,7 @@ pub async fn run_shard(admin: &Admin, cmd: ShardCmd) -> anyhow::Result<()> {
             );
         }
         seen = h.events.len();
-        match h.events.iter().skip(start).map(|e| e.kind).last() {
+        match h.events.iter().skip(start).map(|e| e.kind).next_back() {
             Some(MOVE_FINISHED) => {
                 println!("move finished");
                 return Ok(());
