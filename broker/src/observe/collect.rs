@@ -639,19 +639,19 @@ impl Scrape {
         )?;
         counter(
             enc,
-            "weir_cluster_catchups_finished_total",
+            "weir_cluster_catchups_finished",
             "Catch-ups of this node's copies that finished since start.",
             [(Vec::new(), finished)],
         )?;
         counter(
             enc,
-            "weir_cluster_catchup_bytes_total",
+            "weir_cluster_catchup_bytes",
             "Bytes this node's catching-up copies fetched since start.",
             [(Vec::new(), bytes)],
         )?;
         counter(
             enc,
-            "weir_cluster_catchup_records_total",
+            "weir_cluster_catchup_records",
             "Records this node's catching-up copies fetched since start.",
             [(Vec::new(), records)],
         )

@@ -25,6 +25,12 @@ use tokio::sync::Notify;
 /// A shard copy: topic and shard number.
 pub type Key = (String, u32);
 
+/// When nothing is catching up, how long the first waiter waits for others to show
+/// up before the ranking picks: a restarted node's copies each make their first fetch
+/// within about this long, and the busiest of them should go first, not the first to
+/// ask.
+const GATHER: Duration = Duration::from_millis(300);
+
 /// Node-wide counters of catch-ups.
 #[derive(Debug, Default)]
 pub struct BackfillMetrics {
@@ -49,6 +55,8 @@ struct Inner {
     waiting: HashMap<Key, u64>,
     /// Order in which catch-ups started, for tests and logs.
     started: Vec<Key>,
+    /// Since when shards wait while none is catching up (see [`GATHER`]).
+    gathering_since: Option<Instant>,
 }
 
 /// The node's catch-up scheduler.
@@ -92,14 +100,24 @@ impl Backfill {
                     return self.permit(key);
                 }
                 inner.waiting.insert(key.clone(), rate);
+                let gathering = inner.active.is_empty()
+                    && inner
+                        .gathering_since
+                        .get_or_insert_with(Instant::now)
+                        .elapsed()
+                        < GATHER;
                 let first = inner
                     .waiting
                     .iter()
                     .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
                     .map(|(k, _)| k.clone());
-                if inner.active.len() < self.parallel && first.as_ref() == Some(&key) {
+                if !gathering && inner.active.len() < self.parallel && first.as_ref() == Some(&key)
+                {
                     let waiting = inner.waiting.len();
                     inner.waiting.remove(&key);
+                    if inner.waiting.is_empty() {
+                        inner.gathering_since = None;
+                    }
                     inner.active.insert(
                         key.clone(),
                         Active {
@@ -116,8 +134,9 @@ impl Backfill {
                     return self.permit(key);
                 }
             }
-            // Bounded: a waiter whose turn came while it was not listening looks again.
-            let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
+            // Bounded: a waiter whose turn came while it was not listening (or whose
+            // gathering time ran out) looks again.
+            let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
         }
     }
 
