@@ -55,6 +55,9 @@ pub struct Cluster {
     primaries: RwLock<HashMap<String, HashMap<u32, Arc<PrimaryState>>>>,
     /// The mirror tasks of the shards this node copies.
     mirrors: Mutex<HashMap<(String, u32), JoinHandle<()>>>,
+    /// Mirrors held out of sync because their divergent suffix cannot be kept yet,
+    /// and why (shown on `/health`).
+    pub held: replication::held::HeldCopies,
 }
 
 impl Cluster {
@@ -92,6 +95,7 @@ impl Cluster {
             topics,
             primaries: RwLock::new(HashMap::new()),
             mirrors: Mutex::new(HashMap::new()),
+            held: Default::default(),
         }))
     }
 

@@ -30,7 +30,7 @@ pub async fn run(cluster: Arc<Cluster>, topic: String, shard_no: u32) {
     let mut epochs = EpochHistory::load(&cluster.topics.shard_dir(&topic, shard_no));
     loop {
         match round(&cluster, &topic, shard_no, &mut epochs).await {
-            Ok(()) => {}
+            Ok(()) => cluster.held.release(&topic, shard_no),
             // A metadata change (a new primary after a switchover) ends the pause:
             // the in-sync mirrors are what the new primary's mirrored acks wait for.
             Err(Pause::Short) => {
@@ -131,6 +131,20 @@ async fn round(
                 ),
                 Err(e) => {
                     tracing::warn!(topic, shard = shard_no, error = %e.message, "keeping the divergent records failed; the cut waits");
+                    cluster.held.hold(
+                        topic,
+                        shard_no,
+                        format!(
+                            "out of sync: its records {}..{} diverge from primary {primary}'s (epoch {}) and cannot be kept in {} yet ({}: {}); the cut waits for that, retried every {} ms",
+                            resp.truncate_to,
+                            end,
+                            entry.epoch,
+                            reconcile::topic_for(topic),
+                            e.code,
+                            e.message,
+                            RETRY_PAUSE.as_millis()
+                        ),
+                    );
                     return Err(Pause::Short);
                 }
             }

@@ -5,6 +5,7 @@
 //! (`reconcile.rs`).
 
 pub mod epochs;
+pub mod held;
 pub mod mirror;
 pub mod primary;
 pub mod reconcile;
