@@ -54,17 +54,26 @@ fn admin_config(ca: &Path) -> ClientConfig {
 /// retrying while the cluster elects its controller; then produces 50 records with
 /// `mirrored` acks until all 50 are acknowledged, and reads them back.
 async fn mirrored_produce_is_acknowledged(bootstrap: String, ca: &Path, topic: &str) {
+    mirrored_produce_is_acknowledged_with(bootstrap, admin_config(ca), topic).await
+}
+
+/// [`mirrored_produce_is_acknowledged`] with a client configured by `config`.
+async fn mirrored_produce_is_acknowledged_with(
+    bootstrap: String,
+    config: ClientConfig,
+    topic: &str,
+) {
     let deadline = Instant::now() + WAIT;
     let client = loop {
         let attempt = async {
-            let client = Client::connect_with(bootstrap.clone(), admin_config(ca)).await?;
-            let config = TopicConfig {
+            let client = Client::connect_with(bootstrap.clone(), config.clone()).await?;
+            let settings = TopicConfig {
                 replicas: 3,
                 min_in_sync: 2,
                 ..TopicConfig::default()
             };
             Admin::new(client.clone())
-                .create_topic(topic, 1, config)
+                .create_topic(topic, 1, settings)
                 .await?;
             Ok::<_, weir_client::ClientError>(client)
         };
@@ -153,6 +162,35 @@ async fn a_tls_cluster_with_auth_required_elects_and_acknowledges_mirrored_produ
             n.log()
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_mutual_tls_the_nodes_present_their_certificates_to_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "cluster");
+    let node = ca.node(dir.path(), "weir-node");
+    let app = ca.client(dir.path(), "app", false);
+    // Every port asks for a client certificate: a link that did not present the
+    // node's own would be refused, and no controller would be elected.
+    let c = ClusterProcesses::start_each(3, |_| {
+        vec![
+            ("WEIR_TLS_CERT".into(), node.cert.display().to_string()),
+            ("WEIR_TLS_KEY".into(), node.key.display().to_string()),
+            ("WEIR_TLS_CLIENT_CA".into(), ca.cert.display().to_string()),
+            ("WEIR_CLUSTER_TLS_CA".into(), ca.cert.display().to_string()),
+        ]
+    });
+    let config = ClientConfig {
+        tls: Some(TlsConfig {
+            ca: ca.cert.clone(),
+            cert: Some(app.cert.clone()),
+            key: Some(app.key.clone()),
+            server_name: None,
+        }),
+        request_timeout: Duration::from_secs(20),
+        ..ClientConfig::default()
+    };
+    mirrored_produce_is_acknowledged_with(c.bootstrap(), config, "mutual").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
