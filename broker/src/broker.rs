@@ -66,6 +66,11 @@ impl Broker {
         if let Some(c) = &cluster {
             let gauges: Arc<dyn crate::meters::ClusterGauges> = c.clone();
             let _ = state.meters.cluster.set(gauges);
+            state
+                .queues
+                .set_replicator(Arc::new(crate::cluster::queues::ClusterQueues::new(
+                    c.clone(),
+                )));
         }
         let state = Arc::new(state);
         state.security.restore_quotas(&state.flow);
@@ -249,6 +254,7 @@ async fn tick(state: Arc<BrokerState>, mut shutdown: watch::Receiver<bool>) {
             _ = tick.tick() => {
                 state.groups.tick();
                 state.flow.tick();
+                state.queues.check_term();
             }
             _ = compact_tick.tick() => {
                 let s = state.clone();

@@ -300,6 +300,8 @@ pub struct Config {
     pub mirror_lag_max_ms: u64,
     /// Most bytes one MirrorFetch returns.
     pub mirror_fetch_max_bytes: u32,
+    /// Lagging copies of a node that catch up at once (busiest shards first).
+    pub mirror_catchup_parallel: usize,
     /// Copies per shard when CreateTopic asks for 0 (capped at the cluster's nodes).
     pub default_replicas: u8,
     /// In-sync copies a `mirrored` produce needs when CreateTopic asks for 0 (capped
@@ -511,6 +513,7 @@ impl Default for Config {
             node_timeout_ms: 600,
             mirror_lag_max_ms: 2_000,
             mirror_fetch_max_bytes: 4 << 20,
+            mirror_catchup_parallel: 2,
             default_replicas: 3,
             default_min_in_sync: 2,
             cluster_partition_file: String::new(),
@@ -861,6 +864,9 @@ impl Config {
         }
         if self.node_timeout_ms < 2 * self.cluster_heartbeat_ms {
             return bad("node_timeout_ms must be at least 2 × cluster_heartbeat_ms");
+        }
+        if !(1..=1024).contains(&self.mirror_catchup_parallel) {
+            return bad("mirror_catchup_parallel must be in 1..=1024");
         }
         if self.mirror_lag_max_ms < 100 {
             return bad("mirror_lag_max_ms must be at least 100");

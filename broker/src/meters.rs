@@ -183,6 +183,9 @@ pub trait ClusterGauges: std::fmt::Debug + Send + Sync {
     /// The nodes (id, address, alive, consensus role) and each shard's placement
     /// (topic, shard, primary or 0, epoch, replicas, in-sync set), for the status page.
     fn placement(&self) -> ClusterPlacement;
+    /// Catch-ups of this node's lagging copies: (running now, finished, records
+    /// copied, bytes copied) since start.
+    fn catchups(&self) -> (u64, u64, u64, u64);
 }
 
 /// What the status page shows of the cluster.

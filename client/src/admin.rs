@@ -197,6 +197,25 @@ impl Admin {
         expect_body!(self.client.call(req).await?, DescribeShardHistory)
     }
 
+    /// Starts moving one copy of `topic`/`shard` to node `to` (cluster only): from node
+    /// `from`, or from the primary when `from` is `None`. Returns the source node; the
+    /// move goes on in the cluster ([`Admin::shard_history`] shows its steps).
+    pub async fn move_shard(
+        &self,
+        topic: &str,
+        shard: u32,
+        from: Option<u32>,
+        to: u32,
+    ) -> Result<u32> {
+        let req = ShardMoveRequest {
+            topic: topic.to_string(),
+            shard,
+            from_node: from.unwrap_or(weir_protocol::messages::NO_NODE),
+            to_node: to,
+        };
+        Ok(expect_body!(self.client.call(req).await?, ShardMove)?.from_node)
+    }
+
     /// DescribeCluster asked of the node at `addr` itself (not routed, not retried):
     /// only a shard's primary answers its live fields (`live = 1`: high-water mark,
     /// mirror positions), so `weir cluster status` asks every node.

@@ -30,11 +30,11 @@ pub(crate) const MAX_ROUTE_ATTEMPTS: u32 = 8;
 /// Where a request must go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Route<'a> {
-    /// Any live node (topic administration, metadata, producer ids, queues, quotas).
+    /// Any live node (topic administration, metadata, producer ids, quotas).
     Any,
     /// The primary of one shard (Produce, Fetch, PriorityFetch, ListOffsets).
     Shard(&'a str, u32),
-    /// The controller, which coordinates every consumer group.
+    /// The controller, which coordinates every consumer group and serves every queue.
     Controller,
 }
 
@@ -50,7 +50,12 @@ pub(crate) fn route_of(req: &Request) -> Route<'_> {
         | Request::LeaveGroup(_)
         | Request::CommitOffsets(_)
         | Request::FetchOffsets(_)
-        | Request::DescribeShardHistory(_) => Route::Controller,
+        | Request::DescribeShardHistory(_)
+        | Request::QueueFetch(_)
+        | Request::Ack(_)
+        | Request::Nack(_)
+        | Request::ExtendLease(_)
+        | Request::QueueStatus(_) => Route::Controller,
         _ => Route::Any,
     }
 }

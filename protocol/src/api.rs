@@ -151,6 +151,8 @@ apis! {
     ClusterWrite = 43, v 0..=0, ClusterWriteRequest => ClusterWriteResponse;
     /// One shard's replication record: copies and the history of their changes.
     DescribeShardHistory = 44, v 0..=0, DescribeShardHistoryRequest => DescribeShardHistoryResponse;
+    /// Move one copy of a shard to another node.
+    ShardMove = 45, v 0..=0, ShardMoveRequest => ShardMoveResponse;
     /// One step of authentication (SCRAM-SHA-256 or an API key).
     Authenticate = 50, v 0..=0, AuthenticateRequest => AuthenticateResponse;
     /// Create a user or change its password (its SCRAM credential).

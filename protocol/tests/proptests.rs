@@ -224,6 +224,15 @@ fn request() -> impl Strategy<Value = Request> {
         strings().prop_map(|topics| DescribeClusterRequest { topics }.into()),
         (s(), any::<u32>())
             .prop_map(|(topic, shard)| DescribeShardHistoryRequest { topic, shard }.into()),
+        (s(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(
+            |(topic, shard, from_node, to_node)| ShardMoveRequest {
+                topic,
+                shard,
+                from_node,
+                to_node
+            }
+            .into()
+        ),
         (
             s(),
             any::<u32>(),
@@ -448,17 +457,21 @@ fn response_body() -> impl Strategy<Value = ResponseBody> {
                     any::<u8>(),
                     any::<u32>(),
                     any::<u32>(),
+                    vec(any::<u32>(), 0..4),
                     vec(any::<u32>(), 0..4)
                 )
-                    .prop_map(|(at_ms, kind, epoch, primary, in_sync)| {
-                        ShardEvent {
-                            at_ms,
-                            kind,
-                            epoch,
-                            primary,
-                            in_sync,
+                    .prop_map(
+                        |(at_ms, kind, epoch, primary, in_sync, replicas)| {
+                            ShardEvent {
+                                at_ms,
+                                kind,
+                                epoch,
+                                primary,
+                                in_sync,
+                                replicas,
+                            }
                         }
-                    }),
+                    ),
                 0..4
             )
         )
@@ -471,6 +484,7 @@ fn response_body() -> impl Strategy<Value = ResponseBody> {
                 }
                 .into()
             }),
+        any::<u32>().prop_map(|from_node| ShardMoveResponse { from_node }.into()),
         (
             (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()),
             vec(
@@ -480,19 +494,24 @@ fn response_body() -> impl Strategy<Value = ResponseBody> {
                 }),
                 0..3
             ),
-            records()
+            records(),
+            (any::<u64>(), any::<u64>())
         )
-            .prop_map(|((epoch, hwm, lso, truncate_to), epochs, records)| {
-                MirrorFetchResponse {
-                    epoch,
-                    high_watermark: hwm,
-                    log_start_offset: lso,
-                    truncate_to,
-                    epochs,
-                    records,
+            .prop_map(
+                |((epoch, hwm, lso, truncate_to), epochs, records, (end, rate))| {
+                    MirrorFetchResponse {
+                        epoch,
+                        high_watermark: hwm,
+                        log_start_offset: lso,
+                        truncate_to,
+                        epochs,
+                        records,
+                        log_end_offset: end,
+                        write_rate: rate,
+                    }
+                    .into()
                 }
-                .into()
-            }),
+            ),
         vec(any::<u8>(), 0..64).prop_map(|p| ConsensusRpcResponse {
             payload: Bytes::from(p)
         }

@@ -246,6 +246,18 @@ fn requests() -> Vec<(&'static str, RequestFrame)> {
             ),
         ),
         (
+            "shard_move_request",
+            RequestFrame::new(
+                45,
+                ShardMoveRequest {
+                    topic: "orders".into(),
+                    shard: 0,
+                    from_node: 1,
+                    to_node: 3,
+                },
+            ),
+        ),
+        (
             "mirror_fetch_request",
             RequestFrame::new(
                 41,
@@ -1011,6 +1023,14 @@ fn responses() -> Vec<(&'static str, ResponseFrame)> {
             ),
         ),
         (
+            "shard_move_response",
+            ok(
+                ApiKey::ShardMove,
+                45,
+                ShardMoveResponse { from_node: 1 }.into(),
+            ),
+        ),
+        (
             "describe_shard_history_response",
             ok(
                 ApiKey::DescribeShardHistory,
@@ -1026,6 +1046,7 @@ fn responses() -> Vec<(&'static str, ResponseFrame)> {
                             epoch: 1,
                             primary: 1,
                             in_sync: vec![1, 2],
+                            replicas: vec![1, 2],
                         },
                         ShardEvent {
                             at_ms: 1_767_225_660_000,
@@ -1033,6 +1054,7 @@ fn responses() -> Vec<(&'static str, ResponseFrame)> {
                             epoch: 2,
                             primary: 2,
                             in_sync: vec![2],
+                            replicas: vec![1, 2],
                         },
                     ],
                 }
@@ -1054,6 +1076,8 @@ fn responses() -> Vec<(&'static str, ResponseFrame)> {
                         start_offset: 40,
                     }],
                     records: Records::from_bytes(stored_batch()),
+                    log_end_offset: 42,
+                    write_rate: 1_500,
                 }
                 .into(),
             ),

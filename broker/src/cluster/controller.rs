@@ -35,7 +35,9 @@ pub async fn run(cluster: Arc<Cluster>, mut shutdown: tokio::sync::watch::Receiv
             continue;
         };
         let meta = cluster.meta();
-        let decisions = decide(&meta, &alive, crate::clock::now_ms());
+        let now_ms = crate::clock::now_ms();
+        let mut decisions = decide(&meta, &alive, now_ms);
+        decisions.extend(super::moves::decide(&meta, &alive, now_ms));
         for cmd in &decisions {
             tracing::info!(?cmd, "controller decision");
         }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use weir_protocol::messages::{Durability, TopicConfig};
 
 use super::placement;
+use crate::queue::state_log::{Event, QueueEvents, ShardRecovery};
 
 /// A node's id, as given by `--node-id` (1 and up; 0 means "no node" on the wire).
 pub type NodeId = u64;
@@ -27,6 +28,12 @@ pub struct ClusterMeta {
     pub next_producer_id: u64,
     /// Committed offsets: group → topic → shard → next offset to consume.
     pub offsets: BTreeMap<String, BTreeMap<String, BTreeMap<u32, u64>>>,
+    /// Queue state (acks, failures, dead-letterings folded per queue shard): group →
+    /// topic → shard. Applied like everything else but not published on the metadata
+    /// watch (see [`ClusterMeta::published`]): it changes at the rate of acks, and only
+    /// the controller's queue tasks read it, when they start.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub queues: BTreeMap<String, BTreeMap<String, BTreeMap<u32, ShardRecovery>>>,
 }
 
 /// One node.
@@ -60,6 +67,19 @@ pub struct ShardEntry {
     /// shard's copies, oldest first.
     #[serde(default)]
     pub history: Vec<HistoryEvent>,
+    /// A move of one copy in progress (`weir shard move`), driven by the controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving: Option<ShardMove>,
+}
+
+/// A copy on its way from one node to another: `to` is already a replica (a mirror
+/// catching up); once it is in sync, the primary moves off `from` if it was there,
+/// and `from` stops being a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardMove {
+    pub from: NodeId,
+    pub to: NodeId,
+    pub started_ms: i64,
 }
 
 /// Changes kept per shard in [`ShardEntry::history`].
@@ -74,6 +94,12 @@ pub enum HistoryKind {
     PrimaryChanged,
     /// The in-sync set changed under the same primary.
     InSyncChanged,
+    /// A move started: the target node became a replica (not yet in sync).
+    MoveStarted,
+    /// A move finished: the source node is no longer a replica.
+    MoveFinished,
+    /// A move was given up: the target is no longer a replica.
+    MoveAborted,
 }
 
 impl HistoryKind {
@@ -83,6 +109,9 @@ impl HistoryKind {
             HistoryKind::Created => 0,
             HistoryKind::PrimaryChanged => 1,
             HistoryKind::InSyncChanged => 2,
+            HistoryKind::MoveStarted => 3,
+            HistoryKind::MoveFinished => 4,
+            HistoryKind::MoveAborted => 5,
         }
     }
 }
@@ -96,6 +125,10 @@ pub struct HistoryEvent {
     pub epoch: u32,
     pub primary: Option<NodeId>,
     pub in_sync: Vec<NodeId>,
+    /// Every copy after the change (older records, from before moves existed, have
+    /// none).
+    #[serde(default)]
+    pub replicas: Vec<NodeId>,
 }
 
 impl ShardEntry {
@@ -109,6 +142,7 @@ impl ShardEntry {
             epoch: self.epoch,
             primary: self.primary,
             in_sync: self.in_sync.clone(),
+            replicas: self.replicas.clone(),
         });
     }
 }
@@ -224,6 +258,37 @@ pub enum Command {
     Batch {
         commands: Vec<Command>,
     },
+    /// Starts moving the copy of `from` to `to` (who becomes a replica at once, out of
+    /// sync); applies only while the shard's version is `expected_version` and no
+    /// move is in progress.
+    StartMove {
+        topic: String,
+        shard: u32,
+        expected_version: u64,
+        from: NodeId,
+        to: NodeId,
+        at_ms: i64,
+    },
+    /// Ends the shard's move: `from` stops being a replica. Refused unless `to` is in
+    /// sync and `from` is not the primary.
+    FinishMove {
+        topic: String,
+        shard: u32,
+        expected_version: u64,
+        at_ms: i64,
+    },
+    /// Gives the shard's move up: `to` stops being a replica.
+    AbortMove {
+        topic: String,
+        shard: u32,
+        expected_version: u64,
+        at_ms: i64,
+    },
+    /// Queue state events, in the order the queues' tasks made them (many queues' events
+    /// share one entry: the controller's journal batches them).
+    QueueEvents {
+        queues: Vec<QueueEvents>,
+    },
 }
 
 /// Most commands in one [`Command::Batch`]; the controller splits a larger round.
@@ -295,6 +360,7 @@ impl ClusterMeta {
                     .map(|s| {
                         let copies = placement::place(name, s, &nodes, replicas);
                         let mut entry = ShardEntry {
+                            moving: None,
                             primary: copies.first().copied(),
                             in_sync: copies.clone(),
                             replicas: copies,
@@ -320,6 +386,11 @@ impl ClusterMeta {
                 for groups in self.offsets.values_mut() {
                     groups.remove(name);
                 }
+                // A topic created again under this name starts with fresh queues.
+                for topics in self.queues.values_mut() {
+                    topics.remove(name);
+                }
+                self.queues.retain(|_, topics| !topics.is_empty());
                 CommandResult::Done
             }
             Command::SetPrimary {
@@ -388,7 +459,170 @@ impl ClusterMeta {
                 }
                 CommandResult::Batch(commands.iter().map(|c| self.apply(c)).collect())
             }
+            Command::StartMove {
+                topic,
+                shard,
+                expected_version,
+                from,
+                to,
+                at_ms,
+            } => {
+                if !self.nodes.contains_key(to) {
+                    return refused(
+                        E::InvalidRequest,
+                        format!("node {to} is not in the cluster"),
+                    );
+                }
+                match self.shard_mut(topic, *shard, *expected_version) {
+                    Err(r) => r,
+                    Ok(entry) => {
+                        if let Some(m) = entry.moving {
+                            return refused(
+                                E::InvalidRequest,
+                                format!(
+                                    "{topic}/{shard} is already moving from node {} to node {}",
+                                    m.from, m.to
+                                ),
+                            );
+                        }
+                        if !entry.replicas.contains(from) {
+                            return refused(
+                                E::InvalidRequest,
+                                format!("node {from} holds no copy of {topic}/{shard}"),
+                            );
+                        }
+                        if entry.replicas.contains(to) {
+                            return refused(
+                                E::InvalidRequest,
+                                format!("node {to} already holds a copy of {topic}/{shard}"),
+                            );
+                        }
+                        entry.replicas.push(*to);
+                        entry.moving = Some(ShardMove {
+                            from: *from,
+                            to: *to,
+                            started_ms: *at_ms,
+                        });
+                        entry.version += 1;
+                        entry.record(*at_ms, HistoryKind::MoveStarted);
+                        CommandResult::Done
+                    }
+                }
+            }
+            Command::FinishMove {
+                topic,
+                shard,
+                expected_version,
+                at_ms,
+            } => match self.shard_mut(topic, *shard, *expected_version) {
+                Err(r) => r,
+                Ok(entry) => {
+                    let Some(m) = entry.moving else {
+                        return refused(
+                            E::InvalidRequest,
+                            format!("{topic}/{shard} is not moving"),
+                        );
+                    };
+                    if !entry.in_sync.contains(&m.to) || entry.primary == Some(m.from) {
+                        return refused(
+                            E::InvalidRequest,
+                            format!(
+                                "{topic}/{shard}: node {} is not in sync yet or node {} is still the primary",
+                                m.to, m.from
+                            ),
+                        );
+                    }
+                    entry.replicas.retain(|n| *n != m.from);
+                    entry.in_sync.retain(|n| *n != m.from);
+                    entry.moving = None;
+                    entry.version += 1;
+                    entry.record(*at_ms, HistoryKind::MoveFinished);
+                    CommandResult::Done
+                }
+            },
+            Command::AbortMove {
+                topic,
+                shard,
+                expected_version,
+                at_ms,
+            } => match self.shard_mut(topic, *shard, *expected_version) {
+                Err(r) => r,
+                Ok(entry) => {
+                    let Some(m) = entry.moving else {
+                        return refused(
+                            E::InvalidRequest,
+                            format!("{topic}/{shard} is not moving"),
+                        );
+                    };
+                    if entry.primary == Some(m.to) {
+                        return refused(
+                            E::InvalidRequest,
+                            format!("{topic}/{shard}: node {} is already the primary", m.to),
+                        );
+                    }
+                    entry.replicas.retain(|n| *n != m.to);
+                    entry.in_sync.retain(|n| *n != m.to);
+                    entry.moving = None;
+                    entry.version += 1;
+                    entry.record(*at_ms, HistoryKind::MoveAborted);
+                    CommandResult::Done
+                }
+            },
+            Command::QueueEvents { queues } => {
+                for q in queues {
+                    self.apply_queue_events(q);
+                }
+                CommandResult::Done
+            }
         }
+    }
+
+    /// Folds one queue's events in (the same fold as the single-node state log's
+    /// replay). Events of a topic that no longer exists are dropped: its queues were
+    /// forgotten with it.
+    fn apply_queue_events(&mut self, q: &QueueEvents) {
+        if !self.topics.contains_key(&q.topic) {
+            return;
+        }
+        for (shard, ev) in &q.events {
+            if *ev == Event::Forget {
+                if let Some(topics) = self.queues.get_mut(&q.group) {
+                    topics.remove(&q.topic);
+                    if topics.is_empty() {
+                        self.queues.remove(&q.group);
+                    }
+                }
+                continue;
+            }
+            self.queues
+                .entry(q.group.clone())
+                .or_default()
+                .entry(q.topic.clone())
+                .or_default()
+                .entry(*shard)
+                .or_default()
+                .apply(ev);
+        }
+    }
+
+    /// The copy published on the metadata watch: everything but the queue state.
+    pub fn published(&self) -> ClusterMeta {
+        ClusterMeta {
+            nodes: self.nodes.clone(),
+            topics: self.topics.clone(),
+            next_producer_id: self.next_producer_id,
+            offsets: self.offsets.clone(),
+            queues: BTreeMap::new(),
+        }
+    }
+
+    /// The folded state of one queue (empty when it has none).
+    pub fn queue_state(&self, group: &str, topic: &str) -> BTreeMap<u32, ShardRecovery> {
+        self.queues
+            .get(group)
+            .and_then(|t| t.get(topic))
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn shard_mut(
@@ -454,6 +688,89 @@ mod tests {
             min_in_sync: 2,
             ..TopicConfig::default()
         })
+    }
+
+    fn queue_events(topic: &str, events: Vec<(u32, Event)>) -> Command {
+        Command::QueueEvents {
+            queues: vec![QueueEvents {
+                group: "g".into(),
+                topic: topic.into(),
+                events,
+            }],
+        }
+    }
+
+    #[test]
+    fn queue_events_fold_like_the_state_log_and_stay_out_of_the_published_copy() {
+        let mut m = three();
+        m.apply(&Command::CreateTopic {
+            name: "t".into(),
+            shards: 2,
+            settings: settings(3),
+            at_ms: 0,
+        });
+        let failure = crate::queue::state_log::Failure {
+            failures: 1,
+            first_ms: 5,
+            last_ms: 5,
+            error: "boom".into(),
+        };
+        m.apply(&queue_events(
+            "t",
+            vec![
+                (0, Event::Floor { offset: 0 }),
+                (0, Event::Ack { offset: 0 }),
+                (0, Event::Ack { offset: 2 }),
+                (
+                    1,
+                    Event::Fail {
+                        offset: 4,
+                        failure: failure.clone(),
+                        due_ms: 9,
+                    },
+                ),
+                (
+                    1,
+                    Event::Dead {
+                        offset: 3,
+                        failures: 5,
+                        dlq_shard: 1,
+                        dlq_offset: 7,
+                    },
+                ),
+            ],
+        ));
+        let q = m.queue_state("g", "t");
+        assert_eq!(q[&0].floor, 1, "offset 0 acked: the floor moved past it");
+        assert!(q[&0].done.contains(&2));
+        assert_eq!(q[&1].failed[&4], (failure, 9));
+        assert!(q[&1].done.contains(&3));
+        assert_eq!(q[&1].dlq_high[&1], 7);
+        // Acks come at the rate of consumers: the watchers never see them.
+        assert!(m.published().queues.is_empty());
+        assert_eq!(m.published().topics, m.topics);
+        // Events of a topic that is gone are dropped; deleting a topic forgets its
+        // queues, so one created again under the name starts fresh.
+        m.apply(&queue_events("gone", vec![(0, Event::Ack { offset: 1 })]));
+        assert!(m.queue_state("g", "gone").is_empty());
+        m.apply(&Command::DeleteTopic { name: "t".into() });
+        assert!(m.queues.is_empty());
+        // FORGET drops one queue.
+        m.apply(&Command::CreateTopic {
+            name: "t".into(),
+            shards: 1,
+            settings: settings(3),
+            at_ms: 0,
+        });
+        m.apply(&queue_events("t", vec![(0, Event::Ack { offset: 0 })]));
+        assert_eq!(m.queue_state("g", "t")[&0].floor, 1);
+        m.apply(&queue_events("t", vec![(0, Event::Forget)]));
+        assert!(m.queue_state("g", "t").is_empty());
+        // The queue state is part of snapshots.
+        m.apply(&queue_events("t", vec![(0, Event::Ack { offset: 0 })]));
+        let json = serde_json::to_vec(&m).unwrap();
+        let back: ClusterMeta = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back, m);
     }
 
     #[test]

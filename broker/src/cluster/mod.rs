@@ -9,9 +9,11 @@
 //! - `replication/`: mirrors fetching from primaries, the in-sync set and high-water
 //!   mark on primaries, epoch history and truncation;
 //! - `controller.rs`: what the controller decides (failover, in-sync changes of dead
-//!   nodes);
+//!   nodes); `moves.rs`: the steps of a copy's move between nodes;
 //! - `agent.rs`: what every node does when the metadata changes (open and close local
-//!   copies, take or give up the primary role).
+//!   copies, take or give up the primary role);
+//! - `queues.rs`: queue mode on a cluster (state through consensus, dead letters and
+//!   other writes a node makes itself to a shard's primary).
 //!
 //! A single-node broker has no `Cluster` at all (`BrokerState::cluster` is `None`).
 
@@ -19,8 +21,10 @@ pub mod agent;
 pub mod consensus;
 pub mod controller;
 pub mod meta;
+pub mod moves;
 pub mod peer;
 pub mod placement;
+pub mod queues;
 pub mod replication;
 
 use std::collections::{BTreeMap, HashMap};
@@ -58,6 +62,8 @@ pub struct Cluster {
     /// Mirrors held out of sync because their divergent suffix cannot be kept yet,
     /// and why (shown on `/health`).
     pub held: replication::held::HeldCopies,
+    /// Catch-up permits of this node's lagging copies.
+    pub backfill: Arc<replication::backfill::Backfill>,
 }
 
 impl Cluster {
@@ -89,13 +95,16 @@ impl Cluster {
         tracing::info!(node_id, nodes = peers_cfg.len(), "cluster node started");
         Ok(Arc::new(Cluster {
             node_id,
-            config,
             consensus,
             peers,
             topics,
             primaries: RwLock::new(HashMap::new()),
             mirrors: Mutex::new(HashMap::new()),
             held: Default::default(),
+            backfill: Arc::new(replication::backfill::Backfill::new(
+                config.mirror_catchup_parallel,
+            )),
+            config,
         }))
     }
 
@@ -345,8 +354,49 @@ impl Cluster {
                     epoch: e.epoch,
                     primary: e.primary.map_or(NO_NODE, |p| p as u32),
                     in_sync: ids(&e.in_sync),
+                    replicas: ids(&e.replicas),
                 })
                 .collect(),
+        })
+    }
+
+    /// ShardMove: starts moving one copy (committed through the controller, which
+    /// drives the rest: `moves.rs`).
+    pub async fn start_move(
+        &self,
+        r: &weir_protocol::messages::ShardMoveRequest,
+    ) -> Result<weir_protocol::messages::ShardMoveResponse, BrokerError> {
+        use weir_protocol::messages::NO_NODE;
+        let meta = self.meta();
+        let entry = meta.shard(&r.topic, r.shard).ok_or_else(|| {
+            BrokerError::new(
+                ErrorCode::UnknownTopic,
+                format!("{}/{} is not in the cluster metadata", r.topic, r.shard),
+            )
+        })?;
+        let from = match r.from_node {
+            NO_NODE => entry.primary.ok_or_else(|| {
+                BrokerError::new(
+                    ErrorCode::ShardOffline,
+                    format!("{}/{} has no primary to move", r.topic, r.shard),
+                )
+            })?,
+            n => NodeId::from(n),
+        };
+        let result = self
+            .consensus
+            .write(meta::Command::StartMove {
+                topic: r.topic.clone(),
+                shard: r.shard,
+                expected_version: entry.version,
+                from,
+                to: NodeId::from(r.to_node),
+                at_ms: crate::clock::now_ms(),
+            })
+            .await?;
+        refusal(result)?;
+        Ok(weir_protocol::messages::ShardMoveResponse {
+            from_node: from as u32,
         })
     }
 
@@ -363,7 +413,7 @@ impl Cluster {
     }
 
     /// Waits (bounded) until the agent has created (or deleted) the local copy.
-    async fn wait_local(&self, name: &str, present: bool) -> Result<(), BrokerError> {
+    pub(crate) async fn wait_local(&self, name: &str, present: bool) -> Result<(), BrokerError> {
         for _ in 0..200 {
             if self.topics.get(name).is_ok() == present {
                 return Ok(());
@@ -457,6 +507,17 @@ fn refusal(result: meta::CommandResult) -> Result<(), BrokerError> {
 
 /// The cluster's figures for `/metrics` and the status page.
 impl crate::meters::ClusterGauges for Cluster {
+    fn catchups(&self) -> (u64, u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = &self.backfill.metrics;
+        (
+            self.backfill.active() as u64,
+            m.finished.load(Relaxed),
+            m.records.load(Relaxed),
+            m.bytes.load(Relaxed),
+        )
+    }
+
     fn mirror_lag_records(&self) -> Vec<(String, u32, String, u64)> {
         self.led_shards()
             .iter()

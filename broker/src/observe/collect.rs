@@ -629,6 +629,31 @@ impl Scrape {
             c.in_sync_nodes()
                 .into_iter()
                 .map(|(t, s, v)| (vec![("topic", t), ("shard", s.to_string())], v)),
+        )?;
+        let (active, finished, records, bytes) = c.catchups();
+        gauge(
+            enc,
+            "weir_cluster_catchups_active",
+            "This node's copies catching up now (mirror_catchup_parallel at most).",
+            [(Vec::new(), active)],
+        )?;
+        counter(
+            enc,
+            "weir_cluster_catchups_finished_total",
+            "Catch-ups of this node's copies that finished since start.",
+            [(Vec::new(), finished)],
+        )?;
+        counter(
+            enc,
+            "weir_cluster_catchup_bytes_total",
+            "Bytes this node's catching-up copies fetched since start.",
+            [(Vec::new(), bytes)],
+        )?;
+        counter(
+            enc,
+            "weir_cluster_catchup_records_total",
+            "Records this node's catching-up copies fetched since start.",
+            [(Vec::new(), records)],
         )
     }
 }

@@ -40,6 +40,7 @@ use crate::shard::writer::PendingAppend;
 use crate::topics::{Topic, TopicRegistry};
 
 mod dlq_pump;
+mod remote;
 mod settle;
 mod window;
 
@@ -57,6 +58,8 @@ pub struct QueueSettings {
     pub breaker: BreakerSettings,
     pub dlq_suffix: String,
     pub dlq_retention_ms: u64,
+    /// On a cluster node: dead letters go to a replicated topic through this.
+    pub replicated: Option<Arc<dyn super::replicated::Replicator>>,
 }
 
 /// State shared between the task and the request handlers (read-only for them).
@@ -180,6 +183,13 @@ impl QueueActor {
             let (sq, floor) = ShardQueue::recovered(&rec, s.reader().log_start_offset());
             events.extend(floor.map(|ev| (i as u32, ev)));
             shards.push(sq);
+        }
+        if let Some(r) = &settings.replicated {
+            for s in r.shards_without_copy(&topic.name) {
+                if let Some(sq) = shards.get_mut(s as usize) {
+                    sq.remote = Some(remote::RemoteFeed::new(sq.next));
+                }
+            }
         }
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
         let topic_name = topic.name.clone();
@@ -441,7 +451,10 @@ impl QueueActor {
                     shard: i as u32,
                     ack_floor: sq.floor,
                     next_offset: sq.next,
-                    high_watermark: self.topic.shards[i].reader().high_watermark(),
+                    high_watermark: match &sq.remote {
+                        Some(feed) => feed.high_watermark,
+                        None => self.topic.shards[i].reader().high_watermark(),
+                    },
                     done_above_floor: (sq.done.len() + sq.recovered_done.len()) as u32,
                     waiting: sq.recovered_failed.len() as u32,
                     ..Default::default()

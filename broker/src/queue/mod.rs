@@ -13,16 +13,19 @@
 //!   `weir_protocol::breaker` and what only a queue has);
 //! - [`dlq`]: dead-letter records, headers, and crash healing;
 //! - [`state_log`]: durable events and their replay;
-//! - [`actor`]: the queue task.
+//! - [`actor`]: the queue task;
+//! - [`replicated`]: on a cluster, events committed through the consensus engine and
+//!   queues served by the controller.
 
 pub mod actor;
 pub mod breaker;
 pub mod dlq;
+pub mod replicated;
 pub mod state_log;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -35,6 +38,7 @@ use crate::names::{valid_name, MAX_TOPIC_NAME_BYTES};
 use crate::topics::TopicRegistry;
 use actor::{Command, NackDurable, QueueActor, QueueSettings, QueueShared};
 use breaker::BreakerSettings;
+use replicated::Replicator;
 use state_log::{Recovered, StateLog};
 
 /// A queue's name and the events that rebuild its state.
@@ -92,6 +96,10 @@ pub struct QueueManager {
     /// The runtime queue actors run on: the one that opened the broker (the control
     /// runtime), not whichever connection runtime served a queue's first request.
     runtime: Option<tokio::runtime::Handle>,
+    /// On a cluster node: the consensus engine behind the queue state.
+    replicated: OnceLock<Arc<dyn Replicator>>,
+    /// The consensus term the open queues belong to (0: none yet).
+    term: AtomicU64,
 }
 
 fn settings(config: &Config) -> Result<QueueSettings, BrokerError> {
@@ -108,6 +116,7 @@ fn settings(config: &Config) -> Result<QueueSettings, BrokerError> {
         breaker: BreakerSettings::from_config(config),
         dlq_suffix: config.dlq_suffix.clone(),
         dlq_retention_ms: config.dlq_retention_ms,
+        replicated: None,
     })
 }
 
@@ -136,12 +145,96 @@ impl QueueManager {
             next_lease: Arc::new(AtomicU64::new(seed)),
             metrics: Arc::new(QueueMetrics::default()),
             runtime: tokio::runtime::Handle::try_current().ok(),
+            replicated: OnceLock::new(),
+            term: AtomicU64::new(0),
         })
+    }
+
+    /// Makes this a cluster node's queue manager: queue state goes through
+    /// `replicator` from now on (the local state log is not used; a data directory
+    /// that held single-node queue state is said so once), and queues open only while
+    /// this node is the controller. Called once, at start, before any request.
+    pub fn set_replicator(&self, replicator: Arc<dyn Replicator>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(replicated::JOURNAL_DEPTH);
+        let task = replicated::run_journal(rx, replicator.clone());
+        match &self.runtime {
+            Some(rt) => rt.spawn(task),
+            None => tokio::spawn(task),
+        };
+        if self.replicated.set(replicator).is_err() {
+            tracing::error!("queue replicator set twice; keeping the first");
+            return;
+        }
+        *self.log.write().expect("log lock") = Arc::new(StateLog::replicated(tx));
+        let local = std::mem::take(&mut *self.recovered.lock().expect("recovered lock"));
+        if !local.is_empty() {
+            tracing::warn!(
+                queues = local.len(),
+                "this data directory holds single-node queue state; a cluster node keeps queue state in the consensus engine and ignores it"
+            );
+        }
+    }
+
+    /// On a cluster node: the queues may be served here only while this node leads;
+    /// the first request of a new term drops the queues of an earlier one and waits
+    /// until this node has applied everything committed before it.
+    async fn ensure_term(&self) -> Result<(), BrokerError> {
+        let Some(r) = self.replicated.get() else {
+            return Ok(());
+        };
+        let Some(term) = r.leading_term() else {
+            return Err(BrokerError::new(
+                ErrorCode::NotCoordinator,
+                "this node is not the controller, which serves every queue of a cluster",
+            ));
+        };
+        if self.term.load(Ordering::Acquire) == term {
+            return Ok(());
+        }
+        let _opening = self.opening.lock().await;
+        if self.term.load(Ordering::Acquire) == term {
+            return Ok(());
+        }
+        self.drop_queues("a new controller term");
+        r.catch_up().await?;
+        self.term.store(term, Ordering::Release);
+        tracing::info!(term, "serving queues in this controller term");
+        Ok(())
+    }
+
+    /// Stops every open queue task (they end when their last sender goes).
+    fn drop_queues(&self, why: &str) {
+        let dropped = {
+            let mut queues = self.queues.write().expect("queues lock");
+            let n = queues.len();
+            queues.clear();
+            n
+        };
+        if dropped > 0 {
+            tracing::info!(queues = dropped, why, "queue tasks stopped");
+        }
+    }
+
+    /// Called periodically: on a cluster node that stopped leading, stops its queue
+    /// tasks at once (their timers would otherwise go on dead-lettering records the
+    /// new controller also serves).
+    pub fn check_term(&self) {
+        let Some(r) = self.replicated.get() else {
+            return;
+        };
+        let held = self.term.load(Ordering::Acquire);
+        if held != 0 && r.leading_term() != Some(held) {
+            self.term.store(0, Ordering::Release);
+            self.drop_queues("this node no longer leads the cluster");
+        }
     }
 
     /// Whether `group` is used in queue mode (on this broker, since it started or in
     /// its state log).
     pub fn is_queue_group(&self, group: &str) -> bool {
+        if self.replicated.get().is_some_and(|r| r.has_group(group)) {
+            return true;
+        }
         self.queues
             .read()
             .expect("queues lock")
@@ -183,6 +276,7 @@ impl QueueManager {
                 format!("{group:?}: use 1 to 249 characters of [A-Za-z0-9._-]"),
             ));
         }
+        self.ensure_term().await?;
         let key = (group.to_string(), topic.to_string());
         let live = |m: &HashMap<(String, String), Arc<QueueHandle>>| {
             m.get(&key).filter(|q| !q.tx.is_closed()).cloned()
@@ -221,14 +315,19 @@ impl QueueManager {
         }
         // Cloned, and removed only once the queue is open: a failed open must not
         // forget what the state log said.
-        let recovered = self
-            .recovered
-            .lock()
-            .expect("recovered lock")
-            .get(&key)
-            .cloned()
-            .unwrap_or_default();
+        let recovered = match self.replicated.get() {
+            Some(r) => r.queue_state(group, topic),
+            None => self
+                .recovered
+                .lock()
+                .expect("recovered lock")
+                .get(&key)
+                .cloned()
+                .unwrap_or_default(),
+        };
         let log = self.log.read().expect("log lock").clone();
+        let mut settings = self.settings.clone();
+        settings.replicated = self.replicated.get().cloned();
         let shared = Arc::new(QueueShared {
             available: Notify::new(),
             breaker_state: AtomicU8::new(0),
@@ -239,7 +338,7 @@ impl QueueManager {
             t,
             self.topics.clone(),
             recovered,
-            self.settings.clone(),
+            settings,
             log,
             shared.clone(),
             self.metrics.clone(),
@@ -385,6 +484,7 @@ impl QueueManager {
 
     /// QueueStatus of the queues open on this broker (a named queue is opened).
     pub async fn status(&self, r: QueueStatusRequest) -> Result<QueueStatusResponse, BrokerError> {
+        self.ensure_term().await?;
         if !r.group.is_empty() && !r.topic.is_empty() {
             self.queue(&r.group, &r.topic).await?;
         }
@@ -416,6 +516,10 @@ impl QueueManager {
             return;
         };
         let current = self.log.read().expect("log lock").clone();
+        if current.is_replicated() {
+            // The consensus engine's snapshots compact a cluster's queue state.
+            return;
+        }
         let leftovers = !self.old_logs.lock().await.is_empty();
         if current.records() < self.compact_records && !leftovers {
             return;

@@ -43,7 +43,7 @@ pub const SNAPSHOT_BATCH: usize = 1000;
 pub const MAX_ERROR_BYTES: usize = 1024;
 
 /// Why a record failed, kept until it is done.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Failure {
     /// Failed deliveries so far.
     pub failures: u32,
@@ -52,8 +52,9 @@ pub struct Failure {
     pub error: String,
 }
 
-/// One state change.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One state change. (Serde is for a cluster, where events travel in consensus
+/// entries instead of this log: `queue::replicated`.)
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Event {
     Ack {
         offset: u64,
@@ -195,7 +196,7 @@ impl Event {
 }
 
 /// What the log says about one queue shard.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ShardRecovery {
     /// Every offset below is done.
     pub floor: u64,
@@ -293,6 +294,16 @@ impl ShardRecovery {
     }
 }
 
+/// The events of one queue, as a cluster's consensus entry carries them
+/// (`cluster::meta::Command::QueueEvents`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueEvents {
+    pub group: String,
+    pub topic: String,
+    /// (shard, event), in order.
+    pub events: Vec<(u32, Event)>,
+}
+
 /// Queue name → shard → recovered state.
 pub type Recovered = HashMap<(String, String), HashMap<u32, ShardRecovery>>;
 
@@ -314,12 +325,21 @@ fn generation_dir(root: &Path, generation: u64) -> PathBuf {
     root.join(format!("{generation:020}"))
 }
 
-/// One generation of the internal log of queue state (see [`open_all`]).
+/// One generation of the internal log of queue state (see [`open_all`]), or, on a
+/// cluster node, the journal that commits events through the consensus engine.
 #[derive(Debug)]
 pub struct StateLog {
     generation: u64,
     dir: PathBuf,
-    shard: Arc<Shard>,
+    backend: Backend,
+}
+
+#[derive(Debug)]
+enum Backend {
+    /// The local log (a single-node broker).
+    Shard(Arc<Shard>),
+    /// A cluster node: events go to `queue::replicated`'s journal task.
+    Replicated(tokio::sync::mpsc::Sender<super::replicated::JournalItem>),
 }
 
 /// The state log's directory under a data directory.
@@ -388,8 +408,30 @@ impl StateLog {
         Ok(StateLog {
             generation,
             dir,
-            shard,
+            backend: Backend::Shard(shard),
         })
+    }
+
+    /// The state log of a cluster node: appends go to the journal behind `tx`.
+    /// Compaction never runs on it (the consensus engine's snapshots compact).
+    pub fn replicated(tx: tokio::sync::mpsc::Sender<super::replicated::JournalItem>) -> StateLog {
+        StateLog {
+            generation: 0,
+            dir: PathBuf::new(),
+            backend: Backend::Replicated(tx),
+        }
+    }
+
+    /// Whether events go through the consensus engine.
+    pub fn is_replicated(&self) -> bool {
+        matches!(self.backend, Backend::Replicated(_))
+    }
+
+    fn shard(&self) -> Option<&Arc<Shard>> {
+        match &self.backend {
+            Backend::Shard(s) => Some(s),
+            Backend::Replicated(_) => None,
+        }
     }
 
     /// This log's generation number.
@@ -399,14 +441,19 @@ impl StateLog {
 
     /// Records written to this generation.
     pub fn records(&self) -> u64 {
-        let r = self.shard.reader();
-        r.high_watermark() - r.log_start_offset()
+        self.shard().map_or(0, |s| {
+            let r = s.reader();
+            r.high_watermark() - r.log_start_offset()
+        })
     }
 
     /// Folds every event of this generation into `recovered`.
     fn replay_into(&self, recovered: &mut Recovered) -> Result<(), BrokerError> {
+        let Some(shard) = self.shard() else {
+            return Ok(());
+        };
         let mut skipped = 0u64;
-        self.shard.reader().scan_batches(0, |bytes, _| {
+        shard.reader().scan_batches(0, |bytes, _| {
             let batch = Batch::parse(bytes)
                 .map_err(|e| BrokerError::new(ErrorCode::CorruptStorage, e.to_string()))?;
             for rec in batch.records() {
@@ -438,7 +485,10 @@ impl StateLog {
     /// Closes this generation and deletes its files: renamed out of the way first
     /// (atomic), so a crash mid-deletion never leaves a half generation to replay.
     pub async fn retire(&self) -> Result<(), BrokerError> {
-        self.shard.close().await;
+        let Some(shard) = self.shard() else {
+            return Ok(());
+        };
+        shard.close().await;
         let root = self.dir.parent().map(Path::to_path_buf).unwrap_or_default();
         let trash = root.join(format!(".trash-{:020}", self.generation));
         let io = |e: std::io::Error| BrokerError::new(ErrorCode::StorageError, e.to_string());
@@ -463,6 +513,12 @@ impl StateLog {
         topic: &str,
         events: &[(u32, Event)],
     ) -> Result<PendingAppend, AppendError> {
+        let shard = match &self.backend {
+            Backend::Shard(s) => s,
+            Backend::Replicated(tx) => {
+                return super::replicated::journal(tx, group, topic, events).await
+            }
+        };
         let now = crate::clock::now_ms();
         let mut builder = BatchBuilder::new();
         for (shard, ev) in events {
@@ -480,7 +536,7 @@ impl StateLog {
             .finish()
             .map_err(|e| AppendError::Storage(e.to_string()))?;
         let header = BatchHeader::read(&batch).map_err(|e| AppendError::Storage(e.to_string()))?;
-        self.shard.enqueue(vec![batch], vec![header], true).await
+        shard.enqueue(vec![batch], vec![header], true).await
     }
 
     /// Appends `events` in batches of at most [`SNAPSHOT_BATCH`] and waits until all
@@ -509,7 +565,9 @@ impl StateLog {
 
     /// Flushes and stops the log.
     pub async fn close(&self) {
-        self.shard.close().await;
+        if let Some(s) = self.shard() {
+            s.close().await;
+        }
     }
 }
 

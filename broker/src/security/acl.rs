@@ -62,7 +62,7 @@ pub fn each_need(request: &Request, mut f: impl FnMut(Need<'_>) -> bool) -> bool
             f(need(Group, &r.group, Describe)) && f(need(Topic, &r.topic, Describe))
         }
         Request::DescribeQuotas(_) | Request::FlowStatus(_) => f(need(Cluster, CLUSTER, Describe)),
-        Request::AlterQuotas(_) => f(need(Cluster, CLUSTER, Alter)),
+        Request::AlterQuotas(_) | Request::ShardMove(_) => f(need(Cluster, CLUSTER, Alter)),
         Request::DescribeCluster(_) | Request::DescribeShardHistory(_) => {
             f(need(Cluster, CLUSTER, Describe))
         }
@@ -91,6 +91,10 @@ pub fn admin_change(request: &Request) -> Option<(&'static str, String)> {
         // The topic only: the key is the personal data being forgotten.
         Request::DeleteKey(r) => ("delete_key", r.topic.clone()),
         Request::AlterQuotas(r) => ("alter_quota", r.client_id.clone()),
+        Request::ShardMove(r) => (
+            "shard_move",
+            format!("{}/{} to node {}", r.topic, r.shard, r.to_node),
+        ),
         Request::UpsertUser(r) => ("upsert_user", r.name.clone()),
         Request::DeleteUser(r) => ("delete_user", r.name.clone()),
         Request::CreateApiKey(r) => ("create_api_key", r.principal.clone()),

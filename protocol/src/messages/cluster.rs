@@ -117,12 +117,38 @@ wire_struct! {
         /// since the Unix epoch by the author's clock.
         pub at_ms: i64,
         /// 0 created (copies placed), 1 primary changed (new epoch), 2 in-sync set
-        /// changed (same primary and epoch).
+        /// changed (same primary and epoch), 3 move started (the target became a
+        /// copy), 4 move finished (the source is no copy any more), 5 move given up
+        /// (the target is no copy any more).
         pub kind: u8,
         pub epoch: u32,
         /// NO_NODE when no in-sync copy was alive.
         pub primary: u32,
         pub in_sync: Vec<u32>,
+        /// Every copy after the change (empty in records older than moves).
+        pub replicas: Vec<u32>,
+    }
+}
+
+wire_struct! {
+    /// Moves one copy of a shard from node `from_node` (NO_NODE: its primary) to node
+    /// `to_node`, which holds none: the target becomes a mirror and catches up; once it
+    /// is in sync the primary moves to it if it was on the source, and the source stops
+    /// being a copy. Answered once the move has started (DescribeShardHistory and
+    /// DescribeCluster show its progress); a single-node broker refuses it with
+    /// INVALID_REQUEST.
+    pub struct ShardMoveRequest {
+        pub topic: String,
+        pub shard: u32,
+        pub from_node: u32,
+        pub to_node: u32,
+    }
+}
+
+wire_struct! {
+    /// The move started: the source node it moves from.
+    pub struct ShardMoveResponse {
+        pub from_node: u32,
     }
 }
 
@@ -181,6 +207,12 @@ wire_struct! {
         pub truncate_to: u64,
         /// The primary's epoch history from the epoch holding `fetch_offset` on.
         pub epochs: Vec<EpochStart>,
+        /// The primary's log end: how far behind the mirror is.
+        pub log_end_offset: u64,
+        /// Records per second the primary took over its last second or more: a lagging
+        /// mirror catches up the busiest shards first.
+        pub write_rate: u64,
+        /// Last: runs to the end of the frame.
         pub records: Records,
     }
 }

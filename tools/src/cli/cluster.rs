@@ -39,6 +39,112 @@ pub enum ClusterCmd {
     },
 }
 
+/// `weir shard ...`.
+#[derive(Subcommand, Debug)]
+pub enum ShardCmd {
+    /// Move one copy of a shard to a node that holds none: the node becomes a mirror
+    /// and catches up, the primary moves to it if it was on the source, then the
+    /// source stops being a copy. Waits until the move finished or was given up.
+    Move {
+        /// TOPIC/SHARD, e.g. orders/0.
+        shard: String,
+        /// The node that gets the copy.
+        #[arg(long)]
+        to: u32,
+        /// The node whose copy moves [default: the shard's primary].
+        #[arg(long)]
+        from: Option<u32>,
+        /// Give up waiting after this long (the move goes on in the cluster).
+        #[arg(long, default_value_t = 300)]
+        timeout_s: u64,
+        /// Start the move and return.
+        #[arg(long)]
+        no_wait: bool,
+    },
+}
+
+/// History kinds of a move, as DescribeShardHistory numbers them.
+const MOVE_STARTED: u8 = 3;
+const MOVE_FINISHED: u8 = 4;
+const MOVE_ABORTED: u8 = 5;
+
+/// Runs one shard command.
+pub async fn run_shard(admin: &Admin, cmd: ShardCmd) -> anyhow::Result<()> {
+    let ShardCmd::Move {
+        shard: spec,
+        to,
+        from,
+        timeout_s,
+        no_wait,
+    } = cmd;
+    let (topic, shard) = parse_shard(&spec)?;
+    let before = admin.shard_history(topic, shard).await?.events.len();
+    let source = admin.move_shard(topic, shard, from, to).await?;
+    println!("moving {topic}/{shard} from node {source} to node {to}");
+    if no_wait {
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(timeout_s);
+    let mut seen = before;
+    loop {
+        // The record keeps the newest 64 changes: count from the move's start.
+        let h = admin.shard_history(topic, shard).await?;
+        let start = h
+            .events
+            .iter()
+            .rposition(|e| e.kind == MOVE_STARTED)
+            .unwrap_or(0);
+        for e in h.events.iter().skip(seen.min(h.events.len()).max(start)) {
+            println!(
+                "{}  {:<16} epoch {:<4} primary {:<8} copies {:<12} in sync {}",
+                e.at_ms,
+                kind_name(e.kind),
+                e.epoch,
+                if e.primary == NO_NODE {
+                    "-".into()
+                } else {
+                    node_name(e.primary)
+                },
+                ids(&e.replicas),
+                ids(&e.in_sync)
+            );
+        }
+        seen = h.events.len();
+        match h.events.iter().skip(start).map(|e| e.kind).next_back() {
+            Some(MOVE_FINISHED) => {
+                println!("move finished");
+                return Ok(());
+            }
+            Some(MOVE_ABORTED) => anyhow::bail!(
+                "the move was given up (the target stopped answering before it caught up)"
+            ),
+            _ => {}
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("the move has not finished within {timeout_s} s; it goes on in the cluster (weir cluster history {spec})");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn parse_shard(spec: &str) -> anyhow::Result<(&str, u32)> {
+    spec.rsplit_once('/')
+        .and_then(|(t, s)| Some((t, s.parse::<u32>().ok()?)))
+        .with_context(|| format!("{spec:?}: name a shard as TOPIC/SHARD, e.g. orders/0"))
+}
+
+fn kind_name(k: u8) -> &'static str {
+    match k {
+        0 => "created",
+        1 => "primary changed",
+        2 => "in-sync changed",
+        MOVE_STARTED => "move started",
+        MOVE_FINISHED => "move finished",
+        MOVE_ABORTED => "move given up",
+        _ => "unknown",
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     Text,
@@ -102,10 +208,7 @@ pub async fn run(admin: &Admin, cmd: ClusterCmd) -> anyhow::Result<()> {
 
 /// `weir cluster history T/S`.
 async fn history(admin: &Admin, spec: &str, format: Format) -> anyhow::Result<()> {
-    let (topic, shard) = spec
-        .rsplit_once('/')
-        .and_then(|(t, s)| Some((t, s.parse::<u32>().ok()?)))
-        .with_context(|| format!("{spec:?}: name a shard as TOPIC/SHARD, e.g. orders/0"))?;
+    let (topic, shard) = parse_shard(spec)?;
     let h = admin.shard_history(topic, shard).await?;
     // How far each copy holds the log: only the primary knows (its live view).
     let first = admin.describe_cluster().await?;
@@ -136,12 +239,7 @@ async fn history(admin: &Admin, spec: &str, format: Format) -> anyhow::Result<()
             .find(|m| m.node_id == node)
             .map(|m| m.offset)
     };
-    let kind = |k: u8| match k {
-        0 => "created",
-        1 => "primary changed",
-        2 => "in-sync changed",
-        _ => "unknown",
-    };
+    let kind = kind_name;
     match format {
         Format::Json => {
             let v = json!({
@@ -158,6 +256,7 @@ async fn history(admin: &Admin, spec: &str, format: Format) -> anyhow::Result<()
                     "epoch": e.epoch,
                     "primary": (e.primary != NO_NODE).then_some(e.primary),
                     "in_sync": e.in_sync,
+                    "copies": e.replicas,
                 })).collect::<Vec<_>>(),
             });
             println!("{}", serde_json::to_string_pretty(&v)?);
@@ -183,6 +282,7 @@ async fn history(admin: &Admin, spec: &str, format: Format) -> anyhow::Result<()
                 "EPOCH".into(),
                 "PRIMARY".into(),
                 "IN SYNC".into(),
+                "COPIES".into(),
             ]];
             for e in &h.events {
                 rows.push(vec![
@@ -195,6 +295,11 @@ async fn history(admin: &Admin, spec: &str, format: Format) -> anyhow::Result<()
                         node_name(e.primary)
                     },
                     ids(&e.in_sync),
+                    if e.replicas.is_empty() {
+                        "-".into()
+                    } else {
+                        ids(&e.replicas)
+                    },
                 ]);
             }
             print!("{}", table(&rows));

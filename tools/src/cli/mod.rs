@@ -84,6 +84,9 @@ pub enum Cmd {
     /// A cluster's nodes and shard placement.
     #[command(subcommand)]
     Cluster(cluster::ClusterCmd),
+    /// Move a shard's copies between a cluster's nodes.
+    #[command(subcommand)]
+    Shard(cluster::ShardCmd),
     /// Records a returning primary had to cut, kept in `<topic>.reconcile`: list them
     /// or write them back.
     #[command(subcommand)]
@@ -195,6 +198,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Dlq(cmd) => dlq::run(&client, cmd).await,
         Cmd::Queue(cmd) => queue::run(&client, cmd).await,
         Cmd::Cluster(cmd) => cluster::run(&admin, cmd).await,
+        Cmd::Shard(cmd) => cluster::run_shard(&admin, cmd).await,
         Cmd::Reconcile(cmd) => reconcile::run(&client, cmd).await,
         Cmd::User(cmd) => user::run_user(&admin, cmd).await,
         Cmd::Key(cmd) => user::run_key(&admin, cmd).await,

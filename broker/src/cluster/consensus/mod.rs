@@ -10,6 +10,7 @@ pub mod files;
 mod log_store;
 mod network;
 mod state_machine;
+pub use state_machine::QueueView;
 pub mod types;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -83,6 +84,8 @@ pub struct Consensus {
     /// Since when this node is leader (None while it is not).
     leader_since: Arc<Mutex<Option<Instant>>>,
     watcher: tokio::task::JoinHandle<()>,
+    /// The applied queue state (kept out of the published metadata).
+    queues: state_machine::QueueView,
 }
 
 impl std::fmt::Debug for Consensus {
@@ -117,6 +120,7 @@ impl Consensus {
         let log = log_store::LogStore::open(&config.dir).map_err(open_error)?;
         let sm =
             state_machine::StateMachine::open(&config.dir, meta.clone()).map_err(open_error)?;
+        let queues = sm.queue_view();
 
         let heartbeat_ms = config.heartbeat.as_millis().max(1) as u64;
         let election_ms = (config.election_timeout.as_millis() as u64).max(heartbeat_ms * 2);
@@ -205,6 +209,7 @@ impl Consensus {
             liveness,
             leader_since,
             watcher,
+            queues,
         }))
     }
 
@@ -301,6 +306,31 @@ impl Consensus {
                     format!("committed, not yet applied on this node: {e}"),
                 )
             })
+    }
+
+    /// The applied queue state.
+    pub fn queue_view(&self) -> &state_machine::QueueView {
+        &self.queues
+    }
+
+    /// The term in which this node leads, or `None` while it does not: queue tasks
+    /// opened in one term are stopped when it ends (another node took them over, and
+    /// their in-memory state may be behind what it committed since).
+    pub fn leading_term(&self) -> Option<u64> {
+        let m = self.raft.metrics().borrow().clone();
+        (m.current_leader == Some(self.config.node_id) && m.state.is_leader())
+            .then_some(m.current_term)
+    }
+
+    /// Waits until this node, as leader, has applied everything committed before the
+    /// call (openraft's read index): state read afterwards is not behind any write a
+    /// previous leader acknowledged.
+    pub async fn catch_up(&self) -> Result<(), BrokerError> {
+        self.raft
+            .ensure_linearizable()
+            .await
+            .map(|_| ())
+            .map_err(|e| no_controller(format!("not the controller any more: {e}")))
     }
 
     /// The controller (consensus leader) as this node knows it.

@@ -16,7 +16,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftSnapshotBuilder, Snapshot, StorageIOError};
 use tokio::sync::watch;
 
-use super::super::meta::{ClusterMeta, CommandResult};
+use super::super::meta::{ClusterMeta, Command, CommandResult};
 use super::files::{self, SnapshotFile};
 use super::log_store::OpenError;
 use super::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
@@ -71,13 +71,18 @@ impl StateMachine {
                 snapshot: None,
             },
         };
-        publish.send_replace(Arc::new(inner.meta.clone()));
+        publish.send_replace(Arc::new(inner.meta.published()));
         Ok(StateMachine {
             dir: dir.to_owned(),
             inner: Arc::new(Mutex::new(inner)),
             publish,
             snapshots_built: Arc::default(),
         })
+    }
+
+    /// A handle that reads the queue state as applied (not published on the watch).
+    pub fn queue_view(&self) -> QueueView {
+        QueueView(self.inner.clone())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -100,6 +105,41 @@ impl StateMachine {
             Ok(()) => Ok(file),
             Err(e) => Err((file, e)),
         }
+    }
+}
+
+/// Reads the applied queue state of the state machine it came from.
+#[derive(Clone)]
+pub struct QueueView(Arc<Mutex<Inner>>);
+
+impl std::fmt::Debug for QueueView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QueueView")
+    }
+}
+
+impl QueueView {
+    /// One queue's folded state, per shard.
+    pub fn queue(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> std::collections::BTreeMap<u32, crate::queue::state_log::ShardRecovery> {
+        self.0
+            .lock()
+            .expect("state machine lock")
+            .meta
+            .queue_state(group, topic)
+    }
+
+    /// Whether `group` consumes any topic as a queue.
+    pub fn has_group(&self, group: &str) -> bool {
+        self.0
+            .lock()
+            .expect("state machine lock")
+            .meta
+            .queues
+            .contains_key(group)
     }
 }
 
@@ -162,11 +202,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut inner = self.lock();
         let mut results = Vec::new();
+        // Queue events change nothing the watchers of the metadata read: a batch of
+        // only those is not published (it comes at the rate of acks).
+        let mut changed = false;
         for entry in entries {
             inner.last_applied = Some(entry.log_id);
             let result = match &entry.payload {
                 EntryPayload::Blank => CommandResult::Done,
-                EntryPayload::Normal(command) => inner.meta.apply(command),
+                EntryPayload::Normal(command) => {
+                    changed |= !matches!(command, Command::QueueEvents { .. });
+                    inner.meta.apply(command)
+                }
                 EntryPayload::Membership(m) => {
                     inner.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                     CommandResult::Done
@@ -174,7 +220,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             };
             results.push(result);
         }
-        self.publish.send_replace(Arc::new(inner.meta.clone()));
+        if changed {
+            self.publish.send_replace(Arc::new(inner.meta.published()));
+        }
         Ok(results)
     }
 
@@ -206,7 +254,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
         inner.snapshot = Some(file);
-        self.publish.send_replace(Arc::new(inner.meta.clone()));
+        self.publish.send_replace(Arc::new(inner.meta.published()));
         Ok(())
     }
 

@@ -24,13 +24,43 @@ pub const FETCH_WAIT_MS: u32 = 500;
 /// Pause after a failed round (primary unreachable, refused).
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
-/// Copies `topic`/`shard_no` from its primary until the task is aborted.
+/// What one round copied, and whether more is waiting at the primary.
+#[derive(Debug, Default)]
+struct Copied {
+    /// The fetch came back full: the copy is catching up (`backfill.rs`).
+    full: bool,
+    records: u64,
+    bytes: u64,
+    /// How far behind the primary's log end the copy still is.
+    behind: u64,
+    /// The primary's write rate (records/s).
+    write_rate: u64,
+}
+
+/// Copies `topic`/`shard_no` from its primary until the task is aborted. While the
+/// copy is catching up it holds one of the node's catch-up permits (busiest shards
+/// first); a copy that keeps pace needs none.
 pub async fn run(cluster: Arc<Cluster>, topic: String, shard_no: u32) {
     let mut meta_rx = cluster.consensus.metadata();
     let mut epochs = EpochHistory::load(&cluster.topics.shard_dir(&topic, shard_no));
+    let mut permit: Option<super::backfill::Permit> = None;
     loop {
         match round(&cluster, &topic, shard_no, &mut epochs).await {
-            Ok(()) => cluster.held.release(&topic, shard_no),
+            Ok(c) => {
+                cluster.held.release(&topic, shard_no);
+                if c.full && permit.is_none() {
+                    let key = (topic.clone(), shard_no);
+                    permit = Some(cluster.backfill.admit(key, c.write_rate, c.behind).await);
+                }
+                if let Some(p) = &permit {
+                    p.copied(c.records, c.bytes);
+                }
+                if !c.full {
+                    if let Some(p) = permit.take() {
+                        p.finish();
+                    }
+                }
+            }
             // A metadata change (a new primary after a switchover) ends the pause:
             // the in-sync mirrors are what the new primary's mirrored acks wait for.
             Err(Pause::Short) => {
@@ -59,7 +89,7 @@ async fn round(
     topic: &str,
     shard_no: u32,
     epochs: &mut EpochHistory,
-) -> Result<(), Pause> {
+) -> Result<Copied, Pause> {
     let meta = cluster.consensus.metadata().borrow().clone();
     let entry = meta.shard(topic, shard_no).ok_or(Pause::UntilMetadata)?;
     let primary = match entry.primary {
@@ -158,8 +188,10 @@ async fn round(
                 Pause::Short
             })?;
         epochs.truncate(cut_end).map_err(|_| Pause::Short)?;
-        return Ok(());
+        return Ok(Copied::default());
     }
+    let bytes = resp.records.len_bytes() as u64;
+    let full = bytes >= u64::from(cluster.config.mirror_fetch_max_bytes) / 2;
     let (batches, headers) = match split(&resp, end) {
         Ok(v) => v,
         Err(e) => {
@@ -174,9 +206,16 @@ async fn round(
     };
     let Some(last) = headers.last() else {
         shard.raise_visible(resp.high_watermark.min(end));
-        return Ok(());
+        return Ok(Copied::default());
     };
     let new_end = last.last_offset() + 1;
+    let copied = Copied {
+        full,
+        records: new_end - end,
+        bytes,
+        behind: resp.log_end_offset.saturating_sub(new_end),
+        write_rate: resp.write_rate,
+    };
     // The epochs go first: a copy that dies between the two has an entry past its
     // end, which the next take-over or fetch trims; never records without an epoch.
     epochs
@@ -185,7 +224,7 @@ async fn round(
     match shard.replicate(batches, headers).await {
         Ok(written_end) => {
             shard.raise_visible(resp.high_watermark.min(written_end));
-            Ok(())
+            Ok(copied)
         }
         Err(crate::shard::AppendError::Closed) => {
             // A cut whose reopen failed left a closed handle in place: open the shard
@@ -200,7 +239,7 @@ async fn round(
                 .truncate_shard(topic, shard_no, u64::MAX)
                 .await
             {
-                Ok(_) => Ok(()),
+                Ok(_) => Ok(Copied::default()),
                 Err(e) => {
                     tracing::error!(topic, shard = shard_no, error = %e.message, "reopening the mirror copy failed");
                     Err(Pause::Short)

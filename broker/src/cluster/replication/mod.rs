@@ -2,8 +2,10 @@
 //! (`mirror.rs`) and the epoch history both use to find where two copies diverge
 //! (`epochs.rs`). PROTOCOL.md §Cluster specifies MirrorFetch. A copy that must cut
 //! a divergent suffix keeps it in the topic's reconciliation topic first
-//! (`reconcile.rs`).
+//! (`reconcile.rs`). A lagging copy catches up busiest shards first, a few at a time
+//! (`backfill.rs`).
 
+pub mod backfill;
 pub mod epochs;
 pub mod held;
 pub mod mirror;

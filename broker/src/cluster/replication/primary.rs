@@ -35,6 +35,8 @@ struct Progress {
 /// What changes with the metadata: the committed in-sync set and its version.
 #[derive(Debug, Clone)]
 struct Membership {
+    /// Every copy (changes when a copy moves: `weir shard move`).
+    replicas: Vec<NodeId>,
     in_sync: Vec<NodeId>,
     version: u64,
     /// When each mirror last left the in-sync set: it rejoins only after catching up
@@ -49,7 +51,6 @@ pub struct PrimaryState {
     pub shard_no: u32,
     pub node_id: NodeId,
     pub epoch: u32,
-    pub replicas: Vec<NodeId>,
     pub min_in_sync: usize,
     pub shard: Arc<Shard>,
     membership: Mutex<Membership>,
@@ -59,6 +60,9 @@ pub struct PrimaryState {
     written: Notify,
     /// Set when this node stops being the primary of this epoch.
     resigned: std::sync::atomic::AtomicBool,
+    /// (when, log end then, records per second over the interval before): what
+    /// MirrorFetch answers tell a lagging mirror about this shard's write rate.
+    rate: Mutex<(Instant, u64, u64)>,
     since: Instant,
 }
 
@@ -93,10 +97,10 @@ impl PrimaryState {
             shard_no,
             node_id,
             epoch: entry.epoch,
-            replicas: entry.replicas.clone(),
             min_in_sync,
             shard,
             membership: Mutex::new(Membership {
+                replicas: entry.replicas.clone(),
                 in_sync: entry.in_sync.clone(),
                 version: entry.version,
                 left: HashMap::new(),
@@ -105,13 +109,23 @@ impl PrimaryState {
             epochs: Mutex::new(epochs),
             written: Notify::new(),
             resigned: std::sync::atomic::AtomicBool::new(false),
+            rate: Mutex::new((Instant::now(), end, 0)),
             since: Instant::now(),
         };
         p.recompute();
         Ok(p)
     }
 
-    /// Takes a newer in-sync set (same epoch) from the metadata.
+    /// Every copy of the shard, as of the metadata this primary last took.
+    pub fn replicas(&self) -> Vec<NodeId> {
+        self.membership
+            .lock()
+            .expect("membership lock")
+            .replicas
+            .clone()
+    }
+
+    /// Takes a newer in-sync set and replica list (same epoch) from the metadata.
     pub fn update(&self, entry: &ShardEntry) {
         {
             let mut m = self.membership.lock().expect("membership lock");
@@ -125,6 +139,7 @@ impl PrimaryState {
                 }
             }
             m.in_sync = entry.in_sync.clone();
+            m.replicas = entry.replicas.clone();
             m.version = entry.version;
         }
         self.recompute();
@@ -247,7 +262,7 @@ impl PrimaryState {
             ));
         }
         let mirror = u64::from(req.node_id);
-        if !self.replicas.contains(&mirror) || mirror == self.node_id {
+        if !self.replicas().contains(&mirror) || mirror == self.node_id {
             return Err(BrokerError::new(
                 ErrorCode::InvalidRequest,
                 format!(
@@ -287,9 +302,23 @@ impl PrimaryState {
         ))
     }
 
+    /// Records per second taken over the last second or more (sampled by fetches).
+    fn write_rate(&self, end: u64) -> u64 {
+        let mut r = self.rate.lock().expect("rate lock");
+        let elapsed = r.0.elapsed();
+        if elapsed >= Duration::from_secs(1) {
+            let rate = (end.saturating_sub(r.1) as f64 / elapsed.as_secs_f64()) as u64;
+            *r = (Instant::now(), end, rate);
+        }
+        r.2
+    }
+
     fn response(&self, records: Records, truncate_to: u64, from: u64) -> MirrorFetchResponse {
         let reader = self.shard.reader();
+        let end = reader.log_end_offset();
         MirrorFetchResponse {
+            log_end_offset: end,
+            write_rate: self.write_rate(end),
             epoch: self.epoch,
             high_watermark: reader.high_watermark(),
             log_start_offset: reader.log_start_offset(),
@@ -322,13 +351,14 @@ impl PrimaryState {
         let now = Instant::now();
         let end = self.shard.reader().log_end_offset();
         let Membership {
+            replicas,
             in_sync,
             version,
             left,
         } = self.membership.lock().expect("membership lock").clone();
         let mirrors = self.mirrors.lock().expect("mirrors lock");
-        let mut wanted: Vec<NodeId> = Vec::with_capacity(self.replicas.len());
-        for &n in &self.replicas {
+        let mut wanted: Vec<NodeId> = Vec::with_capacity(replicas.len());
+        for &n in &replicas {
             if n == self.node_id {
                 wanted.push(n);
                 continue;
@@ -354,8 +384,9 @@ impl PrimaryState {
     pub fn mirror_states(&self) -> Vec<MirrorState> {
         let end = self.shard.reader().log_end_offset();
         let now = Instant::now();
+        let replicas = self.replicas();
         let mirrors = self.mirrors.lock().expect("mirrors lock");
-        self.replicas
+        replicas
             .iter()
             .filter(|&&n| n != self.node_id)
             .map(|&n| {

@@ -11,15 +11,13 @@
 //! record (node, shard, offset, epoch), and the replay tool skips repeats.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use weir_protocol::batch::{self, BatchBuilder, NewRecord};
-use weir_protocol::messages::{Acks, ProduceRequest, Records};
-use weir_protocol::{ErrorCode, ResponseBody};
+use weir_protocol::ErrorCode;
 
-use super::super::meta::{Command, NodeId};
-use super::super::peer::{Peer, PeerError};
+use super::super::meta::Command;
+use super::super::queues::produce_mirrored;
 use super::super::Cluster;
 use super::epochs::EpochHistory;
 use crate::error::BrokerError;
@@ -33,8 +31,6 @@ use weir_protocol::headers::{
 
 /// Most bytes of records per produce to the reconciliation topic.
 const CHUNK_BYTES: usize = 512 * 1024;
-/// Longest wait for the reconciliation topic to have a primary.
-const PRIMARY_WAIT: Duration = Duration::from_secs(10);
 
 /// The reconciliation topic of `topic`.
 pub fn topic_for(topic: &str) -> String {
@@ -152,92 +148,40 @@ async fn send(
         .finish()
         .map_err(|e| BrokerError::new(ErrorCode::InvalidRecord, e.to_string()))?;
     let records = batch::BatchHeader::read(&bytes).map_or(0, |h| u64::from(h.record_count));
-    let primary = primary_of(cluster, target, s.topic).await?;
-    let peer = match cluster.peers.get(&primary) {
-        Some(p) => p.clone(),
-        None => Arc::new(Peer::new(own_addr(cluster)?)),
-    };
-    let req = ProduceRequest {
-        topic: target.to_string(),
-        shard: 0,
-        acks: Acks::Mirrored,
-        timeout_ms: 10_000,
-        records: Records::from_bytes(bytes),
-    };
-    match peer.call(req, Duration::from_secs(12)).await {
-        Ok(ResponseBody::Produce(_)) => Ok(records),
-        Ok(_) => Err(BrokerError::new(
-            ErrorCode::InvalidRequest,
-            "the reconciliation topic's primary answered another api",
-        )),
-        Err(PeerError::Refused { code, message }) => Err(BrokerError::new(code, message)),
-        Err(e) => Err(BrokerError::new(ErrorCode::RequestTimedOut, e.to_string())),
-    }
+    ensure_topic(cluster, target, s.topic).await?;
+    produce_mirrored(cluster, target, 0, bytes).await?;
+    Ok(records)
 }
 
-/// The primary of `target`/0, creating the topic (one shard, the origin topic's
-/// settings) when the metadata has no such topic.
-async fn primary_of(
+/// Creates `target` (one shard, the origin topic's settings) when the metadata has
+/// no such topic; another copy creating it first is as good.
+async fn ensure_topic(
     cluster: &Arc<Cluster>,
     target: &str,
     origin: &str,
-) -> Result<NodeId, BrokerError> {
-    let deadline = Instant::now() + PRIMARY_WAIT;
-    let mut asked = false;
-    loop {
-        let meta = cluster.meta();
-        match meta.topics.get(target) {
-            Some(t) => {
-                if let Some(p) = t.shards.first().and_then(|s| s.primary) {
-                    return Ok(p);
-                }
-            }
-            None if !asked => {
-                let settings = meta
-                    .topics
-                    .get(origin)
-                    .map(|t| t.settings.clone())
-                    .ok_or_else(|| {
-                        BrokerError::new(
-                            ErrorCode::UnknownTopic,
-                            format!("{origin} is not in the cluster metadata"),
-                        )
-                    })?;
-                // "Exists" (another copy created it first) is as good as created.
-                let _ = cluster
-                    .consensus
-                    .write(Command::CreateTopic {
-                        name: target.to_string(),
-                        shards: 1,
-                        settings,
-                        at_ms: crate::clock::now_ms(),
-                    })
-                    .await?;
-                asked = true;
-            }
-            None => {}
-        }
-        if Instant::now() > deadline {
-            return Err(BrokerError::new(
-                ErrorCode::ShardOffline,
-                format!("{target} has no primary"),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+) -> Result<(), BrokerError> {
+    let meta = cluster.meta();
+    if meta.topics.contains_key(target) {
+        return Ok(());
     }
-}
-
-/// This node's own protocol address, as its `--peers` entry names it.
-fn own_addr(cluster: &Cluster) -> Result<String, BrokerError> {
-    cluster
-        .config
-        .cluster_peers()
-        .ok()
-        .and_then(|p| p.get(&cluster.node_id).cloned())
+    let settings = meta
+        .topics
+        .get(origin)
+        .map(|t| t.settings.clone())
         .ok_or_else(|| {
             BrokerError::new(
-                ErrorCode::InvalidConfig,
-                "this node is not in its own --peers list",
+                ErrorCode::UnknownTopic,
+                format!("{origin} is not in the cluster metadata"),
             )
+        })?;
+    cluster
+        .consensus
+        .write(Command::CreateTopic {
+            name: target.to_string(),
+            shards: 1,
+            settings,
+            at_ms: crate::clock::now_ms(),
         })
+        .await?;
+    Ok(())
 }

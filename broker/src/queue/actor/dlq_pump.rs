@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use weir_protocol::batch::BatchHeader;
+use weir_protocol::batch::{BatchHeader, Record};
 use weir_protocol::ErrorCode;
 
 use super::window::{read_record, EntryState, Timer};
@@ -29,6 +29,8 @@ const DLQ_RETRY: Duration = Duration::from_secs(1);
 /// Results of work the task handed to other tasks.
 pub(super) enum Internal {
     DeadWritten(DeadLettered),
+    /// A fetch of a shard this node holds no copy of (`remote.rs`).
+    Fetched(super::remote::Fetched),
 }
 
 /// How a dead-letter write of records of source shard `shard` ended.
@@ -125,7 +127,16 @@ impl QueueActor {
                 continue;
             }
             self.dlq_busy = true;
+            // A shard this node holds no copy of: the records go with the job.
+            let held = match &self.shards[s as usize].remote {
+                Some(feed) => items
+                    .iter()
+                    .filter_map(|(o, _)| feed.held.get(o).map(|r| (*o, r.clone())))
+                    .collect(),
+                None => HashMap::new(),
+            };
             let job = DeadLetterJob {
+                held,
                 shard: s,
                 items,
                 topic: self.topic.clone(),
@@ -134,6 +145,7 @@ impl QueueActor {
                 name: dlq::dlq_name(&self.topic_name, &self.settings.dlq_suffix),
                 retention_ms: self.settings.dlq_retention_ms,
                 cached: self.dlq.clone(),
+                replicated: self.settings.replicated.clone(),
             };
             let tx = self.internal_tx.clone();
             tokio::spawn(async move {
@@ -166,6 +178,7 @@ impl QueueActor {
 
     pub(super) async fn on_internal(&mut self, msg: Internal) {
         match msg {
+            Internal::Fetched(f) => self.on_fetched(f),
             Internal::DeadWritten(done) => {
                 self.dlq_busy = false;
                 let s = done.shard;
@@ -278,6 +291,11 @@ struct DeadLetterJob {
     name: String,
     retention_ms: u64,
     cached: Option<Arc<Topic>>,
+    /// On a cluster node: the topic is created through the consensus engine and
+    /// written on its primary with mirrored acks.
+    replicated: Option<Arc<dyn crate::queue::replicated::Replicator>>,
+    /// Records of a shard this node holds no copy of, by offset.
+    held: HashMap<u64, Record>,
 }
 
 impl DeadLetterJob {
@@ -290,10 +308,19 @@ impl DeadLetterJob {
             lost: Vec::new(),
             error: None,
         };
-        let dlq = match self.cached.clone() {
-            Some(d) => Ok(d),
-            None => {
-                let shards = self.topic.shards.len() as u32;
+        let shards = self.topic.shards.len() as u32;
+        let dlq = match (self.cached.clone(), &self.replicated) {
+            (Some(d), _) => Ok(d),
+            (None, Some(r)) => {
+                r.dead_letter_topic(
+                    self.name.clone(),
+                    self.topic.name.clone(),
+                    shards,
+                    self.retention_ms,
+                )
+                .await
+            }
+            (None, None) => {
                 dlq::ensure_topic(&self.topics, &self.name, shards, self.retention_ms).await
             }
         };
@@ -314,20 +341,25 @@ impl DeadLetterJob {
             if batches.is_empty() {
                 continue;
             }
-            let appended = match dlq.shard(done.dlq_shard) {
-                Ok(shard) => shard
+            let appended = match (&self.replicated, dlq.shard(done.dlq_shard)) {
+                (_, Err(e)) => Err(e),
+                (Some(r), Ok(_)) => {
+                    r.append_mirrored(self.name.clone(), done.dlq_shard, batches)
+                        .await
+                }
+                (None, Ok(shard)) => shard
                     .append(batches, headers, true)
                     .await
+                    .map(|out| out.base_offset)
                     .map_err(|e| BrokerError::new(ErrorCode::StorageError, e.to_string())),
-                Err(e) => Err(e),
             };
             match appended {
                 // One record per batch: the i-th landed at base + i.
-                Ok(out) => done.written.extend(
+                Ok(base) => done.written.extend(
                     offsets
                         .iter()
                         .enumerate()
-                        .map(|(i, o)| (*o, out.base_offset + i as u64)),
+                        .map(|(i, o)| (*o, base + i as u64)),
                 ),
                 Err(e) => {
                     done.failed.extend(offsets);
@@ -353,8 +385,12 @@ impl DeadLetterJob {
         while *at < self.items.len() && (batches.is_empty() || bytes < DLQ_APPEND_BYTES) {
             let (offset, failure) = &self.items[*at];
             *at += 1;
-            let built = read_record(topic, s, *offset)
-                .and_then(|rec| dlq::build_batch(&self.group, &topic.name, s, &rec, failure));
+            let record = match self.held.get(offset) {
+                Some(r) => Ok(r.clone()),
+                None => read_record(topic, s, *offset),
+            };
+            let built =
+                record.and_then(|rec| dlq::build_batch(&self.group, &topic.name, s, &rec, failure));
             match built {
                 Ok((batch, header)) => {
                     bytes += batch.len();

@@ -60,6 +60,9 @@ pub(super) struct ShardQueue {
     /// offsets not yet read back into the window.
     pub(super) recovered_done: BTreeSet<u64>,
     pub(super) recovered_failed: BTreeMap<u64, (Failure, i64)>,
+    /// Set when this node holds no copy of the shard (a cluster): records come from
+    /// its primary (`remote.rs`).
+    pub(super) remote: Option<super::remote::RemoteFeed>,
 }
 
 impl ShardQueue {
@@ -83,12 +86,17 @@ impl ShardQueue {
                 .range(floor..)
                 .map(|(k, v)| (*k, v.clone()))
                 .collect(),
+            remote: None,
         };
         (sq, (!rec.known).then_some(Event::Floor { offset: floor }))
     }
 
     /// Records below `start` were deleted by retention: they leave the window.
-    fn skip_deleted(&mut self, start: u64) {
+    pub(super) fn skip_deleted(&mut self, start: u64) {
+        if let Some(feed) = self.remote.as_mut() {
+            feed.held.retain(|&o, _| o >= start);
+            feed.buf.retain(|r| r.offset >= start);
+        }
         self.entries = self.entries.split_off(&start);
         self.done = self.done.split_off(&start);
         self.ready = self.ready.split_off(&start);
@@ -113,6 +121,9 @@ impl ShardQueue {
     }
 
     pub(super) fn mark_done(&mut self, offset: u64) {
+        if let Some(feed) = self.remote.as_mut() {
+            feed.held.remove(&offset);
+        }
         self.entries.remove(&offset);
         self.ready.remove(&offset);
         if offset >= self.floor {
@@ -159,7 +170,7 @@ impl QueueActor {
                 };
                 any = true;
                 self.shards[s].ready.remove(&offset);
-                match read_record(&self.topic, s as u32, offset) {
+                match self.record_at(s as u32, offset) {
                     Ok(rec) => out.push(self.grant(s as u32, rec, lease)),
                     Err(e) if e.code == ErrorCode::OffsetOutOfRange => {
                         self.lost(s as u32, offset, e)
@@ -202,6 +213,10 @@ impl QueueActor {
         lease: Duration,
         out: &mut Vec<LeasedMessage>,
     ) -> Result<(), BrokerError> {
+        if self.shards[s as usize].remote.is_some() {
+            self.read_new_remote(s, want, lease, out);
+            return Ok(());
+        }
         let shard = self.topic.shards[s as usize].clone();
         let reader = shard.reader();
         let mut granted = 0u32;
@@ -237,23 +252,7 @@ impl QueueActor {
                         if granted >= want || sq.next - sq.floor >= self.settings.window {
                             break 'chunks;
                         }
-                        let offset = rec.offset;
-                        sq.next = offset + 1;
-                        if sq.recovered_done.remove(&offset) {
-                            sq.mark_done(offset);
-                            continue;
-                        }
-                        if let Some((failure, due_ms)) = sq.recovered_failed.remove(&offset) {
-                            let lease_now = (granted < want).then_some(lease);
-                            if let Some(m) = self.resume_failed(s, rec, failure, due_ms, lease_now)
-                            {
-                                out.push(m);
-                                granted += 1;
-                            }
-                            continue;
-                        }
-                        out.push(self.grant(s, rec, lease));
-                        granted += 1;
+                        self.take_new(s, rec, want, lease, &mut granted, out);
                     }
                 }
             }
@@ -261,6 +260,37 @@ impl QueueActor {
                 return Ok(());
             }
         }
+    }
+
+    /// Takes record `rec` (never in the window before) of shard `s` into the window:
+    /// done already (by the state log), failed before (back to its retry time), or
+    /// leased now.
+    pub(super) fn take_new(
+        &mut self,
+        s: u32,
+        rec: Record,
+        want: u32,
+        lease: Duration,
+        granted: &mut u32,
+        out: &mut Vec<LeasedMessage>,
+    ) {
+        let sq = &mut self.shards[s as usize];
+        let offset = rec.offset;
+        sq.next = offset + 1;
+        if sq.recovered_done.remove(&offset) {
+            sq.mark_done(offset);
+            return;
+        }
+        if let Some((failure, due_ms)) = sq.recovered_failed.remove(&offset) {
+            let lease_now = (*granted < want).then_some(lease);
+            if let Some(m) = self.resume_failed(s, rec, failure, due_ms, lease_now) {
+                out.push(m);
+                *granted += 1;
+            }
+            return;
+        }
+        out.push(self.grant(s, rec, lease));
+        *granted += 1;
     }
 
     /// A record that failed before a restart comes back into the window: ready (and
@@ -277,6 +307,7 @@ impl QueueActor {
         let offset = rec.offset;
         let class = self.settings.class_map.class_of(rec.priority);
         let wait = Duration::from_millis((due_ms - now_ms()).max(0) as u64);
+        self.hold(s, &rec);
         self.shards[s as usize].entries.insert(
             offset,
             Entry {
@@ -301,6 +332,7 @@ impl QueueActor {
 
     /// Leases one record (new or due again).
     pub(super) fn grant(&mut self, s: u32, rec: Record, lease: Duration) -> LeasedMessage {
+        self.hold(s, &rec);
         let lease_id = self.next_lease.fetch_add(1, Ordering::Relaxed);
         let class = self.settings.class_map.class_of(rec.priority);
         let offset = rec.offset;
