@@ -51,6 +51,11 @@ impl Broker {
         if let Ok(secret) = std::env::var(crate::security::CLUSTER_SECRET_ENV) {
             crate::cluster::peer::set_link_secret(&secret);
         }
+        if config.is_cluster() {
+            if let Some(tls) = crate::security::tls::link_client_config(&config)? {
+                crate::cluster::peer::set_link_tls(Arc::new(tls));
+            }
+        }
         let cluster = if config.is_cluster() {
             Some(crate::cluster::Cluster::start(config.clone(), stores.topics.clone()).await?)
         } else {

@@ -311,6 +311,11 @@ pub struct Config {
     /// cut off from every other node (its calls to them fail, theirs to it are
     /// refused) while clients still reach it. Empty = off.
     pub cluster_partition_file: String,
+    /// PEM CA certificate(s) that sign the other nodes' certificates. A cluster node
+    /// whose protocol port speaks TLS (`tls_cert`) speaks TLS on its links to the
+    /// other nodes too, and trusts only peers whose certificate chains to this CA;
+    /// required then, refused otherwise.
+    pub cluster_tls_ca: PathBuf,
     /// TLS on the protocol port (`security/tls.rs`): PEM certificate chain; empty =
     /// plain TCP. Reloaded from disk when it changes.
     pub tls_cert: PathBuf,
@@ -512,6 +517,7 @@ impl Default for Config {
             default_replicas: 3,
             default_min_in_sync: 2,
             cluster_partition_file: String::new(),
+            cluster_tls_ca: PathBuf::new(),
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
             tls_client_ca: PathBuf::new(),
@@ -864,6 +870,17 @@ impl Config {
         }
         if self.mirror_lag_max_ms < 100 {
             return bad("mirror_lag_max_ms must be at least 100");
+        }
+        let tls = !self.tls_cert.as_os_str().is_empty();
+        let ca = !self.cluster_tls_ca.as_os_str().is_empty();
+        if tls && !ca {
+            return bad(
+                "a cluster node whose protocol port speaks TLS (tls_cert) needs cluster_tls_ca: \
+                 the CA that signs the other nodes' certificates, checked on every link between nodes",
+            );
+        }
+        if ca && !tls {
+            return bad("cluster_tls_ca needs tls_cert and tls_key (links between nodes speak TLS only when the protocol port does)");
         }
         Ok(())
     }
@@ -1257,5 +1274,37 @@ mod tests {
         assert!(Config::load(None, env).is_err());
         let env = vec![("WEIR_MAX_FRAME_BYTES".into(), "10".into())];
         assert!(Config::load(None, env).is_err());
+    }
+
+    #[test]
+    fn a_tls_cluster_node_needs_the_cluster_ca_and_the_ca_needs_tls() {
+        let env = |extra: &[(&str, &str)]| {
+            let mut e: Vec<(String, String)> = vec![
+                ("WEIR_NODE_ID".into(), "1".into()),
+                (
+                    "WEIR_PEERS".into(),
+                    "1=127.0.0.1:7700,2=127.0.0.1:7710".into(),
+                ),
+            ];
+            e.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            e
+        };
+        let tls = [("WEIR_TLS_CERT", "n.pem"), ("WEIR_TLS_KEY", "n.key")];
+        let err = Config::load(None, env(&tls)).unwrap_err().to_string();
+        assert!(err.contains("needs cluster_tls_ca"), "{err}");
+        let mut with_ca = tls.to_vec();
+        with_ca.push(("WEIR_CLUSTER_TLS_CA", "ca.pem"));
+        let c = Config::load(None, env(&with_ca)).unwrap();
+        assert_eq!(c.cluster_tls_ca, PathBuf::from("ca.pem"));
+        let err = Config::load(None, env(&[("WEIR_CLUSTER_TLS_CA", "ca.pem")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cluster_tls_ca needs tls_cert"), "{err}");
+        // A single node with TLS needs no cluster CA.
+        let single: Vec<(String, String)> = tls
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load(None, single).unwrap();
     }
 }

@@ -38,6 +38,10 @@ struct Args {
     /// PEM CA of client certificates: require mutual TLS (config `tls_client_ca`).
     #[arg(long)]
     tls_client_ca: Option<PathBuf>,
+    /// PEM CA of the other cluster nodes' certificates: links between nodes speak
+    /// TLS and check the peer against it (config `cluster_tls_ca`; needs --tls-cert).
+    #[arg(long)]
+    cluster_tls_ca: Option<PathBuf>,
     /// `required`: every connection authenticates and every request is checked
     /// against the ACLs (config `auth`). With no user yet, WEIR_ADMIN_PASSWORD
     /// creates `admin`.
@@ -111,6 +115,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(p) = args.tls_client_ca {
         config.tls_client_ca = p;
+    }
+    if let Some(p) = args.cluster_tls_ca {
+        config.cluster_tls_ca = p;
     }
     match args.auth.as_deref() {
         Some("required") => config.auth = weir_broker::config::AuthSetting::Required,

@@ -59,6 +59,21 @@ impl TestCa {
         self.sign(dir, file, params)
     }
 
+    /// A cluster node's certificate for 127.0.0.1 and localhost that also serves as a
+    /// client certificate (server and client use), for links between nodes whose
+    /// ports require client certificates; its common name is `name`.
+    pub fn node(&self, dir: &Path, name: &str) -> CertFiles {
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .expect("node params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.sign(dir, name, params)
+    }
+
     /// A client certificate whose common name is `principal`; `expired` makes one
     /// whose validity ended in 2001.
     pub fn client(&self, dir: &Path, principal: &str, expired: bool) -> CertFiles {

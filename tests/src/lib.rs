@@ -698,6 +698,16 @@ pub struct ClusterProcesses {
 impl ClusterProcesses {
     /// Starts `n` nodes that know each other, with extra `WEIR_*` settings.
     pub fn start(n: usize, env: &[(&str, &str)]) -> ClusterProcesses {
+        Self::start_each(n, |_| {
+            env.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+    }
+
+    /// Starts `n` nodes that know each other, node `id` with the extra `WEIR_*`
+    /// settings `env(id)` (a node set up differently from the others).
+    pub fn start_each(n: usize, env: impl Fn(u32) -> Vec<(String, String)>) -> ClusterProcesses {
         // Every port chosen up front (protocol and HTTP), so a node started earlier
         // cannot be given a later node's port.
         let all = free_ports(2 * n);
@@ -713,8 +723,9 @@ impl ClusterProcesses {
             .enumerate()
             .map(|(i, a)| {
                 let id = (i + 1).to_string();
+                let own = env(i as u32 + 1);
                 let mut e: Vec<(&str, &str)> = vec![("WEIR_NODE_ID", &id), ("WEIR_PEERS", &peers)];
-                e.extend_from_slice(env);
+                e.extend(own.iter().map(|(k, v)| (k.as_str(), v.as_str())));
                 BrokerProcess::start_at(*a, https[i], &e)
             })
             .collect();

@@ -176,6 +176,7 @@ fn resign(cluster: &Cluster, topic: &str, shard_no: u32) {
 }
 
 fn give_up_topic(cluster: &Cluster, topic: &str) {
+    cluster.held.release_topic(topic);
     if let Some(m) = cluster
         .primaries
         .write()
@@ -211,6 +212,7 @@ fn ensure_mirror(cluster: &Arc<Cluster>, topic: &str, shard_no: u32) {
 
 /// Stops the mirror task of a shard; whether there was one.
 fn stop_mirror(cluster: &Cluster, topic: &str, shard_no: u32) -> bool {
+    cluster.held.release(topic, shard_no);
     let task = cluster
         .mirrors
         .lock()

@@ -8,12 +8,16 @@
 //! Every decision is a compare-and-set command on the shard's version, made from the
 //! controller's applied metadata; one that lost a race is refused and decided again
 //! from the newer state on the next tick.
+//!
+//! One look at the nodes gives one decision round, and a round is one consensus entry
+//! ([`Command::Batch`]): a node that led 300 shards dying costs one consensus write,
+//! not 300 in a row, and every node applies the whole round at once.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::meta::{ClusterMeta, Command, NodeId};
+use super::meta::{ClusterMeta, Command, CommandResult, NodeId, BATCH_MAX};
 use super::Cluster;
 
 /// How often the controller looks at the nodes' liveness.
@@ -32,16 +36,45 @@ pub async fn run(cluster: Arc<Cluster>, mut shutdown: tokio::sync::watch::Receiv
         };
         let meta = cluster.meta();
         let now_ms = crate::clock::now_ms();
-        let mut commands = decide(&meta, &alive, now_ms);
-        commands.extend(super::moves::decide(&meta, &alive, now_ms));
-        for cmd in commands {
+        let mut decisions = decide(&meta, &alive, now_ms);
+        decisions.extend(super::moves::decide(&meta, &alive, now_ms));
+        for cmd in &decisions {
             tracing::info!(?cmd, "controller decision");
-            match cluster.consensus.write(cmd).await {
+        }
+        for entry in rounds(decisions) {
+            match cluster.consensus.write(entry).await {
+                Ok(CommandResult::Batch(results)) => {
+                    let refused = results
+                        .iter()
+                        .filter(|r| matches!(r, CommandResult::Refused { .. }))
+                        .count();
+                    tracing::debug!(
+                        decisions = results.len(),
+                        refused,
+                        "controller decisions applied (refused ones are decided again)"
+                    );
+                }
                 Ok(r) => tracing::debug!(?r, "controller decision applied"),
-                Err(e) => tracing::warn!(error = %e.message, "controller decision not committed"),
+                Err(e) => tracing::warn!(error = %e.message, "controller decisions not committed"),
             }
         }
     }
+}
+
+/// The consensus entries that carry one round of decisions: the single command as it
+/// is, more as batches of at most [`BATCH_MAX`].
+pub fn rounds(mut decisions: Vec<Command>) -> Vec<Command> {
+    if decisions.len() <= 1 {
+        return decisions;
+    }
+    let mut out = Vec::new();
+    while !decisions.is_empty() {
+        let rest = decisions.split_off(decisions.len().min(BATCH_MAX));
+        out.push(Command::Batch {
+            commands: std::mem::replace(&mut decisions, rest),
+        });
+    }
+    out
 }
 
 /// The commands that bring every shard's primary and in-sync set in line with which
@@ -102,7 +135,7 @@ pub fn decide(meta: &ClusterMeta, alive: &BTreeSet<NodeId>, at_ms: i64) -> Vec<C
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::meta::{CommandResult, NodeEntry, TopicSettings};
+    use crate::cluster::meta::{NodeEntry, TopicSettings};
     use weir_protocol::messages::TopicConfig;
 
     fn cluster_with_topic() -> ClusterMeta {
@@ -165,6 +198,51 @@ mod tests {
             assert!(!a.in_sync.contains(&dead), "shard {i}");
         }
         assert!(decide(&m, &alive, 0).is_empty(), "stable once applied");
+    }
+
+    #[test]
+    fn a_round_is_one_consensus_entry_that_moves_every_shard_of_the_dead_node() {
+        let mut m = cluster_with_topic();
+        let before = m.clone();
+        let dead = m.shard("t", 0).unwrap().primary.unwrap();
+        let alive: BTreeSet<NodeId> = [1, 2, 3].into_iter().filter(|&n| n != dead).collect();
+        let decisions = decide(&m, &alive, 7);
+        assert_eq!(
+            decisions.len(),
+            4,
+            "every shard loses a copy or its primary"
+        );
+        let entries = rounds(decisions.clone());
+        assert_eq!(entries.len(), 1, "one round, one entry");
+        // The batch leaves the metadata exactly as the decisions one by one would.
+        let mut one_by_one = m.clone();
+        apply_all(&mut one_by_one, decisions);
+        let r = m.apply(&entries[0]);
+        assert_eq!(r, CommandResult::Batch(vec![CommandResult::Done; 4]));
+        assert_eq!(m, one_by_one);
+        for i in 0..4 {
+            let (b, a) = (before.shard("t", i).unwrap(), m.shard("t", i).unwrap());
+            assert_eq!(a.history.len(), b.history.len() + 1, "shard {i} history");
+            assert_eq!(a.history.last().unwrap().at_ms, 7);
+        }
+        assert!(decide(&m, &alive, 8).is_empty(), "stable once applied");
+    }
+
+    #[test]
+    fn a_large_round_is_split_into_batches_of_at_most_batch_max() {
+        let cmd = Command::AllocateProducerIds { count: 1 };
+        let single = rounds(vec![cmd.clone()]);
+        assert_eq!(single, vec![cmd.clone()], "a lone decision goes as it is");
+        assert!(rounds(Vec::new()).is_empty());
+        let entries = rounds(vec![cmd; 2 * BATCH_MAX + 1]);
+        let sizes: Vec<usize> = entries
+            .iter()
+            .map(|e| match e {
+                Command::Batch { commands } => commands.len(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(sizes, vec![BATCH_MAX, BATCH_MAX, 1]);
     }
 
     #[test]

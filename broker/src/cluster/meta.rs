@@ -251,6 +251,13 @@ pub enum Command {
         group: String,
         offsets: Vec<(String, u32, u64)>,
     },
+    /// Several commands in one consensus entry (a controller's decision round), applied
+    /// in order with nothing between them; each keeps its own outcome (one that lost a
+    /// compare-and-set race is refused alone). At most [`BATCH_MAX`] commands, none of
+    /// them a batch.
+    Batch {
+        commands: Vec<Command>,
+    },
     /// Starts moving the copy of `from` to `to` (who becomes a replica at once, out of
     /// sync); applies only while the shard's version is `expected_version` and no
     /// move is in progress.
@@ -284,6 +291,9 @@ pub enum Command {
     },
 }
 
+/// Most commands in one [`Command::Batch`]; the controller splits a larger round.
+pub const BATCH_MAX: usize = 4096;
+
 /// What applying a command gave.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResult {
@@ -300,6 +310,8 @@ pub enum CommandResult {
         code: u16,
         message: String,
     },
+    /// A batch's outcomes, one per command, in order.
+    Batch(Vec<CommandResult>),
 }
 
 fn refused(code: weir_protocol::ErrorCode, message: impl Into<String>) -> CommandResult {
@@ -435,6 +447,17 @@ impl ClusterMeta {
                     }
                 }
                 CommandResult::Done
+            }
+            Command::Batch { commands } => {
+                if commands.len() > BATCH_MAX
+                    || commands.iter().any(|c| matches!(c, Command::Batch { .. }))
+                {
+                    return refused(
+                        E::InvalidRequest,
+                        format!("a batch holds at most {BATCH_MAX} commands, none a batch"),
+                    );
+                }
+                CommandResult::Batch(commands.iter().map(|c| self.apply(c)).collect())
             }
             Command::StartMove {
                 topic,
@@ -866,5 +889,77 @@ mod tests {
         };
         assert!(fa >= CLUSTER_PRODUCER_ID_BASE);
         assert_eq!(fb, fa + 100);
+    }
+
+    #[test]
+    fn a_batch_applies_each_command_and_a_stale_one_is_refused_alone() {
+        let mut m = three();
+        m.apply(&Command::CreateTopic {
+            name: "t".into(),
+            shards: 2,
+            settings: settings(3),
+            at_ms: 0,
+        });
+        let s0 = m.shard("t", 0).unwrap().clone();
+        let s1 = m.shard("t", 1).unwrap().clone();
+        let next = |s: &ShardEntry| *s.replicas.iter().find(|&&n| Some(n) != s.primary).unwrap();
+        let batch = Command::Batch {
+            commands: vec![
+                Command::SetPrimary {
+                    topic: "t".into(),
+                    shard: 0,
+                    expected_version: s0.version,
+                    primary: Some(next(&s0)),
+                    in_sync: vec![next(&s0)],
+                    at_ms: 5,
+                },
+                // Stale: shard 1 is at version s1.version, not one behind it.
+                Command::SetPrimary {
+                    topic: "t".into(),
+                    shard: 1,
+                    expected_version: s1.version + 1,
+                    primary: Some(next(&s1)),
+                    in_sync: vec![next(&s1)],
+                    at_ms: 5,
+                },
+            ],
+        };
+        let CommandResult::Batch(results) = m.apply(&batch) else {
+            panic!("a batch answers a batch")
+        };
+        assert_eq!(results[0], CommandResult::Done);
+        assert!(
+            matches!(&results[1], CommandResult::Refused { code, .. } if *code == weir_protocol::ErrorCode::FencedEpoch as u16),
+            "{:?}",
+            results[1]
+        );
+        let a0 = m.shard("t", 0).unwrap();
+        assert_eq!((a0.primary, a0.epoch), (Some(next(&s0)), s0.epoch + 1));
+        assert_eq!(a0.history.last().unwrap().kind, HistoryKind::PrimaryChanged);
+        assert_eq!(
+            m.shard("t", 1).unwrap(),
+            &s1,
+            "the refused one changed nothing"
+        );
+    }
+
+    #[test]
+    fn a_nested_or_oversized_batch_is_refused_whole() {
+        let mut m = three();
+        let before = m.clone();
+        let nested = Command::Batch {
+            commands: vec![
+                Command::AllocateProducerIds { count: 1 },
+                Command::Batch {
+                    commands: Vec::new(),
+                },
+            ],
+        };
+        assert!(matches!(m.apply(&nested), CommandResult::Refused { .. }));
+        let oversized = Command::Batch {
+            commands: vec![Command::AllocateProducerIds { count: 1 }; BATCH_MAX + 1],
+        };
+        assert!(matches!(m.apply(&oversized), CommandResult::Refused { .. }));
+        assert_eq!(m, before, "nothing of a refused batch applies");
     }
 }

@@ -59,6 +59,9 @@ pub struct Cluster {
     primaries: RwLock<HashMap<String, HashMap<u32, Arc<PrimaryState>>>>,
     /// The mirror tasks of the shards this node copies.
     mirrors: Mutex<HashMap<(String, u32), JoinHandle<()>>>,
+    /// Mirrors held out of sync because their divergent suffix cannot be kept yet,
+    /// and why (shown on `/health`).
+    pub held: replication::held::HeldCopies,
     /// Catch-up permits of this node's lagging copies.
     pub backfill: Arc<replication::backfill::Backfill>,
 }
@@ -97,6 +100,7 @@ impl Cluster {
             topics,
             primaries: RwLock::new(HashMap::new()),
             mirrors: Mutex::new(HashMap::new()),
+            held: Default::default(),
             backfill: Arc::new(replication::backfill::Backfill::new(
                 config.mirror_catchup_parallel,
             )),

@@ -3,6 +3,11 @@
 //! and MirrorFetch requests. The broker cannot use the SDK (the SDK can embed the
 //! broker), and needs far less of it: send a request, await the response with the
 //! same correlation id, within a time limit.
+//!
+//! Links speak TLS when this node's protocol port does ([`set_link_tls`], built from
+//! `tls_cert`, `tls_key` and `cluster_tls_ca`): the peer's certificate must chain to
+//! the cluster CA and name the host of its `peers` address, so the cluster secret a
+//! link authenticates with never crosses the network in clear.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -10,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -45,6 +51,18 @@ static PARTITION_FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::Once
 /// The cluster secret this node's links prove themselves with (`WEIR_CLUSTER_SECRET`).
 static LINK_SECRET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
+/// The TLS client side of this process's links, when its protocol port speaks TLS.
+static LINK_TLS: std::sync::OnceLock<tokio_rustls::TlsConnector> = std::sync::OnceLock::new();
+
+/// How often a link that keeps failing its TLS handshake is logged (warn).
+const TLS_WARN_EVERY: Duration = Duration::from_secs(5);
+
+/// Makes every link this process opens to another node speak TLS with `config`
+/// (once per process; later calls are ignored).
+pub fn set_link_tls(config: Arc<rustls::ClientConfig>) {
+    let _ = LINK_TLS.set(tokio_rustls::TlsConnector::from(config));
+}
+
 /// Makes every link this process opens to another node authenticate first, with the
 /// WEIR-NODE mechanism and `secret` (once per process; later calls are ignored). Peers
 /// with `auth = required` refuse links that do not.
@@ -66,8 +84,11 @@ pub fn partitioned() -> bool {
     PARTITION_FILE.get().is_some_and(|p| p.exists())
 }
 
+type LinkRead = Box<dyn AsyncRead + Send + Unpin>;
+type LinkWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
 struct Conn {
-    write: tokio::sync::Mutex<FramedWrite<tokio::net::tcp::OwnedWriteHalf, ClientCodec>>,
+    write: tokio::sync::Mutex<FramedWrite<LinkWrite, ClientCodec>>,
     pending: Pending,
     reader: tokio::task::JoinHandle<()>,
 }
@@ -83,6 +104,8 @@ pub struct Peer {
     addr: String,
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
     next_id: AtomicU32,
+    /// When a failed TLS handshake with this peer was last logged.
+    tls_warned: Mutex<Option<std::time::Instant>>,
 }
 
 impl std::fmt::Debug for Peer {
@@ -97,6 +120,7 @@ impl Peer {
             addr: addr.into(),
             conn: tokio::sync::Mutex::new(None),
             next_id: AtomicU32::new(1),
+            tls_warned: Mutex::new(None),
         }
     }
 
@@ -170,7 +194,17 @@ impl Peer {
                 refused: e.kind() == std::io::ErrorKind::ConnectionRefused,
             })?;
         let _ = stream.set_nodelay(true);
-        let (r, w) = stream.into_split();
+        let (r, w): (LinkRead, LinkWrite) = match LINK_TLS.get() {
+            None => {
+                let (r, w) = stream.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            Some(tls) => {
+                let tls = self.handshake(tls, stream).await?;
+                let (r, w) = tokio::io::split(tls);
+                (Box::new(r), Box::new(w))
+            }
+        };
         let pending: Pending = Arc::default();
         let reader = tokio::spawn(read_loop(
             FramedRead::new(r, ClientCodec::default()),
@@ -186,6 +220,38 @@ impl Peer {
         }
         *slot = Some(conn.clone());
         Ok(conn)
+    }
+
+    /// The client side of a TLS handshake with the peer, checking its certificate
+    /// against the cluster CA and the host of its address. A failure is logged (at
+    /// most every [`TLS_WARN_EVERY`] per peer: links are retried often) with what to
+    /// check, since it otherwise shows only as a node that never joins.
+    async fn handshake(
+        &self,
+        tls: &tokio_rustls::TlsConnector,
+        stream: TcpStream,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, PeerError> {
+        let failed = |reason: String| {
+            let mut last = self.tls_warned.lock().expect("tls_warned lock");
+            if last.is_none_or(|t| t.elapsed() >= TLS_WARN_EVERY) {
+                *last = Some(std::time::Instant::now());
+                tracing::warn!(
+                    peer = %self.addr,
+                    "TLS handshake with node at {} failed: {reason} (does cluster_tls_ca hold the CA that signed its certificate, and does the certificate name the host of its peers address?)",
+                    self.addr
+                );
+            }
+            PeerError::Unreachable {
+                addr: self.addr.clone(),
+                reason: format!("TLS handshake: {reason}"),
+                refused: false,
+            }
+        };
+        let name = rustls::pki_types::ServerName::try_from(host_of(&self.addr).to_string())
+            .map_err(|e| failed(format!("{:?} is no server name: {e}", host_of(&self.addr))))?;
+        tls.connect(name, stream)
+            .await
+            .map_err(|e| failed(e.to_string()))
     }
 
     /// Proves this node to the peer on a new link (WEIR-NODE), before any other
@@ -227,10 +293,7 @@ impl Peer {
 
 /// Hands each response to its caller; on any error, drops every waiting caller's
 /// sender (they see the connection closed).
-async fn read_loop(
-    mut frames: FramedRead<tokio::net::tcp::OwnedReadHalf, ClientCodec>,
-    pending: Pending,
-) {
+async fn read_loop(mut frames: FramedRead<LinkRead, ClientCodec>, pending: Pending) {
     while let Some(Ok(frame)) = frames.next().await {
         let waiter = pending
             .lock()
@@ -241,4 +304,25 @@ async fn read_loop(
         }
     }
     pending.lock().expect("pending lock").clear();
+}
+
+/// The host part of "host:port" or "[v6]:port": the name a peer's certificate must
+/// carry.
+fn host_of(addr: &str) -> &str {
+    if let Some(rest) = addr.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    addr.rsplit_once(':').map_or(addr, |(host, _)| host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    #[test]
+    fn a_peer_certificate_must_name_the_host_of_its_address() {
+        assert_eq!(host_of("127.0.0.1:7700"), "127.0.0.1");
+        assert_eq!(host_of("node-2.example:7700"), "node-2.example");
+        assert_eq!(host_of("[::1]:7700"), "::1");
+    }
 }

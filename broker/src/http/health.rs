@@ -6,10 +6,29 @@ use axum::http::StatusCode;
 
 use super::Shared;
 
-/// Always `200 ok` while the listener answers; the health *state* (healthy, degraded,
-/// critical) is in `/status` and `weir_health_state`.
-pub async fn health() -> &'static str {
-    "ok\n"
+/// Always `200` while the listener answers, the body starting `ok`; the health *state*
+/// (healthy, degraded, critical) is in `/status` and `weir_health_state`. On a cluster
+/// node, one more line per mirror held out of sync because its divergent suffix cannot
+/// be kept yet, `held: <topic>/<shard>: <why>` (`cluster/replication/held.rs`).
+pub async fn health(State(s): State<Shared>) -> String {
+    let held = s
+        .state
+        .cluster
+        .as_ref()
+        .map(|c| c.held.lines())
+        .unwrap_or_default();
+    health_body(&held)
+}
+
+/// `ok`, then one `held: ...` line per held copy.
+fn health_body(held: &[String]) -> String {
+    let mut body = String::from("ok\n");
+    for line in held {
+        body.push_str("held: ");
+        body.push_str(line);
+        body.push('\n');
+    }
+    body
 }
 
 /// `200 ok` while every shard takes appends; else `503` with one line per shard that
@@ -33,5 +52,19 @@ pub async fn ready(State(s): State<Shared>) -> (StatusCode, String) {
         (StatusCode::OK, "ok\n".into())
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::health_body;
+
+    #[test]
+    fn health_names_held_copies_after_ok() {
+        assert_eq!(health_body(&[]), "ok\n");
+        assert_eq!(
+            health_body(&["t/3: out of sync: why".to_string()]),
+            "ok\nheld: t/3: out of sync: why\n"
+        );
     }
 }

@@ -37,6 +37,8 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("client CA {path} refused: {reason}")]
     ClientCa { path: PathBuf, reason: String },
+    #[error("cluster CA {path} (cluster_tls_ca) refused: {reason}")]
+    ClusterCa { path: PathBuf, reason: String },
 }
 
 /// The files a server configuration is built from.
@@ -209,6 +211,44 @@ impl TlsServer {
         }
         current.0.clone()
     }
+}
+
+/// The client side of the links between cluster nodes (`cluster/peer.rs`): `None`
+/// when the protocol port speaks plain TCP (`tls_cert` unset), so links do too.
+/// Otherwise a peer's certificate must chain to `cluster_tls_ca` and name the host of
+/// its `peers` address (an IP address or a DNS name); the node's own `tls_cert` and
+/// `tls_key` are presented when a peer asks for a client certificate (its port has
+/// `tls_client_ca`). Read once at start: a rotated CA needs a restart of the links'
+/// side (the port itself reloads its certificate as before).
+pub fn link_client_config(config: &Config) -> Result<Option<rustls::ClientConfig>, TlsError> {
+    if config.tls_cert.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let ca = &config.cluster_tls_ca;
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs("cluster CA", ca)? {
+        roots.add(cert).map_err(|e| TlsError::ClusterCa {
+            path: ca.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = match config.tls_min_version {
+        TlsVersion::V1_3 => &[&rustls::version::TLS13],
+        TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+    };
+    let chain = read_certs("certificate", &config.tls_cert)?;
+    let key = PrivateKeyDer::from_pem_file(&config.tls_key).map_err(|source| TlsError::Read {
+        what: "private key",
+        path: config.tls_key.clone(),
+        source,
+    })?;
+    Ok(Some(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)?,
+    ))
 }
 
 /// The principal a verified client certificate names: its subject's common name.

@@ -7,6 +7,9 @@
 //!   through the SDK (what an application sees: its connection to the dead node
 //!   fails, it refreshes the cluster view, retries on the successor, and the successor
 //!   waits for its in-sync mirrors);
+//! - `moved`: kill → every shard of the topic the killed node led (with another
+//!   in-sync copy) has a new primary in a surviving node's metadata: the whole
+//!   decision round, where `elected` sees only shard 0's part of it;
 //! - `rejoin`: restart of the killed node → it is back in the shard's in-sync set.
 //!
 //! After the last kill the load stops and every acknowledged record is read back from
@@ -191,6 +194,7 @@ impl Cluster {
 #[derive(Clone, Copy, Debug)]
 struct Kill {
     elected: Duration,
+    moved: Duration,
     switchover: Duration,
     rejoin: Duration,
 }
@@ -243,11 +247,12 @@ impl FailoverReport {
             )
         };
         format!(
-            "{{\"mode\":\"failover\",\"nodes\":{},\"kills\":{},{},{},{},\"acked\":{},\"lost\":{},\"duplicates\":{},\"out_of_order\":{},\"failed\":{}}}",
+            "{{\"mode\":\"failover\",\"nodes\":{},\"kills\":{},{},{},{},{},\"acked\":{},\"lost\":{},\"duplicates\":{},\"out_of_order\":{},\"failed\":{}}}",
             self.nodes,
             self.kills.len(),
             part("switchover", &|k| k.switchover),
             part("elected", &|k| k.elected),
+            part("moved", &|k| k.moved),
             part("rejoin", &|k| k.rejoin),
             self.acked,
             self.lost,
@@ -268,6 +273,7 @@ impl FailoverReport {
             self.kills.len()
         );
         s += &line("elected", &|k| k.elected);
+        s += &line("moved", &|k| k.moved);
         s += &line("switchover", &|k| k.switchover);
         s += &line("rejoin", &|k| k.rejoin);
         s += &format!(
@@ -357,6 +363,7 @@ pub async fn run_failover(cli: Args) -> anyhow::Result<FailoverReport> {
         let (shard, p, epoch) = target.context("no shard to kill")?;
         // Load runs a while on the healthy cluster before each kill.
         tokio::time::sleep(Duration::from_millis(300)).await;
+        let led = led_by(&cluster, &cli.topic, p).await;
         let node = &mut cluster.nodes[p as usize - 1];
         node.kill9();
         let killed = Instant::now();
@@ -396,21 +403,43 @@ pub async fn run_failover(cli: Args) -> anyhow::Result<FailoverReport> {
                 }
             }
         };
-        let (elected, switchover) = tokio::try_join!(elected, first_ack)?;
+        let moved = {
+            let c = &cluster;
+            let topic = cli.topic.clone();
+            let led = &led;
+            async move {
+                loop {
+                    if all_moved(c, &topic, led).await {
+                        return Ok::<Duration, anyhow::Error>(killed.elapsed());
+                    }
+                    if killed.elapsed() > STEP_TIMEOUT {
+                        bail!(
+                            "{} shards not all moved within {STEP_TIMEOUT:?} of kill {k}",
+                            led.len()
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        let (elected, moved, switchover) = tokio::try_join!(elected, moved, first_ack)?;
         let (bin, peers) = (cluster.bin.clone(), cluster.peers.clone());
         cluster.nodes[p as usize - 1].spawn(&bin, &peers)?;
         let restarted = Instant::now();
         wait_all_in_sync(&cluster, &cli.topic, shard, replicas as usize).await?;
         let kill = Kill {
             elected,
+            moved,
             switchover,
             rejoin: restarted.elapsed(),
         };
         say(format!(
-            "kill {:>2}: node {p} (shard {shard}, epoch {epoch}{}) elected {:.0} ms, first mirrored ack {:.0} ms, rejoined {:.0} ms",
+            "kill {:>2}: node {p} (shard {shard}, epoch {epoch}{}) elected {:.0} ms, {} shards moved {:.0} ms, first mirrored ack {:.0} ms, rejoined {:.0} ms",
             k + 1,
             if controller == Some(p) { ", the controller" } else { "" },
             kill.elected.as_secs_f64() * 1e3,
+            led.len(),
+            kill.moved.as_secs_f64() * 1e3,
             kill.switchover.as_secs_f64() * 1e3,
             kill.rejoin.as_secs_f64() * 1e3
         ));
@@ -492,12 +521,22 @@ async fn create_topic(
         min_in_sync,
         ..TopicConfig::default()
     };
+    let mut attempts = 0u32;
     loop {
-        match Admin::new(client.clone())
+        let r = Admin::new(client.clone())
             .create_topic(topic, shards, config.clone())
-            .await
-        {
+            .await;
+        attempts += 1;
+        match r {
             Ok(_) => return Ok(()),
+            // An earlier attempt whose answer was lost (a slow creation of many
+            // shards) created it.
+            Err(e)
+                if attempts > 1
+                    && e.code() == Some(weir_protocol::ErrorCode::TopicAlreadyExists) =>
+            {
+                return Ok(())
+            }
             Err(e) if Instant::now() > deadline => bail!("creating {topic}: {e}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
@@ -522,6 +561,40 @@ async fn placement(c: &Cluster, topic: &str, shard: u32) -> Option<(u32, u32, Ve
         }
     }
     best
+}
+
+/// The shards of `topic` that node `p` leads and that another in-sync copy could take
+/// over, with their epochs, as a running node sees them.
+async fn led_by(c: &Cluster, topic: &str, p: u32) -> Vec<(u32, u32)> {
+    for n in c.running() {
+        if let Some(d) = describe(&n.addr).await {
+            return d
+                .shards
+                .iter()
+                .filter(|s| s.topic == topic && s.primary == p && s.in_sync.iter().any(|&i| i != p))
+                .map(|s| (s.shard, s.epoch))
+                .collect();
+        }
+    }
+    Vec::new()
+}
+
+/// Whether some running node's metadata gives every shard of `led` a new primary (a
+/// higher epoch and a primary).
+async fn all_moved(c: &Cluster, topic: &str, led: &[(u32, u32)]) -> bool {
+    for n in c.running() {
+        if let Some(d) = describe(&n.addr).await {
+            let moved = led.iter().all(|&(shard, epoch)| {
+                d.shards.iter().any(|s| {
+                    s.topic == topic && s.shard == shard && s.epoch > epoch && s.primary != 0
+                })
+            });
+            if moved {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 async fn primary_of(c: &Cluster, topic: &str, shard: u32) -> Option<(u32, u32)> {

@@ -334,4 +334,119 @@ mod tests {
             prop_assert!(decode_document::<Vote<u64>>(&good[..n]).is_err());
         }
     }
+
+    /// The fuzz targets' seeds (`broker/fuzz/seeds/<target>/`): valid files as the
+    /// encoders write them, so fuzzing starts from inputs that get past the CRC and
+    /// the JSON. `WEIR_BLESS=1` writes them; otherwise they must match.
+    #[test]
+    fn fuzz_seeds_are_what_the_encoders_write() {
+        use crate::cluster::meta::TopicSettings;
+        use crate::cluster::replication::epochs;
+        let batch = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(2, 1), 3),
+            payload: EntryPayload::Normal(Command::Batch {
+                commands: vec![Command::SetPrimary {
+                    topic: "t".into(),
+                    shard: 0,
+                    expected_version: 1,
+                    primary: Some(2),
+                    in_sync: vec![2, 3],
+                    at_ms: 1,
+                }],
+            }),
+        };
+        let create = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(2, 1), 2),
+            payload: EntryPayload::Normal(Command::CreateTopic {
+                name: "t".into(),
+                shards: 2,
+                settings: TopicSettings::from(&weir_protocol::messages::TopicConfig::default()),
+                at_ms: 0,
+            }),
+        };
+        let blank = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(2, 1), 1),
+            payload: EntryPayload::Blank,
+        };
+        let entries = [blank, create, batch];
+        // The framed mode of `consensus_log` frames every chunk between 0xFF bytes.
+        let mut unframed = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            if i > 0 {
+                unframed.push(0xFF);
+            }
+            unframed.extend_from_slice(&serde_json::to_vec(e).unwrap());
+        }
+        let mut meta = ClusterMeta::default();
+        meta.nodes.insert(
+            1,
+            NodeEntry {
+                addr: "127.0.0.1:7700".into(),
+            },
+        );
+        let snapshot = SnapshotFile {
+            meta: SnapshotMeta {
+                last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 9)),
+                last_membership: Default::default(),
+                snapshot_id: "1-9-1".into(),
+            },
+            data: meta,
+        };
+        let vote = Vote::new_committed(3, 2);
+        let mark: Option<openraft::LogId<u64>> = Some(LogId::new(CommittedLeaderId::new(2, 1), 3));
+        let history = [
+            epochs::Entry { epoch: 1, start: 0 },
+            epochs::Entry {
+                epoch: 3,
+                start: 50,
+            },
+        ];
+        let seeds: Vec<(&str, &str, Vec<u8>)> = vec![
+            ("consensus_log", "log", log_of(&entries)),
+            ("consensus_log", "entries_unframed", unframed),
+            ("consensus_documents", "vote", encode_document(&vote)),
+            (
+                "consensus_documents",
+                "vote_unframed",
+                serde_json::to_vec(&vote).unwrap(),
+            ),
+            ("consensus_documents", "committed", encode_document(&mark)),
+            (
+                "consensus_documents",
+                "snapshot",
+                encode_document(&snapshot),
+            ),
+            (
+                "consensus_documents",
+                "snapshot_unframed",
+                serde_json::to_vec(&snapshot).unwrap(),
+            ),
+            ("epochs_decode", "history", epochs::encode(&history)),
+        ];
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+        let bless = std::env::var_os("WEIR_BLESS").is_some();
+        for (target, name, bytes) in seeds {
+            let path = root.join(target).join(name);
+            if bless {
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(&path, &bytes).unwrap();
+            } else {
+                let stored = std::fs::read(&path)
+                    .unwrap_or_else(|e| panic!("{}: {e} (WEIR_BLESS=1 writes it)", path.display()));
+                assert_eq!(
+                    stored,
+                    bytes,
+                    "{} is stale (WEIR_BLESS=1 rewrites it)",
+                    path.display()
+                );
+            }
+        }
+        // And they decode.
+        assert_eq!(scan_log(&log_of(&entries)).entries.len(), 3);
+        assert_eq!(
+            decode_document::<SnapshotFile>(&encode_document(&snapshot)),
+            Ok(snapshot)
+        );
+        assert_eq!(epochs::decode(&epochs::encode(&history)), history.to_vec());
+    }
 }

@@ -33,8 +33,7 @@ impl EpochHistory {
     pub fn load(dir: &Path) -> EpochHistory {
         let entries = std::fs::read(dir.join(FILE))
             .ok()
-            .and_then(|b| serde_json::from_slice::<Vec<Entry>>(&b).ok())
-            .filter(|e| well_formed(e))
+            .map(|b| decode(&b))
             .unwrap_or_default();
         EpochHistory {
             dir: dir.to_path_buf(),
@@ -43,8 +42,7 @@ impl EpochHistory {
     }
 
     fn save(&self) -> std::io::Result<()> {
-        let bytes = serde_json::to_vec(&self.entries).expect("epochs serialise");
-        crate::files::write_atomically(&self.dir, FILE, &bytes)
+        crate::files::write_atomically(&self.dir, FILE, &encode(&self.entries))
     }
 
     pub fn entries(&self) -> &[Entry] {
@@ -164,7 +162,23 @@ impl EpochHistory {
     }
 }
 
-fn well_formed(entries: &[Entry]) -> bool {
+/// The history `epochs.json` holds: a JSON array of `{"epoch":E,"start":S}`, epochs
+/// and starts strictly increasing. Anything else (damaged, out of order) is an empty
+/// history, never a panic.
+pub fn decode(bytes: &[u8]) -> Vec<Entry> {
+    serde_json::from_slice::<Vec<Entry>>(bytes)
+        .ok()
+        .filter(|e| well_formed(e))
+        .unwrap_or_default()
+}
+
+/// The bytes of `epochs.json` for `entries`.
+pub fn encode(entries: &[Entry]) -> Vec<u8> {
+    serde_json::to_vec(entries).expect("epochs serialise")
+}
+
+/// Whether `entries` is a history: epochs and starts strictly increase.
+pub fn well_formed(entries: &[Entry]) -> bool {
     entries
         .windows(2)
         .all(|w| w[0].epoch < w[1].epoch && w[0].start < w[1].start)
@@ -264,6 +278,49 @@ mod tests {
             std::fs::write(dir.path().join(FILE), &bytes).unwrap();
             let h = EpochHistory::load(dir.path());
             proptest::prop_assert!(well_formed(h.entries()));
+        }
+
+        /// A well-formed history survives encoding; a history with any pair out of
+        /// order decodes as empty rather than as a history the checks would trust.
+        #[test]
+        fn histories_round_trip_and_disorder_is_refused(
+            steps in proptest::collection::vec((1u32..5, 1u64..1000), 0..20),
+            swap in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let mut entries = Vec::new();
+            let (mut epoch, mut start) = (0u32, 0u64);
+            for (de, ds) in steps {
+                epoch += de;
+                entries.push(Entry { epoch, start });
+                start += ds;
+            }
+            proptest::prop_assert_eq!(decode(&encode(&entries)), entries.clone());
+            if entries.len() >= 2 {
+                let i = swap.index(entries.len() - 1);
+                entries.swap(i, i + 1);
+                proptest::prop_assert!(decode(&encode(&entries)).is_empty());
+            }
+        }
+
+        /// Bytes that are almost a history (one flipped bit, or cut short) decode as
+        /// a well-formed history or as none.
+        #[test]
+        fn a_damaged_history_decodes_well_formed_or_empty(
+            n in 1usize..10,
+            flip in proptest::prelude::any::<proptest::sample::Index>(),
+            bit in 0u8..8,
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let entries: Vec<Entry> = (0..n as u32)
+                .map(|i| Entry { epoch: i + 1, start: u64::from(i) * 10 })
+                .collect();
+            let mut bytes = encode(&entries);
+            let at = flip.index(bytes.len());
+            bytes[at] ^= 1 << bit;
+            proptest::prop_assert!(well_formed(&decode(&bytes)));
+            let good = encode(&entries);
+            let short = decode(&good[..cut.index(good.len())]);
+            proptest::prop_assert!(short.is_empty(), "a cut file is never a history");
         }
     }
 }

@@ -47,6 +47,7 @@ pub async fn run(cluster: Arc<Cluster>, topic: String, shard_no: u32) {
     loop {
         match round(&cluster, &topic, shard_no, &mut epochs).await {
             Ok(c) => {
+                cluster.held.release(&topic, shard_no);
                 if c.full && permit.is_none() {
                     let key = (topic.clone(), shard_no);
                     permit = Some(cluster.backfill.admit(key, c.write_rate, c.behind).await);
@@ -160,6 +161,20 @@ async fn round(
                 ),
                 Err(e) => {
                     tracing::warn!(topic, shard = shard_no, error = %e.message, "keeping the divergent records failed; the cut waits");
+                    cluster.held.hold(
+                        topic,
+                        shard_no,
+                        format!(
+                            "out of sync: its records {}..{} diverge from primary {primary}'s (epoch {}) and cannot be kept in {} yet ({}: {}); the cut waits for that, retried every {} ms",
+                            resp.truncate_to,
+                            end,
+                            entry.epoch,
+                            reconcile::topic_for(topic),
+                            e.code,
+                            e.message,
+                            RETRY_PAUSE.as_millis()
+                        ),
+                    );
                     return Err(Pause::Short);
                 }
             }

@@ -7,6 +7,7 @@
 
 pub mod backfill;
 pub mod epochs;
+pub mod held;
 pub mod mirror;
 pub mod primary;
 pub mod reconcile;
