@@ -132,6 +132,49 @@ pub struct HistoryEvent {
 }
 
 impl ShardEntry {
+    /// Ends the move in progress: `MoveFinished` drops the source (the target is in
+    /// sync and the primary is off the source), `MoveAborted` drops the target (which
+    /// must not be the primary).
+    fn end_move(
+        &mut self,
+        at_ms: i64,
+        kind: HistoryKind,
+        topic: &str,
+        shard: u32,
+    ) -> CommandResult {
+        use weir_protocol::ErrorCode as E;
+        let Some(m) = self.moving else {
+            return refused(E::InvalidRequest, format!("{topic}/{shard} is not moving"));
+        };
+        let (dropped, why_not) = if kind == HistoryKind::MoveFinished {
+            let ready = self.in_sync.contains(&m.to) && self.primary != Some(m.from);
+            (
+                m.from,
+                (!ready).then(|| {
+                    format!(
+                "{topic}/{shard}: node {} is not in sync yet or node {} is still the primary",
+                m.to, m.from
+            )
+                }),
+            )
+        } else {
+            (
+                m.to,
+                (self.primary == Some(m.to))
+                    .then(|| format!("{topic}/{shard}: node {} is already the primary", m.to)),
+            )
+        };
+        if let Some(message) = why_not {
+            return refused(E::InvalidRequest, message);
+        }
+        self.replicas.retain(|n| *n != dropped);
+        self.in_sync.retain(|n| *n != dropped);
+        self.moving = None;
+        self.version += 1;
+        self.record(at_ms, kind);
+        CommandResult::Done
+    }
+
     fn record(&mut self, at_ms: i64, kind: HistoryKind) {
         if self.history.len() >= HISTORY_MAX {
             self.history.remove(0);
@@ -516,29 +559,7 @@ impl ClusterMeta {
                 at_ms,
             } => match self.shard_mut(topic, *shard, *expected_version) {
                 Err(r) => r,
-                Ok(entry) => {
-                    let Some(m) = entry.moving else {
-                        return refused(
-                            E::InvalidRequest,
-                            format!("{topic}/{shard} is not moving"),
-                        );
-                    };
-                    if !entry.in_sync.contains(&m.to) || entry.primary == Some(m.from) {
-                        return refused(
-                            E::InvalidRequest,
-                            format!(
-                                "{topic}/{shard}: node {} is not in sync yet or node {} is still the primary",
-                                m.to, m.from
-                            ),
-                        );
-                    }
-                    entry.replicas.retain(|n| *n != m.from);
-                    entry.in_sync.retain(|n| *n != m.from);
-                    entry.moving = None;
-                    entry.version += 1;
-                    entry.record(*at_ms, HistoryKind::MoveFinished);
-                    CommandResult::Done
-                }
+                Ok(entry) => entry.end_move(*at_ms, HistoryKind::MoveFinished, topic, *shard),
             },
             Command::AbortMove {
                 topic,
@@ -547,26 +568,7 @@ impl ClusterMeta {
                 at_ms,
             } => match self.shard_mut(topic, *shard, *expected_version) {
                 Err(r) => r,
-                Ok(entry) => {
-                    let Some(m) = entry.moving else {
-                        return refused(
-                            E::InvalidRequest,
-                            format!("{topic}/{shard} is not moving"),
-                        );
-                    };
-                    if entry.primary == Some(m.to) {
-                        return refused(
-                            E::InvalidRequest,
-                            format!("{topic}/{shard}: node {} is already the primary", m.to),
-                        );
-                    }
-                    entry.replicas.retain(|n| *n != m.to);
-                    entry.in_sync.retain(|n| *n != m.to);
-                    entry.moving = None;
-                    entry.version += 1;
-                    entry.record(*at_ms, HistoryKind::MoveAborted);
-                    CommandResult::Done
-                }
+                Ok(entry) => entry.end_move(*at_ms, HistoryKind::MoveAborted, topic, *shard),
             },
             Command::QueueEvents { queues } => {
                 for q in queues {

@@ -334,12 +334,7 @@ impl Cluster {
     ) -> Result<weir_protocol::messages::DescribeShardHistoryResponse, BrokerError> {
         use weir_protocol::messages::{ShardEvent, NO_NODE};
         let meta = self.meta();
-        let entry = meta.shard(&r.topic, r.shard).ok_or_else(|| {
-            BrokerError::new(
-                ErrorCode::UnknownTopic,
-                format!("{}/{} is not in the cluster metadata", r.topic, r.shard),
-            )
-        })?;
+        let entry = shard_entry(&meta, &r.topic, r.shard)?;
         let ids = |v: &[NodeId]| v.iter().map(|&n| n as u32).collect::<Vec<u32>>();
         Ok(weir_protocol::messages::DescribeShardHistoryResponse {
             topic: r.topic.clone(),
@@ -368,12 +363,7 @@ impl Cluster {
     ) -> Result<weir_protocol::messages::ShardMoveResponse, BrokerError> {
         use weir_protocol::messages::NO_NODE;
         let meta = self.meta();
-        let entry = meta.shard(&r.topic, r.shard).ok_or_else(|| {
-            BrokerError::new(
-                ErrorCode::UnknownTopic,
-                format!("{}/{} is not in the cluster metadata", r.topic, r.shard),
-            )
-        })?;
+        let entry = shard_entry(&meta, &r.topic, r.shard)?;
         let from = match r.from_node {
             NO_NODE => entry.primary.ok_or_else(|| {
                 BrokerError::new(
@@ -495,6 +485,20 @@ impl Cluster {
 }
 
 /// A command's refusal as the broker's error.
+/// A shard's metadata entry, or UNKNOWN_TOPIC naming it.
+fn shard_entry<'m>(
+    meta: &'m ClusterMeta,
+    topic: &str,
+    shard: u32,
+) -> Result<&'m meta::ShardEntry, BrokerError> {
+    meta.shard(topic, shard).ok_or_else(|| {
+        BrokerError::new(
+            ErrorCode::UnknownTopic,
+            format!("{topic}/{shard} is not in the cluster metadata"),
+        )
+    })
+}
+
 fn refusal(result: meta::CommandResult) -> Result<(), BrokerError> {
     match result {
         meta::CommandResult::Refused { code, message } => Err(BrokerError::new(

@@ -44,7 +44,12 @@ mod remote;
 mod settle;
 mod window;
 
-use dlq_pump::Internal;
+/// Results of work the task handed to other tasks.
+enum Internal {
+    DeadWritten(dlq_pump::DeadLettered),
+    /// A fetch of a shard this node holds no copy of (`remote.rs`).
+    Fetched(remote::Fetched),
+}
 use window::{EntryState, ShardQueue, Timer};
 
 /// Settings a queue task needs (resolved from the broker config).

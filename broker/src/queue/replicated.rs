@@ -27,11 +27,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use super::state_log::{Event, QueueEvents, ShardRecovery};
+use super::state_log::{JournalItem, QueueEvents, ShardRecovery};
 use crate::error::BrokerError;
-use crate::shard::writer::PendingAppend;
 use crate::shard::{AppendError, AppendOutcome};
 use crate::topics::Topic;
 
@@ -88,34 +87,6 @@ pub trait Replicator: Send + Sync + std::fmt::Debug {
     ) -> BoxFuture<Result<u64, BrokerError>>;
 }
 
-/// One queue's events waiting for the journal task.
-pub struct JournalItem {
-    events: QueueEvents,
-    reply: oneshot::Sender<Result<AppendOutcome, AppendError>>,
-}
-
-/// Queues `events` of one queue for the journal; the receiver resolves when they are
-/// committed (the state log's [`PendingAppend`], so the queue task cannot tell the
-/// two apart).
-pub async fn journal(
-    tx: &mpsc::Sender<JournalItem>,
-    group: &str,
-    topic: &str,
-    events: &[(u32, Event)],
-) -> Result<PendingAppend, AppendError> {
-    let (reply, rx) = oneshot::channel();
-    let item = JournalItem {
-        events: QueueEvents {
-            group: group.to_string(),
-            topic: topic.to_string(),
-            events: events.to_vec(),
-        },
-        reply,
-    };
-    tx.send(item).await.map_err(|_| AppendError::Closed)?;
-    Ok(rx)
-}
-
 /// The journal task: commits waiting events in arrival order, as many as are waiting
 /// (up to [`ENTRY_EVENTS_MAX`]) in one consensus entry, one entry at a time. One
 /// entry at a time keeps every queue's events in the order its task made them.
@@ -154,6 +125,7 @@ pub async fn run_journal(mut rx: mpsc::Receiver<JournalItem>, replicator: Arc<dy
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::state_log::{journal, Event};
     use std::sync::Mutex;
 
     /// Records what it commits; fails commits while `fail` is set.

@@ -33,7 +33,7 @@ use weir_protocol::ErrorCode;
 
 use crate::error::BrokerError;
 use crate::shard::writer::PendingAppend;
-use crate::shard::{AppendError, Shard, ShardConfig};
+use crate::shard::{AppendError, AppendOutcome, Shard, ShardConfig};
 use crate::storage::LogConfig;
 
 /// Events per batch when a snapshot is written.
@@ -304,6 +304,34 @@ pub struct QueueEvents {
     pub events: Vec<(u32, Event)>,
 }
 
+/// One queue's events waiting for the journal task.
+pub struct JournalItem {
+    pub(super) events: QueueEvents,
+    pub(super) reply: tokio::sync::oneshot::Sender<Result<AppendOutcome, AppendError>>,
+}
+
+/// Queues `events` of one queue for the journal; the receiver resolves when they are
+/// committed (the state log's [`PendingAppend`], so the queue task cannot tell the
+/// two apart).
+pub async fn journal(
+    tx: &tokio::sync::mpsc::Sender<JournalItem>,
+    group: &str,
+    topic: &str,
+    events: &[(u32, Event)],
+) -> Result<PendingAppend, AppendError> {
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    let item = JournalItem {
+        events: QueueEvents {
+            group: group.to_string(),
+            topic: topic.to_string(),
+            events: events.to_vec(),
+        },
+        reply,
+    };
+    tx.send(item).await.map_err(|_| AppendError::Closed)?;
+    Ok(rx)
+}
+
 /// Queue name → shard → recovered state.
 pub type Recovered = HashMap<(String, String), HashMap<u32, ShardRecovery>>;
 
@@ -339,7 +367,7 @@ enum Backend {
     /// The local log (a single-node broker).
     Shard(Arc<Shard>),
     /// A cluster node: events go to `queue::replicated`'s journal task.
-    Replicated(tokio::sync::mpsc::Sender<super::replicated::JournalItem>),
+    Replicated(tokio::sync::mpsc::Sender<JournalItem>),
 }
 
 /// The state log's directory under a data directory.
@@ -414,7 +442,7 @@ impl StateLog {
 
     /// The state log of a cluster node: appends go to the journal behind `tx`.
     /// Compaction never runs on it (the consensus engine's snapshots compact).
-    pub fn replicated(tx: tokio::sync::mpsc::Sender<super::replicated::JournalItem>) -> StateLog {
+    pub fn replicated(tx: tokio::sync::mpsc::Sender<JournalItem>) -> StateLog {
         StateLog {
             generation: 0,
             dir: PathBuf::new(),
@@ -515,9 +543,7 @@ impl StateLog {
     ) -> Result<PendingAppend, AppendError> {
         let shard = match &self.backend {
             Backend::Shard(s) => s,
-            Backend::Replicated(tx) => {
-                return super::replicated::journal(tx, group, topic, events).await
-            }
+            Backend::Replicated(tx) => return journal(tx, group, topic, events).await,
         };
         let now = crate::clock::now_ms();
         let mut builder = BatchBuilder::new();

@@ -13,7 +13,7 @@ use weir_protocol::batch::{BatchHeader, Record};
 use weir_protocol::ErrorCode;
 
 use super::window::{read_record, EntryState, Timer};
-use super::{QueueActor, C_DEAD};
+use super::{Internal, QueueActor, C_DEAD};
 use crate::error::BrokerError;
 use crate::queue::dlq;
 use crate::queue::state_log::{Event, Failure, ShardRecovery};
@@ -25,13 +25,6 @@ const DLQ_BATCH_RECORDS: usize = 256;
 const DLQ_APPEND_BYTES: usize = 1 << 20;
 /// Delay before a failed dead-letter write is tried again.
 const DLQ_RETRY: Duration = Duration::from_secs(1);
-
-/// Results of work the task handed to other tasks.
-pub(super) enum Internal {
-    DeadWritten(DeadLettered),
-    /// A fetch of a shard this node holds no copy of (`remote.rs`).
-    Fetched(super::remote::Fetched),
-}
 
 /// How a dead-letter write of records of source shard `shard` ended.
 pub(super) struct DeadLettered {

@@ -16,10 +16,8 @@ use std::time::Duration;
 
 use weir_protocol::batch::{self, Batch, Record};
 use weir_protocol::messages::{FetchResponse, LeasedMessage};
-use weir_protocol::ErrorCode;
 
-use super::dlq_pump::Internal;
-use super::QueueActor;
+use super::{Internal, QueueActor};
 use crate::error::BrokerError;
 
 /// Bytes asked for per fetch.
@@ -167,20 +165,6 @@ impl QueueActor {
             self.take_new(s, rec, want, lease, &mut granted, out);
         }
         self.request_fetch(s);
-    }
-
-    /// The record at `offset` of shard `s`, from the window of a remote shard or the
-    /// local copy.
-    pub(super) fn record_at(&self, s: u32, offset: u64) -> Result<Record, BrokerError> {
-        match &self.shards[s as usize].remote {
-            Some(feed) => feed.held.get(&offset).cloned().ok_or_else(|| {
-                BrokerError::new(
-                    ErrorCode::OffsetOutOfRange,
-                    format!("{}/{s}/{offset} is not held any more", self.topic_name),
-                )
-            }),
-            None => super::window::read_record(&self.topic, s, offset),
-        }
     }
 
     /// Keeps `rec` while it is in the window of a remote shard.

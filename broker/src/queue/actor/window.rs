@@ -330,6 +330,20 @@ impl QueueActor {
         None
     }
 
+    /// The record at `offset` of shard `s`, from the window of a remote shard or the
+    /// local copy.
+    pub(super) fn record_at(&self, s: u32, offset: u64) -> Result<Record, BrokerError> {
+        match &self.shards[s as usize].remote {
+            Some(feed) => feed.held.get(&offset).cloned().ok_or_else(|| {
+                BrokerError::new(
+                    ErrorCode::OffsetOutOfRange,
+                    format!("{}/{s}/{offset} is not held any more", self.topic_name),
+                )
+            }),
+            None => read_record(&self.topic, s, offset),
+        }
+    }
+
     /// Leases one record (new or due again).
     pub(super) fn grant(&mut self, s: u32, rec: Record, lease: Duration) -> LeasedMessage {
         self.hold(s, &rec);
