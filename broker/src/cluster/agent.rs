@@ -52,6 +52,9 @@ async fn apply(
     meta: &ClusterMeta,
 ) {
     issued_below(meta.next_producer_id);
+    cluster
+        .peers
+        .learn(meta.nodes.iter().map(|(&id, n)| (id, n.addr.as_str())));
     // Deleted topics: only on seeing the deletion, never because a topic is missing
     // from metadata that may not be caught up yet.
     for name in prev.topics.keys() {

@@ -242,9 +242,7 @@ mod tests {
         let mut meta = ClusterMeta::default();
         meta.nodes.insert(
             1,
-            NodeEntry {
-                addr: "127.0.0.1:1".into(),
-            },
+            NodeEntry::new("127.0.0.1:1"),
         );
         let snap = SnapshotFile {
             meta: SnapshotMeta {
@@ -380,9 +378,7 @@ mod tests {
         let mut meta = ClusterMeta::default();
         meta.nodes.insert(
             1,
-            NodeEntry {
-                addr: "127.0.0.1:7700".into(),
-            },
+            NodeEntry::new("127.0.0.1:7700"),
         );
         let snapshot = SnapshotFile {
             meta: SnapshotMeta {
