@@ -1050,7 +1050,11 @@ fn responses() -> Vec<(&'static str, ResponseFrame)> {
         ),
         (
             "add_node_response",
-            ok(ApiKey::AddNode, 46, AddNodeResponse { moves_planned: 7 }.into()),
+            ok(
+                ApiKey::AddNode,
+                46,
+                AddNodeResponse { moves_planned: 7 }.into(),
+            ),
         ),
         (
             "remove_node_response",

@@ -732,6 +732,25 @@ impl ClusterProcesses {
         ClusterProcesses { nodes }
     }
 
+    /// Starts one more node (id `nodes.len() + 1`) with `--join`, knowing only itself
+    /// and node 1; it waits for `weir cluster add-node` (Admin::add_node). Returns its
+    /// id.
+    pub fn join(&mut self, env: &[(&str, &str)]) -> u32 {
+        let id = self.nodes.len() as u32 + 1;
+        let ports = free_ports(2);
+        let peers = format!("{id}={},1={}", ports[0], self.nodes[0].addr());
+        let id_s = id.to_string();
+        let mut e: Vec<(&str, &str)> = vec![
+            ("WEIR_NODE_ID", &id_s),
+            ("WEIR_PEERS", &peers),
+            ("WEIR_CLUSTER_JOIN", "true"),
+        ];
+        e.extend_from_slice(env);
+        self.nodes
+            .push(BrokerProcess::start_at(ports[0], ports[1], &e));
+        id
+    }
+
     /// Cuts node `id` off from every other node, both ways, while clients still
     /// reach it: the node's fault-injection file (`cluster_partition_file`) is
     /// created, so its calls to the others fail and it refuses theirs.

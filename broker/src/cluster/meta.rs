@@ -777,12 +777,7 @@ mod tests {
     fn three() -> ClusterMeta {
         let mut m = ClusterMeta::default();
         let nodes = (1..=3)
-            .map(|i| {
-                (
-                    i,
-                    NodeEntry::new(format!("127.0.0.1:{}", 7700 + i)),
-                )
-            })
+            .map(|i| (i, NodeEntry::new(format!("127.0.0.1:{}", 7700 + i))))
             .collect();
         m.apply(&Command::SetNodes { nodes });
         m

@@ -404,10 +404,18 @@ impl Cluster {
         if id == 0 || !r.addr.contains(':') {
             return Err(BrokerError::new(
                 ErrorCode::InvalidRequest,
-                format!("add node {}: give an id ≥ 1 and a HOST:PORT address, not {:?}", r.node_id, r.addr),
+                format!(
+                    "add node {}: give an id ≥ 1 and a HOST:PORT address, not {:?}",
+                    r.node_id, r.addr
+                ),
             ));
         }
-        if self.meta().nodes.get(&id).is_some_and(|n| n.addr != r.addr && !n.draining) {
+        if self
+            .meta()
+            .nodes
+            .get(&id)
+            .is_some_and(|n| n.addr != r.addr && !n.draining)
+        {
             return Err(BrokerError::new(
                 ErrorCode::InvalidRequest,
                 format!("node {id} is already in the cluster at another address"),
@@ -446,7 +454,11 @@ impl Cluster {
                 format!("node {id} is not in the cluster"),
             ));
         }
-        refusal(self.consensus.write(meta::Command::DrainNode { id }).await?)?;
+        refusal(
+            self.consensus
+                .write(meta::Command::DrainNode { id })
+                .await?,
+        )?;
         Ok(weir_protocol::messages::RemoveNodeResponse {
             moves_pending: self.meta().moves_pending(id) as u32,
         })

@@ -75,12 +75,7 @@ mod tests {
         let mut m = ClusterMeta::default();
         m.apply(&Command::SetNodes {
             nodes: (1..=4)
-                .map(|i| {
-                    (
-                        i,
-                        NodeEntry::new(format!("n{i}")),
-                    )
-                })
+                .map(|i| (i, NodeEntry::new(format!("n{i}"))))
                 .collect(),
         });
         let r = m.apply(&Command::CreateTopic {

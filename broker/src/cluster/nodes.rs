@@ -128,7 +128,10 @@ impl ClusterMeta {
 
     pub(super) fn drain_node(&mut self, id: NodeId) -> CommandResult {
         if !self.nodes.contains_key(&id) {
-            return refused(E::InvalidRequest, format!("node {id} is not in the cluster"));
+            return refused(
+                E::InvalidRequest,
+                format!("node {id} is not in the cluster"),
+            );
         }
         let others = self.active_nodes().into_iter().filter(|&n| n != id).count();
         let most = self
@@ -166,10 +169,9 @@ impl ClusterMeta {
                 E::InvalidRequest,
                 format!("node {id} is in service: drain it first (remove-node does)"),
             ),
-            Some(_) if self.holds_copies(id) => refused(
-                E::InvalidRequest,
-                format!("node {id} still holds copies"),
-            ),
+            Some(_) if self.holds_copies(id) => {
+                refused(E::InvalidRequest, format!("node {id} still holds copies"))
+            }
             Some(_) => {
                 self.nodes.remove(&id);
                 CommandResult::Done
@@ -214,8 +216,7 @@ pub fn decide(meta: &ClusterMeta, alive: &BTreeSet<NodeId>, at_ms: i64) -> Vec<C
             }
             continue;
         }
-        if budget == 0 || s.moving.is_some() || !alive.contains(&p.to) || started.contains(&key)
-        {
+        if budget == 0 || s.moving.is_some() || !alive.contains(&p.to) || started.contains(&key) {
             continue;
         }
         out.push(Command::StartMove {
@@ -351,11 +352,20 @@ mod tests {
     fn an_added_node_takes_over_its_share_of_copies_and_no_more() {
         let mut m = cluster(3, 60, 2);
         let before = m.clone();
-        assert_eq!(m.apply(&Command::AddNode { id: 4, addr: "n4".into() }), CommandResult::Done);
+        assert_eq!(
+            m.apply(&Command::AddNode {
+                id: 4,
+                addr: "n4".into()
+            }),
+            CommandResult::Done
+        );
         let planned = m.planned.len();
         // Ideal: 60 shards × 2 copies / 4 nodes = 30 copies move.
         assert!((15..=45).contains(&planned), "{planned} moves planned");
-        assert!(m.planned.iter().all(|p| p.to == 4 && p.cause == MoveCause::NodeAdded));
+        assert!(m
+            .planned
+            .iter()
+            .all(|p| p.to == 4 && p.cause == MoveCause::NodeAdded));
         // No more than MOVES_PARALLEL start in one round.
         let alive: BTreeSet<NodeId> = (1..=4).collect();
         let first = decide(&m, &alive, 1);
@@ -383,10 +393,13 @@ mod tests {
     #[test]
     fn a_drained_node_gives_every_copy_away_then_can_be_removed() {
         let mut m = cluster(4, 20, 2);
-        assert!(matches!(
-            m.apply(&Command::RemoveNode { id: 2 }),
-            CommandResult::Refused { .. }
-        ), "only a drained node is removed");
+        assert!(
+            matches!(
+                m.apply(&Command::RemoveNode { id: 2 }),
+                CommandResult::Refused { .. }
+            ),
+            "only a drained node is removed"
+        );
         assert_eq!(m.apply(&Command::DrainNode { id: 2 }), CommandResult::Done);
         assert!(drained(&m).is_empty(), "it still holds copies");
         let alive: BTreeSet<NodeId> = (1..=4).collect();
@@ -409,7 +422,10 @@ mod tests {
             at_ms: 0,
         });
         assert!(matches!(r, CommandResult::Topic(_)));
-        assert!(m.topics["u"].shards.iter().all(|s| !s.replicas.contains(&2)));
+        assert!(m.topics["u"]
+            .shards
+            .iter()
+            .all(|s| !s.replicas.contains(&2)));
     }
 
     #[test]
@@ -431,7 +447,10 @@ mod tests {
             at_ms: 0,
         });
         assert!(matches!(r, CommandResult::Topic(_)));
-        assert!(m.topics["u"].shards.iter().all(|s| !s.replicas.contains(&1)));
+        assert!(m.topics["u"]
+            .shards
+            .iter()
+            .all(|s| !s.replicas.contains(&1)));
         // With every other node dead, no move starts (no live target).
         let alive: BTreeSet<NodeId> = [1].into();
         assert!(decide(&m, &alive, 1).is_empty());
@@ -440,7 +459,10 @@ mod tests {
     #[test]
     fn a_plan_made_stale_by_an_operator_move_is_dropped() {
         let mut m = cluster(3, 30, 1);
-        m.apply(&Command::AddNode { id: 4, addr: "n4".into() });
+        m.apply(&Command::AddNode {
+            id: 4,
+            addr: "n4".into(),
+        });
         let p = m.planned[0].clone();
         let s = m.shard(&p.topic, p.shard).unwrap().clone();
         // The operator moves that copy elsewhere first.
@@ -456,7 +478,9 @@ mod tests {
         });
         assert_eq!(r, CommandResult::Done);
         assert!(
-            !m.planned.iter().any(|q| q.topic == p.topic && q.shard == p.shard),
+            !m.planned
+                .iter()
+                .any(|q| q.topic == p.topic && q.shard == p.shard),
             "starting a move of the shard drops its plan"
         );
     }

@@ -483,7 +483,9 @@ impl Consensus {
             .map_err(|_| {
                 BrokerError::new(
                     ErrorCode::RequestTimedOut,
-                    format!("removing node {id} from the consensus membership took over {within:?}"),
+                    format!(
+                        "removing node {id} from the consensus membership took over {within:?}"
+                    ),
                 )
             })?
             .map_err(membership_error)?;
@@ -586,14 +588,14 @@ fn election_bounds(heartbeat_ms: u64, election_ms: u64, rank: u64, nodes: u64) -
 }
 
 /// A refused membership change as the broker's error.
-fn membership_error(
-    e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
-) -> BrokerError {
+fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> BrokerError {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => no_controller(match f.leader_id {
-            Some(l) => format!("membership changes are made by the controller, node {l}"),
-            None => "no controller is known right now; retry shortly".to_string(),
-        }),
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            no_controller(match f.leader_id {
+                Some(l) => format!("membership changes are made by the controller, node {l}"),
+                None => "no controller is known right now; retry shortly".to_string(),
+            })
+        }
         RaftError::APIError(e) => BrokerError::new(ErrorCode::InvalidRequest, e.to_string()),
         RaftError::Fatal(e) => no_controller(format!("consensus stopped: {e}")),
     }
