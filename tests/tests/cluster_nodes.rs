@@ -228,3 +228,101 @@ async fn a_node_added_takes_its_share_and_a_node_removed_gives_everything_away()
     );
     assert!(dup.is_empty(), "duplicated: {dup:?}");
 }
+
+/// A copy moved to a node that holds none, after retention removed the start of the
+/// primary's log: the new copy starts at the primary's first record (it cannot fetch
+/// offset 0 any more), catches up, takes over, and serves every record retention kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_moves_after_retention_removed_the_start_of_the_log() {
+    let c = ClusterProcesses::start(3, &[("WEIR_RETENTION_CHECK_MS", "200")]);
+    let client = connect(&c.bootstrap(), Duration::from_secs(20)).await;
+    let admin = Admin::new(client.clone());
+    let config = TopicConfig {
+        replicas: 1,
+        min_in_sync: 1,
+        segment_bytes: 64 * 1024,
+        max_message_bytes: 16 * 1024,
+        retention_bytes: 128 * 1024,
+        ..TopicConfig::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while let Err(e) = admin.create_topic("old", 1, config.clone()).await {
+        assert!(Instant::now() < deadline, "create topic: {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let producer = Producer::builder(&client)
+        .acks(Acks::Leader)
+        .build()
+        .await
+        .expect("producer");
+    const RECORDS: u64 = 2_000;
+    let value = "r".repeat(500);
+    let mut futs = Vec::new();
+    for seq in 0..RECORDS {
+        let rec = ProducerRecord::new("old", format!("{seq}:{value}")).key("k");
+        futs.push(producer.send(rec).await.expect("send"));
+    }
+    for f in futs {
+        f.await.expect("ack");
+    }
+    // Wait until retention has removed the log's first segments.
+    let first_offset = |msgs: &[weir_client::Message]| msgs.iter().map(|m| m.offset).min();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let start = loop {
+        let msgs = read_all(&client, "old", 1, Duration::from_secs(5)).await;
+        if let Some(o) = first_offset(&msgs).filter(|&o| o > 0) {
+            break o;
+        }
+        assert!(Instant::now() < deadline, "retention never removed a segment");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+
+    let d = describe(&client).await;
+    let s = d.shards.iter().find(|s| s.topic == "old").unwrap();
+    let from = s.primary;
+    let to = (1..=3).find(|n| !s.replicas.contains(n)).unwrap();
+    admin
+        .move_shard("old", 0, None, to)
+        .await
+        .expect("move starts");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let h = admin.shard_history("old", 0).await.expect("history");
+        if h.events.last().is_some_and(|e| e.kind == MOVE_FINISHED) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the move did not finish: {:?}",
+            h.events
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let d = describe(&client).await;
+    let s = d.shards.iter().find(|s| s.topic == "old").unwrap();
+    assert_eq!(s.primary, to, "the new copy leads");
+    assert_eq!(s.replicas, vec![to], "the old copy on node {from} is gone");
+
+    // The new copy serves every record from where retention left the log, and more.
+    let f = producer
+        .send(ProducerRecord::new("old", format!("{RECORDS}:after")).key("k"))
+        .await
+        .expect("send");
+    f.await.expect("ack after the move");
+    let expected = (RECORDS + 1 - start) as usize;
+    let msgs = read_all(&client, "old", expected, Duration::from_secs(30)).await;
+    let mut offsets: Vec<u64> = msgs.iter().map(|m| m.offset).collect();
+    offsets.sort_unstable();
+    assert!(offsets[0] >= start, "records below the primary's log start");
+    let (lo, hi) = (offsets[0], *offsets.last().unwrap());
+    assert_eq!(hi, RECORDS, "the record written after the move");
+    assert_eq!(
+        offsets,
+        (lo..=hi).collect::<Vec<_>>(),
+        "dense offsets, each once"
+    );
+    for m in &msgs {
+        let seq: u64 = std::str::from_utf8(&m.value).unwrap().split(':').next().unwrap().parse().unwrap();
+        assert_eq!(seq, m.offset, "record {seq} at offset {}", m.offset);
+    }
+}

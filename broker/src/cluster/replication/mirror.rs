@@ -190,6 +190,31 @@ async fn round(
         epochs.truncate(cut_end).map_err(|_| Pause::Short)?;
         return Ok(Copied::default());
     }
+    if resp.log_start_offset > end {
+        // The primary no longer holds this copy's next record (retention removed it):
+        // the copy starts over at the primary's first record. What it held below is
+        // older than anything the primary keeps, so nothing a reader could get is lost.
+        tracing::info!(
+            topic,
+            shard = shard_no,
+            from = end,
+            to = resp.log_start_offset,
+            "mirror copy starts over at its primary's log start"
+        );
+        cluster
+            .topics
+            .restart_shard(topic, shard_no, resp.log_start_offset)
+            .await
+            .map_err(|e| {
+                tracing::error!(topic, shard = shard_no, error = %e.message, "starting the mirror copy over failed");
+                Pause::Short
+            })?;
+        epochs.truncate(0).map_err(|_| Pause::Short)?;
+        epochs
+            .learn(&resp.epochs, resp.log_start_offset)
+            .map_err(|_| Pause::Short)?;
+        return Ok(Copied::default());
+    }
     let bytes = resp.records.len_bytes() as u64;
     let full = bytes >= u64::from(cluster.config.mirror_fetch_max_bytes) / 2;
     let (batches, headers) = match split(&resp, end) {
