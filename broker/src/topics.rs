@@ -555,7 +555,12 @@ impl TopicRegistry {
                 crate::storage::restart_closed_log(dir, base).map(|()| base)
             })
             .await?;
-        tracing::info!(topic = name, shard, base, "shard restarted at the primary's log start");
+        tracing::info!(
+            topic = name,
+            shard,
+            base,
+            "shard restarted at the primary's log start"
+        );
         Ok(fresh)
     }
 

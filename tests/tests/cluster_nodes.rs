@@ -37,6 +37,28 @@ async fn describe(client: &Client) -> DescribeClusterResponse {
     }
 }
 
+/// Bytes of records a node's copy of `topic`/`shard` holds on disk: the non-zero
+/// prefix of each segment file (segments are preallocated with zeros).
+fn held_bytes(c: &mut ClusterProcesses, node: u32, topic: &str, shard: u32) -> usize {
+    let dir = c
+        .node(node)
+        .data_dir()
+        .join("topics")
+        .join(topic)
+        .join(shard.to_string());
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+        .map(|e| {
+            let data = std::fs::read(e.path()).unwrap_or_default();
+            data.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1)
+        })
+        .sum()
+}
+
 /// Runs `weir` against the cluster; panics with its output when it fails.
 fn weir(bootstrap: &str, args: &[&str]) -> String {
     let out = Command::new(cli_binary())
@@ -125,6 +147,7 @@ async fn a_node_added_takes_its_share_and_a_node_removed_gives_everything_away()
         !moved.is_empty() && moved.len() < SHARDS as usize,
         "copies on node 4: {moved:?}"
     );
+    let mut deleted_checked = 0;
     for s in &after_add.shards {
         let old = before.shards.iter().find(|b| b.shard == s.shard).unwrap();
         if !s.replicas.contains(&4) {
@@ -134,7 +157,20 @@ async fn a_node_added_takes_its_share_and_a_node_removed_gives_everything_away()
             assert_eq!(a, b, "shard {} moved without a reason", s.shard);
         }
         assert_eq!(s.replicas.len(), 2);
+        // The copy that moved to node 4 is deleted from its old node.
+        for &gone in old.replicas.iter().filter(|n| !s.replicas.contains(n)) {
+            assert_eq!(
+                held_bytes(&mut c, gone, TOPIC, s.shard),
+                0,
+                "node {gone} still holds records of {TOPIC}/{} after it moved",
+                s.shard
+            );
+        }
+        if s.replicas.contains(&4) && held_bytes(&mut c, 4, TOPIC, s.shard) > 0 {
+            deleted_checked += 1;
+        }
     }
+    assert!(deleted_checked > 0, "no moved copy with records to check");
     let h = admin.shard_history(TOPIC, moved[0]).await.expect("history");
     assert!(
         h.events
@@ -273,7 +309,10 @@ async fn a_copy_moves_after_retention_removed_the_start_of_the_log() {
         if let Some(o) = first_offset(&msgs).filter(|&o| o > 0) {
             break o;
         }
-        assert!(Instant::now() < deadline, "retention never removed a segment");
+        assert!(
+            Instant::now() < deadline,
+            "retention never removed a segment"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
 
@@ -322,7 +361,13 @@ async fn a_copy_moves_after_retention_removed_the_start_of_the_log() {
         "dense offsets, each once"
     );
     for m in &msgs {
-        let seq: u64 = std::str::from_utf8(&m.value).unwrap().split(':').next().unwrap().parse().unwrap();
+        let seq: u64 = std::str::from_utf8(&m.value)
+            .unwrap()
+            .split(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert_eq!(seq, m.offset, "record {seq} at offset {}", m.offset);
     }
 }

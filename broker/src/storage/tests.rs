@@ -814,7 +814,12 @@ fn restarting_a_closed_log_empties_it_at_the_new_base() {
             ));
         }
         let fresh = make_batch(999, 3, 10, 5_000);
-        assert_eq!(log.append(std::slice::from_ref(&fresh)).unwrap().base_offset, base);
+        assert_eq!(
+            log.append(std::slice::from_ref(&fresh))
+                .unwrap()
+                .base_offset,
+            base
+        );
         log.flush().unwrap();
         drop(log);
         let log = Log::open(dir.path(), small_config(64 * 1024)).unwrap();
@@ -824,7 +829,13 @@ fn restarting_a_closed_log_empties_it_at_the_new_base() {
         assert_eq!(&all[0][..], &stamped(&fresh, base)[..]);
         let logs = std::fs::read_dir(dir.path())
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "log"))
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "log")
+            })
             .count();
         assert_eq!(logs, 1, "only the new start segment is left (base {base})");
     }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use weir_client::Admin;
+use weir_protocol::messages::DescribeClusterResponse;
 
 /// How long to wait for the moves.
 #[derive(Args, Debug, Clone, Copy)]
@@ -29,6 +30,17 @@ pub fn cause_name(cause: u8) -> &'static str {
         2 => "node removed",
         _ => "unknown cause",
     }
+}
+
+/// DescribeCluster as the controller answers it (it applies every change first; a
+/// removed node, still running, would go on naming itself).
+async fn controller_view(admin: &Admin) -> Option<DescribeClusterResponse> {
+    let d = admin.describe_cluster().await.ok()?;
+    if d.node_id == d.controller {
+        return Some(d);
+    }
+    let addr = &d.nodes.iter().find(|n| n.node_id == d.controller)?.addr;
+    admin.describe_cluster_at(addr).await.ok()
 }
 
 /// `weir cluster add-node ID ADDR`.
@@ -60,10 +72,11 @@ async fn follow(admin: &Admin, id: u32, wait: Wait, until_gone: bool) -> anyhow:
     let mut last = None;
     loop {
         // A controller change in the middle answers an error for a moment: try again.
-        if let Ok(d) = admin.describe_cluster().await {
+        if let Some(d) = controller_view(admin).await {
             match d.nodes.iter().find(|n| n.node_id == id) {
                 None if until_gone => return Ok(()),
-                None => anyhow::bail!("node {id} is not in the cluster any more"),
+                // Asked of a node that has not applied the addition yet.
+                None => {}
                 Some(n) => {
                     if last != Some(n.moves_pending) {
                         println!("{} moves pending", n.moves_pending);
