@@ -696,11 +696,9 @@ async fn record_nodes(
         }
     }
     for (id, addr) in members {
-        if !nodes.contains_key(&id) {
-            let addr = config.peers.get(&id).cloned().unwrap_or(addr);
-            if !addr.is_empty() {
-                nodes.insert(id, NodeEntry::new(addr));
-            }
+        let addr = config.peers.get(&id).cloned().unwrap_or(addr);
+        if !addr.is_empty() {
+            nodes.entry(id).or_insert_with(|| NodeEntry::new(addr));
         }
     }
     if current == nodes {
