@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use weir_client::{Acks, Admin, Client, Producer, ProducerRecord, TopicConfig};
 use weir_protocol::messages::DescribeClusterResponse;
-use weir_tests::{cli_binary, connect, read_all, ClusterProcesses};
+use weir_tests::{cli_binary, connect, http_get, read_all, ClusterProcesses, Tmpfs};
 
 const TOPIC: &str = "grow";
 const SHARDS: u32 = 12;
@@ -370,4 +370,145 @@ async fn a_copy_moves_after_retention_removed_the_start_of_the_log() {
             .unwrap();
         assert_eq!(seq, m.offset, "record {seq} at offset {}", m.offset);
     }
+}
+
+/// A copy that would not fit on its new node's disk does not start copying: it waits,
+/// held out of sync with the reason on that node's `/health`, instead of filling the
+/// disk half way (which would stop every shard of the node). Once the disk grows, the
+/// catch-up runs and the move finishes. Mounting needs root; without it the test says
+/// so and returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_waits_for_disk_room_and_starts_when_there_is_some() {
+    let mounted = std::sync::Mutex::new(Vec::new());
+    let failed = std::sync::Mutex::new(None);
+    // Node 3's data directory is a 48 MiB tmpfs (the internal logs take 32 of them).
+    let mut c = ClusterProcesses::start_prepared(
+        3,
+        |_| vec![("WEIR_SEGMENT_PREALLOCATE_BYTES".into(), "65536".into())],
+        |id, dir| {
+            if id == 3 {
+                std::fs::create_dir_all(dir).expect("data dir");
+                match Tmpfs::mount(dir, "48m") {
+                    Ok(t) => mounted.lock().unwrap().push(t),
+                    Err(e) => *failed.lock().unwrap() = Some(e),
+                }
+            }
+        },
+    );
+    if let Some(e) = failed.lock().unwrap().take() {
+        eprintln!("SKIPPED: cannot mount a tmpfs for node 3's data directory ({e}); run as root");
+        return;
+    }
+    let client = connect(&c.bootstrap(), Duration::from_secs(20)).await;
+    let admin = Admin::new(client.clone());
+    let config = TopicConfig {
+        replicas: 1,
+        min_in_sync: 1,
+        segment_bytes: 1 << 20,
+        max_message_bytes: 64 * 1024,
+        ..TopicConfig::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while let Err(e) = admin.create_topic("wide", 1, config.clone()).await {
+        assert!(Instant::now() < deadline, "create topic: {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let d = describe(&client).await;
+    let primary = d.shards.iter().find(|s| s.topic == "wide").unwrap().primary;
+    if primary == 3 {
+        admin
+            .move_shard("wide", 0, None, 1)
+            .await
+            .expect("move off node 3");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while describe(&client)
+            .await
+            .shards
+            .iter()
+            .any(|s| s.topic == "wide" && s.replicas != vec![1])
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the empty copy did not move off node 3"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // 24 MiB: more than node 3 has free.
+    let producer = Producer::builder(&client)
+        .acks(Acks::Leader)
+        .build()
+        .await
+        .expect("producer");
+    let value = "w".repeat(4096);
+    let mut futs = Vec::new();
+    for seq in 0..6_000u64 {
+        futs.push(
+            producer
+                .send(ProducerRecord::new("wide", format!("{seq}:{value}")))
+                .await
+                .expect("send"),
+        );
+    }
+    for f in futs {
+        f.await.expect("ack");
+    }
+    admin
+        .move_shard("wide", 0, None, 3)
+        .await
+        .expect("move starts");
+    let health = c.node(3).http_addr();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = http_get(health, "/health").await;
+        if body.contains("held: wide/0: out of sync: catching up needs about") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 3 never said it waits for room: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // It waits: the move does not finish while the disk is too small.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let h = admin.shard_history("wide", 0).await.expect("history");
+    assert_ne!(
+        h.events.last().unwrap().kind,
+        MOVE_FINISHED,
+        "{:?}",
+        h.events
+    );
+
+    // Room is made: the catch-up starts by itself and the move finishes.
+    let data = c.node(3).data_dir();
+    let out = Command::new("mount")
+        .args(["-o", "remount,size=256m"])
+        .arg(&data)
+        .output()
+        .expect("remount");
+    assert!(
+        out.status.success(),
+        "remount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let h = admin.shard_history("wide", 0).await.expect("history");
+        if h.events.last().is_some_and(|e| e.kind == MOVE_FINISHED) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the move did not finish once there was room: {:?}",
+            h.events
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let body = http_get(health, "/health").await;
+    assert!(!body.contains("held: wide/0"), "{body}");
+    let msgs = read_all(&client, "wide", 6_000, Duration::from_secs(60)).await;
+    assert_eq!(msgs.len(), 6_000, "every record, served by node 3");
+    drop(c);
+    drop(mounted);
 }

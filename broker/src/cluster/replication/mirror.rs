@@ -49,6 +49,7 @@ pub async fn run(cluster: Arc<Cluster>, topic: String, shard_no: u32) {
             Ok(c) => {
                 cluster.held.release(&topic, shard_no);
                 if c.full && permit.is_none() {
+                    wait_for_room(&cluster, &topic, shard_no, &c).await;
                     let key = (topic.clone(), shard_no);
                     permit = Some(cluster.backfill.admit(key, c.write_rate, c.behind).await);
                 }
@@ -71,6 +72,55 @@ pub async fn run(cluster: Arc<Cluster>, topic: String, shard_no: u32) {
                 let _ = tokio::time::timeout(Duration::from_millis(500), meta_rx.changed()).await;
             }
         }
+    }
+}
+
+/// How often a catch-up waiting for disk space looks again.
+const ROOM_RECHECK: Duration = Duration::from_secs(1);
+
+/// The bytes a catch-up is expected to write: what is behind, at the size per record
+/// of what the last fetch brought, plus the log's reserve for its next segment.
+fn catch_up_bytes(cluster: &Cluster, topic: &str, c: &Copied) -> u64 {
+    let per_record = c.bytes.checked_div(c.records).unwrap_or(0);
+    let segment = cluster
+        .topics
+        .get(topic)
+        .map_or(0, |t| t.config.segment_bytes);
+    c.behind.saturating_mul(per_record).saturating_add(segment)
+}
+
+/// Before a catch-up starts, waits until the data directory's disk has room for all of
+/// it: a copy that would fill the disk half way stops every shard of the node, so it
+/// waits instead, held out of sync with the reason on `/health`, and starts once room
+/// is made (retention, a bigger disk, a copy moved away).
+async fn wait_for_room(cluster: &Cluster, topic: &str, shard_no: u32, c: &Copied) {
+    let need = catch_up_bytes(cluster, topic, c);
+    loop {
+        let Some(disk) = crate::observe::process::disk(&cluster.config.data_dir) else {
+            return;
+        };
+        if disk.free_bytes >= need {
+            cluster.held.release(topic, shard_no);
+            return;
+        }
+        cluster.held.hold(
+            topic,
+            shard_no,
+            format!(
+                "out of sync: catching up needs about {need} bytes ({} records behind) and {} are free on the data directory's disk; waiting for room, checked every {} s",
+                c.behind,
+                disk.free_bytes,
+                ROOM_RECHECK.as_secs()
+            ),
+        );
+        tracing::warn!(
+            topic,
+            shard = shard_no,
+            need,
+            free = disk.free_bytes,
+            "catch-up waits for disk space"
+        );
+        tokio::time::sleep(ROOM_RECHECK).await;
     }
 }
 
