@@ -7,7 +7,7 @@
 //! Mounting needs root (as on the project's CI machines); without it the test says so
 //! and returns.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
