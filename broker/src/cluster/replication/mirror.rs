@@ -44,19 +44,41 @@ pub async fn run(cluster: Arc<Cluster>, topic: String, shard_no: u32) {
     let mut meta_rx = cluster.consensus.metadata();
     let mut epochs = EpochHistory::load(&cluster.topics.shard_dir(&topic, shard_no));
     let mut permit: Option<super::backfill::Permit> = None;
+    let shard_dir = cluster.topics.shard_dir(&topic, shard_no);
+    // A reservation left by a node that died catching up.
+    let _ = std::fs::remove_file(shard_dir.join(super::reserve::FILE));
+    let mut reserved: Option<super::reserve::Reservation> = None;
     loop {
         match round(&cluster, &topic, shard_no, &mut epochs).await {
             Ok(c) => {
                 cluster.held.release(&topic, shard_no);
                 if c.full && permit.is_none() {
-                    wait_for_room(&cluster, &topic, shard_no, &c).await;
+                    let need = wait_for_room(&cluster, &topic, shard_no, &c).await;
                     let key = (topic.clone(), shard_no);
                     permit = Some(cluster.backfill.admit(key, c.write_rate, c.behind).await);
+                    // Set the copy's room aside before it starts, leaving what the next
+                    // fetch and a new segment take free for the log itself.
+                    let lookahead = u64::from(cluster.config.mirror_fetch_max_bytes)
+                        + catch_up_bytes(&cluster, &topic, &Copied::default());
+                    reserved = match super::reserve::Reservation::take(
+                        &shard_dir,
+                        need.saturating_sub(lookahead),
+                    ) {
+                        Ok(r) => Some(r),
+                        Err(e) => {
+                            tracing::warn!(topic, shard = shard_no, error = %e, "setting disk space aside for the catch-up failed; copying without");
+                            None
+                        }
+                    };
                 }
                 if let Some(p) = &permit {
                     p.copied(c.records, c.bytes);
                 }
+                if let Some(r) = &mut reserved {
+                    r.shrink_by(c.bytes);
+                }
                 if !c.full {
+                    reserved = None;
                     if let Some(p) = permit.take() {
                         p.finish();
                     }
@@ -93,15 +115,16 @@ fn catch_up_bytes(cluster: &Cluster, topic: &str, c: &Copied) -> u64 {
 /// it: a copy that would fill the disk half way stops every shard of the node, so it
 /// waits instead, held out of sync with the reason on `/health`, and starts once room
 /// is made (retention, a bigger disk, a copy moved away).
-async fn wait_for_room(cluster: &Cluster, topic: &str, shard_no: u32, c: &Copied) {
+/// Returns the bytes it expects the catch-up to write.
+async fn wait_for_room(cluster: &Cluster, topic: &str, shard_no: u32, c: &Copied) -> u64 {
     let need = catch_up_bytes(cluster, topic, c);
     loop {
         let Some(disk) = crate::observe::process::disk(&cluster.config.data_dir) else {
-            return;
+            return need;
         };
         if disk.free_bytes >= need {
             cluster.held.release(topic, shard_no);
-            return;
+            return need;
         }
         cluster.held.hold(
             topic,
