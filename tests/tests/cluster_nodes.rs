@@ -128,11 +128,13 @@ async fn a_node_added_takes_its_share_and_a_node_removed_gives_everything_away()
     let id = c.join(&[]);
     assert_eq!(id, 4);
     let addr = c.node(4).addr();
+    let add_started = Instant::now();
     let out = weir(
         &c.bootstrap(),
         &["cluster", "add-node", "4", &addr, "--timeout-s", "90"],
     );
     assert!(out.contains("holds its share"), "{out}");
+    let add_took = add_started.elapsed();
     let after_add = describe(&client).await;
     assert!(after_add.nodes.iter().any(|n| n.node_id == 4));
     let moved: Vec<u32> = after_add
@@ -171,6 +173,11 @@ async fn a_node_added_takes_its_share_and_a_node_removed_gives_everything_away()
         }
     }
     assert!(deleted_checked > 0, "no moved copy with records to check");
+    eprintln!(
+        "add-node: {} of {} copies moved to node 4 in {add_took:?} (under load)",
+        moved.len(),
+        2 * SHARDS
+    );
     let h = admin.shard_history(TOPIC, moved[0]).await.expect("history");
     assert!(
         h.events
@@ -182,11 +189,16 @@ async fn a_node_added_takes_its_share_and_a_node_removed_gives_everything_away()
     );
 
     // 2. Node 2 is removed.
+    let remove_started = Instant::now();
     let out = weir(
         &c.bootstrap(),
         &["cluster", "remove-node", "2", "--timeout-s", "90"],
     );
     assert!(out.contains("has left the cluster"), "{out}");
+    eprintln!(
+        "remove-node: node 2's copies moved away and node 2 out in {:?}",
+        remove_started.elapsed()
+    );
     let after_remove = describe(&client).await;
     assert!(after_remove.nodes.iter().all(|n| n.node_id != 2));
     for s in &after_remove.shards {
