@@ -142,6 +142,16 @@ async fn a_node_added_takes_its_share_and_a_node_removed_gives_everything_away()
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
 
+    // 0. A node that is not running cannot be added, and leaves no trace.
+    let r = admin.add_node(9, "127.0.0.1:1").await;
+    assert!(r.is_err(), "a node nobody runs was added");
+    let d = describe(&client).await;
+    assert!(
+        d.nodes.iter().all(|n| n.node_id != 9),
+        "node 9 is in the metadata: {:?}",
+        d.nodes
+    );
+
     // 1. Node 4 joins and is added.
     let id = c.join(&[]);
     assert_eq!(id, 4);

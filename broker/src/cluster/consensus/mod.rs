@@ -450,10 +450,21 @@ impl Consensus {
         let node = BasicNode {
             addr: addr.to_string(),
         };
-        tokio::time::timeout(within, self.raft.add_learner(id, node, true))
+        let added = tokio::time::timeout(within, self.raft.add_learner(id, node, true))
             .await
-            .map_err(|_| timed_out())?
-            .map_err(membership_error)?;
+            .map_err(|_| timed_out())
+            .and_then(|r| r.map(|_| ()).map_err(membership_error));
+        if let Err(e) = added {
+            // A learner that never caught up is taken out again, so no half-added node
+            // lingers in the membership (a later controller would otherwise record it).
+            if !self.voters().contains(&id) {
+                let remove = openraft::ChangeMembers::RemoveNodes([id].into());
+                if let Err(r) = self.raft.change_membership(remove, false).await {
+                    tracing::warn!(node = id, error = %r, "taking back a learner that did not catch up");
+                }
+            }
+            return Err(e);
+        }
         let mut voters = self.voters();
         if voters.insert(id) {
             tokio::time::timeout(within, self.raft.change_membership(voters, false))
@@ -660,7 +671,7 @@ async fn watch_leadership(
 /// As a new leader: once everything in the log is applied here, proposes `SetNodes`
 /// when the metadata's nodes differ from what it should hold: on a new cluster, the
 /// configured peers; later, the configured addresses of nodes it already names, and
-/// every member of the consensus membership it does not name yet (a node added while
+/// every voter of the consensus membership it does not name yet (a node added while
 /// the previous controller died before recording it), with the address the
 /// membership or `--peers` gives. Nodes are never dropped here: only RemoveNode does.
 async fn record_nodes(
@@ -678,14 +689,17 @@ async fn record_nodes(
     }
     let current = meta.borrow().nodes.clone();
     let mut nodes = current.clone();
-    let members: BTreeMap<NodeId, String> = raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .nodes()
-        .map(|(&id, n)| (id, n.addr.clone()))
-        .collect();
+    // Voters only: a learner is a node still being added (AddNode records it).
+    let members: BTreeMap<NodeId, String> = {
+        let m = raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .filter(|(id, _)| voters.contains(id))
+            .map(|(&id, n)| (id, n.addr.clone()))
+            .collect()
+    };
     for (&id, addr) in &config.peers {
         match nodes.get_mut(&id) {
             Some(n) => n.addr = addr.clone(),
