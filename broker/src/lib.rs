@@ -18,6 +18,7 @@ pub mod broker;
 pub mod cluster;
 pub mod config;
 pub mod flow;
+pub mod forecast;
 pub mod groups;
 pub mod http;
 pub mod inject;
