@@ -228,6 +228,7 @@ impl Stores {
                 ..Metrics::default()
             },
             meters: Default::default(),
+            load: Default::default(),
             shutdown,
             queues: self.queues,
             security,

@@ -153,6 +153,8 @@ apis! {
     DescribeShardHistory = 44, v 0..=0, DescribeShardHistoryRequest => DescribeShardHistoryResponse;
     /// Move one copy of a shard to another node.
     ShardMove = 45, v 0..=0, ShardMoveRequest => ShardMoveResponse;
+    /// The load agents' history of the node and its shards, with ingest forecasts.
+    LoadHistory = 48, v 0..=0, LoadHistoryRequest => LoadHistoryResponse;
     /// One step of authentication (SCRAM-SHA-256 or an API key).
     Authenticate = 50, v 0..=0, AuthenticateRequest => AuthenticateResponse;
     /// Create a user or change its password (its SCRAM credential).

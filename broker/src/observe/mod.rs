@@ -10,6 +10,7 @@
 pub mod alerts;
 pub mod collect;
 pub mod health;
+pub mod history;
 pub mod lag;
 pub mod process;
 pub mod requests;
@@ -102,6 +103,7 @@ pub async fn run(
             _ = shutdown.changed() => break,
             _ = tick.tick() => {}
         }
+        state.load.sample(&state);
         let (report, conditions) = check(&state, &observer.thresholds, &mut memory);
         *observer.health.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(report);
         let transitions = observer
