@@ -120,6 +120,24 @@ pub struct Args {
     /// over time into this file: `.svg`, or `.html` for a page holding the SVG.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// forecast: the trace to replay, `unix_seconds,value` lines.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// forecast: how far ahead to forecast, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub horizon_s: u64,
+    /// forecast: the season in seconds (default: detected on the trace's first half).
+    #[arg(long)]
+    pub season_s: Option<u64>,
+    /// trace: the shape of the load produced.
+    #[arg(long, value_enum, default_value_t = super::forecast::Profile::Ramp)]
+    pub profile: super::forecast::Profile,
+    /// trace: the period of the diurnal profile, in seconds (a compressed day).
+    #[arg(long, default_value_t = 600.0)]
+    pub period_s: f64,
+    /// trace: where to write the recorded trace.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 const AFTER_HELP: &str = "Produce latency is per batch (first send → ack of the batch's last \
@@ -151,6 +169,17 @@ impl Args {
         if !ok(self.warmup) || !ok(self.linger_ms) {
             bail!("--warmup and --linger-ms must be ≥ 0");
         }
+        if self.mode == Mode::Forecast && (self.trace.is_none() || self.horizon_s == 0) {
+            bail!("forecast needs --trace FILE.csv and --horizon-s ≥ 1");
+        }
+        if self.mode == Mode::Trace
+            && (self.out.is_none() || self.duration.is_none() || self.rate.is_none())
+        {
+            bail!("trace needs --out FILE.csv, --duration and --rate");
+        }
+        if !(self.period_s.is_finite() && self.period_s > 0.0) {
+            bail!("--period-s must be a positive number of seconds");
+        }
         if self.shards == Some(0) {
             bail!("--shards must be at least 1");
         }
@@ -177,6 +206,11 @@ pub enum Mode {
     /// Starts its own cluster (`--nodes`), kills the primary `--kills` times under
     /// mirrored load and reports switchover times; `--broker` is not used.
     Failover,
+    /// Backtests the forecaster on `--trace` and prints one JSON object.
+    Forecast,
+    /// Produces along `--profile` and records the broker's measured ingest rate
+    /// (LoadHistory) into `--out`, one line a second.
+    Trace,
 }
 
 impl Mode {
@@ -186,6 +220,8 @@ impl Mode {
             Mode::Consume => "consume",
             Mode::E2e => "e2e",
             Mode::Failover => "failover",
+            Mode::Forecast => "forecast",
+            Mode::Trace => "trace",
         }
     }
 }

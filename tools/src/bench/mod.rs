@@ -36,6 +36,7 @@ mod collector;
 pub mod consume;
 pub mod e2e;
 pub mod failover;
+pub mod forecast;
 pub mod mix;
 pub mod plot;
 pub mod produce;
@@ -58,6 +59,9 @@ pub async fn run(cli: Args, handle: tokio::runtime::Handle) -> anyhow::Result<Re
         Mode::Consume => consume::run_consume(cli, &target, handle).await,
         Mode::E2e => e2e::run_e2e(cli, &target, handle).await,
         Mode::Failover => unreachable!("failover runs through failover::run_failover"),
+        Mode::Forecast | Mode::Trace => {
+            unreachable!("forecast and trace run through the forecast module")
+        }
     };
     target.shutdown().await;
     report

@@ -36,6 +36,36 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if cli.mode == weir_tools::bench::args::Mode::Forecast {
+        let trace = cli.trace.clone().unwrap_or_default();
+        let report = weir_tools::bench::forecast::read_trace(&trace).and_then(|t| {
+            weir_tools::bench::forecast::forecast_report(&t, cli.horizon_s, cli.season_s)
+        });
+        return match report {
+            Ok(r) => {
+                println!("{r}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("weir-bench: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if cli.mode == weir_tools::bench::args::Mode::Trace {
+        let result = rt.block_on(weir_tools::bench::forecast::run_trace(cli));
+        rt.shutdown_timeout(Duration::from_secs(2));
+        return match result {
+            Ok(r) => {
+                println!("{r}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("weir-bench: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if cli.mode == weir_tools::bench::args::Mode::Failover {
         let json = cli.json;
         let result = rt.block_on(weir_tools::bench::failover::run_failover(cli));
