@@ -565,11 +565,11 @@ impl Scrape {
         )
     }
 
-    /// The load agents' newest one-second sample (`observe::history`).
+    /// The load agents' newest one-second sample (`load_history`).
     fn load(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
         let shards = self.state.load.latest();
         let labels = |t: &str, s: u32| vec![("topic", t.to_string()), ("shard", s.to_string())];
-        let rates: [(&str, &str, fn(&super::history::ShardPoint) -> u32); 4] = [
+        let rates: [(&str, &str, fn(&crate::load_history::ShardPoint) -> u32); 4] = [
             (
                 "weir_shard_ingest_records_per_second",
                 "Records appended to each shard over the last second (load agents).",

@@ -1,21 +1,19 @@
-//! Load agents: once a second, what each shard and the node did (records and bytes in
-//! and out, lane depths, latency, CPU, memory, disk), kept in fixed-size rings — the
-//! last hour at one second, the last day in one-minute buckets — with a forecast of
-//! each series' ingest rate.
+//! The load history: what the load agents (`observe::sampler`) measured each second
+//! of the node and of each shard, kept in fixed-size rings — the last hour at one
+//! second, the last day in one-minute buckets — with a forecast of each series' ingest
+//! rate (`crate::forecast`).
 //!
-//! The sample reads the same atomics `/metrics` reads (`crate::meters`, the shard
-//! writers' [`crate::shard::ClassStats`], `observe::process`) and differences them
-//! against the previous second, so nothing is added to the produce or fetch path.
 //! Memory does not depend on traffic: each series holds [`SECOND_SLOTS`] +
-//! [`MINUTE_SLOTS`] samples, and at most [`SHARDS_MAX`] shards are followed (the
-//! first ones in topic order; the node's series covers them all). The LoadHistory api
-//! (PROTOCOL.md), `weir status` and the `weir_shard_*_per_second` gauges read it.
+//! [`MINUTE_SLOTS`] samples, and at most [`SHARDS_MAX`] shards are followed (the first
+//! seen; the node's series covers them all). The LoadHistory api (PROTOCOL.md), `weir
+//! status` and the `weir_shard_*_per_second` gauges read it; resharding and routing
+//! can call [`LoadHistory::answer`] or [`LoadHistory::latest`]. A leaf below the
+//! shared state: it imports only `forecast`, `error` and the protocol.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
-use weir_protocol::classes::{Class, CLASS_COUNT};
+use weir_protocol::classes::CLASS_COUNT;
 use weir_protocol::messages::{
     LoadForecast, LoadHistoryRequest, LoadHistoryResponse, NodeLoadSample, ShardLoadHistory,
     ShardLoadSample,
@@ -23,8 +21,6 @@ use weir_protocol::messages::{
 
 use crate::error::BrokerError;
 use crate::forecast::Selector;
-use crate::meters::HistogramSnapshot;
-use crate::state::BrokerState;
 use weir_protocol::error::ErrorCode;
 
 /// One-second samples kept per series: one hour.
@@ -248,35 +244,10 @@ impl<P: Bucket> Series<P> {
     }
 }
 
-/// Counters of one shard at the previous sample.
-#[derive(Debug, Default, Clone, Copy)]
-struct ShardCounters {
-    hwm: u64,
-    bytes_in: u64,
-    records_out: u64,
-    bytes_out: u64,
-    appends: u64,
-    wait_us: u64,
-}
-
-/// Counters of the node at the previous sample.
-#[derive(Debug, Default)]
-struct NodeCounters {
-    records_in: u64,
-    bytes_in: u64,
-    records_out: u64,
-    bytes_out: u64,
-    produce: HistogramSnapshot,
-    fetch: HistogramSnapshot,
-    cpu_seconds: Option<f64>,
-    at: Option<std::time::Instant>,
-}
-
 #[derive(Debug)]
 struct Inner {
     node: Series<NodePoint>,
-    node_prev: NodeCounters,
-    shards: HashMap<(String, u32), (Series<ShardPoint>, ShardCounters)>,
+    shards: HashMap<(String, u32), Series<ShardPoint>>,
 }
 
 /// The load history of this node and its shards.
@@ -290,24 +261,10 @@ impl Default for LoadHistory {
         LoadHistory {
             inner: Mutex::new(Inner {
                 node: Series::new(),
-                node_prev: NodeCounters::default(),
                 shards: HashMap::new(),
             }),
         }
     }
-}
-
-/// `new - old` per second over `secs`, saturating.
-fn rate(new: u64, old: u64, secs: f64) -> f64 {
-    new.saturating_sub(old) as f64 / secs
-}
-
-fn sat_u32(v: f64) -> u32 {
-    v.clamp(0.0, u32::MAX as f64).round() as u32
-}
-
-fn us(seconds: f64) -> u32 {
-    sat_u32(seconds * 1e6)
 }
 
 impl LoadHistory {
@@ -315,124 +272,27 @@ impl LoadHistory {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes one sample of the node and of every followed shard (call once a second).
-    /// The first call only records the counters.
-    pub fn sample(&self, state: &BrokerState) {
-        let now = std::time::Instant::now();
-        let at_s = (crate::clock::now_ms() / 1000).clamp(0, i64::from(u32::MAX)) as u32;
+    /// Adds one second of the node; `records_in` feeds its forecast.
+    pub fn record_node(&self, p: NodePoint, records_in: f64) {
+        self.lock().node.push(p, records_in);
+    }
+
+    /// Adds one second of a shard, unless [`SHARDS_MAX`] other shards are followed.
+    pub fn record_shard(&self, topic: &str, shard: u32, p: ShardPoint, records_in: f64) {
         let mut inner = self.lock();
-        let inner = &mut *inner;
-        let secs = inner
-            .node_prev
-            .at
-            .map(|t| now.duration_since(t).as_secs_f64().max(1e-3));
-        inner.node_prev.at = Some(now);
+        let key = (topic.to_string(), shard);
+        if let Some(s) = inner.shards.get_mut(&key) {
+            s.push(p, records_in);
+        } else if inner.shards.len() < SHARDS_MAX {
+            let mut s = Series::new();
+            s.push(p, records_in);
+            inner.shards.insert(key, s);
+        }
+    }
 
-        // Shards.
-        let topics = state.topics.list();
-        let mut seen: Vec<(String, u32)> = Vec::new();
-        let mut node_out = (0u64, 0u64);
-        let mut node_queued = [0u32; CLASS_COUNT];
-        for t in &topics {
-            node_out.0 += t.io.records_out.load(Ordering::Relaxed);
-            node_out.1 += t.io.bytes_out.load(Ordering::Relaxed);
-            for (i, s) in t.shards.iter().enumerate() {
-                let stats = s.stats();
-                let mut queued = [0u16; CLASS_COUNT];
-                for c in Class::ALL {
-                    let q = s.queued(c);
-                    queued[c.index()] = q.min(u16::MAX as usize) as u16;
-                    node_queued[c.index()] = node_queued[c.index()].saturating_add(q as u32);
-                }
-                let key = (t.name.clone(), i as u32);
-                if !inner.shards.contains_key(&key) && inner.shards.len() >= SHARDS_MAX {
-                    continue;
-                }
-                let c = ShardCounters {
-                    hwm: s.reader().high_watermark(),
-                    bytes_in: stats.io.bytes_in.load(Ordering::Relaxed),
-                    records_out: stats.io.records_out.load(Ordering::Relaxed),
-                    bytes_out: stats.io.bytes_out.load(Ordering::Relaxed),
-                    appends: stats.appends.iter().map(|a| a.load(Ordering::Relaxed)).sum(),
-                    wait_us: stats.wait_us.iter().map(|a| a.load(Ordering::Relaxed)).sum(),
-                };
-                seen.push(key.clone());
-                let Some((series, prev)) = inner.shards.get_mut(&key) else {
-                    inner.shards.insert(key, (Series::new(), c));
-                    continue;
-                };
-                if let Some(secs) = secs {
-                    let records_in = rate(c.hwm, prev.hwm, secs);
-                    let appends = c.appends.saturating_sub(prev.appends);
-                    let p = ShardPoint {
-                        at_s,
-                        records_in: sat_u32(records_in),
-                        bytes_in: sat_u32(rate(c.bytes_in, prev.bytes_in, secs)),
-                        records_out: sat_u32(rate(c.records_out, prev.records_out, secs)),
-                        bytes_out: sat_u32(rate(c.bytes_out, prev.bytes_out, secs)),
-                        queued,
-                        queue_wait_us_mean: c
-                            .wait_us
-                            .saturating_sub(prev.wait_us)
-                            .checked_div(appends)
-                            .unwrap_or(0)
-                            .min(u64::from(u32::MAX)) as u32,
-                    };
-                    series.push(p, records_in);
-                }
-                *prev = c;
-            }
-        }
-        if inner.shards.len() > seen.len() {
-            let seen: std::collections::HashSet<_> = seen.into_iter().collect();
-            inner.shards.retain(|k, _| seen.contains(k));
-        }
-
-        // Node.
-        let m = &state.metrics;
-        let records_in = m.produce_records_total.load(Ordering::Relaxed);
-        let bytes_in = m.produce_bytes_total.load(Ordering::Relaxed);
-        let produce = super::produce_total(state);
-        let mut fetch = HistogramSnapshot::default();
-        for h in &state.meters.fetch {
-            fetch.add(&h.snapshot());
-        }
-        let process = super::process::process();
-        let prev = &inner.node_prev;
-        if let Some(secs) = secs {
-            let p = produce.since(&prev.produce);
-            let cpu = match (process.cpu_seconds, prev.cpu_seconds) {
-                (Some(a), Some(b)) => sat_u32((a - b).max(0.0) / secs * 1000.0),
-                _ => 0,
-            };
-            let records_in_rate = rate(records_in, prev.records_in, secs);
-            let point = NodePoint {
-                at_s,
-                records_in: records_in_rate.round() as u64,
-                bytes_in: rate(bytes_in, prev.bytes_in, secs).round() as u64,
-                records_out: rate(node_out.0, prev.records_out, secs).round() as u64,
-                bytes_out: rate(node_out.1, prev.bytes_out, secs).round() as u64,
-                queued: node_queued,
-                produce_latency_us_p50: us(p.quantile_bound(0.5)),
-                produce_latency_us_p99: us(p.quantile_bound(0.99)),
-                fetch_latency_us_p99: us(fetch.since(&prev.fetch).quantile_bound(0.99)),
-                cpu_permille: cpu,
-                resident_bytes: process.resident_bytes.unwrap_or(0),
-                disk_used_bytes: super::process::disk(&state.config.data_dir)
-                    .map_or(0, |d| d.used_bytes),
-            };
-            inner.node.push(point, records_in_rate);
-        }
-        inner.node_prev = NodeCounters {
-            records_in,
-            bytes_in,
-            records_out: node_out.0,
-            bytes_out: node_out.1,
-            produce,
-            fetch,
-            cpu_seconds: process.cpu_seconds,
-            at: Some(now),
-        };
+    /// Forgets every shard `keep` says is gone (a deleted topic).
+    pub fn retain_shards(&self, mut keep: impl FnMut(&str, u32) -> bool) {
+        self.lock().shards.retain(|(t, s), _| keep(t, *s));
     }
 
     /// The newest one-second point of each followed shard with its ingest forecast,
@@ -442,7 +302,7 @@ impl LoadHistory {
         let mut out: Vec<_> = inner
             .shards
             .iter()
-            .filter_map(|((t, s), (series, _))| {
+            .filter_map(|((t, s), series)| {
                 Some((t.clone(), *s, series.seconds.last()?, series.forecast()))
             })
             .collect();
@@ -491,7 +351,7 @@ impl LoadHistory {
         let shards = keys
             .into_iter()
             .map(|k| {
-                let (series, _) = &inner.shards[k];
+                let series = &inner.shards[k];
                 let points = if minutes {
                     series.minutes.newest(per_series)
                 } else {
