@@ -22,7 +22,7 @@ use std::collections::VecDeque;
 use models::{ArRls, Holt, HoltWinters, Model, Naive, Ses};
 
 /// Window (in scored forecasts) of the moving error averages that pick a model.
-const ERROR_WINDOW: f64 = 300.0;
+const ERROR_WINDOW: f64 = 100.0;
 
 /// Scored forecasts a model needs before it can be picked over naive.
 const SCORED_MIN: usize = 30;
@@ -63,7 +63,8 @@ impl Selector {
             Box::new(Ses::new(0.02)),
             Box::new(Ses::new(0.2)),
             Box::new(Holt::new(0.2, 0.02, 1.0)),
-            Box::new(Holt::new(0.05, 0.005, 1.0)),
+            Box::new(Holt::new(0.1, 0.01, 1.0)),
+            Box::new(Holt::new(0.05, 0.01, 1.0)),
             Box::new(Holt::new(0.3, 0.05, 0.98)),
             Box::new(ArRls::new(3, 0.998)),
         ];
@@ -212,6 +213,8 @@ pub struct Backtest {
     pub model: &'static str,
     /// The season used, in samples (`None`: no Holt-Winters candidates).
     pub period: Option<usize>,
+    /// Each candidate's moving mean absolute error at the end of the series.
+    pub model_errors: Vec<(&'static str, f64)>,
 }
 
 /// Replays `series` through a [`Selector`] and scores its forecasts `horizon` samples
@@ -252,6 +255,7 @@ pub fn backtest(series: &[f64], horizon: usize, period: Option<usize>, warmup: u
             .max_by_key(|(_, n)| *n)
             .map_or("naive", |(n, _)| n),
         period,
+        model_errors: sel.errors(),
     }
 }
 
@@ -312,6 +316,6 @@ mod tests {
         let f = s.forecast();
         assert_eq!((f.value, f.model), (3.0, "naive"));
         assert_eq!(s.horizon(), 5);
-        assert_eq!(s.errors().len(), 7);
+        assert_eq!(s.errors().len(), 8);
     }
 }

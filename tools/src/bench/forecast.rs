@@ -97,6 +97,11 @@ pub fn forecast_report(
         "model": b.model,
         "season_s": b.period.map(|p| p as u64 * step_s),
         "warmup_samples": warmup,
+        "model_errors": b
+            .model_errors
+            .iter()
+            .map(|(m, e)| json!({"model": m, "mae_recent": round3(*e)}))
+            .collect::<Vec<_>>(),
     }))
 }
 
