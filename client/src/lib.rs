@@ -46,6 +46,7 @@ pub mod partitioner;
 pub mod producer;
 pub mod queue;
 pub mod record;
+pub mod routing;
 pub mod tls;
 
 pub use admin::Admin;
