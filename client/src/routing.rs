@@ -9,11 +9,12 @@
 //! complexity `c` (1 … 5):
 //!
 //! ```text
-//! latency_ms = queue_wait_us_mean / 1000 + queued appends (all classes)
+//! latency    = queue_wait_us_mean / 1000 + queued appends (all classes)
+//! delay      = latency / (mean latency over the shards + 1)
 //! load       = max(records_in_per_s, forecast_records_in_per_s) / mean over the shards
 //! urgency    = 1.0 for p 1–2, 0.6 for p 3–5, 0.3 for p 6–10
 //! heaviness  = 0.5 + c / 5
-//! score      = urgency × latency_ms + heaviness × load
+//! score      = urgency × delay + heaviness × load
 //! ```
 //!
 //! so urgent records avoid the shard whose writer keeps appends waiting, and heavy
@@ -57,17 +58,29 @@ fn urgency(priority: u8) -> f64 {
     }
 }
 
-/// The score of one shard (lower is better); `mean_rate` is the topic's mean rate.
-pub fn score(load: Option<&ShardLoad>, mean_rate: f64, priority: u8, complexity: u8) -> f64 {
-    let (latency_ms, relative) = match load {
+/// A shard's latency term: lane wait in ms plus the appends waiting.
+fn latency(l: &ShardLoad) -> f64 {
+    l.queue_wait_us as f64 / 1000.0 + l.queued as f64
+}
+
+/// The score of one shard (lower is better); `mean_rate` and `mean_latency` are the
+/// topic's means over the shards with figures.
+pub fn score(
+    load: Option<&ShardLoad>,
+    mean_rate: f64,
+    mean_latency: f64,
+    priority: u8,
+    complexity: u8,
+) -> f64 {
+    let (delay, relative) = match load {
         Some(l) => (
-            l.queue_wait_us as f64 / 1000.0 + l.queued as f64,
+            latency(l) / (mean_latency.max(0.0) + 1.0),
             l.records_in_per_s.max(l.forecast_records_in_per_s) / mean_rate.max(1.0),
         ),
         None => (0.0, 1.0),
     };
     let heaviness = 0.5 + f64::from(complexity.clamp(1, 5)) / 5.0;
-    urgency(priority) * latency_ms + heaviness * relative
+    urgency(priority) * delay + heaviness * relative
 }
 
 /// A 64-bit mix (splitmix64's finaliser) of the seed, for the two draws.
@@ -88,18 +101,18 @@ pub fn choose(loads: &[Option<ShardLoad>], shards: u32, priority: u8, complexity
     let a = (r % u64::from(shards)) as u32;
     // A second shard, distinct from the first.
     let b = ((u64::from(a) + 1 + (r >> 32) % u64::from(shards - 1)) % u64::from(shards)) as u32;
-    let known: Vec<f64> = loads
+    let known: Vec<&ShardLoad> = loads.iter().take(shards as usize).flatten().collect();
+    let n = known.len().max(1) as f64;
+    let mean_rate = known
         .iter()
-        .take(shards as usize)
-        .flatten()
         .map(|l| l.records_in_per_s.max(l.forecast_records_in_per_s))
-        .collect();
-    let mean = if known.is_empty() {
-        1.0
-    } else {
-        known.iter().sum::<f64>() / known.len() as f64
+        .sum::<f64>()
+        / n;
+    let mean_latency = known.iter().map(|l| latency(l)).sum::<f64>() / n;
+    let of = |s: u32| {
+        let l = loads.get(s as usize).and_then(|l| l.as_ref());
+        score(l, mean_rate, mean_latency, priority, complexity)
     };
-    let of = |s: u32| score(loads.get(s as usize).and_then(|l| l.as_ref()), mean, priority, complexity);
     if of(b) < of(a) {
         b
     } else {
@@ -165,7 +178,8 @@ mod tests {
     fn the_forecast_counts_before_the_rate_rises() {
         // Same now, but shard 0 is forecast to triple.
         let loads = vec![load(0, 0, 1000.0, 3000.0), load(0, 0, 1000.0, 1000.0)];
-        assert!(score(loads[0].as_ref(), 2000.0, 5, 3) > score(loads[1].as_ref(), 2000.0, 5, 3));
+        let s = |i: usize| score(loads[i].as_ref(), 2000.0, 0.0, 5, 3);
+        assert!(s(0) > s(1));
         assert_eq!(choose(&loads, 2, 5, 3, 1), 1);
     }
 }
