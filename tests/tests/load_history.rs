@@ -89,3 +89,68 @@ async fn produced_and_fetched_records_show_in_the_shards_history() {
     }
     admin.load_history("load", 1, 1).await.expect("still serving");
 }
+
+/// With load-aware routing on, keyless records avoid the shard another producer keeps
+/// busy; every record is still acknowledged and stored once.
+#[tokio::test]
+async fn keyless_records_avoid_a_busy_shard_with_load_aware_routing() {
+    let broker = BrokerProcess::start();
+    let client = connect(&broker.addr(), WAIT).await;
+    let admin = Admin::new(client.clone());
+    admin
+        .create_topic("routed", 2, TopicConfig::default())
+        .await
+        .expect("create");
+    // Shard 0 is kept busy by a pinned producer for the whole test.
+    let busy = Producer::builder(&client).build().await.expect("producer");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let hot = tokio::spawn(async move {
+        let mut rounds = 0u32;
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) && rounds < 2_000 {
+            rounds += 1;
+            let mut batch = ProducerBatch::with_capacity("routed", 500).shard(0);
+            for _ in 0..500 {
+                batch.push(vec![b'h'; 100]);
+            }
+            busy.send_batch(batch).await.expect("send").await.expect("ack");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    // Wait (bounded) until the broker reports shard 0 busy.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let h = admin.load_history("routed", 1, 1).await.expect("history");
+        if h.shards.iter().any(|s| s.shard == 0 && s.samples.last().is_some_and(|x| x.records_in_per_s > 1000)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "shard 0 never looked busy");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let routed = Producer::builder(&client)
+        .config(weir_client::ProducerConfig {
+            load_aware_routing: Some(Duration::from_millis(200)),
+            ..Default::default()
+        })
+        .build()
+        .await
+        .expect("producer");
+    // The first send learns the topic; give the refresher a period to read loads.
+    routed
+        .send_and_wait(weir_client::ProducerRecord::new("routed", "warm"))
+        .await
+        .expect("warm");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut on = [0u32; 2];
+    for i in 0..200 {
+        let m = routed
+            .send_and_wait(weir_client::ProducerRecord::new("routed", format!("k{i}")))
+            .await
+            .expect("send");
+        on[m.shard as usize] += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    hot.await.expect("hot producer");
+    // Without routing, rotation would put half on each shard.
+    assert!(on[1] >= 180, "keyless records per shard: {on:?}");
+}
