@@ -6,6 +6,8 @@
 //! weir-bench consume --embedded --producers 8 --consumers 8 --shards 8 --size 100
 //! weir-bench e2e --embedded --rate 100000 --duration 10 --linger-ms 1
 //! weir-bench failover --nodes 3 --kills 20
+//! weir-bench trace --embedded --profile ramp --duration 900 --rate 2000 --out ramp.csv
+//! weir-bench forecast --trace benches/traces/ramp.csv --horizon-s 60
 //! ```
 //!
 //! Exit codes: 0 ok, 1 the run failed, 2 bad flags, 3 the run reported errors.
