@@ -74,8 +74,14 @@ impl<T: Copy> Ring<T> {
     pub fn newest(&self, n: usize) -> Vec<T> {
         let len = self.slots.len();
         let n = n.min(len);
-        let start = if len < self.cap { len - n } else { (self.next + self.cap - n) % self.cap };
-        (0..n).map(|i| self.slots[(start + i) % len.max(1)]).collect()
+        let start = if len < self.cap {
+            len - n
+        } else {
+            (self.next + self.cap - n) % self.cap
+        };
+        (0..n)
+            .map(|i| self.slots[(start + i) % len.max(1)])
+            .collect()
     }
 
     /// The newest value.
@@ -233,7 +239,13 @@ impl<P: Bucket> Series<P> {
 
     fn forecast(&self) -> LoadForecast {
         let f = self.forecast.forecast();
-        let clamp = |v: f64| if v.is_finite() { v.max(0.0).round() as u64 } else { 0 };
+        let clamp = |v: f64| {
+            if v.is_finite() {
+                v.max(0.0).round() as u64
+            } else {
+                0
+            }
+        };
         LoadForecast {
             horizon_s: FORECAST_HORIZON_S as u32,
             records_in_per_s: clamp(f.value),
@@ -445,7 +457,10 @@ mod tests {
         let m = s.minutes.newest(10);
         assert_eq!(m.len(), 2);
         assert_eq!((m[0].at_s, m[0].records_in, m[0].queued[0]), (6000, 10, 59));
-        assert_eq!((m[1].at_s, m[1].records_in, m[1].queued[0]), (6060, 30, 119));
+        assert_eq!(
+            (m[1].at_s, m[1].records_in, m[1].queued[0]),
+            (6060, 30, 119)
+        );
         assert_eq!(s.seconds.len(), 121);
     }
 

@@ -67,6 +67,6 @@ pub use queue::{
 pub use record::{BatchRecord, Message, Partitioning, ProducerBatch, ProducerRecord};
 pub use tls::TlsConfig;
 pub use weir_protocol::messages::{
-    Acks, Durability, FlowStatusResponse, LoadForecast, LoadHistoryResponse, NodeLoadSample,
-    Quota, QuotaEntry, ShardLoadHistory, ShardLoadSample, TopicConfig,
+    Acks, Durability, FlowStatusResponse, LoadForecast, LoadHistoryResponse, NodeLoadSample, Quota,
+    QuotaEntry, ShardLoadHistory, ShardLoadSample, TopicConfig,
 };

@@ -93,7 +93,13 @@ fn mix(mut z: u64) -> u64 {
 
 /// The shard for a keyless record among `shards`, given each shard's figures (index =
 /// shard; missing ones score as average). The same seed gives the same shard.
-pub fn choose(loads: &[Option<ShardLoad>], shards: u32, priority: u8, complexity: u8, seed: u64) -> u32 {
+pub fn choose(
+    loads: &[Option<ShardLoad>],
+    shards: u32,
+    priority: u8,
+    complexity: u8,
+    seed: u64,
+) -> u32 {
     if shards <= 1 {
         return 0;
     }
@@ -169,8 +175,16 @@ mod tests {
         // Shard 1: idle but its writer keeps appends waiting 8 ms.
         let loads = vec![load(0, 0, 3000.0, 4000.0), load(4, 8_000, 200.0, 200.0)];
         for seed in 0..50 {
-            assert_eq!(choose(&loads, 2, 1, 1, seed), 0, "P0 goes where appends do not wait");
-            assert_eq!(choose(&loads, 2, 10, 5, seed), 1, "heavy bulk goes where there is headroom");
+            assert_eq!(
+                choose(&loads, 2, 1, 1, seed),
+                0,
+                "P0 goes where appends do not wait"
+            );
+            assert_eq!(
+                choose(&loads, 2, 10, 5, seed),
+                1,
+                "heavy bulk goes where there is headroom"
+            );
         }
     }
 

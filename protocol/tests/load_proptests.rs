@@ -39,13 +39,19 @@ fn forecast() -> impl Strategy<Value = LoadForecast> {
 
 fn node_sample() -> impl Strategy<Value = NodeLoadSample> {
     (
-        (any::<i64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
+        (
+            any::<i64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+        ),
         vec(any::<u32>(), 0..5),
         (any::<u64>(), any::<u64>(), any::<u64>()),
         (any::<u32>(), any::<u64>(), any::<u64>()),
     )
-        .prop_map(|((at_s, ri, bi, ro, bo), queued, (p50, p99, f99), (cpu, rss, disk))| {
-            NodeLoadSample {
+        .prop_map(
+            |((at_s, ri, bi, ro, bo), queued, (p50, p99, f99), (cpu, rss, disk))| NodeLoadSample {
                 at_s,
                 records_in_per_s: ri,
                 bytes_in_per_s: bi,
@@ -58,13 +64,19 @@ fn node_sample() -> impl Strategy<Value = NodeLoadSample> {
                 cpu_permille: cpu,
                 resident_bytes: rss,
                 disk_used_bytes: disk,
-            }
-        })
+            },
+        )
 }
 
 fn shard_sample() -> impl Strategy<Value = ShardLoadSample> {
     (
-        (any::<i64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
+        (
+            any::<i64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+        ),
         vec(any::<u32>(), 0..5),
         any::<u64>(),
     )

@@ -52,18 +52,33 @@ async fn produced_and_fetched_records_show_in_the_shards_history() {
                 break (a, b, h);
             }
         }
-        assert!(Instant::now() < deadline, "history never showed the records: {h:?}");
+        assert!(
+            Instant::now() < deadline,
+            "history never showed the records: {h:?}"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     let ins: u64 = shard0.samples.iter().map(|s| s.records_in_per_s).sum();
     // Rates are per measured second; summed, they come to the records produced give or
     // take the sampling intervals' jitter.
-    assert!(ins <= 3 * RECORDS, "{ins} records/s summed for {RECORDS} produced");
-    assert!(shard0.samples.iter().any(|s| s.bytes_in_per_s >= 100 * s.records_in_per_s && s.records_in_per_s > 0));
-    assert!(shard0.samples.iter().all(|s| s.queued.len() == 4));
-    assert!(shard0.samples.windows(2).all(|w| w[0].at_s < w[1].at_s), "oldest first");
     assert!(
-        shard1.samples.iter().all(|s| s.records_in_per_s == 0 && s.records_out_per_s == 0),
+        ins <= 3 * RECORDS,
+        "{ins} records/s summed for {RECORDS} produced"
+    );
+    assert!(shard0
+        .samples
+        .iter()
+        .any(|s| s.bytes_in_per_s >= 100 * s.records_in_per_s && s.records_in_per_s > 0));
+    assert!(shard0.samples.iter().all(|s| s.queued.len() == 4));
+    assert!(
+        shard0.samples.windows(2).all(|w| w[0].at_s < w[1].at_s),
+        "oldest first"
+    );
+    assert!(
+        shard1
+            .samples
+            .iter()
+            .all(|s| s.records_in_per_s == 0 && s.records_out_per_s == 0),
         "the idle shard saw traffic: {shard1:?}"
     );
     assert_eq!(shard0.forecast.horizon_s, 60);
@@ -79,7 +94,10 @@ async fn produced_and_fetched_records_show_in_the_shards_history() {
     assert!(two.node.len() <= 2 && two.shards.iter().all(|s| s.samples.len() <= 2));
     assert_eq!(two.shards.len(), 2);
     admin.load_history("load", 60, 0).await.expect("minutes");
-    let other = admin.load_history("nope", 1, 0).await.expect("no such topic");
+    let other = admin
+        .load_history("nope", 1, 0)
+        .await
+        .expect("no such topic");
     assert!(other.shards.is_empty());
 
     // A bad resolution is refused by name; the broker keeps serving.
@@ -87,7 +105,10 @@ async fn produced_and_fetched_records_show_in_the_shards_history() {
         Err(ClientError::Broker { code, .. }) => assert_eq!(code, ErrorCode::InvalidRequest),
         other => panic!("expected INVALID_REQUEST, got {other:?}"),
     }
-    admin.load_history("load", 1, 1).await.expect("still serving");
+    admin
+        .load_history("load", 1, 1)
+        .await
+        .expect("still serving");
 }
 
 /// With load-aware routing on, keyless records avoid the shard another producer keeps
@@ -113,7 +134,11 @@ async fn keyless_records_avoid_a_busy_shard_with_load_aware_routing() {
             for _ in 0..500 {
                 batch.push(vec![b'h'; 100]);
             }
-            busy.send_batch(batch).await.expect("send").await.expect("ack");
+            busy.send_batch(batch)
+                .await
+                .expect("send")
+                .await
+                .expect("ack");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
@@ -121,7 +146,10 @@ async fn keyless_records_avoid_a_busy_shard_with_load_aware_routing() {
     let deadline = Instant::now() + WAIT;
     loop {
         let h = admin.load_history("routed", 1, 1).await.expect("history");
-        if h.shards.iter().any(|s| s.shard == 0 && s.samples.last().is_some_and(|x| x.records_in_per_s > 1000)) {
+        if h.shards
+            .iter()
+            .any(|s| s.shard == 0 && s.samples.last().is_some_and(|x| x.records_in_per_s > 1000))
+        {
             break;
         }
         assert!(Instant::now() < deadline, "shard 0 never looked busy");

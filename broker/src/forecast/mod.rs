@@ -244,7 +244,13 @@ pub fn backtest(series: &[f64], horizon: usize, period: Option<usize>, warmup: u
             None => used.push((f.model, 1)),
         }
     }
-    let div = |v: f64| if samples == 0 { 0.0 } else { v / samples as f64 };
+    let div = |v: f64| {
+        if samples == 0 {
+            0.0
+        } else {
+            v / samples as f64
+        }
+    };
     Backtest {
         samples,
         mae_model: div(abs_model),
@@ -277,7 +283,9 @@ mod tests {
     #[test]
     fn a_noisy_trend_is_forecast_far_better_than_naive() {
         let mut n = noise(7);
-        let series: Vec<f64> = (0..2000).map(|t| 1000.0 + 5.0 * t as f64 + 50.0 * n()).collect();
+        let series: Vec<f64> = (0..2000)
+            .map(|t| 1000.0 + 5.0 * t as f64 + 50.0 * n())
+            .collect();
         let b = backtest(&series, 60, None, 500);
         assert!(b.mae_model < 0.3 * b.mae_naive, "{b:?}");
         assert!(b.model.starts_with("holt") || b.model == "ar_rls", "{b:?}");
@@ -293,7 +301,10 @@ mod tests {
             })
             .collect();
         let period = detect_period(&series[..1500], 10);
-        assert!(period.is_some_and(|p| (295..=305).contains(&p)), "{period:?}");
+        assert!(
+            period.is_some_and(|p| (295..=305).contains(&p)),
+            "{period:?}"
+        );
         let b = backtest(&series, 60, period, 1500);
         assert!(b.mae_model < 0.5 * b.mae_naive, "{b:?}");
         assert!(b.interval_coverage > 0.8, "{b:?}");

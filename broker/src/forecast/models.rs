@@ -364,7 +364,11 @@ mod tests {
         assert!((m2.forecast(1) - (5.0 + 0.9 * last)).abs() < 1e-3);
         let mut line = ArRls::new(2, 1.0);
         feed(&mut line, (0..100).map(|t| 3.0 * t as f64));
-        assert!((line.forecast(10) - 3.0 * 109.0).abs() < 0.5, "{}", line.forecast(10));
+        assert!(
+            (line.forecast(10) - 3.0 * 109.0).abs() < 0.5,
+            "{}",
+            line.forecast(10)
+        );
         let _ = m.forecast(3);
     }
 

@@ -10,10 +10,10 @@
 pub mod alerts;
 pub mod collect;
 pub mod health;
-pub mod sampler;
 pub mod lag;
 pub mod process;
 pub mod requests;
+pub mod sampler;
 pub mod status;
 
 use std::collections::{HashMap, VecDeque};

@@ -94,8 +94,16 @@ impl Sampler {
                     bytes_in: stats.io.bytes_in.load(Ordering::Relaxed),
                     records_out: stats.io.records_out.load(Ordering::Relaxed),
                     bytes_out: stats.io.bytes_out.load(Ordering::Relaxed),
-                    appends: stats.appends.iter().map(|a| a.load(Ordering::Relaxed)).sum(),
-                    wait_us: stats.wait_us.iter().map(|a| a.load(Ordering::Relaxed)).sum(),
+                    appends: stats
+                        .appends
+                        .iter()
+                        .map(|a| a.load(Ordering::Relaxed))
+                        .sum(),
+                    wait_us: stats
+                        .wait_us
+                        .iter()
+                        .map(|a| a.load(Ordering::Relaxed))
+                        .sum(),
                 };
                 seen.push(key.clone());
                 let Some(prev) = self.shards.get_mut(&key) else {
@@ -117,7 +125,8 @@ impl Sampler {
                             .saturating_sub(prev.wait_us)
                             .checked_div(appends)
                             .unwrap_or(0)
-                            .min(u64::from(u32::MAX)) as u32,
+                            .min(u64::from(u32::MAX))
+                            as u32,
                     };
                     history.record_shard(&t.name, i as u32, p, records_in);
                 }
@@ -176,5 +185,4 @@ impl Sampler {
             at: Some(now),
         };
     }
-
 }

@@ -38,9 +38,13 @@ pub fn read_trace(path: &Path) -> anyhow::Result<Vec<(i64, f64)>> {
         if line.is_empty() || (i == 0 && line.starts_with(|c: char| c.is_ascii_alphabetic())) {
             continue;
         }
-        let (t, v) = line
-            .split_once(',')
-            .with_context(|| format!("{}:{}: expected `unix_seconds,value`", path.display(), i + 1))?;
+        let (t, v) = line.split_once(',').with_context(|| {
+            format!(
+                "{}:{}: expected `unix_seconds,value`",
+                path.display(),
+                i + 1
+            )
+        })?;
         let t: i64 = t
             .trim()
             .parse()
@@ -67,7 +71,10 @@ pub fn forecast_report(
     season_s: Option<u64>,
 ) -> anyhow::Result<serde_json::Value> {
     if trace.len() < 4 {
-        bail!("the trace has {} samples; at least 4 are needed", trace.len());
+        bail!(
+            "the trace has {} samples; at least 4 are needed",
+            trace.len()
+        );
     }
     // The step: the median gap between samples (one per second or coarser).
     let mut gaps: Vec<i64> = trace.windows(2).map(|w| w[1].0 - w[0].0).collect();
@@ -168,7 +175,9 @@ pub fn profile_rates(profile: Profile, seconds: usize, rate: f64, period_s: f64)
 pub async fn run_trace(cli: Args) -> anyhow::Result<serde_json::Value> {
     let out_path = cli.out.clone().context("trace needs --out FILE.csv")?;
     let seconds = cli.duration.context("trace needs --duration")?.ceil() as usize;
-    let rate = cli.rate.context("trace needs --rate (the profile's peak)")?;
+    let rate = cli
+        .rate
+        .context("trace needs --rate (the profile's peak)")?;
     let rates = profile_rates(cli.profile, seconds, rate, cli.period_s);
     let target = Target::prepare(&cli).await?;
     let producer = Producer::builder(&target.admin)

@@ -184,7 +184,9 @@ mod tests {
 
     #[test]
     fn load_lines_average_the_samples_and_show_forecasts() {
-        use weir_client::{LoadForecast, LoadHistoryResponse, NodeLoadSample, ShardLoadHistory, ShardLoadSample};
+        use weir_client::{
+            LoadForecast, LoadHistoryResponse, NodeLoadSample, ShardLoadHistory, ShardLoadSample,
+        };
         let fc = LoadForecast {
             horizon_s: 60,
             records_in_per_s: 300,
@@ -215,7 +217,10 @@ mod tests {
         };
         let text = format_load(&h);
         assert!(text.contains("in 200 rec/s"), "{text}");
-        assert!(text.contains("cpu 25.0 %") && text.contains("rss 64 MiB"), "{text}");
+        assert!(
+            text.contains("cpu 25.0 %") && text.contains("rss 64 MiB"),
+            "{text}"
+        );
         assert!(text.contains("t/1: in 40 rec/s, out 0 rec/s, queued 3; forecast 300 rec/s in 60 s [250, 350] (holt)"), "{text}");
     }
 
