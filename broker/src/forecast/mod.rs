@@ -183,9 +183,7 @@ pub fn detect_period(series: &[f64], min_lag: usize) -> Option<usize> {
     let max_lag = n / 2;
     // Short lags of a smooth series correlate by inertia alone: look only past the
     // first lag where the correlation drops below zero.
-    let Some(start) = (min_lag.max(2)..=max_lag).find(|&l| acf(l) < 0.0) else {
-        return None;
-    };
+    let start = (min_lag.max(2)..=max_lag).find(|&l| acf(l) < 0.0)?;
     let values: Vec<f64> = (0..=max_lag + 1)
         .map(|l| if l >= start { acf(l) } else { f64::NAN })
         .collect();

@@ -265,13 +265,12 @@ impl Model for ArRls {
             let denom = self.lambda + x.iter().zip(&px).map(|(a, b)| a * b).sum::<f64>();
             let err = y - x.iter().zip(&self.theta).map(|(a, b)| a * b).sum::<f64>();
             if denom.is_finite() && denom > 1e-12 {
-                for i in 0..k {
-                    self.theta[i] += px[i] / denom * err;
+                for (t, p) in self.theta.iter_mut().zip(&px) {
+                    *t += p / denom * err;
                 }
-                for i in 0..k {
-                    for j in 0..k {
-                        self.cov[i * k + j] =
-                            (self.cov[i * k + j] - px[i] * px[j] / denom) / self.lambda;
+                for (i, row) in self.cov.chunks_mut(k).enumerate() {
+                    for (c, pj) in row.iter_mut().zip(&px) {
+                        *c = (*c - px[i] * pj / denom) / self.lambda;
                     }
                 }
             }

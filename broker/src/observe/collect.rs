@@ -569,7 +569,8 @@ impl Scrape {
     fn load(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
         let shards = self.state.load.latest();
         let labels = |t: &str, s: u32| vec![("topic", t.to_string()), ("shard", s.to_string())];
-        let rates: [(&str, &str, fn(&crate::load_history::ShardPoint) -> u32); 4] = [
+        type Field = fn(&crate::load_history::ShardPoint) -> u32;
+        let rates: [(&str, &str, Field); 4] = [
             (
                 "weir_shard_ingest_records_per_second",
                 "Records appended to each shard over the last second (load agents).",
