@@ -27,10 +27,10 @@ use weir_protocol::error::ErrorCode;
 pub const SECOND_SLOTS: usize = 3600;
 /// One-minute buckets kept per series: one day.
 pub const MINUTE_SLOTS: usize = 1440;
-/// Most shards followed. A shard sample is 32 bytes, so the rings of one shard take
-/// about 160 KiB and all of them at most about 20 MiB.
+/// Most shards followed. A shard sample is 36 bytes, so the rings of one shard take
+/// about 180 KiB and all of them at most about 23 MiB.
 pub const SHARDS_MAX: usize = 128;
-/// Most samples in one LoadHistory answer, all series together (about 4 MiB).
+/// Most samples in one LoadHistory answer, all series together (about 6 MiB).
 pub const ANSWER_SAMPLES_MAX: usize = 65_536;
 /// How far ahead the ingest forecast looks, in seconds.
 pub const FORECAST_HORIZON_S: usize = 60;
@@ -104,6 +104,8 @@ pub struct ShardPoint {
     pub queued: [u16; CLASS_COUNT],
     /// Mean time appends written in the interval waited in their lane.
     pub queue_wait_us_mean: u32,
+    /// The 99th percentile of those waits (upper bound of its histogram bucket).
+    pub queue_wait_us_p99: u32,
 }
 
 /// One second (or one minute bucket) of the node.
@@ -153,6 +155,7 @@ impl Bucket for ShardPoint {
             *a = (*a).max(b);
         }
         self.queue_wait_us_mean = self.queue_wait_us_mean.max(o.queue_wait_us_mean);
+        self.queue_wait_us_p99 = self.queue_wait_us_p99.max(o.queue_wait_us_p99);
     }
     fn finish(&mut self, s: u32) {
         let s = s.max(1);
@@ -412,6 +415,7 @@ fn shard_sample(p: &ShardPoint) -> ShardLoadSample {
         bytes_out_per_s: u64::from(p.bytes_out),
         queued: p.queued.iter().map(|&q| u32::from(q)).collect(),
         queue_wait_us_mean: u64::from(p.queue_wait_us_mean),
+        queue_wait_us_p99: u64::from(p.queue_wait_us_p99),
     }
 }
 
@@ -478,6 +482,6 @@ mod tests {
         }
         assert_eq!(s.seconds.len(), SECOND_SLOTS);
         assert!(s.minutes.len() <= MINUTE_SLOTS);
-        assert_eq!(std::mem::size_of::<ShardPoint>(), 32);
+        assert_eq!(std::mem::size_of::<ShardPoint>(), 36);
     }
 }

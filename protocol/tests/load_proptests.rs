@@ -78,17 +78,20 @@ fn shard_sample() -> impl Strategy<Value = ShardLoadSample> {
             any::<u64>(),
         ),
         vec(any::<u32>(), 0..5),
-        any::<u64>(),
+        (any::<u64>(), any::<u64>()),
     )
         .prop_map(
-            |((at_s, ri, bi, ro, bo), queued, queue_wait_us_mean)| ShardLoadSample {
-                at_s,
-                records_in_per_s: ri,
-                bytes_in_per_s: bi,
-                records_out_per_s: ro,
-                bytes_out_per_s: bo,
-                queued,
-                queue_wait_us_mean,
+            |((at_s, ri, bi, ro, bo), queued, (queue_wait_us_mean, queue_wait_us_p99))| {
+                ShardLoadSample {
+                    at_s,
+                    records_in_per_s: ri,
+                    bytes_in_per_s: bi,
+                    records_out_per_s: ro,
+                    bytes_out_per_s: bo,
+                    queued,
+                    queue_wait_us_mean,
+                    queue_wait_us_p99,
+                }
             },
         )
 }

@@ -1079,6 +1079,7 @@ fn responses() -> Vec<(&'static str, ResponseFrame)> {
                             bytes_out_per_s: 57_600,
                             queued: vec![0, 1, 2, 3],
                             queue_wait_us_mean: 120,
+                            queue_wait_us_p99: 250,
                         }],
                     }],
                 }

@@ -70,6 +70,10 @@ async fn produced_and_fetched_records_show_in_the_shards_history() {
         .iter()
         .any(|s| s.bytes_in_per_s >= 100 * s.records_in_per_s && s.records_in_per_s > 0));
     assert!(shard0.samples.iter().all(|s| s.queued.len() == 4));
+    // Seconds with appends have a lane-wait percentile (at least the first bucket's
+    // bound, 100 us); seconds without have none.
+    assert!(shard0.samples.iter().any(|s| s.queue_wait_us_p99 >= 100));
+    assert!(shard1.samples.iter().all(|s| s.queue_wait_us_p99 == 0));
     assert!(
         shard0.samples.windows(2).all(|w| w[0].at_s < w[1].at_s),
         "oldest first"

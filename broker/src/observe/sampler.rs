@@ -16,7 +16,7 @@ use crate::meters::HistogramSnapshot;
 use crate::state::BrokerState;
 
 /// Counters of one shard at the previous sample.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default)]
 struct ShardCounters {
     hwm: u64,
     bytes_in: u64,
@@ -24,6 +24,8 @@ struct ShardCounters {
     bytes_out: u64,
     appends: u64,
     wait_us: u64,
+    /// Lane waits of every class, summed.
+    waits: HistogramSnapshot,
 }
 
 /// Counters of the node at the previous sample.
@@ -104,6 +106,13 @@ impl Sampler {
                         .iter()
                         .map(|a| a.load(Ordering::Relaxed))
                         .sum(),
+                    waits: {
+                        let mut w = HistogramSnapshot::default();
+                        for h in &stats.wait_histogram {
+                            w.add(&h.snapshot());
+                        }
+                        w
+                    },
                 };
                 seen.push(key.clone());
                 let Some(prev) = self.shards.get_mut(&key) else {
@@ -127,6 +136,7 @@ impl Sampler {
                             .unwrap_or(0)
                             .min(u64::from(u32::MAX))
                             as u32,
+                        queue_wait_us_p99: us(c.waits.since(&prev.waits).quantile_bound(0.99)),
                     };
                     history.record_shard(&t.name, i as u32, p, records_in);
                 }

@@ -70,6 +70,8 @@ wire_struct! {
         pub queued: Vec<u32>,
         /// Mean time appends written in the interval waited in their lane.
         pub queue_wait_us_mean: u64,
+        /// Their 99th percentile, as the upper bound of the latency bucket holding it.
+        pub queue_wait_us_p99: u64,
     }
 }
 
