@@ -134,6 +134,12 @@ impl Broker {
         &self.state
     }
 
+    /// A session in this process, without a socket (see [`crate::server::inproc`]).
+    /// Runs on the caller's Tokio runtime.
+    pub fn connect_in_process(&self) -> crate::server::inproc::InProcessConnection {
+        crate::server::inproc::connect(&self.state)
+    }
+
     /// Graceful shutdown: stop accepting, let in-flight requests finish (bounded by
     /// `io_timeout_ms`), then flush and close every shard.
     pub async fn shutdown(self) {

@@ -1,0 +1,173 @@
+//! The in-process transport: a program that embeds the broker reaches it through two
+//! bounded channels instead of a socket.
+//!
+//! Requests arrive as typed [`RequestFrame`]s (nothing encoded or decoded; a produce's
+//! record batches are the `Bytes` the producer built) and answers leave as typed
+//! [`ResponseFrame`]s (a fetch's records are `Bytes` pointing into the log's mapped
+//! segments, each holding its map alive). Everything between is the TCP connection's
+//! path: the same [`Session`] (permits, authentication, quotas, shedding, produce
+//! admission and ordering, ack levels) and the same weighted-fair response loop
+//! ([`super::responses::write_loop`]). What the socket path has and this one does not
+//! need: framing, the receive budget for frames still arriving (a request here is
+//! already in memory), TLS, and the idle timeout (the session ends when the client
+//! drops its end). In-process sessions do not take a `max_connections` slot; a client
+//! id's `max_connections` quota still counts them.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use weir_protocol::classes::Class;
+use weir_protocol::frame::{RequestFrame, ResponseFrame, ResponsePayload};
+use weir_protocol::{ErrorCode, Request, ResponseBody};
+
+use super::responses::{write_loop, Outgoing, Permits, ResponseSink};
+use super::session::{Close, Session};
+use crate::security::Identity;
+use crate::state::BrokerState;
+
+/// Bytes charged to the in-flight byte budget for a request beyond its record bytes
+/// (what its header and fields would take on the wire, roughly).
+const REQUEST_OVERHEAD_BYTES: u64 = 64;
+
+/// The client's ends of one in-process session.
+#[derive(Debug)]
+pub struct InProcessConnection {
+    /// Requests, in order; at most `max_in_flight_per_connection` queued.
+    pub requests: mpsc::Sender<RequestFrame>,
+    /// Their answers, in the broker's weighted-fair order.
+    pub responses: mpsc::Receiver<ResponseFrame>,
+}
+
+/// Opens an in-process session with the broker; it runs on the caller's runtime
+/// until the client drops `requests` or the broker shuts down.
+pub fn connect(state: &Arc<BrokerState>) -> InProcessConnection {
+    let depth = state.config.max_in_flight_per_connection.max(1);
+    let (req_tx, req_rx) = mpsc::channel(depth);
+    let (resp_tx, resp_rx) = mpsc::channel(depth);
+    tokio::spawn(run(state.clone(), req_rx, resp_tx));
+    InProcessConnection {
+        requests: req_tx,
+        responses: resp_rx,
+    }
+}
+
+/// One session from open to close.
+async fn run(
+    state: Arc<BrokerState>,
+    mut requests: mpsc::Receiver<RequestFrame>,
+    responses: mpsc::Sender<ResponseFrame>,
+) {
+    let m = &state.metrics;
+    m.connections_open.fetch_add(1, Ordering::Relaxed);
+    m.connections_total.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = mpsc::channel::<Outgoing>(state.config.max_in_flight_per_connection);
+    let writer = {
+        let config = state.config.clone();
+        let sink = ChannelSink {
+            tx: responses,
+            io_timeout: Duration::from_millis(config.io_timeout_ms),
+        };
+        tokio::spawn(async move { write_loop(sink, rx, &config).await })
+    };
+    let mut session = Session::new(state.clone(), Identity::default(), tx);
+    let mut shutdown = state.shutdown.clone();
+    let mut how = Close::Drain;
+    // A session opened after shutdown began closes at once.
+    while !*shutdown.borrow_and_update() {
+        let tx = session.responses();
+        let permit = tokio::select! {
+            p = session.request_permit() => p,
+            _ = shutdown.changed() => break,
+            _ = tx.closed() => break,
+        };
+        let frame = tokio::select! {
+            f = requests.recv() => f,
+            _ = shutdown.changed() => break,
+            _ = tx.closed() => break,
+        };
+        let Some(frame) = frame else {
+            how = Close::PeerGone;
+            break;
+        };
+        let bytes_permit = tokio::select! {
+            p = session.bytes_permit(request_bytes(&frame.request)) => p,
+            _ = shutdown.changed() => break,
+            _ = tx.closed() => break,
+        };
+        session.count_request();
+        let permits = (permit, bytes_permit);
+        // What a frame decoder checks that the types do not.
+        if frame.header.priority > 10 {
+            let resp = ResponseFrame::error(
+                &frame.header,
+                ErrorCode::InvalidRequest,
+                0,
+                format!("priority {} is not 0..=10", frame.header.priority),
+            );
+            session.send(Class::P0, resp, Some(permits)).await;
+            continue;
+        }
+        if session.start(frame, permits).await.is_some() {
+            break;
+        }
+    }
+    session.close(writer, how).await;
+    m.connections_open.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// What a request holds of the in-flight byte budget: its record bytes plus a fixed
+/// overhead (nothing is encoded to measure it).
+fn request_bytes(request: &Request) -> u64 {
+    let records = match request {
+        Request::Produce(p) => p.records.len_bytes() as u64,
+        _ => 0,
+    };
+    records + REQUEST_OVERHEAD_BYTES
+}
+
+/// The response side of an in-process session: a bounded channel to the client.
+struct ChannelSink {
+    tx: mpsc::Sender<ResponseFrame>,
+    io_timeout: Duration,
+}
+
+impl ResponseSink for ChannelSink {
+    type Ready = (ResponseFrame, Option<Permits>);
+
+    fn prepare(&mut self, resp: ResponseFrame, permits: Option<Permits>) -> (Self::Ready, u64) {
+        let records = match &resp.payload {
+            ResponsePayload::Ok(ResponseBody::Fetch(f)) => f.records.len_bytes(),
+            ResponsePayload::Ok(ResponseBody::PriorityFetch(f)) => f.records.len_bytes(),
+            _ => 0,
+        };
+        let cost = records as u64 + REQUEST_OVERHEAD_BYTES;
+        ((resp, permits), cost)
+    }
+
+    async fn send_round(&mut self, round: &mut Vec<Self::Ready>) -> std::io::Result<()> {
+        // Each response's permits are released once the client's channel took it; a
+        // client that takes nothing for `io_timeout_ms` is closed, as a stalled socket.
+        for (resp, permits) in round.drain(..) {
+            let resp = match self.tx.try_send(resp) {
+                Ok(()) => continue,
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    return Err(std::io::ErrorKind::BrokenPipe.into())
+                }
+                Err(mpsc::error::TrySendError::Full(resp)) => resp,
+            };
+            match tokio::time::timeout(self.io_timeout, self.tx.send(resp)).await {
+                Ok(Ok(())) => drop(permits),
+                Ok(Err(_)) => return Err(std::io::ErrorKind::BrokenPipe.into()),
+                Err(_) => {
+                    tracing::info!("in-process client is not taking its responses; closing");
+                    return Err(std::io::ErrorKind::TimedOut.into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self) {}
+}
