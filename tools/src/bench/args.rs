@@ -26,6 +26,10 @@ pub struct Args {
     /// set its other settings, as for weir-broker).
     #[arg(long)]
     pub embedded: bool,
+    /// How the bench's clients reach an --embedded broker: `in-process` (channels, no
+    /// socket; the default) or `tcp` (loopback, as another process would).
+    #[arg(long, value_enum, default_value_t = TransportArg::InProcess)]
+    pub transport: TransportArg,
     /// Producer count (each with its own connection and thread).
     #[arg(long, default_value_t = 1)]
     pub producers: usize,
@@ -202,6 +206,22 @@ impl OrderArg {
         match self {
             OrderArg::Offset => DeliveryOrder::Offset,
             OrderArg::Priority => DeliveryOrder::Priority,
+        }
+    }
+}
+
+/// `--transport`: how clients reach an embedded broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TransportArg {
+    InProcess,
+    Tcp,
+}
+
+impl TransportArg {
+    pub fn name(self) -> &'static str {
+        match self {
+            TransportArg::InProcess => "in-process",
+            TransportArg::Tcp => "tcp",
         }
     }
 }

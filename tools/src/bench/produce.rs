@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
-use weir_client::{Client, Producer};
+use weir_client::Producer;
 
 use super::args::{AckArg, Args, Mode};
 use super::collector::{collect, ProdStats};
@@ -43,7 +43,7 @@ pub async fn build_producers(run: &Run, target: &Target) -> anyhow::Result<Vec<P
     let c = &run.cli;
     let mut v = Vec::new();
     for _ in 0..c.producers {
-        let client = Client::connect_with(target.addr.clone(), target.config.clone()).await?;
+        let client = target.connect().await?;
         let mut b = Producer::builder(&client)
             .acks(c.acks.acks())
             .linger(Duration::from_secs_f64(c.linger_ms / 1000.0))
