@@ -343,6 +343,9 @@ pub struct Config {
     /// since, rewriting the segments that hold them; the bound on how long their
     /// bytes stay on disk after a DeleteKey is answered.
     pub delete_key_compact_ms: u64,
+    /// How often each shard applies its topic's retention (deletes closed segments
+    /// past `retention_ms` or `retention_bytes`).
+    pub retention_check_ms: u64,
 }
 
 /// The `auth` setting.
@@ -527,6 +530,7 @@ impl Default for Config {
             at_rest_keys: Vec::new(),
             at_rest_write_key: 0,
             delete_key_compact_ms: 60_000,
+            retention_check_ms: 30_000,
         }
     }
 }
@@ -696,6 +700,9 @@ impl Config {
         }
         if !tls_cert && self.http_tls {
             return bad("http_tls needs tls_cert and tls_key");
+        }
+        if self.retention_check_ms < 100 {
+            return bad("retention_check_ms must be at least 100");
         }
         if self.delete_key_compact_ms < 10 {
             return bad("delete_key_compact_ms must be at least 10");

@@ -495,6 +495,7 @@ impl TopicRegistry {
             aging: self.config.class_aging(),
             group_bytes_max: self.config.shard_group_bytes_max,
             delete_key_compact_ms: self.config.delete_key_compact_ms,
+            retention_check_ms: self.config.retention_check_ms,
             ..ShardConfig::default()
         })
     }

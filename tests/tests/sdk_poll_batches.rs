@@ -13,8 +13,6 @@ use weir_client::{
 use weir_tests::over_both_transports;
 use weir_tests::transport::SdkBroker;
 
-
-
 /// (shard, offset) → value of every message of `batches`, checking each batch's count.
 fn collect(batches: &[ConsumedBatch], into: &mut BTreeMap<(u32, u64), String>) {
     for b in batches {
