@@ -134,10 +134,14 @@ impl Broker {
         &self.state
     }
 
-    /// A session in this process, without a socket (see [`crate::server::inproc`]).
-    /// Runs on the caller's Tokio runtime.
-    pub fn connect_in_process(&self) -> crate::server::inproc::InProcessConnection {
-        crate::server::inproc::connect(&self.state)
+    /// A session in this process, without a socket (see [`crate::server::inproc`]):
+    /// answers go to `deliver`, requests to the sender returned. Runs on the caller's
+    /// Tokio runtime.
+    pub fn connect_in_process(
+        &self,
+        deliver: crate::server::inproc::Deliver,
+    ) -> tokio::sync::mpsc::Sender<weir_protocol::frame::RequestFrame> {
+        crate::server::inproc::connect(&self.state, deliver)
     }
 
     /// Graceful shutdown: stop accepting, let in-flight requests finish (bounded by

@@ -66,15 +66,17 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
-/// Opens an in-process session with an embedded broker: the requests' sender and the
-/// responses' receiver (see [`crate::embedded`]).
+/// Opens an in-process session with an embedded broker whose answers go to the given
+/// delivery function, and returns the requests' sender (see [`crate::embedded`]).
 #[derive(Clone)]
-pub(crate) struct Dialer(pub(crate) Arc<dyn Fn() -> InProcessEnds + Send + Sync>);
-
-/// A client's two ends of an in-process session.
-pub(crate) type InProcessEnds = (
-    tokio::sync::mpsc::Sender<weir_protocol::frame::RequestFrame>,
-    tokio::sync::mpsc::Receiver<weir_protocol::frame::ResponseFrame>,
+pub(crate) struct Dialer(
+    pub(crate) Arc<
+        dyn Fn(
+                crate::connection::Deliver,
+            ) -> tokio::sync::mpsc::Sender<weir_protocol::frame::RequestFrame>
+            + Send
+            + Sync,
+    >,
 );
 
 /// A lazily opened connection, replaced when it fails.
@@ -315,8 +317,7 @@ impl Client {
     async fn open(&self, addr: &str) -> Result<Arc<Connection>> {
         let mut conn = match &self.inner.dialer {
             Some(dial) if addr == self.inner.bootstrap[0] => {
-                let (requests, responses) = (dial.0)();
-                Connection::in_process(requests, responses)
+                Connection::in_process(|deliver| (dial.0)(deliver))
             }
             _ => {
                 Connection::connect(

@@ -110,7 +110,7 @@ impl Connection {
             let mut frames = FramedRead::with_capacity(rd, ClientCodec::default(), 256 * 1024);
             while let Some(frame) = frames.next().await {
                 let Ok(frame) = frame else { break };
-                if !deliver(&r_waiters, frame) {
+                if !hand_over(&r_waiters, frame) {
                     break;
                 }
             }
@@ -128,27 +128,26 @@ impl Connection {
     }
 
     /// A connection over an in-process transport (feature `embedded`): requests go
-    /// to the broker's session as typed frames, answers come back the same way, so
-    /// nothing is encoded, decoded or copied, and no socket is involved.
-    pub(crate) fn in_process(
-        requests: mpsc::Sender<RequestFrame>,
-        mut responses: mpsc::Receiver<ResponseFrame>,
-    ) -> Connection {
+    /// to the broker's session as typed frames, and the session hands each answer
+    /// straight to its waiter (no reader task, nothing encoded, decoded or copied, no
+    /// socket). `dial` opens the session with the delivery function and returns the
+    /// requests' sender.
+    pub(crate) fn in_process(dial: impl FnOnce(Deliver) -> mpsc::Sender<RequestFrame>) -> Connection {
         let waiters: Waiters = Arc::new(Mutex::new(Some(HashMap::new())));
         let dead = Arc::new(AtomicBool::new(false));
-        let r_waiters = waiters.clone();
-        let r_dead = dead.clone();
-        tokio::spawn(async move {
-            while let Some(frame) = responses.recv().await {
-                if !deliver(&r_waiters, frame) {
-                    break;
-                }
+        let mut end = SessionEnd {
+            waiters: waiters.clone(),
+            dead: dead.clone(),
+        };
+        let deliver: Deliver = Box::new(move |frame| {
+            let open = hand_over(&end.waiters, frame);
+            if !open {
+                end.close();
             }
-            r_dead.store(true, Ordering::Release);
-            r_waiters.lock().expect("waiters lock").take();
+            open
         });
         Connection {
-            tx: requests,
+            tx: dial(deliver),
             waiters,
             next_id: AtomicU32::new(1),
             dead,
@@ -213,9 +212,33 @@ impl Connection {
     }
 }
 
+/// How an in-process session hands answers to the client; see
+/// [`Connection::in_process`].
+pub(crate) type Deliver = Box<dyn FnMut(ResponseFrame) -> bool + Send>;
+
+/// Held by an in-process session's delivery function: when the session ends (the
+/// broker drops the function), the connection is dead and every waiter fails.
+struct SessionEnd {
+    waiters: Waiters,
+    dead: Arc<AtomicBool>,
+}
+
+impl SessionEnd {
+    fn close(&mut self) {
+        self.dead.store(true, Ordering::Release);
+        self.waiters.lock().expect("waiters lock").take();
+    }
+}
+
+impl Drop for SessionEnd {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
 /// Hands a response to the request waiting for it. False when the broker closed the
 /// connection (every waiter then got that answer).
-fn deliver(waiters: &Waiters, frame: ResponseFrame) -> bool {
+fn hand_over(waiters: &Waiters, frame: ResponseFrame) -> bool {
     let waiter = waiters
         .lock()
         .expect("waiters lock")

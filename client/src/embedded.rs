@@ -4,7 +4,8 @@
 //! [`EmbeddedBroker::client`] returns an ordinary [`Client`] whose connection is an
 //! in-process session (`weir_broker::server::inproc`): requests are handed to the
 //! broker as typed values over a bounded channel (a produce's record batches are the
-//! `Bytes` the producer built, not copied), answers come back the same way, and a
+//! `Bytes` the producer built, not copied), the broker hands each answer straight to
+//! the request's waiter, and a
 //! fetch's records are `Bytes` that point straight into the log's memory-mapped
 //! segments (each keeps its map alive, so a slice stays valid after retention deleted
 //! its file). The broker treats such a session exactly like a TCP connection: the
@@ -51,17 +52,11 @@ impl EmbeddedBroker {
     /// `tls` does not apply in-process).
     pub async fn client_with(&self, config: ClientConfig) -> Result<Client> {
         let state = Arc::downgrade(self.broker.state());
-        let dialer = Dialer(Arc::new(move || match state.upgrade() {
-            Some(state) => {
-                let c = weir_broker::server::inproc::connect(&state);
-                (c.requests, c.responses)
-            }
-            // The broker has shut down: a session that is closed at once.
-            None => {
-                let (tx, _) = tokio::sync::mpsc::channel(1);
-                let (_, rx) = tokio::sync::mpsc::channel(1);
-                (tx, rx)
-            }
+        let dialer = Dialer(Arc::new(move |deliver| match state.upgrade() {
+            Some(state) => weir_broker::server::inproc::connect(&state, deliver),
+            // The broker has shut down: a session that is closed at once (dropping
+            // `deliver` marks the connection dead).
+            None => tokio::sync::mpsc::channel(1).0,
         }));
         Client::connect_dialed(self.addr().to_string(), config, Some(dialer)).await
     }

@@ -15,7 +15,6 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 use weir_protocol::classes::Class;
@@ -31,33 +30,28 @@ use crate::state::BrokerState;
 /// (what its header and fields would take on the wire, roughly).
 const REQUEST_OVERHEAD_BYTES: u64 = 64;
 
-/// The client's ends of one in-process session.
-#[derive(Debug)]
-pub struct InProcessConnection {
-    /// Requests, in order; at most `max_in_flight_per_connection` queued.
-    pub requests: mpsc::Sender<RequestFrame>,
-    /// Their answers, in the broker's weighted-fair order.
-    pub responses: mpsc::Receiver<ResponseFrame>,
-}
+/// Takes each answer of an in-process session, in the broker's weighted-fair order,
+/// as soon as it is sent (the SDK hands it straight to the request's waiter, without a
+/// task of its own in between). Returns false when the client has gone; the session
+/// then ends. Dropped when the session ends.
+pub type Deliver = Box<dyn FnMut(ResponseFrame) -> bool + Send>;
 
-/// Opens an in-process session with the broker; it runs on the caller's runtime
-/// until the client drops `requests` or the broker shuts down.
-pub fn connect(state: &Arc<BrokerState>) -> InProcessConnection {
+/// Opens an in-process session with the broker, whose answers go to `deliver`;
+/// returns the requests' sender (at most `max_in_flight_per_connection` queued). The
+/// session runs on the caller's runtime until the client drops the sender,
+/// `deliver` refuses an answer, or the broker shuts down.
+pub fn connect(state: &Arc<BrokerState>, deliver: Deliver) -> mpsc::Sender<RequestFrame> {
     let depth = state.config.max_in_flight_per_connection.max(1);
     let (req_tx, req_rx) = mpsc::channel(depth);
-    let (resp_tx, resp_rx) = mpsc::channel(depth);
-    tokio::spawn(run(state.clone(), req_rx, resp_tx));
-    InProcessConnection {
-        requests: req_tx,
-        responses: resp_rx,
-    }
+    tokio::spawn(run(state.clone(), req_rx, deliver));
+    req_tx
 }
 
 /// One session from open to close.
 async fn run(
     state: Arc<BrokerState>,
     mut requests: mpsc::Receiver<RequestFrame>,
-    responses: mpsc::Sender<ResponseFrame>,
+    deliver: Deliver,
 ) {
     let m = &state.metrics;
     m.connections_open.fetch_add(1, Ordering::Relaxed);
@@ -65,10 +59,7 @@ async fn run(
     let (tx, rx) = mpsc::channel::<Outgoing>(state.config.max_in_flight_per_connection);
     let writer = {
         let config = state.config.clone();
-        let sink = ChannelSink {
-            tx: responses,
-            io_timeout: Duration::from_millis(config.io_timeout_ms),
-        };
+        let sink = DeliverSink { deliver };
         tokio::spawn(async move { write_loop(sink, rx, &config).await })
     };
     let mut session = Session::new(state.clone(), Identity::default(), tx);
@@ -127,13 +118,12 @@ fn request_bytes(request: &Request) -> u64 {
     records + REQUEST_OVERHEAD_BYTES
 }
 
-/// The response side of an in-process session: a bounded channel to the client.
-struct ChannelSink {
-    tx: mpsc::Sender<ResponseFrame>,
-    io_timeout: Duration,
+/// The response side of an in-process session: the client's [`Deliver`].
+struct DeliverSink {
+    deliver: Deliver,
 }
 
-impl ResponseSink for ChannelSink {
+impl ResponseSink for DeliverSink {
     type Ready = (ResponseFrame, Option<Permits>);
 
     fn prepare(&mut self, resp: ResponseFrame, permits: Option<Permits>) -> (Self::Ready, u64) {
@@ -147,23 +137,12 @@ impl ResponseSink for ChannelSink {
     }
 
     async fn send_round(&mut self, round: &mut Vec<Self::Ready>) -> std::io::Result<()> {
-        // Each response's permits are released once the client's channel took it; a
-        // client that takes nothing for `io_timeout_ms` is closed, as a stalled socket.
-        for (resp, permits) in round.drain(..) {
-            let resp = match self.tx.try_send(resp) {
-                Ok(()) => continue,
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    return Err(std::io::ErrorKind::BrokenPipe.into())
-                }
-                Err(mpsc::error::TrySendError::Full(resp)) => resp,
-            };
-            match tokio::time::timeout(self.io_timeout, self.tx.send(resp)).await {
-                Ok(Ok(())) => drop(permits),
-                Ok(Err(_)) => return Err(std::io::ErrorKind::BrokenPipe.into()),
-                Err(_) => {
-                    tracing::info!("in-process client is not taking its responses; closing");
-                    return Err(std::io::ErrorKind::TimedOut.into());
-                }
+        // Each response's permits are released once the client took it. The client
+        // never blocks here: it hands answers to waiters it holds one per request in
+        // flight, which the permits bound.
+        for (resp, _permits) in round.drain(..) {
+            if !(self.deliver)(resp) {
+                return Err(std::io::ErrorKind::BrokenPipe.into());
             }
         }
         Ok(())

@@ -47,6 +47,11 @@ pub struct Args {
     /// mirrored` on a cluster.
     #[arg(long, default_value_t = 0)]
     pub replicas: u8,
+    /// The topic's durability when the bench creates it: `none` (left to the OS's
+    /// write-back), `interval` (the default: flushed every flush_interval_ms) or
+    /// `always`.
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Interval)]
+    pub durability: DurabilityArg,
     /// In-sync copies a mirrored produce needs, when the bench creates the topic
     /// (0 = the broker's default).
     #[arg(long, default_value_t = 0)]
@@ -206,6 +211,24 @@ impl OrderArg {
         match self {
             OrderArg::Offset => DeliveryOrder::Offset,
             OrderArg::Priority => DeliveryOrder::Priority,
+        }
+    }
+}
+
+/// `--durability`: the bench topic's durability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DurabilityArg {
+    None,
+    Interval,
+    Always,
+}
+
+impl DurabilityArg {
+    pub fn durability(self) -> weir_client::Durability {
+        match self {
+            DurabilityArg::None => weir_client::Durability::None,
+            DurabilityArg::Interval => weir_client::Durability::Interval,
+            DurabilityArg::Always => weir_client::Durability::Always,
         }
     }
 }

@@ -118,6 +118,10 @@ impl Run {
         m.insert("embedded".into(), json!(c.embedded));
         let transport = if c.embedded { c.transport.name() } else { "tcp" };
         m.insert("transport".into(), json!(transport));
+        m.insert(
+            "durability".into(),
+            json!(format!("{:?}", c.durability).to_lowercase()),
+        );
         m
     }
 

@@ -106,6 +106,7 @@ async fn ensure_topic(cli: &Args, client: &Client) -> anyhow::Result<u32> {
     let config = TopicConfig {
         replicas: cli.replicas,
         min_in_sync: cli.min_in_sync,
+        durability: cli.durability.durability(),
         ..TopicConfig::default()
     };
     match admin.create_topic(&cli.topic, want_shards, config).await {
