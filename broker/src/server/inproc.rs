@@ -1,10 +1,11 @@
-//! The in-process transport: a program that embeds the broker reaches it through two
-//! bounded channels instead of a socket.
+//! The in-process transport: a program that embeds the broker reaches it through a
+//! bounded channel and a delivery function instead of a socket.
 //!
-//! Requests arrive as typed [`RequestFrame`]s (nothing encoded or decoded; a produce's
-//! record batches are the `Bytes` the producer built) and answers leave as typed
-//! [`ResponseFrame`]s (a fetch's records are `Bytes` pointing into the log's mapped
-//! segments, each holding its map alive). Everything between is the TCP connection's
+//! Requests arrive as typed [`RequestFrame`]s on a bounded channel (nothing encoded or
+//! decoded; a produce's record batches are the `Bytes` the producer built) and answers
+//! leave as typed [`ResponseFrame`]s through the client's [`Deliver`] function, which
+//! hands each to the request's waiter (a fetch's records are `Bytes` pointing into
+//! the log's mapped segments, each holding its map alive). Everything between is the TCP connection's
 //! path: the same [`Session`] (permits, authentication, quotas, shedding, produce
 //! admission and ordering, ack levels) and the same weighted-fair response loop
 //! ([`super::responses::write_loop`]). What the socket path has and this one does not
