@@ -496,7 +496,6 @@ impl TopicRegistry {
             group_bytes_max: self.config.shard_group_bytes_max,
             delete_key_compact_ms: self.config.delete_key_compact_ms,
             retention_check_ms: self.config.retention_check_ms,
-            ..ShardConfig::default()
         })
     }
 

@@ -70,7 +70,7 @@ pub struct Client {
 /// delivery function, and returns the requests' sender (see [`crate::embedded`]).
 #[derive(Clone)]
 pub(crate) struct Dialer(
-    pub(crate) Arc<
+    pub(crate)  Arc<
         dyn Fn(
                 crate::connection::Deliver,
             ) -> tokio::sync::mpsc::Sender<weir_protocol::frame::RequestFrame>

@@ -132,7 +132,9 @@ impl Connection {
     /// straight to its waiter (no reader task, nothing encoded, decoded or copied, no
     /// socket). `dial` opens the session with the delivery function and returns the
     /// requests' sender.
-    pub(crate) fn in_process(dial: impl FnOnce(Deliver) -> mpsc::Sender<RequestFrame>) -> Connection {
+    pub(crate) fn in_process(
+        dial: impl FnOnce(Deliver) -> mpsc::Sender<RequestFrame>,
+    ) -> Connection {
         let waiters: Waiters = Arc::new(Mutex::new(Some(HashMap::new())));
         let dead = Arc::new(AtomicBool::new(false));
         let mut end = SessionEnd {

@@ -398,7 +398,11 @@ pub async fn connect(addr: &str, within: Duration) -> Client {
 }
 
 /// [`connect`] with settings.
-pub async fn connect_with(addr: &str, config: weir_client::ClientConfig, within: Duration) -> Client {
+pub async fn connect_with(
+    addr: &str,
+    config: weir_client::ClientConfig,
+    within: Duration,
+) -> Client {
     let deadline = Instant::now() + within;
     loop {
         match Client::connect_with(addr, config.clone()).await {

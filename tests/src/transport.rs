@@ -54,13 +54,11 @@ impl SdkBroker {
                     data_dir: dir.path().join("data"),
                     ..weir_broker::Config::load(None, vars).expect("WEIR_* settings")
                 };
-                let broker = tokio::time::timeout(
-                    Duration::from_secs(30),
-                    EmbeddedBroker::start(config),
-                )
-                .await
-                .expect("embedded broker started in time")
-                .expect("embedded broker");
+                let broker =
+                    tokio::time::timeout(Duration::from_secs(30), EmbeddedBroker::start(config))
+                        .await
+                        .expect("embedded broker started in time")
+                        .expect("embedded broker");
                 SdkBroker::Embedded {
                     broker: Some(broker),
                     _dir: dir,

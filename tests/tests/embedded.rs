@@ -43,11 +43,9 @@ fn mapping_of(addr: usize) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fetched_slice_points_into_the_segment_and_outlives_its_deletion_by_retention() {
-    let broker = SdkBroker::start_with_env(
-        Transport::InProcess,
-        &[("WEIR_RETENTION_CHECK_MS", "100")],
-    )
-    .await;
+    let broker =
+        SdkBroker::start_with_env(Transport::InProcess, &[("WEIR_RETENTION_CHECK_MS", "100")])
+            .await;
     let client = broker.client().await;
     Admin::new(client.clone())
         .create_topic(
@@ -159,7 +157,10 @@ async fn in_process_and_network_clients_share_one_embedded_broker() {
     for reader in [&local, &remote] {
         let got = read_all(reader, "shared", 200, WAIT).await;
         assert_eq!(got.len(), 200);
-        let locals = got.iter().filter(|m| m.value.starts_with(b"local-")).count();
+        let locals = got
+            .iter()
+            .filter(|m| m.value.starts_with(b"local-"))
+            .count();
         assert_eq!(locals, 100);
     }
     broker.stop().await;

@@ -115,7 +115,9 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
             frames,
             writer: {
                 let config = state.config.clone();
-                tokio::spawn(async move { write_loop(SocketSink::new(wr, &config), rx, &config).await })
+                tokio::spawn(
+                    async move { write_loop(SocketSink::new(wr, &config), rx, &config).await },
+                )
             },
             idle: Duration::from_millis(cfg.idle_timeout_ms),
             io_timeout: Duration::from_millis(cfg.io_timeout_ms),
@@ -200,7 +202,6 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
             Ok(Some(Ok(frame))) => Ok(Some(frame)),
         }
     }
-
 }
 
 /// [`ServerCodec`] that also remembers the length of the last frame it cut, so the

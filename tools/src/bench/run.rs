@@ -116,7 +116,11 @@ impl Run {
         m.insert("class_per_producer".into(), json!(c.class_per_producer));
         m.insert("warmup_s".into(), json!(c.warmup));
         m.insert("embedded".into(), json!(c.embedded));
-        let transport = if c.embedded { c.transport.name() } else { "tcp" };
+        let transport = if c.embedded {
+            c.transport.name()
+        } else {
+            "tcp"
+        };
         m.insert("transport".into(), json!(transport));
         m.insert(
             "durability".into(),
