@@ -37,13 +37,13 @@ pub(super) type End = Result<(), FrameError>;
 /// Sends responses to the write loop and counts request errors: every error response
 /// and every failed produce that sends none (`acks=none`), each exactly once.
 #[derive(Clone)]
-pub(super) struct Responder {
+struct Responder {
     tx: mpsc::Sender<Outgoing>,
     state: Arc<BrokerState>,
 }
 
 impl Responder {
-    pub(super) async fn send(&self, class: Class, resp: ResponseFrame, permits: Option<Permits>) {
+    async fn send(&self, class: Class, resp: ResponseFrame, permits: Option<Permits>) {
         if resp.error_code() != ErrorCode::None {
             self.count_error();
         }
@@ -68,9 +68,9 @@ impl Responder {
     }
 }
 
-/// Who is on the other end, for quotas: the client id's quota state, and the connection slot the
-/// handshake took (none before it: the empty id's quota applies, without counting as
-/// one of its connections).
+/// Who is on the other end, for quotas: the client id's quota state, and the
+/// connection slot the handshake took (none before it: the empty id's quota applies,
+/// without counting as one of its connections).
 struct Quota {
     client: Arc<ClientState>,
     slot: Option<ConnectionSlot>,
@@ -170,6 +170,7 @@ impl Session {
         self.out.send(class, resp, permits).await;
     }
 
+    /// Counts a request taken from the transport (`weir_requests_total`, per core).
     pub(super) fn count_request(&self) {
         let m = &self.state.metrics;
         m.requests_total.fetch_add(1, Ordering::Relaxed);
