@@ -165,3 +165,19 @@ async fn in_process_and_network_clients_share_one_embedded_broker() {
     }
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_process_client_fails_cleanly_once_the_embedded_broker_stopped() {
+    let broker = SdkBroker::start(Transport::InProcess).await;
+    let client = broker.client().await;
+    client.metadata(&[]).await.expect("answered while running");
+    broker.stop().await;
+    // The session ended with the broker: calls fail (a new session is refused at
+    // once), they do not hang.
+    for _ in 0..3 {
+        let r = tokio::time::timeout(WAIT, client.metadata(&[]))
+            .await
+            .expect("no hang after shutdown");
+        assert!(r.is_err(), "answered after shutdown: {r:?}");
+    }
+}
