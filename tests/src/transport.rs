@@ -67,14 +67,6 @@ impl SdkBroker {
         }
     }
 
-    /// Which transport its clients use.
-    pub fn transport(&self) -> Transport {
-        match self {
-            SdkBroker::Process(_) => Transport::Tcp,
-            SdkBroker::Embedded { .. } => Transport::InProcess,
-        }
-    }
-
     /// The broker's TCP address (an embedded broker listens too).
     pub fn addr(&self) -> String {
         match self {
@@ -100,14 +92,6 @@ impl SdkBroker {
                 assert!(c.is_in_process());
                 c
             }
-        }
-    }
-
-    /// The process, for tests that need one (`None` in-process).
-    pub fn process(&mut self) -> Option<&mut BrokerProcess> {
-        match self {
-            SdkBroker::Process(b) => Some(b),
-            SdkBroker::Embedded { .. } => None,
         }
     }
 
