@@ -287,6 +287,10 @@ pub struct Config {
     /// Every node of the cluster, this one included, as `ID=HOST:PORT` (protocol
     /// addresses). Empty for a single-node broker.
     pub peers: Vec<String>,
+    /// This node joins a running cluster instead of forming one from `peers`: it waits
+    /// until `weir cluster add-node` on the cluster adds it. `peers` then names this
+    /// node and at least one node of the cluster (the rest is learned from it).
+    pub cluster_join: bool,
     /// How often the controller's consensus engine sends heartbeats.
     pub cluster_heartbeat_ms: u64,
     /// A follower that hears no heartbeat for this long (up to twice it, randomised)
@@ -511,6 +515,7 @@ impl Default for Config {
             slow_request_ms: 1000,
             node_id: 0,
             peers: Vec::new(),
+            cluster_join: false,
             cluster_heartbeat_ms: 50,
             cluster_election_timeout_ms: 300,
             node_timeout_ms: 600,
