@@ -287,6 +287,10 @@ pub struct Config {
     /// Every node of the cluster, this one included, as `ID=HOST:PORT` (protocol
     /// addresses). Empty for a single-node broker.
     pub peers: Vec<String>,
+    /// This node joins a running cluster instead of forming one from `peers`: it waits
+    /// until `weir cluster add-node` on the cluster adds it. `peers` then names this
+    /// node and at least one node of the cluster (the rest is learned from it).
+    pub cluster_join: bool,
     /// How often the controller's consensus engine sends heartbeats.
     pub cluster_heartbeat_ms: u64,
     /// A follower that hears no heartbeat for this long (up to twice it, randomised)
@@ -343,6 +347,9 @@ pub struct Config {
     /// since, rewriting the segments that hold them; the bound on how long their
     /// bytes stay on disk after a DeleteKey is answered.
     pub delete_key_compact_ms: u64,
+    /// How often each shard applies its topic's retention (deletes closed segments
+    /// past `retention_ms` or `retention_bytes`).
+    pub retention_check_ms: u64,
 }
 
 /// The `auth` setting.
@@ -508,6 +515,7 @@ impl Default for Config {
             slow_request_ms: 1000,
             node_id: 0,
             peers: Vec::new(),
+            cluster_join: false,
             cluster_heartbeat_ms: 50,
             cluster_election_timeout_ms: 300,
             node_timeout_ms: 600,
@@ -527,6 +535,7 @@ impl Default for Config {
             at_rest_keys: Vec::new(),
             at_rest_write_key: 0,
             delete_key_compact_ms: 60_000,
+            retention_check_ms: 30_000,
         }
     }
 }
@@ -696,6 +705,9 @@ impl Config {
         }
         if !tls_cert && self.http_tls {
             return bad("http_tls needs tls_cert and tls_key");
+        }
+        if self.retention_check_ms < 100 {
+            return bad("retention_check_ms must be at least 100");
         }
         if self.delete_key_compact_ms < 10 {
             return bad("delete_key_compact_ms must be at least 10");

@@ -61,6 +61,10 @@ struct Args {
     /// (protocol addresses).
     #[arg(long, value_delimiter = ',')]
     peers: Option<Vec<String>>,
+    /// Join a running cluster (added with `weir cluster add-node`) instead of forming
+    /// one: `--peers` names this node and at least one node of the cluster.
+    #[arg(long)]
+    join: bool,
     /// Log line format on stderr: `text` (for people) or `json` (one object a line,
     /// with the request span's fields, for log shippers).
     #[arg(long, env = "WEIR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -135,6 +139,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(p) = args.peers {
         config.peers = p;
+    }
+    if args.join {
+        config.cluster_join = true;
     }
     config.validate()?;
     // Thread-per-core runs connections on runtimes of their own (server::runtimes);

@@ -495,7 +495,7 @@ impl TopicRegistry {
             aging: self.config.class_aging(),
             group_bytes_max: self.config.shard_group_bytes_max,
             delete_key_compact_ms: self.config.delete_key_compact_ms,
-            ..ShardConfig::default()
+            retention_check_ms: self.config.retention_check_ms,
         })
     }
 
@@ -531,6 +531,46 @@ impl TopicRegistry {
         shard: u32,
         to: u64,
     ) -> Result<(Arc<Shard>, u64), BrokerError> {
+        let r = self
+            .rewrite_shard(name, shard, move |dir| {
+                crate::storage::truncate_closed_log(dir, to)
+            })
+            .await?;
+        tracing::info!(topic = name, shard, to, end = r.1, "shard truncated");
+        Ok(r)
+    }
+
+    /// Empties one shard's log and starts it at `base` (a mirror whose primary no
+    /// longer holds the mirror's next record: retention removed it): closes the shard,
+    /// replaces its files with an empty segment at `base`, opens it again.
+    pub async fn restart_shard(
+        &self,
+        name: &str,
+        shard: u32,
+        base: u64,
+    ) -> Result<Arc<Shard>, BrokerError> {
+        let (fresh, _) = self
+            .rewrite_shard(name, shard, move |dir| {
+                crate::storage::restart_closed_log(dir, base).map(|()| base)
+            })
+            .await?;
+        tracing::info!(
+            topic = name,
+            shard,
+            base,
+            "shard restarted at the primary's log start"
+        );
+        Ok(fresh)
+    }
+
+    /// Closes a shard, changes its files with `op` (which returns the log's end), opens
+    /// it again and puts the new handle in place.
+    async fn rewrite_shard(
+        &self,
+        name: &str,
+        shard: u32,
+        op: impl FnOnce(&std::path::Path) -> Result<u64, crate::storage::StorageError> + Send + 'static,
+    ) -> Result<(Arc<Shard>, u64), BrokerError> {
         let _guard = self.changes.lock().await;
         let topic = self.get(name)?;
         let old = topic.shard(shard)?.clone();
@@ -540,8 +580,8 @@ impl TopicRegistry {
         let shard_config = self.shard_config(&topic.config)?;
         let cap = self.opening_cap();
         let (fresh, end) = blocking(move || {
-            let end = crate::storage::truncate_closed_log(&dir, to)
-                .map_err(|e| BrokerError::new(ErrorCode::StorageError, e.to_string()))?;
+            let end =
+                op(&dir).map_err(|e| BrokerError::new(ErrorCode::StorageError, e.to_string()))?;
             let fresh = Shard::open_capped(&dir, &label, shard_config, cap).map_err(|e| {
                 BrokerError::new(
                     ErrorCode::StorageError,
@@ -566,7 +606,6 @@ impl TopicRegistry {
             .write()
             .expect("topics lock")
             .insert(name.to_string(), Arc::new(replaced));
-        tracing::info!(topic = name, shard, to, end, "shard truncated");
         Ok((fresh, end))
     }
 

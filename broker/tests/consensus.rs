@@ -104,6 +104,7 @@ impl Node {
             heartbeat: self.timing.0,
             election_timeout: self.timing.1,
             node_timeout: Duration::from_millis(1000),
+            join: false,
         }
     }
 

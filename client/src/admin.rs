@@ -233,6 +233,24 @@ impl Admin {
         Ok(expect_body!(self.client.call(req).await?, ShardMove)?.from_node)
     }
 
+    /// Adds node `id` (running with `--join`) at `addr` to the cluster (cluster only).
+    /// Returns how many copies are planned to move to it; the moves go on in the
+    /// cluster (DescribeCluster's `moves_pending`).
+    pub async fn add_node(&self, id: u32, addr: &str) -> Result<u32> {
+        let req = AddNodeRequest {
+            node_id: id,
+            addr: addr.to_string(),
+        };
+        Ok(expect_body!(self.client.call(req).await?, AddNode)?.moves_planned)
+    }
+
+    /// Starts removing node `id` (cluster only): its copies move away, then it leaves
+    /// the cluster. Returns how many copies it still holds.
+    pub async fn remove_node(&self, id: u32) -> Result<u32> {
+        let req = RemoveNodeRequest { node_id: id };
+        Ok(expect_body!(self.client.call(req).await?, RemoveNode)?.moves_pending)
+    }
+
     /// DescribeCluster asked of the node at `addr` itself (not routed, not retried):
     /// only a shard's primary answers its live fields (`live = 1`: high-water mark,
     /// mirror positions), so `weir cluster status` asks every node.

@@ -55,7 +55,8 @@ pub(crate) fn route_of(req: &Request) -> Route<'_> {
         | Request::Ack(_)
         | Request::Nack(_)
         | Request::ExtendLease(_)
-        | Request::QueueStatus(_) => Route::Controller,
+        | Request::QueueStatus(_)
+        | Request::AddNode(_) => Route::Controller,
         _ => Route::Any,
     }
 }

@@ -29,7 +29,11 @@
 //! - [`auth`] — authentication ([`ClientConfig::credentials`]: a password or an API key).
 //! - [`tls`] — TLS and mutual TLS to the broker ([`ClientConfig::tls`]).
 //! - [`flow`] — producer back-pressure policy and the client's circuit breaker.
-//! - With the `embedded` feature, [`embedded::EmbeddedBroker`] runs a broker in-process.
+//! - With the `embedded` feature, [`embedded::EmbeddedBroker`] runs a broker in-process;
+//!   its `client()` reaches it through in-memory channels instead of a socket. Same
+//!   API and the same guarantees (ack levels, idempotence, order, priority classes,
+//!   quotas, shedding); what differs is only cost: no frame encoding, no socket
+//!   copies, and fetched records are zero-copy slices of the broker's mapped log.
 
 pub mod admin;
 pub mod auth;

@@ -147,6 +147,8 @@ async fn serve(node: u32, c: Arc<Cluster>, sock: tokio::net::TcpStream) {
                                 addr: a.clone(),
                                 alive: 1,
                                 role: ConsensusRole::Follower,
+                                draining: 0,
+                                moves_pending: 0,
                             })
                             .collect(),
                         shards: vec![ShardPlacement {

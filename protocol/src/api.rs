@@ -153,6 +153,10 @@ apis! {
     DescribeShardHistory = 44, v 0..=0, DescribeShardHistoryRequest => DescribeShardHistoryResponse;
     /// Move one copy of a shard to another node.
     ShardMove = 45, v 0..=0, ShardMoveRequest => ShardMoveResponse;
+    /// Add a node (started with --join) to a running cluster.
+    AddNode = 46, v 0..=0, AddNodeRequest => AddNodeResponse;
+    /// Drain a node of its copies and take it out of the cluster.
+    RemoveNode = 47, v 0..=0, RemoveNodeRequest => RemoveNodeResponse;
     /// The load agents' history of the node and its shards, with ingest forecasts.
     LoadHistory = 48, v 0..=0, LoadHistoryRequest => LoadHistoryResponse;
     /// One step of authentication (SCRAM-SHA-256 or an API key).

@@ -233,6 +233,8 @@ fn request() -> impl Strategy<Value = Request> {
             }
             .into()
         ),
+        (any::<u32>(), s()).prop_map(|(node_id, addr)| AddNodeRequest { node_id, addr }.into()),
+        any::<u32>().prop_map(|node_id| RemoveNodeRequest { node_id }.into()),
         (
             s(),
             any::<u32>(),
@@ -271,12 +273,24 @@ fn request() -> impl Strategy<Value = Request> {
 }
 
 fn node_info() -> impl Strategy<Value = NodeInfo> {
-    (any::<u32>(), s(), any::<u8>(), 0u8..5).prop_map(|(node_id, addr, alive, role)| NodeInfo {
-        node_id,
-        addr,
-        alive,
-        role: ConsensusRole::from_u8(role).expect("role"),
-    })
+    (
+        any::<u32>(),
+        s(),
+        any::<u8>(),
+        0u8..5,
+        any::<u8>(),
+        any::<u32>(),
+    )
+        .prop_map(
+            |(node_id, addr, alive, role, draining, moves_pending)| NodeInfo {
+                node_id,
+                addr,
+                alive,
+                role: ConsensusRole::from_u8(role).expect("role"),
+                draining,
+                moves_pending,
+            },
+        )
 }
 
 fn shard_placement() -> impl Strategy<Value = ShardPlacement> {
@@ -458,10 +472,11 @@ fn response_body() -> impl Strategy<Value = ResponseBody> {
                     any::<u32>(),
                     any::<u32>(),
                     vec(any::<u32>(), 0..4),
-                    vec(any::<u32>(), 0..4)
+                    vec(any::<u32>(), 0..4),
+                    any::<u8>()
                 )
                     .prop_map(
-                        |(at_ms, kind, epoch, primary, in_sync, replicas)| {
+                        |(at_ms, kind, epoch, primary, in_sync, replicas, cause)| {
                             ShardEvent {
                                 at_ms,
                                 kind,
@@ -469,6 +484,7 @@ fn response_body() -> impl Strategy<Value = ResponseBody> {
                                 primary,
                                 in_sync,
                                 replicas,
+                                cause,
                             }
                         }
                     ),
@@ -485,6 +501,8 @@ fn response_body() -> impl Strategy<Value = ResponseBody> {
                 .into()
             }),
         any::<u32>().prop_map(|from_node| ShardMoveResponse { from_node }.into()),
+        any::<u32>().prop_map(|moves_planned| AddNodeResponse { moves_planned }.into()),
+        any::<u32>().prop_map(|moves_pending| RemoveNodeResponse { moves_pending }.into()),
         (
             (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()),
             vec(

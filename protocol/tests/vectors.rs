@@ -269,6 +269,20 @@ fn requests() -> Vec<(&'static str, RequestFrame)> {
             ),
         ),
         (
+            "add_node_request",
+            RequestFrame::new(
+                46,
+                AddNodeRequest {
+                    node_id: 4,
+                    addr: "127.0.0.1:7730".into(),
+                },
+            ),
+        ),
+        (
+            "remove_node_request",
+            RequestFrame::new(47, RemoveNodeRequest { node_id: 2 }),
+        ),
+        (
             "mirror_fetch_request",
             RequestFrame::new(
                 41,
@@ -1005,12 +1019,16 @@ fn responses() -> Vec<(&'static str, ResponseFrame)> {
                             addr: "127.0.0.1:7700".into(),
                             alive: 1,
                             role: ConsensusRole::Follower,
+                            draining: 0,
+                            moves_pending: 0,
                         },
                         NodeInfo {
                             node_id: 2,
                             addr: "127.0.0.1:7710".into(),
                             alive: 1,
                             role: ConsensusRole::Leader,
+                            draining: 1,
+                            moves_pending: 3,
                         },
                     ],
                     shards: vec![ShardPlacement {
@@ -1095,6 +1113,22 @@ fn responses() -> Vec<(&'static str, ResponseFrame)> {
             ),
         ),
         (
+            "add_node_response",
+            ok(
+                ApiKey::AddNode,
+                46,
+                AddNodeResponse { moves_planned: 7 }.into(),
+            ),
+        ),
+        (
+            "remove_node_response",
+            ok(
+                ApiKey::RemoveNode,
+                47,
+                RemoveNodeResponse { moves_pending: 5 }.into(),
+            ),
+        ),
+        (
             "describe_shard_history_response",
             ok(
                 ApiKey::DescribeShardHistory,
@@ -1111,6 +1145,7 @@ fn responses() -> Vec<(&'static str, ResponseFrame)> {
                             primary: 1,
                             in_sync: vec![1, 2],
                             replicas: vec![1, 2],
+                            cause: 0,
                         },
                         ShardEvent {
                             at_ms: 1_767_225_660_000,
@@ -1119,6 +1154,16 @@ fn responses() -> Vec<(&'static str, ResponseFrame)> {
                             primary: 2,
                             in_sync: vec![2],
                             replicas: vec![1, 2],
+                            cause: 0,
+                        },
+                        ShardEvent {
+                            at_ms: 1_767_225_720_000,
+                            kind: 3,
+                            epoch: 2,
+                            primary: 2,
+                            in_sync: vec![2],
+                            replicas: vec![1, 2, 3],
+                            cause: 1,
                         },
                     ],
                 }

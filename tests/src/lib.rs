@@ -8,6 +8,7 @@
 //! test run.
 
 pub mod certs;
+pub mod transport;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
@@ -159,6 +160,17 @@ impl BrokerProcess {
     /// Starts a broker listening on `listen` (a cluster node: its peers know its
     /// address in advance), data in a fresh directory.
     pub fn start_at(listen: SocketAddr, http: SocketAddr, env: &[(&str, &str)]) -> BrokerProcess {
+        Self::start_at_prepared(listen, http, env, |_| {})
+    }
+
+    /// [`BrokerProcess::start_at`], with `prepare` run on the (not yet created) data
+    /// directory's path first (to mount a small file system there, say).
+    pub fn start_at_prepared(
+        listen: SocketAddr,
+        http: SocketAddr,
+        env: &[(&str, &str)],
+        prepare: impl FnOnce(&Path),
+    ) -> BrokerProcess {
         let mut b = BrokerProcess {
             child: None,
             dir: Self::new_dir(),
@@ -172,6 +184,7 @@ impl BrokerProcess {
         };
         let cut = b.partition_file().display().to_string();
         b.env.push(("WEIR_CLUSTER_PARTITION_FILE".into(), cut));
+        prepare(&b.data_dir());
         b.spawn(listen, http);
         b
     }
@@ -393,9 +406,18 @@ fn parse_listening_line(line: &str) -> Option<(SocketAddr, SocketAddr)> {
 /// Connects a client, retrying for up to `within` (a restarted broker may still be
 /// opening its logs).
 pub async fn connect(addr: &str, within: Duration) -> Client {
+    connect_with(addr, weir_client::ClientConfig::default(), within).await
+}
+
+/// [`connect`] with settings.
+pub async fn connect_with(
+    addr: &str,
+    config: weir_client::ClientConfig,
+    within: Duration,
+) -> Client {
     let deadline = Instant::now() + within;
     loop {
-        match Client::connect(addr).await {
+        match Client::connect_with(addr, config.clone()).await {
             Ok(c) => return c,
             Err(e) if Instant::now() < deadline => {
                 let _ = e;
@@ -690,6 +712,35 @@ pub fn free_ports(n: usize) -> Vec<SocketAddr> {
         .collect()
 }
 
+/// A tmpfs mounted on a directory; unmounted (and the directory removed) on drop.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(at: &Path, size: &str) -> Result<Tmpfs, String> {
+        Tmpfs::mount_with(at, &format!("size={size}"))
+    }
+
+    /// With mount options `opts` (`size=48m,nr_inodes=100`, say).
+    pub fn mount_with(at: &Path, opts: &str) -> Result<Tmpfs, String> {
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+            .arg(at)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        Ok(Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A cluster of `weir-broker` processes on loopback: node `i + 1` is `nodes[i]`.
 pub struct ClusterProcesses {
     pub nodes: Vec<BrokerProcess>,
@@ -708,6 +759,16 @@ impl ClusterProcesses {
     /// Starts `n` nodes that know each other, node `id` with the extra `WEIR_*`
     /// settings `env(id)` (a node set up differently from the others).
     pub fn start_each(n: usize, env: impl Fn(u32) -> Vec<(String, String)>) -> ClusterProcesses {
+        Self::start_prepared(n, env, |_, _| {})
+    }
+
+    /// [`ClusterProcesses::start_each`], with `prepare(id, data_dir)` run before node
+    /// `id` starts.
+    pub fn start_prepared(
+        n: usize,
+        env: impl Fn(u32) -> Vec<(String, String)>,
+        prepare: impl Fn(u32, &Path),
+    ) -> ClusterProcesses {
         // Every port chosen up front (protocol and HTTP), so a node started earlier
         // cannot be given a later node's port.
         let all = free_ports(2 * n);
@@ -726,10 +787,29 @@ impl ClusterProcesses {
                 let own = env(i as u32 + 1);
                 let mut e: Vec<(&str, &str)> = vec![("WEIR_NODE_ID", &id), ("WEIR_PEERS", &peers)];
                 e.extend(own.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-                BrokerProcess::start_at(*a, https[i], &e)
+                BrokerProcess::start_at_prepared(*a, https[i], &e, |dir| prepare(i as u32 + 1, dir))
             })
             .collect();
         ClusterProcesses { nodes }
+    }
+
+    /// Starts one more node (id `nodes.len() + 1`) with `--join`, knowing only itself
+    /// and node 1; it waits for `weir cluster add-node` (Admin::add_node). Returns its
+    /// id.
+    pub fn join(&mut self, env: &[(&str, &str)]) -> u32 {
+        let id = self.nodes.len() as u32 + 1;
+        let ports = free_ports(2);
+        let peers = format!("{id}={},1={}", ports[0], self.nodes[0].addr());
+        let id_s = id.to_string();
+        let mut e: Vec<(&str, &str)> = vec![
+            ("WEIR_NODE_ID", &id_s),
+            ("WEIR_PEERS", &peers),
+            ("WEIR_CLUSTER_JOIN", "true"),
+        ];
+        e.extend_from_slice(env);
+        self.nodes
+            .push(BrokerProcess::start_at(ports[0], ports[1], &e));
+        id
     }
 
     /// Cuts node `id` off from every other node, both ways, while clients still

@@ -114,6 +114,8 @@ fn fake_answer(id: u32, addrs: &[String]) -> DescribeClusterResponse {
                 addr: a.clone(),
                 alive: u8::from(i < 2),
                 role: role(i as u32 + 1),
+                draining: 0,
+                moves_pending: 0,
             })
             .collect(),
         shards: vec![ShardPlacement {

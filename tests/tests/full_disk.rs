@@ -7,44 +7,15 @@
 //! Mounting needs root (as on the project's CI machines); without it the test says so
 //! and returns.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use weir_client::{Acks, Admin, ClientError, Producer, ProducerBatch, TopicConfig};
 use weir_protocol::ErrorCode;
-use weir_tests::{connect, http_get, read_all, BrokerProcess};
+use weir_tests::{connect, http_get, read_all, BrokerProcess, Tmpfs};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// A tmpfs mounted on a directory; unmounted (and the directory removed) on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Result<Tmpfs, String> {
-        Tmpfs::mount_with(at, &format!("size={size}"))
-    }
-
-    /// With mount options `opts` (`size=48m,nr_inodes=100`, say).
-    fn mount_with(at: &Path, opts: &str) -> Result<Tmpfs, String> {
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
-            .arg(at)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
-        }
-        Ok(Tmpfs(at.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_produces_by_name_and_loses_nothing_acknowledged() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use weir_protocol::messages::TopicConfig;
 
-use super::meta::{ClusterMeta, Command, CommandResult, ShardEntry};
+use super::meta::{ClusterMeta, Command, CommandResult, HistoryKind, ShardEntry};
 use super::replication::epochs::EpochHistory;
 use super::replication::mirror;
 use super::replication::primary::PrimaryState;
@@ -52,6 +52,9 @@ async fn apply(
     meta: &ClusterMeta,
 ) {
     issued_below(meta.next_producer_id);
+    cluster
+        .peers
+        .learn(meta.nodes.iter().map(|(&id, n)| (id, n.addr.as_str())));
     // Deleted topics: only on seeing the deletion, never because a topic is missing
     // from metadata that may not be caught up yet.
     for name in prev.topics.keys() {
@@ -82,6 +85,16 @@ async fn apply(
             if !entry.replicas.contains(&cluster.node_id) {
                 stop_mirror(cluster, name, i);
                 resign(cluster, name, i);
+                let held = prev
+                    .shard(name, i)
+                    .is_some_and(|p| p.replicas.contains(&cluster.node_id));
+                let moved_away = entry
+                    .history
+                    .last()
+                    .is_some_and(|h| h.kind == HistoryKind::MoveFinished);
+                if held && moved_away {
+                    drop_copy(cluster, name, i).await;
+                }
             } else if entry.primary == Some(cluster.node_id) {
                 lead(cluster, name, i, entry, usize::from(t.settings.min_in_sync)).await;
             } else {
@@ -152,6 +165,28 @@ async fn lead(
         }
         Err(e) => {
             tracing::error!(topic, shard = shard_no, error = %e.message, "taking over failed")
+        }
+    }
+}
+
+/// Frees the disk a copy that moved to another node used: its log is emptied (it
+/// starts again at offset 0, as a node that never held it) and its epoch history
+/// forgotten. A copy dropped because its move was given up is kept instead: started
+/// again, the move then does not send it twice.
+async fn drop_copy(cluster: &Cluster, topic: &str, shard_no: u32) {
+    let mut epochs = EpochHistory::load(&cluster.topics.shard_dir(topic, shard_no));
+    if let Err(e) = epochs.truncate(0) {
+        tracing::warn!(topic, shard = shard_no, error = %e, "forgetting the moved copy's epochs failed");
+        return;
+    }
+    match cluster.topics.restart_shard(topic, shard_no, 0).await {
+        Ok(_) => tracing::info!(
+            topic,
+            shard = shard_no,
+            "the copy moved away: its records are deleted here"
+        ),
+        Err(e) => {
+            tracing::warn!(topic, shard = shard_no, error = %e.message, "deleting the moved copy failed")
         }
     }
 }

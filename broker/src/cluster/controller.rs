@@ -22,6 +22,8 @@ use super::Cluster;
 
 /// How often the controller looks at the nodes' liveness.
 const TICK: Duration = Duration::from_millis(50);
+/// How long a membership change may take before the controller tries again.
+pub const MEMBERSHIP_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs until shutdown; decides only while this node is the controller.
 pub async fn run(cluster: Arc<Cluster>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
@@ -38,6 +40,7 @@ pub async fn run(cluster: Arc<Cluster>, mut shutdown: tokio::sync::watch::Receiv
         let now_ms = crate::clock::now_ms();
         let mut decisions = decide(&meta, &alive, now_ms);
         decisions.extend(super::moves::decide(&meta, &alive, now_ms));
+        decisions.extend(super::nodes::decide(&meta, &alive, now_ms));
         for cmd in &decisions {
             tracing::info!(?cmd, "controller decision");
         }
@@ -58,6 +61,25 @@ pub async fn run(cluster: Arc<Cluster>, mut shutdown: tokio::sync::watch::Receiv
                 Err(e) => tracing::warn!(error = %e.message, "controller decisions not committed"),
             }
         }
+        for id in super::nodes::drained(&meta) {
+            remove_drained(&cluster, id).await;
+        }
+    }
+}
+
+/// Takes a drained node out of the consensus membership, then out of the metadata.
+/// A failure is logged and tried again next tick (both steps are idempotent).
+async fn remove_drained(cluster: &Cluster, id: NodeId) {
+    if let Err(e) = cluster.consensus.remove_member(id, MEMBERSHIP_WAIT).await {
+        tracing::warn!(node = id, error = %e.message, "removing a drained node from the consensus membership");
+        return;
+    }
+    match cluster.consensus.write(Command::RemoveNode { id }).await {
+        Ok(CommandResult::Refused { message, .. }) => {
+            tracing::warn!(node = id, %message, "removing a drained node refused")
+        }
+        Ok(_) => tracing::info!(node = id, "node drained and removed from the cluster"),
+        Err(e) => tracing::warn!(node = id, error = %e.message, "removing a drained node"),
     }
 }
 
@@ -142,14 +164,7 @@ mod tests {
         let mut m = ClusterMeta::default();
         m.apply(&Command::SetNodes {
             nodes: (1..=3)
-                .map(|i| {
-                    (
-                        i,
-                        NodeEntry {
-                            addr: format!("n{i}"),
-                        },
-                    )
-                })
+                .map(|i| (i, NodeEntry::new(format!("n{i}"))))
                 .collect(),
         });
         let r = m.apply(&Command::CreateTopic {

@@ -34,12 +34,63 @@ pub struct ClusterMeta {
     /// the controller's queue tasks read it, when they start.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub queues: BTreeMap<String, BTreeMap<String, BTreeMap<u32, ShardRecovery>>>,
+    /// Moves the controller still has to start, in order: the copies a node added to
+    /// the cluster takes over (`nodes.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub planned: Vec<PlannedMove>,
 }
 
 /// One node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeEntry {
     pub addr: String,
+    /// Being removed (`weir cluster remove-node`): it gets no new copies, the
+    /// controller moves its copies to the other nodes, then takes it out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
+}
+
+impl NodeEntry {
+    /// A node in service at `addr`.
+    pub fn new(addr: impl Into<String>) -> NodeEntry {
+        NodeEntry {
+            addr: addr.into(),
+            draining: false,
+        }
+    }
+}
+
+/// Why a copy moves (kept with the move and in the shard's history).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MoveCause {
+    /// `weir shard move`.
+    #[default]
+    Operator,
+    /// A node was added and the consistent hash places this copy on it.
+    NodeAdded,
+    /// Its node is being removed.
+    NodeDrained,
+}
+
+impl MoveCause {
+    /// The wire's number for it (PROTOCOL.md, DescribeShardHistory).
+    pub fn code(self) -> u8 {
+        match self {
+            MoveCause::Operator => 0,
+            MoveCause::NodeAdded => 1,
+            MoveCause::NodeDrained => 2,
+        }
+    }
+}
+
+/// A move decided (when a node was added) and not started yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedMove {
+    pub topic: String,
+    pub shard: u32,
+    pub from: NodeId,
+    pub to: NodeId,
+    pub cause: MoveCause,
 }
 
 /// One topic: its settings and where its shards' copies are.
@@ -80,6 +131,8 @@ pub struct ShardMove {
     pub from: NodeId,
     pub to: NodeId,
     pub started_ms: i64,
+    #[serde(default)]
+    pub cause: MoveCause,
 }
 
 /// Changes kept per shard in [`ShardEntry::history`].
@@ -129,6 +182,9 @@ pub struct HistoryEvent {
     /// none).
     #[serde(default)]
     pub replicas: Vec<NodeId>,
+    /// For a move's events: why the copy moves.
+    #[serde(default)]
+    pub cause: MoveCause,
 }
 
 impl ShardEntry {
@@ -169,9 +225,10 @@ impl ShardEntry {
         }
         self.replicas.retain(|n| *n != dropped);
         self.in_sync.retain(|n| *n != dropped);
-        self.moving = None;
         self.version += 1;
+        // Recorded while the move is still set, so the event keeps its cause.
         self.record(at_ms, kind);
+        self.moving = None;
         CommandResult::Done
     }
 
@@ -186,6 +243,7 @@ impl ShardEntry {
             primary: self.primary,
             in_sync: self.in_sync.clone(),
             replicas: self.replicas.clone(),
+            cause: self.moving.map(|m| m.cause).unwrap_or_default(),
         });
     }
 }
@@ -311,6 +369,8 @@ pub enum Command {
         from: NodeId,
         to: NodeId,
         at_ms: i64,
+        #[serde(default)]
+        cause: MoveCause,
     },
     /// Ends the shard's move: `from` stops being a replica. Refused unless `to` is in
     /// sync and `from` is not the primary.
@@ -331,6 +391,29 @@ pub enum Command {
     /// share one entry: the controller's journal batches them).
     QueueEvents {
         queues: Vec<QueueEvents>,
+    },
+    /// Adds node `id` at `addr` (already a member of the consensus engine) and plans
+    /// the moves that give it the copies the consistent hash now places on it
+    /// (`nodes.rs`). Adding a node the metadata names takes it back into service.
+    AddNode {
+        id: NodeId,
+        addr: String,
+    },
+    /// Starts removing node `id`: it gets no new copies and the controller moves its
+    /// copies away. Refused when the other nodes are too few for some shard's copies.
+    DrainNode {
+        id: NodeId,
+    },
+    /// Takes node `id` out of the metadata; refused unless it is draining and holds
+    /// no copy.
+    RemoveNode {
+        id: NodeId,
+    },
+    /// Drops the planned moves of a shard that no longer apply (its copies changed
+    /// since they were planned).
+    DropPlannedMoves {
+        topic: String,
+        shard: u32,
     },
 }
 
@@ -357,7 +440,7 @@ pub enum CommandResult {
     Batch(Vec<CommandResult>),
 }
 
-fn refused(code: weir_protocol::ErrorCode, message: impl Into<String>) -> CommandResult {
+pub(super) fn refused(code: weir_protocol::ErrorCode, message: impl Into<String>) -> CommandResult {
     CommandResult::Refused {
         code: code as u16,
         message: message.into(),
@@ -388,7 +471,7 @@ impl ClusterMeta {
                 if self.topics.contains_key(name) {
                     return refused(E::TopicAlreadyExists, format!("topic {name:?} exists"));
                 }
-                let nodes: Vec<NodeId> = self.nodes.keys().copied().collect();
+                let nodes = self.active_nodes();
                 let replicas = usize::from(settings.replicas.max(1));
                 if replicas > nodes.len() {
                     return refused(
@@ -429,6 +512,7 @@ impl ClusterMeta {
                 for groups in self.offsets.values_mut() {
                     groups.remove(name);
                 }
+                self.planned.retain(|p| p.topic != *name);
                 // A topic created again under this name starts with fresh queues.
                 for topics in self.queues.values_mut() {
                     topics.remove(name);
@@ -509,13 +593,25 @@ impl ClusterMeta {
                 from,
                 to,
                 at_ms,
+                cause,
             } => {
-                if !self.nodes.contains_key(to) {
-                    return refused(
-                        E::InvalidRequest,
-                        format!("node {to} is not in the cluster"),
-                    );
+                match self.nodes.get(to) {
+                    None => {
+                        return refused(
+                            E::InvalidRequest,
+                            format!("node {to} is not in the cluster"),
+                        )
+                    }
+                    Some(n) if n.draining => {
+                        return refused(
+                            E::InvalidRequest,
+                            format!("node {to} is being removed from the cluster"),
+                        )
+                    }
+                    Some(_) => {}
                 }
+                self.planned
+                    .retain(|p| !(p.topic == *topic && p.shard == *shard));
                 match self.shard_mut(topic, *shard, *expected_version) {
                     Err(r) => r,
                     Ok(entry) => {
@@ -545,6 +641,7 @@ impl ClusterMeta {
                             from: *from,
                             to: *to,
                             started_ms: *at_ms,
+                            cause: *cause,
                         });
                         entry.version += 1;
                         entry.record(*at_ms, HistoryKind::MoveStarted);
@@ -574,6 +671,14 @@ impl ClusterMeta {
                 for q in queues {
                     self.apply_queue_events(q);
                 }
+                CommandResult::Done
+            }
+            Command::AddNode { id, addr } => self.add_node(*id, addr),
+            Command::DrainNode { id } => self.drain_node(*id),
+            Command::RemoveNode { id } => self.remove_node(*id),
+            Command::DropPlannedMoves { topic, shard } => {
+                self.planned
+                    .retain(|p| !(p.topic == *topic && p.shard == *shard));
                 CommandResult::Done
             }
         }
@@ -615,6 +720,7 @@ impl ClusterMeta {
             next_producer_id: self.next_producer_id,
             offsets: self.offsets.clone(),
             queues: BTreeMap::new(),
+            planned: self.planned.clone(),
         }
     }
 
@@ -671,14 +777,7 @@ mod tests {
     fn three() -> ClusterMeta {
         let mut m = ClusterMeta::default();
         let nodes = (1..=3)
-            .map(|i| {
-                (
-                    i,
-                    NodeEntry {
-                        addr: format!("127.0.0.1:{}", 7700 + i),
-                    },
-                )
-            })
+            .map(|i| (i, NodeEntry::new(format!("127.0.0.1:{}", 7700 + i))))
             .collect();
         m.apply(&Command::SetNodes { nodes });
         m

@@ -9,7 +9,8 @@
 //! - `replication/`: mirrors fetching from primaries, the in-sync set and high-water
 //!   mark on primaries, epoch history and truncation;
 //! - `controller.rs`: what the controller decides (failover, in-sync changes of dead
-//!   nodes); `moves.rs`: the steps of a copy's move between nodes;
+//!   nodes); `moves.rs`: the steps of a copy's move between nodes; `nodes.rs`: nodes
+//!   added to and removed from a running cluster (the moves that follow);
 //! - `agent.rs`: what every node does when the metadata changes (open and close local
 //!   copies, take or give up the primary role);
 //! - `queues.rs`: queue mode on a cluster (state through consensus, dead letters and
@@ -22,12 +23,13 @@ pub mod consensus;
 pub mod controller;
 pub mod meta;
 pub mod moves;
+pub mod nodes;
 pub mod peer;
 pub mod placement;
 pub mod queues;
 pub mod replication;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -40,7 +42,7 @@ use weir_protocol::ErrorCode;
 
 use self::consensus::{Consensus, ConsensusConfig};
 use self::meta::{ClusterMeta, NodeId};
-use self::peer::Peer;
+use self::peer::PeerSet;
 use self::replication::primary::PrimaryState;
 use crate::config::Config;
 use crate::error::BrokerError;
@@ -52,8 +54,8 @@ pub struct Cluster {
     pub node_id: NodeId,
     pub config: Arc<Config>,
     pub consensus: Arc<Consensus>,
-    /// A connection to every other node.
-    pub peers: BTreeMap<NodeId, Arc<Peer>>,
+    /// A connection to every other node (learned from the metadata as nodes join).
+    pub peers: Arc<PeerSet>,
     pub topics: Arc<TopicRegistry>,
     /// The shards this node leads, by topic and shard number.
     primaries: RwLock<HashMap<String, HashMap<u32, Arc<PrimaryState>>>>,
@@ -84,14 +86,11 @@ impl Cluster {
             heartbeat: Duration::from_millis(config.cluster_heartbeat_ms),
             election_timeout: Duration::from_millis(config.cluster_election_timeout_ms),
             node_timeout: Duration::from_millis(config.node_timeout_ms),
+            join: config.cluster_join,
         })
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the consensus engine: {}", e.message))?;
-        let peers = peers_cfg
-            .iter()
-            .filter(|(&id, _)| id != node_id)
-            .map(|(&id, addr)| (id, Arc::new(Peer::new(addr.clone()))))
-            .collect();
+        let peers = Arc::new(PeerSet::new(node_id, &peers_cfg));
         tracing::info!(node_id, nodes = peers_cfg.len(), "cluster node started");
         Ok(Arc::new(Cluster {
             node_id,
@@ -223,6 +222,8 @@ impl Cluster {
                 addr: n.addr.clone(),
                 alive: u8::from(alive.as_ref().is_none_or(|a| a.contains(&id))),
                 role: roles.get(&id).copied().unwrap_or_default(),
+                draining: u8::from(n.draining),
+                moves_pending: meta.moves_pending(id) as u32,
             })
             .collect();
         let primaries = self.primaries.read().expect("primaries lock");
@@ -350,6 +351,7 @@ impl Cluster {
                     primary: e.primary.map_or(NO_NODE, |p| p as u32),
                     in_sync: ids(&e.in_sync),
                     replicas: ids(&e.replicas),
+                    cause: e.cause.code(),
                 })
                 .collect(),
         })
@@ -382,11 +384,83 @@ impl Cluster {
                 from,
                 to: NodeId::from(r.to_node),
                 at_ms: crate::clock::now_ms(),
+                cause: meta::MoveCause::Operator,
             })
             .await?;
         refusal(result)?;
         Ok(weir_protocol::messages::ShardMoveResponse {
             from_node: from as u32,
+        })
+    }
+
+    /// AddNode, on the controller: the node becomes a voter of the consensus engine,
+    /// then `AddNode` records it and plans its copies (`nodes.rs`).
+    pub async fn add_node(
+        &self,
+        r: &weir_protocol::messages::AddNodeRequest,
+    ) -> Result<weir_protocol::messages::AddNodeResponse, BrokerError> {
+        self.check_coordinator()?;
+        let id = NodeId::from(r.node_id);
+        if id == 0 || !r.addr.contains(':') {
+            return Err(BrokerError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "add node {}: give an id ≥ 1 and a HOST:PORT address, not {:?}",
+                    r.node_id, r.addr
+                ),
+            ));
+        }
+        if self
+            .meta()
+            .nodes
+            .get(&id)
+            .is_some_and(|n| n.addr != r.addr && !n.draining)
+        {
+            return Err(BrokerError::new(
+                ErrorCode::InvalidRequest,
+                format!("node {id} is already in the cluster at another address"),
+            ));
+        }
+        self.consensus
+            .add_member(id, &r.addr, controller::MEMBERSHIP_WAIT)
+            .await?;
+        let before = self.meta().planned.len();
+        refusal(
+            self.consensus
+                .write(meta::Command::AddNode {
+                    id,
+                    addr: r.addr.clone(),
+                })
+                .await?,
+        )?;
+        let meta = self.meta();
+        let planned = meta.planned.iter().filter(|p| p.to == id).count();
+        tracing::info!(node = id, addr = %r.addr, planned, before, "node added to the cluster");
+        Ok(weir_protocol::messages::AddNodeResponse {
+            moves_planned: planned as u32,
+        })
+    }
+
+    /// RemoveNode: marks the node draining (committed through the controller, which
+    /// moves its copies and then takes it out: `nodes.rs`, `controller.rs`).
+    pub async fn remove_node(
+        &self,
+        r: &weir_protocol::messages::RemoveNodeRequest,
+    ) -> Result<weir_protocol::messages::RemoveNodeResponse, BrokerError> {
+        let id = NodeId::from(r.node_id);
+        if !self.meta().nodes.contains_key(&id) {
+            return Err(BrokerError::new(
+                ErrorCode::InvalidRequest,
+                format!("node {id} is not in the cluster"),
+            ));
+        }
+        refusal(
+            self.consensus
+                .write(meta::Command::DrainNode { id })
+                .await?,
+        )?;
+        Ok(weir_protocol::messages::RemoveNodeResponse {
+            moves_pending: self.meta().moves_pending(id) as u32,
         })
     }
 

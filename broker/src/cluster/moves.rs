@@ -75,14 +75,7 @@ mod tests {
         let mut m = ClusterMeta::default();
         m.apply(&Command::SetNodes {
             nodes: (1..=4)
-                .map(|i| {
-                    (
-                        i,
-                        NodeEntry {
-                            addr: format!("n{i}"),
-                        },
-                    )
-                })
+                .map(|i| (i, NodeEntry::new(format!("n{i}"))))
                 .collect(),
         });
         let r = m.apply(&Command::CreateTopic {
@@ -121,6 +114,7 @@ mod tests {
             from,
             to,
             at_ms: 1,
+            cause: crate::cluster::meta::MoveCause::Operator,
         };
         assert_eq!(m.apply(&start), CommandResult::Done);
         // A second move of the same shard waits for the first.
@@ -131,6 +125,7 @@ mod tests {
             from,
             to,
             at_ms: 1,
+            cause: crate::cluster::meta::MoveCause::Operator,
         };
         assert!(matches!(m.apply(&again), CommandResult::Refused { .. }));
         assert!(m.topics["t"].shards[0].replicas.contains(&to));
@@ -183,6 +178,7 @@ mod tests {
             from: s.replicas[1],
             to,
             at_ms: 1,
+            cause: crate::cluster::meta::MoveCause::Operator,
         });
         let alive: BTreeSet<NodeId> = (1..=4).filter(|n| *n != to).collect();
         assert_eq!(apply_all(&mut m, &alive), 1);

@@ -9,9 +9,9 @@
 //! the cluster CA and name the host of its `peers` address, so the cluster secret a
 //! link authenticates with never crosses the network in clear.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -22,6 +22,56 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use weir_protocol::codec::ClientCodec;
 use weir_protocol::frame::{RequestFrame, ResponsePayload};
 use weir_protocol::{ErrorCode, Request, ResponseBody};
+
+/// Connections to the other nodes by id: the ones `--peers` names from the start, and
+/// the ones the metadata names later (nodes added to a running cluster, or the rest
+/// of the cluster as a node that joined learns it). An address from `--peers` is this
+/// node's own view of that node and is never replaced.
+#[derive(Debug)]
+pub struct PeerSet {
+    own: u64,
+    peers: RwLock<BTreeMap<u64, Arc<Peer>>>,
+}
+
+impl PeerSet {
+    /// The nodes `configured` names (this node `own` left out).
+    pub fn new(own: u64, configured: &BTreeMap<u64, String>) -> PeerSet {
+        let peers = configured
+            .iter()
+            .filter(|(&id, _)| id != own)
+            .map(|(&id, addr)| (id, Arc::new(Peer::new(addr.clone()))))
+            .collect();
+        PeerSet {
+            own,
+            peers: RwLock::new(peers),
+        }
+    }
+
+    /// The connection to node `id`, if its address is known.
+    pub fn get(&self, id: &u64) -> Option<Arc<Peer>> {
+        self.peers.read().expect("peers lock").get(id).cloned()
+    }
+
+    /// Adds every node of `nodes` (id, address) not known yet.
+    pub fn learn<'a>(&self, nodes: impl IntoIterator<Item = (u64, &'a str)>) {
+        let unknown: Vec<(u64, &str)> = {
+            let known = self.peers.read().expect("peers lock");
+            nodes
+                .into_iter()
+                .filter(|(id, addr)| *id != self.own && !addr.is_empty() && !known.contains_key(id))
+                .collect()
+        };
+        if unknown.is_empty() {
+            return;
+        }
+        let mut known = self.peers.write().expect("peers lock");
+        for (id, addr) in unknown {
+            known
+                .entry(id)
+                .or_insert_with(|| Arc::new(Peer::new(addr.to_string())));
+        }
+    }
+}
 
 /// Why a call to a peer failed.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -91,7 +91,7 @@ impl Replicator for ClusterQueues {
         let c = self.cluster.clone();
         Box::pin(async move {
             let primary = primary_of(&c, &topic, shard).await?;
-            let peer = c.peers.get(&primary).cloned().ok_or_else(|| {
+            let peer = c.peers.get(&primary).ok_or_else(|| {
                 BrokerError::new(
                     ErrorCode::NotPrimary,
                     format!("the primary of {topic}/{shard} is this node, which holds no copy"),

@@ -62,7 +62,10 @@ pub fn each_need(request: &Request, mut f: impl FnMut(Need<'_>) -> bool) -> bool
             f(need(Group, &r.group, Describe)) && f(need(Topic, &r.topic, Describe))
         }
         Request::DescribeQuotas(_) | Request::FlowStatus(_) => f(need(Cluster, CLUSTER, Describe)),
-        Request::AlterQuotas(_) | Request::ShardMove(_) => f(need(Cluster, CLUSTER, Alter)),
+        Request::AlterQuotas(_)
+        | Request::ShardMove(_)
+        | Request::AddNode(_)
+        | Request::RemoveNode(_) => f(need(Cluster, CLUSTER, Alter)),
         Request::LoadHistory(r) if r.topic.is_empty() => f(need(Cluster, CLUSTER, Describe)),
         Request::LoadHistory(r) => f(need(Topic, &r.topic, Describe)),
         Request::DescribeCluster(_) | Request::DescribeShardHistory(_) => {
@@ -97,6 +100,8 @@ pub fn admin_change(request: &Request) -> Option<(&'static str, String)> {
             "shard_move",
             format!("{}/{} to node {}", r.topic, r.shard, r.to_node),
         ),
+        Request::AddNode(r) => ("add_node", format!("node {} at {}", r.node_id, r.addr)),
+        Request::RemoveNode(r) => ("remove_node", format!("node {}", r.node_id)),
         Request::UpsertUser(r) => ("upsert_user", r.name.clone()),
         Request::DeleteUser(r) => ("delete_user", r.name.clone()),
         Request::CreateApiKey(r) => ("create_api_key", r.principal.clone()),

@@ -113,6 +113,8 @@ async fn route(state: &Arc<BrokerState>, request: Request) -> Result<ResponseBod
         Request::DescribeCluster(r) => control::describe_cluster(state, r).into(),
         Request::DescribeShardHistory(r) => cluster_of(state)?.shard_history(&r)?.into(),
         Request::ShardMove(r) => cluster_of(state)?.start_move(&r).await?.into(),
+        Request::AddNode(r) => cluster_of(state)?.add_node(&r).await?.into(),
+        Request::RemoveNode(r) => cluster_of(state)?.remove_node(&r).await?.into(),
         Request::MirrorFetch(r) => cluster_of(state)?.mirror_fetch(r).await?.into(),
         Request::ConsensusRpc(r) => cluster_of(state)?.consensus.handle_rpc(r).await?.into(),
         Request::ClusterWrite(r) => cluster_of(state)?.consensus.handle_write(r).await?.into(),

@@ -43,7 +43,7 @@ pub mod workers;
 pub use config::{LogConfig, DEFAULT_PREALLOCATE_BYTES};
 pub use error::StorageError;
 pub use log::{AppendInfo, Log, LogReader};
-pub use truncate::truncate_closed_log;
+pub use truncate::{restart_closed_log, truncate_closed_log};
 
 #[cfg(test)]
 mod tests;

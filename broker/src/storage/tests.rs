@@ -788,6 +788,59 @@ fn truncating_a_closed_log_cuts_back_to_the_batch_and_appends_again() {
     }
 }
 
+/// A mirror starting over at its primary's first record: after `restart_closed_log`
+/// the log is empty, starts and ends at the new base, refuses reads below it, appends
+/// from there and keeps that across a reopen; the old segments are gone.
+#[test]
+fn restarting_a_closed_log_empties_it_at_the_new_base() {
+    for base in [0u64, 7, 150, 1_000] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = Log::open(dir.path(), small_config(64 * 1024)).unwrap();
+            for i in 0..40 {
+                log.append(&[make_batch(i, 5, 100, 1_000)]).unwrap();
+            }
+            log.flush().unwrap();
+        }
+        restart_closed_log(dir.path(), base).unwrap();
+        let mut log = Log::open(dir.path(), small_config(64 * 1024)).unwrap();
+        assert_eq!(log.high_watermark(), base, "base {base}");
+        assert_eq!(log.reader().log_start_offset(), base, "base {base}");
+        assert!(read_all(&log.reader(), base).unwrap().is_empty());
+        if base > 0 {
+            assert!(matches!(
+                log.reader().read(0, 1 << 20),
+                Err(StorageError::OffsetOutOfRange { .. })
+            ));
+        }
+        let fresh = make_batch(999, 3, 10, 5_000);
+        assert_eq!(
+            log.append(std::slice::from_ref(&fresh))
+                .unwrap()
+                .base_offset,
+            base
+        );
+        log.flush().unwrap();
+        drop(log);
+        let log = Log::open(dir.path(), small_config(64 * 1024)).unwrap();
+        assert_eq!(log.high_watermark(), base + 3);
+        let all = read_all(&log.reader(), base).unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(&all[0][..], &stamped(&fresh, base)[..]);
+        let logs = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "log")
+            })
+            .count();
+        assert_eq!(logs, 1, "only the new start segment is left (base {base})");
+    }
+}
+
 /// The cap readers see in a cluster: reads stop below it, a read between the cap and
 /// the log's end is empty (not out of range), and the unreplicated read goes past it.
 #[test]

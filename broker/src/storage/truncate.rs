@@ -81,6 +81,45 @@ pub fn truncate_closed_log(dir: &Path, to: u64) -> Result<u64, StorageError> {
     Ok(next)
 }
 
+/// Empties the log in `dir` and makes it start at `base`: every segment is deleted
+/// (newest first) and an empty `<base>.log` takes their place, so the next open has
+/// `log_start = log_end = base` and appends from there. How a mirror whose primary no
+/// longer holds the mirror's next offset (retention removed it) starts its copy over at
+/// the primary's first record. The log must not be open.
+pub fn restart_closed_log(dir: &Path, base: u64) -> Result<(), StorageError> {
+    let mut bases = list_bases(dir)?;
+    bases.sort_unstable();
+    // The new start segment first: a crash part way leaves old segments below it and
+    // the empty one, which opens as a log ending at the newest old segment's end or at
+    // `base` — never a log that claims records it does not hold.
+    let start = segment_path(dir, base, LOG_EXT);
+    if !bases.contains(&base) {
+        std::fs::File::create(&start).map_err(io_err(&start))?;
+    }
+    for &b in bases.iter().rev() {
+        let exts: &[&str] = if b == base {
+            &[INDEX_EXT, TIME_INDEX_EXT]
+        } else {
+            &[INDEX_EXT, TIME_INDEX_EXT, LOG_EXT]
+        };
+        for ext in exts {
+            let p = segment_path(dir, b, ext);
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&p)(e)),
+            }
+        }
+    }
+    let file = OpenOptions::new()
+        .write(true)
+        .open(&start)
+        .map_err(io_err(&start))?;
+    file.set_len(0).map_err(io_err(&start))?;
+    file.sync_all().map_err(io_err(&start))?;
+    sync_dir(dir)
+}
+
 fn list_bases(dir: &Path) -> Result<Vec<u64>, StorageError> {
     let mut out = Vec::new();
     let entries = match std::fs::read_dir(dir) {

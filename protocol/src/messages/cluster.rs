@@ -45,6 +45,12 @@ wire_struct! {
         /// heartbeats within `node_timeout_ms`), else 0.
         pub alive: u8,
         pub role: ConsensusRole,
+        /// 1 while it is being removed (`RemoveNode`): it takes no new copies and
+        /// its copies are moving away; else 0.
+        pub draining: u8,
+        /// Moves of copies to or from it that are planned or running (0 once an added
+        /// node holds its share, or a removed node holds nothing).
+        pub moves_pending: u32,
     }
 }
 
@@ -127,6 +133,10 @@ wire_struct! {
         pub in_sync: Vec<u32>,
         /// Every copy after the change (empty in records older than moves).
         pub replicas: Vec<u32>,
+        /// For kinds 3 to 5, why the copy moves: 0 an operator's ShardMove, 1 a node
+        /// was added (AddNode) and the placement hash puts the copy there, 2 its node
+        /// is being removed (RemoveNode). 0 for other kinds.
+        pub cause: u8,
     }
 }
 
@@ -246,5 +256,48 @@ wire_struct! {
     /// The applied command's result, as JSON.
     pub struct ClusterWriteResponse {
         pub result: bytes::Bytes,
+    }
+}
+
+wire_struct! {
+    /// Adds node `node_id`, reachable at `addr` (`host:port`, as the other nodes and
+    /// clients dial it), to the cluster. The node must be running with `--join`. The
+    /// controller makes it a learner of the consensus engine, sends it the log, makes
+    /// it a voter, records it in the metadata and plans the moves of the copies the
+    /// placement hash now puts on it; answered then (the moves run afterwards:
+    /// DescribeCluster's `moves_pending` follows them). Only the controller serves it
+    /// (others answer NOT_COORDINATOR naming it); a single-node broker refuses it with
+    /// INVALID_REQUEST. Adding a node being removed takes it back into service.
+    pub struct AddNodeRequest {
+        pub node_id: u32,
+        pub addr: String,
+    }
+}
+
+wire_struct! {
+    /// The node is a voter and in the metadata.
+    pub struct AddNodeResponse {
+        /// Copies planned to move to it.
+        pub moves_planned: u32,
+    }
+}
+
+wire_struct! {
+    /// Starts removing node `node_id`: it takes no new copies, each of its copies
+    /// moves to the node the placement hash picks among the others, and once it holds
+    /// none the controller takes it out of the consensus membership and the metadata
+    /// (it is then gone from DescribeCluster; stop its process afterwards). Answered once
+    /// the drain has started. Refused with INVALID_CONFIG when the other nodes would be
+    /// too few for a shard's copies; any node serves it (forwarded to the controller).
+    pub struct RemoveNodeRequest {
+        pub node_id: u32,
+    }
+}
+
+wire_struct! {
+    /// The drain started.
+    pub struct RemoveNodeResponse {
+        /// Copies the node still holds (each will move).
+        pub moves_pending: u32,
     }
 }

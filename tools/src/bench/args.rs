@@ -26,6 +26,10 @@ pub struct Args {
     /// set its other settings, as for weir-broker).
     #[arg(long)]
     pub embedded: bool,
+    /// How the bench's clients reach an --embedded broker: `in-process` (channels, no
+    /// socket; the default) or `tcp` (loopback, as another process would).
+    #[arg(long, value_enum, default_value_t = TransportArg::InProcess)]
+    pub transport: TransportArg,
     /// Producer count (each with its own connection and thread).
     #[arg(long, default_value_t = 1)]
     pub producers: usize,
@@ -43,6 +47,11 @@ pub struct Args {
     /// mirrored` on a cluster.
     #[arg(long, default_value_t = 0)]
     pub replicas: u8,
+    /// The topic's durability when the bench creates it: `none` (left to the OS's
+    /// write-back), `interval` (the default: flushed every flush_interval_ms) or
+    /// `always`.
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Interval)]
+    pub durability: DurabilityArg,
     /// In-sync copies a mirrored produce needs, when the bench creates the topic
     /// (0 = the broker's default).
     #[arg(long, default_value_t = 0)]
@@ -238,6 +247,40 @@ impl OrderArg {
         match self {
             OrderArg::Offset => DeliveryOrder::Offset,
             OrderArg::Priority => DeliveryOrder::Priority,
+        }
+    }
+}
+
+/// `--durability`: the bench topic's durability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DurabilityArg {
+    None,
+    Interval,
+    Always,
+}
+
+impl DurabilityArg {
+    pub fn durability(self) -> weir_client::Durability {
+        match self {
+            DurabilityArg::None => weir_client::Durability::None,
+            DurabilityArg::Interval => weir_client::Durability::Interval,
+            DurabilityArg::Always => weir_client::Durability::Always,
+        }
+    }
+}
+
+/// `--transport`: how clients reach an embedded broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TransportArg {
+    InProcess,
+    Tcp,
+}
+
+impl TransportArg {
+    pub fn name(self) -> &'static str {
+        match self {
+            TransportArg::InProcess => "in-process",
+            TransportArg::Tcp => "tcp",
         }
     }
 }

@@ -37,6 +37,27 @@ pub enum ClusterCmd {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Add a node to a running cluster. Start it first with `--join` (its `--peers`
+    /// naming itself and a node of the cluster); the controller makes it a member,
+    /// then the copies the placement hash now puts on it move there. Waits until they
+    /// have (or `--no-wait`).
+    AddNode {
+        /// The new node's id (its `--node-id`).
+        id: u32,
+        /// Its protocol address as the other nodes and clients reach it (HOST:PORT).
+        addr: String,
+        #[command(flatten)]
+        wait: super::nodes::Wait,
+    },
+    /// Remove a node: its copies move to the other nodes, then it leaves the
+    /// consensus membership and the metadata. Waits until it is gone (or
+    /// `--no-wait`); stop its process afterwards.
+    RemoveNode {
+        /// The node's id.
+        id: u32,
+        #[command(flatten)]
+        wait: super::nodes::Wait,
+    },
 }
 
 /// `weir shard ...`.
@@ -161,6 +182,10 @@ pub struct NodeStatus {
     /// The controller counts it alive.
     pub alive: bool,
     pub role: ConsensusRole,
+    /// Being removed.
+    pub draining: bool,
+    /// Moves of copies to or from it, planned or running.
+    pub moves_pending: u32,
 }
 
 /// One shard as the status shows it.
@@ -184,6 +209,10 @@ pub async fn run(admin: &Admin, cmd: ClusterCmd) -> anyhow::Result<()> {
     let format = match cmd {
         ClusterCmd::Status { format } => format,
         ClusterCmd::History { shard, format } => return history(admin, &shard, format).await,
+        ClusterCmd::AddNode { id, addr, wait } => {
+            return super::nodes::add(admin, id, &addr, wait).await
+        }
+        ClusterCmd::RemoveNode { id, wait } => return super::nodes::remove(admin, id, wait).await,
     };
     let first = admin.describe_cluster().await?;
     if first.enabled == 0 {
@@ -240,6 +269,11 @@ async fn history(admin: &Admin, spec: &str, format: Format) -> anyhow::Result<()
             .map(|m| m.offset)
     };
     let kind = kind_name;
+    let cause = |e: &weir_protocol::messages::ShardEvent| -> Option<&'static str> {
+        (MOVE_STARTED..=MOVE_ABORTED)
+            .contains(&e.kind)
+            .then(|| super::nodes::cause_name(e.cause))
+    };
     match format {
         Format::Json => {
             let v = json!({
@@ -257,6 +291,7 @@ async fn history(admin: &Admin, spec: &str, format: Format) -> anyhow::Result<()
                     "primary": (e.primary != NO_NODE).then_some(e.primary),
                     "in_sync": e.in_sync,
                     "copies": e.replicas,
+                    "cause": cause(e),
                 })).collect::<Vec<_>>(),
             });
             println!("{}", serde_json::to_string_pretty(&v)?);
@@ -287,7 +322,10 @@ async fn history(admin: &Admin, spec: &str, format: Format) -> anyhow::Result<()
             for e in &h.events {
                 rows.push(vec![
                     e.at_ms.to_string(),
-                    kind(e.kind).into(),
+                    match cause(e) {
+                        Some(c) => format!("{} ({c})", kind(e.kind)),
+                        None => kind(e.kind).into(),
+                    },
                     e.epoch.to_string(),
                     if e.primary == NO_NODE {
                         "-".into()
@@ -339,6 +377,8 @@ pub fn merge(
                 reachable: answered.contains_key(&n.node_id),
                 alive: n.alive == 1,
                 role: own.map_or(n.role, |m| m.role),
+                draining: n.draining == 1,
+                moves_pending: n.moves_pending,
             }
         })
         .collect();
@@ -438,6 +478,7 @@ pub fn text(s: &Status) -> String {
         "reachable".into(),
         "alive".into(),
         "role".into(),
+        "moves".into(),
     ]];
     let yes = |b: bool| if b { "yes" } else { "no" }.to_string();
     for n in &s.nodes {
@@ -446,7 +487,12 @@ pub fn text(s: &Status) -> String {
             n.addr.clone(),
             yes(n.reachable),
             yes(n.alive),
-            role_name(n.role).into(),
+            if n.draining {
+                format!("{} (draining)", role_name(n.role))
+            } else {
+                role_name(n.role).into()
+            },
+            n.moves_pending.to_string(),
         ]);
     }
     out.push_str(&table(&rows));
@@ -498,6 +544,8 @@ pub fn to_json(s: &Status) -> Value {
             "reachable": n.reachable,
             "alive": n.alive,
             "role": role_name(n.role),
+            "draining": n.draining,
+            "moves_pending": n.moves_pending,
         })).collect::<Vec<_>>(),
         "shards": s.shards.iter().map(|sh| {
             let p = &sh.placement;
@@ -535,6 +583,8 @@ mod tests {
             addr: format!("h:{id}"),
             alive,
             role,
+            draining: 0,
+            moves_pending: 0,
         }
     }
 

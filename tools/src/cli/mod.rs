@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod consume;
 pub mod dlq;
 pub mod group;
+pub mod nodes;
 pub mod produce;
 pub mod queue;
 pub mod quota;

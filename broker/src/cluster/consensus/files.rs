@@ -240,12 +240,7 @@ mod tests {
         let buf = encode_document(&vote);
         assert_eq!(decode_document::<Vote<u64>>(&buf), Ok(vote));
         let mut meta = ClusterMeta::default();
-        meta.nodes.insert(
-            1,
-            NodeEntry {
-                addr: "127.0.0.1:1".into(),
-            },
-        );
+        meta.nodes.insert(1, NodeEntry::new("127.0.0.1:1"));
         let snap = SnapshotFile {
             meta: SnapshotMeta {
                 last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 9)),
@@ -378,12 +373,7 @@ mod tests {
             unframed.extend_from_slice(&serde_json::to_vec(e).unwrap());
         }
         let mut meta = ClusterMeta::default();
-        meta.nodes.insert(
-            1,
-            NodeEntry {
-                addr: "127.0.0.1:7700".into(),
-            },
-        );
+        meta.nodes.insert(1, NodeEntry::new("127.0.0.1:7700"));
         let snapshot = SnapshotFile {
             meta: SnapshotMeta {
                 last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 9)),

@@ -30,7 +30,7 @@ use weir_protocol::messages::{
 use weir_protocol::{ErrorCode, ResponseBody};
 
 use super::meta::{ClusterMeta, Command, CommandResult, NodeEntry, NodeId};
-use super::peer::{Peer, PeerError};
+use super::peer::{PeerError, PeerSet};
 use crate::error::BrokerError;
 use network::{Liveness, NetworkFactory};
 use types::Raft;
@@ -63,6 +63,10 @@ pub struct ConsensusConfig {
     pub election_timeout: Duration,
     /// A node that has not acknowledged a heartbeat for this long is not alive.
     pub node_timeout: Duration,
+    /// This node joins a running cluster (`weir cluster add-node` adds it): it never
+    /// forms a cluster of its own from `peers`, it waits for the controller to
+    /// replicate the cluster's log to it.
+    pub join: bool,
 }
 
 /// A forwarded write's answer (the `result` of a ClusterWrite response): the log index
@@ -79,7 +83,7 @@ pub struct Consensus {
     config: ConsensusConfig,
     raft: Raft,
     meta: Arc<watch::Sender<Arc<ClusterMeta>>>,
-    peers: BTreeMap<NodeId, Arc<Peer>>,
+    peers: Arc<PeerSet>,
     liveness: Arc<Liveness>,
     /// Since when this node is leader (None while it is not).
     leader_since: Arc<Mutex<Option<Instant>>>,
@@ -155,12 +159,7 @@ impl Consensus {
         .validate()
         .map_err(|e| BrokerError::new(ErrorCode::InvalidConfig, format!("consensus: {e}")))?;
 
-        let peers: BTreeMap<NodeId, Arc<Peer>> = config
-            .peers
-            .iter()
-            .filter(|(&id, _)| id != config.node_id)
-            .map(|(&id, addr)| (id, Arc::new(Peer::new(addr.clone()))))
-            .collect();
+        let peers = Arc::new(PeerSet::new(config.node_id, &config.peers));
         let liveness = Arc::new(Liveness::default());
         let network = NetworkFactory {
             node_id: config.node_id,
@@ -177,7 +176,12 @@ impl Consensus {
         // same membership entry at index 0), and a node that already holds a log
         // answers NotAllowed, which is fine.
         let initialized = raft.is_initialized().await.map_err(storage_error)?;
-        if !initialized {
+        if !initialized && config.join {
+            tracing::info!(
+                node_id = config.node_id,
+                "waiting to be added to a running cluster (weir cluster add-node)"
+            );
+        } else if !initialized {
             // Ids only: the membership entry must be the same on every node, while
             // addresses are each node's own view (`--peers`; the network dials from
             // that map, and the metadata's SetNodes tells clients), so two nodes may
@@ -200,6 +204,7 @@ impl Consensus {
             config.clone(),
             meta.subscribe(),
             leader_since.clone(),
+            peers.clone(),
         ));
         Ok(Arc::new(Consensus {
             config,
@@ -390,10 +395,8 @@ impl Consensus {
                 return None;
             }
             let mut alive: BTreeSet<NodeId> = self
-                .config
-                .peers
-                .keys()
-                .copied()
+                .members()
+                .into_iter()
                 .filter(|n| !refused.contains(n))
                 .collect();
             alive.insert(self.config.node_id);
@@ -406,6 +409,87 @@ impl Consensus {
             .collect();
         alive.insert(self.config.node_id);
         Some(alive)
+    }
+
+    /// Every node of the engine's membership (voters and learners).
+    pub fn members(&self) -> BTreeSet<NodeId> {
+        let m = self.raft.metrics().borrow().clone();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    /// The voters of the engine's membership.
+    pub fn voters(&self) -> BTreeSet<NodeId> {
+        let m = self.raft.metrics().borrow().clone();
+        m.membership_config.membership().voter_ids().collect()
+    }
+
+    /// On the controller: makes node `id` (reached at `addr`) a voter. It is first
+    /// added as a learner and sent the log until it holds everything (so the voters'
+    /// quorum never waits on a node far behind), then the membership is changed to
+    /// include it (openraft's joint consensus). Gives up after `within`: the node
+    /// must be running, started with `join`.
+    pub async fn add_member(
+        &self,
+        id: NodeId,
+        addr: &str,
+        within: Duration,
+    ) -> Result<(), BrokerError> {
+        self.peers.learn([(id, addr)]);
+        let timed_out = || {
+            BrokerError::new(
+                ErrorCode::RequestTimedOut,
+                format!(
+                    "node {id} at {addr} did not catch up with the cluster's log within {within:?}: is it running, started with --join?"
+                ),
+            )
+        };
+        let node = BasicNode {
+            addr: addr.to_string(),
+        };
+        tokio::time::timeout(within, self.raft.add_learner(id, node, true))
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(membership_error)?;
+        let mut voters = self.voters();
+        if voters.insert(id) {
+            tokio::time::timeout(within, self.raft.change_membership(voters, false))
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(membership_error)?;
+        }
+        Ok(())
+    }
+
+    /// On the controller: takes node `id` out of the membership (a no-op when it is not
+    /// in it). When `id` is this node, it steps down once the change is committed.
+    pub async fn remove_member(&self, id: NodeId, within: Duration) -> Result<(), BrokerError> {
+        if !self.members().contains(&id) {
+            return Ok(());
+        }
+        let mut voters = self.voters();
+        voters.remove(&id);
+        if voters.is_empty() {
+            return Err(BrokerError::new(
+                ErrorCode::InvalidRequest,
+                format!("node {id} is the cluster's last voter"),
+            ));
+        }
+        tokio::time::timeout(within, self.raft.change_membership(voters, false))
+            .await
+            .map_err(|_| {
+                BrokerError::new(
+                    ErrorCode::RequestTimedOut,
+                    format!(
+                        "removing node {id} from the consensus membership took over {within:?}"
+                    ),
+                )
+            })?
+            .map_err(membership_error)?;
+        Ok(())
     }
 
     /// Serves a ConsensusRpc from another node.
@@ -503,6 +587,20 @@ fn election_bounds(heartbeat_ms: u64, election_ms: u64, rank: u64, nodes: u64) -
     (min, max)
 }
 
+/// A refused membership change as the broker's error.
+fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> BrokerError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            no_controller(match f.leader_id {
+                Some(l) => format!("membership changes are made by the controller, node {l}"),
+                None => "no controller is known right now; retry shortly".to_string(),
+            })
+        }
+        RaftError::APIError(e) => BrokerError::new(ErrorCode::InvalidRequest, e.to_string()),
+        RaftError::Fatal(e) => no_controller(format!("consensus stopped: {e}")),
+    }
+}
+
 /// How a forwarded write failed.
 enum Forward {
     /// Nothing was committed; try again (another election may be running).
@@ -511,17 +609,24 @@ enum Forward {
 }
 
 /// Follows the engine's state: notes when this node becomes leader (for
-/// [`Consensus::alive_nodes`]) and, as a new leader, records the configured node set in
-/// the metadata if it differs.
+/// [`Consensus::alive_nodes`]) and, as a new leader, records the node set in the
+/// metadata if it differs; learns the address of every node the metadata names.
 async fn watch_leadership(
     raft: Raft,
     config: ConsensusConfig,
-    meta: watch::Receiver<Arc<ClusterMeta>>,
+    mut meta: watch::Receiver<Arc<ClusterMeta>>,
     leader_since: Arc<Mutex<Option<Instant>>>,
+    peers: Arc<PeerSet>,
 ) {
     let mut metrics = raft.metrics();
     let mut led_term = None;
     loop {
+        peers.learn(
+            meta.borrow_and_update()
+                .nodes
+                .iter()
+                .map(|(&id, n)| (id, n.addr.as_str())),
+        );
         let (state, term, last_log) = {
             let m = metrics.borrow_and_update();
             (m.state, m.current_term, m.last_log_index)
@@ -541,14 +646,23 @@ async fn watch_leadership(
             led_term = None;
             *leader_since.lock().expect("leader lock") = None;
         }
-        if metrics.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() {
+                return;
+            },
+            changed = meta.changed() => if changed.is_err() {
+                return;
+            },
         }
     }
 }
 
-/// As a new leader: once everything in the log is applied here, proposes
-/// `SetNodes` if the metadata's nodes are not the configured peers.
+/// As a new leader: once everything in the log is applied here, proposes `SetNodes`
+/// when the metadata's nodes differ from what it should hold: on a new cluster, the
+/// configured peers; later, the configured addresses of nodes it already names, and
+/// every member of the consensus membership it does not name yet (a node added while
+/// the previous controller died before recording it), with the address the
+/// membership or `--peers` gives. Nodes are never dropped here: only RemoveNode does.
 async fn record_nodes(
     raft: Raft,
     config: ConsensusConfig,
@@ -562,12 +676,32 @@ async fn record_nodes(
     if applied.is_err() {
         return;
     }
-    let nodes: BTreeMap<NodeId, NodeEntry> = config
-        .peers
-        .iter()
-        .map(|(&id, addr)| (id, NodeEntry { addr: addr.clone() }))
+    let current = meta.borrow().nodes.clone();
+    let mut nodes = current.clone();
+    let members: BTreeMap<NodeId, String> = raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(&id, n)| (id, n.addr.clone()))
         .collect();
-    if meta.borrow().nodes == nodes {
+    for (&id, addr) in &config.peers {
+        match nodes.get_mut(&id) {
+            Some(n) => n.addr = addr.clone(),
+            None if current.is_empty() => {
+                nodes.insert(id, NodeEntry::new(addr.clone()));
+            }
+            None => {}
+        }
+    }
+    for (id, addr) in members {
+        let addr = config.peers.get(&id).cloned().unwrap_or(addr);
+        if !addr.is_empty() {
+            nodes.entry(id).or_insert_with(|| NodeEntry::new(addr));
+        }
+    }
+    if current == nodes {
         return;
     }
     if let Err(e) = raft.client_write(Command::SetNodes { nodes }).await {

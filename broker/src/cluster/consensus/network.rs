@@ -6,7 +6,7 @@
 //! is what heartbeats are), and when a connection to it was last refused: the
 //! leader's view of which nodes are alive.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -99,7 +99,7 @@ impl Liveness {
 /// Makes a [`Network`] per target node.
 pub struct NetworkFactory {
     pub node_id: NodeId,
-    pub peers: BTreeMap<NodeId, Arc<Peer>>,
+    pub peers: Arc<super::super::peer::PeerSet>,
     pub liveness: Arc<Liveness>,
     /// How long replication to an unreachable node waits before trying again.
     pub retry_unreachable: Duration,
@@ -112,7 +112,6 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
         let peer = self
             .peers
             .get(&target)
-            .cloned()
             .unwrap_or_else(|| Arc::new(Peer::new(node.addr.clone())));
         Network {
             node_id: self.node_id,

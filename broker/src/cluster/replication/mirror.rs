@@ -44,18 +44,41 @@ pub async fn run(cluster: Arc<Cluster>, topic: String, shard_no: u32) {
     let mut meta_rx = cluster.consensus.metadata();
     let mut epochs = EpochHistory::load(&cluster.topics.shard_dir(&topic, shard_no));
     let mut permit: Option<super::backfill::Permit> = None;
+    let shard_dir = cluster.topics.shard_dir(&topic, shard_no);
+    // A reservation left by a node that died catching up.
+    let _ = std::fs::remove_file(shard_dir.join(super::reserve::FILE));
+    let mut reserved: Option<super::reserve::Reservation> = None;
     loop {
         match round(&cluster, &topic, shard_no, &mut epochs).await {
             Ok(c) => {
                 cluster.held.release(&topic, shard_no);
                 if c.full && permit.is_none() {
+                    let need = wait_for_room(&cluster, &topic, shard_no, &c).await;
                     let key = (topic.clone(), shard_no);
                     permit = Some(cluster.backfill.admit(key, c.write_rate, c.behind).await);
+                    // Set the copy's room aside before it starts, leaving what the next
+                    // fetch and a new segment take free for the log itself.
+                    let lookahead = u64::from(cluster.config.mirror_fetch_max_bytes)
+                        + catch_up_bytes(&cluster, &topic, &Copied::default());
+                    reserved = match super::reserve::Reservation::take(
+                        &shard_dir,
+                        need.saturating_sub(lookahead),
+                    ) {
+                        Ok(r) => Some(r),
+                        Err(e) => {
+                            tracing::warn!(topic, shard = shard_no, error = %e, "setting disk space aside for the catch-up failed; copying without");
+                            None
+                        }
+                    };
                 }
                 if let Some(p) = &permit {
                     p.copied(c.records, c.bytes);
                 }
+                if let Some(r) = &mut reserved {
+                    r.shrink_by(c.bytes);
+                }
                 if !c.full {
+                    reserved = None;
                     if let Some(p) = permit.take() {
                         p.finish();
                     }
@@ -71,6 +94,56 @@ pub async fn run(cluster: Arc<Cluster>, topic: String, shard_no: u32) {
                 let _ = tokio::time::timeout(Duration::from_millis(500), meta_rx.changed()).await;
             }
         }
+    }
+}
+
+/// How often a catch-up waiting for disk space looks again.
+const ROOM_RECHECK: Duration = Duration::from_secs(1);
+
+/// The bytes a catch-up is expected to write: what is behind, at the size per record
+/// of what the last fetch brought, plus the log's reserve for its next segment.
+fn catch_up_bytes(cluster: &Cluster, topic: &str, c: &Copied) -> u64 {
+    let per_record = c.bytes.checked_div(c.records).unwrap_or(0);
+    let segment = cluster
+        .topics
+        .get(topic)
+        .map_or(0, |t| t.config.segment_bytes);
+    c.behind.saturating_mul(per_record).saturating_add(segment)
+}
+
+/// Before a catch-up starts, waits until the data directory's disk has room for all of
+/// it: a copy that would fill the disk half way stops every shard of the node, so it
+/// waits instead, held out of sync with the reason on `/health`, and starts once room
+/// is made (retention, a bigger disk, a copy moved away).
+/// Returns the bytes it expects the catch-up to write.
+async fn wait_for_room(cluster: &Cluster, topic: &str, shard_no: u32, c: &Copied) -> u64 {
+    let need = catch_up_bytes(cluster, topic, c);
+    loop {
+        let Some(disk) = crate::observe::process::disk(&cluster.config.data_dir) else {
+            return need;
+        };
+        if disk.free_bytes >= need {
+            cluster.held.release(topic, shard_no);
+            return need;
+        }
+        cluster.held.hold(
+            topic,
+            shard_no,
+            format!(
+                "out of sync: catching up needs about {need} bytes ({} records behind) and {} are free on the data directory's disk; waiting for room, checked every {} s",
+                c.behind,
+                disk.free_bytes,
+                ROOM_RECHECK.as_secs()
+            ),
+        );
+        tracing::warn!(
+            topic,
+            shard = shard_no,
+            need,
+            free = disk.free_bytes,
+            "catch-up waits for disk space"
+        );
+        tokio::time::sleep(ROOM_RECHECK).await;
     }
 }
 
@@ -188,6 +261,31 @@ async fn round(
                 Pause::Short
             })?;
         epochs.truncate(cut_end).map_err(|_| Pause::Short)?;
+        return Ok(Copied::default());
+    }
+    if resp.log_start_offset > end {
+        // The primary no longer holds this copy's next record (retention removed it):
+        // the copy starts over at the primary's first record. What it held below is
+        // older than anything the primary keeps, so nothing a reader could get is lost.
+        tracing::info!(
+            topic,
+            shard = shard_no,
+            from = end,
+            to = resp.log_start_offset,
+            "mirror copy starts over at its primary's log start"
+        );
+        cluster
+            .topics
+            .restart_shard(topic, shard_no, resp.log_start_offset)
+            .await
+            .map_err(|e| {
+                tracing::error!(topic, shard = shard_no, error = %e.message, "starting the mirror copy over failed");
+                Pause::Short
+            })?;
+        epochs.truncate(0).map_err(|_| Pause::Short)?;
+        epochs
+            .learn(&resp.epochs, resp.log_start_offset)
+            .map_err(|_| Pause::Short)?;
         return Ok(Copied::default());
     }
     let bytes = resp.records.len_bytes() as u64;

@@ -281,6 +281,11 @@ impl PrimaryState {
         if let Some(to) = truncate {
             return Ok(self.response(Records::default(), to, req.fetch_offset));
         }
+        if req.fetch_offset < reader.log_start_offset() {
+            // Retention removed what the mirror needs next: it starts its copy over at
+            // `log_start_offset` (the answer's epochs tell it the epoch before it).
+            return Ok(self.response(Records::default(), NO_TRUNCATION, req.fetch_offset));
+        }
         self.record(mirror, req.fetch_offset, end);
         // Long poll: wait for records past the mirror's end.
         if req.fetch_offset >= end && req.max_wait_ms > 0 {
