@@ -59,6 +59,28 @@ fn held_bytes(c: &mut ClusterProcesses, node: u32, topic: &str, shard: u32) -> u
         .sum()
 }
 
+/// Creates a topic once a controller takes it (the cluster may still be electing).
+async fn create_topic(admin: &Admin, name: &str, shards: u32, config: &TopicConfig) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while let Err(e) = admin.create_topic(name, shards, config.clone()).await {
+        assert!(Instant::now() < deadline, "create topic {name}: {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits (60 s at most) until the latest change of `topic`/0 is a finished move.
+async fn move_finished(admin: &Admin, topic: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let h = admin.shard_history(topic, 0).await.expect("history");
+        if h.events.last().is_some_and(|e| e.kind == MOVE_FINISHED) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {:?}", h.events);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Runs `weir` against the cluster; panics with its output when it fails.
 fn weir(bootstrap: &str, args: &[&str]) -> String {
     let out = Command::new(cli_binary())
@@ -86,11 +108,7 @@ async fn a_node_added_takes_its_share_and_a_node_removed_gives_everything_away()
         min_in_sync: 1,
         ..TopicConfig::default()
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while let Err(e) = admin.create_topic(TOPIC, SHARDS, config.clone()).await {
-        assert!(Instant::now() < deadline, "create topic: {e}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    create_topic(&admin, TOPIC, SHARDS, &config).await;
     let before = describe(&client).await;
 
     let producer = Producer::builder(&client)
@@ -128,11 +146,13 @@ async fn a_node_added_takes_its_share_and_a_node_removed_gives_everything_away()
     let id = c.join(&[]);
     assert_eq!(id, 4);
     let addr = c.node(4).addr();
+    let add_started = Instant::now();
     let out = weir(
         &c.bootstrap(),
         &["cluster", "add-node", "4", &addr, "--timeout-s", "90"],
     );
     assert!(out.contains("holds its share"), "{out}");
+    let add_took = add_started.elapsed();
     let after_add = describe(&client).await;
     assert!(after_add.nodes.iter().any(|n| n.node_id == 4));
     let moved: Vec<u32> = after_add
@@ -171,6 +191,11 @@ async fn a_node_added_takes_its_share_and_a_node_removed_gives_everything_away()
         }
     }
     assert!(deleted_checked > 0, "no moved copy with records to check");
+    eprintln!(
+        "add-node: {} of {} copies moved to node 4 in {add_took:?} (under load)",
+        moved.len(),
+        2 * SHARDS
+    );
     let h = admin.shard_history(TOPIC, moved[0]).await.expect("history");
     assert!(
         h.events
@@ -182,11 +207,16 @@ async fn a_node_added_takes_its_share_and_a_node_removed_gives_everything_away()
     );
 
     // 2. Node 2 is removed.
+    let remove_started = Instant::now();
     let out = weir(
         &c.bootstrap(),
         &["cluster", "remove-node", "2", "--timeout-s", "90"],
     );
     assert!(out.contains("has left the cluster"), "{out}");
+    eprintln!(
+        "remove-node: node 2's copies moved away and node 2 out in {:?}",
+        remove_started.elapsed()
+    );
     let after_remove = describe(&client).await;
     assert!(after_remove.nodes.iter().all(|n| n.node_id != 2));
     for s in &after_remove.shards {
@@ -281,11 +311,7 @@ async fn a_copy_moves_after_retention_removed_the_start_of_the_log() {
         retention_bytes: 128 * 1024,
         ..TopicConfig::default()
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while let Err(e) = admin.create_topic("old", 1, config.clone()).await {
-        assert!(Instant::now() < deadline, "create topic: {e}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    create_topic(&admin, "old", 1, &config).await;
     let producer = Producer::builder(&client)
         .acks(Acks::Leader)
         .build()
@@ -324,19 +350,7 @@ async fn a_copy_moves_after_retention_removed_the_start_of_the_log() {
         .move_shard("old", 0, None, to)
         .await
         .expect("move starts");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let h = admin.shard_history("old", 0).await.expect("history");
-        if h.events.last().is_some_and(|e| e.kind == MOVE_FINISHED) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the move did not finish: {:?}",
-            h.events
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    move_finished(&admin, "old", "the move did not finish").await;
     let d = describe(&client).await;
     let s = d.shards.iter().find(|s| s.topic == "old").unwrap();
     assert_eq!(s.primary, to, "the new copy leads");
@@ -408,11 +422,7 @@ async fn a_catch_up_waits_for_disk_room_and_starts_when_there_is_some() {
         max_message_bytes: 64 * 1024,
         ..TopicConfig::default()
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while let Err(e) = admin.create_topic("wide", 1, config.clone()).await {
-        assert!(Instant::now() < deadline, "create topic: {e}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    create_topic(&admin, "wide", 1, &config).await;
     let d = describe(&client).await;
     let primary = d.shards.iter().find(|s| s.topic == "wide").unwrap().primary;
     if primary == 3 {
@@ -492,19 +502,12 @@ async fn a_catch_up_waits_for_disk_room_and_starts_when_there_is_some() {
         "remount: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let h = admin.shard_history("wide", 0).await.expect("history");
-        if h.events.last().is_some_and(|e| e.kind == MOVE_FINISHED) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the move did not finish once there was room: {:?}",
-            h.events
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    move_finished(
+        &admin,
+        "wide",
+        "the move did not finish once there was room",
+    )
+    .await;
     let body = http_get(health, "/health").await;
     assert!(!body.contains("held: wide/0"), "{body}");
     let msgs = read_all(&client, "wide", 6_000, Duration::from_secs(60)).await;

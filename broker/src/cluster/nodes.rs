@@ -414,18 +414,22 @@ mod tests {
         assert_eq!(drained(&m), vec![2]);
         assert_eq!(m.apply(&Command::RemoveNode { id: 2 }), CommandResult::Done);
         assert!(!m.nodes.contains_key(&2));
-        // New topics avoid it, and the cluster now has 3 nodes.
+        assert_new_topic_avoids(&mut m, 2);
+    }
+
+    /// A topic created now has no copy on `node`.
+    fn assert_new_topic_avoids(m: &mut ClusterMeta, node: NodeId) {
         let r = m.apply(&Command::CreateTopic {
             name: "u".into(),
-            shards: 8,
+            shards: 16,
             settings: m.topics["t"].settings.clone(),
             at_ms: 0,
         });
-        assert!(matches!(r, CommandResult::Topic(_)));
+        assert!(matches!(r, CommandResult::Topic(_)), "{r:?}");
         assert!(m.topics["u"]
             .shards
             .iter()
-            .all(|s| !s.replicas.contains(&2)));
+            .all(|s| !s.replicas.contains(&node)));
     }
 
     #[test]
@@ -440,17 +444,7 @@ mod tests {
     fn a_draining_node_gets_no_new_copies_and_a_dead_target_waits() {
         let mut m = cluster(4, 8, 2);
         m.apply(&Command::DrainNode { id: 1 });
-        let r = m.apply(&Command::CreateTopic {
-            name: "u".into(),
-            shards: 16,
-            settings: m.topics["t"].settings.clone(),
-            at_ms: 0,
-        });
-        assert!(matches!(r, CommandResult::Topic(_)));
-        assert!(m.topics["u"]
-            .shards
-            .iter()
-            .all(|s| !s.replicas.contains(&1)));
+        assert_new_topic_avoids(&mut m, 1);
         // With every other node dead, no move starts (no live target).
         let alive: BTreeSet<NodeId> = [1].into();
         assert!(decide(&m, &alive, 1).is_empty());
