@@ -134,6 +134,16 @@ impl Broker {
         &self.state
     }
 
+    /// A session in this process, without a socket (see [`crate::server::inproc`]):
+    /// answers go to `deliver`, requests to the sender returned. Runs on the caller's
+    /// Tokio runtime.
+    pub fn connect_in_process(
+        &self,
+        deliver: crate::server::inproc::Deliver,
+    ) -> tokio::sync::mpsc::Sender<weir_protocol::frame::RequestFrame> {
+        crate::server::inproc::connect(&self.state, deliver)
+    }
+
     /// Graceful shutdown: stop accepting, let in-flight requests finish (bounded by
     /// `io_timeout_ms`), then flush and close every shard.
     pub async fn shutdown(self) {
@@ -228,6 +238,7 @@ impl Stores {
                 ..Metrics::default()
             },
             meters: Default::default(),
+            load: Default::default(),
             shutdown,
             queues: self.queues,
             security,

@@ -347,8 +347,8 @@ pub struct Config {
     /// since, rewriting the segments that hold them; the bound on how long their
     /// bytes stay on disk after a DeleteKey is answered.
     pub delete_key_compact_ms: u64,
-    /// How often each shard applies its topic's retention (removes closed segments
-    /// past `retention_ms` / `retention_bytes`).
+    /// How often each shard applies its topic's retention (deletes closed segments
+    /// past `retention_ms` or `retention_bytes`).
     pub retention_check_ms: u64,
 }
 

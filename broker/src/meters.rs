@@ -272,14 +272,15 @@ impl TopicIo {
 
 /// Counts what a fetch delivers from `chunks` (log bytes holding whole batches):
 /// records and bytes on the topic's counters, and each batch's age (`now_ms` minus its
-/// first timestamp) in its class's `delivery_age`. Reads batch headers only.
+/// first timestamp) in its class's `delivery_age`. Reads batch headers only. Returns
+/// the (records, bytes) counted, for the shard's own counters.
 pub fn count_delivery<'a>(
     meters: &Meters,
     io: &TopicIo,
     classes: &ClassMap,
     chunks: impl IntoIterator<Item = &'a [u8]>,
     now_ms: i64,
-) {
+) -> (u64, u64) {
     let (mut records, mut bytes) = (0u64, 0u64);
     for chunk in chunks {
         bytes += chunk.len() as u64;
@@ -296,6 +297,7 @@ pub fn count_delivery<'a>(
         }
     }
     io.delivered(records, bytes);
+    (records, bytes)
 }
 
 #[cfg(test)]

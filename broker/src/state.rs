@@ -44,6 +44,8 @@ pub struct BrokerState {
     pub metrics: Metrics,
     /// Latency histograms of the request paths (lock-free; `/metrics`).
     pub meters: crate::meters::Meters,
+    /// The load agents' history of this node and its shards (`load_history`, sampled by `observe::sampler`).
+    pub load: crate::load_history::LoadHistory,
     pub shutdown: watch::Receiver<bool>,
     /// Backpressure, quotas and load shedding.
     pub flow: Arc<crate::flow::FlowControl>,

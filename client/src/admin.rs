@@ -105,6 +105,23 @@ impl Admin {
         Ok(expect_body!(self.client.call(req).await?, AlterQuotas)?.entry)
     }
 
+    /// The load agents' history of the node and of `topic`'s shards (every topic's when
+    /// empty): `resolution_s` 1 (the last hour) or 60 (the last day), the newest
+    /// `max_samples` per series (0 = all kept), with each ingest rate's forecast.
+    pub async fn load_history(
+        &self,
+        topic: &str,
+        resolution_s: u32,
+        max_samples: u32,
+    ) -> Result<LoadHistoryResponse> {
+        let req = LoadHistoryRequest {
+            topic: topic.to_string(),
+            resolution_s,
+            max_samples,
+        };
+        expect_body!(self.client.call(req).await?, LoadHistory)
+    }
+
     /// The broker's load, shedding state and per-client flow state.
     pub async fn flow_status(&self) -> Result<FlowStatusResponse> {
         expect_body!(self.client.call(FlowStatusRequest {}).await?, FlowStatus)

@@ -66,6 +66,19 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
+/// Opens an in-process session with an embedded broker whose answers go to the given
+/// delivery function, and returns the requests' sender (see [`crate::embedded`]).
+#[derive(Clone)]
+pub(crate) struct Dialer(
+    pub(crate)  Arc<
+        dyn Fn(
+                crate::connection::Deliver,
+            ) -> tokio::sync::mpsc::Sender<weir_protocol::frame::RequestFrame>
+            + Send
+            + Sync,
+    >,
+);
+
 /// A lazily opened connection, replaced when it fails.
 type Slot = Arc<Mutex<Option<Arc<Connection>>>>;
 
@@ -89,6 +102,15 @@ struct Inner {
     breaker: Option<SharedBreaker>,
     /// Built once from `config.tls`, so bad files fail `connect_with` itself.
     tls: Option<Connector>,
+    /// With an embedded broker: connections to the first bootstrap address (the
+    /// embedded broker's own) open in-process sessions instead of sockets.
+    dialer: Option<Dialer>,
+}
+
+impl std::fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("in-process")
+    }
 }
 
 pub(crate) use crate::error::expect_body;
@@ -104,6 +126,16 @@ impl Client {
 
     /// Like [`Client::connect`], with settings.
     pub async fn connect_with(addr: impl Into<String>, config: ClientConfig) -> Result<Client> {
+        Self::connect_dialed(addr, config, None).await
+    }
+
+    /// Like [`Client::connect_with`]; with `dialer`, the first address is reached
+    /// in-process.
+    pub(crate) async fn connect_dialed(
+        addr: impl Into<String>,
+        config: ClientConfig,
+        dialer: Option<Dialer>,
+    ) -> Result<Client> {
         let tls = config.tls.as_ref().map(Connector::new).transpose()?;
         let addr = addr.into();
         let bootstrap: Vec<String> = addr
@@ -127,6 +159,7 @@ impl Client {
                 nodes: std::sync::Mutex::new(HashMap::new()),
                 cluster: OnceLock::new(),
                 classes: std::sync::Mutex::new(ClassMap::default()),
+                dialer,
             }),
         };
         let conn = client.connection().await?;
@@ -170,6 +203,12 @@ impl Client {
             Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "no cluster description; single node"),
         }
+    }
+
+    /// Whether this client reaches its broker in-process (see
+    /// [`crate::embedded::EmbeddedBroker::client`]).
+    pub fn is_in_process(&self) -> bool {
+        self.inner.dialer.is_some()
     }
 
     /// The broker address as given to [`Client::connect`].
@@ -276,12 +315,19 @@ impl Client {
 
     /// Opens a connection to `addr` and performs the version handshake.
     async fn open(&self, addr: &str) -> Result<Arc<Connection>> {
-        let mut conn = Connection::connect(
-            addr,
-            self.inner.config.connect_timeout,
-            self.inner.tls.as_ref(),
-        )
-        .await?;
+        let mut conn = match &self.inner.dialer {
+            Some(dial) if addr == self.inner.bootstrap[0] => {
+                Connection::in_process(|deliver| (dial.0)(deliver))
+            }
+            _ => {
+                Connection::connect(
+                    addr,
+                    self.inner.config.connect_timeout,
+                    self.inner.tls.as_ref(),
+                )
+                .await?
+            }
+        };
         let req = ApiVersionsRequest {
             client_software: format!("weir-client {}", env!("CARGO_PKG_VERSION")),
             client_id: self.inner.config.client_id.clone(),

@@ -79,6 +79,7 @@ pub(crate) fn safe_to_repeat(req: &Request) -> bool {
             | Request::CommitOffsets(_)
             | Request::QueueStatus(_)
             | Request::FlowStatus(_)
+            | Request::LoadHistory(_)
             | Request::DescribeQuotas(_)
     )
 }

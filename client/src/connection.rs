@@ -1,4 +1,5 @@
-//! One multiplexed TCP (or TLS) connection to a broker.
+//! One multiplexed connection to a broker: TCP (or TLS), or in-process channels to an
+//! embedded broker.
 //!
 //! Requests are written by a writer task in the order they are sent; responses are
 //! read by a reader task and matched to their requests by correlation id, so they may
@@ -109,26 +110,8 @@ impl Connection {
             let mut frames = FramedRead::with_capacity(rd, ClientCodec::default(), 256 * 1024);
             while let Some(frame) = frames.next().await {
                 let Ok(frame) = frame else { break };
-                let waiter = r_waiters
-                    .lock()
-                    .expect("waiters lock")
-                    .as_mut()
-                    .and_then(|m| m.remove(&frame.correlation_id));
-                match waiter {
-                    Some(w) => {
-                        let _ = w.send(frame);
-                    }
-                    None if frame.api_key == weir_protocol::frame::CONNECTION_API_KEY => {
-                        tracing::warn!(?frame.payload, "broker closed the connection");
-                        // Every waiting request fails with the broker's named error
-                        // (TLS_REQUIRED, THROTTLED at max_connections, ...).
-                        let waiting = r_waiters.lock().expect("waiters lock").take();
-                        for (_, w) in waiting.into_iter().flatten() {
-                            let _ = w.send(frame.clone());
-                        }
-                        break;
-                    }
-                    None => tracing::debug!(id = frame.correlation_id, "response nobody waits for"),
+                if !hand_over(&r_waiters, frame) {
+                    break;
                 }
             }
             r_dead.store(true, Ordering::Release);
@@ -137,6 +120,36 @@ impl Connection {
         });
         Connection {
             tx,
+            waiters,
+            next_id: AtomicU32::new(1),
+            dead,
+            max_frame_bytes: weir_protocol::frame::DEFAULT_MAX_FRAME_BYTES,
+        }
+    }
+
+    /// A connection over an in-process transport (feature `embedded`): requests go
+    /// to the broker's session as typed frames, and the session hands each answer
+    /// straight to its waiter (no reader task, nothing encoded, decoded or copied, no
+    /// socket). `dial` opens the session with the delivery function and returns the
+    /// requests' sender.
+    pub(crate) fn in_process(
+        dial: impl FnOnce(Deliver) -> mpsc::Sender<RequestFrame>,
+    ) -> Connection {
+        let waiters: Waiters = Arc::new(Mutex::new(Some(HashMap::new())));
+        let dead = Arc::new(AtomicBool::new(false));
+        let mut end = SessionEnd {
+            waiters: waiters.clone(),
+            dead: dead.clone(),
+        };
+        let deliver: Deliver = Box::new(move |frame| {
+            let open = hand_over(&end.waiters, frame);
+            if !open {
+                end.close();
+            }
+            open
+        });
+        Connection {
+            tx: dial(deliver),
             waiters,
             next_id: AtomicU32::new(1),
             dead,
@@ -199,6 +212,57 @@ impl Connection {
             .map_err(|_| ClientError::Io("connection is closed".into()))?;
         Ok(rx)
     }
+}
+
+/// How an in-process session hands answers to the client; see
+/// [`Connection::in_process`].
+pub(crate) type Deliver = Box<dyn FnMut(ResponseFrame) -> bool + Send>;
+
+/// Held by an in-process session's delivery function: when the session ends (the
+/// broker drops the function), the connection is dead and every waiter fails.
+struct SessionEnd {
+    waiters: Waiters,
+    dead: Arc<AtomicBool>,
+}
+
+impl SessionEnd {
+    fn close(&mut self) {
+        self.dead.store(true, Ordering::Release);
+        self.waiters.lock().expect("waiters lock").take();
+    }
+}
+
+impl Drop for SessionEnd {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Hands a response to the request waiting for it. False when the broker closed the
+/// connection (every waiter then got that answer).
+fn hand_over(waiters: &Waiters, frame: ResponseFrame) -> bool {
+    let waiter = waiters
+        .lock()
+        .expect("waiters lock")
+        .as_mut()
+        .and_then(|m| m.remove(&frame.correlation_id));
+    match waiter {
+        Some(w) => {
+            let _ = w.send(frame);
+        }
+        None if frame.api_key == weir_protocol::frame::CONNECTION_API_KEY => {
+            tracing::warn!(?frame.payload, "broker closed the connection");
+            // Every waiting request fails with the broker's named error
+            // (TLS_REQUIRED, THROTTLED at max_connections, ...).
+            let waiting = waiters.lock().expect("waiters lock").take();
+            for (_, w) in waiting.into_iter().flatten() {
+                let _ = w.send(frame.clone());
+            }
+            return false;
+        }
+        None => tracing::debug!(id = frame.correlation_id, "response nobody waits for"),
+    }
+    true
 }
 
 /// Turns a response into its body or the broker's error.

@@ -1,8 +1,24 @@
-//! A broker running inside the calling process (feature `embedded`).
+//! A broker running inside the calling process (feature `embedded`), reached without
+//! sockets.
+//!
+//! [`EmbeddedBroker::client`] returns an ordinary [`Client`] whose connection is an
+//! in-process session (`weir_broker::server::inproc`): requests are handed to the
+//! broker as typed values over a bounded channel (a produce's record batches are the
+//! `Bytes` the producer built, not copied), the broker hands each answer straight to
+//! the request's waiter, and a
+//! fetch's records are `Bytes` that point straight into the log's memory-mapped
+//! segments (each keeps its map alive, so a slice stays valid after retention deleted
+//! its file). The broker treats such a session exactly like a TCP connection: the
+//! same handshake, authentication, quotas, shedding, priority classes and ack levels.
+//! The broker still listens on its TCP port, so other processes can connect to it at
+//! the same time ([`EmbeddedBroker::addr`], [`EmbeddedBroker::tcp_client`]).
+
+use std::sync::Arc;
 
 use weir_broker::{Broker, Config};
 
-use crate::{Client, Result};
+use crate::client::Dialer;
+use crate::{Client, ClientConfig, Result};
 
 /// A broker in this process, on loopback, with its own data directory.
 pub struct EmbeddedBroker {
@@ -17,13 +33,36 @@ impl EmbeddedBroker {
         })
     }
 
-    /// The broker's protocol address.
+    /// The broker's protocol address, for clients in other processes.
     pub fn addr(&self) -> std::net::SocketAddr {
         self.broker.addr()
     }
 
-    /// A client connected to it.
+    /// The broker itself (its state, metrics and HTTP address).
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// A client that reaches the broker in-process (no socket; see the module docs).
     pub async fn client(&self) -> Result<Client> {
+        self.client_with(ClientConfig::default()).await
+    }
+
+    /// Like [`EmbeddedBroker::client`], with settings (client id, credentials, breaker;
+    /// `tls` does not apply in-process).
+    pub async fn client_with(&self, config: ClientConfig) -> Result<Client> {
+        let state = Arc::downgrade(self.broker.state());
+        let dialer = Dialer(Arc::new(move |deliver| match state.upgrade() {
+            Some(state) => weir_broker::server::inproc::connect(&state, deliver),
+            // The broker has shut down: a session that is closed at once (dropping
+            // `deliver` marks the connection dead).
+            None => tokio::sync::mpsc::channel(1).0,
+        }));
+        Client::connect_dialed(self.addr().to_string(), config, Some(dialer)).await
+    }
+
+    /// A client that connects over loopback TCP, as another process would.
+    pub async fn tcp_client(&self) -> Result<Client> {
         Client::connect(self.addr().to_string()).await
     }
 

@@ -29,7 +29,11 @@
 //! - [`auth`] — authentication ([`ClientConfig::credentials`]: a password or an API key).
 //! - [`tls`] — TLS and mutual TLS to the broker ([`ClientConfig::tls`]).
 //! - [`flow`] — producer back-pressure policy and the client's circuit breaker.
-//! - With the `embedded` feature, [`embedded::EmbeddedBroker`] runs a broker in-process.
+//! - With the `embedded` feature, [`embedded::EmbeddedBroker`] runs a broker in-process;
+//!   its `client()` reaches it through in-memory channels instead of a socket. Same
+//!   API and the same guarantees (ack levels, idempotence, order, priority classes,
+//!   quotas, shedding); what differs is only cost: no frame encoding, no socket
+//!   copies, and fetched records are zero-copy slices of the broker's mapped log.
 
 pub mod admin;
 pub mod auth;
@@ -46,6 +50,7 @@ pub mod partitioner;
 pub mod producer;
 pub mod queue;
 pub mod record;
+pub mod routing;
 pub mod tls;
 
 pub use admin::Admin;
@@ -66,5 +71,6 @@ pub use queue::{
 pub use record::{BatchRecord, Message, Partitioning, ProducerBatch, ProducerRecord};
 pub use tls::TlsConfig;
 pub use weir_protocol::messages::{
-    Acks, Durability, FlowStatusResponse, Quota, QuotaEntry, TopicConfig,
+    Acks, Durability, FlowStatusResponse, LoadForecast, LoadHistoryResponse, NodeLoadSample, Quota,
+    QuotaEntry, ShardLoadHistory, ShardLoadSample, TopicConfig,
 };

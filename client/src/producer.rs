@@ -95,6 +95,13 @@ pub struct ProducerConfig {
     /// What to do when the queue is full or the broker says THROTTLED or SHED (see
     /// [`crate::flow`]).
     pub backpressure: Backpressure,
+    /// Load-aware placement of keyless records (`crate::routing` documents the
+    /// scoring): `Some(period)` reads each known topic's shard loads from the broker's
+    /// LoadHistory api every `period` and sends a keyless record to the better of two
+    /// shards drawn at random; `None` (the default) keeps plain rotation. Keyed
+    /// records always go by key. The loads come from the node that answers the api:
+    /// in a cluster, shards held elsewhere score as average.
+    pub load_aware_routing: Option<Duration>,
 }
 
 impl Default for ProducerConfig {
@@ -114,6 +121,7 @@ impl Default for ProducerConfig {
             request_timeout: Duration::from_secs(30),
             max_queued_records: 100_000,
             backpressure: Backpressure::default(),
+            load_aware_routing: None,
         }
     }
 }

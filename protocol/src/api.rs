@@ -157,6 +157,8 @@ apis! {
     AddNode = 46, v 0..=0, AddNodeRequest => AddNodeResponse;
     /// Drain a node of its copies and take it out of the cluster.
     RemoveNode = 47, v 0..=0, RemoveNodeRequest => RemoveNodeResponse;
+    /// The load agents' history of the node and its shards, with ingest forecasts.
+    LoadHistory = 48, v 0..=0, LoadHistoryRequest => LoadHistoryResponse;
     /// One step of authentication (SCRAM-SHA-256 or an API key).
     Authenticate = 50, v 0..=0, AuthenticateRequest => AuthenticateResponse;
     /// Create a user or change its password (its SCRAM credential).

@@ -246,6 +246,17 @@ fn requests() -> Vec<(&'static str, RequestFrame)> {
             ),
         ),
         (
+            "load_history_request",
+            RequestFrame::new(
+                48,
+                LoadHistoryRequest {
+                    topic: "orders".into(),
+                    resolution_s: 1,
+                    max_samples: 2,
+                },
+            ),
+        ),
+        (
             "shard_move_request",
             RequestFrame::new(
                 45,
@@ -1034,6 +1045,59 @@ fn responses() -> Vec<(&'static str, ResponseFrame)> {
                             offset: 42,
                             lag_records: 0,
                             caught_up_ms_ago: 0,
+                        }],
+                    }],
+                }
+                .into(),
+            ),
+        ),
+        (
+            "load_history_response",
+            ok(
+                ApiKey::LoadHistory,
+                48,
+                LoadHistoryResponse {
+                    resolution_s: 1,
+                    node_forecast: LoadForecast {
+                        horizon_s: 60,
+                        records_in_per_s: 1200,
+                        low_per_s: 1100,
+                        high_per_s: 1300,
+                        model: "holt".into(),
+                    },
+                    node: vec![NodeLoadSample {
+                        at_s: 1_767_225_600,
+                        records_in_per_s: 1000,
+                        bytes_in_per_s: 64_000,
+                        records_out_per_s: 900,
+                        bytes_out_per_s: 57_600,
+                        queued: vec![0, 1, 2, 3],
+                        produce_latency_us_p50: 500,
+                        produce_latency_us_p99: 2500,
+                        fetch_latency_us_p99: 10_000,
+                        cpu_permille: 350,
+                        resident_bytes: 50 << 20,
+                        disk_used_bytes: 1 << 30,
+                    }],
+                    shards: vec![ShardLoadHistory {
+                        topic: "orders".into(),
+                        shard: 0,
+                        forecast: LoadForecast {
+                            horizon_s: 60,
+                            records_in_per_s: 1200,
+                            low_per_s: 1100,
+                            high_per_s: 1300,
+                            model: "holt".into(),
+                        },
+                        samples: vec![ShardLoadSample {
+                            at_s: 1_767_225_600,
+                            records_in_per_s: 1000,
+                            bytes_in_per_s: 64_000,
+                            records_out_per_s: 900,
+                            bytes_out_per_s: 57_600,
+                            queued: vec![0, 1, 2, 3],
+                            queue_wait_us_mean: 120,
+                            queue_wait_us_p99: 250,
                         }],
                     }],
                 }

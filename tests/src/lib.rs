@@ -8,6 +8,7 @@
 //! test run.
 
 pub mod certs;
+pub mod transport;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
@@ -405,9 +406,18 @@ fn parse_listening_line(line: &str) -> Option<(SocketAddr, SocketAddr)> {
 /// Connects a client, retrying for up to `within` (a restarted broker may still be
 /// opening its logs).
 pub async fn connect(addr: &str, within: Duration) -> Client {
+    connect_with(addr, weir_client::ClientConfig::default(), within).await
+}
+
+/// [`connect`] with settings.
+pub async fn connect_with(
+    addr: &str,
+    config: weir_client::ClientConfig,
+    within: Duration,
+) -> Client {
     let deadline = Instant::now() + within;
     loop {
-        match Client::connect(addr).await {
+        match Client::connect_with(addr, config.clone()).await {
             Ok(c) => return c,
             Err(e) if Instant::now() < deadline => {
                 let _ = e;

@@ -25,8 +25,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use weir_client::{Admin, Consumer, ConsumerConfig, OffsetReset, Producer, ProducerRecord};
-use weir_tests::{connect, BrokerProcess};
+use weir_client::{Admin, Client, Consumer, ConsumerConfig, OffsetReset, Producer, ProducerRecord};
+use weir_tests::over_both_transports;
+use weir_tests::transport::SdkBroker;
 
 const TOPIC: &str = "tasks";
 const GROUP: &str = "workers";
@@ -63,9 +64,8 @@ enum Exit {
     Vanish,
 }
 
-async fn start_member(addr: String, id: usize, log: Arc<Log>, exit: Exit) -> Member {
+async fn start_member(client: Client, id: usize, log: Arc<Log>, exit: Exit) -> Member {
     let stop = Arc::new(AtomicBool::new(false));
-    let client = connect(&addr, Duration::from_secs(5)).await;
     let config = ConsumerConfig {
         reset: OffsetReset::Earliest,
         auto_commit: false,
@@ -127,107 +127,107 @@ async fn stop_member(m: Member) {
         .expect("member task");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn members_join_and_leave_every_record_once_no_shard_shared() {
-    let broker = BrokerProcess::start_with_env(&[("WEIR_GROUP_MIN_SESSION_TIMEOUT_MS", "200")]);
-    let addr = broker.addr();
-    let client = connect(&addr, Duration::from_secs(5)).await;
-    Admin::new(client.clone())
-        .create_topic(TOPIC, SHARDS, Default::default())
-        .await
-        .expect("create topic");
+over_both_transports! {
+    async fn members_join_and_leave_every_record_once_no_shard_shared(t) {
+        let broker = SdkBroker::start_with_env(t, &[("WEIR_GROUP_MIN_SESSION_TIMEOUT_MS", "200")]).await;
+        let client = broker.client().await;
+        Admin::new(client.clone())
+            .create_topic(TOPIC, SHARDS, Default::default())
+            .await
+            .expect("create topic");
 
-    // Live load: 3000 keyed records over roughly four seconds.
-    let producer = Producer::builder(&client).build().await.expect("producer");
-    let produce = tokio::spawn(async move {
-        let mut acks = Vec::with_capacity(RECORDS);
-        for i in 0..RECORDS {
-            let rec = ProducerRecord::new(TOPIC, format!("v{i}")).key(format!("k{}", i % 29));
-            acks.push((format!("v{i}"), producer.send(rec).await.expect("send")));
-            if i % 100 == 99 {
-                tokio::time::sleep(Duration::from_millis(130)).await;
+        // Live load: 3000 keyed records over roughly four seconds.
+        let producer = Producer::builder(&client).build().await.expect("producer");
+        let produce = tokio::spawn(async move {
+            let mut acks = Vec::with_capacity(RECORDS);
+            for i in 0..RECORDS {
+                let rec = ProducerRecord::new(TOPIC, format!("v{i}")).key(format!("k{}", i % 29));
+                acks.push((format!("v{i}"), producer.send(rec).await.expect("send")));
+                if i % 100 == 99 {
+                    tokio::time::sleep(Duration::from_millis(130)).await;
+                }
             }
+            let mut stored = BTreeMap::new();
+            for (v, f) in acks {
+                let md = f.await.expect("acked");
+                stored.insert((md.shard, md.offset), v);
+            }
+            stored
+        });
+
+        let log = Arc::new(Log::default());
+        let m1 = start_member(broker.client().await, 1, log.clone(), Exit::Leave).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let m2 = start_member(broker.client().await, 2, log.clone(), Exit::Vanish).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let m3 = start_member(broker.client().await, 3, log.clone(), Exit::Leave).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        stop_member(m1).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let m4 = start_member(broker.client().await, 4, log.clone(), Exit::Leave).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        stop_member(m2).await;
+
+        let stored = tokio::time::timeout(Duration::from_secs(30), produce)
+            .await
+            .expect("producer finishes")
+            .expect("producer task");
+        assert_eq!(stored.len(), RECORDS);
+        // Wait (bounded) for the remaining members to drain everything.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while log.deliveries.lock().expect("log").len() < RECORDS && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let mut stored = BTreeMap::new();
-        for (v, f) in acks {
-            let md = f.await.expect("acked");
-            stored.insert((md.shard, md.offset), v);
-        }
-        stored
-    });
+        // A little longer, so a late duplicate would be seen.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop_member(m3).await;
+        stop_member(m4).await;
 
-    let log = Arc::new(Log::default());
-    let m1 = start_member(addr.clone(), 1, log.clone(), Exit::Leave).await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let m2 = start_member(addr.clone(), 2, log.clone(), Exit::Vanish).await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let m3 = start_member(addr.clone(), 3, log.clone(), Exit::Leave).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    stop_member(m1).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let m4 = start_member(addr.clone(), 4, log.clone(), Exit::Leave).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    stop_member(m2).await;
-
-    let stored = tokio::time::timeout(Duration::from_secs(30), produce)
-        .await
-        .expect("producer finishes")
-        .expect("producer task");
-    assert_eq!(stored.len(), RECORDS);
-    // Wait (bounded) for the remaining members to drain everything.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while log.deliveries.lock().expect("log").len() < RECORDS && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // A little longer, so a late duplicate would be seen.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop_member(m3).await;
-    stop_member(m4).await;
-
-    let mut deliveries = log.deliveries.lock().expect("log").clone();
-    deliveries.sort_by_key(|d| d.seq);
-    assert_eq!(
-        log.commit_failures.load(Ordering::SeqCst),
-        0,
-        "no commit was refused"
-    );
-
-    let mut by_shard: HashMap<u32, Vec<&Delivery>> = HashMap::new();
-    for d in &deliveries {
+        let mut deliveries = log.deliveries.lock().expect("log").clone();
+        deliveries.sort_by_key(|d| d.seq);
         assert_eq!(
-            stored.get(&(d.shard, d.offset)),
-            Some(&d.value),
-            "member {} got {}/{} = {} which is not what was acked there",
-            d.member,
-            d.shard,
-            d.offset,
-            d.value
+            log.commit_failures.load(Ordering::SeqCst),
+            0,
+            "no commit was refused"
         );
-        by_shard.entry(d.shard).or_default().push(d);
-    }
-    let mut handoffs = 0;
-    for shard in 0..SHARDS {
-        let ds = by_shard.get(&shard).map(Vec::as_slice).unwrap_or(&[]);
-        let expected = stored.keys().filter(|(s, _)| *s == shard).count();
-        for (i, d) in ds.iter().enumerate() {
+
+        let mut by_shard: HashMap<u32, Vec<&Delivery>> = HashMap::new();
+        for d in &deliveries {
             assert_eq!(
-                d.offset, i as u64,
-                "shard {shard}: delivery #{i} (to member {}) has offset {}; a repeat or step back means two members read the shard at once or a record was delivered twice",
-                d.member, d.offset
+                stored.get(&(d.shard, d.offset)),
+                Some(&d.value),
+                "member {} got {}/{} = {} which is not what was acked there",
+                d.member,
+                d.shard,
+                d.offset,
+                d.value
+            );
+            by_shard.entry(d.shard).or_default().push(d);
+        }
+        let mut handoffs = 0;
+        for shard in 0..SHARDS {
+            let ds = by_shard.get(&shard).map(Vec::as_slice).unwrap_or(&[]);
+            let expected = stored.keys().filter(|(s, _)| *s == shard).count();
+            for (i, d) in ds.iter().enumerate() {
+                assert_eq!(
+                    d.offset, i as u64,
+                    "shard {shard}: delivery #{i} (to member {}) has offset {}; a repeat or step back means two members read the shard at once or a record was delivered twice",
+                    d.member, d.offset
+                );
+            }
+            assert_eq!(ds.len(), expected, "shard {shard}: every record delivered");
+            handoffs += ds.windows(2).filter(|w| w[0].member != w[1].member).count();
+        }
+        assert_eq!(deliveries.len(), RECORDS, "every record exactly once");
+        assert!(
+            handoffs >= 2,
+            "shards changed owners only {handoffs} times; rebalances did not happen"
+        );
+        for member in 1..=4 {
+            assert!(
+                deliveries.iter().any(|d| d.member == member),
+                "member {member} never got a record"
             );
         }
-        assert_eq!(ds.len(), expected, "shard {shard}: every record delivered");
-        handoffs += ds.windows(2).filter(|w| w[0].member != w[1].member).count();
-    }
-    assert_eq!(deliveries.len(), RECORDS, "every record exactly once");
-    assert!(
-        handoffs >= 2,
-        "shards changed owners only {handoffs} times; rebalances did not happen"
-    );
-    for member in 1..=4 {
-        assert!(
-            deliveries.iter().any(|d| d.member == member),
-            "member {member} never got a record"
-        );
     }
 }

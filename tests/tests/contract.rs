@@ -14,12 +14,14 @@ use weir_protocol::messages::{
     QueueFetchRequest, Records, TopicConfig,
 };
 use weir_protocol::{ErrorCode, ResponseBody};
+use weir_tests::over_both_transports;
+use weir_tests::transport::SdkBroker;
 use weir_tests::{connect, read_to_end, BrokerProcess};
 
 const T0: i64 = 1_700_000_000_000;
 
-async fn client(broker: &BrokerProcess) -> Client {
-    connect(&broker.addr(), Duration::from_secs(5)).await
+async fn client(broker: &SdkBroker) -> Client {
+    broker.client().await
 }
 
 async fn create(c: &Client, name: &str, shards: u32) -> u32 {
@@ -79,54 +81,55 @@ fn code(r: Result<impl std::fmt::Debug, ClientError>) -> ErrorCode {
     r.expect_err("refused").code().expect("a broker error")
 }
 
-/// §"Key → shard": a keyed record produced to another shard than its key's is refused
-/// with WRONG_SHARD naming the right shard, whether the key was sent or derived by
-/// the topic's shard-key rule; on its own shard it is stored, and keyless records go
-/// anywhere. Before, any client could store one key on two shards.
-#[tokio::test]
-async fn a_keyed_record_on_the_wrong_shard_is_refused_naming_the_right_one() {
-    let broker = BrokerProcess::start();
-    let c = client(&broker).await;
-    create(&c, "keyed", 7).await;
-    let right = shard_for_key("東京".as_bytes(), 7);
-    let wrong = (right + 3) % 7;
-    let b = batch(&[(T0, "東京".as_bytes())], None);
-    let e = produce(&c, "keyed", wrong, b.clone())
-        .await
-        .expect_err("wrong shard");
-    assert_eq!(e.code(), Some(ErrorCode::WrongShard), "{e}");
-    assert!(
-        e.to_string()
-            .contains(&format!("belongs on shard {right} of 7, not shard {wrong}")),
-        "{e}"
-    );
-    produce(&c, "keyed", right, b).await.expect("its own shard");
-    produce(&c, "keyed", wrong, batch(&[(T0, b"")], None))
-        .await
-        .expect("a keyless record goes anywhere");
+over_both_transports! {
+    /// §"Key → shard": a keyed record produced to another shard than its key's is refused
+    /// with WRONG_SHARD naming the right shard, whether the key was sent or derived by
+    /// the topic's shard-key rule; on its own shard it is stored, and keyless records go
+    /// anywhere. Before, any client could store one key on two shards.
+    async fn a_keyed_record_on_the_wrong_shard_is_refused_naming_the_right_one(t) {
+        let broker = SdkBroker::start(t).await;
+        let c = client(&broker).await;
+        create(&c, "keyed", 7).await;
+        let right = shard_for_key("東京".as_bytes(), 7);
+        let wrong = (right + 3) % 7;
+        let b = batch(&[(T0, "東京".as_bytes())], None);
+        let e = produce(&c, "keyed", wrong, b.clone())
+            .await
+            .expect_err("wrong shard");
+        assert_eq!(e.code(), Some(ErrorCode::WrongShard), "{e}");
+        assert!(
+            e.to_string()
+                .contains(&format!("belongs on shard {right} of 7, not shard {wrong}")),
+            "{e}"
+        );
+        produce(&c, "keyed", right, b).await.expect("its own shard");
+        produce(&c, "keyed", wrong, batch(&[(T0, b"")], None))
+            .await
+            .expect("a keyless record goes anywhere");
 
-    let config = TopicConfig {
-        shard_key_rule: "header:tenant".into(),
-        ..TopicConfig::default()
-    };
-    Admin::new(c.clone())
-        .create_topic("derived", 7, config)
-        .await
-        .expect("create");
-    let mut b = BatchBuilder::new();
-    let headers: &[(&str, &[u8])] = &[("tenant", "東京".as_bytes())];
-    let mut r = NewRecord::value(T0, b"v");
-    r.headers = headers;
-    b.push(&r).unwrap();
-    let b = b.finish().unwrap();
-    assert_eq!(
-        code(produce(&c, "derived", wrong, b.clone()).await),
-        ErrorCode::WrongShard,
-        "a derived key counts like a key sent"
-    );
-    produce(&c, "derived", right, b)
-        .await
-        .expect("derived key's shard");
+        let config = TopicConfig {
+            shard_key_rule: "header:tenant".into(),
+            ..TopicConfig::default()
+        };
+        Admin::new(c.clone())
+            .create_topic("derived", 7, config)
+            .await
+            .expect("create");
+        let mut b = BatchBuilder::new();
+        let headers: &[(&str, &[u8])] = &[("tenant", "東京".as_bytes())];
+        let mut r = NewRecord::value(T0, b"v");
+        r.headers = headers;
+        b.push(&r).unwrap();
+        let b = b.finish().unwrap();
+        assert_eq!(
+            code(produce(&c, "derived", wrong, b.clone()).await),
+            ErrorCode::WrongShard,
+            "a derived key counts like a key sent"
+        );
+        produce(&c, "derived", right, b)
+            .await
+            .expect("derived key's shard");
+    }
 }
 
 async fn init(
@@ -160,7 +163,7 @@ fn idem(id: u64, epoch: u16, seq: u32, priority: u8) -> Bytes {
 #[tokio::test]
 async fn a_new_epoch_fences_the_old_instance_on_every_shard() {
     let mut broker = BrokerProcess::start();
-    let c = client(&broker).await;
+    let c = connect(&broker.addr(), Duration::from_secs(5)).await;
     create(&c, "fence", 2).await;
     let old = init(&c, 0, 0).await.expect("new id");
     let id = old.producer_id;
@@ -190,7 +193,7 @@ async fn a_new_epoch_fences_the_old_instance_on_every_shard() {
     drop(c);
     broker.terminate();
     broker.restart();
-    let c = client(&broker).await;
+    let c = connect(&broker.addr(), Duration::from_secs(5)).await;
     assert_eq!(
         code(produce(&c, "fence", 0, idem(id, 1, 1, 5)).await),
         ErrorCode::ProducerFenced,
@@ -201,136 +204,140 @@ async fn a_new_epoch_fences_the_old_instance_on_every_shard() {
         .expect("an id from before the restart");
 }
 
-/// The SDK under per-id fencing: when one of its lanes gives a batch up and moves the
-/// producer to a new epoch, its other lanes' batches still in flight at the old epoch
-/// are fenced by the broker; the SDK re-stamps and resends them (they were not
-/// stored), so every record of the busy lane is stored exactly once, in order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sdk_follows_its_own_epoch_bump_on_every_lane() {
-    const N: usize = 4000;
-    let broker = BrokerProcess::start();
-    let c = client(&broker).await;
-    create(&c, "bump", 2).await;
-    let producer = Producer::builder(&c)
-        .max_batch_bytes(512)
-        .build()
-        .await
-        .expect("producer");
-    let key = (0u32..)
-        .map(|i| format!("k{i}"))
-        .find(|k| shard_for_key(k.as_bytes(), 2) == 0)
-        .unwrap();
-    let mut sent = Vec::with_capacity(N);
-    let mut refused = None;
-    for i in 0..N {
-        let rec = ProducerRecord::new("bump", format!("{i:05}")).shard(0);
-        sent.push(producer.send(rec).await.expect("queued"));
-        if i == N / 2 {
-            // Certainly not stored: its lane gives it up and bumps the epoch.
-            let wrong = ProducerRecord::new("bump", "x").key(key.clone()).shard(1);
-            refused = Some(producer.send(wrong).await.expect("queued"));
+over_both_transports! {
+    /// The SDK under per-id fencing: when one of its lanes gives a batch up and moves the
+    /// producer to a new epoch, its other lanes' batches still in flight at the old epoch
+    /// are fenced by the broker; the SDK re-stamps and resends them (they were not
+    /// stored), so every record of the busy lane is stored exactly once, in order.
+    async fn the_sdk_follows_its_own_epoch_bump_on_every_lane(t) {
+        const N: usize = 4000;
+        let broker = SdkBroker::start(t).await;
+        let c = client(&broker).await;
+        create(&c, "bump", 2).await;
+        let producer = Producer::builder(&c)
+            .max_batch_bytes(512)
+            .build()
+            .await
+            .expect("producer");
+        let key = (0u32..)
+            .map(|i| format!("k{i}"))
+            .find(|k| shard_for_key(k.as_bytes(), 2) == 0)
+            .unwrap();
+        let mut sent = Vec::with_capacity(N);
+        let mut refused = None;
+        for i in 0..N {
+            let rec = ProducerRecord::new("bump", format!("{i:05}")).shard(0);
+            sent.push(producer.send(rec).await.expect("queued"));
+            if i == N / 2 {
+                // Certainly not stored: its lane gives it up and bumps the epoch.
+                let wrong = ProducerRecord::new("bump", "x").key(key.clone()).shard(1);
+                refused = Some(producer.send(wrong).await.expect("queued"));
+            }
+        }
+        let e = refused.unwrap().await.expect_err("wrong shard");
+        assert_eq!(e.code(), Some(ErrorCode::WrongShard), "{e}");
+        for (i, f) in sent.into_iter().enumerate() {
+            f.await.unwrap_or_else(|e| panic!("record {i}: {e}"));
+        }
+        let values: Vec<String> = read_to_end(&c, "bump", Duration::from_secs(30))
+            .await
+            .into_iter()
+            .filter(|m| m.shard == 0)
+            .map(|m| String::from_utf8(m.value.to_vec()).unwrap())
+            .collect();
+        let expected: Vec<String> = (0..N).map(|i| format!("{i:05}")).collect();
+        assert_eq!(values, expected, "every record once, in order");
+    }
+}
+
+over_both_transports! {
+    /// §"Error codes": UNKNOWN_PRODUCER_ID for an id the broker never issued, whatever
+    /// the sequence, in Produce and InitProducerId. Before, a made-up id was accepted.
+    async fn a_producer_id_never_issued_is_unknown(t) {
+        let broker = SdkBroker::start(t).await;
+        let c = client(&broker).await;
+        create(&c, "made-up", 1).await;
+        let issued = init(&c, 0, 0).await.expect("new id").producer_id;
+        let made_up = issued + 10_000;
+        for seq in [0, 5] {
+            assert_eq!(
+                code(produce(&c, "made-up", 0, idem(made_up, 0, seq, 5)).await),
+                ErrorCode::UnknownProducerId,
+                "sequence {seq}"
+            );
+        }
+        assert_eq!(
+            code(init(&c, made_up, 0).await),
+            ErrorCode::UnknownProducerId
+        );
+        produce(&c, "made-up", 0, idem(issued, 0, 0, 5))
+            .await
+            .expect("an issued id");
+    }
+}
+
+over_both_transports! {
+    /// §"ListOffsets": the answer is the first *record* with timestamp ≥ T, its offset and
+    /// its own timestamp, not the base offset and newest timestamp of its batch.
+    async fn list_offsets_by_time_answers_with_the_first_record(t) {
+        let broker = SdkBroker::start(t).await;
+        let c = client(&broker).await;
+        create(&c, "times", 1).await;
+        let batches: [&[(i64, &[u8])]; 3] = [
+            &[(T0, b""), (T0 + 1000, b""), (T0 + 2000, b"")],
+            &[(T0 + 3000, b""), (T0 + 5000, b"")],
+            &[(T0 + 6000, b""), (T0 + 5500, b""), (T0 + 7000, b"")],
+        ];
+        for b in batches {
+            produce(&c, "times", 0, batch(b, None))
+                .await
+                .expect("produce");
+        }
+        for (asked, offset, ts) in [
+            (T0, 0, T0),
+            (T0 + 1, 1, T0 + 1000),
+            (T0 + 4000, 4, T0 + 5000),
+            (T0 + 5200, 5, T0 + 6000),
+            (T0 + 6500, 7, T0 + 7000),
+        ] {
+            let r = list_offsets(&c, "times", asked).await;
+            assert_eq!(
+                (r.offset, r.timestamp_ms),
+                (offset, ts),
+                "asked T0+{}",
+                asked - T0
+            );
         }
     }
-    let e = refused.unwrap().await.expect_err("wrong shard");
-    assert_eq!(e.code(), Some(ErrorCode::WrongShard), "{e}");
-    for (i, f) in sent.into_iter().enumerate() {
-        f.await.unwrap_or_else(|e| panic!("record {i}: {e}"));
-    }
-    let values: Vec<String> = read_to_end(&c, "bump", Duration::from_secs(30))
-        .await
-        .into_iter()
-        .filter(|m| m.shard == 0)
-        .map(|m| String::from_utf8(m.value.to_vec()).unwrap())
-        .collect();
-    let expected: Vec<String> = (0..N).map(|i| format!("{i:05}")).collect();
-    assert_eq!(values, expected, "every record once, in order");
 }
 
-/// §"Error codes": UNKNOWN_PRODUCER_ID for an id the broker never issued, whatever
-/// the sequence, in Produce and InitProducerId. Before, a made-up id was accepted.
-#[tokio::test]
-async fn a_producer_id_never_issued_is_unknown() {
-    let broker = BrokerProcess::start();
-    let c = client(&broker).await;
-    create(&c, "made-up", 1).await;
-    let issued = init(&c, 0, 0).await.expect("new id").producer_id;
-    let made_up = issued + 10_000;
-    for seq in [0, 5] {
-        assert_eq!(
-            code(produce(&c, "made-up", 0, idem(made_up, 0, seq, 5)).await),
-            ErrorCode::UnknownProducerId,
-            "sequence {seq}"
-        );
-    }
-    assert_eq!(
-        code(init(&c, made_up, 0).await),
-        ErrorCode::UnknownProducerId
-    );
-    produce(&c, "made-up", 0, idem(issued, 0, 0, 5))
-        .await
-        .expect("an issued id");
-}
-
-/// §"ListOffsets": the answer is the first *record* with timestamp ≥ T, its offset and
-/// its own timestamp, not the base offset and newest timestamp of its batch.
-#[tokio::test]
-async fn list_offsets_by_time_answers_with_the_first_record() {
-    let broker = BrokerProcess::start();
-    let c = client(&broker).await;
-    create(&c, "times", 1).await;
-    let batches: [&[(i64, &[u8])]; 3] = [
-        &[(T0, b""), (T0 + 1000, b""), (T0 + 2000, b"")],
-        &[(T0 + 3000, b""), (T0 + 5000, b"")],
-        &[(T0 + 6000, b""), (T0 + 5500, b""), (T0 + 7000, b"")],
-    ];
-    for b in batches {
-        produce(&c, "times", 0, batch(b, None))
+over_both_transports! {
+    /// §"Metadata": an unknown name gets an error entry and hides none of the others.
+    /// Before, it failed the whole request with UNKNOWN_TOPIC.
+    async fn metadata_answers_per_topic(t) {
+        let broker = SdkBroker::start(t).await;
+        let c = client(&broker).await;
+        create(&c, "known", 2).await;
+        let m = c
+            .metadata_partial(&["nope", "known", "also-nope", "known"])
             .await
-            .expect("produce");
-    }
-    for (asked, offset, ts) in [
-        (T0, 0, T0),
-        (T0 + 1, 1, T0 + 1000),
-        (T0 + 4000, 4, T0 + 5000),
-        (T0 + 5200, 5, T0 + 6000),
-        (T0 + 6500, 7, T0 + 7000),
-    ] {
-        let r = list_offsets(&c, "times", asked).await;
+            .expect("metadata");
+        let names: Vec<&str> = m.topics.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["known"]);
+        let errors: Vec<(&str, u16)> = m
+            .errors
+            .iter()
+            .map(|e| (e.name.as_str(), e.error_code))
+            .collect();
+        let unknown = ErrorCode::UnknownTopic as u16;
+        assert_eq!(errors, [("also-nope", unknown), ("nope", unknown)]);
         assert_eq!(
-            (r.offset, r.timestamp_ms),
-            (offset, ts),
-            "asked T0+{}",
-            asked - T0
+            code(c.metadata(&["known", "nope"]).await),
+            ErrorCode::UnknownTopic,
+            "the SDK's all-or-nothing call"
         );
+        assert!(c.metadata(&[]).await.expect("all").errors.is_empty());
     }
-}
-
-/// §"Metadata": an unknown name gets an error entry and hides none of the others.
-/// Before, it failed the whole request with UNKNOWN_TOPIC.
-#[tokio::test]
-async fn metadata_answers_per_topic() {
-    let broker = BrokerProcess::start();
-    let c = client(&broker).await;
-    create(&c, "known", 2).await;
-    let m = c
-        .metadata_partial(&["nope", "known", "also-nope", "known"])
-        .await
-        .expect("metadata");
-    let names: Vec<&str> = m.topics.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names, ["known"]);
-    let errors: Vec<(&str, u16)> = m
-        .errors
-        .iter()
-        .map(|e| (e.name.as_str(), e.error_code))
-        .collect();
-    let unknown = ErrorCode::UnknownTopic as u16;
-    assert_eq!(errors, [("also-nope", unknown), ("nope", unknown)]);
-    assert_eq!(
-        code(c.metadata(&["known", "nope"]).await),
-        ErrorCode::UnknownTopic,
-        "the SDK's all-or-nothing call"
-    );
-    assert!(c.metadata(&[]).await.expect("all").errors.is_empty());
 }
 
 async fn commit(c: &Client, group: &str, topic: &str) -> Result<ResponseBody, ClientError> {
@@ -359,56 +366,59 @@ async fn lease(c: &Client, group: &str, topic: &str) -> Result<ResponseBody, Cli
     .await
 }
 
-/// §"Queue mode": a group name belongs to one mode for good. A group with committed
-/// offsets and no live member is still a streaming group (before, it could start
-/// leasing), and a queue group cannot commit offsets.
-#[tokio::test]
-async fn a_group_name_keeps_its_mode_without_live_members() {
-    let broker = BrokerProcess::start();
-    let c = client(&broker).await;
-    create(&c, "modes", 1).await;
-    commit(&c, "streaming", "modes").await.expect("commit");
-    assert_eq!(
-        code(lease(&c, "streaming", "modes").await),
-        ErrorCode::NotQueueGroup
-    );
-    lease(&c, "queueing", "modes").await.expect("lease");
-    assert_eq!(
-        code(commit(&c, "queueing", "modes").await),
-        ErrorCode::NotQueueGroup
-    );
+over_both_transports! {
+    /// §"Queue mode": a group name belongs to one mode for good. A group with committed
+    /// offsets and no live member is still a streaming group (before, it could start
+    /// leasing), and a queue group cannot commit offsets.
+    async fn a_group_name_keeps_its_mode_without_live_members(t) {
+        let broker = SdkBroker::start(t).await;
+        let c = client(&broker).await;
+        create(&c, "modes", 1).await;
+        commit(&c, "streaming", "modes").await.expect("commit");
+        assert_eq!(
+            code(lease(&c, "streaming", "modes").await),
+            ErrorCode::NotQueueGroup
+        );
+        lease(&c, "queueing", "modes").await.expect("lease");
+        assert_eq!(
+            code(commit(&c, "queueing", "modes").await),
+            ErrorCode::NotQueueGroup
+        );
+    }
 }
 
-/// §"CreateTopic": `shards` = 0 means the broker's `default_shards`.
-#[tokio::test]
-async fn zero_shards_means_the_broker_default() {
-    let broker = BrokerProcess::start_with_env(&[("WEIR_DEFAULT_SHARDS", "3")]);
-    let c = client(&broker).await;
-    let req = CreateTopicRequest {
-        name: "dflt".into(),
-        shards: 0,
-        config: TopicConfig::default(),
-    };
-    let ResponseBody::CreateTopic(r) = c.call(req).await.expect("create") else {
-        panic!("not a CreateTopic answer");
-    };
-    assert_eq!(r.topic.shards.len(), 3);
+over_both_transports! {
+    /// §"CreateTopic": `shards` = 0 means the broker's `default_shards`.
+    async fn zero_shards_means_the_broker_default(t) {
+        let broker = SdkBroker::start_with_env(t, &[("WEIR_DEFAULT_SHARDS", "3")]).await;
+        let c = client(&broker).await;
+        let req = CreateTopicRequest {
+            name: "dflt".into(),
+            shards: 0,
+            config: TopicConfig::default(),
+        };
+        let ResponseBody::CreateTopic(r) = c.call(req).await.expect("create") else {
+            panic!("not a CreateTopic answer");
+        };
+        assert_eq!(r.topic.shards.len(), 3);
+    }
 }
 
-/// §"ListOffsets": with no record at or after the time asked for, the answer is the
-/// high-water mark with timestamp -1 (and -1 for the special times too).
-#[tokio::test]
-async fn list_offsets_past_the_newest_record_is_the_end_with_timestamp_minus_one() {
-    let broker = BrokerProcess::start();
-    let c = client(&broker).await;
-    create(&c, "lo", 1).await;
-    produce(&c, "lo", 0, batch(&[(T0, b""), (T0 + 1000, b"")], None))
-        .await
-        .expect("produce");
-    let r = list_offsets(&c, "lo", T0 + 5000).await;
-    assert_eq!((r.offset, r.timestamp_ms), (2, -1));
-    let r = list_offsets(&c, "lo", -1).await;
-    assert_eq!((r.offset, r.timestamp_ms), (2, -1));
-    let r = list_offsets(&c, "lo", -2).await;
-    assert_eq!((r.offset, r.timestamp_ms), (0, -1));
+over_both_transports! {
+    /// §"ListOffsets": with no record at or after the time asked for, the answer is the
+    /// high-water mark with timestamp -1 (and -1 for the special times too).
+    async fn list_offsets_past_the_newest_record_is_the_end_with_timestamp_minus_one(t) {
+        let broker = SdkBroker::start(t).await;
+        let c = client(&broker).await;
+        create(&c, "lo", 1).await;
+        produce(&c, "lo", 0, batch(&[(T0, b""), (T0 + 1000, b"")], None))
+            .await
+            .expect("produce");
+        let r = list_offsets(&c, "lo", T0 + 5000).await;
+        assert_eq!((r.offset, r.timestamp_ms), (2, -1));
+        let r = list_offsets(&c, "lo", -1).await;
+        assert_eq!((r.offset, r.timestamp_ms), (2, -1));
+        let r = list_offsets(&c, "lo", -2).await;
+        assert_eq!((r.offset, r.timestamp_ms), (0, -1));
+    }
 }

@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use weir_client::{Acks, Admin, Client, Producer, ProducerRecord};
+use weir_tests::over_both_transports;
+use weir_tests::transport::SdkBroker;
 use weir_tests::{connect, read_all, BrokerProcess, CutProxy};
 
 const TOPIC: &str = "payments";
@@ -118,55 +120,56 @@ async fn retries_after_disconnects_write_no_duplicates() {
     );
 }
 
-/// `ProducerBuilder::resume`: a producer continuing an id gets the next epoch of it,
-/// and the instance it continues is fenced on the shard both wrote to.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_resumed_producer_id_fences_the_older_instance() {
-    let broker = BrokerProcess::start();
-    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
-    Admin::new(client.clone())
-        .create_topic("resumed", 1, Default::default())
-        .await
-        .expect("create topic");
-    let first = Producer::builder(&client).build().await.expect("producer");
-    let (id, epoch) = first.identity().await.expect("idempotent");
-    first
-        .send_and_wait(ProducerRecord::new("resumed", "one"))
-        .await
-        .expect("stored");
-    let second = Producer::builder(&client)
-        .resume(id, epoch)
-        .build()
-        .await
-        .expect("producer");
-    assert_eq!(second.identity().await, Some((id, epoch + 1)));
-    second
-        .send_and_wait(ProducerRecord::new("resumed", "two"))
-        .await
-        .expect("stored");
-    let fenced = first
-        .send_and_wait(ProducerRecord::new("resumed", "three"))
-        .await
-        .expect_err("the older instance is fenced");
-    assert_eq!(
-        fenced.code(),
-        Some(weir_protocol::ErrorCode::ProducerFenced),
-        "{fenced}"
-    );
-    // Fenced for good: the older instance does not take a new epoch back (which would
-    // fence the newer one in turn), so it keeps failing and the newer keeps working.
-    let again = first
-        .send_and_wait(ProducerRecord::new("resumed", "four"))
-        .await
-        .expect_err("the older instance stays fenced");
-    assert_eq!(
-        again.code(),
-        Some(weir_protocol::ErrorCode::ProducerFenced),
-        "{again}"
-    );
-    second
-        .send_and_wait(ProducerRecord::new("resumed", "five"))
-        .await
-        .expect("the newer instance is not fenced back");
-    assert_eq!(second.identity().await, Some((id, epoch + 1)));
+over_both_transports! {
+    /// `ProducerBuilder::resume`: a producer continuing an id gets the next epoch of it,
+    /// and the instance it continues is fenced on the shard both wrote to.
+    async fn a_resumed_producer_id_fences_the_older_instance(t) {
+        let broker = SdkBroker::start(t).await;
+        let client = broker.client().await;
+        Admin::new(client.clone())
+            .create_topic("resumed", 1, Default::default())
+            .await
+            .expect("create topic");
+        let first = Producer::builder(&client).build().await.expect("producer");
+        let (id, epoch) = first.identity().await.expect("idempotent");
+        first
+            .send_and_wait(ProducerRecord::new("resumed", "one"))
+            .await
+            .expect("stored");
+        let second = Producer::builder(&client)
+            .resume(id, epoch)
+            .build()
+            .await
+            .expect("producer");
+        assert_eq!(second.identity().await, Some((id, epoch + 1)));
+        second
+            .send_and_wait(ProducerRecord::new("resumed", "two"))
+            .await
+            .expect("stored");
+        let fenced = first
+            .send_and_wait(ProducerRecord::new("resumed", "three"))
+            .await
+            .expect_err("the older instance is fenced");
+        assert_eq!(
+            fenced.code(),
+            Some(weir_protocol::ErrorCode::ProducerFenced),
+            "{fenced}"
+        );
+        // Fenced for good: the older instance does not take a new epoch back (which would
+        // fence the newer one in turn), so it keeps failing and the newer keeps working.
+        let again = first
+            .send_and_wait(ProducerRecord::new("resumed", "four"))
+            .await
+            .expect_err("the older instance stays fenced");
+        assert_eq!(
+            again.code(),
+            Some(weir_protocol::ErrorCode::ProducerFenced),
+            "{again}"
+        );
+        second
+            .send_and_wait(ProducerRecord::new("resumed", "five"))
+            .await
+            .expect("the newer instance is not fenced back");
+        assert_eq!(second.identity().await, Some((id, epoch + 1)));
+    }
 }

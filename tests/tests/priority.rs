@@ -13,6 +13,8 @@ use weir_client::{Admin, Client};
 use weir_protocol::batch::{BatchBuilder, NewRecord, UNSET};
 use weir_protocol::messages::{Acks, Durability, ProduceRequest, Records, TopicConfig};
 use weir_protocol::{ErrorCode, ResponseBody};
+use weir_tests::over_both_transports;
+use weir_tests::transport::SdkBroker;
 use weir_tests::{connect, read_all, BrokerProcess};
 
 /// One single-batch produce: `records` records of `size` bytes at `priority`.
@@ -42,311 +44,316 @@ async fn produce(client: &Client, topic: &str, records: bytes::Bytes) -> Result<
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn p0_produces_overtake_a_saturating_p3_backlog() {
-    // Small groups (4 P3 batches each) so the writer's queue, not one huge group, holds
-    // the backlog.
-    let broker = BrokerProcess::start_with_env(&[("WEIR_SHARD_GROUP_BYTES_MAX", "262144")]);
-    let admin_client = connect(&broker.addr(), Duration::from_secs(5)).await;
-    Admin::new(admin_client.clone())
-        .create_topic(
-            "mixed",
-            1,
-            TopicConfig {
-                // Every group is flushed: the writer is the bottleneck, so the P3 lane
-                // holds a backlog for the whole run.
-                durability: Durability::Always,
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("create topic");
-
-    // (send time, base offset) of every acknowledged P3 batch.
-    let p3_acks: Arc<Mutex<Vec<(Instant, u64)>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut flooders = Vec::new();
-    for _ in 0..6 {
-        let client = connect(&broker.addr(), Duration::from_secs(5)).await;
-        let acks = p3_acks.clone();
-        let stop = stop.clone();
-        flooders.push(tokio::spawn(async move {
-            let body = batch(10, 64, 1024);
-            let mut in_flight = FuturesUnordered::new();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                while !stop.load(Ordering::Relaxed) && in_flight.len() < 16 {
-                    let client = client.clone();
-                    let body = body.clone();
-                    in_flight.push(async move {
-                        let sent = Instant::now();
-                        (sent, produce(&client, "mixed", body).await)
-                    });
-                }
-                match in_flight.next().await {
-                    Some((sent, Ok(offset))) => acks.lock().unwrap().push((sent, offset)),
-                    Some((_, Err(e))) => panic!("P3 produce failed: {e}"),
-                    None => break,
-                }
-                assert!(Instant::now() < deadline, "flood did not stop");
-            }
-        }));
-    }
-
-    // Let the backlog build, then send P0 batches one at a time.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let p0_client = connect(&broker.addr(), Duration::from_secs(5)).await;
-    let mut p0 = Vec::new();
-    for _ in 0..20 {
-        let sent = Instant::now();
-        let offset = produce(&p0_client, "mixed", batch(1, 1, 100))
+over_both_transports! {
+    async fn p0_produces_overtake_a_saturating_p3_backlog(t) {
+        // Small groups (4 P3 batches each) so the writer's queue, not one huge group, holds
+        // the backlog.
+        let broker = SdkBroker::start_with_env(t, &[("WEIR_SHARD_GROUP_BYTES_MAX", "262144")]).await;
+        let admin_client = broker.client().await;
+        Admin::new(admin_client.clone())
+            .create_topic(
+                "mixed",
+                1,
+                TopicConfig {
+                    // Every group is flushed: the writer is the bottleneck, so the P3 lane
+                    // holds a backlog for the whole run.
+                    durability: Durability::Always,
+                    ..Default::default()
+                },
+            )
             .await
-            .expect("P0 produce");
-        p0.push((sent, offset, sent.elapsed()));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    stop.store(true, Ordering::Relaxed);
-    for f in flooders {
-        f.await.expect("flooder");
-    }
+            .expect("create topic");
 
-    // A P0 batch overtook every P3 batch that was sent before it but stored after it.
-    let p3 = p3_acks.lock().unwrap().clone();
-    assert!(
-        p3.len() > 200,
-        "the flood was too small to matter: {}",
-        p3.len()
-    );
-    let mut overtaken_total = 0;
-    let mut overtook_backlog = 0;
-    for (sent, offset, _) in &p0 {
-        let overtaken = p3.iter().filter(|(s, o)| s < sent && o > offset).count();
-        overtaken_total += overtaken;
-        if overtaken >= 8 {
-            overtook_backlog += 1;
+        // (send time, base offset) of every acknowledged P3 batch.
+        let p3_acks: Arc<Mutex<Vec<(Instant, u64)>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut flooders = Vec::new();
+        for _ in 0..6 {
+            let client = broker.client().await;
+            let acks = p3_acks.clone();
+            let stop = stop.clone();
+            flooders.push(tokio::spawn(async move {
+                let body = batch(10, 64, 1024);
+                let mut in_flight = FuturesUnordered::new();
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    while !stop.load(Ordering::Relaxed) && in_flight.len() < 16 {
+                        let client = client.clone();
+                        let body = body.clone();
+                        in_flight.push(async move {
+                            let sent = Instant::now();
+                            (sent, produce(&client, "mixed", body).await)
+                        });
+                    }
+                    match in_flight.next().await {
+                        Some((sent, Ok(offset))) => acks.lock().unwrap().push((sent, offset)),
+                        Some((_, Err(e))) => panic!("P3 produce failed: {e}"),
+                        None => break,
+                    }
+                    assert!(Instant::now() < deadline, "flood did not stop");
+                }
+            }));
         }
-    }
-    let mut p0_latency: Vec<Duration> = p0.iter().map(|p| p.2).collect();
-    p0_latency.sort();
-    eprintln!(
-        "P3 batches acked: {}; P0 batches that overtook >= 8 queued P3 batches: {overtook_backlog}/20 \
-         (P3 batches overtaken in total: {overtaken_total}); P0 ack latency median {:?}, max {:?}",
-        p3.len(),
-        p0_latency[10],
-        p0_latency[19]
-    );
-    assert!(
-        overtook_backlog >= 15,
-        "P0 batches did not overtake the P3 backlog: {overtook_backlog}/20"
-    );
 
-    // Nothing acknowledged was lost: every acked offset is readable, with its class.
-    let expected = p3.len() * 64 + p0.len();
-    let msgs = read_all(&admin_client, "mixed", expected, Duration::from_secs(60)).await;
-    assert_eq!(msgs.len(), expected);
-    for (_, offset, _) in &p0 {
-        let m = msgs
-            .iter()
-            .find(|m| m.offset == *offset)
-            .expect("P0 stored");
-        assert_eq!(m.priority, 1);
-    }
-}
+        // Let the backlog build, then send P0 batches one at a time.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let p0_client = broker.client().await;
+        let mut p0 = Vec::new();
+        for _ in 0..20 {
+            let sent = Instant::now();
+            let offset = produce(&p0_client, "mixed", batch(1, 1, 100))
+                .await
+                .expect("P0 produce");
+            p0.push((sent, offset, sent.elapsed()));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.store(true, Ordering::Relaxed);
+        for f in flooders {
+            f.await.expect("flooder");
+        }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unset_metadata_gets_topic_defaults_and_keys_come_from_the_rule() {
-    let broker = BrokerProcess::start();
-    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
-    let admin = Admin::new(client.clone());
-    admin
-        .create_topic(
-            "jobs",
-            1,
-            TopicConfig {
-                default_priority: 2,
-                default_complexity: 4,
-                shard_key_rule: "json:user_id".into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("create topic");
-    let mut b = BatchBuilder::new();
-    let mut unset = NewRecord::value(0, br#"{"user_id":"u-9","job":1}"#);
-    unset.priority = UNSET;
-    unset.complexity = UNSET;
-    b.push(&unset).unwrap();
-    let mut set = NewRecord::value(0, br#"{"job":2}"#);
-    set.priority = 7;
-    set.complexity = 1;
-    b.push(&set).unwrap();
-    produce(&client, "jobs", b.finish().unwrap())
-        .await
-        .expect("produce");
-    let msgs = read_all(&client, "jobs", 2, Duration::from_secs(10)).await;
-    assert_eq!((msgs[0].priority, msgs[0].complexity), (2, 4));
-    assert_eq!(&msgs[0].key[..], b"u-9");
-    assert_eq!((msgs[1].priority, msgs[1].complexity), (7, 1));
-    assert!(msgs[1].key.is_empty());
-
-    // Bad settings and out-of-range values are named errors, never clamped.
-    let bad = admin
-        .create_topic(
-            "bad",
-            1,
-            TopicConfig {
-                shard_key_rule: "xml:a".into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect_err("bad rule accepted");
-    assert_eq!(bad.code(), Some(ErrorCode::InvalidConfig));
-    let mut raw = batch(5, 1, 10).to_vec();
-    raw[60 + 4] = 11; // first record's priority
-    raw[22] = 5;
-    let crc = weir_protocol::batch::compute_crc(&raw);
-    raw[16..20].copy_from_slice(&crc.to_le_bytes());
-    let err = produce(&client, "jobs", raw.into()).await.unwrap_err();
-    assert!(err.contains("INVALID_RECORD"), "{err}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_priority_ordered_consumer_gets_p0_ahead_of_a_p3_backlog_and_everything_once() {
-    use weir_client::{Consumer, DeliveryOrder, OffsetReset};
-
-    let broker = BrokerProcess::start();
-    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
-    Admin::new(client.clone())
-        .create_topic("lanes", 1, TopicConfig::default())
-        .await
-        .expect("create topic");
-    // 200 P3 batches of 60 records, then 5 P0 batches of 2 records, then 50 more P3.
-    // 12,000 records before the first P0 one: more than the broker indexes inline, so
-    // the first read also takes the class index's catch-up on the blocking pool.
-    for _ in 0..200 {
-        produce(&client, "lanes", batch(10, 60, 20)).await.unwrap();
-    }
-    for _ in 0..5 {
-        produce(&client, "lanes", batch(1, 2, 100)).await.unwrap();
-    }
-    for _ in 0..50 {
-        produce(&client, "lanes", batch(9, 10, 100)).await.unwrap();
-    }
-    let total = 200 * 60 + 5 * 2 + 50 * 10;
-
-    let mut consumer = Consumer::builder(&client)
-        .topic("lanes")
-        .group("lane-readers")
-        .reset(OffsetReset::Earliest)
-        .order(DeliveryOrder::Priority)
-        .build()
-        .unwrap();
-    let mut got = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while got.len() < total && Instant::now() < deadline {
-        got.extend(consumer.poll(100, Duration::from_secs(1)).await.unwrap());
-    }
-    assert_eq!(got.len(), total, "every record once");
-    let mut offsets: Vec<u64> = got.iter().map(|m| m.offset).collect();
-    offsets.sort();
-    offsets.dedup();
-    assert_eq!(offsets.len(), total, "no record twice");
-    // The P0 records, stored after 12,000 P3 records, come within the first response.
-    let first_p0 = got.iter().position(|m| m.priority == 1).unwrap();
-    let last_p0 = got.iter().rposition(|m| m.priority == 1).unwrap();
-    assert!(
-        last_p0 < 200,
-        "P0 records delivered at {first_p0}..={last_p0} of {total}"
-    );
-    // Within a class, offset order holds.
-    for class in [1u8, 9, 10] {
-        let o: Vec<u64> = got
-            .iter()
-            .filter(|m| m.priority == class)
-            .map(|m| m.offset)
-            .collect();
+        // A P0 batch overtook every P3 batch that was sent before it but stored after it.
+        let p3 = p3_acks.lock().unwrap().clone();
         assert!(
-            o.windows(2).all(|w| w[0] < w[1]),
-            "class {class} out of order"
+            p3.len() > 200,
+            "the flood was too small to matter: {}",
+            p3.len()
         );
-    }
-    // Once everything was returned, the committed position is the end of the shard.
-    consumer.commit().await.unwrap();
-    let pos = consumer.positions();
-    assert_eq!(pos[0].offset, total as u64);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_long_poll_waiting_on_p3_data_is_cut_short_by_p0_data() {
-    use weir_protocol::messages::PriorityFetchRequest;
-
-    let broker = BrokerProcess::start();
-    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
-    Admin::new(client.clone())
-        .create_topic("poll", 1, TopicConfig::default())
-        .await
-        .expect("create topic");
-    produce(&client, "poll", batch(10, 5, 100)).await.unwrap();
-    let fetch = |client: Client| async move {
-        let req = PriorityFetchRequest {
-            topic: "poll".into(),
-            shard: 0,
-            cursors: vec![0; 4],
-            max_bytes: 1 << 20,
-            // Far more than will ever arrive: only P0 data or the deadline ends the wait.
-            min_bytes: 10 << 20,
-            max_wait_ms: 8_000,
-        };
-        let started = Instant::now();
-        match client.call(req).await.expect("priority fetch") {
-            ResponseBody::PriorityFetch(r) => (started.elapsed(), r),
-            other => panic!("unexpected {:?}", other.api_key()),
+        let mut overtaken_total = 0;
+        let mut overtook_backlog = 0;
+        for (sent, offset, _) in &p0 {
+            let overtaken = p3.iter().filter(|(s, o)| s < sent && o > offset).count();
+            overtaken_total += overtaken;
+            if overtaken >= 8 {
+                overtook_backlog += 1;
+            }
         }
-    };
-    // Without P0 data, the long-poll holds the P3 data until its deadline.
-    let (waited, r) = fetch(client.clone()).await;
-    assert!(
-        waited >= Duration::from_millis(7_500),
-        "returned after {waited:?}"
-    );
-    assert_eq!(r.records.batches().count(), 1);
+        let mut p0_latency: Vec<Duration> = p0.iter().map(|p| p.2).collect();
+        p0_latency.sort();
+        eprintln!(
+            "P3 batches acked: {}; P0 batches that overtook >= 8 queued P3 batches: {overtook_backlog}/20 \
+             (P3 batches overtaken in total: {overtaken_total}); P0 ack latency median {:?}, max {:?}",
+            p3.len(),
+            p0_latency[10],
+            p0_latency[19]
+        );
+        assert!(
+            overtook_backlog >= 15,
+            "P0 batches did not overtake the P3 backlog: {overtook_backlog}/20"
+        );
 
-    // With P0 data arriving 300 ms in, it returns at once, P0 first.
-    let poller = tokio::spawn(fetch(client.clone()));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    produce(&client, "poll", batch(1, 1, 100)).await.unwrap();
-    let (waited, r) = poller.await.unwrap();
-    assert!(
-        waited < Duration::from_secs(4),
-        "P0 did not cut the wait: {waited:?}"
-    );
-    let batches: Vec<_> = r.records.batches().map(|b| b.unwrap()).collect();
-    assert_eq!(batches.len(), 2);
-    assert_eq!(batches[0][22], 1, "the P0 batch comes first");
-    // Every lane has read up to the high-water mark.
-    assert_eq!(r.cursors, vec![6, 6, 6, 6]);
+        // Nothing acknowledged was lost: every acked offset is readable, with its class.
+        let expected = p3.len() * 64 + p0.len();
+        let msgs = read_all(&admin_client, "mixed", expected, Duration::from_secs(60)).await;
+        assert_eq!(msgs.len(), expected);
+        for (_, offset, _) in &p0 {
+            let m = msgs
+                .iter()
+                .find(|m| m.offset == *offset)
+                .expect("P0 stored");
+            assert_eq!(m.priority, 1);
+        }
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_produce_request_mixing_classes_is_refused_whole() {
-    let broker = BrokerProcess::start();
-    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
-    Admin::new(client.clone())
-        .create_topic("mixed-req", 1, TopicConfig::default())
-        .await
-        .expect("create topic");
-    let mut two = batch(1, 1, 10).to_vec();
-    two.extend_from_slice(&batch(10, 1, 10));
-    let err = produce(&client, "mixed-req", two.into()).await.unwrap_err();
-    assert!(
-        err.contains("INVALID_BATCH") && err.contains("one priority class"),
-        "{err}"
-    );
-    // Two batches of one class are fine, and nothing of the refused request was stored.
-    let mut same = batch(9, 1, 10).to_vec();
-    same.extend_from_slice(&batch(10, 1, 10));
-    assert_eq!(produce(&client, "mixed-req", same.into()).await.unwrap(), 0);
+over_both_transports! {
+    async fn unset_metadata_gets_topic_defaults_and_keys_come_from_the_rule(t) {
+        let broker = SdkBroker::start(t).await;
+        let client = broker.client().await;
+        let admin = Admin::new(client.clone());
+        admin
+            .create_topic(
+                "jobs",
+                1,
+                TopicConfig {
+                    default_priority: 2,
+                    default_complexity: 4,
+                    shard_key_rule: "json:user_id".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("create topic");
+        let mut b = BatchBuilder::new();
+        let mut unset = NewRecord::value(0, br#"{"user_id":"u-9","job":1}"#);
+        unset.priority = UNSET;
+        unset.complexity = UNSET;
+        b.push(&unset).unwrap();
+        let mut set = NewRecord::value(0, br#"{"job":2}"#);
+        set.priority = 7;
+        set.complexity = 1;
+        b.push(&set).unwrap();
+        produce(&client, "jobs", b.finish().unwrap())
+            .await
+            .expect("produce");
+        let msgs = read_all(&client, "jobs", 2, Duration::from_secs(10)).await;
+        assert_eq!((msgs[0].priority, msgs[0].complexity), (2, 4));
+        assert_eq!(&msgs[0].key[..], b"u-9");
+        assert_eq!((msgs[1].priority, msgs[1].complexity), (7, 1));
+        assert!(msgs[1].key.is_empty());
+
+        // Bad settings and out-of-range values are named errors, never clamped.
+        let bad = admin
+            .create_topic(
+                "bad",
+                1,
+                TopicConfig {
+                    shard_key_rule: "xml:a".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect_err("bad rule accepted");
+        assert_eq!(bad.code(), Some(ErrorCode::InvalidConfig));
+        let mut raw = batch(5, 1, 10).to_vec();
+        raw[60 + 4] = 11; // first record's priority
+        raw[22] = 5;
+        let crc = weir_protocol::batch::compute_crc(&raw);
+        raw[16..20].copy_from_slice(&crc.to_le_bytes());
+        let err = produce(&client, "jobs", raw.into()).await.unwrap_err();
+        assert!(err.contains("INVALID_RECORD"), "{err}");
+    }
+}
+
+over_both_transports! {
+    async fn a_priority_ordered_consumer_gets_p0_ahead_of_a_p3_backlog_and_everything_once(t) {
+        use weir_client::{Consumer, DeliveryOrder, OffsetReset};
+
+        let broker = SdkBroker::start(t).await;
+        let client = broker.client().await;
+        Admin::new(client.clone())
+            .create_topic("lanes", 1, TopicConfig::default())
+            .await
+            .expect("create topic");
+        // 200 P3 batches of 60 records, then 5 P0 batches of 2 records, then 50 more P3.
+        // 12,000 records before the first P0 one: more than the broker indexes inline, so
+        // the first read also takes the class index's catch-up on the blocking pool.
+        for _ in 0..200 {
+            produce(&client, "lanes", batch(10, 60, 20)).await.unwrap();
+        }
+        for _ in 0..5 {
+            produce(&client, "lanes", batch(1, 2, 100)).await.unwrap();
+        }
+        for _ in 0..50 {
+            produce(&client, "lanes", batch(9, 10, 100)).await.unwrap();
+        }
+        let total = 200 * 60 + 5 * 2 + 50 * 10;
+
+        let mut consumer = Consumer::builder(&client)
+            .topic("lanes")
+            .group("lane-readers")
+            .reset(OffsetReset::Earliest)
+            .order(DeliveryOrder::Priority)
+            .build()
+            .unwrap();
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while got.len() < total && Instant::now() < deadline {
+            got.extend(consumer.poll(100, Duration::from_secs(1)).await.unwrap());
+        }
+        assert_eq!(got.len(), total, "every record once");
+        let mut offsets: Vec<u64> = got.iter().map(|m| m.offset).collect();
+        offsets.sort();
+        offsets.dedup();
+        assert_eq!(offsets.len(), total, "no record twice");
+        // The P0 records, stored after 12,000 P3 records, come within the first response.
+        let first_p0 = got.iter().position(|m| m.priority == 1).unwrap();
+        let last_p0 = got.iter().rposition(|m| m.priority == 1).unwrap();
+        assert!(
+            last_p0 < 200,
+            "P0 records delivered at {first_p0}..={last_p0} of {total}"
+        );
+        // Within a class, offset order holds.
+        for class in [1u8, 9, 10] {
+            let o: Vec<u64> = got
+                .iter()
+                .filter(|m| m.priority == class)
+                .map(|m| m.offset)
+                .collect();
+            assert!(
+                o.windows(2).all(|w| w[0] < w[1]),
+                "class {class} out of order"
+            );
+        }
+        // Once everything was returned, the committed position is the end of the shard.
+        consumer.commit().await.unwrap();
+        let pos = consumer.positions();
+        assert_eq!(pos[0].offset, total as u64);
+    }
+}
+
+over_both_transports! {
+    async fn a_long_poll_waiting_on_p3_data_is_cut_short_by_p0_data(t) {
+        use weir_protocol::messages::PriorityFetchRequest;
+
+        let broker = SdkBroker::start(t).await;
+        let client = broker.client().await;
+        Admin::new(client.clone())
+            .create_topic("poll", 1, TopicConfig::default())
+            .await
+            .expect("create topic");
+        produce(&client, "poll", batch(10, 5, 100)).await.unwrap();
+        let fetch = |client: Client| async move {
+            let req = PriorityFetchRequest {
+                topic: "poll".into(),
+                shard: 0,
+                cursors: vec![0; 4],
+                max_bytes: 1 << 20,
+                // Far more than will ever arrive: only P0 data or the deadline ends the wait.
+                min_bytes: 10 << 20,
+                max_wait_ms: 8_000,
+            };
+            let started = Instant::now();
+            match client.call(req).await.expect("priority fetch") {
+                ResponseBody::PriorityFetch(r) => (started.elapsed(), r),
+                other => panic!("unexpected {:?}", other.api_key()),
+            }
+        };
+        // Without P0 data, the long-poll holds the P3 data until its deadline.
+        let (waited, r) = fetch(client.clone()).await;
+        assert!(
+            waited >= Duration::from_millis(7_500),
+            "returned after {waited:?}"
+        );
+        assert_eq!(r.records.batches().count(), 1);
+
+        // With P0 data arriving 300 ms in, it returns at once, P0 first.
+        let poller = tokio::spawn(fetch(client.clone()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        produce(&client, "poll", batch(1, 1, 100)).await.unwrap();
+        let (waited, r) = poller.await.unwrap();
+        assert!(
+            waited < Duration::from_secs(4),
+            "P0 did not cut the wait: {waited:?}"
+        );
+        let batches: Vec<_> = r.records.batches().map(|b| b.unwrap()).collect();
+        assert_eq!(batches.len(), 2);
+        assert_eq!(batches[0][22], 1, "the P0 batch comes first");
+        // Every lane has read up to the high-water mark.
+        assert_eq!(r.cursors, vec![6, 6, 6, 6]);
+    }
+}
+
+over_both_transports! {
+    async fn a_produce_request_mixing_classes_is_refused_whole(t) {
+        let broker = SdkBroker::start(t).await;
+        let client = broker.client().await;
+        Admin::new(client.clone())
+            .create_topic("mixed-req", 1, TopicConfig::default())
+            .await
+            .expect("create topic");
+        let mut two = batch(1, 1, 10).to_vec();
+        two.extend_from_slice(&batch(10, 1, 10));
+        let err = produce(&client, "mixed-req", two.into()).await.unwrap_err();
+        assert!(
+            err.contains("INVALID_BATCH") && err.contains("one priority class"),
+            "{err}"
+        );
+        // Two batches of one class are fine, and nothing of the refused request was stored.
+        let mut same = batch(9, 1, 10).to_vec();
+        same.extend_from_slice(&batch(10, 1, 10));
+        assert_eq!(produce(&client, "mixed-req", same.into()).await.unwrap(), 0);
+    }
 }
 
 /// On one connection, answers go out most urgent class first: a client that stops
@@ -446,129 +453,131 @@ async fn a_p0_answer_overtakes_queued_p3_answers_on_one_connection() {
     );
 }
 
-/// A priority-ordered consumer keeps a cursor per class lane; a seek must reset them
-/// all, so everything from the new position is delivered again, exactly once each.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seeking_a_priority_consumer_back_redelivers_every_lane() {
-    use weir_client::{Consumer, DeliveryOrder, OffsetReset};
+over_both_transports! {
+    /// A priority-ordered consumer keeps a cursor per class lane; a seek must reset them
+    /// all, so everything from the new position is delivered again, exactly once each.
+    async fn seeking_a_priority_consumer_back_redelivers_every_lane(t) {
+        use weir_client::{Consumer, DeliveryOrder, OffsetReset};
 
-    /// Sorted offsets of everything the consumer returns until `total` arrived (and a
-    /// little longer, so extra records would show).
-    async fn drain(consumer: &mut Consumer, total: usize) -> Vec<u64> {
-        let mut got = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while got.len() < total && Instant::now() < deadline {
+        /// Sorted offsets of everything the consumer returns until `total` arrived (and a
+        /// little longer, so extra records would show).
+        async fn drain(consumer: &mut Consumer, total: usize) -> Vec<u64> {
+            let mut got = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while got.len() < total && Instant::now() < deadline {
+                got.extend(
+                    consumer
+                        .poll(100, Duration::from_millis(500))
+                        .await
+                        .unwrap(),
+                );
+            }
             got.extend(
                 consumer
-                    .poll(100, Duration::from_millis(500))
+                    .poll(100, Duration::from_millis(300))
                     .await
                     .unwrap(),
             );
+            let mut offsets: Vec<u64> = got.iter().map(|m| m.offset).collect();
+            offsets.sort();
+            offsets
         }
-        got.extend(
-            consumer
-                .poll(100, Duration::from_millis(300))
-                .await
-                .unwrap(),
-        );
-        let mut offsets: Vec<u64> = got.iter().map(|m| m.offset).collect();
-        offsets.sort();
-        offsets
-    }
 
-    let broker = BrokerProcess::start();
-    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
-    Admin::new(client.clone())
-        .create_topic("rewind", 1, TopicConfig::default())
-        .await
-        .expect("create topic");
-    // P3, P0, P3, P1: every lane has records, interleaved in the log.
-    for p in [10u8, 1, 10, 4, 10, 1] {
-        produce(&client, "rewind", batch(p, 5, 50)).await.unwrap();
+        let broker = SdkBroker::start(t).await;
+        let client = broker.client().await;
+        Admin::new(client.clone())
+            .create_topic("rewind", 1, TopicConfig::default())
+            .await
+            .expect("create topic");
+        // P3, P0, P3, P1: every lane has records, interleaved in the log.
+        for p in [10u8, 1, 10, 4, 10, 1] {
+            produce(&client, "rewind", batch(p, 5, 50)).await.unwrap();
+        }
+        let total = 30;
+        let mut consumer = Consumer::builder(&client)
+            .topic("rewind")
+            .reset(OffsetReset::Earliest)
+            .order(DeliveryOrder::Priority)
+            .build()
+            .unwrap();
+        consumer.assign(vec![("rewind".to_string(), 0)]);
+        let all: Vec<u64> = (0..total as u64).collect();
+        assert_eq!(drain(&mut consumer, total).await, all, "first pass");
+        consumer.seek("rewind", 0, 0).unwrap();
+        assert_eq!(drain(&mut consumer, total).await, all, "after seeking to 0");
+        // Part way through (P0 lanes ahead of the others), seek to the very position the
+        // consumer reports: the lanes must restart there too, so the P0 records already
+        // returned come again.
+        consumer.seek("rewind", 0, 0).unwrap();
+        let first = consumer.poll(7, Duration::from_secs(5)).await.unwrap();
+        assert!(
+            first.iter().any(|m| m.priority == 1),
+            "P0 first in priority order"
+        );
+        let at = consumer.positions()[0].offset;
+        consumer.seek("rewind", 0, at).unwrap();
+        assert_eq!(
+            drain(&mut consumer, total - at as usize).await,
+            (at..total as u64).collect::<Vec<_>>(),
+            "after seeking to the reported position {at}"
+        );
+        // Seeking into the middle: exactly the records from there on.
+        consumer.seek("rewind", 0, 12).unwrap();
+        assert_eq!(
+            drain(&mut consumer, total - 12).await,
+            (12..total as u64).collect::<Vec<_>>(),
+            "after seeking to 12"
+        );
     }
-    let total = 30;
-    let mut consumer = Consumer::builder(&client)
-        .topic("rewind")
-        .reset(OffsetReset::Earliest)
-        .order(DeliveryOrder::Priority)
-        .build()
-        .unwrap();
-    consumer.assign(vec![("rewind".to_string(), 0)]);
-    let all: Vec<u64> = (0..total as u64).collect();
-    assert_eq!(drain(&mut consumer, total).await, all, "first pass");
-    consumer.seek("rewind", 0, 0).unwrap();
-    assert_eq!(drain(&mut consumer, total).await, all, "after seeking to 0");
-    // Part way through (P0 lanes ahead of the others), seek to the very position the
-    // consumer reports: the lanes must restart there too, so the P0 records already
-    // returned come again.
-    consumer.seek("rewind", 0, 0).unwrap();
-    let first = consumer.poll(7, Duration::from_secs(5)).await.unwrap();
-    assert!(
-        first.iter().any(|m| m.priority == 1),
-        "P0 first in priority order"
-    );
-    let at = consumer.positions()[0].offset;
-    consumer.seek("rewind", 0, at).unwrap();
-    assert_eq!(
-        drain(&mut consumer, total - at as usize).await,
-        (at..total as u64).collect::<Vec<_>>(),
-        "after seeking to the reported position {at}"
-    );
-    // Seeking into the middle: exactly the records from there on.
-    consumer.seek("rewind", 0, 12).unwrap();
-    assert_eq!(
-        drain(&mut consumer, total - 12).await,
-        (12..total as u64).collect::<Vec<_>>(),
-        "after seeking to 12"
-    );
 }
 
-/// Issue 22 §10: a backlog read long after it was written. P3 and P0 batches written
-/// alternately a minute ago are all far older than every aging threshold; aging by
-/// wall-clock age made them all "overdue" and the answer came in plain offset order.
-/// Aging relative to the freshest lane head keeps the weights in charge: P0 first.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_old_backlog_is_served_by_weight_not_in_offset_order() {
-    use weir_protocol::messages::PriorityFetchRequest;
+over_both_transports! {
+    /// Issue 22 §10: a backlog read long after it was written. P3 and P0 batches written
+    /// alternately a minute ago are all far older than every aging threshold; aging by
+    /// wall-clock age made them all "overdue" and the answer came in plain offset order.
+    /// Aging relative to the freshest lane head keeps the weights in charge: P0 first.
+    async fn an_old_backlog_is_served_by_weight_not_in_offset_order(t) {
+        use weir_protocol::messages::PriorityFetchRequest;
 
-    let broker = BrokerProcess::start();
-    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
-    Admin::new(client.clone())
-        .create_topic("backlog", 1, TopicConfig::default())
-        .await
-        .expect("create topic");
-    let minute_ago = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-        - 60_000;
-    for i in 0..20i64 {
-        let priority = if i % 2 == 0 { 10 } else { 1 };
-        let mut b = BatchBuilder::with_capacity(256);
-        let mut r = NewRecord::value(minute_ago + 10 * i, b"payload");
-        r.priority = priority;
-        b.push(&r).unwrap();
-        produce(&client, "backlog", b.finish().unwrap())
+        let broker = SdkBroker::start(t).await;
+        let client = broker.client().await;
+        Admin::new(client.clone())
+            .create_topic("backlog", 1, TopicConfig::default())
             .await
-            .unwrap();
+            .expect("create topic");
+        let minute_ago = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+            - 60_000;
+        for i in 0..20i64 {
+            let priority = if i % 2 == 0 { 10 } else { 1 };
+            let mut b = BatchBuilder::with_capacity(256);
+            let mut r = NewRecord::value(minute_ago + 10 * i, b"payload");
+            r.priority = priority;
+            b.push(&r).unwrap();
+            produce(&client, "backlog", b.finish().unwrap())
+                .await
+                .unwrap();
+        }
+        let req = PriorityFetchRequest {
+            topic: "backlog".into(),
+            shard: 0,
+            cursors: vec![0; 4],
+            max_bytes: 1 << 20,
+            min_bytes: 0,
+            max_wait_ms: 0,
+        };
+        let r = match client.call(req).await.expect("priority fetch") {
+            ResponseBody::PriorityFetch(r) => r,
+            other => panic!("unexpected {:?}", other.api_key()),
+        };
+        let priorities: Vec<u8> = r.records.batches().map(|b| b.unwrap()[22]).collect();
+        assert_eq!(priorities.len(), 20, "{priorities:?}");
+        // Weights 8:1 between P0 and P3 with equal sizes: the first several are all P0.
+        assert!(
+            priorities[..6].iter().all(|&p| p == 1),
+            "served in this order: {priorities:?}"
+        );
     }
-    let req = PriorityFetchRequest {
-        topic: "backlog".into(),
-        shard: 0,
-        cursors: vec![0; 4],
-        max_bytes: 1 << 20,
-        min_bytes: 0,
-        max_wait_ms: 0,
-    };
-    let r = match client.call(req).await.expect("priority fetch") {
-        ResponseBody::PriorityFetch(r) => r,
-        other => panic!("unexpected {:?}", other.api_key()),
-    };
-    let priorities: Vec<u8> = r.records.batches().map(|b| b.unwrap()[22]).collect();
-    assert_eq!(priorities.len(), 20, "{priorities:?}");
-    // Weights 8:1 between P0 and P3 with equal sizes: the first several are all P0.
-    assert!(
-        priorities[..6].iter().all(|&p| p == 1),
-        "served in this order: {priorities:?}"
-    );
 }

@@ -16,6 +16,8 @@ use weir_client::{
 };
 use weir_protocol::messages::{BREAKER_CLOSED, BREAKER_HALF_OPEN, BREAKER_OPEN};
 use weir_protocol::ErrorCode;
+use weir_tests::over_both_transports;
+use weir_tests::transport::SdkBroker;
 use weir_tests::{cli_binary, connect, http_get, read_all, BrokerProcess};
 
 fn header<'a>(m: &'a weir_client::Message, name: &str) -> Option<&'a str> {
@@ -27,8 +29,8 @@ fn header<'a>(m: &'a weir_client::Message, name: &str) -> Option<&'a str> {
 
 /// Runs `weir --broker ADDR ARGS...` (bounded by 30 s) and returns stdout; panics on
 /// failure.
-async fn weir(broker: &BrokerProcess, args: &[&str]) -> String {
-    let addr = broker.addr();
+/// Runs the `weir` CLI (another process, over TCP) against the broker at `addr`.
+async fn weir(addr: String, args: &[&str]) -> String {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     tokio::task::spawn_blocking(move || {
         let mut child = Command::new(cli_binary())
@@ -103,174 +105,174 @@ const RETRY_ENV: [(&str, &str); 6] = [
     ("WEIR_QUEUE_BREAKER_ENABLED", "false"),
 ];
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failing_records_reach_the_dlq_after_their_attempts_with_backoff_and_headers_and_replay_brings_them_back(
-) {
-    let broker = BrokerProcess::start_with_env(&RETRY_ENV);
-    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
-    Admin::new(client.clone())
-        .create_topic("jobs", 1, Default::default())
-        .await
-        .expect("create");
-    produce(
-        &client,
-        "jobs",
-        vec![
-            ProducerRecord::new("jobs", "urgent")
-                .priority(1)
-                .key("k0")
-                .header("trace", "t-urgent"),
-            ProducerRecord::new("jobs", "normal")
-                .priority(4)
-                .header("trace", "t-normal"),
-        ],
-    )
-    .await;
-    let q = consumer(&client, "workers", "jobs", 5000);
-    // value → [(attempt, time leased)]
-    let mut seen: BTreeMap<String, Vec<(u32, Instant)>> = BTreeMap::new();
-    let mut dead = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while dead.len() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "not dead-lettered in time: {seen:?}"
-        );
-        for m in q.fetch(10).await.expect("fetch") {
-            let v = String::from_utf8(m.value.to_vec()).unwrap();
-            seen.entry(v.clone())
-                .or_default()
-                .push((m.attempt, Instant::now()));
-            let outcome = q
-                .nack(&m, true, format!("boom-{}", m.attempt))
-                .await
-                .expect("nack");
-            if m.is_last_attempt() {
-                assert_eq!(outcome, NackOutcome::DeadLettered, "{v}");
-                dead.insert(v);
-            } else {
-                assert!(matches!(outcome, NackOutcome::RetryIn(_)), "{v}");
+over_both_transports! {
+    async fn failing_records_reach_the_dlq_after_their_attempts_with_backoff_and_headers_and_replay_brings_them_back(t) {
+        let broker = SdkBroker::start_with_env(t, &RETRY_ENV).await;
+        let client = broker.client().await;
+        Admin::new(client.clone())
+            .create_topic("jobs", 1, Default::default())
+            .await
+            .expect("create");
+        produce(
+            &client,
+            "jobs",
+            vec![
+                ProducerRecord::new("jobs", "urgent")
+                    .priority(1)
+                    .key("k0")
+                    .header("trace", "t-urgent"),
+                ProducerRecord::new("jobs", "normal")
+                    .priority(4)
+                    .header("trace", "t-normal"),
+            ],
+        )
+        .await;
+        let q = consumer(&client, "workers", "jobs", 5000);
+        // value → [(attempt, time leased)]
+        let mut seen: BTreeMap<String, Vec<(u32, Instant)>> = BTreeMap::new();
+        let mut dead = BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while dead.len() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "not dead-lettered in time: {seen:?}"
+            );
+            for m in q.fetch(10).await.expect("fetch") {
+                let v = String::from_utf8(m.value.to_vec()).unwrap();
+                seen.entry(v.clone())
+                    .or_default()
+                    .push((m.attempt, Instant::now()));
+                let outcome = q
+                    .nack(&m, true, format!("boom-{}", m.attempt))
+                    .await
+                    .expect("nack");
+                if m.is_last_attempt() {
+                    assert_eq!(outcome, NackOutcome::DeadLettered, "{v}");
+                    dead.insert(v);
+                } else {
+                    assert!(matches!(outcome, NackOutcome::RetryIn(_)), "{v}");
+                }
             }
         }
-    }
-    // Exactly the configured attempts, in order, with the configured delays.
-    let expect: [(&str, &[u64]); 2] = [("urgent", &[100, 200, 400]), ("normal", &[200, 400])];
-    for (v, delays) in expect {
-        let s = &seen[v];
-        let attempts: Vec<u32> = s.iter().map(|(a, _)| *a).collect();
-        assert_eq!(
-            attempts,
-            (1..=delays.len() as u32 + 1).collect::<Vec<_>>(),
-            "{v}"
-        );
-        for (i, d) in delays.iter().enumerate() {
-            let gap = s[i + 1].1.duration_since(s[i].1).as_millis() as u64;
-            // The client polls with 100 ms long-polls, so a redelivery is seen at most
-            // a poll round-trip late; never early.
-            assert!(
-                gap + 15 >= *d && gap <= d + 400,
-                "{v}: gap {i} was {gap} ms, configured {d} ms"
+        // Exactly the configured attempts, in order, with the configured delays.
+        let expect: [(&str, &[u64]); 2] = [("urgent", &[100, 200, 400]), ("normal", &[200, 400])];
+        for (v, delays) in expect {
+            let s = &seen[v];
+            let attempts: Vec<u32> = s.iter().map(|(a, _)| *a).collect();
+            assert_eq!(
+                attempts,
+                (1..=delays.len() as u32 + 1).collect::<Vec<_>>(),
+                "{v}"
             );
+            for (i, d) in delays.iter().enumerate() {
+                let gap = s[i + 1].1.duration_since(s[i].1).as_millis() as u64;
+                // The client polls with 100 ms long-polls, so a redelivery is seen at most
+                // a poll round-trip late; never early.
+                assert!(
+                    gap + 15 >= *d && gap <= d + 400,
+                    "{v}: gap {i} was {gap} ms, configured {d} ms"
+                );
+            }
         }
-    }
 
-    // The dead-letter topic holds each record once, with its headers. The two records
-    // are of different classes, so either may have been stored first: look up where.
-    let source = read_all(&client, "jobs", 2, Duration::from_secs(5)).await;
-    let offset_of = |v: &str| {
-        source
-            .iter()
-            .find(|m| m.value == v.as_bytes())
-            .map(|m| m.offset.to_string())
-            .expect("source record")
-    };
-    let dlq = read_all(&client, "jobs.dlq", 2, Duration::from_secs(5)).await;
-    assert_eq!(dlq.len(), 2, "{dlq:?}");
-    for m in &dlq {
-        let v = String::from_utf8(m.value.to_vec()).unwrap();
-        let offset = offset_of(&v);
-        let offset = offset.as_str();
-        let attempts = if v == "urgent" { "4" } else { "3" };
-        assert_eq!(header(m, "weir.dlq.source_topic"), Some("jobs"));
-        assert_eq!(header(m, "weir.dlq.source_shard"), Some("0"));
-        assert_eq!(header(m, "weir.dlq.source_offset"), Some(offset));
-        assert_eq!(header(m, "weir.dlq.attempts"), Some(attempts));
-        assert_eq!(header(m, "weir.dlq.group"), Some("workers"));
-        assert_eq!(
-            header(m, "weir.dlq.error"),
-            Some(format!("boom-{attempts}").as_str())
+        // The dead-letter topic holds each record once, with its headers. The two records
+        // are of different classes, so either may have been stored first: look up where.
+        let source = read_all(&client, "jobs", 2, Duration::from_secs(5)).await;
+        let offset_of = |v: &str| {
+            source
+                .iter()
+                .find(|m| m.value == v.as_bytes())
+                .map(|m| m.offset.to_string())
+                .expect("source record")
+        };
+        let dlq = read_all(&client, "jobs.dlq", 2, Duration::from_secs(5)).await;
+        assert_eq!(dlq.len(), 2, "{dlq:?}");
+        for m in &dlq {
+            let v = String::from_utf8(m.value.to_vec()).unwrap();
+            let offset = offset_of(&v);
+            let offset = offset.as_str();
+            let attempts = if v == "urgent" { "4" } else { "3" };
+            assert_eq!(header(m, "weir.dlq.source_topic"), Some("jobs"));
+            assert_eq!(header(m, "weir.dlq.source_shard"), Some("0"));
+            assert_eq!(header(m, "weir.dlq.source_offset"), Some(offset));
+            assert_eq!(header(m, "weir.dlq.attempts"), Some(attempts));
+            assert_eq!(header(m, "weir.dlq.group"), Some("workers"));
+            assert_eq!(
+                header(m, "weir.dlq.error"),
+                Some(format!("boom-{attempts}").as_str())
+            );
+            assert_eq!(header(m, "trace"), Some(format!("t-{v}").as_str()));
+            let first: i64 = header(m, "weir.dlq.first_failure_ms")
+                .unwrap()
+                .parse()
+                .unwrap();
+            let last: i64 = header(m, "weir.dlq.last_failure_ms")
+                .unwrap()
+                .parse()
+                .unwrap();
+            let total: i64 = if v == "urgent" { 700 } else { 600 };
+            assert!(last - first >= total - 20, "{v}: {first}..{last}");
+            if v == "urgent" {
+                assert_eq!(m.key.as_ref(), b"k0");
+                assert_eq!(m.priority, 1);
+            }
+        }
+
+        // The tools see them; replay sends them back to the source topic once.
+        let listed = weir(broker.addr(), &["dlq", "list", "jobs"]).await;
+        assert!(
+            listed.contains("boom-4") && listed.contains("boom-3"),
+            "{listed}"
         );
-        assert_eq!(header(m, "trace"), Some(format!("t-{v}").as_str()));
-        let first: i64 = header(m, "weir.dlq.first_failure_ms")
-            .unwrap()
-            .parse()
-            .unwrap();
-        let last: i64 = header(m, "weir.dlq.last_failure_ms")
-            .unwrap()
-            .parse()
-            .unwrap();
-        let total: i64 = if v == "urgent" { 700 } else { 600 };
-        assert!(last - first >= total - 20, "{v}: {first}..{last}");
-        if v == "urgent" {
-            assert_eq!(m.key.as_ref(), b"k0");
-            assert_eq!(m.priority, 1);
+        let shown = weir(broker.addr(), &["dlq", "show", "jobs", "--count", "1"]).await;
+        let first: serde_json::Value = serde_json::from_str(shown.lines().next().unwrap()).unwrap();
+        assert_eq!(first["headers"]["weir.dlq.source_topic"], "jobs", "{shown}");
+        assert_eq!(shown.lines().count(), 1);
+        // A filtered replay to another topic sends only what matches, and does not move
+        // the remembered position.
+        Admin::new(client.clone())
+            .create_topic("jobs-retry", 1, Default::default())
+            .await
+            .expect("create");
+        let filtered = weir(
+            broker.addr(),
+            &[
+                "dlq",
+                "replay",
+                "jobs",
+                "--to",
+                "jobs-retry",
+                "--filter",
+                "error=boom-4",
+            ],
+        )
+        .await;
+        assert!(filtered.contains("replayed 1 of 2"), "{filtered}");
+        let retry = read_all(&client, "jobs-retry", 1, Duration::from_secs(5)).await;
+        assert_eq!(retry.len(), 1);
+        assert_eq!(retry[0].value.as_ref(), b"urgent");
+        assert!(header(&retry[0], "weir.replayed_from").is_some_and(|v| v.starts_with("jobs.dlq/0/")));
+        let replayed = weir(broker.addr(), &["dlq", "replay", "jobs"]).await;
+        assert!(replayed.contains("replayed 2"), "{replayed}");
+        let again = weir(broker.addr(), &["dlq", "replay", "jobs"]).await;
+        assert!(again.contains("replayed 0"), "{again}");
+        let mut back = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while back.len() < 2 && Instant::now() < deadline {
+            for m in q.fetch(10).await.expect("fetch") {
+                assert_eq!(m.attempt, 1, "a replayed record starts over");
+                assert!(m.offset >= 2, "replayed records are new records");
+                assert!(m.headers.iter().all(|h| !h.name.starts_with("weir.dlq.")));
+                q.ack(&m).await.expect("ack");
+                back.push(String::from_utf8(m.value.to_vec()).unwrap());
+            }
         }
+        back.sort();
+        assert_eq!(back, ["normal", "urgent"]);
+        let st = q.status().await.expect("status");
+        assert_eq!(st.shards[0].ack_floor, 4, "{st:?}");
+        assert_eq!((st.dead_lettered, st.acked, st.nacked), (2, 2, 7), "{st:?}");
     }
-
-    // The tools see them; replay sends them back to the source topic once.
-    let listed = weir(&broker, &["dlq", "list", "jobs"]).await;
-    assert!(
-        listed.contains("boom-4") && listed.contains("boom-3"),
-        "{listed}"
-    );
-    let shown = weir(&broker, &["dlq", "show", "jobs", "--count", "1"]).await;
-    let first: serde_json::Value = serde_json::from_str(shown.lines().next().unwrap()).unwrap();
-    assert_eq!(first["headers"]["weir.dlq.source_topic"], "jobs", "{shown}");
-    assert_eq!(shown.lines().count(), 1);
-    // A filtered replay to another topic sends only what matches, and does not move
-    // the remembered position.
-    Admin::new(client.clone())
-        .create_topic("jobs-retry", 1, Default::default())
-        .await
-        .expect("create");
-    let filtered = weir(
-        &broker,
-        &[
-            "dlq",
-            "replay",
-            "jobs",
-            "--to",
-            "jobs-retry",
-            "--filter",
-            "error=boom-4",
-        ],
-    )
-    .await;
-    assert!(filtered.contains("replayed 1 of 2"), "{filtered}");
-    let retry = read_all(&client, "jobs-retry", 1, Duration::from_secs(5)).await;
-    assert_eq!(retry.len(), 1);
-    assert_eq!(retry[0].value.as_ref(), b"urgent");
-    assert!(header(&retry[0], "weir.replayed_from").is_some_and(|v| v.starts_with("jobs.dlq/0/")));
-    let replayed = weir(&broker, &["dlq", "replay", "jobs"]).await;
-    assert!(replayed.contains("replayed 2"), "{replayed}");
-    let again = weir(&broker, &["dlq", "replay", "jobs"]).await;
-    assert!(again.contains("replayed 0"), "{again}");
-    let mut back = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while back.len() < 2 && Instant::now() < deadline {
-        for m in q.fetch(10).await.expect("fetch") {
-            assert_eq!(m.attempt, 1, "a replayed record starts over");
-            assert!(m.offset >= 2, "replayed records are new records");
-            assert!(m.headers.iter().all(|h| !h.name.starts_with("weir.dlq.")));
-            q.ack(&m).await.expect("ack");
-            back.push(String::from_utf8(m.value.to_vec()).unwrap());
-        }
-    }
-    back.sort();
-    assert_eq!(back, ["normal", "urgent"]);
-    let st = q.status().await.expect("status");
-    assert_eq!(st.shards[0].ack_floor, 4, "{st:?}");
-    assert_eq!((st.dead_lettered, st.acked, st.nacked), (2, 2, 7), "{st:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -573,7 +575,7 @@ async fn breaker_opens_half_opens_and_closes_without_losing_a_record() {
         meta.iter().all(|t| t.name != "fragile.dlq"),
         "nothing was dead-lettered"
     );
-    let status = weir(&broker, &["queue", "status"]).await;
+    let status = weir(broker.addr(), &["queue", "status"]).await;
     assert!(
         status.contains("ops") && status.contains("closed"),
         "{status}"
@@ -660,124 +662,125 @@ async fn a_dead_lettering_cut_short_by_a_crash_is_healed_not_repeated() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn worker_bounds_concurrency_per_class_times_out_slow_handlers_and_settles_everything() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use weir_client::{HandlerError, Worker};
-    let env = [
-        ("WEIR_RETRY_MAX_ATTEMPTS", "3,3,3,3"),
-        ("WEIR_RETRY_BACKOFF", "fixed,fixed,fixed,fixed"),
-        ("WEIR_RETRY_BASE_DELAY_MS", "30,30,30,30"),
-        ("WEIR_RETRY_MAX_DELAY_MS", "30,30,30,30"),
-        ("WEIR_QUEUE_BREAKER_ENABLED", "false"),
-    ];
-    let broker = BrokerProcess::start_with_env(&env);
-    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
-    Admin::new(client.clone())
-        .create_topic("work", 1, Default::default())
-        .await
-        .expect("create");
-    // 12 urgent (P0) records, then 6 bulk (P3): 2 slow the first time, 2 bad.
-    let mut records = Vec::new();
-    for i in 0..12 {
-        let v = match i {
-            3 | 7 => format!("slow{i}"),
-            5 | 9 => format!("bad{i}"),
-            _ => format!("ok{i}"),
-        };
-        records.push(ProducerRecord::new("work", v).priority(1));
-    }
-    for i in 12..18 {
-        records.push(ProducerRecord::new("work", format!("ok{i}")).priority(9));
-    }
-    produce(&client, "work", records).await;
-
-    let running = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
-    let peak = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
-    let done = Arc::new(Mutex::new(BTreeSet::new()));
-    let worker = Worker::new(consumer(&client, "w", "work", 5000))
-        .concurrency([3, 1, 1, 1])
-        .timeout(Duration::from_millis(300));
-    let stats = worker.stats();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (r, p, d) = (running.clone(), peak.clone(), done.clone());
-    let run = tokio::spawn(worker.run(
-        move |m: QueueMessage| {
-            let (r, p, d) = (r.clone(), p.clone(), d.clone());
-            async move {
-                let i = usize::from(m.class.index() != 0);
-                let now = r[i].fetch_add(1, Ordering::SeqCst) + 1;
-                p[i].fetch_max(now, Ordering::SeqCst);
-                // Counts down even when the worker drops a timed-out handler.
-                struct Running(Arc<[AtomicUsize; 2]>, usize);
-                impl Drop for Running {
-                    fn drop(&mut self) {
-                        self.0[self.1].fetch_sub(1, Ordering::SeqCst);
-                    }
-                }
-                let _running = Running(r.clone(), i);
-                let v = String::from_utf8(m.value.to_vec()).unwrap();
-                let slow = v.starts_with("slow") && m.attempt == 1;
-                tokio::time::sleep(Duration::from_millis(if slow { 2000 } else { 60 })).await;
-                if v.starts_with("bad") {
-                    return Err(HandlerError::fatal("cannot parse"));
-                }
-                d.lock().unwrap().insert(v);
-                Ok(())
-            }
-        },
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
-    let q = consumer(&client, "w", "work", 5000);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let st = q.status().await.expect("status");
-        if st.shards[0].ack_floor == 18 {
-            break;
+over_both_transports! {
+    async fn worker_bounds_concurrency_per_class_times_out_slow_handlers_and_settles_everything(t) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use weir_client::{HandlerError, Worker};
+        let env = [
+            ("WEIR_RETRY_MAX_ATTEMPTS", "3,3,3,3"),
+            ("WEIR_RETRY_BACKOFF", "fixed,fixed,fixed,fixed"),
+            ("WEIR_RETRY_BASE_DELAY_MS", "30,30,30,30"),
+            ("WEIR_RETRY_MAX_DELAY_MS", "30,30,30,30"),
+            ("WEIR_QUEUE_BREAKER_ENABLED", "false"),
+        ];
+        let broker = SdkBroker::start_with_env(t, &env).await;
+        let client = broker.client().await;
+        Admin::new(client.clone())
+            .create_topic("work", 1, Default::default())
+            .await
+            .expect("create");
+        // 12 urgent (P0) records, then 6 bulk (P3): 2 slow the first time, 2 bad.
+        let mut records = Vec::new();
+        for i in 0..12 {
+            let v = match i {
+                3 | 7 => format!("slow{i}"),
+                5 | 9 => format!("bad{i}"),
+                _ => format!("ok{i}"),
+            };
+            records.push(ProducerRecord::new("work", v).priority(1));
         }
-        assert!(Instant::now() < deadline, "not settled: {st:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = stop_tx.send(());
-    tokio::time::timeout(Duration::from_secs(5), run)
-        .await
-        .expect("worker stops")
-        .expect("join")
-        .expect("run");
-    assert!(
-        peak[0].load(Ordering::SeqCst) <= 3,
-        "P0 ran {} at once",
-        peak[0].load(Ordering::SeqCst)
-    );
-    assert!(
-        peak[0].load(Ordering::SeqCst) >= 2,
-        "P0 concurrency was used"
-    );
-    assert_eq!(
-        peak[1].load(Ordering::SeqCst),
-        1,
-        "P3 ran more than 1 at once"
-    );
-    assert_eq!(stats.timed_out.load(Ordering::Relaxed), 2);
-    let done = done.lock().unwrap().clone();
-    assert_eq!(done.len(), 16, "{done:?}");
-    assert!(done.contains("slow3") && done.contains("slow7"));
-    let dlq = read_all(&client, "work.dlq", 2, Duration::from_secs(5)).await;
-    let mut bad: Vec<String> = dlq
-        .iter()
-        .map(|m| String::from_utf8(m.value.to_vec()).unwrap())
-        .collect();
-    bad.sort();
-    assert_eq!(bad, ["bad5", "bad9"]);
-    for m in &dlq {
-        assert_eq!(
-            header(m, "weir.dlq.attempts"),
-            Some("1"),
-            "fatal errors are not retried"
+        for i in 12..18 {
+            records.push(ProducerRecord::new("work", format!("ok{i}")).priority(9));
+        }
+        produce(&client, "work", records).await;
+
+        let running = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+        let peak = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+        let done = Arc::new(Mutex::new(BTreeSet::new()));
+        let worker = Worker::new(consumer(&client, "w", "work", 5000))
+            .concurrency([3, 1, 1, 1])
+            .timeout(Duration::from_millis(300));
+        let stats = worker.stats();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (r, p, d) = (running.clone(), peak.clone(), done.clone());
+        let run = tokio::spawn(worker.run(
+            move |m: QueueMessage| {
+                let (r, p, d) = (r.clone(), p.clone(), d.clone());
+                async move {
+                    let i = usize::from(m.class.index() != 0);
+                    let now = r[i].fetch_add(1, Ordering::SeqCst) + 1;
+                    p[i].fetch_max(now, Ordering::SeqCst);
+                    // Counts down even when the worker drops a timed-out handler.
+                    struct Running(Arc<[AtomicUsize; 2]>, usize);
+                    impl Drop for Running {
+                        fn drop(&mut self) {
+                            self.0[self.1].fetch_sub(1, Ordering::SeqCst);
+                        }
+                    }
+                    let _running = Running(r.clone(), i);
+                    let v = String::from_utf8(m.value.to_vec()).unwrap();
+                    let slow = v.starts_with("slow") && m.attempt == 1;
+                    tokio::time::sleep(Duration::from_millis(if slow { 2000 } else { 60 })).await;
+                    if v.starts_with("bad") {
+                        return Err(HandlerError::fatal("cannot parse"));
+                    }
+                    d.lock().unwrap().insert(v);
+                    Ok(())
+                }
+            },
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+        let q = consumer(&client, "w", "work", 5000);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let st = q.status().await.expect("status");
+            if st.shards[0].ack_floor == 18 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not settled: {st:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = stop_tx.send(());
+        tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("worker stops")
+            .expect("join")
+            .expect("run");
+        assert!(
+            peak[0].load(Ordering::SeqCst) <= 3,
+            "P0 ran {} at once",
+            peak[0].load(Ordering::SeqCst)
         );
-        assert_eq!(header(m, "weir.dlq.error"), Some("cannot parse"));
+        assert!(
+            peak[0].load(Ordering::SeqCst) >= 2,
+            "P0 concurrency was used"
+        );
+        assert_eq!(
+            peak[1].load(Ordering::SeqCst),
+            1,
+            "P3 ran more than 1 at once"
+        );
+        assert_eq!(stats.timed_out.load(Ordering::Relaxed), 2);
+        let done = done.lock().unwrap().clone();
+        assert_eq!(done.len(), 16, "{done:?}");
+        assert!(done.contains("slow3") && done.contains("slow7"));
+        let dlq = read_all(&client, "work.dlq", 2, Duration::from_secs(5)).await;
+        let mut bad: Vec<String> = dlq
+            .iter()
+            .map(|m| String::from_utf8(m.value.to_vec()).unwrap())
+            .collect();
+        bad.sort();
+        assert_eq!(bad, ["bad5", "bad9"]);
+        for m in &dlq {
+            assert_eq!(
+                header(m, "weir.dlq.attempts"),
+                Some("1"),
+                "fatal errors are not retried"
+            );
+            assert_eq!(header(m, "weir.dlq.error"), Some("cannot parse"));
+        }
     }
 }
 
@@ -799,13 +802,13 @@ async fn weir_consume_in_queue_mode_acks_or_nacks_what_it_prints() {
     .await;
     let args = ["consume", "cliq", "--group", "c", "--mode", "queue"];
     let nacked = weir(
-        &broker,
+        broker.addr(),
         &[&args[..], &["--nack-all", "--count", "1"]].concat(),
     )
     .await;
     assert_eq!(nacked.lines().collect::<Vec<_>>(), ["v0"]);
     let printed = weir(
-        &broker,
+        broker.addr(),
         &[&args[..], &["--count", "3", "--ack-after-ms", "5"]].concat(),
     )
     .await;
@@ -819,33 +822,34 @@ async fn weir_consume_in_queue_mode_acks_or_nacks_what_it_prints() {
         (3, 3, 1),
         "{st:?}"
     );
-    let status = weir(&broker, &["status"]).await;
+    let status = weir(broker.addr(), &["status"]).await;
     assert!(status.contains("c on cliq: breaker"), "{status}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fetch_shares_its_records_across_shards() {
-    let broker = BrokerProcess::start_with_env(&RETRY_ENV);
-    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
-    Admin::new(client.clone())
-        .create_topic("wide", 2, Default::default())
-        .await
-        .expect("create");
-    let records = (0..20)
-        .map(|i| ProducerRecord::new("wide", format!("w{i}")).shard(i % 2))
-        .collect();
-    produce(&client, "wide", records).await;
-    let q = consumer(&client, "fair", "wide", 5000);
-    for _ in 0..3 {
-        let msgs = q.fetch(4).await.expect("fetch");
-        let per: Vec<usize> = (0..2)
-            .map(|s| msgs.iter().filter(|m| m.shard == s).count())
+over_both_transports! {
+    async fn a_fetch_shares_its_records_across_shards(t) {
+        let broker = SdkBroker::start_with_env(t, &RETRY_ENV).await;
+        let client = broker.client().await;
+        Admin::new(client.clone())
+            .create_topic("wide", 2, Default::default())
+            .await
+            .expect("create");
+        let records = (0..20)
+            .map(|i| ProducerRecord::new("wide", format!("w{i}")).shard(i % 2))
             .collect();
-        assert_eq!(
-            per,
-            [2, 2],
-            "a fetch of 4 from 2 busy shards takes 2 from each"
-        );
+        produce(&client, "wide", records).await;
+        let q = consumer(&client, "fair", "wide", 5000);
+        for _ in 0..3 {
+            let msgs = q.fetch(4).await.expect("fetch");
+            let per: Vec<usize> = (0..2)
+                .map(|s| msgs.iter().filter(|m| m.shard == s).count())
+                .collect();
+            assert_eq!(
+                per,
+                [2, 2],
+                "a fetch of 4 from 2 busy shards takes 2 from each"
+            );
+        }
     }
 }
 
@@ -912,56 +916,57 @@ async fn attempt_counts_and_expired_leases_survive_a_crash() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn worker_extends_the_leases_of_handlers_that_outlive_them() {
-    use weir_client::Worker;
-    let broker = BrokerProcess::start_with_env(&RETRY_ENV);
-    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
-    Admin::new(client.clone())
-        .create_topic("long", 1, Default::default())
-        .await
-        .expect("create");
-    produce(
-        &client,
-        "long",
-        (0..3)
-            .map(|i| ProducerRecord::new("long", format!("l{i}")))
-            .collect(),
-    )
-    .await;
-    // Leases of 300 ms, handlers of 900 ms, timeout 3 s.
-    let worker = Worker::new(consumer(&client, "slow", "long", 300))
-        .concurrency([4, 4, 4, 4])
-        .timeout(Duration::from_secs(3));
-    let attempts = Arc::new(Mutex::new(Vec::new()));
-    let seen = attempts.clone();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(worker.run(
-        move |m: QueueMessage| {
-            seen.lock().unwrap().push(m.attempt);
-            async move {
-                tokio::time::sleep(Duration::from_millis(900)).await;
-                Ok(())
+over_both_transports! {
+    async fn worker_extends_the_leases_of_handlers_that_outlive_them(t) {
+        use weir_client::Worker;
+        let broker = SdkBroker::start_with_env(t, &RETRY_ENV).await;
+        let client = broker.client().await;
+        Admin::new(client.clone())
+            .create_topic("long", 1, Default::default())
+            .await
+            .expect("create");
+        produce(
+            &client,
+            "long",
+            (0..3)
+                .map(|i| ProducerRecord::new("long", format!("l{i}")))
+                .collect(),
+        )
+        .await;
+        // Leases of 300 ms, handlers of 900 ms, timeout 3 s.
+        let worker = Worker::new(consumer(&client, "slow", "long", 300))
+            .concurrency([4, 4, 4, 4])
+            .timeout(Duration::from_secs(3));
+        let attempts = Arc::new(Mutex::new(Vec::new()));
+        let seen = attempts.clone();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(worker.run(
+            move |m: QueueMessage| {
+                seen.lock().unwrap().push(m.attempt);
+                async move {
+                    tokio::time::sleep(Duration::from_millis(900)).await;
+                    Ok(())
+                }
+            },
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+        let q = consumer(&client, "slow", "long", 300);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let st = loop {
+            let st = q.status().await.expect("status");
+            if st.shards[0].ack_floor == 3 {
+                break st;
             }
-        },
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
-    let q = consumer(&client, "slow", "long", 300);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let st = loop {
-        let st = q.status().await.expect("status");
-        if st.shards[0].ack_floor == 3 {
-            break st;
-        }
-        assert!(Instant::now() < deadline, "{st:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let _ = stop_tx.send(());
-    run.await.expect("join").expect("run");
-    assert_eq!(st.expired, 0, "no lease ran out: {st:?}");
-    assert_eq!(*attempts.lock().unwrap(), [1, 1, 1]);
+            assert!(Instant::now() < deadline, "{st:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let _ = stop_tx.send(());
+        run.await.expect("join").expect("run");
+        assert_eq!(st.expired, 0, "no lease ran out: {st:?}");
+        assert_eq!(*attempts.lock().unwrap(), [1, 1, 1]);
+    }
 }
 
 /// Generation directories of the queue state log.
@@ -1061,88 +1066,90 @@ async fn state_log_compaction_keeps_acks_and_attempt_counts_across_crashes() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_group_name_is_either_a_queue_or_a_stream() {
-    let broker = BrokerProcess::start_with_env(&RETRY_ENV);
-    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
-    Admin::new(client.clone())
-        .create_topic("mixed", 1, Default::default())
-        .await
-        .expect("create");
-    produce(&client, "mixed", vec![ProducerRecord::new("mixed", "m")]).await;
-    // Queue first: joining it as a streaming group is refused.
-    let q = consumer(&client, "as-queue", "mixed", 5000);
-    assert_eq!(q.fetch(1).await.expect("fetch").len(), 1);
-    let mut stream = weir_client::Consumer::builder(&client)
-        .group("as-queue")
-        .topic("mixed")
-        .build()
-        .expect("consumer");
-    let err = stream
-        .poll(1, Duration::from_millis(200))
-        .await
-        .expect_err("a queue group cannot join as a stream");
-    assert_eq!(err.code(), Some(ErrorCode::NotQueueGroup), "{err}");
-    // Stream first: leasing as a queue is refused while it has members.
-    let mut stream = weir_client::Consumer::builder(&client)
-        .group("as-stream")
-        .topic("mixed")
-        .build()
-        .expect("consumer");
-    stream
-        .poll(1, Duration::from_millis(200))
-        .await
-        .expect("poll");
-    let err = consumer(&client, "as-stream", "mixed", 5000)
-        .fetch(1)
-        .await
-        .expect_err("a streaming group cannot lease");
-    assert_eq!(err.code(), Some(ErrorCode::NotQueueGroup), "{err}");
-    assert_eq!(
-        consumer(&client, "", "mixed", 5000)
+over_both_transports! {
+    async fn a_group_name_is_either_a_queue_or_a_stream(t) {
+        let broker = SdkBroker::start_with_env(t, &RETRY_ENV).await;
+        let client = broker.client().await;
+        Admin::new(client.clone())
+            .create_topic("mixed", 1, Default::default())
+            .await
+            .expect("create");
+        produce(&client, "mixed", vec![ProducerRecord::new("mixed", "m")]).await;
+        // Queue first: joining it as a streaming group is refused.
+        let q = consumer(&client, "as-queue", "mixed", 5000);
+        assert_eq!(q.fetch(1).await.expect("fetch").len(), 1);
+        let mut stream = weir_client::Consumer::builder(&client)
+            .group("as-queue")
+            .topic("mixed")
+            .build()
+            .expect("consumer");
+        let err = stream
+            .poll(1, Duration::from_millis(200))
+            .await
+            .expect_err("a queue group cannot join as a stream");
+        assert_eq!(err.code(), Some(ErrorCode::NotQueueGroup), "{err}");
+        // Stream first: leasing as a queue is refused while it has members.
+        let mut stream = weir_client::Consumer::builder(&client)
+            .group("as-stream")
+            .topic("mixed")
+            .build()
+            .expect("consumer");
+        stream
+            .poll(1, Duration::from_millis(200))
+            .await
+            .expect("poll");
+        let err = consumer(&client, "as-stream", "mixed", 5000)
             .fetch(1)
             .await
-            .expect_err("empty group")
-            .code(),
-        Some(ErrorCode::InvalidGroupName)
-    );
+            .expect_err("a streaming group cannot lease");
+        assert_eq!(err.code(), Some(ErrorCode::NotQueueGroup), "{err}");
+        assert_eq!(
+            consumer(&client, "", "mixed", 5000)
+                .fetch(1)
+                .await
+                .expect_err("empty group")
+                .code(),
+            Some(ErrorCode::InvalidGroupName)
+        );
+    }
 }
 
-/// Issue 22: a topic whose name leaves no room for the dead-letter suffix could never
-/// dead-letter (a final nack would hang); it is refused for queue use up front, by
-/// name, while shorter names work.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_topic_too_long_to_have_a_dead_letter_topic_is_refused_as_a_queue() {
-    use weir_protocol::messages::QueueFetchRequest;
-    let broker = BrokerProcess::start();
-    let client = connect(&broker.addr(), Duration::from_secs(20)).await;
-    let admin = Admin::new(client.clone());
-    let long = "q".repeat(247);
-    for name in [long.as_str(), "short"] {
-        admin
-            .create_topic(name, 1, weir_client::TopicConfig::default())
-            .await
-            .expect("create topic");
-    }
-    let fetch = |topic: &str| QueueFetchRequest {
-        group: "g".into(),
-        consumer: "c".into(),
-        topic: topic.into(),
-        max_messages: 1,
-        lease_ms: 0,
-        max_wait_ms: 0,
-    };
-    match client.call(fetch(&long)).await {
-        Err(weir_client::ClientError::Broker { code, message, .. }) => {
-            assert_eq!(code, ErrorCode::InvalidTopicName, "{message}");
-            assert!(message.contains("dead-letter"), "{message}");
+over_both_transports! {
+    /// Issue 22: a topic whose name leaves no room for the dead-letter suffix could never
+    /// dead-letter (a final nack would hang); it is refused for queue use up front, by
+    /// name, while shorter names work.
+    async fn a_topic_too_long_to_have_a_dead_letter_topic_is_refused_as_a_queue(t) {
+        use weir_protocol::messages::QueueFetchRequest;
+        let broker = SdkBroker::start(t).await;
+        let client = broker.client().await;
+        let admin = Admin::new(client.clone());
+        let long = "q".repeat(247);
+        for name in [long.as_str(), "short"] {
+            admin
+                .create_topic(name, 1, weir_client::TopicConfig::default())
+                .await
+                .expect("create topic");
         }
-        other => panic!("expected INVALID_TOPIC_NAME, got {other:?}"),
+        let fetch = |topic: &str| QueueFetchRequest {
+            group: "g".into(),
+            consumer: "c".into(),
+            topic: topic.into(),
+            max_messages: 1,
+            lease_ms: 0,
+            max_wait_ms: 0,
+        };
+        match client.call(fetch(&long)).await {
+            Err(weir_client::ClientError::Broker { code, message, .. }) => {
+                assert_eq!(code, ErrorCode::InvalidTopicName, "{message}");
+                assert!(message.contains("dead-letter"), "{message}");
+            }
+            other => panic!("expected INVALID_TOPIC_NAME, got {other:?}"),
+        }
+        client
+            .call(fetch("short"))
+            .await
+            .expect("a short name works");
     }
-    client
-        .call(fetch("short"))
-        .await
-        .expect("a short name works");
 }
 
 /// Leases and acks every record it can get within `within`, returning their values.

@@ -5,15 +5,19 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use weir_client::{Admin, Producer, ProducerRecord};
+use weir_tests::over_both_transports;
+use weir_tests::transport::SdkBroker;
 use weir_tests::{connect, metric, read_all, BrokerProcess};
 
 const SHARDS: u32 = 4;
 const KEYS: usize = 20;
 const SEQS: usize = 100;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keyed_records_keep_order_per_key_across_shards() {
-    keyed_round_trip(&BrokerProcess::start()).await;
+over_both_transports! {
+    async fn keyed_records_keep_order_per_key_across_shards(t) {
+        let broker = SdkBroker::start(t).await;
+        keyed_round_trip(broker.client().await).await;
+    }
 }
 
 /// The same guarantees with connections on pinned per-core runtimes; the broker must
@@ -38,7 +42,7 @@ async fn thread_per_core_runtime_keeps_the_same_guarantees() {
         connect(&broker.addr(), Duration::from_secs(5)).await,
         connect(&broker.addr(), Duration::from_secs(5)).await,
     ];
-    keyed_round_trip(&broker).await;
+    keyed_round_trip(connect(&broker.addr(), Duration::from_secs(5)).await).await;
     drop(extra);
     // Every request was read on a core thread, and every core served some.
     let mut on_cores = 0;
@@ -87,8 +91,7 @@ fn cpus_allowed(status: &str) -> Vec<u32> {
         .collect()
 }
 
-async fn keyed_round_trip(broker: &BrokerProcess) {
-    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
+async fn keyed_round_trip(client: weir_client::Client) {
     Admin::new(client.clone())
         .create_topic("orders", SHARDS, Default::default())
         .await

@@ -126,6 +126,7 @@ impl Collector for Scrape {
         self.queues(&mut enc)?;
         self.flow(&mut enc)?;
         self.process(&mut enc)?;
+        self.load(&mut enc)?;
         self.health(&mut enc)?;
         self.cluster(&mut enc)
     }
@@ -561,6 +562,62 @@ impl Scrape {
             "weir_disk_total_bytes",
             "Size of the data directory's filesystem.",
             d.map(|d| (Vec::new(), d.total_bytes)),
+        )
+    }
+
+    /// The load agents' newest one-second sample (`load_history`).
+    fn load(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let shards = self.state.load.latest();
+        let labels = |t: &str, s: u32| vec![("topic", t.to_string()), ("shard", s.to_string())];
+        type Field = fn(&crate::load_history::ShardPoint) -> u32;
+        let rates: [(&str, &str, Field); 4] = [
+            (
+                "weir_shard_ingest_records_per_second",
+                "Records appended to each shard over the last second (load agents).",
+                |p| p.records_in,
+            ),
+            (
+                "weir_shard_ingest_bytes_per_second",
+                "Bytes produced into each shard over the last second (load agents).",
+                |p| p.bytes_in,
+            ),
+            (
+                "weir_shard_egress_records_per_second",
+                "Records fetched from each shard over the last second (load agents).",
+                |p| p.records_out,
+            ),
+            (
+                "weir_shard_egress_bytes_per_second",
+                "Bytes fetched from each shard over the last second (load agents).",
+                |p| p.bytes_out,
+            ),
+        ];
+        for (name, help, f) in rates {
+            gauge(
+                enc,
+                name,
+                help,
+                shards
+                    .iter()
+                    .map(|(t, s, p, _)| (labels(t, *s), u64::from(f(p)))),
+            )?;
+        }
+        gauge(
+            enc,
+            "weir_shard_ingest_forecast_records_per_second",
+            "Each shard's ingest rate forecast 60 s ahead by its best model (load agents).",
+            shards
+                .iter()
+                .map(|(t, s, _, f)| (labels(t, *s), f.records_in_per_s)),
+        )?;
+        gauge(
+            enc,
+            "weir_process_cpu_permille",
+            "CPU time of the broker process over the last second, per mille of one core.",
+            self.state
+                .load
+                .latest_node()
+                .map(|p| (Vec::new(), u64::from(p.cpu_permille))),
         )
     }
 

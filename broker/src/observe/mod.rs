@@ -13,6 +13,7 @@ pub mod health;
 pub mod lag;
 pub mod process;
 pub mod requests;
+pub mod sampler;
 pub mod status;
 
 use std::collections::{HashMap, VecDeque};
@@ -96,12 +97,14 @@ pub async fn run(
     let webhook = Webhook::parse(&state.config.alert_webhook_url);
     let timeout = Duration::from_millis(state.config.alert_webhook_timeout_ms);
     let mut memory = Memory::default();
+    let mut sampler = sampler::Sampler::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
             _ = tick.tick() => {}
         }
+        sampler.sample(&state);
         let (report, conditions) = check(&state, &observer.thresholds, &mut memory);
         *observer.health.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(report);
         let transitions = observer

@@ -66,6 +66,8 @@ pub fn each_need(request: &Request, mut f: impl FnMut(Need<'_>) -> bool) -> bool
         | Request::ShardMove(_)
         | Request::AddNode(_)
         | Request::RemoveNode(_) => f(need(Cluster, CLUSTER, Alter)),
+        Request::LoadHistory(r) if r.topic.is_empty() => f(need(Cluster, CLUSTER, Describe)),
+        Request::LoadHistory(r) => f(need(Topic, &r.topic, Describe)),
         Request::DescribeCluster(_) | Request::DescribeShardHistory(_) => {
             f(need(Cluster, CLUSTER, Describe))
         }

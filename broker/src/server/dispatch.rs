@@ -108,6 +108,7 @@ async fn route(state: &Arc<BrokerState>, request: Request) -> Result<ResponseBod
         Request::DescribeQuotas(r) => state.flow.describe_quotas(r)?.into(),
         Request::AlterQuotas(r) => alter_quotas(state, r).await?.into(),
         Request::FlowStatus(_) => state.flow.status().into(),
+        Request::LoadHistory(r) => state.load.answer(&r)?.into(),
         // Cluster.
         Request::DescribeCluster(r) => control::describe_cluster(state, r).into(),
         Request::DescribeShardHistory(r) => cluster_of(state)?.shard_history(&r)?.into(),

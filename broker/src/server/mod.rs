@@ -3,8 +3,12 @@
 //! Connections are bounded by `max_connections` (extra ones get a THROTTLED
 //! connection error, are closed at once and counted). The server is split by plane:
 //!
-//! - [`connection`]: framing, the permits that bound a connection, the order requests
-//!   start in, the one count of request errors; [`responses`]: its ordered writes;
+//! - [`session`]: the per-request path every transport shares — the permits that
+//!   bound a peer, authentication, the order requests start in, the one count of
+//!   request errors; [`responses`]: its ordered answers;
+//! - [`connection`]: a TCP (or TLS) connection's framing in front of a session;
+//!   [`inproc`]: the in-process transport (typed requests over bounded channels) in
+//!   front of the same session;
 //! - [`admission`]: quotas, shedding and memory, for every api in one place;
 //! - [`produce`]: the data plane's write side, with [`acks`], the one owner of "when
 //!   may this produce be answered";
@@ -20,10 +24,12 @@ pub mod connection;
 pub mod control;
 pub mod dispatch;
 pub mod fetch;
+pub mod inproc;
 pub mod produce;
 pub mod queue;
 pub mod responses;
 pub mod runtimes;
+pub mod session;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -55,6 +55,8 @@ pub struct Queued {
     ticket: ProduceTicket,
     /// For `weir_produce_latency_seconds` and the topic's counters.
     topic: Arc<Topic>,
+    /// For the shard's own counters (`ClassStats::io`).
+    shard: Arc<Shard>,
     class: Class,
     acks: usize,
     started: Instant,
@@ -131,6 +133,7 @@ pub async fn start(
         plan,
         timeout: Duration::from_millis(u64::from(timeout_ms)),
         log_start: shard.reader().log_start_offset(),
+        shard: shard.clone(),
         rx,
         records,
         bytes,
@@ -327,6 +330,7 @@ impl Queued {
             bytes,
             mut ticket,
             topic,
+            shard,
             class,
             acks,
             started,
@@ -350,6 +354,7 @@ impl Queued {
                     .fetch_add(records, Ordering::Relaxed);
                 m.produce_bytes_total.fetch_add(bytes, Ordering::Relaxed);
                 topic.io.produced(records, bytes);
+                shard.stats().io.produced(records, bytes);
             }
         }
         state.meters.produce[class.index()][acks].observe(started.elapsed());

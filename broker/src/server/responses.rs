@@ -1,4 +1,5 @@
-//! Ordered writes of one connection's responses: most urgent class first, coalesced.
+//! Ordered sending of one connection's responses: most urgent class first, coalesced,
+//! to a socket or (in-process transport) a channel — the order is the same for both.
 //!
 //! Responses reach the write loop as their requests finish, in any order (clients
 //! match them by correlation id). Those ready at the same time leave in weighted-fair
@@ -22,7 +23,9 @@ use crate::scheduler::Wfq;
 /// A write round stops taking responses once it holds this many bytes (it then writes
 /// them and picks the most urgent waiting response again)...
 const WRITE_ROUND_BYTES: usize = 256 * 1024;
-/// ... or this many slices (the kernel takes at most 1,024 per `writev`).
+/// ... or this many responses.
+const WRITE_ROUND_RESPONSES: usize = 256;
+/// A `writev` passes at most this many slices (the kernel takes at most 1,024).
 const WRITE_ROUND_SLICES: usize = 512;
 
 /// The request-count and request-bytes permits of one request.
@@ -34,8 +37,25 @@ pub type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 /// responses stays within `max_in_flight_per_connection` and the byte bound.
 pub type Outgoing = (Class, ResponseFrame, Option<Permits>);
 
+/// Where a connection's responses go once the write loop has ordered them: a socket
+/// ([`SocketSink`]) or an in-process channel ([`super::inproc`]).
+pub trait ResponseSink {
+    /// A response made ready for this sink, holding its request's permits.
+    type Ready;
+    /// Prepares a response, and says what it costs the weighted-fair order (bytes).
+    fn prepare(&mut self, resp: ResponseFrame, permits: Option<Permits>) -> (Self::Ready, u64);
+    /// Sends one round, in order, and releases its permits once sent. An error ends
+    /// the loop (the peer is gone or stalled).
+    fn send_round(
+        &mut self,
+        round: &mut Vec<Self::Ready>,
+    ) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+    /// The loop is over: nothing more will be sent.
+    fn finish(&mut self) -> impl std::future::Future<Output = ()> + Send;
+}
+
 /// An encoded response waiting for the socket.
-struct Encoded {
+pub struct Encoded {
     head: BytesMut,
     tail: Vec<Bytes>,
     _permits: Option<Permits>,
@@ -58,75 +78,99 @@ impl Encoded {
     }
 }
 
-/// Writes responses as they finish, most urgent class first (weighted-fair with aging
-/// among the ones waiting), coalescing small ones into one write.
-pub async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
-    mut wr: W,
+/// A socket's writing half: responses are encoded and written with one gathered
+/// `writev` per round, response heads and record sets (straight from the log's map)
+/// as separate slices, so no record is copied.
+pub struct SocketSink<W> {
+    wr: W,
+    io_timeout: Duration,
+    chunks: Vec<Bytes>,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin + Send> SocketSink<W> {
+    pub fn new(wr: W, config: &Config) -> Self {
+        SocketSink {
+            wr,
+            io_timeout: Duration::from_millis(config.io_timeout_ms),
+            chunks: Vec::with_capacity(64),
+        }
+    }
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin + Send> ResponseSink for SocketSink<W> {
+    type Ready = Encoded;
+
+    fn prepare(&mut self, resp: ResponseFrame, permits: Option<Permits>) -> (Encoded, u64) {
+        let e = Encoded::new(&resp, permits);
+        let cost = e.len() as u64;
+        (e, cost)
+    }
+
+    async fn send_round(&mut self, round: &mut Vec<Encoded>) -> std::io::Result<()> {
+        // The permits stay in `round` until the bytes are on the socket.
+        for e in round.iter_mut() {
+            self.chunks.push(std::mem::take(&mut e.head).freeze());
+            self.chunks.append(&mut e.tail);
+        }
+        let r = write_all_vectored(&mut self.wr, &self.chunks, self.io_timeout).await;
+        self.chunks.clear();
+        round.clear();
+        r
+    }
+
+    async fn finish(&mut self) {
+        let _ = self.wr.shutdown().await;
+    }
+}
+
+/// Sends responses as they finish, most urgent class first (weighted-fair with aging
+/// among the ones waiting), several per round.
+pub async fn write_loop<S: ResponseSink>(
+    mut sink: S,
     mut rx: mpsc::Receiver<Outgoing>,
     config: &Config,
 ) {
-    let mut ready: Wfq<Encoded> = Wfq::new(config.class_weights(), config.class_aging());
-    let io_timeout = Duration::from_millis(config.io_timeout_ms);
-    // One gathered write per round: response heads and record sets (straight from the
-    // log's map) as separate slices, small tails included, so no response is copied.
-    let mut chunks: Vec<Bytes> = Vec::with_capacity(64);
-    let mut held: Vec<Option<Permits>> = Vec::new();
+    let mut ready: Wfq<(S::Ready, u64)> = Wfq::new(config.class_weights(), config.class_aging());
+    let mut round: Vec<S::Ready> = Vec::with_capacity(64);
     let mut open = true;
     loop {
         if ready.is_empty() {
             match rx.recv().await {
                 Some((class, resp, permits)) => {
-                    let e = Encoded::new(&resp, permits);
-                    let cost = e.len() as u64;
-                    ready.push(class, e, cost, Instant::now());
+                    let (r, cost) = sink.prepare(resp, permits);
+                    ready.push(class, (r, cost), cost, Instant::now());
                 }
                 None => break,
             }
         }
-        // Everything that finished meanwhile competes for the next write.
+        // Everything that finished meanwhile competes for the next round.
         while open {
             match rx.try_recv() {
                 Ok((class, resp, permits)) => {
-                    let e = Encoded::new(&resp, permits);
-                    let cost = e.len() as u64;
-                    ready.push(class, e, cost, Instant::now());
+                    let (r, cost) = sink.prepare(resp, permits);
+                    ready.push(class, (r, cost), cost, Instant::now());
                 }
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => open = false,
             }
         }
         let mut round_bytes = 0;
-        while round_bytes < WRITE_ROUND_BYTES && chunks.len() < WRITE_ROUND_SLICES {
+        while round_bytes < WRITE_ROUND_BYTES && round.len() < WRITE_ROUND_RESPONSES {
             let Some(served) = ready.pop(Instant::now()) else {
                 break;
             };
-            let Encoded {
-                head,
-                tail,
-                _permits: permits,
-            } = served.item;
-            // Released once the bytes are on the socket, not when queued here.
-            held.push(permits);
-            round_bytes += head.len();
-            chunks.push(head.freeze());
-            for c in tail {
-                round_bytes += c.len();
-                chunks.push(c);
-            }
+            let (r, cost) = served.item;
+            round_bytes += cost as usize;
+            round.push(r);
         }
-        if write_all_vectored(&mut wr, &chunks, io_timeout)
-            .await
-            .is_err()
-        {
+        if sink.send_round(&mut round).await.is_err() {
             return;
         }
-        chunks.clear();
-        held.clear();
         if !open && ready.is_empty() {
             break;
         }
     }
-    let _ = wr.shutdown().await;
+    sink.finish().await;
 }
 
 /// Writes every byte of `chunks` in order with `writev`; a peer that accepts nothing

@@ -96,6 +96,9 @@ pub struct ClassStats {
     /// `weir_shard_failed`; `None` when it takes them. Written by the writer only when
     /// it changes.
     pub trouble: std::sync::Mutex<Option<String>>,
+    /// Records and bytes produced into and fetched from this shard (the load agents'
+    /// per-shard rates; `Topic::io` sums the topic).
+    pub io: crate::meters::TopicIo,
 }
 
 /// A queued append whose answer has not come yet.

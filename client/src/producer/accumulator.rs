@@ -20,6 +20,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as SyncMutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::runtime::Handle;
@@ -76,6 +77,9 @@ struct TopicState {
     info: TopicInfo,
     /// `shards × CLASS_COUNT` lanes.
     lanes: Vec<Lane>,
+    /// Each shard's load as the broker last reported it (empty: not read, or load-aware
+    /// routing off); see [`crate::routing`].
+    loads: Vec<Option<crate::routing::ShardLoad>>,
 }
 
 struct Lane {
@@ -193,6 +197,9 @@ impl Core {
         if !linger.is_zero() {
             tokio::spawn(linger_timer(Arc::downgrade(&core), timer));
         }
+        if let Some(period) = core.config.load_aware_routing {
+            tokio::spawn(refresh_loads(Arc::downgrade(&core), period));
+        }
         core
     }
 
@@ -217,14 +224,18 @@ impl Core {
         let info = &st.topics[t as usize].info;
         let shards = info.shards;
         key_from_rule(info, &mut rec.key, &rec.headers, &rec.value);
+        let priority = rec.priority.unwrap_or(self.config.default_priority);
         let shard = match (rec.shard, &rec.key) {
             (Some(s), _) if s < shards => Some(s),
             (Some(_), _) => None,
             (None, Some(k)) if !k.is_empty() => Some(shard_for_key(k, shards)),
             // Unkeyed records stick to one shard until its batch is sent.
-            (None, _) => Some(st.round_robin % shards),
+            (None, _) => Some(st.keyless_shard(
+                t,
+                priority,
+                rec.complexity.unwrap_or(self.config.default_complexity),
+            )),
         };
-        let priority = rec.priority.unwrap_or(self.config.default_priority);
         let id = st.lane_id(t, shard.unwrap_or(0), priority);
         let class = id.class();
         match admitted {
@@ -340,6 +351,7 @@ impl Core {
             name: topic.clone(),
             info,
             lanes,
+            loads: Vec::new(),
         });
         st.by_name.insert(topic.clone(), index);
         Ok(())
@@ -391,7 +403,11 @@ impl Core {
             Partitioning::Key(_) | Partitioning::PerRecord => (None, None),
         };
         // Unkeyed records of one call stick to one shard.
-        let sticky = st.round_robin % shards;
+        let sticky = st.keyless_shard(
+            t,
+            self.config.default_priority,
+            self.config.default_complexity,
+        );
         let mut left = n;
         // Lanes the call added to (usually one).
         let mut touched: Vec<LaneId> = Vec::new();
@@ -625,6 +641,36 @@ impl Core {
     }
 }
 
+/// Reads the shard loads of every known topic every `period` while the producer
+/// lives (load-aware routing). A failed read keeps the previous figures.
+async fn refresh_loads(core: Weak<Core>, period: Duration) {
+    let period = period.max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(c) = core.upgrade() else { return };
+        let names: Vec<Arc<str>> = c.lock().topics.iter().map(|t| t.name.clone()).collect();
+        let admin = crate::admin::Admin::new(c.client.clone());
+        drop(c);
+        for name in names {
+            let Ok(h) = admin.load_history(&name, 1, 1).await else {
+                continue;
+            };
+            let Some(c) = core.upgrade() else { return };
+            let mut st = c.lock();
+            if let Some(i) = st.by_name.get(&name).copied() {
+                let topic = &mut st.topics[i as usize];
+                let mut loads = vec![None; topic.info.shards as usize];
+                for s in &h.shards {
+                    if let Some(slot) = loads.get_mut(s.shard as usize) {
+                        *slot = Some(crate::routing::ShardLoad::from(s));
+                    }
+                }
+                topic.loads = loads;
+            }
+        }
+    }
+}
+
 impl Drop for Core {
     /// The last handle is gone: what is still open is sent (as before the producer was
     /// dropped, nothing accepted is left behind), and the linger timer stops.
@@ -649,6 +695,24 @@ impl Drop for Core {
 }
 
 impl State {
+    /// The shard for keyless records of topic `t` until the next batch is sent:
+    /// rotation, or with loads known the better of two drawn shards
+    /// ([`crate::routing::choose`], seeded by the rotation counter so it sticks).
+    fn keyless_shard(&self, t: u32, priority: u8, complexity: u8) -> u32 {
+        let topic = &self.topics[t as usize];
+        let shards = topic.info.shards.max(1);
+        if topic.loads.is_empty() {
+            return self.round_robin % shards;
+        }
+        crate::routing::choose(
+            &topic.loads,
+            shards,
+            priority,
+            complexity.max(1),
+            u64::from(self.round_robin),
+        )
+    }
+
     /// The index of `topic` if it is known.
     fn topic_index(&mut self, topic: &Arc<str>) -> Option<u32> {
         if let Some((last, i)) = &self.last_topic {

@@ -26,6 +26,10 @@ pub struct Args {
     /// set its other settings, as for weir-broker).
     #[arg(long)]
     pub embedded: bool,
+    /// How the bench's clients reach an --embedded broker: `in-process` (channels, no
+    /// socket; the default) or `tcp` (loopback, as another process would).
+    #[arg(long, value_enum, default_value_t = TransportArg::InProcess)]
+    pub transport: TransportArg,
     /// Producer count (each with its own connection and thread).
     #[arg(long, default_value_t = 1)]
     pub producers: usize,
@@ -43,6 +47,11 @@ pub struct Args {
     /// mirrored` on a cluster.
     #[arg(long, default_value_t = 0)]
     pub replicas: u8,
+    /// The topic's durability when the bench creates it: `none` (left to the OS's
+    /// write-back), `interval` (the default: flushed every flush_interval_ms) or
+    /// `always`.
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Interval)]
+    pub durability: DurabilityArg,
     /// In-sync copies a mirrored produce needs, when the bench creates the topic
     /// (0 = the broker's default).
     #[arg(long, default_value_t = 0)]
@@ -120,6 +129,24 @@ pub struct Args {
     /// over time into this file: `.svg`, or `.html` for a page holding the SVG.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// forecast: the trace to replay, `unix_seconds,value` lines.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// forecast: how far ahead to forecast, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub horizon_s: u64,
+    /// forecast: the season in seconds (default: detected on the trace's first half).
+    #[arg(long)]
+    pub season_s: Option<u64>,
+    /// trace: the shape of the load produced.
+    #[arg(long, value_enum, default_value_t = super::forecast::Profile::Ramp)]
+    pub profile: super::forecast::Profile,
+    /// trace: the period of the diurnal profile, in seconds (a compressed day).
+    #[arg(long, default_value_t = 600.0)]
+    pub period_s: f64,
+    /// trace: where to write the recorded trace.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 const AFTER_HELP: &str = "Produce latency is per batch (first send → ack of the batch's last \
@@ -151,6 +178,17 @@ impl Args {
         if !ok(self.warmup) || !ok(self.linger_ms) {
             bail!("--warmup and --linger-ms must be ≥ 0");
         }
+        if self.mode == Mode::Forecast && (self.trace.is_none() || self.horizon_s == 0) {
+            bail!("forecast needs --trace FILE.csv and --horizon-s ≥ 1");
+        }
+        if self.mode == Mode::Trace
+            && (self.out.is_none() || self.duration.is_none() || self.rate.is_none())
+        {
+            bail!("trace needs --out FILE.csv, --duration and --rate");
+        }
+        if !(self.period_s.is_finite() && self.period_s > 0.0) {
+            bail!("--period-s must be a positive number of seconds");
+        }
         if self.shards == Some(0) {
             bail!("--shards must be at least 1");
         }
@@ -177,6 +215,11 @@ pub enum Mode {
     /// Starts its own cluster (`--nodes`), kills the primary `--kills` times under
     /// mirrored load and reports switchover times; `--broker` is not used.
     Failover,
+    /// Backtests the forecaster on `--trace` and prints one JSON object.
+    Forecast,
+    /// Produces along `--profile` and records the broker's measured ingest rate
+    /// (LoadHistory) into `--out`, one line a second.
+    Trace,
 }
 
 impl Mode {
@@ -186,6 +229,8 @@ impl Mode {
             Mode::Consume => "consume",
             Mode::E2e => "e2e",
             Mode::Failover => "failover",
+            Mode::Forecast => "forecast",
+            Mode::Trace => "trace",
         }
     }
 }
@@ -202,6 +247,40 @@ impl OrderArg {
         match self {
             OrderArg::Offset => DeliveryOrder::Offset,
             OrderArg::Priority => DeliveryOrder::Priority,
+        }
+    }
+}
+
+/// `--durability`: the bench topic's durability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DurabilityArg {
+    None,
+    Interval,
+    Always,
+}
+
+impl DurabilityArg {
+    pub fn durability(self) -> weir_client::Durability {
+        match self {
+            DurabilityArg::None => weir_client::Durability::None,
+            DurabilityArg::Interval => weir_client::Durability::Interval,
+            DurabilityArg::Always => weir_client::Durability::Always,
+        }
+    }
+}
+
+/// `--transport`: how clients reach an embedded broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TransportArg {
+    InProcess,
+    Tcp,
+}
+
+impl TransportArg {
+    pub fn name(self) -> &'static str {
+        match self {
+            TransportArg::InProcess => "in-process",
+            TransportArg::Tcp => "tcp",
         }
     }
 }

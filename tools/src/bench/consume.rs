@@ -143,7 +143,7 @@ async fn build_readers(cli: &Args, target: &Target) -> anyhow::Result<Vec<Reader
         } else {
             shards_of(j, cli.consumers, shards)
         };
-        let client = Client::connect_with(target.addr.clone(), target.config.clone()).await?;
+        let client = target.connect().await?;
         let mut consumer = Consumer::builder(&client)
             .topic(cli.topic.clone())
             .reset(OffsetReset::Earliest)

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use weir_client::{Client, Consumer, Message, OffsetReset};
+use weir_client::{Consumer, Message, OffsetReset};
 
 use super::args::{Args, Mode};
 use super::collector::ProdStats;
@@ -60,7 +60,7 @@ async fn build_consumers(cli: &Args, target: &Target) -> anyhow::Result<Vec<Cons
     let mut consumers = Vec::new();
     for j in 0..n {
         let mine = shards_of(j, n, shards);
-        let client = Client::connect_with(target.addr.clone(), target.config.clone()).await?;
+        let client = target.connect().await?;
         let mut consumer = Consumer::builder(&client)
             .topic(cli.topic.clone())
             .reset(OffsetReset::Latest)

@@ -36,6 +36,7 @@ mod collector;
 pub mod consume;
 pub mod e2e;
 pub mod failover;
+pub mod forecast;
 pub mod mix;
 pub mod plot;
 pub mod produce;
@@ -53,14 +54,44 @@ use target::Target;
 /// broker (whatever the outcome).
 pub async fn run(cli: Args, handle: tokio::runtime::Handle) -> anyhow::Result<Report> {
     let target = Target::prepare(&cli).await?;
+    let cpu_before = process_cpu_ns();
+    let embedded = cli.embedded;
     let report = match cli.mode {
         Mode::Produce => produce::run_produce(cli, &target, handle).await,
         Mode::Consume => consume::run_consume(cli, &target, handle).await,
         Mode::E2e => e2e::run_e2e(cli, &target, handle).await,
         Mode::Failover => unreachable!("failover runs through failover::run_failover"),
+        Mode::Forecast | Mode::Trace => {
+            unreachable!("forecast and trace run through the forecast module")
+        }
     };
+    let cpu_ns = process_cpu_ns().saturating_sub(cpu_before);
     target.shutdown().await;
-    report
+    report.map(|mut r| {
+        if r.messages > 0 {
+            // The whole process: with --embedded that is the broker and the clients.
+            let per_message = cpu_ns as f64 / r.messages as f64;
+            r.settings
+                .insert("cpu_ns_per_message".into(), serde_json::json!(per_message.round()));
+            r.notes.push(format!(
+                "CPU of this process (user + system, warmup and setup included): {:.0} ns per message{}",
+                per_message,
+                if embedded { ", broker included" } else { "" }
+            ));
+        }
+        r
+    })
+}
+
+/// User plus system CPU time this process has used, in nanoseconds.
+fn process_cpu_ns() -> u64 {
+    // SAFETY: getrusage only writes into the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return 0;
+    }
+    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
+    ns(u.ru_utime) + ns(u.ru_stime)
 }
 
 /// Writes the `--plot` file: HTML for a `.html` path, else SVG (`Args::check` refuses

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
-use weir_client::{Client, Producer};
+use weir_client::Producer;
 
 use super::args::{AckArg, Args, Mode};
 use super::collector::{collect, ProdStats};
@@ -43,7 +43,7 @@ pub async fn build_producers(run: &Run, target: &Target) -> anyhow::Result<Vec<P
     let c = &run.cli;
     let mut v = Vec::new();
     for _ in 0..c.producers {
-        let client = Client::connect_with(target.addr.clone(), target.config.clone()).await?;
+        let client = target.connect().await?;
         let mut b = Producer::builder(&client)
             .acks(c.acks.acks())
             .linger(Duration::from_secs_f64(c.linger_ms / 1000.0))
@@ -80,6 +80,11 @@ pub async fn run_producers(
         std::thread::Builder::new()
             .name(format!("producer-{i}"))
             .spawn(move || {
+                // Open-loop pacing sleeps until each message is due; with the default
+                // 50 µs timer slack every sleep overshoots by up to that much, which
+                // the e2e latency (measured from the due time) would count.
+                // SAFETY: PR_SET_TIMERSLACK only changes this thread's timer slack.
+                unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1_000u64, 0u64, 0u64, 0u64) };
                 let r = h.block_on(produce_loop(run2, producer, i, stop, tx));
                 let _ = done_tx.send(r);
             })?;

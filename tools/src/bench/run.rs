@@ -116,6 +116,16 @@ impl Run {
         m.insert("class_per_producer".into(), json!(c.class_per_producer));
         m.insert("warmup_s".into(), json!(c.warmup));
         m.insert("embedded".into(), json!(c.embedded));
+        let transport = if c.embedded {
+            c.transport.name()
+        } else {
+            "tcp"
+        };
+        m.insert("transport".into(), json!(transport));
+        m.insert(
+            "durability".into(),
+            json!(format!("{:?}", c.durability).to_lowercase()),
+        );
         m
     }
 

@@ -1,5 +1,6 @@
 //! The broker a run talks to: the one at `--broker`, or one started in this process
-//! with `--embedded`, and the bench topic on it (created, or reused as it is).
+//! with `--embedded` (reached in-process, or over loopback with `--transport tcp`),
+//! and the bench topic on it (created, or reused as it is).
 
 use std::path::PathBuf;
 
@@ -7,7 +8,7 @@ use anyhow::Context;
 use weir_client::embedded::EmbeddedBroker;
 use weir_client::{Admin, Client, TopicConfig};
 
-use super::args::Args;
+use super::args::{Args, TransportArg};
 
 /// A reachable broker with the bench topic, and what must be stopped after the run.
 pub struct Target {
@@ -19,6 +20,8 @@ pub struct Target {
     /// Shards the topic really has (an existing topic keeps its own count).
     pub shards: u32,
     embedded: Option<EmbeddedBroker>,
+    /// Whether clients reach the embedded broker in-process.
+    in_process: bool,
     /// Dropped after the embedded broker stops, which removes its data.
     _dir: Option<TempDir>,
 }
@@ -33,9 +36,12 @@ impl Target {
             (cli.broker.clone(), None, None)
         };
         let config = cli.connect.client_config()?;
-        let admin = Client::connect_with(addr.clone(), config.clone())
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
+        let in_process = cli.embedded && cli.transport == TransportArg::InProcess;
+        let admin = match (&embedded, in_process) {
+            (Some(b), true) => b.client_with(config.clone()).await,
+            _ => Client::connect_with(addr.clone(), config.clone()).await,
+        }
+        .with_context(|| format!("connecting to {addr}"))?;
         let shards = ensure_topic(cli, &admin).await?;
         Ok(Target {
             addr,
@@ -43,8 +49,18 @@ impl Target {
             admin,
             shards,
             embedded,
+            in_process,
             _dir: dir,
         })
+    }
+
+    /// A new client (its own connection, or in-process session) to the broker.
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        let client = match (&self.embedded, self.in_process) {
+            (Some(b), true) => b.client_with(self.config.clone()).await,
+            _ => Client::connect_with(self.addr.clone(), self.config.clone()).await,
+        };
+        client.with_context(|| format!("connecting to {}", self.addr))
     }
 
     /// Stops the embedded broker (if any) and removes its data directory.
@@ -90,6 +106,7 @@ async fn ensure_topic(cli: &Args, client: &Client) -> anyhow::Result<u32> {
     let config = TopicConfig {
         replicas: cli.replicas,
         min_in_sync: cli.min_in_sync,
+        durability: cli.durability.durability(),
         ..TopicConfig::default()
     };
     match admin.create_topic(&cli.topic, want_shards, config).await {

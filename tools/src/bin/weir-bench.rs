@@ -6,6 +6,8 @@
 //! weir-bench consume --embedded --producers 8 --consumers 8 --shards 8 --size 100
 //! weir-bench e2e --embedded --rate 100000 --duration 10 --linger-ms 1
 //! weir-bench failover --nodes 3 --kills 20
+//! weir-bench trace --embedded --profile ramp --duration 900 --rate 2000 --out ramp.csv
+//! weir-bench forecast --trace benches/traces/ramp.csv --horizon-s 60
 //! ```
 //!
 //! Exit codes: 0 ok, 1 the run failed, 2 bad flags, 3 the run reported errors.
@@ -36,6 +38,36 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if cli.mode == weir_tools::bench::args::Mode::Forecast {
+        let trace = cli.trace.clone().unwrap_or_default();
+        let report = weir_tools::bench::forecast::read_trace(&trace).and_then(|t| {
+            weir_tools::bench::forecast::forecast_report(&t, cli.horizon_s, cli.season_s)
+        });
+        return match report {
+            Ok(r) => {
+                println!("{r}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("weir-bench: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if cli.mode == weir_tools::bench::args::Mode::Trace {
+        let result = rt.block_on(weir_tools::bench::forecast::run_trace(cli));
+        rt.shutdown_timeout(Duration::from_secs(2));
+        return match result {
+            Ok(r) => {
+                println!("{r}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("weir-bench: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if cli.mode == weir_tools::bench::args::Mode::Failover {
         let json = cli.json;
         let result = rt.block_on(weir_tools::bench::failover::run_failover(cli));

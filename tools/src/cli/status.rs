@@ -35,6 +35,10 @@ pub async fn run(
     }
     let flow = admin.flow_status().await?;
     print!("{}", quota::format_flow_status(&flow));
+    match admin.load_history("", 1, LOAD_SECONDS).await {
+        Ok(h) => print!("{}", format_load(&h)),
+        Err(e) => println!("load: unknown ({e})"),
+    }
     let queues = weir_client::queue_status(client, "", "").await?;
     queue::print_queues(&queues);
     let http = match http {
@@ -46,6 +50,55 @@ pub async fn run(
         Err(e) => println!("health: unknown ({e:#}; give the HTTP listener with --http)"),
     }
     Ok(())
+}
+
+/// Seconds of load history `weir status` averages.
+const LOAD_SECONDS: u32 = 10;
+
+/// The load agents' view: the node's and each shard's rates averaged over the samples
+/// given, and each ingest forecast with its interval and model.
+pub fn format_load(h: &weir_client::LoadHistoryResponse) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let mean = |v: &mut dyn Iterator<Item = u64>| {
+        let (sum, n) = v.fold((0u64, 0u64), |(s, n), x| (s + x, n + 1));
+        sum.checked_div(n).unwrap_or(0)
+    };
+    let f = |f: &weir_client::LoadForecast| {
+        format!(
+            "{} rec/s in {} s [{}, {}] ({})",
+            f.records_in_per_s, f.horizon_s, f.low_per_s, f.high_per_s, f.model
+        )
+    };
+    let n = &h.node;
+    let _ = writeln!(
+        out,
+        "load (last {} s): in {} rec/s {} B/s, out {} rec/s {} B/s, cpu {:.1} %, rss {} MiB, produce p99 ≤ {} us; forecast {}",
+        n.len(),
+        mean(&mut n.iter().map(|s| s.records_in_per_s)),
+        mean(&mut n.iter().map(|s| s.bytes_in_per_s)),
+        mean(&mut n.iter().map(|s| s.records_out_per_s)),
+        mean(&mut n.iter().map(|s| s.bytes_out_per_s)),
+        mean(&mut n.iter().map(|s| u64::from(s.cpu_permille))) as f64 / 10.0,
+        n.last().map_or(0, |s| s.resident_bytes >> 20),
+        n.iter().map(|s| s.produce_latency_us_p99).max().unwrap_or(0),
+        f(&h.node_forecast)
+    );
+    for s in &h.shards {
+        let x = &s.samples;
+        let _ = writeln!(
+            out,
+            "  {}/{}: in {} rec/s, out {} rec/s, queued {}; forecast {}",
+            s.topic,
+            s.shard,
+            mean(&mut x.iter().map(|p| p.records_in_per_s)),
+            mean(&mut x.iter().map(|p| p.records_out_per_s)),
+            x.last()
+                .map_or(0, |p| p.queued.iter().map(|&q| u64::from(q)).sum::<u64>()),
+            f(&s.forecast)
+        );
+    }
+    out
 }
 
 /// The broker's host with its port + 1 (7700 → 7701, the default listeners).
@@ -128,6 +181,48 @@ pub fn format_health(s: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn load_lines_average_the_samples_and_show_forecasts() {
+        use weir_client::{
+            LoadForecast, LoadHistoryResponse, NodeLoadSample, ShardLoadHistory, ShardLoadSample,
+        };
+        let fc = LoadForecast {
+            horizon_s: 60,
+            records_in_per_s: 300,
+            low_per_s: 250,
+            high_per_s: 350,
+            model: "holt".into(),
+        };
+        let node = |r| NodeLoadSample {
+            records_in_per_s: r,
+            cpu_permille: 250,
+            resident_bytes: 64 << 20,
+            ..Default::default()
+        };
+        let h = LoadHistoryResponse {
+            resolution_s: 1,
+            node_forecast: fc.clone(),
+            node: vec![node(100), node(300)],
+            shards: vec![ShardLoadHistory {
+                topic: "t".into(),
+                shard: 1,
+                forecast: fc,
+                samples: vec![ShardLoadSample {
+                    records_in_per_s: 40,
+                    queued: vec![1, 2, 0, 0],
+                    ..Default::default()
+                }],
+            }],
+        };
+        let text = format_load(&h);
+        assert!(text.contains("in 200 rec/s"), "{text}");
+        assert!(
+            text.contains("cpu 25.0 %") && text.contains("rss 64 MiB"),
+            "{text}"
+        );
+        assert!(text.contains("t/1: in 40 rec/s, out 0 rec/s, queued 3; forecast 300 rec/s in 60 s [250, 350] (holt)"), "{text}");
+    }
 
     #[test]
     fn the_http_listener_defaults_to_the_next_port() {

@@ -87,13 +87,14 @@ pub async fn priority_fetch(
             .metrics
             .fetch_bytes_total
             .fetch_add(a.bytes as u64, Ordering::Relaxed);
-        crate::meters::count_delivery(
+        let (records, bytes) = crate::meters::count_delivery(
             &state.meters,
             &topic.io,
             &shard.classes(),
             a.batches.iter().map(|b| b.as_ref()),
             now_ms(),
         );
+        shard.stats().io.delivered(records, bytes);
         Ok(Some(PriorityFetchResponse {
             high_watermark: hwm,
             log_start_offset: start,

@@ -49,13 +49,14 @@ pub async fn fetch(
             .metrics
             .fetch_bytes_total
             .fetch_add(bytes as u64, Ordering::Relaxed);
-        crate::meters::count_delivery(
+        let (records, bytes) = crate::meters::count_delivery(
             &state.meters,
             &topic.io,
             &shard.classes(),
             chunks.iter().map(|c| c.as_ref()),
             crate::clock::now_ms(),
         );
+        shard.stats().io.delivered(records, bytes);
         Ok(Some(FetchResponse {
             high_watermark: hwm,
             log_start_offset: start,

@@ -1,0 +1,183 @@
+//! The in-process transport's own promises, beyond the SDK suite it shares with TCP:
+//! a fetched record set is a slice of the log's mapped segment (no copy) that stays
+//! valid after retention deleted the segment's file, and clients in other processes
+//! (over loopback TCP) use the same embedded broker at the same time.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use weir_client::{Admin, Producer, ProducerRecord, TopicConfig};
+use weir_protocol::batch::{BatchBuilder, NewRecord};
+use weir_protocol::messages::{Acks, FetchRequest, ProduceRequest, Records};
+use weir_protocol::ResponseBody;
+use weir_tests::read_all;
+use weir_tests::transport::{SdkBroker, Transport};
+
+const WAIT: Duration = Duration::from_secs(20);
+const SEGMENT_BYTES: u64 = 64 * 1024;
+
+/// One batch of one record of `value_bytes` bytes, all `fill`.
+fn batch(value_bytes: usize, fill: u8) -> Bytes {
+    let value = vec![fill; value_bytes];
+    let mut b = BatchBuilder::new();
+    b.push(&NewRecord::value(1_700_000_000_000, &value))
+        .expect("record");
+    b.finish().expect("batch")
+}
+
+/// The `/proc/self/maps` line of the mapping that holds `addr`, if any.
+fn mapping_of(addr: usize) -> Option<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");
+    maps.lines()
+        .find(|l| {
+            let range = l.split_whitespace().next().unwrap_or("");
+            let Some((a, b)) = range.split_once('-') else {
+                return false;
+            };
+            let a = usize::from_str_radix(a, 16).unwrap_or(usize::MAX);
+            let b = usize::from_str_radix(b, 16).unwrap_or(0);
+            a <= addr && addr < b
+        })
+        .map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetched_slice_points_into_the_segment_and_outlives_its_deletion_by_retention() {
+    let broker =
+        SdkBroker::start_with_env(Transport::InProcess, &[("WEIR_RETENTION_CHECK_MS", "100")])
+            .await;
+    let client = broker.client().await;
+    Admin::new(client.clone())
+        .create_topic(
+            "kept",
+            1,
+            TopicConfig {
+                segment_bytes: SEGMENT_BYTES,
+                retention_bytes: SEGMENT_BYTES,
+                max_message_bytes: 32 * 1024,
+                ..TopicConfig::default()
+            },
+        )
+        .await
+        .expect("create");
+    let produce = |fill: u8| ProduceRequest {
+        topic: "kept".into(),
+        shard: 0,
+        acks: Acks::Leader,
+        timeout_ms: 0,
+        records: Records::from_bytes(batch(8 * 1024, fill)),
+    };
+    // Enough to fill the first segment and start a second.
+    for i in 0..10u8 {
+        client.call(produce(i)).await.expect("produce");
+    }
+    let fetched = match client
+        .call(FetchRequest {
+            topic: "kept".into(),
+            shard: 0,
+            offset: 0,
+            max_bytes: 16 * 1024,
+            min_bytes: 1,
+            max_wait_ms: 0,
+        })
+        .await
+        .expect("fetch")
+    {
+        ResponseBody::Fetch(f) => f.records,
+        other => panic!("expected a fetch answer, got {other:?}"),
+    };
+    assert!(!fetched.is_empty());
+    let copy = fetched.to_bytes().to_vec();
+    // Zero copy: the slice is inside a mapping of the first segment's file.
+    let chunk = &fetched.chunks()[0];
+    let first_segment = format!("{:020}.log", 0);
+    let mapping = mapping_of(chunk.as_ptr() as usize).expect("slice is in a mapping");
+    assert!(
+        mapping.contains(&first_segment) && !mapping.ends_with("(deleted)"),
+        "slice not in the live segment's map: {mapping}"
+    );
+    let path = mapping
+        .split_whitespace()
+        .last()
+        .expect("mapped path")
+        .to_string();
+    assert!(std::path::Path::new(&path).exists());
+
+    // Keep producing until retention deleted the first segment's file.
+    let deadline = Instant::now() + WAIT;
+    let mut fill = 10u8;
+    while std::path::Path::new(&path).exists() {
+        assert!(Instant::now() < deadline, "retention never deleted {path}");
+        client.call(produce(fill)).await.expect("produce");
+        fill = fill.wrapping_add(1);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The file is gone; the map the slice holds is still there, and so are its bytes.
+    let mapping = mapping_of(chunk.as_ptr() as usize).expect("map kept alive by the slice");
+    assert!(
+        mapping.contains(&first_segment) && mapping.ends_with("(deleted)"),
+        "{mapping}"
+    );
+    assert_eq!(fetched.to_bytes().as_ref(), &copy[..]);
+    for b in fetched.batches() {
+        b.expect("batch still whole, CRC checked");
+    }
+    // Once the last slice goes, so does the map.
+    let addr = chunk.as_ptr() as usize;
+    drop(fetched);
+    let gone = mapping_of(addr).is_none_or(|m| !m.contains(&first_segment));
+    assert!(gone, "the deleted segment stays mapped with no slice left");
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_and_network_clients_share_one_embedded_broker() {
+    let broker = SdkBroker::start(Transport::InProcess).await;
+    let local = broker.client().await;
+    let remote = weir_tests::connect(&broker.addr(), WAIT).await;
+    assert!(local.is_in_process() && !remote.is_in_process());
+    Admin::new(remote.clone())
+        .create_topic("shared", 2, TopicConfig::default())
+        .await
+        .expect("create over TCP");
+    let from_local = Producer::builder(&local).build().await.expect("producer");
+    let from_remote = Producer::builder(&remote).build().await.expect("producer");
+    for i in 0..100 {
+        let key = format!("k{}", i % 7);
+        from_local
+            .send_and_wait(ProducerRecord::new("shared", format!("local-{i}")).key(key.clone()))
+            .await
+            .expect("in-process send");
+        from_remote
+            .send_and_wait(ProducerRecord::new("shared", format!("remote-{i}")).key(key))
+            .await
+            .expect("TCP send");
+    }
+    // Each side reads what both wrote.
+    for reader in [&local, &remote] {
+        let got = read_all(reader, "shared", 200, WAIT).await;
+        assert_eq!(got.len(), 200);
+        let locals = got
+            .iter()
+            .filter(|m| m.value.starts_with(b"local-"))
+            .count();
+        assert_eq!(locals, 100);
+    }
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_process_client_fails_cleanly_once_the_embedded_broker_stopped() {
+    let broker = SdkBroker::start(Transport::InProcess).await;
+    let client = broker.client().await;
+    client.metadata(&[]).await.expect("answered while running");
+    broker.stop().await;
+    // The session ended with the broker: calls fail (a new session is refused at
+    // once), they do not hang.
+    for _ in 0..3 {
+        let r = tokio::time::timeout(WAIT, client.metadata(&[]))
+            .await
+            .expect("no hang after shutdown");
+        assert!(r.is_err(), "answered after shutdown: {r:?}");
+    }
+}
