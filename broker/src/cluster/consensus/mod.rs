@@ -450,10 +450,29 @@ impl Consensus {
         let node = BasicNode {
             addr: addr.to_string(),
         };
-        let added = tokio::time::timeout(within, self.raft.add_learner(id, node, true))
-            .await
-            .map_err(|_| timed_out())
-            .and_then(|r| r.map(|_| ()).map_err(membership_error));
+        // openraft's blocking add_learner gives up waiting for the learner after a short
+        // while and answers Ok anyway: whether it caught up is checked here, on the
+        // leader's replication metrics, up to `within`.
+        let added = match self.raft.add_learner(id, node, false).await {
+            Err(e) => Err(membership_error(e)),
+            Ok(r) => {
+                let target = r.log_id.index;
+                self.raft
+                    .wait(Some(within))
+                    .metrics(
+                        |m| {
+                            m.replication
+                                .as_ref()
+                                .and_then(|r| r.get(&id).cloned().flatten())
+                                .is_some_and(|l| l.index >= target)
+                        },
+                        "the new learner holds the log",
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|_| timed_out())
+            }
+        };
         if let Err(e) = added {
             // A learner that never caught up is taken out again, so no half-added node
             // lingers in the membership (a later controller would otherwise record it).
