@@ -139,8 +139,8 @@ pub struct Args {
     #[arg(long)]
     pub season_s: Option<u64>,
     /// trace: the shape of the load produced.
-    #[arg(long, value_enum, default_value_t = super::forecast::Profile::Ramp)]
-    pub profile: super::forecast::Profile,
+    #[arg(long, value_enum, default_value_t = Profile::Ramp)]
+    pub profile: Profile,
     /// trace: the period of the diurnal profile, in seconds (a compressed day).
     #[arg(long, default_value_t = 600.0)]
     pub period_s: f64,
@@ -349,4 +349,17 @@ mod tests {
         assert!(e.to_string().contains(".svg"), "{e}");
         assert!(check(&["produce", "--plot", "plot"]).is_err());
     }
+}
+
+/// The shape of a recorded trace's load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Profile {
+    /// From 20 % to 100 % of --rate, linearly over the run.
+    Ramp,
+    /// A compressed day: 60 % ± 40 % of --rate, a sine of period --period-s.
+    Diurnal,
+    /// 30 % of --rate, with bursts to 100 % of 5–20 s starting at random.
+    Bursty,
+    /// Independent uniform draws between 50 % and 150 % of --rate, one per second.
+    Noise,
 }

@@ -22,7 +22,7 @@ use anyhow::{bail, Context};
 use serde_json::json;
 use weir_client::{Acks, Admin, Producer, ProducerBatch};
 
-use super::args::Args;
+use super::args::{Args, Profile};
 use super::target::Target;
 
 /// Most lines read from a trace.
@@ -114,19 +114,6 @@ pub fn forecast_report(
 
 fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
-}
-
-/// The shape of a recorded trace's load.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Profile {
-    /// From 20 % to 100 % of --rate, linearly over the run.
-    Ramp,
-    /// A compressed day: 60 % ± 40 % of --rate, a sine of period --period-s.
-    Diurnal,
-    /// 30 % of --rate, with bursts to 100 % of 5–20 s starting at random.
-    Bursty,
-    /// Independent uniform draws between 50 % and 150 % of --rate, one per second.
-    Noise,
 }
 
 /// xorshift64: a fixed-seed pseudo-random stream (traces are reproducible).
