@@ -2,13 +2,14 @@
 //! through the codecs at any read boundary, and truncated or mutated bodies are named
 //! errors, never panics. (The frame_decode fuzz target covers it with every other api.)
 
+mod common;
+
 use bytes::BytesMut;
 use proptest::collection::vec;
 use proptest::prelude::*;
-use tokio_util::codec::{Decoder, Encoder};
-use weir_protocol::frame::{RequestFrame, ResponseFrame, ResponsePayload};
+use weir_protocol::frame::RequestFrame;
 use weir_protocol::messages::*;
-use weir_protocol::{ApiKey, ClientCodec, Request, ResponseBody, ServerCodec};
+use weir_protocol::{ApiKey, Request, ResponseBody};
 
 fn s() -> impl Strategy<Value = String> {
     "[a-z0-9._-]{0,24}"
@@ -127,38 +128,12 @@ fn response() -> impl Strategy<Value = ResponseBody> {
 proptest! {
     #[test]
     fn load_history_requests_round_trip_at_any_read_boundary(req in request(), id in any::<u32>(), split in 0usize..64) {
-        let frame = RequestFrame::new(id, req);
-        let mut wire = BytesMut::new();
-        ClientCodec::default().encode(frame.clone(), &mut wire).unwrap();
-        let cut = split.min(wire.len());
-        let mut buf = BytesMut::from(&wire[..cut]);
-        let mut codec = ServerCodec::default();
-        let first = codec.decode(&mut buf).unwrap();
-        if cut < wire.len() {
-            prop_assert!(first.is_none());
-            buf.extend_from_slice(&wire[cut..]);
-        }
-        let decoded = match first {
-            Some(f) => f,
-            None => codec.decode(&mut buf).unwrap().expect("whole frame"),
-        };
-        prop_assert_eq!(decoded.unwrap(), frame);
-        prop_assert!(buf.is_empty());
+        common::request_round_trip(RequestFrame::new(id, req), split)?;
     }
 
     #[test]
     fn load_history_responses_round_trip(body in response(), id in any::<u32>()) {
-        let api = body.api_key();
-        let frame = ResponseFrame {
-            api_key: api as u16,
-            api_version: api.max_version(),
-            correlation_id: id,
-            payload: ResponsePayload::Ok(body),
-        };
-        let mut wire = BytesMut::new();
-        ServerCodec::default().encode(frame.clone(), &mut wire).unwrap();
-        let decoded = ClientCodec::default().decode(&mut wire).unwrap().expect("whole frame");
-        prop_assert_eq!(decoded, frame);
+        common::response_round_trip(body, id)?;
     }
 
     #[test]
