@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 use weir_protocol::batch;
-use weir_protocol::messages::{ShardMetadata, TopicConfig, TopicMetadata};
+use weir_protocol::messages::{Reshard, ShardMetadata, TopicConfig, TopicMetadata};
 
 use crate::inject::Injector;
 use weir_protocol::keys::KeyRule;
@@ -41,7 +41,12 @@ pub struct Topic {
     pub config: TopicConfig,
     /// Fills unset record metadata (see [`crate::inject`]).
     pub injector: Injector,
+    /// Every shard, sealed ones included: a reshard never renumbers or removes one.
     pub shards: Vec<Arc<Shard>>,
+    /// The shards keys are hashed over and produce may write: `0..active`.
+    pub active: u32,
+    /// The topic's reshards, oldest first (`weir_protocol::reshard`).
+    pub reshards: Arc<Vec<Reshard>>,
     /// Records and bytes in and out, for `/metrics` and the status page (shared with
     /// the topic's replacement when a shard is truncated, so the counters go on).
     pub io: Arc<crate::meters::TopicIo>,
@@ -62,11 +67,36 @@ impl Topic {
         })
     }
 
+    /// The layout epoch: how many reshards the topic has had.
+    pub fn layout_epoch(&self) -> u32 {
+        self.reshards.last().map_or(0, |r| r.epoch)
+    }
+
+    /// The shard produce may write to, or why not: UNKNOWN_SHARD past the end,
+    /// LAYOUT_CHANGED for a shard a reshard sealed.
+    pub fn active_shard(&self, shard: u32) -> Result<&Arc<Shard>, BrokerError> {
+        let s = self.shard(shard)?;
+        if shard >= self.active {
+            return Err(BrokerError::new(
+                ErrorCode::LayoutChanged,
+                format!(
+                    "shard {shard} of topic {} is sealed since reshard epoch {}: the topic writes to shards 0..{}; refresh Metadata",
+                    self.name,
+                    self.layout_epoch(),
+                    self.active
+                ),
+            ));
+        }
+        Ok(s)
+    }
+
     /// The topic's metadata as sent to clients.
     pub fn metadata(&self) -> TopicMetadata {
         TopicMetadata {
             name: self.name.clone(),
             config: self.config.clone(),
+            active_shards: self.active,
+            reshards: self.reshards.as_ref().clone(),
             shards: self
                 .shards
                 .iter()
@@ -101,7 +131,47 @@ struct TopicRecord {
     replicas: u8,
     #[serde(default)]
     min_in_sync: u8,
+    /// Absent in files written before resharding existed: all shards are active.
+    #[serde(default)]
+    active_shards: Option<u32>,
+    #[serde(default)]
+    reshards: Vec<ReshardRecord>,
 }
+
+/// One reshard as `topics.json` keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ReshardRecord {
+    epoch: u32,
+    from_shards: u32,
+    to_shards: u32,
+    starts: Vec<u64>,
+}
+
+impl From<&Reshard> for ReshardRecord {
+    fn from(r: &Reshard) -> Self {
+        ReshardRecord {
+            epoch: r.epoch,
+            from_shards: r.from_shards,
+            to_shards: r.to_shards,
+            starts: r.starts.clone(),
+        }
+    }
+}
+
+impl From<ReshardRecord> for Reshard {
+    fn from(r: ReshardRecord) -> Self {
+        Reshard {
+            epoch: r.epoch,
+            from_shards: r.from_shards,
+            to_shards: r.to_shards,
+            starts: r.starts,
+        }
+    }
+}
+
+/// Most reshards one topic keeps: each is a line in every Metadata answer and a
+/// check per gated shard in every consumer.
+pub const MAX_RESHARDS: usize = 64;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct MetadataFile {
@@ -176,7 +246,11 @@ impl TopicRegistry {
                     format!("topic {:?} in {}: {}", rec.name, path.display(), e.message),
                 )
             })?;
-            let topic = registry.open_topic(&rec.name, rec.shards, topic_config)?;
+            let reshards: Vec<Reshard> = rec.reshards.into_iter().map(Reshard::from).collect();
+            let active = rec.active_shards.unwrap_or(rec.shards).min(rec.shards);
+            let mut topic = registry.open_topic(&rec.name, rec.shards, topic_config, &reshards)?;
+            topic.active = active;
+            topic.reshards = Arc::new(reshards);
             registry
                 .topics
                 .write()
@@ -204,15 +278,44 @@ impl TopicRegistry {
         self.topic_dir(name).join(shard.to_string())
     }
 
+    /// Opens shards `0..shards` of a topic (all active, no reshards: the caller sets
+    /// both when the topic has had reshards; the writers start in the last one's
+    /// layout epoch).
     fn open_topic(
         &self,
         name: &str,
         shards: u32,
         config: TopicConfig,
+        reshards: &[Reshard],
     ) -> Result<Topic, BrokerError> {
-        let mut opened: Vec<Arc<Shard>> = Vec::with_capacity(shards as usize);
-        for i in 0..shards {
-            let shard_config = self.shard_config(&config)?;
+        let epoch = reshards.last().map_or(0, |r| r.epoch);
+        let opened = self.open_shards(name, 0..shards, &config, epoch)?;
+        let injector =
+            Injector::new(&config).map_err(|e| BrokerError::new(ErrorCode::InvalidConfig, e))?;
+        Ok(Topic {
+            name: name.to_string(),
+            injector,
+            config,
+            shards: opened,
+            active: shards,
+            reshards: Arc::new(reshards.to_vec()),
+            io: Default::default(),
+        })
+    }
+
+    /// Opens shards `range` of a topic, their writers in layout epoch `epoch`; on a
+    /// failure closes those it opened.
+    fn open_shards(
+        &self,
+        name: &str,
+        range: std::ops::Range<u32>,
+        config: &TopicConfig,
+        epoch: u32,
+    ) -> Result<Vec<Arc<Shard>>, BrokerError> {
+        let mut opened: Vec<Arc<Shard>> = Vec::with_capacity(range.len());
+        for i in range {
+            let mut shard_config = self.shard_config(config)?;
+            shard_config.layout_epoch = epoch;
             let dir = self.topic_dir(name).join(i.to_string());
             let shard = match Shard::open_capped(
                 &dir,
@@ -235,15 +338,7 @@ impl TopicRegistry {
             };
             opened.push(shard);
         }
-        let injector =
-            Injector::new(&config).map_err(|e| BrokerError::new(ErrorCode::InvalidConfig, e))?;
-        Ok(Topic {
-            name: name.to_string(),
-            injector,
-            config,
-            shards: opened,
-            io: Default::default(),
-        })
+        Ok(opened)
     }
 
     /// The topic with this name, or UNKNOWN_TOPIC.
@@ -426,7 +521,7 @@ impl TopicRegistry {
                 std::fs::remove_dir_all(&owned_dir).map_err(storage_err)?;
             }
             this.check_free_space(shards, &config)?;
-            match this.open_topic(&owned_name, shards, config) {
+            match this.open_topic(&owned_name, shards, config, &[]) {
                 Ok(t) => Ok(Arc::new(t)),
                 Err(e) => {
                     // Shards opened before the failure hold preallocated blocks that
@@ -496,6 +591,7 @@ impl TopicRegistry {
             group_bytes_max: self.config.shard_group_bytes_max,
             delete_key_compact_ms: self.config.delete_key_compact_ms,
             retention_check_ms: self.config.retention_check_ms,
+            layout_epoch: 0,
         })
     }
 
@@ -577,7 +673,8 @@ impl TopicRegistry {
         old.close().await;
         let dir = self.topic_dir(name).join(shard.to_string());
         let label = format!("{name}-{shard}");
-        let shard_config = self.shard_config(&topic.config)?;
+        let mut shard_config = self.shard_config(&topic.config)?;
+        shard_config.layout_epoch = topic.layout_epoch();
         let cap = self.opening_cap();
         let (fresh, end) = blocking(move || {
             let end =
@@ -600,6 +697,8 @@ impl TopicRegistry {
             config: topic.config.clone(),
             injector,
             shards,
+            active: topic.active,
+            reshards: topic.reshards.clone(),
             io: topic.io.clone(),
         };
         self.topics
@@ -630,6 +729,165 @@ impl TopicRegistry {
             "tombstones written for a deleted key"
         );
         Ok(out)
+    }
+
+    /// Changes a topic's active shard count to `to` while it is in use (see
+    /// `weir_protocol::reshard` for the rule consumers follow): new shards are created
+    /// when growing; every writer is moved to the next layout epoch, which cuts its log
+    /// at one offset (the reshard's start there) and from then on refuses appends
+    /// checked under the old shard count; the starts are flushed, then the reshard is
+    /// persisted in `topics.json`, and only then do produce checks use the new count.
+    /// A failure before the reshard is persisted puts the writers back in the old
+    /// epoch and removes the new shards: the topic is as before.
+    pub async fn reshard(self: &Arc<Self>, name: &str, to: u32) -> Result<Reshard, BrokerError> {
+        let invalid = |m: String| Err(BrokerError::new(ErrorCode::InvalidRequest, m));
+        if self.config.is_cluster() {
+            return invalid(
+                "resharding a topic on a cluster is not supported yet (its new shards would need placement and mirrors): create a topic with the shard count wanted"
+                    .into(),
+            );
+        }
+        let _guard = self.changes.lock().await;
+        let topic = self.get(name)?;
+        if to == 0 {
+            return invalid("a topic needs at least one shard".into());
+        }
+        if to == topic.active {
+            return invalid(format!("topic {name:?} already has {to} active shards"));
+        }
+        if to > self.config.max_shards_per_topic {
+            return Err(BrokerError::new(
+                ErrorCode::InvalidConfig,
+                format!(
+                    "{to} shards exceeds max_shards_per_topic {}",
+                    self.config.max_shards_per_topic
+                ),
+            ));
+        }
+        if topic.reshards.len() >= MAX_RESHARDS {
+            return invalid(format!(
+                "topic {name:?} has had {MAX_RESHARDS} reshards, the most one topic keeps"
+            ));
+        }
+        let physical = topic.shards.len() as u32;
+        let added = to.saturating_sub(physical);
+        if added > 0 {
+            let held = shard_count(&self.topics.read().expect("topics lock"));
+            if held + u64::from(added) > u64::from(self.config.max_shards) {
+                return Err(BrokerError::new(
+                    ErrorCode::InvalidConfig,
+                    format!(
+                        "{added} more shards would exceed max_shards = {}: the broker holds {held}",
+                        self.config.max_shards
+                    ),
+                ));
+            }
+        }
+        let old_epoch = topic.layout_epoch();
+        let epoch = old_epoch + 1;
+        // New shards first (their writers start in the new epoch): a failure here
+        // changes nothing.
+        let fresh = if added > 0 {
+            let this = Arc::clone(self);
+            let (owned, config) = (name.to_string(), topic.config.clone());
+            blocking(move || {
+                for i in physical..to {
+                    // Left by a reshard that failed or crashed before it was recorded.
+                    let dir = this.shard_dir(&owned, i);
+                    if dir.exists() {
+                        tracing::warn!(topic = %owned, shard = i, "removing an orphaned shard directory");
+                        std::fs::remove_dir_all(&dir).map_err(storage_err)?;
+                    }
+                }
+                this.check_free_space(added, &config)?;
+                this.open_shards(&owned, physical..to, &config, epoch)
+            })
+            .await?
+        } else {
+            Vec::new()
+        };
+        let recorded = self.cut_and_record(&topic, &fresh, to, epoch).await;
+        match recorded {
+            Ok(reshard) => {
+                tracing::info!(
+                    topic = name,
+                    epoch,
+                    from = topic.active,
+                    to,
+                    starts = ?reshard.starts,
+                    "topic resharded"
+                );
+                Ok(reshard)
+            }
+            Err(e) => {
+                for s in &topic.shards {
+                    let _ = s.seal_layout(old_epoch).await;
+                }
+                for s in &fresh {
+                    s.close().await;
+                }
+                for i in physical..to {
+                    let dir = self.shard_dir(name, i);
+                    let _ =
+                        blocking(move || std::fs::remove_dir_all(&dir).map_err(storage_err)).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The part of [`TopicRegistry::reshard`] that can fail after the new shards
+    /// exist: cuts every old shard's log in the new epoch, flushes the cuts, persists
+    /// the reshard and puts the new topic in place.
+    async fn cut_and_record(
+        self: &Arc<Self>,
+        topic: &Arc<Topic>,
+        fresh: &[Arc<Shard>],
+        to: u32,
+        epoch: u32,
+    ) -> Result<Reshard, BrokerError> {
+        let cut_err = |i: usize, e: crate::shard::AppendError| {
+            BrokerError::new(ErrorCode::StorageError, format!("shard {i}: {e}"))
+        };
+        let mut starts = Vec::with_capacity(topic.shards.len() + fresh.len());
+        for (i, s) in topic.shards.iter().enumerate() {
+            starts.push(s.seal_layout(epoch).await.map_err(|e| cut_err(i, e))?);
+        }
+        for s in fresh {
+            starts.push(s.reader().high_watermark());
+        }
+        // A start must hold after a crash: below it is the old epoch's data, which a
+        // crash must not shorten so that new-epoch records fall below the start.
+        for (i, s) in topic.shards.iter().enumerate() {
+            s.flush().await.map_err(|e| cut_err(i, e))?;
+        }
+        let reshard = Reshard {
+            epoch,
+            from_shards: topic.active,
+            to_shards: to,
+            starts,
+        };
+        let mut shards = topic.shards.clone();
+        shards.extend(fresh.iter().cloned());
+        let mut reshards = topic.reshards.as_ref().clone();
+        reshards.push(reshard.clone());
+        let injector = Injector::new(&topic.config)
+            .map_err(|e| BrokerError::new(ErrorCode::InvalidConfig, e))?;
+        let replaced = Arc::new(Topic {
+            name: topic.name.clone(),
+            config: topic.config.clone(),
+            injector,
+            shards,
+            active: to,
+            reshards: Arc::new(reshards),
+            io: topic.io.clone(),
+        });
+        let mut next = self.topics.read().expect("topics lock").clone();
+        next.insert(topic.name.clone(), replaced);
+        let this = Arc::clone(self);
+        let next = blocking(move || this.persist(&next).map(|()| next)).await?;
+        *self.topics.write().expect("topics lock") = next;
+        Ok(reshard)
     }
 
     /// Deletes a topic and its data.
@@ -681,6 +939,8 @@ impl TopicRegistry {
                 shard_key_rule: t.config.shard_key_rule.clone(),
                 replicas: t.config.replicas,
                 min_in_sync: t.config.min_in_sync,
+                active_shards: Some(t.active),
+                reshards: t.reshards.iter().map(ReshardRecord::from).collect(),
             });
         }
         let bytes = serde_json::to_vec_pretty(&file).expect("metadata serialises");

@@ -177,6 +177,8 @@ async fn serve(node: u32, c: Arc<Cluster>, sock: tokio::net::TcpStream) {
                                 ..Default::default()
                             },
                             shards: vec![ShardMetadata::default()],
+                            active_shards: 1,
+                            reshards: Vec::new(),
                         }],
                         ..Default::default()
                     },
@@ -234,6 +236,7 @@ async fn serve(node: u32, c: Arc<Cluster>, sock: tokio::net::TcpStream) {
                     FetchResponse {
                         high_watermark: records_in(&log),
                         log_start_offset: 0,
+                        layout_epoch: 0,
                         records: Records::from_chunks(chunks),
                     },
                 )

@@ -159,6 +159,8 @@ apis! {
     RemoveNode = 47, v 0..=0, RemoveNodeRequest => RemoveNodeResponse;
     /// The load agents' history of the node and its shards, with ingest forecasts.
     LoadHistory = 48, v 0..=0, LoadHistoryRequest => LoadHistoryResponse;
+    /// Change a topic's shard count while it is in use.
+    ReshardTopic = 49, v 0..=0, ReshardTopicRequest => ReshardTopicResponse;
     /// One step of authentication (SCRAM-SHA-256 or an API key).
     Authenticate = 50, v 0..=0, AuthenticateRequest => AuthenticateResponse;
     /// Create a user or change its password (its SCRAM credential).

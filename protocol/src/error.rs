@@ -134,6 +134,9 @@ error_codes! {
     /// No copy of the shard that holds every acknowledged record is alive; the shard
     /// takes no produce and serves no reads until one returns.
     ShardOffline = 38, retriable = true;
+    /// The topic was resharded after this request was routed (or the shard is sealed
+    /// by a reshard): nothing was written. Refresh Metadata and route again.
+    LayoutChanged = 39, retriable = true;
     /// The port speaks TLS and the client sent plain TCP. Sent in plain text as a
     /// connection error, then the connection is closed.
     TlsRequired = 40, retriable = false;

@@ -12,6 +12,7 @@
 //! - [`breaker`]: the circuit breaker state machine of queues and of the SDK.
 //! - [`classes`]: priorities 1..=10 grouped into the classes P0..P3.
 //! - [`keys`]: shard-key rules shared by broker and SDK.
+//! - [`reshard`]: the rule that keeps a key's records in order across a reshard.
 //! - [`scram`]: SCRAM-SHA-256, the password mechanism of Authenticate.
 //! - [`headers`]: names of the record headers Weir writes (dead letters, replays).
 //! - [`error`]: wire error codes and decode errors.
@@ -26,6 +27,7 @@ pub mod frame;
 pub mod headers;
 pub mod keys;
 pub mod messages;
+pub mod reshard;
 pub mod scram;
 pub mod sealed;
 pub mod wire;

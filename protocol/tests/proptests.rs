@@ -84,14 +84,38 @@ fn shard_metadata() -> impl Strategy<Value = ShardMetadata> {
     })
 }
 
+fn reshard() -> impl Strategy<Value = Reshard> {
+    (
+        any::<u32>(),
+        any::<u32>(),
+        any::<u32>(),
+        vec(any::<u64>(), 0..5),
+    )
+        .prop_map(|(epoch, from_shards, to_shards, starts)| Reshard {
+            epoch,
+            from_shards,
+            to_shards,
+            starts,
+        })
+}
+
 fn topic_metadata() -> impl Strategy<Value = TopicMetadata> {
-    (s(), topic_config(), vec(shard_metadata(), 0..4)).prop_map(|(name, config, shards)| {
-        TopicMetadata {
-            name,
-            config,
-            shards,
-        }
-    })
+    (
+        s(),
+        topic_config(),
+        vec(shard_metadata(), 0..4),
+        any::<u32>(),
+        vec(reshard(), 0..3),
+    )
+        .prop_map(
+            |(name, config, shards, active_shards, reshards)| TopicMetadata {
+                name,
+                config,
+                shards,
+                active_shards,
+                reshards,
+            },
+        )
 }
 
 fn offset_entry() -> impl Strategy<Value = OffsetEntry> {
@@ -235,6 +259,8 @@ fn request() -> impl Strategy<Value = Request> {
         ),
         (any::<u32>(), s()).prop_map(|(node_id, addr)| AddNodeRequest { node_id, addr }.into()),
         any::<u32>().prop_map(|node_id| RemoveNodeRequest { node_id }.into()),
+        (s(), any::<u32>())
+            .prop_map(|(topic, shards)| ReshardTopicRequest { topic, shards }.into()),
         (
             s(),
             any::<u32>(),
@@ -386,10 +412,11 @@ fn response_body() -> impl Strategy<Value = ResponseBody> {
             }
             .into()
         }),
-        (any::<u64>(), any::<u64>(), records()).prop_map(|(h, l, records)| {
+        (any::<u64>(), any::<u64>(), any::<u32>(), records()).prop_map(|(h, l, e, records)| {
             FetchResponse {
                 high_watermark: h,
                 log_start_offset: l,
+                layout_epoch: e,
                 records,
             }
             .into()
@@ -398,13 +425,15 @@ fn response_body() -> impl Strategy<Value = ResponseBody> {
             any::<u64>(),
             any::<u64>(),
             vec(any::<u64>(), 0..6),
+            any::<u32>(),
             records()
         )
-            .prop_map(|(h, l, cursors, records)| {
+            .prop_map(|(h, l, cursors, layout_epoch, records)| {
                 PriorityFetchResponse {
                     high_watermark: h,
                     log_start_offset: l,
                     cursors,
+                    layout_epoch,
                     records,
                 }
                 .into()
@@ -501,6 +530,7 @@ fn response_body() -> impl Strategy<Value = ResponseBody> {
                 .into()
             }),
         any::<u32>().prop_map(|from_node| ShardMoveResponse { from_node }.into()),
+        reshard().prop_map(|reshard| ReshardTopicResponse { reshard }.into()),
         any::<u32>().prop_map(|moves_planned| AddNodeResponse { moves_planned }.into()),
         any::<u32>().prop_map(|moves_pending| RemoveNodeResponse { moves_pending }.into()),
         (

@@ -257,6 +257,16 @@ fn requests() -> Vec<(&'static str, RequestFrame)> {
             ),
         ),
         (
+            "reshard_topic_request",
+            RequestFrame::new(
+                49,
+                ReshardTopicRequest {
+                    topic: "orders".into(),
+                    shards: 3,
+                },
+            ),
+        ),
+        (
             "shard_move_request",
             RequestFrame::new(
                 45,
@@ -877,6 +887,17 @@ fn topic_metadata() -> TopicMetadata {
             log_start_offset: 0,
             high_watermark: 42,
         }],
+        active_shards: 1,
+        reshards: vec![],
+    }
+}
+
+fn reshard() -> Reshard {
+    Reshard {
+        epoch: 1,
+        from_shards: 2,
+        to_shards: 3,
+        starts: vec![120, 97, 0],
     }
 }
 
@@ -919,6 +940,7 @@ fn responses() -> Vec<(&'static str, ResponseFrame)> {
                                 high_watermark: 0,
                             })
                             .collect(),
+                        active_shards: 2,
                         ..topic_metadata()
                     },
                 }
@@ -954,7 +976,18 @@ fn responses() -> Vec<(&'static str, ResponseFrame)> {
                 MetadataResponse {
                     uptime_s: 3_600,
                     broker_software: "weir 0.1.0".into(),
-                    topics: vec![topic_metadata()],
+                    topics: vec![TopicMetadata {
+                        shards: (0..3)
+                            .map(|s| ShardMetadata {
+                                shard: s,
+                                log_start_offset: 0,
+                                high_watermark: 120,
+                            })
+                            .collect(),
+                        active_shards: 3,
+                        reshards: vec![reshard()],
+                        ..topic_metadata()
+                    }],
                     errors: Vec::new(),
                 }
                 .into(),
@@ -999,6 +1032,7 @@ fn responses() -> Vec<(&'static str, ResponseFrame)> {
                 FetchResponse {
                     high_watermark: 42,
                     log_start_offset: 0,
+                    layout_epoch: 0,
                     records: Records::from_bytes(stored_batch()),
                 }
                 .into(),
@@ -1102,6 +1136,14 @@ fn responses() -> Vec<(&'static str, ResponseFrame)> {
                     }],
                 }
                 .into(),
+            ),
+        ),
+        (
+            "reshard_topic_response",
+            ok(
+                ApiKey::ReshardTopic,
+                49,
+                ReshardTopicResponse { reshard: reshard() }.into(),
             ),
         ),
         (
@@ -1222,6 +1264,7 @@ fn responses() -> Vec<(&'static str, ResponseFrame)> {
                     high_watermark: 42,
                     log_start_offset: 0,
                     cursors: vec![42, 42, 42, 40],
+                    layout_epoch: 1,
                     records: Records::from_bytes(stored_batch()),
                 }
                 .into(),
@@ -1235,6 +1278,7 @@ fn responses() -> Vec<(&'static str, ResponseFrame)> {
                 FetchResponse {
                     high_watermark: 42,
                     log_start_offset: 0,
+                    layout_epoch: 2,
                     records: Records::default(),
                 }
                 .into(),
@@ -2587,6 +2631,7 @@ fn example_blocks() -> String {
             &[
                 F::U64("high_watermark"),
                 F::U64("log_start_offset"),
+                F::U32("layout_epoch"),
                 F::U32("records length"),
             ],
             BATCH_HEADER,

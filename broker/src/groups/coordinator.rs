@@ -165,6 +165,22 @@ impl Coordinator {
         }
     }
 
+    /// A topic's shards changed (a reshard): every group with a member subscribed to
+    /// it rebalances, so the new shards are dealt out and sealed ones stay assigned
+    /// until read.
+    pub fn topic_resharded(&self, topic: &str) {
+        let now = Instant::now();
+        let mut groups = self.groups.lock().expect("groups lock");
+        for g in groups.values_mut() {
+            if g.members
+                .values()
+                .any(|m| m.topics.iter().any(|t| t == topic))
+            {
+                g.start_rebalance(now);
+            }
+        }
+    }
+
     /// Whether a group with live members of this name exists (queue mode refuses such
     /// names with NOT_QUEUE_GROUP).
     pub fn has_group(&self, name: &str) -> bool {

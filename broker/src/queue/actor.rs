@@ -118,6 +118,11 @@ pub enum Command {
         log: Arc<StateLog>,
         reply: oneshot::Sender<Result<(), BrokerError>>,
     },
+    /// The topic was resharded: lease from its new shards too (sealed ones stay, as
+    /// their records still wait to be leased).
+    Resharded {
+        topic: Arc<Topic>,
+    },
     /// The topic was deleted: stop after everything queued before this (the events
     /// already appended stay ahead of the manager's FORGET).
     Stop {
@@ -155,6 +160,8 @@ pub struct QueueActor {
     dead_waiters: HashMap<(u32, u64), oneshot::Sender<Result<(), BrokerError>>>,
     /// Highest dead-letter offset recorded per dead-letter shard (for snapshots).
     dlq_high: HashMap<u32, u64>,
+    /// Tasks that wake lease waiters when a shard's high-water mark moves.
+    watchers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 const C_LEASED: usize = 0;
@@ -223,6 +230,7 @@ impl QueueActor {
             rr: 0,
             dead_waiters: HashMap::new(),
             dlq_high,
+            watchers: Vec::new(),
         };
         events.extend(actor.heal_dead_letters()?);
         if !events.is_empty() {
@@ -249,15 +257,8 @@ impl QueueActor {
 
     /// Serves commands until every handle is gone.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        let mut watchers = Vec::new();
-        for s in &self.topic.shards {
-            let mut w = s.watch_high_watermark();
-            let shared = self.shared.clone();
-            watchers.push(tokio::spawn(async move {
-                while w.changed().await.is_ok() {
-                    shared.available.notify_waiters();
-                }
-            }));
+        for s in self.topic.shards.clone() {
+            self.watch(&s);
         }
         self.publish_breaker();
         loop {
@@ -283,9 +284,20 @@ impl QueueActor {
                 }
             }
         }
-        for w in watchers {
+        for w in self.watchers.drain(..) {
             w.abort();
         }
+    }
+
+    /// Wakes lease waiters whenever `shard`'s high-water mark moves.
+    fn watch(&mut self, shard: &Arc<crate::shard::Shard>) {
+        let mut w = shard.watch_high_watermark();
+        let shared = self.shared.clone();
+        self.watchers.push(tokio::spawn(async move {
+            while w.changed().await.is_ok() {
+                shared.available.notify_waiters();
+            }
+        }));
     }
 
     async fn handle(&mut self, cmd: Command) {
@@ -330,6 +342,17 @@ impl QueueActor {
                     self.log = log;
                 }
                 let _ = reply.send(r);
+            }
+            Command::Resharded { topic } => {
+                for i in self.shards.len()..topic.shards.len() {
+                    let s = topic.shards[i].clone();
+                    let start = s.reader().log_start_offset();
+                    let (sq, _) = ShardQueue::recovered(&Default::default(), start);
+                    self.shards.push(sq);
+                    self.watch(&s);
+                }
+                self.topic = topic;
+                self.shared.available.notify_waiters();
             }
             // Taken by the task loop, which stops there.
             Command::Stop { reply } => {

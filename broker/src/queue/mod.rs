@@ -584,6 +584,26 @@ impl QueueManager {
         Ok(next.generation())
     }
 
+    /// A topic was resharded: its open queues lease from its new shards too. (Queues
+    /// not open yet read the topic's shards when they open.)
+    pub async fn topic_resharded(&self, topic: &Arc<crate::topics::Topic>) {
+        let live: Vec<Arc<QueueHandle>> = {
+            let queues = self.queues.read().expect("queues lock");
+            queues
+                .iter()
+                .filter(|((_, t), _)| *t == topic.name)
+                .map(|(_, h)| h.clone())
+                .collect()
+        };
+        for h in live {
+            let _ =
+                h.tx.send(Command::Resharded {
+                    topic: topic.clone(),
+                })
+                .await;
+        }
+    }
+
     /// Stops the queues of a deleted topic and forgets their state durably (a FORGET
     /// event per queue), so a topic recreated under the same name starts with fresh
     /// queues: the old topic's ack floors would otherwise hide the new topic's records,

@@ -35,6 +35,7 @@ pub fn each_need(request: &Request, mut f: impl FnMut(Need<'_>) -> bool) -> bool
         Request::CreateTopic(r) => f(need(Topic, &r.name, Create)),
         Request::DeleteTopic(r) => f(need(Topic, &r.name, Delete)),
         Request::DeleteKey(r) => f(need(Topic, &r.topic, Delete)),
+        Request::ReshardTopic(r) => f(need(Topic, &r.topic, Alter)),
         // Naming no topic lists them all: that is describing the cluster.
         Request::Metadata(r) if r.topics.is_empty() => f(need(Cluster, CLUSTER, Describe)),
         Request::Metadata(r) => r.topics.iter().all(|t| f(need(Topic, t, Describe))),
@@ -95,6 +96,10 @@ pub fn admin_change(request: &Request) -> Option<(&'static str, String)> {
         Request::DeleteTopic(r) => ("delete_topic", r.name.clone()),
         // The topic only: the key is the personal data being forgotten.
         Request::DeleteKey(r) => ("delete_key", r.topic.clone()),
+        Request::ReshardTopic(r) => (
+            "reshard_topic",
+            format!("{} to {} shards", r.topic, r.shards),
+        ),
         Request::AlterQuotas(r) => ("alter_quota", r.client_id.clone()),
         Request::ShardMove(r) => (
             "shard_move",

@@ -92,6 +92,7 @@ pub fn append_error(e: AppendError) -> BrokerError {
         AppendError::OutOfOrder { .. } => ErrorCode::OutOfOrderSequence,
         AppendError::Fenced { .. } => ErrorCode::ProducerFenced,
         AppendError::Closed => ErrorCode::ShuttingDown,
+        AppendError::LayoutChanged { .. } => ErrorCode::LayoutChanged,
     };
     BrokerError::new(code, e.to_string())
 }

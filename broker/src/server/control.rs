@@ -82,6 +82,20 @@ pub async fn delete_topic(
     Ok(DeleteTopicResponse {}.into())
 }
 
+/// Changes a topic's active shard count (`TopicRegistry::reshard`); groups reading it
+/// rebalance onto the new shards.
+pub async fn reshard_topic(
+    state: &BrokerState,
+    r: ReshardTopicRequest,
+) -> Result<ResponseBody, BrokerError> {
+    let reshard = state.topics.reshard(&r.topic, r.shards).await?;
+    state.groups.topic_resharded(&r.topic);
+    if let Ok(t) = state.topics.get(&r.topic) {
+        state.queues.topic_resharded(&t).await;
+    }
+    Ok(ReshardTopicResponse { reshard }.into())
+}
+
 /// Writes a tombstone for `r.key` on every shard of `r.topic` (see
 /// `Log::delete_key`): from the answer on, no reader sees a record with that key
 /// below it, and compaction removes their bytes within `delete_key_compact_ms`.

@@ -95,6 +95,7 @@ async fn route(state: &Arc<BrokerState>, request: Request) -> Result<ResponseBod
         Request::CreateTopic(r) => control::create_topic(state, r).await?,
         Request::DeleteTopic(r) => control::delete_topic(state, r).await?,
         Request::DeleteKey(r) => control::delete_key(state, r).await?,
+        Request::ReshardTopic(r) => control::reshard_topic(state, r).await?,
         Request::Metadata(r) => control::metadata(state, r)?,
         Request::InitProducerId(r) if state.cluster.is_some() => {
             control::init_producer_id_cluster(state, r).await?

@@ -115,7 +115,11 @@ pub async fn start(
         .map(|h| (h.producer_id, h.producer_epoch))
         .filter(|&(id, epoch)| id != 0 && epoch != 0)
         .collect();
-    let rx = match shard.enqueue(batches, headers, plan.needs_flush()).await {
+    let layout = topic.layout_epoch();
+    let rx = match shard
+        .enqueue_in_layout(batches, headers, plan.needs_flush(), layout)
+        .await
+    {
         Ok(rx) => rx,
         Err(e) => return refuse(append_error(e), 0),
     };
@@ -171,7 +175,7 @@ struct Checked {
 /// their refusals.
 fn check(state: &BrokerState, req: &ProduceRequest) -> Result<Checked, BrokerError> {
     let topic = state.topics.get(&req.topic)?;
-    let shard = topic.shard(req.shard)?.clone();
+    let shard = topic.active_shard(req.shard)?.clone();
     let plan = AckPlan::for_level(req.acks, state.cluster.is_some())?;
     // In a cluster only the primary takes produce, and a mirrored one needs enough
     // in-sync copies before anything is written.
@@ -201,7 +205,8 @@ fn check(state: &BrokerState, req: &ProduceRequest) -> Result<Checked, BrokerErr
         return Err(BrokerError::new(ErrorCode::InvalidBatch, "no batches"));
     }
     let (batches, headers) = split_and_fill(&topic, req.records.to_bytes())?;
-    keys_on_shard(&batches, req.shard, topic.shards.len() as u32)?;
+    let before = topic.reshards.last().map(|r| r.from_shards);
+    keys_on_shard(&batches, req.shard, topic.active, before)?;
     // Fencing per producer id, on every shard at once (producer_ids.rs); the shard's
     // writer still checks sequences and its own lanes' epochs. Once per distinct stamp
     // (a request's batches almost always share one).
@@ -274,9 +279,17 @@ fn split_and_fill(
 /// whose stored key is not empty, its own or the one the topic's shard-key rule
 /// derived — must be on the shard [`shard_for_key`] gives, so one key is never stored
 /// on two shards whoever produced it. Keyless records may go anywhere. Runs on the
-/// filled-in batches, so a derived key counts like a key sent.
-fn keys_on_shard(batches: &[Bytes], shard: u32, shards: u32) -> Result<(), BrokerError> {
-    if shards <= 1 {
+/// filled-in batches, so a derived key counts like a key sent. A key that belonged
+/// here under the shard count `before` the topic's last reshard is refused with
+/// LAYOUT_CHANGED instead (retriable: the client routed before it learned of the
+/// reshard).
+fn keys_on_shard(
+    batches: &[Bytes],
+    shard: u32,
+    shards: u32,
+    before: Option<u32>,
+) -> Result<(), BrokerError> {
+    if shards <= 1 && before.is_none() {
         return Ok(());
     }
     for (b, bytes) in batches.iter().enumerate() {
@@ -287,6 +300,14 @@ fn keys_on_shard(batches: &[Bytes], shard: u32, shards: u32) -> Result<(), Broke
             let right = shard_for_key(key, shards);
             if right != shard {
                 let shown = String::from_utf8_lossy(&key[..key.len().min(64)]);
+                if before.is_some_and(|n| shard_for_key(key, n) == shard) {
+                    return Err(BrokerError::new(
+                        ErrorCode::LayoutChanged,
+                        format!(
+                            "record {r} of batch {b}: key {shown:?} moved to shard {right} when the topic was resharded to {shards} shards; refresh Metadata"
+                        ),
+                    ));
+                }
                 return Err(BrokerError::new(
                     ErrorCode::WrongShard,
                     format!(
@@ -396,6 +417,8 @@ mod tests {
             injector: Injector::new(&config).unwrap(),
             config,
             shards: Vec::new(),
+            active: 0,
+            reshards: Default::default(),
             io: Default::default(),
         }
     }
@@ -454,8 +477,8 @@ mod tests {
         let right = shard_for_key(b"user-1", 7);
         let wrong = (right + 1) % 7;
         let ok = keyed(&[b"user-1", b"", b"user-1"]);
-        keys_on_shard(std::slice::from_ref(&ok), right, 7).unwrap();
-        let e = keys_on_shard(&[ok], wrong, 7).unwrap_err();
+        keys_on_shard(std::slice::from_ref(&ok), right, 7, None).unwrap();
+        let e = keys_on_shard(&[ok], wrong, 7, None).unwrap_err();
         assert_eq!(e.code, ErrorCode::WrongShard);
         assert!(
             e.message
@@ -463,8 +486,8 @@ mod tests {
             "{}",
             e.message
         );
-        keys_on_shard(&[keyed(&[b"", b""])], wrong, 7).unwrap();
-        keys_on_shard(&[keyed(&[b"user-1"])], 0, 1).unwrap();
+        keys_on_shard(&[keyed(&[b"", b""])], wrong, 7, None).unwrap();
+        keys_on_shard(&[keyed(&[b"user-1"])], 0, 1, None).unwrap();
         // The second batch's second record is the one out of place.
         let other = (0u32..)
             .map(|i| format!("k{i}"))
@@ -474,6 +497,7 @@ mod tests {
             &[keyed(&[b"user-1"]), keyed(&[b"user-1", other.as_bytes()])],
             right,
             7,
+            None,
         )
         .unwrap_err();
         assert!(
@@ -481,6 +505,29 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    /// After a reshard from 2 to 3 shards, a key that moved is refused on its old
+    /// shard with LAYOUT_CHANGED (the client routed before it learned of the reshard,
+    /// and may retry after refreshing), never stored there; on a shard it never
+    /// belonged to it is still WRONG_SHARD.
+    #[test]
+    fn a_key_moved_by_a_reshard_is_refused_on_its_old_shard_as_a_layout_change() {
+        let moved = (0u32..)
+            .map(|i| format!("k{i}"))
+            .find(|k| shard_for_key(k.as_bytes(), 3) == 2)
+            .unwrap();
+        let old = shard_for_key(moved.as_bytes(), 2);
+        let e = keys_on_shard(&[keyed(&[moved.as_bytes()])], old, 3, Some(2)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::LayoutChanged, "{}", e.message);
+        let never = 1 - old;
+        let e = keys_on_shard(&[keyed(&[moved.as_bytes()])], never, 3, Some(2)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::WrongShard, "{}", e.message);
+        keys_on_shard(&[keyed(&[moved.as_bytes()])], 2, 3, Some(2)).unwrap();
+        // Shrinking to one shard: every key belongs on shard 0, but a key may still
+        // arrive at its old shard.
+        let e = keys_on_shard(&[keyed(&[moved.as_bytes()])], 2, 1, Some(3)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::LayoutChanged, "{}", e.message);
     }
 
     /// Bytes after the last batch too short to hold a batch header are a truncated

@@ -34,13 +34,23 @@ pub enum AppendError {
     Fenced { current_epoch: u16 },
     #[error("shard is closed")]
     Closed,
+    /// Checked under an older layout epoch than the writer's (the topic was
+    /// resharded after the produce was routed): nothing was written.
+    #[error("the topic was resharded (layout epoch {current}) after this append was checked")]
+    LayoutChanged { current: u32 },
 }
+
+/// The layout epoch of an append the writer takes whatever its epoch (the broker's
+/// own writes, which no key rule applies to).
+pub const ANY_LAYOUT: u32 = u32::MAX;
 
 /// One queued append, as it waits in its class's lane.
 pub(super) struct AppendCmd {
     pub batches: Vec<Bytes>,
     pub headers: Vec<BatchHeader>,
     pub durable: bool,
+    /// The topic's layout epoch the append's keys were checked under.
+    pub layout: u32,
     pub reply: Option<oneshot::Sender<Result<AppendOutcome, AppendError>>>,
 }
 
@@ -60,6 +70,9 @@ pub(super) enum Control {
     /// Delete every record with this key below the log's end (`Log::delete_key`);
     /// answered with the tombstone's offset.
     DeleteKey(Vec<u8>, DeleteKeyReply),
+    /// From now on take only appends checked under this layout epoch (a reshard);
+    /// answered with the log's end, the first offset of the new epoch.
+    Seal(u32, oneshot::Sender<u64>),
     Shutdown,
 }
 
@@ -136,6 +149,8 @@ pub struct ShardConfig {
     /// How often pending deletions by key are compacted out of the log's files
     /// (`Log::compact_deleted_keys`): the bound on how long their bytes stay on disk.
     pub delete_key_compact_ms: u64,
+    /// The topic's layout epoch when the shard opens (see [`Control::Seal`]).
+    pub layout_epoch: u32,
 }
 
 impl Default for ShardConfig {
@@ -151,6 +166,7 @@ impl Default for ShardConfig {
             aging: DEFAULT_AGING,
             group_bytes_max: DEFAULT_GROUP_BYTES_MAX,
             delete_key_compact_ms: 60_000,
+            layout_epoch: 0,
         }
     }
 }

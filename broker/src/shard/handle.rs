@@ -14,7 +14,7 @@ use weir_protocol::classes::{Class, ClassMap, CLASS_COUNT};
 use super::class_index::ClassIndex;
 use super::command::{
     AppendCmd, AppendError, AppendOutcome, ClassStats, Control, PendingAppend, ReplicaAppend,
-    ShardConfig,
+    ShardConfig, ANY_LAYOUT,
 };
 use super::idempotence::ProducerTable;
 use super::writer::Writer;
@@ -138,6 +138,22 @@ impl Shard {
         headers: Vec<BatchHeader>,
         durable: bool,
     ) -> Result<PendingAppend, AppendError> {
+        self.enqueue_in_layout(batches, headers, durable, ANY_LAYOUT)
+            .await
+    }
+
+    /// [`Shard::enqueue`] for batches whose keys were checked against the topic's
+    /// shard count at layout epoch `layout`: the writer refuses them with
+    /// [`AppendError::LayoutChanged`] once a reshard has sealed that epoch, so no
+    /// append checked before a reshard lands after its start. [`ANY_LAYOUT`] skips
+    /// the check (the broker's own writes: dead letters, reconciliation records).
+    pub async fn enqueue_in_layout(
+        &self,
+        batches: Vec<Bytes>,
+        headers: Vec<BatchHeader>,
+        durable: bool,
+        layout: u32,
+    ) -> Result<PendingAppend, AppendError> {
         let class = self.class_of(&headers);
         let (reply, rx) = oneshot::channel();
         self.lanes[class.index()]
@@ -145,6 +161,7 @@ impl Shard {
                 batches,
                 headers,
                 durable,
+                layout,
                 reply: Some(reply),
             })
             .await
@@ -226,6 +243,18 @@ impl Shard {
             .await
             .map_err(|_| AppendError::Closed)?;
         rx.await.map_err(|_| AppendError::Closed)?
+    }
+
+    /// Moves the writer to layout epoch `epoch` (a reshard) and returns the log's end
+    /// then: the shard's first offset of the new epoch. Appends checked under another
+    /// epoch are refused from then on (see [`Shard::enqueue_in_layout`]).
+    pub async fn seal_layout(&self, epoch: u32) -> Result<u64, AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.control
+            .send(Control::Seal(epoch, reply))
+            .await
+            .map_err(|_| AppendError::Closed)?;
+        rx.await.map_err(|_| AppendError::Closed)
     }
 
     /// Deletes every record with `key` below the shard's end (a tombstone; see

@@ -28,8 +28,8 @@ pub mod idempotence;
 pub mod writer;
 
 pub use command::{
-    AppendError, AppendOutcome, ClassStats, PendingAppend, ShardConfig, DEFAULT_GROUP_BYTES_MAX,
-    MAX_GROUP_COMMANDS,
+    AppendError, AppendOutcome, ClassStats, PendingAppend, ShardConfig, ANY_LAYOUT,
+    DEFAULT_GROUP_BYTES_MAX, MAX_GROUP_COMMANDS,
 };
 pub use handle::{Shard, PRODUCER_STATE_SCAN_OFFSETS};
 

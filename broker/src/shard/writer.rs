@@ -18,7 +18,7 @@ use weir_protocol::messages::Durability;
 
 use super::command::{
     AppendCmd, AppendError, AppendOutcome, ClassStats, Control, DeleteKeyReply, ReplicaAppend,
-    ShardConfig,
+    ShardConfig, ANY_LAYOUT,
 };
 use super::flusher::{Flusher, Waiter};
 use super::idempotence::{continues, ProducerTable, Verdict};
@@ -61,6 +61,8 @@ struct Turns {
     replicas: Vec<ReplicaAppend>,
     /// Deletions by key received, applied at the start of the next turn.
     deletions: Vec<(Vec<u8>, DeleteKeyReply)>,
+    /// Layout seals received (reshards), applied at the start of the next turn.
+    seals: Vec<(u32, tokio::sync::oneshot::Sender<u64>)>,
     next_compaction: Instant,
     compact_every: Duration,
     shutdown: bool,
@@ -86,6 +88,7 @@ impl Turns {
             next_retry: Instant::now(),
             replicas: Vec::new(),
             deletions: Vec::new(),
+            seals: Vec::new(),
             next_compaction: Instant::now()
                 + Duration::from_millis(cfg.delete_key_compact_ms.max(10)),
             compact_every: Duration::from_millis(cfg.delete_key_compact_ms.max(10)),
@@ -142,6 +145,7 @@ impl Writer {
                 take_control(&mut control, &mut t);
                 self.write_replicas(&mut t);
                 self.delete_keys(&mut t);
+                self.seal_layouts(&mut t);
                 if t.shutdown {
                     self.shut_down(&mut lanes, &mut t);
                     break;
@@ -236,6 +240,7 @@ impl Writer {
                 Some(Control::Flush(reply)) => flush_replies.push(reply),
                 Some(Control::Replicate(r)) => t.replicas.push(r),
                 Some(Control::DeleteKey(k, reply)) => t.deletions.push((k, reply)),
+                Some(Control::Seal(epoch, reply)) => t.seals.push((epoch, reply)),
                 Some(Control::Shutdown) | None => t.shutdown = true,
             },
             r = flush_done => flushed = Some(r),
@@ -261,6 +266,16 @@ impl Writer {
                 .delete_key(&key)
                 .map_err(|e| AppendError::Storage(e.to_string()));
             let _ = reply.send(r);
+        }
+    }
+
+    /// Moves to a new layout epoch (a reshard), answering with the log's end: every
+    /// append written before it was checked under the old epoch, and every later one
+    /// must have been checked under the new (`write_group` refuses the others).
+    fn seal_layouts(&mut self, t: &mut Turns) {
+        for (epoch, reply) in t.seals.drain(..) {
+            self.config.layout_epoch = epoch;
+            let _ = reply.send(self.log.high_watermark());
         }
     }
 
@@ -403,7 +418,13 @@ impl Writer {
             let cmd = served.item;
             bytes += cmd.bytes();
             count += 1;
-            let result = append_one(&mut self.log, &mut self.producers, cmd.batches, cmd.headers);
+            let result = if cmd.layout == self.config.layout_epoch || cmd.layout == ANY_LAYOUT {
+                append_one(&mut self.log, &mut self.producers, cmd.batches, cmd.headers)
+            } else {
+                Err(AppendError::LayoutChanged {
+                    current: self.config.layout_epoch,
+                })
+            };
             if matches!(&result, Ok(o) if !o.duplicate) {
                 wrote = true;
             }
@@ -451,6 +472,7 @@ fn take_control(control: &mut mpsc::Receiver<Control>, t: &mut Turns) {
             Ok(Control::Flush(reply)) => t.flusher.want(Vec::new(), Some(reply)),
             Ok(Control::Replicate(r)) => t.replicas.push(r),
             Ok(Control::DeleteKey(k, reply)) => t.deletions.push((k, reply)),
+            Ok(Control::Seal(epoch, reply)) => t.seals.push((epoch, reply)),
             Ok(Control::Shutdown) => t.shutdown = true,
             Err(_) => break,
         }

@@ -24,6 +24,10 @@ wire_struct! {
     pub struct FetchResponse {
         pub high_watermark: u64,
         pub log_start_offset: u64,
+        /// The topic's layout epoch (its reshards so far); a consumer that knows an
+        /// older one refreshes Metadata before it hands out these records
+        /// (PROTOCOL.md, "Resharding").
+        pub layout_epoch: u32,
         pub records: Records,
     }
 }
@@ -55,6 +59,8 @@ wire_struct! {
         /// lane's last batch in it, or, for a lane with no batch in it, the offset of
         /// its next batch or the high-water mark when it has none).
         pub cursors: Vec<u64>,
+        /// As in FetchResponse.
+        pub layout_epoch: u32,
         pub records: Records,
     }
 }

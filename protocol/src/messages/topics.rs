@@ -127,7 +127,47 @@ wire_struct! {
     pub struct TopicMetadata {
         pub name: String,
         pub config: TopicConfig,
+        /// Every shard the topic has, sealed ones included (a reshard that shrinks
+        /// the topic seals shards; they stay readable and are never renumbered).
         pub shards: Vec<ShardMetadata>,
+        /// The shards keys are hashed over and produce may write to: `0..active_shards`.
+        pub active_shards: u32,
+        /// The topic's reshards so far, oldest first (empty: never resharded); the
+        /// last one's `epoch` is the topic's layout epoch.
+        pub reshards: Vec<Reshard>,
+    }
+}
+
+wire_struct! {
+    /// One reshard of a topic (PROTOCOL.md, "Resharding"): from `from_shards` active
+    /// shards to `to_shards`, and where it cut each shard's log.
+    pub struct Reshard {
+        /// 1 for a topic's first reshard, then 2, ...
+        pub epoch: u32,
+        pub from_shards: u32,
+        pub to_shards: u32,
+        /// Per shard, by number: its first offset written under `to_shards`. Shards
+        /// past the end of the list did not exist yet (their start is 0).
+        pub starts: Vec<u64>,
+    }
+}
+
+wire_struct! {
+    /// Changes a topic's active shard count to `shards` (grow or shrink) while it is
+    /// in use: every shard's log is cut at one offset (the reshard's starts), shards
+    /// `shards..` are sealed when shrinking, new shards are created when growing.
+    /// Records of one key keep their order for consumers that follow PROTOCOL.md
+    /// "Resharding".
+    pub struct ReshardTopicRequest {
+        pub topic: String,
+        pub shards: u32,
+    }
+}
+
+wire_struct! {
+    /// The reshard as recorded.
+    pub struct ReshardTopicResponse {
+        pub reshard: Reshard,
     }
 }
 

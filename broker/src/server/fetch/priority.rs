@@ -99,6 +99,7 @@ pub async fn priority_fetch(
             high_watermark: hwm,
             log_start_offset: start,
             cursors: a.cursors.to_vec(),
+            layout_epoch: topic.layout_epoch(),
             records: Records::from_chunks(a.batches),
         }))
     })

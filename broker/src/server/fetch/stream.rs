@@ -60,6 +60,7 @@ pub async fn fetch(
         Ok(Some(FetchResponse {
             high_watermark: hwm,
             log_start_offset: start,
+            layout_epoch: topic.layout_epoch(),
             records: Records::from_chunks(chunks),
         }))
     })
