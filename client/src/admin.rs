@@ -41,6 +41,18 @@ impl Admin {
         expect_body!(self.client.call(req).await?, DeleteTopic).map(|_| ())
     }
 
+    /// Changes `topic`'s shard count to `shards` while it is in use (grow or shrink;
+    /// PROTOCOL.md "Resharding"). Returns the reshard as recorded: its epoch and
+    /// where it cut each shard's log. Producers of this SDK learn the new count from
+    /// their first LAYOUT_CHANGED answer; consumers from the next fetch.
+    pub async fn reshard_topic(&self, topic: &str, shards: u32) -> Result<Reshard> {
+        let req = ReshardTopicRequest {
+            topic: topic.to_string(),
+            shards,
+        };
+        expect_body!(self.client.call(req).await?, ReshardTopic).map(|r| r.reshard)
+    }
+
     /// Deletes every record with `key` from `topic` (the right to be forgotten):
     /// readers no longer see them once this returns, and the broker removes their
     /// bytes from disk within its `delete_key_compact_ms`. Returns, per shard, the

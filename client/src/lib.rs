@@ -72,5 +72,5 @@ pub use record::{BatchRecord, Message, Partitioning, ProducerBatch, ProducerReco
 pub use tls::TlsConfig;
 pub use weir_protocol::messages::{
     Acks, Durability, FlowStatusResponse, LoadForecast, LoadHistoryResponse, NodeLoadSample, Quota,
-    QuotaEntry, ShardLoadHistory, ShardLoadSample, TopicConfig,
+    QuotaEntry, Reshard, ShardLoadHistory, ShardLoadSample, TopicConfig,
 };

@@ -118,6 +118,11 @@ impl ConsumerBuilder {
         self.config.fetch_max_wait = d;
         self
     }
+    /// Most bytes one fetch of one shard returns (the first batch always whole).
+    pub fn max_fetch_bytes(mut self, n: u32) -> Self {
+        self.config.max_fetch_bytes = n;
+        self
+    }
     /// All settings at once.
     pub fn config(mut self, config: ConsumerConfig) -> Self {
         self.config = config;
@@ -152,6 +157,9 @@ impl ConsumerBuilder {
             lanes: HashMap::new(),
             lane_floors: HashMap::new(),
             heartbeat: None,
+            layouts: HashMap::new(),
+            others: HashMap::new(),
+            others_at: None,
         })
     }
 }

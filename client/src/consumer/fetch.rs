@@ -22,6 +22,7 @@ use super::{Consumer, ConsumerConfig, DeliveryOrder, OffsetReset};
 use crate::client::expect_body;
 use crate::error::{ClientError, Result};
 use crate::record::Message;
+use weir_protocol::reshard::Gate;
 
 /// The lane cursors of a shard in priority order (`None` in offset order).
 type Lanes = Option<[u64; CLASS_COUNT]>;
@@ -32,6 +33,9 @@ struct Fetched {
     shard: u32,
     offset: u64,
     lanes: Lanes,
+    /// Records at or above this offset wait for a reshard's other shards
+    /// (`reshard.rs`): they are not handed out.
+    limit: u64,
 }
 
 impl Consumer {
@@ -164,8 +168,21 @@ impl Consumer {
     /// `poll_batches` instead of decoding its records into messages.
     async fn fetch_round(&mut self, wait: Duration, whole: bool) -> Result<()> {
         let priority = self.config.order == DeliveryOrder::Priority;
+        if self.layouts.values().any(|l| !l.reshards.is_empty()) {
+            if let Err(e) = self.refresh_others().await {
+                tracing::debug!(error = %e, "could not read the group's commits for a reshard gate");
+            }
+        }
         let mut calls = FuturesUnordered::new();
+        let mut blocked = 0usize;
         for ((topic, shard), offset) in &self.positions {
+            let limit = match self.gate_of(topic, *shard, *offset) {
+                Gate::Blocked { .. } => {
+                    blocked += 1;
+                    continue;
+                }
+                Gate::Until { limit } => limit,
+            };
             let client = self.client.clone();
             let timeout = wait + self.client.config().request_timeout;
             let (topic, shard, offset) = (topic.clone(), *shard, *offset);
@@ -182,6 +199,7 @@ impl Consumer {
                     shard,
                     offset,
                     lanes,
+                    limit,
                 };
                 (fetched, r)
             });
@@ -190,6 +208,7 @@ impl Consumer {
         let mut reset = Vec::new();
         // THROTTLED (a fetch quota) says when to come back; asking sooner only spins.
         let mut pause = Duration::ZERO;
+        let mut stale = Vec::new();
         while let Some((fetched, r)) = calls.next().await {
             let body = match r {
                 Ok(b) => b,
@@ -204,9 +223,38 @@ impl Consumer {
                 }
                 Err(e) => return Err(e),
             };
+            let epoch = match &body {
+                ResponseBody::Fetch(r) => r.layout_epoch,
+                ResponseBody::PriorityFetch(r) => r.layout_epoch,
+                _ => 0,
+            };
+            if self.layout_is_stale(&fetched.topic, epoch) {
+                // Resharded since the gate was asked: decide again once the new
+                // layout is known.
+                stale.push((fetched, body));
+                continue;
+            }
             self.take_response(fetched, body, whole, &classes)?;
         }
         drop(calls);
+        if !stale.is_empty() {
+            let mut topics: Vec<String> = stale.iter().map(|(f, _)| f.topic.clone()).collect();
+            topics.sort();
+            topics.dedup();
+            self.learn_layouts(&topics, true).await?;
+            for (mut fetched, body) in stale {
+                match self.gate_of(&fetched.topic, fetched.shard, fetched.offset) {
+                    Gate::Blocked { .. } => continue,
+                    Gate::Until { limit } => fetched.limit = limit,
+                }
+                self.take_response(fetched, body, whole, &classes)?;
+            }
+        }
+        if blocked > 0 && self.buffered.is_empty() && self.batches.is_empty() {
+            // Every readable shard was read and some wait for others (a group member
+            // waits for commits): do not spin.
+            tokio::time::sleep(wait.min(Duration::from_millis(20))).await;
+        }
         if priority {
             self.apply_lane_floors();
         }
@@ -249,9 +297,11 @@ impl Consumer {
                 |e: weir_protocol::DecodeError| ClientError::Protocol(format!("bad batch: {e}"));
             // The lane (from the header's priority) says which records are new; the
             // CRC and the records are checked by the decoding pass below.
-            let lane = classes
-                .class_of(batch::BatchHeader::read(&b).map_err(bad)?.priority)
-                .index();
+            let header = batch::BatchHeader::read(&b).map_err(bad)?;
+            if header.base_offset >= f.limit {
+                continue; // after a reshard's cut, waiting for the other shards
+            }
+            let lane = classes.class_of(header.priority).index();
             let from = f.lanes.map_or(f.offset, |l| l[lane]);
             if whole {
                 let batch = Batch::parse(b).map_err(bad)?;
@@ -291,7 +341,10 @@ impl Consumer {
         }
         // Lanes move as their messages are returned, and to where the broker says
         // their next batch is once all of this shard's messages have been returned.
-        if let Some(reported) = reported {
+        if let Some(mut reported) = reported {
+            for c in &mut reported {
+                *c = (*c).min(f.limit);
+            }
             self.lane_floors.insert((f.topic, f.shard), reported);
         }
         Ok(())

@@ -109,7 +109,25 @@ impl Consumer {
         self.lane_floors.clear();
         let shards = self.assigned_shards().await?;
         self.positions.clear();
-        let committed = self.committed_offsets(&shards).await?;
+        let mut topics: Vec<String> = shards.iter().map(|(t, _)| t.clone()).collect();
+        topics.extend(self.topics.iter().cloned());
+        topics.sort();
+        topics.dedup();
+        self.others_at = None;
+        if !topics.is_empty() {
+            self.learn_layouts(&topics, false).await?;
+        }
+        // Every shard's commit, not just this member's: whether the group read a topic
+        // before a reshard decides where a new shard is started (`reshard_start`).
+        let mut asked = shards.clone();
+        for (topic, l) in &self.layouts {
+            if !l.reshards.is_empty() {
+                asked.extend((0..l.log_starts.len() as u32).map(|s| (topic.clone(), s)));
+            }
+        }
+        asked.sort();
+        asked.dedup();
+        let committed = self.committed_offsets(&asked).await?;
         for (topic, shard) in shards {
             let key = (topic.clone(), shard);
             // A start offset applies once, at the first assignment of its shard (taken
@@ -117,7 +135,10 @@ impl Consumer {
             let start = self.config.start_offsets.get(&key).copied();
             let pos = match start.or_else(|| committed.get(&key).copied()) {
                 Some(o) => o,
-                None => self.reset_position(&topic, shard).await?,
+                None => match self.reshard_start(&topic, shard, &committed) {
+                    Some(o) => o,
+                    None => self.reset_position(&topic, shard).await?,
+                },
             };
             self.positions.insert((topic, shard), pos);
         }

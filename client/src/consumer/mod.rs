@@ -18,6 +18,7 @@ mod config;
 mod fetch;
 mod group;
 mod positions;
+mod reshard;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,6 +60,12 @@ pub struct Consumer {
     /// which hold once every buffered message of that shard has been returned.
     lane_floors: HashMap<(String, u32), Vec<u64>>,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
+    /// Per topic, its reshards as last learned (see `reshard.rs`).
+    layouts: HashMap<String, reshard::Layout>,
+    /// A group member's view of the group's commits of shards it does not read, and
+    /// when it was fetched (for the reshard gate).
+    others: HashMap<(String, u32), u64>,
+    others_at: Option<tokio::time::Instant>,
 }
 
 impl Drop for Consumer {

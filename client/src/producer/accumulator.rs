@@ -331,7 +331,7 @@ impl Core {
         };
         let topic_max = t.config.max_message_bytes as usize;
         let info = TopicInfo {
-            shards: t.shards.len() as u32,
+            shards: active_shards(&t),
             default_priority: t.config.default_priority,
             key_rule: KeyRule::parse(&t.config.shard_key_rule).unwrap_or(KeyRule::None),
             batch_bytes_max: match topic_max {
@@ -344,7 +344,7 @@ impl Core {
             return Ok(()); // another caller learnt it meanwhile
         }
         let index = st.topics.len() as u32;
-        let lanes = (0..info.shards as usize * CLASS_COUNT)
+        let lanes = (0..t.shards.len().max(info.shards as usize) * CLASS_COUNT)
             .map(|_| Lane::new(&self.config))
             .collect();
         st.topics.push(TopicState {
@@ -354,6 +354,32 @@ impl Core {
             loads: Vec::new(),
         });
         st.by_name.insert(topic.clone(), index);
+        Ok(())
+    }
+
+    /// Learns a known topic's shard count again (a lane was told LAYOUT_CHANGED: the
+    /// topic was resharded): records sent from now on are placed by the new count.
+    /// Lanes of shards a reshard sealed stay (their batches in flight settle there).
+    pub(super) async fn relearn_topic(&self, topic: &Arc<str>) -> Result<()> {
+        let m = self.client.metadata(&[topic]).await?;
+        let Some(t) = m.topics.into_iter().next() else {
+            return Ok(());
+        };
+        let active = active_shards(&t);
+        let physical = t.shards.len().max(active as usize);
+        let mut st = self.lock();
+        let Some(i) = st.topic_index(topic) else {
+            return Ok(());
+        };
+        let topic_state = &mut st.topics[i as usize];
+        if topic_state.info.shards != active {
+            tracing::info!(topic = %topic, from = topic_state.info.shards, to = active, "topic resharded: routing by the new shard count");
+        }
+        topic_state.info.shards = active;
+        while topic_state.lanes.len() < physical * CLASS_COUNT {
+            topic_state.lanes.push(Lane::new(&self.config));
+        }
+        topic_state.loads.clear();
         Ok(())
     }
 
@@ -567,6 +593,21 @@ impl Core {
                             }
                         })
                     },
+                    layout_changed: {
+                        let me = self.me.clone();
+                        let runtime = self.runtime.clone();
+                        let topic = topic.name.clone();
+                        Box::new(move || {
+                            let (me, topic) = (me.clone(), topic.clone());
+                            runtime.spawn(async move {
+                                if let Some(core) = me.upgrade() {
+                                    if let Err(e) = core.relearn_topic(&topic).await {
+                                        tracing::warn!(topic = %topic, error = %e, "could not learn the topic's new shard count");
+                                    }
+                                }
+                            });
+                        })
+                    },
                     room: Box::new(move |spare| {
                         if let Some(core) = me.upgrade() {
                             core.on_room(id, spare);
@@ -745,6 +786,15 @@ impl State {
             topic: t,
             lane: shard * CLASS_COUNT as u32 + class as u32,
         }
+    }
+}
+
+/// The shards a topic's keys are hashed over (all of them from a broker that predates
+/// resharding and sends 0).
+fn active_shards(t: &weir_protocol::messages::TopicMetadata) -> u32 {
+    match t.active_shards {
+        0 => t.shards.len() as u32,
+        n => n,
     }
 }
 

@@ -60,6 +60,11 @@ struct Item {
     /// the failure was seen may predate the switchover that the retry, a backoff
     /// later, can already use.
     reroute: bool,
+    /// LAYOUT_CHANGED answers so far: the first may be a batch checked just before a
+    /// reshard (sent again, it is checked under the new shard count and stored); a
+    /// second means its keys moved to another shard or its shard is sealed, and it is
+    /// given up (not stored) so the caller can send it again, routed anew.
+    layout_refusals: u32,
 }
 
 pub(super) struct ShardSender {
@@ -74,6 +79,8 @@ pub(super) struct ShardSender {
     pub(super) window: Arc<Window>,
     /// Gives back places in the lane's class pool (records whose batch was sent).
     pub(super) release: Box<dyn Fn(u32) + Send + Sync>,
+    /// Has the accumulator learn the topic's shard count again (LAYOUT_CHANGED).
+    pub(super) layout_changed: Box<dyn Fn() + Send + Sync>,
     /// Tells the accumulator that this lane has settled a batch (with the batch's
     /// buffer, for the lane's next one).
     pub(super) room: Box<dyn Fn(Option<BytesMut>) + Send + Sync>,
@@ -123,6 +130,7 @@ impl ShardSender {
             permits: count,
             sent_at: None,
             reroute: false,
+            layout_refusals: 0,
         })
     }
 
@@ -294,6 +302,13 @@ impl ShardSender {
                         Err(e) => {
                             item.attempts += 1;
                             item.reroute = crate::cluster::is_routing_error(&e);
+                            let layout_changed = e.code() == Some(ErrorCode::LayoutChanged);
+                            if layout_changed {
+                                item.layout_refusals += 1;
+                                if item.layout_refusals == 1 {
+                                    (self.layout_changed)();
+                                }
+                            }
                             // Fenced by this producer itself: another of its lanes moved
                             // it to a new epoch (the broker fences per producer id, on
                             // every shard at once), so this lane follows it: like a
@@ -324,7 +339,7 @@ impl ShardSender {
                                     item.attempts -= 1;
                                     true
                                 }
-                                Pushback::No => e.is_retriable() || out_of_order,
+                                Pushback::No => (e.is_retriable() && item.layout_refusals < 2) || out_of_order,
                             };
                             // Everything sent after the failed batch settles first.
                             let mut again = VecDeque::new();

@@ -1,4 +1,4 @@
-//! `weir topic create|list|describe|delete`.
+//! `weir topic create|list|describe|delete|delete-key|reshard`.
 
 use clap::{Subcommand, ValueEnum};
 use weir_client::{Admin, Durability, TopicConfig};
@@ -58,6 +58,15 @@ pub enum TopicCmd {
     /// readers at once, removed from disk by the broker's next compaction
     /// (`delete_key_compact_ms`). Records produced later with the key are kept.
     DeleteKey { topic: String, key: String },
+    /// Change a topic's shard count while producers and consumers run (grow or
+    /// shrink): keys move by jump consistent hash, every shard's log is cut at one
+    /// offset, and consumers finish a key's old shard before reading its new one.
+    Reshard {
+        topic: String,
+        /// The new active shard count, at least 1.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        shards: u32,
+    },
 }
 
 /// `--durability` of `topic create`.
@@ -116,6 +125,16 @@ pub async fn run(admin: &Admin, cmd: TopicCmd) -> anyhow::Result<()> {
             admin.delete_topic(&name).await?;
             println!("deleted topic {name}");
         }
+        TopicCmd::Reshard { topic, shards } => {
+            let r = admin.reshard_topic(&topic, shards).await?;
+            println!(
+                "resharded topic {topic} from {} to {} shards (layout epoch {})",
+                r.from_shards, r.to_shards, r.epoch
+            );
+            for (s, start) in r.starts.iter().enumerate() {
+                println!("  shard {s}: new epoch starts at offset {start}");
+            }
+        }
         TopicCmd::DeleteKey { topic, key } => {
             let points = admin.delete_key(&topic, key.as_bytes()).await?;
             for p in points {
@@ -138,9 +157,20 @@ async fn describe(admin: &Admin, name: &str) -> anyhow::Result<()> {
         c.default_priority, c.default_complexity, c.shard_key_rule
     );
     for s in t.shards {
+        let sealed = if t.active_shards > 0 && s.shard >= t.active_shards {
+            " (sealed by a reshard)"
+        } else {
+            ""
+        };
         println!(
-            "  shard {}: offsets [{}, {})",
+            "  shard {}: offsets [{}, {}){sealed}",
             s.shard, s.log_start_offset, s.high_watermark
+        );
+    }
+    for r in t.reshards.iter() {
+        println!(
+            "  reshard {}: {} -> {} shards, starts {:?}",
+            r.epoch, r.from_shards, r.to_shards, r.starts
         );
     }
     Ok(())

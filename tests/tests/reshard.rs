@@ -1,0 +1,244 @@
+//! Live resharding against a real broker process (issue 18 part 3): a topic grows
+//! from 2 to 4 shards and shrinks to 3 while keyed producers and a consumer run, with
+//! a kill -9 racing the second reshard. Afterwards every acknowledged record is stored
+//! exactly once, and both the consumer that ran through it all and a fresh one reading
+//! from the start see each key's records in the order they were produced.
+//!
+//! Each key is produced by its own task, one record at a time (the next once the
+//! previous is acknowledged), so its order is defined; a record refused with
+//! LAYOUT_CHANGED (routed before the producer learned of a reshard) or lost to the kill
+//! is sent again under a new attempt number, so a value names one attempt.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use weir_client::{Admin, Consumer, Message, OffsetReset, Producer, ProducerRecord};
+use weir_tests::{connect, read_to_end, BrokerProcess};
+
+const TOPIC: &str = "orders";
+const KEYS: usize = 24;
+/// Bound on the records one key task sends.
+const MAX_PER_KEY: u64 = 20_000;
+
+/// (key, seq, attempt) of a value `k{key}:{seq}:{attempt}`.
+fn parse(v: &[u8]) -> (usize, u64, u32) {
+    let s = std::str::from_utf8(v).expect("utf8");
+    let mut it = s.split(':');
+    let k = it.next().unwrap()[1..].parse().unwrap();
+    let seq = it.next().unwrap().parse().unwrap();
+    let attempt = it.next().unwrap().parse().unwrap();
+    (k, seq, attempt)
+}
+
+/// Checks that in `delivered` (delivery order) each key's sequence numbers never go
+/// back; returns how many records broke it, with the first few described.
+fn order_breaks(delivered: &[Message]) -> (usize, Vec<String>) {
+    let mut last: HashMap<usize, (u64, u32, u64)> = HashMap::new();
+    let mut breaks = 0;
+    let mut shown = Vec::new();
+    for m in delivered {
+        let (k, seq, _) = parse(&m.value);
+        if let Some(&(prev, shard, offset)) = last.get(&k) {
+            if seq < prev {
+                breaks += 1;
+                if shown.len() < 5 {
+                    shown.push(format!(
+                        "key {k}: seq {seq} at {}/{} after seq {prev} at {shard}/{offset}",
+                        m.shard, m.offset
+                    ));
+                }
+            }
+        }
+        let e = last.entry(k).or_insert((seq, m.shard, m.offset));
+        if seq >= e.0 {
+            *e = (seq, m.shard, m.offset);
+        }
+    }
+    (breaks, shown)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_keep_their_order_through_a_grow_a_kill_and_a_shrink() {
+    let mut broker = BrokerProcess::start();
+    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
+    let admin = Admin::new(client.clone());
+    admin
+        .create_topic(TOPIC, 2, Default::default())
+        .await
+        .expect("create topic");
+
+    let producer = Arc::new(
+        Producer::builder(&client)
+            .retries(20)
+            .retry_backoff(Duration::from_millis(20))
+            .build()
+            .await
+            .expect("producer"),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    // Acknowledged values, and how many sends came back LAYOUT_CHANGED.
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let layout_refusals = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut producers = Vec::new();
+    for k in 0..KEYS {
+        let (producer, stop, acked, refusals) = (
+            producer.clone(),
+            stop.clone(),
+            acked.clone(),
+            layout_refusals.clone(),
+        );
+        producers.push(tokio::spawn(async move {
+            let mut attempt = 0u32;
+            let mut seq = 0u64;
+            while seq < MAX_PER_KEY && !stop.load(Ordering::Acquire) {
+                attempt += 1;
+                let value = format!("k{k}:{seq}:{attempt}");
+                let rec = ProducerRecord::new(TOPIC, value.clone()).key(format!("key-{k}"));
+                let sent = match producer.send(rec).await {
+                    Ok(f) => f.await,
+                    Err(e) => Err(e),
+                };
+                match sent {
+                    Ok(_) => {
+                        acked.lock().unwrap().push(value);
+                        seq += 1;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    Err(e) => {
+                        if e.code() == Some(weir_protocol::ErrorCode::LayoutChanged) {
+                            refusals.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // Sent again as a new attempt (the same seq).
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        }));
+    }
+
+    // A consumer reading every shard from the start while all of it happens.
+    let live: Arc<Mutex<Vec<Message>>> = Arc::default();
+    let reader = {
+        let (live, stop, addr) = (live.clone(), stop.clone(), broker.addr());
+        tokio::spawn(async move {
+            let client = connect(&addr, Duration::from_secs(5)).await;
+            let mut consumer = Consumer::builder(&client)
+                .topic(TOPIC)
+                .reset(OffsetReset::Earliest)
+                .fetch_max_wait(Duration::from_millis(50))
+                .max_fetch_bytes(16 * 1024)
+                .build()
+                .expect("consumer");
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::Acquire) && Instant::now() < deadline {
+                match consumer.poll(1000, Duration::from_millis(100)).await {
+                    Ok(got) => live.lock().unwrap().extend(got),
+                    Err(e) => {
+                        eprintln!("live consumer: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        })
+    };
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let grown = admin.reshard_topic(TOPIC, 4).await.expect("grow to 4");
+    assert_eq!((grown.epoch, grown.from_shards, grown.to_shards), (1, 2, 4));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // The shrink races a kill -9: recorded or not, the topic is whole afterwards.
+    let shrink = {
+        let admin = admin.clone();
+        tokio::spawn(async move { admin.reshard_topic(TOPIC, 3).await })
+    };
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    broker.kill9();
+    let _ = shrink.await;
+    broker.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let active = loop {
+        match admin.describe_topic(TOPIC).await {
+            Ok(t) => break t.active_shards,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "broker back: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    eprintln!("after the kill the topic has {active} active shards");
+    if active != 3 {
+        assert_eq!(active, 4, "the shrink is recorded whole or not at all");
+        admin.reshard_topic(TOPIC, 3).await.expect("shrink to 3");
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Release);
+    for p in producers {
+        tokio::time::timeout(Duration::from_secs(60), p)
+            .await
+            .expect("producer task ends")
+            .expect("producer task");
+    }
+    reader.await.expect("live consumer task");
+
+    let meta = admin.describe_topic(TOPIC).await.expect("describe");
+    assert_eq!(meta.active_shards, 3);
+    assert_eq!(meta.shards.len(), 4, "the sealed shard stays readable");
+    assert_eq!(meta.reshards.len(), 2);
+    assert!(
+        meta.shards.iter().all(|s| s.high_watermark > 0),
+        "every shard got records: {:?}",
+        meta.shards
+    );
+
+    // Every acknowledged value is stored exactly once.
+    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
+    let stored = read_to_end(&client, TOPIC, Duration::from_secs(60)).await;
+    let mut count: HashMap<&[u8], usize> = HashMap::new();
+    for m in &stored {
+        *count.entry(&m.value[..]).or_default() += 1;
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > 1000,
+        "only {} records acknowledged",
+        acked.len()
+    );
+    let mut missing = 0;
+    for v in &acked {
+        match count.get(v.as_bytes()) {
+            Some(1) => {}
+            Some(n) => panic!("acknowledged {v} stored {n} times"),
+            None => missing += 1,
+        }
+    }
+    assert_eq!(missing, 0, "{missing} acknowledged records missing");
+    // Each key's acknowledged records are stored once per seq.
+    let mut per_key: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
+    for v in &acked {
+        let (k, seq, _) = parse(v.as_bytes());
+        per_key.entry(k).or_default().push(seq);
+    }
+    for (k, seqs) in &per_key {
+        assert!(
+            seqs.iter().enumerate().all(|(i, s)| *s == i as u64),
+            "key {k}: acknowledged seqs not 0..n"
+        );
+    }
+
+    // Key order, for a fresh reader and for the one that read through the reshards.
+    let (breaks, shown) = order_breaks(&stored);
+    assert_eq!(breaks, 0, "fresh reader: {shown:?}");
+    let live = live.lock().unwrap().clone();
+    let (breaks, shown) = order_breaks(&live);
+    assert_eq!(breaks, 0, "live reader: {shown:?}");
+    eprintln!(
+        "acked {}, stored {}, live read {}, LAYOUT_CHANGED answers {}",
+        acked.len(),
+        stored.len(),
+        live.len(),
+        layout_refusals.load(Ordering::Relaxed)
+    );
+}
