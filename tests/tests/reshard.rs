@@ -10,7 +10,7 @@
 //! is sent again under a new attempt number, so a value names one attempt.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,54 @@ fn order_breaks(delivered: &[Message]) -> (usize, Vec<String>) {
     (breaks, shown)
 }
 
+/// One task per key, each sending its key's records one at a time (the next once the
+/// previous is acknowledged) until `stop`; a failed send is sent again as a new
+/// attempt of the same seq. Acknowledged values go to `acked`; LAYOUT_CHANGED answers
+/// are counted in `refusals`.
+fn key_producers(
+    producer: &Arc<Producer>,
+    stop: &Arc<AtomicBool>,
+    acked: &Arc<Mutex<Vec<String>>>,
+    refusals: &Arc<AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..KEYS)
+        .map(|k| {
+            let (producer, stop, acked, refusals) = (
+                producer.clone(),
+                stop.clone(),
+                acked.clone(),
+                refusals.clone(),
+            );
+            tokio::spawn(async move {
+                let mut attempt = 0u32;
+                let mut seq = 0u64;
+                while seq < MAX_PER_KEY && !stop.load(Ordering::Acquire) {
+                    attempt += 1;
+                    let value = format!("k{k}:{seq}:{attempt}");
+                    let rec = ProducerRecord::new(TOPIC, value.clone()).key(format!("key-{k}"));
+                    let sent = match producer.send(rec).await {
+                        Ok(f) => f.await,
+                        Err(e) => Err(e),
+                    };
+                    match sent {
+                        Ok(_) => {
+                            acked.lock().unwrap().push(value);
+                            seq += 1;
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                        }
+                        Err(e) => {
+                            if e.code() == Some(weir_protocol::ErrorCode::LayoutChanged) {
+                                refusals.fetch_add(1, Ordering::Relaxed);
+                            }
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_keep_their_order_through_a_grow_a_kill_and_a_shrink() {
     let mut broker = BrokerProcess::start();
@@ -78,45 +126,9 @@ async fn keys_keep_their_order_through_a_grow_a_kill_and_a_shrink() {
             .expect("producer"),
     );
     let stop = Arc::new(AtomicBool::new(false));
-    // Acknowledged values, and how many sends came back LAYOUT_CHANGED.
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
-    let layout_refusals = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut producers = Vec::new();
-    for k in 0..KEYS {
-        let (producer, stop, acked, refusals) = (
-            producer.clone(),
-            stop.clone(),
-            acked.clone(),
-            layout_refusals.clone(),
-        );
-        producers.push(tokio::spawn(async move {
-            let mut attempt = 0u32;
-            let mut seq = 0u64;
-            while seq < MAX_PER_KEY && !stop.load(Ordering::Acquire) {
-                attempt += 1;
-                let value = format!("k{k}:{seq}:{attempt}");
-                let rec = ProducerRecord::new(TOPIC, value.clone()).key(format!("key-{k}"));
-                let sent = match producer.send(rec).await {
-                    Ok(f) => f.await,
-                    Err(e) => Err(e),
-                };
-                match sent {
-                    Ok(_) => {
-                        acked.lock().unwrap().push(value);
-                        seq += 1;
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
-                    Err(e) => {
-                        if e.code() == Some(weir_protocol::ErrorCode::LayoutChanged) {
-                            refusals.fetch_add(1, Ordering::Relaxed);
-                        }
-                        // Sent again as a new attempt (the same seq).
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                }
-            }
-        }));
-    }
+    let layout_refusals = Arc::new(AtomicU64::new(0));
+    let producers = key_producers(&producer, &stop, &acked, &layout_refusals);
 
     // A consumer reading every shard from the start while all of it happens.
     let live: Arc<Mutex<Vec<Message>>> = Arc::default();
@@ -243,5 +255,158 @@ async fn keys_keep_their_order_through_a_grow_a_kill_and_a_shrink() {
         stored.len(),
         live.len(),
         layout_refusals.load(Ordering::Relaxed)
+    );
+}
+
+/// A group of two members reading while the topic grows from 2 to 4 shards: the
+/// group rebalances onto the new shards (both get used), every acknowledged record is
+/// delivered, and in the order the members received them (a counter shared by both)
+/// each key's first deliveries go 0, 1, 2, ... — a member handed a key's new shard
+/// waits until the group has committed the key's old shard up to the cut. Members
+/// commit after every poll, as `tests/consumer_group.rs` does, and read more slowly
+/// than the keys are produced, so the old shards still hold a backlog of a key's
+/// records when its new shard gets the next ones (without the gate a member reads
+/// those first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_rebalances_onto_new_shards_and_keeps_key_order() {
+    let broker = BrokerProcess::start();
+    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
+    let admin = Admin::new(client.clone());
+    admin
+        .create_topic(TOPIC, 2, Default::default())
+        .await
+        .expect("create topic");
+    let producer = Arc::new(
+        Producer::builder(&client)
+            .retries(20)
+            .retry_backoff(Duration::from_millis(20))
+            .build()
+            .await
+            .expect("producer"),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let refusals = Arc::new(AtomicU64::new(0));
+    let producers = key_producers(&producer, &stop, &acked, &refusals);
+
+    // (global counter, member, shard, value) of every delivery.
+    let deliveries: Arc<Mutex<Vec<(u64, usize, u32, String)>>> = Arc::default();
+    let counter = Arc::new(AtomicU64::new(0));
+    let members_stop = Arc::new(AtomicBool::new(false));
+    let mut members = Vec::new();
+    for member in 0..2 {
+        let (deliveries, counter, stop, addr) = (
+            deliveries.clone(),
+            counter.clone(),
+            members_stop.clone(),
+            broker.addr(),
+        );
+        members.push(tokio::spawn(async move {
+            let client = connect(&addr, Duration::from_secs(5)).await;
+            let mut consumer = Consumer::builder(&client)
+                .topic(TOPIC)
+                .group("readers")
+                .auto_commit(false)
+                .reset(OffsetReset::Earliest)
+                .session_timeout(Duration::from_secs(3))
+                .fetch_max_wait(Duration::from_millis(50))
+                .max_fetch_bytes(8 * 1024)
+                .build()
+                .expect("consumer");
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::Acquire) && Instant::now() < deadline {
+                // Slower than the producers (about 3k records/s for the two), so
+                // the old shards hold a backlog when the new ones get records.
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                match consumer.poll(50, Duration::from_millis(100)).await {
+                    Ok(got) => {
+                        let n = counter.fetch_add(1, Ordering::AcqRel);
+                        {
+                            let mut d = deliveries.lock().unwrap();
+                            for m in got {
+                                let v = String::from_utf8(m.value.to_vec()).unwrap();
+                                d.push((n, member, m.shard, v));
+                            }
+                        }
+                        if let Err(e) = consumer.commit().await {
+                            eprintln!("member {member}: commit: {e}");
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("member {member}: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            let _ = consumer.close().await;
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    admin.reshard_topic(TOPIC, 4).await.expect("grow to 4");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop.store(true, Ordering::Release);
+    for p in producers {
+        tokio::time::timeout(Duration::from_secs(60), p)
+            .await
+            .expect("producer task ends")
+            .expect("producer task");
+    }
+    let acked = acked.lock().unwrap().clone();
+    // Let the members read what is left.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen: std::collections::HashSet<String> = deliveries
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|d| d.3.clone())
+            .collect();
+        if acked.iter().all(|v| seen.contains(v)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} acknowledged records delivered",
+            acked.iter().filter(|v| seen.contains(*v)).count(),
+            acked.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    members_stop.store(true, Ordering::Release);
+    for m in members {
+        m.await.expect("member task");
+    }
+
+    let mut d = deliveries.lock().unwrap().clone();
+    d.sort_by_key(|x| x.0);
+    let shards: std::collections::BTreeSet<u32> = d.iter().map(|x| x.2).collect();
+    assert_eq!(
+        shards.into_iter().collect::<Vec<_>>(),
+        [0, 1, 2, 3],
+        "the group reads the new shards"
+    );
+    let members: std::collections::BTreeSet<usize> = d.iter().map(|x| x.1).collect();
+    assert_eq!(members.len(), 2, "both members got records");
+    // Per key, the first delivery of each seq comes in seq order.
+    let mut next: HashMap<usize, u64> = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for (n, member, shard, v) in &d {
+        let (k, seq, _) = parse(v.as_bytes());
+        let want = next.entry(k).or_insert(0);
+        if seq < *want || !seen.insert((k, seq)) {
+            continue; // delivered again after a rebalance, or a stored unacknowledged attempt
+        }
+        assert_eq!(
+            seq, *want,
+            "key {k}: seq {seq} delivered (poll {n}, member {member}, shard {shard}) before seq {want}"
+        );
+        *want += 1;
+    }
+    eprintln!(
+        "acked {}, delivered {}, LAYOUT_CHANGED answers {}",
+        acked.len(),
+        d.len(),
+        refusals.load(Ordering::Relaxed)
     );
 }
