@@ -258,6 +258,9 @@ async fn keys_keep_their_order_through_a_grow_a_kill_and_a_shrink() {
     );
 }
 
+/// (global poll counter, member, shard, value) of one delivery.
+type Delivery = (u64, usize, u32, String);
+
 /// A group of two members reading while the topic grows from 2 to 4 shards: the
 /// group rebalances onto the new shards (both get used), every acknowledged record is
 /// delivered, and in the order the members received them (a counter shared by both)
@@ -289,8 +292,7 @@ async fn a_group_rebalances_onto_new_shards_and_keeps_key_order() {
     let refusals = Arc::new(AtomicU64::new(0));
     let producers = key_producers(&producer, &stop, &acked, &refusals);
 
-    // (global counter, member, shard, value) of every delivery.
-    let deliveries: Arc<Mutex<Vec<(u64, usize, u32, String)>>> = Arc::default();
+    let deliveries: Arc<Mutex<Vec<Delivery>>> = Arc::default();
     let counter = Arc::new(AtomicU64::new(0));
     let members_stop = Arc::new(AtomicBool::new(false));
     let mut members = Vec::new();
