@@ -412,3 +412,74 @@ async fn a_group_rebalances_onto_new_shards_and_keeps_key_order() {
         refusals.load(Ordering::Relaxed)
     );
 }
+
+/// An open queue (queue mode) leases from the shards a reshard adds: records written
+/// to them after the queue opened are leased, acknowledged, and none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_queue_leases_from_new_shards() {
+    let broker = BrokerProcess::start();
+    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
+    let admin = Admin::new(client.clone());
+    admin
+        .create_topic("jobs", 1, Default::default())
+        .await
+        .expect("create topic");
+    let producer = Producer::builder(&client).build().await.expect("producer");
+    let q = weir_client::QueueConsumer::with_config(
+        &client,
+        "workers",
+        "jobs",
+        weir_client::QueueConfig {
+            max_wait: Duration::from_millis(100),
+            ..Default::default()
+        },
+    );
+    let send = |i: usize| ProducerRecord::new("jobs", format!("job-{i}")).key(format!("k{i}"));
+    for i in 0..10 {
+        producer.send_and_wait(send(i)).await.expect("produce");
+    }
+    let mut leased = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while leased.len() < 10 && Instant::now() < deadline {
+        leased.extend(q.fetch(50).await.expect("lease"));
+    }
+    assert_eq!(leased.len(), 10);
+    admin.reshard_topic("jobs", 3).await.expect("grow to 3");
+    // Keys sent again until they land: the first sends after the reshard may come
+    // back LAYOUT_CHANGED while the producer learns the new count.
+    let mut stored_on = std::collections::BTreeSet::new();
+    for i in 10..60 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match producer.send_and_wait(send(i)).await {
+                Ok(md) => {
+                    stored_on.insert(md.shard);
+                    break;
+                }
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "job-{i}: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+    assert!(
+        stored_on.contains(&1) && stored_on.contains(&2),
+        "records went to the new shards: {stored_on:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while leased.len() < 60 && Instant::now() < deadline {
+        leased.extend(q.fetch(50).await.expect("lease"));
+    }
+    let values: std::collections::BTreeSet<String> = leased
+        .iter()
+        .map(|m| String::from_utf8(m.message.value.to_vec()).unwrap())
+        .collect();
+    assert_eq!(leased.len(), 60, "every job leased once");
+    assert_eq!(values.len(), 60);
+    let shards: std::collections::BTreeSet<u32> = leased.iter().map(|m| m.message.shard).collect();
+    assert!(shards.contains(&2), "leased from a new shard: {shards:?}");
+    for r in q.ack_many(&leased).await.expect("ack") {
+        r.expect("ack accepted");
+    }
+}
