@@ -350,6 +350,33 @@ pub struct Config {
     /// How often each shard applies its topic's retention (deletes closed segments
     /// past `retention_ms` or `retention_bytes`).
     pub retention_check_ms: u64,
+    /// Automatic sharding (`autoshard.rs`): split a topic whose load (with
+    /// `auto_reshard_mode = predictive`, its forecast) nears its shards' capacity,
+    /// merge one that stays cold. Off by default; single node only.
+    pub auto_reshard: bool,
+    /// `predictive` (act on the larger of the ingest rate now and the upper bound of
+    /// its forecast) or `reactive` (the rate now only).
+    pub auto_reshard_mode: AutoReshardMode,
+    /// Records per second one shard is planned to take: a topic splits past 80 % of
+    /// its shards' sum, and is sized to run at 60 %.
+    pub shard_capacity_records_per_s: u64,
+    /// Least time between two automatic reshards of one topic (also after an
+    /// operator's), so decisions never flap.
+    pub auto_reshard_interval_s: u64,
+    /// How long a topic must stay under 30 % of the capacity of the shards a merge
+    /// would leave before it merges.
+    pub auto_reshard_cold_s: u64,
+    /// Most shards automatic sharding gives a topic.
+    pub auto_reshard_max_shards: u32,
+}
+
+/// The `auto_reshard_mode` setting.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoReshardMode {
+    #[default]
+    Predictive,
+    Reactive,
 }
 
 /// The `auth` setting.
@@ -536,6 +563,12 @@ impl Default for Config {
             at_rest_write_key: 0,
             delete_key_compact_ms: 60_000,
             retention_check_ms: 30_000,
+            auto_reshard: false,
+            auto_reshard_mode: AutoReshardMode::Predictive,
+            shard_capacity_records_per_s: 100_000,
+            auto_reshard_interval_s: 300,
+            auto_reshard_cold_s: 600,
+            auto_reshard_max_shards: 64,
         }
     }
 }
@@ -705,6 +738,17 @@ impl Config {
         }
         if !tls_cert && self.http_tls {
             return bad("http_tls needs tls_cert and tls_key");
+        }
+        if self.shard_capacity_records_per_s == 0 {
+            return bad("shard_capacity_records_per_s must be at least 1");
+        }
+        if self.auto_reshard_max_shards == 0
+            || self.auto_reshard_max_shards > self.max_shards_per_topic
+        {
+            return bad("auto_reshard_max_shards must be in 1..=max_shards_per_topic");
+        }
+        if self.auto_reshard_interval_s == 0 {
+            return bad("auto_reshard_interval_s must be at least 1");
         }
         if self.retention_check_ms < 100 {
             return bad("retention_check_ms must be at least 100");

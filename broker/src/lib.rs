@@ -6,6 +6,7 @@
 
 // Leaf vocabulary: imported by the modules below, importing none of them back.
 pub mod affinity;
+pub mod autoshard;
 pub mod clock;
 pub mod error;
 pub mod files;

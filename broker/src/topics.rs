@@ -145,6 +145,8 @@ struct ReshardRecord {
     from_shards: u32,
     to_shards: u32,
     starts: Vec<u64>,
+    #[serde(default)]
+    reason: String,
 }
 
 impl From<&Reshard> for ReshardRecord {
@@ -154,6 +156,7 @@ impl From<&Reshard> for ReshardRecord {
             from_shards: r.from_shards,
             to_shards: r.to_shards,
             starts: r.starts.clone(),
+            reason: r.reason.clone(),
         }
     }
 }
@@ -165,6 +168,7 @@ impl From<ReshardRecord> for Reshard {
             from_shards: r.from_shards,
             to_shards: r.to_shards,
             starts: r.starts,
+            reason: r.reason,
         }
     }
 }
@@ -739,7 +743,12 @@ impl TopicRegistry {
     /// persisted in `topics.json`, and only then do produce checks use the new count.
     /// A failure before the reshard is persisted puts the writers back in the old
     /// epoch and removes the new shards: the topic is as before.
-    pub async fn reshard(self: &Arc<Self>, name: &str, to: u32) -> Result<Reshard, BrokerError> {
+    pub async fn reshard(
+        self: &Arc<Self>,
+        name: &str,
+        to: u32,
+        reason: String,
+    ) -> Result<Reshard, BrokerError> {
         let invalid = |m: String| Err(BrokerError::new(ErrorCode::InvalidRequest, m));
         if self.config.is_cluster() {
             return invalid(
@@ -806,7 +815,7 @@ impl TopicRegistry {
         } else {
             Vec::new()
         };
-        let recorded = self.cut_and_record(&topic, &fresh, to, epoch).await;
+        let recorded = self.cut_and_record(&topic, &fresh, to, epoch, reason).await;
         match recorded {
             Ok(reshard) => {
                 tracing::info!(
@@ -815,6 +824,7 @@ impl TopicRegistry {
                     from = topic.active,
                     to,
                     starts = ?reshard.starts,
+                    reason = %reshard.reason,
                     "topic resharded"
                 );
                 Ok(reshard)
@@ -845,6 +855,7 @@ impl TopicRegistry {
         fresh: &[Arc<Shard>],
         to: u32,
         epoch: u32,
+        reason: String,
     ) -> Result<Reshard, BrokerError> {
         let cut_err = |i: usize, e: crate::shard::AppendError| {
             BrokerError::new(ErrorCode::StorageError, format!("shard {i}: {e}"))
@@ -866,6 +877,7 @@ impl TopicRegistry {
             from_shards: topic.active,
             to_shards: to,
             starts,
+            reason,
         };
         let mut shards = topic.shards.clone();
         shards.extend(fresh.iter().cloned());

@@ -57,7 +57,7 @@ async fn a_reshard_cuts_every_log_at_its_end_refuses_older_appends_and_survives_
     append(&topics, 1, 3, 0).await.unwrap();
 
     // Grow 2 -> 3: the starts are the logs' ends; the new shard starts at 0.
-    let r = topics.reshard("t", 3).await.unwrap();
+    let r = topics.reshard("t", 3, "operator".into()).await.unwrap();
     assert_eq!((r.epoch, r.from_shards, r.to_shards), (1, 2, 3));
     assert_eq!(r.starts, [5, 3, 0]);
     let t = topics.get("t").unwrap();
@@ -74,15 +74,27 @@ async fn a_reshard_cuts_every_log_at_its_end_refuses_older_appends_and_survives_
 
     // Refusals: the same count, none, too many reshards are named.
     assert_eq!(
-        topics.reshard("t", 3).await.unwrap_err().code,
+        topics
+            .reshard("t", 3, "operator".into())
+            .await
+            .unwrap_err()
+            .code,
         ErrorCode::InvalidRequest
     );
     assert_eq!(
-        topics.reshard("t", 0).await.unwrap_err().code,
+        topics
+            .reshard("t", 0, "operator".into())
+            .await
+            .unwrap_err()
+            .code,
         ErrorCode::InvalidRequest
     );
     assert_eq!(
-        topics.reshard("nope", 2).await.unwrap_err().code,
+        topics
+            .reshard("nope", 2, "operator".into())
+            .await
+            .unwrap_err()
+            .code,
         ErrorCode::UnknownTopic
     );
 
@@ -100,7 +112,7 @@ async fn a_reshard_cuts_every_log_at_its_end_refuses_older_appends_and_survives_
     assert_eq!(append(&topics, 2, 1, 1).await.unwrap(), 2);
 
     // Shrink 3 -> 1: shards 1 and 2 are sealed (still there, never written).
-    let r = topics.reshard("t", 1).await.unwrap();
+    let r = topics.reshard("t", 1, "operator".into()).await.unwrap();
     assert_eq!((r.epoch, r.from_shards, r.to_shards), (2, 3, 1));
     assert_eq!(r.starts, [6, 4, 3]);
     let t = topics.get("t").unwrap();
@@ -113,7 +125,7 @@ async fn a_reshard_cuts_every_log_at_its_end_refuses_older_appends_and_survives_
     assert_eq!(t.metadata().reshards.len(), 2);
 
     // Growing again reuses a sealed shard: its start is where it was sealed.
-    let r = topics.reshard("t", 2).await.unwrap();
+    let r = topics.reshard("t", 2, "operator".into()).await.unwrap();
     assert_eq!(r.starts, [6, 4, 3]);
     assert_eq!(topics.get("t").unwrap().shards.len(), 3);
     topics.close().await;

@@ -98,6 +98,7 @@ mod tests {
             from_shards: from,
             to_shards: to,
             starts: starts.to_vec(),
+            reason: String::new(),
         }
     }
 

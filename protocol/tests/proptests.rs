@@ -90,12 +90,14 @@ fn reshard() -> impl Strategy<Value = Reshard> {
         any::<u32>(),
         any::<u32>(),
         vec(any::<u64>(), 0..5),
+        s(),
     )
-        .prop_map(|(epoch, from_shards, to_shards, starts)| Reshard {
+        .prop_map(|(epoch, from_shards, to_shards, starts, reason)| Reshard {
             epoch,
             from_shards,
             to_shards,
             starts,
+            reason,
         })
 }
 

@@ -898,6 +898,7 @@ fn reshard() -> Reshard {
         from_shards: 2,
         to_shards: 3,
         starts: vec![120, 97, 0],
+        reason: "operator".into(),
     }
 }
 

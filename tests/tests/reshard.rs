@@ -483,3 +483,67 @@ async fn an_open_queue_leases_from_new_shards() {
         r.expect("ack accepted");
     }
 }
+
+/// With `auto_reshard` on, a topic whose ingest passes its shards' capacity is split
+/// by the broker itself, and merged again once it has stayed cold; both decisions are
+/// in the topic's history with the load that caused them. (Capacity is set tiny so a
+/// test can pass it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_splits_a_hot_topic_and_merges_it_when_cold() {
+    let broker = BrokerProcess::start_with_env(&[
+        ("WEIR_AUTO_RESHARD", "true"),
+        ("WEIR_SHARD_CAPACITY_RECORDS_PER_S", "400"),
+        ("WEIR_AUTO_RESHARD_INTERVAL_S", "3"),
+        ("WEIR_AUTO_RESHARD_COLD_S", "3"),
+    ]);
+    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
+    let admin = Admin::new(client.clone());
+    admin
+        .create_topic("hot", 1, Default::default())
+        .await
+        .expect("create topic");
+    let producer = Producer::builder(&client).build().await.expect("producer");
+    // About 1000 records/s, keyless (so the producer follows the shard count without
+    // refusals), until the topic has split.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut i = 0u64;
+    let split = loop {
+        for _ in 0..50 {
+            let _ = producer
+                .send(ProducerRecord::new("hot", format!("v{i}")))
+                .await;
+            i += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if i.is_multiple_of(1000) {
+            let t = admin.describe_topic("hot").await.expect("describe");
+            if t.active_shards > 1 {
+                break t;
+            }
+        }
+        assert!(Instant::now() < deadline, "no split within 60 s");
+    };
+    producer.flush().await.expect("flush");
+    let first = &split.reshards[0];
+    assert_eq!(first.from_shards, 1);
+    assert!(first.to_shards >= 2);
+    assert!(
+        first.reason.starts_with("auto split") && first.reason.contains("forecast"),
+        "{}",
+        first.reason
+    );
+    // Idle now: cold for 3 s past the 3 s interval, it merges back.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let merged = loop {
+        let t = admin.describe_topic("hot").await.expect("describe");
+        if t.reshards.len() > 1 {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "no merge within 60 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let second = &merged.reshards[1];
+    assert!(second.to_shards < second.from_shards, "{second:?}");
+    assert!(second.reason.starts_with("auto merge"), "{}", second.reason);
+    eprintln!("split: {}\nmerge: {}", first.reason, second.reason);
+}

@@ -98,6 +98,7 @@ pub async fn run(
     let timeout = Duration::from_millis(state.config.alert_webhook_timeout_ms);
     let mut memory = Memory::default();
     let mut sampler = sampler::Sampler::default();
+    let mut sharder = crate::autoshard::AutoSharder::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -105,6 +106,7 @@ pub async fn run(
             _ = tick.tick() => {}
         }
         sampler.sample(&state);
+        sharder.tick(&state).await;
         let (report, conditions) = check(&state, &observer.thresholds, &mut memory);
         *observer.health.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(report);
         let transitions = observer

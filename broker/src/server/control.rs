@@ -88,12 +88,24 @@ pub async fn reshard_topic(
     state: &BrokerState,
     r: ReshardTopicRequest,
 ) -> Result<ResponseBody, BrokerError> {
-    let reshard = state.topics.reshard(&r.topic, r.shards).await?;
-    state.groups.topic_resharded(&r.topic);
-    if let Ok(t) = state.topics.get(&r.topic) {
+    let reshard = reshard(state, &r.topic, r.shards, "operator".into()).await?;
+    Ok(ReshardTopicResponse { reshard }.into())
+}
+
+/// Reshards `topic` to `shards` (an operator's or the automatic sharder's) and has
+/// the groups and open queues reading it follow.
+pub async fn reshard(
+    state: &BrokerState,
+    topic: &str,
+    shards: u32,
+    reason: String,
+) -> Result<Reshard, BrokerError> {
+    let reshard = state.topics.reshard(topic, shards, reason).await?;
+    state.groups.topic_resharded(topic);
+    if let Ok(t) = state.topics.get(topic) {
         state.queues.topic_resharded(&t).await;
     }
-    Ok(ReshardTopicResponse { reshard }.into())
+    Ok(reshard)
 }
 
 /// Writes a tombstone for `r.key` on every shard of `r.topic` (see

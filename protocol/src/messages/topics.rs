@@ -149,6 +149,9 @@ wire_struct! {
         /// Per shard, by number: its first offset written under `to_shards`. Shards
         /// past the end of the list did not exist yet (their start is 0).
         pub starts: Vec<u64>,
+        /// Why: `operator` (ReshardTopic), or the automatic sharder's decision with
+        /// the load and forecast that caused it.
+        pub reason: String,
     }
 }
 

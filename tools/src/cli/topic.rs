@@ -169,8 +169,8 @@ async fn describe(admin: &Admin, name: &str) -> anyhow::Result<()> {
     }
     for r in t.reshards.iter() {
         println!(
-            "  reshard {}: {} -> {} shards, starts {:?}",
-            r.epoch, r.from_shards, r.to_shards, r.starts
+            "  reshard {}: {} -> {} shards, starts {:?} ({})",
+            r.epoch, r.from_shards, r.to_shards, r.starts, r.reason
         );
     }
     Ok(())
