@@ -6,10 +6,10 @@
 //!
 //! - [`session`]: the per-request path every transport shares — the permits that
 //!   bound a peer, authentication, the order requests start in, the one count of
-//!   request errors; [`responses`]: its ordered answers;
+//!   request errors; [`responses`]: a socket's ordered answers;
 //! - [`connection`]: a TCP (or TLS) connection's framing in front of a session;
-//!   [`inproc`]: the in-process transport (typed requests over bounded channels) in
-//!   front of the same session;
+//!   [`inproc`]: the in-process transport (typed requests started in the caller's
+//!   task) in front of the same session;
 //! - [`admission`]: quotas, shedding and memory, for every api in one place;
 //! - [`produce`]: the data plane's write side, with [`acks`], the one owner of "when
 //!   may this produce be answered";

@@ -1,7 +1,7 @@
 //! The per-request path every transport shares: a peer's session with the broker.
 //!
 //! A TCP connection ([`super::connection`]) cuts frames out of its socket and the
-//! in-process transport ([`super::inproc`]) receives typed requests from a channel;
+//! in-process transport ([`super::inproc`]) takes typed requests in its caller's task;
 //! both then hand each request to the same [`Session`]: the permits that bound what
 //! one peer holds unanswered, authentication and authorization, the handshake that
 //! binds a client id's quota, produce admission and queuing in arrival order
