@@ -209,7 +209,10 @@ async fn in_process_sessions_count_toward_max_connections_like_tcp_ones() {
         .expect_err("a TCP connection is beyond max_connections too");
     assert_eq!(metrics.connections_refused.load(Ordering::Relaxed), 2);
     assert_eq!(metrics.connections_open.load(Ordering::Relaxed), 2);
-    second.metadata(&[]).await.expect("the open sessions still work");
+    second
+        .metadata(&[])
+        .await
+        .expect("the open sessions still work");
     // Closing one frees its slot (once its session has seen the client go).
     drop(first);
     let mut again = None;
