@@ -6,6 +6,9 @@
 #     takes) and with fdatasync after every block (fio --fdatasync=1), and 16 such
 #     1 MiB writers at once
 #   - memory copy bandwidth (dd /dev/zero → /dev/null, and a 256 MiB memcpy in python3)
+#   - the cost of waking a sleeping thread: two threads pass a turn back and forth
+#     through a mutex and condition variable (each asleep until its turn, as the
+#     broker's threads are between messages), and by spinning (needs a C compiler)
 #
 # Usage: tools/limits.sh [DIR]   (DIR: where fio writes; default $TMPDIR or /tmp —
 # the same file system weir-bench --embedded uses for its data directory)
@@ -95,3 +98,68 @@ for _ in range(rounds):
 dt = time.perf_counter() - t
 print(f"memcpy_256MiB              {rounds*n/dt/1e6:10.0f} MB/s   (python3 bytearray copy, {rounds} rounds)")
 EOF
+
+# --- thread wake-up ----------------------------------------------------------------
+# Every cross-thread hand-off on an idle path (a runtime worker waking the shard
+# writer, the writer waking a waiting fetch) pays one wake-up of a sleeping thread:
+# the floor under weir-bench's e2e latency.
+if command -v cc >/dev/null; then
+    cat >"$WORK/wakeup.c" <<'EOF'
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#define ROUNDS 20000
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t to_b = PTHREAD_COND_INITIALIZER, to_a = PTHREAD_COND_INITIALIZER;
+static int turn_b, spinning;
+static atomic_int flag;
+static double us(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec * 1e6 + t.tv_nsec / 1e3; }
+static void *partner(void *unused) {
+    (void)unused;
+    for (int i = 0; i < ROUNDS; i++) {
+        if (spinning) { while (atomic_load(&flag) != 1) {} atomic_store(&flag, 0); continue; }
+        pthread_mutex_lock(&lock);
+        while (!turn_b) pthread_cond_wait(&to_b, &lock);
+        turn_b = 0;
+        pthread_cond_signal(&to_a);
+        pthread_mutex_unlock(&lock);
+    }
+    return NULL;
+}
+static int by_value(const void *a, const void *b) { double x = *(const double *)a, y = *(const double *)b; return (x > y) - (x < y); }
+int main(int argc, char **argv) {
+    static double rtt[ROUNDS];
+    pthread_t t;
+    (void)argv;
+    spinning = argc > 1;
+    pthread_create(&t, NULL, partner, NULL);
+    for (int i = 0; i < ROUNDS; i++) {
+        double t0 = us();
+        if (spinning) { atomic_store(&flag, 1); while (atomic_load(&flag) != 0) {} }
+        else {
+            pthread_mutex_lock(&lock);
+            turn_b = 1;
+            pthread_cond_signal(&to_b);
+            while (turn_b) pthread_cond_wait(&to_a, &lock);
+            pthread_mutex_unlock(&lock);
+            struct timespec pause = {0, 20000}; /* both threads fall asleep between rounds */
+            nanosleep(&pause, NULL);
+        }
+        rtt[i] = us() - t0;
+    }
+    pthread_join(t, NULL);
+    qsort(rtt, ROUNDS, sizeof rtt[0], by_value);
+    printf("%-32s p50 %6.1f µs   p90 %6.1f µs   p99 %6.1f µs   (two hand-offs, %d rounds)\n",
+           spinning ? "thread_round_trip_spin" : "thread_round_trip_condvar",
+           rtt[ROUNDS / 2], rtt[ROUNDS * 9 / 10], rtt[ROUNDS * 99 / 100], ROUNDS);
+    return 0;
+}
+EOF
+    cc -O2 -pthread "$WORK/wakeup.c" -o "$WORK/wakeup"
+    "$WORK/wakeup"
+    "$WORK/wakeup" spin
+else
+    echo "thread wake-up: no C compiler (cc); skipped"
+fi

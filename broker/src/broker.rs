@@ -135,12 +135,12 @@ impl Broker {
     }
 
     /// A session in this process, without a socket (see [`crate::server::inproc`]):
-    /// answers go to `deliver`, requests to the sender returned. Runs on the caller's
-    /// Tokio runtime.
+    /// answers go to `deliver`, requests are started through the end returned. Must be
+    /// called on a Tokio runtime.
     pub fn connect_in_process(
         &self,
         deliver: crate::server::inproc::Deliver,
-    ) -> tokio::sync::mpsc::Sender<weir_protocol::frame::RequestFrame> {
+    ) -> crate::server::inproc::InProcess {
         crate::server::inproc::connect(&self.state, deliver)
     }
 
@@ -222,6 +222,7 @@ impl Stores {
                 .collect(),
         };
         BrokerState {
+            connection_slots: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
             flow: crate::flow::FlowControl::new(&config),
             groups: Coordinator::new(
                 self.topics.clone(),

@@ -107,7 +107,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Largest request frame accepted, length prefix excluded.
     pub max_frame_bytes: u32,
-    /// Most open client connections; further ones are closed at once.
+    /// Most open client connections (TCP connections and in-process sessions
+    /// together); further ones are closed at once.
     pub max_connections: usize,
     /// Requests one connection may have in flight; the broker stops reading from a
     /// connection that reaches it until a response is written.

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::config::Config;
 use crate::groups::{Coordinator, OffsetStore};
@@ -55,4 +55,7 @@ pub struct BrokerState {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// TLS, authentication, authorization and audit (`security/`).
     pub security: crate::security::Security,
+    /// The `max_connections` slots, shared by TCP connections and in-process
+    /// sessions: each holds one while it is open.
+    pub connection_slots: Arc<Semaphore>,
 }

@@ -67,13 +67,11 @@ pub struct Client {
 }
 
 /// Opens an in-process session with an embedded broker whose answers go to the given
-/// delivery function, and returns the requests' sender (see [`crate::embedded`]).
+/// delivery function (see [`crate::embedded`]).
 #[derive(Clone)]
 pub(crate) struct Dialer(
     pub(crate)  Arc<
-        dyn Fn(
-                crate::connection::Deliver,
-            ) -> tokio::sync::mpsc::Sender<weir_protocol::frame::RequestFrame>
+        dyn Fn(crate::connection::Deliver) -> Box<dyn crate::connection::InProcessSession>
             + Send
             + Sync,
     >,

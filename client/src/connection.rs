@@ -1,12 +1,16 @@
 //! One multiplexed connection to a broker: TCP (or TLS), or in-process channels to an
 //! embedded broker.
 //!
-//! Requests are written by a writer task in the order they are sent; responses are
-//! read by a reader task and matched to their requests by correlation id, so they may
-//! arrive in any order. A failed connection fails every waiting request with
-//! [`ClientError::Io`]; [`crate::Client`] then opens a new one.
+//! Over TCP, requests are written by a writer task in the order they are sent;
+//! responses are read by a reader task and matched to their requests by correlation
+//! id, so they may arrive in any order. In-process, the calling task starts each
+//! request in the broker's session itself and the broker hands each answer to its
+//! waiter (no tasks of the connection's own). A failed connection fails every waiting
+//! request with [`ClientError::Io`]; [`crate::Client`] then opens a new one.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,10 +32,35 @@ type Waiters = Arc<Mutex<Option<HashMap<u32, oneshot::Sender<ResponseFrame>>>>>;
 /// Requests queued for the writer task at most.
 const WRITE_QUEUE: usize = 1024;
 
+/// An in-process session's requests side (feature `embedded`; see
+/// [`Connection::in_process`]).
+pub(crate) trait InProcessSession: Send + Sync {
+    /// Starts a request in the calling task; false when the session is closed (the
+    /// request was not started).
+    fn submit(&self, frame: RequestFrame) -> Pin<Box<dyn Future<Output = bool> + Send + '_>>;
+}
+
+/// Where a connection's requests go.
+enum Requests {
+    /// The writer task of a socket.
+    Writer(mpsc::Sender<RequestFrame>),
+    /// An in-process session, started in the calling task.
+    InProcess(Box<dyn InProcessSession>),
+}
+
+impl std::fmt::Debug for Requests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Requests::Writer(_) => "socket",
+            Requests::InProcess(_) => "in-process",
+        })
+    }
+}
+
 /// A live connection.
 #[derive(Debug)]
 pub struct Connection {
-    tx: mpsc::Sender<RequestFrame>,
+    tx: Requests,
     waiters: Waiters,
     next_id: AtomicU32,
     dead: Arc<AtomicBool>,
@@ -119,7 +148,7 @@ impl Connection {
             r_waiters.lock().expect("waiters lock").take();
         });
         Connection {
-            tx,
+            tx: Requests::Writer(tx),
             waiters,
             next_id: AtomicU32::new(1),
             dead,
@@ -127,13 +156,13 @@ impl Connection {
         }
     }
 
-    /// A connection over an in-process transport (feature `embedded`): requests go
-    /// to the broker's session as typed frames, and the session hands each answer
-    /// straight to its waiter (no reader task, nothing encoded, decoded or copied, no
-    /// socket). `dial` opens the session with the delivery function and returns the
-    /// requests' sender.
+    /// A connection over an in-process transport (feature `embedded`): the calling
+    /// task starts each request in the broker's session as a typed frame, and the
+    /// broker hands each answer straight to its waiter (no writer or reader task,
+    /// nothing encoded, decoded or copied, no socket). `dial` opens the session with
+    /// the delivery function.
     pub(crate) fn in_process(
-        dial: impl FnOnce(Deliver) -> mpsc::Sender<RequestFrame>,
+        dial: impl FnOnce(Deliver) -> Box<dyn InProcessSession>,
     ) -> Connection {
         let waiters: Waiters = Arc::new(Mutex::new(Some(HashMap::new())));
         let dead = Arc::new(AtomicBool::new(false));
@@ -149,7 +178,7 @@ impl Connection {
             open
         });
         Connection {
-            tx: dial(deliver),
+            tx: Requests::InProcess(dial(deliver)),
             waiters,
             next_id: AtomicU32::new(1),
             dead,
@@ -206,10 +235,16 @@ impl Connection {
         } else {
             None
         };
-        self.tx
-            .send(frame)
-            .await
-            .map_err(|_| ClientError::Io("connection is closed".into()))?;
+        let sent = match &self.tx {
+            Requests::Writer(tx) => tx.send(frame).await.is_ok(),
+            Requests::InProcess(session) => session.submit(frame).await,
+        };
+        if !sent {
+            if let Some(m) = self.waiters.lock().expect("waiters lock").as_mut() {
+                m.remove(&id);
+            }
+            return Err(ClientError::Io("connection is closed".into()));
+        }
         Ok(rx)
     }
 }

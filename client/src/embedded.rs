@@ -2,10 +2,10 @@
 //! sockets.
 //!
 //! [`EmbeddedBroker::client`] returns an ordinary [`Client`] whose connection is an
-//! in-process session (`weir_broker::server::inproc`): requests are handed to the
-//! broker as typed values over a bounded channel (a produce's record batches are the
-//! `Bytes` the producer built, not copied), the broker hands each answer straight to
-//! the request's waiter, and a
+//! in-process session (`weir_broker::server::inproc`): the calling task starts each
+//! request in the broker's session as a typed value (a produce's record batches are
+//! the `Bytes` the producer built, not copied), the broker hands each answer straight
+//! to the request's waiter, and a
 //! fetch's records are `Bytes` that point straight into the log's memory-mapped
 //! segments (each keeps its map alive, so a slice stays valid after retention deleted
 //! its file). The broker treats such a session exactly like a TCP connection: the
@@ -13,12 +13,32 @@
 //! The broker still listens on its TCP port, so other processes can connect to it at
 //! the same time ([`EmbeddedBroker::addr`], [`EmbeddedBroker::tcp_client`]).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
+use weir_broker::server::inproc::InProcess;
 use weir_broker::{Broker, Config};
+use weir_protocol::frame::RequestFrame;
 
 use crate::client::Dialer;
+use crate::connection::InProcessSession;
 use crate::{Client, ClientConfig, Result};
+
+impl InProcessSession for InProcess {
+    fn submit(&self, frame: RequestFrame) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        Box::pin(InProcess::submit(self, frame))
+    }
+}
+
+/// The session of a broker that has shut down: it starts nothing.
+struct Closed;
+
+impl InProcessSession for Closed {
+    fn submit(&self, _: RequestFrame) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        Box::pin(std::future::ready(false))
+    }
+}
 
 /// A broker in this process, on loopback, with its own data directory.
 pub struct EmbeddedBroker {
@@ -53,10 +73,10 @@ impl EmbeddedBroker {
     pub async fn client_with(&self, config: ClientConfig) -> Result<Client> {
         let state = Arc::downgrade(self.broker.state());
         let dialer = Dialer(Arc::new(move |deliver| match state.upgrade() {
-            Some(state) => weir_broker::server::inproc::connect(&state, deliver),
+            Some(state) => Box::new(weir_broker::server::inproc::connect(&state, deliver)),
             // The broker has shut down: a session that is closed at once (dropping
             // `deliver` marks the connection dead).
-            None => tokio::sync::mpsc::channel(1).0,
+            None => Box::new(Closed),
         }));
         Client::connect_dialed(self.addr().to_string(), config, Some(dialer)).await
     }

@@ -1,15 +1,17 @@
 //! The in-process transport's own promises, beyond the SDK suite it shares with TCP:
 //! a fetched record set is a slice of the log's mapped segment (no copy) that stays
-//! valid after retention deleted the segment's file, and clients in other processes
-//! (over loopback TCP) use the same embedded broker at the same time.
+//! valid after retention deleted the segment's file, clients in other processes
+//! (over loopback TCP) use the same embedded broker at the same time, and in-process
+//! sessions count toward `max_connections` like TCP ones.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use weir_client::{Admin, Producer, ProducerRecord, TopicConfig};
 use weir_protocol::batch::{BatchBuilder, NewRecord};
 use weir_protocol::messages::{Acks, FetchRequest, ProduceRequest, Records};
-use weir_protocol::ResponseBody;
+use weir_protocol::{ErrorCode, ResponseBody};
 use weir_tests::read_all;
 use weir_tests::transport::{SdkBroker, Transport};
 
@@ -180,4 +182,54 @@ async fn an_in_process_client_fails_cleanly_once_the_embedded_broker_stopped() {
             .expect("no hang after shutdown");
         assert!(r.is_err(), "answered after shutdown: {r:?}");
     }
+}
+
+/// In-process sessions hold `max_connections` slots as TCP connections do: beyond them
+/// a new in-process session is refused with THROTTLED (and so is a TCP connection),
+/// each refusal is counted, and a closed session frees its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_sessions_count_toward_max_connections_like_tcp_ones() {
+    let broker =
+        SdkBroker::start_with_env(Transport::InProcess, &[("WEIR_MAX_CONNECTIONS", "2")]).await;
+    let embedded = broker.embedded().expect("embedded broker");
+    let metrics = &embedded.broker().state().metrics;
+    let first = embedded.client().await.expect("first session");
+    let second = embedded.client().await.expect("second session");
+    assert_eq!(metrics.connections_open.load(Ordering::Relaxed), 2);
+    let refused = embedded
+        .client()
+        .await
+        .expect_err("a third in-process session is beyond max_connections");
+    assert_eq!(refused.code(), Some(ErrorCode::Throttled), "{refused}");
+    assert!(refused.to_string().contains("max_connections"), "{refused}");
+    // A TCP connection competes for the same slots.
+    embedded
+        .tcp_client()
+        .await
+        .expect_err("a TCP connection is beyond max_connections too");
+    assert_eq!(metrics.connections_refused.load(Ordering::Relaxed), 2);
+    assert_eq!(metrics.connections_open.load(Ordering::Relaxed), 2);
+    second
+        .metadata(&[])
+        .await
+        .expect("the open sessions still work");
+    // Closing one frees its slot (once its session has seen the client go).
+    drop(first);
+    let mut again = None;
+    for _ in 0..100 {
+        match embedded.client().await {
+            Ok(c) => {
+                again = Some(c);
+                break;
+            }
+            Err(e) => {
+                assert_eq!(e.code(), Some(ErrorCode::Throttled), "{e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let again = again.expect("a slot freed by the closed session");
+    again.metadata(&[]).await.expect("the new session works");
+    drop((second, again));
+    broker.stop().await;
 }

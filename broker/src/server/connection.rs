@@ -34,7 +34,7 @@ use weir_protocol::frame::ResponseFrame;
 use weir_protocol::{ErrorCode, FrameError, ServerCodec};
 
 use super::responses::{write_loop, Outgoing, SocketSink};
-use super::session::{Close, End, Session};
+use super::session::{Close, End, Out, Session};
 use crate::flow::receive::{GatedRead, ReceiveGate};
 use crate::security::Identity;
 use crate::state::BrokerState;
@@ -81,7 +81,7 @@ where
         close_how,
         ..
     } = conn;
-    session.close(writer, close_how).await;
+    session.close(Some(writer), close_how).await;
     result
 }
 
@@ -123,7 +123,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> Connection<R> {
             io_timeout: Duration::from_millis(cfg.io_timeout_ms),
             shutdown: state.shutdown.clone(),
             close_how: Close::Drain,
-            session: Session::new(state, identity, tx),
+            session: Session::new(state, identity, Out::Loop(tx)),
         }
     }
 

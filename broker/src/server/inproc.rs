@@ -1,29 +1,33 @@
-//! The in-process transport: a program that embeds the broker reaches it through a
-//! bounded channel and a delivery function instead of a socket.
+//! The in-process transport: a program that embeds the broker reaches it through
+//! function calls instead of a socket.
 //!
-//! Requests arrive as typed [`RequestFrame`]s on a bounded channel (nothing encoded or
-//! decoded; a produce's record batches are the `Bytes` the producer built) and answers
-//! leave as typed [`ResponseFrame`]s through the client's [`Deliver`] function, which
-//! hands each to the request's waiter (a fetch's records are `Bytes` pointing into
-//! the log's mapped segments, each holding its map alive). Everything between is the TCP connection's
-//! path: the same [`Session`] (permits, authentication, quotas, shedding, produce
-//! admission and ordering, ack levels) and the same weighted-fair response loop
-//! ([`super::responses::write_loop`]). What the socket path has and this one does not
-//! need: framing, the receive budget for frames still arriving (a request here is
-//! already in memory), TLS, and the idle timeout (the session ends when the client
-//! drops its end). In-process sessions do not take a `max_connections` slot; a client
-//! id's `max_connections` quota still counts them.
+//! A request is a typed [`RequestFrame`] (nothing encoded or decoded; a produce's
+//! record batches are the `Bytes` the producer built) that the client starts in its
+//! own task ([`InProcess::submit`]), and each answer is a typed [`ResponseFrame`] that
+//! the task which finished the request hands to the client's [`Deliver`] function,
+//! which wakes the request's waiter (a fetch's records are `Bytes` pointing into the
+//! log's mapped segments, each holding its map alive). So a request costs no task hop
+//! of its own on the way in or out: a produce goes from the caller to its shard's
+//! lane, and its ack from the writer's answer to the caller.
+//!
+//! Everything between is the TCP connection's path: the same [`Session`] (in-flight
+//! permits, authentication, quotas, shedding, produce admission and ordering, ack
+//! levels), and the same `max_connections` slots. What the socket path has and this
+//! one does not need: framing, the receive budget for frames still arriving (a request
+//! here is already in memory), TLS, the idle timeout (the session ends when the client
+//! drops its end), and the write loop with its weighted-fair order: handing an answer
+//! over never blocks, so no answer ever waits behind another and there is nothing to
+//! order.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit};
 use weir_protocol::classes::Class;
-use weir_protocol::frame::{RequestFrame, ResponseFrame, ResponsePayload};
-use weir_protocol::{ErrorCode, Request, ResponseBody};
+use weir_protocol::frame::{RequestFrame, ResponseFrame};
+use weir_protocol::{ErrorCode, Request};
 
-use super::responses::{write_loop, Outgoing, Permits, ResponseSink};
-use super::session::{Close, Session};
+use super::session::{Close, Out, Session};
 use crate::security::Identity;
 use crate::state::BrokerState;
 
@@ -31,62 +35,122 @@ use crate::state::BrokerState;
 /// (what its header and fields would take on the wire, roughly).
 const REQUEST_OVERHEAD_BYTES: u64 = 64;
 
-/// Takes each answer of an in-process session, in the broker's weighted-fair order,
-/// as soon as it is sent (the SDK hands it straight to the request's waiter, without a
-/// task of its own in between). Returns false when the client has gone; the session
-/// then ends. Dropped when the session ends.
+/// Takes each answer of an in-process session as soon as its request is finished (the
+/// SDK hands it straight to the request's waiter, without a task of its own in
+/// between). Returns false when the client has gone; the session then ends. Dropped
+/// when the session ends. Called from the broker's request tasks, one call at a time.
 pub type Deliver = Box<dyn FnMut(ResponseFrame) -> bool + Send>;
 
-/// Opens an in-process session with the broker, whose answers go to `deliver`;
-/// returns the requests' sender (at most `max_in_flight_per_connection` queued). The
-/// session runs on the caller's runtime until the client drops the sender,
-/// `deliver` refuses an answer, or the broker shuts down.
-pub fn connect(state: &Arc<BrokerState>, deliver: Deliver) -> mpsc::Sender<RequestFrame> {
-    let depth = state.config.max_in_flight_per_connection.max(1);
-    let (req_tx, req_rx) = mpsc::channel(depth);
-    tokio::spawn(run(state.clone(), req_rx, deliver));
-    req_tx
+/// The client's end of an in-process session. [`InProcess::submit`] starts a request
+/// in the calling task, so a request reaches its handler (a produce its shard's
+/// lane) without a task hop; dropping it ends the session.
+pub struct InProcess {
+    core: Arc<Core>,
+    /// Dropped with the client's end: the session's closer then ends it.
+    _open: oneshot::Sender<()>,
 }
 
-/// One session from open to close.
-async fn run(
+/// What the client's end and the session's closer share.
+struct Core {
     state: Arc<BrokerState>,
-    mut requests: mpsc::Receiver<RequestFrame>,
-    deliver: Deliver,
-) {
+    /// `None` once closed, or from the start when refused at `max_connections`.
+    session: tokio::sync::Mutex<Option<Open>>,
+    direct: Arc<Direct>,
+    /// A session beyond `max_connections` answers its first request with this.
+    refusal: Mutex<Option<ResponseFrame>>,
+    /// The session itself decided to end (a refused handshake).
+    ended: Notify,
+}
+
+/// An open session and the `max_connections` slot it holds.
+struct Open {
+    session: Session,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// Opens an in-process session with the broker, whose answers go to `deliver`. The
+/// session lasts until the client drops the returned end, `deliver` refuses an answer,
+/// or the broker shuts down. It holds one of the `max_connections` slots TCP
+/// connections take; beyond them its first request is answered with the same
+/// THROTTLED connection error a refused socket gets, and it is closed.
+pub fn connect(state: &Arc<BrokerState>, deliver: Deliver) -> InProcess {
     let m = &state.metrics;
-    m.connections_open.fetch_add(1, Ordering::Relaxed);
-    m.connections_total.fetch_add(1, Ordering::Relaxed);
-    let (tx, rx) = mpsc::channel::<Outgoing>(state.config.max_in_flight_per_connection);
-    let writer = {
-        let config = state.config.clone();
-        let sink = DeliverSink { deliver };
-        tokio::spawn(async move { write_loop(sink, rx, &config).await })
+    let direct = Arc::new(Direct {
+        deliver: Mutex::new(Some(deliver)),
+        gone: Notify::new(),
+    });
+    let (open_tx, open_rx) = oneshot::channel();
+    let open = match state.connection_slots.clone().try_acquire_owned() {
+        Ok(slot) => {
+            m.connections_open.fetch_add(1, Ordering::Relaxed);
+            m.connections_total.fetch_add(1, Ordering::Relaxed);
+            let out = Out::Direct(direct.clone());
+            Some(Open {
+                session: Session::new(state.clone(), Identity::default(), out),
+                _slot: slot,
+            })
+        }
+        Err(_) => {
+            m.connections_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("max_connections reached; closing new in-process session");
+            None
+        }
     };
-    let mut session = Session::new(state.clone(), Identity::default(), tx);
-    let mut shutdown = state.shutdown.clone();
-    let mut how = Close::Drain;
-    // A session opened after shutdown began closes at once.
-    while !*shutdown.borrow_and_update() {
-        let tx = session.responses();
+    let refused = open.is_none();
+    let core = Arc::new(Core {
+        state: state.clone(),
+        refusal: Mutex::new(refused.then(|| super::full_refusal(state))),
+        session: tokio::sync::Mutex::new(open),
+        direct,
+        ended: Notify::new(),
+    });
+    if !refused {
+        tokio::spawn(closer(core.clone(), open_rx));
+    }
+    InProcess {
+        core,
+        _open: open_tx,
+    }
+}
+
+impl InProcess {
+    /// Starts one request in the calling task, as a TCP connection's reader starts a
+    /// frame: it waits for the session's in-flight permits (back-pressure), then the
+    /// [`Session`] admits and starts it in the order `submit` calls take the session
+    /// (first come, first served), and its answer comes through `deliver`. False when
+    /// the session is closed (the request was not started). A call dropped before it
+    /// returns may not have started its request; like a TCP client that stopped
+    /// waiting, the caller cannot tell.
+    pub async fn submit(&self, frame: RequestFrame) -> bool {
+        let core = &self.core;
+        let mut guard = core.session.lock().await;
+        let Some(open) = guard.as_mut() else {
+            // Refused at max_connections: the first request learns why (the
+            // connection error fails every waiting request on the client's end).
+            let refusal = core.refusal.lock().expect("refusal lock").take();
+            return match refusal {
+                Some(r) => {
+                    core.direct.deliver(r);
+                    core.direct.close();
+                    true
+                }
+                None => false,
+            };
+        };
+        let session = &mut open.session;
+        let mut shutdown = core.state.shutdown.clone();
+        if *shutdown.borrow_and_update() {
+            return false;
+        }
         let permit = tokio::select! {
             p = session.request_permit() => p,
-            _ = shutdown.changed() => break,
-            _ = tx.closed() => break,
-        };
-        let frame = tokio::select! {
-            f = requests.recv() => f,
-            _ = shutdown.changed() => break,
-            _ = tx.closed() => break,
-        };
-        let Some(frame) = frame else {
-            how = Close::PeerGone;
-            break;
+            _ = shutdown.changed() => return false,
+            _ = core.direct.closed() => return false,
         };
         let bytes_permit = tokio::select! {
             p = session.bytes_permit(request_bytes(&frame.request)) => p,
-            _ = shutdown.changed() => break,
-            _ = tx.closed() => break,
+            _ = shutdown.changed() => return false,
+            _ = core.direct.closed() => return false,
         };
         session.count_request();
         let permits = (permit, bytes_permit);
@@ -99,14 +163,36 @@ async fn run(
                 format!("priority {} is not 0..=10", frame.header.priority),
             );
             session.send(Class::P0, resp, Some(permits)).await;
-            continue;
+            return true;
         }
         if session.start(frame, permits).await.is_some() {
-            break;
+            core.ended.notify_one();
         }
+        true
     }
-    session.close(writer, how).await;
-    m.connections_open.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Ends a session when the client drops its end or stops taking answers (at once),
+/// when the session itself ends, or when the broker shuts down (answers still to come
+/// get `io_timeout_ms`), as a TCP connection ends.
+async fn closer(core: Arc<Core>, open: oneshot::Receiver<()>) {
+    let mut shutdown = core.state.shutdown.clone();
+    let how = tokio::select! {
+        _ = open => Close::PeerGone,
+        _ = core.direct.closed() => Close::PeerGone,
+        _ = core.ended.notified() => Close::Drain,
+        // A session opened after shutdown began closes at once.
+        _ = shutdown.wait_for(|s| *s) => Close::Drain,
+    };
+    let taken = core.session.lock().await.take();
+    if let Some(open) = taken {
+        open.session.close(None, how).await;
+        core.direct.close();
+        core.state
+            .metrics
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// What a request holds of the in-flight byte budget: its record bytes plus a fixed
@@ -119,35 +205,42 @@ fn request_bytes(request: &Request) -> u64 {
     records + REQUEST_OVERHEAD_BYTES
 }
 
-/// The response side of an in-process session: the client's [`Deliver`].
-struct DeliverSink {
-    deliver: Deliver,
+/// The answering side of an in-process session: the client's [`Deliver`], until the
+/// session closes or the client refuses an answer (it has gone).
+pub(super) struct Direct {
+    deliver: Mutex<Option<Deliver>>,
+    gone: Notify,
 }
 
-impl ResponseSink for DeliverSink {
-    type Ready = (ResponseFrame, Option<Permits>);
-
-    fn prepare(&mut self, resp: ResponseFrame, permits: Option<Permits>) -> (Self::Ready, u64) {
-        let records = match &resp.payload {
-            ResponsePayload::Ok(ResponseBody::Fetch(f)) => f.records.len_bytes(),
-            ResponsePayload::Ok(ResponseBody::PriorityFetch(f)) => f.records.len_bytes(),
-            _ => 0,
-        };
-        let cost = records as u64 + REQUEST_OVERHEAD_BYTES;
-        ((resp, permits), cost)
-    }
-
-    async fn send_round(&mut self, round: &mut Vec<Self::Ready>) -> std::io::Result<()> {
-        // Each response's permits are released once the client took it. The client
-        // never blocks here: it hands answers to waiters it holds one per request in
-        // flight, which the permits bound.
-        for (resp, _permits) in round.drain(..) {
-            if !(self.deliver)(resp) {
-                return Err(std::io::ErrorKind::BrokenPipe.into());
+impl Direct {
+    /// Hands `resp` to the client (dropped once the session is closed).
+    pub(super) fn deliver(&self, resp: ResponseFrame) {
+        let mut deliver = self.deliver.lock().expect("deliver lock");
+        if let Some(f) = deliver.as_mut() {
+            if !f(resp) {
+                deliver.take();
+                drop(deliver);
+                self.gone.notify_waiters();
             }
         }
-        Ok(())
     }
 
-    async fn finish(&mut self) {}
+    /// Nothing more is handed over; the client's end learns the session is over.
+    pub(super) fn close(&self) {
+        let taken = self.deliver.lock().expect("deliver lock").take();
+        drop(taken);
+        self.gone.notify_waiters();
+    }
+
+    /// Resolves once the session is closed or the client has gone.
+    pub(super) async fn closed(&self) {
+        loop {
+            // Registered before the check: a close in between still wakes it.
+            let woken = self.gone.notified();
+            if self.deliver.lock().expect("deliver lock").is_none() {
+                return;
+            }
+            woken.await;
+        }
+    }
 }

@@ -1,14 +1,15 @@
 //! The protocol server: accepts connections and runs one [`connection`] task each.
 //!
-//! Connections are bounded by `max_connections` (extra ones get a THROTTLED
-//! connection error, are closed at once and counted). The server is split by plane:
+//! Connections are bounded by `max_connections`, TCP connections and in-process
+//! sessions together (extra ones get a THROTTLED connection error, are closed at once
+//! and counted). The server is split by plane:
 //!
 //! - [`session`]: the per-request path every transport shares — the permits that
 //!   bound a peer, authentication, the order requests start in, the one count of
-//!   request errors; [`responses`]: its ordered answers;
+//!   request errors; [`responses`]: a socket's ordered answers;
 //! - [`connection`]: a TCP (or TLS) connection's framing in front of a session;
-//!   [`inproc`]: the in-process transport (typed requests over bounded channels) in
-//!   front of the same session;
+//!   [`inproc`]: the in-process transport (typed requests started in the caller's
+//!   task) in front of the same session;
 //! - [`admission`]: quotas, shedding and memory, for every api in one place;
 //! - [`produce`]: the data plane's write side, with [`acks`], the one owner of "when
 //!   may this produce be answered";
@@ -35,7 +36,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use weir_protocol::frame::ResponseFrame;
 use weir_protocol::ErrorCode;
@@ -52,18 +53,11 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
     cores: Option<CoreRuntimes>,
 ) {
-    let slots = Arc::new(Semaphore::new(state.config.max_connections));
+    let slots = state.connection_slots.clone();
     // Told to connections refused at max_connections, so the client sees a named error.
     let refusal = {
         let mut b = bytes::BytesMut::new();
-        ResponseFrame::connection_error(
-            ErrorCode::Throttled,
-            format!(
-                "broker at max_connections ({}); retry later",
-                state.config.max_connections
-            ),
-        )
-        .encode(&mut b);
+        full_refusal(&state).encode(&mut b);
         b.freeze()
     };
     let mut conns = tokio::task::JoinSet::new();
@@ -107,6 +101,18 @@ pub async fn serve(
         // Joining the threads blocks briefly; keep it off the async workers.
         let _ = tokio::task::spawn_blocking(move || cores.stop()).await;
     }
+}
+
+/// The connection error a connection (or in-process session) opened beyond
+/// `max_connections` gets before it is closed.
+pub(crate) fn full_refusal(state: &BrokerState) -> ResponseFrame {
+    ResponseFrame::connection_error(
+        ErrorCode::Throttled,
+        format!(
+            "broker at max_connections ({}); retry later",
+            state.config.max_connections
+        ),
+    )
 }
 
 /// One connection from accept to close, counted in the metrics and holding its

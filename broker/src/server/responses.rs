@@ -1,5 +1,6 @@
-//! Ordered sending of one connection's responses: most urgent class first, coalesced,
-//! to a socket or (in-process transport) a channel — the order is the same for both.
+//! Ordered sending of one TCP connection's responses: most urgent class first,
+//! coalesced. (An in-process session hands each answer over as it is finished,
+//! `session::Out::Direct`: nothing waits there, so there is nothing to order.)
 //!
 //! Responses reach the write loop as their requests finish, in any order (clients
 //! match them by correlation id). Those ready at the same time leave in weighted-fair
@@ -37,8 +38,8 @@ pub type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 /// responses stays within `max_in_flight_per_connection` and the byte bound.
 pub type Outgoing = (Class, ResponseFrame, Option<Permits>);
 
-/// Where a connection's responses go once the write loop has ordered them: a socket
-/// ([`SocketSink`]) or an in-process channel ([`super::inproc`]).
+/// Where a connection's responses go once the write loop has ordered them (a socket:
+/// [`SocketSink`]).
 pub trait ResponseSink {
     /// A response made ready for this sink, holding its request's permits.
     type Ready;

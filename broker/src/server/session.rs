@@ -1,14 +1,16 @@
 //! The per-request path every transport shares: a peer's session with the broker.
 //!
 //! A TCP connection ([`super::connection`]) cuts frames out of its socket and the
-//! in-process transport ([`super::inproc`]) receives typed requests from a channel;
+//! in-process transport ([`super::inproc`]) takes typed requests in its caller's task;
 //! both then hand each request to the same [`Session`]: the permits that bound what
 //! one peer holds unanswered, authentication and authorization, the handshake that
 //! binds a client id's quota, produce admission and queuing in arrival order
 //! ([`super::produce`], [`super::admission`], [`super::acks`]), and every other api in
-//! its own task ([`super::dispatch`]). Answers leave through the same weighted-fair
-//! response queue ([`super::responses`]), whatever carries them. So shedding,
-//! throttling, quotas, priority classes and ack levels cannot differ by transport.
+//! its own task ([`super::dispatch`]). A socket's answers leave through its
+//! weighted-fair response queue ([`super::responses`]); an in-process client takes
+//! each answer as it is sent ([`Out::Direct`]: no socket to share, so none waits
+//! behind another). So shedding, throttling, quotas, priority classes and ack levels
+//! cannot differ by transport.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -34,11 +36,34 @@ use crate::state::BrokerState;
 /// Why a transport stopped reading requests.
 pub(super) type End = Result<(), FrameError>;
 
-/// Sends responses to the write loop and counts request errors: every error response
-/// and every failed produce that sends none (`acks=none`), each exactly once.
+/// Where a session's answers go.
+#[derive(Clone)]
+pub(super) enum Out {
+    /// The transport's write loop ([`super::responses::write_loop`]), which orders the
+    /// answers ready together by class while the socket is busy.
+    Loop(mpsc::Sender<Outgoing>),
+    /// Straight to an in-process client, from the task that finished the request
+    /// ([`super::inproc::Direct`]): handing over an answer never blocks, so there is
+    /// no queue to order and no task hop.
+    Direct(Arc<super::inproc::Direct>),
+}
+
+impl Out {
+    /// Resolves once nobody takes answers any more (the peer or its write loop is gone).
+    pub(super) async fn closed(&self) {
+        match self {
+            Out::Loop(tx) => tx.closed().await,
+            Out::Direct(d) => d.closed().await,
+        }
+    }
+}
+
+/// Sends responses (to the write loop or the in-process client) and counts request
+/// errors: every error response and every failed produce that sends none
+/// (`acks=none`), each exactly once.
 #[derive(Clone)]
 struct Responder {
-    tx: mpsc::Sender<Outgoing>,
+    out: Out,
     state: Arc<BrokerState>,
 }
 
@@ -47,9 +72,17 @@ impl Responder {
         if resp.error_code() != ErrorCode::None {
             self.count_error();
         }
-        // The permits go with the response and are released once it is written, so
-        // unwritten responses count as in flight.
-        let _ = self.tx.send((class, resp, permits)).await;
+        // The permits go with the response and are released once it is written (or
+        // handed over), so unwritten responses count as in flight.
+        match &self.out {
+            Out::Loop(tx) => {
+                let _ = tx.send((class, resp, permits)).await;
+            }
+            Out::Direct(d) => {
+                d.deliver(resp);
+                drop(permits);
+            }
+        }
     }
 
     async fn send_produce(&self, class: Class, outcome: produce::Outcome, permits: Permits) {
@@ -111,12 +144,8 @@ pub(super) struct Session {
 }
 
 impl Session {
-    /// A session whose answers go to `tx` (the transport's response loop).
-    pub(super) fn new(
-        state: Arc<BrokerState>,
-        identity: Identity,
-        tx: mpsc::Sender<Outgoing>,
-    ) -> Session {
+    /// A session whose answers go to `out`.
+    pub(super) fn new(state: Arc<BrokerState>, identity: Identity, out: Out) -> Session {
         let cfg = &state.config;
         let bytes_limit = cfg.flow_connection_in_flight_bytes.min(u64::from(u32::MAX)) as u32;
         Session {
@@ -131,16 +160,16 @@ impl Session {
             classes: cfg.class_map().unwrap_or_default(),
             io_timeout: Duration::from_millis(cfg.io_timeout_ms),
             out: Responder {
-                tx,
+                out,
                 state: state.clone(),
             },
             state,
         }
     }
 
-    /// The channel to the response loop, to notice when it has gone.
-    pub(super) fn responses(&self) -> mpsc::Sender<Outgoing> {
-        self.out.tx.clone()
+    /// Where answers go, to notice when nobody takes them any more.
+    pub(super) fn responses(&self) -> Out {
+        self.out.out.clone()
     }
 
     /// One of the `max_in_flight_per_connection` request slots; waits while all are
@@ -335,7 +364,8 @@ impl Session {
 
     /// Closes the connection: answers still to come are waited for (within
     /// `io_timeout_ms`) or dropped, per `how`; the transport and the slot go either way.
-    pub(super) async fn close(self, mut writer: JoinHandle<()>, how: Close) {
+    /// `writer` is the write loop (none for direct answers).
+    pub(super) async fn close(self, writer: Option<JoinHandle<()>>, how: Close) {
         let Session {
             in_flight,
             state,
@@ -351,6 +381,10 @@ impl Session {
             )
             .await;
         }
+        let direct = match &out.out {
+            Out::Direct(d) => Some(d.clone()),
+            Out::Loop(_) => None,
+        };
         drop(out);
         // The write loop ends once every request task has dropped its responder; one
         // still parked must not hold the socket: after the drain (or at once when the
@@ -359,8 +393,14 @@ impl Session {
             Close::Drain => io_timeout,
             Close::PeerGone => Duration::ZERO,
         };
-        if tokio::time::timeout(grace, &mut writer).await.is_err() {
-            writer.abort();
+        if let Some(mut writer) = writer {
+            if tokio::time::timeout(grace, &mut writer).await.is_err() {
+                writer.abort();
+            }
+        }
+        // Direct answers: the same, nothing handed over after the drain.
+        if let Some(d) = direct {
+            d.close();
         }
         drop(quota);
     }
