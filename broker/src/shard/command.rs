@@ -82,6 +82,9 @@ pub struct ClassStats {
     pub flushed_offset: AtomicU64,
     /// Shard-wide: flushes completed (one may cover many durable appends).
     pub flushes: AtomicU64,
+    /// Shard-wide: groups of lower-class appends cut short because a P0 append
+    /// arrived while they were written (`weir_shard_group_cuts_total`).
+    pub group_cuts: AtomicU64,
     /// Appends written (or answered as duplicates), per class.
     pub appends: [AtomicU64; CLASS_COUNT],
     /// Total microseconds appends waited in their lane before being written.
