@@ -203,7 +203,7 @@ impl FlowControl {
                 ),
             ));
         };
-        if let Err(t) = client.admit_produce(bytes, now) {
+        if let Err(t) = client.admit_produce(bytes, class, now) {
             return Err(Refusal::new(ErrorCode::Throttled, t.retry_after, t.message));
         }
         Ok(ProduceTicket {
