@@ -42,6 +42,10 @@ pub(super) struct AppendCmd {
     pub headers: Vec<BatchHeader>,
     pub durable: bool,
     pub reply: Option<oneshot::Sender<Result<AppendOutcome, AppendError>>>,
+    /// When it was handed to the lane (before any wait for room in it): lane waits
+    /// are measured from here, so they include the time in the lane before the writer
+    /// took it into its scheduler.
+    pub queued_at: std::time::Instant,
 }
 
 impl AppendCmd {

@@ -146,6 +146,7 @@ impl Shard {
                 headers,
                 durable,
                 reply: Some(reply),
+                queued_at: std::time::Instant::now(),
             })
             .await
             .map_err(|_| AppendError::Closed)?;

@@ -446,7 +446,9 @@ impl Writer {
             let Some(served) = wfq.pop(now) else { break };
             top_class = Some(top_class.map_or(served.class, |c: Class| c.min(served.class)));
             let c = served.class.index();
-            let waited_us = served.waited.as_micros() as u64;
+            // From the hand-off to the lane, not from the scheduler's push: the time in
+            // the lane is what a P0 append used to spend behind a whole group.
+            let waited_us = served.item.queued_at.elapsed().as_micros() as u64;
             self.stats.appends[c].fetch_add(1, Ordering::Relaxed);
             self.stats.wait_us[c].fetch_add(waited_us, Ordering::Relaxed);
             self.stats.wait_us_max[c].fetch_max(waited_us, Ordering::Relaxed);
@@ -626,6 +628,7 @@ mod tests {
             headers: vec![h],
             durable: false,
             reply: Some(reply),
+            queued_at: Instant::now(),
         };
         (cmd, rx)
     }
