@@ -66,7 +66,12 @@ impl TokenBucket {
 
     /// [`TokenBucket::try_take`] that also leaves `keep` tokens in the bucket: it
     /// needs `min(bytes + keep, burst)` (a reserve for more important requests).
-    pub fn try_take_keeping(&mut self, bytes: u64, keep: u64, now: Instant) -> Result<(), Duration> {
+    pub fn try_take_keeping(
+        &mut self,
+        bytes: u64,
+        keep: u64,
+        now: Instant,
+    ) -> Result<(), Duration> {
         if self.unlimited() {
             return Ok(());
         }

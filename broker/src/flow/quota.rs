@@ -127,7 +127,11 @@ impl ClientState {
                 ),
             ));
         }
-        let keep = if p0 { 0 } else { l.produce.burst() / P0_RESERVE_DIVISOR };
+        let keep = if p0 {
+            0
+        } else {
+            l.produce.burst() / P0_RESERVE_DIVISOR
+        };
         if let Err(wait) = l.produce.try_take_keeping(bytes, keep, now) {
             let rate = l.quota.produce_bytes_per_s;
             drop(l);

@@ -674,13 +674,17 @@ mod tests {
         let mut p3 = Vec::new();
         for _ in 0..8 {
             let (cmd, rx) = append(p3_priority);
-            tx[Class::P3.index()].try_send(cmd).unwrap_or_else(|_| panic!("lane full"));
+            tx[Class::P3.index()]
+                .try_send(cmd)
+                .unwrap_or_else(|_| panic!("lane full"));
             p3.push(rx);
         }
         take_arrivals(&mut lanes, &mut t);
         assert_eq!(t.wfq.lane_len(Class::P3), 8);
         let (cmd, mut p0) = append(0);
-        tx[Class::P0.index()].try_send(cmd).unwrap_or_else(|_| panic!("lane full"));
+        tx[Class::P0.index()]
+            .try_send(cmd)
+            .unwrap_or_else(|_| panic!("lane full"));
 
         w.write_next_group(&mut lanes, &mut t);
         let p0_offset = p0.try_recv().expect("P0 answered with the cut group");
