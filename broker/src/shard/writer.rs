@@ -147,7 +147,8 @@ impl Writer {
     /// writes it, and hands the appends that wait for durability to the [`Flusher`]
     /// (one flush at a time, in the background). Appends that arrive while
     /// a group is written compete for the next group, so a P0 append overtakes P3
-    /// appends queued before it at the next group boundary.
+    /// appends queued before it; one that arrives while a lower-class group is being
+    /// gathered cuts it and is written next (see [`Writer::write_group`]).
     pub(super) fn run(
         mut self,
         lanes: [mpsc::Receiver<AppendCmd>; CLASS_COUNT],
