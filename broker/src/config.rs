@@ -141,6 +141,10 @@ pub struct Config {
     /// A topic shard's active segment file gets real blocks in steps of this many
     /// bytes (at most the topic's `segment_bytes`) instead of all at once.
     pub segment_preallocate_bytes: u64,
+    /// Write-behind of topic shards: start write-back of every this many appended
+    /// bytes at once (`sync_file_range`), so interval and durable flushes find little
+    /// dirty data; 0 = off.
+    pub flush_write_behind_bytes: u64,
     /// Appends waiting in each priority class's lane of one shard writer.
     pub shard_queue_depth: usize,
     /// Most bytes a shard writer writes (and flushes) as one group; smaller groups let
@@ -473,6 +477,7 @@ impl Default for Config {
             default_max_message_bytes: 8 * 1024 * 1024,
             index_interval_bytes: 4096,
             segment_preallocate_bytes: crate::storage::DEFAULT_PREALLOCATE_BYTES,
+            flush_write_behind_bytes: 0,
             shard_queue_depth: 1024,
             shard_group_bytes_max: crate::shard::writer::DEFAULT_GROUP_BYTES_MAX,
             group_min_session_timeout_ms: 1000,
@@ -775,6 +780,9 @@ impl Config {
             || self.segment_preallocate_bytes > LogConfig::SEGMENT_BYTES_MAX
         {
             return bad("segment_preallocate_bytes must be in 65536..=4294967295");
+        }
+        if self.flush_write_behind_bytes != 0 && self.flush_write_behind_bytes < 64 * 1024 {
+            return bad("flush_write_behind_bytes must be 0 (off) or at least 65536");
         }
         if self.index_interval_bytes < LogConfig::INDEX_INTERVAL_BYTES_MIN {
             // 0 would make every topic log refuse to open.

@@ -608,6 +608,7 @@ impl TopicRegistry {
             retention_ms: config.retention_ms,
             retention_bytes: config.retention_bytes,
             at_rest: self.at_rest.clone(),
+            write_behind_bytes: self.config.flush_write_behind_bytes,
         }
     }
 

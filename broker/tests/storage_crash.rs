@@ -32,6 +32,7 @@ fn config(sealed: bool) -> LogConfig {
         preallocate_bytes: 16 * 1024,
         at_rest: sealed
             .then(|| AtRest::new(vec![(1, [0x5a; 32], "crash test key".into())], 1).expect("keys")),
+        write_behind_bytes: 0,
     }
 }
 

@@ -42,6 +42,11 @@ impl TokenBucket {
         }
     }
 
+    /// The most tokens it holds.
+    pub fn burst(&self) -> u64 {
+        self.burst
+    }
+
     /// True when the bucket limits nothing.
     pub fn unlimited(&self) -> bool {
         self.rate == 0
@@ -56,11 +61,22 @@ impl TokenBucket {
     /// Takes `bytes` if at least `min(bytes, burst)` tokens are there; otherwise takes
     /// nothing and says how long until they will be.
     pub fn try_take(&mut self, bytes: u64, now: Instant) -> Result<(), Duration> {
+        self.try_take_keeping(bytes, 0, now)
+    }
+
+    /// [`TokenBucket::try_take`] that also leaves `keep` tokens in the bucket: it
+    /// needs `min(bytes + keep, burst)` (a reserve for more important requests).
+    pub fn try_take_keeping(
+        &mut self,
+        bytes: u64,
+        keep: u64,
+        now: Instant,
+    ) -> Result<(), Duration> {
         if self.unlimited() {
             return Ok(());
         }
         self.refill(now);
-        let need = bytes.min(self.burst) as f64;
+        let need = bytes.saturating_add(keep).min(self.burst) as f64;
         if self.level >= need {
             self.level -= bytes as f64;
             Ok(())

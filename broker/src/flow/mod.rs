@@ -192,7 +192,7 @@ impl FlowControl {
                 ),
             ));
         }
-        let Some(memory) = self.memory.try_acquire(bytes) else {
+        let Some(memory) = self.memory.try_acquire_for(class, bytes) else {
             return Err(Refusal::new(
                 ErrorCode::Throttled,
                 Duration::from_millis(100),
@@ -203,7 +203,7 @@ impl FlowControl {
                 ),
             ));
         };
-        if let Err(t) = client.admit_produce(bytes, now) {
+        if let Err(t) = client.admit_produce(bytes, class, now) {
             return Err(Refusal::new(ErrorCode::Throttled, t.retry_after, t.message));
         }
         Ok(ProduceTicket {
@@ -347,8 +347,12 @@ mod tests {
             c.shed_enabled = false;
         }));
         let client = flow.quotas().client("");
-        let _a = flow.admit_produce(&client, Class::P0, 1 << 20).unwrap();
-        let _b = flow.admit_produce(&client, Class::P3, 1 << 20).unwrap();
+        let _a = flow.admit_produce(&client, Class::P3, 1 << 20).unwrap();
+        // P3 stops at the P0 reserve (the last eighth), P0 does not.
+        let r = flow.admit_produce(&client, Class::P3, 1 << 20).unwrap_err();
+        assert_eq!(r.code, ErrorCode::Throttled);
+        assert!(r.message.contains("memory budget"), "{}", r.message);
+        let _b = flow.admit_produce(&client, Class::P0, 1 << 20).unwrap();
         let r = flow.admit_produce(&client, Class::P0, 1).unwrap_err();
         assert_eq!(r.code, ErrorCode::Throttled);
         assert!(r.message.contains("memory budget"), "{}", r.message);

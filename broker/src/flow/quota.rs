@@ -11,18 +11,25 @@
 //! registry keeps it while connections are open, so reconnecting does not refill a
 //! bucket; idle entries are dropped once more than `max_tracked` ids are known, which
 //! bounds the registry's memory whatever ids clients invent.
+//!
+//! Within one client's produce limits P0 comes first: P1–P3 produces stop at 7/8 of
+//! `max_queued_bytes` and leave the last eighth of the produce bucket's burst in it,
+//! so a client whose P3 traffic runs into its quota is throttled there while its P0
+//! produces still pass. The long-run rate is the same for all classes together.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use weir_protocol::classes::Class;
 use weir_protocol::messages::{Quota, QuotaEntry};
 use weir_protocol::ErrorCode;
 
 use crate::error::BrokerError;
 
 use super::bucket::TokenBucket;
+use super::memory::P0_RESERVE_DIVISOR;
 
 /// The limits and live counters of one client id.
 #[derive(Debug)]
@@ -95,12 +102,18 @@ impl ClientState {
         }
     }
 
-    /// Admits a produce of `bytes`: checks the queued-bytes limit, then takes the bytes
-    /// from the produce bucket. On success the bytes count as queued until
-    /// [`ClientState::produce_done`].
-    pub fn admit_produce(&self, bytes: u64, now: Instant) -> Result<(), Throttle> {
+    /// Admits a produce of `bytes` whose most important record is in `class`: checks
+    /// the queued-bytes limit, then takes the bytes from the produce bucket. P1–P3 stop
+    /// short of both limits by the P0 reserve (the last eighth; see the module docs).
+    /// On success the bytes count as queued until [`ClientState::produce_done`].
+    pub fn admit_produce(&self, bytes: u64, class: Class, now: Instant) -> Result<(), Throttle> {
         let mut l = self.limits();
-        let max_queued = l.quota.max_queued_bytes;
+        let p0 = class == Class::P0;
+        // 0 is unlimited, for every class.
+        let max_queued = match l.quota.max_queued_bytes {
+            m if p0 || m == 0 => m,
+            m => (m - m / P0_RESERVE_DIVISOR).max(1),
+        };
         let queued = self.queued_bytes.load(Ordering::Acquire);
         // One request is always let through when nothing is queued, so a request larger
         // than the limit cannot be refused forever.
@@ -114,7 +127,12 @@ impl ClientState {
                 ),
             ));
         }
-        if let Err(wait) = l.produce.try_take(bytes, now) {
+        let keep = if p0 {
+            0
+        } else {
+            l.produce.burst() / P0_RESERVE_DIVISOR
+        };
+        if let Err(wait) = l.produce.try_take_keeping(bytes, keep, now) {
             let rate = l.quota.produce_bytes_per_s;
             drop(l);
             return Err(self.throttled(
@@ -412,20 +430,42 @@ mod tests {
         reg.alter("slow", false, q(1000, 0, 1500)).unwrap();
         let c = reg.client("slow");
         let t0 = Instant::now();
-        c.admit_produce(800, t0).unwrap();
+        c.admit_produce(800, Class::P0, t0).unwrap();
         // Over max_queued_bytes (800 + 800 > 1500).
-        let e = c.admit_produce(800, t0).unwrap_err();
+        let e = c.admit_produce(800, Class::P0, t0).unwrap_err();
         assert!(e.message.contains("max_queued_bytes"), "{}", e.message);
         c.produce_done(800);
         // Queue is empty; the bucket has 200 left: 800 needs 600 ms.
-        let e = c.admit_produce(800, t0).unwrap_err();
+        let e = c.admit_produce(800, Class::P0, t0).unwrap_err();
         assert_eq!(e.retry_after, Duration::from_millis(600));
         assert_eq!(c.throttled_total(), 2);
         // Unlimited for ids on the default quota.
         let free = reg.client("other");
         for _ in 0..100 {
-            free.admit_produce(1 << 20, t0).unwrap();
+            free.admit_produce(1 << 20, Class::P0, t0).unwrap();
         }
+    }
+
+    /// A client's P3 produces run into its limits an eighth early, so its P0
+    /// produces still pass where P3 is throttled: by queued bytes and by rate.
+    #[test]
+    fn p3_is_throttled_before_p0_within_one_client() {
+        let reg = QuotaRegistry::new(q(0, 0, 0), vec![], 100);
+        // 8000 B/s (burst 8000), at most 8000 bytes queued.
+        reg.alter("mixed", false, q(8000, 0, 8000)).unwrap();
+        let c = reg.client("mixed");
+        let t0 = Instant::now();
+        c.admit_produce(6000, Class::P3, t0).unwrap();
+        // Queued: P3 stops at 7000 bytes, P0 may go to 8000.
+        let e = c.admit_produce(1500, Class::P3, t0).unwrap_err();
+        assert!(e.message.contains("max_queued_bytes"), "{}", e.message);
+        c.admit_produce(1500, Class::P0, t0).unwrap();
+        c.produce_done(7500);
+        // Rate: 500 tokens left; P3 must leave 1000 in the bucket, P0 need not.
+        let e = c.admit_produce(400, Class::P3, t0).unwrap_err();
+        assert_eq!(e.retry_after, Duration::from_millis(113));
+        c.admit_produce(400, Class::P0, t0).unwrap();
+        assert_eq!(c.throttled_total(), 2);
     }
 
     #[test]
@@ -433,15 +473,15 @@ mod tests {
         let reg = QuotaRegistry::new(q(0, 0, 0), vec![], 100);
         let c = reg.client("x");
         let t0 = Instant::now();
-        c.admit_produce(10_000, t0).unwrap();
+        c.admit_produce(10_000, Class::P3, t0).unwrap();
         reg.alter("x", false, q(100, 0, 0)).unwrap();
-        assert!(c.admit_produce(1000, t0).is_err());
+        assert!(c.admit_produce(1000, Class::P3, t0).is_err());
         let e = reg.alter("x", true, Quota::default()).unwrap();
         assert_eq!(e.quota, Quota::default());
-        assert!(c.admit_produce(1000, t0).is_ok());
+        assert!(c.admit_produce(1000, Class::P3, t0).is_ok());
         // Changing the default reaches ids without their own entry.
         reg.alter("", false, q(100, 0, 0)).unwrap();
-        assert!(c.admit_produce(1000, t0).is_err());
+        assert!(c.admit_produce(1000, Class::P3, t0).is_err());
         let d = reg.describe(&[]).unwrap();
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].quota.produce_bytes_per_s, 100);

@@ -308,6 +308,14 @@ impl Scrape {
                 .iter()
                 .map(|(l, s)| (l.clone(), load(&s.stats().flushes))),
         )?;
+        counter(
+            enc,
+            "weir_shard_group_cuts",
+            "Write groups of lower-class appends cut short by a P0 append, per shard.",
+            shards
+                .iter()
+                .map(|(l, s)| (l.clone(), load(&s.stats().group_cuts))),
+        )?;
         let per_class = |f: &dyn Fn(&crate::shard::Shard, Class) -> u64| {
             let mut rows = Vec::new();
             for (l, s) in &shards {

@@ -7,7 +7,9 @@
 //! 2. **Handshake**: a client id may hold at most its quota's `max_connections`.
 //! 3. **Produce**: load shedding by priority class first (it protects the broker),
 //!    then the broker-wide memory budget, then the client's produce quota, all before
-//!    anything is queued, so a refused produce was never accepted.
+//!    anything is queued, so a refused produce was never accepted. P0 is never shed,
+//!    and the memory budget and the client's quota keep their last eighth for P0, so
+//!    P3 is throttled first.
 //! 4. **Fetch** (Fetch and PriorityFetch): the client's fetch quota; the request waits
 //!    up to `quota_max_delay_ms` for it, and the bytes served are charged after.
 //!

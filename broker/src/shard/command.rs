@@ -52,6 +52,10 @@ pub(super) struct AppendCmd {
     /// The topic's layout epoch the append's keys were checked under.
     pub layout: u32,
     pub reply: Option<oneshot::Sender<Result<AppendOutcome, AppendError>>>,
+    /// When it was handed to the lane (before any wait for room in it): lane waits
+    /// are measured from here, so they include the time in the lane before the writer
+    /// took it into its scheduler.
+    pub queued_at: std::time::Instant,
 }
 
 impl AppendCmd {
@@ -95,6 +99,9 @@ pub struct ClassStats {
     pub flushed_offset: AtomicU64,
     /// Shard-wide: flushes completed (one may cover many durable appends).
     pub flushes: AtomicU64,
+    /// Shard-wide: groups of lower-class appends cut short because a P0 append
+    /// arrived while they were written (`weir_shard_group_cuts_total`).
+    pub group_cuts: AtomicU64,
     /// Appends written (or answered as duplicates), per class.
     pub appends: [AtomicU64; CLASS_COUNT],
     /// Total microseconds appends waited in their lane before being written.

@@ -163,6 +163,7 @@ impl Shard {
                 durable,
                 layout,
                 reply: Some(reply),
+                queued_at: std::time::Instant::now(),
             })
             .await
             .map_err(|_| AppendError::Closed)?;

@@ -3,8 +3,9 @@
 //! Appends reach the writer through one bounded lane per priority class, so a flood of
 //! low-class appends filling its lane never blocks a high-class sender. The writer
 //! takes a group from the lanes in weighted-fair order with aging
-//! ([`crate::scheduler::Wfq`]), bounded in bytes so fresh P0 work is written at the
-//! next group boundary, checks idempotent producers' sequences, copies the batches
+//! ([`crate::scheduler::Wfq`]), bounded in bytes, and cut short when P0 work arrives
+//! while a lower-class group is gathered (the P0 append is written next), checks
+//! idempotent producers' sequences, copies the batches
 //! into the log, publishes the new high-water mark, answers `leader` waiters, then
 //! flushes once for the whole group when any waiter asked for `durable` (or the topic's
 //! durability is `always`) and answers those. This is group commit: one flush serves

@@ -47,6 +47,32 @@ struct Lanes {
     open: [bool; CLASS_COUNT],
 }
 
+/// The P0 lane, as a group being written looks at it.
+struct P0Lane<'a> {
+    rx: &'a mut mpsc::Receiver<AppendCmd>,
+    open: bool,
+    /// How many P0 appends the scheduler may hold (`queue_depth`).
+    room: usize,
+}
+
+impl P0Lane<'_> {
+    /// Moves one P0 append that has arrived into the scheduler; whether there was one.
+    fn take_one(&mut self, wfq: &mut Wfq<AppendCmd>) -> bool {
+        if !self.open || wfq.lane_len(Class::P0) >= self.room {
+            return false;
+        }
+        match self.rx.try_recv() {
+            Ok(cmd) => {
+                let cost = cmd.bytes() as u64;
+                wfq.push(Class::P0, cmd, cost, Instant::now());
+                true
+            }
+            // A closed lane is noticed by `take_arrivals` on the next turn.
+            Err(_) => false,
+        }
+    }
+}
+
 /// What the writer loop keeps between turns.
 struct Turns {
     wfq: Wfq<AppendCmd>,
@@ -124,7 +150,8 @@ impl Writer {
     /// writes it, and hands the appends that wait for durability to the [`Flusher`]
     /// (one flush at a time, in the background). Appends that arrive while
     /// a group is written compete for the next group, so a P0 append overtakes P3
-    /// appends queued before it at the next group boundary.
+    /// appends queued before it; one that arrives while a lower-class group is being
+    /// gathered cuts it and is written next (see [`Writer::write_group`]).
     pub(super) fn run(
         mut self,
         lanes: [mpsc::Receiver<AppendCmd>; CLASS_COUNT],
@@ -152,7 +179,7 @@ impl Writer {
                 }
                 self.flusher_finish(&mut t, None);
                 match next_step(&lanes, &t) {
-                    Step::Write => self.write_next_group(&mut t),
+                    Step::Write => self.write_next_group(&mut lanes, &mut t),
                     Step::StartFlush => t.flusher.start(&mut self.log),
                     Step::Exit => break,
                     Step::Wait => self.wait(&mut lanes, &mut control, &mut t).await,
@@ -177,7 +204,7 @@ impl Writer {
             }
         }
         while !t.wfq.is_empty() {
-            let durable = self.write_group(&mut t.wfq, usize::MAX).2;
+            let durable = self.write_group(&mut t.wfq, usize::MAX, None).2;
             t.flusher.want(durable, None);
         }
         t.flusher.flush_and_answer_all(&mut self.log, &self.stats);
@@ -187,9 +214,16 @@ impl Writer {
         t.flusher.finish(&mut self.log, &self.stats, result);
     }
 
-    /// Writes one group and lets the flusher know who waits for it.
-    fn write_next_group(&mut self, t: &mut Turns) {
-        let (wrote, bytes, durable) = self.write_group(&mut t.wfq, self.config.group_bytes_max);
+    /// Writes one group and lets the flusher know who waits for it. P0 appends that
+    /// arrive while it is gathered cut it short (see [`Writer::write_group`]).
+    fn write_next_group(&mut self, lanes: &mut Lanes, t: &mut Turns) {
+        let p0 = P0Lane {
+            open: lanes.open[Class::P0.index()],
+            room: t.depth,
+            rx: &mut lanes.rx[Class::P0.index()],
+        };
+        let (wrote, bytes, durable) =
+            self.write_group(&mut t.wfq, self.config.group_bytes_max, Some(p0));
         t.flusher.written_since_start += bytes;
         t.dirty |= wrote;
         if !durable.is_empty() || (wrote && self.config.durability == Durability::Always) {
@@ -388,10 +422,19 @@ impl Writer {
     /// more while under `bytes_max` and [`MAX_GROUP_COMMANDS`]), writes it and answers
     /// `leader` waiters. Returns whether anything was written, and the waiters that
     /// must wait for a flush (the caller hands them to the [`Flusher`]).
+    ///
+    /// While a group holds only lower-class work, the P0 lane (`p0`) is looked at
+    /// before each further append: a P0 append that arrived meanwhile cuts the group
+    /// (`ClassStats::group_cuts`). It joins the scheduler at once, the group takes no
+    /// more lower-class work, and the P0 append is written next — in this group when
+    /// the scheduler serves it first, else at the head of the next — so it waits
+    /// behind at most one lower-class append instead of a whole group (up to
+    /// `group_bytes_max`, 4 MiB by default).
     fn write_group(
         &mut self,
         wfq: &mut Wfq<AppendCmd>,
         bytes_max: usize,
+        mut p0: Option<P0Lane<'_>>,
     ) -> (bool, usize, Vec<Waiter>) {
         let now = Instant::now();
         let mut leader_waiters: Vec<Waiter> = Vec::new();
@@ -400,17 +443,28 @@ impl Writer {
         let mut bytes = 0usize;
         let mut count = 0usize;
         let mut top_class = None;
+        let mut cut = false;
         while count < MAX_GROUP_COMMANDS && (count == 0 || bytes < bytes_max) {
-            // A group that holds P0 work ends before lower-class work, so P0 acks are
-            // not held back by writing P3 data. (A durable P0 ack may still wait for a
-            // flush already running, then for its own.)
-            if top_class == Some(Class::P0) && wfq.peek_class(now) != Some(Class::P0) {
+            if count > 0 && !cut && top_class != Some(Class::P0) {
+                if let Some(lane) = p0.as_mut() {
+                    if lane.take_one(wfq) {
+                        cut = true;
+                        self.stats.group_cuts.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            // A group that holds P0 work (or was cut by it) ends before lower-class
+            // work, so P0 acks are not held back by writing P3 data. (A durable P0 ack
+            // may still wait for a flush already running, then for its own.)
+            if (cut || top_class == Some(Class::P0)) && wfq.peek_class(now) != Some(Class::P0) {
                 break;
             }
             let Some(served) = wfq.pop(now) else { break };
             top_class = Some(top_class.map_or(served.class, |c: Class| c.min(served.class)));
             let c = served.class.index();
-            let waited_us = served.waited.as_micros() as u64;
+            // From the hand-off to the lane, not from the scheduler's push: the time in
+            // the lane is what a P0 append used to spend behind a whole group.
+            let waited_us = served.item.queued_at.elapsed().as_micros() as u64;
             self.stats.appends[c].fetch_add(1, Ordering::Relaxed);
             self.stats.wait_us[c].fetch_add(waited_us, Ordering::Relaxed);
             self.stats.wait_us_max[c].fetch_max(waited_us, Ordering::Relaxed);
@@ -570,4 +624,126 @@ fn append_one(
         last_offset: info.last_offset,
         duplicate: false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_protocol::batch::{BatchBuilder, NewRecord};
+    use weir_protocol::classes::ClassMap;
+
+    /// One append of one record at `priority`, with its reply's receiver.
+    fn append(
+        priority: u8,
+    ) -> (
+        AppendCmd,
+        tokio::sync::oneshot::Receiver<Result<AppendOutcome, AppendError>>,
+    ) {
+        let mut b = BatchBuilder::new();
+        let mut r = NewRecord::value(1, &[7u8; 1000][..]);
+        r.priority = priority;
+        b.push(&r).unwrap();
+        let bytes = b.finish().unwrap();
+        let h = BatchHeader::read(&bytes).unwrap();
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let cmd = AppendCmd {
+            batches: vec![bytes],
+            headers: vec![h],
+            durable: false,
+            reply: Some(reply),
+            queued_at: Instant::now(),
+        };
+        (cmd, rx)
+    }
+
+    fn writer(dir: &std::path::Path, config: ShardConfig) -> Writer {
+        let log = Log::open(dir, config.log.clone()).unwrap();
+        let (hwm, _) = watch::channel(0);
+        Writer {
+            log,
+            producers: ProducerTable::new(ClassMap::default()),
+            hwm: Arc::new(hwm),
+            stats: Arc::new(ClassStats::default()),
+            config,
+            troubled: false,
+        }
+    }
+
+    fn lanes() -> ([mpsc::Sender<AppendCmd>; CLASS_COUNT], Lanes) {
+        let (tx, rx): (Vec<_>, Vec<_>) = (0..CLASS_COUNT).map(|_| mpsc::channel(64)).unzip();
+        let lanes = Lanes {
+            rx: rx.try_into().map_err(|_| ()).unwrap(),
+            open: [true; CLASS_COUNT],
+        };
+        (tx.try_into().map_err(|_| ()).unwrap(), lanes)
+    }
+
+    /// Eight P3 appends are in the scheduler, all fitting one group; a P0 append
+    /// arrives in its lane before the group is written. It cuts the group after the
+    /// first P3 append and is written right behind it (offset 1), ahead of the other
+    /// seven. Without the cut the group takes all eight and P0 lands at offset 8.
+    #[test]
+    fn a_p0_append_cuts_a_p3_group_and_is_written_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ShardConfig {
+            durability: Durability::None,
+            ..ShardConfig::default()
+        };
+        let mut w = writer(dir.path(), config.clone());
+        let (tx, mut lanes) = lanes();
+        let mut t = Turns::new(&config);
+        let p3_priority = 10;
+        assert_eq!(config.classes.class_of(p3_priority), Class::P3);
+        let mut p3 = Vec::new();
+        for _ in 0..8 {
+            let (cmd, rx) = append(p3_priority);
+            tx[Class::P3.index()]
+                .try_send(cmd)
+                .unwrap_or_else(|_| panic!("lane full"));
+            p3.push(rx);
+        }
+        take_arrivals(&mut lanes, &mut t);
+        assert_eq!(t.wfq.lane_len(Class::P3), 8);
+        let (cmd, mut p0) = append(0);
+        tx[Class::P0.index()]
+            .try_send(cmd)
+            .unwrap_or_else(|_| panic!("lane full"));
+
+        w.write_next_group(&mut lanes, &mut t);
+        let p0_offset = p0.try_recv().expect("P0 answered with the cut group");
+        assert_eq!(p0_offset.unwrap().base_offset, 1);
+        assert_eq!(w.stats.group_cuts.load(Ordering::Relaxed), 1);
+        // The rest of the P3 appends are still queued, written by the next group.
+        assert_eq!(t.wfq.lane_len(Class::P3), 7);
+        w.write_next_group(&mut lanes, &mut t);
+        let offsets: Vec<u64> = p3
+            .iter_mut()
+            .map(|rx| rx.try_recv().unwrap().unwrap().base_offset)
+            .collect();
+        assert_eq!(offsets, vec![0, 2, 3, 4, 5, 6, 7, 8]);
+        // A group with nothing waiting in the P0 lane is not cut.
+        assert_eq!(w.stats.group_cuts.load(Ordering::Relaxed), 1);
+    }
+
+    /// A group that already holds P0 work is not counted as cut by more P0 work; the
+    /// P0 lane is read at the start of the next turn as before.
+    #[test]
+    fn p0_work_does_not_cut_a_p0_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ShardConfig {
+            durability: Durability::None,
+            ..ShardConfig::default()
+        };
+        let mut w = writer(dir.path(), config.clone());
+        let (tx, mut lanes) = lanes();
+        let mut t = Turns::new(&config);
+        let (cmd, _a) = append(0);
+        tx[0].try_send(cmd).unwrap_or_else(|_| panic!("lane full"));
+        take_arrivals(&mut lanes, &mut t);
+        let (cmd, _b) = append(0);
+        tx[0].try_send(cmd).unwrap_or_else(|_| panic!("lane full"));
+        w.write_next_group(&mut lanes, &mut t);
+        assert_eq!(w.stats.group_cuts.load(Ordering::Relaxed), 0);
+        assert_eq!(w.log.high_watermark(), 1);
+    }
 }

@@ -25,6 +25,11 @@ pub struct LogConfig {
     /// Encryption at rest: new batches are sealed with its write key, sealed batches
     /// are opened for readers. `None` = no keys (sealed data cannot be opened).
     pub at_rest: Option<AtRest>,
+    /// Write-behind: once this many bytes were appended since the last kick, the
+    /// writer asks the kernel to start writing them back (`sync_file_range`, without
+    /// waiting), so the next flush finds little dirty data. 0 = off (the kernel's own
+    /// write-back and the flushes decide).
+    pub write_behind_bytes: u64,
 }
 
 /// Default [`LogConfig::preallocate_bytes`]: 16 MiB. Appends grow the file once per
@@ -46,6 +51,7 @@ impl Default for LogConfig {
             retention_ms: 7 * 24 * 3600 * 1000,
             retention_bytes: 0,
             at_rest: None,
+            write_behind_bytes: 0,
         }
     }
 }

@@ -142,6 +142,8 @@ pub struct Log {
     pub(super) background_flush: Option<Task<Result<(), StorageError>>>,
     /// Retention deletions still unlinking files; see `retention::delete_in_background`.
     pub(super) deletions: Vec<retention::Deletion>,
+    /// Where in the active file write-back was last started (`write_behind_bytes`).
+    pub(super) write_behind_from: u64,
     _lock: File,
 }
 
@@ -187,8 +189,10 @@ impl Log {
             stalled: None,
             background_flush: None,
             deletions: Vec::new(),
+            write_behind_from: 0,
             _lock: lock,
         };
+        log.write_behind_from = log.active.pos;
         if log.active.pos * 2 >= log.active.capacity {
             log.start_prepare();
         }
@@ -268,6 +272,7 @@ impl Log {
         self.publish_active();
         self.check_positions();
         self.publish_high_watermark();
+        self.write_behind();
         // Prepare the next segment once this one is half full: early enough that the
         // background fallocate is done long before the roll, late enough that an idle
         // log does not hold a second preallocated file.
@@ -278,6 +283,25 @@ impl Log {
             base_offset,
             last_offset: self.active.next_offset - 1,
         })
+    }
+
+    /// Starts write-back of the active file's bytes appended since the last start, once
+    /// they reach `write_behind_bytes` (off at 0). The disk then takes the data as it
+    /// comes instead of all at once in the next flush, whose `fdatasync` finds little
+    /// left to write. A failure only loses the hint: the flush still writes everything.
+    fn write_behind(&mut self) {
+        let every = self.config.write_behind_bytes;
+        let pos = self.active.pos;
+        // The active file was cut back (a cluster copy truncated): start again there.
+        self.write_behind_from = self.write_behind_from.min(pos);
+        if every == 0 || pos < self.write_behind_from.saturating_add(every) {
+            return;
+        }
+        let from = self.write_behind_from;
+        self.write_behind_from = pos;
+        if let Err(e) = segment::start_write_back(&self.active.seg.log.file, from, pos) {
+            tracing::debug!(error = %e, "write-behind hint failed");
+        }
     }
 
     /// Lets readers see everything appended: the one place the high-water mark moves.
@@ -598,6 +622,7 @@ impl Log {
             max_timestamp_ms: i64::MIN,
             flushed_pos: 0,
         };
+        self.write_behind_from = 0;
         Ok(())
     }
 

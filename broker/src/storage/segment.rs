@@ -169,6 +169,29 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
         .map_err(io_err(dir))
 }
 
+/// Asks the kernel to start writing back `[from, to)` of `file` without waiting for
+/// it (`sync_file_range(SYNC_FILE_RANGE_WRITE)`): a hint that makes no data durable
+/// (no metadata, no device cache flush), so only a later flush's `fdatasync` counts.
+pub(crate) fn start_write_back(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    if to <= from {
+        return Ok(());
+    }
+    // SAFETY: plain syscall on a file descriptor we own; no memory is passed.
+    let rc = unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            from as libc::off64_t,
+            (to - from) as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Allocates real blocks for `[0, len)` of `file` (falls back to `set_len` where the
 /// file system has no `fallocate`).
 pub(crate) fn preallocate(file: &File, path: &Path, len: u64) -> Result<(), StorageError> {

@@ -34,6 +34,7 @@ fn small_config(segment_bytes: u64) -> LogConfig {
         // Small steps, so appends grow the file often.
         preallocate_bytes: 16 * 1024,
         at_rest: None,
+        write_behind_bytes: 0,
     }
 }
 
@@ -124,6 +125,55 @@ fn append_then_read_back_across_segments() {
     }
     let info = log.append(&[make_batch(999, 2, 5, 5)]).unwrap();
     assert_eq!(info.base_offset, hwm);
+}
+
+/// Write-behind starts write-back every `write_behind_bytes` of the active file and
+/// again from the start of a new segment; the data reads back the same either way.
+#[test]
+fn write_behind_kicks_every_step_and_restarts_after_a_roll() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        write_behind_bytes: 64 * 1024,
+        ..small_config(1 << 20)
+    };
+    let mut log = Log::open(dir.path(), config.clone()).unwrap();
+    let mut expected = Vec::new();
+    let mut kicks = Vec::new();
+    for i in 0..100u64 {
+        let b = make_batch(i, 4, 2000, 1000);
+        let info = log.append(std::slice::from_ref(&b)).unwrap();
+        expected.push(stamped(&b, info.base_offset));
+        if kicks.last() != Some(&log.write_behind_from) {
+            kicks.push(log.write_behind_from);
+        }
+    }
+    // ~800 KiB in a 1 MiB segment: about a dozen kicks, each at least a step apart.
+    assert!(kicks.len() >= 10, "kicks at {kicks:?}");
+    for w in kicks.windows(2) {
+        assert!(w[1] >= w[0] + 64 * 1024, "kicks at {kicks:?}");
+    }
+    assert!(log.write_behind_from <= log.active.pos);
+    // Past the roll the new segment starts again from its beginning.
+    for i in 100..200u64 {
+        let b = make_batch(i, 4, 2000, 1000);
+        let info = log.append(std::slice::from_ref(&b)).unwrap();
+        expected.push(stamped(&b, info.base_offset));
+    }
+    assert!(segment_files(dir.path()).len() > 1, "test must roll");
+    assert!(log.write_behind_from <= log.active.pos);
+    log.flush().unwrap();
+    let got = read_all(&log.reader(), 0).unwrap();
+    assert_eq!(got.len(), expected.len());
+    for (g, e) in got.iter().zip(&expected) {
+        assert_eq!(g.as_ref(), e.as_slice());
+    }
+    // Off by default: no kick is ever recorded.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_config(1 << 20)).unwrap();
+    for i in 0..50u64 {
+        log.append(&[make_batch(i, 4, 2000, 1000)]).unwrap();
+    }
+    assert_eq!(log.write_behind_from, 0);
 }
 
 /// One `append` of many batches is written with few vectored writes: groups that
