@@ -650,6 +650,7 @@ mod tests {
             batches: vec![bytes],
             headers: vec![h],
             durable: false,
+            layout: 0,
             reply: Some(reply),
             queued_at: Instant::now(),
         };
