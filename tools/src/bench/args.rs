@@ -147,6 +147,20 @@ pub struct Args {
     /// trace: where to write the recorded trace.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// ramp: the starting rate in records/s (default `--rate / 5`; `--rate` is the
+    /// end rate, default 100000).
+    #[arg(long)]
+    pub from_rate: Option<f64>,
+    /// ramp: seconds the rate rises from `--from-rate` to `--rate`.
+    #[arg(long, default_value_t = 60.0)]
+    pub ramp_s: f64,
+    /// ramp: seconds held at the starting rate before, and at the end rate after.
+    #[arg(long, default_value_t = 20.0)]
+    pub hold_s: f64,
+    /// ramp: records/s one shard is planned to take (`shard_capacity_records_per_s`;
+    /// default twice the starting rate).
+    #[arg(long)]
+    pub capacity: Option<f64>,
 }
 
 const AFTER_HELP: &str = "Produce latency is per batch (first send → ack of the batch's last \
@@ -186,6 +200,16 @@ impl Args {
         {
             bail!("trace needs --out FILE.csv, --duration and --rate");
         }
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if self.mode == Mode::Ramp
+            && !(positive(self.ramp_s)
+                && self.hold_s.is_finite()
+                && self.hold_s >= 0.0
+                && self.from_rate.is_none_or(positive)
+                && self.capacity.is_none_or(positive))
+        {
+            bail!("ramp needs --ramp-s > 0, --hold-s ≥ 0, and positive --from-rate and --capacity");
+        }
         if !(self.period_s.is_finite() && self.period_s > 0.0) {
             bail!("--period-s must be a positive number of seconds");
         }
@@ -220,6 +244,9 @@ pub enum Mode {
     /// Produces along `--profile` and records the broker's measured ingest rate
     /// (LoadHistory) into `--out`, one line a second.
     Trace,
+    /// A 5× ramp on a one-shard topic of an embedded broker with automatic sharding,
+    /// predictive then reactive: produce latency per 10 s window and every reshard.
+    Ramp,
 }
 
 impl Mode {
@@ -231,6 +258,7 @@ impl Mode {
             Mode::Failover => "failover",
             Mode::Forecast => "forecast",
             Mode::Trace => "trace",
+            Mode::Ramp => "ramp",
         }
     }
 }

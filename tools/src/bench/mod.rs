@@ -42,6 +42,7 @@ pub mod plot;
 pub mod produce;
 mod producer;
 mod progress;
+pub mod ramp;
 pub mod report;
 pub mod run;
 pub mod target;
@@ -64,6 +65,7 @@ pub async fn run(cli: Args, handle: tokio::runtime::Handle) -> anyhow::Result<Re
         Mode::Forecast | Mode::Trace => {
             unreachable!("forecast and trace run through the forecast module")
         }
+        Mode::Ramp => unreachable!("ramp runs through ramp::run_ramp"),
     };
     let cpu_ns = process_cpu_ns().saturating_sub(cpu_before);
     target.shutdown().await;

@@ -129,10 +129,10 @@ async fn ensure_topic(cli: &Args, client: &Client) -> anyhow::Result<u32> {
 }
 
 /// A fresh directory under the system's temp dir, removed on drop.
-struct TempDir(PathBuf);
+pub(super) struct TempDir(pub(super) PathBuf);
 
 impl TempDir {
-    fn new() -> anyhow::Result<TempDir> {
+    pub(super) fn new() -> anyhow::Result<TempDir> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())

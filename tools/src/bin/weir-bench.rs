@@ -68,6 +68,20 @@ fn main() -> ExitCode {
             }
         };
     }
+    if cli.mode == weir_tools::bench::args::Mode::Ramp {
+        let result = rt.block_on(weir_tools::bench::ramp::run_ramp(cli));
+        rt.shutdown_timeout(Duration::from_secs(2));
+        return match result {
+            Ok(r) => {
+                println!("{r}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("weir-bench: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if cli.mode == weir_tools::bench::args::Mode::Failover {
         let json = cli.json;
         let result = rt.block_on(weir_tools::bench::failover::run_failover(cli));
