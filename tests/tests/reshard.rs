@@ -107,28 +107,58 @@ fn key_producers(
         .collect()
 }
 
+/// A broker with a two-shard topic and [`key_producers`] running on it.
+struct KeyedLoad {
+    broker: BrokerProcess,
+    admin: Admin,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<String>>>,
+    refusals: Arc<AtomicU64>,
+    producers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl KeyedLoad {
+    async fn start() -> KeyedLoad {
+        let broker = BrokerProcess::start();
+        let client = connect(&broker.addr(), Duration::from_secs(5)).await;
+        let admin = Admin::new(client.clone());
+        admin
+            .create_topic(TOPIC, 2, Default::default())
+            .await
+            .expect("create topic");
+        let producer = Arc::new(
+            Producer::builder(&client)
+                .retries(20)
+                .retry_backoff(Duration::from_millis(20))
+                .build()
+                .await
+                .expect("producer"),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+        let refusals = Arc::new(AtomicU64::new(0));
+        let producers = key_producers(&producer, &stop, &acked, &refusals);
+        KeyedLoad {
+            broker,
+            admin,
+            stop,
+            acked,
+            refusals,
+            producers,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_keep_their_order_through_a_grow_a_kill_and_a_shrink() {
-    let mut broker = BrokerProcess::start();
-    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
-    let admin = Admin::new(client.clone());
-    admin
-        .create_topic(TOPIC, 2, Default::default())
-        .await
-        .expect("create topic");
-
-    let producer = Arc::new(
-        Producer::builder(&client)
-            .retries(20)
-            .retry_backoff(Duration::from_millis(20))
-            .build()
-            .await
-            .expect("producer"),
-    );
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
-    let layout_refusals = Arc::new(AtomicU64::new(0));
-    let producers = key_producers(&producer, &stop, &acked, &layout_refusals);
+    let KeyedLoad {
+        mut broker,
+        admin,
+        stop,
+        acked,
+        refusals: layout_refusals,
+        producers,
+    } = KeyedLoad::start().await;
 
     // A consumer reading every shard from the start while all of it happens.
     let live: Arc<Mutex<Vec<Message>>> = Arc::default();
@@ -272,25 +302,14 @@ type Delivery = (u64, usize, u32, String);
 /// those first).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_rebalances_onto_new_shards_and_keeps_key_order() {
-    let broker = BrokerProcess::start();
-    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
-    let admin = Admin::new(client.clone());
-    admin
-        .create_topic(TOPIC, 2, Default::default())
-        .await
-        .expect("create topic");
-    let producer = Arc::new(
-        Producer::builder(&client)
-            .retries(20)
-            .retry_backoff(Duration::from_millis(20))
-            .build()
-            .await
-            .expect("producer"),
-    );
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
-    let refusals = Arc::new(AtomicU64::new(0));
-    let producers = key_producers(&producer, &stop, &acked, &refusals);
+    let KeyedLoad {
+        broker,
+        admin,
+        stop,
+        acked,
+        refusals,
+        producers,
+    } = KeyedLoad::start().await;
 
     let deliveries: Arc<Mutex<Vec<Delivery>>> = Arc::default();
     let counter = Arc::new(AtomicU64::new(0));

@@ -43,44 +43,17 @@ fn main() -> ExitCode {
         let report = weir_tools::bench::forecast::read_trace(&trace).and_then(|t| {
             weir_tools::bench::forecast::forecast_report(&t, cli.horizon_s, cli.season_s)
         });
-        return match report {
-            Ok(r) => {
-                println!("{r}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("weir-bench: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
+        return printed(report);
     }
     if cli.mode == weir_tools::bench::args::Mode::Trace {
         let result = rt.block_on(weir_tools::bench::forecast::run_trace(cli));
         rt.shutdown_timeout(Duration::from_secs(2));
-        return match result {
-            Ok(r) => {
-                println!("{r}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("weir-bench: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
+        return printed(result);
     }
     if cli.mode == weir_tools::bench::args::Mode::Ramp {
         let result = rt.block_on(weir_tools::bench::ramp::run_ramp(cli));
         rt.shutdown_timeout(Duration::from_secs(2));
-        return match result {
-            Ok(r) => {
-                println!("{r}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("weir-bench: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
+        return printed(result);
     }
     if cli.mode == weir_tools::bench::args::Mode::Failover {
         let json = cli.json;
@@ -138,5 +111,19 @@ fn print(report: &Report, json: bool, plot: Option<&std::path::Path>) -> ExitCod
         ExitCode::from(3)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// Prints a mode's one JSON object (or its error) and the exit code for it.
+fn printed(result: anyhow::Result<impl std::fmt::Display>) -> ExitCode {
+    match result {
+        Ok(r) => {
+            println!("{r}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("weir-bench: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
