@@ -27,6 +27,8 @@ use weir_protocol::classes::Class;
 use weir_protocol::frame::{RequestFrame, ResponseFrame};
 use weir_protocol::{ErrorCode, Request};
 
+pub use super::direct::Deliver;
+use super::direct::Direct;
 use super::session::{Close, Out, Session};
 use crate::security::Identity;
 use crate::state::BrokerState;
@@ -34,12 +36,6 @@ use crate::state::BrokerState;
 /// Bytes charged to the in-flight byte budget for a request beyond its record bytes
 /// (what its header and fields would take on the wire, roughly).
 const REQUEST_OVERHEAD_BYTES: u64 = 64;
-
-/// Takes each answer of an in-process session as soon as its request is finished (the
-/// SDK hands it straight to the request's waiter, without a task of its own in
-/// between). Returns false when the client has gone; the session then ends. Dropped
-/// when the session ends. Called from the broker's request tasks, one call at a time.
-pub type Deliver = Box<dyn FnMut(ResponseFrame) -> bool + Send>;
 
 /// The client's end of an in-process session. [`InProcess::submit`] starts a request
 /// in the calling task, so a request reaches its handler (a produce its shard's
@@ -203,44 +199,4 @@ fn request_bytes(request: &Request) -> u64 {
         _ => 0,
     };
     records + REQUEST_OVERHEAD_BYTES
-}
-
-/// The answering side of an in-process session: the client's [`Deliver`], until the
-/// session closes or the client refuses an answer (it has gone).
-pub(super) struct Direct {
-    deliver: Mutex<Option<Deliver>>,
-    gone: Notify,
-}
-
-impl Direct {
-    /// Hands `resp` to the client (dropped once the session is closed).
-    pub(super) fn deliver(&self, resp: ResponseFrame) {
-        let mut deliver = self.deliver.lock().expect("deliver lock");
-        if let Some(f) = deliver.as_mut() {
-            if !f(resp) {
-                deliver.take();
-                drop(deliver);
-                self.gone.notify_waiters();
-            }
-        }
-    }
-
-    /// Nothing more is handed over; the client's end learns the session is over.
-    pub(super) fn close(&self) {
-        let taken = self.deliver.lock().expect("deliver lock").take();
-        drop(taken);
-        self.gone.notify_waiters();
-    }
-
-    /// Resolves once the session is closed or the client has gone.
-    pub(super) async fn closed(&self) {
-        loop {
-            // Registered before the check: a close in between still wakes it.
-            let woken = self.gone.notified();
-            if self.deliver.lock().expect("deliver lock").is_none() {
-                return;
-            }
-            woken.await;
-        }
-    }
 }

@@ -23,6 +23,7 @@ pub mod acks;
 pub mod admission;
 pub mod connection;
 pub mod control;
+pub mod direct;
 pub mod dispatch;
 pub mod fetch;
 pub mod inproc;

@@ -43,9 +43,9 @@ pub(super) enum Out {
     /// answers ready together by class while the socket is busy.
     Loop(mpsc::Sender<Outgoing>),
     /// Straight to an in-process client, from the task that finished the request
-    /// ([`super::inproc::Direct`]): handing over an answer never blocks, so there is
+    /// ([`super::direct::Direct`]): handing over an answer never blocks, so there is
     /// no queue to order and no task hop.
-    Direct(Arc<super::inproc::Direct>),
+    Direct(Arc<super::direct::Direct>),
 }
 
 impl Out {
