@@ -174,7 +174,25 @@ struct Checked {
 /// Every check a produce must pass before admission, in the order a client sees
 /// their refusals.
 fn check(state: &BrokerState, req: &ProduceRequest) -> Result<Checked, BrokerError> {
-    let topic = state.topics.get(&req.topic)?;
+    let topic = match state.topics.get(&req.topic) {
+        Ok(t) => t,
+        // A cluster node may learn of a topic (its metadata) before it has opened
+        // the topic's shards: the client retries (or goes to the primary) rather
+        // than hear that a topic it just created does not exist.
+        Err(e) => match &state.cluster {
+            Some(c) if c.meta().shard(&req.topic, req.shard).is_some() => {
+                c.check_primary(&req.topic, req.shard)?;
+                return Err(BrokerError::new(
+                    ErrorCode::NotPrimary,
+                    format!(
+                        "{}/{} is in the cluster's metadata but not open on this node yet",
+                        req.topic, req.shard
+                    ),
+                ));
+            }
+            _ => return Err(e),
+        },
+    };
     let shard = topic.active_shard(req.shard)?.clone();
     let plan = AckPlan::for_level(req.acks, state.cluster.is_some())?;
     // In a cluster only the primary takes produce, and a mirrored one needs enough
