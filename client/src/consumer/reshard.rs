@@ -43,7 +43,9 @@ impl Consumer {
     /// every record in them was written after they were created).
     pub(super) async fn learn_layouts(&mut self, topics: &[String], add_new: bool) -> Result<()> {
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        let meta = self.client.metadata(&names).await?;
+        // A topic not created yet has no layout to learn (a group member may join
+        // before it exists); it is learned with the fetch that first reads it.
+        let meta = self.client.metadata_partial(&names).await?;
         let every_shard = add_new && self.config.group.is_none() && self.manual.is_none();
         for t in meta.topics {
             if every_shard {
