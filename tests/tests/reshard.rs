@@ -107,6 +107,17 @@ fn key_producers(
         .collect()
 }
 
+/// Stops [`key_producers`] and waits (bounded) for every task to end.
+async fn stop_producers(stop: &AtomicBool, producers: Vec<tokio::task::JoinHandle<()>>) {
+    stop.store(true, Ordering::Release);
+    for p in producers {
+        tokio::time::timeout(Duration::from_secs(60), p)
+            .await
+            .expect("producer task ends")
+            .expect("producer task");
+    }
+}
+
 /// A broker with a two-shard topic and [`key_producers`] running on it.
 struct KeyedLoad {
     broker: BrokerProcess,
@@ -219,13 +230,7 @@ async fn keys_keep_their_order_through_a_grow_a_kill_and_a_shrink() {
         admin.reshard_topic(TOPIC, 3).await.expect("shrink to 3");
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.store(true, Ordering::Release);
-    for p in producers {
-        tokio::time::timeout(Duration::from_secs(60), p)
-            .await
-            .expect("producer task ends")
-            .expect("producer task");
-    }
+    stop_producers(&stop, producers).await;
     reader.await.expect("live consumer task");
 
     let meta = admin.describe_topic(TOPIC).await.expect("describe");
@@ -366,13 +371,7 @@ async fn a_group_rebalances_onto_new_shards_and_keeps_key_order() {
     tokio::time::sleep(Duration::from_millis(2000)).await;
     admin.reshard_topic(TOPIC, 4).await.expect("grow to 4");
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    stop.store(true, Ordering::Release);
-    for p in producers {
-        tokio::time::timeout(Duration::from_secs(60), p)
-            .await
-            .expect("producer task ends")
-            .expect("producer task");
-    }
+    stop_producers(&stop, producers).await;
     let acked = acked.lock().unwrap().clone();
     // Let the members read what is left.
     let deadline = Instant::now() + Duration::from_secs(60);
