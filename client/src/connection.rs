@@ -35,9 +35,10 @@ const WRITE_QUEUE: usize = 1024;
 /// An in-process session's requests side (feature `embedded`; see
 /// [`Connection::in_process`]).
 pub(crate) trait InProcessSession: Send + Sync {
-    /// Starts a request in the calling task; false when the session is closed (the
-    /// request was not started).
-    fn submit(&self, frame: RequestFrame) -> Pin<Box<dyn Future<Output = bool> + Send + '_>>;
+    /// Starts a request; false when the session is closed (the request was not
+    /// started). The future must be polled to its end once polled at all: part-way it
+    /// may hold the session, which every later request waits for.
+    fn submit(&self, frame: RequestFrame) -> Pin<Box<dyn Future<Output = bool> + Send>>;
 }
 
 /// Where a connection's requests go.
@@ -237,7 +238,35 @@ impl Connection {
         };
         let sent = match &self.tx {
             Requests::Writer(tx) => tx.send(frame).await.is_ok(),
-            Requests::InProcess(session) => session.submit(frame).await,
+            Requests::InProcess(session) => {
+                // Started in the calling task when nothing makes it wait (the common
+                // case: no task hop). When it must wait (in-flight permits, a full
+                // shard lane) it goes on in a task of its own: the caller may stop
+                // polling this call's future for a while (a producer lane waiting for
+                // its epoch lock while another lane's InitProducerId needs the
+                // session), and a request left part-way would hold the session,
+                // so every later request, that InitProducerId included, would wait
+                // for it forever. The session takes requests in order, so one handed
+                // to a task still starts before any later call's.
+                let mut submit = session.submit(frame);
+                match std::future::poll_fn(|cx| std::task::Poll::Ready(submit.as_mut().poll(cx)))
+                    .await
+                {
+                    std::task::Poll::Ready(started) => started,
+                    std::task::Poll::Pending => {
+                        let waiters = self.waiters.clone();
+                        tokio::spawn(async move {
+                            if !submit.await {
+                                // Not started: its waiter learns the connection closed.
+                                if let Some(m) = waiters.lock().expect("waiters lock").as_mut() {
+                                    m.remove(&id);
+                                }
+                            }
+                        });
+                        true
+                    }
+                }
+            }
         };
         if !sent {
             if let Some(m) = self.waiters.lock().expect("waiters lock").as_mut() {

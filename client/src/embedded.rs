@@ -26,7 +26,7 @@ use crate::connection::InProcessSession;
 use crate::{Client, ClientConfig, Result};
 
 impl InProcessSession for InProcess {
-    fn submit(&self, frame: RequestFrame) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+    fn submit(&self, frame: RequestFrame) -> Pin<Box<dyn Future<Output = bool> + Send>> {
         Box::pin(InProcess::submit(self, frame))
     }
 }
@@ -35,7 +35,7 @@ impl InProcessSession for InProcess {
 struct Closed;
 
 impl InProcessSession for Closed {
-    fn submit(&self, _: RequestFrame) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+    fn submit(&self, _: RequestFrame) -> Pin<Box<dyn Future<Output = bool> + Send>> {
         Box::pin(std::future::ready(false))
     }
 }

@@ -120,6 +120,17 @@ fn embedded(b: &Option<EmbeddedBroker>) -> &EmbeddedBroker {
 /// Longest wait for a broker process to take connections.
 const WAIT: Duration = Duration::from_secs(5);
 
+/// Longest an SDK test may run: a hang fails the test, naming it, instead of stalling
+/// the whole suite (a deadlock once held CI until its time ran out).
+pub const TEST_LIMIT: Duration = Duration::from_secs(300);
+
+/// Runs a test body within [`TEST_LIMIT`].
+pub async fn bounded(test: impl std::future::Future<Output = ()>) {
+    if tokio::time::timeout(TEST_LIMIT, test).await.is_err() {
+        panic!("the test did not finish within {TEST_LIMIT:?} (hung?)");
+    }
+}
+
 /// Makes two tests of one: `tcp` and `in_process`, in a module named after the test.
 /// The body gets the transport as `$t`.
 ///
@@ -142,12 +153,12 @@ macro_rules! over_both_transports {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn tcp() {
-                run($crate::transport::Transport::Tcp).await
+                $crate::transport::bounded(run($crate::transport::Transport::Tcp)).await
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn in_process() {
-                run($crate::transport::Transport::InProcess).await
+                $crate::transport::bounded(run($crate::transport::Transport::InProcess)).await
             }
 
             async fn run($t: $crate::transport::Transport) $body

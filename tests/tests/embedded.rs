@@ -4,6 +4,7 @@
 //! (over loopback TCP) use the same embedded broker at the same time, and in-process
 //! sessions count toward `max_connections` like TCP ones.
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -231,5 +232,60 @@ async fn in_process_sessions_count_toward_max_connections_like_tcp_ones() {
     let again = again.expect("a slot freed by the closed session");
     again.metadata(&[]).await.expect("the new session works");
     drop((second, again));
+    broker.stop().await;
+}
+
+/// A request whose caller polls it once and then, for a while, not again (a producer
+/// lane does this while it waits for its epoch lock) must not hold up the session: it
+/// goes on by itself, and a later request is answered. Before, the first poll took the
+/// session and kept it while waiting for an in-flight place, so a later request, here
+/// one that would have let the first caller go on, waited forever (seen in CI as a
+/// producer lane's InitProducerId that never came back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_its_caller_stops_polling_does_not_hold_up_the_session() {
+    let broker = SdkBroker::start_with_env(
+        Transport::InProcess,
+        &[("WEIR_MAX_IN_FLIGHT_PER_CONNECTION", "2")],
+    )
+    .await;
+    let c = broker.client().await;
+    Admin::new(c.clone())
+        .create_topic("idle", 1, TopicConfig::default())
+        .await
+        .expect("create");
+    // Two long polls on an empty shard take both in-flight places for a second.
+    let long_poll = || {
+        let c = c.clone();
+        tokio::spawn(async move {
+            c.call(FetchRequest {
+                topic: "idle".into(),
+                shard: 0,
+                offset: 0,
+                max_bytes: 1024,
+                min_bytes: 1,
+                max_wait_ms: 1000,
+            })
+            .await
+        })
+    };
+    let polls = [long_poll(), long_poll()];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A third request must wait for a place: polled once, it is pending, and then
+    // left alone.
+    let mut third = Box::pin(c.metadata(&["idle"]));
+    let first_poll =
+        std::future::poll_fn(|cx| std::task::Poll::Ready(third.as_mut().poll(cx))).await;
+    assert!(first_poll.is_pending(), "the third request had to wait");
+    // A fourth, from elsewhere, is answered once the long polls end.
+    let fourth = tokio::time::timeout(WAIT, c.metadata(&["idle"])).await;
+    assert!(
+        fourth.is_ok(),
+        "a later request waited behind one its caller had stopped polling"
+    );
+    fourth.unwrap().expect("fourth answered");
+    third.await.expect("the third is answered too");
+    for p in polls {
+        p.await.expect("task").expect("long poll answered");
+    }
     broker.stop().await;
 }

@@ -19,6 +19,7 @@
 //! over never blocks, so no answer ever waits behind another and there is nothing to
 //! order.
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -117,8 +118,20 @@ impl InProcess {
     /// the session is closed (the request was not started). A call dropped before it
     /// returns may not have started its request; like a TCP client that stopped
     /// waiting, the caller cannot tell.
-    pub async fn submit(&self, frame: RequestFrame) -> bool {
-        let core = &self.core;
+    ///
+    /// The future owns what it needs (`'static`), so a caller that cannot go on polling
+    /// it (see the client's `Connection::send`) can hand it to a task of its own: one
+    /// left unpolled part-way would hold the session, and every later request of the
+    /// session would wait behind it.
+    pub fn submit(&self, frame: RequestFrame) -> impl Future<Output = bool> + Send + 'static {
+        let core = self.core.clone();
+        async move { core.submit(frame).await }
+    }
+}
+
+impl Core {
+    async fn submit(&self, frame: RequestFrame) -> bool {
+        let core = self;
         let mut guard = core.session.lock().await;
         let Some(open) = guard.as_mut() else {
             // Refused at max_connections: the first request learns why (the
