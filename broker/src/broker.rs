@@ -240,6 +240,7 @@ impl Stores {
             },
             meters: Default::default(),
             load: Default::default(),
+            placement_seed: Default::default(),
             shutdown,
             queues: self.queues,
             security,

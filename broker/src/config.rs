@@ -373,6 +373,20 @@ pub struct Config {
     pub auto_reshard_cold_s: u64,
     /// Most shards automatic sharding gives a topic.
     pub auto_reshard_max_shards: u32,
+    /// Where the broker puts the keyless records of a Produce sent to shard
+    /// `ANY_SHARD` (PROTOCOL.md, "Key → shard"): `load` scores the topic's shards by
+    /// lane wait, ingest rate and forecast with two random choices
+    /// (`weir_protocol::routing`); `round_robin` takes them in turn.
+    pub keyless_placement: KeylessPlacement,
+}
+
+/// The `keyless_placement` setting.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum KeylessPlacement {
+    #[default]
+    Load,
+    RoundRobin,
 }
 
 /// The `auto_reshard_mode` setting.
@@ -571,6 +585,7 @@ impl Default for Config {
             retention_check_ms: 30_000,
             auto_reshard: false,
             auto_reshard_mode: AutoReshardMode::Predictive,
+            keyless_placement: KeylessPlacement::Load,
             shard_capacity_records_per_s: 100_000,
             auto_reshard_interval_s: 300,
             auto_reshard_cold_s: 600,

@@ -11,13 +11,14 @@
 //! shared state: it imports only `forecast`, `error` and the protocol.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use weir_protocol::classes::CLASS_COUNT;
 use weir_protocol::messages::{
     LoadForecast, LoadHistoryRequest, LoadHistoryResponse, NodeLoadSample, ShardLoadHistory,
     ShardLoadSample,
 };
+use weir_protocol::routing::ShardLoad;
 
 use crate::error::BrokerError;
 use crate::forecast::Selector;
@@ -263,6 +264,9 @@ impl<P: Bucket> Series<P> {
 struct Inner {
     node: Series<NodePoint>,
     shards: HashMap<(String, u32), Series<ShardPoint>>,
+    /// Each topic's newest figures per shard (index = shard), as placement reads them
+    /// ([`LoadHistory::placement`]): one lookup per placed produce.
+    placement: HashMap<String, Arc<Vec<Option<ShardLoad>>>>,
 }
 
 /// The load history of this node and its shards.
@@ -277,6 +281,7 @@ impl Default for LoadHistory {
             inner: Mutex::new(Inner {
                 node: Series::new(),
                 shards: HashMap::new(),
+                placement: HashMap::new(),
             }),
         }
     }
@@ -296,18 +301,52 @@ impl LoadHistory {
     pub fn record_shard(&self, topic: &str, shard: u32, p: ShardPoint, records_in: f64) {
         let mut inner = self.lock();
         let key = (topic.to_string(), shard);
-        if let Some(s) = inner.shards.get_mut(&key) {
+        let forecast = if let Some(s) = inner.shards.get_mut(&key) {
             s.push(p, records_in);
+            s.forecast()
         } else if inner.shards.len() < SHARDS_MAX {
             let mut s = Series::new();
             s.push(p, records_in);
+            let f = s.forecast();
             inner.shards.insert(key, s);
+            f
+        } else {
+            return;
+        };
+        let load = ShardLoad {
+            queued: p.queued.iter().map(|&q| u64::from(q)).sum(),
+            queue_wait_us: u64::from(p.queue_wait_us_mean),
+            records_in_per_s: f64::from(p.records_in),
+            forecast_records_in_per_s: forecast.records_in_per_s as f64,
+        };
+        let slots = inner.placement.entry(topic.to_string()).or_default();
+        let slots = Arc::make_mut(slots);
+        let i = shard as usize;
+        if slots.len() <= i {
+            slots.resize(i + 1, None);
         }
+        slots[i] = Some(load);
+    }
+
+    /// The newest figures of `topic`'s shards (index = shard; `None` for a shard not
+    /// sampled yet or not followed), for placing a keyless produce.
+    pub fn placement(&self, topic: &str) -> Option<Arc<Vec<Option<ShardLoad>>>> {
+        self.lock().placement.get(topic).cloned()
     }
 
     /// Forgets every shard `keep` says is gone (a deleted topic).
     pub fn retain_shards(&self, mut keep: impl FnMut(&str, u32) -> bool) {
-        self.lock().shards.retain(|(t, s), _| keep(t, *s));
+        let mut inner = self.lock();
+        inner.shards.retain(|(t, s), _| keep(t, *s));
+        inner.placement.retain(|t, slots| {
+            let slots = Arc::make_mut(slots);
+            for (s, slot) in slots.iter_mut().enumerate() {
+                if !keep(t, s as u32) {
+                    *slot = None;
+                }
+            }
+            slots.iter().any(Option::is_some)
+        });
     }
 
     /// The newest one-second point of each followed shard with its ingest forecast,
@@ -422,6 +461,35 @@ fn shard_sample(p: &ShardPoint) -> ShardLoadSample {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn placement_figures_follow_the_newest_sample_and_forget_deleted_shards() {
+        let h = LoadHistory::default();
+        assert!(h.placement("t").is_none());
+        let p = |at_s, records_in, wait| ShardPoint {
+            at_s,
+            records_in,
+            queued: [1, 0, 2, 0],
+            queue_wait_us_mean: wait,
+            ..Default::default()
+        };
+        h.record_shard("t", 2, p(100, 50, 7), 50.0);
+        h.record_shard("t", 2, p(101, 80, 9), 80.0);
+        h.record_shard("t", 0, p(101, 10, 1), 10.0);
+        let f = h.placement("t").expect("figures");
+        assert_eq!(f.len(), 3);
+        assert!(f[1].is_none());
+        let two = f[2].expect("shard 2");
+        assert_eq!(
+            (two.queued, two.queue_wait_us, two.records_in_per_s),
+            (3, 9, 80.0)
+        );
+        h.retain_shards(|_, s| s != 2);
+        let f = h.placement("t").expect("shard 0 kept");
+        assert!(f[0].is_some() && f[2].is_none());
+        h.retain_shards(|_, _| false);
+        assert!(h.placement("t").is_none(), "a deleted topic has no figures");
+    }
 
     #[test]
     fn a_ring_keeps_the_newest_values_in_order() {

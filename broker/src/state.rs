@@ -46,6 +46,9 @@ pub struct BrokerState {
     pub meters: crate::meters::Meters,
     /// The load agents' history of this node and its shards (`load_history`, sampled by `observe::sampler`).
     pub load: crate::load_history::LoadHistory,
+    /// Advanced by every produce the broker places (`server::placement`): the seed of
+    /// its two random choices, and the turn of `keyless_placement = round_robin`.
+    pub placement_seed: std::sync::atomic::AtomicU64,
     pub shutdown: watch::Receiver<bool>,
     /// Backpressure, quotas and load shedding.
     pub flow: Arc<crate::flow::FlowControl>,

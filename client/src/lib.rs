@@ -50,7 +50,7 @@ pub mod partitioner;
 pub mod producer;
 pub mod queue;
 pub mod record;
-pub mod routing;
+pub use weir_protocol::routing;
 pub mod tls;
 
 pub use admin::Admin;

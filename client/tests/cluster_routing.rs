@@ -281,6 +281,7 @@ async fn serve(node: u32, c: Arc<Cluster>, sock: tokio::net::TcpStream) {
                             last_offset: base + head.record_count as u64 - 1,
                             log_start_offset: 0,
                             duplicate,
+                            shard: 0,
                         },
                     )
                 }

@@ -359,6 +359,20 @@ pub fn record_timestamps(batch: &[u8]) -> impl Iterator<Item = i64> + '_ {
     })
 }
 
+/// The complexities of a batch's records, in order (0 = unset). For a batch that
+/// passed [`validate`]: it stops at the first record it cannot read. The broker uses
+/// it to place a keyless produce ([`crate::routing`]).
+pub fn record_complexities(batch: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    let mut pos = BATCH_HEADER_BYTES;
+    std::iter::from_fn(move || {
+        // length u32, priority u8, complexity u8.
+        let len = le_u32(batch.get(pos..pos + 4)?, 0) as usize;
+        let complexity = *batch.get(pos + 5)?;
+        pos = pos.checked_add(4 + len)?;
+        Some(complexity)
+    })
+}
+
 /// Positions of one record's fields inside its batch.
 struct RawRecord {
     priority: u8,

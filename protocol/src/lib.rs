@@ -28,6 +28,7 @@ pub mod headers;
 pub mod keys;
 pub mod messages;
 pub mod reshard;
+pub mod routing;
 pub mod scram;
 pub mod sealed;
 pub mod wire;

@@ -405,15 +405,23 @@ fn response_body() -> impl Strategy<Value = ResponseBody> {
                 }
                 .into()
             ),
-        (any::<u64>(), any::<u64>(), any::<u64>(), any::<u8>()).prop_map(|(b, l, s, d)| {
-            ProduceResponse {
-                base_offset: b,
-                last_offset: l,
-                log_start_offset: s,
-                duplicate: d,
-            }
-            .into()
-        }),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u8>(),
+            any::<u32>()
+        )
+            .prop_map(|(b, l, s, d, shard)| {
+                ProduceResponse {
+                    base_offset: b,
+                    last_offset: l,
+                    log_start_offset: s,
+                    duplicate: d,
+                    shard,
+                }
+                .into()
+            }),
         (any::<u64>(), any::<u64>(), any::<u32>(), records()).prop_map(|(h, l, e, records)| {
             FetchResponse {
                 high_watermark: h,

@@ -1021,6 +1021,7 @@ fn responses() -> Vec<(&'static str, ResponseFrame)> {
                     last_offset: 41,
                     log_start_offset: 0,
                     duplicate: 0,
+                    shard: 0,
                 }
                 .into(),
             ),

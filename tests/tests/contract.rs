@@ -10,9 +10,10 @@ use weir_protocol::batch::{BatchBuilder, NewRecord};
 use weir_protocol::keys::shard_for_key;
 use weir_protocol::messages::{
     Acks, CommitOffsetsRequest, CreateTopicRequest, InitProducerIdRequest, InitProducerIdResponse,
-    ListOffsetsRequest, ListOffsetsResponse, OffsetEntry, ProduceRequest, ProduceResponse,
-    QueueFetchRequest, Records, TopicConfig,
+    ListOffsetsRequest, ListOffsetsResponse, LoadHistoryRequest, OffsetEntry, ProduceRequest,
+    ProduceResponse, QueueFetchRequest, Records, TopicConfig,
 };
+use weir_protocol::routing::ANY_SHARD;
 use weir_protocol::{ErrorCode, ResponseBody};
 use weir_tests::over_both_transports;
 use weir_tests::transport::SdkBroker;
@@ -420,5 +421,123 @@ over_both_transports! {
         assert_eq!((r.offset, r.timestamp_ms), (2, -1));
         let r = list_offsets(&c, "lo", -2).await;
         assert_eq!((r.offset, r.timestamp_ms), (0, -1));
+    }
+}
+
+/// One batch of keyless records of priority 10 and complexity 5 (bulk, heavy).
+fn heavy_keyless(n: usize) -> Bytes {
+    let mut b = BatchBuilder::new();
+    for _ in 0..n {
+        let mut r = NewRecord::value(T0, b"heavy");
+        r.priority = 10;
+        r.complexity = 5;
+        b.push(&r).unwrap();
+    }
+    b.finish().unwrap()
+}
+
+/// The newest one-second ingest rate the load agents report for each shard of `topic`.
+async fn ingest_rates(c: &Client, topic: &str) -> Vec<(u32, u64)> {
+    let req = LoadHistoryRequest {
+        topic: topic.into(),
+        resolution_s: 1,
+        max_samples: 1,
+    };
+    match c.call(req).await.expect("load history") {
+        ResponseBody::LoadHistory(r) => r
+            .shards
+            .iter()
+            .map(|s| (s.shard, s.samples.last().map_or(0, |p| p.records_in_per_s)))
+            .collect(),
+        other => panic!("unexpected {:?}", other.api_key()),
+    }
+}
+
+over_both_transports! {
+    /// §"Key → shard", placed by the broker: a Produce sent to ANY_SHARD puts keyed
+    /// records on their key's shard, refuses an idempotent batch and records whose keys
+    /// belong on two shards, and puts keyless records where the load agents' figures
+    /// say: while shard 0 takes a steady stream, heavy keyless records all go to shard
+    /// 1 (a broker placing them in turn would put half on shard 0). The answer names
+    /// the shard, and the records are stored there.
+    async fn the_broker_places_a_produce_sent_to_any_shard(t) {
+        let broker = SdkBroker::start(t).await;
+        let c = client(&broker).await;
+        create(&c, "placed", 2).await;
+        let key_on = |shard: u32| {
+            (0u32..)
+                .map(|i| format!("k{i}"))
+                .find(|k| shard_for_key(k.as_bytes(), 2) == shard)
+                .unwrap()
+        };
+        let (k1, k0) = (key_on(1), key_on(0));
+        let r = produce(&c, "placed", ANY_SHARD, batch(&[(T0, k1.as_bytes()), (T0, b"")], None))
+            .await
+            .expect("keyed, placed by key");
+        assert_eq!(r.shard, 1);
+        let two = batch(&[(T0, k1.as_bytes()), (T0, k0.as_bytes())], None);
+        assert_eq!(code(produce(&c, "placed", ANY_SHARD, two).await), ErrorCode::WrongShard);
+        let id = init(&c, 0, 0).await.expect("producer id").producer_id;
+        let idempotent = batch(&[(T0, b"")], Some((id, 0, 0)));
+        assert_eq!(
+            code(produce(&c, "placed", ANY_SHARD, idempotent).await),
+            ErrorCode::InvalidRequest
+        );
+
+        // Shard 0 takes a stream of produces until the agents report it.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stream = {
+            let (c, stop) = (c.clone(), stop.clone());
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                    && started.elapsed() < Duration::from_secs(30)
+                {
+                    produce(&c, "placed", 0, heavy_keyless(200)).await.expect("stream");
+                }
+            })
+        };
+        let started = std::time::Instant::now();
+        loop {
+            let rates = ingest_rates(&c, "placed").await;
+            if rates.iter().any(|&(s, r)| s == 0 && r >= 1000) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "shard 0 never busy: {rates:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut placed = Vec::new();
+        for _ in 0..20 {
+            let r = produce(&c, "placed", ANY_SHARD, heavy_keyless(1)).await.expect("placed");
+            placed.push(r.shard);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        stream.await.expect("stream task");
+        assert!(placed.iter().all(|&s| s == 1), "heavy keyless records avoid busy shard 0: {placed:?}");
+        let on_1 = read_to_end(&c, "placed", Duration::from_secs(30))
+            .await
+            .into_iter()
+            .filter(|m| m.shard == 1 && &m.value[..] == b"heavy")
+            .count();
+        assert_eq!(on_1, 20, "every placed record is on the shard its answer named");
+    }
+}
+
+over_both_transports! {
+    /// `keyless_placement = round_robin`: a Produce sent to ANY_SHARD without keys goes
+    /// to the topic's shards in turn.
+    async fn round_robin_placement_takes_the_shards_in_turn(t) {
+        let broker =
+            SdkBroker::start_with_env(t, &[("WEIR_KEYLESS_PLACEMENT", "round_robin")]).await;
+        let c = client(&broker).await;
+        create(&c, "turns", 3).await;
+        let mut placed = Vec::new();
+        for _ in 0..6 {
+            let r = produce(&c, "turns", ANY_SHARD, heavy_keyless(1)).await.expect("placed");
+            placed.push(r.shard);
+        }
+        let first = placed[0];
+        let expected: Vec<u32> = (0..6).map(|i| (first + i) % 3).collect();
+        assert_eq!(placed, expected);
     }
 }

@@ -27,6 +27,7 @@ pub mod direct;
 pub mod dispatch;
 pub mod fetch;
 pub mod inproc;
+pub mod placement;
 pub mod produce;
 pub mod queue;
 pub mod responses;

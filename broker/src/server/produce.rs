@@ -16,10 +16,11 @@ use weir_protocol::classes::Class;
 use weir_protocol::frame::{RequestHeader, ResponseFrame};
 use weir_protocol::keys::shard_for_key;
 use weir_protocol::messages::{Acks, ProduceRequest, ProduceResponse};
+use weir_protocol::routing::ANY_SHARD;
 use weir_protocol::{DecodeError, ErrorCode};
 
 use super::acks::{append_error, AckPlan};
-use super::admission;
+use super::{admission, placement};
 use crate::cluster::replication::primary::PrimaryState;
 use crate::error::BrokerError;
 use crate::flow::quota::ClientState;
@@ -57,6 +58,8 @@ pub struct Queued {
     topic: Arc<Topic>,
     /// For the shard's own counters (`ClassStats::io`).
     shard: Arc<Shard>,
+    /// The shard's number (the request's, or the one the broker placed it on).
+    shard_no: u32,
     class: Class,
     acks: usize,
     started: Instant,
@@ -91,6 +94,7 @@ pub async fn start(
     let Checked {
         topic,
         shard,
+        shard_no,
         plan,
         batches,
         headers,
@@ -138,6 +142,7 @@ pub async fn start(
         timeout: Duration::from_millis(u64::from(timeout_ms)),
         log_start: shard.reader().log_start_offset(),
         shard: shard.clone(),
+        shard_no,
         rx,
         records,
         bytes,
@@ -164,6 +169,7 @@ fn ack_index(acks: Acks) -> usize {
 struct Checked {
     topic: Arc<Topic>,
     shard: Arc<Shard>,
+    shard_no: u32,
     plan: AckPlan,
     batches: Vec<Bytes>,
     headers: Vec<BatchHeader>,
@@ -179,9 +185,10 @@ fn check(state: &BrokerState, req: &ProduceRequest) -> Result<Checked, BrokerErr
         // A cluster node may learn of a topic (its metadata) before it has opened
         // the topic's shards: the client retries (or goes to the primary) rather
         // than hear that a topic it just created does not exist.
-        Err(e) => match &state.cluster {
-            Some(c) if c.meta().shard(&req.topic, req.shard).is_some() => {
-                c.check_primary(&req.topic, req.shard)?;
+        // (For ANY_SHARD, shard 0 stands for the topic.)
+        Err(e) => match (&state.cluster, probe_shard(req.shard)) {
+            (Some(c), probe) if c.meta().shard(&req.topic, probe).is_some() => {
+                c.check_primary(&req.topic, probe)?;
                 return Err(BrokerError::new(
                     ErrorCode::NotPrimary,
                     format!(
@@ -193,13 +200,23 @@ fn check(state: &BrokerState, req: &ProduceRequest) -> Result<Checked, BrokerErr
             _ => return Err(e),
         },
     };
-    let shard = topic.active_shard(req.shard)?.clone();
+    // A produce sent to ANY_SHARD is checked and filled first: where it goes depends
+    // on its keys and priority.
+    let (shard_no, filled) = if req.shard == ANY_SHARD {
+        fits(&topic, req)?;
+        let (batches, headers) = split_and_fill(&topic, req.records.to_bytes())?;
+        let shard = placement::place(state, &topic, &batches, &headers)?;
+        (shard, Some((batches, headers)))
+    } else {
+        (req.shard, None)
+    };
+    let shard = topic.active_shard(shard_no)?.clone();
     let plan = AckPlan::for_level(req.acks, state.cluster.is_some())?;
     // In a cluster only the primary takes produce, and a mirrored one needs enough
     // in-sync copies before anything is written.
     let primary = match &state.cluster {
         Some(c) => {
-            let p = c.check_primary(&req.topic, req.shard)?;
+            let p = c.check_primary(&req.topic, shard_no)?;
             if plan.mirrored {
                 p.check_min_in_sync()?;
             }
@@ -210,21 +227,15 @@ fn check(state: &BrokerState, req: &ProduceRequest) -> Result<Checked, BrokerErr
     };
     let shard = primary.as_ref().map_or(shard, |p| p.shard.clone());
     let max = topic.config.max_message_bytes;
-    if req.records.len_bytes() > max as usize {
-        return Err(BrokerError::new(
-            ErrorCode::MessageTooLarge,
-            format!(
-                "{} bytes of records exceed the topic's max_message_bytes {max}",
-                req.records.len_bytes(),
-            ),
-        ));
-    }
-    if req.records.is_empty() {
-        return Err(BrokerError::new(ErrorCode::InvalidBatch, "no batches"));
-    }
-    let (batches, headers) = split_and_fill(&topic, req.records.to_bytes())?;
+    let (batches, headers) = match filled {
+        Some(f) => f,
+        None => {
+            fits(&topic, req)?;
+            split_and_fill(&topic, req.records.to_bytes())?
+        }
+    };
     let before = topic.reshards.last().map(|r| r.from_shards);
-    keys_on_shard(&batches, req.shard, topic.active, before)?;
+    keys_on_shard(&batches, shard_no, topic.active, before)?;
     // Fencing per producer id, on every shard at once (producer_ids.rs); the shard's
     // writer still checks sequences and its own lanes' epochs. Once per distinct stamp
     // (a request's batches almost always share one).
@@ -249,12 +260,40 @@ fn check(state: &BrokerState, req: &ProduceRequest) -> Result<Checked, BrokerErr
     Ok(Checked {
         topic,
         shard,
+        shard_no,
         plan,
         batches,
         headers,
         class,
         primary,
     })
+}
+
+/// The shard that stands for a request's topic in a cluster's metadata.
+fn probe_shard(shard: u32) -> u32 {
+    if shard == ANY_SHARD {
+        0
+    } else {
+        shard
+    }
+}
+
+/// The request's records are within the topic's `max_message_bytes` and not empty.
+fn fits(topic: &Topic, req: &ProduceRequest) -> Result<(), BrokerError> {
+    let max = topic.config.max_message_bytes;
+    if req.records.len_bytes() > max as usize {
+        return Err(BrokerError::new(
+            ErrorCode::MessageTooLarge,
+            format!(
+                "{} bytes of records exceed the topic's max_message_bytes {max}",
+                req.records.len_bytes(),
+            ),
+        ));
+    }
+    if req.records.is_empty() {
+        return Err(BrokerError::new(ErrorCode::InvalidBatch, "no batches"));
+    }
+    Ok(())
 }
 
 /// Cuts the request's records into batches on their length fields, validates each
@@ -370,6 +409,7 @@ impl Queued {
             mut ticket,
             topic,
             shard,
+            shard_no,
             class,
             acks,
             started,
@@ -411,6 +451,7 @@ impl Queued {
                     last_offset: o.last_offset,
                     log_start_offset: log_start,
                     duplicate: u8::from(o.duplicate),
+                    shard: shard_no,
                 },
             )),
             Err(e) => Some(ResponseFrame::error(&header, e.code, 0, e.message)),

@@ -212,6 +212,7 @@ impl ShardSender {
                         last_offset: u64::MAX,
                         log_start_offset: 0,
                         duplicate: 0,
+                        shard,
                     });
                 }
                 let frame = conn.call(req.into(), priority, timeout).await?;

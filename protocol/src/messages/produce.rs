@@ -45,6 +45,9 @@ wire_struct! {
         /// 1 when every batch was a retry already stored: nothing new was written and the
         /// offsets are those of the original write.
         pub duplicate: u8,
+        /// The shard the records were stored on: the request's, or the one the broker
+        /// chose for a produce sent to `ANY_SHARD`.
+        pub shard: u32,
     }
 }
 

@@ -1,9 +1,12 @@
 //! Load-aware placement of keyless records: which shard a record without a key goes
-//! to when [`crate::ProducerConfig::load_aware_routing`] is on.
+//! to. The Rust SDK places its own records with it when
+//! `ProducerConfig::load_aware_routing` is on (loads from the LoadHistory api); the
+//! broker places with it a Produce sent to [`ANY_SHARD`] (PROTOCOL.md, "Key → shard"),
+//! for clients that leave placement to it. One scoring, so both place alike.
 //!
 //! Keyed records always go by key (PROTOCOL.md, "Key → shard"); this only picks among
-//! a topic's shards for records that have none. The loads come from the broker's
-//! LoadHistory api (the newest one-second sample of each shard and its forecast).
+//! a topic's shards for records that have none. The loads are the newest one-second
+//! sample of each shard and its forecast, as LoadHistory reports them.
 //!
 //! Scoring (lower is better), for a record of priority `p` (1 highest … 10) and
 //! complexity `c` (1 … 5):
@@ -21,9 +24,14 @@
 //! records the shard with the least headroom (the busiest now or in a minute). A shard
 //! without figures scores as an average one (latency 0, load 1). Power of two choices:
 //! two distinct shards are drawn and the lower score wins, so producers that all see
-//! the same figures do not all pile onto the one "best" shard. The draw is a hash of a
-//! seed the producer advances each time it sends a batch, so keyless records stick to
-//! one shard until their batch goes, as without routing.
+//! the same figures do not all pile onto the one "best" shard. The SDK's draw is a
+//! hash of a seed it advances each time it sends a batch, so keyless records stick to
+//! one shard until their batch goes, as without routing; the broker's seed advances
+//! with each produce it places.
+
+/// The `shard` of a Produce that leaves placement to the broker (PROTOCOL.md, "Key →
+/// shard"): keyed records go to their key's shard, keyless ones by [`choose`].
+pub const ANY_SHARD: u32 = u32::MAX;
 
 /// One shard's figures as the router uses them.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -37,8 +45,8 @@ pub struct ShardLoad {
     pub forecast_records_in_per_s: f64,
 }
 
-impl From<&weir_protocol::messages::ShardLoadHistory> for ShardLoad {
-    fn from(h: &weir_protocol::messages::ShardLoadHistory) -> Self {
+impl From<&crate::messages::ShardLoadHistory> for ShardLoad {
+    fn from(h: &crate::messages::ShardLoadHistory) -> Self {
         let last = h.samples.last();
         ShardLoad {
             queued: last.map_or(0, |s| s.queued.iter().map(|&q| u64::from(q)).sum()),
