@@ -33,6 +33,7 @@ pub mod server;
 pub mod shard;
 pub mod state;
 pub mod storage;
+pub mod telemetry;
 pub mod topics;
 
 pub use broker::Broker;

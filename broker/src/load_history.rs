@@ -1,11 +1,13 @@
 //! The load history: what the load agents (`observe::sampler`) measured each second
-//! of the node and of each shard, kept in fixed-size rings — the last hour at one
-//! second, the last day in one-minute buckets — with a forecast of each series' ingest
-//! rate (`crate::forecast`).
+//! of the node and of each shard, and what services report of their demand per message
+//! type (client telemetry, `crate::telemetry`), kept in fixed-size rings — the last
+//! hour at one second, the last day in one-minute buckets — with a forecast of each
+//! series' rate (`crate::forecast`).
 //!
 //! Memory does not depend on traffic: each series holds [`SECOND_SLOTS`] +
-//! [`MINUTE_SLOTS`] samples, and at most [`SHARDS_MAX`] shards are followed (the first
-//! seen; the node's series covers them all). The LoadHistory api (PROTOCOL.md), `weir
+//! [`MINUTE_SLOTS`] samples, at most [`SHARDS_MAX`] shards are followed (the first
+//! seen; the node's series covers them all) and at most [`DEMANDS_MAX`] (service,
+//! message type) pairs. The LoadHistory api (PROTOCOL.md), `weir
 //! status` and the `weir_shard_*_per_second` gauges read it; resharding and routing
 //! can call [`LoadHistory::answer`] or [`LoadHistory::latest`]. A leaf below the
 //! shared state: it imports only `forecast`, `error` and the protocol.
@@ -15,8 +17,8 @@ use std::sync::{Arc, Mutex};
 
 use weir_protocol::classes::CLASS_COUNT;
 use weir_protocol::messages::{
-    LoadForecast, LoadHistoryRequest, LoadHistoryResponse, NodeLoadSample, ShardLoadHistory,
-    ShardLoadSample,
+    DemandHistory, DemandSample, LoadForecast, LoadHistoryRequest, LoadHistoryResponse,
+    NodeLoadSample, ShardLoadHistory, ShardLoadSample,
 };
 use weir_protocol::routing::ShardLoad;
 
@@ -31,6 +33,9 @@ pub const MINUTE_SLOTS: usize = 1440;
 /// Most shards followed. A shard sample is 36 bytes, so the rings of one shard take
 /// about 180 KiB and all of them at most about 23 MiB.
 pub const SHARDS_MAX: usize = 128;
+/// Most (service, message type) demand series followed (the first reported): each
+/// takes about 40 KiB, so at most about 10 MiB.
+pub const DEMANDS_MAX: usize = 256;
 /// Most samples in one LoadHistory answer, all series together (about 6 MiB).
 pub const ANSWER_SAMPLES_MAX: usize = 65_536;
 /// How far ahead the ingest forecast looks, in seconds.
@@ -107,6 +112,50 @@ pub struct ShardPoint {
     pub queue_wait_us_mean: u32,
     /// The 99th percentile of those waits (upper bound of its histogram bucket).
     pub queue_wait_us_p99: u32,
+}
+
+/// One second (or one minute bucket: the mean) of one (service, message type)'s
+/// demand: the rate its service's newest telemetry report gave.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DemandPoint {
+    pub at_s: u32,
+    pub records: u32,
+}
+
+impl Bucket for DemandPoint {
+    fn at_s(&self) -> u32 {
+        self.at_s
+    }
+    fn set_at_s(&mut self, at_s: u32) {
+        self.at_s = at_s;
+    }
+    fn absorb(&mut self, o: &Self) {
+        self.records = self.records.saturating_add(o.records);
+    }
+    fn finish(&mut self, s: u32) {
+        self.records /= s.max(1);
+    }
+}
+
+/// What a service's newest telemetry report said of one message type
+/// (`crate::telemetry`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Report {
+    /// Records of the type the service sent (or handled) per second.
+    pub sent_per_s: f64,
+    /// The demand it expects, per second.
+    pub expected_per_s: f64,
+    /// Its own load, 0..=1.
+    pub load: f64,
+    /// Unix seconds of the report (its record's timestamp).
+    pub at_s: i64,
+}
+
+/// One (service, message type): its samples and newest report.
+#[derive(Debug)]
+struct Demand {
+    series: Series<DemandPoint>,
+    report: Report,
 }
 
 /// One second (or one minute bucket) of the node.
@@ -267,6 +316,8 @@ struct Inner {
     /// Each topic's newest figures per shard (index = shard), as placement reads them
     /// ([`LoadHistory::placement`]): one lookup per placed produce.
     placement: HashMap<String, Arc<Vec<Option<ShardLoad>>>>,
+    /// Per (service, message type), from client telemetry.
+    demands: HashMap<(String, String), Demand>,
 }
 
 /// The load history of this node and its shards.
@@ -282,6 +333,7 @@ impl Default for LoadHistory {
                 node: Series::new(),
                 shards: HashMap::new(),
                 placement: HashMap::new(),
+                demands: HashMap::new(),
             }),
         }
     }
@@ -326,6 +378,47 @@ impl LoadHistory {
             slots.resize(i + 1, None);
         }
         slots[i] = Some(load);
+    }
+
+    /// Adds one second of a (service, message type)'s demand, from its newest
+    /// report, unless [`DEMANDS_MAX`] others are followed. False when it was not
+    /// followed.
+    pub fn record_demand(&self, service: &str, message_type: &str, at_s: u32, r: Report) -> bool {
+        let mut inner = self.lock();
+        let key = (service.to_string(), message_type.to_string());
+        if !inner.demands.contains_key(&key) && inner.demands.len() >= DEMANDS_MAX {
+            return false;
+        }
+        let d = inner.demands.entry(key).or_insert_with(|| Demand {
+            series: Series::new(),
+            report: r,
+        });
+        let records = r.sent_per_s.clamp(0.0, f64::from(u32::MAX)).round() as u32;
+        d.series
+            .push(DemandPoint { at_s, records }, f64::from(records));
+        d.report = r;
+        true
+    }
+
+    /// The newest demand of each followed (service, message type), with its report
+    /// and forecast, sorted (for `/metrics`).
+    pub fn latest_demands(&self) -> Vec<(String, String, DemandPoint, Report, LoadForecast)> {
+        let inner = self.lock();
+        let mut out: Vec<_> = inner
+            .demands
+            .iter()
+            .filter_map(|((s, t), d)| {
+                Some((
+                    s.clone(),
+                    t.clone(),
+                    d.series.seconds.last()?,
+                    d.report,
+                    d.series.forecast(),
+                ))
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        out
     }
 
     /// The newest figures of `topic`'s shards (index = shard; `None` for a shard not
@@ -393,7 +486,15 @@ impl LoadHistory {
             0 => cap,
             n => (n as usize).min(cap),
         };
-        let per_series = asked.min(ANSWER_SAMPLES_MAX / (keys.len() + 1)).max(1);
+        // Demand is per service, not per topic: answered for the whole node only.
+        let mut demand_keys: Vec<&(String, String)> = if req.topic.is_empty() {
+            inner.demands.keys().collect()
+        } else {
+            Vec::new()
+        };
+        demand_keys.sort();
+        let series_count = keys.len() + demand_keys.len() + 1;
+        let per_series = asked.min(ANSWER_SAMPLES_MAX / series_count).max(1);
         let pick = |s: &Series<NodePoint>| {
             if minutes {
                 s.minutes.newest(per_series)
@@ -419,11 +520,38 @@ impl LoadHistory {
                 }
             })
             .collect();
+        let demands = demand_keys
+            .into_iter()
+            .map(|k| {
+                let d = &inner.demands[k];
+                let points = if minutes {
+                    d.series.minutes.newest(per_series)
+                } else {
+                    d.series.seconds.newest(per_series)
+                };
+                DemandHistory {
+                    service: k.0.clone(),
+                    message_type: k.1.clone(),
+                    forecast: d.series.forecast(),
+                    expected_per_s: d.report.expected_per_s.max(0.0).round() as u64,
+                    load_permille: (d.report.load.clamp(0.0, 1.0) * 1000.0).round() as u32,
+                    reported_at_s: d.report.at_s,
+                    samples: points
+                        .iter()
+                        .map(|p| DemandSample {
+                            at_s: i64::from(p.at_s),
+                            records_per_s: u64::from(p.records),
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
         Ok(LoadHistoryResponse {
             resolution_s: req.resolution_s,
             node_forecast: inner.node.forecast(),
             node,
             shards,
+            demands,
         })
     }
 }

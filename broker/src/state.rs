@@ -27,6 +27,9 @@ pub struct Metrics {
     pub produce_bytes_total: AtomicU64,
     pub produce_records_total: AtomicU64,
     pub fetch_bytes_total: AtomicU64,
+    /// Telemetry records read (`telemetry`): reports taken, records that were not a
+    /// report, reports of pairs beyond the followed maximum.
+    pub telemetry_reports: [AtomicU64; 3],
     /// Requests read on each connection runtime (`thread_per_core` mode; empty
     /// otherwise): how evenly the cores share the work.
     pub requests_on_core: Vec<AtomicU64>,

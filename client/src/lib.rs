@@ -51,6 +51,7 @@ pub mod producer;
 pub mod queue;
 pub mod record;
 pub use weir_protocol::routing;
+pub mod telemetry;
 pub mod tls;
 
 pub use admin::Admin;
@@ -69,8 +70,10 @@ pub use queue::{
     WorkerStats,
 };
 pub use record::{BatchRecord, Message, Partitioning, ProducerBatch, ProducerRecord};
+pub use telemetry::Telemetry;
 pub use tls::TlsConfig;
 pub use weir_protocol::messages::{
-    Acks, Durability, FlowStatusResponse, LoadForecast, LoadHistoryResponse, NodeLoadSample, Quota,
-    QuotaEntry, Reshard, ShardLoadHistory, ShardLoadSample, TopicConfig,
+    Acks, DemandHistory, DemandSample, Durability, FlowStatusResponse, LoadForecast,
+    LoadHistoryResponse, NodeLoadSample, Quota, QuotaEntry, Reshard, ShardLoadHistory,
+    ShardLoadSample, TopicConfig,
 };

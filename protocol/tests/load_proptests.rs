@@ -113,13 +113,45 @@ fn response() -> impl Strategy<Value = ResponseBody> {
             ),
             0..3,
         ),
+        vec(
+            (
+                (s(), s(), forecast()),
+                (any::<u64>(), any::<u32>(), any::<i64>()),
+                vec(
+                    (any::<i64>(), any::<u64>()).prop_map(|(at_s, records_per_s)| DemandSample {
+                        at_s,
+                        records_per_s,
+                    }),
+                    0..4,
+                ),
+            )
+                .prop_map(
+                    |(
+                        (service, message_type, forecast),
+                        (expected_per_s, load_permille, reported_at_s),
+                        samples,
+                    )| {
+                        DemandHistory {
+                            service,
+                            message_type,
+                            forecast,
+                            expected_per_s,
+                            load_permille,
+                            reported_at_s,
+                            samples,
+                        }
+                    },
+                ),
+            0..3,
+        ),
     )
-        .prop_map(|(resolution_s, node_forecast, node, shards)| {
+        .prop_map(|(resolution_s, node_forecast, node, shards, demands)| {
             LoadHistoryResponse {
                 resolution_s,
                 node_forecast,
                 node,
                 shards,
+                demands,
             }
             .into()
         })

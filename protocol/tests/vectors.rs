@@ -1136,6 +1136,24 @@ fn responses() -> Vec<(&'static str, ResponseFrame)> {
                             queue_wait_us_p99: 250,
                         }],
                     }],
+                    demands: vec![DemandHistory {
+                        service: "checkout".into(),
+                        message_type: "order.created".into(),
+                        forecast: LoadForecast {
+                            horizon_s: 60,
+                            records_in_per_s: 450,
+                            low_per_s: 400,
+                            high_per_s: 500,
+                            model: "ses".into(),
+                        },
+                        expected_per_s: 600,
+                        load_permille: 420,
+                        reported_at_s: 1_767_225_600,
+                        samples: vec![DemandSample {
+                            at_s: 1_767_225_600,
+                            records_per_s: 440,
+                        }],
+                    }],
                 }
                 .into(),
             ),

@@ -618,6 +618,42 @@ impl Scrape {
                 .iter()
                 .map(|(t, s, _, f)| (labels(t, *s), f.records_in_per_s)),
         )?;
+        let reports = &self.state.metrics.telemetry_reports;
+        counter(
+            enc,
+            "weir_telemetry_reports",
+            "Client telemetry records read, by outcome (ok, invalid, dropped).",
+            ["ok", "invalid", "dropped"]
+                .iter()
+                .zip(reports)
+                .map(|(o, n)| (vec![("outcome", o.to_string())], n.load(Ordering::Relaxed))),
+        )?;
+        let demands = self.state.load.latest_demands();
+        let pair = |s: &str, t: &str| vec![("service", s.to_string()), ("type", t.to_string())];
+        gauge(
+            enc,
+            "weir_demand_records_per_second",
+            "Records per second of each message type a service reported sending (client telemetry).",
+            demands
+                .iter()
+                .map(|(s, t, p, _, _)| (pair(s, t), u64::from(p.records))),
+        )?;
+        gauge(
+            enc,
+            "weir_demand_forecast_records_per_second",
+            "Each (service, type) demand forecast 60 s ahead by its best model (client telemetry).",
+            demands
+                .iter()
+                .map(|(s, t, _, _, f)| (pair(s, t), f.records_in_per_s)),
+        )?;
+        gauge(
+            enc,
+            "weir_demand_expected_records_per_second",
+            "The demand each service said it expects per message type (client telemetry).",
+            demands
+                .iter()
+                .map(|(s, t, _, r, _)| (pair(s, t), r.expected_per_s.max(0.0).round() as u64)),
+        )?;
         gauge(
             enc,
             "weir_process_cpu_permille",

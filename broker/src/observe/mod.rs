@@ -99,6 +99,7 @@ pub async fn run(
     let mut memory = Memory::default();
     let mut sampler = sampler::Sampler::default();
     let mut sharder = crate::autoshard::AutoSharder::default();
+    let mut telemetry = crate::telemetry::TelemetryReader::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -106,6 +107,7 @@ pub async fn run(
             _ = tick.tick() => {}
         }
         sampler.sample(&state);
+        telemetry.tick(&state);
         sharder.tick(&state).await;
         let (report, conditions) = check(&state, &observer.thresholds, &mut memory);
         *observer.health.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(report);

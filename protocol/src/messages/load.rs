@@ -86,13 +86,43 @@ wire_struct! {
 }
 
 wire_struct! {
+    /// One second (or minute bucket) of a service's demand for one message type: the
+    /// rate its newest telemetry report gave.
+    pub struct DemandSample {
+        pub at_s: i64,
+        pub records_per_s: u64,
+    }
+}
+
+wire_struct! {
+    /// What services report of one message type on the telemetry topic
+    /// (`__weir_telemetry`, PROTOCOL.md "Client telemetry"): the rate they send, its
+    /// forecast, and what they say they expect.
+    pub struct DemandHistory {
+        pub service: String,
+        pub message_type: String,
+        /// The broker's forecast of `records_per_s`, as for a shard's ingest.
+        pub forecast: LoadForecast,
+        /// The demand the service said it expects (its newest report), per second.
+        pub expected_per_s: u64,
+        /// The service's own load in its newest report, per mille.
+        pub load_permille: u32,
+        /// Unix seconds of the newest report.
+        pub reported_at_s: i64,
+        pub samples: Vec<DemandSample>,
+    }
+}
+
+wire_struct! {
     /// The node's samples and the followed shards' (sorted by topic, then shard; at
-    /// most 128 shards are followed per node).
+    /// most 128 shards are followed per node), and with `topic` empty, the demand
+    /// services report (sorted by service, then message type).
     pub struct LoadHistoryResponse {
         pub resolution_s: u32,
         pub node_forecast: LoadForecast,
         /// Oldest first.
         pub node: Vec<NodeLoadSample>,
         pub shards: Vec<ShardLoadHistory>,
+        pub demands: Vec<DemandHistory>,
     }
 }

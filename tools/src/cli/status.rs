@@ -98,6 +98,21 @@ pub fn format_load(h: &weir_client::LoadHistoryResponse) -> String {
             f(&s.forecast)
         );
     }
+    if !h.demands.is_empty() {
+        let _ = writeln!(out, "demand (client telemetry):");
+    }
+    for d in &h.demands {
+        let _ = writeln!(
+            out,
+            "  {} {}: sends {} rec/s, expects {} rec/s, load {:.0} %; forecast {}",
+            d.service,
+            d.message_type,
+            mean(&mut d.samples.iter().map(|p| p.records_per_s)),
+            d.expected_per_s,
+            f64::from(d.load_permille) / 10.0,
+            f(&d.forecast)
+        );
+    }
     out
 }
 
@@ -185,7 +200,8 @@ mod tests {
     #[test]
     fn load_lines_average_the_samples_and_show_forecasts() {
         use weir_client::{
-            LoadForecast, LoadHistoryResponse, NodeLoadSample, ShardLoadHistory, ShardLoadSample,
+            DemandHistory, DemandSample, LoadForecast, LoadHistoryResponse, NodeLoadSample,
+            ShardLoadHistory, ShardLoadSample,
         };
         let fc = LoadForecast {
             horizon_s: 60,
@@ -207,18 +223,40 @@ mod tests {
             shards: vec![ShardLoadHistory {
                 topic: "t".into(),
                 shard: 1,
-                forecast: fc,
+                forecast: fc.clone(),
                 samples: vec![ShardLoadSample {
                     records_in_per_s: 40,
                     queued: vec![1, 2, 0, 0],
                     ..Default::default()
                 }],
             }],
+            demands: vec![DemandHistory {
+                service: "checkout".into(),
+                message_type: "order.created".into(),
+                forecast: fc.clone(),
+                expected_per_s: 500,
+                load_permille: 420,
+                reported_at_s: 0,
+                samples: vec![
+                    DemandSample {
+                        at_s: 0,
+                        records_per_s: 100,
+                    },
+                    DemandSample {
+                        at_s: 1,
+                        records_per_s: 140,
+                    },
+                ],
+            }],
         };
         let text = format_load(&h);
         assert!(text.contains("in 200 rec/s"), "{text}");
         assert!(
             text.contains("cpu 25.0 %") && text.contains("rss 64 MiB"),
+            "{text}"
+        );
+        assert!(
+            text.contains("checkout order.created: sends 120 rec/s, expects 500 rec/s, load 42 %"),
             "{text}"
         );
         assert!(text.contains("t/1: in 40 rec/s, out 0 rec/s, queued 3; forecast 300 rec/s in 60 s [250, 350] (holt)"), "{text}");
