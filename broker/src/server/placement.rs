@@ -6,7 +6,8 @@
 //! shard goes there, and one whose keys belong on several is refused (a produce goes
 //! to one shard). Keyless records go where [`routing::choose`] scores best, from the
 //! load agents' newest figures of the topic's shards (`LoadHistory::placement`), or in
-//! turn with `keyless_placement = round_robin`. Idempotent batches are refused: their
+//! turn with `keyless_placement = round_robin`; shards in trouble (refusing appends)
+//! are left out while another can take them. Idempotent batches are refused: their
 //! sequences run per shard, so their client must name it. In a cluster only shards
 //! whose primary is this node are candidates.
 
@@ -41,14 +42,12 @@ pub(super) fn place(
     if let Some(shard) = keyed_shard(batches, topic.active)? {
         return Ok(shard);
     }
-    let candidates: Vec<u32> = (0..topic.active)
-        .filter(|&s| {
-            state
-                .cluster
-                .as_ref()
-                .is_none_or(|c| c.check_primary(&topic.name, s).is_ok())
-        })
-        .collect();
+    let candidates = candidates(topic, |s| {
+        state
+            .cluster
+            .as_ref()
+            .is_none_or(|c| c.check_primary(&topic.name, s).is_ok())
+    });
     if candidates.is_empty() {
         return Err(BrokerError::new(
             ErrorCode::NotPrimary,
@@ -67,6 +66,30 @@ pub(super) fn place(
         headers,
         seed,
     ))
+}
+
+/// The active shards a keyless produce may go to: those whose primary is this node
+/// (`primary`), and of those the ones that take appends now: a shard in trouble (a
+/// full disk, a failed log; `/health` names it) is left out while another can take
+/// the records, so a fault in one shard does not fail a client that let the broker
+/// choose. When every one is in trouble they all stay (the answer names the cause).
+fn candidates(topic: &Topic, primary: impl Fn(u32) -> bool) -> Vec<u32> {
+    let mine: Vec<u32> = (0..topic.active).filter(|&s| primary(s)).collect();
+    let healthy: Vec<u32> = mine
+        .iter()
+        .copied()
+        .filter(|&s| {
+            topic
+                .shards
+                .get(s as usize)
+                .is_some_and(|shard| shard.trouble().is_none())
+        })
+        .collect();
+    if healthy.is_empty() {
+        mine
+    } else {
+        healthy
+    }
 }
 
 /// The shard for keyless batches among `candidates` (not empty): by load when there
@@ -250,6 +273,45 @@ mod tests {
             );
             assert!(s == 2 || s == 5, "{s}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_shard_in_trouble_is_left_out_while_another_takes_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = std::sync::Arc::new(crate::config::Config {
+            data_dir: dir.path().to_path_buf(),
+            ..crate::config::Config::default()
+        });
+        let topics = std::sync::Arc::new(crate::topics::TopicRegistry::open(config).unwrap());
+        topics
+            .create("t", 3, weir_protocol::messages::TopicConfig::default())
+            .await
+            .unwrap();
+        let t = topics.get("t").unwrap();
+        assert_eq!(candidates(&t, |_| true), [0, 1, 2]);
+        assert_eq!(
+            candidates(&t, |s| s != 0),
+            [1, 2],
+            "only this node's primaries"
+        );
+        let trouble = |s: usize, cause: Option<&str>| {
+            *t.shards[s].stats().trouble.lock().unwrap() = cause.map(str::to_string);
+        };
+        trouble(1, Some("disk full"));
+        assert_eq!(candidates(&t, |_| true), [0, 2]);
+        trouble(0, Some("disk full"));
+        trouble(2, Some("log failed"));
+        assert_eq!(
+            candidates(&t, |_| true),
+            [0, 1, 2],
+            "all in trouble: the answer names the cause"
+        );
+        trouble(2, None);
+        assert_eq!(
+            candidates(&t, |_| true),
+            [2],
+            "a shard that recovers is chosen again"
+        );
     }
 
     #[test]
