@@ -82,6 +82,12 @@ impl Future for DeliveryFuture {
                         }))
                     }
                     SlotState::Failed(e) => Poll::Ready(Err(e.clone())),
+                    SlotState::PerRecord(outcomes) => Poll::Ready(
+                        outcomes
+                            .get(*index as usize)
+                            .cloned()
+                            .unwrap_or(Err(ClientError::Closed)),
+                    ),
                     SlotState::Pending(wakers) => {
                         match waker.and_then(|i| wakers.get_mut(i)) {
                             Some(w) if w.will_wake(cx.waker()) => {}
@@ -113,6 +119,9 @@ enum SlotState {
         base_offset: u64,
     },
     Failed(ClientError),
+    /// The batch's records were settled one by one (it was re-routed after a reshard:
+    /// its records went to other batches, see [`Rerouted`]); index = record.
+    PerRecord(Arc<Vec<Result<RecordMetadata>>>),
 }
 
 impl RecordSlot {
@@ -267,6 +276,82 @@ pub(crate) struct Waiters {
     slot: Option<Arc<RecordSlot>>,
     /// (call, index in the batch of the run's first record, records).
     runs: Vec<(Arc<BatchShared>, u32, u32)>,
+    /// Records re-routed here from an earlier batch: (its collector, index in this
+    /// batch of the run's first record, index in the collector of it, records).
+    forwards: Vec<(Arc<Rerouted>, u32, u32, u32)>,
+}
+
+/// The records of one wire batch that was taken back from its lane after a reshard
+/// and whose records were placed again, each in the batch of its new shard: it
+/// collects each record's outcome and, once all are in, settles the batch's original
+/// waiters record by record.
+pub(crate) struct Rerouted {
+    state: Mutex<ReroutedState>,
+    /// How many times these records were re-routed (bounds a loop of reshards).
+    pub(crate) depth: u32,
+}
+
+struct ReroutedState {
+    original: Option<Waiters>,
+    outcomes: Vec<Option<Result<RecordMetadata>>>,
+    remaining: usize,
+}
+
+impl Rerouted {
+    /// A collector for `records` records whose batch had `original` waiters.
+    pub(crate) fn new(original: Waiters, records: usize) -> Arc<Rerouted> {
+        let depth = original
+            .forwards
+            .iter()
+            .map(|f| f.0.depth)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        Arc::new(Rerouted {
+            state: Mutex::new(ReroutedState {
+                original: Some(original),
+                outcomes: vec![None; records],
+                remaining: records,
+            }),
+            depth,
+        })
+    }
+
+    /// Record `index` settled.
+    pub(crate) fn settle(&self, index: u32, outcome: Result<RecordMetadata>) {
+        let done = {
+            let mut st = self.state.lock().expect("rerouted");
+            let Some(slot) = st.outcomes.get_mut(index as usize) else {
+                return;
+            };
+            if slot.is_some() {
+                return;
+            }
+            *slot = Some(outcome);
+            st.remaining -= 1;
+            if st.remaining > 0 {
+                return;
+            }
+            let outcomes: Vec<Result<RecordMetadata>> = std::mem::take(&mut st.outcomes)
+                .into_iter()
+                .map(|o| o.unwrap_or(Err(ClientError::Closed)))
+                .collect();
+            st.original.take().map(|w| (w, outcomes))
+        };
+        if let Some((waiters, outcomes)) = done {
+            waiters.settle_each(outcomes);
+        }
+    }
+}
+
+impl Drop for Rerouted {
+    fn drop(&mut self) {
+        // Records never placed again (their new batches dropped) fail as closed.
+        let st = self.state.get_mut().expect("rerouted");
+        if let Some(w) = st.original.take() {
+            w.fail(&ClientError::Closed);
+        }
+    }
 }
 
 impl Waiters {
@@ -287,9 +372,51 @@ impl Waiters {
         self.runs.push((shared.clone(), index, 1));
     }
 
+    /// Adds record `index` of the batch: record `from` of a re-routed batch.
+    pub(crate) fn push_forward(&mut self, rerouted: &Arc<Rerouted>, index: u32, from: u32) {
+        if let Some((r, start, first, n)) = self.forwards.last_mut() {
+            if Arc::ptr_eq(r, rerouted) && *start + *n == index && *first + *n == from {
+                *n += 1;
+                return;
+            }
+        }
+        self.forwards.push((rerouted.clone(), index, from, 1));
+    }
+
+    /// How many times the batch's re-routed records were re-routed already.
+    pub(crate) fn reroute_depth(&self) -> u32 {
+        self.forwards.iter().map(|f| f.0.depth).max().unwrap_or(0)
+    }
+
     /// Whether no record waits.
     pub(crate) fn is_empty(&self) -> bool {
-        self.slot.is_none() && self.runs.is_empty()
+        self.slot.is_none() && self.runs.is_empty() && self.forwards.is_empty()
+    }
+
+    /// Settles the batch record by record (index = record in the batch).
+    fn settle_each(mut self, outcomes: Vec<Result<RecordMetadata>>) {
+        let at = |i: u32| {
+            outcomes
+                .get(i as usize)
+                .cloned()
+                .unwrap_or(Err(ClientError::Closed))
+        };
+        for (shared, start, n) in std::mem::take(&mut self.runs) {
+            for i in start..start + n {
+                match at(i) {
+                    Ok(m) => shared.stored(m.shard, m.offset, 1),
+                    Err(e) => shared.failed(1, &e),
+                }
+            }
+        }
+        for (r, start, first, n) in std::mem::take(&mut self.forwards) {
+            for j in 0..n {
+                r.settle(first + j, at(start + j));
+            }
+        }
+        if let Some(slot) = self.slot.take() {
+            slot.settle(SlotState::PerRecord(Arc::new(outcomes)));
+        }
     }
 
     /// The batch was stored from `base_offset` (`u64::MAX`: offsets unknown, acks=none).
@@ -300,6 +427,15 @@ impl Waiters {
                 base => base + u64::from(start),
             };
             shared.stored(shard, offset, n);
+        }
+        for (r, start, first, n) in std::mem::take(&mut self.forwards) {
+            for j in 0..n {
+                let offset = match base_offset {
+                    u64::MAX => u64::MAX,
+                    base => base + u64::from(start + j),
+                };
+                r.settle(first + j, Ok(RecordMetadata { shard, offset }));
+            }
         }
         if let Some(slot) = self.slot.take() {
             slot.settle(SlotState::Stored { shard, base_offset });
@@ -315,6 +451,11 @@ impl Waiters {
         for (shared, _, n) in std::mem::take(&mut self.runs) {
             shared.failed(u64::from(n), e);
         }
+        for (r, _, first, n) in std::mem::take(&mut self.forwards) {
+            for j in 0..n {
+                r.settle(first + j, Err(e.clone()));
+            }
+        }
         if let Some(slot) = self.slot.take() {
             slot.settle(SlotState::Failed(e.clone()));
         }
@@ -326,5 +467,102 @@ impl Drop for Waiters {
         if !self.is_empty() {
             self.fail_all(&ClientError::Closed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now<T>(f: impl Future<Output = T>) -> T {
+        futures_util::FutureExt::now_or_never(f).expect("settled")
+    }
+
+    /// A batch of two `send` records and a run of two `send_batch` records is taken
+    /// back and its records placed again in two new batches (one stored, one failed):
+    /// each original future gets its own record's outcome, and a record re-routed a
+    /// second time settles through both collectors.
+    #[test]
+    fn rerouted_records_settle_their_original_futures_one_by_one() {
+        let mut original = Waiters::default();
+        let slot = original.push_record();
+        let (f0, f1) = (
+            DeliveryFuture::pending(slot.clone(), 0),
+            DeliveryFuture::pending(slot, 1),
+        );
+        let (shared, call) = BatchShared::new(2);
+        original.push_run(&shared, 2);
+        original.push_run(&shared, 3);
+        let first = Rerouted::new(original, 4);
+        assert_eq!(first.depth, 1);
+        // New batch A on shard 3 holds records 0 and 2 at indexes 5 and 6.
+        let mut a = Waiters::default();
+        a.push_forward(&first, 5, 0);
+        a.push_forward(&first, 6, 2);
+        // New batch B holds records 1 and 3, and is taken back again.
+        let mut b = Waiters::default();
+        b.push_forward(&first, 0, 1);
+        b.push_forward(&first, 1, 3);
+        assert_eq!(b.reroute_depth(), 1);
+        let second = Rerouted::new(b, 2);
+        assert_eq!(second.depth, 2);
+        let mut c = Waiters::default();
+        c.push_forward(&second, 0, 0);
+        c.push_forward(&second, 1, 1);
+        a.resolve(3, 100);
+        c.resolve(1, 7);
+        assert_eq!(
+            now(f0).unwrap(),
+            RecordMetadata {
+                shard: 3,
+                offset: 105
+            }
+        );
+        assert_eq!(
+            now(f1).unwrap(),
+            RecordMetadata {
+                shard: 1,
+                offset: 7
+            }
+        );
+        let m = now(call).unwrap();
+        assert_eq!(m.record_count(), 2);
+        assert_eq!(
+            m.ranges,
+            [
+                DeliveredRange {
+                    shard: 1,
+                    base_offset: 8,
+                    count: 1
+                },
+                DeliveredRange {
+                    shard: 3,
+                    base_offset: 106,
+                    count: 1
+                },
+            ]
+        );
+    }
+
+    /// A re-routed record that fails, or whose new batch is dropped, fails its
+    /// original future (never left waiting).
+    #[test]
+    fn a_rerouted_record_that_fails_or_is_dropped_fails_its_future() {
+        let mut original = Waiters::default();
+        let slot = original.push_record();
+        let (f0, f1) = (
+            DeliveryFuture::pending(slot.clone(), 0),
+            DeliveryFuture::pending(slot, 1),
+        );
+        let r = Rerouted::new(original, 2);
+        let mut a = Waiters::default();
+        a.push_forward(&r, 0, 0);
+        let mut b = Waiters::default();
+        b.push_forward(&r, 0, 1);
+        drop(r);
+        a.fail(&ClientError::Invalid("refused".into()));
+        drop(b);
+        assert!(matches!(now(f0), Err(ClientError::Invalid(_))));
+        assert!(matches!(now(f1), Err(ClientError::Closed)));
     }
 }

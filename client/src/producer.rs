@@ -325,10 +325,19 @@ impl Producer {
         let mut record = record;
         let mut admitted = None;
         // Bounded: a topic is learnt once, and a class waited for at most twice (the
-        // class map may move once between the wait and the placement).
-        for _ in 0..4 {
+        // class map may move once between the wait and the placement). Waits for a
+        // relayout after a reshard do not count: each ends.
+        let mut tries = 0;
+        while tries < 4 {
+            tries += 1;
             match self.core.try_send(record, admitted) {
                 Ok(fut) => return Ok(fut),
+                Err(Blocked::Relayout(r)) => {
+                    self.core.wait_relaid(&r.topic).await;
+                    record = *r;
+                    admitted = None;
+                    tries -= 1;
+                }
                 Err(Blocked::Topic(r)) => {
                     if let Err(e) = self.core.learn_topic(&r.topic).await {
                         return Ok(DeliveryFuture::failed(e));
@@ -395,7 +404,13 @@ impl Producer {
                 return Err(e);
             }
         }
-        self.core.add_batch(batch, shared, classes);
+        let mut call = (batch, shared, classes);
+        while let Err(back) = self.core.add_batch(call.0, call.1, call.2) {
+            // The topic is being laid out again after a reshard: the call keeps its
+            // places and goes in once that is done.
+            self.core.wait_relaid(&back.0.topic).await;
+            call = back;
+        }
         Ok(fut)
     }
 
@@ -415,10 +430,19 @@ impl Producer {
     /// Sends every lingering batch and waits until every record sent before this call
     /// is acknowledged or failed.
     pub async fn flush(&self) -> Result<()> {
-        for ack in self.core.flush_all() {
-            ack.await.map_err(|_| ClientError::Closed)?;
+        // A relayout after a reshard takes batches back from their lanes (a lane's
+        // flush then returns early) and places their records in other lanes: a flush
+        // that saw one start goes again once it is done.
+        loop {
+            let (before, _) = self.core.relayout_state();
+            for ack in self.core.flush_all() {
+                ack.await.map_err(|_| ClientError::Closed)?;
+            }
+            match self.core.relayout_state() {
+                (after, false) if after == before => return Ok(()),
+                _ => self.core.wait_all_relaid().await,
+            }
         }
-        Ok(())
     }
 
     /// Takes places for `n` records of `class`, waiting or failing as the back-pressure

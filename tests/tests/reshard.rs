@@ -565,3 +565,81 @@ async fn the_broker_splits_a_hot_topic_and_merges_it_when_cold() {
     assert!(second.reason.starts_with("auto merge"), "{}", second.reason);
     eprintln!("split: {}\nmerge: {}", first.reason, second.reason);
 }
+
+/// Pipelined sends: one task sends every key's records back to back without waiting
+/// for any acknowledgement, while the topic grows 2 → 4 and shrinks 4 → 3. The
+/// producer takes back the batches the reshards caught (refused LAYOUT_CHANGED, or
+/// still queued under the old count) and places their records again by the new count
+/// before any later record, so every send succeeds (none comes back LAYOUT_CHANGED
+/// for the caller to resend) and a fresh reader sees each key's records exactly once
+/// and in the order they were sent. Before, the refused records failed and pipelined
+/// records of the same key could overtake them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_sends_of_a_key_keep_their_order_across_reshards() {
+    const TOTAL: u64 = 30_000;
+    const PIPE_KEYS: usize = 16;
+    let broker = BrokerProcess::start();
+    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
+    let admin = Admin::new(client.clone());
+    admin
+        .create_topic(TOPIC, 2, Default::default())
+        .await
+        .expect("create topic");
+    let producer = Producer::builder(&client).build().await.expect("producer");
+    let sent = Arc::new(AtomicU64::new(0));
+    let resharder = {
+        let (admin, sent) = (admin.clone(), sent.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            for (at, to) in [(TOTAL / 4, 4), (TOTAL / 2, 3)] {
+                while sent.load(Ordering::Acquire) < at {
+                    assert!(started.elapsed() < Duration::from_secs(60), "sends stalled");
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                admin.reshard_topic(TOPIC, to).await.expect("reshard");
+            }
+        })
+    };
+    let mut futures = Vec::with_capacity(TOTAL as usize);
+    for i in 0..TOTAL {
+        let k = i as usize % PIPE_KEYS;
+        let seq = i / PIPE_KEYS as u64;
+        let rec = ProducerRecord::new(TOPIC, format!("k{k}:{seq}:1")).key(format!("key-{k}"));
+        futures.push(producer.send(rec).await.expect("queued"));
+        sent.store(i + 1, Ordering::Release);
+        if i % 200 == 0 {
+            // Let the reshards land while sends are in flight.
+            tokio::task::yield_now().await;
+        }
+    }
+    tokio::time::timeout(Duration::from_secs(60), resharder)
+        .await
+        .expect("reshards in time")
+        .expect("resharder");
+    let mut failed = Vec::new();
+    for (i, f) in futures.into_iter().enumerate() {
+        match tokio::time::timeout(Duration::from_secs(60), f)
+            .await
+            .expect("every send settles")
+        {
+            Ok(_) => {}
+            Err(e) => failed.push(format!("record {i}: {e}")),
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} sends failed, first: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    let meta = admin.describe_topic(TOPIC).await.expect("describe");
+    assert_eq!((meta.active_shards, meta.reshards.len()), (3, 2));
+    let stored = read_to_end(&client, TOPIC, Duration::from_secs(60)).await;
+    assert_eq!(stored.len() as u64, TOTAL, "every record stored once");
+    let mut seen = std::collections::HashSet::new();
+    for m in &stored {
+        assert!(seen.insert(m.value.clone()), "stored twice: {:?}", m.value);
+    }
+    let (breaks, shown) = order_breaks(&stored);
+    assert_eq!(breaks, 0, "{shown:?}");
+}

@@ -234,8 +234,8 @@ fn check(state: &BrokerState, req: &ProduceRequest) -> Result<Checked, BrokerErr
             split_and_fill(&topic, req.records.to_bytes())?
         }
     };
-    let before = topic.reshards.last().map(|r| r.from_shards);
-    keys_on_shard(&batches, shard_no, topic.active, before)?;
+    let earlier = topic.reshards.iter().map(|r| r.from_shards);
+    keys_on_shard(&batches, shard_no, topic.active, earlier)?;
     // Fencing per producer id, on every shard at once (producer_ids.rs); the shard's
     // writer still checks sequences and its own lanes' epochs. Once per distinct stamp
     // (a request's batches almost always share one).
@@ -337,16 +337,19 @@ fn split_and_fill(
 /// derived — must be on the shard [`shard_for_key`] gives, so one key is never stored
 /// on two shards whoever produced it. Keyless records may go anywhere. Runs on the
 /// filled-in batches, so a derived key counts like a key sent. A key that belonged
-/// here under the shard count `before` the topic's last reshard is refused with
-/// LAYOUT_CHANGED instead (retriable: the client routed before it learned of the
-/// reshard).
-fn keys_on_shard(
+/// here under any `earlier` shard count (before each of the topic's reshards) is
+/// refused with LAYOUT_CHANGED instead (retriable: the client routed before it
+/// learned of a reshard, perhaps of several).
+fn keys_on_shard<E>(
     batches: &[Bytes],
     shard: u32,
     shards: u32,
-    before: Option<u32>,
-) -> Result<(), BrokerError> {
-    if shards <= 1 && before.is_none() {
+    earlier: E,
+) -> Result<(), BrokerError>
+where
+    E: IntoIterator<Item = u32> + Clone,
+{
+    if shards <= 1 && earlier.clone().into_iter().next().is_none() {
         return Ok(());
     }
     for (b, bytes) in batches.iter().enumerate() {
@@ -357,7 +360,11 @@ fn keys_on_shard(
             let right = shard_for_key(key, shards);
             if right != shard {
                 let shown = String::from_utf8_lossy(&key[..key.len().min(64)]);
-                if before.is_some_and(|n| shard_for_key(key, n) == shard) {
+                if earlier
+                    .clone()
+                    .into_iter()
+                    .any(|n| shard_for_key(key, n) == shard)
+                {
                     return Err(BrokerError::new(
                         ErrorCode::LayoutChanged,
                         format!(
@@ -536,8 +543,8 @@ mod tests {
         let right = shard_for_key(b"user-1", 7);
         let wrong = (right + 1) % 7;
         let ok = keyed(&[b"user-1", b"", b"user-1"]);
-        keys_on_shard(std::slice::from_ref(&ok), right, 7, None).unwrap();
-        let e = keys_on_shard(&[ok], wrong, 7, None).unwrap_err();
+        keys_on_shard(std::slice::from_ref(&ok), right, 7, []).unwrap();
+        let e = keys_on_shard(&[ok], wrong, 7, []).unwrap_err();
         assert_eq!(e.code, ErrorCode::WrongShard);
         assert!(
             e.message
@@ -545,8 +552,8 @@ mod tests {
             "{}",
             e.message
         );
-        keys_on_shard(&[keyed(&[b"", b""])], wrong, 7, None).unwrap();
-        keys_on_shard(&[keyed(&[b"user-1"])], 0, 1, None).unwrap();
+        keys_on_shard(&[keyed(&[b"", b""])], wrong, 7, []).unwrap();
+        keys_on_shard(&[keyed(&[b"user-1"])], 0, 1, []).unwrap();
         // The second batch's second record is the one out of place.
         let other = (0u32..)
             .map(|i| format!("k{i}"))
@@ -556,7 +563,7 @@ mod tests {
             &[keyed(&[b"user-1"]), keyed(&[b"user-1", other.as_bytes()])],
             right,
             7,
-            None,
+            [],
         )
         .unwrap_err();
         assert!(
@@ -577,16 +584,38 @@ mod tests {
             .find(|k| shard_for_key(k.as_bytes(), 3) == 2)
             .unwrap();
         let old = shard_for_key(moved.as_bytes(), 2);
-        let e = keys_on_shard(&[keyed(&[moved.as_bytes()])], old, 3, Some(2)).unwrap_err();
+        let e = keys_on_shard(&[keyed(&[moved.as_bytes()])], old, 3, [2]).unwrap_err();
         assert_eq!(e.code, ErrorCode::LayoutChanged, "{}", e.message);
         let never = 1 - old;
-        let e = keys_on_shard(&[keyed(&[moved.as_bytes()])], never, 3, Some(2)).unwrap_err();
+        let e = keys_on_shard(&[keyed(&[moved.as_bytes()])], never, 3, [2]).unwrap_err();
         assert_eq!(e.code, ErrorCode::WrongShard, "{}", e.message);
-        keys_on_shard(&[keyed(&[moved.as_bytes()])], 2, 3, Some(2)).unwrap();
+        keys_on_shard(&[keyed(&[moved.as_bytes()])], 2, 3, [2]).unwrap();
         // Shrinking to one shard: every key belongs on shard 0, but a key may still
         // arrive at its old shard.
-        let e = keys_on_shard(&[keyed(&[moved.as_bytes()])], 2, 1, Some(3)).unwrap_err();
+        let e = keys_on_shard(&[keyed(&[moved.as_bytes()])], 2, 1, [3]).unwrap_err();
         assert_eq!(e.code, ErrorCode::LayoutChanged, "{}", e.message);
+        // Two reshards (2 → 4 → 3) behind: a key on its shard under 2 shards, which
+        // neither 4 nor 3 shards put there, is still a layout change, not WRONG_SHARD.
+        let (key, two) = (0u32..)
+            .map(|i| format!("k{i}"))
+            .find_map(|k| {
+                let (s2, s4, s3) = (
+                    shard_for_key(k.as_bytes(), 2),
+                    shard_for_key(k.as_bytes(), 4),
+                    shard_for_key(k.as_bytes(), 3),
+                );
+                (s2 != s4 && s2 != s3).then_some((k, s2))
+            })
+            .unwrap();
+        let e = keys_on_shard(&[keyed(&[key.as_bytes()])], two, 3, [2, 4]).unwrap_err();
+        assert_eq!(e.code, ErrorCode::LayoutChanged, "{}", e.message);
+        let e = keys_on_shard(&[keyed(&[key.as_bytes()])], two, 3, [4]).unwrap_err();
+        assert_eq!(
+            e.code,
+            ErrorCode::WrongShard,
+            "only the last reshard known: {}",
+            e.message
+        );
     }
 
     /// Bytes after the last batch too short to hold a batch header are a truncated

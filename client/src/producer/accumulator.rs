@@ -32,11 +32,11 @@ use weir_protocol::keys::KeyRule;
 use weir_protocol::ErrorCode;
 use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
-use super::sender::{SenderMsg, ShardSender};
+use super::sender::{HandedBack, SenderMsg, ShardSender};
 use super::window::Window;
 use super::{max_record_bytes, ProducerConfig};
 use crate::client::Client;
-use crate::delivery::{BatchShared, DeliveryFuture, Waiters};
+use crate::delivery::{BatchShared, DeliveryFuture, Rerouted, Waiters};
 use crate::error::{ClientError, Result};
 use crate::partitioner::shard_for_key;
 use crate::record::{Partitioning, ProducerBatch, ProducerRecord};
@@ -46,6 +46,14 @@ use crate::record::{Partitioning, ProducerBatch, ProducerRecord};
 /// `linger = 0` sends when idle, should not each allocate a megabyte, and full ones
 /// should not be copied while they grow.
 const BATCH_START_BYTES: usize = 4 * 1024;
+
+/// Longest a relayout waits for Metadata to show a reshard the broker already
+/// answered LAYOUT_CHANGED for.
+const NEW_LAYOUT_WAIT: Duration = Duration::from_secs(5);
+
+/// How many times a record may be placed again after reshards before it fails with
+/// LAYOUT_CHANGED (bounds a loop of reshards or of a broker refusing a layout).
+const MAX_REROUTES: u32 = 3;
 
 /// A lane: index of its topic in the accumulator, and `shard × CLASS_COUNT + class`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +73,8 @@ impl LaneId {
 #[derive(Debug, Clone)]
 struct TopicInfo {
     shards: u32,
+    /// The topic's layout epoch (reshards so far) when `shards` was learnt.
+    layout_epoch: u32,
     default_priority: u8,
     key_rule: KeyRule,
     /// Largest batch to build for this topic: `max_batch_bytes`, or less when the
@@ -80,6 +90,8 @@ struct TopicState {
     /// Each shard's load as the broker last reported it (empty: not read, or load-aware
     /// routing off); see [`crate::routing`].
     loads: Vec<Option<crate::routing::ShardLoad>>,
+    /// A reshard is being followed ([`Core::relayout`]): records of the topic wait.
+    relayout: bool,
 }
 
 struct Lane {
@@ -120,6 +132,8 @@ enum NewWaiter<'a> {
     /// A `send` record: gets the future of its place in the batch.
     Record,
     Run(&'a Arc<BatchShared>),
+    /// Record `.1` of a batch taken back after a reshard, placed again.
+    Forward(&'a Arc<Rerouted>, u32),
 }
 
 /// The lanes and what places records in them; guarded by [`Core::state`].
@@ -145,6 +159,9 @@ pub(super) enum Blocked {
     Topic(Box<ProducerRecord>),
     /// The record's class has no room: wait for a permit of `class`, then try again.
     Room(Box<ProducerRecord>, usize),
+    /// The topic is being laid out again after a reshard: wait for
+    /// [`Core::relaid`], then try again.
+    Relayout(Box<ProducerRecord>),
 }
 
 /// The shared half of a producer: its lanes, record pools and settings.
@@ -163,6 +180,10 @@ pub(super) struct Core {
     max_record_bytes: usize,
     /// This core, for the senders' room reports (they must not keep it alive).
     me: Weak<Core>,
+    /// Wakes records waiting for a topic's relayout to finish.
+    relaid: Notify,
+    /// Relayouts started so far (a flush that saw one start goes again).
+    relayouts: std::sync::atomic::AtomicU64,
 }
 
 impl Core {
@@ -193,6 +214,8 @@ impl Core {
             config,
             identity,
             me: me.clone(),
+            relaid: Notify::new(),
+            relayouts: Default::default(),
         });
         if !linger.is_zero() {
             tokio::spawn(linger_timer(Arc::downgrade(&core), timer));
@@ -221,6 +244,12 @@ impl Core {
             }
             return Err(Blocked::Topic(Box::new(rec)));
         };
+        if st.topics[t as usize].relayout {
+            if let Some(c) = admitted {
+                self.give_back(&mut st, c, 1);
+            }
+            return Err(Blocked::Relayout(Box::new(rec)));
+        }
         let info = &st.topics[t as usize].info;
         let shards = info.shards;
         key_from_rule(info, &mut rec.key, &rec.headers, &rec.value);
@@ -332,6 +361,7 @@ impl Core {
         let topic_max = t.config.max_message_bytes as usize;
         let info = TopicInfo {
             shards: active_shards(&t),
+            layout_epoch: layout_epoch(&t),
             default_priority: t.config.default_priority,
             key_rule: KeyRule::parse(&t.config.shard_key_rule).unwrap_or(KeyRule::None),
             batch_bytes_max: match topic_max {
@@ -352,6 +382,7 @@ impl Core {
             info,
             lanes,
             loads: Vec::new(),
+            relayout: false,
         });
         st.by_name.insert(topic.clone(), index);
         Ok(())
@@ -360,10 +391,27 @@ impl Core {
     /// Learns a known topic's shard count again (a lane was told LAYOUT_CHANGED: the
     /// topic was resharded): records sent from now on are placed by the new count.
     /// Lanes of shards a reshard sealed stay (their batches in flight settle there).
+    ///
+    /// A LAYOUT_CHANGED answer may come as soon as the broker's writers are cut, a
+    /// moment before Metadata shows the new count (the cut is made durable first):
+    /// while Metadata still shows the epoch known before, it is asked again, for at
+    /// most [`NEW_LAYOUT_WAIT`]; after that the count it shows is taken.
     pub(super) async fn relearn_topic(&self, topic: &Arc<str>) -> Result<()> {
-        let m = self.client.metadata(&[topic]).await?;
-        let Some(t) = m.topics.into_iter().next() else {
-            return Ok(());
+        let known = {
+            let mut st = self.lock();
+            st.topic_index(topic)
+                .map(|i| st.topics[i as usize].info.layout_epoch)
+        };
+        let deadline = Instant::now() + NEW_LAYOUT_WAIT;
+        let t = loop {
+            let m = self.client.metadata(&[topic]).await?;
+            let Some(t) = m.topics.into_iter().next() else {
+                return Ok(());
+            };
+            if known.is_none_or(|k| layout_epoch(&t) > k) || Instant::now() >= deadline {
+                break t;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         };
         let active = active_shards(&t);
         let physical = t.shards.len().max(active as usize);
@@ -376,11 +424,213 @@ impl Core {
             tracing::info!(topic = %topic, from = topic_state.info.shards, to = active, "topic resharded: routing by the new shard count");
         }
         topic_state.info.shards = active;
+        topic_state.info.layout_epoch = layout_epoch(&t);
         while topic_state.lanes.len() < physical * CLASS_COUNT {
             topic_state.lanes.push(Lane::new(&self.config));
         }
         topic_state.loads.clear();
         Ok(())
+    }
+
+    /// Follows a reshard of `topic` (a lane was told LAYOUT_CHANGED) so that every
+    /// key's records keep their order: new records of the topic wait; every lane of
+    /// the topic gives back its batches not yet stored (in flight ones once they
+    /// settle) and the open ones are taken; the topic's new shard count is learnt;
+    /// then the records of those batches are placed again, lane by lane in their
+    /// order, by the new count (a key's records all came from its one old lane, so
+    /// they keep their order), each settling its original future when stored; and only
+    /// then may new records come. A second call while one runs does nothing. Records
+    /// re-routed [`MAX_REROUTES`] times fail with LAYOUT_CHANGED (a loop of reshards).
+    pub(super) async fn relayout(&self, topic: &Arc<str>) {
+        // 1. Stop the topic and ask every lane for its batches.
+        let (lanes, replies) = {
+            let mut st = self.lock();
+            let Some(t) = st.topic_index(topic) else {
+                return;
+            };
+            if st.topics[t as usize].relayout {
+                return;
+            }
+            st.topics[t as usize].relayout = true;
+            self.relayouts.fetch_add(1, Ordering::AcqRel);
+            let count = st.topics[t as usize].lanes.len();
+            let mut lanes = Vec::with_capacity(count);
+            let mut replies = Vec::with_capacity(count);
+            for lane in 0..count as u32 {
+                let id = LaneId { topic: t, lane };
+                if let Some(i) = st.open_lanes.iter().position(|l| *l == id) {
+                    st.open_lanes.swap_remove(i);
+                }
+                let open = st.lane_mut(id).open.take();
+                let reply = st.lane(id).sender.as_ref().and_then(|s| {
+                    let (tx, rx) = oneshot::channel();
+                    s.send(SenderMsg::HandBack(tx)).ok().map(|_| rx)
+                });
+                lanes.push((id, open));
+                replies.push(reply);
+            }
+            (lanes, replies)
+        };
+        let mut back = Vec::with_capacity(lanes.len());
+        for ((id, open), reply) in lanes.into_iter().zip(replies) {
+            let mut batches = match reply {
+                Some(rx) => rx.await.unwrap_or_default(),
+                None => Vec::new(),
+            };
+            if let Some(open) = open {
+                // Not sent yet: its records took places (given back when a batch is
+                // first sent); they are taken again below.
+                let records = open.builder.record_count() as usize;
+                self.give_back(&mut self.lock(), id.class(), records);
+                match open.builder.finish() {
+                    Ok(bytes) => batches.push(HandedBack {
+                        bytes,
+                        waiters: open.waiters,
+                    }),
+                    Err(e) => open.waiters.fail(&ClientError::Invalid(e.to_string())),
+                }
+            }
+            back.push((id, batches));
+        }
+        // 2. The new shard count (a few tries: without it nothing can be placed).
+        let mut learnt = self.relearn_topic(topic).await;
+        for _ in 0..3 {
+            if learnt.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            learnt = self.relearn_topic(topic).await;
+        }
+        // 3. Place the records again, then let new records come.
+        let mut st = self.lock();
+        let Some(t) = st.topic_index(topic) else {
+            return;
+        };
+        let mut touched = Vec::new();
+        for (old, batches) in back {
+            for b in batches {
+                let failure = match (&learnt, b.waiters.reroute_depth()) {
+                    (Err(e), _) => Some(e.clone()),
+                    (Ok(()), depth) if depth >= MAX_REROUTES => Some(ClientError::Broker {
+                        code: ErrorCode::LayoutChanged,
+                        message: format!(
+                            "records placed again {depth} times after reshards; not sent again"
+                        ),
+                        retry_after_ms: 0,
+                    }),
+                    _ => None,
+                };
+                if let Some(e) = failure {
+                    b.waiters.fail(&e);
+                    continue;
+                }
+                self.place_again(&mut st, t, old, b, &mut touched);
+            }
+        }
+        st.topics[t as usize].relayout = false;
+        if self.config.linger.is_zero() {
+            for id in touched {
+                if st.lane(id).open.is_some() && st.has_room(id) {
+                    self.dispatch(&mut st, id);
+                }
+            }
+        }
+        drop(st);
+        self.relaid.notify_waiters();
+    }
+
+    /// Places the records of a batch taken back from lane `old` by the topic's current
+    /// shard count: a keyed record by its key, a keyless one on its old shard while
+    /// that is active (else where keyless records go), each in its old class. They
+    /// take places in their class's pool again, beyond the pool's size if need be
+    /// (they were accepted once).
+    fn place_again(
+        &self,
+        st: &mut State,
+        t: u32,
+        old: LaneId,
+        b: HandedBack,
+        touched: &mut Vec<LaneId>,
+    ) {
+        let mut records = Vec::new();
+        if let Err(e) = batch::decode_records(&b.bytes, |r| records.push(r)) {
+            b.waiters.fail(&ClientError::Invalid(format!(
+                "a batch taken back after a reshard does not decode: {e}"
+            )));
+            return;
+        }
+        let rerouted = Rerouted::new(b.waiters, records.len());
+        let shards = st.topics[t as usize].info.shards;
+        let old_shard = old.lane / CLASS_COUNT as u32;
+        let class = old.class();
+        for (i, r) in records.iter().enumerate() {
+            let shard = if !r.key.is_empty() {
+                shard_for_key(&r.key, shards)
+            } else if old_shard < shards {
+                old_shard
+            } else {
+                st.keyless_shard(t, r.priority, r.complexity)
+            };
+            let id = LaneId {
+                topic: t,
+                lane: shard * CLASS_COUNT as u32 + class as u32,
+            };
+            let headers: Vec<(&str, &[u8])> = r
+                .headers
+                .iter()
+                .map(|h| (h.name.as_str(), &h.value[..]))
+                .collect();
+            let new = NewRecord {
+                priority: r.priority,
+                complexity: r.complexity,
+                timestamp_ms: r.timestamp_ms,
+                key: &r.key,
+                value: &r.value,
+                headers: &headers,
+            };
+            st.queued[class] += 1;
+            if let Err(e) = self.append(st, id, &new, NewWaiter::Forward(&rerouted, i as u32), 0) {
+                self.give_back(st, class, 1);
+                rerouted.settle(i as u32, Err(e));
+            }
+            if !touched.contains(&id) {
+                touched.push(id);
+            }
+        }
+    }
+
+    /// Waits until `topic` is not being laid out again.
+    pub(super) async fn wait_relaid(&self, topic: &str) {
+        self.wait_until(|st| {
+            !st.by_name
+                .get(topic)
+                .is_some_and(|&t| st.topics[t as usize].relayout)
+        })
+        .await
+    }
+
+    /// Waits until no topic is being laid out again.
+    pub(super) async fn wait_all_relaid(&self) {
+        self.wait_until(|st| st.topics.iter().all(|t| !t.relayout))
+            .await
+    }
+
+    async fn wait_until(&self, done: impl Fn(&State) -> bool) {
+        loop {
+            let relaid = self.relaid.notified();
+            tokio::pin!(relaid);
+            relaid.as_mut().enable();
+            if done(&self.lock()) {
+                return;
+            }
+            relaid.await;
+        }
+    }
+
+    /// Relayouts started so far, and whether one runs now.
+    pub(super) fn relayout_state(&self) -> (u64, bool) {
+        let busy = self.lock().topics.iter().any(|t| t.relayout);
+        (self.relayouts.load(Ordering::Acquire), busy)
     }
 
     /// Records of `b` per class (to admit them), or `None` when its topic is unknown.
@@ -399,10 +649,23 @@ impl Core {
         Some((counts, st.classes))
     }
 
-    /// Places every record of `b`, whose permits (counted by `classes`) are held.
-    pub(super) fn add_batch(&self, b: ProducerBatch, shared: Arc<BatchShared>, classes: ClassMap) {
+    /// Places every record of `b`, whose permits (counted by `classes`) are held; or,
+    /// while its topic is laid out again after a reshard, gives the call back (wait for
+    /// [`Core::relaid`] and call again).
+    pub(super) fn add_batch(
+        &self,
+        b: ProducerBatch,
+        shared: Arc<BatchShared>,
+        classes: ClassMap,
+    ) -> std::result::Result<(), (ProducerBatch, Arc<BatchShared>, ClassMap)> {
         let n = b.records.len();
         let mut st = self.lock();
+        if st
+            .topic_index(&b.topic)
+            .is_some_and(|t| st.topics[t as usize].relayout)
+        {
+            return Err((b, shared, classes));
+        }
         let give_back =
             |st: &mut State, records: &[crate::record::BatchRecord], info: &TopicInfo| {
                 for r in records {
@@ -413,7 +676,7 @@ impl Core {
         let Some(t) = st.topic_index(&b.topic) else {
             // Learnt before admission; topics are never forgotten.
             shared.failed(n as u64, &ClientError::Closed);
-            return;
+            return Ok(());
         };
         let info = st.topics[t as usize].info.clone();
         let shards = info.shards;
@@ -423,7 +686,7 @@ impl Core {
                 give_back(&mut st, &b.records, &info);
                 let e = ClientError::Invalid(format!("shard {s} out of range: topic has {shards}"));
                 shared.failed(n as u64, &e);
-                return;
+                return Ok(());
             }
             Partitioning::Key(k) if !k.is_empty() => (Some(shard_for_key(&k, shards)), Some(k)),
             Partitioning::Key(_) | Partitioning::PerRecord => (None, None),
@@ -482,6 +745,7 @@ impl Core {
                 }
             }
         }
+        Ok(())
     }
 
     /// Adds one encoded record to its lane's open batch (sealing the open one first if
@@ -540,6 +804,10 @@ impl Core {
             NewWaiter::Record => Some(DeliveryFuture::pending(open.waiters.push_record(), index)),
             NewWaiter::Run(shared) => {
                 open.waiters.push_run(shared, index);
+                None
+            }
+            NewWaiter::Forward(rerouted, from) => {
+                open.waiters.push_forward(rerouted, index, from);
                 None
             }
         };
@@ -601,9 +869,7 @@ impl Core {
                             let (me, topic) = (me.clone(), topic.clone());
                             runtime.spawn(async move {
                                 if let Some(core) = me.upgrade() {
-                                    if let Err(e) = core.relearn_topic(&topic).await {
-                                        tracing::warn!(topic = %topic, error = %e, "could not learn the topic's new shard count");
-                                    }
+                                    core.relayout(&topic).await;
                                 }
                             });
                         })
@@ -787,6 +1053,11 @@ impl State {
             lane: shard * CLASS_COUNT as u32 + class as u32,
         }
     }
+}
+
+/// A topic's layout epoch: its reshards so far.
+fn layout_epoch(t: &weir_protocol::messages::TopicMetadata) -> u32 {
+    t.reshards.last().map_or(0, |r| r.epoch)
 }
 
 /// The shards a topic's keys are hashed over (all of them from a broker that predates

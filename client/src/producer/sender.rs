@@ -32,6 +32,17 @@ use crate::flow::{self, Pushback};
 pub(super) enum SenderMsg {
     Batch(BatchBuilder, Waiters),
     Flush(oneshot::Sender<()>),
+    /// The topic was resharded: give back every batch not yet stored, in order, so
+    /// the accumulator places their records again under the new layout (PROTOCOL.md,
+    /// "Resharding"; `Core::relayout`).
+    HandBack(oneshot::Sender<Vec<HandedBack>>),
+}
+
+/// A batch a lane gave back, certainly not stored: its bytes (records to place
+/// again) and who waits for them.
+pub(super) struct HandedBack {
+    pub(super) bytes: Bytes,
+    pub(super) waiters: Waiters,
 }
 
 struct Item {
@@ -60,11 +71,6 @@ struct Item {
     /// the failure was seen may predate the switchover that the retry, a backoff
     /// later, can already use.
     reroute: bool,
-    /// LAYOUT_CHANGED answers so far: the first may be a batch checked just before a
-    /// reshard (sent again, it is checked under the new shard count and stored); a
-    /// second means its keys moved to another shard or its shard is sealed, and it is
-    /// given up (not stored) so the caller can send it again, routed anew.
-    layout_refusals: u32,
 }
 
 pub(super) struct ShardSender {
@@ -79,7 +85,9 @@ pub(super) struct ShardSender {
     pub(super) window: Arc<Window>,
     /// Gives back places in the lane's class pool (records whose batch was sent).
     pub(super) release: Box<dyn Fn(u32) + Send + Sync>,
-    /// Has the accumulator learn the topic's shard count again (LAYOUT_CHANGED).
+    /// Tells the accumulator that the topic was resharded (LAYOUT_CHANGED): it takes
+    /// back every lane's unsettled batches ([`SenderMsg::HandBack`]) and places their
+    /// records again by the new shard count.
     pub(super) layout_changed: Box<dyn Fn() + Send + Sync>,
     /// Tells the accumulator that this lane has settled a batch (with the batch's
     /// buffer, for the lane's next one).
@@ -130,7 +138,6 @@ impl ShardSender {
             permits: count,
             sent_at: None,
             reroute: false,
-            layout_refusals: 0,
         })
     }
 
@@ -237,11 +244,15 @@ impl ShardSender {
         let mut received: u64 = 0;
         let mut closed = false;
         let mut backoff_until: Option<Instant> = None;
+        // A LAYOUT_CHANGED answer stops the lane until the accumulator takes its
+        // batches back (`SenderMsg::HandBack`): nothing more is sent under the old
+        // layout.
+        let mut paused = false;
         loop {
             if backoff_until.is_some_and(|t| Instant::now() >= t) {
                 backoff_until = None;
             }
-            while backoff_until.is_none() && sent.len() < self.window.get() {
+            while backoff_until.is_none() && !paused && sent.len() < self.window.get() {
                 let Some(mut item) = queue.pop_front() else {
                     break;
                 };
@@ -266,9 +277,15 @@ impl ShardSender {
                 return;
             }
             tokio::select! {
-                msg = rx.recv(), if !closed && queue.len() < max => match msg {
+                msg = rx.recv(), if !closed && (queue.len() < max || paused) => match msg {
                     None => closed = true,
                     Some(SenderMsg::Flush(f)) => flushes.push((received, f)),
+                    Some(SenderMsg::HandBack(reply)) => {
+                        let back = self.hand_back(&mut queue, &mut sent, &mut in_flight).await;
+                        let _ = reply.send(back);
+                        paused = false;
+                        backoff_until = None;
+                    }
                     Some(SenderMsg::Batch(b, waiters)) => {
                         let count = b.record_count();
                         match self.stamp(b, queue.is_empty() && sent.is_empty()).await {
@@ -300,16 +317,33 @@ impl ShardSender {
                                 self.window.set(w);
                             }
                         }
+                        Err(e) if e.code() == Some(ErrorCode::LayoutChanged) => {
+                            // The topic was resharded after this batch was routed. The
+                            // lane stops; what it holds unsettled (this batch, those
+                            // after it) waits for the accumulator, which takes back
+                            // every lane's batches of the topic and places their
+                            // records again by the new shard count, before any record
+                            // sent later (so a key's records keep their order).
+                            paused = true;
+                            let mut again = VecDeque::from([item]);
+                            while let Some(r) = in_flight.next().await {
+                                let mut later = sent.pop_front().expect("sent matches in_flight");
+                                match r {
+                                    Ok(r) => self.resolve(later, r),
+                                    Err(e) => {
+                                        later.maybe_stored |= !e.certainly_not_stored();
+                                        again.push_back(later);
+                                    }
+                                }
+                            }
+                            while let Some(it) = again.pop_back() {
+                                queue.push_front(it);
+                            }
+                            (self.layout_changed)();
+                        }
                         Err(e) => {
                             item.attempts += 1;
                             item.reroute = crate::cluster::is_routing_error(&e);
-                            let layout_changed = e.code() == Some(ErrorCode::LayoutChanged);
-                            if layout_changed {
-                                item.layout_refusals += 1;
-                                if item.layout_refusals == 1 {
-                                    (self.layout_changed)();
-                                }
-                            }
                             // Fenced by this producer itself: another of its lanes moved
                             // it to a new epoch (the broker fences per producer id, on
                             // every shard at once), so this lane follows it: like a
@@ -340,7 +374,7 @@ impl ShardSender {
                                     item.attempts -= 1;
                                     true
                                 }
-                                Pushback::No => (e.is_retriable() && item.layout_refusals < 2) || out_of_order,
+                                Pushback::No => e.is_retriable() || out_of_order,
                             };
                             // Everything sent after the failed batch settles first.
                             let mut again = VecDeque::new();
@@ -397,6 +431,64 @@ impl ShardSender {
                 }
             }
         }
+    }
+}
+
+impl ShardSender {
+    /// Gives back every batch not yet stored (after the topic was resharded), in
+    /// order: those in flight once they settle (a stored one is resolved here), then
+    /// the queued ones. Nothing given back was stored, so the lane's sequence numbers
+    /// go back to the first of them. A batch whose fate is unknown (an attempt timed
+    /// out) is failed rather than given back: placed again it could be stored twice.
+    async fn hand_back(
+        &mut self,
+        queue: &mut VecDeque<Item>,
+        sent: &mut VecDeque<Item>,
+        in_flight: &mut FuturesOrdered<InFlight>,
+    ) -> Vec<HandedBack> {
+        let mut unsettled = VecDeque::new();
+        while let Some(r) = in_flight.next().await {
+            let mut item = sent.pop_front().expect("sent matches in_flight");
+            match r {
+                Ok(r) => self.resolve(item, r),
+                Err(e) => {
+                    item.maybe_stored |= !e.certainly_not_stored();
+                    unsettled.push_back(item);
+                }
+            }
+        }
+        unsettled.extend(queue.drain(..));
+        let mut first: Option<batch::BatchHeader> = None;
+        let mut back = Vec::with_capacity(unsettled.len());
+        for mut item in unsettled {
+            if item.permits > 0 {
+                (self.release)(std::mem::take(&mut item.permits));
+            }
+            let waiters = std::mem::take(&mut item.waiters);
+            if item.maybe_stored {
+                let e = ClientError::Broker {
+                    code: ErrorCode::LayoutChanged,
+                    message: "the topic was resharded while this batch's fate was unknown (an attempt timed out); it is not sent again, so it may or may not be stored".into(),
+                    retry_after_ms: 0,
+                };
+                self.fail(waiters, &e);
+                continue;
+            }
+            if first.is_none() {
+                first = batch::BatchHeader::read(&item.bytes).ok();
+            }
+            self.settled(None);
+            back.push(HandedBack {
+                bytes: item.bytes,
+                waiters,
+            });
+        }
+        if let (Some(used), Some(h)) = (self.epoch_used, first) {
+            if used == (h.producer_id, h.producer_epoch) {
+                self.next_seq = h.base_sequence;
+            }
+        }
+        back
     }
 }
 
