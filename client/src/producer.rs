@@ -29,6 +29,8 @@ mod sender;
 mod window;
 
 use std::sync::Arc;
+
+use bytes::Bytes;
 use std::time::Duration;
 
 use tokio::sync::Mutex;
@@ -138,9 +140,38 @@ pub struct ProducerBuilder {
     config: ProducerConfig,
     /// Producer id and epoch to continue from (see [`ProducerBuilder::resume`]).
     resume: Option<(u64, u16)>,
+    types: Option<TypeCounter>,
+}
+
+/// Counts sent records per message type, named by a header, into a service's
+/// telemetry ([`ProducerBuilder::count_types`]).
+#[derive(Debug, Clone)]
+struct TypeCounter {
+    counter: crate::telemetry::TelemetryCounter,
+    header: Arc<str>,
+}
+
+impl TypeCounter {
+    fn count<'a>(&self, headers: impl IntoIterator<Item = &'a (String, Bytes)>) {
+        if let Some((_, v)) = headers.into_iter().find(|(n, _)| **n == *self.header) {
+            self.counter.count(&String::from_utf8_lossy(v), 1);
+        }
+    }
 }
 
 impl ProducerBuilder {
+    /// Records that name their message type in header `header` are counted per type
+    /// into `telemetry` as they are sent (PROTOCOL.md "Client telemetry"), so the
+    /// broker keeps and forecasts the service's demand per type without the service
+    /// counting itself. Records without the header are not counted.
+    pub fn count_types(mut self, telemetry: &crate::Telemetry, header: &str) -> Self {
+        self.types = Some(TypeCounter {
+            counter: telemetry.counter(),
+            header: header.into(),
+        });
+        self
+    }
+
     /// Linger time.
     pub fn linger(mut self, d: Duration) -> Self {
         self.config.linger = d;
@@ -258,6 +289,7 @@ impl ProducerBuilder {
             max_queued_records,
             max_record_bytes: max_record_bytes(&self.config),
             backpressure: self.config.backpressure,
+            types: self.types,
         })
     }
 }
@@ -283,6 +315,8 @@ pub struct Producer {
     max_queued_records: usize,
     max_record_bytes: usize,
     backpressure: Backpressure,
+    /// Per-type counting into telemetry ([`ProducerBuilder::count_types`]).
+    types: Option<TypeCounter>,
 }
 
 impl std::fmt::Debug for Producer {
@@ -301,6 +335,7 @@ impl Producer {
             client: client.clone(),
             config: ProducerConfig::default(),
             resume: None,
+            types: None,
         }
     }
 
@@ -322,6 +357,9 @@ impl Producer {
     /// first record of a topic waits for the topic's metadata); its future shares the
     /// batch's completion.
     pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture> {
+        if let Some(t) = &self.types {
+            t.count(&record.headers);
+        }
         let mut record = record;
         let mut admitted = None;
         // Bounded: a topic is learnt once, and a class waited for at most twice (the
@@ -374,6 +412,11 @@ impl Producer {
         let (shared, fut) = BatchShared::new(n as u64);
         if n == 0 {
             return Ok(fut);
+        }
+        if let Some(t) = &self.types {
+            for r in &batch.records {
+                t.count(&r.headers);
+            }
         }
         let (counts, classes) = match self.core.batch_classes(&batch) {
             Some(c) => c,

@@ -14,6 +14,10 @@
 //! t.shutdown().await; // publishes a last report
 //! # Ok(()) }
 //! ```
+//!
+//! A producer built with `ProducerBuilder::count_types(&telemetry, "type")` counts the
+//! records it sends that name their message type in header `type`, so a service whose
+//! records carry their type need not count at all.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -54,7 +58,40 @@ pub struct Telemetry {
     task: JoinHandle<()>,
 }
 
+/// A handle that counts into a [`Telemetry`] (cheap to clone; what
+/// `ProducerBuilder::count_types` holds).
+#[derive(Debug, Clone)]
+pub struct TelemetryCounter {
+    figures: Arc<Mutex<Figures>>,
+}
+
+impl TelemetryCounter {
+    /// Counts `records` of `message_type` sent (or handled) by the service.
+    pub fn count(&self, message_type: &str, records: u64) {
+        let mut f = self.figures.lock().expect("telemetry lock");
+        match f.types.get_mut(message_type) {
+            Some(t) => t.count += records,
+            None => {
+                f.types.insert(
+                    message_type.to_string(),
+                    TypeFigures {
+                        count: records,
+                        ..Default::default()
+                    },
+                );
+            }
+        }
+    }
+}
+
 impl Telemetry {
+    /// A counting handle for other parts of the service (and producers).
+    pub fn counter(&self) -> TelemetryCounter {
+        TelemetryCounter {
+            figures: self.figures.clone(),
+        }
+    }
+
     /// Starts publishing `service`'s reports every `interval` (at least 100 ms),
     /// creating the telemetry topic (1 shard, an hour's retention) if it does not
     /// exist yet.
@@ -98,19 +135,7 @@ impl Telemetry {
 
     /// Counts `records` of `message_type` sent (or handled) by the service.
     pub fn count(&self, message_type: &str, records: u64) {
-        let mut f = self.figures.lock().expect("telemetry lock");
-        match f.types.get_mut(message_type) {
-            Some(t) => t.count += records,
-            None => {
-                f.types.insert(
-                    message_type.to_string(),
-                    TypeFigures {
-                        count: records,
-                        ..Default::default()
-                    },
-                );
-            }
-        }
+        self.counter().count(message_type, records);
     }
 
     /// The demand the service expects of `message_type`, per second (kept until

@@ -88,3 +88,53 @@ over_both_transports! {
         }
     }
 }
+
+over_both_transports! {
+    /// Records that name their message type in a header are counted per type into the
+    /// service's telemetry as the producer sends them (`ProducerBuilder::count_types`):
+    /// the broker's demand series shows each type named, with a rate, and records
+    /// without the header are not counted.
+    async fn records_naming_their_type_in_a_header_are_counted_per_type(t) {
+        let broker = SdkBroker::start(t).await;
+        let c = broker.client().await;
+        weir_client::Admin::new(c.clone())
+            .create_topic("orders", 1, Default::default())
+            .await
+            .expect("topic");
+        let telemetry = Telemetry::start(&c, "shop", Duration::from_millis(200))
+            .await
+            .expect("telemetry");
+        let p = Producer::builder(&c)
+            .count_types(&telemetry, "type")
+            .build()
+            .await
+            .expect("producer");
+        let started = Instant::now();
+        let found = loop {
+            for i in 0..20 {
+                let kind = if i % 4 == 0 { "refund" } else { "order" };
+                p.send(ProducerRecord::new("orders", "x").header("type", kind))
+                    .await
+                    .expect("queued");
+                p.send(ProducerRecord::new("orders", "untyped")).await.expect("queued");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let h = load_history(&c).await;
+            let mine: Vec<_> = h.demands.into_iter().filter(|d| d.service == "shop").collect();
+            let rate = |t: &str| {
+                mine.iter()
+                    .find(|d| d.message_type == t)
+                    .and_then(|d| d.samples.last())
+                    .map_or(0, |s| s.records_per_s)
+            };
+            if rate("order") > 0 && rate("refund") > 0 {
+                break mine;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "no per-type demand: {mine:?}");
+        };
+        let types: Vec<&str> = found.iter().map(|d| d.message_type.as_str()).collect();
+        assert_eq!(types, ["order", "refund"], "only types named in the header");
+        p.flush().await.expect("flush");
+        telemetry.shutdown().await;
+    }
+}
