@@ -128,15 +128,21 @@ struct KeyedLoad {
     producers: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// A broker process with [`TOPIC`] created with two shards.
+async fn two_shard_topic() -> (BrokerProcess, weir_client::Client, Admin) {
+    let broker = BrokerProcess::start();
+    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
+    let admin = Admin::new(client.clone());
+    admin
+        .create_topic(TOPIC, 2, Default::default())
+        .await
+        .expect("create topic");
+    (broker, client, admin)
+}
+
 impl KeyedLoad {
     async fn start() -> KeyedLoad {
-        let broker = BrokerProcess::start();
-        let client = connect(&broker.addr(), Duration::from_secs(5)).await;
-        let admin = Admin::new(client.clone());
-        admin
-            .create_topic(TOPIC, 2, Default::default())
-            .await
-            .expect("create topic");
+        let (broker, client, admin) = two_shard_topic().await;
         let producer = Arc::new(
             Producer::builder(&client)
                 .retries(20)
@@ -578,13 +584,7 @@ async fn the_broker_splits_a_hot_topic_and_merges_it_when_cold() {
 async fn pipelined_sends_of_a_key_keep_their_order_across_reshards() {
     const TOTAL: u64 = 30_000;
     const PIPE_KEYS: usize = 16;
-    let broker = BrokerProcess::start();
-    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
-    let admin = Admin::new(client.clone());
-    admin
-        .create_topic(TOPIC, 2, Default::default())
-        .await
-        .expect("create topic");
+    let (_broker, client, admin) = two_shard_topic().await;
     let producer = Producer::builder(&client).build().await.expect("producer");
     let sent = Arc::new(AtomicU64::new(0));
     let resharder = {

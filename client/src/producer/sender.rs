@@ -326,16 +326,7 @@ impl ShardSender {
                             // sent later (so a key's records keep their order).
                             paused = true;
                             let mut again = VecDeque::from([item]);
-                            while let Some(r) = in_flight.next().await {
-                                let mut later = sent.pop_front().expect("sent matches in_flight");
-                                match r {
-                                    Ok(r) => self.resolve(later, r),
-                                    Err(e) => {
-                                        later.maybe_stored |= !e.certainly_not_stored();
-                                        again.push_back(later);
-                                    }
-                                }
-                            }
+                            again.extend(self.settle_in_flight(&mut sent, &mut in_flight).await);
                             while let Some(it) = again.pop_back() {
                                 queue.push_front(it);
                             }
@@ -435,17 +426,13 @@ impl ShardSender {
 }
 
 impl ShardSender {
-    /// Gives back every batch not yet stored (after the topic was resharded), in
-    /// order: those in flight once they settle (a stored one is resolved here), then
-    /// the queued ones. Nothing given back was stored, so the lane's sequence numbers
-    /// go back to the first of them. A batch whose fate is unknown (an attempt timed
-    /// out) is failed rather than given back: placed again it could be stored twice.
-    async fn hand_back(
-        &mut self,
-        queue: &mut VecDeque<Item>,
+    /// Waits for every batch in flight: a stored one is resolved, the others are
+    /// returned in order (marked when their fate is unknown).
+    async fn settle_in_flight(
+        &self,
         sent: &mut VecDeque<Item>,
         in_flight: &mut FuturesOrdered<InFlight>,
-    ) -> Vec<HandedBack> {
+    ) -> VecDeque<Item> {
         let mut unsettled = VecDeque::new();
         while let Some(r) = in_flight.next().await {
             let mut item = sent.pop_front().expect("sent matches in_flight");
@@ -457,6 +444,21 @@ impl ShardSender {
                 }
             }
         }
+        unsettled
+    }
+
+    /// Gives back every batch not yet stored (after the topic was resharded), in
+    /// order: those in flight once they settle (a stored one is resolved here), then
+    /// the queued ones. Nothing given back was stored, so the lane's sequence numbers
+    /// go back to the first of them. A batch whose fate is unknown (an attempt timed
+    /// out) is failed rather than given back: placed again it could be stored twice.
+    async fn hand_back(
+        &mut self,
+        queue: &mut VecDeque<Item>,
+        sent: &mut VecDeque<Item>,
+        in_flight: &mut FuturesOrdered<InFlight>,
+    ) -> Vec<HandedBack> {
+        let mut unsettled = self.settle_in_flight(sent, in_flight).await;
         unsettled.extend(queue.drain(..));
         let mut first: Option<batch::BatchHeader> = None;
         let mut back = Vec::with_capacity(unsettled.len());
