@@ -123,8 +123,9 @@ impl TelemetryReader {
         let [ok, invalid, _] = &state.metrics.telemetry_reports;
         let start = reader.log_start_offset();
         let next = self.next.entry(i).or_insert(start);
-        // Retention may have removed what was not read yet.
-        *next = (*next).max(start);
+        // Retention may have removed what was not read yet, and a log cut back (a
+        // copy truncated on a cluster) may now end below the position.
+        *next = (*next).max(start).min(reader.high_watermark().max(start));
         let runs = match reader.read(*next, READ_BYTES_PER_TICK) {
             Ok(r) => r,
             Err(e) => {
