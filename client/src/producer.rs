@@ -29,10 +29,9 @@ mod sender;
 mod window;
 
 use std::sync::Arc;
-
-use bytes::Bytes;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::Mutex;
 use weir_protocol::batch;
 use weir_protocol::messages::*;
@@ -477,13 +476,15 @@ impl Producer {
         // flush then returns early) and places their records in other lanes: a flush
         // that saw one start goes again once it is done.
         loop {
+            self.core.wait_all_relaid().await;
             let (before, _) = self.core.relayout_state();
             for ack in self.core.flush_all() {
                 ack.await.map_err(|_| ClientError::Closed)?;
             }
-            match self.core.relayout_state() {
-                (after, false) if after == before => return Ok(()),
-                _ => self.core.wait_all_relaid().await,
+            if let (after, false) = self.core.relayout_state() {
+                if after == before {
+                    return Ok(());
+                }
             }
         }
     }
