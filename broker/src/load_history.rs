@@ -400,6 +400,15 @@ impl LoadHistory {
         true
     }
 
+    /// Forgets the (service, message type) pairs with no sample since `before_s`
+    /// (Unix seconds), so pairs whose services stopped reporting free their places
+    /// among the [`DEMANDS_MAX`] followed.
+    pub fn forget_demands_before(&self, before_s: u32) {
+        self.lock()
+            .demands
+            .retain(|_, d| d.series.seconds.last().is_some_and(|p| p.at_s >= before_s));
+    }
+
     /// The newest demand of each followed (service, message type), with its report
     /// and forecast, sorted (for `/metrics`).
     pub fn latest_demands(&self) -> Vec<(String, String, DemandPoint, Report, LoadForecast)> {
@@ -589,6 +598,25 @@ fn shard_sample(p: &ShardPoint) -> ShardLoadSample {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn demand_pairs_beyond_the_maximum_wait_until_a_silent_pair_is_forgotten() {
+        let h = LoadHistory::default();
+        let r = Report {
+            sent_per_s: 5.0,
+            ..Default::default()
+        };
+        for i in 0..DEMANDS_MAX {
+            assert!(h.record_demand("s", &format!("t{i}"), 100, r));
+        }
+        assert!(!h.record_demand("s", "late", 100, r), "beyond the maximum");
+        // t0 goes on reporting; the others fall silent and are forgotten.
+        assert!(h.record_demand("s", "t0", 5000, r));
+        h.forget_demands_before(5000 - 3600);
+        assert_eq!(h.latest_demands().len(), 1);
+        assert!(h.record_demand("s", "late", 5001, r), "a place came free");
+        assert_eq!(h.latest_demands().len(), 2);
+    }
 
     #[test]
     fn placement_figures_follow_the_newest_sample_and_forget_deleted_shards() {

@@ -13,7 +13,8 @@
 //!
 //! Each second, every pair whose newest report was read less than [`STALE_S`] ago
 //! gets one sample: that report's `sent_per_s`. A pair whose service stopped
-//! reporting gets none (its series pauses rather than falling to a made-up zero).
+//! reporting gets none (its series pauses rather than falling to a made-up zero), and
+//! after an hour without samples it is forgotten, freeing its place.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -99,6 +100,10 @@ impl TelemetryReader {
         let at_s = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()) as u32;
+        // A pair silent for the history's hour frees its place.
+        state
+            .load
+            .forget_demands_before(at_s.saturating_sub(crate::load_history::SECOND_SLOTS as u32));
         let fresh = Duration::from_secs(STALE_S);
         let dropped = &state.metrics.telemetry_reports[2];
         self.newest.retain(|(service, t), (report, read_at)| {

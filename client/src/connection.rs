@@ -247,24 +247,15 @@ impl Connection {
                 // session), and a request left part-way would hold the session,
                 // so every later request, that InitProducerId included, would wait
                 // for it forever. The session takes requests in order, so one handed
-                // to a task still starts before any later call's.
+                // to a task still starts before any later call's. This call still
+                // waits for the task (the caller keeps its back-pressure); leaving it
+                // unpolled no longer holds anything.
                 let mut submit = session.submit(frame);
                 match std::future::poll_fn(|cx| std::task::Poll::Ready(submit.as_mut().poll(cx)))
                     .await
                 {
                     std::task::Poll::Ready(started) => started,
-                    std::task::Poll::Pending => {
-                        let waiters = self.waiters.clone();
-                        tokio::spawn(async move {
-                            if !submit.await {
-                                // Not started: its waiter learns the connection closed.
-                                if let Some(m) = waiters.lock().expect("waiters lock").as_mut() {
-                                    m.remove(&id);
-                                }
-                            }
-                        });
-                        true
-                    }
+                    std::task::Poll::Pending => tokio::spawn(submit).await.unwrap_or(false),
                 }
             }
         };

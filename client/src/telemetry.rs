@@ -33,6 +33,13 @@ use crate::{Admin, Client, Producer, ProducerRecord, Result};
 /// The topic telemetry goes to (the broker reads it; PROTOCOL.md).
 pub const TELEMETRY_TOPIC: &str = "__weir_telemetry";
 
+/// Most message types one `Telemetry` reports (as many pairs as a broker follows);
+/// more are not counted, so type names taken from records cannot grow it without end.
+pub const TYPES_MAX: usize = 256;
+
+/// Longest message type name, in bytes (the broker refuses longer ones).
+pub const TYPE_NAME_MAX: usize = 128;
+
 /// How long the telemetry topic keeps reports when this SDK creates it.
 const RETENTION_MS: u64 = 60 * 60 * 1000;
 
@@ -66,20 +73,21 @@ pub struct TelemetryCounter {
 }
 
 impl TelemetryCounter {
-    /// Counts `records` of `message_type` sent (or handled) by the service.
+    /// Counts `records` of `message_type` sent (or handled) by the service. A type
+    /// name that is empty or longer than [`TYPE_NAME_MAX`], or a new type beyond
+    /// [`TYPES_MAX`], is not counted.
     pub fn count(&self, message_type: &str, records: u64) {
         let mut f = self.figures.lock().expect("telemetry lock");
-        match f.types.get_mut(message_type) {
-            Some(t) => t.count += records,
-            None => {
-                f.types.insert(
-                    message_type.to_string(),
-                    TypeFigures {
-                        count: records,
-                        ..Default::default()
-                    },
-                );
-            }
+        if let Some(t) = f.types.get_mut(message_type) {
+            t.count += records;
+        } else if admissible(&f, message_type) {
+            f.types.insert(
+                message_type.to_string(),
+                TypeFigures {
+                    count: records,
+                    ..Default::default()
+                },
+            );
         }
     }
 }
@@ -142,6 +150,9 @@ impl Telemetry {
     /// changed).
     pub fn expect(&self, message_type: &str, per_s: f64) {
         let mut f = self.figures.lock().expect("telemetry lock");
+        if !f.types.contains_key(message_type) && !admissible(&f, message_type) {
+            return;
+        }
         f.types
             .entry(message_type.to_string())
             .or_default()
@@ -167,6 +178,11 @@ impl Telemetry {
         let _ = self.stop.send(true);
         let _ = self.task.await;
     }
+}
+
+/// Whether a type not followed yet may be: its name fits and there is room.
+fn admissible(f: &Figures, message_type: &str) -> bool {
+    (1..=TYPE_NAME_MAX).contains(&message_type.len()) && f.types.len() < TYPES_MAX
 }
 
 /// One report's value (PROTOCOL.md, "Client telemetry").
@@ -240,6 +256,28 @@ async fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn types_are_bounded_in_number_and_name_length() {
+        let c = TelemetryCounter {
+            figures: Arc::new(Mutex::new(Figures::default())),
+        };
+        for i in 0..TYPES_MAX + 50 {
+            c.count(&format!("t{i}"), 1);
+        }
+        c.count("", 1);
+        c.count(&"x".repeat(TYPE_NAME_MAX + 1), 1);
+        let f = c.figures.lock().unwrap();
+        assert_eq!(f.types.len(), TYPES_MAX);
+        assert!(f.types.contains_key("t0") && !f.types.contains_key(&format!("t{TYPES_MAX}")));
+        drop(f);
+        c.count("t0", 2);
+        assert_eq!(
+            c.figures.lock().unwrap().types["t0"].count,
+            3,
+            "known types still count"
+        );
+    }
 
     #[test]
     fn a_report_is_the_documented_json() {
