@@ -95,6 +95,10 @@ pub const DEFAULT_MAX_SHARDS: u32 = 4096;
 /// than any kernel default allows.
 pub const MAX_SHARDS_LIMIT: u32 = 1_000_000;
 
+/// The longest `spin_wait_us` accepted: a spin longer than a few scheduler ticks only
+/// burns a core.
+pub const SPIN_WAIT_US_MAX: u32 = 10_000;
+
 /// Every setting of a broker.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -150,6 +154,10 @@ pub struct Config {
     /// Most bytes a shard writer writes (and flushes) as one group; smaller groups let
     /// P0 appends overtake queued lower-class ones sooner, larger ones flush less often.
     pub shard_group_bytes_max: usize,
+    /// How long a shard writer, and a fetch waiting for new records, keep looking for
+    /// work before they sleep, in µs; 0 = sleep at once. Spinning spares the thread
+    /// wake-up on the path of each message at the price of a busy core.
+    pub spin_wait_us: u32,
     /// Consumer groups: default and bounds of session timeouts.
     pub group_min_session_timeout_ms: u32,
     pub group_max_session_timeout_ms: u32,
@@ -494,6 +502,7 @@ impl Default for Config {
             flush_write_behind_bytes: 0,
             shard_queue_depth: 1024,
             shard_group_bytes_max: crate::shard::writer::DEFAULT_GROUP_BYTES_MAX,
+            spin_wait_us: 0,
             group_min_session_timeout_ms: 1000,
             group_max_session_timeout_ms: 300_000,
             max_topics: 10_000,
@@ -824,6 +833,9 @@ impl Config {
         }
         if self.shard_group_bytes_max < 4096 {
             return bad("shard_group_bytes_max must be at least 4096");
+        }
+        if self.spin_wait_us > SPIN_WAIT_US_MAX {
+            return bad("spin_wait_us must be at most 10000");
         }
         if self.group_min_session_timeout_ms > self.group_max_session_timeout_ms {
             return bad("group_min_session_timeout_ms exceeds group_max_session_timeout_ms");
@@ -1216,6 +1228,8 @@ mod tests {
         assert_eq!(c.quota_entries()[0].client_id, "billing");
         assert_eq!(c.quota_entries()[0].quota.produce_bytes_per_s, 1000);
         assert_eq!(c.shed_thresholds_percent, vec![70, 80, 95]);
+        let c = Config::load(None, vec![("WEIR_SPIN_WAIT_US".into(), "50".into())]).unwrap();
+        assert_eq!(c.spin_wait_us, 50);
         let env1 = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
         for (k, v) in [
             ("WEIR_SHED_THRESHOLDS_PERCENT", "90,85,80"),
@@ -1224,6 +1238,7 @@ mod tests {
             ("WEIR_FLOW_MEMORY_BYTES", "100"),
             ("WEIR_FLOW_LOAD_PENDING_BYTES", "0"),
             ("WEIR_QUOTA_MAX_DELAY_MS", "600000"),
+            ("WEIR_SPIN_WAIT_US", "10001"),
         ] {
             assert!(Config::load(None, env1(k, v)).is_err(), "{k}={v} accepted");
         }

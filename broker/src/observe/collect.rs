@@ -316,6 +316,23 @@ impl Scrape {
                 .iter()
                 .map(|(l, s)| (l.clone(), load(&s.stats().group_cuts))),
         )?;
+        let mut idle = Vec::new();
+        for (l, s) in &shards {
+            for (how, n) in [
+                ("spun", &s.stats().spin_takes),
+                ("parked", &s.stats().parks),
+            ] {
+                let mut l = l.clone();
+                l.push(("how", how.to_string()));
+                idle.push((l, load(n)));
+            }
+        }
+        counter(
+            enc,
+            "weir_shard_idle_waits",
+            "Times a shard writer ran out of work, by how the wait ended: work found while spinning (spin_wait_us) or the thread parked.",
+            idle,
+        )?;
         let per_class = |f: &dyn Fn(&crate::shard::Shard, Class) -> u64| {
             let mut rows = Vec::new();
             for (l, s) in &shards {

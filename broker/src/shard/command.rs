@@ -102,6 +102,10 @@ pub struct ClassStats {
     /// Shard-wide: groups of lower-class appends cut short because a P0 append
     /// arrived while they were written (`weir_shard_group_cuts_total`).
     pub group_cuts: AtomicU64,
+    /// Shard-wide: waits for work the writer ended while spinning (`spin_wait_us`),
+    /// and waits it parked for (`weir_shard_idle_waits_total{how}`).
+    pub spin_takes: AtomicU64,
+    pub parks: AtomicU64,
     /// Appends written (or answered as duplicates), per class.
     pub appends: [AtomicU64; CLASS_COUNT],
     /// Total microseconds appends waited in their lane before being written.
@@ -158,6 +162,8 @@ pub struct ShardConfig {
     pub delete_key_compact_ms: u64,
     /// The topic's layout epoch when the shard opens (see [`Control::Seal`]).
     pub layout_epoch: u32,
+    /// How long the writer keeps looking for work before it parks (`spin_wait_us`).
+    pub spin_wait: Duration,
 }
 
 impl Default for ShardConfig {
@@ -174,6 +180,7 @@ impl Default for ShardConfig {
             group_bytes_max: DEFAULT_GROUP_BYTES_MAX,
             delete_key_compact_ms: 60_000,
             layout_epoch: 0,
+            spin_wait: Duration::ZERO,
         }
     }
 }

@@ -128,6 +128,12 @@ impl Flusher {
         }
     }
 
+    /// Whether the running flush has sent its result (a flush thread that ended without
+    /// one is noticed by `finish` or the writer's wait, not here).
+    pub(super) fn running_done(&self) -> bool {
+        self.running.as_ref().is_some_and(|r| !r.done.is_empty())
+    }
+
     /// Answers the running flush's waiters once it is done: with `result` when the
     /// caller already awaited it, else if it has finished meanwhile.
     pub(super) fn finish(

@@ -358,3 +358,44 @@ async fn retries_are_recognised_after_a_capped_reopen() {
     assert_eq!(shard.reader().log_end_offset(), 4, "nothing written twice");
     shard.close().await;
 }
+
+/// Appends one at a time, `gap` apart, and returns the writer's (spun, parked) waits.
+async fn idle_waits(spin_wait: Duration, gap: Duration) -> (u64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ShardConfig {
+        durability: Durability::None,
+        spin_wait,
+        ..config()
+    };
+    let shard = Shard::open(dir.path(), "t", cfg).unwrap();
+    for i in 0..20u64 {
+        let (b, h) = batch(0, 0, 1, &format!("s{i}"));
+        let o = shard.append(vec![b], vec![h], false).await.unwrap();
+        assert_eq!(o.base_offset, i);
+        tokio::time::sleep(gap).await;
+    }
+    // Control messages are still taken while the writer spins.
+    shard.flush().await.unwrap();
+    let s = shard.stats();
+    let waits = (
+        s.spin_takes.load(Ordering::Relaxed),
+        s.parks.load(Ordering::Relaxed),
+    );
+    shard.close().await;
+    waits
+}
+
+/// With `spin_wait_us`, a writer that runs out of work keeps looking instead of
+/// parking its thread, and an append that comes within the spin is taken by it;
+/// without, every wait parks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spinning_writer_takes_appends_without_parking() {
+    let (spun, parked) = idle_waits(Duration::from_millis(10), Duration::from_micros(200)).await;
+    // Each append after the first comes 200 µs after the last was answered, well
+    // within the 10 ms spin; a loaded machine may still deschedule the writer past
+    // it now and then.
+    assert!(spun >= 15, "spun {spun}, parked {parked}");
+    let (spun, parked) = idle_waits(Duration::ZERO, Duration::from_micros(200)).await;
+    assert_eq!(spun, 0);
+    assert!(parked >= 20, "parked {parked}");
+}

@@ -14,7 +14,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use weir_client::{BatchRecord, Producer, ProducerBatch, ProducerRecord};
 
-use super::args::{ApiArg, Args, Mode};
+use super::args::{ApiArg, Args, Mode, PacingArg};
 use super::collector::{Delivery, Pending};
 use super::mix::{MixPicker, PriorityMix, CLASS_PRIORITIES};
 use super::run::{shards_of, Run, Stop};
@@ -45,6 +45,23 @@ struct Pacing {
 impl Pacing {
     fn due(&self, base: Instant, k: u64) -> Instant {
         base + Duration::from_secs_f64((k as f64 * self.every + self.phase) * self.step)
+    }
+}
+
+/// Blocks the producer's thread until `due` (see `--pacing`).
+fn wait_until(due: Instant, pacing: PacingArg) {
+    /// Waits longer than this sleep even when spinning, less this margin.
+    const SPIN_BELOW: Duration = Duration::from_millis(2);
+    loop {
+        let now = Instant::now();
+        let Some(left) = due.checked_duration_since(now).filter(|d| !d.is_zero()) else {
+            return;
+        };
+        match pacing {
+            PacingArg::Sleep => return std::thread::sleep(left),
+            PacingArg::Spin if left > SPIN_BELOW => std::thread::sleep(left - SPIN_BELOW / 2),
+            PacingArg::Spin => std::thread::yield_now(),
+        }
     }
 }
 
@@ -279,7 +296,7 @@ impl ProducerLoop {
             if n > 0 && self.by_batch {
                 return None;
             }
-            std::thread::sleep(due - now);
+            wait_until(due, self.run.cli.pacing);
         }
         Some(due)
     }

@@ -2,6 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+
 use crate::error::BrokerError;
 use crate::shard::Shard;
 use crate::state::BrokerState;
@@ -34,10 +36,68 @@ pub async fn long_poll<T>(
         if let Some(answer) = fill(last)? {
             return Ok(answer);
         }
+        let spin_wait = Duration::from_micros(u64::from(state.config.spin_wait_us));
+        if spin(
+            spin_wait.min(deadline.saturating_duration_since(Instant::now())),
+            &mut hwm_rx,
+            &shutdown,
+        )
+        .await
+        {
+            continue;
+        }
         tokio::select! {
             _ = tokio::time::sleep_until(deadline.into()) => {}
             _ = hwm_rx.changed() => {}
             _ = shutdown.changed() => {}
         }
+    }
+}
+
+/// Keeps the task running for up to `budget` (`spin_wait_us`) while it watches the
+/// high-water mark; whether it moved (or the broker began to shut down). A spinning
+/// task keeps its runtime worker awake, so the append that moves the mark is seen
+/// without waking a parked thread; `yield_now` lets the worker run every other task
+/// that is ready meanwhile.
+async fn spin(
+    budget: Duration,
+    hwm_rx: &mut watch::Receiver<u64>,
+    shutdown: &watch::Receiver<bool>,
+) -> bool {
+    if budget.is_zero() {
+        return false;
+    }
+    let until = Instant::now() + budget;
+    loop {
+        if hwm_rx.has_changed().unwrap_or(true) || *shutdown.borrow() {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The spin sees the mark move (and ends then, long before its budget), and ends
+    /// with false when its budget runs out with the mark still.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spinning_fetch_sees_the_mark_move() {
+        let (hwm_tx, mut hwm_rx) = watch::channel(0u64);
+        let (_stop, shutdown) = watch::channel(false);
+        let moved = tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            hwm_tx.send(1).unwrap();
+            hwm_tx
+        });
+        assert!(spin(Duration::from_secs(600), &mut hwm_rx, &shutdown).await);
+        let _hwm_tx = moved.await.unwrap();
+        hwm_rx.borrow_and_update();
+        assert!(!spin(Duration::from_millis(2), &mut hwm_rx, &shutdown).await);
+        assert!(!spin(Duration::ZERO, &mut hwm_rx, &shutdown).await);
     }
 }
