@@ -23,6 +23,8 @@ use super::target::Target;
 /// What one consumer saw (consume and e2e).
 pub struct ConsStats {
     pub latency: Histogram<u64>,
+    /// e2e: from the producer's hand-off to the SDK (see `Report::from_send`).
+    pub from_send: Histogram<u64>,
     pub classes: [Histogram<u64>; 4],
     pub received: u64,
     pub measured: u64,
@@ -35,6 +37,7 @@ impl ConsStats {
     pub fn new() -> Self {
         ConsStats {
             latency: new_histogram(),
+            from_send: new_histogram(),
             classes: std::array::from_fn(|_| new_histogram()),
             received: 0,
             measured: 0,
@@ -301,6 +304,7 @@ fn consume_report(
         duration_s: (end - run.base).as_secs_f64(),
         latency_kind: "per poll that returned messages".into(),
         latency: LatencySummary::from_histogram(&lat),
+        from_send: None,
         classes: BTreeMap::new(),
         errors,
         settings: run.settings(),

@@ -131,6 +131,10 @@ fn time_messages(run: &Run, st: &mut ConsStats, msgs: &[Message], now: Instant) 
         }
         let lat = now_ns.saturating_sub(ts);
         record_ns(&mut st.latency, lat);
+        if let Some(sent) = m.value.get(8..16) {
+            let sent = u64::from_le_bytes(sent.try_into().expect("8 bytes"));
+            record_ns(&mut st.from_send, now_ns.saturating_sub(sent));
+        }
         record_ns(&mut st.classes[class_of_priority(m.priority)], lat);
         st.measured += 1;
     }
@@ -139,11 +143,13 @@ fn time_messages(run: &Run, st: &mut ConsStats, msgs: &[Message], now: Instant) 
 fn e2e_report(run: &Run, st: &[ConsStats], pstats: &[ProdStats]) -> anyhow::Result<Report> {
     let c = &run.cli;
     let mut lat = new_histogram();
+    let mut from_send = new_histogram();
     let mut classes: [Histogram<u64>; 4] = std::array::from_fn(|_| new_histogram());
     let (mut measured, mut got, mut errors, mut end) = (0u64, 0u64, 0u64, run.warmup_end);
     let mut notes = Vec::new();
     for s in st {
         lat.add(&s.latency)?;
+        from_send.add(&s.from_send)?;
         for (a, b) in classes.iter_mut().zip(&s.classes) {
             a.add(b)?;
         }
@@ -187,6 +193,8 @@ fn e2e_report(run: &Run, st: &[ConsStats], pstats: &[ProdStats]) -> anyhow::Resu
             "per message, send time (closed loop) → out of the consumer's poll".into()
         },
         latency: LatencySummary::from_histogram(&lat),
+        from_send: (c.size >= 16 && !from_send.is_empty())
+            .then(|| LatencySummary::from_histogram(&from_send)),
         classes: class_summaries(&classes, &c.priority_mix),
         errors,
         settings: run.settings(),

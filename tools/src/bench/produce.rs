@@ -182,6 +182,7 @@ fn produce_report(run: &Run, t: ProduceTotals) -> Report {
             "per batch: first send → ack of its last record".into()
         },
         latency: LatencySummary::from_histogram(&t.batches),
+        from_send: None,
         classes: class_summaries(&t.classes, &c.priority_mix),
         errors: t.errors,
         settings: set,

@@ -336,14 +336,19 @@ impl ProducerLoop {
     }
 
     /// The shared payload, or for e2e one carrying the intended send time in its first
-    /// 8 bytes (nanoseconds since the run's start).
+    /// 8 bytes and, when it has room, the time it is handed to the SDK (now) in the
+    /// next 8 (nanoseconds since the run's start).
     fn payload_for(&self, intended: Instant) -> Bytes {
         if !self.e2e {
             return self.payload.clone();
         }
         let size = self.run.cli.size;
+        let since_base = |t: Instant| t.saturating_duration_since(self.run.base).as_nanos() as u64;
         let mut b = BytesMut::with_capacity(size);
-        b.put_u64_le(intended.saturating_duration_since(self.run.base).as_nanos() as u64);
+        b.put_u64_le(since_base(intended));
+        if size >= 16 {
+            b.put_u64_le(since_base(Instant::now()));
+        }
         b.resize(size, 0x5a);
         b.freeze()
     }
