@@ -359,39 +359,50 @@ impl Producer {
         if let Some(t) = &self.types {
             t.count(&record.headers);
         }
-        let mut record = record;
-        let mut admitted = None;
-        // Bounded: a topic is learnt once, and a class waited for at most twice (the
-        // class map may move once between the wait and the placement). Waits for a
-        // relayout after a reshard do not count: each ends.
-        let mut tries = 0;
-        while tries < 4 {
-            tries += 1;
-            match self.core.try_send(record, admitted) {
-                Ok(fut) => return Ok(fut),
-                Err(Blocked::Relayout(r)) => {
+        // The common case awaits nothing. The waits of the rare one (learning the
+        // topic, a full class, a relayout) are boxed so that they do not size this
+        // future: unboxed they made it 5 KB, copied on every call.
+        match self.core.try_send(record, None) {
+            Ok(fut) => Ok(fut),
+            Err(blocked) => Box::pin(self.send_blocked(blocked)).await,
+        }
+    }
+
+    /// `send` for a record `try_send` could not place at once: waits for what it
+    /// lacked and tries again. Bounded: a topic is learnt once, and a class waited for
+    /// at most twice (the class map may move once between the wait and the
+    /// placement). Waits for a relayout after a reshard do not count: each ends.
+    async fn send_blocked(&self, mut blocked: Blocked) -> Result<DeliveryFuture> {
+        let mut tries = 1;
+        loop {
+            if tries >= 4 && !matches!(blocked, Blocked::Relayout(_)) {
+                return Err(ClientError::QueueFull(
+                    "the record's priority class kept moving".into(),
+                ));
+            }
+            let (record, admitted) = match blocked {
+                Blocked::Relayout(r) => {
                     self.core.wait_relaid(&r.topic).await;
-                    record = *r;
-                    admitted = None;
                     tries -= 1;
+                    (*r, None)
                 }
-                Err(Blocked::Topic(r)) => {
+                Blocked::Topic(r) => {
                     if let Err(e) = self.core.learn_topic(&r.topic).await {
                         return Ok(DeliveryFuture::failed(e));
                     }
-                    record = *r;
-                    admitted = None;
+                    (*r, None)
                 }
-                Err(Blocked::Room(r, class)) => {
+                Blocked::Room(r, class) => {
                     self.admit(class, 1).await?;
-                    record = *r;
-                    admitted = Some(class);
+                    (*r, Some(class))
                 }
+            };
+            tries += 1;
+            match self.core.try_send(record, admitted) {
+                Ok(fut) => return Ok(fut),
+                Err(b) => blocked = b,
             }
         }
-        Err(ClientError::QueueFull(
-            "the record's priority class kept moving".into(),
-        ))
     }
 
     /// Queues every record of `batch` with one call and returns one future for all of
@@ -420,7 +431,7 @@ impl Producer {
         let (counts, classes) = match self.core.batch_classes(&batch) {
             Some(c) => c,
             None => {
-                if let Err(e) = self.core.learn_topic(&batch.topic).await {
+                if let Err(e) = Box::pin(self.core.learn_topic(&batch.topic)).await {
                     shared.failed(n as u64, &e);
                     return Ok(fut);
                 }
@@ -450,7 +461,7 @@ impl Producer {
         while let Err(back) = self.core.add_batch(call.0, call.1, call.2) {
             // The topic is being laid out again after a reshard: the call keeps its
             // places and goes in once that is done.
-            self.core.wait_relaid(&back.0.topic).await;
+            Box::pin(self.core.wait_relaid(&back.0.topic)).await;
             call = back;
         }
         Ok(fut)
@@ -493,10 +504,16 @@ impl Producer {
     /// policy says.
     async fn admit(&self, class: usize, n: u32) -> Result<()> {
         let n = n as usize;
-        // With room, no policy applies: skip `BlockFor`'s timer (a clock read per call).
+        // With room, no policy applies: skip `BlockFor`'s timer (a clock read per call),
+        // and the wait's state stays out of the callers' futures.
         if self.core.try_take(class, n) {
             return Ok(());
         }
+        Box::pin(self.admit_wait(class, n)).await
+    }
+
+    /// `admit` when the class has no room now.
+    async fn admit_wait(&self, class: usize, n: usize) -> Result<()> {
         let deadline = match self.backpressure {
             Backpressure::FailFast => return Err(ClientError::QueueFull("no room".into())),
             Backpressure::Block => None,

@@ -289,3 +289,29 @@ async fn a_request_its_caller_stops_polling_does_not_hold_up_the_session() {
     }
     broker.stop().await;
 }
+
+/// `send` and `send_batch` keep their waits (learning a topic, a full class, a
+/// relayout) out of their own futures: a caller may move the future on every call,
+/// and with the waits inline it was over 5 KB (336 bytes without).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_send_futures_stay_small() {
+    let broker = SdkBroker::start(Transport::InProcess).await;
+    let client = broker.client().await;
+    let p = Producer::builder(&client).build().await.expect("producer");
+    let record = weir_client::ProducerRecord::new("x", bytes::Bytes::from_static(b"v"));
+    let send = p.send(record);
+    assert!(
+        std::mem::size_of_val(&send) <= 1024,
+        "{}",
+        std::mem::size_of_val(&send)
+    );
+    drop(send);
+    let send = p.send_batch(weir_client::ProducerBatch::with_capacity("x", 1));
+    assert!(
+        std::mem::size_of_val(&send) <= 1024,
+        "{}",
+        std::mem::size_of_val(&send)
+    );
+    drop(send);
+    broker.stop().await;
+}
