@@ -16,6 +16,7 @@ pub mod load_history;
 pub mod meters;
 pub mod names;
 pub mod retry;
+pub mod spin;
 
 pub mod broker;
 pub mod cluster;

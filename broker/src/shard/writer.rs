@@ -23,6 +23,7 @@ use super::command::{
 use super::flusher::{Flusher, Waiter};
 use super::idempotence::{continues, ProducerTable, Verdict};
 use crate::scheduler::Wfq;
+use crate::spin::Spinner;
 use crate::storage::Log;
 
 /// Kept here for the modules that name them by these paths.
@@ -99,6 +100,8 @@ struct Turns {
     depth: usize,
     /// Durable writers may run ahead of the disk by at most this many bytes.
     ahead_bytes_max: usize,
+    /// How long the writer spins before it parks (`spin_wait_us`, adaptive).
+    spinner: Spinner,
 }
 
 impl Turns {
@@ -124,6 +127,7 @@ impl Turns {
             interval_flush: cfg.durability == Durability::Interval,
             depth: cfg.queue_depth.max(1),
             ahead_bytes_max: cfg.group_bytes_max.saturating_mul(2),
+            spinner: Spinner::new(cfg.spin_wait.as_micros().min(u128::from(u32::MAX)) as u32),
         }
     }
 }
@@ -251,9 +255,13 @@ impl Writer {
         if self.troubled {
             deadline = deadline.min(t.next_retry);
         }
-        if !self.config.spin_wait.is_zero() && spin(lanes, control, t, self.config.spin_wait) {
-            self.stats.spin_takes.fetch_add(1, Ordering::Relaxed);
-            return;
+        if let Some(round) = t.spinner.start() {
+            let found = spin(lanes, control, t, round.budget());
+            t.spinner.end(round, found);
+            if found {
+                self.stats.spin_takes.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
         }
         self.stats.parks.fetch_add(1, Ordering::Relaxed);
         let open = lanes.open;
@@ -545,10 +553,11 @@ fn on_control(c: Option<Control>, t: &mut Turns) {
 }
 
 /// Watches the lanes, the control channel and the running flush for up to `budget`
-/// before the writer parks (`spin_wait_us`); whether something came. Work that comes
-/// meanwhile is taken without the thread wake-up a parked writer needs, which costs
-/// 20–100 µs on a small VM: the price is a core kept busy for up to `budget` after
-/// each turn. Every 64 looks the writer yields its core to any thread waiting for it.
+/// before the writer parks (`spin_wait_us`, shortened by [`Spinner`] while cores are
+/// contended); whether something came. Work that comes meanwhile is taken without the
+/// thread wake-up a parked writer needs, which costs 20–100 µs on a small VM: the
+/// price is a core kept busy for up to `budget` after each turn. Every 64 looks the
+/// writer yields its core to any thread waiting for it.
 fn spin(
     lanes: &mut Lanes,
     control: &mut mpsc::Receiver<Control>,

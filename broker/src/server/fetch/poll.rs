@@ -2,10 +2,14 @@
 
 use std::time::{Duration, Instant};
 
+use std::cell::RefCell;
+use std::thread::ThreadId;
+
 use tokio::sync::watch;
 
 use crate::error::BrokerError;
 use crate::shard::Shard;
+use crate::spin::{Round, Spinner};
 use crate::state::BrokerState;
 
 /// The most record bytes one fetch response carries: what the client asked for, within
@@ -36,15 +40,15 @@ pub async fn long_poll<T>(
         if let Some(answer) = fill(last)? {
             return Ok(answer);
         }
-        let spin_wait = Duration::from_micros(u64::from(state.config.spin_wait_us));
-        if spin(
-            spin_wait.min(deadline.saturating_duration_since(Instant::now())),
-            &mut hwm_rx,
-            &shutdown,
-        )
-        .await
-        {
-            continue;
+        if let Some((round, thread)) = start_spin(state.config.spin_wait_us) {
+            let budget = round
+                .budget()
+                .min(deadline.saturating_duration_since(Instant::now()));
+            let moved = spin(budget, &mut hwm_rx, &shutdown).await;
+            end_spin(round, thread, moved);
+            if moved {
+                continue;
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep_until(deadline.into()) => {}
@@ -52,6 +56,42 @@ pub async fn long_poll<T>(
             _ = shutdown.changed() => {}
         }
     }
+}
+
+thread_local! {
+    /// The fetch spin budget of this runtime worker (with the `spin_wait_us` it was
+    /// made for): contention is a matter of the thread's core, not of one fetch.
+    static FETCH_SPINNER: RefCell<Option<(u32, Spinner)>> = const { RefCell::new(None) };
+}
+
+/// Starts a fetch spin on this thread's [`Spinner`]: its round and the thread.
+fn start_spin(max_us: u32) -> Option<(Round, ThreadId)> {
+    if max_us == 0 {
+        return None;
+    }
+    FETCH_SPINNER.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.as_ref().is_none_or(|(max, _)| *max != max_us) {
+            *s = Some((max_us, Spinner::new(max_us)));
+        }
+        let (_, spinner) = s.as_mut().expect("set above");
+        spinner
+            .start()
+            .map(|round| (round, std::thread::current().id()))
+    })
+}
+
+/// Ends a fetch spin. A task that moved to another worker during its spin says
+/// nothing about either thread's core.
+fn end_spin(round: Round, thread: ThreadId, moved: bool) {
+    if std::thread::current().id() != thread {
+        return;
+    }
+    FETCH_SPINNER.with(|s| {
+        if let Some((_, spinner)) = s.borrow_mut().as_mut() {
+            spinner.end(round, moved);
+        }
+    });
 }
 
 /// Keeps the task running for up to `budget` (`spin_wait_us`) while it watches the
