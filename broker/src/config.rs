@@ -154,9 +154,10 @@ pub struct Config {
     /// Most bytes a shard writer writes (and flushes) as one group; smaller groups let
     /// P0 appends overtake queued lower-class ones sooner, larger ones flush less often.
     pub shard_group_bytes_max: usize,
-    /// How long a shard writer, and a fetch waiting for new records, keep looking for
-    /// work before they sleep, in µs; 0 = sleep at once. Spinning spares the thread
-    /// wake-up on the path of each message at the price of a busy core.
+    /// Most µs a shard writer, and a fetch waiting for new records, keep looking for
+    /// work before they sleep; 0 = sleep at once. Spinning spares the thread wake-up
+    /// on the path of each message at the price of a busy core; the budget shrinks
+    /// while the spinning thread loses its core to others (`crate::spin`).
     pub spin_wait_us: u32,
     /// Consumer groups: default and bounds of session timeouts.
     pub group_min_session_timeout_ms: u32,

@@ -183,14 +183,9 @@ mod tests {
     #[cfg(target_os = "linux")]
     fn involuntary_switches_are_read() {
         let before = involuntary_switches();
-        let busy = std::thread::spawn(|| {
-            let until = std::time::Instant::now() + Duration::from_millis(100);
-            while std::time::Instant::now() < until {
-                std::hint::spin_loop();
-            }
-        });
-        // Enough runnable threads that this one is bound to be switched out.
-        let others: Vec<_> = (0..8)
+        // Four busy threads per core: this one is bound to be switched out.
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let others: Vec<_> = (0..cores * 4)
             .map(|_| {
                 std::thread::spawn(|| {
                     let until = std::time::Instant::now() + Duration::from_millis(100);
@@ -204,7 +199,6 @@ mod tests {
         while std::time::Instant::now() < until {
             std::hint::spin_loop();
         }
-        busy.join().unwrap();
         for o in others {
             o.join().unwrap();
         }

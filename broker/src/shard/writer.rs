@@ -540,7 +540,6 @@ fn take_control(control: &mut mpsc::Receiver<Control>, t: &mut Turns) {
     }
 }
 
-/// What to do this turn, given what is queued and how far the disk is behind.
 /// Takes one control message (`None`: every control sender is gone).
 fn on_control(c: Option<Control>, t: &mut Turns) {
     match c {
@@ -603,6 +602,7 @@ fn spin(
     false
 }
 
+/// What to do this turn, given what is queued and how far the disk is behind.
 fn next_step(lanes: &Lanes, t: &Turns) -> Step {
     // Durable writers may run ahead of the disk by at most `ahead_bytes_max`: past
     // it, the writer waits for the running flush, so flushes stay short and a

@@ -1,9 +1,8 @@
 //! The long poll shared by Fetch and PriorityFetch, and the size bound of an answer.
 
-use std::time::{Duration, Instant};
-
 use std::cell::RefCell;
 use std::thread::ThreadId;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
