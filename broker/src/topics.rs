@@ -596,7 +596,7 @@ impl TopicRegistry {
             delete_key_compact_ms: self.config.delete_key_compact_ms,
             retention_check_ms: self.config.retention_check_ms,
             layout_epoch: 0,
-            spin_wait: std::time::Duration::from_micros(u64::from(self.config.spin_wait_us)),
+            spin_wait_us: self.config.spin_wait_us,
         })
     }
 

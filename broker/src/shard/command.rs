@@ -162,8 +162,8 @@ pub struct ShardConfig {
     pub delete_key_compact_ms: u64,
     /// The topic's layout epoch when the shard opens (see [`Control::Seal`]).
     pub layout_epoch: u32,
-    /// How long the writer keeps looking for work before it parks (`spin_wait_us`).
-    pub spin_wait: Duration,
+    /// Most µs the writer keeps looking for work before it parks (`spin_wait_us`).
+    pub spin_wait_us: u32,
 }
 
 impl Default for ShardConfig {
@@ -180,7 +180,7 @@ impl Default for ShardConfig {
             group_bytes_max: DEFAULT_GROUP_BYTES_MAX,
             delete_key_compact_ms: 60_000,
             layout_epoch: 0,
-            spin_wait: Duration::ZERO,
+            spin_wait_us: 0,
         }
     }
 }

@@ -360,11 +360,11 @@ async fn retries_are_recognised_after_a_capped_reopen() {
 }
 
 /// Appends one at a time, `gap` apart, and returns the writer's (spun, parked) waits.
-async fn idle_waits(spin_wait: Duration, gap: Duration) -> (u64, u64) {
+async fn idle_waits(spin_wait_us: u32, gap: Duration) -> (u64, u64) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = ShardConfig {
         durability: Durability::None,
-        spin_wait,
+        spin_wait_us,
         ..config()
     };
     let shard = Shard::open(dir.path(), "t", cfg).unwrap();
@@ -390,13 +390,13 @@ async fn idle_waits(spin_wait: Duration, gap: Duration) -> (u64, u64) {
 /// without, every wait parks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spinning_writer_takes_appends_without_parking() {
-    let (spun, parked) = idle_waits(Duration::from_millis(10), Duration::from_micros(200)).await;
+    let (spun, parked) = idle_waits(10_000, Duration::from_micros(200)).await;
     // Each append after the first comes about a millisecond after the last was
     // answered, within the 10 ms spin. The spin backs off while the writer loses its
     // core to other threads (`crate::spin`; other tests run beside this one), so
     // not every wait ends spinning, but the first spins get the whole budget.
     assert!(spun >= 1, "spun {spun}, parked {parked}");
-    let (spun, parked) = idle_waits(Duration::ZERO, Duration::from_micros(200)).await;
+    let (spun, parked) = idle_waits(0, Duration::from_micros(200)).await;
     assert_eq!(spun, 0);
     assert!(parked >= 20, "parked {parked}");
 }

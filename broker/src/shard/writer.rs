@@ -127,7 +127,7 @@ impl Turns {
             interval_flush: cfg.durability == Durability::Interval,
             depth: cfg.queue_depth.max(1),
             ahead_bytes_max: cfg.group_bytes_max.saturating_mul(2),
-            spinner: Spinner::new(cfg.spin_wait.as_micros().min(u128::from(u32::MAX)) as u32),
+            spinner: Spinner::new(cfg.spin_wait_us),
         }
     }
 }
@@ -564,7 +564,9 @@ fn spin(
     budget: Duration,
 ) -> bool {
     let until = Instant::now() + budget;
-    for look in 1u32.. {
+    let mut look = 0u32;
+    loop {
+        look = look.wrapping_add(1);
         for class in Class::ALL {
             let i = class.index();
             if !lanes.open[i] || t.wfq.lane_len(class) >= t.depth {
@@ -590,7 +592,7 @@ fn spin(
         if t.flusher.running_done() {
             return true;
         }
-        if look % 64 == 0 {
+        if look.is_multiple_of(64) {
             if Instant::now() >= until {
                 return false;
             }
@@ -599,7 +601,6 @@ fn spin(
             std::hint::spin_loop();
         }
     }
-    false
 }
 
 /// What to do this turn, given what is queued and how far the disk is behind.
