@@ -449,6 +449,9 @@ impl Core {
         let mut left = n;
         // Lanes the call added to (usually one).
         let mut touched: Vec<LaneId> = Vec::new();
+        // Records of one call without a time of their own share the call's: one clock
+        // read per call, not per record (the coarse clock moves once per tick anyway).
+        let now = now_ms();
         for mut rec in b.records {
             left -= 1;
             if rec.key.as_ref().is_none_or(|k| k.is_empty()) {
@@ -467,7 +470,7 @@ impl Core {
                 &self.config,
                 rec.priority,
                 rec.complexity,
-                rec.timestamp_ms,
+                Some(rec.timestamp_ms.unwrap_or(now)),
                 &rec.key,
                 &rec.value,
                 &headers,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-use weir_client::{BatchRecord, Producer, ProducerBatch, ProducerRecord};
+use weir_client::{BatchRecord, DeliveryFuture, Producer, ProducerBatch, ProducerRecord};
 
 use super::args::{ApiArg, Args, Mode, PacingArg};
 use super::collector::{Delivery, Pending};
@@ -109,6 +109,14 @@ fn producer_class(mix: &PriorityMix, idx: usize, producers: usize) -> (usize, us
     }
 }
 
+/// The payload every message of a produce run shares: static, so the clone for each
+/// message and its drop touch no reference count (two atomic operations a message
+/// that the SDK's own path does not need; the SDK copies the value into its batch).
+/// One per producer per run, kept for the life of the process.
+fn static_payload(size: usize) -> Bytes {
+    Bytes::from_static(Box::leak(vec![0x5au8; size].into_boxed_slice()))
+}
+
 /// A producer's state over the whole run.
 struct ProducerLoop {
     run: Arc<Run>,
@@ -155,6 +163,9 @@ struct OpenBatch {
     /// `--api record`: the latest `send`'s future; only the batch's last one is
     /// timed as the batch, earlier ones go to the collector for per-class figures.
     held: Option<Pending>,
+    /// `--api record` with no record timed by class: the latest `send`'s future
+    /// alone (no collector entry per record, which cost more than the send).
+    last: Option<DeliveryFuture>,
     permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -171,7 +182,7 @@ impl ProducerLoop {
         ProducerLoop {
             shards: shards_of(idx, c.producers, run.shards),
             e2e: c.mode == Mode::E2e,
-            payload: Bytes::from(vec![0x5au8; c.size]),
+            payload: static_payload(c.size),
             picker: c.priority_mix.as_ref().map(|m| m.picker()),
             fixed,
             pacing,
@@ -254,6 +265,7 @@ impl ProducerLoop {
             classes: Vec::new(),
             records,
             held: None,
+            last: None,
             permit,
         })
     }
@@ -313,19 +325,23 @@ impl ProducerLoop {
             let mut rec = ProducerRecord::new(self.topic.clone(), value).shard(b.shard);
             rec.priority = priority;
             let fut = self.producer.send(rec).await?;
-            if let Some(h) = b.held.take() {
-                if !h.classes.is_empty() {
+            if b.classes.is_empty() {
+                // This record is not timed by class (the same for every record of the
+                // batch, see `pick_priority`): only the batch's last future matters.
+                b.last = Some(fut);
+            } else {
+                if let Some(h) = b.held.take() {
                     let _ = self.tx.send(h);
                 }
+                b.held = Some(Pending {
+                    batch_start: b.start,
+                    classes: std::mem::take(&mut b.classes),
+                    batch_count: 0,
+                    measured: b.measured,
+                    fut: Delivery::Record(fut),
+                    permit: None,
+                });
             }
-            b.held = Some(Pending {
-                batch_start: b.start,
-                classes: std::mem::take(&mut b.classes),
-                batch_count: 0,
-                measured: b.measured,
-                fut: Delivery::Record(fut),
-                permit: None,
-            });
         }
         self.k += 1;
         b.n += 1;
@@ -365,7 +381,16 @@ impl ProducerLoop {
 
     /// Sends the batch (`--api batch`) and hands its last future to the collector.
     async fn close_batch(&mut self, b: OpenBatch) -> anyhow::Result<()> {
-        let mut held = b.held;
+        let mut held = b.held.or_else(|| {
+            b.last.map(|fut| Pending {
+                batch_start: b.start,
+                classes: Vec::new(),
+                batch_count: 0,
+                measured: b.measured,
+                fut: Delivery::Record(fut),
+                permit: None,
+            })
+        });
         if let Some(records) = b.records.filter(|r| !r.is_empty()) {
             held = Some(Pending {
                 batch_start: b.start,
