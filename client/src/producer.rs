@@ -416,8 +416,13 @@ impl Producer {
     /// range, too large) refuses the whole call before anything is queued.
     pub async fn send_batch(&self, batch: ProducerBatch) -> Result<BatchDeliveryFuture> {
         let n = batch.records.len();
+        // One pass checks every record and notes whether any names its priority: the
+        // common call names none, and its records are then counted by class without
+        // a second pass.
+        let mut any_priority = false;
         for r in &batch.records {
             self.check(r)?;
+            any_priority |= r.priority.is_some();
         }
         let (shared, fut) = BatchShared::new(n as u64);
         if n == 0 {
@@ -428,14 +433,16 @@ impl Producer {
                 t.count(&r.headers);
             }
         }
-        let (counts, classes) = match self.core.batch_classes(&batch) {
+        let (counts, classes) = match self.core.batch_classes(&batch, any_priority) {
             Some(c) => c,
             None => {
                 if let Err(e) = Box::pin(self.core.learn_topic(&batch.topic)).await {
                     shared.failed(n as u64, &e);
                     return Ok(fut);
                 }
-                self.core.batch_classes(&batch).ok_or(ClientError::Closed)?
+                self.core
+                    .batch_classes(&batch, any_priority)
+                    .ok_or(ClientError::Closed)?
             }
         };
         if let Some(&most) = counts.iter().max() {

@@ -288,7 +288,7 @@ impl Core {
             rec.priority,
             rec.complexity,
             rec.timestamp_ms,
-            &rec.key,
+            rec.key.as_deref().unwrap_or(&[]),
             &rec.value,
             &headers,
         );
@@ -383,17 +383,25 @@ impl Core {
     }
 
     /// Records of `b` per class (to admit them), or `None` when its topic is unknown.
+    /// `any_priority`: some record names its priority (else all take the default, and
+    /// are counted without looking at each).
     pub(super) fn batch_classes(
         &self,
         b: &ProducerBatch,
+        any_priority: bool,
     ) -> Option<([u32; CLASS_COUNT], ClassMap)> {
         let mut st = self.lock();
         let t = st.topic_index(&b.topic)?;
         let info = &st.topics[t as usize].info;
         let mut counts = [0u32; CLASS_COUNT];
-        for r in &b.records {
-            let p = r.priority.unwrap_or(self.config.default_priority);
-            counts[class_of(&st.classes, p, info)] += 1;
+        if any_priority {
+            for r in &b.records {
+                let p = r.priority.unwrap_or(self.config.default_priority);
+                counts[class_of(&st.classes, p, info)] += 1;
+            }
+        } else {
+            let class = class_of(&st.classes, self.config.default_priority, info);
+            counts[class] = b.records.len() as u32;
         }
         Some((counts, st.classes))
     }
@@ -452,15 +460,23 @@ impl Core {
         // Records of one call without a time of their own share the call's: one clock
         // read per call, not per record (the coarse clock moves once per tick anyway).
         let now = now_ms();
-        for mut rec in b.records {
+        // The records are read in place (moving each out cost a copy of the record
+        // per record) and dropped with the call's vector at the end.
+        for rec in &b.records {
             left -= 1;
-            if rec.key.as_ref().is_none_or(|k| k.is_empty()) {
-                if let Some(k) = &batch_key {
-                    rec.key = Some(k.clone());
-                }
-            }
-            key_from_rule(&info, &mut rec.key, &rec.headers, &rec.value);
-            let shard = match (fixed, &rec.key) {
+            // The record's own key, else the call's, else the topic's rule's.
+            let derived;
+            let key = match rec.key.as_ref().filter(|k| !k.is_empty()) {
+                Some(k) => Some(k),
+                None => match &batch_key {
+                    Some(k) => Some(k),
+                    None => {
+                        derived = derived_key(&info, &rec.headers, &rec.value);
+                        derived.as_ref()
+                    }
+                },
+            };
+            let shard = match (fixed, key) {
                 (Some(s), _) => s,
                 (None, Some(k)) if !k.is_empty() => shard_for_key(k, shards),
                 (None, _) => sticky,
@@ -471,7 +487,7 @@ impl Core {
                 rec.priority,
                 rec.complexity,
                 Some(rec.timestamp_ms.unwrap_or(now)),
-                &rec.key,
+                key.map_or(&[], |k| k.as_ref()),
                 &rec.value,
                 &headers,
             );
@@ -860,7 +876,7 @@ fn new_record<'a>(
     priority: Option<u8>,
     complexity: Option<u8>,
     timestamp_ms: Option<i64>,
-    key: &'a Option<Bytes>,
+    key: &'a [u8],
     value: &'a Bytes,
     headers: &'a [(&'a str, &'a [u8])],
 ) -> NewRecord<'a> {
@@ -868,7 +884,7 @@ fn new_record<'a>(
         priority: priority.unwrap_or(config.default_priority),
         complexity: complexity.unwrap_or(config.default_complexity),
         timestamp_ms: timestamp_ms.unwrap_or_else(now_ms),
-        key: key.as_deref().unwrap_or(&[]),
+        key,
         value,
         headers,
     }
@@ -906,9 +922,17 @@ fn key_from_rule(
     value: &Bytes,
 ) {
     if key.as_ref().is_none_or(|k| k.is_empty()) && info.key_rule != KeyRule::None {
-        let headers = headers.iter().map(|(n, v)| (n.as_str(), v.as_ref()));
-        *key = info.key_rule.derive(headers, value);
+        *key = derived_key(info, headers, value);
     }
+}
+
+/// The key the topic's shard-key rule gives a record without one (none without a rule).
+fn derived_key(info: &TopicInfo, headers: &[(String, Bytes)], value: &Bytes) -> Option<Bytes> {
+    if info.key_rule == KeyRule::None {
+        return None;
+    }
+    let headers = headers.iter().map(|(n, v)| (n.as_str(), v.as_ref()));
+    info.key_rule.derive(headers, value)
 }
 
 /// Header fields as the builder takes them (no allocation when there are none).
