@@ -43,6 +43,12 @@ impl Injector {
         !summary.complete() || (summary.keyless > 0 && self.key_rule != KeyRule::None)
     }
 
+    /// Whether re-encoding a batch with this summary gives some record a key it was
+    /// sent without (from the topic's shard-key rule).
+    pub fn derives_keys(&self, summary: &RecordSummary) -> bool {
+        summary.keyless > 0 && self.key_rule != KeyRule::None
+    }
+
     /// Re-encodes a validated batch with defaults and derived keys filled in, when it
     /// needs that; otherwise returns it unchanged.
     pub fn apply(

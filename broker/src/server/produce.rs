@@ -204,9 +204,9 @@ fn check(state: &BrokerState, req: &ProduceRequest) -> Result<Checked, BrokerErr
     // on its keys and priority.
     let (shard_no, filled) = if req.shard == ANY_SHARD {
         fits(&topic, req)?;
-        let (batches, headers) = split_and_fill(&topic, req.records.to_bytes())?;
+        let (batches, headers, keyed) = split_and_fill(&topic, req.records.to_bytes())?;
         let shard = placement::place(state, &topic, &batches, &headers)?;
-        (shard, Some((batches, headers)))
+        (shard, Some((batches, headers, keyed)))
     } else {
         (req.shard, None)
     };
@@ -227,15 +227,17 @@ fn check(state: &BrokerState, req: &ProduceRequest) -> Result<Checked, BrokerErr
     };
     let shard = primary.as_ref().map_or(shard, |p| p.shard.clone());
     let max = topic.config.max_message_bytes;
-    let (batches, headers) = match filled {
+    let (batches, headers, keyed) = match filled {
         Some(f) => f,
         None => {
             fits(&topic, req)?;
             split_and_fill(&topic, req.records.to_bytes())?
         }
     };
-    let earlier = topic.reshards.iter().map(|r| r.from_shards);
-    keys_on_shard(&batches, shard_no, topic.active, earlier)?;
+    if keyed {
+        let earlier = topic.reshards.iter().map(|r| r.from_shards);
+        keys_on_shard(&batches, shard_no, topic.active, earlier)?;
+    }
     // Fencing per producer id, on every shard at once (producer_ids.rs); the shard's
     // writer still checks sequences and its own lanes' epochs. Once per distinct stamp
     // (a request's batches almost always share one).
@@ -298,13 +300,16 @@ fn fits(topic: &Topic, req: &ProduceRequest) -> Result<(), BrokerError> {
 
 /// Cuts the request's records into batches on their length fields, validates each
 /// (its CRC once) and fills in the topic's record metadata where a record left it
-/// unset ([`crate::inject`]).
+/// unset ([`crate::inject`]). Also says whether any stored record may carry a key:
+/// not when the validator counted every record keyless and the topic's shard-key rule
+/// gives none, so the key → shard check need not walk the records again.
 fn split_and_fill(
     topic: &Topic,
     mut rest: Bytes,
-) -> Result<(Vec<Bytes>, Vec<BatchHeader>), BrokerError> {
+) -> Result<(Vec<Bytes>, Vec<BatchHeader>, bool), BrokerError> {
     let mut batches = Vec::new();
     let mut headers = Vec::new();
+    let mut keyed = false;
     while !rest.is_empty() {
         // A batch cut short (or stray bytes after the last one) is a truncated field,
         // the same failure, and so the same code, as anywhere else (PROTOCOL.md,
@@ -325,11 +330,12 @@ fn split_and_fill(
         let b = rest.split_to(needed);
         let (h, summary) =
             batch::validate_summary(&b).map_err(|e| BrokerError::new(e.code(), e.to_string()))?;
+        keyed |= summary.keyless < h.record_count || topic.injector.derives_keys(&summary);
         let (b, h) = topic.injector.apply(b, h, &summary)?;
         headers.push(h);
         batches.push(b);
     }
-    Ok((batches, headers))
+    Ok((batches, headers, keyed))
 }
 
 /// Holds the key → shard rule (PROTOCOL.md, "Key → shard"): every keyed record — one
@@ -524,6 +530,23 @@ mod tests {
             seen += 1;
         }
         assert!(seen >= 12, "{seen} batch vectors");
+    }
+
+    /// The key → shard check walks a request's records only when one may hold a key:
+    /// a keyed record, or a keyless one under a shard-key rule that derives keys.
+    #[test]
+    fn only_requests_that_may_hold_keys_are_walked_for_them() {
+        let keyed_of = |t: &Topic, keys: &[&[u8]]| split_and_fill(t, keyed(keys)).unwrap().2;
+        let plain = topic();
+        assert!(!keyed_of(&plain, &[b"", b""]));
+        assert!(keyed_of(&plain, &[b"", b"user-1"]));
+        let mut ruled = topic();
+        let config = TopicConfig {
+            shard_key_rule: "header:user".into(),
+            ..TopicConfig::default()
+        };
+        ruled.injector = Injector::new(&config).unwrap();
+        assert!(keyed_of(&ruled, &[b"", b""]));
     }
 
     fn keyed(keys: &[&[u8]]) -> Bytes {
