@@ -777,14 +777,19 @@ mod invariants {
     }
 }
 
-/// A segment preparation that fails part way (here: an index far larger than any
-/// disk) leaves none of its files behind; retried every second while a shard waits
+/// A segment preparation that fails part way (here: an index larger than a file may
+/// be) leaves none of its files behind; retried every second while a shard waits
 /// for space, leftovers would eat the space it waits for.
+///
+/// The index is 32 TiB, past ext4's largest file, so `fallocate` refuses it at once.
+/// An 8 TiB one (this test's first version) fits that limit: ext4 then allocated
+/// blocks until the disk was full before failing, and tests running beside it failed
+/// with "no space left on device" now and then.
 #[test]
 fn a_failed_segment_preparation_leaves_no_files() {
     let dir = tempfile::tempdir().unwrap();
-    let r = segment::prepare(dir.path(), 7, 1 << 20, 1 << 16, 1 << 40);
-    assert!(r.is_err(), "an 8 TiB index cannot be preallocated");
+    let r = segment::prepare(dir.path(), 7, 1 << 20, 1 << 16, 1 << 42);
+    assert!(r.is_err(), "a 32 TiB index cannot be preallocated");
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
