@@ -146,6 +146,10 @@ fn write_behind_kicks_every_step_and_restarts_after_a_roll() {
         if kicks.last() != Some(&log.write_behind_from) {
             kicks.push(log.write_behind_from);
         }
+        // Each start runs on a storage worker; let it end so none is deferred.
+        if let Some(job) = log.write_behind_job.take() {
+            job.join("write-behind").unwrap();
+        }
     }
     // ~800 KiB in a 1 MiB segment: about a dozen kicks, each at least a step apart.
     assert!(kicks.len() >= 10, "kicks at {kicks:?}");
@@ -174,6 +178,33 @@ fn write_behind_kicks_every_step_and_restarts_after_a_roll() {
         log.append(&[make_batch(i, 4, 2000, 1000)]).unwrap();
     }
     assert_eq!(log.write_behind_from, 0);
+}
+
+/// A write-back start still running defers the next one, which then covers every
+/// byte appended meanwhile: the writer never waits for one, and never starts two.
+#[test]
+fn write_behind_waits_for_the_running_start_and_then_covers_the_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        write_behind_bytes: 64 * 1024,
+        ..small_config(1 << 20)
+    };
+    let mut log = Log::open(dir.path(), config).unwrap();
+    // A start that is still running (a slow disk's).
+    let (job, release) = workers::Task::held();
+    log.write_behind_job = Some(job);
+    for i in 0..20u64 {
+        log.append(&[make_batch(i, 4, 2000, 1000)]).unwrap();
+    }
+    assert!(log.active.pos >= 128 * 1024, "two steps appended");
+    assert_eq!(log.write_behind_from, 0, "no start while one runs");
+    release.send(Ok(())).unwrap();
+    log.append(&[make_batch(20, 4, 2000, 1000)]).unwrap();
+    assert_eq!(
+        log.write_behind_from, log.active.pos,
+        "the next start covers the whole gap"
+    );
+    assert!(log.write_behind_job.is_some());
 }
 
 /// One `append` of many batches is written with few vectored writes: groups that

@@ -181,6 +181,16 @@ impl<T> Task<T> {
     }
 }
 
+#[cfg(test)]
+impl Task<()> {
+    /// A task of no pool thread that ends when the sender sends: a job still running,
+    /// for tests, without holding a worker other tests may need.
+    pub(crate) fn held() -> (Task<()>, mpsc::Sender<std::thread::Result<()>>) {
+        let (tx, rx) = mpsc::channel();
+        (Task { rx, done: None }, tx)
+    }
+}
+
 /// Runs `f` on a pool thread (on this thread when no pool thread exists and none can
 /// be started) and returns its outcome's handle. Never fails.
 pub(crate) fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Task<T> {
