@@ -31,10 +31,6 @@ use super::retention;
 use super::segment::{self, sync_dir, MappedLog, Prepared, Segment};
 use super::workers::{self, Task};
 
-/// Write-behind engages once a flush starts after this many of its steps of appends
-/// (64 MiB at the default 8 MiB step: 64 MB/s sustained under 1 s interval flushes).
-pub(crate) const WRITE_BEHIND_ENGAGE_STEPS: u64 = 8;
-
 /// Offsets assigned by one `append`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendInfo {
@@ -150,11 +146,6 @@ pub struct Log {
     pub(super) write_behind_from: u64,
     /// The last write-back start, running on a storage worker (at most one at a time).
     pub(super) write_behind_job: Option<Task<()>>,
-    /// Bytes appended since the last flush started.
-    pub(super) appended_since_flush: u64,
-    /// Write-behind runs: the last flush started after at least
-    /// [`WRITE_BEHIND_ENGAGE_STEPS`] steps of appends (see [`Log::write_behind`]).
-    pub(super) write_behind_engaged: bool,
     _lock: File,
 }
 
@@ -202,8 +193,6 @@ impl Log {
             deletions: Vec::new(),
             write_behind_from: 0,
             write_behind_job: None,
-            appended_since_flush: 0,
-            write_behind_engaged: false,
             _lock: lock,
         };
         log.write_behind_from = log.active.pos;
@@ -286,8 +275,6 @@ impl Log {
         self.publish_active();
         self.check_positions();
         self.publish_high_watermark();
-        let appended: u64 = batches.iter().map(|b| b.len() as u64).sum();
-        self.appended_since_flush = self.appended_since_flush.saturating_add(appended);
         self.write_behind();
         // Prepare the next segment once this one is half full: early enough that the
         // background fallocate is done long before the roll, late enough that an idle
@@ -309,23 +296,12 @@ impl Log {
     /// The start runs on a storage worker, not here: `sync_file_range` submits the
     /// pages itself, which took 18 % of the writer thread's time at 1 GB/s. While one
     /// start still runs the next waits, and then covers everything appended since.
-    ///
-    /// It runs only while the log takes sustained writes: once a flush has started
-    /// after [`WRITE_BEHIND_ENGAGE_STEPS`] steps of appends, until one starts after
-    /// fewer. A burst shorter than a flush interval is left to the next flush (and the
-    /// kernel): starting its write-back at once cost that burst 8–27 % of its
-    /// throughput in measurements, for no gain in its tail.
     fn write_behind(&mut self) {
         let every = self.config.write_behind_bytes;
         let pos = self.active.pos;
         // The active file was cut back (a cluster copy truncated): start again there.
         self.write_behind_from = self.write_behind_from.min(pos);
-        if every == 0 || !self.write_behind_engaged {
-            // Whatever the next flush will sync is not write-behind's to start.
-            self.write_behind_from = pos;
-            return;
-        }
-        if pos < self.write_behind_from.saturating_add(every) {
+        if every == 0 || pos < self.write_behind_from.saturating_add(every) {
             return;
         }
         if self
@@ -703,7 +679,6 @@ impl Log {
         self.check_failed()?;
         self.join_background_flush()?;
         self.check_positions();
-        self.flush_started();
         let segments = std::mem::take(&mut self.pending_sync);
         let a = &mut self.active;
         let seg = Arc::clone(&a.seg);
@@ -745,22 +720,9 @@ impl Log {
         r
     }
 
-    /// A flush starts: write-behind runs until the next one if enough was appended
-    /// since the previous (see [`Log::write_behind`]).
-    fn flush_started(&mut self) {
-        let engage = self
-            .config
-            .write_behind_bytes
-            .saturating_mul(WRITE_BEHIND_ENGAGE_STEPS);
-        self.write_behind_engaged =
-            self.config.write_behind_bytes != 0 && self.appended_since_flush >= engage;
-        self.appended_since_flush = 0;
-    }
-
     fn flush_inner(&mut self) -> Result<(), StorageError> {
         self.join_background_flush()?;
         self.check_positions();
-        self.flush_started();
         for s in std::mem::take(&mut self.pending_sync) {
             s.sync_all_files()?;
         }

@@ -137,8 +137,6 @@ fn write_behind_kicks_every_step_and_restarts_after_a_roll() {
         ..small_config(1 << 20)
     };
     let mut log = Log::open(dir.path(), config.clone()).unwrap();
-    // As after a flush that followed sustained writes (see the engaging test below).
-    log.write_behind_engaged = true;
     let mut expected = Vec::new();
     let mut kicks = Vec::new();
     for i in 0..100u64 {
@@ -173,63 +171,13 @@ fn write_behind_kicks_every_step_and_restarts_after_a_roll() {
     for (g, e) in got.iter().zip(&expected) {
         assert_eq!(g.as_ref(), e.as_slice());
     }
-    // Off (a step of 0): nothing is ever started, even between sustained flushes.
+    // Off by default: no kick is ever recorded.
     let dir = tempfile::tempdir().unwrap();
     let mut log = Log::open(dir.path(), small_config(1 << 20)).unwrap();
     for i in 0..50u64 {
         log.append(&[make_batch(i, 4, 2000, 1000)]).unwrap();
-        if i % 10 == 9 {
-            log.flush().unwrap();
-        }
     }
-    assert!(!log.write_behind_engaged);
-    assert!(log.write_behind_job.is_none());
-}
-
-/// Write-behind runs only while the log takes sustained writes: from a flush that
-/// started after `WRITE_BEHIND_ENGAGE_STEPS` steps of appends until one that started
-/// after fewer. A burst before the first flush starts no write-back of its own.
-#[test]
-fn write_behind_engages_after_a_flush_of_sustained_writes_and_lets_go_after_a_quiet_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let step = 64 * 1024;
-    let config = LogConfig {
-        write_behind_bytes: step,
-        ..small_config(16 << 20)
-    };
-    let mut log = Log::open(dir.path(), config).unwrap();
-    let mut i = 0u64;
-    let mut append_bytes = |log: &mut Log, bytes: u64| {
-        let start = log.active.pos;
-        while log.active.pos < start + bytes {
-            log.append(&[make_batch(i, 4, 2000, 1000)]).unwrap();
-            i += 1;
-            if let Some(job) = log.write_behind_job.take() {
-                job.join("write-behind").unwrap();
-            }
-        }
-    };
-    // A burst of many steps before any flush: nothing started.
-    append_bytes(&mut log, 10 * step);
-    assert!(!log.write_behind_engaged);
-    assert_eq!(log.write_behind_from, log.active.pos, "no start in a burst");
-    // The flush after it engages write-behind: the next steps start write-back.
-    log.flush().unwrap();
-    assert!(log.write_behind_engaged);
-    let engaged_at = log.active.pos;
-    append_bytes(&mut log, 3 * step);
-    assert!(
-        log.write_behind_from > engaged_at,
-        "a start after the flush"
-    );
-    // A flush after fewer steps than the threshold (3 < WRITE_BEHIND_ENGAGE_STEPS)
-    // lets go again.
-    log.flush().unwrap();
-    assert!(!log.write_behind_engaged, "quiet interval: off");
-    let from = log.write_behind_from;
-    append_bytes(&mut log, 2 * step);
-    assert!(log.write_behind_from >= from);
-    assert_eq!(log.write_behind_from, log.active.pos, "no start while off");
+    assert_eq!(log.write_behind_from, 0);
 }
 
 /// A write-back start still running defers the next one, which then covers every
@@ -242,7 +190,6 @@ fn write_behind_waits_for_the_running_start_and_then_covers_the_gap() {
         ..small_config(1 << 20)
     };
     let mut log = Log::open(dir.path(), config).unwrap();
-    log.write_behind_engaged = true;
     // A start that is still running (a slow disk's).
     let (job, release) = workers::Task::held();
     log.write_behind_job = Some(job);
