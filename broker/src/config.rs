@@ -99,12 +99,6 @@ pub const MAX_SHARDS_LIMIT: u32 = 1_000_000;
 /// burns a core.
 pub const SPIN_WAIT_US_MAX: u32 = 10_000;
 
-/// Default write-behind step of topic shards (`flush_write_behind_bytes`): 8 MiB.
-/// Under sustained produce (3–5 GB in a run, BENCHMARKS.md "Write-behind on by
-/// default") it cut the per-batch p99.9 from 33–91 ms to 7–19 ms: the interval flush
-/// otherwise finds a second's worth of dirty data at once.
-pub const DEFAULT_WRITE_BEHIND_BYTES: u64 = 8 * 1024 * 1024;
-
 /// Every setting of a broker.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -153,7 +147,8 @@ pub struct Config {
     pub segment_preallocate_bytes: u64,
     /// Write-behind of topic shards: start write-back of every this many appended
     /// bytes at once (`sync_file_range`, on a storage worker), so interval and durable
-    /// flushes find little dirty data; 0 = off. Default [`DEFAULT_WRITE_BEHIND_BYTES`].
+    /// flushes find little dirty data; 0 = off (the default: BENCHMARKS.md, "Write-behind,
+    /// session 12", for when it pays).
     pub flush_write_behind_bytes: u64,
     /// Appends waiting in each priority class's lane of one shard writer.
     pub shard_queue_depth: usize,
@@ -506,7 +501,7 @@ impl Default for Config {
             default_max_message_bytes: 8 * 1024 * 1024,
             index_interval_bytes: 4096,
             segment_preallocate_bytes: crate::storage::DEFAULT_PREALLOCATE_BYTES,
-            flush_write_behind_bytes: DEFAULT_WRITE_BEHIND_BYTES,
+            flush_write_behind_bytes: 0,
             shard_queue_depth: 1024,
             shard_group_bytes_max: crate::shard::writer::DEFAULT_GROUP_BYTES_MAX,
             spin_wait_us: 0,
