@@ -40,7 +40,7 @@ impl Injector {
 
     /// Whether a batch with this summary must be re-encoded.
     pub fn needs(&self, summary: &RecordSummary) -> bool {
-        !summary.complete() || (summary.keyless > 0 && self.key_rule != KeyRule::None)
+        !summary.complete() || self.derives_keys(summary)
     }
 
     /// Whether re-encoding a batch with this summary gives some record a key it was
