@@ -378,6 +378,10 @@ impl ShardSender {
                                     Err(e) => {
                                         let mut later = later;
                                         later.reroute = crate::cluster::is_routing_error(&e);
+                                        // Like the failed batch: an answer lost with the
+                                        // connection leaves it perhaps stored, so it is
+                                        // never placed again by a relayout.
+                                        later.maybe_stored |= !e.certainly_not_stored();
                                         again.push_back(later);
                                     }
                                 }
