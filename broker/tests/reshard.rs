@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use weir_broker::config::Config;
-use weir_broker::shard::{AppendError, ANY_LAYOUT};
+use weir_broker::shard::{AppendError, Layout};
 use weir_broker::topics::TopicRegistry;
 use weir_protocol::batch::{BatchBuilder, BatchHeader, NewRecord};
 use weir_protocol::messages::TopicConfig;
@@ -36,7 +36,7 @@ async fn append(
     topics: &TopicRegistry,
     shard: u32,
     n: u32,
-    layout: u32,
+    layout: Layout,
 ) -> Result<u64, AppendError> {
     let t = topics.get("t").unwrap();
     let (b, h) = batch(n);
@@ -53,8 +53,8 @@ async fn a_reshard_cuts_every_log_at_its_end_refuses_older_appends_and_survives_
     let dir = tempfile::tempdir().unwrap();
     let topics = Arc::new(TopicRegistry::open(config(dir.path())).unwrap());
     topics.create("t", 2, TopicConfig::default()).await.unwrap();
-    append(&topics, 0, 5, 0).await.unwrap();
-    append(&topics, 1, 3, 0).await.unwrap();
+    append(&topics, 0, 5, Layout::Checked(0)).await.unwrap();
+    append(&topics, 1, 3, Layout::Checked(0)).await.unwrap();
 
     // Grow 2 -> 3: the starts are the logs' ends; the new shard starts at 0.
     let r = topics.reshard("t", 3, "operator".into()).await.unwrap();
@@ -64,13 +64,13 @@ async fn a_reshard_cuts_every_log_at_its_end_refuses_older_appends_and_survives_
     assert_eq!((t.shards.len(), t.active, t.layout_epoch()), (3, 3, 1));
     // An append checked under the old shard count is refused, nothing written.
     assert_eq!(
-        append(&topics, 0, 1, 0).await.unwrap_err(),
+        append(&topics, 0, 1, Layout::Checked(0)).await.unwrap_err(),
         AppendError::LayoutChanged { current: 1 }
     );
-    assert_eq!(append(&topics, 0, 1, 1).await.unwrap(), 5);
-    assert_eq!(append(&topics, 2, 2, 1).await.unwrap(), 0);
+    assert_eq!(append(&topics, 0, 1, Layout::Checked(1)).await.unwrap(), 5);
+    assert_eq!(append(&topics, 2, 2, Layout::Checked(1)).await.unwrap(), 0);
     // The broker's own writes are not keyed by the layout.
-    assert_eq!(append(&topics, 1, 1, ANY_LAYOUT).await.unwrap(), 3);
+    assert_eq!(append(&topics, 1, 1, Layout::Any).await.unwrap(), 3);
 
     // Refusals: the same count, none, too many reshards are named.
     assert_eq!(
@@ -106,10 +106,10 @@ async fn a_reshard_cuts_every_log_at_its_end_refuses_older_appends_and_survives_
     assert_eq!(t.reshards[0].starts, [5, 3, 0]);
     // The writers reopen in the recorded epoch.
     assert!(matches!(
-        append(&topics, 2, 1, 0).await,
+        append(&topics, 2, 1, Layout::Checked(0)).await,
         Err(AppendError::LayoutChanged { current: 1 })
     ));
-    assert_eq!(append(&topics, 2, 1, 1).await.unwrap(), 2);
+    assert_eq!(append(&topics, 2, 1, Layout::Checked(1)).await.unwrap(), 2);
 
     // Shrink 3 -> 1: shards 1 and 2 are sealed (still there, never written).
     let r = topics.reshard("t", 1, "operator".into()).await.unwrap();

@@ -533,6 +533,9 @@ struct ProxyState {
     stopped: AtomicBool,
     /// While set, new connections are dropped at once (a network partition).
     blocked: AtomicBool,
+    /// While set, what the broker sends is dropped and what the client sends still
+    /// arrives: requests are served, their answers lost.
+    muted: AtomicBool,
 }
 
 impl CutProxy {
@@ -546,6 +549,7 @@ impl CutProxy {
             connections: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
             blocked: AtomicBool::new(false),
+            muted: AtomicBool::new(false),
         });
         let st = state.clone();
         let accept = tokio::spawn(async move {
@@ -591,6 +595,9 @@ impl CutProxy {
                                 Ok(0) | Err(_) => return,
                                 Ok(n) => n,
                             };
+                            if st.muted.load(Ordering::Acquire) {
+                                continue;
+                            }
                             if dw.write_all(&buf[..n]).await.is_err() {
                                 return;
                             }
@@ -640,9 +647,16 @@ impl CutProxy {
         self.cut();
     }
 
-    /// Lets connections through again.
+    /// Lets connections through again, both ways.
     pub fn heal(&self) {
+        self.state.muted.store(false, Ordering::Release);
         self.state.blocked.store(false, Ordering::Release);
+    }
+
+    /// Loses the broker's answers from now on, while requests still reach it (so
+    /// what is sent is stored but never acknowledged), until [`CutProxy::heal`].
+    pub fn mute(&self) {
+        self.state.muted.store(true, Ordering::Release);
     }
 
     /// Connections accepted so far.

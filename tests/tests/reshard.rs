@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use weir_client::{Admin, Consumer, Message, OffsetReset, Producer, ProducerRecord};
-use weir_tests::{connect, read_to_end, BrokerProcess};
+use weir_client::{Admin, Client, Consumer, Message, OffsetReset, Producer, ProducerRecord};
+use weir_tests::{connect, read_to_end, BrokerProcess, CutProxy};
 
 const TOPIC: &str = "orders";
 const KEYS: usize = 24;
@@ -642,4 +642,121 @@ async fn pipelined_sends_of_a_key_keep_their_order_across_reshards() {
     }
     let (breaks, shown) = order_breaks(&stored);
     assert_eq!(breaks, 0, "{shown:?}");
+}
+
+/// A reshard while a producer's batches are stored but not acknowledged (their answers
+/// lost, then the connection): the producer sends them again after the reshard, to
+/// their old shard, and the broker answers a retry of a stored batch with its offsets
+/// even where its keys have moved (a grow) or its shard is sealed (a shrink). So every
+/// record is acknowledged and stored once. (Before: such retries were answered
+/// LAYOUT_CHANGED and the SDK placed the records again by the new count, all but the
+/// first batch of each lane, which it had not marked as perhaps stored: stored twice.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grow_while_answers_are_lost_stores_each_record_once() {
+    reshard_while_answers_are_lost(2, 4).await;
+}
+
+/// [`a_grow_while_answers_are_lost_stores_each_record_once`] for a shrink: retries
+/// reach shards the reshard sealed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shrink_while_answers_are_lost_stores_each_record_once() {
+    reshard_while_answers_are_lost(4, 2).await;
+}
+
+async fn reshard_while_answers_are_lost(from: u32, to: u32) {
+    const RECORDS: usize = 600;
+    let broker = BrokerProcess::start();
+    let direct = connect(&broker.addr(), Duration::from_secs(5)).await;
+    let admin = Admin::new(direct.clone());
+    admin
+        .create_topic(TOPIC, from, Default::default())
+        .await
+        .expect("create topic");
+    let proxy = CutProxy::start(broker.addr().parse().expect("addr")).await;
+    let client = Client::connect(proxy.addr())
+        .await
+        .expect("connect via proxy");
+    let producer = Producer::builder(&client)
+        .linger(Duration::from_millis(1))
+        .max_batch_bytes(256)
+        .fixed_in_flight_per_shard(5)
+        .retries(50)
+        .retry_backoff(Duration::from_millis(20))
+        .retry_backoff_max(Duration::from_millis(200))
+        .build()
+        .await
+        .expect("producer");
+    producer
+        .send_and_wait(ProducerRecord::new(TOPIC, "warm-up").key("key-0"))
+        .await
+        .expect("first record");
+
+    proxy.mute();
+    let send = {
+        let producer = producer.clone();
+        tokio::spawn(async move {
+            let mut futures = Vec::with_capacity(RECORDS);
+            for i in 0..RECORDS {
+                let rec =
+                    ProducerRecord::new(TOPIC, format!("r{i:04}")).key(format!("key-{}", i % KEYS));
+                futures.push(producer.send(rec).await.expect("send"));
+            }
+            futures
+        })
+    };
+    // The lanes' windows fill and those batches are stored; none is answered.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stored_unanswered = admin
+        .describe_topic(TOPIC)
+        .await
+        .expect("describe")
+        .shards
+        .iter()
+        .map(|s| s.high_watermark)
+        .sum::<u64>()
+        - 1;
+    // Several batches per lane (256 bytes hold about six of these records).
+    assert!(
+        stored_unanswered >= 10 * u64::from(from),
+        "only {stored_unanswered} records stored while the answers were lost"
+    );
+    proxy.block();
+    let done = admin.reshard_topic(TOPIC, to).await.expect("reshard");
+    assert_eq!((done.from_shards, done.to_shards), (from, to));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.heal();
+
+    let futures = tokio::time::timeout(Duration::from_secs(60), send)
+        .await
+        .expect("sends queued in time")
+        .expect("sender task");
+    let mut acked: BTreeMap<(u32, u64), String> = BTreeMap::new();
+    for (i, f) in futures.into_iter().enumerate() {
+        let md = tokio::time::timeout(Duration::from_secs(60), f)
+            .await
+            .expect("ack in time")
+            .unwrap_or_else(|e| panic!("record {i} not acknowledged: {e}"));
+        let prev = acked.insert((md.shard, md.offset), format!("r{i:04}"));
+        assert!(prev.is_none(), "records {prev:?} and {i} acked at {md:?}");
+    }
+    let messages = read_to_end(&direct, TOPIC, Duration::from_secs(30)).await;
+    let mut count: HashMap<String, usize> = HashMap::new();
+    for m in &messages {
+        *count
+            .entry(String::from_utf8(m.value.to_vec()).expect("utf8"))
+            .or_default() += 1;
+    }
+    let twice: Vec<_> = count.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "stored more than once: {twice:?}");
+    assert_eq!(messages.len(), RECORDS + 1, "every record once");
+    for m in &messages {
+        let v = String::from_utf8(m.value.to_vec()).expect("utf8");
+        if v != "warm-up" {
+            assert_eq!(
+                acked.get(&(m.shard, m.offset)),
+                Some(&v),
+                "the ack of {v} names where it is stored"
+            );
+        }
+    }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use weir_protocol::batch::{self, BatchHeader};
+use weir_protocol::batch::{self, BatchHeader, NO_PRODUCER_ID};
 use weir_protocol::classes::Class;
 use weir_protocol::frame::{RequestHeader, ResponseFrame};
 use weir_protocol::keys::shard_for_key;
@@ -26,7 +26,7 @@ use crate::error::BrokerError;
 use crate::flow::quota::ClientState;
 use crate::flow::ProduceTicket;
 use crate::shard::writer::PendingAppend;
-use crate::shard::Shard;
+use crate::shard::{Layout, Shard};
 use crate::state::BrokerState;
 use crate::topics::Topic;
 
@@ -100,6 +100,7 @@ pub async fn start(
         headers,
         class,
         primary,
+        layout,
     } = checked;
     let records: u64 = headers.iter().map(|h| u64::from(h.record_count)).sum();
     let bytes = batches.iter().map(|b| b.len() as u64).sum();
@@ -119,7 +120,6 @@ pub async fn start(
         .map(|h| (h.producer_id, h.producer_epoch))
         .filter(|&(id, epoch)| id != 0 && epoch != 0)
         .collect();
-    let layout = topic.layout_epoch();
     let rx = match shard
         .enqueue_in_layout(batches, headers, plan.needs_flush(), layout)
         .await
@@ -175,6 +175,7 @@ struct Checked {
     headers: Vec<BatchHeader>,
     class: Class,
     primary: Option<Arc<PrimaryState>>,
+    layout: Layout,
 }
 
 /// Every check a produce must pass before admission, in the order a client sees
@@ -210,7 +211,13 @@ fn check(state: &BrokerState, req: &ProduceRequest) -> Result<Checked, BrokerErr
     } else {
         (req.shard, None)
     };
-    let shard = topic.active_shard(shard_no)?.clone();
+    // A shard a reshard sealed takes no new records, but a producer's retry of what it
+    // stored there before is still answered (see `Layout::Moved`, below).
+    let (shard, mut moved) = match topic.active_shard(shard_no) {
+        Ok(s) => (s.clone(), None),
+        Err(e) if e.code == ErrorCode::LayoutChanged => (topic.shard(shard_no)?.clone(), Some(e)),
+        Err(e) => return Err(e),
+    };
     let plan = AckPlan::for_level(req.acks, state.cluster.is_some())?;
     // In a cluster only the primary takes produce, and a mirrored one needs enough
     // in-sync copies before anything is written.
@@ -234,10 +241,25 @@ fn check(state: &BrokerState, req: &ProduceRequest) -> Result<Checked, BrokerErr
             split_and_fill(&topic, req.records.to_bytes())?
         }
     };
-    if keyed {
+    if keyed && moved.is_none() {
         let earlier = topic.reshards.iter().map(|r| r.from_shards);
-        keys_on_shard(&batches, shard_no, topic.active, earlier)?;
+        match keys_on_shard(&batches, shard_no, topic.active, earlier) {
+            Err(e) if e.code == ErrorCode::LayoutChanged => moved = Some(e),
+            r => r?,
+        }
     }
+    // Routed under an earlier layout. An idempotent producer's batches may be a retry
+    // of batches stored here before the reshard (the answer lost with a connection):
+    // the writer answers those with their offsets and refuses the rest, so a retry is
+    // never placed again and stored twice. Other batches are refused here.
+    let layout = match moved {
+        None => Layout::Checked(topic.layout_epoch()),
+        Some(e) if headers.iter().any(|h| h.producer_id == NO_PRODUCER_ID) => return Err(e),
+        Some(e) => {
+            tracing::debug!(message = %e.message, "produce under an earlier layout: answered only if a retry");
+            Layout::Moved
+        }
+    };
     // Fencing per producer id, on every shard at once (producer_ids.rs); the shard's
     // writer still checks sequences and its own lanes' epochs. Once per distinct stamp
     // (a request's batches almost always share one).
@@ -268,6 +290,7 @@ fn check(state: &BrokerState, req: &ProduceRequest) -> Result<Checked, BrokerErr
         headers,
         class,
         primary,
+        layout,
     })
 }
 

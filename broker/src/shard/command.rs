@@ -34,23 +34,37 @@ pub enum AppendError {
     Fenced { current_epoch: u16 },
     #[error("shard is closed")]
     Closed,
-    /// Checked under an older layout epoch than the writer's (the topic was
-    /// resharded after the produce was routed): nothing was written.
-    #[error("the topic was resharded (layout epoch {current}) after this append was checked")]
+    /// Routed under an older layout than the writer's (the topic was resharded after
+    /// the produce was routed), and not a retry of batches stored here: nothing was
+    /// written.
+    #[error("the topic was resharded (layout epoch {current}) after this append was routed; refresh Metadata")]
     LayoutChanged { current: u32 },
 }
 
-/// The layout epoch of an append the writer takes whatever its epoch (the broker's
-/// own writes, which no key rule applies to).
-pub const ANY_LAYOUT: u32 = u32::MAX;
+/// The layout (the topic's reshards) an append's keys were checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Taken whatever the writer's epoch: the broker's own writes, which no key rule
+    /// applies to.
+    Any,
+    /// Checked under this layout epoch: refused with [`AppendError::LayoutChanged`]
+    /// once a reshard has sealed it.
+    Checked(u32),
+    /// Already found to belong to an earlier layout (a key that moved away, or a shard
+    /// a reshard sealed). Nothing of it is written: a retry of batches this shard
+    /// stored is answered with their offsets (a producer sending again after losing
+    /// the answer, which a reshard must not turn into a second copy elsewhere), and
+    /// anything else is refused with [`AppendError::LayoutChanged`].
+    Moved,
+}
 
 /// One queued append, as it waits in its class's lane.
 pub(super) struct AppendCmd {
     pub batches: Vec<Bytes>,
     pub headers: Vec<BatchHeader>,
     pub durable: bool,
-    /// The topic's layout epoch the append's keys were checked under.
-    pub layout: u32,
+    /// The layout the append's keys were checked against.
+    pub layout: Layout,
     pub reply: Option<oneshot::Sender<Result<AppendOutcome, AppendError>>>,
     /// When it was handed to the lane (before any wait for room in it): lane waits
     /// are measured from here, so they include the time in the lane before the writer

@@ -13,8 +13,8 @@ use weir_protocol::classes::{Class, ClassMap, CLASS_COUNT};
 
 use super::class_index::ClassIndex;
 use super::command::{
-    AppendCmd, AppendError, AppendOutcome, ClassStats, Control, PendingAppend, ReplicaAppend,
-    ShardConfig, ANY_LAYOUT,
+    AppendCmd, AppendError, AppendOutcome, ClassStats, Control, Layout, PendingAppend,
+    ReplicaAppend, ShardConfig,
 };
 use super::idempotence::ProducerTable;
 use super::writer::Writer;
@@ -138,21 +138,22 @@ impl Shard {
         headers: Vec<BatchHeader>,
         durable: bool,
     ) -> Result<PendingAppend, AppendError> {
-        self.enqueue_in_layout(batches, headers, durable, ANY_LAYOUT)
+        self.enqueue_in_layout(batches, headers, durable, Layout::Any)
             .await
     }
 
-    /// [`Shard::enqueue`] for batches whose keys were checked against the topic's
-    /// shard count at layout epoch `layout`: the writer refuses them with
+    /// [`Shard::enqueue`] for batches whose keys were checked against `layout`:
+    /// under [`Layout::Checked`] the writer refuses them with
     /// [`AppendError::LayoutChanged`] once a reshard has sealed that epoch, so no
-    /// append checked before a reshard lands after its start. [`ANY_LAYOUT`] skips
-    /// the check (the broker's own writes: dead letters, reconciliation records).
+    /// append checked before a reshard lands after its start; under [`Layout::Moved`]
+    /// it only answers retries of batches already stored. [`Layout::Any`] skips the
+    /// check (the broker's own writes: dead letters, reconciliation records).
     pub async fn enqueue_in_layout(
         &self,
         batches: Vec<Bytes>,
         headers: Vec<BatchHeader>,
         durable: bool,
-        layout: u32,
+        layout: Layout,
     ) -> Result<PendingAppend, AppendError> {
         let class = self.class_of(&headers);
         let (reply, rx) = oneshot::channel();

@@ -29,7 +29,7 @@ pub mod idempotence;
 pub mod writer;
 
 pub use command::{
-    AppendError, AppendOutcome, ClassStats, PendingAppend, ShardConfig, ANY_LAYOUT,
+    AppendError, AppendOutcome, ClassStats, Layout, PendingAppend, ShardConfig,
     DEFAULT_GROUP_BYTES_MAX, MAX_GROUP_COMMANDS,
 };
 pub use handle::{Shard, PRODUCER_STATE_SCAN_OFFSETS};

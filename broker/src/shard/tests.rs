@@ -400,3 +400,69 @@ async fn a_spinning_writer_takes_appends_without_parking() {
     assert_eq!(spun, 0);
     assert!(parked >= 20, "parked {parked}");
 }
+
+/// After a reshard sealed the layout a produce was routed under, the writer writes
+/// nothing of it, but a retry of batches it stored before (the first answer lost) gets
+/// their offsets, under a stale epoch or as an append already found to have moved.
+#[tokio::test]
+async fn a_retry_routed_under_an_earlier_layout_gets_its_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = Shard::open(dir.path(), "t", config()).unwrap();
+    let enqueue = |b: &Bytes, h: BatchHeader, layout| {
+        let (b, shard) = (b.clone(), &shard);
+        async move {
+            shard
+                .enqueue_in_layout(vec![b], vec![h], true, layout)
+                .await
+                .unwrap()
+                .await
+                .unwrap()
+        }
+    };
+    let (b0, h0) = batch(7, 0, 2, "a");
+    let (b1, h1) = batch(7, 2, 3, "b");
+    let first = enqueue(&b0, h0, Layout::Checked(0)).await.unwrap();
+    let second = enqueue(&b1, h1, Layout::Checked(0)).await.unwrap();
+    assert_eq!(shard.seal_layout(1).await, Ok(5));
+
+    for layout in [Layout::Checked(0), Layout::Moved] {
+        let again = enqueue(&b1, h1, layout).await.unwrap();
+        assert!(again.duplicate, "{layout:?}");
+        assert_eq!(
+            (again.base_offset, again.last_offset),
+            (second.base_offset, second.last_offset)
+        );
+    }
+    // Two retries in one append: the first one's start, the last one's end.
+    let both = shard
+        .enqueue_in_layout(vec![b0, b1.clone()], vec![h0, h1], true, Layout::Moved)
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (both.base_offset, both.last_offset, both.duplicate),
+        (first.base_offset, second.last_offset, true)
+    );
+    // New records routed under the old layout are refused, also beside a retry.
+    let (b2, h2) = batch(7, 5, 1, "c");
+    for layout in [Layout::Checked(0), Layout::Moved] {
+        assert_eq!(
+            enqueue(&b2, h2, layout).await,
+            Err(AppendError::LayoutChanged { current: 1 })
+        );
+    }
+    let mixed = shard
+        .enqueue_in_layout(vec![b1, b2.clone()], vec![h1, h2], true, Layout::Moved)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(mixed, Err(AppendError::LayoutChanged { current: 1 }));
+    // Nothing of them was written; under the new epoch the same batch is.
+    assert_eq!(shard.reader().high_watermark(), 5);
+    let written = enqueue(&b2, h2, Layout::Checked(1)).await.unwrap();
+    assert_eq!((written.base_offset, written.duplicate), (5, false));
+    shard.close().await;
+}

@@ -17,8 +17,8 @@ use weir_protocol::classes::{Class, CLASS_COUNT};
 use weir_protocol::messages::Durability;
 
 use super::command::{
-    AppendCmd, AppendError, AppendOutcome, ClassStats, Control, DeleteKeyReply, ReplicaAppend,
-    ShardConfig, ANY_LAYOUT,
+    AppendCmd, AppendError, AppendOutcome, ClassStats, Control, DeleteKeyReply, Layout,
+    ReplicaAppend, ShardConfig,
 };
 use super::flusher::{Flusher, Waiter};
 use super::idempotence::{continues, ProducerTable, Verdict};
@@ -479,12 +479,20 @@ impl Writer {
             let cmd = served.item;
             bytes += cmd.bytes();
             count += 1;
-            let result = if cmd.layout == self.config.layout_epoch || cmd.layout == ANY_LAYOUT {
-                append_one(&mut self.log, &mut self.producers, cmd.batches, cmd.headers)
-            } else {
-                Err(AppendError::LayoutChanged {
-                    current: self.config.layout_epoch,
-                })
+            let result = match cmd.layout {
+                Layout::Any => {
+                    append_one(&mut self.log, &mut self.producers, cmd.batches, cmd.headers)
+                }
+                Layout::Checked(epoch) if epoch == self.config.layout_epoch => {
+                    append_one(&mut self.log, &mut self.producers, cmd.batches, cmd.headers)
+                }
+                // Routed under an earlier layout: a retry of what is stored here gets
+                // its offsets (the first attempt's answer may have been lost), the
+                // rest is refused and placed again by the client.
+                Layout::Checked(_) | Layout::Moved => already_stored(&self.producers, &cmd.headers)
+                    .ok_or(AppendError::LayoutChanged {
+                        current: self.config.layout_epoch,
+                    }),
             };
             if matches!(&result, Ok(o) if !o.duplicate) {
                 wrote = true;
@@ -622,6 +630,30 @@ fn next_step(lanes: &Lanes, t: &Turns) -> Step {
     }
 }
 
+/// The answer to an append every batch of which is a retry of one this shard
+/// stored (by its producer's sequence numbers): the offsets they were stored at, as
+/// the first attempt was answered. `None` when any batch is not such a retry.
+fn already_stored(producers: &ProducerTable, headers: &[BatchHeader]) -> Option<AppendOutcome> {
+    let mut outcome: Option<AppendOutcome> = None;
+    for h in headers {
+        let Verdict::Duplicate {
+            base_offset,
+            last_offset,
+        } = producers.check(h)
+        else {
+            return None;
+        };
+        outcome
+            .get_or_insert(AppendOutcome {
+                base_offset,
+                last_offset,
+                duplicate: true,
+            })
+            .last_offset = last_offset;
+    }
+    outcome
+}
+
 fn append_one(
     log: &mut Log,
     producers: &mut ProducerTable,
@@ -720,7 +752,7 @@ mod tests {
             batches: vec![bytes],
             headers: vec![h],
             durable: false,
-            layout: 0,
+            layout: Layout::Checked(0),
             reply: Some(reply),
             queued_at: Instant::now(),
         };

@@ -474,7 +474,7 @@ impl ShardSender {
             if item.maybe_stored {
                 let e = ClientError::Broker {
                     code: ErrorCode::LayoutChanged,
-                    message: "the topic was resharded while this batch's fate was unknown (an attempt timed out); it is not sent again, so it may or may not be stored".into(),
+                    message: "the topic was resharded while this batch's fate was unknown (an attempt's answer was lost or timed out); it is not sent again, so it may or may not be stored".into(),
                     retry_after_ms: 0,
                 };
                 self.fail(waiters, &e);
