@@ -808,20 +808,31 @@ mod invariants {
     }
 }
 
-/// A segment preparation that fails part way (here: an index larger than a file may
-/// be) leaves none of its files behind; retried every second while a shard waits
-/// for space, leftovers would eat the space it waits for.
-///
-/// The index is 32 TiB, past ext4's largest file, so `fallocate` refuses it at once.
-/// An 8 TiB one (this test's first version) fits that limit: ext4 then allocated
-/// blocks until the disk was full before failing, and tests running beside it failed
-/// with "no space left on device" now and then.
+/// A segment preparation that fails part way leaves none of its files behind; retried
+/// every second while a shard waits for space, leftovers would eat the space it waits
+/// for.
 #[test]
 fn a_failed_segment_preparation_leaves_no_files() {
     let dir = tempfile::tempdir().unwrap();
-    let r = segment::prepare(dir.path(), 7, 1 << 20, 1 << 16, 1 << 42);
-    assert!(r.is_err(), "a 32 TiB index cannot be preallocated");
-    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    // A directory where the last file goes makes it fail after the others were made,
+    // on any filesystem and without asking for space (a huge preallocation would fill
+    // a disk on a filesystem that allows it, failing other tests beside this one).
+    let blocker = dir.path().join(format!(
+        "{}7.{}",
+        segment::PREPARE_PREFIX,
+        segment::TIME_INDEX_EXT
+    ));
+    std::fs::create_dir(&blocker).unwrap();
+    let r = segment::prepare(dir.path(), 7, 1 << 20, 1 << 16, 1 << 10);
+    assert!(
+        r.is_err(),
+        "the time index cannot be created over a directory"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| *p != blocker)
+        .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
