@@ -73,7 +73,9 @@ pub struct ProducerConfig {
     /// cause went away — in a cluster, after a switchover gave its shard a new
     /// primary — so keep it well under the switchover time you aim for.
     pub retry_backoff_max: Duration,
-    /// Most batches in flight per (shard, class) lane.
+    /// Most batches in flight per (shard, class) lane: at most
+    /// [`batch::IDEMPOTENT_WINDOW`] (5) for an idempotent producer, whose retries the
+    /// broker recognises only among a lane's last five batches.
     pub max_in_flight_per_shard: usize,
     /// Size each lane's in-flight window from its measured rate and round-trip time,
     /// up to `max_in_flight_per_shard` (the default), instead of always keeping that
@@ -267,6 +269,15 @@ impl ProducerBuilder {
             return Err(ClientError::Invalid(
                 "max_in_flight_per_shard and max_batch_bytes must be > 0".into(),
             ));
+        }
+        // The broker remembers this many batches per lane: a retry of an older one
+        // could not be recognised, and re-stamped it would be stored twice.
+        if c.idempotent && c.max_in_flight_per_shard > batch::IDEMPOTENT_WINDOW {
+            return Err(ClientError::Invalid(format!(
+                "an idempotent producer keeps at most {} batches in flight per shard (max_in_flight_per_shard is {}); turn idempotence off for more",
+                batch::IDEMPOTENT_WINDOW,
+                c.max_in_flight_per_shard
+            )));
         }
         let identity = if c.idempotent {
             let (id, epoch) = self.resume.unwrap_or((0, 0));

@@ -41,6 +41,12 @@ pub const MAGIC: u8 = 1;
 pub const NO_PRODUCER_ID: u64 = 0;
 /// `base_sequence` of a batch without a sequence.
 pub const NO_SEQUENCE: u32 = u32::MAX;
+/// How many of the most recent stored batches of each idempotent (producer, shard,
+/// class) lane a broker remembers, so that a retry of one is answered with its
+/// original offsets. An idempotent producer keeps at most this many batches of a lane
+/// in flight: a retry of an older one would be answered OUT_OF_ORDER_SEQUENCE, and
+/// sent again under a new epoch it would be stored twice.
+pub const IDEMPOTENT_WINDOW: usize = 5;
 /// Fewest bytes a record takes.
 pub const RECORD_MIN_BYTES: usize = 18;
 /// Priorities run from 1 (most urgent) to 10.

@@ -173,3 +173,41 @@ over_both_transports! {
         assert_eq!(second.identity().await, Some((id, epoch + 1)));
     }
 }
+
+over_both_transports! {
+    /// An idempotent producer keeps at most the broker's window of batches in flight
+    /// per lane (`batch::IDEMPOTENT_WINDOW`): past it, a retry of a stored batch would
+    /// not be recognised (the broker remembers a lane's last five) and would be stored
+    /// again under a new epoch. A producer without idempotence may keep more.
+    async fn an_idempotent_producer_keeps_no_more_in_flight_than_the_broker_remembers(t) {
+        let broker = SdkBroker::start(t).await;
+        let client = broker.client().await;
+        let window = weir_protocol::batch::IDEMPOTENT_WINDOW;
+        for fixed in [false, true] {
+            let b = Producer::builder(&client);
+            let b = if fixed {
+                b.fixed_in_flight_per_shard(window + 1)
+            } else {
+                b.max_in_flight_per_shard(window + 1)
+            };
+            match b.build().await {
+                Err(weir_client::ClientError::Invalid(m)) => {
+                    assert!(m.contains("at most 5"), "{m}")
+                }
+                Err(e) => panic!("refused for the wrong reason: {e}"),
+                Ok(_) => panic!("{} in flight accepted for an idempotent producer", window + 1),
+            }
+        }
+        Producer::builder(&client)
+            .max_in_flight_per_shard(window)
+            .build()
+            .await
+            .expect("the window itself");
+        Producer::builder(&client)
+            .idempotent(false)
+            .max_in_flight_per_shard(window + 1)
+            .build()
+            .await
+            .expect("more without idempotence");
+    }
+}

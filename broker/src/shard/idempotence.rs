@@ -20,9 +20,9 @@ use std::collections::{HashMap, VecDeque};
 use weir_protocol::batch::{BatchHeader, NO_PRODUCER_ID};
 use weir_protocol::classes::ClassMap;
 
-/// How many recent batches per producer are remembered for de-duplication. A producer
-/// keeps at most this many batches in flight per shard.
-pub const RETAINED_BATCHES: usize = 5;
+/// How many recent batches per producer lane are remembered for de-duplication: the
+/// protocol's window (a producer keeps at most this many in flight per lane).
+pub const RETAINED_BATCHES: usize = weir_protocol::batch::IDEMPOTENT_WINDOW;
 
 /// Most producers remembered per shard; the least recently seen is forgotten beyond it.
 pub const MAX_PRODUCERS: usize = 100_000;
