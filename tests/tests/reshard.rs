@@ -760,3 +760,74 @@ async fn reshard_while_answers_are_lost(from: u32, to: u32) {
         }
     }
 }
+
+/// Records whose attempts failed on a lost connection (the producer cannot tell
+/// whether they were stored) and were then answered LAYOUT_CHANGED once the broker
+/// could be reached again: that answer says they are not stored (the broker looks for
+/// a retry first), so the producer places them again by the new count and they are
+/// acknowledged, where they used to fail as of unknown fate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_refused_for_a_reshard_after_a_lost_connection_are_placed_again() {
+    const RECORDS: usize = 300;
+    let (broker, direct, admin) = two_shard_topic().await;
+    let proxy = CutProxy::start(broker.addr().parse().expect("addr")).await;
+    let client = Client::connect(proxy.addr())
+        .await
+        .expect("connect via proxy");
+    let producer = Producer::builder(&client)
+        .linger(Duration::from_millis(1))
+        .max_batch_bytes(256)
+        .retries(50)
+        .retry_backoff(Duration::from_millis(20))
+        .retry_backoff_max(Duration::from_millis(100))
+        .build()
+        .await
+        .expect("producer");
+    producer
+        .send_and_wait(ProducerRecord::new(TOPIC, "warm-up").key("key-0"))
+        .await
+        .expect("first record");
+
+    // Every attempt now meets a connection that closes at once.
+    proxy.block();
+    let send = {
+        let producer = producer.clone();
+        tokio::spawn(async move {
+            let mut futures = Vec::with_capacity(RECORDS);
+            for i in 0..RECORDS {
+                let rec =
+                    ProducerRecord::new(TOPIC, format!("r{i:04}")).key(format!("key-{}", i % KEYS));
+                futures.push(producer.send(rec).await.expect("send"));
+            }
+            futures
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let done = admin.reshard_topic(TOPIC, 4).await.expect("grow to 4");
+    assert_eq!(done.to_shards, 4);
+    proxy.heal();
+
+    let futures = tokio::time::timeout(Duration::from_secs(60), send)
+        .await
+        .expect("sends queued in time")
+        .expect("sender task");
+    let mut moved = 0;
+    for (i, f) in futures.into_iter().enumerate() {
+        let md = tokio::time::timeout(Duration::from_secs(60), f)
+            .await
+            .expect("ack in time")
+            .unwrap_or_else(|e| panic!("record {i} not acknowledged: {e}"));
+        moved += usize::from(md.shard >= 2);
+    }
+    assert!(moved > 0, "no record went to the new shards");
+    let messages = read_to_end(&direct, TOPIC, Duration::from_secs(30)).await;
+    let mut count: HashMap<String, usize> = HashMap::new();
+    for m in &messages {
+        *count
+            .entry(String::from_utf8(m.value.to_vec()).expect("utf8"))
+            .or_default() += 1;
+    }
+    let twice: Vec<_> = count.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "stored more than once: {twice:?}");
+    assert_eq!(messages.len(), RECORDS + 1, "every record once");
+}

@@ -454,7 +454,12 @@ async fn a_retry_routed_under_an_earlier_layout_gets_its_offsets() {
         );
     }
     let mixed = shard
-        .enqueue_in_layout(vec![b1, b2.clone()], vec![h1, h2], true, Layout::Moved)
+        .enqueue_in_layout(
+            vec![b1.clone(), b2.clone()],
+            vec![h1, h2],
+            true,
+            Layout::Moved,
+        )
         .await
         .unwrap()
         .await
@@ -464,5 +469,18 @@ async fn a_retry_routed_under_an_earlier_layout_gets_its_offsets() {
     assert_eq!(shard.reader().high_watermark(), 5);
     let written = enqueue(&b2, h2, Layout::Checked(1)).await.unwrap();
     assert_eq!((written.base_offset, written.duplicate), (5, false));
+    // Once the producer's lane moved to a newer epoch, a batch of the old one is
+    // refused as fenced, as on any path: LAYOUT_CHANGED would say it is not stored.
+    let mut next = BatchBuilder::new().producer(7, 1, 0);
+    next.push(&NewRecord::value(1, &b"d"[..])).unwrap();
+    let next = next.finish().unwrap();
+    let hn = BatchHeader::read(&next).unwrap();
+    enqueue(&next, hn, Layout::Checked(1)).await.unwrap();
+    for layout in [Layout::Checked(0), Layout::Moved] {
+        assert_eq!(
+            enqueue(&b1, h1, layout).await,
+            Err(AppendError::Fenced { current_epoch: 1 })
+        );
+    }
     shard.close().await;
 }

@@ -489,10 +489,9 @@ impl Writer {
                 // Routed under an earlier layout: a retry of what is stored here gets
                 // its offsets (the first attempt's answer may have been lost), the
                 // rest is refused and placed again by the client.
-                Layout::Checked(_) | Layout::Moved => already_stored(&self.producers, &cmd.headers)
-                    .ok_or(AppendError::LayoutChanged {
-                        current: self.config.layout_epoch,
-                    }),
+                Layout::Checked(_) | Layout::Moved => {
+                    already_stored(&self.producers, &cmd.headers, self.config.layout_epoch)
+                }
             };
             if matches!(&result, Ok(o) if !o.duplicate) {
                 wrote = true;
@@ -630,28 +629,44 @@ fn next_step(lanes: &Lanes, t: &Turns) -> Step {
     }
 }
 
-/// The answer to an append every batch of which is a retry of one this shard
-/// stored (by its producer's sequence numbers): the offsets they were stored at, as
-/// the first attempt was answered. `None` when any batch is not such a retry.
-fn already_stored(producers: &ProducerTable, headers: &[BatchHeader]) -> Option<AppendOutcome> {
+/// The answer to an append routed under an earlier layout than `current`: when every
+/// batch is a retry of one this shard stored (by its producer's sequence numbers), the
+/// offsets they were stored at, as the first attempt was answered; else a refusal
+/// that says nothing was written — [`AppendError::Fenced`] for a batch of a fenced
+/// epoch (it may have been stored, as on any other path), otherwise
+/// [`AppendError::LayoutChanged`], which therefore tells an idempotent producer that
+/// its batch is not stored.
+fn already_stored(
+    producers: &ProducerTable,
+    headers: &[BatchHeader],
+    current: u32,
+) -> Result<AppendOutcome, AppendError> {
     let mut outcome: Option<AppendOutcome> = None;
+    let mut refusal = None;
     for h in headers {
-        let Verdict::Duplicate {
-            base_offset,
-            last_offset,
-        } = producers.check(h)
-        else {
-            return None;
-        };
-        outcome
-            .get_or_insert(AppendOutcome {
+        match producers.check(h) {
+            Verdict::Duplicate {
                 base_offset,
                 last_offset,
-                duplicate: true,
-            })
-            .last_offset = last_offset;
+            } => {
+                outcome
+                    .get_or_insert(AppendOutcome {
+                        base_offset,
+                        last_offset,
+                        duplicate: true,
+                    })
+                    .last_offset = last_offset;
+            }
+            Verdict::Fenced { current_epoch } => return Err(AppendError::Fenced { current_epoch }),
+            Verdict::Append | Verdict::OutOfOrder { .. } => {
+                refusal = Some(AppendError::LayoutChanged { current })
+            }
+        }
     }
-    outcome
+    match (refusal, outcome) {
+        (None, Some(o)) => Ok(o),
+        (r, _) => Err(r.unwrap_or(AppendError::LayoutChanged { current })),
+    }
 }
 
 fn append_one(

@@ -325,6 +325,7 @@ impl ShardSender {
                             // records again by the new shard count, before any record
                             // sent later (so a key's records keep their order).
                             paused = true;
+                            self.note_fate(&mut item, &e);
                             let mut again = VecDeque::from([item]);
                             again.extend(self.settle_in_flight(&mut sent, &mut in_flight).await);
                             while let Some(it) = again.pop_back() {
@@ -381,7 +382,7 @@ impl ShardSender {
                                         // Like the failed batch: an answer lost with the
                                         // connection leaves it perhaps stored, so it is
                                         // never placed again by a relayout.
-                                        later.maybe_stored |= !e.certainly_not_stored();
+                                        self.note_fate(&mut later, &e);
                                         again.push_back(later);
                                     }
                                 }
@@ -443,7 +444,7 @@ impl ShardSender {
             match r {
                 Ok(r) => self.resolve(item, r),
                 Err(e) => {
-                    item.maybe_stored |= !e.certainly_not_stored();
+                    self.note_fate(&mut item, &e);
                     unsettled.push_back(item);
                 }
             }
@@ -454,8 +455,9 @@ impl ShardSender {
     /// Gives back every batch not yet stored (after the topic was resharded), in
     /// order: those in flight once they settle (a stored one is resolved here), then
     /// the queued ones. Nothing given back was stored, so the lane's sequence numbers
-    /// go back to the first of them. A batch whose fate is unknown (an attempt timed
-    /// out) is failed rather than given back: placed again it could be stored twice.
+    /// go back to the first of them. A batch whose fate is unknown (an attempt's answer
+    /// was lost or timed out, and no later one said it is not stored: `note_fate`) is
+    /// failed rather than given back: placed again it could be stored twice.
     async fn hand_back(
         &mut self,
         queue: &mut VecDeque<Item>,
@@ -495,6 +497,30 @@ impl ShardSender {
             }
         }
         back
+    }
+}
+
+impl ShardSender {
+    /// What a failed attempt tells of whether its batch is stored. An answer lost or
+    /// timed out leaves it perhaps stored (and then it is never placed again by a
+    /// relayout, nor re-stamped after being given up). LAYOUT_CHANGED or
+    /// OUT_OF_ORDER_SEQUENCE to an idempotent batch says it is not, whatever earlier
+    /// attempts did: the broker answers a retry of a stored batch with its offsets
+    /// before it looks at the layout or the sequence (PROTOCOL.md, "Retries across a
+    /// reshard"), and a lane keeps no more batches in flight than the broker remembers,
+    /// so a stored one would have been recognised. Such a batch is placed again rather
+    /// than failed as of unknown fate.
+    fn note_fate(&self, item: &mut Item, e: &ClientError) {
+        let denied = self.identity.is_some()
+            && matches!(
+                e.code(),
+                Some(ErrorCode::LayoutChanged | ErrorCode::OutOfOrderSequence)
+            );
+        if denied {
+            item.maybe_stored = false;
+        } else {
+            item.maybe_stored |= !e.certainly_not_stored();
+        }
     }
 }
 
