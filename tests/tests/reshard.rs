@@ -14,7 +14,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use weir_client::{Admin, Client, Consumer, Message, OffsetReset, Producer, ProducerRecord};
+use weir_client::{
+    Admin, Client, Consumer, DeliveryFuture, Message, OffsetReset, Producer, ProducerRecord,
+    RecordMetadata,
+};
 use weir_tests::{connect, read_to_end, BrokerProcess, CutProxy};
 
 const TOPIC: &str = "orders";
@@ -665,48 +668,13 @@ async fn a_shrink_while_answers_are_lost_stores_each_record_once() {
 
 async fn reshard_while_answers_are_lost(from: u32, to: u32) {
     const RECORDS: usize = 600;
-    let broker = BrokerProcess::start();
-    let direct = connect(&broker.addr(), Duration::from_secs(5)).await;
-    let admin = Admin::new(direct.clone());
-    admin
-        .create_topic(TOPIC, from, Default::default())
-        .await
-        .expect("create topic");
-    let proxy = CutProxy::start(broker.addr().parse().expect("addr")).await;
-    let client = Client::connect(proxy.addr())
-        .await
-        .expect("connect via proxy");
-    let producer = Producer::builder(&client)
-        .linger(Duration::from_millis(1))
-        .max_batch_bytes(256)
-        .fixed_in_flight_per_shard(5)
-        .retries(50)
-        .retry_backoff(Duration::from_millis(20))
-        .retry_backoff_max(Duration::from_millis(200))
-        .build()
-        .await
-        .expect("producer");
-    producer
-        .send_and_wait(ProducerRecord::new(TOPIC, "warm-up").key("key-0"))
-        .await
-        .expect("first record");
-
-    proxy.mute();
-    let send = {
-        let producer = producer.clone();
-        tokio::spawn(async move {
-            let mut futures = Vec::with_capacity(RECORDS);
-            for i in 0..RECORDS {
-                let rec =
-                    ProducerRecord::new(TOPIC, format!("r{i:04}")).key(format!("key-{}", i % KEYS));
-                futures.push(producer.send(rec).await.expect("send"));
-            }
-            futures
-        })
-    };
+    let link = ProxiedProducer::start(from).await;
+    link.proxy.mute();
+    let send = link.spawn_sends(RECORDS);
     // The lanes' windows fill and those batches are stored; none is answered.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let stored_unanswered = admin
+    let stored_unanswered = link
+        .admin
         .describe_topic(TOPIC)
         .await
         .expect("describe")
@@ -720,36 +688,18 @@ async fn reshard_while_answers_are_lost(from: u32, to: u32) {
         stored_unanswered >= 10 * u64::from(from),
         "only {stored_unanswered} records stored while the answers were lost"
     );
-    proxy.block();
-    let done = admin.reshard_topic(TOPIC, to).await.expect("reshard");
+    link.proxy.block();
+    let done = link.admin.reshard_topic(TOPIC, to).await.expect("reshard");
     assert_eq!((done.from_shards, done.to_shards), (from, to));
     tokio::time::sleep(Duration::from_millis(100)).await;
-    proxy.heal();
+    link.proxy.heal();
 
-    let futures = tokio::time::timeout(Duration::from_secs(60), send)
-        .await
-        .expect("sends queued in time")
-        .expect("sender task");
     let mut acked: BTreeMap<(u32, u64), String> = BTreeMap::new();
-    for (i, f) in futures.into_iter().enumerate() {
-        let md = tokio::time::timeout(Duration::from_secs(60), f)
-            .await
-            .expect("ack in time")
-            .unwrap_or_else(|e| panic!("record {i} not acknowledged: {e}"));
+    for (i, md) in acknowledged(send).await.into_iter().enumerate() {
         let prev = acked.insert((md.shard, md.offset), format!("r{i:04}"));
         assert!(prev.is_none(), "records {prev:?} and {i} acked at {md:?}");
     }
-    let messages = read_to_end(&direct, TOPIC, Duration::from_secs(30)).await;
-    let mut count: HashMap<String, usize> = HashMap::new();
-    for m in &messages {
-        *count
-            .entry(String::from_utf8(m.value.to_vec()).expect("utf8"))
-            .or_default() += 1;
-    }
-    let twice: Vec<_> = count.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "stored more than once: {twice:?}");
-    assert_eq!(messages.len(), RECORDS + 1, "every record once");
-    for m in &messages {
+    for m in link.stored_once(RECORDS).await {
         let v = String::from_utf8(m.value.to_vec()).expect("utf8");
         if v != "warm-up" {
             assert_eq!(
@@ -769,65 +719,117 @@ async fn reshard_while_answers_are_lost(from: u32, to: u32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_refused_for_a_reshard_after_a_lost_connection_are_placed_again() {
     const RECORDS: usize = 300;
-    let (broker, direct, admin) = two_shard_topic().await;
-    let proxy = CutProxy::start(broker.addr().parse().expect("addr")).await;
-    let client = Client::connect(proxy.addr())
-        .await
-        .expect("connect via proxy");
-    let producer = Producer::builder(&client)
-        .linger(Duration::from_millis(1))
-        .max_batch_bytes(256)
-        .retries(50)
-        .retry_backoff(Duration::from_millis(20))
-        .retry_backoff_max(Duration::from_millis(100))
-        .build()
-        .await
-        .expect("producer");
-    producer
-        .send_and_wait(ProducerRecord::new(TOPIC, "warm-up").key("key-0"))
-        .await
-        .expect("first record");
-
+    let link = ProxiedProducer::start(2).await;
     // Every attempt now meets a connection that closes at once.
-    proxy.block();
-    let send = {
-        let producer = producer.clone();
+    link.proxy.block();
+    let send = link.spawn_sends(RECORDS);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let done = link.admin.reshard_topic(TOPIC, 4).await.expect("grow to 4");
+    assert_eq!(done.to_shards, 4);
+    link.proxy.heal();
+
+    let moved = acknowledged(send)
+        .await
+        .iter()
+        .filter(|md| md.shard >= 2)
+        .count();
+    assert!(moved > 0, "no record went to the new shards");
+    link.stored_once(RECORDS).await;
+}
+
+/// A broker with [`TOPIC`], and a producer that reaches it through a [`CutProxy`]
+/// (small batches, five in flight per lane, quick retries) and has stored one record,
+/// `warm-up`.
+struct ProxiedProducer {
+    _broker: BrokerProcess,
+    direct: Client,
+    admin: Admin,
+    proxy: CutProxy,
+    producer: Producer,
+}
+
+impl ProxiedProducer {
+    async fn start(shards: u32) -> ProxiedProducer {
+        let broker = BrokerProcess::start();
+        let direct = connect(&broker.addr(), Duration::from_secs(5)).await;
+        let admin = Admin::new(direct.clone());
+        admin
+            .create_topic(TOPIC, shards, Default::default())
+            .await
+            .expect("create topic");
+        let proxy = CutProxy::start(broker.addr().parse().expect("addr")).await;
+        let client = Client::connect(proxy.addr())
+            .await
+            .expect("connect via proxy");
+        let producer = Producer::builder(&client)
+            .linger(Duration::from_millis(1))
+            .max_batch_bytes(256)
+            .fixed_in_flight_per_shard(5)
+            .retries(50)
+            .retry_backoff(Duration::from_millis(20))
+            .retry_backoff_max(Duration::from_millis(100))
+            .build()
+            .await
+            .expect("producer");
+        producer
+            .send_and_wait(ProducerRecord::new(TOPIC, "warm-up").key("key-0"))
+            .await
+            .expect("first record");
+        ProxiedProducer {
+            _broker: broker,
+            direct,
+            admin,
+            proxy,
+            producer,
+        }
+    }
+
+    /// Sends `r0000`, `r0001`, ... (keys `key-0` .. `key-23` in turn) from a task,
+    /// which yields their futures.
+    fn spawn_sends(&self, records: usize) -> tokio::task::JoinHandle<Vec<DeliveryFuture>> {
+        let producer = self.producer.clone();
         tokio::spawn(async move {
-            let mut futures = Vec::with_capacity(RECORDS);
-            for i in 0..RECORDS {
+            let mut futures = Vec::with_capacity(records);
+            for i in 0..records {
                 let rec =
                     ProducerRecord::new(TOPIC, format!("r{i:04}")).key(format!("key-{}", i % KEYS));
                 futures.push(producer.send(rec).await.expect("send"));
             }
             futures
         })
-    };
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let done = admin.reshard_topic(TOPIC, 4).await.expect("grow to 4");
-    assert_eq!(done.to_shards, 4);
-    proxy.heal();
+    }
 
+    /// The topic as stored, checked to hold each of `records` sends and the warm-up
+    /// exactly once.
+    async fn stored_once(&self, records: usize) -> Vec<Message> {
+        let messages = read_to_end(&self.direct, TOPIC, Duration::from_secs(30)).await;
+        let mut count: HashMap<String, usize> = HashMap::new();
+        for m in &messages {
+            *count
+                .entry(String::from_utf8(m.value.to_vec()).expect("utf8"))
+                .or_default() += 1;
+        }
+        let twice: Vec<_> = count.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(twice.is_empty(), "stored more than once: {twice:?}");
+        assert_eq!(messages.len(), records + 1, "every record once");
+        messages
+    }
+}
+
+/// Every send of [`ProxiedProducer::spawn_sends`] acknowledged (in time), in order.
+async fn acknowledged(send: tokio::task::JoinHandle<Vec<DeliveryFuture>>) -> Vec<RecordMetadata> {
     let futures = tokio::time::timeout(Duration::from_secs(60), send)
         .await
         .expect("sends queued in time")
         .expect("sender task");
-    let mut moved = 0;
+    let mut out = Vec::with_capacity(futures.len());
     for (i, f) in futures.into_iter().enumerate() {
-        let md = tokio::time::timeout(Duration::from_secs(60), f)
-            .await
-            .expect("ack in time")
-            .unwrap_or_else(|e| panic!("record {i} not acknowledged: {e}"));
-        moved += usize::from(md.shard >= 2);
+        out.push(
+            tokio::time::timeout(Duration::from_secs(60), f)
+                .await
+                .expect("ack in time")
+                .unwrap_or_else(|e| panic!("record {i} not acknowledged: {e}")),
+        );
     }
-    assert!(moved > 0, "no record went to the new shards");
-    let messages = read_to_end(&direct, TOPIC, Duration::from_secs(30)).await;
-    let mut count: HashMap<String, usize> = HashMap::new();
-    for m in &messages {
-        *count
-            .entry(String::from_utf8(m.value.to_vec()).expect("utf8"))
-            .or_default() += 1;
-    }
-    let twice: Vec<_> = count.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "stored more than once: {twice:?}");
-    assert_eq!(messages.len(), RECORDS + 1, "every record once");
+    out
 }
