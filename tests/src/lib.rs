@@ -665,6 +665,38 @@ impl CutProxy {
     }
 }
 
+/// A broker process with one topic, a client connected to it directly (to set up and
+/// to read back), and a [`CutProxy`] in front of it with a client connected through
+/// it (the one whose connections a test cuts).
+pub struct BehindProxy {
+    pub broker: BrokerProcess,
+    pub direct: Client,
+    pub proxy: CutProxy,
+    pub client: Client,
+}
+
+impl BehindProxy {
+    /// Starts it all, with `topic` created at `shards` shards.
+    pub async fn start(topic: &str, shards: u32) -> BehindProxy {
+        let broker = BrokerProcess::start();
+        let direct = connect(&broker.addr(), Duration::from_secs(5)).await;
+        Admin::new(direct.clone())
+            .create_topic(topic, shards, Default::default())
+            .await
+            .expect("create topic");
+        let proxy = CutProxy::start(broker.addr().parse().expect("addr")).await;
+        let client = Client::connect(proxy.addr())
+            .await
+            .expect("connect via proxy");
+        BehindProxy {
+            broker,
+            direct,
+            proxy,
+            client,
+        }
+    }
+}
+
 impl Drop for CutProxy {
     fn drop(&mut self) {
         self.state.stopped.store(true, Ordering::Release);

@@ -6,10 +6,10 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use weir_client::{Acks, Admin, Client, Producer, ProducerRecord};
+use weir_client::{Acks, Admin, Producer, ProducerRecord};
 use weir_tests::over_both_transports;
 use weir_tests::transport::SdkBroker;
-use weir_tests::{connect, read_all, BrokerProcess, CutProxy};
+use weir_tests::{read_all, BehindProxy};
 
 const TOPIC: &str = "payments";
 const SHARDS: u32 = 3;
@@ -19,17 +19,12 @@ const CUTS: usize = 8;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_after_disconnects_write_no_duplicates() {
-    let broker = BrokerProcess::start();
-    let direct = connect(&broker.addr(), Duration::from_secs(5)).await;
-    Admin::new(direct.clone())
-        .create_topic(TOPIC, SHARDS, Default::default())
-        .await
-        .expect("create topic");
-
-    let proxy = CutProxy::start(broker.addr().parse().expect("addr")).await;
-    let client = Client::connect(proxy.addr())
-        .await
-        .expect("connect via proxy");
+    let BehindProxy {
+        broker: _broker,
+        direct,
+        proxy,
+        client,
+    } = BehindProxy::start(TOPIC, SHARDS).await;
     let producer = Producer::builder(&client)
         .acks(Acks::Leader)
         .linger(Duration::from_millis(1))

@@ -18,7 +18,7 @@ use weir_client::{
     Admin, Client, Consumer, DeliveryFuture, Message, OffsetReset, Producer, ProducerRecord,
     RecordMetadata,
 };
-use weir_tests::{connect, read_to_end, BrokerProcess, CutProxy};
+use weir_tests::{connect, read_to_end, BehindProxy, BrokerProcess, CutProxy};
 
 const TOPIC: &str = "orders";
 const KEYS: usize = 24;
@@ -750,17 +750,13 @@ struct ProxiedProducer {
 
 impl ProxiedProducer {
     async fn start(shards: u32) -> ProxiedProducer {
-        let broker = BrokerProcess::start();
-        let direct = connect(&broker.addr(), Duration::from_secs(5)).await;
+        let BehindProxy {
+            broker,
+            direct,
+            proxy,
+            client,
+        } = BehindProxy::start(TOPIC, shards).await;
         let admin = Admin::new(direct.clone());
-        admin
-            .create_topic(TOPIC, shards, Default::default())
-            .await
-            .expect("create topic");
-        let proxy = CutProxy::start(broker.addr().parse().expect("addr")).await;
-        let client = Client::connect(proxy.addr())
-            .await
-            .expect("connect via proxy");
         let producer = Producer::builder(&client)
             .linger(Duration::from_millis(1))
             .max_batch_bytes(256)

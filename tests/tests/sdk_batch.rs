@@ -9,13 +9,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use weir_client::partitioner::shard_for_key;
 use weir_client::{
-    Acks, Admin, Backpressure, BatchMetadata, BatchRecord, Client, ClientError, Message,
-    Partitioning, Producer, ProducerBatch, ProducerConfig, ProducerRecord, TopicConfig,
+    Acks, Admin, Backpressure, BatchMetadata, BatchRecord, ClientError, Message, Partitioning,
+    Producer, ProducerBatch, ProducerConfig, ProducerRecord, TopicConfig,
 };
 use weir_protocol::ErrorCode;
 use weir_tests::over_both_transports;
 use weir_tests::transport::SdkBroker;
-use weir_tests::{connect, read_all, BrokerProcess, CutProxy};
+use weir_tests::{connect, read_all, BehindProxy, BrokerProcess};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -142,14 +142,12 @@ over_both_transports! {
 async fn batch_retries_after_disconnects_write_no_duplicates() {
     const CALLS: usize = 100;
     const PER_CALL: usize = 40;
-    let broker = BrokerProcess::start();
-    let direct = connect(&broker.addr(), WAIT).await;
-    Admin::new(direct.clone())
-        .create_topic("payments", 3, TopicConfig::default())
-        .await
-        .expect("create topic");
-    let proxy = CutProxy::start(broker.addr().parse().expect("addr")).await;
-    let client = Client::connect(proxy.addr()).await.expect("via proxy");
+    let BehindProxy {
+        broker: _broker,
+        direct,
+        proxy,
+        client,
+    } = BehindProxy::start("payments", 3).await;
     let producer = Producer::builder(&client)
         .acks(Acks::Leader)
         .max_batch_bytes(1024)
