@@ -81,7 +81,9 @@ pub struct Args {
     pub api: ApiArg,
     #[arg(long, value_enum, default_value_t = AckArg::Leader)]
     pub acks: AckArg,
-    /// Batches in flight per shard and producer, fixed. Unset: the SDK's default
+    /// Batches in flight per shard and producer, fixed: 1..=5 (the producers are
+    /// idempotent, and the broker recognises retries among a lane's last five
+    /// batches). Unset: the SDK's default
     /// adaptive window (up to 5 per lane), and a closed-loop producer keeps as many
     /// batches outstanding as its lane's current window (so none queues inside the
     /// SDK, as with a fixed --in-flight).
