@@ -479,20 +479,16 @@ impl Writer {
             let cmd = served.item;
             bytes += cmd.bytes();
             count += 1;
-            let result = match cmd.layout {
-                Layout::Any => {
+            let current = self.config.layout_epoch;
+            let result =
+                if matches!(cmd.layout, Layout::Any) || cmd.layout == Layout::Checked(current) {
                     append_one(&mut self.log, &mut self.producers, cmd.batches, cmd.headers)
-                }
-                Layout::Checked(epoch) if epoch == self.config.layout_epoch => {
-                    append_one(&mut self.log, &mut self.producers, cmd.batches, cmd.headers)
-                }
-                // Routed under an earlier layout: a retry of what is stored here gets
-                // its offsets (the first attempt's answer may have been lost), the
-                // rest is refused and placed again by the client.
-                Layout::Checked(_) | Layout::Moved => {
-                    already_stored(&self.producers, &cmd.headers, self.config.layout_epoch)
-                }
-            };
+                } else {
+                    // Routed under an earlier layout: a retry of what is stored here gets
+                    // its offsets (the first attempt's answer may have been lost), the
+                    // rest is refused and placed again by the client.
+                    already_stored(&self.producers, &cmd.headers, current)
+                };
             if matches!(&result, Ok(o) if !o.duplicate) {
                 wrote = true;
             }
@@ -642,7 +638,7 @@ fn already_stored(
     current: u32,
 ) -> Result<AppendOutcome, AppendError> {
     let mut outcome: Option<AppendOutcome> = None;
-    let mut refusal = None;
+    let mut all_retries = true;
     for h in headers {
         match producers.check(h) {
             Verdict::Duplicate {
@@ -658,15 +654,12 @@ fn already_stored(
                     .last_offset = last_offset;
             }
             Verdict::Fenced { current_epoch } => return Err(AppendError::Fenced { current_epoch }),
-            Verdict::Append | Verdict::OutOfOrder { .. } => {
-                refusal = Some(AppendError::LayoutChanged { current })
-            }
+            Verdict::Append | Verdict::OutOfOrder { .. } => all_retries = false,
         }
     }
-    match (refusal, outcome) {
-        (None, Some(o)) => Ok(o),
-        (r, _) => Err(r.unwrap_or(AppendError::LayoutChanged { current })),
-    }
+    outcome
+        .filter(|_| all_retries)
+        .ok_or(AppendError::LayoutChanged { current })
 }
 
 fn append_one(
