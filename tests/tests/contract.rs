@@ -541,3 +541,74 @@ over_both_transports! {
         assert_eq!(placed, expected);
     }
 }
+
+/// §"Resharding", "Retries across a reshard": an idempotent batch is matched against
+/// what its shard stored before the layout, so a retry of a stored batch is answered
+/// with its original offsets (`duplicate` = 1) after its key moved (a grow) or its
+/// shard was sealed (a shrink); new batches and non-idempotent ones routed under the
+/// earlier layout are LAYOUT_CHANGED, and nothing of them is written.
+#[tokio::test]
+async fn a_retry_after_a_reshard_gets_its_offsets_and_nothing_else_is_written() {
+    let broker = BrokerProcess::start();
+    let c = connect(&broker.addr(), Duration::from_secs(5)).await;
+    let admin = Admin::new(c.clone());
+    create(&c, "moves", 2).await;
+    let p = init(&c, 0, 0).await.expect("producer id");
+    let (id, epoch) = (p.producer_id, p.producer_epoch);
+    // A key on shard 0 that moves to the new shard 2 when the topic grows.
+    let key = (0..)
+        .map(|i| format!("key-{i}"))
+        .find(|k| shard_for_key(k.as_bytes(), 2) == 0 && shard_for_key(k.as_bytes(), 3) == 2)
+        .expect("a moving key");
+    let old = 0;
+    let keyed = |seq: Option<u32>| batch(&[(T0, key.as_bytes())], seq.map(|s| (id, epoch, s)));
+    let first = produce(&c, "moves", old, keyed(Some(0)))
+        .await
+        .expect("stored before the grow");
+    // A keyless batch on shard 1, which a shrink will seal (its own sequence lane).
+    let keyless = |seq: Option<u32>| batch(&[(T0, b"")], seq.map(|s| (id, epoch, s)));
+    let on_one = produce(&c, "moves", 1, keyless(Some(0)))
+        .await
+        .expect("stored on shard 1");
+    admin.reshard_topic("moves", 3).await.expect("grow");
+
+    let again = produce(&c, "moves", old, keyed(Some(0)))
+        .await
+        .expect("the retry is answered");
+    assert_eq!(
+        (again.base_offset, again.duplicate),
+        (first.base_offset, 1),
+        "a retry of a stored batch whose key moved"
+    );
+    assert_eq!(
+        code(produce(&c, "moves", old, keyed(Some(1))).await),
+        ErrorCode::LayoutChanged,
+        "a new batch of the moved key"
+    );
+    assert_eq!(
+        code(produce(&c, "moves", old, keyed(None)).await),
+        ErrorCode::LayoutChanged,
+        "a non-idempotent batch of the moved key"
+    );
+
+    admin.reshard_topic("moves", 1).await.expect("shrink");
+    let again = produce(&c, "moves", 1, keyless(Some(0)))
+        .await
+        .expect("the retry on a sealed shard is answered");
+    assert_eq!(
+        (again.base_offset, again.duplicate),
+        (on_one.base_offset, 1),
+        "a retry of a stored batch on a sealed shard"
+    );
+    for b in [keyless(Some(1)), keyless(None)] {
+        assert_eq!(
+            code(produce(&c, "moves", 1, b).await),
+            ErrorCode::LayoutChanged,
+            "new records on a sealed shard"
+        );
+    }
+    // Nothing refused was written: each shard holds only what was stored first.
+    let t = admin.describe_topic("moves").await.expect("describe");
+    let stored: u64 = t.shards.iter().map(|s| s.high_watermark).sum();
+    assert_eq!(stored, 2, "{:?}", t.shards);
+}
