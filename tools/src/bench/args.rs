@@ -99,6 +99,13 @@ pub struct Args {
     /// (sleeping only for waits over 2 ms): punctual, but the thread never idles.
     #[arg(long, value_enum, default_value_t = PacingArg::Sleep)]
     pub pacing: PacingArg,
+    /// Open loop: a producer thread waits at least this many µs between its wake-ups
+    /// and sends what is due by then together (one batch with `--api batch`). Fewer
+    /// timer wake-ups leave more CPU to the broker on a small machine; each message's
+    /// latency is still timed from its own intended send time, so the wait shows in
+    /// it. 0: wake for every message's time.
+    #[arg(long, default_value_t = 0)]
+    pub pacing_tick_us: u64,
     /// Share of messages per priority class, e.g. "p0=5,p3=95"
     /// (p0 = priorities 1–2, p1 = 3–5, p2 = 6–8, p3 = 9–10).
     #[arg(long)]

@@ -143,6 +143,8 @@ struct ProducerLoop {
     reserved: Vec<OwnedSemaphorePermit>,
     /// Messages taken so far (the pacing index).
     k: u64,
+    /// When the open-loop wait last ended (`--pacing-tick-us`).
+    woke: Instant,
     measured_count: u64,
     sent: u64,
     batch_no: usize,
@@ -193,6 +195,7 @@ impl ProducerLoop {
             )),
             reserved: Vec::new(),
             k: 0,
+            woke: Instant::now(),
             measured_count: 0,
             sent: 0,
             batch_no: 0,
@@ -295,7 +298,7 @@ impl ProducerLoop {
     /// When the next message is meant to go: now (closed loop), or its due time after
     /// sleeping until then (open loop). `None`: the batch api sends what is due now
     /// in one call rather than make those messages wait for later ones.
-    fn next_due(&self, n: u64) -> Option<Instant> {
+    fn next_due(&mut self, n: u64) -> Option<Instant> {
         let Some(pacing) = &self.pacing else {
             // Closed loop: only a batch's first message and per-class timing need the
             // time (a clock read per message cost a tenth of `send` here).
@@ -308,7 +311,9 @@ impl ProducerLoop {
             if n > 0 && self.by_batch {
                 return None;
             }
-            wait_until(due, self.run.cli.pacing);
+            let tick = Duration::from_micros(self.run.cli.pacing_tick_us);
+            wait_until(due.max(self.woke + tick), self.run.cli.pacing);
+            self.woke = Instant::now();
         }
         Some(due)
     }
