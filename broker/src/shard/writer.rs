@@ -1,9 +1,12 @@
-//! The shard writer thread: the only owner of a shard's log and producer table.
+//! The shard writer thread, and the appends written in place beside it.
 //!
-//! Each turn of `Writer::run` moves what has arrived in the class lanes into the
-//! scheduler, writes one group taken in weighted-fair order, hands the appends that
-//! wait for durability to the `Flusher` (`flusher.rs`), and otherwise waits for the
-//! next arrival, flush completion or timer (interval flush, retention).
+//! The writer's state (the log and the producer table, [`Writer`]) sits in a mutex
+//! ([`Core`]). Each turn of [`run`] moves what has arrived in the class lanes into the
+//! scheduler and, holding the state, writes one group taken in weighted-fair order and
+//! hands the appends that wait for durability to the `Flusher` (`flusher.rs`);
+//! otherwise it lets go of the state and waits for the next arrival, flush completion
+//! or timer (interval flush, retention). While nothing is queued, a caller may write
+//! a small append itself ([`append_in_place`]) through the same checks.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
