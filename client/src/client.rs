@@ -78,7 +78,51 @@ pub(crate) struct Dialer(
 );
 
 /// A lazily opened connection, replaced when it fails.
-type Slot = Arc<Mutex<Option<Arc<Connection>>>>;
+///
+/// A live connection is handed out under a short std lock and never makes its caller
+/// wait on an async lock. Only opening one goes through `opening`, so one caller dials
+/// while the others wait for it. Why no async lock on the common path: a tokio mutex
+/// is fair, so a future queued on it is handed the lock when its turn comes even if
+/// nobody polls it. A producer lane keeps its requests in a `FuturesOrdered` it
+/// polls only from its `select!`. One of them, handed the lock while the lane awaited
+/// something else, held it until the lane came back, and the lane waited for a lane
+/// that waited for this lock: `the_sdk_follows_its_own_epoch_bump_on_every_lane` in
+/// `tests/tests/contract.rs` hung about once in 200 runs.
+#[derive(Debug, Default)]
+struct Slot {
+    live: std::sync::Mutex<Option<Arc<Connection>>>,
+    opening: Mutex<()>,
+}
+
+impl Slot {
+    /// The connection if it is open and has not failed.
+    fn live(&self) -> Option<Arc<Connection>> {
+        self.live
+            .lock()
+            .expect("connection slot lock")
+            .as_ref()
+            .filter(|c| !c.is_dead())
+            .cloned()
+    }
+
+    /// The live connection, or one `open` makes (one caller at a time).
+    async fn get_or_open<F>(&self, open: impl FnOnce() -> F) -> Result<Arc<Connection>>
+    where
+        F: std::future::Future<Output = Result<Arc<Connection>>>,
+    {
+        if let Some(c) = self.live() {
+            return Ok(c);
+        }
+        let _opening = self.opening.lock().await;
+        // Another caller may have opened it while this one waited.
+        if let Some(c) = self.live() {
+            return Ok(c);
+        }
+        let conn = open().await?;
+        *self.live.lock().expect("connection slot lock") = Some(conn.clone());
+        Ok(conn)
+    }
+}
 
 #[derive(Debug)]
 struct Inner {
@@ -89,10 +133,10 @@ struct Inner {
     config: ClientConfig,
     /// The connection for requests any node may answer (the only one against a
     /// single-node broker), and the address it is open to.
-    conn: Mutex<Option<Arc<Connection>>>,
+    conn: Slot,
     conn_addr: std::sync::Mutex<String>,
     /// One connection per node address, for routed requests (cluster only).
-    nodes: std::sync::Mutex<HashMap<String, Slot>>,
+    nodes: std::sync::Mutex<HashMap<String, Arc<Slot>>>,
     /// Set after the first handshake when the broker is part of a cluster.
     cluster: OnceLock<ClusterState>,
     /// The broker's priority classes, from the last handshake.
@@ -153,7 +197,7 @@ impl Client {
                 bootstrap,
                 breaker: config.breaker.map(SharedBreaker::new),
                 config,
-                conn: Mutex::new(None),
+                conn: Slot::default(),
                 nodes: std::sync::Mutex::new(HashMap::new()),
                 cluster: OnceLock::new(),
                 classes: std::sync::Mutex::new(ClassMap::default()),
@@ -248,12 +292,11 @@ impl Client {
     /// new one if needed: to the address it was last open to, then to each bootstrap
     /// address and each node the cluster view names, in turn (one pass).
     pub(crate) async fn connection(&self) -> Result<Arc<Connection>> {
-        let mut slot = self.inner.conn.lock().await;
-        if let Some(c) = slot.as_ref() {
-            if !c.is_dead() {
-                return Ok(c.clone());
-            }
-        }
+        self.inner.conn.get_or_open(|| self.open_any()).await
+    }
+
+    /// Opens a connection for [`Client::connection`].
+    async fn open_any(&self) -> Result<Arc<Connection>> {
         let last = self.inner.conn_addr.lock().expect("conn addr lock").clone();
         let mut candidates = vec![last];
         candidates.extend(self.inner.bootstrap.iter().cloned());
@@ -275,7 +318,6 @@ impl Client {
             match self.open(&addr).await {
                 Ok(conn) => {
                     *self.inner.conn_addr.lock().expect("conn addr lock") = addr;
-                    *slot = Some(conn.clone());
                     return Ok(conn);
                 }
                 Err(e) => {
@@ -294,21 +336,13 @@ impl Client {
             match nodes.get(addr) {
                 Some(s) => s.clone(),
                 None => {
-                    let s = Slot::default();
+                    let s = Arc::new(Slot::default());
                     nodes.insert(addr.to_string(), s.clone());
                     s
                 }
             }
         };
-        let mut slot = slot.lock().await;
-        if let Some(c) = slot.as_ref() {
-            if !c.is_dead() {
-                return Ok(c.clone());
-            }
-        }
-        let conn = self.open(addr).await?;
-        *slot = Some(conn.clone());
-        Ok(conn)
+        slot.get_or_open(|| self.open(addr)).await
     }
 
     /// Opens a connection to `addr` and performs the version handshake.
@@ -606,5 +640,83 @@ impl Client {
             topics: topics.iter().map(|s| s.to_string()).collect(),
         };
         expect_body!(self.call(req).await?, Metadata)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures_util::FutureExt;
+    use weir_protocol::frame::RequestFrame;
+
+    use super::*;
+
+    /// An in-process session that takes nothing (these tests send no request). It
+    /// keeps the delivery function: the connection is dead once that is dropped.
+    struct Nowhere(#[allow(dead_code)] std::sync::Mutex<Option<crate::connection::Deliver>>);
+
+    impl crate::connection::InProcessSession for Nowhere {
+        fn submit(&self, _: RequestFrame) -> Pin<Box<dyn Future<Output = bool> + Send>> {
+            Box::pin(async { false })
+        }
+    }
+
+    fn live() -> Arc<Connection> {
+        Arc::new(Connection::in_process(|deliver| {
+            Box::new(Nowhere(std::sync::Mutex::new(Some(deliver))))
+        }))
+    }
+
+    /// A connection whose session has already ended.
+    fn dead() -> Arc<Connection> {
+        let c = Connection::in_process(|deliver| {
+            drop(deliver);
+            Box::new(Nowhere(std::sync::Mutex::new(None)))
+        });
+        assert!(c.is_dead());
+        Arc::new(c)
+    }
+
+    /// The common path waits on no async lock, so a request future queued on it can
+    /// never be handed a lock it is not polled to release (the lane deadlock described
+    /// at `Slot`). Fails if a live connection is read under `opening`.
+    #[tokio::test]
+    async fn a_live_connection_is_handed_out_while_another_caller_opens_one() {
+        let slot = Slot::default();
+        let conn = live();
+        *slot.live.lock().unwrap() = Some(conn.clone());
+        let _dialing = slot.opening.lock().await;
+        let got = slot
+            .get_or_open(|| async { Err(ClientError::Io("must not open".into())) })
+            .now_or_never()
+            .expect("answered without waiting")
+            .expect("the live connection");
+        assert!(Arc::ptr_eq(&got, &conn));
+    }
+
+    /// A failed connection is replaced, by one caller: the others wait for it and get
+    /// the same connection.
+    #[tokio::test]
+    async fn a_dead_connection_is_replaced_once_for_all_callers() {
+        let slot = Slot::default();
+        *slot.live.lock().unwrap() = Some(dead());
+        let opened = AtomicUsize::new(0);
+        let open = || async {
+            opened.fetch_add(1, Ordering::SeqCst);
+            tokio::task::yield_now().await;
+            Ok(live())
+        };
+        let (a, b, c) = tokio::join!(
+            slot.get_or_open(open),
+            slot.get_or_open(open),
+            slot.get_or_open(open)
+        );
+        let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+        assert_eq!(opened.load(Ordering::SeqCst), 1);
+        assert!(!a.is_dead());
+        assert!(Arc::ptr_eq(&a, &b) && Arc::ptr_eq(&b, &c));
     }
 }

@@ -282,7 +282,7 @@ impl ProducerBuilder {
         let identity = if c.idempotent {
             let (id, epoch) = self.resume.unwrap_or((0, 0));
             let r = init_producer_id(&self.client, id, epoch).await?;
-            Some(Arc::new(Mutex::new(r)))
+            Some(Arc::new(Identity::new(r)))
         } else {
             None
         };
@@ -313,12 +313,43 @@ async fn init_producer_id(client: &Client, id: u64, epoch: u16) -> Result<(u64, 
     Ok((r.producer_id, r.producer_epoch))
 }
 
+/// An idempotent producer's (producer id, epoch), shared by its lanes.
+///
+/// Read without waiting. A lane reads it while its requests are in flight: to stamp a
+/// batch, and to tell a fencing of its own doing from a newer instance's. A lane must
+/// not wait there: its requests, which it polls only between its own steps, may hold
+/// a place another lane waits for (see `client.rs`, `Slot`). Moving it to a new epoch
+/// (`ShardSender::bump_epoch`) is one lane at a time, under `bumping`, and only by a
+/// lane with nothing in flight.
+pub(crate) struct Identity {
+    current: std::sync::Mutex<(u64, u16)>,
+    pub(crate) bumping: Mutex<()>,
+}
+
+impl Identity {
+    fn new(ident: (u64, u16)) -> Identity {
+        Identity {
+            current: std::sync::Mutex::new(ident),
+            bumping: Mutex::new(()),
+        }
+    }
+
+    /// The (producer id, epoch) the producer stamps now.
+    pub(crate) fn get(&self) -> (u64, u16) {
+        *self.current.lock().expect("identity lock")
+    }
+
+    pub(crate) fn set(&self, ident: (u64, u16)) {
+        *self.current.lock().expect("identity lock") = ident;
+    }
+}
+
 /// Sends records to a broker; see the module docs.
 #[derive(Clone)]
 pub struct Producer {
     /// (producer id, epoch) of an idempotent producer, shared with its senders (an
     /// epoch bump after a failed batch moves it).
-    identity: Option<Arc<Mutex<(u64, u16)>>>,
+    identity: Option<Arc<Identity>>,
     /// The lanes and the per-class record pools (`max_queued_records` places each,
     /// given back when a record's batch is first sent).
     core: Arc<Core>,
@@ -353,10 +384,7 @@ impl Producer {
     /// The epoch grows when a failed batch makes the producer move on; a program that
     /// resumes the id later ([`ProducerBuilder::resume`]) should keep the newest.
     pub async fn identity(&self) -> Option<(u64, u16)> {
-        match &self.identity {
-            Some(id) => Some(*id.lock().await),
-            None => None,
-        }
+        self.identity.as_ref().map(|id| id.get())
     }
 
     /// Queues a record. When `max_queued_records` records of its class are already

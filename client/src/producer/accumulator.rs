@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::runtime::Handle;
-use tokio::sync::{mpsc, oneshot, Mutex, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 use weir_protocol::batch::{self, BatchBuilder, NewRecord};
 use weir_protocol::classes::{ClassMap, CLASS_COUNT};
@@ -162,7 +162,7 @@ pub(super) enum Blocked {
 pub(super) struct Core {
     client: Client,
     config: ProducerConfig,
-    identity: Option<Arc<Mutex<(u64, u16)>>>,
+    identity: Option<Arc<super::Identity>>,
     state: SyncMutex<State>,
     /// Places per priority class (see [`State::queued`]).
     max_queued: usize,
@@ -184,7 +184,7 @@ impl Core {
     pub(super) fn new(
         client: Client,
         config: ProducerConfig,
-        identity: Option<Arc<Mutex<(u64, u16)>>>,
+        identity: Option<Arc<super::Identity>>,
         permits_per_class: usize,
     ) -> Arc<Core> {
         let timer = Arc::new(Notify::new());

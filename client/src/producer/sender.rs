@@ -14,14 +14,14 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::FuturesOrdered;
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use weir_protocol::batch::{self, BatchBuilder};
 use weir_protocol::messages::*;
 use weir_protocol::{ErrorCode, ResponseBody};
 
 use super::window::{Estimator, Window};
-use super::{init_producer_id, ProducerConfig};
+use super::{init_producer_id, Identity, ProducerConfig};
 use crate::client::{expect_body, Client};
 use crate::cluster::Route;
 use crate::delivery::Waiters;
@@ -76,7 +76,7 @@ struct Item {
 pub(super) struct ShardSender {
     pub(super) client: Client,
     pub(super) config: ProducerConfig,
-    pub(super) identity: Option<Arc<Mutex<(u64, u16)>>>,
+    pub(super) identity: Option<Arc<Identity>>,
     pub(super) topic: Arc<str>,
     pub(super) shard: u32,
     /// Batches handed to this sender and not yet settled (shared with the accumulator).
@@ -106,12 +106,13 @@ impl ShardSender {
     /// the producer to. Switching while earlier batches are in flight could let a later
     /// batch overtake a refused one; instead, once the broker sees the new epoch it
     /// fences this lane's old-epoch batches (per producer id, on every shard), and the
-    /// lane re-stamps them under the new epoch and sends them again (`moved_on`).
-    async fn stamp(&mut self, builder: BatchBuilder, idle: bool) -> Result<Item> {
+    /// lane re-stamps them under the new epoch and sends them again
+    /// (`moved_on_once_bumped`). Never waits (see [`Identity`]).
+    fn stamp(&mut self, builder: BatchBuilder, idle: bool) -> Result<Item> {
         let count = builder.record_count();
         let builder = match &self.identity {
             Some(id) => {
-                let current = *id.lock().await;
+                let current = id.get();
                 if self.epoch_used.is_none() || (idle && self.epoch_used != Some(current)) {
                     self.epoch_used = Some(current);
                     self.next_seq = 0;
@@ -142,34 +143,38 @@ impl ShardSender {
     }
 
     /// Whether the producer has moved to another epoch (or id) than the one this lane
-    /// stamps: a PRODUCER_FENCED answer is then this producer's own doing, not a newer
-    /// instance's.
-    async fn moved_on(&self) -> bool {
+    /// stamps, once any epoch bump under way has ended: a PRODUCER_FENCED answer is
+    /// then this producer's own doing, not a newer instance's. Called with nothing in
+    /// flight (see [`Identity`]).
+    async fn moved_on_once_bumped(&self) -> bool {
         match &self.identity {
             Some(id) => {
-                let current = *id.lock().await;
-                self.epoch_used.is_some_and(|used| used != current)
+                drop(id.bumping.lock().await);
+                self.epoch_used.is_some_and(|used| used != id.get())
             }
             None => false,
         }
     }
 
     /// Gives queued batches new sequence numbers under a new epoch (after a batch was
-    /// given up, its successors would otherwise leave a gap).
+    /// given up, its successors would otherwise leave a gap). Called with nothing in
+    /// flight: it waits for another lane's bump (see [`Identity`]).
     async fn bump_epoch(&mut self, queue: &mut VecDeque<Item>) -> Result<()> {
         let Some(id) = &self.identity else {
             return Ok(());
         };
-        let mut ident = id.lock().await;
-        if Some(*ident) == self.epoch_used {
-            *ident = match init_producer_id(&self.client, ident.0, ident.1).await {
+        let _bumping = id.bumping.lock().await;
+        let mut ident = id.get();
+        if Some(ident) == self.epoch_used {
+            ident = match init_producer_id(&self.client, ident.0, ident.1).await {
                 Err(e) if e.code() == Some(ErrorCode::UnknownProducerId) => {
                     init_producer_id(&self.client, 0, 0).await?
                 }
                 r => r?,
             };
+            id.set(ident);
         }
-        self.epoch_used = Some(*ident);
+        self.epoch_used = Some(ident);
         self.next_seq = 0;
         for item in queue.iter_mut() {
             let mut v = item.bytes.to_vec();
@@ -232,6 +237,9 @@ impl ShardSender {
         })
     }
 
+    /// The lane's loop. While requests are in flight it awaits nothing but its
+    /// `select!` (which polls them) or the requests themselves: a request it stopped
+    /// polling could hold a lock another lane waits for (see `client.rs`, `Slot`).
     pub(super) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<SenderMsg>) {
         let max = self.config.max_in_flight_per_shard.max(1);
         let mut estimator = Estimator::new(max, self.config.adaptive_in_flight);
@@ -288,7 +296,7 @@ impl ShardSender {
                     }
                     Some(SenderMsg::Batch(b, waiters)) => {
                         let count = b.record_count();
-                        match self.stamp(b, queue.is_empty() && sent.is_empty()).await {
+                        match self.stamp(b, queue.is_empty() && sent.is_empty()) {
                             Ok(mut item) => {
                                 item.waiters = waiters;
                                 item.ordinal = received;
@@ -336,13 +344,34 @@ impl ShardSender {
                         Err(e) => {
                             item.attempts += 1;
                             item.reroute = crate::cluster::is_routing_error(&e);
+                            // Everything sent after the failed batch settles first.
+                            let mut again = VecDeque::new();
+                            while let Some(r) = in_flight.next().await {
+                                let later = sent.pop_front().expect("sent matches in_flight");
+                                match r {
+                                    Ok(r) => {
+                                        self.resolve(later, r);
+                                    }
+                                    Err(e) => {
+                                        let mut later = later;
+                                        later.reroute = crate::cluster::is_routing_error(&e);
+                                        // Like the failed batch: an answer lost with the
+                                        // connection leaves it perhaps stored, so it is
+                                        // never placed again by a relayout.
+                                        self.note_fate(&mut later, &e);
+                                        again.push_back(later);
+                                    }
+                                }
+                            }
                             // Fenced by this producer itself: another of its lanes moved
                             // it to a new epoch (the broker fences per producer id, on
                             // every shard at once), so this lane follows it: like a
                             // sequence gap, the batch and its successors are re-stamped
-                            // under the new epoch and sent again.
+                            // under the new epoch and sent again. The broker may fence
+                            // before the lane that asked for the epoch has heard it; so
+                            // first any bump under way ends (nothing is in flight now).
                             let fenced = e.code() == Some(ErrorCode::ProducerFenced);
-                            let own_bump = fenced && self.moved_on().await;
+                            let own_bump = fenced && self.moved_on_once_bumped().await;
                             // Re-stamped only when no earlier attempt may have stored it;
                             // one that may have is given up (its fate unknown), and its
                             // successors follow the new epoch as they come back fenced.
@@ -368,25 +397,6 @@ impl ShardSender {
                                 }
                                 Pushback::No => e.is_retriable() || out_of_order,
                             };
-                            // Everything sent after the failed batch settles first.
-                            let mut again = VecDeque::new();
-                            while let Some(r) = in_flight.next().await {
-                                let later = sent.pop_front().expect("sent matches in_flight");
-                                match r {
-                                    Ok(r) => {
-                                        self.resolve(later, r);
-                                    }
-                                    Err(e) => {
-                                        let mut later = later;
-                                        later.reroute = crate::cluster::is_routing_error(&e);
-                                        // Like the failed batch: an answer lost with the
-                                        // connection leaves it perhaps stored, so it is
-                                        // never placed again by a relayout.
-                                        self.note_fate(&mut later, &e);
-                                        again.push_back(later);
-                                    }
-                                }
-                            }
                             let given_up = !(retriable && item.attempts <= self.config.retries);
                             if !given_up {
                                 again.push_front(item);
