@@ -99,6 +99,11 @@ pub const MAX_SHARDS_LIMIT: u32 = 1_000_000;
 /// burns a core.
 pub const SPIN_WAIT_US_MAX: u32 = 10_000;
 
+/// The largest `in_place_append_bytes` accepted: a larger copy into the page cache
+/// would hold a connection's runtime thread (and every connection it serves) for
+/// milliseconds on a cold page cache.
+pub const IN_PLACE_APPEND_BYTES_MAX: usize = 1 << 20;
+
 /// Every setting of a broker.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -160,6 +165,11 @@ pub struct Config {
     /// on the path of each message at the price of a busy core; the budget shrinks
     /// while the spinning thread loses its core to others (`crate::spin`).
     pub spin_wait_us: u32,
+    /// Largest append a connection writes into a shard's log itself, in place of
+    /// handing it to the shard's writer thread, while that writer has nothing queued
+    /// and the append needs no flush; 0 = never. Spares two thread wake-ups per small
+    /// produce (`weir_shard_in_place_appends_total`).
+    pub in_place_append_bytes: usize,
     /// Consumer groups: default and bounds of session timeouts.
     pub group_min_session_timeout_ms: u32,
     pub group_max_session_timeout_ms: u32,
@@ -505,6 +515,7 @@ impl Default for Config {
             shard_queue_depth: 1024,
             shard_group_bytes_max: crate::shard::writer::DEFAULT_GROUP_BYTES_MAX,
             spin_wait_us: 0,
+            in_place_append_bytes: crate::shard::writer::DEFAULT_IN_PLACE_BYTES_MAX,
             group_min_session_timeout_ms: 1000,
             group_max_session_timeout_ms: 300_000,
             max_topics: 10_000,
@@ -838,6 +849,9 @@ impl Config {
         }
         if self.spin_wait_us > SPIN_WAIT_US_MAX {
             return bad("spin_wait_us must be at most 10000");
+        }
+        if self.in_place_append_bytes > IN_PLACE_APPEND_BYTES_MAX {
+            return bad("in_place_append_bytes must be at most 1048576");
         }
         if self.group_min_session_timeout_ms > self.group_max_session_timeout_ms {
             return bad("group_min_session_timeout_ms exceeds group_max_session_timeout_ms");
@@ -1241,6 +1255,7 @@ mod tests {
             ("WEIR_FLOW_LOAD_PENDING_BYTES", "0"),
             ("WEIR_QUOTA_MAX_DELAY_MS", "600000"),
             ("WEIR_SPIN_WAIT_US", "10001"),
+            ("WEIR_IN_PLACE_APPEND_BYTES", "1048577"),
         ] {
             assert!(Config::load(None, env1(k, v)).is_err(), "{k}={v} accepted");
         }

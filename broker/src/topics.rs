@@ -597,6 +597,7 @@ impl TopicRegistry {
             retention_check_ms: self.config.retention_check_ms,
             layout_epoch: 0,
             spin_wait_us: self.config.spin_wait_us,
+            in_place_bytes_max: self.config.in_place_append_bytes,
         })
     }
 

@@ -333,6 +333,15 @@ impl Scrape {
             "Times a shard writer ran out of work, by how the wait ended: work found while spinning (spin_wait_us) or the thread parked.",
             idle,
         )?;
+        counter(
+            enc,
+            "weir_shard_in_place_appends",
+            "Appends a connection wrote into the shard's log itself, the writer thread having nothing queued (in_place_append_bytes).",
+            shards
+                .iter()
+                .map(|(l, s)| (l.clone(), load(&s.stats().in_place)))
+                .collect::<Vec<_>>(),
+        )?;
         let per_class = |f: &dyn Fn(&crate::shard::Shard, Class) -> u64| {
             let mut rows = Vec::new();
             for (l, s) in &shards {

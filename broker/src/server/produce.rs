@@ -26,7 +26,7 @@ use crate::error::BrokerError;
 use crate::flow::quota::ClientState;
 use crate::flow::ProduceTicket;
 use crate::shard::writer::PendingAppend;
-use crate::shard::{Layout, Shard};
+use crate::shard::{AppendError, AppendOutcome, Layout, Shard};
 use crate::state::BrokerState;
 use crate::topics::Topic;
 
@@ -49,7 +49,7 @@ pub struct Queued {
     plan: AckPlan,
     timeout: Duration,
     log_start: u64,
-    rx: PendingAppend,
+    answer: Answer,
     records: u64,
     bytes: u64,
     /// Flow-control accounting, released when the produce is answered.
@@ -66,6 +66,13 @@ pub struct Queued {
     /// In a cluster, the shard's primary role (it moves the replicated high-water mark
     /// and answers `mirrored`).
     primary: Option<Arc<PrimaryState>>,
+}
+
+/// The writer's answer to a queued produce: there already when the append was written
+/// in place (`shard::writer::append_in_place`), else still to come.
+enum Answer {
+    Ready(Result<AppendOutcome, AppendError>),
+    Pending(PendingAppend),
 }
 
 /// Validates a produce and queues it on its shard's writer.
@@ -120,18 +127,23 @@ pub async fn start(
         .map(|h| (h.producer_id, h.producer_epoch))
         .filter(|&(id, epoch)| id != 0 && epoch != 0)
         .collect();
-    let rx = match shard
+    // The load signal's produce latency runs from here: it takes in a wait for room in
+    // the lane, and the write itself when the append is written in place.
+    ticket.enqueued();
+    let answer = match shard
         .enqueue_in_layout(batches, headers, plan.needs_flush(), layout)
         .await
     {
-        Ok(rx) => rx,
+        Ok(mut rx) => match rx.try_recv() {
+            Ok(written) => Answer::Ready(written),
+            Err(_) => Answer::Pending(rx),
+        },
         Err(e) => return refuse(append_error(e), 0),
     };
     // Queued: a newer epoch now fences older instances on every shard.
     for (id, epoch) in stamps {
         state.producer_ids.observe(id, epoch);
     }
-    ticket.enqueued();
     let timeout_ms = match req.timeout_ms {
         0 => state.config.produce_timeout_ms,
         t => t,
@@ -143,7 +155,7 @@ pub async fn start(
         log_start: shard.reader().log_start_offset(),
         shard: shard.clone(),
         shard_no,
-        rx,
+        answer,
         records,
         bytes,
         ticket,
@@ -432,6 +444,14 @@ fn one_class(shard: &Shard, headers: &[BatchHeader]) -> Result<Class, BrokerErro
 }
 
 impl Queued {
+    /// Whether [`Queued::finish`] has nothing to wait for: the append was written in
+    /// place and no mirror must confirm it. The caller then finishes it in its own
+    /// task instead of spawning one (a spawned task may wake a sleeping runtime
+    /// worker to run it).
+    pub fn answered(&self) -> bool {
+        matches!(self.answer, Answer::Ready(_)) && !(self.primary.is_some() && self.plan.mirrored)
+    }
+
     /// Waits for the ack level and builds the response (none for `acks=none`).
     pub async fn finish(self, state: &BrokerState) -> Outcome {
         let Queued {
@@ -439,7 +459,7 @@ impl Queued {
             plan,
             timeout,
             log_start,
-            rx,
+            answer,
             records,
             bytes,
             mut ticket,
@@ -452,7 +472,10 @@ impl Queued {
             primary,
         } = self;
         let deadline = std::time::Instant::now() + timeout;
-        let mut outcome = plan.wait(rx, timeout).await;
+        let mut outcome = match answer {
+            Answer::Ready(written) => written.map_err(append_error),
+            Answer::Pending(rx) => plan.wait(rx, timeout).await,
+        };
         if let (Some(p), Ok(o)) = (&primary, &outcome) {
             p.on_local_write();
             if plan.mirrored {

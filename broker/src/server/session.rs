@@ -255,6 +255,12 @@ impl Session {
                         out.send_produce(class, outcome, permits).await;
                         timer.finish(&state);
                     }
+                    Started::Queued(queued) if queued.answered() => {
+                        // Written in place: nothing to wait for, no task to wake.
+                        let outcome = queued.finish(&state).await;
+                        out.send_produce(class, outcome, permits).await;
+                        timer.finish(&state);
+                    }
                     Started::Queued(queued) => {
                         let span = timer.span();
                         tokio::spawn(

@@ -91,6 +91,9 @@ pub(super) enum Control {
     /// From now on take only appends checked under this layout epoch (a reshard);
     /// answered with the log's end, the first offset of the new epoch.
     Seal(u32, oneshot::Sender<u64>),
+    /// Nothing to do but look again: an append written in place left the log with
+    /// unflushed bytes, so a parked writer must arm its interval flush.
+    Wake,
     Shutdown,
 }
 
@@ -120,6 +123,13 @@ pub struct ClassStats {
     /// and waits it parked for (`weir_shard_idle_waits_total{how}`).
     pub spin_takes: AtomicU64,
     pub parks: AtomicU64,
+    /// Shard-wide: appends handed to a lane and not yet written (or refused) by the
+    /// writer thread. An append is written in place only while this is 0, so it never
+    /// overtakes one queued before it (see `writer::append_in_place`).
+    pub pending: AtomicU64,
+    /// Shard-wide: appends written in place, on the caller's thread
+    /// (`weir_shard_in_place_appends_total`).
+    pub in_place: AtomicU64,
     /// Appends written (or answered as duplicates), per class.
     pub appends: [AtomicU64; CLASS_COUNT],
     /// Total microseconds appends waited in their lane before being written.
@@ -150,6 +160,12 @@ pub const MAX_GROUP_COMMANDS: usize = 1024;
 /// the next one.
 pub const DEFAULT_GROUP_BYTES_MAX: usize = 4 << 20;
 
+/// The default largest append written in place: one copy of at most this many bytes
+/// into the page cache holds the caller's thread (a connection's runtime worker)
+/// about as long as the two thread wake-ups it spares cost on a small VM; larger
+/// appends go to the writer thread.
+pub const DEFAULT_IN_PLACE_BYTES_MAX: usize = 64 << 10;
+
 /// Settings of one shard's writer.
 #[derive(Debug, Clone)]
 pub struct ShardConfig {
@@ -178,6 +194,10 @@ pub struct ShardConfig {
     pub layout_epoch: u32,
     /// Most µs the writer keeps looking for work before it parks (`spin_wait_us`).
     pub spin_wait_us: u32,
+    /// Largest append written in place on the caller's thread while the writer has
+    /// nothing queued (`in_place_append_bytes`; 0: every append goes to the writer
+    /// thread). See `writer::append_in_place`.
+    pub in_place_bytes_max: usize,
 }
 
 impl Default for ShardConfig {
@@ -195,6 +215,7 @@ impl Default for ShardConfig {
             delete_key_compact_ms: 60_000,
             layout_epoch: 0,
             spin_wait_us: 0,
+            in_place_bytes_max: DEFAULT_IN_PLACE_BYTES_MAX,
         }
     }
 }

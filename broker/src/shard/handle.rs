@@ -4,6 +4,7 @@
 //! producer table, starting the writer thread of `writer.rs`).
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -17,7 +18,7 @@ use super::command::{
     ReplicaAppend, ShardConfig,
 };
 use super::idempotence::ProducerTable;
-use super::writer::Writer;
+use super::writer::{append_in_place, Core, InPlace, Writer};
 use crate::storage::{Log, LogReader, StorageError};
 
 /// How many of the newest offsets are scanned on open to rebuild producer state. A
@@ -28,6 +29,9 @@ pub const PRODUCER_STATE_SCAN_OFFSETS: u64 = 2_000_000;
 /// Handle to one shard: cheap to share (`Arc`), used by every connection.
 pub struct Shard {
     lanes: [mpsc::Sender<AppendCmd>; CLASS_COUNT],
+    /// The writer's state, for appends written in place (see
+    /// [`Shard::enqueue_in_layout`]).
+    core: Arc<Core>,
     control: mpsc::Sender<Control>,
     classes: ClassMap,
     stats: Arc<ClassStats>,
@@ -98,18 +102,22 @@ impl Shard {
             stats: stats.clone(),
             config,
             troubled: false,
+            dirty: false,
         };
+        let core = Arc::new(Mutex::new(Some(writer)));
+        let thread_core = core.clone();
         let thread = std::thread::Builder::new()
             .name(format!("weir-w-{name}"))
             .spawn(move || {
                 // Made from a pinned core thread (CreateTopic), it would inherit the pin,
                 // and so would its flush and segment threads.
                 crate::affinity::unpin_current_thread();
-                writer.run(receivers, control_rx)
+                super::writer::run(thread_core, receivers, control_rx)
             })
             .map_err(StorageError::from)?;
         Ok(Arc::new(Shard {
             lanes,
+            core,
             control,
             classes,
             stats,
@@ -129,9 +137,13 @@ impl Shard {
     }
 
     /// Queues an append in the lane of its class: the class of its highest-priority
-    /// batch. Returns once the append is in the lane, so appends of one class queued
+    /// batch. Returns once the append is in the lane (or written), so appends queued
     /// one after another by one task are written in that order; the receiver yields the
     /// outcome. `batches` must be validated, with `headers` their headers.
+    ///
+    /// When the writer has nothing queued, a small append that needs no flush is
+    /// written in place, on the caller's thread, and the receiver holds its outcome
+    /// already (see `writer::append_in_place`).
     pub async fn enqueue(
         &self,
         batches: Vec<Bytes>,
@@ -157,6 +169,21 @@ impl Shard {
     ) -> Result<PendingAppend, AppendError> {
         let class = self.class_of(&headers);
         let (reply, rx) = oneshot::channel();
+        let (batches, headers) =
+            match append_in_place(&self.core, class, durable, batches, headers, layout) {
+                InPlace::Done { result, wake } => {
+                    if wake {
+                        // A full control channel wakes the writer anyway.
+                        let _ = self.control.try_send(Control::Wake);
+                    }
+                    let _ = reply.send(result);
+                    return Ok(rx);
+                }
+                InPlace::Queue(batches, headers) => (batches, headers),
+            };
+        // Counted before it is in the lane, so no append of this caller after it is
+        // written in place ahead of it; uncounted if it never gets there.
+        let pending = Pending::count(&self.stats);
         self.lanes[class.index()]
             .send(AppendCmd {
                 batches,
@@ -168,6 +195,7 @@ impl Shard {
             })
             .await
             .map_err(|_| AppendError::Closed)?;
+        pending.handed_over();
         Ok(rx)
     }
 
@@ -327,12 +355,49 @@ impl Shard {
 }
 
 impl Shard {
+    /// Holds the writer's state as its thread does while it writes a group.
+    #[cfg(test)]
+    pub(super) fn hold_writer(&self) -> std::sync::MutexGuard<'_, Option<Writer>> {
+        self.core.lock().expect("writer state lock")
+    }
+
     /// [`Shard::close`] for threads outside any async runtime (the blocking pool).
     pub fn close_blocking(&self) {
         let _ = self.control.blocking_send(Control::Shutdown);
         let thread = self.thread.lock().expect("shard thread lock").take();
         if let Some(t) = thread {
             let _ = t.join();
+        }
+    }
+}
+
+/// One append counted in `ClassStats::pending` while it is on its way into a lane:
+/// the writer uncounts it once written; dropped before then (the lane closed, or the
+/// caller gave up waiting for room), it uncounts itself.
+struct Pending<'a> {
+    stats: &'a ClassStats,
+    handed_over: bool,
+}
+
+impl<'a> Pending<'a> {
+    fn count(stats: &'a ClassStats) -> Self {
+        stats.pending.fetch_add(1, Ordering::AcqRel);
+        Pending {
+            stats,
+            handed_over: false,
+        }
+    }
+
+    /// In the lane: from here the writer uncounts it.
+    fn handed_over(mut self) {
+        self.handed_over = true;
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.handed_over {
+            self.stats.pending.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }

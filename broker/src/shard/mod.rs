@@ -9,7 +9,10 @@
 //! into the log, publishes the new high-water mark, answers `leader` waiters, then
 //! flushes once for the whole group when any waiter asked for `durable` (or the topic's
 //! durability is `always`) and answers those. This is group commit: one flush serves
-//! every concurrent durable producer. Readers never touch the writer: they read the
+//! every concurrent durable producer. A small append that needs no flush, arriving
+//! while the writer has nothing queued, is written in place by its caller through the
+//! same checks (`writer::append_in_place`), sparing the two thread wake-ups of the
+//! hand-off. Readers never touch the writer: they read the
 //! log through a [`LogReader`](crate::storage::LogReader) and wait for new data on a
 //! watch of the high-water mark.
 //!

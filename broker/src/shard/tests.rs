@@ -23,6 +23,16 @@ fn config() -> ShardConfig {
     }
 }
 
+/// Appends one batch (`batch(pid, seq, n, tag)`) and returns its base offset.
+async fn append_batch(shard: &Shard, pid: u64, seq: u32, n: u32, tag: &str, durable: bool) -> u64 {
+    let (b, h) = batch(pid, seq, n, tag);
+    shard
+        .append(vec![b], vec![h], durable)
+        .await
+        .unwrap()
+        .base_offset
+}
+
 fn batch(pid: u64, seq: u32, n: u32, tag: &str) -> (Bytes, BatchHeader) {
     sized_batch(5, pid, seq, n, tag, 0)
 }
@@ -207,15 +217,7 @@ async fn two_batches_of_one_lane_in_one_append_are_refused() {
         .await
         .unwrap();
     assert_eq!((o.base_offset, o.last_offset), (0, 4));
-    let (b3, h3) = batch(7, 4, 1, "d");
-    assert_eq!(
-        shard
-            .append(vec![b3], vec![h3], true)
-            .await
-            .unwrap()
-            .base_offset,
-        5
-    );
+    assert_eq!(append_batch(&shard, 7, 4, 1, "d", true).await, 5);
     shard.close().await;
 }
 
@@ -365,6 +367,8 @@ async fn idle_waits(spin_wait_us: u32, gap: Duration) -> (u64, u64) {
     let cfg = ShardConfig {
         durability: Durability::None,
         spin_wait_us,
+        // Every append through the writer thread, whose waits are counted.
+        in_place_bytes_max: 0,
         ..config()
     };
     let shard = Shard::open(dir.path(), "t", cfg).unwrap();
@@ -482,5 +486,76 @@ async fn a_retry_routed_under_an_earlier_layout_gets_its_offsets() {
             Err(AppendError::Fenced { current_epoch: 1 })
         );
     }
+    shard.close().await;
+}
+
+/// Small appends to an idle shard are written in place, on the caller's thread, and
+/// the interval flush still covers them: the first one wakes the parked writer, whose
+/// wait was not armed for a flush (without the wake-up nothing would be flushed until
+/// the retention check, 30 s away).
+#[tokio::test]
+async fn appends_written_in_place_are_covered_by_the_interval_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ShardConfig {
+        durability: Durability::Interval,
+        flush_interval_ms: 20,
+        ..config()
+    };
+    let shard = Shard::open(dir.path(), "t", cfg).unwrap();
+    // Let the writer run out of work and park.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for i in 0..5u64 {
+        assert_eq!(
+            append_batch(&shard, 0, 0, 1, &format!("p{i}"), false).await,
+            i
+        );
+    }
+    // The first at least: the wake-up it sends may have the writer hold its state
+    // for a turn while a later one comes, which then queues.
+    assert!(shard.stats().in_place.load(Ordering::Relaxed) >= 1);
+    assert_eq!(shard.reader().high_watermark(), 5);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while shard.stats().flushed_offset.load(Ordering::Acquire) < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the in-place appends were never flushed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    shard.close().await;
+}
+
+/// An append queued for the writer is counted until written, so a later append of
+/// the same caller queues behind it instead of being written first in place; once
+/// the writer has written it the count is back at 0 and appends go in place again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Held on purpose across the enqueue, which only tries the lock.
+#[allow(clippy::await_holding_lock)]
+async fn an_append_never_overtakes_one_queued_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ShardConfig {
+        durability: Durability::Interval,
+        ..config()
+    };
+    let shard = Shard::open(dir.path(), "t", cfg).unwrap();
+    let held = shard.hold_writer();
+    // The writer's state is held (as while it writes a group): this one queues.
+    let (b, h) = batch(0, 0, 1, "first");
+    let first = shard.enqueue(vec![b], vec![h], false).await.unwrap();
+    assert_eq!(shard.stats().pending.load(Ordering::Acquire), 1);
+    drop(held);
+    let (b, h) = batch(0, 0, 1, "second");
+    let second = shard.append(vec![b], vec![h], false).await.unwrap();
+    assert_eq!(first.await.unwrap().unwrap().base_offset, 0);
+    assert_eq!(
+        second.base_offset, 1,
+        "the later append overtook the queued one"
+    );
+    assert_eq!(shard.stats().pending.load(Ordering::Acquire), 0);
+    // Once the writer has gone back to waiting (not holding its state).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let before = shard.stats().in_place.load(Ordering::Relaxed);
+    assert_eq!(append_batch(&shard, 0, 0, 1, "third", false).await, 2);
+    assert_eq!(shard.stats().in_place.load(Ordering::Relaxed), before + 1);
     shard.close().await;
 }

@@ -288,6 +288,26 @@ impl Log {
         })
     }
 
+    /// Whether an append of `batches` batches, `bytes` and `records` long in all, lands
+    /// in blocks the active segment already has: no roll, no allocation, no segment to
+    /// make, so [`Log::append`] does nothing but the write itself (and, for an
+    /// encrypted log, the sealing). An append made on a thread that must not wait for
+    /// file work (a connection's, see `shard::writer::append_in_place`) takes only
+    /// these; anything else goes to the shard's writer thread.
+    pub fn appends_in_place(&self, batches: usize, bytes: u64, records: u64) -> bool {
+        let a = &self.active;
+        let key = self.write_key();
+        let stored = match key {
+            Some(_) => bytes + (sealed::SEAL_OVERHEAD * batches) as u64,
+            None => bytes,
+        };
+        self.failed.is_none()
+            && self.stalled.is_none()
+            && !(a.pos > 0 && self.active_key != key)
+            && a.pos + stored <= a.allocated
+            && a.next_offset + records <= a.seg.base_offset + u64::from(u32::MAX) + 1
+    }
+
     /// Starts write-back of the active file's bytes appended since the last start, once
     /// they reach `write_behind_bytes` (off at 0). The disk then takes the data as it
     /// comes instead of all at once in the next flush, whose `fdatasync` finds little

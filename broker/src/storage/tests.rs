@@ -77,6 +77,38 @@ fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
     v
 }
 
+/// `Log::appends_in_place` says yes only for appends that need no file work: every
+/// append it allowed left the active segment and its allocation as they were, and
+/// every append that grew the file or rolled was one it refused.
+#[test]
+fn appends_in_place_are_exactly_those_that_neither_allocate_nor_roll() {
+    let dir = tempfile::tempdir().unwrap();
+    // 64 KiB segments grown in 16 KiB steps: many grows and rolls.
+    let mut log = Log::open(dir.path(), small_config(64 * 1024)).unwrap();
+    let (mut allowed, mut refused) = (0, 0);
+    for i in 0..400u64 {
+        let b = make_batch(i, 1 + (i % 4) as u32, 50 + (i as usize * 37) % 900, 1);
+        let records = u64::from(batch::BatchHeader::read(&b).unwrap().record_count);
+        let in_place = log.appends_in_place(1, b.len() as u64, records);
+        let (base, allocated) = (log.active.seg.base_offset, log.active.allocated);
+        log.append(std::slice::from_ref(&b)).unwrap();
+        let file_work = log.active.seg.base_offset != base || log.active.allocated != allocated;
+        assert_eq!(
+            in_place, !file_work,
+            "append {i}: in place {in_place}, file work {file_work}"
+        );
+        if in_place {
+            allowed += 1;
+        } else {
+            refused += 1;
+        }
+    }
+    assert!(
+        allowed > 100 && refused > 10,
+        "allowed {allowed}, refused {refused}"
+    );
+}
+
 #[test]
 fn append_then_read_back_across_segments() {
     let dir = tempfile::tempdir().unwrap();
