@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::{Fuse, FusedFuture, FutureExt};
 use tokio::sync::Semaphore;
 use weir_protocol::batch::Batch;
 use weir_protocol::classes::{Class, CLASS_COUNT};
@@ -414,10 +415,11 @@ async fn handle_one<F, Fut>(
     F: Fn(QueueMessage) -> Fut,
     Fut: Future<Output = std::result::Result<(), HandlerError>>,
 {
-    let Some(_slot) = wait_for_slot(consumer, &m, slot).await else {
+    let extend = || extend_lease(consumer, &m);
+    let Some(_slot) = wait_for_slot(slot, m.lease, extend).await else {
         return;
     };
-    let outcome = run_one(consumer, &m, handler(m.clone()), timeout).await;
+    let outcome = run_one(handler(m.clone()), timeout, m.lease, extend).await;
     let settled = match outcome {
         Ok(Ok(())) => {
             stats.acked.fetch_add(1, Ordering::Relaxed);
@@ -439,52 +441,80 @@ async fn handle_one<F, Fut>(
     }
 }
 
-/// Runs one handler future with the timeout, extending the record's lease every half
-/// lease while it runs. `Err(())` is a timeout.
-async fn run_one<Fut>(
-    consumer: &QueueConsumer,
-    m: &QueueMessage,
+/// Extends `m`'s lease by its length (a failure is only logged: the record may then
+/// be delivered again after its lease, as after a crash).
+async fn extend_lease(consumer: &QueueConsumer, m: &QueueMessage) {
+    if let Err(e) = consumer.extend(m, m.lease).await {
+        tracing::debug!(shard = m.shard, offset = m.offset, error = %e, "lease extension failed");
+    }
+}
+
+/// Runs one handler future with the timeout, extending the record's lease (`extend`)
+/// every half `lease` while it runs. `Err(())` is a timeout.
+///
+/// The handler is polled while an extension is under way, not paused for it: it
+/// may be waiting for a lock of the client (a connection being opened) that the
+/// extension waits for too. A tokio lock is handed to its next waiter whether or not
+/// that waiter is polled, so a paused handler handed the lock would hold it while the
+/// extension waited for it, and neither would ever finish.
+async fn run_one<Fut, Ext, ExtFut>(
     fut: Fut,
     timeout: Duration,
+    lease: Duration,
+    extend: Ext,
 ) -> std::result::Result<std::result::Result<(), HandlerError>, ()>
 where
     Fut: Future<Output = std::result::Result<(), HandlerError>>,
+    Ext: Fn() -> ExtFut,
+    ExtFut: Future<Output = ()>,
 {
     tokio::pin!(fut);
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
-    let half = (m.lease / 2).max(Duration::from_millis(10));
+    let extending = Fuse::terminated();
+    tokio::pin!(extending);
+    let half = (lease / 2).max(Duration::from_millis(10));
     let mut extend_at = tokio::time::Instant::now() + half;
     loop {
         tokio::select! {
             r = &mut fut => return Ok(r),
             _ = &mut deadline => return Err(()),
-            _ = tokio::time::sleep_until(extend_at), if !m.lease.is_zero() => {
-                if let Err(e) = consumer.extend(m, m.lease).await {
-                    tracing::debug!(shard = m.shard, offset = m.offset, error = %e, "lease extension failed");
-                }
+            _ = tokio::time::sleep_until(extend_at), if !lease.is_zero() && extending.is_terminated() => {
+                extending.set(extend().fuse());
+            }
+            _ = &mut extending, if !extending.is_terminated() => {
                 extend_at = tokio::time::Instant::now() + half;
             }
         }
     }
 }
 
-/// Waits for a handler slot, extending the record's lease every half lease meanwhile.
-async fn wait_for_slot(
-    consumer: &QueueConsumer,
-    m: &QueueMessage,
+/// Waits for a handler slot, extending the record's lease every half `lease`
+/// meanwhile (the wait for the slot goes on while an extension is under way, for the
+/// reason given at [`run_one`]).
+async fn wait_for_slot<Ext, ExtFut>(
     slot: Arc<Semaphore>,
-) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    lease: Duration,
+    extend: Ext,
+) -> Option<tokio::sync::OwnedSemaphorePermit>
+where
+    Ext: Fn() -> ExtFut,
+    ExtFut: Future<Output = ()>,
+{
     let acquire = slot.acquire_owned();
     tokio::pin!(acquire);
-    let half = (m.lease / 2).max(Duration::from_millis(10));
+    let extending = Fuse::terminated();
+    tokio::pin!(extending);
+    let half = (lease / 2).max(Duration::from_millis(10));
+    let mut extend_at = tokio::time::Instant::now() + half;
     loop {
         tokio::select! {
             p = &mut acquire => return p.ok(),
-            _ = tokio::time::sleep(half), if !m.lease.is_zero() => {
-                if let Err(e) = consumer.extend(m, m.lease).await {
-                    tracing::debug!(shard = m.shard, offset = m.offset, error = %e, "lease extension failed");
-                }
+            _ = tokio::time::sleep_until(extend_at), if !lease.is_zero() && extending.is_terminated() => {
+                extending.set(extend().fuse());
+            }
+            _ = &mut extending, if !extending.is_terminated() => {
+                extend_at = tokio::time::Instant::now() + half;
             }
         }
     }
@@ -494,6 +524,66 @@ async fn wait_for_slot(
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    /// An extension that never ends (a lock it waits for is held by the paused work).
+    fn stuck_extension(started: &AtomicU64) -> impl Fn() -> std::future::Pending<()> + '_ {
+        move || {
+            started.fetch_add(1, Ordering::SeqCst);
+            std::future::pending()
+        }
+    }
+
+    /// The handler finishes while an extension of its lease hangs: it is polled during
+    /// the extension, not paused for it (a paused handler could hold the lock the
+    /// extension waits for). Fails, by the test's own timeout, if the extension is
+    /// awaited in place.
+    #[tokio::test]
+    async fn the_handler_runs_on_while_its_lease_is_extended() {
+        let started = AtomicU64::new(0);
+        let handler = async {
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            Ok(())
+        };
+        let lease = Duration::from_millis(20);
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            run_one(
+                handler,
+                Duration::from_secs(3),
+                lease,
+                stuck_extension(&started),
+            ),
+        )
+        .await
+        .expect("the handler was not paused for the extension");
+        assert!(matches!(r, Ok(Ok(()))));
+        assert_eq!(
+            started.load(Ordering::SeqCst),
+            1,
+            "one extension, still under way"
+        );
+    }
+
+    /// Likewise the wait for a handler slot goes on during an extension.
+    #[tokio::test]
+    async fn a_slot_is_taken_while_the_lease_is_extended() {
+        let started = AtomicU64::new(0);
+        let slot = Arc::new(Semaphore::new(0));
+        let freer = slot.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            freer.add_permits(1);
+        });
+        let lease = Duration::from_millis(20);
+        let permit = tokio::time::timeout(
+            Duration::from_secs(5),
+            wait_for_slot(slot, lease, stuck_extension(&started)),
+        )
+        .await
+        .expect("the slot wait was not paused for the extension");
+        assert!(permit.is_some());
+        assert_eq!(started.load(Ordering::SeqCst), 1);
+    }
 
     #[test]
     fn a_queue_message_reads_as_its_record_and_leases_by_its_place() {
