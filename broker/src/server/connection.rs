@@ -76,11 +76,17 @@ where
     let mut conn = Connection::new(state, rd, wr, identity);
     let result = conn.serve().await;
     let Connection {
+        frames,
         session,
         writer,
         close_how,
         ..
     } = conn;
+    // The reader goes first: its share of the broker-wide receive budget (granted, or
+    // a place in the budget's first-come queue) is given back now, not after the
+    // close's drain (up to twice `io_timeout`), during which a queued place nobody
+    // polls would hold back every other connection's large frames.
+    drop(frames);
     session.close(Some(writer), close_how).await;
     result
 }
