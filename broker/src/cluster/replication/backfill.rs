@@ -89,7 +89,15 @@ impl Backfill {
     /// waiting shard has a higher write rate (ties: the lower topic/shard first).
     /// `rate` may be updated by calling again while waiting is not needed: the mirror
     /// task waits here once per catch-up.
+    ///
+    /// Cancel-safe: a caller that stops waiting (its mirror task aborted when the node
+    /// became the shard's primary) leaves the queue. Left in it, a busiest shard would
+    /// be first forever, and no other catch-up would start.
     pub async fn admit(self: &Arc<Self>, key: Key, rate: u64, behind: u64) -> Permit {
+        let _leaves = LeavesQueue {
+            backfill: self,
+            key: key.clone(),
+        };
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -141,6 +149,7 @@ impl Backfill {
     }
 
     fn permit(self: &Arc<Self>, key: Key) -> Permit {
+        // (`admit`'s guard then finds the key out of the queue: it is active.)
         Permit {
             backfill: self.clone(),
             key,
@@ -221,6 +230,25 @@ impl Drop for Permit {
     }
 }
 
+/// Takes a waiter out of the queue however `admit` ends (a no-op once admitted).
+struct LeavesQueue<'a> {
+    backfill: &'a Backfill,
+    key: Key,
+}
+
+impl Drop for LeavesQueue<'_> {
+    fn drop(&mut self) {
+        let mut inner = self.backfill.inner.lock().expect("backfill lock");
+        if inner.waiting.remove(&self.key).is_some() {
+            if inner.waiting.is_empty() {
+                inner.gathering_since = None;
+            }
+            drop(inner);
+            self.backfill.changed.notify_waiters();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,6 +277,28 @@ mod tests {
         assert_eq!(order, [9, 1, 2, 0], "by write rate, highest first");
         assert_eq!(b.active(), 0);
         assert_eq!(b.metrics.finished.load(Ordering::Relaxed), 4);
+    }
+
+    /// A waiter that gives up (its task aborted) leaves the queue: a busier shard
+    /// that stopped waiting does not keep a quieter one from its turn. Fails without
+    /// the guard in `admit`: shard 1 waits forever behind the absent shard 0.
+    #[tokio::test]
+    async fn a_waiter_that_gives_up_leaves_the_queue() {
+        let b = Arc::new(Backfill::new(1));
+        let first = b.admit(("t".into(), 9), 1, 1).await;
+        let busy = {
+            let b = b.clone();
+            tokio::spawn(async move { b.admit(("t".into(), 0), 1_000, 1).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        busy.abort();
+        assert!(busy.await.unwrap_err().is_cancelled());
+        first.finish();
+        let quiet = tokio::time::timeout(Duration::from_secs(2), b.admit(("t".into(), 1), 1, 1))
+            .await
+            .expect("the quieter shard's turn came");
+        quiet.finish();
+        assert_eq!(b.metrics.started.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test]
