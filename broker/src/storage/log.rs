@@ -28,7 +28,7 @@ use super::index::{OFFSET_ENTRY_BYTES, TIME_ENTRY_BYTES};
 use super::recovery::{self, Recovered};
 use super::redact::{self, Tombstone};
 use super::retention;
-use super::segment::{self, sync_dir, MappedLog, Prepared, Segment};
+use super::segment::{self, sync_dir, Prepared, Segment};
 use super::workers::{self, Task};
 
 /// Offsets assigned by one `append`.
@@ -90,7 +90,7 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    fn snapshot(&self) -> Arc<Vec<Arc<Segment>>> {
+    pub(super) fn snapshot(&self) -> Arc<Vec<Arc<Segment>>> {
         // A poisoned lock only means a panic elsewhere while swapping an Arc; the Arc
         // inside is always whole.
         Arc::clone(&self.segments.read().unwrap_or_else(|p| p.into_inner()))
@@ -1036,7 +1036,12 @@ enum Retry {
     Roll(u64, u64),
 }
 
-/// Closes `seg` at `len` bytes: trims its files and maps them read-only.
+/// Closes `seg` at `len` bytes: trims its files and maps its indexes read-only. The
+/// log keeps its map (read-only already: the writer writes with `pwritev`; readers
+/// never look past `len`). Mapping it again meant unmapping the old map on the writer
+/// at every roll: once a consumer had read the segment through it, 4.5–9 ms per
+/// 256 MiB segment on this VM, under the process's mmap lock, which also holds up
+/// every other thread's page faults (BENCHMARKS.md, "Session 16").
 fn close_segment(seg: &Segment, len: u64) -> Result<Segment, StorageError> {
     let log = &seg.log;
     log.file.set_len(len).map_err(io_err(&log.path))?;
@@ -1051,7 +1056,7 @@ fn close_segment(seg: &Segment, len: u64) -> Result<Segment, StorageError> {
     }
     Ok(Segment {
         base_offset: seg.base_offset,
-        log: Arc::new(MappedLog::read_only(log.path.clone())?),
+        log: Arc::clone(log),
         index: SegmentIndex {
             offsets: IndexFile::read_only(
                 seg.index.offsets.path().to_path_buf(),

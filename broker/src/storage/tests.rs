@@ -109,6 +109,39 @@ fn appends_in_place_are_exactly_those_that_neither_allocate_nor_roll() {
     );
 }
 
+/// A roll keeps the map the segment was read through (no unmapping on the writer at a
+/// roll; see `close_segment`); what was read before the roll stays valid, and the
+/// closed segment reads the same afterwards.
+#[test]
+fn a_roll_keeps_the_closed_segments_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::open(dir.path(), small_config(8192)).unwrap();
+    let first = make_batch(0, 3, 100, 1);
+    log.append(std::slice::from_ref(&first)).unwrap();
+    let r = log.reader();
+    let held = r.read(0, 1 << 20).unwrap();
+    let written_through = std::sync::Arc::clone(&log.active.seg.log);
+    let base = log.active.seg.base_offset;
+    let mut i = 1;
+    while log.active.seg.base_offset == base {
+        log.append(&[make_batch(i, 2, 300, 1)]).unwrap();
+        i += 1;
+        assert!(i < 1000, "no roll");
+    }
+    let segments = log.shared.snapshot();
+    let closed = &segments[0];
+    assert!(closed.closed);
+    assert!(
+        std::sync::Arc::ptr_eq(&closed.log, &written_through),
+        "the closed segment was mapped again"
+    );
+    let want = stamped(&first, 0);
+    assert!(held[0].as_ref() == want.as_slice(), "read before the roll");
+    let again = r.read(0, 1 << 20).unwrap();
+    assert!(again[0].starts_with(&want), "read after the roll");
+    assert_eq!(read_all(&r, 0).unwrap().len() as u64, i);
+}
+
 #[test]
 fn append_then_read_back_across_segments() {
     let dir = tempfile::tempdir().unwrap();
