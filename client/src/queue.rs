@@ -8,6 +8,7 @@
 //! with a higher `attempt`.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -415,11 +416,11 @@ async fn handle_one<F, Fut>(
     F: Fn(QueueMessage) -> Fut,
     Fut: Future<Output = std::result::Result<(), HandlerError>>,
 {
-    let extend = || extend_lease(consumer, &m);
-    let Some(_slot) = wait_for_slot(slot, m.lease, extend).await else {
+    let mut lease = LeaseKeeper::new(m.lease, || extend_lease(consumer, &m));
+    let Some(_slot) = wait_for_slot(slot, &mut lease).await else {
         return;
     };
-    let outcome = run_one(handler(m.clone()), timeout, m.lease, extend).await;
+    let outcome = run_one(handler(m.clone()), timeout, &mut lease).await;
     let settled = match outcome {
         Ok(Ok(())) => {
             stats.acked.fetch_add(1, Ordering::Relaxed);
@@ -449,19 +450,62 @@ async fn extend_lease(consumer: &QueueConsumer, m: &QueueMessage) {
     }
 }
 
-/// Runs one handler future with the timeout, extending the record's lease (`extend`)
-/// every half `lease` while it runs. `Err(())` is a timeout.
-///
-/// The handler is polled while an extension is under way, not paused for it: it
-/// may be waiting for a lock of the client (a connection being opened) that the
-/// extension waits for too. A tokio lock is handed to its next waiter whether or not
-/// that waiter is polled, so a paused handler handed the lock would hold it while the
-/// extension waited for it, and neither would ever finish.
+/// Keeps one record's lease while it waits for a slot and while its handler runs: an
+/// extension every half lease, polled beside the work it guards as a branch of the
+/// same `select!` ([`LeaseKeeper::step`]), never awaited in place. A paused handler
+/// could hold a lock of the client (a connection being opened) that the extension
+/// waits for too; a tokio lock is handed to its next waiter whether or not that waiter
+/// is polled, so neither would ever finish. An extension under way when the slot is
+/// taken goes on during the handler's run (dropped, the lease could lapse before the
+/// next one).
+struct LeaseKeeper<Ext, ExtFut> {
+    extend: Ext,
+    extending: Pin<Box<Fuse<ExtFut>>>,
+    lease: Duration,
+    next: tokio::time::Instant,
+}
+
+impl<Ext, ExtFut> LeaseKeeper<Ext, ExtFut>
+where
+    Ext: Fn() -> ExtFut,
+    ExtFut: Future<Output = ()>,
+{
+    fn new(lease: Duration, extend: Ext) -> Self {
+        LeaseKeeper {
+            extend,
+            extending: Box::pin(Fuse::terminated()),
+            lease,
+            next: tokio::time::Instant::now() + Self::half(lease),
+        }
+    }
+
+    fn half(lease: Duration) -> Duration {
+        (lease / 2).max(Duration::from_millis(10))
+    }
+
+    /// Starts the next extension when it is due, or finishes the one under way. Never
+    /// ends for a record without a lease. Cancel-safe: an extension under way is kept
+    /// in `self`, not in this future.
+    async fn step(&mut self) {
+        if self.lease.is_zero() {
+            return std::future::pending().await;
+        }
+        if self.extending.is_terminated() {
+            tokio::time::sleep_until(self.next).await;
+            self.extending.set((self.extend)().fuse());
+        } else {
+            self.extending.as_mut().await;
+            self.next = tokio::time::Instant::now() + Self::half(self.lease);
+        }
+    }
+}
+
+/// Runs one handler future with the timeout, keeping the record's lease meanwhile.
+/// `Err(())` is a timeout.
 async fn run_one<Fut, Ext, ExtFut>(
     fut: Fut,
     timeout: Duration,
-    lease: Duration,
-    extend: Ext,
+    lease: &mut LeaseKeeper<Ext, ExtFut>,
 ) -> std::result::Result<std::result::Result<(), HandlerError>, ()>
 where
     Fut: Future<Output = std::result::Result<(), HandlerError>>,
@@ -471,31 +515,19 @@ where
     tokio::pin!(fut);
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
-    let extending = Fuse::terminated();
-    tokio::pin!(extending);
-    let half = (lease / 2).max(Duration::from_millis(10));
-    let mut extend_at = tokio::time::Instant::now() + half;
     loop {
         tokio::select! {
             r = &mut fut => return Ok(r),
             _ = &mut deadline => return Err(()),
-            _ = tokio::time::sleep_until(extend_at), if !lease.is_zero() && extending.is_terminated() => {
-                extending.set(extend().fuse());
-            }
-            _ = &mut extending, if !extending.is_terminated() => {
-                extend_at = tokio::time::Instant::now() + half;
-            }
+            _ = lease.step() => {}
         }
     }
 }
 
-/// Waits for a handler slot, extending the record's lease every half `lease`
-/// meanwhile (the wait for the slot goes on while an extension is under way, for the
-/// reason given at [`run_one`]).
+/// Waits for a handler slot, keeping the record's lease meanwhile.
 async fn wait_for_slot<Ext, ExtFut>(
     slot: Arc<Semaphore>,
-    lease: Duration,
-    extend: Ext,
+    lease: &mut LeaseKeeper<Ext, ExtFut>,
 ) -> Option<tokio::sync::OwnedSemaphorePermit>
 where
     Ext: Fn() -> ExtFut,
@@ -503,19 +535,10 @@ where
 {
     let acquire = slot.acquire_owned();
     tokio::pin!(acquire);
-    let extending = Fuse::terminated();
-    tokio::pin!(extending);
-    let half = (lease / 2).max(Duration::from_millis(10));
-    let mut extend_at = tokio::time::Instant::now() + half;
     loop {
         tokio::select! {
             p = &mut acquire => return p.ok(),
-            _ = tokio::time::sleep_until(extend_at), if !lease.is_zero() && extending.is_terminated() => {
-                extending.set(extend().fuse());
-            }
-            _ = &mut extending, if !extending.is_terminated() => {
-                extend_at = tokio::time::Instant::now() + half;
-            }
+            _ = lease.step() => {}
         }
     }
 }
@@ -544,15 +567,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(60)).await;
             Ok(())
         };
-        let lease = Duration::from_millis(20);
+        let mut lease = LeaseKeeper::new(Duration::from_millis(20), stuck_extension(&started));
         let r = tokio::time::timeout(
             Duration::from_secs(5),
-            run_one(
-                handler,
-                Duration::from_secs(3),
-                lease,
-                stuck_extension(&started),
-            ),
+            run_one(handler, Duration::from_secs(3), &mut lease),
         )
         .await
         .expect("the handler was not paused for the extension");
@@ -561,6 +579,43 @@ mod tests {
             started.load(Ordering::SeqCst),
             1,
             "one extension, still under way"
+        );
+    }
+
+    /// An extension under way when the slot is taken is finished during the handler's
+    /// run, not dropped (the next one would come only half a lease after the run
+    /// began, and the lease could lapse). Lease 40 ms: the extension (40 ms) starts at
+    /// 20 ms, the slot comes at 30, the handler runs 30–80. Dropped at 30, the next
+    /// extension would start at 50 and not end before the handler (at 90). Time is
+    /// paused (auto-advanced), so the order is exact.
+    #[tokio::test(start_paused = true)]
+    async fn an_extension_under_way_when_the_slot_comes_is_finished() {
+        let (started, finished) = (AtomicU64::new(0), AtomicU64::new(0));
+        let extend = || async {
+            started.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            finished.fetch_add(1, Ordering::SeqCst);
+        };
+        let slot = Arc::new(Semaphore::new(0));
+        let freer = slot.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            freer.add_permits(1);
+        });
+        let mut lease = LeaseKeeper::new(Duration::from_millis(40), extend);
+        let _permit = wait_for_slot(slot, &mut lease).await.expect("slot");
+        assert_eq!(started.load(Ordering::SeqCst), 1, "one extension under way");
+        assert_eq!(finished.load(Ordering::SeqCst), 0);
+        let handler = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok(())
+        };
+        let r = run_one(handler, Duration::from_secs(3), &mut lease).await;
+        assert!(matches!(r, Ok(Ok(()))));
+        assert_eq!(
+            finished.load(Ordering::SeqCst),
+            1,
+            "the extension under way at the slot finished during the run"
         );
     }
 
@@ -574,13 +629,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(60)).await;
             freer.add_permits(1);
         });
-        let lease = Duration::from_millis(20);
-        let permit = tokio::time::timeout(
-            Duration::from_secs(5),
-            wait_for_slot(slot, lease, stuck_extension(&started)),
-        )
-        .await
-        .expect("the slot wait was not paused for the extension");
+        let mut lease = LeaseKeeper::new(Duration::from_millis(20), stuck_extension(&started));
+        let permit = tokio::time::timeout(Duration::from_secs(5), wait_for_slot(slot, &mut lease))
+            .await
+            .expect("the slot wait was not paused for the extension");
         assert!(permit.is_some());
         assert_eq!(started.load(Ordering::SeqCst), 1);
     }
