@@ -84,7 +84,7 @@ pub(crate) struct Dialer(
 /// while the others wait for it. Why no async lock on the common path: a tokio mutex
 /// is fair, so a future queued on it is handed the lock when its turn comes even if
 /// nobody polls it. A producer lane keeps its requests in a `FuturesOrdered` it
-/// polls only from its `select!`. One of them, handed the lock while the lane awaited
+/// polls only between its own steps. One of them, handed the lock while the lane awaited
 /// something else, held it until the lane came back, and the lane waited for a lane
 /// that waited for this lock: `the_sdk_follows_its_own_epoch_bump_on_every_lane` in
 /// `tests/tests/contract.rs` hung about once in 200 runs.

@@ -242,11 +242,10 @@ impl Connection {
                 // Started in the calling task when nothing makes it wait (the common
                 // case: no task hop). When it must wait (in-flight permits, a full
                 // shard lane) it goes on in a task of its own: the caller may stop
-                // polling this call's future for a while (a producer lane waiting for
-                // its epoch lock while another lane's InitProducerId needs the
-                // session), and a request left part-way would hold the session,
-                // so every later request, that InitProducerId included, would wait
-                // for it forever. The session takes requests in order, so one handed
+                // polling this call's future for a while (a task with several requests
+                // in flight polls each only now and then), and a request left part-way
+                // would hold the session, so every later request, including one that
+                // would let that caller go on, would wait for it forever. The session takes requests in order, so one handed
                 // to a task still starts before any later call's. This call still
                 // waits for the task (the caller keeps its back-pressure); leaving it
                 // unpolled no longer holds anything.

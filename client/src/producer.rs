@@ -315,15 +315,16 @@ async fn init_producer_id(client: &Client, id: u64, epoch: u16) -> Result<(u64, 
 
 /// An idempotent producer's (producer id, epoch), shared by its lanes.
 ///
-/// Read without waiting. A lane reads it while its requests are in flight: to stamp a
-/// batch, and to tell a fencing of its own doing from a newer instance's. A lane must
-/// not wait there: its requests, which it polls only between its own steps, may hold
-/// a place another lane waits for (see `client.rs`, `Slot`). Moving it to a new epoch
-/// (`ShardSender::bump_epoch`) is one lane at a time, under `bumping`, and only by a
-/// lane with nothing in flight.
+/// Read without waiting. A lane stamps batches with it while its requests are in
+/// flight, and must not wait there: its requests, which it polls only between its own
+/// steps, may hold a place another lane waits for (see `client.rs`, `Slot`). Moving it
+/// to a new epoch (`ShardSender::bump_epoch`) is one lane at a time, under `bumping`,
+/// and only by a lane with nothing in flight; a lane that tells a fencing of its own
+/// doing from a newer instance's waits out a bump under way, also with nothing in
+/// flight.
 pub(crate) struct Identity {
     current: std::sync::Mutex<(u64, u16)>,
-    pub(crate) bumping: Mutex<()>,
+    bumping: Mutex<()>,
 }
 
 impl Identity {
@@ -341,6 +342,11 @@ impl Identity {
 
     pub(crate) fn set(&self, ident: (u64, u16)) {
         *self.current.lock().expect("identity lock") = ident;
+    }
+
+    /// The right to move the epoch (one lane at a time); waits for a bump under way.
+    pub(crate) async fn bump_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.bumping.lock().await
     }
 }
 

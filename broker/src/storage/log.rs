@@ -1041,7 +1041,11 @@ enum Retry {
 /// never look past `len`). Mapping it again meant unmapping the old map on the writer
 /// at every roll: once a consumer had read the segment through it, 4.5–9 ms per
 /// 256 MiB segment on this VM, under the process's mmap lock, which also holds up
-/// every other thread's page faults (BENCHMARKS.md, "Session 16").
+/// every other thread's page faults (BENCHMARKS.md, "Session 16"). That unmapping is
+/// not gone but deferred, and done once per segment instead of twice: when the
+/// segment is deleted (retention, on a storage worker) or when the last reader holding
+/// a slice of it lets go, wherever that is. Until then the pages readers touched stay
+/// mapped (they are page cache either way).
 fn close_segment(seg: &Segment, len: u64) -> Result<Segment, StorageError> {
     let log = &seg.log;
     log.file.set_len(len).map_err(io_err(&log.path))?;

@@ -149,7 +149,7 @@ impl ShardSender {
     async fn moved_on_once_bumped(&self) -> bool {
         match &self.identity {
             Some(id) => {
-                drop(id.bumping.lock().await);
+                drop(id.bump_turn().await);
                 self.epoch_used.is_some_and(|used| used != id.get())
             }
             None => false,
@@ -163,7 +163,7 @@ impl ShardSender {
         let Some(id) = &self.identity else {
             return Ok(());
         };
-        let _bumping = id.bumping.lock().await;
+        let _bumping = id.bump_turn().await;
         let mut ident = id.get();
         if Some(ident) == self.epoch_used {
             ident = match init_producer_id(&self.client, ident.0, ident.1).await {
