@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::{Fuse, FusedFuture, FutureExt};
 use tokio::sync::Semaphore;
 use weir_protocol::batch::Batch;
 use weir_protocol::classes::{Class, CLASS_COUNT};
@@ -457,10 +456,11 @@ async fn extend_lease(consumer: &QueueConsumer, m: &QueueMessage) {
 /// waits for too; a tokio lock is handed to its next waiter whether or not that waiter
 /// is polled, so neither would ever finish. An extension under way when the slot is
 /// taken goes on during the handler's run (dropped, the lease could lapse before the
-/// next one).
+/// next one). Nothing is allocated unless an extension is due (most records are
+/// handled within half a lease).
 struct LeaseKeeper<Ext, ExtFut> {
     extend: Ext,
-    extending: Pin<Box<Fuse<ExtFut>>>,
+    extending: Option<Pin<Box<ExtFut>>>,
     lease: Duration,
     next: tokio::time::Instant,
 }
@@ -473,7 +473,7 @@ where
     fn new(lease: Duration, extend: Ext) -> Self {
         LeaseKeeper {
             extend,
-            extending: Box::pin(Fuse::terminated()),
+            extending: None,
             lease,
             next: tokio::time::Instant::now() + Self::half(lease),
         }
@@ -490,12 +490,16 @@ where
         if self.lease.is_zero() {
             return std::future::pending().await;
         }
-        if self.extending.is_terminated() {
-            tokio::time::sleep_until(self.next).await;
-            self.extending.set((self.extend)().fuse());
-        } else {
-            self.extending.as_mut().await;
-            self.next = tokio::time::Instant::now() + Self::half(self.lease);
+        match self.extending.as_mut() {
+            None => {
+                tokio::time::sleep_until(self.next).await;
+                self.extending = Some(Box::pin((self.extend)()));
+            }
+            Some(extension) => {
+                extension.await;
+                self.extending = None;
+                self.next = tokio::time::Instant::now() + Self::half(self.lease);
+            }
         }
     }
 }
