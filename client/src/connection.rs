@@ -245,10 +245,11 @@ impl Connection {
                 // polling this call's future for a while (a task with several requests
                 // in flight polls each only now and then), and a request left part-way
                 // would hold the session, so every later request, including one that
-                // would let that caller go on, would wait for it forever. The session takes requests in order, so one handed
-                // to a task still starts before any later call's. This call still
-                // waits for the task (the caller keeps its back-pressure); leaving it
-                // unpolled no longer holds anything.
+                // would let that caller go on, would wait for it forever. The session
+                // takes requests in order, so one handed to a task still starts before
+                // any later call's. This call still waits for the task (the caller
+                // keeps its back-pressure); leaving it unpolled no longer holds
+                // anything.
                 let mut submit = session.submit(frame);
                 match std::future::poll_fn(|cx| std::task::Poll::Ready(submit.as_mut().poll(cx)))
                     .await
