@@ -422,10 +422,15 @@ async fn an_isolated_primary_stops_acknowledging_and_rejoins_as_an_identical_mir
         let keys: Vec<String> = (0..values.len()).map(key_for_shard).collect();
         async move {
             let client = Client::connect(addr).await.expect("connect");
+            // An idempotent producer may retry (a retry is answered as a duplicate if
+            // the first attempt was stored): just after the switchover the successor
+            // can answer NOT_ENOUGH_MIRRORS (retriable) until it has heard its
+            // remaining mirror under the new epoch. The cut-off primary's writes get
+            // no retry, so each is refused or acknowledged on its first attempt.
             let producer = Producer::builder(&client)
                 .acks(acks)
                 .idempotent(idempotent)
-                .retries(0)
+                .retries(if idempotent { 10 } else { 0 })
                 .build()
                 .await
                 .expect("producer");
