@@ -155,6 +155,11 @@ pub struct Config {
     /// flushes find little dirty data; 0 = off (the default: BENCHMARKS.md, "Write-behind,
     /// session 12", for when it pays).
     pub flush_write_behind_bytes: u64,
+    /// Most bytes a topic shard's writer hands the kernel in one `pwritev`; larger
+    /// appends take several calls. 0 = one call per run of batches. Bounded, the page
+    /// cache gets small folios, which a VM that returns free memory to its host
+    /// allocates many times faster ([`crate::storage::LogConfig::write_call_bytes`]).
+    pub segment_write_call_bytes: usize,
     /// Appends waiting in each priority class's lane of one shard writer.
     pub shard_queue_depth: usize,
     /// Most bytes a shard writer writes (and flushes) as one group; smaller groups let
@@ -512,6 +517,7 @@ impl Default for Config {
             index_interval_bytes: 4096,
             segment_preallocate_bytes: crate::storage::DEFAULT_PREALLOCATE_BYTES,
             flush_write_behind_bytes: 0,
+            segment_write_call_bytes: crate::storage::DEFAULT_WRITE_CALL_BYTES,
             shard_queue_depth: 1024,
             shard_group_bytes_max: crate::shard::writer::DEFAULT_GROUP_BYTES_MAX,
             spin_wait_us: 0,
@@ -820,6 +826,9 @@ impl Config {
         }
         if self.flush_write_behind_bytes != 0 && self.flush_write_behind_bytes < 64 * 1024 {
             return bad("flush_write_behind_bytes must be 0 (off) or at least 65536");
+        }
+        if self.segment_write_call_bytes != 0 && self.segment_write_call_bytes < 4096 {
+            return bad("segment_write_call_bytes must be 0 (no bound) or at least 4096");
         }
         if self.index_interval_bytes < LogConfig::INDEX_INTERVAL_BYTES_MIN {
             // 0 would make every topic log refuse to open.
@@ -1246,6 +1255,11 @@ mod tests {
         assert_eq!(c.shed_thresholds_percent, vec![70, 80, 95]);
         let c = Config::load(None, vec![("WEIR_SPIN_WAIT_US".into(), "50".into())]).unwrap();
         assert_eq!(c.spin_wait_us, 50);
+        let c = Config::load(
+            None,
+            vec![("WEIR_SEGMENT_WRITE_CALL_BYTES".into(), "0".into())],
+        );
+        assert_eq!(c.unwrap().segment_write_call_bytes, 0);
         let env1 = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
         for (k, v) in [
             ("WEIR_SHED_THRESHOLDS_PERCENT", "90,85,80"),
@@ -1256,6 +1270,7 @@ mod tests {
             ("WEIR_QUOTA_MAX_DELAY_MS", "600000"),
             ("WEIR_SPIN_WAIT_US", "10001"),
             ("WEIR_IN_PLACE_APPEND_BYTES", "1048577"),
+            ("WEIR_SEGMENT_WRITE_CALL_BYTES", "4095"),
         ] {
             assert!(Config::load(None, env1(k, v)).is_err(), "{k}={v} accepted");
         }

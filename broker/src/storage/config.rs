@@ -30,12 +30,27 @@ pub struct LogConfig {
     /// waiting), so the next flush finds little dirty data. 0 = off (the kernel's own
     /// write-back and the flushes decide).
     pub write_behind_bytes: u64,
+    /// Most bytes one `pwritev` of appended batches carries; a larger append is
+    /// written in several calls. 0 = one call per run of batches. The kernel gives a
+    /// buffered write page-cache folios sized by the call's length, and on a VM whose
+    /// guest hands free memory back to its host (virtio-balloon free page reporting)
+    /// the large, high-order folios of a long call are far slower to allocate: on the
+    /// benchmark machine 64 KiB calls wrote fresh pages at 0.8–1.4 GB/s and 32 KiB
+    /// calls at 2.5 GB/s, but 128 KiB to 4 MiB calls at 100–140 MB/s
+    /// ([`DEFAULT_WRITE_CALL_BYTES`], BENCHMARKS.md).
+    pub write_call_bytes: usize,
 }
 
 /// Default [`LogConfig::preallocate_bytes`]: 16 MiB. Appends grow the file once per
 /// step (one `fallocate`), rare enough not to show in append throughput (BENCHMARKS.md),
 /// and a fresh shard holds 16 MiB instead of its whole 256 MiB segment.
 pub const DEFAULT_PREALLOCATE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Default [`LogConfig::write_call_bytes`]: 32 KiB, the fastest bound measured for
+/// writing fresh page-cache pages on the benchmark VM; a 1 MiB append then takes 32
+/// calls, a few tens of microseconds of syscall cost where one call would spend
+/// milliseconds allocating large folios.
+pub const DEFAULT_WRITE_CALL_BYTES: usize = 32 * 1024;
 
 impl Default for LogConfig {
     /// 256 MiB segments: large enough that rolling (trim, remap, rename) is rare and the
@@ -52,6 +67,7 @@ impl Default for LogConfig {
             retention_bytes: 0,
             at_rest: None,
             write_behind_bytes: 0,
+            write_call_bytes: DEFAULT_WRITE_CALL_BYTES,
         }
     }
 }

@@ -559,7 +559,13 @@ impl Log {
             slices.push(IoSlice::new(&b[8..]));
         }
         let log = &self.active.seg.log;
-        segment::write_all_at(&log.file, &log.path, &mut slices, run.start)
+        segment::write_all_at(
+            &log.file,
+            &log.path,
+            &mut slices,
+            run.start,
+            self.config.write_call_bytes,
+        )
     }
 
     fn publish_active(&self) {

@@ -40,7 +40,7 @@ mod segment;
 mod truncate;
 pub mod workers;
 
-pub use config::{LogConfig, DEFAULT_PREALLOCATE_BYTES};
+pub use config::{LogConfig, DEFAULT_PREALLOCATE_BYTES, DEFAULT_WRITE_CALL_BYTES};
 pub use error::StorageError;
 pub use log::{AppendInfo, Log, LogReader};
 pub use truncate::{restart_closed_log, truncate_closed_log};

@@ -224,29 +224,21 @@ pub(crate) fn allocate(file: &File, path: &Path, from: u64, to: u64) -> Result<(
     }
 }
 
-/// Writes all of `slices`, in order, at `offset` of `file` (`pwritev`, repeated after a
-/// short write or an interrupt; at most `IOV_MAX` slices per call).
+/// Writes all of `slices`, in order, at `offset` of `file`: `pwritev`, repeated after
+/// a short write or an interrupt, with at most `IOV_MAX` slices and, unless
+/// `call_bytes_max` is 0, at most that many bytes per call (see
+/// [`LogConfig::write_call_bytes`](super::LogConfig::write_call_bytes): the kernel
+/// sizes the page-cache folios of a buffered write by the call's length).
 pub(crate) fn write_all_at(
     file: &File,
     path: &Path,
     mut slices: &mut [IoSlice<'_>],
     mut offset: u64,
+    call_bytes_max: usize,
 ) -> Result<(), StorageError> {
-    const IOV_MAX: usize = 1024;
     IoSlice::advance_slices(&mut slices, 0);
     while !slices.is_empty() {
-        let n = slices.len().min(IOV_MAX);
-        // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix (std guarantees
-        // it); the `n` slices are live borrows for the duration of the call and the
-        // kernel only reads them.
-        let rc = unsafe {
-            libc::pwritev(
-                file.as_raw_fd(),
-                slices.as_ptr().cast::<libc::iovec>(),
-                n as libc::c_int,
-                offset as libc::off_t,
-            )
-        };
+        let rc = write_call(file, slices, offset, call_bytes_max);
         if rc < 0 {
             let err = std::io::Error::last_os_error();
             if err.kind() == std::io::ErrorKind::Interrupted {
@@ -261,6 +253,42 @@ pub(crate) fn write_all_at(
         IoSlice::advance_slices(&mut slices, rc as usize);
     }
     Ok(())
+}
+
+/// One `pwritev` of the first of `slices` (not empty), as many as fit in
+/// `call_bytes_max` (0: no bound) and `IOV_MAX`; when the first alone is larger than
+/// the bound, its first `call_bytes_max` bytes. Returns what `pwritev` returned.
+fn write_call(file: &File, slices: &[IoSlice<'_>], offset: u64, call_bytes_max: usize) -> isize {
+    const IOV_MAX: usize = 1024;
+    let bound = if call_bytes_max == 0 {
+        usize::MAX
+    } else {
+        call_bytes_max
+    };
+    let mut n = 0;
+    let mut bytes = 0usize;
+    while n < slices.len().min(IOV_MAX) && bytes + slices[n].len() <= bound {
+        bytes += slices[n].len();
+        n += 1;
+    }
+    let head;
+    let iov: &[IoSlice<'_>] = if n == 0 {
+        head = [IoSlice::new(&slices[0][..bound])];
+        &head
+    } else {
+        &slices[..n]
+    };
+    // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix (std guarantees it);
+    // the slices are live borrows for the duration of the call and the kernel only
+    // reads them.
+    unsafe {
+        libc::pwritev(
+            file.as_raw_fd(),
+            iov.as_ptr().cast::<libc::iovec>(),
+            iov.len() as libc::c_int,
+            offset as libc::off_t,
+        )
+    }
 }
 
 /// Files made ready for a segment whose base offset is not known yet.
@@ -404,6 +432,68 @@ impl Prepared {
     pub(crate) fn discard(self) {
         for p in [&self.log_path, &self.index_path, &self.time_path] {
             let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::IoSlice;
+
+    use proptest::prelude::*;
+
+    use super::{write_all_at, write_call};
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Bounded or not, the file ends up holding the slices in order at the offset,
+        /// and no single call carries more than the bound (nor nothing).
+        #[test]
+        fn bounded_writes_store_every_slice_in_order(
+            lens in proptest::collection::vec(0usize..20_000, 1..12),
+            bound in prop_oneof![Just(0usize), 1usize..5_000, Just(32 * 1024)],
+            offset in 0u64..10_000,
+        ) {
+            let bufs: Vec<Vec<u8>> = lens
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| (0..n).map(|j| (i * 31 + j * 7) as u8).collect())
+                .collect();
+            let expected: Vec<u8> = bufs.concat();
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("w.log");
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .unwrap();
+
+            let mut slices: Vec<IoSlice<'_>> = bufs.iter().map(|b| IoSlice::new(b)).collect();
+            let mut rest = &mut slices[..];
+            IoSlice::advance_slices(&mut rest, 0);
+            let mut at = offset;
+            while !rest.is_empty() {
+                let rc = write_call(&file, rest, at, bound);
+                prop_assert!(rc > 0, "a call wrote {rc}");
+                if bound != 0 {
+                    prop_assert!(rc as usize <= bound, "{rc} bytes in one call, bound {bound}");
+                }
+                at += rc as u64;
+                IoSlice::advance_slices(&mut rest, rc as usize);
+            }
+            let got = std::fs::read(&path).unwrap();
+            prop_assert_eq!(&got[offset as usize..], &expected[..]);
+
+            // The looping writer stores the same bytes.
+            let file2_path = dir.path().join("w2.log");
+            let file2 = std::fs::File::create(&file2_path).unwrap();
+            let mut slices: Vec<IoSlice<'_>> = bufs.iter().map(|b| IoSlice::new(b)).collect();
+            write_all_at(&file2, &file2_path, &mut slices, offset, bound).unwrap();
+            let got = std::fs::read(&file2_path).unwrap();
+            prop_assert_eq!(&got[offset as usize..], &expected[..]);
         }
     }
 }

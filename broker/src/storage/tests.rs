@@ -35,6 +35,8 @@ fn small_config(segment_bytes: u64) -> LogConfig {
         preallocate_bytes: 16 * 1024,
         at_rest: None,
         write_behind_bytes: 0,
+        // Odd-sized calls, so appends are split, batches and stamps cut mid-way.
+        write_call_bytes: 3001,
     }
 }
 
