@@ -5,7 +5,12 @@
 #   - sequential write, 1 MiB and 4 KiB blocks, buffered (no sync; what the page cache
 #     takes) and with fdatasync after every block (fio --fdatasync=1), and 16 such
 #     1 MiB writers at once
+#   - sequential 1 MiB writes with O_DIRECT (no page cache: the device's own speed)
 #   - memory copy bandwidth (dd /dev/zero → /dev/null, and a 256 MiB memcpy in python3)
+#   - the rate at which the machine hands out memory never touched before: 2 GiB of
+#     anonymous pages touched one by one, kept (on a VM that returns free memory to
+#     its host, this, not the disk, bounds sustained buffered writes: every new
+#     page-cache page is such a page)
 #   - the cost of waking a sleeping thread: two threads pass a turn back and forth
 #     through a mutex and condition variable (each asleep until its turn, as the
 #     broker's threads are between messages), and by spinning (needs a C compiler)
@@ -81,6 +86,8 @@ fio_run fio_write_4k_fdatasync 4k 256M --fdatasync=1
 # 16 writers, each to its own file with fdatasync after every 1 MiB: the shape of
 # weir-bench's durable case (16 producers on 16 shards, each shard one file).
 fio_run fio_write_1m_fdatasync_16 1M 256M --fdatasync=1 --numjobs=16 --group_reporting
+# Around the page cache: what the device takes when no new page-cache pages are made.
+fio_run fio_write_1m_direct 1M 1G --direct=1
 
 # --- memory copy -----------------------------------------------------------------
 dd if=/dev/zero of=/dev/null bs=1M count=20000 2>&1 | awk -F', ' '/copied/ {
@@ -97,6 +104,24 @@ for _ in range(rounds):
     b[:] = a
 dt = time.perf_counter() - t
 print(f"memcpy_256MiB              {rounds*n/dt/1e6:10.0f} MB/s   (python3 bytearray copy, {rounds} rounds)")
+EOF
+
+# --- fresh memory ------------------------------------------------------------------
+# Touches 2 GiB of new anonymous memory a page at a time and keeps it: the first
+# quarter may come from memory the guest still holds, the rest shows the steady rate.
+python3 - <<'EOF'
+import mmap, time
+step = 256 << 20
+rates, keep = [], []
+for _ in range(8):
+    m = mmap.mmap(-1, step)
+    t = time.perf_counter()
+    for i in range(0, step, 4096):
+        m[i] = 1
+    rates.append(step / (time.perf_counter() - t) / 1e6)
+    keep.append(m)
+tail = rates[2:]
+print(f"fresh_memory_first_touch   {sum(tail)/len(tail):10.0f} MB/s   (2 GiB of new pages, last 1.5 GiB; first 512 MiB {rates[0]:.0f} and {rates[1]:.0f} MB/s)")
 EOF
 
 # --- thread wake-up ----------------------------------------------------------------

@@ -612,6 +612,7 @@ impl TopicRegistry {
             at_rest: self.at_rest.clone(),
             write_behind_bytes: self.config.flush_write_behind_bytes,
             write_call_bytes: self.config.segment_write_call_bytes,
+            page_cache_window_bytes: self.config.page_cache_window_bytes,
         }
     }
 

@@ -34,6 +34,7 @@ fn config(sealed: bool) -> LogConfig {
             .then(|| AtRest::new(vec![(1, [0x5a; 32], "crash test key".into())], 1).expect("keys")),
         write_behind_bytes: 0,
         write_call_bytes: weir_broker::storage::DEFAULT_WRITE_CALL_BYTES,
+        page_cache_window_bytes: 1 << 20,
     }
 }
 

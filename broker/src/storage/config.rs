@@ -39,6 +39,11 @@ pub struct LogConfig {
     /// calls at 2.5 GB/s, but 128 KiB to 4 MiB calls at 100–140 MB/s
     /// ([`DEFAULT_WRITE_CALL_BYTES`], BENCHMARKS.md).
     pub write_call_bytes: usize,
+    /// Appended bytes more than this far behind the newest are written back and
+    /// dropped from the page cache (and the log's maps) in steps, on a storage worker;
+    /// 0 = off (the kernel keeps them while memory lasts). Readers behind the window
+    /// read from the file. See `cache_window.rs` for why.
+    pub page_cache_window_bytes: u64,
 }
 
 /// Default [`LogConfig::preallocate_bytes`]: 16 MiB. Appends grow the file once per
@@ -51,6 +56,11 @@ pub const DEFAULT_PREALLOCATE_BYTES: u64 = 16 * 1024 * 1024;
 /// calls, a few tens of microseconds of syscall cost where one call would spend
 /// milliseconds allocating large folios.
 pub const DEFAULT_WRITE_CALL_BYTES: usize = 32 * 1024;
+
+/// Default [`LogConfig::page_cache_window_bytes`]: 256 MiB per log, a second or more of
+/// a fast producer's data for consumers reading close behind, and at most that much page
+/// cache held per busy shard.
+pub const DEFAULT_PAGE_CACHE_WINDOW_BYTES: u64 = 256 * 1024 * 1024;
 
 impl Default for LogConfig {
     /// 256 MiB segments: large enough that rolling (trim, remap, rename) is rare and the
@@ -68,6 +78,7 @@ impl Default for LogConfig {
             at_rest: None,
             write_behind_bytes: 0,
             write_call_bytes: DEFAULT_WRITE_CALL_BYTES,
+            page_cache_window_bytes: DEFAULT_PAGE_CACHE_WINDOW_BYTES,
         }
     }
 }

@@ -21,6 +21,7 @@ use weir_protocol::sealed;
 
 use super::active::Active;
 use super::at_rest::{self, AtRest};
+use super::cache_window::CacheWindow;
 use super::config::LogConfig;
 use super::error::{io_err, StorageError};
 use super::index::{index_capacity, IndexEntry, IndexFile, SegmentIndex};
@@ -146,6 +147,8 @@ pub struct Log {
     pub(super) write_behind_from: u64,
     /// The last write-back start, running on a storage worker (at most one at a time).
     pub(super) write_behind_job: Option<Task<()>>,
+    /// What of the log's files is still cached (`page_cache_window_bytes`).
+    pub(super) cache_window: CacheWindow,
     _lock: File,
 }
 
@@ -177,6 +180,7 @@ impl Log {
             has_tombstones: std::sync::atomic::AtomicBool::new(false),
         });
         shared.publish_tombstones(tombstones);
+        let cache_window = CacheWindow::new(config.page_cache_window_bytes);
         let mut log = Log {
             config,
             shared,
@@ -193,6 +197,7 @@ impl Log {
             deletions: Vec::new(),
             write_behind_from: 0,
             write_behind_job: None,
+            cache_window,
             _lock: lock,
         };
         log.write_behind_from = log.active.pos;
@@ -276,6 +281,8 @@ impl Log {
         self.check_positions();
         self.publish_high_watermark();
         self.write_behind();
+        self.cache_window
+            .written(&self.active.seg.log, self.active.pos);
         // Prepare the next segment once this one is half full: early enough that the
         // background fallocate is done long before the roll, late enough that an idle
         // log does not hold a second preallocated file.

@@ -29,6 +29,7 @@
 
 mod active;
 pub mod at_rest;
+mod cache_window;
 mod config;
 mod error;
 mod index;
@@ -40,7 +41,9 @@ mod segment;
 mod truncate;
 pub mod workers;
 
-pub use config::{LogConfig, DEFAULT_PREALLOCATE_BYTES, DEFAULT_WRITE_CALL_BYTES};
+pub use config::{
+    LogConfig, DEFAULT_PAGE_CACHE_WINDOW_BYTES, DEFAULT_PREALLOCATE_BYTES, DEFAULT_WRITE_CALL_BYTES,
+};
 pub use error::StorageError;
 pub use log::{AppendInfo, Log, LogReader};
 pub use truncate::{restart_closed_log, truncate_closed_log};

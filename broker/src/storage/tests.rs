@@ -37,6 +37,8 @@ fn small_config(segment_bytes: u64) -> LogConfig {
         write_behind_bytes: 0,
         // Odd-sized calls, so appends are split, batches and stamps cut mid-way.
         write_call_bytes: 3001,
+        // A small window, so appends drop what readers read back.
+        page_cache_window_bytes: 48 * 1024,
     }
 }
 
@@ -1362,4 +1364,102 @@ fn deleted_keys_are_compacted_out_of_sealed_logs() {
         at_rest: Some(keys(&[(1, 1)], 1)),
         ..small_config(8 * 1024)
     });
+}
+
+/// Pages of `seg`'s log map in `[from, to)` that are in the page cache (`mincore`).
+fn resident_pages(seg: &segment::Segment, from: u64, to: u64) -> usize {
+    let page = 4096u64;
+    let (from, to) = (from / page * page, to.min(seg.log.map.len() as u64));
+    if to <= from {
+        return 0;
+    }
+    let n = (to - from).div_ceil(page) as usize;
+    let mut v = vec![0u8; n];
+    // SAFETY: a page-aligned range inside the segment's live map; `v` has one byte
+    // per page of it.
+    let rc = unsafe {
+        libc::mincore(
+            seg.log.map.as_ptr().add(from as usize) as *mut libc::c_void,
+            (to - from) as usize,
+            v.as_mut_ptr(),
+        )
+    };
+    assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+    v.iter().filter(|b| *b & 1 == 1).count()
+}
+
+/// With a page-cache window, what lies more than the window (and a step) behind the
+/// newest append leaves the page cache, across segment rolls, while readers hold
+/// slices of it; the newest bytes stay; and everything reads back exactly, the
+/// dropped bytes from the file.
+#[test]
+fn bytes_behind_the_page_cache_window_leave_the_cache_and_read_back_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    // tmpfs keeps its pages whatever the log asks; only a disk file system can show it.
+    let tmpfs = {
+        let c = std::ffi::CString::new(dir.path().to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string and a zeroed out-struct the call fills.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+        rc != 0 || st.f_type == libc::TMPFS_MAGIC
+    };
+    let window = 256 * 1024u64;
+    let config = LogConfig {
+        page_cache_window_bytes: window,
+        ..small_config(1 << 20)
+    };
+    let mut log = Log::open(dir.path(), config).unwrap();
+    let reader = log.reader();
+    let mut expected = Vec::new();
+    let mut held = Vec::new();
+    for i in 0..400u64 {
+        let b = make_batch(i, 4, 2000, 1000);
+        let info = log.append(std::slice::from_ref(&b)).unwrap();
+        expected.push(stamped(&b, info.base_offset));
+        if i % 50 == 0 {
+            // A reader maps these pages and keeps its slices while they are dropped.
+            let read = read_all(&reader, info.base_offset).unwrap();
+            held.push((i as usize, read[0].clone()));
+        }
+        if i % 16 == 0 {
+            log.cache_window.settle();
+        }
+    }
+    log.cache_window.settle();
+    assert!(segment_files(dir.path()).len() > 2, "test must roll");
+    let segments = log.shared.snapshot();
+    let total: u64 = segments
+        .iter()
+        .map(|s| s.len.load(std::sync::atomic::Ordering::Acquire))
+        .sum();
+    assert!(total > 3 * 1024 * 1024, "wrote {total} bytes");
+    if !tmpfs {
+        // Everything but the newest window and a step (the window of this config is
+        // 256 KiB, its step 32 KiB) left the cache: the closed segments but the last
+        // ~300 KiB hold no resident page.
+        let mut behind = total;
+        let mut resident_old = 0;
+        for s in segments.iter() {
+            let len = s.len.load(std::sync::atomic::Ordering::Acquire);
+            // Bytes of this segment below here are more than window + step behind.
+            let old_below = behind.saturating_sub(window + 64 * 1024);
+            resident_old += resident_pages(s, 0, old_below.min(len));
+            behind -= len;
+        }
+        assert_eq!(resident_old, 0, "pages older than the window stayed cached");
+        let active = segments.last().unwrap();
+        let len = active.len.load(std::sync::atomic::Ordering::Acquire);
+        assert!(
+            resident_pages(active, len.saturating_sub(64 * 1024), len) > 0,
+            "the newest pages should still be cached"
+        );
+    }
+    for (i, h) in &held {
+        assert_eq!(h.as_ref(), expected[*i].as_slice(), "a held slice changed");
+    }
+    let got = read_all(&reader, 0).unwrap();
+    assert_eq!(got.len(), expected.len());
+    for (g, e) in got.iter().zip(&expected) {
+        assert_eq!(g.as_ref(), e.as_slice());
+    }
 }

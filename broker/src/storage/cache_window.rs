@@ -1,0 +1,244 @@
+//! The page-cache window of one log (`LogConfig::page_cache_window_bytes`): appended
+//! bytes more than the window behind the newest are written back and dropped from the
+//! page cache and from the log's maps, a step at a time, on a storage worker.
+//!
+//! Why: every byte a buffered write appends lands in a new page-cache page, and the
+//! kernel keeps those pages for as long as memory lasts. Where new memory is dear —
+//! on the benchmark VM, which hands free memory back to its host, a page never used
+//! before costs about 30 µs to take back, so fresh page cache comes at ~130 MB/s while
+//! the disk takes 1.9–2.5 GB/s with `O_DIRECT` — a log that lets go of pages it has
+//! written back gives the kernel pages to reuse at once for the next appends: a C loop
+//! writing 2 GiB with a 256 MiB window ran at 1.5 GB/s against 0.16 GB/s without
+//! (BENCHMARKS.md, "Session 17"). It also bounds the page cache a busy log holds.
+//!
+//! Readers lose nothing: the data is on disk before its pages go, and a reader behind
+//! the window faults them back in from the file (slower, as in any broker whose
+//! consumers fall out of the cache). Pages a reader mapped are unmapped from the log's
+//! map first (`MADV_DONTNEED`, harmless on a shared file mapping: the next access
+//! reads the same bytes back), since the kernel does not drop mapped pages.
+
+use std::collections::VecDeque;
+use std::os::unix::io::AsRawFd;
+use std::sync::Arc;
+
+use super::segment::MappedLog;
+use super::workers::{self, Task};
+
+/// Pages are dropped in whole pages, from page-aligned positions.
+const PAGE: u64 = 4096;
+
+/// Bytes of one log's files still in the page cache as far as the log knows: spans of
+/// its segments, oldest first, the last one the active segment's.
+pub(super) struct CacheWindow {
+    /// Bytes to keep cached behind the newest appended byte; 0 = off.
+    window: u64,
+    /// How far past the window the cached bytes grow before a drop starts.
+    step: u64,
+    spans: VecDeque<Span>,
+    cached: u64,
+    /// The running drop (at most one at a time).
+    job: Option<Task<()>>,
+}
+
+struct Span {
+    log: Arc<MappedLog>,
+    from: u64,
+    to: u64,
+}
+
+impl CacheWindow {
+    pub(super) fn new(window: u64) -> CacheWindow {
+        CacheWindow {
+            window,
+            step: (window / 8).clamp(PAGE, 16 * 1024 * 1024),
+            spans: VecDeque::new(),
+            cached: 0,
+            job: None,
+        }
+    }
+
+    /// Notes that `log`'s file holds appended bytes up to `pos` (the active segment;
+    /// a new `log` means the previous one closed) and starts a drop once more than the
+    /// window and a step are cached and no drop is running.
+    pub(super) fn written(&mut self, log: &Arc<MappedLog>, pos: u64) {
+        if self.window == 0 {
+            return;
+        }
+        match self.spans.back_mut() {
+            Some(last) if Arc::ptr_eq(&last.log, log) => {
+                // A cluster copy may cut the active file back.
+                let to = pos.max(last.from);
+                self.cached = self.cached - (last.to - last.from) + (to - last.from);
+                last.to = to;
+            }
+            _ => {
+                self.spans.push_back(Span {
+                    log: Arc::clone(log),
+                    from: 0,
+                    to: pos,
+                });
+                self.cached += pos;
+            }
+        }
+        if self.cached < self.window.saturating_add(self.step)
+            || self.job.as_mut().is_some_and(|j| !j.is_finished())
+        {
+            return;
+        }
+        let ranges = self.take_oldest(self.cached - self.window);
+        if !ranges.is_empty() {
+            self.job = Some(workers::run(move || {
+                for (log, from, to) in ranges {
+                    drop_range(&log, from, to);
+                }
+            }));
+        }
+    }
+
+    /// Takes up to `bytes` of the oldest cached spans off the window: whole closed
+    /// spans, and from a span still growing only whole pages below its end.
+    fn take_oldest(&mut self, mut bytes: u64) -> Vec<(Arc<MappedLog>, u64, u64)> {
+        let mut out = Vec::new();
+        while bytes > 0 {
+            let growing = self.spans.len() == 1;
+            let Some(span) = self.spans.front_mut() else {
+                break;
+            };
+            let mut end = span.from + bytes.min(span.to - span.from);
+            if growing || end < span.to {
+                end = end / PAGE * PAGE;
+            }
+            if end <= span.from {
+                break;
+            }
+            out.push((Arc::clone(&span.log), span.from, end));
+            let n = end - span.from;
+            bytes = bytes.saturating_sub(n);
+            self.cached -= n;
+            span.from = end;
+            if span.from == span.to && !growing {
+                self.spans.pop_front();
+            }
+        }
+        out
+    }
+
+    /// Bytes the window counts as cached (for tests).
+    #[cfg(test)]
+    pub(super) fn cached(&self) -> u64 {
+        self.cached
+    }
+}
+
+/// Writes `[from, to)` of `log`'s file back, unmaps it from the log's map and drops it
+/// from the page cache. Every step is a hint: a failure leaves the pages cached.
+fn drop_range(log: &MappedLog, from: u64, to: u64) {
+    let fd = log.file.as_raw_fd();
+    let len = to - from;
+    // SAFETY: plain syscalls on a descriptor the `MappedLog` owns. `madvise` is given
+    // a page-aligned range inside the log's map (`from` is page-aligned, `to` at most
+    // the segment's written length, within the map), which the `Arc` keeps alive.
+    // `MADV_DONTNEED` on a shared file mapping only removes this process's page-table
+    // entries: a reader's next access faults the same file bytes back in (they are
+    // below the published length, never written again, and written back above), so no
+    // reader can observe a change through a slice it holds.
+    unsafe {
+        let rc = libc::sync_file_range(
+            fd,
+            from as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+        );
+        if rc != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "page-cache window: write-back failed");
+            return;
+        }
+        let map_len = log.map.len() as u64;
+        if from < map_len {
+            let ptr = log.map.as_ptr().add(from as usize) as *mut libc::c_void;
+            let n = (to.min(map_len) - from) as usize;
+            if libc::madvise(ptr, n, libc::MADV_DONTNEED) != 0 {
+                tracing::debug!(error = %std::io::Error::last_os_error(), "page-cache window: unmap failed");
+            }
+        }
+        libc::posix_fadvise(
+            fd,
+            from as libc::off_t,
+            len as libc::off_t,
+            libc::POSIX_FADV_DONTNEED,
+        );
+    }
+}
+
+#[cfg(test)]
+impl CacheWindow {
+    /// Waits for the running drop, if any.
+    pub(super) fn settle(&mut self) {
+        if let Some(job) = self.job.take() {
+            job.join("page-cache drop").unwrap();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::{CacheWindow, MappedLog};
+
+    fn mapped(dir: &std::path::Path, name: &str, len: u64) -> Arc<MappedLog> {
+        let path = dir.join(name);
+        std::fs::write(&path, vec![7u8; len as usize]).unwrap();
+        Arc::new(MappedLog::read_only(path).unwrap())
+    }
+
+    fn ranges(v: &[(Arc<MappedLog>, u64, u64)]) -> Vec<(String, u64, u64)> {
+        v.iter()
+            .map(|(l, f, t)| (l.path.file_name().unwrap().to_string_lossy().into(), *f, *t))
+            .collect()
+    }
+
+    /// The oldest bytes go first: a closed segment's span whole (its unaligned end
+    /// too), the growing one only in whole pages below its end, and never past it.
+    #[test]
+    fn the_oldest_spans_go_first_and_the_growing_one_in_whole_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (
+            mapped(dir.path(), "a", 65536),
+            mapped(dir.path(), "b", 65536),
+        );
+        // A window too large to start drops by itself.
+        let mut w = CacheWindow::new(u64::MAX / 4);
+        w.written(&a, 10_000);
+        w.written(&a, 30_001);
+        assert_eq!(w.cached(), 30_001);
+        assert_eq!(ranges(&w.take_oldest(13_000)), [("a".into(), 0, 12_288)]);
+        assert_eq!(w.cached(), 30_001 - 12_288);
+        // `a` closes at 30,001; `b` grows.
+        w.written(&b, 9_000);
+        assert_eq!(w.cached(), 30_001 - 12_288 + 9_000);
+        assert_eq!(
+            ranges(&w.take_oldest(30_001 - 12_288 + 5_000)),
+            [("a".into(), 12_288, 30_001), ("b".into(), 0, 4_096)]
+        );
+        // Less than a page of the growing span is left above the window: nothing.
+        assert!(w.take_oldest(4_000).is_empty());
+        assert_eq!(w.cached(), 9_000 - 4_096);
+        // A cut-back active file shrinks its span.
+        w.written(&b, 6_000);
+        assert_eq!(w.cached(), 6_000 - 4_096);
+    }
+
+    /// Off at 0: nothing is tracked.
+    #[test]
+    fn a_window_of_zero_tracks_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = mapped(dir.path(), "a", 65536);
+        let mut w = CacheWindow::new(0);
+        w.written(&a, 65536);
+        assert_eq!(w.cached(), 0);
+        assert!(w.job.is_none());
+    }
+}
