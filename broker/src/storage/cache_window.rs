@@ -19,6 +19,7 @@
 
 use std::collections::VecDeque;
 use std::os::unix::io::AsRawFd;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::segment::MappedLog;
@@ -80,6 +81,12 @@ impl CacheWindow {
                 self.cached += pos;
             }
         }
+        self.drop_excess();
+    }
+
+    /// Starts a drop of what is cached beyond the window, once that is more than a
+    /// step and no drop is running.
+    fn drop_excess(&mut self) {
         if self.cached < self.window.saturating_add(self.step)
             || self.job.as_mut().is_some_and(|j| !j.is_finished())
         {
@@ -89,7 +96,9 @@ impl CacheWindow {
         if !ranges.is_empty() {
             self.job = Some(workers::run(move || {
                 for (log, from, to) in ranges {
-                    drop_range(&log, from, to);
+                    if drop_range(&log, from, to) {
+                        log.dropped_to.fetch_max(to, Ordering::Release);
+                    }
                 }
             }));
         }
@@ -130,9 +139,116 @@ impl CacheWindow {
     }
 }
 
+/// Ranges of dropped bytes that readers faulted back in, newest last: all but the
+/// newest `keep` bytes of them are dropped again, so a reader catching up from far
+/// behind the window recycles the pages it reads instead of taking new memory for
+/// every one (the newest are left for the answers still being sent from them).
+pub(super) struct ColdReads {
+    keep: u64,
+    ranges: VecDeque<Span>,
+    bytes: u64,
+    /// Taken off `ranges`, waiting for the running job to end.
+    due: Vec<(Arc<MappedLog>, u64, u64)>,
+    job: Option<Task<()>>,
+    /// How far ahead of the newest cold read the file was asked to be read in
+    /// (`POSIX_FADV_WILLNEED`), so that the next read finds it cached instead of
+    /// faulting it in from the disk 128 KiB at a time.
+    ahead: Option<(Arc<MappedLog>, u64)>,
+    ahead_job: Option<Task<()>>,
+}
+
+/// How far ahead of a cold read its file is read in.
+const READ_AHEAD_BYTES: u64 = 8 * 1024 * 1024;
+
+impl ColdReads {
+    pub(super) fn new(window: u64) -> ColdReads {
+        ColdReads {
+            keep: (window / 4).clamp(2 * PAGE, 32 * 1024 * 1024),
+            ranges: VecDeque::new(),
+            bytes: 0,
+            due: Vec::new(),
+            job: None,
+            ahead: None,
+            ahead_job: None,
+        }
+    }
+
+    /// Notes that a reader read `[from, to)` of `log` (at least partly below its
+    /// `dropped_to`), and drops what is due once no drop is running.
+    pub(super) fn read(&mut self, log: &Arc<MappedLog>, from: u64, to: u64) {
+        let to = to.min(log.dropped_to.load(Ordering::Acquire));
+        let from = from / PAGE * PAGE;
+        if to <= from {
+            return;
+        }
+        self.ranges.push_back(Span {
+            log: Arc::clone(log),
+            from,
+            to,
+        });
+        self.bytes += to - from;
+        while self.bytes > self.keep {
+            let Some(old) = self.ranges.pop_front() else {
+                break;
+            };
+            self.bytes -= old.to - old.from;
+            self.due.push((old.log, old.from, old.to));
+        }
+        self.drop_due();
+        self.read_ahead(log, to);
+    }
+
+    /// Asks for the dropped bytes after `to` to be read in, on a storage worker (the
+    /// kernel allocates their pages before it returns), once the last such request is
+    /// less than half its length ahead.
+    fn read_ahead(&mut self, log: &Arc<MappedLog>, to: u64) {
+        let end = log.dropped_to.load(Ordering::Acquire);
+        let from = match &self.ahead {
+            Some((l, ahead)) if Arc::ptr_eq(l, log) && *ahead > to => {
+                if *ahead - to > READ_AHEAD_BYTES / 2 {
+                    return;
+                }
+                *ahead
+            }
+            _ => to,
+        };
+        let until = (to + READ_AHEAD_BYTES).min(end);
+        if until <= from || self.ahead_job.as_mut().is_some_and(|j| !j.is_finished()) {
+            return;
+        }
+        self.ahead = Some((Arc::clone(log), until));
+        let log = Arc::clone(log);
+        self.ahead_job = Some(workers::run(move || {
+            // SAFETY: a plain syscall on a descriptor the `MappedLog` owns.
+            unsafe {
+                libc::posix_fadvise(
+                    log.file.as_raw_fd(),
+                    from as libc::off_t,
+                    (until - from) as libc::off_t,
+                    libc::POSIX_FADV_WILLNEED,
+                );
+            }
+        }));
+    }
+
+    /// Starts dropping the ranges due, unless there are none or a drop is running.
+    fn drop_due(&mut self) {
+        if self.due.is_empty() || self.job.as_mut().is_some_and(|j| !j.is_finished()) {
+            return;
+        }
+        let due = std::mem::take(&mut self.due);
+        self.job = Some(workers::run(move || {
+            for (log, from, to) in due {
+                drop_range(&log, from, to);
+            }
+        }));
+    }
+}
+
 /// Writes `[from, to)` of `log`'s file back, unmaps it from the log's map and drops it
 /// from the page cache. Every step is a hint: a failure leaves the pages cached.
-fn drop_range(log: &MappedLog, from: u64, to: u64) {
+/// Returns whether the write-back succeeded (the pages could be dropped).
+fn drop_range(log: &MappedLog, from: u64, to: u64) -> bool {
     let fd = log.file.as_raw_fd();
     let len = to - from;
     // SAFETY: plain syscalls on a descriptor the `MappedLog` owns. `madvise` is given
@@ -153,7 +269,7 @@ fn drop_range(log: &MappedLog, from: u64, to: u64) {
         );
         if rc != 0 {
             tracing::debug!(error = %std::io::Error::last_os_error(), "page-cache window: write-back failed");
-            return;
+            return false;
         }
         let map_len = log.map.len() as u64;
         if from < map_len {
@@ -170,14 +286,45 @@ fn drop_range(log: &MappedLog, from: u64, to: u64) {
             libc::POSIX_FADV_DONTNEED,
         );
     }
+    true
 }
 
 #[cfg(test)]
 impl CacheWindow {
-    /// Waits for the running drop, if any.
+    /// Drops everything due (appends may have come while a drop ran) and waits.
     pub(super) fn settle(&mut self) {
-        if let Some(job) = self.job.take() {
-            job.join("page-cache drop").unwrap();
+        loop {
+            if let Some(job) = self.job.take() {
+                job.join("page-cache drop").unwrap();
+            }
+            self.drop_excess();
+            if self.job.is_none() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+impl ColdReads {
+    /// The log and position up to which the last read-ahead asked.
+    pub(super) fn ahead(&self) -> Option<(&Arc<MappedLog>, u64)> {
+        self.ahead.as_ref().map(|(l, to)| (l, *to))
+    }
+
+    /// Drops everything due and waits for it.
+    pub(super) fn settle(&mut self) {
+        loop {
+            if let Some(job) = self.job.take() {
+                job.join("page-cache drop").unwrap();
+            }
+            if let Some(job) = self.ahead_job.take() {
+                job.join("read-ahead").unwrap();
+            }
+            if self.due.is_empty() {
+                return;
+            }
+            self.drop_due();
         }
     }
 }

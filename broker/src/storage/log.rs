@@ -21,7 +21,7 @@ use weir_protocol::sealed;
 
 use super::active::Active;
 use super::at_rest::{self, AtRest};
-use super::cache_window::CacheWindow;
+use super::cache_window::{CacheWindow, ColdReads};
 use super::config::LogConfig;
 use super::error::{io_err, StorageError};
 use super::index::{index_capacity, IndexEntry, IndexFile, SegmentIndex};
@@ -88,6 +88,8 @@ pub(super) struct Shared {
     /// tells readers without the lock.
     pub tombstones: RwLock<Arc<Vec<Tombstone>>>,
     pub has_tombstones: std::sync::atomic::AtomicBool,
+    /// Dropped bytes readers faulted back in, to drop again (`page_cache_window_bytes`).
+    pub cold_reads: std::sync::Mutex<ColdReads>,
 }
 
 impl Shared {
@@ -178,6 +180,7 @@ impl Log {
             at_rest: config.at_rest.clone(),
             tombstones: RwLock::new(Arc::new(Vec::new())),
             has_tombstones: std::sync::atomic::AtomicBool::new(false),
+            cold_reads: std::sync::Mutex::new(ColdReads::new(config.page_cache_window_bytes)),
         });
         shared.publish_tombstones(tombstones);
         let cache_window = CacheWindow::new(config.page_cache_window_bytes);
@@ -1244,6 +1247,7 @@ impl LogReader {
             taken: 0,
             max_bytes,
             out: Vec::new(),
+            cold: Vec::new(),
         };
         for seg in &snap[i - 1..] {
             if read.want >= hwm {
@@ -1260,6 +1264,14 @@ impl LogReader {
                     // Serve what is intact; the next read from here reports the damage.
                     break;
                 }
+            }
+        }
+        if !read.cold.is_empty() {
+            // A poisoned lock only means a panic elsewhere while noting ranges: the
+            // list is still whole.
+            let mut cold = (self.shared.cold_reads.lock()).unwrap_or_else(|p| p.into_inner());
+            for (log, from, to) in read.cold {
+                cold.read(&log, from, to);
             }
         }
         let out = self.open_sealed(read.out)?;
@@ -1372,6 +1384,8 @@ struct Reading {
     taken: usize,
     max_bytes: usize,
     out: Vec<Bytes>,
+    /// What of `out` was read from bytes the page-cache window had dropped.
+    cold: Vec<(Arc<segment::MappedLog>, u64, u64)>,
 }
 
 /// How reading one segment ended.
@@ -1439,6 +1453,10 @@ impl Reading {
         }
         if pos > start {
             self.out.push(seg.chunk(start, pos));
+            if (start as u64) < seg.log.dropped_to.load(Ordering::Acquire) {
+                self.cold
+                    .push((Arc::clone(&seg.log), start as u64, pos as u64));
+            }
         }
         ended
     }

@@ -431,7 +431,7 @@ fn recover_active(dir: &Path, base: u64, cfg: &LogConfig) -> Result<Active, Stor
     let max_ts = s.max_timestamp_ms;
     let seg = Segment {
         base_offset: base,
-        log: Arc::new(MappedLog { path, file, map }),
+        log: Arc::new(MappedLog::new(path, file, map)),
         index,
         len: AtomicU64::new(end),
         next_offset: AtomicU64::new(s.next_offset),

@@ -57,16 +57,29 @@ pub(crate) struct MappedLog {
     pub path: PathBuf,
     pub file: File,
     pub map: MmapRaw,
+    /// Bytes below this were dropped from the page cache once
+    /// (`page_cache_window_bytes`): a reader that reads them again faults them back in,
+    /// and hands them back to be dropped again (`cache_window::ColdReads`).
+    pub dropped_to: AtomicU64,
 }
 
 impl MappedLog {
+    pub(crate) fn new(path: PathBuf, file: File, map: MmapRaw) -> MappedLog {
+        MappedLog {
+            path,
+            file,
+            map,
+            dropped_to: AtomicU64::new(0),
+        }
+    }
+
     /// Maps a closed segment read-only.
     pub(crate) fn read_only(path: PathBuf) -> Result<Self, StorageError> {
         let file = File::open(&path).map_err(io_err(&path))?;
         let map = MmapOptions::new()
             .map_raw_read_only(&file)
             .map_err(io_err(&path))?;
-        Ok(MappedLog { path, file, map })
+        Ok(MappedLog::new(path, file, map))
     }
 }
 
@@ -412,11 +425,7 @@ impl Prepared {
         debug_assert!(self.index_entries > 0);
         Ok(Segment {
             base_offset,
-            log: Arc::new(MappedLog {
-                path: log_path,
-                file: self.log_file,
-                map: self.map,
-            }),
+            log: Arc::new(MappedLog::new(log_path, self.log_file, self.map)),
             index: SegmentIndex {
                 offsets: IndexFile::writable(index_path, self.index_file, OFFSET_ENTRY_BYTES, 0)?,
                 times: IndexFile::writable(time_path, self.time_file, TIME_ENTRY_BYTES, 0)?,

@@ -1446,7 +1446,11 @@ fn bytes_behind_the_page_cache_window_leave_the_cache_and_read_back_the_same() {
             resident_old += resident_pages(s, 0, old_below.min(len));
             behind -= len;
         }
-        assert_eq!(resident_old, 0, "pages older than the window stayed cached");
+        // (A few pages of slack: the kernel's drop is best effort.)
+        assert!(
+            resident_old <= 4,
+            "{resident_old} pages older than the window stayed cached"
+        );
         let active = segments.last().unwrap();
         let len = active.len.load(std::sync::atomic::Ordering::Acquire);
         assert!(
@@ -1454,10 +1458,49 @@ fn bytes_behind_the_page_cache_window_leave_the_cache_and_read_back_the_same() {
             "the newest pages should still be cached"
         );
     }
+    // A read from far behind asks for the dropped bytes after it to be read in ahead
+    // of the next read (here the rest of the first segment, which was dropped whole).
+    // Whether the kernel reads them is its own affair: the request is what is checked.
+    let first = reader.read(0, 1).unwrap();
+    assert_eq!(first[0].as_ref(), expected[0].as_slice());
+    {
+        let mut cold = log.shared.cold_reads.lock().unwrap();
+        cold.settle();
+        let (ahead_log, ahead_to) = cold.ahead().expect("no read-ahead was asked for");
+        assert!(std::sync::Arc::ptr_eq(ahead_log, &segments[0].log));
+        assert_eq!(
+            ahead_to,
+            segments[0].len.load(std::sync::atomic::Ordering::Acquire)
+        );
+    }
     for (i, h) in &held {
         assert_eq!(h.as_ref(), expected[*i].as_slice(), "a held slice changed");
     }
+    // A reader catching up from the start faults the dropped bytes back in; all but
+    // the newest quarter window of them (64 KiB) is dropped again behind it. (The
+    // answer is compared only after the pages are counted: comparing touches them.)
     let got = read_all(&reader, 0).unwrap();
+    log.shared.cold_reads.lock().unwrap().settle();
+    if !tmpfs {
+        let mut behind = total;
+        let mut resident_old = 0;
+        let mut old_pages = 0;
+        for s in segments.iter() {
+            let len = s.len.load(std::sync::atomic::Ordering::Acquire);
+            let old_below = behind.saturating_sub(window + 64 * 1024).min(len);
+            resident_old += resident_pages(s, 0, old_below);
+            old_pages += old_below.div_ceil(4096) as usize;
+            behind -= len;
+        }
+        // Without the second drop every one of them stays (~700 pages). With it, 64
+        // KiB are kept, and the kernel skips pages still locked for the read-ahead's
+        // I/O when the drop comes: up to a third of them stayed in runs beside the other
+        // storage tests, none when run alone.
+        assert!(
+            resident_old * 2 < old_pages,
+            "{resident_old} of {old_pages} pages read back from behind the window stayed cached"
+        );
+    }
     assert_eq!(got.len(), expected.len());
     for (g, e) in got.iter().zip(&expected) {
         assert_eq!(g.as_ref(), e.as_slice());
