@@ -310,6 +310,15 @@ impl Scrape {
         )?;
         counter(
             enc,
+            "weir_shard_page_cache_dropped_bytes",
+            "Bytes written back and dropped from the page cache per shard (page_cache_window_bytes), by the window and again after readers faulted them back in.",
+            shards
+                .iter()
+                .map(|(l, s)| (l.clone(), s.reader().page_cache_dropped_bytes()))
+                .collect::<Vec<_>>(),
+        )?;
+        counter(
+            enc,
             "weir_shard_group_cuts",
             "Write groups of lower-class appends cut short by a P0 append, per shard.",
             shards

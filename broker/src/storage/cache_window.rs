@@ -19,7 +19,7 @@
 
 use std::collections::VecDeque;
 use std::os::unix::io::AsRawFd;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::segment::MappedLog;
@@ -39,6 +39,8 @@ pub(super) struct CacheWindow {
     cached: u64,
     /// The running drop (at most one at a time).
     job: Option<Task<()>>,
+    /// Bytes dropped so far, by this window and by readers' second drops.
+    dropped: Arc<AtomicU64>,
 }
 
 struct Span {
@@ -48,13 +50,14 @@ struct Span {
 }
 
 impl CacheWindow {
-    pub(super) fn new(window: u64) -> CacheWindow {
+    pub(super) fn new(window: u64, dropped: Arc<AtomicU64>) -> CacheWindow {
         CacheWindow {
             window,
             step: (window / 8).clamp(PAGE, 16 * 1024 * 1024),
             spans: VecDeque::new(),
             cached: 0,
             job: None,
+            dropped,
         }
     }
 
@@ -94,10 +97,12 @@ impl CacheWindow {
         }
         let ranges = self.take_oldest(self.cached - self.window);
         if !ranges.is_empty() {
+            let dropped = Arc::clone(&self.dropped);
             self.job = Some(workers::run(move || {
                 for (log, from, to) in ranges {
                     if drop_range(&log, from, to) {
                         log.dropped_to.fetch_max(to, Ordering::Release);
+                        dropped.fetch_add(to - from, Ordering::Relaxed);
                     }
                 }
             }));
@@ -155,13 +160,14 @@ pub(super) struct ColdReads {
     /// faulting it in from the disk 128 KiB at a time.
     ahead: Option<(Arc<MappedLog>, u64)>,
     ahead_job: Option<Task<()>>,
+    dropped: Arc<AtomicU64>,
 }
 
 /// How far ahead of a cold read its file is read in.
 const READ_AHEAD_BYTES: u64 = 8 * 1024 * 1024;
 
 impl ColdReads {
-    pub(super) fn new(window: u64) -> ColdReads {
+    pub(super) fn new(window: u64, dropped: Arc<AtomicU64>) -> ColdReads {
         ColdReads {
             keep: (window / 4).clamp(2 * PAGE, 32 * 1024 * 1024),
             ranges: VecDeque::new(),
@@ -170,6 +176,7 @@ impl ColdReads {
             job: None,
             ahead: None,
             ahead_job: None,
+            dropped,
         }
     }
 
@@ -237,9 +244,12 @@ impl ColdReads {
             return;
         }
         let due = std::mem::take(&mut self.due);
+        let dropped = Arc::clone(&self.dropped);
         self.job = Some(workers::run(move || {
             for (log, from, to) in due {
-                drop_range(&log, from, to);
+                if drop_range(&log, from, to) {
+                    dropped.fetch_add(to - from, Ordering::Relaxed);
+                }
             }
         }));
     }
@@ -357,7 +367,7 @@ mod tests {
             mapped(dir.path(), "b", 65536),
         );
         // A window too large to start drops by itself.
-        let mut w = CacheWindow::new(u64::MAX / 4);
+        let mut w = CacheWindow::new(u64::MAX / 4, Default::default());
         w.written(&a, 10_000);
         w.written(&a, 30_001);
         assert_eq!(w.cached(), 30_001);
@@ -383,7 +393,7 @@ mod tests {
     fn a_window_of_zero_tracks_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let a = mapped(dir.path(), "a", 65536);
-        let mut w = CacheWindow::new(0);
+        let mut w = CacheWindow::new(0, Default::default());
         w.written(&a, 65536);
         assert_eq!(w.cached(), 0);
         assert!(w.job.is_none());

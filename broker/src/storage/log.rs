@@ -90,6 +90,8 @@ pub(super) struct Shared {
     pub has_tombstones: std::sync::atomic::AtomicBool,
     /// Dropped bytes readers faulted back in, to drop again (`page_cache_window_bytes`).
     pub cold_reads: std::sync::Mutex<ColdReads>,
+    /// Bytes the page-cache window dropped so far (`page_cache_window_bytes`).
+    pub page_cache_dropped: Arc<AtomicU64>,
 }
 
 impl Shared {
@@ -171,6 +173,8 @@ impl Log {
         let active_key = check_keys(&segments, config.at_rest.as_ref())?;
         let tombstones = redact::load(dir)?;
         let hwm = active.next_offset;
+        let page_cache_dropped = Arc::new(AtomicU64::new(0));
+        let window = config.page_cache_window_bytes;
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             segments: RwLock::new(Arc::new(segments)),
@@ -180,10 +184,14 @@ impl Log {
             at_rest: config.at_rest.clone(),
             tombstones: RwLock::new(Arc::new(Vec::new())),
             has_tombstones: std::sync::atomic::AtomicBool::new(false),
-            cold_reads: std::sync::Mutex::new(ColdReads::new(config.page_cache_window_bytes)),
+            cold_reads: std::sync::Mutex::new(ColdReads::new(
+                window,
+                Arc::clone(&page_cache_dropped),
+            )),
+            page_cache_dropped: Arc::clone(&page_cache_dropped),
         });
         shared.publish_tombstones(tombstones);
-        let cache_window = CacheWindow::new(config.page_cache_window_bytes);
+        let cache_window = CacheWindow::new(window, page_cache_dropped);
         let mut log = Log {
             config,
             shared,
@@ -1333,6 +1341,11 @@ impl LogReader {
     /// shard with nothing visible until it knows it is the primary).
     pub fn reset_visible_cap(&self, cap: u64) {
         self.shared.visible_cap.store(cap, Ordering::Release);
+    }
+
+    /// Bytes dropped from the page cache so far by the log's page-cache window.
+    pub fn page_cache_dropped_bytes(&self) -> u64 {
+        self.shared.page_cache_dropped.load(Ordering::Relaxed)
     }
 
     /// The first offset still held.

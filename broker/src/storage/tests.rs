@@ -1433,6 +1433,12 @@ fn bytes_behind_the_page_cache_window_leave_the_cache_and_read_back_the_same() {
         .map(|s| s.len.load(std::sync::atomic::Ordering::Acquire))
         .sum();
     assert!(total > 3 * 1024 * 1024, "wrote {total} bytes");
+    // Everything but the window and at most a step was dropped, and counted.
+    let dropped = reader.page_cache_dropped_bytes();
+    assert!(
+        dropped + window + 64 * 1024 >= total && dropped <= total,
+        "{dropped} of {total} bytes counted as dropped"
+    );
     if !tmpfs {
         // Everything but the newest window and a step (the window of this config is
         // 256 KiB, its step 32 KiB) left the cache: the closed segments but the last
