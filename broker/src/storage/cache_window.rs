@@ -1,6 +1,7 @@
 //! The page-cache window of one log (`LogConfig::page_cache_window_bytes`): appended
 //! bytes more than the window behind the newest are written back and dropped from the
-//! page cache and from the log's maps, a step at a time, on a storage worker.
+//! page cache and from the log's maps, at most [`JOB_STEPS`] steps per job, on a
+//! storage worker.
 //!
 //! Why: every byte a buffered write appends lands in a new page-cache page, and the
 //! kernel keeps those pages for as long as memory lasts. Where new memory is dear —
@@ -11,22 +12,41 @@
 //! writing 2 GiB with a 256 MiB window ran at 1.5 GB/s against 0.16 GB/s without
 //! (BENCHMARKS.md, "Session 17"). It also bounds the page cache a busy log holds.
 //!
-//! Readers lose nothing: the data is on disk before its pages go, and a reader behind
+//! Readers lose nothing: the data is on disk before its pages go (the write-back and
+//! its wait use a descriptor of their own, so a write-back error is still reported to
+//! the log's next flush, which fails the log), and a reader behind
 //! the window faults them back in from the file (slower, as in any broker whose
 //! consumers fall out of the cache). Pages a reader mapped are unmapped from the log's
 //! map first (`MADV_DONTNEED`, harmless on a shared file mapping: the next access
 //! reads the same bytes back), since the kernel does not drop mapped pages.
 
 use std::collections::VecDeque;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 
 use super::segment::MappedLog;
 use super::workers::{self, Task};
 
-/// Pages are dropped in whole pages, from page-aligned positions.
-const PAGE: u64 = 4096;
+/// Most steps one drop job writes back and drops: a job holds a thread of the storage
+/// workers' pool (shared with flushes and segment preparation) while it waits.
+const JOB_STEPS: u64 = 4;
+
+/// Pages are dropped in whole pages, from page-aligned positions: the system's page
+/// size (4 KiB on x86-64).
+fn page() -> u64 {
+    static PAGE: OnceLock<u64> = OnceLock::new();
+    *PAGE.get_or_init(|| {
+        // SAFETY: a plain query without arguments.
+        let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        if n > 0 {
+            n as u64
+        } else {
+            4096
+        }
+    })
+}
 
 /// Bytes of one log's files still in the page cache as far as the log knows: spans of
 /// its segments, oldest first, the last one the active segment's.
@@ -43,8 +63,10 @@ pub(super) struct CacheWindow {
     dropped: Arc<AtomicU64>,
 }
 
+/// Held weakly: a segment retention deletes is let go at once (its map unmapped once
+/// no reader holds it), not kept alive until the window reaches it.
 struct Span {
-    log: Arc<MappedLog>,
+    log: Weak<MappedLog>,
     from: u64,
     to: u64,
 }
@@ -53,7 +75,7 @@ impl CacheWindow {
     pub(super) fn new(window: u64, dropped: Arc<AtomicU64>) -> CacheWindow {
         CacheWindow {
             window,
-            step: (window / 8).clamp(PAGE, 16 * 1024 * 1024),
+            step: (window / 8).clamp(page(), 16 * 1024 * 1024),
             spans: VecDeque::new(),
             cached: 0,
             job: None,
@@ -65,26 +87,35 @@ impl CacheWindow {
     /// a new `log` means the previous one closed) and starts a drop once more than the
     /// window and a step are cached and no drop is running.
     pub(super) fn written(&mut self, log: &Arc<MappedLog>, pos: u64) {
+        self.note(log, pos);
+        self.drop_excess();
+    }
+
+    /// Notes that `log`'s file holds appended bytes up to `pos`, without starting a
+    /// drop: for a segment about to close in the middle of an append, so its tail
+    /// counts too.
+    pub(super) fn note(&mut self, log: &Arc<MappedLog>, pos: u64) {
         if self.window == 0 {
             return;
         }
         match self.spans.back_mut() {
-            Some(last) if Arc::ptr_eq(&last.log, log) => {
-                // A cluster copy may cut the active file back.
-                let to = pos.max(last.from);
-                self.cached = self.cached - (last.to - last.from) + (to - last.from);
+            // (The weak reference keeps the allocation, so its address is not reused.)
+            Some(last) if std::ptr::eq(last.log.as_ptr(), Arc::as_ptr(log)) => {
+                // Appended bytes only grow; never below what was taken already.
+                let to = pos.max(last.to);
+                self.cached += to - last.to;
                 last.to = to;
             }
+            _ if pos == 0 => {}
             _ => {
                 self.spans.push_back(Span {
-                    log: Arc::clone(log),
+                    log: Arc::downgrade(log),
                     from: 0,
                     to: pos,
                 });
                 self.cached += pos;
             }
         }
-        self.drop_excess();
     }
 
     /// Starts a drop of what is cached beyond the window, once that is more than a
@@ -95,7 +126,8 @@ impl CacheWindow {
         {
             return;
         }
-        let ranges = self.take_oldest(self.cached - self.window);
+        let excess = (self.cached - self.window).min(self.step * JOB_STEPS);
+        let ranges = self.take_oldest(excess);
         if !ranges.is_empty() {
             let dropped = Arc::clone(&self.dropped);
             self.job = Some(workers::run(move || {
@@ -113,19 +145,30 @@ impl CacheWindow {
     /// spans, and from a span still growing only whole pages below its end.
     fn take_oldest(&mut self, mut bytes: u64) -> Vec<(Arc<MappedLog>, u64, u64)> {
         let mut out = Vec::new();
+        let page = page();
         while bytes > 0 {
             let growing = self.spans.len() == 1;
             let Some(span) = self.spans.front_mut() else {
                 break;
             };
+            let log = span.log.upgrade();
+            if !growing && (span.from >= span.to || log.is_none()) {
+                // Used up, or deleted: nothing of it is left to drop.
+                self.cached -= span.to - span.from;
+                self.spans.pop_front();
+                continue;
+            }
+            let Some(log) = log else {
+                break; // the active segment's file went with its log
+            };
             let mut end = span.from + bytes.min(span.to - span.from);
             if growing || end < span.to {
-                end = end / PAGE * PAGE;
+                end = end / page * page;
             }
             if end <= span.from {
                 break;
             }
-            out.push((Arc::clone(&span.log), span.from, end));
+            out.push((log, span.from, end));
             let n = end - span.from;
             bytes = bytes.saturating_sub(n);
             self.cached -= n;
@@ -148,17 +191,19 @@ impl CacheWindow {
 /// newest `keep` bytes of them are dropped again, so a reader catching up from far
 /// behind the window recycles the pages it reads instead of taking new memory for
 /// every one (the newest are left for the answers still being sent from them).
+///
+/// It holds its segments weakly: a segment retention deletes is let go at once.
 pub(super) struct ColdReads {
     keep: u64,
-    ranges: VecDeque<Span>,
+    ranges: VecDeque<(Weak<MappedLog>, u64, u64)>,
     bytes: u64,
     /// Taken off `ranges`, waiting for the running job to end.
-    due: Vec<(Arc<MappedLog>, u64, u64)>,
+    due: Vec<(Weak<MappedLog>, u64, u64)>,
     job: Option<Task<()>>,
     /// How far ahead of the newest cold read the file was asked to be read in
     /// (`POSIX_FADV_WILLNEED`), so that the next read finds it cached instead of
     /// faulting it in from the disk 128 KiB at a time.
-    ahead: Option<(Arc<MappedLog>, u64)>,
+    ahead: Option<(Weak<MappedLog>, u64)>,
     ahead_job: Option<Task<()>>,
     dropped: Arc<AtomicU64>,
 }
@@ -169,7 +214,7 @@ const READ_AHEAD_BYTES: u64 = 8 * 1024 * 1024;
 impl ColdReads {
     pub(super) fn new(window: u64, dropped: Arc<AtomicU64>) -> ColdReads {
         ColdReads {
-            keep: (window / 4).clamp(2 * PAGE, 32 * 1024 * 1024),
+            keep: (window / 4).clamp(2 * page(), 32 * 1024 * 1024),
             ranges: VecDeque::new(),
             bytes: 0,
             due: Vec::new(),
@@ -184,22 +229,18 @@ impl ColdReads {
     /// `dropped_to`), and drops what is due once no drop is running.
     pub(super) fn read(&mut self, log: &Arc<MappedLog>, from: u64, to: u64) {
         let to = to.min(log.dropped_to.load(Ordering::Acquire));
-        let from = from / PAGE * PAGE;
+        let from = from / page() * page();
         if to <= from {
             return;
         }
-        self.ranges.push_back(Span {
-            log: Arc::clone(log),
-            from,
-            to,
-        });
+        self.ranges.push_back((Arc::downgrade(log), from, to));
         self.bytes += to - from;
         while self.bytes > self.keep {
             let Some(old) = self.ranges.pop_front() else {
                 break;
             };
-            self.bytes -= old.to - old.from;
-            self.due.push((old.log, old.from, old.to));
+            self.bytes -= old.2 - old.1;
+            self.due.push(old);
         }
         self.drop_due();
         self.read_ahead(log, to);
@@ -211,7 +252,7 @@ impl ColdReads {
     fn read_ahead(&mut self, log: &Arc<MappedLog>, to: u64) {
         let end = log.dropped_to.load(Ordering::Acquire);
         let from = match &self.ahead {
-            Some((l, ahead)) if Arc::ptr_eq(l, log) && *ahead > to => {
+            Some((l, ahead)) if std::ptr::eq(l.as_ptr(), Arc::as_ptr(log)) && *ahead > to => {
                 if *ahead - to > READ_AHEAD_BYTES / 2 {
                     return;
                 }
@@ -223,7 +264,7 @@ impl ColdReads {
         if until <= from || self.ahead_job.as_mut().is_some_and(|j| !j.is_finished()) {
             return;
         }
-        self.ahead = Some((Arc::clone(log), until));
+        self.ahead = Some((Arc::downgrade(log), until));
         let log = Arc::clone(log);
         self.ahead_job = Some(workers::run(move || {
             // SAFETY: a plain syscall on a descriptor the `MappedLog` owns.
@@ -247,6 +288,8 @@ impl ColdReads {
         let dropped = Arc::clone(&self.dropped);
         self.job = Some(workers::run(move || {
             for (log, from, to) in due {
+                // A segment deleted meanwhile needs no dropping.
+                let Some(log) = log.upgrade() else { continue };
                 if drop_range(&log, from, to) {
                     dropped.fetch_add(to - from, Ordering::Relaxed);
                 }
@@ -258,12 +301,25 @@ impl ColdReads {
 /// Writes `[from, to)` of `log`'s file back, unmaps it from the log's map and drops it
 /// from the page cache. Every step is a hint: a failure leaves the pages cached.
 /// Returns whether the write-back succeeded (the pages could be dropped).
+///
+/// The write-back and its wait go through a descriptor of their own, opened by path
+/// (and checked to be the same file): waiting on write-back consumes a write-back
+/// error for the descriptor waited on, and the log's own descriptor must keep it for
+/// the flush that follows, which then fails the log instead of acknowledging data the
+/// disk never took.
 fn drop_range(log: &MappedLog, from: u64, to: u64) -> bool {
-    let fd = log.file.as_raw_fd();
+    let Ok(own) = std::fs::File::open(&log.path) else {
+        return false; // deleted or renamed meanwhile
+    };
+    match (own.metadata(), log.file.metadata()) {
+        (Ok(a), Ok(b)) if a.dev() == b.dev() && a.ino() == b.ino() => {}
+        _ => return false, // the path names another file now (compaction)
+    }
+    let fd = own.as_raw_fd();
     let len = to - from;
-    // SAFETY: plain syscalls on a descriptor the `MappedLog` owns. `madvise` is given
-    // a page-aligned range inside the log's map (`from` is page-aligned, `to` at most
-    // the segment's written length, within the map), which the `Arc` keeps alive.
+    // SAFETY: plain syscalls on a descriptor we own. `madvise` is given a page-aligned
+    // range inside the log's map (`from` is page-aligned, `to` at most the segment's
+    // written length, within the map), which the caller's `Arc` keeps alive.
     // `MADV_DONTNEED` on a shared file mapping only removes this process's page-table
     // entries: a reader's next access faults the same file bytes back in (they are
     // below the published length, never written again, and written back above), so no
@@ -278,7 +334,11 @@ fn drop_range(log: &MappedLog, from: u64, to: u64) -> bool {
                 | libc::SYNC_FILE_RANGE_WAIT_AFTER,
         );
         if rc != 0 {
-            tracing::debug!(error = %std::io::Error::last_os_error(), "page-cache window: write-back failed");
+            tracing::warn!(
+                path = %log.path.display(),
+                error = %std::io::Error::last_os_error(),
+                "page-cache window: write-back failed; the pages stay cached"
+            );
             return false;
         }
         let map_len = log.map.len() as u64;
@@ -318,8 +378,10 @@ impl CacheWindow {
 #[cfg(test)]
 impl ColdReads {
     /// The log and position up to which the last read-ahead asked.
-    pub(super) fn ahead(&self) -> Option<(&Arc<MappedLog>, u64)> {
-        self.ahead.as_ref().map(|(l, to)| (l, *to))
+    pub(super) fn ahead(&self) -> Option<(Arc<MappedLog>, u64)> {
+        self.ahead
+            .as_ref()
+            .and_then(|(l, to)| Some((l.upgrade()?, *to)))
     }
 
     /// Drops everything due and waits for it.
@@ -383,9 +445,30 @@ mod tests {
         // Less than a page of the growing span is left above the window: nothing.
         assert!(w.take_oldest(4_000).is_empty());
         assert_eq!(w.cached(), 9_000 - 4_096);
-        // A cut-back active file shrinks its span.
+        // A lower position never takes back what was counted.
         w.written(&b, 6_000);
-        assert_eq!(w.cached(), 6_000 - 4_096);
+        assert_eq!(w.cached(), 9_000 - 4_096);
+    }
+
+    /// A segment that closes in the middle of an append has its tail noted before the
+    /// next segment's first bytes, so all of it is dropped in turn; an empty segment
+    /// (replaced at the roll) leaves no span that could hold the others up.
+    #[test]
+    fn a_segment_closing_mid_append_is_counted_to_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = mapped(dir.path(), "a", 65536);
+        let e = mapped(dir.path(), "e", 4096);
+        let b = mapped(dir.path(), "b", 65536);
+        let mut w = CacheWindow::new(u64::MAX / 4, Default::default());
+        w.written(&a, 10_000);
+        w.note(&a, 50_000); // the roll
+        w.note(&e, 0); // an empty segment replaced at the roll
+        w.written(&b, 8_192);
+        assert_eq!(w.cached(), 58_192);
+        assert_eq!(
+            ranges(&w.take_oldest(58_192)),
+            [("a".into(), 0, 50_000), ("b".into(), 0, 8_192)]
+        );
     }
 
     /// Off at 0: nothing is tracked.

@@ -661,6 +661,10 @@ impl Log {
     /// active segment, at the next offset.
     fn roll(&mut self, prepared: Prepared) -> Result<(), StorageError> {
         self.publish_active();
+        // The closing segment's last bytes count in the page-cache window (an append
+        // that rolls in its middle notes only the new segment afterwards).
+        self.cache_window
+            .note(&self.active.seg.log, self.active.pos);
         let dir = self.shared.dir.clone();
         let mut segments: Vec<Arc<Segment>> = self.shared.snapshot().as_ref().clone();
         let old = Arc::clone(&self.active.seg);

@@ -1473,7 +1473,7 @@ fn bytes_behind_the_page_cache_window_leave_the_cache_and_read_back_the_same() {
         let mut cold = log.shared.cold_reads.lock().unwrap();
         cold.settle();
         let (ahead_log, ahead_to) = cold.ahead().expect("no read-ahead was asked for");
-        assert!(std::sync::Arc::ptr_eq(ahead_log, &segments[0].log));
+        assert!(std::sync::Arc::ptr_eq(&ahead_log, &segments[0].log));
         assert_eq!(
             ahead_to,
             segments[0].len.load(std::sync::atomic::Ordering::Acquire)

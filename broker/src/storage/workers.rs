@@ -1,6 +1,7 @@
 //! The storage engine's background workers: one bounded, process-wide pool of threads
 //! that runs every log's background file work (group-commit and interval flushes,
-//! preparing the next segment, deleting segments retention removed).
+//! preparing the next segment, deleting segments retention removed, write-behind
+//! starts, and the page-cache window's drops and read-aheads).
 //!
 //! Why a pool and not a thread per job: with thousands of shards a thread per flush
 //! multiplies threads by the flush rate, and a thread that cannot start is a failure
