@@ -233,14 +233,42 @@ impl ColdReads {
         if to <= from {
             return;
         }
-        self.ranges.push_back((Arc::downgrade(log), from, to));
-        self.bytes += to - from;
+        match self.ranges.back_mut() {
+            // A reader going forward through one segment: one range, not one per read
+            // (each range dropped costs an open and a few syscalls).
+            Some((l, f, t))
+                if std::ptr::eq(l.as_ptr(), Arc::as_ptr(log)) && from <= *t && to >= *f =>
+            {
+                let (nf, nt) = ((*f).min(from), (*t).max(to));
+                self.bytes += (nt - nf) - (*t - *f);
+                (*f, *t) = (nf, nt);
+            }
+            _ => {
+                self.ranges.push_back((Arc::downgrade(log), from, to));
+                self.bytes += to - from;
+            }
+        }
+        // The oldest bytes beyond `keep` are due, in whole pages.
+        let page = page();
         while self.bytes > self.keep {
-            let Some(old) = self.ranges.pop_front() else {
+            let Some((l, f, t)) = self.ranges.front_mut() else {
                 break;
             };
-            self.bytes -= old.2 - old.1;
-            self.due.push(old);
+            let n = (self.bytes - self.keep).min(*t - *f);
+            let end = if *f + n == *t {
+                *t
+            } else {
+                (*f + n) / page * page
+            };
+            if end <= *f {
+                break;
+            }
+            self.due.push((l.clone(), *f, end));
+            self.bytes -= end - *f;
+            *f = end;
+            if *f >= *t {
+                self.ranges.pop_front();
+            }
         }
         self.drop_due();
         self.read_ahead(log, to);
@@ -315,8 +343,14 @@ fn drop_range(log: &MappedLog, from: u64, to: u64) -> bool {
         (Ok(a), Ok(b)) if a.dev() == b.dev() && a.ino() == b.ino() => {}
         _ => return false, // the path names another file now (compaction)
     }
-    let fd = own.as_raw_fd();
-    let len = to - from;
+    if let Err(e) = super::segment::write_back(&own, from, to, true) {
+        tracing::warn!(
+            path = %log.path.display(),
+            error = %e,
+            "page-cache window: write-back failed; the pages stay cached"
+        );
+        return false;
+    }
     // SAFETY: plain syscalls on a descriptor we own. `madvise` is given a page-aligned
     // range inside the log's map (`from` is page-aligned, `to` at most the segment's
     // written length, within the map), which the caller's `Arc` keeps alive.
@@ -325,22 +359,6 @@ fn drop_range(log: &MappedLog, from: u64, to: u64) -> bool {
     // below the published length, never written again, and written back above), so no
     // reader can observe a change through a slice it holds.
     unsafe {
-        let rc = libc::sync_file_range(
-            fd,
-            from as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                | libc::SYNC_FILE_RANGE_WRITE
-                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-        );
-        if rc != 0 {
-            tracing::warn!(
-                path = %log.path.display(),
-                error = %std::io::Error::last_os_error(),
-                "page-cache window: write-back failed; the pages stay cached"
-            );
-            return false;
-        }
         let map_len = log.map.len() as u64;
         if from < map_len {
             let ptr = log.map.as_ptr().add(from as usize) as *mut libc::c_void;
@@ -350,9 +368,9 @@ fn drop_range(log: &MappedLog, from: u64, to: u64) -> bool {
             }
         }
         libc::posix_fadvise(
-            fd,
+            own.as_raw_fd(),
             from as libc::off_t,
-            len as libc::off_t,
+            (to - from) as libc::off_t,
             libc::POSIX_FADV_DONTNEED,
         );
     }
@@ -405,7 +423,7 @@ impl ColdReads {
 mod tests {
     use std::sync::Arc;
 
-    use super::{CacheWindow, MappedLog};
+    use super::{CacheWindow, ColdReads, MappedLog};
 
     fn mapped(dir: &std::path::Path, name: &str, len: u64) -> Arc<MappedLog> {
         let path = dir.join(name);
@@ -469,6 +487,42 @@ mod tests {
             ranges(&w.take_oldest(58_192)),
             [("a".into(), 0, 50_000), ("b".into(), 0, 8_192)]
         );
+    }
+
+    /// A reader going forward makes one range, and only its bytes beyond `keep` (the
+    /// oldest, in whole pages) fall due; a read elsewhere starts another range.
+    #[test]
+    fn cold_reads_going_forward_make_one_range_and_keep_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = mapped(dir.path(), "a", 1 << 20);
+        let b = mapped(dir.path(), "b", 1 << 20);
+        for l in [&a, &b] {
+            l.dropped_to
+                .store(1 << 20, std::sync::atomic::Ordering::Release);
+        }
+        // keep = window / 4 = 64 KiB.
+        let mut c = ColdReads::new(256 * 1024, Default::default());
+        // Hold a running job so what falls due stays in `due` to be looked at.
+        let (held, release) = crate::storage::workers::Task::held();
+        c.job = Some(held);
+        for i in 0..40u64 {
+            c.read(&a, i * 3_000, (i + 1) * 3_000);
+        }
+        assert_eq!(c.ranges.len(), 1);
+        let due: Vec<(u64, u64)> = c.due.iter().map(|(_, f, t)| (*f, *t)).collect();
+        assert!(!due.is_empty());
+        for w in due.windows(2) {
+            assert_eq!(w[0].1, w[1].0, "due ranges leave a gap: {due:?}");
+        }
+        assert_eq!(due[0].0, 0);
+        let kept_from = due.last().unwrap().1;
+        assert_eq!(kept_from % 4096, 0);
+        assert_eq!(c.ranges[0].1, kept_from);
+        assert_eq!(c.ranges[0].2, 120_000);
+        assert!(120_000 - kept_from <= 64 * 1024 + 4096 && 120_000 - kept_from > 60 * 1024);
+        c.read(&b, 0, 3_000);
+        assert_eq!(c.ranges.len(), 2);
+        release.send(Ok(())).unwrap();
     }
 
     /// Off at 0: nothing is tracked.

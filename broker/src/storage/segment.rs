@@ -186,16 +186,30 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
 /// it (`sync_file_range(SYNC_FILE_RANGE_WRITE)`): a hint that makes no data durable
 /// (no metadata, no device cache flush), so only a later flush's `fdatasync` counts.
 pub(crate) fn start_write_back(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    write_back(file, from, to, false)
+}
+
+/// Writes `[from, to)` of `file` back and, with `wait`, waits until it is (so its
+/// pages are clean). Not a durability point either. Waiting consumes a write-back
+/// error for the descriptor waited on: never wait on a descriptor a flush relies on.
+pub(crate) fn write_back(file: &File, from: u64, to: u64, wait: bool) -> std::io::Result<()> {
     if to <= from {
         return Ok(());
     }
+    let flags = if wait {
+        libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER
+    } else {
+        libc::SYNC_FILE_RANGE_WRITE
+    };
     // SAFETY: plain syscall on a file descriptor we own; no memory is passed.
     let rc = unsafe {
         libc::sync_file_range(
             file.as_raw_fd(),
             from as libc::off64_t,
             (to - from) as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
+            flags,
         )
     };
     if rc == 0 {
