@@ -11,6 +11,7 @@ pub mod clock;
 pub mod error;
 pub mod files;
 pub mod forecast;
+pub mod huge_pages;
 pub mod invariant;
 pub mod load_history;
 pub mod meters;

@@ -17,7 +17,9 @@ use weir_client::{
     Acks, Admin, Client, Consumer, ConsumerConfig, NackOutcome, OffsetReset, Producer,
     ProducerRecord, QueueConfig, QueueConsumer,
 };
-use weir_tests::{cli_binary, connect, http_get, workspace_root, BrokerProcess};
+use weir_tests::{
+    cli_binary, connect, http_get, metric, proc_status, workspace_root, BrokerProcess,
+};
 
 /// The body of an HTTP answer.
 fn body(answer: &str) -> &str {
@@ -602,6 +604,26 @@ async fn a_p3_flood_that_is_shed_fires_the_shedding_alert_which_resolves_after()
         1,
         "{log}"
     );
+}
+
+/// `weir-broker` turns transparent huge pages off for itself unless
+/// `transparent_huge_pages = true`, and `/metrics` says which (the kernel's own
+/// `THP_enabled` line of `/proc/PID/status` is the witness).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_turns_transparent_huge_pages_off_unless_allowed() {
+    for (env, allowed) in [
+        (&[][..], 0),
+        (&[("WEIR_TRANSPARENT_HUGE_PAGES", "true")][..], 1),
+    ] {
+        let broker = BrokerProcess::start_with_env(env);
+        let pid = broker.pid().expect("broker pid");
+        assert_eq!(proc_status(pid, "THP_enabled:"), allowed, "{env:?}");
+        assert_eq!(
+            metric(&broker, "weir_process_transparent_huge_pages").await,
+            allowed,
+            "{env:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -587,6 +587,12 @@ impl Scrape {
             "Soft limit on open file descriptors.",
             p.max_fds.map(|v| (Vec::new(), v)),
         )?;
+        gauge(
+            enc,
+            "weir_process_transparent_huge_pages",
+            "1 when the kernel may give the process transparent huge pages, 0 when they are off for it.",
+            p.transparent_huge_pages.map(|v| (Vec::new(), v)),
+        )?;
         let d = super::process::disk(&self.state.config.data_dir);
         gauge(
             enc,

@@ -17,6 +17,9 @@ pub struct ProcessStats {
     pub open_fds: Option<u64>,
     /// The soft limit on open files.
     pub max_fds: Option<u64>,
+    /// 1 when the kernel may give this process transparent huge pages, 0 when they
+    /// are turned off for it (`transparent_huge_pages`, `crate::huge_pages`).
+    pub transparent_huge_pages: Option<u64>,
 }
 
 /// The filesystem that holds a directory.
@@ -52,6 +55,8 @@ pub fn process() -> ProcessStats {
             .ok()
             .map(|d| d.count() as u64),
         max_fds: max_fds(),
+        transparent_huge_pages: crate::huge_pages::disabled_for_process()
+            .map(|off| u64::from(!off)),
     }
 }
 

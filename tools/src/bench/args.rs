@@ -106,6 +106,12 @@ pub struct Args {
     /// it. 0: wake for every message's time.
     #[arg(long, default_value_t = 0)]
     pub pacing_tick_us: u64,
+    /// Let the kernel give this process transparent huge pages. Off by default, as in
+    /// weir-broker (`transparent_huge_pages`): the first touch of a 2 MiB page stalls
+    /// the touching thread while the kernel zeroes it, which shows up in the tails
+    /// the bench measures.
+    #[arg(long)]
+    pub huge_pages: bool,
     /// Share of messages per priority class, e.g. "p0=5,p3=95"
     /// (p0 = priorities 1–2, p1 = 3–5, p2 = 6–8, p3 = 9–10).
     #[arg(long)]

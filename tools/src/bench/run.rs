@@ -122,6 +122,7 @@ impl Run {
             "tcp"
         };
         m.insert("transport".into(), json!(transport));
+        m.insert("huge_pages".into(), json!(c.huge_pages));
         m.insert(
             "durability".into(),
             json!(format!("{:?}", c.durability).to_lowercase()),

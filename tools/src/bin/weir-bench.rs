@@ -28,6 +28,12 @@ fn main() -> ExitCode {
         eprintln!("weir-bench: {e:#}");
         return ExitCode::from(2);
     }
+    // Before the runtime starts its threads (an embedded broker's included).
+    if !cli.huge_pages {
+        if let Err(e) = weir_broker::huge_pages::disable_for_process() {
+            eprintln!("weir-bench: transparent huge pages stay on: {e}");
+        }
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
