@@ -185,6 +185,34 @@ EOF
     cc -O2 -pthread "$WORK/wakeup.c" -o "$WORK/wakeup"
     "$WORK/wakeup"
     "$WORK/wakeup" spin
+    # An open-loop load generator sleeps until each message is due: what one short
+    # sleep costs (its CPU, and how late it ends) bounds how finely it can pace.
+    cat >"$WORK/sleep.c" <<'EOF'
+#include <stdio.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/time.h>
+#include <time.h>
+#define CALLS 20000
+static double us(struct timeval t) { return t.tv_sec * 1e6 + t.tv_usec; }
+int main(void) {
+    struct timespec pause = {0, 10000}, a, b;
+    struct rusage r0, r1;
+    prctl(PR_SET_TIMERSLACK, 1000UL, 0UL, 0UL, 0UL); /* as weir-bench's producers */
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    getrusage(RUSAGE_SELF, &r0);
+    for (int i = 0; i < CALLS; i++) nanosleep(&pause, NULL);
+    getrusage(RUSAGE_SELF, &r1);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    double wall = ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / 1e3 / CALLS;
+    double cpu = (us(r1.ru_utime) - us(r0.ru_utime) + us(r1.ru_stime) - us(r0.ru_stime)) / CALLS;
+    printf("%-32s %6.1f µs CPU per call, %6.1f µs per call   (nanosleep 10 µs, %d calls)\n",
+           "sleep_10us", cpu, wall, CALLS);
+    return 0;
+}
+EOF
+    cc -O2 "$WORK/sleep.c" -o "$WORK/sleep"
+    "$WORK/sleep"
 else
     echo "thread wake-up: no C compiler (cc); skipped"
 fi
