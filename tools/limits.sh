@@ -14,6 +14,8 @@
 #   - the cost of waking a sleeping thread: two threads pass a turn back and forth
 #     through a mutex and condition variable (each asleep until its turn, as the
 #     broker's threads are between messages), and by spinning (needs a C compiler)
+#   - what one 10 µs nanosleep costs in CPU and in time (an open-loop load generator
+#     sleeps until each message is due; needs a C compiler)
 #
 # Usage: tools/limits.sh [DIR]   (DIR: where fio writes; default $TMPDIR or /tmp —
 # the same file system weir-bench --embedded uses for its data directory)

@@ -130,9 +130,10 @@ pub struct Config {
     /// Connection runtimes in `thread_per_core` mode; 0 = one per available CPU.
     pub runtime_threads: usize,
     /// Let the kernel back the `weir-broker` process's memory with transparent huge
-    /// pages. Off by default: a first touch of a 2 MiB page is one page fault that
-    /// zeroes 2 MiB on the touching thread (`crate::huge_pages`). Read by the binary
-    /// only; an embedded broker leaves the process's setting alone.
+    /// pages (its system policy applies). Off by default: a first touch of a 2 MiB
+    /// page is one page fault that zeroes 2 MiB on the touching thread
+    /// (`crate::huge_pages`). Read by the binary only; an embedded broker leaves the
+    /// process's setting alone.
     pub transparent_huge_pages: bool,
     /// Close a connection that sent nothing (not even a heartbeat) for this long.
     pub idle_timeout_ms: u64,
@@ -513,8 +514,8 @@ impl Default for Config {
             max_frame_bytes: weir_protocol::frame::DEFAULT_MAX_FRAME_BYTES,
             max_connections: 10_000,
             runtime: RuntimeSetting::MultiThread,
-            transparent_huge_pages: false,
             runtime_threads: 0,
+            transparent_huge_pages: false,
             max_in_flight_per_connection: 64,
             idle_timeout_ms: 10 * 60 * 1000,
             io_timeout_ms: 30_000,

@@ -144,7 +144,8 @@ fn main() -> anyhow::Result<()> {
         config.cluster_join = true;
     }
     config.validate()?;
-    // Before the runtime starts its threads, so every thread's memory follows it.
+    // Before the runtime and the broker allocate their working memory: the flag
+    // covers faults from now on, and pages already touched stay as they are.
     weir_broker::huge_pages::apply(config.transparent_huge_pages);
     // Thread-per-core runs connections on runtimes of their own (server::runtimes);
     // the control plane then needs only one thread.

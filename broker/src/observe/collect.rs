@@ -590,7 +590,7 @@ impl Scrape {
         gauge(
             enc,
             "weir_process_transparent_huge_pages",
-            "1 when the kernel may give the process transparent huge pages, 0 when they are off for it.",
+            "0 when transparent huge pages are turned off for the process (PR_SET_THP_DISABLE), 1 when the system policy applies.",
             p.transparent_huge_pages.map(|v| (Vec::new(), v)),
         )?;
         let d = super::process::disk(&self.state.config.data_dir);

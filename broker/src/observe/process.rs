@@ -17,8 +17,9 @@ pub struct ProcessStats {
     pub open_fds: Option<u64>,
     /// The soft limit on open files.
     pub max_fds: Option<u64>,
-    /// 1 when the kernel may give this process transparent huge pages, 0 when they
-    /// are turned off for it (`transparent_huge_pages`, `crate::huge_pages`).
+    /// 0 when transparent huge pages are wholly off for this process
+    /// (`transparent_huge_pages`, `crate::huge_pages`), 1 when the system policy
+    /// applies to it.
     pub transparent_huge_pages: Option<u64>,
 }
 

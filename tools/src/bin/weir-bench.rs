@@ -28,11 +28,9 @@ fn main() -> ExitCode {
         eprintln!("weir-bench: {e:#}");
         return ExitCode::from(2);
     }
-    // Before the runtime starts its threads (an embedded broker's included).
-    if !cli.huge_pages {
-        if let Err(e) = weir_broker::huge_pages::disable_for_process() {
-            eprintln!("weir-bench: transparent huge pages stay on: {e}");
-        }
+    // Before the runtime (and an embedded broker) allocate their working memory.
+    if let Err(e) = weir_broker::huge_pages::set_disabled_for_process(!cli.huge_pages) {
+        eprintln!("weir-bench: cannot set transparent huge pages: {e}");
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
