@@ -211,6 +211,11 @@ pub(super) struct ColdReads {
 /// How far ahead of a cold read its file is read in.
 const READ_AHEAD_BYTES: u64 = 8 * 1024 * 1024;
 
+/// Most separate ranges waiting for the running drop job: readers jumping between
+/// segments while one drop waits on the disk could otherwise grow the list without
+/// bound.
+const DUE_MAX: usize = 256;
+
 impl ColdReads {
     pub(super) fn new(window: u64, dropped: Arc<AtomicU64>) -> ColdReads {
         ColdReads {
@@ -263,15 +268,33 @@ impl ColdReads {
             if end <= *f {
                 break;
             }
-            self.due.push((l.clone(), *f, end));
-            self.bytes -= end - *f;
+            let taken = (l.clone(), *f, end);
             *f = end;
             if *f >= *t {
                 self.ranges.pop_front();
             }
+            self.bytes -= taken.2 - taken.1;
+            self.push_due(taken.0, taken.1, taken.2);
         }
         self.drop_due();
         self.read_ahead(log, to);
+    }
+
+    /// Adds `[from, to)` of `log` to the ranges due: onto the newest one when it ends
+    /// where this begins (a reader going forward makes one range however long the
+    /// running drop takes), else as a range of its own while fewer than [`DUE_MAX`]
+    /// wait. Beyond that the range is let go: its pages stay cached until the kernel
+    /// reclaims them, which costs memory, never data.
+    fn push_due(&mut self, log: Weak<MappedLog>, from: u64, to: u64) {
+        if let Some((l, _, t)) = self.due.last_mut() {
+            if Weak::ptr_eq(l, &log) && *t == from {
+                *t = to;
+                return;
+            }
+        }
+        if self.due.len() < DUE_MAX {
+            self.due.push((log, from, to));
+        }
     }
 
     /// Asks for the dropped bytes after `to` to be read in, on a storage worker (the
@@ -510,10 +533,8 @@ mod tests {
         }
         assert_eq!(c.ranges.len(), 1);
         let due: Vec<(u64, u64)> = c.due.iter().map(|(_, f, t)| (*f, *t)).collect();
-        assert!(!due.is_empty());
-        for w in due.windows(2) {
-            assert_eq!(w[0].1, w[1].0, "due ranges leave a gap: {due:?}");
-        }
+        // While the job runs, everything due joins one range: no gap, no growth.
+        assert_eq!(due.len(), 1, "{due:?}");
         assert_eq!(due[0].0, 0);
         let kept_from = due.last().unwrap().1;
         assert_eq!(kept_from % 4096, 0);
@@ -522,6 +543,31 @@ mod tests {
         assert!(120_000 - kept_from <= 64 * 1024 + 4096 && 120_000 - kept_from > 60 * 1024);
         c.read(&b, 0, 3_000);
         assert_eq!(c.ranges.len(), 2);
+        release.send(Ok(())).unwrap();
+    }
+
+    /// Ranges that cannot join wait as ranges of their own, at most `DUE_MAX` of them
+    /// while a drop runs; more are let go.
+    #[test]
+    fn ranges_waiting_for_a_running_drop_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = mapped(dir.path(), "a", 4 << 20);
+        a.dropped_to
+            .store(4 << 20, std::sync::atomic::Ordering::Release);
+        // keep = 2 pages, the least: nearly every read falls due at once.
+        let mut c = ColdReads::new(0, Default::default());
+        let (held, release) = crate::storage::workers::Task::held();
+        c.job = Some(held);
+        // One page read, one skipped, going backwards: no range joins another.
+        let read = |c: &mut ColdReads, i: u64| c.read(&a, 2 * i * 4096, (2 * i + 1) * 4096);
+        for i in (200..500u64).rev().take(100) {
+            read(&mut c, i);
+        }
+        assert!(c.due.len() >= 90, "separate ranges: {}", c.due.len());
+        for i in (0..400u64).rev() {
+            read(&mut c, i);
+        }
+        assert_eq!(c.due.len(), super::DUE_MAX, "capped, not grown");
         release.send(Ok(())).unwrap();
     }
 
