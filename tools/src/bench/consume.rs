@@ -19,6 +19,7 @@ use super::progress::spawn_progress;
 use super::report::{group_digits, new_histogram, record_ns, LatencySummary, Report};
 use super::run::{shards_of, Run, Stop};
 use super::target::Target;
+use super::timeline::Timeline;
 
 /// What one consumer saw (consume and e2e).
 pub struct ConsStats {
@@ -26,6 +27,8 @@ pub struct ConsStats {
     /// e2e: from the producer's hand-off to the SDK (see `Report::from_send`).
     pub from_send: Histogram<u64>,
     pub classes: [Histogram<u64>; 4],
+    /// e2e: latency over time (see `timeline.rs`).
+    pub timeline: Timeline,
     pub received: u64,
     pub measured: u64,
     pub last: Option<Instant>,
@@ -39,6 +42,7 @@ impl ConsStats {
             latency: new_histogram(),
             from_send: new_histogram(),
             classes: std::array::from_fn(|_| new_histogram()),
+            timeline: Timeline::default(),
             received: 0,
             measured: 0,
             last: None,
@@ -310,5 +314,6 @@ fn consume_report(
         settings: run.settings(),
         notes,
         plot: run.plot_data(&lat, &std::array::from_fn(|_| new_histogram())),
+        timeline: None,
     })
 }

@@ -20,6 +20,7 @@ use super::progress::spawn_progress;
 use super::report::{class_summaries, new_histogram, record_ns, LatencySummary, Report};
 use super::run::{shards_of, Run, Stop};
 use super::target::Target;
+use super::timeline::Timeline;
 
 /// Runs the e2e mode and reports its figures.
 pub async fn run_e2e(
@@ -131,6 +132,7 @@ fn time_messages(run: &Run, st: &mut ConsStats, msgs: &[Message], now: Instant) 
         }
         let lat = now_ns.saturating_sub(ts);
         record_ns(&mut st.latency, lat);
+        st.timeline.record(now_ns, lat);
         if let Some(sent) = m.value.get(8..16) {
             let sent = u64::from_le_bytes(sent.try_into().expect("8 bytes"));
             record_ns(&mut st.from_send, now_ns.saturating_sub(sent));
@@ -145,11 +147,13 @@ fn e2e_report(run: &Run, st: &[ConsStats], pstats: &[ProdStats]) -> anyhow::Resu
     let mut lat = new_histogram();
     let mut from_send = new_histogram();
     let mut classes: [Histogram<u64>; 4] = std::array::from_fn(|_| new_histogram());
+    let mut timeline = Timeline::default();
     let (mut measured, mut got, mut errors, mut end) = (0u64, 0u64, 0u64, run.warmup_end);
     let mut notes = Vec::new();
     for s in st {
         lat.add(&s.latency)?;
         from_send.add(&s.from_send)?;
+        timeline.merge(&s.timeline);
         for (a, b) in classes.iter_mut().zip(&s.classes) {
             a.add(b)?;
         }
@@ -200,5 +204,6 @@ fn e2e_report(run: &Run, st: &[ConsStats], pstats: &[ProdStats]) -> anyhow::Resu
         settings: run.settings(),
         notes,
         plot: run.plot_data(&lat, &classes),
+        timeline: Some(timeline),
     })
 }

@@ -46,6 +46,7 @@ pub mod ramp;
 pub mod report;
 pub mod run;
 pub mod target;
+pub mod timeline;
 
 use args::{Args, Mode};
 use report::Report;

@@ -188,5 +188,6 @@ fn produce_report(run: &Run, t: ProduceTotals) -> Report {
         settings: set,
         notes,
         plot: run.plot_data(&t.batches, &t.classes),
+        timeline: None,
     }
 }

@@ -10,6 +10,7 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
 
 use super::mix::{PriorityMix, CLASS_NAMES};
+use super::timeline::{Timeline, SLOT};
 
 /// Percentiles reported, with their JSON keys.
 pub const QUANTILES: [(&str, f64); 5] = [
@@ -117,6 +118,8 @@ pub struct Report {
     pub notes: Vec<String>,
     /// Latency curves and throughput over time, for `--plot`.
     pub plot: crate::bench::plot::PlotData,
+    /// e2e: latency per 100 ms of the consumers' clock (`timeline.rs`).
+    pub timeline: Option<Timeline>,
 }
 
 impl Report {
@@ -138,7 +141,8 @@ impl Report {
 
     /// One JSON object: mode, messages, bytes, duration_s, msgs_per_s, mb_per_s,
     /// latency_us {p50, p90, p99, p999, p9999, max, count}, classes {pN: {…}},
-    /// latency_from_send_us (e2e; else null), latency_kind, errors, settings, notes.
+    /// latency_from_send_us (e2e; else null), latency_kind, errors, settings, notes,
+    /// timeline (e2e: one object per 100 ms of receive time; else null).
     pub fn to_json(&self) -> Value {
         let classes: Map<String, Value> = self
             .classes
@@ -159,6 +163,7 @@ impl Report {
             "errors": self.errors,
             "settings": self.settings,
             "notes": self.notes,
+            "timeline": self.timeline.as_ref().map(Timeline::to_json),
         })
     }
 
@@ -195,6 +200,24 @@ impl Report {
         }
         for (k, v) in &self.classes {
             let _ = writeln!(s, "    {k:<4} {}", v.human());
+        }
+        if let Some(t) = &self.timeline {
+            let (slow, used) = t.slow_slots();
+            let _ = writeln!(
+                s,
+                "  over time: {slow} of {used} slots of {} ms hold a message over 5 ms",
+                SLOT.as_millis()
+            );
+            for (at, w) in t.worst(3).iter().filter(|(_, w)| w.over_1ms > 0) {
+                let _ = writeln!(
+                    s,
+                    "    at {at:.1} s: {} of {} messages over 5 ms, {} over 1 ms, max {:.1} ms",
+                    w.over_5ms,
+                    w.messages,
+                    w.over_1ms,
+                    w.max_ns as f64 / 1e6
+                );
+            }
         }
         let _ = writeln!(s, "  errors  {}", self.errors);
         for n in &self.notes {
@@ -287,6 +310,7 @@ mod tests {
             settings: Map::new(),
             notes: vec![],
             plot: Default::default(),
+            timeline: None,
         }
     }
 
