@@ -157,10 +157,14 @@ pub struct Config {
     /// bytes (at most the topic's `segment_bytes`) instead of all at once.
     pub segment_preallocate_bytes: u64,
     /// Write-behind of topic shards: start write-back of every this many appended
-    /// bytes at once (`sync_file_range`, on a storage worker), so interval and durable
-    /// flushes find little dirty data; 0 = off (the default: BENCHMARKS.md, "Write-behind,
-    /// session 12", for when it pays).
+    /// bytes (`sync_file_range`, on a storage worker), so interval and durable flushes
+    /// find little dirty data; 0 = off. On by default since session 19, adaptive
+    /// (`flush_write_behind_max_bytes_per_second`; BENCHMARKS.md, "Session 19").
     pub flush_write_behind_bytes: u64,
+    /// Write-behind lets appended bytes go by while the broker's process appends
+    /// faster than this (all shards together): a burst's write-back is left to the
+    /// flushes and the page-cache window. 0 = no limit.
+    pub flush_write_behind_max_bytes_per_second: u64,
     /// Most bytes a topic shard's writer hands the kernel in one `pwritev`; larger
     /// appends take several calls. 0 = one call per run of batches. Bounded, the page
     /// cache gets small folios, which a VM that returns free memory to its host
@@ -529,7 +533,8 @@ impl Default for Config {
             default_max_message_bytes: 8 * 1024 * 1024,
             index_interval_bytes: 4096,
             segment_preallocate_bytes: crate::storage::DEFAULT_PREALLOCATE_BYTES,
-            flush_write_behind_bytes: 0,
+            flush_write_behind_bytes: 8 * 1024 * 1024,
+            flush_write_behind_max_bytes_per_second: 256 * 1024 * 1024,
             segment_write_call_bytes: crate::storage::DEFAULT_WRITE_CALL_BYTES,
             page_cache_window_bytes: crate::storage::DEFAULT_PAGE_CACHE_WINDOW_BYTES,
             shard_queue_depth: 1024,

@@ -611,6 +611,7 @@ impl TopicRegistry {
             retention_bytes: config.retention_bytes,
             at_rest: self.at_rest.clone(),
             write_behind_bytes: self.config.flush_write_behind_bytes,
+            write_behind_max_bytes_per_sec: self.config.flush_write_behind_max_bytes_per_second,
             write_call_bytes: self.config.segment_write_call_bytes,
             page_cache_window_bytes: self.config.page_cache_window_bytes,
         }

@@ -374,30 +374,10 @@ fn drop_range(log: &MappedLog, from: u64, to: u64) -> bool {
         );
         return false;
     }
-    // The kernel's side of a drop takes about a microsecond per page, and on a small
-    // machine the thread doing it holds a core the writer, connections and fetches
-    // are waiting for: one 16 MiB call stalled an e2e run's messages for 2-5 ms every
-    // step (BENCHMARKS.md, "Session 19"). So the pages go in calls of
-    // `DROP_CALL_BYTES`, and the thread offers its core to waiting threads between
-    // calls.
-    let mut at = from;
-    while at < to {
-        let end = to.min(at + DROP_CALL_BYTES);
-        if at > from {
-            std::thread::yield_now();
-        }
-        unmap_and_drop(log, &own, at, end);
-        at = end;
-    }
+    // In calls of a bounded size, so the drop never holds a core for long.
+    super::segment::in_page_calls(from, to, |a, b| unmap_and_drop(log, &own, a, b));
     true
 }
-
-/// Most bytes one `madvise` / `posix_fadvise` call of a drop covers (in tests less
-/// than the tests' steps, so that their drops take several calls).
-#[cfg(not(test))]
-const DROP_CALL_BYTES: u64 = 1024 * 1024;
-#[cfg(test)]
-const DROP_CALL_BYTES: u64 = 16 * 1024;
 
 /// Unmaps `[from, to)` from `log`'s map and drops it from the page cache (`own` is a
 /// descriptor of the same file). `from` is page-aligned.

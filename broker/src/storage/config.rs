@@ -30,6 +30,10 @@ pub struct LogConfig {
     /// waiting), so the next flush finds little dirty data. 0 = off (the kernel's own
     /// write-back and the flushes decide).
     pub write_behind_bytes: u64,
+    /// Write-behind lets the bytes go by while the process appends faster than this
+    /// (all its logs together): a burst's write-back is left to the flush and the
+    /// page-cache window. 0 = no limit.
+    pub write_behind_max_bytes_per_sec: u64,
     /// Most bytes one `pwritev` of appended batches carries; a larger append is
     /// written in several calls. 0 = one call per run of batches. The kernel gives a
     /// buffered write page-cache folios sized by the call's length, and on a VM whose
@@ -77,6 +81,7 @@ impl Default for LogConfig {
             retention_bytes: 0,
             at_rest: None,
             write_behind_bytes: 0,
+            write_behind_max_bytes_per_sec: 0,
             write_call_bytes: DEFAULT_WRITE_CALL_BYTES,
             page_cache_window_bytes: DEFAULT_PAGE_CACHE_WINDOW_BYTES,
         }

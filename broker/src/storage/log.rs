@@ -14,6 +14,7 @@ use std::io::IoSlice;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use bytes::Bytes;
 use weir_protocol::batch::{self, BatchHeader, BATCH_HEADER_BYTES};
@@ -123,7 +124,7 @@ impl Shared {
 
 /// The single writer of one shard's log. Not `Clone`; readers come from [`Log::reader`].
 pub struct Log {
-    config: LogConfig,
+    pub(super) config: LogConfig,
     pub(super) shared: Arc<Shared>,
     pub(super) active: Active,
     /// Closed segments not yet made durable (synced by the next `flush`).
@@ -151,10 +152,18 @@ pub struct Log {
     pub(super) write_behind_from: u64,
     /// The last write-back start, running on a storage worker (at most one at a time).
     pub(super) write_behind_job: Option<Task<()>>,
+    /// When write-behind last decided, and [`APPENDED_BYTES`] then: the process's
+    /// ingest rate since is what `write_behind_max_bytes_per_sec` is checked against.
+    write_behind_mark: (Instant, u64),
     /// What of the log's files is still cached (`page_cache_window_bytes`).
     pub(super) cache_window: CacheWindow,
     _lock: File,
 }
+
+/// Bytes appended by all logs of this process: write-behind's measure of how fast
+/// the machine is taking writes (see [`Log::write_behind`]). Process-wide on purpose:
+/// brokers embedded in one process share its cores and disks.
+static APPENDED_BYTES: AtomicU64 = AtomicU64::new(0);
 
 impl Log {
     /// Opens (creating if needed) the log in `dir`, recovering a torn tail.
@@ -208,6 +217,7 @@ impl Log {
             deletions: Vec::new(),
             write_behind_from: 0,
             write_behind_job: None,
+            write_behind_mark: (Instant::now(), APPENDED_BYTES.load(Ordering::Relaxed)),
             cache_window,
             _lock: lock,
         };
@@ -334,6 +344,14 @@ impl Log {
     /// The start runs on a storage worker, not here: `sync_file_range` submits the
     /// pages itself, which took 18 % of the writer thread's time at 1 GB/s. While one
     /// start still runs the next waits, and then covers everything appended since.
+    ///
+    /// While this process appends faster than `write_behind_max_bytes_per_sec` (all
+    /// its logs together, since the last decision of this one), write-behind lets the
+    /// bytes go by: in a burst the write-back it starts competes for the cores with
+    /// the appends (an 8-shard burst of 0.8 GB in a second ran 15-20 % slower with it),
+    /// while the flush and the page-cache window would write the same bytes back
+    /// later in fewer, larger calls. At a steady, lower rate it is what keeps the
+    /// flush short (BENCHMARKS.md, "Session 19").
     fn write_behind(&mut self) {
         let every = self.config.write_behind_bytes;
         let pos = self.active.pos;
@@ -349,6 +367,10 @@ impl Log {
         {
             return;
         }
+        if self.ingest_too_fast_for_write_behind() {
+            self.write_behind_from = pos;
+            return;
+        }
         let file = match self.active.seg.log.file.try_clone() {
             Ok(f) => f,
             Err(e) => {
@@ -359,10 +381,27 @@ impl Log {
         let from = self.write_behind_from;
         self.write_behind_from = pos;
         self.write_behind_job = Some(workers::run(move || {
-            if let Err(e) = segment::start_write_back(&file, from, pos) {
-                tracing::debug!(error = %e, "write-behind hint failed");
-            }
+            // In calls of a bounded size: one 8 MiB start held a core for milliseconds.
+            segment::in_page_calls(from, pos, |a, b| {
+                if let Err(e) = segment::start_write_back(&file, a, b) {
+                    tracing::debug!(error = %e, "write-behind hint failed");
+                }
+            });
         }));
+    }
+
+    /// Whether the process appended faster than `write_behind_max_bytes_per_sec` since
+    /// this log's last write-behind decision (which this one now is).
+    fn ingest_too_fast_for_write_behind(&mut self) -> bool {
+        let now = Instant::now();
+        let bytes = APPENDED_BYTES.load(Ordering::Relaxed);
+        let (then, before) = std::mem::replace(&mut self.write_behind_mark, (now, bytes));
+        let max = self.config.write_behind_max_bytes_per_sec;
+        if max == 0 {
+            return false;
+        }
+        let secs = now.duration_since(then).as_secs_f64();
+        bytes.saturating_sub(before) as f64 > max as f64 * secs
     }
 
     /// Lets readers see everything appended: the one place the high-water mark moves.
@@ -576,6 +615,7 @@ impl Log {
             slices.push(IoSlice::new(stamp));
             slices.push(IoSlice::new(&b[8..]));
         }
+        APPENDED_BYTES.fetch_add(self.active.pos - run.start, Ordering::Relaxed);
         let log = &self.active.seg.log;
         segment::write_all_at(
             &log.file,

@@ -182,6 +182,28 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
         .map_err(io_err(dir))
 }
 
+/// Most bytes one page-cache call of a background job (a write-back start, a drop's
+/// `madvise` and `posix_fadvise`) covers; the job offers its core to waiting threads
+/// between calls. The kernel spends about a microsecond per page in such a call, and
+/// on a small machine the thread making it holds a core the writer, connections and
+/// fetches are waiting for: one 16 MiB drop held it for 2-5 ms (BENCHMARKS.md,
+/// "Session 19"). Smaller in tests, so that their jobs take several calls.
+pub(crate) const PAGE_CALL_BYTES: u64 = if cfg!(test) { 16 * 1024 } else { 1024 * 1024 };
+
+/// Calls `each` on `[from, to)` in consecutive pieces of at most [`PAGE_CALL_BYTES`]
+/// (page-aligned when `from` is), yielding the thread's core between them.
+pub(crate) fn in_page_calls(from: u64, to: u64, mut each: impl FnMut(u64, u64)) {
+    let mut at = from;
+    while at < to {
+        if at > from {
+            std::thread::yield_now();
+        }
+        let end = to.min(at + PAGE_CALL_BYTES);
+        each(at, end);
+        at = end;
+    }
+}
+
 /// Asks the kernel to start writing back `[from, to)` of `file` without waiting for
 /// it (`sync_file_range(SYNC_FILE_RANGE_WRITE)`): a hint that makes no data durable
 /// (no metadata, no device cache flush), so only a later flush's `fdatasync` counts.

@@ -35,6 +35,7 @@ fn small_config(segment_bytes: u64) -> LogConfig {
         preallocate_bytes: 16 * 1024,
         at_rest: None,
         write_behind_bytes: 0,
+        write_behind_max_bytes_per_sec: 0,
         // Odd-sized calls, so appends are split, batches and stamps cut mid-way.
         write_call_bytes: 3001,
         // A small window, so appends drop what readers read back.
@@ -196,6 +197,28 @@ fn append_then_read_back_across_segments() {
     assert_eq!(info.base_offset, hwm);
 }
 
+/// A background page-cache job's range is covered exactly, in order, by calls of at
+/// most `PAGE_CALL_BYTES`.
+#[test]
+fn page_calls_cover_the_range_in_bounded_pieces() {
+    for (from, to) in [
+        (0, 0),
+        (5, 6),
+        (4096, 3 * segment::PAGE_CALL_BYTES + 77),
+        (0, 1 << 20),
+    ] {
+        let mut pieces = Vec::new();
+        segment::in_page_calls(from, to, |a, b| pieces.push((a, b)));
+        let mut at = from;
+        for &(a, b) in &pieces {
+            assert_eq!(a, at, "pieces follow each other");
+            assert!(b > a && b - a <= segment::PAGE_CALL_BYTES, "piece {a}..{b}");
+            at = b;
+        }
+        assert_eq!(at, to.max(from), "{from}..{to} covered: {pieces:?}");
+    }
+}
+
 /// Write-behind starts write-back every `write_behind_bytes` of the active file and
 /// again from the start of a new segment; the data reads back the same either way.
 #[test]
@@ -247,6 +270,43 @@ fn write_behind_kicks_every_step_and_restarts_after_a_roll() {
         log.append(&[make_batch(i, 4, 2000, 1000)]).unwrap();
     }
     assert_eq!(log.write_behind_from, 0);
+}
+
+/// While the process appends faster than `write_behind_max_bytes_per_sec`, write-behind
+/// starts no write-back and lets the bytes go by (the flush writes them); at a rate
+/// under the limit it starts again.
+#[test]
+fn write_behind_lets_a_burst_go_by() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        write_behind_bytes: 64 * 1024,
+        // Any burst is over one byte per second.
+        write_behind_max_bytes_per_sec: 1,
+        ..small_config(1 << 20)
+    };
+    let mut log = Log::open(dir.path(), config).unwrap();
+    let mut passed = Vec::new();
+    for i in 0..40u64 {
+        log.append(&[make_batch(i, 4, 2000, 1000)]).unwrap();
+        assert!(log.write_behind_job.is_none(), "no start in a burst");
+        if passed.last() != Some(&log.write_behind_from) {
+            passed.push(log.write_behind_from);
+        }
+    }
+    // The decision points moved on a step at a time: nothing is left to start later.
+    assert!(passed.len() >= 4, "passed at {passed:?}");
+    assert!(log.active.pos - log.write_behind_from < 64 * 1024);
+    // The same appends under a limit they stay below start write-back.
+    log.config.write_behind_max_bytes_per_sec = u64::MAX;
+    let from = log.write_behind_from;
+    for i in 40..80u64 {
+        log.append(&[make_batch(i, 4, 2000, 1000)]).unwrap();
+        if log.write_behind_job.is_some() {
+            break;
+        }
+    }
+    assert!(log.write_behind_job.is_some(), "a start under the limit");
+    assert!(log.write_behind_from > from);
 }
 
 /// A write-back start still running defers the next one, which then covers every
