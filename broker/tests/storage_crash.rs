@@ -32,7 +32,9 @@ fn config(sealed: bool) -> LogConfig {
         preallocate_bytes: 16 * 1024,
         at_rest: sealed
             .then(|| AtRest::new(vec![(1, [0x5a; 32], "crash test key".into())], 1).expect("keys")),
-        write_behind_bytes: 0,
+        // Write-behind on, unlimited, so that kills also land while write-back starts.
+        write_behind_bytes: 64 * 1024,
+        write_behind_max_bytes_per_sec: 0,
         write_call_bytes: weir_broker::storage::DEFAULT_WRITE_CALL_BYTES,
         page_cache_window_bytes: 1 << 20,
     }
