@@ -317,6 +317,21 @@ impl Scrape {
                 .map(|(l, s)| (l.clone(), s.reader().page_cache_dropped_bytes()))
                 .collect::<Vec<_>>(),
         )?;
+        let mut write_behind = Vec::new();
+        for (l, s) in &shards {
+            let (started, let_go) = s.reader().write_behind_bytes();
+            for (how, n) in [("started", started), ("let_go", let_go)] {
+                let mut l = l.clone();
+                l.push(("how", how.to_string()));
+                write_behind.push((l, n));
+            }
+        }
+        counter(
+            enc,
+            "weir_shard_write_behind_bytes",
+            "Appended bytes write-behind started writing back (flush_write_behind_bytes), or let go by while the broker appended faster than flush_write_behind_max_bytes_per_second.",
+            write_behind,
+        )?;
         counter(
             enc,
             "weir_shard_group_cuts",

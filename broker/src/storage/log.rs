@@ -93,6 +93,10 @@ pub(super) struct Shared {
     pub cold_reads: std::sync::Mutex<ColdReads>,
     /// Bytes the page-cache window dropped so far (`page_cache_window_bytes`).
     pub page_cache_dropped: Arc<AtomicU64>,
+    /// Appended bytes write-behind started writing back, and bytes it let go by in a
+    /// burst (`write_behind_bytes`, `write_behind_max_bytes_per_sec`).
+    pub write_behind_started: AtomicU64,
+    pub write_behind_let_go: AtomicU64,
 }
 
 impl Shared {
@@ -198,6 +202,8 @@ impl Log {
                 Arc::clone(&page_cache_dropped),
             )),
             page_cache_dropped: Arc::clone(&page_cache_dropped),
+            write_behind_started: AtomicU64::new(0),
+            write_behind_let_go: AtomicU64::new(0),
         });
         shared.publish_tombstones(tombstones);
         let cache_window = CacheWindow::new(window, page_cache_dropped);
@@ -367,8 +373,12 @@ impl Log {
         {
             return;
         }
+        let bytes = pos - self.write_behind_from;
         if self.ingest_too_fast_for_write_behind() {
             self.write_behind_from = pos;
+            self.shared
+                .write_behind_let_go
+                .fetch_add(bytes, Ordering::Relaxed);
             return;
         }
         let file = match self.active.seg.log.file.try_clone() {
@@ -380,6 +390,9 @@ impl Log {
         };
         let from = self.write_behind_from;
         self.write_behind_from = pos;
+        self.shared
+            .write_behind_started
+            .fetch_add(bytes, Ordering::Relaxed);
         self.write_behind_job = Some(workers::run(move || {
             // In calls of a bounded size: one 8 MiB start held a core for milliseconds.
             segment::in_page_calls(from, pos, |a, b| {
@@ -1390,6 +1403,15 @@ impl LogReader {
     /// Bytes dropped from the page cache so far by the log's page-cache window.
     pub fn page_cache_dropped_bytes(&self) -> u64 {
         self.shared.page_cache_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Appended bytes write-behind started writing back, and bytes it let go by while
+    /// the process appended too fast for it.
+    pub fn write_behind_bytes(&self) -> (u64, u64) {
+        (
+            self.shared.write_behind_started.load(Ordering::Relaxed),
+            self.shared.write_behind_let_go.load(Ordering::Relaxed),
+        )
     }
 
     /// The first offset still held.

@@ -296,6 +296,12 @@ fn write_behind_lets_a_burst_go_by() {
     // The decision points moved on a step at a time: nothing is left to start later.
     assert!(passed.len() >= 4, "passed at {passed:?}");
     assert!(log.active.pos - log.write_behind_from < 64 * 1024);
+    let (started, let_go) = log.reader().write_behind_bytes();
+    assert_eq!(
+        (started, let_go),
+        (0, log.write_behind_from),
+        "counted as let go"
+    );
     // The same appends under a limit they stay below start write-back.
     log.config.write_behind_max_bytes_per_sec = u64::MAX;
     let from = log.write_behind_from;
@@ -307,6 +313,11 @@ fn write_behind_lets_a_burst_go_by() {
     }
     assert!(log.write_behind_job.is_some(), "a start under the limit");
     assert!(log.write_behind_from > from);
+    assert_eq!(
+        log.reader().write_behind_bytes(),
+        (log.write_behind_from - from, from),
+        "counted as started"
+    );
 }
 
 /// A write-back start still running defers the next one, which then covers every
