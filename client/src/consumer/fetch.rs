@@ -291,7 +291,21 @@ impl Consumer {
         let priority = self.config.order == DeliveryOrder::Priority;
         // One allocation per response; every message of it shares the name.
         let name: Arc<str> = f.topic.as_str().into();
-        for b in split_batches(records.to_bytes()) {
+        let records = records.to_bytes();
+        if !whole {
+            // Room for every record of the response at once, instead of growing the
+            // buffer batch by batch (each growth copies every message buffered so
+            // far). A count is trusted only as far as its batch's bytes can hold.
+            let n: usize = split_batches(records.clone())
+                .filter_map(|b| b.ok())
+                .filter_map(|b| {
+                    let h = batch::BatchHeader::read(&b).ok()?;
+                    Some((h.record_count as usize).min(b.len() / batch::RECORD_MIN_BYTES))
+                })
+                .sum();
+            self.buffered.reserve(n);
+        }
+        for b in split_batches(records) {
             let b = b?;
             let bad =
                 |e: weir_protocol::DecodeError| ClientError::Protocol(format!("bad batch: {e}"));
@@ -321,9 +335,6 @@ impl Consumer {
             // none of them out).
             let before = self.buffered.len();
             let buffered = &mut self.buffered;
-            if let Ok(h) = batch::BatchHeader::read(&b) {
-                buffered.reserve(h.record_count.min(1 << 16) as usize);
-            }
             let checked = batch::decode_records(&b, |r| {
                 if r.offset >= from {
                     buffered.push_back(Message::from_record(&name, f.shard, r));
