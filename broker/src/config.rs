@@ -162,7 +162,8 @@ pub struct Config {
     /// (`flush_write_behind_max_bytes_per_second`; BENCHMARKS.md, "Session 19").
     pub flush_write_behind_bytes: u64,
     /// Write-behind lets appended bytes go by while the broker's process appends
-    /// faster than this (all shards together): a burst's write-back is left to the
+    /// faster than this (all its logs together, measured over the second half of each
+    /// write-behind step), in a burst or steadily: that write-back is left to the
     /// flushes and the page-cache window. 0 = no limit.
     pub flush_write_behind_max_bytes_per_second: u64,
     /// Most bytes a topic shard's writer hands the kernel in one `pwritev`; larger

@@ -366,6 +366,11 @@ fn drop_range(log: &MappedLog, from: u64, to: u64) -> bool {
         (Ok(a), Ok(b)) if a.dev() == b.dev() && a.ino() == b.ino() => {}
         _ => return false, // the path names another file now (compaction)
     }
+    // The write-back is started in bounded calls too (what a burst let go by is all
+    // dirty here), then waited for once.
+    super::segment::in_page_calls(from, to, |a, b| {
+        super::segment::start_write_back(&own, a, b).is_ok()
+    });
     if let Err(e) = super::segment::write_back(&own, from, to, true) {
         tracing::warn!(
             path = %log.path.display(),
@@ -375,7 +380,10 @@ fn drop_range(log: &MappedLog, from: u64, to: u64) -> bool {
         return false;
     }
     // In calls of a bounded size, so the drop never holds a core for long.
-    super::segment::in_page_calls(from, to, |a, b| unmap_and_drop(log, &own, a, b));
+    super::segment::in_page_calls(from, to, |a, b| {
+        unmap_and_drop(log, &own, a, b);
+        true
+    });
     true
 }
 

@@ -25,14 +25,16 @@ pub struct LogConfig {
     /// Encryption at rest: new batches are sealed with its write key, sealed batches
     /// are opened for readers. `None` = no keys (sealed data cannot be opened).
     pub at_rest: Option<AtRest>,
-    /// Write-behind: once this many bytes were appended since the last kick, the
-    /// writer asks the kernel to start writing them back (`sync_file_range`, without
-    /// waiting), so the next flush finds little dirty data. 0 = off (the kernel's own
-    /// write-back and the flushes decide).
+    /// Write-behind: once this many bytes were appended since the last kick, a
+    /// storage worker asks the kernel to start writing them back (`sync_file_range`,
+    /// without waiting), so the next flush finds little dirty data. 0 = off (the
+    /// kernel's own write-back and the flushes decide). Off in `LogConfig::default()`
+    /// (internal logs); a broker's topic logs take `flush_write_behind_bytes`.
     pub write_behind_bytes: u64,
     /// Write-behind lets the bytes go by while the process appends faster than this
-    /// (all its logs together): a burst's write-back is left to the flush and the
-    /// page-cache window. 0 = no limit.
+    /// (all its logs together, internal ones included), whether in a burst or
+    /// steadily: that write-back is left to the flush and the page-cache window.
+    /// 0 = no limit.
     pub write_behind_max_bytes_per_sec: u64,
     /// Most bytes one `pwritev` of appended batches carries; a larger append is
     /// written in several calls. 0 = one call per run of batches. The kernel gives a

@@ -156,9 +156,11 @@ pub struct Log {
     pub(super) write_behind_from: u64,
     /// The last write-back start, running on a storage worker (at most one at a time).
     pub(super) write_behind_job: Option<Task<()>>,
-    /// When write-behind last decided, and [`APPENDED_BYTES`] then: the process's
-    /// ingest rate since is what `write_behind_max_bytes_per_sec` is checked against.
+    /// When the current write-behind step passed its half, and [`APPENDED_BYTES`]
+    /// then: the process's ingest rate since is what `write_behind_max_bytes_per_sec`
+    /// is checked against at the step's end.
     write_behind_mark: (Instant, u64),
+    write_behind_marked: bool,
     /// What of the log's files is still cached (`page_cache_window_bytes`).
     pub(super) cache_window: CacheWindow,
     _lock: File,
@@ -224,6 +226,7 @@ impl Log {
             write_behind_from: 0,
             write_behind_job: None,
             write_behind_mark: (Instant::now(), APPENDED_BYTES.load(Ordering::Relaxed)),
+            write_behind_marked: false,
             cache_window,
             _lock: lock,
         };
@@ -363,7 +366,16 @@ impl Log {
         let pos = self.active.pos;
         // The active file was cut back (a cluster copy truncated): start again there.
         self.write_behind_from = self.write_behind_from.min(pos);
-        if every == 0 || pos < self.write_behind_from.saturating_add(every) {
+        if every == 0 {
+            return;
+        }
+        // The rate is measured over the second half of each step: recent, even when
+        // the step began before an idle spell.
+        if !self.write_behind_marked && pos >= self.write_behind_from.saturating_add(every / 2) {
+            self.write_behind_mark = (Instant::now(), APPENDED_BYTES.load(Ordering::Relaxed));
+            self.write_behind_marked = true;
+        }
+        if pos < self.write_behind_from.saturating_add(every) {
             return;
         }
         if self
@@ -396,19 +408,22 @@ impl Log {
         self.write_behind_job = Some(workers::run(move || {
             // In calls of a bounded size: one 8 MiB start held a core for milliseconds.
             segment::in_page_calls(from, pos, |a, b| {
-                if let Err(e) = segment::start_write_back(&file, a, b) {
+                let started = segment::start_write_back(&file, a, b);
+                if let Err(e) = &started {
                     tracing::debug!(error = %e, "write-behind hint failed");
                 }
+                started.is_ok()
             });
         }));
     }
 
     /// Whether the process appended faster than `write_behind_max_bytes_per_sec` since
-    /// this log's last write-behind decision (which this one now is).
+    /// the mark of this log's step (half a step ago); the next step marks anew.
     fn ingest_too_fast_for_write_behind(&mut self) -> bool {
         let now = Instant::now();
         let bytes = APPENDED_BYTES.load(Ordering::Relaxed);
         let (then, before) = std::mem::replace(&mut self.write_behind_mark, (now, bytes));
+        self.write_behind_marked = false;
         let max = self.config.write_behind_max_bytes_per_sec;
         if max == 0 {
             return false;
@@ -747,6 +762,7 @@ impl Log {
             flushed_pos: 0,
         };
         self.write_behind_from = 0;
+        self.write_behind_marked = false;
         Ok(())
     }
 

@@ -187,19 +187,23 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
 /// between calls. The kernel spends about a microsecond per page in such a call, and
 /// on a small machine the thread making it holds a core the writer, connections and
 /// fetches are waiting for: one 16 MiB drop held it for 2-5 ms (BENCHMARKS.md,
-/// "Session 19"). Smaller in tests, so that their jobs take several calls.
+/// "Session 19"). Smaller in tests, so that their jobs take several calls (a multiple
+/// of the 4 KiB page, as `madvise` needs).
 pub(crate) const PAGE_CALL_BYTES: u64 = if cfg!(test) { 16 * 1024 } else { 1024 * 1024 };
 
-/// Calls `each` on `[from, to)` in consecutive pieces of at most [`PAGE_CALL_BYTES`]
-/// (page-aligned when `from` is), yielding the thread's core between them.
-pub(crate) fn in_page_calls(from: u64, to: u64, mut each: impl FnMut(u64, u64)) {
+/// Calls `each` on `[from, to)` in consecutive pieces that end on multiples of
+/// [`PAGE_CALL_BYTES`] (so each is at most that long, and page-aligned when `from`
+/// is), yielding the thread's core between them. Stops early when `each` says false.
+pub(crate) fn in_page_calls(from: u64, to: u64, mut each: impl FnMut(u64, u64) -> bool) {
     let mut at = from;
     while at < to {
         if at > from {
             std::thread::yield_now();
         }
-        let end = to.min(at + PAGE_CALL_BYTES);
-        each(at, end);
+        let end = to.min((at / PAGE_CALL_BYTES + 1) * PAGE_CALL_BYTES);
+        if !each(at, end) {
+            return;
+        }
         at = end;
     }
 }

@@ -208,15 +208,29 @@ fn page_calls_cover_the_range_in_bounded_pieces() {
         (0, 1 << 20),
     ] {
         let mut pieces = Vec::new();
-        segment::in_page_calls(from, to, |a, b| pieces.push((a, b)));
+        segment::in_page_calls(from, to, |a, b| {
+            pieces.push((a, b));
+            true
+        });
         let mut at = from;
         for &(a, b) in &pieces {
             assert_eq!(a, at, "pieces follow each other");
             assert!(b > a && b - a <= segment::PAGE_CALL_BYTES, "piece {a}..{b}");
+            assert!(
+                b == to || b % segment::PAGE_CALL_BYTES == 0,
+                "piece {a}..{b} ends on a boundary"
+            );
             at = b;
         }
         assert_eq!(at, to.max(from), "{from}..{to} covered: {pieces:?}");
     }
+    // A false from the call stops the job.
+    let mut calls = 0;
+    segment::in_page_calls(0, 4 * segment::PAGE_CALL_BYTES, |_, _| {
+        calls += 1;
+        false
+    });
+    assert_eq!(calls, 1);
 }
 
 /// Write-behind starts write-back every `write_behind_bytes` of the active file and

@@ -295,15 +295,18 @@ impl Consumer {
         if !whole {
             // Room for every record of the response at once, instead of growing the
             // buffer batch by batch (each growth copies every message buffered so
-            // far). A count is trusted only as far as its batch's bytes can hold.
+            // far). A count is trusted only as far as its batch's bytes can hold, and
+            // the whole at most `RESERVE_MAX` (beyond that the buffer grows as it fills).
+            const RESERVE_MAX: usize = 1 << 16;
             let n: usize = split_batches(records.clone())
                 .filter_map(|b| b.ok())
                 .filter_map(|b| {
                     let h = batch::BatchHeader::read(&b).ok()?;
-                    Some((h.record_count as usize).min(b.len() / batch::RECORD_MIN_BYTES))
+                    (h.base_offset < f.limit)
+                        .then(|| (h.record_count as usize).min(b.len() / batch::RECORD_MIN_BYTES))
                 })
                 .sum();
-            self.buffered.reserve(n);
+            self.buffered.reserve(n.min(RESERVE_MAX));
         }
         for b in split_batches(records) {
             let b = b?;

@@ -315,6 +315,32 @@ mod tests {
     }
 
     #[test]
+    fn an_e2e_timeline_shows_in_json_and_names_its_worst_slot() {
+        let mut r = report();
+        assert!(r.to_json()["timeline"].is_null(), "no timeline, null");
+        let mut t = Timeline::default();
+        t.record(50_000_000, 100_000); // 0.0 s: fast
+        t.record(350_000_000, 6_000_000); // 0.3 s: over 5 ms
+        r.timeline = Some(t);
+        let j = r.to_json();
+        assert_eq!(j["timeline"].as_array().map(Vec::len), Some(2));
+        assert_eq!(j["timeline"][1]["over_5ms"], 1);
+        let text = r.human();
+        assert!(
+            text.contains("1 of 2 slots of 100 ms hold a message over 5 ms"),
+            "{text}"
+        );
+        assert!(
+            text.contains("at 0.3 s: 1 of 1 messages over 5 ms"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("at 0.0 s"),
+            "a slot with nothing over 1 ms is not named"
+        );
+    }
+
+    #[test]
     fn json_has_the_documented_keys() {
         let j = report().to_json();
         for k in [
