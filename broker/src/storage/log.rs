@@ -157,10 +157,9 @@ pub struct Log {
     /// The last write-back start, running on a storage worker (at most one at a time).
     pub(super) write_behind_job: Option<Task<()>>,
     /// When the current write-behind step passed its half, and [`APPENDED_BYTES`]
-    /// then: the process's ingest rate since is what `write_behind_max_bytes_per_sec`
-    /// is checked against at the step's end.
-    write_behind_mark: (Instant, u64),
-    write_behind_marked: bool,
+    /// then (`None` before that): the process's ingest rate since is what
+    /// `write_behind_max_bytes_per_sec` is checked against at the step's end.
+    write_behind_mark: Option<(Instant, u64)>,
     /// What of the log's files is still cached (`page_cache_window_bytes`).
     pub(super) cache_window: CacheWindow,
     _lock: File,
@@ -225,8 +224,7 @@ impl Log {
             deletions: Vec::new(),
             write_behind_from: 0,
             write_behind_job: None,
-            write_behind_mark: (Instant::now(), APPENDED_BYTES.load(Ordering::Relaxed)),
-            write_behind_marked: false,
+            write_behind_mark: None,
             cache_window,
             _lock: lock,
         };
@@ -355,7 +353,7 @@ impl Log {
     /// start still runs the next waits, and then covers everything appended since.
     ///
     /// While this process appends faster than `write_behind_max_bytes_per_sec` (all
-    /// its logs together, since the last decision of this one), write-behind lets the
+    /// its logs together, over the second half of this log's step), write-behind lets the
     /// bytes go by: in a burst the write-back it starts competes for the cores with
     /// the appends (an 8-shard burst of 0.8 GB in a second ran 15-20 % slower with it),
     /// while the flush and the page-cache window would write the same bytes back
@@ -371,9 +369,10 @@ impl Log {
         }
         // The rate is measured over the second half of each step: recent, even when
         // the step began before an idle spell.
-        if !self.write_behind_marked && pos >= self.write_behind_from.saturating_add(every / 2) {
-            self.write_behind_mark = (Instant::now(), APPENDED_BYTES.load(Ordering::Relaxed));
-            self.write_behind_marked = true;
+        if self.write_behind_mark.is_none()
+            && pos >= self.write_behind_from.saturating_add(every / 2)
+        {
+            self.write_behind_mark = Some((Instant::now(), APPENDED_BYTES.load(Ordering::Relaxed)));
         }
         if pos < self.write_behind_from.saturating_add(every) {
             return;
@@ -420,15 +419,16 @@ impl Log {
     /// Whether the process appended faster than `write_behind_max_bytes_per_sec` since
     /// the mark of this log's step (half a step ago); the next step marks anew.
     fn ingest_too_fast_for_write_behind(&mut self) -> bool {
-        let now = Instant::now();
-        let bytes = APPENDED_BYTES.load(Ordering::Relaxed);
-        let (then, before) = std::mem::replace(&mut self.write_behind_mark, (now, bytes));
-        self.write_behind_marked = false;
+        // (Set at the latest in the call that reached the step's end.)
+        let Some((then, before)) = self.write_behind_mark.take() else {
+            return false;
+        };
         let max = self.config.write_behind_max_bytes_per_sec;
         if max == 0 {
             return false;
         }
-        let secs = now.duration_since(then).as_secs_f64();
+        let bytes = APPENDED_BYTES.load(Ordering::Relaxed);
+        let secs = then.elapsed().as_secs_f64();
         bytes.saturating_sub(before) as f64 > max as f64 * secs
     }
 
@@ -762,7 +762,7 @@ impl Log {
             flushed_pos: 0,
         };
         self.write_behind_from = 0;
-        self.write_behind_marked = false;
+        self.write_behind_mark = None;
         Ok(())
     }
 

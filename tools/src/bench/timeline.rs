@@ -100,8 +100,9 @@ impl Timeline {
 
     /// How many used slots hold at least one message over 5 ms, and how many are used.
     pub fn slow_slots(&self) -> (usize, usize) {
-        let used: Vec<&Slot> = self.used().map(|(_, s)| s).collect();
-        (used.iter().filter(|s| s.over_5ms > 0).count(), used.len())
+        self.used().fold((0, 0), |(slow, used), (_, s)| {
+            (slow + usize::from(s.over_5ms > 0), used + 1)
+        })
     }
 }
 
