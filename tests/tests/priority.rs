@@ -19,10 +19,15 @@ use weir_tests::{connect, read_all, BrokerProcess};
 
 /// One single-batch produce: `records` records of `size` bytes at `priority`.
 fn batch(priority: u8, records: usize, size: usize) -> bytes::Bytes {
+    batch_at(priority, records, size, 0)
+}
+
+/// [`batch`] with every record stamped `timestamp_ms`.
+fn batch_at(priority: u8, records: usize, size: usize, timestamp_ms: i64) -> bytes::Bytes {
     let value = vec![b'x'; size];
     let mut b = BatchBuilder::with_capacity(records * (size + 32) + 64);
     for _ in 0..records {
-        let mut r = NewRecord::value(0, &value);
+        let mut r = NewRecord::value(timestamp_ms, &value);
         r.priority = priority;
         b.push(&r).unwrap();
     }
@@ -279,6 +284,82 @@ over_both_transports! {
         consumer.commit().await.unwrap();
         let pos = consumer.positions();
         assert_eq!(pos[0].offset, total as u64);
+    }
+}
+
+over_both_transports! {
+    async fn a_reader_far_behind_on_p3_still_gets_fresh_p0_data_first(t) {
+        use weir_protocol::messages::PriorityFetchRequest;
+
+        let broker = SdkBroker::start(t).await;
+        let client = broker.client().await;
+        Admin::new(client.clone())
+            .create_topic("behind", 1, TopicConfig::default())
+            .await
+            .expect("create topic");
+        // A P3 backlog 5 s older than the P0 data after it: what a priority reader sees
+        // when it has fallen 5 s behind a P3 flood (P3's aging threshold is 800 ms, so
+        // every P3 batch is overdue). 40 batches of 10 × 100 B, about 1.4 KB each.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        for _ in 0..40 {
+            produce(&client, "behind", batch_at(10, 10, 100, now_ms - 5_000))
+                .await
+                .unwrap();
+        }
+        for _ in 0..2 {
+            produce(&client, "behind", batch_at(1, 2, 100, now_ms)).await.unwrap();
+        }
+        let fetch = |cursors: Vec<u64>| {
+            let client = client.clone();
+            async move {
+                let req = PriorityFetchRequest {
+                    topic: "behind".into(),
+                    shard: 0,
+                    cursors,
+                    max_bytes: 8 * 1024,
+                    min_bytes: 1,
+                    max_wait_ms: 0,
+                };
+                match client.call(req).await.expect("priority fetch") {
+                    ResponseBody::PriorityFetch(r) => r,
+                    other => panic!("unexpected {:?}", other.api_key()),
+                }
+            }
+        };
+        let priorities = |r: &weir_protocol::messages::PriorityFetchResponse| -> Vec<u8> {
+            r.records.batches().map(|b| b.unwrap()[22]).collect()
+        };
+        // The first answer: one aged P3 batch (aging still moves the backlog), then
+        // the P0 data; the rest of the 8 KiB is P3 by weight. Had every overdue P3
+        // batch gone first, 8 KiB of P3 would fill the answer and P0 would wait for
+        // the whole backlog.
+        let r = fetch(vec![0; 4]).await;
+        let p = priorities(&r);
+        let mut seen = p.len();
+        assert_eq!(&p[..3], &[10, 1, 1], "answer's batches by priority: {p:?}");
+        assert!(p[3..].iter().all(|&x| x == 10), "{p:?}");
+        assert_eq!(r.cursors[0], 404, "the P0 lane read to the end: {:?}", r.cursors);
+        // Within the aging period the P3 lane gets no second aged pick: new P0 data
+        // goes ahead of the rest of the backlog at once.
+        produce(&client, "behind", batch_at(1, 2, 100, now_ms)).await.unwrap();
+        let r = fetch(r.cursors.clone()).await;
+        let p = priorities(&r);
+        assert_eq!(p[0], 1, "fresh P0 first, no aged P3 ahead of it: {p:?}");
+        // Every batch comes exactly once over the reads.
+        let mut cursors = r.cursors.clone();
+        seen += p.len();
+        for _ in 0..100 {
+            let r = fetch(cursors.clone()).await;
+            if r.records.batches().count() == 0 {
+                break;
+            }
+            seen += r.records.batches().count();
+            cursors = r.cursors.clone();
+        }
+        assert_eq!(seen, 40 + 3, "each of the 43 batches once");
     }
 }
 

@@ -4,13 +4,20 @@
 //! consumer's cursor for that lane ([`crate::shard::class_index::ClassIndex`] finds
 //! them). Which lane's next batch goes into the response is decided by a fresh
 //! [`Wfq`] per response: weighted fair by bytes, and aging by how far a batch is behind
-//! the freshest lane head of the response (by newest record timestamp) — a batch
+//! the freshest lane head of the response (by newest record timestamp) — a lane head
 //! further behind than its class's aging threshold goes before fresher batches of any
-//! class, the furthest behind first. So a backlog of P3 data waits while P0 data keeps
-//! arriving (the freshest head is then about "now"), but never longer than its aging
-//! threshold once it is at the head of its lane; and a backlog read long after it was
-//! written is served by weight, not in plain offset order as wall-clock aging would. A long-poll that waits for
-//! `min_bytes` returns as soon as P0 data is available: urgent data cuts it short.
+//! class, the furthest behind first, **once per aging period per lane** (the shard's
+//! [`crate::shard::class_index::ClassIndex::aged_picks`]); the lane's other batches
+//! are served by weight. So a backlog of P3 data gets its weighted share plus one
+//! batch per aging period while P0 data keeps arriving, and fresh P0 data waits behind
+//! at most one aged batch per lane, however far behind the reader is. (Before, every
+//! batch of a backlog older than the aging threshold was overdue, and a reader that
+//! fell behind by more than that read the backlog in plain offset order, P0 included:
+//! P0 waited as long as P3.) A backlog read long after it was written is served by
+//! weight, not in offset order as wall-clock aging would. The period is the shard's, so
+//! two consumer groups reading one shard in priority order share it. A long-poll that
+//! waits for `min_bytes` returns as soon as P0 data is available: urgent data cuts it
+//! short.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,7 +32,7 @@ use weir_protocol::ErrorCode;
 use super::poll::{long_poll, max_bytes};
 use crate::clock::now_ms;
 use crate::error::BrokerError;
-use crate::scheduler::Wfq;
+use crate::scheduler::{Pick, Wfq};
 use crate::shard::Shard;
 use crate::state::BrokerState;
 
@@ -115,11 +122,16 @@ fn assemble(
     max_bytes: usize,
 ) -> Result<Assembled, BrokerError> {
     let reader = shard.reader();
-    let index = shard.class_index().map_err(BrokerError::from)?;
+    let mut index = shard.class_index().map_err(BrokerError::from)?;
     let scanned = index.scanned_to();
     let now = Instant::now();
-    let mut wfq: Wfq<(Bytes, BatchHeader)> =
-        Wfq::new(state.config.class_weights(), state.config.class_aging());
+    let aging = state.config.class_aging();
+    let mut wfq: Wfq<(Bytes, BatchHeader)> = Wfq::new(state.config.class_weights(), aging);
+    // A lane may go ahead by aging once per aging period (see the module docs).
+    let mut aged_picks = index.aged_picks();
+    let mut may_age: [bool; CLASS_COUNT] = std::array::from_fn(|c| {
+        aged_picks[c].is_none_or(|t| now.saturating_duration_since(t) >= aging[c])
+    });
     // Lane `c`'s next batch at or after `from`, if it has one.
     let read_next = |c: Class, from: u64| -> Result<Option<(Bytes, BatchHeader)>, BrokerError> {
         let Some(offset) = index.next(c, from) else {
@@ -151,12 +163,15 @@ fn assemble(
         .filter_map(|(_, head)| head.as_ref().map(|(_, h)| h.max_timestamp_ms))
         .max()
         .unwrap_or_else(now_ms);
-    let push = |c: Class, (batch, h): (Bytes, BatchHeader), wfq: &mut Wfq<_>| {
-        let behind_ms = reference_ms.saturating_sub(h.max_timestamp_ms).max(0) as u64;
-        // Further behind than the process has run: as old as anything can be.
-        let since = now
-            .checked_sub(Duration::from_millis(behind_ms))
-            .unwrap_or(state.started);
+    let push = |c: Class, (batch, h): (Bytes, BatchHeader), wfq: &mut Wfq<_>, may_age: bool| {
+        let since = if may_age {
+            let behind_ms = reference_ms.saturating_sub(h.max_timestamp_ms).max(0) as u64;
+            // Further behind than the process has run: as old as anything can be.
+            now.checked_sub(Duration::from_millis(behind_ms))
+                .unwrap_or(state.started)
+        } else {
+            now
+        };
         wfq.push(c, (batch, h), h.total_bytes() as u64, since);
     };
     let mut out = Assembled {
@@ -167,7 +182,7 @@ fn assemble(
     };
     for (c, head) in heads {
         match head {
-            Some(head) => push(c, head, &mut wfq),
+            Some(head) => push(c, head, &mut wfq, may_age[c.index()]),
             // Nothing of this class up to the high-water mark.
             None => out.cursors[c.index()] = out.cursors[c.index()].max(scanned),
         }
@@ -182,18 +197,23 @@ fn assemble(
             *c = (*c).max(h.base_offset);
             break;
         }
+        if s.pick == Pick::Aged {
+            may_age[served.index()] = false;
+            aged_picks[served.index()] = Some(now);
+        }
         out.bytes += batch.len();
         out.has_p0 |= served == Class::P0;
         out.batches.push(batch);
         let last = h.last_offset();
         out.cursors[served.index()] = last + 1;
         match read_next(served, last + 1)? {
-            Some(next) => push(served, next, &mut wfq),
+            Some(next) => push(served, next, &mut wfq, may_age[served.index()]),
             None => out.cursors[served.index()] = scanned.max(last + 1),
         }
         if out.bytes >= max_bytes {
             break;
         }
     }
+    index.set_aged_picks(aged_picks);
     Ok(out)
 }
