@@ -27,6 +27,8 @@ pub struct ConsStats {
     /// e2e: from the producer's hand-off to the SDK (see `Report::from_send`).
     pub from_send: Histogram<u64>,
     pub classes: [Histogram<u64>; 4],
+    /// e2e: `from_send` per priority class.
+    pub classes_from_send: [Histogram<u64>; 4],
     /// e2e: latency over time (see `timeline.rs`).
     pub timeline: Timeline,
     pub received: u64,
@@ -42,6 +44,7 @@ impl ConsStats {
             latency: new_histogram(),
             from_send: new_histogram(),
             classes: std::array::from_fn(|_| new_histogram()),
+            classes_from_send: std::array::from_fn(|_| new_histogram()),
             timeline: Timeline::default(),
             received: 0,
             measured: 0,
@@ -310,6 +313,7 @@ fn consume_report(
         latency: LatencySummary::from_histogram(&lat),
         from_send: None,
         classes: BTreeMap::new(),
+        classes_from_send: BTreeMap::new(),
         errors,
         settings: run.settings(),
         notes,

@@ -4,6 +4,7 @@
 //! Consumers start at the end of the topic before anything is sent, and stop once
 //! the producers are done and every sent message has come out.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -133,11 +134,14 @@ fn time_messages(run: &Run, st: &mut ConsStats, msgs: &[Message], now: Instant) 
         let lat = now_ns.saturating_sub(ts);
         record_ns(&mut st.latency, lat);
         st.timeline.record(now_ns, lat);
+        let class = class_of_priority(m.priority);
         if let Some(sent) = m.value.get(8..16) {
             let sent = u64::from_le_bytes(sent.try_into().expect("8 bytes"));
-            record_ns(&mut st.from_send, now_ns.saturating_sub(sent));
+            let from_send = now_ns.saturating_sub(sent);
+            record_ns(&mut st.from_send, from_send);
+            record_ns(&mut st.classes_from_send[class], from_send);
         }
-        record_ns(&mut st.classes[class_of_priority(m.priority)], lat);
+        record_ns(&mut st.classes[class], lat);
         st.measured += 1;
     }
 }
@@ -147,6 +151,7 @@ fn e2e_report(run: &Run, st: &[ConsStats], pstats: &[ProdStats]) -> anyhow::Resu
     let mut lat = new_histogram();
     let mut from_send = new_histogram();
     let mut classes: [Histogram<u64>; 4] = std::array::from_fn(|_| new_histogram());
+    let mut classes_from_send: [Histogram<u64>; 4] = std::array::from_fn(|_| new_histogram());
     let mut timeline = Timeline::default();
     let (mut measured, mut got, mut errors, mut end) = (0u64, 0u64, 0u64, run.warmup_end);
     let mut notes = Vec::new();
@@ -155,6 +160,9 @@ fn e2e_report(run: &Run, st: &[ConsStats], pstats: &[ProdStats]) -> anyhow::Resu
         from_send.add(&s.from_send)?;
         timeline.merge(&s.timeline);
         for (a, b) in classes.iter_mut().zip(&s.classes) {
+            a.add(b)?;
+        }
+        for (a, b) in classes_from_send.iter_mut().zip(&s.classes_from_send) {
             a.add(b)?;
         }
         got += s.received;
@@ -200,6 +208,11 @@ fn e2e_report(run: &Run, st: &[ConsStats], pstats: &[ProdStats]) -> anyhow::Resu
         from_send: (c.size >= 16 && !from_send.is_empty())
             .then(|| LatencySummary::from_histogram(&from_send)),
         classes: class_summaries(&classes, &c.priority_mix),
+        classes_from_send: if c.size >= 16 {
+            class_summaries(&classes_from_send, &c.priority_mix)
+        } else {
+            BTreeMap::new()
+        },
         errors,
         settings: run.settings(),
         notes,

@@ -4,6 +4,7 @@
 //! Also the producer side of the other modes: consume preloads with
 //! [`run_producers`], e2e runs them next to its consumers.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -184,6 +185,7 @@ fn produce_report(run: &Run, t: ProduceTotals) -> Report {
         latency: LatencySummary::from_histogram(&t.batches),
         from_send: None,
         classes: class_summaries(&t.classes, &c.priority_mix),
+        classes_from_send: BTreeMap::new(),
         errors: t.errors,
         settings: set,
         notes,

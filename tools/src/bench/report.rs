@@ -110,6 +110,8 @@ pub struct Report {
     pub from_send: Option<LatencySummary>,
     /// Per priority class ("p0" …), when a mix was given.
     pub classes: BTreeMap<String, LatencySummary>,
+    /// e2e with a mix: each class timed from the hand-off to the SDK (`from_send`).
+    pub classes_from_send: BTreeMap<String, LatencySummary>,
     /// Failed sends, lost messages and the like.
     pub errors: u64,
     /// The settings, echoed into the JSON under "settings".
@@ -141,11 +143,17 @@ impl Report {
 
     /// One JSON object: mode, messages, bytes, duration_s, msgs_per_s, mb_per_s,
     /// latency_us {p50, p90, p99, p999, p9999, max, count}, classes {pN: {…}},
-    /// latency_from_send_us (e2e; else null), latency_kind, errors, settings, notes,
+    /// latency_from_send_us (e2e; else null), classes_from_send_us {pN: {…}} (e2e with
+    /// a mix; else empty), latency_kind, errors, settings, notes,
     /// timeline (e2e: one object per 100 ms of receive time; else null).
     pub fn to_json(&self) -> Value {
         let classes: Map<String, Value> = self
             .classes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_json()))
+            .collect();
+        let classes_from_send: Map<String, Value> = self
+            .classes_from_send
             .iter()
             .map(|(k, v)| (k.clone(), v.to_json()))
             .collect();
@@ -159,6 +167,7 @@ impl Report {
             "latency_us": self.latency.to_json(),
             "latency_from_send_us": self.from_send.as_ref().map(|l| l.to_json()),
             "classes": classes,
+            "classes_from_send_us": classes_from_send,
             "latency_kind": self.latency_kind,
             "errors": self.errors,
             "settings": self.settings,
@@ -200,6 +209,9 @@ impl Report {
         }
         for (k, v) in &self.classes {
             let _ = writeln!(s, "    {k:<4} {}", v.human());
+            if let Some(f) = self.classes_from_send.get(k) {
+                let _ = writeln!(s, "    {k:<4} from the SDK call  {}", f.human());
+            }
         }
         if let Some(t) = &self.timeline {
             let (slow, used) = t.slow_slots();
@@ -297,6 +309,8 @@ mod tests {
         let mut classes = BTreeMap::new();
         classes.insert("p0".to_string(), lat.clone());
         classes.insert("p3".to_string(), lat.clone());
+        let mut classes_from_send = BTreeMap::new();
+        classes_from_send.insert("p0".to_string(), lat.clone());
         Report {
             mode: "e2e".into(),
             messages: 2_000_000,
@@ -306,6 +320,7 @@ mod tests {
             from_send: None,
             latency: lat,
             classes,
+            classes_from_send,
             errors: 0,
             settings: Map::new(),
             notes: vec![],
@@ -368,6 +383,8 @@ mod tests {
             }
         }
         assert_eq!(j["classes"].as_object().unwrap().len(), 2);
+        assert!(j["classes_from_send_us"]["p0"]["p99"].is_number());
+        assert!(j["classes_from_send_us"].get("p3").is_none());
         // One line of valid JSON.
         let text = j.to_string();
         assert!(!text.contains('\n'));
@@ -381,6 +398,8 @@ mod tests {
         assert!(h.contains("1024.0 MB/s"), "{h}");
         assert!(h.contains("p99.99"), "{h}");
         assert!(h.contains("p3 "), "{h}");
+        assert!(h.contains("p0   from the SDK call"), "{h}");
+        assert!(!h.contains("p3   from the SDK call"), "{h}");
         assert_eq!(group_digits(0), "0");
         assert_eq!(group_digits(999), "999");
         assert_eq!(group_digits(1000), "1,000");
