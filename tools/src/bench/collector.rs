@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use weir_client::{BatchDeliveryFuture, DeliveryFuture};
 
 use super::report::{new_histogram, record_ns};
+use super::timeline::Timeline;
 
 /// One future the collector awaits, with what is needed to time it.
 pub struct Pending {
@@ -49,11 +50,16 @@ pub struct ProdStats {
     pub errors: u64,
     pub first_error: Option<String>,
     pub last_ack: Option<Instant>,
+    /// Measured batches by the time of their ack since `origin` (see `timeline.rs`).
+    pub timeline: Timeline,
+    origin: Instant,
 }
 
 impl ProdStats {
-    fn new() -> Self {
+    fn new(origin: Instant) -> Self {
         ProdStats {
+            timeline: Timeline::counting("batches"),
+            origin,
             batches: new_histogram(),
             classes: std::array::from_fn(|_| new_histogram()),
             acked: 0,
@@ -71,7 +77,10 @@ impl ProdStats {
                     record_ns(&mut self.classes[*cl], (at - *start).as_nanos() as u64);
                 }
                 if p.batch_count > 0 && p.measured {
-                    record_ns(&mut self.batches, (at - p.batch_start).as_nanos() as u64);
+                    let latency_ns = (at - p.batch_start).as_nanos() as u64;
+                    record_ns(&mut self.batches, latency_ns);
+                    let at_ns = at.saturating_duration_since(self.origin).as_nanos() as u64;
+                    self.timeline.record(at_ns, latency_ns);
                     self.acked += p.batch_count;
                     self.last_ack = Some(self.last_ack.map_or(at, |l| l.max(at)));
                 }
@@ -93,9 +102,9 @@ struct Timing {
 }
 
 /// Awaits a producer's delivery futures and times them, until the producer hangs up
-/// and every future has completed.
-pub async fn collect(mut rx: mpsc::UnboundedReceiver<Pending>) -> ProdStats {
-    let mut st = ProdStats::new();
+/// and every future has completed; the timeline counts from `origin`.
+pub async fn collect(mut rx: mpsc::UnboundedReceiver<Pending>, origin: Instant) -> ProdStats {
+    let mut st = ProdStats::new(origin);
     let mut inflight = FuturesUnordered::new();
     let mut open = true;
     while open || !inflight.is_empty() {

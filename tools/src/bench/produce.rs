@@ -21,6 +21,7 @@ use super::progress::spawn_progress;
 use super::report::{class_summaries, new_histogram, LatencySummary, Report};
 use super::run::{share, Run, Stop};
 use super::target::Target;
+use super::timeline::Timeline;
 
 /// Runs the produce mode and reports its figures.
 pub async fn run_produce(
@@ -74,7 +75,7 @@ pub async fn run_producers(
             s => s,
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        let collector = tokio::spawn(collect(rx));
+        let collector = tokio::spawn(collect(rx, run.warmup_end));
         let (done_tx, done_rx) = oneshot::channel();
         let run2 = run.clone();
         let h = handle.clone();
@@ -116,6 +117,7 @@ struct ProduceTotals {
     errors: u64,
     /// The last measured ack: the end of the measured time.
     end: Instant,
+    timeline: Timeline,
     notes: Vec<String>,
 }
 
@@ -127,10 +129,12 @@ impl ProduceTotals {
             acked: 0,
             errors: 0,
             end: run.warmup_end,
+            timeline: Timeline::counting("batches"),
             notes: Vec::new(),
         };
         for s in stats {
             t.batches.add(&s.batches)?;
+            t.timeline.merge(&s.timeline);
             for (a, b) in t.classes.iter_mut().zip(&s.classes) {
                 a.add(b)?;
             }
@@ -190,6 +194,6 @@ fn produce_report(run: &Run, t: ProduceTotals) -> Report {
         settings: set,
         notes,
         plot: run.plot_data(&t.batches, &t.classes),
-        timeline: None,
+        timeline: Some(t.timeline),
     }
 }

@@ -120,7 +120,8 @@ pub struct Report {
     pub notes: Vec<String>,
     /// Latency curves and throughput over time, for `--plot`.
     pub plot: crate::bench::plot::PlotData,
-    /// e2e: latency per 100 ms of the consumers' clock (`timeline.rs`).
+    /// e2e: latency per 100 ms of the consumers' clock; produce: of the acks
+    /// (`timeline.rs`).
     pub timeline: Option<Timeline>,
 }
 
@@ -145,7 +146,8 @@ impl Report {
     /// latency_us {p50, p90, p99, p999, p9999, max, count}, classes {pN: {…}},
     /// latency_from_send_us (e2e; else null), classes_from_send_us {pN: {…}} (e2e with
     /// a mix; else empty), latency_kind, errors, settings, notes,
-    /// timeline (e2e: one object per 100 ms of receive time; else null).
+    /// timeline (e2e: one object per 100 ms of receive time; produce: of ack time,
+    /// counting batches; else null).
     pub fn to_json(&self) -> Value {
         let classes: Map<String, Value> = self
             .classes
@@ -215,17 +217,23 @@ impl Report {
         }
         if let Some(t) = &self.timeline {
             let (slow, used) = t.slow_slots();
+            let one = if t.unit() == "batches" {
+                "batch"
+            } else {
+                "message"
+            };
             let _ = writeln!(
                 s,
-                "  over time: {slow} of {used} slots of {} ms hold a message over 5 ms",
+                "  over time: {slow} of {used} slots of {} ms hold a {one} over 5 ms",
                 SLOT.as_millis()
             );
             for (at, w) in t.worst(3).iter().filter(|(_, w)| w.over_1ms > 0) {
                 let _ = writeln!(
                     s,
-                    "    at {at:.1} s: {} of {} messages over 5 ms, {} over 1 ms, max {:.1} ms",
+                    "    at {at:.1} s: {} of {} {} over 5 ms, {} over 1 ms, max {:.1} ms",
                     w.over_5ms,
                     w.messages,
+                    t.unit(),
                     w.over_1ms,
                     w.max_ns as f64 / 1e6
                 );
@@ -353,6 +361,17 @@ mod tests {
             !text.contains("at 0.0 s"),
             "a slot with nothing over 1 ms is not named"
         );
+        // produce's timeline counts batches, in JSON and in words.
+        let mut t = Timeline::counting("batches");
+        t.record(350_000_000, 6_000_000);
+        r.timeline = Some(t);
+        assert_eq!(r.to_json()["timeline"][0]["batches"], 1);
+        let text = r.human();
+        assert!(
+            text.contains("1 of 1 slots of 100 ms hold a batch over 5 ms"),
+            "{text}"
+        );
+        assert!(text.contains("1 of 1 batches over 5 ms"), "{text}");
     }
 
     #[test]

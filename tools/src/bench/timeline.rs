@@ -1,5 +1,6 @@
-//! e2e's latency over time: for every 100 ms of the consumers' clock, how many
-//! messages came out, how many of them took over 1 ms and over 5 ms, and the slowest.
+//! Latency over time: for every 100 ms of the run, how many messages came out (e2e,
+//! by the consumers' clock) or batches were acknowledged (produce), how many of them
+//! took over 1 ms and over 5 ms, and the slowest.
 //!
 //! A percentile says how large the tail is, not when it happens. Stalls that come at
 //! a steady beat (a flush every second, a segment roll, a page-cache drop) show as
@@ -30,12 +31,33 @@ pub struct Slot {
 }
 
 /// The slots of one run, indexed by time since the run's start.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Timeline {
     slots: Vec<Slot>,
+    /// What one count is: "messages" (e2e) or "batches" (produce); also the JSON key.
+    unit: &'static str,
+}
+
+impl Default for Timeline {
+    fn default() -> Self {
+        Timeline::counting("messages")
+    }
 }
 
 impl Timeline {
+    /// An empty timeline whose counts are `unit` ("messages", "batches").
+    pub fn counting(unit: &'static str) -> Self {
+        Timeline {
+            slots: Vec::new(),
+            unit,
+        }
+    }
+
+    /// What one count is.
+    pub fn unit(&self) -> &'static str {
+        self.unit
+    }
+
     /// Counts a message that came out `at_ns` after the run's start, `latency_ns` late.
     pub fn record(&mut self, at_ns: u64, latency_ns: u64) {
         let i = ((at_ns / SLOT.as_nanos() as u64) as usize).min(SLOTS_MAX - 1);
@@ -72,18 +94,19 @@ impl Timeline {
             .map(|(i, s)| (i as f64 * SLOT.as_secs_f64(), s))
     }
 
-    /// `[{"t_s", "messages", "over_1ms", "over_5ms", "max_us"}, …]`, one object per
-    /// slot that received messages.
+    /// `[{"t_s", "messages" (or "batches"), "over_1ms", "over_5ms", "max_us"}, …]`,
+    /// one object per slot that counted anything.
     pub fn to_json(&self) -> Value {
         self.used()
             .map(|(t, s)| {
-                json!({
+                let mut o = json!({
                     "t_s": (t * 10.0).round() / 10.0,
-                    "messages": s.messages,
                     "over_1ms": s.over_1ms,
                     "over_5ms": s.over_5ms,
                     "max_us": (s.max_ns as f64 / 100.0).round() / 10.0,
-                })
+                });
+                o[self.unit] = json!(s.messages);
+                o
             })
             .collect()
     }
@@ -140,6 +163,16 @@ mod tests {
             "empty slots are left out"
         );
         assert_eq!(j[1]["max_us"], 7000.0);
+    }
+
+    #[test]
+    fn a_produce_timeline_counts_batches() {
+        let mut t = Timeline::counting("batches");
+        t.record(150_000_000, 3_000_000);
+        let j = t.to_json();
+        assert_eq!(j[0]["batches"], 1);
+        assert!(j[0].get("messages").is_none());
+        assert_eq!(t.unit(), "batches");
     }
 
     #[test]
