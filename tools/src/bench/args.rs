@@ -103,9 +103,11 @@ pub struct Args {
     /// and sends what is due by then together (one batch with `--api batch`). Fewer
     /// timer wake-ups leave more CPU to the broker on a small machine; each message's
     /// latency is still timed from its own intended send time, so the wait shows in
-    /// it. 0: wake for every message's time.
-    #[arg(long, default_value_t = 0)]
-    pub pacing_tick_us: u64,
+    /// it. 0: wake for every message's time. Default: eight times the CPU one timer
+    /// sleep costs on this machine, measured at start (see `bench/pacing.rs`; the
+    /// report's settings and notes give the figure).
+    #[arg(long)]
+    pub pacing_tick_us: Option<u64>,
     /// Let the kernel give this process transparent huge pages. Off by default, as in
     /// weir-broker (`transparent_huge_pages`): the first touch of a 2 MiB page stalls
     /// the touching thread while the kernel zeroes it, which shows up in the tails

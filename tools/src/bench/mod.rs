@@ -25,8 +25,10 @@
 //!   start) sits in the first 8 bytes of each payload; the consumer subtracts it from
 //!   its clock when the message comes out of `poll`.
 //! - `--rate R` is open loop: message k of the whole run is due at start + k/R, each
-//!   producer sends its messages at their due times (sleeping on its own thread) and
-//!   latency counts from the due time, so a stall shows as latency, not as a lower rate.
+//!   producer sends its messages at their due times (sleeping on its own thread, and
+//!   waking at most once per pacing tick: by default eight times the CPU one timer
+//!   sleep costs here, see [`pacing`]) and latency counts from the due time, so a
+//!   stall or the wait for the tick shows as latency, not as a lower rate.
 //! - consume latency is the duration of each `poll` call that returned messages.
 //! - `--warmup S`: the first S seconds run at full settings and are left out of every
 //!   figure; `--messages` and `--duration` count after the warmup.
@@ -38,6 +40,7 @@ pub mod e2e;
 pub mod failover;
 pub mod forecast;
 pub mod mix;
+pub mod pacing;
 pub mod plot;
 pub mod produce;
 mod producer;
@@ -54,7 +57,8 @@ use target::Target;
 
 /// Runs one bench: prepares the broker and topic, runs the mode, stops the embedded
 /// broker (whatever the outcome).
-pub async fn run(cli: Args, handle: tokio::runtime::Handle) -> anyhow::Result<Report> {
+pub async fn run(mut cli: Args, handle: tokio::runtime::Handle) -> anyhow::Result<Report> {
+    let pacing_note = resolve_pacing_tick(&mut cli);
     let target = Target::prepare(&cli).await?;
     let cpu_before = process_cpu_ns();
     let embedded = cli.embedded;
@@ -71,6 +75,7 @@ pub async fn run(cli: Args, handle: tokio::runtime::Handle) -> anyhow::Result<Re
     let cpu_ns = process_cpu_ns().saturating_sub(cpu_before);
     target.shutdown().await;
     report.map(|mut r| {
+        r.notes.extend(pacing_note);
         if r.messages > 0 {
             // The whole process: with --embedded that is the broker and the clients.
             let per_message = cpu_ns as f64 / r.messages as f64;
@@ -84,6 +89,23 @@ pub async fn run(cli: Args, handle: tokio::runtime::Handle) -> anyhow::Result<Re
         }
         r
     })
+}
+
+/// Open loop with sleeping producers and no `--pacing-tick-us`: measures what a timer
+/// sleep costs here and sets the tick from it ([`pacing`]); returns the report's note.
+fn resolve_pacing_tick(cli: &mut Args) -> Option<String> {
+    if cli.rate.is_none() || cli.pacing != args::PacingArg::Sleep || cli.pacing_tick_us.is_some() {
+        return None;
+    }
+    let cost = pacing::measure_sleep();
+    let tick = pacing::tick_for(cost);
+    cli.pacing_tick_us = Some(tick.as_micros() as u64);
+    Some(format!(
+        "pacing tick {} µs (automatic: a 10 µs sleep costs {:.1} µs of CPU and takes {:.1} µs here; --pacing-tick-us 0 wakes for every message)",
+        tick.as_micros(),
+        cost.cpu.as_nanos() as f64 / 1e3,
+        cost.wall.as_nanos() as f64 / 1e3,
+    ))
 }
 
 /// User plus system CPU time this process has used, in nanoseconds.

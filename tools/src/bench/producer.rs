@@ -311,7 +311,7 @@ impl ProducerLoop {
             if n > 0 && self.by_batch {
                 return None;
             }
-            let tick = Duration::from_micros(self.run.cli.pacing_tick_us);
+            let tick = Duration::from_micros(self.run.cli.pacing_tick_us.unwrap_or(0));
             wait_until(due.max(self.woke + tick), self.run.cli.pacing);
             self.woke = Instant::now();
         }

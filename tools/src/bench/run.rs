@@ -103,6 +103,12 @@ impl Run {
             c.in_flight.map_or(json!("adaptive"), |n| json!(n)),
         );
         m.insert("rate".into(), json!(c.rate));
+        if c.rate.is_some() {
+            m.insert(
+                "pacing_tick_us".into(),
+                json!(c.pacing_tick_us.unwrap_or(0)),
+            );
+        }
         m.insert(
             "priority_mix".into(),
             json!(c.priority_mix.as_ref().map(|m| m.to_string())),
