@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use weir_client::{Admin, Client};
-use weir_protocol::batch::{BatchBuilder, NewRecord, UNSET};
+use weir_protocol::batch::{BatchBuilder, BatchHeader, NewRecord, UNSET};
 use weir_protocol::messages::{Acks, Durability, ProduceRequest, Records, TopicConfig};
 use weir_protocol::{ErrorCode, ResponseBody};
 use weir_tests::over_both_transports;
@@ -289,30 +289,33 @@ over_both_transports! {
 
 over_both_transports! {
     async fn a_reader_far_behind_on_p3_still_gets_fresh_p0_data_first(t) {
-        use weir_protocol::messages::PriorityFetchRequest;
+        use weir_protocol::messages::{PriorityFetchRequest, PriorityFetchResponse};
 
-        let broker = SdkBroker::start(t).await;
+        // P3's aging threshold at 2 s (default 800 ms), so the steps that must fall
+        // inside one period have room on a slow machine.
+        let broker =
+            SdkBroker::start_with_env(t, &[("WEIR_PRIORITY_AGING_MS", "100,200,400,2000")]).await;
         let client = broker.client().await;
         Admin::new(client.clone())
             .create_topic("behind", 1, TopicConfig::default())
             .await
             .expect("create topic");
-        // A P3 backlog 5 s older than the P0 data after it: what a priority reader sees
-        // when it has fallen 5 s behind a P3 flood (P3's aging threshold is 800 ms, so
-        // every P3 batch is overdue). 40 batches of 10 × 100 B, about 1.4 KB each.
+        // A P3 backlog a minute older than the P0 data after it: what a priority reader
+        // sees when it has fallen a minute behind a P3 flood (every P3 batch is overdue).
+        // 40 batches of 10 × 100 B, about 1.2 KB each.
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_millis() as i64;
         for _ in 0..40 {
-            produce(&client, "behind", batch_at(10, 10, 100, now_ms - 5_000))
+            produce(&client, "behind", batch_at(10, 10, 100, now_ms - 60_000))
                 .await
                 .unwrap();
         }
         for _ in 0..2 {
             produce(&client, "behind", batch_at(1, 2, 100, now_ms)).await.unwrap();
         }
-        let fetch = |cursors: Vec<u64>| {
+        let fetch = |cursors: Vec<u64>, min_bytes: u32, max_wait_ms: u32| {
             let client = client.clone();
             async move {
                 let req = PriorityFetchRequest {
@@ -320,8 +323,8 @@ over_both_transports! {
                     shard: 0,
                     cursors,
                     max_bytes: 8 * 1024,
-                    min_bytes: 1,
-                    max_wait_ms: 0,
+                    min_bytes,
+                    max_wait_ms,
                 };
                 match client.call(req).await.expect("priority fetch") {
                     ResponseBody::PriorityFetch(r) => r,
@@ -329,37 +332,51 @@ over_both_transports! {
                 }
             }
         };
-        let priorities = |r: &weir_protocol::messages::PriorityFetchResponse| -> Vec<u8> {
-            r.records.batches().map(|b| b.unwrap()[22]).collect()
+        let priorities = |r: &PriorityFetchResponse| -> Vec<u8> {
+            r.records
+                .batches()
+                .map(|b| BatchHeader::read(&b.unwrap()).unwrap().priority)
+                .collect()
         };
         // The first answer: one aged P3 batch (aging still moves the backlog), then
         // the P0 data; the rest of the 8 KiB is P3 by weight. Had every overdue P3
         // batch gone first, 8 KiB of P3 would fill the answer and P0 would wait for
         // the whole backlog.
-        let r = fetch(vec![0; 4]).await;
+        let r = fetch(vec![0; 4], 1, 0).await;
+        let first_at = Instant::now();
         let p = priorities(&r);
         let mut seen = p.len();
         assert_eq!(&p[..3], &[10, 1, 1], "answer's batches by priority: {p:?}");
         assert!(p[3..].iter().all(|&x| x == 10), "{p:?}");
         assert_eq!(r.cursors[0], 404, "the P0 lane read to the end: {:?}", r.cursors);
-        // Within the aging period the P3 lane gets no second aged pick: new P0 data
-        // goes ahead of the rest of the backlog at once.
+        // Within P3's aging period the lane gets no second aged pick: new P0 data goes
+        // ahead of the rest of the backlog at once.
         produce(&client, "behind", batch_at(1, 2, 100, now_ms)).await.unwrap();
-        let r = fetch(r.cursors.clone()).await;
+        let r = fetch(r.cursors.clone(), 1, 0).await;
         let p = priorities(&r);
+        assert!(first_at.elapsed() < Duration::from_secs(2), "too slow for the test");
         assert_eq!(p[0], 1, "fresh P0 first, no aged P3 ahead of it: {p:?}");
+        seen += p.len();
+        // After the period P3 ages again, and the answers a long-poll assembles and
+        // drops while it waits for `min_bytes` do not use the pick up: the answer it
+        // sends at its deadline starts with the aged P3 batch, ahead of fresh P1 data.
+        tokio::time::sleep(Duration::from_millis(2_200).saturating_sub(first_at.elapsed())).await;
+        produce(&client, "behind", batch_at(4, 2, 100, now_ms)).await.unwrap();
+        let r = fetch(r.cursors.clone(), 10 << 20, 300).await;
+        let p = priorities(&r);
+        assert_eq!(&p[..2], &[10, 4], "aged P3, then P1: {p:?}");
+        seen += p.len();
         // Every batch comes exactly once over the reads.
         let mut cursors = r.cursors.clone();
-        seen += p.len();
         for _ in 0..100 {
-            let r = fetch(cursors.clone()).await;
+            let r = fetch(cursors.clone(), 1, 0).await;
             if r.records.batches().count() == 0 {
                 break;
             }
             seen += r.records.batches().count();
             cursors = r.cursors.clone();
         }
-        assert_eq!(seen, 40 + 3, "each of the 43 batches once");
+        assert_eq!(seen, 40 + 3 + 1, "each of the 44 batches once");
     }
 }
 

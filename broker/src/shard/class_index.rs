@@ -72,9 +72,12 @@ impl ClassIndex {
         self.aged_picks
     }
 
-    /// Records the aged picks of one priority read.
-    pub fn set_aged_picks(&mut self, picks: [Option<Instant>; CLASS_COUNT]) {
-        self.aged_picks = picks;
+    /// Records the aged picks of a priority read's answer that was sent (a lane's
+    /// time only moves forward).
+    pub fn note_aged_picks(&mut self, picks: [Option<Instant>; CLASS_COUNT]) {
+        for (mine, new) in self.aged_picks.iter_mut().zip(picks) {
+            *mine = (*mine).max(new);
+        }
     }
 }
 

@@ -7,17 +7,17 @@
 //! the freshest lane head of the response (by newest record timestamp) — a lane head
 //! further behind than its class's aging threshold goes before fresher batches of any
 //! class, the furthest behind first, **once per aging period per lane** (the shard's
-//! [`crate::shard::class_index::ClassIndex::aged_picks`]); the lane's other batches
-//! are served by weight. So a backlog of P3 data gets its weighted share plus one
-//! batch per aging period while P0 data keeps arriving, and fresh P0 data waits behind
-//! at most one aged batch per lane, however far behind the reader is. (Before, every
-//! batch of a backlog older than the aging threshold was overdue, and a reader that
-//! fell behind by more than that read the backlog in plain offset order, P0 included:
-//! P0 waited as long as P3.) A backlog read long after it was written is served by
-//! weight, not in offset order as wall-clock aging would. The period is the shard's, so
-//! two consumer groups reading one shard in priority order share it. A long-poll that
-//! waits for `min_bytes` returns as soon as P0 data is available: urgent data cuts it
-//! short.
+//! [`crate::shard::class_index::ClassIndex::aged_picks`], set only by responses that
+//! are sent); the lane's other batches go by weight. So fresh P0 data waits behind at
+//! most one aged batch per lane however far behind the reader is, and a backlogged
+//! lane gets at least one batch per aging period besides what the weights give it
+//! within each response. Because every response starts its weights afresh, a lane
+//! whose higher classes fill whole responses gets only the aged batches; and the
+//! period is the shard's, so readers of one shard in priority order (several groups)
+//! share those (ARCHITECTURE.md, known gaps). A backlog read long after it was written
+//! is served by weight, not in offset order as wall-clock aging would. A long-poll
+//! that waits for `min_bytes` returns as soon as P0 data is available: urgent data
+//! cuts it short.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -46,6 +46,9 @@ struct Assembled {
     bytes: usize,
     cursors: [u64; CLASS_COUNT],
     has_p0: bool,
+    /// The lanes that went ahead by aging in it, and when: recorded in the class index
+    /// only if this response is the one sent (a long-poll assembles and drops many).
+    aged: [Option<Instant>; CLASS_COUNT],
 }
 
 /// Answers a PriorityFetch; see the module docs.
@@ -90,6 +93,12 @@ pub async fn priority_fetch(
         if !enough && !last {
             return Ok(None);
         }
+        if a.aged.iter().any(Option::is_some) {
+            shard
+                .class_index()
+                .map_err(BrokerError::from)?
+                .note_aged_picks(a.aged);
+        }
         state
             .metrics
             .fetch_bytes_total
@@ -122,15 +131,15 @@ fn assemble(
     max_bytes: usize,
 ) -> Result<Assembled, BrokerError> {
     let reader = shard.reader();
-    let mut index = shard.class_index().map_err(BrokerError::from)?;
+    let index = shard.class_index().map_err(BrokerError::from)?;
     let scanned = index.scanned_to();
     let now = Instant::now();
     let aging = state.config.class_aging();
     let mut wfq: Wfq<(Bytes, BatchHeader)> = Wfq::new(state.config.class_weights(), aging);
     // A lane may go ahead by aging once per aging period (see the module docs).
-    let mut aged_picks = index.aged_picks();
+    let last_aged = index.aged_picks();
     let mut may_age: [bool; CLASS_COUNT] = std::array::from_fn(|c| {
-        aged_picks[c].is_none_or(|t| now.saturating_duration_since(t) >= aging[c])
+        last_aged[c].is_none_or(|t| now.saturating_duration_since(t) >= aging[c])
     });
     // Lane `c`'s next batch at or after `from`, if it has one.
     let read_next = |c: Class, from: u64| -> Result<Option<(Bytes, BatchHeader)>, BrokerError> {
@@ -179,6 +188,7 @@ fn assemble(
         bytes: 0,
         cursors: *cursors,
         has_p0: false,
+        aged: [None; CLASS_COUNT],
     };
     for (c, head) in heads {
         match head {
@@ -199,7 +209,7 @@ fn assemble(
         }
         if s.pick == Pick::Aged {
             may_age[served.index()] = false;
-            aged_picks[served.index()] = Some(now);
+            out.aged[served.index()] = Some(now);
         }
         out.bytes += batch.len();
         out.has_p0 |= served == Class::P0;
@@ -214,6 +224,5 @@ fn assemble(
             break;
         }
     }
-    index.set_aged_picks(aged_picks);
     Ok(out)
 }
