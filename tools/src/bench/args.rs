@@ -103,9 +103,10 @@ pub struct Args {
     /// and sends what is due by then together (one batch with `--api batch`). Fewer
     /// timer wake-ups leave more CPU to the broker on a small machine; each message's
     /// latency is still timed from its own intended send time, so the wait shows in
-    /// it. 0: wake for every message's time. Default: eight times the CPU one timer
-    /// sleep costs on this machine, measured at start (see `bench/pacing.rs`; the
-    /// report's settings and notes give the figure).
+    /// it. 0: wake for every message's time. Default with `--pacing sleep`: eight times
+    /// the CPU one timer sleep costs on this machine, measured at start (see
+    /// `bench/pacing.rs`; the report's settings and notes give the figure); with
+    /// `--pacing spin`, 0.
     #[arg(long)]
     pub pacing_tick_us: Option<u64>,
     /// Let the kernel give this process transparent huge pages. Off by default, as in

@@ -50,7 +50,8 @@ pub struct ProdStats {
     pub errors: u64,
     pub first_error: Option<String>,
     pub last_ack: Option<Instant>,
-    /// Measured batches by the time of their ack since `origin` (see `timeline.rs`).
+    /// Measured batches by the time of their ack since `origin`, the run's start
+    /// (see `timeline.rs`).
     pub timeline: Timeline,
     origin: Instant,
 }

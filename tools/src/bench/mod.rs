@@ -94,7 +94,8 @@ pub async fn run(mut cli: Args, handle: tokio::runtime::Handle) -> anyhow::Resul
 /// Open loop with sleeping producers and no `--pacing-tick-us`: measures what a timer
 /// sleep costs here and sets the tick from it ([`pacing`]); returns the report's note.
 fn resolve_pacing_tick(cli: &mut Args) -> Option<String> {
-    if cli.rate.is_none() || cli.pacing != args::PacingArg::Sleep || cli.pacing_tick_us.is_some() {
+    let paced = matches!(cli.mode, Mode::Produce | Mode::E2e) && cli.rate.is_some();
+    if !paced || cli.pacing != args::PacingArg::Sleep || cli.pacing_tick_us.is_some() {
         return None;
     }
     let cost = pacing::measure_sleep();

@@ -2,7 +2,7 @@
 //!
 //! An open-loop producer sleeps until its next message is due. Where arming a timer
 //! is cheap (a few hundred ns on bare metal) it can wake for every message; on a
-//! small virtual machine one 10 µs `nanosleep` costs 13–17 µs of CPU (`limits.sh`
+//! small virtual machine one 10 µs `nanosleep` costs 12–17 µs of CPU (`limits.sh`
 //! `sleep_10us`), so at 100k msgs/s the load generator alone took more than one of
 //! the two cores and the broker it measured got what was left. Without
 //! `--pacing-tick-us`, a producer therefore wakes at most once per
@@ -31,12 +31,19 @@ pub struct SleepCost {
     pub wall: Duration,
 }
 
+/// Gives the calling thread a 1 µs timer slack. Open-loop pacing sleeps until each
+/// message is due; with the default 50 µs slack every sleep overshoots by up to that
+/// much, which the e2e latency (measured from the due time) would count.
+pub fn fine_timer_slack() {
+    // SAFETY: PR_SET_TIMERSLACK only changes this thread's timer slack.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1_000u64, 0u64, 0u64, 0u64) };
+}
+
 /// Measures [`SleepCost`] over [`SLEEPS`] sleeps, on a thread of its own with the
-/// producers' 1 µs timer slack (`produce.rs`).
+/// producers' timer slack ([`fine_timer_slack`]).
 pub fn measure_sleep() -> SleepCost {
     std::thread::spawn(|| {
-        // SAFETY: PR_SET_TIMERSLACK only changes this thread's timer slack.
-        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1_000u64, 0u64, 0u64, 0u64) };
+        fine_timer_slack();
         measure_here()
     })
     .join()

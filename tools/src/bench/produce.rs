@@ -75,18 +75,14 @@ pub async fn run_producers(
             s => s,
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        let collector = tokio::spawn(collect(rx, run.warmup_end));
+        let collector = tokio::spawn(collect(rx, run.base));
         let (done_tx, done_rx) = oneshot::channel();
         let run2 = run.clone();
         let h = handle.clone();
         std::thread::Builder::new()
             .name(format!("producer-{i}"))
             .spawn(move || {
-                // Open-loop pacing sleeps until each message is due; with the default
-                // 50 µs timer slack every sleep overshoots by up to that much, which
-                // the e2e latency (measured from the due time) would count.
-                // SAFETY: PR_SET_TIMERSLACK only changes this thread's timer slack.
-                unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1_000u64, 0u64, 0u64, 0u64) };
+                super::pacing::fine_timer_slack();
                 let r = h.block_on(produce_loop(run2, producer, i, stop, tx));
                 let _ = done_tx.send(r);
             })?;

@@ -103,7 +103,7 @@ impl Run {
             c.in_flight.map_or(json!("adaptive"), |n| json!(n)),
         );
         m.insert("rate".into(), json!(c.rate));
-        if c.rate.is_some() {
+        if c.rate.is_some() && matches!(c.mode, Mode::Produce | Mode::E2e) {
             m.insert(
                 "pacing_tick_us".into(),
                 json!(c.pacing_tick_us.unwrap_or(0)),

@@ -58,7 +58,8 @@ impl Timeline {
         self.unit
     }
 
-    /// Counts a message that came out `at_ns` after the run's start, `latency_ns` late.
+    /// Counts one message (or batch) that came out (or was acknowledged) `at_ns` after
+    /// the run's start, `latency_ns` late.
     pub fn record(&mut self, at_ns: u64, latency_ns: u64) {
         let i = ((at_ns / SLOT.as_nanos() as u64) as usize).min(SLOTS_MAX - 1);
         if self.slots.len() <= i {
@@ -71,8 +72,9 @@ impl Timeline {
         s.max_ns = s.max_ns.max(latency_ns);
     }
 
-    /// Adds another consumer's counts, slot by slot.
+    /// Adds another consumer's (or producer's) counts, slot by slot.
     pub fn merge(&mut self, other: &Timeline) {
+        debug_assert_eq!(self.unit, other.unit, "timelines of one kind");
         if self.slots.len() < other.slots.len() {
             self.slots.resize(other.slots.len(), Slot::default());
         }
