@@ -34,6 +34,14 @@ fn batch_at(priority: u8, records: usize, size: usize, timestamp_ms: i64) -> byt
     b.finish().unwrap()
 }
 
+/// Milliseconds since the Unix epoch, as record timestamps count them.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
 async fn produce(client: &Client, topic: &str, records: bytes::Bytes) -> Result<u64, String> {
     let req = ProduceRequest {
         topic: topic.into(),
@@ -303,10 +311,7 @@ over_both_transports! {
         // A P3 backlog a minute older than the P0 data after it: what a priority reader
         // sees when it has fallen a minute behind a P3 flood (every P3 batch is overdue).
         // 40 batches of 10 × 100 B, about 1.2 KB each.
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64;
+        let now_ms = now_ms();
         for _ in 0..40 {
             produce(&client, "behind", batch_at(10, 10, 100, now_ms - 60_000))
                 .await
@@ -643,11 +648,7 @@ over_both_transports! {
             .create_topic("backlog", 1, TopicConfig::default())
             .await
             .expect("create topic");
-        let minute_ago = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64
-            - 60_000;
+        let minute_ago = now_ms() - 60_000;
         for i in 0..20i64 {
             let priority = if i % 2 == 0 { 10 } else { 1 };
             let mut b = BatchBuilder::with_capacity(256);
