@@ -149,16 +149,9 @@ impl Report {
     /// timeline (e2e: one object per 100 ms of receive time; produce: of ack time,
     /// counting batches; else null).
     pub fn to_json(&self) -> Value {
-        let classes: Map<String, Value> = self
-            .classes
-            .iter()
-            .map(|(k, v)| (k.clone(), v.to_json()))
-            .collect();
-        let classes_from_send: Map<String, Value> = self
-            .classes_from_send
-            .iter()
-            .map(|(k, v)| (k.clone(), v.to_json()))
-            .collect();
+        let by_class = |m: &BTreeMap<String, LatencySummary>| -> Map<String, Value> {
+            m.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()
+        };
         json!({
             "mode": self.mode,
             "messages": self.messages,
@@ -168,8 +161,8 @@ impl Report {
             "mb_per_s": round1(self.mb_per_s()),
             "latency_us": self.latency.to_json(),
             "latency_from_send_us": self.from_send.as_ref().map(|l| l.to_json()),
-            "classes": classes,
-            "classes_from_send_us": classes_from_send,
+            "classes": by_class(&self.classes),
+            "classes_from_send_us": by_class(&self.classes_from_send),
             "latency_kind": self.latency_kind,
             "errors": self.errors,
             "settings": self.settings,
