@@ -320,7 +320,9 @@ over_both_transports! {
         for _ in 0..2 {
             produce(&client, "behind", batch_at(1, 2, 100, now_ms)).await.unwrap();
         }
-        let fetch = |cursors: Vec<u64>, min_bytes: u32, max_wait_ms: u32| {
+        // A second priority reader of the shard, on its own connection.
+        let other = broker.client().await;
+        let fetch_by = |client: &Client, cursors: Vec<u64>, min_bytes: u32, wait_ms: u32| {
             let client = client.clone();
             async move {
                 let req = PriorityFetchRequest {
@@ -329,7 +331,7 @@ over_both_transports! {
                     cursors,
                     max_bytes: 8 * 1024,
                     min_bytes,
-                    max_wait_ms,
+                    max_wait_ms: wait_ms,
                 };
                 match client.call(req).await.expect("priority fetch") {
                     ResponseBody::PriorityFetch(r) => r,
@@ -337,6 +339,7 @@ over_both_transports! {
                 }
             }
         };
+        let fetch = |cursors, min_bytes, wait_ms| fetch_by(&client, cursors, min_bytes, wait_ms);
         let priorities = |r: &PriorityFetchResponse| -> Vec<u8> {
             r.records
                 .batches()
@@ -354,6 +357,11 @@ over_both_transports! {
         assert_eq!(&p[..3], &[10, 1, 1], "answer's batches by priority: {p:?}");
         assert!(p[3..].iter().all(|&x| x == 10), "{p:?}");
         assert_eq!(r.cursors[0], 404, "the P0 lane read to the end: {:?}", r.cursors);
+        // Aging periods are per reader: the other reader, as far behind, gets its own
+        // aged P3 batch first, within the period the first reader just used.
+        let o = fetch_by(&other, vec![0; 4], 1, 0).await;
+        let op = priorities(&o);
+        assert_eq!(&op[..3], &[10, 1, 1], "other reader's answer: {op:?}");
         // Within P3's aging period the lane gets no second aged pick: new P0 data goes
         // ahead of the rest of the backlog at once.
         produce(&client, "behind", batch_at(1, 2, 100, now_ms)).await.unwrap();

@@ -6,15 +6,18 @@ use std::sync::Arc;
 use weir_protocol::frame::{RequestHeader, ResponseFrame};
 use weir_protocol::{ErrorCode, Request, ResponseBody};
 
+use super::fetch::aging::ReaderClocks;
 use super::{admission, control, fetch, queue};
 use crate::error::BrokerError;
 use crate::flow::quota::ClientState;
 use crate::state::BrokerState;
 
-/// Answers one request from `client`.
+/// Answers one request from `client`, on a session whose priority reads age by
+/// `clocks`.
 pub async fn answer(
     state: &Arc<BrokerState>,
     client: &ClientState,
+    clocks: &ReaderClocks,
     header: &RequestHeader,
     request: Request,
 ) -> ResponseFrame {
@@ -25,11 +28,11 @@ pub async fn answer(
                 state,
                 client,
                 header,
-                respond(header, route(state, request)),
+                respond(header, route(state, clocks, request)),
             )
             .await
         }
-        request => respond(header, route(state, request)).await,
+        request => respond(header, route(state, clocks, request)).await,
     }
 }
 
@@ -63,7 +66,11 @@ fn cluster_of(state: &BrokerState) -> Result<&Arc<crate::cluster::Cluster>, Brok
     Ok(c)
 }
 
-async fn route(state: &Arc<BrokerState>, request: Request) -> Result<ResponseBody, BrokerError> {
+async fn route(
+    state: &Arc<BrokerState>,
+    clocks: &ReaderClocks,
+    request: Request,
+) -> Result<ResponseBody, BrokerError> {
     use crate::meters::fetch_api;
     let started = std::time::Instant::now();
     let timed = |api: usize| state.meters.fetch[api].observe(started.elapsed());
@@ -75,7 +82,7 @@ async fn route(state: &Arc<BrokerState>, request: Request) -> Result<ResponseBod
             r?.into()
         }
         Request::PriorityFetch(r) => {
-            let r = fetch::priority_fetch(state, r).await;
+            let r = fetch::priority_fetch(state, clocks, r).await;
             timed(fetch_api::PRIORITY_FETCH);
             r?.into()
         }

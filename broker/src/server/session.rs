@@ -25,6 +25,7 @@ use weir_protocol::frame::{RequestFrame, ResponseFrame, PRIORITY_UNSPECIFIED};
 use weir_protocol::messages::ApiVersionsRequest;
 use weir_protocol::{ErrorCode, FrameError, Request};
 
+use super::fetch::aging::ReaderClocks;
 use super::produce::{self, Started};
 use super::responses::{Outgoing, Permits};
 use super::{admission, control, dispatch};
@@ -141,6 +142,8 @@ pub(super) struct Session {
     out: Responder,
     classes: ClassMap,
     io_timeout: Duration,
+    /// This peer's PriorityFetch aging clocks: each reader ages on its own.
+    clocks: Arc<ReaderClocks>,
 }
 
 impl Session {
@@ -159,6 +162,7 @@ impl Session {
             },
             classes: cfg.class_map().unwrap_or_default(),
             io_timeout: Duration::from_millis(cfg.io_timeout_ms),
+            clocks: Arc::default(),
             out: Responder {
                 out,
                 state: state.clone(),
@@ -276,6 +280,7 @@ impl Session {
             }
             request => {
                 let client = self.quota.client.clone();
+                let clocks = self.clocks.clone();
                 // Only administrative requests (with an audit log) need who sent them.
                 let identity = audited.as_ref().map(|_| self.identity.clone());
                 let timer = RequestTimer::begin(&header, &client);
@@ -285,7 +290,7 @@ impl Session {
                         let resp = if crate::security::admin::handles(&request) {
                             crate::security::admin::answer(&state, &header, request).await
                         } else {
-                            dispatch::answer(&state, &client, &header, request).await
+                            dispatch::answer(&state, &client, &clocks, &header, request).await
                         };
                         if let (Some(change), Some(identity)) = (&audited, &identity) {
                             state.security.audit_change(identity, change, &resp);

@@ -8,14 +8,8 @@
 //! ever read in priority order pay for it — by scanning batch headers from where the
 //! last scan stopped up to the high-water mark, and it drops runs below the log start
 //! after retention. Memory: 16 bytes per change of class along the log.
-//!
-//! It also remembers when each lane last went ahead of fresher data by aging in a
-//! priority read ([`ClassIndex::aged_picks`]), so aging lets a backlogged lane ahead
-//! once per aging period, as the shard writer's scheduler does, instead of on every
-//! batch of the backlog.
 
 use std::collections::VecDeque;
-use std::time::Instant;
 
 use weir_protocol::classes::{Class, ClassMap, CLASS_COUNT};
 
@@ -26,8 +20,6 @@ use crate::storage::{LogReader, StorageError};
 pub struct ClassIndex {
     runs: [VecDeque<(u64, u64)>; CLASS_COUNT],
     scanned_to: u64,
-    /// When each lane last had a batch picked by aging in a priority read.
-    aged_picks: [Option<Instant>; CLASS_COUNT],
 }
 
 impl ClassIndex {
@@ -64,20 +56,6 @@ impl ClassIndex {
     /// How far the index has scanned.
     pub fn scanned_to(&self) -> u64 {
         self.scanned_to
-    }
-
-    /// When each lane last had a batch picked by aging in a priority read (shared by
-    /// every reader of the shard).
-    pub fn aged_picks(&self) -> [Option<Instant>; CLASS_COUNT] {
-        self.aged_picks
-    }
-
-    /// Records the aged picks of a priority read's answer that was sent (a lane's
-    /// time only moves forward).
-    pub fn note_aged_picks(&mut self, picks: [Option<Instant>; CLASS_COUNT]) {
-        for (mine, new) in self.aged_picks.iter_mut().zip(picks) {
-            *mine = (*mine).max(new);
-        }
     }
 }
 

@@ -6,15 +6,14 @@
 //! [`Wfq`] per response: weighted fair by bytes, and aging by how far a batch is behind
 //! the freshest lane head of the response (by newest record timestamp) — a lane head
 //! further behind than its class's aging threshold goes before fresher batches of any
-//! class, the furthest behind first, **once per aging period per lane** (the shard's
-//! [`crate::shard::class_index::ClassIndex::aged_picks`], set only by responses that
-//! are sent); the lane's other batches go by weight. So fresh P0 data waits behind at
-//! most one aged batch per lane however far behind the reader is, and a backlogged
-//! lane gets at least one batch per aging period besides what the weights give it
-//! within each response. Because every response starts its weights afresh, a lane
-//! whose higher classes fill whole responses gets only the aged batches; and the
-//! period is the shard's, so readers of one shard in priority order (several groups)
-//! share those (ARCHITECTURE.md, known gaps). A backlog read long after it was written
+//! class, the furthest behind first, **once per aging period per lane and reader** (the
+//! session's [`super::aging::ReaderClocks`], set only by responses that are sent); the
+//! lane's other batches go by weight. So fresh P0 data waits behind at most one aged
+//! batch per lane however far behind the reader is, and a backlogged lane gets at
+//! least one batch per aging period besides what the weights give it within each
+//! response, for every reader of the shard alike. Because every response starts its
+//! weights afresh, a lane whose higher classes fill whole responses gets only the aged
+//! batches (ARCHITECTURE.md, known gaps). A backlog read long after it was written
 //! is served by weight, not in offset order as wall-clock aging would. A long-poll
 //! that waits for `min_bytes` returns as soon as P0 data is available: urgent data
 //! cuts it short.
@@ -29,6 +28,7 @@ use weir_protocol::classes::{Class, CLASS_COUNT};
 use weir_protocol::messages::{PriorityFetchRequest, PriorityFetchResponse, Records};
 use weir_protocol::ErrorCode;
 
+use super::aging::{Picks, ReaderClocks};
 use super::poll::{long_poll, max_bytes};
 use crate::clock::now_ms;
 use crate::error::BrokerError;
@@ -46,14 +46,17 @@ struct Assembled {
     bytes: usize,
     cursors: [u64; CLASS_COUNT],
     has_p0: bool,
-    /// The lanes that went ahead by aging in it, and when: recorded in the class index
-    /// only if this response is the one sent (a long-poll assembles and drops many).
-    aged: [Option<Instant>; CLASS_COUNT],
+    /// The lanes that went ahead by aging in it, and when: recorded in the reader's
+    /// clocks only if this response is the one sent (a long-poll assembles and drops
+    /// many).
+    aged: Picks,
 }
 
-/// Answers a PriorityFetch; see the module docs.
+/// Answers a PriorityFetch from the reader whose aging clocks are `clocks`; see the
+/// module docs.
 pub async fn priority_fetch(
     state: &Arc<BrokerState>,
+    clocks: &ReaderClocks,
     r: PriorityFetchRequest,
 ) -> Result<PriorityFetchResponse, BrokerError> {
     let topic = state.topics.get(&r.topic)?;
@@ -87,18 +90,25 @@ pub async fn priority_fetch(
             // crash) waits at the mark; one below the log start continues there.
             *c = (*c).clamp(start, hwm.max(start));
         }
-        let a = assemble(state, shard, &cursors, max_bytes)?;
+        let a = assemble(
+            state,
+            shard,
+            &cursors,
+            max_bytes,
+            clocks.get(&r.topic, r.shard),
+        )?;
         // Urgent data ends the wait for `min_bytes` at once.
         let enough = a.bytes > 0 && (a.bytes >= r.min_bytes as usize || a.has_p0);
         if !enough && !last {
             return Ok(None);
         }
-        if a.aged.iter().any(Option::is_some) {
-            shard
-                .class_index()
-                .map_err(BrokerError::from)?
-                .note_aged_picks(a.aged);
-        }
+        clocks.note(
+            &r.topic,
+            r.shard,
+            a.aged,
+            &state.config.class_aging(),
+            Instant::now(),
+        );
         state
             .metrics
             .fetch_bytes_total
@@ -123,12 +133,14 @@ pub async fn priority_fetch(
 }
 
 /// Picks batches from the four lanes in WFQ order until `max_bytes` (the first batch
-/// always fits, so a consumer always progresses).
+/// always fits, so a consumer always progresses). `last_aged`: when each lane last
+/// went ahead by aging for this reader.
 fn assemble(
     state: &BrokerState,
     shard: &Shard,
     cursors: &[u64; CLASS_COUNT],
     max_bytes: usize,
+    last_aged: Picks,
 ) -> Result<Assembled, BrokerError> {
     let reader = shard.reader();
     let index = shard.class_index().map_err(BrokerError::from)?;
@@ -137,7 +149,6 @@ fn assemble(
     let aging = state.config.class_aging();
     let mut wfq: Wfq<(Bytes, BatchHeader)> = Wfq::new(state.config.class_weights(), aging);
     // A lane may go ahead by aging once per aging period (see the module docs).
-    let last_aged = index.aged_picks();
     let mut may_age: [bool; CLASS_COUNT] = std::array::from_fn(|c| {
         last_aged[c].is_none_or(|t| now.saturating_duration_since(t) >= aging[c])
     });
