@@ -7,4 +7,4 @@
 
 pub mod wfq;
 
-pub use wfq::{Pick, Served, Wfq, DEFAULT_AGING};
+pub use wfq::{Pick, Served, VirtualClock, Wfq, DEFAULT_AGING};

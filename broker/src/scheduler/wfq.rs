@@ -24,6 +24,13 @@
 //!
 //! The scheduler is a plain single-owner value: no locks, no clock of its own (callers
 //! pass `now`), so it is deterministic under test.
+//!
+//! **Resuming.** A scheduler that is rebuilt for every round of work it orders (one
+//! PriorityFetch answer) can carry its virtual time over: [`Wfq::clock`] says where the
+//! virtual clock stands and at which tag each lane's waiting head started, and
+//! [`Wfq::resume`] starts a new queue there, the first item pushed into each such lane
+//! starting at that tag again. So the weights hold across rounds, not only within one,
+//! and a lane still banks no credit while it has nothing waiting.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -44,8 +51,17 @@ pub const DEFAULT_AGING: [Duration; CLASS_COUNT] = [
 #[derive(Debug)]
 struct Entry<T> {
     item: T,
+    start: u128,
     finish: u128,
     enqueued: Instant,
+}
+
+/// Where a [`Wfq`]'s virtual time stands between rounds; see the module docs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VirtualClock {
+    virtual_time: u128,
+    /// Per lane, the start tag of the head it had waiting, if any.
+    head_start: [Option<u128>; CLASS_COUNT],
 }
 
 #[derive(Debug)]
@@ -55,6 +71,9 @@ struct Lane<T> {
     /// When the current head became the head: its enqueue time, or the time its
     /// predecessor was served, whichever is later.
     head_since: Instant,
+    /// The start tag of the next item pushed into this lane, carried over from an
+    /// earlier round ([`Wfq::resume`]).
+    resume_start: Option<u128>,
 }
 
 /// Weighted fair queue over the priority classes. See the module docs.
@@ -93,6 +112,7 @@ impl<T> Wfq<T> {
                 items: VecDeque::new(),
                 last_finish: 0,
                 head_since: Instant::now(),
+                resume_start: None,
             }),
             weights: weights.map(|w| w.max(1)),
             aging,
@@ -101,10 +121,38 @@ impl<T> Wfq<T> {
         }
     }
 
+    /// An empty queue that goes on from `clock`, the [`Wfq::clock`] of an earlier one.
+    pub fn resume(
+        weights: [u32; CLASS_COUNT],
+        aging: [Duration; CLASS_COUNT],
+        clock: VirtualClock,
+    ) -> Self {
+        let mut q = Self::new(weights, aging);
+        q.virtual_time = clock.virtual_time;
+        for (lane, start) in q.lanes.iter_mut().zip(clock.head_start) {
+            lane.resume_start = start;
+        }
+        q
+    }
+
+    /// Where the virtual time stands now, for a later [`Wfq::resume`]: the virtual
+    /// clock, and the start tag of each lane's waiting head (a lane with nothing
+    /// waiting carries nothing over: an idle lane banks no credit).
+    pub fn clock(&self) -> VirtualClock {
+        VirtualClock {
+            virtual_time: self.virtual_time,
+            head_start: std::array::from_fn(|i| self.lanes[i].items.front().map(|e| e.start)),
+        }
+    }
+
     /// Queues `item` in `class` with a cost (bytes, or 1 per item; 0 counts as 1).
     pub fn push(&mut self, class: Class, item: T, cost: u64, now: Instant) {
         let lane = &mut self.lanes[class.index()];
-        let start = self.virtual_time.max(lane.last_finish);
+        // A head carried over from an earlier round keeps its place.
+        let start = match lane.resume_start.take() {
+            Some(start) => start,
+            None => self.virtual_time.max(lane.last_finish),
+        };
         let finish =
             start + u128::from(cost.max(1)) * SCALE / u128::from(self.weights[class.index()]);
         crate::invariant!(
@@ -119,6 +167,7 @@ impl<T> Wfq<T> {
         }
         lane.items.push_back(Entry {
             item,
+            start,
             finish,
             enqueued: now,
         });
@@ -341,6 +390,60 @@ mod tests {
             }
         }
         assert!((78..=82).contains(&p0), "P0 got {p0} of 90 picks");
+    }
+
+    /// One round as PriorityFetch runs it: a fresh queue holding each lane's head,
+    /// serving one item and pushing that lane's next one; the clock it leaves.
+    fn one_round(clock: VirtualClock, heads: &[(Class, u64)]) -> (Class, VirtualClock) {
+        let mut q = Wfq::resume(DEFAULT_CLASS_WEIGHTS, NO_AGING, clock);
+        let t0 = Instant::now();
+        for &(class, cost) in heads {
+            q.push(class, (), cost, t0);
+        }
+        let s = q.pop(t0).unwrap();
+        let cost = heads.iter().find(|h| h.0 == s.class).unwrap().1;
+        q.push(s.class, (), cost, t0);
+        (s.class, q.clock())
+    }
+
+    #[test]
+    fn resumed_rounds_keep_the_weights_across_rounds() {
+        // Rounds of one item each, P0 and P3 always backlogged with equal costs. Fresh
+        // queues would serve P0 every round (its head's tag is always the smaller);
+        // resumed ones keep P3's waiting head in place, so P3 gets 1 in 9 (8:1).
+        let heads = [(Class::P0, 1000), (Class::P3, 1000)];
+        let (mut clock, mut p3) = (VirtualClock::default(), 0);
+        for _ in 0..900 {
+            let (class, next) = one_round(clock, &heads);
+            p3 += u32::from(class == Class::P3);
+            clock = next;
+        }
+        assert!((99..=101).contains(&p3), "P3 served in {p3} of 900 rounds");
+        let fresh = (0..900)
+            .filter(|_| one_round(VirtualClock::default(), &heads).0 == Class::P3)
+            .count();
+        assert_eq!(fresh, 0, "without resuming P3 never wins a round");
+    }
+
+    #[test]
+    fn a_lane_with_nothing_waiting_carries_no_credit_over() {
+        // P3 served alone for many rounds, then idle (no head) while P0 runs; when P3
+        // is back it starts from the virtual time, not from where it stopped.
+        let mut clock = VirtualClock::default();
+        for _ in 0..100 {
+            clock = one_round(clock, &[(Class::P3, 1000)]).1;
+        }
+        for _ in 0..1000 {
+            clock = one_round(clock, &[(Class::P0, 1000)]).1;
+            assert_eq!(clock.head_start[Class::P3.index()], None);
+        }
+        let mut p0 = 0;
+        for _ in 0..90 {
+            let (class, next) = one_round(clock, &[(Class::P0, 1000), (Class::P3, 1000)]);
+            p0 += u32::from(class == Class::P0);
+            clock = next;
+        }
+        assert!((78..=82).contains(&p0), "P0 got {p0} of 90 rounds");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use weir_protocol::frame::{RequestHeader, ResponseFrame};
 use weir_protocol::{ErrorCode, Request, ResponseBody};
 
-use super::fetch::aging::ReaderClocks;
+use super::fetch::clocks::ReaderClocks;
 use super::{admission, control, fetch, queue};
 use crate::error::BrokerError;
 use crate::flow::quota::ClientState;

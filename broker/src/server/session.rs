@@ -25,7 +25,7 @@ use weir_protocol::frame::{RequestFrame, ResponseFrame, PRIORITY_UNSPECIFIED};
 use weir_protocol::messages::ApiVersionsRequest;
 use weir_protocol::{ErrorCode, FrameError, Request};
 
-use super::fetch::aging::ReaderClocks;
+use super::fetch::clocks::ReaderClocks;
 use super::produce::{self, Started};
 use super::responses::{Outgoing, Permits};
 use super::{admission, control, dispatch};

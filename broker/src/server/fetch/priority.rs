@@ -6,14 +6,14 @@
 //! [`Wfq`] per response: weighted fair by bytes, and aging by how far a batch is behind
 //! the freshest lane head of the response (by newest record timestamp) — a lane head
 //! further behind than its class's aging threshold goes before fresher batches of any
-//! class, the furthest behind first, **once per aging period per lane and reader** (the
-//! session's [`super::aging::ReaderClocks`], set only by responses that are sent); the
-//! lane's other batches go by weight. So fresh P0 data waits behind at most one aged
-//! batch per lane however far behind the reader is, and a backlogged lane gets at
-//! least one batch per aging period besides what the weights give it within each
-//! response, for every reader of the shard alike. Because every response starts its
-//! weights afresh, a lane whose higher classes fill whole responses gets only the aged
-//! batches (ARCHITECTURE.md, known gaps). A backlog read long after it was written
+//! class, the furthest behind first, **once per aging period per lane and reader**;
+//! the lane's other batches go by weight, and the weights hold across a reader's
+//! answers (each answer's queue resumes the virtual time the reader's last answer left).
+//! Both clocks are the session's ([`super::clocks::ReaderClocks`]) and are set only by
+//! responses that are sent. So fresh P0 data waits behind at most one aged batch per
+//! lane however far behind the reader is, and a backlogged lane gets its weighted
+//! share of what a reader reads plus at least one batch per aging period, for every
+//! reader of the shard alike. A backlog read long after it was written
 //! is served by weight, not in offset order as wall-clock aging would. A long-poll
 //! that waits for `min_bytes` returns as soon as P0 data is available: urgent data
 //! cuts it short.
@@ -28,11 +28,11 @@ use weir_protocol::classes::{Class, CLASS_COUNT};
 use weir_protocol::messages::{PriorityFetchRequest, PriorityFetchResponse, Records};
 use weir_protocol::ErrorCode;
 
-use super::aging::{Picks, ReaderClocks};
+use super::clocks::{Picks, ReaderClocks, ShardClocks};
 use super::poll::{long_poll, max_bytes};
 use crate::clock::now_ms;
 use crate::error::BrokerError;
-use crate::scheduler::{Pick, Wfq};
+use crate::scheduler::{Pick, VirtualClock, Wfq};
 use crate::shard::Shard;
 use crate::state::BrokerState;
 
@@ -46,10 +46,11 @@ struct Assembled {
     bytes: usize,
     cursors: [u64; CLASS_COUNT],
     has_p0: bool,
-    /// The lanes that went ahead by aging in it, and when: recorded in the reader's
-    /// clocks only if this response is the one sent (a long-poll assembles and drops
-    /// many).
+    /// The lanes that went ahead by aging in it, and when, and the virtual time its
+    /// queue left: recorded in the reader's clocks only if this response is the one
+    /// sent (a long-poll assembles and drops many).
     aged: Picks,
+    wfq: VirtualClock,
 }
 
 /// Answers a PriorityFetch from the reader whose aging clocks are `clocks`; see the
@@ -102,13 +103,7 @@ pub async fn priority_fetch(
         if !enough && !last {
             return Ok(None);
         }
-        clocks.note(
-            &r.topic,
-            r.shard,
-            a.aged,
-            &state.config.class_aging(),
-            Instant::now(),
-        );
+        clocks.note(&r.topic, r.shard, a.aged, a.wfq, Instant::now());
         state
             .metrics
             .fetch_bytes_total
@@ -133,24 +128,24 @@ pub async fn priority_fetch(
 }
 
 /// Picks batches from the four lanes in WFQ order until `max_bytes` (the first batch
-/// always fits, so a consumer always progresses). `last_aged`: when each lane last
-/// went ahead by aging for this reader.
+/// always fits, so a consumer always progresses), from the reader's clocks `last`.
 fn assemble(
     state: &BrokerState,
     shard: &Shard,
     cursors: &[u64; CLASS_COUNT],
     max_bytes: usize,
-    last_aged: Picks,
+    last: ShardClocks,
 ) -> Result<Assembled, BrokerError> {
     let reader = shard.reader();
     let index = shard.class_index().map_err(BrokerError::from)?;
     let scanned = index.scanned_to();
     let now = Instant::now();
     let aging = state.config.class_aging();
-    let mut wfq: Wfq<(Bytes, BatchHeader)> = Wfq::new(state.config.class_weights(), aging);
+    let mut wfq: Wfq<(Bytes, BatchHeader)> =
+        Wfq::resume(state.config.class_weights(), aging, last.wfq);
     // A lane may go ahead by aging once per aging period (see the module docs).
     let mut may_age: [bool; CLASS_COUNT] = std::array::from_fn(|c| {
-        last_aged[c].is_none_or(|t| now.saturating_duration_since(t) >= aging[c])
+        last.aged[c].is_none_or(|t| now.saturating_duration_since(t) >= aging[c])
     });
     // Lane `c`'s next batch at or after `from`, if it has one.
     let read_next = |c: Class, from: u64| -> Result<Option<(Bytes, BatchHeader)>, BrokerError> {
@@ -200,6 +195,7 @@ fn assemble(
         cursors: *cursors,
         has_p0: false,
         aged: [None; CLASS_COUNT],
+        wfq: last.wfq,
     };
     for (c, head) in heads {
         match head {
@@ -209,6 +205,9 @@ fn assemble(
         }
     }
     loop {
+        // The clock this answer leaves: after its last batch, so a batch that does not
+        // fit keeps its place at the head of its lane.
+        out.wfq = wfq.clock();
         let Some(s) = wfq.pop(now) else { break };
         let served = s.class;
         let (batch, h) = s.item;
@@ -232,6 +231,7 @@ fn assemble(
             None => out.cursors[served.index()] = scanned.max(last + 1),
         }
         if out.bytes >= max_bytes {
+            out.wfq = wfq.clock();
             break;
         }
     }
