@@ -127,6 +127,10 @@ pub struct Args {
     /// Consumers read in `offset` order or `priority` order (class lanes, P0 first).
     #[arg(long, value_enum, default_value_t = OrderArg::Offset)]
     pub order: OrderArg,
+    /// Consumers ask for at most this many bytes per shard in one fetch (the SDK's
+    /// `max_fetch_bytes`; its default when unset).
+    #[arg(long)]
+    pub fetch_bytes: Option<u32>,
     /// Seconds run first and left out of the figures.
     #[arg(long, default_value_t = 0.0)]
     pub warmup: f64,
@@ -193,6 +197,12 @@ record); e2e latency is per message, measured at the consumer from the intended 
 consume latency is per poll. MB = 10^6 payload bytes.";
 
 impl Args {
+    /// The consumers' `max_fetch_bytes`: `--fetch-bytes`, else the SDK's default.
+    pub fn fetch_bytes(&self) -> u32 {
+        self.fetch_bytes
+            .unwrap_or_else(|| weir_client::ConsumerConfig::default().max_fetch_bytes)
+    }
+
     /// Rejects settings clap accepts but no run can use (exit code 2 in the binary).
     pub fn check(&self) -> anyhow::Result<()> {
         if self.producers == 0 || self.consumers == 0 {
@@ -206,6 +216,9 @@ impl Args {
         }
         if self.mode == Mode::E2e && self.size < 8 {
             bail!("e2e needs --size of at least 8 (the payload carries an 8-byte send time)");
+        }
+        if self.fetch_bytes == Some(0) {
+            bail!("--fetch-bytes must be at least 1");
         }
         if self.rate.is_some_and(|r| !r.is_finite() || r <= 0.0) {
             bail!("--rate must be a positive number");

@@ -158,6 +158,7 @@ async fn build_readers(cli: &Args, target: &Target) -> anyhow::Result<Vec<Reader
             .topic(cli.topic.clone())
             .reset(OffsetReset::Earliest)
             .order(cli.order.order())
+            .max_fetch_bytes(cli.fetch_bytes())
             .build()?;
         consumer.assign(mine.iter().map(|s| (cli.topic.clone(), *s)).collect());
         let ends: HashMap<u32, u64> = mine.iter().map(|s| (*s, ranges[*s as usize].1)).collect();

@@ -67,6 +67,7 @@ async fn build_consumers(cli: &Args, target: &Target) -> anyhow::Result<Vec<Cons
             .topic(cli.topic.clone())
             .reset(OffsetReset::Latest)
             .order(cli.order.order())
+            .max_fetch_bytes(cli.fetch_bytes())
             .build()?;
         consumer.assign(mine.iter().map(|s| (cli.topic.clone(), *s)).collect());
         consumer.poll(1, Duration::ZERO).await?; // start at the end, before sending

@@ -118,6 +118,7 @@ impl Run {
                 "order".into(),
                 json!(format!("{:?}", c.order).to_lowercase()),
             );
+            m.insert("fetch_bytes".into(), json!(c.fetch_bytes()));
         }
         m.insert("class_per_producer".into(), json!(c.class_per_producer));
         m.insert("warmup_s".into(), json!(c.warmup));
