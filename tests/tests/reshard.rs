@@ -1,8 +1,10 @@
-//! Live resharding against a real broker process (issue 18 part 3): a topic grows
-//! from 2 to 4 shards and shrinks to 3 while keyed producers and a consumer run, with
-//! a kill -9 racing the second reshard. Afterwards every acknowledged record is stored
-//! exactly once, and both the consumer that ran through it all and a fresh one reading
-//! from the start see each key's records in the order they were produced.
+//! Live resharding (issue 18 part 3) against a real broker process, and the tests
+//! that need no process of their own (no kill, no proxy) also over the in-process
+//! transport. The main one: a topic grows from 2 to 4 shards and shrinks to 3 while
+//! keyed producers and a consumer run, with a kill -9 racing the second reshard.
+//! Afterwards every acknowledged record is stored exactly once, and both the consumer
+//! that ran through it all and a fresh one reading from the start see each key's
+//! records in the order they were produced.
 //!
 //! Each key is produced by its own task, one record at a time (the next once the
 //! previous is acknowledged), so its order is defined; a record refused with
@@ -18,6 +20,8 @@ use weir_client::{
     Admin, Client, Consumer, DeliveryFuture, Message, OffsetReset, Producer, ProducerRecord,
     RecordMetadata,
 };
+use weir_tests::over_both_transports;
+use weir_tests::transport::{SdkBroker, Transport};
 use weir_tests::{connect, read_to_end, BehindProxy, BrokerProcess, CutProxy};
 
 const TOPIC: &str = "orders";
@@ -123,7 +127,7 @@ async fn stop_producers(stop: &AtomicBool, producers: Vec<tokio::task::JoinHandl
 
 /// A broker with a two-shard topic and [`key_producers`] running on it.
 struct KeyedLoad {
-    broker: BrokerProcess,
+    broker: SdkBroker,
     admin: Admin,
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<Vec<String>>>,
@@ -131,10 +135,10 @@ struct KeyedLoad {
     producers: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// A broker process with [`TOPIC`] created with two shards.
-async fn two_shard_topic() -> (BrokerProcess, weir_client::Client, Admin) {
-    let broker = BrokerProcess::start();
-    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
+/// A broker with [`TOPIC`] created with two shards, and a client over `t`.
+async fn two_shard_topic(t: Transport) -> (SdkBroker, weir_client::Client, Admin) {
+    let broker = SdkBroker::start(t).await;
+    let client = broker.client().await;
     let admin = Admin::new(client.clone());
     admin
         .create_topic(TOPIC, 2, Default::default())
@@ -144,8 +148,8 @@ async fn two_shard_topic() -> (BrokerProcess, weir_client::Client, Admin) {
 }
 
 impl KeyedLoad {
-    async fn start() -> KeyedLoad {
-        let (broker, client, admin) = two_shard_topic().await;
+    async fn start(t: Transport) -> KeyedLoad {
+        let (broker, client, admin) = two_shard_topic(t).await;
         let producer = Arc::new(
             Producer::builder(&client)
                 .retries(20)
@@ -172,13 +176,17 @@ impl KeyedLoad {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_keep_their_order_through_a_grow_a_kill_and_a_shrink() {
     let KeyedLoad {
-        mut broker,
+        broker,
         admin,
         stop,
         acked,
         refusals: layout_refusals,
         producers,
-    } = KeyedLoad::start().await;
+    } = KeyedLoad::start(Transport::Tcp).await;
+    // It kills the broker: a process.
+    let SdkBroker::Process(mut broker) = broker else {
+        unreachable!("a TCP broker is a process")
+    };
 
     // A consumer reading every shard from the start while all of it happens.
     let live: Arc<Mutex<Vec<Message>>> = Arc::default();
@@ -305,346 +313,352 @@ async fn keys_keep_their_order_through_a_grow_a_kill_and_a_shrink() {
 /// (global poll counter, member, shard, value) of one delivery.
 type Delivery = (u64, usize, u32, String);
 
-/// A group of two members reading while the topic grows from 2 to 4 shards: the
-/// group rebalances onto the new shards (both get used), every acknowledged record is
-/// delivered, and in the order the members received them (a counter shared by both)
-/// each key's first deliveries go 0, 1, 2, ... — a member handed a key's new shard
-/// waits until the group has committed the key's old shard up to the cut. Members
-/// commit after every poll, as `tests/consumer_group.rs` does, and read more slowly
-/// than the keys are produced, so the old shards still hold a backlog of a key's
-/// records when its new shard gets the next ones (without the gate a member reads
-/// those first).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_group_rebalances_onto_new_shards_and_keeps_key_order() {
-    let KeyedLoad {
-        broker,
-        admin,
-        stop,
-        acked,
-        refusals,
-        producers,
-    } = KeyedLoad::start().await;
+over_both_transports! {
+    /// A group of two members reading while the topic grows from 2 to 4 shards: the
+    /// group rebalances onto the new shards (both get used), every acknowledged record is
+    /// delivered, and in the order the members received them (a counter shared by both)
+    /// each key's first deliveries go 0, 1, 2, ... — a member handed a key's new shard
+    /// waits until the group has committed the key's old shard up to the cut. Members
+    /// commit after every poll, as `tests/consumer_group.rs` does, and read more slowly
+    /// than the keys are produced, so the old shards still hold a backlog of a key's
+    /// records when its new shard gets the next ones (without the gate a member reads
+    /// those first).
+    async fn a_group_rebalances_onto_new_shards_and_keeps_key_order(t) {
+        let KeyedLoad {
+            broker,
+            admin,
+            stop,
+            acked,
+            refusals,
+            producers,
+        } = KeyedLoad::start(t).await;
 
-    let deliveries: Arc<Mutex<Vec<Delivery>>> = Arc::default();
-    let counter = Arc::new(AtomicU64::new(0));
-    let members_stop = Arc::new(AtomicBool::new(false));
-    let mut members = Vec::new();
-    for member in 0..2 {
-        let (deliveries, counter, stop, addr) = (
-            deliveries.clone(),
-            counter.clone(),
-            members_stop.clone(),
-            broker.addr(),
-        );
-        members.push(tokio::spawn(async move {
-            let client = connect(&addr, Duration::from_secs(5)).await;
-            let mut consumer = Consumer::builder(&client)
-                .topic(TOPIC)
-                .group("readers")
-                .auto_commit(false)
-                .reset(OffsetReset::Earliest)
-                .session_timeout(Duration::from_secs(3))
-                .fetch_max_wait(Duration::from_millis(50))
-                .max_fetch_bytes(8 * 1024)
-                .build()
-                .expect("consumer");
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while !stop.load(Ordering::Acquire) && Instant::now() < deadline {
-                // Slower than the producers (about 3k records/s for the two), so
-                // the old shards hold a backlog when the new ones get records.
-                tokio::time::sleep(Duration::from_millis(30)).await;
-                match consumer.poll(50, Duration::from_millis(100)).await {
-                    Ok(got) => {
-                        let n = counter.fetch_add(1, Ordering::AcqRel);
-                        {
-                            let mut d = deliveries.lock().unwrap();
-                            for m in got {
-                                let v = String::from_utf8(m.value.to_vec()).unwrap();
-                                d.push((n, member, m.shard, v));
+        let deliveries: Arc<Mutex<Vec<Delivery>>> = Arc::default();
+        let counter = Arc::new(AtomicU64::new(0));
+        let members_stop = Arc::new(AtomicBool::new(false));
+        let mut members = Vec::new();
+        for member in 0..2 {
+            let (deliveries, counter, stop, client) = (
+                deliveries.clone(),
+                counter.clone(),
+                members_stop.clone(),
+                broker.client().await,
+            );
+            members.push(tokio::spawn(async move {
+                let mut consumer = Consumer::builder(&client)
+                    .topic(TOPIC)
+                    .group("readers")
+                    .auto_commit(false)
+                    .reset(OffsetReset::Earliest)
+                    .session_timeout(Duration::from_secs(3))
+                    .fetch_max_wait(Duration::from_millis(50))
+                    .max_fetch_bytes(8 * 1024)
+                    .build()
+                    .expect("consumer");
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while !stop.load(Ordering::Acquire) && Instant::now() < deadline {
+                    // Slower than the producers (about 3k records/s for the two), so
+                    // the old shards hold a backlog when the new ones get records.
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    match consumer.poll(50, Duration::from_millis(100)).await {
+                        Ok(got) => {
+                            let n = counter.fetch_add(1, Ordering::AcqRel);
+                            {
+                                let mut d = deliveries.lock().unwrap();
+                                for m in got {
+                                    let v = String::from_utf8(m.value.to_vec()).unwrap();
+                                    d.push((n, member, m.shard, v));
+                                }
+                            }
+                            if let Err(e) = consumer.commit().await {
+                                eprintln!("member {member}: commit: {e}");
                             }
                         }
-                        if let Err(e) = consumer.commit().await {
-                            eprintln!("member {member}: commit: {e}");
+                        Err(e) => {
+                            eprintln!("member {member}: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
                         }
                     }
+                }
+                let _ = consumer.close().await;
+            }));
+        }
+
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        admin.reshard_topic(TOPIC, 4).await.expect("grow to 4");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        stop_producers(&stop, producers).await;
+        let acked = acked.lock().unwrap().clone();
+        // Let the members read what is left.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let seen: std::collections::HashSet<String> = deliveries
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|d| d.3.clone())
+                .collect();
+            if acked.iter().all(|v| seen.contains(v)) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {} acknowledged records delivered",
+                acked.iter().filter(|v| seen.contains(*v)).count(),
+                acked.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        members_stop.store(true, Ordering::Release);
+        for m in members {
+            m.await.expect("member task");
+        }
+
+        let mut d = deliveries.lock().unwrap().clone();
+        d.sort_by_key(|x| x.0);
+        let shards: std::collections::BTreeSet<u32> = d.iter().map(|x| x.2).collect();
+        assert_eq!(
+            shards.into_iter().collect::<Vec<_>>(),
+            [0, 1, 2, 3],
+            "the group reads the new shards"
+        );
+        let members: std::collections::BTreeSet<usize> = d.iter().map(|x| x.1).collect();
+        assert_eq!(members.len(), 2, "both members got records");
+        // Per key, the first delivery of each seq comes in seq order.
+        let mut next: HashMap<usize, u64> = HashMap::new();
+        let mut seen = std::collections::HashSet::new();
+        for (n, member, shard, v) in &d {
+            let (k, seq, _) = parse(v.as_bytes());
+            let want = next.entry(k).or_insert(0);
+            if seq < *want || !seen.insert((k, seq)) {
+                continue; // delivered again after a rebalance, or a stored unacknowledged attempt
+            }
+            assert_eq!(
+                seq, *want,
+                "key {k}: seq {seq} delivered (poll {n}, member {member}, shard {shard}) \
+                 before seq {want}"
+            );
+            *want += 1;
+        }
+        eprintln!(
+            "acked {}, delivered {}, LAYOUT_CHANGED answers {}",
+            acked.len(),
+            d.len(),
+            refusals.load(Ordering::Relaxed)
+        );
+    }
+}
+
+over_both_transports! {
+    /// An open queue (queue mode) leases from the shards a reshard adds: records written
+    /// to them after the queue opened are leased, acknowledged, and none twice.
+    async fn an_open_queue_leases_from_new_shards(t) {
+        let broker = SdkBroker::start(t).await;
+        let client = broker.client().await;
+        let admin = Admin::new(client.clone());
+        admin
+            .create_topic("jobs", 1, Default::default())
+            .await
+            .expect("create topic");
+        let producer = Producer::builder(&client).build().await.expect("producer");
+        let q = weir_client::QueueConsumer::with_config(
+            &client,
+            "workers",
+            "jobs",
+            weir_client::QueueConfig {
+                max_wait: Duration::from_millis(100),
+                ..Default::default()
+            },
+        );
+        let send = |i: usize| ProducerRecord::new("jobs", format!("job-{i}")).key(format!("k{i}"));
+        for i in 0..10 {
+            producer.send_and_wait(send(i)).await.expect("produce");
+        }
+        let mut leased = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while leased.len() < 10 && Instant::now() < deadline {
+            leased.extend(q.fetch(50).await.expect("lease"));
+        }
+        assert_eq!(leased.len(), 10);
+        admin.reshard_topic("jobs", 3).await.expect("grow to 3");
+        // Keys sent again until they land: the first sends after the reshard may come
+        // back LAYOUT_CHANGED while the producer learns the new count.
+        let mut stored_on = std::collections::BTreeSet::new();
+        for i in 10..60 {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match producer.send_and_wait(send(i)).await {
+                    Ok(md) => {
+                        stored_on.insert(md.shard);
+                        break;
+                    }
                     Err(e) => {
-                        eprintln!("member {member}: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        assert!(Instant::now() < deadline, "job-{i}: {e}");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 }
             }
-            let _ = consumer.close().await;
-        }));
-    }
-
-    tokio::time::sleep(Duration::from_millis(2000)).await;
-    admin.reshard_topic(TOPIC, 4).await.expect("grow to 4");
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    stop_producers(&stop, producers).await;
-    let acked = acked.lock().unwrap().clone();
-    // Let the members read what is left.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let seen: std::collections::HashSet<String> = deliveries
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|d| d.3.clone())
-            .collect();
-        if acked.iter().all(|v| seen.contains(v)) {
-            break;
         }
         assert!(
-            Instant::now() < deadline,
-            "{} of {} acknowledged records delivered",
-            acked.iter().filter(|v| seen.contains(*v)).count(),
-            acked.len()
+            stored_on.contains(&1) && stored_on.contains(&2),
+            "records went to the new shards: {stored_on:?}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    members_stop.store(true, Ordering::Release);
-    for m in members {
-        m.await.expect("member task");
-    }
-
-    let mut d = deliveries.lock().unwrap().clone();
-    d.sort_by_key(|x| x.0);
-    let shards: std::collections::BTreeSet<u32> = d.iter().map(|x| x.2).collect();
-    assert_eq!(
-        shards.into_iter().collect::<Vec<_>>(),
-        [0, 1, 2, 3],
-        "the group reads the new shards"
-    );
-    let members: std::collections::BTreeSet<usize> = d.iter().map(|x| x.1).collect();
-    assert_eq!(members.len(), 2, "both members got records");
-    // Per key, the first delivery of each seq comes in seq order.
-    let mut next: HashMap<usize, u64> = HashMap::new();
-    let mut seen = std::collections::HashSet::new();
-    for (n, member, shard, v) in &d {
-        let (k, seq, _) = parse(v.as_bytes());
-        let want = next.entry(k).or_insert(0);
-        if seq < *want || !seen.insert((k, seq)) {
-            continue; // delivered again after a rebalance, or a stored unacknowledged attempt
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while leased.len() < 60 && Instant::now() < deadline {
+            leased.extend(q.fetch(50).await.expect("lease"));
         }
-        assert_eq!(
-            seq, *want,
-            "key {k}: seq {seq} delivered (poll {n}, member {member}, shard {shard}) before seq {want}"
-        );
-        *want += 1;
+        let values: std::collections::BTreeSet<String> = leased
+            .iter()
+            .map(|m| String::from_utf8(m.message.value.to_vec()).unwrap())
+            .collect();
+        assert_eq!(leased.len(), 60, "every job leased once");
+        assert_eq!(values.len(), 60);
+        let shards: std::collections::BTreeSet<u32> =
+            leased.iter().map(|m| m.message.shard).collect();
+        assert!(shards.contains(&2), "leased from a new shard: {shards:?}");
+        for r in q.ack_many(&leased).await.expect("ack") {
+            r.expect("ack accepted");
+        }
     }
-    eprintln!(
-        "acked {}, delivered {}, LAYOUT_CHANGED answers {}",
-        acked.len(),
-        d.len(),
-        refusals.load(Ordering::Relaxed)
-    );
 }
 
-/// An open queue (queue mode) leases from the shards a reshard adds: records written
-/// to them after the queue opened are leased, acknowledged, and none twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_open_queue_leases_from_new_shards() {
-    let broker = BrokerProcess::start();
-    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
-    let admin = Admin::new(client.clone());
-    admin
-        .create_topic("jobs", 1, Default::default())
-        .await
-        .expect("create topic");
-    let producer = Producer::builder(&client).build().await.expect("producer");
-    let q = weir_client::QueueConsumer::with_config(
-        &client,
-        "workers",
-        "jobs",
-        weir_client::QueueConfig {
-            max_wait: Duration::from_millis(100),
-            ..Default::default()
-        },
-    );
-    let send = |i: usize| ProducerRecord::new("jobs", format!("job-{i}")).key(format!("k{i}"));
-    for i in 0..10 {
-        producer.send_and_wait(send(i)).await.expect("produce");
-    }
-    let mut leased = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while leased.len() < 10 && Instant::now() < deadline {
-        leased.extend(q.fetch(50).await.expect("lease"));
-    }
-    assert_eq!(leased.len(), 10);
-    admin.reshard_topic("jobs", 3).await.expect("grow to 3");
-    // Keys sent again until they land: the first sends after the reshard may come
-    // back LAYOUT_CHANGED while the producer learns the new count.
-    let mut stored_on = std::collections::BTreeSet::new();
-    for i in 10..60 {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match producer.send_and_wait(send(i)).await {
-                Ok(md) => {
-                    stored_on.insert(md.shard);
-                    break;
-                }
-                Err(e) => {
-                    assert!(Instant::now() < deadline, "job-{i}: {e}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+over_both_transports! {
+    /// With `auto_reshard` on, a topic whose ingest passes its shards' capacity is split
+    /// by the broker itself, and merged again once it has stayed cold; both decisions are
+    /// in the topic's history with the load that caused them. (Capacity is set tiny so a
+    /// test can pass it.)
+    async fn the_broker_splits_a_hot_topic_and_merges_it_when_cold(t) {
+        let broker = SdkBroker::start_with_env(t, &[
+            ("WEIR_AUTO_RESHARD", "true"),
+            ("WEIR_SHARD_CAPACITY_RECORDS_PER_S", "400"),
+            ("WEIR_AUTO_RESHARD_INTERVAL_S", "3"),
+            ("WEIR_AUTO_RESHARD_COLD_S", "3"),
+        ])
+        .await;
+        let client = broker.client().await;
+        let admin = Admin::new(client.clone());
+        admin
+            .create_topic("hot", 1, Default::default())
+            .await
+            .expect("create topic");
+        let producer = Producer::builder(&client).build().await.expect("producer");
+        // About 1000 records/s, keyless (so the producer follows the shard count without
+        // refusals), until the topic has split.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut i = 0u64;
+        let split = loop {
+            for _ in 0..50 {
+                let _ = producer
+                    .send(ProducerRecord::new("hot", format!("v{i}")))
+                    .await;
+                i += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if i.is_multiple_of(1000) {
+                let t = admin.describe_topic("hot").await.expect("describe");
+                if t.active_shards > 1 {
+                    break t;
                 }
             }
-        }
-    }
-    assert!(
-        stored_on.contains(&1) && stored_on.contains(&2),
-        "records went to the new shards: {stored_on:?}"
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while leased.len() < 60 && Instant::now() < deadline {
-        leased.extend(q.fetch(50).await.expect("lease"));
-    }
-    let values: std::collections::BTreeSet<String> = leased
-        .iter()
-        .map(|m| String::from_utf8(m.message.value.to_vec()).unwrap())
-        .collect();
-    assert_eq!(leased.len(), 60, "every job leased once");
-    assert_eq!(values.len(), 60);
-    let shards: std::collections::BTreeSet<u32> = leased.iter().map(|m| m.message.shard).collect();
-    assert!(shards.contains(&2), "leased from a new shard: {shards:?}");
-    for r in q.ack_many(&leased).await.expect("ack") {
-        r.expect("ack accepted");
-    }
-}
-
-/// With `auto_reshard` on, a topic whose ingest passes its shards' capacity is split
-/// by the broker itself, and merged again once it has stayed cold; both decisions are
-/// in the topic's history with the load that caused them. (Capacity is set tiny so a
-/// test can pass it.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_broker_splits_a_hot_topic_and_merges_it_when_cold() {
-    let broker = BrokerProcess::start_with_env(&[
-        ("WEIR_AUTO_RESHARD", "true"),
-        ("WEIR_SHARD_CAPACITY_RECORDS_PER_S", "400"),
-        ("WEIR_AUTO_RESHARD_INTERVAL_S", "3"),
-        ("WEIR_AUTO_RESHARD_COLD_S", "3"),
-    ]);
-    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
-    let admin = Admin::new(client.clone());
-    admin
-        .create_topic("hot", 1, Default::default())
-        .await
-        .expect("create topic");
-    let producer = Producer::builder(&client).build().await.expect("producer");
-    // About 1000 records/s, keyless (so the producer follows the shard count without
-    // refusals), until the topic has split.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut i = 0u64;
-    let split = loop {
-        for _ in 0..50 {
-            let _ = producer
-                .send(ProducerRecord::new("hot", format!("v{i}")))
-                .await;
-            i += 1;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if i.is_multiple_of(1000) {
+            assert!(Instant::now() < deadline, "no split within 60 s");
+        };
+        producer.flush().await.expect("flush");
+        let first = &split.reshards[0];
+        assert_eq!(first.from_shards, 1);
+        assert!(first.to_shards >= 2);
+        assert!(
+            first.reason.starts_with("auto split") && first.reason.contains("forecast"),
+            "{}",
+            first.reason
+        );
+        // Idle now: cold for 3 s past the 3 s interval, it merges back.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let merged = loop {
             let t = admin.describe_topic("hot").await.expect("describe");
-            if t.active_shards > 1 {
+            if t.reshards.len() > 1 {
                 break t;
             }
-        }
-        assert!(Instant::now() < deadline, "no split within 60 s");
-    };
-    producer.flush().await.expect("flush");
-    let first = &split.reshards[0];
-    assert_eq!(first.from_shards, 1);
-    assert!(first.to_shards >= 2);
-    assert!(
-        first.reason.starts_with("auto split") && first.reason.contains("forecast"),
-        "{}",
-        first.reason
-    );
-    // Idle now: cold for 3 s past the 3 s interval, it merges back.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let merged = loop {
-        let t = admin.describe_topic("hot").await.expect("describe");
-        if t.reshards.len() > 1 {
-            break t;
-        }
-        assert!(Instant::now() < deadline, "no merge within 60 s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let second = &merged.reshards[1];
-    assert!(second.to_shards < second.from_shards, "{second:?}");
-    assert!(second.reason.starts_with("auto merge"), "{}", second.reason);
-    eprintln!("split: {}\nmerge: {}", first.reason, second.reason);
+            assert!(Instant::now() < deadline, "no merge within 60 s");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let second = &merged.reshards[1];
+        assert!(second.to_shards < second.from_shards, "{second:?}");
+        assert!(second.reason.starts_with("auto merge"), "{}", second.reason);
+        eprintln!("split: {}\nmerge: {}", first.reason, second.reason);
+    }
 }
 
-/// Pipelined sends: one task sends every key's records back to back without waiting
-/// for any acknowledgement, while the topic grows 2 → 4 and shrinks 4 → 3. The
-/// producer takes back the batches the reshards caught (refused LAYOUT_CHANGED, or
-/// still queued under the old count) and places their records again by the new count
-/// before any later record, so every send succeeds (none comes back LAYOUT_CHANGED
-/// for the caller to resend) and a fresh reader sees each key's records exactly once
-/// and in the order they were sent. Before, the refused records failed and pipelined
-/// records of the same key could overtake them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pipelined_sends_of_a_key_keep_their_order_across_reshards() {
-    const TOTAL: u64 = 30_000;
-    const PIPE_KEYS: usize = 16;
-    let (_broker, client, admin) = two_shard_topic().await;
-    let producer = Producer::builder(&client).build().await.expect("producer");
-    let sent = Arc::new(AtomicU64::new(0));
-    let resharder = {
-        let (admin, sent) = (admin.clone(), sent.clone());
-        tokio::spawn(async move {
-            let started = Instant::now();
-            for (at, to) in [(TOTAL / 4, 4), (TOTAL / 2, 3)] {
-                while sent.load(Ordering::Acquire) < at {
-                    assert!(started.elapsed() < Duration::from_secs(60), "sends stalled");
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+over_both_transports! {
+    /// Pipelined sends: one task sends every key's records back to back without waiting
+    /// for any acknowledgement, while the topic grows 2 → 4 and shrinks 4 → 3. The
+    /// producer takes back the batches the reshards caught (refused LAYOUT_CHANGED, or
+    /// still queued under the old count) and places their records again by the new count
+    /// before any later record, so every send succeeds (none comes back LAYOUT_CHANGED
+    /// for the caller to resend) and a fresh reader sees each key's records exactly once
+    /// and in the order they were sent. Before, the refused records failed and pipelined
+    /// records of the same key could overtake them.
+    async fn pipelined_sends_of_a_key_keep_their_order_across_reshards(t) {
+        const TOTAL: u64 = 30_000;
+        const PIPE_KEYS: usize = 16;
+        let (_broker, client, admin) = two_shard_topic(t).await;
+        let producer = Producer::builder(&client).build().await.expect("producer");
+        let sent = Arc::new(AtomicU64::new(0));
+        let resharder = {
+            let (admin, sent) = (admin.clone(), sent.clone());
+            tokio::spawn(async move {
+                let started = Instant::now();
+                for (at, to) in [(TOTAL / 4, 4), (TOTAL / 2, 3)] {
+                    while sent.load(Ordering::Acquire) < at {
+                        assert!(started.elapsed() < Duration::from_secs(60), "sends stalled");
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    admin.reshard_topic(TOPIC, to).await.expect("reshard");
                 }
-                admin.reshard_topic(TOPIC, to).await.expect("reshard");
+            })
+        };
+        let mut futures = Vec::with_capacity(TOTAL as usize);
+        for i in 0..TOTAL {
+            let k = i as usize % PIPE_KEYS;
+            let seq = i / PIPE_KEYS as u64;
+            let rec = ProducerRecord::new(TOPIC, format!("k{k}:{seq}:1")).key(format!("key-{k}"));
+            futures.push(producer.send(rec).await.expect("queued"));
+            sent.store(i + 1, Ordering::Release);
+            if i % 200 == 0 {
+                // Let the reshards land while sends are in flight.
+                tokio::task::yield_now().await;
             }
-        })
-    };
-    let mut futures = Vec::with_capacity(TOTAL as usize);
-    for i in 0..TOTAL {
-        let k = i as usize % PIPE_KEYS;
-        let seq = i / PIPE_KEYS as u64;
-        let rec = ProducerRecord::new(TOPIC, format!("k{k}:{seq}:1")).key(format!("key-{k}"));
-        futures.push(producer.send(rec).await.expect("queued"));
-        sent.store(i + 1, Ordering::Release);
-        if i % 200 == 0 {
-            // Let the reshards land while sends are in flight.
-            tokio::task::yield_now().await;
         }
-    }
-    tokio::time::timeout(Duration::from_secs(60), resharder)
-        .await
-        .expect("reshards in time")
-        .expect("resharder");
-    let mut failed = Vec::new();
-    for (i, f) in futures.into_iter().enumerate() {
-        match tokio::time::timeout(Duration::from_secs(60), f)
+        tokio::time::timeout(Duration::from_secs(60), resharder)
             .await
-            .expect("every send settles")
-        {
-            Ok(_) => {}
-            Err(e) => failed.push(format!("record {i}: {e}")),
+            .expect("reshards in time")
+            .expect("resharder");
+        let mut failed = Vec::new();
+        for (i, f) in futures.into_iter().enumerate() {
+            match tokio::time::timeout(Duration::from_secs(60), f)
+                .await
+                .expect("every send settles")
+            {
+                Ok(_) => {}
+                Err(e) => failed.push(format!("record {i}: {e}")),
+            }
         }
+        assert!(
+            failed.is_empty(),
+            "{} sends failed, first: {:?}",
+            failed.len(),
+            &failed[..failed.len().min(3)]
+        );
+        let meta = admin.describe_topic(TOPIC).await.expect("describe");
+        assert_eq!((meta.active_shards, meta.reshards.len()), (3, 2));
+        let stored = read_to_end(&client, TOPIC, Duration::from_secs(60)).await;
+        assert_eq!(stored.len() as u64, TOTAL, "every record stored once");
+        let mut seen = std::collections::HashSet::new();
+        for m in &stored {
+            assert!(seen.insert(m.value.clone()), "stored twice: {:?}", m.value);
+        }
+        let (breaks, shown) = order_breaks(&stored);
+        assert_eq!(breaks, 0, "{shown:?}");
     }
-    assert!(
-        failed.is_empty(),
-        "{} sends failed, first: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(3)]
-    );
-    let meta = admin.describe_topic(TOPIC).await.expect("describe");
-    assert_eq!((meta.active_shards, meta.reshards.len()), (3, 2));
-    let stored = read_to_end(&client, TOPIC, Duration::from_secs(60)).await;
-    assert_eq!(stored.len() as u64, TOTAL, "every record stored once");
-    let mut seen = std::collections::HashSet::new();
-    for m in &stored {
-        assert!(seen.insert(m.value.clone()), "stored twice: {:?}", m.value);
-    }
-    let (breaks, shown) = order_breaks(&stored);
-    assert_eq!(breaks, 0, "{shown:?}");
 }
 
 /// A reshard while a producer's batches are stored but not acknowledged (their answers
