@@ -399,49 +399,54 @@ over_both_transports! {
 
         let broker = SdkBroker::start(t).await;
         let client = broker.client().await;
-        Admin::new(client.clone())
-            .create_topic("share", 1, TopicConfig::default())
-            .await
-            .expect("create topic");
-        // One P3 batch, then 20 P0 batches of the same size, all fresh (no aging).
-        let ts = now_ms();
-        produce(&client, "share", batch_at(10, 1, 100, ts)).await.unwrap();
-        for _ in 0..20 {
-            produce(&client, "share", batch_at(1, 1, 100, ts)).await.unwrap();
-        }
-        // Answers of one batch each (the first batch always fits): P0 fills every
-        // answer, so only weights that hold across answers let P3 in before P0 runs
-        // out. With weights 8:1 and equal sizes P3's batch is the 9th; a queue started
-        // afresh for every answer would put it last, 21st.
-        let mut cursors = vec![0u64; 4];
-        let mut order = Vec::new();
-        for _ in 0..40 {
-            let req = PriorityFetchRequest {
-                topic: "share".into(),
-                shard: 0,
-                cursors: cursors.clone(),
-                max_bytes: 1,
-                min_bytes: 1,
-                max_wait_ms: 0,
-            };
-            let r = match client.call(req).await.expect("priority fetch") {
-                ResponseBody::PriorityFetch(r) => r,
-                other => panic!("unexpected {:?}", other.api_key()),
-            };
-            let batches: Vec<_> = r.records.batches().map(|b| b.unwrap()).collect();
-            if batches.is_empty() {
-                break;
+        let size = batch_at(10, 1, 100, 0).len() as u32;
+        // Answers of one batch each, P0 filling every answer, so only weights that hold
+        // across answers let P3 in before P0 runs out: with weights 8:1 and equal sizes
+        // P3's batch is the 9th; a queue started afresh for every answer would put it
+        // last, 21st. `max_bytes` 1 ends each answer after its first batch (the first
+        // always fits); 1.5 batches ends it at a second batch that does not fit, which
+        // must keep its place for the next answer.
+        for (topic, max_bytes) in [("share", 1), ("share-cut", size * 3 / 2)] {
+            Admin::new(client.clone())
+                .create_topic(topic, 1, TopicConfig::default())
+                .await
+                .expect("create topic");
+            // One P3 batch, then 20 P0 batches of the same size, all fresh (no aging).
+            let ts = now_ms();
+            produce(&client, topic, batch_at(10, 1, 100, ts)).await.unwrap();
+            for _ in 0..20 {
+                produce(&client, topic, batch_at(1, 1, 100, ts)).await.unwrap();
             }
-            assert_eq!(batches.len(), 1);
-            order.push(BatchHeader::read(&batches[0]).unwrap().priority);
-            cursors = r.cursors.clone();
+            let mut cursors = vec![0u64; 4];
+            let mut order = Vec::new();
+            for _ in 0..40 {
+                let req = PriorityFetchRequest {
+                    topic: topic.into(),
+                    shard: 0,
+                    cursors: cursors.clone(),
+                    max_bytes,
+                    min_bytes: 1,
+                    max_wait_ms: 0,
+                };
+                let r = match client.call(req).await.expect("priority fetch") {
+                    ResponseBody::PriorityFetch(r) => r,
+                    other => panic!("unexpected {:?}", other.api_key()),
+                };
+                let batches: Vec<_> = r.records.batches().map(|b| b.unwrap()).collect();
+                if batches.is_empty() {
+                    break;
+                }
+                assert_eq!(batches.len(), 1, "{topic}");
+                order.push(BatchHeader::read(&batches[0]).unwrap().priority);
+                cursors = r.cursors.clone();
+            }
+            assert_eq!(order.len(), 21, "{topic}: every batch once: {order:?}");
+            assert_eq!(
+                order.iter().position(|&p| p == 10),
+                Some(8),
+                "{topic}: P3 after 8 P0 batches: {order:?}"
+            );
         }
-        assert_eq!(order.len(), 21, "every batch once: {order:?}");
-        assert_eq!(
-            order.iter().position(|&p| p == 10),
-            Some(8),
-            "P3 after 8 P0 batches: {order:?}"
-        );
     }
 }
 

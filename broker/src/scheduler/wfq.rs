@@ -29,8 +29,11 @@
 //! PriorityFetch answer) can carry its virtual time over: [`Wfq::clock`] says where the
 //! virtual clock stands and at which tag each lane's waiting head started, and
 //! [`Wfq::resume`] starts a new queue there, the first item pushed into each such lane
-//! starting at that tag again. So the weights hold across rounds, not only within one,
-//! and a lane still banks no credit while it has nothing waiting.
+//! (before the first pop: the round's heads) starting at that tag again. So the
+//! weights hold across rounds, not only within one, and a lane still banks no credit
+//! while it has nothing waiting. The caller must push the *same* head again for its
+//! tag to mean anything; [`VirtualClock::keep_heads`] drops the tags of lanes whose
+//! head changed.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -62,6 +65,26 @@ pub struct VirtualClock {
     virtual_time: u128,
     /// Per lane, the start tag of the head it had waiting, if any.
     head_start: [Option<u128>; CLASS_COUNT],
+}
+
+impl VirtualClock {
+    /// The clock without the carried tags of the lanes `keep` says no: their next
+    /// round's head is not the one that waited (the reader moved), so it starts at
+    /// the virtual time like any newly backlogged lane.
+    pub fn keep_heads(mut self, keep: [bool; CLASS_COUNT]) -> VirtualClock {
+        for (start, keep) in self.head_start.iter_mut().zip(keep) {
+            if !keep {
+                *start = None;
+            }
+        }
+        self
+    }
+
+    /// Whether `self` is behind `other` in virtual time (of two rounds resumed from one
+    /// clock, the one that went further is the one to keep).
+    pub fn is_behind(&self, other: &VirtualClock) -> bool {
+        self.virtual_time < other.virtual_time
+    }
 }
 
 #[derive(Debug)]
@@ -205,6 +228,11 @@ impl<T> Wfq<T> {
 
     /// Serves the next item: the oldest overdue head if any, else the smallest tag.
     pub fn pop(&mut self, now: Instant) -> Option<Served<T>> {
+        // Carried tags are for the round's heads, pushed before its first pop; a lane
+        // first pushed to later is newly backlogged and must not take an old place.
+        for lane in &mut self.lanes {
+            lane.resume_start = None;
+        }
         let (i, pick) = self.choose(now)?;
         let lane = &mut self.lanes[i];
         let e = lane.items.pop_front().expect("head exists");
@@ -423,6 +451,40 @@ mod tests {
             .filter(|_| one_round(VirtualClock::default(), &heads).0 == Class::P3)
             .count();
         assert_eq!(fresh, 0, "without resuming P3 never wins a round");
+    }
+
+    #[test]
+    fn a_carried_tag_applies_only_to_the_rounds_own_heads() {
+        let t0 = Instant::now();
+        // P3 waits behind 8 P0 items: its head's tag is carried.
+        let mut clock = VirtualClock::default();
+        for _ in 0..8 {
+            clock = one_round(clock, &[(Class::P0, 1000), (Class::P3, 1000)]).1;
+        }
+        assert!(clock.head_start[Class::P3.index()].is_some());
+        // Its place goes when the caller says the head changed.
+        let moved = clock.keep_heads([true, true, true, false]);
+        assert_eq!(moved.head_start[Class::P3.index()], None);
+        assert_eq!(
+            one_round(moved, &[(Class::P0, 1000), (Class::P3, 1000)]).0,
+            Class::P0
+        );
+        assert_eq!(
+            one_round(clock, &[(Class::P0, 1000), (Class::P3, 1000)]).0,
+            Class::P3
+        );
+        // A lane first pushed after the round's first pop starts at the virtual time.
+        let mut q = Wfq::resume(DEFAULT_CLASS_WEIGHTS, NO_AGING, clock);
+        q.push(Class::P0, (), 1000, t0);
+        q.pop(t0).unwrap();
+        q.push(Class::P0, (), 1000, t0);
+        q.push(Class::P3, (), 1000, t0);
+        assert_eq!(
+            q.pop(t0).unwrap().class,
+            Class::P0,
+            "no old place for a late push"
+        );
+        assert!(!clock.is_behind(&clock) && VirtualClock::default().is_behind(&clock));
     }
 
     #[test]

@@ -12,8 +12,8 @@ use crate::error::BrokerError;
 use crate::flow::quota::ClientState;
 use crate::state::BrokerState;
 
-/// Answers one request from `client`, on a session whose priority reads age by
-/// `clocks`.
+/// Answers one request from `client`, on a session whose priority reads keep their
+/// clocks in `clocks`.
 pub async fn answer(
     state: &Arc<BrokerState>,
     client: &ClientState,

@@ -142,7 +142,7 @@ pub(super) struct Session {
     out: Responder,
     classes: ClassMap,
     io_timeout: Duration,
-    /// This peer's PriorityFetch aging clocks: each reader ages on its own.
+    /// This peer's PriorityFetch clocks (aging and fair-queuing): each reader has its own.
     clocks: Arc<ReaderClocks>,
 }
 

@@ -53,7 +53,7 @@ struct Assembled {
     wfq: VirtualClock,
 }
 
-/// Answers a PriorityFetch from the reader whose aging clocks are `clocks`; see the
+/// Answers a PriorityFetch from the reader (session) whose clocks are `clocks`; see the
 /// module docs.
 pub async fn priority_fetch(
     state: &Arc<BrokerState>,
@@ -103,7 +103,12 @@ pub async fn priority_fetch(
         if !enough && !last {
             return Ok(None);
         }
-        clocks.note(&r.topic, r.shard, a.aged, a.wfq, Instant::now());
+        let left = ShardClocks {
+            aged: a.aged,
+            wfq: a.wfq,
+            cursors: a.cursors,
+        };
+        clocks.note(&r.topic, r.shard, left, Instant::now());
         state
             .metrics
             .fetch_bytes_total
@@ -141,8 +146,14 @@ fn assemble(
     let scanned = index.scanned_to();
     let now = Instant::now();
     let aging = state.config.class_aging();
-    let mut wfq: Wfq<(Bytes, BatchHeader)> =
-        Wfq::resume(state.config.class_weights(), aging, last.wfq);
+    // A lane keeps its carried place only if it resumes where the last answer left
+    // it, so its head is the batch that waited.
+    let same_head: [bool; CLASS_COUNT] = std::array::from_fn(|c| cursors[c] == last.cursors[c]);
+    let mut wfq: Wfq<(Bytes, BatchHeader)> = Wfq::resume(
+        state.config.class_weights(),
+        aging,
+        last.wfq.keep_heads(same_head),
+    );
     // A lane may go ahead by aging once per aging period (see the module docs).
     let mut may_age: [bool; CLASS_COUNT] = std::array::from_fn(|c| {
         last.aged[c].is_none_or(|t| now.saturating_duration_since(t) >= aging[c])
@@ -195,7 +206,7 @@ fn assemble(
         cursors: *cursors,
         has_p0: false,
         aged: [None; CLASS_COUNT],
-        wfq: last.wfq,
+        wfq: VirtualClock::default(), // set in the loop below
     };
     for (c, head) in heads {
         match head {
