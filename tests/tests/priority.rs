@@ -447,6 +447,51 @@ over_both_transports! {
                 "{topic}: P3 after 8 P0 batches: {order:?}"
             );
         }
+        // A lane that does not resume where the last answer left it (here P3's cursor
+        // moved from 0 to its batch's own offset, as a seek would) starts afresh: its
+        // place from the first answers is gone, and P3 comes 13th, not 9th.
+        let topic = "share-seek";
+        Admin::new(client.clone())
+            .create_topic(topic, 1, TopicConfig::default())
+            .await
+            .expect("create topic");
+        let ts = now_ms();
+        produce(&client, topic, batch_at(1, 1, 100, ts)).await.unwrap();
+        produce(&client, topic, batch_at(10, 1, 100, ts)).await.unwrap();
+        for _ in 0..19 {
+            produce(&client, topic, batch_at(1, 1, 100, ts)).await.unwrap();
+        }
+        let mut cursors = vec![0u64; 4];
+        let mut order = Vec::new();
+        for answer in 0..40 {
+            if answer == 4 {
+                assert_eq!(cursors[3], 0, "P3 not read yet");
+                cursors[3] = 1;
+            }
+            let req = PriorityFetchRequest {
+                topic: topic.into(),
+                shard: 0,
+                cursors: cursors.clone(),
+                max_bytes: 1,
+                min_bytes: 1,
+                max_wait_ms: 0,
+            };
+            let r = match client.call(req).await.expect("priority fetch") {
+                ResponseBody::PriorityFetch(r) => r,
+                other => panic!("unexpected {:?}", other.api_key()),
+            };
+            let Some(b) = r.records.batches().next() else {
+                break;
+            };
+            order.push(BatchHeader::read(&b.unwrap()).unwrap().priority);
+            cursors = r.cursors.clone();
+        }
+        assert_eq!(order.len(), 21, "{topic}: every batch once: {order:?}");
+        assert_eq!(
+            order.iter().position(|&p| p == 10),
+            Some(12),
+            "{topic}: P3 after 12 P0 batches: {order:?}"
+        );
     }
 }
 
