@@ -393,13 +393,66 @@ over_both_transports! {
     }
 }
 
+/// A one-shard `topic` holding one P3 batch at `p3_at` among 21 batches, the others
+/// P0, all of one size and fresh (no aging).
+async fn one_p3_among_p0(client: &Client, topic: &str, p3_at: usize) {
+    Admin::new(client.clone())
+        .create_topic(topic, 1, TopicConfig::default())
+        .await
+        .expect("create topic");
+    let ts = now_ms();
+    for i in 0..21 {
+        let priority = if i == p3_at { 10 } else { 1 };
+        produce(client, topic, batch_at(priority, 1, 100, ts))
+            .await
+            .unwrap();
+    }
+}
+
+/// Reads `topic` to its end with PriorityFetch answers of at most `max_bytes`, each
+/// expected to hold one batch; `seek` may move the cursors before answer `n`. The
+/// priorities of the batches in the order read.
+async fn read_by_answers(
+    client: &Client,
+    topic: &str,
+    max_bytes: u32,
+    seek: impl Fn(usize, &mut Vec<u64>),
+) -> Vec<u8> {
+    use weir_protocol::messages::PriorityFetchRequest;
+    let mut cursors = vec![0u64; 4];
+    let mut order = Vec::new();
+    for answer in 0..40 {
+        seek(answer, &mut cursors);
+        let req = PriorityFetchRequest {
+            topic: topic.into(),
+            shard: 0,
+            cursors: cursors.clone(),
+            max_bytes,
+            min_bytes: 1,
+            max_wait_ms: 0,
+        };
+        let r = match client.call(req).await.expect("priority fetch") {
+            ResponseBody::PriorityFetch(r) => r,
+            other => panic!("unexpected {:?}", other.api_key()),
+        };
+        let batches: Vec<_> = r.records.batches().map(|b| b.unwrap()).collect();
+        if batches.is_empty() {
+            break;
+        }
+        assert_eq!(batches.len(), 1, "{topic}");
+        order.push(BatchHeader::read(&batches[0]).unwrap().priority);
+        cursors = r.cursors.clone();
+    }
+    assert_eq!(order.len(), 21, "{topic}: every batch once: {order:?}");
+    order
+}
+
 over_both_transports! {
     async fn a_low_class_keeps_its_weighted_share_across_a_readers_answers(t) {
-        use weir_protocol::messages::PriorityFetchRequest;
-
         let broker = SdkBroker::start(t).await;
         let client = broker.client().await;
         let size = batch_at(10, 1, 100, 0).len() as u32;
+        let p3_at = |order: &[u8]| order.iter().position(|&p| p == 10);
         // Answers of one batch each, P0 filling every answer, so only weights that hold
         // across answers let P3 in before P0 runs out: with weights 8:1 and equal sizes
         // P3's batch is the 9th; a queue started afresh for every answer would put it
@@ -407,91 +460,22 @@ over_both_transports! {
         // always fits); 1.5 batches ends it at a second batch that does not fit, which
         // must keep its place for the next answer.
         for (topic, max_bytes) in [("share", 1), ("share-cut", size * 3 / 2)] {
-            Admin::new(client.clone())
-                .create_topic(topic, 1, TopicConfig::default())
-                .await
-                .expect("create topic");
-            // One P3 batch, then 20 P0 batches of the same size, all fresh (no aging).
-            let ts = now_ms();
-            produce(&client, topic, batch_at(10, 1, 100, ts)).await.unwrap();
-            for _ in 0..20 {
-                produce(&client, topic, batch_at(1, 1, 100, ts)).await.unwrap();
-            }
-            let mut cursors = vec![0u64; 4];
-            let mut order = Vec::new();
-            for _ in 0..40 {
-                let req = PriorityFetchRequest {
-                    topic: topic.into(),
-                    shard: 0,
-                    cursors: cursors.clone(),
-                    max_bytes,
-                    min_bytes: 1,
-                    max_wait_ms: 0,
-                };
-                let r = match client.call(req).await.expect("priority fetch") {
-                    ResponseBody::PriorityFetch(r) => r,
-                    other => panic!("unexpected {:?}", other.api_key()),
-                };
-                let batches: Vec<_> = r.records.batches().map(|b| b.unwrap()).collect();
-                if batches.is_empty() {
-                    break;
-                }
-                assert_eq!(batches.len(), 1, "{topic}");
-                order.push(BatchHeader::read(&batches[0]).unwrap().priority);
-                cursors = r.cursors.clone();
-            }
-            assert_eq!(order.len(), 21, "{topic}: every batch once: {order:?}");
-            assert_eq!(
-                order.iter().position(|&p| p == 10),
-                Some(8),
-                "{topic}: P3 after 8 P0 batches: {order:?}"
-            );
+            one_p3_among_p0(&client, topic, 0).await;
+            let order = read_by_answers(&client, topic, max_bytes, |_, _| {}).await;
+            assert_eq!(p3_at(&order), Some(8), "{topic}: P3 after 8 P0 batches: {order:?}");
         }
         // A lane that does not resume where the last answer left it (here P3's cursor
-        // moved from 0 to its batch's own offset, as a seek would) starts afresh: its
-        // place from the first answers is gone, and P3 comes 13th, not 9th.
-        let topic = "share-seek";
-        Admin::new(client.clone())
-            .create_topic(topic, 1, TopicConfig::default())
-            .await
-            .expect("create topic");
-        let ts = now_ms();
-        produce(&client, topic, batch_at(1, 1, 100, ts)).await.unwrap();
-        produce(&client, topic, batch_at(10, 1, 100, ts)).await.unwrap();
-        for _ in 0..19 {
-            produce(&client, topic, batch_at(1, 1, 100, ts)).await.unwrap();
-        }
-        let mut cursors = vec![0u64; 4];
-        let mut order = Vec::new();
-        for answer in 0..40 {
+        // moved from 0 to its batch's own offset before the 5th answer, as a seek would)
+        // starts afresh: its place from the first answers is gone, and P3 comes 13th.
+        one_p3_among_p0(&client, "share-seek", 1).await;
+        let seek = |answer: usize, cursors: &mut Vec<u64>| {
             if answer == 4 {
                 assert_eq!(cursors[3], 0, "P3 not read yet");
                 cursors[3] = 1;
             }
-            let req = PriorityFetchRequest {
-                topic: topic.into(),
-                shard: 0,
-                cursors: cursors.clone(),
-                max_bytes: 1,
-                min_bytes: 1,
-                max_wait_ms: 0,
-            };
-            let r = match client.call(req).await.expect("priority fetch") {
-                ResponseBody::PriorityFetch(r) => r,
-                other => panic!("unexpected {:?}", other.api_key()),
-            };
-            let Some(b) = r.records.batches().next() else {
-                break;
-            };
-            order.push(BatchHeader::read(&b.unwrap()).unwrap().priority);
-            cursors = r.cursors.clone();
-        }
-        assert_eq!(order.len(), 21, "{topic}: every batch once: {order:?}");
-        assert_eq!(
-            order.iter().position(|&p| p == 10),
-            Some(12),
-            "{topic}: P3 after 12 P0 batches: {order:?}"
-        );
+        };
+        let order = read_by_answers(&client, "share-seek", 1, seek).await;
+        assert_eq!(p3_at(&order), Some(12), "P3 after 12 P0 batches: {order:?}");
     }
 }
 
