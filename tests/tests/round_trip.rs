@@ -177,3 +177,58 @@ async fn keyed_round_trip(client: weir_client::Client) {
         );
     }
 }
+
+over_both_transports! {
+    /// A consumer of several shards hands out a record that reaches one of them as soon
+    /// as it is there, without waiting for the other shards' long polls to run out
+    /// (before, a fetch round waited for every shard's answer: up to `fetch_max_wait`
+    /// late whenever some shard was idle). Both orders.
+    async fn a_record_on_one_shard_is_not_held_back_by_idle_shards(t) {
+        use weir_client::{Consumer, DeliveryOrder, OffsetReset};
+        let broker = SdkBroker::start(t).await;
+        let client = broker.client().await;
+        Admin::new(client.clone())
+            .create_topic("idle", SHARDS, Default::default())
+            .await
+            .expect("create topic");
+        let producer = Producer::builder(&client).build().await.expect("producer");
+        for (round, order) in [DeliveryOrder::Offset, DeliveryOrder::Priority]
+            .into_iter()
+            .enumerate()
+        {
+            let mut consumer = Consumer::builder(&client)
+                .topic("idle")
+                .reset(OffsetReset::Latest)
+                .order(order)
+                .fetch_max_wait(Duration::from_secs(20))
+                .build()
+                .expect("consumer");
+            assert!(consumer
+                .poll(10, Duration::ZERO)
+                .await
+                .expect("first poll")
+                .is_empty());
+            // Every shard now has a 20 s long poll in flight (or gets one below).
+            let waiting = tokio::spawn(async move {
+                let started = tokio::time::Instant::now();
+                let got = consumer.poll(10, Duration::from_secs(30)).await;
+                (started.elapsed(), got)
+            });
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let value = format!("only-{round}");
+            producer
+                .send_and_wait(ProducerRecord::new("idle", value.clone()).shard(2))
+                .await
+                .expect("produce");
+            let (waited, got) = waiting.await.expect("poll task");
+            let got = got.expect("poll");
+            assert_eq!(got.len(), 1, "{order:?}");
+            assert_eq!((got[0].shard, &got[0].value[..]), (2, value.as_bytes()));
+            // Well inside the idle shards' 20 s: the record did not wait for them.
+            assert!(
+                waited < Duration::from_secs(10),
+                "{order:?}: the record came after {waited:?}"
+            );
+        }
+    }
+}

@@ -160,6 +160,7 @@ impl ConsumerBuilder {
             layouts: HashMap::new(),
             others: HashMap::new(),
             others_at: None,
+            in_flight: Default::default(),
         })
     }
 }

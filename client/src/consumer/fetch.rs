@@ -1,6 +1,11 @@
 //! Reading: `poll` and `poll_batches` hand out what earlier fetches buffered, and
-//! when nothing is buffered run one fetch round — one request per assigned shard, in
-//! parallel, each long-polling on the broker for at most `fetch_max_wait`.
+//! when nothing is buffered run one fetch round: a request to every assigned shard that
+//! has none in flight, in parallel, each long-polling on the broker for at most
+//! `fetch_max_wait`, then the answers that have come — the first one waited for, the
+//! others only if already there. Fetches still waiting stay in flight for the next
+//! round ([`InFlight`]), so a record on one shard is handed out as soon as it arrives,
+//! not once every idle shard's long poll has run out; an answer counts only if it is
+//! its shard's latest fetch and the shard's position has not moved since it was sent.
 //!
 //! In priority order a shard is fetched by its four lane cursors
 //! (`PriorityFetchRequest`) and every buffered message remembers its lane, so
@@ -11,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::FuturesUnordered;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use weir_protocol::batch::{self, Batch};
 use weir_protocol::classes::{ClassMap, CLASS_COUNT};
 use weir_protocol::messages::*;
@@ -27,8 +32,31 @@ use weir_protocol::reshard::Gate;
 /// The lane cursors of a shard in priority order (`None` in offset order).
 type Lanes = Option<[u64; CLASS_COUNT]>;
 
+/// A fetch on its way: which fetch it is, and its answer once it comes.
+type Pending =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (Fetched, Result<ResponseBody>)> + Send>>;
+
+/// The consumer's fetches in flight (see the module docs).
+#[derive(Default)]
+pub(super) struct InFlight {
+    /// In a mutex only so that the consumer stays `Sync` (the futures are not): every
+    /// access is through `get_mut`, which takes no lock.
+    calls: std::sync::Mutex<FuturesUnordered<Pending>>,
+    /// Per shard, the fetch whose answer counts: its id, and the position and lane
+    /// cursors it asked from. A fetch replaced here (the position moved) is left to
+    /// finish and its answer dropped.
+    current: std::collections::HashMap<(String, u32), (u64, u64, Lanes)>,
+    next_id: u64,
+}
+
+/// The fetches in flight (see [`InFlight::calls`]).
+fn calls(f: &mut InFlight) -> &mut FuturesUnordered<Pending> {
+    f.calls.get_mut().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Which fetch a response answers.
 struct Fetched {
+    id: u64,
     topic: String,
     shard: u32,
     offset: u64,
@@ -164,8 +192,10 @@ impl Consumer {
         Ok(true)
     }
 
-    /// Fetches every assigned shard once. With `whole`, keeps each batch for
-    /// `poll_batches` instead of decoding its records into messages.
+    /// One fetch round (see the module docs): sends a fetch to every assigned shard
+    /// without one in flight, waits up to `wait` for the first answer and takes in
+    /// every answer there by then. With `whole`, keeps each batch for `poll_batches`
+    /// instead of decoding its records into messages.
     async fn fetch_round(&mut self, wait: Duration, whole: bool) -> Result<()> {
         let priority = self.config.order == DeliveryOrder::Priority;
         if self.layouts.values().any(|l| !l.reshards.is_empty()) {
@@ -173,7 +203,6 @@ impl Consumer {
                 tracing::debug!(error = %e, "could not read the group's commits for a reshard gate");
             }
         }
-        let mut calls = FuturesUnordered::new();
         let mut blocked = 0usize;
         for ((topic, shard), offset) in &self.positions {
             let limit = match self.gate_of(topic, *shard, *offset) {
@@ -183,18 +212,28 @@ impl Consumer {
                 }
                 Gate::Until { limit } => limit,
             };
-            let client = self.client.clone();
-            let timeout = wait + self.client.config().request_timeout;
-            let (topic, shard, offset) = (topic.clone(), *shard, *offset);
             let lanes = if priority {
-                Some(lane_cursors(&mut self.lanes, &topic, shard, offset))
+                Some(lane_cursors(&mut self.lanes, topic, *shard, *offset))
             } else {
                 None
             };
+            let key = (topic.clone(), *shard);
+            if let Some((_, o, l)) = self.in_flight.current.get(&key) {
+                if *o == *offset && *l == lanes {
+                    continue; // still waiting for this very read
+                }
+            }
+            let id = self.in_flight.next_id;
+            self.in_flight.next_id += 1;
+            self.in_flight.current.insert(key, (id, *offset, lanes));
+            let client = self.client.clone();
+            let timeout = wait + self.client.config().request_timeout;
+            let (topic, shard, offset) = (topic.clone(), *shard, *offset);
             let req = fetch_request(&self.config, &topic, shard, offset, lanes, wait);
-            calls.push(async move {
+            calls(&mut self.in_flight).push(Box::pin(async move {
                 let r = client.call_with_timeout(req, timeout).await;
                 let fetched = Fetched {
+                    id,
                     topic,
                     shard,
                     offset,
@@ -202,14 +241,28 @@ impl Consumer {
                     limit,
                 };
                 (fetched, r)
-            });
+            }));
+        }
+        // The first answer (or the round's wait), then every other one already there.
+        let mut answers = Vec::new();
+        let calls = calls(&mut self.in_flight);
+        if !calls.is_empty() {
+            if let Ok(Some(a)) = tokio::time::timeout(wait, calls.next()).await {
+                answers.push(a);
+            }
+            while let Some(Some(a)) = calls.next().now_or_never() {
+                answers.push(a);
+            }
         }
         let classes = self.client.class_map();
         let mut reset = Vec::new();
         // THROTTLED (a fetch quota) says when to come back; asking sooner only spins.
         let mut pause = Duration::ZERO;
         let mut stale = Vec::new();
-        while let Some((fetched, r)) = calls.next().await {
+        for (fetched, r) in answers {
+            if !self.answer_counts(&fetched) {
+                continue;
+            }
             let body = match r {
                 Ok(b) => b,
                 Err(e) if e.code() == Some(ErrorCode::OffsetOutOfRange) => {
@@ -236,7 +289,6 @@ impl Consumer {
             }
             self.take_response(fetched, body, whole, &classes)?;
         }
-        drop(calls);
         if !stale.is_empty() {
             let mut topics: Vec<String> = stale.iter().map(|(f, _)| f.topic.clone()).collect();
             topics.sort();
@@ -266,6 +318,20 @@ impl Consumer {
             self.positions.insert((topic, shard), pos);
         }
         Ok(())
+    }
+
+    /// Whether an answer is its shard's latest fetch, asked from where the shard still
+    /// is (a seek, a rejoin or a reset since makes it stale); takes it off the books.
+    fn answer_counts(&mut self, f: &Fetched) -> bool {
+        let key = (f.topic.clone(), f.shard);
+        match self.in_flight.current.get(&key) {
+            Some((id, ..)) if *id == f.id => {
+                self.in_flight.current.remove(&key);
+            }
+            _ => return false, // replaced by a later fetch of the shard
+        }
+        let lanes_now = self.lanes.get(&key).copied();
+        self.positions.get(&key) == Some(&f.offset) && (f.lanes.is_none() || f.lanes == lanes_now)
     }
 
     /// Buffers one shard's fetch response: whole batches for `poll_batches`, else

@@ -66,6 +66,9 @@ pub struct Consumer {
     /// when it was fetched (for the reshard gate).
     others: HashMap<(String, u32), u64>,
     others_at: Option<tokio::time::Instant>,
+    /// Fetches sent and not yet taken in, kept across polls: a fetch round waits for
+    /// the first answer, not for every shard's long poll (see `fetch.rs`).
+    in_flight: fetch::InFlight,
 }
 
 impl Drop for Consumer {
