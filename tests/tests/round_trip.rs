@@ -203,12 +203,13 @@ over_both_transports! {
                 .fetch_max_wait(Duration::from_secs(20))
                 .build()
                 .expect("consumer");
+            // Resolves the positions (at the end); the poll below sends a 20 s long
+            // poll to every shard.
             assert!(consumer
                 .poll(10, Duration::ZERO)
                 .await
                 .expect("first poll")
                 .is_empty());
-            // Every shard now has a 20 s long poll in flight (or gets one below).
             let waiting = tokio::spawn(async move {
                 let started = tokio::time::Instant::now();
                 let got = consumer.poll(10, Duration::from_secs(30)).await;
@@ -230,5 +231,54 @@ over_both_transports! {
                 "{order:?}: the record came after {waited:?}"
             );
         }
+    }
+}
+
+over_both_transports! {
+    /// A seek while long polls are in flight: the shard is read again from the new
+    /// position, and every record comes once per pass, in order (the fetch sent from
+    /// the old position is left to finish and its answer dropped).
+    async fn a_seek_with_long_polls_in_flight_reads_each_record_once(t) {
+        use weir_client::{Consumer, Message, OffsetReset};
+        let broker = SdkBroker::start(t).await;
+        let client = broker.client().await;
+        Admin::new(client.clone())
+            .create_topic("seek", 2, Default::default())
+            .await
+            .expect("create topic");
+        let producer = Producer::builder(&client).build().await.expect("producer");
+        let send = |i: u32| ProducerRecord::new("seek", format!("v{i}")).shard(1);
+        for i in 0..3 {
+            producer.send_and_wait(send(i)).await.expect("produce");
+        }
+        let mut consumer = Consumer::builder(&client)
+            .topic("seek")
+            .reset(OffsetReset::Earliest)
+            .fetch_max_wait(Duration::from_millis(1500))
+            .build()
+            .expect("consumer");
+        async fn read(c: &mut Consumer, n: usize) -> Vec<Message> {
+            let mut got = Vec::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while got.len() < n && tokio::time::Instant::now() < deadline {
+                got.extend(c.poll(10, Duration::from_millis(200)).await.expect("poll"));
+            }
+            got
+        }
+        let offsets = |m: &[Message]| m.iter().map(|m| (m.shard, m.offset)).collect::<Vec<_>>();
+        let first = read(&mut consumer, 3).await;
+        assert_eq!(offsets(&first), [(1, 0), (1, 1), (1, 2)]);
+        // Both shards have long polls in flight now (shard 1 from offset 3).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        consumer.seek("seek", 1, 1).expect("seek");
+        let again = read(&mut consumer, 2).await;
+        assert_eq!(offsets(&again), [(1, 1), (1, 2)]);
+        // A new record reaches both the fetch from before the seek (sent from 3) and
+        // the one after: it is handed out once.
+        producer.send_and_wait(send(3)).await.expect("produce");
+        let new = read(&mut consumer, 1).await;
+        assert_eq!(offsets(&new), [(1, 3)]);
+        let more = consumer.poll(10, Duration::from_millis(2000)).await.expect("poll");
+        assert!(more.is_empty(), "delivered again: {:?}", offsets(&more));
     }
 }

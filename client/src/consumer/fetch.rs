@@ -1,11 +1,14 @@
 //! Reading: `poll` and `poll_batches` hand out what earlier fetches buffered, and
 //! when nothing is buffered run one fetch round: a request to every assigned shard that
-//! has none in flight, in parallel, each long-polling on the broker for at most
-//! `fetch_max_wait`, then the answers that have come — the first one waited for, the
-//! others only if already there. Fetches still waiting stay in flight for the next
-//! round ([`InFlight`]), so a record on one shard is handed out as soon as it arrives,
-//! not once every idle shard's long poll has run out; an answer counts only if it is
-//! its shard's latest fetch and the shard's position has not moved since it was sent.
+//! has none in flight from its current position, in parallel, each long-polling on the
+//! broker for at most `fetch_max_wait` (and the poll's time left), then the answers
+//! that have come — the first one waited for, the others only if already there.
+//! Fetches still waiting stay in flight for the next round ([`InFlight`]), so a record
+//! on one shard is handed out as soon as it arrives, not once every idle shard's long
+//! poll has run out. An answer counts only if it is its shard's latest fetch and the
+//! shard's position has not moved since it was sent; a fetch replaced because the
+//! position moved (a seek, a rejoin) is left to finish, and a shard has at most one
+//! such fetch besides its current one.
 //!
 //! In priority order a shard is fetched by its four lane cursors
 //! (`PriorityFetchRequest`) and every buffered message remembers its lane, so
@@ -32,6 +35,9 @@ use weir_protocol::reshard::Gate;
 /// The lane cursors of a shard in priority order (`None` in offset order).
 type Lanes = Option<[u64; CLASS_COUNT]>;
 
+/// How long a round waits after a fetch failed without saying when to come back.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
 /// A fetch on its way: which fetch it is, and its answer once it comes.
 type Pending =
     std::pin::Pin<Box<dyn std::future::Future<Output = (Fetched, Result<ResponseBody>)> + Send>>;
@@ -46,6 +52,9 @@ pub(super) struct InFlight {
     /// cursors it asked from. A fetch replaced here (the position moved) is left to
     /// finish and its answer dropped.
     current: std::collections::HashMap<(String, u32), (u64, u64, Lanes)>,
+    /// Per shard, replaced fetches still out (no new one is sent while there is one:
+    /// each holds a request slot on the connection until its long poll ends).
+    replaced: std::collections::HashMap<(String, u32), u32>,
     next_id: u64,
 }
 
@@ -218,6 +227,9 @@ impl Consumer {
                 None
             };
             let key = (topic.clone(), *shard);
+            if self.in_flight.replaced.get(&key).is_some_and(|n| *n > 0) {
+                continue; // a replaced fetch is still out: send once it has ended
+            }
             if let Some((_, o, l)) = self.in_flight.current.get(&key) {
                 if *o == *offset && *l == lanes {
                     continue; // still waiting for this very read
@@ -225,7 +237,14 @@ impl Consumer {
             }
             let id = self.in_flight.next_id;
             self.in_flight.next_id += 1;
-            self.in_flight.current.insert(key, (id, *offset, lanes));
+            if self
+                .in_flight
+                .current
+                .insert(key.clone(), (id, *offset, lanes))
+                .is_some()
+            {
+                *self.in_flight.replaced.entry(key).or_default() += 1;
+            }
             let client = self.client.clone();
             let timeout = wait + self.client.config().request_timeout;
             let (topic, shard, offset) = (topic.clone(), *shard, *offset);
@@ -259,10 +278,11 @@ impl Consumer {
         // THROTTLED (a fetch quota) says when to come back; asking sooner only spins.
         let mut pause = Duration::ZERO;
         let mut stale = Vec::new();
-        for (fetched, r) in answers {
-            if !self.answer_counts(&fetched) {
-                continue;
-            }
+        // Every answer comes off the books before any is handled: an error below
+        // returns early, and a shard whose answer was taken but not handled must be
+        // fetched again, not waited for.
+        answers.retain(|(fetched, _)| self.answer_counts(fetched));
+        for (mut fetched, r) in answers {
             let body = match r {
                 Ok(b) => b,
                 Err(e) if e.code() == Some(ErrorCode::OffsetOutOfRange) => {
@@ -271,7 +291,10 @@ impl Consumer {
                 }
                 Err(e) if e.is_retriable() => {
                     tracing::debug!(error = %e, "fetch failed; will retry");
-                    pause = pause.max(crate::flow::pushback_hint(&e).unwrap_or_default());
+                    // Not at once: a fetch that fails fast would otherwise be sent
+                    // again in a tight loop.
+                    let hint = crate::flow::pushback_hint(&e).unwrap_or(RETRY_PAUSE);
+                    pause = pause.max(hint);
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -286,6 +309,12 @@ impl Consumer {
                 // layout is known.
                 stale.push((fetched, body));
                 continue;
+            }
+            // The gate as it is now: this fetch may have been sent rounds ago, before
+            // another shard's answer taught the consumer a reshard.
+            match self.gate_of(&fetched.topic, fetched.shard, fetched.offset) {
+                Gate::Blocked { .. } => continue, // fetched again once the gate opens
+                Gate::Until { limit } => fetched.limit = fetched.limit.min(limit),
             }
             self.take_response(fetched, body, whole, &classes)?;
         }
@@ -303,8 +332,8 @@ impl Consumer {
             }
         }
         if blocked > 0 && self.buffered.is_empty() && self.batches.is_empty() {
-            // Every readable shard was read and some wait for others (a group member
-            // waits for commits): do not spin.
+            // Nothing was read and some shards wait for others (a group member waits
+            // for commits): do not spin.
             tokio::time::sleep(wait.min(Duration::from_millis(20))).await;
         }
         if priority {
@@ -328,7 +357,16 @@ impl Consumer {
             Some((id, ..)) if *id == f.id => {
                 self.in_flight.current.remove(&key);
             }
-            _ => return false, // replaced by a later fetch of the shard
+            _ => {
+                // A replaced fetch has ended.
+                if let Some(n) = self.in_flight.replaced.get_mut(&key) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.in_flight.replaced.remove(&key);
+                    }
+                }
+                return false;
+            }
         }
         let lanes_now = self.lanes.get(&key).copied();
         self.positions.get(&key) == Some(&f.offset) && (f.lanes.is_none() || f.lanes == lanes_now)
