@@ -282,3 +282,53 @@ over_both_transports! {
         assert!(more.is_empty(), "delivered again: {:?}", offsets(&more));
     }
 }
+
+/// A consumer that does not long-poll (`fetch_max_wait` 0) still reads everything,
+/// also on a current-thread runtime, where its fetches, their answers and the polls
+/// share one thread.
+#[test]
+fn a_consumer_that_does_not_long_poll_reads_on_a_current_thread_runtime() {
+    use weir_client::{Consumer, OffsetReset};
+    let broker = BrokerProcess::start();
+    let addr = broker.addr();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let got = rt.block_on(async move {
+            let client = connect(&addr, Duration::from_secs(5)).await;
+            Admin::new(client.clone())
+                .create_topic("nowait", SHARDS, Default::default())
+                .await
+                .expect("create topic");
+            let producer = Producer::builder(&client).build().await.expect("producer");
+            for i in 0..20 {
+                let rec = ProducerRecord::new("nowait", format!("v{i}"));
+                producer.send_and_wait(rec).await.expect("produce");
+            }
+            let mut consumer = Consumer::builder(&client)
+                .topic("nowait")
+                .reset(OffsetReset::Earliest)
+                .fetch_max_wait(Duration::ZERO)
+                .build()
+                .expect("consumer");
+            let mut got = 0;
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while got < 20 && std::time::Instant::now() < deadline {
+                got += consumer
+                    .poll(100, Duration::from_millis(100))
+                    .await
+                    .expect("poll")
+                    .len();
+            }
+            got
+        });
+        let _ = tx.send(got);
+    });
+    let got = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the consumer's runtime is stuck");
+    assert_eq!(got, 20, "records read");
+}

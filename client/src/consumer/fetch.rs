@@ -266,7 +266,11 @@ impl Consumer {
         let mut answers = Vec::new();
         let calls = calls(&mut self.in_flight);
         if !calls.is_empty() {
-            if let Ok(Some(a)) = tokio::time::timeout(wait, calls.next()).await {
+            // At least a timer tick: with `fetch_max_wait` 0 the round still gives the
+            // fetches it just sent a moment to be answered, instead of returning at once
+            // to a caller that would loop.
+            let first = wait.max(Duration::from_millis(1));
+            if let Ok(Some(a)) = tokio::time::timeout(first, calls.next()).await {
                 answers.push(a);
             }
             while let Some(Some(a)) = calls.next().now_or_never() {
@@ -339,7 +343,8 @@ impl Consumer {
         if priority {
             self.apply_lane_floors();
         }
-        if !pause.is_zero() {
+        if !pause.is_zero() && self.buffered.is_empty() && self.batches.is_empty() {
+            // Only when nothing came: records other shards brought go out now.
             tokio::time::sleep(pause.min(wait)).await;
         }
         for (topic, shard) in reset {
