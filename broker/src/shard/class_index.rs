@@ -7,13 +7,26 @@
 //! at or after offset o" is a binary search. It is built lazily — only shards that are
 //! ever read in priority order pay for it — by scanning batch headers from where the
 //! last scan stopped up to the high-water mark, and it drops runs below the log start
-//! after retention. Memory: 16 bytes per change of class along the log.
+//! after retention. Memory: 16 bytes per change of class along the log. A batch damaged on
+//! disk is in every lane (its class cannot be trusted): each lane's reader stops at it with
+//! the read's error, and the intact batches on either side stay readable.
 
 use std::collections::VecDeque;
 
 use weir_protocol::classes::{Class, ClassMap, CLASS_COUNT};
 
 use crate::storage::{LogReader, StorageError};
+
+/// Damaged batches one [`ClassIndex::catch_up`] steps over at most.
+const DAMAGE_STEPS_MAX: usize = 64;
+
+/// Adds `[start, end)` to a lane, joining it to the lane's last run when they touch.
+fn add_run(lane: &mut VecDeque<(u64, u64)>, start: u64, end: u64) {
+    match lane.back_mut() {
+        Some(run) if run.1 == start => run.1 = end,
+        _ => lane.push_back((start, end)),
+    }
+}
 
 /// Runs of each class's batches in one shard's log; see the module docs.
 #[derive(Debug, Default)]
@@ -32,15 +45,39 @@ impl ClassIndex {
                 lane.pop_front();
             }
         }
-        let runs = &mut self.runs;
-        self.scanned_to = reader.scan_batches(self.scanned_to, |_, h| {
-            let lane = &mut runs[classes.class_of(h.priority).index()];
-            match lane.back_mut() {
-                Some(run) if run.1 == h.base_offset => run.1 = h.last_offset() + 1,
-                _ => lane.push_back((h.base_offset, h.last_offset() + 1)),
+        // A damaged batch does not end the index: its offsets go into every lane, so
+        // that each lane's reader meets the damage where it lies (the read fails there,
+        // naming the offset, until the reader moves past it) and every intact batch
+        // around it stays readable. Bounded per call; the next call goes on.
+        for _ in 0..DAMAGE_STEPS_MAX {
+            let mut reached = self.scanned_to.max(start);
+            let runs = &mut self.runs;
+            let scanned = reader.scan_batches(self.scanned_to, |_, h| {
+                let lane = &mut runs[classes.class_of(h.priority).index()];
+                add_run(lane, h.base_offset, h.last_offset() + 1);
+                reached = h.last_offset() + 1;
+                Ok::<(), StorageError>(())
+            });
+            match scanned {
+                Ok(to) => {
+                    self.scanned_to = to;
+                    return Ok(());
+                }
+                Err(StorageError::Corrupt { .. }) => {
+                    let end = reader.damage_end(reached);
+                    for lane in &mut self.runs {
+                        add_run(lane, reached, end);
+                    }
+                    self.scanned_to = end;
+                }
+                Err(e) => {
+                    // What was visited is in the index: the next call goes on from
+                    // there (not from the start, which would add those runs twice).
+                    self.scanned_to = reached;
+                    return Err(e);
+                }
             }
-            Ok::<(), StorageError>(())
-        })?;
+        }
         Ok(())
     }
 
@@ -109,5 +146,41 @@ mod tests {
         index.catch_up(&log.reader(), &classes).unwrap();
         assert_eq!(index.next(Class::P2, 0), Some(35));
         assert_eq!(index.scanned_to(), 36);
+    }
+
+    /// A batch damaged on disk does not end the index: it is in every lane (so each
+    /// lane's reader meets it), and the batches after it are indexed as before.
+    #[test]
+    fn a_damaged_batch_is_in_every_lane_and_the_scan_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log::open(dir.path(), LogConfig::default()).unwrap();
+        // Offsets: P3 [0,2), P0 [2,3) (to be damaged), P3 [3,5), P1 [5,6).
+        let batches = [batch(10, 2), batch(1, 1), batch(10, 2), batch(4, 1)];
+        for b in &batches {
+            log.append(std::slice::from_ref(b)).unwrap();
+        }
+        log.flush().unwrap();
+        let file = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "log"))
+            .unwrap();
+        let mut bytes = std::fs::read(&file).unwrap();
+        // The P0 batch's last byte (a record's value), so its CRC fails.
+        let end = batches[0].len() + batches[1].len();
+        bytes[end - 1] ^= 0x20;
+        std::fs::write(&file, &bytes).unwrap();
+        let reader = log.reader();
+        assert!(reader.read(2, 1).is_err(), "the damage is seen");
+        let mut index = ClassIndex::default();
+        index.catch_up(&reader, &ClassMap::default()).unwrap();
+        assert_eq!(index.scanned_to(), 6);
+        for c in Class::ALL {
+            assert_eq!(index.next(c, 2), Some(2), "{c:?} meets the damage");
+        }
+        assert_eq!(index.next(Class::P3, 0), Some(0));
+        assert_eq!(index.next(Class::P3, 3), Some(3));
+        assert_eq!(index.next(Class::P1, 3), Some(5));
+        assert_eq!(index.next(Class::P0, 3), None);
     }
 }

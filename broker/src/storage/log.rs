@@ -1430,6 +1430,50 @@ impl LogReader {
         )
     }
 
+    /// The first offset after the damaged batch that holds `offset`, from that batch's
+    /// header alone, unchecked: how a reader that must go on past damage (the class
+    /// index) steps over it, where [`LogReader::read`] refuses it. When the header
+    /// cannot be trusted (it runs past its segment, or claims more records than its
+    /// bytes can hold), the damage is taken to reach the next segment's base offset (in
+    /// the last segment, the high-water mark). Always past `offset`.
+    pub fn damage_end(&self, offset: u64) -> u64 {
+        let hwm = self.high_watermark();
+        let snap = self.shared.snapshot();
+        let i = snap.partition_point(|s| s.base_offset <= offset);
+        let segment_end = snap.get(i).map_or(hwm, |s| s.base_offset.min(hwm));
+        let fallback = segment_end.max(offset + 1);
+        let Some(seg) = i.checked_sub(1).map(|i| &snap[i]) else {
+            return fallback;
+        };
+        let probe = Reading {
+            want: offset,
+            hwm,
+            taken: 0,
+            max_bytes: 0,
+            out: Vec::new(),
+            cold: Vec::new(),
+        };
+        let data = seg.committed();
+        let (mut pos, mut expect) = probe.anchor(seg, data, offset);
+        // Bounded: every step moves past at least a header's bytes.
+        while pos < data.len() {
+            let Ok(h) = header_at(seg, data, pos) else {
+                break;
+            };
+            let count = h.record_count as usize;
+            if count == 0 || count > h.total_bytes() / weir_protocol::batch::RECORD_MIN_BYTES {
+                break;
+            }
+            let last = expect + count as u64 - 1;
+            if last >= offset {
+                return (last + 1).clamp(offset + 1, fallback);
+            }
+            pos += h.total_bytes();
+            expect = last + 1;
+        }
+        fallback
+    }
+
     /// The first offset still held.
     pub fn log_start_offset(&self) -> u64 {
         self.shared.log_start_offset.load(Ordering::Acquire)

@@ -586,6 +586,48 @@ fn damage_in_the_middle_hides_none_of_the_intact_batches_around_it() {
     assert_eq!(rest.len(), 19);
 }
 
+/// `damage_end` steps over a damaged batch by its header: the first offset after it
+/// when the header holds (a payload byte flipped, so the CRC fails), the next
+/// segment's start when the header's length cannot be trusted.
+#[test]
+fn damage_end_steps_over_a_damaged_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two segments: batches of 4 records (offsets 4i..4i+4), 40 KB per segment.
+    let mut log = Log::open(dir.path(), small_config(40_000)).unwrap();
+    let batches: Vec<Bytes> = (0..20u64).map(|i| make_batch(i, 4, 1000, 0)).collect();
+    for b in &batches {
+        log.append(std::slice::from_ref(b)).unwrap();
+    }
+    log.flush().unwrap();
+    let files = segment_files(dir.path());
+    assert!(files.len() >= 2, "{files:?}");
+    drop(log);
+    let name = |p: &std::path::PathBuf| -> u64 {
+        p.file_stem().unwrap().to_str().unwrap().parse().unwrap()
+    };
+    let second_base = name(&files[1]);
+    assert!(second_base > 20, "the damage below is in the first segment");
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    // Batch 2 (offsets 8..12): a payload byte flipped.
+    let at: usize = batches[..2].iter().map(|b| b.len()).sum();
+    bytes[at + batches[2].len() - 5] ^= 0x20;
+    // Batch 4 (offsets 16..20): its length says it runs past the segment.
+    let at4: usize = batches[..4].iter().map(|b| b.len()).sum();
+    bytes[at4 + 8..at4 + 12].copy_from_slice(&u32::MAX.to_le_bytes());
+    std::fs::write(&files[0], &bytes).unwrap();
+    let log = Log::open(dir.path(), small_config(40_000)).unwrap();
+    let r = log.reader();
+    assert!(matches!(r.read(8, 1), Err(StorageError::Corrupt { .. })));
+    for o in 8..12 {
+        assert_eq!(r.damage_end(o), 12, "from offset {o}");
+    }
+    assert_eq!(r.read(12, 1).unwrap().len(), 1, "readable after the damage");
+    assert!(matches!(r.read(16, 1), Err(StorageError::Corrupt { .. })));
+    // Its length cannot be trusted: the damage reaches the next segment.
+    assert_eq!(r.damage_end(16), second_base);
+    assert_eq!(r.read(second_base, 1).unwrap().len(), 1);
+}
+
 #[test]
 fn retention_by_size_keeps_bytes_alive_for_readers() {
     let dir = tempfile::tempdir().unwrap();

@@ -40,6 +40,9 @@ use crate::state::BrokerState;
 /// milliseconds at most); beyond, on the blocking pool.
 const INLINE_INDEX_CATCH_UP_MAX: u64 = 10_000;
 
+/// A lane's next batch and its header; `None` when the lane has nothing more.
+type Head = Option<(Bytes, BatchHeader)>;
+
 /// One assembled response.
 struct Assembled {
     batches: Vec<Bytes>,
@@ -159,7 +162,7 @@ fn assemble(
         last.aged[c].is_none_or(|t| now.saturating_duration_since(t) >= aging[c])
     });
     // Lane `c`'s next batch at or after `from`, if it has one.
-    let read_next = |c: Class, from: u64| -> Result<Option<(Bytes, BatchHeader)>, BrokerError> {
+    let read_next = |c: Class, from: u64| -> Result<Head, BrokerError> {
         let Some(offset) = index.next(c, from) else {
             return Ok(None);
         };
@@ -175,10 +178,22 @@ fn assemble(
             .map_err(|e| BrokerError::new(ErrorCode::CorruptStorage, e.to_string()))?;
         Ok(Some((chunk.slice(..h.total_bytes().min(chunk.len())), h)))
     };
-    let heads: Vec<(Class, Option<(Bytes, BatchHeader)>)> = Class::ALL
+    // A lane whose next batch cannot be read (damage on disk) ends there for this
+    // answer: the other lanes' batches still go out, and the error is the answer only
+    // when nothing else is (see the end of this function). The lane's cursor stays at
+    // the damage, which the error names.
+    let mut damaged: Option<BrokerError> = None;
+    let mut read_lane = |c: Class, from: u64| match read_next(c, from) {
+        Ok(head) => Ok(head),
+        Err(e) => {
+            damaged.get_or_insert(e);
+            Err(())
+        }
+    };
+    let heads: Vec<(Class, Result<Head, ()>)> = Class::ALL
         .into_iter()
-        .map(|c| Ok((c, read_next(c, cursors[c.index()])?)))
-        .collect::<Result<_, BrokerError>>()?;
+        .map(|c| (c, read_lane(c, cursors[c.index()])))
+        .collect();
     // Aging is relative to the freshest lane head: a batch waits as long as it is older
     // than that. With data arriving the freshest head is about now, so a batch's wait
     // is its age in the log; in a backlog read long after it was written, every batch
@@ -186,7 +201,12 @@ fn assemble(
     // offset order, so only the differences in age count, and the weights decide.
     let reference_ms = heads
         .iter()
-        .filter_map(|(_, head)| head.as_ref().map(|(_, h)| h.max_timestamp_ms))
+        .filter_map(|(_, head)| {
+            head.as_ref()
+                .ok()?
+                .as_ref()
+                .map(|(_, h)| h.max_timestamp_ms)
+        })
         .max()
         .unwrap_or_else(now_ms);
     let push = |c: Class, (batch, h): (Bytes, BatchHeader), wfq: &mut Wfq<_>, may_age: bool| {
@@ -210,9 +230,10 @@ fn assemble(
     };
     for (c, head) in heads {
         match head {
-            Some(head) => push(c, head, &mut wfq, may_age[c.index()]),
+            Ok(Some(head)) => push(c, head, &mut wfq, may_age[c.index()]),
             // Nothing of this class up to the high-water mark.
-            None => out.cursors[c.index()] = out.cursors[c.index()].max(scanned),
+            Ok(None) => out.cursors[c.index()] = out.cursors[c.index()].max(scanned),
+            Err(()) => {} // damaged: the cursor stays
         }
     }
     loop {
@@ -237,14 +258,18 @@ fn assemble(
         out.batches.push(batch);
         let last = h.last_offset();
         out.cursors[served.index()] = last + 1;
-        match read_next(served, last + 1)? {
-            Some(next) => push(served, next, &mut wfq, may_age[served.index()]),
-            None => out.cursors[served.index()] = scanned.max(last + 1),
+        match read_lane(served, last + 1) {
+            Ok(Some(next)) => push(served, next, &mut wfq, may_age[served.index()]),
+            Ok(None) => out.cursors[served.index()] = scanned.max(last + 1),
+            Err(()) => {} // damaged: the cursor stays there
         }
         if out.bytes >= max_bytes {
             out.wfq = wfq.clock();
             break;
         }
     }
-    Ok(out)
+    match damaged {
+        Some(e) if out.batches.is_empty() => Err(e),
+        _ => Ok(out),
+    }
 }
