@@ -888,6 +888,33 @@ impl ClusterProcesses {
     }
 }
 
+/// Flips one byte of the first occurrence of `needle` in any file under `dir` (a
+/// broker's data directory: damage on disk, as a bad sector or a stray write makes it).
+pub fn damage_first(dir: &std::path::Path, needle: &[u8]) {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let bytes = std::fs::read(&p).expect("read file");
+            if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) {
+                use std::io::{Seek, SeekFrom, Write};
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .expect("open for writing");
+                f.seek(SeekFrom::Start(at as u64)).expect("seek");
+                f.write_all(&[bytes[at] ^ 0x20]).expect("write");
+                return;
+            }
+        }
+    }
+    panic!("{needle:?} not found under {}", dir.display());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -95,6 +95,14 @@ impl SdkBroker {
         }
     }
 
+    /// The broker's data directory.
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        match self {
+            SdkBroker::Process(b) => b.data_dir(),
+            SdkBroker::Embedded { _dir, .. } => _dir.path().join("data"),
+        }
+    }
+
     /// The embedded broker (`None` over TCP).
     pub fn embedded(&self) -> Option<&EmbeddedBroker> {
         match self {

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use weir_tests::{cli_binary, BrokerProcess};
+use weir_tests::{cli_binary, damage_first, BrokerProcess};
 
 /// Longest any one CLI invocation may take.
 const CLI_TIMEOUT: Duration = Duration::from_secs(30);
@@ -996,30 +996,4 @@ fn a_group_stops_at_a_corrupt_batch_without_reprinting() {
         rest.stdout.is_empty(),
         "the group's commit moved past the damage"
     );
-}
-
-/// Flips one byte of the first occurrence of `needle` in any file under `dir`.
-fn damage_first(dir: &std::path::Path, needle: &[u8]) {
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).expect("read dir").flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-                continue;
-            }
-            let bytes = std::fs::read(&p).expect("read file");
-            if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) {
-                use std::io::{Seek, SeekFrom};
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&p)
-                    .expect("open for writing");
-                f.seek(SeekFrom::Start(at as u64)).expect("seek");
-                f.write_all(&[bytes[at] ^ 0x20]).expect("write");
-                return;
-            }
-        }
-    }
-    panic!("{needle:?} not found under {}", dir.display());
 }

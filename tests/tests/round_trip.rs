@@ -283,6 +283,83 @@ over_both_transports! {
     }
 }
 
+over_both_transports! {
+    /// A batch damaged on disk on one shard hides nothing intact: every shard's
+    /// records, and the damaged shard's record before the damage, are handed out; a poll
+    /// that meets the damage fails naming its offset; a seek past it reads on. In
+    /// priority order the damaged shard's intact record was never handed out before
+    /// (the broker's class index stopped at the damage, and an answer failed whole when
+    /// any lane met it). Several fresh consumers, so that the order in which the shards
+    /// answer varies. Both orders.
+    async fn a_damaged_batch_on_one_shard_does_not_hide_the_others(t) {
+        use weir_client::{Consumer, DeliveryOrder, OffsetReset};
+        let broker = SdkBroker::start(t).await;
+        let client = broker.client().await;
+        Admin::new(client.clone())
+            .create_topic("damaged", SHARDS, Default::default())
+            .await
+            .expect("create topic");
+        let producer = Producer::builder(&client).build().await.expect("producer");
+        // One batch per record: shard 3's second batch is the damaged one.
+        for shard in 0..SHARDS {
+            for i in 0..3 {
+                let value = format!("record-{shard}-{i}-of-the-damaged-topic");
+                producer
+                    .send_and_wait(ProducerRecord::new("damaged", value).shard(shard))
+                    .await
+                    .expect("produce");
+            }
+        }
+        weir_tests::damage_first(&broker.data_dir(), b"record-3-1-of-the-damaged-topic");
+        let healthy: Vec<(u32, u64)> = (0..SHARDS - 1)
+            .flat_map(|s| (0..3).map(move |o| (s, o)))
+            .chain([(3, 0)])
+            .collect();
+        for order in [DeliveryOrder::Offset, DeliveryOrder::Priority] {
+            for attempt in 0..4 {
+                let mut consumer = Consumer::builder(&client)
+                    .topic("damaged")
+                    .reset(OffsetReset::Earliest)
+                    .order(order)
+                    .fetch_max_wait(Duration::from_millis(200))
+                    .build()
+                    .expect("consumer");
+                let mut got = Vec::new();
+                let mut errors = Vec::new();
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                for _ in 0..1000 {
+                    if tokio::time::Instant::now() > deadline {
+                        break;
+                    }
+                    match consumer.poll(100, Duration::from_millis(300)).await {
+                        Ok(m) => got.extend(m.iter().map(|m| (m.shard, m.offset))),
+                        Err(e) => errors.push(e.to_string()),
+                    }
+                    if got.len() >= healthy.len() && !errors.is_empty() {
+                        break;
+                    }
+                }
+                got.sort();
+                assert_eq!(got, healthy, "{order:?}, consumer {attempt}: {errors:?}");
+                assert!(!errors.is_empty(), "{order:?}: the damage went unreported");
+                for e in &errors {
+                    // The broker finds the damage in offset order (it checks what it
+                    // reads); in priority order the batch goes out as stored and the
+                    // consumer finds it.
+                    assert!(e.contains("offset 1"), "{order:?}: names where the damage is: {e}");
+                }
+                if attempt == 0 {
+                    // Past the damage: the batch is lost, what follows is read.
+                    consumer.seek("damaged", 3, 2).expect("seek");
+                    let after = consumer.poll(100, Duration::from_secs(5)).await.expect("poll");
+                    let after: Vec<_> = after.iter().map(|m| (m.shard, m.offset)).collect();
+                    assert_eq!(after, [(3, 2)], "{order:?}");
+                }
+            }
+        }
+    }
+}
+
 /// A consumer that does not long-poll (`fetch_max_wait` 0) still reads everything,
 /// also on a current-thread runtime, where its fetches, their answers and the polls
 /// share one thread.

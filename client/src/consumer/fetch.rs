@@ -8,7 +8,9 @@
 //! poll has run out. An answer counts only if it is its shard's latest fetch and the
 //! shard's position has not moved since it was sent; a fetch replaced because the
 //! position moved (a seek, a rejoin) is left to finish, and a shard has at most one
-//! such fetch besides its current one.
+//! such fetch besides its current one. A shard's failure (a damaged batch, a refusal)
+//! does not cost the other shards' answers of the round: they are buffered, and the
+//! failure is returned after them, so the next polls hand their records out.
 //!
 //! In priority order a shard is fetched by its four lane cursors
 //! (`PriorityFetchRequest`) and every buffered message remembers its lane, so
@@ -38,6 +40,11 @@ type Lanes = Option<[u64; CLASS_COUNT]>;
 /// How long a round waits after a fetch failed without saying when to come back.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
+/// How long a shard whose fetch failed for good (damage, a refusal) is not fetched
+/// again from the same position: the other shards are read meanwhile, and a caller
+/// that polls on after the error does not make the consumer spin on that shard.
+const FAILED_SHARD_REST: Duration = Duration::from_millis(100);
+
 /// A fetch on its way: which fetch it is, and its answer once it comes.
 type Pending =
     std::pin::Pin<Box<dyn std::future::Future<Output = (Fetched, Result<ResponseBody>)> + Send>>;
@@ -55,6 +62,9 @@ pub(super) struct InFlight {
     /// Per shard, replaced fetches still out (no new one is sent while there is one:
     /// each holds a request slot on the connection until its long poll ends).
     replaced: std::collections::HashMap<(String, u32), u32>,
+    /// Per shard whose last fetch failed for good: the position it failed at, and
+    /// until when it rests ([`FAILED_SHARD_REST`]; a seek ends the rest).
+    resting: std::collections::HashMap<(String, u32), (u64, tokio::time::Instant)>,
     next_id: u64,
 }
 
@@ -213,6 +223,11 @@ impl Consumer {
             }
         }
         let mut blocked = 0usize;
+        let now = tokio::time::Instant::now();
+        let positions = &self.positions;
+        self.in_flight
+            .resting
+            .retain(|key, (at, until)| positions.get(key) == Some(at) && now < *until);
         for ((topic, shard), offset) in &self.positions {
             let limit = match self.gate_of(topic, *shard, *offset) {
                 Gate::Blocked { .. } => {
@@ -227,6 +242,9 @@ impl Consumer {
                 None
             };
             let key = (topic.clone(), *shard);
+            if self.in_flight.resting.contains_key(&key) {
+                continue; // failed here for good a moment ago
+            }
             if self.in_flight.replaced.get(&key).is_some_and(|n| *n > 0) {
                 continue; // a replaced fetch is still out: send once it has ended
             }
@@ -276,15 +294,24 @@ impl Consumer {
             while let Some(Some(a)) = calls.next().now_or_never() {
                 answers.push(a);
             }
+        } else if let Some(until) = self.in_flight.resting.values().map(|r| r.1).min() {
+            // Only resting shards: wait for the first rest to end, not spin.
+            tokio::time::sleep_until(until.min(now + wait)).await;
         }
         let classes = self.client.class_map();
         let mut reset = Vec::new();
         // THROTTLED (a fetch quota) says when to come back; asking sooner only spins.
         let mut pause = Duration::ZERO;
         let mut stale = Vec::new();
-        // Every answer comes off the books before any is handled: an error below
-        // returns early, and a shard whose answer was taken but not handled must be
-        // fetched again, not waited for.
+        // A shard's failure (a damaged batch, a refusal) must not hide the other
+        // shards' answers: every answer is handled, and the first failure is returned
+        // after them (what they brought stays buffered for the next poll).
+        let mut failed = None;
+        let mut rest = Vec::new();
+        let mut fail = |f: &Fetched, e: ClientError| {
+            rest.push(((f.topic.clone(), f.shard), f.offset));
+            failed.get_or_insert(e);
+        };
         answers.retain(|(fetched, _)| self.answer_counts(fetched));
         for (mut fetched, r) in answers {
             let body = match r {
@@ -301,7 +328,10 @@ impl Consumer {
                     pause = pause.max(hint);
                     continue;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    fail(&fetched, e);
+                    continue;
+                }
             };
             let epoch = match &body {
                 ResponseBody::Fetch(r) => r.layout_epoch,
@@ -320,7 +350,9 @@ impl Consumer {
                 Gate::Blocked { .. } => continue, // fetched again once the gate opens
                 Gate::Until { limit } => fetched.limit = fetched.limit.min(limit),
             }
-            self.take_response(fetched, body, whole, &classes)?;
+            if let Err(e) = self.take_response(&fetched, body, whole, &classes) {
+                fail(&fetched, e);
+            }
         }
         if !stale.is_empty() {
             let mut topics: Vec<String> = stale.iter().map(|(f, _)| f.topic.clone()).collect();
@@ -332,7 +364,9 @@ impl Consumer {
                     Gate::Blocked { .. } => continue,
                     Gate::Until { limit } => fetched.limit = limit,
                 }
-                self.take_response(fetched, body, whole, &classes)?;
+                if let Err(e) = self.take_response(&fetched, body, whole, &classes) {
+                    fail(&fetched, e);
+                }
             }
         }
         if blocked > 0 && self.buffered.is_empty() && self.batches.is_empty() {
@@ -351,7 +385,11 @@ impl Consumer {
             let pos = self.reset_position(&topic, shard).await?;
             self.positions.insert((topic, shard), pos);
         }
-        Ok(())
+        let until = tokio::time::Instant::now() + FAILED_SHARD_REST;
+        for (key, at) in rest {
+            self.in_flight.resting.insert(key, (at, until));
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// Whether an answer is its shard's latest fetch, asked from where the shard still
@@ -382,7 +420,7 @@ impl Consumer {
     /// the position (or the lane's cursor) that was asked for.
     fn take_response(
         &mut self,
-        f: Fetched,
+        f: &Fetched,
         body: ResponseBody,
         whole: bool,
         classes: &ClassMap,
@@ -419,11 +457,18 @@ impl Consumer {
         }
         for b in split_batches(records) {
             let b = b?;
-            let bad =
-                |e: weir_protocol::DecodeError| ClientError::Protocol(format!("bad batch: {e}"));
+            // Names where the damage is, so that a reader can seek past it.
+            let bad_at = |at: String, e: weir_protocol::DecodeError| {
+                ClientError::Protocol(format!(
+                    "bad batch at offset {at} of topic {} shard {}: {e}",
+                    f.topic, f.shard
+                ))
+            };
+            let header = batch::BatchHeader::read(&b)
+                .map_err(|e| bad_at(format!("{} or after", f.offset), e))?;
+            let bad = |e| bad_at(header.base_offset.to_string(), e);
             // The lane (from the header's priority) says which records are new; the
             // CRC and the records are checked by the decoding pass below.
-            let header = batch::BatchHeader::read(&b).map_err(bad)?;
             if header.base_offset >= f.limit {
                 continue; // after a reshard's cut, waiting for the other shards
             }
@@ -468,7 +513,8 @@ impl Consumer {
             for c in &mut reported {
                 *c = (*c).min(f.limit);
             }
-            self.lane_floors.insert((f.topic, f.shard), reported);
+            self.lane_floors
+                .insert((f.topic.clone(), f.shard), reported);
         }
         Ok(())
     }
