@@ -343,12 +343,29 @@ over_both_transports! {
                 assert_eq!(got, healthy, "{order:?}, consumer {attempt}: {errors:?}");
                 assert!(!errors.is_empty(), "{order:?}: the damage went unreported");
                 for e in &errors {
-                    // The broker finds the damage in offset order (it checks what it
-                    // reads); in priority order the batch goes out as stored and the
-                    // consumer finds it.
-                    assert!(e.contains("offset 1"), "{order:?}: names where the damage is: {e}");
+                    assert!(e.contains("offset 1 "), "{order:?}: names where the damage is: {e}");
                 }
+                // Every shard's position is past what it handed out and no further: the
+                // damaged shard's at the damage (in priority order, every lane's cursor
+                // moved up to it, not only the lanes that had records before it).
+                let positions: Vec<_> =
+                    consumer.positions().iter().map(|p| (p.shard, p.offset)).collect();
+                assert_eq!(positions, [(0, 3), (1, 3), (2, 3), (3, 1)], "{order:?}");
                 if attempt == 0 {
+                    // Polling on after the error does not fetch the damaged shard at
+                    // every poll: it rests between tries (100 ms), and the error comes
+                    // again after each rest.
+                    let started = tokio::time::Instant::now();
+                    let mut again = 0;
+                    for _ in 0..10_000 {
+                        if started.elapsed() >= Duration::from_secs(1) {
+                            break;
+                        }
+                        if consumer.poll(100, Duration::from_millis(50)).await.is_err() {
+                            again += 1;
+                        }
+                    }
+                    assert!((1..=30).contains(&again), "{order:?}: {again} errors in 1 s");
                     // Past the damage: the batch is lost, what follows is read.
                     consumer.seek("damaged", 3, 2).expect("seek");
                     let after = consumer.poll(100, Duration::from_secs(5)).await.expect("poll");

@@ -255,6 +255,23 @@ impl SegmentIndex {
         }
     }
 
+    /// The relative offset of the first index point after `relative_offset`, if any.
+    pub(crate) fn offset_after(&self, relative_offset: u32) -> Option<u32> {
+        let b = self.offsets.bytes();
+        let n = b.len() / OFFSET_ENTRY_BYTES;
+        let rel = |i: usize| u32_at(b, i * OFFSET_ENTRY_BYTES);
+        let (mut lo, mut hi) = (0usize, n);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if rel(mid) <= relative_offset {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        (lo < n).then(|| rel(lo))
+    }
+
     /// Position of the last index point whose running max timestamp is below `ts_ms`:
     /// every batch before it (and it) is older than `ts_ms`, so a scan may start there.
     pub(crate) fn position_for_timestamp(&self, ts_ms: i64) -> u32 {

@@ -1434,17 +1434,23 @@ impl LogReader {
     /// header alone, unchecked: how a reader that must go on past damage (the class
     /// index) steps over it, where [`LogReader::read`] refuses it. When the header
     /// cannot be trusted (it runs past its segment, or claims more records than its
-    /// bytes can hold), the damage is taken to reach the next segment's base offset (in
-    /// the last segment, the high-water mark). Always past `offset`.
+    /// bytes can hold), the damage is taken to reach the segment's next index point
+    /// (where [`LogReader::read`] finds batches again), else the next segment's base
+    /// offset (in the last segment, the high-water mark): every offset in between is
+    /// one `read` refuses too. Always past `offset`.
     pub fn damage_end(&self, offset: u64) -> u64 {
         let hwm = self.high_watermark();
         let snap = self.shared.snapshot();
         let i = snap.partition_point(|s| s.base_offset <= offset);
         let segment_end = snap.get(i).map_or(hwm, |s| s.base_offset.min(hwm));
-        let fallback = segment_end.max(offset + 1);
         let Some(seg) = i.checked_sub(1).map(|i| &snap[i]) else {
-            return fallback;
+            return segment_end.max(offset + 1);
         };
+        let rel = (offset - seg.base_offset).min(u64::from(u32::MAX)) as u32;
+        let next_point = seg.index.offset_after(rel).map_or(segment_end, |r| {
+            (seg.base_offset + u64::from(r)).min(segment_end)
+        });
+        let fallback = next_point.max(offset + 1);
         let probe = Reading {
             want: offset,
             hwm,

@@ -587,12 +587,14 @@ fn damage_in_the_middle_hides_none_of_the_intact_batches_around_it() {
 }
 
 /// `damage_end` steps over a damaged batch by its header: the first offset after it
-/// when the header holds (a payload byte flipped, so the CRC fails), the next
-/// segment's start when the header's length cannot be trusted.
+/// when the header holds (a payload byte flipped, so the CRC fails); when the header's
+/// length cannot be trusted, the segment's next index point (where reads find batches
+/// again), or the next segment's start when no index point follows.
 #[test]
 fn damage_end_steps_over_a_damaged_batch() {
     let dir = tempfile::tempdir().unwrap();
-    // Two segments: batches of 4 records (offsets 4i..4i+4), 40 KB per segment.
+    // Segments of 40 KB, batches of 4 records (offsets 4i..4i+4) of ~4 KB, an index
+    // point at every batch (interval 256 bytes).
     let mut log = Log::open(dir.path(), small_config(40_000)).unwrap();
     let batches: Vec<Bytes> = (0..20u64).map(|i| make_batch(i, 4, 1000, 0)).collect();
     for b in &batches {
@@ -606,14 +608,17 @@ fn damage_end_steps_over_a_damaged_batch() {
         p.file_stem().unwrap().to_str().unwrap().parse().unwrap()
     };
     let second_base = name(&files[1]);
-    assert!(second_base > 20, "the damage below is in the first segment");
+    assert!(second_base > 24, "the damage below is in the first segment");
+    let at = |i: usize| -> usize { batches[..i].iter().map(|b| b.len()).sum() };
     let mut bytes = std::fs::read(&files[0]).unwrap();
     // Batch 2 (offsets 8..12): a payload byte flipped.
-    let at: usize = batches[..2].iter().map(|b| b.len()).sum();
-    bytes[at + batches[2].len() - 5] ^= 0x20;
-    // Batch 4 (offsets 16..20): its length says it runs past the segment.
-    let at4: usize = batches[..4].iter().map(|b| b.len()).sum();
-    bytes[at4 + 8..at4 + 12].copy_from_slice(&u32::MAX.to_le_bytes());
+    bytes[at(2) + batches[2].len() - 5] ^= 0x20;
+    // Batch 4 (offsets 16..20) and the segment's last batch: lengths that run past
+    // the segment.
+    let last = (second_base / 4 - 1) as usize;
+    for i in [4, last] {
+        bytes[at(i) + 8..at(i) + 12].copy_from_slice(&u32::MAX.to_le_bytes());
+    }
     std::fs::write(&files[0], &bytes).unwrap();
     let log = Log::open(dir.path(), small_config(40_000)).unwrap();
     let r = log.reader();
@@ -623,8 +628,16 @@ fn damage_end_steps_over_a_damaged_batch() {
     }
     assert_eq!(r.read(12, 1).unwrap().len(), 1, "readable after the damage");
     assert!(matches!(r.read(16, 1), Err(StorageError::Corrupt { .. })));
-    // Its length cannot be trusted: the damage reaches the next segment.
-    assert_eq!(r.damage_end(16), second_base);
+    // Its length cannot be trusted: the damage reaches the next index point.
+    assert_eq!(r.damage_end(16), 20);
+    assert_eq!(r.read(20, 1).unwrap().len(), 1);
+    // No index point after it: the damage reaches the next segment.
+    let last_offset = last as u64 * 4;
+    assert!(matches!(
+        r.read(last_offset, 1),
+        Err(StorageError::Corrupt { .. })
+    ));
+    assert_eq!(r.damage_end(last_offset), second_base);
     assert_eq!(r.read(second_base, 1).unwrap().len(), 1);
 }
 

@@ -73,6 +73,18 @@ fn calls(f: &mut InFlight) -> &mut FuturesUnordered<Pending> {
     f.calls.get_mut().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Keeps a round's first failure (returned after the round's other answers are
+/// handled) and marks the shard to rest.
+fn note_failure(
+    failed: &mut Option<ClientError>,
+    rest: &mut Vec<((String, u32), u64)>,
+    f: &Fetched,
+    e: ClientError,
+) {
+    rest.push(((f.topic.clone(), f.shard), f.offset));
+    failed.get_or_insert(e);
+}
+
 /// Which fetch a response answers.
 struct Fetched {
     id: u64,
@@ -282,12 +294,12 @@ impl Consumer {
         }
         // The first answer (or the round's wait), then every other one already there.
         let mut answers = Vec::new();
+        // At least a timer tick: with `fetch_max_wait` 0 the round still gives the
+        // fetches it just sent a moment to be answered, instead of returning at once
+        // to a caller that would loop.
+        let first = wait.max(Duration::from_millis(1));
         let calls = calls(&mut self.in_flight);
         if !calls.is_empty() {
-            // At least a timer tick: with `fetch_max_wait` 0 the round still gives the
-            // fetches it just sent a moment to be answered, instead of returning at once
-            // to a caller that would loop.
-            let first = wait.max(Duration::from_millis(1));
             if let Ok(Some(a)) = tokio::time::timeout(first, calls.next()).await {
                 answers.push(a);
             }
@@ -296,7 +308,7 @@ impl Consumer {
             }
         } else if let Some(until) = self.in_flight.resting.values().map(|r| r.1).min() {
             // Only resting shards: wait for the first rest to end, not spin.
-            tokio::time::sleep_until(until.min(now + wait)).await;
+            tokio::time::sleep_until(until.min(now + first)).await;
         }
         let classes = self.client.class_map();
         let mut reset = Vec::new();
@@ -308,10 +320,6 @@ impl Consumer {
         // after them (what they brought stays buffered for the next poll).
         let mut failed = None;
         let mut rest = Vec::new();
-        let mut fail = |f: &Fetched, e: ClientError| {
-            rest.push(((f.topic.clone(), f.shard), f.offset));
-            failed.get_or_insert(e);
-        };
         answers.retain(|(fetched, _)| self.answer_counts(fetched));
         for (mut fetched, r) in answers {
             let body = match r {
@@ -329,7 +337,7 @@ impl Consumer {
                     continue;
                 }
                 Err(e) => {
-                    fail(&fetched, e);
+                    note_failure(&mut failed, &mut rest, &fetched, e);
                     continue;
                 }
             };
@@ -351,9 +359,10 @@ impl Consumer {
                 Gate::Until { limit } => fetched.limit = fetched.limit.min(limit),
             }
             if let Err(e) = self.take_response(&fetched, body, whole, &classes) {
-                fail(&fetched, e);
+                note_failure(&mut failed, &mut rest, &fetched, e);
             }
         }
+        self.rest(std::mem::take(&mut rest));
         if !stale.is_empty() {
             let mut topics: Vec<String> = stale.iter().map(|(f, _)| f.topic.clone()).collect();
             topics.sort();
@@ -365,7 +374,7 @@ impl Consumer {
                     Gate::Until { limit } => fetched.limit = limit,
                 }
                 if let Err(e) = self.take_response(&fetched, body, whole, &classes) {
-                    fail(&fetched, e);
+                    note_failure(&mut failed, &mut rest, &fetched, e);
                 }
             }
         }
@@ -385,11 +394,17 @@ impl Consumer {
             let pos = self.reset_position(&topic, shard).await?;
             self.positions.insert((topic, shard), pos);
         }
+        self.rest(rest);
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Rests shards whose fetch failed for good, each at the position it failed at
+    /// ([`FAILED_SHARD_REST`]).
+    fn rest(&mut self, failed_at: Vec<((String, u32), u64)>) {
         let until = tokio::time::Instant::now() + FAILED_SHARD_REST;
-        for (key, at) in rest {
+        for (key, at) in failed_at {
             self.in_flight.resting.insert(key, (at, until));
         }
-        failed.map_or(Ok(()), Err)
     }
 
     /// Whether an answer is its shard's latest fetch, asked from where the shard still

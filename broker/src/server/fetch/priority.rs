@@ -35,6 +35,7 @@ use crate::error::BrokerError;
 use crate::scheduler::{Pick, VirtualClock, Wfq};
 use crate::shard::Shard;
 use crate::state::BrokerState;
+use crate::storage::StorageError;
 
 /// Unscanned records up to which the class index catches up inline (a few
 /// milliseconds at most); beyond, on the blocking pool.
@@ -42,6 +43,15 @@ const INLINE_INDEX_CATCH_UP_MAX: u64 = 10_000;
 
 /// A lane's next batch and its header; `None` when the lane has nothing more.
 type Head = Option<(Bytes, BatchHeader)>;
+
+/// A lane's next batch, or the damage on disk where the lane stops.
+type LaneNext = Result<Head, Damage>;
+
+/// A batch of a lane that cannot be read: its offset, and the error that names it.
+struct Damage {
+    at: u64,
+    error: BrokerError,
+}
 
 /// One assembled response.
 struct Assembled {
@@ -161,39 +171,54 @@ fn assemble(
     let mut may_age: [bool; CLASS_COUNT] = std::array::from_fn(|c| {
         last.aged[c].is_none_or(|t| now.saturating_duration_since(t) >= aging[c])
     });
-    // Lane `c`'s next batch at or after `from`, if it has one.
-    let read_next = |c: Class, from: u64| -> Result<Head, BrokerError> {
+    // Lane `c`'s next batch at or after `from`, if it has one, or where the lane meets
+    // damage on disk. Any other read error fails the answer.
+    let read_next = |c: Class, from: u64| -> Result<LaneNext, BrokerError> {
         let Some(offset) = index.next(c, from) else {
-            return Ok(None);
+            return Ok(Ok(None));
         };
-        let Some(chunk) = reader
-            .read(offset, 1)
-            .map_err(BrokerError::from)?
-            .into_iter()
-            .next()
-        else {
-            return Ok(None);
+        let damaged = |error| Ok(Err(Damage { at: offset, error }));
+        let chunk = match reader.read(offset, 1) {
+            Ok(chunks) => match chunks.into_iter().next() {
+                Some(chunk) => chunk,
+                None => return Ok(Ok(None)),
+            },
+            Err(e @ StorageError::Corrupt { .. }) => return damaged(BrokerError::from(e)),
+            Err(e) => return Err(BrokerError::from(e)),
         };
-        let h = BatchHeader::read(&chunk)
-            .map_err(|e| BrokerError::new(ErrorCode::CorruptStorage, e.to_string()))?;
-        Ok(Some((chunk.slice(..h.total_bytes().min(chunk.len())), h)))
-    };
-    // A lane whose next batch cannot be read (damage on disk) ends there for this
-    // answer: the other lanes' batches still go out, and the error is the answer only
-    // when nothing else is (see the end of this function). The lane's cursor stays at
-    // the damage, which the error names.
-    let mut damaged: Option<BrokerError> = None;
-    let mut read_lane = |c: Class, from: u64| match read_next(c, from) {
-        Ok(head) => Ok(head),
-        Err(e) => {
-            damaged.get_or_insert(e);
-            Err(())
+        match BatchHeader::read(&chunk) {
+            Ok(h) => Ok(Ok(Some((
+                chunk.slice(..h.total_bytes().min(chunk.len())),
+                h,
+            )))),
+            Err(e) => damaged(BrokerError::new(ErrorCode::CorruptStorage, e.to_string())),
         }
     };
-    let heads: Vec<(Class, Result<Head, ()>)> = Class::ALL
+    let heads: Vec<(Class, LaneNext)> = Class::ALL
         .into_iter()
-        .map(|c| (c, read_lane(c, cursors[c.index()])))
-        .collect();
+        .map(|c| Ok((c, read_next(c, cursors[c.index()])?)))
+        .collect::<Result<_, BrokerError>>()?;
+    // A lane that meets damage stops there (its cursor moves up to it) while the other
+    // lanes go on, so everything intact before the damage is served first. Once no lane
+    // has anything unread before the first damage, the answer is that error, even if
+    // lanes have data after it: the reader learns where the damage is (and passes it
+    // by moving its cursors beyond it) instead of a lane waiting there unseen.
+    let first_damage = heads
+        .iter()
+        .filter_map(|(_, next)| next.as_ref().err().map(|d| d.at))
+        .min();
+    if let Some(at) = first_damage {
+        let unread_before = heads
+            .iter()
+            .any(|(_, next)| matches!(next, Ok(Some((_, h))) if h.base_offset < at));
+        if !unread_before {
+            let damage = heads
+                .into_iter()
+                .find_map(|(_, next)| next.err().filter(|d| d.at == at))
+                .expect("the first damage is a lane's");
+            return Err(damage.error);
+        }
+    }
     // Aging is relative to the freshest lane head: a batch waits as long as it is older
     // than that. With data arriving the freshest head is about now, so a batch's wait
     // is its age in the log; in a backlog read long after it was written, every batch
@@ -201,8 +226,8 @@ fn assemble(
     // offset order, so only the differences in age count, and the weights decide.
     let reference_ms = heads
         .iter()
-        .filter_map(|(_, head)| {
-            head.as_ref()
+        .filter_map(|(_, next)| {
+            next.as_ref()
                 .ok()?
                 .as_ref()
                 .map(|(_, h)| h.max_timestamp_ms)
@@ -228,12 +253,13 @@ fn assemble(
         aged: [None; CLASS_COUNT],
         wfq: VirtualClock::default(), // set in the loop below
     };
-    for (c, head) in heads {
-        match head {
+    for (c, next) in heads {
+        let cursor = &mut out.cursors[c.index()];
+        match next {
             Ok(Some(head)) => push(c, head, &mut wfq, may_age[c.index()]),
             // Nothing of this class up to the high-water mark.
-            Ok(None) => out.cursors[c.index()] = out.cursors[c.index()].max(scanned),
-            Err(()) => {} // damaged: the cursor stays
+            Ok(None) => *cursor = (*cursor).max(scanned),
+            Err(d) => *cursor = (*cursor).max(d.at),
         }
     }
     loop {
@@ -258,18 +284,15 @@ fn assemble(
         out.batches.push(batch);
         let last = h.last_offset();
         out.cursors[served.index()] = last + 1;
-        match read_lane(served, last + 1) {
+        match read_next(served, last + 1)? {
             Ok(Some(next)) => push(served, next, &mut wfq, may_age[served.index()]),
             Ok(None) => out.cursors[served.index()] = scanned.max(last + 1),
-            Err(()) => {} // damaged: the cursor stays there
+            Err(d) => out.cursors[served.index()] = d.at, // stops at the damage
         }
         if out.bytes >= max_bytes {
             out.wfq = wfq.clock();
             break;
         }
     }
-    match damaged {
-        Some(e) if out.batches.is_empty() => Err(e),
-        _ => Ok(out),
-    }
+    Ok(out)
 }
