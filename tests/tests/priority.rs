@@ -774,3 +774,93 @@ over_both_transports! {
         );
     }
 }
+
+over_both_transports! {
+    /// Damage that appears after the class index was built (bit rot under running
+    /// readers) stops only its own lane, and the reader learns of it as soon as nothing
+    /// intact before it is left unread, even while another class has plenty of data
+    /// after it; a seek past it reads on. Before, the error came only with an empty
+    /// answer, so the lane stopped unseen for as long as P0 data kept the answers full.
+    async fn damage_after_indexing_is_reported_while_other_classes_have_data(t) {
+        use weir_client::{Consumer, DeliveryOrder, OffsetReset, Producer, ProducerRecord};
+        let broker = SdkBroker::start(t).await;
+        let client = broker.client().await;
+        Admin::new(client.clone())
+            .create_topic("rot", 1, TopicConfig::default())
+            .await
+            .expect("create topic");
+        let producer = Producer::builder(&client).build().await.expect("producer");
+        // Offsets 0 and 1 at P2 (1 to be damaged), then 200 P0 batches (2..202).
+        let values = ["rot-0-kept", "rot-1-to-be-damaged"];
+        for v in values {
+            let r = ProducerRecord::new("rot", v).priority(5);
+            producer.send_and_wait(r).await.expect("produce");
+        }
+        for i in 0..200 {
+            let r = ProducerRecord::new("rot", format!("rot-p0-{i}")).priority(1);
+            producer.send_and_wait(r).await.expect("produce");
+        }
+        let reader = |start_from_offset: Option<u64>| {
+            let b = Consumer::builder(&client)
+                .topic("rot")
+                .reset(OffsetReset::Earliest)
+                .order(DeliveryOrder::Priority)
+                .fetch_max_wait(Duration::from_millis(100))
+                // A few batches per answer: many answers hold P0 data.
+                .max_fetch_bytes(256);
+            match start_from_offset {
+                Some(o) => b.start_at("rot", 0, o),
+                None => b,
+            }
+            .build()
+            .expect("consumer")
+        };
+        // A first priority read builds the shard's class index over intact data.
+        let mut first = reader(None);
+        let mut n = 0;
+        for _ in 0..200 {
+            n += first.poll(1000, Duration::from_millis(200)).await.expect("poll").len();
+            if n == 202 {
+                break;
+            }
+        }
+        assert_eq!(n, 202);
+        weir_tests::damage_first(&broker.data_dir(), b"rot-1-to-be-damaged");
+
+        let mut consumer = reader(None);
+        let mut got = Vec::new();
+        let mut error = None;
+        for _ in 0..500 {
+            match consumer.poll(1000, Duration::from_millis(200)).await {
+                Ok(m) => got.extend(m.iter().map(|m| m.offset)),
+                Err(e) => {
+                    error = Some(e.to_string());
+                    break;
+                }
+            }
+            if got.len() == 201 {
+                break;
+            }
+        }
+        let error = error.expect("the damage is reported");
+        assert!(error.contains("offset 1 "), "names the damage: {error}");
+        assert!(got.contains(&0), "the intact record before the damage: {got:?}");
+        assert!(
+            got.len() < 101,
+            "reported while P0 data after it was still unread: {} records first",
+            got.len()
+        );
+        // Past the damage: everything after it, once.
+        let mut past = reader(Some(2));
+        let mut rest = Vec::new();
+        for _ in 0..200 {
+            rest.extend(past.poll(1000, Duration::from_millis(200)).await.expect("poll"));
+            if rest.len() >= 200 {
+                break;
+            }
+        }
+        let mut offsets: Vec<u64> = rest.iter().map(|m| m.offset).collect();
+        offsets.sort();
+        assert_eq!(offsets, (2..202).collect::<Vec<u64>>());
+    }
+}
