@@ -1,6 +1,7 @@
 //! A broker restart keeps topics, data and committed group offsets: after a graceful
 //! SIGTERM, and after SIGKILL for data acknowledged with `acks=durable` and offsets
-//! committed (commits are acknowledged once stored durably).
+//! committed (commits are acknowledged once stored durably). A batch damaged on disk
+//! costs only its own records across a restart.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -189,4 +190,105 @@ async fn sigterm_restart_keeps_data_and_committed_offsets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_restart_keeps_durable_data_and_committed_offsets() {
     restart_keeps_data_and_offsets(Stop::Kill, Acks::Durable).await;
+}
+
+/// A batch damaged on disk in the middle of a shard's log costs only its own records
+/// across a restart: the intact batches after it are still there, and a retry of one
+/// of them is still recognised as a duplicate (the broker rebuilds producer sequences
+/// from the log; a rebuild that stopped at the damage forgot every batch after it, so
+/// the retry was refused as out of order, and the SDK would have stored it again under
+/// a new epoch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_batch_costs_only_its_records_across_a_restart() {
+    use weir_protocol::batch::{BatchBuilder, NewRecord};
+    use weir_protocol::messages::{InitProducerIdRequest, ProduceRequest, Records};
+    use weir_protocol::ResponseBody;
+
+    let mut broker = BrokerProcess::start();
+    let client = connect(&broker.addr(), Duration::from_secs(5)).await;
+    Admin::new(client.clone())
+        .create_topic("rot", 1, Default::default())
+        .await
+        .expect("create topic");
+    let (id, epoch) = match client
+        .call(InitProducerIdRequest {
+            producer_id: 0,
+            producer_epoch: 0,
+        })
+        .await
+        .expect("producer id")
+    {
+        ResponseBody::InitProducerId(r) => (r.producer_id, r.producer_epoch),
+        other => panic!("unexpected {:?}", other.api_key()),
+    };
+    // One batch per record, sequence = offset: offset 1 is damaged; 30 batches of
+    // ~1 KB after it pass the segment's next index point (every 4 KiB), so recovery
+    // keeps them.
+    let pad = "x".repeat(1000);
+    let mut values = vec!["rot-0".to_string(), "rot-1-to-be-damaged".to_string()];
+    values.extend((2..32).map(|i| format!("rot-{i}-{pad}")));
+    let batch = |seq: u32, value: &str| {
+        let mut b = BatchBuilder::new().producer(id, epoch, seq);
+        b.push(&NewRecord::value(0, value.as_bytes()))
+            .expect("record");
+        b.finish().expect("batch")
+    };
+    let produce = |client: weir_client::Client, records: bytes::Bytes| async move {
+        let req = ProduceRequest {
+            topic: "rot".into(),
+            shard: 0,
+            acks: Acks::Durable,
+            timeout_ms: 30_000,
+            records: Records::from_bytes(records),
+        };
+        match client.call(req).await {
+            Ok(ResponseBody::Produce(r)) => Ok(r.base_offset),
+            Ok(other) => Err(format!("unexpected {:?}", other.api_key())),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    for (i, v) in values.iter().enumerate() {
+        let at = produce(client.clone(), batch(i as u32, v))
+            .await
+            .expect("produce");
+        assert_eq!(at, i as u64);
+    }
+    weir_tests::damage_first(&broker.data_dir(), b"rot-1-to-be-damaged");
+    let status = broker.terminate();
+    assert!(status.success(), "graceful shutdown exits 0, got {status}");
+    broker.restart();
+    let client = connect(&broker.addr(), Duration::from_secs(10)).await;
+
+    // A retry of the last batch: the original offset, not stored again.
+    let again = produce(client.clone(), batch(31, &values[31])).await;
+    assert_eq!(again, Ok(31), "a retry after the restart is a duplicate");
+    // The next sequence goes on.
+    let next = produce(client.clone(), batch(32, "after-restart")).await;
+    assert_eq!(next, Ok(32));
+
+    // Everything but the damaged record is there, read past the damage.
+    let mut consumer = Consumer::builder(&client)
+        .topic("rot")
+        .start_at("rot", 0, 2)
+        .build()
+        .expect("consumer");
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        got.extend(
+            consumer
+                .poll(100, Duration::from_millis(200))
+                .await
+                .expect("poll past the damage"),
+        );
+        if got.len() >= 31 {
+            break;
+        }
+    }
+    let got: Vec<String> = got
+        .iter()
+        .map(|m| String::from_utf8(m.value.to_vec()).expect("utf8"))
+        .collect();
+    let mut want = values[2..].to_vec();
+    want.push("after-restart".into());
+    assert_eq!(got, want);
 }

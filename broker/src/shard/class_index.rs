@@ -49,36 +49,41 @@ impl ClassIndex {
         // that each lane's reader meets the damage where it lies (the read fails there,
         // naming the offset, until the reader moves past it) and every intact batch
         // around it stays readable. Bounded per call; the next call goes on.
-        for _ in 0..DAMAGE_STEPS_MAX {
-            let mut reached = self.scanned_to.max(start);
-            let runs = &mut self.runs;
-            let scanned = reader.scan_batches(self.scanned_to, |_, h| {
-                let lane = &mut runs[classes.class_of(h.priority).index()];
-                add_run(lane, h.base_offset, h.last_offset() + 1);
-                reached = h.last_offset() + 1;
+        // Both closures note how far the index got: a batch's end, or a damage's.
+        let reached = std::cell::Cell::new(self.scanned_to.max(start));
+        let runs = std::cell::RefCell::new(&mut self.runs);
+        let scanned = reader.scan_intact_batches(
+            self.scanned_to,
+            DAMAGE_STEPS_MAX,
+            |_, h| {
+                let lane = classes.class_of(h.priority).index();
+                add_run(
+                    &mut runs.borrow_mut()[lane],
+                    h.base_offset,
+                    h.last_offset() + 1,
+                );
+                reached.set(h.last_offset() + 1);
                 Ok::<(), StorageError>(())
-            });
-            match scanned {
-                Ok(to) => {
-                    self.scanned_to = to;
-                    return Ok(());
+            },
+            |from, to| {
+                for lane in runs.borrow_mut().iter_mut() {
+                    add_run(lane, from, to);
                 }
-                Err(StorageError::Corrupt { .. }) => {
-                    let end = reader.damage_end(reached);
-                    for lane in &mut self.runs {
-                        add_run(lane, reached, end);
-                    }
-                    self.scanned_to = end;
-                }
-                Err(e) => {
-                    // What was visited is in the index: the next call goes on from
-                    // there (not from the start, which would add those runs twice).
-                    self.scanned_to = reached;
-                    return Err(e);
-                }
+                reached.set(to);
+            },
+        );
+        match scanned {
+            Ok(to) => {
+                self.scanned_to = to;
+                Ok(())
+            }
+            Err(e) => {
+                // What was visited is in the index: the next call goes on from there
+                // (not from the start, which would add those runs twice).
+                self.scanned_to = reached.get();
+                Err(e)
             }
         }
-        Ok(())
     }
 
     /// The offset to read class `class`'s next batch from: `from` itself when a batch of

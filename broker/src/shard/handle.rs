@@ -26,6 +26,10 @@ use crate::storage::{Log, LogReader, StorageError};
 /// its next batch cannot be recognised as a retry of one written before that window.
 pub const PRODUCER_STATE_SCAN_OFFSETS: u64 = 2_000_000;
 
+/// Damaged batches the producer-state rebuild steps over at most (beyond, it ends
+/// there and keeps what it has).
+const PRODUCER_STATE_DAMAGE_MAX: usize = 1024;
+
 /// Handle to one shard: cheap to share (`Arc`), used by every connection.
 pub struct Shard {
     lanes: [mpsc::Sender<AppendCmd>; CLASS_COUNT],
@@ -407,10 +411,19 @@ fn rebuild_producers(reader: &LogReader, classes: ClassMap) -> ProducerTable {
     let from = reader
         .high_watermark()
         .saturating_sub(PRODUCER_STATE_SCAN_OFFSETS);
-    let scanned = reader.scan_batches(from, |_, h| {
-        table.record(h);
-        Ok::<(), StorageError>(())
-    });
+    // A damaged batch is stepped over: stopping there would leave every producer that
+    // wrote after it at an old sequence, and its next batch refused as out of order.
+    // (The damaged batch's own producer and sequence cannot be trusted, so a producer
+    // whose last batch it was may have its next batch refused as out of order.)
+    let scanned = reader.scan_intact_batches(
+        from,
+        PRODUCER_STATE_DAMAGE_MAX,
+        |_, h| {
+            table.record(h);
+            Ok::<(), StorageError>(())
+        },
+        |from, to| tracing::warn!(from, to, "producer state: damaged batches stepped over"),
+    );
     if let Err(e) = scanned {
         // Recovery already checked the log; a failure here only shortens the window
         // in which retries are recognised.

@@ -1430,6 +1430,55 @@ impl LogReader {
         )
     }
 
+    /// [`LogReader::scan_batches`] that steps over damaged batches instead of ending at
+    /// the first: each damaged range (from [`LogReader::damage_end`]) is passed to
+    /// `damaged` and the scan goes on after it, at most `damage_max` times (then it
+    /// returns the offset of the next damage, where a later scan may go on). For state rebuilt from a log (the
+    /// class index, producer sequences), where one bad batch must not hide the intact
+    /// ones after it. Errors other than damage end the scan as in `scan_batches`.
+    pub fn scan_intact_batches<E: From<StorageError>>(
+        &self,
+        from: u64,
+        damage_max: usize,
+        mut visit: impl FnMut(Bytes, &BatchHeader) -> Result<(), E>,
+        mut damaged: impl FnMut(u64, u64),
+    ) -> Result<u64, E> {
+        /// Why a scan stopped: the log's error, or the visitor's.
+        enum Stop<E> {
+            Log(StorageError),
+            Visit(E),
+        }
+        impl<E> From<StorageError> for Stop<E> {
+            fn from(e: StorageError) -> Self {
+                Stop::Log(e)
+            }
+        }
+        let mut at = from;
+        let mut steps = 0;
+        loop {
+            let mut reached = at.max(self.log_start_offset());
+            let scanned = self.scan_batches(at, |b, h| {
+                visit(b, h).map_err(Stop::Visit)?;
+                reached = h.last_offset() + 1;
+                Ok(())
+            });
+            match scanned {
+                Ok(to) => return Ok(to),
+                Err(Stop::Visit(e)) => return Err(e),
+                Err(Stop::Log(StorageError::Corrupt { .. })) => {
+                    if steps == damage_max {
+                        return Ok(reached);
+                    }
+                    steps += 1;
+                    let end = self.damage_end(reached);
+                    damaged(reached, end);
+                    at = end;
+                }
+                Err(Stop::Log(e)) => return Err(E::from(e)),
+            }
+        }
+    }
+
     /// The first offset after the damaged batch that holds `offset`, from that batch's
     /// header alone, unchecked: how a reader that must go on past damage (the class
     /// index) steps over it, where [`LogReader::read`] refuses it. When the header
