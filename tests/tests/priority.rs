@@ -790,7 +790,8 @@ over_both_transports! {
             .await
             .expect("create topic");
         let producer = Producer::builder(&client).build().await.expect("producer");
-        // Offsets 0 and 1 at P2 (1 to be damaged), then 200 P0 batches (2..202).
+        // Offsets 0 and 1 at priority 5, class P1 (1 to be damaged), then 200 P0
+        // batches (2..202).
         let values = ["rot-0-kept", "rot-1-to-be-damaged"];
         for v in values {
             let r = ProducerRecord::new("rot", v).priority(5);

@@ -1,7 +1,8 @@
 //! A broker restart keeps topics, data and committed group offsets: after a graceful
 //! SIGTERM, and after SIGKILL for data acknowledged with `acks=durable` and offsets
 //! committed (commits are acknowledged once stored durably). A batch damaged on disk
-//! costs only its own records across a restart.
+//! before the active segment's last index point costs only its own records across a
+//! restart (damage after that point is cut at recovery like a torn tail).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -192,8 +193,8 @@ async fn sigkill_restart_keeps_durable_data_and_committed_offsets() {
     restart_keeps_data_and_offsets(Stop::Kill, Acks::Durable).await;
 }
 
-/// A batch damaged on disk in the middle of a shard's log costs only its own records
-/// across a restart: the intact batches after it are still there, and a retry of one
+/// A batch damaged on disk in the middle of a shard's log (before the active segment's
+/// last index point) costs only its own records across a restart: the intact batches after it are still there, and a retry of one
 /// of them is still recognised as a duplicate (the broker rebuilds producer sequences
 /// from the log; a rebuild that stopped at the damage forgot every batch after it, so
 /// the retry was refused as out of order, and the SDK would have stored it again under

@@ -1433,9 +1433,10 @@ impl LogReader {
     /// [`LogReader::scan_batches`] that steps over damaged batches instead of ending at
     /// the first: each damaged range (from [`LogReader::damage_end`]) is passed to
     /// `damaged` and the scan goes on after it, at most `damage_max` times (then it
-    /// returns the offset of the next damage, where a later scan may go on). For state rebuilt from a log (the
-    /// class index, producer sequences), where one bad batch must not hide the intact
-    /// ones after it. Errors other than damage end the scan as in `scan_batches`.
+    /// returns the offset of the next damage, where a later scan may go on). For state
+    /// rebuilt from a log (the class index, producer sequences), where one bad batch
+    /// must not hide the intact ones after it. Errors other than damage end the scan
+    /// as in `scan_batches`.
     pub fn scan_intact_batches<E: From<StorageError>>(
         &self,
         from: u64,
@@ -1467,6 +1468,11 @@ impl LogReader {
                 Err(Stop::Visit(e)) => return Err(e),
                 Err(Stop::Log(StorageError::Corrupt { .. })) => {
                     if steps == damage_max {
+                        tracing::warn!(
+                            dir = %self.shared.dir.display(),
+                            at = reached,
+                            "scan stopped: more damaged batches than it steps over"
+                        );
                         return Ok(reached);
                     }
                     steps += 1;

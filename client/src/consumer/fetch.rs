@@ -63,7 +63,7 @@ pub(super) struct InFlight {
     /// each holds a request slot on the connection until its long poll ends).
     replaced: std::collections::HashMap<(String, u32), u32>,
     /// Per shard whose last fetch failed for good: the position it failed at, and
-    /// until when it rests ([`FAILED_SHARD_REST`]; a seek ends the rest).
+    /// until when it rests ([`FAILED_SHARD_REST`]; moving the position ends the rest).
     resting: std::collections::HashMap<(String, u32), (u64, tokio::time::Instant)>,
     next_id: u64,
 }

@@ -191,7 +191,10 @@ fn assemble(
                 chunk.slice(..h.total_bytes().min(chunk.len())),
                 h,
             )))),
-            Err(e) => damaged(BrokerError::new(ErrorCode::CorruptStorage, e.to_string())),
+            Err(e) => damaged(BrokerError::new(
+                ErrorCode::CorruptStorage,
+                format!("batch at offset {offset}: {e}"),
+            )),
         }
     };
     let heads: Vec<(Class, LaneNext)> = Class::ALL
