@@ -233,13 +233,12 @@ impl SegmentIndex {
         })
     }
 
-    /// Position of the last index point at or before `relative_offset` (0 if none).
-    pub(crate) fn position_for_offset(&self, relative_offset: u32) -> u32 {
+    /// The number of index points at or before `relative_offset`: the index of the
+    /// first one after it.
+    fn points_up_to(&self, relative_offset: u32) -> usize {
         let b = self.offsets.bytes();
-        let n = b.len() / OFFSET_ENTRY_BYTES;
         let rel = |i: usize| u32_at(b, i * OFFSET_ENTRY_BYTES);
-        // First entry with rel > target; the one before it is the answer.
-        let (mut lo, mut hi) = (0usize, n);
+        let (mut lo, mut hi) = (0usize, b.len() / OFFSET_ENTRY_BYTES);
         while lo < hi {
             let mid = (lo + hi) / 2;
             if rel(mid) <= relative_offset {
@@ -248,28 +247,22 @@ impl SegmentIndex {
                 hi = mid;
             }
         }
-        if lo == 0 {
-            0
-        } else {
-            u32_at(b, (lo - 1) * OFFSET_ENTRY_BYTES + 4)
+        lo
+    }
+
+    /// Position of the last index point at or before `relative_offset` (0 if none).
+    pub(crate) fn position_for_offset(&self, relative_offset: u32) -> u32 {
+        match self.points_up_to(relative_offset) {
+            0 => 0,
+            n => u32_at(self.offsets.bytes(), (n - 1) * OFFSET_ENTRY_BYTES + 4),
         }
     }
 
     /// The relative offset of the first index point after `relative_offset`, if any.
     pub(crate) fn offset_after(&self, relative_offset: u32) -> Option<u32> {
         let b = self.offsets.bytes();
-        let n = b.len() / OFFSET_ENTRY_BYTES;
-        let rel = |i: usize| u32_at(b, i * OFFSET_ENTRY_BYTES);
-        let (mut lo, mut hi) = (0usize, n);
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            if rel(mid) <= relative_offset {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        (lo < n).then(|| rel(lo))
+        let i = self.points_up_to(relative_offset);
+        (i < b.len() / OFFSET_ENTRY_BYTES).then(|| u32_at(b, i * OFFSET_ENTRY_BYTES))
     }
 
     /// Position of the last index point whose running max timestamp is below `ts_ms`:
