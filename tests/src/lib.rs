@@ -888,6 +888,29 @@ impl ClusterProcesses {
     }
 }
 
+/// One Produce request of `records` (batches as built) to shard 0 of `topic`, durable:
+/// where its first record landed, or the error as text. For tests that need exact
+/// batches (producer ids, sequences, priorities) rather than the SDK's.
+pub async fn produce_raw(
+    client: &Client,
+    topic: &str,
+    records: bytes::Bytes,
+) -> Result<u64, String> {
+    use weir_protocol::messages::{Acks, ProduceRequest, Records};
+    let req = ProduceRequest {
+        topic: topic.into(),
+        shard: 0,
+        acks: Acks::Durable,
+        timeout_ms: 60_000,
+        records: Records::from_bytes(records),
+    };
+    match client.call(req).await {
+        Ok(weir_protocol::ResponseBody::Produce(r)) => Ok(r.base_offset),
+        Ok(other) => Err(format!("unexpected {:?}", other.api_key())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Flips one byte of the first occurrence of `needle` in any file under `dir` (a
 /// broker's data directory: damage on disk, as a bad sector or a stray write makes it).
 pub fn damage_first(dir: &std::path::Path, needle: &[u8]) {

@@ -11,11 +11,11 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use weir_client::{Admin, Client};
 use weir_protocol::batch::{BatchBuilder, BatchHeader, NewRecord, UNSET};
-use weir_protocol::messages::{Acks, Durability, ProduceRequest, Records, TopicConfig};
+use weir_protocol::messages::{Durability, TopicConfig};
 use weir_protocol::{ErrorCode, ResponseBody};
 use weir_tests::over_both_transports;
 use weir_tests::transport::SdkBroker;
-use weir_tests::{connect, read_all, BrokerProcess};
+use weir_tests::{connect, produce_raw as produce, read_all, BrokerProcess};
 
 /// One single-batch produce: `records` records of `size` bytes at `priority`.
 fn batch(priority: u8, records: usize, size: usize) -> bytes::Bytes {
@@ -40,21 +40,6 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
-}
-
-async fn produce(client: &Client, topic: &str, records: bytes::Bytes) -> Result<u64, String> {
-    let req = ProduceRequest {
-        topic: topic.into(),
-        shard: 0,
-        acks: Acks::Durable,
-        timeout_ms: 60_000,
-        records: Records::from_bytes(records),
-    };
-    match client.call(req).await {
-        Ok(ResponseBody::Produce(r)) => Ok(r.base_offset),
-        Ok(other) => Err(format!("unexpected {:?}", other.api_key())),
-        Err(e) => Err(e.to_string()),
-    }
 }
 
 over_both_transports! {

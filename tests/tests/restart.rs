@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use weir_client::{Acks, Admin, Client, Consumer, OffsetReset, Producer, ProducerRecord};
-use weir_tests::{connect, read_all, BrokerProcess};
+use weir_tests::{connect, produce_raw, read_all, BrokerProcess};
 
 const TOPIC: &str = "events";
 const SHARDS: u32 = 3;
@@ -202,7 +202,7 @@ async fn sigkill_restart_keeps_durable_data_and_committed_offsets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_batch_costs_only_its_records_across_a_restart() {
     use weir_protocol::batch::{BatchBuilder, NewRecord};
-    use weir_protocol::messages::{InitProducerIdRequest, ProduceRequest, Records};
+    use weir_protocol::messages::InitProducerIdRequest;
     use weir_protocol::ResponseBody;
 
     let mut broker = BrokerProcess::start();
@@ -234,22 +234,8 @@ async fn a_damaged_batch_costs_only_its_records_across_a_restart() {
             .expect("record");
         b.finish().expect("batch")
     };
-    let produce = |client: weir_client::Client, records: bytes::Bytes| async move {
-        let req = ProduceRequest {
-            topic: "rot".into(),
-            shard: 0,
-            acks: Acks::Durable,
-            timeout_ms: 30_000,
-            records: Records::from_bytes(records),
-        };
-        match client.call(req).await {
-            Ok(ResponseBody::Produce(r)) => Ok(r.base_offset),
-            Ok(other) => Err(format!("unexpected {:?}", other.api_key())),
-            Err(e) => Err(e.to_string()),
-        }
-    };
     for (i, v) in values.iter().enumerate() {
-        let at = produce(client.clone(), batch(i as u32, v))
+        let at = produce_raw(&client, "rot", batch(i as u32, v))
             .await
             .expect("produce");
         assert_eq!(at, i as u64);
@@ -261,10 +247,10 @@ async fn a_damaged_batch_costs_only_its_records_across_a_restart() {
     let client = connect(&broker.addr(), Duration::from_secs(10)).await;
 
     // A retry of the last batch: the original offset, not stored again.
-    let again = produce(client.clone(), batch(31, &values[31])).await;
+    let again = produce_raw(&client, "rot", batch(31, &values[31])).await;
     assert_eq!(again, Ok(31), "a retry after the restart is a duplicate");
     // The next sequence goes on.
-    let next = produce(client.clone(), batch(32, "after-restart")).await;
+    let next = produce_raw(&client, "rot", batch(32, "after-restart")).await;
     assert_eq!(next, Ok(32));
 
     // Everything but the damaged record is there, read past the damage.

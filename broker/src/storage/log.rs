@@ -1721,6 +1721,55 @@ fn corrupt(seg: &Segment, pos: usize, detail: String) -> StorageError {
     }
 }
 
+/// Logs a damaged batch met by a read, at most once per [`CORRUPT_LOG_EVERY`] across
+/// the process, with how many reads met damage since the last line: readers retry a
+/// damaged offset (long polls, each priority answer's lane heads), and one bad batch
+/// must not flood the log.
 fn log_corrupt(e: &StorageError) {
-    tracing::error!(error = %e, "corrupt batch in log; not served");
+    static THROTTLE: LogThrottle = LogThrottle::new();
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let now_ms = START.get_or_init(Instant::now).elapsed().as_millis() as u64;
+    if let Some(since) = THROTTLE.due(now_ms, CORRUPT_LOG_EVERY.as_millis() as u64) {
+        tracing::error!(error = %e, reads_since_last_line = since, "corrupt batch in log; not served");
+    }
+}
+
+/// How often a read that meets damage is logged at most ([`log_corrupt`]).
+const CORRUPT_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// At most one line per period: [`LogThrottle::due`] says whether this event gets one,
+/// and how many events went unlogged before it.
+pub(super) struct LogThrottle {
+    /// When the last line was written, in ms + 1 (0: never).
+    last: AtomicU64,
+    /// Events since that line.
+    since: AtomicU64,
+}
+
+impl LogThrottle {
+    pub(super) const fn new() -> Self {
+        LogThrottle {
+            last: AtomicU64::new(0),
+            since: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(events unlogged since the last line)` when an event at `now_ms` is to be
+    /// logged (the first ever is), `None` within `every_ms` of the last line.
+    pub(super) fn due(&self, now_ms: u64, every_ms: u64) -> Option<u64> {
+        let since = self.since.fetch_add(1, Ordering::Relaxed);
+        let now = now_ms + 1;
+        let last = self.last.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= every_ms;
+        if due
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.since.store(0, Ordering::Relaxed);
+            return Some(since);
+        }
+        None
+    }
 }

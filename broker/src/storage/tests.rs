@@ -1652,3 +1652,17 @@ fn bytes_behind_the_page_cache_window_leave_the_cache_and_read_back_the_same() {
         assert_eq!(g.as_ref(), e.as_slice());
     }
 }
+
+/// A read that keeps meeting one damaged batch is logged once per period, with the
+/// count of the reads in between.
+#[test]
+fn damage_is_logged_at_most_once_a_period() {
+    let t = super::log::LogThrottle::new();
+    assert_eq!(t.due(0, 1000), Some(0), "the first is logged");
+    for ms in [1, 10, 500, 999] {
+        assert_eq!(t.due(ms, 1000), None);
+    }
+    assert_eq!(t.due(1000, 1000), Some(4), "four reads since the last line");
+    assert_eq!(t.due(1500, 1000), None);
+    assert_eq!(t.due(5000, 1000), Some(1));
+}

@@ -96,10 +96,14 @@ impl ReaderClocks {
             }
             inner.len += 1;
         }
+        // The topic's name is copied only the first time it is read.
+        if !inner.by_topic.contains_key(topic) {
+            inner.by_topic.insert(topic.to_string(), HashMap::new());
+        }
         let kept = inner
             .by_topic
-            .entry(topic.to_string())
-            .or_default()
+            .get_mut(topic)
+            .expect("inserted above")
             .entry(shard)
             .or_insert(Kept {
                 clocks: ShardClocks::default(),
